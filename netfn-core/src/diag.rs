@@ -1,0 +1,135 @@
+//! Diagnostics that point into a chain file: `file:line:col: what is wrong` plus a hint.
+
+use std::fmt;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+/// A position in a source file, 1-based, columns counted in characters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Position {
+    pub line: usize,
+    pub col: usize,
+}
+
+impl Position {
+    /// The line and column of byte offset `offset` in `text`.
+    pub fn of(text: &str, offset: usize) -> Self {
+        let offset = offset.min(text.len());
+        let before = text.get(..offset).unwrap_or(text);
+        let line = before.matches('\n').count() + 1;
+        let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+        let col = before[line_start..].chars().count() + 1;
+        Position { line, col }
+    }
+}
+
+/// One problem in one file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Diagnostic {
+    pub file: PathBuf,
+    pub position: Position,
+    pub message: String,
+    pub hint: Option<String>,
+}
+
+impl fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}:{}:{}: error: {}",
+            self.file.display(),
+            self.position.line,
+            self.position.col,
+            self.message
+        )?;
+        if let Some(hint) = &self.hint {
+            write!(f, "\n  hint: {hint}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Every problem found in a file, sorted by position, reported at once.
+#[derive(Debug, Clone, Default, PartialEq, Eq, thiserror::Error)]
+pub struct Diagnostics(pub Vec<Diagnostic>);
+
+impl Diagnostics {
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Diagnostic> {
+        self.0.iter()
+    }
+
+    pub fn sort(&mut self) {
+        self.0.sort_by(|a, b| a.position.cmp(&b.position));
+    }
+}
+
+impl fmt::Display for Diagnostics {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, d) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{d}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Collects diagnostics for one source text, turning byte spans into positions.
+pub struct Reporter<'a> {
+    file: &'a Path,
+    text: &'a str,
+    found: Vec<Diagnostic>,
+}
+
+impl<'a> Reporter<'a> {
+    pub fn new(file: &'a Path, text: &'a str) -> Self {
+        Reporter {
+            file,
+            text,
+            found: Vec::new(),
+        }
+    }
+
+    /// Records a problem at `span` (a byte range of the source text).
+    pub fn error(&mut self, span: Range<usize>, message: impl Into<String>, hint: Option<String>) {
+        self.found.push(Diagnostic {
+            file: self.file.to_path_buf(),
+            position: Position::of(self.text, span.start),
+            message: message.into(),
+            hint,
+        });
+    }
+
+    pub fn has_errors(&self) -> bool {
+        !self.found.is_empty()
+    }
+
+    pub fn finish(self) -> Diagnostics {
+        let mut d = Diagnostics(self.found);
+        d.sort();
+        d
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn positions_are_one_based_and_count_characters() {
+        let text = "a = 1\nbé = 2\n";
+        assert_eq!(Position::of(text, 0), Position { line: 1, col: 1 });
+        assert_eq!(Position::of(text, 6), Position { line: 2, col: 1 });
+        // 'é' is two bytes but one column.
+        assert_eq!(Position::of(text, 9), Position { line: 2, col: 3 });
+    }
+}

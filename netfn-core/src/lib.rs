@@ -1,0 +1,11 @@
+//! netfn-core: from a chain file to kernel objects and back.
+//!
+//! The flow is `spec` (parse and validate) → `plan` (pure data) → `apply` (the only layer that
+//! touches the kernel) → `state` (what netfn created, so `down` can finish any job).
+
+pub mod diag;
+pub mod function;
+pub mod graph;
+pub mod names;
+pub mod plan;
+pub mod spec;

@@ -1,0 +1,8 @@
+//! Chain files: TOML → [`ChainFile`], with every error of a file reported at once.
+
+mod model;
+mod parse;
+mod validate;
+
+pub use model::{ChainFile, ChainSpec, EndpointSpec, FastPath, FunctionSpec};
+pub use parse::{LoadError, load, parse};

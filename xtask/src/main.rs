@@ -1,0 +1,56 @@
+//! `cargo xtask …`: setup, eBPF build, demo, tests, VM tests and benchmarks.
+
+mod bench;
+mod ebpf;
+mod setup;
+mod util;
+mod vm;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "netfn developer tasks")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Install every toolchain extra and package netfn needs (idempotent).
+    Setup,
+    /// Build the eBPF programs for bpfel-unknown-none (with BTF).
+    BuildEbpf {
+        /// Build in debug mode.
+        #[arg(long)]
+        debug: bool,
+    },
+    /// Set up, build, and run the demo chain with real traffic.
+    Demo,
+    /// Set up, build, and run every test (unit and root integration tests).
+    Test {
+        /// Extra arguments passed to the test runner (a filter, for instance).
+        #[arg(trailing_var_arg = true)]
+        args: Vec<String>,
+    },
+    /// Benchmarks (not tests): they print a table and write target/bench/NAME.json.
+    Bench {
+        #[command(subcommand)]
+        which: bench::Bench,
+    },
+    /// Run the integration suite inside QEMU VMs on other kernels.
+    VmTest(vm::VmTestArgs),
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Setup => setup::run(),
+        Command::BuildEbpf { debug } => ebpf::build(!debug).map(|_| ()),
+        Command::Demo => setup::demo(),
+        Command::Test { args } => setup::test(&args),
+        Command::Bench { which } => bench::run(which),
+        Command::VmTest(args) => vm::run(args),
+    }
+}
