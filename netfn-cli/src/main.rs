@@ -1,1 +1,100 @@
-fn main() {}
+//! `netfn`: bring service chains up and down, look at them, step inside them.
+
+mod commands;
+mod output;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+#[derive(Parser)]
+#[command(name = "netfn", version, about = "Service chains of network functions in Linux namespaces")]
+struct Cli {
+    /// Log level (error, warn, info, debug, trace) or a tracing filter; NETFN_LOG also works.
+    #[arg(long, global = true, default_value = "warn")]
+    log: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Check a chain file and report every problem in it.
+    Validate { file: PathBuf },
+    /// Create the chains of a file (namespaces, veths, addresses, routes, eBPF).
+    Up {
+        file: PathBuf,
+        /// Only this chain of the file.
+        #[arg(long)]
+        chain: Option<String>,
+    },
+    /// Remove a chain (by name, or every chain of a file) and everything netfn created for it.
+    Down {
+        /// A chain name or a chain file.
+        target: Option<String>,
+        /// Every chain netfn knows about.
+        #[arg(long, conflicts_with = "target")]
+        all: bool,
+    },
+    /// Show chains, their functions, namespaces, interfaces and counters.
+    Status {
+        chain: Option<String>,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run a command inside a function's (or endpoint's) namespace.
+    Exec {
+        chain: String,
+        /// A function name, `ingress` or `egress`.
+        function: String,
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
+    /// Print a chain file as a graph description.
+    Graph {
+        file: PathBuf,
+        #[arg(long, value_enum, default_value_t = GraphFormat::Dot)]
+        format: GraphFormat,
+    },
+    /// List the function kinds this build knows.
+    Kinds,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum GraphFormat {
+    Dot,
+    Mermaid,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    output::init_logging(&cli.log);
+    let result = match cli.command {
+        Command::Validate { file } => commands::validate(&file),
+        Command::Up { file, chain } => commands::up(&file, chain.as_deref()),
+        Command::Down { target, all } => commands::down(target.as_deref(), all),
+        Command::Status { chain, json } => commands::status(chain.as_deref(), json),
+        Command::Exec {
+            chain,
+            function,
+            command,
+        } => commands::exec(&chain, &function, &command),
+        Command::Graph { file, format } => commands::graph(
+            &file,
+            match format {
+                GraphFormat::Dot => netfn_core::graph::Format::Dot,
+                GraphFormat::Mermaid => netfn_core::graph::Format::Mermaid,
+            },
+        ),
+        Command::Kinds => commands::kinds(),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("netfn: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

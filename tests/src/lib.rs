@@ -1,1 +1,207 @@
+//! Helpers for netfn's integration tests: run the real `netfn` binary, send real packets between
+//! namespaces the test created, and check that nothing is left behind.
+//!
+//! Every test uses unique chain names (pid + counter), so tests can run in parallel, and a
+//! [`ChainGuard`] takes its chain down even when the test fails.
 
+use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use nix::sched::{CloneFlags, setns};
+
+pub mod traffic;
+
+/// The `netfn` binary under test: $NETFN_BIN, or the workspace's debug build.
+pub fn netfn_bin() -> PathBuf {
+    std::env::var_os("NETFN_BIN").map(PathBuf::from).unwrap_or_else(|| {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/netfn")
+    })
+}
+
+/// Runs `netfn ARGS…` and returns its output (never panics on a non-zero exit).
+pub fn netfn(args: &[&str]) -> Output {
+    let bin = netfn_bin();
+    Command::new(&bin)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e} (build it: cargo build -p netfn-cli)", bin.display()))
+}
+
+/// Runs `netfn ARGS…`, panicking with its output unless it succeeds; returns stdout.
+pub fn netfn_ok(args: &[&str]) -> String {
+    let out = netfn(args);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "netfn {args:?} failed ({}):\nstdout:\n{stdout}\nstderr:\n{stderr}", out.status);
+    stdout
+}
+
+/// A chain name no other test (or test process) uses: at most 12 bytes.
+pub fn unique_chain(tag: &str) -> String {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let name = format!("{tag}{:x}{n:x}", std::process::id());
+    assert!(name.len() <= 12, "chain name {name} too long; use a shorter tag");
+    name
+}
+
+/// A scratch directory removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("netfn-test-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("create temp dir");
+        TempDir(dir)
+    }
+
+    pub fn write(&self, name: &str, text: &str) -> PathBuf {
+        let p = self.0.join(name);
+        std::fs::write(&p, text).expect("write temp file");
+        p
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A chain file with `n` forward functions between created endpoints 10.81.1.2/24 (ingress)
+/// and 10.81.2.2/24 (egress). The addresses live only inside the chain's own namespaces.
+pub fn forward_chain(name: &str, n: usize, fastpath: &str) -> String {
+    let mut s = format!(
+        "[[chain]]\nname = \"{name}\"\nfastpath = \"{fastpath}\"\n\n\
+         [chain.ingress]\naddress = \"10.81.1.2/24\"\n\n\
+         [chain.egress]\naddress = \"10.81.2.2/24\"\n"
+    );
+    for i in 1..=n {
+        s.push_str(&format!("\n[[chain.function]]\nname = \"fn{i}\"\nkind = \"forward\"\n"));
+    }
+    s
+}
+
+pub const INGRESS_ADDR: Ipv4Addr = Ipv4Addr::new(10, 81, 1, 2);
+pub const EGRESS_ADDR: Ipv4Addr = Ipv4Addr::new(10, 81, 2, 2);
+
+/// Takes a chain down when dropped (also when the test panics).
+pub struct ChainGuard {
+    pub chain: String,
+    pub file: PathBuf,
+}
+
+impl ChainGuard {
+    /// Runs `netfn up FILE` and returns a guard that runs `netfn down CHAIN`.
+    pub fn up(chain: &str, file: &Path) -> Self {
+        let guard = ChainGuard {
+            chain: chain.to_string(),
+            file: file.to_path_buf(),
+        };
+        netfn_ok(&["up", &file.to_string_lossy()]);
+        guard
+    }
+}
+
+impl Drop for ChainGuard {
+    fn drop(&mut self) {
+        let out = netfn(&["down", &self.chain]);
+        if !out.status.success() {
+            eprintln!(
+                "cleanup: netfn down {} failed: {}",
+                self.chain,
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+}
+
+/// Everything netfn could have left for `chain`: namespaces, state files, pinned eBPF objects.
+pub fn leftovers(chain: &str) -> Vec<String> {
+    let mut left = Vec::new();
+    let prefix = format!("nf-{chain}-");
+    if let Ok(dir) = std::fs::read_dir("/run/netns") {
+        for e in dir.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with(&prefix) {
+                left.push(format!("/run/netns/{name}"));
+            }
+        }
+    }
+    for ext in ["json", "json.tmp", "lock"] {
+        let p = PathBuf::from(format!("/run/netfn/chains/{chain}.{ext}"));
+        if p.exists() {
+            left.push(p.display().to_string());
+        }
+    }
+    let pins = PathBuf::from(format!("/sys/fs/bpf/netfn/{chain}"));
+    if pins.exists() {
+        left.push(pins.display().to_string());
+    }
+    // Bind mounts of our namespaces (a deleted file can leave a mount behind).
+    if let Ok(mounts) = std::fs::read_to_string("/proc/self/mountinfo") {
+        for line in mounts.lines().filter(|l| l.contains(&prefix)) {
+            left.push(format!("mount: {line}"));
+        }
+    }
+    left
+}
+
+/// Runs `f` on a thread inside namespace `netns` (a name under /run/netns).
+pub fn in_netns<T: Send>(netns: &str, f: impl FnOnce() -> T + Send) -> T {
+    let path = format!("/run/netns/{netns}");
+    let file = std::fs::File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            setns(&file, CloneFlags::CLONE_NEWNET).unwrap_or_else(|e| panic!("setns {path}: {e}"));
+            f()
+        })
+        .join()
+        .unwrap_or_else(|p| std::panic::resume_unwind(p))
+    })
+}
+
+/// A UDP socket bound in namespace `netns`.
+pub fn udp_socket_in(netns: &str, addr: SocketAddrV4) -> UdpSocket {
+    in_netns(netns, || {
+        let s = UdpSocket::bind(addr).unwrap_or_else(|e| panic!("bind {addr} in {netns}: {e}"));
+        s.set_read_timeout(Some(Duration::from_secs(5))).expect("set timeout");
+        s
+    })
+}
+
+/// A TCP listener in namespace `netns`.
+pub fn tcp_listener_in(netns: &str, addr: SocketAddrV4) -> TcpListener {
+    in_netns(netns, || TcpListener::bind(addr).unwrap_or_else(|e| panic!("listen {addr} in {netns}: {e}")))
+}
+
+/// A TCP connection made from namespace `netns`.
+pub fn tcp_connect_from(netns: &str, addr: SocketAddrV4) -> TcpStream {
+    in_netns(netns, || {
+        let s = TcpStream::connect_timeout(&addr.into(), Duration::from_secs(5))
+            .unwrap_or_else(|e| panic!("connect to {addr} from {netns}: {e}"));
+        s.set_read_timeout(Some(Duration::from_secs(5))).expect("set timeout");
+        s
+    })
+}
+
+/// Asks the kernel to report the TTL of received datagrams (IP_RECVTTL).
+pub fn enable_recv_ttl(sock: &UdpSocket) {
+    let on: libc::c_int = 1;
+    // SAFETY: valid socket fd, pointer to a c_int of the right size.
+    let rc = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::IPPROTO_IP,
+            libc::IP_RECVTTL,
+            (&on as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0, "setsockopt IP_RECVTTL: {}", std::io::Error::last_os_error());
+}

@@ -1,0 +1,176 @@
+//! One function per verb. Core does the work; this layer adds context and prints.
+
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result, bail};
+use netfn_core::lifecycle::{self, DownOutcome, UpOptions, UpOutcome};
+use netfn_core::spec::{self, ChainFile, LoadError};
+use netfn_core::{graph, netns, plan, state, status};
+
+use crate::output;
+
+fn load(file: &Path) -> Result<ChainFile> {
+    let registry = netfn_functions::registry();
+    spec::load(file, &registry).map_err(|e| match e {
+        LoadError::Invalid(d) => anyhow::anyhow!(
+            "{d}\n{} problem(s) in {}; fix them and run `netfn validate {}`",
+            d.len(),
+            file.display(),
+            file.display()
+        ),
+        other => anyhow::Error::new(other),
+    })
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+fn require_root(verb: &str) -> Result<()> {
+    if !nix::unistd::geteuid().is_root() {
+        bail!("`netfn {verb}` creates kernel objects and needs root; run it with sudo");
+    }
+    Ok(())
+}
+
+pub fn validate(file: &Path) -> Result<ExitCode> {
+    let registry = netfn_functions::registry();
+    match spec::load(file, &registry) {
+        Ok(f) => {
+            let chains: Vec<String> = f
+                .chains
+                .iter()
+                .map(|c| format!("{} ({} function(s), {})", c.name, c.functions.len(), c.fastpath))
+                .collect();
+            println!("{}: ok, {} chain(s): {}", file.display(), f.chains.len(), chains.join(", "));
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(LoadError::Invalid(d)) => {
+            eprintln!("{d}");
+            eprintln!("{}: {} problem(s)", file.display(), d.len());
+            Ok(ExitCode::FAILURE)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+pub fn up(file: &Path, only: Option<&str>) -> Result<ExitCode> {
+    let spec = load(file)?;
+    require_root("up")?;
+    let chains: Vec<_> = spec
+        .chains
+        .iter()
+        .filter(|c| only.is_none_or(|o| o == c.name))
+        .collect();
+    if chains.is_empty() {
+        bail!(
+            "{} has no chain named `{}`; it has: {}",
+            file.display(),
+            only.unwrap_or_default(),
+            spec.chains.iter().map(|c| c.name.as_str()).collect::<Vec<_>>().join(", ")
+        );
+    }
+    let rt = runtime()?;
+    let progress = |line: &str| eprintln!("netfn: {line}");
+    let source = std::fs::canonicalize(file).unwrap_or_else(|_| file.to_path_buf());
+    for chain in chains {
+        match lifecycle::up(&source, chain, &rt, &UpOptions::default(), &progress)
+            .with_context(|| format!("netfn up {}", file.display()))?
+        {
+            UpOutcome::Created { functions, elapsed } => println!(
+                "chain {}: up, {functions} function(s), {} mode, in {} ms",
+                chain.name,
+                chain.fastpath,
+                elapsed.as_millis()
+            ),
+            UpOutcome::Unchanged => println!("chain {}: already up and unchanged; nothing to do", chain.name),
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn down(target: Option<&str>, all: bool) -> Result<ExitCode> {
+    require_root("down")?;
+    let chains: Vec<String> = match target {
+        _ if all => state::list()?,
+        Some(t) if Path::new(t).is_file() => load(Path::new(t))?.chains.into_iter().map(|c| c.name).collect(),
+        Some(t) => vec![t.to_string()],
+        None => bail!("say which chain to take down: `netfn down CHAIN`, `netfn down FILE` or `netfn down --all`"),
+    };
+    let rt = runtime()?;
+    let progress = |line: &str| eprintln!("netfn: {line}");
+    let mut failed = 0;
+    for chain in &chains {
+        match lifecycle::down(chain, &rt, &progress) {
+            Ok(DownOutcome::Removed { namespaces, elapsed }) => println!(
+                "chain {chain}: down, {namespaces} namespace(s) removed in {} ms",
+                elapsed.as_millis()
+            ),
+            Ok(DownOutcome::NotUp) => println!("chain {chain}: not up; nothing to do"),
+            Err(e) => {
+                failed += 1;
+                eprintln!("netfn: error: {e}");
+            }
+        }
+    }
+    Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+pub fn status(chain: Option<&str>, json: bool) -> Result<ExitCode> {
+    let records = status::records(chain)?;
+    if let Some(c) = chain
+        && records.is_empty()
+    {
+        bail!("chain `{c}` is not up (no record under /run/netfn); `netfn status` lists the chains that are");
+    }
+    let rt = runtime()?;
+    let all: Vec<_> = records
+        .iter()
+        .map(|r| status::chain_status(r, rt.handle(), &status::Counters::new()))
+        .collect();
+    if json {
+        println!("{}", serde_json::to_string_pretty(&all)?);
+    } else if all.is_empty() {
+        println!("no chains are up");
+    } else {
+        for s in &all {
+            println!("{}", output::chain_table(s));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn exec(chain: &str, function: &str, command: &[String]) -> Result<ExitCode> {
+    let record = state::load(chain)?
+        .with_context(|| format!("chain `{chain}` is not up; `netfn status` lists the chains that are"))?;
+    let Some((_, hop)) = record.plan.hop(function) else {
+        let names: Vec<&str> = record.plan.hops.iter().map(|h| h.name.as_str()).collect();
+        bail!("chain `{chain}` has no function `{function}`; it has: {}", names.join(", "));
+    };
+    netns::enter(&hop.netns.name)?;
+    let (prog, args) = command.split_first().context("no command given after --")?;
+    let err = std::process::Command::new(prog).args(args).exec();
+    bail!("cannot run {prog} in namespace {}: {err}", hop.netns.name)
+}
+
+pub fn graph(file: &Path, format: graph::Format) -> Result<ExitCode> {
+    let spec = load(file)?;
+    let plans: Vec<_> = spec.chains.iter().map(plan::plan_chain).collect();
+    print!("{}", graph::render(&plans, format));
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn kinds() -> Result<ExitCode> {
+    let registry = netfn_functions::registry();
+    for name in registry.names() {
+        let summary = registry.get(name).map(|k| k.summary()).unwrap_or_default();
+        println!("{name:<12} {summary}");
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,81 @@
+//! Logging and tables.
+
+use netfn_core::status::ChainStatus;
+
+pub fn init_logging(level: &str) {
+    let filter = std::env::var("NETFN_LOG").unwrap_or_else(|_| level.to_string());
+    let filter = tracing_subscriber::EnvFilter::try_new(&filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+}
+
+/// A plain left-aligned table.
+pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let mut s = String::new();
+        for (i, (cell, w)) in cells.iter().zip(&widths).enumerate() {
+            if i + 1 == cells.len() {
+                s.push_str(cell);
+            } else {
+                s.push_str(&format!("{cell:<w$}  "));
+            }
+        }
+        s.trim_end().to_string()
+    };
+    let mut out = line(header.iter().map(|h| h.to_string()).collect());
+    out.push('\n');
+    for row in rows {
+        out.push_str(&line(row.clone()));
+        out.push('\n');
+    }
+    out
+}
+
+pub fn chain_table(s: &ChainStatus) -> String {
+    let mut rows = Vec::new();
+    for hop in &s.hops {
+        if hop.interfaces.is_empty() {
+            rows.push(vec![hop.name.clone(), hop.kind.clone(), hop.netns.clone(), "-".into(), "-".into(), "-".into(), "-".into()]);
+        }
+        for i in &hop.interfaces {
+            let state = match (hop.netns_present, i.present, i.up && i.carrier) {
+                (false, _, _) => "no-netns",
+                (_, false, _) => "missing",
+                (_, _, true) => "up",
+                _ => "down",
+            };
+            let counters = match (i.rx_packets, i.rx_bytes) {
+                (Some(p), Some(b)) => format!("{p} pkts / {b} B"),
+                _ => "-".into(),
+            };
+            rows.push(vec![
+                hop.name.clone(),
+                hop.kind.clone(),
+                hop.netns.clone(),
+                i.name.clone(),
+                i.planned_address.to_string(),
+                state.into(),
+                counters,
+            ]);
+        }
+    }
+    format!(
+        "chain {} ({}, {}{}) from {}\n{}",
+        s.chain,
+        s.fastpath,
+        serde_json::to_value(s.phase).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default(),
+        if s.healthy { ", healthy" } else { ", NOT healthy" },
+        s.source,
+        table(&["FUNCTION", "KIND", "NAMESPACE", "INTERFACE", "ADDRESS", "STATE", "RX (eBPF)"], &rows)
+    )
+}

@@ -1,0 +1,208 @@
+//! The only layer that touches the kernel: namespaces, veths, addresses, routes.
+//!
+//! Work is batched: namespaces are made by a few worker threads (each `unshare`s once per
+//! namespace and opens that namespace's netlink socket on the spot), veths are created from one
+//! socket in netfn's own namespace with both ends placed directly into their namespaces, and
+//! addresses and routes are sent to every namespace's socket concurrently.
+
+use std::collections::BTreeMap;
+use std::os::fd::OwnedFd;
+use std::sync::Mutex;
+
+use futures::{StreamExt, TryStreamExt, stream};
+
+use crate::netlink::{Netlink, NetlinkError};
+use crate::netns::{self, NetnsError};
+use crate::plan::{ChainPlan, HopPlan};
+
+/// How many netlink requests are in flight at once.
+const IN_FLIGHT: usize = 64;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    #[error(transparent)]
+    Netns(#[from] NetnsError),
+    #[error("hop {hop}: {source}")]
+    Netlink { hop: String, source: NetlinkError },
+}
+
+/// An open namespace: a handle on it and a netlink socket inside it.
+pub struct OpenNs {
+    pub fd: OwnedFd,
+    pub netlink: Netlink,
+}
+
+/// What `create_namespaces` made, by hop index, and which names turned out to be someone else's.
+#[derive(Default)]
+pub struct Opened {
+    pub hops: BTreeMap<usize, OpenNs>,
+    pub foreign: Vec<String>,
+}
+
+/// sysctls of every namespace netfn creates. Chains are IPv4 for now: IPv6 is off so that router
+/// solicitations and DAD do not wander through the chain.
+const BASE_SYSCTLS: [(&str, &str); 2] = [
+    ("net/ipv6/conf/all/disable_ipv6", "1"),
+    ("net/ipv6/conf/default/disable_ipv6", "1"),
+];
+
+fn sysctls_for(hop: &HopPlan) -> Vec<(&'static str, &'static str)> {
+    let mut v = BASE_SYSCTLS.to_vec();
+    if hop.forwarding {
+        v.push(("net/ipv4/ip_forward", "1"));
+    }
+    v
+}
+
+/// Creates the namespaces netfn owns and opens the existing endpoint namespaces. On error, what
+/// was created is still returned in `opened` so the caller can roll it back.
+pub fn create_namespaces(
+    plan: &ChainPlan,
+    rt: &tokio::runtime::Handle,
+    workers: usize,
+) -> (Opened, Result<(), ApplyError>) {
+    let opened = Mutex::new(Opened::default());
+    let first_error: Mutex<Option<ApplyError>> = Mutex::new(None);
+    let work: Vec<(usize, &HopPlan)> = plan.hops.iter().enumerate().collect();
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let fail = |e: ApplyError| {
+        if let Ok(mut slot) = first_error.lock() {
+            slot.get_or_insert(e);
+        }
+    };
+    std::thread::scope(|s| {
+        for _ in 0..workers.clamp(1, work.len().max(1)) {
+            s.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let Some(&(h, hop)) = work.get(i) else { break };
+                    if first_error.lock().map(|e| e.is_some()).unwrap_or(true) {
+                        break;
+                    }
+                    match open_hop(hop, rt) {
+                        Ok(ns) => {
+                            if let Ok(mut o) = opened.lock() {
+                                o.hops.insert(h, ns);
+                            }
+                        }
+                        Err(e) => {
+                            if let ApplyError::Netns(NetnsError::Exists { name }) = &e
+                                && let Ok(mut o) = opened.lock()
+                            {
+                                o.foreign.push(name.clone());
+                            }
+                            fail(e);
+                        }
+                    }
+                }
+            });
+        }
+    });
+    let opened = opened.into_inner().unwrap_or_default();
+    match first_error.into_inner().ok().flatten() {
+        Some(e) => (opened, Err(e)),
+        None => (opened, Ok(())),
+    }
+}
+
+/// Runs on a namespace worker thread: creates (or enters) the hop's namespace and opens its
+/// netlink socket there.
+fn open_hop(hop: &HopPlan, rt: &tokio::runtime::Handle) -> Result<OpenNs, ApplyError> {
+    let netlink_err = |source| ApplyError::Netlink {
+        hop: hop.name.clone(),
+        source,
+    };
+    if hop.netns.created {
+        let fd = netns::create_here(&hop.netns.name, &sysctls_for(hop))?;
+        let netlink = Netlink::here(rt).map_err(netlink_err)?;
+        Ok(OpenNs { fd, netlink })
+    } else {
+        let fd = netns::open(&hop.netns.name)?;
+        let netlink = netns::run_in(&fd, &hop.netns.name, || Netlink::here(rt))?.map_err(netlink_err)?;
+        Ok(OpenNs { fd, netlink })
+    }
+}
+
+/// Creates every veth pair of the plan, from a socket in netfn's own namespace.
+pub async fn create_links(plan: &ChainPlan, opened: &Opened, root: &Netlink) -> Result<(), ApplyError> {
+    stream::iter(plan.links.iter().map(Ok))
+        .try_for_each_concurrent(IN_FLIGHT, |link| async move {
+            let (Some(a), Some(b)) = (opened.hops.get(&link.out.hop), opened.hops.get(&link.inn.hop)) else {
+                return Ok(());
+            };
+            root.add_veth(&link.out, &a.fd, &link.inn, &b.fd)
+                .await
+                .map_err(|source| ApplyError::Netlink {
+                    hop: plan.hops[link.out.hop].name.clone(),
+                    source,
+                })
+        })
+        .await
+}
+
+/// Brings loopback up, and adds every address and route, in every hop.
+pub async fn configure_hops(plan: &ChainPlan, opened: &Opened) -> Result<(), ApplyError> {
+    stream::iter(plan.hops.iter().enumerate())
+        .map(|(h, hop)| async move {
+            let Some(ns) = opened.hops.get(&h) else {
+                return Ok(());
+            };
+            configure_hop(plan, h, hop, &ns.netlink)
+                .await
+                .map_err(|source| ApplyError::Netlink {
+                    hop: hop.name.clone(),
+                    source,
+                })
+        })
+        .buffer_unordered(IN_FLIGHT)
+        .try_collect::<Vec<()>>()
+        .await
+        .map(|_| ())
+}
+
+async fn configure_hop(plan: &ChainPlan, h: usize, hop: &HopPlan, nl: &Netlink) -> Result<(), NetlinkError> {
+    if hop.netns.created {
+        nl.set_up(1).await?; // loopback is always index 1 in a new namespace
+    }
+    for end in plan.interfaces_of(h) {
+        nl.add_address(end.ifindex, end.address).await?;
+        nl.set_up(end.ifindex).await?;
+    }
+    for route in &hop.routes {
+        nl.add_route(route.destination, route.gateway).await?;
+    }
+    Ok(())
+}
+
+/// Removes what the plan says netfn created: its interfaces in existing namespaces, then its
+/// namespaces (which takes their interfaces with them). Keeps going past failures and returns
+/// every error. `skip` names namespaces that turned out not to be netfn's.
+pub fn remove(plan: &ChainPlan, rt: &tokio::runtime::Handle, skip: &[String]) -> Vec<String> {
+    let mut errors = Vec::new();
+    for (h, hop) in plan.hops.iter().enumerate().filter(|(_, h)| !h.netns.created) {
+        for end in plan.interfaces_of(h) {
+            let result = netns::open(&hop.netns.name).and_then(|fd| {
+                netns::run_in(&fd, &hop.netns.name, || {
+                    Netlink::here(rt).map(|nl| rt.block_on(nl.delete_link(&end.ifname)))
+                })
+            });
+            match result {
+                Ok(Ok(Ok(_))) => {}
+                Ok(Ok(Err(e)) | Err(e)) => {
+                    errors.push(format!("{}: interface {}: {e}", hop.netns.name, end.ifname))
+                }
+                Err(NetnsError::Missing { .. }) => {}
+                Err(e) => errors.push(format!("{}: interface {}: {e}", hop.netns.name, end.ifname)),
+            }
+        }
+    }
+    for name in plan.created_namespaces() {
+        if skip.iter().any(|s| s == name) {
+            continue;
+        }
+        if let Err(e) = netns::delete(name) {
+            errors.push(e.to_string());
+        }
+    }
+    errors
+}

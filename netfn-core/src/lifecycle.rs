@@ -1,0 +1,227 @@
+//! `up` and `down` of one chain: lock, record, apply, and roll back or finish from the record.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use crate::apply::{self, ApplyError};
+use crate::netlink::Netlink;
+use crate::netns::{self, NetnsError};
+use crate::plan::{self, ChainPlan};
+use crate::spec::ChainSpec;
+use crate::state::{self, ChainLock, ChainState, Phase, StateError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum LifecycleError {
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error(transparent)]
+    Netns(#[from] NetnsError),
+    #[error("chain `{chain}` is up with a different definition; take it down first (netfn down {chain}), then run up again")]
+    Changed { chain: String },
+    #[error("chain `{chain}` is recorded as up but namespace {netns} is gone; run `netfn down {chain}` and `netfn up` again")]
+    Drift { chain: String, netns: String },
+    #[error("bringing up chain `{chain}` failed: {cause}{}", rollback_note(.rollback))]
+    Up {
+        chain: String,
+        cause: ApplyError,
+        rollback: Vec<String>,
+    },
+    #[error("taking down chain `{chain}` left {} problem(s):\n  {}\nthe record is kept: fix the cause and run `netfn down {chain}` again", .errors.len(), .errors.join("\n  "))]
+    Down { chain: String, errors: Vec<String> },
+}
+
+fn rollback_note(errors: &[String]) -> String {
+    if errors.is_empty() {
+        "; everything it created was removed".to_string()
+    } else {
+        format!(
+            "; rolling back also failed:\n  {}\nrun `netfn down` for the chain to finish",
+            errors.join("\n  ")
+        )
+    }
+}
+
+/// Tunables of `up`.
+#[derive(Debug, Clone)]
+pub struct UpOptions {
+    /// Threads that create namespaces.
+    pub workers: usize,
+}
+
+impl Default for UpOptions {
+    fn default() -> Self {
+        UpOptions { workers: 4 }
+    }
+}
+
+/// What `up` did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UpOutcome {
+    Created { functions: usize, elapsed: Duration },
+    Unchanged,
+}
+
+/// What `down` did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DownOutcome {
+    Removed { namespaces: usize, elapsed: Duration },
+    NotUp,
+}
+
+/// Progress lines for people ("waiting for the lock", "finishing an interrupted up").
+pub trait Progress {
+    fn note(&self, line: &str);
+}
+
+impl<F: Fn(&str)> Progress for F {
+    fn note(&self, line: &str) {
+        self(line)
+    }
+}
+
+fn lock(chain: &str, progress: &dyn Progress) -> Result<ChainLock, StateError> {
+    ChainLock::acquire(chain, || {
+        progress.note(&format!(
+            "another netfn command is working on chain `{chain}`; waiting for it to finish"
+        ))
+    })
+}
+
+/// Brings one chain up.
+pub fn up(
+    source: &Path,
+    spec: &ChainSpec,
+    rt: &tokio::runtime::Runtime,
+    options: &UpOptions,
+    progress: &dyn Progress,
+) -> Result<UpOutcome, LifecycleError> {
+    let started = Instant::now();
+    let plan = plan::plan_chain(spec);
+    let chain = plan.chain.clone();
+    let _lock = lock(&chain, progress)?;
+
+    if let Some(old) = state::load(&chain)? {
+        match old.phase {
+            Phase::Up if old.plan == plan => {
+                if let Some(missing) = plan.created_namespaces().find(|n| !netns::exists(n)) {
+                    return Err(LifecycleError::Drift {
+                        chain,
+                        netns: missing.to_string(),
+                    });
+                }
+                return Ok(UpOutcome::Unchanged);
+            }
+            Phase::Up => return Err(LifecycleError::Changed { chain }),
+            Phase::Applying | Phase::TearingDown => {
+                progress.note(&format!(
+                    "chain `{chain}`: an earlier up or down was interrupted; removing what it left first"
+                ));
+                teardown(old, rt)?;
+            }
+        }
+    }
+
+    preflight(&plan)?;
+    netns::ensure_run_dir()?;
+    let mut record = ChainState::new(source, plan);
+    state::save(&mut record)?;
+
+    match build(&record.plan, rt, options) {
+        Ok(()) => {
+            record.phase = Phase::Up;
+            state::save(&mut record)?;
+            Ok(UpOutcome::Created {
+                functions: record.plan.function_count(),
+                elapsed: started.elapsed(),
+            })
+        }
+        Err((cause, foreign)) => {
+            record.foreign = foreign;
+            let rollback = apply::remove(&record.plan, rt.handle(), &record.foreign);
+            if rollback.is_empty() {
+                state::remove(&chain)?;
+            } else {
+                record.phase = Phase::TearingDown;
+                state::save(&mut record)?;
+            }
+            Err(LifecycleError::Up {
+                chain,
+                cause,
+                rollback,
+            })
+        }
+    }
+}
+
+/// Refuses to start if a namespace netfn would create already exists (it is not ours), or an
+/// existing endpoint namespace is missing.
+fn preflight(plan: &ChainPlan) -> Result<(), NetnsError> {
+    for hop in &plan.hops {
+        let name = hop.netns.name.clone();
+        match (hop.netns.created, netns::exists(&name)) {
+            (true, true) => return Err(NetnsError::Exists { name }),
+            (false, false) => return Err(NetnsError::Missing { name }),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+fn build(
+    plan: &ChainPlan,
+    rt: &tokio::runtime::Runtime,
+    options: &UpOptions,
+) -> Result<(), (ApplyError, Vec<String>)> {
+    let (opened, created) = apply::create_namespaces(plan, rt.handle(), options.workers);
+    let foreign = opened.foreign.clone();
+    let with_foreign = |e| (e, foreign.clone());
+    created.map_err(with_foreign)?;
+    let root = Netlink::here(rt.handle()).map_err(|source| {
+        with_foreign(ApplyError::Netlink {
+            hop: "netfn's own namespace".into(),
+            source,
+        })
+    })?;
+    rt.block_on(async {
+        apply::create_links(plan, &opened, &root).await?;
+        apply::configure_hops(plan, &opened).await
+    })
+    .map_err(with_foreign)?;
+    Ok(())
+}
+
+/// Takes one chain down, from its record.
+pub fn down(
+    chain: &str,
+    rt: &tokio::runtime::Runtime,
+    progress: &dyn Progress,
+) -> Result<DownOutcome, LifecycleError> {
+    let started = Instant::now();
+    let lock = lock(chain, progress)?;
+    let Some(record) = state::load(chain)? else {
+        lock.remove_file();
+        return Ok(DownOutcome::NotUp);
+    };
+    let namespaces = record.plan.created_namespaces().count();
+    teardown(record, rt)?;
+    lock.remove_file();
+    Ok(DownOutcome::Removed {
+        namespaces,
+        elapsed: started.elapsed(),
+    })
+}
+
+fn teardown(mut record: ChainState, rt: &tokio::runtime::Runtime) -> Result<(), LifecycleError> {
+    record.phase = Phase::TearingDown;
+    state::save(&mut record)?;
+    let errors = apply::remove(&record.plan, rt.handle(), &record.foreign);
+    if errors.is_empty() {
+        state::remove(record.chain())?;
+        Ok(())
+    } else {
+        Err(LifecycleError::Down {
+            chain: record.chain().to_string(),
+            errors,
+        })
+    }
+}

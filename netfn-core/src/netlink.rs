@@ -1,0 +1,224 @@
+//! Typed rtnetlink operations on one namespace's netlink socket.
+//!
+//! A netlink socket belongs to the namespace of the thread that opened it, so `Netlink::here` is
+//! called on a thread that is already inside the namespace; the socket's connection task then
+//! runs on the tokio runtime like any other.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::os::fd::{AsRawFd, OwnedFd};
+
+use futures::TryStreamExt;
+use ipnet::Ipv4Net;
+use rtnetlink::packet_route::address::AddressAttribute;
+use rtnetlink::packet_route::link::{InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags};
+use rtnetlink::{LinkMessageBuilder, LinkUnspec, RouteMessageBuilder};
+
+use crate::plan::LinkEnd;
+
+#[derive(Debug, thiserror::Error)]
+#[error("{what}: {message}")]
+pub struct NetlinkError {
+    pub what: String,
+    pub message: String,
+    /// The errno the kernel returned, if any.
+    pub errno: Option<i32>,
+}
+
+impl NetlinkError {
+    fn new(what: impl Into<String>, e: rtnetlink::Error) -> Self {
+        let (message, errno) = match &e {
+            rtnetlink::Error::NetlinkError(m) => {
+                let io = m.to_io();
+                (io.to_string(), io.raw_os_error())
+            }
+            other => (other.to_string(), None),
+        };
+        NetlinkError {
+            what: what.into(),
+            message,
+            errno,
+        }
+    }
+
+    fn io(what: impl Into<String>, e: std::io::Error) -> Self {
+        NetlinkError {
+            what: what.into(),
+            message: e.to_string(),
+            errno: e.raw_os_error(),
+        }
+    }
+}
+
+/// One interface as the kernel reports it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct LinkInfo {
+    pub index: u32,
+    pub name: String,
+    pub up: bool,
+    pub lower_up: bool,
+    pub mac: Option<[u8; 6]>,
+}
+
+/// A netlink socket in one network namespace.
+#[derive(Clone)]
+pub struct Netlink {
+    handle: rtnetlink::Handle,
+}
+
+impl Netlink {
+    /// Opens a socket in the CALLING THREAD's namespace; its task runs on `rt`.
+    pub fn here(rt: &tokio::runtime::Handle) -> Result<Self, NetlinkError> {
+        let _guard = rt.enter();
+        let (conn, handle, _) =
+            rtnetlink::new_connection().map_err(|e| NetlinkError::io("open netlink socket", e))?;
+        rt.spawn(conn);
+        Ok(Netlink { handle })
+    }
+
+    /// Creates a veth pair with both ends placed directly in their namespaces, with the planned
+    /// names, interface indexes and MACs. Both ends start down: the kernel refuses to bring the
+    /// peer up before the pair exists (ENOTCONN), so each namespace brings its own ends up.
+    pub async fn add_veth(
+        &self,
+        out: &LinkEnd,
+        out_ns: &OwnedFd,
+        inn: &LinkEnd,
+        in_ns: &OwnedFd,
+    ) -> Result<(), NetlinkError> {
+        let peer = LinkMessageBuilder::<LinkUnspec>::new()
+            .name(inn.ifname.clone())
+            .index(inn.ifindex)
+            .address(inn.mac.to_vec())
+            .setns_by_fd(in_ns.as_raw_fd())
+            .build();
+        let msg = LinkMessageBuilder::<LinkUnspec>::new_with_info_kind(InfoKind::Veth)
+            .name(out.ifname.clone())
+            .index(out.ifindex)
+            .address(out.mac.to_vec())
+            .setns_by_fd(out_ns.as_raw_fd())
+            .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
+            .build();
+        self.handle
+            .link()
+            .add(msg)
+            .execute()
+            .await
+            .map_err(|e| NetlinkError::new(format!("create veth {}/{}", out.ifname, inn.ifname), e))
+    }
+
+    pub async fn set_up(&self, index: u32) -> Result<(), NetlinkError> {
+        self.handle
+            .link()
+            .set(LinkUnspec::new_with_index(index).up().build())
+            .execute()
+            .await
+            .map_err(|e| NetlinkError::new(format!("set interface {index} up"), e))
+    }
+
+    pub async fn add_address(&self, index: u32, net: Ipv4Net) -> Result<(), NetlinkError> {
+        self.handle
+            .address()
+            .add(index, IpAddr::V4(net.addr()), net.prefix_len())
+            .execute()
+            .await
+            .map_err(|e| NetlinkError::new(format!("add address {net}"), e))
+    }
+
+    pub async fn add_route(&self, destination: Ipv4Net, gateway: Ipv4Addr) -> Result<(), NetlinkError> {
+        let msg = RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(destination.network(), destination.prefix_len())
+            .gateway(gateway)
+            .build();
+        self.handle
+            .route()
+            .add(msg)
+            .execute()
+            .await
+            .map_err(|e| NetlinkError::new(format!("add route {destination} via {gateway}"), e))
+    }
+
+    /// Deletes an interface by name. Returns false if it did not exist.
+    pub async fn delete_link(&self, name: &str) -> Result<bool, NetlinkError> {
+        let Some(link) = self.link_by_name(name).await? else {
+            return Ok(false);
+        };
+        match self.handle.link().del(link.index).execute().await {
+            Ok(()) => Ok(true),
+            Err(e) => {
+                let e = NetlinkError::new(format!("delete interface {name}"), e);
+                if e.errno == Some(libc::ENODEV) { Ok(false) } else { Err(e) }
+            }
+        }
+    }
+
+    pub async fn link_by_name(&self, name: &str) -> Result<Option<LinkInfo>, NetlinkError> {
+        let mut stream = self.handle.link().get().match_name(name.to_string()).execute();
+        match stream.try_next().await {
+            Ok(Some(msg)) => Ok(Some(link_info(&msg))),
+            Ok(None) => Ok(None),
+            Err(e) => {
+                let e = NetlinkError::new(format!("look up interface {name}"), e);
+                if e.errno == Some(libc::ENODEV) { Ok(None) } else { Err(e) }
+            }
+        }
+    }
+
+    /// Every interface of the namespace.
+    pub async fn links(&self) -> Result<Vec<LinkInfo>, NetlinkError> {
+        let msgs: Vec<_> = self
+            .handle
+            .link()
+            .get()
+            .execute()
+            .try_collect()
+            .await
+            .map_err(|e| NetlinkError::new("list interfaces", e))?;
+        Ok(msgs.iter().map(link_info).collect())
+    }
+
+    /// Every IPv4 address of the namespace, by interface index.
+    pub async fn addresses(&self) -> Result<Vec<(u32, Ipv4Net)>, NetlinkError> {
+        let msgs: Vec<_> = self
+            .handle
+            .address()
+            .get()
+            .execute()
+            .try_collect()
+            .await
+            .map_err(|e| NetlinkError::new("list addresses", e))?;
+        Ok(msgs
+            .iter()
+            .filter_map(|m| {
+                m.attributes.iter().find_map(|a| match a {
+                    AddressAttribute::Address(IpAddr::V4(ip)) => {
+                        Ipv4Net::new(*ip, m.header.prefix_len).ok().map(|n| (m.header.index, n))
+                    }
+                    _ => None,
+                })
+            })
+            .collect())
+    }
+}
+
+fn link_info(msg: &rtnetlink::packet_route::link::LinkMessage) -> LinkInfo {
+    let mut info = LinkInfo {
+        index: msg.header.index,
+        name: String::new(),
+        up: msg.header.flags.contains(LinkFlags::Up),
+        lower_up: msg.header.flags.contains(LinkFlags::LowerUp),
+        mac: None,
+    };
+    for attr in &msg.attributes {
+        match attr {
+            LinkAttribute::IfName(n) => info.name = n.clone(),
+            LinkAttribute::Address(a) => info.mac = a.as_slice().try_into().ok(),
+            _ => {}
+        }
+    }
+    info
+}
+
+/// Formats a MAC address as `02:ab:…`.
+pub fn fmt_mac(mac: &[u8; 6]) -> String {
+    mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+}

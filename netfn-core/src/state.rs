@@ -1,0 +1,223 @@
+//! What netfn created, under /run/netfn/chains/: one JSON record and one lock file per chain.
+//!
+//! The record is written BEFORE any kernel object is created (phase `applying`), so a crash at
+//! any point leaves enough for `down` to finish the job. Teardown works from the record, never
+//! from the (possibly edited) chain file.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use nix::errno::Errno;
+use nix::fcntl::{Flock, FlockArg};
+use serde::{Deserialize, Serialize};
+
+use crate::names;
+use crate::plan::ChainPlan;
+
+pub const STATE_VERSION: u32 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("cannot {what} {path}: {source}")]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
+    #[error("state file {path} is damaged ({source}); inspect it, then remove it and the namespaces it names by hand")]
+    Corrupt {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+    #[error("state file {path} was written by a newer netfn (version {found}); use that version to manage this chain")]
+    Version { path: PathBuf, found: u32 },
+}
+
+fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> StateError + 'a {
+    move |source| StateError::Io {
+        what,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Where an operation on the chain stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Phase {
+    /// `up` started; objects of the plan may or may not exist.
+    Applying,
+    /// `up` finished.
+    Up,
+    /// `down` started and has not finished.
+    TearingDown,
+}
+
+/// The record of one chain.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChainState {
+    pub version: u32,
+    pub phase: Phase,
+    /// The chain file it came from (for people; teardown never reads it).
+    pub source: PathBuf,
+    /// Unix time of the last change.
+    pub updated_unix: u64,
+    /// Namespace names of the plan that already existed and were NOT created by netfn.
+    #[serde(default)]
+    pub foreign: Vec<String>,
+    /// True when eBPF counters were attached (pins under /sys/fs/bpf/netfn/<chain>).
+    #[serde(default)]
+    pub counters: bool,
+    pub plan: ChainPlan,
+}
+
+impl ChainState {
+    pub fn new(source: &Path, plan: ChainPlan) -> Self {
+        ChainState {
+            version: STATE_VERSION,
+            phase: Phase::Applying,
+            source: source.to_path_buf(),
+            updated_unix: 0,
+            foreign: Vec::new(),
+            counters: false,
+            plan,
+        }
+    }
+
+    pub fn chain(&self) -> &str {
+        &self.plan.chain
+    }
+}
+
+pub fn state_path(chain: &str) -> PathBuf {
+    names::chain_state_dir().join(format!("{chain}.json"))
+}
+
+fn lock_path(chain: &str) -> PathBuf {
+    names::chain_state_dir().join(format!("{chain}.lock"))
+}
+
+fn now_unix() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Reads a chain's record; `None` if the chain is not known.
+pub fn load(chain: &str) -> Result<Option<ChainState>, StateError> {
+    let path = state_path(chain);
+    let text = match fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io_err("read", &path)(e)),
+    };
+    let state: ChainState =
+        serde_json::from_str(&text).map_err(|source| StateError::Corrupt {
+            path: path.clone(),
+            source,
+        })?;
+    if state.version > STATE_VERSION {
+        return Err(StateError::Version {
+            path,
+            found: state.version,
+        });
+    }
+    Ok(Some(state))
+}
+
+/// Writes a chain's record atomically (temporary file + rename).
+pub fn save(state: &mut ChainState) -> Result<(), StateError> {
+    state.updated_unix = now_unix();
+    let dir = names::chain_state_dir();
+    fs::create_dir_all(&dir).map_err(io_err("create", &dir))?;
+    let path = state_path(state.chain());
+    let tmp = path.with_extension("json.tmp");
+    let json = serde_json::to_vec_pretty(state).map_err(|source| StateError::Corrupt {
+        path: path.clone(),
+        source,
+    })?;
+    let mut f = File::create(&tmp).map_err(io_err("write", &tmp))?;
+    f.write_all(&json).map_err(io_err("write", &tmp))?;
+    fs::rename(&tmp, &path).map_err(io_err("rename", &path))
+}
+
+/// Removes a chain's record.
+pub fn remove(chain: &str) -> Result<(), StateError> {
+    let path = state_path(chain);
+    match fs::remove_file(&path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(io_err("remove", &path)(e)),
+    }
+}
+
+/// Every chain with a record, sorted.
+pub fn list() -> Result<Vec<String>, StateError> {
+    let dir = names::chain_state_dir();
+    let entries = match fs::read_dir(&dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(io_err("list", &dir)(e)),
+    };
+    let mut chains: Vec<String> = entries
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let name = e.file_name().into_string().ok()?;
+            name.strip_suffix(".json").map(str::to_string)
+        })
+        .collect();
+    chains.sort();
+    Ok(chains)
+}
+
+/// An exclusive lock on one chain: `up`, `down` and (later) `apply` of a chain never interleave.
+pub struct ChainLock {
+    path: PathBuf,
+    _lock: Flock<File>,
+}
+
+impl ChainLock {
+    /// Takes the chain's lock, waiting for another netfn process if one holds it (`on_wait` is
+    /// called once before waiting, so the caller can say so).
+    pub fn acquire(chain: &str, on_wait: impl FnOnce()) -> Result<Self, StateError> {
+        let dir = names::chain_state_dir();
+        fs::create_dir_all(&dir).map_err(io_err("create", &dir))?;
+        let path = lock_path(chain);
+        let mut on_wait = Some(on_wait);
+        loop {
+            let file = OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&path)
+                .map_err(io_err("open", &path))?;
+            let lock = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+                Ok(l) => l,
+                Err((file, Errno::EWOULDBLOCK)) => {
+                    if let Some(f) = on_wait.take() {
+                        f();
+                    }
+                    Flock::lock(file, FlockArg::LockExclusive)
+                        .map_err(|(_, e)| io_err("lock", &path)(e.into()))?
+                }
+                Err((_, e)) => return Err(io_err("lock", &path)(e.into())),
+            };
+            // The previous holder may have removed the lock file (end of `down`): if the path no
+            // longer names the file we locked, lock the new one.
+            let ours = lock.metadata().map_err(io_err("stat", &path))?;
+            match fs::metadata(&path) {
+                Ok(now) if now.ino() == ours.ino() && now.dev() == ours.dev() => {
+                    return Ok(ChainLock { path, _lock: lock });
+                }
+                _ => continue,
+            }
+        }
+    }
+
+    /// Removes the lock file while still holding the lock (the chain is gone).
+    pub fn remove_file(&self) {
+        let _ = fs::remove_file(&self.path);
+    }
+}

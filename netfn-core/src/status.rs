@@ -1,0 +1,139 @@
+//! `netfn status`: the record of each chain, checked against the kernel.
+
+use std::collections::BTreeMap;
+
+use ipnet::Ipv4Net;
+use serde::Serialize;
+
+use crate::netlink::{LinkInfo, Netlink, fmt_mac};
+use crate::netns;
+use crate::plan::{ChainPlan, HopRole};
+use crate::state::{self, ChainState, Phase, StateError};
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ChainStatus {
+    pub chain: String,
+    pub phase: Phase,
+    pub fastpath: String,
+    pub source: String,
+    /// True when every hop's namespace and interfaces exist and are up.
+    pub healthy: bool,
+    pub hops: Vec<HopStatus>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct HopStatus {
+    pub name: String,
+    pub kind: String,
+    pub netns: String,
+    pub netns_present: bool,
+    pub interfaces: Vec<InterfaceStatus>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct InterfaceStatus {
+    pub name: String,
+    pub ifindex: u32,
+    pub mac: String,
+    pub planned_address: Ipv4Net,
+    pub addresses: Vec<Ipv4Net>,
+    pub present: bool,
+    pub up: bool,
+    pub carrier: bool,
+    /// Packets and bytes received, from the eBPF counters (when attached).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rx_packets: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rx_bytes: Option<u64>,
+}
+
+/// Per-interface receive counters by ifindex, as read by the caller from eBPF maps.
+pub type Counters = BTreeMap<u32, (u64, u64)>;
+
+/// The status of one recorded chain.
+pub fn chain_status(
+    record: &ChainState,
+    rt: &tokio::runtime::Handle,
+    counters: &Counters,
+) -> ChainStatus {
+    let plan = &record.plan;
+    let hops: Vec<HopStatus> = (0..plan.hops.len())
+        .map(|h| hop_status(plan, h, rt, counters))
+        .collect();
+    let healthy = record.phase == Phase::Up
+        && hops.iter().all(|h| {
+            h.netns_present && h.interfaces.iter().all(|i| i.present && i.up && i.carrier)
+        });
+    ChainStatus {
+        chain: plan.chain.clone(),
+        phase: record.phase,
+        fastpath: plan.fastpath.to_string(),
+        source: record.source.display().to_string(),
+        healthy,
+        hops,
+    }
+}
+
+fn hop_status(plan: &ChainPlan, h: usize, rt: &tokio::runtime::Handle, counters: &Counters) -> HopStatus {
+    let hop = &plan.hops[h];
+    let kind = match &hop.role {
+        HopRole::Ingress => "ingress".to_string(),
+        HopRole::Egress => "egress".to_string(),
+        HopRole::Function { kind, .. } => kind.clone(),
+    };
+    let live = netns::open(&hop.netns.name).ok().and_then(|fd| {
+        netns::run_in(&fd, &hop.netns.name, || {
+            let nl = Netlink::here(rt).ok()?;
+            rt.block_on(async { Some((nl.links().await.ok()?, nl.addresses().await.ok()?)) })
+        })
+        .ok()
+        .flatten()
+    });
+    let netns_present = live.is_some();
+    let (links, addrs) = live.unwrap_or_default();
+    let interfaces = plan
+        .interfaces_of(h)
+        .map(|end| {
+            let link: Option<&LinkInfo> = links.iter().find(|l| l.name == end.ifname);
+            let index = link.map(|l| l.index);
+            InterfaceStatus {
+                name: end.ifname.clone(),
+                ifindex: end.ifindex,
+                mac: fmt_mac(&end.mac),
+                planned_address: end.address,
+                addresses: addrs
+                    .iter()
+                    .filter(|(i, _)| Some(*i) == index)
+                    .map(|(_, a)| *a)
+                    .collect(),
+                present: link.is_some(),
+                up: link.is_some_and(|l| l.up),
+                carrier: link.is_some_and(|l| l.lower_up),
+                rx_packets: counters.get(&end.ifindex).map(|c| c.0),
+                rx_bytes: counters.get(&end.ifindex).map(|c| c.1),
+            }
+        })
+        .collect();
+    HopStatus {
+        name: hop.name.clone(),
+        kind,
+        netns: hop.netns.name.clone(),
+        netns_present,
+        interfaces,
+    }
+}
+
+/// Every recorded chain, or just `only`.
+pub fn records(only: Option<&str>) -> Result<Vec<ChainState>, StateError> {
+    let names = match only {
+        Some(c) => vec![c.to_string()],
+        None => state::list()?,
+    };
+    let mut out = Vec::new();
+    for name in names {
+        if let Some(r) = state::load(&name)? {
+            out.push(r);
+        }
+    }
+    Ok(out)
+}

@@ -1,0 +1,160 @@
+//! A chain's whole life with real kernel objects: up, traffic both ways, status, exec, down,
+//! and nothing left behind. Runs as root.
+
+use std::process::Command;
+
+use netfn_tests::traffic::{tcp_echo, udp_echo};
+use netfn_tests::{ChainGuard, TempDir, forward_chain, leftovers, netfn, netfn_ok, unique_chain};
+
+#[test]
+fn three_function_chain_carries_tcp_and_udp_both_ways_and_leaves_nothing() {
+    let chain = unique_chain("lc");
+    let dir = TempDir::new(&chain);
+    let file = dir.write("chain.toml", &forward_chain(&chain, 3, "kernel"));
+    {
+        let _guard = ChainGuard::up(&chain, &file);
+        let ingress = format!("nf-{chain}-ingress");
+        let egress = format!("nf-{chain}-egress");
+
+        // UDP both ways; the TTL proves each direction crossed all three functions.
+        let udp = udp_echo(&ingress, &egress, 20);
+        assert_eq!(udp.ttl_forward, 64 - 3, "request should be routed by 3 functions");
+        assert_eq!(udp.ttl_reverse, 64 - 3, "reply should be routed by 3 functions");
+        // TCP both ways, 1 MiB echoed.
+        tcp_echo(&ingress, &egress, 1 << 20);
+
+        // status --json: every hop present, every interface up, the planned addresses in place.
+        let json: serde_json::Value =
+            serde_json::from_str(&netfn_ok(&["status", &chain, "--json"])).expect("status json");
+        let s = &json[0];
+        assert_eq!(s["chain"], chain.as_str());
+        assert_eq!(s["phase"], "up");
+        assert_eq!(s["healthy"], true, "status: {s:#}");
+        let hops = s["hops"].as_array().expect("hops");
+        let names: Vec<&str> = hops.iter().filter_map(|h| h["name"].as_str()).collect();
+        assert_eq!(names, ["ingress", "fn1", "fn2", "fn3", "egress"]);
+        for hop in hops {
+            let ifs = hop["interfaces"].as_array().expect("interfaces");
+            let expected = if hop["kind"] == "forward" { 2 } else { 1 };
+            assert_eq!(ifs.len(), expected, "hop {hop:#}");
+            for i in ifs {
+                assert_eq!(i["up"], true);
+                assert_eq!(i["addresses"][0], i["planned_address"], "interface {i:#}");
+            }
+        }
+        // The table form names every function.
+        let table = netfn_ok(&["status", &chain]);
+        for f in ["fn1", "fn2", "fn3"] {
+            assert!(table.contains(f), "status table lacks {f}:\n{table}");
+        }
+
+        // exec runs inside the function's namespace: forwarding is on there.
+        let fwd = netfn_ok(&["exec", &chain, "fn2", "--", "cat", "/proc/sys/net/ipv4/ip_forward"]);
+        assert_eq!(fwd.trim(), "1");
+
+        // up again on the unchanged file changes nothing and says so.
+        let again = netfn_ok(&["up", &file.to_string_lossy()]);
+        assert!(again.contains("unchanged"), "second up said: {again}");
+    }
+    assert_eq!(leftovers(&chain), Vec::<String>::new());
+}
+
+#[test]
+fn down_is_safe_to_repeat() {
+    let chain = unique_chain("rp");
+    let out = netfn_ok(&["down", &chain]);
+    assert!(out.contains("not up"), "down of an unknown chain said: {out}");
+}
+
+#[test]
+fn failed_up_rolls_back_and_never_touches_foreign_namespaces() {
+    let chain = unique_chain("rb");
+    let dir = TempDir::new(&chain);
+    let file = dir.write("chain.toml", &forward_chain(&chain, 3, "kernel"));
+    // Someone else's namespace under the name netfn would give fn2.
+    let squatter = format!("nf-{chain}-fn2");
+    let made = Command::new("ip").args(["netns", "add", &squatter]).status().expect("ip netns add");
+    assert!(made.success());
+    struct Squat(String);
+    impl Drop for Squat {
+        fn drop(&mut self) {
+            let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+        }
+    }
+    let _squat = Squat(squatter.clone());
+
+    let out = netfn(&["up", &file.to_string_lossy()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "up should fail when a namespace name is taken");
+    assert!(stderr.contains(&squatter) && stderr.contains("netfn did not create it"), "stderr: {stderr}");
+    assert!(std::path::Path::new(&format!("/run/netns/{squatter}")).exists(), "netfn removed a namespace it did not create");
+    let left: Vec<String> = leftovers(&chain).into_iter().filter(|l| !l.contains(&squatter)).collect();
+    assert_eq!(left, Vec::<String>::new());
+}
+
+#[test]
+fn concurrent_ups_of_one_chain_do_not_interleave() {
+    let chain = unique_chain("cc");
+    let dir = TempDir::new(&chain);
+    let file = dir.write("chain.toml", &forward_chain(&chain, 8, "kernel"));
+    let path = file.to_string_lossy().into_owned();
+    {
+        let _guard = scopeguard(&chain);
+        let spawn = || {
+            Command::new(netfn_tests::netfn_bin())
+                .args(["up", &path])
+                .output()
+                .expect("run netfn up")
+        };
+        let (a, b) = std::thread::scope(|s| {
+            let a = s.spawn(spawn);
+            let b = s.spawn(spawn);
+            (a.join().expect("thread a"), b.join().expect("thread b"))
+        });
+        let outs = [String::from_utf8_lossy(&a.stdout), String::from_utf8_lossy(&b.stdout)];
+        assert!(a.status.success() && b.status.success(), "both ups should succeed: {outs:?}");
+        let created = outs.iter().filter(|o| o.contains(": up,")).count();
+        let unchanged = outs.iter().filter(|o| o.contains("unchanged")).count();
+        assert_eq!((created, unchanged), (1, 1), "outputs: {outs:?}");
+        let udp = udp_echo(&format!("nf-{chain}-ingress"), &format!("nf-{chain}-egress"), 3);
+        assert_eq!(udp.ttl_forward, 64 - 8);
+    }
+    assert_eq!(leftovers(&chain), Vec::<String>::new());
+}
+
+#[test]
+fn down_finishes_after_up_was_killed_at_any_point() {
+    // Kill `netfn up` at several moments of a 40-function chain, then `down` must leave nothing.
+    for delay_ms in [0u64, 3, 10, 25, 60, 150] {
+        let chain = unique_chain("kl");
+        let dir = TempDir::new(&chain);
+        let file = dir.write("chain.toml", &forward_chain(&chain, 40, "kernel"));
+        let mut child = Command::new(netfn_tests::netfn_bin())
+            .args(["up", &file.to_string_lossy()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn netfn up");
+        std::thread::sleep(std::time::Duration::from_millis(delay_ms));
+        let _ = child.kill(); // SIGKILL
+        let _ = child.wait();
+        let out = netfn(&["down", &chain]);
+        assert!(
+            out.status.success(),
+            "down after a kill at {delay_ms} ms failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(leftovers(&chain), Vec::<String>::new(), "after a kill at {delay_ms} ms");
+    }
+}
+
+/// Takes `chain` down on drop.
+fn scopeguard(chain: &str) -> impl Drop {
+    struct Down(String);
+    impl Drop for Down {
+        fn drop(&mut self) {
+            let _ = netfn(&["down", &self.0]);
+        }
+    }
+    Down(chain.to_string())
+}
