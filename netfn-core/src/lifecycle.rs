@@ -98,8 +98,24 @@ pub fn up(
     let started = Instant::now();
     let plan = plan::plan_chain(spec);
     let chain = plan.chain.clone();
-    let _lock = lock(&chain, progress)?;
+    let lock = lock(&chain, progress)?;
+    let result = up_locked(source, plan, rt, options, progress, started);
+    // A failed up that left no record leaves no lock file either.
+    if result.is_err() && matches!(state::load(&chain), Ok(None)) {
+        lock.remove_file();
+    }
+    result
+}
 
+fn up_locked(
+    source: &Path,
+    plan: ChainPlan,
+    rt: &tokio::runtime::Runtime,
+    options: &UpOptions,
+    progress: &dyn Progress,
+    started: Instant,
+) -> Result<UpOutcome, LifecycleError> {
+    let chain = plan.chain.clone();
     if let Some(old) = state::load(&chain)? {
         match old.phase {
             Phase::Up if old.plan == plan => {

@@ -124,13 +124,15 @@ fn concurrent_ups_of_one_chain_do_not_interleave() {
 
 #[test]
 fn down_finishes_after_up_was_killed_at_any_point() {
-    // Kill `netfn up` at several moments of a 40-function chain, then `down` must leave nothing.
-    for delay_ms in [0u64, 3, 10, 25, 60, 150] {
+    // Kill `netfn up` at several moments of a 200-function chain, then `down` must leave nothing.
+    let mut killed_mid_way = 0;
+    for delay_ms in [0u64, 5, 15, 30, 60, 120] {
         let chain = unique_chain("kl");
         let dir = TempDir::new(&chain);
-        let file = dir.write("chain.toml", &forward_chain(&chain, 40, "kernel"));
+        let file = dir.write("chain.toml", &forward_chain(&chain, 200, "kernel"));
         let mut child = Command::new(netfn_tests::netfn_bin())
             .args(["up", &file.to_string_lossy()])
+            .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
@@ -138,6 +140,10 @@ fn down_finishes_after_up_was_killed_at_any_point() {
         std::thread::sleep(std::time::Duration::from_millis(delay_ms));
         let _ = child.kill(); // SIGKILL
         let _ = child.wait();
+        let record = std::fs::read_to_string(format!("/run/netfn/chains/{chain}.json")).unwrap_or_default();
+        if record.contains("\"phase\": \"applying\"") {
+            killed_mid_way += 1;
+        }
         let out = netfn(&["down", &chain]);
         assert!(
             out.status.success(),
@@ -146,6 +152,7 @@ fn down_finishes_after_up_was_killed_at_any_point() {
         );
         assert_eq!(leftovers(&chain), Vec::<String>::new(), "after a kill at {delay_ms} ms");
     }
+    assert!(killed_mid_way > 0, "no kill landed while up was applying; the test proved nothing");
 }
 
 /// Takes `chain` down on drop.
