@@ -2,6 +2,7 @@
 
 mod bench;
 mod ebpf;
+mod flow;
 mod setup;
 mod util;
 mod vm;
@@ -48,8 +49,8 @@ fn main() -> Result<()> {
     match cli.command {
         Command::Setup => setup::run(),
         Command::BuildEbpf { debug } => ebpf::build(!debug).map(|_| ()),
-        Command::Demo => setup::demo(),
-        Command::Test { args } => setup::test(&args),
+        Command::Demo => flow::demo(),
+        Command::Test { args } => flow::test(&args),
         Command::Bench { which } => bench::run(which),
         Command::VmTest(args) => vm::run(args),
     }

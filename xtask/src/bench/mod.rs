@@ -1,7 +1,15 @@
-//! `cargo xtask bench …`: measurements, never tests.
+//! `cargo xtask bench …`: measurements, never tests. Each prints a table and writes
+//! target/bench/NAME.json.
 
-use anyhow::Result;
+mod deploy;
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
 use clap::Subcommand;
+use serde::Serialize;
+
+use crate::util;
 
 #[derive(Subcommand)]
 pub enum Bench {
@@ -15,9 +23,31 @@ pub enum Bench {
 
 pub fn run(which: Bench) -> Result<()> {
     match which {
-        Bench::Deploy { functions } => {
-            let _ = functions;
-            anyhow::bail!("bench deploy is not implemented yet")
-        }
+        Bench::Deploy { functions } => deploy::run(&functions),
     }
+}
+
+/// Builds the release `netfn` (with the eBPF object embedded) and returns its path.
+pub fn netfn_release() -> Result<PathBuf> {
+    crate::flow::ensure_built(true)?;
+    Ok(util::workspace_root().join("target/release/netfn"))
+}
+
+/// The median of the samples (sorts them).
+pub fn median(samples: &mut [f64]) -> f64 {
+    samples.sort_by(|a, b| a.total_cmp(b));
+    match samples.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => samples[n / 2],
+        n => (samples[n / 2 - 1] + samples[n / 2]) / 2.0,
+    }
+}
+
+/// Writes target/bench/NAME.json.
+pub fn write_json<T: Serialize>(name: &str, records: &T) -> Result<PathBuf> {
+    let dir = util::workspace_root().join("target/bench");
+    std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
+    let path = dir.join(format!("{name}.json"));
+    std::fs::write(&path, serde_json::to_vec_pretty(records)?).with_context(|| format!("write {}", path.display()))?;
+    Ok(path)
 }

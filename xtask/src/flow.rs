@@ -1,0 +1,105 @@
+//! The two commands of the README: `cargo xtask demo` and `cargo xtask test`. Both set up
+//! everything first, so they work on a fresh machine.
+
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+
+use crate::{ebpf, setup, util};
+
+/// Builds the eBPF object, then the `netfn` binary that embeds it.
+pub fn ensure_built(release: bool) -> Result<()> {
+    ebpf::build(true)?;
+    let mut cargo = Command::new("cargo");
+    cargo.current_dir(util::workspace_root()).args(["build", "-p", "netfn-cli"]);
+    if release {
+        cargo.arg("--release");
+    }
+    util::run(&mut cargo)
+}
+
+fn require_root(what: &str) -> Result<()> {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("{what} creates network namespaces and loads eBPF: run it as root (sudo -E cargo xtask …)");
+    }
+    Ok(())
+}
+
+/// `cargo xtask test`: setup, build, then every unit and integration test.
+pub fn test(args: &[String]) -> Result<()> {
+    require_root("cargo xtask test")?;
+    setup::run()?;
+    ensure_built(false)?;
+    let mut cargo = Command::new("cargo");
+    cargo
+        .current_dir(util::workspace_root())
+        .args(["test", "--workspace", "--no-fail-fast"]);
+    if !args.is_empty() {
+        cargo.arg("--").args(args);
+    }
+    util::run(&mut cargo)
+}
+
+/// The demo chain: every function kind that has landed, between two endpoints netfn creates.
+const DEMO_CHAIN: &str = "demo";
+const DEMO_FILE: &str = "examples/demo.toml";
+
+/// `cargo xtask demo`: setup, build, bring up the demo chain, send real traffic through it,
+/// show status and counters, take it down.
+pub fn demo() -> Result<()> {
+    require_root("cargo xtask demo")?;
+    setup::run()?;
+    ensure_built(true)?;
+    let root = util::workspace_root();
+    let netfn = root.join("target/release/netfn");
+    let file = root.join(DEMO_FILE);
+    let file_arg = file.to_string_lossy().into_owned();
+    let step = |title: &str| println!("\n\x1b[1m== {title}\x1b[0m");
+    let netfn_run = |args: &[&str]| -> Result<()> {
+        println!("$ netfn {}", args.join(" "));
+        util::run(Command::new(&netfn).args(args))
+    };
+
+    step("the chain file");
+    netfn_run(&["validate", &file_arg])?;
+    netfn_run(&["graph", &file_arg, "--format", "mermaid"])?;
+
+    step("bring it up");
+    // A demo left over from an interrupted run is taken down first.
+    let _ = Command::new(&netfn).args(["down", DEMO_CHAIN]).output();
+    netfn_run(&["up", &file_arg])?;
+    let result = demo_traffic(&netfn);
+
+    step("take it down");
+    netfn_run(&["down", DEMO_CHAIN])?;
+    result
+}
+
+fn demo_traffic(netfn: &std::path::Path) -> Result<()> {
+    let step = |title: &str| println!("\n\x1b[1m== {title}\x1b[0m");
+    let exec = |hop: &str, cmd: &[&str]| -> Result<()> {
+        println!("$ netfn exec {DEMO_CHAIN} {hop} -- {}", cmd.join(" "));
+        let mut c = Command::new(netfn);
+        c.args(["exec", DEMO_CHAIN, hop, "--"]).args(cmd);
+        util::run(&mut c)
+    };
+    step("ping from the ingress endpoint to the egress endpoint, through every function");
+    exec("ingress", &["ping", "-c", "5", "-i", "0.2", "10.20.2.2"])?;
+
+    step("TCP throughput through the chain (iperf3, 3 s)");
+    let mut server = Command::new(netfn)
+        .args(["exec", DEMO_CHAIN, "egress", "--", "iperf3", "-s", "-1", "-B", "10.20.2.2"])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .context("start iperf3 server in the egress namespace")?;
+    std::thread::sleep(Duration::from_millis(300));
+    let client = exec("ingress", &["iperf3", "-c", "10.20.2.2", "-t", "3", "-f", "m"]);
+    let _ = server.kill();
+    let _ = server.wait();
+    client?;
+
+    step("status, with per-interface eBPF counters");
+    util::run(Command::new(netfn).args(["status", DEMO_CHAIN]))
+}
