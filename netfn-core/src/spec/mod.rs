@@ -2,6 +2,7 @@
 
 mod model;
 mod parse;
+mod raw;
 mod validate;
 
 pub use model::{ChainFile, ChainSpec, EndpointSpec, FastPath, FunctionSpec};
