@@ -46,9 +46,21 @@ pub fn validate(file: &Path) -> Result<ExitCode> {
             let chains: Vec<String> = f
                 .chains
                 .iter()
-                .map(|c| format!("{} ({} function(s), {})", c.name, c.functions.len(), c.fastpath))
+                .map(|c| {
+                    format!(
+                        "{} ({} function(s), {})",
+                        c.name,
+                        c.functions.len(),
+                        c.fastpath
+                    )
+                })
                 .collect();
-            println!("{}: ok, {} chain(s): {}", file.display(), f.chains.len(), chains.join(", "));
+            println!(
+                "{}: ok, {} chain(s): {}",
+                file.display(),
+                f.chains.len(),
+                chains.join(", ")
+            );
             Ok(ExitCode::SUCCESS)
         }
         Err(LoadError::Invalid(d)) => {
@@ -73,7 +85,11 @@ pub fn up(file: &Path, only: Option<&str>) -> Result<ExitCode> {
             "{} has no chain named `{}`; it has: {}",
             file.display(),
             only.unwrap_or_default(),
-            spec.chains.iter().map(|c| c.name.as_str()).collect::<Vec<_>>().join(", ")
+            spec.chains
+                .iter()
+                .map(|c| c.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
         );
     }
     let rt = runtime()?;
@@ -89,7 +105,10 @@ pub fn up(file: &Path, only: Option<&str>) -> Result<ExitCode> {
                 chain.fastpath,
                 elapsed.as_millis()
             ),
-            UpOutcome::Unchanged => println!("chain {}: already up and unchanged; nothing to do", chain.name),
+            UpOutcome::Unchanged => println!(
+                "chain {}: already up and unchanged; nothing to do",
+                chain.name
+            ),
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -99,16 +118,25 @@ pub fn down(target: Option<&str>, all: bool) -> Result<ExitCode> {
     require_root("down")?;
     let chains: Vec<String> = match target {
         _ if all => state::list()?,
-        Some(t) if Path::new(t).is_file() => load(Path::new(t))?.chains.into_iter().map(|c| c.name).collect(),
+        Some(t) if Path::new(t).is_file() => load(Path::new(t))?
+            .chains
+            .into_iter()
+            .map(|c| c.name)
+            .collect(),
         Some(t) => vec![t.to_string()],
-        None => bail!("say which chain to take down: `netfn down CHAIN`, `netfn down FILE` or `netfn down --all`"),
+        None => bail!(
+            "say which chain to take down: `netfn down CHAIN`, `netfn down FILE` or `netfn down --all`"
+        ),
     };
     let rt = runtime()?;
     let progress = |line: &str| eprintln!("netfn: {line}");
     let mut failed = 0;
     for chain in &chains {
         match lifecycle::down(chain, &rt, &progress) {
-            Ok(DownOutcome::Removed { namespaces, elapsed }) => println!(
+            Ok(DownOutcome::Removed {
+                namespaces,
+                elapsed,
+            }) => println!(
                 "chain {chain}: down, {namespaces} namespace(s) removed in {} ms",
                 elapsed.as_millis()
             ),
@@ -119,7 +147,11 @@ pub fn down(target: Option<&str>, all: bool) -> Result<ExitCode> {
             }
         }
     }
-    Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    Ok(if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 pub fn status(chain: Option<&str>, json: bool) -> Result<ExitCode> {
@@ -127,7 +159,9 @@ pub fn status(chain: Option<&str>, json: bool) -> Result<ExitCode> {
     if let Some(c) = chain
         && records.is_empty()
     {
-        bail!("chain `{c}` is not up (no record under /run/netfn); `netfn status` lists the chains that are");
+        bail!(
+            "chain `{c}` is not up (no record under /run/netfn); `netfn status` lists the chains that are"
+        );
     }
     let rt = runtime()?;
     let all: Vec<_> = records
@@ -147,11 +181,15 @@ pub fn status(chain: Option<&str>, json: bool) -> Result<ExitCode> {
 }
 
 pub fn exec(chain: &str, function: &str, command: &[String]) -> Result<ExitCode> {
-    let record = state::load(chain)?
-        .with_context(|| format!("chain `{chain}` is not up; `netfn status` lists the chains that are"))?;
+    let record = state::load(chain)?.with_context(|| {
+        format!("chain `{chain}` is not up; `netfn status` lists the chains that are")
+    })?;
     let Some((_, hop)) = record.plan.hop(function) else {
         let names: Vec<&str> = record.plan.hops.iter().map(|h| h.name.as_str()).collect();
-        bail!("chain `{chain}` has no function `{function}`; it has: {}", names.join(", "));
+        bail!(
+            "chain `{chain}` has no function `{function}`; it has: {}",
+            names.join(", ")
+        );
     };
     netns::enter(&hop.netns.name)?;
     let (prog, args) = command.split_first().context("no command given after --")?;

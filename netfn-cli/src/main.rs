@@ -9,7 +9,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 
 #[derive(Parser)]
-#[command(name = "netfn", version, about = "Service chains of network functions in Linux namespaces")]
+#[command(
+    name = "netfn",
+    version,
+    about = "Service chains of network functions in Linux namespaces"
+)]
 struct Cli {
     /// Log level (error, warn, info, debug, trace) or a tracing filter; NETFN_LOG also works.
     #[arg(long, global = true, default_value = "warn")]

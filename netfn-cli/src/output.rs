@@ -45,7 +45,15 @@ pub fn chain_table(s: &ChainStatus) -> String {
     let mut rows = Vec::new();
     for hop in &s.hops {
         if hop.interfaces.is_empty() {
-            rows.push(vec![hop.name.clone(), hop.kind.clone(), hop.netns.clone(), "-".into(), "-".into(), "-".into(), "-".into()]);
+            rows.push(vec![
+                hop.name.clone(),
+                hop.kind.clone(),
+                hop.netns.clone(),
+                "-".into(),
+                "-".into(),
+                "-".into(),
+                "-".into(),
+            ]);
         }
         for i in &hop.interfaces {
             let state = match (hop.netns_present, i.present, i.up && i.carrier) {
@@ -73,9 +81,27 @@ pub fn chain_table(s: &ChainStatus) -> String {
         "chain {} ({}, {}{}) from {}\n{}",
         s.chain,
         s.fastpath,
-        serde_json::to_value(s.phase).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default(),
-        if s.healthy { ", healthy" } else { ", NOT healthy" },
+        serde_json::to_value(s.phase)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default(),
+        if s.healthy {
+            ", healthy"
+        } else {
+            ", NOT healthy"
+        },
         s.source,
-        table(&["FUNCTION", "KIND", "NAMESPACE", "INTERFACE", "ADDRESS", "STATE", "RX (eBPF)"], &rows)
+        table(
+            &[
+                "FUNCTION",
+                "KIND",
+                "NAMESPACE",
+                "INTERFACE",
+                "ADDRESS",
+                "STATE",
+                "RX (eBPF)"
+            ],
+            &rows
+        )
     )
 }

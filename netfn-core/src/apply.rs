@@ -118,16 +118,24 @@ fn open_hop(hop: &HopPlan, rt: &tokio::runtime::Handle) -> Result<OpenNs, ApplyE
         Ok(OpenNs { fd, netlink })
     } else {
         let fd = netns::open(&hop.netns.name)?;
-        let netlink = netns::run_in(&fd, &hop.netns.name, || Netlink::here(rt))?.map_err(netlink_err)?;
+        let netlink =
+            netns::run_in(&fd, &hop.netns.name, || Netlink::here(rt))?.map_err(netlink_err)?;
         Ok(OpenNs { fd, netlink })
     }
 }
 
 /// Creates every veth pair of the plan, from a socket in netfn's own namespace.
-pub async fn create_links(plan: &ChainPlan, opened: &Opened, root: &Netlink) -> Result<(), ApplyError> {
+pub async fn create_links(
+    plan: &ChainPlan,
+    opened: &Opened,
+    root: &Netlink,
+) -> Result<(), ApplyError> {
     stream::iter(plan.links.iter().map(Ok))
         .try_for_each_concurrent(IN_FLIGHT, |link| async move {
-            let (Some(a), Some(b)) = (opened.hops.get(&link.out.hop), opened.hops.get(&link.inn.hop)) else {
+            let (Some(a), Some(b)) = (
+                opened.hops.get(&link.out.hop),
+                opened.hops.get(&link.inn.hop),
+            ) else {
                 return Ok(());
             };
             root.add_veth(&link.out, &a.fd, &link.inn, &b.fd)
@@ -160,7 +168,12 @@ pub async fn configure_hops(plan: &ChainPlan, opened: &Opened) -> Result<(), App
         .map(|_| ())
 }
 
-async fn configure_hop(plan: &ChainPlan, h: usize, hop: &HopPlan, nl: &Netlink) -> Result<(), NetlinkError> {
+async fn configure_hop(
+    plan: &ChainPlan,
+    h: usize,
+    hop: &HopPlan,
+    nl: &Netlink,
+) -> Result<(), NetlinkError> {
     if hop.netns.created {
         nl.set_up(1).await?; // loopback is always index 1 in a new namespace
     }
@@ -179,7 +192,12 @@ async fn configure_hop(plan: &ChainPlan, h: usize, hop: &HopPlan, nl: &Netlink) 
 /// every error. `skip` names namespaces that turned out not to be netfn's.
 pub fn remove(plan: &ChainPlan, rt: &tokio::runtime::Handle, skip: &[String]) -> Vec<String> {
     let mut errors = Vec::new();
-    for (h, hop) in plan.hops.iter().enumerate().filter(|(_, h)| !h.netns.created) {
+    for (h, hop) in plan
+        .hops
+        .iter()
+        .enumerate()
+        .filter(|(_, h)| !h.netns.created)
+    {
         for end in plan.interfaces_of(h) {
             let result = netns::open(&hop.netns.name).and_then(|fd| {
                 netns::run_in(&fd, &hop.netns.name, || {

@@ -67,7 +67,7 @@ impl Diagnostics {
     }
 
     pub fn sort(&mut self) {
-        self.0.sort_by(|a, b| a.position.cmp(&b.position));
+        self.0.sort_by_key(|d| d.position);
     }
 }
 

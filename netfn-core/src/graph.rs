@@ -40,7 +40,11 @@ pub fn render(plans: &[ChainPlan], format: Format) -> String {
                     f = plan.fastpath
                 ));
                 for h in 0..plan.hops.len() {
-                    out.push_str(&format!("    {} [label=\"{}\"];\n", node_id(plan, h), label(plan, h)));
+                    out.push_str(&format!(
+                        "    {} [label=\"{}\"];\n",
+                        node_id(plan, h),
+                        label(plan, h)
+                    ));
                 }
                 for link in &plan.links {
                     out.push_str(&format!(
@@ -58,9 +62,18 @@ pub fn render(plans: &[ChainPlan], format: Format) -> String {
         Format::Mermaid => {
             out.push_str("flowchart LR\n");
             for plan in plans {
-                out.push_str(&format!("  subgraph {}[\"chain {} ({})\"]\n", plan.chain.replace('-', "_"), plan.chain, plan.fastpath));
+                out.push_str(&format!(
+                    "  subgraph {}[\"chain {} ({})\"]\n",
+                    plan.chain.replace('-', "_"),
+                    plan.chain,
+                    plan.fastpath
+                ));
                 for h in 0..plan.hops.len() {
-                    out.push_str(&format!("    {}[\"{}\"]\n", node_id(plan, h), label(plan, h)));
+                    out.push_str(&format!(
+                        "    {}[\"{}\"]\n",
+                        node_id(plan, h),
+                        label(plan, h)
+                    ));
                 }
                 for link in &plan.links {
                     out.push_str(&format!(

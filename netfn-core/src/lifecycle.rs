@@ -16,14 +16,18 @@ pub enum LifecycleError {
     State(#[from] StateError),
     #[error(transparent)]
     Netns(#[from] NetnsError),
-    #[error("chain `{chain}` is up with a different definition; take it down first (netfn down {chain}), then run up again")]
+    #[error(
+        "chain `{chain}` is up with a different definition; take it down first (netfn down {chain}), then run up again"
+    )]
     Changed { chain: String },
-    #[error("chain `{chain}` is recorded as up but namespace {netns} is gone; run `netfn down {chain}` and `netfn up` again")]
+    #[error(
+        "chain `{chain}` is recorded as up but namespace {netns} is gone; run `netfn down {chain}` and `netfn up` again"
+    )]
     Drift { chain: String, netns: String },
     #[error("bringing up chain `{chain}` failed: {cause}{}", rollback_note(.rollback))]
     Up {
         chain: String,
-        cause: ApplyError,
+        cause: Box<ApplyError>,
         rollback: Vec<String>,
     },
     #[error("taking down chain `{chain}` left {} problem(s):\n  {}\nthe record is kept: fix the cause and run `netfn down {chain}` again", .errors.len(), .errors.join("\n  "))]
@@ -64,7 +68,10 @@ pub enum UpOutcome {
 /// What `down` did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DownOutcome {
-    Removed { namespaces: usize, elapsed: Duration },
+    Removed {
+        namespaces: usize,
+        elapsed: Duration,
+    },
     NotUp,
 }
 
@@ -162,7 +169,7 @@ fn up_locked(
             }
             Err(LifecycleError::Up {
                 chain,
-                cause,
+                cause: Box::new(cause),
                 rollback,
             })
         }

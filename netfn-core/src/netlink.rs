@@ -124,7 +124,11 @@ impl Netlink {
             .map_err(|e| NetlinkError::new(format!("add address {net}"), e))
     }
 
-    pub async fn add_route(&self, destination: Ipv4Net, gateway: Ipv4Addr) -> Result<(), NetlinkError> {
+    pub async fn add_route(
+        &self,
+        destination: Ipv4Net,
+        gateway: Ipv4Addr,
+    ) -> Result<(), NetlinkError> {
         let msg = RouteMessageBuilder::<Ipv4Addr>::new()
             .destination_prefix(destination.network(), destination.prefix_len())
             .gateway(gateway)
@@ -146,19 +150,32 @@ impl Netlink {
             Ok(()) => Ok(true),
             Err(e) => {
                 let e = NetlinkError::new(format!("delete interface {name}"), e);
-                if e.errno == Some(libc::ENODEV) { Ok(false) } else { Err(e) }
+                if e.errno == Some(libc::ENODEV) {
+                    Ok(false)
+                } else {
+                    Err(e)
+                }
             }
         }
     }
 
     pub async fn link_by_name(&self, name: &str) -> Result<Option<LinkInfo>, NetlinkError> {
-        let mut stream = self.handle.link().get().match_name(name.to_string()).execute();
+        let mut stream = self
+            .handle
+            .link()
+            .get()
+            .match_name(name.to_string())
+            .execute();
         match stream.try_next().await {
             Ok(Some(msg)) => Ok(Some(link_info(&msg))),
             Ok(None) => Ok(None),
             Err(e) => {
                 let e = NetlinkError::new(format!("look up interface {name}"), e);
-                if e.errno == Some(libc::ENODEV) { Ok(None) } else { Err(e) }
+                if e.errno == Some(libc::ENODEV) {
+                    Ok(None)
+                } else {
+                    Err(e)
+                }
             }
         }
     }
@@ -191,7 +208,9 @@ impl Netlink {
             .filter_map(|m| {
                 m.attributes.iter().find_map(|a| match a {
                     AddressAttribute::Address(IpAddr::V4(ip)) => {
-                        Ipv4Net::new(*ip, m.header.prefix_len).ok().map(|n| (m.header.index, n))
+                        Ipv4Net::new(*ip, m.header.prefix_len)
+                            .ok()
+                            .map(|n| (m.header.index, n))
                     }
                     _ => None,
                 })
@@ -220,5 +239,8 @@ fn link_info(msg: &rtnetlink::packet_route::link::LinkMessage) -> LinkInfo {
 
 /// Formats a MAC address as `02:ab:…`.
 pub fn fmt_mac(mac: &[u8; 6]) -> String {
-    mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
 }

@@ -18,9 +18,13 @@ use crate::names;
 
 #[derive(Debug, thiserror::Error)]
 pub enum NetnsError {
-    #[error("namespace {name} already exists and netfn did not create it; remove it (ip netns del {name}) or rename the chain")]
+    #[error(
+        "namespace {name} already exists and netfn did not create it; remove it (ip netns del {name}) or rename the chain"
+    )]
     Exists { name: String },
-    #[error("namespace {name} does not exist; create it first (ip netns add {name}) or drop `namespace` from the endpoint")]
+    #[error(
+        "namespace {name} does not exist; create it first (ip netns add {name}) or drop `namespace` from the endpoint"
+    )]
     Missing { name: String },
     #[error("cannot {what} namespace {name}: {source}; netfn needs root (CAP_SYS_ADMIN)")]
     Sys {
@@ -50,13 +54,27 @@ pub fn ensure_run_dir() -> Result<(), NetnsError> {
         source,
     };
     fs::create_dir_all(dir).map_err(err)?;
-    let shared = || mount(None::<&str>, dir, None::<&str>, MsFlags::MS_SHARED | MsFlags::MS_REC, None::<&str>);
+    let shared = || {
+        mount(
+            None::<&str>,
+            dir,
+            None::<&str>,
+            MsFlags::MS_SHARED | MsFlags::MS_REC,
+            None::<&str>,
+        )
+    };
     match shared() {
         Ok(()) => Ok(()),
         Err(Errno::EINVAL) => {
             // Not a mount point yet: bind it onto itself, then share it.
-            mount(Some(dir), dir, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>)
-                .map_err(|e| err(e.into()))?;
+            mount(
+                Some(dir),
+                dir,
+                None::<&str>,
+                MsFlags::MS_BIND | MsFlags::MS_REC,
+                None::<&str>,
+            )
+            .map_err(|e| err(e.into()))?;
             shared().map_err(|e| err(e.into()))
         }
         Err(e) => Err(err(e.into())),

@@ -18,7 +18,10 @@ use crate::spec::{ChainSpec, EndpointSpec, FastPath};
 #[serde(tag = "role", rename_all = "lowercase")]
 pub enum HopRole {
     Ingress,
-    Function { kind: String, settings: serde_json::Value },
+    Function {
+        kind: String,
+        settings: serde_json::Value,
+    },
     Egress,
 }
 
@@ -91,7 +94,10 @@ impl ChainPlan {
 
     /// The interfaces in hop `hop`, in (in, out) order where present.
     pub fn interfaces_of(&self, hop: usize) -> impl Iterator<Item = &LinkEnd> {
-        let inn = hop.checked_sub(1).and_then(|l| self.links.get(l)).map(|l| &l.inn);
+        let inn = hop
+            .checked_sub(1)
+            .and_then(|l| self.links.get(l))
+            .map(|l| &l.inn);
         let out = self.links.get(hop).map(|l| &l.out);
         inn.into_iter().chain(out)
     }
@@ -116,9 +122,9 @@ pub fn ifindex(link: usize, side_in: bool) -> u32 {
 
 /// A locally administered unicast MAC derived from the chain name and the interface index.
 pub fn mac(chain: &str, ifindex: u32) -> [u8; 6] {
-    let h = chain
-        .bytes()
-        .fold(0x811c_9dc5u32, |h, b| (h ^ u32::from(b)).wrapping_mul(0x0100_0193));
+    let h = chain.bytes().fold(0x811c_9dc5u32, |h, b| {
+        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+    });
     let i = ifindex.to_be_bytes();
     [0x02, (h & 0xff) as u8, i[0] ^ 0x4e, i[1], i[2], i[3]]
 }
@@ -210,7 +216,10 @@ fn plan_link(spec: &ChainSpec, hops: &[HopPlan], l: usize) -> LinkPlan {
         (net(spec.egress.gateway, p), spec.egress.address)
     } else {
         let base = u32::from(spec.transit.network()).saturating_add(2 * (l as u32 - 1));
-        (net(Ipv4Addr::from(base), 31), net(Ipv4Addr::from(base + 1), 31))
+        (
+            net(Ipv4Addr::from(base), 31),
+            net(Ipv4Addr::from(base + 1), 31),
+        )
     };
     let ifname = |hop: usize, default: &str| {
         if hops[hop].netns.created {

@@ -26,12 +26,16 @@ pub enum StateError {
         path: PathBuf,
         source: io::Error,
     },
-    #[error("state file {path} is damaged ({source}); inspect it, then remove it and the namespaces it names by hand")]
+    #[error(
+        "state file {path} is damaged ({source}); inspect it, then remove it and the namespaces it names by hand"
+    )]
     Corrupt {
         path: PathBuf,
         source: serde_json::Error,
     },
-    #[error("state file {path} was written by a newer netfn (version {found}); use that version to manage this chain")]
+    #[error(
+        "state file {path} was written by a newer netfn (version {found}); use that version to manage this chain"
+    )]
     Version { path: PathBuf, found: u32 },
 }
 
@@ -113,11 +117,10 @@ pub fn load(chain: &str) -> Result<Option<ChainState>, StateError> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(io_err("read", &path)(e)),
     };
-    let state: ChainState =
-        serde_json::from_str(&text).map_err(|source| StateError::Corrupt {
-            path: path.clone(),
-            source,
-        })?;
+    let state: ChainState = serde_json::from_str(&text).map_err(|source| StateError::Corrupt {
+        path: path.clone(),
+        source,
+    })?;
     if state.version > STATE_VERSION {
         return Err(StateError::Version {
             path,

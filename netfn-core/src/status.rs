@@ -74,7 +74,12 @@ pub fn chain_status(
     }
 }
 
-fn hop_status(plan: &ChainPlan, h: usize, rt: &tokio::runtime::Handle, counters: &Counters) -> HopStatus {
+fn hop_status(
+    plan: &ChainPlan,
+    h: usize,
+    rt: &tokio::runtime::Handle,
+    counters: &Counters,
+) -> HopStatus {
     let hop = &plan.hops[h];
     let kind = match &hop.role {
         HopRole::Ingress => "ingress".to_string(),

@@ -17,18 +17,20 @@ pub mod traffic;
 
 /// The `netfn` binary under test: $NETFN_BIN, or the workspace's debug build.
 pub fn netfn_bin() -> PathBuf {
-    std::env::var_os("NETFN_BIN").map(PathBuf::from).unwrap_or_else(|| {
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/netfn")
-    })
+    std::env::var_os("NETFN_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/netfn"))
 }
 
 /// Runs `netfn ARGS…` and returns its output (never panics on a non-zero exit).
 pub fn netfn(args: &[&str]) -> Output {
     let bin = netfn_bin();
-    Command::new(&bin)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {}: {e} (build it: cargo build -p netfn-cli)", bin.display()))
+    Command::new(&bin).args(args).output().unwrap_or_else(|e| {
+        panic!(
+            "cannot run {}: {e} (build it: cargo build -p netfn-cli)",
+            bin.display()
+        )
+    })
 }
 
 /// Runs `netfn ARGS…`, panicking with its output unless it succeeds; returns stdout.
@@ -36,7 +38,11 @@ pub fn netfn_ok(args: &[&str]) -> String {
     let out = netfn(args);
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "netfn {args:?} failed ({}):\nstdout:\n{stdout}\nstderr:\n{stderr}", out.status);
+    assert!(
+        out.status.success(),
+        "netfn {args:?} failed ({}):\nstdout:\n{stdout}\nstderr:\n{stderr}",
+        out.status
+    );
     stdout
 }
 
@@ -45,7 +51,10 @@ pub fn unique_chain(tag: &str) -> String {
     static NEXT: AtomicU32 = AtomicU32::new(0);
     let n = NEXT.fetch_add(1, Ordering::Relaxed);
     let name = format!("{tag}{:x}{n:x}", std::process::id());
-    assert!(name.len() <= 12, "chain name {name} too long; use a shorter tag");
+    assert!(
+        name.len() <= 12,
+        "chain name {name} too long; use a shorter tag"
+    );
     name
 }
 
@@ -82,7 +91,9 @@ pub fn forward_chain(name: &str, n: usize, fastpath: &str) -> String {
          [chain.egress]\naddress = \"10.81.2.2/24\"\n"
     );
     for i in 1..=n {
-        s.push_str(&format!("\n[[chain.function]]\nname = \"fn{i}\"\nkind = \"forward\"\n"));
+        s.push_str(&format!(
+            "\n[[chain.function]]\nname = \"fn{i}\"\nkind = \"forward\"\n"
+        ));
     }
     s
 }
@@ -170,14 +181,17 @@ pub fn in_netns<T: Send>(netns: &str, f: impl FnOnce() -> T + Send) -> T {
 pub fn udp_socket_in(netns: &str, addr: SocketAddrV4) -> UdpSocket {
     in_netns(netns, || {
         let s = UdpSocket::bind(addr).unwrap_or_else(|e| panic!("bind {addr} in {netns}: {e}"));
-        s.set_read_timeout(Some(Duration::from_secs(5))).expect("set timeout");
+        s.set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("set timeout");
         s
     })
 }
 
 /// A TCP listener in namespace `netns`.
 pub fn tcp_listener_in(netns: &str, addr: SocketAddrV4) -> TcpListener {
-    in_netns(netns, || TcpListener::bind(addr).unwrap_or_else(|e| panic!("listen {addr} in {netns}: {e}")))
+    in_netns(netns, || {
+        TcpListener::bind(addr).unwrap_or_else(|e| panic!("listen {addr} in {netns}: {e}"))
+    })
 }
 
 /// A TCP connection made from namespace `netns`.
@@ -185,7 +199,8 @@ pub fn tcp_connect_from(netns: &str, addr: SocketAddrV4) -> TcpStream {
     in_netns(netns, || {
         let s = TcpStream::connect_timeout(&addr.into(), Duration::from_secs(5))
             .unwrap_or_else(|e| panic!("connect to {addr} from {netns}: {e}"));
-        s.set_read_timeout(Some(Duration::from_secs(5))).expect("set timeout");
+        s.set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("set timeout");
         s
     })
 }
@@ -203,5 +218,10 @@ pub fn enable_recv_ttl(sock: &UdpSocket) {
             std::mem::size_of::<libc::c_int>() as libc::socklen_t,
         )
     };
-    assert_eq!(rc, 0, "setsockopt IP_RECVTTL: {}", std::io::Error::last_os_error());
+    assert_eq!(
+        rc,
+        0,
+        "setsockopt IP_RECVTTL: {}",
+        std::io::Error::last_os_error()
+    );
 }

@@ -6,14 +6,21 @@ use std::os::fd::AsRawFd;
 
 use nix::sys::socket::{ControlMessageOwned, MsgFlags, SockaddrIn, recvmsg};
 
-use crate::{EGRESS_ADDR, INGRESS_ADDR, enable_recv_ttl, tcp_connect_from, tcp_listener_in, udp_socket_in};
+use crate::{
+    EGRESS_ADDR, INGRESS_ADDR, enable_recv_ttl, tcp_connect_from, tcp_listener_in, udp_socket_in,
+};
 
 /// Receives one datagram and the TTL it arrived with.
 pub fn recv_with_ttl(sock: &UdpSocket, buf: &mut [u8]) -> (usize, SocketAddrV4, u8) {
     let mut cmsg = nix::cmsg_space!(libc::c_int);
     let mut iov = [IoSliceMut::new(buf)];
-    let msg = recvmsg::<SockaddrIn>(sock.as_raw_fd(), &mut iov, Some(&mut cmsg), MsgFlags::empty())
-        .unwrap_or_else(|e| panic!("recvmsg: {e} (no datagram within the timeout?)"));
+    let msg = recvmsg::<SockaddrIn>(
+        sock.as_raw_fd(),
+        &mut iov,
+        Some(&mut cmsg),
+        MsgFlags::empty(),
+    )
+    .unwrap_or_else(|e| panic!("recvmsg: {e} (no datagram within the timeout?)"));
     let mut ttl = 0u8;
     for c in msg.cmsgs().expect("cmsgs") {
         if let ControlMessageOwned::Ipv4Ttl(t) = c {
@@ -51,8 +58,16 @@ pub fn udp_echo(ingress_ns: &str, egress_ns: &str, count: usize) -> UdpEcho {
             .expect("udp send");
         let mut buf = [0u8; 256];
         let (n, from, ttl) = recv_with_ttl(&server, &mut buf);
-        assert_eq!(&buf[..n], payload.as_bytes(), "server got a different payload");
-        assert_eq!(from, SocketAddrV4::new(INGRESS_ADDR, 7002), "request did not come from the ingress endpoint");
+        assert_eq!(
+            &buf[..n],
+            payload.as_bytes(),
+            "server got a different payload"
+        );
+        assert_eq!(
+            from,
+            SocketAddrV4::new(INGRESS_ADDR, 7002),
+            "request did not come from the ingress endpoint"
+        );
         echo.ttl_forward = ttl;
         server.send_to(&buf[..n], from).expect("udp echo");
         let (m, from, ttl) = recv_with_ttl(&client, &mut buf);
@@ -85,12 +100,17 @@ pub fn tcp_echo(ingress_ns: &str, egress_ns: &str, bytes: usize) {
         for chunk in data.chunks(16 * 1024) {
             writer.write_all(chunk).expect("client write");
         }
-        writer.shutdown(std::net::Shutdown::Write).expect("shutdown");
+        writer
+            .shutdown(std::net::Shutdown::Write)
+            .expect("shutdown");
     });
     let mut got = Vec::with_capacity(bytes);
     client.read_to_end(&mut got).expect("client read");
     sender.join().expect("sender thread");
     server.join().expect("server thread");
     assert_eq!(got.len(), bytes, "TCP echo returned a different length");
-    assert!(got.iter().enumerate().all(|(i, b)| *b == (i % 251) as u8), "TCP echo corrupted data");
+    assert!(
+        got.iter().enumerate().all(|(i, b)| *b == (i % 251) as u8),
+        "TCP echo corrupted data"
+    );
 }

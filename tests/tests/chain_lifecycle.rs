@@ -18,8 +18,16 @@ fn three_function_chain_carries_tcp_and_udp_both_ways_and_leaves_nothing() {
 
         // UDP both ways; the TTL proves each direction crossed all three functions.
         let udp = udp_echo(&ingress, &egress, 20);
-        assert_eq!(udp.ttl_forward, 64 - 3, "request should be routed by 3 functions");
-        assert_eq!(udp.ttl_reverse, 64 - 3, "reply should be routed by 3 functions");
+        assert_eq!(
+            udp.ttl_forward,
+            64 - 3,
+            "request should be routed by 3 functions"
+        );
+        assert_eq!(
+            udp.ttl_reverse,
+            64 - 3,
+            "reply should be routed by 3 functions"
+        );
         // TCP both ways, 1 MiB echoed.
         tcp_echo(&ingress, &egress, 1 << 20);
 
@@ -49,7 +57,14 @@ fn three_function_chain_carries_tcp_and_udp_both_ways_and_leaves_nothing() {
         }
 
         // exec runs inside the function's namespace: forwarding is on there.
-        let fwd = netfn_ok(&["exec", &chain, "fn2", "--", "cat", "/proc/sys/net/ipv4/ip_forward"]);
+        let fwd = netfn_ok(&[
+            "exec",
+            &chain,
+            "fn2",
+            "--",
+            "cat",
+            "/proc/sys/net/ipv4/ip_forward",
+        ]);
         assert_eq!(fwd.trim(), "1");
 
         // up again on the unchanged file changes nothing and says so.
@@ -63,7 +78,10 @@ fn three_function_chain_carries_tcp_and_udp_both_ways_and_leaves_nothing() {
 fn down_is_safe_to_repeat() {
     let chain = unique_chain("rp");
     let out = netfn_ok(&["down", &chain]);
-    assert!(out.contains("not up"), "down of an unknown chain said: {out}");
+    assert!(
+        out.contains("not up"),
+        "down of an unknown chain said: {out}"
+    );
 }
 
 #[test]
@@ -73,7 +91,10 @@ fn failed_up_rolls_back_and_never_touches_foreign_namespaces() {
     let file = dir.write("chain.toml", &forward_chain(&chain, 3, "kernel"));
     // Someone else's namespace under the name netfn would give fn2.
     let squatter = format!("nf-{chain}-fn2");
-    let made = Command::new("ip").args(["netns", "add", &squatter]).status().expect("ip netns add");
+    let made = Command::new("ip")
+        .args(["netns", "add", &squatter])
+        .status()
+        .expect("ip netns add");
     assert!(made.success());
     struct Squat(String);
     impl Drop for Squat {
@@ -85,10 +106,22 @@ fn failed_up_rolls_back_and_never_touches_foreign_namespaces() {
 
     let out = netfn(&["up", &file.to_string_lossy()]);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "up should fail when a namespace name is taken");
-    assert!(stderr.contains(&squatter) && stderr.contains("netfn did not create it"), "stderr: {stderr}");
-    assert!(std::path::Path::new(&format!("/run/netns/{squatter}")).exists(), "netfn removed a namespace it did not create");
-    let left: Vec<String> = leftovers(&chain).into_iter().filter(|l| !l.contains(&squatter)).collect();
+    assert!(
+        !out.status.success(),
+        "up should fail when a namespace name is taken"
+    );
+    assert!(
+        stderr.contains(&squatter) && stderr.contains("netfn did not create it"),
+        "stderr: {stderr}"
+    );
+    assert!(
+        std::path::Path::new(&format!("/run/netns/{squatter}")).exists(),
+        "netfn removed a namespace it did not create"
+    );
+    let left: Vec<String> = leftovers(&chain)
+        .into_iter()
+        .filter(|l| !l.contains(&squatter))
+        .collect();
     assert_eq!(left, Vec::<String>::new());
 }
 
@@ -111,12 +144,22 @@ fn concurrent_ups_of_one_chain_do_not_interleave() {
             let b = s.spawn(spawn);
             (a.join().expect("thread a"), b.join().expect("thread b"))
         });
-        let outs = [String::from_utf8_lossy(&a.stdout), String::from_utf8_lossy(&b.stdout)];
-        assert!(a.status.success() && b.status.success(), "both ups should succeed: {outs:?}");
+        let outs = [
+            String::from_utf8_lossy(&a.stdout),
+            String::from_utf8_lossy(&b.stdout),
+        ];
+        assert!(
+            a.status.success() && b.status.success(),
+            "both ups should succeed: {outs:?}"
+        );
         let created = outs.iter().filter(|o| o.contains(": up,")).count();
         let unchanged = outs.iter().filter(|o| o.contains("unchanged")).count();
         assert_eq!((created, unchanged), (1, 1), "outputs: {outs:?}");
-        let udp = udp_echo(&format!("nf-{chain}-ingress"), &format!("nf-{chain}-egress"), 3);
+        let udp = udp_echo(
+            &format!("nf-{chain}-ingress"),
+            &format!("nf-{chain}-egress"),
+            3,
+        );
         assert_eq!(udp.ttl_forward, 64 - 8);
     }
     assert_eq!(leftovers(&chain), Vec::<String>::new());
@@ -140,7 +183,8 @@ fn down_finishes_after_up_was_killed_at_any_point() {
         std::thread::sleep(std::time::Duration::from_millis(delay_ms));
         let _ = child.kill(); // SIGKILL
         let _ = child.wait();
-        let record = std::fs::read_to_string(format!("/run/netfn/chains/{chain}.json")).unwrap_or_default();
+        let record =
+            std::fs::read_to_string(format!("/run/netfn/chains/{chain}.json")).unwrap_or_default();
         if record.contains("\"phase\": \"applying\"") {
             killed_mid_way += 1;
         }
@@ -150,9 +194,16 @@ fn down_finishes_after_up_was_killed_at_any_point() {
             "down after a kill at {delay_ms} ms failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        assert_eq!(leftovers(&chain), Vec::<String>::new(), "after a kill at {delay_ms} ms");
+        assert_eq!(
+            leftovers(&chain),
+            Vec::<String>::new(),
+            "after a kill at {delay_ms} ms"
+        );
     }
-    assert!(killed_mid_way > 0, "no kill landed while up was applying; the test proved nothing");
+    assert!(
+        killed_mid_way > 0,
+        "no kill landed while up was applying; the test proved nothing"
+    );
 }
 
 /// Takes `chain` down on drop.

@@ -25,23 +25,42 @@ fn every_broken_fixture_reports_each_expected_error_with_its_position() {
                 Some((&e[..line.len() + 1 + col.len()], msg.trim()))
             })
             .collect();
-        assert!(!expects.is_empty(), "{} has no # expect: lines", path.display());
+        assert!(
+            !expects.is_empty(),
+            "{} has no # expect: lines",
+            path.display()
+        );
         let out = netfn(&["validate", &path.to_string_lossy()]);
         let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success(), "validate accepted {}", path.display());
+        assert!(
+            !out.status.success(),
+            "validate accepted {}",
+            path.display()
+        );
         for (pos, msg) in &expects {
             let head = format!("{}:{pos}: error: ", path.display());
             assert!(
-                stderr.lines().any(|l| l.starts_with(&head) && l.contains(msg)),
+                stderr
+                    .lines()
+                    .any(|l| l.starts_with(&head) && l.contains(msg)),
                 "{}: expected `{head}…{msg}…` in:\n{stderr}",
                 path.display()
             );
         }
         let reported = stderr.lines().filter(|l| l.contains(": error: ")).count();
-        assert_eq!(reported, expects.len(), "{}: unexpected extra errors:\n{stderr}", path.display());
+        assert_eq!(
+            reported,
+            expects.len(),
+            "{}: unexpected extra errors:\n{stderr}",
+            path.display()
+        );
         checked += 1;
     }
-    assert!(checked >= 8, "only {checked} fixtures found in {}", dir.display());
+    assert!(
+        checked >= 8,
+        "only {checked} fixtures found in {}",
+        dir.display()
+    );
 }
 
 #[test]
