@@ -3,15 +3,16 @@
 //! The flow is `spec` (parse and validate) → `plan` (pure data) → `apply` (the only layer that
 //! touches the kernel) → `state` (what netfn created, so `down` can finish any job).
 
+pub mod apply;
 pub mod diag;
+pub mod ebpf;
 pub mod function;
 pub mod graph;
+pub mod lifecycle;
 pub mod names;
-pub mod plan;
-pub mod spec;
 pub mod netlink;
 pub mod netns;
+pub mod plan;
+pub mod spec;
 pub mod state;
-pub mod apply;
-pub mod lifecycle;
 pub mod status;

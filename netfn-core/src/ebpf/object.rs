@@ -1,0 +1,55 @@
+//! Where the eBPF object comes from: embedded at build time, or named at run time.
+
+use std::borrow::Cow;
+use std::path::PathBuf;
+
+use super::EbpfError;
+
+/// Environment variable naming an eBPF object to load instead of the embedded one.
+pub const OBJECT_ENV: &str = "NETFN_EBPF_OBJECT";
+
+/// The object netfn will load, as a description (for `--version`-style diagnostics).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ObjectSource {
+    /// `NETFN_EBPF_OBJECT` names a file.
+    Env(PathBuf),
+    /// Embedded in the binary by netfn-core's build script.
+    Embedded,
+}
+
+/// Which object netfn will load, or the "not built" error.
+///
+/// `NETFN_EBPF_OBJECT`, when set and not empty, wins over the embedded object: it is the
+/// explicit choice (a freshly rebuilt object, without rebuilding netfn).
+pub fn object_source() -> Result<ObjectSource, EbpfError> {
+    if let Some(path) = std::env::var_os(OBJECT_ENV).filter(|p| !p.is_empty()) {
+        return Ok(ObjectSource::Env(PathBuf::from(path)));
+    }
+    if embedded().is_some() {
+        return Ok(ObjectSource::Embedded);
+    }
+    Err(EbpfError::ObjectNotBuilt)
+}
+
+/// The bytes of the eBPF object (see [`object_source`]).
+pub(crate) fn object_bytes() -> Result<Cow<'static, [u8]>, EbpfError> {
+    match object_source()? {
+        ObjectSource::Env(path) => match std::fs::read(&path) {
+            Ok(bytes) => Ok(Cow::Owned(bytes)),
+            Err(source) => Err(EbpfError::ReadObject { path, source }),
+        },
+        ObjectSource::Embedded => embedded()
+            .map(Cow::Borrowed)
+            .ok_or(EbpfError::ObjectNotBuilt),
+    }
+}
+
+#[cfg(netfn_ebpf_embedded)]
+fn embedded() -> Option<&'static [u8]> {
+    Some(aya::include_bytes_aligned!(env!("NETFN_EBPF_OBJECT_EMBED")))
+}
+
+#[cfg(not(netfn_ebpf_embedded))]
+fn embedded() -> Option<&'static [u8]> {
+    None
+}
