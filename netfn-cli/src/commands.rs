@@ -164,10 +164,17 @@ pub fn status(chain: Option<&str>, json: bool) -> Result<ExitCode> {
         );
     }
     let rt = runtime()?;
-    let all: Vec<_> = records
-        .iter()
-        .map(|r| status::chain_status(r, rt.handle(), &status::Counters::new()))
-        .collect();
+    let mut all = Vec::new();
+    for r in &records {
+        let counters = status::counters(r).unwrap_or_else(|e| {
+            eprintln!(
+                "netfn: warning: chain `{}`: cannot read counters: {e}",
+                r.chain()
+            );
+            status::Counters::new()
+        });
+        all.push(status::chain_status(r, rt.handle(), &counters));
+    }
     if json {
         println!("{}", serde_json::to_string_pretty(&all)?);
     } else if all.is_empty() {

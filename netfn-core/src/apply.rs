@@ -11,6 +11,8 @@ use std::sync::Mutex;
 
 use futures::{StreamExt, TryStreamExt, stream};
 
+use crate::ebpf::{self, EbpfError};
+use crate::names;
 use crate::netlink::{Netlink, NetlinkError};
 use crate::netns::{self, NetnsError};
 use crate::plan::{ChainPlan, HopPlan};
@@ -24,6 +26,8 @@ pub enum ApplyError {
     Netns(#[from] NetnsError),
     #[error("hop {hop}: {source}")]
     Netlink { hop: String, source: NetlinkError },
+    #[error(transparent)]
+    Ebpf(#[from] EbpfError),
 }
 
 /// An open namespace: a handle on it and a netlink socket inside it.
@@ -187,6 +191,23 @@ async fn configure_hop(
     Ok(())
 }
 
+/// Attaches the per-interface counters to every interface of the chain; the map is pinned under
+/// the chain's bpffs directory, and the filters outlive this process.
+pub fn attach_counters(plan: &ChainPlan) -> Result<(), ApplyError> {
+    ebpf::ensure_bpffs()?;
+    let targets: Vec<_> = plan
+        .hops
+        .iter()
+        .enumerate()
+        .map(|(h, hop)| {
+            let ifnames = plan.interfaces_of(h).map(|e| e.ifname.clone()).collect();
+            (names::netns_path(&hop.netns.name), ifnames)
+        })
+        .collect();
+    ebpf::attach_counters(&names::chain_bpf_dir(&plan.chain), &targets)?;
+    Ok(())
+}
+
 /// Removes what the plan says netfn created: its interfaces in existing namespaces, then its
 /// namespaces (which takes their interfaces with them). Keeps going past failures and returns
 /// every error. `skip` names namespaces that turned out not to be netfn's.
@@ -221,6 +242,10 @@ pub fn remove(plan: &ChainPlan, rt: &tokio::runtime::Handle, skip: &[String]) ->
         if let Err(e) = netns::delete(name) {
             errors.push(e.to_string());
         }
+    }
+    // The programs and maps go with the last interface using them; the pins go here.
+    if let Err(e) = ebpf::remove_pins(&names::chain_bpf_dir(&plan.chain)) {
+        errors.push(e.to_string());
     }
     errors
 }

@@ -152,6 +152,7 @@ fn up_locked(
     match build(&record.plan, rt, options) {
         Ok(()) => {
             record.phase = Phase::Up;
+            record.counters = true;
             state::save(&mut record)?;
             Ok(UpOutcome::Created {
                 functions: record.plan.function_count(),
@@ -210,6 +211,7 @@ fn build(
         apply::configure_hops(plan, &opened).await
     })
     .map_err(with_foreign)?;
+    apply::attach_counters(plan).map_err(with_foreign)?;
     Ok(())
 }
 

@@ -47,8 +47,20 @@ pub struct InterfaceStatus {
     pub rx_bytes: Option<u64>,
 }
 
-/// Per-interface receive counters by ifindex, as read by the caller from eBPF maps.
+/// Per-interface receive counters (packets, bytes) by ifindex.
 pub type Counters = BTreeMap<u32, (u64, u64)>;
+
+/// Reads a chain's per-interface counters from its pinned eBPF map (empty if it has none).
+pub fn counters(record: &ChainState) -> Result<Counters, crate::ebpf::EbpfError> {
+    if !record.counters {
+        return Ok(Counters::new());
+    }
+    let map = crate::ebpf::read_counters(&crate::names::chain_bpf_dir(record.chain()))?;
+    Ok(map
+        .into_iter()
+        .map(|(k, v)| (k, (v.packets, v.bytes)))
+        .collect())
+}
 
 /// The status of one recorded chain.
 pub fn chain_status(

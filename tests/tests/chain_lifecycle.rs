@@ -28,6 +28,19 @@ fn three_function_chain_carries_tcp_and_udp_both_ways_and_leaves_nothing() {
             64 - 3,
             "reply should be routed by 3 functions"
         );
+        // The eBPF counters on every interface of the chain see exactly one more burst.
+        let before = rx_packets(&chain);
+        udp_echo(&ingress, &egress, 50);
+        let after = rx_packets(&chain);
+        assert_eq!(
+            before.len(),
+            8,
+            "8 interfaces in a 3-function chain: {before:?}"
+        );
+        for ((name, b), (_, a)) in before.iter().zip(&after) {
+            assert_eq!(a - b, 50, "interface {name}: {b} -> {a} packets");
+        }
+
         // TCP both ways, 1 MiB echoed.
         tcp_echo(&ingress, &egress, 1 << 20);
 
@@ -204,6 +217,27 @@ fn down_finishes_after_up_was_killed_at_any_point() {
         killed_mid_way > 0,
         "no kill landed while up was applying; the test proved nothing"
     );
+}
+
+/// Received packets per interface (`hop/interface`), from `netfn status --json`.
+fn rx_packets(chain: &str) -> Vec<(String, u64)> {
+    let json: serde_json::Value =
+        serde_json::from_str(&netfn_ok(&["status", chain, "--json"])).expect("status json");
+    let mut out = Vec::new();
+    for hop in json[0]["hops"].as_array().expect("hops") {
+        for i in hop["interfaces"].as_array().expect("interfaces") {
+            let name = format!(
+                "{}/{}",
+                hop["name"].as_str().unwrap_or("?"),
+                i["name"].as_str().unwrap_or("?")
+            );
+            let packets = i["rx_packets"]
+                .as_u64()
+                .unwrap_or_else(|| panic!("no counter on {name}: {i:#}"));
+            out.push((name, packets));
+        }
+    }
+    out
 }
 
 /// Takes `chain` down on drop.
