@@ -27,7 +27,13 @@ pub enum ApplyError {
     #[error("hop {hop}: {source}")]
     Netlink { hop: String, source: NetlinkError },
     #[error(transparent)]
-    Ebpf(#[from] EbpfError),
+    Ebpf(Box<EbpfError>),
+}
+
+impl From<EbpfError> for ApplyError {
+    fn from(e: EbpfError) -> Self {
+        ApplyError::Ebpf(Box::new(e))
+    }
 }
 
 /// An open namespace: a handle on it and a netlink socket inside it.
