@@ -2,6 +2,7 @@
 //! and nothing left behind. Runs as root.
 
 use std::process::Command;
+use std::time::{Duration, Instant};
 
 use netfn_tests::traffic::{tcp_echo, udp_echo};
 use netfn_tests::{ChainGuard, TempDir, forward_chain, leftovers, netfn, netfn_ok, unique_chain};
@@ -180,12 +181,15 @@ fn concurrent_ups_of_one_chain_do_not_interleave() {
 
 #[test]
 fn down_finishes_after_up_was_killed_at_any_point() {
-    // Kill `netfn up` at several moments of a 200-function chain, then `down` must leave nothing.
+    // Kill `netfn up` of a 200-function chain at several moments: before it wrote anything, and
+    // at delays counted from the moment its record says `applying` (so the kills land mid-way
+    // on a fast host and in a slow VM alike). Then `down` must leave nothing.
     let mut killed_mid_way = 0;
-    for delay_ms in [0u64, 5, 15, 30, 60, 120] {
+    for delay_ms in [None, Some(0u64), Some(2), Some(10), Some(30), Some(80)] {
         let chain = unique_chain("kl");
         let dir = TempDir::new(&chain);
         let file = dir.write("chain.toml", &forward_chain(&chain, 200, "kernel"));
+        let record_path = format!("/run/netfn/chains/{chain}.json");
         let mut child = Command::new(netfn_tests::netfn_bin())
             .args(["up", &file.to_string_lossy()])
             .stdin(std::process::Stdio::null())
@@ -193,29 +197,40 @@ fn down_finishes_after_up_was_killed_at_any_point() {
             .stderr(std::process::Stdio::null())
             .spawn()
             .expect("spawn netfn up");
-        std::thread::sleep(std::time::Duration::from_millis(delay_ms));
+        if let Some(delay) = delay_ms {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while !std::fs::read_to_string(&record_path)
+                .is_ok_and(|r| r.contains("\"phase\": \"applying\""))
+            {
+                assert!(
+                    Instant::now() < deadline,
+                    "netfn up never recorded `applying`"
+                );
+                std::thread::sleep(Duration::from_micros(200));
+            }
+            std::thread::sleep(Duration::from_millis(delay));
+        }
         let _ = child.kill(); // SIGKILL
         let _ = child.wait();
-        let record =
-            std::fs::read_to_string(format!("/run/netfn/chains/{chain}.json")).unwrap_or_default();
+        let record = std::fs::read_to_string(&record_path).unwrap_or_default();
         if record.contains("\"phase\": \"applying\"") {
             killed_mid_way += 1;
         }
         let out = netfn(&["down", &chain]);
         assert!(
             out.status.success(),
-            "down after a kill at {delay_ms} ms failed: {}",
+            "down after a kill at {delay_ms:?} ms failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
         assert_eq!(
             leftovers(&chain),
             Vec::<String>::new(),
-            "after a kill at {delay_ms} ms"
+            "after a kill at {delay_ms:?} ms"
         );
     }
     assert!(
-        killed_mid_way > 0,
-        "no kill landed while up was applying; the test proved nothing"
+        killed_mid_way >= 3,
+        "only {killed_mid_way} kills landed while up was applying; the test proved too little"
     );
 }
 

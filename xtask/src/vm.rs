@@ -1,16 +1,472 @@
 //! `cargo xtask vm-test`: the integration suite inside QEMU on other kernels.
+//!
+//! For each kernel: fetch the Debian package (cached under target/vm/kernels/), build an
+//! initramfs with busybox, the needed modules, the test executables and `netfn`, boot it, and
+//! read the verdict from the serial console. See docs/vm-tests.md.
 
-use anyhow::Result;
+mod artifacts;
+mod cpio;
+mod initramfs;
+mod kernel;
+mod qemu;
+mod tools;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
 use clap::Args;
+
+use crate::util;
+use kernel::{Kernel, ModulePlan};
+use qemu::{Accel, AccelChoice, Outcome};
+
+/// The kernel series booted when no --kernel is given.
+const DEFAULT_KERNEL: &str = "6.1";
+
+/// Modules loaded in the guest (with their dependencies from modules.dep), when the kernel has
+/// them as modules. TC hooks (clsact lives in sch_ingress), BPF classifier and action, the
+/// link kinds chains use, and WireGuard.
+const MODULES: &[&str] = &[
+    "veth",
+    "sch_ingress",
+    "cls_bpf",
+    "act_bpf",
+    "tun",
+    "dummy",
+    "bridge",
+    "vxlan",
+    "wireguard",
+];
+
+/// Host programs shipped when the host has them (busybox provides the rest): iproute2's `ip`
+/// knows `ip netns`, busybox's does not.
+const HOST_TOOLS: &[&str] = &["ip", "tc", "ping", "iperf3", "wg", "bpftool", "nft"];
 
 #[derive(Args)]
 pub struct VmTestArgs {
-    /// Kernel versions to boot (Debian packages), e.g. 6.1.
-    #[arg(long = "kernel")]
+    /// Kernel versions to boot (Debian packages), selected by prefix: 6.1, 6.12, 6.1.0-57.
+    /// Repeat the flag or separate with commas. Default: 6.1.
+    #[arg(long = "kernel", value_name = "VERSION", num_args = 1.., value_delimiter = ',')]
     pub kernels: Vec<String>,
+
+    /// Add a test binary that always fails, to prove that a failure turns the run red.
+    #[arg(long)]
+    pub inject_failure: bool,
+
+    /// QEMU accelerator: auto tries KVM with a short probe boot and falls back to TCG.
+    #[arg(long, value_enum, default_value_t = AccelChoice::Auto)]
+    pub accel: AccelChoice,
+
+    /// Seconds one kernel's boot and suite may take before the VM is killed.
+    #[arg(long, value_name = "SECONDS", default_value_t = 600)]
+    pub timeout: u64,
+
+    /// The package whose test executables run in the VM.
+    #[arg(long, default_value = "netfn-tests")]
+    pub package: String,
+
+    /// Load this kernel module too (repeatable).
+    #[arg(long = "module", value_name = "NAME")]
+    pub modules: Vec<String>,
+
+    /// Keep debug info in the binaries copied into the VM (a larger, slower initramfs).
+    #[arg(long)]
+    pub no_strip: bool,
+
+    /// Print the whole serial console (kernel and tests) while it runs.
+    #[arg(long, short)]
+    pub verbose: bool,
+
+    /// Let apt remove packages when installing a missing tool needs it (e.g. a backports
+    /// qemu-utils that conflicts with bookworm's qemu-system-x86). Off by default.
+    #[arg(long)]
+    pub apt_allow_removals: bool,
+
+    /// List the kernels apt offers and those cached, and exit.
+    #[arg(long)]
+    pub list_kernels: bool,
+
+    /// Arguments for every test binary (a name filter, for instance), after `--`.
+    #[arg(last = true, value_name = "TEST_ARGS")]
+    pub test_args: Vec<String>,
+}
+
+/// The verdict for one kernel.
+struct KernelRun {
+    kernel: Kernel,
+    accel: Accel,
+    outcome: Outcome,
+    log: PathBuf,
+    initramfs_bytes: u64,
+    tests: usize,
+}
+
+impl KernelRun {
+    fn passed(&self) -> bool {
+        self.outcome.result.as_deref() == Some("PASS")
+    }
+
+    fn verdict(&self) -> String {
+        let o = &self.outcome;
+        match (&o.result, &o.qemu_error) {
+            (Some(result), _) => result.clone(),
+            (None, Some(err)) => format!("FAIL (qemu: {err})"),
+            (None, None) if o.timed_out => "FAIL (timed out)".to_string(),
+            (None, None) => "FAIL (no result line: kernel panic or init died?)".to_string(),
+        }
+    }
 }
 
 pub fn run(args: VmTestArgs) -> Result<()> {
-    let _ = args;
-    anyhow::bail!("vm-test is not implemented yet")
+    let root = util::workspace_root();
+    let target =
+        std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
+    let vm_dir = target.join("vm");
+    let kernels_dir = vm_dir.join("kernels");
+    std::fs::create_dir_all(&kernels_dir)
+        .with_context(|| format!("cannot create {}", kernels_dir.display()))?;
+
+    if args.list_kernels {
+        return kernel::list(&kernels_dir);
+    }
+    tools::ensure(args.apt_allow_removals)?;
+    let specs = if args.kernels.is_empty() {
+        vec![DEFAULT_KERNEL.to_string()]
+    } else {
+        args.kernels.clone()
+    };
+    // Resolve every kernel first, so that a typo fails before the long build.
+    let kernels = specs
+        .iter()
+        .map(|spec| kernel::ensure(spec, &kernels_dir))
+        .collect::<Result<Vec<_>>>()?;
+
+    let built = artifacts::build(&root, &args.package)?;
+    if built.tests.is_empty() {
+        println!(
+            "vm-test: WARNING: package {} has no test executables; the VM boots and runs nothing{}",
+            args.package,
+            if args.inject_failure {
+                " but the injected failure"
+            } else {
+                ""
+            }
+        );
+    }
+    // Stripped copies of this run's binaries; older ones (other hashes) are dropped.
+    let stage = vm_dir.join("stage");
+    if stage.exists() {
+        std::fs::remove_dir_all(&stage)
+            .with_context(|| format!("cannot remove {}", stage.display()))?;
+    }
+    let strip = |path: &Path| -> Result<PathBuf> {
+        if args.no_strip {
+            Ok(path.to_path_buf())
+        } else {
+            artifacts::strip_debug(path, &stage)
+        }
+    };
+    let netfn = strip(&built.netfn)?;
+    let tests = built
+        .tests
+        .iter()
+        .map(|t| {
+            Ok(artifacts::TestExe {
+                name: t.name.clone(),
+                path: strip(&t.path)?,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let host_tools: Vec<PathBuf> = HOST_TOOLS
+        .iter()
+        .filter_map(|t| tools::which(t).ok())
+        .collect();
+    let mut trees: Vec<PathBuf> = built.package_dir.iter().cloned().collect();
+    if root.join("examples").is_dir() {
+        trees.push(root.join("examples"));
+    }
+    let busybox = tools::which("busybox")?;
+    let mut wanted: Vec<String> = MODULES.iter().map(|m| m.to_string()).collect();
+    wanted.extend(args.modules.iter().cloned());
+
+    // The accelerator is chosen once, with a tiny initramfs and the first kernel.
+    let probe = vm_dir.join("probe.cpio");
+    initramfs::build(
+        &probe,
+        &initramfs::Payload {
+            busybox: busybox.clone(),
+            ..Default::default()
+        },
+    )?;
+    let (accel, why) = qemu::choose(
+        args.accel,
+        &kernels[0].vmlinuz(),
+        &probe,
+        vm_dir.join("kvm-probe.log"),
+    )?;
+    println!("vm-test: accelerator: {} ({why})", accel.name());
+
+    let mut runs = Vec::new();
+    for kernel in kernels {
+        let plan = kernel::plan_modules(&kernel, &wanted)?;
+        report_modules(&kernel, &plan);
+        let initrd = vm_dir.join(format!("initramfs-{}.cpio", kernel.release));
+        let payload = initramfs::Payload {
+            busybox: busybox.clone(),
+            netfn: Some(netfn.clone()),
+            tests: &tests,
+            inject_failure: args.inject_failure,
+            test_args: &args.test_args,
+            workdir: built.package_dir.clone(),
+            trees: trees.clone(),
+            host_tools: host_tools.clone(),
+            modules: Some((&kernel, &plan)),
+        };
+        let started = Instant::now();
+        let initramfs_bytes = initramfs::build(&initrd, &payload)?;
+        println!(
+            "vm-test: initramfs {} ({:.1} MiB, {} test binaries{}; host tools: {}) in {:.1} s",
+            initrd.display(),
+            initramfs_bytes as f64 / (1024.0 * 1024.0),
+            tests.len() + usize::from(args.inject_failure),
+            if args.inject_failure {
+                ", one injected to fail"
+            } else {
+                ""
+            },
+            names(&host_tools),
+            started.elapsed().as_secs_f64()
+        );
+        let log = vm_dir.join(format!("{}.log", kernel.release));
+        println!(
+            "vm-test: booting {} with {} (timeout {} s, console log {})",
+            kernel.release,
+            accel.name(),
+            args.timeout,
+            log.display()
+        );
+        let mut progress = Progress::new(args.verbose);
+        let outcome = qemu::boot(
+            &qemu::Boot {
+                vmlinuz: &kernel.vmlinuz(),
+                initrd: &initrd,
+                accel,
+                timeout: Duration::from_secs(args.timeout),
+                log: &log,
+                quiet: false,
+            },
+            &mut |line| progress.line(line),
+        )?;
+        let run = KernelRun {
+            kernel,
+            accel,
+            outcome,
+            log,
+            initramfs_bytes,
+            tests: tests.len() + usize::from(args.inject_failure),
+        };
+        if !run.passed() {
+            print_failure(&run);
+        }
+        runs.push(run);
+    }
+
+    print_summary(&runs);
+    let failed: Vec<&str> = runs
+        .iter()
+        .filter(|r| !r.passed())
+        .map(|r| r.kernel.release.as_str())
+        .collect();
+    if !failed.is_empty() {
+        bail!("vm-test failed on {}", failed.join(", "));
+    }
+    Ok(())
+}
+
+fn names(paths: &[PathBuf]) -> String {
+    let names: Vec<String> = paths
+        .iter()
+        .filter_map(|p| p.file_name())
+        .map(|n| n.to_string_lossy().into_owned())
+        .collect();
+    if names.is_empty() {
+        "none".to_string()
+    } else {
+        names.join(" ")
+    }
+}
+
+fn report_modules(kernel: &Kernel, plan: &ModulePlan) {
+    let load: Vec<&str> = plan.load.iter().map(|m| m.name.as_str()).collect();
+    println!(
+        "vm-test: {} modules to load: {}",
+        kernel.release,
+        load.join(" ")
+    );
+    if !plan.builtin.is_empty() {
+        println!(
+            "vm-test: built into {}: {}",
+            kernel.release,
+            plan.builtin.join(" ")
+        );
+    }
+    if !plan.missing.is_empty() {
+        println!(
+            "vm-test: NOTE: {} has no module {}",
+            kernel.release,
+            plan.missing.join(" ")
+        );
+    }
+}
+
+/// Prints the console while the VM runs: everything with --verbose, else the guest's own
+/// progress lines and one line per test binary.
+struct Progress {
+    verbose: bool,
+    test_started: Option<Instant>,
+}
+
+impl Progress {
+    fn new(verbose: bool) -> Self {
+        Progress {
+            verbose,
+            test_started: None,
+        }
+    }
+
+    fn line(&mut self, line: &str) {
+        if self.verbose {
+            println!("  | {line}");
+        }
+        if line.starts_with(TEST_BEGIN) {
+            self.test_started = Some(Instant::now());
+        } else if let Some(rest) = line.strip_prefix(TEST_END) {
+            if !self.verbose {
+                let secs = self
+                    .test_started
+                    .take()
+                    .map_or(0.0, |t| t.elapsed().as_secs_f64());
+                let (name, rc) = rest.rsplit_once(" rc=").unwrap_or((rest, "?"));
+                let verdict = if rc == "0" { "ok  " } else { "FAIL" };
+                println!("  {verdict} {name} ({secs:.1} s, exit {rc})");
+            }
+        } else if !self.verbose && line.starts_with("NETFN-VM") {
+            println!("  guest: {line}");
+        }
+    }
+}
+
+const TEST_BEGIN: &str = "NETFN-VM-TEST-BEGIN: ";
+const TEST_END: &str = "NETFN-VM-TEST-END: ";
+
+/// The console lines of one test binary, between its BEGIN and END markers (to the end of the
+/// log if it never ended).
+fn section<'a>(lines: &'a [String], name: &str) -> &'a [String] {
+    let begin = format!("{TEST_BEGIN}{name}");
+    let end = format!("{TEST_END}{name} ");
+    let Some(start) = lines.iter().position(|l| *l == begin) else {
+        return &[];
+    };
+    let stop = lines[start..]
+        .iter()
+        .position(|l| l.starts_with(&end))
+        .map_or(lines.len(), |i| start + i + 1);
+    &lines[start..stop]
+}
+
+fn print_failure(run: &KernelRun) {
+    let lines = &run.outcome.lines;
+    println!(
+        "\n==== {} FAILED: {} ====",
+        run.kernel.release,
+        run.verdict()
+    );
+    match run
+        .outcome
+        .result
+        .as_deref()
+        .and_then(|r| r.strip_prefix("FAIL"))
+    {
+        Some(names) => {
+            for name in names.split_whitespace() {
+                println!("---- output of {name} ----");
+                for line in section(lines, name) {
+                    println!("{line}");
+                }
+            }
+        }
+        None => {
+            // No verdict: say which test was running, and show the end of the console.
+            let running = lines
+                .iter()
+                .rev()
+                .find_map(|l| l.strip_prefix(TEST_BEGIN))
+                .filter(|name| {
+                    !lines
+                        .iter()
+                        .any(|l| l.starts_with(&format!("{TEST_END}{name} ")))
+                });
+            if let Some(name) = running {
+                println!("---- {name} was running; last lines of the console ----");
+            } else {
+                println!("---- last lines of the console ----");
+            }
+            for line in &lines[lines.len().saturating_sub(80)..] {
+                println!("{line}");
+            }
+        }
+    }
+    println!("---- full console log: {} ----\n", run.log.display());
+}
+
+fn print_summary(runs: &[KernelRun]) {
+    println!("\nvm-test summary:");
+    println!(
+        "  {:<24} {:<5} {:>7} {:>8} {:>8} {:>9}  result",
+        "kernel", "accel", "tests", "boot", "total", "initramfs"
+    );
+    for run in runs {
+        let o = &run.outcome;
+        println!(
+            "  {:<24} {:<5} {:>7} {:>8} {:>8} {:>8.0}M  {}",
+            run.kernel.release,
+            run.accel.name(),
+            run.tests,
+            o.boot_time
+                .map_or("-".to_string(), |d| format!("{:.1}s", d.as_secs_f64())),
+            format!("{:.1}s", o.total_time.as_secs_f64()),
+            run.initramfs_bytes as f64 / (1024.0 * 1024.0),
+            run.verdict()
+        );
+    }
+    for run in runs {
+        println!("  log {}: {}", run.kernel.release, run.log.display());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sections_are_cut_at_the_markers() {
+        let lines: Vec<String> = [
+            "boot",
+            "NETFN-VM-TEST-BEGIN: a",
+            "a out",
+            "NETFN-VM-TEST-END: a rc=0",
+            "NETFN-VM-TEST-BEGIN: ab",
+            "ab out",
+            "NETFN-VM-TEST-END: ab rc=1",
+            "NETFN-VM-TEST-BEGIN: c",
+            "c hangs",
+        ]
+        .map(String::from)
+        .to_vec();
+        assert_eq!(section(&lines, "a"), &lines[1..4]);
+        assert_eq!(section(&lines, "ab"), &lines[4..7]);
+        assert_eq!(section(&lines, "c"), &lines[7..]);
+        assert!(section(&lines, "d").is_empty());
+    }
 }
