@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result, bail};
 use netfn_core::lifecycle::{self, DownOutcome, UpOptions, UpOutcome};
 use netfn_core::spec::{self, ChainFile, LoadError};
-use netfn_core::{graph, netns, plan, state, status};
+use netfn_core::{ebpf, graph, names, netns, plan, state, status};
 
 use crate::output;
 
@@ -202,6 +202,23 @@ pub fn exec(chain: &str, function: &str, command: &[String]) -> Result<ExitCode>
     let (prog, args) = command.split_first().context("no command given after --")?;
     let err = std::process::Command::new(prog).args(args).exec();
     bail!("cannot run {prog} in namespace {}: {err}", hop.netns.name)
+}
+
+pub fn logs(chain: &str, follow: bool) -> Result<ExitCode> {
+    require_root("logs")?;
+    if state::load(chain)?.is_none() {
+        bail!("chain `{chain}` is not up; `netfn status` lists the chains that are");
+    }
+    let dir = names::chain_bpf_dir(chain);
+    let mut logs = ebpf::EbpfLogs::from_pinned(&dir)
+        .with_context(|| format!("cannot open the eBPF log buffer of chain `{chain}`"))?;
+    logs.flush();
+    if follow {
+        runtime()?
+            .block_on(logs.forward())
+            .context("reading eBPF logs")?;
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 pub fn graph(file: &Path, format: graph::Format) -> Result<ExitCode> {

@@ -16,7 +16,8 @@ use clap::{Parser, Subcommand, ValueEnum};
 )]
 struct Cli {
     /// Log level (error, warn, info, debug, trace) or a tracing filter; NETFN_LOG also works.
-    #[arg(long, global = true, default_value = "warn")]
+    /// eBPF program logs use the target `netfn::ebpf`.
+    #[arg(long, global = true, default_value = "warn,netfn::ebpf=info")]
     log: String,
     #[command(subcommand)]
     command: Command,
@@ -56,6 +57,13 @@ enum Command {
         #[arg(last = true, required = true)]
         command: Vec<String>,
     },
+    /// Print what the chain's eBPF programs logged (aya-log), through netfn's log.
+    Logs {
+        chain: String,
+        /// Keep printing new lines until interrupted.
+        #[arg(long, short)]
+        follow: bool,
+    },
     /// Print a chain file as a graph description.
     Graph {
         file: PathBuf,
@@ -92,6 +100,7 @@ fn main() -> ExitCode {
                 GraphFormat::Mermaid => netfn_core::graph::Format::Mermaid,
             },
         ),
+        Command::Logs { chain, follow } => commands::logs(&chain, follow),
         Command::Kinds => commands::kinds(),
     };
     match result {

@@ -42,6 +42,14 @@ fn three_function_chain_carries_tcp_and_udp_both_ways_and_leaves_nothing() {
             assert_eq!(a - b, 50, "interface {name}: {b} -> {a} packets");
         }
 
+        // The counter program's aya-log lines reach netfn's log.
+        let logs = netfn(&["logs", &chain]);
+        let logs = String::from_utf8_lossy(&logs.stderr);
+        assert!(
+            logs.contains("nf_count: counting on ifindex"),
+            "netfn logs printed:\n{logs}"
+        );
+
         // TCP both ways, 1 MiB echoed.
         tcp_echo(&ingress, &egress, 1 << 20);
 
