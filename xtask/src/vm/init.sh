@@ -26,7 +26,9 @@ mkdir -p /dev/pts /dev/shm
 mount -t devpts devpts /dev/pts
 mount -t tmpfs -o mode=1777 tmpfs /dev/shm
 mount -t tmpfs -o mode=0755 tmpfs /run
-mount -t tmpfs -o mode=1777 tmpfs /tmp
+# /tmp stays on the initramfs root (already in RAM): a tmpfs here would hide a checkout that
+# lives under /tmp on the host, whose test files are copied in at their host paths.
+mkdir -p /tmp && chmod 1777 /tmp
 mount -t bpf bpf /sys/fs/bpf || say "cannot mount bpffs on /sys/fs/bpf"
 mount -t cgroup2 cgroup2 /sys/fs/cgroup || say "cannot mount cgroup2 on /sys/fs/cgroup"
 mount -t tracefs tracefs /sys/kernel/tracing 2>/dev/null
