@@ -236,3 +236,27 @@ pub fn kinds() -> Result<ExitCode> {
     }
     Ok(ExitCode::SUCCESS)
 }
+
+pub fn features(json: bool) -> Result<ExitCode> {
+    let all = netfn_core::features::detect();
+    if json {
+        println!("{}", serde_json::to_string_pretty(&all)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("kernel {}", netfn_core::features::kernel_release());
+    let rows: Vec<Vec<String>> = all
+        .iter()
+        .map(|f| {
+            vec![
+                f.name.to_string(),
+                if f.available { "yes" } else { "no" }.to_string(),
+                f.detail.clone(),
+            ]
+        })
+        .collect();
+    print!(
+        "{}",
+        output::table(&["FEATURE", "AVAILABLE", "DETAIL"], &rows)
+    );
+    Ok(ExitCode::SUCCESS)
+}

@@ -72,6 +72,11 @@ enum Command {
     },
     /// List the function kinds this build knows.
     Kinds,
+    /// What this kernel supports (TCX, redirect_peer, XDP on veth, WireGuard, BTF).
+    Features {
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -102,6 +107,7 @@ fn main() -> ExitCode {
         ),
         Command::Logs { chain, follow } => commands::logs(&chain, follow),
         Command::Kinds => commands::kinds(),
+        Command::Features { json } => commands::features(json),
     };
     match result {
         Ok(code) => code,

@@ -16,3 +16,4 @@ pub mod plan;
 pub mod spec;
 pub mod state;
 pub mod status;
+pub mod features;
