@@ -273,3 +273,62 @@ fn scopeguard(chain: &str) -> impl Drop {
     }
     Down(chain.to_string())
 }
+
+#[test]
+fn endpoints_in_existing_namespaces_are_wired_and_left_as_found() {
+    let chain = unique_chain("ex");
+    let client = format!("nftest-{chain}-client");
+    let made = Command::new("ip")
+        .args(["netns", "add", &client])
+        .status()
+        .expect("ip netns add");
+    assert!(made.success());
+    struct Ns(String);
+    impl Drop for Ns {
+        fn drop(&mut self) {
+            let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+        }
+    }
+    let _client = Ns(client.clone());
+    let links_before = ip_links(&client);
+
+    let dir = TempDir::new(&chain);
+    let text = forward_chain(&chain, 2, "kernel").replace(
+        "[chain.ingress]\n",
+        &format!("[chain.ingress]\nnamespace = \"{client}\"\n"),
+    );
+    let file = dir.write("chain.toml", &text);
+    {
+        let _guard = ChainGuard::up(&chain, &file);
+        let ifname = format!("nf-{chain}");
+        assert!(
+            ip_links(&client).contains(&ifname),
+            "no {ifname} in {client}"
+        );
+        let udp = udp_echo(&client, &format!("nf-{chain}-egress"), 5);
+        assert_eq!((udp.ttl_forward, udp.ttl_reverse), (62, 62));
+    }
+    assert_eq!(leftovers(&chain), Vec::<String>::new());
+    assert!(
+        std::path::Path::new(&format!("/run/netns/{client}")).exists(),
+        "netfn removed the operator's namespace"
+    );
+    assert_eq!(
+        ip_links(&client),
+        links_before,
+        "netfn left something in the operator's namespace"
+    );
+}
+
+/// Interface names in a namespace, as `ip` sees them.
+fn ip_links(netns: &str) -> Vec<String> {
+    let out = Command::new("ip")
+        .args(["-n", netns, "-o", "link", "show"])
+        .output()
+        .expect("ip link");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split(": ").nth(1))
+        .map(|n| n.split('@').next().unwrap_or(n).to_string())
+        .collect()
+}
