@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
 use netfn_core::lifecycle::{self, DownOutcome, UpOptions, UpOutcome};
+use netfn_core::live::{self, ApplyOutcome};
 use netfn_core::spec::{self, ChainFile, LoadError};
 use netfn_core::{ebpf, graph, names, netns, plan, state, status};
 
@@ -109,6 +110,46 @@ pub fn up(file: &Path, only: Option<&str>) -> Result<ExitCode> {
                 "chain {}: already up and unchanged; nothing to do",
                 chain.name
             ),
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn apply(file: &Path, only: Option<&str>, dry_run: bool) -> Result<ExitCode> {
+    let spec = load(file)?;
+    require_root("apply")?;
+    let rt = runtime()?;
+    let progress = |line: &str| eprintln!("netfn: {line}");
+    for chain in spec
+        .chains
+        .iter()
+        .filter(|c| only.is_none_or(|o| o == c.name))
+    {
+        let outcome = live::apply(chain, &rt, &UpOptions::default(), dry_run, &progress)
+            .with_context(|| format!("netfn apply {}", file.display()))?;
+        match outcome {
+            ApplyOutcome::Unchanged => println!("chain {}: unchanged; nothing to do", chain.name),
+            ApplyOutcome::Planned(changes) => {
+                println!(
+                    "chain {}: would apply {} change(s):",
+                    chain.name,
+                    changes.len()
+                );
+                for c in changes {
+                    println!("  {c}");
+                }
+            }
+            ApplyOutcome::Applied { changes, elapsed } => {
+                println!(
+                    "chain {}: applied {} change(s) in {} ms:",
+                    chain.name,
+                    changes.len(),
+                    elapsed.as_millis()
+                );
+                for c in changes {
+                    println!("  {c}");
+                }
+            }
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -34,6 +34,16 @@ enum Command {
         #[arg(long)]
         chain: Option<String>,
     },
+    /// Change running chains to match the file: add, remove or reorder functions in place.
+    Apply {
+        file: PathBuf,
+        /// Only this chain of the file.
+        #[arg(long)]
+        chain: Option<String>,
+        /// Print what would change, change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Remove a chain (by name, or every chain of a file) and everything netfn created for it.
     Down {
         /// A chain name or a chain file.
@@ -91,6 +101,11 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Validate { file } => commands::validate(&file),
         Command::Up { file, chain } => commands::up(&file, chain.as_deref()),
+        Command::Apply {
+            file,
+            chain,
+            dry_run,
+        } => commands::apply(&file, chain.as_deref(), dry_run),
         Command::Down { target, all } => commands::down(target.as_deref(), all),
         Command::Status { chain, json } => commands::status(chain.as_deref(), json),
         Command::Exec {

@@ -71,9 +71,26 @@ pub fn create_namespaces(
     rt: &tokio::runtime::Handle,
     workers: usize,
 ) -> (Opened, Result<(), ApplyError>) {
+    open_hops(plan, rt, workers, true, &|_, _| true)
+}
+
+/// Like [`create_namespaces`], for the hops that `only(index, hop)` selects; with `create` false,
+/// it opens namespaces that exist already instead of creating them.
+pub fn open_hops(
+    plan: &ChainPlan,
+    rt: &tokio::runtime::Handle,
+    workers: usize,
+    create: bool,
+    only: &(dyn Fn(usize, &HopPlan) -> bool + Sync),
+) -> (Opened, Result<(), ApplyError>) {
     let opened = Mutex::new(Opened::default());
     let first_error: Mutex<Option<ApplyError>> = Mutex::new(None);
-    let work: Vec<(usize, &HopPlan)> = plan.hops.iter().enumerate().collect();
+    let work: Vec<(usize, &HopPlan)> = plan
+        .hops
+        .iter()
+        .enumerate()
+        .filter(|(h, hop)| only(*h, hop))
+        .collect();
     let next = std::sync::atomic::AtomicUsize::new(0);
     let fail = |e: ApplyError| {
         if let Ok(mut slot) = first_error.lock() {
@@ -89,7 +106,7 @@ pub fn create_namespaces(
                     if first_error.lock().map(|e| e.is_some()).unwrap_or(true) {
                         break;
                     }
-                    match open_hop(hop, rt) {
+                    match open_hop(hop, rt, create) {
                         Ok(ns) => {
                             if let Ok(mut o) = opened.lock() {
                                 o.hops.insert(h, ns);
@@ -115,14 +132,18 @@ pub fn create_namespaces(
     }
 }
 
-/// Runs on a namespace worker thread: creates (or enters) the hop's namespace and opens its
-/// netlink socket there.
-fn open_hop(hop: &HopPlan, rt: &tokio::runtime::Handle) -> Result<OpenNs, ApplyError> {
+/// Runs on a namespace worker thread: creates the hop's namespace (or enters it, when it exists
+/// already or is the operator's) and opens its netlink socket there.
+fn open_hop(
+    hop: &HopPlan,
+    rt: &tokio::runtime::Handle,
+    create: bool,
+) -> Result<OpenNs, ApplyError> {
     let netlink_err = |source| ApplyError::Netlink {
         hop: hop.name.clone(),
         source,
     };
-    if hop.netns.created {
+    if hop.netns.created && create {
         let fd = netns::create_here(&hop.netns.name, &sysctls_for(hop))?;
         let netlink = Netlink::here(rt).map_err(netlink_err)?;
         Ok(OpenNs { fd, netlink })
@@ -156,6 +177,79 @@ pub async fn create_links(
                 })
         })
         .await
+}
+
+/// Brings up the ends of `links` (addresses, up) in their hops.
+pub async fn configure_link_ends(
+    plan: &ChainPlan,
+    links: &[&crate::plan::LinkPlan],
+    opened: &Opened,
+) -> Result<(), ApplyError> {
+    let ends: Vec<&crate::plan::LinkEnd> = links.iter().flat_map(|l| [&l.out, &l.inn]).collect();
+    stream::iter(ends.into_iter().map(Ok))
+        .try_for_each_concurrent(IN_FLIGHT, |end| async move {
+            let hop = &plan.hops[end.hop];
+            let Some(ns) = opened.hops.get(&end.hop) else {
+                return Ok(());
+            };
+            let err = |source| ApplyError::Netlink {
+                hop: hop.name.clone(),
+                source,
+            };
+            ns.netlink
+                .add_address(end.ifindex, end.address)
+                .await
+                .map_err(err)?;
+            ns.netlink.set_up(end.ifindex).await.map_err(err)
+        })
+        .await
+}
+
+/// Sets (replacing) the routes of the selected hops, in the order given; with `only`, just the
+/// routes to that destination.
+pub async fn replace_routes(
+    plan: &ChainPlan,
+    hops: &[usize],
+    opened: &Opened,
+    only: Option<ipnet::Ipv4Net>,
+) -> Result<(), ApplyError> {
+    for &h in hops {
+        let hop = &plan.hops[h];
+        let Some(ns) = opened.hops.get(&h) else {
+            continue;
+        };
+        for route in hop
+            .routes
+            .iter()
+            .filter(|r| only.is_none_or(|d| r.destination == d))
+        {
+            ns.netlink
+                .replace_route(route.destination, route.gateway)
+                .await
+                .map_err(|source| ApplyError::Netlink {
+                    hop: hop.name.clone(),
+                    source,
+                })?;
+        }
+    }
+    Ok(())
+}
+
+/// Deletes interfaces by name in opened hops; keeps going, returns every error.
+pub async fn delete_interfaces(
+    plan: &ChainPlan,
+    ends: &[(usize, String)],
+    opened: &Opened,
+) -> Vec<String> {
+    let mut errors = Vec::new();
+    for (h, ifname) in ends {
+        if let Some(ns) = opened.hops.get(h)
+            && let Err(e) = ns.netlink.delete_link(ifname).await
+        {
+            errors.push(format!("{}: {e}", plan.hops[*h].name));
+        }
+    }
+    errors
 }
 
 /// Brings loopback up, and adds every address and route, in every hop.
@@ -197,18 +291,26 @@ async fn configure_hop(
     Ok(())
 }
 
-/// Attaches the per-interface counters to every interface of the chain; the map is pinned under
-/// the chain's bpffs directory, and the filters outlive this process.
-pub fn attach_counters(plan: &ChainPlan) -> Result<(), ApplyError> {
+/// Attaches the per-interface counters to every interface of the chain that `only` selects; the
+/// map is pinned under the chain's bpffs directory, and the filters outlive this process.
+pub fn attach_counters(
+    plan: &ChainPlan,
+    only: &dyn Fn(&crate::plan::LinkEnd) -> bool,
+) -> Result<(), ApplyError> {
     ebpf::ensure_bpffs()?;
     let targets: Vec<_> = plan
         .hops
         .iter()
         .enumerate()
         .map(|(h, hop)| {
-            let ifnames = plan.interfaces_of(h).map(|e| e.ifname.clone()).collect();
+            let ifnames = plan
+                .interfaces_of(h)
+                .filter(|e| only(e))
+                .map(|e| e.ifname.clone())
+                .collect();
             (names::netns_path(&hop.netns.name), ifnames)
         })
+        .filter(|(_, ifnames): &(_, Vec<String>)| !ifnames.is_empty())
         .collect();
     ebpf::attach_counters(&names::chain_bpf_dir(&plan.chain), &targets)?;
     Ok(())

@@ -13,6 +13,9 @@ use serde::de::{DeserializeOwned, IntoDeserializer};
 use toml::Spanned;
 use toml::de::DeTable;
 
+pub use crate::metrics::kind::{FunctionMetricsContext, KindMetricsError};
+pub use prometheus::proto::MetricFamily;
+
 /// One problem in a function's settings, at a byte span of the chain file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SettingError {
@@ -44,7 +47,10 @@ impl<'i> Settings<'i> {
     /// may use `toml::Spanned` fields to point at values in its own checks).
     pub fn deserialize<T: DeserializeOwned>(self) -> Result<T, SettingError> {
         let span = self.table.span();
-        let value = Spanned::new(span.clone(), toml::de::DeValue::Table(self.table.into_inner()));
+        let value = Spanned::new(
+            span.clone(),
+            toml::de::DeValue::Table(self.table.into_inner()),
+        );
         T::deserialize(value.into_deserializer()).map_err(|e| SettingError {
             span: e.span().unwrap_or(span),
             message: e.message().trim().to_string(),
@@ -61,6 +67,19 @@ pub trait FunctionKind: Send + Sync + 'static {
     fn summary(&self) -> &'static str;
     /// Validates this kind's settings; reports every problem it finds.
     fn parse(&self, settings: Settings<'_>) -> Result<Arc<dyn FunctionConfig>, Vec<SettingError>>;
+
+    /// The kind's own metrics for one function, read by the host agent at scrape time (from the
+    /// chain's record, so `ctx.settings` is the recorded JSON): per firewall rule, per backend,
+    /// per peer. Build them with `ctx.counter(…)` / `ctx.gauge(…)`; names start with
+    /// `netfn_<kind>_` (see [`crate::metrics::kind`] for the rules). The generic per-function
+    /// packets, bytes and drops are exported for every kind already; the default adds nothing.
+    fn metrics(
+        &self,
+        ctx: &FunctionMetricsContext<'_>,
+    ) -> Result<Vec<MetricFamily>, KindMetricsError> {
+        let _ = ctx;
+        Ok(Vec::new())
+    }
 }
 
 /// A validated function configuration of some kind.

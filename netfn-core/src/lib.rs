@@ -3,12 +3,14 @@
 //! The flow is `spec` (parse and validate) → `plan` (pure data) → `apply` (the only layer that
 //! touches the kernel) → `state` (what netfn created, so `down` can finish any job).
 
+pub mod agent;
 pub mod apply;
 pub mod diag;
 pub mod ebpf;
 pub mod function;
 pub mod graph;
 pub mod lifecycle;
+pub mod metrics;
 pub mod names;
 pub mod netlink;
 pub mod netns;
@@ -17,3 +19,6 @@ pub mod spec;
 pub mod state;
 pub mod status;
 pub mod features;
+pub mod diff;
+pub mod replan;
+pub mod live;

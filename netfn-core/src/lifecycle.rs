@@ -125,7 +125,7 @@ fn up_locked(
     let chain = plan.chain.clone();
     if let Some(old) = state::load(&chain)? {
         match old.phase {
-            Phase::Up if old.plan == plan => {
+            Phase::Up if crate::diff::diff(&old.plan, &plan).is_empty() => {
                 if let Some(missing) = plan.created_namespaces().find(|n| !netns::exists(n)) {
                     return Err(LifecycleError::Drift {
                         chain,
@@ -211,7 +211,7 @@ fn build(
         apply::configure_hops(plan, &opened).await
     })
     .map_err(with_foreign)?;
-    apply::attach_counters(plan).map_err(with_foreign)?;
+    apply::attach_counters(plan, &|_| true).map_err(with_foreign)?;
     Ok(())
 }
 
@@ -239,7 +239,11 @@ pub fn down(
 fn teardown(mut record: ChainState, rt: &tokio::runtime::Runtime) -> Result<(), LifecycleError> {
     record.phase = Phase::TearingDown;
     state::save(&mut record)?;
-    let errors = apply::remove(&record.plan, rt.handle(), &record.foreign);
+    let mut errors = apply::remove(&record.plan, rt.handle(), &record.foreign);
+    if let Some(previous) = &record.previous {
+        // An apply was interrupted: what only the old plan had must go too.
+        errors.extend(apply::remove(previous, rt.handle(), &record.foreign));
+    }
     if errors.is_empty() {
         state::remove(record.chain())?;
         Ok(())

@@ -141,6 +141,26 @@ impl Netlink {
             .map_err(|e| NetlinkError::new(format!("add route {destination} via {gateway}"), e))
     }
 
+    /// Adds a route or atomically replaces the one to the same destination (the switch of a
+    /// live apply: packets take the old or the new next hop, never none).
+    pub async fn replace_route(
+        &self,
+        destination: Ipv4Net,
+        gateway: Ipv4Addr,
+    ) -> Result<(), NetlinkError> {
+        let msg = RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(destination.network(), destination.prefix_len())
+            .gateway(gateway)
+            .build();
+        self.handle
+            .route()
+            .add(msg)
+            .replace()
+            .execute()
+            .await
+            .map_err(|e| NetlinkError::new(format!("replace route {destination} via {gateway}"), e))
+    }
+
     /// Deletes an interface by name. Returns false if it did not exist.
     pub async fn delete_link(&self, name: &str) -> Result<bool, NetlinkError> {
         let Some(link) = self.link_by_name(name).await? else {

@@ -75,6 +75,9 @@ pub struct ChainState {
     #[serde(default)]
     pub counters: bool,
     pub plan: ChainPlan,
+    /// During `apply`: the plan that ran before; `down` removes what either plan created.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous: Option<ChainPlan>,
 }
 
 impl ChainState {
@@ -87,6 +90,7 @@ impl ChainState {
             foreign: Vec::new(),
             counters: false,
             plan,
+            previous: None,
         }
     }
 

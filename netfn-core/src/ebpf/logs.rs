@@ -10,7 +10,7 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::path::Path;
 
 use aya::Ebpf;
-use aya::programs::SchedClassifier;
+use aya::programs::ProgramInfo;
 use aya_log::EbpfLogger;
 
 use super::{COUNTER_PROGRAM_PIN, EbpfError};
@@ -47,13 +47,14 @@ impl EbpfLogs {
     /// Attaches to the logs of the counter program pinned under `bpf_dir` by an earlier
     /// [`super::attach_counters`], possibly by another process (the host agent does this).
     pub fn from_pinned(bpf_dir: &Path) -> Result<Self, EbpfError> {
-        let path = bpf_dir.join(COUNTER_PROGRAM_PIN);
-        let program = SchedClassifier::from_pin(&path).map_err(|source| EbpfError::Pinned {
-            path: path.clone(),
-            source: Box::new(source),
-        })?;
-        let id = program
-            .info()
+        Self::from_pinned_program(&bpf_dir.join(COUNTER_PROGRAM_PIN))
+    }
+
+    /// Attaches to the logs of any of netfn's pinned programs (the ring buffer of the object load
+    /// that program came from): e.g. `<bpf_dir>/nf_fwd_tc`.
+    pub fn from_pinned_program(path: &Path) -> Result<Self, EbpfError> {
+        let path = path.to_path_buf();
+        let id = ProgramInfo::from_pin(&path)
             .map_err(|source| EbpfError::Pinned {
                 path: path.clone(),
                 source: Box::new(source),

@@ -20,6 +20,7 @@
 //! - Interface names are resolved in the namespace of the thread that attaches, so each
 //!   namespace's work runs on a dedicated thread that `setns()`es into it (see [`enter_netns`]).
 
+mod fastpath;
 mod logs;
 mod netns;
 mod object;
@@ -35,7 +36,14 @@ use aya::programs::{ProgramError, SchedClassifier, TcAttachType};
 use aya::{Ebpf, EbpfLoader};
 use nix::mount::{MsFlags, mount};
 
+pub use fastpath::{
+    EbpfLogLevel, FN_COUNTERS_PIN, FWD_DEVMAP_PIN, FWD_TABLE_PIN, FWD_TC_HANDLE, FWD_TC_PRIORITY,
+    FWD_UNKNOWN_PIN, FastpathAttach, FastpathCounters, FastpathOptions, FunctionCounters,
+    XDP_LINK_PIN_PREFIX, XdpAttachError, attach_fastpath, attach_fastpath_with, fastpath_logs,
+    fwd_entry, read_function_counters,
+};
 pub use logs::EbpfLogs;
+pub use netfn_common::{DROP_REASON_NAMES, FnCounters};
 pub use netfn_common::IfCounters;
 pub use netns::{NETNS_THREADS, enter_netns};
 pub use object::{OBJECT_ENV, ObjectSource, object_source};
@@ -146,6 +154,28 @@ pub enum EbpfError {
         /// Every failure, one per interface or namespace.
         failures: Vec<EbpfError>,
     },
+    #[error(
+        "cannot attach `{program}` (XDP) to `{interface}` in {}: {source}",
+        netns.display()
+    )]
+    AttachXdp {
+        program: &'static str,
+        netns: PathBuf,
+        interface: String,
+        #[source]
+        source: Box<XdpAttachError>,
+    },
+    #[error("XDP devmap entry for `{interface}` in {}: {source}", netns.display())]
+    DevMap {
+        netns: PathBuf,
+        interface: String,
+        #[source]
+        source: Box<aya::maps::xdp::XdpMapError>,
+    },
+    #[error("chain `{chain}` has fastpath = \"kernel\": there is no eBPF fast path to attach")]
+    NoFastPath { chain: String },
+    #[error("fastpath = \"{mode}\" cannot work on this kernel: {reason}; use fastpath = \"kernel\"")]
+    Unsupported { mode: String, reason: String },
     #[error("cannot start a namespace worker thread: {0}")]
     SpawnWorker(#[source] io::Error),
     #[error("a namespace worker thread panicked")]
@@ -314,7 +344,7 @@ pub fn attach_counters(
     let load_time = started.elapsed();
 
     let attach_started = Instant::now();
-    let interfaces = attach_pinned(&program_pin, name, targets)?;
+    let interfaces = attach_pinned(&program_pin, name, targets, COUNTER_TC_SLOT)?;
     let attach_time = attach_started.elapsed();
     tracing::info!(
         "attached {name} to {} interface(s) in {} namespace(s) in {attach_time:.2?} (load {load_time:.2?})",
@@ -329,11 +359,27 @@ pub fn attach_counters(
     })
 }
 
-/// Attaches the pinned program `program_pin` (named `name`) on TC ingress of every target.
-fn attach_pinned(
+/// Where a netlink `cls_bpf` filter sits on TC ingress: its priority (lower runs first) and its
+/// handle. The pair identifies the filter, so attaching again at the same slot replaces it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct TcSlot {
+    pub priority: u16,
+    pub handle: u16,
+}
+
+/// The counter's slot: first on ingress.
+const COUNTER_TC_SLOT: TcSlot = TcSlot {
+    priority: COUNTER_TC_PRIORITY,
+    handle: COUNTER_TC_HANDLE,
+};
+
+/// Attaches the pinned program `program_pin` (named `name`) on TC ingress of every target, at
+/// `slot`.
+pub(crate) fn attach_pinned(
     program_pin: &Path,
     name: &'static str,
     targets: &[(PathBuf, Vec<String>)],
+    slot: TcSlot,
 ) -> Result<Vec<AttachedInterface>, EbpfError> {
     if targets.is_empty() {
         return Ok(Vec::new());
@@ -354,7 +400,8 @@ fn attach_pinned(
         interfaces
             .iter()
             .map(|interface| {
-                attach_ingress(program, name, interface).map_err(|e| e.context(netns, interface))
+                attach_ingress(program, name, interface, slot)
+                    .map_err(|e| e.context(name, netns, interface))
             })
             .collect::<Vec<_>>()
     })?;
@@ -396,7 +443,7 @@ enum AttachStepError {
 }
 
 impl AttachStepError {
-    fn context(self, netns: &Path, interface: &str) -> EbpfError {
+    fn context(self, program: &'static str, netns: &Path, interface: &str) -> EbpfError {
         match self {
             Self::Interface(source) => EbpfError::Interface {
                 netns: netns.to_path_buf(),
@@ -404,7 +451,7 @@ impl AttachStepError {
                 source,
             },
             Self::Tc(source) => EbpfError::Attach {
-                program: netfn_common::COUNT_PROGRAM,
+                program,
                 netns: netns.to_path_buf(),
                 interface: interface.to_string(),
                 source: Box::new(source),
@@ -413,14 +460,15 @@ impl AttachStepError {
     }
 }
 
-/// Attaches `program` on TC ingress of `interface` in the calling thread's namespace, with the
-/// counter's fixed priority and handle; replaces the program if that filter exists already.
+/// Attaches `program` on TC ingress of `interface` in the calling thread's namespace, at the fixed
+/// priority and handle of `slot`; replaces the program if that filter exists already.
 /// Returns the ifindex and whether a filter was replaced. The link is handed over to the kernel:
 /// nothing in this process will detach it.
 fn attach_ingress(
     program: &mut SchedClassifier,
     name: &str,
     interface: &str,
+    slot: TcSlot,
 ) -> Result<(u32, bool), AttachStepError> {
     let ifindex = nix::net::if_::if_nametoindex(interface)
         .map_err(|errno| AttachStepError::Interface(errno.into()))?;
@@ -431,9 +479,9 @@ fn attach_ingress(
         Err(e) => return Err(AttachStepError::Tc(e.into())),
     }
 
-    let handle = TcHandle::new(0, COUNTER_TC_HANDLE);
+    let handle = TcHandle::new(0, slot.handle);
     let options = NlOptions {
-        priority: COUNTER_TC_PRIORITY,
+        priority: slot.priority,
         handle,
         classid: None,
     };
@@ -448,7 +496,7 @@ fn attach_ingress(
             let existing = SchedClassifierLink::attached(
                 interface,
                 TcAttachType::Ingress,
-                COUNTER_TC_PRIORITY,
+                slot.priority,
                 handle,
                 None,
             )

@@ -40,9 +40,163 @@ impl IfCounters {
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for IfCounters {}
 
+// ---------------------------------------------------------------------------------------------
+// The forwarder (fast path): TC (`nf_fwd_tc`) and XDP (`nf_fwd_xdp`, `nf_xdp_pass`).
+// ---------------------------------------------------------------------------------------------
+
+/// Name of the TC ingress forwarder program.
+pub const FWD_TC_PROGRAM: &str = "nf_fwd_tc";
+/// Name of the XDP forwarder program.
+pub const FWD_XDP_PROGRAM: &str = "nf_fwd_xdp";
+/// Name of the XDP program that only passes frames up (on every veth that receives redirects but
+/// forwards nothing itself: the endpoints' interfaces).
+pub const XDP_PASS_PROGRAM: &str = "nf_xdp_pass";
+
+/// Name of the forwarding table (`Array<FwdEntry>`), indexed by `ifindex - FWD_IFINDEX_BASE` of
+/// the interface a packet arrived on.
+pub const FWD_TABLE_MAP: &str = "NF_FWD";
+/// Name of the per-function, per-direction counters (`PerCpuArray<FnCounters>`), indexed by
+/// [`FwdEntry::counter_slot`] (`function * 2 + direction`).
+pub const FN_COUNTERS_MAP: &str = "NF_FN_COUNTERS";
+/// Name of the counters of packets that arrived on an interface without a valid table entry
+/// (`PerCpuArray<FnCounters>` of one element).
+pub const FWD_UNKNOWN_MAP: &str = "NF_FWD_UNKNOWN";
+/// Name of the XDP devmap, indexed like [`FWD_TABLE_MAP`]; the value at the index of interface
+/// `i` is `i`'s ifindex (in its own namespace).
+pub const FWD_DEVMAP: &str = "NF_FWD_DEVMAP";
+
+/// The ifindex of a chain's first interface (`netfn_core::names::IFINDEX_BASE`): chain
+/// interfaces have `FWD_IFINDEX_BASE + 2 * link + side`, so a plain array indexed by
+/// `ifindex - FWD_IFINDEX_BASE` holds the table.
+pub const FWD_IFINDEX_BASE: u32 = 0x4e46_0000;
+/// `max_entries` of the forwarder maps in the object; userspace sizes each chain's maps at load
+/// time (`EbpfLoader::map_max_entries`) from the chain's plan.
+pub const FWD_TABLE_DEFAULT_ENTRIES: u32 = 2;
+
+/// [`FwdEntry::flags`]: the entry is filled in (a zeroed array element is not).
+pub const FWD_VALID: u32 = 1;
+
+/// Directions, the low bit of [`FwdEntry::counter_slot`].
+pub const DIR_FORWARD: u32 = 0;
+pub const DIR_REVERSE: u32 = 1;
+
+/// What the forwarder does with a packet that arrives on one function interface.
+///
+/// Addresses are in network byte order (as in the packet), so the hot path compares without
+/// swapping. Layout: 8 × u32 then 4 × 6 bytes; 56 bytes, 4-byte aligned, no padding.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FwdEntry {
+    /// [`FWD_VALID`] when filled in.
+    pub flags: u32,
+    /// The function's other interface, in the same namespace: TC `bpf_redirect_peer` target (the
+    /// packet lands on the ingress of its veth peer, the next hop's interface); XDP devmap key is
+    /// `redirect_ifindex - FWD_IFINDEX_BASE`. 0: no next hop (dropped as no-route).
+    pub redirect_ifindex: u32,
+    /// Index into [`FN_COUNTERS_MAP`]: `function * 2 + direction`.
+    pub counter_slot: u32,
+    /// The wired neighbour's address on this link (ARP sender IP; allowed IPv4 source).
+    pub peer_addr: u32,
+    /// Allowed IPv4 sources besides `peer_addr`: `src & allowed_mask == allowed_net` (the
+    /// ingress endpoint's subnet on the forward side, the egress subnet on the reverse side).
+    pub allowed_net: u32,
+    pub allowed_mask: u32,
+    /// The function's own interface addresses: packets to them go to the function's stack.
+    pub local_addrs: [u32; 2],
+    /// This interface's MAC: only unicast frames to it are forwarded (others go to the stack).
+    pub own_mac: [u8; 6],
+    /// The wired neighbour's MAC: the only source MAC (and ARP sender MAC) accepted.
+    pub peer_mac: [u8; 6],
+    /// The new Ethernet addresses, as in the header: destination (the next hop's interface)
+    /// then source (the function's out interface).
+    pub eth_rewrite: [u8; 12],
+}
+
+/// Drop reasons, the indexes of [`FnCounters::drops`].
+pub const DROP_SPOOFED_MAC: usize = 0;
+pub const DROP_SPOOFED_IP: usize = 1;
+pub const DROP_TTL_EXCEEDED: usize = 2;
+pub const DROP_NO_ROUTE: usize = 3;
+pub const DROP_MALFORMED: usize = 4;
+/// Slots of [`FnCounters::drops`]; the ones past the named reasons are reserved.
+pub const DROP_SLOTS: usize = 8;
+/// Names of the drop reasons, by index (for status and metrics).
+pub const DROP_REASON_NAMES: [&str; 5] = [
+    "spoofed-mac",
+    "spoofed-ip",
+    "ttl-exceeded",
+    "no-route",
+    "malformed",
+];
+
+/// One function's counters in one direction (one CPU's share; userspace sums the CPUs).
+///
+/// `bytes` is the frame length where the packet arrived (Ethernet header included), as the
+/// forwarder saw it: `skb->len` on TC, `data_end - data` on XDP.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FnCounters {
+    /// Packets forwarded to the next hop.
+    pub packets: u64,
+    pub bytes: u64,
+    /// Packets handed to the function's own stack (ARP, its own addresses, broadcast,
+    /// non-IPv4).
+    pub to_stack: u64,
+    /// Packets dropped, by reason ([`DROP_SPOOFED_MAC`] …).
+    pub drops: [u64; DROP_SLOTS],
+}
+
+impl FnCounters {
+    /// Adds `other` into `self` (wrapping, as kernel counters do).
+    pub fn accumulate(&mut self, other: &FnCounters) {
+        self.packets = self.packets.wrapping_add(other.packets);
+        self.bytes = self.bytes.wrapping_add(other.bytes);
+        self.to_stack = self.to_stack.wrapping_add(other.to_stack);
+        for (d, o) in self.drops.iter_mut().zip(other.drops.iter()) {
+            *d = d.wrapping_add(*o);
+        }
+    }
+
+    /// All drops, whatever the reason.
+    pub fn dropped(&self) -> u64 {
+        self.drops.iter().fold(0u64, |a, d| a.wrapping_add(*d))
+    }
+}
+
+// SAFETY: `FwdEntry` is `#[repr(C)]`, `Copy`, made of u32s and byte arrays laid out without
+// padding (8 × 4 + 24 = 56 bytes, a multiple of its 4-byte alignment); every bit pattern is valid.
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for FwdEntry {}
+
+// SAFETY: `FnCounters` is `#[repr(C)]`, `Copy`, made of u64s only; no padding.
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for FnCounters {}
+
 #[cfg(test)]
 mod tests {
-    use super::IfCounters;
+    use super::{DROP_REASON_NAMES, DROP_SLOTS, FnCounters, FwdEntry, IfCounters};
+
+    #[test]
+    fn forwarder_layouts_have_no_padding() {
+        assert_eq!(core::mem::size_of::<FwdEntry>(), 56);
+        assert_eq!(core::mem::align_of::<FwdEntry>(), 4);
+        assert_eq!(core::mem::size_of::<FnCounters>(), 8 * (3 + DROP_SLOTS));
+        assert!(DROP_REASON_NAMES.len() <= DROP_SLOTS);
+    }
+
+    #[test]
+    fn fn_counters_accumulate_every_field() {
+        let mut a = FnCounters {
+            packets: 1,
+            bytes: 2,
+            to_stack: 3,
+            drops: [1; DROP_SLOTS],
+        };
+        a.accumulate(&a.clone());
+        assert_eq!((a.packets, a.bytes, a.to_stack), (2, 4, 6));
+        assert_eq!(a.drops, [2; DROP_SLOTS]);
+        assert_eq!(a.dropped(), 2 * DROP_SLOTS as u64);
+    }
 
     #[test]
     fn layout_is_two_u64_without_padding() {

@@ -13,6 +13,8 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use aya_log_ebpf::info;
+
+mod fastpath;
 use netfn_common::{IF_COUNTERS_MAX_ENTRIES, IfCounters};
 
 /// Packets and bytes per interface, keyed by `skb->ifindex` (netfn gives every interface of a

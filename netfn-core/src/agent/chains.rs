@@ -1,0 +1,186 @@
+//! The chain manager: adopts every chain recorded as up, runs its runtime tasks under
+//! supervision, and lets go of chains that went down or changed.
+//!
+//! Adoption only reads: the chain record and the pinned maps. The agent never creates, repairs
+//! or removes a kernel object, so a restarted agent takes over running chains without touching
+//! their traffic. The state directory is read every `rescan` interval and whenever the control
+//! socket asks (`netfn up`/`down` can say so right away).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+
+use super::TaskError;
+use super::board::Board;
+use super::control::RescanRequest;
+use super::prober::{self, ProbeConfig, ProbeTarget};
+use super::supervisor::{Backoff, Supervised, supervise};
+use crate::ebpf::EbpfLogs;
+use crate::metrics::{AgentMetrics, Records};
+use crate::state::{ChainState, Phase};
+
+/// Task names (the `task` label of `netfn_task_restarts_total`).
+pub const TASK_PROBER: &str = "prober";
+pub const TASK_EBPF_LOGS: &str = "ebpf-logs";
+
+/// What the manager works with.
+pub struct ManagerContext {
+    pub records: Arc<Records>,
+    pub board: Arc<Board>,
+    pub metrics: AgentMetrics,
+    pub probe: Option<ProbeConfig>,
+    pub ebpf_logs: bool,
+    pub bpf_root: PathBuf,
+    pub rescan_interval: Duration,
+    pub backoff: Backoff,
+}
+
+/// One adopted chain and its running tasks (dropping it stops them).
+struct Adopted {
+    record: Arc<ChainState>,
+    tasks: Vec<(&'static str, Supervised)>,
+}
+
+/// Runs until the task is dropped.
+pub async fn manage(ctx: ManagerContext, mut requests: mpsc::Receiver<RescanRequest>) {
+    let mut adopted = BTreeMap::new();
+    let mut broken = BTreeSet::new();
+    rescan(&ctx, &mut adopted, &mut broken).await;
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(ctx.rescan_interval) => {
+                rescan(&ctx, &mut adopted, &mut broken).await;
+            }
+            request = requests.recv() => {
+                let Some(reply) = request else { return };
+                rescan(&ctx, &mut adopted, &mut broken).await;
+                let _ = reply.send(adopted.len());
+            }
+        }
+    }
+}
+
+async fn rescan(
+    ctx: &ManagerContext,
+    adopted: &mut BTreeMap<String, Adopted>,
+    broken: &mut BTreeSet<String>,
+) {
+    let records = Arc::clone(&ctx.records);
+    let loaded = match tokio::task::spawn_blocking(move || records.load()).await {
+        Ok(Ok(l)) => l,
+        Ok(Err(e)) => {
+            tracing::warn!("cannot read the chain records: {e}; keeping the chains adopted");
+            return;
+        }
+        Err(e) => {
+            tracing::warn!("reading the chain records failed: {e}");
+            return;
+        }
+    };
+    let now_broken: BTreeSet<String> = loaded.errors.iter().map(|(c, _)| c.clone()).collect();
+    for (chain, e) in &loaded.errors {
+        if !broken.contains(chain) {
+            tracing::warn!(chain = %chain, "cannot read the chain's record: {e}");
+        }
+    }
+    *broken = now_broken;
+
+    let desired: BTreeMap<&str, &Arc<ChainState>> = loaded
+        .records
+        .iter()
+        .filter(|r| r.phase == Phase::Up)
+        .map(|r| (r.chain(), r))
+        .collect();
+    adopted.retain(|chain, a| {
+        let keep = match desired.get(chain.as_str()) {
+            Some(r) => r.plan == a.record.plan,
+            None => {
+                // A chain whose record is unreadable right now stays adopted.
+                broken.contains(chain)
+            }
+        };
+        if !keep {
+            let why = if desired.contains_key(chain.as_str()) {
+                "its record changed; adopting it again"
+            } else {
+                "it is no longer up"
+            };
+            tracing::info!(chain = %chain, "letting go of the chain: {why}");
+            let tasks: Vec<&str> = a.tasks.iter().map(|(t, _)| *t).collect();
+            ctx.metrics.forget_chain(chain, &tasks);
+            ctx.board.forget(chain);
+        }
+        keep
+    });
+    for (chain, record) in desired {
+        if !adopted.contains_key(chain) {
+            let a = adopt(ctx, Arc::clone(record));
+            adopted.insert(chain.to_string(), a);
+        }
+    }
+}
+
+fn adopt(ctx: &ManagerContext, record: Arc<ChainState>) -> Adopted {
+    let plan = &record.plan;
+    let chain = plan.chain.as_str();
+    tracing::info!(
+        chain,
+        functions = plan.function_count(),
+        fastpath = %plan.fastpath,
+        "adopting the chain (it runs in the kernel; nothing is created)"
+    );
+    ctx.board
+        .adopt(chain, record.phase, &plan.fastpath.to_string());
+    let mut tasks = Vec::new();
+    if let Some(config) = ctx.probe {
+        match ProbeTarget::of(plan) {
+            Some(target) => {
+                let (board, metrics) = (Arc::clone(&ctx.board), ctx.metrics.clone());
+                let restarts = ctx
+                    .metrics
+                    .task_restarts
+                    .with_label_values(&[chain, TASK_PROBER]);
+                let task = supervise(
+                    chain,
+                    TASK_PROBER,
+                    restarts,
+                    Arc::clone(&ctx.board),
+                    ctx.backoff,
+                    move || prober::run(target.clone(), config, Arc::clone(&board), metrics.clone()),
+                );
+                tasks.push((TASK_PROBER, task));
+            }
+            None => tracing::warn!(chain, "the chain has no links; not probing it"),
+        }
+    }
+    if ctx.ebpf_logs && record.counters {
+        let bpf_dir = ctx.bpf_root.join(chain);
+        let restarts = ctx
+            .metrics
+            .task_restarts
+            .with_label_values(&[chain, TASK_EBPF_LOGS]);
+        let task = supervise(
+            chain,
+            TASK_EBPF_LOGS,
+            restarts,
+            Arc::clone(&ctx.board),
+            ctx.backoff,
+            move || forward_logs(bpf_dir.clone()),
+        );
+        tasks.push((TASK_EBPF_LOGS, task));
+    }
+    Adopted { record, tasks }
+}
+
+/// Forwards the chain's aya-log records into the agent's log (inside the task's span, so every
+/// line carries the chain).
+async fn forward_logs(bpf_dir: PathBuf) -> Result<(), TaskError> {
+    let logs = EbpfLogs::from_pinned(&bpf_dir).map_err(|e| TaskError::Ebpf(Box::new(e)))?;
+    logs.forward().await.map_err(|source| TaskError::Io {
+        what: "read the eBPF log buffer".into(),
+        source,
+    })
+}

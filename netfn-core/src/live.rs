@@ -1,0 +1,310 @@
+//! `netfn apply`: change a running chain in place. New namespaces and links are made first, then
+//! routes are switched atomically (route replace), and only then are the old links and the
+//! namespaces of removed functions deleted, so the flows through the rest of the chain never stop.
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use crate::apply::{self, ApplyError, Opened};
+use crate::diff::Change;
+use crate::lifecycle::{LifecycleError, Progress, UpOptions};
+use crate::netlink::Netlink;
+use crate::netns;
+use crate::plan::{ChainPlan, LinkPlan};
+use crate::replan::{self, ReplanError};
+use crate::spec::{ChainSpec, FastPath};
+use crate::state::{self, ChainLock, Phase};
+
+#[derive(Debug, thiserror::Error)]
+pub enum LiveError {
+    #[error(transparent)]
+    Lifecycle(#[from] LifecycleError),
+    #[error(transparent)]
+    Replan(#[from] ReplanError),
+    #[error("chain `{0}` is not up; bring it up with `netfn up`")]
+    NotUp(String),
+    #[error(
+        "chain `{chain}` runs the {fastpath} fast path; a live apply of eBPF chains is not supported yet: run `netfn down {chain}` then `netfn up`"
+    )]
+    FastPath { chain: String, fastpath: FastPath },
+    #[error("applying to chain `{chain}` failed: {cause}; the old chain was restored{}", if .rollback.is_empty() { String::new() } else { format!(" except:\n  {}", .rollback.join("\n  ")) })]
+    Failed {
+        chain: String,
+        cause: Box<ApplyError>,
+        rollback: Vec<String>,
+    },
+}
+
+impl From<state::StateError> for LiveError {
+    fn from(e: state::StateError) -> Self {
+        LiveError::Lifecycle(e.into())
+    }
+}
+
+/// What `apply` did.
+#[derive(Debug, Clone)]
+pub enum ApplyOutcome {
+    Unchanged,
+    /// `--dry-run`: what would change.
+    Planned(Vec<Change>),
+    Applied {
+        changes: Vec<Change>,
+        elapsed: Duration,
+    },
+}
+
+/// Applies the chain file's version of one running chain.
+pub fn apply(
+    spec: &ChainSpec,
+    rt: &tokio::runtime::Runtime,
+    options: &UpOptions,
+    dry_run: bool,
+    progress: &dyn Progress,
+) -> Result<ApplyOutcome, LiveError> {
+    let started = Instant::now();
+    let chain = spec.name.clone();
+    let _lock = ChainLock::acquire(&chain, || {
+        progress.note(&format!(
+            "another netfn command is working on chain `{chain}`; waiting for it to finish"
+        ))
+    })?;
+    let mut record = match state::load(&chain)? {
+        Some(r) if r.phase == Phase::Up => r,
+        _ => return Err(LiveError::NotUp(chain)),
+    };
+    let next = replan::replan(&record.plan, spec)?;
+    if next.changes.is_empty() {
+        return Ok(ApplyOutcome::Unchanged);
+    }
+    if dry_run {
+        return Ok(ApplyOutcome::Planned(next.changes));
+    }
+    if record.plan.fastpath != FastPath::Kernel {
+        return Err(LiveError::FastPath {
+            chain,
+            fastpath: record.plan.fastpath,
+        });
+    }
+    let old = record.plan.clone();
+    record.previous = Some(old.clone());
+    record.plan = next.plan.clone();
+    record.phase = Phase::Applying;
+    state::save(&mut record)?;
+
+    match switch(&old, &next.plan, rt, options) {
+        Ok(()) => {
+            record.previous = None;
+            record.phase = Phase::Up;
+            state::save(&mut record)?;
+            Ok(ApplyOutcome::Applied {
+                changes: next.changes,
+                elapsed: started.elapsed(),
+            })
+        }
+        Err(cause) => {
+            let rollback = undo(&old, &next.plan, rt, options);
+            if rollback.is_empty() {
+                record.plan = old;
+                record.previous = None;
+                record.phase = Phase::Up;
+            } else {
+                record.phase = Phase::TearingDown;
+            }
+            state::save(&mut record)?;
+            Err(LiveError::Failed {
+                chain,
+                cause: Box::new(cause),
+                rollback,
+            })
+        }
+    }
+}
+
+fn names_of(plan: &ChainPlan) -> BTreeSet<&str> {
+    plan.hops.iter().map(|h| h.name.as_str()).collect()
+}
+
+/// Hops of `new` that are new, and hops of `new` (that `old` has too) which a change touches.
+fn hops_to_open(
+    old: &ChainPlan,
+    new: &ChainPlan,
+    added: &[&LinkPlan],
+    gone: &[&LinkPlan],
+) -> (BTreeSet<usize>, BTreeSet<usize>) {
+    let old_names = names_of(old);
+    let fresh: BTreeSet<usize> = new
+        .hops
+        .iter()
+        .enumerate()
+        .filter(|(_, h)| !old_names.contains(h.name.as_str()))
+        .map(|(i, _)| i)
+        .collect();
+    let mut touched: BTreeSet<usize> = added.iter().flat_map(|l| [l.out.hop, l.inn.hop]).collect();
+    for l in gone {
+        for old_hop in [l.out.hop, l.inn.hop] {
+            if let Some((i, _)) = new.hop(&old.hops[old_hop].name) {
+                touched.insert(i);
+            }
+        }
+    }
+    for (i, hop) in new.hops.iter().enumerate() {
+        if let Some((_, before)) = old.hop(&hop.name)
+            && before.routes != hop.routes
+        {
+            touched.insert(i);
+        }
+    }
+    let touched = touched.difference(&fresh).copied().collect();
+    (fresh, touched)
+}
+
+fn open(
+    plan: &ChainPlan,
+    hops: &BTreeSet<usize>,
+    create: bool,
+    rt: &tokio::runtime::Runtime,
+    options: &UpOptions,
+) -> (Opened, Result<(), ApplyError>) {
+    apply::open_hops(plan, rt.handle(), options.workers, create, &|h, _| {
+        hops.contains(&h)
+    })
+}
+
+/// old → new: make what is new, switch routes, remove what is gone.
+fn switch(
+    old: &ChainPlan,
+    new: &ChainPlan,
+    rt: &tokio::runtime::Runtime,
+    options: &UpOptions,
+) -> Result<(), ApplyError> {
+    let added: Vec<&LinkPlan> = replan::gone_links(new, old).collect();
+    let gone: Vec<&LinkPlan> = replan::gone_links(old, new).collect();
+    let (fresh, touched) = hops_to_open(old, new, &added, &gone);
+
+    let (mut opened, created) = open(new, &fresh, true, rt, options);
+    created?;
+    let (existing, result) = open(new, &touched, false, rt, options);
+    result?;
+    opened.hops.extend(existing.hops);
+
+    let root = Netlink::here(rt.handle()).map_err(|source| ApplyError::Netlink {
+        hop: "netfn's own namespace".into(),
+        source,
+    })?;
+    let fresh_vec: Vec<usize> = fresh.iter().copied().collect();
+    let touched_vec: Vec<usize> = touched.iter().copied().collect();
+    rt.block_on(async {
+        let sub = ChainPlan {
+            links: added.iter().map(|l| (*l).clone()).collect(),
+            ..new.clone()
+        };
+        apply::create_links(&sub, &opened, &root).await?;
+        apply::configure_link_ends(new, &added, &opened).await?;
+        for &h in &fresh_vec {
+            if let Some(ns) = opened.hops.get(&h) {
+                ns.netlink
+                    .set_up(1)
+                    .await
+                    .map_err(|source| ApplyError::Netlink {
+                        hop: new.hops[h].name.clone(),
+                        source,
+                    })?;
+            }
+        }
+        Ok::<(), ApplyError>(())
+    })?;
+    // Count on the new interfaces before any traffic is switched onto them.
+    let added_ifindexes: BTreeSet<u32> = added
+        .iter()
+        .flat_map(|l| [l.out.ifindex, l.inn.ifindex])
+        .collect();
+    apply::attach_counters(new, &|end| added_ifindexes.contains(&end.ifindex))?;
+    rt.block_on(async {
+        // Loop-free switch: routes toward egress are switched from the egress end backwards,
+        // routes toward ingress from the ingress end forwards, so a switched hop always hands
+        // packets to a hop that is switched already (old links still exist meanwhile).
+        let mut order: Vec<usize> = fresh_vec.iter().chain(&touched_vec).copied().collect();
+        order.sort_unstable();
+        let (ingress_net, egress_net) = subnets(new);
+        let backwards: Vec<usize> = order.iter().rev().copied().collect();
+        apply::replace_routes(new, &backwards, &opened, Some(egress_net)).await?;
+        apply::replace_routes(new, &order, &opened, Some(ingress_net)).await
+    })?;
+
+    // Now nothing routes through the old links or the removed functions: remove them.
+    let ends: Vec<(usize, String)> = gone
+        .iter()
+        .filter_map(|l| {
+            [&l.out, &l.inn].into_iter().find_map(|e| {
+                new.hop(&old.hops[e.hop].name)
+                    .map(|(i, _)| (i, e.ifname.clone()))
+            })
+        })
+        .collect();
+    let mut errors = rt.block_on(apply::delete_interfaces(new, &ends, &opened));
+    let new_names = names_of(new);
+    for hop in old
+        .hops
+        .iter()
+        .filter(|h| h.netns.created && !new_names.contains(h.name.as_str()))
+    {
+        if let Err(e) = netns::delete(&hop.netns.name) {
+            errors.push(e.to_string());
+        }
+    }
+    if let Some(first) = errors.into_iter().next() {
+        tracing::warn!(chain = %new.chain, "apply: cleanup of the old links left: {first}");
+    }
+    Ok(())
+}
+
+/// The ingress and egress subnets of a plan.
+fn subnets(plan: &ChainPlan) -> (ipnet::Ipv4Net, ipnet::Ipv4Net) {
+    let ingress = plan.links.first().map(|l| l.out.address.trunc());
+    let egress = plan.links.last().map(|l| l.inn.address.trunc());
+    (ingress.unwrap_or_default(), egress.unwrap_or_default())
+}
+
+/// Best-effort return from a half-applied `new` to `old`: old routes back, new links and new
+/// namespaces removed. Returns what could not be undone.
+fn undo(
+    old: &ChainPlan,
+    new: &ChainPlan,
+    rt: &tokio::runtime::Runtime,
+    options: &UpOptions,
+) -> Vec<String> {
+    let mut errors = Vec::new();
+    let all: BTreeSet<usize> = old
+        .hops
+        .iter()
+        .enumerate()
+        .filter(|(_, h)| netns::exists(&h.netns.name))
+        .map(|(i, _)| i)
+        .collect();
+    let (opened, result) = open(old, &all, false, rt, options);
+    if let Err(e) = result {
+        errors.push(e.to_string());
+    }
+    let hops: Vec<usize> = all.iter().copied().collect();
+    if let Err(e) = rt.block_on(apply::replace_routes(old, &hops, &opened, None)) {
+        errors.push(e.to_string());
+    }
+    let added: Vec<(usize, String)> = replan::gone_links(new, old)
+        .filter_map(|l| {
+            old.hop(&new.hops[l.out.hop].name)
+                .map(|(i, _)| (i, l.out.ifname.clone()))
+        })
+        .collect();
+    errors.extend(rt.block_on(apply::delete_interfaces(old, &added, &opened)));
+    let old_names = names_of(old);
+    for hop in new
+        .hops
+        .iter()
+        .filter(|h| h.netns.created && !old_names.contains(h.name.as_str()))
+    {
+        if let Err(e) = netns::delete(&hop.netns.name) {
+            errors.push(e.to_string());
+        }
+    }
+    errors
+}

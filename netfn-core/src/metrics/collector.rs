@@ -1,0 +1,285 @@
+//! The custom collector: at every scrape, the recorded chains and their pinned BPF maps.
+//!
+//! Nothing is polled in the background and nothing runs on the packet path: a scrape reads the
+//! chain records (parsed again only when they changed), then each chain's pinned per-interface
+//! counters (a per-CPU map, summed here), then asks each function's kind for its own metrics.
+//!
+//! Per function, `direction="forward"` counts what the function received on its `nf-in` (from
+//! the ingress side) and `direction="reverse"` what it received on its `nf-out` (from the egress
+//! side). Drops by reason come from the fast path's counters; a kernel-mode chain has none, and
+//! then no drop series is exported at all (never zeros that nobody measured).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use prometheus::core::{Collector, Desc};
+use prometheus::proto::MetricFamily;
+use prometheus::IntCounter;
+
+use super::family::Family;
+use super::kind::{FunctionMetricsContext, check_kind_family};
+use super::records::Records;
+use super::MetricsError;
+use crate::ebpf;
+use crate::function::Registry;
+use crate::plan::{ChainPlan, HopRole};
+use crate::state::{ChainState, Phase};
+
+pub const FUNCTION_PACKETS: &str = "netfn_function_packets_total";
+pub const FUNCTION_BYTES: &str = "netfn_function_bytes_total";
+pub const FUNCTION_DROPS: &str = "netfn_function_drops_total";
+pub const CHAIN_UP: &str = "netfn_chain_up";
+
+const PACKETS_HELP: &str = "Packets a function received, by direction (forward: on its nf-in from \
+                            the ingress side; reverse: on its nf-out from the egress side).";
+const BYTES_HELP: &str =
+    "Bytes (Ethernet frames) a function received, by direction; see netfn_function_packets_total.";
+const DROPS_HELP: &str = "Packets the fast path dropped at a function, by direction and reason.";
+const UP_HELP: &str = "1 if the chain is up: recorded as up and, once the agent's prober has run, \
+                       its last end-to-end probe succeeded.";
+
+/// What the prober last saw of a chain: `Some(true)` for a successful probe, `None` before the
+/// first probe (or with probing off).
+pub trait ProbeView: Send + Sync {
+    fn probe_ok(&self, chain: &str) -> Option<bool>;
+}
+
+/// Drops by reason of one function in one direction.
+pub type Drops = Vec<(&'static str, u64)>;
+
+/// The collector of per-chain and per-function metrics.
+pub struct ChainCollector {
+    records: Arc<Records>,
+    kinds: Arc<Registry>,
+    probes: Arc<dyn ProbeView>,
+    bpf_root: PathBuf,
+    scrape_errors: IntCounter,
+    descs: Vec<Desc>,
+}
+
+impl ChainCollector {
+    /// `bpf_root` is where chains pin their objects (`/sys/fs/bpf/netfn`); `scrape_errors` counts
+    /// every chain or kind that could not be read in a scrape.
+    pub fn new(
+        records: Arc<Records>,
+        kinds: Arc<Registry>,
+        probes: Arc<dyn ProbeView>,
+        bpf_root: PathBuf,
+        scrape_errors: IntCounter,
+    ) -> Result<Self, MetricsError> {
+        let desc = |name: &str, help: &str, labels: &[&str]| {
+            Desc::new(
+                name.to_string(),
+                help.to_string(),
+                labels.iter().map(|l| l.to_string()).collect(),
+                Default::default(),
+            )
+            .map_err(MetricsError::from)
+        };
+        let fn_labels = ["chain", "function", "kind", "direction"];
+        let descs = vec![
+            desc(FUNCTION_PACKETS, PACKETS_HELP, &fn_labels)?,
+            desc(FUNCTION_BYTES, BYTES_HELP, &fn_labels)?,
+            desc(
+                FUNCTION_DROPS,
+                DROPS_HELP,
+                &["chain", "function", "kind", "direction", "reason"],
+            )?,
+            desc(CHAIN_UP, UP_HELP, &["chain", "fastpath"])?,
+        ];
+        Ok(ChainCollector {
+            records,
+            kinds,
+            probes,
+            bpf_root,
+            scrape_errors,
+            descs,
+        })
+    }
+
+    fn error(&self, chain: &str, what: &str, error: &dyn std::fmt::Display) {
+        self.scrape_errors.inc();
+        tracing::warn!(chain, "scrape: {what}: {error}");
+    }
+
+    /// Builds every family of one scrape.
+    pub fn families(&self) -> Vec<MetricFamily> {
+        let mut out = Families::default();
+        let loaded = match self.records.load() {
+            Ok(l) => l,
+            Err(e) => {
+                self.error("-", "cannot read the chain records", &e);
+                return Vec::new();
+            }
+        };
+        for (chain, e) in &loaded.errors {
+            self.error(chain, "cannot read the chain's record", e);
+        }
+        for record in &loaded.records {
+            self.chain(record, &mut out);
+        }
+        out.finish()
+    }
+
+    fn chain(&self, record: &ChainState, out: &mut Families) {
+        let plan = &record.plan;
+        let chain = plan.chain.as_str();
+        let recorded_up = record.phase == Phase::Up;
+        let up = recorded_up && self.probes.probe_ok(chain).unwrap_or(true);
+        let fastpath = plan.fastpath.to_string();
+        out.up
+            .sample(&[("chain", chain), ("fastpath", &fastpath)], f64::from(u8::from(up)));
+        if !recorded_up {
+            return;
+        }
+        let bpf_dir = self.bpf_root.join(chain);
+        let counters = if record.counters {
+            match ebpf::read_counters(&bpf_dir) {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    self.error(chain, "cannot read the interface counters", &e);
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        let drops = match read_drops(record) {
+            Ok(d) => d,
+            Err(e) => {
+                self.error(chain, "cannot read the fast path's counters", &e);
+                None
+            }
+        };
+        for (h, hop) in plan.hops.iter().enumerate() {
+            let HopRole::Function { kind, settings } = &hop.role else {
+                continue;
+            };
+            let labels = |direction| {
+                [
+                    ("chain", chain),
+                    ("function", hop.name.as_str()),
+                    ("kind", kind.as_str()),
+                    ("direction", direction),
+                ]
+            };
+            if let Some(counters) = &counters {
+                for (direction, ifindex) in directions(plan, h) {
+                    let c = ifindex
+                        .and_then(|i| counters.get(&i))
+                        .copied()
+                        .unwrap_or_default();
+                    out.packets.sample_u64(&labels(direction), c.packets);
+                    out.bytes.sample_u64(&labels(direction), c.bytes);
+                }
+            }
+            if let Some(drops) = drops.as_ref().and_then(|d| d.get(&h)) {
+                for (direction, reasons) in drops {
+                    for (reason, n) in reasons {
+                        let l = labels(direction);
+                        out.drops
+                            .sample_u64(&[l[0], l[1], l[2], l[3], ("reason", reason)], *n);
+                    }
+                }
+            }
+            let ctx = FunctionMetricsContext {
+                chain,
+                function: &hop.name,
+                kind,
+                settings,
+                netns: &hop.netns.name,
+                bpf_dir: &bpf_dir,
+                fastpath: plan.fastpath,
+            };
+            self.kind_metrics(&ctx, out);
+        }
+    }
+
+    fn kind_metrics(&self, ctx: &FunctionMetricsContext<'_>, out: &mut Families) {
+        let Some(kind) = self.kinds.get(ctx.kind) else {
+            // A kind this build does not know (a record from a newer netfn): its generic
+            // counters are exported, it just adds nothing of its own.
+            return;
+        };
+        match kind.metrics(ctx) {
+            Ok(families) => {
+                for family in families {
+                    match check_kind_family(ctx, &family) {
+                        Ok(()) => out.kinds.push(family),
+                        Err(why) => self.error(ctx.chain, "a kind's metrics were dropped", &why),
+                    }
+                }
+            }
+            Err(e) => self.error(
+                ctx.chain,
+                &format!("kind `{}` of function `{}`", ctx.kind, ctx.function),
+                &e,
+            ),
+        }
+    }
+}
+
+impl Collector for ChainCollector {
+    fn desc(&self) -> Vec<&Desc> {
+        self.descs.iter().collect()
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        self.families()
+    }
+}
+
+/// The (direction, ifindex) pairs of function hop `h`: forward on its nf-in, reverse on nf-out.
+pub fn directions(plan: &ChainPlan, h: usize) -> [(&'static str, Option<u32>); 2] {
+    let inn = h
+        .checked_sub(1)
+        .and_then(|l| plan.links.get(l))
+        .map(|l| l.inn.ifindex);
+    let out = plan.links.get(h).map(|l| l.out.ifindex);
+    [("forward", inn), ("reverse", out)]
+}
+
+/// Drops by reason per function hop and direction, from the fast path's per-function counters.
+/// `None` for kernel-mode chains, which have no such counters.
+// TODO(fastpath): read `ebpf::fastpath::read_function_counters` once it lands (issue 3); until
+// then no chain has per-function drop counters and nothing is exported.
+fn read_drops(
+    record: &ChainState,
+) -> Result<Option<BTreeMap<usize, Vec<(&'static str, Drops)>>>, ebpf::EbpfError> {
+    let _ = record;
+    Ok(None)
+}
+
+/// The families of one scrape.
+struct Families {
+    packets: Family,
+    bytes: Family,
+    drops: Family,
+    up: Family,
+    kinds: Vec<MetricFamily>,
+}
+
+impl Default for Families {
+    fn default() -> Self {
+        Families {
+            packets: Family::counter(FUNCTION_PACKETS, PACKETS_HELP),
+            bytes: Family::counter(FUNCTION_BYTES, BYTES_HELP),
+            drops: Family::counter(FUNCTION_DROPS, DROPS_HELP),
+            up: Family::gauge(CHAIN_UP, UP_HELP),
+            kinds: Vec::new(),
+        }
+    }
+}
+
+impl Families {
+    fn finish(self) -> Vec<MetricFamily> {
+        let mut v: Vec<MetricFamily> = [self.packets, self.bytes, self.drops, self.up]
+            .into_iter()
+            .filter(|f| !f.is_empty())
+            .map(Family::build)
+            .collect();
+        v.extend(self.kinds);
+        v
+    }
+}

@@ -1,0 +1,341 @@
+//! The forwarder: moves a packet from one function of a chain to the next without the IP stack of
+//! the function's namespace.
+//!
+//! Every function interface carries the forwarder on its ingress (TC `nf_fwd_tc`, or XDP
+//! `nf_fwd_xdp`). A packet arriving on interface `i` is handled by the table entry at
+//! `i - FWD_IFINDEX_BASE` ([`NF_FWD`], filled by userspace from the chain's plan):
+//!
+//! 1. anti-spoofing: the source MAC must be the wired neighbour's; an ARP packet's sender MAC and
+//!    IP must be the neighbour's; an IPv4 source must be the neighbour's link address or in the
+//!    subnet of the endpoint this side faces. Anything else is dropped and counted by reason;
+//! 2. ARP, other non-IPv4 frames, packets to the function's own addresses and frames not sent to
+//!    this interface's MAC (broadcast, multicast) go to the function's stack, so ARP, ping of a
+//!    function and the like work as in kernel mode;
+//! 3. IPv4 is forwarded: TTL decremented with an incremental checksum update (TTL <= 1 is
+//!    dropped), Ethernet addresses rewritten to (next hop's interface, our out interface), then
+//!    TC: `bpf_redirect_peer(out interface)`, which lands the packet on the ingress of the next
+//!    hop's interface in the next namespace; XDP: `bpf_redirect_map` through [`NF_FWD_DEVMAP`],
+//!    which transmits out of the out interface, so the frame arrives on its veth peer.
+//!
+//! Counters are per CPU ([`NF_FN_COUNTERS`], one element per function and direction): no lock,
+//! no atomic on the hot path. The hot path logs at debug/trace level only; userspace sets the
+//! level at load time (`AYA_LOG_LEVEL`, a read-only global), so disabled statements are removed by
+//! the verifier and cost nothing.
+
+use core::ptr;
+
+use aya_ebpf::{
+    bindings::{TC_ACT_OK, TC_ACT_SHOT, xdp_action},
+    helpers::generated::bpf_redirect_peer,
+    macros::{classifier, map, xdp},
+    maps::{Array, DevMap, PerCpuArray},
+    programs::{TcContext, XdpContext},
+};
+use aya_log_ebpf::{debug, trace};
+use netfn_common::{
+    DROP_MALFORMED, DROP_NO_ROUTE, DROP_SPOOFED_IP, DROP_SPOOFED_MAC, DROP_TTL_EXCEEDED,
+    FWD_IFINDEX_BASE, FWD_TABLE_DEFAULT_ENTRIES, FWD_VALID, FnCounters, FwdEntry,
+};
+
+/// The forwarding table, indexed by `ifindex - FWD_IFINDEX_BASE` of the arriving interface.
+#[map]
+static NF_FWD: Array<FwdEntry> = Array::with_max_entries(FWD_TABLE_DEFAULT_ENTRIES, 0);
+
+/// Per-function, per-direction counters, indexed by `FwdEntry::counter_slot`.
+#[map]
+static NF_FN_COUNTERS: PerCpuArray<FnCounters> =
+    PerCpuArray::with_max_entries(FWD_TABLE_DEFAULT_ENTRIES, 0);
+
+/// Packets on an interface without a valid table entry (dropped, counted as no-route).
+#[map]
+static NF_FWD_UNKNOWN: PerCpuArray<FnCounters> = PerCpuArray::with_max_entries(1, 0);
+
+/// XDP redirect targets, indexed like [`NF_FWD`]; filled from inside each function's namespace.
+#[map]
+static NF_FWD_DEVMAP: DevMap = DevMap::with_max_entries(FWD_TABLE_DEFAULT_ENTRIES, 0);
+
+const ETH_HLEN: usize = 14;
+const ARP_LEN: usize = 28;
+const IPV4_MIN_LEN: usize = 20;
+/// The headers the forwarder reads: Ethernet + ARP (the longer of ARP and a minimal IPv4
+/// header).
+const HEADERS_LEN: usize = ETH_HLEN + ARP_LEN;
+
+/// EtherTypes and the fixed ARP prefix, as the bytes appear in the packet (read natively).
+const ETH_P_IP: u16 = u16::from_ne_bytes([0x08, 0x00]);
+const ETH_P_ARP: u16 = u16::from_ne_bytes([0x08, 0x06]);
+/// ARP hardware type 1 (Ethernet), protocol type 0x0800 (IPv4).
+const ARP_ETHER_IPV4: u32 = u32::from_ne_bytes([0x00, 0x01, 0x08, 0x00]);
+/// ARP hardware length 6, protocol length 4.
+const ARP_LENS: u16 = u16::from_ne_bytes([6, 4]);
+
+/// What to do with one packet.
+#[derive(Clone, Copy)]
+enum Verdict {
+    /// Rewritten (TTL, checksum, MACs): send it to the next hop.
+    Forward { slot: u32, redirect: u32 },
+    /// Hand it to the function's own stack.
+    ToStack { slot: u32 },
+    Drop { slot: u32, reason: usize },
+    /// The headers are not all in the directly readable part of the packet.
+    Short { slot: u32 },
+    /// No valid table entry for this interface.
+    Unknown,
+}
+
+#[inline(always)]
+fn read<T: Copy>(addr: usize) -> T {
+    // SAFETY: every caller has checked `addr + size_of::<T>() <= data_end` against the packet
+    // bounds first; the read is unaligned-safe.
+    unsafe { ptr::read_unaligned(addr as *const T) }
+}
+
+/// Compares the 6 bytes at `addr` (checked by the caller) with `mac`.
+#[inline(always)]
+fn mac_eq(addr: usize, mac: &[u8; 6]) -> bool {
+    let a: u32 = read(addr);
+    let b: u16 = read(addr + 4);
+    a == u32::from_ne_bytes([mac[0], mac[1], mac[2], mac[3]])
+        && b == u16::from_ne_bytes([mac[4], mac[5]])
+}
+
+/// Decides the packet's fate and, for `Forward`, rewrites it. `data..data_end` is the directly
+/// accessible packet; `ifindex` the interface it arrived on.
+#[inline(always)]
+fn decide(data: usize, data_end: usize, ifindex: u32) -> Verdict {
+    let Some(e) = NF_FWD.get(ifindex.wrapping_sub(FWD_IFINDEX_BASE)) else {
+        return Verdict::Unknown;
+    };
+    if e.flags & FWD_VALID == 0 {
+        return Verdict::Unknown;
+    }
+    let slot = e.counter_slot;
+    if data + ETH_HLEN > data_end {
+        return Verdict::Short { slot };
+    }
+    if !mac_eq(data + 6, &e.peer_mac) {
+        return Verdict::Drop {
+            slot,
+            reason: DROP_SPOOFED_MAC,
+        };
+    }
+    let proto: u16 = read(data + 12);
+    if proto == ETH_P_ARP {
+        let arp = data + ETH_HLEN;
+        if arp + ARP_LEN > data_end {
+            return Verdict::Short { slot };
+        }
+        if read::<u32>(arp) != ARP_ETHER_IPV4 || read::<u16>(arp + 4) != ARP_LENS {
+            return Verdict::Drop {
+                slot,
+                reason: DROP_MALFORMED,
+            };
+        }
+        // Sender hardware address at 8, sender protocol address at 14.
+        if !mac_eq(arp + 8, &e.peer_mac) {
+            return Verdict::Drop {
+                slot,
+                reason: DROP_SPOOFED_MAC,
+            };
+        }
+        if read::<u32>(arp + 14) != e.peer_addr {
+            return Verdict::Drop {
+                slot,
+                reason: DROP_SPOOFED_IP,
+            };
+        }
+        return Verdict::ToStack { slot };
+    }
+    if proto != ETH_P_IP {
+        return Verdict::ToStack { slot };
+    }
+
+    let ip = data + ETH_HLEN;
+    if ip + IPV4_MIN_LEN > data_end {
+        return Verdict::Short { slot };
+    }
+    let version_ihl: u8 = read(ip);
+    if version_ihl & 0xf0 != 0x40 || version_ihl & 0x0f < 5 {
+        return Verdict::Drop {
+            slot,
+            reason: DROP_MALFORMED,
+        };
+    }
+    let src: u32 = read(ip + 12);
+    if src != e.peer_addr && src & e.allowed_mask != e.allowed_net {
+        return Verdict::Drop {
+            slot,
+            reason: DROP_SPOOFED_IP,
+        };
+    }
+    let dst: u32 = read(ip + 16);
+    if dst == e.local_addrs[0] || dst == e.local_addrs[1] || !mac_eq(data, &e.own_mac) {
+        return Verdict::ToStack { slot };
+    }
+    let ttl: u8 = read(ip + 8);
+    if ttl <= 1 {
+        return Verdict::Drop {
+            slot,
+            reason: DROP_TTL_EXCEEDED,
+        };
+    }
+    if e.redirect_ifindex == 0 {
+        return Verdict::Drop {
+            slot,
+            reason: DROP_NO_ROUTE,
+        };
+    }
+
+    // TTL - 1 and the matching incremental checksum update (RFC 1624), as the kernel's
+    // ip_decrease_ttl does: the checksum field is read and written in packet byte order.
+    let check: u16 = read(ip + 10);
+    let mut sum = u32::from(check) + u32::from(0x0100u16.to_be());
+    sum += u32::from(sum >= 0xffff);
+    // SAFETY: `ip + IPV4_MIN_LEN <= data_end` was checked, and the program may write the packet
+    // (TC: the kernel unclones it first; XDP: the buffer is ours).
+    unsafe {
+        ptr::write_unaligned((ip + 8) as *mut u8, ttl - 1);
+        ptr::write_unaligned((ip + 10) as *mut u16, sum as u16);
+        ptr::write_unaligned(data as *mut [u8; 12], e.eth_rewrite);
+    }
+    Verdict::Forward {
+        slot,
+        redirect: e.redirect_ifindex,
+    }
+}
+
+#[inline(always)]
+fn counters(slot: u32) -> Option<&'static mut FnCounters> {
+    // SAFETY: a per-CPU array element is only written by this CPU, and the program runs to
+    // completion without preemption on it.
+    NF_FN_COUNTERS.get_ptr_mut(slot).map(|p| unsafe { &mut *p })
+}
+
+#[inline(always)]
+fn count_forward(slot: u32, len: u64) {
+    if let Some(c) = counters(slot) {
+        c.packets = c.packets.wrapping_add(1);
+        c.bytes = c.bytes.wrapping_add(len);
+    }
+}
+
+#[inline(always)]
+fn count_to_stack(slot: u32) {
+    if let Some(c) = counters(slot) {
+        c.to_stack = c.to_stack.wrapping_add(1);
+    }
+}
+
+#[inline(always)]
+fn count_drop(slot: u32, reason: usize) {
+    if let Some(c) = counters(slot)
+        && let Some(d) = c.drops.get_mut(reason)
+    {
+        *d = d.wrapping_add(1);
+    }
+}
+
+#[inline(always)]
+fn count_unknown() {
+    // SAFETY: as in `counters`.
+    if let Some(c) = NF_FWD_UNKNOWN.get_ptr_mut(0).map(|p| unsafe { &mut *p }) {
+        c.drops[DROP_NO_ROUTE] = c.drops[DROP_NO_ROUTE].wrapping_add(1);
+    }
+}
+
+/// TC ingress forwarder on every function interface (netlink clsact, after the counter).
+#[classifier]
+pub fn nf_fwd_tc(ctx: TcContext) -> i32 {
+    // SAFETY: the kernel passes a valid `__sk_buff` to a classifier.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    let mut verdict = decide(ctx.data(), ctx.data_end(), ifindex);
+    if let Verdict::Short { slot } = verdict {
+        // Headers outside the linear part: pull them in and decide again (slow path).
+        let want = core::cmp::min(ctx.len(), HEADERS_LEN as u32);
+        verdict = if ctx.pull_data(want).is_ok() {
+            decide(ctx.data(), ctx.data_end(), ifindex)
+        } else {
+            Verdict::Short { slot }
+        };
+    }
+    match verdict {
+        Verdict::Forward { slot, redirect } => {
+            count_forward(slot, u64::from(ctx.len()));
+            trace!(&ctx, "nf_fwd_tc: if {} -> peer of {}", ifindex, redirect);
+            // SAFETY: a BPF helper; returns TC_ACT_REDIRECT (flags are 0).
+            unsafe { bpf_redirect_peer(redirect, 0) as i32 }
+        }
+        Verdict::ToStack { slot } => {
+            count_to_stack(slot);
+            trace!(&ctx, "nf_fwd_tc: if {} -> stack", ifindex);
+            TC_ACT_OK
+        }
+        Verdict::Drop { slot, reason } => {
+            count_drop(slot, reason);
+            debug!(&ctx, "nf_fwd_tc: if {}: drop, reason {}", ifindex, reason as u32);
+            TC_ACT_SHOT
+        }
+        Verdict::Short { slot } => {
+            count_drop(slot, DROP_MALFORMED);
+            debug!(&ctx, "nf_fwd_tc: if {}: drop, truncated", ifindex);
+            TC_ACT_SHOT
+        }
+        Verdict::Unknown => {
+            count_unknown();
+            debug!(&ctx, "nf_fwd_tc: if {}: no table entry, drop", ifindex);
+            TC_ACT_SHOT
+        }
+    }
+}
+
+/// XDP forwarder on every function interface.
+#[xdp]
+pub fn nf_fwd_xdp(ctx: XdpContext) -> u32 {
+    // SAFETY: the kernel passes a valid `xdp_md` to an XDP program.
+    let ifindex = unsafe { (*ctx.ctx).ingress_ifindex };
+    let (data, data_end) = (ctx.data(), ctx.data_end());
+    let len = (data_end - data) as u64;
+    match decide(data, data_end, ifindex) {
+        Verdict::Forward { slot, redirect } => {
+            match NF_FWD_DEVMAP.redirect(redirect.wrapping_sub(FWD_IFINDEX_BASE), 0) {
+                Ok(action) => {
+                    count_forward(slot, len);
+                    trace!(&ctx, "nf_fwd_xdp: if {} -> {}", ifindex, redirect);
+                    action
+                }
+                Err(_) => {
+                    count_drop(slot, DROP_NO_ROUTE);
+                    debug!(&ctx, "nf_fwd_xdp: if {}: no devmap entry for {}", ifindex, redirect);
+                    xdp_action::XDP_DROP
+                }
+            }
+        }
+        Verdict::ToStack { slot } => {
+            count_to_stack(slot);
+            trace!(&ctx, "nf_fwd_xdp: if {} -> stack", ifindex);
+            xdp_action::XDP_PASS
+        }
+        Verdict::Drop { slot, reason } => {
+            count_drop(slot, reason);
+            debug!(&ctx, "nf_fwd_xdp: if {}: drop, reason {}", ifindex, reason as u32);
+            xdp_action::XDP_DROP
+        }
+        Verdict::Short { slot } => {
+            count_drop(slot, DROP_MALFORMED);
+            debug!(&ctx, "nf_fwd_xdp: if {}: drop, truncated", ifindex);
+            xdp_action::XDP_DROP
+        }
+        Verdict::Unknown => {
+            count_unknown();
+            debug!(&ctx, "nf_fwd_xdp: if {}: no table entry, drop", ifindex);
+            xdp_action::XDP_DROP
+        }
+    }
+}
+
+/// On every veth that receives XDP redirects but forwards nothing (the endpoints' interfaces):
+/// without an XDP program there, redirected frames would vanish.
+#[xdp]
+pub fn nf_xdp_pass(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_PASS
+}

@@ -1,0 +1,185 @@
+//! `netfn apply` on a running kernel-mode chain: insert, reorder and remove functions while a
+//! sequenced UDP stream runs, with no datagram lost; unchanged files change nothing.
+
+use std::collections::BTreeSet;
+use std::net::{SocketAddrV4, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::time::{Duration, Instant};
+
+use netfn_tests::traffic::udp_echo;
+use netfn_tests::{
+    ChainGuard, EGRESS_ADDR, INGRESS_ADDR, TempDir, leftovers, netfn, netfn_ok, udp_socket_in,
+    unique_chain,
+};
+
+fn chain_file(name: &str, functions: &[&str]) -> String {
+    let mut s = format!(
+        "[[chain]]\nname = \"{name}\"\n\n[chain.ingress]\naddress = \"10.81.1.2/24\"\n\n[chain.egress]\naddress = \"10.81.2.2/24\"\n"
+    );
+    for f in functions {
+        s.push_str(&format!(
+            "\n[[chain.function]]\nname = \"{f}\"\nkind = \"forward\"\n"
+        ));
+    }
+    s
+}
+
+fn set_rcvbuf(sock: &UdpSocket, bytes: libc::c_int) {
+    // SAFETY: valid fd and a c_int of the right size.
+    let rc = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUFFORCE,
+            (&bytes as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0, "SO_RCVBUFFORCE: {}", std::io::Error::last_os_error());
+}
+
+/// Sends `count` sequenced datagrams from ingress to egress (about 20,000 per second) while
+/// `during` runs, and returns the sequence numbers that arrived.
+fn stream_during(chain: &str, count: u32, during: impl FnOnce()) -> BTreeSet<u32> {
+    let rx = udp_socket_in(
+        &format!("nf-{chain}-egress"),
+        SocketAddrV4::new(EGRESS_ADDR, 7101),
+    );
+    set_rcvbuf(&rx, 16 << 20);
+    rx.set_read_timeout(Some(Duration::from_millis(1500)))
+        .expect("timeout");
+    let tx = udp_socket_in(
+        &format!("nf-{chain}-ingress"),
+        SocketAddrV4::new(INGRESS_ADDR, 7102),
+    );
+    let receiver = std::thread::spawn(move || {
+        let mut seen = BTreeSet::new();
+        let mut buf = [0u8; 64];
+        while let Ok(n) = rx.recv(&mut buf) {
+            if n >= 4 {
+                seen.insert(u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]));
+            }
+        }
+        seen
+    });
+    let sender = std::thread::spawn(move || {
+        let to = SocketAddrV4::new(EGRESS_ADDR, 7101);
+        let start = Instant::now();
+        for seq in 0..count {
+            tx.send_to(&seq.to_be_bytes(), to).expect("send");
+            // Pace: 20 datagrams per millisecond.
+            let due = start + Duration::from_micros(u64::from(seq) * 50);
+            if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                std::thread::sleep(wait);
+            }
+        }
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    during();
+    sender.join().expect("sender");
+    receiver.join().expect("receiver")
+}
+
+fn assert_none_lost(seen: &BTreeSet<u32>, count: u32, what: &str) {
+    let lost: Vec<u32> = (0..count).filter(|s| !seen.contains(s)).collect();
+    assert!(
+        lost.is_empty(),
+        "{what}: {} of {count} datagrams lost, first {:?}",
+        lost.len(),
+        &lost[..lost.len().min(10)]
+    );
+}
+
+#[test]
+fn insert_reorder_and_remove_while_a_stream_runs_lose_nothing() {
+    let chain = unique_chain("la");
+    let dir = TempDir::new(&chain);
+    let v1 = dir.write("v1.toml", &chain_file(&chain, &["a", "b", "c"]));
+    let v2 = dir.write("v2.toml", &chain_file(&chain, &["a", "x", "b", "c"]));
+    let v3 = dir.write("v3.toml", &chain_file(&chain, &["a", "b", "x", "c"]));
+    let (ingress, egress) = (format!("nf-{chain}-ingress"), format!("nf-{chain}-egress"));
+    {
+        let _guard = ChainGuard::up(&chain, &v1);
+        udp_echo(&ingress, &egress, 3); // neighbours resolved before the stream starts
+        let untouched = std::fs::metadata(format!("/run/netns/nf-{chain}-c")).expect("netns c");
+
+        // Dry run: prints the plan, changes nothing.
+        let plan = netfn_ok(&["apply", &v2.to_string_lossy(), "--dry-run"]);
+        assert!(
+            plan.contains("+ add function x (forward) after a"),
+            "dry run said: {plan}"
+        );
+        assert_eq!(
+            udp_echo(&ingress, &egress, 1).ttl_forward,
+            64 - 3,
+            "dry run changed the chain"
+        );
+
+        for (file, what, hops) in [
+            (&v2, "insert", 4u8),
+            (&v3, "reorder", 4),
+            (&v1, "remove", 3),
+        ] {
+            let count = 20_000;
+            let mut out = None;
+            let seen = stream_during(&chain, count, || {
+                out = Some(netfn(&["apply", &file.to_string_lossy()]));
+            });
+            let out = out.expect("apply ran");
+            assert!(
+                out.status.success(),
+                "{what}: apply failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert!(String::from_utf8_lossy(&out.stdout).contains("applied 1 change(s)"));
+            assert_none_lost(&seen, count, what);
+            let echo = udp_echo(&ingress, &egress, 2);
+            assert_eq!(
+                (echo.ttl_forward, echo.ttl_reverse),
+                (64 - hops, 64 - hops),
+                "after {what}"
+            );
+        }
+        // The function no change touched kept its namespace (same inode: not re-created).
+        let after = std::fs::metadata(format!("/run/netns/nf-{chain}-c")).expect("netns c");
+        assert_eq!(
+            std::os::unix::fs::MetadataExt::ino(&untouched),
+            std::os::unix::fs::MetadataExt::ino(&after)
+        );
+        assert!(
+            !std::path::Path::new(&format!("/run/netns/nf-{chain}-x")).exists(),
+            "removed function's namespace remains"
+        );
+
+        // Unchanged file: nothing to do, for apply and for up.
+        assert!(netfn_ok(&["apply", &v1.to_string_lossy()]).contains("unchanged"));
+        assert!(netfn_ok(&["up", &v1.to_string_lossy()]).contains("unchanged"));
+    }
+    assert_eq!(leftovers(&chain), Vec::<String>::new());
+}
+
+#[test]
+fn apply_refuses_what_it_cannot_do_live_and_leaves_the_chain_running() {
+    let chain = unique_chain("lr");
+    let dir = TempDir::new(&chain);
+    let v1 = dir.write("v1.toml", &chain_file(&chain, &["a", "b"]));
+    let front = dir.write("front.toml", &chain_file(&chain, &["z", "a", "b"]));
+    {
+        let _guard = ChainGuard::up(&chain, &v1);
+        let out = netfn(&["apply", &front.to_string_lossy()]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success());
+        assert!(
+            stderr.contains("first or last function")
+                && stderr.contains(&format!("netfn down {chain}")),
+            "{stderr}"
+        );
+        let echo = udp_echo(
+            &format!("nf-{chain}-ingress"),
+            &format!("nf-{chain}-egress"),
+            2,
+        );
+        assert_eq!(echo.ttl_forward, 62, "the refused apply changed the chain");
+    }
+    assert_eq!(leftovers(&chain), Vec::<String>::new());
+}
