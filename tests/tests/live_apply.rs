@@ -183,3 +183,48 @@ fn apply_refuses_what_it_cannot_do_live_and_leaves_the_chain_running() {
     }
     assert_eq!(leftovers(&chain), Vec::<String>::new());
 }
+
+#[test]
+fn down_finishes_after_apply_was_killed_mid_way() {
+    for delay_ms in [0u64, 1, 3, 10, 40] {
+        let chain = unique_chain("lk");
+        let dir = TempDir::new(&chain);
+        let names: Vec<String> = (1..=20).map(|i| format!("f{i}")).collect();
+        let mut with_new: Vec<&str> = names.iter().map(String::as_str).collect();
+        let v1 = dir.write("v1.toml", &chain_file(&chain, &with_new));
+        with_new.insert(10, "new");
+        let v2 = dir.write("v2.toml", &chain_file(&chain, &with_new));
+        netfn_ok(&["up", &v1.to_string_lossy()]);
+        let record_path = format!("/run/netfn/chains/{chain}.json");
+        let mut child = std::process::Command::new(netfn_tests::netfn_bin())
+            .args(["apply", &v2.to_string_lossy()])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn netfn apply");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !std::fs::read_to_string(&record_path)
+            .is_ok_and(|r| r.contains("\"phase\": \"applying\"") || r.contains("nf-new"))
+        {
+            if Instant::now() > deadline || child.try_wait().ok().flatten().is_some() {
+                break;
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        let _ = child.kill();
+        let _ = child.wait();
+        let out = netfn(&["down", &chain]);
+        assert!(
+            out.status.success(),
+            "down after killing apply at {delay_ms} ms: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(
+            leftovers(&chain),
+            Vec::<String>::new(),
+            "after killing apply at {delay_ms} ms"
+        );
+    }
+}
