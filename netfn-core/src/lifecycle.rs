@@ -17,7 +17,7 @@ pub enum LifecycleError {
     #[error(transparent)]
     Netns(#[from] NetnsError),
     #[error(
-        "chain `{chain}` is up with a different definition; take it down first (netfn down {chain}), then run up again"
+        "chain `{chain}` is up with a different definition; change it in place with `netfn apply FILE`, or take it down first (netfn down {chain})"
     )]
     Changed { chain: String },
     #[error(

@@ -129,16 +129,7 @@ impl Netlink {
         destination: Ipv4Net,
         gateway: Ipv4Addr,
     ) -> Result<(), NetlinkError> {
-        let msg = RouteMessageBuilder::<Ipv4Addr>::new()
-            .destination_prefix(destination.network(), destination.prefix_len())
-            .gateway(gateway)
-            .build();
-        self.handle
-            .route()
-            .add(msg)
-            .execute()
-            .await
-            .map_err(|e| NetlinkError::new(format!("add route {destination} via {gateway}"), e))
+        self.route(destination, gateway, false).await
     }
 
     /// Adds a route or atomically replaces the one to the same destination (the switch of a
@@ -148,17 +139,25 @@ impl Netlink {
         destination: Ipv4Net,
         gateway: Ipv4Addr,
     ) -> Result<(), NetlinkError> {
+        self.route(destination, gateway, true).await
+    }
+
+    async fn route(
+        &self,
+        destination: Ipv4Net,
+        gateway: Ipv4Addr,
+        replace: bool,
+    ) -> Result<(), NetlinkError> {
         let msg = RouteMessageBuilder::<Ipv4Addr>::new()
             .destination_prefix(destination.network(), destination.prefix_len())
             .gateway(gateway)
             .build();
-        self.handle
-            .route()
-            .add(msg)
-            .replace()
-            .execute()
-            .await
-            .map_err(|e| NetlinkError::new(format!("replace route {destination} via {gateway}"), e))
+        let request = self.handle.route().add(msg);
+        let request = if replace { request.replace() } else { request };
+        request.execute().await.map_err(|e| {
+            let verb = if replace { "replace" } else { "add" };
+            NetlinkError::new(format!("{verb} route {destination} via {gateway}"), e)
+        })
     }
 
     /// Deletes an interface by name. Returns false if it did not exist.

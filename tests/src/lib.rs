@@ -225,3 +225,54 @@ pub fn enable_recv_ttl(sock: &UdpSocket) {
         std::io::Error::last_os_error()
     );
 }
+
+/// A namespace made by the test itself (with `ip netns add`, as an operator would), removed on
+/// drop: stands for namespaces netfn did not create.
+pub struct ForeignNetns(pub String);
+
+impl ForeignNetns {
+    pub fn add(name: &str) -> Self {
+        let ok = Command::new("ip")
+            .args(["netns", "add", name])
+            .status()
+            .expect("run ip netns add");
+        assert!(ok.success(), "ip netns add {name} failed");
+        ForeignNetns(name.to_string())
+    }
+}
+
+impl Drop for ForeignNetns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}
+
+/// Starts `netfn ARGS…`, waits until the chain's record says `applying` (or `delay` is `None`:
+/// at once), sleeps `delay`, and SIGKILLs it. Returns true if the record still said `applying`
+/// after the kill (the kill landed mid-way).
+pub fn kill_netfn_mid_way(args: &[&str], chain: &str, delay: Option<Duration>) -> bool {
+    let record_path = format!("/run/netfn/chains/{chain}.json");
+    let applying = || {
+        std::fs::read_to_string(&record_path).is_ok_and(|r| r.contains("\"phase\": \"applying\""))
+    };
+    let mut child = Command::new(netfn_bin())
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn netfn");
+    if let Some(delay) = delay {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while !applying() && std::time::Instant::now() < deadline {
+            if child.try_wait().ok().flatten().is_some() {
+                break;
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        std::thread::sleep(delay);
+    }
+    let _ = child.kill(); // SIGKILL
+    let _ = child.wait();
+    applying()
+}

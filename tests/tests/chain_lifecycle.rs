@@ -2,10 +2,13 @@
 //! and nothing left behind. Runs as root.
 
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use netfn_tests::traffic::{tcp_echo, udp_echo};
-use netfn_tests::{ChainGuard, TempDir, forward_chain, leftovers, netfn, netfn_ok, unique_chain};
+use netfn_tests::{
+    ChainGuard, ForeignNetns, TempDir, forward_chain, kill_netfn_mid_way, leftovers, netfn,
+    netfn_ok, unique_chain,
+};
 
 #[test]
 fn three_function_chain_carries_tcp_and_udp_both_ways_and_leaves_nothing() {
@@ -113,18 +116,7 @@ fn failed_up_rolls_back_and_never_touches_foreign_namespaces() {
     let file = dir.write("chain.toml", &forward_chain(&chain, 3, "kernel"));
     // Someone else's namespace under the name netfn would give fn2.
     let squatter = format!("nf-{chain}-fn2");
-    let made = Command::new("ip")
-        .args(["netns", "add", &squatter])
-        .status()
-        .expect("ip netns add");
-    assert!(made.success());
-    struct Squat(String);
-    impl Drop for Squat {
-        fn drop(&mut self) {
-            let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-        }
-    }
-    let _squat = Squat(squatter.clone());
+    let _squat = ForeignNetns::add(&squatter);
 
     let out = netfn(&["up", &file.to_string_lossy()]);
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -197,31 +189,8 @@ fn down_finishes_after_up_was_killed_at_any_point() {
         let chain = unique_chain("kl");
         let dir = TempDir::new(&chain);
         let file = dir.write("chain.toml", &forward_chain(&chain, 200, "kernel"));
-        let record_path = format!("/run/netfn/chains/{chain}.json");
-        let mut child = Command::new(netfn_tests::netfn_bin())
-            .args(["up", &file.to_string_lossy()])
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("spawn netfn up");
-        if let Some(delay) = delay_ms {
-            let deadline = Instant::now() + Duration::from_secs(30);
-            while !std::fs::read_to_string(&record_path)
-                .is_ok_and(|r| r.contains("\"phase\": \"applying\""))
-            {
-                assert!(
-                    Instant::now() < deadline,
-                    "netfn up never recorded `applying`"
-                );
-                std::thread::sleep(Duration::from_micros(200));
-            }
-            std::thread::sleep(Duration::from_millis(delay));
-        }
-        let _ = child.kill(); // SIGKILL
-        let _ = child.wait();
-        let record = std::fs::read_to_string(&record_path).unwrap_or_default();
-        if record.contains("\"phase\": \"applying\"") {
+        let delay = delay_ms.map(Duration::from_millis);
+        if kill_netfn_mid_way(&["up", &file.to_string_lossy()], &chain, delay) {
             killed_mid_way += 1;
         }
         let out = netfn(&["down", &chain]);
@@ -278,18 +247,7 @@ fn scopeguard(chain: &str) -> impl Drop {
 fn endpoints_in_existing_namespaces_are_wired_and_left_as_found() {
     let chain = unique_chain("ex");
     let client = format!("nftest-{chain}-client");
-    let made = Command::new("ip")
-        .args(["netns", "add", &client])
-        .status()
-        .expect("ip netns add");
-    assert!(made.success());
-    struct Ns(String);
-    impl Drop for Ns {
-        fn drop(&mut self) {
-            let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-        }
-    }
-    let _client = Ns(client.clone());
+    let _client = ForeignNetns::add(&client);
     let links_before = ip_links(&client);
 
     let dir = TempDir::new(&chain);

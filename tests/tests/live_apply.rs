@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use netfn_tests::traffic::udp_echo;
 use netfn_tests::{
-    ChainGuard, EGRESS_ADDR, INGRESS_ADDR, TempDir, leftovers, netfn, netfn_ok, udp_socket_in,
-    unique_chain,
+    ChainGuard, EGRESS_ADDR, INGRESS_ADDR, TempDir, kill_netfn_mid_way, leftovers, netfn, netfn_ok,
+    udp_socket_in, unique_chain,
 };
 
 fn chain_file(name: &str, functions: &[&str]) -> String {
@@ -186,6 +186,7 @@ fn apply_refuses_what_it_cannot_do_live_and_leaves_the_chain_running() {
 
 #[test]
 fn down_finishes_after_apply_was_killed_mid_way() {
+    let mut mid_way = 0;
     for delay_ms in [0u64, 1, 3, 10, 40] {
         let chain = unique_chain("lk");
         let dir = TempDir::new(&chain);
@@ -195,26 +196,13 @@ fn down_finishes_after_apply_was_killed_mid_way() {
         with_new.insert(10, "new");
         let v2 = dir.write("v2.toml", &chain_file(&chain, &with_new));
         netfn_ok(&["up", &v1.to_string_lossy()]);
-        let record_path = format!("/run/netfn/chains/{chain}.json");
-        let mut child = std::process::Command::new(netfn_tests::netfn_bin())
-            .args(["apply", &v2.to_string_lossy()])
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("spawn netfn apply");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !std::fs::read_to_string(&record_path)
-            .is_ok_and(|r| r.contains("\"phase\": \"applying\"") || r.contains("nf-new"))
-        {
-            if Instant::now() > deadline || child.try_wait().ok().flatten().is_some() {
-                break;
-            }
-            std::thread::sleep(Duration::from_micros(200));
+        if kill_netfn_mid_way(
+            &["apply", &v2.to_string_lossy()],
+            &chain,
+            Some(Duration::from_millis(delay_ms)),
+        ) {
+            mid_way += 1;
         }
-        std::thread::sleep(Duration::from_millis(delay_ms));
-        let _ = child.kill();
-        let _ = child.wait();
         let out = netfn(&["down", &chain]);
         assert!(
             out.status.success(),
@@ -227,4 +215,8 @@ fn down_finishes_after_apply_was_killed_mid_way() {
             "after killing apply at {delay_ms} ms"
         );
     }
+    assert!(
+        mid_way >= 2,
+        "only {mid_way} kills landed mid-apply; the test proved too little"
+    );
 }
