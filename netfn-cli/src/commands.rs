@@ -212,7 +212,7 @@ pub fn status(chain: Option<&str>, json: bool) -> Result<ExitCode> {
                 "netfn: warning: chain `{}`: cannot read counters: {e}",
                 r.chain()
             );
-            status::Counters::new()
+            status::Counters::default()
         });
         all.push(status::chain_status(r, rt.handle(), &counters));
     }

@@ -1,5 +1,6 @@
 //! `netfn`: bring service chains up and down, look at them, step inside them.
 
+mod agent;
 mod commands;
 mod output;
 
@@ -7,6 +8,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
+
+/// The default `--log` (the agent logs at info unless told otherwise).
+const DEFAULT_LOG: &str = "warn,netfn::ebpf=info";
 
 #[derive(Parser)]
 #[command(
@@ -17,7 +21,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 struct Cli {
     /// Log level (error, warn, info, debug, trace) or a tracing filter; NETFN_LOG also works.
     /// eBPF program logs use the target `netfn::ebpf`.
-    #[arg(long, global = true, default_value = "warn,netfn::ebpf=info")]
+    #[arg(long, global = true, default_value = DEFAULT_LOG)]
     log: String,
     #[command(subcommand)]
     command: Command,
@@ -87,6 +91,8 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Run the host agent in the foreground: /metrics, chain probes, runtime tasks.
+    Agent(agent::AgentArgs),
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -97,7 +103,12 @@ enum GraphFormat {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    output::init_logging(&cli.log);
+    let agent_log = matches!(cli.command, Command::Agent(_)) && cli.log == DEFAULT_LOG;
+    output::init_logging(if agent_log {
+        agent::AGENT_LOG
+    } else {
+        &cli.log
+    });
     let result = match cli.command {
         Command::Validate { file } => commands::validate(&file),
         Command::Up { file, chain } => commands::up(&file, chain.as_deref()),
@@ -122,6 +133,7 @@ fn main() -> ExitCode {
         ),
         Command::Logs { chain, follow } => commands::logs(&chain, follow),
         Command::Kinds => commands::kinds(),
+        Command::Agent(args) => agent::run(args),
         Command::Features { json } => commands::features(json),
     };
     match result {

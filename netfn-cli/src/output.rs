@@ -63,10 +63,17 @@ pub fn chain_table(s: &ChainStatus) -> String {
                 (_, _, true) => "up",
                 _ => "down",
             };
-            let counters = match (i.rx_packets, i.rx_bytes) {
+            let mut counters = match (i.rx_packets, i.rx_bytes) {
                 (Some(p), Some(b)) => format!("{p} pkts / {b} B"),
                 _ => "-".into(),
             };
+            if let Some(f) = &i.fastpath {
+                let dropped: u64 = f.drops.values().sum();
+                counters.push_str(&format!(
+                    "; fast path: {} fwd, {dropped} dropped",
+                    f.forwarded_packets
+                ));
+            }
             rows.push(vec![
                 hop.name.clone(),
                 hop.kind.clone(),

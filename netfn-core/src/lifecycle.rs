@@ -7,7 +7,7 @@ use crate::apply::{self, ApplyError};
 use crate::netlink::Netlink;
 use crate::netns::{self, NetnsError};
 use crate::plan::{self, ChainPlan};
-use crate::spec::ChainSpec;
+use crate::spec::{ChainSpec, FastPath};
 use crate::state::{self, ChainLock, ChainState, Phase, StateError};
 
 #[derive(Debug, thiserror::Error)]
@@ -24,6 +24,14 @@ pub enum LifecycleError {
         "chain `{chain}` is recorded as up but namespace {netns} is gone; run `netfn down {chain}` and `netfn up` again"
     )]
     Drift { chain: String, netns: String },
+    #[error(
+        "chain `{chain}` asks for fastpath = \"{fastpath}\", which this kernel cannot run: {why}; use fastpath = \"kernel\" here (see `netfn features`)"
+    )]
+    Unsupported {
+        chain: String,
+        fastpath: FastPath,
+        why: String,
+    },
     #[error("bringing up chain `{chain}` failed: {cause}{}", rollback_note(.rollback))]
     Up {
         chain: String,
@@ -145,6 +153,7 @@ fn up_locked(
     }
 
     preflight(&plan)?;
+    check_kernel(&plan)?;
     netns::ensure_run_dir()?;
     let mut record = ChainState::new(source, plan);
     state::save(&mut record)?;
@@ -174,6 +183,23 @@ fn up_locked(
                 rollback,
             })
         }
+    }
+}
+
+/// Refuses a fast path the running kernel cannot do, before anything is created.
+fn check_kernel(plan: &ChainPlan) -> Result<(), LifecycleError> {
+    let needs = match plan.fastpath {
+        FastPath::Kernel => return Ok(()),
+        FastPath::Tc => "tc-redirect-peer",
+        FastPath::Xdp => "xdp-veth",
+    };
+    match crate::features::get(needs) {
+        Some(f) if f.available => Ok(()),
+        other => Err(LifecycleError::Unsupported {
+            chain: plan.chain.clone(),
+            fastpath: plan.fastpath,
+            why: other.map_or_else(|| format!("{needs} is unknown"), |f| f.detail),
+        }),
     }
 }
 
@@ -212,6 +238,10 @@ fn build(
     })
     .map_err(with_foreign)?;
     apply::attach_counters(plan, &|_| true).map_err(with_foreign)?;
+    if plan.fastpath != FastPath::Kernel {
+        crate::ebpf::attach_fastpath(plan, &crate::names::chain_bpf_dir(&plan.chain))
+            .map_err(|e| with_foreign(e.into()))?;
+    }
     Ok(())
 }
 

@@ -145,7 +145,9 @@ pub fn plan_chain(spec: &ChainSpec) -> ChainPlan {
                 name: names::netns_name(&spec.name, &f.name),
                 created: true,
             },
-            forwarding: true,
+            // In tc/xdp mode packets never reach a function's stack: forwarding stays off, so a
+            // packet the fast path does not take is dropped, not quietly routed by the kernel.
+            forwarding: spec.fastpath == FastPath::Kernel,
             routes: Vec::new(),
         });
     }
@@ -463,7 +465,14 @@ mod tests {
         // (arrives on, leaves by, direction, function) for every entry, in hop order.
         let shape: Vec<(u32, u32, Direction, usize)> = entries
             .iter()
-            .map(|e| (e.ifindex - base, e.out_ifindex - base, e.direction, e.function))
+            .map(|e| {
+                (
+                    e.ifindex - base,
+                    e.out_ifindex - base,
+                    e.direction,
+                    e.function,
+                )
+            })
             .collect();
         assert_eq!(
             shape,

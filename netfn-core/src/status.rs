@@ -45,21 +45,63 @@ pub struct InterfaceStatus {
     pub rx_packets: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rx_bytes: Option<u64>,
+    /// What the fast path did with the packets that arrived here (tc/xdp chains, function hops).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fastpath: Option<PathCounters>,
 }
 
-/// Per-interface receive counters (packets, bytes) by ifindex.
-pub type Counters = BTreeMap<u32, (u64, u64)>;
+/// Fast-path counters of one function in one direction.
+#[derive(Debug, Clone, Serialize)]
+pub struct PathCounters {
+    pub forwarded_packets: u64,
+    pub forwarded_bytes: u64,
+    pub to_stack_packets: u64,
+    /// Dropped packets by reason (only reasons that occurred).
+    pub drops: BTreeMap<&'static str, u64>,
+}
 
-/// Reads a chain's per-interface counters from its pinned eBPF map (empty if it has none).
+impl From<&crate::ebpf::FnCounters> for PathCounters {
+    fn from(c: &crate::ebpf::FnCounters) -> Self {
+        PathCounters {
+            forwarded_packets: c.packets,
+            forwarded_bytes: c.bytes,
+            to_stack_packets: c.to_stack,
+            drops: crate::ebpf::DROP_REASON_NAMES
+                .iter()
+                .zip(c.drops.iter())
+                .filter(|(_, n)| **n > 0)
+                .map(|(r, n)| (*r, *n))
+                .collect(),
+        }
+    }
+}
+
+/// A chain's eBPF counters: per interface (packets, bytes received, by ifindex), and the fast
+/// path's per-function counters for tc/xdp chains.
+#[derive(Debug, Clone, Default)]
+pub struct Counters {
+    pub interfaces: BTreeMap<u32, (u64, u64)>,
+    pub fastpath: Option<crate::ebpf::FastpathCounters>,
+}
+
+/// Reads a chain's counters from its pinned eBPF maps (empty if it has none).
 pub fn counters(record: &ChainState) -> Result<Counters, crate::ebpf::EbpfError> {
     if !record.counters {
-        return Ok(Counters::new());
+        return Ok(Counters::default());
     }
-    let map = crate::ebpf::read_counters(&crate::names::chain_bpf_dir(record.chain()))?;
-    Ok(map
+    let dir = crate::names::chain_bpf_dir(record.chain());
+    let interfaces = crate::ebpf::read_counters(&dir)?
         .into_iter()
         .map(|(k, v)| (k, (v.packets, v.bytes)))
-        .collect())
+        .collect();
+    let fastpath = match record.plan.fastpath {
+        crate::spec::FastPath::Kernel => None,
+        _ => Some(crate::ebpf::read_function_counters(&dir)?),
+    };
+    Ok(Counters {
+        interfaces,
+        fastpath,
+    })
 }
 
 /// The status of one recorded chain.
@@ -126,8 +168,9 @@ fn hop_status(
                 present: link.is_some(),
                 up: link.is_some_and(|l| l.up),
                 carrier: link.is_some_and(|l| l.lower_up),
-                rx_packets: counters.get(&end.ifindex).map(|c| c.0),
-                rx_bytes: counters.get(&end.ifindex).map(|c| c.1),
+                rx_packets: counters.interfaces.get(&end.ifindex).map(|c| c.0),
+                rx_bytes: counters.interfaces.get(&end.ifindex).map(|c| c.1),
+                fastpath: fastpath_of(plan, h, end, counters),
             }
         })
         .collect();
@@ -138,6 +181,34 @@ fn hop_status(
         netns_present,
         interfaces,
     }
+}
+
+/// The fast-path counters of function hop `h` for the direction that arrives on `end`.
+fn fastpath_of(
+    plan: &ChainPlan,
+    h: usize,
+    end: &crate::plan::LinkEnd,
+    counters: &Counters,
+) -> Option<PathCounters> {
+    if !matches!(plan.hops[h].role, HopRole::Function { .. }) {
+        return None;
+    }
+    let f = counters
+        .fastpath
+        .as_ref()?
+        .functions
+        .get(h.checked_sub(1)?)?;
+    // Packets arriving on the side facing ingress travel toward egress (forward).
+    let forward = end.hop > 0
+        && plan
+            .links
+            .get(h - 1)
+            .is_some_and(|l| l.inn.ifindex == end.ifindex);
+    Some(if forward {
+        (&f.forward).into()
+    } else {
+        (&f.reverse).into()
+    })
 }
 
 /// Every recorded chain, or just `only`.
