@@ -24,6 +24,8 @@ pub const PACKAGES: &[&str] = &[
     "iputils-ping",
     "iperf3",
     "tcpdump",
+    // The agent's tests: a real Prometheus server scrapes it, and promtool checks /metrics.
+    "prometheus",
 ];
 
 /// Packages installed only if this machine's Debian has them (checked with apt-cache policy).

@@ -107,6 +107,7 @@ pub fn ensure_agent_running(opts: &AutostartOptions) -> Result<AgentStart, Autos
         .arg("--socket")
         .arg(&opts.socket)
         .args(&opts.args)
+        .current_dir("/") // a daemon pins no directory
         .stdin(Stdio::null())
         .stdout(log)
         .stderr(log2);

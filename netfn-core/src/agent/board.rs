@@ -57,21 +57,26 @@ impl Board {
     /// Registers a task (0 restarts), so `status` lists it before it ever fails.
     pub fn task_started(&self, chain: &str, task: &str) {
         if let Some(e) = self.lock().get_mut(chain) {
-            e.tasks.entry(task.to_string()).or_insert_with(|| TaskReport {
-                task: task.to_string(),
-                restarts: 0,
-                last_error: None,
-            });
+            e.tasks
+                .entry(task.to_string())
+                .or_insert_with(|| TaskReport {
+                    task: task.to_string(),
+                    restarts: 0,
+                    last_error: None,
+                });
         }
     }
 
     pub fn task_restarted(&self, chain: &str, task: &str, error: &str) {
         if let Some(e) = self.lock().get_mut(chain) {
-            let t = e.tasks.entry(task.to_string()).or_insert_with(|| TaskReport {
-                task: task.to_string(),
-                restarts: 0,
-                last_error: None,
-            });
+            let t = e
+                .tasks
+                .entry(task.to_string())
+                .or_insert_with(|| TaskReport {
+                    task: task.to_string(),
+                    restarts: 0,
+                    last_error: None,
+                });
             t.restarts += 1;
             t.last_error = Some(error.to_string());
         }

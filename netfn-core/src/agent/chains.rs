@@ -7,7 +7,7 @@
 //! socket asks (`netfn up`/`down` can say so right away).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,13 +18,15 @@ use super::board::Board;
 use super::control::RescanRequest;
 use super::prober::{self, ProbeConfig, ProbeTarget};
 use super::supervisor::{Backoff, Supervised, supervise};
-use crate::ebpf::EbpfLogs;
+use crate::ebpf::{self, EbpfError, EbpfLogs};
 use crate::metrics::{AgentMetrics, Records};
+use crate::spec::FastPath;
 use crate::state::{ChainState, Phase};
 
 /// Task names (the `task` label of `netfn_task_restarts_total`).
 pub const TASK_PROBER: &str = "prober";
 pub const TASK_EBPF_LOGS: &str = "ebpf-logs";
+pub const TASK_FASTPATH_LOGS: &str = "fastpath-logs";
 
 /// What the manager works with.
 pub struct ManagerContext {
@@ -149,36 +151,49 @@ fn adopt(ctx: &ManagerContext, record: Arc<ChainState>) -> Adopted {
                     restarts,
                     Arc::clone(&ctx.board),
                     ctx.backoff,
-                    move || prober::run(target.clone(), config, Arc::clone(&board), metrics.clone()),
+                    move || {
+                        prober::run(target.clone(), config, Arc::clone(&board), metrics.clone())
+                    },
                 );
                 tasks.push((TASK_PROBER, task));
             }
             None => tracing::warn!(chain, "the chain has no links; not probing it"),
         }
     }
-    if ctx.ebpf_logs && record.counters {
-        let bpf_dir = ctx.bpf_root.join(chain);
-        let restarts = ctx
-            .metrics
-            .task_restarts
-            .with_label_values(&[chain, TASK_EBPF_LOGS]);
-        let task = supervise(
+    let bpf_dir = ctx.bpf_root.join(chain);
+    let mut log_task = |task: &'static str, open: fn(&Path) -> Result<EbpfLogs, EbpfError>| {
+        let restarts = ctx.metrics.task_restarts.with_label_values(&[chain, task]);
+        let dir = bpf_dir.clone();
+        let handle = supervise(
             chain,
-            TASK_EBPF_LOGS,
+            task,
             restarts,
             Arc::clone(&ctx.board),
             ctx.backoff,
-            move || forward_logs(bpf_dir.clone()),
+            move || forward_logs(open, dir.clone()),
         );
-        tasks.push((TASK_EBPF_LOGS, task));
+        tasks.push((task, handle));
+    };
+    if ctx.ebpf_logs && record.counters {
+        log_task(TASK_EBPF_LOGS, EbpfLogs::from_pinned);
+    }
+    // The forwarder's programs come from their own object load, with their own log buffer.
+    if ctx.ebpf_logs
+        && plan.fastpath != FastPath::Kernel
+        && bpf_dir.join(ebpf::FWD_TABLE_PIN).exists()
+    {
+        log_task(TASK_FASTPATH_LOGS, ebpf::fastpath_logs);
     }
     Adopted { record, tasks }
 }
 
-/// Forwards the chain's aya-log records into the agent's log (inside the task's span, so every
-/// line carries the chain).
-async fn forward_logs(bpf_dir: PathBuf) -> Result<(), TaskError> {
-    let logs = EbpfLogs::from_pinned(&bpf_dir).map_err(|e| TaskError::Ebpf(Box::new(e)))?;
+/// Forwards the aya-log records of the programs pinned under `bpf_dir` into the agent's log
+/// (inside the task's span, so every line carries the chain).
+async fn forward_logs(
+    open: fn(&Path) -> Result<EbpfLogs, EbpfError>,
+    bpf_dir: PathBuf,
+) -> Result<(), TaskError> {
+    let logs = open(&bpf_dir).map_err(|e| TaskError::Ebpf(Box::new(e)))?;
     logs.forward().await.map_err(|source| TaskError::Io {
         what: "read the eBPF log buffer".into(),
         source,

@@ -121,10 +121,9 @@ pub async fn serve(listener: UnixListener, ctx: Arc<ControlContext>) {
 async fn handle(stream: UnixStream, ctx: &ControlContext) -> std::io::Result<()> {
     let (read, mut write) = stream.into_split();
     let mut lines = BufReader::new(read).lines();
-    while let Ok(Some(line)) =
-        tokio::time::timeout(Duration::from_secs(60), lines.next_line())
-            .await
-            .unwrap_or(Ok(None))
+    while let Ok(Some(line)) = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
+        .await
+        .unwrap_or(Ok(None))
     {
         if line.trim().is_empty() {
             continue;

@@ -180,8 +180,14 @@ mod tests {
     #[test]
     fn routes() {
         let r = |s: &str| route(s.as_bytes());
-        assert_eq!(r("GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n"), (Route::Metrics, false));
-        assert_eq!(r("GET /metrics?x=1 HTTP/1.0\r\n\r\n"), (Route::Metrics, false));
+        assert_eq!(
+            r("GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n"),
+            (Route::Metrics, false)
+        );
+        assert_eq!(
+            r("GET /metrics?x=1 HTTP/1.0\r\n\r\n"),
+            (Route::Metrics, false)
+        );
         assert_eq!(r("HEAD /healthz HTTP/1.1\r\n\r\n"), (Route::Healthz, true));
         assert_eq!(r("GET / HTTP/1.1\r\n\r\n"), (Route::Index, false));
         assert_eq!(r("GET /nope HTTP/1.1\r\n\r\n"), (Route::NotFound, false));

@@ -145,10 +145,7 @@ pub async fn run(config: AgentConfig, kinds: Arc<Registry>) -> Result<(), AgentE
     let _socket_file = RemoveOnDrop(config.socket.clone());
 
     let board = Arc::new(board::Board::default());
-    let records = Arc::new(Records::new(
-        &config.state_dir,
-        Some(config.only.clone()),
-    ));
+    let records = Arc::new(Records::new(&config.state_dir, Some(config.only.clone())));
     let (registry, agent_metrics) = Metrics::agent_registry()?;
     let collector = ChainCollector::new(
         Arc::clone(&records),

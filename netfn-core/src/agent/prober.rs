@@ -95,14 +95,15 @@ struct Sockets {
 async fn open(target: &ProbeTarget, port: u16) -> Result<Sockets, TaskError> {
     let t = target.clone();
     let (sender, responder, inodes) = tokio::task::spawn_blocking(move || {
-        let bind_in = |ns: &str, addr: SocketAddrV4| -> Result<io::Result<std::net::UdpSocket>, TaskError> {
-            let fd = netns::open(ns)?;
-            Ok(netns::run_in(&fd, ns, || {
-                let s = std::net::UdpSocket::bind(addr)?;
-                s.set_nonblocking(true)?;
-                Ok(s)
-            })?)
-        };
+        let bind_in =
+            |ns: &str, addr: SocketAddrV4| -> Result<io::Result<std::net::UdpSocket>, TaskError> {
+                let fd = netns::open(ns)?;
+                Ok(netns::run_in(&fd, ns, || {
+                    let s = std::net::UdpSocket::bind(addr)?;
+                    s.set_nonblocking(true)?;
+                    Ok(s)
+                })?)
+            };
         let inodes = (netns_inode(&t.ingress_netns), netns_inode(&t.egress_netns));
         let responder = match bind_in(&t.egress_netns, SocketAddrV4::new(t.egress_addr, port))? {
             Ok(s) => Some(s),
@@ -121,12 +122,13 @@ async fn open(target: &ProbeTarget, port: u16) -> Result<Sockets, TaskError> {
                 });
             }
         };
-        let sender = bind_in(&t.ingress_netns, SocketAddrV4::new(t.ingress_addr, 0))?.map_err(
-            |source| TaskError::Io {
-                what: format!("bind the probe sender in {}", t.ingress_netns),
-                source,
-            },
-        )?;
+        let sender =
+            bind_in(&t.ingress_netns, SocketAddrV4::new(t.ingress_addr, 0))?.map_err(|source| {
+                TaskError::Io {
+                    what: format!("bind the probe sender in {}", t.ingress_netns),
+                    source,
+                }
+            })?;
         Ok::<_, TaskError>((sender, responder, inodes))
     })
     .await
@@ -265,8 +267,7 @@ pub async fn run(
                 );
                 if now != sockets.inodes {
                     return Err(TaskError::Other(
-                        "the chain's endpoint namespaces were replaced; opening new sockets"
-                            .into(),
+                        "the chain's endpoint namespaces were replaced; opening new sockets".into(),
                     ));
                 }
             }

@@ -13,8 +13,8 @@ use tokio::task::{AbortHandle, JoinHandle};
 use tokio::time::Instant;
 use tracing::Instrument;
 
-use super::board::Board;
 use super::TaskError;
+use super::board::Board;
 
 /// Backoff between restarts: doubles from `initial` up to `max`; back to `initial` after a run
 /// that lasted at least `stable`.
@@ -209,15 +209,22 @@ mod tests {
         let restarts = IntCounter::new("t2_restarts_total", "t").unwrap();
         let alive = Arc::new(AtomicU32::new(0));
         let a = Arc::clone(&alive);
-        let sup = supervise("c", "forever", restarts, board, Backoff::default(), move || {
-            let a = Arc::clone(&a);
-            async move {
-                loop {
-                    a.fetch_add(1, Ordering::SeqCst);
-                    tokio::time::sleep(Duration::from_millis(10)).await;
+        let sup = supervise(
+            "c",
+            "forever",
+            restarts,
+            board,
+            Backoff::default(),
+            move || {
+                let a = Arc::clone(&a);
+                async move {
+                    loop {
+                        a.fetch_add(1, Ordering::SeqCst);
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
                 }
-            }
-        });
+            },
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
         drop(sup);
         tokio::time::sleep(Duration::from_millis(10)).await;

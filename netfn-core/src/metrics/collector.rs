@@ -6,24 +6,25 @@
 //!
 //! Per function, `direction="forward"` counts what the function received on its `nf-in` (from
 //! the ingress side) and `direction="reverse"` what it received on its `nf-out` (from the egress
-//! side). Drops by reason come from the fast path's counters; a kernel-mode chain has none, and
-//! then no drop series is exported at all (never zeros that nobody measured).
+//! side); see [`received`] for how each fast path mode is counted. Drops by reason come from the
+//! fast path's per-function counters; a kernel-mode chain has none, and then no drop series is
+//! exported at all (never zeros that nobody measured).
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use prometheus::IntCounter;
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
-use prometheus::IntCounter;
 
+use super::MetricsError;
 use super::family::Family;
 use super::kind::{FunctionMetricsContext, check_kind_family};
 use super::records::Records;
-use super::MetricsError;
-use crate::ebpf;
+use crate::ebpf::{self, DROP_REASON_NAMES, FastpathCounters, FnCounters, IfCounters};
 use crate::function::Registry;
 use crate::plan::{ChainPlan, HopRole};
+use crate::spec::FastPath;
 use crate::state::{ChainState, Phase};
 
 pub const FUNCTION_PACKETS: &str = "netfn_function_packets_total";
@@ -44,9 +45,6 @@ const UP_HELP: &str = "1 if the chain is up: recorded as up and, once the agent'
 pub trait ProbeView: Send + Sync {
     fn probe_ok(&self, chain: &str) -> Option<bool>;
 }
-
-/// Drops by reason of one function in one direction.
-pub type Drops = Vec<(&'static str, u64)>;
 
 /// The collector of per-chain and per-function metrics.
 pub struct ChainCollector {
@@ -128,8 +126,10 @@ impl ChainCollector {
         let recorded_up = record.phase == Phase::Up;
         let up = recorded_up && self.probes.probe_ok(chain).unwrap_or(true);
         let fastpath = plan.fastpath.to_string();
-        out.up
-            .sample(&[("chain", chain), ("fastpath", &fastpath)], f64::from(u8::from(up)));
+        out.up.sample(
+            &[("chain", chain), ("fastpath", &fastpath)],
+            f64::from(u8::from(up)),
+        );
         if !recorded_up {
             return;
         }
@@ -145,8 +145,8 @@ impl ChainCollector {
         } else {
             None
         };
-        let drops = match read_drops(record) {
-            Ok(d) => d,
+        let fast = match read_fastpath(record, &bpf_dir) {
+            Ok(f) => f,
             Err(e) => {
                 self.error(chain, "cannot read the fast path's counters", &e);
                 None
@@ -164,22 +164,23 @@ impl ChainCollector {
                     ("direction", direction),
                 ]
             };
-            if let Some(counters) = &counters {
-                for (direction, ifindex) in directions(plan, h) {
-                    let c = ifindex
-                        .and_then(|i| counters.get(&i))
-                        .copied()
-                        .unwrap_or_default();
-                    out.packets.sample_u64(&labels(direction), c.packets);
-                    out.bytes.sample_u64(&labels(direction), c.bytes);
+            let function = h
+                .checked_sub(1)
+                .and_then(|i| fast.as_ref()?.functions.get(i));
+            for (d, (direction, ifindex)) in directions(plan, h).into_iter().enumerate() {
+                let stack = counters
+                    .as_ref()
+                    .map(|c| ifindex.and_then(|i| c.get(&i)).copied().unwrap_or_default());
+                let fwd = function.map(|f| if d == 0 { &f.forward } else { &f.reverse });
+                if let Some((packets, bytes)) = received(plan.fastpath, stack, fwd) {
+                    out.packets.sample_u64(&labels(direction), packets);
+                    out.bytes.sample_u64(&labels(direction), bytes);
                 }
-            }
-            if let Some(drops) = drops.as_ref().and_then(|d| d.get(&h)) {
-                for (direction, reasons) in drops {
-                    for (reason, n) in reasons {
+                if let Some(fwd) = fwd {
+                    for (reason, n) in DROP_REASON_NAMES.iter().zip(fwd.drops) {
                         let l = labels(direction);
                         out.drops
-                            .sample_u64(&[l[0], l[1], l[2], l[3], ("reason", reason)], *n);
+                            .sample_u64(&[l[0], l[1], l[2], l[3], ("reason", reason)], n);
                     }
                 }
             }
@@ -240,15 +241,49 @@ pub fn directions(plan: &ChainPlan, h: usize) -> [(&'static str, Option<u32>); 2
     [("forward", inn), ("reverse", out)]
 }
 
-/// Drops by reason per function hop and direction, from the fast path's per-function counters.
-/// `None` for kernel-mode chains, which have no such counters.
-// TODO(fastpath): read `ebpf::fastpath::read_function_counters` once it lands (issue 3); until
-// then no chain has per-function drop counters and nothing is exported.
-fn read_drops(
+/// The fast path's per-function counters; `None` for kernel-mode chains and for chains whose
+/// fast path is not attached (nothing pinned).
+fn read_fastpath(
     record: &ChainState,
-) -> Result<Option<BTreeMap<usize, Vec<(&'static str, Drops)>>>, ebpf::EbpfError> {
-    let _ = record;
-    Ok(None)
+    bpf_dir: &std::path::Path,
+) -> Result<Option<FastpathCounters>, ebpf::EbpfError> {
+    if record.plan.fastpath == FastPath::Kernel {
+        return Ok(None);
+    }
+    match ebpf::read_function_counters(bpf_dir) {
+        Ok(c) => Ok(Some(c)),
+        Err(ebpf::EbpfError::NotPinned { .. }) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Packets and bytes a function received on one interface, from what is there:
+///
+/// - `stack`: the interface counter (`nf_count`, TC ingress, priority 1), when attached;
+/// - `fwd`: the fast path forwarder's counters of that function and direction, when attached.
+///
+/// In kernel and TC mode `nf_count` runs before anything else and sees every frame. In XDP mode
+/// frames the forwarder redirects or drops never reach TC, so received = what reached TC (the
+/// frames passed to the stack) + forwarded + dropped; the bytes of dropped frames are not
+/// counted. Without `nf_count`, the forwarder's view: forwarded + to the stack + dropped (bytes:
+/// forwarded only). Nothing at all: `None`, and no series.
+pub fn received(
+    mode: FastPath,
+    stack: Option<IfCounters>,
+    fwd: Option<&FnCounters>,
+) -> Option<(u64, u64)> {
+    match (mode, stack, fwd) {
+        (FastPath::Xdp, Some(s), Some(f)) => Some((
+            s.packets.wrapping_add(f.packets).wrapping_add(f.dropped()),
+            s.bytes.wrapping_add(f.bytes),
+        )),
+        (_, Some(s), _) => Some((s.packets, s.bytes)),
+        (_, None, Some(f)) => Some((
+            f.packets.wrapping_add(f.to_stack).wrapping_add(f.dropped()),
+            f.bytes,
+        )),
+        (_, None, None) => None,
+    }
 }
 
 /// The families of one scrape.
@@ -281,5 +316,41 @@ impl Families {
             .collect();
         v.extend(self.kinds);
         v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn received_per_mode() {
+        let stack = IfCounters {
+            packets: 3,
+            bytes: 300,
+        };
+        let mut fwd = FnCounters {
+            packets: 10,
+            bytes: 1000,
+            to_stack: 3,
+            drops: [0; 8],
+        };
+        fwd.drops[1] = 2;
+        assert_eq!(
+            received(FastPath::Kernel, Some(stack), None),
+            Some((3, 300))
+        );
+        // TC: nf_count runs first and sees everything.
+        assert_eq!(
+            received(FastPath::Tc, Some(stack), Some(&fwd)),
+            Some((3, 300))
+        );
+        // XDP: TC sees only what was passed to the stack.
+        assert_eq!(
+            received(FastPath::Xdp, Some(stack), Some(&fwd)),
+            Some((15, 1300))
+        );
+        assert_eq!(received(FastPath::Tc, None, Some(&fwd)), Some((15, 1000)));
+        assert_eq!(received(FastPath::Kernel, None, None), None);
     }
 }

@@ -156,7 +156,10 @@ mod tests {
             ),
             "{text}"
         );
-        assert!(text.contains("# TYPE netfn_x_packets_total counter"), "{text}");
+        assert!(
+            text.contains("# TYPE netfn_x_packets_total counter"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -20,7 +20,6 @@ pub mod family;
 pub mod kind;
 pub mod records;
 
-use std::sync::Arc;
 use std::time::Instant;
 
 use prometheus::{
@@ -69,7 +68,10 @@ impl AgentMetrics {
     /// Creates the agent's metrics and registers them (and `netfn_build_info`) in `registry`.
     pub fn register(registry: &Registry) -> Result<Self, MetricsError> {
         let build_info = IntGaugeVec::new(
-            Opts::new("netfn_build_info", "Always 1; the netfn version in a label."),
+            Opts::new(
+                "netfn_build_info",
+                "Always 1; the netfn version in a label.",
+            ),
             &["version"],
         )?;
         build_info
@@ -206,16 +208,3 @@ impl Metrics {
         result
     }
 }
-
-/// A [`ProbeView`] for agents that do not probe.
-#[derive(Debug, Default)]
-pub struct NoProbes;
-
-impl ProbeView for NoProbes {
-    fn probe_ok(&self, _chain: &str) -> Option<bool> {
-        None
-    }
-}
-
-/// Shared handle type for probe views.
-pub type SharedProbes = Arc<dyn ProbeView>;

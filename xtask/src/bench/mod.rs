@@ -1,6 +1,8 @@
 //! `cargo xtask bench …`: measurements, never tests. Each prints a table and writes
 //! target/bench/NAME.json.
 
+mod agent;
+mod chain;
 mod deploy;
 
 use std::path::PathBuf;
@@ -13,17 +15,36 @@ use crate::util;
 
 #[derive(Subcommand)]
 pub enum Bench {
+    /// Scrape time of the agent's /metrics (1,000 functions) and `apply` insert time.
+    Agent(agent::AgentBench),
     /// Time `netfn up` and `netfn down` of chains of N forward functions.
     Deploy {
         /// Chain lengths to measure.
         #[arg(long = "functions", value_delimiter = ',', default_values_t = vec![10, 100, 1000])]
         functions: Vec<usize>,
     },
+    /// UDP pps, TCP throughput and latency: a bare veth pair vs chains of forward functions in
+    /// kernel, tc and xdp modes, interleaved repetitions (target/bench/chain.json, chain.png).
+    Chain {
+        #[arg(long, default_value_t = 3)]
+        repetitions: usize,
+        /// Seconds per UDP pps and TCP window.
+        #[arg(long, default_value_t = 2.0)]
+        seconds: f64,
+        /// Chain lengths to measure.
+        #[arg(long = "functions", value_delimiter = ',', default_values_t = vec![1, 2, 3])]
+        functions: Vec<usize>,
+        /// Skip the iperf3 runs (TCP throughput and the UDP cross-check).
+        #[arg(long)]
+        no_iperf: bool,
+    },
 }
 
 pub fn run(which: Bench) -> Result<()> {
     match which {
+        Bench::Agent(opts) => agent::run(&opts),
         Bench::Deploy { functions } => deploy::run(&functions),
+        Bench::Chain { repetitions, seconds, functions, no_iperf } => chain::run(&chain::Options { repetitions, seconds, functions, no_iperf }),
     }
 }
 

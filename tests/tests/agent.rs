@@ -1,0 +1,877 @@
+//! The host agent with real parts: `netfn agent` over real chains, /metrics checked against the
+//! packets the test sent and by `promtool`, a real Prometheus server scraping it, the prober
+//! seeing a broken chain, and a SIGKILLed agent replaced while a stream runs. Runs as root.
+//!
+//! Every agent here serves one chain (`--chain`) on its own socket and a free loopback port, and
+//! is killed by its guard; `netfn up` runs with NETFN_AGENT_AUTOSTART=0 so that it never starts
+//! the host's agent.
+
+use std::collections::BTreeSet;
+use std::io::{Read, Write};
+use std::net::{SocketAddrV4, TcpListener, TcpStream, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use netfn_core::agent::{self, AgentStart, AutostartOptions};
+use netfn_core::{ebpf, names, state};
+use netfn_tests::traffic::udp_echo;
+use netfn_tests::{
+    ChainGuard, EGRESS_ADDR, INGRESS_ADDR, TempDir, forward_chain, leftovers, netfn_bin, netfn_ok,
+    udp_socket_in, unique_chain,
+};
+
+// ---------------------------------------------------------------------------------------------
+// Helpers
+// ---------------------------------------------------------------------------------------------
+
+/// `netfn up FILE` that never starts the host's agent.
+fn up(chain: &str, file: &Path) -> ChainGuard {
+    let guard = ChainGuard {
+        chain: chain.to_string(),
+        file: file.to_path_buf(),
+    };
+    let out = Command::new(netfn_bin())
+        .args(["up", &file.to_string_lossy()])
+        .env(agent::autostart::AUTOSTART_ENV, "0")
+        .output()
+        .expect("run netfn up");
+    assert!(
+        out.status.success(),
+        "netfn up failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    guard
+}
+
+/// A `netfn agent` process, killed (and reaped) on drop.
+struct Agent {
+    child: Option<Child>,
+    socket: PathBuf,
+    http: String,
+    log: PathBuf,
+}
+
+impl Agent {
+    /// Starts an agent for `chain` with its socket in `dir`, on a free loopback port.
+    fn start(dir: &Path, chain: &str, extra: &[&str]) -> Agent {
+        let socket = dir.join("agent.sock");
+        let log = dir.join("agent.log");
+        let log_file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .expect("agent log");
+        let child = Command::new(netfn_bin())
+            .args(["agent", "--listen", "127.0.0.1:0", "--chain", chain])
+            .arg("--socket")
+            .arg(&socket)
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(log_file.try_clone().expect("log fd"))
+            .stderr(log_file)
+            .spawn()
+            .expect("spawn netfn agent");
+        let mut agent = Agent {
+            child: Some(child),
+            socket,
+            http: String::new(),
+            log,
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(Some(pong)) = agent::ping(&agent.socket)
+                && Some(pong.pid) == agent.child.as_ref().map(Child::id)
+            {
+                agent.http = pong.http;
+                return agent;
+            }
+            if let Some(Ok(Some(status))) = agent.child.as_mut().map(Child::try_wait) {
+                panic!("netfn agent exited ({status}):\n{}", agent.log_text());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "netfn agent did not answer on its socket:\n{}",
+                agent.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn metrics(&self) -> String {
+        let (status, body) = http_get(&self.http, "/metrics");
+        assert_eq!(status, 200, "GET /metrics: {body}");
+        body
+    }
+
+    /// SIGKILL, and reap.
+    fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// One GET on 127.0.0.1, returning the status and the body.
+fn http_get(addr: &str, path: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .expect("send");
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).expect("read response");
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (status, body.to_string())
+}
+
+/// The value of the sample `name{…}` that has every label of `labels`.
+fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+        })
+        .find(|l| {
+            labels
+                .iter()
+                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+        })
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// Per-function packets in one direction.
+fn packets(text: &str, chain: &str, function: &str, direction: &str) -> f64 {
+    sample(
+        text,
+        "netfn_function_packets_total",
+        &[
+            ("chain", chain),
+            ("function", function),
+            ("direction", direction),
+        ],
+    )
+    .unwrap_or_else(|| panic!("no packets of {function}/{direction} in:\n{text}"))
+}
+
+/// Polls `f` every 100 ms until it is true or `limit` passes.
+fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    f()
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+fn netns_inode(name: &str) -> u64 {
+    std::fs::metadata(format!("/run/netns/{name}"))
+        .unwrap_or_else(|e| panic!("stat /run/netns/{name}: {e}"))
+        .ino()
+}
+
+/// Whether Debian's `prometheus` package (promtool, the server) can be used. On the host it must
+/// be there (`cargo xtask setup` installs it); the VM-test initramfs does not ship it, and there
+/// the checks that need it are skipped, and say so.
+fn have_prometheus_tool(bin: &str) -> bool {
+    let on_path = std::env::var_os("PATH")
+        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(bin).is_file()));
+    if on_path {
+        return true;
+    }
+    assert!(
+        std::env::var_os("NETFN_IN_VM").is_some(),
+        "{bin} is missing: run `cargo xtask setup` (it installs Debian's prometheus package)"
+    );
+    eprintln!("note: {bin} is not shipped into the test VM; skipping the checks that need it");
+    false
+}
+
+const FUNCTIONS: [&str; 3] = ["fn1", "fn2", "fn3"];
+
+// ---------------------------------------------------------------------------------------------
+// (a) exact counters, promtool
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn metrics_count_exactly_the_packets_sent_and_pass_promtool() {
+    let chain = unique_chain("ag");
+    let dir = TempDir::new(&chain);
+    let file = dir.write("chain.toml", &forward_chain(&chain, 3, "kernel"));
+    {
+        let _chain = up(&chain, &file);
+        // No prober: its packets would be counted too.
+        let agent = Agent::start(&dir.0, &chain, &["--no-probe"]);
+        let (ingress, egress) = (format!("nf-{chain}-ingress"), format!("nf-{chain}-egress"));
+        udp_echo(&ingress, &egress, 3); // neighbours resolved before counting
+
+        // 50 echoed datagrams (both directions) and 20 one-way ones (forward only).
+        let rx = udp_socket_in(&egress, SocketAddrV4::new(EGRESS_ADDR, 7401));
+        let tx = udp_socket_in(&ingress, SocketAddrV4::new(INGRESS_ADDR, 7402));
+        let before = agent.metrics();
+        udp_echo(&ingress, &egress, 50);
+        for i in 0..20u8 {
+            tx.send_to(&[i], SocketAddrV4::new(EGRESS_ADDR, 7401))
+                .expect("send");
+            let mut buf = [0u8; 4];
+            assert_eq!(rx.recv(&mut buf).expect("one-way datagram arrived"), 1);
+        }
+        let after = agent.metrics();
+        for f in FUNCTIONS {
+            for (direction, sent) in [("forward", 70.0), ("reverse", 50.0)] {
+                let delta =
+                    packets(&after, &chain, f, direction) - packets(&before, &chain, f, direction);
+                assert_eq!(delta, sent, "{f} {direction}: {sent} datagrams crossed it");
+            }
+            let bytes = sample(
+                &after,
+                "netfn_function_bytes_total",
+                &[("chain", &chain), ("function", f), ("direction", "forward")],
+            );
+            assert!(bytes.is_some_and(|b| b > 0.0), "{f}: bytes {bytes:?}");
+        }
+        assert_eq!(
+            sample(
+                &after,
+                "netfn_chain_up",
+                &[("chain", &chain), ("fastpath", "kernel")]
+            ),
+            Some(1.0)
+        );
+        assert_eq!(sample(&after, "netfn_build_info", &[]), Some(1.0));
+        assert_eq!(
+            sample(
+                &after,
+                "netfn_task_restarts_total",
+                &[("chain", &chain), ("task", "ebpf-logs")]
+            ),
+            Some(0.0)
+        );
+        assert!(sample(&after, "netfn_scrape_duration_seconds_count", &[]).is_some());
+        assert_eq!(sample(&after, "netfn_scrape_errors_total", &[]), Some(0.0));
+        // Kernel mode has no drop counters: nothing is exported rather than made-up zeros.
+        assert!(
+            !after.contains("netfn_function_drops_total{"),
+            "kernel mode exported drops:\n{after}"
+        );
+        for line in after.lines().filter(|l| !l.starts_with('#')) {
+            assert!(line.starts_with("netfn_"), "unprefixed metric: {line}");
+        }
+
+        if have_prometheus_tool("promtool") {
+            let mut promtool = Command::new("promtool")
+                .args(["check", "metrics"])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("run promtool (cargo xtask setup installs Debian's prometheus)");
+            promtool
+                .stdin
+                .take()
+                .expect("stdin")
+                .write_all(after.as_bytes())
+                .expect("feed promtool");
+            let out = promtool.wait_with_output().expect("promtool");
+            let report = format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert!(
+                out.status.success() && report.trim().is_empty(),
+                "promtool check metrics found problems:\n{report}"
+            );
+        }
+
+        let (status, body) = http_get(&agent.http, "/healthz");
+        assert_eq!((status, body.as_str()), (200, "ok\n"));
+        assert_eq!(http_get(&agent.http, "/nope").0, 404);
+    }
+    assert_eq!(leftovers(&chain), Vec::<String>::new());
+}
+
+// ---------------------------------------------------------------------------------------------
+// (a') fast path chains: counters from the forwarder, drops by reason
+// ---------------------------------------------------------------------------------------------
+
+/// Attaches the fast path of `chain` unless `netfn up` did (the call `up` makes once wired).
+fn attach_fastpath_unless_up_did(chain: &str) {
+    let dir = names::chain_bpf_dir(chain);
+    if dir.join(ebpf::FWD_TABLE_PIN).exists() {
+        return;
+    }
+    let plan = state::load(chain)
+        .expect("load the record")
+        .expect("a record after up")
+        .plan;
+    drop(ebpf::attach_fastpath(&plan, &dir).unwrap_or_else(|e| panic!("attach_fastpath: {e}")));
+}
+
+fn set_ttl(sock: &UdpSocket, ttl: libc::c_int) {
+    // SAFETY: valid fd and a c_int of the right size.
+    let rc = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::IPPROTO_IP,
+            libc::IP_TTL,
+            (&ttl as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0, "IP_TTL: {}", std::io::Error::last_os_error());
+}
+
+fn fast_path_counts_and_drops(tag: &str, mode: &str) {
+    let chain = unique_chain(tag);
+    let dir = TempDir::new(&chain);
+    let file = dir.write("chain.toml", &forward_chain(&chain, 3, mode));
+    {
+        let _chain = up(&chain, &file);
+        attach_fastpath_unless_up_did(&chain);
+        let agent = Agent::start(&dir.0, &chain, &["--no-probe"]);
+        let (ingress, egress) = (format!("nf-{chain}-ingress"), format!("nf-{chain}-egress"));
+        udp_echo(&ingress, &egress, 3);
+        let rx = udp_socket_in(&egress, SocketAddrV4::new(EGRESS_ADDR, 7501));
+        rx.set_read_timeout(Some(Duration::from_secs(2)))
+            .expect("timeout");
+        let tx = udp_socket_in(&ingress, SocketAddrV4::new(INGRESS_ADDR, 7502));
+        let to = SocketAddrV4::new(EGRESS_ADDR, 7501);
+
+        let before = agent.metrics();
+        let mut buf = [0u8; 8];
+        for i in 0..100u8 {
+            tx.send_to(&[i], to).expect("send");
+            assert_eq!(rx.recv(&mut buf).expect("datagram arrived"), 1);
+        }
+        // TTL 2: fn1 forwards it with TTL 1, fn2 drops it (ttl-exceeded).
+        set_ttl(&tx, 2);
+        for i in 0..10u8 {
+            tx.send_to(&[i], to).expect("send");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        let after = agent.metrics();
+
+        let drops = |text: &str, f: &str, direction: &str, reason: &str| {
+            sample(
+                text,
+                "netfn_function_drops_total",
+                &[
+                    ("chain", &chain),
+                    ("function", f),
+                    ("direction", direction),
+                    ("reason", reason),
+                ],
+            )
+            .unwrap_or_else(|| panic!("no drops of {f}/{direction}/{reason} in:\n{text}"))
+        };
+        for (f, received, ttl_drops) in [
+            ("fn1", 110.0, 0.0),
+            ("fn2", 110.0, 10.0),
+            ("fn3", 100.0, 0.0),
+        ] {
+            let delta =
+                packets(&after, &chain, f, "forward") - packets(&before, &chain, f, "forward");
+            assert_eq!(delta, received, "{mode}: {f} received");
+            let delta = drops(&after, f, "forward", "ttl-exceeded")
+                - drops(&before, f, "forward", "ttl-exceeded");
+            assert_eq!(delta, ttl_drops, "{mode}: {f} ttl-exceeded drops");
+            for reason in ebpf::DROP_REASON_NAMES {
+                for direction in ["forward", "reverse"] {
+                    drops(&after, f, direction, reason); // every reason is exported
+                }
+            }
+        }
+        assert_eq!(
+            sample(
+                &after,
+                "netfn_chain_up",
+                &[("chain", &chain), ("fastpath", mode)]
+            ),
+            Some(1.0)
+        );
+        // Both log buffers (counter, forwarder) are forwarded, and neither task ever failed.
+        for task in ["ebpf-logs", "fastpath-logs"] {
+            assert_eq!(
+                sample(
+                    &after,
+                    "netfn_task_restarts_total",
+                    &[("chain", &chain), ("task", task)]
+                ),
+                Some(0.0),
+                "{task}:\n{}",
+                agent.log_text()
+            );
+        }
+        assert_eq!(sample(&after, "netfn_scrape_errors_total", &[]), Some(0.0));
+    }
+    assert_eq!(leftovers(&chain), Vec::<String>::new());
+}
+
+#[test]
+fn tc_fast_path_counts_and_drops_by_reason() {
+    fast_path_counts_and_drops("at", "tc");
+}
+
+#[test]
+fn xdp_fast_path_counts_and_drops_by_reason() {
+    fast_path_counts_and_drops("ax", "xdp");
+}
+
+// ---------------------------------------------------------------------------------------------
+// (b) a real Prometheus server
+// ---------------------------------------------------------------------------------------------
+
+/// Debian's `prometheus`, scraping one target every second; killed on drop.
+struct Prometheus {
+    child: Child,
+    addr: String,
+    _dir: TempDir,
+}
+
+impl Prometheus {
+    fn start(tag: &str, target: &str) -> Prometheus {
+        let dir = TempDir::new(&format!("{tag}-prom"));
+        let config = dir.write(
+            "prometheus.yml",
+            &format!(
+                "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n\
+                 scrape_configs:\n  - job_name: netfn\n    scrape_interval: 1s\n    \
+                 scrape_timeout: 900ms\n    static_configs:\n      - targets: ['{target}']\n"
+            ),
+        );
+        let addr = format!("127.0.0.1:{}", free_port());
+        let child = Command::new("prometheus")
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.0.join("data").display()
+            ))
+            .arg(format!("--web.listen-address={addr}"))
+            .arg("--log.level=warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("run prometheus (cargo xtask setup installs Debian's prometheus)");
+        let mut p = Prometheus {
+            child,
+            addr,
+            _dir: dir,
+        };
+        let ready = wait_until(Duration::from_secs(30), || {
+            TcpStream::connect(&p.addr).is_ok() && http_get(&p.addr, "/-/ready").0 == 200
+        });
+        if !ready {
+            let _ = p.child.kill();
+            panic!("prometheus did not become ready on {}", p.addr);
+        }
+        p
+    }
+
+    /// An instant query; (function label, value) of every series.
+    fn query(&self, promql: &str) -> Vec<(String, f64)> {
+        let (status, body) = http_get(
+            &self.addr,
+            &format!("/api/v1/query?query={}", urlencode(promql)),
+        );
+        assert_eq!(status, 200, "query {promql}: {body}");
+        let json: serde_json::Value = serde_json::from_str(&body).expect("query json");
+        json["data"]["result"]
+            .as_array()
+            .map(|results| {
+                results
+                    .iter()
+                    .filter_map(|r| {
+                        let f = r["metric"]["function"].as_str()?.to_string();
+                        let v = r["value"][1].as_str()?.parse().ok()?;
+                        Some((f, v))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+#[test]
+fn a_real_prometheus_sees_a_positive_rate_for_every_function() {
+    let chain = unique_chain("ap");
+    let dir = TempDir::new(&chain);
+    let file = dir.write("chain.toml", &forward_chain(&chain, 3, "kernel"));
+    {
+        if !have_prometheus_tool("prometheus") {
+            return;
+        }
+        let _chain = up(&chain, &file);
+        // No prober: the rate must come from the test's own traffic.
+        let agent = Agent::start(&dir.0, &chain, &["--no-probe"]);
+        let prometheus = Prometheus::start(&chain, &agent.http);
+
+        let rx = udp_socket_in(
+            &format!("nf-{chain}-egress"),
+            SocketAddrV4::new(EGRESS_ADDR, 7201),
+        );
+        let tx = udp_socket_in(
+            &format!("nf-{chain}-ingress"),
+            SocketAddrV4::new(INGRESS_ADDR, 7202),
+        );
+        let stop = Arc::new(AtomicBool::new(false));
+        let sender = {
+            let stop = Arc::clone(&stop);
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 16];
+                while !stop.load(Ordering::Relaxed) {
+                    let _ = tx.send_to(b"netfn-rate", SocketAddrV4::new(EGRESS_ADDR, 7201));
+                    let _ = rx.recv(&mut buf);
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+            })
+        };
+        let promql = format!(
+            "rate(netfn_function_packets_total{{chain=\"{chain}\",direction=\"forward\"}}[10s])"
+        );
+        let mut last = Vec::new();
+        let positive = wait_until(Duration::from_secs(60), || {
+            last = prometheus.query(&promql);
+            FUNCTIONS
+                .iter()
+                .all(|f| last.iter().any(|(g, v)| g == f && *v > 0.0))
+        });
+        stop.store(true, Ordering::Relaxed);
+        let _ = sender.join();
+        assert!(
+            positive,
+            "Prometheus never saw a positive rate for every function: {last:?}"
+        );
+    }
+    assert_eq!(leftovers(&chain), Vec::<String>::new());
+}
+
+// ---------------------------------------------------------------------------------------------
+// (c) the prober
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn the_prober_sees_a_broken_chain_as_down() {
+    let chain = unique_chain("pr");
+    let dir = TempDir::new(&chain);
+    let file = dir.write("chain.toml", &forward_chain(&chain, 3, "kernel"));
+    {
+        let _chain = up(&chain, &file);
+        let agent = Agent::start(
+            &dir.0,
+            &chain,
+            &["--probe-interval", "200ms", "--probe-timeout", "150ms"],
+        );
+        let probe = |text: &str| sample(text, "netfn_chain_probe_success", &[("chain", &chain)]);
+        let up = |text: &str| sample(text, "netfn_chain_up", &[("chain", &chain)]);
+
+        let mut text = String::new();
+        assert!(
+            wait_until(Duration::from_secs(10), || {
+                text = agent.metrics();
+                probe(&text) == Some(1.0)
+            }),
+            "the probe never succeeded:\n{text}\nagent log:\n{}",
+            agent.log_text()
+        );
+        assert_eq!(up(&text), Some(1.0));
+        assert!(
+            sample(
+                &text,
+                "netfn_chain_probe_rtt_seconds_count",
+                &[("chain", &chain)]
+            )
+            .is_some_and(|n| n >= 1.0)
+        );
+        assert!(
+            sample(
+                &text,
+                "netfn_chain_probes_total",
+                &[("chain", &chain), ("result", "success")]
+            )
+            .is_some_and(|n| n >= 1.0)
+        );
+        // The CLI's view (what `netfn status` shows when an agent runs).
+        let reports = agent::chain_reports(&agent.socket)
+            .expect("status over the socket")
+            .expect("an agent runs");
+        let report = reports
+            .iter()
+            .find(|r| r.chain == chain)
+            .expect("the chain is adopted");
+        assert!(report.up && report.probe.as_ref().is_some_and(|p| p.success));
+        assert!(report.tasks.iter().any(|t| t.task == "prober"));
+
+        // Break the chain in the middle.
+        netfn_ok(&[
+            "exec", &chain, "fn2", "--", "ip", "link", "set", "nf-in", "down",
+        ]);
+        assert!(
+            wait_until(Duration::from_secs(5), || {
+                text = agent.metrics();
+                probe(&text) == Some(0.0) && up(&text) == Some(0.0)
+            }),
+            "the chain still looks up:\n{text}"
+        );
+        assert!(
+            sample(
+                &text,
+                "netfn_chain_probes_total",
+                &[("chain", &chain), ("result", "timeout")]
+            )
+            .is_some_and(|n| n >= 1.0)
+        );
+        let reports = agent::chain_reports(&agent.socket)
+            .expect("status over the socket")
+            .expect("an agent runs");
+        let report = reports.iter().find(|r| r.chain == chain).expect("adopted");
+        assert!(!report.up, "{report:?}");
+        assert!(
+            report
+                .probe
+                .as_ref()
+                .is_some_and(|p| !p.success && p.consecutive_failures >= 1 && p.error.is_some()),
+            "{report:?}"
+        );
+    }
+    assert_eq!(leftovers(&chain), Vec::<String>::new());
+}
+
+// ---------------------------------------------------------------------------------------------
+// (d) SIGKILL and restart during a stream
+// ---------------------------------------------------------------------------------------------
+
+fn set_rcvbuf(sock: &UdpSocket, bytes: libc::c_int) {
+    // SAFETY: valid fd and a c_int of the right size.
+    let rc = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUFFORCE,
+            (&bytes as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0, "SO_RCVBUFFORCE: {}", std::io::Error::last_os_error());
+}
+
+/// Sends `count` sequenced datagrams from ingress to egress (2,000 per second) while `during`
+/// runs; returns the sequence numbers that arrived.
+fn stream_during(chain: &str, count: u32, during: impl FnOnce()) -> BTreeSet<u32> {
+    let rx = udp_socket_in(
+        &format!("nf-{chain}-egress"),
+        SocketAddrV4::new(EGRESS_ADDR, 7301),
+    );
+    set_rcvbuf(&rx, 8 << 20);
+    rx.set_read_timeout(Some(Duration::from_millis(1500)))
+        .expect("timeout");
+    let tx = udp_socket_in(
+        &format!("nf-{chain}-ingress"),
+        SocketAddrV4::new(INGRESS_ADDR, 7302),
+    );
+    let receiver = std::thread::spawn(move || {
+        let mut seen = BTreeSet::new();
+        let mut buf = [0u8; 64];
+        while let Ok(n) = rx.recv(&mut buf) {
+            if n >= 4 {
+                seen.insert(u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]));
+            }
+        }
+        seen
+    });
+    let sender = std::thread::spawn(move || {
+        let to = SocketAddrV4::new(EGRESS_ADDR, 7301);
+        let start = Instant::now();
+        for seq in 0..count {
+            tx.send_to(&seq.to_be_bytes(), to).expect("send");
+            let due = start + Duration::from_micros(u64::from(seq) * 500);
+            if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                std::thread::sleep(wait);
+            }
+        }
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    during();
+    sender.join().expect("sender");
+    receiver.join().expect("receiver")
+}
+
+#[test]
+fn sigkill_and_restart_of_the_agent_lose_nothing_and_adopt_the_chain() {
+    let chain = unique_chain("ak");
+    let dir = TempDir::new(&chain);
+    let file = dir.write("chain.toml", &forward_chain(&chain, 3, "kernel"));
+    let namespaces: Vec<String> = ["ingress", "fn1", "fn2", "fn3", "egress"]
+        .iter()
+        .map(|h| format!("nf-{chain}-{h}"))
+        .collect();
+    {
+        let _chain = up(&chain, &file);
+        let (ingress, egress) = (format!("nf-{chain}-ingress"), format!("nf-{chain}-egress"));
+        udp_echo(&ingress, &egress, 3);
+        let inodes: Vec<u64> = namespaces.iter().map(|n| netns_inode(n)).collect();
+        let args = ["--probe-interval", "200ms", "--probe-timeout", "150ms"];
+        let mut first = Agent::start(&dir.0, &chain, &args);
+        let probed = |a: &Agent| {
+            let text = a.metrics();
+            sample(&text, "netfn_chain_probe_success", &[("chain", &chain)]) == Some(1.0)
+                && sample(&text, "netfn_chain_up", &[("chain", &chain)]) == Some(1.0)
+        };
+        assert!(
+            wait_until(Duration::from_secs(10), || probed(&first)),
+            "first agent never probed the chain:\n{}",
+            first.log_text()
+        );
+
+        let count = 8_000; // 4 s at 2,000 datagrams per second
+        let mut before = String::new();
+        let mut second = None;
+        let seen = stream_during(&chain, count, || {
+            before = first.metrics();
+            first.kill9();
+            let agent = Agent::start(&dir.0, &chain, &args);
+            assert!(
+                wait_until(Duration::from_secs(10), || probed(&agent)),
+                "restarted agent never probed the chain:\n{}",
+                agent.log_text()
+            );
+            second = Some(agent);
+        });
+        let second = second.expect("second agent");
+
+        let lost: Vec<u32> = (0..count).filter(|s| !seen.contains(s)).collect();
+        assert!(
+            lost.is_empty(),
+            "{} of {count} datagrams lost across the agent's SIGKILL, first {:?}",
+            lost.len(),
+            &lost[..lost.len().min(10)]
+        );
+        let after = second.metrics();
+        for f in FUNCTIONS {
+            for direction in ["forward", "reverse"] {
+                let (b, a) = (
+                    packets(&before, &chain, f, direction),
+                    packets(&after, &chain, f, direction),
+                );
+                assert!(a >= b, "{f} {direction}: counter went back from {b} to {a}");
+            }
+            // The stream crossed every function after the first scrape.
+            assert!(packets(&after, &chain, f, "forward") > packets(&before, &chain, f, "forward"));
+        }
+        let now: Vec<u64> = namespaces.iter().map(|n| netns_inode(n)).collect();
+        assert_eq!(inodes, now, "a namespace was re-created");
+        let reports = agent::chain_reports(&second.socket)
+            .expect("status")
+            .expect("the restarted agent answers");
+        assert!(
+            reports.iter().any(|r| r.chain == chain && r.up),
+            "{reports:?}"
+        );
+    }
+    assert_eq!(leftovers(&chain), Vec::<String>::new());
+}
+
+// ---------------------------------------------------------------------------------------------
+// ensure_agent_running (what `netfn up` calls)
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn ensure_agent_running_starts_one_agent_and_then_finds_it() {
+    let dir = TempDir::new(&unique_chain("as"));
+    let mut opts = AutostartOptions::new(netfn_bin());
+    opts.socket = dir.0.join("agent.sock");
+    opts.log = dir.0.join("agent.log");
+    // A chain that does not exist: this agent must not touch anyone's chains.
+    opts.args = ["--listen", "127.0.0.1:0", "--chain", "no-such-chain"]
+        .map(String::from)
+        .to_vec();
+
+    struct KillPid(Option<u32>);
+    impl Drop for KillPid {
+        fn drop(&mut self) {
+            if let Some(pid) = self.0 {
+                let pid = nix::unistd::Pid::from_raw(pid as i32);
+                let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+                let _ = nix::sys::wait::waitpid(pid, None);
+            }
+        }
+    }
+    let started = agent::ensure_agent_running(&opts).expect("start the agent");
+    let AgentStart::Started { pid, .. } = started else {
+        panic!("expected a new agent, got {started:?}");
+    };
+    let mut guard = KillPid(Some(pid));
+    assert_eq!(
+        agent::ensure_agent_running(&opts).expect("find the agent"),
+        AgentStart::Running { pid }
+    );
+    // It runs in its own session, detached from ours.
+    let sid = nix::unistd::getsid(Some(nix::unistd::Pid::from_raw(pid as i32))).expect("getsid");
+    assert_eq!(
+        sid.as_raw(),
+        pid as i32,
+        "the agent is not a session leader"
+    );
+
+    // SIGTERM: it stops and removes its socket.
+    let p = nix::unistd::Pid::from_raw(pid as i32);
+    nix::sys::signal::kill(p, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
+    let _ = nix::sys::wait::waitpid(p, None);
+    guard.0 = None;
+    assert!(!opts.socket.exists(), "the socket outlived the agent");
+    assert_eq!(agent::ping(&opts.socket).expect("ping"), None);
+}

@@ -1,0 +1,413 @@
+//! `cargo xtask bench agent`: how long the host agent takes to answer `GET /metrics` for a chain
+//! of N forward functions (goal: under 100 ms for 1,000), and how long `netfn apply` takes to
+//! insert one function into the middle of a running M-function chain (goal: under 200 ms for
+//! 100).
+//!
+//! Scrape times are measured by the client (connect, request, whole body read) over loopback,
+//! with the agent running as in production: prober on, eBPF log forwarding on. The agent's own
+//! `netfn_scrape_duration_seconds` (collect and encode, without HTTP) is reported beside them.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use serde::Serialize;
+
+use super::{median, netfn_release, write_json};
+
+/// Goals from the issue.
+const SCRAPE_GOAL_MS: f64 = 100.0;
+const APPLY_GOAL_MS: f64 = 200.0;
+const APPLY_REPEATS: usize = 5;
+
+#[derive(Serialize)]
+#[serde(tag = "configuration", rename_all = "kebab-case")]
+enum Record {
+    Scrape {
+        functions: usize,
+        series: usize,
+        body_bytes: usize,
+        scrapes: usize,
+        median_ms: f64,
+        /// Nearest rank: with 50 scrapes, the slowest one.
+        p99_ms: f64,
+        min_ms: f64,
+        max_ms: f64,
+        /// The agent's own collect + encode time (netfn_scrape_duration_seconds sum / count).
+        server_mean_ms: f64,
+        goal_ms: f64,
+        goal_met: bool,
+        samples_ms: Vec<f64>,
+    },
+    ApplyInsert {
+        functions: usize,
+        repeats: usize,
+        median_ms: f64,
+        max_ms: f64,
+        /// Removing the inserted function again (the reverse apply), for comparison.
+        remove_median_ms: f64,
+        goal_ms: f64,
+        goal_met: bool,
+        samples_ms: Vec<f64>,
+        remove_samples_ms: Vec<f64>,
+    },
+    /// A configuration that could not be measured, and why (never a made-up number).
+    NotMeasured { what: String, reason: String },
+}
+
+fn chain_file(name: &str, functions: &[String]) -> String {
+    let mut s = format!(
+        "[[chain]]\nname = \"{name}\"\n\n[chain.ingress]\naddress = \"10.91.1.2/24\"\n\n\
+         [chain.egress]\naddress = \"10.91.2.2/24\"\n"
+    );
+    for f in functions {
+        s.push_str(&format!(
+            "\n[[chain.function]]\nname = \"{f}\"\nkind = \"forward\"\n"
+        ));
+    }
+    s
+}
+
+fn netfn(netfn: &Path, args: &[&str]) -> Result<f64> {
+    let start = Instant::now();
+    let out = Command::new(netfn)
+        .args(args)
+        .env("NETFN_AGENT_AUTOSTART", "0")
+        .output()
+        .with_context(|| format!("run {}", netfn.display()))?;
+    let ms = start.elapsed().as_secs_f64() * 1e3;
+    if !out.status.success() {
+        bail!(
+            "netfn {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(ms)
+}
+
+/// Takes the chain down when dropped.
+struct Chain<'a> {
+    netfn: &'a Path,
+    name: String,
+}
+
+impl Drop for Chain<'_> {
+    fn drop(&mut self) {
+        if let Err(e) = netfn(self.netfn, &["down", &self.name]) {
+            eprintln!("cleanup: {e:#}");
+        }
+    }
+}
+
+/// A `netfn agent` for one chain, stopped (SIGTERM, then SIGKILL) when dropped.
+struct Agent {
+    child: Child,
+    http: String,
+}
+
+impl Agent {
+    fn start(netfn: &Path, dir: &Path, chain: &str) -> Result<Agent> {
+        let socket = dir.join("agent.sock");
+        let log = std::fs::File::create(dir.join("agent.log"))?;
+        let child = Command::new(netfn)
+            .args([
+                "agent",
+                "--listen",
+                "127.0.0.1:0",
+                "--chain",
+                chain,
+                "--socket",
+            ])
+            .arg(&socket)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("start netfn agent")?;
+        let mut agent = Agent {
+            child,
+            http: String::new(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(http) = ping(&socket) {
+                agent.http = http;
+                return Ok(agent);
+            }
+            if let Some(status) = agent.child.try_wait()? {
+                bail!(
+                    "netfn agent exited ({status}); see {}",
+                    dir.join("agent.log").display()
+                );
+            }
+            if Instant::now() > deadline {
+                bail!("netfn agent did not answer on {}", socket.display());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if let Ok(pid) = i32::try_from(self.child.id()) {
+            // SAFETY: kill(2) on our own child's pid; no memory is involved.
+            unsafe { libc::kill(pid, libc::SIGTERM) };
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The agent's HTTP address, from `{"cmd":"ping"}` on its socket.
+fn ping(socket: &Path) -> Option<String> {
+    let mut s = UnixStream::connect(socket).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    s.write_all(b"{\"cmd\":\"ping\"}\n").ok()?;
+    let mut line = String::new();
+    BufReader::new(&s).read_line(&mut line).ok()?;
+    let v: serde_json::Value = serde_json::from_str(&line).ok()?;
+    v["http"].as_str().map(str::to_string)
+}
+
+/// One timed GET /metrics: (milliseconds, body).
+fn scrape(addr: &str) -> Result<(f64, String)> {
+    let start = Instant::now();
+    let mut s = TcpStream::connect(addr).with_context(|| format!("connect {addr}"))?;
+    write!(
+        s,
+        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut raw = Vec::with_capacity(1 << 20);
+    s.read_to_end(&mut raw)?;
+    let ms = start.elapsed().as_secs_f64() * 1e3;
+    let text = String::from_utf8(raw).context("non-UTF-8 response")?;
+    let Some((head, body)) = text.split_once("\r\n\r\n") else {
+        bail!("no HTTP head in the response");
+    };
+    if !head.starts_with("HTTP/1.1 200") {
+        bail!("GET /metrics: {}", head.lines().next().unwrap_or_default());
+    }
+    Ok((ms, body.to_string()))
+}
+
+fn value(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.split_whitespace().next() == Some(name))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+}
+
+/// Nearest-rank percentile of sorted samples.
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+fn measure_scrape(
+    netfn_bin: &Path,
+    dir: &Path,
+    functions: usize,
+    scrapes: usize,
+) -> Result<Record> {
+    let name = format!("ba{functions}");
+    let names: Vec<String> = (1..=functions).map(|i| format!("f{i}")).collect();
+    let file = dir.join(format!("{name}.toml"));
+    std::fs::write(&file, chain_file(&name, &names))?;
+    netfn(netfn_bin, &["up", &file.to_string_lossy()])?;
+    let _chain = Chain {
+        netfn: netfn_bin,
+        name: name.clone(),
+    };
+    let agent = Agent::start(netfn_bin, dir, &name)?;
+    // Let the prober run once and the first scrapes warm the record cache.
+    std::thread::sleep(Duration::from_millis(1500));
+    for _ in 0..3 {
+        scrape(&agent.http)?;
+    }
+    let mut samples = Vec::with_capacity(scrapes);
+    let mut body = String::new();
+    for _ in 0..scrapes {
+        let (ms, b) = scrape(&agent.http)?;
+        samples.push(ms);
+        body = b;
+    }
+    let series = body.lines().filter(|l| !l.starts_with('#')).count();
+    let functions_seen = body
+        .lines()
+        .filter(|l| {
+            l.starts_with("netfn_function_packets_total{") && l.contains("direction=\"forward\"")
+        })
+        .count();
+    if functions_seen != functions {
+        bail!("/metrics shows {functions_seen} functions, expected {functions}");
+    }
+    let server_mean_ms = match (
+        value(&body, "netfn_scrape_duration_seconds_sum"),
+        value(&body, "netfn_scrape_duration_seconds_count"),
+    ) {
+        (Some(sum), Some(n)) if n > 0.0 => sum / n * 1e3,
+        _ => f64::NAN,
+    };
+    let mut sorted = samples.clone();
+    let median_ms = median(&mut sorted);
+    Ok(Record::Scrape {
+        functions,
+        series,
+        body_bytes: body.len(),
+        scrapes,
+        median_ms,
+        p99_ms: percentile(&sorted, 99.0),
+        min_ms: sorted.first().copied().unwrap_or(f64::NAN),
+        max_ms: sorted.last().copied().unwrap_or(f64::NAN),
+        server_mean_ms,
+        goal_ms: SCRAPE_GOAL_MS,
+        goal_met: percentile(&sorted, 99.0) < SCRAPE_GOAL_MS,
+        samples_ms: samples,
+    })
+}
+
+fn measure_apply(netfn_bin: &Path, dir: &Path, functions: usize) -> Result<Record> {
+    let name = format!("bp{functions}");
+    let base: Vec<String> = (1..=functions).map(|i| format!("f{i}")).collect();
+    let mut inserted = base.clone();
+    inserted.insert(functions / 2, "new".to_string());
+    let v1 = dir.join(format!("{name}-v1.toml"));
+    let v2 = dir.join(format!("{name}-v2.toml"));
+    std::fs::write(&v1, chain_file(&name, &base))?;
+    std::fs::write(&v2, chain_file(&name, &inserted))?;
+    let (v1, v2) = (v1.to_string_lossy(), v2.to_string_lossy());
+    netfn(netfn_bin, &["up", &v1])?;
+    let _chain = Chain {
+        netfn: netfn_bin,
+        name,
+    };
+    let (mut inserts, mut removes) = (Vec::new(), Vec::new());
+    for _ in 0..APPLY_REPEATS {
+        inserts.push(netfn(netfn_bin, &["apply", &v2])?);
+        removes.push(netfn(netfn_bin, &["apply", &v1])?);
+    }
+    let (mut i, mut r) = (inserts.clone(), removes.clone());
+    let median_ms = median(&mut i);
+    Ok(Record::ApplyInsert {
+        functions,
+        repeats: APPLY_REPEATS,
+        median_ms,
+        max_ms: i.last().copied().unwrap_or(f64::NAN),
+        remove_median_ms: median(&mut r),
+        goal_ms: APPLY_GOAL_MS,
+        goal_met: median_ms < APPLY_GOAL_MS,
+        samples_ms: inserts,
+        remove_samples_ms: removes,
+    })
+}
+
+/// Runs `netfn apply --help` to learn whether this build has `apply`.
+fn has_apply(netfn_bin: &Path) -> bool {
+    Command::new(netfn_bin)
+        .args(["apply", "--help"])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// `cargo xtask bench agent` options.
+#[derive(Args, Debug)]
+pub struct AgentBench {
+    /// Functions in the chain whose /metrics is scraped.
+    #[arg(long, default_value_t = 1000)]
+    functions: usize,
+    /// Timed scrapes (after 3 untimed ones).
+    #[arg(long, default_value_t = 50)]
+    scrapes: usize,
+    /// Functions in the chain that `apply` inserts one into.
+    #[arg(long, default_value_t = 100)]
+    apply_functions: usize,
+}
+
+pub fn run(opts: &AgentBench) -> Result<()> {
+    let (functions, scrapes, apply_functions) =
+        (opts.functions, opts.scrapes, opts.apply_functions);
+    let netfn_bin = netfn_release()?;
+    let dir = std::env::temp_dir().join(format!("netfn-bench-agent-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let result = (|| -> Result<Vec<Record>> {
+        let mut records = vec![measure_scrape(&netfn_bin, &dir, functions, scrapes)?];
+        records.push(if has_apply(&netfn_bin) {
+            measure_apply(&netfn_bin, &dir, apply_functions)?
+        } else {
+            Record::NotMeasured {
+                what: format!("apply-insert into a {apply_functions}-function chain"),
+                reason: "TODO: this netfn has no `apply` command yet".into(),
+            }
+        });
+        Ok(records)
+    })();
+    let _ = std::fs::remove_dir_all(&dir);
+    let records = result?;
+    print_table(&records);
+    let path = write_json("agent", &records)?;
+    println!("wrote {}", path.display());
+    Ok(())
+}
+
+fn print_table(records: &[Record]) {
+    println!(
+        "{:<14}  {:>9}  {:>10}  {:>10}  {:>10}  {:>9}  notes",
+        "measure", "functions", "median ms", "p99/max ms", "server ms", "goal ms"
+    );
+    for r in records {
+        match r {
+            Record::Scrape {
+                functions,
+                series,
+                body_bytes,
+                scrapes,
+                median_ms,
+                p99_ms,
+                server_mean_ms,
+                goal_ms,
+                goal_met,
+                ..
+            } => println!(
+                "{:<14}  {functions:>9}  {median_ms:>10.2}  {p99_ms:>10.2}  {server_mean_ms:>10.2}  {goal_ms:>9.0}  \
+                 {scrapes} scrapes, {series} series, {body_bytes} B{}",
+                "GET /metrics",
+                if *goal_met { "" } else { ", GOAL MISSED" }
+            ),
+            Record::ApplyInsert {
+                functions,
+                repeats,
+                median_ms,
+                max_ms,
+                remove_median_ms,
+                goal_ms,
+                goal_met,
+                ..
+            } => println!(
+                "{:<14}  {functions:>9}  {median_ms:>10.2}  {max_ms:>10.2}  {:>10}  {goal_ms:>9.0}  \
+                 {repeats} runs (netfn process included); removing it again: {remove_median_ms:.2} ms{}",
+                "apply insert",
+                "-",
+                if *goal_met { "" } else { ", GOAL MISSED" }
+            ),
+            Record::NotMeasured { what, reason } => {
+                println!("{what}: not measured: {reason}")
+            }
+        }
+    }
+}
