@@ -8,7 +8,7 @@ use anyhow::{Context, Result, bail};
 use netfn_core::lifecycle::{self, DownOutcome, UpOptions, UpOutcome};
 use netfn_core::live::{self, ApplyOutcome};
 use netfn_core::spec::{self, ChainFile, LoadError};
-use netfn_core::{ebpf, graph, names, netns, plan, state, status};
+use netfn_core::{agent, ebpf, graph, names, netns, plan, state, status};
 
 use crate::output;
 
@@ -112,7 +112,35 @@ pub fn up(file: &Path, only: Option<&str>) -> Result<ExitCode> {
             ),
         }
     }
+    start_or_notify_agent();
     Ok(ExitCode::SUCCESS)
+}
+
+/// Every chain has runtime tasks (at least its prober): make sure the host agent runs, and tell
+/// a running one to pick up the change now. Problems are warnings: the chain itself is up.
+fn start_or_notify_agent() {
+    let exe = match std::env::current_exe() {
+        Ok(exe) => exe,
+        Err(e) => {
+            eprintln!("netfn: warning: cannot find the netfn binary to start the agent: {e}");
+            return;
+        }
+    };
+    match agent::ensure_agent_running(&agent::AutostartOptions::new(exe)) {
+        Ok(agent::AgentStart::Started { pid, log }) => {
+            println!("started the netfn agent (pid {pid}, log {})", log.display())
+        }
+        Ok(agent::AgentStart::Running { .. }) => notify_agent(),
+        Ok(agent::AgentStart::Disabled) => {}
+        Err(e) => eprintln!("netfn: warning: the chain is up, but the agent did not start: {e}"),
+    }
+}
+
+/// Asks a running agent to rescan the chains now (it would within a few seconds anyway).
+fn notify_agent() {
+    if let Err(e) = agent::notify_rescan(&agent::default_socket()) {
+        eprintln!("netfn: warning: cannot reach the netfn agent: {e}");
+    }
 }
 
 pub fn apply(file: &Path, only: Option<&str>, dry_run: bool) -> Result<ExitCode> {
@@ -140,6 +168,7 @@ pub fn apply(file: &Path, only: Option<&str>, dry_run: bool) -> Result<ExitCode>
                 }
             }
             ApplyOutcome::Applied { changes, elapsed } => {
+                notify_agent();
                 println!(
                     "chain {}: applied {} change(s) in {} ms:",
                     chain.name,
@@ -216,6 +245,15 @@ pub fn status(chain: Option<&str>, json: bool) -> Result<ExitCode> {
         });
         all.push(status::chain_status(r, rt.handle(), &counters));
     }
+    match agent::chain_reports(&agent::default_socket()) {
+        Ok(Some(reports)) => {
+            for s in &mut all {
+                s.attach_agent_report(reports.iter().find(|r| r.chain == s.chain).cloned());
+            }
+        }
+        Ok(None) => {}
+        Err(e) => eprintln!("netfn: warning: cannot ask the netfn agent for probe results: {e}"),
+    }
     if json {
         println!("{}", serde_json::to_string_pretty(&all)?);
     } else if all.is_empty() {
@@ -254,6 +292,13 @@ pub fn logs(chain: &str, follow: bool) -> Result<ExitCode> {
     let mut logs = ebpf::EbpfLogs::from_pinned(&dir)
         .with_context(|| format!("cannot open the eBPF log buffer of chain `{chain}`"))?;
     logs.flush();
+    if let Ok(Some(_)) = agent::chain_reports(&agent::default_socket()) {
+        eprintln!(
+            "netfn: note: the netfn agent is running and forwards these records to its own log \
+             (each record is read once): see {}",
+            agent::AutostartOptions::new("netfn").log.display()
+        );
+    }
     if follow {
         runtime()?
             .block_on(logs.forward())

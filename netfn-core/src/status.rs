@@ -19,6 +19,21 @@ pub struct ChainStatus {
     /// True when every hop's namespace and interfaces exist and are up.
     pub healthy: bool,
     pub hops: Vec<HopStatus>,
+    /// What the host agent knows (prober, runtime tasks), when an agent runs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub agent: Option<crate::agent::ChainReport>,
+}
+
+impl ChainStatus {
+    /// Adds the agent's report: a chain whose probe fails is not healthy.
+    pub fn attach_agent_report(&mut self, report: Option<crate::agent::ChainReport>) {
+        if let Some(r) = &report
+            && !r.up
+        {
+            self.healthy = false;
+        }
+        self.agent = report;
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -125,6 +140,7 @@ pub fn chain_status(
         source: record.source.display().to_string(),
         healthy,
         hops,
+        agent: None,
     }
 }
 

@@ -22,10 +22,18 @@ pub fn netfn_bin() -> PathBuf {
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/netfn"))
 }
 
+/// A command for the `netfn` binary under test. `up` would start the host agent, which would
+/// outlive the test: tests that want an agent start their own (tests/agent.rs).
+pub fn command(bin: &Path) -> Command {
+    let mut c = Command::new(bin);
+    c.env("NETFN_AGENT_AUTOSTART", "0");
+    c
+}
+
 /// Runs `netfn ARGS…` and returns its output (never panics on a non-zero exit).
 pub fn netfn(args: &[&str]) -> Output {
     let bin = netfn_bin();
-    Command::new(&bin).args(args).output().unwrap_or_else(|e| {
+    command(&bin).args(args).output().unwrap_or_else(|e| {
         panic!(
             "cannot run {}: {e} (build it: cargo build -p netfn-cli)",
             bin.display()
@@ -255,7 +263,7 @@ pub fn kill_netfn_mid_way(args: &[&str], chain: &str, delay: Option<Duration>) -
     let applying = || {
         std::fs::read_to_string(&record_path).is_ok_and(|r| r.contains("\"phase\": \"applying\""))
     };
-    let mut child = Command::new(netfn_bin())
+    let mut child = command(&netfn_bin())
         .args(args)
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())

@@ -148,7 +148,7 @@ fn concurrent_ups_of_one_chain_do_not_interleave() {
     {
         let _guard = scopeguard(&chain);
         let spawn = || {
-            Command::new(netfn_tests::netfn_bin())
+            netfn_tests::command(&netfn_tests::netfn_bin())
                 .args(["up", &path])
                 .output()
                 .expect("run netfn up")

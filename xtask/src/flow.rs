@@ -12,7 +12,9 @@ use crate::{ebpf, setup, util};
 pub fn ensure_built(release: bool) -> Result<()> {
     ebpf::build(true)?;
     let mut cargo = Command::new("cargo");
-    cargo.current_dir(util::workspace_root()).args(["build", "-p", "netfn-cli"]);
+    cargo
+        .current_dir(util::workspace_root())
+        .args(["build", "-p", "netfn-cli"]);
     if release {
         cargo.arg("--release");
     }
@@ -22,7 +24,9 @@ pub fn ensure_built(release: bool) -> Result<()> {
 fn require_root(what: &str) -> Result<()> {
     // SAFETY: geteuid has no preconditions and cannot fail.
     if unsafe { libc::geteuid() } != 0 {
-        bail!("{what} creates network namespaces and loads eBPF: run it as root (sudo -E cargo xtask …)");
+        bail!(
+            "{what} creates network namespaces and loads eBPF: run it as root (sudo -E cargo xtask …)"
+        );
     }
     Ok(())
 }
@@ -69,12 +73,52 @@ pub fn demo() -> Result<()> {
     step("bring it up");
     // A demo left over from an interrupted run is taken down first.
     let _ = Command::new(&netfn).args(["down", DEMO_CHAIN]).output();
-    netfn_run(&["up", &file_arg])?;
+    // The demo runs its own agent (below) instead of the host agent `up` would start.
+    println!("$ netfn up {file_arg}");
+    util::run(
+        Command::new(&netfn)
+            .args(["up", &file_arg])
+            .env("NETFN_AGENT_AUTOSTART", "0"),
+    )?;
+    println!("$ netfn agent --listen {DEMO_METRICS} --chain {DEMO_CHAIN} --probe-interval 250ms &");
+    let mut agent = Command::new(&netfn)
+        .args([
+            "agent",
+            "--listen",
+            DEMO_METRICS,
+            "--chain",
+            DEMO_CHAIN,
+            "--probe-interval",
+            "250ms",
+        ])
+        .args(["--socket", "/run/netfn/demo-agent.sock"])
+        .env("NETFN_AGENT_SOCKET", "/run/netfn/demo-agent.sock")
+        .spawn()
+        .context("start the netfn agent")?;
     let result = demo_traffic(&netfn);
+    let _ = agent.kill();
+    let _ = agent.wait();
 
     step("take it down");
     netfn_run(&["down", DEMO_CHAIN])?;
     result
+}
+
+/// Where the demo's agent serves /metrics (loopback only).
+const DEMO_METRICS: &str = "127.0.0.1:9857";
+
+/// GET http://DEMO_METRICS/metrics with a plain HTTP/1.0 request.
+fn scrape() -> Result<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(DEMO_METRICS).context("connect to the demo agent")?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
+    let mut body = String::new();
+    s.read_to_string(&mut body)?;
+    Ok(body
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or(body))
 }
 
 fn demo_traffic(netfn: &std::path::Path) -> Result<()> {
@@ -88,18 +132,51 @@ fn demo_traffic(netfn: &std::path::Path) -> Result<()> {
     step("ping from the ingress endpoint to the egress endpoint, through every function");
     exec("ingress", &["ping", "-c", "5", "-i", "0.2", "10.20.2.2"])?;
 
+    // Give the agent a moment to start and probe the chain.
+    std::thread::sleep(Duration::from_millis(800));
     step("TCP throughput through the chain (iperf3, 3 s)");
     let mut server = Command::new(netfn)
-        .args(["exec", DEMO_CHAIN, "egress", "--", "iperf3", "-s", "-1", "-B", "10.20.2.2"])
+        .args([
+            "exec",
+            DEMO_CHAIN,
+            "egress",
+            "--",
+            "iperf3",
+            "-s",
+            "-1",
+            "-B",
+            "10.20.2.2",
+        ])
         .stdout(std::process::Stdio::null())
         .spawn()
         .context("start iperf3 server in the egress namespace")?;
     std::thread::sleep(Duration::from_millis(300));
-    let client = exec("ingress", &["iperf3", "-c", "10.20.2.2", "-t", "3", "-f", "m"]);
+    let client = exec(
+        "ingress",
+        &["iperf3", "-c", "10.20.2.2", "-t", "3", "-f", "m"],
+    );
     let _ = server.kill();
     let _ = server.wait();
     client?;
 
-    step("status, with per-interface eBPF counters");
-    util::run(Command::new(netfn).args(["status", DEMO_CHAIN]))
+    step("status, with per-interface eBPF counters and the agent's probe");
+    let mut status = Command::new(netfn);
+    status
+        .args(["status", DEMO_CHAIN])
+        .env("NETFN_AGENT_SOCKET", "/run/netfn/demo-agent.sock");
+    util::run(&mut status)?;
+
+    step(&format!(
+        "Prometheus metrics from the agent (GET http://{DEMO_METRICS}/metrics), per function"
+    ));
+    let metrics = scrape()?;
+    for line in metrics.lines().filter(|l| {
+        l.starts_with("netfn_function_packets_total")
+            || l.starts_with("netfn_function_bytes_total")
+            || l.starts_with("netfn_chain_up")
+            || l.starts_with("netfn_chain_probe_success")
+    }) {
+        println!("{line}");
+    }
+    Ok(())
 }

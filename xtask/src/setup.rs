@@ -175,7 +175,11 @@ fn apt_packages() -> Result<()> {
     if install.is_empty() {
         return Ok(());
     }
-    util::run(apt_get().args(["install", "-y", "-q"]).args(&install))?;
+    util::run(
+        apt_get()
+            .args(["install", "-y", "-q", "--no-install-recommends"])
+            .args(&install),
+    )?;
     step("apt packages", &format!("installed: {}", install.join(" ")));
     Ok(())
 }

@@ -30,17 +30,27 @@ fn chain_file(name: &str, n: usize) -> String {
         "[[chain]]\nname = \"{name}\"\n\n[chain.ingress]\naddress = \"10.90.1.2/24\"\n\n[chain.egress]\naddress = \"10.90.2.2/24\"\n"
     );
     for i in 1..=n {
-        s.push_str(&format!("\n[[chain.function]]\nname = \"f{i}\"\nkind = \"forward\"\n"));
+        s.push_str(&format!(
+            "\n[[chain.function]]\nname = \"f{i}\"\nkind = \"forward\"\n"
+        ));
     }
     s
 }
 
 fn timed(netfn: &Path, args: &[&str]) -> Result<f64> {
     let start = Instant::now();
-    let out = Command::new(netfn).args(args).output().with_context(|| format!("run {}", netfn.display()))?;
+    // Benchmarks measure netfn alone: no host agent.
+    let out = Command::new(netfn)
+        .args(args)
+        .env("NETFN_AGENT_AUTOSTART", "0")
+        .output()
+        .with_context(|| format!("run {}", netfn.display()))?;
     let ms = start.elapsed().as_secs_f64() * 1e3;
     if !out.status.success() {
-        bail!("netfn {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "netfn {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     Ok(ms)
 }
@@ -49,7 +59,11 @@ fn timed(netfn: &Path, args: &[&str]) -> Result<f64> {
 fn leftovers(chain: &str) -> usize {
     let prefix = format!("nf-{chain}-");
     let netns = std::fs::read_dir("/run/netns")
-        .map(|d| d.flatten().filter(|e| e.file_name().to_string_lossy().starts_with(&prefix)).count())
+        .map(|d| {
+            d.flatten()
+                .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+                .count()
+        })
         .unwrap_or(0);
     let files = ["json", "lock"]
         .iter()
@@ -64,7 +78,10 @@ pub fn run(sizes: &[usize]) -> Result<()> {
     let dir = std::env::temp_dir().join(format!("netfn-bench-deploy-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let mut records = Vec::new();
-    println!("{:>9}  {:>10}  {:>12}  {:>10}  {:>12}  {:>9}", "functions", "up (ms)", "up/fn (us)", "down (ms)", "down/fn (us)", "leftovers");
+    println!(
+        "{:>9}  {:>10}  {:>12}  {:>10}  {:>12}  {:>9}",
+        "functions", "up (ms)", "up/fn (us)", "down (ms)", "down/fn (us)", "leftovers"
+    );
     for &n in sizes {
         let chain = format!("bd{}", n);
         let file = dir.join(format!("{chain}.toml"));
@@ -93,7 +110,12 @@ pub fn run(sizes: &[usize]) -> Result<()> {
         };
         println!(
             "{:>9}  {:>10.1}  {:>12.1}  {:>10.1}  {:>12.1}  {:>9}",
-            n, r.up_total_ms, r.up_per_function_us, r.down_total_ms, r.down_per_function_us, r.leftover_objects
+            n,
+            r.up_total_ms,
+            r.up_per_function_us,
+            r.down_total_ms,
+            r.down_per_function_us,
+            r.leftover_objects
         );
         records.push(r);
     }
