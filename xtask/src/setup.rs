@@ -29,7 +29,7 @@ pub const PACKAGES: &[&str] = &[
 ];
 
 /// Packages installed only if this machine's Debian has them (checked with apt-cache policy).
-pub const OPTIONAL_PACKAGES: &[&str] = &["bpftool"];
+pub const OPTIONAL_PACKAGES: &[&str] = &["bpftool", "librsvg2-bin"];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
