@@ -33,12 +33,13 @@ use std::time::{Duration, Instant};
 
 use aya::maps::{Array, DevMap, Map, MapData, MapError, MapInfo, PerCpuArray};
 use aya::programs::links::{FdLink, PinnedLink};
+use aya::programs::tc::{SchedClassifierLink, TcAttachOptions};
 use aya::programs::xdp::XdpLink;
-use aya::programs::{ProgramError, SchedClassifier, Xdp, XdpMode};
+use aya::programs::{LinkOrder, ProgramError, SchedClassifier, TcAttachType, Xdp, XdpMode};
 use aya::{Ebpf, EbpfLoader};
 use netfn_common::{
     FN_COUNTERS_MAP, FWD_DEVMAP, FWD_TABLE_MAP, FWD_TC_PROGRAM, FWD_UNKNOWN_MAP, FWD_VALID,
-    FWD_XDP_PROGRAM, FnCounters, FwdEntry, XDP_PASS_PROGRAM,
+    FWD_XDP_PROGRAM, FnCounters, FwdEntry, XDP_PASS_PROGRAM, mac_words,
 };
 
 use super::{
@@ -131,7 +132,49 @@ impl fmt::Display for EbpfLogLevel {
 #[derive(Debug, Clone, Default)]
 pub struct FastpathOptions {
     pub log_level: EbpfLogLevel,
+    /// How the TC forwarder is attached.
+    pub tc_attach: TcAttach,
 }
+
+impl FastpathOptions {
+    /// Options from the environment, for benchmarks and debugging: `NETFN_EBPF_LOG`
+    /// (off|error|warn|info|debug|trace) and `NETFN_TC_ATTACH` (netlink|tcx). Unset means the
+    /// default.
+    pub fn from_env() -> Result<Self, String> {
+        let mut options = FastpathOptions::default();
+        if let Some(level) = std::env::var_os("NETFN_EBPF_LOG") {
+            options.log_level = level.to_string_lossy().parse()?;
+        }
+        if let Some(mode) = std::env::var_os("NETFN_TC_ATTACH") {
+            options.tc_attach = match mode.to_string_lossy().as_ref() {
+                "netlink" => TcAttach::Netlink,
+                "tcx" => TcAttach::Tcx,
+                other => {
+                    return Err(format!(
+                        "NETFN_TC_ATTACH={other}: use `netlink` (default) or `tcx`"
+                    ));
+                }
+            };
+        }
+        Ok(options)
+    }
+}
+
+/// How the TC forwarder is attached to TC ingress.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TcAttach {
+    /// clsact + cls_bpf filter (direct action) at [`FWD_TC_PRIORITY`], after the counter. The
+    /// filter holds the program: it outlives the process with nothing pinned.
+    #[default]
+    Netlink,
+    /// TCX (Linux 6.6+): a bpf_link, pinned as `tcx_link_<ifindex>` so it outlives the process.
+    /// TCX programs run before clsact filters: a packet the forwarder redirects is not seen by
+    /// the netlink counter (`nf_count`) any more.
+    Tcx,
+}
+
+/// Pinned TCX links are `tcx_link_<ifindex>`.
+pub const TCX_LINK_PIN_PREFIX: &str = "tcx_link_";
 
 /// The result of [`attach_fastpath`]. Dropping it detaches nothing: filters, XDP links (pinned)
 /// and maps (pinned) stay.
@@ -254,7 +297,10 @@ pub fn attach_fastpath_with(
             let load_time = started.elapsed();
             let attach_started = Instant::now();
             let targets = tc_targets(plan);
-            let interfaces = attach_pinned(&program_pin, name, &targets, FWD_TC_SLOT)?;
+            let interfaces = match options.tc_attach {
+                TcAttach::Netlink => attach_pinned(&program_pin, name, &targets, FWD_TC_SLOT)?,
+                TcAttach::Tcx => attach_tcx(&program_pin, &targets, bpf_dir)?,
+            };
             (interfaces, load_time, attach_started.elapsed())
         }
         FastPath::Xdp => {
@@ -317,9 +363,8 @@ fn drop_unfit_pin(path: &Path, max_entries: u32) -> Result<(), EbpfError> {
 /// order, so the program compares them with what it reads from the packet without swapping.
 pub fn fwd_entry(e: &ForwarderEntry) -> FwdEntry {
     let net = |a: Ipv4Addr| u32::from_ne_bytes(a.octets());
-    let mut eth_rewrite = [0u8; 12];
-    eth_rewrite[..6].copy_from_slice(&e.next_mac);
-    eth_rewrite[6..].copy_from_slice(&e.out_mac);
+    let (next, out) = (mac_words(e.next_mac), mac_words(e.out_mac));
+    let eth_rewrite = [next[0], next[1], next[2], out[0], out[1], out[2]];
     FwdEntry {
         flags: FWD_VALID,
         redirect_ifindex: e.out_ifindex,
@@ -328,8 +373,8 @@ pub fn fwd_entry(e: &ForwarderEntry) -> FwdEntry {
         allowed_net: net(e.allowed_sources.network()),
         allowed_mask: net(e.allowed_sources.netmask()),
         local_addrs: [net(e.local_addrs[0]), net(e.local_addrs[1])],
-        own_mac: e.own_mac,
-        peer_mac: e.peer_mac,
+        own_mac: mac_words(e.own_mac),
+        peer_mac: mac_words(e.peer_mac),
         eth_rewrite,
     }
 }
@@ -339,10 +384,12 @@ fn fill_table(ebpf: &mut Ebpf, path: &Path, entries: &[ForwarderEntry]) -> Resul
         path: path.to_path_buf(),
         source,
     };
-    let map = ebpf.map_mut(FWD_TABLE_MAP).ok_or(EbpfError::MissingInObject {
-        kind: "map",
-        name: FWD_TABLE_MAP,
-    })?;
+    let map = ebpf
+        .map_mut(FWD_TABLE_MAP)
+        .ok_or(EbpfError::MissingInObject {
+            kind: "map",
+            name: FWD_TABLE_MAP,
+        })?;
     let mut table: Array<&mut MapData, FwdEntry> = Array::try_from(map).map_err(map_error)?;
     for e in entries {
         let index = plan::interface_slot(e.ifindex).ok_or_else(|| {
@@ -386,6 +433,107 @@ fn tc_targets(plan: &ChainPlan) -> Vec<(PathBuf, Vec<String>)> {
             Some((names::netns_path(&hop.netns.name), ifs))
         })
         .collect()
+}
+
+/// Attaches the pinned TC program with TCX on ingress of every target and pins each link (see
+/// [`TcAttach::Tcx`]); a link pinned already gets the program swapped in place.
+fn attach_tcx(
+    program_pin: &Path,
+    targets: &[(PathBuf, Vec<String>)],
+    bpf_dir: &Path,
+) -> Result<Vec<AttachedInterface>, EbpfError> {
+    let name = FWD_TC_PROGRAM;
+    let threads = super::NETNS_THREADS.min(targets.len()).max(1);
+    let mut programs = Vec::with_capacity(threads);
+    for _ in 0..threads {
+        programs.push(SchedClassifier::from_pin(program_pin).map_err(|source| {
+            EbpfError::Pinned {
+                path: program_pin.to_path_buf(),
+                source: Box::new(source),
+            }
+        })?);
+    }
+    let paths: Vec<&Path> = targets.iter().map(|(p, _)| p.as_path()).collect();
+    let per_netns = netns::in_namespaces(&paths, programs, |program, index| {
+        let (netns, interfaces) = &targets[index];
+        interfaces
+            .iter()
+            .map(|interface| {
+                attach_tcx_here(program, bpf_dir, interface).map_err(|source| EbpfError::Attach {
+                    program: name,
+                    netns: netns.clone(),
+                    interface: interface.clone(),
+                    source: Box::new(source),
+                })
+            })
+            .collect::<Vec<_>>()
+    })?;
+    let mut attached = Vec::new();
+    let mut failures = Vec::new();
+    for ((netns, interfaces), result) in targets.iter().zip(per_netns) {
+        match result {
+            Ok(results) => {
+                for (interface, result) in interfaces.iter().zip(results) {
+                    match result {
+                        Ok((ifindex, replaced)) => attached.push(AttachedInterface {
+                            netns: netns.clone(),
+                            name: interface.clone(),
+                            ifindex,
+                            replaced,
+                        }),
+                        Err(e) => failures.push(e),
+                    }
+                }
+            }
+            Err(e) => failures.push(e),
+        }
+    }
+    if failures.is_empty() {
+        Ok(attached)
+    } else {
+        Err(EbpfError::Partial {
+            attached: attached.len(),
+            failures,
+        })
+    }
+}
+
+fn attach_tcx_here(
+    program: &mut SchedClassifier,
+    bpf_dir: &Path,
+    interface: &str,
+) -> Result<(u32, bool), ProgramError> {
+    let ifindex =
+        nix::net::if_::if_nametoindex(interface).map_err(|e| ProgramError::UnknownInterface {
+            name: format!("{interface} ({e})"),
+        })?;
+    let pin = bpf_dir.join(format!("{TCX_LINK_PIN_PREFIX}{ifindex}"));
+    let existing = PinnedLink::from_pin(&pin)
+        .ok()
+        .and_then(|pinned| SchedClassifierLink::try_from(FdLink::from(pinned)).ok());
+    let replaced = existing.is_some();
+    let link_id = match existing {
+        Some(link) => program.attach_to_link(link)?,
+        None => {
+            let _ = std::fs::remove_file(&pin);
+            program.attach_with_options(
+                interface,
+                TcAttachType::Ingress,
+                TcAttachOptions::TcxOrder(LinkOrder::default()),
+            )?
+        }
+    };
+    let link = program.take_link(link_id)?;
+    match FdLink::try_from(link) {
+        Ok(fd_link) if replaced => drop(fd_link),
+        Ok(fd_link) => {
+            fd_link
+                .pin(&pin)
+                .map_err(|e| ProgramError::IOError(io::Error::other(e.to_string())))?;
+        }
+        Err(_) => {}
+    }
+    Ok((ifindex, replaced))
 }
 
 /// One namespace's XDP work.
@@ -477,12 +625,18 @@ fn attach_xdp(
     let paths: Vec<&Path> = targets.iter().map(|t| t.netns.as_path()).collect();
     let per_netns = netns::in_namespaces(&paths, devmaps, |devmap, index| {
         let target = &targets[index];
-        // Devmap entries first (resolved in this namespace), then the programs.
+        // Checksums and devmap entries first (resolved in this namespace), then the programs.
         let mut results = Vec::with_capacity(target.interfaces.len());
         for (ifname, ifindex, forwarder) in &target.interfaces {
-            if *forwarder
-                && let Err(e) = set_devmap(devmap, *ifindex)
-            {
+            if let Err(source) = disable_tx_checksum(ifname) {
+                results.push(Err(EbpfError::Interface {
+                    netns: target.netns.clone(),
+                    interface: ifname.clone(),
+                    source,
+                }));
+                continue;
+            }
+            if *forwarder && let Err(e) = set_devmap(devmap, *ifindex) {
                 results.push(Err(EbpfError::DevMap {
                     netns: target.netns.clone(),
                     interface: ifname.clone(),
@@ -545,6 +699,69 @@ fn attach_xdp(
     }
 }
 
+/// Turns transmit checksum offload off on `ifname` (in the calling thread's namespace), as
+/// `ethtool -K IF tx off` does.
+///
+/// Needed in XDP mode: a veth hands locally generated UDP and TCP packets over with
+/// `CHECKSUM_PARTIAL` (the L4 checksum left to "hardware"); an XDP redirect turns the skb into a
+/// bare frame and that promise is lost, so the receiver would see a wrong checksum and drop the
+/// packet. With offload off, the sending stack computes every checksum in full. (TC mode keeps
+/// the skb, and needs none of this.)
+fn disable_tx_checksum(ifname: &str) -> io::Result<()> {
+    /// `struct ethtool_value`.
+    #[repr(C)]
+    struct EthtoolValue {
+        cmd: u32,
+        data: u32,
+    }
+    /// `struct ifreq` with the `ifr_data` member (40 bytes on 64-bit Linux).
+    #[repr(C)]
+    struct IfReq {
+        name: [u8; libc::IFNAMSIZ],
+        data: *mut libc::c_void,
+        _pad: [u8; 16],
+    }
+    const ETHTOOL_STXCSUM: u32 = 0x17;
+
+    let bytes = ifname.as_bytes();
+    if bytes.len() >= libc::IFNAMSIZ || bytes.contains(&0) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "not a valid interface name",
+        ));
+    }
+    let mut value = EthtoolValue {
+        cmd: ETHTOOL_STXCSUM,
+        data: 0,
+    };
+    let mut req = IfReq {
+        name: [0; libc::IFNAMSIZ],
+        data: (&mut value as *mut EthtoolValue).cast(),
+        _pad: [0; 16],
+    };
+    req.name[..bytes.len()].copy_from_slice(bytes);
+    // SAFETY: socket(2) with constant arguments; the fd is owned below.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a fresh, valid descriptor that nothing else owns.
+    let fd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    // SAFETY: SIOCETHTOOL reads `req` (a NUL-terminated name and a pointer to `value`, both alive
+    // for the call) and reads/writes `value`.
+    let rc = unsafe {
+        libc::ioctl(
+            std::os::fd::AsRawFd::as_raw_fd(&fd),
+            libc::SIOCETHTOOL,
+            &mut req as *mut IfReq,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 fn open_devmap(path: &Path) -> Result<DevMap<MapData>, EbpfError> {
     let map_error = |source| EbpfError::Map {
         path: path.to_path_buf(),
@@ -556,7 +773,10 @@ fn open_devmap(path: &Path) -> Result<DevMap<MapData>, EbpfError> {
 }
 
 /// Sets the devmap entry of interface `ifindex` (resolved in the calling thread's namespace).
-fn set_devmap(devmap: &mut DevMap<MapData>, ifindex: u32) -> Result<(), aya::maps::xdp::XdpMapError> {
+fn set_devmap(
+    devmap: &mut DevMap<MapData>,
+    ifindex: u32,
+) -> Result<(), aya::maps::xdp::XdpMapError> {
     let index = plan::interface_slot(ifindex).unwrap_or(u32::MAX);
     devmap.set(index, ifindex, None, 0)
 }
@@ -721,7 +941,9 @@ mod tests {
         assert_eq!(f.allowed_net.to_ne_bytes(), [10, 1, 0, 0]);
         assert_eq!(f.allowed_mask.to_ne_bytes(), [255, 255, 255, 0]);
         assert_eq!(f.local_addrs[1].to_ne_bytes(), [100, 64, 0, 0]);
-        assert_eq!(f.eth_rewrite, [2, 0, 0, 0, 0, 3, 2, 0, 0, 0, 0, 4]);
+        let rewrite: Vec<u8> = f.eth_rewrite.iter().flat_map(|w| w.to_ne_bytes()).collect();
+        assert_eq!(rewrite, [2, 0, 0, 0, 0, 3, 2, 0, 0, 0, 0, 4]);
+        assert_eq!(f.peer_mac, mac_words([2, 0, 0, 0, 0, 2]));
     }
 
     #[test]

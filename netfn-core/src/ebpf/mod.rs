@@ -39,12 +39,12 @@ use nix::mount::{MsFlags, mount};
 pub use fastpath::{
     EbpfLogLevel, FN_COUNTERS_PIN, FWD_DEVMAP_PIN, FWD_TABLE_PIN, FWD_TC_HANDLE, FWD_TC_PRIORITY,
     FWD_UNKNOWN_PIN, FastpathAttach, FastpathCounters, FastpathOptions, FunctionCounters,
-    XDP_LINK_PIN_PREFIX, XdpAttachError, attach_fastpath, attach_fastpath_with, fastpath_logs,
-    fwd_entry, read_function_counters,
+    TCX_LINK_PIN_PREFIX, TcAttach, XDP_LINK_PIN_PREFIX, XdpAttachError, attach_fastpath,
+    attach_fastpath_with, fastpath_logs, fwd_entry, read_function_counters,
 };
 pub use logs::EbpfLogs;
-pub use netfn_common::{DROP_REASON_NAMES, FnCounters};
 pub use netfn_common::IfCounters;
+pub use netfn_common::{DROP_REASON_NAMES, FnCounters};
 pub use netns::{NETNS_THREADS, enter_netns};
 pub use object::{OBJECT_ENV, ObjectSource, object_source};
 
@@ -174,7 +174,9 @@ pub enum EbpfError {
     },
     #[error("chain `{chain}` has fastpath = \"kernel\": there is no eBPF fast path to attach")]
     NoFastPath { chain: String },
-    #[error("fastpath = \"{mode}\" cannot work on this kernel: {reason}; use fastpath = \"kernel\"")]
+    #[error(
+        "fastpath = \"{mode}\" cannot work on this kernel: {reason}; use fastpath = \"kernel\""
+    )]
     Unsupported { mode: String, reason: String },
     #[error("cannot start a namespace worker thread: {0}")]
     SpawnWorker(#[source] io::Error),

@@ -83,7 +83,7 @@ pub const DIR_REVERSE: u32 = 1;
 /// What the forwarder does with a packet that arrives on one function interface.
 ///
 /// Addresses are in network byte order (as in the packet), so the hot path compares without
-/// swapping. Layout: 8 × u32 then 4 × 6 bytes; 56 bytes, 4-byte aligned, no padding.
+/// swapping. Layout: 8 × u32 then 12 × u16; 56 bytes, 4-byte aligned, no padding.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct FwdEntry {
@@ -104,12 +104,23 @@ pub struct FwdEntry {
     /// The function's own interface addresses: packets to them go to the function's stack.
     pub local_addrs: [u32; 2],
     /// This interface's MAC: only unicast frames to it are forwarded (others go to the stack).
-    pub own_mac: [u8; 6],
+    /// MACs are kept as 16-bit words in packet byte order ([`mac_words`]), so the program
+    /// compares and writes them with three 2-byte accesses (Ethernet fields are 2-byte aligned).
+    pub own_mac: [u16; 3],
     /// The wired neighbour's MAC: the only source MAC (and ARP sender MAC) accepted.
-    pub peer_mac: [u8; 6],
+    pub peer_mac: [u16; 3],
     /// The new Ethernet addresses, as in the header: destination (the next hop's interface)
     /// then source (the function's out interface).
-    pub eth_rewrite: [u8; 12],
+    pub eth_rewrite: [u16; 6],
+}
+
+/// A MAC address as three 16-bit words holding its bytes in packet order.
+pub const fn mac_words(mac: [u8; 6]) -> [u16; 3] {
+    [
+        u16::from_ne_bytes([mac[0], mac[1]]),
+        u16::from_ne_bytes([mac[2], mac[3]]),
+        u16::from_ne_bytes([mac[4], mac[5]]),
+    ]
 }
 
 /// Drop reasons, the indexes of [`FnCounters::drops`].
@@ -163,8 +174,9 @@ impl FnCounters {
     }
 }
 
-// SAFETY: `FwdEntry` is `#[repr(C)]`, `Copy`, made of u32s and byte arrays laid out without
-// padding (8 × 4 + 24 = 56 bytes, a multiple of its 4-byte alignment); every bit pattern is valid.
+// SAFETY: `FwdEntry` is `#[repr(C)]`, `Copy`, made of u32s and u16 arrays laid out without
+// padding (8 × 4 + 12 × 2 = 56 bytes, a multiple of its 4-byte alignment); every bit pattern is
+// valid.
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for FwdEntry {}
 
@@ -174,7 +186,14 @@ unsafe impl aya::Pod for FnCounters {}
 
 #[cfg(test)]
 mod tests {
-    use super::{DROP_REASON_NAMES, DROP_SLOTS, FnCounters, FwdEntry, IfCounters};
+    use super::{DROP_REASON_NAMES, DROP_SLOTS, FnCounters, FwdEntry, IfCounters, mac_words};
+
+    #[test]
+    fn mac_words_keep_packet_byte_order() {
+        let w = mac_words([1, 2, 3, 4, 5, 6]);
+        let bytes: [u8; 6] = unsafe { core::mem::transmute(w) };
+        assert_eq!(bytes, [1, 2, 3, 4, 5, 6]);
+    }
 
     #[test]
     fn forwarder_layouts_have_no_padding() {
