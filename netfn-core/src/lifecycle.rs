@@ -186,6 +186,17 @@ fn up_locked(
     }
 }
 
+/// The fast path's options: netlink clsact attach (works on every kernel netfn supports; with no
+/// per-interface counter on function hops it meets the packet-rate goal), and the programs' log
+/// level. NETFN_TC_ATTACH=tcx (Linux 6.6+) and NETFN_EBPF_LOG override, for benchmarks and
+/// debugging; a bad value is reported and ignored.
+fn fastpath_options() -> crate::ebpf::FastpathOptions {
+    crate::ebpf::FastpathOptions::from_env().unwrap_or_else(|why| {
+        tracing::warn!("ignoring the fast-path environment settings: {why}");
+        crate::ebpf::FastpathOptions::default()
+    })
+}
+
 /// Refuses a fast path the running kernel cannot do, before anything is created.
 fn check_kernel(plan: &ChainPlan) -> Result<(), LifecycleError> {
     let needs = match plan.fastpath {
@@ -237,10 +248,26 @@ fn build(
         apply::configure_hops(plan, &opened).await
     })
     .map_err(with_foreign)?;
-    apply::attach_counters(plan, &|_| true).map_err(with_foreign)?;
-    if plan.fastpath != FastPath::Kernel {
-        crate::ebpf::attach_fastpath(plan, &crate::names::chain_bpf_dir(&plan.chain))
-            .map_err(|e| with_foreign(e.into()))?;
+    // In tc/xdp mode the forwarder counts everything a function receives (forwarded, to its
+    // stack, dropped), so the per-interface counter runs only on the endpoints: a second program
+    // on every hop would cost the fast path about a tenth of its packet rate.
+    let fast = plan.fastpath != FastPath::Kernel;
+    apply::attach_counters(plan, &|end| {
+        !fast
+            || !matches!(
+                plan.hops[end.hop].role,
+                crate::plan::HopRole::Function { .. }
+            )
+    })
+    .map_err(with_foreign)?;
+    if fast {
+        let options = fastpath_options();
+        crate::ebpf::attach_fastpath_with(
+            plan,
+            &crate::names::chain_bpf_dir(&plan.chain),
+            &options,
+        )
+        .map_err(|e| with_foreign(e.into()))?;
     }
     Ok(())
 }

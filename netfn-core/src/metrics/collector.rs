@@ -168,8 +168,11 @@ impl ChainCollector {
                 .checked_sub(1)
                 .and_then(|i| fast.as_ref()?.functions.get(i));
             for (d, (direction, ifindex)) in directions(plan, h).into_iter().enumerate() {
+                // In tc/xdp mode `nf_count` runs on the endpoints only: the forwarder counts
+                // what the functions receive.
                 let stack = counters
                     .as_ref()
+                    .filter(|_| plan.fastpath == FastPath::Kernel)
                     .map(|c| ifindex.and_then(|i| c.get(&i)).copied().unwrap_or_default());
                 let fwd = function.map(|f| if d == 0 { &f.forward } else { &f.reverse });
                 if let Some((packets, bytes)) = received(plan.fastpath, stack, fwd) {
@@ -262,10 +265,11 @@ fn read_fastpath(
 /// - `stack`: the interface counter (`nf_count`, TC ingress, priority 1), when attached;
 /// - `fwd`: the fast path forwarder's counters of that function and direction, when attached.
 ///
-/// In kernel and TC mode `nf_count` runs before anything else and sees every frame. In XDP mode
-/// frames the forwarder redirects or drops never reach TC, so received = what reached TC (the
-/// frames passed to the stack) + forwarded + dropped; the bytes of dropped frames are not
-/// counted. Without `nf_count`, the forwarder's view: forwarded + to the stack + dropped (bytes:
+/// In kernel mode `nf_count` sees every frame. In tc/xdp mode netfn attaches `nf_count` to the
+/// endpoints only (a second program per hop costs the fast path about a tenth of its rate), so
+/// functions are counted by the forwarder. (If both are there in XDP mode, frames the forwarder
+/// redirects or drops never reach TC: received = what reached TC + forwarded + dropped.)
+/// Without `nf_count`, the forwarder's view: forwarded + to the stack + dropped (bytes:
 /// forwarded only). Nothing at all: `None`, and no series.
 pub fn received(
     mode: FastPath,
