@@ -285,12 +285,18 @@ pub fn exec(chain: &str, function: &str, command: &[String]) -> Result<ExitCode>
 
 pub fn logs(chain: &str, follow: bool) -> Result<ExitCode> {
     require_root("logs")?;
-    if state::load(chain)?.is_none() {
+    let Some(record) = state::load(chain)? else {
         bail!("chain `{chain}` is not up; `netfn status` lists the chains that are");
-    }
+    };
     let dir = names::chain_bpf_dir(chain);
-    let mut logs = ebpf::EbpfLogs::from_pinned(&dir)
-        .with_context(|| format!("cannot open the eBPF log buffer of chain `{chain}`"))?;
+    // Kernel-mode chains log through the counter program, tc/xdp chains through the forwarder.
+    let logs = if record.counters {
+        ebpf::EbpfLogs::from_pinned(&dir)
+    } else {
+        ebpf::fastpath_logs(&dir)
+    };
+    let mut logs =
+        logs.with_context(|| format!("cannot open the eBPF log buffer of chain `{chain}`"))?;
     logs.flush();
     if let Ok(Some(_)) = agent::chain_reports(&agent::default_socket()) {
         eprintln!(

@@ -161,7 +161,7 @@ fn up_locked(
     match build(&record.plan, rt, options) {
         Ok(()) => {
             record.phase = Phase::Up;
-            record.counters = true;
+            record.counters = record.plan.fastpath == FastPath::Kernel;
             state::save(&mut record)?;
             Ok(UpOutcome::Created {
                 functions: record.plan.function_count(),
@@ -248,18 +248,13 @@ fn build(
         apply::configure_hops(plan, &opened).await
     })
     .map_err(with_foreign)?;
-    // In tc/xdp mode the forwarder counts everything a function receives (forwarded, to its
-    // stack, dropped), so the per-interface counter runs only on the endpoints: a second program
-    // on every hop would cost the fast path about a tenth of its packet rate.
+    // Kernel mode: a counter on every interface. In tc/xdp mode the forwarder itself counts what
+    // each function receives (forwarded, to its stack, dropped): a second program per hop, or
+    // one at the sink, would cost the fast path a tenth of its packet rate.
     let fast = plan.fastpath != FastPath::Kernel;
-    apply::attach_counters(plan, &|end| {
-        !fast
-            || !matches!(
-                plan.hops[end.hop].role,
-                crate::plan::HopRole::Function { .. }
-            )
-    })
-    .map_err(with_foreign)?;
+    if !fast {
+        apply::attach_counters(plan, &|_| true).map_err(with_foreign)?;
+    }
     if fast {
         let options = fastpath_options();
         crate::ebpf::attach_fastpath_with(

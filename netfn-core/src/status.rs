@@ -55,7 +55,7 @@ pub struct InterfaceStatus {
     pub present: bool,
     pub up: bool,
     pub carrier: bool,
-    /// Packets and bytes received, from the eBPF counters (when attached).
+    /// Packets and bytes received, from the per-interface eBPF counter (kernel-mode chains).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rx_packets: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -101,14 +101,15 @@ pub struct Counters {
 
 /// Reads a chain's counters from its pinned eBPF maps (empty if it has none).
 pub fn counters(record: &ChainState) -> Result<Counters, crate::ebpf::EbpfError> {
-    if !record.counters {
-        return Ok(Counters::default());
-    }
     let dir = crate::names::chain_bpf_dir(record.chain());
-    let interfaces = crate::ebpf::read_counters(&dir)?
-        .into_iter()
-        .map(|(k, v)| (k, (v.packets, v.bytes)))
-        .collect();
+    let interfaces = if record.counters {
+        crate::ebpf::read_counters(&dir)?
+            .into_iter()
+            .map(|(k, v)| (k, (v.packets, v.bytes)))
+            .collect()
+    } else {
+        BTreeMap::new()
+    };
     let fastpath = match record.plan.fastpath {
         crate::spec::FastPath::Kernel => None,
         _ => Some(crate::ebpf::read_function_counters(&dir)?),
