@@ -177,7 +177,19 @@ fn assert_attached(lab: &Lab, mode: &str) {
                     .lines()
                     .filter(|l| l.contains("nf_fwd_tc"))
                     .collect::<Vec<_>>();
-                if function {
+                let tcx =
+                    netfn_core::lifecycle::fastpath_options().tc_attach == ebpf::TcAttach::Tcx;
+                if function && tcx {
+                    // TCX: a bpf_link pinned per interface, and no netlink filter.
+                    let pin =
+                        lab.bpf_dir
+                            .join(format!("{}{}", ebpf::TCX_LINK_PIN_PREFIX, end.ifindex));
+                    assert!(pin.exists(), "no TCX link pinned at {}", pin.display());
+                    assert!(
+                        fwd.is_empty(),
+                        "a netlink forwarder besides TCX:\n{filters}"
+                    );
+                } else if function {
                     assert_eq!(fwd.len(), 1, "{ns}/{}:\n{filters}", end.ifname);
                     assert!(
                         fwd[0].contains("pref 2 "),
@@ -251,8 +263,12 @@ fn carries_traffic_counts_exactly_and_leaves_nothing(tag: &str, mode: &str) {
 
         // Attaching again (a repeated or restarted up) swaps programs in place, keeps the
         // pinned counters, and the chain keeps forwarding.
-        let again = ebpf::attach_fastpath(&lab.plan, &lab.bpf_dir)
-            .unwrap_or_else(|e| panic!("second attach_fastpath: {e}"));
+        let again = ebpf::attach_fastpath_with(
+            &lab.plan,
+            &lab.bpf_dir,
+            &netfn_core::lifecycle::fastpath_options(),
+        )
+        .unwrap_or_else(|e| panic!("second attach_fastpath: {e}"));
         let expected = if mode == "xdp" { 8 } else { 6 };
         assert_eq!(again.interfaces.len(), expected, "{:?}", again.interfaces);
         assert!(
@@ -585,8 +601,14 @@ fn tc_forwarder_attached_with_tcx_forwards_and_counts() {
         let attach = ebpf::attach_fastpath_with(&lab.plan, &lab.bpf_dir, &options)
             .unwrap_or_else(|e| panic!("attach with TCX (round {round}): {e}"));
         assert_eq!(attach.interfaces.len(), 6);
+        // `up` attaches with TCX itself where the kernel has it: then round 0 replaces too.
+        let up_used_tcx =
+            netfn_core::lifecycle::fastpath_options().tc_attach == ebpf::TcAttach::Tcx;
         assert!(
-            attach.interfaces.iter().all(|i| i.replaced == (round == 1)),
+            attach
+                .interfaces
+                .iter()
+                .all(|i| i.replaced == (round == 1 || up_used_tcx)),
             "round {round}: {:?}",
             attach.interfaces
         );
@@ -601,8 +623,10 @@ fn tc_forwarder_attached_with_tcx_forwards_and_counts() {
         })
         .count();
     assert_eq!(links, 6, "one pinned TCX link per function interface");
-    // Remove the netlink forwarder filters: from now on only the TCX links can forward.
-    for hop in 1..=3 {
+    // Remove the netlink forwarder filters (if `up` made any): from now on only the TCX links
+    // can forward.
+    let up_used_tcx = netfn_core::lifecycle::fastpath_options().tc_attach == ebpf::TcAttach::Tcx;
+    for hop in (1..=3).filter(|_| !up_used_tcx) {
         let ns = lab.netns(hop);
         for end in lab.plan.interfaces_of(hop) {
             run(
@@ -707,7 +731,7 @@ fn drops_are_logged_at_debug_level_only() {
     // Debug level: the same drop is logged, with the interface and the reason.
     let options = ebpf::FastpathOptions {
         log_level: ebpf::EbpfLogLevel::Debug,
-        ..Default::default()
+        ..netfn_core::lifecycle::fastpath_options()
     };
     drop(
         ebpf::attach_fastpath_with(&lab.plan, &lab.bpf_dir, &options)
