@@ -96,7 +96,12 @@ pub fn demo() -> Result<()> {
         .spawn()
         .context("start the netfn agent")?;
     let result = demo_traffic(&netfn);
-    let _ = agent.kill();
+    // SIGTERM: the agent removes its socket on the way out.
+    let pid = i32::try_from(agent.id()).unwrap_or(0);
+    // SAFETY: kill(2) with a child's pid and a valid signal has no memory effects.
+    if pid > 0 && unsafe { libc::kill(pid, libc::SIGTERM) } != 0 {
+        let _ = agent.kill();
+    }
     let _ = agent.wait();
 
     step("take it down");
