@@ -114,3 +114,68 @@ pub fn tcp_echo(ingress_ns: &str, egress_ns: &str, bytes: usize) {
         "TCP echo corrupted data"
     );
 }
+
+/// Forces a socket's receive buffer (SO_RCVBUFFORCE, root), so a stream is not lost in it.
+pub fn set_rcvbuf(sock: &UdpSocket, bytes: libc::c_int) {
+    // SAFETY: valid fd and a c_int of the right size.
+    let rc = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUFFORCE,
+            (&bytes as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0, "SO_RCVBUFFORCE: {}", std::io::Error::last_os_error());
+}
+
+/// Sends `count` sequenced datagrams from the chain's ingress endpoint to its egress endpoint,
+/// `per_second` of them per second, on `port`; runs `during` 300 ms into the stream, and returns
+/// the sequence numbers that arrived (the receiver stops after 1.5 s of silence).
+pub fn sequenced_stream_during(
+    chain: &str,
+    count: u32,
+    per_second: u64,
+    port: u16,
+    during: impl FnOnce(),
+) -> std::collections::BTreeSet<u32> {
+    use std::time::{Duration, Instant};
+    let rx = udp_socket_in(
+        &format!("nf-{chain}-egress"),
+        SocketAddrV4::new(EGRESS_ADDR, port),
+    );
+    set_rcvbuf(&rx, 16 << 20);
+    rx.set_read_timeout(Some(Duration::from_millis(1500)))
+        .expect("timeout");
+    let tx = udp_socket_in(
+        &format!("nf-{chain}-ingress"),
+        SocketAddrV4::new(INGRESS_ADDR, port + 1),
+    );
+    let receiver = std::thread::spawn(move || {
+        let mut seen = std::collections::BTreeSet::new();
+        let mut buf = [0u8; 64];
+        while let Ok(n) = rx.recv(&mut buf) {
+            if n >= 4 {
+                seen.insert(u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]));
+            }
+        }
+        seen
+    });
+    let sender = std::thread::spawn(move || {
+        let to = SocketAddrV4::new(EGRESS_ADDR, port);
+        let start = Instant::now();
+        let gap_ns = 1_000_000_000 / per_second.max(1);
+        for seq in 0..count {
+            tx.send_to(&seq.to_be_bytes(), to).expect("send");
+            let due = start + Duration::from_nanos(u64::from(seq) * gap_ns);
+            if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                std::thread::sleep(wait);
+            }
+        }
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    during();
+    sender.join().expect("sender");
+    receiver.join().expect("receiver")
+}

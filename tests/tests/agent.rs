@@ -6,7 +6,6 @@
 //! is killed by its guard; `netfn up` runs with NETFN_AGENT_AUTOSTART=0 so that it never starts
 //! the host's agent.
 
-use std::collections::BTreeSet;
 use std::io::{Read, Write};
 use std::net::{SocketAddrV4, TcpListener, TcpStream, UdpSocket};
 use std::os::fd::AsRawFd;
@@ -19,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use netfn_core::agent::{self, AgentStart, AutostartOptions};
 use netfn_core::{ebpf, names, state};
-use netfn_tests::traffic::udp_echo;
+use netfn_tests::traffic::{sequenced_stream_during, udp_echo};
 use netfn_tests::{
     ChainGuard, EGRESS_ADDR, INGRESS_ADDR, TempDir, forward_chain, leftovers, netfn_bin, netfn_ok,
     udp_socket_in, unique_chain,
@@ -703,61 +702,6 @@ fn the_prober_sees_a_broken_chain_as_down() {
 // (d) SIGKILL and restart during a stream
 // ---------------------------------------------------------------------------------------------
 
-fn set_rcvbuf(sock: &UdpSocket, bytes: libc::c_int) {
-    // SAFETY: valid fd and a c_int of the right size.
-    let rc = unsafe {
-        libc::setsockopt(
-            sock.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVBUFFORCE,
-            (&bytes as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    assert_eq!(rc, 0, "SO_RCVBUFFORCE: {}", std::io::Error::last_os_error());
-}
-
-/// Sends `count` sequenced datagrams from ingress to egress (2,000 per second) while `during`
-/// runs; returns the sequence numbers that arrived.
-fn stream_during(chain: &str, count: u32, during: impl FnOnce()) -> BTreeSet<u32> {
-    let rx = udp_socket_in(
-        &format!("nf-{chain}-egress"),
-        SocketAddrV4::new(EGRESS_ADDR, 7301),
-    );
-    set_rcvbuf(&rx, 8 << 20);
-    rx.set_read_timeout(Some(Duration::from_millis(1500)))
-        .expect("timeout");
-    let tx = udp_socket_in(
-        &format!("nf-{chain}-ingress"),
-        SocketAddrV4::new(INGRESS_ADDR, 7302),
-    );
-    let receiver = std::thread::spawn(move || {
-        let mut seen = BTreeSet::new();
-        let mut buf = [0u8; 64];
-        while let Ok(n) = rx.recv(&mut buf) {
-            if n >= 4 {
-                seen.insert(u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]));
-            }
-        }
-        seen
-    });
-    let sender = std::thread::spawn(move || {
-        let to = SocketAddrV4::new(EGRESS_ADDR, 7301);
-        let start = Instant::now();
-        for seq in 0..count {
-            tx.send_to(&seq.to_be_bytes(), to).expect("send");
-            let due = start + Duration::from_micros(u64::from(seq) * 500);
-            if let Some(wait) = due.checked_duration_since(Instant::now()) {
-                std::thread::sleep(wait);
-            }
-        }
-    });
-    std::thread::sleep(Duration::from_millis(300));
-    during();
-    sender.join().expect("sender");
-    receiver.join().expect("receiver")
-}
-
 #[test]
 fn sigkill_and_restart_of_the_agent_lose_nothing_and_adopt_the_chain() {
     sigkill_and_restart_scenario("ak", "kernel");
@@ -804,7 +748,7 @@ fn sigkill_and_restart_scenario(tag: &str, mode: &str) {
         let count = 8_000; // 4 s at 2,000 datagrams per second
         let mut before = String::new();
         let mut second = None;
-        let seen = stream_during(&chain, count, || {
+        let seen = sequenced_stream_during(&chain, count, 2_000, 7301, || {
             before = first.metrics();
             first.kill9();
             let agent = Agent::start(&dir.0, &chain, &args);

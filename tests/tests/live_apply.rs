@@ -2,14 +2,11 @@
 //! sequenced UDP stream runs, with no datagram lost; unchanged files change nothing.
 
 use std::collections::BTreeSet;
-use std::net::{SocketAddrV4, UdpSocket};
-use std::os::fd::AsRawFd;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use netfn_tests::traffic::udp_echo;
+use netfn_tests::traffic::{sequenced_stream_during, udp_echo};
 use netfn_tests::{
-    ChainGuard, EGRESS_ADDR, INGRESS_ADDR, TempDir, kill_netfn_mid_way, leftovers, netfn, netfn_ok,
-    udp_socket_in, unique_chain,
+    ChainGuard, TempDir, kill_netfn_mid_way, leftovers, netfn, netfn_ok, unique_chain,
 };
 
 fn chain_file(name: &str, functions: &[&str]) -> String {
@@ -22,62 +19,6 @@ fn chain_file(name: &str, functions: &[&str]) -> String {
         ));
     }
     s
-}
-
-fn set_rcvbuf(sock: &UdpSocket, bytes: libc::c_int) {
-    // SAFETY: valid fd and a c_int of the right size.
-    let rc = unsafe {
-        libc::setsockopt(
-            sock.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVBUFFORCE,
-            (&bytes as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    assert_eq!(rc, 0, "SO_RCVBUFFORCE: {}", std::io::Error::last_os_error());
-}
-
-/// Sends `count` sequenced datagrams from ingress to egress (about 20,000 per second) while
-/// `during` runs, and returns the sequence numbers that arrived.
-fn stream_during(chain: &str, count: u32, during: impl FnOnce()) -> BTreeSet<u32> {
-    let rx = udp_socket_in(
-        &format!("nf-{chain}-egress"),
-        SocketAddrV4::new(EGRESS_ADDR, 7101),
-    );
-    set_rcvbuf(&rx, 16 << 20);
-    rx.set_read_timeout(Some(Duration::from_millis(1500)))
-        .expect("timeout");
-    let tx = udp_socket_in(
-        &format!("nf-{chain}-ingress"),
-        SocketAddrV4::new(INGRESS_ADDR, 7102),
-    );
-    let receiver = std::thread::spawn(move || {
-        let mut seen = BTreeSet::new();
-        let mut buf = [0u8; 64];
-        while let Ok(n) = rx.recv(&mut buf) {
-            if n >= 4 {
-                seen.insert(u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]));
-            }
-        }
-        seen
-    });
-    let sender = std::thread::spawn(move || {
-        let to = SocketAddrV4::new(EGRESS_ADDR, 7101);
-        let start = Instant::now();
-        for seq in 0..count {
-            tx.send_to(&seq.to_be_bytes(), to).expect("send");
-            // Pace: 20 datagrams per millisecond.
-            let due = start + Duration::from_micros(u64::from(seq) * 50);
-            if let Some(wait) = due.checked_duration_since(Instant::now()) {
-                std::thread::sleep(wait);
-            }
-        }
-    });
-    std::thread::sleep(Duration::from_millis(300));
-    during();
-    sender.join().expect("sender");
-    receiver.join().expect("receiver")
 }
 
 fn assert_none_lost(seen: &BTreeSet<u32>, count: u32, what: &str) {
@@ -122,7 +63,7 @@ fn insert_reorder_and_remove_while_a_stream_runs_lose_nothing() {
         ] {
             let count = 20_000;
             let mut out = None;
-            let seen = stream_during(&chain, count, || {
+            let seen = sequenced_stream_during(&chain, count, 20_000, 7101, || {
                 out = Some(netfn(&["apply", &file.to_string_lossy()]));
             });
             let out = out.expect("apply ran");
