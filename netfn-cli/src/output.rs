@@ -63,17 +63,17 @@ pub fn chain_table(s: &ChainStatus) -> String {
                 (_, _, true) => "up",
                 _ => "down",
             };
-            let mut counters = match (i.rx_packets, i.rx_bytes) {
-                (Some(p), Some(b)) => format!("{p} pkts / {b} B"),
+            let counters = match (i.rx_packets, i.rx_bytes, &i.fastpath) {
+                (_, _, Some(f)) => format!(
+                    "{} fwd / {} B, {} to stack, {} dropped",
+                    f.forwarded_packets,
+                    f.forwarded_bytes,
+                    f.to_stack_packets,
+                    f.drops.values().sum::<u64>()
+                ),
+                (Some(p), Some(b), None) => format!("{p} pkts / {b} B"),
                 _ => "-".into(),
             };
-            if let Some(f) = &i.fastpath {
-                let dropped: u64 = f.drops.values().sum();
-                counters.push_str(&format!(
-                    "; fast path: {} fwd, {dropped} dropped",
-                    f.forwarded_packets
-                ));
-            }
             rows.push(vec![
                 hop.name.clone(),
                 hop.kind.clone(),
@@ -107,7 +107,7 @@ pub fn chain_table(s: &ChainStatus) -> String {
                 "INTERFACE",
                 "ADDRESS",
                 "STATE",
-                "RX (eBPF)"
+                "RECEIVED (eBPF)"
             ],
             &rows
         )
