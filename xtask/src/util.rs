@@ -24,7 +24,6 @@ pub fn run(cmd: &mut Command) -> Result<()> {
 
 /// True if `prog` is found on PATH.
 pub fn have(prog: &str) -> bool {
-    std::env::var_os("PATH").is_some_and(|paths| {
-        std::env::split_paths(&paths).any(|dir| dir.join(prog).is_file())
-    })
+    std::env::var_os("PATH")
+        .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(prog).is_file()))
 }

@@ -44,7 +44,17 @@ pub fn run(which: Bench) -> Result<()> {
     match which {
         Bench::Agent(opts) => agent::run(&opts),
         Bench::Deploy { functions } => deploy::run(&functions),
-        Bench::Chain { repetitions, seconds, functions, no_iperf } => chain::run(&chain::Options { repetitions, seconds, functions, no_iperf }),
+        Bench::Chain {
+            repetitions,
+            seconds,
+            functions,
+            no_iperf,
+        } => chain::run(&chain::Options {
+            repetitions,
+            seconds,
+            functions,
+            no_iperf,
+        }),
     }
 }
 
@@ -69,6 +79,7 @@ pub fn write_json<T: Serialize>(name: &str, records: &T) -> Result<PathBuf> {
     let dir = util::workspace_root().join("target/bench");
     std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
     let path = dir.join(format!("{name}.json"));
-    std::fs::write(&path, serde_json::to_vec_pretty(records)?).with_context(|| format!("write {}", path.display()))?;
+    std::fs::write(&path, serde_json::to_vec_pretty(records)?)
+        .with_context(|| format!("write {}", path.display()))?;
     Ok(path)
 }
