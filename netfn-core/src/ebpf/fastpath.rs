@@ -468,34 +468,7 @@ fn attach_tcx(
             })
             .collect::<Vec<_>>()
     })?;
-    let mut attached = Vec::new();
-    let mut failures = Vec::new();
-    for ((netns, interfaces), result) in targets.iter().zip(per_netns) {
-        match result {
-            Ok(results) => {
-                for (interface, result) in interfaces.iter().zip(results) {
-                    match result {
-                        Ok((ifindex, replaced)) => attached.push(AttachedInterface {
-                            netns: netns.clone(),
-                            name: interface.clone(),
-                            ifindex,
-                            replaced,
-                        }),
-                        Err(e) => failures.push(e),
-                    }
-                }
-            }
-            Err(e) => failures.push(e),
-        }
-    }
-    if failures.is_empty() {
-        Ok(attached)
-    } else {
-        Err(EbpfError::Partial {
-            attached: attached.len(),
-            failures,
-        })
-    }
+    super::collect_attached(targets, per_netns)
 }
 
 fn attach_tcx_here(

@@ -408,6 +408,15 @@ pub(crate) fn attach_pinned(
             .collect::<Vec<_>>()
     })?;
 
+    collect_attached(targets, per_netns)
+}
+
+/// Joins per-namespace, per-interface attach results with their targets: every attached
+/// interface, or [`EbpfError::Partial`] listing every failure (what succeeded stays attached).
+pub(crate) fn collect_attached(
+    targets: &[(PathBuf, Vec<String>)],
+    per_netns: Vec<Result<Vec<Result<(u32, bool), EbpfError>>, EbpfError>>,
+) -> Result<Vec<AttachedInterface>, EbpfError> {
     let mut attached = Vec::new();
     let mut failures = Vec::new();
     for ((netns, interfaces), result) in targets.iter().zip(per_netns) {
