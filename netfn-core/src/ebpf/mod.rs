@@ -411,11 +411,14 @@ pub(crate) fn attach_pinned(
     collect_attached(targets, per_netns)
 }
 
+/// One interface's attach result: its ifindex and whether a program was replaced in place.
+pub(crate) type AttachResult = Result<(u32, bool), EbpfError>;
+
 /// Joins per-namespace, per-interface attach results with their targets: every attached
 /// interface, or [`EbpfError::Partial`] listing every failure (what succeeded stays attached).
 pub(crate) fn collect_attached(
     targets: &[(PathBuf, Vec<String>)],
-    per_netns: Vec<Result<Vec<Result<(u32, bool), EbpfError>>, EbpfError>>,
+    per_netns: Vec<Result<Vec<AttachResult>, EbpfError>>,
 ) -> Result<Vec<AttachedInterface>, EbpfError> {
     let mut attached = Vec::new();
     let mut failures = Vec::new();
