@@ -159,6 +159,8 @@ mod tests {
             },
             forwarding: true,
             routes: Vec::new(),
+            retired_in: Vec::new(),
+            retired_out: Vec::new(),
         }
     }
 
@@ -172,6 +174,8 @@ mod tests {
             },
             forwarding: false,
             routes: Vec::new(),
+            retired_in: Vec::new(),
+            retired_out: Vec::new(),
         }
     }
 

@@ -51,6 +51,13 @@ pub struct HopPlan {
     /// IP forwarding on (functions in kernel mode).
     pub forwarding: bool,
     pub routes: Vec<RoutePlan>,
+    /// Interfaces (by index) this hop received on toward egress (`retired_in`) or toward
+    /// ingress (`retired_out`) before a live apply replaced them. Their counters stay in the
+    /// pinned map, so a function's totals stay monotonic across applies.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub retired_in: Vec<u32>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub retired_out: Vec<u32>,
 }
 
 /// One side of a veth pair.
@@ -149,6 +156,8 @@ pub fn plan_chain(spec: &ChainSpec) -> ChainPlan {
             // packet the fast path does not take is dropped, not quietly routed by the kernel.
             forwarding: spec.fastpath == FastPath::Kernel,
             routes: Vec::new(),
+            retired_in: Vec::new(),
+            retired_out: Vec::new(),
         });
     }
     hops.push(endpoint_hop(spec, "egress", &spec.egress));
@@ -219,6 +228,8 @@ fn endpoint_hop(spec: &ChainSpec, name: &str, ep: &EndpointSpec) -> HopPlan {
             destination,
             gateway: ep.gateway,
         }],
+        retired_in: Vec::new(),
+        retired_out: Vec::new(),
     }
 }
 

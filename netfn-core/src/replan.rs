@@ -78,7 +78,19 @@ pub fn replan(old: &ChainPlan, spec: &ChainSpec) -> Result<Replan, ReplanError> 
     }
 
     let mut hops = fresh.hops.clone();
-    let mut next_index = old.links.iter().map(|l| l.inn.ifindex).max().unwrap_or(0) + 1;
+    // Never reuse an index, not even a retired one: its counters are still in the pinned map.
+    let mut next_index = old
+        .links
+        .iter()
+        .map(|l| l.inn.ifindex)
+        .chain(
+            old.hops
+                .iter()
+                .flat_map(|h| h.retired_in.iter().chain(&h.retired_out).copied()),
+        )
+        .max()
+        .unwrap_or(0)
+        + 1;
     let mut used: BTreeSet<Ipv4Addr> = old
         .links
         .iter()
@@ -125,6 +137,7 @@ pub fn replan(old: &ChainPlan, spec: &ChainSpec) -> Result<Replan, ReplanError> 
         };
         links.push(link);
     }
+    retire_replaced_interfaces(old, &mut hops, &links);
     plan::function_routes(
         &mut hops,
         &links,
@@ -142,6 +155,37 @@ pub fn replan(old: &ChainPlan, spec: &ChainSpec) -> Result<Replan, ReplanError> 
     })
 }
 
+/// Carries each kept hop's retired interfaces over, and retires the interfaces a change replaced.
+fn retire_replaced_interfaces(
+    old: &ChainPlan,
+    hops: &mut [crate::plan::HopPlan],
+    links: &[LinkPlan],
+) {
+    let sides = |plan_links: &[LinkPlan], h: usize| {
+        let inn = h
+            .checked_sub(1)
+            .and_then(|l| plan_links.get(l))
+            .map(|l| l.inn.ifindex);
+        let out = plan_links.get(h).map(|l| l.out.ifindex);
+        (inn, out)
+    };
+    for (h, hop) in hops.iter_mut().enumerate() {
+        let Some((oh, before)) = old.hop(&hop.name) else {
+            continue;
+        };
+        hop.retired_in = before.retired_in.clone();
+        hop.retired_out = before.retired_out.clone();
+        let (old_in, old_out) = sides(&old.links, oh);
+        let (new_in, new_out) = sides(links, h);
+        if let Some(i) = old_in.filter(|i| Some(*i) != new_in) {
+            hop.retired_in.push(i);
+        }
+        if let Some(o) = old_out.filter(|o| Some(*o) != new_out) {
+            hop.retired_out.push(o);
+        }
+    }
+}
+
 /// The first /31 of `pool` whose two addresses are both unused.
 fn free_pair(pool: Ipv4Net, used: &BTreeSet<Ipv4Addr>) -> Option<u32> {
     let start = u32::from(pool.network());
@@ -149,4 +193,80 @@ fn free_pair(pool: Ipv4Net, used: &BTreeSet<Ipv4Addr>) -> Option<u32> {
     (start..end)
         .step_by(2)
         .find(|&a| !used.contains(&Ipv4Addr::from(a)) && !used.contains(&Ipv4Addr::from(a + 1)))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::function::FunctionConfig;
+    use crate::spec::{EndpointSpec, FastPath, FunctionSpec};
+
+    #[derive(Debug)]
+    struct Forward;
+
+    impl FunctionConfig for Forward {
+        fn kind(&self) -> &'static str {
+            "forward"
+        }
+        fn to_json(&self) -> serde_json::Value {
+            serde_json::json!({})
+        }
+    }
+
+    fn spec(names: &[&str]) -> ChainSpec {
+        ChainSpec {
+            name: "c".into(),
+            fastpath: FastPath::Kernel,
+            transit: "100.64.0.0/16".parse().unwrap(),
+            ingress: EndpointSpec {
+                address: "10.1.0.2/24".parse().unwrap(),
+                gateway: "10.1.0.1".parse().unwrap(),
+                namespace: None,
+            },
+            egress: EndpointSpec {
+                address: "10.2.0.2/24".parse().unwrap(),
+                gateway: "10.2.0.1".parse().unwrap(),
+                namespace: None,
+            },
+            functions: names
+                .iter()
+                .map(|n| FunctionSpec {
+                    name: n.to_string(),
+                    kind: "forward".into(),
+                    config: Arc::new(Forward),
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn insert_keeps_untouched_links_and_retires_the_replaced_interfaces() {
+        let old = plan::plan_chain(&spec(&["a", "b", "c"]));
+        let next = replan(&old, &spec(&["a", "x", "b", "c"])).unwrap();
+        let new = &next.plan;
+        // ingress-a and b-c links are kept as they were.
+        assert_eq!(new.links[0], old.links[0]);
+        assert_eq!(new.links[3].out.ifindex, old.links[2].out.ifindex);
+        // a's out side and b's in side were replaced: their old interfaces are retired.
+        let (_, a) = new.hop("a").unwrap();
+        let (_, b) = new.hop("b").unwrap();
+        assert_eq!(a.retired_out, vec![old.links[1].out.ifindex]);
+        assert_eq!(b.retired_in, vec![old.links[1].inn.ifindex]);
+        assert!(a.retired_in.is_empty() && b.retired_out.is_empty());
+        // New interfaces never reuse an index.
+        let max_old = old.links.iter().map(|l| l.inn.ifindex).max().unwrap();
+        assert!(new.links[1].out.ifindex > max_old);
+
+        // Removing x again: the retired lists carry over and grow; indexes keep increasing.
+        let back = replan(new, &spec(&["a", "b", "c"])).unwrap().plan;
+        let (_, a2) = back.hop("a").unwrap();
+        assert_eq!(
+            a2.retired_out,
+            vec![old.links[1].out.ifindex, new.links[1].out.ifindex]
+        );
+        let max_new = new.links.iter().map(|l| l.inn.ifindex).max().unwrap();
+        assert!(back.links[1].out.ifindex > max_new);
+    }
 }

@@ -170,10 +170,24 @@ impl ChainCollector {
             for (d, (direction, ifindex)) in directions(plan, h).into_iter().enumerate() {
                 // In tc/xdp mode `nf_count` runs on the endpoints only: the forwarder counts
                 // what the functions receive.
+                // Interfaces a live apply replaced keep their counts: they are part of the total.
+                let retired = if d == 0 {
+                    &hop.retired_in
+                } else {
+                    &hop.retired_out
+                };
                 let stack = counters
                     .as_ref()
                     .filter(|_| plan.fastpath == FastPath::Kernel)
-                    .map(|c| ifindex.and_then(|i| c.get(&i)).copied().unwrap_or_default());
+                    .map(|c| {
+                        ifindex.iter().chain(retired).filter_map(|i| c.get(i)).fold(
+                            IfCounters::default(),
+                            |sum, x| IfCounters {
+                                packets: sum.packets.wrapping_add(x.packets),
+                                bytes: sum.bytes.wrapping_add(x.bytes),
+                            },
+                        )
+                    });
                 let fwd = function.map(|f| if d == 0 { &f.forward } else { &f.reverse });
                 if let Some((packets, bytes)) = received(plan.fastpath, stack, fwd) {
                     out.packets.sample_u64(&labels(direction), packets);
