@@ -642,34 +642,18 @@ fn attach_xdp(
             .collect::<Vec<_>>()
     })?;
 
-    let mut attached = Vec::new();
-    let mut failures = Vec::new();
-    for (target, result) in targets.iter().zip(per_netns) {
-        match result {
-            Ok(results) => {
-                for ((ifname, _, _), result) in target.interfaces.iter().zip(results) {
-                    match result {
-                        Ok((ifindex, replaced)) => attached.push(AttachedInterface {
-                            netns: target.netns.clone(),
-                            name: ifname.clone(),
-                            ifindex,
-                            replaced,
-                        }),
-                        Err(e) => failures.push(e),
-                    }
-                }
-            }
-            Err(e) => failures.push(e),
-        }
-    }
-    if failures.is_empty() {
-        Ok(attached)
-    } else {
-        Err(EbpfError::Partial {
-            attached: attached.len(),
-            failures,
+    let names: Vec<(PathBuf, Vec<String>)> = targets
+        .iter()
+        .map(|t| {
+            let ifnames = t
+                .interfaces
+                .iter()
+                .map(|(name, _, _)| name.clone())
+                .collect();
+            (t.netns.clone(), ifnames)
         })
-    }
+        .collect();
+    super::collect_attached(&names, per_netns)
 }
 
 /// Turns transmit checksum offload off on `ifname` (in the calling thread's namespace), as
