@@ -418,13 +418,13 @@ pub fn forwarder_counter_len(plan: &ChainPlan) -> u32 {
         .max(1)
 }
 
+/// Chains for unit tests of the planning code (no kind registry needed).
 #[cfg(test)]
-mod tests {
+pub(crate) mod test_specs {
     use std::sync::Arc;
 
-    use super::*;
     use crate::function::FunctionConfig;
-    use crate::spec::FunctionSpec;
+    use crate::spec::{ChainSpec, EndpointSpec, FastPath, FunctionSpec};
 
     #[derive(Debug)]
     struct Forward;
@@ -438,29 +438,48 @@ mod tests {
         }
     }
 
-    fn spec(functions: usize, egress_namespace: Option<&str>) -> ChainSpec {
+    /// Chain `name`: 10.1.0.2/24 → forward functions `functions` → 10.2.0.2/24.
+    pub(crate) fn chain(
+        name: &str,
+        fastpath: FastPath,
+        functions: &[&str],
+        egress_namespace: Option<&str>,
+    ) -> ChainSpec {
+        let parse = |s: &str| s.parse().expect("test address");
         ChainSpec {
-            name: "edge".into(),
-            fastpath: FastPath::Tc,
-            transit: "100.64.0.0/16".parse().unwrap(),
+            name: name.into(),
+            fastpath,
+            transit: "100.64.0.0/16".parse().expect("test transit"),
             ingress: EndpointSpec {
-                address: "10.1.0.2/24".parse().unwrap(),
-                gateway: "10.1.0.1".parse().unwrap(),
+                address: "10.1.0.2/24".parse().expect("test address"),
+                gateway: parse("10.1.0.1"),
                 namespace: None,
             },
             egress: EndpointSpec {
-                address: "10.2.0.2/24".parse().unwrap(),
-                gateway: "10.2.0.1".parse().unwrap(),
+                address: "10.2.0.2/24".parse().expect("test address"),
+                gateway: parse("10.2.0.1"),
                 namespace: egress_namespace.map(str::to_string),
             },
-            functions: (1..=functions)
-                .map(|i| FunctionSpec {
-                    name: format!("fn{i}"),
+            functions: functions
+                .iter()
+                .map(|f| FunctionSpec {
+                    name: f.to_string(),
                     kind: "forward".into(),
                     config: Arc::new(Forward),
                 })
                 .collect(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(functions: usize, egress_namespace: Option<&str>) -> ChainSpec {
+        let names: Vec<String> = (1..=functions).map(|i| format!("fn{i}")).collect();
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        test_specs::chain("edge", FastPath::Tc, &names, egress_namespace)
     }
 
     fn a(s: &str) -> Ipv4Addr {

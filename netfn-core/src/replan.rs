@@ -197,48 +197,12 @@ fn free_pair(pool: Ipv4Net, used: &BTreeSet<Ipv4Addr>) -> Option<u32> {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
     use super::*;
-    use crate::function::FunctionConfig;
-    use crate::spec::{EndpointSpec, FastPath, FunctionSpec};
-
-    #[derive(Debug)]
-    struct Forward;
-
-    impl FunctionConfig for Forward {
-        fn kind(&self) -> &'static str {
-            "forward"
-        }
-        fn to_json(&self) -> serde_json::Value {
-            serde_json::json!({})
-        }
-    }
+    use crate::plan::test_specs;
+    use crate::spec::FastPath;
 
     fn spec(names: &[&str]) -> ChainSpec {
-        ChainSpec {
-            name: "c".into(),
-            fastpath: FastPath::Kernel,
-            transit: "100.64.0.0/16".parse().unwrap(),
-            ingress: EndpointSpec {
-                address: "10.1.0.2/24".parse().unwrap(),
-                gateway: "10.1.0.1".parse().unwrap(),
-                namespace: None,
-            },
-            egress: EndpointSpec {
-                address: "10.2.0.2/24".parse().unwrap(),
-                gateway: "10.2.0.1".parse().unwrap(),
-                namespace: None,
-            },
-            functions: names
-                .iter()
-                .map(|n| FunctionSpec {
-                    name: n.to_string(),
-                    kind: "forward".into(),
-                    config: Arc::new(Forward),
-                })
-                .collect(),
-        }
+        test_specs::chain("c", FastPath::Kernel, names, None)
     }
 
     #[test]
