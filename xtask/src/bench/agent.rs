@@ -18,7 +18,7 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use serde::Serialize;
 
-use super::{median, netfn_release, write_json};
+use super::{forward_chain_file, median, netfn_release, timed_netfn, write_json};
 
 /// Goals from the issue.
 const SCRAPE_GOAL_MS: f64 = 100.0;
@@ -60,36 +60,6 @@ enum Record {
     NotMeasured { what: String, reason: String },
 }
 
-fn chain_file(name: &str, functions: &[String]) -> String {
-    let mut s = format!(
-        "[[chain]]\nname = \"{name}\"\n\n[chain.ingress]\naddress = \"10.91.1.2/24\"\n\n\
-         [chain.egress]\naddress = \"10.91.2.2/24\"\n"
-    );
-    for f in functions {
-        s.push_str(&format!(
-            "\n[[chain.function]]\nname = \"{f}\"\nkind = \"forward\"\n"
-        ));
-    }
-    s
-}
-
-fn netfn(netfn: &Path, args: &[&str]) -> Result<f64> {
-    let start = Instant::now();
-    let out = Command::new(netfn)
-        .args(args)
-        .env("NETFN_AGENT_AUTOSTART", "0")
-        .output()
-        .with_context(|| format!("run {}", netfn.display()))?;
-    let ms = start.elapsed().as_secs_f64() * 1e3;
-    if !out.status.success() {
-        bail!(
-            "netfn {args:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(ms)
-}
-
 /// Takes the chain down when dropped.
 struct Chain<'a> {
     netfn: &'a Path,
@@ -98,7 +68,7 @@ struct Chain<'a> {
 
 impl Drop for Chain<'_> {
     fn drop(&mut self) {
-        if let Err(e) = netfn(self.netfn, &["down", &self.name]) {
+        if let Err(e) = timed_netfn(self.netfn, &["down", &self.name]) {
             eprintln!("cleanup: {e:#}");
         }
     }
@@ -228,8 +198,8 @@ fn measure_scrape(
     let name = format!("ba{functions}");
     let names: Vec<String> = (1..=functions).map(|i| format!("f{i}")).collect();
     let file = dir.join(format!("{name}.toml"));
-    std::fs::write(&file, chain_file(&name, &names))?;
-    netfn(netfn_bin, &["up", &file.to_string_lossy()])?;
+    std::fs::write(&file, forward_chain_file(&name, 91, &names))?;
+    timed_netfn(netfn_bin, &["up", &file.to_string_lossy()])?;
     let _chain = Chain {
         netfn: netfn_bin,
         name: name.clone(),
@@ -289,18 +259,18 @@ fn measure_apply(netfn_bin: &Path, dir: &Path, functions: usize) -> Result<Recor
     inserted.insert(functions / 2, "new".to_string());
     let v1 = dir.join(format!("{name}-v1.toml"));
     let v2 = dir.join(format!("{name}-v2.toml"));
-    std::fs::write(&v1, chain_file(&name, &base))?;
-    std::fs::write(&v2, chain_file(&name, &inserted))?;
+    std::fs::write(&v1, forward_chain_file(&name, 91, &base))?;
+    std::fs::write(&v2, forward_chain_file(&name, 91, &inserted))?;
     let (v1, v2) = (v1.to_string_lossy(), v2.to_string_lossy());
-    netfn(netfn_bin, &["up", &v1])?;
+    timed_netfn(netfn_bin, &["up", &v1])?;
     let _chain = Chain {
         netfn: netfn_bin,
         name,
     };
     let (mut inserts, mut removes) = (Vec::new(), Vec::new());
     for _ in 0..APPLY_REPEATS {
-        inserts.push(netfn(netfn_bin, &["apply", &v2])?);
-        removes.push(netfn(netfn_bin, &["apply", &v1])?);
+        inserts.push(timed_netfn(netfn_bin, &["apply", &v2])?);
+        removes.push(timed_netfn(netfn_bin, &["apply", &v1])?);
     }
     let (mut i, mut r) = (inserts.clone(), removes.clone());
     let median_ms = median(&mut i);

@@ -2,13 +2,11 @@
 //! functions, and how many objects `down` leaves behind (must be 0).
 
 use std::path::Path;
-use std::process::Command;
-use std::time::Instant;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use serde::Serialize;
 
-use super::{median, netfn_release, write_json};
+use super::{forward_chain_file, median, netfn_release, timed_netfn, write_json};
 
 const REPEATS: usize = 3;
 
@@ -23,36 +21,6 @@ struct Record {
     up_samples_ms: Vec<f64>,
     down_samples_ms: Vec<f64>,
     leftover_objects: usize,
-}
-
-fn chain_file(name: &str, n: usize) -> String {
-    let mut s = format!(
-        "[[chain]]\nname = \"{name}\"\n\n[chain.ingress]\naddress = \"10.90.1.2/24\"\n\n[chain.egress]\naddress = \"10.90.2.2/24\"\n"
-    );
-    for i in 1..=n {
-        s.push_str(&format!(
-            "\n[[chain.function]]\nname = \"f{i}\"\nkind = \"forward\"\n"
-        ));
-    }
-    s
-}
-
-fn timed(netfn: &Path, args: &[&str]) -> Result<f64> {
-    let start = Instant::now();
-    // Benchmarks measure netfn alone: no host agent.
-    let out = Command::new(netfn)
-        .args(args)
-        .env("NETFN_AGENT_AUTOSTART", "0")
-        .output()
-        .with_context(|| format!("run {}", netfn.display()))?;
-    let ms = start.elapsed().as_secs_f64() * 1e3;
-    if !out.status.success() {
-        bail!(
-            "netfn {args:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(ms)
 }
 
 /// Namespaces, state files and pins left for `chain`.
@@ -85,13 +53,14 @@ pub fn run(sizes: &[usize]) -> Result<()> {
     for &n in sizes {
         let chain = format!("bd{}", n);
         let file = dir.join(format!("{chain}.toml"));
-        std::fs::write(&file, chain_file(&chain, n))?;
+        let names: Vec<String> = (1..=n).map(|i| format!("f{i}")).collect();
+        std::fs::write(&file, forward_chain_file(&chain, 90, &names))?;
         let file_arg = file.to_string_lossy().into_owned();
         let (mut ups, mut downs, mut left) = (Vec::new(), Vec::new(), 0);
         for _ in 0..REPEATS {
-            let up = timed(&netfn, &["up", &file_arg]);
+            let up = timed_netfn(&netfn, &["up", &file_arg]);
             // Always take it down, even if up failed.
-            let down = timed(&netfn, &["down", &chain]);
+            let down = timed_netfn(&netfn, &["down", &chain]);
             ups.push(up?);
             downs.push(down?);
             left = left.max(leftovers(&chain));

@@ -64,6 +64,40 @@ pub fn netfn_release() -> Result<PathBuf> {
     Ok(util::workspace_root().join("target/release/netfn"))
 }
 
+/// A chain file `name`: endpoints 10.NET.1.2/24 and 10.NET.2.2/24 (inside the chain's own
+/// namespaces only), and one forward function per name.
+pub fn forward_chain_file(name: &str, net: u8, functions: &[String]) -> String {
+    let mut s = format!(
+        "[[chain]]\nname = \"{name}\"\n\n[chain.ingress]\naddress = \"10.{net}.1.2/24\"\n\n\
+         [chain.egress]\naddress = \"10.{net}.2.2/24\"\n"
+    );
+    for f in functions {
+        s.push_str(&format!(
+            "\n[[chain.function]]\nname = \"{f}\"\nkind = \"forward\"\n"
+        ));
+    }
+    s
+}
+
+/// Runs `netfn ARGS…` (with no host agent: benchmarks measure netfn alone) and returns its
+/// wall time in milliseconds; fails with netfn's stderr.
+pub fn timed_netfn(netfn: &std::path::Path, args: &[&str]) -> Result<f64> {
+    let start = std::time::Instant::now();
+    let out = std::process::Command::new(netfn)
+        .args(args)
+        .env("NETFN_AGENT_AUTOSTART", "0")
+        .output()
+        .with_context(|| format!("run {}", netfn.display()))?;
+    let ms = start.elapsed().as_secs_f64() * 1e3;
+    if !out.status.success() {
+        anyhow::bail!(
+            "netfn {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(ms)
+}
+
 /// The median of the samples (sorts them).
 pub fn median(samples: &mut [f64]) -> f64 {
     samples.sort_by(|a, b| a.total_cmp(b));
