@@ -161,6 +161,7 @@ mod tests {
             routes: Vec::new(),
             retired_in: Vec::new(),
             retired_out: Vec::new(),
+            slot: None,
         }
     }
 
@@ -176,6 +177,7 @@ mod tests {
             routes: Vec::new(),
             retired_in: Vec::new(),
             retired_out: Vec::new(),
+            slot: None,
         }
     }
 
@@ -188,6 +190,7 @@ mod tests {
             fastpath: FastPath::Kernel,
             hops,
             links: Vec::new(),
+            capacity: Default::default(),
         }
     }
 

@@ -1,13 +1,18 @@
-//! `netfn apply`: change a running chain in place. New namespaces and links are made first, then
-//! routes are switched atomically (route replace), and only then are the old links and the
-//! namespaces of removed functions deleted, so the flows through the rest of the chain never stop.
+//! `netfn apply`: change a running chain in place. New namespaces and links are made first (in
+//! tc/xdp chains with their forwarder rows and programs in place), then the path is switched: in
+//! kernel mode routes (route replace), in tc/xdp mode the forwarder's entries (each atomic for
+//! every packet, see [`crate::ebpf::switch_fastpath`]), in an order that never loops a packet.
+//! Only then are the old links and the namespaces of removed functions deleted, so the flows
+//! through the rest of the chain never stop.
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use crate::apply::{self, ApplyError, Opened};
 use crate::diff::Change;
+use crate::ebpf;
 use crate::lifecycle::{LifecycleError, Progress, UpOptions};
+use crate::names;
 use crate::netlink::Netlink;
 use crate::netns;
 use crate::plan::{ChainPlan, LinkPlan};
@@ -23,10 +28,6 @@ pub enum LiveError {
     Replan(#[from] ReplanError),
     #[error("chain `{0}` is not up; bring it up with `netfn up`")]
     NotUp(String),
-    #[error(
-        "chain `{chain}` runs the {fastpath} fast path; a live apply of eBPF chains is not supported yet: run `netfn down {chain}` then `netfn up`"
-    )]
-    FastPath { chain: String, fastpath: FastPath },
     #[error("applying to chain `{chain}` failed: {cause}; the old chain was restored{}", if .rollback.is_empty() { String::new() } else { format!(" except:\n  {}", .rollback.join("\n  ")) })]
     Failed {
         chain: String,
@@ -78,12 +79,6 @@ pub fn apply(
     }
     if dry_run {
         return Ok(ApplyOutcome::Planned(next.changes));
-    }
-    if record.plan.fastpath != FastPath::Kernel {
-        return Err(LiveError::FastPath {
-            chain,
-            fastpath: record.plan.fastpath,
-        });
     }
     let old = record.plan.clone();
     record.previous = Some(old.clone());
@@ -213,12 +208,20 @@ fn switch(
         }
         Ok::<(), ApplyError>(())
     })?;
-    // Count on the new interfaces before any traffic is switched onto them.
-    let added_ifindexes: BTreeSet<u32> = added
-        .iter()
-        .flat_map(|l| [l.out.ifindex, l.inn.ifindex])
-        .collect();
-    apply::attach_counters(new, &|end| added_ifindexes.contains(&end.ifindex))?;
+    // Count (kernel) or forward (tc/xdp) on the new interfaces before any traffic is switched
+    // onto them.
+    let added_ifindexes = ifindexes(&added);
+    let bpf_dir = names::chain_bpf_dir(&new.chain);
+    if new.fastpath == FastPath::Kernel {
+        apply::attach_counters(new, &|end| added_ifindexes.contains(&end.ifindex))?;
+    } else {
+        let old_names = names_of(old);
+        let new_slots: Vec<u32> = (0..new.hops.len())
+            .filter(|&h| !old_names.contains(new.hops[h].name.as_str()))
+            .filter_map(|h| new.function_slot(h))
+            .collect();
+        ebpf::extend_fastpath(new, &bpf_dir, &added_ifindexes, &new_slots)?;
+    }
     rt.block_on(async {
         // Loop-free switch: routes toward egress are switched from the egress end backwards,
         // routes toward ingress from the ingress end forwards, so a switched hop always hands
@@ -230,8 +233,14 @@ fn switch(
         apply::replace_routes(new, &backwards, &opened, Some(egress_net)).await?;
         apply::replace_routes(new, &order, &opened, Some(ingress_net)).await
     })?;
+    if new.fastpath != FastPath::Kernel {
+        let changed = ebpf::switch_fastpath(new, &bpf_dir)?;
+        tracing::debug!(chain = %new.chain, "apply: {changed} forwarder entries switched");
+    }
 
-    // Now nothing routes through the old links or the removed functions: remove them.
+    // Now nothing is steered onto the old links or the removed functions. Packets already on
+    // their way there (in a veth's queue) get a moment to leave; then the old links go.
+    std::thread::sleep(DRAIN);
     let ends: Vec<(usize, String)> = gone
         .iter()
         .filter_map(|l| {
@@ -252,10 +261,26 @@ fn switch(
             errors.push(e.to_string());
         }
     }
+    if new.fastpath != FastPath::Kernel
+        && let Err(e) = ebpf::forget_interfaces(&bpf_dir, &ifindexes(&gone))
+    {
+        errors.push(e.to_string());
+    }
     if let Some(first) = errors.into_iter().next() {
         tracing::warn!(chain = %new.chain, "apply: cleanup of the old links left: {first}");
     }
     Ok(())
+}
+
+/// How long the old path stays after the switch, for packets already on it.
+const DRAIN: Duration = Duration::from_millis(20);
+
+/// The interface indexes of both ends of `links`.
+fn ifindexes(links: &[&LinkPlan]) -> BTreeSet<u32> {
+    links
+        .iter()
+        .flat_map(|l| [l.out.ifindex, l.inn.ifindex])
+        .collect()
 }
 
 /// The ingress and egress subnets of a plan.
@@ -289,6 +314,12 @@ fn undo(
     if let Err(e) = rt.block_on(apply::replace_routes(old, &hops, &opened, None)) {
         errors.push(e.to_string());
     }
+    let bpf_dir = names::chain_bpf_dir(&old.chain);
+    let fast = old.fastpath != FastPath::Kernel;
+    if fast && let Err(e) = ebpf::switch_fastpath(old, &bpf_dir) {
+        errors.push(e.to_string());
+    }
+    let added_links: Vec<&LinkPlan> = replan::gone_links(new, old).collect();
     let added: Vec<(usize, String)> = replan::gone_links(new, old)
         .filter_map(|l| {
             old.hop(&new.hops[l.out.hop].name)
@@ -305,6 +336,9 @@ fn undo(
         if let Err(e) = netns::delete(&hop.netns.name) {
             errors.push(e.to_string());
         }
+    }
+    if fast && let Err(e) = ebpf::forget_interfaces(&bpf_dir, &ifindexes(&added_links)) {
+        errors.push(e.to_string());
     }
     errors
 }

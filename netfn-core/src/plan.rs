@@ -58,6 +58,11 @@ pub struct HopPlan {
     pub retired_in: Vec<u32>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub retired_out: Vec<u32>,
+    /// Functions only: the function's slot in the forwarder's per-function maps (counters at
+    /// `2 × slot + direction`). Fixed for the function's life in the chain, wherever a live
+    /// apply moves it, so its counters stay continuous.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slot: Option<u32>,
 }
 
 /// One side of a veth pair.
@@ -88,6 +93,32 @@ pub struct ChainPlan {
     pub fastpath: FastPath,
     pub hops: Vec<HopPlan>,
     pub links: Vec<LinkPlan>,
+    /// The sizes of the forwarder's maps, fixed when the chain comes up.
+    #[serde(default)]
+    pub capacity: Capacity,
+}
+
+/// The sizes of a chain's forwarder maps, chosen at `up` with room for a live apply to grow the
+/// chain: the per-interface tables hold `interfaces` rows (indexed by `ifindex - IFINDEX_BASE`),
+/// the per-function maps `functions` slots. During an apply the old and the new interfaces and
+/// functions exist side by side, so the chain can grow to about half of each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Capacity {
+    pub interfaces: u32,
+    pub functions: u32,
+}
+
+impl Capacity {
+    /// Room for a chain of `functions` functions to double (and at least 16 functions).
+    pub fn for_functions(functions: usize) -> Capacity {
+        let functions = u32::try_from(functions).unwrap_or(u32::MAX / 8);
+        let functions = functions.saturating_mul(2).max(16).next_power_of_two();
+        Capacity {
+            // Two interfaces per link, one link more than functions; then room to double.
+            interfaces: functions.saturating_mul(4),
+            functions,
+        }
+    }
 }
 
 impl ChainPlan {
@@ -116,6 +147,29 @@ impl ChainPlan {
     pub fn function_count(&self) -> usize {
         self.hops.len().saturating_sub(2)
     }
+
+    /// The forwarder slot of the function at hop `hop` (None for an endpoint). Records written
+    /// before slots existed use the function's position.
+    pub fn function_slot(&self, hop: usize) -> Option<u32> {
+        let h = self.hops.get(hop)?;
+        if !matches!(h.role, HopRole::Function { .. }) {
+            return None;
+        }
+        h.slot.or_else(|| u32::try_from(hop - 1).ok())
+    }
+
+    /// The forwarder's map sizes (records written before they were kept: just enough for the
+    /// plan).
+    pub fn capacity(&self) -> Capacity {
+        if self.capacity.interfaces > 0 {
+            return self.capacity;
+        }
+        let functions = u32::try_from(self.function_count()).unwrap_or(u32::MAX);
+        Capacity {
+            interfaces: u32::try_from(self.links.len().saturating_mul(2)).unwrap_or(u32::MAX),
+            functions: functions.max(1),
+        }
+    }
 }
 
 /// The interface index of one side of link `link` (`out` = 0, `in` = 1).
@@ -141,7 +195,7 @@ pub fn plan_chain(spec: &ChainSpec) -> ChainPlan {
     let n = spec.functions.len();
     let mut hops = Vec::with_capacity(n + 2);
     hops.push(endpoint_hop(spec, "ingress", &spec.ingress));
-    for f in &spec.functions {
+    for (slot, f) in (0u32..).zip(&spec.functions) {
         hops.push(HopPlan {
             name: f.name.clone(),
             role: HopRole::Function {
@@ -158,6 +212,7 @@ pub fn plan_chain(spec: &ChainSpec) -> ChainPlan {
             routes: Vec::new(),
             retired_in: Vec::new(),
             retired_out: Vec::new(),
+            slot: Some(slot),
         });
     }
     hops.push(endpoint_hop(spec, "egress", &spec.egress));
@@ -175,6 +230,7 @@ pub fn plan_chain(spec: &ChainSpec) -> ChainPlan {
         fastpath: spec.fastpath,
         hops,
         links,
+        capacity: Capacity::for_functions(n),
     }
 }
 
@@ -230,6 +286,7 @@ fn endpoint_hop(spec: &ChainSpec, name: &str, ep: &EndpointSpec) -> HopPlan {
         }],
         retired_in: Vec::new(),
         retired_out: Vec::new(),
+        slot: None,
     }
 }
 
@@ -304,9 +361,9 @@ pub struct ForwarderEntry {
     /// The interface the packet arrives on (unique within the chain: the table key).
     pub ifindex: u32,
     pub ifname: String,
-    /// The function's hop (1..=N) and its 0-based function index (`hop - 1`).
+    /// The function's hop (1..=N) and its forwarder slot ([`ChainPlan::function_slot`]).
     pub hop: usize,
-    pub function: usize,
+    pub slot: u32,
     pub direction: Direction,
     /// The function's other interface, in the same namespace: the packet leaves through it.
     /// TC: `bpf_redirect_peer` target; XDP: devmap target.
@@ -329,16 +386,15 @@ pub struct ForwarderEntry {
 }
 
 impl ForwarderEntry {
-    /// The entry's counter slot: `function * 2 + direction`.
+    /// The entry's counter slot: `slot * 2 + direction`.
     pub fn counter_slot(&self) -> u32 {
-        counter_slot(self.function, self.direction)
+        counter_slot(self.slot, self.direction)
     }
 }
 
-/// The forwarder counter slot of function `function` (0-based) in `direction`.
-pub fn counter_slot(function: usize, direction: Direction) -> u32 {
-    let function = u32::try_from(function).unwrap_or(u32::MAX / 2 - 1);
-    function.saturating_mul(2).saturating_add(direction.index())
+/// The forwarder counter slot of the function with slot `slot` in `direction`.
+pub fn counter_slot(slot: u32, direction: Direction) -> u32 {
+    slot.saturating_mul(2).saturating_add(direction.index())
 }
 
 /// The position of interface `ifindex` in tables indexed by interface (`ifindex - IFINDEX_BASE`;
@@ -363,6 +419,7 @@ pub fn forwarder_entries(plan: &ChainPlan) -> Vec<ForwarderEntry> {
             continue;
         };
         let (inn, out) = (&before.inn, &after.out);
+        let slot = plan.function_slot(hop).unwrap_or_default();
         let local_addrs = [inn.address.addr(), out.address.addr()];
         let entry = |arrive: &LinkEnd,
                      neighbour: &LinkEnd,
@@ -373,7 +430,7 @@ pub fn forwarder_entries(plan: &ChainPlan) -> Vec<ForwarderEntry> {
             ifindex: arrive.ifindex,
             ifname: arrive.ifname.clone(),
             hop,
-            function: hop - 1,
+            slot,
             direction,
             out_ifindex: leave.ifindex,
             own_mac: arrive.mac,
@@ -404,18 +461,14 @@ pub fn forwarder_entries(plan: &ChainPlan) -> Vec<ForwarderEntry> {
     entries
 }
 
-/// How many elements the forwarder's per-interface tables need: every interface of the chain
-/// (endpoints included), `2 × links`.
+/// How many rows the forwarder's per-interface tables have ([`Capacity::interfaces`]).
 pub fn forwarder_table_len(plan: &ChainPlan) -> u32 {
-    u32::try_from(plan.links.len().saturating_mul(2)).unwrap_or(u32::MAX)
+    plan.capacity().interfaces.max(1)
 }
 
-/// How many counter slots the forwarder needs: two per function (at least one, since eBPF maps
-/// cannot be empty).
+/// How many counter slots the forwarder has: two per function slot.
 pub fn forwarder_counter_len(plan: &ChainPlan) -> u32 {
-    u32::try_from(plan.function_count().saturating_mul(2))
-        .unwrap_or(u32::MAX)
-        .max(1)
+    plan.capacity().functions.saturating_mul(2).max(1)
 }
 
 /// Chains for unit tests of the planning code (no kind registry needed).
@@ -492,17 +545,10 @@ mod tests {
         let entries = forwarder_entries(&plan);
         assert_eq!(entries.len(), 6);
         let base = names::IFINDEX_BASE;
-        // (arrives on, leaves by, direction, function) for every entry, in hop order.
-        let shape: Vec<(u32, u32, Direction, usize)> = entries
+        // (arrives on, leaves by, direction, slot) for every entry, in hop order.
+        let shape: Vec<(u32, u32, Direction, u32)> = entries
             .iter()
-            .map(|e| {
-                (
-                    e.ifindex - base,
-                    e.out_ifindex - base,
-                    e.direction,
-                    e.function,
-                )
-            })
+            .map(|e| (e.ifindex - base, e.out_ifindex - base, e.direction, e.slot))
             .collect();
         assert_eq!(
             shape,
@@ -517,8 +563,9 @@ mod tests {
         );
         let slots: Vec<u32> = entries.iter().map(ForwarderEntry::counter_slot).collect();
         assert_eq!(slots, vec![0, 1, 2, 3, 4, 5]);
-        assert_eq!(forwarder_table_len(&plan), 8);
-        assert_eq!(forwarder_counter_len(&plan), 6);
+        // Room to grow: 16 function slots (two counters each), 64 interface rows.
+        assert_eq!(forwarder_table_len(&plan), 64);
+        assert_eq!(forwarder_counter_len(&plan), 32);
     }
 
     #[test]
@@ -583,8 +630,45 @@ mod tests {
     fn no_functions_no_entries_but_valid_map_sizes() {
         let plan = plan_chain(&spec(0, None));
         assert!(forwarder_entries(&plan).is_empty());
-        assert_eq!(forwarder_table_len(&plan), 2);
-        assert_eq!(forwarder_counter_len(&plan), 1);
+        assert_eq!(forwarder_table_len(&plan), 64);
+        assert_eq!(forwarder_counter_len(&plan), 32);
+    }
+
+    #[test]
+    fn capacity_leaves_room_to_double_the_chain() {
+        for n in [0usize, 1, 7, 8, 9, 100, 1000] {
+            let c = Capacity::for_functions(n);
+            let links = n as u32 + 1;
+            assert!(
+                c.functions >= 2 * n as u32 && c.functions >= 16,
+                "{n}: {c:?}"
+            );
+            assert!(c.interfaces >= 2 * (2 * links), "{n}: {c:?}");
+        }
+        assert_eq!(
+            Capacity::for_functions(1000),
+            Capacity {
+                interfaces: 8192,
+                functions: 2048
+            }
+        );
+    }
+
+    #[test]
+    fn slots_follow_the_function_not_its_position() {
+        let mut plan = plan_chain(&spec(2, None));
+        plan.hops[1].slot = Some(5);
+        assert_eq!(plan.function_slot(1), Some(5));
+        assert_eq!(plan.function_slot(2), Some(1));
+        assert_eq!(plan.function_slot(0), None);
+        let entries = forwarder_entries(&plan);
+        assert_eq!(
+            (entries[0].counter_slot(), entries[1].counter_slot()),
+            (10, 11)
+        );
+        // A record from before slots existed: the position.
+        plan.hops[1].slot = None;
+        assert_eq!(plan.function_slot(1), Some(0));
     }
 
     #[test]

@@ -210,11 +210,7 @@ fn fastpath_of(
     if !matches!(plan.hops[h].role, HopRole::Function { .. }) {
         return None;
     }
-    let f = counters
-        .fastpath
-        .as_ref()?
-        .functions
-        .get(h.checked_sub(1)?)?;
+    let f = counters.fastpath.as_ref()?.function(plan, h)?;
     // Packets arriving on the side facing ingress travel toward egress (forward).
     let forward = end.hop > 0
         && plan

@@ -140,42 +140,87 @@ pub fn sequenced_stream_during(
     port: u16,
     during: impl FnOnce(),
 ) -> std::collections::BTreeSet<u32> {
-    use std::time::{Duration, Instant};
-    let rx = udp_socket_in(
-        &format!("nf-{chain}-egress"),
-        SocketAddrV4::new(EGRESS_ADDR, port),
-    );
-    set_rcvbuf(&rx, 16 << 20);
-    rx.set_read_timeout(Some(Duration::from_millis(1500)))
-        .expect("timeout");
-    let tx = udp_socket_in(
-        &format!("nf-{chain}-ingress"),
-        SocketAddrV4::new(INGRESS_ADDR, port + 1),
-    );
-    let receiver = std::thread::spawn(move || {
-        let mut seen = std::collections::BTreeSet::new();
-        let mut buf = [0u8; 64];
-        while let Ok(n) = rx.recv(&mut buf) {
-            if n >= 4 {
-                seen.insert(u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]));
-            }
-        }
-        seen
-    });
-    let sender = std::thread::spawn(move || {
-        let to = SocketAddrV4::new(EGRESS_ADDR, port);
-        let start = Instant::now();
-        let gap_ns = 1_000_000_000 / per_second.max(1);
-        for seq in 0..count {
-            tx.send_to(&seq.to_be_bytes(), to).expect("send");
-            let due = start + Duration::from_nanos(u64::from(seq) * gap_ns);
-            if let Some(wait) = due.checked_duration_since(Instant::now()) {
-                std::thread::sleep(wait);
-            }
-        }
-    });
-    std::thread::sleep(Duration::from_millis(300));
+    let stream = SequencedStream::start(chain, Toward::Egress, count, per_second, port);
+    std::thread::sleep(std::time::Duration::from_millis(300));
     during();
-    sender.join().expect("sender");
-    receiver.join().expect("receiver")
+    stream.finish()
+}
+
+/// [`sequenced_stream_during`] in both directions at once (ports `port` and `port + 2`):
+/// returns what arrived at the egress endpoint, then what arrived at the ingress endpoint.
+pub fn sequenced_streams_both_ways_during(
+    chain: &str,
+    count: u32,
+    per_second: u64,
+    port: u16,
+    during: impl FnOnce(),
+) -> (
+    std::collections::BTreeSet<u32>,
+    std::collections::BTreeSet<u32>,
+) {
+    let forward = SequencedStream::start(chain, Toward::Egress, count, per_second, port);
+    let reverse = SequencedStream::start(chain, Toward::Ingress, count, per_second, port + 2);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    during();
+    (forward.finish(), reverse.finish())
+}
+
+/// Which endpoint a stream goes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Toward {
+    Egress,
+    Ingress,
+}
+
+/// A sequenced UDP stream between a chain's endpoints, running on two threads.
+struct SequencedStream {
+    sender: std::thread::JoinHandle<()>,
+    receiver: std::thread::JoinHandle<std::collections::BTreeSet<u32>>,
+}
+
+impl SequencedStream {
+    fn start(chain: &str, toward: Toward, count: u32, per_second: u64, port: u16) -> Self {
+        use std::time::{Duration, Instant};
+        let (ingress, egress) = (
+            (format!("nf-{chain}-ingress"), INGRESS_ADDR),
+            (format!("nf-{chain}-egress"), EGRESS_ADDR),
+        );
+        let ((from_ns, from_addr), (to_ns, to_addr)) = match toward {
+            Toward::Egress => (ingress, egress),
+            Toward::Ingress => (egress, ingress),
+        };
+        let rx = udp_socket_in(&to_ns, SocketAddrV4::new(to_addr, port));
+        set_rcvbuf(&rx, 16 << 20);
+        rx.set_read_timeout(Some(Duration::from_millis(1500)))
+            .expect("timeout");
+        let tx = udp_socket_in(&from_ns, SocketAddrV4::new(from_addr, port + 1));
+        let receiver = std::thread::spawn(move || {
+            let mut seen = std::collections::BTreeSet::new();
+            let mut buf = [0u8; 64];
+            while let Ok(n) = rx.recv(&mut buf) {
+                if n >= 4 {
+                    seen.insert(u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]));
+                }
+            }
+            seen
+        });
+        let sender = std::thread::spawn(move || {
+            let to = SocketAddrV4::new(to_addr, port);
+            let start = Instant::now();
+            let gap_ns = 1_000_000_000 / per_second.max(1);
+            for seq in 0..count {
+                tx.send_to(&seq.to_be_bytes(), to).expect("send");
+                let due = start + Duration::from_nanos(u64::from(seq) * gap_ns);
+                if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                    std::thread::sleep(wait);
+                }
+            }
+        });
+        SequencedStream { sender, receiver }
+    }
+
+    fn finish(self) -> std::collections::BTreeSet<u32> {
+        self.sender.join().expect("sender");
+        self.receiver.join().expect("receiver")
+    }
 }

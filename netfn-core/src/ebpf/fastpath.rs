@@ -9,45 +9,39 @@
 //!    (`fwd_table`), the per-function counters (`fn_counters`), the counters of packets without a
 //!    table entry (`fwd_unknown`) and, in XDP mode, the devmap (`fwd_devmap`);
 //! 2. fills the forwarding table from the plan ([`crate::plan::forwarder_entries`]);
-//! 3. TC: pins `nf_fwd_tc` and attaches it on TC ingress of every function interface with netlink
-//!    (`clsact` + `cls_bpf` direct action) at priority [`FWD_TC_PRIORITY`], after the counter
-//!    (priority 1), which returns `TC_ACT_UNSPEC` so the forwarder still runs. Netlink filters
-//!    hold their program: they outlive the process, and go when their interface goes.
-//!    XDP: on one thread per namespace, fills that namespace's devmap entries (a devmap resolves
-//!    ifindexes in the namespace of the thread that updates it), attaches `nf_fwd_xdp` to every
-//!    function interface and `nf_xdp_pass` to every endpoint interface (a veth that receives XDP
-//!    redirects needs an XDP program, or frames vanish), and pins each XDP link under the chain
-//!    directory (`xdp_link_<ifindex>`): a pinned link keeps the program attached after the
-//!    process exits; removing the pin (or the interface) detaches it.
+//! 3. TC: pins `nf_fwd_tc` and attaches it on TC ingress of every function interface, with TCX
+//!    where the kernel has it ([`TcAttach`]) or with netlink (`clsact` + `cls_bpf` direct action)
+//!    at priority [`FWD_TC_PRIORITY`]; XDP: see [`super::fwd_xdp`].
+//!
+//! A live apply ([`crate::live`]) changes a running chain in three steps that never stop the
+//! flows through the rest of the chain: [`extend_fastpath`] (the new interfaces get their table
+//! rows and programs while nothing is steered onto them), [`switch_fastpath`] (the entries of the
+//! kept interfaces change, each atomically for every packet, in an order that never loops), and
+//! once the old links are deleted, [`forget_interfaces`].
 //!
 //! Teardown needs nothing special: deleting the chain's namespaces removes interfaces, filters
 //! and XDP attachments, and [`super::remove_pins`] removes maps, programs and link pins.
 
+use std::collections::BTreeSet;
 use std::fmt;
-use std::io;
-use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use aya::maps::{Array, DevMap, Map, MapData, MapError, MapInfo, PerCpuArray};
-use aya::programs::links::{FdLink, PinnedLink};
-use aya::programs::tc::{SchedClassifierLink, TcAttachOptions};
-use aya::programs::xdp::XdpLink;
-use aya::programs::{LinkOrder, ProgramError, SchedClassifier, TcAttachType, Xdp, XdpMode};
-use aya::{Ebpf, EbpfLoader};
+use aya::Ebpf;
+use aya::EbpfLoader;
+use aya::maps::{MapData, PerCpuArray};
 use netfn_common::{
-    FN_COUNTERS_MAP, FWD_DEVMAP, FWD_TABLE_MAP, FWD_TC_PROGRAM, FWD_UNKNOWN_MAP, FWD_VALID,
-    FWD_XDP_PROGRAM, FnCounters, FwdEntry, XDP_PASS_PROGRAM, mac_words,
+    FN_COUNTERS_MAP, FWD_DEVMAP, FWD_TABLE_MAP, FWD_TC_PROGRAM, FWD_UNKNOWN_MAP, FWD_XDP_PROGRAM,
+    FnCounters, XDP_PASS_PROGRAM,
 };
 
+use super::fwd_table::{FwdTable, drop_unfit_pin, map_error, pinned_map, zero_function_counters};
 use super::{
-    AttachedInterface, BPFFS, EbpfError, EbpfLogs, TcSlot, attach_pinned, ensure_bpffs, netns,
-    program_error, remove_file_if_present,
+    AttachedInterface, BPFFS, EbpfError, EbpfLogs, TcSlot, attach_pinned, ensure_bpffs, fwd_tc,
+    fwd_xdp, remove_file_if_present,
 };
-use crate::names;
-use crate::plan::{self, ChainPlan, ForwarderEntry};
+use crate::plan::{self, ChainPlan, Direction};
 use crate::spec::FastPath;
 
 /// TC priority of the forwarder filter on ingress: after the counter (priority 1).
@@ -218,11 +212,20 @@ pub struct FunctionCounters {
 /// Everything [`read_function_counters`] reads.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct FastpathCounters {
-    /// By function index: `functions[i]` is hop `i + 1` of the plan (`plan.hops[i + 1]`).
+    /// By function slot ([`ChainPlan::function_slot`]; at `up`, slot `i` is function `i`). Use
+    /// [`FastpathCounters::function`] to find a function's.
     pub functions: Vec<FunctionCounters>,
     /// Packets that arrived on an interface with no valid table entry (dropped; counted under
     /// `drops[DROP_NO_ROUTE]`).
     pub unattributed: FnCounters,
+}
+
+impl FastpathCounters {
+    /// The counters of the function at hop `hop` of `plan`.
+    pub fn function(&self, plan: &ChainPlan, hop: usize) -> Option<&FunctionCounters> {
+        let slot = usize::try_from(plan.function_slot(hop)?).ok()?;
+        self.functions.get(slot)
+    }
 }
 
 /// Brings the fast path of `plan` up: see the module docs. Call it after the chain's addresses
@@ -241,6 +244,11 @@ pub fn attach_fastpath_with(
 ) -> Result<FastpathAttach, EbpfError> {
     let started = Instant::now();
     let mode = plan.fastpath;
+    if mode == FastPath::Kernel {
+        return Err(EbpfError::NoFastPath {
+            chain: plan.chain.clone(),
+        });
+    }
     check_kernel(mode)?;
     if bpf_dir.starts_with(BPFFS) {
         ensure_bpffs()?;
@@ -254,7 +262,6 @@ pub fn attach_fastpath_with(
     let entries = plan::forwarder_entries(plan);
     let table_len = plan::forwarder_table_len(plan);
     let counter_len = plan::forwarder_counter_len(plan);
-    let xdp = mode == FastPath::Xdp;
 
     // Pins from an earlier attach are reused; ones that do not fit this plan (a stale directory)
     // are replaced.
@@ -263,7 +270,7 @@ pub fn attach_fastpath_with(
         (FN_COUNTERS_MAP, bpf_dir.join(FN_COUNTERS_PIN), counter_len),
         (FWD_UNKNOWN_MAP, bpf_dir.join(FWD_UNKNOWN_PIN), 1),
     ];
-    if xdp {
+    if mode == FastPath::Xdp {
         pins.push((FWD_DEVMAP, bpf_dir.join(FWD_DEVMAP_PIN), table_len));
     }
     for (_, path, len) in &pins {
@@ -283,33 +290,20 @@ pub fn attach_fastpath_with(
         .map_err(|e| EbpfError::Load(Box::new(e)))?;
     drop(bytes);
 
-    fill_table(&mut ebpf, &bpf_dir.join(FWD_TABLE_PIN), &entries)?;
-
-    let (interfaces, load_time, attach_time) = match mode {
-        FastPath::Kernel => {
-            return Err(EbpfError::NoFastPath {
-                chain: plan.chain.clone(),
-            });
-        }
-        FastPath::Tc => {
-            let name = FWD_TC_PROGRAM;
-            let program_pin = load_and_pin_tc(&mut ebpf, bpf_dir)?;
-            let load_time = started.elapsed();
-            let attach_started = Instant::now();
-            let targets = tc_targets(plan);
-            let interfaces = match options.tc_attach {
-                TcAttach::Netlink => attach_pinned(&program_pin, name, &targets, FWD_TC_SLOT)?,
-                TcAttach::Tcx => attach_tcx(&program_pin, &targets, bpf_dir)?,
-            };
-            (interfaces, load_time, attach_started.elapsed())
-        }
-        FastPath::Xdp => {
-            let load_time = started.elapsed();
-            let attach_started = Instant::now();
-            let interfaces = attach_xdp(&mut ebpf, plan, bpf_dir)?;
-            (interfaces, load_time, attach_started.elapsed())
-        }
-    };
+    let mut table = FwdTable::open(&bpf_dir.join(FWD_TABLE_PIN))?;
+    for e in &entries {
+        table.set(e)?;
+    }
+    if mode == FastPath::Tc {
+        fwd_tc::load_and_pin(&mut ebpf, bpf_dir)?;
+    } else {
+        fwd_xdp::load_and_pin(&mut ebpf, FWD_XDP_PROGRAM, bpf_dir)?;
+        fwd_xdp::load_and_pin(&mut ebpf, XDP_PASS_PROGRAM, bpf_dir)?;
+    }
+    let load_time = started.elapsed();
+    let attach_started = Instant::now();
+    let interfaces = attach_programs(plan, bpf_dir, options.tc_attach, &|_| true)?;
+    let attach_time = attach_started.elapsed();
     tracing::info!(
         "chain {}: {mode} fast path on {} interface(s), {} table entries, in {:.2?} (load {load_time:.2?}, attach {attach_time:.2?})",
         plan.chain,
@@ -325,6 +319,114 @@ pub fn attach_fastpath_with(
         load_time,
         attach_time,
     })
+}
+
+/// Attaches the pinned forwarder programs to the interfaces of `plan` that `only` selects (by
+/// ifindex): TC on function interfaces; XDP on function interfaces, and the pass program on
+/// endpoint interfaces.
+fn attach_programs(
+    plan: &ChainPlan,
+    bpf_dir: &Path,
+    tc_attach: TcAttach,
+    only: &dyn Fn(u32) -> bool,
+) -> Result<Vec<AttachedInterface>, EbpfError> {
+    match plan.fastpath {
+        FastPath::Kernel => Err(EbpfError::NoFastPath {
+            chain: plan.chain.clone(),
+        }),
+        FastPath::Tc => {
+            let program_pin = bpf_dir.join(FWD_TC_PROGRAM);
+            let targets = fwd_tc::targets(plan, only);
+            match tc_attach {
+                TcAttach::Netlink => {
+                    attach_pinned(&program_pin, FWD_TC_PROGRAM, &targets, FWD_TC_SLOT)
+                }
+                TcAttach::Tcx => fwd_tc::attach_tcx(&program_pin, &targets, bpf_dir),
+            }
+        }
+        FastPath::Xdp => fwd_xdp::attach(plan, bpf_dir, only),
+    }
+}
+
+/// A live apply, step 1 (the new plan's namespaces and links exist, nothing is steered onto
+/// them yet): zeroes the counters of the functions' new slots, writes the table rows of the new
+/// interfaces `added`, and attaches the forwarder to them the way the running chain has it (TCX or
+/// netlink). Packets still take the old path.
+pub fn extend_fastpath(
+    plan: &ChainPlan,
+    bpf_dir: &Path,
+    added: &BTreeSet<u32>,
+    new_slots: &[u32],
+) -> Result<Vec<AttachedInterface>, EbpfError> {
+    zero_function_counters(&bpf_dir.join(FN_COUNTERS_PIN), new_slots)?;
+    let mut table = FwdTable::open(&bpf_dir.join(FWD_TABLE_PIN))?;
+    for e in plan::forwarder_entries(plan)
+        .iter()
+        .filter(|e| added.contains(&e.ifindex))
+    {
+        table.set(e)?;
+    }
+    // An index a removed link had: its link pins (if a cleanup missed them) are stale.
+    for &ifindex in added {
+        remove_link_pins(bpf_dir, ifindex)?;
+    }
+    let tc_attach = tc_attach_in_use(plan, bpf_dir, added);
+    attach_programs(plan, bpf_dir, tc_attach, &|i| added.contains(&i))
+}
+
+/// A live apply, step 2: makes every entry of `plan` live, in an order that never loops a packet
+/// back: entries toward egress from the egress end backwards, entries toward ingress from the
+/// ingress end forwards. So a switched entry always hands its packets to a hop whose entries are
+/// switched already (or new), and the old interfaces keep their old entries until they go.
+/// Returns how many entries changed. Also the way back when an apply fails (with the old plan).
+pub fn switch_fastpath(plan: &ChainPlan, bpf_dir: &Path) -> Result<usize, EbpfError> {
+    let entries = plan::forwarder_entries(plan);
+    let mut table = FwdTable::open(&bpf_dir.join(FWD_TABLE_PIN))?;
+    let toward = |d| entries.iter().filter(move |e| e.direction == d);
+    let mut changed = 0;
+    for e in toward(Direction::Forward)
+        .rev()
+        .chain(toward(Direction::Reverse))
+    {
+        changed += usize::from(table.set(e)?);
+    }
+    Ok(changed)
+}
+
+/// A live apply, step 3 (the interfaces `gone` no longer exist): invalidates their table rows and
+/// removes their link pins, so a later link can take their indexes.
+pub fn forget_interfaces(bpf_dir: &Path, gone: &BTreeSet<u32>) -> Result<(), EbpfError> {
+    let mut table = FwdTable::open(&bpf_dir.join(FWD_TABLE_PIN))?;
+    for &ifindex in gone {
+        table.clear(ifindex)?;
+        remove_link_pins(bpf_dir, ifindex)?;
+    }
+    Ok(())
+}
+
+fn remove_link_pins(bpf_dir: &Path, ifindex: u32) -> Result<(), EbpfError> {
+    for prefix in [TCX_LINK_PIN_PREFIX, XDP_LINK_PIN_PREFIX] {
+        remove_file_if_present(&bpf_dir.join(format!("{prefix}{ifindex}")))?;
+    }
+    Ok(())
+}
+
+/// How the running chain's TC forwarder is attached: TCX if an interface that `extend_fastpath`
+/// does not touch has a pinned TCX link, netlink otherwise.
+fn tc_attach_in_use(plan: &ChainPlan, bpf_dir: &Path, added: &BTreeSet<u32>) -> TcAttach {
+    let tcx = plan::forwarder_entries(plan)
+        .iter()
+        .filter(|e| !added.contains(&e.ifindex))
+        .any(|e| {
+            bpf_dir
+                .join(format!("{TCX_LINK_PIN_PREFIX}{}", e.ifindex))
+                .exists()
+        });
+    if tcx {
+        TcAttach::Tcx
+    } else {
+        TcAttach::Netlink
+    }
 }
 
 /// Says plainly when this kernel cannot run `mode` (see [`crate::features`]).
@@ -343,475 +445,11 @@ fn check_kernel(mode: FastPath) -> Result<(), EbpfError> {
     }
 }
 
-/// Removes the pinned map at `path` if its size does not match `max_entries`.
-fn drop_unfit_pin(path: &Path, max_entries: u32) -> Result<(), EbpfError> {
-    match MapInfo::from_pin(path) {
-        Ok(info) if info.max_entries() == max_entries => Ok(()),
-        Ok(info) => {
-            tracing::warn!(
-                "{}: pinned with {} entries, the chain needs {max_entries}: replacing it",
-                path.display(),
-                info.max_entries()
-            );
-            remove_file_if_present(path)
-        }
-        Err(_) => Ok(()),
-    }
-}
-
-/// The map entry of one forwarder table row. Addresses are stored as their bytes in packet
-/// order, so the program compares them with what it reads from the packet without swapping.
-pub fn fwd_entry(e: &ForwarderEntry) -> FwdEntry {
-    let net = |a: Ipv4Addr| u32::from_ne_bytes(a.octets());
-    let (next, out) = (mac_words(e.next_mac), mac_words(e.out_mac));
-    let eth_rewrite = [next[0], next[1], next[2], out[0], out[1], out[2]];
-    FwdEntry {
-        flags: FWD_VALID,
-        redirect_ifindex: e.out_ifindex,
-        counter_slot: e.counter_slot(),
-        peer_addr: net(e.peer_addr),
-        allowed_net: net(e.allowed_sources.network()),
-        allowed_mask: net(e.allowed_sources.netmask()),
-        local_addrs: [net(e.local_addrs[0]), net(e.local_addrs[1])],
-        own_mac: mac_words(e.own_mac),
-        peer_mac: mac_words(e.peer_mac),
-        eth_rewrite,
-    }
-}
-
-fn fill_table(ebpf: &mut Ebpf, path: &Path, entries: &[ForwarderEntry]) -> Result<(), EbpfError> {
-    let map_error = |source| EbpfError::Map {
-        path: path.to_path_buf(),
-        source,
-    };
-    let map = ebpf
-        .map_mut(FWD_TABLE_MAP)
-        .ok_or(EbpfError::MissingInObject {
-            kind: "map",
-            name: FWD_TABLE_MAP,
-        })?;
-    let mut table: Array<&mut MapData, FwdEntry> = Array::try_from(map).map_err(map_error)?;
-    for e in entries {
-        let index = plan::interface_slot(e.ifindex).ok_or_else(|| {
-            map_error(MapError::OutOfBounds {
-                index: e.ifindex,
-                max_entries: table.len(),
-            })
-        })?;
-        table.set(index, fwd_entry(e), 0).map_err(map_error)?;
-    }
-    Ok(())
-}
-
-fn load_and_pin_tc(ebpf: &mut Ebpf, bpf_dir: &Path) -> Result<PathBuf, EbpfError> {
-    let name = FWD_TC_PROGRAM;
-    let program: &mut SchedClassifier = ebpf
-        .program_mut(name)
-        .ok_or(EbpfError::MissingInObject {
-            kind: "program",
-            name,
-        })?
-        .try_into()
-        .map_err(|e| program_error(name, e))?;
-    program.load().map_err(|e| program_error(name, e))?;
-    let pin = bpf_dir.join(name);
-    remove_file_if_present(&pin)?;
-    program.pin(&pin).map_err(|source| EbpfError::Pin {
-        path: pin.clone(),
-        source,
-    })?;
-    Ok(pin)
-}
-
-/// (namespace path, [nf-in, nf-out]) of every function.
-fn tc_targets(plan: &ChainPlan) -> Vec<(PathBuf, Vec<String>)> {
-    let n = plan.function_count();
-    (1..=n)
-        .filter_map(|h| {
-            let hop = plan.hops.get(h)?;
-            let ifs = plan.interfaces_of(h).map(|i| i.ifname.clone()).collect();
-            Some((names::netns_path(&hop.netns.name), ifs))
-        })
-        .collect()
-}
-
-/// Attaches the pinned TC program with TCX on ingress of every target and pins each link (see
-/// [`TcAttach::Tcx`]); a link pinned already gets the program swapped in place.
-fn attach_tcx(
-    program_pin: &Path,
-    targets: &[(PathBuf, Vec<String>)],
-    bpf_dir: &Path,
-) -> Result<Vec<AttachedInterface>, EbpfError> {
-    let name = FWD_TC_PROGRAM;
-    let threads = super::NETNS_THREADS.min(targets.len()).max(1);
-    let mut programs = Vec::with_capacity(threads);
-    for _ in 0..threads {
-        programs.push(SchedClassifier::from_pin(program_pin).map_err(|source| {
-            EbpfError::Pinned {
-                path: program_pin.to_path_buf(),
-                source: Box::new(source),
-            }
-        })?);
-    }
-    let paths: Vec<&Path> = targets.iter().map(|(p, _)| p.as_path()).collect();
-    let per_netns = netns::in_namespaces(&paths, programs, |program, index| {
-        let (netns, interfaces) = &targets[index];
-        interfaces
-            .iter()
-            .map(|interface| {
-                attach_tcx_here(program, bpf_dir, interface).map_err(|source| EbpfError::Attach {
-                    program: name,
-                    netns: netns.clone(),
-                    interface: interface.clone(),
-                    source: Box::new(source),
-                })
-            })
-            .collect::<Vec<_>>()
-    })?;
-    super::collect_attached(targets, per_netns)
-}
-
-fn attach_tcx_here(
-    program: &mut SchedClassifier,
-    bpf_dir: &Path,
-    interface: &str,
-) -> Result<(u32, bool), ProgramError> {
-    let ifindex =
-        nix::net::if_::if_nametoindex(interface).map_err(|e| ProgramError::UnknownInterface {
-            name: format!("{interface} ({e})"),
-        })?;
-    let pin = bpf_dir.join(format!("{TCX_LINK_PIN_PREFIX}{ifindex}"));
-    let existing = PinnedLink::from_pin(&pin)
-        .ok()
-        .and_then(|pinned| SchedClassifierLink::try_from(FdLink::from(pinned)).ok());
-    let replaced = existing.is_some();
-    let link_id = match existing {
-        Some(link) => program.attach_to_link(link)?,
-        None => {
-            let _ = std::fs::remove_file(&pin);
-            program.attach_with_options(
-                interface,
-                TcAttachType::Ingress,
-                TcAttachOptions::TcxOrder(LinkOrder::default()),
-            )?
-        }
-    };
-    let link = program.take_link(link_id)?;
-    match FdLink::try_from(link) {
-        Ok(fd_link) if replaced => drop(fd_link),
-        Ok(fd_link) => {
-            fd_link
-                .pin(&pin)
-                .map_err(|e| ProgramError::IOError(io::Error::other(e.to_string())))?;
-        }
-        Err(_) => {}
-    }
-    Ok((ifindex, replaced))
-}
-
-/// One namespace's XDP work.
-struct XdpTarget {
-    netns: PathBuf,
-    /// (ifname, ifindex, forwarder?): function interfaces get the forwarder and a devmap entry,
-    /// endpoint interfaces the pass program.
-    interfaces: Vec<(String, u32, bool)>,
-}
-
-fn xdp_targets(plan: &ChainPlan) -> Vec<XdpTarget> {
-    let n = plan.function_count();
-    plan.hops
-        .iter()
-        .enumerate()
-        .map(|(h, hop)| XdpTarget {
-            netns: names::netns_path(&hop.netns.name),
-            interfaces: plan
-                .interfaces_of(h)
-                .map(|i| (i.ifname.clone(), i.ifindex, (1..=n).contains(&h)))
-                .collect(),
-        })
-        .collect()
-}
-
-fn load_and_pin_xdp(
-    ebpf: &mut Ebpf,
-    name: &'static str,
-    bpf_dir: &Path,
-) -> Result<PathBuf, EbpfError> {
-    let program: &mut Xdp = ebpf
-        .program_mut(name)
-        .ok_or(EbpfError::MissingInObject {
-            kind: "program",
-            name,
-        })?
-        .try_into()
-        .map_err(|e| program_error(name, e))?;
-    program.load().map_err(|e| program_error(name, e))?;
-    let pin = bpf_dir.join(name);
-    remove_file_if_present(&pin)?;
-    program.pin(&pin).map_err(|source| EbpfError::Pin {
-        path: pin.clone(),
-        source,
-    })?;
-    Ok(pin)
-}
-
-fn attach_xdp(
-    ebpf: &mut Ebpf,
-    plan: &ChainPlan,
-    bpf_dir: &Path,
-) -> Result<Vec<AttachedInterface>, EbpfError> {
-    load_and_pin_xdp(ebpf, FWD_XDP_PROGRAM, bpf_dir)?;
-    load_and_pin_xdp(ebpf, XDP_PASS_PROGRAM, bpf_dir)?;
-
-    // aya cannot open a pinned XDP program for attaching without aya-obj's attach type, so the
-    // workers share the loaded programs; only the attach syscall itself holds the lock.
-    let mut fwd = None;
-    let mut pass = None;
-    for (name, program) in ebpf.programs_mut() {
-        if name == FWD_XDP_PROGRAM {
-            fwd = Some(program);
-        } else if name == XDP_PASS_PROGRAM {
-            pass = Some(program);
-        }
-    }
-    let (Some(fwd), Some(pass)) = (fwd, pass) else {
-        return Err(EbpfError::MissingInObject {
-            kind: "program",
-            name: FWD_XDP_PROGRAM,
-        });
-    };
-    let fwd: &mut Xdp = fwd
-        .try_into()
-        .map_err(|e| program_error(FWD_XDP_PROGRAM, e))?;
-    let pass: &mut Xdp = pass
-        .try_into()
-        .map_err(|e| program_error(XDP_PASS_PROGRAM, e))?;
-    let programs = Mutex::new((fwd, pass));
-
-    let targets = xdp_targets(plan);
-    let devmap_pin = bpf_dir.join(FWD_DEVMAP_PIN);
-    let threads = super::NETNS_THREADS.min(targets.len()).max(1);
-    let mut devmaps = Vec::with_capacity(threads);
-    for _ in 0..threads {
-        devmaps.push(open_devmap(&devmap_pin)?);
-    }
-    let paths: Vec<&Path> = targets.iter().map(|t| t.netns.as_path()).collect();
-    let per_netns = netns::in_namespaces(&paths, devmaps, |devmap, index| {
-        let target = &targets[index];
-        // Checksums and devmap entries first (resolved in this namespace), then the programs.
-        let mut results = Vec::with_capacity(target.interfaces.len());
-        for (ifname, ifindex, forwarder) in &target.interfaces {
-            if let Err(source) = disable_tx_checksum(ifname) {
-                results.push(Err(EbpfError::Interface {
-                    netns: target.netns.clone(),
-                    interface: ifname.clone(),
-                    source,
-                }));
-                continue;
-            }
-            if *forwarder && let Err(e) = set_devmap(devmap, *ifindex) {
-                results.push(Err(EbpfError::DevMap {
-                    netns: target.netns.clone(),
-                    interface: ifname.clone(),
-                    source: Box::new(e),
-                }));
-                continue;
-            }
-            results.push(Ok(()));
-        }
-        target
-            .interfaces
-            .iter()
-            .zip(results)
-            .map(|((ifname, ifindex, forwarder), devmap_result)| {
-                devmap_result?;
-                let name = if *forwarder {
-                    FWD_XDP_PROGRAM
-                } else {
-                    XDP_PASS_PROGRAM
-                };
-                attach_xdp_here(&programs, *forwarder, bpf_dir, ifname, *ifindex)
-                    .map(|replaced| (*ifindex, replaced))
-                    .map_err(|source| EbpfError::AttachXdp {
-                        program: name,
-                        netns: target.netns.clone(),
-                        interface: ifname.clone(),
-                        source: Box::new(source),
-                    })
-            })
-            .collect::<Vec<_>>()
-    })?;
-
-    let names: Vec<(PathBuf, Vec<String>)> = targets
-        .iter()
-        .map(|t| {
-            let ifnames = t
-                .interfaces
-                .iter()
-                .map(|(name, _, _)| name.clone())
-                .collect();
-            (t.netns.clone(), ifnames)
-        })
-        .collect();
-    super::collect_attached(&names, per_netns)
-}
-
-/// Turns transmit checksum offload off on `ifname` (in the calling thread's namespace), as
-/// `ethtool -K IF tx off` does.
-///
-/// Needed in XDP mode: a veth hands locally generated UDP and TCP packets over with
-/// `CHECKSUM_PARTIAL` (the L4 checksum left to "hardware"); an XDP redirect turns the skb into a
-/// bare frame and that promise is lost, so the receiver would see a wrong checksum and drop the
-/// packet. With offload off, the sending stack computes every checksum in full. (TC mode keeps
-/// the skb, and needs none of this.)
-fn disable_tx_checksum(ifname: &str) -> io::Result<()> {
-    /// `struct ethtool_value`.
-    #[repr(C)]
-    struct EthtoolValue {
-        cmd: u32,
-        data: u32,
-    }
-    /// `struct ifreq` with the `ifr_data` member (40 bytes on 64-bit Linux).
-    #[repr(C)]
-    struct IfReq {
-        name: [u8; libc::IFNAMSIZ],
-        data: *mut libc::c_void,
-        _pad: [u8; 16],
-    }
-    const ETHTOOL_STXCSUM: u32 = 0x17;
-
-    let bytes = ifname.as_bytes();
-    if bytes.len() >= libc::IFNAMSIZ || bytes.contains(&0) {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "not a valid interface name",
-        ));
-    }
-    let mut value = EthtoolValue {
-        cmd: ETHTOOL_STXCSUM,
-        data: 0,
-    };
-    let mut req = IfReq {
-        name: [0; libc::IFNAMSIZ],
-        data: (&mut value as *mut EthtoolValue).cast(),
-        _pad: [0; 16],
-    };
-    req.name[..bytes.len()].copy_from_slice(bytes);
-    // SAFETY: socket(2) with constant arguments; the fd is owned below.
-    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: `fd` is a fresh, valid descriptor that nothing else owns.
-    let fd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
-    // SAFETY: SIOCETHTOOL reads `req` (a NUL-terminated name and a pointer to `value`, both alive
-    // for the call) and reads/writes `value`.
-    let rc = unsafe {
-        libc::ioctl(
-            std::os::fd::AsRawFd::as_raw_fd(&fd),
-            libc::SIOCETHTOOL,
-            &mut req as *mut IfReq,
-        )
-    };
-    if rc < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
-}
-
-fn open_devmap(path: &Path) -> Result<DevMap<MapData>, EbpfError> {
-    let map_error = |source| EbpfError::Map {
-        path: path.to_path_buf(),
-        source,
-    };
-    let data = MapData::from_pin(path).map_err(map_error)?;
-    let map = Map::from_map_data(data).map_err(map_error)?;
-    DevMap::try_from(map).map_err(map_error)
-}
-
-/// Sets the devmap entry of interface `ifindex` (resolved in the calling thread's namespace).
-fn set_devmap(
-    devmap: &mut DevMap<MapData>,
-    ifindex: u32,
-) -> Result<(), aya::maps::xdp::XdpMapError> {
-    let index = plan::interface_slot(ifindex).unwrap_or(u32::MAX);
-    devmap.set(index, ifindex, None, 0)
-}
-
-/// Attaches the forwarder (or the pass program) to `ifindex` in the calling thread's namespace
-/// and pins the link; if a link is pinned already, swaps its program in place. Returns whether
-/// it replaced.
-fn attach_xdp_here(
-    programs: &Mutex<(&mut Xdp, &mut Xdp)>,
-    forwarder: bool,
-    bpf_dir: &Path,
-    ifname: &str,
-    ifindex: u32,
-) -> Result<bool, XdpAttachError> {
-    let pin = bpf_dir.join(format!("{XDP_LINK_PIN_PREFIX}{ifindex}"));
-    let mut guard = programs.lock().map_err(|_| XdpAttachError::Poisoned)?;
-    let (fwd, pass) = &mut *guard;
-    let program: &mut Xdp = if forwarder { fwd } else { pass };
-
-    let existing = if pin.exists() {
-        match PinnedLink::from_pin(&pin) {
-            Ok(pinned) => {
-                let fd_link: FdLink = pinned.into();
-                XdpLink::try_from(fd_link).ok()
-            }
-            Err(e) => {
-                tracing::warn!("{}: {e}; attaching afresh", pin.display());
-                None
-            }
-        }
-    } else {
-        None
-    };
-    let replaced = existing.is_some();
-    let link_id = match existing {
-        Some(link) => program.attach_to_link(link)?,
-        None => {
-            let _ = std::fs::remove_file(&pin);
-            program.attach_to_if_index(ifindex, XdpMode::Default)?
-        }
-    };
-    let link = program.take_link(link_id)?;
-    drop(guard);
-    match FdLink::try_from(link) {
-        Ok(fd_link) if replaced => drop(fd_link), // still pinned: the pin holds the link
-        Ok(fd_link) => {
-            fd_link.pin(&pin).map_err(|source| XdpAttachError::Pin {
-                path: pin.clone(),
-                source,
-            })?;
-        }
-        // The kernel had no XDP links and aya fell back to netlink: that attachment is not owned
-        // by any fd and stays until detached or the interface goes.
-        Err(_) => {}
-    }
-    tracing::debug!("XDP program attached to {ifname} (ifindex {ifindex})");
-    Ok(replaced)
-}
-
-/// Why one XDP attach failed.
-#[derive(Debug, thiserror::Error)]
-pub enum XdpAttachError {
-    #[error(transparent)]
-    Program(#[from] ProgramError),
-    #[error("cannot pin the XDP link at {}: {source}", path.display())]
-    Pin {
-        path: PathBuf,
-        #[source]
-        source: aya::pin::PinError,
-    },
-    #[error("another namespace worker panicked while attaching")]
-    Poisoned,
-}
-
 /// Reads the forwarder's per-function counters (CPUs summed) pinned under `bpf_dir`.
 ///
-/// `functions[i]` is function `i` (hop `i + 1` of the plan), in both directions. For `netfn
-/// status` and the metrics endpoint; works from any process, with no netfn process running.
+/// One element per function slot, both directions ([`FastpathCounters::function`] finds a
+/// function's). For `netfn status` and the metrics endpoint; works from any process, with no
+/// netfn process running.
 pub fn read_function_counters(bpf_dir: &Path) -> Result<FastpathCounters, EbpfError> {
     let per_slot = read_counter_array(&bpf_dir.join(FN_COUNTERS_PIN))?;
     let unattributed = read_counter_array(&bpf_dir.join(FWD_UNKNOWN_PIN))?
@@ -832,24 +470,11 @@ pub fn read_function_counters(bpf_dir: &Path) -> Result<FastpathCounters, EbpfEr
 }
 
 fn read_counter_array(path: &Path) -> Result<Vec<FnCounters>, EbpfError> {
-    let map_error = |source| EbpfError::Map {
-        path: path.to_path_buf(),
-        source,
-    };
-    let data = match MapData::from_pin(path) {
-        Ok(data) => data,
-        Err(MapError::SyscallError(e)) if e.io_error.kind() == io::ErrorKind::NotFound => {
-            return Err(EbpfError::NotPinned {
-                path: path.to_path_buf(),
-            });
-        }
-        Err(e) => return Err(map_error(e)),
-    };
-    let map = Map::from_map_data(data).map_err(map_error)?;
-    let array: PerCpuArray<MapData, FnCounters> = map.try_into().map_err(map_error)?;
+    let array: PerCpuArray<MapData, FnCounters> =
+        pinned_map(path)?.try_into().map_err(map_error(path))?;
     let mut out = Vec::with_capacity(array.len() as usize);
     for per_cpu in array.iter() {
-        let per_cpu = per_cpu.map_err(map_error)?;
+        let per_cpu = per_cpu.map_err(map_error(path))?;
         let mut total = FnCounters::default();
         for cpu in per_cpu.iter() {
             total.accumulate(cpu);
@@ -871,42 +496,6 @@ pub fn fastpath_logs(bpf_dir: &Path) -> Result<EbpfLogs, EbpfError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::plan::Direction;
-
-    #[test]
-    fn entries_hold_addresses_in_packet_byte_order() {
-        let e = ForwarderEntry {
-            ifindex: names::IFINDEX_BASE + 1,
-            ifname: "nf-in".into(),
-            hop: 1,
-            function: 0,
-            direction: Direction::Reverse,
-            out_ifindex: names::IFINDEX_BASE + 2,
-            own_mac: [2, 0, 0, 0, 0, 1],
-            peer_mac: [2, 0, 0, 0, 0, 2],
-            peer_addr: "10.1.0.2".parse().unwrap(),
-            allowed_sources: "10.1.0.0/24".parse().unwrap(),
-            local_addrs: ["10.1.0.1".parse().unwrap(), "100.64.0.0".parse().unwrap()],
-            next_mac: [2, 0, 0, 0, 0, 3],
-            out_mac: [2, 0, 0, 0, 0, 4],
-        };
-        let f = fwd_entry(&e);
-        assert_eq!(f.flags, FWD_VALID);
-        assert_eq!(f.redirect_ifindex, names::IFINDEX_BASE + 2);
-        assert_eq!(f.counter_slot, 1);
-        assert_eq!(f.peer_addr.to_ne_bytes(), [10, 1, 0, 2]);
-        assert_eq!(f.allowed_net.to_ne_bytes(), [10, 1, 0, 0]);
-        assert_eq!(f.allowed_mask.to_ne_bytes(), [255, 255, 255, 0]);
-        assert_eq!(f.local_addrs[1].to_ne_bytes(), [100, 64, 0, 0]);
-        let rewrite: Vec<u8> = f.eth_rewrite.iter().flat_map(|w| w.to_ne_bytes()).collect();
-        assert_eq!(rewrite, [2, 0, 0, 0, 0, 3, 2, 0, 0, 0, 0, 4]);
-        assert_eq!(f.peer_mac, mac_words([2, 0, 0, 0, 0, 2]));
-    }
-
-    #[test]
-    fn the_ifindex_base_is_the_plans() {
-        assert_eq!(netfn_common::FWD_IFINDEX_BASE, names::IFINDEX_BASE);
-    }
 
     #[test]
     fn log_levels_parse_and_map_to_aya_values() {

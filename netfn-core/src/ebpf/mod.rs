@@ -21,6 +21,9 @@
 //!   namespace's work runs on a dedicated thread that `setns()`es into it (see [`enter_netns`]).
 
 mod fastpath;
+mod fwd_table;
+mod fwd_tc;
+mod fwd_xdp;
 mod logs;
 mod netns;
 mod object;
@@ -39,9 +42,11 @@ use nix::mount::{MsFlags, mount};
 pub use fastpath::{
     EbpfLogLevel, FN_COUNTERS_PIN, FWD_DEVMAP_PIN, FWD_TABLE_PIN, FWD_TC_HANDLE, FWD_TC_PRIORITY,
     FWD_UNKNOWN_PIN, FastpathAttach, FastpathCounters, FastpathOptions, FunctionCounters,
-    TCX_LINK_PIN_PREFIX, TcAttach, XDP_LINK_PIN_PREFIX, XdpAttachError, attach_fastpath,
-    attach_fastpath_with, fastpath_logs, fwd_entry, read_function_counters,
+    TCX_LINK_PIN_PREFIX, TcAttach, XDP_LINK_PIN_PREFIX, attach_fastpath, attach_fastpath_with,
+    extend_fastpath, fastpath_logs, forget_interfaces, read_function_counters, switch_fastpath,
 };
+pub use fwd_table::{FwdTable, fwd_entry};
+pub use fwd_xdp::XdpAttachError;
 pub use logs::EbpfLogs;
 pub use netfn_common::IfCounters;
 pub use netfn_common::{DROP_REASON_NAMES, FnCounters};

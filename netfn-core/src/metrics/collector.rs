@@ -164,9 +164,7 @@ impl ChainCollector {
                     ("direction", direction),
                 ]
             };
-            let function = h
-                .checked_sub(1)
-                .and_then(|i| fast.as_ref()?.functions.get(i));
+            let function = fast.as_ref().and_then(|f| f.function(plan, h));
             for (d, (direction, ifindex)) in directions(plan, h).into_iter().enumerate() {
                 // In tc/xdp mode `nf_count` runs on the endpoints only: the forwarder counts
                 // what the functions receive.

@@ -52,7 +52,7 @@ pub const FWD_XDP_PROGRAM: &str = "nf_fwd_xdp";
 /// forwards nothing itself: the endpoints' interfaces).
 pub const XDP_PASS_PROGRAM: &str = "nf_xdp_pass";
 
-/// Name of the forwarding table (`Array<FwdEntry>`), indexed by `ifindex - FWD_IFINDEX_BASE` of
+/// Name of the forwarding table (`Array<FwdRow>`), indexed by `ifindex - FWD_IFINDEX_BASE` of
 /// the interface a packet arrived on.
 pub const FWD_TABLE_MAP: &str = "NF_FWD";
 /// Name of the per-function, per-direction counters (`PerCpuArray<FnCounters>`), indexed by
@@ -70,7 +70,8 @@ pub const FWD_DEVMAP: &str = "NF_FWD_DEVMAP";
 /// `ifindex - FWD_IFINDEX_BASE` holds the table.
 pub const FWD_IFINDEX_BASE: u32 = 0x4e46_0000;
 /// `max_entries` of the forwarder maps in the object; userspace sizes each chain's maps at load
-/// time (`EbpfLoader::map_max_entries`) from the chain's plan.
+/// time (`EbpfLoader::map_max_entries`) from the chain's plan (which leaves room for functions a
+/// live apply adds).
 pub const FWD_TABLE_DEFAULT_ENTRIES: u32 = 2;
 
 /// [`FwdEntry::flags`]: the entry is filled in (a zeroed array element is not).
@@ -112,6 +113,36 @@ pub struct FwdEntry {
     /// The new Ethernet addresses, as in the header: destination (the next hop's interface)
     /// then source (the function's out interface).
     pub eth_rewrite: [u16; 6],
+}
+
+/// One row of the forwarding table: two versions of an interface's [`FwdEntry`] and which one is
+/// live (`active & 1`).
+///
+/// The double buffer makes a change of a running chain exact for every packet. A map update
+/// copies the value over the element in place while the forwarder may be reading it, so
+/// rewriting a live entry could hand a packet half the old and half the new entry. Userspace
+/// therefore writes the new version into the idle half first (the live half is rewritten with
+/// the bytes it already holds, which no reader can notice), then flips `active` with a second
+/// update that changes nothing but that one byte. A packet sees the old entry or the new one,
+/// never a mix. Layout: 4 + 2 × 56 = 116 bytes, 4-byte aligned, no padding.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FwdRow {
+    /// Which version is live: 0 or 1 (only the low bit is read).
+    pub active: u32,
+    pub versions: [FwdEntry; 2],
+}
+
+impl FwdRow {
+    /// The live version.
+    #[inline(always)]
+    pub fn live(&self) -> &FwdEntry {
+        if self.active & 1 == 0 {
+            &self.versions[0]
+        } else {
+            &self.versions[1]
+        }
+    }
 }
 
 /// A MAC address as three 16-bit words holding its bytes in packet order.
@@ -180,13 +211,20 @@ impl FnCounters {
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for FwdEntry {}
 
+// SAFETY: `FwdRow` is `#[repr(C)]`, `Copy`, a u32 followed by two `FwdEntry` (4-byte aligned,
+// 56 bytes each): 116 bytes without padding; every bit pattern is valid.
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for FwdRow {}
+
 // SAFETY: `FnCounters` is `#[repr(C)]`, `Copy`, made of u64s only; no padding.
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for FnCounters {}
 
 #[cfg(test)]
 mod tests {
-    use super::{DROP_REASON_NAMES, DROP_SLOTS, FnCounters, FwdEntry, IfCounters, mac_words};
+    use super::{
+        DROP_REASON_NAMES, DROP_SLOTS, FnCounters, FwdEntry, FwdRow, IfCounters, mac_words,
+    };
 
     #[test]
     fn mac_words_keep_packet_byte_order() {
@@ -199,8 +237,21 @@ mod tests {
     fn forwarder_layouts_have_no_padding() {
         assert_eq!(core::mem::size_of::<FwdEntry>(), 56);
         assert_eq!(core::mem::align_of::<FwdEntry>(), 4);
+        assert_eq!(core::mem::size_of::<FwdRow>(), 4 + 2 * 56);
+        assert_eq!(core::mem::align_of::<FwdRow>(), 4);
         assert_eq!(core::mem::size_of::<FnCounters>(), 8 * (3 + DROP_SLOTS));
         assert!(DROP_REASON_NAMES.len() <= DROP_SLOTS);
+    }
+
+    #[test]
+    fn the_low_bit_of_active_picks_the_live_version() {
+        let mut row = FwdRow::default();
+        row.versions[1].flags = 7;
+        assert_eq!(row.live().flags, 0);
+        row.active = 1;
+        assert_eq!(row.live().flags, 7);
+        row.active = 2;
+        assert_eq!(row.live().flags, 0);
     }
 
     #[test]

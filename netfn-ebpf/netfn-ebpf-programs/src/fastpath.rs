@@ -3,7 +3,8 @@
 //!
 //! Every function interface carries the forwarder on its ingress (TC `nf_fwd_tc`, or XDP
 //! `nf_fwd_xdp`). A packet arriving on interface `i` is handled by the table entry at
-//! `i - FWD_IFINDEX_BASE` ([`NF_FWD`], filled by userspace from the chain's plan):
+//! `i - FWD_IFINDEX_BASE` ([`NF_FWD`], filled by userspace from the chain's plan; the live one of
+//! the row's two versions, so a live apply switches every entry atomically for each packet):
 //!
 //! 1. anti-spoofing: the source MAC must be the wired neighbour's; an ARP packet's sender MAC and
 //!    IP must be the neighbour's; an IPv4 source must be the neighbour's link address or in the
@@ -34,12 +35,13 @@ use aya_ebpf::{
 use aya_log_ebpf::{debug, trace};
 use netfn_common::{
     DROP_MALFORMED, DROP_NO_ROUTE, DROP_SPOOFED_IP, DROP_SPOOFED_MAC, DROP_TTL_EXCEEDED,
-    FWD_IFINDEX_BASE, FWD_TABLE_DEFAULT_ENTRIES, FWD_VALID, FnCounters, FwdEntry,
+    FWD_IFINDEX_BASE, FWD_TABLE_DEFAULT_ENTRIES, FWD_VALID, FnCounters, FwdRow,
 };
 
-/// The forwarding table, indexed by `ifindex - FWD_IFINDEX_BASE` of the arriving interface.
+/// The forwarding table, indexed by `ifindex - FWD_IFINDEX_BASE` of the arriving interface; each
+/// row holds two versions of the entry and which one is live (see `FwdRow`).
 #[map]
-static NF_FWD: Array<FwdEntry> = Array::with_max_entries(FWD_TABLE_DEFAULT_ENTRIES, 0);
+static NF_FWD: Array<FwdRow> = Array::with_max_entries(FWD_TABLE_DEFAULT_ENTRIES, 0);
 
 /// Per-function, per-direction counters, indexed by `FwdEntry::counter_slot`.
 #[map]
@@ -116,9 +118,10 @@ fn mac_eq(addr: usize, mac: &[u16; 3]) -> bool {
 /// accessible packet; `ifindex` the interface it arrived on.
 #[inline(always)]
 fn decide(data: usize, data_end: usize, ifindex: u32) -> Verdict {
-    let Some(e) = NF_FWD.get(ifindex.wrapping_sub(FWD_IFINDEX_BASE)) else {
+    let Some(row) = NF_FWD.get(ifindex.wrapping_sub(FWD_IFINDEX_BASE)) else {
         return Verdict::Unknown;
     };
+    let e = row.live();
     if e.flags & FWD_VALID == 0 {
         return Verdict::Unknown;
     }

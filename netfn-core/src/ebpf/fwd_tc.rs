@@ -1,0 +1,128 @@
+//! The TC forwarder (`nf_fwd_tc`): loading, pinning and attaching it with TCX. (Netlink clsact
+//! attaching is shared with the counter: [`super::attach_pinned`].)
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+use aya::Ebpf;
+use aya::programs::links::{FdLink, PinnedLink};
+use aya::programs::tc::{SchedClassifierLink, TcAttachOptions};
+use aya::programs::{LinkOrder, ProgramError, SchedClassifier, TcAttachType};
+use netfn_common::FWD_TC_PROGRAM;
+
+use super::fastpath::TCX_LINK_PIN_PREFIX;
+use super::{AttachedInterface, EbpfError, netns, program_error, remove_file_if_present};
+use crate::names;
+use crate::plan::ChainPlan;
+
+/// Loads the TC forwarder and pins it as `<bpf_dir>/nf_fwd_tc` (replacing an older pin).
+pub(super) fn load_and_pin(ebpf: &mut Ebpf, bpf_dir: &Path) -> Result<PathBuf, EbpfError> {
+    let name = FWD_TC_PROGRAM;
+    let program: &mut SchedClassifier = ebpf
+        .program_mut(name)
+        .ok_or(EbpfError::MissingInObject {
+            kind: "program",
+            name,
+        })?
+        .try_into()
+        .map_err(|e| program_error(name, e))?;
+    program.load().map_err(|e| program_error(name, e))?;
+    let pin = bpf_dir.join(name);
+    remove_file_if_present(&pin)?;
+    program.pin(&pin).map_err(|source| EbpfError::Pin {
+        path: pin.clone(),
+        source,
+    })?;
+    Ok(pin)
+}
+
+/// (namespace path, function interfaces) of every function with an interface that `only`
+/// selects (by ifindex).
+pub(super) fn targets(plan: &ChainPlan, only: &dyn Fn(u32) -> bool) -> Vec<(PathBuf, Vec<String>)> {
+    let n = plan.function_count();
+    (1..=n)
+        .filter_map(|h| {
+            let hop = plan.hops.get(h)?;
+            let ifs: Vec<String> = plan
+                .interfaces_of(h)
+                .filter(|i| only(i.ifindex))
+                .map(|i| i.ifname.clone())
+                .collect();
+            (!ifs.is_empty()).then(|| (names::netns_path(&hop.netns.name), ifs))
+        })
+        .collect()
+}
+
+/// Attaches the pinned TC program with TCX on ingress of every target and pins each link (see
+/// [`TcAttach::Tcx`]); a link pinned already gets the program swapped in place.
+pub(super) fn attach_tcx(
+    program_pin: &Path,
+    targets: &[(PathBuf, Vec<String>)],
+    bpf_dir: &Path,
+) -> Result<Vec<AttachedInterface>, EbpfError> {
+    let name = FWD_TC_PROGRAM;
+    let threads = super::NETNS_THREADS.min(targets.len()).max(1);
+    let mut programs = Vec::with_capacity(threads);
+    for _ in 0..threads {
+        programs.push(SchedClassifier::from_pin(program_pin).map_err(|source| {
+            EbpfError::Pinned {
+                path: program_pin.to_path_buf(),
+                source: Box::new(source),
+            }
+        })?);
+    }
+    let paths: Vec<&Path> = targets.iter().map(|(p, _)| p.as_path()).collect();
+    let per_netns = netns::in_namespaces(&paths, programs, |program, index| {
+        let (netns, interfaces) = &targets[index];
+        interfaces
+            .iter()
+            .map(|interface| {
+                attach_tcx_here(program, bpf_dir, interface).map_err(|source| EbpfError::Attach {
+                    program: name,
+                    netns: netns.clone(),
+                    interface: interface.clone(),
+                    source: Box::new(source),
+                })
+            })
+            .collect::<Vec<_>>()
+    })?;
+    super::collect_attached(targets, per_netns)
+}
+
+fn attach_tcx_here(
+    program: &mut SchedClassifier,
+    bpf_dir: &Path,
+    interface: &str,
+) -> Result<(u32, bool), ProgramError> {
+    let ifindex =
+        nix::net::if_::if_nametoindex(interface).map_err(|e| ProgramError::UnknownInterface {
+            name: format!("{interface} ({e})"),
+        })?;
+    let pin = bpf_dir.join(format!("{TCX_LINK_PIN_PREFIX}{ifindex}"));
+    let existing = PinnedLink::from_pin(&pin)
+        .ok()
+        .and_then(|pinned| SchedClassifierLink::try_from(FdLink::from(pinned)).ok());
+    let replaced = existing.is_some();
+    let link_id = match existing {
+        Some(link) => program.attach_to_link(link)?,
+        None => {
+            let _ = std::fs::remove_file(&pin);
+            program.attach_with_options(
+                interface,
+                TcAttachType::Ingress,
+                TcAttachOptions::TcxOrder(LinkOrder::default()),
+            )?
+        }
+    };
+    let link = program.take_link(link_id)?;
+    match FdLink::try_from(link) {
+        Ok(fd_link) if replaced => drop(fd_link),
+        Ok(fd_link) => {
+            fd_link
+                .pin(&pin)
+                .map_err(|e| ProgramError::IOError(io::Error::other(e.to_string())))?;
+        }
+        Err(_) => {}
+    }
+    Ok((ifindex, replaced))
+}
