@@ -14,7 +14,7 @@ use crate::ebpf;
 use crate::lifecycle::{LifecycleError, Progress, UpOptions};
 use crate::names;
 use crate::netlink::Netlink;
-use crate::netns;
+use crate::netns::{self, NetnsError};
 use crate::plan::{ChainPlan, LinkPlan};
 use crate::replan::{self, ReplanError};
 use crate::spec::{ChainSpec, FastPath};
@@ -80,13 +80,25 @@ pub fn apply(
     if dry_run {
         return Ok(ApplyOutcome::Planned(next.changes));
     }
+    // A namespace the change would create must not exist: refuse before touching anything.
+    let old_names = names_of(&record.plan);
+    if let Some(hop) = next.plan.hops.iter().find(|h| {
+        h.netns.created && !old_names.contains(h.name.as_str()) && netns::exists(&h.netns.name)
+    }) {
+        return Err(LiveError::Lifecycle(LifecycleError::Netns(
+            NetnsError::Exists {
+                name: hop.netns.name.clone(),
+            },
+        )));
+    }
     let old = record.plan.clone();
     record.previous = Some(old.clone());
     record.plan = next.plan.clone();
     record.phase = Phase::Applying;
     state::save(&mut record)?;
 
-    match switch(&old, &next.plan, rt, options) {
+    let mut foreign = Vec::new();
+    match switch(&old, &next.plan, rt, options, &mut foreign) {
         Ok(()) => {
             record.previous = None;
             record.phase = Phase::Up;
@@ -97,7 +109,9 @@ pub fn apply(
             })
         }
         Err(cause) => {
-            let rollback = undo(&old, &next.plan, rt, options);
+            // A namespace that appeared since the check above is someone else's: never removed.
+            let rollback = undo(&old, &next.plan, rt, options, &foreign);
+            record.foreign.extend(foreign);
             if rollback.is_empty() {
                 record.plan = old;
                 record.previous = None;
@@ -171,12 +185,15 @@ fn switch(
     new: &ChainPlan,
     rt: &tokio::runtime::Runtime,
     options: &UpOptions,
+    foreign: &mut Vec<String>,
 ) -> Result<(), ApplyError> {
+    let mut steps = Steps::new(&new.chain);
     let added: Vec<&LinkPlan> = replan::gone_links(new, old).collect();
     let gone: Vec<&LinkPlan> = replan::gone_links(old, new).collect();
     let (fresh, touched) = hops_to_open(old, new, &added, &gone);
 
     let (mut opened, created) = open(new, &fresh, true, rt, options);
+    foreign.append(&mut opened.foreign);
     created?;
     let (existing, result) = open(new, &touched, false, rt, options);
     result?;
@@ -208,6 +225,7 @@ fn switch(
         }
         Ok::<(), ApplyError>(())
     })?;
+    steps.done("new namespaces and links");
     // Count (kernel) or forward (tc/xdp) on the new interfaces before any traffic is switched
     // onto them.
     let added_ifindexes = ifindexes(&added);
@@ -222,6 +240,7 @@ fn switch(
             .collect();
         ebpf::extend_fastpath(new, &bpf_dir, &added_ifindexes, &new_slots)?;
     }
+    steps.done("eBPF on the new interfaces");
     rt.block_on(async {
         // Loop-free switch: routes toward egress are switched from the egress end backwards,
         // routes toward ingress from the ingress end forwards, so a switched hop always hands
@@ -237,6 +256,7 @@ fn switch(
         let changed = ebpf::switch_fastpath(new, &bpf_dir)?;
         tracing::debug!(chain = %new.chain, "apply: {changed} forwarder entries switched");
     }
+    steps.done("switch");
 
     // Now nothing is steered onto the old links or the removed functions. Packets already on
     // their way there (in a veth's queue) get a moment to leave; then the old links go.
@@ -266,10 +286,32 @@ fn switch(
     {
         errors.push(e.to_string());
     }
+    steps.done("drain and removal of the old links");
     if let Some(first) = errors.into_iter().next() {
         tracing::warn!(chain = %new.chain, "apply: cleanup of the old links left: {first}");
     }
     Ok(())
+}
+
+/// Times the steps of an apply, for the debug log.
+struct Steps<'a> {
+    chain: &'a str,
+    last: Instant,
+}
+
+impl<'a> Steps<'a> {
+    fn new(chain: &'a str) -> Self {
+        Steps {
+            chain,
+            last: Instant::now(),
+        }
+    }
+
+    fn done(&mut self, step: &str) {
+        let now = Instant::now();
+        tracing::debug!(chain = %self.chain, "apply: {step} in {:.1?}", now - self.last);
+        self.last = now;
+    }
 }
 
 /// How long the old path stays after the switch, for packets already on it.
@@ -297,6 +339,7 @@ fn undo(
     new: &ChainPlan,
     rt: &tokio::runtime::Runtime,
     options: &UpOptions,
+    foreign: &[String],
 ) -> Vec<String> {
     let mut errors = Vec::new();
     let all: BTreeSet<usize> = old
@@ -328,11 +371,9 @@ fn undo(
         .collect();
     errors.extend(rt.block_on(apply::delete_interfaces(old, &added, &opened)));
     let old_names = names_of(old);
-    for hop in new
-        .hops
-        .iter()
-        .filter(|h| h.netns.created && !old_names.contains(h.name.as_str()))
-    {
+    for hop in new.hops.iter().filter(|h| {
+        h.netns.created && !old_names.contains(h.name.as_str()) && !foreign.contains(&h.netns.name)
+    }) {
         if let Err(e) = netns::delete(&hop.netns.name) {
             errors.push(e.to_string());
         }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use netfn_core::spec::FastPath;
 use netfn_tests::traffic::{sequenced_streams_both_ways_during, udp_echo};
 use netfn_tests::{
-    ChainGuard, TempDir, kill_netfn_mid_way, leftovers, netfn, netfn_ok, unique_chain,
+    ChainGuard, ForeignNetns, TempDir, kill_netfn_mid_way, leftovers, netfn, netfn_ok, unique_chain,
 };
 
 fn chain_file(name: &str, functions: &[&str]) -> String {
@@ -238,6 +238,106 @@ fn apply_refuses_what_it_cannot_do_live_and_leaves_the_chain_running() {
             2,
         );
         assert_eq!(echo.ttl_forward, 62, "the refused apply changed the chain");
+    }
+    assert_eq!(leftovers(&chain), Vec::<String>::new());
+}
+
+#[test]
+fn tc_failed_apply_leaves_the_old_chain_running() {
+    failed_apply_leaves_the_old_chain_running("tc", "lf");
+}
+
+#[test]
+fn xdp_failed_apply_leaves_the_old_chain_running() {
+    failed_apply_leaves_the_old_chain_running("xdp", "lg");
+}
+
+fn failed_apply_leaves_the_old_chain_running(mode: &str, tag: &str) {
+    let chain = unique_chain(tag);
+    let dir = TempDir::new(&chain);
+    let v1 = dir.write("v1.toml", &chain_file_in(&chain, mode, &["a", "b"]));
+    let v2 = dir.write("v2.toml", &chain_file_in(&chain, mode, &["a", "x", "b"]));
+    let (ingress, egress) = (format!("nf-{chain}-ingress"), format!("nf-{chain}-egress"));
+    let ttls = |hops: u8| {
+        let echo = udp_echo(&ingress, &egress, 2);
+        assert_eq!((echo.ttl_forward, echo.ttl_reverse), (64 - hops, 64 - hops));
+    };
+    {
+        let _guard = ChainGuard::up(&chain, &v1);
+        ttls(2);
+
+        // 1. Someone else's namespace has the new function's name: refused before anything
+        // changes, and left alone.
+        let squat = ForeignNetns::add(&format!("nf-{chain}-x"));
+        let out = netfn(&["apply", &v2.to_string_lossy()]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success());
+        assert!(
+            stderr.contains(&format!(
+                "nf-{chain}-x already exists and netfn did not create it"
+            )),
+            "{stderr}"
+        );
+        assert!(std::path::Path::new(&format!("/run/netns/{}", squat.0)).exists());
+        ttls(2);
+        drop(squat);
+
+        // 2. An interface (a veth pair) in function a holds the index the new link a→x needs (the lowest free
+        // pair of table rows): the apply fails half way, after x's namespace exists, and undoes
+        // itself while streams run through the chain.
+        let plan = record(&chain).plan;
+        let taken = netfn_core::names::IFINDEX_BASE + 2 * plan.links.len() as u32;
+        let add = std::process::Command::new("ip")
+            .args(["-n", &format!("nf-{chain}-a"), "link", "add", "squat0"])
+            .args([
+                "index",
+                &taken.to_string(),
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "squat1",
+            ])
+            .status()
+            .expect("run ip");
+        assert!(add.success(), "ip link add squat0 index {taken}");
+        let count = 10_000;
+        let mut out = None;
+        let (to_egress, to_ingress) =
+            sequenced_streams_both_ways_during(&chain, count, 20_000, 7121, || {
+                out = Some(netfn(&["apply", &v2.to_string_lossy()]));
+            });
+        let out = out.expect("apply ran");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "apply succeeded over a taken index");
+        assert!(
+            stderr.contains("the old chain was restored") && !stderr.contains("except"),
+            "{stderr}"
+        );
+        assert_none_lost(
+            &to_egress,
+            count,
+            &format!("{mode} failed apply, toward egress"),
+        );
+        assert_none_lost(
+            &to_ingress,
+            count,
+            &format!("{mode} failed apply, toward ingress"),
+        );
+        ttls(2);
+        let after = record(&chain);
+        assert_eq!(after.phase, netfn_core::state::Phase::Up);
+        assert_eq!(after.plan, plan, "the record holds the old plan again");
+        assert!(!std::path::Path::new(&format!("/run/netns/nf-{chain}-x")).exists());
+
+        // With the index free again, the same apply goes through.
+        let del = std::process::Command::new("ip")
+            .args(["-n", &format!("nf-{chain}-a"), "link", "del", "squat0"])
+            .status()
+            .expect("run ip");
+        assert!(del.success());
+        netfn_ok(&["apply", &v2.to_string_lossy()]);
+        ttls(3);
     }
     assert_eq!(leftovers(&chain), Vec::<String>::new());
 }

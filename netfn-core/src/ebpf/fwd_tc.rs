@@ -36,19 +36,16 @@ pub(super) fn load_and_pin(ebpf: &mut Ebpf, bpf_dir: &Path) -> Result<PathBuf, E
     Ok(pin)
 }
 
-/// (namespace path, function interfaces) of every function with an interface that `only`
-/// selects (by ifindex).
+/// (namespace path, [interface]) of every function interface that `only` selects (by
+/// ifindex): one target per interface, so that attaches in one namespace run in parallel too
+/// (a TCX attach waits for an RCU grace period, which dominates an apply's attach time).
 pub(super) fn targets(plan: &ChainPlan, only: &dyn Fn(u32) -> bool) -> Vec<(PathBuf, Vec<String>)> {
-    let n = plan.function_count();
-    (1..=n)
-        .filter_map(|h| {
-            let hop = plan.hops.get(h)?;
-            let ifs: Vec<String> = plan
-                .interfaces_of(h)
+    (1..=plan.function_count())
+        .filter_map(|h| Some((h, plan.hops.get(h)?)))
+        .flat_map(|(h, hop)| {
+            plan.interfaces_of(h)
                 .filter(|i| only(i.ifindex))
-                .map(|i| i.ifname.clone())
-                .collect();
-            (!ifs.is_empty()).then(|| (names::netns_path(&hop.netns.name), ifs))
+                .map(|i| (names::netns_path(&hop.netns.name), vec![i.ifname.clone()]))
         })
         .collect()
 }

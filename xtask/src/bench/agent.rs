@@ -45,6 +45,8 @@ enum Record {
         samples_ms: Vec<f64>,
     },
     ApplyInsert {
+        /// kernel, tc or xdp.
+        fastpath: String,
         functions: usize,
         repeats: usize,
         median_ms: f64,
@@ -198,7 +200,7 @@ fn measure_scrape(
     let name = format!("ba{functions}");
     let names: Vec<String> = (1..=functions).map(|i| format!("f{i}")).collect();
     let file = dir.join(format!("{name}.toml"));
-    std::fs::write(&file, forward_chain_file(&name, 91, &names))?;
+    std::fs::write(&file, forward_chain_file(&name, 91, "kernel", &names))?;
     timed_netfn(netfn_bin, &["up", &file.to_string_lossy()])?;
     let _chain = Chain {
         netfn: netfn_bin,
@@ -252,15 +254,15 @@ fn measure_scrape(
     })
 }
 
-fn measure_apply(netfn_bin: &Path, dir: &Path, functions: usize) -> Result<Record> {
-    let name = format!("bp{functions}");
+fn measure_apply(netfn_bin: &Path, dir: &Path, functions: usize, fastpath: &str) -> Result<Record> {
+    let name = format!("bp{functions}{}", &fastpath[..1]);
     let base: Vec<String> = (1..=functions).map(|i| format!("f{i}")).collect();
     let mut inserted = base.clone();
     inserted.insert(functions / 2, "new".to_string());
     let v1 = dir.join(format!("{name}-v1.toml"));
     let v2 = dir.join(format!("{name}-v2.toml"));
-    std::fs::write(&v1, forward_chain_file(&name, 91, &base))?;
-    std::fs::write(&v2, forward_chain_file(&name, 91, &inserted))?;
+    std::fs::write(&v1, forward_chain_file(&name, 91, fastpath, &base))?;
+    std::fs::write(&v2, forward_chain_file(&name, 91, fastpath, &inserted))?;
     let (v1, v2) = (v1.to_string_lossy(), v2.to_string_lossy());
     timed_netfn(netfn_bin, &["up", &v1])?;
     let _chain = Chain {
@@ -275,6 +277,7 @@ fn measure_apply(netfn_bin: &Path, dir: &Path, functions: usize) -> Result<Recor
     let (mut i, mut r) = (inserts.clone(), removes.clone());
     let median_ms = median(&mut i);
     Ok(Record::ApplyInsert {
+        fastpath: fastpath.to_string(),
         functions,
         repeats: APPLY_REPEATS,
         median_ms,
@@ -285,14 +288,6 @@ fn measure_apply(netfn_bin: &Path, dir: &Path, functions: usize) -> Result<Recor
         samples_ms: inserts,
         remove_samples_ms: removes,
     })
-}
-
-/// Runs `netfn apply --help` to learn whether this build has `apply`.
-fn has_apply(netfn_bin: &Path) -> bool {
-    Command::new(netfn_bin)
-        .args(["apply", "--help"])
-        .output()
-        .is_ok_and(|o| o.status.success())
 }
 
 /// `cargo xtask bench agent` options.
@@ -317,14 +312,19 @@ pub fn run(opts: &AgentBench) -> Result<()> {
     std::fs::create_dir_all(&dir)?;
     let result = (|| -> Result<Vec<Record>> {
         let mut records = vec![measure_scrape(&netfn_bin, &dir, functions, scrapes)?];
-        records.push(if has_apply(&netfn_bin) {
-            measure_apply(&netfn_bin, &dir, apply_functions)?
-        } else {
-            Record::NotMeasured {
-                what: format!("apply-insert into a {apply_functions}-function chain"),
-                reason: "TODO: this netfn has no `apply` command yet".into(),
-            }
-        });
+        for fastpath in ["kernel", "tc", "xdp"] {
+            records.push(
+                match measure_apply(&netfn_bin, &dir, apply_functions, fastpath) {
+                    Ok(record) => record,
+                    // A kernel without the fast path (see `netfn features`): say so.
+                    Err(e) if fastpath != "kernel" => Record::NotMeasured {
+                        what: format!("apply into a {apply_functions}-function {fastpath} chain"),
+                        reason: format!("{e:#}"),
+                    },
+                    Err(e) => return Err(e),
+                },
+            );
+        }
         Ok(records)
     })();
     let _ = std::fs::remove_dir_all(&dir);
@@ -360,6 +360,7 @@ fn print_table(records: &[Record]) {
                 if *goal_met { "" } else { ", GOAL MISSED" }
             ),
             Record::ApplyInsert {
+                fastpath,
                 functions,
                 repeats,
                 median_ms,
@@ -371,7 +372,7 @@ fn print_table(records: &[Record]) {
             } => println!(
                 "{:<14}  {functions:>9}  {median_ms:>10.2}  {max_ms:>10.2}  {:>10}  {goal_ms:>9.0}  \
                  {repeats} runs (netfn process included); removing it again: {remove_median_ms:.2} ms{}",
-                "apply insert",
+                format!("apply ({fastpath})"),
                 "-",
                 if *goal_met { "" } else { ", GOAL MISSED" }
             ),

@@ -54,7 +54,7 @@ pub fn run(sizes: &[usize]) -> Result<()> {
         let chain = format!("bd{}", n);
         let file = dir.join(format!("{chain}.toml"));
         let names: Vec<String> = (1..=n).map(|i| format!("f{i}")).collect();
-        std::fs::write(&file, forward_chain_file(&chain, 90, &names))?;
+        std::fs::write(&file, forward_chain_file(&chain, 90, "kernel", &names))?;
         let file_arg = file.to_string_lossy().into_owned();
         let (mut ups, mut downs, mut left) = (Vec::new(), Vec::new(), 0);
         for _ in 0..REPEATS {

@@ -66,9 +66,9 @@ pub fn netfn_release() -> Result<PathBuf> {
 
 /// A chain file `name`: endpoints 10.NET.1.2/24 and 10.NET.2.2/24 (inside the chain's own
 /// namespaces only), and one forward function per name.
-pub fn forward_chain_file(name: &str, net: u8, functions: &[String]) -> String {
+pub fn forward_chain_file(name: &str, net: u8, fastpath: &str, functions: &[String]) -> String {
     let mut s = format!(
-        "[[chain]]\nname = \"{name}\"\n\n[chain.ingress]\naddress = \"10.{net}.1.2/24\"\n\n\
+        "[[chain]]\nname = \"{name}\"\nfastpath = \"{fastpath}\"\n\n[chain.ingress]\naddress = \"10.{net}.1.2/24\"\n\n\
          [chain.egress]\naddress = \"10.{net}.2.2/24\"\n"
     );
     for f in functions {
