@@ -148,13 +148,21 @@ pub fn apply(file: &Path, only: Option<&str>, dry_run: bool) -> Result<ExitCode>
     require_root("apply")?;
     let rt = runtime()?;
     let progress = |line: &str| eprintln!("netfn: {line}");
+    let source = std::fs::canonicalize(file).unwrap_or_else(|_| file.to_path_buf());
     for chain in spec
         .chains
         .iter()
         .filter(|c| only.is_none_or(|o| o == c.name))
     {
-        let outcome = live::apply(chain, &rt, &UpOptions::default(), dry_run, &progress)
-            .with_context(|| format!("netfn apply {}", file.display()))?;
+        let outcome = live::apply(
+            &source,
+            chain,
+            &rt,
+            &UpOptions::default(),
+            dry_run,
+            &progress,
+        )
+        .with_context(|| format!("netfn apply {}", file.display()))?;
         match outcome {
             ApplyOutcome::Unchanged => println!("chain {}: unchanged; nothing to do", chain.name),
             ApplyOutcome::Planned(changes) => {

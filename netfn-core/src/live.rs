@@ -54,8 +54,10 @@ pub enum ApplyOutcome {
     },
 }
 
-/// Applies the chain file's version of one running chain.
+/// Applies the chain file's version of one running chain (`source`: the file, recorded as the
+/// chain's source once applied).
 pub fn apply(
+    source: &std::path::Path,
     spec: &ChainSpec,
     rt: &tokio::runtime::Runtime,
     options: &UpOptions,
@@ -102,6 +104,7 @@ pub fn apply(
         Ok(()) => {
             record.previous = None;
             record.phase = Phase::Up;
+            record.source = source.to_path_buf();
             state::save(&mut record)?;
             Ok(ApplyOutcome::Applied {
                 changes: next.changes,

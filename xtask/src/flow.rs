@@ -109,6 +109,69 @@ pub fn demo() -> Result<()> {
     result
 }
 
+/// The demo chain with one more function, `audit`, between `edge` and `middle`.
+fn demo_with_audit(demo: &str) -> Result<String> {
+    let at = demo
+        .find("[[chain.function]]\nname = \"middle\"")
+        .context("examples/demo.toml has no function `middle` to insert `audit` before")?;
+    let mut text = demo.to_string();
+    text.insert_str(
+        at,
+        "[[chain.function]]\nname = \"audit\"\nkind = \"forward\"\n\n",
+    );
+    Ok(text)
+}
+
+/// Inserts a function into the running demo chain while a UDP stream runs through it; iperf3
+/// reports the datagrams lost.
+fn live_apply(netfn: &std::path::Path) -> Result<()> {
+    println!(
+        "\n\x1b[1m== live change: insert function `audit` after `edge` while a UDP stream runs (iperf3, 3 s)\x1b[0m"
+    );
+    let root = util::workspace_root();
+    let demo = std::fs::read_to_string(root.join(DEMO_FILE)).context("read examples/demo.toml")?;
+    let file = std::env::temp_dir().join(format!("netfn-demo-audit-{}.toml", std::process::id()));
+    std::fs::write(&file, demo_with_audit(&demo)?).context("write the changed chain file")?;
+    let file_arg = file.to_string_lossy().into_owned();
+    let iperf = |hop: &str, args: &[&str]| {
+        let mut c = Command::new(netfn);
+        c.args(["exec", DEMO_CHAIN, hop, "--", "iperf3"]).args(args);
+        c
+    };
+    let result = (|| -> Result<()> {
+        println!("$ netfn apply {file_arg} --dry-run");
+        util::run(Command::new(netfn).args(["apply", &file_arg, "--dry-run"]))?;
+        let mut server = iperf("egress", &["-s", "-1", "-B", "10.20.2.2"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .context("start iperf3 server in the egress namespace")?;
+        std::thread::sleep(Duration::from_millis(300));
+        println!("$ netfn exec {DEMO_CHAIN} ingress -- iperf3 -c 10.20.2.2 -u -b 50M -t 3 &");
+        let client = iperf(
+            "ingress",
+            &["-c", "10.20.2.2", "-u", "-b", "50M", "-t", "3"],
+        )
+        .spawn()
+        .context("start iperf3 client in the ingress namespace")?;
+        std::thread::sleep(Duration::from_millis(1000));
+        println!("$ netfn apply {file_arg}");
+        let applied = util::run(
+            Command::new(netfn)
+                .args(["apply", &file_arg])
+                .env("NETFN_AGENT_SOCKET", "/run/netfn/demo-agent.sock"),
+        );
+        let client = client.wait_with_output();
+        let _ = server.kill();
+        let _ = server.wait();
+        applied?;
+        anyhow::ensure!(client?.status.success(), "iperf3 UDP client failed");
+        println!("(iperf3's receiver line above: lost/total datagrams while the chain changed)");
+        Ok(())
+    })();
+    let _ = std::fs::remove_file(&file);
+    result
+}
+
 /// Where the demo's agent serves /metrics (loopback only).
 const DEMO_METRICS: &str = "127.0.0.1:9857";
 
@@ -164,6 +227,8 @@ fn demo_traffic(netfn: &std::path::Path) -> Result<()> {
     let _ = server.wait();
     client?;
 
+    live_apply(netfn)?;
+
     step("status, with per-interface eBPF counters and the agent's probe");
     let mut status = Command::new(netfn);
     status
@@ -184,4 +249,18 @@ fn demo_traffic(netfn: &std::path::Path) -> Result<()> {
         println!("{line}");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::demo_with_audit;
+
+    #[test]
+    fn audit_goes_between_edge_and_middle() {
+        let demo = include_str!("../../examples/demo.toml");
+        let changed = demo_with_audit(demo).expect("demo.toml has `middle`");
+        let at = |name: &str| changed.find(&format!("name = \"{name}\"")).expect(name);
+        assert!(at("edge") < at("audit") && at("audit") < at("middle"));
+        assert!(demo_with_audit("[[chain]]\nname = \"x\"\n").is_err());
+    }
 }
