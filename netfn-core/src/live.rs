@@ -182,7 +182,31 @@ fn open(
     })
 }
 
-/// old → new: make what is new, switch routes, remove what is gone.
+/// What an apply changes in terms of links and hops.
+struct Delta<'a> {
+    /// Links of the new plan that the old one lacks, and links of the old plan that go.
+    added: Vec<&'a LinkPlan>,
+    gone: Vec<&'a LinkPlan>,
+    /// Hops (of the new plan) that are new, and kept hops a change touches.
+    fresh: BTreeSet<usize>,
+    touched: BTreeSet<usize>,
+}
+
+impl<'a> Delta<'a> {
+    fn between(old: &'a ChainPlan, new: &'a ChainPlan) -> Self {
+        let added: Vec<&LinkPlan> = replan::gone_links(new, old).collect();
+        let gone: Vec<&LinkPlan> = replan::gone_links(old, new).collect();
+        let (fresh, touched) = hops_to_open(old, new, &added, &gone);
+        Delta {
+            added,
+            gone,
+            fresh,
+            touched,
+        }
+    }
+}
+
+/// old → new: make what is new, switch the path, remove what is gone.
 fn switch(
     old: &ChainPlan,
     new: &ChainPlan,
@@ -191,14 +215,55 @@ fn switch(
     foreign: &mut Vec<String>,
 ) -> Result<(), ApplyError> {
     let mut steps = Steps::new(&new.chain);
-    let added: Vec<&LinkPlan> = replan::gone_links(new, old).collect();
-    let gone: Vec<&LinkPlan> = replan::gone_links(old, new).collect();
-    let (fresh, touched) = hops_to_open(old, new, &added, &gone);
+    let delta = Delta::between(old, new);
+    let opened = create_new(new, &delta, rt, options, foreign)?;
+    steps.done("new namespaces and links");
+    let bpf_dir = names::chain_bpf_dir(&new.chain);
+    let added = ifindexes(&delta.added);
+    if new.fastpath == FastPath::Kernel {
+        // Count on the new interfaces before any traffic is switched onto them.
+        apply::attach_counters(new, &|end| added.contains(&end.ifindex))?;
+    } else {
+        // Forward on them: rows and programs first, nothing steered there yet.
+        let old_names = names_of(old);
+        let new_slots: Vec<u32> = (0..new.hops.len())
+            .filter(|&h| !old_names.contains(new.hops[h].name.as_str()))
+            .filter_map(|h| new.function_slot(h))
+            .collect();
+        ebpf::extend_fastpath(new, &bpf_dir, &added, &new_slots)?;
+    }
+    steps.done("eBPF on the new interfaces");
+    switch_routes(new, &delta, &opened, rt)?;
+    if new.fastpath != FastPath::Kernel {
+        let changed = ebpf::switch_fastpath(new, &bpf_dir)?;
+        tracing::debug!(chain = %new.chain, "apply: {changed} forwarder entries switched");
+    }
+    steps.done("switch");
 
-    let (mut opened, created) = open(new, &fresh, true, rt, options);
+    // Now nothing is steered onto the old links or the removed functions. Packets already on
+    // their way there (in a veth's queue) get a moment to leave; then the old links go.
+    std::thread::sleep(DRAIN);
+    let errors = remove_old(old, new, &delta, &opened, rt);
+    steps.done("drain and removal of the old links");
+    if let Some(first) = errors.into_iter().next() {
+        tracing::warn!(chain = %new.chain, "apply: cleanup of the old links left: {first}");
+    }
+    Ok(())
+}
+
+/// Creates the new namespaces and links (up, addressed); returns every hop it opened. Names of
+/// namespaces that turned out to be someone else's go to `foreign`.
+fn create_new(
+    new: &ChainPlan,
+    delta: &Delta,
+    rt: &tokio::runtime::Runtime,
+    options: &UpOptions,
+    foreign: &mut Vec<String>,
+) -> Result<Opened, ApplyError> {
+    let (mut opened, created) = open(new, &delta.fresh, true, rt, options);
     foreign.append(&mut opened.foreign);
     created?;
-    let (existing, result) = open(new, &touched, false, rt, options);
+    let (existing, result) = open(new, &delta.touched, false, rt, options);
     result?;
     opened.hops.extend(existing.hops);
 
@@ -206,16 +271,14 @@ fn switch(
         hop: "netfn's own namespace".into(),
         source,
     })?;
-    let fresh_vec: Vec<usize> = fresh.iter().copied().collect();
-    let touched_vec: Vec<usize> = touched.iter().copied().collect();
     rt.block_on(async {
         let sub = ChainPlan {
-            links: added.iter().map(|l| (*l).clone()).collect(),
+            links: delta.added.iter().map(|l| (*l).clone()).collect(),
             ..new.clone()
         };
         apply::create_links(&sub, &opened, &root).await?;
-        apply::configure_link_ends(new, &added, &opened).await?;
-        for &h in &fresh_vec {
+        apply::configure_link_ends(new, &delta.added, &opened).await?;
+        for &h in &delta.fresh {
             if let Some(ns) = opened.hops.get(&h) {
                 ns.netlink
                     .set_up(1)
@@ -228,43 +291,39 @@ fn switch(
         }
         Ok::<(), ApplyError>(())
     })?;
-    steps.done("new namespaces and links");
-    // Count (kernel) or forward (tc/xdp) on the new interfaces before any traffic is switched
-    // onto them.
-    let added_ifindexes = ifindexes(&added);
-    let bpf_dir = names::chain_bpf_dir(&new.chain);
-    if new.fastpath == FastPath::Kernel {
-        apply::attach_counters(new, &|end| added_ifindexes.contains(&end.ifindex))?;
-    } else {
-        let old_names = names_of(old);
-        let new_slots: Vec<u32> = (0..new.hops.len())
-            .filter(|&h| !old_names.contains(new.hops[h].name.as_str()))
-            .filter_map(|h| new.function_slot(h))
-            .collect();
-        ebpf::extend_fastpath(new, &bpf_dir, &added_ifindexes, &new_slots)?;
-    }
-    steps.done("eBPF on the new interfaces");
-    rt.block_on(async {
-        // Loop-free switch: routes toward egress are switched from the egress end backwards,
-        // routes toward ingress from the ingress end forwards, so a switched hop always hands
-        // packets to a hop that is switched already (old links still exist meanwhile).
-        let mut order: Vec<usize> = fresh_vec.iter().chain(&touched_vec).copied().collect();
-        order.sort_unstable();
-        let (ingress_net, egress_net) = subnets(new);
-        let backwards: Vec<usize> = order.iter().rev().copied().collect();
-        apply::replace_routes(new, &backwards, &opened, Some(egress_net)).await?;
-        apply::replace_routes(new, &order, &opened, Some(ingress_net)).await
-    })?;
-    if new.fastpath != FastPath::Kernel {
-        let changed = ebpf::switch_fastpath(new, &bpf_dir)?;
-        tracing::debug!(chain = %new.chain, "apply: {changed} forwarder entries switched");
-    }
-    steps.done("switch");
+    Ok(opened)
+}
 
-    // Now nothing is steered onto the old links or the removed functions. Packets already on
-    // their way there (in a veth's queue) get a moment to leave; then the old links go.
-    std::thread::sleep(DRAIN);
-    let ends: Vec<(usize, String)> = gone
+/// Loop-free route switch: routes toward egress are switched from the egress end backwards,
+/// routes toward ingress from the ingress end forwards, so a switched hop always hands packets to
+/// a hop that is switched already (old links still exist meanwhile). In tc/xdp mode the routes
+/// serve the functions' own traffic only; the forwarder's entries switch separately.
+fn switch_routes(
+    new: &ChainPlan,
+    delta: &Delta,
+    opened: &Opened,
+    rt: &tokio::runtime::Runtime,
+) -> Result<(), ApplyError> {
+    let order: Vec<usize> = delta.fresh.union(&delta.touched).copied().collect();
+    let backwards: Vec<usize> = order.iter().rev().copied().collect();
+    let (ingress_net, egress_net) = subnets(new);
+    rt.block_on(async {
+        apply::replace_routes(new, &backwards, opened, Some(egress_net)).await?;
+        apply::replace_routes(new, &order, opened, Some(ingress_net)).await
+    })
+}
+
+/// Deletes the old links and the namespaces of removed functions, and (tc/xdp) forgets their
+/// forwarder rows and link pins. Returns what could not be removed.
+fn remove_old(
+    old: &ChainPlan,
+    new: &ChainPlan,
+    delta: &Delta,
+    opened: &Opened,
+    rt: &tokio::runtime::Runtime,
+) -> Vec<String> {
+    let ends: Vec<(usize, String)> = delta
+        .gone
         .iter()
         .filter_map(|l| {
             [&l.out, &l.inn].into_iter().find_map(|e| {
@@ -273,7 +332,7 @@ fn switch(
             })
         })
         .collect();
-    let mut errors = rt.block_on(apply::delete_interfaces(new, &ends, &opened));
+    let mut errors = rt.block_on(apply::delete_interfaces(new, &ends, opened));
     let new_names = names_of(new);
     for hop in old
         .hops
@@ -284,16 +343,13 @@ fn switch(
             errors.push(e.to_string());
         }
     }
-    if new.fastpath != FastPath::Kernel
-        && let Err(e) = ebpf::forget_interfaces(&bpf_dir, &ifindexes(&gone))
-    {
-        errors.push(e.to_string());
+    if new.fastpath != FastPath::Kernel {
+        let bpf_dir = names::chain_bpf_dir(&new.chain);
+        if let Err(e) = ebpf::forget_interfaces(&bpf_dir, &ifindexes(&delta.gone)) {
+            errors.push(e.to_string());
+        }
     }
-    steps.done("drain and removal of the old links");
-    if let Some(first) = errors.into_iter().next() {
-        tracing::warn!(chain = %new.chain, "apply: cleanup of the old links left: {first}");
-    }
-    Ok(())
+    errors
 }
 
 /// Times the steps of an apply, for the debug log.
