@@ -322,16 +322,7 @@ fn remove_old(
     opened: &Opened,
     rt: &tokio::runtime::Runtime,
 ) -> Vec<String> {
-    let ends: Vec<(usize, String)> = delta
-        .gone
-        .iter()
-        .filter_map(|l| {
-            [&l.out, &l.inn].into_iter().find_map(|e| {
-                new.hop(&old.hops[e.hop].name)
-                    .map(|(i, _)| (i, e.ifname.clone()))
-            })
-        })
-        .collect();
+    let ends = ends_in(&delta.gone, old, new);
     let mut errors = rt.block_on(apply::delete_interfaces(new, &ends, opened));
     let new_names = names_of(new);
     for hop in old
@@ -350,6 +341,21 @@ fn remove_old(
         }
     }
     errors
+}
+
+/// For each of `links` (of plan `of`), an end that lives in a hop `keep` also has, as (hop index
+/// in `keep`, interface name). Deleting one end of a veth pair deletes both at once; a link with
+/// neither end in `keep` goes with its namespaces (which the kernel cleans up in the background).
+fn ends_in(links: &[&LinkPlan], of: &ChainPlan, keep: &ChainPlan) -> Vec<(usize, String)> {
+    links
+        .iter()
+        .filter_map(|l| {
+            [&l.out, &l.inn].into_iter().find_map(|e| {
+                keep.hop(&of.hops[e.hop].name)
+                    .map(|(i, _)| (i, e.ifname.clone()))
+            })
+        })
+        .collect()
 }
 
 /// Times the steps of an apply, for the debug log.
@@ -422,12 +428,7 @@ fn undo(
         errors.push(e.to_string());
     }
     let added_links: Vec<&LinkPlan> = replan::gone_links(new, old).collect();
-    let added: Vec<(usize, String)> = replan::gone_links(new, old)
-        .filter_map(|l| {
-            old.hop(&new.hops[l.out.hop].name)
-                .map(|(i, _)| (i, l.out.ifname.clone()))
-        })
-        .collect();
+    let added = ends_in(&added_links, new, old);
     errors.extend(rt.block_on(apply::delete_interfaces(old, &added, &opened)));
     let old_names = names_of(old);
     for hop in new.hops.iter().filter(|h| {

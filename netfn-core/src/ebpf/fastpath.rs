@@ -31,6 +31,7 @@ use std::time::{Duration, Instant};
 use aya::Ebpf;
 use aya::EbpfLoader;
 use aya::maps::{MapData, PerCpuArray};
+use aya::programs::{SchedClassifier, Xdp};
 use netfn_common::{
     FN_COUNTERS_MAP, FWD_DEVMAP, FWD_TABLE_MAP, FWD_TC_PROGRAM, FWD_UNKNOWN_MAP, FWD_XDP_PROGRAM,
     FnCounters, XDP_PASS_PROGRAM,
@@ -39,7 +40,7 @@ use netfn_common::{
 use super::fwd_table::{FwdTable, drop_unfit_pin, map_error, pinned_map, zero_function_counters};
 use super::{
     AttachedInterface, BPFFS, EbpfError, EbpfLogs, TcSlot, attach_pinned, ensure_bpffs, fwd_tc,
-    fwd_xdp, remove_file_if_present,
+    fwd_xdp, load_and_pin, remove_file_if_present,
 };
 use crate::plan::{self, ChainPlan, Direction};
 use crate::spec::FastPath;
@@ -295,10 +296,15 @@ pub fn attach_fastpath_with(
         table.set(e)?;
     }
     if mode == FastPath::Tc {
-        fwd_tc::load_and_pin(&mut ebpf, bpf_dir)?;
+        load_and_pin(&mut ebpf, FWD_TC_PROGRAM, bpf_dir, |p| {
+            <&mut SchedClassifier>::try_from(p)?.load()
+        })?;
     } else {
-        fwd_xdp::load_and_pin(&mut ebpf, FWD_XDP_PROGRAM, bpf_dir)?;
-        fwd_xdp::load_and_pin(&mut ebpf, XDP_PASS_PROGRAM, bpf_dir)?;
+        for name in [FWD_XDP_PROGRAM, XDP_PASS_PROGRAM] {
+            load_and_pin(&mut ebpf, name, bpf_dir, |p| {
+                <&mut Xdp>::try_from(p)?.load()
+            })?;
+        }
     }
     let load_time = started.elapsed();
     let attach_started = Instant::now();

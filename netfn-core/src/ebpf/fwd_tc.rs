@@ -4,37 +4,15 @@
 use std::io;
 use std::path::{Path, PathBuf};
 
-use aya::Ebpf;
 use aya::programs::links::{FdLink, PinnedLink};
 use aya::programs::tc::{SchedClassifierLink, TcAttachOptions};
 use aya::programs::{LinkOrder, ProgramError, SchedClassifier, TcAttachType};
 use netfn_common::FWD_TC_PROGRAM;
 
 use super::fastpath::TCX_LINK_PIN_PREFIX;
-use super::{AttachedInterface, EbpfError, netns, program_error, remove_file_if_present};
+use super::{AttachedInterface, EbpfError, for_each_tc_target};
 use crate::names;
 use crate::plan::ChainPlan;
-
-/// Loads the TC forwarder and pins it as `<bpf_dir>/nf_fwd_tc` (replacing an older pin).
-pub(super) fn load_and_pin(ebpf: &mut Ebpf, bpf_dir: &Path) -> Result<PathBuf, EbpfError> {
-    let name = FWD_TC_PROGRAM;
-    let program: &mut SchedClassifier = ebpf
-        .program_mut(name)
-        .ok_or(EbpfError::MissingInObject {
-            kind: "program",
-            name,
-        })?
-        .try_into()
-        .map_err(|e| program_error(name, e))?;
-    program.load().map_err(|e| program_error(name, e))?;
-    let pin = bpf_dir.join(name);
-    remove_file_if_present(&pin)?;
-    program.pin(&pin).map_err(|source| EbpfError::Pin {
-        path: pin.clone(),
-        source,
-    })?;
-    Ok(pin)
-}
 
 /// (namespace path, [interface]) of every function interface that `only` selects (by
 /// ifindex): one target per interface, so that attaches in one namespace run in parallel too
@@ -57,33 +35,14 @@ pub(super) fn attach_tcx(
     targets: &[(PathBuf, Vec<String>)],
     bpf_dir: &Path,
 ) -> Result<Vec<AttachedInterface>, EbpfError> {
-    let name = FWD_TC_PROGRAM;
-    let threads = super::NETNS_THREADS.min(targets.len()).max(1);
-    let mut programs = Vec::with_capacity(threads);
-    for _ in 0..threads {
-        programs.push(SchedClassifier::from_pin(program_pin).map_err(|source| {
-            EbpfError::Pinned {
-                path: program_pin.to_path_buf(),
-                source: Box::new(source),
-            }
-        })?);
-    }
-    let paths: Vec<&Path> = targets.iter().map(|(p, _)| p.as_path()).collect();
-    let per_netns = netns::in_namespaces(&paths, programs, |program, index| {
-        let (netns, interfaces) = &targets[index];
-        interfaces
-            .iter()
-            .map(|interface| {
-                attach_tcx_here(program, bpf_dir, interface).map_err(|source| EbpfError::Attach {
-                    program: name,
-                    netns: netns.clone(),
-                    interface: interface.clone(),
-                    source: Box::new(source),
-                })
-            })
-            .collect::<Vec<_>>()
-    })?;
-    super::collect_attached(targets, per_netns)
+    for_each_tc_target(program_pin, targets, |program, netns, interface| {
+        attach_tcx_here(program, bpf_dir, interface).map_err(|source| EbpfError::Attach {
+            program: FWD_TC_PROGRAM,
+            netns: netns.to_path_buf(),
+            interface: interface.to_string(),
+            source: Box::new(source),
+        })
+    })
 }
 
 fn attach_tcx_here(

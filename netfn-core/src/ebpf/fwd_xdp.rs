@@ -10,7 +10,6 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use aya::Ebpf;
 use aya::maps::{DevMap, MapData};
 use aya::programs::links::{FdLink, PinnedLink};
 use aya::programs::xdp::XdpLink;
@@ -20,7 +19,7 @@ use netfn_common::{FWD_XDP_PROGRAM, XDP_PASS_PROGRAM};
 
 use super::fastpath::{FWD_DEVMAP_PIN, XDP_LINK_PIN_PREFIX};
 use super::fwd_table::{map_error, pinned_map};
-use super::{AttachedInterface, EbpfError, netns, program_error, remove_file_if_present};
+use super::{AttachedInterface, EbpfError, netns};
 use crate::names;
 use crate::plan::{self, ChainPlan};
 
@@ -48,30 +47,6 @@ fn targets(plan: &ChainPlan, only: &dyn Fn(u32) -> bool) -> Vec<XdpTarget> {
         })
         .filter(|t| !t.interfaces.is_empty())
         .collect()
-}
-
-/// Loads the XDP program `name` and pins it under `bpf_dir` (replacing an older pin).
-pub(super) fn load_and_pin(
-    ebpf: &mut Ebpf,
-    name: &'static str,
-    bpf_dir: &Path,
-) -> Result<PathBuf, EbpfError> {
-    let program: &mut Xdp = ebpf
-        .program_mut(name)
-        .ok_or(EbpfError::MissingInObject {
-            kind: "program",
-            name,
-        })?
-        .try_into()
-        .map_err(|e| program_error(name, e))?;
-    program.load().map_err(|e| program_error(name, e))?;
-    let pin = bpf_dir.join(name);
-    remove_file_if_present(&pin)?;
-    program.pin(&pin).map_err(|source| EbpfError::Pin {
-        path: pin.clone(),
-        source,
-    })?;
-    Ok(pin)
 }
 
 /// Attaches the pinned forwarder to every function interface of `plan` that `only` selects, and

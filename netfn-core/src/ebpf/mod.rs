@@ -35,7 +35,7 @@ use std::time::{Duration, Instant};
 
 use aya::maps::{Map, MapData, MapError, PerCpuHashMap};
 use aya::programs::tc::{self, NlOptions, SchedClassifierLink, TcAttachOptions, TcError, TcHandle};
-use aya::programs::{ProgramError, SchedClassifier, TcAttachType};
+use aya::programs::{Program, ProgramError, SchedClassifier, TcAttachType};
 use aya::{Ebpf, EbpfLoader};
 use nix::mount::{MsFlags, mount};
 
@@ -60,7 +60,7 @@ pub const BPFFS: &str = "/sys/fs/bpf";
 pub const IF_COUNTERS_PIN: &str = "if_counters";
 
 /// File name of the pinned counter program inside a chain's bpffs directory.
-pub const COUNTER_PROGRAM_PIN: &str = "nf_count";
+pub const COUNTER_PROGRAM_PIN: &str = netfn_common::COUNT_PROGRAM;
 
 /// TC priority of the counter filter on ingress. Lower runs first: the counter must see every
 /// packet, so later programs (the forwarder) take larger numbers. The counter returns
@@ -329,24 +329,11 @@ pub fn attach_counters(
         .map_err(|e| EbpfError::Load(Box::new(e)))?;
     drop(bytes);
 
-    let name = netfn_common::COUNT_PROGRAM;
-    let program: &mut SchedClassifier = ebpf
-        .program_mut(name)
-        .ok_or(EbpfError::MissingInObject {
-            kind: "program",
-            name,
-        })?
-        .try_into()
-        .map_err(|e| program_error(name, e))?;
-    program.load().map_err(|e| program_error(name, e))?;
-
     // Pin the program: workers open their own handle on it, and later processes can attach it
     // to new interfaces or read its logs. A pin left by an earlier attach is replaced.
-    let program_pin = bpf_dir.join(COUNTER_PROGRAM_PIN);
-    remove_file_if_present(&program_pin)?;
-    program.pin(&program_pin).map_err(|source| EbpfError::Pin {
-        path: program_pin.clone(),
-        source,
+    let name = netfn_common::COUNT_PROGRAM;
+    let program_pin = load_and_pin(&mut ebpf, name, bpf_dir, |p| {
+        <&mut SchedClassifier>::try_from(p)?.load()
     })?;
     let load_time = started.elapsed();
 
@@ -388,6 +375,20 @@ pub(crate) fn attach_pinned(
     targets: &[(PathBuf, Vec<String>)],
     slot: TcSlot,
 ) -> Result<Vec<AttachedInterface>, EbpfError> {
+    for_each_tc_target(program_pin, targets, |program, netns, interface| {
+        attach_ingress(program, name, interface, slot)
+            .map_err(|e| e.context(name, netns, interface))
+    })
+}
+
+/// Runs `attach(program, netns, interface)` for every interface of `targets`, on namespace worker
+/// threads that each hold their own handle on the pinned TC program `program_pin`, and joins the
+/// results ([`collect_attached`]).
+pub(crate) fn for_each_tc_target(
+    program_pin: &Path,
+    targets: &[(PathBuf, Vec<String>)],
+    attach: impl Fn(&mut SchedClassifier, &Path, &str) -> AttachResult + Sync,
+) -> Result<Vec<AttachedInterface>, EbpfError> {
     if targets.is_empty() {
         return Ok(Vec::new());
     }
@@ -406,13 +407,9 @@ pub(crate) fn attach_pinned(
         let (netns, interfaces) = &targets[index];
         interfaces
             .iter()
-            .map(|interface| {
-                attach_ingress(program, name, interface, slot)
-                    .map_err(|e| e.context(name, netns, interface))
-            })
+            .map(|interface| attach(program, netns, interface))
             .collect::<Vec<_>>()
     })?;
-
     collect_attached(targets, per_netns)
 }
 
@@ -538,6 +535,28 @@ fn attach_ingress(
 
 fn is_eexist(e: &ProgramError) -> bool {
     matches!(e, ProgramError::TcError(TcError::NetlinkError(e)) if e.raw_os_error() == Some(libc::EEXIST))
+}
+
+/// Loads program `name` of `ebpf` (`load` converts it to its type and loads it) and pins it at
+/// `<bpf_dir>/<name>`, replacing an older pin. Returns the pin's path.
+pub(crate) fn load_and_pin(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+    bpf_dir: &Path,
+    load: impl FnOnce(&mut Program) -> Result<(), ProgramError>,
+) -> Result<PathBuf, EbpfError> {
+    let program = ebpf.program_mut(name).ok_or(EbpfError::MissingInObject {
+        kind: "program",
+        name,
+    })?;
+    load(program).map_err(|e| program_error(name, e))?;
+    let pin = bpf_dir.join(name);
+    remove_file_if_present(&pin)?;
+    program.pin(&pin).map_err(|source| EbpfError::Pin {
+        path: pin.clone(),
+        source,
+    })?;
+    Ok(pin)
 }
 
 fn program_error(name: &'static str, source: ProgramError) -> EbpfError {
