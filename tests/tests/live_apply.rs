@@ -11,10 +11,6 @@ use netfn_tests::{
     ChainGuard, ForeignNetns, TempDir, kill_netfn_mid_way, leftovers, netfn, netfn_ok, unique_chain,
 };
 
-fn chain_file(name: &str, functions: &[&str]) -> String {
-    chain_file_in(name, "kernel", functions)
-}
-
 fn chain_file_in(name: &str, fastpath: &str, functions: &[&str]) -> String {
     let mut s = format!(
         "[[chain]]\nname = \"{name}\"\nfastpath = \"{fastpath}\"\n\n[chain.ingress]\naddress = \"10.81.1.2/24\"\n\n[chain.egress]\naddress = \"10.81.2.2/24\"\n"
@@ -220,8 +216,11 @@ fn insert_reorder_and_remove(mode: &str, tag: &str) {
 fn apply_refuses_what_it_cannot_do_live_and_leaves_the_chain_running() {
     let chain = unique_chain("lr");
     let dir = TempDir::new(&chain);
-    let v1 = dir.write("v1.toml", &chain_file(&chain, &["a", "b"]));
-    let front = dir.write("front.toml", &chain_file(&chain, &["z", "a", "b"]));
+    let v1 = dir.write("v1.toml", &chain_file_in(&chain, "kernel", &["a", "b"]));
+    let front = dir.write(
+        "front.toml",
+        &chain_file_in(&chain, "kernel", &["z", "a", "b"]),
+    );
     {
         let _guard = ChainGuard::up(&chain, &v1);
         let out = netfn(&["apply", &front.to_string_lossy()]);
@@ -343,16 +342,25 @@ fn failed_apply_leaves_the_old_chain_running(mode: &str, tag: &str) {
 }
 
 #[test]
-fn down_finishes_after_apply_was_killed_mid_way() {
+fn kernel_down_finishes_after_apply_was_killed_mid_way() {
+    down_finishes_after_apply_was_killed_mid_way("kernel", "lk");
+}
+
+#[test]
+fn tc_down_finishes_after_apply_was_killed_mid_way() {
+    down_finishes_after_apply_was_killed_mid_way("tc", "lj");
+}
+
+fn down_finishes_after_apply_was_killed_mid_way(mode: &str, tag: &str) {
     let mut mid_way = 0;
     for delay_ms in [0u64, 1, 3, 10, 40] {
-        let chain = unique_chain("lk");
+        let chain = unique_chain(tag);
         let dir = TempDir::new(&chain);
         let names: Vec<String> = (1..=20).map(|i| format!("f{i}")).collect();
         let mut with_new: Vec<&str> = names.iter().map(String::as_str).collect();
-        let v1 = dir.write("v1.toml", &chain_file(&chain, &with_new));
+        let v1 = dir.write("v1.toml", &chain_file_in(&chain, mode, &with_new));
         with_new.insert(10, "new");
-        let v2 = dir.write("v2.toml", &chain_file(&chain, &with_new));
+        let v2 = dir.write("v2.toml", &chain_file_in(&chain, mode, &with_new));
         netfn_ok(&["up", &v1.to_string_lossy()]);
         if kill_netfn_mid_way(
             &["apply", &v2.to_string_lossy()],
@@ -364,17 +372,17 @@ fn down_finishes_after_apply_was_killed_mid_way() {
         let out = netfn(&["down", &chain]);
         assert!(
             out.status.success(),
-            "down after killing apply at {delay_ms} ms: {}",
+            "{mode}: down after killing apply at {delay_ms} ms: {}",
             String::from_utf8_lossy(&out.stderr)
         );
         assert_eq!(
             leftovers(&chain),
             Vec::<String>::new(),
-            "after killing apply at {delay_ms} ms"
+            "{mode}: after killing apply at {delay_ms} ms"
         );
     }
     assert!(
         mid_way >= 2,
-        "only {mid_way} kills landed mid-apply; the test proved too little"
+        "{mode}: only {mid_way} kills landed mid-apply; the test proved too little"
     );
 }
