@@ -28,6 +28,11 @@ pub enum ApplyError {
     Netlink { hop: String, source: NetlinkError },
     #[error(transparent)]
     Ebpf(Box<EbpfError>),
+    /// `out` and `inn` read "NAME (index N) in namespace NS".
+    #[error(
+        "cannot create the veth pair {out} / {inn}: an interface with one of these names or indexes exists already, and netfn did not make it; find it with `ip -n NAMESPACE -d link`, remove or renumber it, and run the command again"
+    )]
+    InterfaceTaken { out: String, inn: String },
 }
 
 impl From<EbpfError> for ApplyError {
@@ -171,9 +176,25 @@ pub async fn create_links(
             };
             root.add_veth(&link.out, &a.fd, &link.inn, &b.fd)
                 .await
-                .map_err(|source| ApplyError::Netlink {
-                    hop: plan.hops[link.out.hop].name.clone(),
-                    source,
+                .map_err(|source| {
+                    let (out_hop, in_hop) = (&plan.hops[link.out.hop], &plan.hops[link.inn.hop]);
+                    let end = |e: &crate::plan::LinkEnd, hop: &HopPlan| {
+                        format!(
+                            "{} (index {}) in namespace {}",
+                            e.ifname, e.ifindex, hop.netns.name
+                        )
+                    };
+                    if source.errno == Some(libc::EEXIST) {
+                        ApplyError::InterfaceTaken {
+                            out: end(&link.out, out_hop),
+                            inn: end(&link.inn, in_hop),
+                        }
+                    } else {
+                        ApplyError::Netlink {
+                            hop: out_hop.name.clone(),
+                            source,
+                        }
+                    }
                 })
         })
         .await

@@ -313,6 +313,13 @@ fn failed_apply_leaves_the_old_chain_running(mode: &str, tag: &str) {
             stderr.contains("the old chain was restored") && !stderr.contains("except"),
             "{stderr}"
         );
+        // What was wrong, where, and what to do.
+        assert!(
+            stderr.contains(&format!("(index {taken}) in namespace nf-{chain}-a"))
+                && stderr.contains("exists already")
+                && stderr.contains("remove or renumber it"),
+            "{stderr}"
+        );
         assert_none_lost(
             &to_egress,
             count,
