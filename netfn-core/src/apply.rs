@@ -239,19 +239,21 @@ pub async fn replace_routes(
         let Some(ns) = opened.hops.get(&h) else {
             continue;
         };
+        let err = |source| ApplyError::Netlink {
+            hop: hop.name.clone(),
+            source,
+        };
         for route in hop
             .routes
             .iter()
             .filter(|r| only.is_none_or(|d| r.destination == d))
         {
             ns.netlink
-                .replace_route(route.destination, route.gateway)
+                .replace_route(route.destination, route.gateway, None)
                 .await
-                .map_err(|source| ApplyError::Netlink {
-                    hop: hop.name.clone(),
-                    source,
-                })?;
+                .map_err(err)?;
         }
+        steer(plan, h, &ns.netlink, only).await.map_err(err)?;
     }
     Ok(())
 }
@@ -309,7 +311,44 @@ async fn configure_hop(
     for route in &hop.routes {
         nl.add_route(route.destination, route.gateway).await?;
     }
+    steer(plan, h, nl, None).await
+}
+
+/// Kernel mode: the per-interface tables and rules of hop `h` ([`plan::steering_routes`]), those
+/// toward `only` if given. Routes are replaced (atomically), rules added if missing.
+async fn steer(
+    plan: &ChainPlan,
+    h: usize,
+    nl: &Netlink,
+    only: Option<ipnet::Ipv4Net>,
+) -> Result<(), NetlinkError> {
+    for (end, route) in crate::plan::steering_routes(plan, h)
+        .into_iter()
+        .filter(|(_, r)| only.is_none_or(|d| r.destination == d))
+    {
+        nl.replace_route(route.destination, route.gateway, Some(end.ifindex))
+            .await?;
+        nl.add_iif_rule(&end.ifname, end.ifindex).await?;
+    }
     Ok(())
+}
+
+/// Deletes the steering rules of interfaces that are gone (`ends`: hop, interface; their tables
+/// emptied when the interface went). Keeps going, returns every error.
+pub async fn delete_steering_rules(
+    plan: &ChainPlan,
+    ends: &[(usize, &crate::plan::LinkEnd)],
+    opened: &Opened,
+) -> Vec<String> {
+    let mut errors = Vec::new();
+    for (h, end) in ends {
+        if let Some(ns) = opened.hops.get(h)
+            && let Err(e) = ns.netlink.delete_iif_rule(&end.ifname, end.ifindex).await
+        {
+            errors.push(format!("{}: {e}", plan.hops[*h].name));
+        }
+    }
+    errors
 }
 
 /// Attaches the per-interface counters to every interface of the chain that `only` selects; the

@@ -15,7 +15,7 @@ use crate::lifecycle::{LifecycleError, Progress, UpOptions};
 use crate::names;
 use crate::netlink::Netlink;
 use crate::netns::{self, NetnsError};
-use crate::plan::{ChainPlan, LinkPlan};
+use crate::plan::{ChainPlan, LinkEnd, LinkPlan};
 use crate::replan::{self, ReplanError};
 use crate::spec::{ChainSpec, FastPath};
 use crate::state::{self, ChainLock, Phase};
@@ -306,7 +306,7 @@ fn switch_routes(
 ) -> Result<(), ApplyError> {
     let order: Vec<usize> = delta.fresh.union(&delta.touched).copied().collect();
     let backwards: Vec<usize> = order.iter().rev().copied().collect();
-    let (ingress_net, egress_net) = subnets(new);
+    let (ingress_net, egress_net) = new.endpoint_subnets();
     rt.block_on(async {
         apply::replace_routes(new, &backwards, opened, Some(egress_net)).await?;
         apply::replace_routes(new, &order, opened, Some(ingress_net)).await
@@ -322,8 +322,7 @@ fn remove_old(
     opened: &Opened,
     rt: &tokio::runtime::Runtime,
 ) -> Vec<String> {
-    let ends = ends_in(&delta.gone, old, new);
-    let mut errors = rt.block_on(apply::delete_interfaces(new, &ends, opened));
+    let mut errors = delete_links(&delta.gone, old, new, opened, rt);
     let new_names = names_of(new);
     for hop in old
         .hops
@@ -343,19 +342,47 @@ fn remove_old(
     errors
 }
 
-/// For each of `links` (of plan `of`), an end that lives in a hop `keep` also has, as (hop index
-/// in `keep`, interface name). Deleting one end of a veth pair deletes both at once; a link with
-/// neither end in `keep` goes with its namespaces (which the kernel cleans up in the background).
-fn ends_in(links: &[&LinkPlan], of: &ChainPlan, keep: &ChainPlan) -> Vec<(usize, String)> {
+/// The ends of `links` (of plan `of`) that live in a hop `keep` also has, with that hop's index
+/// in `keep`.
+fn ends_in<'a>(
+    links: &[&'a LinkPlan],
+    of: &ChainPlan,
+    keep: &ChainPlan,
+) -> Vec<(usize, &'a LinkEnd)> {
     links
         .iter()
-        .filter_map(|l| {
-            [&l.out, &l.inn].into_iter().find_map(|e| {
-                keep.hop(&of.hops[e.hop].name)
-                    .map(|(i, _)| (i, e.ifname.clone()))
-            })
-        })
+        .flat_map(|l| [&l.out, &l.inn])
+        .filter_map(|e| keep.hop(&of.hops[e.hop].name).map(|(i, _)| (i, e)))
         .collect()
+}
+
+/// Deletes `links` (of plan `of`) from the hops of `keep`, and in kernel mode the steering rules
+/// of their ends there. Deleting one end of a veth pair deletes both at once; a link with neither
+/// end in `keep` goes with its namespaces (which the kernel cleans up in the background).
+fn delete_links(
+    links: &[&LinkPlan],
+    of: &ChainPlan,
+    keep: &ChainPlan,
+    opened: &Opened,
+    rt: &tokio::runtime::Runtime,
+) -> Vec<String> {
+    let in_keep = |e: &LinkEnd| keep.hop(&of.hops[e.hop].name).map(|(i, _)| i);
+    let names: Vec<(usize, String)> = links
+        .iter()
+        .filter_map(|l| {
+            [&l.out, &l.inn]
+                .into_iter()
+                .find_map(|e| Some((in_keep(e)?, e.ifname.clone())))
+        })
+        .collect();
+    let ends = ends_in(links, of, keep);
+    rt.block_on(async {
+        let mut errors = apply::delete_interfaces(keep, &names, opened).await;
+        if keep.fastpath == FastPath::Kernel {
+            errors.extend(apply::delete_steering_rules(keep, &ends, opened).await);
+        }
+        errors
+    })
 }
 
 /// Times the steps of an apply, for the debug log.
@@ -390,13 +417,6 @@ fn ifindexes(links: &[&LinkPlan]) -> BTreeSet<u32> {
         .collect()
 }
 
-/// The ingress and egress subnets of a plan.
-fn subnets(plan: &ChainPlan) -> (ipnet::Ipv4Net, ipnet::Ipv4Net) {
-    let ingress = plan.links.first().map(|l| l.out.address.trunc());
-    let egress = plan.links.last().map(|l| l.inn.address.trunc());
-    (ingress.unwrap_or_default(), egress.unwrap_or_default())
-}
-
 /// Best-effort return from a half-applied `new` to `old`: old routes back, new links and new
 /// namespaces removed. Returns what could not be undone.
 fn undo(
@@ -428,8 +448,7 @@ fn undo(
         errors.push(e.to_string());
     }
     let added_links: Vec<&LinkPlan> = replan::gone_links(new, old).collect();
-    let added = ends_in(&added_links, new, old);
-    errors.extend(rt.block_on(apply::delete_interfaces(old, &added, &opened)));
+    errors.extend(delete_links(&added_links, new, old, &opened, rt));
     let old_names = names_of(old);
     for hop in new.hops.iter().filter(|h| {
         h.netns.created && !old_names.contains(h.name.as_str()) && !foreign.contains(&h.netns.name)

@@ -11,9 +11,14 @@ use futures::TryStreamExt;
 use ipnet::Ipv4Net;
 use rtnetlink::packet_route::address::AddressAttribute;
 use rtnetlink::packet_route::link::{InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags};
+use rtnetlink::packet_route::rule::RuleAction;
 use rtnetlink::{LinkMessageBuilder, LinkUnspec, RouteMessageBuilder};
 
 use crate::plan::LinkEnd;
+
+/// Priority of the rules that route a function's packets by the interface they arrived on
+/// (before the main table's rule at 32766).
+pub const IIF_RULE_PRIORITY: u32 = 1000;
 
 #[derive(Debug, thiserror::Error)]
 #[error("{what}: {message}")]
@@ -129,17 +134,63 @@ impl Netlink {
         destination: Ipv4Net,
         gateway: Ipv4Addr,
     ) -> Result<(), NetlinkError> {
-        self.route(destination, gateway, false).await
+        self.route(destination, gateway, false, None).await
     }
 
     /// Adds a route or atomically replaces the one to the same destination (the switch of a
-    /// live apply: packets take the old or the new next hop, never none).
+    /// live apply: packets take the old or the new next hop, never none), in the main table or
+    /// in table `table`.
     pub async fn replace_route(
         &self,
         destination: Ipv4Net,
         gateway: Ipv4Addr,
+        table: Option<u32>,
     ) -> Result<(), NetlinkError> {
-        self.route(destination, gateway, true).await
+        self.route(destination, gateway, true, table).await
+    }
+
+    /// Adds the rule "packets that arrive on `ifname` are routed by table `table`" (at
+    /// [`IIF_RULE_PRIORITY`]); one that exists already is fine.
+    pub async fn add_iif_rule(&self, ifname: &str, table: u32) -> Result<(), NetlinkError> {
+        match self.iif_rule(ifname, table).execute().await {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                let e = NetlinkError::new(format!("add rule iif {ifname} lookup {table}"), e);
+                if e.errno == Some(libc::EEXIST) {
+                    Ok(())
+                } else {
+                    Err(e)
+                }
+            }
+        }
+    }
+
+    /// Deletes the rule [`Netlink::add_iif_rule`] added; false if there was none.
+    pub async fn delete_iif_rule(&self, ifname: &str, table: u32) -> Result<bool, NetlinkError> {
+        let mut add = self.iif_rule(ifname, table);
+        let message = add.message_mut().clone();
+        match self.handle.rule().del(message).execute().await {
+            Ok(()) => Ok(true),
+            Err(e) => {
+                let e = NetlinkError::new(format!("delete rule iif {ifname} lookup {table}"), e);
+                if e.errno == Some(libc::ENOENT) {
+                    Ok(false)
+                } else {
+                    Err(e)
+                }
+            }
+        }
+    }
+
+    fn iif_rule(&self, ifname: &str, table: u32) -> rtnetlink::RuleAddRequest<Ipv4Addr> {
+        self.handle
+            .rule()
+            .add()
+            .v4()
+            .input_interface(ifname)
+            .table_id(table)
+            .priority(IIF_RULE_PRIORITY)
+            .action(RuleAction::ToTable)
     }
 
     async fn route(
@@ -147,11 +198,15 @@ impl Netlink {
         destination: Ipv4Net,
         gateway: Ipv4Addr,
         replace: bool,
+        table: Option<u32>,
     ) -> Result<(), NetlinkError> {
-        let msg = RouteMessageBuilder::<Ipv4Addr>::new()
+        let mut builder = RouteMessageBuilder::<Ipv4Addr>::new()
             .destination_prefix(destination.network(), destination.prefix_len())
-            .gateway(gateway)
-            .build();
+            .gateway(gateway);
+        if let Some(table) = table {
+            builder = builder.table_id(table);
+        }
+        let msg = builder.build();
         let request = self.handle.route().add(msg);
         let request = if replace { request.replace() } else { request };
         request.execute().await.map_err(|e| {

@@ -148,6 +148,13 @@ impl ChainPlan {
         self.hops.len().saturating_sub(2)
     }
 
+    /// The ingress and the egress endpoint's subnets.
+    pub fn endpoint_subnets(&self) -> (Ipv4Net, Ipv4Net) {
+        let ingress = self.links.first().map(|l| l.out.address.trunc());
+        let egress = self.links.last().map(|l| l.inn.address.trunc());
+        (ingress.unwrap_or_default(), egress.unwrap_or_default())
+    }
+
     /// The forwarder slot of the function at hop `hop` (None for an endpoint). Records written
     /// before slots existed use the function's position.
     pub fn function_slot(&self, hop: usize) -> Option<u32> {
@@ -333,6 +340,32 @@ fn plan_link(spec: &ChainSpec, hops: &[HopPlan], l: usize) -> LinkPlan {
 fn net(addr: Ipv4Addr, prefix: u8) -> Ipv4Net {
     // Prefixes come from validated networks, so they are <= 32.
     Ipv4Net::new(addr, prefix).unwrap_or_else(|_| Ipv4Net::from(addr))
+}
+
+/// Kernel mode: the routes that steer a function's packets by the interface they arrived on.
+/// Packets from the ingress side (arriving on the function's `in` interface) are routed by a table
+/// of their own holding the route toward egress, packets from the egress side by one holding the
+/// route toward ingress; the table id is the arriving interface's index (unique in the chain), and
+/// a rule `iif INTERFACE lookup TABLE` selects it. So a packet's path follows the links it travels
+/// on: during a live reorder a packet already on the old links stays on them to the end, and a
+/// packet that takes a switched route takes the new path all the way, never half of each. (Where a
+/// side faces an endpoint's subnet directly, the table is empty and the main table's connected
+/// route applies.) Empty for endpoints and for functions that do not forward (tc/xdp mode).
+pub fn steering_routes(plan: &ChainPlan, hop: usize) -> Vec<(&LinkEnd, RoutePlan)> {
+    let Some(h) = plan.hops.get(hop).filter(|h| h.forwarding) else {
+        return Vec::new();
+    };
+    let (ingress_net, egress_net) = plan.endpoint_subnets();
+    let route_to = |net: Ipv4Net| h.routes.iter().find(|r| r.destination == net).cloned();
+    let inn = hop
+        .checked_sub(1)
+        .and_then(|l| plan.links.get(l))
+        .map(|l| (&l.inn, route_to(egress_net)));
+    let out = plan.links.get(hop).map(|l| (&l.out, route_to(ingress_net)));
+    inn.into_iter()
+        .chain(out)
+        .filter_map(|(end, route)| Some((end, route?)))
+        .collect()
 }
 
 /// Which way a packet crosses a function: from ingress toward egress, or back.
@@ -632,6 +665,36 @@ mod tests {
         assert!(forwarder_entries(&plan).is_empty());
         assert_eq!(forwarder_table_len(&plan), 64);
         assert_eq!(forwarder_counter_len(&plan), 32);
+    }
+
+    #[test]
+    fn kernel_mode_steers_each_side_by_its_own_table() {
+        let mut s = spec(3, None);
+        s.fastpath = FastPath::Kernel;
+        let plan = plan_chain(&s);
+        // fn2: from ingress (arriving on nf-in) toward egress via fn3; back via fn1.
+        let routes = steering_routes(&plan, 2);
+        let shape: Vec<(u32, Ipv4Net, Ipv4Addr)> = routes
+            .iter()
+            .map(|(end, r)| (end.ifindex, r.destination, r.gateway))
+            .collect();
+        let (ingress, egress) = plan.endpoint_subnets();
+        assert_eq!(
+            shape,
+            vec![
+                (ifindex(1, true), egress, a("100.64.0.3")),
+                (ifindex(2, false), ingress, a("100.64.0.0")),
+            ]
+        );
+        // fn1's reverse side faces the ingress subnet directly: no table of its own.
+        let first: Vec<u32> = steering_routes(&plan, 1)
+            .iter()
+            .map(|(e, _)| e.ifindex)
+            .collect();
+        assert_eq!(first, vec![ifindex(0, true)]);
+        // Endpoints, and functions in tc mode, are not steered.
+        assert!(steering_routes(&plan, 0).is_empty());
+        assert!(steering_routes(&plan_chain(&spec(3, None)), 2).is_empty());
     }
 
     #[test]
