@@ -184,7 +184,9 @@ pub async fn create_links(
                             e.ifname, e.ifindex, hop.netns.name
                         )
                     };
-                    if source.errno == Some(libc::EEXIST) {
+                    // A taken name is EEXIST; a taken index EEXIST on newer kernels, EBUSY on
+                    // older ones (6.1).
+                    if matches!(source.errno, Some(libc::EEXIST | libc::EBUSY)) {
                         ApplyError::InterfaceTaken {
                             out: end(&link.out, out_hop),
                             inn: end(&link.inn, in_hop),
