@@ -65,6 +65,12 @@ fn sysctls_for(hop: &HopPlan) -> Vec<(&'static str, &'static str)> {
     let mut v = BASE_SYSCTLS.to_vec();
     if hop.forwarding {
         v.push(("net/ipv4/ip_forward", "1"));
+        // A live apply steers with custom FIB rules (see `steer`) for a moment, and a namespace
+        // that ever had one keeps checking each forwarded packet's source with a second full
+        // route lookup, even with rp_filter off, unless accept_local is set
+        // (fib_validate_source). netfn's functions do no reverse-path filtering either way
+        // (rp_filter is 0 in a new namespace); this skips a lookup that would check nothing.
+        v.push(("net/ipv4/conf/all/accept_local", "1"));
     }
     v
 }
@@ -313,12 +319,14 @@ async fn configure_hop(
     for route in &hop.routes {
         nl.add_route(route.destination, route.gateway).await?;
     }
-    steer(plan, h, nl, None).await
+    Ok(())
 }
 
-/// Kernel mode: the per-interface tables and rules of hop `h` ([`plan::steering_routes`]), those
-/// toward `only` if given. Routes are replaced (atomically), rules added if missing.
-async fn steer(
+/// Kernel mode: the per-interface tables and rules of hop `h` ([`crate::plan::steering_routes`]),
+/// those toward `only` if given. Routes are replaced (atomically), rules added if missing. Only a
+/// live apply steers, and only while it switches (see [`crate::live`]): in steady state the main
+/// table routes every packet, at no extra cost.
+pub async fn steer(
     plan: &ChainPlan,
     h: usize,
     nl: &Netlink,
@@ -333,6 +341,28 @@ async fn steer(
         nl.add_iif_rule(&end.ifname, end.ifindex).await?;
     }
     Ok(())
+}
+
+/// Removes the steering of `hops` (their rules and per-interface tables): the main table routes
+/// their packets again. Keeps going, returns every error.
+pub async fn unsteer(plan: &ChainPlan, hops: &[usize], opened: &Opened) -> Vec<String> {
+    let mut errors = Vec::new();
+    for &h in hops {
+        let Some(ns) = opened.hops.get(&h) else {
+            continue;
+        };
+        for (end, route) in crate::plan::steering_routes(plan, h) {
+            let rule = ns.netlink.delete_iif_rule(&end.ifname, end.ifindex).await;
+            let table = ns
+                .netlink
+                .delete_route_in(route.destination, end.ifindex)
+                .await;
+            for e in [rule.err(), table.err()].into_iter().flatten() {
+                errors.push(format!("{}: {e}", plan.hops[h].name));
+            }
+        }
+    }
+    errors
 }
 
 /// Deletes the steering rules of interfaces that are gone (`ends`: hop, interface; their tables

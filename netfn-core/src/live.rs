@@ -233,6 +233,11 @@ fn switch(
         ebpf::extend_fastpath(new, &bpf_dir, &added, &new_slots)?;
     }
     steps.done("eBPF on the new interfaces");
+    if new.fastpath == FastPath::Kernel {
+        // Pin the old path first: kept functions route what arrives on their old interfaces by
+        // the old routes, whatever the switch does meanwhile (see `plan::steering_routes`).
+        rt.block_on(pin_old_paths(old, new, &delta, &opened))?;
+    }
     switch_routes(new, &delta, &opened, rt)?;
     if new.fastpath != FastPath::Kernel {
         let changed = ebpf::switch_fastpath(new, &bpf_dir)?;
@@ -243,7 +248,13 @@ fn switch(
     // Now nothing is steered onto the old links or the removed functions. Packets already on
     // their way there (in a veth's queue) get a moment to leave; then the old links go.
     std::thread::sleep(DRAIN);
-    let errors = remove_old(old, new, &delta, &opened, rt);
+    let mut errors = remove_old(old, new, &delta, &opened, rt);
+    if new.fastpath == FastPath::Kernel {
+        // Nothing is on the old path any more: the main table, switched too, routes as the
+        // per-interface tables do. Back to the steady state, which costs nothing per packet.
+        let hops: Vec<usize> = delta.fresh.union(&delta.touched).copied().collect();
+        errors.extend(rt.block_on(apply::unsteer(new, &hops, &opened)));
+    }
     steps.done("drain and removal of the old links");
     if let Some(first) = errors.into_iter().next() {
         tracing::warn!(chain = %new.chain, "apply: cleanup of the old links left: {first}");
@@ -292,6 +303,28 @@ fn create_new(
         Ok::<(), ApplyError>(())
     })?;
     Ok(opened)
+}
+
+/// Kernel mode: steers the kept functions a change touches by their old routes, per arriving
+/// interface, before anything switches.
+async fn pin_old_paths(
+    old: &ChainPlan,
+    new: &ChainPlan,
+    delta: &Delta<'_>,
+    opened: &Opened,
+) -> Result<(), ApplyError> {
+    for &h in &delta.touched {
+        let (Some((oh, _)), Some(ns)) = (old.hop(&new.hops[h].name), opened.hops.get(&h)) else {
+            continue;
+        };
+        apply::steer(old, oh, &ns.netlink, None)
+            .await
+            .map_err(|source| ApplyError::Netlink {
+                hop: new.hops[h].name.clone(),
+                source,
+            })?;
+    }
+    Ok(())
 }
 
 /// Loop-free route switch: routes toward egress are switched from the egress end backwards,
@@ -459,6 +492,9 @@ fn undo(
     }
     if fast && let Err(e) = ebpf::forget_interfaces(&bpf_dir, &ifindexes(&added_links)) {
         errors.push(e.to_string());
+    }
+    if !fast {
+        errors.extend(rt.block_on(apply::unsteer(old, &hops, &opened)));
     }
     errors
 }

@@ -182,6 +182,29 @@ impl Netlink {
         }
     }
 
+    /// Deletes the route to `destination` in table `table`; false if there was none.
+    pub async fn delete_route_in(
+        &self,
+        destination: Ipv4Net,
+        table: u32,
+    ) -> Result<bool, NetlinkError> {
+        let msg = RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(destination.network(), destination.prefix_len())
+            .table_id(table)
+            .build();
+        match self.handle.route().del(msg).execute().await {
+            Ok(()) => Ok(true),
+            Err(e) => {
+                let e = NetlinkError::new(format!("delete route {destination} table {table}"), e);
+                if matches!(e.errno, Some(libc::ESRCH | libc::ENOENT)) {
+                    Ok(false)
+                } else {
+                    Err(e)
+                }
+            }
+        }
+    }
+
     fn iif_rule(&self, ifname: &str, table: u32) -> rtnetlink::RuleAddRequest<Ipv4Addr> {
         self.handle
             .rule()

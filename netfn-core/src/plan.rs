@@ -342,15 +342,18 @@ fn net(addr: Ipv4Addr, prefix: u8) -> Ipv4Net {
     Ipv4Net::new(addr, prefix).unwrap_or_else(|_| Ipv4Net::from(addr))
 }
 
-/// Kernel mode: the routes that steer a function's packets by the interface they arrived on.
-/// Packets from the ingress side (arriving on the function's `in` interface) are routed by a table
-/// of their own holding the route toward egress, packets from the egress side by one holding the
-/// route toward ingress; the table id is the arriving interface's index (unique in the chain), and
-/// a rule `iif INTERFACE lookup TABLE` selects it. So a packet's path follows the links it travels
-/// on: during a live reorder a packet already on the old links stays on them to the end, and a
-/// packet that takes a switched route takes the new path all the way, never half of each. (Where a
-/// side faces an endpoint's subnet directly, the table is empty and the main table's connected
-/// route applies.) Empty for endpoints and for functions that do not forward (tc/xdp mode).
+/// Kernel mode, during a live apply: the routes that steer a function's packets by the interface
+/// they arrived on. Packets from the ingress side (arriving on the function's `in` interface) are
+/// routed by a table of their own holding the route toward egress, packets from the egress side
+/// by one holding the route toward ingress; the table id is the arriving interface's index
+/// (unique in the chain), and a rule `iif INTERFACE lookup TABLE` selects it. While the steering
+/// is in place a packet's path follows the links it travels on: one already on the old links
+/// stays on them to the end, and one that takes a switched route takes the new path all the way,
+/// never half of each (so a reorder cannot skip the function that moves). Once the old links are
+/// gone the main table routes the same way and the steering is removed: custom rules cost a
+/// little on every packet. (Where a side faces an endpoint's subnet directly, there is no table:
+/// the main table's connected route applies.) Empty for endpoints and for functions that do not
+/// forward (tc/xdp mode).
 pub fn steering_routes(plan: &ChainPlan, hop: usize) -> Vec<(&LinkEnd, RoutePlan)> {
     let Some(h) = plan.hops.get(hop).filter(|h| h.forwarding) else {
         return Vec::new();
