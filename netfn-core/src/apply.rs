@@ -65,12 +65,6 @@ fn sysctls_for(hop: &HopPlan) -> Vec<(&'static str, &'static str)> {
     let mut v = BASE_SYSCTLS.to_vec();
     if hop.forwarding {
         v.push(("net/ipv4/ip_forward", "1"));
-        // A live apply steers with custom FIB rules (see `steer`) for a moment, and a namespace
-        // that ever had one keeps checking each forwarded packet's source with a second full
-        // route lookup, even with rp_filter off, unless accept_local is set
-        // (fib_validate_source). netfn's functions do no reverse-path filtering either way
-        // (rp_filter is 0 in a new namespace); this skips a lookup that would check nothing.
-        v.push(("net/ipv4/conf/all/accept_local", "1"));
     }
     v
 }

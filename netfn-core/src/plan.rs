@@ -350,8 +350,8 @@ fn net(addr: Ipv4Addr, prefix: u8) -> Ipv4Net {
 /// is in place a packet's path follows the links it travels on: one already on the old links
 /// stays on them to the end, and one that takes a switched route takes the new path all the way,
 /// never half of each (so a reorder cannot skip the function that moves). Once the old links are
-/// gone the main table routes the same way and the steering is removed: custom rules cost a
-/// little on every packet. (Where a side faces an endpoint's subnet directly, there is no table:
+/// gone the main table routes the same way and the steering is removed: custom rules cost on
+/// every packet (a rule walk, and a second lookup to validate the source). (Where a side faces an endpoint's subnet directly, there is no table:
 /// the main table's connected route applies.) Empty for endpoints and for functions that do not
 /// forward (tc/xdp mode).
 pub fn steering_routes(plan: &ChainPlan, hop: usize) -> Vec<(&LinkEnd, RoutePlan)> {
