@@ -15,7 +15,7 @@ use crate::lifecycle::{LifecycleError, Progress, UpOptions};
 use crate::names;
 use crate::netlink::Netlink;
 use crate::netns::{self, NetnsError};
-use crate::plan::{ChainPlan, LinkEnd, LinkPlan};
+use crate::plan::{ChainPlan, HopPlan, LinkEnd, LinkPlan};
 use crate::replan::{self, ReplanError};
 use crate::spec::{ChainSpec, FastPath};
 use crate::state::{self, ChainLock, Phase};
@@ -82,25 +82,26 @@ pub fn apply(
     if dry_run {
         return Ok(ApplyOutcome::Planned(next.changes));
     }
+    let old = record.plan.clone();
+    let delta = Delta::between(&old, &next.plan);
     // A namespace the change would create must not exist: refuse before touching anything.
-    let old_names = names_of(&record.plan);
-    if let Some(hop) = next.plan.hops.iter().find(|h| {
-        h.netns.created && !old_names.contains(h.name.as_str()) && netns::exists(&h.netns.name)
-    }) {
+    if let Some(hop) = delta
+        .new_namespaces(&next.plan)
+        .find(|h| netns::exists(&h.netns.name))
+    {
         return Err(LiveError::Lifecycle(LifecycleError::Netns(
             NetnsError::Exists {
                 name: hop.netns.name.clone(),
             },
         )));
     }
-    let old = record.plan.clone();
     record.previous = Some(old.clone());
     record.plan = next.plan.clone();
     record.phase = Phase::Applying;
     state::save(&mut record)?;
 
     let mut foreign = Vec::new();
-    match switch(&old, &next.plan, rt, options, &mut foreign) {
+    match switch(&old, &next.plan, &delta, rt, options, &mut foreign) {
         Ok(()) => {
             record.previous = None;
             record.phase = Phase::Up;
@@ -113,7 +114,7 @@ pub fn apply(
         }
         Err(cause) => {
             // A namespace that appeared since the check above is someone else's: never removed.
-            let rollback = undo(&old, &next.plan, rt, options, &foreign);
+            let rollback = undo(&old, &next.plan, &delta, rt, options, &foreign);
             record.foreign.extend(foreign);
             if rollback.is_empty() {
                 record.plan = old;
@@ -204,41 +205,47 @@ impl<'a> Delta<'a> {
             touched,
         }
     }
+
+    /// The hops of `new` (the plan this delta leads to) whose namespaces the change creates.
+    fn new_namespaces<'p>(&self, new: &'p ChainPlan) -> impl Iterator<Item = &'p HopPlan> {
+        self.fresh
+            .iter()
+            .filter_map(|&h| new.hops.get(h))
+            .filter(|h| h.netns.created)
+    }
 }
 
 /// old → new: make what is new, switch the path, remove what is gone.
 fn switch(
     old: &ChainPlan,
     new: &ChainPlan,
+    delta: &Delta,
     rt: &tokio::runtime::Runtime,
     options: &UpOptions,
     foreign: &mut Vec<String>,
 ) -> Result<(), ApplyError> {
     let mut steps = Steps::new(&new.chain);
-    let delta = Delta::between(old, new);
-    let opened = create_new(new, &delta, rt, options, foreign)?;
+    let opened = create_new(new, delta, rt, options, foreign)?;
     steps.done("new namespaces and links");
     let bpf_dir = names::chain_bpf_dir(&new.chain);
     let added = ifindexes(&delta.added);
     if new.fastpath == FastPath::Kernel {
-        // Count on the new interfaces before any traffic is switched onto them.
+        // Count on the new interfaces before any traffic is switched onto them, and pin the old
+        // path: kept functions route what arrives on their old interfaces by the old routes,
+        // whatever the switch does meanwhile (see `plan::steering_routes`).
         apply::attach_counters(new, &|end| added.contains(&end.ifindex))?;
+        rt.block_on(pin_old_paths(old, new, delta, &opened))?;
     } else {
         // Forward on them: rows and programs first, nothing steered there yet.
-        let old_names = names_of(old);
-        let new_slots: Vec<u32> = (0..new.hops.len())
-            .filter(|&h| !old_names.contains(new.hops[h].name.as_str()))
-            .filter_map(|h| new.function_slot(h))
+        let new_slots: Vec<u32> = delta
+            .fresh
+            .iter()
+            .filter_map(|&h| new.function_slot(h))
             .collect();
         ebpf::extend_fastpath(new, &bpf_dir, &added, &new_slots)?;
     }
-    steps.done("eBPF on the new interfaces");
-    if new.fastpath == FastPath::Kernel {
-        // Pin the old path first: kept functions route what arrives on their old interfaces by
-        // the old routes, whatever the switch does meanwhile (see `plan::steering_routes`).
-        rt.block_on(pin_old_paths(old, new, &delta, &opened))?;
-    }
-    switch_routes(new, &delta, &opened, rt)?;
+    steps.done("the new path prepared");
+    switch_routes(new, delta, &opened, rt)?;
     if new.fastpath != FastPath::Kernel {
         let changed = ebpf::switch_fastpath(new, &bpf_dir)?;
         tracing::debug!(chain = %new.chain, "apply: {changed} forwarder entries switched");
@@ -248,7 +255,7 @@ fn switch(
     // Now nothing is steered onto the old links or the removed functions. Packets already on
     // their way there (in a veth's queue) get a moment to leave; then the old links go.
     std::thread::sleep(DRAIN);
-    let mut errors = remove_old(old, new, &delta, &opened, rt);
+    let mut errors = remove_old(old, new, delta, &opened, rt);
     if new.fastpath == FastPath::Kernel {
         // Nothing is on the old path any more: the main table, switched too, routes as the
         // per-interface tables do. Back to the steady state, which costs nothing per packet.
@@ -455,6 +462,7 @@ fn ifindexes(links: &[&LinkPlan]) -> BTreeSet<u32> {
 fn undo(
     old: &ChainPlan,
     new: &ChainPlan,
+    delta: &Delta,
     rt: &tokio::runtime::Runtime,
     options: &UpOptions,
     foreign: &[String],
@@ -480,17 +488,16 @@ fn undo(
     if fast && let Err(e) = ebpf::switch_fastpath(old, &bpf_dir) {
         errors.push(e.to_string());
     }
-    let added_links: Vec<&LinkPlan> = replan::gone_links(new, old).collect();
-    errors.extend(delete_links(&added_links, new, old, &opened, rt));
-    let old_names = names_of(old);
-    for hop in new.hops.iter().filter(|h| {
-        h.netns.created && !old_names.contains(h.name.as_str()) && !foreign.contains(&h.netns.name)
-    }) {
+    errors.extend(delete_links(&delta.added, new, old, &opened, rt));
+    for hop in delta
+        .new_namespaces(new)
+        .filter(|h| !foreign.contains(&h.netns.name))
+    {
         if let Err(e) = netns::delete(&hop.netns.name) {
             errors.push(e.to_string());
         }
     }
-    if fast && let Err(e) = ebpf::forget_interfaces(&bpf_dir, &ifindexes(&added_links)) {
+    if fast && let Err(e) = ebpf::forget_interfaces(&bpf_dir, &ifindexes(&delta.added)) {
         errors.push(e.to_string());
     }
     if !fast {
