@@ -39,10 +39,10 @@ use netfn_common::{
 
 use super::fwd_table::{FwdTable, drop_unfit_pin, map_error, pinned_map, zero_function_counters};
 use super::{
-    AttachedInterface, BPFFS, EbpfError, EbpfLogs, TcSlot, attach_pinned, ensure_bpffs, fwd_tc,
+    AttachedInterface, EbpfError, EbpfLogs, TcSlot, attach_pinned, ensure_chain_dir, fwd_tc,
     fwd_xdp, load_and_pin, remove_file_if_present,
 };
-use crate::plan::{self, ChainPlan, Direction};
+use crate::plan::{self, ChainPlan, Direction, ForwarderEntry};
 use crate::spec::FastPath;
 
 /// TC priority of the forwarder filter on ingress: after the counter (priority 1).
@@ -251,14 +251,7 @@ pub fn attach_fastpath_with(
         });
     }
     check_kernel(mode)?;
-    if bpf_dir.starts_with(BPFFS) {
-        ensure_bpffs()?;
-    }
-    std::fs::create_dir_all(bpf_dir).map_err(|source| EbpfError::Io {
-        what: "cannot create",
-        path: bpf_dir.to_path_buf(),
-        source,
-    })?;
+    ensure_chain_dir(bpf_dir)?;
 
     let entries = plan::forwarder_entries(plan);
     let table_len = plan::forwarder_table_len(plan);
@@ -365,18 +358,27 @@ pub fn extend_fastpath(
     new_slots: &[u32],
 ) -> Result<Vec<AttachedInterface>, EbpfError> {
     zero_function_counters(&bpf_dir.join(FN_COUNTERS_PIN), new_slots)?;
+    let entries = plan::forwarder_entries(plan);
+    let (new, kept): (Vec<&ForwarderEntry>, Vec<&ForwarderEntry>) =
+        entries.iter().partition(|e| added.contains(&e.ifindex));
     let mut table = FwdTable::open(&bpf_dir.join(FWD_TABLE_PIN))?;
-    for e in plan::forwarder_entries(plan)
-        .iter()
-        .filter(|e| added.contains(&e.ifindex))
-    {
+    for e in new {
         table.set(e)?;
     }
     // An index a removed link had: its link pins (if a cleanup missed them) are stale.
     for &ifindex in added {
         remove_link_pins(bpf_dir, ifindex)?;
     }
-    let tc_attach = tc_attach_in_use(plan, bpf_dir, added);
+    // How the running chain's TC forwarder is attached: TCX if a kept interface has a pinned
+    // TCX link, netlink otherwise.
+    let tc_attach = if kept
+        .iter()
+        .any(|e| link_pin(bpf_dir, TCX_LINK_PIN_PREFIX, e.ifindex).exists())
+    {
+        TcAttach::Tcx
+    } else {
+        TcAttach::Netlink
+    };
     attach_programs(plan, bpf_dir, tc_attach, &|i| added.contains(&i))
 }
 
@@ -412,27 +414,14 @@ pub fn forget_interfaces(bpf_dir: &Path, gone: &BTreeSet<u32>) -> Result<(), Ebp
 
 fn remove_link_pins(bpf_dir: &Path, ifindex: u32) -> Result<(), EbpfError> {
     for prefix in [TCX_LINK_PIN_PREFIX, XDP_LINK_PIN_PREFIX] {
-        remove_file_if_present(&bpf_dir.join(format!("{prefix}{ifindex}")))?;
+        remove_file_if_present(&link_pin(bpf_dir, prefix, ifindex))?;
     }
     Ok(())
 }
 
-/// How the running chain's TC forwarder is attached: TCX if an interface that `extend_fastpath`
-/// does not touch has a pinned TCX link, netlink otherwise.
-fn tc_attach_in_use(plan: &ChainPlan, bpf_dir: &Path, added: &BTreeSet<u32>) -> TcAttach {
-    let tcx = plan::forwarder_entries(plan)
-        .iter()
-        .filter(|e| !added.contains(&e.ifindex))
-        .any(|e| {
-            bpf_dir
-                .join(format!("{TCX_LINK_PIN_PREFIX}{}", e.ifindex))
-                .exists()
-        });
-    if tcx {
-        TcAttach::Tcx
-    } else {
-        TcAttach::Netlink
-    }
+/// Where the TCX or XDP link (`prefix`) of interface `ifindex` is pinned.
+pub(crate) fn link_pin(bpf_dir: &Path, prefix: &str, ifindex: u32) -> PathBuf {
+    bpf_dir.join(format!("{prefix}{ifindex}"))
 }
 
 /// Says plainly when this kernel cannot run `mode` (see [`crate::features`]).

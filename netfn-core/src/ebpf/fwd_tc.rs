@@ -9,7 +9,7 @@ use aya::programs::tc::{SchedClassifierLink, TcAttachOptions};
 use aya::programs::{LinkOrder, ProgramError, SchedClassifier, TcAttachType};
 use netfn_common::FWD_TC_PROGRAM;
 
-use super::fastpath::TCX_LINK_PIN_PREFIX;
+use super::fastpath::{TCX_LINK_PIN_PREFIX, link_pin};
 use super::{AttachedInterface, EbpfError, for_each_tc_target};
 use crate::names;
 use crate::plan::ChainPlan;
@@ -54,7 +54,7 @@ fn attach_tcx_here(
         nix::net::if_::if_nametoindex(interface).map_err(|e| ProgramError::UnknownInterface {
             name: format!("{interface} ({e})"),
         })?;
-    let pin = bpf_dir.join(format!("{TCX_LINK_PIN_PREFIX}{ifindex}"));
+    let pin = link_pin(bpf_dir, TCX_LINK_PIN_PREFIX, ifindex);
     let existing = PinnedLink::from_pin(&pin)
         .ok()
         .and_then(|pinned| SchedClassifierLink::try_from(FdLink::from(pinned)).ok());

@@ -17,7 +17,7 @@ use aya::programs::{ProgramError, Xdp, XdpMode};
 use aya_obj::programs::XdpAttachType;
 use netfn_common::{FWD_XDP_PROGRAM, XDP_PASS_PROGRAM};
 
-use super::fastpath::{FWD_DEVMAP_PIN, XDP_LINK_PIN_PREFIX};
+use super::fastpath::{FWD_DEVMAP_PIN, XDP_LINK_PIN_PREFIX, link_pin};
 use super::fwd_table::{map_error, pinned_map};
 use super::{AttachedInterface, EbpfError, netns};
 use crate::names;
@@ -221,7 +221,7 @@ fn attach_xdp_here(
     ifname: &str,
     ifindex: u32,
 ) -> Result<bool, XdpAttachError> {
-    let pin = bpf_dir.join(format!("{XDP_LINK_PIN_PREFIX}{ifindex}"));
+    let pin = link_pin(bpf_dir, XDP_LINK_PIN_PREFIX, ifindex);
     let mut guard = programs.lock().map_err(|_| XdpAttachError::Poisoned)?;
     let (fwd, pass) = &mut *guard;
     let program: &mut Xdp = if forwarder { fwd } else { pass };

@@ -243,6 +243,19 @@ impl CounterAttach {
     }
 }
 
+/// Creates a chain's bpffs directory `bpf_dir` (mounting bpffs first if the directory is under
+/// [`BPFFS`] and it is not mounted).
+pub(crate) fn ensure_chain_dir(bpf_dir: &Path) -> Result<(), EbpfError> {
+    if bpf_dir.starts_with(BPFFS) {
+        ensure_bpffs()?;
+    }
+    std::fs::create_dir_all(bpf_dir).map_err(|source| EbpfError::Io {
+        what: "cannot create",
+        path: bpf_dir.to_path_buf(),
+        source,
+    })
+}
+
 /// Mounts bpffs at /sys/fs/bpf if needed.
 pub fn ensure_bpffs() -> Result<(), EbpfError> {
     match mounted_fstype(BPFFS)? {
@@ -312,14 +325,7 @@ pub fn attach_counters(
     targets: &[(PathBuf, Vec<String>)],
 ) -> Result<CounterAttach, EbpfError> {
     let started = Instant::now();
-    if bpf_dir.starts_with(BPFFS) {
-        ensure_bpffs()?;
-    }
-    std::fs::create_dir_all(bpf_dir).map_err(|source| EbpfError::Io {
-        what: "cannot create",
-        path: bpf_dir.to_path_buf(),
-        source,
-    })?;
+    ensure_chain_dir(bpf_dir)?;
 
     let bytes = object::object_bytes()?;
     let counters_pin = bpf_dir.join(IF_COUNTERS_PIN);
