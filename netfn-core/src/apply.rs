@@ -337,41 +337,33 @@ pub async fn steer(
     Ok(())
 }
 
-/// Removes the steering of `hops` (their rules and per-interface tables): the main table routes
-/// their packets again. Keeps going, returns every error.
-pub async fn unsteer(plan: &ChainPlan, hops: &[usize], opened: &Opened) -> Vec<String> {
-    let mut errors = Vec::new();
-    for &h in hops {
-        let Some(ns) = opened.hops.get(&h) else {
-            continue;
-        };
-        for (end, route) in crate::plan::steering_routes(plan, h) {
-            let rule = ns.netlink.delete_iif_rule(&end.ifname, end.ifindex).await;
-            let table = ns
-                .netlink
-                .delete_route_in(route.destination, end.ifindex)
-                .await;
-            for e in [rule.err(), table.err()].into_iter().flatten() {
-                errors.push(format!("{}: {e}", plan.hops[h].name));
-            }
-        }
-    }
-    errors
-}
-
-/// Deletes the steering rules of interfaces that are gone (`ends`: hop, interface; their tables
-/// emptied when the interface went). Keeps going, returns every error.
-pub async fn delete_steering_rules(
+/// Removes the steering of interfaces: their rules and the routes in their tables (the routes
+/// stay when the interface goes, since their next hop is on the function's other side). `ends`
+/// are interfaces of `plan` (their `hop` indexes into it), each with the index of its hop in
+/// `opened`; interfaces without steering are skipped. Keeps going, returns every error.
+pub async fn unsteer(
     plan: &ChainPlan,
     ends: &[(usize, &crate::plan::LinkEnd)],
     opened: &Opened,
 ) -> Vec<String> {
     let mut errors = Vec::new();
     for (h, end) in ends {
-        if let Some(ns) = opened.hops.get(h)
-            && let Err(e) = ns.netlink.delete_iif_rule(&end.ifname, end.ifindex).await
-        {
-            errors.push(format!("{}: {e}", plan.hops[*h].name));
+        let Some(ns) = opened.hops.get(h) else {
+            continue;
+        };
+        let Some((_, route)) = crate::plan::steering_routes(plan, end.hop)
+            .into_iter()
+            .find(|(e, _)| e.ifindex == end.ifindex)
+        else {
+            continue;
+        };
+        let rule = ns.netlink.delete_iif_rule(&end.ifname, end.ifindex).await;
+        let table = ns
+            .netlink
+            .delete_route_in(route.destination, end.ifindex)
+            .await;
+        for e in [rule.err(), table.err()].into_iter().flatten() {
+            errors.push(format!("{}: {e}", plan.hops[end.hop].name));
         }
     }
     errors

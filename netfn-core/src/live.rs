@@ -260,7 +260,7 @@ fn switch(
         // Nothing is on the old path any more: the main table, switched too, routes as the
         // per-interface tables do. Back to the steady state, which costs nothing per packet.
         let hops: Vec<usize> = delta.fresh.union(&delta.touched).copied().collect();
-        errors.extend(rt.block_on(apply::unsteer(new, &hops, &opened)));
+        errors.extend(rt.block_on(apply::unsteer(new, &ends_of(new, &hops), &opened)));
     }
     steps.done("drain and removal of the old links");
     if let Some(first) = errors.into_iter().next() {
@@ -396,8 +396,15 @@ fn ends_in<'a>(
         .collect()
 }
 
-/// Deletes `links` (of plan `of`) from the hops of `keep`, and in kernel mode the steering rules
-/// of their ends there. Deleting one end of a veth pair deletes both at once; a link with neither
+/// Every interface of `hops` in `plan`, with its hop.
+fn ends_of<'a>(plan: &'a ChainPlan, hops: &[usize]) -> Vec<(usize, &'a LinkEnd)> {
+    hops.iter()
+        .flat_map(|&h| plan.interfaces_of(h).map(move |e| (h, e)))
+        .collect()
+}
+
+/// Deletes `links` (of plan `of`) from the hops of `keep`, and in kernel mode the steering of
+/// their ends there. Deleting one end of a veth pair deletes both at once; a link with neither
 /// end in `keep` goes with its namespaces (which the kernel cleans up in the background).
 fn delete_links(
     links: &[&LinkPlan],
@@ -419,7 +426,7 @@ fn delete_links(
     rt.block_on(async {
         let mut errors = apply::delete_interfaces(keep, &names, opened).await;
         if keep.fastpath == FastPath::Kernel {
-            errors.extend(apply::delete_steering_rules(keep, &ends, opened).await);
+            errors.extend(apply::unsteer(of, &ends, opened).await);
         }
         errors
     })
@@ -501,7 +508,7 @@ fn undo(
         errors.push(e.to_string());
     }
     if !fast {
-        errors.extend(rt.block_on(apply::unsteer(old, &hops, &opened)));
+        errors.extend(rt.block_on(apply::unsteer(old, &ends_of(old, &hops), &opened)));
     }
     errors
 }

@@ -74,6 +74,28 @@ fn steering_rules(chain: &str, function: &str) -> usize {
         .count()
 }
 
+/// Routes in function `function`'s namespace outside the main and local tables (steering tables).
+fn steering_table_routes(chain: &str, function: &str) -> Vec<String> {
+    let out = std::process::Command::new("ip")
+        .args([
+            "-n",
+            &format!("nf-{chain}-{function}"),
+            "-4",
+            "route",
+            "show",
+            "table",
+            "all",
+        ])
+        .output()
+        .expect("run ip route");
+    assert!(out.status.success(), "ip route show failed");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains(" table ") && !l.contains(" table local"))
+        .map(str::to_string)
+        .collect()
+}
+
 /// The interfaces with a pinned TCX or XDP link in the chain's bpffs directory.
 fn link_pins(chain: &str) -> BTreeSet<u32> {
     let dir = netfn_core::names::chain_bpf_dir(chain);
@@ -196,6 +218,11 @@ fn insert_reorder_and_remove(mode: &str, tag: &str) {
                         steering_rules(&chain, function),
                         0,
                         "{what}: steering rules left in {function}"
+                    );
+                    assert_eq!(
+                        steering_table_routes(&chain, function),
+                        Vec::<String>::new(),
+                        "{what}: steering table routes left in {function}"
                     );
                 }
             } else {
