@@ -45,6 +45,25 @@ impl NetlinkError {
         }
     }
 
+    /// `Ok(true)` if the request succeeded, `Ok(false)` if the kernel answered with one of
+    /// `absent` (the object is not there: nothing to do), the error otherwise.
+    fn unless(
+        result: Result<(), rtnetlink::Error>,
+        what: impl FnOnce() -> String,
+        absent: &[i32],
+    ) -> Result<bool, NetlinkError> {
+        match result {
+            Ok(()) => Ok(true),
+            Err(e) => {
+                let e = NetlinkError::new(what(), e);
+                match e.errno {
+                    Some(errno) if absent.contains(&errno) => Ok(false),
+                    _ => Err(e),
+                }
+            }
+        }
+    }
+
     fn io(what: impl Into<String>, e: std::io::Error) -> Self {
         NetlinkError {
             what: what.into(),
@@ -152,34 +171,23 @@ impl Netlink {
     /// Adds the rule "packets that arrive on `ifname` are routed by table `table`" (at
     /// [`IIF_RULE_PRIORITY`]); one that exists already is fine.
     pub async fn add_iif_rule(&self, ifname: &str, table: u32) -> Result<(), NetlinkError> {
-        match self.iif_rule(ifname, table).execute().await {
-            Ok(()) => Ok(()),
-            Err(e) => {
-                let e = NetlinkError::new(format!("add rule iif {ifname} lookup {table}"), e);
-                if e.errno == Some(libc::EEXIST) {
-                    Ok(())
-                } else {
-                    Err(e)
-                }
-            }
-        }
+        NetlinkError::unless(
+            self.iif_rule(ifname, table).execute().await,
+            || format!("add rule iif {ifname} lookup {table}"),
+            &[libc::EEXIST],
+        )
+        .map(drop)
     }
 
     /// Deletes the rule [`Netlink::add_iif_rule`] added; false if there was none.
     pub async fn delete_iif_rule(&self, ifname: &str, table: u32) -> Result<bool, NetlinkError> {
         let mut add = self.iif_rule(ifname, table);
         let message = add.message_mut().clone();
-        match self.handle.rule().del(message).execute().await {
-            Ok(()) => Ok(true),
-            Err(e) => {
-                let e = NetlinkError::new(format!("delete rule iif {ifname} lookup {table}"), e);
-                if e.errno == Some(libc::ENOENT) {
-                    Ok(false)
-                } else {
-                    Err(e)
-                }
-            }
-        }
+        NetlinkError::unless(
+            self.handle.rule().del(message).execute().await,
+            || format!("delete rule iif {ifname} lookup {table}"),
+            &[libc::ENOENT],
+        )
     }
 
     /// Deletes the route to `destination` in table `table`; false if there was none.
@@ -192,17 +200,11 @@ impl Netlink {
             .destination_prefix(destination.network(), destination.prefix_len())
             .table_id(table)
             .build();
-        match self.handle.route().del(msg).execute().await {
-            Ok(()) => Ok(true),
-            Err(e) => {
-                let e = NetlinkError::new(format!("delete route {destination} table {table}"), e);
-                if matches!(e.errno, Some(libc::ESRCH | libc::ENOENT)) {
-                    Ok(false)
-                } else {
-                    Err(e)
-                }
-            }
-        }
+        NetlinkError::unless(
+            self.handle.route().del(msg).execute().await,
+            || format!("delete route {destination} table {table}"),
+            &[libc::ESRCH, libc::ENOENT],
+        )
     }
 
     fn iif_rule(&self, ifname: &str, table: u32) -> rtnetlink::RuleAddRequest<Ipv4Addr> {
@@ -243,17 +245,11 @@ impl Netlink {
         let Some(link) = self.link_by_name(name).await? else {
             return Ok(false);
         };
-        match self.handle.link().del(link.index).execute().await {
-            Ok(()) => Ok(true),
-            Err(e) => {
-                let e = NetlinkError::new(format!("delete interface {name}"), e);
-                if e.errno == Some(libc::ENODEV) {
-                    Ok(false)
-                } else {
-                    Err(e)
-                }
-            }
-        }
+        NetlinkError::unless(
+            self.handle.link().del(link.index).execute().await,
+            || format!("delete interface {name}"),
+            &[libc::ENODEV],
+        )
     }
 
     pub async fn link_by_name(&self, name: &str) -> Result<Option<LinkInfo>, NetlinkError> {
