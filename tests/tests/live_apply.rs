@@ -53,22 +53,22 @@ fn forward_total(chain: &str, function: &str) -> u64 {
         .sum()
 }
 
+/// The output of `ip -n nf-CHAIN-FUNCTION -4 ARGS…`.
+fn ip_in(chain: &str, function: &str, args: &[&str]) -> String {
+    let out = std::process::Command::new("ip")
+        .args(["-n", &format!("nf-{chain}-{function}"), "-4"])
+        .args(args)
+        .output()
+        .expect("run ip");
+    assert!(out.status.success(), "ip {args:?} failed");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// How many steering rules (`iif … lookup …` at netfn's priority) function `function`'s namespace
 /// has.
 fn steering_rules(chain: &str, function: &str) -> usize {
-    let out = std::process::Command::new("ip")
-        .args([
-            "-n",
-            &format!("nf-{chain}-{function}"),
-            "-4",
-            "rule",
-            "show",
-        ])
-        .output()
-        .expect("run ip rule");
-    assert!(out.status.success(), "ip rule show failed");
     let priority = format!("{}:", netfn_core::netlink::IIF_RULE_PRIORITY);
-    String::from_utf8_lossy(&out.stdout)
+    ip_in(chain, function, &["rule", "show"])
         .lines()
         .filter(|l| l.starts_with(&priority))
         .count()
@@ -76,20 +76,7 @@ fn steering_rules(chain: &str, function: &str) -> usize {
 
 /// Routes in function `function`'s namespace outside the main and local tables (steering tables).
 fn steering_table_routes(chain: &str, function: &str) -> Vec<String> {
-    let out = std::process::Command::new("ip")
-        .args([
-            "-n",
-            &format!("nf-{chain}-{function}"),
-            "-4",
-            "route",
-            "show",
-            "table",
-            "all",
-        ])
-        .output()
-        .expect("run ip route");
-    assert!(out.status.success(), "ip route show failed");
-    String::from_utf8_lossy(&out.stdout)
+    ip_in(chain, function, &["route", "show", "table", "all"])
         .lines()
         .filter(|l| l.contains(" table ") && !l.contains(" table local"))
         .map(str::to_string)
