@@ -100,14 +100,40 @@ fn link_pins(chain: &str) -> BTreeSet<u32> {
         .collect()
 }
 
-fn assert_none_lost(seen: &BTreeSet<u32>, count: u32, what: &str) {
+fn assert_none_lost(chain: &str, seen: &BTreeSet<u32>, count: u32, what: &str) {
     let lost: Vec<u32> = (0..count).filter(|s| !seen.contains(s)).collect();
     assert!(
         lost.is_empty(),
-        "{what}: {} of {count} datagrams lost, first {:?}",
+        "{what}: {} of {count} datagrams lost, first {:?}\n{}",
         lost.len(),
-        &lost[..lost.len().min(10)]
+        &lost[..lost.len().min(10)],
+        interface_stats(chain)
     );
+}
+
+/// `ip -s -s link` of every namespace of the chain, for a failure message (drops, XDP drops).
+fn interface_stats(chain: &str) -> String {
+    let prefix = format!("nf-{chain}-");
+    let Ok(entries) = std::fs::read_dir("/run/netns") else {
+        return String::new();
+    };
+    let mut names: Vec<String> = entries
+        .filter_map(|e| Some(e.ok()?.file_name().to_string_lossy().into_owned()))
+        .filter(|n| n.starts_with(&prefix))
+        .collect();
+    names.sort();
+    names
+        .iter()
+        .map(|ns| {
+            let out = std::process::Command::new("ip")
+                .args(["-n", ns, "-s", "-s", "link"])
+                .output();
+            let text = out
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                .unwrap_or_else(|e| format!("ip failed: {e}"));
+            format!("== {ns}\n{text}")
+        })
+        .collect()
 }
 
 #[test]
@@ -175,8 +201,14 @@ fn insert_reorder_and_remove(mode: &str, tag: &str) {
                 String::from_utf8_lossy(&out.stderr)
             );
             assert!(String::from_utf8_lossy(&out.stdout).contains("applied"));
-            assert_none_lost(&to_egress, count, &format!("{mode} {what}, toward egress"));
             assert_none_lost(
+                &chain,
+                &to_egress,
+                count,
+                &format!("{mode} {what}, toward egress"),
+            );
+            assert_none_lost(
+                &chain,
                 &to_ingress,
                 count,
                 &format!("{mode} {what}, toward ingress"),
@@ -359,11 +391,13 @@ fn failed_apply_leaves_the_old_chain_running(mode: &str, tag: &str) {
             "{stderr}"
         );
         assert_none_lost(
+            &chain,
             &to_egress,
             count,
             &format!("{mode} failed apply, toward egress"),
         );
         assert_none_lost(
+            &chain,
             &to_ingress,
             count,
             &format!("{mode} failed apply, toward ingress"),
