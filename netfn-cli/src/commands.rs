@@ -5,10 +5,13 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
-use netfn_core::lifecycle::{self, DownOutcome, UpOptions, UpOutcome};
-use netfn_core::live::{self, ApplyOutcome};
+use netfn_core::chain::apply::ApplyOutcome;
+use netfn_core::chain::lifecycle::{self, DownOutcome, UpOptions, UpOutcome};
+use netfn_core::chain::{graph, state, status};
+use netfn_core::kernel::netns;
+use netfn_core::plan::{self, names};
 use netfn_core::spec::{self, ChainFile, LoadError};
-use netfn_core::{agent, ebpf, graph, names, netns, plan, state, status};
+use netfn_core::{agent, ebpf};
 
 use crate::output;
 
@@ -154,7 +157,7 @@ pub fn apply(file: &Path, only: Option<&str>, dry_run: bool) -> Result<ExitCode>
         .iter()
         .filter(|c| only.is_none_or(|o| o == c.name))
     {
-        let outcome = live::apply(
+        let outcome = netfn_core::chain::apply::apply(
             &source,
             chain,
             &rt,
@@ -298,7 +301,7 @@ pub fn logs(chain: &str, follow: bool) -> Result<ExitCode> {
     };
     let dir = names::chain_bpf_dir(chain);
     // Kernel-mode chains log through the counter program, tc/xdp chains through the forwarder.
-    let logs = if record.counters {
+    let logs = if record.interface_counters {
         ebpf::EbpfLogs::from_pinned(&dir)
     } else {
         ebpf::fastpath_logs(&dir)
@@ -338,12 +341,12 @@ pub fn kinds() -> Result<ExitCode> {
 }
 
 pub fn features(json: bool) -> Result<ExitCode> {
-    let all = netfn_core::features::detect();
+    let all = netfn_core::kernel::features::detect();
     if json {
         println!("{}", serde_json::to_string_pretty(&all)?);
         return Ok(ExitCode::SUCCESS);
     }
-    println!("kernel {}", netfn_core::features::kernel_release());
+    println!("kernel {}", netfn_core::kernel::features::kernel_release());
     let rows: Vec<Vec<String>> = all
         .iter()
         .map(|f| {

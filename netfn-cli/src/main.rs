@@ -127,8 +127,8 @@ fn main() -> ExitCode {
         Command::Graph { file, format } => commands::graph(
             &file,
             match format {
-                GraphFormat::Dot => netfn_core::graph::Format::Dot,
-                GraphFormat::Mermaid => netfn_core::graph::Format::Mermaid,
+                GraphFormat::Dot => netfn_core::chain::graph::Format::Dot,
+                GraphFormat::Mermaid => netfn_core::chain::graph::Format::Mermaid,
             },
         ),
         Command::Logs { chain, follow } => commands::logs(&chain, follow),

@@ -1,6 +1,6 @@
 //! Logging and tables.
 
-use netfn_core::status::ChainStatus;
+use netfn_core::chain::status::ChainStatus;
 
 pub fn init_logging(level: &str) {
     let filter = std::env::var("NETFN_LOG").unwrap_or_else(|_| level.to_string());

@@ -1,24 +1,24 @@
 //! netfn-core: from a chain file to kernel objects and back.
 //!
-//! The flow is `spec` (parse and validate) → `plan` (pure data) → `apply` (the only layer that
-//! touches the kernel) → `state` (what netfn created, so `down` can finish any job).
+//! The folders are the layers, in the order a chain file crosses them (docs/architecture.md
+//! walks one file through them):
+//!
+//! - [`spec`]: chain files → a validated [`spec::ChainFile`], every error at once, located.
+//! - [`plan`]: pure data: a chain → the namespaces, links, addresses, routes and forwarder
+//!   entries that must exist (and, for `netfn apply`, what changes). No kernel, no I/O.
+//! - [`kernel`] and [`ebpf`]: the only layers that touch the kernel. `kernel` makes namespaces,
+//!   veths, addresses and routes over netlink; `ebpf` loads, attaches and pins the programs and
+//!   reads and writes their maps.
+//! - [`chain`]: the verbs on one chain (`up`, `down`, `apply`, `status`, `graph`), with the
+//!   record of what netfn created (`chain::state`) and the lock that serialises them.
+//! - [`agent`] and [`metrics`]: the host agent, which only observes what the verbs made.
+//! - [`function`]: the seam to the function kinds; core names no kind.
 
 pub mod agent;
-pub mod apply;
-pub mod diag;
-pub mod diff;
+pub mod chain;
 pub mod ebpf;
-pub mod features;
 pub mod function;
-pub mod graph;
-pub mod lifecycle;
-pub mod live;
+pub mod kernel;
 pub mod metrics;
-pub mod names;
-pub mod netlink;
-pub mod netns;
 pub mod plan;
-pub mod replan;
 pub mod spec;
-pub mod state;
-pub mod status;

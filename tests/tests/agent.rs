@@ -17,7 +17,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use netfn_core::agent::{self, AgentStart, AutostartOptions};
-use netfn_core::{ebpf, names, state};
+use netfn_core::chain::state;
+use netfn_core::ebpf;
+use netfn_core::plan::names;
 use netfn_tests::traffic::{sequenced_stream_during, udp_echo};
 use netfn_tests::{
     ChainGuard, EGRESS_ADDR, INGRESS_ADDR, TempDir, forward_chain, leftovers, netfn_bin, netfn_ok,

@@ -11,9 +11,10 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use netfn_core::chain::state;
 use netfn_core::ebpf::{self, FastpathCounters, FnCounters};
+use netfn_core::plan::names;
 use netfn_core::plan::{ChainPlan, LinkEnd};
-use netfn_core::{names, state};
 use netfn_tests::traffic::{recv_with_ttl, tcp_echo, udp_echo};
 use netfn_tests::{
     ChainGuard, EGRESS_ADDR, INGRESS_ADDR, TempDir, enable_recv_ttl, forward_chain, in_netns,
@@ -177,8 +178,8 @@ fn assert_attached(lab: &Lab, mode: &str) {
                     .lines()
                     .filter(|l| l.contains("nf_fwd_tc"))
                     .collect::<Vec<_>>();
-                let tcx =
-                    netfn_core::lifecycle::fastpath_options().tc_attach == ebpf::TcAttach::Tcx;
+                let tcx = netfn_core::chain::lifecycle::fastpath_options().tc_attach
+                    == ebpf::TcAttach::Tcx;
                 if function && tcx {
                     // TCX: a bpf_link pinned per interface, and no netlink filter.
                     let pin =
@@ -269,7 +270,7 @@ fn carries_traffic_counts_exactly_and_leaves_nothing(tag: &str, mode: &str) {
         let again = ebpf::attach_fastpath_with(
             &lab.plan,
             &lab.bpf_dir,
-            &netfn_core::lifecycle::fastpath_options(),
+            &netfn_core::chain::lifecycle::fastpath_options(),
         )
         .unwrap_or_else(|e| panic!("second attach_fastpath: {e}"));
         let expected = if mode == "xdp" { 8 } else { 6 };
@@ -606,7 +607,7 @@ fn tc_forwarder_attached_with_tcx_forwards_and_counts() {
         assert_eq!(attach.interfaces.len(), 6);
         // `up` attaches with TCX itself where the kernel has it: then round 0 replaces too.
         let up_used_tcx =
-            netfn_core::lifecycle::fastpath_options().tc_attach == ebpf::TcAttach::Tcx;
+            netfn_core::chain::lifecycle::fastpath_options().tc_attach == ebpf::TcAttach::Tcx;
         assert!(
             attach
                 .interfaces
@@ -628,7 +629,8 @@ fn tc_forwarder_attached_with_tcx_forwards_and_counts() {
     assert_eq!(links, 6, "one pinned TCX link per function interface");
     // Remove the netlink forwarder filters (if `up` made any): from now on only the TCX links
     // can forward.
-    let up_used_tcx = netfn_core::lifecycle::fastpath_options().tc_attach == ebpf::TcAttach::Tcx;
+    let up_used_tcx =
+        netfn_core::chain::lifecycle::fastpath_options().tc_attach == ebpf::TcAttach::Tcx;
     for hop in (1..=3).filter(|_| !up_used_tcx) {
         let ns = lab.netns(hop);
         for end in lab.plan.interfaces_of(hop) {
@@ -734,7 +736,7 @@ fn drops_are_logged_at_debug_level_only() {
     // Debug level: the same drop is logged, with the interface and the reason.
     let options = ebpf::FastpathOptions {
         log_level: ebpf::EbpfLogLevel::Debug,
-        ..netfn_core::lifecycle::fastpath_options()
+        ..netfn_core::chain::lifecycle::fastpath_options()
     };
     drop(
         ebpf::attach_fastpath_with(&lab.plan, &lab.bpf_dir, &options)

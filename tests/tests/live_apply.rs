@@ -23,8 +23,8 @@ fn chain_file_in(name: &str, fastpath: &str, functions: &[&str]) -> String {
     s
 }
 
-fn record(chain: &str) -> netfn_core::state::ChainState {
-    netfn_core::state::load(chain)
+fn record(chain: &str) -> netfn_core::chain::state::ChainState {
+    netfn_core::chain::state::load(chain)
         .expect("read the chain record")
         .expect("chain is recorded")
 }
@@ -35,7 +35,7 @@ fn record(chain: &str) -> netfn_core::state::ChainState {
 fn forward_total(chain: &str, function: &str) -> u64 {
     let record = record(chain);
     let (h, hop) = record.plan.hop(function).expect("function in the plan");
-    let dir = netfn_core::names::chain_bpf_dir(chain);
+    let dir = netfn_core::plan::names::chain_bpf_dir(chain);
     if record.plan.fastpath != FastPath::Kernel {
         let counters = netfn_core::ebpf::read_function_counters(&dir).expect("read counters");
         return counters
@@ -67,7 +67,7 @@ fn ip_in(chain: &str, function: &str, args: &[&str]) -> String {
 /// How many steering rules (`iif … lookup …` at netfn's priority) function `function`'s namespace
 /// has.
 fn steering_rules(chain: &str, function: &str) -> usize {
-    let priority = format!("{}:", netfn_core::netlink::IIF_RULE_PRIORITY);
+    let priority = format!("{}:", netfn_core::kernel::netlink::IIF_RULE_PRIORITY);
     ip_in(chain, function, &["rule", "show"])
         .lines()
         .filter(|l| l.starts_with(&priority))
@@ -85,7 +85,7 @@ fn steering_table_routes(chain: &str, function: &str) -> Vec<String> {
 
 /// The interfaces with a pinned TCX or XDP link in the chain's bpffs directory.
 fn link_pins(chain: &str) -> BTreeSet<u32> {
-    let dir = netfn_core::names::chain_bpf_dir(chain);
+    let dir = netfn_core::plan::names::chain_bpf_dir(chain);
     let Ok(entries) = std::fs::read_dir(&dir) else {
         return BTreeSet::new();
     };
@@ -355,7 +355,7 @@ fn failed_apply_leaves_the_old_chain_running(mode: &str, tag: &str) {
         // pair of table rows): the apply fails half way, after x's namespace exists, and undoes
         // itself while streams run through the chain.
         let plan = record(&chain).plan;
-        let taken = netfn_core::names::IFINDEX_BASE + 2 * plan.links.len() as u32;
+        let taken = netfn_core::plan::names::IFINDEX_BASE + 2 * plan.links.len() as u32;
         let add = std::process::Command::new("ip")
             .args(["-n", &format!("nf-{chain}-a"), "link", "add", "squat0"])
             .args([
@@ -404,7 +404,7 @@ fn failed_apply_leaves_the_old_chain_running(mode: &str, tag: &str) {
         );
         ttls(2);
         let after = record(&chain);
-        assert_eq!(after.phase, netfn_core::state::Phase::Up);
+        assert_eq!(after.phase, netfn_core::chain::state::Phase::Up);
         assert_eq!(after.plan, plan, "the record holds the old plan again");
         assert!(!std::path::Path::new(&format!("/run/netns/nf-{chain}-x")).exists());
 

@@ -7,8 +7,8 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::protocol::{ChainReport, ProbeReport, TaskReport};
+use crate::chain::state::Phase;
 use crate::metrics::ProbeView;
-use crate::state::Phase;
 
 #[derive(Debug, Clone)]
 struct Entry {

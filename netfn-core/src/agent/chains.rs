@@ -18,10 +18,10 @@ use super::board::Board;
 use super::control::RescanRequest;
 use super::prober::{self, ProbeConfig, ProbeTarget};
 use super::supervisor::{Backoff, Supervised, supervise};
+use crate::chain::state::{ChainState, Phase};
 use crate::ebpf::{self, EbpfError, EbpfLogs};
 use crate::metrics::{AgentMetrics, Records};
 use crate::spec::FastPath;
-use crate::state::{ChainState, Phase};
 
 /// Task names (the `task` label of `netfn_task_restarts_total`).
 pub const TASK_PROBER: &str = "prober";
@@ -174,7 +174,7 @@ fn adopt(ctx: &ManagerContext, record: Arc<ChainState>) -> Adopted {
         );
         tasks.push((task, handle));
     };
-    if ctx.ebpf_logs && record.counters {
+    if ctx.ebpf_logs && record.interface_counters {
         log_task(TASK_EBPF_LOGS, EbpfLogs::from_pinned);
     }
     // The forwarder's programs come from their own object load, with their own log buffer.

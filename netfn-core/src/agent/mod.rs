@@ -8,7 +8,7 @@
 //!
 //! Threads and namespaces: the agent runs on tokio; whatever must happen inside a chain's
 //! namespace (binding the prober's sockets) runs on a fresh std thread that enters it, started
-//! from the blocking pool ([`crate::netns::run_in`]), never on a tokio worker.
+//! from the blocking pool ([`crate::kernel::netns::run_in`]), never on a tokio worker.
 
 pub mod autostart;
 pub mod board;
@@ -33,9 +33,9 @@ use tokio::sync::mpsc;
 
 use crate::ebpf::EbpfError;
 use crate::function::Registry;
+use crate::kernel::netns::NetnsError;
 use crate::metrics::{ChainCollector, Metrics, MetricsError, Records};
-use crate::names;
-use crate::netns::NetnsError;
+use crate::plan::names;
 
 pub use autostart::{AgentStart, AutostartError, AutostartOptions, ensure_agent_running};
 pub use client::{ClientError, chain_reports, notify_rescan, ping};

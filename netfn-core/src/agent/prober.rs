@@ -4,7 +4,7 @@
 //! A responder socket is bound in the egress endpoint's namespace to the egress address and the
 //! probe port; the sender is bound in the ingress endpoint's namespace to the ingress address (an
 //! ephemeral port). Both are created on a fresh std thread that enters the namespace
-//! ([`crate::netns::run_in`], called from the blocking pool so no tokio worker ever changes
+//! ([`crate::kernel::netns::run_in`], called from the blocking pool so no tokio worker ever changes
 //! namespace), then used from tokio. If the probe port is taken in the egress namespace (another
 //! agent probes the same chain), that responder answers our probes as well, and this prober only
 //! sends.
@@ -23,10 +23,10 @@ use tokio::time::{Instant, MissedTickBehavior};
 
 use super::TaskError;
 use super::board::{Board, ProbeOutcome};
+use crate::kernel::netns;
 use crate::metrics::{AgentMetrics, ProbeResult, ProbeView};
-use crate::names;
-use crate::netns;
 use crate::plan::ChainPlan;
+use crate::plan::names;
 
 /// The default UDP port of probes (bound in the chain's egress endpoint namespace only).
 pub const DEFAULT_PROBE_PORT: u16 = 9848;

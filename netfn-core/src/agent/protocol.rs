@@ -11,7 +11,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::state::Phase;
+use crate::chain::state::Phase;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "cmd", rename_all = "kebab-case")]

@@ -138,7 +138,7 @@ mod tests {
     use std::sync::atomic::{AtomicU32, Ordering};
 
     use super::*;
-    use crate::state::Phase;
+    use crate::chain::state::Phase;
 
     #[test]
     fn backoff_doubles_caps_and_resets_after_a_stable_run() {

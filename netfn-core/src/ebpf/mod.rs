@@ -3,13 +3,15 @@
 //!
 //! Lifetimes, because they are what bites:
 //!
-//! - Programs are attached with **netlink** (a `clsact` qdisc plus a `cls_bpf` filter in
-//!   direct-action mode), not TCX: a netlink filter holds its own reference to the program and
-//!   stays until it is deleted or its interface goes away, so the fast path keeps running with no
-//!   netfn process. aya's link objects *detach* when dropped, so every link is taken out of aya
-//!   (`take_link`) and forgotten; dropping [`CounterAttach`] or the whole `aya::Ebpf` never
-//!   detaches anything.
-//! - The counter map and the program are pinned under the chain's bpffs directory
+//! - The counter program (`nf_count`, kernel-mode chains) is attached with **netlink** (a
+//!   `clsact` qdisc plus a `cls_bpf` filter in direct-action mode): a netlink filter holds its own
+//!   reference to the program and stays until it is deleted or its interface goes away, so it
+//!   keeps counting with no netfn process. aya's link objects *detach* when dropped, so every
+//!   netlink link is taken out of aya (`take_link`) and forgotten; dropping [`CounterAttach`] or
+//!   the whole `aya::Ebpf` never detaches anything. The forwarder ([`forwarder`]) attaches with
+//!   TCX where the kernel has it (6.6+) and pins each TCX or XDP link, since those links live only
+//!   as long as a file descriptor or a pin holds them; elsewhere it uses netlink like the counter.
+//! - The counter map and the programs are pinned under the chain's bpffs directory
 //!   (`/sys/fs/bpf/netfn/<chain>/`), so another process (the host agent, the next `up`) can read
 //!   the counters, attach to more interfaces, or read the logs. [`remove_pins`] removes the
 //!   directory; the kernel frees program and map when the last filter using them goes too
@@ -18,15 +20,12 @@
 //!   program in place (same priority and handle): repeating `up` is safe and never stacks
 //!   filters or loses packets.
 //! - Interface names are resolved in the namespace of the thread that attaches, so each
-//!   namespace's work runs on a dedicated thread that `setns()`es into it (see [`enter_netns`]).
+//!   namespace's work runs on a dedicated thread that `setns()`es into it (see [`workers`]).
 
-mod fastpath;
-mod fwd_table;
-mod fwd_tc;
-mod fwd_xdp;
+mod forwarder;
 mod logs;
-mod netns;
 mod object;
+mod workers;
 
 use std::collections::BTreeMap;
 use std::io;
@@ -39,19 +38,19 @@ use aya::programs::{Program, ProgramError, SchedClassifier, TcAttachType};
 use aya::{Ebpf, EbpfLoader};
 use nix::mount::{MsFlags, mount};
 
-pub use fastpath::{
+pub use forwarder::table::{FwdTable, fwd_entry};
+pub use forwarder::xdp::XdpAttachError;
+pub use forwarder::{
     EbpfLogLevel, FN_COUNTERS_PIN, FWD_DEVMAP_PIN, FWD_TABLE_PIN, FWD_TC_HANDLE, FWD_TC_PRIORITY,
     FWD_UNKNOWN_PIN, FastpathAttach, FastpathCounters, FastpathOptions, FunctionCounters,
     TCX_LINK_PIN_PREFIX, TcAttach, XDP_LINK_PIN_PREFIX, attach_fastpath, attach_fastpath_with,
     extend_fastpath, fastpath_logs, forget_interfaces, read_function_counters, switch_fastpath,
 };
-pub use fwd_table::{FwdTable, fwd_entry};
-pub use fwd_xdp::XdpAttachError;
 pub use logs::EbpfLogs;
 pub use netfn_common::IfCounters;
 pub use netfn_common::{DROP_REASON_NAMES, FnCounters};
-pub use netns::{NETNS_THREADS, enter_netns};
 pub use object::{OBJECT_ENV, ObjectSource, object_source};
+pub use workers::{NETNS_THREADS, enter_netns};
 
 /// Where bpffs is mounted; netfn pins under `<BPFFS>/netfn/<chain>/`.
 pub const BPFFS: &str = "/sys/fs/bpf";
@@ -409,7 +408,7 @@ pub(crate) fn for_each_tc_target(
         })?);
     }
     let netns: Vec<&Path> = targets.iter().map(|(path, _)| path.as_path()).collect();
-    let per_netns = netns::in_namespaces(&netns, programs, |program, index| {
+    let per_netns = workers::in_namespaces(&netns, programs, |program, index| {
         let (netns, interfaces) = &targets[index];
         interfaces
             .iter()

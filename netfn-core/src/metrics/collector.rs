@@ -21,11 +21,11 @@ use super::MetricsError;
 use super::family::Family;
 use super::kind::{FunctionMetricsContext, check_kind_family};
 use super::records::Records;
+use crate::chain::state::{ChainState, Phase};
 use crate::ebpf::{self, DROP_REASON_NAMES, FastpathCounters, FnCounters, IfCounters};
 use crate::function::Registry;
 use crate::plan::{ChainPlan, HopRole};
 use crate::spec::FastPath;
-use crate::state::{ChainState, Phase};
 
 pub const FUNCTION_PACKETS: &str = "netfn_function_packets_total";
 pub const FUNCTION_BYTES: &str = "netfn_function_bytes_total";
@@ -134,7 +134,7 @@ impl ChainCollector {
             return;
         }
         let bpf_dir = self.bpf_root.join(chain);
-        let counters = if record.counters {
+        let counters = if record.interface_counters {
             match ebpf::read_counters(&bpf_dir) {
                 Ok(c) => Some(c),
                 Err(e) => {

@@ -2,7 +2,7 @@
 //! parsed again only when a record file changed (records are replaced by rename, so a new inode,
 //! size or mtime means a new record).
 //!
-//! This reads the same files as [`crate::state`], from any directory (tests and the agent's
+//! This reads the same files as [`crate::chain::state`], from any directory (tests and the agent's
 //! `--state-dir` use others), and never writes or locks them: the agent only observes.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -12,7 +12,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use crate::state::{ChainState, STATE_VERSION, StateError};
+use crate::chain::state::{ChainState, STATE_VERSION, StateError};
 
 /// Identity of one version of a record file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,7 +50,7 @@ pub struct Records {
 }
 
 impl Records {
-    /// Records under `dir` (normally [`crate::names::chain_state_dir`]); with `only`, just those
+    /// Records under `dir` (normally [`crate::plan::names::chain_state_dir`]); with `only`, just those
     /// chains.
     pub fn new(dir: impl Into<PathBuf>, only: Option<BTreeSet<String>>) -> Self {
         Records {

@@ -1,5 +1,6 @@
 //! Chain files: TOML → [`ChainFile`], with every error of a file reported at once.
 
+pub mod diag;
 mod model;
 mod parse;
 mod raw;

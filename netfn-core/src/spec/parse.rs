@@ -11,8 +11,8 @@ use toml::de::DeTable;
 use super::model::ChainFile;
 use super::raw;
 use super::validate::Checker;
-use crate::diag::{Diagnostics, Reporter};
 use crate::function::Registry;
+use crate::spec::diag::{Diagnostics, Reporter};
 
 /// Why a chain file could not be loaded.
 #[derive(Debug, thiserror::Error)]

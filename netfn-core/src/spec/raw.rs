@@ -10,7 +10,7 @@ use std::ops::Range;
 use toml::Spanned;
 use toml::de::{DeString, DeTable, DeValue};
 
-use crate::diag::Reporter;
+use crate::spec::diag::Reporter;
 
 /// The keys of the top level, of a `[[chain]]`, of `[chain.ingress]` / `[chain.egress]`, and the
 /// keys of `[[chain.function]]` that core reads (all others belong to the function's kind).

@@ -65,7 +65,7 @@ pub const FWD_UNKNOWN_MAP: &str = "NF_FWD_UNKNOWN";
 /// `i` is `i`'s ifindex (in its own namespace).
 pub const FWD_DEVMAP: &str = "NF_FWD_DEVMAP";
 
-/// The ifindex of a chain's first interface (`netfn_core::names::IFINDEX_BASE`): chain
+/// The ifindex of a chain's first interface (`netfn_core::plan::names::IFINDEX_BASE`): chain
 /// interfaces have `FWD_IFINDEX_BASE + 2 * link + side`, so a plain array indexed by
 /// `ifindex - FWD_IFINDEX_BASE` holds the table.
 pub const FWD_IFINDEX_BASE: u32 = 0x4e46_0000;

@@ -1,8 +1,12 @@
 //! netfn's eBPF programs, built for `bpfel-unknown-none` by `cargo xtask build-ebpf`.
 //!
-//! One object holds every program; userspace (`netfn_core::ebpf`) loads it, pins what must
-//! outlive the process under `/sys/fs/bpf/netfn/<chain>/` and attaches with netlink (clsact +
-//! cls_bpf direct-action), so a chain keeps working with no netfn process running.
+//! One object holds every program: the per-interface counter of kernel-mode chains (`nf_count`,
+//! here) and the fast path's forwarder (`nf_fwd_tc`, `nf_fwd_xdp`, `nf_xdp_pass`, in
+//! [`forwarder`]). Userspace (`netfn_core::ebpf`) loads it and pins what must outlive the process
+//! under `/sys/fs/bpf/netfn/<chain>/`: the counter is attached with netlink (clsact + cls_bpf
+//! direct-action), the TC forwarder with TCX on Linux 6.6+ (pinned links) and netlink elsewhere,
+//! the XDP programs with pinned XDP links. Either way a chain keeps working with no netfn process
+//! running. Nothing here depends on userspace code: the map types come from `netfn-common`.
 #![no_std]
 #![no_main]
 
@@ -14,7 +18,7 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::info;
 
-mod fastpath;
+mod forwarder;
 use netfn_common::{IF_COUNTERS_MAX_ENTRIES, IfCounters};
 
 /// Packets and bytes per interface, keyed by `skb->ifindex` (netfn gives every interface of a

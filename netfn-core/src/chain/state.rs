@@ -13,8 +13,8 @@ use nix::errno::Errno;
 use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
 
-use crate::names;
 use crate::plan::ChainPlan;
+use crate::plan::names;
 
 pub const STATE_VERSION: u32 = 1;
 
@@ -51,9 +51,10 @@ fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> S
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Phase {
-    /// `up` started; objects of the plan may or may not exist.
+    /// `up` or `apply` started and has not finished; objects of the plan (and, during an apply,
+    /// of `previous`) may or may not exist. (Named for the kernel changes, not for the verb.)
     Applying,
-    /// `up` finished.
+    /// `up` or `apply` finished.
     Up,
     /// `down` started and has not finished.
     TearingDown,
@@ -71,9 +72,11 @@ pub struct ChainState {
     /// Namespace names of the plan that already existed and were NOT created by netfn.
     #[serde(default)]
     pub foreign: Vec<String>,
-    /// True when eBPF counters were attached (pins under /sys/fs/bpf/netfn/<chain>).
-    #[serde(default)]
-    pub counters: bool,
+    /// True when kernel mode's per-interface counter program (`nf_count`) was attached, with its
+    /// map pinned under /sys/fs/bpf/netfn/<chain>. Fast-path chains count in the forwarder
+    /// instead and leave this false. (Kept as `counters` in the record file.)
+    #[serde(default, rename = "counters")]
+    pub interface_counters: bool,
     pub plan: ChainPlan,
     /// During `apply`: the plan that ran before; `down` removes what either plan created.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -88,7 +91,7 @@ impl ChainState {
             source: source.to_path_buf(),
             updated_unix: 0,
             foreign: Vec::new(),
-            counters: false,
+            interface_counters: false,
             plan,
             previous: None,
         }

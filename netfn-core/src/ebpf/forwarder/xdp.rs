@@ -17,10 +17,10 @@ use aya::programs::{ProgramError, Xdp, XdpMode};
 use aya_obj::programs::XdpAttachType;
 use netfn_common::{FWD_XDP_PROGRAM, XDP_PASS_PROGRAM};
 
-use super::fastpath::{FWD_DEVMAP_PIN, XDP_LINK_PIN_PREFIX, link_pin};
-use super::fwd_table::{map_error, pinned_map};
-use super::{AttachedInterface, EbpfError, netns};
-use crate::names;
+use super::table::{map_error, pinned_map};
+use super::{FWD_DEVMAP_PIN, XDP_LINK_PIN_PREFIX, link_pin};
+use crate::ebpf::{AttachedInterface, EbpfError, workers};
+use crate::plan::names;
 use crate::plan::{self, ChainPlan};
 
 /// One namespace's XDP work.
@@ -69,13 +69,13 @@ pub(super) fn attach(
 
     let targets = targets(plan, only);
     let devmap_pin = bpf_dir.join(FWD_DEVMAP_PIN);
-    let threads = super::NETNS_THREADS.min(targets.len()).max(1);
+    let threads = workers::NETNS_THREADS.min(targets.len()).max(1);
     let mut devmaps = Vec::with_capacity(threads);
     for _ in 0..threads {
         devmaps.push(open_devmap(&devmap_pin)?);
     }
     let paths: Vec<&Path> = targets.iter().map(|t| t.netns.as_path()).collect();
-    let per_netns = netns::in_namespaces(&paths, devmaps, |devmap, index| {
+    let per_netns = workers::in_namespaces(&paths, devmaps, |devmap, index| {
         let target = &targets[index];
         // Checksums and devmap entries first (resolved in this namespace), then the programs.
         let mut results = Vec::with_capacity(target.interfaces.len());
@@ -132,7 +132,7 @@ pub(super) fn attach(
             (t.netns.clone(), ifnames)
         })
         .collect();
-    super::collect_attached(&names, per_netns)
+    crate::ebpf::collect_attached(&names, per_netns)
 }
 
 /// Turns transmit checksum offload off on `ifname` (in the calling thread's namespace), as

@@ -3,12 +3,12 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use crate::apply::{self, ApplyError};
-use crate::netlink::Netlink;
-use crate::netns::{self, NetnsError};
+use crate::chain::state::{self, ChainLock, ChainState, Phase, StateError};
+use crate::kernel::netlink::Netlink;
+use crate::kernel::netns::{self, NetnsError};
+use crate::kernel::objects::{self, ObjectError};
 use crate::plan::{self, ChainPlan};
 use crate::spec::{ChainSpec, FastPath};
-use crate::state::{self, ChainLock, ChainState, Phase, StateError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LifecycleError {
@@ -35,7 +35,7 @@ pub enum LifecycleError {
     #[error("bringing up chain `{chain}` failed: {cause}{}", rollback_note(.rollback))]
     Up {
         chain: String,
-        cause: Box<ApplyError>,
+        cause: Box<ObjectError>,
         rollback: Vec<String>,
     },
     #[error("taking down chain `{chain}` left {} problem(s):\n  {}\nthe record is kept: fix the cause and run `netfn down {chain}` again", .errors.len(), .errors.join("\n  "))]
@@ -133,7 +133,7 @@ fn up_locked(
     let chain = plan.chain.clone();
     if let Some(old) = state::load(&chain)? {
         match old.phase {
-            Phase::Up if crate::diff::diff(&old.plan, &plan).is_empty() => {
+            Phase::Up if crate::plan::diff::diff(&old.plan, &plan).is_empty() => {
                 if let Some(missing) = plan.created_namespaces().find(|n| !netns::exists(n)) {
                     return Err(LifecycleError::Drift {
                         chain,
@@ -161,7 +161,7 @@ fn up_locked(
     match build(&record.plan, rt, options) {
         Ok(()) => {
             record.phase = Phase::Up;
-            record.counters = record.plan.fastpath == FastPath::Kernel;
+            record.interface_counters = record.plan.fastpath == FastPath::Kernel;
             state::save(&mut record)?;
             Ok(UpOutcome::Created {
                 functions: record.plan.function_count(),
@@ -170,7 +170,7 @@ fn up_locked(
         }
         Err((cause, foreign)) => {
             record.foreign = foreign;
-            let rollback = apply::remove(&record.plan, rt.handle(), &record.foreign);
+            let rollback = objects::remove(&record.plan, rt.handle(), &record.foreign);
             if rollback.is_empty() {
                 state::remove(&chain)?;
             } else {
@@ -192,7 +192,7 @@ fn up_locked(
 /// clsact elsewhere. NETFN_TC_ATTACH (netlink|tcx) and NETFN_EBPF_LOG override, for benchmarks
 /// and debugging; a bad value is reported and ignored.
 pub fn fastpath_options() -> crate::ebpf::FastpathOptions {
-    let tcx = crate::features::get("tcx").is_some_and(|f| f.available);
+    let tcx = crate::kernel::features::get("tcx").is_some_and(|f| f.available);
     let mut options = crate::ebpf::FastpathOptions {
         tc_attach: if tcx {
             crate::ebpf::TcAttach::Tcx
@@ -220,7 +220,7 @@ fn check_kernel(plan: &ChainPlan) -> Result<(), LifecycleError> {
         FastPath::Tc => "tc-redirect-peer",
         FastPath::Xdp => "xdp-veth",
     };
-    match crate::features::get(needs) {
+    match crate::kernel::features::get(needs) {
         Some(f) if f.available => Ok(()),
         other => Err(LifecycleError::Unsupported {
             chain: plan.chain.clone(),
@@ -248,20 +248,20 @@ fn build(
     plan: &ChainPlan,
     rt: &tokio::runtime::Runtime,
     options: &UpOptions,
-) -> Result<(), (ApplyError, Vec<String>)> {
-    let (opened, created) = apply::create_namespaces(plan, rt.handle(), options.workers);
+) -> Result<(), (ObjectError, Vec<String>)> {
+    let (opened, created) = objects::create_namespaces(plan, rt.handle(), options.workers);
     let foreign = opened.foreign.clone();
     let with_foreign = |e| (e, foreign.clone());
     created.map_err(with_foreign)?;
     let root = Netlink::here(rt.handle()).map_err(|source| {
-        with_foreign(ApplyError::Netlink {
+        with_foreign(ObjectError::Netlink {
             hop: "netfn's own namespace".into(),
             source,
         })
     })?;
     rt.block_on(async {
-        apply::create_links(plan, &opened, &root).await?;
-        apply::configure_hops(plan, &opened).await
+        objects::create_links(plan, &opened, &root).await?;
+        objects::configure_hops(plan, &opened).await
     })
     .map_err(with_foreign)?;
     // Kernel mode: a counter on every interface. In tc/xdp mode the forwarder itself counts what
@@ -269,13 +269,13 @@ fn build(
     // one at the sink, would cost the fast path a tenth of its packet rate.
     let fast = plan.fastpath != FastPath::Kernel;
     if !fast {
-        apply::attach_counters(plan, &|_| true).map_err(with_foreign)?;
+        objects::attach_counters(plan, &|_| true).map_err(with_foreign)?;
     }
     if fast {
         let options = fastpath_options();
         crate::ebpf::attach_fastpath_with(
             plan,
-            &crate::names::chain_bpf_dir(&plan.chain),
+            &crate::plan::names::chain_bpf_dir(&plan.chain),
             &options,
         )
         .map_err(|e| with_foreign(e.into()))?;
@@ -307,10 +307,10 @@ pub fn down(
 fn teardown(mut record: ChainState, rt: &tokio::runtime::Runtime) -> Result<(), LifecycleError> {
     record.phase = Phase::TearingDown;
     state::save(&mut record)?;
-    let mut errors = apply::remove(&record.plan, rt.handle(), &record.foreign);
+    let mut errors = objects::remove(&record.plan, rt.handle(), &record.foreign);
     if let Some(previous) = &record.previous {
         // An apply was interrupted: what only the old plan had must go too.
-        errors.extend(apply::remove(previous, rt.handle(), &record.foreign));
+        errors.extend(objects::remove(previous, rt.handle(), &record.foreign));
     }
     if errors.is_empty() {
         state::remove(record.chain())?;

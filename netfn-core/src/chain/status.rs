@@ -5,10 +5,10 @@ use std::collections::BTreeMap;
 use ipnet::Ipv4Net;
 use serde::Serialize;
 
-use crate::netlink::{LinkInfo, Netlink, fmt_mac};
-use crate::netns;
+use crate::chain::state::{self, ChainState, Phase, StateError};
+use crate::kernel::netlink::{LinkInfo, Netlink, fmt_mac};
+use crate::kernel::netns;
 use crate::plan::{ChainPlan, HopRole};
-use crate::state::{self, ChainState, Phase, StateError};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct ChainStatus {
@@ -101,8 +101,8 @@ pub struct Counters {
 
 /// Reads a chain's counters from its pinned eBPF maps (empty if it has none).
 pub fn counters(record: &ChainState) -> Result<Counters, crate::ebpf::EbpfError> {
-    let dir = crate::names::chain_bpf_dir(record.chain());
-    let interfaces = if record.counters {
+    let dir = crate::plan::names::chain_bpf_dir(record.chain());
+    let interfaces = if record.interface_counters {
         crate::ebpf::read_counters(&dir)?
             .into_iter()
             .map(|(k, v)| (k, (v.packets, v.bytes)))

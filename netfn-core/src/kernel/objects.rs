@@ -1,4 +1,5 @@
-//! The only layer that touches the kernel: namespaces, veths, addresses, routes.
+//! A plan's kernel objects besides eBPF: namespaces, veths, addresses, routes, sysctls and the
+//! kernel-mode steering rules, created and removed as the plan says (never decided here).
 //!
 //! Work is batched: namespaces are made by a few worker threads (each `unshare`s once per
 //! namespace and opens that namespace's netlink socket on the spot), veths are created from one
@@ -12,16 +13,16 @@ use std::sync::Mutex;
 use futures::{StreamExt, TryStreamExt, stream};
 
 use crate::ebpf::{self, EbpfError};
-use crate::names;
-use crate::netlink::{Netlink, NetlinkError};
-use crate::netns::{self, NetnsError};
+use crate::kernel::netlink::{Netlink, NetlinkError};
+use crate::kernel::netns::{self, NetnsError};
+use crate::plan::names;
 use crate::plan::{ChainPlan, HopPlan};
 
 /// How many netlink requests are in flight at once.
 const IN_FLIGHT: usize = 64;
 
 #[derive(Debug, thiserror::Error)]
-pub enum ApplyError {
+pub enum ObjectError {
     #[error(transparent)]
     Netns(#[from] NetnsError),
     #[error("hop {hop}: {source}")]
@@ -35,9 +36,9 @@ pub enum ApplyError {
     InterfaceTaken { out: String, inn: String },
 }
 
-impl From<EbpfError> for ApplyError {
+impl From<EbpfError> for ObjectError {
     fn from(e: EbpfError) -> Self {
-        ApplyError::Ebpf(Box::new(e))
+        ObjectError::Ebpf(Box::new(e))
     }
 }
 
@@ -75,7 +76,7 @@ pub fn create_namespaces(
     plan: &ChainPlan,
     rt: &tokio::runtime::Handle,
     workers: usize,
-) -> (Opened, Result<(), ApplyError>) {
+) -> (Opened, Result<(), ObjectError>) {
     open_hops(plan, rt, workers, true, &|_, _| true)
 }
 
@@ -87,9 +88,9 @@ pub fn open_hops(
     workers: usize,
     create: bool,
     only: &(dyn Fn(usize, &HopPlan) -> bool + Sync),
-) -> (Opened, Result<(), ApplyError>) {
+) -> (Opened, Result<(), ObjectError>) {
     let opened = Mutex::new(Opened::default());
-    let first_error: Mutex<Option<ApplyError>> = Mutex::new(None);
+    let first_error: Mutex<Option<ObjectError>> = Mutex::new(None);
     let work: Vec<(usize, &HopPlan)> = plan
         .hops
         .iter()
@@ -97,7 +98,7 @@ pub fn open_hops(
         .filter(|(h, hop)| only(*h, hop))
         .collect();
     let next = std::sync::atomic::AtomicUsize::new(0);
-    let fail = |e: ApplyError| {
+    let fail = |e: ObjectError| {
         if let Ok(mut slot) = first_error.lock() {
             slot.get_or_insert(e);
         }
@@ -118,7 +119,7 @@ pub fn open_hops(
                             }
                         }
                         Err(e) => {
-                            if let ApplyError::Netns(NetnsError::Exists { name }) = &e
+                            if let ObjectError::Netns(NetnsError::Exists { name }) = &e
                                 && let Ok(mut o) = opened.lock()
                             {
                                 o.foreign.push(name.clone());
@@ -143,8 +144,8 @@ fn open_hop(
     hop: &HopPlan,
     rt: &tokio::runtime::Handle,
     create: bool,
-) -> Result<OpenNs, ApplyError> {
-    let netlink_err = |source| ApplyError::Netlink {
+) -> Result<OpenNs, ObjectError> {
+    let netlink_err = |source| ObjectError::Netlink {
         hop: hop.name.clone(),
         source,
     };
@@ -165,7 +166,7 @@ pub async fn create_links(
     plan: &ChainPlan,
     opened: &Opened,
     root: &Netlink,
-) -> Result<(), ApplyError> {
+) -> Result<(), ObjectError> {
     stream::iter(plan.links.iter().map(Ok))
         .try_for_each_concurrent(IN_FLIGHT, |link| async move {
             let (Some(a), Some(b)) = (
@@ -187,12 +188,12 @@ pub async fn create_links(
                     // A taken name is EEXIST; a taken index EEXIST on newer kernels, EBUSY on
                     // older ones (6.1).
                     if matches!(source.errno, Some(libc::EEXIST | libc::EBUSY)) {
-                        ApplyError::InterfaceTaken {
+                        ObjectError::InterfaceTaken {
                             out: end(&link.out, out_hop),
                             inn: end(&link.inn, in_hop),
                         }
                     } else {
-                        ApplyError::Netlink {
+                        ObjectError::Netlink {
                             hop: out_hop.name.clone(),
                             source,
                         }
@@ -207,7 +208,7 @@ pub async fn configure_link_ends(
     plan: &ChainPlan,
     links: &[&crate::plan::LinkPlan],
     opened: &Opened,
-) -> Result<(), ApplyError> {
+) -> Result<(), ObjectError> {
     let ends: Vec<&crate::plan::LinkEnd> = links.iter().flat_map(|l| [&l.out, &l.inn]).collect();
     stream::iter(ends.into_iter().map(Ok))
         .try_for_each_concurrent(IN_FLIGHT, |end| async move {
@@ -215,7 +216,7 @@ pub async fn configure_link_ends(
             let Some(ns) = opened.hops.get(&end.hop) else {
                 return Ok(());
             };
-            let err = |source| ApplyError::Netlink {
+            let err = |source| ObjectError::Netlink {
                 hop: hop.name.clone(),
                 source,
             };
@@ -235,13 +236,13 @@ pub async fn replace_routes(
     hops: &[usize],
     opened: &Opened,
     only: Option<ipnet::Ipv4Net>,
-) -> Result<(), ApplyError> {
+) -> Result<(), ObjectError> {
     for &h in hops {
         let hop = &plan.hops[h];
         let Some(ns) = opened.hops.get(&h) else {
             continue;
         };
-        let err = |source| ApplyError::Netlink {
+        let err = |source| ObjectError::Netlink {
             hop: hop.name.clone(),
             source,
         };
@@ -278,7 +279,7 @@ pub async fn delete_interfaces(
 }
 
 /// Brings loopback up, and adds every address and route, in every hop.
-pub async fn configure_hops(plan: &ChainPlan, opened: &Opened) -> Result<(), ApplyError> {
+pub async fn configure_hops(plan: &ChainPlan, opened: &Opened) -> Result<(), ObjectError> {
     stream::iter(plan.hops.iter().enumerate())
         .map(|(h, hop)| async move {
             let Some(ns) = opened.hops.get(&h) else {
@@ -286,7 +287,7 @@ pub async fn configure_hops(plan: &ChainPlan, opened: &Opened) -> Result<(), App
             };
             configure_hop(plan, h, hop, &ns.netlink)
                 .await
-                .map_err(|source| ApplyError::Netlink {
+                .map_err(|source| ObjectError::Netlink {
                     hop: hop.name.clone(),
                     source,
                 })
@@ -318,7 +319,7 @@ async fn configure_hop(
 
 /// Kernel mode: the per-interface tables and rules of hop `h` ([`crate::plan::steering_routes`]),
 /// those toward `only` if given. Routes are replaced (atomically), rules added if missing. Only a
-/// live apply steers, and only while it switches (see [`crate::live`]): in steady state the main
+/// live apply steers, and only while it switches (see [`crate::chain::apply`]): in steady state the main
 /// table routes every packet, at no extra cost.
 pub async fn steer(
     plan: &ChainPlan,
@@ -374,7 +375,7 @@ pub async fn unsteer(
 pub fn attach_counters(
     plan: &ChainPlan,
     only: &dyn Fn(&crate::plan::LinkEnd) -> bool,
-) -> Result<(), ApplyError> {
+) -> Result<(), ObjectError> {
     ebpf::ensure_bpffs()?;
     let targets: Vec<_> = plan
         .hops

@@ -11,9 +11,12 @@ pub const IFNAME_MAX: usize = 15;
 pub const CHAIN_NAME_MAX: usize = IFNAME_MAX - PREFIX.len() - 1;
 /// Names reserved for the endpoints in `status` and `exec`.
 pub const RESERVED_FUNCTION_NAMES: [&str; 2] = ["ingress", "egress"];
-/// Interface names inside namespaces that netfn creates.
-pub const IF_IN: &str = "nf-in";
-pub const IF_OUT: &str = "nf-out";
+/// The names `up` gives a function's interfaces (and an endpoint's, in a namespace netfn
+/// creates): `nf-in` faces the ingress side, `nf-out` the egress side. A link that a later
+/// `netfn apply` adds gets fresh names instead ([`crate::plan::replan`]: `nf-i<hex>` /
+/// `nf-o<hex>`), so read an interface's name from the plan, never from these constants.
+pub const UP_IF_IN: &str = "nf-in";
+pub const UP_IF_OUT: &str = "nf-out";
 /// First interface index netfn asks for in its own namespaces ("NF" in the high bytes). Indexes
 /// are unique within a chain, so eBPF maps can be keyed by ifindex.
 pub const IFINDEX_BASE: u32 = 0x4e46_0000;

@@ -11,9 +11,9 @@
 //! 2. fills the forwarding table from the plan ([`crate::plan::forwarder_entries`]);
 //! 3. TC: pins `nf_fwd_tc` and attaches it on TC ingress of every function interface, with TCX
 //!    where the kernel has it ([`TcAttach`]) or with netlink (`clsact` + `cls_bpf` direct action)
-//!    at priority [`FWD_TC_PRIORITY`]; XDP: see [`super::fwd_xdp`].
+//!    at priority [`FWD_TC_PRIORITY`]; XDP: see [`xdp`].
 //!
-//! A live apply ([`crate::live`]) changes a running chain in three steps that never stop the
+//! A live apply ([`crate::chain::apply`]) changes a running chain in three steps that never stop the
 //! flows through the rest of the chain: [`extend_fastpath`] (the new interfaces get their table
 //! rows and programs while nothing is steered onto them), [`switch_fastpath`] (the entries of the
 //! kept interfaces change, each atomically for every packet, in an order that never loops), and
@@ -37,13 +37,17 @@ use netfn_common::{
     FnCounters, XDP_PASS_PROGRAM,
 };
 
-use super::fwd_table::{FwdTable, drop_unfit_pin, map_error, pinned_map, zero_function_counters};
+pub(super) mod table;
+pub(super) mod tc;
+pub(super) mod xdp;
+
 use super::{
-    AttachedInterface, EbpfError, EbpfLogs, TcSlot, attach_pinned, ensure_chain_dir, fwd_tc,
-    fwd_xdp, load_and_pin, remove_file_if_present,
+    AttachedInterface, EbpfError, EbpfLogs, TcSlot, attach_pinned, ensure_chain_dir, load_and_pin,
+    remove_file_if_present,
 };
 use crate::plan::{self, ChainPlan, Direction, ForwarderEntry};
 use crate::spec::FastPath;
+use table::{FwdTable, drop_unfit_pin, map_error, pinned_map, zero_function_counters};
 
 /// TC priority of the forwarder filter on ingress: after the counter (priority 1).
 pub const FWD_TC_PRIORITY: u16 = 2;
@@ -335,15 +339,15 @@ fn attach_programs(
         }),
         FastPath::Tc => {
             let program_pin = bpf_dir.join(FWD_TC_PROGRAM);
-            let targets = fwd_tc::targets(plan, only);
+            let targets = tc::targets(plan, only);
             match tc_attach {
                 TcAttach::Netlink => {
                     attach_pinned(&program_pin, FWD_TC_PROGRAM, &targets, FWD_TC_SLOT)
                 }
-                TcAttach::Tcx => fwd_tc::attach_tcx(&program_pin, &targets, bpf_dir),
+                TcAttach::Tcx => tc::attach_tcx(&program_pin, &targets, bpf_dir),
             }
         }
-        FastPath::Xdp => fwd_xdp::attach(plan, bpf_dir, only),
+        FastPath::Xdp => xdp::attach(plan, bpf_dir, only),
     }
 }
 
@@ -424,14 +428,14 @@ pub(crate) fn link_pin(bpf_dir: &Path, prefix: &str, ifindex: u32) -> PathBuf {
     bpf_dir.join(format!("{prefix}{ifindex}"))
 }
 
-/// Says plainly when this kernel cannot run `mode` (see [`crate::features`]).
+/// Says plainly when this kernel cannot run `mode` (see [`crate::kernel::features`]).
 fn check_kernel(mode: FastPath) -> Result<(), EbpfError> {
     let feature = match mode {
         FastPath::Kernel => return Ok(()),
         FastPath::Tc => "tc-redirect-peer",
         FastPath::Xdp => "xdp-veth",
     };
-    match crate::features::get(feature) {
+    match crate::kernel::features::get(feature) {
         Some(f) if !f.available => Err(EbpfError::Unsupported {
             mode: mode.to_string(),
             reason: f.detail,

@@ -7,8 +7,8 @@ use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
 
-use crate::diff::{self, Change};
-use crate::names;
+use crate::plan::diff::{self, Change};
+use crate::plan::names;
 use crate::plan::{self, ChainPlan, HopPlan, HopRole, LinkEnd, LinkPlan};
 use crate::spec::{ChainSpec, FastPath};
 

@@ -1,5 +1,5 @@
 //! The TC forwarder (`nf_fwd_tc`): loading, pinning and attaching it with TCX. (Netlink clsact
-//! attaching is shared with the counter: [`super::attach_pinned`].)
+//! attaching is shared with the counter: [`crate::ebpf::attach_pinned`].)
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -9,10 +9,10 @@ use aya::programs::tc::{SchedClassifierLink, TcAttachOptions};
 use aya::programs::{LinkOrder, ProgramError, SchedClassifier, TcAttachType};
 use netfn_common::FWD_TC_PROGRAM;
 
-use super::fastpath::{TCX_LINK_PIN_PREFIX, link_pin};
-use super::{AttachedInterface, EbpfError, for_each_tc_target};
-use crate::names;
+use super::{TCX_LINK_PIN_PREFIX, link_pin};
+use crate::ebpf::{AttachedInterface, EbpfError, for_each_tc_target};
 use crate::plan::ChainPlan;
+use crate::plan::names;
 
 /// (namespace path, [interface]) of every function interface that `only` selects (by
 /// ifindex): one target per interface, so that attaches in one namespace run in parallel too

@@ -8,20 +8,20 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use crate::apply::{self, ApplyError, Opened};
-use crate::diff::Change;
+use crate::chain::lifecycle::{LifecycleError, Progress, UpOptions};
+use crate::chain::state::{self, ChainLock, Phase};
 use crate::ebpf;
-use crate::lifecycle::{LifecycleError, Progress, UpOptions};
-use crate::names;
-use crate::netlink::Netlink;
-use crate::netns::{self, NetnsError};
+use crate::kernel::netlink::Netlink;
+use crate::kernel::netns::{self, NetnsError};
+use crate::kernel::objects::{self, ObjectError, Opened};
+use crate::plan::diff::Change;
+use crate::plan::names;
+use crate::plan::replan::{self, ReplanError};
 use crate::plan::{ChainPlan, HopPlan, LinkEnd, LinkPlan};
-use crate::replan::{self, ReplanError};
 use crate::spec::{ChainSpec, FastPath};
-use crate::state::{self, ChainLock, Phase};
 
 #[derive(Debug, thiserror::Error)]
-pub enum LiveError {
+pub enum ApplyError {
     #[error(transparent)]
     Lifecycle(#[from] LifecycleError),
     #[error(transparent)]
@@ -31,14 +31,14 @@ pub enum LiveError {
     #[error("applying to chain `{chain}` failed: {cause}; the old chain was restored{}", if .rollback.is_empty() { String::new() } else { format!(" except:\n  {}", .rollback.join("\n  ")) })]
     Failed {
         chain: String,
-        cause: Box<ApplyError>,
+        cause: Box<ObjectError>,
         rollback: Vec<String>,
     },
 }
 
-impl From<state::StateError> for LiveError {
+impl From<state::StateError> for ApplyError {
     fn from(e: state::StateError) -> Self {
-        LiveError::Lifecycle(e.into())
+        ApplyError::Lifecycle(e.into())
     }
 }
 
@@ -63,7 +63,7 @@ pub fn apply(
     options: &UpOptions,
     dry_run: bool,
     progress: &dyn Progress,
-) -> Result<ApplyOutcome, LiveError> {
+) -> Result<ApplyOutcome, ApplyError> {
     let started = Instant::now();
     let chain = spec.name.clone();
     let _lock = ChainLock::acquire(&chain, || {
@@ -73,7 +73,7 @@ pub fn apply(
     })?;
     let mut record = match state::load(&chain)? {
         Some(r) if r.phase == Phase::Up => r,
-        _ => return Err(LiveError::NotUp(chain)),
+        _ => return Err(ApplyError::NotUp(chain)),
     };
     let next = replan::replan(&record.plan, spec)?;
     if next.changes.is_empty() {
@@ -89,7 +89,7 @@ pub fn apply(
         .new_namespaces(&next.plan)
         .find(|h| netns::exists(&h.netns.name))
     {
-        return Err(LiveError::Lifecycle(LifecycleError::Netns(
+        return Err(ApplyError::Lifecycle(LifecycleError::Netns(
             NetnsError::Exists {
                 name: hop.netns.name.clone(),
             },
@@ -124,7 +124,7 @@ pub fn apply(
                 record.phase = Phase::TearingDown;
             }
             state::save(&mut record)?;
-            Err(LiveError::Failed {
+            Err(ApplyError::Failed {
                 chain,
                 cause: Box::new(cause),
                 rollback,
@@ -177,8 +177,8 @@ fn open(
     create: bool,
     rt: &tokio::runtime::Runtime,
     options: &UpOptions,
-) -> (Opened, Result<(), ApplyError>) {
-    apply::open_hops(plan, rt.handle(), options.workers, create, &|h, _| {
+) -> (Opened, Result<(), ObjectError>) {
+    objects::open_hops(plan, rt.handle(), options.workers, create, &|h, _| {
         hops.contains(&h)
     })
 }
@@ -223,7 +223,7 @@ fn switch(
     rt: &tokio::runtime::Runtime,
     options: &UpOptions,
     foreign: &mut Vec<String>,
-) -> Result<(), ApplyError> {
+) -> Result<(), ObjectError> {
     let mut steps = Steps::new(&new.chain);
     let opened = create_new(new, delta, rt, options, foreign)?;
     steps.done("new namespaces and links");
@@ -233,7 +233,7 @@ fn switch(
         // Count on the new interfaces before any traffic is switched onto them, and pin the old
         // path: kept functions route what arrives on their old interfaces by the old routes,
         // whatever the switch does meanwhile (see `plan::steering_routes`).
-        apply::attach_counters(new, &|end| added.contains(&end.ifindex))?;
+        objects::attach_counters(new, &|end| added.contains(&end.ifindex))?;
         rt.block_on(pin_old_paths(old, new, delta, &opened))?;
     } else {
         // Forward on them: rows and programs first, nothing steered there yet.
@@ -260,7 +260,7 @@ fn switch(
         // Nothing is on the old path any more: the main table, switched too, routes as the
         // per-interface tables do. Back to the steady state, which costs nothing per packet.
         let hops: Vec<usize> = delta.fresh.union(&delta.touched).copied().collect();
-        errors.extend(rt.block_on(apply::unsteer(new, &ends_of(new, &hops), &opened)));
+        errors.extend(rt.block_on(objects::unsteer(new, &ends_of(new, &hops), &opened)));
     }
     steps.done("drain and removal of the old links");
     if let Some(first) = errors.into_iter().next() {
@@ -277,7 +277,7 @@ fn create_new(
     rt: &tokio::runtime::Runtime,
     options: &UpOptions,
     foreign: &mut Vec<String>,
-) -> Result<Opened, ApplyError> {
+) -> Result<Opened, ObjectError> {
     let (mut opened, created) = open(new, &delta.fresh, true, rt, options);
     foreign.append(&mut opened.foreign);
     created?;
@@ -285,7 +285,7 @@ fn create_new(
     result?;
     opened.hops.extend(existing.hops);
 
-    let root = Netlink::here(rt.handle()).map_err(|source| ApplyError::Netlink {
+    let root = Netlink::here(rt.handle()).map_err(|source| ObjectError::Netlink {
         hop: "netfn's own namespace".into(),
         source,
     })?;
@@ -294,20 +294,20 @@ fn create_new(
             links: delta.added.iter().map(|l| (*l).clone()).collect(),
             ..new.clone()
         };
-        apply::create_links(&sub, &opened, &root).await?;
-        apply::configure_link_ends(new, &delta.added, &opened).await?;
+        objects::create_links(&sub, &opened, &root).await?;
+        objects::configure_link_ends(new, &delta.added, &opened).await?;
         for &h in &delta.fresh {
             if let Some(ns) = opened.hops.get(&h) {
                 ns.netlink
                     .set_up(1)
                     .await
-                    .map_err(|source| ApplyError::Netlink {
+                    .map_err(|source| ObjectError::Netlink {
                         hop: new.hops[h].name.clone(),
                         source,
                     })?;
             }
         }
-        Ok::<(), ApplyError>(())
+        Ok::<(), ObjectError>(())
     })?;
     Ok(opened)
 }
@@ -319,14 +319,14 @@ async fn pin_old_paths(
     new: &ChainPlan,
     delta: &Delta<'_>,
     opened: &Opened,
-) -> Result<(), ApplyError> {
+) -> Result<(), ObjectError> {
     for &h in &delta.touched {
         let (Some((oh, _)), Some(ns)) = (old.hop(&new.hops[h].name), opened.hops.get(&h)) else {
             continue;
         };
-        apply::steer(old, oh, &ns.netlink, None)
+        objects::steer(old, oh, &ns.netlink, None)
             .await
-            .map_err(|source| ApplyError::Netlink {
+            .map_err(|source| ObjectError::Netlink {
                 hop: new.hops[h].name.clone(),
                 source,
             })?;
@@ -343,13 +343,13 @@ fn switch_routes(
     delta: &Delta,
     opened: &Opened,
     rt: &tokio::runtime::Runtime,
-) -> Result<(), ApplyError> {
+) -> Result<(), ObjectError> {
     let order: Vec<usize> = delta.fresh.union(&delta.touched).copied().collect();
     let backwards: Vec<usize> = order.iter().rev().copied().collect();
     let (ingress_net, egress_net) = new.endpoint_subnets();
     rt.block_on(async {
-        apply::replace_routes(new, &backwards, opened, Some(egress_net)).await?;
-        apply::replace_routes(new, &order, opened, Some(ingress_net)).await
+        objects::replace_routes(new, &backwards, opened, Some(egress_net)).await?;
+        objects::replace_routes(new, &order, opened, Some(ingress_net)).await
     })
 }
 
@@ -424,9 +424,9 @@ fn delete_links(
         .collect();
     let ends = ends_in(links, of, keep);
     rt.block_on(async {
-        let mut errors = apply::delete_interfaces(keep, &names, opened).await;
+        let mut errors = objects::delete_interfaces(keep, &names, opened).await;
         if keep.fastpath == FastPath::Kernel {
-            errors.extend(apply::unsteer(of, &ends, opened).await);
+            errors.extend(objects::unsteer(of, &ends, opened).await);
         }
         errors
     })
@@ -487,7 +487,7 @@ fn undo(
         errors.push(e.to_string());
     }
     let hops: Vec<usize> = all.iter().copied().collect();
-    if let Err(e) = rt.block_on(apply::replace_routes(old, &hops, &opened, None)) {
+    if let Err(e) = rt.block_on(objects::replace_routes(old, &hops, &opened, None)) {
         errors.push(e.to_string());
     }
     let bpf_dir = names::chain_bpf_dir(&old.chain);
@@ -508,7 +508,7 @@ fn undo(
         errors.push(e.to_string());
     }
     if !fast {
-        errors.extend(rt.block_on(apply::unsteer(old, &ends_of(old, &hops), &opened)));
+        errors.extend(rt.block_on(objects::unsteer(old, &ends_of(old, &hops), &opened)));
     }
     errors
 }

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use aya::maps::{Array, Map, MapData, MapError, MapInfo, PerCpuArray, PerCpuValues};
 use netfn_common::{FWD_VALID, FnCounters, FwdEntry, FwdRow, mac_words};
 
-use super::{EbpfError, remove_file_if_present};
+use crate::ebpf::{EbpfError, remove_file_if_present};
 use crate::plan::{self, ForwarderEntry};
 
 /// The map entry of one forwarder table row. Addresses are stored as their bytes in packet
@@ -153,8 +153,8 @@ pub fn zero_function_counters(path: &Path, slots: &[u32]) -> Result<(), EbpfErro
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::names;
     use crate::plan::Direction;
+    use crate::plan::names;
 
     #[test]
     fn entries_hold_addresses_in_packet_byte_order() {

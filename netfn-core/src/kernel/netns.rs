@@ -14,7 +14,7 @@ use nix::errno::Errno;
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
 use nix::sched::{CloneFlags, setns, unshare};
 
-use crate::names;
+use crate::plan::names;
 
 #[derive(Debug, thiserror::Error)]
 pub enum NetnsError {

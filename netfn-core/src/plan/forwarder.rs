@@ -1,0 +1,267 @@
+//! The forwarder's table, derived from a plan: what the eBPF fast path does with a packet
+//! arriving on each function interface, and how its counters and rows are indexed. Pure data;
+//! [`crate::ebpf`] writes it into the maps.
+
+use std::net::Ipv4Addr;
+
+use ipnet::Ipv4Net;
+use serde::{Deserialize, Serialize};
+
+use super::{ChainPlan, LinkEnd, names};
+
+/// Which way a packet crosses a function: from ingress toward egress, or back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Direction {
+    Forward,
+    Reverse,
+}
+
+impl Direction {
+    /// The direction's bit in a forwarder counter slot (forward 0, reverse 1).
+    pub fn index(self) -> u32 {
+        match self {
+            Direction::Forward => 0,
+            Direction::Reverse => 1,
+        }
+    }
+}
+
+/// What the forwarder (the eBPF fast path) does with a packet arriving on one function
+/// interface. Pure data, derived from the plan by [`forwarder_entries`]; the eBPF map entries are
+/// made from it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ForwarderEntry {
+    /// The interface the packet arrives on (unique within the chain: the table key).
+    pub ifindex: u32,
+    pub ifname: String,
+    /// The function's hop (1..=N) and its forwarder slot ([`ChainPlan::function_slot`]).
+    pub hop: usize,
+    pub slot: u32,
+    pub direction: Direction,
+    /// The function's other interface, in the same namespace: the packet leaves through it.
+    /// TC: `bpf_redirect_peer` target; XDP: devmap target.
+    pub out_ifindex: u32,
+    /// This interface's MAC: only unicast frames sent to it are forwarded.
+    pub own_mac: [u8; 6],
+    /// The wired neighbour (the other end of this interface's veth): the only source MAC, ARP
+    /// sender and (besides `allowed_sources`) IPv4 source accepted.
+    pub peer_mac: [u8; 6],
+    pub peer_addr: Ipv4Addr,
+    /// The subnet of the endpoint this side faces: the ingress subnet on the forward side, the
+    /// egress subnet on the reverse side.
+    pub allowed_sources: Ipv4Net,
+    /// The function's own addresses (both interfaces): packets to them go to its stack.
+    pub local_addrs: [Ipv4Addr; 2],
+    /// The Ethernet addresses written on forwarded packets: destination = the next hop's
+    /// interface (the peer of `out_ifindex`), source = the out interface.
+    pub next_mac: [u8; 6],
+    pub out_mac: [u8; 6],
+}
+
+impl ForwarderEntry {
+    /// The entry's counter slot: `slot * 2 + direction`.
+    pub fn counter_slot(&self) -> u32 {
+        counter_slot(self.slot, self.direction)
+    }
+}
+
+/// The forwarder counter slot of the function with slot `slot` in `direction`.
+pub fn counter_slot(slot: u32, direction: Direction) -> u32 {
+    slot.saturating_mul(2).saturating_add(direction.index())
+}
+
+/// The position of interface `ifindex` in tables indexed by interface (`ifindex - IFINDEX_BASE`;
+/// see [`ifindex`]). `None` for an interface that is not a chain interface.
+pub fn interface_slot(ifindex: u32) -> Option<u32> {
+    ifindex.checked_sub(names::IFINDEX_BASE)
+}
+
+/// The forwarder table of a chain: two entries per function (arriving on `nf-in`: forward;
+/// arriving on `nf-out`: reverse), in hop order. Endpoints get none: their interfaces belong to
+/// their own stacks.
+pub fn forwarder_entries(plan: &ChainPlan) -> Vec<ForwarderEntry> {
+    let n = plan.function_count();
+    let (Some(first), Some(last)) = (plan.links.first(), plan.links.get(n)) else {
+        return Vec::new();
+    };
+    let ingress_net = first.out.address.trunc();
+    let egress_net = last.inn.address.trunc();
+    let mut entries = Vec::with_capacity(2 * n);
+    for hop in 1..=n {
+        let (Some(before), Some(after)) = (plan.links.get(hop - 1), plan.links.get(hop)) else {
+            continue;
+        };
+        let (inn, out) = (&before.inn, &after.out);
+        let slot = plan.function_slot(hop).unwrap_or_default();
+        let local_addrs = [inn.address.addr(), out.address.addr()];
+        let entry = |arrive: &LinkEnd,
+                     neighbour: &LinkEnd,
+                     leave: &LinkEnd,
+                     next: &LinkEnd,
+                     direction: Direction,
+                     allowed_sources: Ipv4Net| ForwarderEntry {
+            ifindex: arrive.ifindex,
+            ifname: arrive.ifname.clone(),
+            hop,
+            slot,
+            direction,
+            out_ifindex: leave.ifindex,
+            own_mac: arrive.mac,
+            peer_mac: neighbour.mac,
+            peer_addr: neighbour.address.addr(),
+            allowed_sources,
+            local_addrs,
+            next_mac: next.mac,
+            out_mac: leave.mac,
+        };
+        entries.push(entry(
+            inn,
+            &before.out,
+            out,
+            &after.inn,
+            Direction::Forward,
+            ingress_net,
+        ));
+        entries.push(entry(
+            out,
+            &after.inn,
+            inn,
+            &before.out,
+            Direction::Reverse,
+            egress_net,
+        ));
+    }
+    entries
+}
+
+/// How many rows the forwarder's per-interface tables have ([`Capacity::interfaces`]).
+pub fn forwarder_table_len(plan: &ChainPlan) -> u32 {
+    plan.capacity().interfaces.max(1)
+}
+
+/// How many counter slots the forwarder has: two per function slot.
+pub fn forwarder_counter_len(plan: &ChainPlan) -> u32 {
+    plan.capacity().functions.saturating_mul(2).max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use super::*;
+    use crate::plan::{ifindex, mac, plan_chain, test_specs};
+    use crate::spec::{ChainSpec, FastPath};
+
+    fn spec(functions: usize, egress_namespace: Option<&str>) -> ChainSpec {
+        let names: Vec<String> = (1..=functions).map(|i| format!("fn{i}")).collect();
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        test_specs::chain("edge", FastPath::Tc, &names, egress_namespace)
+    }
+
+    fn a(s: &str) -> Ipv4Addr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn three_functions_get_two_entries_each_that_walk_the_chain() {
+        let plan = plan_chain(&spec(3, None));
+        let entries = forwarder_entries(&plan);
+        assert_eq!(entries.len(), 6);
+        let base = names::IFINDEX_BASE;
+        // (arrives on, leaves by, direction, slot) for every entry, in hop order.
+        let shape: Vec<(u32, u32, Direction, u32)> = entries
+            .iter()
+            .map(|e| (e.ifindex - base, e.out_ifindex - base, e.direction, e.slot))
+            .collect();
+        assert_eq!(
+            shape,
+            vec![
+                (1, 2, Direction::Forward, 0),
+                (2, 1, Direction::Reverse, 0),
+                (3, 4, Direction::Forward, 1),
+                (4, 3, Direction::Reverse, 1),
+                (5, 6, Direction::Forward, 2),
+                (6, 5, Direction::Reverse, 2),
+            ]
+        );
+        let slots: Vec<u32> = entries.iter().map(ForwarderEntry::counter_slot).collect();
+        assert_eq!(slots, vec![0, 1, 2, 3, 4, 5]);
+        // Room to grow: 16 function slots (two counters each), 64 interface rows.
+        assert_eq!(forwarder_table_len(&plan), 64);
+        assert_eq!(forwarder_counter_len(&plan), 32);
+    }
+
+    #[test]
+    fn forward_side_of_the_first_function_faces_the_ingress_endpoint() {
+        let plan = plan_chain(&spec(3, None));
+        let e = &forwarder_entries(&plan)[0];
+        assert_eq!(e.ifname, names::UP_IF_IN);
+        assert_eq!(e.hop, 1);
+        assert_eq!(e.own_mac, mac("edge", ifindex(0, true)));
+        // Neighbour: the ingress endpoint's interface.
+        assert_eq!(e.peer_mac, mac("edge", ifindex(0, false)));
+        assert_eq!(e.peer_addr, a("10.1.0.2"));
+        assert_eq!(e.allowed_sources, "10.1.0.0/24".parse::<Ipv4Net>().unwrap());
+        // Own addresses: the gateway of the ingress subnet, and the first transit /31.
+        assert_eq!(e.local_addrs, [a("10.1.0.1"), a("100.64.0.0")]);
+        // Leaves by fn1's nf-out toward fn2's nf-in.
+        assert_eq!(e.out_mac, mac("edge", ifindex(1, false)));
+        assert_eq!(e.next_mac, mac("edge", ifindex(1, true)));
+    }
+
+    #[test]
+    fn reverse_side_of_the_last_function_faces_the_egress_endpoint() {
+        let plan = plan_chain(&spec(3, None));
+        let e = &forwarder_entries(&plan)[5];
+        assert_eq!((e.hop, e.direction), (3, Direction::Reverse));
+        assert_eq!(e.ifname, names::UP_IF_OUT);
+        assert_eq!(e.peer_mac, mac("edge", ifindex(3, true)));
+        assert_eq!(e.peer_addr, a("10.2.0.2"));
+        assert_eq!(e.allowed_sources, "10.2.0.0/24".parse::<Ipv4Net>().unwrap());
+        assert_eq!(e.local_addrs, [a("100.64.0.3"), a("10.2.0.1")]);
+        // Leaves by fn3's nf-in toward fn2's nf-out.
+        assert_eq!(e.out_ifindex, ifindex(2, true));
+        assert_eq!(e.out_mac, mac("edge", ifindex(2, true)));
+        assert_eq!(e.next_mac, mac("edge", ifindex(2, false)));
+    }
+
+    #[test]
+    fn middle_function_neighbours_are_transit_addresses() {
+        let plan = plan_chain(&spec(3, None));
+        let entries = forwarder_entries(&plan);
+        let (fwd, rev) = (&entries[2], &entries[3]);
+        assert_eq!(fwd.peer_addr, a("100.64.0.0"), "fn1's nf-out");
+        assert_eq!(rev.peer_addr, a("100.64.0.3"), "fn3's nf-in");
+        assert_eq!(fwd.local_addrs, [a("100.64.0.1"), a("100.64.0.2")]);
+        assert_eq!(fwd.local_addrs, rev.local_addrs);
+    }
+
+    #[test]
+    fn one_function_and_an_existing_endpoint_namespace() {
+        let plan = plan_chain(&spec(1, Some("server")));
+        let entries = forwarder_entries(&plan);
+        assert_eq!(entries.len(), 2);
+        // The function's own interfaces keep their names; the endpoint's does not matter here.
+        assert_eq!(entries[0].ifname, names::UP_IF_IN);
+        assert_eq!(entries[1].ifname, names::UP_IF_OUT);
+        assert_eq!(entries[0].peer_addr, a("10.1.0.2"));
+        assert_eq!(entries[1].peer_addr, a("10.2.0.2"));
+        assert_eq!(entries[0].local_addrs, [a("10.1.0.1"), a("10.2.0.1")]);
+    }
+
+    #[test]
+    fn no_functions_no_entries_but_valid_map_sizes() {
+        let plan = plan_chain(&spec(0, None));
+        assert!(forwarder_entries(&plan).is_empty());
+        assert_eq!(forwarder_table_len(&plan), 64);
+        assert_eq!(forwarder_counter_len(&plan), 32);
+    }
+
+    #[test]
+    fn interface_slots_are_offsets_from_the_base() {
+        assert_eq!(interface_slot(ifindex(0, false)), Some(0));
+        assert_eq!(interface_slot(ifindex(2, true)), Some(5));
+        assert_eq!(interface_slot(1), None);
+    }
+}

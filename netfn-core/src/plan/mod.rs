@@ -1,0 +1,417 @@
+//! A pure function from a validated chain to the kernel objects that must exist for it.
+//!
+//! Hop 0 is the ingress endpoint, hops 1..=N the functions, hop N+1 the egress endpoint. Link `l`
+//! joins hop `l` (its `out` side) to hop `l+1` (its `in` side). Interface indexes and MAC addresses
+//! are derived from the link number, so they are unique within a chain and known before anything
+//! exists: eBPF maps can be filled from the plan alone.
+//!
+//! Everything under `plan` is pure: no kernel, no files, no clock. This module builds a chain's
+//! plan ([`plan_chain`]); [`forwarder`] derives the eBPF forwarder's table from it, [`steering`]
+//! the kernel-mode routes an apply uses while it switches, [`names`] names every object,
+//! [`diff`] compares a running chain with its file and [`replan`] plans the change so that what
+//! stays keeps its identity.
+
+pub mod diff;
+pub mod forwarder;
+pub mod names;
+pub mod replan;
+pub mod steering;
+#[cfg(test)]
+pub(crate) mod test_specs;
+
+use std::net::Ipv4Addr;
+
+use ipnet::Ipv4Net;
+use serde::{Deserialize, Serialize};
+
+use crate::spec::{ChainSpec, EndpointSpec, FastPath};
+
+pub use forwarder::{
+    Direction, ForwarderEntry, counter_slot, forwarder_counter_len, forwarder_entries,
+    forwarder_table_len, interface_slot,
+};
+pub use steering::steering_routes;
+
+/// What a hop is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "role", rename_all = "lowercase")]
+pub enum HopRole {
+    Ingress,
+    Function {
+        kind: String,
+        settings: serde_json::Value,
+    },
+    Egress,
+}
+
+/// A network namespace that a hop lives in.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetnsPlan {
+    pub name: String,
+    /// True if netfn creates (and later removes) it; false for an operator's existing namespace.
+    pub created: bool,
+}
+
+/// A route in a hop's namespace.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoutePlan {
+    pub destination: Ipv4Net,
+    pub gateway: Ipv4Addr,
+}
+
+/// One hop of a chain: an endpoint or a function.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HopPlan {
+    /// The function name, or `ingress` / `egress`.
+    pub name: String,
+    #[serde(flatten)]
+    pub role: HopRole,
+    pub netns: NetnsPlan,
+    /// IP forwarding on (functions in kernel mode).
+    pub forwarding: bool,
+    pub routes: Vec<RoutePlan>,
+    /// Interfaces (by index) this hop received on toward egress (`retired_in`) or toward
+    /// ingress (`retired_out`) before a live apply replaced them. Their counters stay in the
+    /// pinned map, so a function's totals stay monotonic across applies.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub retired_in: Vec<u32>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub retired_out: Vec<u32>,
+    /// Functions only: the function's slot in the forwarder's per-function maps (counters at
+    /// `2 × slot + direction`). Fixed for the function's life in the chain, wherever a live
+    /// apply moves it, so its counters stay continuous.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slot: Option<u32>,
+}
+
+/// One side of a veth pair.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LinkEnd {
+    pub hop: usize,
+    pub ifname: String,
+    pub ifindex: u32,
+    pub mac: [u8; 6],
+    /// Address with prefix length.
+    pub address: Ipv4Net,
+}
+
+/// A veth pair between hop `index` and hop `index + 1`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LinkPlan {
+    pub index: usize,
+    /// In hop `index`: traffic leaves the hop toward egress here.
+    pub out: LinkEnd,
+    /// In hop `index + 1`: traffic enters the hop from ingress here.
+    pub inn: LinkEnd,
+}
+
+/// Everything one chain needs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChainPlan {
+    pub chain: String,
+    pub fastpath: FastPath,
+    pub hops: Vec<HopPlan>,
+    pub links: Vec<LinkPlan>,
+    /// The sizes of the forwarder's maps, fixed when the chain comes up.
+    #[serde(default)]
+    pub capacity: Capacity,
+}
+
+/// The sizes of a chain's forwarder maps, chosen at `up` with room for a live apply to grow the
+/// chain: the per-interface tables hold `interfaces` rows (indexed by `ifindex - IFINDEX_BASE`),
+/// the per-function maps `functions` slots. During an apply the old and the new interfaces and
+/// functions exist side by side, so the chain can grow to about half of each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Capacity {
+    pub interfaces: u32,
+    pub functions: u32,
+}
+
+impl Capacity {
+    /// Room for a chain of `functions` functions to double (and at least 16 functions).
+    pub fn for_functions(functions: usize) -> Capacity {
+        let functions = u32::try_from(functions).unwrap_or(u32::MAX / 8);
+        let functions = functions.saturating_mul(2).max(16).next_power_of_two();
+        Capacity {
+            // Two interfaces per link, one link more than functions; then room to double.
+            interfaces: functions.saturating_mul(4),
+            functions,
+        }
+    }
+}
+
+impl ChainPlan {
+    /// Namespaces that netfn creates for this chain.
+    pub fn created_namespaces(&self) -> impl Iterator<Item = &str> {
+        self.hops
+            .iter()
+            .filter(|h| h.netns.created)
+            .map(|h| h.netns.name.as_str())
+    }
+
+    /// The interfaces in hop `hop`, in (in, out) order where present.
+    pub fn interfaces_of(&self, hop: usize) -> impl Iterator<Item = &LinkEnd> {
+        let inn = hop
+            .checked_sub(1)
+            .and_then(|l| self.links.get(l))
+            .map(|l| &l.inn);
+        let out = self.links.get(hop).map(|l| &l.out);
+        inn.into_iter().chain(out)
+    }
+
+    pub fn hop(&self, name: &str) -> Option<(usize, &HopPlan)> {
+        self.hops.iter().enumerate().find(|(_, h)| h.name == name)
+    }
+
+    pub fn function_count(&self) -> usize {
+        self.hops.len().saturating_sub(2)
+    }
+
+    /// The ingress and the egress endpoint's subnets.
+    pub fn endpoint_subnets(&self) -> (Ipv4Net, Ipv4Net) {
+        let ingress = self.links.first().map(|l| l.out.address.trunc());
+        let egress = self.links.last().map(|l| l.inn.address.trunc());
+        (ingress.unwrap_or_default(), egress.unwrap_or_default())
+    }
+
+    /// The forwarder slot of the function at hop `hop` (None for an endpoint). Records written
+    /// before slots existed use the function's position.
+    pub fn function_slot(&self, hop: usize) -> Option<u32> {
+        let h = self.hops.get(hop)?;
+        if !matches!(h.role, HopRole::Function { .. }) {
+            return None;
+        }
+        h.slot.or_else(|| u32::try_from(hop - 1).ok())
+    }
+
+    /// The forwarder's map sizes (records written before they were kept: just enough for the
+    /// plan).
+    pub fn capacity(&self) -> Capacity {
+        if self.capacity.interfaces > 0 {
+            return self.capacity;
+        }
+        let functions = u32::try_from(self.function_count()).unwrap_or(u32::MAX);
+        Capacity {
+            interfaces: u32::try_from(self.links.len().saturating_mul(2)).unwrap_or(u32::MAX),
+            functions: functions.max(1),
+        }
+    }
+}
+
+/// The interface index of one side of link `link` (`out` = 0, `in` = 1).
+pub fn ifindex(link: usize, side_in: bool) -> u32 {
+    // Chains are validated to hold far fewer links than this range; saturate rather than wrap.
+    let link = u32::try_from(link).unwrap_or(u32::MAX / 4);
+    names::IFINDEX_BASE
+        .saturating_add(link.saturating_mul(2))
+        .saturating_add(u32::from(side_in))
+}
+
+/// A locally administered unicast MAC derived from the chain name and the interface index.
+pub fn mac(chain: &str, ifindex: u32) -> [u8; 6] {
+    let h = chain.bytes().fold(0x811c_9dc5u32, |h, b| {
+        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+    });
+    let i = ifindex.to_be_bytes();
+    [0x02, (h & 0xff) as u8, i[0] ^ 0x4e, i[1], i[2], i[3]]
+}
+
+/// Plans one chain. The spec is valid, so this cannot fail.
+pub fn plan_chain(spec: &ChainSpec) -> ChainPlan {
+    let n = spec.functions.len();
+    let mut hops = Vec::with_capacity(n + 2);
+    hops.push(endpoint_hop(spec, "ingress", &spec.ingress));
+    for (slot, f) in (0u32..).zip(&spec.functions) {
+        hops.push(HopPlan {
+            name: f.name.clone(),
+            role: HopRole::Function {
+                kind: f.kind.clone(),
+                settings: f.config.to_json(),
+            },
+            netns: NetnsPlan {
+                name: names::netns_name(&spec.name, &f.name),
+                created: true,
+            },
+            // In tc/xdp mode packets never reach a function's stack: forwarding stays off, so a
+            // packet the fast path does not take is dropped, not quietly routed by the kernel.
+            forwarding: spec.fastpath == FastPath::Kernel,
+            routes: Vec::new(),
+            retired_in: Vec::new(),
+            retired_out: Vec::new(),
+            slot: Some(slot),
+        });
+    }
+    hops.push(endpoint_hop(spec, "egress", &spec.egress));
+
+    let links: Vec<LinkPlan> = (0..=n).map(|l| plan_link(spec, &hops, l)).collect();
+
+    function_routes(
+        &mut hops,
+        &links,
+        spec.ingress.address.trunc(),
+        spec.egress.address.trunc(),
+    );
+    ChainPlan {
+        chain: spec.name.clone(),
+        fastpath: spec.fastpath,
+        hops,
+        links,
+        capacity: Capacity::for_functions(n),
+    }
+}
+
+/// Sets the routes of every function hop: the far subnets are reached through the neighbours
+/// (the subnet next to a function is directly connected).
+pub(crate) fn function_routes(
+    hops: &mut [HopPlan],
+    links: &[LinkPlan],
+    ingress_net: Ipv4Net,
+    egress_net: Ipv4Net,
+) {
+    let n = hops.len().saturating_sub(2);
+    for (h, hop) in hops.iter_mut().enumerate().take(n + 1).skip(1) {
+        hop.routes.clear();
+        if h > 1 {
+            hop.routes.push(RoutePlan {
+                destination: ingress_net,
+                gateway: links[h - 1].out.address.addr(),
+            });
+        }
+        if h < n {
+            hop.routes.push(RoutePlan {
+                destination: egress_net,
+                gateway: links[h].inn.address.addr(),
+            });
+        }
+    }
+}
+
+fn endpoint_hop(spec: &ChainSpec, name: &str, ep: &EndpointSpec) -> HopPlan {
+    let (role, destination) = if name == "ingress" {
+        (HopRole::Ingress, spec.egress.address.trunc())
+    } else {
+        (HopRole::Egress, spec.ingress.address.trunc())
+    };
+    HopPlan {
+        name: name.to_string(),
+        role,
+        netns: match &ep.namespace {
+            Some(existing) => NetnsPlan {
+                name: existing.clone(),
+                created: false,
+            },
+            None => NetnsPlan {
+                name: names::netns_name(&spec.name, name),
+                created: true,
+            },
+        },
+        forwarding: false,
+        routes: vec![RoutePlan {
+            destination,
+            gateway: ep.gateway,
+        }],
+        retired_in: Vec::new(),
+        retired_out: Vec::new(),
+        slot: None,
+    }
+}
+
+fn plan_link(spec: &ChainSpec, hops: &[HopPlan], l: usize) -> LinkPlan {
+    let n = spec.functions.len();
+    let (out_addr, in_addr) = if l == 0 {
+        // Ingress subnet: the endpoint, and the first function as its gateway.
+        let p = spec.ingress.address.prefix_len();
+        (spec.ingress.address, net(spec.ingress.gateway, p))
+    } else if l == n {
+        let p = spec.egress.address.prefix_len();
+        (net(spec.egress.gateway, p), spec.egress.address)
+    } else {
+        let base = u32::from(spec.transit.network()).saturating_add(2 * (l as u32 - 1));
+        (
+            net(Ipv4Addr::from(base), 31),
+            net(Ipv4Addr::from(base + 1), 31),
+        )
+    };
+    let ifname = |hop: usize, default: &str| {
+        if hops[hop].netns.created {
+            default.to_string()
+        } else {
+            names::endpoint_ifname(&spec.name)
+        }
+    };
+    let end = |hop: usize, side_in: bool, address: Ipv4Net| {
+        let ifindex = ifindex(l, side_in);
+        LinkEnd {
+            hop,
+            ifname: ifname(
+                hop,
+                if side_in {
+                    names::UP_IF_IN
+                } else {
+                    names::UP_IF_OUT
+                },
+            ),
+            ifindex,
+            mac: mac(&spec.name, ifindex),
+            address,
+        }
+    };
+    LinkPlan {
+        index: l,
+        out: end(l, false, out_addr),
+        inn: end(l + 1, true, in_addr),
+    }
+}
+
+fn net(addr: Ipv4Addr, prefix: u8) -> Ipv4Net {
+    // Prefixes come from validated networks, so they are <= 32.
+    Ipv4Net::new(addr, prefix).unwrap_or_else(|_| Ipv4Net::from(addr))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(functions: usize, egress_namespace: Option<&str>) -> ChainSpec {
+        let names: Vec<String> = (1..=functions).map(|i| format!("fn{i}")).collect();
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        test_specs::chain("edge", FastPath::Tc, &names, egress_namespace)
+    }
+
+    #[test]
+    fn capacity_leaves_room_to_double_the_chain() {
+        for n in [0usize, 1, 7, 8, 9, 100, 1000] {
+            let c = Capacity::for_functions(n);
+            let links = n as u32 + 1;
+            assert!(
+                c.functions >= 2 * n as u32 && c.functions >= 16,
+                "{n}: {c:?}"
+            );
+            assert!(c.interfaces >= 2 * (2 * links), "{n}: {c:?}");
+        }
+        assert_eq!(
+            Capacity::for_functions(1000),
+            Capacity {
+                interfaces: 8192,
+                functions: 2048
+            }
+        );
+    }
+
+    #[test]
+    fn slots_follow_the_function_not_its_position() {
+        let mut plan = plan_chain(&spec(2, None));
+        plan.hops[1].slot = Some(5);
+        assert_eq!(plan.function_slot(1), Some(5));
+        assert_eq!(plan.function_slot(2), Some(1));
+        assert_eq!(plan.function_slot(0), None);
+        let entries = forwarder_entries(&plan);
+        assert_eq!(
+            (entries[0].counter_slot(), entries[1].counter_slot()),
+            (10, 11)
+        );
+        // A record from before slots existed: the position.
+        plan.hops[1].slot = None;
+        assert_eq!(plan.function_slot(1), Some(0));
+    }
+}

@@ -1,0 +1,51 @@
+//! Chains for unit tests of the planning code (no kind registry needed).
+
+use std::sync::Arc;
+
+use crate::function::FunctionConfig;
+use crate::spec::{ChainSpec, EndpointSpec, FastPath, FunctionSpec};
+
+#[derive(Debug)]
+struct Forward;
+
+impl FunctionConfig for Forward {
+    fn kind(&self) -> &'static str {
+        "forward"
+    }
+    fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({})
+    }
+}
+
+/// Chain `name`: 10.1.0.2/24 → forward functions `functions` → 10.2.0.2/24.
+pub(crate) fn chain(
+    name: &str,
+    fastpath: FastPath,
+    functions: &[&str],
+    egress_namespace: Option<&str>,
+) -> ChainSpec {
+    let parse = |s: &str| s.parse().expect("test address");
+    ChainSpec {
+        name: name.into(),
+        fastpath,
+        transit: "100.64.0.0/16".parse().expect("test transit"),
+        ingress: EndpointSpec {
+            address: "10.1.0.2/24".parse().expect("test address"),
+            gateway: parse("10.1.0.1"),
+            namespace: None,
+        },
+        egress: EndpointSpec {
+            address: "10.2.0.2/24".parse().expect("test address"),
+            gateway: parse("10.2.0.1"),
+            namespace: egress_namespace.map(str::to_string),
+        },
+        functions: functions
+            .iter()
+            .map(|f| FunctionSpec {
+                name: f.to_string(),
+                kind: "forward".into(),
+                config: Arc::new(Forward),
+            })
+            .collect(),
+    }
+}

@@ -1,0 +1,155 @@
+//! Checks of a chain's functions: names, duplicates, kinds, and each kind's own settings.
+
+use super::*;
+
+impl<'a> Checker<'a, '_> {
+    pub(super) fn functions(
+        &mut self,
+        label: &str,
+        raws: Vec<RawFunction<'_>>,
+    ) -> Option<Vec<FunctionSpec>> {
+        let mut first: HashMap<String, Range<usize>> = HashMap::new();
+        let mut specs = Vec::new();
+        let mut all_ok = true;
+        for raw in raws {
+            if let Some(name) = &raw.name {
+                self.duplicate_function(label, name, &mut first);
+            }
+            match self.function(label, raw) {
+                Some(spec) => specs.push(spec),
+                None => all_ok = false,
+            }
+        }
+        (all_ok && !specs.is_empty()).then_some(specs)
+    }
+
+    pub(super) fn duplicate_function(
+        &mut self,
+        label: &str,
+        name: &Str,
+        first: &mut HashMap<String, Range<usize>>,
+    ) {
+        match first.get(name.get_ref()) {
+            Some(earlier) => {
+                let line = self.line_of(earlier);
+                self.rep.error(
+                    name.span(),
+                    format!(
+                        "{label}: function name `{}` is already used by the function at line \
+                         {line}",
+                        name.get_ref()
+                    ),
+                    Some("function names must be unique within a chain; rename one".into()),
+                );
+            }
+            None => {
+                first.insert(name.get_ref().clone(), name.span());
+            }
+        }
+    }
+
+    pub(super) fn function(
+        &mut self,
+        chain_label: &str,
+        raw: RawFunction<'_>,
+    ) -> Option<FunctionSpec> {
+        let label = raw.label;
+        let name = raw.name.and_then(|n| self.function_name(chain_label, n));
+        let kind = raw.kind.as_ref().and_then(|k| self.kind(&label, k));
+        let kind_name = kind.map(|k| k.name());
+        let config = match kind {
+            Some(kind) => match kind.parse(Settings::new(raw.settings)) {
+                Ok(config) => Some(config),
+                Err(errors) => {
+                    for e in errors {
+                        self.rep
+                            .error(e.span, format!("{label}: {}", e.message), e.hint);
+                    }
+                    None
+                }
+            },
+            None => None,
+        };
+        Some(FunctionSpec {
+            name: name?,
+            kind: kind_name?.to_string(),
+            config: config?,
+        })
+    }
+
+    pub(super) fn function_name(&mut self, chain_label: &str, name: Str) -> Option<String> {
+        let span = name.span();
+        let name = name.into_inner();
+        let Err(err) = names::check_function_name(&name) else {
+            return Some(name);
+        };
+        let hint = match err {
+            NameError::Reserved => format!(
+                "`ingress` and `egress` name the chain's endpoints; pick another name, e.g. \
+                 `{}`",
+                suggest_name(&name, IFNAME_MAX, &err)
+            ),
+            _ => format!(
+                "a function name becomes part of interface and namespace names: at most \
+                 {IFNAME_MAX} bytes of letters, digits, '-' and '_', starting with a letter or \
+                 digit; e.g. `{}`",
+                suggest_name(&name, IFNAME_MAX, &err)
+            ),
+        };
+        self.rep.error(
+            span,
+            format!("{chain_label}: function name `{name}` {err}"),
+            Some(hint),
+        );
+        None
+    }
+
+    pub(super) fn kind(&mut self, label: &str, value: &Str) -> Option<&'a dyn FunctionKind> {
+        let registry = self.registry;
+        let name = value.get_ref();
+        if let Some(kind) = registry.get(name) {
+            return Some(kind);
+        }
+        let known: Vec<&str> = registry.names().collect();
+        let mut hint = String::new();
+        if let Some(near) = did_you_mean(name, known.iter().copied()) {
+            hint.push_str(&format!("did you mean `{near}`? "));
+        }
+        if known.is_empty() {
+            hint.push_str("this build registers no function kinds");
+        } else {
+            hint.push_str(&format!("registered kinds: {}", known.join(", ")));
+        }
+        self.rep.error(
+            value.span(),
+            format!("{label}: unknown kind `{name}`"),
+            Some(hint),
+        );
+        None
+    }
+}
+
+/// A name close to `name` that passes the check, for hints.
+pub(super) fn suggest_name(name: &str, max: usize, err: &NameError) -> String {
+    let mut cleaned: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    cleaned = cleaned
+        .trim_start_matches(|c: char| !c.is_ascii_alphanumeric())
+        .to_string();
+    if matches!(err, NameError::Reserved) {
+        cleaned.push_str("-fn");
+    }
+    cleaned.truncate(max);
+    if cleaned.is_empty() {
+        cleaned = if max == CHAIN_NAME_MAX { "edge" } else { "fw1" }.to_string();
+    }
+    cleaned
+}

@@ -1,0 +1,107 @@
+//! Function kinds for core's own tests (core cannot depend on the `functions` crate), and
+//! helpers that parse a text and list its diagnostics.
+
+use std::sync::Arc;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::function::{FunctionConfig, FunctionKind, Registry, SettingError, Settings};
+
+/// `kind = "forward"`: no settings.
+pub struct Forward;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ForwardConfig {}
+
+impl FunctionConfig for ForwardConfig {
+    fn kind(&self) -> &'static str {
+        "forward"
+    }
+    fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({})
+    }
+}
+
+impl FunctionKind for Forward {
+    fn name(&self) -> &'static str {
+        "forward"
+    }
+    fn summary(&self) -> &'static str {
+        "forwards every packet (test kind)"
+    }
+    fn parse(&self, settings: Settings<'_>) -> Result<Arc<dyn FunctionConfig>, Vec<SettingError>> {
+        let config: ForwardConfig = settings.deserialize().map_err(|mut e| {
+            e.hint = Some("a forward function takes no settings".into());
+            vec![e]
+        })?;
+        Ok(Arc::new(config))
+    }
+}
+
+/// `kind = "counter"`: a required integer `limit` > 0.
+pub struct Counter;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CounterSettings {
+    limit: Spanned<i64>,
+}
+
+#[derive(Debug)]
+pub struct CounterConfig {
+    pub limit: u64,
+}
+
+impl FunctionConfig for CounterConfig {
+    fn kind(&self) -> &'static str {
+        "counter"
+    }
+    fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({ "limit": self.limit })
+    }
+}
+
+impl FunctionKind for Counter {
+    fn name(&self) -> &'static str {
+        "counter"
+    }
+    fn summary(&self) -> &'static str {
+        "counts packets up to a limit (test kind)"
+    }
+    fn parse(&self, settings: Settings<'_>) -> Result<Arc<dyn FunctionConfig>, Vec<SettingError>> {
+        let raw: CounterSettings = settings.deserialize().map_err(|e| vec![e])?;
+        match u64::try_from(*raw.limit.get_ref()) {
+            Ok(limit) if limit > 0 => Ok(Arc::new(CounterConfig { limit })),
+            _ => Err(vec![SettingError {
+                span: raw.limit.span(),
+                message: format!(
+                    "`limit` must be greater than 0, not {}",
+                    raw.limit.get_ref()
+                ),
+                hint: Some("e.g. `limit = 1000`".into()),
+            }]),
+        }
+    }
+}
+
+pub fn registry() -> Registry {
+    let mut r = Registry::new();
+    r.register(Forward).register(Counter);
+    r
+}
+
+/// `(line, column, message, hint)` of every diagnostic of `text`, in order; empty if valid.
+pub fn problems(text: &str) -> Vec<(usize, usize, String, String)> {
+    match crate::spec::parse(std::path::Path::new("t.toml"), text, &registry()) {
+        Ok(_) => Vec::new(),
+        Err(found) => found
+            .iter()
+            .map(|d| {
+                let hint = d.hint.clone().unwrap_or_default();
+                (d.position.line, d.position.col, d.message.clone(), hint)
+            })
+            .collect(),
+    }
+}
