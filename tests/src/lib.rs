@@ -90,17 +90,24 @@ impl Drop for TempDir {
     }
 }
 
-/// A chain file with `n` forward functions between created endpoints 10.81.1.2/24 (ingress)
-/// and 10.81.2.2/24 (egress). The addresses live only inside the chain's own namespaces.
+/// A chain file with `n` forward functions (`fn1`…`fnN`) between created endpoints 10.81.1.2/24
+/// (ingress) and 10.81.2.2/24 (egress). The addresses live only inside the chain's own namespaces.
 pub fn forward_chain(name: &str, n: usize, fastpath: &str) -> String {
+    let functions: Vec<String> = (1..=n).map(|i| format!("fn{i}")).collect();
+    let functions: Vec<&str> = functions.iter().map(String::as_str).collect();
+    forward_chain_of(name, fastpath, &functions)
+}
+
+/// Like [`forward_chain`], with the forward functions named `functions`, in that order.
+pub fn forward_chain_of(name: &str, fastpath: &str, functions: &[&str]) -> String {
     let mut s = format!(
         "[[chain]]\nname = \"{name}\"\nfastpath = \"{fastpath}\"\n\n\
          [chain.ingress]\naddress = \"10.81.1.2/24\"\n\n\
          [chain.egress]\naddress = \"10.81.2.2/24\"\n"
     );
-    for i in 1..=n {
+    for f in functions {
         s.push_str(&format!(
-            "\n[[chain.function]]\nname = \"fn{i}\"\nkind = \"forward\"\n"
+            "\n[[chain.function]]\nname = \"{f}\"\nkind = \"forward\"\n"
         ));
     }
     s

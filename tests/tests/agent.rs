@@ -30,25 +30,6 @@ use netfn_tests::{
 // Helpers
 // ---------------------------------------------------------------------------------------------
 
-/// `netfn up FILE` that never starts the host's agent.
-fn up(chain: &str, file: &Path) -> ChainGuard {
-    let guard = ChainGuard {
-        chain: chain.to_string(),
-        file: file.to_path_buf(),
-    };
-    let out = Command::new(netfn_bin())
-        .args(["up", &file.to_string_lossy()])
-        .env(agent::autostart::AUTOSTART_ENV, "0")
-        .output()
-        .expect("run netfn up");
-    assert!(
-        out.status.success(),
-        "netfn up failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    guard
-}
-
 /// A `netfn agent` process, killed (and reaped) on drop.
 struct Agent {
     child: Option<Child>,
@@ -235,7 +216,7 @@ fn metrics_count_exactly_the_packets_sent_and_pass_promtool() {
     let dir = TempDir::new(&chain);
     let file = dir.write("chain.toml", &forward_chain(&chain, 3, "kernel"));
     {
-        let _chain = up(&chain, &file);
+        let _chain = ChainGuard::up(&chain, &file);
         // No prober: its packets would be counted too.
         let agent = Agent::start(&dir.0, &chain, &["--no-probe"]);
         let (ingress, egress) = (format!("nf-{chain}-ingress"), format!("nf-{chain}-egress"));
@@ -363,7 +344,7 @@ fn fast_path_counts_and_drops(tag: &str, mode: &str) {
     let dir = TempDir::new(&chain);
     let file = dir.write("chain.toml", &forward_chain(&chain, 3, mode));
     {
-        let _chain = up(&chain, &file);
+        let _chain = ChainGuard::up(&chain, &file);
         attach_fastpath_unless_up_did(&chain);
         let agent = Agent::start(&dir.0, &chain, &["--no-probe"]);
         let (ingress, egress) = (format!("nf-{chain}-ingress"), format!("nf-{chain}-egress"));
@@ -564,7 +545,7 @@ fn a_real_prometheus_sees_a_positive_rate_for_every_function() {
         if !have_prometheus_tool("prometheus") {
             return;
         }
-        let _chain = up(&chain, &file);
+        let _chain = ChainGuard::up(&chain, &file);
         // No prober: the rate must come from the test's own traffic.
         let agent = Agent::start(&dir.0, &chain, &["--no-probe"]);
         let prometheus = Prometheus::start(&chain, &agent.http);
@@ -619,7 +600,7 @@ fn the_prober_sees_a_broken_chain_as_down() {
     let dir = TempDir::new(&chain);
     let file = dir.write("chain.toml", &forward_chain(&chain, 3, "kernel"));
     {
-        let _chain = up(&chain, &file);
+        let _chain = ChainGuard::up(&chain, &file);
         let agent = Agent::start(
             &dir.0,
             &chain,
@@ -730,7 +711,7 @@ fn sigkill_and_restart_scenario(tag: &str, mode: &str) {
         .map(|h| format!("nf-{chain}-{h}"))
         .collect();
     {
-        let _chain = up(&chain, &file);
+        let _chain = ChainGuard::up(&chain, &file);
         let (ingress, egress) = (format!("nf-{chain}-ingress"), format!("nf-{chain}-egress"));
         udp_echo(&ingress, &egress, 3);
         let inodes: Vec<u64> = namespaces.iter().map(|n| netns_inode(n)).collect();

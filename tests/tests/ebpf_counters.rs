@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use netfn_core::ebpf::{self, IfCounters};
+use netfn_tests::in_netns;
 
 /// Datagrams sent.
 const N: u64 = 100;
@@ -60,20 +61,6 @@ fn run(program: &str, args: &[&str]) -> String {
 
 fn netns_path(name: &str) -> PathBuf {
     Path::new("/run/netns").join(name)
-}
-
-/// Runs `f` on a new thread inside namespace `netns`; the calling thread stays where it is.
-fn in_netns<T: Send>(netns: &str, f: impl FnOnce() -> T + Send) -> T {
-    std::thread::scope(|scope| {
-        scope
-            .spawn(|| {
-                ebpf::enter_netns(&netns_path(netns))
-                    .unwrap_or_else(|e| panic!("enter {netns}: {e}"));
-                f()
-            })
-            .join()
-            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-    })
 }
 
 /// Namespaces (and their veths) plus the bpffs directory of one test; removed on drop, also when

@@ -8,20 +8,9 @@ use std::time::Duration;
 use netfn_core::spec::FastPath;
 use netfn_tests::traffic::{sequenced_streams_both_ways_during, udp_echo};
 use netfn_tests::{
-    ChainGuard, ForeignNetns, TempDir, kill_netfn_mid_way, leftovers, netfn, netfn_ok, unique_chain,
+    ChainGuard, ForeignNetns, TempDir, forward_chain_of, kill_netfn_mid_way, leftovers, netfn,
+    netfn_ok, unique_chain,
 };
-
-fn chain_file_in(name: &str, fastpath: &str, functions: &[&str]) -> String {
-    let mut s = format!(
-        "[[chain]]\nname = \"{name}\"\nfastpath = \"{fastpath}\"\n\n[chain.ingress]\naddress = \"10.81.1.2/24\"\n\n[chain.egress]\naddress = \"10.81.2.2/24\"\n"
-    );
-    for f in functions {
-        s.push_str(&format!(
-            "\n[[chain.function]]\nname = \"{f}\"\nkind = \"forward\"\n"
-        ));
-    }
-    s
-}
 
 fn record(chain: &str) -> netfn_core::chain::state::ChainState {
     netfn_core::chain::state::load(chain)
@@ -154,8 +143,9 @@ fn xdp_insert_reorder_and_remove_while_streams_run_lose_nothing() {
 fn insert_reorder_and_remove(mode: &str, tag: &str) {
     let chain = unique_chain(tag);
     let dir = TempDir::new(&chain);
-    let file =
-        |name: &str, functions: &[&str]| dir.write(name, &chain_file_in(&chain, mode, functions));
+    let file = |name: &str, functions: &[&str]| {
+        dir.write(name, &forward_chain_of(&chain, mode, functions))
+    };
     let v1 = file("v1.toml", &["a", "b", "c"]);
     let v2 = file("v2.toml", &["a", "x", "b", "c"]);
     let v3 = file("v3.toml", &["a", "b", "x", "c"]);
@@ -286,10 +276,10 @@ fn insert_reorder_and_remove(mode: &str, tag: &str) {
 fn apply_refuses_what_it_cannot_do_live_and_leaves_the_chain_running() {
     let chain = unique_chain("lr");
     let dir = TempDir::new(&chain);
-    let v1 = dir.write("v1.toml", &chain_file_in(&chain, "kernel", &["a", "b"]));
+    let v1 = dir.write("v1.toml", &forward_chain_of(&chain, "kernel", &["a", "b"]));
     let front = dir.write(
         "front.toml",
-        &chain_file_in(&chain, "kernel", &["z", "a", "b"]),
+        &forward_chain_of(&chain, "kernel", &["z", "a", "b"]),
     );
     {
         let _guard = ChainGuard::up(&chain, &v1);
@@ -324,8 +314,8 @@ fn xdp_failed_apply_leaves_the_old_chain_running() {
 fn failed_apply_leaves_the_old_chain_running(mode: &str, tag: &str) {
     let chain = unique_chain(tag);
     let dir = TempDir::new(&chain);
-    let v1 = dir.write("v1.toml", &chain_file_in(&chain, mode, &["a", "b"]));
-    let v2 = dir.write("v2.toml", &chain_file_in(&chain, mode, &["a", "x", "b"]));
+    let v1 = dir.write("v1.toml", &forward_chain_of(&chain, mode, &["a", "b"]));
+    let v2 = dir.write("v2.toml", &forward_chain_of(&chain, mode, &["a", "x", "b"]));
     let (ingress, egress) = (format!("nf-{chain}-ingress"), format!("nf-{chain}-egress"));
     let ttls = |hops: u8| {
         let echo = udp_echo(&ingress, &egress, 2);
@@ -437,9 +427,9 @@ fn down_finishes_after_apply_was_killed_mid_way(mode: &str, tag: &str) {
         let dir = TempDir::new(&chain);
         let names: Vec<String> = (1..=20).map(|i| format!("f{i}")).collect();
         let mut with_new: Vec<&str> = names.iter().map(String::as_str).collect();
-        let v1 = dir.write("v1.toml", &chain_file_in(&chain, mode, &with_new));
+        let v1 = dir.write("v1.toml", &forward_chain_of(&chain, mode, &with_new));
         with_new.insert(10, "new");
-        let v2 = dir.write("v2.toml", &chain_file_in(&chain, mode, &with_new));
+        let v2 = dir.write("v2.toml", &forward_chain_of(&chain, mode, &with_new));
         netfn_ok(&["up", &v1.to_string_lossy()]);
         if kill_netfn_mid_way(
             &["apply", &v2.to_string_lossy()],
