@@ -1,0 +1,313 @@
+//! netfn's own traffic: warm-up, UDP pps from an AF_PACKET generator to a `recvmmsg` sink, and
+//! UDP ping-pong latency.
+
+use super::*;
+
+pub(super) fn udp_in(ns: &str, addr: SocketAddrV4) -> Result<UdpSocket> {
+    in_netns(ns, || {
+        UdpSocket::bind(addr).with_context(|| format!("bind {addr} in {ns}"))
+    })
+}
+
+/// A few echoes both ways, so every neighbour is resolved before anything is measured.
+pub(super) fn warm_up(t: &Topology) -> Result<()> {
+    let (p50, _) = ping_pong(t, 50, Duration::from_secs(5))?;
+    if p50.is_nan() {
+        bail!("no echo came back");
+    }
+    Ok(())
+}
+
+pub(super) struct Pps {
+    pub(super) delivered: f64,
+    pub(super) offered: f64,
+    pub(super) cpu_ns_per_packet: f64,
+}
+
+pub(super) fn measure_pps(t: &Topology, seconds: f64) -> Result<Pps> {
+    let sink = udp_in(&t.dst_ns, SocketAddrV4::new(t.dst_addr, PPS_PORT))?;
+    set_rcvbuf(&sink, 64 << 20);
+    sink.set_read_timeout(Some(Duration::from_millis(50)))?;
+    let frame = udp_frame(t, PPS_PORT);
+    let stop = Arc::new(AtomicBool::new(false));
+    let received = Arc::new(AtomicU64::new(0));
+    let sent = Arc::new(AtomicU64::new(0));
+
+    let sink_thread = {
+        let (stop, received) = (stop.clone(), received.clone());
+        thread::spawn(move || {
+            pin_to(1);
+            recv_loop(&sink, &stop, &received);
+        })
+    };
+    let gen_thread = {
+        let (stop, sent) = (stop.clone(), sent.clone());
+        let (ns, dev) = (t.src_ns.clone(), t.src_if.clone());
+        thread::spawn(move || -> Result<()> {
+            enter(&ns)?;
+            pin_to(0);
+            send_loop(&dev, &frame, &stop, &sent)
+        })
+    };
+
+    // Let queues fill and the CPUs settle, then measure a window.
+    thread::sleep(Duration::from_millis(300));
+    let (r0, s0, (b0, _), t0) = (
+        received.load(Ordering::Relaxed),
+        sent.load(Ordering::Relaxed),
+        cpu_jiffies(),
+        Instant::now(),
+    );
+    thread::sleep(Duration::from_secs_f64(seconds));
+    let (r1, s1, (b1, _), t1) = (
+        received.load(Ordering::Relaxed),
+        sent.load(Ordering::Relaxed),
+        cpu_jiffies(),
+        Instant::now(),
+    );
+    stop.store(true, Ordering::Relaxed);
+    let gen_result = gen_thread
+        .join()
+        .map_err(|_| anyhow::anyhow!("generator panicked"))?;
+    sink_thread
+        .join()
+        .map_err(|_| anyhow::anyhow!("sink panicked"))?;
+    gen_result?;
+    let secs = (t1 - t0).as_secs_f64();
+    let delivered = (r1 - r0) as f64;
+    let busy_secs = (b1.saturating_sub(b0)) as f64 / clock_ticks();
+    Ok(Pps {
+        delivered: delivered / secs,
+        offered: (s1 - s0) as f64 / secs,
+        cpu_ns_per_packet: if delivered > 0.0 {
+            busy_secs * 1e9 / delivered
+        } else {
+            f64::NAN
+        },
+    })
+}
+
+pub(super) fn set_rcvbuf(sock: &UdpSocket, bytes: libc::c_int) {
+    // SAFETY: valid fd and option value. SO_RCVBUFFORCE (root) ignores rmem_max.
+    unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUFFORCE,
+            (&bytes as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+    }
+}
+
+/// Counts datagrams at the UDP socket until `stop`.
+pub(super) fn recv_loop(sock: &UdpSocket, stop: &AtomicBool, received: &AtomicU64) {
+    let mut bufs = vec![[0u8; 64]; BATCH];
+    let mut iovs: Vec<libc::iovec> = bufs
+        .iter_mut()
+        .map(|b| libc::iovec {
+            iov_base: b.as_mut_ptr().cast(),
+            iov_len: b.len(),
+        })
+        .collect();
+    // SAFETY: zeroed mmsghdr is valid; each points at its own iovec, alive for the loop.
+    let mut msgs: Vec<libc::mmsghdr> = iovs
+        .iter_mut()
+        .map(|iov| {
+            let mut m: libc::mmsghdr = unsafe { std::mem::zeroed() };
+            m.msg_hdr.msg_iov = iov;
+            m.msg_hdr.msg_iovlen = 1;
+            m
+        })
+        .collect();
+    while !stop.load(Ordering::Relaxed) {
+        // SAFETY: `msgs` holds BATCH valid headers; blocking with the socket's read timeout.
+        let n = unsafe {
+            libc::recvmmsg(
+                sock.as_raw_fd(),
+                msgs.as_mut_ptr(),
+                BATCH as libc::c_uint,
+                libc::MSG_WAITFORONE,
+                std::ptr::null_mut(),
+            )
+        };
+        if n > 0 {
+            received.fetch_add(n as u64, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Sends `frame` out of `dev` (calling thread's namespace) as fast as it can, until `stop`.
+pub(super) fn send_loop(
+    dev: &str,
+    frame: &[u8],
+    stop: &AtomicBool,
+    sent: &AtomicU64,
+) -> Result<()> {
+    let name = std::ffi::CString::new(dev)?;
+    // SAFETY: plain syscalls on a socket this function owns; every pointer handed to the
+    // kernel points at live locals.
+    unsafe {
+        let ifindex = libc::if_nametoindex(name.as_ptr());
+        if ifindex == 0 {
+            bail!("no interface {dev}");
+        }
+        let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error()).context("AF_PACKET socket");
+        }
+        let fd = <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd);
+        let one: libc::c_int = 1;
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_PACKET,
+            libc::PACKET_QDISC_BYPASS,
+            (&one as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+        let mut addr: libc::sockaddr_ll = std::mem::zeroed();
+        addr.sll_family = libc::AF_PACKET as u16;
+        addr.sll_ifindex = ifindex as i32;
+        // Protocol 0: this socket sends only, it receives nothing.
+        if libc::bind(
+            fd.as_raw_fd(),
+            (&addr as *const libc::sockaddr_ll).cast(),
+            std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+        ) != 0
+        {
+            return Err(std::io::Error::last_os_error()).context("bind AF_PACKET");
+        }
+        let mut iov = libc::iovec {
+            iov_base: frame.as_ptr() as *mut libc::c_void,
+            iov_len: frame.len(),
+        };
+        let mut msgs: Vec<libc::mmsghdr> = (0..BATCH)
+            .map(|_| {
+                let mut m: libc::mmsghdr = std::mem::zeroed();
+                m.msg_hdr.msg_iov = &mut iov;
+                m.msg_hdr.msg_iovlen = 1;
+                m
+            })
+            .collect();
+        while !stop.load(Ordering::Relaxed) {
+            let n = libc::sendmmsg(fd.as_raw_fd(), msgs.as_mut_ptr(), BATCH as libc::c_uint, 0);
+            if n > 0 {
+                sent.fetch_add(n as u64, Ordering::Relaxed);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// An Ethernet + IPv4 + UDP frame from the topology's source to its sink (UDP checksum 0).
+pub(super) fn udp_frame(t: &Topology, port: u16) -> Vec<u8> {
+    let mut f = Vec::with_capacity(FRAME_BYTES);
+    f.extend_from_slice(&t.next_mac);
+    f.extend_from_slice(&t.src_mac);
+    f.extend_from_slice(&[0x08, 0x00]);
+    let mut ip = [0u8; 20];
+    ip[0] = 0x45;
+    ip[2..4].copy_from_slice(&((20 + 8 + PPS_PAYLOAD) as u16).to_be_bytes());
+    ip[6] = 0x40;
+    ip[8] = 64;
+    ip[9] = 17;
+    ip[12..16].copy_from_slice(&t.src_addr.octets());
+    ip[16..20].copy_from_slice(&t.dst_addr.octets());
+    let mut sum: u32 = ip
+        .chunks(2)
+        .map(|c| u32::from(u16::from_be_bytes([c[0], c[1]])))
+        .sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    ip[10..12].copy_from_slice(&(!(sum as u16)).to_be_bytes());
+    f.extend_from_slice(&ip);
+    f.extend_from_slice(&40000u16.to_be_bytes());
+    f.extend_from_slice(&port.to_be_bytes());
+    f.extend_from_slice(&((8 + PPS_PAYLOAD) as u16).to_be_bytes());
+    f.extend_from_slice(&[0, 0]);
+    f.extend_from_slice(&[0x5a; PPS_PAYLOAD]);
+    f
+}
+
+pub(super) fn measure_latency(t: &Topology, seconds: f64) -> Result<(f64, f64)> {
+    ping_pong(t, usize::MAX, Duration::from_secs_f64(seconds))
+}
+
+/// Round trips of a 16-byte datagram, until `count` or `duration`; (p50, p99) in µs.
+///
+/// Both sides busy-poll non-blocking sockets on their own CPU (client CPU 0, echo CPU 1): no
+/// sleeping, so the figure is the path itself, not how fast an idle virtual CPU wakes up (which
+/// dominates blocking ping-pong between CPUs of a VM: tens of µs).
+pub(super) fn ping_pong(t: &Topology, count: usize, duration: Duration) -> Result<(f64, f64)> {
+    let server = udp_in(&t.dst_ns, SocketAddrV4::new(t.dst_addr, PING_PORT))?;
+    server.set_nonblocking(true)?;
+    let client = udp_in(&t.src_ns, SocketAddrV4::new(t.src_addr, PING_PORT + 1))?;
+    client.connect(SocketAddrV4::new(t.dst_addr, PING_PORT))?;
+    client.set_nonblocking(true)?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let echo = {
+        let stop = stop.clone();
+        thread::spawn(move || {
+            pin_to(1);
+            let mut buf = [0u8; 64];
+            while !stop.load(Ordering::Relaxed) {
+                if let Ok((n, from)) = server.recv_from(&mut buf) {
+                    let _ = server.send_to(&buf[..n], from);
+                } else {
+                    std::hint::spin_loop();
+                }
+            }
+        })
+    };
+    pin_to(0);
+    let mut rtts = Vec::new();
+    let payload = [0x42u8; 16];
+    let mut buf = [0u8; 64];
+    let start = Instant::now();
+    let mut lost = 0usize;
+    'rounds: while rtts.len() < count && start.elapsed() < duration && lost <= 3 {
+        let t0 = Instant::now();
+        client.send(&payload)?;
+        loop {
+            match client.recv(&mut buf) {
+                Ok(16) => {
+                    rtts.push(t0.elapsed().as_secs_f64() * 1e6);
+                    continue 'rounds;
+                }
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    if t0.elapsed() > Duration::from_secs(1) {
+                        lost += 1;
+                        continue 'rounds;
+                    }
+                    std::hint::spin_loop();
+                }
+                Err(e) => return Err(e).context("ping-pong recv"),
+            }
+        }
+    }
+    unpin();
+    stop.store(true, Ordering::Relaxed);
+    echo.join()
+        .map_err(|_| anyhow::anyhow!("echo thread panicked"))?;
+    if rtts.is_empty() {
+        bail!("no round trip completed ({lost} lost)");
+    }
+    rtts.sort_by(|a, b| a.total_cmp(b));
+    let pct = |p: f64| rtts[((rtts.len() - 1) as f64 * p).round() as usize];
+    Ok((pct(0.50), pct(0.99)))
+}
+
+/// Lets the calling (main) thread run anywhere again.
+pub(super) fn unpin() {
+    let cpus = online_cpus();
+    // SAFETY: as in `pin_to`.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        for cpu in 0..cpus.min(libc::CPU_SETSIZE as usize) {
+            libc::CPU_SET(cpu, &mut set);
+        }
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    }
+}
