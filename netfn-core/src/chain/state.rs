@@ -73,7 +73,7 @@ pub struct ChainState {
     #[serde(default)]
     pub foreign: Vec<String>,
     /// True when kernel mode's per-interface counter program (`nf_count`) was attached, with its
-    /// map pinned under /sys/fs/bpf/netfn/<chain>. Fast-path chains count in the forwarder
+    /// map pinned under `/sys/fs/bpf/netfn/<chain>`. Fast-path chains count in the forwarder
     /// instead and leave this false. (Kept as `counters` in the record file.)
     #[serde(default, rename = "counters")]
     pub interface_counters: bool,

@@ -8,7 +8,7 @@
 //!   reference to the program and stays until it is deleted or its interface goes away, so it
 //!   keeps counting with no netfn process. aya's link objects *detach* when dropped, so every
 //!   netlink link is taken out of aya (`take_link`) and forgotten; dropping [`CounterAttach`] or
-//!   the whole `aya::Ebpf` never detaches anything. The forwarder ([`forwarder`]) attaches with
+//!   the whole `aya::Ebpf` never detaches anything. The forwarder (`forwarder`) attaches with
 //!   TCX where the kernel has it (6.6+) and pins each TCX or XDP link, since those links live only
 //!   as long as a file descriptor or a pin holds them; elsewhere it uses netlink like the counter.
 //! - The counter map and the programs are pinned under the chain's bpffs directory
@@ -20,7 +20,7 @@
 //!   program in place (same priority and handle): repeating `up` is safe and never stacks
 //!   filters or loses packets.
 //! - Interface names are resolved in the namespace of the thread that attaches, so each
-//!   namespace's work runs on a dedicated thread that `setns()`es into it (see [`workers`]).
+//!   namespace's work runs on a dedicated thread that `setns()`es into it (see `workers`).
 
 mod forwarder;
 mod logs;

@@ -171,7 +171,7 @@ pub struct Metrics {
 
 impl Metrics {
     /// Registers the agent's metrics and `collector` (built with `agent.scrape_errors`, see
-    /// [`Metrics::scrape_errors`]).
+    /// [`AgentMetrics::scrape_errors`]).
     pub fn new(
         registry: Registry,
         agent: AgentMetrics,

@@ -72,7 +72,7 @@ pub fn counter_slot(slot: u32, direction: Direction) -> u32 {
 }
 
 /// The position of interface `ifindex` in tables indexed by interface (`ifindex - IFINDEX_BASE`;
-/// see [`ifindex`]). `None` for an interface that is not a chain interface.
+/// see [`super::ifindex`]). `None` for an interface that is not a chain interface.
 pub fn interface_slot(ifindex: u32) -> Option<u32> {
     ifindex.checked_sub(names::IFINDEX_BASE)
 }
@@ -135,7 +135,7 @@ pub fn forwarder_entries(plan: &ChainPlan) -> Vec<ForwarderEntry> {
     entries
 }
 
-/// How many rows the forwarder's per-interface tables have ([`Capacity::interfaces`]).
+/// How many rows the forwarder's per-interface tables have ([`super::Capacity::interfaces`]).
 pub fn forwarder_table_len(plan: &ChainPlan) -> u32 {
     plan.capacity().interfaces.max(1)
 }
