@@ -147,21 +147,9 @@ pub fn forwarder_counter_len(plan: &ChainPlan) -> u32 {
 
 #[cfg(test)]
 mod tests {
-    use std::net::Ipv4Addr;
-
     use super::*;
-    use crate::plan::{ifindex, mac, plan_chain, test_specs};
-    use crate::spec::{ChainSpec, FastPath};
-
-    fn spec(functions: usize, egress_namespace: Option<&str>) -> ChainSpec {
-        let names: Vec<String> = (1..=functions).map(|i| format!("fn{i}")).collect();
-        let names: Vec<&str> = names.iter().map(String::as_str).collect();
-        test_specs::chain("edge", FastPath::Tc, &names, egress_namespace)
-    }
-
-    fn a(s: &str) -> Ipv4Addr {
-        s.parse().unwrap()
-    }
+    use crate::plan::test_specs::{a, tc_chain as spec};
+    use crate::plan::{ifindex, mac, plan_chain};
 
     #[test]
     fn three_functions_get_two_entries_each_that_walk_the_chain() {

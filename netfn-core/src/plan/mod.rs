@@ -371,12 +371,7 @@ fn net(addr: Ipv4Addr, prefix: u8) -> Ipv4Net {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn spec(functions: usize, egress_namespace: Option<&str>) -> ChainSpec {
-        let names: Vec<String> = (1..=functions).map(|i| format!("fn{i}")).collect();
-        let names: Vec<&str> = names.iter().map(String::as_str).collect();
-        test_specs::chain("edge", FastPath::Tc, &names, egress_namespace)
-    }
+    use test_specs::tc_chain as spec;
 
     #[test]
     fn capacity_leaves_room_to_double_the_chain() {

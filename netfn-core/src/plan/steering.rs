@@ -36,21 +36,10 @@ pub fn steering_routes(plan: &ChainPlan, hop: usize) -> Vec<(&LinkEnd, RoutePlan
 
 #[cfg(test)]
 mod tests {
-    use std::net::Ipv4Addr;
-
     use super::*;
-    use crate::plan::{ifindex, plan_chain, test_specs};
-    use crate::spec::{ChainSpec, FastPath};
-
-    fn spec(functions: usize, egress_namespace: Option<&str>) -> ChainSpec {
-        let names: Vec<String> = (1..=functions).map(|i| format!("fn{i}")).collect();
-        let names: Vec<&str> = names.iter().map(String::as_str).collect();
-        test_specs::chain("edge", FastPath::Tc, &names, egress_namespace)
-    }
-
-    fn a(s: &str) -> Ipv4Addr {
-        s.parse().unwrap()
-    }
+    use crate::plan::test_specs::{a, tc_chain as spec};
+    use crate::plan::{ifindex, plan_chain};
+    use crate::spec::FastPath;
 
     #[test]
     fn kernel_mode_steers_each_side_by_its_own_table() {
@@ -59,7 +48,7 @@ mod tests {
         let plan = plan_chain(&s);
         // fn2: from ingress (arriving on nf-in) toward egress via fn3; back via fn1.
         let routes = steering_routes(&plan, 2);
-        let shape: Vec<(u32, Ipv4Net, Ipv4Addr)> = routes
+        let shape: Vec<(u32, Ipv4Net, std::net::Ipv4Addr)> = routes
             .iter()
             .map(|(end, r)| (end.ifindex, r.destination, r.gateway))
             .collect();

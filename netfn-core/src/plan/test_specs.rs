@@ -49,3 +49,15 @@ pub(crate) fn chain(
             .collect(),
     }
 }
+
+/// Chain `edge` in tc mode with forward functions `fn1`…`fnN`.
+pub fn tc_chain(functions: usize, egress_namespace: Option<&str>) -> ChainSpec {
+    let names: Vec<String> = (1..=functions).map(|i| format!("fn{i}")).collect();
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    chain("edge", FastPath::Tc, &names, egress_namespace)
+}
+
+/// An IPv4 address literal of a test.
+pub fn a(s: &str) -> std::net::Ipv4Addr {
+    s.parse().expect("test address")
+}
