@@ -17,7 +17,13 @@ use crate::output;
 
 fn load(file: &Path) -> Result<ChainFile> {
     let registry = netfn_functions::registry();
-    spec::load(file, &registry).map_err(|e| match e {
+    let loaded = spec::load(file, &registry);
+    if let Ok(f) = &loaded
+        && !f.warnings.is_empty()
+    {
+        eprintln!("{}", f.warnings);
+    }
+    loaded.map_err(|e| match e {
         LoadError::Invalid(d) => anyhow::anyhow!(
             "{d}\n{} problem(s) in {}; fix them and run `netfn validate {}`",
             d.len(),
@@ -47,6 +53,9 @@ pub fn validate(file: &Path) -> Result<ExitCode> {
     let registry = netfn_functions::registry();
     match spec::load(file, &registry) {
         Ok(f) => {
+            if !f.warnings.is_empty() {
+                eprintln!("{}", f.warnings);
+            }
             let chains: Vec<String> = f
                 .chains
                 .iter()

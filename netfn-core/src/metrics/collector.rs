@@ -349,7 +349,7 @@ mod tests {
             packets: 10,
             bytes: 1000,
             to_stack: 3,
-            drops: [0; 8],
+            drops: [0; netfn_common::DROP_SLOTS],
         };
         fwd.drops[1] = 2;
         assert_eq!(

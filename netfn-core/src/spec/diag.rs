@@ -23,11 +23,19 @@ impl Position {
     }
 }
 
+/// How bad a diagnostic is: an error fails the file, a warning is only printed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Severity {
+    Error,
+    Warning,
+}
+
 /// One problem in one file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Diagnostic {
     pub file: PathBuf,
     pub position: Position,
+    pub severity: Severity,
     pub message: String,
     pub hint: Option<String>,
 }
@@ -36,10 +44,14 @@ impl fmt::Display for Diagnostic {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{}:{}:{}: error: {}",
+            "{}:{}:{}: {}: {}",
             self.file.display(),
             self.position.line,
             self.position.col,
+            match self.severity {
+                Severity::Error => "error",
+                Severity::Warning => "warning",
+            },
             self.message
         )?;
         if let Some(hint) = &self.hint {
@@ -66,8 +78,26 @@ impl Diagnostics {
         self.0.iter()
     }
 
+    /// Sorts by file (the order files were first reported in) and position in it.
     pub fn sort(&mut self) {
-        self.0.sort_by_key(|d| d.position);
+        let mut files: Vec<PathBuf> = Vec::new();
+        for d in &self.0 {
+            if !files.contains(&d.file) {
+                files.push(d.file.clone());
+            }
+        }
+        self.0.sort_by_key(|d| {
+            let file = files.iter().position(|f| *f == d.file).unwrap_or(0);
+            (file, d.position)
+        });
+    }
+
+    /// The errors only (warnings left out).
+    pub fn errors(&self) -> usize {
+        self.0
+            .iter()
+            .filter(|d| d.severity == Severity::Error)
+            .count()
     }
 }
 
@@ -101,16 +131,50 @@ impl<'a> Reporter<'a> {
 
     /// Records a problem at `span` (a byte range of the source text).
     pub fn error(&mut self, span: Range<usize>, message: impl Into<String>, hint: Option<String>) {
+        self.report(Severity::Error, span, message.into(), hint);
+    }
+
+    /// Records a warning at `span`: printed with the errors, never failing the file.
+    pub fn warning(
+        &mut self,
+        span: Range<usize>,
+        message: impl Into<String>,
+        hint: Option<String>,
+    ) {
+        self.report(Severity::Warning, span, message.into(), hint);
+    }
+
+    fn report(&mut self, severity: Severity, span: Range<usize>, message: String, hint: Option<String>) {
         self.found.push(Diagnostic {
             file: self.file.to_path_buf(),
             position: Position::of(self.text, span.start),
+            severity,
+            message,
+            hint,
+        });
+    }
+
+    /// Records a diagnostic at a position of another file (one the chain file names, such as a
+    /// firewall's rules file).
+    pub fn elsewhere(
+        &mut self,
+        severity: Severity,
+        file: &Path,
+        position: Position,
+        message: impl Into<String>,
+        hint: Option<String>,
+    ) {
+        self.found.push(Diagnostic {
+            file: file.to_path_buf(),
+            position,
+            severity,
             message: message.into(),
             hint,
         });
     }
 
     pub fn has_errors(&self) -> bool {
-        !self.found.is_empty()
+        self.found.iter().any(|d| d.severity == Severity::Error)
     }
 
     pub fn finish(self) -> Diagnostics {

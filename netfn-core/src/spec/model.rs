@@ -15,6 +15,8 @@ use crate::function::FunctionConfig;
 pub struct ChainFile {
     pub path: PathBuf,
     pub chains: Vec<ChainSpec>,
+    /// Warnings about the file (a firewall rule another one shadows): worth printing, not wrong.
+    pub warnings: super::diag::Diagnostics,
 }
 
 impl ChainFile {

@@ -46,9 +46,11 @@ pub fn parse(path: &Path, text: &str, registry: &Registry) -> Result<ChainFile, 
         return Err(rep.finish());
     }
     let raw = raw::read(root, &mut rep);
+    let base_dir = path.parent().unwrap_or(Path::new("."));
     let chains = Checker {
         text,
         registry,
+        base_dir,
         rep: &mut rep,
     }
     .file(raw);
@@ -58,6 +60,7 @@ pub fn parse(path: &Path, text: &str, registry: &Registry) -> Result<ChainFile, 
     Ok(ChainFile {
         path: path.to_path_buf(),
         chains,
+        warnings: rep.finish(),
     })
 }
 

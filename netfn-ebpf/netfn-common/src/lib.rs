@@ -76,6 +76,17 @@ pub const FWD_TABLE_DEFAULT_ENTRIES: u32 = 2;
 
 /// [`FwdEntry::flags`]: the entry is filled in (a zeroed array element is not).
 pub const FWD_VALID: u32 = 1;
+/// [`FwdEntry::flags`]: the function has a per-packet stage of its kind (a firewall, a load
+/// balancer): a packet the forwarder would forward is handed to the program at the function's
+/// slot of [`STAGES_MAP`] (a tail call), which decides and forwards it. Without the flag the
+/// forwarder forwards by itself (a `forward` function pays nothing for the seam).
+pub const FWD_STAGE: u32 = 2;
+
+/// Name of the stage programs of a chain's functions (`ProgramArray`), indexed by function
+/// slot (`counter_slot >> 1`). A tail call into an empty element fails, and the forwarder drops
+/// the packet as [`DROP_NO_STAGE`]: a function whose stage is not loaded never passes traffic
+/// unchecked.
+pub const STAGES_MAP: &str = "NF_STAGES";
 
 /// Directions, the low bit of [`FwdEntry::counter_slot`].
 pub const DIR_FORWARD: u32 = 0;
@@ -154,21 +165,28 @@ pub const fn mac_words(mac: [u8; 6]) -> [u16; 3] {
     ]
 }
 
-/// Drop reasons, the indexes of [`FnCounters::drops`].
+/// Drop reasons, the indexes of [`FnCounters::drops`]: the forwarder's own below
+/// [`KIND_DROP_BASE`], a kind's stage from there on.
 pub const DROP_SPOOFED_MAC: usize = 0;
 pub const DROP_SPOOFED_IP: usize = 1;
 pub const DROP_TTL_EXCEEDED: usize = 2;
 pub const DROP_NO_ROUTE: usize = 3;
 pub const DROP_MALFORMED: usize = 4;
+/// The function has a stage ([`FWD_STAGE`]) but none is loaded at its slot.
+pub const DROP_NO_STAGE: usize = 5;
+/// The first slot of a kind's own drop reasons: a kind's stage counts its reason `i` at
+/// `KIND_DROP_BASE + i` (a kind names at most `DROP_SLOTS - KIND_DROP_BASE` reasons).
+pub const KIND_DROP_BASE: usize = 8;
 /// Slots of [`FnCounters::drops`]; the ones past the named reasons are reserved.
-pub const DROP_SLOTS: usize = 8;
-/// Names of the drop reasons, by index (for status and metrics).
-pub const DROP_REASON_NAMES: [&str; 5] = [
+pub const DROP_SLOTS: usize = 16;
+/// Names of the forwarder's drop reasons, by index (for status and metrics).
+pub const DROP_REASON_NAMES: [&str; 6] = [
     "spoofed-mac",
     "spoofed-ip",
     "ttl-exceeded",
     "no-route",
     "malformed",
+    "no-stage",
 ];
 
 /// One function's counters in one direction (one CPU's share; userspace sums the CPUs).
@@ -240,7 +258,8 @@ mod tests {
         assert_eq!(core::mem::size_of::<FwdRow>(), 4 + 2 * 56);
         assert_eq!(core::mem::align_of::<FwdRow>(), 4);
         assert_eq!(core::mem::size_of::<FnCounters>(), 8 * (3 + DROP_SLOTS));
-        assert!(DROP_REASON_NAMES.len() <= DROP_SLOTS);
+        assert!(DROP_REASON_NAMES.len() <= super::KIND_DROP_BASE);
+        assert!(super::KIND_DROP_BASE < DROP_SLOTS);
     }
 
     #[test]

@@ -18,6 +18,12 @@
 //!    hop's interface in the next namespace; XDP: `bpf_redirect_map` through [`NF_FWD_DEVMAP`],
 //!    which transmits out of the out interface, so the frame arrives on its veth peer.
 //!
+//! A function whose kind has a per-packet stage ([`FWD_STAGE`]: a firewall, a load balancer) is
+//! handed each packet that step 3 would forward, untouched, by a tail call into its slot of
+//! [`NF_STAGES`]; the stage decides, and forwards with [`forward_tc`] / [`forward_xdp`] exactly as
+//! step 3 does. An empty slot drops the packet (`no-stage`): a stage that is not loaded never
+//! lets traffic through unchecked. `forward` functions never take the branch.
+//!
 //! Counters are per CPU ([`NF_FN_COUNTERS`], one element per function and direction): no lock,
 //! no atomic on the hot path. The hot path logs at debug/trace level only; userspace sets the
 //! level at load time (`AYA_LOG_LEVEL`, a read-only global), so disabled statements are removed by
@@ -29,13 +35,14 @@ use aya_ebpf::{
     bindings::{TC_ACT_OK, TC_ACT_SHOT, xdp_action},
     helpers::generated::bpf_redirect_peer,
     macros::{classifier, map, xdp},
-    maps::{Array, DevMap, PerCpuArray},
+    maps::{Array, DevMap, PerCpuArray, ProgramArray},
     programs::{TcContext, XdpContext},
 };
 use aya_log_ebpf::{debug, trace};
 use netfn_common::{
-    DROP_MALFORMED, DROP_NO_ROUTE, DROP_SPOOFED_IP, DROP_SPOOFED_MAC, DROP_TTL_EXCEEDED,
-    FWD_IFINDEX_BASE, FWD_TABLE_DEFAULT_ENTRIES, FWD_VALID, FnCounters, FwdRow,
+    DROP_MALFORMED, DROP_NO_ROUTE, DROP_NO_STAGE, DROP_SPOOFED_IP, DROP_SPOOFED_MAC,
+    DROP_TTL_EXCEEDED, FWD_IFINDEX_BASE, FWD_STAGE, FWD_TABLE_DEFAULT_ENTRIES, FWD_VALID,
+    FnCounters, FwdEntry, FwdRow,
 };
 
 /// The forwarding table, indexed by `ifindex - FWD_IFINDEX_BASE` of the arriving interface; each
@@ -56,6 +63,10 @@ static NF_FWD_UNKNOWN: PerCpuArray<FnCounters> = PerCpuArray::with_max_entries(1
 #[map]
 static NF_FWD_DEVMAP: DevMap = DevMap::with_max_entries(FWD_TABLE_DEFAULT_ENTRIES, 0);
 
+/// The stage programs of the chain's functions, by function slot (see the module doc).
+#[map]
+static NF_STAGES: ProgramArray = ProgramArray::with_max_entries(FWD_TABLE_DEFAULT_ENTRIES, 0);
+
 const ETH_HLEN: usize = 14;
 const ARP_LEN: usize = 28;
 const IPV4_MIN_LEN: usize = 20;
@@ -73,11 +84,15 @@ const ARP_LENS: u16 = u16::from_ne_bytes([6, 4]);
 
 /// What to do with one packet.
 #[derive(Clone, Copy)]
-enum Verdict {
+pub(crate) enum Verdict {
     /// Rewritten (TTL, checksum, MACs): send it to the next hop.
     Forward {
         slot: u32,
         redirect: u32,
+    },
+    /// Forwardable, untouched: the function's stage decides ([`FWD_STAGE`]).
+    Stage {
+        slot: u32,
     },
     /// Hand it to the function's own stack.
     ToStack {
@@ -96,7 +111,7 @@ enum Verdict {
 }
 
 #[inline(always)]
-fn read<T: Copy>(addr: usize) -> T {
+pub(crate) fn read<T: Copy>(addr: usize) -> T {
     // SAFETY: every caller has checked `addr + size_of::<T>() <= data_end` against the packet
     // bounds first. A plain (not `read_unaligned`) load, as C programs do with `iph->saddr`:
     // one instruction instead of one per byte. Ethernet fields are 2-byte aligned; the IPv4
@@ -114,17 +129,24 @@ fn mac_eq(addr: usize, mac: &[u16; 3]) -> bool {
         && read::<u16>(addr + 4) == mac[2]
 }
 
+/// The live forwarder entry of the interface `ifindex` (`None`: not a valid chain interface).
+#[inline(always)]
+pub(crate) fn entry(ifindex: u32) -> Option<&'static FwdEntry> {
+    let row = NF_FWD.get(ifindex.wrapping_sub(FWD_IFINDEX_BASE))?;
+    let e = row.live();
+    if e.flags & FWD_VALID == 0 {
+        return None;
+    }
+    Some(e)
+}
+
 /// Decides the packet's fate and, for `Forward`, rewrites it. `data..data_end` is the directly
 /// accessible packet; `ifindex` the interface it arrived on.
 #[inline(always)]
 fn decide(data: usize, data_end: usize, ifindex: u32) -> Verdict {
-    let Some(row) = NF_FWD.get(ifindex.wrapping_sub(FWD_IFINDEX_BASE)) else {
+    let Some(e) = entry(ifindex) else {
         return Verdict::Unknown;
     };
-    let e = row.live();
-    if e.flags & FWD_VALID == 0 {
-        return Verdict::Unknown;
-    }
     let slot = e.counter_slot;
     if data + ETH_HLEN > data_end {
         return Verdict::Short { slot };
@@ -202,6 +224,21 @@ fn decide(data: usize, data_end: usize, ifindex: u32) -> Verdict {
         };
     }
 
+    if e.flags & FWD_STAGE != 0 {
+        return Verdict::Stage { slot };
+    }
+    rewrite(data, ip, ttl, e);
+    Verdict::Forward {
+        slot,
+        redirect: e.redirect_ifindex,
+    }
+}
+
+/// Rewrites a packet the forwarder (or a stage) forwards: TTL - 1 with the matching checksum
+/// update, then the Ethernet addresses. The caller has checked `ip + IPV4_MIN_LEN <= data_end`
+/// (and so the Ethernet header) and that `ttl` (the packet's TTL) is above 1.
+#[inline(always)]
+pub(crate) fn rewrite(data: usize, ip: usize, ttl: u8, e: &FwdEntry) {
     // TTL - 1 and the matching incremental checksum update (RFC 1624), as the kernel's
     // ip_decrease_ttl does: the checksum field is read and written in packet byte order.
     let check: u16 = read(ip + 10);
@@ -217,10 +254,6 @@ fn decide(data: usize, data_end: usize, ifindex: u32) -> Verdict {
             ptr::write(eth.add(i), *w);
         }
     }
-    Verdict::Forward {
-        slot,
-        redirect: e.redirect_ifindex,
-    }
 }
 
 #[inline(always)]
@@ -231,7 +264,7 @@ fn counters(slot: u32) -> Option<&'static mut FnCounters> {
 }
 
 #[inline(always)]
-fn count_forward(slot: u32, len: u64) {
+pub(crate) fn count_forward(slot: u32, len: u64) {
     if let Some(c) = counters(slot) {
         c.packets = c.packets.wrapping_add(1);
         c.bytes = c.bytes.wrapping_add(len);
@@ -246,7 +279,7 @@ fn count_to_stack(slot: u32) {
 }
 
 #[inline(always)]
-fn count_drop(slot: u32, reason: usize) {
+pub(crate) fn count_drop(slot: u32, reason: usize) {
     if let Some(c) = counters(slot)
         && let Some(d) = c.drops.get_mut(reason)
     {
@@ -259,6 +292,31 @@ fn count_unknown() {
     // SAFETY: as in `counters`.
     if let Some(c) = NF_FWD_UNKNOWN.get_ptr_mut(0).map(|p| unsafe { &mut *p }) {
         c.drops[DROP_NO_ROUTE] = c.drops[DROP_NO_ROUTE].wrapping_add(1);
+    }
+}
+
+/// Sends a rewritten packet on (TC): counts it and redirects it to the ingress of the next hop's
+/// interface (`redirect` is the function's out interface, whose veth peer that is).
+#[inline(always)]
+pub(crate) fn send_tc(ctx: &TcContext, slot: u32, redirect: u32) -> i32 {
+    count_forward(slot, u64::from(ctx.len()));
+    // SAFETY: a BPF helper; returns TC_ACT_REDIRECT (flags are 0).
+    unsafe { bpf_redirect_peer(redirect, 0) as i32 }
+}
+
+/// Sends a rewritten packet on (XDP) through the devmap; a missing devmap entry drops it as
+/// no-route.
+#[inline(always)]
+pub(crate) fn send_xdp(slot: u32, redirect: u32, len: u64) -> u32 {
+    match NF_FWD_DEVMAP.redirect(redirect.wrapping_sub(FWD_IFINDEX_BASE), 0) {
+        Ok(action) => {
+            count_forward(slot, len);
+            action
+        }
+        Err(_) => {
+            count_drop(slot, DROP_NO_ROUTE);
+            xdp_action::XDP_DROP
+        }
     }
 }
 
@@ -279,10 +337,15 @@ pub fn nf_fwd_tc(ctx: TcContext) -> i32 {
     }
     match verdict {
         Verdict::Forward { slot, redirect } => {
-            count_forward(slot, u64::from(ctx.len()));
             trace!(&ctx, "nf_fwd_tc: if {} -> peer of {}", ifindex, redirect);
-            // SAFETY: a BPF helper; returns TC_ACT_REDIRECT (flags are 0).
-            unsafe { bpf_redirect_peer(redirect, 0) as i32 }
+            send_tc(&ctx, slot, redirect)
+        }
+        Verdict::Stage { slot } => {
+            // SAFETY: a BPF helper; on success it does not return.
+            unsafe { NF_STAGES.tail_call(&ctx, slot >> 1) };
+            count_drop(slot, DROP_NO_STAGE);
+            debug!(&ctx, "nf_fwd_tc: if {}: no stage loaded, drop", ifindex);
+            TC_ACT_SHOT
         }
         Verdict::ToStack { slot } => {
             count_to_stack(slot);
@@ -319,21 +382,15 @@ pub fn nf_fwd_xdp(ctx: XdpContext) -> u32 {
     let len = (data_end - data) as u64;
     match decide(data, data_end, ifindex) {
         Verdict::Forward { slot, redirect } => {
-            match NF_FWD_DEVMAP.redirect(redirect.wrapping_sub(FWD_IFINDEX_BASE), 0) {
-                Ok(action) => {
-                    count_forward(slot, len);
-                    trace!(&ctx, "nf_fwd_xdp: if {} -> {}", ifindex, redirect);
-                    action
-                }
-                Err(_) => {
-                    count_drop(slot, DROP_NO_ROUTE);
-                    debug!(
-                        &ctx,
-                        "nf_fwd_xdp: if {}: no devmap entry for {}", ifindex, redirect
-                    );
-                    xdp_action::XDP_DROP
-                }
-            }
+            trace!(&ctx, "nf_fwd_xdp: if {} -> {}", ifindex, redirect);
+            send_xdp(slot, redirect, len)
+        }
+        Verdict::Stage { slot } => {
+            // SAFETY: a BPF helper; on success it does not return.
+            unsafe { NF_STAGES.tail_call(&ctx, slot >> 1) };
+            count_drop(slot, DROP_NO_STAGE);
+            debug!(&ctx, "nf_fwd_xdp: if {}: no stage loaded, drop", ifindex);
+            xdp_action::XDP_DROP
         }
         Verdict::ToStack { slot } => {
             count_to_stack(slot);

@@ -1,6 +1,11 @@
 //! Checks of a chain's functions: names, duplicates, kinds, and each kind's own settings.
 
+use std::cell::RefCell;
+use std::rc::Rc;
+
 use super::*;
+use crate::function::SettingError;
+use crate::spec::diag::Severity;
 
 impl<'a> Checker<'a, '_> {
     pub(super) fn functions(
@@ -58,16 +63,23 @@ impl<'a> Checker<'a, '_> {
         let kind = raw.kind.as_ref().and_then(|k| self.kind(&label, k));
         let kind_name = kind.map(|k| k.name());
         let config = match kind {
-            Some(kind) => match kind.parse(Settings::new(raw.settings)) {
-                Ok(config) => Some(config),
-                Err(errors) => {
-                    for e in errors {
-                        self.rep
-                            .error(e.span, format!("{label}: {}", e.message), e.hint);
-                    }
-                    None
+            Some(kind) => {
+                let warnings = Rc::new(RefCell::new(Vec::new()));
+                let settings = Settings::new(raw.settings, self.base_dir, warnings.clone());
+                let parsed = kind.parse(settings);
+                for w in warnings.take() {
+                    self.setting_diagnostic(Severity::Warning, &label, w);
                 }
-            },
+                match parsed {
+                    Ok(config) => Some(config),
+                    Err(errors) => {
+                        for e in errors {
+                            self.setting_diagnostic(Severity::Error, &label, e);
+                        }
+                        None
+                    }
+                }
+            }
             None => None,
         };
         Some(FunctionSpec {
@@ -75,6 +87,26 @@ impl<'a> Checker<'a, '_> {
             kind: kind_name?.to_string(),
             config: config?,
         })
+    }
+
+    /// Reports a kind's problem with a function's settings: in the chain file at its span, or in
+    /// the file the settings name.
+    fn setting_diagnostic(&mut self, severity: Severity, label: &str, e: SettingError) {
+        let message = format!("{label}: {}", e.message);
+        match e.elsewhere {
+            Some(at) => self.rep.elsewhere(
+                severity,
+                &at.file,
+                Position {
+                    line: at.line,
+                    col: at.col,
+                },
+                message,
+                e.hint,
+            ),
+            None if severity == Severity::Warning => self.rep.warning(e.span, message, e.hint),
+            None => self.rep.error(e.span, message, e.hint),
+        }
     }
 
     pub(super) fn function_name(&mut self, chain_label: &str, name: Str) -> Option<String> {

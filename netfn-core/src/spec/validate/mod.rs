@@ -42,6 +42,8 @@ const NAMESPACE_NAME_MAX: usize = 255;
 pub(super) struct Checker<'a, 'r> {
     pub text: &'a str,
     pub registry: &'a Registry,
+    /// Where the file's relative paths start (its directory).
+    pub base_dir: &'a std::path::Path,
     pub rep: &'r mut Reporter<'a>,
 }
 

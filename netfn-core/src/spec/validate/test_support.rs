@@ -38,6 +38,9 @@ impl FunctionKind for Forward {
         })?;
         Ok(Arc::new(config))
     }
+    fn load(&self, _: &serde_json::Value) -> Result<Arc<dyn FunctionConfig>, String> {
+        Ok(Arc::new(ForwardConfig {}))
+    }
 }
 
 /// `kind = "counter"`: a required integer `limit` > 0.
@@ -81,8 +84,13 @@ impl FunctionKind for Counter {
                     raw.limit.get_ref()
                 ),
                 hint: Some("e.g. `limit = 1000`".into()),
+                elsewhere: None,
             }]),
         }
+    }
+    fn load(&self, recorded: &serde_json::Value) -> Result<Arc<dyn FunctionConfig>, String> {
+        let limit = recorded["limit"].as_u64().ok_or("no limit")?;
+        Ok(Arc::new(CounterConfig { limit }))
     }
 }
 

@@ -1,0 +1,164 @@
+//! The seam between core and the function kinds (forward, firewall, load balancer, WireGuard…).
+//!
+//! A kind is registered once in a [`Registry`]. Core hands it the function's table from the chain
+//! file ([`Settings`], without `name` and `kind`) and gets back a validated [`FunctionConfig`];
+//! from a chain record it gets the same typed config back with [`FunctionKind::load`]. Everything
+//! else a kind adds is optional and asked of the config:
+//!
+//! - a per-packet [`Stage`] at the function's hop in tc/xdp chains (its eBPF program, its maps and
+//!   their sizes, how to fill them), run by the forwarder through a tail call;
+//! - its kernel-mode form ([`FunctionConfig::kernel_form`]): an nftables ruleset that core loads
+//!   inside the function's namespace when the chain runs `fastpath = "kernel"`;
+//! - whether a settings change can happen in place ([`FunctionConfig::change_in_place`]);
+//! - which sources its neighbours must accept from it beyond the chain's subnets;
+//! - its drop reasons ([`FunctionKind::drop_reasons`]), rows in `netfn status` and metric
+//!   families ([`FunctionKind::metrics`]).
+//!
+//! Core never names a kind: adding one means implementing these traits in `functions/`, its eBPF
+//! module, and one registration line.
+
+mod kernel;
+mod settings;
+mod stage;
+
+use std::any::Any;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+
+use ipnet::Ipv4Net;
+
+pub use crate::metrics::kind::{FunctionMetricsContext, KindMetricsError};
+pub use kernel::KernelContext;
+pub use prometheus::proto::MetricFamily;
+pub use settings::{Located, SettingError, Settings};
+pub use stage::{Stage, StageError, StageMaps};
+
+/// A kind of network function.
+pub trait FunctionKind: Send + Sync + 'static {
+    /// The `kind = "…"` value in chain files.
+    fn name(&self) -> &'static str;
+    /// One line for `netfn kinds` and error hints.
+    fn summary(&self) -> &'static str;
+    /// Validates this kind's settings; reports every problem it finds (and warnings through
+    /// [`Settings::warn`]).
+    fn parse(&self, settings: Settings<'_>) -> Result<Arc<dyn FunctionConfig>, Vec<SettingError>>;
+    /// The typed config back from a chain record: the JSON [`FunctionConfig::to_json`] wrote.
+    fn load(&self, recorded: &serde_json::Value) -> Result<Arc<dyn FunctionConfig>, String>;
+
+    /// Names of the kind's own drop reasons, by index: its stage counts reason `i` in the
+    /// function's drop slot `netfn_common::KIND_DROP_BASE + i` (at most 8 reasons).
+    fn drop_reasons(&self) -> &'static [&'static str] {
+        &[]
+    }
+
+    /// The kind's own metrics for one function, read by the host agent at scrape time (from the
+    /// chain's record, so `ctx.settings` is the recorded JSON): per firewall rule, per backend,
+    /// per peer. Build them with `ctx.counter(…)` / `ctx.gauge(…)`; names start with
+    /// `netfn_<kind>_` (see [`crate::metrics::kind`] for the rules). The generic per-function
+    /// packets, bytes and drops are exported for every kind already; the default adds nothing.
+    fn metrics(
+        &self,
+        ctx: &FunctionMetricsContext<'_>,
+    ) -> Result<Vec<MetricFamily>, KindMetricsError> {
+        let _ = ctx;
+        Ok(Vec::new())
+    }
+
+    /// Extra rows for `netfn status` (label, value), read like [`FunctionKind::metrics`].
+    fn status(&self, ctx: &FunctionMetricsContext<'_>) -> Vec<(String, String)> {
+        let _ = ctx;
+        Vec::new()
+    }
+}
+
+/// A validated function configuration of some kind.
+pub trait FunctionConfig: fmt::Debug + Send + Sync + Any {
+    fn kind(&self) -> &'static str;
+    /// The settings as JSON: recorded in the state (read back by [`FunctionKind::load`]), and
+    /// compared to tell whether a chain changed.
+    fn to_json(&self) -> serde_json::Value;
+
+    /// The per-packet stage this function runs at its hop in tc/xdp chains; `None` (the
+    /// default) forwards every packet unchanged and costs the fast path nothing.
+    fn stage(&self) -> Option<&dyn Stage> {
+        None
+    }
+
+    /// Kernel mode: the nftables ruleset (`nft -f` syntax) to load inside the function's
+    /// namespace, or `None` for plain forwarding. It is loaded in one transaction, so a changed
+    /// ruleset replaces the old one atomically; it must create its own table and start by
+    /// deleting it (`table inet NAME; delete table inet NAME;`) so a reload replaces it whole.
+    fn kernel_form(&self, ctx: &KernelContext<'_>) -> Option<String> {
+        let _ = ctx;
+        None
+    }
+
+    /// Whether a running function with the settings `old` can take these settings in place
+    /// (`netfn apply`): `Ok` when it can, keeping its state (connections) and counters, or the
+    /// reason it cannot. The default refuses: the kind has no live settings change.
+    fn change_in_place(&self, old: &dyn FunctionConfig) -> Result<(), String> {
+        let _ = old;
+        Err(format!(
+            "a {} function cannot change its settings while it runs",
+            self.kind()
+        ))
+    }
+
+    /// Sources its neighbours must accept from this function besides the chain's subnets (a load
+    /// balancer's VIPs, a VPN's peers): the forwarder's anti-spoofing check lets them through.
+    fn extra_sources(&self) -> Vec<Ipv4Net> {
+        Vec::new()
+    }
+}
+
+impl dyn FunctionConfig {
+    /// The kind's own config type, for the kind's code (`None` for another kind's config).
+    pub fn downcast_ref<T: FunctionConfig>(&self) -> Option<&T> {
+        (self as &dyn Any).downcast_ref::<T>()
+    }
+}
+
+/// All function kinds this build knows.
+#[derive(Default)]
+pub struct Registry {
+    kinds: BTreeMap<&'static str, Box<dyn FunctionKind>>,
+}
+
+impl Registry {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn register(&mut self, kind: impl FunctionKind) -> &mut Self {
+        self.kinds.insert(kind.name(), Box::new(kind));
+        self
+    }
+
+    pub fn get(&self, name: &str) -> Option<&dyn FunctionKind> {
+        self.kinds.get(name).map(|k| k.as_ref())
+    }
+
+    /// The registered kind names, sorted.
+    pub fn names(&self) -> impl Iterator<Item = &'static str> + '_ {
+        self.kinds.keys().copied()
+    }
+
+    /// The typed config of a recorded function of kind `kind`.
+    pub fn load(
+        &self,
+        kind: &str,
+        recorded: &serde_json::Value,
+    ) -> Result<Arc<dyn FunctionConfig>, String> {
+        let k = self
+            .get(kind)
+            .ok_or_else(|| format!("this build of netfn has no function kind `{kind}`"))?;
+        k.load(recorded)
+    }
+}
+
+impl fmt::Debug for Registry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(self.names()).finish()
+    }
+}
