@@ -5,6 +5,8 @@
 //! userspace side reads the same bytes back. Change a layout only together with both sides.
 #![cfg_attr(not(test), no_std)]
 
+pub mod firewall;
+
 /// Name of the per-CPU hash map (`ifindex: u32` → [`IfCounters`]) filled by `nf_count`.
 pub const IF_COUNTERS_MAP: &str = "NF_IF_COUNTERS";
 
