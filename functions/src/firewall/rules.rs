@@ -1,0 +1,175 @@
+//! The firewall rule model: an ordered list of rules (first match wins) and a default verdict,
+//! plus the flow key a rule is matched against. This module owns the data types only; parsing
+//! the configuration and validating it (for instance refusing IPv6 prefixes while chains are
+//! IPv4) are not its business, and the types deliberately hold IPv6 so dual-stack needs no new
+//! syntax.
+
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+/// IP protocol numbers the rule model names.
+pub const PROTO_ICMP: u8 = 1;
+pub const PROTO_TCP: u8 = 6;
+pub const PROTO_UDP: u8 = 17;
+pub const PROTO_ICMPV6: u8 = 58;
+
+/// An ordered list of rules and the verdict for new connections no rule matches.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RuleSet {
+    pub rules: Vec<Rule>,
+    pub default: Action,
+}
+
+/// One rule. Every field narrows the match; an empty list matches anything. A rule matches a
+/// packet when every field matches (a list matches when one of its elements does).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rule {
+    pub name: Option<String>,
+    /// Source prefixes (empty: any source, either family).
+    pub src: Vec<IpNet>,
+    /// Destination prefixes (empty: any destination, either family).
+    pub dst: Vec<IpNet>,
+    pub proto: Proto,
+    /// Source port ranges (empty: any). Packets without ports carry port 0 (see [`Packet`]).
+    pub sport: Vec<PortRange>,
+    /// Destination port ranges (empty: any). For ICMP packets this slot holds the ICMP type.
+    pub dport: Vec<PortRange>,
+    /// ICMP type: the packet must be ICMP (ICMPv6 for IPv6 packets) with this type, whatever
+    /// `proto` says (a TCP or UDP rule with an ICMP type matches nothing; the validator will
+    /// refuse it).
+    pub icmp_type: Option<u8>,
+    /// The side that opened the connection.
+    pub from: Side,
+    pub action: Action,
+    pub rate: Option<RateLimit>,
+}
+
+impl Rule {
+    /// A rule that matches every connection opened from the ingress side.
+    pub fn any(action: Action) -> Rule {
+        Rule {
+            name: None,
+            src: Vec::new(),
+            dst: Vec::new(),
+            proto: Proto::Any,
+            sport: Vec::new(),
+            dport: Vec::new(),
+            icmp_type: None,
+            from: Side::Ingress,
+            action,
+            rate: None,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Proto {
+    #[default]
+    Any,
+    Tcp,
+    Udp,
+    /// ICMP for IPv4 packets, ICMPv6 for IPv6 packets.
+    Icmp,
+}
+
+impl Proto {
+    /// The protocol number this matches for packets of `family`; `None` for `Any`.
+    pub fn number(self, family: Family) -> Option<u8> {
+        match self {
+            Proto::Any => None,
+            Proto::Tcp => Some(PROTO_TCP),
+            Proto::Udp => Some(PROTO_UDP),
+            Proto::Icmp => Some(family.icmp()),
+        }
+    }
+}
+
+/// The side of the function a connection was opened from.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Side {
+    #[default]
+    Ingress,
+    Egress,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    Accept,
+    Drop,
+    Reject,
+}
+
+/// An inclusive port range; `lo > hi` is empty (matches nothing).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct PortRange {
+    pub lo: u16,
+    pub hi: u16,
+}
+
+impl PortRange {
+    pub fn single(port: u16) -> PortRange {
+        PortRange { lo: port, hi: port }
+    }
+
+    pub fn contains(self, port: u16) -> bool {
+        self.lo <= port && port <= self.hi
+    }
+}
+
+/// A token bucket: `pps` packets per second on average, bursts of up to `burst` packets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct RateLimit {
+    pub pps: u32,
+    pub burst: u32,
+}
+
+/// An address family.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Family {
+    V4,
+    V6,
+}
+
+impl Family {
+    pub fn of(addr: &IpAddr) -> Family {
+        match addr {
+            IpAddr::V4(_) => Family::V4,
+            IpAddr::V6(_) => Family::V6,
+        }
+    }
+
+    pub fn of_net(net: &IpNet) -> Family {
+        match net {
+            IpNet::V4(_) => Family::V4,
+            IpNet::V6(_) => Family::V6,
+        }
+    }
+
+    /// The ICMP protocol number of this family.
+    pub fn icmp(self) -> u8 {
+        match self {
+            Family::V4 => PROTO_ICMP,
+            Family::V6 => PROTO_ICMPV6,
+        }
+    }
+}
+
+/// The flow key of a connection's first packet, as the fast path extracts it.
+///
+/// `src` and `dst` have the same family (a packet with mixed families cannot exist on the wire
+/// and matches no rule). Protocols without ports carry `sport = dport = 0`; ICMP and ICMPv6
+/// carry `sport = 0` and the ICMP type in `dport`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Packet {
+    pub src: IpAddr,
+    pub dst: IpAddr,
+    pub proto: u8,
+    pub sport: u16,
+    pub dport: u16,
+    pub side: Side,
+}
