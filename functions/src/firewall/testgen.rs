@@ -55,8 +55,10 @@ pub enum Shape {
     /// Security-group like: mostly /24–/32 sources or any, a few destinations, TCP/UDP single
     /// ports and some ranges.
     SecurityGroup,
-    /// Random prefixes of random lengths and random port ranges.
+    /// Random prefixes of random lengths (/0 to /32) and random port ranges.
     Adversarial,
+    /// Random prefixes of /8 to /32 and port ranges of random widths: little shadowing.
+    Dense,
 }
 
 const EDGE_PORTS: [u16; 12] = [0, 1, 22, 53, 80, 443, 1023, 1024, 8080, 32768, 65534, 65535];
@@ -166,7 +168,10 @@ fn security_group_rule(rng: &mut Rng) -> Rule {
         7..9 => Action::Drop,
         _ => Action::Reject,
     });
-    if !rng.chance(30) {
+    // A rule from any source always names a port (or an ICMP type): "any source, any port"
+    // would shadow most of what follows, which real security groups do not do.
+    let any_src = rng.chance(30);
+    if !any_src {
         let n = if rng.chance(85) { 1 } else { rng.pick(&[2, 3]) };
         rule.src = (0..n)
             .map(|_| {
@@ -186,17 +191,26 @@ fn security_group_rule(rng: &mut Rng) -> Rule {
         0..12 => Proto::Tcp,
         12..17 => Proto::Udp,
         17 => Proto::Icmp,
+        _ if any_src => Proto::Tcp,
         _ => Proto::Any,
     };
     match rule.proto {
         Proto::Icmp => {
-            if rng.chance(50) {
+            if any_src || rng.chance(50) {
                 rule.icmp_type = Some(rng.pick(&[0u8, 8]));
             }
         }
         Proto::Any => {}
         Proto::Tcp | Proto::Udp => match rng.below(20) {
-            0..15 => {
+            18.. if !any_src => {}
+            15.. => {
+                let lo = rng.port();
+                rule.dport = vec![PortRange {
+                    lo,
+                    hi: lo.saturating_add(rng.below(1000) as u16),
+                }];
+            }
+            _ => {
                 let port = if rng.chance(60) {
                     rng.pick(&POPULAR_PORTS)
                 } else {
@@ -207,14 +221,6 @@ fn security_group_rule(rng: &mut Rng) -> Rule {
                     rule.dport.push(PortRange::single(rng.pick(&POPULAR_PORTS)));
                 }
             }
-            15..18 => {
-                let lo = rng.port();
-                rule.dport = vec![PortRange {
-                    lo,
-                    hi: lo.saturating_add(rng.below(1000) as u16),
-                }];
-            }
-            _ => {}
         },
     }
     if rng.chance(5) {
@@ -234,6 +240,42 @@ fn security_group_rule(rng: &mut Rng) -> Rule {
             burst: 20,
         });
     }
+    rule
+}
+
+/// Random prefixes of /8 to /32 and random narrow-to-wide port ranges: little shadowing, so the
+/// tree has to separate nearly every rule.
+fn dense_rule(rng: &mut Rng) -> Rule {
+    let mut rule = Rule::any(rng.pick(&[Action::Accept, Action::Drop, Action::Reject]));
+    let prefix = |rng: &mut Rng| -> Vec<IpNet> {
+        if rng.chance(10) {
+            Vec::new()
+        } else {
+            vec![v4(rng.next_u64() as u32, 8 + rng.below(25) as u8)]
+        }
+    };
+    let range = |rng: &mut Rng| {
+        let lo = rng.port();
+        let width = 1u16 << rng.below(16);
+        vec![PortRange {
+            lo,
+            hi: lo.saturating_add(rng.below(u64::from(width)) as u16),
+        }]
+    };
+    rule.src = prefix(rng);
+    rule.dst = prefix(rng);
+    rule.proto = rng.pick(&[Proto::Any, Proto::Tcp, Proto::Udp, Proto::Icmp]);
+    if rng.chance(30) {
+        rule.sport = range(rng);
+    }
+    if rng.chance(80) {
+        rule.dport = range(rng);
+    }
+    rule.from = if rng.chance(50) {
+        Side::Ingress
+    } else {
+        Side::Egress
+    };
     rule
 }
 
@@ -277,6 +319,7 @@ pub fn rule_set(rng: &mut Rng, n: usize, shape: Shape) -> RuleSet {
             Shape::Mixed => mixed_rule(rng),
             Shape::SecurityGroup => security_group_rule(rng),
             Shape::Adversarial => adversarial_rule(rng),
+            Shape::Dense => dense_rule(rng),
         })
         .collect();
     RuleSet {

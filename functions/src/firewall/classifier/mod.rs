@@ -11,6 +11,8 @@ mod build;
 pub mod records;
 
 #[cfg(test)]
+mod measure;
+#[cfg(test)]
 mod tests;
 
 use std::net::IpAddr;

@@ -80,6 +80,7 @@ fn large_mixed_rule_sets_agree_with_the_reference() {
 fn security_group_and_adversarial_sets_agree_with_the_reference() {
     property(Shape::SecurityGroup, &[10, 500, 3000], 2, 20_000);
     property(Shape::Adversarial, &[10, 500, 3000], 2, 20_000);
+    property(Shape::Dense, &[10, 500, 3000], 2, 20_000);
 }
 
 fn ip(s: &str) -> IpAddr {
