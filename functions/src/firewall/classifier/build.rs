@@ -1,18 +1,25 @@
-//! The decision-tree builder: recursively cuts the classification space in two at one field
-//! value (HyperSplit style) until every region holds few enough boxes to check one by one, and
-//! lays the tree out as flat [`Node`] and [`LeafEntry`] arrays. It owns the split heuristic, the
-//! pruning of boxes a region makes unreachable, and every size and depth limit; it must never
+//! The decision-tree builder: sorts the boxes into [`MAX_TREES`] groups (boxes with a narrow
+//! source, boxes with a wide one: mixing them in one tree copies every wide-source box into
+//! every source cut, EffiCuts' observation), then for each group recursively cuts the
+//! classification space in two at one field value (HyperSplit style) until every region holds
+//! few enough boxes to check one by one, and lays the trees out as flat [`Node`] and
+//! [`LeafEntry`] arrays (tree `t`'s root at node `t`). It owns the grouping, the split heuristic,
+//! the pruning of boxes a region makes unreachable, and every size and depth limit; it must never
 //! return a structure that breaks a limit (it returns an error instead).
 
 use std::collections::HashMap;
 
 use super::boxes::{Boxes, words};
-use super::records::{FIELDS, LeafEntry, MAX_LEAF_ENTRIES, NODE_LEAF, Node};
+use super::records::{
+    FIELD_FAMILY, FIELD_SRC, FIELDS, LeafEntry, MAX_LEAF_ENTRIES, MAX_TREES, NODE_LEAF, Node,
+};
 use super::{CompileError, Limits};
 
 /// Above this many boxes a region is not scanned for boxes shadowed by an earlier one (the scan
 /// is quadratic).
 const SHADOW_SCAN_MAX: usize = 4 * MAX_LEAF_ENTRIES;
+/// The leaf size tried first: a smaller leaf costs fewer steps (and more nodes).
+const PREFERRED_LEAF: usize = 8;
 /// Candidate thresholds tried per field, as quantiles (in eighths) of the box edges inside the
 /// region.
 const QUANTILES: [usize; 3] = [2, 4, 6];
@@ -29,10 +36,10 @@ struct Region {
 pub struct Tree {
     pub nodes: Vec<Node>,
     pub entries: Vec<LeafEntry>,
-    /// Most node records a walk reads (leaf included).
-    pub max_depth: usize,
-    /// Most entries of one leaf.
-    pub max_leaf: usize,
+    /// Per tree: most node records a walk reads (leaf included).
+    pub max_depth: [usize; MAX_TREES],
+    /// Per tree: most entries of one leaf.
+    pub max_leaf: [usize; MAX_TREES],
 }
 
 struct Builder<'a> {
@@ -43,6 +50,10 @@ struct Builder<'a> {
     leaves: HashMap<Vec<u32>, u32>,
     /// Scratch for split candidates.
     candidates: Vec<u128>,
+    /// The tree being built.
+    tree_index: usize,
+    /// Most entries per leaf in the current attempt.
+    leaf_size: usize,
 }
 
 /// Builds the tree of `boxes` within `limits`.
@@ -53,6 +64,8 @@ pub fn build(boxes: &Boxes, limits: &Limits) -> Result<Tree, CompileError> {
         tree: Tree::default(),
         leaves: HashMap::new(),
         candidates: Vec::new(),
+        tree_index: 0,
+        leaf_size: limits.max_leaf,
     };
     let count = u32::try_from(boxes.len()).map_err(|_| CompileError::TooManyBoxes {
         max: super::boxes::MAX_BOXES,
@@ -64,11 +77,37 @@ pub fn build(boxes: &Boxes, limits: &Limits) -> Result<Tree, CompileError> {
     for (f, hi) in full.hi.iter_mut().enumerate() {
         *hi = field_max(f);
     }
-    let root = builder.region((0..count).collect(), &full, 1)?;
-    if root != 0 {
-        return Err(CompileError::Internal("the root is not node 0"));
+    // Reserve the roots, so that tree `t` starts at node `t`.
+    for _ in 0..MAX_TREES {
+        builder.push_node(Node::default())?;
+    }
+    let mut groups: [Vec<u32>; MAX_TREES] = Default::default();
+    for i in 0..count {
+        groups[usize::from(wide_source(boxes, i as usize))].push(i);
+    }
+    for (t, ids) in groups.into_iter().enumerate() {
+        builder.tree_index = t;
+        builder.tree_with_fallback(ids, &full)?;
+    }
+    let steps: usize = (0..MAX_TREES)
+        .map(|t| builder.tree.max_depth[t] + builder.tree.max_leaf[t])
+        .sum();
+    if steps > limits.max_steps {
+        return Err(CompileError::TooManySteps {
+            steps,
+            max: limits.max_steps,
+        });
     }
     Ok(builder.tree)
+}
+
+/// Whether a box's source covers at least 1/256 of its family's addresses (IPv4: /7 or
+/// shorter; any source counts as wide).
+fn wide_source(boxes: &Boxes, i: usize) -> bool {
+    let span = boxes.hi[FIELD_SRC as usize][i] - boxes.lo[FIELD_SRC as usize][i];
+    let v4_only = boxes.hi[FIELD_FAMILY as usize][i] == 0;
+    let bits = if v4_only { 32 } else { 128 };
+    span >= (1u128 << (bits - 8)) - 1
 }
 
 /// The largest value of a field.
@@ -82,25 +121,55 @@ fn field_max(field: usize) -> u128 {
 }
 
 impl Builder<'_> {
+    /// Builds the current tree with small leaves (fewer steps per leaf, more nodes), and again
+    /// with the largest leaves allowed if a region cannot be cut finely enough within the depth.
+    fn tree_with_fallback(&mut self, ids: Vec<u32>, full: &Region) -> Result<(), CompileError> {
+        let t = self.tree_index;
+        let (nodes, entries) = (self.tree.nodes.len(), self.tree.entries.len());
+        let mut leaf_sizes = vec![PREFERRED_LEAF.min(self.limits.max_leaf)];
+        if self.limits.max_leaf > PREFERRED_LEAF {
+            leaf_sizes.push(self.limits.max_leaf);
+        }
+        let mut result = Ok(0);
+        for leaf in leaf_sizes {
+            self.leaf_size = leaf;
+            self.tree.max_depth[t] = 0;
+            self.tree.max_leaf[t] = 0;
+            result = self.region(ids.clone(), full, 1, Some(t as u32));
+            match result {
+                Err(CompileError::TooDeep { .. }) => {
+                    // Forget what the failed attempt laid out.
+                    self.tree.nodes.truncate(nodes);
+                    self.tree.entries.truncate(entries);
+                    self.leaves.retain(|_, &mut index| (index as usize) < nodes);
+                }
+                _ => break,
+            }
+        }
+        result.map(|_| ())
+    }
+
     /// Lays out the subtree for `region`, whose candidate boxes are `ids` (in rule order, each
     /// intersecting the region); `depth` counts the node records a walk has read on reaching it.
+    /// A root is laid out `at` its reserved node.
     fn region(
         &mut self,
         mut ids: Vec<u32>,
         region: &Region,
         depth: usize,
+        at: Option<u32>,
     ) -> Result<u32, CompileError> {
         self.prune_covered(&mut ids, region);
         if ids.len() > 1 && ids.len() <= SHADOW_SCAN_MAX {
             self.prune_shadowed(&mut ids, region);
         }
-        if ids.len() <= self.limits.max_leaf {
-            return self.leaf(ids, depth);
+        if ids.len() <= self.leaf_size {
+            return self.leaf(ids, depth, at);
         }
         if depth >= self.limits.max_node_steps {
             return Err(CompileError::TooDeep {
                 max_node_steps: self.limits.max_node_steps,
-                max_leaf: self.limits.max_leaf,
+                max_leaf: self.leaf_size,
                 rules: self.rules_of(&ids),
             });
         }
@@ -109,7 +178,10 @@ impl Builder<'_> {
                 "no split for a region with several boxes",
             ));
         };
-        let index = self.push_node(Node::default())?;
+        let index = match at {
+            Some(index) => index,
+            None => self.push_node(Node::default())?,
+        };
         let (lo, hi) = (&self.boxes.lo[field], &self.boxes.hi[field]);
         let left_ids: Vec<u32> = ids
             .iter()
@@ -126,8 +198,8 @@ impl Builder<'_> {
         left_region.hi[field] = threshold - 1;
         let mut right_region = *region;
         right_region.lo[field] = threshold;
-        let left = self.region(left_ids, &left_region, depth + 1)?;
-        let right = self.region(right_ids, &right_region, depth + 1)?;
+        let left = self.region(left_ids, &left_region, depth + 1, None)?;
+        let right = self.region(right_ids, &right_region, depth + 1, None)?;
         self.tree.nodes[index as usize] = Node {
             threshold: words(threshold),
             field: field as u32,
@@ -220,10 +292,14 @@ impl Builder<'_> {
         best.map(|(_, field, t)| (field, t))
     }
 
-    /// Lays out a leaf for `ids`, or reuses an identical one.
-    fn leaf(&mut self, ids: Vec<u32>, depth: usize) -> Result<u32, CompileError> {
-        self.tree.max_depth = self.tree.max_depth.max(depth);
-        if let Some(&index) = self.leaves.get(&ids) {
+    /// Lays out a leaf for `ids` (`at` a root, or reusing an identical leaf).
+    fn leaf(&mut self, ids: Vec<u32>, depth: usize, at: Option<u32>) -> Result<u32, CompileError> {
+        let t = self.tree_index;
+        self.tree.max_depth[t] = self.tree.max_depth[t].max(depth);
+        self.tree.max_leaf[t] = self.tree.max_leaf[t].max(ids.len());
+        if at.is_none()
+            && let Some(&index) = self.leaves.get(&ids)
+        {
             return Ok(index);
         }
         let first = self.tree.entries.len();
@@ -235,16 +311,24 @@ impl Builder<'_> {
         self.tree
             .entries
             .extend(ids.iter().map(|&i| self.boxes.entries[i as usize]));
-        self.tree.max_leaf = self.tree.max_leaf.max(ids.len());
-        let index = self.push_node(Node {
+        let node = Node {
             threshold: [0, 0],
             field: NODE_LEAF,
             left: first as u32,
             right: ids.len() as u32,
             _pad: 0,
-        })?;
-        self.leaves.insert(ids, index);
-        Ok(index)
+        };
+        match at {
+            Some(index) => {
+                self.tree.nodes[index as usize] = node;
+                Ok(index)
+            }
+            None => {
+                let index = self.push_node(node)?;
+                self.leaves.insert(ids, index);
+                Ok(index)
+            }
+        }
     }
 
     fn push_node(&mut self, node: Node) -> Result<u32, CompileError> {

@@ -50,7 +50,7 @@ fn classifier_measure() {
     };
     let packets = 1_000_000;
     println!(
-        "{:<14} {:>7} {:>9} {:>8} {:>9} {:>9} {:>11} {:>6} {:>5} {:>6} {:>6} {:>7}",
+        "{:<14} {:>7} {:>9} {:>8} {:>9} {:>9} {:>11} {:>8} {:>7} {:>6} {:>6} {:>7}",
         "shape",
         "rules",
         "compile",
@@ -94,7 +94,7 @@ fn classifier_measure() {
                 assert_eq!(compiled.lookup(p), reference::first_match(&set, p), "{p:?}");
             }
             println!(
-                "{:<14} {:>7} {:>7.1}ms {:>8} {:>9} {:>9} {:>11} {:>6} {:>5} {:>6} {:>6} {:>7.2}   walk {:.0} ns, {} packets = reference",
+                "{:<14} {:>7} {:>7.1}ms {:>8} {:>9} {:>9} {:>11} {:>8} {:>7} {:>6} {:>6} {:>7.2}   walk {:.0} ns, {} packets = reference",
                 format!("{shape:?}"),
                 n,
                 ms,
@@ -102,8 +102,8 @@ fn classifier_measure() {
                 compiled.nodes.len(),
                 compiled.entries.len(),
                 compiled.memory_bytes(),
-                compiled.stats.max_depth,
-                compiled.stats.max_leaf,
+                format!("{:?}", compiled.stats.max_depth),
+                format!("{:?}", compiled.stats.max_leaf),
                 compiled.max_steps(),
                 max,
                 total as f64 / packets as f64,

@@ -22,12 +22,17 @@ pub const FIELDS: usize = 7;
 /// [`Node::field`] of a leaf.
 pub const NODE_LEAF: u32 = u32::MAX;
 
-/// Most node records one lookup reads (the leaf's record included): the bound of the first loop.
+/// Trees walked per lookup: tree `t`'s root is node `t` (a tree without rules is an empty leaf).
+pub const MAX_TREES: usize = 2;
+/// Most node records one tree walk reads (the leaf's record included): the bound of the descent
+/// loop.
 pub const MAX_NODE_STEPS: usize = 48;
-/// Most leaf entries one lookup reads: the bound of the second loop.
+/// Most leaf entries one tree walk reads: the bound of the leaf scan loop.
 pub const MAX_LEAF_ENTRIES: usize = 16;
-/// Most map lookups one classification does, whatever the rule set.
-pub const MAX_STEPS: usize = MAX_NODE_STEPS + MAX_LEAF_ENTRIES;
+/// Most map lookups one classification does, whatever the rule set: the compiler guarantees that
+/// the deepest path plus the largest leaf, summed over the trees, stays within it (the loops'
+/// bounds alone would allow `MAX_TREES * (MAX_NODE_STEPS + MAX_LEAF_ENTRIES)` = 128).
+pub const MAX_STEPS: usize = 64;
 
 /// [`LeafEntry::flags`] bits.
 pub const ENTRY_ANY_PROTO: u8 = 1;
@@ -185,46 +190,59 @@ pub struct Walk {
     pub steps: u32,
 }
 
-/// Classifies `key`: descends from node 0 to a leaf (at most [`MAX_NODE_STEPS`] node reads),
-/// then checks the leaf's entries in order (at most [`MAX_LEAF_ENTRIES`]). Each `get` stands for
-/// one BPF array map lookup; a failed lookup (index out of range) ends the walk with no match,
-/// as the eBPF program will (it cannot happen with a structure `compile` built).
+/// Classifies `key`: for each of the [`MAX_TREES`] trees, descends from its root (node `t`) to a
+/// leaf (at most [`MAX_NODE_STEPS`] node reads), then checks the leaf's entries in order (at most
+/// [`MAX_LEAF_ENTRIES`]), stopping at the first match or at the first entry of a rule no better
+/// than the best match so far (entries are in rule order). The lowest rule index wins. Each `get`
+/// stands for one BPF array map lookup; a failed lookup (index out of range) ends that tree's
+/// walk with no match, as the eBPF program will (it cannot happen with a structure `compile`
+/// built).
 pub fn walk(nodes: &[Node], entries: &[LeafEntry], key: &Key) -> Walk {
     let mut steps = 0;
-    let mut index = 0u32;
-    let mut leaf = None;
-    for _ in 0..MAX_NODE_STEPS {
-        let Some(node) = nodes.get(index as usize) else {
-            return Walk { rule: None, steps };
-        };
-        steps += 1;
-        if node.field == NODE_LEAF {
-            leaf = Some((node.left, node.right));
-            break;
-        }
-        index = if less(key.field(node.field), node.threshold) {
-            node.left
-        } else {
-            node.right
-        };
-    }
-    let Some((first, count)) = leaf else {
-        return Walk { rule: None, steps };
-    };
-    for i in 0..MAX_LEAF_ENTRIES as u32 {
-        if i >= count {
-            break;
-        }
-        let Some(entry) = entries.get(first.wrapping_add(i) as usize) else {
-            break;
-        };
-        steps += 1;
-        if entry.matches(key) {
-            return Walk {
-                rule: Some(entry.rule),
-                steps,
+    let mut best = NO_RULE;
+    for tree in 0..MAX_TREES as u32 {
+        let mut index = tree;
+        let mut leaf = None;
+        for _ in 0..MAX_NODE_STEPS {
+            let Some(node) = nodes.get(index as usize) else {
+                break;
+            };
+            steps += 1;
+            if node.field == NODE_LEAF {
+                leaf = Some((node.left, node.right));
+                break;
+            }
+            index = if less(key.field(node.field), node.threshold) {
+                node.left
+            } else {
+                node.right
             };
         }
+        let Some((first, count)) = leaf else {
+            continue;
+        };
+        for i in 0..MAX_LEAF_ENTRIES as u32 {
+            if i >= count {
+                break;
+            }
+            let Some(entry) = entries.get(first.wrapping_add(i) as usize) else {
+                break;
+            };
+            steps += 1;
+            if entry.rule >= best {
+                break;
+            }
+            if entry.matches(key) {
+                best = entry.rule;
+                break;
+            }
+        }
     }
-    Walk { rule: None, steps }
+    Walk {
+        rule: (best != NO_RULE).then_some(best),
+        steps,
+    }
 }
+
+/// "No match yet" in [`walk`]: larger than every rule index.
+pub const NO_RULE: u32 = u32::MAX;

@@ -3,7 +3,7 @@
 
 use std::net::IpAddr;
 
-use super::records::{MAX_LEAF_ENTRIES, MAX_NODE_STEPS, MAX_STEPS, NODE_LEAF};
+use super::records::{MAX_LEAF_ENTRIES, MAX_NODE_STEPS, MAX_STEPS, MAX_TREES, NODE_LEAF};
 use super::*;
 use crate::firewall::reference;
 use crate::firewall::rules::{
@@ -11,27 +11,33 @@ use crate::firewall::rules::{
 };
 use crate::firewall::testgen::{self, Rng, Shape};
 
-/// Checks every path of the structure: depth, leaf sizes and entry ranges within the limits and
-/// the recorded stats.
+/// Checks every path of every tree: depth, leaf sizes and entry ranges within the limits and
+/// the recorded stats, entries of a leaf in rule order.
 fn check_structure(c: &Compiled, limits: &Limits) {
-    let mut stack = vec![(0u32, 1usize)];
-    let (mut max_depth, mut max_leaf) = (0, 0);
-    while let Some((index, depth)) = stack.pop() {
-        let node = c.nodes[index as usize];
-        assert!(depth <= limits.max_node_steps, "path deeper than the limit");
-        if node.field == NODE_LEAF {
-            assert!((node.right as usize) <= limits.max_leaf);
-            assert!((node.left + node.right) as usize <= c.entries.len());
-            max_depth = max_depth.max(depth);
-            max_leaf = max_leaf.max(node.right as usize);
-        } else {
-            assert!((node.field as usize) < records::FIELDS);
-            stack.push((node.left, depth + 1));
-            stack.push((node.right, depth + 1));
+    for tree in 0..MAX_TREES {
+        let mut stack = vec![(tree as u32, 1usize)];
+        let (mut max_depth, mut max_leaf) = (0, 0);
+        while let Some((index, depth)) = stack.pop() {
+            let node = c.nodes[index as usize];
+            assert!(depth <= limits.max_node_steps, "path deeper than the limit");
+            if node.field == NODE_LEAF {
+                assert!((node.right as usize) <= limits.max_leaf);
+                let (first, count) = (node.left as usize, node.right as usize);
+                assert!(first + count <= c.entries.len());
+                let leaf = &c.entries[first..first + count];
+                assert!(leaf.windows(2).all(|w| w[0].rule <= w[1].rule));
+                max_depth = max_depth.max(depth);
+                max_leaf = max_leaf.max(count);
+            } else {
+                assert!((node.field as usize) < records::FIELDS);
+                assert!(node.left as usize >= MAX_TREES && node.right as usize >= MAX_TREES);
+                stack.push((node.left, depth + 1));
+                stack.push((node.right, depth + 1));
+            }
         }
+        assert_eq!(max_depth, c.stats.max_depth[tree]);
+        assert_eq!(max_leaf, c.stats.max_leaf[tree]);
     }
-    assert_eq!(max_depth, c.stats.max_depth);
-    assert_eq!(max_leaf, c.stats.max_leaf);
     assert!(c.max_steps() <= MAX_STEPS);
 }
 
@@ -124,8 +130,9 @@ fn expect(set: &RuleSet, cases: &[(Packet, Option<u32>)]) {
 fn empty_rule_set_matches_nothing() {
     let s = set(vec![]);
     let c = compile(&s).expect("compiles");
-    assert_eq!(c.nodes.len(), 1);
-    assert_eq!(c.nodes[0].field, NODE_LEAF);
+    // One empty leaf per tree.
+    assert_eq!(c.nodes.len(), MAX_TREES);
+    assert!(c.nodes.iter().all(|n| n.field == NODE_LEAF && n.right == 0));
     assert_eq!(c.entries.len(), 0);
     expect(
         &s,
@@ -153,9 +160,9 @@ fn all_wildcard_rule_matches_its_side_of_both_families() {
             ),
         ],
     );
-    // Everything after an all-wildcard rule is unreachable: one leaf, one entry.
+    // Everything after an all-wildcard rule is unreachable: the roots are leaves, one entry.
     let c = compile(&s).expect("compiles");
-    assert_eq!((c.nodes.len(), c.entries.len()), (1, 1));
+    assert_eq!((c.nodes.len(), c.entries.len()), (MAX_TREES, 1));
 }
 
 #[test]
@@ -360,8 +367,8 @@ fn rules_beyond_leaf_size_get_separated() {
     let s = set(rules);
     let c = compile(&s).expect("compiles");
     check_structure(&c, &Limits::EBPF);
-    assert!(c.stats.max_leaf <= MAX_LEAF_ENTRIES);
-    assert!(c.stats.max_depth <= MAX_NODE_STEPS);
+    assert!(c.stats.max_leaf.iter().all(|&l| l <= MAX_LEAF_ENTRIES));
+    assert!(c.stats.max_depth.iter().all(|&d| d <= MAX_NODE_STEPS));
     expect(
         &s,
         &[
@@ -383,15 +390,17 @@ fn rules_beyond_leaf_size_get_separated() {
 
 use ipnet::IpNet;
 
-/// A rule set whose rules cross (sources against destinations): the tree needs about
-/// `n * n` leaves.
+/// A rule set whose rules cross within one tree (hosts against ports of a /9 holding them):
+/// the tree needs about `n * n` leaves.
 fn crossing(n: u32) -> RuleSet {
     let mut rules = Vec::new();
     for i in 0..n {
         let mut a = Rule::any(Action::Accept);
         a.src = vec![IpNet::from(IpAddr::from([10, 0, (i >> 8) as u8, i as u8]))];
         let mut b = Rule::any(Action::Drop);
-        b.dst = vec![IpNet::from(IpAddr::from([10, 1, (i >> 8) as u8, i as u8]))];
+        b.src = vec!["10.0.0.0/9".parse().expect("net")];
+        b.proto = Proto::Tcp;
+        b.dport = vec![PortRange::single(i as u16)];
         rules.push(a);
         rules.push(b);
     }
@@ -429,6 +438,14 @@ fn pathological_rule_sets_get_a_clear_error() {
             max_leaf: 2,
             ..
         })
+    ));
+    let few_steps = Limits {
+        max_steps: 8,
+        ..Limits::EBPF
+    };
+    assert!(matches!(
+        compile_with(&s, &few_steps).err(),
+        Some(CompileError::TooManySteps { max: 8, .. })
     ));
     // Still fine within the real limits, and correct.
     let c = compile(&s).expect("compiles");
