@@ -22,7 +22,7 @@
 //!
 //! **Why** (measured by `measure.rs`, release, 100,000 rules): per-field bit vectors
 //! (bpf-iptables) would read 7 × 1,563 = 10,941 words per lookup and need up to 2.4 GB of vectors
-//! (143,210 source classes × 1,563 words for the security-group shape); RFC-style cross products
+//! (143,740 source intervals × 1,563 words for the security-group shape); RFC-style cross products
 //! need 2.0 million source × destination classes for security groups and 8.4 × 10⁹ for random
 //! prefixes: neither is near-flat or modest. A single decision tree was small for random rule
 //! sets (2.4 MB, ≤ 32 steps) but security groups, where "any source, port p" rules cross
