@@ -5,5 +5,9 @@
 //! IPv6 prefix is held, not refused: the validator will say "not yet"); the kind itself (config,
 //! plan, eBPF module) is not registered yet.
 
+pub mod classifier;
 pub mod reference;
 pub mod rules;
+
+#[cfg(test)]
+mod testgen;
