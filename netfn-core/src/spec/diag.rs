@@ -144,7 +144,13 @@ impl<'a> Reporter<'a> {
         self.report(Severity::Warning, span, message.into(), hint);
     }
 
-    fn report(&mut self, severity: Severity, span: Range<usize>, message: String, hint: Option<String>) {
+    fn report(
+        &mut self,
+        severity: Severity,
+        span: Range<usize>,
+        message: String,
+        hint: Option<String>,
+    ) {
         self.found.push(Diagnostic {
             file: self.file.to_path_buf(),
             position: Position::of(self.text, span.start),

@@ -385,7 +385,9 @@ mod tests {
         assert_eq!(core::mem::size_of::<CtEntry>(), 16);
         assert_eq!(core::mem::size_of::<RuleCounters>(), 16);
         assert_eq!(core::mem::size_of::<FwStats>(), 40);
-        assert!(FW_DROP_REASON_NAMES.len() <= super::super::DROP_SLOTS - super::super::KIND_DROP_BASE);
+        assert!(
+            FW_DROP_REASON_NAMES.len() <= super::super::DROP_SLOTS - super::super::KIND_DROP_BASE
+        );
     }
 
     #[test]
