@@ -33,6 +33,7 @@ pub const FW_DROP_RATE_LIMIT: usize = 1;
 pub const FW_DROP_NOT_SYN: usize = 2;
 pub const FW_DROP_REJECTED: usize = 3;
 pub const FW_DROP_REASON_NAMES: [&str; 4] = ["fw-rule", "fw-rate-limit", "fw-not-syn", "fw-reject"];
+const _: () = assert!(FW_DROP_REASON_NAMES.len() <= super::DROP_SLOTS - super::KIND_DROP_BASE);
 
 /// Node fields: which part of the [`Key`] a decision node compares.
 pub const FIELD_FAMILY: u32 = 0;

@@ -181,6 +181,7 @@ pub const DROP_NO_STAGE: usize = 5;
 pub const KIND_DROP_BASE: usize = 8;
 /// Slots of [`FnCounters::drops`]; the ones past the named reasons are reserved.
 pub const DROP_SLOTS: usize = 16;
+const _: () = assert!(KIND_DROP_BASE < DROP_SLOTS);
 /// Names of the forwarder's drop reasons, by index (for status and metrics).
 pub const DROP_REASON_NAMES: [&str; 6] = [
     "spoofed-mac",
@@ -261,7 +262,6 @@ mod tests {
         assert_eq!(core::mem::align_of::<FwdRow>(), 4);
         assert_eq!(core::mem::size_of::<FnCounters>(), 8 * (3 + DROP_SLOTS));
         assert!(DROP_REASON_NAMES.len() <= super::KIND_DROP_BASE);
-        assert!(super::KIND_DROP_BASE < DROP_SLOTS);
     }
 
     #[test]
