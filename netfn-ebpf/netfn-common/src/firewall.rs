@@ -332,6 +332,15 @@ pub struct CtEntry {
     pub _pad: [u8; 2],
 }
 
+/// A rule's token bucket (array map, rule index → bucket): `credit_ns` is time credit, one
+/// packet costs `1e9 / pps` ns of it, and it is capped at `burst` packets' worth. 16 bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct RateBucket {
+    pub credit_ns: u64,
+    pub last_ns: u64,
+}
+
 /// Packets and bytes of new connections a rule decided (per CPU). 16 bytes.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -369,6 +378,7 @@ mod pod {
     unsafe impl aya::Pod for CtKey {}
     unsafe impl aya::Pod for CtEntry {}
     unsafe impl aya::Pod for RuleCounters {}
+    unsafe impl aya::Pod for RateBucket {}
     unsafe impl aya::Pod for FwStats {}
 }
 
@@ -385,6 +395,7 @@ mod tests {
         assert_eq!(core::mem::size_of::<CtKey>(), 40);
         assert_eq!(core::mem::size_of::<CtEntry>(), 16);
         assert_eq!(core::mem::size_of::<RuleCounters>(), 16);
+        assert_eq!(core::mem::size_of::<RateBucket>(), 16);
         assert_eq!(core::mem::size_of::<FwStats>(), 40);
         assert!(
             FW_DROP_REASON_NAMES.len() <= super::super::DROP_SLOTS - super::super::KIND_DROP_BASE

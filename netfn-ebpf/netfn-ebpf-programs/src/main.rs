@@ -18,6 +18,7 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::info;
 
+mod firewall;
 mod forwarder;
 use netfn_common::{IF_COUNTERS_MAX_ENTRIES, IfCounters};
 

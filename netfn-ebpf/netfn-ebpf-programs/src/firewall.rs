@@ -1,0 +1,674 @@
+//! The firewall kind's stage: a stateful firewall at its function's hop, entered from the
+//! forwarder by a tail call (`nf_fw_tc`, `nf_fw_xdp`) with a packet the forwarder would forward.
+//!
+//! 1. The connection table ([`NF_FW_CT`], LRU, keyed direction-independently) is looked up
+//!    first: a packet of a live connection passes without rule evaluation, and moves the
+//!    connection's state on (TCP: a reply establishes it, FIN or RST closes it; UDP: a reply
+//!    makes it a stream). An entry past its state's timeout counts as absent and is removed.
+//! 2. A packet of no connection: a TCP packet that is not a bare SYN is dropped (`fw-not-syn`);
+//!    an ICMP error about a tracked connection passes (related); anything else is classified by
+//!    the compiled rules (`netfn_common::firewall::walk` over [`NF_FW_NODES`] and
+//!    [`NF_FW_ENTRIES`], at most 64 map lookups whatever the rule count), or the default verdict.
+//! 3. The verdict: accept (after the rule's rate limit, if any) enters the connection into the
+//!    table and forwards the packet as the forwarder does; drop counts `fw-rule` (or
+//!    `fw-rate-limit`); reject answers the client at once, from the firewall: a TCP RST from the
+//!    address the client called, an ICMP port-unreachable from the firewall's own address for
+//!    anything else, sent back out of the interface the packet came in on.
+//!
+//! Every map here is this function's own instance, sized for its settings by userspace; the
+//! connection table and the statistics outlive a settings change (pinned per function), the
+//! compiled rules are new with each change, which the stage array switches in one step.
+
+use aya_ebpf::{
+    bindings::{TC_ACT_SHOT, xdp_action},
+    helpers::generated::{
+        bpf_ktime_get_ns, bpf_redirect, bpf_skb_change_head, bpf_skb_change_tail,
+        bpf_xdp_adjust_head, bpf_xdp_adjust_tail,
+    },
+    macros::{classifier, map, xdp},
+    maps::{Array, LruHashMap, PerCpuArray},
+    programs::{TcContext, XdpContext},
+};
+use netfn_common::{
+    FwdEntry, KIND_DROP_BASE,
+    firewall::{
+        ACTION_ACCEPT, ACTION_RATE_LIMITED, ACTION_REJECT, CT_CLOSING, CT_ESTABLISHED, CT_FROM_EGRESS,
+        CT_NEW, CT_OPENED_BY_A, CtEntry, CtKey, FW_DROP_NOT_SYN, FW_DROP_RATE_LIMIT,
+        FW_DROP_REJECTED, FW_DROP_RULE, FwConf, FwStats, Key, LeafEntry, NO_RULE, Node, RateBucket,
+        RuleAction, RuleCounters, walk,
+    },
+};
+
+use crate::forwarder::{self, count_drop, read, rewrite, send_tc, send_xdp};
+
+#[map]
+static NF_FW_NODES: Array<Node> = Array::with_max_entries(2, 0);
+#[map]
+static NF_FW_ENTRIES: Array<LeafEntry> = Array::with_max_entries(1, 0);
+#[map]
+static NF_FW_ACTIONS: Array<RuleAction> = Array::with_max_entries(1, 0);
+#[map]
+static NF_FW_CONF: Array<FwConf> = Array::with_max_entries(1, 0);
+#[map]
+static NF_FW_RATE: Array<RateBucket> = Array::with_max_entries(1, 0);
+#[map]
+static NF_FW_RULE_COUNTERS: PerCpuArray<RuleCounters> = PerCpuArray::with_max_entries(1, 0);
+#[map]
+static NF_FW_CT: LruHashMap<CtKey, CtEntry> = LruHashMap::with_max_entries(1, 0);
+#[map]
+static NF_FW_STATS: PerCpuArray<FwStats> = PerCpuArray::with_max_entries(1, 0);
+
+const ETH_HLEN: usize = 14;
+const IP_HLEN: usize = 20;
+const TCP_HLEN: usize = 20;
+const ICMP_HLEN: usize = 8;
+/// Most bytes the stage reads: Ethernet, an IPv4 header with options, and an ICMP error's
+/// quoted IPv4 header plus ports.
+const READ_LEN: u32 = (ETH_HLEN + 60 + ICMP_HLEN + IP_HLEN + 4) as u32;
+
+const PROTO_ICMP: u8 = 1;
+const PROTO_TCP: u8 = 6;
+const PROTO_UDP: u8 = 17;
+
+const TCP_FIN: u8 = 0x01;
+const TCP_SYN: u8 = 0x02;
+const TCP_RST: u8 = 0x04;
+const TCP_ACK: u8 = 0x10;
+
+const ICMP_ECHO_REPLY: u8 = 0;
+const ICMP_DEST_UNREACH: u8 = 3;
+const ICMP_PORT_UNREACH: u8 = 3;
+const ICMP_ECHO: u8 = 8;
+const ICMP_TIME_EXCEEDED: u8 = 11;
+const ICMP_PARAMETER_PROBLEM: u8 = 12;
+
+/// Frame lengths of the answers a reject sends.
+const RST_LEN: u32 = (ETH_HLEN + IP_HLEN + TCP_HLEN) as u32;
+/// ICMP error: its IPv4 and ICMP headers, then the offending IPv4 header and 8 bytes of it.
+const UNREACH_LEN: u32 = (ETH_HLEN + IP_HLEN + ICMP_HLEN + IP_HLEN + 8) as u32;
+const UNREACH_GROW: i32 = (IP_HLEN + ICMP_HLEN) as i32;
+
+/// The stage's decision.
+enum Fate {
+    /// Forward it (the caller rewrites and sends it).
+    Pass { ttl: u8 },
+    Drop { reason: usize },
+    /// Answer with a TCP RST.
+    RejectTcp(Rst),
+    /// Answer with an ICMP port-unreachable.
+    RejectIcmp { src: u32, dst: u32 },
+}
+
+/// What a TCP RST answer needs of the SYN it answers (addresses in packet byte order, ports
+/// and sequence numbers as in the packet).
+#[derive(Clone, Copy)]
+struct Rst {
+    src: u32,
+    dst: u32,
+    sport: u16,
+    dport: u16,
+    /// The acknowledgement number: the SYN's sequence number + 1 + its payload.
+    ack: u32,
+}
+
+/// The headers of the packet, as far as the firewall reads them.
+#[derive(Clone, Copy)]
+struct Packet {
+    /// Packet byte order.
+    src: u32,
+    dst: u32,
+    ttl: u8,
+    proto: u8,
+    /// Host order; 0 where the protocol has none (ICMP: see `icmp_type`).
+    sport: u16,
+    dport: u16,
+    tcp_flags: u8,
+    icmp_type: u8,
+    /// The IPv4 header had options (then no reject is built: the drop stands).
+    options: bool,
+    /// TCP: sequence number (host order) and payload length.
+    seq: u32,
+    payload: u32,
+    /// ICMP errors: the quoted connection (as the quoted packet went), else zero.
+    inner: Option<Inner>,
+}
+
+#[derive(Clone, Copy)]
+struct Inner {
+    src: u32,
+    dst: u32,
+    proto: u8,
+    sport: u16,
+    dport: u16,
+}
+
+/// TC: the firewall stage of a function (see the module doc).
+#[classifier]
+pub fn nf_fw_tc(ctx: TcContext) -> i32 {
+    // SAFETY: the kernel passes a valid `__sk_buff` to a classifier.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    let Some(e) = forwarder::entry(ifindex) else {
+        return TC_ACT_SHOT;
+    };
+    let slot = e.counter_slot;
+    let want = core::cmp::min(ctx.len(), READ_LEN);
+    if ctx.data() + want as usize > ctx.data_end() && ctx.pull_data(want).is_err() {
+        count_drop(slot, netfn_common::DROP_MALFORMED);
+        return TC_ACT_SHOT;
+    }
+    let (data, data_end) = (ctx.data(), ctx.data_end());
+    let Some(p) = parse(data, data_end) else {
+        count_drop(slot, netfn_common::DROP_MALFORMED);
+        return TC_ACT_SHOT;
+    };
+    match decide(&p, e, u64::from(ctx.len())) {
+        Fate::Pass { ttl } => {
+            rewrite(data, data + ETH_HLEN, ttl, e);
+            send_tc(&ctx, slot, e.redirect_ifindex)
+        }
+        Fate::Drop { reason } => {
+            count_drop(slot, KIND_DROP_BASE + reason);
+            TC_ACT_SHOT
+        }
+        Fate::RejectTcp(rst) => {
+            count_drop(slot, KIND_DROP_BASE + FW_DROP_REJECTED);
+            // SAFETY: BPF helpers on our own skb; data pointers are read again afterwards.
+            if unsafe { bpf_skb_change_tail(ctx.skb.skb, RST_LEN, 0) } != 0 {
+                return TC_ACT_SHOT;
+            }
+            let (data, data_end) = (ctx.data(), ctx.data_end());
+            if data + RST_LEN as usize > data_end {
+                return TC_ACT_SHOT;
+            }
+            write_rst(data, e, &rst);
+            // SAFETY: a BPF helper; out of the interface the packet came in on.
+            unsafe { bpf_redirect(ifindex, 0) as i32 }
+        }
+        Fate::RejectIcmp { src, dst } => {
+            count_drop(slot, KIND_DROP_BASE + FW_DROP_REJECTED);
+            // SAFETY: BPF helpers on our own skb; data pointers are read again afterwards.
+            unsafe {
+                if bpf_skb_change_head(ctx.skb.skb, UNREACH_GROW as u32, 0) != 0
+                    || bpf_skb_change_tail(ctx.skb.skb, UNREACH_LEN, 0) != 0
+                {
+                    return TC_ACT_SHOT;
+                }
+            }
+            let (data, data_end) = (ctx.data(), ctx.data_end());
+            if data + UNREACH_LEN as usize > data_end {
+                return TC_ACT_SHOT;
+            }
+            write_unreach(data, e, src, dst);
+            // SAFETY: a BPF helper; out of the interface the packet came in on.
+            unsafe { bpf_redirect(ifindex, 0) as i32 }
+        }
+    }
+}
+
+/// XDP: the firewall stage of a function (see the module doc).
+#[xdp]
+pub fn nf_fw_xdp(ctx: XdpContext) -> u32 {
+    // SAFETY: the kernel passes a valid `xdp_md` to an XDP program.
+    let ifindex = unsafe { (*ctx.ctx).ingress_ifindex };
+    let Some(e) = forwarder::entry(ifindex) else {
+        return xdp_action::XDP_DROP;
+    };
+    let slot = e.counter_slot;
+    let (data, data_end) = (ctx.data(), ctx.data_end());
+    let len = (data_end - data) as u64;
+    let Some(p) = parse(data, data_end) else {
+        count_drop(slot, netfn_common::DROP_MALFORMED);
+        return xdp_action::XDP_DROP;
+    };
+    match decide(&p, e, len) {
+        Fate::Pass { ttl } => {
+            rewrite(data, data + ETH_HLEN, ttl, e);
+            send_xdp(slot, e.redirect_ifindex, len)
+        }
+        Fate::Drop { reason } => {
+            count_drop(slot, KIND_DROP_BASE + reason);
+            xdp_action::XDP_DROP
+        }
+        Fate::RejectTcp(rst) => {
+            count_drop(slot, KIND_DROP_BASE + FW_DROP_REJECTED);
+            let shrink = RST_LEN as i32 - len as i32;
+            // SAFETY: a BPF helper on our own frame; data pointers are read again afterwards.
+            if unsafe { bpf_xdp_adjust_tail(ctx.ctx, shrink) } != 0 {
+                return xdp_action::XDP_DROP;
+            }
+            let (data, data_end) = (ctx.data(), ctx.data_end());
+            if data + RST_LEN as usize > data_end {
+                return xdp_action::XDP_DROP;
+            }
+            write_rst(data, e, &rst);
+            xdp_action::XDP_TX
+        }
+        Fate::RejectIcmp { src, dst } => {
+            count_drop(slot, KIND_DROP_BASE + FW_DROP_REJECTED);
+            // SAFETY: BPF helpers on our own frame; data pointers are read again afterwards.
+            unsafe {
+                if bpf_xdp_adjust_head(ctx.ctx, -UNREACH_GROW) != 0 {
+                    return xdp_action::XDP_DROP;
+                }
+                let now = (ctx.data_end() - ctx.data()) as i32;
+                if bpf_xdp_adjust_tail(ctx.ctx, UNREACH_LEN as i32 - now) != 0 {
+                    return xdp_action::XDP_DROP;
+                }
+            }
+            let (data, data_end) = (ctx.data(), ctx.data_end());
+            if data + UNREACH_LEN as usize > data_end {
+                return xdp_action::XDP_DROP;
+            }
+            write_unreach(data, e, src, dst);
+            xdp_action::XDP_TX
+        }
+    }
+}
+
+/// Reads the headers the firewall needs; `None` for a packet too short for what its headers say
+/// (the forwarder has checked Ethernet, IPv4 version and a 20-byte header already).
+#[inline(always)]
+fn parse(data: usize, data_end: usize) -> Option<Packet> {
+    let ip = data + ETH_HLEN;
+    if ip + IP_HLEN > data_end {
+        return None;
+    }
+    let ihl = ((read::<u8>(ip) & 0x0f) as usize) * 4;
+    if ihl < IP_HLEN {
+        return None;
+    }
+    let tot_len = u16::from_be(read::<u16>(ip + 2)) as u32;
+    let frag = u16::from_be(read::<u16>(ip + 6)) & 0x1fff;
+    let mut p = Packet {
+        src: read(ip + 12),
+        dst: read(ip + 16),
+        ttl: read(ip + 8),
+        proto: read(ip + 9),
+        sport: 0,
+        dport: 0,
+        tcp_flags: 0,
+        icmp_type: 0,
+        options: ihl != IP_HLEN,
+        seq: 0,
+        payload: 0,
+        inner: None,
+    };
+    if frag != 0 {
+        // A later fragment carries no ports: it is matched with ports 0.
+        return Some(p);
+    }
+    let l4 = ip + ihl;
+    match p.proto {
+        PROTO_TCP => {
+            if l4 + TCP_HLEN > data_end {
+                return None;
+            }
+            p.sport = u16::from_be(read(l4));
+            p.dport = u16::from_be(read(l4 + 2));
+            p.seq = u32::from_be(read(l4 + 4));
+            p.tcp_flags = read(l4 + 13);
+            let doff = ((read::<u8>(l4 + 12) >> 4) as u32) * 4;
+            p.payload = tot_len.saturating_sub(ihl as u32 + doff);
+        }
+        PROTO_UDP => {
+            if l4 + 8 > data_end {
+                return None;
+            }
+            p.sport = u16::from_be(read(l4));
+            p.dport = u16::from_be(read(l4 + 2));
+        }
+        PROTO_ICMP => {
+            if l4 + ICMP_HLEN > data_end {
+                return None;
+            }
+            p.icmp_type = read(l4);
+            match p.icmp_type {
+                ICMP_ECHO | ICMP_ECHO_REPLY => {
+                    // The echo identifier plays both ports, so request and reply meet.
+                    let id = u16::from_be(read(l4 + 4));
+                    p.sport = id;
+                    p.dport = id;
+                }
+                ICMP_DEST_UNREACH | ICMP_TIME_EXCEEDED | ICMP_PARAMETER_PROBLEM => {
+                    let q = l4 + ICMP_HLEN;
+                    if q + IP_HLEN + 4 <= data_end && read::<u8>(q) == 0x45 {
+                        p.inner = Some(Inner {
+                            src: read(q + 12),
+                            dst: read(q + 16),
+                            proto: read(q + 9),
+                            sport: u16::from_be(read(q + IP_HLEN)),
+                            dport: u16::from_be(read(q + IP_HLEN + 2)),
+                        });
+                    }
+                }
+                _ => {}
+            }
+        }
+        _ => {}
+    }
+    Some(p)
+}
+
+/// The connection-table key of a connection seen from one endpoint, and whether that endpoint
+/// is the key's `a`.
+#[inline(always)]
+fn ct_key(src: u32, sport: u16, dst: u32, dport: u16, proto: u8) -> (CtKey, bool) {
+    let (s, d) = (u32::from_be(src) as u64, u32::from_be(dst) as u64);
+    let src_is_a = (s, sport) <= (d, dport);
+    let (a, a_port, b, b_port) = if src_is_a {
+        (s, sport, d, dport)
+    } else {
+        (d, dport, s, sport)
+    };
+    (
+        CtKey {
+            a: [0, a],
+            b: [0, b],
+            a_port,
+            b_port,
+            proto,
+            _pad: [0; 3],
+        },
+        src_is_a,
+    )
+}
+
+#[inline(always)]
+fn stats() -> Option<&'static mut FwStats> {
+    // SAFETY: a per-CPU element is only touched by this CPU, and the program is not preempted.
+    NF_FW_STATS.get_ptr_mut(0).map(|p| unsafe { &mut *p })
+}
+
+/// How long a connection in `state` may stay idle.
+#[inline(always)]
+fn timeout(conf: &FwConf, proto: u8, state: u8) -> u64 {
+    match (proto, state) {
+        (PROTO_TCP, CT_NEW) => conf.tcp_syn_ns,
+        (PROTO_TCP, CT_ESTABLISHED) => conf.tcp_established_ns,
+        (PROTO_TCP, _) => conf.tcp_closing_ns,
+        (PROTO_UDP, CT_NEW) => conf.udp_ns,
+        (PROTO_UDP, _) => conf.udp_stream_ns,
+        _ => conf.icmp_ns,
+    }
+}
+
+/// The firewall's decision for one packet arriving on the interface of entry `e`.
+#[inline(always)]
+fn decide(p: &Packet, e: &FwdEntry, len: u64) -> Fate {
+    let Some(conf) = NF_FW_CONF.get(0) else {
+        return Fate::Drop {
+            reason: FW_DROP_RULE,
+        };
+    };
+    // SAFETY: a BPF helper without arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let from_egress = e.counter_slot & 1 == netfn_common::DIR_REVERSE;
+    let (key, src_is_a) = ct_key(p.src, p.sport, p.dst, p.dport, p.proto);
+
+    if let Some(ct) = NF_FW_CT.get_ptr_mut(&key) {
+        // SAFETY: the value of an LRU entry found just now; concurrent writers store whole
+        // fields, and a torn view of `state` or `last_seen_ns` only shifts a timeout.
+        let ct = unsafe { &mut *ct };
+        if now.wrapping_sub(ct.last_seen_ns) <= timeout(conf, p.proto, ct.state) {
+            let from_opener = src_is_a == (ct.flags & CT_OPENED_BY_A != 0);
+            if p.tcp_flags & (TCP_FIN | TCP_RST) != 0 {
+                ct.state = CT_CLOSING;
+            } else if ct.state == CT_NEW && !from_opener {
+                ct.state = CT_ESTABLISHED;
+            }
+            ct.last_seen_ns = now;
+            if let Some(s) = stats() {
+                s.ct_hits += 1;
+            }
+            return Fate::Pass { ttl: p.ttl };
+        }
+        let _ = NF_FW_CT.remove(&key);
+        if let Some(s) = stats() {
+            s.ct_expired += 1;
+        }
+    }
+
+    // ICMP errors about a tracked connection pass (the quoted packet went the other way).
+    if let Some(q) = p.inner {
+        let (inner, _) = ct_key(q.src, q.sport, q.dst, q.dport, q.proto);
+        if NF_FW_CT.get_ptr(&inner).is_some() {
+            return Fate::Pass { ttl: p.ttl };
+        }
+    }
+    if p.proto == PROTO_TCP && p.tcp_flags & (TCP_SYN | TCP_ACK | TCP_RST) != TCP_SYN {
+        return Fate::Drop {
+            reason: FW_DROP_NOT_SYN,
+        };
+    }
+
+    let classify = Key {
+        family: 0,
+        side: from_egress as u8,
+        proto: p.proto,
+        src: [0, u32::from_be(p.src) as u64],
+        dst: [0, u32::from_be(p.dst) as u64],
+        sport: if p.proto == PROTO_ICMP { 0 } else { p.sport },
+        dport: if p.proto == PROTO_ICMP {
+            p.icmp_type as u16
+        } else {
+            p.dport
+        },
+    };
+    let w = walk(
+        |i| NF_FW_NODES.get(i).copied(),
+        |i| NF_FW_ENTRIES.get(i).copied(),
+        &classify,
+    );
+    if let Some(s) = stats() {
+        s.classified += 1;
+    }
+    let (counter, action) = if w.rule == NO_RULE {
+        (conf.rules, conf.default_action)
+    } else {
+        match NF_FW_ACTIONS.get(w.rule) {
+            Some(a) => {
+                if a.flags & ACTION_RATE_LIMITED != 0 && !take_token(w.rule, a, now) {
+                    return Fate::Drop {
+                        reason: FW_DROP_RATE_LIMIT,
+                    };
+                }
+                (w.rule, a.action)
+            }
+            None => (conf.rules, conf.default_action),
+        }
+    };
+    if let Some(c) = NF_FW_RULE_COUNTERS.get_ptr_mut(counter) {
+        // SAFETY: as in `stats`.
+        let c = unsafe { &mut *c };
+        c.packets += 1;
+        c.bytes += len;
+    }
+
+    match action {
+        ACTION_ACCEPT => {
+            let mut flags = if src_is_a { CT_OPENED_BY_A } else { 0 };
+            if from_egress {
+                flags |= CT_FROM_EGRESS;
+            }
+            let entry = CtEntry {
+                last_seen_ns: now,
+                rule: w.rule,
+                state: CT_NEW,
+                flags,
+                _pad: [0; 2],
+            };
+            let inserted = NF_FW_CT.insert(&key, &entry, 0).is_ok();
+            if let Some(s) = stats() {
+                if inserted {
+                    s.ct_created += 1;
+                } else {
+                    s.ct_insert_failed += 1;
+                }
+            }
+            Fate::Pass { ttl: p.ttl }
+        }
+        ACTION_REJECT if !p.options => {
+            if p.proto == PROTO_TCP {
+                Fate::RejectTcp(Rst {
+                    src: p.dst,
+                    dst: p.src,
+                    sport: p.dport,
+                    dport: p.sport,
+                    ack: p.seq.wrapping_add(1).wrapping_add(p.payload),
+                })
+            } else {
+                let own = if from_egress {
+                    e.local_addrs[1]
+                } else {
+                    e.local_addrs[0]
+                };
+                Fate::RejectIcmp { src: own, dst: p.src }
+            }
+        }
+        _ => Fate::Drop {
+            reason: FW_DROP_RULE,
+        },
+    }
+}
+
+/// The rule's token bucket: true if the packet may pass.
+#[inline(always)]
+fn take_token(rule: u32, a: &RuleAction, now: u64) -> bool {
+    let Some(b) = NF_FW_RATE.get_ptr_mut(rule) else {
+        return true;
+    };
+    // SAFETY: an array element; CPUs race on it without a lock, which makes the limit
+    // approximate under load on several CPUs (never a wrong verdict for other rules).
+    let b = unsafe { &mut *b };
+    let cost = 1_000_000_000 / (a.pps.max(1) as u64);
+    let cap = cost.saturating_mul(a.burst.max(1) as u64);
+    let credit = core::cmp::min(cap, b.credit_ns.saturating_add(now.wrapping_sub(b.last_ns)));
+    b.last_ns = now;
+    if credit >= cost {
+        b.credit_ns = credit - cost;
+        true
+    } else {
+        b.credit_ns = credit;
+        false
+    }
+}
+
+/// One's-complement sum of 16-bit words, folded.
+#[inline(always)]
+fn fold(mut sum: u32) -> u16 {
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    !(sum as u16)
+}
+
+/// The sum of a packet-order u32 as two 16-bit words (in packet order).
+#[inline(always)]
+fn words(v: u32) -> u32 {
+    (v & 0xffff) + (v >> 16)
+}
+
+/// Writes the Ethernet header of an answer: back to the neighbour the packet came from.
+#[inline(always)]
+fn write_eth(data: usize, e: &FwdEntry) {
+    let eth = data as *mut u16;
+    // SAFETY: the caller checked that the frame holds at least an Ethernet header.
+    unsafe {
+        for i in 0..3 {
+            core::ptr::write(eth.add(i), e.peer_mac[i]);
+            core::ptr::write(eth.add(3 + i), e.own_mac[i]);
+        }
+        core::ptr::write(eth.add(6), u16::from_ne_bytes([0x08, 0x00]));
+    }
+}
+
+/// Writes a 20-byte IPv4 header (no options, DF, TTL 64) at `ip`; returns nothing, the checksum
+/// is computed from the values.
+#[inline(always)]
+fn write_ip(ip: usize, tot_len: u16, proto: u8, src: u32, dst: u32) {
+    let h: [u16; 10] = [
+        u16::from_ne_bytes([0x45, 0]),
+        tot_len.to_be(),
+        0,
+        0x4000u16.to_be(),
+        u16::from_ne_bytes([64, proto]),
+        0,
+        (src & 0xffff) as u16,
+        (src >> 16) as u16,
+        (dst & 0xffff) as u16,
+        (dst >> 16) as u16,
+    ];
+    let mut sum = 0u32;
+    for w in h {
+        sum += w as u32;
+    }
+    let p = ip as *mut u16;
+    // SAFETY: the caller checked that 20 bytes at `ip` are in the frame.
+    unsafe {
+        for (i, w) in h.iter().enumerate() {
+            core::ptr::write(p.add(i), *w);
+        }
+        core::ptr::write(p.add(5), fold(sum));
+    }
+}
+
+/// Turns the frame at `data` (at least [`RST_LEN`] bytes) into the RST answering `rst`.
+#[inline(always)]
+fn write_rst(data: usize, e: &FwdEntry, rst: &Rst) {
+    write_eth(data, e);
+    let ip = data + ETH_HLEN;
+    write_ip(ip, (IP_HLEN + TCP_HLEN) as u16, PROTO_TCP, rst.src, rst.dst);
+    let tcp: [u16; 10] = [
+        rst.sport.to_be(),
+        rst.dport.to_be(),
+        0,
+        0,
+        ((rst.ack >> 16) as u16).to_be(),
+        ((rst.ack & 0xffff) as u16).to_be(),
+        u16::from_ne_bytes([0x50, TCP_RST | TCP_ACK]),
+        0,
+        0,
+        0,
+    ];
+    // Pseudo-header: addresses, protocol, TCP length.
+    let mut sum = words(rst.src) + words(rst.dst) + (PROTO_TCP as u16).to_be() as u32;
+    sum += (TCP_HLEN as u16).to_be() as u32;
+    for w in tcp {
+        sum += w as u32;
+    }
+    let p = (ip + IP_HLEN) as *mut u16;
+    // SAFETY: the caller checked the frame holds RST_LEN bytes.
+    unsafe {
+        for (i, w) in tcp.iter().enumerate() {
+            core::ptr::write(p.add(i), *w);
+        }
+        core::ptr::write(p.add(8), fold(sum));
+    }
+}
+
+/// Fills the frame at `data` (at least [`UNREACH_LEN`] bytes, the offending IPv4 header and 8
+/// bytes of it already at the end) with an ICMP port-unreachable from `src` to `dst`.
+#[inline(always)]
+fn write_unreach(data: usize, e: &FwdEntry, src: u32, dst: u32) {
+    write_eth(data, e);
+    let ip = data + ETH_HLEN;
+    let icmp_len = (ICMP_HLEN + IP_HLEN + 8) as u16;
+    write_ip(ip, IP_HLEN as u16 + icmp_len, PROTO_ICMP, src, dst);
+    let icmp = ip + IP_HLEN;
+    let header: [u16; 4] = [u16::from_ne_bytes([ICMP_DEST_UNREACH, ICMP_PORT_UNREACH]), 0, 0, 0];
+    let mut sum = 0u32;
+    for w in header {
+        sum += w as u32;
+    }
+    let quoted = icmp + ICMP_HLEN;
+    for i in 0..((IP_HLEN + 8) / 2) {
+        sum += read::<u16>(quoted + 2 * i) as u32;
+    }
+    let p = icmp as *mut u16;
+    // SAFETY: the caller checked the frame holds UNREACH_LEN bytes.
+    unsafe {
+        for (i, w) in header.iter().enumerate() {
+            core::ptr::write(p.add(i), *w);
+        }
+        core::ptr::write(p.add(1), fold(sum));
+    }
+}
