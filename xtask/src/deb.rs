@@ -399,9 +399,14 @@ pub fn build(args: DebArgs) -> Result<()> {
     stage.write(&format!("{doc}/copyright"), COPYRIGHT.as_bytes(), 0o644)?;
     let maintainer = maintainer();
     let changelog = format!(
-        "netfn ({version}) unstable; urgency=medium\n\n  * Built from commit {}: {}\n\n -- \
-         {maintainer}  {}\n",
-        commit.short, commit.subject, commit.date
+        "netfn ({version}) unstable; urgency=medium\n\n{}\n -- {maintainer}  {}\n",
+        wrap(
+            &format!("Built from commit {}: {}", commit.short, commit.subject),
+            "  * ",
+            "    ",
+            80
+        ),
+        commit.date
     );
     stage.gzip(changelog.as_bytes(), &format!("{doc}/changelog"))?;
 
@@ -462,6 +467,30 @@ pub fn build(args: DebArgs) -> Result<()> {
     Ok(())
 }
 
+/// `text` wrapped at `width` columns, the first line after `first`, the others after `rest`
+/// (a Debian changelog entry).
+fn wrap(text: &str, first: &str, rest: &str, width: usize) -> String {
+    let mut out = String::new();
+    let mut line = first.to_string();
+    let mut empty = true;
+    for word in text.split_whitespace() {
+        if !empty && line.len() + 1 + word.len() > width {
+            out.push_str(line.trim_end());
+            out.push('\n');
+            line = rest.to_string();
+            empty = true;
+        }
+        if !empty {
+            line.push(' ');
+        }
+        line.push_str(word);
+        empty = false;
+    }
+    out.push_str(line.trim_end());
+    out.push('\n');
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -486,6 +515,20 @@ mod tests {
         assert_eq!(
             debian_version("0.1.0", &commit("8ed033d", None)),
             "0.1.0+git.8ed033d"
+        );
+    }
+
+    #[test]
+    fn changelog_lines_fit_80_columns() {
+        let text = "Built from commit 8ed033d: tests: a lost-datagram failure in live_apply \
+                    prints the chain's interface statistics";
+        let wrapped = wrap(text, "  * ", "    ", 80);
+        assert!(wrapped.lines().all(|l| l.len() <= 80), "{wrapped}");
+        assert!(wrapped.starts_with("  * Built from commit 8ed033d:"));
+        assert!(wrapped.lines().skip(1).all(|l| l.starts_with("    ")));
+        assert_eq!(
+            wrapped.split_whitespace().collect::<Vec<_>>(),
+            format!("* {text}").split_whitespace().collect::<Vec<_>>()
         );
     }
 

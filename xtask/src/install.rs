@@ -164,16 +164,17 @@ fn layout(prefix: &Path, built: &Built) -> Result<Vec<Item>> {
     }];
     let template = std::fs::read_to_string(root.join(UNIT_TEMPLATE))
         .with_context(|| format!("cannot read {UNIT_TEMPLATE}"))?;
-    let unit_dir = prefix.join("lib").join("systemd").join("system");
+    let unit = unit_path(prefix);
     items.push(Item {
-        dest: unit_dir.join(UNIT_NAME),
+        dest: unit.clone(),
         source: Source::Text(package::render_unit(
             &template,
             &bin,
             &doc.join("agent.md"),
             &format!(
-                "Installed by `cargo xtask install --prefix {}`.",
-                prefix.display()
+                "Installed by `cargo xtask install --prefix {}`; not enabled until you run\n  {}",
+                prefix.display(),
+                enable_command(&unit)
             ),
         )?),
         mode: 0o644,
@@ -214,6 +215,28 @@ fn layout(prefix: &Path, built: &Built) -> Result<Vec<Item>> {
         });
     }
     Ok(items)
+}
+
+/// Where the agent's unit goes under `prefix`.
+fn unit_path(prefix: &Path) -> PathBuf {
+    prefix.join("lib/systemd/system").join(UNIT_NAME)
+}
+
+/// True if systemd reads units from the directory of `unit`.
+fn systemd_reads(unit: &Path) -> bool {
+    SYSTEMD_UNIT_DIRS
+        .iter()
+        .any(|d| unit.parent() == Some(Path::new(d)))
+}
+
+/// How to enable the unit by hand: by name where systemd finds it, else by its full path
+/// (which links it into /etc/systemd/system).
+fn enable_command(unit: &Path) -> String {
+    if systemd_reads(unit) {
+        format!("systemctl daemon-reload && systemctl enable --now {UNIT_NAME}")
+    } else {
+        format!("systemctl enable --now {}", unit.display())
+    }
 }
 
 /// Creates `dir` and its missing parents; returns those it created.
@@ -282,6 +305,8 @@ pub fn install(args: InstallArgs) -> Result<()> {
     let started = std::time::Instant::now();
     let prefix = absolute_prefix(&args.prefix)?;
     let built = package::build()?;
+    let build_time = started.elapsed();
+    let copy_started = std::time::Instant::now();
     println!(
         "== installing netfn {} under {}",
         built.version,
@@ -354,49 +379,61 @@ pub fn install(args: InstallArgs) -> Result<()> {
         }
     }
     println!(
-        "installed {} files ({added} new, {replaced} replaced) in {:.1} s; manifest {}",
+        "installed {} files ({added} new, {replaced} replaced) in {:.1} s (after {:.1} s of \
+         building); manifest {}",
         items.len(),
-        started.elapsed().as_secs_f64(),
+        copy_started.elapsed().as_secs_f64(),
+        build_time.as_secs_f64(),
         manifest_path.display()
     );
     let bin = prefix.join("bin").join("netfn");
     println!("  {}", bin.display());
-    let unit = prefix.join("lib/systemd/system").join(UNIT_NAME);
-    println!("  {} (not enabled)", unit.display());
+    let unit = unit_path(&prefix);
+    println!("  {}", unit.display());
     println!(
-        "  completions for bash, zsh, fish; {} man pages (man netfn); docs and examples in {}",
+        "  completions for bash, zsh and fish; {} man pages (man netfn); docs and examples in {}",
         built.man_pages.len(),
         prefix.join("share/doc/netfn").display()
     );
-    if !util::have("netfn") {
+    path_note(&bin);
+    if !systemd_reads(&unit) {
         println!(
-            "NOTE: netfn is not on this shell's PATH; add {} to PATH",
-            bin.parent().unwrap_or(&prefix).display()
-        );
-    }
-    let systemd_reads = SYSTEMD_UNIT_DIRS
-        .iter()
-        .any(|d| unit.parent() == Some(Path::new(d)));
-    if !systemd_reads {
-        println!(
-            "NOTE: systemd does not read units from {}; `systemctl link {}` (or --enable) makes \
-             it known",
+            "NOTE: systemd does not read units from {}; --enable (or `{}`) links it",
             unit.parent().unwrap_or(&prefix).display(),
-            unit.display()
+            enable_command(&unit)
         );
     }
     if args.enable {
-        enable(&unit, systemd_reads)?;
+        enable(&unit)?;
     } else {
         println!(
-            "the agent's unit is not enabled; to run it: systemctl daemon-reload && systemctl \
-             enable --now netfn-agent (or install with --enable)"
+            "the agent's unit is not enabled; to run it under systemd: {} (or install with \
+             --enable)",
+            enable_command(&unit)
         );
     }
     Ok(())
 }
 
-fn enable(unit: &Path, by_name: bool) -> Result<()> {
+/// Says so when `netfn` on PATH is not `bin` (missing, or another one first).
+fn path_note(bin: &Path) {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    match crate::ebpf::find_in(&path, "netfn") {
+        Some(found) if found == bin => {}
+        Some(found) => println!(
+            "NOTE: `netfn` on this shell's PATH is {}, not {}",
+            found.display(),
+            bin.display()
+        ),
+        None => println!(
+            "NOTE: {} is not on this shell's PATH; add it, or run {}",
+            bin.parent().unwrap_or(bin).display(),
+            bin.display()
+        ),
+    }
+}
+
+fn enable(unit: &Path) -> Result<()> {
     if !systemd_running() {
         bail!(
             "--enable: systemd is not running on this machine (no /run/systemd/system), so the \
@@ -406,7 +443,7 @@ fn enable(unit: &Path, by_name: bool) -> Result<()> {
         );
     }
     util::run(Command::new("systemctl").arg("daemon-reload"))?;
-    let target = if by_name {
+    let target = if systemd_reads(unit) {
         UNIT_NAME.to_string()
     } else {
         unit.display().to_string()
@@ -448,7 +485,7 @@ pub fn uninstall(args: UninstallArgs) -> Result<()> {
         );
         return Ok(());
     };
-    let unit = prefix.join("lib/systemd/system").join(UNIT_NAME);
+    let unit = unit_path(&prefix);
     if manifest.files.contains(&unit) {
         disable_if_ours(&unit)?;
     }
@@ -470,22 +507,44 @@ pub fn uninstall(args: UninstallArgs) -> Result<()> {
             prefix.display()
         );
     }
-    std::fs::remove_file(&manifest_path)
-        .with_context(|| format!("cannot remove {}", manifest_path.display()))?;
-    // Deepest first; a directory that holds something else stays.
+    // Deepest first; a directory that holds something else stays. The manifest's own
+    // directories go last, once it is clear whether the manifest must stay.
     let mut dirs: Vec<&PathBuf> = manifest.dirs.iter().collect();
     dirs.sort_by_key(|d| std::cmp::Reverse(d.components().count()));
-    let mut kept = Vec::new();
+    let (holding_manifest, others): (Vec<&PathBuf>, Vec<&PathBuf>) =
+        dirs.into_iter().partition(|d| manifest_path.starts_with(d));
+    let mut kept = BTreeSet::new();
     let mut dirs_removed = 0;
-    for dir in dirs {
-        match std::fs::remove_dir(dir) {
-            Ok(()) => dirs_removed += 1,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) if e.kind() == std::io::ErrorKind::DirectoryNotEmpty => {
-                kept.push(dir.display().to_string());
-            }
-            Err(e) => errors.push(format!("cannot remove {}: {e}", dir.display())),
+    let mut remove_dir = |dir: &Path, kept: &mut BTreeSet<PathBuf>| match std::fs::remove_dir(dir) {
+        Ok(()) => dirs_removed += 1,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) if e.kind() == std::io::ErrorKind::DirectoryNotEmpty => {
+            kept.insert(dir.to_path_buf());
         }
+        Err(e) => errors.push(format!("cannot remove {}: {e}", dir.display())),
+    };
+    for dir in others {
+        remove_dir(dir, &mut kept);
+    }
+    if kept.is_empty() {
+        std::fs::remove_file(&manifest_path)
+            .with_context(|| format!("cannot remove {}", manifest_path.display()))?;
+        for dir in holding_manifest {
+            remove_dir(dir, &mut kept);
+        }
+    } else {
+        // Directories install created still hold someone else's files: the manifest keeps
+        // them (and its own), so a later uninstall finishes once they are empty.
+        kept.extend(holding_manifest.into_iter().cloned());
+        let rest = Manifest {
+            files: BTreeSet::new(),
+            dirs: kept.clone(),
+        };
+        write_item(&Item {
+            dest: manifest_path.clone(),
+            source: Source::Text(rest.render()),
+            mode: 0o644,
+        })?;
     }
     if manifest.files.contains(&unit) && systemd_running() {
         util::run(Command::new("systemctl").arg("daemon-reload"))?;
@@ -496,8 +555,12 @@ pub fn uninstall(args: UninstallArgs) -> Result<()> {
     );
     if !kept.is_empty() {
         println!(
-            "kept (they hold files install did not put there): {}",
-            kept.join(", ")
+            "kept directories that hold files install did not put there (the manifest still \
+             lists them; uninstall again once they are empty): {}",
+            kept.iter()
+                .map(|d| d.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
         );
     }
     if !errors.is_empty() {

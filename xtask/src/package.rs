@@ -91,7 +91,8 @@ fn run_quiet(bin: &Path, args: &[&str]) -> Result<String> {
 
 /// The unit from examples/ with `ExecStart` running `bin` and `Documentation` naming `doc`.
 /// The template's header comment is three paragraphs (what it is; how to install it; how it
-/// behaves): the middle one is replaced by `origin` and how to enable the unit.
+/// behaves): the middle one is replaced by `origin` (lines of text: where this copy came from
+/// and how to enable it).
 pub fn render_unit(template: &str, bin: &Path, doc: &Path, origin: &str) -> Result<String> {
     let header: Vec<&str> = template
         .lines()
@@ -118,10 +119,8 @@ pub fn render_unit(template: &str, bin: &Path, doc: &Path, origin: &str) -> Resu
         }
     };
     push_paragraph(paragraphs[0]);
-    let how = format!(
-        "# {origin}\n# It is not enabled until you run:\n#   systemctl daemon-reload && systemctl enable --now netfn-agent"
-    );
-    push_paragraph(&how.lines().collect::<Vec<_>>());
+    let how: Vec<String> = origin.lines().map(|l| format!("# {l}")).collect();
+    push_paragraph(&how.iter().map(String::as_str).collect::<Vec<_>>());
     for p in &paragraphs[2..] {
         push_paragraph(p);
     }
@@ -187,7 +186,7 @@ mod tests {
             template,
             Path::new("/opt/nf/bin/netfn"),
             Path::new("/opt/nf/share/doc/netfn/agent.md"),
-            "Installed by `cargo xtask install --prefix /opt/nf`.",
+            "Installed by `cargo xtask install --prefix /opt/nf`.\nEnable it: systemctl enable --now /x",
         )
         .expect("renders");
         assert!(
@@ -195,7 +194,9 @@ mod tests {
             "{unit}"
         );
         assert!(unit.contains("\nDocumentation=file:///opt/nf/share/doc/netfn/agent.md\n"));
-        assert!(unit.contains("# Installed by `cargo xtask install --prefix /opt/nf`."));
+        assert!(unit.contains(
+            "#\n# Installed by `cargo xtask install --prefix /opt/nf`.\n# Enable it: systemctl enable --now /x\n#\n"
+        ));
         assert!(!unit.contains("cargo xtask install` installs"), "{unit}");
         assert!(unit.contains("# With the unit running, `netfn up` finds the agent"));
         assert!(unit.contains("[Install]\nWantedBy=multi-user.target\n"));
