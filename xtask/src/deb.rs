@@ -320,11 +320,8 @@ pub fn build(args: DebArgs) -> Result<()> {
         .to_string();
     let target =
         std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
-    let work = target.join("debian").join("work");
-    if work.exists() {
-        std::fs::remove_dir_all(&work)
-            .with_context(|| format!("cannot remove the old {}", work.display()))?;
-    }
+    let scratch = package::Scratch::new("debian")?;
+    let work = scratch.0.clone();
     let stage = Stage {
         root: work.join("netfn"),
     };

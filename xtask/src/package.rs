@@ -14,7 +14,35 @@ use crate::{flow, util};
 pub const UNIT_TEMPLATE: &str = "examples/netfn-agent.service";
 pub const UNIT_NAME: &str = "netfn-agent.service";
 
-/// The release binary and what it generated, under target/package/.
+/// A scratch directory of this process under target/ (two installs or packagings at once
+/// must not share one), removed when dropped.
+pub struct Scratch(pub PathBuf);
+
+impl Scratch {
+    pub fn new(what: &str) -> Result<Self> {
+        let root = util::workspace_root();
+        let target =
+            std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
+        let dir = target
+            .join(what)
+            .join(format!("scratch-{}", std::process::id()));
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir)
+                .with_context(|| format!("cannot remove the old {}", dir.display()))?;
+        }
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("cannot create {}", dir.display()))?;
+        Ok(Scratch(dir))
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The release binary and what it generated (in a scratch directory of this process).
 pub struct Built {
     pub netfn: PathBuf,
     /// `netfn --version`'s text after "netfn ": "0.1.0 (commit 8ed033d)".
@@ -23,6 +51,8 @@ pub struct Built {
     pub completions: PathBuf,
     /// netfn.1, netfn-up.1, …
     pub man_pages: Vec<PathBuf>,
+    /// Holds `completions` and `man_pages` until dropped.
+    _scratch: Scratch,
 }
 
 /// Builds the eBPF object and the release `netfn` (cargo reuses what is fresh), then has that
@@ -40,11 +70,8 @@ pub fn build() -> Result<Built> {
             netfn.display()
         );
     }
-    let out = target.join("package").join("generated");
-    if out.exists() {
-        std::fs::remove_dir_all(&out)
-            .with_context(|| format!("cannot remove the old {}", out.display()))?;
-    }
+    let scratch = Scratch::new("package")?;
+    let out = scratch.0.clone();
     let completions = out.join("completions");
     let man = out.join("man");
     for (what, dir) in [("completions", &completions), ("man", &man)] {
@@ -68,6 +95,7 @@ pub fn build() -> Result<Built> {
         version,
         completions,
         man_pages,
+        _scratch: scratch,
     })
 }
 
