@@ -40,9 +40,9 @@ pub fn command() -> Command {
 
 /// Runs `netfn generate …`; `cli` is the public command line (without this verb).
 pub fn run(args: &ArgMatches, cli: Command) -> Result<ExitCode> {
-    match Generate::from_arg_matches(args).map_err(|e| e.exit()) {
-        Ok(Generate::Completions { out }) => completions(cli, &out)?,
-        Ok(Generate::Man { out }) => man_pages(cli, &out)?,
+    match Generate::from_arg_matches(args).unwrap_or_else(|e| e.exit()) {
+        Generate::Completions { out } => completions(cli, &out)?,
+        Generate::Man { out } => man_pages(cli, &out)?,
     }
     Ok(ExitCode::SUCCESS)
 }
