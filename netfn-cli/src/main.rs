@@ -2,21 +2,38 @@
 
 mod agent;
 mod commands;
+mod generate;
 mod output;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 
 /// The default `--log` (the agent logs at info unless told otherwise).
 const DEFAULT_LOG: &str = "warn,netfn::ebpf=info";
 
+/// `netfn --version`: the workspace version and the commit (netfn-cli's build.rs).
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("NETFN_COMMIT"),
+    ")"
+);
+
+/// The public command line. The hidden `generate` verb (completions and man pages) is added
+/// in `main` only, so completions and pages are made from exactly this definition.
 #[derive(Parser)]
 #[command(
     name = "netfn",
-    version,
-    about = "Service chains of network functions in Linux namespaces"
+    version = VERSION,
+    about = "Service chains of network functions in Linux namespaces",
+    after_help = "Examples:
+  netfn validate examples/minimal.toml
+  sudo netfn up examples/minimal.toml
+  sudo netfn status minimal
+  sudo netfn down minimal
+  netfn features"
 )]
 struct Cli {
     /// Log level (error, warn, info, debug, trace) or a tracing filter; NETFN_LOG also works.
@@ -30,16 +47,30 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Check a chain file and report every problem in it.
-    Validate { file: PathBuf },
+    #[command(after_help = "Examples:
+  netfn validate examples/minimal.toml
+  for f in examples/*.toml; do netfn validate \"$f\"; done")]
+    Validate {
+        /// The chain file (TOML).
+        file: PathBuf,
+    },
     /// Create the chains of a file (namespaces, veths, addresses, routes, eBPF).
+    #[command(after_help = "Examples:
+  sudo netfn up examples/minimal.toml
+  sudo netfn up examples/two-chains.toml --chain fast")]
     Up {
+        /// The chain file (TOML).
         file: PathBuf,
         /// Only this chain of the file.
         #[arg(long)]
         chain: Option<String>,
     },
     /// Change running chains to match the file: add, remove or reorder functions in place.
+    #[command(after_help = "Examples:
+  sudo netfn apply edited.toml --dry-run     # print what would change
+  sudo netfn apply edited.toml")]
     Apply {
+        /// The edited chain file (TOML).
         file: PathBuf,
         /// Only this chain of the file.
         #[arg(long)]
@@ -49,6 +80,10 @@ enum Command {
         dry_run: bool,
     },
     /// Remove a chain (by name, or every chain of a file) and everything netfn created for it.
+    #[command(after_help = "Examples:
+  sudo netfn down minimal
+  sudo netfn down examples/minimal.toml
+  sudo netfn down --all")]
     Down {
         /// A chain name or a chain file.
         target: Option<String>,
@@ -57,41 +92,69 @@ enum Command {
         all: bool,
     },
     /// Show chains, their functions, namespaces, interfaces and counters.
+    #[command(after_help = "Examples:
+  sudo netfn status
+  sudo netfn status minimal --json")]
     Status {
+        /// Only this chain; by default every chain netfn knows about.
         chain: Option<String>,
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
     },
     /// Run a command inside a function's (or endpoint's) namespace.
+    #[command(after_help = "Examples:
+  sudo netfn exec minimal ingress -- ping -c 3 10.2.0.2
+  sudo netfn exec minimal fw1 -- ip addr")]
     Exec {
+        /// The chain's name.
         chain: String,
         /// A function name, `ingress` or `egress`.
         function: String,
+        /// The command and its arguments, after `--`.
         #[arg(last = true, required = true)]
         command: Vec<String>,
     },
     /// Print what the chain's eBPF programs logged (aya-log), through netfn's log.
+    #[command(after_help = "Examples:
+  sudo netfn logs minimal
+  sudo netfn logs minimal --follow")]
     Logs {
+        /// The chain's name.
         chain: String,
         /// Keep printing new lines until interrupted.
         #[arg(long, short)]
         follow: bool,
     },
     /// Print a chain file as a graph description.
+    #[command(after_help = "Examples:
+  netfn graph examples/minimal.toml | dot -Tsvg > minimal.svg
+  netfn graph examples/minimal.toml --format mermaid")]
     Graph {
+        /// The chain file (TOML).
         file: PathBuf,
+        /// Graphviz dot or a Mermaid flowchart.
         #[arg(long, value_enum, default_value_t = GraphFormat::Dot)]
         format: GraphFormat,
     },
     /// List the function kinds this build knows.
+    #[command(after_help = "Examples:
+  netfn kinds")]
     Kinds,
     /// What this kernel supports (TCX, redirect_peer, XDP on veth, WireGuard, BTF).
+    #[command(after_help = "Examples:
+  netfn features
+  netfn features --json")]
     Features {
+        /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
     },
     /// Run the host agent in the foreground: /metrics, chain probes, runtime tasks.
+    #[command(after_help = "Examples:
+  sudo netfn agent
+  sudo netfn agent --listen 0.0.0.0:9847 --probe-interval 250ms
+  sudo systemctl enable --now netfn-agent   # the installed unit runs `netfn agent`")]
     Agent(agent::AgentArgs),
 }
 
@@ -102,7 +165,11 @@ enum GraphFormat {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let matches = Cli::command().subcommand(generate::command()).get_matches();
+    if let Some((generate::NAME, args)) = matches.subcommand() {
+        return report(generate::run(args, Cli::command()));
+    }
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     let agent_log = matches!(cli.command, Command::Agent(_)) && cli.log == DEFAULT_LOG;
     output::init_logging(if agent_log {
         agent::AGENT_LOG
@@ -136,6 +203,10 @@ fn main() -> ExitCode {
         Command::Agent(args) => agent::run(args),
         Command::Features { json } => commands::features(json),
     };
+    report(result)
+}
+
+fn report(result: anyhow::Result<ExitCode>) -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {

@@ -36,6 +36,10 @@ pub fn test(args: &[String]) -> Result<()> {
     require_root("cargo xtask test")?;
     setup::run()?;
     ensure_built(false)?;
+    // tests/install.rs installs and packages the release binary (through `cargo xtask install`
+    // and `cargo xtask deb`, which reuse it when fresh): build it here, where its progress
+    // shows, rather than silently inside a test.
+    ensure_built(true)?;
     let mut cargo = Command::new("cargo");
     cargo
         .current_dir(util::workspace_root())

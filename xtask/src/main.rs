@@ -1,8 +1,11 @@
 //! `cargo xtask …`: setup, eBPF build, demo, tests, VM tests and benchmarks.
 
 mod bench;
+mod deb;
 mod ebpf;
 mod flow;
+mod install;
+mod package;
 mod setup;
 mod util;
 mod vm;
@@ -42,6 +45,13 @@ enum Command {
     },
     /// Run the integration suite inside QEMU VMs on other kernels.
     VmTest(vm::VmTestArgs),
+    /// Build the release netfn and install it, the agent's systemd unit (not enabled unless
+    /// --enable), completions, man pages, docs and examples under --prefix (default /usr/local).
+    Install(install::InstallArgs),
+    /// Remove exactly what `cargo xtask install` put under --prefix (its manifest lists it).
+    Uninstall(install::UninstallArgs),
+    /// Build a Debian package (dpkg-deb) into target/debian/.
+    Deb(deb::DebArgs),
 }
 
 fn main() -> Result<()> {
@@ -53,5 +63,8 @@ fn main() -> Result<()> {
         Command::Test { args } => flow::test(&args),
         Command::Bench { which } => bench::run(which),
         Command::VmTest(args) => vm::run(args),
+        Command::Install(args) => install::install(args),
+        Command::Uninstall(args) => install::uninstall(args),
+        Command::Deb(args) => deb::build(args),
     }
 }

@@ -26,6 +26,12 @@ pub const PACKAGES: &[&str] = &[
     "tcpdump",
     // The agent's tests: a real Prometheus server scrapes it, and promtool checks /metrics.
     "prometheus",
+    // `cargo xtask deb` (dpkg-deb, dpkg-shlibdeps; strip from binutils) and its test (lintian),
+    // the install test (`man -l` renders every page).
+    "dpkg-dev",
+    "binutils",
+    "lintian",
+    "man-db",
 ];
 
 /// Packages installed only if this machine's Debian has them (checked with apt-cache policy).
