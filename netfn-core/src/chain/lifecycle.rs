@@ -114,7 +114,7 @@ pub fn up(
     let plan = plan::plan_chain(spec);
     let chain = plan.chain.clone();
     let lock = lock(&chain, progress)?;
-    let result = up_locked(source, plan, rt, options, progress, started);
+    let result = up_locked(source, spec, plan, rt, options, progress, started);
     // A failed up that left no record leaves no lock file either.
     if result.is_err() && matches!(state::load(&chain), Ok(None)) {
         lock.remove_file();
@@ -124,6 +124,7 @@ pub fn up(
 
 fn up_locked(
     source: &Path,
+    spec: &ChainSpec,
     plan: ChainPlan,
     rt: &tokio::runtime::Runtime,
     options: &UpOptions,
@@ -158,7 +159,7 @@ fn up_locked(
     let mut record = ChainState::new(source, plan);
     state::save(&mut record)?;
 
-    match build(&record.plan, rt, options) {
+    match build(&record.plan, spec, rt, options) {
         Ok(()) => {
             record.phase = Phase::Up;
             record.interface_counters = record.plan.fastpath == FastPath::Kernel;
@@ -246,6 +247,7 @@ fn preflight(plan: &ChainPlan) -> Result<(), NetnsError> {
 
 fn build(
     plan: &ChainPlan,
+    spec: &ChainSpec,
     rt: &tokio::runtime::Runtime,
     options: &UpOptions,
 ) -> Result<(), (ObjectError, Vec<String>)> {
@@ -280,6 +282,8 @@ fn build(
         )
         .map_err(|e| with_foreign(e.into()))?;
     }
+    // What the kinds add: stages (tc/xdp) or kernel forms (kernel mode).
+    super::kinds::start(plan, spec, &|_| true, true).map_err(with_foreign)?;
     Ok(())
 }
 

@@ -7,6 +7,7 @@
 
 pub mod apply;
 pub mod graph;
+pub(crate) mod kinds;
 pub mod lifecycle;
 pub mod state;
 pub mod status;

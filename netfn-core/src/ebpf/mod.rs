@@ -25,6 +25,7 @@
 mod forwarder;
 mod logs;
 mod object;
+mod stages;
 mod workers;
 
 use std::collections::BTreeMap;
@@ -50,6 +51,7 @@ pub use logs::EbpfLogs;
 pub use netfn_common::IfCounters;
 pub use netfn_common::{DROP_REASON_NAMES, FnCounters};
 pub use object::{OBJECT_ENV, ObjectSource, object_source};
+pub use stages::{StageLoad, forget_stage, load_stage, stage_dir};
 pub use workers::{NETNS_THREADS, enter_netns};
 
 /// Where bpffs is mounted; netfn pins under `<BPFFS>/netfn/<chain>/`.
@@ -182,6 +184,12 @@ pub enum EbpfError {
         "fastpath = \"{mode}\" cannot work on this kernel: {reason}; use fastpath = \"kernel\""
     )]
     Unsupported { mode: String, reason: String },
+    #[error("function `{function}`: its stage: {source}")]
+    Stage {
+        function: String,
+        #[source]
+        source: crate::function::StageError,
+    },
     #[error("cannot start a namespace worker thread: {0}")]
     SpawnWorker(#[source] io::Error),
     #[error("a namespace worker thread panicked")]

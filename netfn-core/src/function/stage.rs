@@ -30,6 +30,11 @@ pub trait Stage: Send + Sync {
     /// so a settings change keeps them (the connection table). Reusing the function's slot for
     /// another function removes them.
     fn kept_maps(&self) -> &'static [&'static str];
+    /// Maps of the live instance that readers need (per-rule counters for metrics): pinned per
+    /// function and replaced by each new instance when it goes live.
+    fn instance_maps(&self) -> &'static [&'static str] {
+        &[]
+    }
     /// Fills a new instance's maps before it goes live.
     fn fill(&self, maps: &mut StageMaps<'_>) -> Result<(), StageError>;
 }
@@ -41,11 +46,19 @@ pub struct StageMaps<'a> {
     pub slot: u32,
     /// True when the kept maps were just created (the function is new, not changed).
     pub fresh: bool,
+    /// Where the function's maps are pinned (the live instance's [`Stage::instance_maps`] too,
+    /// so a new instance can read what the one it replaces counted).
+    pub dir: std::path::PathBuf,
 }
 
 impl<'a> StageMaps<'a> {
-    pub fn new(ebpf: &'a mut Ebpf, slot: u32, fresh: bool) -> Self {
-        StageMaps { ebpf, slot, fresh }
+    pub fn new(ebpf: &'a mut Ebpf, slot: u32, fresh: bool, dir: std::path::PathBuf) -> Self {
+        StageMaps {
+            ebpf,
+            slot,
+            fresh,
+            dir,
+        }
     }
 
     /// The map `name` of the instance, to open as a typed aya map.

@@ -10,4 +10,5 @@
 pub mod features;
 pub mod netlink;
 pub mod netns;
+pub mod nft;
 pub mod objects;

@@ -34,6 +34,12 @@ pub enum ObjectError {
         "cannot create the veth pair {out} / {inn}: an interface with one of these names or indexes exists already, and netfn did not make it; find it with `ip -n NAMESPACE -d link`, remove or renumber it, and run the command again"
     )]
     InterfaceTaken { out: String, inn: String },
+    #[error("function {function}: its kernel-mode rules: {source}")]
+    KernelForm {
+        function: String,
+        #[source]
+        source: super::nft::NftError,
+    },
 }
 
 impl From<EbpfError> for ObjectError {

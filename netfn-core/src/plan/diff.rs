@@ -162,6 +162,7 @@ mod tests {
             retired_in: Vec::new(),
             retired_out: Vec::new(),
             slot: None,
+            stage: false,
         }
     }
 
@@ -178,6 +179,7 @@ mod tests {
             retired_in: Vec::new(),
             retired_out: Vec::new(),
             slot: None,
+            stage: false,
         }
     }
 

@@ -38,6 +38,9 @@ pub struct ForwarderEntry {
     /// The function's hop (1..=N) and its forwarder slot ([`ChainPlan::function_slot`]).
     pub hop: usize,
     pub slot: u32,
+    /// The function's kind has a per-packet stage: the forwarder hands the packets it would
+    /// forward to the stage at `slot` instead.
+    pub stage: bool,
     pub direction: Direction,
     /// The function's other interface, in the same namespace: the packet leaves through it.
     /// TC: `bpf_redirect_peer` target; XDP: devmap target.
@@ -94,6 +97,7 @@ pub fn forwarder_entries(plan: &ChainPlan) -> Vec<ForwarderEntry> {
         };
         let (inn, out) = (&before.inn, &after.out);
         let slot = plan.function_slot(hop).unwrap_or_default();
+        let stage = plan.hops.get(hop).is_some_and(|h| h.stage);
         let local_addrs = [inn.address.addr(), out.address.addr()];
         let entry = |arrive: &LinkEnd,
                      neighbour: &LinkEnd,
@@ -105,6 +109,7 @@ pub fn forwarder_entries(plan: &ChainPlan) -> Vec<ForwarderEntry> {
             ifname: arrive.ifname.clone(),
             hop,
             slot,
+            stage,
             direction,
             out_ifindex: leave.ifindex,
             own_mac: arrive.mac,

@@ -82,6 +82,10 @@ pub struct HopPlan {
     /// apply moves it, so its counters stay continuous.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub slot: Option<u32>,
+    /// Functions only: the kind runs a per-packet stage at this hop in tc/xdp chains
+    /// ([`crate::function::FunctionConfig::stage`]); the forwarder hands such packets to it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub stage: bool,
 }
 
 /// One side of a veth pair.
@@ -239,6 +243,7 @@ pub fn plan_chain(spec: &ChainSpec) -> ChainPlan {
             retired_in: Vec::new(),
             retired_out: Vec::new(),
             slot: Some(slot),
+            stage: spec.fastpath != FastPath::Kernel && f.config.stage().is_some(),
         });
     }
     hops.push(endpoint_hop(spec, "egress", &spec.egress));
@@ -313,6 +318,7 @@ fn endpoint_hop(spec: &ChainSpec, name: &str, ep: &EndpointSpec) -> HopPlan {
         retired_in: Vec::new(),
         retired_out: Vec::new(),
         slot: None,
+        stage: false,
     }
 }
 

@@ -34,7 +34,7 @@ use aya::maps::{MapData, PerCpuArray};
 use aya::programs::{SchedClassifier, Xdp};
 use netfn_common::{
     FN_COUNTERS_MAP, FWD_DEVMAP, FWD_TABLE_MAP, FWD_TC_PROGRAM, FWD_UNKNOWN_MAP, FWD_XDP_PROGRAM,
-    FnCounters, XDP_PASS_PROGRAM,
+    FnCounters, STAGES_MAP, XDP_PASS_PROGRAM,
 };
 
 pub(super) mod table;
@@ -59,6 +59,8 @@ pub const FWD_TABLE_PIN: &str = "fwd_table";
 pub const FN_COUNTERS_PIN: &str = "fn_counters";
 pub const FWD_UNKNOWN_PIN: &str = "fwd_unknown";
 pub const FWD_DEVMAP_PIN: &str = "fwd_devmap";
+/// The stage programs of the chain's functions, by slot.
+pub const STAGES_PIN: &str = "stages";
 /// Pinned XDP links are `xdp_link_<ifindex>`.
 pub const XDP_LINK_PIN_PREFIX: &str = "xdp_link_";
 
@@ -258,19 +260,10 @@ pub fn attach_fastpath_with(
     ensure_chain_dir(bpf_dir)?;
 
     let entries = plan::forwarder_entries(plan);
-    let table_len = plan::forwarder_table_len(plan);
-    let counter_len = plan::forwarder_counter_len(plan);
 
     // Pins from an earlier attach are reused; ones that do not fit this plan (a stale directory)
     // are replaced.
-    let mut pins: Vec<(&'static str, PathBuf, u32)> = vec![
-        (FWD_TABLE_MAP, bpf_dir.join(FWD_TABLE_PIN), table_len),
-        (FN_COUNTERS_MAP, bpf_dir.join(FN_COUNTERS_PIN), counter_len),
-        (FWD_UNKNOWN_MAP, bpf_dir.join(FWD_UNKNOWN_PIN), 1),
-    ];
-    if mode == FastPath::Xdp {
-        pins.push((FWD_DEVMAP, bpf_dir.join(FWD_DEVMAP_PIN), table_len));
-    }
+    let pins = chain_pins(plan, bpf_dir);
     for (_, path, len) in &pins {
         drop_unfit_pin(path, *len)?;
     }
@@ -322,6 +315,30 @@ pub fn attach_fastpath_with(
         load_time,
         attach_time,
     })
+}
+
+/// The forwarder's maps of a chain, as pinned under `bpf_dir`: (name in the object, pin, size).
+/// The stages of the chain's functions share them by these pins.
+pub(crate) fn chain_pins(plan: &ChainPlan, bpf_dir: &Path) -> Vec<(&'static str, PathBuf, u32)> {
+    let table_len = plan::forwarder_table_len(plan);
+    let mut pins = vec![
+        (FWD_TABLE_MAP, bpf_dir.join(FWD_TABLE_PIN), table_len),
+        (
+            FN_COUNTERS_MAP,
+            bpf_dir.join(FN_COUNTERS_PIN),
+            plan::forwarder_counter_len(plan),
+        ),
+        (FWD_UNKNOWN_MAP, bpf_dir.join(FWD_UNKNOWN_PIN), 1),
+        (
+            STAGES_MAP,
+            bpf_dir.join(STAGES_PIN),
+            plan.capacity().functions.max(1),
+        ),
+    ];
+    if plan.fastpath == FastPath::Xdp {
+        pins.push((FWD_DEVMAP, bpf_dir.join(FWD_DEVMAP_PIN), table_len));
+    }
+    pins
 }
 
 /// Attaches the pinned forwarder programs to the interfaces of `plan` that `only` selects (by

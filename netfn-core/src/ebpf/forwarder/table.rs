@@ -6,7 +6,7 @@ use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
 use aya::maps::{Array, Map, MapData, MapError, MapInfo, PerCpuArray, PerCpuValues};
-use netfn_common::{FWD_VALID, FnCounters, FwdEntry, FwdRow, mac_words};
+use netfn_common::{FWD_STAGE, FWD_VALID, FnCounters, FwdEntry, FwdRow, mac_words};
 
 use crate::ebpf::{EbpfError, remove_file_if_present};
 use crate::plan::{self, ForwarderEntry};
@@ -18,7 +18,11 @@ pub fn fwd_entry(e: &ForwarderEntry) -> FwdEntry {
     let (next, out) = (mac_words(e.next_mac), mac_words(e.out_mac));
     let eth_rewrite = [next[0], next[1], next[2], out[0], out[1], out[2]];
     FwdEntry {
-        flags: FWD_VALID,
+        flags: if e.stage {
+            FWD_VALID | FWD_STAGE
+        } else {
+            FWD_VALID
+        },
         redirect_ifindex: e.out_ifindex,
         counter_slot: e.counter_slot(),
         peer_addr: net(e.peer_addr),
@@ -162,6 +166,7 @@ mod tests {
             ifindex: names::IFINDEX_BASE + 1,
             ifname: "nf-in".into(),
             hop: 1,
+            stage: false,
             slot: 0,
             direction: Direction::Reverse,
             out_ifindex: names::IFINDEX_BASE + 2,

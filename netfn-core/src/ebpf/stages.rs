@@ -1,0 +1,172 @@
+//! The per-packet stages of a chain's functions ([`crate::function::Stage`]): one instance per
+//! function, loaded from netfn's eBPF object with the chain's forwarder maps shared by pin, the
+//! kind's maps sized for the function, and its kept maps pinned under the function's own
+//! directory (`<chain dir>/fn<slot>/`).
+//!
+//! [`load_stage`] makes an instance live by writing its program into the chain's stage array at
+//! the function's slot: one map update, so every packet meets either the old instance or the new
+//! one, never a mix. A settings change is another `load_stage` (kept maps carry over); removing a
+//! function is [`forget_stage`]. Nothing here decides which functions have stages: the plan says.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use aya::EbpfLoader;
+use aya::maps::ProgramArray;
+use aya::programs::{SchedClassifier, Xdp};
+
+use super::forwarder::table::{map_error, pinned_map};
+use super::forwarder::{STAGES_PIN, chain_pins};
+use super::{EbpfError, remove_file_if_present};
+use crate::function::{Stage, StageMaps};
+use crate::plan::ChainPlan;
+use crate::spec::FastPath;
+
+/// The directory of the maps pinned for the function at `slot` of the chain at `bpf_dir`.
+pub fn stage_dir(bpf_dir: &Path, slot: u32) -> PathBuf {
+    bpf_dir.join(format!("fn{slot}"))
+}
+
+/// What loading one stage instance did.
+#[derive(Debug, Clone, Copy)]
+pub struct StageLoad {
+    /// The function had no kept maps yet (new), or it kept its state (a settings change).
+    pub fresh: bool,
+    pub elapsed: Duration,
+}
+
+/// Loads a new instance of `stage` for function `function` at `slot` of the chain `plan` (its
+/// forwarder already pinned under `bpf_dir`) and makes it live. `fresh` removes whatever the
+/// slot kept from a function before (a new function never inherits another's state).
+pub fn load_stage(
+    plan: &ChainPlan,
+    bpf_dir: &Path,
+    function: &str,
+    slot: u32,
+    stage: &dyn Stage,
+    fresh: bool,
+) -> Result<StageLoad, EbpfError> {
+    let started = Instant::now();
+    let dir = stage_dir(bpf_dir, slot);
+    if fresh {
+        remove_dir_if_present(&dir)?;
+    }
+    let fresh = !dir.exists();
+    std::fs::create_dir_all(&dir).map_err(|source| EbpfError::Io {
+        what: "create",
+        path: dir.clone(),
+        source,
+    })?;
+    let stage_err = |source| EbpfError::Stage {
+        function: function.to_string(),
+        source,
+    };
+
+    let bytes = super::object::object_bytes()?;
+    let mut loader = EbpfLoader::new();
+    loader.override_global(aya_log::LEVEL, &0u32, false);
+    let shared = chain_pins(plan, bpf_dir);
+    for (name, path, len) in &shared {
+        loader.map_pin_path(name, path.as_path());
+        loader.map_max_entries(name, *len);
+    }
+    let sizes = stage.map_sizes();
+    for (name, len) in &sizes {
+        loader.map_max_entries(name, (*len).max(1));
+    }
+    let kept: Vec<(&'static str, PathBuf)> = stage
+        .kept_maps()
+        .iter()
+        .map(|name| (*name, dir.join(name)))
+        .collect();
+    for (name, path) in &kept {
+        loader.map_pin_path(name, path.as_path());
+    }
+    let mut ebpf = loader
+        .load(&bytes)
+        .map_err(|e| EbpfError::Load(Box::new(e)))?;
+    drop(bytes);
+
+    stage
+        .fill(&mut StageMaps::new(&mut ebpf, slot, fresh, dir.clone()))
+        .map_err(stage_err)?;
+
+    let programs = stage.programs();
+    let name = match plan.fastpath {
+        FastPath::Xdp => programs.xdp,
+        _ => programs.tc,
+    };
+    let program = ebpf.program_mut(name).ok_or(EbpfError::MissingInObject {
+        kind: "program",
+        name,
+    })?;
+    let loaded = match plan.fastpath {
+        FastPath::Xdp => <&mut Xdp>::try_from(program).and_then(|p| p.load()),
+        _ => <&mut SchedClassifier>::try_from(program).and_then(|p| p.load()),
+    };
+    loaded.map_err(|e| EbpfError::Program {
+        name,
+        source: Box::new(e),
+    })?;
+    let fd = ebpf
+        .program(name)
+        .ok_or(EbpfError::MissingInObject {
+            kind: "program",
+            name,
+        })?
+        .fd()
+        .map_err(|e| EbpfError::Program {
+            name,
+            source: Box::new(e),
+        })?
+        .try_clone()
+        .map_err(|source| EbpfError::Io {
+            what: "duplicate the program descriptor of",
+            path: dir.clone(),
+            source,
+        })?;
+
+    // Readers (metrics) find the live instance's maps by pin: replace them, then switch.
+    for name in stage.instance_maps() {
+        let path = dir.join(name);
+        remove_file_if_present(&path)?;
+        let map = ebpf
+            .map(name)
+            .ok_or(EbpfError::MissingInObject { kind: "map", name })?;
+        map.pin(&path)
+            .map_err(|source| EbpfError::Pin { path, source })?;
+    }
+    let stages_pin = bpf_dir.join(STAGES_PIN);
+    let mut stages: ProgramArray<_> =
+        ProgramArray::try_from(pinned_map(&stages_pin)?).map_err(map_error(&stages_pin))?;
+    stages.set(slot, &fd, 0).map_err(map_error(&stages_pin))?;
+    Ok(StageLoad {
+        fresh,
+        elapsed: started.elapsed(),
+    })
+}
+
+/// Takes the stage of the function at `slot` out of the chain (its packets are dropped as
+/// `no-stage` until the forwarder stops handing them over) and removes what it kept.
+pub fn forget_stage(bpf_dir: &Path, slot: u32) -> Result<(), EbpfError> {
+    let stages_pin = bpf_dir.join(STAGES_PIN);
+    if stages_pin.exists() {
+        let mut stages: ProgramArray<_> =
+            ProgramArray::try_from(pinned_map(&stages_pin)?).map_err(map_error(&stages_pin))?;
+        // An empty slot is fine.
+        let _ = stages.clear_index(&slot);
+    }
+    remove_dir_if_present(&stage_dir(bpf_dir, slot))
+}
+
+fn remove_dir_if_present(dir: &Path) -> Result<(), EbpfError> {
+    match std::fs::remove_dir_all(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(EbpfError::Io {
+            what: "remove",
+            path: dir.to_path_buf(),
+            source,
+        }),
+    }
+}

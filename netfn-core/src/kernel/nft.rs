@@ -1,0 +1,61 @@
+//! Loading an nftables ruleset inside a namespace: a kind's kernel-mode form
+//! ([`crate::function::FunctionConfig::kernel_form`]). `nft -f -` reads the ruleset from stdin
+//! and applies it as one transaction, so a reload replaces the old rules atomically for every
+//! packet. The `nft` binary (Debian: nftables) is an explicit dependency of kernel-mode chains
+//! with such kinds; `cargo xtask setup` installs it.
+
+use std::io::Write;
+use std::os::fd::AsRawFd;
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
+
+use nix::sched::{CloneFlags, setns};
+
+use super::netns;
+
+/// Why a ruleset could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum NftError {
+    #[error(transparent)]
+    Netns(#[from] netns::NetnsError),
+    #[error(
+        "cannot run `nft` ({0}): kernel-mode firewalls need nftables; install it (apt-get install nftables, or cargo xtask setup)"
+    )]
+    Spawn(std::io::Error),
+    #[error("nft refused the ruleset of namespace {netns}: {message}")]
+    Refused { netns: String, message: String },
+}
+
+/// Loads `ruleset` (nft syntax) inside namespace `netns` (a name under /run/netns).
+pub fn load(netns: &str, ruleset: &str) -> Result<(), NftError> {
+    let ns = netns::open(netns)?;
+    let raw = ns.as_raw_fd();
+    let mut cmd = Command::new("nft");
+    cmd.args(["-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    // SAFETY: between fork and exec the child only calls setns(2), which is async-signal-safe,
+    // on a descriptor the parent keeps open until the child has been waited for.
+    unsafe {
+        cmd.pre_exec(move || {
+            let fd = std::os::fd::BorrowedFd::borrow_raw(raw);
+            setns(fd, CloneFlags::CLONE_NEWNET).map_err(std::io::Error::from)
+        });
+    }
+    let mut child = cmd.spawn().map_err(NftError::Spawn)?;
+    if let Some(mut stdin) = child.stdin.take() {
+        // A write error shows up as nft's own failure below.
+        let _ = stdin.write_all(ruleset.as_bytes());
+    }
+    let out = child.wait_with_output().map_err(NftError::Spawn)?;
+    drop(ns);
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(NftError::Refused {
+            netns: netns.to_string(),
+            message: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        })
+    }
+}
