@@ -1,10 +1,8 @@
 //! The function kinds netfn knows. Each kind lives in its own module; `registry()` is the one
 //! place that lists them.
 
+pub mod firewall;
 mod forward;
-// Not registered yet: the kind (config, plan, eBPF module) comes next; its pure core is here.
-#[allow(dead_code)]
-mod firewall;
 
 use netfn_core::function::Registry;
 
@@ -12,5 +10,6 @@ use netfn_core::function::Registry;
 pub fn registry() -> Registry {
     let mut r = Registry::new();
     r.register(forward::Forward);
+    r.register(firewall::Firewall);
     r
 }

@@ -254,6 +254,7 @@ pub fn status(chain: Option<&str>, json: bool) -> Result<ExitCode> {
         );
     }
     let rt = runtime()?;
+    let kinds = netfn_functions::registry();
     let mut all = Vec::new();
     for r in &records {
         let counters = status::counters(r).unwrap_or_else(|e| {
@@ -263,7 +264,7 @@ pub fn status(chain: Option<&str>, json: bool) -> Result<ExitCode> {
             );
             status::Counters::default()
         });
-        all.push(status::chain_status(r, rt.handle(), &counters));
+        all.push(status::chain_status(r, rt.handle(), &counters, &kinds));
     }
     match agent::chain_reports(&agent::default_socket()) {
         Ok(Some(reports)) => {

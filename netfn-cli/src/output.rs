@@ -85,8 +85,30 @@ pub fn chain_table(s: &ChainStatus) -> String {
             ]);
         }
     }
+    let mut details = String::new();
+    for hop in s.hops.iter().filter(|h| !h.details.is_empty()) {
+        let items: Vec<String> = hop
+            .details
+            .iter()
+            .map(|(k, v)| format!("{k} {v}"))
+            .collect();
+        details.push_str(&format!("{}: {}\n", hop.name, items.join(", ")));
+    }
+    for hop in &s.hops {
+        for i in &hop.interfaces {
+            if let Some(f) = i.fastpath.as_ref().filter(|f| !f.drops.is_empty()) {
+                let drops: Vec<String> = f.drops.iter().map(|(r, n)| format!("{r} {n}")).collect();
+                details.push_str(&format!(
+                    "{} on {}: dropped {}\n",
+                    hop.name,
+                    i.name,
+                    drops.join(", ")
+                ));
+            }
+        }
+    }
     format!(
-        "chain {} ({}, {}{}) from {}\n{}",
+        "chain {} ({}, {}{}) from {}\n{}{details}",
         s.chain,
         s.fastpath,
         serde_json::to_value(s.phase)

@@ -1,13 +1,19 @@
-//! The firewall kind's pure core: the rule model ([`rules`]), the naive first-match matcher that
-//! defines what a rule set means ([`reference`]), and the rule compiler that turns a rule set into
-//! flat, index-linked records an eBPF program can walk in a bounded number of map lookups
-//! ([`classifier`]). Nothing here touches the kernel, parses configuration or validates it (an
-//! IPv6 prefix is held, not refused: the validator will say "not yet"); the kind itself (config,
-//! plan, eBPF module) is not registered yet.
+//! `kind = "firewall"`: a stateful firewall. Its settings ([`config`]) become a rule set
+//! ([`rules`], whose meaning [`reference`] defines) that [`classifier`] compiles into flat
+//! records an eBPF program walks in a bounded number of map lookups; [`stage`] loads them into
+//! the fast path's stage at the function's hop, [`nft`] writes the same rules as nftables for
+//! kernel mode, [`observe`] reads the counters back, and [`kind`] is what core registers.
 
 pub mod classifier;
+pub mod config;
+pub mod kind;
+pub mod nft;
+mod observe;
 pub mod reference;
 pub mod rules;
+mod stage;
 
 #[cfg(test)]
 mod testgen;
+
+pub use kind::Firewall;

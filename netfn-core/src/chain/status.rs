@@ -6,6 +6,7 @@ use ipnet::Ipv4Net;
 use serde::Serialize;
 
 use crate::chain::state::{self, ChainState, Phase, StateError};
+use crate::function::{FunctionMetricsContext, Registry};
 use crate::kernel::netlink::{LinkInfo, Netlink, fmt_mac};
 use crate::kernel::netns;
 use crate::plan::{ChainPlan, HopRole};
@@ -43,6 +44,9 @@ pub struct HopStatus {
     pub netns: String,
     pub netns_present: bool,
     pub interfaces: Vec<InterfaceStatus>,
+    /// What the function's kind reports (rules, connections…), as label and value.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub details: Vec<(String, String)>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -75,8 +79,11 @@ pub struct PathCounters {
     pub drops: BTreeMap<&'static str, u64>,
 }
 
-impl From<&crate::ebpf::FnCounters> for PathCounters {
-    fn from(c: &crate::ebpf::FnCounters) -> Self {
+impl PathCounters {
+    /// The counters of one direction, drop reasons named by the forwarder and by the function's
+    /// kind (`kind_reasons`, for the slots from `KIND_DROP_BASE` on).
+    fn new(c: &crate::ebpf::FnCounters, kind_reasons: &'static [&'static str]) -> Self {
+        let kind_drops = c.drops.iter().skip(netfn_common::KIND_DROP_BASE);
         PathCounters {
             forwarded_packets: c.packets,
             forwarded_bytes: c.bytes,
@@ -84,6 +91,7 @@ impl From<&crate::ebpf::FnCounters> for PathCounters {
             drops: crate::ebpf::DROP_REASON_NAMES
                 .iter()
                 .zip(c.drops.iter())
+                .chain(kind_reasons.iter().zip(kind_drops))
                 .filter(|(_, n)| **n > 0)
                 .map(|(r, n)| (*r, *n))
                 .collect(),
@@ -125,10 +133,11 @@ pub fn chain_status(
     record: &ChainState,
     rt: &tokio::runtime::Handle,
     counters: &Counters,
+    kinds: &Registry,
 ) -> ChainStatus {
     let plan = &record.plan;
     let hops: Vec<HopStatus> = (0..plan.hops.len())
-        .map(|h| hop_status(plan, h, rt, counters))
+        .map(|h| hop_status(plan, h, rt, counters, kinds))
         .collect();
     let healthy = record.phase == Phase::Up
         && hops.iter().all(|h| {
@@ -150,13 +159,29 @@ fn hop_status(
     h: usize,
     rt: &tokio::runtime::Handle,
     counters: &Counters,
+    kinds: &Registry,
 ) -> HopStatus {
     let hop = &plan.hops[h];
-    let kind = match &hop.role {
-        HopRole::Ingress => "ingress".to_string(),
-        HopRole::Egress => "egress".to_string(),
-        HopRole::Function { kind, .. } => kind.clone(),
+    let (kind, details) = match &hop.role {
+        HopRole::Ingress => ("ingress".to_string(), Vec::new()),
+        HopRole::Egress => ("egress".to_string(), Vec::new()),
+        HopRole::Function { kind, settings } => {
+            let bpf_dir = crate::plan::names::chain_bpf_dir(&plan.chain);
+            let ctx = FunctionMetricsContext {
+                chain: &plan.chain,
+                function: &hop.name,
+                kind,
+                settings,
+                netns: &hop.netns.name,
+                bpf_dir: &bpf_dir,
+                fastpath: plan.fastpath,
+                slot: plan.function_slot(h),
+            };
+            let details = kinds.get(kind).map(|k| k.status(&ctx)).unwrap_or_default();
+            (kind.clone(), details)
+        }
     };
+    let kind_reasons = kinds.get(&kind).map_or(&[][..], |k| k.drop_reasons());
     let live = netns::open(&hop.netns.name).ok().and_then(|fd| {
         netns::run_in(&fd, &hop.netns.name, || {
             let nl = Netlink::here(rt).ok()?;
@@ -187,7 +212,7 @@ fn hop_status(
                 carrier: link.is_some_and(|l| l.lower_up),
                 rx_packets: counters.interfaces.get(&end.ifindex).map(|c| c.0),
                 rx_bytes: counters.interfaces.get(&end.ifindex).map(|c| c.1),
-                fastpath: fastpath_of(plan, h, end, counters),
+                fastpath: fastpath_of(plan, h, end, counters, kind_reasons),
             }
         })
         .collect();
@@ -197,6 +222,7 @@ fn hop_status(
         netns: hop.netns.name.clone(),
         netns_present,
         interfaces,
+        details,
     }
 }
 
@@ -206,6 +232,7 @@ fn fastpath_of(
     h: usize,
     end: &crate::plan::LinkEnd,
     counters: &Counters,
+    kind_reasons: &'static [&'static str],
 ) -> Option<PathCounters> {
     if !matches!(plan.hops[h].role, HopRole::Function { .. }) {
         return None;
@@ -217,11 +244,10 @@ fn fastpath_of(
             .links
             .get(h - 1)
             .is_some_and(|l| l.inn.ifindex == end.ifindex);
-    Some(if forward {
-        (&f.forward).into()
-    } else {
-        (&f.reverse).into()
-    })
+    Some(PathCounters::new(
+        if forward { &f.forward } else { &f.reverse },
+        kind_reasons,
+    ))
 }
 
 /// Every recorded chain, or just `only`.

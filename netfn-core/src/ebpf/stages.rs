@@ -64,7 +64,7 @@ pub fn load_stage(
 
     let bytes = super::object::object_bytes()?;
     let mut loader = EbpfLoader::new();
-    loader.override_global(aya_log::LEVEL, &0u32, false);
+    loader.override_global(aya_log::LEVEL, &0u8, false);
     let shared = chain_pins(plan, bpf_dir);
     for (name, path, len) in &shared {
         loader.map_pin_path(name, path.as_path());

@@ -32,7 +32,7 @@ pub use crate::metrics::kind::{FunctionMetricsContext, KindMetricsError};
 pub use kernel::KernelContext;
 pub use prometheus::proto::MetricFamily;
 pub use settings::{Located, SettingError, Settings};
-pub use stage::{Stage, StageError, StageMaps};
+pub use stage::{Stage, StageError, StageMaps, StagePrograms};
 
 /// A kind of network function.
 pub trait FunctionKind: Send + Sync + 'static {

@@ -192,10 +192,16 @@ impl ChainCollector {
                     out.bytes.sample_u64(&labels(direction), bytes);
                 }
                 if let Some(fwd) = fwd {
-                    for (reason, n) in DROP_REASON_NAMES.iter().zip(fwd.drops) {
+                    let kind_reasons = self.kinds.get(kind).map_or(&[][..], |k| k.drop_reasons());
+                    let kind_drops = fwd.drops.iter().skip(netfn_common::KIND_DROP_BASE);
+                    let reasons = DROP_REASON_NAMES
+                        .iter()
+                        .zip(fwd.drops.iter())
+                        .chain(kind_reasons.iter().zip(kind_drops));
+                    for (reason, n) in reasons {
                         let l = labels(direction);
                         out.drops
-                            .sample_u64(&[l[0], l[1], l[2], l[3], ("reason", reason)], n);
+                            .sample_u64(&[l[0], l[1], l[2], l[3], ("reason", reason)], *n);
                     }
                 }
             }
@@ -207,6 +213,7 @@ impl ChainCollector {
                 netns: &hop.netns.name,
                 bpf_dir: &bpf_dir,
                 fastpath: plan.fastpath,
+                slot: plan.function_slot(h),
             };
             self.kind_metrics(&ctx, out);
         }

@@ -34,6 +34,8 @@ pub struct FunctionMetricsContext<'a> {
     /// The chain's pinned eBPF objects (`/sys/fs/bpf/netfn/<chain>`).
     pub bpf_dir: &'a Path,
     pub fastpath: FastPath,
+    /// The function's slot (its stage's maps are pinned under `bpf_dir/fn<slot>`).
+    pub slot: Option<u32>,
 }
 
 impl FunctionMetricsContext<'_> {
@@ -101,6 +103,7 @@ mod tests {
             netns: "nf-edge-fw1",
             bpf_dir: Path::new("/sys/fs/bpf/netfn/edge"),
             fastpath: FastPath::Tc,
+            slot: Some(0),
         };
         let mut good = ctx.counter("netfn_firewall_rule_hits_total", "Hits per rule.");
         good.sample_u64(&[("rule", "0")], 3);

@@ -162,6 +162,22 @@ impl Compiled {
         }
     }
 
+    /// Rules no packet can reach first: the compiler dropped every case of theirs as covered by
+    /// earlier rules, so no leaf holds them. (A rule it could not prove shadowed keeps its
+    /// entries: this never names a rule that can match, but may miss one that cannot.)
+    pub fn unreachable_rules(&self) -> Vec<u32> {
+        let mut reached = vec![false; self.actions.len()];
+        for e in &self.entries {
+            if let Some(r) = reached.get_mut(e.rule as usize) {
+                *r = true;
+            }
+        }
+        (0u32..)
+            .zip(reached)
+            .filter_map(|(i, r)| (!r).then_some(i))
+            .collect()
+    }
+
     /// Bytes of map values (nodes, leaf entries, actions).
     pub fn memory_bytes(&self) -> usize {
         self.nodes.len() * size_of::<Node>()

@@ -1,0 +1,170 @@
+//! What a firewall function shows: its metric families and `netfn status` rows, read at scrape
+//! time from the pinned maps of its stage (tc/xdp chains) and its recorded settings. Kernel-mode
+//! firewalls count in nftables (`nft list table inet netfn_fw` in the namespace) and export only
+//! the generic per-function metrics.
+
+use std::path::PathBuf;
+
+use aya::maps::{MapData, PerCpuArray};
+use netfn_common::firewall::{FW_RULE_COUNTERS_MAP, FW_STATS_MAP, FwStats, RuleCounters};
+use netfn_core::function::{FunctionMetricsContext, KindMetricsError, MetricFamily};
+use netfn_core::spec::FastPath;
+
+use super::config::FirewallSettings;
+
+/// The function's stage directory, for fast-path chains.
+fn stage_dir(ctx: &FunctionMetricsContext<'_>) -> Option<PathBuf> {
+    (ctx.fastpath != FastPath::Kernel)
+        .then_some(ctx.slot)
+        .flatten()
+        .map(|slot| ctx.bpf_dir.join(format!("fn{slot}")))
+}
+
+/// Sums a pinned per-CPU array's elements over the CPUs.
+fn read_per_cpu<T: aya::Pod + Default>(
+    path: &std::path::Path,
+    sum: impl Fn(&mut T, &T),
+) -> Result<Vec<T>, KindMetricsError> {
+    let data = MapData::from_pin(path)?;
+    let map = aya::maps::Map::from_map_data(data)?;
+    let array: PerCpuArray<MapData, T> = PerCpuArray::try_from(map)?;
+    let mut out = Vec::new();
+    for i in 0..array.len() {
+        let mut total = T::default();
+        for v in array.get(&i, 0)?.iter() {
+            sum(&mut total, v);
+        }
+        out.push(total);
+    }
+    Ok(out)
+}
+
+fn stats(dir: &std::path::Path) -> Result<FwStats, KindMetricsError> {
+    let all = read_per_cpu::<FwStats>(&dir.join(FW_STATS_MAP), |t, v| {
+        t.ct_created += v.ct_created;
+        t.ct_hits += v.ct_hits;
+        t.ct_expired += v.ct_expired;
+        t.ct_insert_failed += v.ct_insert_failed;
+        t.classified += v.classified;
+    })?;
+    Ok(all.into_iter().next().unwrap_or_default())
+}
+
+/// Per-rule counters labelled by rule: named rules by name, unnamed ones summed as
+/// `(unnamed)`, the default verdict as `(default)`.
+fn rule_counters(
+    dir: &std::path::Path,
+    settings: &FirewallSettings,
+) -> Result<Vec<(String, RuleCounters)>, KindMetricsError> {
+    let all = read_per_cpu::<RuleCounters>(&dir.join(FW_RULE_COUNTERS_MAP), |t, v| {
+        t.packets += v.packets;
+        t.bytes += v.bytes;
+    })?;
+    let mut out: Vec<(String, RuleCounters)> = Vec::new();
+    let mut add = |label: String, c: &RuleCounters| match out.iter_mut().find(|(l, _)| *l == label)
+    {
+        Some((_, t)) => {
+            t.packets += c.packets;
+            t.bytes += c.bytes;
+        }
+        None => out.push((label, *c)),
+    };
+    for (i, c) in all.iter().enumerate() {
+        let label = match settings.rules.rules.get(i) {
+            Some(r) => r.name.clone().unwrap_or_else(|| "(unnamed)".into()),
+            None => "(default)".into(),
+        };
+        add(label, c);
+    }
+    Ok(out)
+}
+
+pub fn metrics(ctx: &FunctionMetricsContext<'_>) -> Result<Vec<MetricFamily>, KindMetricsError> {
+    let settings: FirewallSettings = serde_json::from_value(ctx.settings.clone())?;
+    let mut rules = ctx.gauge("netfn_firewall_rules", "Rules in the function's rule set.");
+    rules.sample_u64(&[], settings.rules.rules.len() as u64);
+    let mut out = vec![rules.build()];
+    let Some(dir) = stage_dir(ctx) else {
+        return Ok(out);
+    };
+    let mut conns = ctx.counter(
+        "netfn_firewall_rule_connections_total",
+        "New connections decided by a rule (named rules; unnamed ones summed; the default verdict).",
+    );
+    let mut bytes = ctx.counter(
+        "netfn_firewall_rule_bytes_total",
+        "Bytes of the first packets of the connections a rule decided.",
+    );
+    for (label, c) in rule_counters(&dir, &settings)? {
+        conns.sample_u64(&[("rule", &label)], c.packets);
+        bytes.sample_u64(&[("rule", &label)], c.bytes);
+    }
+    out.push(conns.build());
+    out.push(bytes.build());
+    let s = stats(&dir)?;
+    for (name, help, v) in [
+        (
+            "netfn_firewall_connections_created_total",
+            "Connections entered into the table.",
+            s.ct_created,
+        ),
+        (
+            "netfn_firewall_connection_packets_total",
+            "Packets of tracked connections, passed without rule evaluation.",
+            s.ct_hits,
+        ),
+        (
+            "netfn_firewall_connections_expired_total",
+            "Connections removed after their timeout.",
+            s.ct_expired,
+        ),
+        (
+            "netfn_firewall_conntrack_insert_failures_total",
+            "Accepted connections the table could not take (decided by the rules, not tracked).",
+            s.ct_insert_failed,
+        ),
+        (
+            "netfn_firewall_classified_total",
+            "New connections evaluated against the rules.",
+            s.classified,
+        ),
+    ] {
+        let mut f = ctx.counter(name, help);
+        f.sample_u64(&[], v);
+        out.push(f.build());
+    }
+    Ok(out)
+}
+
+pub fn status(ctx: &FunctionMetricsContext<'_>) -> Vec<(String, String)> {
+    let Ok(settings) = serde_json::from_value::<FirewallSettings>(ctx.settings.clone()) else {
+        return Vec::new();
+    };
+    let default = format!("{:?}", settings.rules.default).to_lowercase();
+    let mut rows = vec![(
+        "rules".to_string(),
+        format!("{} (default {default})", settings.rules.rules.len()),
+    )];
+    if let Some(dir) = stage_dir(ctx)
+        && let Ok(s) = stats(&dir)
+    {
+        rows.push((
+            "connections".into(),
+            format!(
+                "{} created, {} expired, {} packets tracked, {} classified",
+                s.ct_created, s.ct_expired, s.ct_hits, s.classified
+            ),
+        ));
+        if let Ok(rules) = rule_counters(&dir, &settings) {
+            let named: Vec<String> = rules
+                .iter()
+                .filter(|(_, c)| c.packets > 0)
+                .map(|(l, c)| format!("{l} {}", c.packets))
+                .collect();
+            if !named.is_empty() {
+                rows.push(("by rule".into(), named.join(", ")));
+            }
+        }
+    }
+    rows
+}

@@ -1,0 +1,99 @@
+//! The firewall's eBPF stage as the seam sees it: which programs, which maps and how big, and
+//! how a new instance is filled from the compiled rules. The connection table and statistics
+//! are kept across settings changes; everything else is the new rule set's own, so a change
+//! goes live in one step when core switches the instance in.
+
+use aya::maps::{Array, Map, MapData};
+use netfn_common::firewall::{
+    ACTION_ACCEPT, ACTION_DROP, ACTION_REJECT, FW_ACTIONS_MAP, FW_CONF_MAP, FW_CT_MAP,
+    FW_ENTRIES_MAP, FW_NODES_MAP, FW_RATE_MAP, FW_RULE_COUNTERS_MAP, FW_STATS_MAP, FW_TC_PROGRAM,
+    FW_XDP_PROGRAM, FwConf, LeafEntry, Node, RuleAction,
+};
+use netfn_core::function::{Stage, StageError, StageMaps, StagePrograms};
+
+use super::kind::FirewallConfig;
+use super::rules::Action;
+
+const SECOND: u64 = 1_000_000_000;
+
+impl Stage for FirewallConfig {
+    fn programs(&self) -> StagePrograms {
+        StagePrograms {
+            tc: FW_TC_PROGRAM,
+            xdp: FW_XDP_PROGRAM,
+        }
+    }
+
+    fn map_sizes(&self) -> Vec<(&'static str, u32)> {
+        let c = &self.compiled;
+        let len = |n: usize| u32::try_from(n).unwrap_or(u32::MAX).max(1);
+        let rules = len(c.actions.len());
+        vec![
+            (FW_NODES_MAP, len(c.nodes.len()).max(2)),
+            (FW_ENTRIES_MAP, len(c.entries.len())),
+            (FW_ACTIONS_MAP, rules),
+            (FW_RATE_MAP, rules),
+            // One more for the default verdict.
+            (FW_RULE_COUNTERS_MAP, rules.saturating_add(1)),
+            (FW_CONF_MAP, 1),
+            (FW_CT_MAP, self.settings.conntrack.size.max(1)),
+            (FW_STATS_MAP, 1),
+        ]
+    }
+
+    fn kept_maps(&self) -> &'static [&'static str] {
+        &[FW_CT_MAP, FW_STATS_MAP]
+    }
+
+    fn instance_maps(&self) -> &'static [&'static str] {
+        &[FW_RULE_COUNTERS_MAP]
+    }
+
+    fn fill(&self, maps: &mut StageMaps<'_>) -> Result<(), StageError> {
+        let c = &self.compiled;
+        fill_array::<Node>(maps, FW_NODES_MAP, &c.nodes)?;
+        fill_array::<LeafEntry>(maps, FW_ENTRIES_MAP, &c.entries)?;
+        fill_array::<RuleAction>(maps, FW_ACTIONS_MAP, &c.actions)?;
+        let t = &self.settings.conntrack;
+        let conf = FwConf {
+            default_action: action(self.settings.rules.default),
+            rules: u32::try_from(c.actions.len()).unwrap_or(u32::MAX),
+            _pad: [0; 2],
+            tcp_syn_ns: u64::from(t.tcp_syn) * SECOND,
+            tcp_established_ns: u64::from(t.tcp_established) * SECOND,
+            tcp_closing_ns: u64::from(t.tcp_closing) * SECOND,
+            udp_ns: u64::from(t.udp) * SECOND,
+            udp_stream_ns: u64::from(t.udp_stream) * SECOND,
+            icmp_ns: u64::from(t.icmp) * SECOND,
+        };
+        // Rate buckets start empty and fill at once (their last refill is "long ago"); counters
+        // and statistics start at zero; the kept connection table keeps what it holds.
+        fill_array::<FwConf>(maps, FW_CONF_MAP, &[conf])
+    }
+}
+
+fn action(a: Action) -> u32 {
+    match a {
+        Action::Accept => ACTION_ACCEPT,
+        Action::Drop => ACTION_DROP,
+        Action::Reject => ACTION_REJECT,
+    }
+}
+
+fn map_err(name: &'static str) -> impl Fn(aya::maps::MapError) -> StageError {
+    move |source| StageError::Map { name, source }
+}
+
+/// Writes `values` at indexes 0.. of the array map `name`.
+fn fill_array<V: aya::Pod>(
+    maps: &mut StageMaps<'_>,
+    name: &'static str,
+    values: &[V],
+) -> Result<(), StageError> {
+    let map: &mut Map = maps.map_mut(name)?;
+    let mut array: Array<&mut MapData, V> = Array::try_from(map).map_err(map_err(name))?;
+    for (i, v) in (0u32..).zip(values) {
+        array.set(i, v, 0).map_err(map_err(name))?;
+    }
+    Ok(())
+}
