@@ -25,7 +25,7 @@ pub fn ruleset(s: &FirewallSettings, ctx: &KernelContext<'_>) -> String {
     let _ = writeln!(out, "table inet {TABLE} {{");
     let _ = writeln!(
         out,
-        "  ct timeout tcp-timeouts {{ protocol tcp; l3proto ip; policy = {{ syn_sent: {}, syn_recv: {}, established: {}, fin_wait: {c}, close_wait: {c}, last_ack: {c}, time_wait: {c}, close: {c} }} }}",
+        "  ct timeout tcp-timeouts {{\n    protocol tcp\n    l3proto ip\n    policy = {{ syn_sent: {}, syn_recv: {}, established: {}, fin_wait: {c}, close_wait: {c}, last_ack: {c}, time_wait: {c}, close: {c} }}\n  }}",
         t.tcp_syn,
         t.tcp_syn,
         t.tcp_established,
@@ -33,7 +33,7 @@ pub fn ruleset(s: &FirewallSettings, ctx: &KernelContext<'_>) -> String {
     );
     let _ = writeln!(
         out,
-        "  ct timeout udp-timeouts {{ protocol udp; l3proto ip; policy = {{ unreplied: {}, replied: {} }} }}",
+        "  ct timeout udp-timeouts {{\n    protocol udp\n    l3proto ip\n    policy = {{ unreplied: {}, replied: {} }}\n  }}",
         t.udp, t.udp_stream
     );
     let _ = writeln!(
