@@ -7,32 +7,51 @@
 
 use std::sync::Arc;
 
+use ipnet::{IpNet, Ipv4Net};
 use netfn_common::firewall::FW_DROP_REASON_NAMES;
 use netfn_core::function::{
-    FunctionConfig, FunctionKind, FunctionMetricsContext, KernelContext, KindMetricsError,
+    FunctionConfig, FunctionContext, FunctionKind, FunctionMetricsContext, KindMetricsError,
     MetricFamily, SettingError, Settings, Stage,
 };
 
-use super::classifier::{self, Compiled};
+use super::classifier;
 use super::config::{self, FirewallSettings};
+use super::rules::{Action, PortRange, Proto, Rule, RuleSet, Side};
+
+/// The name of the rule netfn puts first in every firewall: it lets the host agent's chain probe
+/// through (UDP from the ingress endpoint to the egress endpoint's probe port), so a firewall
+/// never makes a healthy chain look down. `netfn status` and the metrics show it like any rule.
+pub const PROBE_RULE: &str = "netfn-probe";
+
+/// `rules` with the chain probe's rule first (see [`PROBE_RULE`]).
+pub fn with_probe(rules: &RuleSet, ctx: &FunctionContext) -> RuleSet {
+    let host = |a| IpNet::V4(Ipv4Net::from(a));
+    let probe = Rule {
+        name: Some(PROBE_RULE.into()),
+        src: vec![host(ctx.probe.src)],
+        dst: vec![host(ctx.probe.dst)],
+        proto: Proto::Udp,
+        sport: Vec::new(),
+        dport: vec![PortRange::single(ctx.probe.port)],
+        icmp_type: None,
+        from: Side::Ingress,
+        action: Action::Accept,
+        rate: None,
+    };
+    RuleSet {
+        rules: std::iter::once(probe)
+            .chain(rules.rules.iter().cloned())
+            .collect(),
+        default: rules.default,
+    }
+}
 
 pub struct Firewall;
 
-/// A checked firewall with its compiled rules.
+/// A checked firewall (its rules compile: `parse` made sure).
 #[derive(Debug)]
 pub struct FirewallConfig {
     pub settings: FirewallSettings,
-    pub compiled: Arc<Compiled>,
-}
-
-impl FirewallConfig {
-    fn new(settings: FirewallSettings) -> Result<Self, String> {
-        let compiled = classifier::compile(&settings.rules).map_err(|e| e.to_string())?;
-        Ok(FirewallConfig {
-            settings,
-            compiled: Arc::new(compiled),
-        })
-    }
 }
 
 impl FunctionConfig for FirewallConfig {
@@ -48,8 +67,12 @@ impl FunctionConfig for FirewallConfig {
         Some(self)
     }
 
-    fn kernel_form(&self, ctx: &KernelContext<'_>) -> Option<String> {
-        Some(super::nft::ruleset(&self.settings, ctx))
+    fn kernel_form(&self, ctx: &FunctionContext) -> Option<String> {
+        Some(super::nft::ruleset(
+            &with_probe(&self.settings.rules, ctx),
+            &self.settings.conntrack,
+            ctx,
+        ))
     }
 
     fn change_in_place(&self, old: &dyn FunctionConfig) -> Result<(), String> {
@@ -79,14 +102,15 @@ impl FunctionKind for Firewall {
         let span = settings.span();
         let warnings = settings.warnings();
         let (parsed, origins) = config::parse(settings)?;
-        let config = FirewallConfig::new(parsed).map_err(|why| {
+        let compiled = classifier::compile(&parsed.rules).map_err(|why| {
             vec![SettingError::new(
                 span,
                 format!("the rules cannot be compiled for the fast path: {why}"),
                 Some("split or simplify the rules it names".into()),
             )]
         })?;
-        for rule in config.compiled.unreachable_rules() {
+        let config = FirewallConfig { settings: parsed };
+        for rule in compiled.unreachable_rules() {
             let Some(origin) = origins.get(rule as usize) else {
                 continue;
             };
@@ -109,7 +133,7 @@ impl FunctionKind for Firewall {
     fn load(&self, recorded: &serde_json::Value) -> Result<Arc<dyn FunctionConfig>, String> {
         let settings: FirewallSettings =
             serde_json::from_value(recorded.clone()).map_err(|e| e.to_string())?;
-        Ok(Arc::new(FirewallConfig::new(settings)?))
+        Ok(Arc::new(FirewallConfig { settings }))
     }
 
     fn drop_reasons(&self) -> &'static [&'static str] {

@@ -8,17 +8,16 @@
 use std::fmt::Write as _;
 
 use ipnet::IpNet;
-use netfn_core::function::KernelContext;
+use netfn_core::function::FunctionContext;
 
-use super::config::FirewallSettings;
-use super::rules::{Action, PortRange, Proto, Rule, Side};
+use super::config::Conntrack;
+use super::rules::{Action, PortRange, Proto, Rule, RuleSet, Side};
 
 /// The nftables table a firewall function owns in its namespace.
 pub const TABLE: &str = "netfn_fw";
 
 /// The ruleset of a firewall function (nft syntax, one transaction).
-pub fn ruleset(s: &FirewallSettings, ctx: &KernelContext<'_>) -> String {
-    let t = &s.conntrack;
+pub fn ruleset(rules: &RuleSet, t: &Conntrack, ctx: &FunctionContext) -> String {
     let mut out = String::new();
     // Declaring, then deleting, makes the load replace an existing table and work without one.
     let _ = writeln!(out, "table inet {TABLE}\ndelete table inet {TABLE}");
@@ -53,7 +52,7 @@ pub fn ruleset(s: &FirewallSettings, ctx: &KernelContext<'_>) -> String {
         out,
         "    meta l4proto tcp tcp flags & (syn|ack|rst) != syn counter drop comment \"fw-not-syn\""
     );
-    for (i, rule) in s.rules.rules.iter().enumerate() {
+    for (i, rule) in rules.rules.iter().enumerate() {
         let m = matcher(rule, ctx);
         let comment = rule
             .name
@@ -68,17 +67,17 @@ pub fn ruleset(s: &FirewallSettings, ctx: &KernelContext<'_>) -> String {
         }
         verdict(&mut out, &m, rule.proto, rule.action, &comment);
     }
-    verdict(&mut out, "", Proto::Any, s.rules.default, "default");
+    verdict(&mut out, "", Proto::Any, rules.default, "default");
     let _ = writeln!(out, "  }}\n}}");
     out
 }
 
 /// The rule's match, ending in a space (empty for a rule that matches everything).
-fn matcher(rule: &Rule, ctx: &KernelContext<'_>) -> String {
+fn matcher(rule: &Rule, ctx: &FunctionContext) -> String {
     let mut m = String::new();
     let side = match rule.from {
-        Side::Ingress => ctx.ingress_if,
-        Side::Egress => ctx.egress_if,
+        Side::Ingress => &ctx.ingress_if,
+        Side::Egress => &ctx.egress_if,
     };
     let _ = write!(m, "iifname \"{side}\" ");
     if !rule.src.is_empty() {

@@ -11,6 +11,7 @@ use netfn_core::function::{FunctionMetricsContext, KindMetricsError, MetricFamil
 use netfn_core::spec::FastPath;
 
 use super::config::FirewallSettings;
+use super::kind::PROBE_RULE;
 
 /// The function's stage directory, for fast-path chains.
 fn stage_dir(ctx: &FunctionMetricsContext<'_>) -> Option<PathBuf> {
@@ -69,10 +70,12 @@ fn rule_counters(
         }
         None => out.push((label, *c)),
     };
+    // The live instance's rules: the probe rule, then the configured ones, then the default.
     for (i, c) in all.iter().enumerate() {
-        let label = match settings.rules.rules.get(i) {
-            Some(r) => r.name.clone().unwrap_or_else(|| "(unnamed)".into()),
-            None => "(default)".into(),
+        let label = match i.checked_sub(1).map(|i| settings.rules.rules.get(i)) {
+            None => PROBE_RULE.to_string(),
+            Some(Some(r)) => r.name.clone().unwrap_or_else(|| "(unnamed)".into()),
+            Some(None) => "(default)".into(),
         };
         add(label, c);
     }

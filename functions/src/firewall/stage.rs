@@ -9,9 +9,13 @@ use netfn_common::firewall::{
     FW_ENTRIES_MAP, FW_NODES_MAP, FW_RATE_MAP, FW_RULE_COUNTERS_MAP, FW_STATS_MAP, FW_TC_PROGRAM,
     FW_XDP_PROGRAM, FwConf, LeafEntry, Node, RuleAction,
 };
-use netfn_core::function::{Stage, StageError, StageMaps, StagePrograms};
+use netfn_core::function::{
+    FunctionContext, Stage, StageContent, StageError, StageMaps, StagePrograms,
+};
 
-use super::kind::FirewallConfig;
+use super::classifier::{self, Compiled};
+use super::config::Conntrack;
+use super::kind::{FirewallConfig, with_probe};
 use super::rules::Action;
 
 const SECOND: u64 = 1_000_000_000;
@@ -24,6 +28,34 @@ impl Stage for FirewallConfig {
         }
     }
 
+    fn kept_maps(&self) -> &'static [&'static str] {
+        &[FW_CT_MAP, FW_STATS_MAP]
+    }
+
+    fn instance_maps(&self) -> &'static [&'static str] {
+        &[FW_RULE_COUNTERS_MAP]
+    }
+
+    /// The rules with the chain probe's rule first ([`with_probe`]), compiled.
+    fn prepare(&self, ctx: &FunctionContext) -> Result<Box<dyn StageContent + '_>, StageError> {
+        let rules = with_probe(&self.settings.rules, ctx);
+        let compiled = classifier::compile(&rules).map_err(|e| StageError::Other(e.to_string()))?;
+        Ok(Box::new(Content {
+            compiled,
+            default: rules.default,
+            conntrack: self.settings.conntrack,
+        }))
+    }
+}
+
+/// One instance's maps.
+struct Content {
+    compiled: Compiled,
+    default: Action,
+    conntrack: Conntrack,
+}
+
+impl StageContent for Content {
     fn map_sizes(&self) -> Vec<(&'static str, u32)> {
         let c = &self.compiled;
         let len = |n: usize| u32::try_from(n).unwrap_or(u32::MAX).max(1);
@@ -36,17 +68,9 @@ impl Stage for FirewallConfig {
             // One more for the default verdict.
             (FW_RULE_COUNTERS_MAP, rules.saturating_add(1)),
             (FW_CONF_MAP, 1),
-            (FW_CT_MAP, self.settings.conntrack.size.max(1)),
+            (FW_CT_MAP, self.conntrack.size.max(1)),
             (FW_STATS_MAP, 1),
         ]
-    }
-
-    fn kept_maps(&self) -> &'static [&'static str] {
-        &[FW_CT_MAP, FW_STATS_MAP]
-    }
-
-    fn instance_maps(&self) -> &'static [&'static str] {
-        &[FW_RULE_COUNTERS_MAP]
     }
 
     fn fill(&self, maps: &mut StageMaps<'_>) -> Result<(), StageError> {
@@ -54,9 +78,9 @@ impl Stage for FirewallConfig {
         fill_array::<Node>(maps, FW_NODES_MAP, &c.nodes)?;
         fill_array::<LeafEntry>(maps, FW_ENTRIES_MAP, &c.entries)?;
         fill_array::<RuleAction>(maps, FW_ACTIONS_MAP, &c.actions)?;
-        let t = &self.settings.conntrack;
+        let t = &self.conntrack;
         let conf = FwConf {
-            default_action: action(self.settings.rules.default),
+            default_action: action(self.default),
             rules: u32::try_from(c.actions.len()).unwrap_or(u32::MAX),
             _pad: [0; 2],
             tcp_syn_ns: u64::from(t.tcp_syn) * SECOND,

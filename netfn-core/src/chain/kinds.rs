@@ -4,8 +4,9 @@
 //! for the functions it adds or changes; core learns nothing about the kinds here but what the
 //! seam answers.
 
+use crate::agent::prober::DEFAULT_PROBE_PORT;
 use crate::ebpf;
-use crate::function::{FunctionConfig, KernelContext};
+use crate::function::{FunctionConfig, FunctionContext, ProbePath};
 use crate::kernel::nft;
 use crate::kernel::objects::ObjectError;
 use crate::plan::{ChainPlan, names};
@@ -35,10 +36,10 @@ pub(crate) fn start_one(
     let Some((h, hop)) = plan.hop(name) else {
         return Ok(());
     };
+    let Some(ctx) = context(plan, h) else {
+        return Ok(());
+    };
     if plan.fastpath == FastPath::Kernel {
-        let Some(ctx) = kernel_context(plan, h) else {
-            return Ok(());
-        };
         if let Some(ruleset) = config.kernel_form(&ctx) {
             nft::load(&hop.netns.name, &ruleset).map_err(|source| ObjectError::KernelForm {
                 function: name.to_string(),
@@ -49,7 +50,7 @@ pub(crate) fn start_one(
     }
     if let (Some(stage), Some(slot)) = (config.stage(), plan.function_slot(h)) {
         let bpf_dir = names::chain_bpf_dir(&plan.chain);
-        let load = ebpf::load_stage(plan, &bpf_dir, name, slot, stage, fresh)?;
+        let load = ebpf::load_stage(plan, &bpf_dir, &ctx, slot, stage, fresh)?;
         tracing::debug!(
             "chain {}: function {name}: stage loaded in {:.2?} ({})",
             plan.chain,
@@ -64,17 +65,24 @@ pub(crate) fn start_one(
     Ok(())
 }
 
-/// The kernel form's view of the function at hop `h`.
-fn kernel_context(plan: &ChainPlan, h: usize) -> Option<KernelContext<'_>> {
+/// The function at hop `h` as its kind's running parts see it.
+fn context(plan: &ChainPlan, h: usize) -> Option<FunctionContext> {
     let before = plan.links.get(h.checked_sub(1)?)?;
     let after = plan.links.get(h)?;
+    let first = plan.links.first()?;
+    let last = plan.links.last()?;
     let (ingress_subnet, egress_subnet) = plan.endpoint_subnets();
-    Some(KernelContext {
-        chain: &plan.chain,
-        function: &plan.hops.get(h)?.name,
-        ingress_if: &before.inn.ifname,
-        egress_if: &after.out.ifname,
+    Some(FunctionContext {
+        chain: plan.chain.clone(),
+        function: plan.hops.get(h)?.name.clone(),
+        ingress_if: before.inn.ifname.clone(),
+        egress_if: after.out.ifname.clone(),
         ingress_subnet,
         egress_subnet,
+        probe: ProbePath {
+            src: first.out.address.addr(),
+            dst: last.inn.address.addr(),
+            port: DEFAULT_PROBE_PORT,
+        },
     })
 }

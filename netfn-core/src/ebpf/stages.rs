@@ -18,7 +18,7 @@ use aya::programs::{SchedClassifier, Xdp};
 use super::forwarder::table::{map_error, pinned_map};
 use super::forwarder::{STAGES_PIN, chain_pins};
 use super::{EbpfError, remove_file_if_present};
-use crate::function::{Stage, StageMaps};
+use crate::function::{FunctionContext, Stage, StageMaps};
 use crate::plan::ChainPlan;
 use crate::spec::FastPath;
 
@@ -41,11 +41,12 @@ pub struct StageLoad {
 pub fn load_stage(
     plan: &ChainPlan,
     bpf_dir: &Path,
-    function: &str,
+    context: &FunctionContext,
     slot: u32,
     stage: &dyn Stage,
     fresh: bool,
 ) -> Result<StageLoad, EbpfError> {
+    let function = context.function.as_str();
     let started = Instant::now();
     let dir = stage_dir(bpf_dir, slot);
     if fresh {
@@ -70,7 +71,8 @@ pub fn load_stage(
         loader.map_pin_path(name, path.as_path());
         loader.map_max_entries(name, *len);
     }
-    let sizes = stage.map_sizes();
+    let content = stage.prepare(context).map_err(stage_err)?;
+    let sizes = content.map_sizes();
     for (name, len) in &sizes {
         loader.map_max_entries(name, (*len).max(1));
     }
@@ -87,7 +89,7 @@ pub fn load_stage(
         .map_err(|e| EbpfError::Load(Box::new(e)))?;
     drop(bytes);
 
-    stage
+    content
         .fill(&mut StageMaps::new(&mut ebpf, slot, fresh, dir.clone()))
         .map_err(stage_err)?;
 

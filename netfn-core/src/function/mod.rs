@@ -17,7 +17,7 @@
 //! Core never names a kind: adding one means implementing these traits in `functions/`, its eBPF
 //! module, and one registration line.
 
-mod kernel;
+mod context;
 mod settings;
 mod stage;
 
@@ -29,10 +29,10 @@ use std::sync::Arc;
 use ipnet::Ipv4Net;
 
 pub use crate::metrics::kind::{FunctionMetricsContext, KindMetricsError};
-pub use kernel::KernelContext;
+pub use context::{FunctionContext, ProbePath};
 pub use prometheus::proto::MetricFamily;
 pub use settings::{Located, SettingError, Settings};
-pub use stage::{Stage, StageError, StageMaps, StagePrograms};
+pub use stage::{Stage, StageContent, StageError, StageMaps, StagePrograms};
 
 /// A kind of network function.
 pub trait FunctionKind: Send + Sync + 'static {
@@ -89,7 +89,7 @@ pub trait FunctionConfig: fmt::Debug + Send + Sync + Any {
     /// namespace, or `None` for plain forwarding. It is loaded in one transaction, so a changed
     /// ruleset replaces the old one atomically; it must create its own table and start by
     /// deleting it (`table inet NAME; delete table inet NAME;`) so a reload replaces it whole.
-    fn kernel_form(&self, ctx: &KernelContext<'_>) -> Option<String> {
+    fn kernel_form(&self, ctx: &FunctionContext) -> Option<String> {
         let _ = ctx;
         None
     }

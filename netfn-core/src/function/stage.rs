@@ -23,9 +23,11 @@ pub struct StagePrograms {
 /// A kind's per-packet work at its function's hop.
 pub trait Stage: Send + Sync {
     fn programs(&self) -> StagePrograms;
-    /// `max_entries` of the stage's own maps for this function (maps not named keep the size
-    /// the object gives them).
-    fn map_sizes(&self) -> Vec<(&'static str, u32)>;
+    /// What a new instance for the function in `ctx` holds (computed once per instance).
+    fn prepare(
+        &self,
+        ctx: &super::FunctionContext,
+    ) -> Result<Box<dyn StageContent + '_>, StageError>;
     /// Maps that live as long as the function: pinned per function and shared by every instance,
     /// so a settings change keeps them (the connection table). Reusing the function's slot for
     /// another function removes them.
@@ -35,6 +37,13 @@ pub trait Stage: Send + Sync {
     fn instance_maps(&self) -> &'static [&'static str] {
         &[]
     }
+}
+
+/// The content of one stage instance: its maps' sizes and values.
+pub trait StageContent {
+    /// `max_entries` of the stage's own maps for this function (maps not named keep the size
+    /// the object gives them).
+    fn map_sizes(&self) -> Vec<(&'static str, u32)>;
     /// Fills a new instance's maps before it goes live.
     fn fill(&self, maps: &mut StageMaps<'_>) -> Result<(), StageError>;
 }

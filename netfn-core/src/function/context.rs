@@ -1,0 +1,32 @@
+//! What a kind's parts that run in a chain (its kernel form, its stage) know about the function
+//! they run for: its interfaces, the chain's subnets and the path of the agent's chain probe.
+//! Pure data, from the plan.
+
+use std::net::Ipv4Addr;
+
+use ipnet::Ipv4Net;
+
+/// The UDP datagrams of the host agent's chain probe: from the ingress endpoint's address to the
+/// egress endpoint's address and the probe port (the reply comes back the same way). A kind that
+/// filters traffic lets exactly these through (and shows that it does), so a filtering function
+/// never makes a healthy chain look down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProbePath {
+    pub src: Ipv4Addr,
+    pub dst: Ipv4Addr,
+    pub port: u16,
+}
+
+/// One function of a chain, as its kind's running parts see it.
+#[derive(Debug, Clone)]
+pub struct FunctionContext {
+    pub chain: String,
+    pub function: String,
+    /// The interface facing the ingress side (packets from ingress arrive on it).
+    pub ingress_if: String,
+    /// The interface facing the egress side.
+    pub egress_if: String,
+    pub ingress_subnet: Ipv4Net,
+    pub egress_subnet: Ipv4Net,
+    pub probe: ProbePath,
+}
