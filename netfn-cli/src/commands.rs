@@ -159,6 +159,7 @@ pub fn apply(file: &Path, only: Option<&str>, dry_run: bool) -> Result<ExitCode>
     let spec = load(file)?;
     require_root("apply")?;
     let rt = runtime()?;
+    let registry = netfn_functions::registry();
     let progress = |line: &str| eprintln!("netfn: {line}");
     let source = std::fs::canonicalize(file).unwrap_or_else(|_| file.to_path_buf());
     for chain in spec
@@ -169,6 +170,7 @@ pub fn apply(file: &Path, only: Option<&str>, dry_run: bool) -> Result<ExitCode>
         let outcome = netfn_core::chain::apply::apply(
             &source,
             chain,
+            &registry,
             &rt,
             &UpOptions::default(),
             dry_run,

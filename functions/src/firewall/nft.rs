@@ -76,10 +76,14 @@ pub fn ruleset(rules: &RuleSet, t: &Conntrack, ctx: &FunctionContext) -> String 
 fn matcher(rule: &Rule, ctx: &FunctionContext) -> String {
     let mut m = String::new();
     let side = match rule.from {
-        Side::Ingress => &ctx.ingress_if,
-        Side::Egress => &ctx.egress_if,
+        Side::Ingress => &ctx.ingress_ifs,
+        Side::Egress => &ctx.egress_ifs,
     };
-    let _ = write!(m, "iifname \"{side}\" ");
+    let _ = write!(
+        m,
+        "iifname {} ",
+        set(side.iter().map(|i| format!("\"{i}\"")))
+    );
     if !rule.src.is_empty() {
         let _ = write!(m, "ip saddr {} ", set(rule.src.iter().map(net)));
     }

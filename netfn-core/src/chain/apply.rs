@@ -6,11 +6,14 @@
 //! through the rest of the chain never stop.
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::chain::kinds;
 use crate::chain::lifecycle::{LifecycleError, Progress, UpOptions};
 use crate::chain::state::{self, ChainLock, Phase};
 use crate::ebpf;
+use crate::function::{FunctionConfig, Registry};
 use crate::kernel::netlink::Netlink;
 use crate::kernel::netns::{self, NetnsError};
 use crate::kernel::objects::{self, ObjectError, Opened};
@@ -59,6 +62,7 @@ pub enum ApplyOutcome {
 pub fn apply(
     source: &std::path::Path,
     spec: &ChainSpec,
+    kinds: &Registry,
     rt: &tokio::runtime::Runtime,
     options: &UpOptions,
     dry_run: bool,
@@ -79,6 +83,7 @@ pub fn apply(
     if next.changes.is_empty() {
         return Ok(ApplyOutcome::Unchanged);
     }
+    let settings = settings_changes(&record.plan, spec, &next.changes, kinds)?;
     if dry_run {
         return Ok(ApplyOutcome::Planned(next.changes));
     }
@@ -101,7 +106,14 @@ pub fn apply(
     state::save(&mut record)?;
 
     let mut foreign = Vec::new();
-    match switch(&old, &next.plan, &delta, rt, options, &mut foreign) {
+    let change = Transition {
+        old: &old,
+        new: &next.plan,
+        delta: &delta,
+        spec,
+        settings: &settings,
+    };
+    match switch(&change, rt, options, &mut foreign) {
         Ok(()) => {
             record.previous = None;
             record.phase = Phase::Up;
@@ -114,7 +126,7 @@ pub fn apply(
         }
         Err(cause) => {
             // A namespace that appeared since the check above is someone else's: never removed.
-            let rollback = undo(&old, &next.plan, &delta, rt, options, &foreign);
+            let rollback = undo(&change, rt, options, &foreign);
             record.foreign.extend(foreign);
             if rollback.is_empty() {
                 record.plan = old;
@@ -215,15 +227,73 @@ impl<'a> Delta<'a> {
     }
 }
 
+/// A function whose settings an apply changes in place, with its settings before.
+struct SettingsChange {
+    name: String,
+    old: Arc<dyn FunctionConfig>,
+}
+
+/// Everything one apply changes.
+struct Transition<'a> {
+    old: &'a ChainPlan,
+    new: &'a ChainPlan,
+    delta: &'a Delta<'a>,
+    spec: &'a ChainSpec,
+    settings: &'a [SettingsChange],
+}
+
+/// The settings changes of `changes`, each confirmed by its kind as possible in place (or the
+/// kind's reason why not, before anything changes).
+fn settings_changes(
+    old: &ChainPlan,
+    spec: &ChainSpec,
+    changes: &[Change],
+    kinds: &Registry,
+) -> Result<Vec<SettingsChange>, ApplyError> {
+    let refuse = |name: &str, why: String| {
+        ApplyError::Replan(ReplanError::NeedsRebuild {
+            chain: spec.name.clone(),
+            what: format!("function {name}: {why}"),
+        })
+    };
+    let mut out = Vec::new();
+    for c in changes {
+        let Change::Settings { name, kind } = c else {
+            continue;
+        };
+        let (_, recorded) = kinds::recorded(old, name)
+            .ok_or_else(|| refuse(name, "it is not in the chain's record".into()))?;
+        let before = kinds.load(kind, recorded).map_err(|why| {
+            refuse(
+                name,
+                format!("its recorded settings cannot be read ({why})"),
+            )
+        })?;
+        let after = spec
+            .functions
+            .iter()
+            .find(|f| &f.name == name)
+            .ok_or_else(|| refuse(name, "it is not in the file".into()))?;
+        after
+            .config
+            .change_in_place(before.as_ref())
+            .map_err(|why| refuse(name, why))?;
+        out.push(SettingsChange {
+            name: name.clone(),
+            old: before,
+        });
+    }
+    Ok(out)
+}
+
 /// old → new: make what is new, switch the path, remove what is gone.
 fn switch(
-    old: &ChainPlan,
-    new: &ChainPlan,
-    delta: &Delta,
+    change: &Transition,
     rt: &tokio::runtime::Runtime,
     options: &UpOptions,
     foreign: &mut Vec<String>,
 ) -> Result<(), ObjectError> {
+    let (old, new, delta) = (change.old, change.new, change.delta);
     let mut steps = Steps::new(&new.chain);
     let opened = create_new(new, delta, rt, options, foreign)?;
     steps.done("new namespaces and links");
@@ -245,6 +315,8 @@ fn switch(
         ebpf::extend_fastpath(new, &bpf_dir, &added, &new_slots)?;
     }
     steps.done("the new path prepared");
+    start_kinds(change)?;
+    steps.done("functions' stages and rules");
     switch_routes(new, delta, &opened, rt)?;
     if new.fastpath != FastPath::Kernel {
         let changed = ebpf::switch_fastpath(new, &bpf_dir)?;
@@ -262,11 +334,63 @@ fn switch(
         let hops: Vec<usize> = delta.fresh.union(&delta.touched).copied().collect();
         errors.extend(rt.block_on(objects::unsteer(new, &ends_of(new, &hops), &opened)));
     }
+    errors.extend(settle_kinds(change));
     steps.done("drain and removal of the old links");
     if let Some(first) = errors.into_iter().next() {
         tracing::warn!(chain = %new.chain, "apply: cleanup of the old links left: {first}");
     }
     Ok(())
+}
+
+/// What the kinds add, before the switch: new functions start (their stages in place before the
+/// forwarder hands them a packet), functions whose settings change get the new ones (one switch
+/// of their stage, or one nftables transaction), and in kernel mode the rules of the kept
+/// functions the change touches match their old and new interfaces alike.
+fn start_kinds(change: &Transition) -> Result<(), ObjectError> {
+    let (old, new, delta) = (change.old, change.new, change.delta);
+    let fresh: BTreeSet<&str> = delta
+        .fresh
+        .iter()
+        .filter_map(|&h| new.hops.get(h))
+        .map(|h| h.name.as_str())
+        .collect();
+    kinds::start(new, change.spec, &|n| fresh.contains(n), true)?;
+    for f in &change.spec.functions {
+        let changed = change.settings.iter().any(|s| s.name == f.name);
+        let touched = new
+            .hop(&f.name)
+            .is_some_and(|(h, _)| delta.touched.contains(&h));
+        let rules_name_interfaces = new.fastpath == FastPath::Kernel && touched;
+        if changed || rules_name_interfaces {
+            kinds::start_one(new, &[old], &f.name, f.config.as_ref(), false)?;
+        }
+    }
+    Ok(())
+}
+
+/// After the old links are gone: kernel-mode rules forget the old interfaces; the stages of
+/// removed functions go. Returns what could not be done.
+fn settle_kinds(change: &Transition) -> Vec<String> {
+    let (old, new, delta) = (change.old, change.new, change.delta);
+    let mut errors = Vec::new();
+    if new.fastpath == FastPath::Kernel {
+        for f in &change.spec.functions {
+            let touched = new
+                .hop(&f.name)
+                .is_some_and(|(h, _)| delta.touched.contains(&h));
+            if touched && let Err(e) = kinds::start_one(new, &[], &f.name, f.config.as_ref(), false)
+            {
+                errors.push(e.to_string());
+            }
+        }
+    }
+    let kept = names_of(new);
+    for hop in old.hops.iter().filter(|h| !kept.contains(h.name.as_str())) {
+        if let Err(e) = kinds::stop(old, &hop.name) {
+            errors.push(e.to_string());
+        }
+    }
+    errors
 }
 
 /// Creates the new namespaces and links (up, addressed); returns every hop it opened. Names of
@@ -467,14 +591,26 @@ fn ifindexes(links: &[&LinkPlan]) -> BTreeSet<u32> {
 /// Best-effort return from a half-applied `new` to `old`: old routes back, new links and new
 /// namespaces removed. Returns what could not be undone.
 fn undo(
-    old: &ChainPlan,
-    new: &ChainPlan,
-    delta: &Delta,
+    change: &Transition,
     rt: &tokio::runtime::Runtime,
     options: &UpOptions,
     foreign: &[String],
 ) -> Vec<String> {
+    let (old, new, delta) = (change.old, change.new, change.delta);
     let mut errors = Vec::new();
+    // Settings back first (in kernel mode with the old interfaces only, as before).
+    for s in change.settings {
+        if let Err(e) = kinds::start_one(old, &[], &s.name, s.old.as_ref(), false) {
+            errors.push(e.to_string());
+        }
+    }
+    for &h in &delta.fresh {
+        if let Some(hop) = new.hops.get(h)
+            && let Err(e) = kinds::stop(new, &hop.name)
+        {
+            errors.push(e.to_string());
+        }
+    }
     let all: BTreeSet<usize> = old
         .hops
         .iter()

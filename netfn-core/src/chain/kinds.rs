@@ -9,7 +9,7 @@ use crate::ebpf;
 use crate::function::{FunctionConfig, FunctionContext, ProbePath};
 use crate::kernel::nft;
 use crate::kernel::objects::ObjectError;
-use crate::plan::{ChainPlan, names};
+use crate::plan::{ChainPlan, HopRole, names};
 use crate::spec::{ChainSpec, FastPath};
 
 /// Starts what the kinds of `spec`'s functions that `only` selects (by name) add to `plan`.
@@ -21,14 +21,17 @@ pub(crate) fn start(
     fresh: bool,
 ) -> Result<(), ObjectError> {
     for f in spec.functions.iter().filter(|f| only(&f.name)) {
-        start_one(plan, &f.name, f.config.as_ref(), fresh)?;
+        start_one(plan, &[], &f.name, f.config.as_ref(), fresh)?;
     }
     Ok(())
 }
 
 /// Starts (or, with `fresh` false, changes in place) what the kind of function `name` adds.
+/// A kernel form also matches the function's interfaces in the plans of `also` (an apply's old
+/// plan, while packets still arrive on the old links).
 pub(crate) fn start_one(
     plan: &ChainPlan,
+    also: &[&ChainPlan],
     name: &str,
     config: &dyn FunctionConfig,
     fresh: bool,
@@ -36,9 +39,23 @@ pub(crate) fn start_one(
     let Some((h, hop)) = plan.hop(name) else {
         return Ok(());
     };
-    let Some(ctx) = context(plan, h) else {
+    let Some(mut ctx) = context(plan, h) else {
         return Ok(());
     };
+    for other in also {
+        if let Some(o) = other.hop(name).and_then(|(oh, _)| context(other, oh)) {
+            for (mine, theirs) in [
+                (&mut ctx.ingress_ifs, o.ingress_ifs),
+                (&mut ctx.egress_ifs, o.egress_ifs),
+            ] {
+                for i in theirs {
+                    if !mine.contains(&i) {
+                        mine.push(i);
+                    }
+                }
+            }
+        }
+    }
     if plan.fastpath == FastPath::Kernel {
         if let Some(ruleset) = config.kernel_form(&ctx) {
             nft::load(&hop.netns.name, &ruleset).map_err(|source| ObjectError::KernelForm {
@@ -75,8 +92,8 @@ fn context(plan: &ChainPlan, h: usize) -> Option<FunctionContext> {
     Some(FunctionContext {
         chain: plan.chain.clone(),
         function: plan.hops.get(h)?.name.clone(),
-        ingress_if: before.inn.ifname.clone(),
-        egress_if: after.out.ifname.clone(),
+        ingress_ifs: vec![before.inn.ifname.clone()],
+        egress_ifs: vec![after.out.ifname.clone()],
         ingress_subnet,
         egress_subnet,
         probe: ProbePath {
@@ -85,4 +102,30 @@ fn context(plan: &ChainPlan, h: usize) -> Option<FunctionContext> {
             port: DEFAULT_PROBE_PORT,
         },
     })
+}
+
+/// Stops the stage of the function `name` of `plan` (tc/xdp) and removes what it kept; its
+/// kernel form goes with its namespace.
+pub(crate) fn stop(plan: &ChainPlan, name: &str) -> Result<(), ObjectError> {
+    let Some((h, hop)) = plan.hop(name) else {
+        return Ok(());
+    };
+    if plan.fastpath == FastPath::Kernel || !hop.stage {
+        return Ok(());
+    }
+    if let Some(slot) = plan.function_slot(h) {
+        ebpf::forget_stage(&names::chain_bpf_dir(&plan.chain), slot)?;
+    }
+    Ok(())
+}
+
+/// The recorded settings of function `name` of `plan`, with its kind.
+pub(crate) fn recorded<'p>(
+    plan: &'p ChainPlan,
+    name: &str,
+) -> Option<(&'p str, &'p serde_json::Value)> {
+    match &plan.hop(name)?.1.role {
+        HopRole::Function { kind, settings } => Some((kind, settings)),
+        _ => None,
+    }
 }

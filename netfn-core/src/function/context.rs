@@ -22,10 +22,11 @@ pub struct ProbePath {
 pub struct FunctionContext {
     pub chain: String,
     pub function: String,
-    /// The interface facing the ingress side (packets from ingress arrive on it).
-    pub ingress_if: String,
-    /// The interface facing the egress side.
-    pub egress_if: String,
+    /// The interfaces facing the ingress side (packets from ingress arrive on them): one, or
+    /// while an apply replaces a link, the old and the new one.
+    pub ingress_ifs: Vec<String>,
+    /// The interfaces facing the egress side.
+    pub egress_ifs: Vec<String>,
     pub ingress_subnet: Ipv4Net,
     pub egress_subnet: Ipv4Net,
     pub probe: ProbePath,

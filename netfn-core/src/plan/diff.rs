@@ -18,10 +18,15 @@ pub enum Change {
     Removed {
         name: String,
     },
-    /// Same name, different kind or settings.
+    /// Same name, different kind (a replacement: needs `down` and `up`).
     Changed {
         name: String,
         what: String,
+    },
+    /// Same name and kind, different settings: the kind changes them in place if it can.
+    Settings {
+        name: String,
+        kind: String,
     },
     /// The functions both versions have are in another order.
     Reordered {
@@ -45,6 +50,12 @@ impl fmt::Display for Change {
             }
             Change::Removed { name } => write!(f, "- remove function {name}"),
             Change::Changed { name, what } => write!(f, "~ change function {name}: {what}"),
+            Change::Settings { name, kind } => {
+                write!(
+                    f,
+                    "~ change the settings of function {name} ({kind}) in place"
+                )
+            }
             Change::Reordered { from, to } => {
                 write!(f, "↕ reorder: {} → {}", from.join(", "), to.join(", "))
             }
@@ -114,9 +125,9 @@ pub fn diff(old: &ChainPlan, new: &ChainPlan) -> Vec<Change> {
                 name: name.to_string(),
                 what: format!("kind {old_kind} → {kind}"),
             }),
-            Some((_, old_settings)) if old_settings != settings => changes.push(Change::Changed {
+            Some((_, old_settings)) if old_settings != settings => changes.push(Change::Settings {
                 name: name.to_string(),
-                what: "settings".into(),
+                kind: kind.to_string(),
             }),
             Some(_) => {}
         }
