@@ -341,7 +341,7 @@ fn debian_package_passes_lintian_and_installs_into_a_scratch_root() {
         assert!(version.trim().ends_with(&format!(".{commit}")), "{version}");
     }
     let depends = field("Depends");
-    for dep in ["libc6", "iproute2"] {
+    for dep in ["libc6", "iproute2", "nftables"] {
         assert!(depends.contains(dep), "Depends: {depends}");
     }
 

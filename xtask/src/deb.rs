@@ -33,8 +33,9 @@ use clap::Args;
 use crate::package::{self, UNIT_NAME, UNIT_TEMPLATE};
 use crate::util;
 
-/// What netfn runs at run time (`ip`); nftables and wireguard-tools join when those kinds land.
-const RUNTIME_DEPENDS: &[&str] = &["iproute2"];
+/// What netfn runs at run time: `ip`, and `nft` for kernel-mode firewalls; wireguard-tools joins
+/// when that kind lands.
+const RUNTIME_DEPENDS: &[&str] = &["iproute2", "nftables"];
 
 const SUMMARY: &str = "service chains of network functions in Linux namespaces";
 const DESCRIPTION: &str = "\

@@ -26,6 +26,8 @@ pub const PACKAGES: &[&str] = &[
     "tcpdump",
     // The agent's tests: a real Prometheus server scrapes it, and promtool checks /metrics.
     "prometheus",
+    // The firewall's kernel-mode form (nft loads its rules) and its benchmark's peer.
+    "nftables",
     // `cargo xtask deb` (dpkg-deb, dpkg-shlibdeps; strip from binutils) and its test (lintian),
     // the install test (`man -l` renders every page).
     "dpkg-dev",
