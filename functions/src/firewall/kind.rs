@@ -10,8 +10,8 @@ use std::sync::Arc;
 use ipnet::{IpNet, Ipv4Net};
 use netfn_common::firewall::FW_DROP_REASON_NAMES;
 use netfn_core::function::{
-    FunctionConfig, FunctionContext, FunctionKind, FunctionMetricsContext, KindMetricsError,
-    MetricFamily, SettingError, Settings, Stage,
+    FunctionConfig, FunctionContext, FunctionKind, FunctionMetricsContext, KernelForm,
+    KindMetricsError, MetricFamily, SettingError, Settings, Stage,
 };
 
 use super::classifier;
@@ -67,12 +67,11 @@ impl FunctionConfig for FirewallConfig {
         Some(self)
     }
 
-    fn kernel_form(&self, ctx: &FunctionContext) -> Option<String> {
-        Some(super::nft::ruleset(
-            &with_probe(&self.settings.rules, ctx),
-            &self.settings.conntrack,
-            ctx,
-        ))
+    fn kernel_form(&self, ctx: &FunctionContext) -> Option<KernelForm> {
+        Some(KernelForm {
+            nftables: super::nft::ruleset(&with_probe(&self.settings.rules, ctx), ctx),
+            sysctls: super::nft::sysctls(&self.settings.conntrack),
+        })
     }
 
     fn change_in_place(&self, old: &dyn FunctionConfig) -> Result<(), String> {

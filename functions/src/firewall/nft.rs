@@ -1,5 +1,6 @@
 //! The firewall's kernel-mode form: the same rule set as an nftables ruleset in the function's
-//! namespace (forward hook, Linux conntrack for the state), loaded by core with `nft -f`.
+//! namespace (forward hook, Linux conntrack for the state, its timeouts as the namespace's
+//! conntrack sysctls), loaded by core with `nft -f`.
 //! Connections are tracked the same way as in the fast path: established and related packets
 //! pass first, a new TCP connection must start with a SYN, and the rules decide new
 //! connections in order, first match wins, then the default verdict. The ruleset replaces the
@@ -16,34 +17,42 @@ use super::rules::{Action, PortRange, Proto, Rule, RuleSet, Side};
 /// The nftables table a firewall function owns in its namespace.
 pub const TABLE: &str = "netfn_fw";
 
+/// The conntrack timeouts of the function's namespace (per-namespace sysctls).
+pub fn sysctls(t: &Conntrack) -> Vec<(String, String)> {
+    let c = t.tcp_closing.to_string();
+    [
+        ("tcp_timeout_syn_sent", t.tcp_syn.to_string()),
+        ("tcp_timeout_syn_recv", t.tcp_syn.to_string()),
+        ("tcp_timeout_established", t.tcp_established.to_string()),
+        ("tcp_timeout_fin_wait", c.clone()),
+        ("tcp_timeout_close_wait", c.clone()),
+        ("tcp_timeout_last_ack", c.clone()),
+        ("tcp_timeout_time_wait", c.clone()),
+        ("tcp_timeout_close", c),
+        ("udp_timeout", t.udp.to_string()),
+        ("udp_timeout_stream", t.udp_stream.to_string()),
+        ("icmp_timeout", t.icmp.to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (format!("net/netfilter/nf_conntrack_{k}"), v))
+    .collect()
+}
+
 /// The ruleset of a firewall function (nft syntax, one transaction).
-pub fn ruleset(rules: &RuleSet, t: &Conntrack, ctx: &FunctionContext) -> String {
+pub fn ruleset(rules: &RuleSet, ctx: &FunctionContext) -> String {
     let mut out = String::new();
     // Declaring, then deleting, makes the load replace an existing table and work without one.
     let _ = writeln!(out, "table inet {TABLE}\ndelete table inet {TABLE}");
     let _ = writeln!(out, "table inet {TABLE} {{");
     let _ = writeln!(
         out,
-        "  ct timeout tcp-timeouts {{\n    protocol tcp\n    l3proto ip\n    policy = {{ syn_sent: {}, syn_recv: {}, established: {}, fin_wait: {c}, close_wait: {c}, last_ack: {c}, time_wait: {c}, close: {c} }}\n  }}",
-        t.tcp_syn,
-        t.tcp_syn,
-        t.tcp_established,
-        c = t.tcp_closing
-    );
-    let _ = writeln!(
-        out,
-        "  ct timeout udp-timeouts {{\n    protocol udp\n    l3proto ip\n    policy = {{ unreplied: {}, replied: {} }}\n  }}",
-        t.udp, t.udp_stream
-    );
-    let _ = writeln!(
-        out,
-        "  chain timeouts {{\n    type filter hook prerouting priority raw; policy accept;\n    meta l4proto tcp ct timeout set \"tcp-timeouts\"\n    meta l4proto udp ct timeout set \"udp-timeouts\"\n  }}"
-    );
-    let _ = writeln!(
-        out,
         "  chain forward {{\n    type filter hook forward priority filter; policy accept;"
     );
+    // Every packet of a connection the rules accepted passes, as in the fast path: replies
+    // (established), ICMP errors about it (related), and the later packets of a one-way flow
+    // (still "new" to conntrack, but its entry is confirmed).
     let _ = writeln!(out, "    ct state established,related counter accept");
+    let _ = writeln!(out, "    ct status confirmed counter accept");
     let _ = writeln!(
         out,
         "    ct state invalid counter drop comment \"fw-invalid\""

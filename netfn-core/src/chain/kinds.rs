@@ -57,11 +57,13 @@ pub(crate) fn start_one(
         }
     }
     if plan.fastpath == FastPath::Kernel {
-        if let Some(ruleset) = config.kernel_form(&ctx) {
-            nft::load(&hop.netns.name, &ruleset).map_err(|source| ObjectError::KernelForm {
+        if let Some(form) = config.kernel_form(&ctx) {
+            let failed = |source| ObjectError::KernelForm {
                 function: name.to_string(),
-                source,
-            })?;
+                source: Box::new(source),
+            };
+            nft::sysctls(&hop.netns.name, &form.sysctls).map_err(failed)?;
+            nft::load(&hop.netns.name, &form.nftables).map_err(failed)?;
         }
         return Ok(());
     }

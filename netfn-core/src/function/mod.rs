@@ -85,11 +85,9 @@ pub trait FunctionConfig: fmt::Debug + Send + Sync + Any {
         None
     }
 
-    /// Kernel mode: the nftables ruleset (`nft -f` syntax) to load inside the function's
-    /// namespace, or `None` for plain forwarding. It is loaded in one transaction, so a changed
-    /// ruleset replaces the old one atomically; it must create its own table and start by
-    /// deleting it (`table inet NAME; delete table inet NAME;`) so a reload replaces it whole.
-    fn kernel_form(&self, ctx: &FunctionContext) -> Option<String> {
+    /// Kernel mode: what to install inside the function's namespace ([`KernelForm`]), or `None`
+    /// for plain forwarding.
+    fn kernel_form(&self, ctx: &FunctionContext) -> Option<KernelForm> {
         let _ = ctx;
         None
     }
@@ -110,6 +108,18 @@ pub trait FunctionConfig: fmt::Debug + Send + Sync + Any {
     fn extra_sources(&self) -> Vec<Ipv4Net> {
         Vec::new()
     }
+}
+
+/// A kind's kernel-mode form, installed in its function's namespace.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KernelForm {
+    /// An nftables ruleset (`nft -f` syntax), loaded in one transaction, so a changed ruleset
+    /// replaces the old one atomically: it must create its own table and start by deleting it
+    /// (`table inet NAME` then `delete table inet NAME`) so a reload replaces it whole.
+    pub nftables: String,
+    /// Sysctls of the namespace (`net/netfilter/nf_conntrack_udp_timeout` → `30`), written
+    /// before the ruleset.
+    pub sysctls: Vec<(String, String)>,
 }
 
 impl dyn FunctionConfig {

@@ -1,4 +1,4 @@
-//! Loading an nftables ruleset inside a namespace: a kind's kernel-mode form
+//! Loading an nftables ruleset (and its sysctls) inside a namespace: a kind's kernel-mode form
 //! ([`crate::function::FunctionConfig::kernel_form`]). `nft -f -` reads the ruleset from stdin
 //! and applies it as one transaction, so a reload replaces the old rules atomically for every
 //! packet. The `nft` binary (Debian: nftables) is an explicit dependency of kernel-mode chains
@@ -24,6 +24,32 @@ pub enum NftError {
     Spawn(std::io::Error),
     #[error("nft refused the ruleset of namespace {netns}: {message}")]
     Refused { netns: String, message: String },
+    #[error("cannot set {key} = {value} in namespace {netns}: {source}")]
+    Sysctl {
+        netns: String,
+        key: String,
+        value: String,
+        source: std::io::Error,
+    },
+}
+
+/// Writes `sysctls` (key under /proc/sys → value) inside namespace `netns`.
+pub fn sysctls(netns: &str, sysctls: &[(String, String)]) -> Result<(), NftError> {
+    if sysctls.is_empty() {
+        return Ok(());
+    }
+    let ns = netns::open(netns)?;
+    netns::run_in(&ns, netns, || {
+        for (key, value) in sysctls {
+            netns::write_sysctl(key, value).map_err(|source| NftError::Sysctl {
+                netns: netns.to_string(),
+                key: key.clone(),
+                value: value.clone(),
+                source,
+            })?;
+        }
+        Ok(())
+    })?
 }
 
 /// Loads `ruleset` (nft syntax) inside namespace `netns` (a name under /run/netns).

@@ -38,7 +38,7 @@ pub enum ObjectError {
     KernelForm {
         function: String,
         #[source]
-        source: super::nft::NftError,
+        source: Box<super::nft::NftError>,
     },
 }
 

@@ -409,7 +409,8 @@ fn decide(p: &Packet, e: &FwdEntry, len: u64) -> Fate {
         // SAFETY: the value of an LRU entry found just now; concurrent writers store whole
         // fields, and a torn view of `state` or `last_seen_ns` only shifts a timeout.
         let ct = unsafe { &mut *ct };
-        if now.wrapping_sub(ct.last_seen_ns) <= timeout(conf, p.proto, ct.state) {
+        // Another CPU may have stamped the entry after this packet read the clock: age 0.
+        if now.saturating_sub(ct.last_seen_ns) <= timeout(conf, p.proto, ct.state) {
             let from_opener = src_is_a == (ct.flags & CT_OPENED_BY_A != 0);
             if p.tcp_flags & (TCP_FIN | TCP_RST) != 0 {
                 ct.state = CT_CLOSING;
@@ -542,7 +543,7 @@ fn take_token(rule: u32, a: &RuleAction, now: u64) -> bool {
     let b = unsafe { &mut *b };
     let cost = 1_000_000_000 / (a.pps.max(1) as u64);
     let cap = cost.saturating_mul(a.burst.max(1) as u64);
-    let credit = core::cmp::min(cap, b.credit_ns.saturating_add(now.wrapping_sub(b.last_ns)));
+    let credit = core::cmp::min(cap, b.credit_ns.saturating_add(now.saturating_sub(b.last_ns)));
     b.last_ns = now;
     if credit >= cost {
         b.credit_ns = credit - cost;
