@@ -231,6 +231,26 @@ fn demo_traffic(netfn: &std::path::Path) -> Result<()> {
     let _ = server.wait();
     client?;
 
+    step("the firewall `middle`: telnet is rejected at once, anything unlisted is dropped");
+    let try_connect = |port: u16, limit: &str| {
+        let script = format!("echo > /dev/tcp/10.20.2.2/{port}");
+        println!("$ netfn exec {DEMO_CHAIN} ingress -- timeout {limit} bash -c '{script}'");
+        Command::new(netfn)
+            .args([
+                "exec", DEMO_CHAIN, "ingress", "--", "timeout", limit, "bash", "-c",
+            ])
+            .arg(&script)
+            .status()
+            .context("run bash in the ingress namespace")
+    };
+    let refused = try_connect(23, "5")?;
+    println!(
+        "(exit {:?}: refused by the firewall's TCP RST)",
+        refused.code()
+    );
+    let dropped = try_connect(8080, "1")?;
+    println!("(exit {:?}: no answer at all, dropped)", dropped.code());
+
     live_apply(netfn)?;
 
     step("status, with per-interface eBPF counters and the agent's probe");
@@ -249,6 +269,8 @@ fn demo_traffic(netfn: &std::path::Path) -> Result<()> {
             || l.starts_with("netfn_function_bytes_total")
             || l.starts_with("netfn_chain_up")
             || l.starts_with("netfn_chain_probe_success")
+            || l.starts_with("netfn_firewall_rule_connections_total")
+            || l.starts_with("netfn_function_drops_total") && !l.ends_with(" 0")
     }) {
         println!("{line}");
     }
