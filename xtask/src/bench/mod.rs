@@ -4,6 +4,7 @@
 mod agent;
 mod chain;
 mod deploy;
+mod firewall;
 
 use std::path::PathBuf;
 
@@ -38,10 +39,32 @@ pub enum Bench {
         #[arg(long)]
         no_iperf: bool,
     },
+    /// UDP pps through one firewall function with 10…100,000 rules (one flow and all-new flows),
+    /// tc and xdp and its kernel form, against a forward function and nftables written linearly
+    /// and as sets; load and swap times (target/bench/firewall.json, firewall.png).
+    Firewall {
+        #[arg(long, default_value_t = 3)]
+        repetitions: usize,
+        /// Seconds per pps window.
+        #[arg(long, default_value_t = 1.5)]
+        seconds: f64,
+        /// Rule counts to measure (each at least 2).
+        #[arg(long = "rules", value_delimiter = ',', default_values_t = vec![10, 1000, 10000, 100000])]
+        rules: Vec<usize>,
+    },
 }
 
 pub fn run(which: Bench) -> Result<()> {
     match which {
+        Bench::Firewall {
+            repetitions,
+            seconds,
+            rules,
+        } => firewall::run(&firewall::Options {
+            repetitions,
+            seconds,
+            rules,
+        }),
         Bench::Agent(opts) => agent::run(&opts),
         Bench::Deploy { functions } => deploy::run(&functions),
         Bench::Chain {
@@ -116,4 +139,28 @@ pub fn write_json<T: Serialize>(name: &str, records: &T) -> Result<PathBuf> {
     std::fs::write(&path, serde_json::to_vec_pretty(records)?)
         .with_context(|| format!("write {}", path.display()))?;
     Ok(path)
+}
+
+/// Writes `svg` as target/bench/NAME.svg and, where rsvg-convert is installed, NAME.png;
+/// returns the files written.
+pub fn write_chart(name: &str, svg: &str) -> Result<Vec<PathBuf>> {
+    let dir = util::workspace_root().join("target/bench");
+    let svg_path = dir.join(format!("{name}.svg"));
+    std::fs::write(&svg_path, svg).with_context(|| format!("write {}", svg_path.display()))?;
+    let mut written = vec![svg_path.clone()];
+    if util::have("rsvg-convert") {
+        let png = dir.join(format!("{name}.png"));
+        util::run(
+            std::process::Command::new("rsvg-convert")
+                .args(["-b", "white", "-o"])
+                .arg(&png)
+                .arg(&svg_path),
+        )?;
+        written.push(png);
+    } else {
+        eprintln!(
+            "rsvg-convert not found (Debian: apt-get install librsvg2-bin): chart left as SVG"
+        );
+    }
+    Ok(written)
 }

@@ -6,26 +6,7 @@ use super::*;
 /// An SVG with two panels (UDP pps and latency against chain length, one line per mode, the bare
 /// pair as a dashed reference), converted to PNG with rsvg-convert when it is installed.
 pub(super) fn chart(records: &[Record]) -> Result<Vec<PathBuf>> {
-    let dir = util::workspace_root().join("target/bench");
-    let svg_path = dir.join("chain.svg");
-    let svg = svg_chart(records);
-    std::fs::write(&svg_path, svg).with_context(|| format!("write {}", svg_path.display()))?;
-    let mut written = vec![svg_path.clone()];
-    if util::have("rsvg-convert") {
-        let png = dir.join("chain.png");
-        util::run(
-            Command::new("rsvg-convert")
-                .args(["-b", "white", "-o"])
-                .arg(&png)
-                .arg(&svg_path),
-        )?;
-        written.push(png);
-    } else {
-        eprintln!(
-            "rsvg-convert not found (Debian: apt-get install librsvg2-bin): chart left as SVG"
-        );
-    }
-    Ok(written)
+    super::super::write_chart("chain", &svg_chart(records))
 }
 
 pub(super) fn svg_chart(records: &[Record]) -> String {

@@ -4,14 +4,18 @@
 use super::*;
 
 /// What the bench created, removed by `teardown` (or on drop, if the bench fails).
-pub(super) struct Lab {
-    pub(super) netfn: PathBuf,
-    pub(super) chains: Vec<String>,
-    pub(super) bare: bool,
+pub(in crate::bench) struct Lab {
+    pub(in crate::bench) netfn: PathBuf,
+    pub(in crate::bench) chains: Vec<String>,
+    pub(in crate::bench) bare: bool,
 }
 
 impl Lab {
-    pub(super) fn build(&mut self, dir: &Path, lengths: &[usize]) -> Result<Vec<Topology>> {
+    pub(in crate::bench) fn build(
+        &mut self,
+        dir: &Path,
+        lengths: &[usize],
+    ) -> Result<Vec<Topology>> {
         let mut topologies = vec![self.bare_pair()?];
         for mode in MODES {
             for &n in lengths {
@@ -91,7 +95,7 @@ impl Lab {
         })
     }
 
-    pub(super) fn teardown(&mut self) -> Result<()> {
+    pub(in crate::bench) fn teardown(&mut self) -> Result<()> {
         let mut errors = Vec::new();
         for chain in std::mem::take(&mut self.chains) {
             match netfn_command(&self.netfn).args(["down", &chain]).output() {
@@ -127,13 +131,13 @@ impl Drop for Lab {
 }
 
 /// `netfn` without starting the host agent (the bench measures the data path alone).
-pub(super) fn netfn_command(netfn: &Path) -> Command {
+pub(in crate::bench) fn netfn_command(netfn: &Path) -> Command {
     let mut c = Command::new(netfn);
     c.env("NETFN_AGENT_AUTOSTART", "0");
     c
 }
 
-pub(super) fn chain_file(name: &str, n: usize, mode: &str) -> String {
+pub(in crate::bench) fn chain_file(name: &str, n: usize, mode: &str) -> String {
     let mut s = format!(
         "[[chain]]\nname = \"{name}\"\nfastpath = \"{mode}\"\n\n\
          [chain.ingress]\naddress = \"{SRC_ADDR}/24\"\n\n\
@@ -147,7 +151,7 @@ pub(super) fn chain_file(name: &str, n: usize, mode: &str) -> String {
     s
 }
 
-pub(super) fn ip(args: &[&str]) -> Result<String> {
+pub(in crate::bench) fn ip(args: &[&str]) -> Result<String> {
     let out = Command::new("ip").args(args).output().context("run ip")?;
     if !out.status.success() {
         bail!(
@@ -160,7 +164,7 @@ pub(super) fn ip(args: &[&str]) -> Result<String> {
 }
 
 /// The MAC address of `dev` in namespace `ns`.
-pub(super) fn link_mac(ns: &str, dev: &str) -> Result<[u8; 6]> {
+pub(in crate::bench) fn link_mac(ns: &str, dev: &str) -> Result<[u8; 6]> {
     let json: serde_json::Value =
         serde_json::from_str(&ip(&["-n", ns, "-j", "link", "show", "dev", dev])?)?;
     let text = json[0]["address"]
@@ -182,7 +186,7 @@ pub(super) fn link_mac(ns: &str, dev: &str) -> Result<[u8; 6]> {
 // ---------------------------------------------------------------------------------------------
 
 /// Enters namespace `ns` on the calling thread (only call on threads made for it).
-pub(super) fn enter(ns: &str) -> Result<()> {
+pub(in crate::bench) fn enter(ns: &str) -> Result<()> {
     let path = format!("/run/netns/{ns}");
     let file = File::open(&path).with_context(|| format!("open {path}"))?;
     // SAFETY: setns with a valid namespace fd.
@@ -193,7 +197,10 @@ pub(super) fn enter(ns: &str) -> Result<()> {
 }
 
 /// Runs `f` on a new thread inside `ns`.
-pub(super) fn in_netns<T: Send>(ns: &str, f: impl FnOnce() -> Result<T> + Send) -> Result<T> {
+pub(in crate::bench) fn in_netns<T: Send>(
+    ns: &str,
+    f: impl FnOnce() -> Result<T> + Send,
+) -> Result<T> {
     thread::scope(|s| {
         s.spawn(|| {
             enter(ns)?;
@@ -205,14 +212,14 @@ pub(super) fn in_netns<T: Send>(ns: &str, f: impl FnOnce() -> Result<T> + Send) 
 }
 
 /// CPUs online (not the calling thread's affinity, which pinning changes).
-pub(super) fn online_cpus() -> usize {
+pub(in crate::bench) fn online_cpus() -> usize {
     // SAFETY: sysconf has no preconditions.
     let n = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
     usize::try_from(n).unwrap_or(1).max(1)
 }
 
 /// Pins the calling thread to `cpu` (if the machine has it).
-pub(super) fn pin_to(cpu: usize) {
+pub(in crate::bench) fn pin_to(cpu: usize) {
     let cpus = online_cpus();
     if cpu >= cpus {
         return;
@@ -226,7 +233,7 @@ pub(super) fn pin_to(cpu: usize) {
 }
 
 /// Busy and total jiffies of all CPUs (/proc/stat).
-pub(super) fn cpu_jiffies() -> (u64, u64) {
+pub(in crate::bench) fn cpu_jiffies() -> (u64, u64) {
     let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
     let fields: Vec<u64> = stat
         .lines()
@@ -242,7 +249,7 @@ pub(super) fn cpu_jiffies() -> (u64, u64) {
     (busy, busy + get(3) + get(4))
 }
 
-pub(super) fn clock_ticks() -> f64 {
+pub(in crate::bench) fn clock_ticks() -> f64 {
     // SAFETY: sysconf has no preconditions.
     let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
     if t > 0 { t as f64 } else { 100.0 }

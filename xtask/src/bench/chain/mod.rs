@@ -47,17 +47,17 @@ mod traffic;
 
 use chart::*;
 use iperf::*;
-use lab::*;
+pub(in crate::bench) use lab::*;
 use report::*;
-use traffic::*;
+pub(in crate::bench) use traffic::*;
 
 /// UDP payload of the pps test: 14 + 20 + 8 + 18 = 60-byte frames.
-const PPS_PAYLOAD: usize = 18;
-const FRAME_BYTES: usize = 14 + 20 + 8 + PPS_PAYLOAD;
+pub(in crate::bench) const PPS_PAYLOAD: usize = 18;
+pub(in crate::bench) const FRAME_BYTES: usize = 14 + 20 + 8 + PPS_PAYLOAD;
 /// Frames per `sendmmsg` / datagrams per `recvmmsg`.
 const BATCH: usize = 256;
-const PPS_PORT: u16 = 9000;
-const PING_PORT: u16 = 9100;
+pub(in crate::bench) const PPS_PORT: u16 = 9000;
+pub(in crate::bench) const PING_PORT: u16 = 9100;
 const IPERF_PORT: u16 = 5301;
 /// Addresses of the chains' endpoints (inside their own namespaces only).
 const SRC_ADDR: Ipv4Addr = Ipv4Addr::new(10, 82, 1, 2);
@@ -83,21 +83,21 @@ pub struct Options {
 
 /// One thing to measure: where the generator and the sink live, and how to reach the sink.
 #[derive(Debug, Clone)]
-struct Topology {
+pub(in crate::bench) struct Topology {
     /// "bare", "kernel-1", "tc-3"…
-    name: String,
-    mode: &'static str,
-    functions: usize,
-    chain: Option<String>,
-    src_ns: String,
-    dst_ns: String,
-    src_if: String,
-    src_addr: Ipv4Addr,
-    dst_addr: Ipv4Addr,
+    pub(in crate::bench) name: String,
+    pub(in crate::bench) mode: &'static str,
+    pub(in crate::bench) functions: usize,
+    pub(in crate::bench) chain: Option<String>,
+    pub(in crate::bench) src_ns: String,
+    pub(in crate::bench) dst_ns: String,
+    pub(in crate::bench) src_if: String,
+    pub(in crate::bench) src_addr: Ipv4Addr,
+    pub(in crate::bench) dst_addr: Ipv4Addr,
     /// Source MAC (the generator's interface) and next-hop MAC (the sink's interface, or the
     /// first function's `nf-in`): the generator writes whole frames.
-    src_mac: [u8; 6],
-    next_mac: [u8; 6],
+    pub(in crate::bench) src_mac: [u8; 6],
+    pub(in crate::bench) next_mac: [u8; 6],
 }
 
 /// One figure: the median of the samples, its unit, and the samples.

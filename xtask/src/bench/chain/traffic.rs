@@ -3,14 +3,14 @@
 
 use super::*;
 
-pub(super) fn udp_in(ns: &str, addr: SocketAddrV4) -> Result<UdpSocket> {
+pub(in crate::bench) fn udp_in(ns: &str, addr: SocketAddrV4) -> Result<UdpSocket> {
     in_netns(ns, || {
         UdpSocket::bind(addr).with_context(|| format!("bind {addr} in {ns}"))
     })
 }
 
 /// A few echoes both ways, so every neighbour is resolved before anything is measured.
-pub(super) fn warm_up(t: &Topology) -> Result<()> {
+pub(in crate::bench) fn warm_up(t: &Topology) -> Result<()> {
     let (p50, _) = ping_pong(t, 50, Duration::from_secs(5))?;
     if p50.is_nan() {
         bail!("no echo came back");
@@ -18,17 +18,25 @@ pub(super) fn warm_up(t: &Topology) -> Result<()> {
     Ok(())
 }
 
-pub(super) struct Pps {
-    pub(super) delivered: f64,
-    pub(super) offered: f64,
-    pub(super) cpu_ns_per_packet: f64,
+pub(in crate::bench) struct Pps {
+    pub(in crate::bench) delivered: f64,
+    pub(in crate::bench) offered: f64,
+    pub(in crate::bench) cpu_ns_per_packet: f64,
 }
 
-pub(super) fn measure_pps(t: &Topology, seconds: f64) -> Result<Pps> {
+pub(in crate::bench) fn measure_pps(t: &Topology, seconds: f64) -> Result<Pps> {
+    measure_pps_of(t, seconds, vec![udp_frame(t, PPS_PORT)])
+}
+
+/// [`measure_pps`] with the generator cycling through `frames` (one flow per distinct frame).
+pub(in crate::bench) fn measure_pps_of(
+    t: &Topology,
+    seconds: f64,
+    frames: Vec<Vec<u8>>,
+) -> Result<Pps> {
     let sink = udp_in(&t.dst_ns, SocketAddrV4::new(t.dst_addr, PPS_PORT))?;
     set_rcvbuf(&sink, 64 << 20);
     sink.set_read_timeout(Some(Duration::from_millis(50)))?;
-    let frame = udp_frame(t, PPS_PORT);
     let stop = Arc::new(AtomicBool::new(false));
     let received = Arc::new(AtomicU64::new(0));
     let sent = Arc::new(AtomicU64::new(0));
@@ -46,7 +54,7 @@ pub(super) fn measure_pps(t: &Topology, seconds: f64) -> Result<Pps> {
         thread::spawn(move || -> Result<()> {
             enter(&ns)?;
             pin_to(0);
-            send_loop(&dev, &frame, &stop, &sent)
+            send_loop(&dev, &frames, &stop, &sent)
         })
     };
 
@@ -87,7 +95,7 @@ pub(super) fn measure_pps(t: &Topology, seconds: f64) -> Result<Pps> {
     })
 }
 
-pub(super) fn set_rcvbuf(sock: &UdpSocket, bytes: libc::c_int) {
+pub(in crate::bench) fn set_rcvbuf(sock: &UdpSocket, bytes: libc::c_int) {
     // SAFETY: valid fd and option value. SO_RCVBUFFORCE (root) ignores rmem_max.
     unsafe {
         libc::setsockopt(
@@ -101,7 +109,7 @@ pub(super) fn set_rcvbuf(sock: &UdpSocket, bytes: libc::c_int) {
 }
 
 /// Counts datagrams at the UDP socket until `stop`.
-pub(super) fn recv_loop(sock: &UdpSocket, stop: &AtomicBool, received: &AtomicU64) {
+pub(in crate::bench) fn recv_loop(sock: &UdpSocket, stop: &AtomicBool, received: &AtomicU64) {
     let mut bufs = vec![[0u8; 64]; BATCH];
     let mut iovs: Vec<libc::iovec> = bufs
         .iter_mut()
@@ -137,13 +145,17 @@ pub(super) fn recv_loop(sock: &UdpSocket, stop: &AtomicBool, received: &AtomicU6
     }
 }
 
-/// Sends `frame` out of `dev` (calling thread's namespace) as fast as it can, until `stop`.
-pub(super) fn send_loop(
+/// Sends `frames` out of `dev` (calling thread's namespace) as fast as it can, in turn, until
+/// `stop`.
+pub(in crate::bench) fn send_loop(
     dev: &str,
-    frame: &[u8],
+    frames: &[Vec<u8>],
     stop: &AtomicBool,
     sent: &AtomicU64,
 ) -> Result<()> {
+    if frames.is_empty() {
+        bail!("no frames to send");
+    }
     let name = std::ffi::CString::new(dev)?;
     // SAFETY: plain syscalls on a socket this function owns; every pointer handed to the
     // kernel points at live locals.
@@ -177,19 +189,27 @@ pub(super) fn send_loop(
         {
             return Err(std::io::Error::last_os_error()).context("bind AF_PACKET");
         }
-        let mut iov = libc::iovec {
-            iov_base: frame.as_ptr() as *mut libc::c_void,
-            iov_len: frame.len(),
-        };
+        // One iovec per frame; each batch's headers point at the next BATCH of them.
+        let mut iovs: Vec<libc::iovec> = frames
+            .iter()
+            .map(|f| libc::iovec {
+                iov_base: f.as_ptr() as *mut libc::c_void,
+                iov_len: f.len(),
+            })
+            .collect();
         let mut msgs: Vec<libc::mmsghdr> = (0..BATCH)
             .map(|_| {
                 let mut m: libc::mmsghdr = std::mem::zeroed();
-                m.msg_hdr.msg_iov = &mut iov;
                 m.msg_hdr.msg_iovlen = 1;
                 m
             })
             .collect();
+        let mut next = 0usize;
         while !stop.load(Ordering::Relaxed) {
+            for m in msgs.iter_mut() {
+                m.msg_hdr.msg_iov = &mut iovs[next];
+                next = (next + 1) % iovs.len();
+            }
             let n = libc::sendmmsg(fd.as_raw_fd(), msgs.as_mut_ptr(), BATCH as libc::c_uint, 0);
             if n > 0 {
                 sent.fetch_add(n as u64, Ordering::Relaxed);
@@ -200,7 +220,12 @@ pub(super) fn send_loop(
 }
 
 /// An Ethernet + IPv4 + UDP frame from the topology's source to its sink (UDP checksum 0).
-pub(super) fn udp_frame(t: &Topology, port: u16) -> Vec<u8> {
+pub(in crate::bench) fn udp_frame(t: &Topology, port: u16) -> Vec<u8> {
+    udp_frame_from(t, 40000, port)
+}
+
+/// [`udp_frame`] from source port `sport`.
+pub(in crate::bench) fn udp_frame_from(t: &Topology, sport: u16, port: u16) -> Vec<u8> {
     let mut f = Vec::with_capacity(FRAME_BYTES);
     f.extend_from_slice(&t.next_mac);
     f.extend_from_slice(&t.src_mac);
@@ -222,7 +247,7 @@ pub(super) fn udp_frame(t: &Topology, port: u16) -> Vec<u8> {
     }
     ip[10..12].copy_from_slice(&(!(sum as u16)).to_be_bytes());
     f.extend_from_slice(&ip);
-    f.extend_from_slice(&40000u16.to_be_bytes());
+    f.extend_from_slice(&sport.to_be_bytes());
     f.extend_from_slice(&port.to_be_bytes());
     f.extend_from_slice(&((8 + PPS_PAYLOAD) as u16).to_be_bytes());
     f.extend_from_slice(&[0, 0]);
@@ -230,7 +255,7 @@ pub(super) fn udp_frame(t: &Topology, port: u16) -> Vec<u8> {
     f
 }
 
-pub(super) fn measure_latency(t: &Topology, seconds: f64) -> Result<(f64, f64)> {
+pub(in crate::bench) fn measure_latency(t: &Topology, seconds: f64) -> Result<(f64, f64)> {
     ping_pong(t, usize::MAX, Duration::from_secs_f64(seconds))
 }
 
@@ -239,7 +264,11 @@ pub(super) fn measure_latency(t: &Topology, seconds: f64) -> Result<(f64, f64)> 
 /// Both sides busy-poll non-blocking sockets on their own CPU (client CPU 0, echo CPU 1): no
 /// sleeping, so the figure is the path itself, not how fast an idle virtual CPU wakes up (which
 /// dominates blocking ping-pong between CPUs of a VM: tens of µs).
-pub(super) fn ping_pong(t: &Topology, count: usize, duration: Duration) -> Result<(f64, f64)> {
+pub(in crate::bench) fn ping_pong(
+    t: &Topology,
+    count: usize,
+    duration: Duration,
+) -> Result<(f64, f64)> {
     let server = udp_in(&t.dst_ns, SocketAddrV4::new(t.dst_addr, PING_PORT))?;
     server.set_nonblocking(true)?;
     let client = udp_in(&t.src_ns, SocketAddrV4::new(t.src_addr, PING_PORT + 1))?;
@@ -300,7 +329,7 @@ pub(super) fn ping_pong(t: &Topology, count: usize, duration: Duration) -> Resul
 }
 
 /// Lets the calling (main) thread run anywhere again.
-pub(super) fn unpin() {
+pub(in crate::bench) fn unpin() {
     let cpus = online_cpus();
     // SAFETY: as in `pin_to`.
     unsafe {

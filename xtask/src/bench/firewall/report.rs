@@ -1,0 +1,420 @@
+//! The firewall bench's results: records (medians and ratios), the table, the goals, the JSON and
+//! the chart (packets per second against the rule count, log scale).
+
+use std::fmt::Write as _;
+use std::time::Instant;
+
+use anyhow::Result;
+use serde::Serialize;
+
+use super::{Contender, Options, Samples, med};
+use crate::bench::{write_chart, write_json};
+
+#[derive(Debug, Clone, Serialize)]
+struct Record {
+    contender: String,
+    rules: usize,
+    case: super::Case,
+    one_flow_pps: f64,
+    one_flow_samples: Vec<f64>,
+    /// One-flow pps relative to a `forward` function in the same fast path (kernel mode for
+    /// the nftables baselines).
+    vs_forward: f64,
+    new_flows_pps: f64,
+    new_flows_samples: Vec<f64>,
+    load_ms: f64,
+    swap_ms: Option<f64>,
+}
+
+#[derive(Serialize)]
+struct Goal {
+    what: String,
+    value: f64,
+    target: String,
+    met: bool,
+}
+
+#[derive(Serialize)]
+struct Report<'a> {
+    bench: &'static str,
+    command: String,
+    kernel: String,
+    frame_bytes: usize,
+    repetitions: usize,
+    seconds: f64,
+    records: &'a [Record],
+    goals: Vec<Goal>,
+}
+
+pub(super) fn report(
+    options: &Options,
+    contenders: &[Contender],
+    samples: &[Samples],
+    started: Instant,
+) -> Result<()> {
+    let forward = |mode: &str| {
+        contenders
+            .iter()
+            .zip(samples)
+            .find(|(c, _)| c.kind == format!("forward-{mode}"))
+            .map(|(_, s)| med(&s.one_flow))
+            .unwrap_or(f64::NAN)
+    };
+    let records: Vec<Record> = contenders
+        .iter()
+        .zip(samples)
+        .map(|(c, s)| {
+            let mode = c.kind.rsplit('-').next().unwrap_or("kernel");
+            let mode = if c.kind.starts_with("nft-") {
+                "kernel"
+            } else {
+                mode
+            };
+            let one = med(&s.one_flow);
+            Record {
+                contender: c.kind.clone(),
+                rules: c.rules,
+                case: c.case,
+                one_flow_pps: one,
+                one_flow_samples: s.one_flow.clone(),
+                vs_forward: one / forward(mode),
+                new_flows_pps: med(&s.new_flows),
+                new_flows_samples: s.new_flows.clone(),
+                load_ms: c.load_ms,
+                swap_ms: c.swap_ms,
+            }
+        })
+        .collect();
+
+    println!(
+        "\n{:<15} {:>7} {:<5} {:>12} {:>8} {:>14} {:>9} {:>9}",
+        "contender", "rules", "case", "1 flow pps", "vs fwd", "new flows pps", "load ms", "swap ms"
+    );
+    for r in &records {
+        println!(
+            "{:<15} {:>7} {:<5} {:>12.0} {:>7.2}x {:>14.0} {:>9.0} {:>9}",
+            r.contender,
+            r.rules,
+            if r.rules == 0 { "-" } else { case_name(r.case) },
+            r.one_flow_pps,
+            r.vs_forward,
+            r.new_flows_pps,
+            r.load_ms,
+            r.swap_ms.map_or("-".into(), |s| format!("{s:.0}"))
+        );
+    }
+    let goals = goals(&records, options);
+    println!();
+    for g in &goals {
+        println!(
+            "goal: {:<70} {:>9.2}  target {:<8} {}",
+            g.what,
+            g.value,
+            g.target,
+            if g.met { "met" } else { "NOT met" }
+        );
+    }
+    let report = Report {
+        bench: "firewall",
+        command: format!(
+            "cargo xtask bench firewall --repetitions {} --seconds {} --rules {}",
+            options.repetitions,
+            options.seconds,
+            options
+                .rules
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(",")
+        ),
+        kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .unwrap_or_default()
+            .trim()
+            .to_string(),
+        frame_bytes: crate::bench::chain::FRAME_BYTES,
+        repetitions: options.repetitions,
+        seconds: options.seconds,
+        records: &records,
+        goals,
+    };
+    let json = write_json("firewall", &report)?;
+    println!("\nwrote {}", json.display());
+    match write_chart("firewall", &svg(&records)) {
+        Ok(paths) => paths.iter().for_each(|p| println!("wrote {}", p.display())),
+        Err(e) => eprintln!("chart: {e:#}"),
+    }
+    println!("total {:.0} s", started.elapsed().as_secs_f64());
+    Ok(())
+}
+
+fn case_name(c: super::Case) -> &'static str {
+    c.name()
+}
+
+fn find<'a>(
+    records: &'a [Record],
+    who: &str,
+    rules: usize,
+    case: super::Case,
+) -> Option<&'a Record> {
+    records
+        .iter()
+        .find(|r| r.contender == who && r.rules == rules && r.case == case)
+}
+
+fn goals(records: &[Record], options: &Options) -> Vec<Goal> {
+    use super::Case::{Last, None};
+    let mut goals = Vec::new();
+    let most = options.rules.iter().copied().max().unwrap_or(0);
+    let least = options.rules.iter().copied().min().unwrap_or(0);
+    let mut goal = |what: String, value: f64, target: f64, ge: bool| {
+        goals.push(Goal {
+            what,
+            value,
+            target: format!("{}{target}", if ge { ">= " } else { "<= " }),
+            met: if ge { value >= target } else { value <= target },
+        });
+    };
+    if let (Some(big), Some(small)) = (
+        find(records, "fw-tc", most, Last),
+        find(records, "fw-tc", least, Last),
+    ) {
+        goal(
+            format!("fw-tc one flow at {most} rules vs at {least} rules (last rule)"),
+            big.one_flow_pps / small.one_flow_pps,
+            0.9,
+            true,
+        );
+        goal(
+            format!("fw-tc one flow at {most} rules vs a forward function"),
+            big.vs_forward,
+            0.8,
+            true,
+        );
+        goal(
+            format!("fw-tc all-new flows at {most} rules vs at {least} rules"),
+            big.new_flows_pps / small.new_flows_pps,
+            0.9,
+            true,
+        );
+    }
+    if let (Some(fw), Some(linear)) = (
+        find(records, "fw-tc", 10_000, Last),
+        find(records, "nft-linear", 10_000, Last),
+    ) {
+        goal(
+            "fw-tc vs nft-linear at 10000 rules (one flow, last rule)".into(),
+            fw.one_flow_pps / linear.one_flow_pps,
+            30.0,
+            true,
+        );
+        goal(
+            "fw-tc vs nft-linear at 10000 rules (all-new flows, last rule)".into(),
+            fw.new_flows_pps / linear.new_flows_pps,
+            1.0,
+            true,
+        );
+    }
+    let mut worst = f64::INFINITY;
+    let mut worst_new = f64::INFINITY;
+    for &n in &options.rules {
+        for case in [Last, None] {
+            if let (Some(fw), Some(expert)) = (
+                find(records, "fw-tc", n, case),
+                find(records, "nft-expert", n, case),
+            ) {
+                worst = worst.min(fw.one_flow_pps / expert.one_flow_pps);
+                worst_new = worst_new.min(fw.new_flows_pps / expert.new_flows_pps);
+            }
+        }
+    }
+    if worst.is_finite() {
+        goal(
+            "fw-tc vs nft-expert, worst rule count and case (one flow)".into(),
+            worst,
+            1.0,
+            true,
+        );
+        goal(
+            "fw-tc vs nft-expert, worst rule count and case (all-new flows)".into(),
+            worst_new,
+            1.0,
+            true,
+        );
+    }
+    for who in ["fw-tc", "fw-xdp"] {
+        if let Some(r) = find(records, who, most, Last) {
+            goal(
+                format!("{who}: netfn up with {most} rules (ms, includes the process)"),
+                r.load_ms,
+                2000.0,
+                false,
+            );
+            if let Some(s) = r.swap_ms {
+                goal(
+                    format!("{who}: netfn apply swapping {most} rules (ms)"),
+                    s,
+                    2000.0,
+                    false,
+                );
+            }
+        }
+    }
+    goals
+}
+
+/// Packets per second against the rule count (log scale): one line per contender (case
+/// `last`), solid for one flow, dashed for all-new flows; the forward functions as flat
+/// references.
+fn svg(records: &[Record]) -> String {
+    const W: f64 = 900.0;
+    const H: f64 = 520.0;
+    let (left, right, top, bottom) = (80.0, 220.0, 50.0, 60.0);
+    let series = [
+        ("fw-tc", "#1f77b4"),
+        ("fw-xdp", "#d62728"),
+        ("fw-kernel", "#2ca02c"),
+        ("nft-expert", "#9467bd"),
+        ("nft-linear", "#8c564b"),
+    ];
+    let last: Vec<&Record> = records
+        .iter()
+        .filter(|r| r.rules > 0 && r.case == super::Case::Last)
+        .collect();
+    let max_rules = last.iter().map(|r| r.rules).max().unwrap_or(10).max(10) as f64;
+    let min_rules = last.iter().map(|r| r.rules).min().unwrap_or(10).max(1) as f64;
+    let max_pps = records
+        .iter()
+        .flat_map(|r| [r.one_flow_pps, r.new_flows_pps])
+        .filter(|v| v.is_finite())
+        .fold(1.0f64, f64::max)
+        * 1.1;
+    let x = |rules: f64| {
+        let span = (max_rules.log10() - min_rules.log10()).max(1e-9);
+        left + (rules.log10() - min_rules.log10()) / span * (W - left - right)
+    };
+    let y = |pps: f64| H - bottom - (pps / max_pps) * (H - top - bottom);
+    let mut s = String::new();
+    let _ = write!(
+        s,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" font-family="sans-serif" font-size="12">"#
+    );
+    let _ = write!(
+        s,
+        r#"<text x="{}" y="24" text-anchor="middle" font-size="15">netfn firewall: UDP packets/s through one function vs rule count (traffic meets the last rule)</text>"#,
+        (W - right + left) / 2.0
+    );
+    // Axes and grid.
+    let _ = write!(
+        s,
+        r##"<line x1="{left}" y1="{}" x2="{}" y2="{}" stroke="#000"/><line x1="{left}" y1="{top}" x2="{left}" y2="{}" stroke="#000"/>"##,
+        H - bottom,
+        W - right,
+        H - bottom,
+        H - bottom
+    );
+    let mut tick = 1.0;
+    while tick <= max_rules * 1.0001 {
+        if tick >= min_rules * 0.9999 {
+            let _ = write!(
+                s,
+                r##"<text x="{}" y="{}" text-anchor="middle">{}</text><line x1="{}" y1="{top}" x2="{}" y2="{}" stroke="#eee"/>"##,
+                x(tick),
+                H - bottom + 18.0,
+                tick as u64,
+                x(tick),
+                x(tick),
+                H - bottom
+            );
+        }
+        tick *= 10.0;
+    }
+    for i in 0..=5 {
+        let v = max_pps * f64::from(i) / 5.0;
+        let _ = write!(
+            s,
+            r##"<text x="{}" y="{}" text-anchor="end">{:.2} M</text><line x1="{left}" y1="{}" x2="{}" y2="{}" stroke="#eee"/>"##,
+            left - 6.0,
+            y(v) + 4.0,
+            v / 1e6,
+            y(v),
+            W - right,
+            y(v)
+        );
+    }
+    let _ = write!(
+        s,
+        r#"<text x="{}" y="{}" text-anchor="middle">rules (log scale)</text><text x="20" y="{}" transform="rotate(-90 20 {})" text-anchor="middle">packets/s delivered (60-byte UDP)</text>"#,
+        (left + W - right) / 2.0,
+        H - 18.0,
+        (top + H - bottom) / 2.0,
+        (top + H - bottom) / 2.0
+    );
+    let mut legend_y = top + 10.0;
+    let mut legend = |s: &mut String, label: &str, color: &str, dashed: bool| {
+        let dash = if dashed {
+            r#" stroke-dasharray="6 4""#
+        } else {
+            ""
+        };
+        let _ = write!(
+            s,
+            r#"<line x1="{}" y1="{legend_y}" x2="{}" y2="{legend_y}" stroke="{color}" stroke-width="2"{dash}/><text x="{}" y="{}">{label}</text>"#,
+            W - right + 10.0,
+            W - right + 40.0,
+            W - right + 46.0,
+            legend_y + 4.0
+        );
+        legend_y += 18.0;
+    };
+    for (who, color) in series {
+        let mut points: Vec<&Record> = last
+            .iter()
+            .copied()
+            .filter(|r| r.contender == who)
+            .collect();
+        points.sort_by_key(|r| r.rules);
+        for (dashed, value) in [
+            (false, (|r: &Record| r.one_flow_pps) as fn(&Record) -> f64),
+            (true, |r: &Record| r.new_flows_pps),
+        ] {
+            if who.starts_with("nft-") && dashed {
+                continue; // stateless: the same as one flow
+            }
+            let path: Vec<String> = points
+                .iter()
+                .map(|r| format!("{:.1},{:.1}", x(r.rules as f64), y(value(r))))
+                .collect();
+            if path.is_empty() {
+                continue;
+            }
+            let dash = if dashed {
+                r#" stroke-dasharray="6 4""#
+            } else {
+                ""
+            };
+            let _ = write!(
+                s,
+                r#"<polyline points="{}" fill="none" stroke="{color}" stroke-width="2"{dash}/>"#,
+                path.join(" ")
+            );
+            let label = if dashed {
+                format!("{who}, all-new flows")
+            } else {
+                who.to_string()
+            };
+            legend(&mut s, &label, color, dashed);
+        }
+    }
+    if let Some(fwd) = records.iter().find(|r| r.contender == "forward-tc") {
+        let _ = write!(
+            s,
+            r##"<line x1="{left}" y1="{y0}" x2="{}" y2="{y0}" stroke="#444" stroke-dasharray="2 3"/>"##,
+            W - right,
+            y0 = y(fwd.one_flow_pps)
+        );
+        legend(&mut s, "forward function (tc)", "#444", true);
+    }
+    s.push_str("</svg>\n");
+    s
+}
