@@ -93,7 +93,9 @@ pub(super) fn nft_linear(n: usize, case: Case, src: &str) -> String {
         "table inet bench\ndelete table inet bench\ntable inet bench {{\n  chain forward {{\n    type filter hook forward priority filter; policy {};",
         default_action(case)
     );
+    // The warm-up's ping-pong both ways (no state: the echo needs its own rule).
     let _ = writeln!(s, "    udp dport {PING_PORT} accept");
+    let _ = writeln!(s, "    udp sport {PING_PORT} accept");
     let fillers = n.saturating_sub(2);
     for i in 0..=fillers {
         if i == fillers && case == Case::Last {
@@ -116,7 +118,10 @@ pub(super) fn nft_linear(n: usize, case: Case, src: &str) -> String {
 pub(super) fn nft_expert(n: usize, case: Case, src: &str) -> String {
     let fillers = n.saturating_sub(2) + usize::from(case == Case::None);
     let mut s = String::with_capacity(n * 30);
-    let _ = writeln!(s,);
+    let _ = writeln!(
+        s,
+        "table inet bench\ndelete table inet bench\ntable inet bench {{\n  set drops {{\n    type ipv4_addr . inet_service\n    elements = {{"
+    );
     for i in 0..fillers {
         let sep = if i + 1 == fillers { "" } else { "," };
         let _ = writeln!(s, "      {} . {}{sep}", filler_addr(i), filler_port(i));
@@ -127,6 +132,7 @@ pub(super) fn nft_expert(n: usize, case: Case, src: &str) -> String {
         default_action(case)
     );
     let _ = writeln!(s, "    udp dport {PING_PORT} accept");
+    let _ = writeln!(s, "    udp sport {PING_PORT} accept");
     let _ = writeln!(s, "    ip saddr . udp dport @drops drop");
     if case == Case::Last {
         let _ = writeln!(s, "    ip saddr {src} udp dport {PPS_PORT} accept");
@@ -148,9 +154,10 @@ mod tests {
         assert_eq!(none.matches("[[rule]]").count(), 10);
         assert!(!none.contains("10.82.1.2"));
         let linear = nft_linear(10, Case::Last, "10.82.1.2");
+        // n rules, and the echo of the warm-up's ping-pong.
         assert_eq!(
             linear.matches(" accept\n").count() + linear.matches(" drop\n").count(),
-            10
+            11
         );
         let expert = nft_expert(1000, Case::None, "10.82.1.2");
         let elements = expert.lines().filter(|l| l.trim_start().starts_with("10.")).count();
