@@ -27,7 +27,7 @@ use std::path::Path;
 
 use ipnet::IpNet;
 use netfn_core::function::{Located, SettingError, Settings};
-use netfn_core::spec::diag::Position;
+use netfn_core::spec::diag::LineIndex;
 use serde::{Deserialize, Serialize};
 use toml::Spanned;
 use toml::de::{DeTable, DeValue};
@@ -160,15 +160,15 @@ enum PortItem {
 
 /// Where the problems of one file go: the chain file (by span) or a rules file (by position).
 struct Sink<'a> {
-    /// `None`: the chain file; else the rules file's path and text.
-    file: Option<(&'a Path, &'a str)>,
+    /// `None`: the chain file; else the rules file's path and line index.
+    file: Option<(&'a Path, &'a LineIndex<'a>)>,
     errors: Vec<SettingError>,
 }
 
 impl Sink<'_> {
     fn error(&mut self, span: Range<usize>, message: String, hint: Option<String>) {
-        let elsewhere = self.file.map(|(path, text)| {
-            let at = Position::of(text, span.start);
+        let elsewhere = self.file.map(|(path, lines)| {
+            let at = lines.position(span.start);
             Located {
                 file: path.to_path_buf(),
                 line: at.line,
@@ -261,8 +261,9 @@ pub fn parse(settings: Settings<'_>) -> Result<(FirewallSettings, Vec<Origin>), 
 
 /// The rules of a rules file (with where each starts), and its problems.
 fn rules_file(path: &Path, text: &str) -> (Vec<(Rule, Located)>, Vec<SettingError>) {
+    let lines = LineIndex::new(text);
     let mut sink = Sink {
-        file: Some((path, text)),
+        file: Some((path, &lines)),
         errors: Vec::new(),
     };
     let table = match DeTable::parse(text) {
@@ -291,7 +292,7 @@ fn rules_file(path: &Path, text: &str) -> (Vec<(Rule, Located)>, Vec<SettingErro
     let mut rules = Vec::new();
     for r in raw.rule {
         let span = r.span();
-        let at = Position::of(text, span.start);
+        let at = lines.position(span.start);
         let at = Located {
             file: path.to_path_buf(),
             line: at.line,

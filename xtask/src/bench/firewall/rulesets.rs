@@ -160,7 +160,10 @@ mod tests {
             11
         );
         let expert = nft_expert(1000, Case::None, "10.82.1.2");
-        let elements = expert.lines().filter(|l| l.trim_start().starts_with("10.")).count();
+        let elements = expert
+            .lines()
+            .filter(|l| l.trim_start().starts_with("10."))
+            .count();
         assert_eq!(elements, 999);
         assert!(expert.contains("policy accept"));
     }
