@@ -268,7 +268,10 @@ impl Drop for ForeignNetns {
 pub fn kill_netfn_mid_way(args: &[&str], chain: &str, delay: Option<Duration>) -> bool {
     let record_path = format!("/run/netfn/chains/{chain}.json");
     let applying = || {
-        std::fs::read_to_string(&record_path).is_ok_and(|r| r.contains("\"phase\": \"applying\""))
+        std::fs::read_to_string(&record_path)
+            .ok()
+            .and_then(|r| serde_json::from_str::<serde_json::Value>(&r).ok())
+            .is_some_and(|r| r["phase"] == "applying")
     };
     let mut child = command(&netfn_bin())
         .args(args)

@@ -222,6 +222,13 @@ const CASES: &[Case] = &[
         rule: None,
     },
     Case {
+        what: "the agent's chain probe passes (netfn's own rule, before the configured ones)",
+        from: From::Ingress,
+        probe: Probe::Udp { port: 9848 },
+        expect: Seen::Passed,
+        rule: Some("netfn-probe"),
+    },
+    Case {
         what: "unsolicited udp from the egress side: default drop",
         from: From::Egress,
         probe: Probe::Udp { port: 53 },
@@ -452,7 +459,7 @@ fn every_case_in(mode: &str) {
     let dir = TempDir::new(&chain);
     let file = dir.write("chain.toml", &firewall_chain(&chain, mode, RULES));
     let guard = ChainGuard::up(&chain, &file);
-    let _servers = Servers::start(&chain, &[22, 80, 81, 82, 84, 8080], &[53, 5005]);
+    let _servers = Servers::start(&chain, &[22, 80, 81, 82, 84, 8080], &[53, 5005, 9848]);
 
     let mut wrong = Vec::new();
     for case in CASES {

@@ -37,6 +37,14 @@ const MODULES: &[&str] = &[
     "bridge",
     "vxlan",
     "wireguard",
+    // The firewall's kernel-mode form (nftables with conntrack, reject and limit); the guest
+    // has no modprobe for the kernel to load them on demand.
+    "nf_tables",
+    "nft_ct",
+    "nft_counter",
+    "nft_limit",
+    "nft_reject",
+    "nft_reject_inet",
 ];
 
 /// Host programs shipped when the host has them (busybox provides the rest): iproute2's `ip`

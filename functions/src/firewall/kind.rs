@@ -14,13 +14,17 @@ use netfn_core::function::{
     KindMetricsError, MetricFamily, SettingError, Settings, Stage,
 };
 
-use super::classifier;
+use std::sync::OnceLock;
+
+use super::classifier::{self, Compiled};
 use super::config::{self, FirewallSettings};
 use super::rules::{Action, PortRange, Proto, Rule, RuleSet, Side};
 
 /// The name of the rule netfn puts first in every firewall: it lets the host agent's chain probe
 /// through (UDP from the ingress endpoint to the egress endpoint's probe port), so a firewall
 /// never makes a healthy chain look down. `netfn status` and the metrics show it like any rule.
+/// (The eBPF stage checks it before the compiled rules, from its settings; the nftables form
+/// writes it as its first rule.)
 pub const PROBE_RULE: &str = "netfn-probe";
 
 /// `rules` with the chain probe's rule first (see [`PROBE_RULE`]).
@@ -48,10 +52,36 @@ pub fn with_probe(rules: &RuleSet, ctx: &FunctionContext) -> RuleSet {
 
 pub struct Firewall;
 
-/// A checked firewall (its rules compile: `parse` made sure).
+/// A checked firewall (its rules compile: `parse` made sure) and its compiled rules, made once
+/// (at parse, or when a recorded config first needs them).
 #[derive(Debug)]
 pub struct FirewallConfig {
     pub settings: FirewallSettings,
+    compiled: OnceLock<Result<Arc<Compiled>, String>>,
+}
+
+impl FirewallConfig {
+    fn new(settings: FirewallSettings, compiled: Option<Compiled>) -> Self {
+        let cell = OnceLock::new();
+        if let Some(c) = compiled {
+            let _ = cell.set(Ok(Arc::new(c)));
+        }
+        FirewallConfig {
+            settings,
+            compiled: cell,
+        }
+    }
+
+    /// The compiled rules.
+    pub fn compiled(&self) -> Result<Arc<Compiled>, String> {
+        self.compiled
+            .get_or_init(|| {
+                classifier::compile(&self.settings.rules)
+                    .map(Arc::new)
+                    .map_err(|e| e.to_string())
+            })
+            .clone()
+    }
 }
 
 impl FunctionConfig for FirewallConfig {
@@ -108,8 +138,9 @@ impl FunctionKind for Firewall {
                 Some("split or simplify the rules it names".into()),
             )]
         })?;
-        let config = FirewallConfig { settings: parsed };
-        for rule in compiled.unreachable_rules() {
+        let unreachable = compiled.unreachable_rules();
+        let config = FirewallConfig::new(parsed, Some(compiled));
+        for rule in unreachable {
             let Some(origin) = origins.get(rule as usize) else {
                 continue;
             };
@@ -132,7 +163,7 @@ impl FunctionKind for Firewall {
     fn load(&self, recorded: &serde_json::Value) -> Result<Arc<dyn FunctionConfig>, String> {
         let settings: FirewallSettings =
             serde_json::from_value(recorded.clone()).map_err(|e| e.to_string())?;
-        Ok(Arc::new(FirewallConfig { settings }))
+        Ok(Arc::new(FirewallConfig::new(settings, None)))
     }
 
     fn drop_reasons(&self) -> &'static [&'static str] {

@@ -10,7 +10,6 @@ use netfn_common::firewall::{FW_RULE_COUNTERS_MAP, FW_STATS_MAP, FwStats, RuleCo
 use netfn_core::function::{FunctionMetricsContext, KindMetricsError, MetricFamily};
 use netfn_core::spec::FastPath;
 
-use super::config::FirewallSettings;
 use super::kind::PROBE_RULE;
 
 /// The function's stage directory, for fast-path chains.
@@ -51,11 +50,20 @@ fn stats(dir: &std::path::Path) -> Result<FwStats, KindMetricsError> {
     Ok(all.into_iter().next().unwrap_or_default())
 }
 
+/// The rule names of recorded settings, by index (`None`: unnamed), read without decoding the
+/// rules (a scrape of a 100,000-rule firewall stays cheap).
+fn rule_names(settings: &serde_json::Value) -> Vec<Option<&str>> {
+    settings["rules"]["rules"]
+        .as_array()
+        .map(|rules| rules.iter().map(|r| r["name"].as_str()).collect())
+        .unwrap_or_default()
+}
+
 /// Per-rule counters labelled by rule: named rules by name, unnamed ones summed as
-/// `(unnamed)`, the default verdict as `(default)`.
+/// `(unnamed)`, the default verdict as `(default)`, the chain probe as `netfn-probe`.
 fn rule_counters(
     dir: &std::path::Path,
-    settings: &FirewallSettings,
+    names: &[Option<&str>],
 ) -> Result<Vec<(String, RuleCounters)>, KindMetricsError> {
     let all = read_per_cpu::<RuleCounters>(&dir.join(FW_RULE_COUNTERS_MAP), |t, v| {
         t.packets += v.packets;
@@ -70,12 +78,13 @@ fn rule_counters(
         }
         None => out.push((label, *c)),
     };
-    // The live instance's rules: the probe rule, then the configured ones, then the default.
+    // The rules, then the default verdict, then the chain probe.
     for (i, c) in all.iter().enumerate() {
-        let label = match i.checked_sub(1).map(|i| settings.rules.rules.get(i)) {
-            None => PROBE_RULE.to_string(),
-            Some(Some(r)) => r.name.clone().unwrap_or_else(|| "(unnamed)".into()),
-            Some(None) => "(default)".into(),
+        let label = match (names.get(i), i - names.len().min(i)) {
+            (Some(Some(name)), _) => name.to_string(),
+            (Some(None), _) => "(unnamed)".into(),
+            (None, 0) => "(default)".into(),
+            (None, _) => PROBE_RULE.into(),
         };
         add(label, c);
     }
@@ -83,9 +92,9 @@ fn rule_counters(
 }
 
 pub fn metrics(ctx: &FunctionMetricsContext<'_>) -> Result<Vec<MetricFamily>, KindMetricsError> {
-    let settings: FirewallSettings = serde_json::from_value(ctx.settings.clone())?;
+    let names = rule_names(ctx.settings);
     let mut rules = ctx.gauge("netfn_firewall_rules", "Rules in the function's rule set.");
-    rules.sample_u64(&[], settings.rules.rules.len() as u64);
+    rules.sample_u64(&[], names.len() as u64);
     let mut out = vec![rules.build()];
     let Some(dir) = stage_dir(ctx) else {
         return Ok(out);
@@ -98,7 +107,7 @@ pub fn metrics(ctx: &FunctionMetricsContext<'_>) -> Result<Vec<MetricFamily>, Ki
         "netfn_firewall_rule_bytes_total",
         "Bytes of the first packets of the connections a rule decided.",
     );
-    for (label, c) in rule_counters(&dir, &settings)? {
+    for (label, c) in rule_counters(&dir, &names)? {
         conns.sample_u64(&[("rule", &label)], c.packets);
         bytes.sample_u64(&[("rule", &label)], c.bytes);
     }
@@ -140,13 +149,11 @@ pub fn metrics(ctx: &FunctionMetricsContext<'_>) -> Result<Vec<MetricFamily>, Ki
 }
 
 pub fn status(ctx: &FunctionMetricsContext<'_>) -> Vec<(String, String)> {
-    let Ok(settings) = serde_json::from_value::<FirewallSettings>(ctx.settings.clone()) else {
-        return Vec::new();
-    };
-    let default = format!("{:?}", settings.rules.default).to_lowercase();
+    let names = rule_names(ctx.settings);
+    let default = ctx.settings["rules"]["default"].as_str().unwrap_or("?");
     let mut rows = vec![(
         "rules".to_string(),
-        format!("{} (default {default})", settings.rules.rules.len()),
+        format!("{} (default {default})", names.len()),
     )];
     if let Some(dir) = stage_dir(ctx)
         && let Ok(s) = stats(&dir)
@@ -158,7 +165,7 @@ pub fn status(ctx: &FunctionMetricsContext<'_>) -> Vec<(String, String)> {
                 s.ct_created, s.ct_expired, s.ct_hits, s.classified
             ),
         ));
-        if let Ok(rules) = rule_counters(&dir, &settings) {
+        if let Ok(rules) = rule_counters(&dir, &names) {
             let named: Vec<String> = rules
                 .iter()
                 .filter(|(_, c)| c.packets > 0)

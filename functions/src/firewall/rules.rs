@@ -26,23 +26,32 @@ pub struct RuleSet {
 /// packet when every field matches (a list matches when one of its elements does).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Rule {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
     /// Source prefixes (empty: any source, either family).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub src: Vec<IpNet>,
     /// Destination prefixes (empty: any destination, either family).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub dst: Vec<IpNet>,
+    #[serde(default, skip_serializing_if = "Proto::is_any")]
     pub proto: Proto,
     /// Source port ranges (empty: any). Packets without ports carry port 0 (see [`Packet`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub sport: Vec<PortRange>,
     /// Destination port ranges (empty: any). For ICMP packets this slot holds the ICMP type.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub dport: Vec<PortRange>,
     /// ICMP type: the packet must be ICMP (ICMPv6 for IPv6 packets) with this type, whatever
     /// `proto` says (a TCP or UDP rule with an ICMP type matches nothing; the validator will
     /// refuse it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub icmp_type: Option<u8>,
     /// The side that opened the connection.
+    #[serde(default, skip_serializing_if = "Side::is_ingress")]
     pub from: Side,
     pub action: Action,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate: Option<RateLimit>,
 }
 
@@ -76,6 +85,10 @@ pub enum Proto {
 }
 
 impl Proto {
+    pub fn is_any(&self) -> bool {
+        *self == Proto::Any
+    }
+
     /// The protocol number this matches for packets of `family`; `None` for `Any`.
     pub fn number(self, family: Family) -> Option<u8> {
         match self {
@@ -94,6 +107,12 @@ pub enum Side {
     #[default]
     Ingress,
     Egress,
+}
+
+impl Side {
+    pub fn is_ingress(&self) -> bool {
+        *self == Side::Ingress
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]

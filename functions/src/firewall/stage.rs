@@ -9,13 +9,15 @@ use netfn_common::firewall::{
     FW_ENTRIES_MAP, FW_NODES_MAP, FW_RATE_MAP, FW_RULE_COUNTERS_MAP, FW_STATS_MAP, FW_TC_PROGRAM,
     FW_XDP_PROGRAM, FwConf, LeafEntry, Node, RuleAction,
 };
+use std::sync::Arc;
+
 use netfn_core::function::{
-    FunctionContext, Stage, StageContent, StageError, StageMaps, StagePrograms,
+    FunctionContext, ProbePath, Stage, StageContent, StageError, StageMaps, StagePrograms,
 };
 
-use super::classifier::{self, Compiled};
+use super::classifier::Compiled;
 use super::config::Conntrack;
-use super::kind::{FirewallConfig, with_probe};
+use super::kind::FirewallConfig;
 use super::rules::Action;
 
 const SECOND: u64 = 1_000_000_000;
@@ -36,23 +38,24 @@ impl Stage for FirewallConfig {
         &[FW_RULE_COUNTERS_MAP]
     }
 
-    /// The rules with the chain probe's rule first ([`with_probe`]), compiled.
+    /// The compiled rules, and the chain probe's path (let through before them).
     fn prepare(&self, ctx: &FunctionContext) -> Result<Box<dyn StageContent + '_>, StageError> {
-        let rules = with_probe(&self.settings.rules, ctx);
-        let compiled = classifier::compile(&rules).map_err(|e| StageError::Other(e.to_string()))?;
+        let compiled = self.compiled().map_err(StageError::Other)?;
         Ok(Box::new(Content {
             compiled,
-            default: rules.default,
+            default: self.settings.rules.default,
             conntrack: self.settings.conntrack,
+            probe: ctx.probe,
         }))
     }
 }
 
 /// One instance's maps.
 struct Content {
-    compiled: Compiled,
+    compiled: Arc<Compiled>,
     default: Action,
     conntrack: Conntrack,
+    probe: ProbePath,
 }
 
 impl StageContent for Content {
@@ -65,8 +68,8 @@ impl StageContent for Content {
             (FW_ENTRIES_MAP, len(c.entries.len())),
             (FW_ACTIONS_MAP, rules),
             (FW_RATE_MAP, rules),
-            // One more for the default verdict.
-            (FW_RULE_COUNTERS_MAP, rules.saturating_add(1)),
+            // Two more: the default verdict's, the chain probe's.
+            (FW_RULE_COUNTERS_MAP, rules.saturating_add(2)),
             (FW_CONF_MAP, 1),
             (FW_CT_MAP, self.conntrack.size.max(1)),
             (FW_STATS_MAP, 1),
@@ -82,7 +85,10 @@ impl StageContent for Content {
         let conf = FwConf {
             default_action: action(self.default),
             rules: u32::try_from(c.actions.len()).unwrap_or(u32::MAX),
-            _pad: [0; 2],
+            probe_src: u32::from_ne_bytes(self.probe.src.octets()),
+            probe_dst: u32::from_ne_bytes(self.probe.dst.octets()),
+            probe_port: u32::from(self.probe.port),
+            _pad: 0,
             tcp_syn_ns: u64::from(t.tcp_syn) * SECOND,
             tcp_established_ns: u64::from(t.tcp_established) * SECOND,
             tcp_closing_ns: u64::from(t.tcp_closing) * SECOND,

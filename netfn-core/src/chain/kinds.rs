@@ -62,8 +62,9 @@ pub(crate) fn start_one(
                 function: name.to_string(),
                 source: Box::new(source),
             };
-            nft::sysctls(&hop.netns.name, &form.sysctls).map_err(failed)?;
+            // The ruleset first: it loads what the sysctls belong to (nf_conntrack).
             nft::load(&hop.netns.name, &form.nftables).map_err(failed)?;
+            nft::sysctls(&hop.netns.name, &form.sysctls).map_err(failed)?;
         }
         return Ok(());
     }

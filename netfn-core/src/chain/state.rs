@@ -144,7 +144,8 @@ pub fn save(state: &mut ChainState) -> Result<(), StateError> {
     fs::create_dir_all(&dir).map_err(io_err("create", &dir))?;
     let path = state_path(state.chain());
     let tmp = path.with_extension("json.tmp");
-    let json = serde_json::to_vec_pretty(state).map_err(|source| StateError::Corrupt {
+    // Compact: a record can carry large settings (a firewall's 100,000 rules); `jq .` shows it.
+    let json = serde_json::to_vec(state).map_err(|source| StateError::Corrupt {
         path: path.clone(),
         source,
     })?;

@@ -118,7 +118,7 @@ pub struct KernelForm {
     /// (`table inet NAME` then `delete table inet NAME`) so a reload replaces it whole.
     pub nftables: String,
     /// Sysctls of the namespace (`net/netfilter/nf_conntrack_udp_timeout` → `30`), written
-    /// before the ruleset.
+    /// after the ruleset (which loads the modules they belong to).
     pub sysctls: Vec<(String, String)>,
 }
 

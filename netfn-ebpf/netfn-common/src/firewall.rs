@@ -267,7 +267,7 @@ pub fn walk(
 
 /// The stage's settings for one function (array map of one element).
 ///
-/// Timeouts in nanoseconds (`bpf_ktime_get_ns` time). Layout: 4 × u32 then 6 × u64; 64 bytes.
+/// Timeouts in nanoseconds (`bpf_ktime_get_ns` time). Layout: 6 × u32 then 6 × u64; 72 bytes.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct FwConf {
@@ -275,9 +275,15 @@ pub struct FwConf {
     /// [`ACTION_REJECT`].
     pub default_action: u32,
     /// Rules in the set: the default verdict's counters are at this index of
-    /// [`FW_RULE_COUNTERS_MAP`].
+    /// [`FW_RULE_COUNTERS_MAP`], the chain probe's at the next.
     pub rules: u32,
-    pub _pad: [u32; 2],
+    /// The host agent's chain probe, accepted before the rules: UDP from `probe_src` to
+    /// `probe_dst` (packet byte order) port `probe_port`, opened from the ingress side. Port 0:
+    /// no probe.
+    pub probe_src: u32,
+    pub probe_dst: u32,
+    pub probe_port: u32,
+    pub _pad: u32,
     /// A TCP connection that saw a SYN and nothing back yet.
     pub tcp_syn_ns: u64,
     pub tcp_established_ns: u64,
@@ -391,7 +397,7 @@ mod tests {
         assert_eq!(core::mem::size_of::<Node>(), 32);
         assert_eq!(core::mem::size_of::<LeafEntry>(), 48);
         assert_eq!(core::mem::size_of::<RuleAction>(), 16);
-        assert_eq!(core::mem::size_of::<FwConf>(), 64);
+        assert_eq!(core::mem::size_of::<FwConf>(), 72);
         assert_eq!(core::mem::size_of::<CtKey>(), 40);
         assert_eq!(core::mem::size_of::<CtEntry>(), 16);
         assert_eq!(core::mem::size_of::<RuleCounters>(), 16);

@@ -442,6 +442,19 @@ fn decide(p: &Packet, e: &FwdEntry, len: u64) -> Fate {
         };
     }
 
+    // The agent's chain probe passes before the rules (counted at `rules + 1`).
+    if conf.probe_port != 0
+        && p.proto == PROTO_UDP
+        && !from_egress
+        && p.src == conf.probe_src
+        && p.dst == conf.probe_dst
+        && u32::from(p.dport) == conf.probe_port
+    {
+        count_rule(conf.rules.wrapping_add(1), len);
+        track(&key, src_is_a, from_egress, NO_RULE, now);
+        return Fate::Pass { ttl: p.ttl };
+    }
+
     let classify = Key {
         family: 0,
         side: from_egress as u8,
@@ -478,34 +491,11 @@ fn decide(p: &Packet, e: &FwdEntry, len: u64) -> Fate {
             None => (conf.rules, conf.default_action),
         }
     };
-    if let Some(c) = NF_FW_RULE_COUNTERS.get_ptr_mut(counter) {
-        // SAFETY: as in `stats`.
-        let c = unsafe { &mut *c };
-        c.packets += 1;
-        c.bytes += len;
-    }
+    count_rule(counter, len);
 
     match action {
         ACTION_ACCEPT => {
-            let mut flags = if src_is_a { CT_OPENED_BY_A } else { 0 };
-            if from_egress {
-                flags |= CT_FROM_EGRESS;
-            }
-            let entry = CtEntry {
-                last_seen_ns: now,
-                rule: w.rule,
-                state: CT_NEW,
-                flags,
-                _pad: [0; 2],
-            };
-            let inserted = NF_FW_CT.insert(&key, &entry, 0).is_ok();
-            if let Some(s) = stats() {
-                if inserted {
-                    s.ct_created += 1;
-                } else {
-                    s.ct_insert_failed += 1;
-                }
-            }
+            track(&key, src_is_a, from_egress, w.rule, now);
             Fate::Pass { ttl: p.ttl }
         }
         ACTION_REJECT if !p.options => {
@@ -529,6 +519,41 @@ fn decide(p: &Packet, e: &FwdEntry, len: u64) -> Fate {
         _ => Fate::Drop {
             reason: FW_DROP_RULE,
         },
+    }
+}
+
+/// Counts a new connection's first packet at `counter` of the rule counters.
+#[inline(always)]
+fn count_rule(counter: u32, len: u64) {
+    if let Some(c) = NF_FW_RULE_COUNTERS.get_ptr_mut(counter) {
+        // SAFETY: as in `stats`.
+        let c = unsafe { &mut *c };
+        c.packets += 1;
+        c.bytes += len;
+    }
+}
+
+/// Enters an accepted connection into the table.
+#[inline(always)]
+fn track(key: &CtKey, src_is_a: bool, from_egress: bool, rule: u32, now: u64) {
+    let mut flags = if src_is_a { CT_OPENED_BY_A } else { 0 };
+    if from_egress {
+        flags |= CT_FROM_EGRESS;
+    }
+    let entry = CtEntry {
+        last_seen_ns: now,
+        rule,
+        state: CT_NEW,
+        flags,
+        _pad: [0; 2],
+    };
+    let inserted = NF_FW_CT.insert(key, &entry, 0).is_ok();
+    if let Some(s) = stats() {
+        if inserted {
+            s.ct_created += 1;
+        } else {
+            s.ct_insert_failed += 1;
+        }
     }
 }
 
