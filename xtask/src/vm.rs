@@ -38,7 +38,9 @@ const MODULES: &[&str] = &[
     "vxlan",
     "wireguard",
     // The firewall's kernel-mode form (nftables with conntrack, reject and limit); the guest
-    // has no modprobe for the kernel to load them on demand.
+    // has no modprobe for the kernel to load them on demand. crc32c_generic first: libcrc32c
+    // needs a crc32c implementation (a soft dependency, which modules.dep does not list).
+    "crc32c_generic",
     "nf_tables",
     "nft_ct",
     "nft_counter",

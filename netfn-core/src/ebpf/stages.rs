@@ -88,10 +88,12 @@ pub fn load_stage(
         .load(&bytes)
         .map_err(|e| EbpfError::Load(Box::new(e)))?;
     drop(bytes);
+    let loaded_object = started.elapsed();
 
     content
         .fill(&mut StageMaps::new(&mut ebpf, slot, fresh, dir.clone()))
         .map_err(stage_err)?;
+    let filled = started.elapsed();
 
     let programs = stage.programs();
     let name = match plan.fastpath {
@@ -110,6 +112,10 @@ pub fn load_stage(
         name,
         source: Box::new(e),
     })?;
+    tracing::debug!(
+        "function {function}: object and maps {loaded_object:.2?}, filled by {filled:.2?}, program verified by {:.2?}",
+        started.elapsed()
+    );
     let fd = ebpf
         .program(name)
         .ok_or(EbpfError::MissingInObject {

@@ -32,10 +32,10 @@ use aya_ebpf::{
 use netfn_common::{
     FwdEntry, KIND_DROP_BASE,
     firewall::{
-        ACTION_ACCEPT, ACTION_RATE_LIMITED, ACTION_REJECT, CT_CLOSING, CT_ESTABLISHED, CT_FROM_EGRESS,
-        CT_NEW, CT_OPENED_BY_A, CtEntry, CtKey, FW_DROP_NOT_SYN, FW_DROP_RATE_LIMIT,
-        FW_DROP_REJECTED, FW_DROP_RULE, FwConf, FwStats, Key, LeafEntry, NO_RULE, Node, RateBucket,
-        RuleAction, RuleCounters, walk,
+        ACTION_ACCEPT, ACTION_RATE_LIMITED, ACTION_REJECT, CT_CLOSING, CT_ESTABLISHED,
+        CT_FROM_EGRESS, CT_NEW, CT_OPENED_BY_A, CtEntry, CtKey, FW_DROP_NOT_SYN,
+        FW_DROP_RATE_LIMIT, FW_DROP_REJECTED, FW_DROP_RULE, FwConf, FwStats, Key, LeafEntry,
+        NO_RULE, Node, RateBucket, RuleAction, RuleCounters, walk,
     },
 };
 
@@ -91,12 +91,19 @@ const UNREACH_GROW: i32 = (IP_HLEN + ICMP_HLEN) as i32;
 /// The stage's decision.
 enum Fate {
     /// Forward it (the caller rewrites and sends it).
-    Pass { ttl: u8 },
-    Drop { reason: usize },
+    Pass {
+        ttl: u8,
+    },
+    Drop {
+        reason: usize,
+    },
     /// Answer with a TCP RST.
     RejectTcp(Rst),
     /// Answer with an ICMP port-unreachable.
-    RejectIcmp { src: u32, dst: u32 },
+    RejectIcmp {
+        src: u32,
+        dst: u32,
+    },
 }
 
 /// What a TCP RST answer needs of the SYN it answers (addresses in packet byte order, ports
@@ -405,7 +412,7 @@ fn decide(p: &Packet, e: &FwdEntry, len: u64) -> Fate {
     let from_egress = e.counter_slot & 1 == netfn_common::DIR_REVERSE;
     let (key, src_is_a) = ct_key(p.src, p.sport, p.dst, p.dport, p.proto);
 
-    if let Some(ct) = NF_FW_CT.get_ptr_mut(&key) {
+    if let Some(ct) = NF_FW_CT.get_ptr_mut(key) {
         // SAFETY: the value of an LRU entry found just now; concurrent writers store whole
         // fields, and a torn view of `state` or `last_seen_ns` only shifts a timeout.
         let ct = unsafe { &mut *ct };
@@ -423,7 +430,7 @@ fn decide(p: &Packet, e: &FwdEntry, len: u64) -> Fate {
             }
             return Fate::Pass { ttl: p.ttl };
         }
-        let _ = NF_FW_CT.remove(&key);
+        let _ = NF_FW_CT.remove(key);
         if let Some(s) = stats() {
             s.ct_expired += 1;
         }
@@ -432,7 +439,7 @@ fn decide(p: &Packet, e: &FwdEntry, len: u64) -> Fate {
     // ICMP errors about a tracked connection pass (the quoted packet went the other way).
     if let Some(q) = p.inner {
         let (inner, _) = ct_key(q.src, q.sport, q.dst, q.dport, q.proto);
-        if NF_FW_CT.get_ptr(&inner).is_some() {
+        if NF_FW_CT.get_ptr(inner).is_some() {
             return Fate::Pass { ttl: p.ttl };
         }
     }
@@ -468,25 +475,32 @@ fn decide(p: &Packet, e: &FwdEntry, len: u64) -> Fate {
             p.dport
         },
     };
-    let w = walk(
-        |i| NF_FW_NODES.get(i).copied(),
-        |i| NF_FW_ENTRIES.get(i).copied(),
-        &classify,
+    let small = u64::from(classify.family)
+        | u64::from(classify.side) << 8
+        | u64::from(classify.proto) << 16
+        | u64::from(classify.sport) << 32
+        | u64::from(classify.dport) << 48;
+    let rule = nf_fw_classify(
+        small,
+        classify.src[0],
+        classify.src[1],
+        classify.dst[0],
+        classify.dst[1],
     );
     if let Some(s) = stats() {
         s.classified += 1;
     }
-    let (counter, action) = if w.rule == NO_RULE {
+    let (counter, action) = if rule == NO_RULE {
         (conf.rules, conf.default_action)
     } else {
-        match NF_FW_ACTIONS.get(w.rule) {
+        match NF_FW_ACTIONS.get(rule) {
             Some(a) => {
-                if a.flags & ACTION_RATE_LIMITED != 0 && !take_token(w.rule, a, now) {
+                if a.flags & ACTION_RATE_LIMITED != 0 && !take_token(rule, a, now) {
                     return Fate::Drop {
                         reason: FW_DROP_RATE_LIMIT,
                     };
                 }
-                (w.rule, a.action)
+                (rule, a.action)
             }
             None => (conf.rules, conf.default_action),
         }
@@ -495,7 +509,7 @@ fn decide(p: &Packet, e: &FwdEntry, len: u64) -> Fate {
 
     match action {
         ACTION_ACCEPT => {
-            track(&key, src_is_a, from_egress, w.rule, now);
+            track(&key, src_is_a, from_egress, rule, now);
             Fate::Pass { ttl: p.ttl }
         }
         ACTION_REJECT if !p.options => {
@@ -513,13 +527,47 @@ fn decide(p: &Packet, e: &FwdEntry, len: u64) -> Fate {
                 } else {
                     e.local_addrs[0]
                 };
-                Fate::RejectIcmp { src: own, dst: p.src }
+                Fate::RejectIcmp {
+                    src: own,
+                    dst: p.src,
+                }
             }
         }
         _ => Fate::Drop {
             reason: FW_DROP_RULE,
         },
     }
+}
+
+/// The classifier, as a global BPF function: the verifier checks it once, on its own, instead of
+/// once for every path of the stage that reaches it (which made loading the stage slow). Its
+/// arguments are scalars (global functions take nothing else): the key's small fields packed
+/// (family, side, proto in the low bytes, sport at bit 32, dport at bit 48), then the
+/// addresses' words. Returns the first matching rule, or `NO_RULE`.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn nf_fw_classify(
+    small: u64,
+    src_hi: u64,
+    src_lo: u64,
+    dst_hi: u64,
+    dst_lo: u64,
+) -> u32 {
+    let key = Key {
+        family: small as u8,
+        side: (small >> 8) as u8,
+        proto: (small >> 16) as u8,
+        src: [src_hi, src_lo],
+        dst: [dst_hi, dst_lo],
+        sport: (small >> 32) as u16,
+        dport: (small >> 48) as u16,
+    };
+    walk(
+        |i| NF_FW_NODES.get(i).copied(),
+        |i| NF_FW_ENTRIES.get(i).copied(),
+        &key,
+    )
+    .rule
 }
 
 /// Counts a new connection's first packet at `counter` of the rule counters.
@@ -547,7 +595,7 @@ fn track(key: &CtKey, src_is_a: bool, from_egress: bool, rule: u32, now: u64) {
         flags,
         _pad: [0; 2],
     };
-    let inserted = NF_FW_CT.insert(key, &entry, 0).is_ok();
+    let inserted = NF_FW_CT.insert(key, entry, 0).is_ok();
     if let Some(s) = stats() {
         if inserted {
             s.ct_created += 1;
@@ -568,7 +616,10 @@ fn take_token(rule: u32, a: &RuleAction, now: u64) -> bool {
     let b = unsafe { &mut *b };
     let cost = 1_000_000_000 / (a.pps.max(1) as u64);
     let cap = cost.saturating_mul(a.burst.max(1) as u64);
-    let credit = core::cmp::min(cap, b.credit_ns.saturating_add(now.saturating_sub(b.last_ns)));
+    let credit = core::cmp::min(
+        cap,
+        b.credit_ns.saturating_add(now.saturating_sub(b.last_ns)),
+    );
     b.last_ns = now;
     if credit >= cost {
         b.credit_ns = credit - cost;
@@ -680,7 +731,12 @@ fn write_unreach(data: usize, e: &FwdEntry, src: u32, dst: u32) {
     let icmp_len = (ICMP_HLEN + IP_HLEN + 8) as u16;
     write_ip(ip, IP_HLEN as u16 + icmp_len, PROTO_ICMP, src, dst);
     let icmp = ip + IP_HLEN;
-    let header: [u16; 4] = [u16::from_ne_bytes([ICMP_DEST_UNREACH, ICMP_PORT_UNREACH]), 0, 0, 0];
+    let header: [u16; 4] = [
+        u16::from_ne_bytes([ICMP_DEST_UNREACH, ICMP_PORT_UNREACH]),
+        0,
+        0,
+        0,
+    ];
     let mut sum = 0u32;
     for w in header {
         sum += w as u32;
