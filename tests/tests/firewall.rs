@@ -18,8 +18,8 @@ use std::time::{Duration, Instant};
 
 use netfn_tests::traffic::sequenced_stream_during;
 use netfn_tests::{
-    ChainGuard, EGRESS_ADDR, INGRESS_ADDR, TempDir, in_netns, leftovers, netfn, netfn_ok,
-    unique_chain,
+    ChainGuard, EGRESS_ADDR, INGRESS_ADDR, TempDir, in_netns, interface_stats, leftovers, netfn,
+    netfn_ok, unique_chain,
 };
 
 /// A chain file with one firewall `fw1` (its settings are `settings`, TOML lines inside the
@@ -712,9 +712,11 @@ action = "accept"
     let lost: Vec<u32> = (0..20_000).filter(|s| !seen.contains(s)).collect();
     assert!(
         lost.is_empty(),
-        "{mode}: {} of 20000 datagrams of an established stream lost across the swap (first {:?})",
+        "{mode}: {} of 20000 datagrams of an established stream lost across the swap (first {:?})\napply: {applied}\n{}\n{}",
         lost.len(),
-        &lost[..lost.len().min(10)]
+        &lost[..lost.len().min(10)],
+        netfn_ok(&["status", &chain]),
+        interface_stats(&chain)
     );
     // Right after: the new rules decide new connections.
     let (seen80, _) = tcp_connect(&ns, src, 0, SocketAddrV4::new(dst, 80));

@@ -100,31 +100,6 @@ fn assert_none_lost(chain: &str, seen: &BTreeSet<u32>, count: u32, what: &str) {
     );
 }
 
-/// `ip -s -s link` of every namespace of the chain, for a failure message (drops, XDP drops).
-fn interface_stats(chain: &str) -> String {
-    let prefix = format!("nf-{chain}-");
-    let Ok(entries) = std::fs::read_dir("/run/netns") else {
-        return String::new();
-    };
-    let mut names: Vec<String> = entries
-        .filter_map(|e| Some(e.ok()?.file_name().to_string_lossy().into_owned()))
-        .filter(|n| n.starts_with(&prefix))
-        .collect();
-    names.sort();
-    names
-        .iter()
-        .map(|ns| {
-            let out = std::process::Command::new("ip")
-                .args(["-n", ns, "-s", "-s", "link"])
-                .output();
-            let text = out
-                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-                .unwrap_or_else(|e| format!("ip failed: {e}"));
-            format!("== {ns}\n{text}")
-        })
-        .collect()
-}
-
 #[test]
 fn kernel_insert_reorder_and_remove_while_streams_run_lose_nothing() {
     insert_reorder_and_remove("kernel", "la");
