@@ -8,8 +8,8 @@ use std::time::Duration;
 use netfn_core::spec::FastPath;
 use netfn_tests::traffic::{sequenced_streams_both_ways_during, udp_echo};
 use netfn_tests::{
-    ChainGuard, ForeignNetns, TempDir, forward_chain_of, kill_netfn_mid_way, leftovers, netfn,
-    netfn_ok, unique_chain,
+    ChainGuard, ForeignNetns, TempDir, forward_chain_of, interface_stats, kill_netfn_mid_way,
+    leftovers, netfn, netfn_ok, unique_chain,
 };
 
 fn record(chain: &str) -> netfn_core::chain::state::ChainState {
