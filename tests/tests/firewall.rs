@@ -237,6 +237,18 @@ const CASES: &[Case] = &[
     },
 ];
 
+/// The swap tests measure loss, so they run alone: a sibling loading its own stage at the same
+/// moment steals the CPU a small VM needs to drain the XDP rings. The other tests share.
+static EXCLUSIVE: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
+fn shared() -> std::sync::RwLockReadGuard<'static, ()> {
+    EXCLUSIVE.read().unwrap_or_else(|p| p.into_inner())
+}
+
+fn alone() -> std::sync::RwLockWriteGuard<'static, ()> {
+    EXCLUSIVE.write().unwrap_or_else(|p| p.into_inner())
+}
+
 /// How long a "silence" is waited for.
 const WAIT: Duration = Duration::from_millis(700);
 
@@ -455,6 +467,7 @@ fn drops(chain: &str) -> BTreeMap<String, u64> {
 }
 
 fn every_case_in(mode: &str) {
+    let _turn = shared();
     let chain = unique_chain(&format!("fc{}", &mode[..1]));
     let dir = TempDir::new(&chain);
     let file = dir.write("chain.toml", &firewall_chain(&chain, mode, RULES));
@@ -550,6 +563,7 @@ fn every_case_in_kernel_mode_matches() {
 /// Connection tracking: a reply passes while the connection lives and not after its timeout; a
 /// full table leaves the rules in charge of new connections.
 fn conntrack_in(mode: &str) {
+    let _turn = shared();
     let chain = unique_chain(&format!("ct{}", &mode[..1]));
     let dir = TempDir::new(&chain);
     let settings = r#"default = "drop"
@@ -644,6 +658,7 @@ fn conntrack_kernel() {
 /// A rule-set swap by `netfn apply` while a TCP transfer and a sequenced UDP stream run: both
 /// complete with nothing lost; right after, the new rules hold for new connections.
 fn swap_in(mode: &str) {
+    let _turn = alone();
     let chain = unique_chain(&format!("sw{}", &mode[..1]));
     let dir = TempDir::new(&chain);
     let before = r#"default = "drop"
