@@ -560,6 +560,67 @@ fn every_case_in_kernel_mode_matches() {
     every_case_in("kernel");
 }
 
+/// A rule's rate limit: of a quick run of new connections, the burst passes and the rest is
+/// dropped (and counted as such in the fast path).
+fn rate_limit_in(mode: &str) {
+    let _turn = shared();
+    let chain = unique_chain(&format!("rl{}", &mode[..1]));
+    let dir = TempDir::new(&chain);
+    let settings = r#"default = "drop"
+
+[[chain.function.rule]]
+name = "slow"
+proto = "tcp"
+dport = 80
+action = "accept"
+rate = { pps = 1, burst = 3 }
+"#;
+    let file = dir.write("chain.toml", &firewall_chain(&chain, mode, settings));
+    let _guard = ChainGuard::up(&chain, &file);
+    let _servers = Servers::start(&chain, &[80], &[]);
+    let (ns, src, dst) = ends(&chain, From::Ingress);
+    let started = Instant::now();
+    let seen: Vec<Seen> = (0..8)
+        .map(|_| tcp_connect(&ns, src, 0, SocketAddrV4::new(dst, 80)).0)
+        .collect();
+    let elapsed = started.elapsed().as_secs_f64();
+    let passed = seen.iter().filter(|s| **s == Seen::Passed).count();
+    // The burst passes at once, the next one right after it is over the limit, and over the
+    // whole run no more pass than the burst plus one per second elapsed.
+    assert_eq!(
+        seen[..4],
+        [Seen::Passed, Seen::Passed, Seen::Passed, Seen::Silence],
+        "{mode}: {seen:?}"
+    );
+    assert!(
+        passed as f64 <= 3.0 + elapsed.ceil(),
+        "{mode}: {passed} of 8 connections passed a 1/s, burst 3 limit in {elapsed:.1} s: {seen:?}"
+    );
+    if mode != "kernel" {
+        let drops = drops(&chain);
+        let dropped = seen.iter().filter(|s| **s == Seen::Silence).count() as u64;
+        assert!(
+            drops.get("fw-rate-limit").copied().unwrap_or(0) >= dropped,
+            "{mode}: over-limit SYNs are counted as fw-rate-limit: {drops:?}"
+        );
+    }
+}
+
+#[test]
+fn rate_limit_tc() {
+    rate_limit_in("tc");
+}
+
+#[test]
+fn rate_limit_xdp() {
+    rate_limit_in("xdp");
+}
+
+#[test]
+fn rate_limit_kernel() {
+    rate_limit_in("kernel");
+}
+
 /// Connection tracking: a reply passes while the connection lives and not after its timeout; a
 /// full table leaves the rules in charge of new connections.
 fn conntrack_in(mode: &str) {
@@ -637,6 +698,14 @@ action = "accept"
             !status.contains(" 0 expired"),
             "{mode}: the expired UDP connection is counted: {status}"
         );
+        // 8 connections and 1 UDP flow through a table of 4: at least 4 were evicted.
+        let evicted: u64 = status
+            .split(", ")
+            .find_map(|item| item.strip_suffix(" evicted"))
+            .and_then(|n| n.rsplit(' ').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0);
+        assert!(evicted >= 4, "{mode}: evictions are counted: {status}");
     }
 }
 

@@ -5,8 +5,10 @@
 
 use std::path::PathBuf;
 
-use aya::maps::{MapData, PerCpuArray};
-use netfn_common::firewall::{FW_RULE_COUNTERS_MAP, FW_STATS_MAP, FwStats, RuleCounters};
+use aya::maps::{HashMap, MapData, PerCpuArray};
+use netfn_common::firewall::{
+    CtEntry, CtKey, FW_CT_MAP, FW_RULE_COUNTERS_MAP, FW_STATS_MAP, FwStats, RuleCounters,
+};
 use netfn_core::function::{FunctionMetricsContext, KindMetricsError, MetricFamily};
 use netfn_core::spec::FastPath;
 
@@ -38,6 +40,26 @@ fn read_per_cpu<T: aya::Pod + Default>(
     }
     Ok(out)
 }
+
+/// Connections in the table right now, counted by walking its keys (a scrape-time cost of
+/// about a microsecond per connection; tables above [`COUNT_LIMIT`] are not walked).
+fn live_connections(dir: &std::path::Path) -> Result<Option<u64>, KindMetricsError> {
+    let data = MapData::from_pin(dir.join(FW_CT_MAP))?;
+    let map = aya::maps::Map::from_map_data(data)?;
+    let table: HashMap<MapData, CtKey, CtEntry> = HashMap::try_from(map)?;
+    let mut n = 0u64;
+    for key in table.keys() {
+        key?;
+        n += 1;
+        if n > COUNT_LIMIT {
+            return Ok(None);
+        }
+    }
+    Ok(Some(n))
+}
+
+/// Largest table whose connections a scrape counts.
+const COUNT_LIMIT: u64 = 1 << 20;
 
 fn stats(dir: &std::path::Path) -> Result<FwStats, KindMetricsError> {
     let all = read_per_cpu::<FwStats>(&dir.join(FW_STATS_MAP), |t, v| {
@@ -91,6 +113,14 @@ fn rule_counters(
     Ok(out)
 }
 
+/// Entries the kernel evicted from the full LRU table: every entry created was removed by
+/// expiry, evicted, or is still there.
+fn evicted(s: &FwStats, live: u64) -> u64 {
+    s.ct_created
+        .saturating_sub(s.ct_expired)
+        .saturating_sub(live)
+}
+
 pub fn metrics(ctx: &FunctionMetricsContext<'_>) -> Result<Vec<MetricFamily>, KindMetricsError> {
     let names = rule_names(ctx.settings);
     let mut rules = ctx.gauge("netfn_firewall_rules", "Rules in the function's rule set.");
@@ -114,6 +144,20 @@ pub fn metrics(ctx: &FunctionMetricsContext<'_>) -> Result<Vec<MetricFamily>, Ki
     out.push(conns.build());
     out.push(bytes.build());
     let s = stats(&dir)?;
+    if let Some(live) = live_connections(&dir)? {
+        let mut g = ctx.gauge(
+            "netfn_firewall_connections",
+            "Connections in the table (not exported above 1,048,576).",
+        );
+        g.sample_u64(&[], live);
+        out.push(g.build());
+        let mut e = ctx.counter(
+            "netfn_firewall_connections_evicted_total",
+            "Connections the full table evicted (least recently used): created - expired - live.",
+        );
+        e.sample_u64(&[], evicted(&s, live));
+        out.push(e.build());
+    }
     for (name, help, v) in [
         (
             "netfn_firewall_connections_created_total",
@@ -158,12 +202,23 @@ pub fn status(ctx: &FunctionMetricsContext<'_>) -> Vec<(String, String)> {
     if let Some(dir) = stage_dir(ctx)
         && let Ok(s) = stats(&dir)
     {
+        let live = live_connections(&dir).ok().flatten();
         rows.push((
             "connections".into(),
-            format!(
-                "{} created, {} expired, {} packets tracked, {} classified",
-                s.ct_created, s.ct_expired, s.ct_hits, s.classified
-            ),
+            match live {
+                Some(live) => format!(
+                    "{live} live, {} created, {} expired, {} evicted, {} packets tracked, {} classified",
+                    s.ct_created,
+                    s.ct_expired,
+                    evicted(&s, live),
+                    s.ct_hits,
+                    s.classified
+                ),
+                None => format!(
+                    "{} created, {} expired, {} packets tracked, {} classified",
+                    s.ct_created, s.ct_expired, s.ct_hits, s.classified
+                ),
+            },
         ));
         if let Ok(rules) = rule_counters(&dir, &names) {
             let named: Vec<String> = rules
