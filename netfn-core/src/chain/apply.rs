@@ -79,11 +79,13 @@ pub fn apply(
         Some(r) if r.phase == Phase::Up => r,
         _ => return Err(ApplyError::NotUp(chain)),
     };
+    tracing::debug!(chain = %chain, "apply: record read in {:.1?}", started.elapsed());
     let next = replan::replan(&record.plan, spec)?;
     if next.changes.is_empty() {
         return Ok(ApplyOutcome::Unchanged);
     }
     let settings = settings_changes(&record.plan, spec, &next.changes, kinds)?;
+    tracing::debug!(chain = %chain, "apply: planned by {:.1?}", started.elapsed());
     if dry_run {
         return Ok(ApplyOutcome::Planned(next.changes));
     }
@@ -100,7 +102,9 @@ pub fn apply(
             },
         )));
     }
-    record.previous = Some(old.clone());
+    // What `down` needs of the old plan is its objects, not the functions' settings (which can
+    // be large: a firewall's rules): the record keeps it without them.
+    record.previous = Some(old.without_settings());
     record.plan = next.plan.clone();
     record.phase = Phase::Applying;
     state::save(&mut record)?;

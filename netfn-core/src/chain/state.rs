@@ -78,7 +78,8 @@ pub struct ChainState {
     #[serde(default, rename = "counters")]
     pub interface_counters: bool,
     pub plan: ChainPlan,
-    /// During `apply`: the plan that ran before; `down` removes what either plan created.
+    /// During `apply`: the plan that ran before (its objects; the functions' settings left
+    /// out); `down` removes what either plan created.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub previous: Option<ChainPlan>,
 }

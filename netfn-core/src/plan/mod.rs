@@ -171,6 +171,18 @@ impl ChainPlan {
         self.hops.len().saturating_sub(2)
     }
 
+    /// The plan with every function's settings left out (null): what teardown needs of a plan
+    /// is its objects.
+    pub fn without_settings(&self) -> ChainPlan {
+        let mut plan = self.clone();
+        for hop in &mut plan.hops {
+            if let HopRole::Function { settings, .. } = &mut hop.role {
+                *settings = serde_json::Value::Null;
+            }
+        }
+        plan
+    }
+
     /// The ingress and the egress endpoint's subnets.
     pub fn endpoint_subnets(&self) -> (Ipv4Net, Ipv4Net) {
         let ingress = self.links.first().map(|l| l.out.address.trunc());
