@@ -92,6 +92,11 @@ struct Sockets {
 }
 
 /// Creates the sockets in the endpoint namespaces, on threads made for it.
+/// How long a new prober waits for the probe port to be released (retries × pause) before it
+/// concludes another responder holds it.
+const RESPONDER_RETRIES: usize = 20;
+const RESPONDER_RETRY_PAUSE: std::time::Duration = std::time::Duration::from_millis(50);
+
 async fn open(target: &ProbeTarget, port: u16) -> Result<Sockets, TaskError> {
     let t = target.clone();
     let (sender, responder, inodes) = tokio::task::spawn_blocking(move || {
@@ -105,7 +110,19 @@ async fn open(target: &ProbeTarget, port: u16) -> Result<Sockets, TaskError> {
                 })?)
             };
         let inodes = (netns_inode(&t.ingress_netns), netns_inode(&t.egress_netns));
-        let responder = match bind_in(&t.egress_netns, SocketAddrV4::new(t.egress_addr, port))? {
+        // A prober this agent is letting go of (the chain's record changed, the chain is adopted
+        // again) may still hold the port for a moment: its task is cancelled asynchronously.
+        let mut bound = bind_in(&t.egress_netns, SocketAddrV4::new(t.egress_addr, port))?;
+        for _ in 0..RESPONDER_RETRIES {
+            match &bound {
+                Err(e) if e.kind() == io::ErrorKind::AddrInUse => {
+                    std::thread::sleep(RESPONDER_RETRY_PAUSE);
+                    bound = bind_in(&t.egress_netns, SocketAddrV4::new(t.egress_addr, port))?;
+                }
+                _ => break,
+            }
+        }
+        let responder = match bound {
             Ok(s) => Some(s),
             Err(e) if e.kind() == io::ErrorKind::AddrInUse => {
                 tracing::warn!(
