@@ -322,6 +322,43 @@ impl Drop for Servers {
     }
 }
 
+/// A firewall chain of the tests (its settings as [`firewall_chain`] takes them) with servers on
+/// both endpoints: servers stopped and the chain down when dropped (or closed).
+struct Lab {
+    chain: String,
+    servers: Option<Servers>,
+    guard: Option<ChainGuard>,
+    dir: TempDir,
+}
+
+impl Lab {
+    fn up(tag: &str, mode: &str, settings: &str, tcp: &[u16], udp: &[u16]) -> Lab {
+        let chain = unique_chain(&format!("{tag}{}", &mode[..1]));
+        let dir = TempDir::new(&chain);
+        let file = dir.write("chain.toml", &firewall_chain(&chain, mode, settings));
+        let guard = ChainGuard::up(&chain, &file);
+        let servers = Servers::start(&chain, tcp, udp);
+        Lab {
+            chain,
+            servers: Some(servers),
+            guard: Some(guard),
+            dir,
+        }
+    }
+
+    /// Stops the servers and takes the chain down now.
+    fn close(&mut self) {
+        self.servers.take();
+        self.guard.take();
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
 /// The namespace and address a probe starts from, and the address it goes to.
 fn ends(chain: &str, from: From) -> (String, Ipv4Addr, Ipv4Addr) {
     match from {
@@ -468,11 +505,14 @@ fn drops(chain: &str) -> BTreeMap<String, u64> {
 
 fn every_case_in(mode: &str) {
     let _turn = shared();
-    let chain = unique_chain(&format!("fc{}", &mode[..1]));
-    let dir = TempDir::new(&chain);
-    let file = dir.write("chain.toml", &firewall_chain(&chain, mode, RULES));
-    let guard = ChainGuard::up(&chain, &file);
-    let _servers = Servers::start(&chain, &[22, 80, 81, 82, 84, 8080], &[53, 5005, 9848]);
+    let mut lab = Lab::up(
+        "fc",
+        mode,
+        RULES,
+        &[22, 80, 81, 82, 84, 8080],
+        &[53, 5005, 9848],
+    );
+    let chain = lab.chain.clone();
 
     let mut wrong = Vec::new();
     for case in CASES {
@@ -540,8 +580,7 @@ fn every_case_in(mode: &str) {
         assert_eq!(drops.get("fw-reject").copied(), Some(2), "{drops:?}");
         assert!(drops.get("fw-rule").copied().unwrap_or(0) >= 4, "{drops:?}");
     }
-    drop(_servers);
-    drop(guard);
+    lab.close();
     assert!(leftovers(&chain).is_empty(), "{:?}", leftovers(&chain));
 }
 
@@ -564,8 +603,6 @@ fn every_case_in_kernel_mode_matches() {
 /// dropped (and counted as such in the fast path).
 fn rate_limit_in(mode: &str) {
     let _turn = shared();
-    let chain = unique_chain(&format!("rl{}", &mode[..1]));
-    let dir = TempDir::new(&chain);
     let settings = r#"default = "drop"
 
 [[chain.function.rule]]
@@ -575,9 +612,8 @@ dport = 80
 action = "accept"
 rate = { pps = 1, burst = 3 }
 "#;
-    let file = dir.write("chain.toml", &firewall_chain(&chain, mode, settings));
-    let _guard = ChainGuard::up(&chain, &file);
-    let _servers = Servers::start(&chain, &[80], &[]);
+    let lab = Lab::up("rl", mode, settings, &[80], &[]);
+    let chain = lab.chain.clone();
     let (ns, src, dst) = ends(&chain, From::Ingress);
     let started = Instant::now();
     let seen: Vec<Seen> = (0..8)
@@ -625,8 +661,6 @@ fn rate_limit_kernel() {
 /// full table leaves the rules in charge of new connections.
 fn conntrack_in(mode: &str) {
     let _turn = shared();
-    let chain = unique_chain(&format!("ct{}", &mode[..1]));
-    let dir = TempDir::new(&chain);
     let settings = r#"default = "drop"
 conntrack = { size = 4, udp = 1, udp_stream = 1 }
 
@@ -640,9 +674,8 @@ proto = "tcp"
 dport = 80
 action = "accept"
 "#;
-    let file = dir.write("chain.toml", &firewall_chain(&chain, mode, settings));
-    let _guard = ChainGuard::up(&chain, &file);
-    let _servers = Servers::start(&chain, &[80, 81], &[]);
+    let lab = Lab::up("ct", mode, settings, &[80, 81], &[]);
+    let chain = lab.chain.clone();
     let (ns, src, dst) = ends(&chain, From::Ingress);
     let (egress_ns, ..) = ends(&chain, From::Egress);
 
@@ -728,8 +761,6 @@ fn conntrack_kernel() {
 /// complete with nothing lost; right after, the new rules hold for new connections.
 fn swap_in(mode: &str) {
     let _turn = alone();
-    let chain = unique_chain(&format!("sw{}", &mode[..1]));
-    let dir = TempDir::new(&chain);
     let before = r#"default = "drop"
 
 [[chain.function.rule]]
@@ -753,10 +784,11 @@ proto = "tcp"
 dport = 81
 action = "accept"
 "#;
-    let v1 = dir.write("v1.toml", &firewall_chain(&chain, mode, before));
-    let v2 = dir.write("v2.toml", &firewall_chain(&chain, mode, after));
-    let _guard = ChainGuard::up(&chain, &v1);
-    let _servers = Servers::start(&chain, &[80, 81], &[]);
+    let lab = Lab::up("sw", mode, before, &[80, 81], &[]);
+    let chain = lab.chain.clone();
+    let v2 = lab
+        .dir
+        .write("v2.toml", &firewall_chain(&chain, mode, after));
     let (ns, src, dst) = ends(&chain, From::Ingress);
 
     // A TCP transfer that runs across the swap.

@@ -165,19 +165,12 @@ fn hop_status(
     let (kind, details) = match &hop.role {
         HopRole::Ingress => ("ingress".to_string(), Vec::new()),
         HopRole::Egress => ("egress".to_string(), Vec::new()),
-        HopRole::Function { kind, settings } => {
+        HopRole::Function { kind, .. } => {
             let bpf_dir = crate::plan::names::chain_bpf_dir(&plan.chain);
-            let ctx = FunctionMetricsContext {
-                chain: &plan.chain,
-                function: &hop.name,
-                kind,
-                settings,
-                netns: &hop.netns.name,
-                bpf_dir: &bpf_dir,
-                fastpath: plan.fastpath,
-                slot: plan.function_slot(h),
-            };
-            let details = kinds.get(kind).map(|k| k.status(&ctx)).unwrap_or_default();
+            let details = FunctionMetricsContext::of(plan, h, &bpf_dir)
+                .zip(kinds.get(kind))
+                .map(|(ctx, k)| k.status(&ctx))
+                .unwrap_or_default();
             (kind.clone(), details)
         }
     };

@@ -153,7 +153,7 @@ impl ChainCollector {
             }
         };
         for (h, hop) in plan.hops.iter().enumerate() {
-            let HopRole::Function { kind, settings } = &hop.role else {
+            let HopRole::Function { kind, .. } = &hop.role else {
                 continue;
             };
             let labels = |direction| {
@@ -205,17 +205,9 @@ impl ChainCollector {
                     }
                 }
             }
-            let ctx = FunctionMetricsContext {
-                chain,
-                function: &hop.name,
-                kind,
-                settings,
-                netns: &hop.netns.name,
-                bpf_dir: &bpf_dir,
-                fastpath: plan.fastpath,
-                slot: plan.function_slot(h),
-            };
-            self.kind_metrics(&ctx, out);
+            if let Some(ctx) = FunctionMetricsContext::of(plan, h, &bpf_dir) {
+                self.kind_metrics(&ctx, out);
+            }
         }
     }
 

@@ -16,6 +16,7 @@ use std::path::Path;
 use prometheus::proto::MetricFamily;
 
 use super::family::{Family, PREFIX};
+use crate::plan::{ChainPlan, HopRole};
 use crate::spec::FastPath;
 
 /// Why a kind could not produce its metrics for one scrape.
@@ -36,6 +37,27 @@ pub struct FunctionMetricsContext<'a> {
     pub fastpath: FastPath,
     /// The function's slot (its stage's maps are pinned under `bpf_dir/fn<slot>`).
     pub slot: Option<u32>,
+}
+
+impl<'a> FunctionMetricsContext<'a> {
+    /// The context of hop `h` of `plan` (`None` unless it is a function), whose pins are under
+    /// `bpf_dir`.
+    pub fn of(plan: &'a ChainPlan, h: usize, bpf_dir: &'a Path) -> Option<Self> {
+        let hop = plan.hops.get(h)?;
+        let HopRole::Function { kind, settings } = &hop.role else {
+            return None;
+        };
+        Some(FunctionMetricsContext {
+            chain: &plan.chain,
+            function: &hop.name,
+            kind,
+            settings,
+            netns: &hop.netns.name,
+            bpf_dir,
+            fastpath: plan.fastpath,
+            slot: plan.function_slot(h),
+        })
+    }
 }
 
 impl FunctionMetricsContext<'_> {

@@ -164,3 +164,40 @@ pub fn write_chart(name: &str, svg: &str) -> Result<Vec<PathBuf>> {
     }
     Ok(written)
 }
+
+/// The running kernel's release, for a report.
+pub fn kernel_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .unwrap_or_default()
+        .trim()
+        .to_string()
+}
+
+/// `1,2,3`: a list option as a command line writes it.
+pub fn comma_list(values: &[usize]) -> String {
+    values
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Runs `netfn down` for every chain of `chains` (emptying it); returns what failed.
+pub fn down_chains(netfn: &std::path::Path, chains: &mut Vec<String>) -> Vec<String> {
+    let mut errors = Vec::new();
+    for chain in std::mem::take(chains) {
+        match std::process::Command::new(netfn)
+            .args(["down", &chain])
+            .env("NETFN_AGENT_AUTOSTART", "0")
+            .output()
+        {
+            Ok(out) if out.status.success() => {}
+            Ok(out) => errors.push(format!(
+                "netfn down {chain}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            )),
+            Err(e) => errors.push(format!("netfn down {chain}: {e}")),
+        }
+    }
+    errors
+}

@@ -96,17 +96,7 @@ impl Lab {
     }
 
     pub(in crate::bench) fn teardown(&mut self) -> Result<()> {
-        let mut errors = Vec::new();
-        for chain in std::mem::take(&mut self.chains) {
-            match netfn_command(&self.netfn).args(["down", &chain]).output() {
-                Ok(out) if out.status.success() => {}
-                Ok(out) => errors.push(format!(
-                    "netfn down {chain}: {}",
-                    String::from_utf8_lossy(&out.stderr)
-                )),
-                Err(e) => errors.push(format!("netfn down {chain}: {e}")),
-            }
-        }
+        let mut errors = super::super::down_chains(&self.netfn, &mut self.chains);
         if std::mem::take(&mut self.bare) {
             for ns in [BARE_A, BARE_B] {
                 if let Err(e) = ip(&["netns", "del", ns]) {

@@ -265,17 +265,9 @@ pub fn run(options: &Options) -> Result<()> {
             "cargo xtask bench chain --repetitions {} --seconds {} --functions {}",
             options.repetitions,
             options.seconds,
-            options
-                .functions
-                .iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join(",")
+            super::comma_list(&options.functions)
         ),
-        kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
-            .unwrap_or_default()
-            .trim()
-            .to_string(),
+        kernel: super::kernel_release(),
         cpus: online_cpus(),
         frame_bytes: FRAME_BYTES,
         repetitions: options.repetitions,

@@ -308,17 +308,7 @@ impl Lab {
     }
 
     fn teardown(&mut self) -> Result<()> {
-        let mut errors = Vec::new();
-        for chain in std::mem::take(&mut self.chains) {
-            match netfn_command(&self.netfn).args(["down", &chain]).output() {
-                Ok(out) if out.status.success() => {}
-                Ok(out) => errors.push(format!(
-                    "netfn down {chain}: {}",
-                    String::from_utf8_lossy(&out.stderr)
-                )),
-                Err(e) => errors.push(format!("netfn down {chain}: {e}")),
-            }
-        }
+        let errors = super::down_chains(&self.netfn, &mut self.chains);
         if errors.is_empty() {
             Ok(())
         } else {

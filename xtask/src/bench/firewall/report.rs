@@ -8,7 +8,7 @@ use anyhow::Result;
 use serde::Serialize;
 
 use super::{Contender, Options, Samples, med};
-use crate::bench::{write_chart, write_json};
+use crate::bench::{comma_list, kernel_release, write_chart, write_json};
 
 #[derive(Debug, Clone, Serialize)]
 struct Record {
@@ -120,17 +120,9 @@ pub(super) fn report(
             "cargo xtask bench firewall --repetitions {} --seconds {} --rules {}",
             options.repetitions,
             options.seconds,
-            options
-                .rules
-                .iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join(",")
+            comma_list(&options.rules)
         ),
-        kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
-            .unwrap_or_default()
-            .trim()
-            .to_string(),
+        kernel: kernel_release(),
         frame_bytes: crate::bench::chain::FRAME_BYTES,
         repetitions: options.repetitions,
         seconds: options.seconds,
