@@ -84,6 +84,7 @@ pub fn apply(
     if next.changes.is_empty() {
         return Ok(ApplyOutcome::Unchanged);
     }
+    tracing::debug!(chain = %chain, "apply: replanned by {:.1?}", started.elapsed());
     let settings = settings_changes(&record.plan, spec, &next.changes, kinds)?;
     tracing::debug!(chain = %chain, "apply: planned by {:.1?}", started.elapsed());
     if dry_run {
