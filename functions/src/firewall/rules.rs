@@ -9,11 +9,8 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
-/// IP protocol numbers the rule model names.
-pub const PROTO_ICMP: u8 = 1;
-pub const PROTO_TCP: u8 = 6;
-pub const PROTO_UDP: u8 = 17;
-pub const PROTO_ICMPV6: u8 = 58;
+/// IP protocol numbers the rule model names (shared with the eBPF stage).
+pub use netfn_common::firewall::{PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP};
 
 /// An ordered list of rules and the verdict for new connections no rule matches.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

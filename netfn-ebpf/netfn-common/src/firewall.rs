@@ -11,6 +11,12 @@
 //! Addresses in classifier records are host-order 128-bit numbers split in two `u64` words
 //! (`[high, low]`; an IPv4 address is `[0, addr]`), so the structures hold IPv6 without change.
 
+/// IP protocol numbers the firewall names (rules and the stage).
+pub const PROTO_ICMP: u8 = 1;
+pub const PROTO_TCP: u8 = 6;
+pub const PROTO_UDP: u8 = 17;
+pub const PROTO_ICMPV6: u8 = 58;
+
 /// Map names (the stage's own maps; each firewall function has its own instance of each).
 pub const FW_NODES_MAP: &str = "NF_FW_NODES";
 pub const FW_ENTRIES_MAP: &str = "NF_FW_ENTRIES";

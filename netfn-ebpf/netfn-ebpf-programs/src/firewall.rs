@@ -35,7 +35,8 @@ use netfn_common::{
         ACTION_ACCEPT, ACTION_RATE_LIMITED, ACTION_REJECT, CT_CLOSING, CT_ESTABLISHED,
         CT_FROM_EGRESS, CT_NEW, CT_OPENED_BY_A, CtEntry, CtKey, FW_DROP_NOT_SYN,
         FW_DROP_RATE_LIMIT, FW_DROP_REJECTED, FW_DROP_RULE, FwConf, FwStats, Key, LeafEntry,
-        NO_RULE, Node, RateBucket, RuleAction, RuleCounters, walk,
+        NO_RULE, Node, PROTO_ICMP, PROTO_TCP, PROTO_UDP, RateBucket, RuleAction, RuleCounters,
+        walk,
     },
 };
 
@@ -65,10 +66,6 @@ const ICMP_HLEN: usize = 8;
 /// Most bytes the stage reads: Ethernet, an IPv4 header with options, and an ICMP error's
 /// quoted IPv4 header plus ports.
 const READ_LEN: u32 = (ETH_HLEN + 60 + ICMP_HLEN + IP_HLEN + 4) as u32;
-
-const PROTO_ICMP: u8 = 1;
-const PROTO_TCP: u8 = 6;
-const PROTO_UDP: u8 = 17;
 
 const TCP_FIN: u8 = 0x01;
 const TCP_SYN: u8 = 0x02;

@@ -187,17 +187,12 @@ impl Lab {
             functions: 1,
             src_mac: link_mac(&src_ns, "nf-out")?,
             next_mac: link_mac(&format!("nf-{chain}-f1"), "nf-in")?,
+            dst_ns: format!("nf-{chain}-egress"),
             chain: Some(chain),
             src_ns,
-            dst_ns: String::new(),
             src_if: "nf-out".into(),
             src_addr: SRC_ADDR,
             dst_addr: DST_ADDR,
-        };
-        let chain = topology.chain.clone().unwrap_or_default();
-        let topology = Topology {
-            dst_ns: format!("nf-{chain}-egress"),
-            ..topology
         };
         Ok((topology, up_ms))
     }
