@@ -27,9 +27,7 @@ use crate::kernel::netns;
 use crate::metrics::{AgentMetrics, ProbeResult, ProbeView};
 use crate::plan::ChainPlan;
 use crate::plan::names;
-
-/// The default UDP port of probes (bound in the chain's egress endpoint namespace only).
-pub const DEFAULT_PROBE_PORT: u16 = 9848;
+pub use crate::plan::names::DEFAULT_PROBE_PORT;
 
 const MAGIC: &[u8; 8] = b"NFPROBE1";
 const PROBE_LEN: usize = 24;

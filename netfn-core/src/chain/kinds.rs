@@ -4,12 +4,12 @@
 //! for the functions it adds or changes; core learns nothing about the kinds here but what the
 //! seam answers.
 
-use crate::agent::prober::DEFAULT_PROBE_PORT;
 use crate::ebpf;
 use crate::function::{FunctionConfig, FunctionContext, ProbePath};
 use crate::kernel::nft;
 use crate::kernel::objects::ObjectError;
-use crate::plan::{ChainPlan, HopRole, names};
+use crate::plan::names::{self, DEFAULT_PROBE_PORT};
+use crate::plan::{ChainPlan, HopRole};
 use crate::spec::{ChainSpec, FastPath};
 
 /// Starts what the kinds of `spec`'s functions that `only` selects (by name) add to `plan`.

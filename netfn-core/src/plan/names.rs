@@ -25,6 +25,9 @@ pub const IFINDEX_BASE: u32 = 0x4e46_0000;
 pub const NETNS_RUN_DIR: &str = "/run/netns";
 /// netfn's state directory.
 pub const STATE_DIR: &str = "/run/netfn";
+/// The default UDP port of the host agent's chain probes (bound in a chain's egress endpoint
+/// namespace only); kinds that filter let the probe through on it.
+pub const DEFAULT_PROBE_PORT: u16 = 9848;
 /// Where pinned eBPF objects live.
 pub const BPFFS_DIR: &str = "/sys/fs/bpf/netfn";
 
