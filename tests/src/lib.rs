@@ -319,3 +319,19 @@ pub fn interface_stats(chain: &str) -> String {
         })
         .collect()
 }
+
+/// Tests that measure loss (sequenced streams across a change) run alone within their test
+/// binary: a sibling loading programs or building chains at the same moment steals the CPU a
+/// small VM needs to drain a veth's XDP ring. Every other test of such a binary takes
+/// [`shared`]; the loss tests take [`alone`].
+static TURNS: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
+/// A turn shared with the other tests of the binary.
+pub fn shared() -> std::sync::RwLockReadGuard<'static, ()> {
+    TURNS.read().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A turn no other test of the binary runs in.
+pub fn alone() -> std::sync::RwLockWriteGuard<'static, ()> {
+    TURNS.write().unwrap_or_else(|p| p.into_inner())
+}

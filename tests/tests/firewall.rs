@@ -18,8 +18,8 @@ use std::time::{Duration, Instant};
 
 use netfn_tests::traffic::sequenced_stream_during;
 use netfn_tests::{
-    ChainGuard, EGRESS_ADDR, INGRESS_ADDR, TempDir, in_netns, interface_stats, leftovers, netfn,
-    netfn_ok, unique_chain,
+    ChainGuard, EGRESS_ADDR, INGRESS_ADDR, TempDir, alone, in_netns, interface_stats, leftovers,
+    netfn, netfn_ok, shared, unique_chain,
 };
 
 /// A chain file with one firewall `fw1` (its settings are `settings`, TOML lines inside the
@@ -236,18 +236,6 @@ const CASES: &[Case] = &[
         rule: None,
     },
 ];
-
-/// The swap tests measure loss, so they run alone: a sibling loading its own stage at the same
-/// moment steals the CPU a small VM needs to drain the XDP rings. The other tests share.
-static EXCLUSIVE: std::sync::RwLock<()> = std::sync::RwLock::new(());
-
-fn shared() -> std::sync::RwLockReadGuard<'static, ()> {
-    EXCLUSIVE.read().unwrap_or_else(|p| p.into_inner())
-}
-
-fn alone() -> std::sync::RwLockWriteGuard<'static, ()> {
-    EXCLUSIVE.write().unwrap_or_else(|p| p.into_inner())
-}
 
 /// How long a "silence" is waited for.
 const WAIT: Duration = Duration::from_millis(700);

@@ -8,8 +8,8 @@ use std::time::Duration;
 use netfn_core::spec::FastPath;
 use netfn_tests::traffic::{sequenced_streams_both_ways_during, udp_echo};
 use netfn_tests::{
-    ChainGuard, ForeignNetns, TempDir, forward_chain_of, interface_stats, kill_netfn_mid_way,
-    leftovers, netfn, netfn_ok, unique_chain,
+    ChainGuard, ForeignNetns, TempDir, alone, forward_chain_of, interface_stats,
+    kill_netfn_mid_way, leftovers, netfn, netfn_ok, shared, unique_chain,
 };
 
 fn record(chain: &str) -> netfn_core::chain::state::ChainState {
@@ -116,6 +116,7 @@ fn xdp_insert_reorder_and_remove_while_streams_run_lose_nothing() {
 }
 
 fn insert_reorder_and_remove(mode: &str, tag: &str) {
+    let _turn = alone();
     let chain = unique_chain(tag);
     let dir = TempDir::new(&chain);
     let file = |name: &str, functions: &[&str]| {
@@ -249,6 +250,7 @@ fn insert_reorder_and_remove(mode: &str, tag: &str) {
 
 #[test]
 fn apply_refuses_what_it_cannot_do_live_and_leaves_the_chain_running() {
+    let _turn = shared();
     let chain = unique_chain("lr");
     let dir = TempDir::new(&chain);
     let v1 = dir.write("v1.toml", &forward_chain_of(&chain, "kernel", &["a", "b"]));
@@ -287,6 +289,7 @@ fn xdp_failed_apply_leaves_the_old_chain_running() {
 }
 
 fn failed_apply_leaves_the_old_chain_running(mode: &str, tag: &str) {
+    let _turn = alone();
     let chain = unique_chain(tag);
     let dir = TempDir::new(&chain);
     let v1 = dir.write("v1.toml", &forward_chain_of(&chain, mode, &["a", "b"]));
@@ -396,6 +399,7 @@ fn tc_down_finishes_after_apply_was_killed_mid_way() {
 }
 
 fn down_finishes_after_apply_was_killed_mid_way(mode: &str, tag: &str) {
+    let _turn = shared();
     let mut mid_way = 0;
     for delay_ms in [0u64, 1, 3, 10, 40] {
         let chain = unique_chain(tag);
