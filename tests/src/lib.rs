@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use nix::sched::{CloneFlags, setns};
 
+pub mod loss;
 pub mod traffic;
 
 /// The `netfn` binary under test: $NETFN_BIN, or the workspace's debug build.

@@ -16,6 +16,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use netfn_tests::loss::{SenderRing, fastpath_drops};
 use netfn_tests::traffic::sequenced_stream_during;
 use netfn_tests::{
     ChainGuard, EGRESS_ADDR, INGRESS_ADDR, TempDir, alone, in_netns, interface_stats, leftovers,
@@ -476,33 +477,6 @@ fn rule_counts(chain: &str) -> BTreeMap<String, u64> {
     out
 }
 
-/// Frames interface `dev` in namespace `ns` dropped on transmit (a veth whose peer's XDP ring is
-/// full drops there).
-fn tx_dropped(ns: &str, dev: &str) -> u64 {
-    let out = Command::new("ip")
-        .args(["-n", ns, "-j", "-s", "link", "show", "dev", dev])
-        .output()
-        .expect("run ip");
-    let json: serde_json::Value =
-        serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
-    json[0]["stats64"]["tx"]["dropped"].as_u64().unwrap_or(0)
-}
-
-/// Drops counted at fw1's interfaces by reason, from `netfn status --json`.
-fn drops(chain: &str) -> BTreeMap<String, u64> {
-    let status: serde_json::Value =
-        serde_json::from_str(&netfn_ok(&["status", chain, "--json"])).expect("status json");
-    let mut out = BTreeMap::new();
-    for hop in status[0]["hops"].as_array().into_iter().flatten() {
-        for i in hop["interfaces"].as_array().into_iter().flatten() {
-            for (reason, n) in i["fastpath"]["drops"].as_object().into_iter().flatten() {
-                *out.entry(reason.clone()).or_default() += n.as_u64().unwrap_or(0);
-            }
-        }
-    }
-    out
-}
-
 fn every_case_in(mode: &str) {
     let _turn = shared();
     let mut lab = Lab::up(
@@ -576,7 +550,7 @@ fn every_case_in(mode: &str) {
             counts.get("(default)").copied().unwrap_or(0) >= 4,
             "{counts:?}"
         );
-        let drops = drops(&chain);
+        let drops = fastpath_drops(&chain);
         assert_eq!(drops.get("fw-reject").copied(), Some(2), "{drops:?}");
         assert!(drops.get("fw-rule").copied().unwrap_or(0) >= 4, "{drops:?}");
     }
@@ -633,7 +607,7 @@ rate = { pps = 1, burst = 3 }
         "{mode}: {passed} of 8 connections passed a 1/s, burst 3 limit in {elapsed:.1} s: {seen:?}"
     );
     if mode != "kernel" {
-        let drops = drops(&chain);
+        let drops = fastpath_drops(&chain);
         let dropped = seen.iter().filter(|s| **s == Seen::Silence).count() as u64;
         assert!(
             drops.get("fw-rate-limit").copied().unwrap_or(0) >= dropped,
@@ -815,7 +789,7 @@ action = "accept"
     });
 
     let mut applied = String::new();
-    let sender_drops_before = tx_dropped(&ns, "nf-out");
+    let sender = SenderRing::before(&chain, &ns, "nf-out");
     let seen = sequenced_stream_during(&chain, 20_000, 10_000, 7000, || {
         applied = netfn_ok(&["apply", &v2.to_string_lossy()]);
     });
@@ -827,23 +801,7 @@ action = "accept"
     });
     assert!(moved > 0, "{mode}");
     let lost: Vec<u32> = (0..20_000).filter(|s| !seen.contains(s)).collect();
-    // Inside the test VM (two emulated CPUs), loading the new stage can starve the NAPI that
-    // drains a veth's XDP ring for a few ms; the ring (256 frames) then overflows and the
-    // sender's veth drops frames before any netfn program sees them. There, and only there, a
-    // loss is accepted if every lost datagram is such a drop at the ingress endpoint and the
-    // function dropped nothing. On a host, nothing may be lost.
-    let ring_drops = tx_dropped(&ns, "nf-out").saturating_sub(sender_drops_before);
-    let function_drops: u64 = drops(&chain).values().sum();
-    let explained_in_vm = std::env::var_os("NETFN_IN_VM").is_some()
-        && mode == "xdp"
-        && function_drops == 0
-        && lost.len() as u64 <= ring_drops;
-    if explained_in_vm && !lost.is_empty() {
-        eprintln!(
-            "{mode}: {} datagrams lost, all dropped by the ingress endpoint's veth before the chain              ({ring_drops} XDP ring overflows in the VM); the function dropped none",
-            lost.len()
-        );
-    }
+    let explained_in_vm = sender.explains(mode, lost.len(), &format!("{mode} swap"));
     assert!(
         lost.is_empty() || explained_in_vm,
         "{mode}: {} of 20000 datagrams of an established stream lost across the swap (first {:?})\napply: {applied}\n{}\n{}",

@@ -6,6 +6,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use netfn_core::spec::FastPath;
+use netfn_tests::loss::SenderRing;
 use netfn_tests::traffic::{sequenced_streams_both_ways_during, udp_echo};
 use netfn_tests::{
     ChainGuard, ForeignNetns, TempDir, alone, forward_chain_of, interface_stats,
@@ -89,15 +90,26 @@ fn link_pins(chain: &str) -> BTreeSet<u32> {
         .collect()
 }
 
-fn assert_none_lost(chain: &str, seen: &BTreeSet<u32>, count: u32, what: &str) {
+/// Every datagram of the stream arrived, or (xdp, inside the test VM only) the sender's veth
+/// dropped the missing ones before the chain and the chain dropped none (see
+/// `netfn_tests::loss`).
+fn assert_none_lost(
+    chain: &str,
+    mode: &str,
+    seen: &BTreeSet<u32>,
+    count: u32,
+    sender: &SenderRing,
+    what: &str,
+) -> u64 {
     let lost: Vec<u32> = (0..count).filter(|s| !seen.contains(s)).collect();
     assert!(
-        lost.is_empty(),
+        lost.is_empty() || sender.explains(mode, lost.len(), what),
         "{what}: {} of {count} datagrams lost, first {:?}\n{}",
         lost.len(),
         &lost[..lost.len().min(10)],
         interface_stats(chain)
     );
+    lost.len() as u64
 }
 
 #[test]
@@ -156,6 +168,10 @@ fn insert_reorder_and_remove(mode: &str, tag: &str) {
             let count = 20_000;
             let b_before = forward_total(&chain, "b");
             let mut out = None;
+            let senders = (
+                SenderRing::before(&chain, &ingress, "nf-out"),
+                SenderRing::before(&chain, &egress, "nf-in"),
+            );
             let (to_egress, to_ingress) =
                 sequenced_streams_both_ways_during(&chain, count, 20_000, 7101, || {
                     out = Some(netfn(&["apply", &file.to_string_lossy()]));
@@ -167,16 +183,20 @@ fn insert_reorder_and_remove(mode: &str, tag: &str) {
                 String::from_utf8_lossy(&out.stderr)
             );
             assert!(String::from_utf8_lossy(&out.stdout).contains("applied"));
-            assert_none_lost(
+            let excused = assert_none_lost(
                 &chain,
+                mode,
                 &to_egress,
                 count,
+                &senders.0,
                 &format!("{mode} {what}, toward egress"),
             );
             assert_none_lost(
                 &chain,
+                mode,
                 &to_ingress,
                 count,
+                &senders.1,
                 &format!("{mode} {what}, toward ingress"),
             );
             // b's forward counter is continuous across the change (kernel: over its old and new
@@ -186,7 +206,7 @@ fn insert_reorder_and_remove(mode: &str, tag: &str) {
             // switches, functions route by the interface a packet arrived on).
             let b_delta = forward_total(&chain, "b") - b_before;
             assert!(
-                (u64::from(count)..=u64::from(count) + 4).contains(&b_delta),
+                (u64::from(count) - excused..=u64::from(count) + 4).contains(&b_delta),
                 "{mode} {what}: b counted {b_delta} of {count} datagrams"
             );
             let echo = udp_echo(&ingress, &egress, 2);
@@ -340,6 +360,10 @@ fn failed_apply_leaves_the_old_chain_running(mode: &str, tag: &str) {
         assert!(add.success(), "ip link add squat0 index {taken}");
         let count = 10_000;
         let mut out = None;
+        let senders = (
+            SenderRing::before(&chain, &format!("nf-{chain}-ingress"), "nf-out"),
+            SenderRing::before(&chain, &format!("nf-{chain}-egress"), "nf-in"),
+        );
         let (to_egress, to_ingress) =
             sequenced_streams_both_ways_during(&chain, count, 20_000, 7121, || {
                 out = Some(netfn(&["apply", &v2.to_string_lossy()]));
@@ -360,14 +384,18 @@ fn failed_apply_leaves_the_old_chain_running(mode: &str, tag: &str) {
         );
         assert_none_lost(
             &chain,
+            mode,
             &to_egress,
             count,
+            &senders.0,
             &format!("{mode} failed apply, toward egress"),
         );
         assert_none_lost(
             &chain,
+            mode,
             &to_ingress,
             count,
+            &senders.1,
             &format!("{mode} failed apply, toward ingress"),
         );
         ttls(2);
