@@ -3,7 +3,9 @@
 
 use std::sync::Arc;
 
-use netfn_core::function::{FunctionConfig, FunctionKind, SettingError, Settings};
+use netfn_core::function::{
+    FunctionConfig, FunctionKind, RecordedSettings, SettingError, Settings,
+};
 use serde::Deserialize;
 
 pub struct Forward;
@@ -17,8 +19,8 @@ impl FunctionConfig for ForwardConfig {
         "forward"
     }
 
-    fn to_json(&self) -> serde_json::Value {
-        serde_json::json!({})
+    fn record(&self) -> RecordedSettings {
+        RecordedSettings::of(&serde_json::json!({}))
     }
 }
 
@@ -39,7 +41,7 @@ impl FunctionKind for Forward {
         Ok(Arc::new(config))
     }
 
-    fn load(&self, _recorded: &serde_json::Value) -> Result<Arc<dyn FunctionConfig>, String> {
+    fn load(&self, _recorded: &RecordedSettings) -> Result<Arc<dyn FunctionConfig>, String> {
         Ok(Arc::new(ForwardConfig {}))
     }
 }

@@ -11,7 +11,7 @@ use ipnet::{IpNet, Ipv4Net};
 use netfn_common::firewall::FW_DROP_REASON_NAMES;
 use netfn_core::function::{
     FunctionConfig, FunctionContext, FunctionKind, FunctionMetricsContext, KernelForm,
-    KindMetricsError, MetricFamily, SettingError, Settings, Stage,
+    KindMetricsError, MetricFamily, RecordedSettings, SettingError, Settings, Stage,
 };
 
 use std::sync::OnceLock;
@@ -89,8 +89,8 @@ impl FunctionConfig for FirewallConfig {
         "firewall"
     }
 
-    fn to_json(&self) -> serde_json::Value {
-        serde_json::to_value(&self.settings).unwrap_or_default()
+    fn record(&self) -> RecordedSettings {
+        RecordedSettings::of(&self.settings)
     }
 
     fn stage(&self) -> Option<&dyn Stage> {
@@ -160,9 +160,8 @@ impl FunctionKind for Firewall {
         Ok(Arc::new(config))
     }
 
-    fn load(&self, recorded: &serde_json::Value) -> Result<Arc<dyn FunctionConfig>, String> {
-        let settings: FirewallSettings =
-            serde_json::from_value(recorded.clone()).map_err(|e| e.to_string())?;
+    fn load(&self, recorded: &RecordedSettings) -> Result<Arc<dyn FunctionConfig>, String> {
+        let settings: FirewallSettings = recorded.parse().map_err(|e| e.to_string())?;
         Ok(Arc::new(FirewallConfig::new(settings, None)))
     }
 

@@ -9,7 +9,9 @@ use aya::maps::{HashMap, MapData, PerCpuArray};
 use netfn_common::firewall::{
     CtEntry, CtKey, FW_CT_MAP, FW_RULE_COUNTERS_MAP, FW_STATS_MAP, FwStats, RuleCounters,
 };
-use netfn_core::function::{FunctionMetricsContext, KindMetricsError, MetricFamily};
+use netfn_core::function::{
+    FunctionMetricsContext, KindMetricsError, MetricFamily, RecordedSettings,
+};
 use netfn_core::spec::FastPath;
 
 use super::kind::PROBE_RULE;
@@ -72,13 +74,37 @@ fn stats(dir: &std::path::Path) -> Result<FwStats, KindMetricsError> {
     Ok(all.into_iter().next().unwrap_or_default())
 }
 
-/// The rule names of recorded settings, by index (`None`: unnamed), read without decoding the
-/// rules (a scrape of a 100,000-rule firewall stays cheap).
-fn rule_names(settings: &serde_json::Value) -> Vec<Option<&str>> {
-    settings["rules"]["rules"]
-        .as_array()
-        .map(|rules| rules.iter().map(|r| r["name"].as_str()).collect())
-        .unwrap_or_default()
+/// What a scrape needs of the recorded settings: each rule's name (by index, `None`: unnamed)
+/// and the default verdict. The rules' other fields are skipped, not decoded (a scrape of a
+/// 100,000-rule firewall stays cheap).
+#[derive(Debug, Default, serde::Deserialize)]
+struct RecordedRules {
+    rules: Vec<RuleName>,
+    default: String,
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct RuleName {
+    #[serde(default)]
+    name: Option<String>,
+}
+
+#[derive(serde::Deserialize)]
+struct Recorded {
+    rules: RecordedRules,
+}
+
+impl RecordedRules {
+    fn of(settings: &RecordedSettings) -> Self {
+        settings
+            .parse::<Recorded>()
+            .map(|r| r.rules)
+            .unwrap_or_default()
+    }
+
+    fn names(&self) -> Vec<Option<&str>> {
+        self.rules.iter().map(|r| r.name.as_deref()).collect()
+    }
 }
 
 /// Per-rule counters labelled by rule: named rules by name, unnamed ones summed as
@@ -122,7 +148,8 @@ fn evicted(s: &FwStats, live: u64) -> u64 {
 }
 
 pub fn metrics(ctx: &FunctionMetricsContext<'_>) -> Result<Vec<MetricFamily>, KindMetricsError> {
-    let names = rule_names(ctx.settings);
+    let recorded = RecordedRules::of(ctx.settings);
+    let names = recorded.names();
     let mut rules = ctx.gauge("netfn_firewall_rules", "Rules in the function's rule set.");
     rules.sample_u64(&[], names.len() as u64);
     let mut out = vec![rules.build()];
@@ -193,8 +220,12 @@ pub fn metrics(ctx: &FunctionMetricsContext<'_>) -> Result<Vec<MetricFamily>, Ki
 }
 
 pub fn status(ctx: &FunctionMetricsContext<'_>) -> Vec<(String, String)> {
-    let names = rule_names(ctx.settings);
-    let default = ctx.settings["rules"]["default"].as_str().unwrap_or("?");
+    let recorded = RecordedRules::of(ctx.settings);
+    let names = recorded.names();
+    let default = match recorded.default.as_str() {
+        "" => "?",
+        d => d,
+    };
     let mut rows = vec![(
         "rules".to_string(),
         format!("{} (default {default})", names.len()),

@@ -5,7 +5,7 @@
 //! seam answers.
 
 use crate::ebpf;
-use crate::function::{FunctionConfig, FunctionContext, ProbePath};
+use crate::function::{FunctionConfig, FunctionContext, ProbePath, RecordedSettings};
 use crate::kernel::nft;
 use crate::kernel::objects::ObjectError;
 use crate::plan::names::{self, DEFAULT_PROBE_PORT};
@@ -126,7 +126,7 @@ pub(crate) fn stop(plan: &ChainPlan, name: &str) -> Result<(), ObjectError> {
 pub(crate) fn recorded<'p>(
     plan: &'p ChainPlan,
     name: &str,
-) -> Option<(&'p str, &'p serde_json::Value)> {
+) -> Option<(&'p str, &'p RecordedSettings)> {
     match &plan.hop(name)?.1.role {
         HopRole::Function { kind, settings } => Some((kind, settings)),
         _ => None,

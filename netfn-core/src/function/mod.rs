@@ -18,6 +18,7 @@
 //! module, and one registration line.
 
 mod context;
+mod recorded;
 mod settings;
 mod stage;
 
@@ -31,6 +32,7 @@ use ipnet::Ipv4Net;
 pub use crate::metrics::kind::{FunctionMetricsContext, KindMetricsError};
 pub use context::{FunctionContext, ProbePath};
 pub use prometheus::proto::MetricFamily;
+pub use recorded::RecordedSettings;
 pub use settings::{Located, SettingError, Settings};
 pub use stage::{Stage, StageContent, StageError, StageMaps, StagePrograms};
 
@@ -43,8 +45,8 @@ pub trait FunctionKind: Send + Sync + 'static {
     /// Validates this kind's settings; reports every problem it finds (and warnings through
     /// [`Settings::warn`]).
     fn parse(&self, settings: Settings<'_>) -> Result<Arc<dyn FunctionConfig>, Vec<SettingError>>;
-    /// The typed config back from a chain record: the JSON [`FunctionConfig::to_json`] wrote.
-    fn load(&self, recorded: &serde_json::Value) -> Result<Arc<dyn FunctionConfig>, String>;
+    /// The typed config back from a chain record: the settings [`FunctionConfig::record`] wrote.
+    fn load(&self, recorded: &RecordedSettings) -> Result<Arc<dyn FunctionConfig>, String>;
 
     /// Names of the kind's own drop reasons, by index: its stage counts reason `i` in the
     /// function's drop slot `netfn_common::KIND_DROP_BASE + i` (at most 8 reasons).
@@ -75,9 +77,9 @@ pub trait FunctionKind: Send + Sync + 'static {
 /// A validated function configuration of some kind.
 pub trait FunctionConfig: fmt::Debug + Send + Sync + Any {
     fn kind(&self) -> &'static str;
-    /// The settings as JSON: recorded in the state (read back by [`FunctionKind::load`]), and
-    /// compared to tell whether a chain changed.
-    fn to_json(&self) -> serde_json::Value;
+    /// The settings as the chain's record keeps them (read back by [`FunctionKind::load`]),
+    /// compared to tell whether a function changed: [`RecordedSettings::of`] the settings type.
+    fn record(&self) -> RecordedSettings;
 
     /// The per-packet stage this function runs at its hop in tc/xdp chains; `None` (the
     /// default) forwards every packet unchanged and costs the fast path nothing.
@@ -158,7 +160,7 @@ impl Registry {
     pub fn load(
         &self,
         kind: &str,
-        recorded: &serde_json::Value,
+        recorded: &RecordedSettings,
     ) -> Result<Arc<dyn FunctionConfig>, String> {
         let k = self
             .get(kind)

@@ -16,6 +16,7 @@ use std::path::Path;
 use prometheus::proto::MetricFamily;
 
 use super::family::{Family, PREFIX};
+use crate::function::RecordedSettings;
 use crate::plan::{ChainPlan, HopRole};
 use crate::spec::FastPath;
 
@@ -28,8 +29,8 @@ pub struct FunctionMetricsContext<'a> {
     pub chain: &'a str,
     pub function: &'a str,
     pub kind: &'a str,
-    /// The function's settings as recorded (`FunctionConfig::to_json` at `up`).
-    pub settings: &'a serde_json::Value,
+    /// The function's settings as recorded (`FunctionConfig::record` at `up` or `apply`).
+    pub settings: &'a RecordedSettings,
     /// The function's network namespace (a name under /run/netns).
     pub netns: &'a str,
     /// The chain's pinned eBPF objects (`/sys/fs/bpf/netfn/<chain>`).
@@ -116,7 +117,7 @@ mod tests {
 
     #[test]
     fn kind_families_must_follow_the_rules() {
-        let settings = serde_json::json!({});
+        let settings = RecordedSettings::of(&serde_json::json!({}));
         let ctx = FunctionMetricsContext {
             chain: "edge",
             function: "fw1",

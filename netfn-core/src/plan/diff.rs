@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
+use crate::function::RecordedSettings;
 use crate::plan::{ChainPlan, HopRole};
 
 /// One change to a chain.
@@ -66,7 +67,7 @@ impl fmt::Display for Change {
     }
 }
 
-fn functions(plan: &ChainPlan) -> Vec<(&str, &str, &serde_json::Value)> {
+fn functions(plan: &ChainPlan) -> Vec<(&str, &str, &RecordedSettings)> {
     plan.hops
         .iter()
         .filter_map(|h| match &h.role {
@@ -102,9 +103,9 @@ pub fn diff(old: &ChainPlan, new: &ChainPlan) -> Vec<Change> {
     }
 
     let (before, after) = (functions(old), functions(new));
-    let old_by_name: BTreeMap<&str, (&str, &serde_json::Value)> =
+    let old_by_name: BTreeMap<&str, (&str, &RecordedSettings)> =
         before.iter().map(|(n, k, s)| (*n, (*k, *s))).collect();
-    let new_by_name: BTreeMap<&str, (&str, &serde_json::Value)> =
+    let new_by_name: BTreeMap<&str, (&str, &RecordedSettings)> =
         after.iter().map(|(n, k, s)| (*n, (*k, *s))).collect();
 
     for (name, ..) in &before {
@@ -162,7 +163,7 @@ mod tests {
             name: name.into(),
             role: HopRole::Function {
                 kind: kind.into(),
-                settings: serde_json::json!({}),
+                settings: RecordedSettings::of(&serde_json::json!({})),
             },
             netns: NetnsPlan {
                 name: format!("nf-c-{name}"),

@@ -14,6 +14,7 @@
 pub mod diff;
 pub mod forwarder;
 pub mod names;
+mod record;
 pub mod replan;
 pub mod steering;
 #[cfg(test)]
@@ -24,6 +25,7 @@ use std::net::Ipv4Addr;
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
+use crate::function::RecordedSettings;
 use crate::spec::{ChainSpec, EndpointSpec, FastPath};
 
 pub use forwarder::{
@@ -39,7 +41,7 @@ pub enum HopRole {
     Ingress,
     Function {
         kind: String,
-        settings: serde_json::Value,
+        settings: RecordedSettings,
     },
     Egress,
 }
@@ -61,6 +63,7 @@ pub struct RoutePlan {
 
 /// One hop of a chain: an endpoint or a function.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "record::HopRecord")]
 pub struct HopPlan {
     /// The function name, or `ingress` / `egress`.
     pub name: String,
@@ -177,7 +180,7 @@ impl ChainPlan {
         let mut plan = self.clone();
         for hop in &mut plan.hops {
             if let HopRole::Function { settings, .. } = &mut hop.role {
-                *settings = serde_json::Value::Null;
+                *settings = RecordedSettings::none();
             }
         }
         plan
@@ -242,7 +245,7 @@ pub fn plan_chain(spec: &ChainSpec) -> ChainPlan {
             name: f.name.clone(),
             role: HopRole::Function {
                 kind: f.kind.clone(),
-                settings: f.config.to_json(),
+                settings: f.config.record(),
             },
             netns: NetnsPlan {
                 name: names::netns_name(&spec.name, &f.name),
@@ -390,6 +393,22 @@ fn net(addr: Ipv4Addr, prefix: u8) -> Ipv4Net {
 mod tests {
     use super::*;
     use test_specs::tc_chain as spec;
+
+    #[test]
+    fn a_plan_reads_back_from_its_record_unchanged() {
+        let plan = plan_chain(&spec(2, None));
+        let json = serde_json::to_string(&plan).expect("serialize");
+        assert!(
+            json.contains(r#""role":"function","kind":"forward","settings":{}"#),
+            "{json}"
+        );
+        let back: ChainPlan = serde_json::from_str(&json).expect("read back");
+        assert_eq!(back, plan);
+        let bare = plan.without_settings();
+        let back: ChainPlan =
+            serde_json::from_str(&serde_json::to_string(&bare).expect("serialize")).expect("read");
+        assert_eq!(back, bare);
+    }
 
     #[test]
     fn capacity_leaves_room_to_double_the_chain() {

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use crate::function::FunctionConfig;
+use crate::function::{FunctionConfig, RecordedSettings};
 use crate::spec::{ChainSpec, EndpointSpec, FastPath, FunctionSpec};
 
 #[derive(Debug)]
@@ -12,8 +12,8 @@ impl FunctionConfig for Forward {
     fn kind(&self) -> &'static str {
         "forward"
     }
-    fn to_json(&self) -> serde_json::Value {
-        serde_json::json!({})
+    fn record(&self) -> RecordedSettings {
+        RecordedSettings::of(&serde_json::json!({}))
     }
 }
 

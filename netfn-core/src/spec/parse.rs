@@ -144,10 +144,7 @@ limit = 5
             .collect();
         assert_eq!(functions, [("fw1", "forward"), ("count", "counter")]);
         assert_eq!(chain.functions[1].config.kind(), "counter");
-        assert_eq!(
-            chain.functions[1].config.to_json(),
-            serde_json::json!({ "limit": 5 })
-        );
+        assert_eq!(chain.functions[1].config.record().json(), r#"{"limit":5}"#);
     }
 
     #[test]

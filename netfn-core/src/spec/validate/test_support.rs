@@ -6,7 +6,9 @@ use std::sync::Arc;
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::function::{FunctionConfig, FunctionKind, Registry, SettingError, Settings};
+use crate::function::{
+    FunctionConfig, FunctionKind, RecordedSettings, Registry, SettingError, Settings,
+};
 
 /// `kind = "forward"`: no settings.
 pub struct Forward;
@@ -19,8 +21,8 @@ impl FunctionConfig for ForwardConfig {
     fn kind(&self) -> &'static str {
         "forward"
     }
-    fn to_json(&self) -> serde_json::Value {
-        serde_json::json!({})
+    fn record(&self) -> RecordedSettings {
+        RecordedSettings::of(&serde_json::json!({}))
     }
 }
 
@@ -38,7 +40,7 @@ impl FunctionKind for Forward {
         })?;
         Ok(Arc::new(config))
     }
-    fn load(&self, _: &serde_json::Value) -> Result<Arc<dyn FunctionConfig>, String> {
+    fn load(&self, _: &RecordedSettings) -> Result<Arc<dyn FunctionConfig>, String> {
         Ok(Arc::new(ForwardConfig {}))
     }
 }
@@ -61,8 +63,8 @@ impl FunctionConfig for CounterConfig {
     fn kind(&self) -> &'static str {
         "counter"
     }
-    fn to_json(&self) -> serde_json::Value {
-        serde_json::json!({ "limit": self.limit })
+    fn record(&self) -> RecordedSettings {
+        RecordedSettings::of(&serde_json::json!({ "limit": self.limit }))
     }
 }
 
@@ -88,7 +90,8 @@ impl FunctionKind for Counter {
             }]),
         }
     }
-    fn load(&self, recorded: &serde_json::Value) -> Result<Arc<dyn FunctionConfig>, String> {
+    fn load(&self, recorded: &RecordedSettings) -> Result<Arc<dyn FunctionConfig>, String> {
+        let recorded: serde_json::Value = recorded.parse().map_err(|e| e.to_string())?;
         let limit = recorded["limit"].as_u64().ok_or("no limit")?;
         Ok(Arc::new(CounterConfig { limit }))
     }
