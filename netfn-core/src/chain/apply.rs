@@ -507,6 +507,10 @@ fn remove_old(
         if let Err(e) = ebpf::forget_interfaces(&bpf_dir, &ifindexes(&delta.gone)) {
             errors.push(e.to_string());
         }
+        // The old path has drained: sources only it accepted go.
+        if let Err(e) = ebpf::sync_sources(new, &bpf_dir, ebpf::Prune::Yes) {
+            errors.push(e.to_string());
+        }
     }
     errors
 }
@@ -646,6 +650,9 @@ fn undo(
         }
     }
     if fast && let Err(e) = ebpf::forget_interfaces(&bpf_dir, &ifindexes(&delta.added)) {
+        errors.push(e.to_string());
+    }
+    if fast && let Err(e) = ebpf::sync_sources(old, &bpf_dir, ebpf::Prune::Yes) {
         errors.push(e.to_string());
     }
     if !fast {

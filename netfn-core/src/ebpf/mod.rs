@@ -42,10 +42,11 @@ use nix::mount::{MsFlags, mount};
 pub use forwarder::table::{FwdTable, fwd_entry};
 pub use forwarder::xdp::XdpAttachError;
 pub use forwarder::{
-    EbpfLogLevel, FN_COUNTERS_PIN, FWD_DEVMAP_PIN, FWD_TABLE_PIN, FWD_TC_HANDLE, FWD_TC_PRIORITY,
-    FWD_UNKNOWN_PIN, FastpathAttach, FastpathCounters, FastpathOptions, FunctionCounters,
-    TCX_LINK_PIN_PREFIX, TcAttach, XDP_LINK_PIN_PREFIX, attach_fastpath, attach_fastpath_with,
-    extend_fastpath, fastpath_logs, forget_interfaces, read_function_counters, switch_fastpath,
+    EbpfLogLevel, FN_COUNTERS_PIN, FWD_DEVMAP_PIN, FWD_SOURCES_PIN, FWD_TABLE_PIN, FWD_TC_HANDLE,
+    FWD_TC_PRIORITY, FWD_UNKNOWN_PIN, FastpathAttach, FastpathCounters, FastpathOptions,
+    FunctionCounters, Prune, TCX_LINK_PIN_PREFIX, TcAttach, XDP_LINK_PIN_PREFIX, attach_fastpath,
+    attach_fastpath_with, extend_fastpath, fastpath_logs, forget_interfaces,
+    read_function_counters, switch_fastpath, sync_sources,
 };
 pub use logs::EbpfLogs;
 pub use netfn_common::IfCounters;

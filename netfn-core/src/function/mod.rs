@@ -27,7 +27,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
 
-use ipnet::Ipv4Net;
+pub use crate::plan::ExtraSource;
 
 pub use crate::metrics::kind::{FunctionMetricsContext, KindMetricsError};
 pub use context::{FunctionContext, ProbePath};
@@ -105,9 +105,11 @@ pub trait FunctionConfig: fmt::Debug + Send + Sync + Any {
         ))
     }
 
-    /// Sources its neighbours must accept from this function besides the chain's subnets (a load
-    /// balancer's VIPs, a VPN's peers): the forwarder's anti-spoofing check lets them through.
-    fn extra_sources(&self) -> Vec<Ipv4Net> {
+    /// Sources this function puts on packets besides the chain's subnets, and which way those
+    /// packets go (a load balancer's VIPs toward ingress, a VPN's decapsulated clients toward
+    /// egress): the forwarder's anti-spoofing check of the functions they cross next lets them
+    /// through.
+    fn extra_sources(&self) -> Vec<ExtraSource> {
         Vec::new()
     }
 }

@@ -175,6 +175,7 @@ mod tests {
             retired_out: Vec::new(),
             slot: None,
             stage: false,
+            sources: Vec::new(),
         }
     }
 
@@ -192,6 +193,7 @@ mod tests {
             retired_out: Vec::new(),
             slot: None,
             stage: false,
+            sources: Vec::new(),
         }
     }
 

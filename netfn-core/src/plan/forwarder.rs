@@ -17,6 +17,16 @@ pub enum Direction {
     Reverse,
 }
 
+/// Sources a function puts on the packets it sends one way (a load balancer's VIP toward
+/// ingress, a VPN's decapsulated clients toward egress): the functions those packets cross
+/// next accept them besides the subnet they face.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct ExtraSource {
+    /// The way the packets go: `Forward`, toward egress; `Reverse`, toward ingress.
+    pub direction: Direction,
+    pub net: Ipv4Net,
+}
+
 impl Direction {
     /// The direction's bit in a forwarder counter slot (forward 0, reverse 1).
     pub fn index(self) -> u32 {
@@ -54,6 +64,9 @@ pub struct ForwarderEntry {
     /// The subnet of the endpoint this side faces: the ingress subnet on the forward side, the
     /// egress subnet on the reverse side.
     pub allowed_sources: Ipv4Net,
+    /// Further sources accepted on this interface: what the functions the packet crossed before
+    /// (on its way in this direction) declared ([`ExtraSource`]). Sorted, no duplicates.
+    pub extra_sources: Vec<Ipv4Net>,
     /// The function's own addresses (both interfaces): packets to them go to its stack.
     pub local_addrs: [Ipv4Addr; 2],
     /// The Ethernet addresses written on forwarded packets: destination = the next hop's
@@ -78,6 +91,28 @@ pub fn counter_slot(slot: u32, direction: Direction) -> u32 {
 /// see [`super::ifindex`]). `None` for an interface that is not a chain interface.
 pub fn interface_slot(ifindex: u32) -> Option<u32> {
     ifindex.checked_sub(names::IFINDEX_BASE)
+}
+
+/// The extra sources accepted at hop `hop` for packets going `direction`: those the functions
+/// before it on that way declared (hops below `hop` going forward, above it going back).
+fn extra_sources(plan: &ChainPlan, hop: usize, direction: Direction) -> Vec<Ipv4Net> {
+    let n = plan.function_count();
+    let before = match direction {
+        Direction::Forward => 1..hop,
+        Direction::Reverse => hop + 1..n + 1,
+    };
+    let mut out: Vec<Ipv4Net> = plan
+        .hops
+        .get(before)
+        .into_iter()
+        .flatten()
+        .flat_map(|h| &h.sources)
+        .filter(|s| s.direction == direction)
+        .map(|s| s.net)
+        .collect();
+    out.sort();
+    out.dedup();
+    out
 }
 
 /// The forwarder table of a chain: two entries per function (arriving on `nf-in`: forward;
@@ -116,6 +151,7 @@ pub fn forwarder_entries(plan: &ChainPlan) -> Vec<ForwarderEntry> {
             peer_mac: neighbour.mac,
             peer_addr: neighbour.address.addr(),
             allowed_sources,
+            extra_sources: extra_sources(plan, hop, direction),
             local_addrs,
             next_mac: next.mac,
             out_mac: leave.mac,
@@ -155,6 +191,39 @@ mod tests {
     use super::*;
     use crate::plan::test_specs::{a, tc_chain as spec};
     use crate::plan::{ifindex, mac, plan_chain};
+
+    #[test]
+    fn extra_sources_are_accepted_where_their_packets_arrive_next() {
+        let mut plan = plan_chain(&spec(3, None));
+        let vip: Ipv4Net = "192.0.2.10/32".parse().unwrap();
+        let clients: Ipv4Net = "198.51.100.0/24".parse().unwrap();
+        plan.hops[2].sources = vec![
+            ExtraSource {
+                direction: Direction::Reverse,
+                net: vip,
+            },
+            ExtraSource {
+                direction: Direction::Forward,
+                net: clients,
+            },
+        ];
+        let extra = |hop: usize, direction: Direction| {
+            forwarder_entries(&plan)
+                .into_iter()
+                .find(|e| e.hop == hop && e.direction == direction)
+                .map(|e| e.extra_sources)
+                .unwrap()
+        };
+        // The VIP goes back toward ingress: fn1 sees it; fn3 (behind the declaring fn2) not.
+        assert_eq!(extra(1, Direction::Reverse), [vip]);
+        assert_eq!(extra(3, Direction::Reverse), []);
+        // The clients go on toward egress: fn3 sees them; fn1 not.
+        assert_eq!(extra(3, Direction::Forward), [clients]);
+        assert_eq!(extra(1, Direction::Forward), []);
+        // The declaring function's own checks are unchanged.
+        assert_eq!(extra(2, Direction::Forward), []);
+        assert_eq!(extra(2, Direction::Reverse), []);
+    }
 
     #[test]
     fn three_functions_get_two_entries_each_that_walk_the_chain() {

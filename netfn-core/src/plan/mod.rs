@@ -29,7 +29,7 @@ use crate::function::RecordedSettings;
 use crate::spec::{ChainSpec, EndpointSpec, FastPath};
 
 pub use forwarder::{
-    Direction, ForwarderEntry, counter_slot, forwarder_counter_len, forwarder_entries,
+    Direction, ExtraSource, ForwarderEntry, counter_slot, forwarder_counter_len, forwarder_entries,
     forwarder_table_len, interface_slot,
 };
 pub use steering::steering_routes;
@@ -89,6 +89,11 @@ pub struct HopPlan {
     /// ([`crate::function::FunctionConfig::stage`]); the forwarder hands such packets to it.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub stage: bool,
+    /// Functions only: the sources its kind puts on packets besides the chain's subnets
+    /// ([`crate::function::FunctionConfig::extra_sources`]); the functions those packets cross
+    /// next accept them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sources: Vec<ExtraSource>,
 }
 
 /// One side of a veth pair.
@@ -259,6 +264,7 @@ pub fn plan_chain(spec: &ChainSpec) -> ChainPlan {
             retired_out: Vec::new(),
             slot: Some(slot),
             stage: spec.fastpath != FastPath::Kernel && f.config.stage().is_some(),
+            sources: f.config.extra_sources(),
         });
     }
     hops.push(endpoint_hop(spec, "egress", &spec.egress));
@@ -334,6 +340,7 @@ fn endpoint_hop(spec: &ChainSpec, name: &str, ep: &EndpointSpec) -> HopPlan {
         retired_out: Vec::new(),
         slot: None,
         stage: false,
+        sources: Vec::new(),
     }
 }
 

@@ -5,7 +5,7 @@
 
 use serde::Deserialize;
 
-use super::{HopPlan, HopRole, NetnsPlan, RoutePlan};
+use super::{ExtraSource, HopPlan, HopRole, NetnsPlan, RoutePlan};
 use crate::function::RecordedSettings;
 
 /// What a hop is, as the record's `role` field names it.
@@ -36,6 +36,8 @@ pub(super) struct HopRecord {
     slot: Option<u32>,
     #[serde(default)]
     stage: bool,
+    #[serde(default)]
+    sources: Vec<ExtraSource>,
 }
 
 impl From<HopRecord> for HopPlan {
@@ -58,6 +60,7 @@ impl From<HopRecord> for HopPlan {
             retired_out: r.retired_out,
             slot: r.slot,
             stage: r.stage,
+            sources: r.sources,
         }
     }
 }

@@ -90,6 +90,25 @@ pub const FWD_STAGE: u32 = 2;
 /// unchecked.
 pub const STAGES_MAP: &str = "NF_STAGES";
 
+/// Name of the sources a function accepts besides its neighbour and the subnet it faces
+/// (`LpmTrie<SourceKey, u8>`): the sources other functions put on packets (a load balancer's VIP,
+/// a VPN's decapsulated clients). Consulted only when the subnet check fails, so ordinary
+/// traffic never pays for it.
+pub const FWD_SOURCES_MAP: &str = "NF_FWD_SOURCES";
+/// `max_entries` of [`FWD_SOURCES_MAP`] (an LPM trie allocates per entry, not up front).
+pub const FWD_SOURCES_MAX: u32 = 65_536;
+
+/// The data of a [`FWD_SOURCES_MAP`] key: a function's counter slot (`function * 2 +
+/// direction`, big-endian so that it is the key's leading 32 bits) then the IPv4 source (network
+/// byte order). A prefix `p/len` allowed at `slot` has prefix length `32 + len`; the forwarder
+/// looks up the full 64 bits.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SourceKey {
+    pub slot_be: u32,
+    pub addr: u32,
+}
+
 /// Directions, the low bit of [`FwdEntry::counter_slot`].
 pub const DIR_FORWARD: u32 = 0;
 pub const DIR_REVERSE: u32 = 1;
@@ -236,6 +255,11 @@ unsafe impl aya::Pod for FwdEntry {}
 // 56 bytes each): 116 bytes without padding; every bit pattern is valid.
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for FwdRow {}
+
+// SAFETY: `SourceKey` is `#[repr(C)]`, `Copy`, two `u32` without padding; every bit pattern is
+// valid.
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for SourceKey {}
 
 // SAFETY: `FnCounters` is `#[repr(C)]`, `Copy`, made of u64s only; no padding.
 #[cfg(feature = "user")]

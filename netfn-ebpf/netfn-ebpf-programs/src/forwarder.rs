@@ -35,14 +35,14 @@ use aya_ebpf::{
     bindings::{TC_ACT_OK, TC_ACT_SHOT, xdp_action},
     helpers::generated::bpf_redirect_peer,
     macros::{classifier, map, xdp},
-    maps::{Array, DevMap, PerCpuArray, ProgramArray},
+    maps::{Array, DevMap, LpmTrie, PerCpuArray, ProgramArray, lpm_trie::Key},
     programs::{TcContext, XdpContext},
 };
 use aya_log_ebpf::{debug, trace};
 use netfn_common::{
     DROP_MALFORMED, DROP_NO_ROUTE, DROP_NO_STAGE, DROP_SPOOFED_IP, DROP_SPOOFED_MAC,
-    DROP_TTL_EXCEEDED, FWD_IFINDEX_BASE, FWD_STAGE, FWD_TABLE_DEFAULT_ENTRIES, FWD_VALID,
-    FnCounters, FwdEntry, FwdRow,
+    DROP_TTL_EXCEEDED, FWD_IFINDEX_BASE, FWD_SOURCES_MAX, FWD_STAGE, FWD_TABLE_DEFAULT_ENTRIES,
+    FWD_VALID, FnCounters, FwdEntry, FwdRow, SourceKey,
 };
 
 /// The forwarding table, indexed by `ifindex - FWD_IFINDEX_BASE` of the arriving interface; each
@@ -63,9 +63,27 @@ static NF_FWD_UNKNOWN: PerCpuArray<FnCounters> = PerCpuArray::with_max_entries(1
 #[map]
 static NF_FWD_DEVMAP: DevMap = DevMap::with_max_entries(FWD_TABLE_DEFAULT_ENTRIES, 0);
 
+/// Sources a function accepts besides its neighbour and the subnet it faces, by counter slot
+/// (see `netfn_common::FWD_SOURCES_MAP`). aya creates it `BPF_F_NO_PREALLOC`, as LPM tries require.
+#[map]
+static NF_FWD_SOURCES: LpmTrie<SourceKey, u8> = LpmTrie::with_max_entries(FWD_SOURCES_MAX, 0);
+
 /// The stage programs of the chain's functions, by function slot (see the module doc).
 #[map]
 static NF_STAGES: ProgramArray = ProgramArray::with_max_entries(FWD_TABLE_DEFAULT_ENTRIES, 0);
+
+/// True when `src` is among the extra sources the function accepts at counter slot `slot`.
+#[inline(always)]
+fn extra_source(slot: u32, src: u32) -> bool {
+    let key = Key::new(
+        64,
+        SourceKey {
+            slot_be: slot.to_be(),
+            addr: src,
+        },
+    );
+    NF_FWD_SOURCES.get(&key).is_some()
+}
 
 const ETH_HLEN: usize = 14;
 const ARP_LEN: usize = 28;
@@ -200,7 +218,7 @@ fn decide(data: usize, data_end: usize, ifindex: u32) -> Verdict {
         };
     }
     let src: u32 = read(ip + 12);
-    if src != e.peer_addr && src & e.allowed_mask != e.allowed_net {
+    if src != e.peer_addr && src & e.allowed_mask != e.allowed_net && !extra_source(slot, src) {
         return Verdict::Drop {
             slot,
             reason: DROP_SPOOFED_IP,

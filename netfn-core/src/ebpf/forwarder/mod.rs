@@ -33,10 +33,11 @@ use aya::EbpfLoader;
 use aya::maps::{MapData, PerCpuArray};
 use aya::programs::{SchedClassifier, Xdp};
 use netfn_common::{
-    FN_COUNTERS_MAP, FWD_DEVMAP, FWD_TABLE_MAP, FWD_TC_PROGRAM, FWD_UNKNOWN_MAP, FWD_XDP_PROGRAM,
-    FnCounters, STAGES_MAP, XDP_PASS_PROGRAM,
+    FN_COUNTERS_MAP, FWD_DEVMAP, FWD_SOURCES_MAP, FWD_SOURCES_MAX, FWD_TABLE_MAP, FWD_TC_PROGRAM,
+    FWD_UNKNOWN_MAP, FWD_XDP_PROGRAM, FnCounters, STAGES_MAP, XDP_PASS_PROGRAM,
 };
 
+pub(super) mod sources;
 pub(super) mod table;
 pub(super) mod tc;
 pub(super) mod xdp;
@@ -47,6 +48,7 @@ use super::{
 };
 use crate::plan::{self, ChainPlan, Direction, ForwarderEntry};
 use crate::spec::FastPath;
+pub use sources::{Prune, sync_sources};
 use table::{FwdTable, drop_unfit_pin, map_error, pinned_map, zero_function_counters};
 
 /// TC priority of the forwarder filter on ingress: after the counter (priority 1).
@@ -59,6 +61,7 @@ pub const FWD_TABLE_PIN: &str = "fwd_table";
 pub const FN_COUNTERS_PIN: &str = "fn_counters";
 pub const FWD_UNKNOWN_PIN: &str = "fwd_unknown";
 pub const FWD_DEVMAP_PIN: &str = "fwd_devmap";
+pub const FWD_SOURCES_PIN: &str = "fwd_sources";
 /// The stage programs of the chain's functions, by slot.
 pub const STAGES_PIN: &str = "stages";
 /// Pinned XDP links are `xdp_link_<ifindex>`.
@@ -285,6 +288,7 @@ pub fn attach_fastpath_with(
     for e in &entries {
         table.set(e)?;
     }
+    sync_sources(plan, bpf_dir, Prune::Yes)?;
     if mode == FastPath::Tc {
         load_and_pin(&mut ebpf, FWD_TC_PROGRAM, bpf_dir, |p| {
             <&mut SchedClassifier>::try_from(p)?.load()
@@ -329,6 +333,11 @@ pub(crate) fn chain_pins(plan: &ChainPlan, bpf_dir: &Path) -> Vec<(&'static str,
             plan::forwarder_counter_len(plan),
         ),
         (FWD_UNKNOWN_MAP, bpf_dir.join(FWD_UNKNOWN_PIN), 1),
+        (
+            FWD_SOURCES_MAP,
+            bpf_dir.join(FWD_SOURCES_PIN),
+            FWD_SOURCES_MAX,
+        ),
         (
             STAGES_MAP,
             bpf_dir.join(STAGES_PIN),
@@ -386,6 +395,8 @@ pub fn extend_fastpath(
     for e in new {
         table.set(e)?;
     }
+    // What the new plan accepts, before anything switches to it (pruned after the switch).
+    sync_sources(plan, bpf_dir, Prune::No)?;
     // An index a removed link had: its link pins (if a cleanup missed them) are stale.
     for &ifindex in added {
         remove_link_pins(bpf_dir, ifindex)?;

@@ -174,6 +174,7 @@ mod tests {
             peer_mac: [2, 0, 0, 0, 0, 2],
             peer_addr: "10.1.0.2".parse().unwrap(),
             allowed_sources: "10.1.0.0/24".parse().unwrap(),
+            extra_sources: Vec::new(),
             local_addrs: ["10.1.0.1".parse().unwrap(), "100.64.0.0".parse().unwrap()],
             next_mac: [2, 0, 0, 0, 0, 3],
             out_mac: [2, 0, 0, 0, 0, 4],
