@@ -3,6 +3,8 @@
 
 pub mod firewall;
 mod forward;
+pub mod lb;
+mod maps;
 
 use netfn_core::function::Registry;
 
@@ -11,6 +13,7 @@ pub fn registry() -> Registry {
     let mut r = Registry::new();
     r.register(forward::Forward);
     r.register(firewall::Firewall);
+    r.register(lb::LoadBalancer);
     r
 }
 

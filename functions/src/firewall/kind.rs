@@ -110,7 +110,8 @@ impl FunctionConfig for FirewallConfig {
         };
         if old.settings.conntrack.size != self.settings.conntrack.size {
             return Err(format!(
-                "its connection table holds the connections that must survive the change; its                  size ({} → {}) changes only with down and up",
+                "its connection table holds the connections that must survive the change; its \
+                 size ({} → {}) changes only with down and up",
                 old.settings.conntrack.size, self.settings.conntrack.size
             ));
         }

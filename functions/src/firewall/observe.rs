@@ -3,45 +3,16 @@
 //! firewalls count in nftables (`nft list table inet netfn_fw` in the namespace) and export only
 //! the generic per-function metrics.
 
-use std::path::PathBuf;
-
-use aya::maps::{HashMap, MapData, PerCpuArray};
+use aya::maps::{HashMap, MapData};
 use netfn_common::firewall::{
     CtEntry, CtKey, FW_CT_MAP, FW_RULE_COUNTERS_MAP, FW_STATS_MAP, FwStats, RuleCounters,
 };
 use netfn_core::function::{
     FunctionMetricsContext, KindMetricsError, MetricFamily, RecordedSettings,
 };
-use netfn_core::spec::FastPath;
 
 use super::kind::PROBE_RULE;
-
-/// The function's stage directory, for fast-path chains.
-fn stage_dir(ctx: &FunctionMetricsContext<'_>) -> Option<PathBuf> {
-    (ctx.fastpath != FastPath::Kernel)
-        .then_some(ctx.slot)
-        .flatten()
-        .map(|slot| ctx.bpf_dir.join(format!("fn{slot}")))
-}
-
-/// Sums a pinned per-CPU array's elements over the CPUs.
-fn read_per_cpu<T: aya::Pod + Default>(
-    path: &std::path::Path,
-    sum: impl Fn(&mut T, &T),
-) -> Result<Vec<T>, KindMetricsError> {
-    let data = MapData::from_pin(path)?;
-    let map = aya::maps::Map::from_map_data(data)?;
-    let array: PerCpuArray<MapData, T> = PerCpuArray::try_from(map)?;
-    let mut out = Vec::new();
-    for i in 0..array.len() {
-        let mut total = T::default();
-        for v in array.get(&i, 0)?.iter() {
-            sum(&mut total, v);
-        }
-        out.push(total);
-    }
-    Ok(out)
-}
+use crate::maps::{read_per_cpu, stage_dir};
 
 /// Connections in the table right now, counted by walking its keys (a scrape-time cost of
 /// about a microsecond per connection; tables above [`COUNT_LIMIT`] are not walked).

@@ -3,7 +3,6 @@
 //! are kept across settings changes; everything else is the new rule set's own, so a change
 //! goes live in one step when core switches the instance in.
 
-use aya::maps::{Array, Map, MapData};
 use netfn_common::firewall::{
     ACTION_ACCEPT, ACTION_DROP, ACTION_REJECT, FW_ACTIONS_MAP, FW_CONF_MAP, FW_CT_MAP,
     FW_ENTRIES_MAP, FW_NODES_MAP, FW_RATE_MAP, FW_RULE_COUNTERS_MAP, FW_STATS_MAP, FW_TC_PROGRAM,
@@ -19,6 +18,7 @@ use super::classifier::Compiled;
 use super::config::Conntrack;
 use super::kind::FirewallConfig;
 use super::rules::Action;
+use crate::maps::fill_array;
 
 const SECOND: u64 = 1_000_000_000;
 
@@ -108,22 +108,4 @@ fn action(a: Action) -> u32 {
         Action::Drop => ACTION_DROP,
         Action::Reject => ACTION_REJECT,
     }
-}
-
-fn map_err(name: &'static str) -> impl Fn(aya::maps::MapError) -> StageError {
-    move |source| StageError::Map { name, source }
-}
-
-/// Writes `values` at indexes 0.. of the array map `name`.
-fn fill_array<V: aya::Pod>(
-    maps: &mut StageMaps<'_>,
-    name: &'static str,
-    values: &[V],
-) -> Result<(), StageError> {
-    let map: &mut Map = maps.map_mut(name)?;
-    let mut array: Array<&mut MapData, V> = Array::try_from(map).map_err(map_err(name))?;
-    for (i, v) in (0u32..).zip(values) {
-        array.set(i, v, 0).map_err(map_err(name))?;
-    }
-    Ok(())
 }

@@ -109,9 +109,27 @@ pub trait FunctionConfig: fmt::Debug + Send + Sync + Any {
     /// packets go (a load balancer's VIPs toward ingress, a VPN's decapsulated clients toward
     /// egress): the forwarder's anti-spoofing check of the functions they cross next lets them
     /// through.
+    /// Problems of the settings that only the rest of the chain shows (a load balancer's VIP
+    /// equal to a chain address), reported by `netfn validate` at the spans the kind kept.
+    fn check_in_chain(&self, chain: &ChainAddresses<'_>) -> Vec<SettingError> {
+        let _ = chain;
+        Vec::new()
+    }
+
     fn extra_sources(&self) -> Vec<ExtraSource> {
         Vec::new()
     }
+}
+
+/// The addresses of a chain, for [`FunctionConfig::check_in_chain`].
+#[derive(Debug, Clone, Copy)]
+pub struct ChainAddresses<'a> {
+    pub ingress_subnet: ipnet::Ipv4Net,
+    pub egress_subnet: ipnet::Ipv4Net,
+    /// The endpoints' own addresses.
+    pub endpoints: &'a [std::net::Ipv4Addr],
+    /// The addresses the chain's functions answer on at the endpoints (their gateways).
+    pub gateways: &'a [std::net::Ipv4Addr],
 }
 
 /// A kind's kernel-mode form, installed in its function's namespace.

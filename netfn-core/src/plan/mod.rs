@@ -286,8 +286,11 @@ pub fn plan_chain(spec: &ChainSpec) -> ChainPlan {
     }
 }
 
-/// Sets the routes of every function hop: the far subnets are reached through the neighbours
-/// (the subnet next to a function is directly connected).
+/// Sets the routes of every hop: the far subnets are reached through the neighbours (the
+/// subnet next to a hop is directly connected), and so are the extra sources functions declare
+/// ([`ExtraSource`]): a load balancer's VIP, which answers toward ingress, is reached toward
+/// egress from every hop before it; a VPN's clients, sending toward egress, are reached toward
+/// ingress from every hop after it.
 pub(crate) fn function_routes(
     hops: &mut [HopPlan],
     links: &[LinkPlan],
@@ -295,19 +298,59 @@ pub(crate) fn function_routes(
     egress_net: Ipv4Net,
 ) {
     let n = hops.len().saturating_sub(2);
-    for (h, hop) in hops.iter_mut().enumerate().take(n + 1).skip(1) {
-        hop.routes.clear();
-        if h > 1 {
-            hop.routes.push(RoutePlan {
+    let declared: Vec<(usize, ExtraSource)> = hops
+        .iter()
+        .enumerate()
+        .flat_map(|(k, h)| h.sources.iter().map(move |s| (k, *s)))
+        .collect();
+    for (h, hop) in hops.iter_mut().enumerate() {
+        // Toward ingress through the previous hop, toward egress through the next one.
+        let back = h
+            .checked_sub(1)
+            .and_then(|l| links.get(l))
+            .map(|l| l.out.address.addr());
+        let on = links.get(h).map(|l| l.inn.address.addr());
+        let endpoint = h == 0 || h == n + 1;
+        let mut routes = Vec::new();
+        if let Some(gateway) = back
+            && h > 1
+            && !endpoint
+        {
+            routes.push(RoutePlan {
                 destination: ingress_net,
-                gateway: links[h - 1].out.address.addr(),
+                gateway,
             });
         }
-        if h < n {
-            hop.routes.push(RoutePlan {
+        if let Some(gateway) = on
+            && h < n
+            && !endpoint
+        {
+            routes.push(RoutePlan {
                 destination: egress_net,
-                gateway: links[h].inn.address.addr(),
+                gateway,
             });
+        }
+        for (k, s) in &declared {
+            let gateway = match s.direction {
+                Direction::Reverse if h < *k => on,
+                Direction::Forward if h > *k => back,
+                _ => None,
+            };
+            if let Some(gateway) = gateway
+                && !routes.iter().any(|r| r.destination == s.net)
+            {
+                routes.push(RoutePlan {
+                    destination: s.net,
+                    gateway,
+                });
+            }
+        }
+        if endpoint {
+            // An endpoint keeps the route to the far endpoint's subnet it was planned with.
+            hop.routes.truncate(1);
+            hop.routes.extend(routes);
+        } else {
+            hop.routes = routes;
         }
     }
 }
@@ -415,6 +458,42 @@ mod tests {
         let back: ChainPlan =
             serde_json::from_str(&serde_json::to_string(&bare).expect("serialize")).expect("read");
         assert_eq!(back, bare);
+    }
+
+    #[test]
+    fn extra_sources_are_routed_toward_their_function() {
+        let mut spec = spec(3, None);
+        let plain = plan_chain(&spec);
+        spec.functions[1] = crate::spec::FunctionSpec {
+            name: "fn2".into(),
+            kind: "lb".into(),
+            config: std::sync::Arc::new(test_specs::WithSources(vec![ExtraSource {
+                direction: Direction::Reverse,
+                net: "192.0.2.10/32".parse().unwrap(),
+            }])),
+        };
+        let plan = plan_chain(&spec);
+        let vip = |h: usize| {
+            plan.hops[h]
+                .routes
+                .iter()
+                .find(|r| r.destination.to_string() == "192.0.2.10/32")
+                .map(|r| r.gateway)
+        };
+        // The ingress endpoint and fn1 reach the VIP toward egress; fn2 has it; fn3 and the
+        // egress endpoint do not route it.
+        assert_eq!(vip(0), Some(plan.links[0].inn.address.addr()));
+        assert_eq!(vip(1), Some(plan.links[1].inn.address.addr()));
+        assert_eq!((vip(2), vip(3), vip(4)), (None, None, None));
+        // Nothing else changed.
+        for (h, (a, b)) in plain.hops.iter().zip(&plan.hops).enumerate() {
+            let others: Vec<_> = b
+                .routes
+                .iter()
+                .filter(|r| vip(h) != Some(r.gateway) || r.destination.prefix_len() != 32)
+                .collect();
+            assert_eq!(others.len(), a.routes.len(), "hop {h}");
+        }
     }
 
     #[test]

@@ -17,6 +17,22 @@ impl FunctionConfig for Forward {
     }
 }
 
+/// A function that declares extra sources (a load balancer's VIPs, say).
+#[derive(Debug)]
+pub(crate) struct WithSources(pub Vec<crate::plan::ExtraSource>);
+
+impl FunctionConfig for WithSources {
+    fn kind(&self) -> &'static str {
+        "lb"
+    }
+    fn record(&self) -> RecordedSettings {
+        RecordedSettings::of(&serde_json::json!({}))
+    }
+    fn extra_sources(&self) -> Vec<crate::plan::ExtraSource> {
+        self.0.clone()
+    }
+}
+
 /// Chain `name`: 10.1.0.2/24 → forward functions `functions` → 10.2.0.2/24.
 pub(crate) fn chain(
     name: &str,

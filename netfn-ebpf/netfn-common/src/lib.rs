@@ -6,6 +6,7 @@
 #![cfg_attr(not(test), no_std)]
 
 pub mod firewall;
+pub mod lb;
 
 /// Name of the per-CPU hash map (`ifindex: u32` → [`IfCounters`]) filled by `nf_count`.
 pub const IF_COUNTERS_MAP: &str = "NF_IF_COUNTERS";

@@ -20,6 +20,7 @@ use aya_log_ebpf::info;
 
 mod firewall;
 mod forwarder;
+mod lb;
 use netfn_common::{IF_COUNTERS_MAX_ENTRIES, IfCounters};
 
 /// Packets and bytes per interface, keyed by `skb->ifindex` (netfn gives every interface of a

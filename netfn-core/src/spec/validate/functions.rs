@@ -4,7 +4,7 @@ use std::cell::RefCell;
 use std::rc::Rc;
 
 use super::*;
-use crate::function::SettingError;
+use crate::function::{ChainAddresses, SettingError};
 use crate::spec::diag::Severity;
 
 impl<'a> Checker<'a, '_> {
@@ -87,6 +87,30 @@ impl<'a> Checker<'a, '_> {
             kind: kind_name?.to_string(),
             config: config?,
         })
+    }
+
+    /// Each function's own checks against the rest of its chain (its endpoints' addresses).
+    pub(super) fn functions_in_chain(
+        &mut self,
+        chain_label: &str,
+        functions: &[FunctionSpec],
+        ingress: &EndpointSpec,
+        egress: &EndpointSpec,
+    ) {
+        let endpoints = [ingress.address.addr(), egress.address.addr()];
+        let gateways = [ingress.gateway, egress.gateway];
+        let chain = ChainAddresses {
+            ingress_subnet: ingress.address.trunc(),
+            egress_subnet: egress.address.trunc(),
+            endpoints: &endpoints,
+            gateways: &gateways,
+        };
+        for f in functions {
+            let label = format!("{chain_label}, function `{}`", f.name);
+            for e in f.config.check_in_chain(&chain) {
+                self.setting_diagnostic(Severity::Error, &label, e);
+            }
+        }
     }
 
     /// Reports a kind's problem with a function's settings: in the chain file at its span, or in

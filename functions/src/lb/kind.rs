@@ -1,0 +1,127 @@
+//! `kind = "load-balancer"`: the kind's face to core. Parsing checks the settings
+//! ([`super::config`]); the config offers the seam's parts: the eBPF stage ([`super::stage`]),
+//! the nftables DNAT form for kernel mode ([`super::nft`]), a live settings change (tables
+//! rebuilt over the live ones, flows kept), the VIPs as sources its neighbours toward ingress
+//! accept, drop reasons, metrics and status rows ([`super::observe`]).
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use ipnet::Ipv4Net;
+use netfn_common::lb::LB_DROP_REASON_NAMES;
+use netfn_core::function::{
+    ChainAddresses, ExtraSource, FunctionConfig, FunctionContext, FunctionKind,
+    FunctionMetricsContext, KernelForm, KindMetricsError, MetricFamily, RecordedSettings,
+    SettingError, Settings, Stage,
+};
+use netfn_core::plan::Direction;
+
+use super::config::{self, LbSettings};
+
+pub struct LoadBalancer;
+
+/// A checked load balancer.
+#[derive(Debug)]
+pub struct LbConfig {
+    pub settings: LbSettings,
+}
+
+impl FunctionConfig for LbConfig {
+    fn kind(&self) -> &'static str {
+        "load-balancer"
+    }
+
+    fn record(&self) -> RecordedSettings {
+        RecordedSettings::of(&self.settings)
+    }
+
+    fn stage(&self) -> Option<&dyn Stage> {
+        Some(self)
+    }
+
+    fn kernel_form(&self, ctx: &FunctionContext) -> Option<KernelForm> {
+        Some(KernelForm {
+            nftables: super::nft::ruleset(&self.settings, ctx),
+            sysctls: Vec::new(),
+        })
+    }
+
+    /// Backends, weights, health checks and services change in place: new tables are built
+    /// over the live ones and switched in, tracked flows stay on their backends. The connection
+    /// table's size cannot change under the flows it holds.
+    fn change_in_place(&self, old: &dyn FunctionConfig) -> Result<(), String> {
+        let Some(old) = old.downcast_ref::<LbConfig>() else {
+            return Err("the function was not a load balancer".into());
+        };
+        let (was, now) = (old.settings.conntrack.size, self.settings.conntrack.size);
+        if was != now {
+            return Err(format!(
+                "its connection table holds the flows that must stay on their backends; its \
+                 size ({was} → {now}) changes only with down and up"
+            ));
+        }
+        Ok(())
+    }
+
+    fn check_in_chain(&self, chain: &ChainAddresses<'_>) -> Vec<SettingError> {
+        self.settings.check_in_chain(chain)
+    }
+
+    /// Answers leave from the VIPs, toward the clients on the ingress side.
+    fn extra_sources(&self) -> Vec<ExtraSource> {
+        let mut vips: Vec<Ipv4Net> = self
+            .settings
+            .services
+            .iter()
+            .filter_map(|s| match s.vip {
+                IpAddr::V4(v4) => Some(Ipv4Net::from(v4)),
+                IpAddr::V6(_) => None,
+            })
+            .collect();
+        vips.sort();
+        vips.dedup();
+        vips.into_iter()
+            .map(|net| ExtraSource {
+                direction: Direction::Reverse,
+                net,
+            })
+            .collect()
+    }
+}
+
+impl FunctionKind for LoadBalancer {
+    fn name(&self) -> &'static str {
+        "load-balancer"
+    }
+
+    fn summary(&self) -> &'static str {
+        "L4 load balancer: VIPs to backends by Maglev hashing, connection tracking, NAT, drain"
+    }
+
+    fn parse(&self, settings: Settings<'_>) -> Result<Arc<dyn FunctionConfig>, Vec<SettingError>> {
+        Ok(Arc::new(LbConfig {
+            settings: config::parse(settings)?,
+        }))
+    }
+
+    fn load(&self, recorded: &RecordedSettings) -> Result<Arc<dyn FunctionConfig>, String> {
+        Ok(Arc::new(LbConfig {
+            settings: recorded.parse().map_err(|e| e.to_string())?,
+        }))
+    }
+
+    fn drop_reasons(&self) -> &'static [&'static str] {
+        &LB_DROP_REASON_NAMES
+    }
+
+    fn metrics(
+        &self,
+        ctx: &FunctionMetricsContext<'_>,
+    ) -> Result<Vec<MetricFamily>, KindMetricsError> {
+        super::observe::metrics(ctx)
+    }
+
+    fn status(&self, ctx: &FunctionMetricsContext<'_>) -> Vec<(String, String)> {
+        super::observe::status(ctx)
+    }
+}

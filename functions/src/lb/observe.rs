@@ -1,0 +1,225 @@
+//! What a load balancer shows in `netfn status` and exports as metrics, read from its pinned
+//! maps at scrape time: per backend (packets, bytes, new flows, health, active flows) and for
+//! the function (flows balanced, rebalanced, untracked; packets answered from a VIP).
+
+use aya::maps::{Array, HashMap, MapData};
+use netfn_common::lb::{
+    BACKEND_DOWN, Backend, BackendCounters, CT_TO_BACKEND, LB_BACKEND_COUNTERS_MAP,
+    LB_BACKENDS_MAP, LB_CT_MAP, LB_STATS_MAP, LbCtEntry, LbCtKey, LbStats,
+};
+use netfn_core::function::{FunctionMetricsContext, KindMetricsError, MetricFamily};
+
+use super::config::LbSettings;
+use crate::maps::{map, read_per_cpu, stage_dir};
+
+/// Largest connection table whose flows a scrape counts per backend.
+const COUNT_LIMIT: u32 = 1 << 20;
+
+/// One backend as a scrape sees it.
+struct BackendView {
+    service: String,
+    id: String,
+    weight: u32,
+    up: bool,
+    counters: BackendCounters,
+    active: Option<u64>,
+}
+
+fn settings(ctx: &FunctionMetricsContext<'_>) -> Option<LbSettings> {
+    ctx.settings.parse().ok()
+}
+
+/// Every backend of the recorded settings, with what the live instance counted (fast path).
+fn backends(ctx: &FunctionMetricsContext<'_>, s: &LbSettings) -> Vec<BackendView> {
+    let dir = stage_dir(ctx);
+    let counters: Vec<BackendCounters> = dir
+        .as_ref()
+        .and_then(|d| {
+            read_per_cpu::<BackendCounters>(&d.join(LB_BACKEND_COUNTERS_MAP), |t, v| {
+                t.packets += v.packets;
+                t.bytes += v.bytes;
+                t.new_flows += v.new_flows;
+            })
+            .ok()
+        })
+        .unwrap_or_default();
+    let flags: Vec<u32> = dir
+        .as_ref()
+        .and_then(|d| map(&d.join(LB_BACKENDS_MAP)).ok())
+        .and_then(|m| Array::<MapData, Backend>::try_from(m).ok())
+        .map(|a| {
+            (0..a.len())
+                .map(|i| a.get(&i, 0).map_or(0, |b| b.flags))
+                .collect()
+        })
+        .unwrap_or_default();
+    let active = dir
+        .as_ref()
+        .and_then(|d| active_flows(&d.join(LB_CT_MAP)).ok());
+    let mut out = Vec::new();
+    let mut number = 0usize;
+    for service in &s.services {
+        for b in &service.backends {
+            out.push(BackendView {
+                service: service.label(),
+                id: b.id(),
+                weight: b.weight,
+                up: flags.get(number).is_none_or(|f| f & BACKEND_DOWN == 0),
+                counters: counters.get(number).copied().unwrap_or_default(),
+                active: active
+                    .as_ref()
+                    .map(|a| a.get(number).copied().unwrap_or_default()),
+            });
+            number += 1;
+        }
+    }
+    out
+}
+
+/// Tracked flows per backend number (the client's direction of each), unless the table is
+/// larger than [`COUNT_LIMIT`].
+fn active_flows(path: &std::path::Path) -> Result<Vec<u64>, KindMetricsError> {
+    let table: HashMap<MapData, LbCtKey, LbCtEntry> = HashMap::try_from(map(path)?)?;
+    let mut per: Vec<u64> = Vec::new();
+    for (seen, (key, entry)) in table.iter().filter_map(Result::ok).enumerate() {
+        if seen as u64 > 2 * u64::from(COUNT_LIMIT) {
+            return Err("connection table too large to count".into());
+        }
+        if key.dir != CT_TO_BACKEND {
+            continue;
+        }
+        let n = entry.backend as usize;
+        if per.len() <= n {
+            per.resize(n + 1, 0);
+        }
+        per[n] += 1;
+    }
+    Ok(per)
+}
+
+fn stats(ctx: &FunctionMetricsContext<'_>) -> Option<LbStats> {
+    let dir = stage_dir(ctx)?;
+    read_per_cpu::<LbStats>(&dir.join(LB_STATS_MAP), |t, v| {
+        t.balanced += v.balanced;
+        t.ct_hits += v.ct_hits;
+        t.ct_insert_failed += v.ct_insert_failed;
+        t.rebalanced += v.rebalanced;
+        t.replies += v.replies;
+    })
+    .ok()?
+    .into_iter()
+    .next()
+}
+
+pub fn metrics(ctx: &FunctionMetricsContext<'_>) -> Result<Vec<MetricFamily>, KindMetricsError> {
+    let Some(s) = settings(ctx) else {
+        return Ok(Vec::new());
+    };
+    let mut up = ctx.gauge(
+        "netfn_lb_backend_up",
+        "1 if the backend takes new flows' share (health checks pass), else 0.",
+    );
+    let mut weight = ctx.gauge(
+        "netfn_lb_backend_weight",
+        "The backend's configured weight.",
+    );
+    let mut packets = ctx.counter(
+        "netfn_lb_backend_packets_total",
+        "Packets sent to the backend.",
+    );
+    let mut bytes = ctx.counter("netfn_lb_backend_bytes_total", "Bytes sent to the backend.");
+    let mut flows = ctx.counter(
+        "netfn_lb_backend_new_flows_total",
+        "Flows balanced to the backend.",
+    );
+    let mut active = ctx.gauge(
+        "netfn_lb_backend_active_flows",
+        "Tracked flows on the backend (not exported for tables above 1,048,576 flows).",
+    );
+    for b in backends(ctx, &s) {
+        let labels = [("service", b.service.as_str()), ("backend", b.id.as_str())];
+        up.sample_u64(&labels, u64::from(b.up));
+        weight.sample_u64(&labels, u64::from(b.weight));
+        packets.sample_u64(&labels, b.counters.packets);
+        bytes.sample_u64(&labels, b.counters.bytes);
+        flows.sample_u64(&labels, b.counters.new_flows);
+        if let Some(a) = b.active {
+            active.sample_u64(&labels, a);
+        }
+    }
+    let mut out = vec![
+        up.build(),
+        weight.build(),
+        packets.build(),
+        bytes.build(),
+        flows.build(),
+        active.build(),
+    ];
+    if let Some(st) = stats(ctx) {
+        for (name, help, v) in [
+            (
+                "netfn_lb_flows_balanced_total",
+                "Flows a table lookup balanced.",
+                st.balanced,
+            ),
+            (
+                "netfn_lb_flows_rebalanced_total",
+                "Tracked flows balanced again because their backend was down.",
+                st.rebalanced,
+            ),
+            (
+                "netfn_lb_tracked_packets_total",
+                "Packets of tracked flows toward backends.",
+                st.ct_hits,
+            ),
+            (
+                "netfn_lb_reply_packets_total",
+                "Backend answers sent back from a VIP.",
+                st.replies,
+            ),
+            (
+                "netfn_lb_conntrack_insert_failures_total",
+                "Flows the connection table could not take (balanced, untracked).",
+                st.ct_insert_failed,
+            ),
+        ] {
+            let mut f = ctx.counter(name, help);
+            f.sample_u64(&[], v);
+            out.push(f.build());
+        }
+    }
+    Ok(out)
+}
+
+pub fn status(ctx: &FunctionMetricsContext<'_>) -> Vec<(String, String)> {
+    let Some(s) = settings(ctx) else {
+        return Vec::new();
+    };
+    let mut rows = Vec::new();
+    for b in backends(ctx, &s) {
+        let active = b
+            .active
+            .map(|a| format!(", {a} active"))
+            .unwrap_or_default();
+        rows.push((
+            format!("{} → {}", b.service, b.id),
+            format!(
+                "weight {}, {}: {} flows, {} packets{active}",
+                b.weight,
+                if b.up { "up" } else { "down" },
+                b.counters.new_flows,
+                b.counters.packets
+            ),
+        ));
+    }
+    if let Some(st) = stats(ctx) {
+        rows.push((
+            "flows".into(),
+            format!(
+                "{} balanced, {} rebalanced, {} untracked, {} replies",
+                st.balanced, st.rebalanced, st.ct_insert_failed, st.replies
+            ),
+        ));
+    }
+    rows
+}

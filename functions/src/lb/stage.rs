@@ -1,0 +1,298 @@
+//! The load balancer's eBPF stage as the seam sees it: which programs, which maps and how big,
+//! and how a new instance is filled.
+//!
+//! Backends are numbered across the function (service 0's first, then service 1's…); each
+//! service owns two halves of the table map. A new instance gets Maglev tables built over the
+//! live instance's ones (read from its pins), so a settings change moves only the flows it must
+//! even for flows the connection table no longer holds, and backends keep the health state the
+//! live instance has for them. The connection table and the statistics carry over.
+
+use std::collections::HashMap as Map;
+use std::net::IpAddr;
+use std::path::Path;
+
+use aya::maps::{Array, HashMap, MapData};
+use netfn_common::lb::{
+    BACKEND_DOWN, Backend, FAMILY_V4, FAMILY_V6, LB_BACKEND_COUNTERS_MAP, LB_BACKENDS_MAP,
+    LB_CONF_MAP, LB_CT_MAP, LB_SERVICES_MAP, LB_STATS_MAP, LB_TABLE_MAP, LB_TC_PROGRAM,
+    LB_XDP_PROGRAM, LbConf, NO_BACKEND, Service, ServiceKey,
+};
+use netfn_core::function::{
+    FunctionContext, Stage, StageContent, StageError, StageMaps, StagePrograms,
+};
+
+use super::config::{LbSettings, ServiceConf};
+use super::kind::LbConfig;
+use super::maglev::{self, Entry, Previous};
+use crate::maps::{fill_array, map_err};
+
+const SECOND: u64 = 1_000_000_000;
+
+impl Stage for LbConfig {
+    fn programs(&self) -> StagePrograms {
+        StagePrograms {
+            tc: LB_TC_PROGRAM,
+            xdp: LB_XDP_PROGRAM,
+        }
+    }
+
+    fn kept_maps(&self) -> &'static [&'static str] {
+        &[LB_CT_MAP, LB_STATS_MAP]
+    }
+
+    /// Pinned so that readers (metrics, the health checks, the next instance) find the live
+    /// instance's tables and counters.
+    fn instance_maps(&self) -> &'static [&'static str] {
+        &[
+            LB_SERVICES_MAP,
+            LB_TABLE_MAP,
+            LB_BACKENDS_MAP,
+            LB_BACKEND_COUNTERS_MAP,
+        ]
+    }
+
+    fn prepare(&self, _ctx: &FunctionContext) -> Result<Box<dyn StageContent + '_>, StageError> {
+        Ok(Box::new(Content {
+            settings: &self.settings,
+        }))
+    }
+}
+
+struct Content<'a> {
+    settings: &'a LbSettings,
+}
+
+/// Map keys and values of a service and a backend, as the stage reads them.
+pub fn service_key(s: &ServiceConf) -> ServiceKey {
+    let (vip, family) = address(s.vip);
+    ServiceKey {
+        vip,
+        port: s.port.to_be(),
+        proto: s.proto.number(),
+        family,
+        _pad: 0,
+    }
+}
+
+/// An address as the maps hold it (packet byte order, IPv4 in word 0), and its family.
+pub fn address(a: IpAddr) -> ([u32; 4], u8) {
+    match a {
+        IpAddr::V4(v4) => ([u32::from_ne_bytes(v4.octets()), 0, 0, 0], FAMILY_V4),
+        IpAddr::V6(v6) => {
+            let o = v6.octets();
+            let w = |i: usize| u32::from_ne_bytes([o[i], o[i + 1], o[i + 2], o[i + 3]]);
+            ([w(0), w(4), w(8), w(12)], FAMILY_V6)
+        }
+    }
+}
+
+/// `addr:port` of a backend map value (the identity the Maglev tables use).
+pub fn backend_id(b: &Backend) -> String {
+    let o = b.addr[0].to_ne_bytes();
+    format!(
+        "{}.{}.{}.{}:{}",
+        o[0],
+        o[1],
+        o[2],
+        o[3],
+        u16::from_be(b.port)
+    )
+}
+
+/// What the live instance holds: per service key, its live table as backend identities, and the
+/// backends it has down.
+#[derive(Default)]
+struct Live {
+    tables: Map<ServiceKey, (u32, Vec<Option<String>>)>,
+    down: Vec<String>,
+}
+
+impl Live {
+    /// Reads the live instance's pins under `dir` (nothing, for a new function).
+    fn read(dir: &Path) -> Live {
+        let open = |name: &str| {
+            MapData::from_pin(dir.join(name))
+                .ok()
+                .and_then(|d| aya::maps::Map::from_map_data(d).ok())
+        };
+        let (Some(services), Some(table), Some(backends)) = (
+            open(LB_SERVICES_MAP),
+            open(LB_TABLE_MAP),
+            open(LB_BACKENDS_MAP),
+        ) else {
+            return Live::default();
+        };
+        let (Ok(services), Ok(table), Ok(backends)) = (
+            HashMap::<_, ServiceKey, Service>::try_from(services),
+            Array::<_, u32>::try_from(table),
+            Array::<_, Backend>::try_from(backends),
+        ) else {
+            return Live::default();
+        };
+        let backends: Vec<Backend> = (0..backends.len())
+            .filter_map(|i| backends.get(&i, 0).ok())
+            .collect();
+        let mut live = Live {
+            down: backends
+                .iter()
+                .filter(|b| b.flags & BACKEND_DOWN != 0)
+                .map(backend_id)
+                .collect(),
+            ..Live::default()
+        };
+        for (key, service) in services.iter().filter_map(Result::ok) {
+            let base = service.table[(service.active & 1) as usize];
+            let entries = (0..service.size)
+                .map(|i| {
+                    let n = table.get(&(base + i), 0).ok()?;
+                    backends.get(n as usize).map(backend_id)
+                })
+                .collect();
+            live.tables.insert(key, (service.size, entries));
+        }
+        live
+    }
+}
+
+impl StageContent for Content<'_> {
+    fn map_sizes(&self) -> Vec<(&'static str, u32)> {
+        let s = self.settings;
+        let len = |n: usize| u32::try_from(n).unwrap_or(u32::MAX).max(1);
+        let backends = len(s.services.iter().map(|s| s.backends.len()).sum());
+        vec![
+            (LB_SERVICES_MAP, len(s.services.len())),
+            (
+                LB_TABLE_MAP,
+                len(s.services.len())
+                    .saturating_mul(2)
+                    .saturating_mul(s.table_size),
+            ),
+            (LB_BACKENDS_MAP, backends),
+            (LB_BACKEND_COUNTERS_MAP, backends),
+            (LB_CONF_MAP, 1),
+            // Two entries per flow: the client's direction and the backend's.
+            (LB_CT_MAP, s.conntrack.size.saturating_mul(2)),
+            (LB_STATS_MAP, 1),
+        ]
+    }
+
+    fn fill(&self, maps: &mut StageMaps<'_>) -> Result<(), StageError> {
+        let s = self.settings;
+        let live = if maps.fresh {
+            Live::default()
+        } else {
+            Live::read(&maps.dir)
+        };
+        let mut numbered: Vec<Backend> = Vec::new();
+        let mut tables: Vec<(ServiceKey, Vec<u32>)> = Vec::new();
+        for service in &s.services {
+            let first = numbered.len() as u32;
+            let ids: Vec<String> = service.backends.iter().map(|b| b.id()).collect();
+            for b in &service.backends {
+                let (addr, family) = address(b.address);
+                let down = live.down.contains(&b.id());
+                numbered.push(Backend {
+                    addr,
+                    port: b.port.to_be(),
+                    family,
+                    _pad: 0,
+                    flags: if down { BACKEND_DOWN } else { 0 },
+                });
+            }
+            let down: Vec<bool> = ids.iter().map(|id| live.down.contains(id)).collect();
+            let key = service_key(service);
+            let table = build_table(service, &ids, &down, s.table_size, live.tables.get(&key));
+            let global = table
+                .into_iter()
+                .map(|i| {
+                    if i == maglev::NONE {
+                        NO_BACKEND
+                    } else {
+                        first + i
+                    }
+                })
+                .collect();
+            tables.push((key, global));
+        }
+        fill_array(maps, LB_BACKENDS_MAP, &numbered)?;
+        let conf = LbConf {
+            tcp_ns: u64::from(s.conntrack.tcp) * SECOND,
+            tcp_closing_ns: u64::from(s.conntrack.tcp_closing) * SECOND,
+            udp_ns: u64::from(s.conntrack.udp) * SECOND,
+        };
+        fill_array(maps, LB_CONF_MAP, &[conf])?;
+        let size = s.table_size;
+        {
+            let map = maps.map_mut(LB_TABLE_MAP)?;
+            let mut array: Array<&mut MapData, u32> =
+                Array::try_from(map).map_err(map_err(LB_TABLE_MAP))?;
+            for (i, (_, table)) in (0u32..).zip(&tables) {
+                let base = i * 2 * size;
+                for (j, n) in (0u32..).zip(table) {
+                    array.set(base + j, n, 0).map_err(map_err(LB_TABLE_MAP))?;
+                }
+            }
+        }
+        let map = maps.map_mut(LB_SERVICES_MAP)?;
+        let mut services: HashMap<&mut MapData, ServiceKey, Service> =
+            HashMap::try_from(map).map_err(map_err(LB_SERVICES_MAP))?;
+        for (i, (key, _)) in (0u32..).zip(&tables) {
+            let base = i * 2 * size;
+            let service = Service {
+                table: [base, base + size],
+                active: 0,
+                size,
+            };
+            services
+                .insert(key, service, 0)
+                .map_err(map_err(LB_SERVICES_MAP))?;
+        }
+        Ok(())
+    }
+}
+
+/// The Maglev table of `service` (indexes into its backends), built over the live one when the
+/// live one has the same size. Backends that are `down` get no entries.
+pub fn build_table(
+    service: &ServiceConf,
+    ids: &[String],
+    down: &[bool],
+    size: u32,
+    live: Option<&(u32, Vec<Option<String>>)>,
+) -> Vec<u32> {
+    let entries: Vec<Entry<'_>> = service
+        .backends
+        .iter()
+        .zip(ids)
+        .zip(down)
+        .map(|((b, id), &down)| Entry {
+            id,
+            weight: if down { 0 } else { b.weight },
+        })
+        .collect();
+    // The live table as indexes into its own list of identities.
+    let previous = live.filter(|(s, _)| *s == size).map(|(_, owners)| {
+        let mut names: Vec<&str> = Vec::new();
+        let table: Vec<u32> = owners
+            .iter()
+            .map(|o| match o {
+                Some(id) => match names.iter().position(|n| n == id) {
+                    Some(i) => i as u32,
+                    None => {
+                        names.push(id);
+                        (names.len() - 1) as u32
+                    }
+                },
+                None => maglev::NONE,
+            })
+            .collect();
+        (table, names)
+    });
+    maglev::build(
+        &entries,
+        size,
+        previous
+            .as_ref()
+            .map(|(table, ids)| Previous { table, ids }),
+    )
+}

@@ -1,0 +1,218 @@
+//! The load balancer kind's map types and map names, shared by its eBPF stage
+//! (`netfn-ebpf-programs/src/lb.rs`) and userspace (`functions/src/lb`).
+//!
+//! - Services ([`ServiceKey`] → [`Service`], a hash map): a VIP, port and protocol, and where its
+//!   Maglev lookup table lives in [`LB_TABLE_MAP`]. Each service has two table halves; a new
+//!   table is written into the idle half and goes live when the service's `active` flips (one
+//!   hash-map update, which replaces the value whole: a packet sees the old table or the new).
+//! - Backends ([`Backend`], an array indexed by backend number) and the table entries (backend
+//!   numbers, [`NO_BACKEND`] where a service has none up).
+//! - The connection table ([`LbCtKey`] → [`LbCtEntry`], LRU): each balanced flow has two entries,
+//!   the client's direction (where to send it) and the backend's (which VIP to answer from), so a
+//!   flow stays on its backend whatever the table does, until it ends.
+//!
+//! Addresses are `[u32; 4]` in packet byte order, an IPv4 address in word 0 and the rest zero,
+//! so the maps hold IPv6 VIPs and backends without a change of layout; ports are in packet byte
+//! order too, so the stage compares and writes them as read.
+
+/// Map names.
+pub const LB_SERVICES_MAP: &str = "NF_LB_SERVICES";
+pub const LB_TABLE_MAP: &str = "NF_LB_TABLE";
+pub const LB_BACKENDS_MAP: &str = "NF_LB_BACKENDS";
+pub const LB_CONF_MAP: &str = "NF_LB_CONF";
+/// Per backend number: packets, bytes and new flows sent to it (this instance's).
+pub const LB_BACKEND_COUNTERS_MAP: &str = "NF_LB_BACKEND_COUNTERS";
+/// Kept across settings changes: the connection table and the function's statistics.
+pub const LB_CT_MAP: &str = "NF_LB_CT";
+pub const LB_STATS_MAP: &str = "NF_LB_STATS";
+
+/// The stage programs.
+pub const LB_TC_PROGRAM: &str = "nf_lb_tc";
+pub const LB_XDP_PROGRAM: &str = "nf_lb_xdp";
+
+/// The load balancer's drop reasons, counted at `KIND_DROP_BASE + i` of the function's counters.
+pub const LB_DROP_NO_BACKEND: usize = 0;
+pub const LB_DROP_REASON_NAMES: [&str; 1] = ["lb-no-backend"];
+const _: () = assert!(LB_DROP_REASON_NAMES.len() <= super::DROP_SLOTS - super::KIND_DROP_BASE);
+
+/// A table entry of a service without a backend to take new flows.
+pub const NO_BACKEND: u32 = u32::MAX;
+
+/// Address families ([`ServiceKey::family`]).
+pub const FAMILY_V4: u8 = 4;
+pub const FAMILY_V6: u8 = 6;
+
+/// A virtual service: `vip:port` over `proto`. 24 bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ServiceKey {
+    pub vip: [u32; 4],
+    /// Packet byte order.
+    pub port: u16,
+    pub proto: u8,
+    pub family: u8,
+    pub _pad: u32,
+}
+
+/// Where a service's lookup table is. 16 bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Service {
+    /// Index of the service's first table entry of each half in [`LB_TABLE_MAP`].
+    pub table: [u32; 2],
+    /// The live half: 0 or 1.
+    pub active: u32,
+    /// Entries per half (a prime: the Maglev table size).
+    pub size: u32,
+}
+
+/// [`Backend::flags`]: the health checks declared the backend down. A flow tracked to it is
+/// balanced again (see the stage); its table entries are rebuilt without it.
+pub const BACKEND_DOWN: u32 = 1;
+
+/// One backend. 24 bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Backend {
+    pub addr: [u32; 4],
+    /// Packet byte order.
+    pub port: u16,
+    pub family: u8,
+    pub _pad: u8,
+    pub flags: u32,
+}
+
+/// The stage's settings (one element). 24 bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct LbConf {
+    /// Idle timeouts of tracked flows: TCP established, TCP after a FIN or RST, UDP.
+    pub tcp_ns: u64,
+    pub tcp_closing_ns: u64,
+    pub udp_ns: u64,
+}
+
+/// [`LbCtKey::dir`]: the client's direction (toward the VIP), and the backend's answer.
+pub const CT_TO_BACKEND: u8 = 0;
+pub const CT_TO_CLIENT: u8 = 1;
+
+/// A flow's key in one direction: the packet's own addresses and ports as it arrives. 40 bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct LbCtKey {
+    pub src: [u32; 4],
+    pub dst: [u32; 4],
+    pub sport: u16,
+    pub dport: u16,
+    pub proto: u8,
+    pub dir: u8,
+    pub _pad: u16,
+}
+
+/// [`LbCtEntry::state`]: TCP after a FIN or RST (a short timeout follows).
+pub const LB_CT_OPEN: u8 = 0;
+pub const LB_CT_CLOSING: u8 = 1;
+
+/// A tracked flow in one direction: the address and port to write (the backend's going in, the
+/// VIP's going back), and the backend number it was balanced to. 32 bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct LbCtEntry {
+    pub addr: [u32; 4],
+    pub port: u16,
+    pub state: u8,
+    pub _pad: u8,
+    /// The backend number (index of [`LB_BACKENDS_MAP`]) when the flow was balanced.
+    pub backend: u32,
+    pub last_seen_ns: u64,
+}
+
+/// Per backend number (one CPU's share). 24 bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct BackendCounters {
+    pub packets: u64,
+    pub bytes: u64,
+    pub new_flows: u64,
+}
+
+/// The function's statistics (one CPU's share). 40 bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct LbStats {
+    /// Flows balanced (a table lookup chose the backend).
+    pub balanced: u64,
+    /// Packets of tracked flows.
+    pub ct_hits: u64,
+    /// Flows the table could not take (balanced anyway; the next packet is balanced again,
+    /// to the same backend while the table is unchanged).
+    pub ct_insert_failed: u64,
+    /// Tracked flows whose backend was down: balanced again.
+    pub rebalanced: u64,
+    /// Packets answered from a VIP (the backend's side, translated back).
+    pub replies: u64,
+}
+
+/// The flow hash the stage balances by, over the client's 5-tuple (addresses and ports as in
+/// the packet): a murmur3-style mix, the same on every CPU and in userspace (tests).
+#[inline(always)]
+pub fn flow_hash(src: u32, dst: u32, sport: u16, dport: u16, proto: u8) -> u32 {
+    let mut h: u32 = 0x9747_b28c ^ u32::from(proto);
+    for k in [src, dst, (u32::from(sport) << 16) | u32::from(dport)] {
+        let mut k = k.wrapping_mul(0xcc9e_2d51);
+        k = k.rotate_left(15).wrapping_mul(0x1b87_3593);
+        h ^= k;
+        h = h.rotate_left(13).wrapping_mul(5).wrapping_add(0xe654_6b64);
+    }
+    h ^= 12;
+    h ^= h >> 16;
+    h = h.wrapping_mul(0x85eb_ca6b);
+    h ^= h >> 13;
+    h = h.wrapping_mul(0xc2b2_ae35);
+    h ^ (h >> 16)
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY (all): `#[repr(C)]`, `Copy`, integer fields only, laid out without padding (the
+    // layouts are stated on each type and asserted in the tests); every bit pattern is valid.
+    unsafe impl aya::Pod for ServiceKey {}
+    unsafe impl aya::Pod for Service {}
+    unsafe impl aya::Pod for Backend {}
+    unsafe impl aya::Pod for LbConf {}
+    unsafe impl aya::Pod for LbCtKey {}
+    unsafe impl aya::Pod for LbCtEntry {}
+    unsafe impl aya::Pod for BackendCounters {}
+    unsafe impl aya::Pod for LbStats {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layouts_have_no_padding() {
+        assert_eq!(core::mem::size_of::<ServiceKey>(), 24);
+        assert_eq!(core::mem::size_of::<Service>(), 16);
+        assert_eq!(core::mem::size_of::<Backend>(), 24);
+        assert_eq!(core::mem::size_of::<LbConf>(), 24);
+        assert_eq!(core::mem::size_of::<LbCtKey>(), 40);
+        assert_eq!(core::mem::size_of::<LbCtEntry>(), 32);
+        assert_eq!(core::mem::size_of::<BackendCounters>(), 24);
+        assert_eq!(core::mem::size_of::<LbStats>(), 40);
+    }
+
+    #[test]
+    fn the_flow_hash_spreads_source_ports_evenly() {
+        let mut buckets = [0u32; 7];
+        for port in 0..7000u16 {
+            let h = flow_hash(0x0201_0a0a, 0x0a00_00c0, port.to_be(), 80u16.to_be(), 6);
+            buckets[(h % 7) as usize] += 1;
+        }
+        assert!(
+            buckets.iter().all(|&b| (900..1100).contains(&b)),
+            "{buckets:?}"
+        );
+    }
+}

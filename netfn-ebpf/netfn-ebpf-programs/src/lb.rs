@@ -1,0 +1,513 @@
+//! The load balancer kind's stage: an L4 load balancer at its function's hop, entered from the
+//! forwarder by a tail call (`nf_lb_tc`, `nf_lb_xdp`) with a packet the forwarder would forward.
+//!
+//! Toward egress (from clients): a packet of a tracked flow ([`NF_LB_CT`], the client's
+//! direction) goes to the backend its flow was balanced to; a packet to a service
+//! ([`NF_LB_SERVICES`]) of no tracked flow is balanced: `flow_hash` of its 5-tuple picks an
+//! entry of the service's live Maglev table ([`NF_LB_TABLE`]), whose backend
+//! ([`NF_LB_BACKENDS`]) it goes to, and the flow is tracked both ways. Its destination address
+//! and port become the backend's (DNAT). Anything else passes unchanged.
+//!
+//! Toward ingress (from backends): a packet of a tracked flow (the backend's direction) gets
+//! its source address and port back to the VIP's; anything else passes unchanged.
+//!
+//! A tracked flow whose backend the health checks declared down is balanced again (the table
+//! no longer has that backend): a TCP client then gets a reset from the new backend at once,
+//! instead of waiting out retransmissions toward a dead server; a UDP flow simply moves.
+//!
+//! Checksums: TC rewrites through `bpf_l3_csum_replace` / `bpf_l4_csum_replace`, which also keep
+//! a `CHECKSUM_PARTIAL` skb right (its L4 field then holds only the pseudo-header sum); XDP frames
+//! carry full checksums (netfn turns tx checksum offload off in xdp chains), updated here
+//! incrementally (RFC 1624).
+
+use core::ptr;
+
+use aya_ebpf::{
+    bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, TC_ACT_SHOT, xdp_action},
+    helpers::generated::bpf_ktime_get_ns,
+    macros::{classifier, map, xdp},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+    programs::{TcContext, XdpContext},
+};
+use netfn_common::{
+    DIR_FORWARD, FwdEntry, KIND_DROP_BASE,
+    lb::{
+        BACKEND_DOWN, Backend, BackendCounters, CT_TO_BACKEND, CT_TO_CLIENT, FAMILY_V4,
+        LB_CT_CLOSING, LB_CT_OPEN, LB_DROP_NO_BACKEND, LbConf, LbCtEntry, LbCtKey, LbStats,
+        NO_BACKEND, Service, ServiceKey, flow_hash,
+    },
+};
+
+use crate::forwarder::{self, count_drop, read, rewrite, send_tc, send_xdp};
+
+#[map]
+static NF_LB_SERVICES: HashMap<ServiceKey, Service> = HashMap::with_max_entries(1, 0);
+#[map]
+static NF_LB_TABLE: Array<u32> = Array::with_max_entries(1, 0);
+#[map]
+static NF_LB_BACKENDS: Array<Backend> = Array::with_max_entries(1, 0);
+#[map]
+static NF_LB_CONF: Array<LbConf> = Array::with_max_entries(1, 0);
+#[map]
+static NF_LB_BACKEND_COUNTERS: PerCpuArray<BackendCounters> = PerCpuArray::with_max_entries(1, 0);
+#[map]
+static NF_LB_CT: LruHashMap<LbCtKey, LbCtEntry> = LruHashMap::with_max_entries(1, 0);
+#[map]
+static NF_LB_STATS: PerCpuArray<LbStats> = PerCpuArray::with_max_entries(1, 0);
+
+const ETH_HLEN: usize = 14;
+const IP_HLEN: usize = 20;
+const PROTO_TCP: u8 = 6;
+const PROTO_UDP: u8 = 17;
+/// Most bytes the stage reads: Ethernet, an IPv4 header with options, a TCP header's first 20.
+const READ_LEN: u32 = (ETH_HLEN + 60 + 20) as u32;
+
+const TCP_FIN: u8 = 0x01;
+const TCP_RST: u8 = 0x04;
+
+/// The headers the stage reads (addresses and ports in packet byte order).
+#[derive(Clone, Copy)]
+struct Packet {
+    src: u32,
+    dst: u32,
+    sport: u16,
+    dport: u16,
+    proto: u8,
+    ttl: u8,
+    tcp_flags: u8,
+    /// Offset of the L4 header from the start of the frame.
+    l4: usize,
+}
+
+/// What happens to the packet.
+enum Fate {
+    /// Forward unchanged.
+    Pass,
+    /// Forward with the destination (toward a backend) or the source (back to a client)
+    /// rewritten to `addr:port`.
+    Nat {
+        to_backend: bool,
+        addr: u32,
+        port: u16,
+    },
+    Drop {
+        reason: usize,
+    },
+}
+
+/// TC stage (`fastpath = "tc"`).
+#[classifier]
+pub fn nf_lb_tc(ctx: TcContext) -> i32 {
+    // SAFETY: the kernel passes a valid `__sk_buff` to a classifier.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    let Some(e) = forwarder::entry(ifindex) else {
+        return TC_ACT_SHOT;
+    };
+    let slot = e.counter_slot;
+    let want = core::cmp::min(ctx.len(), READ_LEN);
+    if ctx.data() + want as usize > ctx.data_end() && ctx.pull_data(want).is_err() {
+        count_drop(slot, netfn_common::DROP_MALFORMED);
+        return TC_ACT_SHOT;
+    }
+    let Some(p) = parse(ctx.data(), ctx.data_end()) else {
+        count_drop(slot, netfn_common::DROP_MALFORMED);
+        return TC_ACT_SHOT;
+    };
+    match decide(&p, e, u64::from(ctx.len())) {
+        Fate::Pass => {}
+        Fate::Drop { reason } => {
+            count_drop(slot, KIND_DROP_BASE + reason);
+            return TC_ACT_SHOT;
+        }
+        Fate::Nat {
+            to_backend,
+            addr,
+            port,
+        } => {
+            if nat_tc(&ctx, &p, to_backend, addr, port).is_err() {
+                count_drop(slot, netfn_common::DROP_MALFORMED);
+                return TC_ACT_SHOT;
+            }
+        }
+    }
+    // The helpers may have moved the packet: bounds again before the forwarder's rewrite.
+    let (data, data_end) = (ctx.data(), ctx.data_end());
+    if data + ETH_HLEN + IP_HLEN > data_end {
+        return TC_ACT_SHOT;
+    }
+    rewrite(data, data + ETH_HLEN, p.ttl, e);
+    send_tc(&ctx, slot, e.redirect_ifindex)
+}
+
+/// XDP stage (`fastpath = "xdp"`).
+#[xdp]
+pub fn nf_lb_xdp(ctx: XdpContext) -> u32 {
+    // SAFETY: the kernel passes a valid `xdp_md` to an XDP program.
+    let ifindex = unsafe { (*ctx.ctx).ingress_ifindex };
+    let Some(e) = forwarder::entry(ifindex) else {
+        return xdp_action::XDP_DROP;
+    };
+    let slot = e.counter_slot;
+    let (data, data_end) = (ctx.data(), ctx.data_end());
+    let len = (data_end - data) as u64;
+    let Some(p) = parse(data, data_end) else {
+        count_drop(slot, netfn_common::DROP_MALFORMED);
+        return xdp_action::XDP_DROP;
+    };
+    match decide(&p, e, len) {
+        Fate::Pass => {}
+        Fate::Drop { reason } => {
+            count_drop(slot, KIND_DROP_BASE + reason);
+            return xdp_action::XDP_DROP;
+        }
+        Fate::Nat {
+            to_backend,
+            addr,
+            port,
+        } => nat_xdp(data, data_end, &p, to_backend, addr, port),
+    }
+    rewrite(data, data + ETH_HLEN, p.ttl, e);
+    send_xdp(slot, e.redirect_ifindex, len)
+}
+
+/// The headers of an IPv4 TCP or UDP packet that is not a fragment; `None` if the frame is too
+/// short for what its headers say. Anything else comes back with `proto` 0 (passed unchanged).
+#[inline(always)]
+fn parse(data: usize, data_end: usize) -> Option<Packet> {
+    let ip = data + ETH_HLEN;
+    if ip + IP_HLEN > data_end {
+        return None;
+    }
+    let ihl = ((read::<u8>(ip) & 0x0f) as usize) * 4;
+    if ihl < IP_HLEN {
+        return None;
+    }
+    let mut p = Packet {
+        src: read(ip + 12),
+        dst: read(ip + 16),
+        sport: 0,
+        dport: 0,
+        proto: 0,
+        ttl: read(ip + 8),
+        tcp_flags: 0,
+        l4: ETH_HLEN + ihl,
+    };
+    let proto: u8 = read(ip + 9);
+    // More fragments, or a later one: no ports to balance by (passed unchanged).
+    let frag = u16::from_be(read::<u16>(ip + 6)) & 0x3fff;
+    if frag != 0 || (proto != PROTO_TCP && proto != PROTO_UDP) {
+        return Some(p);
+    }
+    let l4 = ip + ihl;
+    let need = if proto == PROTO_TCP { 20 } else { 8 };
+    if l4 + need > data_end {
+        return None;
+    }
+    p.sport = read(l4);
+    p.dport = read(l4 + 2);
+    if proto == PROTO_TCP {
+        p.tcp_flags = read(l4 + 13);
+    }
+    p.proto = proto;
+    Some(p)
+}
+
+#[inline(always)]
+fn stats() -> Option<&'static mut LbStats> {
+    // SAFETY: a per-CPU element, written only by this CPU, which runs the program to completion.
+    NF_LB_STATS.get_ptr_mut(0).map(|p| unsafe { &mut *p })
+}
+
+#[inline(always)]
+fn v4(a: u32) -> [u32; 4] {
+    [a, 0, 0, 0]
+}
+
+#[inline(always)]
+fn decide(p: &Packet, e: &FwdEntry, len: u64) -> Fate {
+    if p.proto == 0 {
+        return Fate::Pass;
+    }
+    // SAFETY: a BPF helper without arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let Some(conf) = NF_LB_CONF.get(0) else {
+        return Fate::Pass;
+    };
+    if e.counter_slot & 1 != DIR_FORWARD {
+        return reply(p, conf, now);
+    }
+    let key = LbCtKey {
+        src: v4(p.src),
+        dst: v4(p.dst),
+        sport: p.sport,
+        dport: p.dport,
+        proto: p.proto,
+        dir: CT_TO_BACKEND,
+        _pad: 0,
+    };
+    let mut rebalance = false;
+    if let Some(ct) = NF_LB_CT.get_ptr_mut(key) {
+        // SAFETY: a pointer into the map's value, valid for this program run; concurrent
+        // writers only store whole fields the next packet reads again.
+        let ct = unsafe { &mut *ct };
+        if now.wrapping_sub(ct.last_seen_ns) > timeout(conf, p.proto, ct.state) {
+            let _ = NF_LB_CT.remove(key);
+        } else if backend_down(ct) {
+            rebalance = true;
+        } else {
+            touch(ct, p, now);
+            count_backend(ct.backend, len, false);
+            if let Some(s) = stats() {
+                s.ct_hits += 1;
+            }
+            return Fate::Nat {
+                to_backend: true,
+                addr: ct.addr[0],
+                port: ct.port,
+            };
+        }
+    }
+    let service_key = ServiceKey {
+        vip: v4(p.dst),
+        port: p.dport,
+        proto: p.proto,
+        family: FAMILY_V4,
+        _pad: 0,
+    };
+    let Some(service) = (unsafe { NF_LB_SERVICES.get(service_key) }) else {
+        return Fate::Pass;
+    };
+    if service.size == 0 {
+        return Fate::Drop {
+            reason: LB_DROP_NO_BACKEND,
+        };
+    }
+    let hash = flow_hash(p.src, p.dst, p.sport, p.dport, p.proto);
+    let half = if service.active & 1 == 0 {
+        service.table[0]
+    } else {
+        service.table[1]
+    };
+    let number = match NF_LB_TABLE.get(half.wrapping_add(hash % service.size)) {
+        Some(&n) if n != NO_BACKEND => n,
+        _ => {
+            return Fate::Drop {
+                reason: LB_DROP_NO_BACKEND,
+            };
+        }
+    };
+    let Some(backend) = NF_LB_BACKENDS.get(number) else {
+        return Fate::Drop {
+            reason: LB_DROP_NO_BACKEND,
+        };
+    };
+    let (addr, port) = (backend.addr[0], backend.port);
+    let entry = LbCtEntry {
+        addr: v4(addr),
+        port,
+        state: LB_CT_OPEN,
+        _pad: 0,
+        backend: number,
+        last_seen_ns: now,
+    };
+    let back_key = LbCtKey {
+        src: v4(addr),
+        dst: v4(p.src),
+        sport: port,
+        dport: p.sport,
+        proto: p.proto,
+        dir: CT_TO_CLIENT,
+        _pad: 0,
+    };
+    let back = LbCtEntry {
+        addr: v4(p.dst),
+        port: p.dport,
+        state: LB_CT_OPEN,
+        _pad: 0,
+        backend: number,
+        last_seen_ns: now,
+    };
+    let tracked =
+        NF_LB_CT.insert(key, entry, 0).is_ok() && NF_LB_CT.insert(back_key, back, 0).is_ok();
+    if let Some(s) = stats() {
+        s.balanced += 1;
+        if rebalance {
+            s.rebalanced += 1;
+        }
+        if !tracked {
+            s.ct_insert_failed += 1;
+        }
+    }
+    count_backend(number, len, true);
+    Fate::Nat {
+        to_backend: true,
+        addr,
+        port,
+    }
+}
+
+/// A packet from the egress side: a backend's answer gets the VIP back as its source.
+#[inline(always)]
+fn reply(p: &Packet, conf: &LbConf, now: u64) -> Fate {
+    let key = LbCtKey {
+        src: v4(p.src),
+        dst: v4(p.dst),
+        sport: p.sport,
+        dport: p.dport,
+        proto: p.proto,
+        dir: CT_TO_CLIENT,
+        _pad: 0,
+    };
+    let Some(ct) = NF_LB_CT.get_ptr_mut(key) else {
+        return Fate::Pass;
+    };
+    // SAFETY: as in `decide`.
+    let ct = unsafe { &mut *ct };
+    if now.wrapping_sub(ct.last_seen_ns) > timeout(conf, p.proto, ct.state) {
+        let _ = NF_LB_CT.remove(key);
+        return Fate::Pass;
+    }
+    touch(ct, p, now);
+    if let Some(s) = stats() {
+        s.replies += 1;
+    }
+    Fate::Nat {
+        to_backend: false,
+        addr: ct.addr[0],
+        port: ct.port,
+    }
+}
+
+/// The backend a tracked flow went to is down: the flow is balanced again.
+#[inline(always)]
+fn backend_down(ct: &LbCtEntry) -> bool {
+    match NF_LB_BACKENDS.get(ct.backend) {
+        // Only if that number is still the flow's backend (a settings change renumbers).
+        Some(b) => b.flags & BACKEND_DOWN != 0 && b.addr[0] == ct.addr[0] && b.port == ct.port,
+        None => false,
+    }
+}
+
+/// A packet of a tracked flow: it is alive (refreshed at most every 100 ms, to spare the
+/// cache line), and a TCP FIN or RST starts its short closing timeout.
+#[inline(always)]
+fn touch(ct: &mut LbCtEntry, p: &Packet, now: u64) {
+    if now.wrapping_sub(ct.last_seen_ns) > 100_000_000 {
+        ct.last_seen_ns = now;
+    }
+    if p.proto == PROTO_TCP && p.tcp_flags & (TCP_FIN | TCP_RST) != 0 && ct.state != LB_CT_CLOSING
+    {
+        ct.state = LB_CT_CLOSING;
+        ct.last_seen_ns = now;
+    }
+}
+
+#[inline(always)]
+fn timeout(conf: &LbConf, proto: u8, state: u8) -> u64 {
+    if proto == PROTO_UDP {
+        conf.udp_ns
+    } else if state == LB_CT_CLOSING {
+        conf.tcp_closing_ns
+    } else {
+        conf.tcp_ns
+    }
+}
+
+#[inline(always)]
+fn count_backend(number: u32, len: u64, new_flow: bool) {
+    if let Some(c) = NF_LB_BACKEND_COUNTERS.get_ptr_mut(number) {
+        // SAFETY: as in `stats`.
+        let c = unsafe { &mut *c };
+        c.packets += 1;
+        c.bytes += len;
+        if new_flow {
+            c.new_flows += 1;
+        }
+    }
+}
+
+/// Where the L4 checksum is, from the L4 header.
+#[inline(always)]
+fn l4_check_offset(proto: u8) -> usize {
+    if proto == PROTO_TCP { 16 } else { 6 }
+}
+
+/// TC: rewrites the destination (or source) address and port, with the checksums.
+#[inline(always)]
+fn nat_tc(ctx: &TcContext, p: &Packet, to_backend: bool, addr: u32, port: u16) -> Result<(), i64> {
+    let (addr_at, port_at, old_addr, old_port) = if to_backend {
+        (ETH_HLEN + 16, p.l4 + 2, p.dst, p.dport)
+    } else {
+        (ETH_HLEN + 12, p.l4, p.src, p.sport)
+    };
+    let check = p.l4 + l4_check_offset(p.proto);
+    let mangled0 = if p.proto == PROTO_UDP {
+        u64::from(BPF_F_MARK_MANGLED_0)
+    } else {
+        0
+    };
+    ctx.l4_csum_replace(
+        check,
+        u64::from(old_addr),
+        u64::from(addr),
+        u64::from(BPF_F_PSEUDO_HDR) | 4 | mangled0,
+    )?;
+    ctx.l4_csum_replace(check, u64::from(old_port), u64::from(port), 2 | mangled0)?;
+    ctx.l3_csum_replace(ETH_HLEN + 10, u64::from(old_addr), u64::from(addr), 4)?;
+    ctx.store(addr_at, &addr, 0)?;
+    ctx.store(port_at, &port, 0)?;
+    Ok(())
+}
+
+/// XDP: the same rewrite by hand; `p` was parsed from `data..data_end`.
+#[inline(always)]
+fn nat_xdp(data: usize, data_end: usize, p: &Packet, to_backend: bool, addr: u32, port: u16) {
+    let ip = data + ETH_HLEN;
+    let l4 = data + p.l4;
+    // UDP's header is 8 bytes; TCP's checksum sits at 16..18.
+    let need = if p.proto == PROTO_TCP { 18 } else { 8 };
+    if l4 + need > data_end || ip + IP_HLEN > data_end {
+        return;
+    }
+    let (addr_at, port_at, old_addr, old_port) = if to_backend {
+        (ip + 16, l4 + 2, p.dst, p.dport)
+    } else {
+        (ip + 12, l4, p.src, p.sport)
+    };
+    let ip_check: u16 = read(ip + 10);
+    let check_at = l4 + l4_check_offset(p.proto);
+    let l4_check: u16 = read(check_at);
+    // RFC 1624: HC' = ~(~HC + ~m + m') over the changed 16-bit words.
+    let delta = |sum: u32| {
+        sum + u32::from(!(old_addr as u16))
+            + u32::from(!((old_addr >> 16) as u16))
+            + (addr & 0xffff)
+            + (addr >> 16)
+    };
+    let new_ip_check = fold(delta(u32::from(!ip_check)));
+    let mut new_l4_check = fold(
+        delta(u32::from(!l4_check)) + u32::from(!old_port) + u32::from(port),
+    );
+    let udp_without_checksum = p.proto == PROTO_UDP && l4_check == 0;
+    if p.proto == PROTO_UDP && new_l4_check == 0 {
+        new_l4_check = 0xffff;
+    }
+    // SAFETY: every address written is inside the bounds checked above (the L4 header up to
+    // its checksum, the IPv4 header's first 20 bytes).
+    unsafe {
+        ptr::write(addr_at as *mut u32, addr);
+        ptr::write(port_at as *mut u16, port);
+        ptr::write((ip + 10) as *mut u16, new_ip_check);
+        if !udp_without_checksum {
+            ptr::write(check_at as *mut u16, new_l4_check);
+        }
+    }
+}
+
+/// Folds a one's-complement sum to 16 bits and complements it.
+#[inline(always)]
+fn fold(mut sum: u32) -> u16 {
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    !(sum as u16)
+}
