@@ -92,7 +92,15 @@ pub fn chain_table(s: &ChainStatus) -> String {
             .iter()
             .map(|(k, v)| format!("{k} {v}"))
             .collect();
-        details.push_str(&format!("{}: {}\n", hop.name, items.join(", ")));
+        // A few short rows on one line; more (a load balancer's backends) one per line.
+        if items.len() <= 3 {
+            details.push_str(&format!("{}: {}\n", hop.name, items.join(", ")));
+        } else {
+            details.push_str(&format!("{}:\n", hop.name));
+            for item in items {
+                details.push_str(&format!("  {item}\n"));
+            }
+        }
     }
     for hop in &s.hops {
         for i in &hop.interfaces {

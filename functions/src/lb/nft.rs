@@ -16,8 +16,14 @@ use super::maglev::{self, Entry};
 /// The nftables table a load balancer function owns in its namespace.
 pub const TABLE: &str = "netfn_lb";
 
-/// Most slots one service's map has (fewer when the weights add up to less).
-const MAX_SLOTS: u32 = 1024;
+/// Slots of each service's map: a prime, so the hash spreads evenly, small enough for a quick
+/// load. The slots are a Maglev table ([`maglev::build`]): weights give shares, and adding or
+/// removing a backend moves about its share of the flows, not all of them.
+pub const SLOTS: u32 = 1021;
+
+/// The hash's seed, fixed: without one nftables picks a random seed at every load, and a
+/// reload (a live apply) would send every flow the connection table does not hold elsewhere.
+const SEED: u32 = 0x6e66_6c62;
 
 /// The ruleset of a load balancer function (nft syntax, one transaction).
 pub fn ruleset(s: &LbSettings, _ctx: &FunctionContext) -> String {
@@ -41,9 +47,8 @@ pub fn ruleset(s: &LbSettings, _ctx: &FunctionContext) -> String {
                 weight: b.weight,
             })
             .collect();
-        let total: u32 = entries.iter().map(|e| e.weight).sum();
         let label = service.label();
-        if total == 0 {
+        if entries.iter().all(|e| e.weight == 0) {
             let _ = writeln!(
                 out,
                 "    ip daddr {} {proto} dport {} counter drop comment \"{label} lb-no-backend\"",
@@ -51,19 +56,18 @@ pub fn ruleset(s: &LbSettings, _ctx: &FunctionContext) -> String {
             );
             continue;
         }
-        let slots = total.min(MAX_SLOTS);
-        let mut map = Vec::new();
-        let mut slot = 0u32;
-        for (b, quota) in service.backends.iter().zip(maglev::quotas(&entries, slots)) {
-            for _ in 0..quota {
-                map.push(format!("{slot} : {} . {}", b.address, b.port));
-                slot += 1;
-            }
-        }
+        let map: Vec<String> = maglev::build(&entries, SLOTS, None)
+            .iter()
+            .enumerate()
+            .filter_map(|(slot, &b)| {
+                let b = service.backends.get(b as usize)?;
+                Some(format!("{slot} : {} . {}", b.address, b.port))
+            })
+            .collect();
         let _ = writeln!(
             out,
             "    ip daddr {vip} {proto} dport {port} counter dnat ip addr . port to jhash ip saddr \
-             . {proto} sport . ip daddr . {proto} dport mod {slots} map {{ {} }} comment \"{label}\"",
+             . {proto} sport . ip daddr . {proto} dport mod {SLOTS} seed {SEED:#x} map {{ {} }} comment \"{label}\"",
             map.join(", "),
             vip = service.vip,
             port = service.port,
@@ -112,13 +116,19 @@ mod tests {
             },
         };
         let text = ruleset(&s, &ctx);
+        let rule = text
+            .lines()
+            .find(|l| l.contains("dnat"))
+            .unwrap_or_else(|| panic!("{text}"));
         assert!(
-            text.contains(
+            rule.contains(
                 "ip daddr 192.0.2.10 tcp dport 80 counter dnat ip addr . port to jhash ip saddr . \
-                 tcp sport . ip daddr . tcp dport mod 3 map { 0 : 10.2.0.10 . 8080, 1 : \
-                 10.2.0.11 . 8080, 2 : 10.2.0.11 . 8080 }"
+                 tcp sport . ip daddr . tcp dport mod 1021 seed 0x6e666c62 map { 0 : "
             ),
-            "{text}"
+            "{rule}"
         );
+        // The weights' shares of the slots: 1:2.
+        let on = |b: &str| rule.matches(&format!(": {b} . 8080")).count();
+        assert_eq!((on("10.2.0.10"), on("10.2.0.11")), (340, 681));
     }
 }

@@ -194,7 +194,11 @@ fn decide(data: usize, data_end: usize, ifindex: u32) -> Verdict {
                 reason: DROP_SPOOFED_MAC,
             };
         }
-        if read::<u32>(arp + 14) != e.peer_addr {
+        // The neighbour may answer for any address of the subnet it belongs to (an endpoint
+        // with several addresses, such as a row of servers behind a load balancer, sends ARP
+        // from the one its packet leaves from); its MAC is checked above.
+        let sender: u32 = read(arp + 14);
+        if sender != e.peer_addr && sender & e.allowed_mask != e.allowed_net {
             return Verdict::Drop {
                 slot,
                 reason: DROP_SPOOFED_IP,

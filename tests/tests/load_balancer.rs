@@ -1,0 +1,472 @@
+//! The load balancer with real traffic in tc, xdp and kernel mode: TCP connections to a VIP
+//! spread over real servers in the egress namespace by weight, a live apply that adds a backend
+//! and drains one while connections stay open, and a UDP service. A `forward` function in front
+//! of the load balancer proves that its neighbours accept the VIP as the source of answers.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread;
+use std::time::Duration;
+
+use netfn_tests::{ChainGuard, TempDir, in_netns, netfn_ok, shared, unique_chain};
+
+const VIP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 10);
+const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 84, 1, 2);
+/// The backends' addresses, added to the egress endpoint's interface.
+const SERVERS: [Ipv4Addr; 4] = [
+    Ipv4Addr::new(10, 84, 2, 10),
+    Ipv4Addr::new(10, 84, 2, 11),
+    Ipv4Addr::new(10, 84, 2, 12),
+    Ipv4Addr::new(10, 84, 2, 13),
+];
+const SERVER_PORT: u16 = 8080;
+
+/// A chain `front` (forward) → `lb1` (load-balancer with `services`, TOML of its service
+/// tables) between 10.84.1.2/24 and 10.84.2.2/24.
+fn chain_file(name: &str, mode: &str, services: &str) -> String {
+    format!(
+        "[[chain]]\nname = \"{name}\"\nfastpath = \"{mode}\"\n\n[chain.ingress]\naddress = \
+         \"10.84.1.2/24\"\n\n[chain.egress]\naddress = \"10.84.2.2/24\"\n\n[[chain.function]]\n\
+         name = \"front\"\nkind = \"forward\"\n\n[[chain.function]]\nname = \"lb1\"\n\
+         kind = \"load-balancer\"\nconntrack = {{ tcp_closing = 1, udp = 2 }}\n{services}"
+    )
+}
+
+/// A service table: `vip:port/proto` to backends `(server index, weight)` on [`SERVER_PORT`].
+fn service(port: u16, proto: &str, backends: &[(usize, u32)]) -> String {
+    let list: Vec<String> = backends
+        .iter()
+        .map(|(i, w)| {
+            format!(
+                "{{ address = \"{}\", port = {SERVER_PORT}, weight = {w} }}",
+                SERVERS[*i]
+            )
+        })
+        .collect();
+    format!(
+        "\n[[chain.function.service]]\nvip = \"{VIP}\"\nproto = \"{proto}\"\nport = {port}\n\
+         backends = [{}]\n",
+        list.join(", ")
+    )
+}
+
+/// TCP and UDP servers on every backend address in the egress namespace: each answers with its
+/// own address (TCP: once per connection, after reading a line; UDP: to every datagram).
+struct Servers {
+    stop: Arc<AtomicBool>,
+    threads: Vec<thread::JoinHandle<()>>,
+}
+
+impl Servers {
+    fn start(egress_ns: &str) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut threads = Vec::new();
+        for addr in SERVERS {
+            let add = std::process::Command::new("ip")
+                .args(["-n", egress_ns, "addr", "add", &format!("{addr}/24"), "dev"])
+                .arg("nf-in")
+                .status()
+                .expect("run ip");
+            assert!(add.success(), "add {addr} in {egress_ns}");
+            let (tcp, udp) = in_netns(egress_ns, || {
+                let bind = SocketAddrV4::new(addr, SERVER_PORT);
+                (
+                    TcpListener::bind(bind).expect("listen"),
+                    UdpSocket::bind(bind).expect("bind udp"),
+                )
+            });
+            tcp.set_nonblocking(true).expect("nonblocking");
+            udp.set_read_timeout(Some(Duration::from_millis(50)))
+                .expect("timeout");
+            let s = stop.clone();
+            threads.push(thread::spawn(move || serve_tcp(tcp, addr, &s)));
+            let s = stop.clone();
+            threads.push(thread::spawn(move || serve_udp(udp, addr, &s)));
+        }
+        Servers { stop, threads }
+    }
+}
+
+impl Drop for Servers {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+fn serve_tcp(listener: TcpListener, me: Ipv4Addr, stop: &AtomicBool) {
+    while !stop.load(Ordering::Relaxed) {
+        match listener.accept() {
+            Ok((mut conn, _)) => {
+                thread::spawn(move || {
+                    let _ = conn.set_nonblocking(false);
+                    let _ = conn.set_read_timeout(Some(Duration::from_secs(30)));
+                    let mut buf = [0u8; 64];
+                    // Every line read gets the server's address back, until the client closes.
+                    while let Ok(n) = conn.read(&mut buf) {
+                        if n == 0 || conn.write_all(me.to_string().as_bytes()).is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+            Err(_) => thread::sleep(Duration::from_millis(1)),
+        }
+    }
+}
+
+fn serve_udp(sock: UdpSocket, me: Ipv4Addr, stop: &AtomicBool) {
+    let mut buf = [0u8; 64];
+    while !stop.load(Ordering::Relaxed) {
+        if let Ok((_, from)) = sock.recv_from(&mut buf) {
+            let _ = sock.send_to(me.to_string().as_bytes(), from);
+        }
+    }
+}
+
+/// A TCP connection to `VIP:port` from [`CLIENT`]`:sport` (made in the calling thread's
+/// namespace), with a 5 s timeout for connecting and reading.
+fn connect_from(sport: u16, port: u16) -> TcpStream {
+    use nix::sys::socket::{
+        AddressFamily, SockFlag, SockType, SockaddrIn, bind, connect, setsockopt, socket, sockopt,
+    };
+    let fd: OwnedFd = socket(
+        AddressFamily::Inet,
+        SockType::Stream,
+        SockFlag::empty(),
+        None,
+    )
+    .expect("socket");
+    setsockopt(&fd, sockopt::ReuseAddr, &true).expect("SO_REUSEADDR");
+    let timeout = nix::sys::time::TimeVal::new(5, 0);
+    setsockopt(&fd, sockopt::SendTimeout, &timeout).expect("SO_SNDTIMEO");
+    bind(
+        fd.as_raw_fd(),
+        &SockaddrIn::from(SocketAddrV4::new(CLIENT, sport)),
+    )
+    .unwrap_or_else(|e| panic!("bind port {sport}: {e}"));
+    connect(
+        fd.as_raw_fd(),
+        &SockaddrIn::from(SocketAddrV4::new(VIP, port)),
+    )
+    .unwrap_or_else(|e| panic!("connect from port {sport} to {VIP}:{port}: {e}"));
+    // SAFETY: `fd` is a connected TCP socket that the stream now owns.
+    let stream = unsafe { TcpStream::from_raw_fd(std::os::fd::IntoRawFd::into_raw_fd(fd)) };
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("read timeout");
+    stream
+}
+
+/// Which server answers on `stream`.
+fn ask(stream: &mut TcpStream) -> Ipv4Addr {
+    stream.write_all(b"who\n").expect("send");
+    let mut buf = [0u8; 64];
+    let n = stream.read(&mut buf).expect("answer");
+    String::from_utf8_lossy(&buf[..n])
+        .parse()
+        .expect("a server's address")
+}
+
+/// One short connection per source port in `sports` to `VIP:port`: which server answered each.
+/// Each ends with a reset (no TIME_WAIT anywhere), so the same ports can connect again.
+fn spread(ingress_ns: &str, port: u16, sports: std::ops::Range<u16>) -> BTreeMap<u16, Ipv4Addr> {
+    in_netns(ingress_ns, || {
+        sports
+            .map(|sport| {
+                let mut s = connect_from(sport, port);
+                let server = ask(&mut s);
+                let linger = libc::linger {
+                    l_onoff: 1,
+                    l_linger: 0,
+                };
+                // SAFETY: a valid socket and a `linger` of the right size.
+                unsafe {
+                    libc::setsockopt(
+                        s.as_raw_fd(),
+                        libc::SOL_SOCKET,
+                        libc::SO_LINGER,
+                        (&linger as *const libc::linger).cast(),
+                        std::mem::size_of::<libc::linger>() as libc::socklen_t,
+                    );
+                }
+                (sport, server)
+            })
+            .collect()
+    })
+}
+
+fn counts(answers: &BTreeMap<u16, Ipv4Addr>) -> BTreeMap<Ipv4Addr, usize> {
+    let mut c = BTreeMap::new();
+    for a in answers.values() {
+        *c.entry(*a).or_default() += 1;
+    }
+    c
+}
+
+/// How close a share must be to its weight's.
+#[derive(Clone, Copy)]
+enum Bar {
+    /// Within 10% of the share: netfn's own hash and tables (tc, xdp).
+    TenPercent,
+    /// Within three binomial standard deviations: kernel mode's nftables `jhash`, whose spread
+    /// over a thousand flows is only as even as chance (one deviation is 7% of a 1/6 share).
+    Chance,
+}
+
+/// Every server in `shares` got its share of `answers`, as close as `bar` asks.
+fn assert_shares(what: &str, answers: &BTreeMap<u16, Ipv4Addr>, shares: &[(usize, f64)], bar: Bar) {
+    let c = counts(answers);
+    eprintln!("{what}: {c:?}");
+    let total = answers.len() as f64;
+    for &(i, share) in shares {
+        let got = c.get(&SERVERS[i]).copied().unwrap_or(0) as f64 / total;
+        let tolerance = match bar {
+            Bar::TenPercent => 0.1 * share,
+            Bar::Chance => 3.0 * (share * (1.0 - share) / total).sqrt(),
+        };
+        assert!(
+            (got - share).abs() <= tolerance,
+            "{what}: {} got {:.1}% of the connections, expected {:.1}% ± {:.1}%: {c:?}",
+            SERVERS[i],
+            got * 100.0,
+            share * 100.0,
+            tolerance * 100.0
+        );
+    }
+    assert_eq!(
+        c.keys()
+            .filter(|k| !shares.iter().any(|(i, _)| SERVERS[*i] == **k))
+            .count(),
+        0,
+        "{what}: a server outside the service answered: {c:?}"
+    );
+}
+
+/// `netfn status --json` rows of function lb1.
+fn lb_status(chain: &str) -> Vec<(String, String)> {
+    let status: serde_json::Value =
+        serde_json::from_str(&netfn_ok(&["status", chain, "--json"])).expect("status json");
+    status[0]["hops"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|h| h["name"] == "lb1")
+        .flat_map(|h| h["details"].as_array().cloned().unwrap_or_default())
+        .filter_map(|d| Some((d[0].as_str()?.to_string(), d[1].as_str()?.to_string())))
+        .collect()
+}
+
+#[test]
+fn tc_spreads_connections_by_weight() {
+    spreads_connections_by_weight("tc", "bt");
+}
+
+#[test]
+fn xdp_spreads_connections_by_weight() {
+    spreads_connections_by_weight("xdp", "bx");
+}
+
+#[test]
+fn kernel_spreads_connections_by_weight() {
+    spreads_connections_by_weight("kernel", "bk");
+}
+
+fn spreads_connections_by_weight(mode: &str, tag: &str) {
+    let _turn = shared();
+    let chain = unique_chain(tag);
+    let dir = TempDir::new(&chain);
+    let services = service(80, "tcp", &[(0, 1), (1, 1), (2, 1)])
+        + &service(81, "tcp", &[(0, 1), (1, 2), (2, 3)]);
+    let file = dir.write("lb.toml", &chain_file(&chain, mode, &services));
+    let _guard = ChainGuard::up(&chain, &file);
+    let _servers = Servers::start(&format!("nf-{chain}-egress"));
+    let ingress = format!("nf-{chain}-ingress");
+
+    let bar = if mode == "kernel" {
+        Bar::Chance
+    } else {
+        Bar::TenPercent
+    };
+    let equal = spread(&ingress, 80, 40_000..41_000);
+    assert_shares(
+        &format!("{mode}, equal weights"),
+        &equal,
+        &[(0, 1.0 / 3.0), (1, 1.0 / 3.0), (2, 1.0 / 3.0)],
+        bar,
+    );
+    let weighted = spread(&ingress, 81, 41_000..42_000);
+    assert_shares(
+        &format!("{mode}, weights 1:2:3"),
+        &weighted,
+        &[(0, 1.0 / 6.0), (1, 2.0 / 6.0), (2, 3.0 / 6.0)],
+        bar,
+    );
+    if mode != "kernel" {
+        // The per-backend counters saw exactly the connections each server answered.
+        let rows = lb_status(&chain);
+        for (i, n) in counts(&equal) {
+            let row = rows
+                .iter()
+                .find(|(k, _)| k == &format!("{VIP}:80/tcp → {i}:{SERVER_PORT}"))
+                .unwrap_or_else(|| panic!("no status row for {i}: {rows:?}"));
+            assert!(
+                row.1.contains(&format!(": {n} flows")),
+                "{mode}: {i} answered {n}: {row:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn tc_apply_adds_and_drains_backends_keeping_connections() {
+    apply_adds_and_drains("tc", "ba");
+}
+
+#[test]
+fn xdp_apply_adds_and_drains_backends_keeping_connections() {
+    apply_adds_and_drains("xdp", "bd");
+}
+
+#[test]
+fn kernel_apply_adds_and_drains_backends_keeping_connections() {
+    apply_adds_and_drains("kernel", "bn");
+}
+
+fn apply_adds_and_drains(mode: &str, tag: &str) {
+    let _turn = shared();
+    let chain = unique_chain(tag);
+    let dir = TempDir::new(&chain);
+    let three = dir.write(
+        "v1.toml",
+        &chain_file(&chain, mode, &service(80, "tcp", &[(0, 1), (1, 1), (2, 1)])),
+    );
+    let four = dir.write(
+        "v2.toml",
+        &chain_file(
+            &chain,
+            mode,
+            &service(80, "tcp", &[(0, 1), (1, 1), (2, 1), (3, 1)]),
+        ),
+    );
+    let drained = dir.write(
+        "v3.toml",
+        &chain_file(
+            &chain,
+            mode,
+            &service(80, "tcp", &[(0, 1), (1, 0), (2, 1), (3, 1)]),
+        ),
+    );
+    let _guard = ChainGuard::up(&chain, &three);
+    let _servers = Servers::start(&format!("nf-{chain}-egress"));
+    let ingress = format!("nf-{chain}-ingress");
+
+    // Long-lived connections, some on every backend.
+    let mut open: Vec<(TcpStream, Ipv4Addr)> = in_netns(&ingress, || {
+        (50_000..50_030)
+            .map(|sport| {
+                let mut s = connect_from(sport, 80);
+                let server = ask(&mut s);
+                (s, server)
+            })
+            .collect()
+    });
+    let before = spread(&ingress, 80, 40_000..41_000);
+
+    let applied = netfn_ok(&["apply", &four.to_string_lossy()]);
+    assert!(applied.contains("in place"), "{applied}");
+    for (s, server) in &mut open {
+        assert_eq!(ask(s), *server, "{mode}: an open connection moved or broke");
+    }
+    // The closed probes' flows have expired (tcp_closing = 1 s): the same ports balance anew.
+    thread::sleep(Duration::from_millis(1500));
+    let after = spread(&ingress, 80, 40_000..41_000);
+    let moved = before
+        .iter()
+        .filter(|(port, server)| after.get(port) != Some(server))
+        .count();
+    assert!(
+        moved <= 300,
+        "{mode}: {moved} of 1000 flows moved when a fourth backend came (at most 30%)"
+    );
+    assert!(
+        counts(&after).get(&SERVERS[3]).copied().unwrap_or(0) > 150,
+        "{mode}: the new backend took too few flows: {:?}",
+        counts(&after)
+    );
+
+    // Weight 0: open connections to it keep working; new ones avoid it.
+    let applied = netfn_ok(&["apply", &drained.to_string_lossy()]);
+    assert!(applied.contains("in place"), "{applied}");
+    let on_drained = open.iter().filter(|(_, s)| *s == SERVERS[1]).count();
+    assert!(on_drained > 0, "{mode}: no open connection on backend 1");
+    for (s, server) in &mut open {
+        assert_eq!(ask(s), *server, "{mode}: an open connection broke on drain");
+    }
+    thread::sleep(Duration::from_millis(1500));
+    let drained_spread = spread(&ingress, 80, 42_000..42_500);
+    assert_eq!(
+        counts(&drained_spread).get(&SERVERS[1]),
+        None,
+        "{mode}: a drained backend got new flows"
+    );
+}
+
+#[test]
+fn tc_udp_service_answers_from_the_vip() {
+    udp_service("tc", "bu");
+}
+
+#[test]
+fn xdp_udp_service_answers_from_the_vip() {
+    udp_service("xdp", "bv");
+}
+
+#[test]
+fn kernel_udp_service_answers_from_the_vip() {
+    udp_service("kernel", "bw");
+}
+
+fn udp_service(mode: &str, tag: &str) {
+    let _turn = shared();
+    let chain = unique_chain(tag);
+    let dir = TempDir::new(&chain);
+    let file = dir.write(
+        "lb.toml",
+        &chain_file(&chain, mode, &service(53, "udp", &[(0, 1), (1, 1)])),
+    );
+    let _guard = ChainGuard::up(&chain, &file);
+    let _servers = Servers::start(&format!("nf-{chain}-egress"));
+    let ingress = format!("nf-{chain}-ingress");
+    let answers: Vec<Ipv4Addr> = in_netns(&ingress, || {
+        (43_000..43_100)
+            .map(|sport| {
+                let s = UdpSocket::bind(SocketAddrV4::new(CLIENT, sport)).expect("bind");
+                // Connected: only datagrams from the VIP reach this socket.
+                s.connect(SocketAddrV4::new(VIP, 53)).expect("connect");
+                s.set_read_timeout(Some(Duration::from_secs(3)))
+                    .expect("timeout");
+                let mut buf = [0u8; 64];
+                let mut answer = None;
+                for _ in 0..3 {
+                    s.send(b"who").expect("send");
+                    if let Ok(n) = s.recv(&mut buf) {
+                        answer = String::from_utf8_lossy(&buf[..n]).parse().ok();
+                        break;
+                    }
+                }
+                answer.unwrap_or_else(|| panic!("{mode}: no answer from {VIP}:53 to port {sport}"))
+            })
+            .collect()
+    });
+    for server in [SERVERS[0], SERVERS[1]] {
+        let n = answers.iter().filter(|a| **a == server).count();
+        assert!(n > 20, "{mode}: {server} answered {n} of 100 flows");
+    }
+}
