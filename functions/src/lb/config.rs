@@ -269,16 +269,12 @@ pub fn parse(settings: Settings<'_>) -> Result<LbSettings, Vec<SettingError>> {
     let mut seen: HashMap<(IpAddr, u16, L4), Range<usize>> = HashMap::new();
     for s in raw.service {
         let span = s.span();
-        if let Some((service, at)) = service(&mut sink, s.into_inner(), span.clone()) {
+        if let Some((service, at)) = service(&mut sink, s.into_inner()) {
             let key = (service.vip, service.port, service.proto);
-            if let Some(first) = seen.get(&key) {
+            if seen.contains_key(&key) {
                 sink.error(
                     at.vip.clone(),
-                    format!(
-                        "service {} is defined twice (first at byte {})",
-                        service.label(),
-                        first.start
-                    ),
+                    format!("service {} is defined twice", service.label()),
                     "each VIP, port and protocol is one service; merge their backends".to_string(),
                 );
             } else {
@@ -321,12 +317,7 @@ pub fn parse(settings: Settings<'_>) -> Result<LbSettings, Vec<SettingError>> {
     }
 }
 
-fn service(
-    sink: &mut Sink,
-    raw: RawService,
-    span: Range<usize>,
-) -> Option<(ServiceConf, ServiceSpans)> {
-    let before = sink.0.len();
+fn service(sink: &mut Sink, raw: RawService) -> Option<(ServiceConf, ServiceSpans)> {
     let vip = address(sink, "vip", &raw.vip);
     let proto = match raw.proto.get_ref().as_str() {
         "tcp" => Some(L4::Tcp),
@@ -374,13 +365,10 @@ fn service(
             },
         };
         if let (Some(address), Some(port), Some(weight)) = (address, bport, weight) {
-            if let Some(first) = seen.get(&(address, port)) {
+            if seen.contains_key(&(address, port)) {
                 sink.error(
                     b.address.span(),
-                    format!(
-                        "backend {address}:{port} is listed twice (first at byte {})",
-                        first.start
-                    ),
+                    format!("backend {address}:{port} is listed twice"),
                     "list each backend once; use its weight to give it more flows".to_string(),
                 );
             } else {
@@ -395,10 +383,8 @@ fn service(
         }
     }
     let health = raw.health.and_then(|h| health(sink, h, proto));
-    let _ = span;
-    if sink.0.len() > before {
-        return None;
-    }
+    // A service whose own fields are fine goes on to the checks across services, even when one
+    // of its backends was not (every problem is reported in one run).
     Some((
         ServiceConf {
             vip: vip?,
