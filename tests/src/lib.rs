@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use nix::sched::{CloneFlags, setns};
 
+pub mod agent;
 pub mod loss;
 pub mod traffic;
 

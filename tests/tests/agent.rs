@@ -6,11 +6,11 @@
 //! is killed by its guard; `netfn up` runs with NETFN_AGENT_AUTOSTART=0 so that it never starts
 //! the host's agent.
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::{SocketAddrV4, TcpListener, TcpStream, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
+
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -20,6 +20,7 @@ use netfn_core::agent::{self, AgentStart, AutostartOptions};
 use netfn_core::chain::state;
 use netfn_core::ebpf;
 use netfn_core::plan::names;
+use netfn_tests::agent::{Agent, http_get};
 use netfn_tests::traffic::{sequenced_stream_during, udp_echo};
 use netfn_tests::{
     ChainGuard, EGRESS_ADDR, INGRESS_ADDR, TempDir, forward_chain, leftovers, netfn_bin, netfn_ok,
@@ -29,107 +30,6 @@ use netfn_tests::{
 // ---------------------------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------------------------
-
-/// A `netfn agent` process, killed (and reaped) on drop.
-struct Agent {
-    child: Option<Child>,
-    socket: PathBuf,
-    http: String,
-    log: PathBuf,
-}
-
-impl Agent {
-    /// Starts an agent for `chain` with its socket in `dir`, on a free loopback port.
-    fn start(dir: &Path, chain: &str, extra: &[&str]) -> Agent {
-        let socket = dir.join("agent.sock");
-        let log = dir.join("agent.log");
-        let log_file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log)
-            .expect("agent log");
-        let child = Command::new(netfn_bin())
-            .args(["agent", "--listen", "127.0.0.1:0", "--chain", chain])
-            .arg("--socket")
-            .arg(&socket)
-            .args(extra)
-            .stdin(Stdio::null())
-            .stdout(log_file.try_clone().expect("log fd"))
-            .stderr(log_file)
-            .spawn()
-            .expect("spawn netfn agent");
-        let mut agent = Agent {
-            child: Some(child),
-            socket,
-            http: String::new(),
-            log,
-        };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Ok(Some(pong)) = agent::ping(&agent.socket)
-                && Some(pong.pid) == agent.child.as_ref().map(Child::id)
-            {
-                agent.http = pong.http;
-                return agent;
-            }
-            if let Some(Ok(Some(status))) = agent.child.as_mut().map(Child::try_wait) {
-                panic!("netfn agent exited ({status}):\n{}", agent.log_text());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "netfn agent did not answer on its socket:\n{}",
-                agent.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn metrics(&self) -> String {
-        let (status, body) = http_get(&self.http, "/metrics");
-        assert_eq!(status, 200, "GET /metrics: {body}");
-        body
-    }
-
-    /// SIGKILL, and reap.
-    fn kill9(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        self.kill9();
-    }
-}
-
-/// One GET on 127.0.0.1, returning the status and the body.
-fn http_get(addr: &str, path: &str) -> (u16, String) {
-    let mut s = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
-    s.set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("timeout");
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .expect("send");
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).expect("read response");
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    (status, body.to_string())
-}
 
 /// The value of the sample `name{…}` that has every label of `labels`.
 fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {

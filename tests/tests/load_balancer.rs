@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::Duration;
 
+use netfn_tests::agent::Agent;
 use netfn_tests::{ChainGuard, TempDir, in_netns, netfn_ok, shared, unique_chain};
 
 const VIP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 10);
@@ -24,6 +25,8 @@ const SERVERS: [Ipv4Addr; 4] = [
     Ipv4Addr::new(10, 84, 2, 13),
 ];
 const SERVER_PORT: u16 = 8080;
+/// What [`answers`] records for a refused connection.
+const REFUSED: Ipv4Addr = Ipv4Addr::UNSPECIFIED;
 
 /// A chain `front` (forward) → `lb1` (load-balancer with `services`, TOML of its service
 /// tables) between 10.84.1.2/24 and 10.84.2.2/24.
@@ -55,16 +58,24 @@ fn service(port: u16, proto: &str, backends: &[(usize, u32)]) -> String {
 }
 
 /// TCP and UDP servers on every backend address in the egress namespace: each answers with its
-/// own address (TCP: once per connection, after reading a line; UDP: to every datagram).
+/// own address (TCP: once per line read; UDP: to every datagram). A backend's TCP server can be
+/// stopped (its listener closed: connections are refused) and started again.
 struct Servers {
+    egress_ns: String,
     stop: Arc<AtomicBool>,
     threads: Vec<thread::JoinHandle<()>>,
+    tcp: Vec<Option<(Arc<AtomicBool>, thread::JoinHandle<()>)>>,
 }
 
 impl Servers {
     fn start(egress_ns: &str) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
-        let mut threads = Vec::new();
+        let mut servers = Servers {
+            egress_ns: egress_ns.to_string(),
+            stop: stop.clone(),
+            threads: Vec::new(),
+            tcp: Vec::new(),
+        };
         for addr in SERVERS {
             let add = std::process::Command::new("ip")
                 .args(["-n", egress_ns, "addr", "add", &format!("{addr}/24"), "dev"])
@@ -72,36 +83,57 @@ impl Servers {
                 .status()
                 .expect("run ip");
             assert!(add.success(), "add {addr} in {egress_ns}");
-            let (tcp, udp) = in_netns(egress_ns, || {
-                let bind = SocketAddrV4::new(addr, SERVER_PORT);
-                (
-                    TcpListener::bind(bind).expect("listen"),
-                    UdpSocket::bind(bind).expect("bind udp"),
-                )
+            let udp = in_netns(egress_ns, || {
+                UdpSocket::bind(SocketAddrV4::new(addr, SERVER_PORT)).expect("bind udp")
             });
-            tcp.set_nonblocking(true).expect("nonblocking");
             udp.set_read_timeout(Some(Duration::from_millis(50)))
                 .expect("timeout");
             let s = stop.clone();
-            threads.push(thread::spawn(move || serve_tcp(tcp, addr, &s)));
-            let s = stop.clone();
-            threads.push(thread::spawn(move || serve_udp(udp, addr, &s)));
+            servers
+                .threads
+                .push(thread::spawn(move || serve_udp(udp, addr, &s)));
+            servers.tcp.push(None);
+            servers.start_tcp(servers.tcp.len() - 1);
         }
-        Servers { stop, threads }
+        servers
+    }
+
+    /// Starts server `i`'s TCP listener.
+    fn start_tcp(&mut self, i: usize) {
+        let addr = SERVERS[i];
+        let listener = in_netns(&self.egress_ns, || {
+            TcpListener::bind(SocketAddrV4::new(addr, SERVER_PORT)).expect("listen")
+        });
+        listener.set_nonblocking(true).expect("nonblocking");
+        let stop = Arc::new(AtomicBool::new(false));
+        let (s, all) = (stop.clone(), self.stop.clone());
+        let handle = thread::spawn(move || serve_tcp(listener, addr, &s, &all));
+        self.tcp[i] = Some((stop, handle));
+    }
+
+    /// Closes server `i`'s TCP listener: new connections to it are refused.
+    fn stop_tcp(&mut self, i: usize) {
+        if let Some((stop, handle)) = self.tcp[i].take() {
+            stop.store(true, Ordering::Relaxed);
+            let _ = handle.join();
+        }
     }
 }
 
 impl Drop for Servers {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
+        for i in 0..self.tcp.len() {
+            self.stop_tcp(i);
+        }
         for t in self.threads.drain(..) {
             let _ = t.join();
         }
     }
 }
 
-fn serve_tcp(listener: TcpListener, me: Ipv4Addr, stop: &AtomicBool) {
-    while !stop.load(Ordering::Relaxed) {
+fn serve_tcp(listener: TcpListener, me: Ipv4Addr, stop: &AtomicBool, all: &AtomicBool) {
+    while !stop.load(Ordering::Relaxed) && !all.load(Ordering::Relaxed) {
         match listener.accept() {
             Ok((mut conn, _)) => {
                 thread::spawn(move || {
@@ -133,6 +165,12 @@ fn serve_udp(sock: UdpSocket, me: Ipv4Addr, stop: &AtomicBool) {
 /// A TCP connection to `VIP:port` from [`CLIENT`]`:sport` (made in the calling thread's
 /// namespace), with a 5 s timeout for connecting and reading.
 fn connect_from(sport: u16, port: u16) -> TcpStream {
+    try_connect_from(sport, port)
+        .unwrap_or_else(|e| panic!("connect from port {sport} to {VIP}:{port}: {e}"))
+}
+
+/// [`connect_from`], or why the connection failed.
+fn try_connect_from(sport: u16, port: u16) -> nix::Result<TcpStream> {
     use nix::sys::socket::{
         AddressFamily, SockFlag, SockType, SockaddrIn, bind, connect, setsockopt, socket, sockopt,
     };
@@ -154,14 +192,13 @@ fn connect_from(sport: u16, port: u16) -> TcpStream {
     connect(
         fd.as_raw_fd(),
         &SockaddrIn::from(SocketAddrV4::new(VIP, port)),
-    )
-    .unwrap_or_else(|e| panic!("connect from port {sport} to {VIP}:{port}: {e}"));
+    )?;
     // SAFETY: `fd` is a connected TCP socket that the stream now owns.
     let stream = unsafe { TcpStream::from_raw_fd(std::os::fd::IntoRawFd::into_raw_fd(fd)) };
     stream
         .set_read_timeout(Some(Duration::from_secs(5)))
         .expect("read timeout");
-    stream
+    Ok(stream)
 }
 
 /// Which server answers on `stream`.
@@ -177,10 +214,26 @@ fn ask(stream: &mut TcpStream) -> Ipv4Addr {
 /// One short connection per source port in `sports` to `VIP:port`: which server answered each.
 /// Each ends with a reset (no TIME_WAIT anywhere), so the same ports can connect again.
 fn spread(ingress_ns: &str, port: u16, sports: std::ops::Range<u16>) -> BTreeMap<u16, Ipv4Addr> {
+    answers(ingress_ns, port, sports, false)
+}
+
+/// [`spread`]; with `tolerate`, a refused connection is answered by [`REFUSED`].
+fn answers(
+    ingress_ns: &str,
+    port: u16,
+    sports: std::ops::Range<u16>,
+    tolerate: bool,
+) -> BTreeMap<u16, Ipv4Addr> {
     in_netns(ingress_ns, || {
         sports
             .map(|sport| {
-                let mut s = connect_from(sport, port);
+                let mut s = match try_connect_from(sport, port) {
+                    Ok(s) => s,
+                    Err(e) if tolerate && e == nix::errno::Errno::ECONNREFUSED => {
+                        return (sport, REFUSED);
+                    }
+                    Err(e) => panic!("connect from port {sport} to {VIP}:{port}: {e}"),
+                };
                 let server = ask(&mut s);
                 let linger = libc::linger {
                     l_onoff: 1,
@@ -469,4 +522,110 @@ fn udp_service(mode: &str, tag: &str) {
         let n = answers.iter().filter(|a| **a == server).count();
         assert!(n > 20, "{mode}: {server} answered {n} of 100 flows");
     }
+}
+
+#[test]
+fn tc_health_checks_take_a_failed_backend_out_and_back() {
+    health_checks("tc", "bh");
+}
+
+#[test]
+fn xdp_health_checks_take_a_failed_backend_out_and_back() {
+    health_checks("xdp", "bi");
+}
+
+#[test]
+fn kernel_health_checks_take_a_failed_backend_out_and_back() {
+    health_checks("kernel", "bj");
+}
+
+/// Connections from fresh source ports (starting at `next`) until `wanted` holds for the set of
+/// servers that answered 30 of them, or 10 s pass; returns whether it held.
+fn until_spread(
+    ingress: &str,
+    next: &mut u16,
+    wanted: impl Fn(&BTreeMap<Ipv4Addr, usize>) -> bool,
+) -> bool {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::time::Instant::now() < deadline {
+        let answers = answers(ingress, 80, *next..*next + 30, true);
+        *next += 30;
+        if wanted(&counts(&answers)) {
+            return true;
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+    false
+}
+
+fn health_checks(mode: &str, tag: &str) {
+    let _turn = shared();
+    let chain = unique_chain(tag);
+    let dir = TempDir::new(&chain);
+    let checked = service(80, "tcp", &[(0, 1), (1, 1), (2, 1)])
+        + "health = { check = \"tcp\", interval = 0.2, timeout = 0.1, rise = 2, fall = 2 }\n";
+    let file = dir.write("lb.toml", &chain_file(&chain, mode, &checked));
+    let _guard = ChainGuard::up(&chain, &file);
+    let mut servers = Servers::start(&format!("nf-{chain}-egress"));
+    let ingress = format!("nf-{chain}-ingress");
+    let agent = Agent::start(&dir.0, &chain, &["--no-probe"]);
+    let mut next = 30_000u16;
+    assert!(
+        until_spread(&ingress, &mut next, |c| c.len() == 3),
+        "{mode}: the three backends never all answered"
+    );
+    let mut open: Vec<(TcpStream, Ipv4Addr)> = in_netns(&ingress, || {
+        (50_000..50_012)
+            .map(|sport| {
+                let mut s = connect_from(sport, 80);
+                let server = ask(&mut s);
+                (s, server)
+            })
+            .collect()
+    });
+
+    // Backend 1 stops accepting: the checks take it out, new flows avoid it.
+    servers.stop_tcp(1);
+    assert!(
+        until_spread(&ingress, &mut next, |c| !c.contains_key(&SERVERS[1])
+            && c.len() == 2),
+        "{mode}: new flows still reach the stopped backend:\n{}",
+        agent.log_text()
+    );
+    let answers = spread(&ingress, 80, next..next + 300);
+    next += 300;
+    assert_eq!(
+        counts(&answers).get(&SERVERS[1]),
+        None,
+        "{mode}: a backend that is down got new flows"
+    );
+    // Connections to the other backends never noticed.
+    for (s, server) in open.iter_mut().filter(|(_, a)| *a != SERVERS[1]) {
+        assert_eq!(ask(s), *server, "{mode}: an open connection broke");
+    }
+    if mode != "kernel" {
+        let row = lb_status(&chain)
+            .into_iter()
+            .find(|(k, _)| k.ends_with(&format!("→ {}:{SERVER_PORT}", SERVERS[1])))
+            .expect("status row of backend 1");
+        assert!(row.1.contains(", down:"), "{mode}: {row:?}");
+    }
+
+    // It comes back: the checks bring it in again.
+    servers.start_tcp(1);
+    assert!(
+        until_spread(&ingress, &mut next, |c| c.contains_key(&SERVERS[1])),
+        "{mode}: the backend never came back:\n{}",
+        agent.log_text()
+    );
+    let metrics = agent.metrics();
+    let restarts = metrics
+        .lines()
+        .find(|l| {
+            l.starts_with("netfn_task_restarts_total")
+                && l.contains("function=\"lb1\"")
+                && l.contains("task=\"health\"")
+        })
+        .unwrap_or_else(|| panic!("{mode}: no restart counter of the health task:\n{metrics}"));
+    assert!(restarts.ends_with(" 0"), "{mode}: {restarts}");
 }

@@ -21,7 +21,7 @@
 //! health = { check = "http", path = "/healthz", interval = 2, timeout = 1, rise = 2, fall = 3 }
 //! ```
 
-use std::collections::HashMap;
+use std::collections::HashSet;
 use std::net::IpAddr;
 use std::ops::Range;
 
@@ -266,19 +266,17 @@ pub fn parse(settings: Settings<'_>) -> Result<LbSettings, Vec<SettingError>> {
     }
     let mut services = Vec::new();
     let mut spans = Vec::new();
-    let mut seen: HashMap<(IpAddr, u16, L4), Range<usize>> = HashMap::new();
+    let mut seen: HashSet<(IpAddr, u16, L4)> = HashSet::new();
     for s in raw.service {
         let span = s.span();
         if let Some((service, at)) = service(&mut sink, s.into_inner()) {
             let key = (service.vip, service.port, service.proto);
-            if seen.contains_key(&key) {
+            if !seen.insert(key) {
                 sink.error(
                     at.vip.clone(),
                     format!("service {} is defined twice", service.label()),
                     "each VIP, port and protocol is one service; merge their backends".to_string(),
                 );
-            } else {
-                seen.insert(key, at.vip.clone());
             }
             if table_size < service.backends.len() as u32 {
                 sink.error(
@@ -334,7 +332,7 @@ fn service(sink: &mut Sink, raw: RawService) -> Option<(ServiceConf, ServiceSpan
     let port = check_port(sink, "port", &raw.port);
     let mut backends = Vec::new();
     let mut backend_spans = Vec::new();
-    let mut seen: HashMap<(IpAddr, u16), Range<usize>> = HashMap::new();
+    let mut seen: HashSet<(IpAddr, u16)> = HashSet::new();
     if raw.backends.get_ref().is_empty() {
         sink.error(
             raw.backends.span(),
@@ -343,7 +341,6 @@ fn service(sink: &mut Sink, raw: RawService) -> Option<(ServiceConf, ServiceSpan
         );
     }
     for b in raw.backends.into_inner() {
-        let bspan = b.span();
         let b = b.into_inner();
         let address = address(sink, "backend address", &b.address);
         let bport = match &b.port {
@@ -365,14 +362,12 @@ fn service(sink: &mut Sink, raw: RawService) -> Option<(ServiceConf, ServiceSpan
             },
         };
         if let (Some(address), Some(port), Some(weight)) = (address, bport, weight) {
-            if seen.contains_key(&(address, port)) {
+            if !seen.insert((address, port)) {
                 sink.error(
                     b.address.span(),
                     format!("backend {address}:{port} is listed twice"),
                     "list each backend once; use its weight to give it more flows".to_string(),
                 );
-            } else {
-                seen.insert((address, port), bspan.clone());
             }
             backends.push(BackendConf {
                 address,

@@ -11,8 +11,8 @@ use ipnet::Ipv4Net;
 use netfn_common::lb::LB_DROP_REASON_NAMES;
 use netfn_core::function::{
     ChainAddresses, ExtraSource, FunctionConfig, FunctionContext, FunctionKind,
-    FunctionMetricsContext, KernelForm, KindMetricsError, MetricFamily, RecordedSettings,
-    SettingError, Settings, Stage,
+    FunctionMetricsContext, KernelForm, KindMetricsError, KindTask, MetricFamily, RecordedSettings,
+    SettingError, Settings, Stage, TaskContext,
 };
 use netfn_core::plan::Direction;
 
@@ -39,9 +39,9 @@ impl FunctionConfig for LbConfig {
         Some(self)
     }
 
-    fn kernel_form(&self, ctx: &FunctionContext) -> Option<KernelForm> {
+    fn kernel_form(&self, _ctx: &FunctionContext) -> Option<KernelForm> {
         Some(KernelForm {
-            nftables: super::nft::ruleset(&self.settings, ctx),
+            nftables: super::nft::ruleset(&self.settings),
             sysctls: Vec::new(),
         })
     }
@@ -123,5 +123,10 @@ impl FunctionKind for LoadBalancer {
 
     fn status(&self, ctx: &FunctionMetricsContext<'_>) -> Vec<(String, String)> {
         super::observe::status(ctx)
+    }
+
+    /// Health checks, when a service asks for them.
+    fn tasks(&self, ctx: &TaskContext) -> Vec<KindTask> {
+        super::health::tasks(ctx)
     }
 }

@@ -6,6 +6,7 @@
 //! registers.
 
 pub mod config;
+mod health;
 pub mod kind;
 pub mod maglev;
 pub mod nft;

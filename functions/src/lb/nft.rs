@@ -8,8 +8,6 @@
 
 use std::fmt::Write as _;
 
-use netfn_core::function::FunctionContext;
-
 use super::config::LbSettings;
 use super::maglev::{self, Entry};
 
@@ -26,7 +24,7 @@ pub const SLOTS: u32 = 1021;
 const SEED: u32 = 0x6e66_6c62;
 
 /// The ruleset of a load balancer function (nft syntax, one transaction).
-pub fn ruleset(s: &LbSettings, _ctx: &FunctionContext) -> String {
+pub fn ruleset(s: &LbSettings) -> String {
     let mut out = String::new();
     // Declaring, then deleting, makes the load replace an existing table and work without one.
     let _ = writeln!(out, "table ip {TABLE}\ndelete table ip {TABLE}");
@@ -81,7 +79,6 @@ pub fn ruleset(s: &LbSettings, _ctx: &FunctionContext) -> String {
 mod tests {
     use super::*;
     use crate::lb::config::{BackendConf, L4, LbConntrack, ServiceConf};
-    use netfn_core::function::ProbePath;
 
     #[test]
     fn each_service_is_one_weighted_dnat_rule() {
@@ -102,20 +99,7 @@ mod tests {
             conntrack: LbConntrack::default(),
             spans: Vec::new(),
         };
-        let ctx = FunctionContext {
-            chain: "c".into(),
-            function: "lb".into(),
-            ingress_ifs: vec!["nf-in".into()],
-            egress_ifs: vec!["nf-out".into()],
-            ingress_subnet: "10.1.0.0/24".parse().unwrap(),
-            egress_subnet: "10.2.0.0/24".parse().unwrap(),
-            probe: ProbePath {
-                src: "10.1.0.2".parse().unwrap(),
-                dst: "10.2.0.2".parse().unwrap(),
-                port: 9848,
-            },
-        };
-        let text = ruleset(&s, &ctx);
+        let text = ruleset(&s);
         let rule = text
             .lines()
             .find(|l| l.contains("dnat"))

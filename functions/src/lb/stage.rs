@@ -102,14 +102,14 @@ pub fn backend_id(b: &Backend) -> String {
 /// What the live instance holds: per service key, its live table as backend identities, and the
 /// backends it has down.
 #[derive(Default)]
-struct Live {
-    tables: Map<ServiceKey, (u32, Vec<Option<String>>)>,
-    down: Vec<String>,
+pub(super) struct Live {
+    pub(super) tables: Map<ServiceKey, (u32, Vec<Option<String>>)>,
+    pub(super) down: Vec<String>,
 }
 
 impl Live {
     /// Reads the live instance's pins under `dir` (nothing, for a new function).
-    fn read(dir: &Path) -> Live {
+    pub(super) fn read(dir: &Path) -> Live {
         let open = |name: &str| {
             MapData::from_pin(dir.join(name))
                 .ok()
@@ -295,4 +295,81 @@ pub fn build_table(
             .as_ref()
             .map(|(table, ids)| Previous { table, ids }),
     )
+}
+
+/// Health: marks the backends of `s` that `down` names (by identity) down in the live
+/// instance pinned under `dir`, and switches every service to a table built without them over
+/// its live one (each switch one update of the service's entry, as at a settings change).
+pub fn apply_health(dir: &Path, s: &LbSettings, down: &[String]) -> Result<(), String> {
+    let err = |what: &'static str| move |e: aya::maps::MapError| format!("{what}: {e}");
+    let open = |name: &str| -> Result<aya::maps::Map, String> {
+        let data = MapData::from_pin(dir.join(name))
+            .map_err(|e| format!("open {}: {e}", dir.join(name).display()))?;
+        aya::maps::Map::from_map_data(data).map_err(|e| format!("{name}: {e}"))
+    };
+    let live = Live::read(dir);
+    let mut backends: Array<_, Backend> =
+        Array::try_from(open(LB_BACKENDS_MAP)?).map_err(err(LB_BACKENDS_MAP))?;
+    let mut number = 0u32;
+    for service in &s.services {
+        for b in &service.backends {
+            if let Ok(mut value) = backends.get(&number, 0) {
+                let is_down = down.contains(&b.id());
+                let flags = if is_down {
+                    value.flags | BACKEND_DOWN
+                } else {
+                    value.flags & !BACKEND_DOWN
+                };
+                if flags != value.flags {
+                    value.flags = flags;
+                    backends
+                        .set(number, value, 0)
+                        .map_err(err(LB_BACKENDS_MAP))?;
+                }
+            }
+            number += 1;
+        }
+    }
+    let mut table: Array<_, u32> =
+        Array::try_from(open(LB_TABLE_MAP)?).map_err(err(LB_TABLE_MAP))?;
+    let mut services: HashMap<_, ServiceKey, Service> =
+        HashMap::try_from(open(LB_SERVICES_MAP)?).map_err(err(LB_SERVICES_MAP))?;
+    let mut first = 0u32;
+    for service in &s.services {
+        let key = service_key(service);
+        let ids: Vec<String> = service.backends.iter().map(|b| b.id()).collect();
+        let is_down: Vec<bool> = ids.iter().map(|id| down.contains(id)).collect();
+        let Ok(mut live_service) = services.get(&key, 0) else {
+            first += ids.len() as u32;
+            continue;
+        };
+        let new = build_table(
+            service,
+            &ids,
+            &is_down,
+            live_service.size,
+            live.tables.get(&key),
+        );
+        let idle = (live_service.active & 1) ^ 1;
+        let base = live_service.table[idle as usize];
+        for (j, n) in (0u32..).zip(&new) {
+            let global = if *n == maglev::NONE {
+                NO_BACKEND
+            } else {
+                first + n
+            };
+            table.set(base + j, global, 0).map_err(err(LB_TABLE_MAP))?;
+        }
+        live_service.active = idle;
+        services
+            .insert(key, live_service, 0)
+            .map_err(err(LB_SERVICES_MAP))?;
+        first += ids.len() as u32;
+    }
+    Ok(())
+}
+
+/// The backends the live instance under `dir` has marked down, by identity.
+pub fn down_backends(dir: &Path) -> Vec<String> {
+    Live::read(dir).down
 }

@@ -20,7 +20,9 @@ use super::prober::{self, ProbeConfig, ProbeTarget};
 use super::supervisor::{Backoff, Supervised, supervise};
 use crate::chain::state::{ChainState, Phase};
 use crate::ebpf::{self, EbpfError, EbpfLogs};
+use crate::function::{Registry, TaskContext};
 use crate::metrics::{AgentMetrics, Records};
+use crate::plan::HopRole;
 use crate::spec::FastPath;
 
 /// Task names (the `task` label of `netfn_task_restarts_total`).
@@ -38,12 +40,15 @@ pub struct ManagerContext {
     pub bpf_root: PathBuf,
     pub rescan_interval: Duration,
     pub backoff: Backoff,
+    /// The function kinds, for the control tasks they run per function.
+    pub kinds: Arc<Registry>,
 }
 
-/// One adopted chain and its running tasks (dropping it stops them).
+/// One adopted chain and its running tasks, by (function, task); the chain's own tasks have
+/// function "" (dropping it stops them).
 struct Adopted {
     record: Arc<ChainState>,
-    tasks: Vec<(&'static str, Supervised)>,
+    tasks: Vec<((String, String), Supervised)>,
 }
 
 /// Runs until the task is dropped.
@@ -111,7 +116,11 @@ async fn rescan(
                 "it is no longer up"
             };
             tracing::info!(chain = %chain, "letting go of the chain: {why}");
-            let tasks: Vec<&str> = a.tasks.iter().map(|(t, _)| *t).collect();
+            let tasks: Vec<(&str, &str)> = a
+                .tasks
+                .iter()
+                .map(|((f, t), _)| (f.as_str(), t.as_str()))
+                .collect();
             ctx.metrics.forget_chain(chain, &tasks);
             ctx.board.forget(chain);
         }
@@ -141,10 +150,10 @@ fn adopt(ctx: &ManagerContext, record: Arc<ChainState>) -> Adopted {
         match ProbeTarget::of(plan) {
             Some(target) => {
                 let (board, metrics) = (Arc::clone(&ctx.board), ctx.metrics.clone());
-                let restarts = ctx
-                    .metrics
-                    .task_restarts
-                    .with_label_values(&[chain, TASK_PROBER]);
+                let restarts =
+                    ctx.metrics
+                        .task_restarts
+                        .with_label_values(&[chain, "", TASK_PROBER]);
                 let task = supervise(
                     chain,
                     TASK_PROBER,
@@ -155,14 +164,17 @@ fn adopt(ctx: &ManagerContext, record: Arc<ChainState>) -> Adopted {
                         prober::run(target.clone(), config, Arc::clone(&board), metrics.clone())
                     },
                 );
-                tasks.push((TASK_PROBER, task));
+                tasks.push(((String::new(), TASK_PROBER.to_string()), task));
             }
             None => tracing::warn!(chain, "the chain has no links; not probing it"),
         }
     }
     let bpf_dir = ctx.bpf_root.join(chain);
     let mut log_task = |task: &'static str, open: fn(&Path) -> Result<EbpfLogs, EbpfError>| {
-        let restarts = ctx.metrics.task_restarts.with_label_values(&[chain, task]);
+        let restarts = ctx
+            .metrics
+            .task_restarts
+            .with_label_values(&[chain, "", task]);
         let dir = bpf_dir.clone();
         let handle = supervise(
             chain,
@@ -172,7 +184,7 @@ fn adopt(ctx: &ManagerContext, record: Arc<ChainState>) -> Adopted {
             ctx.backoff,
             move || forward_logs(open, dir.clone()),
         );
-        tasks.push((task, handle));
+        tasks.push(((String::new(), task.to_string()), handle));
     };
     if ctx.ebpf_logs && record.interface_counters {
         log_task(TASK_EBPF_LOGS, EbpfLogs::from_pinned);
@@ -184,7 +196,60 @@ fn adopt(ctx: &ManagerContext, record: Arc<ChainState>) -> Adopted {
     {
         log_task(TASK_FASTPATH_LOGS, ebpf::fastpath_logs);
     }
+    tasks.extend(kind_tasks(ctx, &record, &bpf_dir));
     Adopted { record, tasks }
+}
+
+/// The control tasks the kinds of the chain's functions ask for, started under supervision.
+fn kind_tasks(
+    ctx: &ManagerContext,
+    record: &ChainState,
+    bpf_dir: &Path,
+) -> Vec<((String, String), Supervised)> {
+    let plan = &record.plan;
+    let mut out = Vec::new();
+    for (h, hop) in plan.hops.iter().enumerate() {
+        let HopRole::Function { kind, settings } = &hop.role else {
+            continue;
+        };
+        let Some(k) = ctx.kinds.get(kind) else {
+            tracing::warn!(chain = %plan.chain, function = %hop.name, "this netfn has no kind `{kind}`; its tasks do not run");
+            continue;
+        };
+        let task_ctx = TaskContext {
+            chain: plan.chain.clone(),
+            function: hop.name.clone(),
+            netns: hop.netns.name.clone(),
+            fastpath: plan.fastpath,
+            stage_dir: (plan.fastpath != FastPath::Kernel)
+                .then(|| plan.function_slot(h))
+                .flatten()
+                .map(|slot| ebpf::stage_dir(bpf_dir, slot)),
+            settings: settings.clone(),
+        };
+        for task in k.tasks(&task_ctx) {
+            let restarts = ctx.metrics.task_restarts.with_label_values(&[
+                plan.chain.as_str(),
+                hop.name.as_str(),
+                task.name.as_str(),
+            ]);
+            let label = format!("{}/{}", hop.name, task.name);
+            let start = task.start.clone();
+            let handle = supervise(
+                &plan.chain,
+                &label,
+                restarts,
+                Arc::clone(&ctx.board),
+                ctx.backoff,
+                move || {
+                    let run = start();
+                    async move { run.await.map_err(TaskError::Kind) }
+                },
+            );
+            out.push(((hop.name.clone(), task.name), handle));
+        }
+    }
+    out
 }
 
 /// Forwards the aya-log records of the programs pinned under `bpf_dir` into the agent's log

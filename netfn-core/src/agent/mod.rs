@@ -90,6 +90,9 @@ pub enum TaskError {
     Ebpf(Box<EbpfError>),
     #[error("{0}")]
     Other(String),
+    /// A function kind's task failed, for the reason it gave.
+    #[error("{0}")]
+    Kind(String),
 }
 
 /// How the agent runs.
@@ -149,7 +152,7 @@ pub async fn run(config: AgentConfig, kinds: Arc<Registry>) -> Result<(), AgentE
     let (registry, agent_metrics) = Metrics::agent_registry()?;
     let collector = ChainCollector::new(
         Arc::clone(&records),
-        kinds,
+        Arc::clone(&kinds),
         board.clone(),
         config.bpf_root.clone(),
         agent_metrics.scrape_errors.clone(),
@@ -175,6 +178,7 @@ pub async fn run(config: AgentConfig, kinds: Arc<Registry>) -> Result<(), AgentE
         bpf_root: config.bpf_root.clone(),
         rescan_interval: config.rescan_interval,
         backoff: config.backoff,
+        kinds,
     };
 
     let mut term = signal(SignalKind::terminate()).map_err(AgentError::Signals)?;

@@ -76,7 +76,7 @@ impl Supervised {
 /// Runs `make()` as task `task` of `chain`, restarting it with `backoff` when it fails or panics.
 pub fn supervise<F, Fut>(
     chain: &str,
-    task: &'static str,
+    task: &str,
     restarts: IntCounter,
     board: Arc<Board>,
     backoff: Backoff,
@@ -87,8 +87,9 @@ where
     Fut: Future<Output = Result<(), TaskError>> + Send + 'static,
 {
     let chain = chain.to_string();
-    board.task_started(&chain, task);
-    let span = tracing::info_span!("task", chain = %chain, task);
+    let task = task.to_string();
+    board.task_started(&chain, &task);
+    let span = tracing::info_span!("task", chain = %chain, task = %task);
     let handle = tokio::spawn(
         async move {
             let mut delay = None;
@@ -108,7 +109,7 @@ where
                 let next = backoff.next(delay, started.elapsed());
                 delay = Some(next);
                 restarts.inc();
-                board.task_restarted(&chain, task, &why);
+                board.task_restarted(&chain, &task, &why);
                 tracing::warn!(
                     error = %why,
                     "task failed; restarting in {} ms",

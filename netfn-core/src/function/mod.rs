@@ -12,7 +12,8 @@
 //! - whether a settings change can happen in place ([`FunctionConfig::change_in_place`]);
 //! - which sources its neighbours must accept from it beyond the chain's subnets;
 //! - its drop reasons ([`FunctionKind::drop_reasons`]), rows in `netfn status` and metric
-//!   families ([`FunctionKind::metrics`]).
+//!   families ([`FunctionKind::metrics`]);
+//! - control tasks the host agent runs for each of its functions ([`FunctionKind::tasks`]).
 //!
 //! Core never names a kind: adding one means implementing these traits in `functions/`, its eBPF
 //! module, and one registration line.
@@ -21,6 +22,7 @@ mod context;
 mod recorded;
 mod settings;
 mod stage;
+mod task;
 
 use std::any::Any;
 use std::collections::BTreeMap;
@@ -35,6 +37,7 @@ pub use prometheus::proto::MetricFamily;
 pub use recorded::RecordedSettings;
 pub use settings::{Located, SettingError, Settings};
 pub use stage::{Stage, StageContent, StageError, StageMaps, StagePrograms};
+pub use task::{KindTask, TaskContext, TaskRun};
 
 /// A kind of network function.
 pub trait FunctionKind: Send + Sync + 'static {
@@ -65,6 +68,13 @@ pub trait FunctionKind: Send + Sync + 'static {
     ) -> Result<Vec<MetricFamily>, KindMetricsError> {
         let _ = ctx;
         Ok(Vec::new())
+    }
+
+    /// The control tasks the host agent runs for one function of this kind while its chain is
+    /// up (see [`KindTask`]); the default has none.
+    fn tasks(&self, ctx: &TaskContext) -> Vec<KindTask> {
+        let _ = ctx;
+        Vec::new()
     }
 
     /// Extra rows for `netfn status` (label, value), read like [`FunctionKind::metrics`].

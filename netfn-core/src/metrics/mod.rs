@@ -94,7 +94,7 @@ impl AgentMetrics {
                     "netfn_task_restarts_total",
                     "Restarts of a chain's runtime task after it failed or panicked.",
                 ),
-                &["chain", "task"],
+                &["chain", "function", "task"],
             )?,
             probe_success: IntGaugeVec::new(
                 Opts::new(
@@ -130,14 +130,17 @@ impl AgentMetrics {
     }
 
     /// Forgets every series of `chain` (it went away), so label sets stay bounded.
-    pub fn forget_chain(&self, chain: &str, tasks: &[&str]) {
+    /// `tasks`: (function, task) of every task it ran (function "" for the chain's own).
+    pub fn forget_chain(&self, chain: &str, tasks: &[(&str, &str)]) {
         let _ = self.probe_success.remove_label_values(&[chain]);
         let _ = self.probe_rtt.remove_label_values(&[chain]);
         for result in ProbeResult::ALL {
             let _ = self.probes.remove_label_values(&[chain, result.as_str()]);
         }
-        for task in tasks {
-            let _ = self.task_restarts.remove_label_values(&[chain, task]);
+        for (function, task) in tasks {
+            let _ = self
+                .task_restarts
+                .remove_label_values(&[chain, function, task]);
         }
     }
 }

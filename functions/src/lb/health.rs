@@ -1,0 +1,275 @@
+//! Health checks: the load balancer's control task in the host agent (one per function). Every
+//! service with a `health` table has its backends checked at its interval, from inside the load
+//! balancer's own namespace (so a check takes the path the traffic takes): a TCP connect, or an
+//! HTTP GET expecting a 2xx answer, each within the timeout. `fall` failures in a row take a
+//! backend down, `rise` successes bring it back (HAProxy's and IPVS's rules).
+//!
+//! A change goes to the data path at once: tc/xdp, the backend's flag in the live instance's
+//! maps and tables rebuilt without it (only its flows move; see [`super::stage::apply_health`]);
+//! kernel mode, the nftables ruleset without it, reloaded in one transaction. So a failed
+//! backend stops getting new flows within `fall × interval` plus one interval.
+//!
+//! The task starts from what the data path holds (a backend marked down stays down until it
+//! rises), so an agent that restarts resumes where the last one left off; while no agent runs,
+//! the last verdicts stay in force.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use netfn_core::function::{KindTask, TaskContext, TaskRun};
+use netfn_core::kernel::netns;
+use netfn_core::spec::FastPath;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::Mutex;
+
+use super::config::{HealthCheck, LbSettings, Probe};
+
+/// The task of a function whose services have health checks (none otherwise).
+pub fn tasks(ctx: &TaskContext) -> Vec<KindTask> {
+    let Ok(settings) = ctx.settings.parse::<LbSettings>() else {
+        return Vec::new();
+    };
+    if settings.services.iter().all(|s| s.health.is_none()) {
+        return Vec::new();
+    }
+    let (ctx, settings) = (ctx.clone(), Arc::new(settings));
+    vec![KindTask {
+        name: "health".into(),
+        start: Arc::new(move || -> TaskRun { Box::pin(run(ctx.clone(), settings.clone())) }),
+    }]
+}
+
+/// One backend's checks so far.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct State {
+    up: bool,
+    /// Results in a row that disagree with `up`.
+    streak: u32,
+}
+
+impl State {
+    /// Counts one result; true when the backend changes state.
+    fn observe(&mut self, ok: bool, check: &HealthCheck) -> bool {
+        if ok == self.up {
+            self.streak = 0;
+            return false;
+        }
+        self.streak += 1;
+        let needed = if self.up { check.fall } else { check.rise };
+        if self.streak >= needed {
+            self.up = ok;
+            self.streak = 0;
+            return true;
+        }
+        false
+    }
+}
+
+async fn run(ctx: TaskContext, settings: Arc<LbSettings>) -> Result<(), String> {
+    // Backends marked down stay down until they rise (a restarted agent resumes).
+    let down: BTreeSet<String> = match (&ctx.fastpath, &ctx.stage_dir) {
+        (FastPath::Kernel, _) | (_, None) => BTreeSet::new(),
+        (_, Some(dir)) => super::stage::down_backends(dir).into_iter().collect(),
+    };
+    let shared = Arc::new(Mutex::new(down));
+    let mut loops = tokio::task::JoinSet::new();
+    for (i, service) in settings.services.iter().enumerate() {
+        let Some(check) = service.health.clone() else {
+            continue;
+        };
+        let (ctx, settings, shared) = (ctx.clone(), settings.clone(), shared.clone());
+        loops.spawn(async move {
+            let service = &settings.services[i];
+            let targets: Vec<(String, SocketAddr)> = service
+                .backends
+                .iter()
+                .map(|b| (b.id(), SocketAddr::new(b.address, b.port)))
+                .collect();
+            let mut states: Vec<State> = {
+                let down = shared.lock().await;
+                targets
+                    .iter()
+                    .map(|(id, _)| State {
+                        up: !down.contains(id),
+                        streak: 0,
+                    })
+                    .collect()
+            };
+            let mut ticker = tokio::time::interval(Duration::from_millis(check.interval_ms.into()));
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticker.tick().await;
+                let results = check_all(&ctx.netns, &targets, &check).await?;
+                let mut changed = false;
+                for ((state, ok), (id, _)) in states.iter_mut().zip(results).zip(&targets) {
+                    if state.observe(ok, &check) {
+                        changed = true;
+                        tracing::info!(
+                            function = %ctx.function,
+                            "backend {id} of {} is {}",
+                            service.label(),
+                            if state.up { "up again" } else { "down" }
+                        );
+                    }
+                }
+                if changed {
+                    let mut down = shared.lock().await;
+                    for (state, (id, _)) in states.iter().zip(&targets) {
+                        if state.up {
+                            down.remove(id);
+                        } else {
+                            down.insert(id.clone());
+                        }
+                    }
+                    let down: Vec<String> = down.iter().cloned().collect();
+                    apply(&ctx, &settings, &down)?;
+                }
+            }
+        });
+    }
+    match loops.join_next().await {
+        Some(Ok(result)) => result,
+        Some(Err(e)) => Err(format!("a health check loop stopped: {e}")),
+        None => Ok(()),
+    }
+}
+
+/// Puts the verdicts into the data path.
+fn apply(ctx: &TaskContext, settings: &LbSettings, down: &[String]) -> Result<(), String> {
+    match (&ctx.fastpath, &ctx.stage_dir) {
+        (FastPath::Kernel, _) => {
+            let mut without = settings.clone();
+            for s in &mut without.services {
+                for b in &mut s.backends {
+                    if down.contains(&b.id()) {
+                        b.weight = 0;
+                    }
+                }
+            }
+            netfn_core::kernel::nft::load(&ctx.netns, &super::nft::ruleset(&without))
+                .map_err(|e| format!("reload the ruleset without the down backends: {e}"))
+        }
+        (_, Some(dir)) => super::stage::apply_health(dir, settings, down),
+        (_, None) => Err("the function has no stage directory".into()),
+    }
+}
+
+/// Checks every target once, concurrently, from inside namespace `netns`: true for each that
+/// passed.
+async fn check_all(
+    netns_name: &str,
+    targets: &[(String, SocketAddr)],
+    check: &HealthCheck,
+) -> Result<Vec<bool>, String> {
+    let sockets = sockets_in(netns_name, targets.len()).await?;
+    let timeout = Duration::from_millis(check.timeout_ms.into());
+    let mut set = tokio::task::JoinSet::new();
+    for (i, (socket, (_, addr))) in sockets.into_iter().zip(targets).enumerate() {
+        let (addr, probe) = (*addr, check.check.clone());
+        set.spawn(async move {
+            let ok = tokio::time::timeout(timeout, probe_one(socket, addr, &probe))
+                .await
+                .is_ok_and(|r| r);
+            (i, ok)
+        });
+    }
+    let mut out = vec![false; targets.len()];
+    while let Some(done) = set.join_next().await {
+        if let Ok((i, ok)) = done {
+            out[i] = ok;
+        }
+    }
+    Ok(out)
+}
+
+async fn probe_one(socket: tokio::net::TcpSocket, addr: SocketAddr, probe: &Probe) -> bool {
+    let Ok(mut stream) = socket.connect(addr).await else {
+        return false;
+    };
+    let Probe::Http { path } = probe else {
+        return true;
+    };
+    let request = format!(
+        "GET {path} HTTP/1.0\r\nHost: {addr}\r\nUser-Agent: netfn-health\r\nConnection: close\r\n\r\n"
+    );
+    if stream.write_all(request.as_bytes()).await.is_err() {
+        return false;
+    }
+    let mut head = [0u8; 12];
+    let mut got = 0;
+    while got < head.len() {
+        match stream.read(&mut head[got..]).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got += n,
+        }
+    }
+    // "HTTP/1.x 2xx"
+    got == head.len() && head.starts_with(b"HTTP/1.") && head[9] == b'2'
+}
+
+/// `n` unconnected TCP sockets made inside namespace `name` (a socket stays in the namespace it
+/// was made in), on a thread of their own: no tokio worker ever changes namespace.
+async fn sockets_in(name: &str, n: usize) -> Result<Vec<tokio::net::TcpSocket>, String> {
+    use nix::sys::socket::{AddressFamily, SockFlag, SockType, socket};
+    let name = name.to_string();
+    let fds = tokio::task::spawn_blocking(move || {
+        let ns = netns::open(&name).map_err(|e| e.to_string())?;
+        netns::run_in(&ns, &name, || {
+            (0..n)
+                .map(|_| {
+                    socket(
+                        AddressFamily::Inet,
+                        SockType::Stream,
+                        SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
+                        None,
+                    )
+                })
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .map_err(|e| e.to_string())?
+        .map_err(|e| format!("create a socket in {name}: {e}"))
+    })
+    .await
+    .map_err(|e| format!("socket thread: {e}"))??;
+    Ok(fds
+        .into_iter()
+        .map(|fd| tokio::net::TcpSocket::from_std_stream(std::net::TcpStream::from(fd)))
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(rise: u32, fall: u32) -> HealthCheck {
+        HealthCheck {
+            check: Probe::Tcp,
+            interval_ms: 100,
+            timeout_ms: 50,
+            rise,
+            fall,
+        }
+    }
+
+    #[test]
+    fn fall_failures_take_a_backend_down_and_rise_successes_bring_it_back() {
+        let c = check(2, 3);
+        let mut s = State {
+            up: true,
+            streak: 0,
+        };
+        // A failure between successes resets the streak.
+        assert!(!s.observe(false, &c));
+        assert!(!s.observe(false, &c));
+        assert!(!s.observe(true, &c));
+        assert!(!s.observe(false, &c));
+        assert!(!s.observe(false, &c));
+        assert!(s.observe(false, &c), "third failure in a row");
+        assert!(!s.up);
+        assert!(!s.observe(true, &c));
+        assert!(s.observe(true, &c), "second success in a row");
+        assert!(s.up);
+    }
+}
