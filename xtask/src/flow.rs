@@ -176,6 +176,96 @@ fn live_apply(netfn: &std::path::Path) -> Result<()> {
     result
 }
 
+/// The demo's web servers behind the load balancer `front` (examples/demo.toml).
+const WEB_SERVERS: [&str; 3] = ["10.20.2.11", "10.20.2.12", "10.20.2.13"];
+
+/// The load balancer `front`: three web servers in the egress namespace, nine requests to the
+/// VIP spread over them, then one server stops and the health checks take it out.
+fn load_balancer(netfn: &std::path::Path) -> Result<()> {
+    println!(
+        "\n\x1b[1m== the load balancer `front`: requests to 192.0.2.80:80 spread over three web servers\x1b[0m"
+    );
+    let exec = |hop: &str, cmd: &[&str]| {
+        let mut c = Command::new(netfn);
+        c.args(["exec", DEMO_CHAIN, hop, "--"]).args(cmd);
+        c
+    };
+    let dir = std::env::temp_dir().join(format!("netfn-demo-web-{}", std::process::id()));
+    let mut servers = Vec::new();
+    let result = (|| -> Result<()> {
+        for (i, addr) in WEB_SERVERS.iter().enumerate() {
+            let root = dir.join(addr);
+            std::fs::create_dir_all(&root).context("make a web root")?;
+            std::fs::write(root.join("index.html"), format!("web server {}\n", i + 1))?;
+            println!("$ netfn exec {DEMO_CHAIN} egress -- ip addr add {addr}/24 dev nf-in");
+            util::run(&mut exec(
+                "egress",
+                &["ip", "addr", "add", &format!("{addr}/24"), "dev", "nf-in"],
+            ))?;
+            println!(
+                "$ netfn exec {DEMO_CHAIN} egress -- python3 -m http.server 8080 --bind {addr} &"
+            );
+            let root = root.to_string_lossy().into_owned();
+            servers.push(
+                exec(
+                    "egress",
+                    &[
+                        "python3",
+                        "-m",
+                        "http.server",
+                        "8080",
+                        "--bind",
+                        addr,
+                        "--directory",
+                        &root,
+                    ],
+                )
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .context("start a web server (python3) in the egress namespace")?,
+            );
+        }
+        // The servers listen, and the health checks (every 0.5 s) have seen them.
+        std::thread::sleep(Duration::from_millis(1500));
+        let requests = |n: usize| -> Result<()> {
+            let script = format!(
+                "for i in $(seq {n}); do exec 3<>/dev/tcp/192.0.2.80/80; \
+                 printf 'GET / HTTP/1.0\\r\\n\\r\\n' >&3; tail -n 1 <&3; exec 3<&-; done"
+            );
+            println!("$ netfn exec {DEMO_CHAIN} ingress -- bash -c '{script}'");
+            util::run(&mut exec("ingress", &["bash", "-c", &script]))
+        };
+        requests(9)?;
+        println!("(each request is a new connection, balanced by Maglev over its 5-tuple)");
+        println!("\n$ kill <web server 3>   # it stops answering; two failed checks take it out");
+        if let Some(mut third) = servers.pop() {
+            let _ = third.kill();
+            let _ = third.wait();
+        }
+        std::thread::sleep(Duration::from_millis(2000));
+        requests(6)?;
+        let mut status = Command::new(netfn);
+        status
+            .args(["status", DEMO_CHAIN])
+            .env("NETFN_AGENT_SOCKET", "/run/netfn/demo-agent.sock");
+        let out = status.output().context("run netfn status")?;
+        for line in String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| l.contains("192.0.2.80:80/tcp"))
+        {
+            println!("{line}");
+        }
+        Ok(())
+    })();
+    for mut s in servers {
+        let _ = s.kill();
+        let _ = s.wait();
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
 /// Where the demo's agent serves /metrics (loopback only).
 const DEMO_METRICS: &str = "127.0.0.1:9857";
 
@@ -251,6 +341,8 @@ fn demo_traffic(netfn: &std::path::Path) -> Result<()> {
     let dropped = try_connect(8080, "1")?;
     println!("(exit {:?}: no answer at all, dropped)", dropped.code());
 
+    load_balancer(netfn)?;
+
     live_apply(netfn)?;
 
     step("status, with per-interface eBPF counters and the agent's probe");
@@ -270,6 +362,8 @@ fn demo_traffic(netfn: &std::path::Path) -> Result<()> {
             || l.starts_with("netfn_chain_up")
             || l.starts_with("netfn_chain_probe_success")
             || l.starts_with("netfn_firewall_rule_connections_total")
+            || l.starts_with("netfn_lb_backend_new_flows_total")
+            || l.starts_with("netfn_lb_backend_up")
             || l.starts_with("netfn_function_drops_total") && !l.ends_with(" 0")
     }) {
         println!("{line}");
