@@ -609,6 +609,16 @@ fn health_checks(mode: &str, tag: &str) {
             .find(|(k, _)| k.ends_with(&format!("→ {}:{SERVER_PORT}", SERVERS[1])))
             .expect("status row of backend 1");
         assert!(row.1.contains(", down:"), "{mode}: {row:?}");
+        // The agent exports it too.
+        let metrics = agent.metrics();
+        let up = metrics
+            .lines()
+            .find(|l| {
+                l.starts_with("netfn_load_balancer_backend_up{")
+                    && l.contains(&format!("backend=\"{}:{SERVER_PORT}\"", SERVERS[1]))
+            })
+            .unwrap_or_else(|| panic!("{mode}: no backend_up for backend 1:\n{metrics}"));
+        assert!(up.ends_with(" 0"), "{mode}: {up}");
     }
 
     // It comes back: the checks bring it in again.

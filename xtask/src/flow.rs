@@ -362,8 +362,8 @@ fn demo_traffic(netfn: &std::path::Path) -> Result<()> {
             || l.starts_with("netfn_chain_up")
             || l.starts_with("netfn_chain_probe_success")
             || l.starts_with("netfn_firewall_rule_connections_total")
-            || l.starts_with("netfn_lb_backend_new_flows_total")
-            || l.starts_with("netfn_lb_backend_up")
+            || l.starts_with("netfn_load_balancer_backend_new_flows_total")
+            || l.starts_with("netfn_load_balancer_backend_up")
             || l.starts_with("netfn_function_drops_total") && !l.ends_with(" 0")
     }) {
         println!("{line}");

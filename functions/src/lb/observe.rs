@@ -116,24 +116,27 @@ pub fn metrics(ctx: &FunctionMetricsContext<'_>) -> Result<Vec<MetricFamily>, Ki
         return Ok(Vec::new());
     };
     let mut up = ctx.gauge(
-        "netfn_lb_backend_up",
+        "netfn_load_balancer_backend_up",
         "1 if the backend takes new flows' share (health checks pass), else 0.",
     );
     let mut weight = ctx.gauge(
-        "netfn_lb_backend_weight",
+        "netfn_load_balancer_backend_weight",
         "The backend's configured weight.",
     );
     let mut packets = ctx.counter(
-        "netfn_lb_backend_packets_total",
+        "netfn_load_balancer_backend_packets_total",
         "Packets sent to the backend.",
     );
-    let mut bytes = ctx.counter("netfn_lb_backend_bytes_total", "Bytes sent to the backend.");
+    let mut bytes = ctx.counter(
+        "netfn_load_balancer_backend_bytes_total",
+        "Bytes sent to the backend.",
+    );
     let mut flows = ctx.counter(
-        "netfn_lb_backend_new_flows_total",
+        "netfn_load_balancer_backend_new_flows_total",
         "Flows balanced to the backend.",
     );
     let mut active = ctx.gauge(
-        "netfn_lb_backend_active_flows",
+        "netfn_load_balancer_backend_active_flows",
         "Tracked flows on the backend (not exported for tables above 1,048,576 flows).",
     );
     for b in backends(ctx, &s) {
@@ -158,27 +161,27 @@ pub fn metrics(ctx: &FunctionMetricsContext<'_>) -> Result<Vec<MetricFamily>, Ki
     if let Some(st) = stats(ctx) {
         for (name, help, v) in [
             (
-                "netfn_lb_flows_balanced_total",
+                "netfn_load_balancer_flows_balanced_total",
                 "Flows a table lookup balanced.",
                 st.balanced,
             ),
             (
-                "netfn_lb_flows_rebalanced_total",
+                "netfn_load_balancer_flows_rebalanced_total",
                 "Tracked flows balanced again because their backend was down.",
                 st.rebalanced,
             ),
             (
-                "netfn_lb_tracked_packets_total",
+                "netfn_load_balancer_tracked_packets_total",
                 "Packets of tracked flows toward backends.",
                 st.ct_hits,
             ),
             (
-                "netfn_lb_reply_packets_total",
+                "netfn_load_balancer_reply_packets_total",
                 "Backend answers sent back from a VIP.",
                 st.replies,
             ),
             (
-                "netfn_lb_conntrack_insert_failures_total",
+                "netfn_load_balancer_conntrack_insert_failures_total",
                 "Flows the connection table could not take (balanced, untracked).",
                 st.ct_insert_failed,
             ),
