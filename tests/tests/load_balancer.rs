@@ -639,3 +639,78 @@ fn health_checks(mode: &str, tag: &str) {
         .unwrap_or_else(|| panic!("{mode}: no restart counter of the health task:\n{metrics}"));
     assert!(restarts.ends_with(" 0"), "{mode}: {restarts}");
 }
+
+#[test]
+fn tc_firewall_and_two_load_balancers_share_a_chain() {
+    firewall_and_two_load_balancers("tc", "b2");
+}
+
+#[test]
+fn xdp_firewall_and_two_load_balancers_share_a_chain() {
+    firewall_and_two_load_balancers("xdp", "b3");
+}
+
+#[test]
+fn kernel_firewall_and_two_load_balancers_share_a_chain() {
+    firewall_and_two_load_balancers("kernel", "b4");
+}
+
+/// A firewall that lets only the two services through, then two load balancers in a row, each
+/// with its own VIP: the answers of the second one's VIP cross the first one and the firewall
+/// (both accept it as a source toward ingress).
+fn firewall_and_two_load_balancers(mode: &str, tag: &str) {
+    let _turn = shared();
+    let chain = unique_chain(tag);
+    let dir = TempDir::new(&chain);
+    let vip2 = Ipv4Addr::new(192, 0, 2, 20);
+    let text = format!(
+        "[[chain]]\nname = \"{chain}\"\nfastpath = \"{mode}\"\n\n[chain.ingress]\naddress = \
+         \"10.84.1.2/24\"\n\n[chain.egress]\naddress = \"10.84.2.2/24\"\n\n\
+         [[chain.function]]\nname = \"fw\"\nkind = \"firewall\"\ndefault = \"drop\"\n\n\
+         [[chain.function.rule]]\nproto = \"tcp\"\ndst = \"{VIP}\"\ndport = 80\naction = \"accept\"\n\n\
+         [[chain.function.rule]]\nproto = \"tcp\"\ndst = \"{vip2}\"\ndport = 81\naction = \"accept\"\n\n\
+         [[chain.function]]\nname = \"lb1\"\nkind = \"load-balancer\"\n{}\n\
+         [[chain.function]]\nname = \"lb2\"\nkind = \"load-balancer\"\n\n\
+         [[chain.function.service]]\nvip = \"{vip2}\"\nproto = \"tcp\"\nport = 81\n\
+         backends = [{{ address = \"{}\", port = {SERVER_PORT} }}]\n",
+        service(80, "tcp", &[(0, 1), (1, 1)]),
+        SERVERS[2]
+    );
+    let file = dir.write("lb.toml", &text);
+    let _guard = ChainGuard::up(&chain, &file);
+    let _servers = Servers::start(&format!("nf-{chain}-egress"));
+    let ingress = format!("nf-{chain}-ingress");
+
+    let first = spread(&ingress, 80, 44_000..44_050);
+    let c = counts(&first);
+    assert!(
+        c.len() == 2 && c.contains_key(&SERVERS[0]) && c.contains_key(&SERVERS[1]),
+        "{mode}: lb1 spread {c:?}"
+    );
+    let second: Vec<Ipv4Addr> = in_netns(&ingress, || {
+        (44_100..44_110)
+            .map(|sport| {
+                let mut s = TcpStream::connect_timeout(
+                    &SocketAddrV4::new(vip2, 81).into(),
+                    Duration::from_secs(5),
+                )
+                .unwrap_or_else(|e| panic!("{mode}: connect to {vip2}:81 ({sport}): {e}"));
+                s.set_read_timeout(Some(Duration::from_secs(5)))
+                    .expect("timeout");
+                ask(&mut s)
+            })
+            .collect()
+    });
+    assert!(
+        second.iter().all(|s| *s == SERVERS[2]),
+        "{mode}: lb2 answered from {second:?}"
+    );
+    // The firewall still decides: port 82 of the VIP is no service it lets through.
+    let blocked = in_netns(&ingress, || {
+        TcpStream::connect_timeout(&SocketAddrV4::new(VIP, 82).into(), Duration::from_secs(1))
+    });
+    assert!(
+        blocked.is_err(),
+        "{mode}: the firewall let {VIP}:82 through"
+    );
+}
