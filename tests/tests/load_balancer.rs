@@ -563,7 +563,7 @@ fn health_checks(mode: &str, tag: &str) {
     let chain = unique_chain(tag);
     let dir = TempDir::new(&chain);
     let checked = service(80, "tcp", &[(0, 1), (1, 1), (2, 1)])
-        + "health = { check = \"tcp\", interval = 0.2, timeout = 0.1, rise = 2, fall = 2 }\n";
+        + "health = { check = \"tcp\", interval = 0.5, timeout = 0.3, rise = 2, fall = 2 }\n";
     let file = dir.write("lb.toml", &chain_file(&chain, mode, &checked));
     let _guard = ChainGuard::up(&chain, &file);
     let mut servers = Servers::start(&format!("nf-{chain}-egress"));
