@@ -5,6 +5,8 @@ mod agent;
 mod chain;
 mod deploy;
 mod firewall;
+mod lb;
+mod pps_chart;
 
 use std::path::PathBuf;
 
@@ -52,6 +54,19 @@ pub enum Bench {
         #[arg(long = "rules", value_delimiter = ',', default_values_t = vec![10, 1000, 10000, 100000])]
         rules: Vec<usize>,
     },
+    /// UDP pps through one load balancer with 2…4,096 backends (few flows and all-new flows),
+    /// tc and xdp, against a forward function and the nftables DNAT baseline (its kernel form);
+    /// table build and swap time (target/bench/lb.json, lb.png).
+    Lb {
+        #[arg(long, default_value_t = 3)]
+        repetitions: usize,
+        /// Seconds per pps window.
+        #[arg(long, default_value_t = 1.5)]
+        seconds: f64,
+        /// Backend counts to measure (1 to 4,096).
+        #[arg(long = "backends", value_delimiter = ',', default_values_t = vec![2, 16, 256, 4096])]
+        backends: Vec<usize>,
+    },
 }
 
 pub fn run(which: Bench) -> Result<()> {
@@ -64,6 +79,15 @@ pub fn run(which: Bench) -> Result<()> {
             repetitions,
             seconds,
             rules,
+        }),
+        Bench::Lb {
+            repetitions,
+            seconds,
+            backends,
+        } => lb::run(&lb::Options {
+            repetitions,
+            seconds,
+            backends,
         }),
         Bench::Agent(opts) => agent::run(&opts),
         Bench::Deploy { functions } => deploy::run(&functions),
@@ -105,6 +129,11 @@ pub fn forward_chain_file(name: &str, net: u8, fastpath: &str, functions: &[Stri
 /// Runs `netfn ARGS…` (with no host agent: benchmarks measure netfn alone) and returns its
 /// wall time in milliseconds; fails with netfn's stderr.
 pub fn timed_netfn(netfn: &std::path::Path, args: &[&str]) -> Result<f64> {
+    timed_netfn_log(netfn, args).map(|(ms, _)| ms)
+}
+
+/// [`timed_netfn`], also returning what netfn wrote to stderr (its log, as `--log` asks).
+pub fn timed_netfn_log(netfn: &std::path::Path, args: &[&str]) -> Result<(f64, String)> {
     let start = std::time::Instant::now();
     let out = std::process::Command::new(netfn)
         .args(args)
@@ -118,7 +147,7 @@ pub fn timed_netfn(netfn: &std::path::Path, args: &[&str]) -> Result<f64> {
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    Ok(ms)
+    Ok((ms, String::from_utf8_lossy(&out.stderr).into_owned()))
 }
 
 /// The median of the samples (sorts them).

@@ -34,7 +34,19 @@ pub(in crate::bench) fn measure_pps_of(
     seconds: f64,
     frames: Vec<Vec<u8>>,
 ) -> Result<Pps> {
-    let sink = udp_in(&t.dst_ns, SocketAddrV4::new(t.dst_addr, PPS_PORT))?;
+    measure_pps_into(t, SocketAddrV4::new(t.dst_addr, PPS_PORT), seconds, frames)
+}
+
+/// [`measure_pps_of`] with the sink's socket bound to `sink` in the topology's sink namespace
+/// (0.0.0.0 counts datagrams to every address the namespace owns, e.g. a load balancer's
+/// backends).
+pub(in crate::bench) fn measure_pps_into(
+    t: &Topology,
+    sink: SocketAddrV4,
+    seconds: f64,
+    frames: Vec<Vec<u8>>,
+) -> Result<Pps> {
+    let sink = udp_in(&t.dst_ns, sink)?;
     set_rcvbuf(&sink, 64 << 20);
     sink.set_read_timeout(Some(Duration::from_millis(50)))?;
     let stop = Arc::new(AtomicBool::new(false));
@@ -226,6 +238,20 @@ pub(in crate::bench) fn udp_frame(t: &Topology, port: u16) -> Vec<u8> {
 
 /// [`udp_frame`] from source port `sport`.
 pub(in crate::bench) fn udp_frame_from(t: &Topology, sport: u16, port: u16) -> Vec<u8> {
+    udp_frame_between(
+        t,
+        SocketAddrV4::new(t.src_addr, sport),
+        SocketAddrV4::new(t.dst_addr, port),
+    )
+}
+
+/// A frame of the topology's generator (its MACs) with any IPv4 source and destination: to a
+/// load balancer's VIP, or from many clients.
+pub(in crate::bench) fn udp_frame_between(
+    t: &Topology,
+    src: SocketAddrV4,
+    dst: SocketAddrV4,
+) -> Vec<u8> {
     let mut f = Vec::with_capacity(FRAME_BYTES);
     f.extend_from_slice(&t.next_mac);
     f.extend_from_slice(&t.src_mac);
@@ -236,8 +262,8 @@ pub(in crate::bench) fn udp_frame_from(t: &Topology, sport: u16, port: u16) -> V
     ip[6] = 0x40;
     ip[8] = 64;
     ip[9] = 17;
-    ip[12..16].copy_from_slice(&t.src_addr.octets());
-    ip[16..20].copy_from_slice(&t.dst_addr.octets());
+    ip[12..16].copy_from_slice(&src.ip().octets());
+    ip[16..20].copy_from_slice(&dst.ip().octets());
     let mut sum: u32 = ip
         .chunks(2)
         .map(|c| u32::from(u16::from_be_bytes([c[0], c[1]])))
@@ -247,8 +273,8 @@ pub(in crate::bench) fn udp_frame_from(t: &Topology, sport: u16, port: u16) -> V
     }
     ip[10..12].copy_from_slice(&(!(sum as u16)).to_be_bytes());
     f.extend_from_slice(&ip);
-    f.extend_from_slice(&sport.to_be_bytes());
-    f.extend_from_slice(&port.to_be_bytes());
+    f.extend_from_slice(&src.port().to_be_bytes());
+    f.extend_from_slice(&dst.port().to_be_bytes());
     f.extend_from_slice(&((8 + PPS_PAYLOAD) as u16).to_be_bytes());
     f.extend_from_slice(&[0, 0]);
     f.extend_from_slice(&[0x5a; PPS_PAYLOAD]);

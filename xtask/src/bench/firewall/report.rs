@@ -1,13 +1,13 @@
 //! The firewall bench's results: records (medians and ratios), the table, the goals, the JSON and
 //! the chart (packets per second against the rule count, log scale).
 
-use std::fmt::Write as _;
 use std::time::Instant;
 
 use anyhow::Result;
 use serde::Serialize;
 
 use super::{Contender, Options, Samples, med};
+use crate::bench::pps_chart::{PpsChart, Reference, Series, decade_ticks};
 use crate::bench::{comma_list, kernel_release, write_chart, write_json};
 
 #[derive(Debug, Clone, Serialize)]
@@ -259,10 +259,7 @@ fn goals(records: &[Record], options: &Options) -> Vec<Goal> {
 /// `last`), solid for one flow, dashed for all-new flows; the forward functions as flat
 /// references.
 fn svg(records: &[Record]) -> String {
-    const W: f64 = 900.0;
-    const H: f64 = 520.0;
-    let (left, right, top, bottom) = (80.0, 220.0, 50.0, 60.0);
-    let series = [
+    let colors = [
         ("fw-tc", "#1f77b4"),
         ("fw-xdp", "#d62728"),
         ("fw-kernel", "#2ca02c"),
@@ -281,85 +278,8 @@ fn svg(records: &[Record]) -> String {
         .filter(|v| v.is_finite())
         .fold(1.0f64, f64::max)
         * 1.1;
-    let x = |rules: f64| {
-        let span = (max_rules.log10() - min_rules.log10()).max(1e-9);
-        left + (rules.log10() - min_rules.log10()) / span * (W - left - right)
-    };
-    let y = |pps: f64| H - bottom - (pps / max_pps) * (H - top - bottom);
-    let mut s = String::new();
-    let _ = write!(
-        s,
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" font-family="sans-serif" font-size="12">"#
-    );
-    let _ = write!(
-        s,
-        r#"<text x="{}" y="24" text-anchor="middle" font-size="15">netfn firewall: UDP packets/s through one function vs rule count (traffic meets the last rule)</text>"#,
-        (W - right + left) / 2.0
-    );
-    // Axes and grid.
-    let _ = write!(
-        s,
-        r##"<line x1="{left}" y1="{}" x2="{}" y2="{}" stroke="#000"/><line x1="{left}" y1="{top}" x2="{left}" y2="{}" stroke="#000"/>"##,
-        H - bottom,
-        W - right,
-        H - bottom,
-        H - bottom
-    );
-    let mut tick = 1.0;
-    while tick <= max_rules * 1.0001 {
-        if tick >= min_rules * 0.9999 {
-            let _ = write!(
-                s,
-                r##"<text x="{}" y="{}" text-anchor="middle">{}</text><line x1="{}" y1="{top}" x2="{}" y2="{}" stroke="#eee"/>"##,
-                x(tick),
-                H - bottom + 18.0,
-                tick as u64,
-                x(tick),
-                x(tick),
-                H - bottom
-            );
-        }
-        tick *= 10.0;
-    }
-    for i in 0..=5 {
-        let v = max_pps * f64::from(i) / 5.0;
-        let _ = write!(
-            s,
-            r##"<text x="{}" y="{}" text-anchor="end">{:.2} M</text><line x1="{left}" y1="{}" x2="{}" y2="{}" stroke="#eee"/>"##,
-            left - 6.0,
-            y(v) + 4.0,
-            v / 1e6,
-            y(v),
-            W - right,
-            y(v)
-        );
-    }
-    let _ = write!(
-        s,
-        r#"<text x="{}" y="{}" text-anchor="middle">rules (log scale)</text><text x="20" y="{}" transform="rotate(-90 20 {})" text-anchor="middle">packets/s delivered (60-byte UDP)</text>"#,
-        (left + W - right) / 2.0,
-        H - 18.0,
-        (top + H - bottom) / 2.0,
-        (top + H - bottom) / 2.0
-    );
-    let mut legend_y = top + 10.0;
-    let mut legend = |s: &mut String, label: &str, color: &str, dashed: bool| {
-        let dash = if dashed {
-            r#" stroke-dasharray="6 4""#
-        } else {
-            ""
-        };
-        let _ = write!(
-            s,
-            r#"<line x1="{}" y1="{legend_y}" x2="{}" y2="{legend_y}" stroke="{color}" stroke-width="2"{dash}/><text x="{}" y="{}">{label}</text>"#,
-            W - right + 10.0,
-            W - right + 40.0,
-            W - right + 46.0,
-            legend_y + 4.0
-        );
-        legend_y += 18.0;
-    };
-    for (who, color) in series {
+    let mut series = Vec::new();
+    for (who, color) in colors {
         let mut points: Vec<&Record> = last
             .iter()
             .copied()
@@ -373,40 +293,37 @@ fn svg(records: &[Record]) -> String {
             if who.starts_with("nft-") && dashed {
                 continue; // stateless: the same as one flow
             }
-            let path: Vec<String> = points
-                .iter()
-                .map(|r| format!("{:.1},{:.1}", x(r.rules as f64), y(value(r))))
-                .collect();
-            if path.is_empty() {
-                continue;
-            }
-            let dash = if dashed {
-                r#" stroke-dasharray="6 4""#
-            } else {
-                ""
-            };
-            let _ = write!(
-                s,
-                r#"<polyline points="{}" fill="none" stroke="{color}" stroke-width="2"{dash}/>"#,
-                path.join(" ")
-            );
-            let label = if dashed {
-                format!("{who}, all-new flows")
-            } else {
-                who.to_string()
-            };
-            legend(&mut s, &label, color, dashed);
+            series.push(Series {
+                label: if dashed {
+                    format!("{who}, all-new flows")
+                } else {
+                    who.to_string()
+                },
+                color,
+                dashed,
+                points: points.iter().map(|r| (r.rules as f64, value(r))).collect(),
+            });
         }
     }
-    if let Some(fwd) = records.iter().find(|r| r.contender == "forward-tc") {
-        let _ = write!(
-            s,
-            r##"<line x1="{left}" y1="{y0}" x2="{}" y2="{y0}" stroke="#444" stroke-dasharray="2 3"/>"##,
-            W - right,
-            y0 = y(fwd.one_flow_pps)
-        );
-        legend(&mut s, "forward function (tc)", "#444", true);
+    let references = records
+        .iter()
+        .find(|r| r.contender == "forward-tc")
+        .map(|fwd| Reference {
+            label: "forward function (tc)".into(),
+            color: "#444",
+            pps: fwd.one_flow_pps,
+        })
+        .into_iter()
+        .collect();
+    PpsChart {
+        title: "netfn firewall: UDP packets/s through one function vs rule count (traffic meets \
+                the last rule)",
+        x_label: "rules (log scale)",
+        x_ticks: decade_ticks(min_rules, max_rules),
+        x_range: (min_rules, max_rules),
+        y_max: max_pps,
+        series,
+        references,
     }
-    s.push_str("</svg>\n");
-    s
+    .svg()
 }
