@@ -56,3 +56,96 @@ pub fn fill_array<V: aya::Pod>(
     }
     Ok(())
 }
+
+/// `BPF_F_MMAPABLE`: an array map whose values userspace can map into memory.
+pub const BPF_F_MMAPABLE: u32 = 1 << 10;
+
+/// An array map of `u32` created with [`BPF_F_MMAPABLE`], mapped into memory: a table of 65,537
+/// entries is read or written in microseconds instead of one syscall per entry. The program
+/// keeps reading the map as usual while userspace writes entries it does not read (a table's
+/// idle half). The kernel lays array elements out 8 bytes apart (`round_up(value_size, 8)`), a
+/// `u32` value in the low half of each (little-endian, as on every machine netfn runs on).
+pub struct MappedU32 {
+    ptr: std::ptr::NonNull<u64>,
+    entries: usize,
+    bytes: usize,
+    writable: bool,
+}
+
+impl MappedU32 {
+    /// Maps `data` (an array of `u32`, `BPF_F_MMAPABLE`), for writing too when `writable`.
+    pub fn new(data: &MapData, writable: bool) -> Result<Self, String> {
+        use std::os::fd::{AsFd, AsRawFd};
+        let info = data.info().map_err(|e| format!("map info: {e}"))?;
+        if info.map_flags() & BPF_F_MMAPABLE == 0 || info.value_size() != 4 {
+            return Err("the map is not a memory-mappable array of u32 (rebuild netfn)".into());
+        }
+        let entries = info.max_entries() as usize;
+        // SAFETY: sysconf has no memory effects.
+        let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
+        let bytes = (entries * 8).div_ceil(page).max(1) * page;
+        let prot = libc::PROT_READ | if writable { libc::PROT_WRITE } else { 0 };
+        // SAFETY: a shared mapping of the map's fd, of the length the kernel gives an mmapable
+        // array of this size; unmapped on drop, and only reached through the methods below.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                bytes,
+                prot,
+                libc::MAP_SHARED,
+                data.fd().as_fd().as_raw_fd(),
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(format!(
+                "map the table into memory: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+        let ptr = std::ptr::NonNull::new(ptr.cast::<u64>()).ok_or("mmap returned null")?;
+        Ok(MappedU32 {
+            ptr,
+            entries,
+            bytes,
+            writable,
+        })
+    }
+
+    fn elements(&self) -> &[u64] {
+        // SAFETY: the mapping holds `entries` 8-byte elements for as long as `self` lives.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.entries) }
+    }
+
+    /// The values at `start..start + len`, if the map has them.
+    pub fn read(&self, start: usize, len: usize) -> Option<Vec<u32>> {
+        let values = self.elements().get(start..start.checked_add(len)?)?;
+        Some(values.iter().map(|&e| e as u32).collect())
+    }
+
+    /// Writes `values` from `start` on; an error if the map is read-only or too small.
+    pub fn write(&mut self, start: usize, values: &[u32]) -> Result<(), String> {
+        if !self.writable {
+            return Err("the table is mapped read-only".into());
+        }
+        // SAFETY: as in `elements`; the mapping is writable and `&mut self` is unique here.
+        let all = unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.entries) };
+        let slots = start
+            .checked_add(values.len())
+            .and_then(|end| all.get_mut(start..end))
+            .ok_or("the table map is smaller than its services")?;
+        for (slot, &v) in slots.iter_mut().zip(values) {
+            *slot = u64::from(v);
+        }
+        Ok(())
+    }
+}
+
+impl Drop for MappedU32 {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `new`, unmapped once.
+        unsafe {
+            libc::munmap(self.ptr.as_ptr().cast(), self.bytes);
+        }
+    }
+}

@@ -24,7 +24,7 @@ use netfn_core::function::{
 use super::config::{LbSettings, ServiceConf};
 use super::kind::LbConfig;
 use super::maglev::{self, Entry, Previous};
-use crate::maps::{fill_array, map_err};
+use crate::maps::{MappedU32, fill_array, map_err};
 
 const SECOND: u64 = 1_000_000_000;
 
@@ -99,12 +99,21 @@ pub fn backend_id(b: &Backend) -> String {
     )
 }
 
-/// What the live instance holds: per service key, its live table as backend identities, and the
-/// backends it has down.
+/// What the live instance holds: per service key, its live table (size and backend numbers),
+/// the identity of every backend number, and the backends it has down.
 #[derive(Default)]
 pub(super) struct Live {
-    pub(super) tables: Map<ServiceKey, (u32, Vec<Option<String>>)>,
+    pub(super) tables: Map<ServiceKey, (u32, Vec<u32>)>,
+    pub(super) ids: Vec<String>,
     pub(super) down: Vec<String>,
+}
+
+impl Live {
+    /// The live table of service `key`, as [`build_table`] takes it.
+    fn previous(&self, key: &ServiceKey) -> Option<(u32, &[u32], &[String])> {
+        let (size, table) = self.tables.get(key)?;
+        Some((*size, table.as_slice(), self.ids.as_slice()))
+    }
 }
 
 impl Live {
@@ -122,9 +131,12 @@ impl Live {
         ) else {
             return Live::default();
         };
+        let aya::maps::Map::Array(table) = table else {
+            return Live::default();
+        };
         let (Ok(services), Ok(table), Ok(backends)) = (
             HashMap::<_, ServiceKey, Service>::try_from(services),
-            Array::<_, u32>::try_from(table),
+            MappedU32::new(&table, false),
             Array::<_, Backend>::try_from(backends),
         ) else {
             return Live::default();
@@ -138,17 +150,14 @@ impl Live {
                 .filter(|b| b.flags & BACKEND_DOWN != 0)
                 .map(backend_id)
                 .collect(),
+            ids: backends.iter().map(backend_id).collect(),
             ..Live::default()
         };
         for (key, service) in services.iter().filter_map(Result::ok) {
-            let base = service.table[(service.active & 1) as usize];
-            let entries = (0..service.size)
-                .map(|i| {
-                    let n = table.get(&(base + i), 0).ok()?;
-                    backends.get(n as usize).map(backend_id)
-                })
-                .collect();
-            live.tables.insert(key, (service.size, entries));
+            let base = service.table[(service.active & 1) as usize] as usize;
+            if let Some(half) = table.read(base, service.size as usize) {
+                live.tables.insert(key, (service.size, half));
+            }
         }
         live
     }
@@ -201,7 +210,7 @@ impl StageContent for Content<'_> {
             }
             let down: Vec<bool> = ids.iter().map(|id| live.down.contains(id)).collect();
             let key = service_key(service);
-            let table = build_table(service, &ids, &down, s.table_size, live.tables.get(&key));
+            let table = build_table(service, &ids, &down, s.table_size, live.previous(&key));
             let global = table
                 .into_iter()
                 .map(|i| {
@@ -223,14 +232,14 @@ impl StageContent for Content<'_> {
         fill_array(maps, LB_CONF_MAP, &[conf])?;
         let size = s.table_size;
         {
-            let map = maps.map_mut(LB_TABLE_MAP)?;
-            let mut array: Array<&mut MapData, u32> =
-                Array::try_from(map).map_err(map_err(LB_TABLE_MAP))?;
-            for (i, (_, table)) in (0u32..).zip(&tables) {
-                let base = i * 2 * size;
-                for (j, n) in (0u32..).zip(table) {
-                    array.set(base + j, n, 0).map_err(map_err(LB_TABLE_MAP))?;
-                }
+            let aya::maps::Map::Array(data) = maps.map_mut(LB_TABLE_MAP)? else {
+                return Err(StageError::Other(format!("{LB_TABLE_MAP} is not an array")));
+            };
+            let mut mapped = MappedU32::new(data, true).map_err(StageError::Other)?;
+            for (i, (_, table)) in tables.iter().enumerate() {
+                mapped
+                    .write(i * 2 * size as usize, table)
+                    .map_err(StageError::Other)?;
             }
         }
         let map = maps.map_mut(LB_SERVICES_MAP)?;
@@ -258,7 +267,7 @@ pub fn build_table(
     ids: &[String],
     down: &[bool],
     size: u32,
-    live: Option<&(u32, Vec<Option<String>>)>,
+    live: Option<(u32, &[u32], &[String])>,
 ) -> Vec<u32> {
     let entries: Vec<Entry<'_>> = service
         .backends
@@ -270,31 +279,14 @@ pub fn build_table(
             weight: if down { 0 } else { b.weight },
         })
         .collect();
-    // The live table as indexes into its own list of identities.
-    let previous = live.filter(|(s, _)| *s == size).map(|(_, owners)| {
-        let mut names: Vec<&str> = Vec::new();
-        let table: Vec<u32> = owners
-            .iter()
-            .map(|o| match o {
-                Some(id) => match names.iter().position(|n| n == id) {
-                    Some(i) => i as u32,
-                    None => {
-                        names.push(id);
-                        (names.len() - 1) as u32
-                    }
-                },
-                None => maglev::NONE,
-            })
-            .collect();
-        (table, names)
+    // The live table (backend numbers) and the identity of each number.
+    let names: Vec<&str> = live.map_or(Vec::new(), |(_, _, ids)| {
+        ids.iter().map(String::as_str).collect()
     });
-    maglev::build(
-        &entries,
-        size,
-        previous
-            .as_ref()
-            .map(|(table, ids)| Previous { table, ids }),
-    )
+    let previous = live
+        .filter(|(s, _, _)| *s == size)
+        .map(|(_, table, _)| Previous { table, ids: &names });
+    maglev::build(&entries, size, previous)
 }
 
 /// Health: marks the backends of `s` that `down` names (by identity) down in the live
@@ -330,8 +322,10 @@ pub fn apply_health(dir: &Path, s: &LbSettings, down: &[String]) -> Result<(), S
             number += 1;
         }
     }
-    let mut table: Array<_, u32> =
-        Array::try_from(open(LB_TABLE_MAP)?).map_err(err(LB_TABLE_MAP))?;
+    let aya::maps::Map::Array(table_data) = open(LB_TABLE_MAP)? else {
+        return Err(format!("{LB_TABLE_MAP} is not an array"));
+    };
+    let mut table = MappedU32::new(&table_data, true)?;
     let mut services: HashMap<_, ServiceKey, Service> =
         HashMap::try_from(open(LB_SERVICES_MAP)?).map_err(err(LB_SERVICES_MAP))?;
     let mut first = 0u32;
@@ -348,18 +342,20 @@ pub fn apply_health(dir: &Path, s: &LbSettings, down: &[String]) -> Result<(), S
             &ids,
             &is_down,
             live_service.size,
-            live.tables.get(&key),
+            live.previous(&key),
         );
         let idle = (live_service.active & 1) ^ 1;
-        let base = live_service.table[idle as usize];
-        for (j, n) in (0u32..).zip(&new) {
-            let global = if *n == maglev::NONE {
-                NO_BACKEND
-            } else {
-                first + n
-            };
-            table.set(base + j, global, 0).map_err(err(LB_TABLE_MAP))?;
-        }
+        let global: Vec<u32> = new
+            .iter()
+            .map(|&n| {
+                if n == maglev::NONE {
+                    NO_BACKEND
+                } else {
+                    first + n
+                }
+            })
+            .collect();
+        table.write(live_service.table[idle as usize] as usize, &global)?;
         live_service.active = idle;
         services
             .insert(key, live_service, 0)

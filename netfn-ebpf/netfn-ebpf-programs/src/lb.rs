@@ -23,7 +23,7 @@
 use core::ptr;
 
 use aya_ebpf::{
-    bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, TC_ACT_SHOT, xdp_action},
+    bindings::{BPF_F_MARK_MANGLED_0, BPF_F_MMAPABLE, BPF_F_PSEUDO_HDR, TC_ACT_SHOT, xdp_action},
     helpers::generated::bpf_ktime_get_ns,
     macros::{classifier, map, xdp},
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
@@ -42,8 +42,9 @@ use crate::forwarder::{self, count_drop, read, rewrite, send_tc, send_xdp};
 
 #[map]
 static NF_LB_SERVICES: HashMap<ServiceKey, Service> = HashMap::with_max_entries(1, 0);
+/// Memory-mappable, so userspace writes a 65,537-entry table half without a syscall per entry.
 #[map]
-static NF_LB_TABLE: Array<u32> = Array::with_max_entries(1, 0);
+static NF_LB_TABLE: Array<u32> = Array::with_max_entries(1, BPF_F_MMAPABLE);
 #[map]
 static NF_LB_BACKENDS: Array<Backend> = Array::with_max_entries(1, 0);
 #[map]
