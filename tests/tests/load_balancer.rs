@@ -714,3 +714,52 @@ fn firewall_and_two_load_balancers(mode: &str, tag: &str) {
         "{mode}: the firewall let {VIP}:82 through"
     );
 }
+
+#[test]
+fn tc_icmp_errors_reach_the_client_about_the_vip() {
+    icmp_errors("tc", "b5");
+}
+
+#[test]
+fn xdp_icmp_errors_reach_the_client_about_the_vip() {
+    icmp_errors("xdp", "b6");
+}
+
+#[test]
+fn kernel_icmp_errors_reach_the_client_about_the_vip() {
+    icmp_errors("kernel", "b7");
+}
+
+/// A UDP service whose backend has nothing on its port: the backend answers with an ICMP port
+/// unreachable about the packet the load balancer sent it (client → backend). The client's
+/// socket, connected to the VIP, hears "connection refused" only if the load balancer turned
+/// the quoted packet back into the one it sent (client → VIP).
+fn icmp_errors(mode: &str, tag: &str) {
+    let _turn = shared();
+    let chain = unique_chain(tag);
+    let dir = TempDir::new(&chain);
+    let services = format!(
+        "\n[[chain.function.service]]\nvip = \"{VIP}\"\nproto = \"udp\"\nport = 54\n\
+         backends = [{{ address = \"{}\", port = 9999 }}]\n",
+        SERVERS[0]
+    );
+    let file = dir.write("lb.toml", &chain_file(&chain, mode, &services));
+    let _guard = ChainGuard::up(&chain, &file);
+    let _servers = Servers::start(&format!("nf-{chain}-egress"));
+    let ingress = format!("nf-{chain}-ingress");
+    let refused = in_netns(&ingress, || {
+        let s = UdpSocket::bind(SocketAddrV4::new(CLIENT, 45_000)).expect("bind");
+        s.connect(SocketAddrV4::new(VIP, 54)).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(2)))
+            .expect("timeout");
+        let mut buf = [0u8; 16];
+        (0..3).any(|_| {
+            let _ = s.send(b"anyone?");
+            matches!(s.recv(&mut buf), Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused)
+        })
+    });
+    assert!(
+        refused,
+        "{mode}: the client never heard the backend's port unreachable about its VIP"
+    );
+}

@@ -63,8 +63,15 @@ const ETH_HLEN: usize = 14;
 const IP_HLEN: usize = 20;
 const PROTO_TCP: u8 = 6;
 const PROTO_UDP: u8 = 17;
-/// Most bytes the stage reads: Ethernet, an IPv4 header with options, a TCP header's first 20.
-const READ_LEN: u32 = (ETH_HLEN + 60 + 20) as u32;
+const PROTO_ICMP: u8 = 1;
+const ICMP_HLEN: usize = 8;
+/// Most bytes the stage reads: Ethernet, an IPv4 header with options, and a TCP header's first
+/// 20 bytes or an ICMP error's header, quoted IPv4 header and ports.
+const READ_LEN: u32 = (ETH_HLEN + 60 + ICMP_HLEN + IP_HLEN + 4) as u32;
+
+const ICMP_DEST_UNREACH: u8 = 3;
+const ICMP_TIME_EXCEEDED: u8 = 11;
+const ICMP_PARAMETER_PROBLEM: u8 = 12;
 
 const TCP_FIN: u8 = 0x01;
 const TCP_RST: u8 = 0x04;
@@ -81,6 +88,20 @@ struct Packet {
     tcp_flags: u8,
     /// Offset of the L4 header from the start of the frame.
     l4: usize,
+    /// An ICMP error: the packet it quotes (`proto` is then 0).
+    quoted: Option<Quoted>,
+}
+
+/// The TCP or UDP packet an ICMP error quotes (addresses and ports in packet byte order).
+#[derive(Clone, Copy)]
+struct Quoted {
+    /// Offset of the quoted IPv4 header (20 bytes, no options) from the start of the frame.
+    at: usize,
+    src: u32,
+    dst: u32,
+    sport: u16,
+    dport: u16,
+    proto: u8,
 }
 
 /// What happens to the packet.
@@ -97,6 +118,10 @@ enum Fate {
     Drop {
         reason: usize,
     },
+    /// An ICMP error about a balanced flow, from the backend's side: the packet it quotes
+    /// becomes the one the client sent (to `vip:port`), and a source that is the backend itself
+    /// becomes the VIP.
+    IcmpBack { vip: u32, port: u16 },
 }
 
 /// TC stage (`fastpath = "tc"`).
@@ -129,6 +154,12 @@ pub fn nf_lb_tc(ctx: TcContext) -> i32 {
             port,
         } => {
             if nat_tc(&ctx, &p, to_backend, addr, port).is_err() {
+                count_drop(slot, netfn_common::DROP_MALFORMED);
+                return TC_ACT_SHOT;
+            }
+        }
+        Fate::IcmpBack { vip, port } => {
+            if icmp_back_tc(&ctx, &p, vip, port).is_err() {
                 count_drop(slot, netfn_common::DROP_MALFORMED);
                 return TC_ACT_SHOT;
             }
@@ -169,6 +200,7 @@ pub fn nf_lb_xdp(ctx: XdpContext) -> u32 {
             addr,
             port,
         } => nat_xdp(data, data_end, &p, to_backend, addr, port),
+        Fate::IcmpBack { vip, port } => icmp_back(data, data_end, &p, vip, port),
     }
     rewrite(data, data + ETH_HLEN, p.ttl, e);
     send_xdp(slot, e.redirect_ifindex, len)
@@ -195,8 +227,13 @@ fn parse(data: usize, data_end: usize) -> Option<Packet> {
         ttl: read(ip + 8),
         tcp_flags: 0,
         l4: ETH_HLEN + ihl,
+        quoted: None,
     };
     let proto: u8 = read(ip + 9);
+    if proto == PROTO_ICMP {
+        p.quoted = quoted(ETH_HLEN + ihl, data, data_end);
+        return Some(p);
+    }
     // More fragments, or a later one: no ports to balance by (passed unchanged).
     let frag = u16::from_be(read::<u16>(ip + 6)) & 0x3fff;
     if frag != 0 || (proto != PROTO_TCP && proto != PROTO_UDP) {
@@ -216,6 +253,33 @@ fn parse(data: usize, data_end: usize) -> Option<Packet> {
     Some(p)
 }
 
+/// The TCP or UDP packet quoted by the ICMP error at offset `l4` of the frame `data..data_end`.
+#[inline(always)]
+fn quoted(l4: usize, data: usize, data_end: usize) -> Option<Quoted> {
+    let icmp = data + l4;
+    if icmp + ICMP_HLEN + IP_HLEN + 4 > data_end {
+        return None;
+    }
+    let kind: u8 = read(icmp);
+    if kind != ICMP_DEST_UNREACH && kind != ICMP_TIME_EXCEEDED && kind != ICMP_PARAMETER_PROBLEM
+    {
+        return None;
+    }
+    let q = icmp + ICMP_HLEN;
+    let proto: u8 = read(q + 9);
+    if read::<u8>(q) != 0x45 || (proto != PROTO_TCP && proto != PROTO_UDP) {
+        return None;
+    }
+    Some(Quoted {
+        at: l4 + ICMP_HLEN,
+        src: read(q + 12),
+        dst: read(q + 16),
+        sport: read(q + IP_HLEN),
+        dport: read(q + IP_HLEN + 2),
+        proto,
+    })
+}
+
 #[inline(always)]
 fn stats() -> Option<&'static mut LbStats> {
     // SAFETY: a per-CPU element, written only by this CPU, which runs the program to completion.
@@ -229,6 +293,9 @@ fn v4(a: u32) -> [u32; 4] {
 
 #[inline(always)]
 fn decide(p: &Packet, e: &FwdEntry, len: u64) -> Fate {
+    if let Some(q) = p.quoted {
+        return icmp_error(&q, e);
+    }
     if p.proto == 0 {
         return Fate::Pass;
     }
@@ -347,6 +414,32 @@ fn decide(p: &Packet, e: &FwdEntry, len: u64) -> Fate {
         to_backend: true,
         addr,
         port,
+    }
+}
+
+/// An ICMP error from the egress side quoting a packet the load balancer sent to a backend
+/// (client → backend): the client must see it about the packet it sent (client → VIP).
+#[inline(always)]
+fn icmp_error(q: &Quoted, e: &FwdEntry) -> Fate {
+    if e.counter_slot & 1 == DIR_FORWARD {
+        return Fate::Pass;
+    }
+    // The flow's backend direction, as the backend answers it.
+    let key = LbCtKey {
+        src: v4(q.dst),
+        dst: v4(q.src),
+        sport: q.dport,
+        dport: q.sport,
+        proto: q.proto,
+        dir: CT_TO_CLIENT,
+        _pad: 0,
+    };
+    match unsafe { NF_LB_CT.get(&key) } {
+        Some(ct) => Fate::IcmpBack {
+            vip: ct.addr[0],
+            port: ct.port,
+        },
+        None => Fate::Pass,
     }
 }
 
@@ -506,6 +599,97 @@ fn nat_xdp(data: usize, data_end: usize, p: &Packet, to_backend: bool, addr: u32
             ptr::write(check_at as *mut u16, new_l4_check);
         }
     }
+}
+
+/// The checksums of an ICMP error about a balanced flow once its quoted packet's destination is
+/// `vip:port` (and, when `outer` is given, the outer source the VIP too): the quoted packet's
+/// IP checksum, the ICMP checksum, the outer IP checksum (RFC 1624 updates).
+#[inline(always)]
+fn icmp_back_checksums(
+    q: &Quoted,
+    vip: u32,
+    port: u16,
+    inner_check: u16,
+    icmp_check: u16,
+    outer: Option<(u32, u16)>,
+) -> (u16, u16, u16) {
+    let words = |a: u32| (a & 0xffff) + (a >> 16);
+    let not_words = |a: u32| u32::from(!(a as u16)) + u32::from(!((a >> 16) as u16));
+    let new_inner = fold(u32::from(!inner_check) + not_words(q.dst) + words(vip));
+    let new_icmp = fold(
+        u32::from(!icmp_check)
+            + not_words(q.dst)
+            + words(vip)
+            + u32::from(!q.dport)
+            + u32::from(port)
+            + u32::from(!inner_check)
+            + u32::from(new_inner),
+    );
+    let new_outer = match outer {
+        Some((src, check)) => fold(u32::from(!check) + not_words(src) + words(vip)),
+        None => 0,
+    };
+    (new_inner, new_icmp, new_outer)
+}
+
+/// XDP: rewrites an ICMP error (frame `data..data_end`, parsed into `p`) about a balanced flow:
+/// the quoted packet's destination becomes `vip:port`, the checksums follow, and an outer
+/// source that is the backend itself becomes the VIP.
+#[inline(always)]
+fn icmp_back(data: usize, data_end: usize, p: &Packet, vip: u32, port: u16) {
+    let Some(q) = p.quoted else { return };
+    let ip = data + ETH_HLEN;
+    // Offsets are bounded for the verifier: an IPv4 header is at most 60 bytes.
+    let icmp = data + (p.l4 & 0x7f);
+    let inner = data + (q.at & 0x7f);
+    if ip + IP_HLEN > data_end || icmp + ICMP_HLEN > data_end || inner + IP_HLEN + 4 > data_end
+    {
+        return;
+    }
+    let outer = (p.src == q.dst).then(|| (p.src, read::<u16>(ip + 10)));
+    let (new_inner, new_icmp, new_outer) =
+        icmp_back_checksums(&q, vip, port, read(inner + 10), read(icmp + 2), outer);
+    // SAFETY: every write is inside the bounds checked above.
+    unsafe {
+        ptr::write((inner + 16) as *mut u32, vip);
+        ptr::write((inner + IP_HLEN + 2) as *mut u16, port);
+        ptr::write((inner + 10) as *mut u16, new_inner);
+        ptr::write((icmp + 2) as *mut u16, new_icmp);
+        if outer.is_some() {
+            ptr::write((ip + 12) as *mut u32, vip);
+            ptr::write((ip + 10) as *mut u16, new_outer);
+        }
+    }
+}
+
+/// TC: the same rewrite through the skb load and store helpers (the ICMP error carries a full
+/// checksum, so plain stores with computed checksums are right).
+#[inline(always)]
+fn icmp_back_tc(ctx: &TcContext, p: &Packet, vip: u32, port: u16) -> Result<(), i64> {
+    let Some(q) = p.quoted else { return Ok(()) };
+    let (icmp, inner) = (p.l4 & 0x7f, q.at & 0x7f);
+    let outer = if p.src == q.dst {
+        Some((p.src, ctx.load::<u16>(ETH_HLEN + 10)?))
+    } else {
+        None
+    };
+    let (new_inner, new_icmp, new_outer) = icmp_back_checksums(
+        &q,
+        vip,
+        port,
+        ctx.load(inner + 10)?,
+        ctx.load(icmp + 2)?,
+        outer,
+    );
+    ctx.store(inner + 16, &vip, 0)?;
+    ctx.store(inner + IP_HLEN + 2, &port, 0)?;
+    ctx.store(inner + 10, &new_inner, 0)?;
+    ctx.store(icmp + 2, &new_icmp, 0)?;
+    if outer.is_some() {
+        ctx.store(ETH_HLEN + 12, &vip, 0)?;
+        ctx.store(ETH_HLEN + 10, &new_outer, 0)?;
+    }
+    Ok(())
 }
 
 /// Folds a one's-complement sum to 16 bits and complements it.
