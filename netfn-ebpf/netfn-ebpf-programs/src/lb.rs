@@ -434,7 +434,7 @@ fn icmp_error(q: &Quoted, e: &FwdEntry) -> Fate {
         dir: CT_TO_CLIENT,
         _pad: 0,
     };
-    match unsafe { NF_LB_CT.get(&key) } {
+    match unsafe { NF_LB_CT.get(key) } {
         Some(ct) => Fate::IcmpBack {
             vip: ct.addr[0],
             port: ct.port,
