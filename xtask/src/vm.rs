@@ -47,6 +47,11 @@ const MODULES: &[&str] = &[
     "nft_limit",
     "nft_reject",
     "nft_reject_inet",
+    // The load balancer's kernel-mode form: DNAT by a hash into a map.
+    "nf_nat",
+    "nft_chain_nat",
+    "nft_nat",
+    "nft_hash",
 ];
 
 /// Host programs shipped when the host has them (busybox provides the rest): iproute2's `ip`

@@ -556,24 +556,41 @@ fn nat_tc(ctx: &TcContext, p: &Packet, to_backend: bool, addr: u32, port: u16) -
     Ok(())
 }
 
-/// XDP: the same rewrite by hand; `p` was parsed from `data..data_end`.
+/// XDP: the same rewrite by hand; `p` was parsed from `data..data_end`. One path per protocol,
+/// each with its own bounds check, so that every verifier (6.1's too) sees the L4 checksum in
+/// bounds.
 #[inline(always)]
 fn nat_xdp(data: usize, data_end: usize, p: &Packet, to_backend: bool, addr: u32, port: u16) {
+    if p.proto == PROTO_TCP {
+        nat_xdp_l4::<16>(data, data_end, p, to_backend, addr, port);
+    } else {
+        nat_xdp_l4::<6>(data, data_end, p, to_backend, addr, port);
+    }
+}
+
+/// [`nat_xdp`] for an L4 header whose checksum is at `CHECK` (TCP 16, UDP 6).
+#[inline(always)]
+fn nat_xdp_l4<const CHECK: usize>(
+    data: usize,
+    data_end: usize,
+    p: &Packet,
+    to_backend: bool,
+    addr: u32,
+    port: u16,
+) {
     let ip = data + ETH_HLEN;
-    let l4 = data + p.l4;
-    // UDP's header is 8 bytes; TCP's checksum sits at 16..18.
-    let need = if p.proto == PROTO_TCP { 18 } else { 8 };
-    if l4 + need > data_end || ip + IP_HLEN > data_end {
+    // Bounded for the verifier: an IPv4 header is at most 60 bytes.
+    let l4 = data + (p.l4 & 0x7f);
+    if l4 + CHECK + 2 > data_end || ip + IP_HLEN > data_end {
         return;
     }
-    let (addr_at, port_at, old_addr, old_port) = if to_backend {
-        (ip + 16, l4 + 2, p.dst, p.dport)
+    let (old_addr, old_port) = if to_backend {
+        (p.dst, p.dport)
     } else {
-        (ip + 12, l4, p.src, p.sport)
+        (p.src, p.sport)
     };
     let ip_check: u16 = read(ip + 10);
-    let check_at = l4 + l4_check_offset(p.proto);
-    let l4_check: u16 = read(check_at);
+    let l4_check: u16 = read(l4 + CHECK);
     // RFC 1624: HC' = ~(~HC + ~m + m') over the changed 16-bit words.
     let delta = |sum: u32| {
         sum + u32::from(!(old_addr as u16))
@@ -592,11 +609,16 @@ fn nat_xdp(data: usize, data_end: usize, p: &Packet, to_backend: bool, addr: u32
     // SAFETY: every address written is inside the bounds checked above (the L4 header up to
     // its checksum, the IPv4 header's first 20 bytes).
     unsafe {
-        ptr::write(addr_at as *mut u32, addr);
-        ptr::write(port_at as *mut u16, port);
+        if to_backend {
+            ptr::write((ip + 16) as *mut u32, addr);
+            ptr::write((l4 + 2) as *mut u16, port);
+        } else {
+            ptr::write((ip + 12) as *mut u32, addr);
+            ptr::write(l4 as *mut u16, port);
+        }
         ptr::write((ip + 10) as *mut u16, new_ip_check);
         if !udp_without_checksum {
-            ptr::write(check_at as *mut u16, new_l4_check);
+            ptr::write((l4 + CHECK) as *mut u16, new_l4_check);
         }
     }
 }
