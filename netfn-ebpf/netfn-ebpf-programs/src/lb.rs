@@ -24,7 +24,7 @@ use core::ptr;
 
 use aya_ebpf::{
     bindings::{
-        BPF_F_MARK_MANGLED_0, BPF_F_MMAPABLE, BPF_F_NO_COMMON_LRU, BPF_F_PSEUDO_HDR, TC_ACT_SHOT,
+        BPF_F_MARK_MANGLED_0, BPF_F_MMAPABLE, BPF_F_PSEUDO_HDR, TC_ACT_SHOT,
         xdp_action,
     },
     helpers::generated::bpf_ktime_get_ns,
@@ -55,7 +55,7 @@ static NF_LB_CONF: Array<LbConf> = Array::with_max_entries(1, 0);
 #[map]
 static NF_LB_BACKEND_COUNTERS: PerCpuArray<BackendCounters> = PerCpuArray::with_max_entries(1, 0);
 #[map]
-static NF_LB_CT: LruHashMap<LbCtKey, LbCtEntry> = LruHashMap::with_max_entries(1, BPF_F_NO_COMMON_LRU);
+static NF_LB_CT: LruHashMap<LbCtKey, LbCtEntry> = LruHashMap::with_max_entries(1, 0);
 #[map]
 static NF_LB_STATS: PerCpuArray<LbStats> = PerCpuArray::with_max_entries(1, 0);
 
