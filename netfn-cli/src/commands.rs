@@ -215,7 +215,11 @@ pub fn down(target: Option<&str>, all: bool) -> Result<ExitCode> {
             .into_iter()
             .map(|c| c.name)
             .collect(),
-        Some(t) => vec![t.to_string()],
+        Some(t) => {
+            state::check_chain_name(t)
+                .map_err(|e| anyhow::anyhow!("there is no chain file `{t}`, and {e}"))?;
+            vec![t.to_string()]
+        }
         None => bail!(
             "say which chain to take down: `netfn down CHAIN`, `netfn down FILE` or `netfn down --all`"
         ),

@@ -62,7 +62,7 @@ enum Command {
         /// The chain file (TOML).
         file: PathBuf,
         /// Only this chain of the file.
-        #[arg(long)]
+        #[arg(long, value_parser = chain_name)]
         chain: Option<String>,
     },
     /// Change running chains to match the file: add, remove or reorder functions in place.
@@ -73,7 +73,7 @@ enum Command {
         /// The edited chain file (TOML).
         file: PathBuf,
         /// Only this chain of the file.
-        #[arg(long)]
+        #[arg(long, value_parser = chain_name)]
         chain: Option<String>,
         /// Print what would change, change nothing.
         #[arg(long)]
@@ -97,6 +97,7 @@ enum Command {
   sudo netfn status minimal --json")]
     Status {
         /// Only this chain; by default every chain netfn knows about.
+        #[arg(value_parser = chain_name)]
         chain: Option<String>,
         /// Print JSON instead of a table.
         #[arg(long)]
@@ -108,6 +109,7 @@ enum Command {
   sudo netfn exec minimal fw1 -- ip addr")]
     Exec {
         /// The chain's name.
+        #[arg(value_parser = chain_name)]
         chain: String,
         /// A function name, `ingress` or `egress`.
         function: String,
@@ -121,6 +123,7 @@ enum Command {
   sudo netfn logs minimal --follow")]
     Logs {
         /// The chain's name.
+        #[arg(value_parser = chain_name)]
         chain: String,
         /// Keep printing new lines until interrupted.
         #[arg(long, short)]
@@ -162,6 +165,13 @@ enum Command {
 enum GraphFormat {
     Dot,
     Mermaid,
+}
+
+/// A chain name argument, checked before it is ever part of a path under /run/netfn.
+fn chain_name(arg: &str) -> Result<String, String> {
+    netfn_core::chain::state::check_chain_name(arg)
+        .map(|()| arg.to_string())
+        .map_err(|e| e.to_string())
 }
 
 fn main() -> ExitCode {

@@ -1,8 +1,8 @@
-//! The read-only verbs: graph, kinds, features.
+//! The read-only verbs (graph, kinds, features), and arguments refused before anything is touched.
 
 use std::path::Path;
 
-use netfn_tests::netfn_ok;
+use netfn_tests::{netfn, netfn_ok};
 
 fn example(name: &str) -> String {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -63,4 +63,53 @@ fn features_reports_the_running_kernel() {
     ] {
         assert!(names.contains(&f), "no feature {f} in {names:?}");
     }
+}
+
+/// A chain name is checked before it becomes part of a path under /run/netfn: `../x` and `a/b`
+/// are refused with the reason, for every command that takes one.
+#[test]
+fn chain_names_that_are_paths_are_refused() {
+    for args in [
+        &["down", "../x"][..],
+        &["down", "a/b"],
+        &["status", "../../etc"],
+        &["logs", "../x"],
+        &["exec", "../x", "f", "--", "true"],
+    ] {
+        let out = netfn(args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} succeeded");
+        assert!(
+            stderr.contains("is not a chain name: it contains"),
+            "{args:?}: {stderr}"
+        );
+    }
+}
+
+/// A chain file that is a directory, missing, or huge: one clear line, the OS error once.
+#[test]
+fn unreadable_chain_files_get_one_clear_line() {
+    let dir = std::env::temp_dir();
+    let out = netfn(&["validate", &dir.to_string_lossy()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("it is a directory"), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+
+    let out = netfn(&["validate", "/nonexistent/netfn-chain.toml"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        stderr.matches("No such file or directory").count(),
+        1,
+        "{stderr}"
+    );
+
+    let huge = netfn_tests::TempDir::new("huge");
+    let path = huge.0.join("huge.toml");
+    let file = std::fs::File::create(&path).expect("create");
+    file.set_len(netfn_core::spec::MAX_FILE_BYTES + 1)
+        .expect("grow");
+    let out = netfn(&["validate", &path.to_string_lossy()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("chain files are at most"), "{stderr}");
 }

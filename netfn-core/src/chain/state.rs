@@ -37,6 +37,17 @@ pub enum StateError {
         "state file {path} was written by a newer netfn (version {found}); use that version to manage this chain"
     )]
     Version { path: PathBuf, found: u32 },
+    /// A chain name that is not one (it would be a path under /run/netfn: `../x`, `a/b`).
+    #[error("`{name}` is not a chain name: it {why}")]
+    BadName { name: String, why: names::NameError },
+}
+
+/// Refuses a chain name that is not one before it becomes part of a path.
+pub fn check_chain_name(chain: &str) -> Result<(), StateError> {
+    names::check_name(chain, names::CHAIN_NAME_MAX).map_err(|why| StateError::BadName {
+        name: chain.to_string(),
+        why,
+    })
 }
 
 fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> StateError + 'a {
@@ -119,6 +130,7 @@ fn now_unix() -> u64 {
 
 /// Reads a chain's record; `None` if the chain is not known.
 pub fn load(chain: &str) -> Result<Option<ChainState>, StateError> {
+    check_chain_name(chain)?;
     let path = state_path(chain);
     let text = match fs::read_to_string(&path) {
         Ok(t) => t,
@@ -157,6 +169,7 @@ pub fn save(state: &mut ChainState) -> Result<(), StateError> {
 
 /// Removes a chain's record.
 pub fn remove(chain: &str) -> Result<(), StateError> {
+    check_chain_name(chain)?;
     let path = state_path(chain);
     match fs::remove_file(&path) {
         Ok(()) => Ok(()),
@@ -194,6 +207,7 @@ impl ChainLock {
     /// Takes the chain's lock, waiting for another netfn process if one holds it (`on_wait` is
     /// called once before waiting, so the caller can say so).
     pub fn acquire(chain: &str, on_wait: impl FnOnce()) -> Result<Self, StateError> {
+        check_chain_name(chain)?;
         let dir = names::chain_state_dir();
         fs::create_dir_all(&dir).map_err(io_err("create", &dir))?;
         let path = lock_path(chain);

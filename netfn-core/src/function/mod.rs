@@ -119,6 +119,13 @@ pub trait FunctionConfig: fmt::Debug + Send + Sync + Any {
     /// packets go (a load balancer's VIPs toward ingress, a VPN's decapsulated clients toward
     /// egress): the forwarder's anti-spoofing check of the functions they cross next lets them
     /// through.
+    /// The function's packets must cross its own IP stack (a VPN endpoint, a program an
+    /// operator brings): in tc/xdp chains the forwarder hands them to the stack, which forwards
+    /// with IP forwarding on. The default (false) keeps them on the fast path.
+    fn uses_stack(&self) -> bool {
+        false
+    }
+
     /// Problems of the settings that only the rest of the chain shows (a load balancer's VIP
     /// equal to a chain address), reported by `netfn validate` at the spans the kind kept.
     fn check_in_chain(&self, chain: &ChainAddresses<'_>) -> Vec<SettingError> {

@@ -8,6 +8,7 @@ use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
 use super::{ChainPlan, LinkEnd, names};
+use crate::spec::FastPath;
 
 /// Which way a packet crosses a function: from ingress toward egress, or back.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -51,6 +52,9 @@ pub struct ForwarderEntry {
     /// The function's kind has a per-packet stage: the forwarder hands the packets it would
     /// forward to the stage at `slot` instead.
     pub stage: bool,
+    /// The function's own IP stack forwards (its kind crosses it, a VPN endpoint): the
+    /// forwarder hands it every packet instead of forwarding.
+    pub to_stack: bool,
     pub direction: Direction,
     /// The function's other interface, in the same namespace: the packet leaves through it.
     /// TC: `bpf_redirect_peer` target; XDP: devmap target.
@@ -133,6 +137,9 @@ pub fn forwarder_entries(plan: &ChainPlan) -> Vec<ForwarderEntry> {
         let (inn, out) = (&before.inn, &after.out);
         let slot = plan.function_slot(hop).unwrap_or_default();
         let stage = plan.hops.get(hop).is_some_and(|h| h.stage);
+        // In tc/xdp chains a function's IP forwarding is on only when its own stack forwards.
+        let to_stack =
+            plan.fastpath != FastPath::Kernel && plan.hops.get(hop).is_some_and(|h| h.forwarding);
         let local_addrs = [inn.address.addr(), out.address.addr()];
         let entry = |arrive: &LinkEnd,
                      neighbour: &LinkEnd,
@@ -145,6 +152,7 @@ pub fn forwarder_entries(plan: &ChainPlan) -> Vec<ForwarderEntry> {
             hop,
             slot,
             stage,
+            to_stack,
             direction,
             out_ifindex: leave.ifindex,
             own_mac: arrive.mac,

@@ -257,8 +257,9 @@ pub fn plan_chain(spec: &ChainSpec) -> ChainPlan {
                 created: true,
             },
             // In tc/xdp mode packets never reach a function's stack: forwarding stays off, so a
-            // packet the fast path does not take is dropped, not quietly routed by the kernel.
-            forwarding: spec.fastpath == FastPath::Kernel,
+            // packet the fast path does not take is dropped, not quietly routed by the kernel;
+            // unless the kind's packets must cross its stack (then the forwarder hands it all).
+            forwarding: spec.fastpath == FastPath::Kernel || f.config.uses_stack(),
             routes: Vec::new(),
             retired_in: Vec::new(),
             retired_out: Vec::new(),

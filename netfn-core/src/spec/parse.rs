@@ -17,21 +17,37 @@ use crate::spec::diag::{Diagnostics, Reporter};
 /// Why a chain file could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
-    #[error("cannot read chain file {path}: {source}; check the path and its permissions")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    /// The OS error is part of the message, not a `source`: printed once.
+    #[error("cannot read chain file {path}: {cause}; check the path and its permissions")]
+    Read { path: PathBuf, cause: String },
+    #[error(
+        "chain file {path} is {size} bytes; chain files are at most {MAX_FILE_BYTES} bytes (split it, or move large rule sets into rules files)"
+    )]
+    TooLarge { path: PathBuf, size: u64 },
     #[error("{0}")]
     Invalid(Diagnostics),
 }
 
+/// Largest chain file read (its rules files are read by their kinds).
+pub const MAX_FILE_BYTES: u64 = 64 << 20;
+
 /// Reads and validates a chain file.
 pub fn load(path: &Path, registry: &Registry) -> Result<ChainFile, LoadError> {
-    let text = std::fs::read_to_string(path).map_err(|source| LoadError::Read {
+    let read = |cause: String| LoadError::Read {
         path: path.to_path_buf(),
-        source,
-    })?;
+        cause,
+    };
+    let meta = std::fs::metadata(path).map_err(|e| read(e.to_string()))?;
+    if meta.is_dir() {
+        return Err(read("it is a directory".into()));
+    }
+    if meta.len() > MAX_FILE_BYTES {
+        return Err(LoadError::TooLarge {
+            path: path.to_path_buf(),
+            size: meta.len(),
+        });
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| read(e.to_string()))?;
     parse(path, &text, registry).map_err(LoadError::Invalid)
 }
 

@@ -85,6 +85,11 @@ pub const FWD_VALID: u32 = 1;
 /// forwarder forwards by itself (a `forward` function pays nothing for the seam).
 pub const FWD_STAGE: u32 = 2;
 
+/// [`FwdEntry::flags`]: the function's own IP stack forwards (a kind whose packets must cross
+/// it, such as a VPN endpoint): a packet the forwarder would forward goes up the stack instead,
+/// which routes it (the namespace has IP forwarding on) and decrements the TTL itself.
+pub const FWD_STACK: u32 = 4;
+
 /// Name of the stage programs of a chain's functions (`ProgramArray`), indexed by function
 /// slot (`counter_slot >> 1`). A tail call into an empty element fails, and the forwarder drops
 /// the packet as [`DROP_NO_STAGE`]: a function whose stage is not loaded never passes traffic

@@ -41,7 +41,7 @@ use aya_ebpf::{
 use aya_log_ebpf::{debug, trace};
 use netfn_common::{
     DROP_MALFORMED, DROP_NO_ROUTE, DROP_NO_STAGE, DROP_SPOOFED_IP, DROP_SPOOFED_MAC,
-    DROP_TTL_EXCEEDED, FWD_IFINDEX_BASE, FWD_SOURCES_MAX, FWD_STAGE, FWD_TABLE_DEFAULT_ENTRIES,
+    DROP_TTL_EXCEEDED, FWD_IFINDEX_BASE, FWD_SOURCES_MAX, FWD_STACK, FWD_STAGE, FWD_TABLE_DEFAULT_ENTRIES,
     FWD_VALID, FnCounters, FwdEntry, FwdRow, SourceKey,
 };
 
@@ -230,6 +230,10 @@ fn decide(data: usize, data_end: usize, ifindex: u32) -> Verdict {
     }
     let dst: u32 = read(ip + 16);
     if dst == e.local_addrs[0] || dst == e.local_addrs[1] || !mac_eq(data, &e.own_mac) {
+        return Verdict::ToStack { slot };
+    }
+    // A function whose own stack forwards (FWD_STACK) gets every packet, checked as above.
+    if e.flags & FWD_STACK != 0 {
         return Verdict::ToStack { slot };
     }
     let ttl: u8 = read(ip + 8);

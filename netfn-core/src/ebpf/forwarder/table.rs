@@ -6,7 +6,7 @@ use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
 use aya::maps::{Array, Map, MapData, MapError, MapInfo, PerCpuArray, PerCpuValues};
-use netfn_common::{FWD_STAGE, FWD_VALID, FnCounters, FwdEntry, FwdRow, mac_words};
+use netfn_common::{FWD_STACK, FWD_STAGE, FWD_VALID, FnCounters, FwdEntry, FwdRow, mac_words};
 
 use crate::ebpf::{EbpfError, remove_file_if_present};
 use crate::plan::{self, ForwarderEntry};
@@ -18,11 +18,9 @@ pub fn fwd_entry(e: &ForwarderEntry) -> FwdEntry {
     let (next, out) = (mac_words(e.next_mac), mac_words(e.out_mac));
     let eth_rewrite = [next[0], next[1], next[2], out[0], out[1], out[2]];
     FwdEntry {
-        flags: if e.stage {
-            FWD_VALID | FWD_STAGE
-        } else {
-            FWD_VALID
-        },
+        flags: FWD_VALID
+            | if e.stage { FWD_STAGE } else { 0 }
+            | if e.to_stack { FWD_STACK } else { 0 },
         redirect_ifindex: e.out_ifindex,
         counter_slot: e.counter_slot(),
         peer_addr: net(e.peer_addr),
@@ -175,6 +173,7 @@ mod tests {
             peer_addr: "10.1.0.2".parse().unwrap(),
             allowed_sources: "10.1.0.0/24".parse().unwrap(),
             extra_sources: Vec::new(),
+            to_stack: false,
             local_addrs: ["10.1.0.1".parse().unwrap(), "100.64.0.0".parse().unwrap()],
             next_mac: [2, 0, 0, 0, 0, 3],
             out_mac: [2, 0, 0, 0, 0, 4],
