@@ -61,6 +61,9 @@ struct ChainFacts {
     endpoints: Vec<Endpoint>,
 }
 
+/// The TTL Linux gives the packets it sends (`net.ipv4.ip_default_ttl`).
+const DEFAULT_TTL: usize = 64;
+
 impl<'a> Checker<'a, '_> {
     /// Checks every chain, then the file as a whole. Returns the chains that passed.
     pub(super) fn file(&mut self, file: RawFile<'_>) -> Vec<ChainSpec> {
@@ -110,6 +113,7 @@ impl<'a> Checker<'a, '_> {
         let ingress = raw.ingress.and_then(|e| self.endpoint(&label, e));
         let egress = raw.egress.and_then(|e| self.endpoint(&label, e));
         let function_count = raw.functions.len();
+        self.chain_length(&label, &raw.span, function_count);
         let functions = self.functions(&label, raw.functions);
 
         if let (Some(i), Some(e)) = (&ingress, &egress) {
@@ -143,6 +147,26 @@ impl<'a> Checker<'a, '_> {
             _ => None,
         };
         (spec, ChainFacts { label, endpoints })
+    }
+
+    /// Every function decrements the TTL as a router does: a packet a host sends with TTL 64
+    /// (Linux's default) is dropped at the 64th function, so a longer chain is valid but traffic
+    /// from such hosts cannot cross it. Said as a warning, with what to do.
+    fn chain_length(&mut self, label: &str, span: &Range<usize>, functions: usize) {
+        if functions >= DEFAULT_TTL {
+            self.rep.warning(
+                span.clone(),
+                format!(
+                    "{label}: {functions} functions each decrement the TTL: a packet sent with \
+                     TTL {DEFAULT_TTL} (Linux's default) is dropped at function {DEFAULT_TTL} and \
+                     never reaches the far endpoint"
+                ),
+                Some(format!(
+                    "keep chains under {DEFAULT_TTL} functions (split this one), or raise the \
+                     endpoints' TTL (sysctl net.ipv4.ip_default_ttl, up to 255)"
+                )),
+            );
+        }
     }
 
     fn chain_name(&mut self, name: Str) -> Option<String> {

@@ -486,3 +486,32 @@ fn a_chain_needs_functions() {
     assert_eq!(message, "chain `edge` has no functions");
     assert!(hint.contains("[[chain.function]]"), "{hint}");
 }
+
+/// A chain of `n` forward functions.
+fn chain_of(n: usize) -> String {
+    let mut text = String::from(
+        "[[chain]]\nname = \"long\"\ntransit = \"100.64.0.0/16\"\n\n[chain.ingress]\naddress = \
+         \"10.1.0.2/24\"\n\n[chain.egress]\naddress = \"10.2.0.2/24\"\n",
+    );
+    for i in 0..n {
+        text.push_str(&format!(
+            "\n[[chain.function]]\nname = \"f{i}\"\nkind = \"forward\"\n"
+        ));
+    }
+    text
+}
+
+#[test]
+fn a_chain_longer_than_a_ttl_of_64_can_cross_is_valid_but_warned_about() {
+    let registry = super::test_support::registry();
+    let parse = |n| crate::spec::parse(std::path::Path::new("t.toml"), &chain_of(n), &registry);
+    let short = parse(63).expect("63 functions are valid");
+    assert!(short.warnings.is_empty(), "{}", short.warnings);
+    let long = parse(64).expect("64 functions are valid");
+    let warnings = long.warnings.to_string();
+    assert!(
+        warnings.contains("64 functions each decrement the TTL")
+            && warnings.contains("net.ipv4.ip_default_ttl"),
+        "{warnings}"
+    );
+}
