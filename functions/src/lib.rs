@@ -5,6 +5,7 @@ pub mod firewall;
 mod forward;
 pub mod lb;
 mod maps;
+pub mod wireguard;
 
 use netfn_core::function::Registry;
 
@@ -14,6 +15,7 @@ pub fn registry() -> Registry {
     r.register(forward::Forward);
     r.register(firewall::Firewall);
     r.register(lb::LoadBalancer);
+    r.register(wireguard::WireGuard);
     r
 }
 

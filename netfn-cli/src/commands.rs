@@ -349,9 +349,10 @@ pub fn graph(file: &Path, format: graph::Format) -> Result<ExitCode> {
 
 pub fn kinds() -> Result<ExitCode> {
     let registry = netfn_functions::registry();
+    let width = registry.names().map(str::len).max().unwrap_or(0);
     for name in registry.names() {
         let summary = registry.get(name).map(|k| k.summary()).unwrap_or_default();
-        println!("{name:<12} {summary}");
+        println!("{name:<width$}  {summary}");
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -377,5 +378,24 @@ pub fn features(json: bool) -> Result<ExitCode> {
         "{}",
         output::table(&["FEATURE", "AVAILABLE", "DETAIL"], &rows)
     );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `netfn wg genkey` (a new private key) and `netfn wg pubkey` (the public key of the private
+/// key on stdin), printed as `wg` prints them.
+pub fn wg(genkey: bool) -> Result<ExitCode> {
+    use netfn_functions::wireguard::keys;
+    let line = if genkey {
+        keys::generate().map_err(|e| anyhow::anyhow!(e))?
+    } else {
+        let mut private = String::new();
+        std::io::stdin()
+            .read_line(&mut private)
+            .context("read the private key from stdin")?;
+        keys::public_of(&private).map_err(|why| {
+            anyhow::anyhow!("the key on stdin {why}: give a key `netfn wg genkey` made")
+        })?
+    };
+    println!("{line}");
     Ok(ExitCode::SUCCESS)
 }

@@ -153,12 +153,36 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// WireGuard keys, as `wg` makes them.
+    #[command(after_help = "Examples:
+  umask 077; netfn wg genkey > vpn.key
+  netfn wg pubkey < vpn.key")]
+    Wg {
+        #[command(subcommand)]
+        command: WgCommand,
+    },
+    /// Runs a WireGuard function's userspace data plane (started by `netfn up`, not by hand).
+    #[command(hide = true)]
+    WireguardEndpoint {
+        #[arg(long, value_parser = chain_name)]
+        chain: String,
+        #[arg(long)]
+        function: String,
+    },
     /// Run the host agent in the foreground: /metrics, chain probes, runtime tasks.
     #[command(after_help = "Examples:
   sudo netfn agent
   sudo netfn agent --listen 0.0.0.0:9847 --probe-interval 250ms
   sudo systemctl enable --now netfn-agent   # the installed unit runs `netfn agent`")]
     Agent(agent::AgentArgs),
+}
+
+#[derive(Subcommand)]
+enum WgCommand {
+    /// Print a new private key (base64) on stdout.
+    Genkey,
+    /// Read a private key on stdin, print its public key.
+    Pubkey,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -211,6 +235,12 @@ fn main() -> ExitCode {
         Command::Logs { chain, follow } => commands::logs(&chain, follow),
         Command::Kinds => commands::kinds(),
         Command::Agent(args) => agent::run(args),
+        Command::Wg { command } => commands::wg(matches!(command, WgCommand::Genkey)),
+        Command::WireguardEndpoint { chain, function } => {
+            netfn_functions::wireguard::endpoint::run(&chain, &function)
+                .map(|()| ExitCode::SUCCESS)
+                .map_err(|e| anyhow::anyhow!("WireGuard endpoint {chain}/{function}: {e}"))
+        }
         Command::Features { json } => commands::features(json),
     };
     report(result)

@@ -161,10 +161,13 @@ pub fn leftovers(chain: &str) -> Vec<String> {
             }
         }
     }
-    for ext in ["json", "json.tmp", "lock"] {
-        let p = PathBuf::from(format!("/run/netfn/chains/{chain}.{ext}"));
-        if p.exists() {
-            left.push(p.display().to_string());
+    // The record, its lock, and the files of the kinds' processes (`CHAIN.FUNCTION.pid`…).
+    if let Ok(dir) = std::fs::read_dir("/run/netfn/chains") {
+        for e in dir.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with(&format!("{chain}.")) {
+                left.push(format!("/run/netfn/chains/{name}"));
+            }
         }
     }
     let pins = PathBuf::from(format!("/sys/fs/bpf/netfn/{chain}"));

@@ -33,9 +33,11 @@ use clap::Args;
 use crate::package::{self, UNIT_NAME, UNIT_TEMPLATE};
 use crate::util;
 
-/// What netfn runs at run time: `ip`, and `nft` for kernel-mode firewalls; wireguard-tools joins
-/// when that kind lands.
+/// What netfn runs at run time: `ip`, and `nft` for the firewall's and the load balancer's
+/// kernel-mode forms.
 const RUNTIME_DEPENDS: &[&str] = &["iproute2", "nftables"];
+/// What operators use beside it: `wg` shows a WireGuard function's endpoint (`wg show`).
+const RUNTIME_RECOMMENDS: &[&str] = &["wireguard-tools"];
 
 const SUMMARY: &str = "service chains of network functions in Linux namespaces";
 const DESCRIPTION: &str = "\
@@ -419,6 +421,7 @@ pub fn build(args: DebArgs) -> Result<()> {
     writeln!(control, "Maintainer: {maintainer}")?;
     writeln!(control, "Installed-Size: {size}")?;
     writeln!(control, "Depends: {}", depends.join(", "))?;
+    writeln!(control, "Recommends: {}", RUNTIME_RECOMMENDS.join(", "))?;
     writeln!(control, "Section: net")?;
     writeln!(control, "Priority: optional")?;
     writeln!(control, "Description: {SUMMARY}")?;

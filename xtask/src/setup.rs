@@ -2,7 +2,8 @@
 //!
 //! Setup installs, idempotently and without questions, everything a fresh machine of our kind
 //! (Debian 12, root, rustup with stable and nightly, cargo-nextest, gcc) lacks: nightly's
-//! rust-src, Debian packages, bpf-linker built against LLVM 22, and a bpffs mount. Each step
+//! rust-src, Debian packages, bpf-linker built against LLVM 22, cargo-fuzz (`cargo xtask fuzz`),
+//! and a bpffs mount. Each step
 //! says what it did or why it skipped.
 
 use std::collections::BTreeSet;
@@ -28,6 +29,12 @@ pub const PACKAGES: &[&str] = &[
     "prometheus",
     // The firewall's kernel-mode form (nft loads its rules) and its benchmark's peer.
     "nftables",
+    // The WireGuard kind's peers in tests and the demo (`wg`, and wireguard-go's userspace
+    // endpoint), and `wg show` against netfn's endpoints.
+    "wireguard-tools",
+    "wireguard-go",
+    // The demo's web servers behind the load balancer (python3 -m http.server).
+    "python3",
     // `cargo xtask deb` (dpkg-deb, dpkg-shlibdeps; strip from binutils) and its test (lintian),
     // the install test (`man -l` renders every page).
     "dpkg-dev",
@@ -40,6 +47,8 @@ pub const PACKAGES: &[&str] = &[
 pub const OPTIONAL_PACKAGES: &[&str] = &["bpftool", "librsvg2-bin"];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
+/// cargo-fuzz for `cargo xtask fuzz` (it builds the targets with nightly's libFuzzer support).
+const CARGO_FUZZ_VERSION: &str = "0.13.2";
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 const BPFFS: &str = "/sys/fs/bpf";
 
@@ -48,6 +57,7 @@ pub fn run() -> Result<()> {
     rust_src()?;
     apt_packages()?;
     bpf_linker()?;
+    cargo_fuzz()?;
     bpffs()?;
     println!("== setup done");
     Ok(())
@@ -245,6 +255,50 @@ fn bpf_linker() -> Result<()> {
             ]),
     )?;
     step("bpf-linker", &format!("{BPF_LINKER_VERSION} installed"));
+    Ok(())
+}
+
+/// cargo-fuzz at [`CARGO_FUZZ_VERSION`], with the versions its lock file pins (`--locked`);
+/// `cargo xtask fuzz` calls this too.
+pub fn cargo_fuzz() -> Result<()> {
+    let path = ebpf::path_with_cargo_bin();
+    if let Some(bin) = ebpf::find_in(&path, "cargo-fuzz") {
+        let version = Command::new("cargo")
+            .env("PATH", &path)
+            .args(["fuzz", "--version"])
+            .output()
+            .map(|out| String::from_utf8_lossy(&out.stdout).trim().to_string())
+            .unwrap_or_default();
+        if version.split_whitespace().any(|w| w == CARGO_FUZZ_VERSION) {
+            step(
+                "cargo-fuzz",
+                &format!("{version} present at {}, skipped", bin.display()),
+            );
+            return Ok(());
+        }
+        step(
+            "cargo-fuzz",
+            &format!(
+                "found `{version}` at {}, installing {CARGO_FUZZ_VERSION}",
+                bin.display()
+            ),
+        );
+    }
+    util::run(
+        Command::new("cargo")
+            .env("PATH", &path)
+            .env_remove("RUSTUP_TOOLCHAIN")
+            .env_remove("CARGO_TARGET_DIR")
+            .env_remove("RUSTFLAGS")
+            .args([
+                "install",
+                "cargo-fuzz",
+                "--version",
+                CARGO_FUZZ_VERSION,
+                "--locked",
+            ]),
+    )?;
+    step("cargo-fuzz", &format!("{CARGO_FUZZ_VERSION} installed"));
     Ok(())
 }
 

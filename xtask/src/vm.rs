@@ -56,7 +56,16 @@ const MODULES: &[&str] = &[
 
 /// Host programs shipped when the host has them (busybox provides the rest): iproute2's `ip`
 /// knows `ip netns`, busybox's does not.
-const HOST_TOOLS: &[&str] = &["ip", "tc", "ping", "iperf3", "wg", "bpftool", "nft"];
+const HOST_TOOLS: &[&str] = &[
+    "ip",
+    "tc",
+    "ping",
+    "iperf3",
+    "wg",
+    "wireguard-go",
+    "bpftool",
+    "nft",
+];
 
 #[derive(Args)]
 pub struct VmTestArgs {

@@ -56,6 +56,14 @@ pub(crate) fn start_one(
             }
         }
     }
+    if let Some(args) = config.process(&ctx) {
+        // A changed function's process starts again with the new settings.
+        if !fresh {
+            super::processes::stop(&plan.chain, name);
+        }
+        super::processes::start(&plan.chain, name, &args)
+            .map_err(|e| ObjectError::Process(Box::new(e)))?;
+    }
     if plan.fastpath == FastPath::Kernel {
         if let Some(form) = config.kernel_form(&ctx) {
             let failed = |source| ObjectError::KernelForm {
@@ -113,6 +121,7 @@ pub(crate) fn stop(plan: &ChainPlan, name: &str) -> Result<(), ObjectError> {
     let Some((h, hop)) = plan.hop(name) else {
         return Ok(());
     };
+    super::processes::stop(&plan.chain, name);
     if plan.fastpath == FastPath::Kernel || !hop.stage {
         return Ok(());
     }

@@ -311,6 +311,12 @@ pub fn down(
 fn teardown(mut record: ChainState, rt: &tokio::runtime::Runtime) -> Result<(), LifecycleError> {
     record.phase = Phase::TearingDown;
     state::save(&mut record)?;
+    // The kinds' own processes go first: they hold devices in the namespaces about to go.
+    for plan in std::iter::once(&record.plan).chain(record.previous.as_ref()) {
+        for hop in plan.hops.iter().skip(1) {
+            super::processes::stop(&plan.chain, &hop.name);
+        }
+    }
     let mut errors = objects::remove(&record.plan, rt.handle(), &record.foreign);
     if let Some(previous) = &record.previous {
         // An apply was interrupted: what only the old plan had must go too.

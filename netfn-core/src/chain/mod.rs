@@ -9,5 +9,6 @@ pub mod apply;
 pub mod graph;
 pub(crate) mod kinds;
 pub mod lifecycle;
+pub mod processes;
 pub mod state;
 pub mod status;

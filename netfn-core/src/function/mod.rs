@@ -119,6 +119,16 @@ pub trait FunctionConfig: fmt::Debug + Send + Sync + Any {
     /// packets go (a load balancer's VIPs toward ingress, a VPN's decapsulated clients toward
     /// egress): the forwarder's anti-spoofing check of the functions they cross next lets them
     /// through.
+    /// A process of the kind's own that runs for the function while its chain is up (a
+    /// userspace VPN data plane): the arguments of the netfn binary that runs it. `up` starts it
+    /// in a session of its own (it outlives netfn and the agent) and waits until it creates its
+    /// ready file (`netfn_core::chain::processes::ready_file`); `down` stops it; the agent starts
+    /// it again if it dies (through the kind's task). `None` (the default): no process.
+    fn process(&self, ctx: &FunctionContext) -> Option<Vec<String>> {
+        let _ = ctx;
+        None
+    }
+
     /// The function's packets must cross its own IP stack (a VPN endpoint, a program an
     /// operator brings): in tc/xdp chains the forwarder hands them to the stack, which forwards
     /// with IP forwarding on. The default (false) keeps them on the fast path.

@@ -40,6 +40,9 @@ pub enum ObjectError {
         #[source]
         source: Box<super::nft::NftError>,
     },
+    /// A kind's own process (see `crate::chain::processes`).
+    #[error(transparent)]
+    Process(Box<crate::chain::processes::ProcessError>),
 }
 
 impl From<EbpfError> for ObjectError {

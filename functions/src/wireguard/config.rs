@@ -1,0 +1,362 @@
+//! The WireGuard endpoint's settings, in the spirit of a wg-quick file, checked into
+//! [`WgSettings`]. Keys are files (never inline), refused when group or others can read them;
+//! the record keeps their paths, never their content.
+//!
+//! ```toml
+//! [[chain.function]]
+//! name = "vpn"
+//! kind = "wireguard"
+//! side = "ingress"                   # the side of the chain the tunnel faces
+//! private_key_file = "vpn.key"       # relative to the chain file; mode 600
+//! listen_port = 51820
+//! address = ["10.99.0.1/24"]         # the endpoint's tunnel addresses
+//! mtu = 1420
+//! backend = "auto"                   # auto | kernel | userspace
+//!
+//! [[chain.function.peer]]
+//! public_key = "hSDwCYkwp1R0i33ctD73Wg2/Og0mOBr066SpjqqbTmo="
+//! preshared_key_file = "peer1.psk"   # optional
+//! allowed_ips = ["10.99.0.2/32"]
+//! endpoint = "10.1.0.2:51820"        # optional: the peer's address, else learned from it
+//! persistent_keepalive = 25          # optional, seconds
+//! ```
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use ipnet::{IpNet, Ipv4Net};
+use netfn_core::function::{ChainAddresses, SettingError, Settings};
+use serde::{Deserialize, Serialize};
+use toml::Spanned;
+
+use super::keys;
+
+/// Which side of the chain the tunnel faces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Side {
+    Ingress,
+    Egress,
+}
+
+/// Which data plane runs the endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    /// The kernel module where the kernel has it, else userspace.
+    Auto,
+    Kernel,
+    Userspace,
+}
+
+/// A checked WireGuard endpoint.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WgSettings {
+    pub side: Side,
+    /// Absolute path of the private key file.
+    pub private_key_file: PathBuf,
+    pub listen_port: u16,
+    pub address: Vec<Ipv4Net>,
+    pub mtu: u16,
+    pub backend: Backend,
+    pub peers: Vec<PeerConf>,
+    /// Where the peers' allowed IPs were written (not recorded).
+    #[serde(skip)]
+    pub spans: Vec<Range<usize>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerConf {
+    /// Base64, as `wg` shows it (a public key is no secret).
+    pub public_key: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preshared_key_file: Option<PathBuf>,
+    pub allowed_ips: Vec<Ipv4Net>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<SocketAddr>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub persistent_keepalive: Option<u16>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWg {
+    side: Spanned<String>,
+    private_key_file: Spanned<String>,
+    listen_port: Option<Spanned<i64>>,
+    address: Spanned<Vec<Spanned<String>>>,
+    mtu: Option<Spanned<i64>>,
+    backend: Option<Spanned<String>>,
+    #[serde(default)]
+    peer: Vec<Spanned<RawPeer>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPeer {
+    public_key: Spanned<String>,
+    preshared_key_file: Option<Spanned<String>>,
+    allowed_ips: Spanned<Vec<Spanned<String>>>,
+    endpoint: Option<Spanned<String>>,
+    persistent_keepalive: Option<Spanned<i64>>,
+}
+
+#[derive(Default)]
+struct Sink(Vec<SettingError>);
+
+impl Sink {
+    fn error(&mut self, span: Range<usize>, message: String, hint: impl Into<Option<String>>) {
+        self.0.push(SettingError::new(span, message, hint.into()));
+    }
+}
+
+/// Checks a WireGuard endpoint's settings; `Err` holds every problem found.
+pub fn parse(settings: Settings<'_>) -> Result<WgSettings, Vec<SettingError>> {
+    let base = settings.base_dir().to_path_buf();
+    let raw: RawWg = settings.deserialize().map_err(|mut e| {
+        e.hint = Some(
+            "a wireguard function takes side, private_key_file, listen_port, address, mtu, \
+             backend and [[chain.function.peer]] tables (see docs/chain-format.md)"
+                .into(),
+        );
+        vec![e]
+    })?;
+    let mut sink = Sink::default();
+    let side = match raw.side.get_ref().as_str() {
+        "ingress" => Side::Ingress,
+        "egress" => Side::Egress,
+        other => {
+            sink.error(
+                raw.side.span(),
+                format!("unknown side `{other}`"),
+                "`side` is the side of the chain the tunnel faces: ingress or egress".to_string(),
+            );
+            Side::Ingress
+        }
+    };
+    let private_key_file = key_file(&mut sink, &base, &raw.private_key_file);
+    let listen_port = match &raw.listen_port {
+        None => 51820,
+        Some(p) => match u16::try_from(*p.get_ref()) {
+            Ok(p) if p > 0 => p,
+            _ => {
+                sink.error(
+                    p.span(),
+                    format!("listen_port {} is out of range", p.get_ref()),
+                    "use a port from 1 to 65535 (WireGuard's is 51820)".to_string(),
+                );
+                0
+            }
+        },
+    };
+    let mut address = Vec::new();
+    for a in raw.address.get_ref() {
+        if let Some(net) = prefix(&mut sink, "address", a) {
+            address.push(net);
+        }
+    }
+    if raw.address.get_ref().is_empty() {
+        sink.error(
+            raw.address.span(),
+            "the endpoint needs a tunnel address".into(),
+            "e.g. address = [\"10.99.0.1/24\"]".to_string(),
+        );
+    }
+    let mtu = match &raw.mtu {
+        None => 1420,
+        Some(m) => match u16::try_from(*m.get_ref()) {
+            Ok(m) if (1280..=9000).contains(&m) => m,
+            _ => {
+                sink.error(
+                    m.span(),
+                    format!("mtu {} is out of range", m.get_ref()),
+                    "use 1280 to 9000 (1420 fits a 1500-byte path)".to_string(),
+                );
+                1420
+            }
+        },
+    };
+    let backend = match raw.backend.as_ref().map(|b| (b, b.get_ref().as_str())) {
+        None | Some((_, "auto")) => Backend::Auto,
+        Some((_, "userspace")) => Backend::Userspace,
+        Some((b, "kernel")) => {
+            sink.error(
+                b.span(),
+                "the kernel backend is not available in this netfn yet".into(),
+                "use backend = \"auto\" or \"userspace\" (netfn's userspace data plane)"
+                    .to_string(),
+            );
+            Backend::Kernel
+        }
+        Some((b, other)) => {
+            sink.error(
+                b.span(),
+                format!("unknown backend `{other}`"),
+                "use auto, kernel or userspace".to_string(),
+            );
+            Backend::Auto
+        }
+    };
+    let mut peers = Vec::new();
+    let mut spans = Vec::new();
+    let mut keys_seen = HashSet::new();
+    let mut claimed: Vec<(Ipv4Net, Range<usize>)> = Vec::new();
+    for p in raw.peer {
+        let p = p.into_inner();
+        if let Err(why) = keys::decode(p.public_key.get_ref()) {
+            sink.error(
+                p.public_key.span(),
+                format!("public_key {why}"),
+                "a public key is 44 characters of base64, as `wg pubkey` prints it".to_string(),
+            );
+        } else if !keys_seen.insert(p.public_key.get_ref().trim().to_string()) {
+            sink.error(
+                p.public_key.span(),
+                "this public key is already a peer".into(),
+                "list each peer once; give it several allowed_ips".to_string(),
+            );
+        }
+        let preshared_key_file = p
+            .preshared_key_file
+            .as_ref()
+            .and_then(|f| key_file(&mut sink, &base, f));
+        let mut allowed_ips = Vec::new();
+        for a in p.allowed_ips.get_ref() {
+            let Some(net) = prefix(&mut sink, "allowed_ips", a) else {
+                continue;
+            };
+            if let Some((other, _)) = claimed
+                .iter()
+                .find(|(o, _)| o.contains(&net.network()) || net.contains(&o.network()))
+            {
+                sink.error(
+                    a.span(),
+                    format!("allowed IP {net} overlaps {other}, another peer's"),
+                    "a packet must have one peer to go to: make the peers' allowed_ips disjoint"
+                        .to_string(),
+                );
+            }
+            claimed.push((net, a.span()));
+            allowed_ips.push(net);
+        }
+        if allowed_ips.is_empty() && p.allowed_ips.get_ref().is_empty() {
+            sink.error(
+                p.allowed_ips.span(),
+                "a peer needs allowed_ips".into(),
+                "the addresses the peer sends from and is sent to, e.g. [\"10.99.0.2/32\"]"
+                    .to_string(),
+            );
+        }
+        let endpoint = p.endpoint.as_ref().and_then(|e| {
+            e.get_ref()
+                .parse::<SocketAddr>()
+                .map_err(|_| {
+                    sink.error(
+                        e.span(),
+                        format!("endpoint `{}` is not ADDRESS:PORT", e.get_ref()),
+                        "e.g. \"192.0.2.7:51820\"".to_string(),
+                    )
+                })
+                .ok()
+        });
+        let persistent_keepalive = p.persistent_keepalive.as_ref().and_then(|k| {
+            u16::try_from(*k.get_ref())
+                .map_err(|_| {
+                    sink.error(
+                        k.span(),
+                        format!("persistent_keepalive {} is out of range", k.get_ref()),
+                        "seconds from 0 (off) to 65535; 25 keeps most NATs open".to_string(),
+                    )
+                })
+                .ok()
+                .filter(|&k| k > 0)
+        });
+        spans.push(p.allowed_ips.span());
+        peers.push(PeerConf {
+            public_key: p.public_key.into_inner().trim().to_string(),
+            preshared_key_file,
+            allowed_ips,
+            endpoint,
+            persistent_keepalive,
+        });
+    }
+    if !sink.0.is_empty() {
+        return Err(sink.0);
+    }
+    Ok(WgSettings {
+        side,
+        private_key_file: private_key_file.unwrap_or_default(),
+        listen_port,
+        address,
+        mtu,
+        backend,
+        peers,
+        spans,
+    })
+}
+
+/// A key file: resolved against the chain file's directory, readable by its owner only, a key.
+fn key_file(sink: &mut Sink, base: &Path, value: &Spanned<String>) -> Option<PathBuf> {
+    let path = base.join(value.get_ref());
+    match keys::read_file(&path) {
+        Ok(_) => Some(path),
+        Err(why) => {
+            sink.error(
+                value.span(),
+                why,
+                "make one with `netfn wg genkey > FILE` (umask 077), or `wg genkey`".to_string(),
+            );
+            None
+        }
+    }
+}
+
+fn prefix(sink: &mut Sink, what: &str, value: &Spanned<String>) -> Option<Ipv4Net> {
+    match value.get_ref().parse::<IpNet>() {
+        Ok(IpNet::V4(n)) => Some(n),
+        Ok(IpNet::V6(_)) => {
+            sink.error(
+                value.span(),
+                format!("{what} {} is IPv6: not yet", value.get_ref()),
+                "chains are IPv4 today".to_string(),
+            );
+            None
+        }
+        Err(_) => {
+            sink.error(
+                value.span(),
+                format!("{what} `{}` is not a prefix", value.get_ref()),
+                "e.g. \"10.99.0.2/32\"".to_string(),
+            );
+            None
+        }
+    }
+}
+
+impl WgSettings {
+    /// Allowed IPs that clash with the chain's own subnets (their packets would be taken for
+    /// the chain's).
+    pub fn check_in_chain(&self, chain: &ChainAddresses<'_>) -> Vec<SettingError> {
+        let mut out = Vec::new();
+        for (peer, span) in self.peers.iter().zip(&self.spans) {
+            for net in &peer.allowed_ips {
+                for subnet in [chain.ingress_subnet, chain.egress_subnet] {
+                    if subnet.contains(&net.network()) || net.contains(&subnet.network()) {
+                        out.push(SettingError::new(
+                            span.clone(),
+                            format!("allowed IP {net} overlaps the chain's subnet {subnet}"),
+                            Some(
+                                "the tunnel's addresses must be their own: pick allowed_ips \
+                                 outside the endpoints' subnets"
+                                    .into(),
+                            ),
+                        ));
+                    }
+                }
+            }
+        }
+        out
+    }
+}

@@ -1,0 +1,201 @@
+//! The userspace data plane: one process per WireGuard function (`netfn wireguard-endpoint
+//! --chain C --function F`, started by `up` through the seam's `process`), running GotaTun (a
+//! maintained fork of boringtun) on a TUN device in the function's namespace.
+//!
+//! It reads the function's recorded settings (key file paths, never keys) and its key files,
+//! enters the function's namespace on the main thread before any other thread exists (so every
+//! thread, socket and device it makes is there), builds the device with the cross-platform UAPI
+//! socket `/var/run/wireguard/<interface>.sock` (so `wg show` works against it), gives the
+//! interface its addresses, MTU and the peers' routes, says it is ready, and runs until SIGTERM.
+
+use std::net::IpAddr;
+
+use gotatun::device::uapi::UapiServer;
+use gotatun::device::{DeviceBuilder, Peer};
+use gotatun::x25519::{PublicKey, StaticSecret};
+use netfn_core::chain::{processes, state};
+use netfn_core::kernel::netns;
+use netfn_core::plan::HopRole;
+
+use super::config::WgSettings;
+use super::keys;
+
+/// The interface name of function `function` of `chain`: unique on the host (the UAPI socket's
+/// directory is shared by every namespace), at most 15 bytes.
+pub fn interface_name(chain: &str, function: &str) -> String {
+    let mut h: u32 = 0x811c_9dc5;
+    for b in chain.bytes().chain([b'/']).chain(function.bytes()) {
+        h = (h ^ u32::from(b)).wrapping_mul(0x0100_0193);
+    }
+    format!("nfwg{h:08x}")
+}
+
+/// The arguments of the netfn binary that runs the endpoint of `function` in `chain`.
+pub fn args(chain: &str, function: &str) -> Vec<String> {
+    [
+        "wireguard-endpoint",
+        "--chain",
+        chain,
+        "--function",
+        function,
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+/// Runs the endpoint until SIGTERM or SIGINT.
+pub fn run(chain: &str, function: &str) -> Result<(), String> {
+    let record = state::load(chain)
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| format!("chain `{chain}` has no record: is it up?"))?;
+    let (_, hop) = record
+        .plan
+        .hop(function)
+        .ok_or_else(|| format!("chain `{chain}` has no function `{function}`"))?;
+    let HopRole::Function { settings, .. } = &hop.role else {
+        return Err(format!("`{function}` is not a function"));
+    };
+    let settings: WgSettings = settings
+        .parse()
+        .map_err(|e| format!("the recorded settings of `{function}`: {e}"))?;
+    let private = keys::read_file(&settings.private_key_file)?;
+    // Where peers were heard from before a restart: the new instance can reach them at once.
+    let known = remembered_endpoints(chain, function);
+    let mut peers = Vec::new();
+    let mut reachable = Vec::new();
+    for p in &settings.peers {
+        let key = keys::decode(&p.public_key).map_err(|why| format!("a peer's key {why}"))?;
+        let mut peer =
+            Peer::new(PublicKey::from(key)).with_allowed_ips(p.allowed_ips.iter().filter_map(
+                |n| ipnetwork::IpNetwork::new(IpAddr::V4(n.network()), n.prefix_len()).ok(),
+            ));
+        if let Some(e) = p.endpoint.or_else(|| known.get(&p.public_key).copied()) {
+            peer = peer.with_endpoint(e);
+            reachable.push(PublicKey::from(key));
+        }
+        peer.keepalive = p.persistent_keepalive;
+        if let Some(f) = &p.preshared_key_file {
+            peer.preshared_key = Some(keys::read_file(f)?);
+        }
+        peers.push(peer);
+    }
+    netns::enter(&hop.netns.name).map_err(|e| e.to_string())?;
+    let name = interface_name(chain, function);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| format!("start the runtime: {e}"))?;
+    runtime.block_on(async {
+        let uapi = UapiServer::default_unix_socket(&name, None, None)
+            .map_err(|e| format!("serve the UAPI socket of {name}: {e}"))?;
+        let device = DeviceBuilder::new()
+            .with_default_udp()
+            .create_tun(&name)
+            .map_err(|e| format!("create the TUN device {name}: {e}"))?
+            .with_uapi(uapi)
+            .with_private_key(StaticSecret::from(private))
+            .with_listen_port(settings.listen_port)
+            .with_peers(peers)
+            .build()
+            .await
+            .map_err(|e| format!("start the WireGuard device {name}: {e}"))?;
+        configure_interface(&name, &settings)?;
+        // A restarted endpoint has no sessions; the peers' data would be dropped until their
+        // timers made them handshake again (15 s and more). Handshake with every peer it can
+        // reach now instead.
+        for key in &reachable {
+            if let Err(e) = device.force_handshake(key).await {
+                tracing::warn!("endpoint {name}: a handshake with a known peer failed: {e}");
+            }
+        }
+        std::fs::write(processes::ready_file(chain, function), b"")
+            .map_err(|e| format!("say it is ready: {e}"))?;
+        tracing::info!(
+            "endpoint {name} up: {} peer(s), listening on port {}",
+            settings.peers.len(),
+            settings.listen_port
+        );
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .map_err(|e| e.to_string())?;
+        let mut remember = tokio::time::interval(std::time::Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                _ = term.recv() => break,
+                _ = tokio::signal::ctrl_c() => break,
+                _ = remember.tick() => remember_endpoints(chain, function, &name),
+            }
+        }
+        device.stop().await;
+        // The socket would outlive the endpoint otherwise (`wg show` would list a dead one).
+        let _ = std::fs::remove_file(format!("/var/run/wireguard/{name}.sock"));
+        Ok(())
+    })
+}
+
+/// Addresses, MTU and the peers' routes of the tunnel interface (in the namespace the process
+/// is in), with iproute2.
+fn configure_interface(name: &str, s: &WgSettings) -> Result<(), String> {
+    let ip = |args: &[&str]| -> Result<(), String> {
+        let out = std::process::Command::new("ip")
+            .args(args)
+            .output()
+            .map_err(|e| format!("run ip {}: {e}", args.join(" ")))?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(format!(
+                "ip {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr).trim()
+            ))
+        }
+    };
+    for a in &s.address {
+        ip(&["addr", "replace", &a.to_string(), "dev", name])?;
+    }
+    ip(&["link", "set", "dev", name, "mtu", &s.mtu.to_string(), "up"])?;
+    for p in &s.peers {
+        for net in &p.allowed_ips {
+            ip(&["route", "replace", &net.to_string(), "dev", name])?;
+        }
+    }
+    Ok(())
+}
+
+/// The file of peers' last endpoints (`PUBLIC_KEY ADDRESS:PORT` lines).
+fn endpoints_file(chain: &str, function: &str) -> std::path::PathBuf {
+    processes::state_file(chain, function, "endpoints")
+}
+
+fn remembered_endpoints(
+    chain: &str,
+    function: &str,
+) -> std::collections::HashMap<String, std::net::SocketAddr> {
+    std::fs::read_to_string(endpoints_file(chain, function))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let (key, addr) = l.split_once(' ')?;
+            Some((key.to_string(), addr.parse().ok()?))
+        })
+        .collect()
+}
+
+/// Saves where the peers are now (learned from their handshakes), for a restarted endpoint.
+fn remember_endpoints(chain: &str, function: &str, name: &str) {
+    let name = name.to_string();
+    let Ok(peers) = std::thread::scope(|s| s.spawn(|| super::uapi::peers(&name)).join()) else {
+        return;
+    };
+    let Ok(peers) = peers else { return };
+    let text: String = peers
+        .iter()
+        .filter_map(|p| Some(format!("{} {}\n", p.public_key, p.endpoint?)))
+        .collect();
+    let path = endpoints_file(chain, function);
+    let tmp = path.with_extension("endpoints.tmp");
+    if std::fs::write(&tmp, text).is_ok() {
+        let _ = std::fs::rename(&tmp, &path);
+    }
+}

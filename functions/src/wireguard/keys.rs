@@ -1,0 +1,102 @@
+//! WireGuard keys: Curve25519 keys as base64 text (`wg genkey`, `wg pubkey`), read from files
+//! that nobody but their owner may read. A key is never logged, shown, recorded or put in an
+//! error message: errors name the file, never its content.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use gotatun::x25519::{PublicKey, StaticSecret};
+
+/// A 32-byte key from its base64 text (44 characters, as `wg` writes it).
+pub fn decode(text: &str) -> Result<[u8; 32], String> {
+    let bytes = STANDARD
+        .decode(text.trim())
+        .map_err(|_| "is not base64".to_string())?;
+    <[u8; 32]>::try_from(bytes.as_slice()).map_err(|_| format!("is {} bytes, not 32", bytes.len()))
+}
+
+pub fn encode(key: &[u8; 32]) -> String {
+    STANDARD.encode(key)
+}
+
+/// A new private key (`netfn wg genkey`), base64: 32 bytes from the kernel's random source,
+/// clamped for Curve25519 as `wg genkey` does.
+pub fn generate() -> Result<String, String> {
+    let mut key = [0u8; 32];
+    // SAFETY: getrandom(2) writes at most `key.len()` bytes into `key`.
+    let n = unsafe { libc::getrandom(key.as_mut_ptr().cast(), key.len(), 0) };
+    if usize::try_from(n).ok() != Some(key.len()) {
+        return Err(format!(
+            "the kernel gave no random bytes: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    key[0] &= 248;
+    key[31] = (key[31] & 127) | 64;
+    Ok(encode(&key))
+}
+
+/// The public key of a private key given as base64 (`netfn wg pubkey`).
+pub fn public_of(private: &str) -> Result<String, String> {
+    let secret = StaticSecret::from(decode(private)?);
+    Ok(encode(PublicKey::from(&secret).as_bytes()))
+}
+
+/// Reads a key file: refused when group or others may read it (as `wg` warns), when it is not
+/// a key, or when it cannot be read. The error names the file, never what it holds.
+pub fn read_file(path: &Path) -> Result<[u8; 32], String> {
+    let meta =
+        std::fs::metadata(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let mode = meta.permissions().mode();
+    if mode & 0o077 != 0 {
+        return Err(format!(
+            "{} can be read by group or others (mode {:o}); run `chmod 600 {}`",
+            path.display(),
+            mode & 0o777,
+            path.display()
+        ));
+    }
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    decode(&text)
+        .map_err(|why| format!("{} {why}: it does not hold a WireGuard key", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_public_key_is_derived_as_wg_derives_it() {
+        // RFC 7748's Alice: private key (clamped on use), public key.
+        let private = "dwdtCnMYpX08FsFyUbJmRd9ML4frwJkqsXf7pR25LCo=";
+        assert_eq!(
+            public_of(private).unwrap(),
+            "hSDwCYkwp1R0i33ctD73Wg2/Og0mOBr066SpjqqbTmo="
+        );
+        let fresh = generate().unwrap();
+        assert_eq!(decode(&fresh).unwrap().len(), 32);
+        assert!(decode("not a key").is_err());
+        assert!(decode("AAAA").unwrap_err().contains("3 bytes"));
+    }
+
+    #[test]
+    fn key_files_readable_by_others_are_refused() {
+        let dir = std::env::temp_dir().join(format!("netfn-keys-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("k");
+        let key = generate().unwrap();
+        std::fs::write(&path, &key).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let err = read_file(&path).unwrap_err();
+        assert!(err.contains("chmod 600") && !err.contains(&key), "{err}");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert_eq!(encode(&read_file(&path).unwrap()), key);
+        std::fs::write(&path, "garbage").unwrap();
+        let err = read_file(&path).unwrap_err();
+        assert!(!err.contains("garbage"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

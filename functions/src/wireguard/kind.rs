@@ -1,0 +1,138 @@
+//! `kind = "wireguard"`: the kind's face to core. A stack kind: its packets cross the
+//! function's own IP stack (the forwarder hands them over; IP forwarding is on there), where the
+//! tunnel device decrypts and encrypts; its data plane is a process of its own
+//! ([`super::endpoint`]), started by `up` and restarted by the agent's task if it dies. The
+//! peers' allowed IPs are the sources its neighbours on the far side accept from it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use netfn_core::chain::processes;
+use netfn_core::function::{
+    ChainAddresses, ExtraSource, FunctionConfig, FunctionContext, FunctionKind,
+    FunctionMetricsContext, KindTask, RecordedSettings, SettingError, Settings, TaskContext,
+    TaskRun,
+};
+use netfn_core::plan::Direction;
+
+use super::config::{self, Side, WgSettings};
+use super::endpoint;
+
+pub struct WireGuard;
+
+#[derive(Debug)]
+pub struct WgConfig {
+    pub settings: WgSettings,
+}
+
+impl FunctionConfig for WgConfig {
+    fn kind(&self) -> &'static str {
+        "wireguard"
+    }
+
+    fn record(&self) -> RecordedSettings {
+        RecordedSettings::of(&self.settings)
+    }
+
+    fn uses_stack(&self) -> bool {
+        true
+    }
+
+    fn process(&self, ctx: &FunctionContext) -> Option<Vec<String>> {
+        Some(endpoint::args(&ctx.chain, &ctx.function))
+    }
+
+    fn change_in_place(&self, _old: &dyn FunctionConfig) -> Result<(), String> {
+        Err(
+            "its peers and keys change with down and up in this version (an in-place change \
+             that keeps the untouched peers' sessions is not there yet)"
+                .into(),
+        )
+    }
+
+    fn check_in_chain(&self, chain: &ChainAddresses<'_>) -> Vec<SettingError> {
+        self.settings.check_in_chain(chain)
+    }
+
+    /// Decrypted packets carry the peers' addresses, going away from the tunnel's side.
+    fn extra_sources(&self) -> Vec<ExtraSource> {
+        let direction = match self.settings.side {
+            Side::Ingress => Direction::Forward,
+            Side::Egress => Direction::Reverse,
+        };
+        self.settings
+            .peers
+            .iter()
+            .flat_map(|p| p.allowed_ips.iter())
+            .map(|&net| ExtraSource { direction, net })
+            .collect()
+    }
+}
+
+impl FunctionKind for WireGuard {
+    fn name(&self) -> &'static str {
+        "wireguard"
+    }
+
+    fn summary(&self) -> &'static str {
+        "WireGuard VPN endpoint (userspace data plane; works with wg and wireguard-go)"
+    }
+
+    fn parse(&self, settings: Settings<'_>) -> Result<Arc<dyn FunctionConfig>, Vec<SettingError>> {
+        Ok(Arc::new(WgConfig {
+            settings: config::parse(settings)?,
+        }))
+    }
+
+    fn load(&self, recorded: &RecordedSettings) -> Result<Arc<dyn FunctionConfig>, String> {
+        Ok(Arc::new(WgConfig {
+            settings: recorded.parse().map_err(|e| e.to_string())?,
+        }))
+    }
+
+    fn status(&self, ctx: &FunctionMetricsContext<'_>) -> Vec<(String, String)> {
+        let name = endpoint::interface_name(ctx.chain, ctx.function);
+        let process = match processes::running(ctx.chain, ctx.function) {
+            Some(pid) => format!("userspace (GotaTun), pid {pid}"),
+            None => "userspace (GotaTun), NOT running".into(),
+        };
+        let mut rows = vec![
+            ("endpoint".to_string(), process),
+            (
+                "interface".to_string(),
+                format!("{name} (`wg show {name}`)"),
+            ),
+        ];
+        rows.extend(super::uapi::peer_rows(&name));
+        rows
+    }
+
+    /// Keeps the endpoint process running: started again (within a second) when it died.
+    fn tasks(&self, ctx: &TaskContext) -> Vec<KindTask> {
+        let (chain, function) = (ctx.chain.clone(), ctx.function.clone());
+        vec![KindTask {
+            name: "endpoint".into(),
+            start: Arc::new(move || -> TaskRun {
+                let (chain, function) = (chain.clone(), function.clone());
+                Box::pin(async move {
+                    loop {
+                        if processes::running(&chain, &function).is_none() {
+                            tracing::warn!(
+                                function = %function,
+                                "the WireGuard endpoint is not running; starting it again"
+                            );
+                            let (c, f) = (chain.clone(), function.clone());
+                            tokio::task::spawn_blocking(move || {
+                                processes::start(&c, &f, &endpoint::args(&c, &f))
+                            })
+                            .await
+                            .map_err(|e| e.to_string())?
+                            .map_err(|e| e.to_string())?;
+                        }
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                })
+            }),
+        }]
+    }
+}

@@ -1,0 +1,408 @@
+//! The WireGuard endpoint with a real peer: Debian's wireguard-go, configured with `wg`, in the
+//! ingress namespace. TCP and UDP from the peer's tunnel address reach a server in the egress
+//! namespace through netfn's endpoint (userspace data plane) and a firewall, in tc, xdp and
+//! kernel mode; `wg show` on both sides reports the handshake and the bytes. A wrong key passes
+//! nothing; the private key appears nowhere netfn writes; a SIGKILLed endpoint comes back with
+//! the agent.
+
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use netfn_tests::agent::Agent;
+use netfn_tests::{
+    ChainGuard, TempDir, in_netns, leftovers, netfn, netfn_ok, shared, unique_chain,
+};
+
+const PEER_ADDR: Ipv4Addr = Ipv4Addr::new(10, 99, 0, 2);
+const SERVER: Ipv4Addr = Ipv4Addr::new(10, 85, 2, 2);
+const ENDPOINT: Ipv4Addr = Ipv4Addr::new(10, 85, 1, 1);
+
+/// `netfn wg genkey` into `dir/name` (mode 600); returns (private, public) base64.
+fn keypair(dir: &TempDir, name: &str) -> (String, String) {
+    let out = netfn(&["wg", "genkey"]);
+    assert!(out.status.success(), "netfn wg genkey");
+    let private = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let path = dir.0.join(name);
+    std::fs::write(&path, format!("{private}\n")).expect("write key");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    let mut pubkey = Command::new(netfn_tests::netfn_bin())
+        .args(["wg", "pubkey"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("netfn wg pubkey");
+    pubkey
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(private.as_bytes())
+        .expect("write");
+    let out = pubkey.wait_with_output().expect("pubkey");
+    (
+        private,
+        String::from_utf8_lossy(&out.stdout).trim().to_string(),
+    )
+}
+
+/// The chain: vpn (wireguard, side ingress) -> fw (firewall: TCP 7000 and UDP 7001 from the
+/// tunnel's peers) -> egress.
+fn chain_file(chain: &str, mode: &str, peer_public: &str) -> String {
+    format!(
+        "[[chain]]\nname = \"{chain}\"\nfastpath = \"{mode}\"\n\n[chain.ingress]\naddress = \
+         \"10.85.1.2/24\"\n\n[chain.egress]\naddress = \"{SERVER}/24\"\n\n\
+         [[chain.function]]\nname = \"vpn\"\nkind = \"wireguard\"\nside = \"ingress\"\n\
+         private_key_file = \"vpn.key\"\nlisten_port = 51820\naddress = [\"10.99.0.1/24\"]\n\n\
+         [[chain.function.peer]]\npublic_key = \"{peer_public}\"\nallowed_ips = [\"{PEER_ADDR}/32\"]\n\n\
+         [[chain.function]]\nname = \"fw\"\nkind = \"firewall\"\ndefault = \"drop\"\n\n\
+         [[chain.function.rule]]\nsrc = \"10.99.0.0/24\"\nproto = \"tcp\"\ndport = 7000\naction = \"accept\"\n\n\
+         [[chain.function.rule]]\nsrc = \"10.99.0.0/24\"\nproto = \"udp\"\ndport = 7001\naction = \"accept\"\n"
+    )
+}
+
+/// A wireguard-go peer in namespace `ns`, killed (its socket removed) on drop.
+struct GoPeer {
+    child: Child,
+    name: String,
+}
+
+impl GoPeer {
+    /// wireguard-go as `name` in `ns`, keyed by `key_file`, talking to netfn's endpoint
+    /// (`endpoint_public`) for the server's address; tunnel address [`PEER_ADDR`].
+    fn start(ns: &str, name: &str, key_file: &Path, endpoint_public: &str) -> Self {
+        let child = Command::new("ip")
+            .args(["netns", "exec", ns, "wireguard-go", "-f", name])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("run wireguard-go (setup installs it)");
+        let peer = GoPeer {
+            child,
+            name: name.to_string(),
+        };
+        let socket = format!("/var/run/wireguard/{name}.sock");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !Path::new(&socket).exists() {
+            assert!(Instant::now() < deadline, "wireguard-go made no socket");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let run = |args: &[&str]| {
+            let out = Command::new("ip")
+                .args(["netns", "exec", ns])
+                .args(args)
+                .output()
+                .expect("run");
+            assert!(
+                out.status.success(),
+                "{args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        run(&[
+            "wg",
+            "set",
+            name,
+            "private-key",
+            &key_file.to_string_lossy(),
+            "peer",
+            endpoint_public,
+            "endpoint",
+            &format!("{ENDPOINT}:51820"),
+            "allowed-ips",
+            &format!("{SERVER}/32"),
+        ]);
+        run(&["ip", "addr", "add", &format!("{PEER_ADDR}/32"), "dev", name]);
+        run(&["ip", "link", "set", name, "up"]);
+        run(&[
+            "ip",
+            "route",
+            "replace",
+            &format!("{SERVER}/32"),
+            "dev",
+            name,
+        ]);
+        peer
+    }
+
+    /// `wg show NAME dump` in the peer's view: (latest handshake, rx bytes, tx bytes).
+    fn show(&self, ns: &str) -> (u64, u64, u64) {
+        wg_dump(ns, &self.name)
+    }
+}
+
+impl Drop for GoPeer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(format!("/var/run/wireguard/{}.sock", self.name));
+    }
+}
+
+/// The first peer line of `wg show NAME dump` (run in `ns`): handshake, rx, tx.
+fn wg_dump(ns: &str, name: &str) -> (u64, u64, u64) {
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns, "wg", "show", name, "dump"])
+        .output()
+        .expect("run wg");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let peer = text
+        .lines()
+        .nth(1)
+        .unwrap_or_else(|| panic!("wg show {name} dump: {text}"));
+    let f: Vec<&str> = peer.split('\t').collect();
+    let n = |i: usize| f.get(i).and_then(|v| v.parse().ok()).unwrap_or(0);
+    (n(4), n(5), n(6))
+}
+
+/// netfn's endpoint interface of function `vpn` (from `netfn status --json`).
+fn endpoint_interface(chain: &str) -> String {
+    let status: serde_json::Value =
+        serde_json::from_str(&netfn_ok(&["status", chain, "--json"])).expect("status json");
+    status[0]["hops"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|h| h["name"] == "vpn")
+        .flat_map(|h| h["details"].as_array().cloned().unwrap_or_default())
+        .find(|d| d[0] == "interface")
+        .and_then(|d| {
+            d[1].as_str()
+                .map(|s| s.split(' ').next().unwrap_or("").to_string())
+        })
+        .expect("the interface row")
+}
+
+/// A TCP echo from the peer's tunnel address to the server, and a UDP datagram both ways.
+fn talk(ingress: &str, egress: &str, bytes: usize) -> Result<(), String> {
+    let listener = in_netns(egress, || {
+        TcpListener::bind(SocketAddrV4::new(SERVER, 7000))
+    })
+    .map_err(|e| e.to_string())?;
+    let udp = in_netns(egress, || UdpSocket::bind(SocketAddrV4::new(SERVER, 7001)))
+        .map_err(|e| e.to_string())?;
+    udp.set_read_timeout(Some(Duration::from_secs(5))).ok();
+    let server = std::thread::spawn(move || {
+        let (mut c, _) = listener.accept()?;
+        let mut buf = vec![0u8; 65536];
+        loop {
+            let n = c.read(&mut buf)?;
+            if n == 0 {
+                return Ok::<(), std::io::Error>(());
+            }
+            c.write_all(&buf[..n])?;
+        }
+    });
+    in_netns(ingress, || -> Result<(), String> {
+        let mut s = TcpStream::connect_timeout(
+            &SocketAddrV4::new(SERVER, 7000).into(),
+            Duration::from_secs(5),
+        )
+        .map_err(|e| format!("tcp connect through the tunnel: {e}"))?;
+        s.set_read_timeout(Some(Duration::from_secs(5))).ok();
+        let data: Vec<u8> = (0..bytes).map(|i| (i % 251) as u8).collect();
+        s.write_all(&data).map_err(|e| e.to_string())?;
+        let mut back = vec![0u8; bytes];
+        s.read_exact(&mut back)
+            .map_err(|e| format!("tcp echo: {e}"))?;
+        if back != data {
+            return Err("the echo differs".into());
+        }
+        let u = UdpSocket::bind(SocketAddrV4::new(PEER_ADDR, 0)).map_err(|e| e.to_string())?;
+        u.send_to(b"ping", SocketAddrV4::new(SERVER, 7001))
+            .map_err(|e| e.to_string())?;
+        Ok(())
+    })?;
+    let mut buf = [0u8; 16];
+    let (n, from) = udp.recv_from(&mut buf).map_err(|e| format!("udp: {e}"))?;
+    if &buf[..n] != b"ping" || from.ip() != std::net::IpAddr::V4(PEER_ADDR) {
+        return Err(format!("udp from {from}: {:?}", &buf[..n]));
+    }
+    let _ = server.join();
+    Ok(())
+}
+
+#[test]
+fn tc_wireguard_go_peer_reaches_a_server_through_the_tunnel_and_a_firewall() {
+    through_the_tunnel("tc", "wt");
+}
+
+#[test]
+fn xdp_wireguard_go_peer_reaches_a_server_through_the_tunnel_and_a_firewall() {
+    through_the_tunnel("xdp", "wx");
+}
+
+#[test]
+fn kernel_wireguard_go_peer_reaches_a_server_through_the_tunnel_and_a_firewall() {
+    through_the_tunnel("kernel", "wk");
+}
+
+fn through_the_tunnel(mode: &str, tag: &str) {
+    let _turn = shared();
+    let chain = unique_chain(tag);
+    let dir = TempDir::new(&chain);
+    let (vpn_private, vpn_public) = keypair(&dir, "vpn.key");
+    let (_, peer_public) = keypair(&dir, "peer.key");
+    let file = dir.write("wg.toml", &chain_file(&chain, mode, &peer_public));
+    {
+        let _guard = ChainGuard::up(&chain, &file);
+        let (ingress, egress) = (format!("nf-{chain}-ingress"), format!("nf-{chain}-egress"));
+        let peer = GoPeer::start(
+            &ingress,
+            &format!("wgp{chain}"),
+            &dir.0.join("peer.key"),
+            &vpn_public,
+        );
+        let bytes = 200_000;
+        talk(&ingress, &egress, bytes).unwrap_or_else(|e| panic!("{mode}: {e}"));
+        // Both sides saw the handshake and (at least) the bytes that crossed.
+        let ours = endpoint_interface(&chain);
+        let (handshake, rx, tx) = wg_dump(&format!("nf-{chain}-vpn"), &ours);
+        assert!(handshake > 0, "{mode}: netfn's endpoint saw no handshake");
+        assert!(
+            rx as usize > bytes && tx as usize > bytes,
+            "{mode}: netfn's endpoint counted {rx} in, {tx} out"
+        );
+        let (handshake, rx, tx) = peer.show(&ingress);
+        assert!(
+            handshake > 0 && rx as usize > bytes && tx as usize > bytes,
+            "{mode}: the peer: {handshake} {rx} {tx}"
+        );
+        // The private key appears nowhere netfn writes or shows.
+        let status = netfn_ok(&["status", &chain]) + &netfn_ok(&["status", &chain, "--json"]);
+        assert!(status.contains("handshake"), "{status}");
+        assert!(
+            !status.contains(&vpn_private),
+            "the private key is in status"
+        );
+        for entry in std::fs::read_dir("/run/netfn/chains")
+            .expect("state dir")
+            .flatten()
+        {
+            let text = std::fs::read(entry.path()).unwrap_or_default();
+            assert!(
+                !String::from_utf8_lossy(&text).contains(&vpn_private),
+                "the private key is in {}",
+                entry.path().display()
+            );
+        }
+    }
+    assert_eq!(leftovers(&chain), Vec::<String>::new());
+}
+
+#[test]
+fn a_wrong_peer_key_passes_nothing() {
+    let _turn = shared();
+    let chain = unique_chain("ww");
+    let dir = TempDir::new(&chain);
+    let (_, vpn_public) = keypair(&dir, "vpn.key");
+    let (_, stranger_public) = keypair(&dir, "stranger.key");
+    // The endpoint knows `stranger`, the peer uses another key.
+    let file = dir.write("wg.toml", &chain_file(&chain, "tc", &stranger_public));
+    let _ = keypair(&dir, "peer.key");
+    let _guard = ChainGuard::up(&chain, &file);
+    let (ingress, egress) = (format!("nf-{chain}-ingress"), format!("nf-{chain}-egress"));
+    let peer = GoPeer::start(
+        &ingress,
+        &format!("wgp{chain}"),
+        &dir.0.join("peer.key"),
+        &vpn_public,
+    );
+    assert!(
+        talk(&ingress, &egress, 1000).is_err(),
+        "traffic crossed with a wrong key"
+    );
+    assert_eq!(peer.show(&ingress).0, 0, "a handshake with a wrong key");
+    let status = netfn_ok(&["status", &chain]);
+    assert!(status.contains("no handshake yet"), "{status}");
+}
+
+#[test]
+fn a_key_file_others_can_read_is_refused() {
+    let chain = unique_chain("wr");
+    let dir = TempDir::new(&chain);
+    let (private, _) = keypair(&dir, "vpn.key");
+    let (_, peer_public) = keypair(&dir, "peer.key");
+    std::fs::set_permissions(
+        dir.0.join("vpn.key"),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .expect("chmod");
+    let file = dir.write("wg.toml", &chain_file(&chain, "tc", &peer_public));
+    let out = netfn(&["validate", &file.to_string_lossy()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("can be read by group or others") && stderr.contains("chmod 600"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains(&private), "the key is in the error");
+}
+
+#[test]
+fn a_killed_endpoint_comes_back_with_the_agent() {
+    let _turn = shared();
+    let chain = unique_chain("wa");
+    let dir = TempDir::new(&chain);
+    let (_, vpn_public) = keypair(&dir, "vpn.key");
+    let (_, peer_public) = keypair(&dir, "peer.key");
+    let file = dir.write("wg.toml", &chain_file(&chain, "tc", &peer_public));
+    let _guard = ChainGuard::up(&chain, &file);
+    let agent = Agent::start(&dir.0, &chain, &["--no-probe"]);
+    let (ingress, egress) = (format!("nf-{chain}-ingress"), format!("nf-{chain}-egress"));
+    let _peer = GoPeer::start(
+        &ingress,
+        &format!("wgp{chain}"),
+        &dir.0.join("peer.key"),
+        &vpn_public,
+    );
+    talk(&ingress, &egress, 1000).expect("before the kill");
+    // The endpoint keeps where its peers are (it saves that every second), so that a restarted
+    // one can reach them at once: wait until it has.
+    let endpoints = format!("/run/netfn/chains/{chain}.vpn.endpoints");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !std::fs::read_to_string(&endpoints).is_ok_and(|t| t.contains(&peer_public)) {
+        assert!(
+            Instant::now() < deadline,
+            "the endpoint never saved its peer's endpoint"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let pid_file = format!("/run/netfn/chains/{chain}.vpn.pid");
+    let pid: i32 = std::fs::read_to_string(&pid_file)
+        .expect("pid")
+        .trim()
+        .parse()
+        .expect("pid");
+    // SAFETY: SIGKILL of the endpoint this test's chain started.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    // The agent starts it again; the peer's next handshake goes through, without manual steps.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(text) = std::fs::read_to_string(&pid_file)
+            && text.trim().parse::<i32>().is_ok_and(|p| p != pid)
+            && talk(&ingress, &egress, 1000).is_ok()
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the tunnel did not come back:\n{}\nendpoint log:\n{}",
+            agent.log_text(),
+            std::fs::read_to_string(format!("/run/netfn/chains/{chain}.vpn.log"))
+                .unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let metrics = agent.metrics();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("netfn_task_restarts_total")
+                && l.contains("function=\"vpn\"")
+                && l.contains("task=\"endpoint\"")),
+        "{metrics}"
+    );
+}
