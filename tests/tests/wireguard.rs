@@ -397,6 +397,17 @@ fn a_killed_endpoint_comes_back_with_the_agent() {
         std::thread::sleep(Duration::from_millis(500));
     }
     let metrics = agent.metrics();
+    let handshake = metrics
+        .lines()
+        .find(|l| l.starts_with("netfn_wireguard_peer_last_handshake_seconds{"))
+        .unwrap_or_else(|| panic!("no handshake metric:\n{metrics}"));
+    assert!(!handshake.ends_with(" 0"), "{handshake}");
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("netfn_wireguard_endpoint_up{") && l.ends_with(" 1")),
+        "{metrics}"
+    );
     assert!(
         metrics
             .lines()

@@ -10,8 +10,8 @@ use std::time::Duration;
 use netfn_core::chain::processes;
 use netfn_core::function::{
     ChainAddresses, ExtraSource, FunctionConfig, FunctionContext, FunctionKind,
-    FunctionMetricsContext, KindTask, RecordedSettings, SettingError, Settings, TaskContext,
-    TaskRun,
+    FunctionMetricsContext, KindMetricsError, KindTask, MetricFamily, RecordedSettings,
+    SettingError, Settings, TaskContext, TaskRun,
 };
 use netfn_core::plan::Direction;
 
@@ -88,6 +88,45 @@ impl FunctionKind for WireGuard {
         Ok(Arc::new(WgConfig {
             settings: recorded.parse().map_err(|e| e.to_string())?,
         }))
+    }
+
+    /// Per peer (labelled by the first 8 characters of its public key, bounded by the
+    /// configuration): the last handshake, bytes each way; read from the endpoint's UAPI socket.
+    fn metrics(
+        &self,
+        ctx: &FunctionMetricsContext<'_>,
+    ) -> Result<Vec<MetricFamily>, KindMetricsError> {
+        let name = endpoint::interface_name(ctx.chain, ctx.function);
+        let mut up = ctx.gauge(
+            "netfn_wireguard_endpoint_up",
+            "1 if the function's endpoint process runs and answers on its UAPI socket, else 0.",
+        );
+        let peers = super::uapi::peers(&name);
+        up.sample_u64(&[], u64::from(peers.is_ok()));
+        let mut out = vec![up.build()];
+        let Ok(peers) = peers else {
+            return Ok(out);
+        };
+        let mut handshake = ctx.gauge(
+            "netfn_wireguard_peer_last_handshake_seconds",
+            "Unix time of the peer's last handshake (0: none yet).",
+        );
+        let mut rx = ctx.counter(
+            "netfn_wireguard_peer_receive_bytes_total",
+            "Bytes received from the peer (since the endpoint started).",
+        );
+        let mut tx = ctx.counter(
+            "netfn_wireguard_peer_transmit_bytes_total",
+            "Bytes sent to the peer (since the endpoint started).",
+        );
+        for p in &peers {
+            let label = [("peer", p.public_key.get(..8).unwrap_or("?"))];
+            handshake.sample_u64(&label, p.last_handshake_unix);
+            rx.sample_u64(&label, p.rx_bytes);
+            tx.sample_u64(&label, p.tx_bytes);
+        }
+        out.extend([handshake.build(), rx.build(), tx.build()]);
+        Ok(out)
     }
 
     fn status(&self, ctx: &FunctionMetricsContext<'_>) -> Vec<(String, String)> {
