@@ -270,6 +270,40 @@ fn through_the_tunnel(mode: &str, tag: &str) {
             handshake > 0 && rx as usize > bytes && tx as usize > bytes,
             "{mode}: the peer: {handshake} {rx} {tx}"
         );
+        // Roaming: the peer's source port changes; the tunnel keeps working, and netfn's
+        // endpoint follows it to the new port.
+        let roam = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &ingress,
+                "wg",
+                "set",
+                &peer.name,
+                "listen-port",
+                "40123",
+            ])
+            .status()
+            .expect("run wg");
+        assert!(roam.success());
+        talk(&ingress, &egress, 10_000).unwrap_or_else(|e| panic!("{mode}, after roaming: {e}"));
+        let dump = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &format!("nf-{chain}-vpn"),
+                "wg",
+                "show",
+                &ours,
+                "endpoints",
+            ])
+            .output()
+            .expect("run wg");
+        let endpoints = String::from_utf8_lossy(&dump.stdout).into_owned();
+        assert!(
+            endpoints.contains(":40123"),
+            "{mode}: the endpoint did not follow the peer: {endpoints}"
+        );
         // The private key appears nowhere netfn writes or shows.
         let status = netfn_ok(&["status", &chain]) + &netfn_ok(&["status", &chain, "--json"]);
         assert!(status.contains("handshake"), "{status}");
