@@ -143,6 +143,11 @@ impl Drop for GoPeer {
 
 /// The first peer line of `wg show NAME dump` (run in `ns`): handshake, rx, tx.
 fn wg_dump(ns: &str, name: &str) -> (u64, u64, u64) {
+    wg_dump_of(ns, name, None)
+}
+
+/// [`wg_dump`] of the peer with public key `peer` (the first one if `None`).
+fn wg_dump_of(ns: &str, name: &str, peer: Option<&str>) -> (u64, u64, u64) {
     let out = Command::new("ip")
         .args(["netns", "exec", ns, "wg", "show", name, "dump"])
         .output()
@@ -150,7 +155,8 @@ fn wg_dump(ns: &str, name: &str) -> (u64, u64, u64) {
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     let peer = text
         .lines()
-        .nth(1)
+        .skip(1)
+        .find(|l| peer.is_none_or(|k| l.starts_with(k)))
         .unwrap_or_else(|| panic!("wg show {name} dump: {text}"));
     let f: Vec<&str> = peer.split('\t').collect();
     let n = |i: usize| f.get(i).and_then(|v| v.parse().ok()).unwrap_or(0);
@@ -450,4 +456,67 @@ fn a_killed_endpoint_comes_back_with_the_agent() {
                 && l.contains("task=\"endpoint\"")),
         "{metrics}"
     );
+}
+
+#[test]
+fn peers_change_in_place_and_the_others_keep_their_session() {
+    let _turn = shared();
+    let chain = unique_chain("wp");
+    let dir = TempDir::new(&chain);
+    let (_, vpn_public) = keypair(&dir, "vpn.key");
+    let (_, peer_public) = keypair(&dir, "peer.key");
+    let (_, other_public) = keypair(&dir, "other.key");
+    let v1 = dir.write("v1.toml", &chain_file(&chain, "tc", &peer_public));
+    let v2 = dir.write(
+        "v2.toml",
+        &(chain_file(&chain, "tc", &peer_public).replace(
+            "\n[[chain.function]]\nname = \"fw\"",
+            &format!(
+                "\n[[chain.function.peer]]\npublic_key = \"{other_public}\"\n\
+                 allowed_ips = [\"10.99.0.3/32\"]\n\n[[chain.function]]\nname = \"fw\""
+            ),
+        )),
+    );
+    let _guard = ChainGuard::up(&chain, &v1);
+    let (ingress, egress) = (format!("nf-{chain}-ingress"), format!("nf-{chain}-egress"));
+    let _peer = GoPeer::start(
+        &ingress,
+        &format!("wgp{chain}"),
+        &dir.0.join("peer.key"),
+        &vpn_public,
+    );
+    talk(&ingress, &egress, 1000).expect("before the change");
+    let ours = endpoint_interface(&chain);
+    let vpn_ns = format!("nf-{chain}-vpn");
+    let pid = std::fs::read_to_string(format!("/run/netfn/chains/{chain}.vpn.pid")).expect("pid");
+    let (before, _, _) = wg_dump_of(&vpn_ns, &ours, Some(&peer_public));
+    // A handshake a second later would show in the timestamp (seconds).
+    std::thread::sleep(Duration::from_millis(1100));
+
+    let out = netfn_ok(&["apply", &v2.to_string_lossy()]);
+    assert!(out.contains("in place"), "{out}");
+    let listed = Command::new("ip")
+        .args(["netns", "exec", &vpn_ns, "wg", "show", &ours, "peers"])
+        .output()
+        .expect("run wg");
+    let listed = String::from_utf8_lossy(&listed.stdout).into_owned();
+    assert!(
+        listed.contains(&other_public) && listed.contains(&peer_public),
+        "{listed}"
+    );
+    talk(&ingress, &egress, 1000).expect("after the change");
+    let (after, _, _) = wg_dump_of(&vpn_ns, &ours, Some(&peer_public));
+    assert_eq!(after, before, "the untouched peer handshook again");
+    let pid_after =
+        std::fs::read_to_string(format!("/run/netfn/chains/{chain}.vpn.pid")).expect("pid");
+    assert_eq!(
+        pid, pid_after,
+        "the endpoint was restarted, not changed in place"
+    );
+    // The new peer's address is routed to the tunnel in the endpoint's namespace.
+    let route = Command::new("ip")
+        .args(["-n", &vpn_ns, "route", "get", "10.99.0.3"])
+        .output()
+        .expect("run ip");
+    assert!(String::from_utf8_lossy(&route.stdout).contains(&ours));
 }

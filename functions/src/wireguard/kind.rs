@@ -42,12 +42,37 @@ impl FunctionConfig for WgConfig {
         Some(endpoint::args(&ctx.chain, &ctx.function))
     }
 
-    fn change_in_place(&self, _old: &dyn FunctionConfig) -> Result<(), String> {
-        Err(
-            "its peers and keys change with down and up in this version (an in-place change \
-             that keeps the untouched peers' sessions is not there yet)"
-                .into(),
-        )
+    /// Peers (added, removed, changed) change in place: the running endpoint gets them over its
+    /// UAPI socket and the untouched peers keep their sessions. The endpoint's own key, port,
+    /// addresses, MTU, side and backend change with down and up.
+    fn change_in_place(&self, old: &dyn FunctionConfig) -> Result<(), String> {
+        let Some(old) = old.downcast_ref::<WgConfig>() else {
+            return Err("the function was not a WireGuard endpoint".into());
+        };
+        let (a, b) = (&old.settings, &self.settings);
+        let same = a.side == b.side
+            && a.private_key_file == b.private_key_file
+            && a.listen_port == b.listen_port
+            && a.address == b.address
+            && a.mtu == b.mtu
+            && a.backend == b.backend;
+        if same {
+            Ok(())
+        } else {
+            Err(
+                "only its peers change in place; its key, port, addresses, MTU, side and \
+                 backend change with down and up"
+                    .into(),
+            )
+        }
+    }
+
+    fn update_process(&self, ctx: &FunctionContext) -> Option<Result<(), String>> {
+        Some(super::peers::update(
+            &ctx.chain,
+            &ctx.function,
+            &self.settings,
+        ))
     }
 
     fn check_in_chain(&self, chain: &ChainAddresses<'_>) -> Vec<SettingError> {

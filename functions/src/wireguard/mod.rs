@@ -8,6 +8,7 @@ pub mod config;
 pub mod endpoint;
 pub mod keys;
 pub mod kind;
+pub mod peers;
 pub mod uapi;
 
 pub use kind::WireGuard;

@@ -19,14 +19,45 @@ pub struct PeerState {
     pub tx_bytes: u64,
     /// Where the peer was last heard from (or configured).
     pub endpoint: Option<std::net::SocketAddr>,
+    pub allowed_ips: Vec<String>,
+    pub keepalive: u16,
+}
+
+fn connect(name: &str) -> Result<UnixStream, String> {
+    let path = format!("/var/run/wireguard/{name}.sock");
+    let s = UnixStream::connect(&path).map_err(|e| format!("connect {path}: {e}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(2)))
+        .map_err(|e| e.to_string())?;
+    Ok(s)
+}
+
+/// Sends a `set=1` request (its lines, without `set=1` and the blank line) to the endpoint
+/// behind interface `name`; `Err` with the errno it answered otherwise.
+pub fn set(name: &str, lines: &str) -> Result<(), String> {
+    let mut s = connect(name)?;
+    s.write_all(format!("set=1\n{lines}\n").as_bytes())
+        .map_err(|e| e.to_string())?;
+    for line in BufReader::new(s).lines() {
+        let line = line.map_err(|e| e.to_string())?;
+        if let Some(errno) = line.strip_prefix("errno=") {
+            return if errno == "0" {
+                Ok(())
+            } else {
+                Err(format!("the endpoint refused the change (errno {errno})"))
+            };
+        }
+    }
+    Err("the endpoint did not answer".into())
+}
+
+/// A base64 key as the UAPI's hex.
+pub fn hex(key: &[u8; 32]) -> String {
+    key.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Asks the endpoint behind interface `name` for its peers.
 pub fn peers(name: &str) -> Result<Vec<PeerState>, String> {
-    let path = format!("/var/run/wireguard/{name}.sock");
-    let mut s = UnixStream::connect(&path).map_err(|e| format!("connect {path}: {e}"))?;
-    s.set_read_timeout(Some(Duration::from_secs(2)))
-        .map_err(|e| e.to_string())?;
+    let mut s = connect(name)?;
     s.write_all(b"get=1\n\n").map_err(|e| e.to_string())?;
     let mut out: Vec<PeerState> = Vec::new();
     for line in BufReader::new(s).lines() {
@@ -45,6 +76,16 @@ pub fn peers(name: &str) -> Result<Vec<PeerState>, String> {
             "last_handshake_time_sec" => {
                 if let Some(p) = out.last_mut() {
                     p.last_handshake_unix = v.parse().unwrap_or(0);
+                }
+            }
+            "allowed_ip" => {
+                if let Some(p) = out.last_mut() {
+                    p.allowed_ips.push(v.to_string());
+                }
+            }
+            "persistent_keepalive_interval" => {
+                if let Some(p) = out.last_mut() {
+                    p.keepalive = v.parse().unwrap_or(0);
                 }
             }
             "endpoint" => {

@@ -57,12 +57,28 @@ pub(crate) fn start_one(
         }
     }
     if let Some(args) = config.process(&ctx) {
-        // A changed function's process starts again with the new settings.
-        if !fresh {
-            super::processes::stop(&plan.chain, name);
+        let running = super::processes::running(&plan.chain, name).is_some();
+        // A changed function's running process takes the new settings in place if its kind
+        // can; else it starts again with them.
+        let updated = !fresh
+            && running
+            && match config.update_process(&ctx) {
+                Some(Ok(())) => true,
+                Some(Err(why)) => {
+                    tracing::warn!(
+                        "function {name}: its process could not take the change in place ({why}); starting it again"
+                    );
+                    false
+                }
+                None => false,
+            };
+        if !updated {
+            if !fresh {
+                super::processes::stop(&plan.chain, name);
+            }
+            super::processes::start(&plan.chain, name, &args)
+                .map_err(|e| ObjectError::Process(Box::new(e)))?;
         }
-        super::processes::start(&plan.chain, name, &args)
-            .map_err(|e| ObjectError::Process(Box::new(e)))?;
     }
     if plan.fastpath == FastPath::Kernel {
         if let Some(form) = config.kernel_form(&ctx) {

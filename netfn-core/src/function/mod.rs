@@ -129,6 +129,15 @@ pub trait FunctionConfig: fmt::Debug + Send + Sync + Any {
         None
     }
 
+    /// A settings change for the function's running process (see [`FunctionConfig::process`]):
+    /// `Some(Ok)` when the kind gave it the new settings in place (a VPN endpoint's peers: the
+    /// untouched ones keep their sessions), `Some(Err)` when that failed (core then restarts the
+    /// process), `None` (the default) when the kind restarts it with the new settings.
+    fn update_process(&self, ctx: &FunctionContext) -> Option<Result<(), String>> {
+        let _ = ctx;
+        None
+    }
+
     /// The function's packets must cross its own IP stack (a VPN endpoint, a program an
     /// operator brings): in tc/xdp chains the forwarder hands them to the stack, which forwards
     /// with IP forwarding on. The default (false) keeps them on the fast path.
