@@ -4,6 +4,7 @@ mod bench;
 mod deb;
 mod ebpf;
 mod flow;
+mod fuzz;
 mod install;
 mod package;
 mod setup;
@@ -43,6 +44,9 @@ enum Command {
         #[command(subcommand)]
         which: bench::Bench,
     },
+    /// Run each libFuzzer target of fuzz/ (chain files, the kinds' settings) for a while; fails
+    /// when an input panics, naming the target and the input (installs cargo-fuzz if missing).
+    Fuzz(fuzz::FuzzArgs),
     /// Run the integration suite inside QEMU VMs on other kernels.
     VmTest(vm::VmTestArgs),
     /// Build the release netfn and install it, the agent's systemd unit (not enabled unless
@@ -62,6 +66,7 @@ fn main() -> Result<()> {
         Command::Demo => flow::demo(),
         Command::Test { args } => flow::test(&args),
         Command::Bench { which } => bench::run(which),
+        Command::Fuzz(args) => fuzz::run(args),
         Command::VmTest(args) => vm::run(args),
         Command::Install(args) => install::install(args),
         Command::Uninstall(args) => install::uninstall(args),

@@ -227,7 +227,8 @@ pub fn parse(settings: Settings<'_>) -> Result<(FirewallSettings, Vec<Origin>), 
     let mut file_errors = Vec::new();
     if let Some(path) = &raw.rules_file {
         let resolved = base_dir.join(path.get_ref());
-        match std::fs::read_to_string(&resolved) {
+        // At most the chain file's own limit: `/dev/zero` must not be read until memory ends.
+        match netfn_core::spec::read_text(&resolved) {
             Err(e) => chain.error(
                 path.span(),
                 format!("cannot read rules file {}: {e}", resolved.display()),
@@ -598,5 +599,41 @@ fn duplicate_names(sink: &mut Sink, rules: &[Rule], span: Range<usize>) {
                 Some("rule names name counters: make them unique".into()),
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    /// The problems `netfn validate` reports for a chain whose one function is a firewall with
+    /// `body`: (line, column, message).
+    fn problems(body: &str) -> Vec<(usize, usize, String)> {
+        let text = format!(
+            "[[chain]]\nname = \"c\"\n[chain.ingress]\naddress = \"10.1.0.2/24\"\n\
+             [chain.egress]\naddress = \"10.2.0.2/24\"\n[[chain.function]]\nname = \"fw\"\n\
+             kind = \"firewall\"\n{body}"
+        );
+        match netfn_core::spec::parse(Path::new("c.toml"), &text, &crate::registry()) {
+            Ok(_) => Vec::new(),
+            Err(found) => found
+                .iter()
+                .map(|d| (d.position.line, d.position.col, d.message.clone()))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn a_rules_file_without_end_is_refused_at_its_key() {
+        // /dev/zero was read until memory ran out (found by hand while writing the fuzz
+        // targets; firewall_settings runs out of memory on this input).
+        let found = problems("rules_file = \"/dev/zero\"\n");
+        assert_eq!(found.len(), 1, "{found:?}");
+        let (line, col, message) = &found[0];
+        assert_eq!((*line, *col), (10, 14), "{found:?}");
+        assert!(
+            message.contains("cannot read rules file /dev/zero: it holds more than"),
+            "{message}"
+        );
     }
 }

@@ -144,7 +144,9 @@ impl fmt::Display for Diagnostics {
 /// Collects diagnostics for one source text, turning byte spans into positions.
 pub struct Reporter<'a> {
     file: &'a Path,
-    text: &'a str,
+    /// The text's line starts, found once: a file with many problems must not be rescanned
+    /// for each (that took minutes for a few MiB of them).
+    lines: LineIndex<'a>,
     found: Vec<Diagnostic>,
 }
 
@@ -152,9 +154,14 @@ impl<'a> Reporter<'a> {
     pub fn new(file: &'a Path, text: &'a str) -> Self {
         Reporter {
             file,
-            text,
+            lines: LineIndex::new(text),
             found: Vec::new(),
         }
+    }
+
+    /// The position of byte offset `offset` of the text.
+    pub fn position(&self, offset: usize) -> Position {
+        self.lines.position(offset)
     }
 
     /// Records a problem at `span` (a byte range of the source text).
@@ -181,7 +188,7 @@ impl<'a> Reporter<'a> {
     ) {
         self.found.push(Diagnostic {
             file: self.file.to_path_buf(),
-            position: Position::of(self.text, span.start),
+            position: self.lines.position(span.start),
             severity,
             message,
             hint,

@@ -7,4 +7,4 @@ mod raw;
 mod validate;
 
 pub use model::{ChainFile, ChainSpec, EndpointSpec, FastPath, FunctionSpec};
-pub use parse::{LoadError, MAX_FILE_BYTES, load, parse};
+pub use parse::{LoadError, MAX_FILE_BYTES, load, parse, read_text};

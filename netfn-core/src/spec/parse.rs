@@ -4,6 +4,7 @@
 //! text is not TOML nothing else is checked), the file's shape (`raw`), and the meaning of the
 //! values (`validate`).
 
+use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
 use toml::de::DeTable;
@@ -28,8 +29,32 @@ pub enum LoadError {
     Invalid(Diagnostics),
 }
 
-/// Largest chain file read (its rules files are read by their kinds).
+/// Largest chain file read, and largest file a chain file names (a firewall's rules file; those
+/// are read by their kinds, with [`read_text`]).
 pub const MAX_FILE_BYTES: u64 = 64 << 20;
+
+/// Reads a chain file, or a file one names, as UTF-8 text of at most [`MAX_FILE_BYTES`]: a path
+/// naming a device or a pipe, whose size the metadata does not tell (`/dev/zero`), is refused
+/// after that many bytes instead of being read until memory runs out.
+pub fn read_text(path: &Path) -> io::Result<String> {
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)?
+        .take(MAX_FILE_BYTES + 1)
+        .read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > MAX_FILE_BYTES {
+        return Err(io::Error::new(
+            io::ErrorKind::FileTooLarge,
+            format!("it holds more than {MAX_FILE_BYTES} bytes"),
+        ));
+    }
+    // The error read_to_string gives.
+    String::from_utf8(bytes).map_err(|_| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            "stream did not contain valid UTF-8",
+        )
+    })
+}
 
 /// Reads and validates a chain file.
 pub fn load(path: &Path, registry: &Registry) -> Result<ChainFile, LoadError> {
@@ -47,7 +72,7 @@ pub fn load(path: &Path, registry: &Registry) -> Result<ChainFile, LoadError> {
             size: meta.len(),
         });
     }
-    let text = std::fs::read_to_string(path).map_err(|e| read(e.to_string()))?;
+    let text = read_text(path).map_err(|e| read(e.to_string()))?;
     parse(path, &text, registry).map_err(LoadError::Invalid)
 }
 
@@ -64,7 +89,6 @@ pub fn parse(path: &Path, text: &str, registry: &Registry) -> Result<ChainFile, 
     let raw = raw::read(root, &mut rep);
     let base_dir = path.parent().unwrap_or(Path::new("."));
     let chains = Checker {
-        text,
         registry,
         base_dir,
         rep: &mut rep,
@@ -139,6 +163,29 @@ name = "count"
 kind = "counter"
 limit = 5
 "#;
+
+    #[test]
+    fn a_file_without_end_is_refused_not_read_forever() {
+        // /dev/zero has no size in its metadata: it was read until memory ran out.
+        match load(Path::new("/dev/zero"), &registry()) {
+            Err(LoadError::Read { cause, .. }) => {
+                assert!(cause.contains("more than 67108864 bytes"), "{cause}")
+            }
+            other => panic!("expected a read error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_file_that_is_not_utf8_is_a_read_error() {
+        let path = std::env::temp_dir().join(format!("netfn-not-utf8-{}.toml", std::process::id()));
+        std::fs::write(&path, b"[[chain]]\nname = \"\xff\"\n").expect("write");
+        let loaded = load(&path, &registry());
+        let _ = std::fs::remove_file(&path);
+        match loaded {
+            Err(LoadError::Read { cause, .. }) => assert!(cause.contains("UTF-8"), "{cause}"),
+            other => panic!("expected a read error, got {other:?}"),
+        }
+    }
 
     #[test]
     fn a_valid_file_gets_its_defaults() {

@@ -37,10 +37,9 @@ const OWN_NAMESPACE_PREFIX: &str = "nf-";
 /// Linux keeps named namespaces as files under /run/netns: a name is one path component.
 const NAMESPACE_NAME_MAX: usize = 255;
 
-/// What the checks need besides the reporter: the text (to turn a span into a line number for
-/// "first defined at line N") and the registry of kinds.
+/// What the checks need besides the reporter (which also turns a span into a line number for
+/// "first defined at line N"): the registry of kinds.
 pub(super) struct Checker<'a, 'r> {
-    pub text: &'a str,
     pub registry: &'a Registry,
     /// Where the file's relative paths start (its directory).
     pub base_dir: &'a std::path::Path,
@@ -80,7 +79,7 @@ impl<'a> Checker<'a, '_> {
     }
 
     fn line_of(&self, span: &Range<usize>) -> usize {
-        Position::of(self.text, span.start).line
+        self.rep.position(span.start).line
     }
 
     fn duplicate_chain_names(&mut self, chains: &[RawChain<'_>]) {
