@@ -180,8 +180,12 @@ enum Command {
 #[derive(Subcommand)]
 enum WgCommand {
     /// Print a new private key (base64) on stdout.
+    #[command(after_help = "Examples:
+  umask 077; netfn wg genkey > vpn.key")]
     Genkey,
     /// Read a private key on stdin, print its public key.
+    #[command(after_help = "Examples:
+  netfn wg pubkey < vpn.key")]
     Pubkey,
 }
 

@@ -101,20 +101,30 @@ fn tree(dir: &Path) -> BTreeSet<PathBuf> {
 }
 
 /// The subcommands `netfn --help` lists (the public ones: `generate` is hidden).
-fn subcommands(netfn: &Path) -> Vec<String> {
-    let help = ok(Command::new(netfn).arg("--help"));
-    let commands = help
-        .split("Commands:")
-        .nth(1)
-        .unwrap_or_else(|| panic!("no Commands: in netfn --help:\n{help}"));
-    commands
-        .lines()
-        .skip(1)
-        .take_while(|l| l.starts_with("  "))
-        .filter_map(|l| l.split_whitespace().next())
-        .filter(|c| *c != "help")
-        .map(str::to_string)
-        .collect()
+fn subcommands(netfn: &Path) -> Vec<Vec<String>> {
+    // Nested ones too (`wg genkey`): each gets its own page.
+    let mut out = Vec::new();
+    let mut todo = vec![Vec::<String>::new()];
+    while let Some(path) = todo.pop() {
+        let help = ok(Command::new(netfn).args(&path).arg("--help"));
+        let Some(commands) = help.split("Commands:").nth(1) else {
+            assert!(!path.is_empty(), "no Commands: in netfn --help:\n{help}");
+            continue;
+        };
+        for c in commands
+            .lines()
+            .skip(1)
+            .take_while(|l| l.starts_with("  "))
+            .filter_map(|l| l.split_whitespace().next())
+            .filter(|c| *c != "help")
+        {
+            let mut sub = path.clone();
+            sub.push(c.to_string());
+            out.push(sub.clone());
+            todo.push(sub);
+        }
+    }
+    out
 }
 
 /// `netfn --version` names the workspace version and this checkout's commit.
@@ -232,11 +242,12 @@ fn install_into_a_prefix_then_uninstall_leaves_nothing() {
     let man1 = prefix.join("share/man/man1");
     let mut want: BTreeSet<String> = BTreeSet::from(["netfn.1".to_string()]);
     for sub in subcommands(&netfn) {
-        want.insert(format!("netfn-{sub}.1"));
-        let help = ok(Command::new(&netfn).args([sub.as_str(), "--help"]));
+        want.insert(format!("netfn-{}.1", sub.join("-")));
+        let help = ok(Command::new(&netfn).args(&sub).arg("--help"));
         assert!(
             help.contains("Examples:\n  "),
-            "netfn {sub} --help has no examples:\n{help}"
+            "netfn {} --help has no examples:\n{help}",
+            sub.join(" ")
         );
     }
     let pages: BTreeSet<String> = std::fs::read_dir(&man1)
