@@ -58,7 +58,8 @@ pub fn read_file(path: &Path) -> Result<[u8; 32], String> {
             path.display()
         ));
     }
-    let text = std::fs::read_to_string(path)
+    // Bounded: a file without end (/dev/zero) is refused, not read until memory ends.
+    let text = netfn_core::spec::read_text(path)
         .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     decode(&text)
         .map_err(|why| format!("{} {why}: it does not hold a WireGuard key", path.display()))
