@@ -41,6 +41,10 @@ use netfn_common::{
 };
 
 use crate::forwarder::{self, count_drop, read, rewrite, send_tc, send_xdp};
+use crate::headers::{
+    ETH_HLEN, ICMP_DEST_UNREACH, ICMP_HLEN, ICMP_PARAMETER_PROBLEM, ICMP_TIME_EXCEEDED, IP_HLEN,
+    TCP_FIN, TCP_RST, fold, words,
+};
 
 #[map]
 static NF_FW_NODES: Array<Node> = Array::with_max_entries(2, 0);
@@ -59,25 +63,17 @@ static NF_FW_CT: LruHashMap<CtKey, CtEntry> = LruHashMap::with_max_entries(1, 0)
 #[map]
 static NF_FW_STATS: PerCpuArray<FwStats> = PerCpuArray::with_max_entries(1, 0);
 
-const ETH_HLEN: usize = 14;
-const IP_HLEN: usize = 20;
 const TCP_HLEN: usize = 20;
-const ICMP_HLEN: usize = 8;
 /// Most bytes the stage reads: Ethernet, an IPv4 header with options, and an ICMP error's
 /// quoted IPv4 header plus ports.
 const READ_LEN: u32 = (ETH_HLEN + 60 + ICMP_HLEN + IP_HLEN + 4) as u32;
 
-const TCP_FIN: u8 = 0x01;
 const TCP_SYN: u8 = 0x02;
-const TCP_RST: u8 = 0x04;
 const TCP_ACK: u8 = 0x10;
 
 const ICMP_ECHO_REPLY: u8 = 0;
-const ICMP_DEST_UNREACH: u8 = 3;
 const ICMP_PORT_UNREACH: u8 = 3;
 const ICMP_ECHO: u8 = 8;
-const ICMP_TIME_EXCEEDED: u8 = 11;
-const ICMP_PARAMETER_PROBLEM: u8 = 12;
 
 /// Frame lengths of the answers a reject sends.
 const RST_LEN: u32 = (ETH_HLEN + IP_HLEN + TCP_HLEN) as u32;
@@ -625,20 +621,6 @@ fn take_token(rule: u32, a: &RuleAction, now: u64) -> bool {
         b.credit_ns = credit;
         false
     }
-}
-
-/// One's-complement sum of 16-bit words, folded.
-#[inline(always)]
-fn fold(mut sum: u32) -> u16 {
-    sum = (sum & 0xffff) + (sum >> 16);
-    sum = (sum & 0xffff) + (sum >> 16);
-    !(sum as u16)
-}
-
-/// The sum of a packet-order u32 as two 16-bit words (in packet order).
-#[inline(always)]
-fn words(v: u32) -> u32 {
-    (v & 0xffff) + (v >> 16)
 }
 
 /// Writes the Ethernet header of an answer: back to the neighbour the packet came from.

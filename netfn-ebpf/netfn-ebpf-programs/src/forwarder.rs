@@ -41,8 +41,8 @@ use aya_ebpf::{
 use aya_log_ebpf::{debug, trace};
 use netfn_common::{
     DROP_MALFORMED, DROP_NO_ROUTE, DROP_NO_STAGE, DROP_SPOOFED_IP, DROP_SPOOFED_MAC,
-    DROP_TTL_EXCEEDED, FWD_IFINDEX_BASE, FWD_SOURCES_MAX, FWD_STACK, FWD_STAGE, FWD_TABLE_DEFAULT_ENTRIES,
-    FWD_VALID, FnCounters, FwdEntry, FwdRow, SourceKey,
+    DROP_TTL_EXCEEDED, FWD_IFINDEX_BASE, FWD_SOURCES_MAX, FWD_STACK, FWD_STAGE,
+    FWD_TABLE_DEFAULT_ENTRIES, FWD_VALID, FnCounters, FwdEntry, FwdRow, SourceKey,
 };
 
 /// The forwarding table, indexed by `ifindex - FWD_IFINDEX_BASE` of the arriving interface; each

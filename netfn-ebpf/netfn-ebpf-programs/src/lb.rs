@@ -23,10 +23,7 @@
 use core::ptr;
 
 use aya_ebpf::{
-    bindings::{
-        BPF_F_MARK_MANGLED_0, BPF_F_MMAPABLE, BPF_F_PSEUDO_HDR, TC_ACT_SHOT,
-        xdp_action,
-    },
+    bindings::{BPF_F_MARK_MANGLED_0, BPF_F_MMAPABLE, BPF_F_PSEUDO_HDR, TC_ACT_SHOT, xdp_action},
     helpers::generated::bpf_ktime_get_ns,
     macros::{classifier, map, xdp},
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
@@ -34,6 +31,7 @@ use aya_ebpf::{
 };
 use netfn_common::{
     DIR_FORWARD, FwdEntry, KIND_DROP_BASE,
+    firewall::{PROTO_ICMP, PROTO_TCP, PROTO_UDP},
     lb::{
         BACKEND_DOWN, Backend, BackendCounters, CT_TO_BACKEND, CT_TO_CLIENT, FAMILY_V4,
         LB_CT_CLOSING, LB_CT_OPEN, LB_DROP_NO_BACKEND, LbConf, LbCtEntry, LbCtKey, LbStats,
@@ -42,6 +40,10 @@ use netfn_common::{
 };
 
 use crate::forwarder::{self, count_drop, read, rewrite, send_tc, send_xdp};
+use crate::headers::{
+    ETH_HLEN, ICMP_DEST_UNREACH, ICMP_HLEN, ICMP_PARAMETER_PROBLEM, ICMP_TIME_EXCEEDED, IP_HLEN,
+    TCP_FIN, TCP_RST, fold, words,
+};
 
 #[map]
 static NF_LB_SERVICES: HashMap<ServiceKey, Service> = HashMap::with_max_entries(1, 0);
@@ -59,22 +61,9 @@ static NF_LB_CT: LruHashMap<LbCtKey, LbCtEntry> = LruHashMap::with_max_entries(1
 #[map]
 static NF_LB_STATS: PerCpuArray<LbStats> = PerCpuArray::with_max_entries(1, 0);
 
-const ETH_HLEN: usize = 14;
-const IP_HLEN: usize = 20;
-const PROTO_TCP: u8 = 6;
-const PROTO_UDP: u8 = 17;
-const PROTO_ICMP: u8 = 1;
-const ICMP_HLEN: usize = 8;
 /// Most bytes the stage reads: Ethernet, an IPv4 header with options, and a TCP header's first
 /// 20 bytes or an ICMP error's header, quoted IPv4 header and ports.
 const READ_LEN: u32 = (ETH_HLEN + 60 + ICMP_HLEN + IP_HLEN + 4) as u32;
-
-const ICMP_DEST_UNREACH: u8 = 3;
-const ICMP_TIME_EXCEEDED: u8 = 11;
-const ICMP_PARAMETER_PROBLEM: u8 = 12;
-
-const TCP_FIN: u8 = 0x01;
-const TCP_RST: u8 = 0x04;
 
 /// The headers the stage reads (addresses and ports in packet byte order).
 #[derive(Clone, Copy)]
@@ -121,7 +110,10 @@ enum Fate {
     /// An ICMP error about a balanced flow, from the backend's side: the packet it quotes
     /// becomes the one the client sent (to `vip:port`), and a source that is the backend itself
     /// becomes the VIP.
-    IcmpBack { vip: u32, port: u16 },
+    IcmpBack {
+        vip: u32,
+        port: u16,
+    },
 }
 
 /// TC stage (`fastpath = "tc"`).
@@ -261,8 +253,7 @@ fn quoted(l4: usize, data: usize, data_end: usize) -> Option<Quoted> {
         return None;
     }
     let kind: u8 = read(icmp);
-    if kind != ICMP_DEST_UNREACH && kind != ICMP_TIME_EXCEEDED && kind != ICMP_PARAMETER_PROBLEM
-    {
+    if kind != ICMP_DEST_UNREACH && kind != ICMP_TIME_EXCEEDED && kind != ICMP_PARAMETER_PROBLEM {
         return None;
     }
     let q = icmp + ICMP_HLEN;
@@ -492,8 +483,7 @@ fn touch(ct: &mut LbCtEntry, p: &Packet, now: u64) {
     if now.wrapping_sub(ct.last_seen_ns) > 100_000_000 {
         ct.last_seen_ns = now;
     }
-    if p.proto == PROTO_TCP && p.tcp_flags & (TCP_FIN | TCP_RST) != 0 && ct.state != LB_CT_CLOSING
-    {
+    if p.proto == PROTO_TCP && p.tcp_flags & (TCP_FIN | TCP_RST) != 0 && ct.state != LB_CT_CLOSING {
         ct.state = LB_CT_CLOSING;
         ct.last_seen_ns = now;
     }
@@ -599,9 +589,8 @@ fn nat_xdp_l4<const CHECK: usize>(
             + (addr >> 16)
     };
     let new_ip_check = fold(delta(u32::from(!ip_check)));
-    let mut new_l4_check = fold(
-        delta(u32::from(!l4_check)) + u32::from(!old_port) + u32::from(port),
-    );
+    let mut new_l4_check =
+        fold(delta(u32::from(!l4_check)) + u32::from(!old_port) + u32::from(port));
     let udp_without_checksum = p.proto == PROTO_UDP && l4_check == 0;
     if p.proto == PROTO_UDP && new_l4_check == 0 {
         new_l4_check = 0xffff;
@@ -635,7 +624,6 @@ fn icmp_back_checksums(
     icmp_check: u16,
     outer: Option<(u32, u16)>,
 ) -> (u16, u16, u16) {
-    let words = |a: u32| (a & 0xffff) + (a >> 16);
     let not_words = |a: u32| u32::from(!(a as u16)) + u32::from(!((a >> 16) as u16));
     let new_inner = fold(u32::from(!inner_check) + not_words(q.dst) + words(vip));
     let new_icmp = fold(
@@ -664,8 +652,7 @@ fn icmp_back(data: usize, data_end: usize, p: &Packet, vip: u32, port: u16) {
     // Offsets are bounded for the verifier: an IPv4 header is at most 60 bytes.
     let icmp = data + (p.l4 & 0x7f);
     let inner = data + (q.at & 0x7f);
-    if ip + IP_HLEN > data_end || icmp + ICMP_HLEN > data_end || inner + IP_HLEN + 4 > data_end
-    {
+    if ip + IP_HLEN > data_end || icmp + ICMP_HLEN > data_end || inner + IP_HLEN + 4 > data_end {
         return;
     }
     let outer = (p.src == q.dst).then(|| (p.src, read::<u16>(ip + 10)));
@@ -712,12 +699,4 @@ fn icmp_back_tc(ctx: &TcContext, p: &Packet, vip: u32, port: u16) -> Result<(), 
         ctx.store(ETH_HLEN + 10, &new_outer, 0)?;
     }
     Ok(())
-}
-
-/// Folds a one's-complement sum to 16 bits and complements it.
-#[inline(always)]
-fn fold(mut sum: u32) -> u16 {
-    sum = (sum & 0xffff) + (sum >> 16);
-    sum = (sum & 0xffff) + (sum >> 16);
-    !(sum as u16)
 }

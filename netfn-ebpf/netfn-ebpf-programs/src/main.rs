@@ -20,6 +20,7 @@ use aya_log_ebpf::info;
 
 mod firewall;
 mod forwarder;
+mod headers;
 mod lb;
 use netfn_common::{IF_COUNTERS_MAX_ENTRIES, IfCounters};
 
