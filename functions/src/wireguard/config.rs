@@ -181,15 +181,7 @@ pub fn parse(settings: Settings<'_>) -> Result<WgSettings, Vec<SettingError>> {
     let backend = match raw.backend.as_ref().map(|b| (b, b.get_ref().as_str())) {
         None | Some((_, "auto")) => Backend::Auto,
         Some((_, "userspace")) => Backend::Userspace,
-        Some((b, "kernel")) => {
-            sink.error(
-                b.span(),
-                "the kernel backend is not available in this netfn yet".into(),
-                "use backend = \"auto\" or \"userspace\" (netfn's userspace data plane)"
-                    .to_string(),
-            );
-            Backend::Kernel
-        }
+        Some((_, "kernel")) => Backend::Kernel,
         Some((b, other)) => {
             sink.error(
                 b.span(),

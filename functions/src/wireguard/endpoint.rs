@@ -6,7 +6,8 @@
 //! enters the function's namespace on the main thread before any other thread exists (so every
 //! thread, socket and device it makes is there), builds the device with the cross-platform UAPI
 //! socket `/var/run/wireguard/<interface>.sock` (so `wg show` works against it), gives the
-//! interface its addresses, MTU and the peers' routes, says it is ready, and runs until SIGTERM.
+//! interface its addresses, MTU and the peers' routes, drops every capability
+//! ([`super::privilege`]), says it is ready, and runs until SIGTERM.
 
 use std::net::IpAddr;
 
@@ -81,9 +82,16 @@ pub fn run(chain: &str, function: &str) -> Result<(), String> {
     }
     netns::enter(&hop.netns.name).map_err(|e| e.to_string())?;
     let name = interface_name(chain, function);
+    // The runtime's threads never need a capability (see super::privilege); the main thread
+    // keeps its own until setup is done.
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
+        .on_thread_start(|| {
+            if let Err(e) = super::privilege::drop_all() {
+                tracing::warn!("endpoint thread: {e}");
+            }
+        })
         .build()
         .map_err(|e| format!("start the runtime: {e}"))?;
     runtime.block_on(async {
@@ -100,7 +108,8 @@ pub fn run(chain: &str, function: &str) -> Result<(), String> {
             .build()
             .await
             .map_err(|e| format!("start the WireGuard device {name}: {e}"))?;
-        configure_interface(&name, &settings)?;
+        super::link::configure(None, &name, &settings)?;
+        super::privilege::drop_all().map_err(|e| format!("endpoint {name}: {e}"))?;
         // A restarted endpoint has no sessions; the peers' data would be dropped until their
         // timers made them handshake again (15 s and more). Handshake with every peer it can
         // reach now instead.
@@ -131,36 +140,6 @@ pub fn run(chain: &str, function: &str) -> Result<(), String> {
         let _ = std::fs::remove_file(format!("/var/run/wireguard/{name}.sock"));
         Ok(())
     })
-}
-
-/// Addresses, MTU and the peers' routes of the tunnel interface (in the namespace the process
-/// is in), with iproute2.
-fn configure_interface(name: &str, s: &WgSettings) -> Result<(), String> {
-    let ip = |args: &[&str]| -> Result<(), String> {
-        let out = std::process::Command::new("ip")
-            .args(args)
-            .output()
-            .map_err(|e| format!("run ip {}: {e}", args.join(" ")))?;
-        if out.status.success() {
-            Ok(())
-        } else {
-            Err(format!(
-                "ip {}: {}",
-                args.join(" "),
-                String::from_utf8_lossy(&out.stderr).trim()
-            ))
-        }
-    };
-    for a in &s.address {
-        ip(&["addr", "replace", &a.to_string(), "dev", name])?;
-    }
-    ip(&["link", "set", "dev", name, "mtu", &s.mtu.to_string(), "up"])?;
-    for p in &s.peers {
-        for net in &p.allowed_ips {
-            ip(&["route", "replace", &net.to_string(), "dev", name])?;
-        }
-    }
-    Ok(())
 }
 
 /// The file of peers' last endpoints (`PUBLIC_KEY ADDRESS:PORT` lines).

@@ -1,8 +1,9 @@
 //! `kind = "wireguard"`: the kind's face to core. A stack kind: its packets cross the
 //! function's own IP stack (the forwarder hands them over; IP forwarding is on there), where the
-//! tunnel device decrypts and encrypts; its data plane is a process of its own
-//! ([`super::endpoint`]), started by `up` and restarted by the agent's task if it dies. The
-//! peers' allowed IPs are the sources its neighbours on the far side accept from it.
+//! tunnel device decrypts and encrypts: the kernel's interface, made by `up` ([`super::kernel`]),
+//! or the userspace data plane, a process of its own ([`super::endpoint`]) started by `up` and
+//! restarted by the agent's task if it dies. The peers' allowed IPs are the sources its
+//! neighbours on the far side accept from it.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,10 +14,12 @@ use netfn_core::function::{
     FunctionMetricsContext, KindMetricsError, KindTask, MetricFamily, RecordedSettings,
     SettingError, Settings, TaskContext, TaskRun,
 };
-use netfn_core::plan::Direction;
+use netfn_core::plan::{Direction, names};
 
-use super::config::{self, Side, WgSettings};
+use super::config::{self, Backend, Side, WgSettings};
+use super::device::{self, Device};
 use super::endpoint;
+use super::kernel::{self, CreateError};
 
 pub struct WireGuard;
 
@@ -38,8 +41,43 @@ impl FunctionConfig for WgConfig {
         true
     }
 
+    /// The kernel backend's interface: made and configured here (`auto` falls back to the
+    /// userspace endpoint when this kernel has no WireGuard); a running one's peers change in
+    /// place. The userspace endpoint configures itself ([`Self::process`]).
+    fn configure(&self, ctx: &FunctionContext, fresh: bool) -> Result<(), String> {
+        let (chain, function) = (ctx.chain.as_str(), ctx.function.as_str());
+        if !fresh {
+            return match Device::of(chain, function) {
+                Device::Kernel { .. } => super::peers::update(chain, function, &self.settings),
+                Device::Userspace { .. } => Ok(()),
+            };
+        }
+        if self.settings.backend == Backend::Userspace {
+            return Ok(());
+        }
+        let netns = names::netns_name(chain, function);
+        let name = endpoint::interface_name(chain, function);
+        match kernel::create(&netns, &name, &self.settings) {
+            Ok(()) => device::mark_kernel(chain, function),
+            Err(CreateError::NoModule(why)) if self.settings.backend == Backend::Auto => {
+                tracing::info!(
+                    "function {function}: this kernel has no WireGuard ({why}); running the \
+                     userspace endpoint"
+                );
+                Ok(())
+            }
+            Err(CreateError::NoModule(why)) => Err(format!(
+                "backend = \"kernel\", but this kernel has no WireGuard ({why}); load the \
+                 module (`modprobe wireguard`) or use backend = \"auto\" or \"userspace\""
+            )),
+            Err(CreateError::Other(why)) => Err(why),
+        }
+    }
+
+    /// The userspace endpoint, unless the kernel's interface runs the function.
     fn process(&self, ctx: &FunctionContext) -> Option<Vec<String>> {
-        Some(endpoint::args(&ctx.chain, &ctx.function))
+        (!Device::of(&ctx.chain, &ctx.function).is_kernel())
+            .then(|| endpoint::args(&ctx.chain, &ctx.function))
     }
 
     /// Peers (added, removed, changed) change in place: the running endpoint gets them over its
@@ -100,7 +138,7 @@ impl FunctionKind for WireGuard {
     }
 
     fn summary(&self) -> &'static str {
-        "WireGuard VPN endpoint (userspace data plane; works with wg and wireguard-go)"
+        "WireGuard VPN endpoint (the kernel module where present, else a userspace data plane; works with wg and wireguard-go)"
     }
 
     fn parse(&self, settings: Settings<'_>) -> Result<Arc<dyn FunctionConfig>, Vec<SettingError>> {
@@ -121,12 +159,12 @@ impl FunctionKind for WireGuard {
         &self,
         ctx: &FunctionMetricsContext<'_>,
     ) -> Result<Vec<MetricFamily>, KindMetricsError> {
-        let name = endpoint::interface_name(ctx.chain, ctx.function);
         let mut up = ctx.gauge(
             "netfn_wireguard_endpoint_up",
-            "1 if the function's endpoint process runs and answers on its UAPI socket, else 0.",
+            "1 if the function's WireGuard device answers (kernel interface, or the userspace \
+             endpoint's UAPI socket), else 0.",
         );
-        let peers = super::uapi::peers(&name);
+        let peers = Device::of(ctx.chain, ctx.function).peers();
         up.sample_u64(&[], u64::from(peers.is_ok()));
         let mut out = vec![up.build()];
         let Ok(peers) = peers else {
@@ -155,10 +193,12 @@ impl FunctionKind for WireGuard {
     }
 
     fn status(&self, ctx: &FunctionMetricsContext<'_>) -> Vec<(String, String)> {
-        let name = endpoint::interface_name(ctx.chain, ctx.function);
-        let process = match processes::running(ctx.chain, ctx.function) {
-            Some(pid) => format!("userspace (GotaTun), pid {pid}"),
-            None => "userspace (GotaTun), NOT running".into(),
+        let device = Device::of(ctx.chain, ctx.function);
+        let name = device.name().to_string();
+        let process = match (&device, processes::running(ctx.chain, ctx.function)) {
+            (Device::Kernel { .. }, _) => "kernel (wireguard module)".to_string(),
+            (_, Some(pid)) => format!("userspace (GotaTun), pid {pid}"),
+            (_, None) => "userspace (GotaTun), NOT running".into(),
         };
         let mut rows = vec![
             ("endpoint".to_string(), process),
@@ -167,7 +207,7 @@ impl FunctionKind for WireGuard {
                 format!("{name} (`wg show {name}`)"),
             ),
         ];
-        rows.extend(super::uapi::peer_rows(&name));
+        rows.extend(device::peer_rows(device.peers()));
         rows
     }
 
@@ -180,7 +220,10 @@ impl FunctionKind for WireGuard {
                 let (chain, function) = (chain.clone(), function.clone());
                 Box::pin(async move {
                     loop {
-                        if processes::running(&chain, &function).is_none() {
+                        // The kernel's interface has no process to keep running.
+                        if !Device::of(&chain, &function).is_kernel()
+                            && processes::running(&chain, &function).is_none()
+                        {
                             tracing::warn!(
                                 function = %function,
                                 "the WireGuard endpoint is not running; starting it again"

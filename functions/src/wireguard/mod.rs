@@ -1,14 +1,21 @@
 //! `kind = "wireguard"`: a WireGuard VPN endpoint. Its settings ([`config`]) are a wg-quick
 //! file's, keys in files ([`keys`]); it is a stack kind: its packets cross the function's own IP
-//! stack, where the userspace data plane ([`endpoint`], a process of its own per function) runs
-//! the tunnel device; [`uapi`] reads the endpoint's peers back for status; [`kind`] is what core
-//! registers.
+//! stack, where its tunnel device runs: the kernel's ([`kernel`], over [`genl`]) where the kernel
+//! has the module, else the userspace data plane ([`endpoint`], a process of its own per
+//! function, told changes over [`uapi`], without capabilities once set up: [`privilege`]). [`device`] is the running one, whichever it is;
+//! [`peers`] says what it must be told, [`link`] gives it addresses and routes; [`kind`] is what
+//! core registers.
 
 pub mod config;
+pub mod device;
 pub mod endpoint;
+pub mod genl;
+pub mod kernel;
 pub mod keys;
 pub mod kind;
+pub mod link;
 pub mod peers;
+pub mod privilege;
 pub mod uapi;
 
 pub use kind::WireGuard;

@@ -1,31 +1,55 @@
-//! A running endpoint's peers changed in place (`netfn apply`): over its UAPI socket, only the
-//! peers that are new, gone or changed are named, so the untouched ones keep their sessions (no
-//! new handshake); the namespace's routes to the peers' allowed IPs follow.
+//! What a device is told about its peers. A new device gets all of them; a running one (`netfn
+//! apply`) only the peers that are new, gone or changed, so the untouched ones keep their
+//! sessions (no new handshake); the namespace's routes to the peers' allowed IPs follow. The
+//! changes are the same for both backends; [`super::device`] says them in the backend's words.
 
 use std::collections::BTreeSet;
+use std::net::SocketAddr;
 
+use ipnet::Ipv4Net;
 use netfn_core::plan::names;
 
-use super::config::WgSettings;
-use super::{endpoint, keys, uapi};
+use super::config::{PeerConf, WgSettings};
+use super::device::Device;
+use super::uapi::PeerState;
+use super::{endpoint, keys, link};
 
-/// Gives the endpoint of `function` in `chain` the peers of `settings`.
-pub fn update(chain: &str, function: &str, settings: &WgSettings) -> Result<(), String> {
-    let name = endpoint::interface_name(chain, function);
-    let running = uapi::peers(&name)?;
-    let mut request = String::new();
+/// One peer added, changed or removed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PeerChange {
+    Remove([u8; 32]),
+    /// The peer as it must be (its allowed IPs replace the ones it had).
+    Set(PeerSet),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerSet {
+    pub public_key: [u8; 32],
+    pub allowed_ips: Vec<Ipv4Net>,
+    pub endpoint: Option<SocketAddr>,
+    /// Seconds; 0 is off.
+    pub keepalive: u16,
+    pub preshared_key: Option<[u8; 32]>,
+}
+
+/// Every peer of `settings` (a new device).
+pub fn all(settings: &WgSettings) -> Result<Vec<PeerChange>, String> {
+    settings.peers.iter().map(set).collect()
+}
+
+/// The changes that make a device with peers `running` have the peers of `settings`.
+pub fn diff(running: &[PeerState], settings: &WgSettings) -> Result<Vec<PeerChange>, String> {
     let wanted: BTreeSet<&str> = settings
         .peers
         .iter()
         .map(|p| p.public_key.as_str())
         .collect();
-    let mut old_nets: BTreeSet<String> = BTreeSet::new();
-    for p in &running {
-        old_nets.extend(p.allowed_ips.iter().cloned());
+    let mut out = Vec::new();
+    for p in running {
         if !wanted.contains(p.public_key.as_str()) {
             let key =
                 keys::decode(&p.public_key).map_err(|why| format!("a running peer's key {why}"))?;
-            request.push_str(&format!("public_key={}\nremove=true\n", uapi::hex(&key)));
+            out.push(PeerChange::Remove(key));
         }
     }
     for p in &settings.peers {
@@ -36,63 +60,119 @@ pub fn update(chain: &str, function: &str, settings: &WgSettings) -> Result<(), 
                 && r.keepalive == p.persistent_keepalive.unwrap_or(0)
                 && (p.endpoint.is_none() || r.endpoint == p.endpoint)
         }) && p.preshared_key_file.is_none();
-        if unchanged {
-            continue;
-        }
-        let key = keys::decode(&p.public_key).map_err(|why| format!("a peer's key {why}"))?;
-        request.push_str(&format!(
-            "public_key={}\nreplace_allowed_ips=true\n",
-            uapi::hex(&key)
-        ));
-        for net in &nets {
-            request.push_str(&format!("allowed_ip={net}\n"));
-        }
-        if let Some(e) = p.endpoint {
-            request.push_str(&format!("endpoint={e}\n"));
-        }
-        request.push_str(&format!(
-            "persistent_keepalive_interval={}\n",
-            p.persistent_keepalive.unwrap_or(0)
-        ));
-        if let Some(f) = &p.preshared_key_file {
-            request.push_str(&format!(
-                "preshared_key={}\n",
-                uapi::hex(&keys::read_file(f)?)
-            ));
+        if !unchanged {
+            out.push(set(p)?);
         }
     }
-    if !request.is_empty() {
-        uapi::set(&name, &request)?;
+    Ok(out)
+}
+
+fn set(p: &PeerConf) -> Result<PeerChange, String> {
+    Ok(PeerChange::Set(PeerSet {
+        public_key: keys::decode(&p.public_key).map_err(|why| format!("a peer's key {why}"))?,
+        allowed_ips: p.allowed_ips.clone(),
+        endpoint: p.endpoint,
+        keepalive: p.persistent_keepalive.unwrap_or(0),
+        preshared_key: p
+            .preshared_key_file
+            .as_deref()
+            .map(keys::read_file)
+            .transpose()?,
+    }))
+}
+
+/// Gives the running device of `function` in `chain` the peers of `settings`, in place.
+pub fn update(chain: &str, function: &str, settings: &WgSettings) -> Result<(), String> {
+    let device = Device::of(chain, function);
+    let running = device.peers()?;
+    let changes = diff(&running, settings)?;
+    if !changes.is_empty() {
+        device.apply(&changes, None)?;
     }
     // Routes: the new peers' nets to the tunnel, the gone ones' away.
     let netns = names::netns_name(chain, function);
+    let name = endpoint::interface_name(chain, function);
+    let old_nets: BTreeSet<String> = running
+        .iter()
+        .flat_map(|p| p.allowed_ips.iter().cloned())
+        .collect();
     let new_nets: BTreeSet<String> = settings
         .peers
         .iter()
         .flat_map(|p| p.allowed_ips.iter().map(|n| n.to_string()))
         .collect();
     for net in &new_nets {
-        ip(&netns, &["route", "replace", net, "dev", &name])?;
+        link::ip(Some(&netns), &["route", "replace", net, "dev", &name])?;
     }
     for net in old_nets.difference(&new_nets) {
-        ip(&netns, &["route", "del", net, "dev", &name])?;
+        link::ip(Some(&netns), &["route", "del", net, "dev", &name])?;
     }
     Ok(())
 }
 
-fn ip(netns: &str, args: &[&str]) -> Result<(), String> {
-    let out = std::process::Command::new("ip")
-        .args(["-n", netns])
-        .args(args)
-        .output()
-        .map_err(|e| format!("run ip: {e}"))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "ip -n {netns} {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn peer(key: u8, nets: &[&str]) -> PeerConf {
+        PeerConf {
+            public_key: keys::encode(&[key; 32]),
+            preshared_key_file: None,
+            allowed_ips: nets.iter().map(|n| n.parse().unwrap()).collect(),
+            endpoint: None,
+            persistent_keepalive: None,
+        }
+    }
+
+    fn state(p: &PeerConf) -> PeerState {
+        PeerState {
+            public_key: p.public_key.clone(),
+            allowed_ips: p.allowed_ips.iter().map(|n| n.to_string()).collect(),
+            ..PeerState::default()
+        }
+    }
+
+    fn settings(peers: Vec<PeerConf>) -> WgSettings {
+        WgSettings {
+            side: super::super::config::Side::Ingress,
+            private_key_file: "/k".into(),
+            listen_port: 51820,
+            address: vec![],
+            mtu: 1420,
+            backend: super::super::config::Backend::Auto,
+            peers,
+            spans: vec![],
+        }
+    }
+
+    #[test]
+    fn only_new_gone_and_changed_peers_are_named() {
+        let (a, b, c) = (
+            peer(1, &["10.0.0.1/32"]),
+            peer(2, &["10.0.0.2/32"]),
+            peer(3, &["10.0.0.3/32"]),
+        );
+        let b2 = peer(2, &["10.0.0.2/32", "10.0.1.0/24"]);
+        let running = [state(&a), state(&b)];
+        let changes = diff(&running, &settings(vec![a.clone(), b2, c])).unwrap();
+        let named: Vec<(bool, u8)> = changes
+            .iter()
+            .map(|c| match c {
+                PeerChange::Remove(k) => (false, k[0]),
+                PeerChange::Set(s) => (true, s.public_key[0]),
+            })
+            .collect();
+        assert_eq!(
+            named,
+            [(true, 2), (true, 3)],
+            "a untouched, b changed, c new"
+        );
+        let gone = diff(&running, &settings(vec![b])).unwrap();
+        assert_eq!(gone, [PeerChange::Remove([1; 32])]);
+        assert!(
+            diff(&running, &settings(vec![a, peer(2, &["10.0.0.2/32"])]))
+                .unwrap()
+                .is_empty()
+        );
     }
 }

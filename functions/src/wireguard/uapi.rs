@@ -1,5 +1,6 @@
-//! Reading an endpoint's state through its UAPI socket (`get=1`, the cross-platform protocol
-//! `wg show` speaks): per peer the last handshake and the bytes each way, for status. Peers are
+//! The userspace endpoint's UAPI socket (the cross-platform protocol `wg` speaks): reading its
+//! peers (`get=1`: per peer the last handshake and the bytes each way, for status) and telling
+//! it peer changes (`set=1`). Peers are
 //! named by the first characters of their public key (a public key is no secret); private and
 //! preshared keys are never read out.
 
@@ -8,6 +9,7 @@ use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
 use super::keys;
+use super::peers::PeerChange;
 
 /// One peer as the endpoint reports it.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -33,7 +35,7 @@ fn connect(name: &str) -> Result<UnixStream, String> {
 
 /// Sends a `set=1` request (its lines, without `set=1` and the blank line) to the endpoint
 /// behind interface `name`; `Err` with the errno it answered otherwise.
-pub fn set(name: &str, lines: &str) -> Result<(), String> {
+fn set(name: &str, lines: &str) -> Result<(), String> {
     let mut s = connect(name)?;
     s.write_all(format!("set=1\n{lines}\n").as_bytes())
         .map_err(|e| e.to_string())?;
@@ -48,6 +50,35 @@ pub fn set(name: &str, lines: &str) -> Result<(), String> {
         }
     }
     Err("the endpoint did not answer".into())
+}
+
+/// Tells the endpoint behind interface `name` about `changes` (one `set=1` request).
+pub fn apply(name: &str, changes: &[PeerChange]) -> Result<(), String> {
+    let mut request = String::new();
+    for change in changes {
+        match change {
+            PeerChange::Remove(key) => {
+                request.push_str(&format!("public_key={}\nremove=true\n", hex(key)));
+            }
+            PeerChange::Set(p) => {
+                request.push_str(&format!(
+                    "public_key={}\nreplace_allowed_ips=true\n",
+                    hex(&p.public_key)
+                ));
+                for net in &p.allowed_ips {
+                    request.push_str(&format!("allowed_ip={net}\n"));
+                }
+                if let Some(e) = p.endpoint {
+                    request.push_str(&format!("endpoint={e}\n"));
+                }
+                request.push_str(&format!("persistent_keepalive_interval={}\n", p.keepalive));
+                if let Some(psk) = &p.preshared_key {
+                    request.push_str(&format!("preshared_key={}\n", hex(psk)));
+                }
+            }
+        }
+    }
+    set(name, &request)
 }
 
 /// A base64 key as the UAPI's hex.
@@ -116,34 +147,4 @@ fn hex_key(hex: &str) -> Option<String> {
         .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
         .collect::<Option<_>>()?;
     Some(keys::encode(&<[u8; 32]>::try_from(bytes.as_slice()).ok()?))
-}
-
-/// `netfn status` rows, one per peer.
-pub fn peer_rows(name: &str) -> Vec<(String, String)> {
-    match peers(name) {
-        Err(e) => vec![("peers".into(), format!("unknown ({e})"))],
-        Ok(peers) => peers
-            .into_iter()
-            .map(|p| {
-                let now = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_secs());
-                let handshake = if p.last_handshake_unix == 0 {
-                    "no handshake yet".to_string()
-                } else {
-                    format!(
-                        "handshake {} s ago",
-                        now.saturating_sub(p.last_handshake_unix)
-                    )
-                };
-                (
-                    format!("peer {}…", p.public_key.get(..8).unwrap_or("?")),
-                    format!(
-                        "{handshake}, {} B received, {} B sent",
-                        p.rx_bytes, p.tx_bytes
-                    ),
-                )
-            })
-            .collect(),
-    }
 }

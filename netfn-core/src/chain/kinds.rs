@@ -1,6 +1,7 @@
-//! What the function kinds add to a running chain, through the seam: in tc/xdp chains each
-//! function's per-packet stage ([`crate::ebpf::load_stage`]), in kernel mode its kernel form (an
-//! nftables ruleset loaded in its namespace). Called by `up` for every function and by `apply`
+//! What the function kinds add to a running chain, through the seam: kernel objects of their
+//! own and processes in any mode, in tc/xdp chains each function's per-packet stage
+//! ([`crate::ebpf::load_stage`]), in kernel mode its kernel form (an nftables ruleset loaded in
+//! its namespace). Called by `up` for every function and by `apply`
 //! for the functions it adds or changes; core learns nothing about the kinds here but what the
 //! seam answers.
 
@@ -56,6 +57,12 @@ pub(crate) fn start_one(
             }
         }
     }
+    config
+        .configure(&ctx, fresh)
+        .map_err(|why| ObjectError::Configure {
+            function: name.to_string(),
+            why,
+        })?;
     if let Some(args) = config.process(&ctx) {
         let running = super::processes::running(&plan.chain, name).is_some();
         // A changed function's running process takes the new settings in place if its kind

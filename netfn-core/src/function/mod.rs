@@ -9,6 +9,8 @@
 //!   their sizes, how to fill them), run by the forwarder through a tail call;
 //! - its kernel-mode form ([`FunctionConfig::kernel_form`]): an nftables ruleset that core loads
 //!   inside the function's namespace when the chain runs `fastpath = "kernel"`;
+//! - kernel objects of its own in its namespace ([`FunctionConfig::configure`]: a kernel
+//!   WireGuard device) and a process of its own ([`FunctionConfig::process`]: a userspace one);
 //! - whether a settings change can happen in place ([`FunctionConfig::change_in_place`]);
 //! - which sources its neighbours must accept from it beyond the chain's subnets;
 //! - its drop reasons ([`FunctionKind::drop_reasons`]), rows in `netfn status` and metric
@@ -119,6 +121,16 @@ pub trait FunctionConfig: fmt::Debug + Send + Sync + Any {
     /// packets go (a load balancer's VIPs toward ingress, a VPN's decapsulated clients toward
     /// egress): the forwarder's anti-spoofing check of the functions they cross next lets them
     /// through.
+    /// Kernel objects of the kind's own in the function's namespace that netfn configures
+    /// itself (a kernel WireGuard device): called by `up` and by an apply that adds the function
+    /// with `fresh`, by an apply that changes its settings in place without, before its process
+    /// (if any) starts. They go with the namespace. `Err` is the reason, said to the operator.
+    /// The default has none.
+    fn configure(&self, ctx: &FunctionContext, fresh: bool) -> Result<(), String> {
+        let _ = (ctx, fresh);
+        Ok(())
+    }
+
     /// A process of the kind's own that runs for the function while its chain is up (a
     /// userspace VPN data plane): the arguments of the netfn binary that runs it. `up` starts it
     /// in a session of its own (it outlives netfn and the agent) and waits until it creates its

@@ -40,6 +40,10 @@ pub enum ObjectError {
         #[source]
         source: Box<super::nft::NftError>,
     },
+    /// A kind's own kernel objects in its namespace (`FunctionConfig::configure`); `why` is the
+    /// kind's message.
+    #[error("function {function}: {why}")]
+    Configure { function: String, why: String },
     /// A kind's own process (see `crate::chain::processes`).
     #[error(transparent)]
     Process(Box<crate::chain::processes::ProcessError>),

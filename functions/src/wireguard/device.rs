@@ -1,0 +1,110 @@
+//! A WireGuard function's running device, whichever backend runs it: a kernel interface in the
+//! function's namespace (configured over generic netlink, [`super::kernel`]) or the userspace
+//! endpoint's TUN (configured over its UAPI socket, [`super::uapi`]). Which one runs is decided
+//! once, when the function starts, and kept in a file beside its other run-time files (so
+//! `status`, metrics and `apply` ask the device that runs, not the one `auto` would pick now).
+
+use netfn_core::chain::processes;
+use netfn_core::plan::names;
+
+use super::peers::PeerChange;
+use super::uapi::PeerState;
+use super::{endpoint, kernel, uapi};
+
+/// The function's device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Device {
+    Kernel { netns: String, name: String },
+    Userspace { name: String },
+}
+
+/// The file that says a function runs the kernel backend (absent: userspace).
+fn kernel_marker(chain: &str, function: &str) -> std::path::PathBuf {
+    processes::state_file(chain, function, "kernel")
+}
+
+/// Records that `function` of `chain` runs the kernel backend.
+pub fn mark_kernel(chain: &str, function: &str) -> Result<(), String> {
+    let path = kernel_marker(chain, function);
+    std::fs::write(&path, b"wireguard module\n")
+        .map_err(|e| format!("record the backend in {}: {e}", path.display()))
+}
+
+impl Device {
+    /// The device of `function` in `chain` (its chain is up).
+    pub fn of(chain: &str, function: &str) -> Self {
+        let name = endpoint::interface_name(chain, function);
+        if kernel_marker(chain, function).exists() {
+            Device::Kernel {
+                netns: names::netns_name(chain, function),
+                name,
+            }
+        } else {
+            Device::Userspace { name }
+        }
+    }
+
+    pub fn is_kernel(&self) -> bool {
+        matches!(self, Device::Kernel { .. })
+    }
+
+    /// The interface's name (the same in both backends).
+    pub fn name(&self) -> &str {
+        match self {
+            Device::Kernel { name, .. } | Device::Userspace { name } => name,
+        }
+    }
+
+    /// The peers as the device reports them.
+    pub fn peers(&self) -> Result<Vec<PeerState>, String> {
+        match self {
+            Device::Kernel { netns, name } => kernel::peers(netns, name),
+            Device::Userspace { name } => uapi::peers(name),
+        }
+    }
+
+    /// Tells the device `changes` (and, with `private_key`, its key and port: a new device).
+    pub fn apply(
+        &self,
+        changes: &[PeerChange],
+        private_key: Option<([u8; 32], u16)>,
+    ) -> Result<(), String> {
+        match self {
+            Device::Kernel { netns, name } => kernel::apply(netns, name, changes, private_key),
+            Device::Userspace { name } => {
+                debug_assert!(private_key.is_none(), "the endpoint sets its own key");
+                uapi::apply(name, changes)
+            }
+        }
+    }
+}
+
+/// `netfn status` rows, one per peer, from what a device answered.
+pub fn peer_rows(peers: Result<Vec<PeerState>, String>) -> Vec<(String, String)> {
+    match peers {
+        Err(e) => vec![("peers".into(), format!("unknown ({e})"))],
+        Ok(peers) => peers
+            .into_iter()
+            .map(|p| {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs());
+                let handshake = if p.last_handshake_unix == 0 {
+                    "no handshake yet".to_string()
+                } else {
+                    format!(
+                        "handshake {} s ago",
+                        now.saturating_sub(p.last_handshake_unix)
+                    )
+                };
+                (
+                    format!("peer {}…", p.public_key.get(..8).unwrap_or("?")),
+                    format!(
+                        "{handshake}, {} B received, {} B sent",
+                        p.rx_bytes, p.tx_bytes
+                    ),
+                )
+            })
+            .collect(),
+    }
+}

@@ -1,0 +1,44 @@
+//! The tunnel interface's place in its namespace, with iproute2: its addresses, MTU and the
+//! routes to the peers' allowed IPs. The same for both backends; `netns` `None` is the namespace
+//! the process is in (the userspace endpoint has entered it), `Some` names it (`up`, `apply`).
+
+use super::config::WgSettings;
+
+/// Runs `ip [-n NETNS] ARGS…`; `Err` carries its complaint.
+pub fn ip(netns: Option<&str>, args: &[&str]) -> Result<(), String> {
+    let mut cmd = std::process::Command::new("ip");
+    if let Some(ns) = netns {
+        cmd.args(["-n", ns]);
+    }
+    let out = cmd
+        .args(args)
+        .output()
+        .map_err(|e| format!("run ip {}: {e}", args.join(" ")))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "ip {}{}: {}",
+            netns.map(|n| format!("-n {n} ")).unwrap_or_default(),
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+/// Addresses, MTU (and up), and a route to every peer's allowed IPs through interface `name`.
+pub fn configure(netns: Option<&str>, name: &str, s: &WgSettings) -> Result<(), String> {
+    for a in &s.address {
+        ip(netns, &["addr", "replace", &a.to_string(), "dev", name])?;
+    }
+    ip(
+        netns,
+        &["link", "set", "dev", name, "mtu", &s.mtu.to_string(), "up"],
+    )?;
+    for p in &s.peers {
+        for net in &p.allowed_ips {
+            ip(netns, &["route", "replace", &net.to_string(), "dev", name])?;
+        }
+    }
+    Ok(())
+}
