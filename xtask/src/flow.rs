@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 
+use crate::demo_vpn::VpnDemo;
 use crate::{ebpf, setup, util};
 
 /// Builds the eBPF object, then the `netfn` binary that embeds it.
@@ -62,7 +63,9 @@ pub fn demo() -> Result<()> {
     ensure_built(true)?;
     let root = util::workspace_root();
     let netfn = root.join("target/release/netfn");
-    let file = root.join(DEMO_FILE);
+    let base = std::fs::read_to_string(root.join(DEMO_FILE)).context("read examples/demo.toml")?;
+    let vpn = VpnDemo::prepare(&netfn, &base)?;
+    let file = vpn.file.clone();
     let file_arg = file.to_string_lossy().into_owned();
     let step = |title: &str| println!("\n\x1b[1m== {title}\x1b[0m");
     let netfn_run = |args: &[&str]| -> Result<()> {
@@ -71,6 +74,9 @@ pub fn demo() -> Result<()> {
     };
 
     step("the chain file");
+    println!(
+        "(examples/demo.toml with a WireGuard endpoint `vpn` in front, keys made for this run)"
+    );
     netfn_run(&["validate", &file_arg])?;
     netfn_run(&["graph", &file_arg, "--format", "mermaid"])?;
 
@@ -99,7 +105,7 @@ pub fn demo() -> Result<()> {
         .env("NETFN_AGENT_SOCKET", "/run/netfn/demo-agent.sock")
         .spawn()
         .context("start the netfn agent")?;
-    let result = demo_traffic(&netfn);
+    let result = demo_traffic(&netfn, &vpn);
     // SIGTERM: the agent removes its socket on the way out.
     let pid = i32::try_from(agent.id()).unwrap_or(0);
     // SAFETY: kill(2) with a child's pid and a valid signal has no memory effects.
@@ -128,13 +134,13 @@ fn demo_with_audit(demo: &str) -> Result<String> {
 
 /// Inserts a function into the running demo chain while a UDP stream runs through it; iperf3
 /// reports the datagrams lost.
-fn live_apply(netfn: &std::path::Path) -> Result<()> {
+fn live_apply(netfn: &std::path::Path, chain_file: &std::path::Path) -> Result<()> {
     println!(
         "\n\x1b[1m== live change: insert function `audit` after `edge` while a UDP stream runs (iperf3, 3 s)\x1b[0m"
     );
-    let root = util::workspace_root();
-    let demo = std::fs::read_to_string(root.join(DEMO_FILE)).context("read examples/demo.toml")?;
-    let file = std::env::temp_dir().join(format!("netfn-demo-audit-{}.toml", std::process::id()));
+    let demo = std::fs::read_to_string(chain_file).context("read the demo's chain file")?;
+    // Beside the chain file: its key file names are relative to it.
+    let file = chain_file.with_file_name("demo-audit.toml");
     std::fs::write(&file, demo_with_audit(&demo)?).context("write the changed chain file")?;
     let file_arg = file.to_string_lossy().into_owned();
     let iperf = |hop: &str, args: &[&str]| {
@@ -181,7 +187,7 @@ const WEB_SERVERS: [&str; 3] = ["10.20.2.11", "10.20.2.12", "10.20.2.13"];
 
 /// The load balancer `front`: three web servers in the egress namespace, nine requests to the
 /// VIP spread over them, then one server stops and the health checks take it out.
-fn load_balancer(netfn: &std::path::Path) -> Result<()> {
+fn load_balancer(netfn: &std::path::Path, vpn: &VpnDemo) -> Result<()> {
     println!(
         "\n\x1b[1m== the load balancer `front`: requests to 192.0.2.80:80 spread over three web servers\x1b[0m"
     );
@@ -256,7 +262,10 @@ fn load_balancer(netfn: &std::path::Path) -> Result<()> {
         {
             println!("{line}");
         }
-        Ok(())
+        println!(
+            "\n\x1b[1m== a WireGuard client in front: its requests cross the tunnel, the firewall and the load balancer\x1b[0m"
+        );
+        vpn.client(netfn, &requests)
     })();
     for mut s in servers {
         let _ = s.kill();
@@ -283,7 +292,7 @@ fn scrape() -> Result<String> {
         .unwrap_or(body))
 }
 
-fn demo_traffic(netfn: &std::path::Path) -> Result<()> {
+fn demo_traffic(netfn: &std::path::Path, vpn: &VpnDemo) -> Result<()> {
     let step = |title: &str| println!("\n\x1b[1m== {title}\x1b[0m");
     let exec = |hop: &str, cmd: &[&str]| -> Result<()> {
         println!("$ netfn exec {DEMO_CHAIN} {hop} -- {}", cmd.join(" "));
@@ -341,9 +350,9 @@ fn demo_traffic(netfn: &std::path::Path) -> Result<()> {
     let dropped = try_connect(8080, "1")?;
     println!("(exit {:?}: no answer at all, dropped)", dropped.code());
 
-    load_balancer(netfn)?;
+    load_balancer(netfn, vpn)?;
 
-    live_apply(netfn)?;
+    live_apply(netfn, &vpn.file)?;
 
     step("status, with per-interface eBPF counters and the agent's probe");
     let mut status = Command::new(netfn);
@@ -364,6 +373,7 @@ fn demo_traffic(netfn: &std::path::Path) -> Result<()> {
             || l.starts_with("netfn_firewall_rule_connections_total")
             || l.starts_with("netfn_load_balancer_backend_new_flows_total")
             || l.starts_with("netfn_load_balancer_backend_up")
+            || l.starts_with("netfn_wireguard_peer_")
             || l.starts_with("netfn_function_drops_total") && !l.ends_with(" 0")
     }) {
         println!("{line}");

@@ -79,26 +79,49 @@ pub fn run(args: FuzzArgs) -> Result<()> {
          setup` checks)",
     )?;
 
+    // One target per core at a time (libFuzzer runs one process per target): on CI's 2 cores
+    // the five targets take three rounds instead of five.
+    let jobs = std::thread::available_parallelism().map_or(1, |n| n.get());
     let work = fuzz_dir.join("target");
-    let tmp = work.join("tmp");
     let mut outcomes = Vec::new();
-    for target in &targets {
-        println!("== fuzzing {target} for {} s", args.seconds);
-        std::fs::create_dir_all(&tmp)
-            .with_context(|| format!("cannot create {}", tmp.display()))?;
-        let outcome = fuzz_one(&root, target, args.seconds, &tmp);
-        // The targets' scratch files (a rules file per input): nothing to keep.
-        let _ = std::fs::remove_dir_all(&tmp);
-        let outcome = outcome?;
-        println!("{}", summary(&outcome));
-        if let Some(f) = &outcome.failure {
-            println!("--- from {}:", f.log.display());
-            for l in &f.excerpt {
-                println!("{l}");
+    for round in targets.chunks(jobs) {
+        println!("== fuzzing {} for {} s", round.join(", "), args.seconds);
+        let results: Vec<Result<Outcome>> = std::thread::scope(|s| {
+            let running: Vec<_> = round
+                .iter()
+                .map(|target| {
+                    let (root, work) = (&root, &work);
+                    s.spawn(move || {
+                        let tmp = work.join("tmp").join(target);
+                        std::fs::create_dir_all(&tmp)
+                            .with_context(|| format!("cannot create {}", tmp.display()))?;
+                        let outcome = fuzz_one(root, target, args.seconds, &tmp);
+                        // The target's scratch files (a rules file per input): nothing to keep.
+                        let _ = std::fs::remove_dir_all(&tmp);
+                        outcome
+                    })
+                })
+                .collect();
+            running
+                .into_iter()
+                .map(|t| {
+                    t.join()
+                        .unwrap_or_else(|_| Err(anyhow::anyhow!("a fuzz thread panicked")))
+                })
+                .collect()
+        });
+        for outcome in results {
+            let outcome = outcome?;
+            println!("{}", summary(&outcome));
+            if let Some(f) = &outcome.failure {
+                println!("--- from {}:", f.log.display());
+                for l in &f.excerpt {
+                    println!("{l}");
+                }
+                println!("---");
             }
-            println!("---");
+            outcomes.push(outcome);
         }
-        outcomes.push(outcome);
     }
 
     println!("== fuzz summary");

@@ -2,6 +2,7 @@
 
 mod bench;
 mod deb;
+mod demo_vpn;
 mod ebpf;
 mod flow;
 mod fuzz;
