@@ -449,6 +449,11 @@ fn through_the_tunnel(mode: &str, tag: &str, backend: &str, peer_kind: PeerKind)
             handshake > 0 && rx as usize > bytes && tx as usize > bytes,
             "{mode}: the peer: {handshake} {rx} {tx}"
         );
+        let (received, answered) = handshakes(&chain);
+        assert!(
+            received >= 1 && answered >= 1,
+            "{mode}/{backend}: handshakes: {received} received, {answered} answered"
+        );
         // Roaming: the peer's source port changes; the tunnel keeps working, and netfn's
         // endpoint follows it to the new port.
         let roam = Command::new("ip")
@@ -533,6 +538,37 @@ fn a_wrong_peer_key_passes_nothing() {
     assert_eq!(peer.show(&ingress).0, 0, "a handshake with a wrong key");
     let status = netfn_ok(&["status", &chain]);
     assert!(status.contains("no handshake yet"), "{status}");
+    // netfn reports the failed handshakes: initiations received, none answered.
+    let (received, answered) = handshakes(&chain);
+    assert!(
+        received >= 1 && answered == 0,
+        "handshakes: {received} received, {answered} answered"
+    );
+    let agent = Agent::start(&dir.0, &chain, &["--no-probe"]);
+    let metrics = agent.metrics();
+    let value = |name: &str| -> u64 {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(name) && l.contains("function=\"vpn\""))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in:\n{metrics}"))
+    };
+    assert!(value("netfn_wireguard_handshake_initiations_received_total") >= received);
+    assert_eq!(value("netfn_wireguard_handshake_responses_sent_total"), 0);
+}
+
+/// `vpn`'s handshake counts from `netfn status --json`: (initiations received, answered).
+fn handshakes(chain: &str) -> (u64, u64) {
+    let row = vpn_detail(chain, "handshakes");
+    let n: Vec<u64> = row
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    match n[..] {
+        [received, answered, ..] => (received, answered),
+        _ => panic!("handshakes row: {row}"),
+    }
 }
 
 #[test]

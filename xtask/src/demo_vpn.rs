@@ -110,6 +110,14 @@ impl VpnDemo {
             .spawn()
             .context("start wireguard-go in the ingress namespace (setup installs it)")?;
         let socket = PathBuf::from(format!("/var/run/wireguard/{CLIENT_IF}.sock"));
+        let clear_route = Command::new(netfn)
+            .args(["exec", "demo", "ingress", "--", "ip", "route", "show"])
+            .arg(format!("{WEB_VIP}/32"))
+            .output()
+            .context("read the ingress namespace's route to the VIP")?;
+        let clear_route = String::from_utf8_lossy(&clear_route.stdout)
+            .trim()
+            .to_string();
         let result = (|| -> Result<()> {
             let deadline = Instant::now() + Duration::from_secs(10);
             while !socket.exists() {
@@ -147,12 +155,14 @@ impl VpnDemo {
                 ],
             )?;
             exec("ingress", &["ip", "link", "set", CLIENT_IF, "up"])?;
+            // The chain routes the VIP from here already (to `vpn`'s address, in the clear):
+            // the tunnel takes it over while the client runs.
             exec(
                 "ingress",
                 &[
                     "ip",
                     "route",
-                    "add",
+                    "replace",
                     &format!("{WEB_VIP}/32"),
                     "dev",
                     CLIENT_IF,
@@ -168,6 +178,13 @@ impl VpnDemo {
         let _ = go.kill();
         let _ = go.wait();
         let _ = std::fs::remove_file(&socket);
+        // The VIP in the clear again (the tunnel's route went with its interface).
+        if !clear_route.is_empty() {
+            let _ = Command::new(netfn)
+                .args(["exec", "demo", "ingress", "--", "ip", "route", "replace"])
+                .args(clear_route.split_whitespace())
+                .output();
+        }
         result
     }
 }

@@ -18,8 +18,8 @@ use netfn_core::plan::{Direction, names};
 
 use super::config::{self, Backend, Side, WgSettings};
 use super::device::{self, Device};
-use super::endpoint;
 use super::kernel::{self, CreateError};
+use super::{endpoint, handshakes};
 
 pub struct WireGuard;
 
@@ -52,10 +52,14 @@ impl FunctionConfig for WgConfig {
                 Device::Userspace { .. } => Ok(()),
             };
         }
+        let netns = names::netns_name(chain, function);
+        // Counting is not worth refusing the function over (status says when it is missing).
+        if let Err(why) = handshakes::install(&netns, self.settings.listen_port) {
+            tracing::warn!("function {function}: {why}");
+        }
         if self.settings.backend == Backend::Userspace {
             return Ok(());
         }
-        let netns = names::netns_name(chain, function);
         let name = endpoint::interface_name(chain, function);
         match kernel::create(&netns, &name, &self.settings) {
             Ok(()) => device::mark_kernel(chain, function),
@@ -189,6 +193,36 @@ impl FunctionKind for WireGuard {
             tx.sample_u64(&label, p.tx_bytes);
         }
         out.extend([handshake.build(), rx.build(), tx.build()]);
+        let netns = names::netns_name(ctx.chain, ctx.function);
+        if let Ok(h) = handshakes::read(&netns) {
+            for (name, help, value) in [
+                (
+                    "netfn_wireguard_handshake_initiations_received_total",
+                    "Handshake initiations the endpoint received.",
+                    h.initiations_received,
+                ),
+                (
+                    "netfn_wireguard_handshake_responses_sent_total",
+                    "Handshake responses the endpoint sent (an initiation received and not \
+                     answered is a failed handshake: an unknown or wrong peer key).",
+                    h.responses_sent,
+                ),
+                (
+                    "netfn_wireguard_handshake_initiations_sent_total",
+                    "Handshake initiations the endpoint sent.",
+                    h.initiations_sent,
+                ),
+                (
+                    "netfn_wireguard_handshake_responses_received_total",
+                    "Handshake responses the endpoint received.",
+                    h.responses_received,
+                ),
+            ] {
+                let mut c = ctx.counter(name, help);
+                c.sample_u64(&[], value);
+                out.push(c.build());
+            }
+        }
         Ok(out)
     }
 
@@ -207,6 +241,20 @@ impl FunctionKind for WireGuard {
                 format!("{name} (`wg show {name}`)"),
             ),
         ];
+        rows.push((
+            "handshakes".to_string(),
+            match handshakes::read(&names::netns_name(ctx.chain, ctx.function)) {
+                Ok(h) => format!(
+                    "{} initiations received, {} answered; {} sent, {} answered ({} unanswered)",
+                    h.initiations_received,
+                    h.responses_sent,
+                    h.initiations_sent,
+                    h.responses_received,
+                    h.unanswered()
+                ),
+                Err(why) => format!("unknown ({why})"),
+            },
+        ));
         rows.extend(device::peer_rows(device.peers()));
         rows
     }

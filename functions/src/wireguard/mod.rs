@@ -3,13 +3,14 @@
 //! stack, where its tunnel device runs: the kernel's ([`kernel`], over [`genl`]) where the kernel
 //! has the module, else the userspace data plane ([`endpoint`], a process of its own per
 //! function, told changes over [`uapi`], without capabilities once set up: [`privilege`]). [`device`] is the running one, whichever it is;
-//! [`peers`] says what it must be told, [`link`] gives it addresses and routes; [`kind`] is what
+//! [`peers`] says what it must be told, [`link`] gives it addresses and routes, [`handshakes`] counts its handshakes; [`kind`] is what
 //! core registers.
 
 pub mod config;
 pub mod device;
 pub mod endpoint;
 pub mod genl;
+pub mod handshakes;
 pub mod kernel;
 pub mod keys;
 pub mod kind;

@@ -1,9 +1,11 @@
-//! Loading an nftables ruleset (and its sysctls) inside a namespace: a kind's kernel-mode form
-//! ([`crate::function::FunctionConfig::kernel_form`]). `nft -f -` reads the ruleset from stdin
+//! Loading an nftables ruleset (and its sysctls) inside a namespace, and reading its named
+//! counters: a kind's kernel-mode form ([`crate::function::FunctionConfig::kernel_form`]), or
+//! what a kind counts with nftables in its namespace. `nft -f -` reads the ruleset from stdin
 //! and applies it as one transaction, so a reload replaces the old rules atomically for every
 //! packet. The `nft` binary (Debian: nftables) is an explicit dependency of kernel-mode chains
 //! with such kinds; `cargo xtask setup` installs it.
 
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
@@ -22,7 +24,7 @@ pub enum NftError {
         "cannot run `nft` ({0}): kernel-mode firewalls need nftables; install it (apt-get install nftables, or cargo xtask setup)"
     )]
     Spawn(std::io::Error),
-    #[error("nft refused the ruleset of namespace {netns}: {message}")]
+    #[error("nft in namespace {netns}: {message}")]
     Refused { netns: String, message: String },
     #[error("cannot set {key} = {value} in namespace {netns}: {source}")]
     Sysctl {
@@ -54,12 +56,51 @@ pub fn sysctls(netns: &str, sysctls: &[(String, String)]) -> Result<(), NftError
 
 /// Loads `ruleset` (nft syntax) inside namespace `netns` (a name under /run/netns).
 pub fn load(netns: &str, ruleset: &str) -> Result<(), NftError> {
+    nft_in(netns, &["-f", "-"], Some(ruleset)).map(|_| ())
+}
+
+/// The named counters of table `family table` inside namespace `netns`: name → (packets,
+/// bytes).
+pub fn counters(
+    netns: &str,
+    family: &str,
+    table: &str,
+) -> Result<BTreeMap<String, (u64, u64)>, NftError> {
+    let out = nft_in(
+        netns,
+        &["-j", "list", "counters", "table", family, table],
+        None,
+    )?;
+    let json: serde_json::Value = serde_json::from_slice(&out).map_err(|e| NftError::Refused {
+        netns: netns.to_string(),
+        message: format!("nft printed JSON netfn cannot read: {e}"),
+    })?;
+    Ok(json["nftables"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|item| {
+            let c = item.get("counter")?;
+            Some((
+                c["name"].as_str()?.to_string(),
+                (c["packets"].as_u64()?, c["bytes"].as_u64()?),
+            ))
+        })
+        .collect())
+}
+
+/// Runs `nft ARGS…` inside namespace `netns` with `input` on its stdin; returns its stdout.
+fn nft_in(netns: &str, args: &[&str], input: Option<&str>) -> Result<Vec<u8>, NftError> {
     let ns = netns::open(netns)?;
     let raw = ns.as_raw_fd();
     let mut cmd = Command::new("nft");
-    cmd.args(["-f", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
+    cmd.args(args)
+        .stdin(if input.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     // SAFETY: between fork and exec the child only calls setns(2), which is async-signal-safe,
     // on a descriptor the parent keeps open until the child has been waited for.
@@ -70,14 +111,14 @@ pub fn load(netns: &str, ruleset: &str) -> Result<(), NftError> {
         });
     }
     let mut child = cmd.spawn().map_err(NftError::Spawn)?;
-    if let Some(mut stdin) = child.stdin.take() {
+    if let (Some(mut stdin), Some(input)) = (child.stdin.take(), input) {
         // A write error shows up as nft's own failure below.
-        let _ = stdin.write_all(ruleset.as_bytes());
+        let _ = stdin.write_all(input.as_bytes());
     }
     let out = child.wait_with_output().map_err(NftError::Spawn)?;
     drop(ns);
     if out.status.success() {
-        Ok(())
+        Ok(out.stdout)
     } else {
         Err(NftError::Refused {
             netns: netns.to_string(),
