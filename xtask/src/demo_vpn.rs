@@ -173,7 +173,9 @@ impl VpnDemo {
                 "(the same requests, now from {CLIENT_ADDR} inside the tunnel: decrypted by `vpn`, then the firewall and the load balancer)"
             );
             exec("ingress", &["wg", "show", CLIENT_IF])?;
-            exec("vpn", &["wg", "show"])
+            // By name: `wg show` alone lists every userspace endpoint on the host (their UAPI
+            // sockets share /var/run/wireguard).
+            exec("vpn", &["wg", "show", &vpn_interface(netfn)?])
         })();
         let _ = go.kill();
         let _ = go.wait();
@@ -187,6 +189,25 @@ impl VpnDemo {
         }
         result
     }
+}
+
+/// The interface of the demo's `vpn` function (`netfn status demo --json`).
+fn vpn_interface(netfn: &Path) -> Result<String> {
+    let out = Command::new(netfn)
+        .args(["status", "demo", "--json"])
+        .output()
+        .context("run netfn status")?;
+    let status: serde_json::Value =
+        serde_json::from_slice(&out.stdout).context("netfn status --json printed no JSON")?;
+    status[0]["hops"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|h| h["name"] == "vpn")
+        .flat_map(|h| h["details"].as_array().cloned().unwrap_or_default())
+        .find(|d| d[0] == "interface")
+        .and_then(|d| d[1].as_str()?.split(' ').next().map(String::from))
+        .context("netfn status shows no interface of `vpn`")
 }
 
 impl Drop for VpnDemo {
