@@ -556,6 +556,7 @@ fn a_wrong_peer_key_passes_nothing() {
     };
     assert!(value("netfn_wireguard_handshake_initiations_received_total") >= received);
     assert_eq!(value("netfn_wireguard_handshake_responses_sent_total"), 0);
+    assert_eq!(value("netfn_wireguard_peer_session_fresh"), 0);
 }
 
 /// `vpn`'s handshake counts from `netfn status --json`: (initiations received, answered).
@@ -660,6 +661,12 @@ fn a_killed_endpoint_comes_back_with_the_agent() {
         .find(|l| l.starts_with("netfn_wireguard_peer_last_handshake_seconds{"))
         .unwrap_or_else(|| panic!("no handshake metric:\n{metrics}"));
     assert!(!handshake.ends_with(" 0"), "{handshake}");
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("netfn_wireguard_peer_session_fresh{") && l.ends_with(" 1")),
+        "{metrics}"
+    );
     assert!(
         metrics
             .lines()

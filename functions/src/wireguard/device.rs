@@ -93,8 +93,13 @@ pub fn peer_rows(peers: Result<Vec<PeerState>, String>) -> Vec<(String, String)>
                     "no handshake yet".to_string()
                 } else {
                     format!(
-                        "handshake {} s ago",
-                        now.saturating_sub(p.last_handshake_unix)
+                        "handshake {} s ago{}",
+                        now.saturating_sub(p.last_handshake_unix),
+                        if p.session_fresh(now) {
+                            ""
+                        } else {
+                            " (stale: no session)"
+                        }
                     )
                 };
                 (

@@ -186,13 +186,23 @@ impl FunctionKind for WireGuard {
             "netfn_wireguard_peer_transmit_bytes_total",
             "Bytes sent to the peer (since the endpoint started).",
         );
+        let mut fresh = ctx.gauge(
+            "netfn_wireguard_peer_session_fresh",
+            "1 while the peer's last handshake is under 180 s old (its session can carry data), \
+             else 0: the tunnel's own health, beside the chain probe that crosses the function \
+             in the clear.",
+        );
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
         for p in &peers {
             let label = [("peer", p.public_key.get(..8).unwrap_or("?"))];
             handshake.sample_u64(&label, p.last_handshake_unix);
             rx.sample_u64(&label, p.rx_bytes);
             tx.sample_u64(&label, p.tx_bytes);
+            fresh.sample_u64(&label, u64::from(p.session_fresh(now)));
         }
-        out.extend([handshake.build(), rx.build(), tx.build()]);
+        out.extend([handshake.build(), rx.build(), tx.build(), fresh.build()]);
         let netns = names::netns_name(ctx.chain, ctx.function);
         if let Ok(h) = handshakes::read(&netns) {
             for (name, help, value) in [

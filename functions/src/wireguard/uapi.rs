@@ -11,6 +11,10 @@ use std::time::Duration;
 use super::keys;
 use super::peers::PeerChange;
 
+/// How long a session lives after its handshake (WireGuard's REJECT_AFTER_TIME): a peer whose
+/// last handshake is older can send nothing until it handshakes again.
+pub const SESSION_LIFETIME_S: u64 = 180;
+
 /// One peer as the endpoint reports it.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct PeerState {
@@ -23,6 +27,14 @@ pub struct PeerState {
     pub endpoint: Option<std::net::SocketAddr>,
     pub allowed_ips: Vec<String>,
     pub keepalive: u16,
+}
+
+impl PeerState {
+    /// Whether the peer has a session that can carry data at Unix time `now`.
+    pub fn session_fresh(&self, now: u64) -> bool {
+        self.last_handshake_unix != 0
+            && now.saturating_sub(self.last_handshake_unix) < SESSION_LIFETIME_S
+    }
 }
 
 fn connect(name: &str) -> Result<UnixStream, String> {
