@@ -766,3 +766,87 @@ fn peers_change_in_place(tag: &str, backend: &str) {
         .expect("run ip");
     assert!(String::from_utf8_lossy(&route.stdout).contains(&ours));
 }
+
+/// The endpoint is no child of the agent: SIGKILL of the agent in the middle of a stream through
+/// the tunnel loses no datagram, and the endpoint keeps running (same pid).
+#[test]
+fn killing_the_agent_loses_nothing_through_the_tunnel() {
+    const COUNT: u32 = 3000;
+    let _turn = shared();
+    let chain = unique_chain("wz");
+    let dir = TempDir::new(&chain);
+    let (_, vpn_public) = keypair(&dir, "vpn.key");
+    let (_, peer_public) = keypair(&dir, "peer.key");
+    let file = dir.write(
+        "wg.toml",
+        &chain_file(&chain, "tc", "userspace", &peer_public),
+    );
+    let _guard = ChainGuard::up(&chain, &file);
+    let mut agent = Agent::start(&dir.0, &chain, &["--no-probe"]);
+    let (ingress, egress) = (format!("nf-{chain}-ingress"), format!("nf-{chain}-egress"));
+    let _peer = GoPeer::start(
+        &ingress,
+        &format!("wgp{chain}"),
+        &dir.0.join("peer.key"),
+        &vpn_public,
+    );
+    talk(&ingress, &egress, 1000).expect("the tunnel is up");
+    let pid_file = format!("/run/netfn/chains/{chain}.vpn.pid");
+    let pid = std::fs::read_to_string(&pid_file).expect("pid");
+
+    let rx = in_netns(&egress, || UdpSocket::bind(SocketAddrV4::new(SERVER, 7001))).expect("bind");
+    rx.set_read_timeout(Some(Duration::from_millis(1500))).ok();
+    let tx = in_netns(&ingress, || {
+        UdpSocket::bind(SocketAddrV4::new(PEER_ADDR, 0))
+    })
+    .expect("bind");
+    let received = std::sync::atomic::AtomicU32::new(0);
+    let (seen, at_kill) = std::thread::scope(|s| {
+        let receiver = s.spawn(|| {
+            let mut seen = std::collections::BTreeSet::new();
+            let mut buf = [0u8; 16];
+            while let Ok(n) = rx.recv(&mut buf) {
+                if let Ok(b) = <[u8; 4]>::try_from(&buf[..n.min(4)]) {
+                    seen.insert(u32::from_be_bytes(b));
+                    received.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+                if seen.len() == COUNT as usize {
+                    break;
+                }
+            }
+            seen
+        });
+        let sender = s.spawn(|| {
+            let start = Instant::now();
+            for seq in 0..COUNT {
+                // 1,000 datagrams a second.
+                let due = start + Duration::from_millis(u64::from(seq));
+                if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                    std::thread::sleep(wait);
+                }
+                tx.send_to(&seq.to_be_bytes(), SocketAddrV4::new(SERVER, 7001))
+                    .expect("send");
+            }
+        });
+        std::thread::sleep(Duration::from_millis(1000));
+        let at_kill = received.load(std::sync::atomic::Ordering::Relaxed);
+        agent.kill9();
+        sender.join().expect("sender");
+        (receiver.join().expect("receiver"), at_kill)
+    });
+    // The kill landed mid-stream: datagrams arrived before it and after it.
+    assert!(
+        at_kill > 0 && (at_kill as usize) < seen.len(),
+        "{at_kill} received at the kill, {} in all",
+        seen.len()
+    );
+    let lost: Vec<u32> = (0..COUNT).filter(|s| !seen.contains(s)).collect();
+    assert!(
+        lost.is_empty(),
+        "{} lost: {:?}…",
+        lost.len(),
+        &lost[..lost.len().min(10)]
+    );
+    let pid_after = std::fs::read_to_string(&pid_file).expect("pid after");
+    assert_eq!(pid, pid_after, "the endpoint died with the agent");
+}
