@@ -637,6 +637,23 @@ fn a_killed_endpoint_comes_back_with_the_agent() {
         .expect("pid");
     // SAFETY: SIGKILL of the endpoint this test's chain started.
     unsafe { libc::kill(pid, libc::SIGKILL) };
+    // Its TUN device is the chain's (persistent, made by `up`), not the process's: it stays,
+    // with its routes, for the restarted endpoint to attach to.
+    let ours = endpoint_interface(&chain);
+    let link = Command::new("ip")
+        .args([
+            "-n",
+            &format!("nf-{chain}-vpn"),
+            "-d",
+            "link",
+            "show",
+            "dev",
+            &ours,
+        ])
+        .output()
+        .expect("run ip");
+    let link = String::from_utf8_lossy(&link.stdout).into_owned();
+    assert!(link.contains("persist on"), "{link}");
     // The agent starts it again; the peer's next handshake goes through, without manual steps.
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {

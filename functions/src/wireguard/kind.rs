@@ -19,7 +19,7 @@ use netfn_core::plan::{Direction, names};
 use super::config::{self, Backend, Side, WgSettings};
 use super::device::{self, Device};
 use super::kernel::{self, CreateError};
-use super::{endpoint, handshakes};
+use super::{endpoint, handshakes, link};
 
 pub struct WireGuard;
 
@@ -57,25 +57,38 @@ impl FunctionConfig for WgConfig {
         if let Err(why) = handshakes::install(&netns, self.settings.listen_port) {
             tracing::warn!("function {function}: {why}");
         }
-        if self.settings.backend == Backend::Userspace {
-            return Ok(());
-        }
         let name = endpoint::interface_name(chain, function);
-        match kernel::create(&netns, &name, &self.settings) {
-            Ok(()) => device::mark_kernel(chain, function),
-            Err(CreateError::NoModule(why)) if self.settings.backend == Backend::Auto => {
-                tracing::info!(
-                    "function {function}: this kernel has no WireGuard ({why}); running the \
-                     userspace endpoint"
-                );
-                Ok(())
+        let kernel = match self.settings.backend {
+            Backend::Userspace => false,
+            Backend::Auto | Backend::Kernel => {
+                match kernel::create(&netns, &name, &self.settings) {
+                    Ok(()) => true,
+                    Err(CreateError::NoModule(why)) if self.settings.backend == Backend::Auto => {
+                        tracing::info!(
+                            "function {function}: this kernel has no WireGuard ({why}); running \
+                             the userspace endpoint"
+                        );
+                        false
+                    }
+                    Err(CreateError::NoModule(why)) => {
+                        return Err(format!(
+                            "backend = \"kernel\", but this kernel has no WireGuard ({why}); \
+                             load the module (`modprobe wireguard`) or use backend = \"auto\" \
+                             or \"userspace\""
+                        ));
+                    }
+                    Err(CreateError::Other(why)) => return Err(why),
+                }
             }
-            Err(CreateError::NoModule(why)) => Err(format!(
-                "backend = \"kernel\", but this kernel has no WireGuard ({why}); load the \
-                 module (`modprobe wireguard`) or use backend = \"auto\" or \"userspace\""
-            )),
-            Err(CreateError::Other(why)) => Err(why),
+        };
+        if kernel {
+            return device::mark_kernel(chain, function);
         }
+        // The userspace endpoint's TUN device is made here, persistent, with its addresses and
+        // routes: a kernel object of the chain like the others (it goes with the namespace), not
+        // of the process, which attaches to it; a restarted endpoint finds it as it was.
+        link::add_tun(&netns, &name)?;
+        link::configure(Some(&netns), &name, &self.settings)
     }
 
     /// The userspace endpoint, unless the kernel's interface runs the function.

@@ -1,5 +1,6 @@
-//! The tunnel interface's place in its namespace, with iproute2: its addresses, MTU and the
-//! routes to the peers' allowed IPs. The same for both backends; `netns` `None` is the namespace
+//! The tunnel interface's place in its namespace, with iproute2: the userspace endpoint's
+//! persistent TUN device, and for both backends the addresses, MTU and the routes to the peers'
+//! allowed IPs. The same for both backends; `netns` `None` is the namespace
 //! the process is in (the userspace endpoint has entered it), `Some` names it (`up`, `apply`).
 
 use super::config::WgSettings;
@@ -24,6 +25,12 @@ pub fn ip(netns: Option<&str>, args: &[&str]) -> Result<(), String> {
             String::from_utf8_lossy(&out.stderr).trim()
         ))
     }
+}
+
+/// A persistent TUN device `name` (no packet information, as the userspace endpoint opens it)
+/// in namespace `netns`.
+pub fn add_tun(netns: &str, name: &str) -> Result<(), String> {
+    ip(Some(netns), &["tuntap", "add", "mode", "tun", "name", name])
 }
 
 /// Addresses, MTU (and up), and a route to every peer's allowed IPs through interface `name`.
