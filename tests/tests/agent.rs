@@ -24,7 +24,7 @@ use netfn_tests::agent::{Agent, http_get};
 use netfn_tests::traffic::{sequenced_stream_during, udp_echo};
 use netfn_tests::{
     ChainGuard, EGRESS_ADDR, INGRESS_ADDR, TempDir, forward_chain, leftovers, netfn_bin, netfn_ok,
-    udp_socket_in, unique_chain,
+    skipped, udp_socket_in, unique_chain,
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -88,9 +88,9 @@ fn netns_inode(name: &str) -> u64 {
 }
 
 /// Whether Debian's `prometheus` package (promtool, the server) can be used. On the host it must
-/// be there (`cargo xtask setup` installs it); the VM-test initramfs does not ship it, and there
-/// the checks that need it are skipped, and say so.
-fn have_prometheus_tool(bin: &str) -> bool {
+/// be there (`cargo xtask setup` installs it). `cargo xtask vm-test` ships both into the VM when
+/// the host has them; only a VM built on a host without them skips the checks, and says so.
+fn have_prometheus_tool(bin: &str, test: &str) -> bool {
     let on_path = std::env::var_os("PATH")
         .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(bin).is_file()));
     if on_path {
@@ -100,7 +100,13 @@ fn have_prometheus_tool(bin: &str) -> bool {
         std::env::var_os("NETFN_IN_VM").is_some(),
         "{bin} is missing: run `cargo xtask setup` (it installs Debian's prometheus package)"
     );
-    eprintln!("note: {bin} is not shipped into the test VM; skipping the checks that need it");
+    skipped(
+        &format!("{test}: the checks that need {bin}"),
+        &format!(
+            "{bin} is not in this VM (vm-test ships it only when the host that builds the VM \
+             has it: install Debian's prometheus there)"
+        ),
+    );
     false
 }
 
@@ -175,7 +181,10 @@ fn metrics_count_exactly_the_packets_sent_and_pass_promtool() {
             assert!(line.starts_with("netfn_"), "unprefixed metric: {line}");
         }
 
-        if have_prometheus_tool("promtool") {
+        if have_prometheus_tool(
+            "promtool",
+            "metrics_count_exactly_the_packets_sent_and_pass_promtool",
+        ) {
             let mut promtool = Command::new("promtool")
                 .args(["check", "metrics"])
                 .stdin(Stdio::piped())
@@ -442,7 +451,10 @@ fn a_real_prometheus_sees_a_positive_rate_for_every_function() {
     let dir = TempDir::new(&chain);
     let file = dir.write("chain.toml", &forward_chain(&chain, 3, "kernel"));
     {
-        if !have_prometheus_tool("prometheus") {
+        if !have_prometheus_tool(
+            "prometheus",
+            "a_real_prometheus_sees_a_positive_rate_for_every_function",
+        ) {
             return;
         }
         let _chain = ChainGuard::up(&chain, &file);
