@@ -642,11 +642,15 @@ fn sigkill_and_restart_scenario(tag: &str, mode: &str) {
             first.log_text()
         );
 
-        let count = 8_000; // 4 s at 2,000 datagrams per second
-        let mut before = String::new();
+        let count = 8_000; // 4 s at 2,000 datagrams per second, longer if the restart is slow
+        let at_start = first.metrics();
+        let mut at_kill = String::new();
+        let mut at_restart = String::new();
         let mut second = None;
-        let seen = sequenced_stream_during(&chain, count, 2_000, 7301, || {
-            before = first.metrics();
+        // The stream checks that datagrams arrived before the kill and, sent after the restarted
+        // agent probed the chain, after it: the kill lands mid-stream.
+        let stream = sequenced_stream_during(&chain, count, 2_000, 7301, || {
+            at_kill = first.metrics();
             first.kill9();
             let agent = Agent::start(&dir.0, &chain, &args);
             assert!(
@@ -654,28 +658,43 @@ fn sigkill_and_restart_scenario(tag: &str, mode: &str) {
                 "restarted agent never probed the chain:\n{}",
                 agent.log_text()
             );
+            at_restart = agent.metrics();
             second = Some(agent);
         });
         let second = second.expect("second agent");
 
-        let lost: Vec<u32> = (0..count).filter(|s| !seen.contains(s)).collect();
+        let lost = stream.lost();
         assert!(
             lost.is_empty(),
-            "{} of {count} datagrams lost across the agent's SIGKILL, first {:?}",
+            "{} of {} datagrams lost across the agent's SIGKILL, first {:?}",
             lost.len(),
+            stream.sent,
             &lost[..lost.len().min(10)]
         );
         let after = second.metrics();
+        let arrived = stream.seen.len() as f64;
         for f in FUNCTIONS {
-            for direction in ["forward", "reverse"] {
-                let (b, a) = (
-                    packets(&before, &chain, f, direction),
-                    packets(&after, &chain, f, direction),
-                );
-                assert!(a >= b, "{f} {direction}: counter went back from {b} to {a}");
-            }
-            // The stream crossed every function after the first scrape.
-            assert!(packets(&after, &chain, f, "forward") > packets(&before, &chain, f, "forward"));
+            let forward = |text: &str| packets(text, &chain, f, "forward");
+            let (start, kill, restart, end) = (
+                forward(&at_start),
+                forward(&at_kill),
+                forward(&at_restart),
+                forward(&after),
+            );
+            let counts = format!(
+                "{f} forward: {start} at the start, {kill} at the kill, {restart} after the \
+                 restart, {end} at the end; {arrived} datagrams arrived"
+            );
+            // Counting before the kill, after the restart, and never back.
+            assert!(start < kill && kill <= restart && restart < end, "{counts}");
+            // Every datagram of the stream crossed every function and was counted, those that
+            // crossed while no agent ran too (plus the probes').
+            assert!(end - start >= arrived, "{counts}");
+            let (b, a) = (
+                packets(&at_kill, &chain, f, "reverse"),
+                packets(&after, &chain, f, "reverse"),
+            );
+            assert!(a >= b, "{f} reverse: counter went back from {b} to {a}");
         }
         let now: Vec<u64> = namespaces.iter().map(|n| netns_inode(n)).collect();
         assert_eq!(inodes, now, "a namespace was re-created");

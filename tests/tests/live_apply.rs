@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use netfn_core::spec::FastPath;
 use netfn_tests::loss::SenderRing;
-use netfn_tests::traffic::{sequenced_streams_both_ways_during, udp_echo};
+use netfn_tests::traffic::{StreamRun, sequenced_streams_both_ways_during, udp_echo};
 use netfn_tests::{
     ChainGuard, ForeignNetns, TempDir, alone, forward_chain_of, interface_stats,
     kill_netfn_mid_way, leftovers, netfn, netfn_ok, shared, skipped, unique_chain,
@@ -92,20 +92,20 @@ fn link_pins(chain: &str) -> BTreeSet<u32> {
 
 /// Every datagram of the stream arrived, or (xdp, inside the test VM only) the sender's veth
 /// dropped the missing ones before the chain and the chain dropped none (see
-/// `netfn_tests::loss`).
+/// `netfn_tests::loss`). (The stream itself has checked that it spanned the change.)
 fn assert_none_lost(
     chain: &str,
     mode: &str,
-    seen: &BTreeSet<u32>,
-    count: u32,
+    run: &StreamRun,
     sender: &SenderRing,
     what: &str,
 ) -> u64 {
-    let lost: Vec<u32> = (0..count).filter(|s| !seen.contains(s)).collect();
+    let lost = run.lost();
     assert!(
         lost.is_empty() || sender.explains(mode, lost.len(), what),
-        "{what}: {} of {count} datagrams lost, first {:?}\n{}",
+        "{what}: {} of {} datagrams lost, first {:?}\n{}",
         lost.len(),
+        run.sent,
         &lost[..lost.len().min(10)],
         interface_stats(chain)
     );
@@ -187,7 +187,6 @@ fn insert_reorder_and_remove(mode: &str, tag: &str) {
                 &chain,
                 mode,
                 &to_egress,
-                count,
                 &senders.0,
                 &format!("{mode} {what}, toward egress"),
             );
@@ -195,7 +194,6 @@ fn insert_reorder_and_remove(mode: &str, tag: &str) {
                 &chain,
                 mode,
                 &to_ingress,
-                count,
                 &senders.1,
                 &format!("{mode} {what}, toward ingress"),
             );
@@ -205,9 +203,10 @@ fn insert_reorder_and_remove(mode: &str, tag: &str) {
             // new one all the way (tc/xdp: one entry per direction flips; kernel: while the apply
             // switches, functions route by the interface a packet arrived on).
             let b_delta = forward_total(&chain, "b") - b_before;
+            let sent = u64::from(to_egress.sent);
             assert!(
-                (u64::from(count) - excused..=u64::from(count) + 4).contains(&b_delta),
-                "{mode} {what}: b counted {b_delta} of {count} datagrams"
+                (sent - excused..=sent + 4).contains(&b_delta),
+                "{mode} {what}: b counted {b_delta} of {sent} datagrams"
             );
             let echo = udp_echo(&ingress, &egress, 2);
             assert_eq!(
@@ -397,7 +396,6 @@ fn failed_apply_leaves_the_old_chain_running(mode: &str, tag: &str) {
             &chain,
             mode,
             &to_egress,
-            count,
             &senders.0,
             &format!("{mode} failed apply, toward egress"),
         );
@@ -405,7 +403,6 @@ fn failed_apply_leaves_the_old_chain_running(mode: &str, tag: &str) {
             &chain,
             mode,
             &to_ingress,
-            count,
             &senders.1,
             &format!("{mode} failed apply, toward ingress"),
         );
