@@ -325,6 +325,14 @@ pub fn interface_stats(chain: &str) -> String {
         .collect()
 }
 
+/// Says that a test skipped `what`, and `why`, on the real stderr: past libtest's capture, so
+/// that the line shows in a passing run too (on the host and on the VM's console). Every skip
+/// goes through here; a skip that says nothing is a test that can pass by accident.
+pub fn skipped(what: &str, why: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "skipped: {what}: {why}");
+}
+
 /// Tests that measure loss (sequenced streams across a change) run alone within their test
 /// binary: a sibling loading programs or building chains at the same moment steals the CPU a
 /// small VM needs to drain a veth's XDP ring. Every other test of such a binary takes

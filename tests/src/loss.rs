@@ -8,6 +8,7 @@
 //! is such a drop and the chain itself dropped nothing. On a host, nothing may be lost.
 
 use std::collections::BTreeMap;
+use std::io::Write;
 use std::process::Command;
 
 use crate::netfn_ok;
@@ -74,7 +75,9 @@ impl SenderRing {
         let chain: u64 = fastpath_drops(&self.chain).values().sum();
         let chain = chain.saturating_sub(self.chain_drops);
         let explained = chain == 0 && lost as u64 <= ring;
-        eprintln!(
+        // Past libtest's capture: a tolerated loss shows in a passing run too.
+        let _ = writeln!(
+            std::io::stderr(),
             "{what}: {lost} datagrams lost; {ring} frames dropped by the sender's veth {} in {} \
              (its peer's XDP ring overflowed), {chain} dropped by the chain: {}",
             self.dev,

@@ -1,8 +1,12 @@
 //! Real traffic through a chain: UDP and TCP echo, both directions, with hop counts from TTLs.
 
+use std::collections::BTreeSet;
 use std::io::{IoSliceMut, Read, Write};
 use std::net::{SocketAddrV4, UdpSocket};
 use std::os::fd::AsRawFd;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use nix::sys::socket::{ControlMessageOwned, MsgFlags, SockaddrIn, recvmsg};
 
@@ -130,38 +134,69 @@ pub fn set_rcvbuf(sock: &UdpSocket, bytes: libc::c_int) {
     assert_eq!(rc, 0, "SO_RCVBUFFORCE: {}", std::io::Error::last_os_error());
 }
 
-/// Sends `count` sequenced datagrams from the chain's ingress endpoint to its egress endpoint,
-/// `per_second` of them per second, on `port`; runs `during` 300 ms into the stream, and returns
-/// the sequence numbers that arrived (the receiver stops after 1.5 s of silence).
+/// What a sequenced stream saw across a change.
+#[derive(Debug)]
+pub struct StreamRun {
+    /// The sequence numbers that arrived.
+    pub seen: BTreeSet<u32>,
+    /// Datagrams sent: sequence numbers `0..sent`.
+    pub sent: u32,
+    /// Datagrams that had arrived when the change began (at least one: the change starts only
+    /// then).
+    pub arrived_before: usize,
+    /// The first sequence number sent after the change had ended.
+    pub first_after: u32,
+}
+
+impl StreamRun {
+    /// The sequence numbers sent that never arrived.
+    pub fn lost(&self) -> Vec<u32> {
+        (0..self.sent).filter(|s| !self.seen.contains(s)).collect()
+    }
+
+    /// Datagrams that arrived although they were sent only after the change had ended.
+    pub fn arrived_after(&self) -> usize {
+        self.seen.range(self.first_after..).count()
+    }
+}
+
+/// Sends sequenced datagrams from the chain's ingress endpoint to its egress endpoint,
+/// `per_second` of them per second, on `port`, and runs `during` (the change) while they flow:
+/// it starts once datagrams have arrived (and not before 300 ms), and the stream goes on after
+/// it ends, to `count` datagrams in all and at least 300 ms more. So the stream spans the change
+/// however slow the machine, and "nothing lost" is never vacuous: the run asserts that datagrams
+/// arrived both before the change began and, sent after it ended, after it. The receiver stops
+/// after 1.5 s of silence.
 pub fn sequenced_stream_during(
     chain: &str,
     count: u32,
     per_second: u64,
     port: u16,
     during: impl FnOnce(),
-) -> std::collections::BTreeSet<u32> {
-    let stream = SequencedStream::start(chain, Toward::Egress, count, per_second, port);
-    std::thread::sleep(std::time::Duration::from_millis(300));
+) -> StreamRun {
+    let mut stream = SequencedStream::start(chain, Toward::Egress, per_second, port);
+    stream.wait_until_flowing();
     during();
+    stream.change_ended(count);
     stream.finish()
 }
 
 /// [`sequenced_stream_during`] in both directions at once (ports `port` and `port + 2`):
-/// returns what arrived at the egress endpoint, then what arrived at the ingress endpoint.
+/// returns the stream to the egress endpoint, then the one to the ingress endpoint.
 pub fn sequenced_streams_both_ways_during(
     chain: &str,
     count: u32,
     per_second: u64,
     port: u16,
     during: impl FnOnce(),
-) -> (
-    std::collections::BTreeSet<u32>,
-    std::collections::BTreeSet<u32>,
-) {
-    let forward = SequencedStream::start(chain, Toward::Egress, count, per_second, port);
-    let reverse = SequencedStream::start(chain, Toward::Ingress, count, per_second, port + 2);
-    std::thread::sleep(std::time::Duration::from_millis(300));
+) -> (StreamRun, StreamRun) {
+    let mut forward = SequencedStream::start(chain, Toward::Egress, per_second, port);
+    let mut reverse = SequencedStream::start(chain, Toward::Ingress, per_second, port + 2);
+    forward.wait_until_flowing();
+    reverse.wait_until_flowing();
     during();
+    forward.change_ended(count);
+    reverse.change_ended(count);
     (forward.finish(), reverse.finish())
 }
 
@@ -172,15 +207,28 @@ pub enum Toward {
     Ingress,
 }
 
-/// A sequenced UDP stream between a chain's endpoints, running on two threads.
+/// A sequenced UDP stream between a chain's endpoints, running on two threads until told how
+/// many datagrams to send in all.
 struct SequencedStream {
+    what: String,
+    per_second: u64,
+    started: Instant,
+    /// Datagrams sent so far (the next sequence number).
+    sent: Arc<AtomicU32>,
+    /// Datagrams received so far.
+    received: Arc<AtomicUsize>,
+    /// How many to send in all: `u32::MAX` until [`Self::finish`] decides.
+    stop_at: Arc<AtomicU32>,
+    /// Received when the change began.
+    arrived_before: usize,
+    /// Sent when the change had ended.
+    first_after: u32,
     sender: std::thread::JoinHandle<()>,
-    receiver: std::thread::JoinHandle<std::collections::BTreeSet<u32>>,
+    receiver: std::thread::JoinHandle<BTreeSet<u32>>,
 }
 
 impl SequencedStream {
-    fn start(chain: &str, toward: Toward, count: u32, per_second: u64, port: u16) -> Self {
-        use std::time::{Duration, Instant};
+    fn start(chain: &str, toward: Toward, per_second: u64, port: u16) -> Self {
         let (ingress, egress) = (
             (format!("nf-{chain}-ingress"), INGRESS_ADDR),
             (format!("nf-{chain}-egress"), EGRESS_ADDR),
@@ -194,33 +242,104 @@ impl SequencedStream {
         rx.set_read_timeout(Some(Duration::from_millis(1500)))
             .expect("timeout");
         let tx = udp_socket_in(&from_ns, SocketAddrV4::new(from_addr, port + 1));
-        let receiver = std::thread::spawn(move || {
-            let mut seen = std::collections::BTreeSet::new();
-            let mut buf = [0u8; 64];
-            while let Ok(n) = rx.recv(&mut buf) {
-                if n >= 4 {
-                    seen.insert(u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]));
+        let sent = Arc::new(AtomicU32::new(0));
+        let received = Arc::new(AtomicUsize::new(0));
+        let stop_at = Arc::new(AtomicU32::new(u32::MAX));
+        let receiver = {
+            let received = Arc::clone(&received);
+            std::thread::spawn(move || {
+                let mut seen = BTreeSet::new();
+                let mut buf = [0u8; 64];
+                while let Ok(n) = rx.recv(&mut buf) {
+                    if n >= 4 {
+                        seen.insert(u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]));
+                        received.fetch_add(1, Ordering::SeqCst);
+                    }
                 }
-            }
-            seen
-        });
-        let sender = std::thread::spawn(move || {
-            let to = SocketAddrV4::new(to_addr, port);
-            let start = Instant::now();
-            let gap_ns = 1_000_000_000 / per_second.max(1);
-            for seq in 0..count {
-                tx.send_to(&seq.to_be_bytes(), to).expect("send");
-                let due = start + Duration::from_nanos(u64::from(seq) * gap_ns);
-                if let Some(wait) = due.checked_duration_since(Instant::now()) {
-                    std::thread::sleep(wait);
+                seen
+            })
+        };
+        let sender = {
+            let (sent, stop_at) = (Arc::clone(&sent), Arc::clone(&stop_at));
+            std::thread::spawn(move || {
+                let to = SocketAddrV4::new(to_addr, port);
+                let start = Instant::now();
+                let gap_ns = 1_000_000_000 / per_second.max(1);
+                let mut seq = 0u32;
+                while seq < stop_at.load(Ordering::SeqCst) {
+                    tx.send_to(&seq.to_be_bytes(), to).expect("send");
+                    seq += 1;
+                    sent.store(seq, Ordering::SeqCst);
+                    let due = start + Duration::from_nanos(u64::from(seq) * gap_ns);
+                    if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                        std::thread::sleep(wait);
+                    }
                 }
-            }
-        });
-        SequencedStream { sender, receiver }
+            })
+        };
+        SequencedStream {
+            what: format!("the stream toward {toward:?} of chain {chain} (port {port})"),
+            per_second,
+            started: Instant::now(),
+            sent,
+            received,
+            stop_at,
+            arrived_before: 0,
+            first_after: u32::MAX,
+            sender,
+            receiver,
+        }
     }
 
-    fn finish(self) -> std::collections::BTreeSet<u32> {
+    /// Waits until datagrams have arrived and the stream has run 300 ms; panics if none arrive
+    /// within 10 s (then the chain did not carry the stream before the change). Counts what
+    /// arrived before the change.
+    fn wait_until_flowing(&mut self) {
+        let lead = self.started + Duration::from_millis(300);
+        let deadline = self.started + Duration::from_secs(10);
+        while self.received.load(Ordering::SeqCst) == 0 || Instant::now() < lead {
+            assert!(
+                Instant::now() < deadline,
+                "{}: nothing arrived in 10 s ({} sent) before the change",
+                self.what,
+                self.sent.load(Ordering::SeqCst)
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        self.arrived_before = self.received.load(Ordering::SeqCst);
+    }
+
+    /// Called once the change has ended: the stream goes on to `count` datagrams in all and
+    /// for at least 300 ms more.
+    fn change_ended(&mut self, count: u32) {
+        self.first_after = self.sent.load(Ordering::SeqCst);
+        let tail = u32::try_from((self.per_second * 3 / 10).max(1)).unwrap_or(u32::MAX);
+        let stop_at = count.max(self.first_after.saturating_add(tail));
+        self.stop_at.store(stop_at, Ordering::SeqCst);
+    }
+
+    /// Waits for the end of the stream and checks that it spanned the change.
+    fn finish(self) -> StreamRun {
+        let first_after = self.first_after;
         self.sender.join().expect("sender");
-        self.receiver.join().expect("receiver")
+        let seen = self.receiver.join().expect("receiver");
+        let run = StreamRun {
+            seen,
+            sent: self.sent.load(Ordering::SeqCst),
+            arrived_before: self.arrived_before,
+            first_after,
+        };
+        assert!(
+            run.arrived_before > 0 && run.arrived_after() > 0,
+            "{} did not span the change: {} datagrams arrived before it began, {} of the {} sent \
+             after it ended arrived ({} of {} in all)",
+            self.what,
+            run.arrived_before,
+            run.arrived_after(),
+            run.sent - first_after,
+            run.seen.len(),
+            run.sent
+        );
+        run
     }
 }

@@ -17,14 +17,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use netfn_core::agent::{self, AgentStart, AutostartOptions};
-use netfn_core::chain::state;
 use netfn_core::ebpf;
 use netfn_core::plan::names;
 use netfn_tests::agent::{Agent, http_get};
 use netfn_tests::traffic::{sequenced_stream_during, udp_echo};
 use netfn_tests::{
     ChainGuard, EGRESS_ADDR, INGRESS_ADDR, TempDir, forward_chain, leftovers, netfn_bin, netfn_ok,
-    udp_socket_in, unique_chain,
+    skipped, udp_socket_in, unique_chain,
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -88,9 +87,9 @@ fn netns_inode(name: &str) -> u64 {
 }
 
 /// Whether Debian's `prometheus` package (promtool, the server) can be used. On the host it must
-/// be there (`cargo xtask setup` installs it); the VM-test initramfs does not ship it, and there
-/// the checks that need it are skipped, and say so.
-fn have_prometheus_tool(bin: &str) -> bool {
+/// be there (`cargo xtask setup` installs it). `cargo xtask vm-test` ships both into the VM when
+/// the host has them; only a VM built on a host without them skips the checks, and says so.
+fn have_prometheus_tool(bin: &str, test: &str) -> bool {
     let on_path = std::env::var_os("PATH")
         .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(bin).is_file()));
     if on_path {
@@ -100,7 +99,13 @@ fn have_prometheus_tool(bin: &str) -> bool {
         std::env::var_os("NETFN_IN_VM").is_some(),
         "{bin} is missing: run `cargo xtask setup` (it installs Debian's prometheus package)"
     );
-    eprintln!("note: {bin} is not shipped into the test VM; skipping the checks that need it");
+    skipped(
+        &format!("{test}: the checks that need {bin}"),
+        &format!(
+            "{bin} is not in this VM (vm-test ships it only when the host that builds the VM \
+             has it: install Debian's prometheus there)"
+        ),
+    );
     false
 }
 
@@ -175,7 +180,10 @@ fn metrics_count_exactly_the_packets_sent_and_pass_promtool() {
             assert!(line.starts_with("netfn_"), "unprefixed metric: {line}");
         }
 
-        if have_prometheus_tool("promtool") {
+        if have_prometheus_tool(
+            "promtool",
+            "metrics_count_exactly_the_packets_sent_and_pass_promtool",
+        ) {
             let mut promtool = Command::new("promtool")
                 .args(["check", "metrics"])
                 .stdin(Stdio::piped())
@@ -212,17 +220,16 @@ fn metrics_count_exactly_the_packets_sent_and_pass_promtool() {
 // (a') fast path chains: counters from the forwarder, drops by reason
 // ---------------------------------------------------------------------------------------------
 
-/// Attaches the fast path of `chain` unless `netfn up` did (the call `up` makes once wired).
-fn attach_fastpath_unless_up_did(chain: &str) {
-    let dir = names::chain_bpf_dir(chain);
-    if dir.join(ebpf::FWD_TABLE_PIN).exists() {
-        return;
-    }
-    let plan = state::load(chain)
-        .expect("load the record")
-        .expect("a record after up")
-        .plan;
-    drop(ebpf::attach_fastpath(&plan, &dir).unwrap_or_else(|e| panic!("attach_fastpath: {e}")));
+/// `netfn up` attached the fast path of `chain` itself: its forwarding table is pinned. (The
+/// test never attaches anything: an `up` that forgot the forwarder must fail here, and the exact
+/// per-function counts below prove the programs run on every hop.)
+fn assert_up_attached_the_fastpath(chain: &str) {
+    let table = names::chain_bpf_dir(chain).join(ebpf::FWD_TABLE_PIN);
+    assert!(
+        table.exists(),
+        "netfn up did not attach the fast path of {chain}: no {}",
+        table.display()
+    );
 }
 
 fn set_ttl(sock: &UdpSocket, ttl: libc::c_int) {
@@ -245,7 +252,7 @@ fn fast_path_counts_and_drops(tag: &str, mode: &str) {
     let file = dir.write("chain.toml", &forward_chain(&chain, 3, mode));
     {
         let _chain = ChainGuard::up(&chain, &file);
-        attach_fastpath_unless_up_did(&chain);
+        assert_up_attached_the_fastpath(&chain);
         let agent = Agent::start(&dir.0, &chain, &["--no-probe"]);
         let (ingress, egress) = (format!("nf-{chain}-ingress"), format!("nf-{chain}-egress"));
         udp_echo(&ingress, &egress, 3);
@@ -266,9 +273,6 @@ fn fast_path_counts_and_drops(tag: &str, mode: &str) {
         for i in 0..10u8 {
             tx.send_to(&[i], to).expect("send");
         }
-        std::thread::sleep(Duration::from_millis(200));
-        let after = agent.metrics();
-
         let drops = |text: &str, f: &str, direction: &str, reason: &str| {
             sample(
                 text,
@@ -282,6 +286,13 @@ fn fast_path_counts_and_drops(tag: &str, mode: &str) {
             )
             .unwrap_or_else(|| panic!("no drops of {f}/{direction}/{reason} in:\n{text}"))
         };
+        // The TTL-2 datagrams are never delivered: wait until fn2 has counted all ten drops.
+        let ttl_drops = |text: &str| drops(text, "fn2", "forward", "ttl-exceeded");
+        let mut after = agent.metrics();
+        wait_until(Duration::from_secs(10), || {
+            after = agent.metrics();
+            ttl_drops(&after) - ttl_drops(&before) >= 10.0
+        });
         for (f, received, ttl_drops) in [
             ("fn1", 110.0, 0.0),
             ("fn2", 110.0, 10.0),
@@ -442,7 +453,10 @@ fn a_real_prometheus_sees_a_positive_rate_for_every_function() {
     let dir = TempDir::new(&chain);
     let file = dir.write("chain.toml", &forward_chain(&chain, 3, "kernel"));
     {
-        if !have_prometheus_tool("prometheus") {
+        if !have_prometheus_tool(
+            "prometheus",
+            "a_real_prometheus_sees_a_positive_rate_for_every_function",
+        ) {
             return;
         }
         let _chain = ChainGuard::up(&chain, &file);
@@ -628,11 +642,15 @@ fn sigkill_and_restart_scenario(tag: &str, mode: &str) {
             first.log_text()
         );
 
-        let count = 8_000; // 4 s at 2,000 datagrams per second
-        let mut before = String::new();
+        let count = 8_000; // 4 s at 2,000 datagrams per second, longer if the restart is slow
+        let at_start = first.metrics();
+        let mut at_kill = String::new();
+        let mut at_restart = String::new();
         let mut second = None;
-        let seen = sequenced_stream_during(&chain, count, 2_000, 7301, || {
-            before = first.metrics();
+        // The stream checks that datagrams arrived before the kill and, sent after the restarted
+        // agent probed the chain, after it: the kill lands mid-stream.
+        let stream = sequenced_stream_during(&chain, count, 2_000, 7301, || {
+            at_kill = first.metrics();
             first.kill9();
             let agent = Agent::start(&dir.0, &chain, &args);
             assert!(
@@ -640,28 +658,43 @@ fn sigkill_and_restart_scenario(tag: &str, mode: &str) {
                 "restarted agent never probed the chain:\n{}",
                 agent.log_text()
             );
+            at_restart = agent.metrics();
             second = Some(agent);
         });
         let second = second.expect("second agent");
 
-        let lost: Vec<u32> = (0..count).filter(|s| !seen.contains(s)).collect();
+        let lost = stream.lost();
         assert!(
             lost.is_empty(),
-            "{} of {count} datagrams lost across the agent's SIGKILL, first {:?}",
+            "{} of {} datagrams lost across the agent's SIGKILL, first {:?}",
             lost.len(),
+            stream.sent,
             &lost[..lost.len().min(10)]
         );
         let after = second.metrics();
+        let arrived = stream.seen.len() as f64;
         for f in FUNCTIONS {
-            for direction in ["forward", "reverse"] {
-                let (b, a) = (
-                    packets(&before, &chain, f, direction),
-                    packets(&after, &chain, f, direction),
-                );
-                assert!(a >= b, "{f} {direction}: counter went back from {b} to {a}");
-            }
-            // The stream crossed every function after the first scrape.
-            assert!(packets(&after, &chain, f, "forward") > packets(&before, &chain, f, "forward"));
+            let forward = |text: &str| packets(text, &chain, f, "forward");
+            let (start, kill, restart, end) = (
+                forward(&at_start),
+                forward(&at_kill),
+                forward(&at_restart),
+                forward(&after),
+            );
+            let counts = format!(
+                "{f} forward: {start} at the start, {kill} at the kill, {restart} after the \
+                 restart, {end} at the end; {arrived} datagrams arrived"
+            );
+            // Counting before the kill, after the restart, and never back.
+            assert!(start < kill && kill <= restart && restart < end, "{counts}");
+            // Every datagram of the stream crossed every function and was counted, those that
+            // crossed while no agent ran too (plus the probes').
+            assert!(end - start >= arrived, "{counts}");
+            let (b, a) = (
+                packets(&at_kill, &chain, f, "reverse"),
+                packets(&after, &chain, f, "reverse"),
+            );
+            assert!(a >= b, "{f} reverse: counter went back from {b} to {a}");
         }
         let now: Vec<u64> = namespaces.iter().map(|n| netns_inode(n)).collect();
         assert_eq!(inodes, now, "a namespace was re-created");

@@ -101,12 +101,51 @@ fn three_function_chain_carries_tcp_and_udp_both_ways_and_leaves_nothing() {
 
 #[test]
 fn down_is_safe_to_repeat() {
+    // A chain that was never up: nothing to do, every time.
     let chain = unique_chain("rp");
+    for round in 0..2 {
+        let out = netfn_ok(&["down", &chain]);
+        assert!(
+            out.contains("not up"),
+            "down #{round} of an unknown chain said: {out}"
+        );
+    }
+
+    // A chain that was up (tc: namespaces, a record and pinned programs and maps): the first down
+    // removes it all, the next ones find nothing to do and leave nothing either.
+    let chain = unique_chain("ru");
+    let dir = TempDir::new(&chain);
+    let file = dir.write("chain.toml", &forward_chain(&chain, 2, "tc"));
+    let _guard = ChainGuard::up(&chain, &file);
+    let up = leftovers(&chain);
+    for what in ["/run/netns/", "/run/netfn/chains/", "/sys/fs/bpf/netfn/"] {
+        assert!(
+            up.iter().any(|l| l.starts_with(what)),
+            "the up chain has nothing under {what}, so the check below would prove nothing: {up:?}"
+        );
+    }
     let out = netfn_ok(&["down", &chain]);
     assert!(
-        out.contains("not up"),
-        "down of an unknown chain said: {out}"
+        out.contains(": down,") && out.contains("4 namespace(s) removed"),
+        "the first down said: {out}"
     );
+    assert_eq!(
+        leftovers(&chain),
+        Vec::<String>::new(),
+        "after the first down"
+    );
+    for round in 1..3 {
+        let out = netfn_ok(&["down", &chain]);
+        assert!(
+            out.contains("not up"),
+            "down #{round} of a chain already down said: {out}"
+        );
+        assert_eq!(
+            leftovers(&chain),
+            Vec::<String>::new(),
+            "after down #{round}"
+        );
+    }
 }
 
 #[test]

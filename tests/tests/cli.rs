@@ -1,8 +1,10 @@
 //! The read-only verbs (graph, kinds, features), and arguments refused before anything is touched.
 
+use std::collections::BTreeMap;
 use std::path::Path;
+use std::process::Command;
 
-use netfn_tests::{netfn, netfn_ok};
+use netfn_tests::{ForeignNetns, netfn, netfn_ok, unique_chain};
 
 fn example(name: &str) -> String {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -44,25 +46,67 @@ fn kinds_lists_forward() {
     assert!(kinds.lines().any(|l| l.starts_with("forward ")), "{kinds}");
 }
 
+/// `netfn features` against what this machine really has, found another way: the release from
+/// `uname -r`, BTF from sysfs, WireGuard by creating a link of that type in a scratch namespace.
 #[test]
 fn features_reports_the_running_kernel() {
     let json: serde_json::Value =
         serde_json::from_str(&netfn_ok(&["features", "--json"])).expect("json");
-    let names: Vec<&str> = json
+    let reported: BTreeMap<&str, bool> = json
         .as_array()
         .expect("array")
         .iter()
-        .filter_map(|f| f["name"].as_str())
+        .map(|f| {
+            let name = f["name"].as_str().expect("a feature has a name");
+            let available = f["available"]
+                .as_bool()
+                .unwrap_or_else(|| panic!("{name}: no boolean `available` in {f}"));
+            (name, available)
+        })
         .collect();
-    for f in [
-        "btf",
-        "tc-redirect-peer",
-        "tcx",
-        "xdp-veth",
-        "wireguard-kernel",
-    ] {
-        assert!(names.contains(&f), "no feature {f} in {names:?}");
+
+    let uname = Command::new("uname")
+        .arg("-r")
+        .output()
+        .expect("run uname -r");
+    let release = String::from_utf8_lossy(&uname.stdout).trim().to_string();
+    let mut numbers = release
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|n| n.parse::<u32>().expect("uname -r starts with major.minor"));
+    let version = (
+        numbers.next().expect("major"),
+        numbers.next().expect("minor"),
+    );
+    let expected = BTreeMap::from([
+        ("btf", Path::new("/sys/kernel/btf/vmlinux").exists()),
+        ("tc-redirect-peer", version >= (5, 10)),
+        ("tcx", version >= (6, 6)),
+        ("xdp-veth", version >= (5, 9)),
+        ("wireguard-kernel", can_create_link("wireguard")),
+    ]);
+    assert_eq!(
+        reported, expected,
+        "netfn features disagrees with this machine (uname -r: {release})"
+    );
+    // The version-bound features name the release they judged.
+    for f in json.as_array().expect("array") {
+        if ["tc-redirect-peer", "tcx", "xdp-veth"].contains(&f["name"].as_str().unwrap_or("")) {
+            let detail = f["detail"].as_str().unwrap_or("");
+            assert!(detail.contains(&release), "{f}");
+        }
     }
+}
+
+/// Whether this kernel can make a link of `kind` (a module it can load, or built in), tried in a
+/// namespace of the test's own.
+fn can_create_link(kind: &str) -> bool {
+    let ns = ForeignNetns::add(&format!("nftest-{}", unique_chain("ft")));
+    Command::new("ip")
+        .args(["-n", &ns.0, "link", "add", "probe0", "type", kind])
+        .output()
+        .expect("run ip link add")
+        .status
+        .success()
 }
 
 /// A chain name is checked before it becomes part of a path under /run/netfn: `../x` and `a/b`

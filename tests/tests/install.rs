@@ -6,7 +6,6 @@
 //! (`cargo xtask vm-test`), where neither exists.
 
 use std::collections::BTreeSet;
-use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -24,11 +23,10 @@ fn workspace() -> PathBuf {
 /// None (and the reason printed) where these tests cannot run: in the VM, or without cargo.
 fn cargo() -> Option<PathBuf> {
     if std::env::var_os("NETFN_IN_VM").is_some() {
-        // Straight to stderr, past libtest's capture: the VM's console shows why.
-        let _ = writeln!(
-            std::io::stderr(),
-            "skipped: install and packaging tests need cargo and the workspace, which the VM \
-             (cargo xtask vm-test) does not have; they run on the host (cargo xtask test)"
+        netfn_tests::skipped(
+            "install and packaging tests",
+            "they need cargo and the workspace, which the VM (cargo xtask vm-test) does not \
+             have; they run on the host (cargo xtask test)",
         );
         return None;
     }

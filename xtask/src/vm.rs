@@ -55,7 +55,9 @@ const MODULES: &[&str] = &[
 ];
 
 /// Host programs shipped when the host has them (busybox provides the rest): iproute2's `ip`
-/// knows `ip netns`, busybox's does not.
+/// knows `ip netns`, busybox's does not. `promtool` and `prometheus` (about 50 MB each, Debian's
+/// prometheus package) let the agent tests check /metrics and scrape it with a real server in
+/// the guest too.
 const HOST_TOOLS: &[&str] = &[
     "ip",
     "tc",
@@ -65,6 +67,8 @@ const HOST_TOOLS: &[&str] = &[
     "wireguard-go",
     "bpftool",
     "nft",
+    "promtool",
+    "prometheus",
 ];
 
 #[derive(Args)]
