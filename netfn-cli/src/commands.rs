@@ -106,27 +106,63 @@ pub fn up(file: &Path, only: Option<&str>) -> Result<ExitCode> {
         );
     }
     let rt = runtime()?;
-    let progress = |line: &str| eprintln!("netfn: {line}");
     let source = std::fs::canonicalize(file).unwrap_or_else(|_| file.to_path_buf());
-    for chain in chains {
-        match lifecycle::up(&source, chain, &rt, &UpOptions::default(), &progress)
-            .with_context(|| format!("netfn up {}", file.display()))?
-        {
-            UpOutcome::Created { functions, elapsed } => println!(
-                "chain {}: up, {functions} function(s), {} mode, in {} ms",
-                chain.name,
-                chain.fastpath,
-                elapsed.as_millis()
-            ),
-            UpOutcome::Unchanged => println!(
-                "chain {}: already up and unchanged; nothing to do",
-                chain.name
-            ),
+    let options = UpOptions {
+        tc_interfaces: lifecycle::tc_interfaces(chains.iter().copied()),
+        ..UpOptions::default()
+    };
+    // Chains are independent: several come up at once (each still all or nothing), and a
+    // failed one does not stop the others.
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let failed = std::sync::Mutex::new(Vec::new());
+    std::thread::scope(|s| {
+        for _ in 0..UP_CONCURRENCY.min(chains.len()) {
+            s.spawn(|| {
+                let progress = |line: &str| eprintln!("netfn: {line}");
+                while let Some(chain) =
+                    chains.get(next.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
+                {
+                    match lifecycle::up(&source, chain, &rt, &options, &progress) {
+                        Ok(UpOutcome::Created { functions, elapsed }) => println!(
+                            "chain {}: up, {functions} function(s), {} mode, in {} ms",
+                            chain.name,
+                            chain.fastpath,
+                            elapsed.as_millis()
+                        ),
+                        Ok(UpOutcome::Unchanged) => println!(
+                            "chain {}: already up and unchanged; nothing to do",
+                            chain.name
+                        ),
+                        Err(e) => {
+                            eprintln!("netfn: chain {}: {e:#}", chain.name);
+                            if let Ok(mut f) = failed.lock() {
+                                f.push(chain.name.clone());
+                            }
+                        }
+                    }
+                }
+            });
         }
+    });
+    let failed = failed.into_inner().unwrap_or_default();
+    if chains.len() > failed.len() {
+        start_or_notify_agent();
     }
-    start_or_notify_agent();
+    if !failed.is_empty() {
+        bail!(
+            "netfn up {}: {} of {} chain(s) failed ({}; each says why above); the others are up",
+            file.display(),
+            failed.len(),
+            chains.len(),
+            failed.join(", ")
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }
+
+/// Chains one `netfn up` brings up at once: most of a chain's time is kernel work on one core
+/// (namespaces, links, program attaches), so a few overlap well even on two cores.
+const UP_CONCURRENCY: usize = 4;
 
 /// Every chain has runtime tasks (at least its prober): make sure the host agent runs, and tell
 /// a running one to pick up the change now. Problems are warnings: the chain itself is up.

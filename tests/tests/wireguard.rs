@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use netfn_tests::agent::Agent;
 use netfn_tests::{
-    ChainGuard, TempDir, in_netns, leftovers, netfn, netfn_ok, shared, unique_chain,
+    ChainGuard, TempDir, in_netns, leftovers, netfn, netfn_ok, shared, skipped, unique_chain,
 };
 
 const PEER_ADDR: Ipv4Addr = Ipv4Addr::new(10, 99, 0, 2);
@@ -378,9 +378,10 @@ fn kernel_backend_with_a_wireguard_go_peer_or_a_clear_refusal() {
         Vec::<String>::new(),
         "a refused up leaves nothing"
     );
-    eprintln!(
-        "SKIPPED (partly): this kernel has no WireGuard, so only the refusal was checked; the \
-         kernel backend's traffic runs in the VM suite (cargo xtask vm-test)"
+    skipped(
+        "the kernel backend's traffic",
+        "this kernel has no WireGuard, so only the refusal was checked; the traffic runs in \
+         the VM suite (cargo xtask vm-test)",
     );
 }
 
@@ -389,9 +390,10 @@ fn kernel_backend_with_a_wireguard_go_peer_or_a_clear_refusal() {
 #[test]
 fn auto_backend_with_a_kernel_module_peer() {
     if !kernel_has_wireguard() {
-        eprintln!(
-            "SKIPPED: this kernel has no WireGuard for the peer; this test runs in the VM suite \
-             (cargo xtask vm-test)"
+        skipped(
+            "auto_backend_with_a_kernel_module_peer",
+            "this kernel has no WireGuard for the peer; it runs in the VM suite (cargo xtask \
+             vm-test)",
         );
         return;
     }
@@ -708,9 +710,9 @@ fn peers_change_in_place_and_the_others_keep_their_session() {
 #[test]
 fn kernel_backend_peers_change_in_place() {
     if !kernel_has_wireguard() {
-        eprintln!(
-            "SKIPPED: this kernel has no WireGuard; this test runs in the VM suite (cargo xtask \
-             vm-test)"
+        skipped(
+            "kernel_backend_peers_change_in_place",
+            "this kernel has no WireGuard; it runs in the VM suite (cargo xtask vm-test)",
         );
         return;
     }

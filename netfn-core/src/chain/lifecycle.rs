@@ -58,12 +58,33 @@ fn rollback_note(errors: &[String]) -> String {
 pub struct UpOptions {
     /// Threads that create namespaces.
     pub workers: usize,
+    /// TC interfaces the whole operation attaches (every chain of one `netfn up`), for the
+    /// attach policy of [`fastpath_options_for`]; 0: only this chain's.
+    pub tc_interfaces: usize,
 }
 
 impl Default for UpOptions {
     fn default() -> Self {
-        UpOptions { workers: 4 }
+        UpOptions {
+            workers: 4,
+            tc_interfaces: 0,
+        }
     }
+}
+
+/// The TC interfaces one `up` may attach with TCX. Each TCX attach waits for an RCU grace
+/// period under the kernel's rtnl lock (13.6 ms each on the 2-core test VMs: 1,000 functions
+/// took 27 s), so they cannot overlap; clsact filters attach in well under a millisecond. Up to
+/// this many (about 3.5 s of grace periods), TCX's faster per-packet path is worth the wait.
+pub const TCX_ATTACH_BUDGET: usize = 256;
+
+/// The TC interfaces the tc-mode chains of `chains` attach the forwarder to (two per function).
+pub fn tc_interfaces<'a>(chains: impl IntoIterator<Item = &'a ChainSpec>) -> usize {
+    chains
+        .into_iter()
+        .filter(|c| c.fastpath == FastPath::Tc)
+        .map(|c| 2 * c.functions.len())
+        .sum()
 }
 
 /// What `up` did.
@@ -187,13 +208,21 @@ fn up_locked(
     }
 }
 
-/// The fast path's options, as `up` uses them: the TC forwarder attaches with TCX where the
-/// kernel has it (Linux 6.6+: a pinned bpf_link that runs before any clsact filter; measured
-/// 0.93x of a bare veth pair for 3 functions against 0.81x with netlink clsact) and with netlink
-/// clsact elsewhere. NETFN_TC_ATTACH (netlink|tcx) and NETFN_EBPF_LOG override, for benchmarks
-/// and debugging; a bad value is reported and ignored.
+/// The fast path's options for a small `up`: see [`fastpath_options_for`].
 pub fn fastpath_options() -> crate::ebpf::FastpathOptions {
-    let tcx = crate::kernel::features::get("tcx").is_some_and(|f| f.available);
+    fastpath_options_for(0)
+}
+
+/// The fast path's options, as an `up` that attaches `tc_interfaces` TC interfaces in all uses
+/// them: the TC forwarder attaches with TCX where the kernel has it (Linux 6.6+: a pinned
+/// bpf_link that runs before any clsact filter; measured 0.93x of a bare veth pair for 3
+/// functions against 0.81x with netlink clsact) unless that is more than
+/// [`TCX_ATTACH_BUDGET`] interfaces, and with netlink clsact otherwise. NETFN_TC_ATTACH
+/// (netlink|tcx) and NETFN_EBPF_LOG override, for benchmarks and debugging; a bad value is
+/// reported and ignored.
+pub fn fastpath_options_for(tc_interfaces: usize) -> crate::ebpf::FastpathOptions {
+    let tcx = crate::kernel::features::get("tcx").is_some_and(|f| f.available)
+        && tc_interfaces <= TCX_ATTACH_BUDGET;
     let mut options = crate::ebpf::FastpathOptions {
         tc_attach: if tcx {
             crate::ebpf::TcAttach::Tcx
@@ -274,11 +303,24 @@ fn build(
         objects::attach_counters(plan, &|_| true).map_err(with_foreign)?;
     }
     if fast {
-        let options = fastpath_options();
+        let interfaces = options.tc_interfaces.max(tc_interfaces([spec]));
+        let fast_options = fastpath_options_for(interfaces);
+        if plan.fastpath == FastPath::Tc
+            && interfaces > TCX_ATTACH_BUDGET
+            && fast_options.tc_attach == crate::ebpf::TcAttach::Netlink
+            && crate::kernel::features::get("tcx").is_some_and(|f| f.available)
+        {
+            tracing::info!(
+                "chain {}: attaching the forwarder with clsact, not TCX: this up attaches \
+                 {interfaces} TC interfaces, and TCX waits for a kernel RCU grace period on each \
+                 (over {TCX_ATTACH_BUDGET}, seconds add up); NETFN_TC_ATTACH=tcx forces TCX",
+                plan.chain
+            );
+        }
         crate::ebpf::attach_fastpath_with(
             plan,
             &crate::plan::names::chain_bpf_dir(&plan.chain),
-            &options,
+            &fast_options,
         )
         .map_err(|e| with_foreign(e.into()))?;
     }
