@@ -7,6 +7,7 @@ mod deploy;
 mod firewall;
 mod lb;
 mod pps_chart;
+mod vpn;
 
 use std::path::PathBuf;
 
@@ -67,10 +68,32 @@ pub enum Bench {
         #[arg(long = "backends", value_delimiter = ',', default_values_t = vec![2, 16, 256, 4096])]
         backends: Vec<usize>,
     },
+    /// iperf3 TCP (1 and 4 streams) and 60-byte UDP pps through netfn's WireGuard endpoint to a
+    /// wireguard-go peer and to another netfn endpoint, against a wireguard-go pair and a bare
+    /// veth, with CPU per Gbit (target/bench/vpn.json, vpn.png).
+    Vpn {
+        #[arg(long, default_value_t = 3)]
+        repetitions: usize,
+        /// Seconds per iperf3 run.
+        #[arg(long, default_value_t = 5.0)]
+        seconds: f64,
+        /// The chains' fast path: tc, xdp or kernel.
+        #[arg(long, default_value = "tc")]
+        fastpath: String,
+    },
 }
 
 pub fn run(which: Bench) -> Result<()> {
     match which {
+        Bench::Vpn {
+            repetitions,
+            seconds,
+            fastpath,
+        } => vpn::run(&vpn::Options {
+            repetitions,
+            seconds,
+            fastpath,
+        }),
         Bench::Firewall {
             repetitions,
             seconds,

@@ -46,7 +46,8 @@ mod report;
 mod traffic;
 
 use chart::*;
-use iperf::*;
+pub(in crate::bench) use chart::{nice_ceiling, trim_number};
+pub(in crate::bench) use iperf::*;
 pub(in crate::bench) use lab::*;
 use report::*;
 pub(in crate::bench) use traffic::*;
@@ -102,14 +103,14 @@ pub(in crate::bench) struct Topology {
 
 /// One figure: the median of the samples, its unit, and the samples.
 #[derive(Debug, Clone, Serialize)]
-struct Figure {
-    median: f64,
-    unit: &'static str,
-    samples: Vec<f64>,
+pub(in crate::bench) struct Figure {
+    pub(in crate::bench) median: f64,
+    pub(in crate::bench) unit: &'static str,
+    pub(in crate::bench) samples: Vec<f64>,
 }
 
 impl Figure {
-    fn new(unit: &'static str, samples: &[f64]) -> Self {
+    pub(in crate::bench) fn new(unit: &'static str, samples: &[f64]) -> Self {
         let mut sorted = samples.to_vec();
         Figure {
             median: median(&mut sorted),
