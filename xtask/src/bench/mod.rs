@@ -253,3 +253,12 @@ pub fn down_chains(netfn: &std::path::Path, chains: &mut Vec<String>) -> Vec<Str
     }
     errors
 }
+
+/// Ok when a teardown met no error, else one error listing them all.
+pub fn cleanup_result(errors: &[String]) -> Result<()> {
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        anyhow::bail!("cleanup failed:\n  {}", errors.join("\n  "))
+    }
+}

@@ -90,11 +90,7 @@ impl Lab {
                 }
             }
         }
-        if errors.is_empty() {
-            Ok(())
-        } else {
-            bail!("cleanup failed:\n  {}", errors.join("\n  "))
-        }
+        crate::bench::cleanup_result(&errors)
     }
 }
 

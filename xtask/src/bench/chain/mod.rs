@@ -49,6 +49,7 @@ use chart::*;
 pub(in crate::bench) use chart::{nice_ceiling, trim_number};
 pub(in crate::bench) use iperf::*;
 pub(in crate::bench) use lab::*;
+pub(in crate::bench) use report::print_goals;
 use report::*;
 pub(in crate::bench) use traffic::*;
 
@@ -165,12 +166,12 @@ struct Report<'a> {
 }
 
 #[derive(Serialize)]
-struct Goal {
-    what: String,
-    value: f64,
-    unit: &'static str,
-    target: String,
-    met: bool,
+pub(in crate::bench) struct Goal {
+    pub(in crate::bench) what: String,
+    pub(in crate::bench) value: f64,
+    pub(in crate::bench) unit: &'static str,
+    pub(in crate::bench) target: String,
+    pub(in crate::bench) met: bool,
 }
 
 pub fn run(options: &Options) -> Result<()> {
@@ -249,17 +250,7 @@ pub fn run(options: &Options) -> Result<()> {
     let records = records(&topologies, &samples);
     print_table(&records);
     let goals = goals(&records);
-    println!();
-    for g in &goals {
-        println!(
-            "goal: {:<52} {:>8.2} {:<10} target {:<10} {}",
-            g.what,
-            g.value,
-            g.unit,
-            g.target,
-            if g.met { "met" } else { "NOT met" }
-        );
-    }
+    print_goals(&goals);
     let report = Report {
         bench: "chain",
         command: format!(

@@ -374,11 +374,7 @@ impl VpnLab {
         {
             errors.push(format!("remove {}: {e}", self.dir.display()));
         }
-        if errors.is_empty() {
-            Ok(())
-        } else {
-            bail!("cleanup failed:\n  {}", errors.join("\n  "))
-        }
+        crate::bench::cleanup_result(&errors)
     }
 }
 

@@ -36,7 +36,7 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use serde::Serialize;
 
-use super::chain::{Figure, online_cpus};
+use super::chain::{Figure, Goal, online_cpus, print_goals};
 use super::{netfn_release, write_json};
 use crate::util;
 
@@ -112,7 +112,7 @@ struct Report<'a> {
     seconds: f64,
     method: Vec<&'static str>,
     records: &'a [report::Record],
-    goals: Vec<report::Goal>,
+    goals: Vec<Goal>,
 }
 
 pub fn run(options: &Options) -> Result<()> {
@@ -176,16 +176,7 @@ pub fn run(options: &Options) -> Result<()> {
     let records = report::records(&tunnels, &samples);
     report::print_tables(&records, options);
     let goals = report::goals(&records);
-    println!();
-    for g in &goals {
-        println!(
-            "goal: {:<44} {:>6.2} x  target {:<7} {}",
-            g.what,
-            g.value,
-            g.target,
-            if g.met { "met" } else { "NOT met" }
-        );
-    }
+    print_goals(&goals);
     let report = Report {
         bench: "vpn",
         command: format!(

@@ -4,7 +4,7 @@
 use serde::Serialize;
 
 use super::measure::{Run, Test};
-use super::{Figure, Options, Samples, Tunnel};
+use super::{Figure, Goal, Options, Samples, Tunnel};
 
 /// How every figure is produced (also written into vpn.json).
 pub(super) const METHOD: [&str; 6] = [
@@ -55,14 +55,6 @@ impl TestFigures {
     pub(super) fn median(&self) -> f64 {
         self.rate.median
     }
-}
-
-#[derive(Serialize)]
-pub(super) struct Goal {
-    pub(super) what: String,
-    pub(super) value: f64,
-    pub(super) target: String,
-    pub(super) met: bool,
 }
 
 fn of(s: &Samples, test: Test, f: impl Fn(&Run) -> f64) -> Vec<f64> {
@@ -175,6 +167,7 @@ pub(super) fn goals(records: &[Record]) -> Vec<Goal> {
             goals.push(Goal {
                 what: format!("{config} {} vs wggo-pair", f.test.label()),
                 value: f.vs_wggo_pair,
+                unit: "x",
                 target: format!(">= {target}"),
                 met: f.vs_wggo_pair >= target,
             });
