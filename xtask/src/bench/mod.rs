@@ -262,3 +262,16 @@ pub fn cleanup_result(errors: &[String]) -> Result<()> {
         anyhow::bail!("cleanup failed:\n  {}", errors.join("\n  "))
     }
 }
+
+/// Says which report and chart files a bench wrote (a chart that failed is a warning).
+pub fn print_written(json: &std::path::Path, chart: Result<Vec<PathBuf>>) {
+    println!("\nwrote {}", json.display());
+    match chart {
+        Ok(paths) => {
+            for p in paths {
+                println!("wrote {}", p.display());
+            }
+        }
+        Err(e) => eprintln!("chart: {e:#}"),
+    }
+}

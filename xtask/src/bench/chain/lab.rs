@@ -24,18 +24,7 @@ impl Lab {
                 std::fs::write(&file, chain_file(&chain, n, mode))?;
                 // A bench that died earlier may have left it.
                 let _ = netfn_command(&self.netfn).args(["down", &chain]).output();
-                let out = netfn_command(&self.netfn)
-                    .arg("up")
-                    .arg(&file)
-                    .output()
-                    .context("run netfn up")?;
-                if !out.status.success() {
-                    bail!(
-                        "netfn up {} failed: {}",
-                        file.display(),
-                        String::from_utf8_lossy(&out.stderr)
-                    );
-                }
+                super::super::timed_netfn(&self.netfn, &["up", &file.to_string_lossy()])?;
                 self.chains.push(chain.clone());
                 let src_ns = format!("nf-{chain}-ingress");
                 topologies.push(Topology {

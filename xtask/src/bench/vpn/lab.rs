@@ -297,18 +297,7 @@ impl VpnLab {
         let file = self.dir.join(format!("{chain}.toml"));
         std::fs::write(&file, text).with_context(|| format!("write {}", file.display()))?;
         self.chains.push(chain.to_string());
-        let out = netfn_command(&self.netfn)
-            .arg("up")
-            .arg(&file)
-            .output()
-            .context("run netfn up")?;
-        if !out.status.success() {
-            bail!(
-                "netfn up {} failed: {}",
-                file.display(),
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
+        crate::bench::timed_netfn(&self.netfn, &["up", &file.to_string_lossy()])?;
         Ok(())
     }
 

@@ -193,15 +193,7 @@ pub fn run(options: &Options) -> Result<()> {
         goals,
     };
     let json = write_json("vpn", &report)?;
-    println!("\nwrote {}", json.display());
-    match chart::chart(&records) {
-        Ok(paths) => {
-            for p in paths {
-                println!("wrote {}", p.display());
-            }
-        }
-        Err(e) => eprintln!("chart: {e:#}"),
-    }
+    super::print_written(&json, chart::chart(&records));
     println!("total {:.0} s", started.elapsed().as_secs_f64());
     Ok(())
 }
