@@ -35,12 +35,13 @@ fn svg(records: &[Record]) -> String {
         r#"<text x="{}" y="22" text-anchor="middle" font-size="15">netfn VPN bench: WireGuard tunnels through iperf3 (median; ×: over the wireguard-go pair)</text>"#,
         W / 2.0
     );
-    for (p, test) in Test::ALL.iter().enumerate() {
+    for (p, test) in Test::MAIN.iter().enumerate() {
         let x0 = 100.0 + p as f64 * (W / 3.0);
         let pw = W / 3.0 - 130.0;
-        let (scale, unit) = match test {
-            Test::Udp => (1e-3, "kpps"),
-            _ => (1.0, "Gbit/s"),
+        let (scale, unit) = if test.is_udp() {
+            (1e-3, "kpps")
+        } else {
+            (1.0, "Gbit/s")
         };
         // The bare veth is tens of times faster than any tunnel: a note, not a bar.
         let bare = records

@@ -18,26 +18,36 @@ const SOFTIRQ: usize = 6;
 pub(super) enum Test {
     Tcp1,
     Tcp4,
+    /// Our own generator ([`super::flood`]).
     Udp,
+    /// iperf3's UDP, a cross-check.
+    IperfUdp,
 }
 
 impl Test {
-    pub(super) const ALL: [Test; 3] = [Test::Tcp1, Test::Tcp4, Test::Udp];
+    pub(super) const ALL: [Test; 4] = [Test::Tcp1, Test::Tcp4, Test::Udp, Test::IperfUdp];
+    /// The tests with a goal and a panel in the chart.
+    pub(super) const MAIN: [Test; 3] = [Test::Tcp1, Test::Tcp4, Test::Udp];
+
+    pub(super) fn is_udp(self) -> bool {
+        matches!(self, Test::Udp | Test::IperfUdp)
+    }
 
     pub(super) fn label(self) -> &'static str {
         match self {
             Test::Tcp1 => "TCP 1 stream",
             Test::Tcp4 => "TCP 4 streams",
             Test::Udp => "UDP 60 B pps",
+            Test::IperfUdp => "iperf3 UDP pps",
         }
     }
 
     /// iperf3's arguments besides `-J -c DST -p PORT -B SRC -t SECONDS`.
     pub(super) fn iperf_args(self) -> &'static [&'static str] {
         match self {
-            Test::Tcp1 => &[],
+            Test::Tcp1 | Test::Udp => &[],
             Test::Tcp4 => &["-P", "4"],
-            Test::Udp => &IPERF_UDP_ARGS,
+            Test::IperfUdp => &IPERF_UDP_ARGS,
         }
     }
 }
@@ -70,7 +80,7 @@ impl Run {
 
     pub(super) fn summary(&self, test: Test) -> String {
         match test {
-            Test::Udp => format!(
+            Test::Udp | Test::IperfUdp => format!(
                 "{:>9.0} pps  cpu {:>5.2} us/pkt",
                 self.rate,
                 self.cpu_per_unit(test)
@@ -88,9 +98,10 @@ fn per_unit(cpu_s: f64, carried: f64, test: Test) -> f64 {
     if carried <= 0.0 {
         return f64::NAN;
     }
-    match test {
-        Test::Udp => cpu_s * 1e6 / carried,
-        _ => cpu_s / carried,
+    if test.is_udp() {
+        cpu_s * 1e6 / carried
+    } else {
+        cpu_s / carried
     }
 }
 
@@ -114,14 +125,41 @@ pub(super) fn warm_up(t: &Tunnel) -> Result<()> {
     Ok(())
 }
 
-/// CPU jiffies: (tunnel processes, softirq, machine busy).
-fn cpu_now(t: &Tunnel) -> Result<(u64, u64, u64)> {
+/// CPU jiffies at one moment.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Cpu {
+    /// utime + stime of the tunnel's processes.
+    processes: u64,
+    /// softirq of all CPUs.
+    softirq: u64,
+    /// busy time of all CPUs.
+    machine: u64,
+}
+
+pub(super) fn cpu_now(t: &Tunnel) -> Result<Cpu> {
     let mut processes = 0;
     for (what, pid) in &t.pids {
         processes += process_jiffies(*pid).with_context(|| format!("{what} (pid {pid})"))?;
     }
-    let softirq = cpu_stat_fields().get(SOFTIRQ).copied().unwrap_or(0);
-    Ok((processes, softirq, cpu_jiffies().0))
+    Ok(Cpu {
+        processes,
+        softirq: cpu_stat_fields().get(SOFTIRQ).copied().unwrap_or(0),
+        machine: cpu_jiffies().0,
+    })
+}
+
+impl Run {
+    /// A run that carried `carried` at `rate`, with the CPU spent between two moments.
+    pub(super) fn between(rate: f64, carried: f64, before: Cpu, after: Cpu) -> Run {
+        let secs = |a: u64, b: u64| b.saturating_sub(a) as f64 / clock_ticks();
+        Run {
+            rate,
+            carried,
+            process_cpu_s: secs(before.processes, after.processes),
+            softirq_cpu_s: secs(before.softirq, after.softirq),
+            machine_cpu_s: secs(before.machine, after.machine),
+        }
+    }
 }
 
 /// utime + stime of a process (all its threads), in jiffies.
@@ -143,12 +181,14 @@ fn process_jiffies(pid: i32) -> Result<u64> {
 
 /// One iperf3 run of `test` for `seconds`, with the CPU it cost.
 pub(super) fn run(t: &Tunnel, test: Test, seconds: f64) -> Result<Run> {
+    if test == Test::Udp {
+        return super::flood::run(t, seconds);
+    }
     let before = cpu_now(t)?;
     let json = iperf_on(&path(t), test.iperf_args(), seconds)?;
     let after = cpu_now(t)?;
-    let secs = |a: u64, b: u64| b.saturating_sub(a) as f64 / clock_ticks();
     let (rate, carried) = match test {
-        Test::Udp => {
+        Test::IperfUdp => {
             let pps = udp_received_pps(&json, seconds)?;
             let window = json["end"]["sum"]["seconds"].as_f64().unwrap_or(seconds);
             (pps, pps * window)
@@ -160,13 +200,7 @@ pub(super) fn run(t: &Tunnel, test: Test, seconds: f64) -> Result<Run> {
             (tcp_gbit_per_s(&json)?, bytes * 8.0 / 1e9)
         }
     };
-    Ok(Run {
-        rate,
-        carried,
-        process_cpu_s: secs(before.0, after.0),
-        softirq_cpu_s: secs(before.1, after.1),
-        machine_cpu_s: secs(before.2, after.2),
-    })
+    Ok(Run::between(rate, carried, before, after))
 }
 
 #[cfg(test)]

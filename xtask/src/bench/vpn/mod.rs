@@ -41,6 +41,7 @@ use super::{netfn_release, write_json};
 use crate::util;
 
 mod chart;
+mod flood;
 mod lab;
 mod measure;
 mod report;

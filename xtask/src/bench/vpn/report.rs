@@ -86,9 +86,10 @@ pub(super) fn records(tunnels: &[Tunnel], samples: &[Samples]) -> Vec<Record> {
             tests: Test::ALL
                 .iter()
                 .map(|&test| {
-                    let (unit, cpu_unit) = match test {
-                        Test::Udp => ("packets/s", "us/packet"),
-                        _ => ("Gbit/s", "s/Gbit"),
+                    let (unit, cpu_unit) = if test.is_udp() {
+                        ("packets/s", "us/packet")
+                    } else {
+                        ("Gbit/s", "s/Gbit")
                     };
                     let rate = Figure::new(unit, &of(s, test, |r| r.rate));
                     TestFigures {
@@ -109,16 +110,25 @@ pub(super) fn records(tunnels: &[Tunnel], samples: &[Samples]) -> Vec<Record> {
 
 pub(super) fn print_tables(records: &[Record], options: &Options) {
     println!(
-        "\n{:<12} {:>9} {:>6} {:>9} {:>6} {:>9} {:>6}",
-        "tunnel", "TCP1 Gb/s", "×pair", "TCP4 Gb/s", "×pair", "UDP kpps", "×pair"
+        "\n{:<12} {:>9} {:>6} {:>9} {:>6} {:>9} {:>6} {:>9} {:>6}",
+        "tunnel",
+        "TCP1 Gb/s",
+        "×pair",
+        "TCP4 Gb/s",
+        "×pair",
+        "UDP kpps",
+        "×pair",
+        "iperf kpps",
+        "×pair"
     );
     for r in records {
         let mut line = format!("{:<12}", r.config);
         for test in Test::ALL {
             if let Some(f) = r.figures(test) {
-                let value = match test {
-                    Test::Udp => f.median() / 1e3,
-                    _ => f.median(),
+                let value = if test.is_udp() {
+                    f.median() / 1e3
+                } else {
+                    f.median()
                 };
                 line.push_str(&format!(" {value:>9.3} {:>6.2}", f.vs_wggo_pair));
             }
@@ -126,20 +136,22 @@ pub(super) fn print_tables(records: &[Record], options: &Options) {
         println!("{line}");
     }
     println!(
-        "\n{:<12} {:>14} {:>14} {:>14} {:>14} {:>12} {:>12}",
+        "\n{:<12} {:>14} {:>14} {:>14} {:>14} {:>12} {:>12} {:>12} {:>12}",
         "CPU",
         "TCP1 tun s/Gb",
         "TCP1 mach s/Gb",
         "TCP4 tun s/Gb",
         "TCP4 mach s/Gb",
         "UDP tun us/p",
-        "UDP mach us/p"
+        "UDP mach us/p",
+        "iperf tun",
+        "iperf mach"
     );
     for r in records {
         let mut line = format!("{:<12}", r.config);
         for test in Test::ALL {
             if let Some(f) = r.figures(test) {
-                let w = if test == Test::Udp { 12 } else { 14 };
+                let w = if test.is_udp() { 12 } else { 14 };
                 line.push_str(&format!(
                     " {:>w$.2} {:>w$.2}",
                     f.tunnel_cpu.median, f.machine_cpu.median
@@ -163,7 +175,7 @@ pub(super) fn goals(records: &[Record]) -> Vec<Goal> {
         let Some(r) = records.iter().find(|r| r.config == config) else {
             continue;
         };
-        for f in &r.tests {
+        for f in r.tests.iter().filter(|f| Test::MAIN.contains(&f.test)) {
             goals.push(Goal {
                 what: format!("{config} {} vs wggo-pair", f.test.label()),
                 value: f.vs_wggo_pair,
