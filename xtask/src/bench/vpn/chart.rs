@@ -32,7 +32,7 @@ fn svg(records: &[Record]) -> String {
     );
     let _ = write!(
         s,
-        r#"<text x="{}" y="22" text-anchor="middle" font-size="15">netfn VPN bench: WireGuard tunnels through iperf3 (median; ×: over the wireguard-go pair)</text>"#,
+        r#"<text x="{}" y="22" text-anchor="middle" font-size="15">netfn VPN bench: WireGuard tunnels on this machine (medians; ×: over the wireguard-go pair)</text>"#,
         W / 2.0
     );
     for (p, test) in Test::MAIN.iter().enumerate() {

@@ -108,6 +108,9 @@ struct Report<'a> {
     command: String,
     kernel: String,
     cpus: usize,
+    /// /proc/loadavg before and after the measurements: others' work on the machine.
+    load_before: String,
+    load_after: String,
     fastpath: &'a str,
     repetitions: usize,
     seconds: f64,
@@ -151,6 +154,7 @@ pub fn run(options: &Options) -> Result<()> {
     for t in &tunnels {
         measure::warm_up(t).with_context(|| format!("{}: no traffic gets through", t.name))?;
     }
+    let load_before = loadavg();
     let mut samples: Vec<Samples> = tunnels.iter().map(|_| Samples::default()).collect();
     for rep in 0..options.repetitions {
         for k in 0..tunnels.len() {
@@ -172,6 +176,7 @@ pub fn run(options: &Options) -> Result<()> {
             }
         }
     }
+    let load_after = loadavg();
     lab.teardown()?;
 
     let records = report::records(&tunnels, &samples);
@@ -186,6 +191,8 @@ pub fn run(options: &Options) -> Result<()> {
         ),
         kernel: super::kernel_release(),
         cpus: online_cpus(),
+        load_before,
+        load_after,
         fastpath: &options.fastpath,
         repetitions: options.repetitions,
         seconds: options.seconds,
@@ -195,6 +202,17 @@ pub fn run(options: &Options) -> Result<()> {
     };
     let json = write_json("vpn", &report)?;
     super::print_written(&json, chart::chart(&records));
+    println!(
+        "load average before: {}, after: {}",
+        report.load_before, report.load_after
+    );
     println!("total {:.0} s", started.elapsed().as_secs_f64());
     Ok(())
+}
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .trim()
+        .to_string()
 }
