@@ -22,22 +22,23 @@ pub(super) fn chart(records: &[Record]) -> Result<Vec<PathBuf>> {
 }
 
 fn svg(records: &[Record]) -> String {
-    const W: f64 = 1050.0;
+    const PANEL: f64 = 340.0;
+    let width = PANEL * Test::MAIN.len() as f64;
     const H: f64 = 280.0;
     let (top, bar, gap) = (60.0, 36.0, 14.0);
     let mut s = String::new();
     let _ = write!(
         s,
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" font-family="sans-serif" font-size="12">"#
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{H}" font-family="sans-serif" font-size="12">"#
     );
     let _ = write!(
         s,
         r#"<text x="{}" y="22" text-anchor="middle" font-size="15">netfn VPN bench: WireGuard tunnels on this machine (medians; ×: over the wireguard-go pair)</text>"#,
-        W / 2.0
+        width / 2.0
     );
     for (p, test) in Test::MAIN.iter().enumerate() {
-        let x0 = 100.0 + p as f64 * (W / 3.0);
-        let pw = W / 3.0 - 130.0;
+        let x0 = 100.0 + p as f64 * PANEL;
+        let pw = PANEL - 150.0;
         let (scale, unit) = if test.is_udp() {
             (1e-3, "kpps")
         } else {

@@ -17,6 +17,8 @@ const SOFTIRQ: usize = 6;
 #[serde(rename_all = "snake_case")]
 pub(super) enum Test {
     Tcp1,
+    /// One stream from the server to the client (`-R`): the other direction through the tunnel.
+    Tcp1Reverse,
     Tcp4,
     /// Our own generator ([`super::flood`]).
     Udp,
@@ -25,17 +27,35 @@ pub(super) enum Test {
 }
 
 impl Test {
-    pub(super) const ALL: [Test; 4] = [Test::Tcp1, Test::Tcp4, Test::Udp, Test::IperfUdp];
+    pub(super) const ALL: [Test; 5] = [
+        Test::Tcp1,
+        Test::Tcp1Reverse,
+        Test::Tcp4,
+        Test::Udp,
+        Test::IperfUdp,
+    ];
     /// The tests with a goal and a panel in the chart.
-    pub(super) const MAIN: [Test; 3] = [Test::Tcp1, Test::Tcp4, Test::Udp];
+    pub(super) const MAIN: [Test; 4] = [Test::Tcp1, Test::Tcp1Reverse, Test::Tcp4, Test::Udp];
 
     pub(super) fn is_udp(self) -> bool {
         matches!(self, Test::Udp | Test::IperfUdp)
     }
 
+    /// A table column's name.
+    pub(super) fn short(self) -> &'static str {
+        match self {
+            Test::Tcp1 => "TCP1",
+            Test::Tcp1Reverse => "TCP1 -R",
+            Test::Tcp4 => "TCP4",
+            Test::Udp => "UDP",
+            Test::IperfUdp => "iperf UDP",
+        }
+    }
+
     pub(super) fn label(self) -> &'static str {
         match self {
             Test::Tcp1 => "TCP 1 stream",
+            Test::Tcp1Reverse => "TCP 1 stream -R",
             Test::Tcp4 => "TCP 4 streams",
             Test::Udp => "UDP 60 B pps",
             Test::IperfUdp => "iperf3 UDP pps",
@@ -46,6 +66,7 @@ impl Test {
     pub(super) fn iperf_args(self) -> &'static [&'static str] {
         match self {
             Test::Tcp1 | Test::Udp => &[],
+            Test::Tcp1Reverse => &["-R"],
             Test::Tcp4 => &["-P", "4"],
             Test::IperfUdp => &IPERF_UDP_ARGS,
         }

@@ -109,60 +109,50 @@ pub(super) fn records(tunnels: &[Tunnel], samples: &[Samples]) -> Vec<Record> {
 }
 
 pub(super) fn print_tables(records: &[Record], options: &Options) {
-    println!(
-        "\n{:<12} {:>9} {:>6} {:>9} {:>6} {:>9} {:>6} {:>9} {:>6}",
-        "tunnel",
-        "TCP1 Gb/s",
-        "×pair",
-        "TCP4 Gb/s",
-        "×pair",
-        "UDP kpps",
-        "×pair",
-        "iperf kpps",
-        "×pair"
-    );
+    let mut head = format!("\n{:<12}", "tunnel");
+    for test in Test::ALL {
+        let unit = if test.is_udp() { "kpps" } else { "Gb/s" };
+        head.push_str(&format!(
+            " {:>14} {:>6}",
+            format!("{} {unit}", test.short()),
+            "×pair"
+        ));
+    }
+    println!("{head}");
     for r in records {
         let mut line = format!("{:<12}", r.config);
-        for test in Test::ALL {
-            if let Some(f) = r.figures(test) {
-                let value = if test.is_udp() {
-                    f.median() / 1e3
-                } else {
-                    f.median()
-                };
-                line.push_str(&format!(" {value:>9.3} {:>6.2}", f.vs_wggo_pair));
-            }
+        for f in &r.tests {
+            let value = if f.test.is_udp() {
+                f.median() / 1e3
+            } else {
+                f.median()
+            };
+            line.push_str(&format!(" {value:>14.3} {:>6.2}", f.vs_wggo_pair));
+        }
+        println!("{line}");
+    }
+    let mut head = format!("\n{:<12}", "CPU");
+    for test in Test::ALL {
+        let unit = if test.is_udp() { "us/pkt" } else { "s/Gbit" };
+        head.push_str(&format!(
+            " {:>21}",
+            format!("{} {unit} tun/mach", test.short())
+        ));
+    }
+    println!("{head}");
+    for r in records {
+        let mut line = format!("{:<12}", r.config);
+        for f in &r.tests {
+            line.push_str(&format!(
+                " {:>21}",
+                format!("{:.2} / {:.2}", f.tunnel_cpu.median, f.machine_cpu.median)
+            ));
         }
         println!("{line}");
     }
     println!(
-        "\n{:<12} {:>14} {:>14} {:>14} {:>14} {:>12} {:>12} {:>12} {:>12}",
-        "CPU",
-        "TCP1 tun s/Gb",
-        "TCP1 mach s/Gb",
-        "TCP4 tun s/Gb",
-        "TCP4 mach s/Gb",
-        "UDP tun us/p",
-        "UDP mach us/p",
-        "iperf tun",
-        "iperf mach"
-    );
-    for r in records {
-        let mut line = format!("{:<12}", r.config);
-        for test in Test::ALL {
-            if let Some(f) = r.figures(test) {
-                let w = if test.is_udp() { 12 } else { 14 };
-                line.push_str(&format!(
-                    " {:>w$.2} {:>w$.2}",
-                    f.tunnel_cpu.median, f.machine_cpu.median
-                ));
-            }
-        }
-        println!("{line}");
-    }
-    println!(
-        "(medians of {} iperf3 runs of {} s each; ×pair: over the wireguard-go pair; tun: \
-         tunnel processes + softirq, mach: whole machine busy)",
+        "(medians of {} runs of {} s each; ×pair: over the wireguard-go pair; tun: tunnel \
+         processes + softirq; mach: whole machine busy)",
         options.repetitions, options.seconds
     );
 }
