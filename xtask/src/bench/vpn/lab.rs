@@ -348,10 +348,26 @@ impl VpnLab {
         Ok(pid)
     }
 
+    /// Copies the endpoints' logs to target/bench/vpn-logs/ before `down` removes them (an
+    /// endpoint that died mid-run says why there).
+    fn keep_endpoint_logs(&self) {
+        let Some(bench_dir) = self.dir.parent() else {
+            return;
+        };
+        let logs = bench_dir.join("vpn-logs");
+        for chain in &self.chains {
+            let log = std::path::Path::new("/run/netfn/chains").join(format!("{chain}.vpn.log"));
+            if log.exists() && std::fs::create_dir_all(&logs).is_ok() {
+                let _ = std::fs::copy(&log, logs.join(format!("{chain}.vpn.log")));
+            }
+        }
+    }
+
     pub(super) fn teardown(&mut self) -> Result<()> {
         // wireguard-go first (it lives in namespaces the chains own), then the chains, then our
         // namespaces, then the files.
         self.peers.clear();
+        self.keep_endpoint_logs();
         let mut errors = crate::bench::down_chains(&self.netfn, &mut self.chains);
         for ns in std::mem::take(&mut self.namespaces) {
             if let Err(e) = ip(&["netns", "del", &ns]) {
