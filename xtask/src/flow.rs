@@ -22,7 +22,7 @@ pub fn ensure_built(release: bool) -> Result<()> {
     util::run(&mut cargo)
 }
 
-fn require_root(what: &str) -> Result<()> {
+pub(crate) fn require_root(what: &str) -> Result<()> {
     // SAFETY: geteuid has no preconditions and cannot fail.
     if unsafe { libc::geteuid() } != 0 {
         bail!(

@@ -7,6 +7,7 @@ mod deploy;
 mod firewall;
 mod lb;
 mod pps_chart;
+mod vpn;
 
 use std::path::PathBuf;
 
@@ -67,10 +68,32 @@ pub enum Bench {
         #[arg(long = "backends", value_delimiter = ',', default_values_t = vec![2, 16, 256, 4096])]
         backends: Vec<usize>,
     },
+    /// iperf3 TCP (1 and 4 streams) and 60-byte UDP pps through netfn's WireGuard endpoint to a
+    /// wireguard-go peer and to another netfn endpoint, against a wireguard-go pair and a bare
+    /// veth, with CPU per Gbit (target/bench/vpn.json, vpn.png).
+    Vpn {
+        #[arg(long, default_value_t = 3)]
+        repetitions: usize,
+        /// Seconds per iperf3 run.
+        #[arg(long, default_value_t = 5.0)]
+        seconds: f64,
+        /// The chains' fast path: tc, xdp or kernel.
+        #[arg(long, default_value = "tc")]
+        fastpath: String,
+    },
 }
 
 pub fn run(which: Bench) -> Result<()> {
     match which {
+        Bench::Vpn {
+            repetitions,
+            seconds,
+            fastpath,
+        } => vpn::run(&vpn::Options {
+            repetitions,
+            seconds,
+            fastpath,
+        }),
         Bench::Firewall {
             repetitions,
             seconds,
@@ -229,4 +252,26 @@ pub fn down_chains(netfn: &std::path::Path, chains: &mut Vec<String>) -> Vec<Str
         }
     }
     errors
+}
+
+/// Ok when a teardown met no error, else one error listing them all.
+pub fn cleanup_result(errors: &[String]) -> Result<()> {
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        anyhow::bail!("cleanup failed:\n  {}", errors.join("\n  "))
+    }
+}
+
+/// Says which report and chart files a bench wrote (a chart that failed is a warning).
+pub fn print_written(json: &std::path::Path, chart: Result<Vec<PathBuf>>) {
+    println!("\nwrote {}", json.display());
+    match chart {
+        Ok(paths) => {
+            for p in paths {
+                println!("wrote {}", p.display());
+            }
+        }
+        Err(e) => eprintln!("chart: {e:#}"),
+    }
 }

@@ -163,7 +163,7 @@ pub(super) fn svg_chart(records: &[Record]) -> String {
     s
 }
 
-pub(super) fn nice_ceiling(v: f64) -> f64 {
+pub(in crate::bench) fn nice_ceiling(v: f64) -> f64 {
     let exp = 10f64.powf(v.log10().floor());
     for m in [1.0, 2.0, 2.5, 5.0, 10.0] {
         if m * exp >= v {
@@ -173,7 +173,7 @@ pub(super) fn nice_ceiling(v: f64) -> f64 {
     10.0 * exp
 }
 
-pub(super) fn trim_number(v: f64) -> String {
+pub(in crate::bench) fn trim_number(v: f64) -> String {
     if (v - v.round()).abs() < 1e-9 {
         format!("{v:.0}")
     } else if v >= 10.0 {

@@ -2,16 +2,38 @@
 
 use super::*;
 
+/// Where an iperf3 test runs: the client's and the server's namespaces and the addresses they
+/// bind, and the server's port.
+pub(in crate::bench) struct IperfPath<'a> {
+    pub(in crate::bench) src_ns: &'a str,
+    pub(in crate::bench) src_addr: Ipv4Addr,
+    pub(in crate::bench) dst_ns: &'a str,
+    pub(in crate::bench) dst_addr: Ipv4Addr,
+    pub(in crate::bench) port: u16,
+}
+
+impl<'a> IperfPath<'a> {
+    fn of(t: &'a Topology) -> Self {
+        IperfPath {
+            src_ns: &t.src_ns,
+            src_addr: t.src_addr,
+            dst_ns: &t.dst_ns,
+            dst_addr: t.dst_addr,
+            port: IPERF_PORT,
+        }
+    }
+}
+
 /// An iperf3 server in the sink's namespace for one test (`-1`); killed on drop if still there.
 pub(super) struct IperfServer(Child);
 
 impl IperfServer {
-    fn start(t: &Topology) -> Result<Self> {
+    fn start(p: &IperfPath) -> Result<Self> {
         let child = Command::new("ip")
-            .args(["netns", "exec", &t.dst_ns, "iperf3", "-s", "-1", "-p"])
-            .arg(IPERF_PORT.to_string())
+            .args(["netns", "exec", p.dst_ns, "iperf3", "-s", "-1", "-p"])
+            .arg(p.port.to_string())
             .arg("-B")
-            .arg(t.dst_addr.to_string())
+            .arg(p.dst_addr.to_string())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -20,8 +42,8 @@ impl IperfServer {
         // Wait until it listens.
         let start = Instant::now();
         loop {
-            let ss = ip(&["netns", "exec", &t.dst_ns, "ss", "-Hltn"])?;
-            if ss.contains(&format!(":{IPERF_PORT}")) {
+            let ss = ip(&["netns", "exec", p.dst_ns, "ss", "-Hltn"])?;
+            if ss.contains(&format!(":{}", p.port)) {
                 return Ok(server);
             }
             if start.elapsed() > Duration::from_secs(5) {
@@ -46,14 +68,24 @@ pub(super) fn iperf_client(
     extra: &[&str],
     seconds: f64,
 ) -> Result<serde_json::Value> {
-    let _server = IperfServer::start(t)?;
+    iperf_on(&IperfPath::of(t), extra, seconds)
+}
+
+/// One iperf3 test (`iperf3 -J -c DST -p PORT -B SRC -t SECONDS EXTRA…` against a one-off
+/// server); its JSON report.
+pub(in crate::bench) fn iperf_on(
+    p: &IperfPath,
+    extra: &[&str],
+    seconds: f64,
+) -> Result<serde_json::Value> {
+    let _server = IperfServer::start(p)?;
     let out = Command::new("ip")
-        .args(["netns", "exec", &t.src_ns, "iperf3", "-J", "-c"])
-        .arg(t.dst_addr.to_string())
+        .args(["netns", "exec", p.src_ns, "iperf3", "-J", "-c"])
+        .arg(p.dst_addr.to_string())
         .arg("-p")
-        .arg(IPERF_PORT.to_string())
+        .arg(p.port.to_string())
         .arg("-B")
-        .arg(t.src_addr.to_string())
+        .arg(p.src_addr.to_string())
         .arg("-t")
         .arg(format!("{seconds}"))
         .args(extra)
@@ -69,23 +101,41 @@ pub(super) fn iperf_client(
 
 /// TCP throughput at the receiver, Gbit/s.
 pub(super) fn iperf_tcp(t: &Topology, seconds: f64) -> Result<f64> {
-    let json = iperf_client(t, &[], seconds)?;
+    tcp_gbit_per_s(&iperf_client(t, &[], seconds)?)
+}
+
+/// The receiver's TCP throughput of an iperf3 report, Gbit/s.
+pub(in crate::bench) fn tcp_gbit_per_s(json: &serde_json::Value) -> Result<f64> {
     json["end"]["sum_received"]["bits_per_second"]
         .as_f64()
         .map(|b| b / 1e9)
         .context("iperf3 reported no received throughput")
 }
 
-/// Received UDP datagrams per second of `iperf3 -u -b 0 -l 18`.
+/// Received UDP datagrams per second of `iperf3 -u -b 0 -l 18` ([`IPERF_UDP_ARGS`]).
 pub(super) fn iperf_udp(t: &Topology, seconds: f64) -> Result<f64> {
-    let json = iperf_client(
-        t,
-        &["-u", "-b", "0", "-l", &PPS_PAYLOAD.to_string()],
-        seconds,
-    )?;
+    let json = iperf_client(t, &IPERF_UDP_ARGS, seconds)?;
+    udp_received_pps(&json, seconds)
+}
+
+/// iperf3's arguments for 60-byte frames as fast as it can send: `-u -b 0 -l 18`.
+pub(in crate::bench) const IPERF_UDP_ARGS: [&str; 5] = ["-u", "-b", "0", "-l", "18"];
+
+/// Datagrams per second received (sent minus lost) of an iperf3 UDP report.
+pub(in crate::bench) fn udp_received_pps(json: &serde_json::Value, seconds: f64) -> Result<f64> {
     let sum = &json["end"]["sum"];
     let packets = sum["packets"].as_f64().context("iperf3: no packets")?;
     let lost = sum["lost_packets"].as_f64().unwrap_or(0.0);
     let secs = sum["seconds"].as_f64().unwrap_or(seconds);
     Ok((packets - lost) / secs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn iperf_udp_frames_are_the_pps_frames() {
+        assert_eq!(IPERF_UDP_ARGS[4], PPS_PAYLOAD.to_string());
+    }
 }

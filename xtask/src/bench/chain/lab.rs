@@ -24,18 +24,7 @@ impl Lab {
                 std::fs::write(&file, chain_file(&chain, n, mode))?;
                 // A bench that died earlier may have left it.
                 let _ = netfn_command(&self.netfn).args(["down", &chain]).output();
-                let out = netfn_command(&self.netfn)
-                    .arg("up")
-                    .arg(&file)
-                    .output()
-                    .context("run netfn up")?;
-                if !out.status.success() {
-                    bail!(
-                        "netfn up {} failed: {}",
-                        file.display(),
-                        String::from_utf8_lossy(&out.stderr)
-                    );
-                }
+                super::super::timed_netfn(&self.netfn, &["up", &file.to_string_lossy()])?;
                 self.chains.push(chain.clone());
                 let src_ns = format!("nf-{chain}-ingress");
                 topologies.push(Topology {
@@ -63,23 +52,9 @@ impl Lab {
         }
         self.bare = true;
         for ns in [BARE_A, BARE_B] {
-            ip(&["netns", "add", ns])?;
-            in_netns(ns, || {
-                for conf in ["all", "default"] {
-                    std::fs::write(format!("/proc/sys/net/ipv6/conf/{conf}/disable_ipv6"), "1")?;
-                }
-                Ok(())
-            })?;
-            ip(&["-n", ns, "link", "set", "lo", "up"])?;
+            add_netns(ns)?;
         }
-        ip(&[
-            "link", "add", "nfb0", "netns", BARE_A, "type", "veth", "peer", "name", "nfb1",
-            "netns", BARE_B,
-        ])?;
-        for (ns, dev, addr) in [(BARE_A, "nfb0", BARE_SRC), (BARE_B, "nfb1", BARE_DST)] {
-            ip(&["-n", ns, "addr", "add", &format!("{addr}/24"), "dev", dev])?;
-            ip(&["-n", ns, "link", "set", dev, "up"])?;
-        }
+        veth_between((BARE_A, "nfb0", BARE_SRC), (BARE_B, "nfb1", BARE_DST), 24)?;
         Ok(Topology {
             name: "bare".into(),
             mode: "bare",
@@ -104,11 +79,7 @@ impl Lab {
                 }
             }
         }
-        if errors.is_empty() {
-            Ok(())
-        } else {
-            bail!("cleanup failed:\n  {}", errors.join("\n  "))
-        }
+        crate::bench::cleanup_result(&errors)
     }
 }
 
@@ -139,6 +110,44 @@ pub(in crate::bench) fn chain_file(name: &str, n: usize, mode: &str) -> String {
         ));
     }
     s
+}
+
+/// A new namespace `ns` with IPv6 off (no router solicitations in the measurements) and `lo` up.
+pub(in crate::bench) fn add_netns(ns: &str) -> Result<()> {
+    ip(&["netns", "add", ns])?;
+    in_netns(ns, || {
+        for conf in ["all", "default"] {
+            std::fs::write(format!("/proc/sys/net/ipv6/conf/{conf}/disable_ipv6"), "1")?;
+        }
+        Ok(())
+    })?;
+    ip(&["-n", ns, "link", "set", "lo", "up"])?;
+    Ok(())
+}
+
+/// A veth pair between two namespaces, each end (namespace, interface, address) addressed with
+/// `prefix` and up.
+pub(in crate::bench) fn veth_between(
+    a: (&str, &str, Ipv4Addr),
+    b: (&str, &str, Ipv4Addr),
+    prefix: u8,
+) -> Result<()> {
+    ip(&[
+        "link", "add", a.1, "netns", a.0, "type", "veth", "peer", "name", b.1, "netns", b.0,
+    ])?;
+    for (ns, dev, addr) in [a, b] {
+        ip(&[
+            "-n",
+            ns,
+            "addr",
+            "add",
+            &format!("{addr}/{prefix}"),
+            "dev",
+            dev,
+        ])?;
+        ip(&["-n", ns, "link", "set", dev, "up"])?;
+    }
+    Ok(())
 }
 
 pub(in crate::bench) fn ip(args: &[&str]) -> Result<String> {
@@ -222,17 +231,22 @@ pub(in crate::bench) fn pin_to(cpu: usize) {
     }
 }
 
-/// Busy and total jiffies of all CPUs (/proc/stat).
-pub(in crate::bench) fn cpu_jiffies() -> (u64, u64) {
+/// The jiffies of all CPUs (/proc/stat's `cpu` line): user nice system idle iowait irq softirq
+/// steal …
+pub(in crate::bench) fn cpu_stat_fields() -> Vec<u64> {
     let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
-    let fields: Vec<u64> = stat
-        .lines()
+    stat.lines()
         .next()
         .unwrap_or_default()
         .split_whitespace()
         .skip(1)
         .filter_map(|f| f.parse().ok())
-        .collect();
+        .collect()
+}
+
+/// Busy and total jiffies of all CPUs (/proc/stat).
+pub(in crate::bench) fn cpu_jiffies() -> (u64, u64) {
+    let fields = cpu_stat_fields();
     let get = |i: usize| fields.get(i).copied().unwrap_or(0);
     // user nice system idle iowait irq softirq steal
     let busy = get(0) + get(1) + get(2) + get(5) + get(6) + get(7);

@@ -46,8 +46,10 @@ mod report;
 mod traffic;
 
 use chart::*;
-use iperf::*;
+pub(in crate::bench) use chart::{nice_ceiling, trim_number};
+pub(in crate::bench) use iperf::*;
 pub(in crate::bench) use lab::*;
+pub(in crate::bench) use report::print_goals;
 use report::*;
 pub(in crate::bench) use traffic::*;
 
@@ -102,14 +104,14 @@ pub(in crate::bench) struct Topology {
 
 /// One figure: the median of the samples, its unit, and the samples.
 #[derive(Debug, Clone, Serialize)]
-struct Figure {
-    median: f64,
-    unit: &'static str,
-    samples: Vec<f64>,
+pub(in crate::bench) struct Figure {
+    pub(in crate::bench) median: f64,
+    pub(in crate::bench) unit: &'static str,
+    pub(in crate::bench) samples: Vec<f64>,
 }
 
 impl Figure {
-    fn new(unit: &'static str, samples: &[f64]) -> Self {
+    pub(in crate::bench) fn new(unit: &'static str, samples: &[f64]) -> Self {
         let mut sorted = samples.to_vec();
         Figure {
             median: median(&mut sorted),
@@ -164,12 +166,12 @@ struct Report<'a> {
 }
 
 #[derive(Serialize)]
-struct Goal {
-    what: String,
-    value: f64,
-    unit: &'static str,
-    target: String,
-    met: bool,
+pub(in crate::bench) struct Goal {
+    pub(in crate::bench) what: String,
+    pub(in crate::bench) value: f64,
+    pub(in crate::bench) unit: &'static str,
+    pub(in crate::bench) target: String,
+    pub(in crate::bench) met: bool,
 }
 
 pub fn run(options: &Options) -> Result<()> {
@@ -248,17 +250,7 @@ pub fn run(options: &Options) -> Result<()> {
     let records = records(&topologies, &samples);
     print_table(&records);
     let goals = goals(&records);
-    println!();
-    for g in &goals {
-        println!(
-            "goal: {:<52} {:>8.2} {:<10} target {:<10} {}",
-            g.what,
-            g.value,
-            g.unit,
-            g.target,
-            if g.met { "met" } else { "NOT met" }
-        );
-    }
+    print_goals(&goals);
     let report = Report {
         bench: "chain",
         command: format!(
@@ -276,15 +268,7 @@ pub fn run(options: &Options) -> Result<()> {
         goals,
     };
     let json = write_json("chain", &report)?;
-    println!("\nwrote {}", json.display());
-    match chart(&records) {
-        Ok(paths) => {
-            for p in paths {
-                println!("wrote {}", p.display());
-            }
-        }
-        Err(e) => eprintln!("chart: {e:#}"),
-    }
+    super::print_written(&json, chart(&records));
     println!("total {:.0} s", started.elapsed().as_secs_f64());
     Ok(())
 }

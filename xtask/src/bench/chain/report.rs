@@ -125,3 +125,18 @@ pub(super) fn goals(records: &[Record]) -> Vec<Goal> {
     }
     goals
 }
+
+/// Prints the goals, one line each, after a blank line.
+pub(in crate::bench) fn print_goals(goals: &[Goal]) {
+    println!();
+    for g in goals {
+        println!(
+            "goal: {:<52} {:>8.2} {:<10} target {:<10} {}",
+            g.what,
+            g.value,
+            g.unit,
+            g.target,
+            if g.met { "met" } else { "NOT met" }
+        );
+    }
+}

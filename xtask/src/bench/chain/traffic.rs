@@ -201,6 +201,25 @@ pub(in crate::bench) fn send_loop(
         {
             return Err(std::io::Error::last_os_error()).context("bind AF_PACKET");
         }
+        sendmmsg_loop(fd.as_raw_fd(), frames, stop, sent);
+    }
+    Ok(())
+}
+
+/// Sends `frames` on socket `fd` (bound and connected: no address per message) with
+/// `sendmmsg`, BATCH at a time, in turn, until `stop`; errors (a full queue) only retry.
+pub(in crate::bench) fn sendmmsg_loop(
+    fd: std::os::fd::RawFd,
+    frames: &[Vec<u8>],
+    stop: &AtomicBool,
+    sent: &AtomicU64,
+) {
+    if frames.is_empty() {
+        return;
+    }
+    // SAFETY: every header handed to the kernel points at an iovec of `iovs`, which points at a
+    // frame of `frames`; all outlive the loop.
+    unsafe {
         // One iovec per frame; each batch's headers point at the next BATCH of them.
         let mut iovs: Vec<libc::iovec> = frames
             .iter()
@@ -222,13 +241,12 @@ pub(in crate::bench) fn send_loop(
                 m.msg_hdr.msg_iov = &mut iovs[next];
                 next = (next + 1) % iovs.len();
             }
-            let n = libc::sendmmsg(fd.as_raw_fd(), msgs.as_mut_ptr(), BATCH as libc::c_uint, 0);
+            let n = libc::sendmmsg(fd, msgs.as_mut_ptr(), BATCH as libc::c_uint, 0);
             if n > 0 {
                 sent.fetch_add(n as u64, Ordering::Relaxed);
             }
         }
     }
-    Ok(())
 }
 
 /// An Ethernet + IPv4 + UDP frame from the topology's source to its sink (UDP checksum 0).

@@ -1,0 +1,439 @@
+//! The bench's lab: namespaces, veths, wireguard-go processes and netfn chains, built as one and
+//! removed as one (by `teardown`, or on drop when the bench fails or is interrupted).
+//!
+//! Names carry the bench's pid (namespaces `nfbv<pid><x>`, chains `bv<pid><x>`, wireguard-go
+//! interfaces `nfbv<pid><x>`), so nothing collides with another bench, a test or an operator's
+//! objects. Addresses are in 10.88.0.0/16, inside those namespaces only; none of them has a
+//! default route.
+
+use std::io::Write as _;
+use std::net::Ipv4Addr;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+use super::Tunnel;
+use crate::bench::chain::{add_netns, ip, netfn_command, veth_between};
+
+const PORT: u16 = 51820;
+
+/// What the bench created.
+pub(super) struct VpnLab {
+    netfn: PathBuf,
+    /// Key and chain files.
+    dir: PathBuf,
+    tag: String,
+    peers: Vec<GoPeer>,
+    chains: Vec<String>,
+    namespaces: Vec<String>,
+}
+
+/// A wireguard-go process (`wireguard-go -f NAME` in a namespace), killed on drop.
+struct GoPeer {
+    child: Child,
+    name: String,
+}
+
+impl Drop for GoPeer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(format!("/var/run/wireguard/{}.sock", self.name));
+    }
+}
+
+/// One wireguard-go peer to configure with `wg set`.
+struct GoConf<'a> {
+    ns: &'a str,
+    name: String,
+    key: &'a Path,
+    listen_port: Option<u16>,
+    peer_public: &'a str,
+    endpoint: Option<String>,
+    allowed: &'a str,
+    address: &'a str,
+}
+
+impl VpnLab {
+    pub(super) fn new(netfn: PathBuf, dir: PathBuf) -> Self {
+        VpnLab {
+            netfn,
+            dir,
+            tag: std::process::id().to_string(),
+            peers: Vec::new(),
+            chains: Vec::new(),
+            namespaces: Vec::new(),
+        }
+    }
+
+    pub(super) fn build(&mut self, fastpath: &str) -> Result<Vec<Tunnel>> {
+        std::fs::create_dir_all(&self.dir)
+            .with_context(|| format!("create {}", self.dir.display()))?;
+        Ok(vec![
+            self.bare()?,
+            self.go_pair()?,
+            self.netfn_to_go(fastpath)?,
+            self.netfn_to_netfn(fastpath)?,
+        ])
+    }
+
+    fn netns(&mut self, x: &str) -> Result<String> {
+        let ns = format!("nfbv{}{x}", self.tag);
+        add_netns(&ns).with_context(|| format!("create namespace {ns}"))?;
+        self.namespaces.push(ns.clone());
+        Ok(ns)
+    }
+
+    fn bare(&mut self) -> Result<Tunnel> {
+        let (a, b) = (self.netns("a")?, self.netns("b")?);
+        let (src, dst) = (Ipv4Addr::new(10, 88, 0, 1), Ipv4Addr::new(10, 88, 0, 2));
+        veth_between((&a, "nfbv0", src), (&b, "nfbv1", dst), 24)?;
+        Ok(Tunnel {
+            name: "bare",
+            about: "one veth pair between two namespaces, no tunnel".into(),
+            client_ns: a,
+            client_addr: src,
+            server_ns: b,
+            server_addr: dst,
+            pids: Vec::new(),
+        })
+    }
+
+    fn go_pair(&mut self) -> Result<Tunnel> {
+        let (a, b) = (self.netns("g")?, self.netns("h")?);
+        let (ua, ub) = (Ipv4Addr::new(10, 88, 1, 1), Ipv4Addr::new(10, 88, 1, 2));
+        veth_between((&a, "nfbv0", ua), (&b, "nfbv1", ub), 24)?;
+        let (ka, pa) = self.keypair("g")?;
+        let (kb, pb) = self.keypair("h")?;
+        let tag = self.tag.clone();
+        let pid_a = self.go_peer(&GoConf {
+            ns: &a,
+            name: format!("nfbv{tag}g"),
+            key: &ka,
+            listen_port: Some(PORT),
+            peer_public: &pb,
+            endpoint: Some(format!("{ub}:{PORT}")),
+            allowed: "10.88.2.2/32",
+            address: "10.88.2.1/24",
+        })?;
+        let pid_b = self.go_peer(&GoConf {
+            ns: &b,
+            name: format!("nfbv{tag}h"),
+            key: &kb,
+            listen_port: Some(PORT),
+            peer_public: &pa,
+            endpoint: Some(format!("{ua}:{PORT}")),
+            allowed: "10.88.2.1/32",
+            address: "10.88.2.2/24",
+        })?;
+        Ok(Tunnel {
+            name: "wggo-pair",
+            about: "wireguard-go to wireguard-go over one veth pair".into(),
+            client_ns: a,
+            client_addr: Ipv4Addr::new(10, 88, 2, 1),
+            server_ns: b,
+            server_addr: Ipv4Addr::new(10, 88, 2, 2),
+            pids: vec![
+                ("wireguard-go".into(), pid_a),
+                ("wireguard-go".into(), pid_b),
+            ],
+        })
+    }
+
+    /// The chain of tests/tests/wireguard.rs without its firewall: wireguard-go in the ingress
+    /// namespace is the endpoint's peer.
+    fn netfn_to_go(&mut self, fastpath: &str) -> Result<Tunnel> {
+        let chain = format!("bv{}w", self.tag);
+        let (vpn_key, vpn_public) = self.keypair("w-vpn")?;
+        let (go_key, go_public) = self.keypair("w-go")?;
+        let file = format!(
+            "[[chain]]\nname = \"{chain}\"\nfastpath = \"{fastpath}\"\n\n\
+             [chain.ingress]\naddress = \"10.88.3.2/24\"\n\n\
+             [chain.egress]\naddress = \"10.88.4.2/24\"\n\n\
+             {}\n\
+             [[chain.function.peer]]\npublic_key = \"{go_public}\"\n\
+             allowed_ips = [\"10.88.5.2/32\"]\n",
+            endpoint_function("ingress", &vpn_key, "10.88.5.1/24"),
+        );
+        self.up(&chain, &file)?;
+        let ingress = format!("nf-{chain}-ingress");
+        let pid = self.go_peer(&GoConf {
+            ns: &ingress,
+            name: format!("nfbv{}w", self.tag),
+            key: &go_key,
+            listen_port: None,
+            peer_public: &vpn_public,
+            endpoint: Some(format!("10.88.3.1:{PORT}")),
+            allowed: "10.88.4.0/24",
+            address: "10.88.5.2/32",
+        })?;
+        ip(&[
+            "-n",
+            &ingress,
+            "route",
+            "replace",
+            "10.88.4.0/24",
+            "dev",
+            &format!("nfbv{}w", self.tag),
+        ])?;
+        Ok(Tunnel {
+            name: "netfn-wggo",
+            about: format!(
+                "wireguard-go to netfn's endpoint (chain {chain}, fastpath {fastpath}), \
+                 client behind wireguard-go"
+            ),
+            client_ns: ingress,
+            client_addr: Ipv4Addr::new(10, 88, 5, 2),
+            server_ns: format!("nf-{chain}-egress"),
+            server_addr: Ipv4Addr::new(10, 88, 4, 2),
+            pids: vec![
+                ("wireguard-go".into(), pid),
+                ("netfn endpoint".into(), endpoint_pid(&chain)?),
+            ],
+        })
+    }
+
+    /// Chain A (client namespace -> endpoint, tunnel toward egress) and chain B (endpoint,
+    /// tunnel toward ingress -> server namespace); A's egress and B's ingress are one namespace
+    /// of ours, which forwards between them and NATs the tunnel's UDP: A's peer endpoint is that
+    /// namespace's address, DNATed to B's endpoint and masqueraded, so each endpoint hears from
+    /// its chain neighbour's address (the forwarder drops other sources as spoofed).
+    fn netfn_to_netfn(&mut self, fastpath: &str) -> Result<Tunnel> {
+        let (c, t, s) = (self.netns("c")?, self.netns("t")?, self.netns("s")?);
+        let (a, b) = (format!("bv{}a", self.tag), format!("bv{}b", self.tag));
+        let (key_a, public_a) = self.keypair("a")?;
+        let (key_b, public_b) = self.keypair("b")?;
+        let file_a = format!(
+            "[[chain]]\nname = \"{a}\"\nfastpath = \"{fastpath}\"\n\n\
+             [chain.ingress]\naddress = \"10.88.6.2/24\"\nnamespace = \"{c}\"\n\n\
+             [chain.egress]\naddress = \"10.88.7.2/24\"\nnamespace = \"{t}\"\n\n\
+             {}\n\
+             [[chain.function.peer]]\npublic_key = \"{public_b}\"\n\
+             allowed_ips = [\"10.88.10.0/24\"]\nendpoint = \"10.88.7.2:{PORT}\"\n",
+            endpoint_function("egress", &key_a, "10.88.8.1/24"),
+        );
+        let file_b = format!(
+            "[[chain]]\nname = \"{b}\"\nfastpath = \"{fastpath}\"\n\n\
+             [chain.ingress]\naddress = \"10.88.9.2/24\"\nnamespace = \"{t}\"\n\n\
+             [chain.egress]\naddress = \"10.88.10.2/24\"\nnamespace = \"{s}\"\n\n\
+             {}\n\
+             [[chain.function.peer]]\npublic_key = \"{public_a}\"\n\
+             allowed_ips = [\"10.88.6.0/24\"]\n",
+            endpoint_function("ingress", &key_b, "10.88.8.2/24"),
+        );
+        // B first: A's endpoint handshakes as soon as it starts.
+        self.up(&b, &file_b)?;
+        sysctl_in(&t, "net/ipv4/ip_forward", "1")?;
+        let rules = format!(
+            "table ip nfbench_vpn {{\n\
+             chain pre {{ type nat hook prerouting priority dstnat; policy accept; \
+             ip daddr 10.88.7.2 udp dport {PORT} dnat to 10.88.9.1:{PORT}; }}\n\
+             chain post {{ type nat hook postrouting priority srcnat; policy accept; \
+             ip daddr 10.88.9.1 udp dport {PORT} masquerade; }}\n}}\n"
+        );
+        nft_in(&t, &rules)?;
+        self.up(&a, &file_a)?;
+        Ok(Tunnel {
+            name: "netfn-netfn",
+            about: format!(
+                "netfn's endpoint to netfn's endpoint (chains {a} and {b}, fastpath {fastpath}), \
+                 through a namespace that routes and NATs the tunnel"
+            ),
+            client_ns: c,
+            client_addr: Ipv4Addr::new(10, 88, 6, 2),
+            server_ns: s,
+            server_addr: Ipv4Addr::new(10, 88, 10, 2),
+            pids: vec![
+                ("netfn endpoint".into(), endpoint_pid(&a)?),
+                ("netfn endpoint".into(), endpoint_pid(&b)?),
+            ],
+        })
+    }
+
+    /// `netfn wg genkey` into DIR/NAME.key (mode 600); (path, public key).
+    fn keypair(&self, name: &str) -> Result<(PathBuf, String)> {
+        let out = netfn_command(&self.netfn)
+            .args(["wg", "genkey"])
+            .output()
+            .context("run netfn wg genkey")?;
+        if !out.status.success() {
+            bail!("netfn wg genkey: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        let path = self.dir.join(format!("{name}.key"));
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&path)
+            .with_context(|| format!("create {}", path.display()))?;
+        file.write_all(&out.stdout)?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+        let mut child = netfn_command(&self.netfn)
+            .args(["wg", "pubkey"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .context("run netfn wg pubkey")?;
+        child
+            .stdin
+            .take()
+            .context("netfn wg pubkey: no stdin")?
+            .write_all(&out.stdout)?;
+        let public = child.wait_with_output()?;
+        if !public.status.success() {
+            bail!("netfn wg pubkey failed");
+        }
+        Ok((
+            path,
+            String::from_utf8_lossy(&public.stdout).trim().to_string(),
+        ))
+    }
+
+    fn up(&mut self, chain: &str, text: &str) -> Result<()> {
+        let file = self.dir.join(format!("{chain}.toml"));
+        std::fs::write(&file, text).with_context(|| format!("write {}", file.display()))?;
+        self.chains.push(chain.to_string());
+        crate::bench::timed_netfn(&self.netfn, &["up", &file.to_string_lossy()])?;
+        Ok(())
+    }
+
+    /// Starts and configures wireguard-go; its pid.
+    fn go_peer(&mut self, conf: &GoConf) -> Result<i32> {
+        let child = Command::new("ip")
+            .args(["netns", "exec", conf.ns, "wireguard-go", "-f", &conf.name])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("run wireguard-go")?;
+        // `ip netns exec` execs the command: the child is wireguard-go itself.
+        let pid = i32::try_from(child.id()).context("pid")?;
+        self.peers.push(GoPeer {
+            child,
+            name: conf.name.clone(),
+        });
+        let socket = format!("/var/run/wireguard/{}.sock", conf.name);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !Path::new(&socket).exists() {
+            if Instant::now() > deadline {
+                bail!("wireguard-go {} made no UAPI socket in 10 s", conf.name);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let key = conf.key.to_string_lossy();
+        let mut wg = vec!["netns", "exec", conf.ns, "wg", "set", &conf.name];
+        let port = conf.listen_port.map(|p| p.to_string());
+        if let Some(port) = &port {
+            wg.extend(["listen-port", port]);
+        }
+        wg.extend(["private-key", &key, "peer", conf.peer_public]);
+        if let Some(endpoint) = &conf.endpoint {
+            wg.extend(["endpoint", endpoint]);
+        }
+        wg.extend(["allowed-ips", conf.allowed]);
+        ip(&wg)?;
+        ip(&[
+            "-n",
+            conf.ns,
+            "addr",
+            "add",
+            conf.address,
+            "dev",
+            &conf.name,
+        ])?;
+        ip(&["-n", conf.ns, "link", "set", &conf.name, "up"])?;
+        Ok(pid)
+    }
+
+    /// Copies the endpoints' logs to target/bench/vpn-logs/ before `down` removes them (an
+    /// endpoint that died mid-run says why there).
+    fn keep_endpoint_logs(&self) {
+        let Some(bench_dir) = self.dir.parent() else {
+            return;
+        };
+        let logs = bench_dir.join("vpn-logs");
+        for chain in &self.chains {
+            let log = std::path::Path::new("/run/netfn/chains").join(format!("{chain}.vpn.log"));
+            if log.exists() && std::fs::create_dir_all(&logs).is_ok() {
+                let _ = std::fs::copy(&log, logs.join(format!("{chain}.vpn.log")));
+            }
+        }
+    }
+
+    pub(super) fn teardown(&mut self) -> Result<()> {
+        // wireguard-go first (it lives in namespaces the chains own), then the chains, then our
+        // namespaces, then the files.
+        self.peers.clear();
+        self.keep_endpoint_logs();
+        let mut errors = crate::bench::down_chains(&self.netfn, &mut self.chains);
+        for ns in std::mem::take(&mut self.namespaces) {
+            if let Err(e) = ip(&["netns", "del", &ns]) {
+                errors.push(format!("{e:#}"));
+            }
+        }
+        if self.dir.exists()
+            && let Err(e) = std::fs::remove_dir_all(&self.dir)
+        {
+            errors.push(format!("remove {}: {e}", self.dir.display()));
+        }
+        crate::bench::cleanup_result(&errors)
+    }
+}
+
+impl Drop for VpnLab {
+    fn drop(&mut self) {
+        if let Err(e) = self.teardown() {
+            eprintln!("{e:#}");
+        }
+    }
+}
+
+/// A `[[chain.function]]` table: a WireGuard endpoint named `vpn` facing `side`.
+fn endpoint_function(side: &str, key: &Path, address: &str) -> String {
+    format!(
+        "[[chain.function]]\nname = \"vpn\"\nkind = \"wireguard\"\nside = \"{side}\"\n\
+         private_key_file = \"{}\"\nlisten_port = {PORT}\naddress = [\"{address}\"]\n",
+        key.display()
+    )
+}
+
+/// The pid of function `vpn`'s endpoint process in `chain` (netfn's record).
+fn endpoint_pid(chain: &str) -> Result<i32> {
+    let file = format!("/run/netfn/chains/{chain}.vpn.pid");
+    std::fs::read_to_string(&file)
+        .with_context(|| format!("read {file}"))?
+        .trim()
+        .parse()
+        .with_context(|| format!("{file}: not a pid"))
+}
+
+/// Writes /proc/sys/KEY in namespace `ns`.
+fn sysctl_in(ns: &str, key: &str, value: &str) -> Result<()> {
+    crate::bench::chain::in_netns(ns, || {
+        std::fs::write(format!("/proc/sys/{key}"), value)
+            .with_context(|| format!("set {key} in {ns}"))
+    })
+}
+
+/// Loads an nftables ruleset in namespace `ns`.
+fn nft_in(ns: &str, rules: &str) -> Result<()> {
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", ns, "nft", "-f", "-"])
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("run nft")?;
+    child
+        .stdin
+        .take()
+        .context("nft: no stdin")?
+        .write_all(rules.as_bytes())?;
+    let out = child.wait_with_output()?;
+    if !out.status.success() {
+        bail!("nft in {ns}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(())
+}

@@ -1,0 +1,251 @@
+//! One iperf3 run through a tunnel, with the CPU time it cost.
+
+use anyhow::{Context, Result};
+use serde::Serialize;
+
+use super::Tunnel;
+use crate::bench::chain::{
+    IPERF_UDP_ARGS, IperfPath, clock_ticks, cpu_jiffies, cpu_stat_fields, iperf_on, tcp_gbit_per_s,
+    udp_received_pps,
+};
+
+const IPERF_PORT: u16 = 5311;
+/// /proc/stat's softirq column.
+const SOFTIRQ: usize = 6;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub(super) enum Test {
+    Tcp1,
+    /// One stream from the server to the client (`-R`): the other direction through the tunnel.
+    Tcp1Reverse,
+    Tcp4,
+    /// Our own generator ([`super::flood`]).
+    Udp,
+    /// iperf3's UDP, a cross-check.
+    IperfUdp,
+}
+
+impl Test {
+    pub(super) const ALL: [Test; 5] = [
+        Test::Tcp1,
+        Test::Tcp1Reverse,
+        Test::Tcp4,
+        Test::Udp,
+        Test::IperfUdp,
+    ];
+    /// The tests with a goal and a panel in the chart.
+    pub(super) const MAIN: [Test; 4] = [Test::Tcp1, Test::Tcp1Reverse, Test::Tcp4, Test::Udp];
+
+    pub(super) fn is_udp(self) -> bool {
+        matches!(self, Test::Udp | Test::IperfUdp)
+    }
+
+    /// A table column's name.
+    pub(super) fn short(self) -> &'static str {
+        match self {
+            Test::Tcp1 => "TCP1",
+            Test::Tcp1Reverse => "TCP1 -R",
+            Test::Tcp4 => "TCP4",
+            Test::Udp => "UDP",
+            Test::IperfUdp => "iperf UDP",
+        }
+    }
+
+    pub(super) fn label(self) -> &'static str {
+        match self {
+            Test::Tcp1 => "TCP 1 stream",
+            Test::Tcp1Reverse => "TCP 1 stream -R",
+            Test::Tcp4 => "TCP 4 streams",
+            Test::Udp => "UDP 60 B pps",
+            Test::IperfUdp => "iperf3 UDP pps",
+        }
+    }
+
+    /// iperf3's arguments besides `-J -c DST -p PORT -B SRC -t SECONDS`.
+    pub(super) fn iperf_args(self) -> &'static [&'static str] {
+        match self {
+            Test::Tcp1 | Test::Udp => &[],
+            Test::Tcp1Reverse => &["-R"],
+            Test::Tcp4 => &["-P", "4"],
+            Test::IperfUdp => &IPERF_UDP_ARGS,
+        }
+    }
+}
+
+/// What one run carried and cost.
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct Run {
+    /// TCP: Gbit/s at the receiver; UDP: datagrams received per second.
+    pub(super) rate: f64,
+    /// TCP: Gbit received; UDP: datagrams received.
+    pub(super) carried: f64,
+    /// CPU seconds of the tunnel's processes (utime + stime) over the run.
+    pub(super) process_cpu_s: f64,
+    /// Softirq CPU seconds of all CPUs over the run.
+    pub(super) softirq_cpu_s: f64,
+    /// Busy CPU seconds of the whole machine over the run.
+    pub(super) machine_cpu_s: f64,
+}
+
+impl Run {
+    /// Tunnel processes + softirq per Gbit (TCP) or per packet, in µs (UDP).
+    pub(super) fn cpu_per_unit(&self, test: Test) -> f64 {
+        per_unit(self.process_cpu_s + self.softirq_cpu_s, self.carried, test)
+    }
+
+    /// The whole machine's busy time per Gbit (TCP) or per packet, in µs (UDP).
+    pub(super) fn machine_per_unit(&self, test: Test) -> f64 {
+        per_unit(self.machine_cpu_s, self.carried, test)
+    }
+
+    pub(super) fn summary(&self, test: Test) -> String {
+        match test {
+            Test::Udp | Test::IperfUdp => format!(
+                "{:>9.0} pps  cpu {:>5.2} us/pkt",
+                self.rate,
+                self.cpu_per_unit(test)
+            ),
+            _ => format!(
+                "{:>9.3} Gbit/s  cpu {:>5.2} s/Gbit",
+                self.rate,
+                self.cpu_per_unit(test)
+            ),
+        }
+    }
+}
+
+fn per_unit(cpu_s: f64, carried: f64, test: Test) -> f64 {
+    if carried <= 0.0 {
+        return f64::NAN;
+    }
+    if test.is_udp() {
+        cpu_s * 1e6 / carried
+    } else {
+        cpu_s / carried
+    }
+}
+
+fn path(t: &Tunnel) -> IperfPath<'_> {
+    IperfPath {
+        src_ns: &t.client_ns,
+        src_addr: t.client_addr,
+        dst_ns: &t.server_ns,
+        dst_addr: t.server_addr,
+        port: IPERF_PORT,
+    }
+}
+
+/// A short TCP run: handshakes done and path MTU learned before anything is measured.
+pub(super) fn warm_up(t: &Tunnel) -> Result<()> {
+    let json = iperf_on(&path(t), &[], 1.0)?;
+    let gbit = tcp_gbit_per_s(&json)?;
+    if gbit <= 0.0 {
+        anyhow::bail!("nothing arrived");
+    }
+    Ok(())
+}
+
+/// CPU jiffies at one moment.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Cpu {
+    /// utime + stime of the tunnel's processes.
+    processes: u64,
+    /// softirq of all CPUs.
+    softirq: u64,
+    /// busy time of all CPUs.
+    machine: u64,
+}
+
+pub(super) fn cpu_now(t: &Tunnel) -> Result<Cpu> {
+    let mut processes = 0;
+    for (what, pid) in &t.pids {
+        processes += process_jiffies(*pid).with_context(|| format!("{what} (pid {pid})"))?;
+    }
+    Ok(Cpu {
+        processes,
+        softirq: cpu_stat_fields().get(SOFTIRQ).copied().unwrap_or(0),
+        machine: cpu_jiffies().0,
+    })
+}
+
+impl Run {
+    /// A run that carried `carried` at `rate`, with the CPU spent between two moments.
+    pub(super) fn between(rate: f64, carried: f64, before: Cpu, after: Cpu) -> Run {
+        let secs = |a: u64, b: u64| b.saturating_sub(a) as f64 / clock_ticks();
+        Run {
+            rate,
+            carried,
+            process_cpu_s: secs(before.processes, after.processes),
+            softirq_cpu_s: secs(before.softirq, after.softirq),
+            machine_cpu_s: secs(before.machine, after.machine),
+        }
+    }
+}
+
+/// utime + stime of a process (all its threads), in jiffies.
+fn process_jiffies(pid: i32) -> Result<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .context("read its /proc stat: did it die?")?;
+    // Fields after the command name (which may hold spaces): state is field 3, utime 14.
+    let rest = stat.rsplit_once(')').context("odd /proc stat")?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let field = |n: usize| -> Result<u64> {
+        fields
+            .get(n - 3)
+            .context("short /proc stat")?
+            .parse()
+            .context("bad /proc stat")
+    };
+    Ok(field(14)? + field(15)?)
+}
+
+/// One iperf3 run of `test` for `seconds`, with the CPU it cost.
+pub(super) fn run(t: &Tunnel, test: Test, seconds: f64) -> Result<Run> {
+    if test == Test::Udp {
+        return super::flood::run(t, seconds);
+    }
+    let before = cpu_now(t)?;
+    let json = iperf_on(&path(t), test.iperf_args(), seconds)?;
+    let after = cpu_now(t)?;
+    let (rate, carried) = match test {
+        Test::IperfUdp => {
+            let pps = udp_received_pps(&json, seconds)?;
+            let window = json["end"]["sum"]["seconds"].as_f64().unwrap_or(seconds);
+            (pps, pps * window)
+        }
+        _ => {
+            let bytes = json["end"]["sum_received"]["bytes"]
+                .as_f64()
+                .context("iperf3 reported no received bytes")?;
+            (tcp_gbit_per_s(&json)?, bytes * 8.0 / 1e9)
+        }
+    };
+    Ok(Run::between(rate, carried, before, after))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_is_per_gbit_for_tcp_and_per_packet_for_udp() {
+        let run = Run {
+            rate: 1.0,
+            carried: 5.0,
+            process_cpu_s: 4.0,
+            softirq_cpu_s: 1.0,
+            machine_cpu_s: 10.0,
+        };
+        assert_eq!(run.cpu_per_unit(Test::Tcp1), 1.0);
+        assert_eq!(run.machine_per_unit(Test::Tcp4), 2.0);
+        assert_eq!(run.cpu_per_unit(Test::Udp), 1e6);
+        assert!(Run::default().cpu_per_unit(Test::Tcp1).is_nan());
+    }
+
+    #[test]
+    fn our_own_process_has_cpu_time() {
+        let pid = i32::try_from(std::process::id()).unwrap_or(1);
+        assert!(process_jiffies(pid).is_ok());
+    }
+}

@@ -1,0 +1,179 @@
+//! Results: one record per tunnel (medians, ratios to the wireguard-go pair), the tables, the
+//! issue's goals.
+
+use serde::Serialize;
+
+use super::measure::{Run, Test};
+use super::{Figure, Goal, Options, Samples, Tunnel};
+
+/// How every figure is produced (also written into vpn.json).
+pub(super) const METHOD: [&str; 6] = [
+    "each figure is the median of one iperf3 run per repetition; tunnels measured interleaved, \
+     the order rotated each repetition",
+    "TCP: iperf3 -J -c SERVER -B CLIENT -t SECONDS (and -P 4), a fresh iperf3 -s -1 per run; \
+     throughput = end.sum_received.bits_per_second",
+    "UDP: iperf3 -u -b 0 -l 18 (60-byte frames before encapsulation); pps = (packets - \
+     lost_packets) / seconds of end.sum",
+    "CPU (tunnel + softirq): utime + stime of the tunnel's userspace processes (wireguard-go, \
+     netfn endpoints; /proc/PID/stat) plus softirq jiffies of all CPUs (/proc/stat) over the run, \
+     per Gbit received (TCP) or µs per datagram received (UDP); tick-based accounting may count \
+     a softirq tick in both a process's stime and softirq",
+    "CPU (machine): busy jiffies of all CPUs (user nice system irq softirq steal) over the run, \
+     iperf3 and everything else included, per Gbit received",
+    "no pinning, no tuning: default MTUs (tunnels 1420), default iperf3 buffers",
+];
+
+#[derive(Debug, Clone, Serialize)]
+pub(super) struct TestFigures {
+    test: Test,
+    /// Gbit/s (TCP) or packets/s (UDP).
+    rate: Figure,
+    /// The median rate over the wireguard-go pair's.
+    pub(super) vs_wggo_pair: f64,
+    /// Tunnel processes + softirq: s/Gbit (TCP) or µs/packet (UDP).
+    tunnel_cpu: Figure,
+    /// Whole machine busy time: s/Gbit (TCP) or µs/packet (UDP).
+    machine_cpu: Figure,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub(super) struct Record {
+    pub(super) config: &'static str,
+    about: String,
+    /// What the CPU figures count besides softirq.
+    processes: Vec<String>,
+    pub(super) tests: Vec<TestFigures>,
+}
+
+impl Record {
+    pub(super) fn figures(&self, test: Test) -> Option<&TestFigures> {
+        self.tests.iter().find(|f| f.test == test)
+    }
+}
+
+impl TestFigures {
+    pub(super) fn median(&self) -> f64 {
+        self.rate.median
+    }
+}
+
+fn of(s: &Samples, test: Test, f: impl Fn(&Run) -> f64) -> Vec<f64> {
+    s.runs
+        .iter()
+        .filter(|(t, _)| *t == test)
+        .map(|(_, r)| f(r))
+        .collect()
+}
+
+pub(super) fn records(tunnels: &[Tunnel], samples: &[Samples]) -> Vec<Record> {
+    let pair = tunnels
+        .iter()
+        .zip(samples)
+        .find(|(t, _)| t.name == "wggo-pair")
+        .map(|(_, s)| s);
+    let pair_median = |test: Test| {
+        pair.map_or(f64::NAN, |s| {
+            Figure::new("", &of(s, test, |r| r.rate)).median
+        })
+    };
+    tunnels
+        .iter()
+        .zip(samples)
+        .map(|(t, s)| Record {
+            config: t.name,
+            about: t.about.clone(),
+            processes: t.pids.iter().map(|(what, _)| what.clone()).collect(),
+            tests: Test::ALL
+                .iter()
+                .map(|&test| {
+                    let (unit, cpu_unit) = if test.is_udp() {
+                        ("packets/s", "us/packet")
+                    } else {
+                        ("Gbit/s", "s/Gbit")
+                    };
+                    let rate = Figure::new(unit, &of(s, test, |r| r.rate));
+                    TestFigures {
+                        test,
+                        vs_wggo_pair: rate.median / pair_median(test),
+                        rate,
+                        tunnel_cpu: Figure::new(cpu_unit, &of(s, test, |r| r.cpu_per_unit(test))),
+                        machine_cpu: Figure::new(
+                            cpu_unit,
+                            &of(s, test, |r| r.machine_per_unit(test)),
+                        ),
+                    }
+                })
+                .collect(),
+        })
+        .collect()
+}
+
+pub(super) fn print_tables(records: &[Record], options: &Options) {
+    let mut head = format!("\n{:<12}", "tunnel");
+    for test in Test::ALL {
+        let unit = if test.is_udp() { "kpps" } else { "Gb/s" };
+        head.push_str(&format!(
+            " {:>14} {:>6}",
+            format!("{} {unit}", test.short()),
+            "×pair"
+        ));
+    }
+    println!("{head}");
+    for r in records {
+        let mut line = format!("{:<12}", r.config);
+        for f in &r.tests {
+            let value = if f.test.is_udp() {
+                f.median() / 1e3
+            } else {
+                f.median()
+            };
+            line.push_str(&format!(" {value:>14.3} {:>6.2}", f.vs_wggo_pair));
+        }
+        println!("{line}");
+    }
+    let mut head = format!("\n{:<12}", "CPU");
+    for test in Test::ALL {
+        let unit = if test.is_udp() { "us/pkt" } else { "s/Gbit" };
+        head.push_str(&format!(
+            " {:>21}",
+            format!("{} {unit} tun/mach", test.short())
+        ));
+    }
+    println!("{head}");
+    for r in records {
+        let mut line = format!("{:<12}", r.config);
+        for f in &r.tests {
+            line.push_str(&format!(
+                " {:>21}",
+                format!("{:.2} / {:.2}", f.tunnel_cpu.median, f.machine_cpu.median)
+            ));
+        }
+        println!("{line}");
+    }
+    println!(
+        "(medians of {} runs of {} s each; ×pair: over the wireguard-go pair; tun: tunnel \
+         processes + softirq; mach: whole machine busy)",
+        options.repetitions, options.seconds
+    );
+}
+
+/// The issue's goals: netfn to wireguard-go >= 1.5x the wireguard-go pair, netfn to netfn >= 3x;
+/// for every test.
+pub(super) fn goals(records: &[Record]) -> Vec<Goal> {
+    let mut goals = Vec::new();
+    for (config, target) in [("netfn-wggo", 1.5), ("netfn-netfn", 3.0)] {
+        let Some(r) = records.iter().find(|r| r.config == config) else {
+            continue;
+        };
+        for f in r.tests.iter().filter(|f| Test::MAIN.contains(&f.test)) {
+            goals.push(Goal {
+                what: format!("{config} {} vs wggo-pair", f.test.label()),
+                value: f.vs_wggo_pair,
+                unit: "x",
+                target: format!(">= {target}"),
+                met: f.vs_wggo_pair >= target,
+            });
+        }
+    }
+    goals
+}
