@@ -148,6 +148,26 @@ impl Netlink {
             .map_err(|e| NetlinkError::new(format!("add address {net}"), e))
     }
 
+    /// A permanent neighbour entry: `addr` is at `mac` behind interface `index`. Both ends of
+    /// every veth are netfn's, so it knows each neighbour's MAC: no ARP, and so no first
+    /// packets queued (and, past the queue, dropped) behind a resolution on a new link.
+    pub async fn add_neighbour(
+        &self,
+        index: u32,
+        addr: Ipv4Addr,
+        mac: [u8; 6],
+    ) -> Result<(), NetlinkError> {
+        self.handle
+            .neighbours()
+            .add(index, IpAddr::V4(addr))
+            .link_layer_address(&mac)
+            .state(rtnetlink::packet_route::neighbour::NeighbourState::Permanent)
+            .replace()
+            .execute()
+            .await
+            .map_err(|e| NetlinkError::new(format!("add neighbour {addr}"), e))
+    }
+
     pub async fn add_route(
         &self,
         destination: Ipv4Net,

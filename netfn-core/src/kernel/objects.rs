@@ -216,15 +216,20 @@ pub async fn create_links(
         .await
 }
 
-/// Brings up the ends of `links` (addresses, up) in their hops.
+/// Brings up the ends of `links` (addresses, the other end as a permanent neighbour, up) in
+/// their hops.
 pub async fn configure_link_ends(
     plan: &ChainPlan,
     links: &[&crate::plan::LinkPlan],
     opened: &Opened,
 ) -> Result<(), ObjectError> {
-    let ends: Vec<&crate::plan::LinkEnd> = links.iter().flat_map(|l| [&l.out, &l.inn]).collect();
+    // Each end with the other end of its veth, its neighbour.
+    let ends: Vec<(&crate::plan::LinkEnd, &crate::plan::LinkEnd)> = links
+        .iter()
+        .flat_map(|l| [(&l.out, &l.inn), (&l.inn, &l.out)])
+        .collect();
     stream::iter(ends.into_iter().map(Ok))
-        .try_for_each_concurrent(IN_FLIGHT, |end| async move {
+        .try_for_each_concurrent(IN_FLIGHT, |(end, peer)| async move {
             let hop = &plan.hops[end.hop];
             let Some(ns) = opened.hops.get(&end.hop) else {
                 return Ok(());
@@ -235,6 +240,10 @@ pub async fn configure_link_ends(
             };
             ns.netlink
                 .add_address(end.ifindex, end.address)
+                .await
+                .map_err(err)?;
+            ns.netlink
+                .add_neighbour(end.ifindex, peer.address.addr(), peer.mac)
                 .await
                 .map_err(err)?;
             ns.netlink.set_up(end.ifindex).await.map_err(err)
