@@ -90,9 +90,9 @@ fn link_pins(chain: &str) -> BTreeSet<u32> {
         .collect()
 }
 
-/// Every datagram of the stream arrived, or (xdp, inside the test VM only) the sender's veth
-/// dropped the missing ones before the chain and the chain dropped none (see
-/// `netfn_tests::loss`). (The stream itself has checked that it spanned the change.)
+/// Every datagram of the stream arrived, or (inside the test VM only) its starved CPUs dropped
+/// the missing ones before the chain (an XDP ring, a CPU's input backlog) and the chain dropped
+/// none (see `netfn_tests::loss`). (The stream itself has checked that it spanned the change.)
 fn assert_none_lost(
     chain: &str,
     mode: &str,
