@@ -544,7 +544,8 @@ fn a_wrong_peer_key_passes_nothing() {
     let (received, answered) = handshakes(&chain);
     assert!(
         received >= 1 && answered == 0,
-        "handshakes: {received} received, {answered} answered"
+        "handshakes: {received} received, {answered} answered\n{}",
+        counters_and_peers(&chain)
     );
     let agent = Agent::start(&dir.0, &chain, &["--no-probe"]);
     let metrics = agent.metrics();
@@ -559,6 +560,20 @@ fn a_wrong_peer_key_passes_nothing() {
     assert!(value("netfn_wireguard_handshake_initiations_received_total") >= received);
     assert_eq!(value("netfn_wireguard_handshake_responses_sent_total"), 0);
     assert_eq!(value("netfn_wireguard_peer_session_fresh"), 0);
+}
+
+/// What `vpn`'s namespace counted and its device says, for a failure's message.
+fn counters_and_peers(chain: &str) -> String {
+    let ns = format!("nf-{chain}-vpn");
+    let run = |args: &[&str]| {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &ns])
+            .args(args)
+            .output()
+            .expect("run");
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+    };
+    run(&["nft", "list", "table", "inet", "netfn_wireguard"]) + &run(&["wg", "show", "all", "dump"])
 }
 
 /// `vpn`'s handshake counts from `netfn status --json`: (initiations received, answered).

@@ -52,6 +52,8 @@ const MODULES: &[&str] = &[
     "nft_chain_nat",
     "nft_nat",
     "nft_hash",
+    // The WireGuard kind counts handshakes with named nftables counters (`counter name …`).
+    "nft_objref",
 ];
 
 /// Host programs shipped when the host has them (busybox provides the rest): iproute2's `ip`
