@@ -156,7 +156,7 @@ pub fn metrics(ctx: &FunctionMetricsContext<'_>) -> Result<Vec<MetricFamily>, Ki
         e.sample_u64(&[], evicted(&s, live));
         out.push(e.build());
     }
-    for (name, help, v) in [
+    out.extend(ctx.counters(&[
         (
             "netfn_firewall_connections_created_total",
             "Connections entered into the table.",
@@ -182,11 +182,7 @@ pub fn metrics(ctx: &FunctionMetricsContext<'_>) -> Result<Vec<MetricFamily>, Ki
             "New connections evaluated against the rules.",
             s.classified,
         ),
-    ] {
-        let mut f = ctx.counter(name, help);
-        f.sample_u64(&[], v);
-        out.push(f.build());
-    }
+    ]));
     Ok(out)
 }
 

@@ -159,7 +159,7 @@ pub fn metrics(ctx: &FunctionMetricsContext<'_>) -> Result<Vec<MetricFamily>, Ki
         active.build(),
     ];
     if let Some(st) = stats(ctx) {
-        for (name, help, v) in [
+        out.extend(ctx.counters(&[
             (
                 "netfn_load_balancer_flows_balanced_total",
                 "Flows a table lookup balanced.",
@@ -185,11 +185,7 @@ pub fn metrics(ctx: &FunctionMetricsContext<'_>) -> Result<Vec<MetricFamily>, Ki
                 "Flows the connection table could not take (balanced, untracked).",
                 st.ct_insert_failed,
             ),
-        ] {
-            let mut f = ctx.counter(name, help);
-            f.sample_u64(&[], v);
-            out.push(f.build());
-        }
+        ]));
     }
     Ok(out)
 }

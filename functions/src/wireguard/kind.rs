@@ -218,7 +218,7 @@ impl FunctionKind for WireGuard {
         out.extend([handshake.build(), rx.build(), tx.build(), fresh.build()]);
         let netns = names::netns_name(ctx.chain, ctx.function);
         if let Ok(h) = handshakes::read(&netns) {
-            for (name, help, value) in [
+            out.extend(ctx.counters(&[
                 (
                     "netfn_wireguard_handshake_initiations_received_total",
                     "Handshake initiations the endpoint received.",
@@ -240,11 +240,7 @@ impl FunctionKind for WireGuard {
                     "Handshake responses the endpoint received.",
                     h.responses_received,
                 ),
-            ] {
-                let mut c = ctx.counter(name, help);
-                c.sample_u64(&[], value);
-                out.push(c.build());
-            }
+            ]));
         }
         Ok(out)
     }

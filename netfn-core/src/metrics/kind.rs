@@ -85,6 +85,18 @@ impl FunctionMetricsContext<'_> {
     pub fn gauge(&self, name: &str, help: &str) -> Family {
         Family::gauge(name, help).with_base_labels(&self.base_labels())
     }
+
+    /// Counter families of one sample each (the function's labels only): one per
+    /// `(name, help, value)`, in order.
+    pub fn counters(&self, rows: &[(&str, &str, u64)]) -> Vec<MetricFamily> {
+        rows.iter()
+            .map(|&(name, help, value)| {
+                let mut f = self.counter(name, help);
+                f.sample_u64(&[], value);
+                f.build()
+            })
+            .collect()
+    }
 }
 
 /// Checks a kind's family against the rules in the module docs.
