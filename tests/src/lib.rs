@@ -56,6 +56,20 @@ pub fn netfn_ok(args: &[&str]) -> String {
     stdout
 }
 
+/// The detail rows (label, value) of function `function` in `netfn status CHAIN --json`.
+pub fn status_details(chain: &str, function: &str) -> Vec<(String, String)> {
+    let status: serde_json::Value =
+        serde_json::from_str(&netfn_ok(&["status", chain, "--json"])).expect("status json");
+    status[0]["hops"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|h| h["name"] == function)
+        .flat_map(|h| h["details"].as_array().cloned().unwrap_or_default())
+        .filter_map(|d| Some((d[0].as_str()?.to_string(), d[1].as_str()?.to_string())))
+        .collect()
+}
+
 /// A chain name no other test (or test process) uses: at most 12 bytes.
 pub fn unique_chain(tag: &str) -> String {
     static NEXT: AtomicU32 = AtomicU32::new(0);

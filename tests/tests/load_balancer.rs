@@ -13,7 +13,7 @@ use std::thread;
 use std::time::Duration;
 
 use netfn_tests::agent::Agent;
-use netfn_tests::{ChainGuard, TempDir, in_netns, netfn_ok, shared, unique_chain};
+use netfn_tests::{ChainGuard, TempDir, in_netns, netfn_ok, shared, status_details, unique_chain};
 
 const VIP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 10);
 const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 84, 1, 2);
@@ -304,16 +304,7 @@ fn assert_shares(what: &str, answers: &BTreeMap<u16, Ipv4Addr>, shares: &[(usize
 
 /// `netfn status --json` rows of function lb1.
 fn lb_status(chain: &str) -> Vec<(String, String)> {
-    let status: serde_json::Value =
-        serde_json::from_str(&netfn_ok(&["status", chain, "--json"])).expect("status json");
-    status[0]["hops"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|h| h["name"] == "lb1")
-        .flat_map(|h| h["details"].as_array().cloned().unwrap_or_default())
-        .filter_map(|d| Some((d[0].as_str()?.to_string(), d[1].as_str()?.to_string())))
-        .collect()
+    status_details(chain, "lb1")
 }
 
 #[test]

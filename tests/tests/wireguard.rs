@@ -16,7 +16,8 @@ use std::time::{Duration, Instant};
 
 use netfn_tests::agent::Agent;
 use netfn_tests::{
-    ChainGuard, TempDir, in_netns, leftovers, netfn, netfn_ok, shared, skipped, unique_chain,
+    ChainGuard, TempDir, in_netns, leftovers, netfn, netfn_ok, shared, skipped, status_details,
+    unique_chain,
 };
 
 const PEER_ADDR: Ipv4Addr = Ipv4Addr::new(10, 99, 0, 2);
@@ -271,16 +272,9 @@ fn endpoint_interface(chain: &str) -> String {
 
 /// The status row `label` of function `vpn` (`netfn status --json`).
 fn vpn_detail(chain: &str, label: &str) -> String {
-    let status: serde_json::Value =
-        serde_json::from_str(&netfn_ok(&["status", chain, "--json"])).expect("status json");
-    status[0]["hops"]
-        .as_array()
+    status_details(chain, "vpn")
         .into_iter()
-        .flatten()
-        .filter(|h| h["name"] == "vpn")
-        .flat_map(|h| h["details"].as_array().cloned().unwrap_or_default())
-        .find(|d| d[0] == label)
-        .and_then(|d| d[1].as_str().map(String::from))
+        .find_map(|(k, v)| (k == label).then_some(v))
         .unwrap_or_else(|| panic!("no `{label}` row of vpn in the status of {chain}"))
 }
 
