@@ -221,8 +221,8 @@ pub fn fastpath_options() -> crate::ebpf::FastpathOptions {
 /// (netlink|tcx) and NETFN_EBPF_LOG override, for benchmarks and debugging; a bad value is
 /// reported and ignored.
 pub fn fastpath_options_for(tc_interfaces: usize) -> crate::ebpf::FastpathOptions {
-    let tcx = crate::kernel::features::get("tcx").is_some_and(|f| f.available)
-        && tc_interfaces <= TCX_ATTACH_BUDGET;
+    let tcx_kernel = crate::kernel::features::get("tcx").is_some_and(|f| f.available);
+    let tcx = tcx_kernel && tc_interfaces <= TCX_ATTACH_BUDGET;
     let mut options = crate::ebpf::FastpathOptions {
         tc_attach: if tcx {
             crate::ebpf::TcAttach::Tcx
@@ -235,6 +235,13 @@ pub fn fastpath_options_for(tc_interfaces: usize) -> crate::ebpf::FastpathOption
         Ok(env) => {
             if std::env::var_os("NETFN_TC_ATTACH").is_some() {
                 options.tc_attach = env.tc_attach;
+            } else if tcx_kernel && !tcx {
+                tracing::info!(
+                    "attaching the TC forwarder with clsact, not TCX: this up attaches \
+                     {tc_interfaces} TC interfaces, and TCX waits for a kernel RCU grace period \
+                     on each (over {TCX_ATTACH_BUDGET}, seconds add up); NETFN_TC_ATTACH=tcx \
+                     forces TCX"
+                );
             }
             options.log_level = env.log_level;
         }
@@ -303,20 +310,13 @@ fn build(
         objects::attach_counters(plan, &|_| true).map_err(with_foreign)?;
     }
     if fast {
-        let interfaces = options.tc_interfaces.max(tc_interfaces([spec]));
+        // Only a TC chain's attach depends on how many TC interfaces the whole up attaches.
+        let interfaces = if plan.fastpath == FastPath::Tc {
+            options.tc_interfaces.max(tc_interfaces([spec]))
+        } else {
+            0
+        };
         let fast_options = fastpath_options_for(interfaces);
-        if plan.fastpath == FastPath::Tc
-            && interfaces > TCX_ATTACH_BUDGET
-            && fast_options.tc_attach == crate::ebpf::TcAttach::Netlink
-            && crate::kernel::features::get("tcx").is_some_and(|f| f.available)
-        {
-            tracing::info!(
-                "chain {}: attaching the forwarder with clsact, not TCX: this up attaches \
-                 {interfaces} TC interfaces, and TCX waits for a kernel RCU grace period on each \
-                 (over {TCX_ATTACH_BUDGET}, seconds add up); NETFN_TC_ATTACH=tcx forces TCX",
-                plan.chain
-            );
-        }
         crate::ebpf::attach_fastpath_with(
             plan,
             &crate::plan::names::chain_bpf_dir(&plan.chain),
