@@ -1,13 +1,14 @@
 //! The userspace data plane: one process per WireGuard function (`netfn wireguard-endpoint
 //! --chain C --function F`, started by `up` through the seam's `process`), running GotaTun (a
-//! maintained fork of boringtun) on a TUN device in the function's namespace.
+//! maintained fork of boringtun) on the persistent TUN device `up` made in the function's
+//! namespace (with its addresses, MTU and the peers' routes, see `super::kind`).
 //!
 //! It reads the function's recorded settings (key file paths, never keys) and its key files,
 //! enters the function's namespace on the main thread before any other thread exists (so every
-//! thread, socket and device it makes is there), builds the device with the cross-platform UAPI
-//! socket `/var/run/wireguard/<interface>.sock` (so `wg show` works against it), gives the
-//! interface its addresses, MTU and the peers' routes, drops every capability
-//! ([`super::privilege`]), says it is ready, and runs until SIGTERM.
+//! thread, socket and device it makes is there), attaches to the TUN and builds the device with
+//! the cross-platform UAPI socket `/var/run/wireguard/<interface>.sock` (so `wg show` works
+//! against it), drops every capability ([`super::privilege`]), says it is ready, and runs until
+//! SIGTERM.
 
 use std::net::IpAddr;
 
@@ -108,7 +109,7 @@ pub fn run(chain: &str, function: &str) -> Result<(), String> {
             .build()
             .await
             .map_err(|e| format!("start the WireGuard device {name}: {e}"))?;
-        super::link::configure(None, &name, &settings)?;
+        // `up` gave the (persistent) TUN its addresses, MTU and routes; nothing left to set.
         super::privilege::drop_all().map_err(|e| format!("endpoint {name}: {e}"))?;
         // A restarted endpoint has no sessions; the peers' data would be dropped until their
         // timers made them handshake again (15 s and more). Handshake with every peer it can
