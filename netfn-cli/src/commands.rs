@@ -21,7 +21,7 @@ fn load(file: &Path) -> Result<ChainFile> {
     if let Ok(f) = &loaded
         && !f.warnings.is_empty()
     {
-        eprintln!("{}", f.warnings);
+        output::to_stderr(&f.warnings);
     }
     loaded.map_err(|e| match e {
         LoadError::Invalid(d) => anyhow::anyhow!(
@@ -54,7 +54,7 @@ pub fn validate(file: &Path) -> Result<ExitCode> {
     match spec::load(file, &registry) {
         Ok(f) => {
             if !f.warnings.is_empty() {
-                eprintln!("{}", f.warnings);
+                output::to_stderr(&f.warnings);
             }
             let chains: Vec<String> = f
                 .chains
@@ -77,8 +77,11 @@ pub fn validate(file: &Path) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Err(LoadError::Invalid(d)) => {
-            eprintln!("{d}");
-            eprintln!("{}: {} problem(s)", file.display(), d.len());
+            output::to_stderr(format_args!(
+                "{d}\n{}: {} problem(s)",
+                file.display(),
+                d.len()
+            ));
             Ok(ExitCode::FAILURE)
         }
         Err(e) => Err(e.into()),

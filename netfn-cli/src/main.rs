@@ -254,7 +254,7 @@ fn report(result: anyhow::Result<ExitCode>) -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("netfn: error: {e:#}");
+            output::to_stderr(format_args!("netfn: error: {e:#}"));
             ExitCode::FAILURE
         }
     }
