@@ -7,6 +7,7 @@ mod deploy;
 mod firewall;
 mod lb;
 mod pps_chart;
+mod validate;
 mod vpn;
 
 use std::path::PathBuf;
@@ -68,6 +69,18 @@ pub enum Bench {
         #[arg(long = "backends", value_delimiter = ',', default_values_t = vec![2, 16, 256, 4096])]
         backends: Vec<usize>,
     },
+    /// `netfn validate` of chain files of N chains and firewall rules files of N rules, valid
+    /// and with every entry in conflict: wall and CPU time (target/bench/validate.json).
+    Validate {
+        #[arg(long, default_value_t = 3)]
+        repetitions: usize,
+        /// Chain counts to measure.
+        #[arg(long = "chains", value_delimiter = ',', default_values_t = vec![1000, 10000])]
+        chains: Vec<usize>,
+        /// Firewall rule counts to measure.
+        #[arg(long = "rules", value_delimiter = ',', default_values_t = vec![10000, 100000])]
+        rules: Vec<usize>,
+    },
     /// iperf3 TCP (1 and 4 streams) and 60-byte UDP pps through netfn's WireGuard endpoint to a
     /// wireguard-go peer and to another netfn endpoint, against a wireguard-go pair and a bare
     /// veth, with CPU per Gbit (target/bench/vpn.json, vpn.png).
@@ -111,6 +124,15 @@ pub fn run(which: Bench) -> Result<()> {
             repetitions,
             seconds,
             backends,
+        }),
+        Bench::Validate {
+            repetitions,
+            chains,
+            rules,
+        } => validate::run(&validate::Options {
+            repetitions,
+            chains,
+            rules,
         }),
         Bench::Agent(opts) => agent::run(&opts),
         Bench::Deploy { functions } => deploy::run(&functions),
