@@ -14,7 +14,9 @@ use std::time::Duration;
 use nix::sched::{CloneFlags, setns};
 
 pub mod agent;
+pub mod frames;
 pub mod loss;
+pub mod test_run;
 pub mod traffic;
 
 /// The `netfn` binary under test: $NETFN_BIN, or the workspace's debug build.

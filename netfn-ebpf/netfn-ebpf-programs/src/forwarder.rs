@@ -8,7 +8,9 @@
 //!
 //! 1. anti-spoofing: the source MAC must be the wired neighbour's; an ARP packet's sender MAC and
 //!    IP must be the neighbour's; an IPv4 source must be the neighbour's link address or in the
-//!    subnet of the endpoint this side faces. Anything else is dropped and counted by reason;
+//!    subnet of the endpoint this side faces. Anything else is dropped and counted by reason.
+//!    An IPv4 header that Linux's `ip_rcv` would refuse (version, header length, total length
+//!    against the frame, header checksum) is dropped as `malformed`, as kernel mode would;
 //! 2. ARP, other non-IPv4 frames, packets to the function's own addresses and frames not sent to
 //!    this interface's MAC (broadcast, multicast) go to the function's stack, so ARP, ping of a
 //!    function and the like work as in kernel mode;
@@ -88,9 +90,11 @@ fn extra_source(slot: u32, src: u32) -> bool {
 const ETH_HLEN: usize = 14;
 const ARP_LEN: usize = 28;
 const IPV4_MIN_LEN: usize = 20;
-/// The headers the forwarder reads: Ethernet + ARP (the longer of ARP and a minimal IPv4
-/// header).
-const HEADERS_LEN: usize = ETH_HLEN + ARP_LEN;
+/// Longest IPv4 header (IHL 15).
+const IPV4_MAX_LEN: usize = 60;
+/// The headers the forwarder reads: Ethernet + the longer of ARP and an IPv4 header with
+/// options (its checksum covers them).
+const HEADERS_LEN: usize = ETH_HLEN + IPV4_MAX_LEN;
 
 /// EtherTypes and the fixed ARP prefix, as the bytes appear in the packet (read natively).
 const ETH_P_IP: u16 = u16::from_ne_bytes([0x08, 0x00]);
@@ -158,10 +162,50 @@ pub(crate) fn entry(ifindex: u32) -> Option<&'static FwdEntry> {
     Some(e)
 }
 
-/// Decides the packet's fate and, for `Forward`, rewrites it. `data..data_end` is the directly
-/// accessible packet; `ifindex` the interface it arrived on.
+/// The one's complement sum of the IPv4 header at `ip` of `ihl` 32-bit words (5 to 15; the
+/// caller checked its first 20 bytes against the packet), folded to 16 bits: 0xffff when its
+/// checksum is right (RFC 1071; native-order words fold to the same 16 bits). `None` when the
+/// options do not end before `data_end`. Each option word has its own bounds check at a
+/// constant offset: a loop lets LLVM rewrite the checks into a form the verifier cannot follow.
 #[inline(always)]
-fn decide(data: usize, data_end: usize, ifindex: u32) -> Verdict {
+fn ipv4_header_sum(ip: usize, ihl: usize, data_end: usize) -> Option<u64> {
+    let mut sum: u64 = 0;
+    let mut off = 0;
+    while off < IPV4_MIN_LEN {
+        sum += u64::from(read::<u32>(ip + off));
+        off += 4;
+    }
+    macro_rules! option_word {
+        ($word:literal) => {
+            if ihl > $word {
+                if ip + 4 * $word + 4 > data_end {
+                    return None;
+                }
+                sum += u64::from(read::<u32>(ip + 4 * $word));
+            }
+        };
+    }
+    option_word!(5);
+    option_word!(6);
+    option_word!(7);
+    option_word!(8);
+    option_word!(9);
+    option_word!(10);
+    option_word!(11);
+    option_word!(12);
+    option_word!(13);
+    option_word!(14);
+    sum = (sum & 0xffff_ffff) + (sum >> 32);
+    sum = (sum & 0xffff_ffff) + (sum >> 32);
+    sum = (sum & 0xffff) + (sum >> 16);
+    Some((sum & 0xffff) + (sum >> 16))
+}
+
+/// Decides the packet's fate and, for `Forward`, rewrites it. `data..data_end` is the directly
+/// accessible packet, `len` the whole frame's length (more than `data_end - data` when TC has
+/// not pulled it all in); `ifindex` the interface it arrived on.
+#[inline(always)]
+fn decide(data: usize, data_end: usize, len: usize, ifindex: u32) -> Verdict {
     let Some(e) = entry(ifindex) else {
         return Verdict::Unknown;
     };
@@ -215,11 +259,27 @@ fn decide(data: usize, data_end: usize, ifindex: u32) -> Verdict {
         return Verdict::Short { slot };
     }
     let version_ihl: u8 = read(ip);
-    if version_ihl & 0xf0 != 0x40 || version_ihl & 0x0f < 5 {
+    let ihl = (version_ihl & 0x0f) as usize;
+    let mut total = u16::from_be(read::<u16>(ip + 2)) as usize;
+    if total == 0 && len > ETH_HLEN + 0xffff {
+        // A BIG TCP GSO packet: its length is the skb's (as `iph_totlen` has it).
+        total = len - ETH_HLEN;
+    }
+    if version_ihl & 0xf0 != 0x40 || ihl < 5 || total < ihl * 4 || ETH_HLEN + total > len {
         return Verdict::Drop {
             slot,
             reason: DROP_MALFORMED,
         };
+    }
+    match ipv4_header_sum(ip, ihl, data_end) {
+        Some(0xffff) => {}
+        Some(_) => {
+            return Verdict::Drop {
+                slot,
+                reason: DROP_MALFORMED,
+            };
+        }
+        None => return Verdict::Short { slot },
     }
     let src: u32 = read(ip + 12);
     if src != e.peer_addr && src & e.allowed_mask != e.allowed_net && !extra_source(slot, src) {
@@ -351,12 +411,13 @@ pub(crate) fn send_xdp(slot: u32, redirect: u32, len: u64) -> u32 {
 pub fn nf_fwd_tc(ctx: TcContext) -> i32 {
     // SAFETY: the kernel passes a valid `__sk_buff` to a classifier.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    let mut verdict = decide(ctx.data(), ctx.data_end(), ifindex);
+    let len = ctx.len() as usize;
+    let mut verdict = decide(ctx.data(), ctx.data_end(), len, ifindex);
     if let Verdict::Short { slot } = verdict {
         // Headers outside the linear part: pull them in and decide again (slow path).
         let want = core::cmp::min(ctx.len(), HEADERS_LEN as u32);
         verdict = if ctx.pull_data(want).is_ok() {
-            decide(ctx.data(), ctx.data_end(), ifindex)
+            decide(ctx.data(), ctx.data_end(), len, ifindex)
         } else {
             Verdict::Short { slot }
         };
@@ -406,7 +467,7 @@ pub fn nf_fwd_xdp(ctx: XdpContext) -> u32 {
     let ifindex = unsafe { (*ctx.ctx).ingress_ifindex };
     let (data, data_end) = (ctx.data(), ctx.data_end());
     let len = (data_end - data) as u64;
-    match decide(data, data_end, ifindex) {
+    match decide(data, data_end, data_end - data, ifindex) {
         Verdict::Forward { slot, redirect } => {
             trace!(&ctx, "nf_fwd_xdp: if {} -> {}", ifindex, redirect);
             send_xdp(slot, redirect, len)
