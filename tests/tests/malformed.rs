@@ -38,7 +38,7 @@ fn verdict(hook: Hook, retval: u32) -> Option<Verdict> {
     match (hook, retval) {
         (Hook::Tc, 7) | (Hook::Xdp, 4) => Some(Forward),
         (Hook::Tc, 0) | (Hook::Xdp, 2) => Some(Stack),
-        (Hook::Tc, 2) | (Hook::Xdp, 1) => Some(Drop("?")),
+        (Hook::Tc, 2) | (Hook::Xdp, 1) => Some(Drop("")),
         _ => None,
     }
 }
@@ -395,10 +395,17 @@ fn corpus_at_every_hop(fastpath: &str, hook: Hook) {
     let mut refused = Vec::new();
     let mut checked = 0;
     for hop in hops(&chain, netfn_tests::INGRESS_ADDR, netfn_tests::EGRESS_ADDR) {
+        // Drops are read once per interface (a status call is slow in the test VM): what the
+        // frames dropped here must have added, reason by reason, is what the table says.
+        let before = drops(&chain, &hop.function);
+        let mut should_count: BTreeMap<String, u64> = BTreeMap::new();
         for case in corpus() {
             let frame = (case.build)(&hop.link);
             let want = expected(case.name, &hop.kind);
-            let before = drops(&chain, &hop.function);
+            trace(&format!(
+                "{fastpath} {} {} {}",
+                hop.function, hop.interface, case.name
+            ));
             let run = in_netns(&hop.netns, || {
                 test_run::run_once(&program, hook, hop.ifindex, &frame)
             });
@@ -417,33 +424,35 @@ fn corpus_at_every_hop(fastpath: &str, hook: Hook) {
                 Err(e) => panic!("test run of {where_}: {e}"),
             };
             checked += 1;
-            let Some(mut got) = verdict(hook, retval) else {
+            let Some(got) = verdict(hook, retval) else {
                 failures.push(format!("{where_}: return value {retval}"));
                 continue;
             };
-            let after = drops(&chain, &hop.function);
-            let grew: Vec<(String, u64)> = after
-                .iter()
-                .map(|(r, n)| (r.clone(), n - before.get(r).copied().unwrap_or(0)))
-                .filter(|(_, d)| *d > 0)
-                .collect();
-            if got == Drop("?") {
-                // Exactly one drop, under one reason, at this function.
-                got = match grew.as_slice() {
-                    [(reason, 1)] => Drop(reason_name(reason)),
-                    _ => Drop("not counted exactly once"),
-                };
-            } else if !grew.is_empty() {
-                failures.push(format!("{where_}: {got:?} but drops grew: {grew:?}"));
-            }
-            if got != want {
-                failures.push(format!("{where_}: {got:?}, expected {want:?}"));
+            match (got, want) {
+                (Drop(_), Drop(reason)) => {
+                    *should_count.entry(reason.to_string()).or_default() += 1
+                }
+                (Drop(_), _) => failures.push(format!("{where_}: dropped, expected {want:?}")),
+                _ if got != want => failures.push(format!("{where_}: {got:?}, expected {want:?}")),
+                _ => {}
             }
             if got == Forward
                 && let Some(problem) = frames::checksum_problem(&out)
             {
                 failures.push(format!("{where_}: left with a broken {problem}"));
             }
+        }
+        let after = drops(&chain, &hop.function);
+        let counted: BTreeMap<String, u64> = after
+            .iter()
+            .map(|(r, n)| (r.clone(), n - before.get(r).copied().unwrap_or(0)))
+            .filter(|(_, d)| *d > 0)
+            .collect();
+        if counted != should_count {
+            failures.push(format!(
+                "{} {}: drops counted {counted:?}, expected {should_count:?}",
+                hop.function, hop.interface
+            ));
         }
     }
     assert!(
@@ -467,6 +476,7 @@ fn corpus_at_every_hop(fastpath: &str, hook: Hook) {
             must_drop += 1;
         }
         let frame = (case.build)(&first.link);
+        trace(&format!("{fastpath} inject {}", case.name));
         in_netns(&ingress_ns, || frames::inject("nf-out", &frame))
             .unwrap_or_else(|e| panic!("inject {}: {e}", case.name));
     }
@@ -486,6 +496,15 @@ fn corpus_at_every_hop(fastpath: &str, hook: Hook) {
     udp_echo(&ingress_ns, &format!("nf-{chain}-egress"), 20);
 }
 
+/// A progress line past the test harness's capture when NETFN_TEST_TRACE is set (to find where
+/// a run in the test VM spends its time).
+fn trace(what: &str) {
+    if std::env::var_os("NETFN_TEST_TRACE").is_some() {
+        use std::io::Write;
+        let _ = writeln!(std::io::stderr(), "trace: {what}");
+    }
+}
+
 /// The verdict each function kind must give each frame of the corpus.
 fn expected(case: &str, kind: &str) -> Verdict {
     match case {
@@ -501,14 +520,6 @@ fn expected(case: &str, kind: &str) -> Verdict {
         "icmp-truncated" if kind == "firewall" => Drop("malformed"),
         "udp-truncated" | "tcp-truncated" | "icmp-truncated" => Forward,
         _ => Drop("malformed"),
-    }
-}
-
-fn reason_name(reason: &str) -> &'static str {
-    match reason {
-        "malformed" => "malformed",
-        "ttl-exceeded" => "ttl-exceeded",
-        _ => "another reason",
     }
 }
 
