@@ -435,3 +435,19 @@ pub fn wg(genkey: bool) -> Result<ExitCode> {
     println!("{line}");
     Ok(ExitCode::SUCCESS)
 }
+
+/// `netfn failpoints` (hidden): one line per failpoint, `NAME<TAB>what has happened when it
+/// fires`; says so on stderr when this build ignores NETFN_FAILPOINT (a release build).
+pub fn failpoints() -> Result<ExitCode> {
+    use netfn_core::failpoint;
+    if !failpoint::ENABLED {
+        eprintln!(
+            "netfn: this build ignores {}: build it in debug or with --features failpoints",
+            failpoint::ENV
+        );
+    }
+    for p in failpoint::POINTS {
+        println!("{}\t{}", p.name, p.after);
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -169,6 +169,9 @@ enum Command {
         #[arg(long)]
         function: String,
     },
+    /// List the failpoints of up, apply and down (for tests: NETFN_FAILPOINT=NAME[:crash]).
+    #[command(hide = true)]
+    Failpoints,
     /// Run the host agent in the foreground: /metrics, chain probes, runtime tasks.
     #[command(after_help = "Examples:
   sudo netfn agent
@@ -246,6 +249,7 @@ fn main() -> ExitCode {
                 .map_err(|e| anyhow::anyhow!("WireGuard endpoint {chain}/{function}: {e}"))
         }
         Command::Features { json } => commands::features(json),
+        Command::Failpoints => commands::failpoints(),
     };
     report(result)
 }

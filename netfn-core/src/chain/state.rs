@@ -33,6 +33,9 @@ pub enum StateError {
         path: PathBuf,
         source: serde_json::Error,
     },
+    /// A test's failpoint ([`crate::failpoint`]).
+    #[error(transparent)]
+    Injected(#[from] crate::failpoint::Injected),
     #[error(
         "state file {path} was written by a newer netfn (version {found}); use that version to manage this chain"
     )]
@@ -165,6 +168,13 @@ pub fn save(state: &mut ChainState) -> Result<(), StateError> {
     let mut f = File::create(&tmp).map_err(io_err("write", &tmp))?;
     f.write_all(&json).map_err(io_err("write", &tmp))?;
     fs::rename(&tmp, &path).map_err(io_err("rename", &path))
+}
+
+/// Writes a chain's record like [`save`], unless a test armed failpoint `point` (then nothing is
+/// written, as when the disk refuses).
+pub fn save_at(state: &mut ChainState, point: &'static str) -> Result<(), StateError> {
+    crate::failpoint::hit(point)?;
+    save(state)
 }
 
 /// Removes a chain's record.
