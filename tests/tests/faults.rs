@@ -288,10 +288,32 @@ fn failure_at_every_step(mode: &str, tag: &str) {
         }
         injected += 1;
     }
+    // A crash at each step: whatever it left, `down` removes (from the record, or with no record
+    // at all when the crash came before it was written).
+    for (verb, point) in &points {
+        let what = format!("{mode}: crash at {point}");
+        let crash = format!("{point}:crash");
+        let args: Vec<&str> = match verb.as_str() {
+            "up" => vec!["up", &v1],
+            "apply" => vec!["apply", &v2],
+            _ => vec!["down", &chain],
+        };
+        if verb != "up" {
+            up(&v1);
+        }
+        let (ok, stderr) = netfn_at(&crash, &args);
+        assert!(
+            !ok && stderr.contains(&format!("failpoint `{point}`: crashing here")),
+            "{what}: netfn did not crash there:\n{stderr}"
+        );
+        netfn_ok(&["down", &chain]);
+        assert_nothing_left(&chain, &what);
+        injected += 1;
+    }
     // The chain still comes up whole after all that, and the file unchanged.
     up(&v1);
     assert_chain_is(&chain, &with(&V1), &format!("{mode}: after the failures"));
     netfn_ok(&["down", &chain]);
     assert_nothing_left(&chain, mode);
-    assert_eq!(injected, points.len());
+    assert_eq!(injected, 2 * points.len());
 }
