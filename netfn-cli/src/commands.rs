@@ -242,7 +242,7 @@ pub fn apply(file: &Path, only: Option<&str>, dry_run: bool) -> Result<ExitCode>
     Ok(ExitCode::SUCCESS)
 }
 
-pub fn down(target: Option<&str>, all: bool) -> Result<ExitCode> {
+pub fn down(target: Option<&str>, all: bool, force: bool) -> Result<ExitCode> {
     require_root("down")?;
     let chains: Vec<String> = match target {
         _ if all => state::list()?,
@@ -264,6 +264,22 @@ pub fn down(target: Option<&str>, all: bool) -> Result<ExitCode> {
     let progress = |line: &str| eprintln!("netfn: {line}");
     let mut failed = 0;
     for chain in &chains {
+        if force {
+            match lifecycle::force_down(chain, &progress) {
+                Ok(done) if done.removed.is_empty() => {
+                    println!("chain {chain}: nothing named for it; nothing to do")
+                }
+                Ok(done) => println!(
+                    "chain {chain}: forced down, removed without its record:\n  {}",
+                    done.removed.join("\n  ")
+                ),
+                Err(e) => {
+                    failed += 1;
+                    eprintln!("netfn: error: {e}");
+                }
+            }
+            continue;
+        }
         match lifecycle::down(chain, &rt, &progress) {
             Ok(DownOutcome::Removed {
                 namespaces,

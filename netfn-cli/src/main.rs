@@ -83,13 +83,18 @@ enum Command {
     #[command(after_help = "Examples:
   sudo netfn down minimal
   sudo netfn down examples/minimal.toml
-  sudo netfn down --all")]
+  sudo netfn down --all
+  sudo netfn down --force minimal   # its record is damaged")]
     Down {
         /// A chain name or a chain file.
         target: Option<String>,
         /// Every chain netfn knows about.
         #[arg(long, conflicts_with = "target")]
         all: bool,
+        /// Without the record (damaged or lost): remove what netfn names after the chain, its
+        /// namespaces nf-CHAIN-*, pins /sys/fs/bpf/netfn/CHAIN, processes and files.
+        #[arg(long, conflicts_with = "all", requires = "target")]
+        force: bool,
     },
     /// Show chains, their functions, namespaces, interfaces and counters.
     #[command(after_help = "Examples:
@@ -225,7 +230,7 @@ fn main() -> ExitCode {
             chain,
             dry_run,
         } => commands::apply(&file, chain.as_deref(), dry_run),
-        Command::Down { target, all } => commands::down(target.as_deref(), all),
+        Command::Down { target, all, force } => commands::down(target.as_deref(), all, force),
         Command::Status { chain, json } => commands::status(chain.as_deref(), json),
         Command::Exec {
             chain,

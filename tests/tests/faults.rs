@@ -9,6 +9,7 @@
 
 use std::collections::BTreeSet;
 use std::net::SocketAddrV4;
+use std::path::Path;
 use std::time::Duration;
 
 use netfn_core::chain::state::Phase;
@@ -316,4 +317,74 @@ fn failure_at_every_step(mode: &str, tag: &str) {
     netfn_ok(&["down", &chain]);
     assert_nothing_left(&chain, mode);
     assert_eq!(injected, 2 * points.len());
+}
+
+/// A chain's record, damaged three ways (cut short, overwritten with bytes that are not JSON,
+/// replaced by another chain's record): every verb says what is wrong, where, and that
+/// `netfn down --force CHAIN` removes the chain; that removes everything netfn made for it, by
+/// its names, and nothing of a chain whose name extends it (`CHAIN-s`).
+#[test]
+fn damaged_record_is_reported_and_down_force_removes_the_chain() {
+    let _turn = shared();
+    for damage in ["truncated", "garbage", "other chain"] {
+        let chain = unique_chain("d");
+        let sibling = format!("{chain}-s");
+        let _down = (Down(&chain), Down(&sibling));
+        let dir = TempDir::new(&chain);
+        let file = dir.write("c.toml", &chain_file(&chain, "tc", &V1));
+        let sibling_file = dir.write("s.toml", &chain_file(&sibling, "kernel", &["a"]));
+        netfn_ok(&["up", &file.to_string_lossy()]);
+        netfn_ok(&["up", &sibling_file.to_string_lossy()]);
+        let record = format!("/run/netfn/chains/{chain}.json");
+        let text = std::fs::read(&record).expect("read the record");
+        let damaged = match damage {
+            "truncated" => text[..text.len() / 2].to_vec(),
+            "garbage" => vec![0x00, 0xff, 0x7b, 0x13, 0x37],
+            _ => std::fs::read(format!("/run/netfn/chains/{sibling}.json")).expect("read"),
+        };
+        std::fs::write(&record, damaged).expect("damage the record");
+        for args in [
+            vec!["down", chain.as_str()],
+            vec!["status", chain.as_str()],
+            vec!["up", &file.to_string_lossy()],
+            vec!["apply", &file.to_string_lossy()],
+        ] {
+            let out = netfn_tests::netfn(&args);
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(!out.status.success(), "{damage}: {args:?} succeeded");
+            assert!(
+                stderr.contains(&format!("the record of chain `{chain}` ({record}) is damaged"))
+                    && stderr.contains(&format!("`netfn down --force {chain}`")),
+                "{damage}: {args:?} said:\n{stderr}"
+            );
+        }
+        assert!(
+            !namespaces(&chain).is_empty(),
+            "{damage}: something removed the chain"
+        );
+        let out = netfn_ok(&["down", "--force", &chain]);
+        assert!(out.contains(&format!("namespace nf-{chain}-fw")), "{out}");
+        let sibling_prefix = format!("nf-{sibling}-");
+        let left: Vec<String> = leftovers(&chain)
+            .into_iter()
+            .filter(|l| !l.contains(&sibling_prefix))
+            .collect();
+        assert_eq!(left, Vec::<String>::new(), "{damage}: down --force left");
+        // The chain whose name extends this one is untouched, and still whole.
+        let kept = netfn_core::chain::state::load(&sibling)
+            .expect("sibling record")
+            .expect("sibling recorded");
+        for hop in &kept.plan.hops {
+            assert!(
+                Path::new(&format!("/run/netns/{}", hop.netns.name)).exists(),
+                "{damage}: down --force {chain} removed {}",
+                hop.netns.name
+            );
+        }
+        netfn_ok(&["down", &sibling]);
+        assert_nothing_left(&sibling, damage);
+        assert_nothing_left(&chain, damage);
+        // Nothing to remove: says so, succeeds.
+        assert!(netfn_ok(&["down", "--force", &chain]).contains("nothing to do"));
+    }
 }

@@ -7,7 +7,7 @@ use crate::chain::state::{self, ChainLock, ChainState, Phase, StateError};
 use crate::kernel::netlink::Netlink;
 use crate::kernel::netns::{self, NetnsError};
 use crate::kernel::objects::{self, ObjectError};
-use crate::plan::{self, ChainPlan};
+use crate::plan::{self, ChainPlan, names};
 use crate::spec::{ChainSpec, FastPath};
 
 #[derive(Debug, thiserror::Error)]
@@ -365,6 +365,86 @@ pub fn down(
         namespaces,
         elapsed: started.elapsed(),
     })
+}
+
+/// What `down --force` removed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ForcedDown {
+    /// Every object and file removed, for people.
+    pub removed: Vec<String>,
+}
+
+/// Takes one chain down without its record (for a record that is damaged or lost): removes what
+/// netfn names after the chain, namespaces `nf-CHAIN-*` (not those of another known chain whose
+/// name extends this one, `nf-CHAIN-x-*`), the pins under `/sys/fs/bpf/netfn/CHAIN`, the
+/// processes and files `CHAIN.*` under `/run/netfn/chains`. The interface netfn added to an
+/// operator's endpoint namespace goes with its veth peer, in a function's namespace.
+pub fn force_down(chain: &str, progress: &dyn Progress) -> Result<ForcedDown, LifecycleError> {
+    let lock = lock(chain, progress)?;
+    let mut done = ForcedDown::default();
+    let mut errors = Vec::new();
+    let dir = names::chain_state_dir();
+    let files: Vec<String> = std::fs::read_dir(&dir)
+        .into_iter()
+        .flatten()
+        .filter_map(|e| Some(e.ok()?.file_name().into_string().ok()?))
+        .collect();
+    // The kinds' processes first (they hold devices in the namespaces): `CHAIN.FUNCTION.pid`.
+    for function in files
+        .iter()
+        .filter_map(|f| f.strip_prefix(&format!("{chain}."))?.strip_suffix(".pid"))
+    {
+        super::processes::stop(chain, function);
+        done.removed.push(format!("process of function {function}"));
+    }
+    let others: Vec<String> = state::list()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|o| o != chain && o.starts_with(&format!("{chain}-")))
+        .map(|o| names::netns_name(&o, ""))
+        .collect();
+    let ours = names::netns_name(chain, "");
+    let mut namespaces: Vec<String> = std::fs::read_dir(names::NETNS_RUN_DIR)
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.starts_with(&ours) && !others.iter().any(|o| n.starts_with(o)))
+        .collect();
+    namespaces.sort();
+    for name in namespaces {
+        match netns::delete(&name) {
+            Ok(_) => done.removed.push(format!("namespace {name}")),
+            Err(e) => errors.push(e.to_string()),
+        }
+    }
+    let pins = names::chain_bpf_dir(chain);
+    if pins.exists() {
+        match crate::ebpf::remove_pins(&pins) {
+            Ok(()) => done.removed.push(format!("pins {}", pins.display())),
+            Err(e) => errors.push(e.to_string()),
+        }
+    }
+    // The record (damaged or not), its temporary file, the processes' files; the lock last.
+    let lock_file = format!("{chain}.lock");
+    for f in files
+        .iter()
+        .filter(|f| f.starts_with(&format!("{chain}.")) && **f != lock_file)
+    {
+        let path = dir.join(f);
+        match std::fs::remove_file(&path) {
+            Ok(()) => done.removed.push(format!("file {}", path.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => errors.push(format!("cannot remove {}: {e}", path.display())),
+        }
+    }
+    if !errors.is_empty() {
+        return Err(LifecycleError::Down {
+            chain: chain.to_string(),
+            errors,
+        });
+    }
+    lock.remove_file();
+    Ok(done)
 }
 
 fn teardown(mut record: ChainState, rt: &tokio::runtime::Runtime) -> Result<(), LifecycleError> {
