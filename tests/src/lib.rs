@@ -16,6 +16,7 @@ use nix::sched::{CloneFlags, setns};
 pub mod agent;
 pub mod loss;
 pub mod traffic;
+pub mod whole;
 
 /// The `netfn` binary under test: $NETFN_BIN, or the workspace's debug build.
 pub fn netfn_bin() -> PathBuf {

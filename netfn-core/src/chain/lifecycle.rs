@@ -387,7 +387,7 @@ pub fn force_down(chain: &str, progress: &dyn Progress) -> Result<ForcedDown, Li
     let files: Vec<String> = std::fs::read_dir(&dir)
         .into_iter()
         .flatten()
-        .filter_map(|e| Some(e.ok()?.file_name().into_string().ok()?))
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
         .collect();
     // The kinds' processes first (they hold devices in the namespaces): `CHAIN.FUNCTION.pid`.
     for function in files

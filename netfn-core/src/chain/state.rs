@@ -156,10 +156,11 @@ pub fn load(chain: &str) -> Result<Option<ChainState>, StateError> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(io_err("read", &path)(e)),
     };
-    let state: ChainState = serde_json::from_slice(&text).map_err(|source| StateError::Corrupt {
-        path: path.clone(),
-        source,
-    })?;
+    let state: ChainState =
+        serde_json::from_slice(&text).map_err(|source| StateError::Corrupt {
+            path: path.clone(),
+            source,
+        })?;
     if state.version > STATE_VERSION {
         return Err(StateError::Version {
             path,

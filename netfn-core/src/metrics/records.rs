@@ -140,10 +140,11 @@ fn read_cached(
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(io_err("read", e)),
     };
-    let record: ChainState = serde_json::from_slice(&text).map_err(|source| StateError::Corrupt {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    let record: ChainState =
+        serde_json::from_slice(&text).map_err(|source| StateError::Corrupt {
+            path: path.to_path_buf(),
+            source,
+        })?;
     if record.version > STATE_VERSION {
         return Err(StateError::Version {
             path: path.to_path_buf(),
