@@ -303,7 +303,10 @@ pub fn down(target: Option<&str>, all: bool, force: bool) -> Result<ExitCode> {
 }
 
 pub fn status(chain: Option<&str>, json: bool) -> Result<ExitCode> {
-    let records = status::records(chain)?;
+    let (records, damaged) = status::records(chain)?;
+    for e in &damaged {
+        eprintln!("netfn: error: {e}");
+    }
     if let Some(c) = chain
         && records.is_empty()
     {
@@ -342,7 +345,11 @@ pub fn status(chain: Option<&str>, json: bool) -> Result<ExitCode> {
             println!("{}", output::chain_table(s));
         }
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(if damaged.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 pub fn exec(chain: &str, function: &str, command: &[String]) -> Result<ExitCode> {

@@ -194,6 +194,18 @@ fn damaged_record_is_reported_and_down_force_removes_the_chain() {
                 "{damage}: {args:?} said:\n{stderr}"
             );
         }
+        // `netfn status` of every chain reports the damage and still shows the others.
+        let out = netfn_tests::netfn(&["status", "--json"]);
+        let (stdout, stderr) = (
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+        );
+        assert!(
+            !out.status.success()
+                && stderr.contains(&format!("the record of chain `{chain}`"))
+                && stdout.contains(&format!("\"{sibling}\"")),
+            "{damage}: netfn status said:\n{stdout}\n{stderr}"
+        );
         assert!(
             !namespaces(&chain).is_empty(),
             "{damage}: something removed the chain"
