@@ -154,6 +154,15 @@ fn failure_at_every_step(mode: &str, tag: &str) {
     assert_eq!(injected, 2 * points.len());
 }
 
+/// Takes a chain with a damaged record down (`down --force`), also when a test fails.
+struct ForceDown<'a>(&'a str);
+
+impl Drop for ForceDown<'_> {
+    fn drop(&mut self) {
+        let _ = netfn_tests::netfn(&["down", "--force", self.0]);
+    }
+}
+
 /// A chain's record, damaged three ways (cut short, overwritten with bytes that are not JSON,
 /// replaced by another chain's record): every verb says what is wrong, where, and that
 /// `netfn down --force CHAIN` removes the chain; that removes everything netfn made for it, by
@@ -164,7 +173,7 @@ fn damaged_record_is_reported_and_down_force_removes_the_chain() {
     for damage in ["truncated", "garbage", "other chain"] {
         let chain = unique_chain("d");
         let sibling = format!("{chain}-s");
-        let _down = (Down(&chain), Down(&sibling));
+        let _down = (ForceDown(&chain), Down(&sibling));
         let dir = TempDir::new(&chain);
         let file = dir.write("c.toml", &chain_file(&chain, "tc", &V1));
         let sibling_file = dir.write("s.toml", &chain_file(&sibling, "kernel", &["a"]));
