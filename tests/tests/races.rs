@@ -94,6 +94,10 @@ fn racing_commands_on_one_chain_are_serialized_and_leave_it_whole() {
         assert_whole(&chain, &what);
         netfn_ok(&["down", &chain]);
         assert_nothing_left(&chain, &what);
+        // An apply that finds no chain leaves nothing either (not even its lock file).
+        let refused = netfn_tests::netfn(&["apply", &v1]);
+        assert!(!refused.status.success());
+        assert_nothing_left(&chain, &format!("{what}, then apply of no chain"));
     }
     assert!(
         waited >= 3,

@@ -75,14 +75,19 @@ pub fn apply(
 ) -> Result<ApplyOutcome, ApplyError> {
     let started = Instant::now();
     let chain = spec.name.clone();
-    let _lock = ChainLock::acquire(&chain, || {
+    let lock = ChainLock::acquire(&chain, || {
         progress.note(&format!(
             "another netfn command is working on chain `{chain}`; waiting for it to finish"
         ))
     })?;
     let mut record = match state::load(&chain)? {
         Some(r) if r.phase == Phase::Up => r,
-        _ => return Err(ApplyError::NotUp(chain)),
+        Some(_) => return Err(ApplyError::NotUp(chain)),
+        None => {
+            // No chain: no lock file left behind either.
+            lock.remove_file();
+            return Err(ApplyError::NotUp(chain));
+        }
     };
     tracing::debug!(chain = %chain, "apply: record read in {:.1?}", started.elapsed());
     if !dry_run {
