@@ -245,7 +245,7 @@ pub fn apply(file: &Path, only: Option<&str>, dry_run: bool) -> Result<ExitCode>
     Ok(ExitCode::SUCCESS)
 }
 
-pub fn down(target: Option<&str>, all: bool) -> Result<ExitCode> {
+pub fn down(target: Option<&str>, all: bool, force: bool) -> Result<ExitCode> {
     require_root("down")?;
     let chains: Vec<String> = match target {
         _ if all => state::list()?,
@@ -267,6 +267,22 @@ pub fn down(target: Option<&str>, all: bool) -> Result<ExitCode> {
     let progress = |line: &str| eprintln!("netfn: {line}");
     let mut failed = 0;
     for chain in &chains {
+        if force {
+            match lifecycle::force_down(chain, &progress) {
+                Ok(done) if done.removed.is_empty() => {
+                    println!("chain {chain}: nothing named for it; nothing to do")
+                }
+                Ok(done) => println!(
+                    "chain {chain}: forced down, removed without its record:\n  {}",
+                    done.removed.join("\n  ")
+                ),
+                Err(e) => {
+                    failed += 1;
+                    eprintln!("netfn: error: {e}");
+                }
+            }
+            continue;
+        }
         match lifecycle::down(chain, &rt, &progress) {
             Ok(DownOutcome::Removed {
                 namespaces,
@@ -290,7 +306,10 @@ pub fn down(target: Option<&str>, all: bool) -> Result<ExitCode> {
 }
 
 pub fn status(chain: Option<&str>, json: bool) -> Result<ExitCode> {
-    let records = status::records(chain)?;
+    let (records, damaged) = status::records(chain)?;
+    for e in &damaged {
+        eprintln!("netfn: error: {e}");
+    }
     if let Some(c) = chain
         && records.is_empty()
     {
@@ -329,7 +348,11 @@ pub fn status(chain: Option<&str>, json: bool) -> Result<ExitCode> {
             println!("{}", output::chain_table(s));
         }
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(if damaged.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 pub fn exec(chain: &str, function: &str, command: &[String]) -> Result<ExitCode> {
@@ -436,5 +459,21 @@ pub fn wg(genkey: bool) -> Result<ExitCode> {
         })?
     };
     println!("{line}");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `netfn failpoints` (hidden): one line per failpoint, `NAME<TAB>what has happened when it
+/// fires`; says so on stderr when this build ignores NETFN_FAILPOINT (a release build).
+pub fn failpoints() -> Result<ExitCode> {
+    use netfn_core::failpoint;
+    if !failpoint::ENABLED {
+        eprintln!(
+            "netfn: this build ignores {}: build it in debug or with --features failpoints",
+            failpoint::ENV
+        );
+    }
+    for p in failpoint::POINTS {
+        println!("{}\t{}", p.name, p.after);
+    }
     Ok(ExitCode::SUCCESS)
 }

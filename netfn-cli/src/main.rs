@@ -83,13 +83,18 @@ enum Command {
     #[command(after_help = "Examples:
   sudo netfn down minimal
   sudo netfn down examples/minimal.toml
-  sudo netfn down --all")]
+  sudo netfn down --all
+  sudo netfn down --force minimal   # its record is damaged")]
     Down {
         /// A chain name or a chain file.
         target: Option<String>,
         /// Every chain netfn knows about.
         #[arg(long, conflicts_with = "target")]
         all: bool,
+        /// Without the record (damaged or lost): remove what netfn names after the chain, its
+        /// namespaces nf-CHAIN-*, pins /sys/fs/bpf/netfn/CHAIN, processes and files.
+        #[arg(long, conflicts_with = "all", requires = "target")]
+        force: bool,
     },
     /// Show chains, their functions, namespaces, interfaces and counters.
     #[command(after_help = "Examples:
@@ -169,6 +174,9 @@ enum Command {
         #[arg(long)]
         function: String,
     },
+    /// List the failpoints of up, apply and down (for tests: NETFN_FAILPOINT=NAME[:crash]).
+    #[command(hide = true)]
+    Failpoints,
     /// Run the host agent in the foreground: /metrics, chain probes, runtime tasks.
     #[command(after_help = "Examples:
   sudo netfn agent
@@ -222,7 +230,7 @@ fn main() -> ExitCode {
             chain,
             dry_run,
         } => commands::apply(&file, chain.as_deref(), dry_run),
-        Command::Down { target, all } => commands::down(target.as_deref(), all),
+        Command::Down { target, all, force } => commands::down(target.as_deref(), all, force),
         Command::Status { chain, json } => commands::status(chain.as_deref(), json),
         Command::Exec {
             chain,
@@ -246,6 +254,7 @@ fn main() -> ExitCode {
                 .map_err(|e| anyhow::anyhow!("WireGuard endpoint {chain}/{function}: {e}"))
         }
         Command::Features { json } => commands::features(json),
+        Command::Failpoints => commands::failpoints(),
     };
     report(result)
 }

@@ -13,10 +13,13 @@
 //!   record of what netfn created (`chain::state`) and the lock that serialises them.
 //! - [`agent`] and [`metrics`]: the host agent, which only observes what the verbs made.
 //! - [`function`]: the seam to the function kinds; core names no kind.
+//! - [`failpoint`]: the named steps of `up`, `apply` and `down` a test can make fail (debug
+//!   builds and the `failpoints` feature only).
 
 pub mod agent;
 pub mod chain;
 pub mod ebpf;
+pub mod failpoint;
 pub mod function;
 pub mod kernel;
 pub mod metrics;

@@ -18,6 +18,7 @@ pub mod frames;
 pub mod loss;
 pub mod test_run;
 pub mod traffic;
+pub mod whole;
 
 /// The `netfn` binary under test: $NETFN_BIN, or the workspace's debug build.
 pub fn netfn_bin() -> PathBuf {

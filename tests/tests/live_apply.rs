@@ -437,6 +437,11 @@ fn tc_down_finishes_after_apply_was_killed_mid_way() {
     down_finishes_after_apply_was_killed_mid_way("tc", "lj");
 }
 
+#[test]
+fn xdp_down_finishes_after_apply_was_killed_mid_way() {
+    down_finishes_after_apply_was_killed_mid_way("xdp", "lq");
+}
+
 fn down_finishes_after_apply_was_killed_mid_way(mode: &str, tag: &str) {
     let _turn = shared();
     let mut mid_way = 0;

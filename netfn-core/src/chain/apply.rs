@@ -13,6 +13,7 @@ use crate::chain::kinds;
 use crate::chain::lifecycle::{LifecycleError, Progress, UpOptions};
 use crate::chain::state::{self, ChainLock, Phase};
 use crate::ebpf;
+use crate::failpoint;
 use crate::function::{FunctionConfig, Registry};
 use crate::kernel::netlink::Netlink;
 use crate::kernel::netns::{self, NetnsError};
@@ -31,6 +32,10 @@ pub enum ApplyError {
     Replan(#[from] ReplanError),
     #[error("chain `{0}` is not up; bring it up with `netfn up`")]
     NotUp(String),
+    #[error(
+        "chain `{chain}`: an earlier apply left old links or namespaces it could not remove, and they still cannot be:\n  {}\nfix the cause and run `netfn apply` again; `netfn down {chain}` removes them with the chain", .errors.join("\n  ")
+    )]
+    Leftovers { chain: String, errors: Vec<String> },
     #[error("applying to chain `{chain}` failed: {cause}; the old chain was restored{}", if .rollback.is_empty() { String::new() } else { format!(" except:\n  {}", .rollback.join("\n  ")) })]
     Failed {
         chain: String,
@@ -70,16 +75,24 @@ pub fn apply(
 ) -> Result<ApplyOutcome, ApplyError> {
     let started = Instant::now();
     let chain = spec.name.clone();
-    let _lock = ChainLock::acquire(&chain, || {
+    let lock = ChainLock::acquire(&chain, || {
         progress.note(&format!(
             "another netfn command is working on chain `{chain}`; waiting for it to finish"
         ))
     })?;
     let mut record = match state::load(&chain)? {
         Some(r) if r.phase == Phase::Up => r,
-        _ => return Err(ApplyError::NotUp(chain)),
+        Some(_) => return Err(ApplyError::NotUp(chain)),
+        None => {
+            // No chain: no lock file left behind either.
+            lock.remove_file();
+            return Err(ApplyError::NotUp(chain));
+        }
     };
     tracing::debug!(chain = %chain, "apply: record read in {:.1?}", started.elapsed());
+    if !dry_run {
+        finish_removal(&mut record, rt, options)?;
+    }
     let next = replan::replan(&record.plan, spec)?;
     if next.changes.is_empty() {
         return Ok(ApplyOutcome::Unchanged);
@@ -108,7 +121,7 @@ pub fn apply(
     record.previous = Some(old.without_settings());
     record.plan = next.plan.clone();
     record.phase = Phase::Applying;
-    state::save(&mut record)?;
+    state::save_at(&mut record, "apply-record")?;
 
     let mut foreign = Vec::new();
     let change = Transition {
@@ -118,12 +131,30 @@ pub fn apply(
         spec,
         settings: &settings,
     };
-    match switch(&change, rt, options, &mut foreign) {
-        Ok(()) => {
-            record.previous = None;
-            record.phase = Phase::Up;
-            record.source = source.to_path_buf();
-            state::save(&mut record)?;
+    // The record turns `up` with the new plan once the path is switched (the commit point: a
+    // failure before it, also to write it, restores the old chain); it keeps the old plan until
+    // the old path is removed, so that `down` always covers both.
+    let switched = switch(&change, rt, options, &mut foreign).and_then(|opened| {
+        record.phase = Phase::Up;
+        record.source = source.to_path_buf();
+        state::save_at(&mut record, "apply-record-up")
+            .map(|()| opened)
+            .map_err(|e| ObjectError::Record(Box::new(e)))
+    });
+    match switched {
+        Ok(opened) => {
+            // What could not be removed stays covered by the old plan in the record, for the
+            // next apply or `down` to remove.
+            if remove_old_path(&change, &opened, rt).is_empty() {
+                record.previous = None;
+                if let Err(e) = state::save(&mut record) {
+                    tracing::warn!(
+                        chain = %chain,
+                        "apply: the change is made, but its record still lists the old plan \
+                         ({e}); the next `netfn apply` or `netfn down` clears it"
+                    );
+                }
+            }
             Ok(ApplyOutcome::Applied {
                 changes: next.changes,
                 elapsed: started.elapsed(),
@@ -148,6 +179,38 @@ pub fn apply(
             })
         }
     }
+}
+
+/// Removes what an earlier apply switched away from but could not remove (the record kept its
+/// old plan as `previous`), before anything else changes.
+fn finish_removal(
+    record: &mut state::ChainState,
+    rt: &tokio::runtime::Runtime,
+    options: &UpOptions,
+) -> Result<(), ApplyError> {
+    let Some(old) = record.previous.clone() else {
+        return Ok(());
+    };
+    let new = &record.plan;
+    let delta = Delta::between(&old, new);
+    let (opened, result) = open(new, &delta.touched, false, rt, options);
+    let mut errors: Vec<String> = result.err().map(|e| e.to_string()).into_iter().collect();
+    errors.extend(remove_old(&old, new, &delta, &opened, rt));
+    let kept = names_of(new);
+    for hop in old.hops.iter().filter(|h| !kept.contains(h.name.as_str())) {
+        if let Err(e) = kinds::stop(&old, &hop.name) {
+            errors.push(e.to_string());
+        }
+    }
+    if !errors.is_empty() {
+        return Err(ApplyError::Leftovers {
+            chain: old.chain,
+            errors,
+        });
+    }
+    record.previous = None;
+    state::save(record)?;
+    Ok(())
 }
 
 fn names_of(plan: &ChainPlan) -> BTreeSet<&str> {
@@ -291,16 +354,17 @@ fn settings_changes(
     Ok(out)
 }
 
-/// old → new: make what is new, switch the path, remove what is gone.
+/// old → new: make what is new and switch the path onto it. Returns the hops it opened.
 fn switch(
     change: &Transition,
     rt: &tokio::runtime::Runtime,
     options: &UpOptions,
     foreign: &mut Vec<String>,
-) -> Result<(), ObjectError> {
+) -> Result<Opened, ObjectError> {
     let (old, new, delta) = (change.old, change.new, change.delta);
     let mut steps = Steps::new(&new.chain);
     let opened = create_new(new, delta, rt, options, foreign)?;
+    failpoint::hit("apply-create")?;
     steps.done("new namespaces and links");
     let bpf_dir = names::chain_bpf_dir(&new.chain);
     let added = ifindexes(&delta.added);
@@ -319,32 +383,56 @@ fn switch(
             .collect();
         ebpf::extend_fastpath(new, &bpf_dir, &added, &new_slots)?;
     }
+    failpoint::hit("apply-prepare")?;
     steps.done("the new path prepared");
     start_kinds(change)?;
+    failpoint::hit("apply-kinds")?;
     steps.done("functions' stages and rules");
     switch_routes(new, delta, &opened, rt)?;
+    failpoint::hit("apply-routes")?;
     if new.fastpath != FastPath::Kernel {
         let changed = ebpf::switch_fastpath(new, &bpf_dir)?;
         tracing::debug!(chain = %new.chain, "apply: {changed} forwarder entries switched");
     }
+    failpoint::hit("apply-switch")?;
     steps.done("switch");
+    Ok(opened)
+}
+
+/// After the switch: the old path drains, then its links, the namespaces of removed functions
+/// and what the kinds kept for them go. Returns what could not be removed.
+fn remove_old_path(
+    change: &Transition,
+    opened: &Opened,
+    rt: &tokio::runtime::Runtime,
+) -> Vec<String> {
+    let (old, new, delta) = (change.old, change.new, change.delta);
+    let mut steps = Steps::new(&new.chain);
 
     // Now nothing is steered onto the old links or the removed functions. Packets already on
     // their way there (in a veth's queue) get a moment to leave; then the old links go.
     std::thread::sleep(DRAIN);
-    let mut errors = remove_old(old, new, delta, &opened, rt);
+    let mut errors = match failpoint::hit("apply-remove") {
+        Ok(()) => remove_old(old, new, delta, opened, rt),
+        Err(injected) => vec![injected.to_string()],
+    };
     if new.fastpath == FastPath::Kernel {
         // Nothing is on the old path any more: the main table, switched too, routes as the
         // per-interface tables do. Back to the steady state, which costs nothing per packet.
         let hops: Vec<usize> = delta.fresh.union(&delta.touched).copied().collect();
-        errors.extend(rt.block_on(objects::unsteer(new, &ends_of(new, &hops), &opened)));
+        errors.extend(rt.block_on(objects::unsteer(new, &ends_of(new, &hops), opened)));
     }
     errors.extend(settle_kinds(change));
     steps.done("drain and removal of the old links");
-    if let Some(first) = errors.into_iter().next() {
-        tracing::warn!(chain = %new.chain, "apply: cleanup of the old links left: {first}");
+    if let Some(first) = errors.first() {
+        tracing::warn!(
+            chain = %new.chain,
+            "apply: the change is made, but removing the old links left {} problem(s), first: \
+             {first}; the next `netfn apply` or `netfn down` removes what is left",
+            errors.len()
+        );
     }
-    Ok(())
+    errors
 }
 
 /// What the kinds add, before the switch: new functions start (their stages in place before the

@@ -7,7 +7,7 @@ use crate::chain::state::{self, ChainLock, ChainState, Phase, StateError};
 use crate::kernel::netlink::Netlink;
 use crate::kernel::netns::{self, NetnsError};
 use crate::kernel::objects::{self, ObjectError};
-use crate::plan::{self, ChainPlan};
+use crate::plan::{self, ChainPlan, names};
 use crate::spec::{ChainSpec, FastPath};
 
 #[derive(Debug, thiserror::Error)]
@@ -178,21 +178,23 @@ fn up_locked(
     check_kernel(&plan)?;
     netns::ensure_run_dir()?;
     let mut record = ChainState::new(source, plan);
-    state::save(&mut record)?;
+    state::save_at(&mut record, "up-record")?;
 
-    match build(&record.plan, spec, rt, options) {
-        Ok(()) => {
-            record.phase = Phase::Up;
-            record.interface_counters = record.plan.fastpath == FastPath::Kernel;
-            state::save(&mut record)?;
-            Ok(UpOutcome::Created {
-                functions: record.plan.function_count(),
-                elapsed: started.elapsed(),
-            })
-        }
+    let built = build(&record.plan, spec, rt, options).and_then(|()| {
+        record.phase = Phase::Up;
+        record.interface_counters = record.plan.fastpath == FastPath::Kernel;
+        state::save_at(&mut record, "up-record-up")
+            .map_err(|e| (ObjectError::Record(Box::new(e)), Vec::new()))
+    });
+    match built {
+        Ok(()) => Ok(UpOutcome::Created {
+            functions: record.plan.function_count(),
+            elapsed: started.elapsed(),
+        }),
         Err((cause, foreign)) => {
+            record.phase = Phase::Applying;
             record.foreign = foreign;
-            let rollback = objects::remove(&record.plan, rt.handle(), &record.foreign);
+            let rollback = roll_back(&record, rt);
             if rollback.is_empty() {
                 state::remove(&chain)?;
             } else {
@@ -206,6 +208,15 @@ fn up_locked(
             })
         }
     }
+}
+
+/// Removes what a failed `up` made: the kinds' processes (they hold devices in the namespaces),
+/// then the objects. Returns what could not be removed.
+fn roll_back(record: &ChainState, rt: &tokio::runtime::Runtime) -> Vec<String> {
+    for hop in record.plan.hops.iter().skip(1) {
+        super::processes::stop(&record.plan.chain, &hop.name);
+    }
+    objects::remove(&record.plan, rt.handle(), &record.foreign)
 }
 
 /// The fast path's options for a small `up`: see [`fastpath_options_for`].
@@ -291,6 +302,8 @@ fn build(
     let foreign = opened.foreign.clone();
     let with_foreign = |e| (e, foreign.clone());
     created.map_err(with_foreign)?;
+    let hit = |point| crate::failpoint::hit(point).map_err(|e| with_foreign(e.into()));
+    hit("up-namespaces")?;
     let root = Netlink::here(rt.handle()).map_err(|source| {
         with_foreign(ObjectError::Netlink {
             hop: "netfn's own namespace".into(),
@@ -299,9 +312,11 @@ fn build(
     })?;
     rt.block_on(async {
         objects::create_links(plan, &opened, &root).await?;
+        crate::failpoint::hit("up-links")?;
         objects::configure_hops(plan, &opened).await
     })
     .map_err(with_foreign)?;
+    hit("up-addresses")?;
     // Kernel mode: a counter on every interface. In tc/xdp mode the forwarder itself counts what
     // each function receives (forwarded, to its stack, dropped): a second program per hop, or
     // one at the sink, would cost the fast path a tenth of its packet rate.
@@ -324,8 +339,10 @@ fn build(
         )
         .map_err(|e| with_foreign(e.into()))?;
     }
+    hit("up-ebpf")?;
     // What the kinds add: stages (tc/xdp) or kernel forms (kernel mode).
     super::kinds::start(plan, spec, &|_| true, true).map_err(with_foreign)?;
+    hit("up-kinds")?;
     Ok(())
 }
 
@@ -350,27 +367,112 @@ pub fn down(
     })
 }
 
+/// What `down --force` removed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ForcedDown {
+    /// Every object and file removed, for people.
+    pub removed: Vec<String>,
+}
+
+/// Takes one chain down without its record (for a record that is damaged or lost): removes what
+/// netfn names after the chain, namespaces `nf-CHAIN-*` (not those of another known chain whose
+/// name extends this one, `nf-CHAIN-x-*`), the pins under `/sys/fs/bpf/netfn/CHAIN`, the
+/// processes and files `CHAIN.*` under `/run/netfn/chains`. The interface netfn added to an
+/// operator's endpoint namespace goes with its veth peer, in a function's namespace.
+pub fn force_down(chain: &str, progress: &dyn Progress) -> Result<ForcedDown, LifecycleError> {
+    let lock = lock(chain, progress)?;
+    let mut done = ForcedDown::default();
+    let mut errors = Vec::new();
+    let dir = names::chain_state_dir();
+    let files: Vec<String> = std::fs::read_dir(&dir)
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .collect();
+    // The kinds' processes first (they hold devices in the namespaces): `CHAIN.FUNCTION.pid`.
+    for function in files
+        .iter()
+        .filter_map(|f| f.strip_prefix(&format!("{chain}."))?.strip_suffix(".pid"))
+    {
+        super::processes::stop(chain, function);
+        done.removed.push(format!("process of function {function}"));
+    }
+    let others: Vec<String> = state::list()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|o| o != chain && o.starts_with(&format!("{chain}-")))
+        .map(|o| names::netns_name(&o, ""))
+        .collect();
+    let ours = names::netns_name(chain, "");
+    let mut namespaces: Vec<String> = std::fs::read_dir(names::NETNS_RUN_DIR)
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.starts_with(&ours) && !others.iter().any(|o| n.starts_with(o)))
+        .collect();
+    namespaces.sort();
+    for name in namespaces {
+        match netns::delete(&name) {
+            Ok(_) => done.removed.push(format!("namespace {name}")),
+            Err(e) => errors.push(e.to_string()),
+        }
+    }
+    let pins = names::chain_bpf_dir(chain);
+    if pins.exists() {
+        match crate::ebpf::remove_pins(&pins) {
+            Ok(()) => done.removed.push(format!("pins {}", pins.display())),
+            Err(e) => errors.push(e.to_string()),
+        }
+    }
+    // The record (damaged or not), its temporary file, the processes' files; the lock last.
+    let lock_file = format!("{chain}.lock");
+    for f in files
+        .iter()
+        .filter(|f| f.starts_with(&format!("{chain}.")) && **f != lock_file)
+    {
+        let path = dir.join(f);
+        match std::fs::remove_file(&path) {
+            Ok(()) => done.removed.push(format!("file {}", path.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => errors.push(format!("cannot remove {}: {e}", path.display())),
+        }
+    }
+    if !errors.is_empty() {
+        return Err(LifecycleError::Down {
+            chain: chain.to_string(),
+            errors,
+        });
+    }
+    lock.remove_file();
+    Ok(done)
+}
+
 fn teardown(mut record: ChainState, rt: &tokio::runtime::Runtime) -> Result<(), LifecycleError> {
     record.phase = Phase::TearingDown;
-    state::save(&mut record)?;
+    state::save_at(&mut record, "down-record")?;
+    let chain = record.chain().to_string();
+    let failed = |e: crate::failpoint::Injected| LifecycleError::Down {
+        chain: chain.clone(),
+        errors: vec![e.to_string()],
+    };
     // The kinds' own processes go first: they hold devices in the namespaces about to go.
     for plan in std::iter::once(&record.plan).chain(record.previous.as_ref()) {
         for hop in plan.hops.iter().skip(1) {
             super::processes::stop(&plan.chain, &hop.name);
         }
     }
+    crate::failpoint::hit("down-processes").map_err(failed)?;
+    crate::failpoint::hit("down-objects").map_err(failed)?;
     let mut errors = objects::remove(&record.plan, rt.handle(), &record.foreign);
     if let Some(previous) = &record.previous {
         // An apply was interrupted: what only the old plan had must go too.
         errors.extend(objects::remove(previous, rt.handle(), &record.foreign));
     }
     if errors.is_empty() {
+        crate::failpoint::hit("down-forget").map_err(StateError::from)?;
         state::remove(record.chain())?;
         Ok(())
     } else {
-        Err(LifecycleError::Down {
-            chain: record.chain().to_string(),
-            errors,
-        })
+        Err(LifecycleError::Down { chain, errors })
     }
 }

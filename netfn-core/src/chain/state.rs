@@ -26,13 +26,17 @@ pub enum StateError {
         path: PathBuf,
         source: io::Error,
     },
-    #[error(
-        "state file {path} is damaged ({source}); inspect it, then remove it and the namespaces it names by hand"
-    )]
+    #[error("{}", damaged(.path, &.source.to_string()))]
     Corrupt {
         path: PathBuf,
         source: serde_json::Error,
     },
+    /// A record that reads but cannot be this chain's (it names another chain).
+    #[error("{}", damaged(.path, .why))]
+    Inconsistent { path: PathBuf, why: String },
+    /// A test's failpoint ([`crate::failpoint`]).
+    #[error(transparent)]
+    Injected(#[from] crate::failpoint::Injected),
     #[error(
         "state file {path} was written by a newer netfn (version {found}); use that version to manage this chain"
     )]
@@ -40,6 +44,21 @@ pub enum StateError {
     /// A chain name that is not one (it would be a path under /run/netfn: `../x`, `a/b`).
     #[error("`{name}` is not a chain name: it {why}")]
     BadName { name: String, why: names::NameError },
+}
+
+/// What, where, and what to do about a damaged record.
+fn damaged(path: &Path, why: &str) -> String {
+    let chain = path
+        .file_stem()
+        .map_or_else(|| "CHAIN".into(), |s| s.to_string_lossy());
+    format!(
+        "the record of chain `{chain}` ({path}) is damaged: {why}; netfn cannot tell from it what \
+         the chain has. `netfn down --force {chain}` removes what netfn made for the chain by its \
+         names (namespaces nf-{chain}-*, pins under {bpf}, the record); copy the record first to \
+         keep it",
+        path = path.display(),
+        bpf = names::chain_bpf_dir(&chain).display(),
+    )
 }
 
 /// Refuses a chain name that is not one before it becomes part of a path.
@@ -132,19 +151,26 @@ fn now_unix() -> u64 {
 pub fn load(chain: &str) -> Result<Option<ChainState>, StateError> {
     check_chain_name(chain)?;
     let path = state_path(chain);
-    let text = match fs::read_to_string(&path) {
+    let text = match fs::read(&path) {
         Ok(t) => t,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(io_err("read", &path)(e)),
     };
-    let state: ChainState = serde_json::from_str(&text).map_err(|source| StateError::Corrupt {
-        path: path.clone(),
-        source,
-    })?;
+    let state: ChainState =
+        serde_json::from_slice(&text).map_err(|source| StateError::Corrupt {
+            path: path.clone(),
+            source,
+        })?;
     if state.version > STATE_VERSION {
         return Err(StateError::Version {
             path,
             found: state.version,
+        });
+    }
+    if state.chain() != chain {
+        return Err(StateError::Inconsistent {
+            why: format!("it is the record of chain `{}`", state.chain()),
+            path,
         });
     }
     Ok(Some(state))
@@ -165,6 +191,13 @@ pub fn save(state: &mut ChainState) -> Result<(), StateError> {
     let mut f = File::create(&tmp).map_err(io_err("write", &tmp))?;
     f.write_all(&json).map_err(io_err("write", &tmp))?;
     fs::rename(&tmp, &path).map_err(io_err("rename", &path))
+}
+
+/// Writes a chain's record like [`save`], unless a test armed failpoint `point` (then nothing is
+/// written, as when the disk refuses).
+pub fn save_at(state: &mut ChainState, point: &'static str) -> Result<(), StateError> {
+    crate::failpoint::hit(point)?;
+    save(state)
 }
 
 /// Removes a chain's record.

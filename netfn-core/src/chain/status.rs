@@ -243,17 +243,19 @@ fn fastpath_of(
     ))
 }
 
-/// Every recorded chain, or just `only`.
-pub fn records(only: Option<&str>) -> Result<Vec<ChainState>, StateError> {
-    let names = match only {
-        Some(c) => vec![c.to_string()],
-        None => state::list()?,
-    };
+/// Every recorded chain, or just `only`, with the records that could not be read: when every
+/// chain is asked for, one chain's damaged record hides none of the others.
+pub fn records(only: Option<&str>) -> Result<(Vec<ChainState>, Vec<StateError>), StateError> {
+    if let Some(c) = only {
+        return Ok((state::load(c)?.into_iter().collect(), Vec::new()));
+    }
     let mut out = Vec::new();
-    for name in names {
-        if let Some(r) = state::load(&name)? {
-            out.push(r);
+    let mut damaged = Vec::new();
+    for name in state::list()? {
+        match state::load(&name) {
+            Ok(r) => out.extend(r),
+            Err(e) => damaged.push(e),
         }
     }
-    Ok(out)
+    Ok((out, damaged))
 }

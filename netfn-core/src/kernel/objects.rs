@@ -47,6 +47,12 @@ pub enum ObjectError {
     /// A kind's own process (see `crate::chain::processes`).
     #[error(transparent)]
     Process(Box<crate::chain::processes::ProcessError>),
+    /// Writing the chain's record failed once its objects were made.
+    #[error(transparent)]
+    Record(Box<crate::chain::state::StateError>),
+    /// A test's failpoint ([`crate::failpoint`]).
+    #[error(transparent)]
+    Injected(#[from] crate::failpoint::Injected),
 }
 
 impl From<EbpfError> for ObjectError {

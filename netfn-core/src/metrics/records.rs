@@ -135,15 +135,16 @@ fn read_cached(
     {
         return Ok(Some((stamp, Arc::clone(record))));
     }
-    let text = match fs::read_to_string(path) {
+    let text = match fs::read(path) {
         Ok(t) => t,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(io_err("read", e)),
     };
-    let record: ChainState = serde_json::from_str(&text).map_err(|source| StateError::Corrupt {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    let record: ChainState =
+        serde_json::from_slice(&text).map_err(|source| StateError::Corrupt {
+            path: path.to_path_buf(),
+            source,
+        })?;
     if record.version > STATE_VERSION {
         return Err(StateError::Version {
             path: path.to_path_buf(),
