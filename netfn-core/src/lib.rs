@@ -13,6 +13,7 @@
 //!   record of what netfn created (`chain::state`) and the lock that serialises them.
 //! - [`agent`] and [`metrics`]: the host agent, which only observes what the verbs made.
 //! - [`function`]: the seam to the function kinds; core names no kind.
+//! - [`privilege`]: dropping capabilities (the agent, the kinds' processes).
 
 pub mod agent;
 pub mod chain;
@@ -21,4 +22,5 @@ pub mod function;
 pub mod kernel;
 pub mod metrics;
 pub mod plan;
+pub mod privilege;
 pub mod spec;
