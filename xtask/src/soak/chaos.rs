@@ -163,12 +163,18 @@ pub fn kill_apply(
     let _ = child.kill();
     let status = child.wait().context("wait for netfn apply")?;
     let mid_way = applying();
+    let killed = std::os::unix::process::ExitStatusExt::signal(&status) == Some(libc::SIGKILL);
+    if !mid_way && !killed && !status.success() {
+        bail!("apply {what} failed on its own ({status}) before the kill");
+    }
     let mut detail = format!(
         "apply {what} killed {delay_ms} ms into it: {}",
         if mid_way {
-            "landed mid-way".to_string()
+            "landed mid-way"
+        } else if killed {
+            "landed while the record said up (before or after the change)"
         } else {
-            format!("apply had finished ({status})")
+            "apply had finished"
         }
     );
     if mid_way {
