@@ -185,6 +185,17 @@ impl Drop for RunDir {
     }
 }
 
+/// Files removed on drop (a SIGKILLed agent leaves its socket and lock).
+struct RemoveOnDrop(Vec<PathBuf>);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        for f in &self.0 {
+            let _ = std::fs::remove_file(f);
+        }
+    }
+}
+
 /// The command that runs a program confined as the unit says: its own mount namespace where
 /// every mount is read-only but the unit's `ReadWritePaths=` (and /proc/sys read-only too:
 /// ProtectKernelTunables), an empty /tmp (PrivateTmp), /home and /root hidden (ProtectHome),
@@ -280,11 +291,14 @@ fn the_agent_works_confined_as_its_unit_says() {
     std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).expect("chmod");
     let vpn_file = keys.0.join("vpn.toml");
     std::fs::write(&vpn_file, vpn_chain(&vpn, &key)).expect("write the chain file");
+    // The socket in the agent's writable /run/netfn (the test's /tmp is not the agent's).
+    let socket = PathBuf::from(format!("/run/netfn/test-{chain}.sock"));
+    let _files = RemoveOnDrop(vec![socket.clone(), socket.with_extension("lock")]);
     {
         let _guard = ChainGuard::up(&chain, &file);
         let _vpn_guard = ChainGuard::up(&vpn, &vpn_file);
         let agent = Agent::start_wrapped(
-            PathBuf::from(format!("/run/netfn/test-{chain}.sock")),
+            socket.clone(),
             dir.0.join("agent.log"),
             &chain,
             &["--chain", &vpn],
