@@ -95,9 +95,19 @@ pub fn run(args: AgentArgs) -> Result<ExitCode> {
         rescan_interval: args.rescan_interval,
         ..defaults
     };
+    // The runtime's threads keep only what the agent needs from the start (they bind nothing);
+    // the main thread drops the rest once the agent's sockets are bound (agent::run).
+    let keep = config.capabilities;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("netfn-agent")
+        .on_thread_start(move || {
+            if let Err(e) = agent::drop_capabilities(keep) {
+                // A thread with more than it needs is a hole: stop rather than run with it.
+                eprintln!("netfn agent: {e}");
+                std::process::abort();
+            }
+        })
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;

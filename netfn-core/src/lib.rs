@@ -15,6 +15,7 @@
 //! - [`function`]: the seam to the function kinds; core names no kind.
 //! - [`failpoint`]: the named steps of `up`, `apply` and `down` a test can make fail (debug
 //!   builds and the `failpoints` feature only).
+//! - [`privilege`]: dropping capabilities (the agent, the kinds' processes).
 
 pub mod agent;
 pub mod chain;
@@ -24,4 +25,5 @@ pub mod function;
 pub mod kernel;
 pub mod metrics;
 pub mod plan;
+pub mod privilege;
 pub mod spec;

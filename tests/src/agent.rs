@@ -22,14 +22,39 @@ pub struct Agent {
 impl Agent {
     /// Starts an agent for `chain` with its socket in `dir`, on a free loopback port.
     pub fn start(dir: &Path, chain: &str, extra: &[&str]) -> Agent {
-        let socket = dir.join("agent.sock");
-        let log = dir.join("agent.log");
+        Self::start_wrapped(
+            dir.join("agent.sock"),
+            dir.join("agent.log"),
+            chain,
+            extra,
+            &[],
+        )
+    }
+
+    /// [`Agent::start`] with the socket and log at the given paths, the agent started through
+    /// `wrapper` (a command that ends by exec'ing its arguments, e.g. `setpriv …`: the agent
+    /// keeps the wrapper's pid).
+    pub fn start_wrapped(
+        socket: PathBuf,
+        log: PathBuf,
+        chain: &str,
+        extra: &[&str],
+        wrapper: &[String],
+    ) -> Agent {
         let log_file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&log)
             .expect("agent log");
-        let child = Command::new(netfn_bin())
+        let mut command = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(netfn_bin());
+                c
+            }
+            None => Command::new(netfn_bin()),
+        };
+        let child = command
             .args(["agent", "--listen", "127.0.0.1:0", "--chain", chain])
             .arg("--socket")
             .arg(&socket)
@@ -73,6 +98,11 @@ impl Agent {
         let (status, body) = http_get(&self.http, "/metrics");
         assert_eq!(status, 200, "GET /metrics: {body}");
         body
+    }
+
+    /// The agent's pid (while it runs).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     /// SIGKILL, and reap.

@@ -613,7 +613,7 @@ fn a_killed_endpoint_comes_back_with_the_agent() {
     let _turn = shared();
     let chain = unique_chain("wa");
     let dir = TempDir::new(&chain);
-    let (_, vpn_public) = keypair(&dir, "vpn.key");
+    let (vpn_private, vpn_public) = keypair(&dir, "vpn.key");
     let (_, peer_public) = keypair(&dir, "peer.key");
     let file = dir.write(
         "wg.toml",
@@ -683,7 +683,21 @@ fn a_killed_endpoint_comes_back_with_the_agent() {
         );
         std::thread::sleep(Duration::from_millis(500));
     }
+    // The agent keeps only a few capabilities (netfn_core::agent::AGENT_CAPABILITIES); the
+    // endpoint it restarted still ends with none.
+    assert_no_capabilities(&chain);
     let metrics = agent.metrics();
+    // The private key appears in neither the metrics nor the agent's and the endpoint's logs
+    // (status and the state directory: through_the_tunnel; an error: a_key_file_others_…).
+    let endpoint_log =
+        std::fs::read_to_string(format!("/run/netfn/chains/{chain}.vpn.log")).unwrap_or_default();
+    for (what, text) in [
+        ("the metrics", &metrics),
+        ("the agent's log", &agent.log_text()),
+        ("the endpoint's log", &endpoint_log),
+    ] {
+        assert!(!text.contains(&vpn_private), "the private key is in {what}");
+    }
     let handshake = metrics
         .lines()
         .find(|l| l.starts_with("netfn_wireguard_peer_last_handshake_seconds{"))

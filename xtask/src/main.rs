@@ -9,6 +9,7 @@ mod fuzz;
 mod install;
 mod package;
 mod setup;
+mod soak;
 mod util;
 mod vm;
 
@@ -48,6 +49,10 @@ enum Command {
     /// Run each libFuzzer target of fuzz/ (chain files, the kinds' settings) for a while; fails
     /// when an input panics, naming the target and the input (installs cargo-fuzz if missing).
     Fuzz(fuzz::FuzzArgs),
+    /// A chaos soak: streams through kernel, tc and xdp chains while functions are inserted,
+    /// removed and reordered, applies and agents are killed, a chain goes down and up; reports
+    /// loss, leftovers, the agent's growth and every error (target/soak/report.json).
+    Soak(soak::SoakArgs),
     /// Run the integration suite inside QEMU VMs on other kernels.
     VmTest(vm::VmTestArgs),
     /// Build the release netfn and install it, the agent's systemd unit (not enabled unless
@@ -68,6 +73,7 @@ fn main() -> Result<()> {
         Command::Test { args } => flow::test(&args),
         Command::Bench { which } => bench::run(which),
         Command::Fuzz(args) => fuzz::run(args),
+        Command::Soak(args) => soak::run(args),
         Command::VmTest(args) => vm::run(args),
         Command::Install(args) => install::install(args),
         Command::Uninstall(args) => install::uninstall(args),

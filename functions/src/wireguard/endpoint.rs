@@ -7,7 +7,7 @@
 //! enters the function's namespace on the main thread before any other thread exists (so every
 //! thread, socket and device it makes is there), attaches to the TUN and builds the device with
 //! the cross-platform UAPI socket `/var/run/wireguard/<interface>.sock` (so `wg show` works
-//! against it), drops every capability ([`super::privilege`]), says it is ready, and runs until
+//! against it), drops every capability ([`netfn_core::privilege`]), says it is ready, and runs until
 //! SIGTERM.
 
 use std::net::IpAddr;
@@ -83,13 +83,13 @@ pub fn run(chain: &str, function: &str) -> Result<(), String> {
     }
     netns::enter(&hop.netns.name).map_err(|e| e.to_string())?;
     let name = interface_name(chain, function);
-    // The runtime's threads never need a capability (see super::privilege); the main thread
+    // The runtime's threads never need a capability (see netfn_core::privilege); the main thread
     // keeps its own until setup is done.
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .on_thread_start(|| {
-            if let Err(e) = super::privilege::drop_all() {
+            if let Err(e) = netfn_core::privilege::drop_all() {
                 tracing::warn!("endpoint thread: {e}");
             }
         })
@@ -110,7 +110,7 @@ pub fn run(chain: &str, function: &str) -> Result<(), String> {
             .await
             .map_err(|e| format!("start the WireGuard device {name}: {e}"))?;
         // `up` gave the (persistent) TUN its addresses, MTU and routes; nothing left to set.
-        super::privilege::drop_all().map_err(|e| format!("endpoint {name}: {e}"))?;
+        netfn_core::privilege::drop_all().map_err(|e| format!("endpoint {name}: {e}"))?;
         // A restarted endpoint has no sessions; the peers' data would be dropped until their
         // timers made them handshake again (15 s and more). Handshake with every peer it can
         // reach now instead.

@@ -36,6 +36,7 @@ use crate::function::Registry;
 use crate::kernel::netns::NetnsError;
 use crate::metrics::{ChainCollector, Metrics, MetricsError, Records};
 use crate::plan::names;
+use crate::privilege;
 
 pub use autostart::{AgentStart, AutostartError, AutostartOptions, ensure_agent_running};
 pub use client::{ClientError, chain_reports, notify_rescan, ping};
@@ -77,6 +78,8 @@ pub enum AgentError {
     Metrics(#[from] MetricsError),
     #[error("cannot watch for signals: {0}")]
     Signals(io::Error),
+    #[error("cannot drop the capabilities the agent does not need: {0}")]
+    Privilege(String),
 }
 
 /// Why a runtime task stopped (its supervisor restarts it).
@@ -113,6 +116,31 @@ pub struct AgentConfig {
     pub ebpf_logs: bool,
     pub rescan_interval: Duration,
     pub backoff: supervisor::Backoff,
+    /// The capabilities the agent keeps once its sockets are bound (`None`: all it has).
+    pub capabilities: Option<&'static [u32]>,
+}
+
+/// What the agent needs once its sockets are bound, and why: entering chain namespaces
+/// (`setns`: CAP_SYS_ADMIN, which also admits `bpf()` for reading pinned maps: the kernel's
+/// `bpf_capable()` takes CAP_BPF or CAP_SYS_ADMIN, so CAP_BPF would add nothing); the kinds'
+/// runtime parts (load-balancer health checks change nftables in a namespace, the WireGuard
+/// kinds read their counters and devices over netlink, and a restarted userspace endpoint
+/// attaches to its TUN device: CAP_NET_ADMIN); and CAP_SETPCAP, so that a process the agent
+/// restarts can empty its own bounding set. Everything else (CAP_DAC_OVERRIDE, CAP_NET_RAW,
+/// CAP_SYS_MODULE, …) goes.
+pub const AGENT_CAPABILITIES: &[u32] = &[
+    privilege::CAP_SYS_ADMIN,
+    privilege::CAP_NET_ADMIN,
+    privilege::CAP_SETPCAP,
+];
+
+/// Keeps only [`AgentConfig::capabilities`] in the calling thread (a runtime thread as it
+/// starts, or the agent's main thread once bound): see [`crate::privilege`].
+pub fn drop_capabilities(keep: Option<&[u32]>) -> Result<(), AgentError> {
+    match keep {
+        Some(keep) => privilege::keep_only(keep).map_err(AgentError::Privilege),
+        None => Ok(()),
+    }
 }
 
 impl Default for AgentConfig {
@@ -127,6 +155,7 @@ impl Default for AgentConfig {
             ebpf_logs: true,
             rescan_interval: Duration::from_secs(2),
             backoff: supervisor::Backoff::default(),
+            capabilities: Some(AGENT_CAPABILITIES),
         }
     }
 }
@@ -146,6 +175,9 @@ pub async fn run(config: AgentConfig, kinds: Arc<Registry>) -> Result<(), AgentE
     })?;
     let control = control::bind(&config.socket)?;
     let _socket_file = RemoveOnDrop(config.socket.clone());
+    // Bound: from here on, only what the agent needs (the runtime's threads dropped theirs as
+    // they started).
+    drop_capabilities(config.capabilities)?;
 
     let board = Arc::new(board::Board::default());
     let records = Arc::new(Records::new(&config.state_dir, Some(config.only.clone())));

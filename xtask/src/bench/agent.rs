@@ -76,26 +76,48 @@ impl Drop for Chain<'_> {
     }
 }
 
-/// A `netfn agent` for one chain, stopped (SIGTERM, then SIGKILL) when dropped.
-struct Agent {
+/// A `netfn agent` for some chains, stopped (SIGTERM, then SIGKILL) when dropped.
+pub(crate) struct Agent {
     child: Child,
-    http: String,
+    pub(crate) http: String,
+    /// Set once the process has been waited for (its pid may be someone else's then).
+    reaped: bool,
 }
 
 impl Agent {
     fn start(netfn: &Path, dir: &Path, chain: &str) -> Result<Agent> {
-        let socket = dir.join("agent.sock");
-        let log = std::fs::File::create(dir.join("agent.log"))?;
-        let child = Command::new(netfn)
-            .args([
-                "agent",
-                "--listen",
-                "127.0.0.1:0",
-                "--chain",
-                chain,
-                "--socket",
-            ])
-            .arg(&socket)
+        Self::start_for(
+            netfn,
+            &dir.join("agent.sock"),
+            &dir.join("agent.log"),
+            &[chain],
+            &[],
+        )
+    }
+
+    /// An agent for `chains` on `socket` (and a free loopback port), with `extra` arguments, its
+    /// output appended to `log`; returns once it answers on the socket.
+    pub(crate) fn start_for(
+        netfn: &Path,
+        socket: &Path,
+        log_path: &Path,
+        chains: &[&str],
+        extra: &[&str],
+    ) -> Result<Agent> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log_path)
+            .with_context(|| format!("open {}", log_path.display()))?;
+        let mut cmd = Command::new(netfn);
+        cmd.args(["agent", "--listen", "127.0.0.1:0"]);
+        for chain in chains {
+            cmd.args(["--chain", chain]);
+        }
+        let child = cmd
+            .args(extra)
+            .arg("--socket")
+            .arg(socket)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -104,18 +126,16 @@ impl Agent {
         let mut agent = Agent {
             child,
             http: String::new(),
+            reaped: false,
         };
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
-            if let Some(http) = ping(&socket) {
+            if let Some(http) = ping(socket) {
                 agent.http = http;
                 return Ok(agent);
             }
             if let Some(status) = agent.child.try_wait()? {
-                bail!(
-                    "netfn agent exited ({status}); see {}",
-                    dir.join("agent.log").display()
-                );
+                bail!("netfn agent exited ({status}); see {}", log_path.display());
             }
             if Instant::now() > deadline {
                 bail!("netfn agent did not answer on {}", socket.display());
@@ -123,10 +143,36 @@ impl Agent {
             std::thread::sleep(Duration::from_millis(50));
         }
     }
+
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGKILL, and reap.
+    pub(crate) fn kill9(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.reaped = true;
+    }
+
+    /// Whether the process is still running (false once it has exited).
+    pub(crate) fn running(&mut self) -> bool {
+        match self.child.try_wait() {
+            Ok(None) => true,
+            Ok(Some(_)) => {
+                self.reaped = true;
+                false
+            }
+            Err(_) => false,
+        }
+    }
 }
 
 impl Drop for Agent {
     fn drop(&mut self) {
+        if self.reaped {
+            return;
+        }
         if let Ok(pid) = i32::try_from(self.child.id()) {
             // SAFETY: kill(2) on our own child's pid; no memory is involved.
             unsafe { libc::kill(pid, libc::SIGTERM) };
@@ -144,7 +190,7 @@ impl Drop for Agent {
 }
 
 /// The agent's HTTP address, from `{"cmd":"ping"}` on its socket.
-fn ping(socket: &Path) -> Option<String> {
+pub(crate) fn ping(socket: &Path) -> Option<String> {
     let mut s = UnixStream::connect(socket).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
     s.write_all(b"{\"cmd\":\"ping\"}\n").ok()?;
@@ -155,7 +201,7 @@ fn ping(socket: &Path) -> Option<String> {
 }
 
 /// One timed GET /metrics: (milliseconds, body).
-fn scrape(addr: &str) -> Result<(f64, String)> {
+pub(crate) fn scrape(addr: &str) -> Result<(f64, String)> {
     let start = Instant::now();
     let mut s = TcpStream::connect(addr).with_context(|| format!("connect {addr}"))?;
     write!(
@@ -175,7 +221,7 @@ fn scrape(addr: &str) -> Result<(f64, String)> {
     Ok((ms, body.to_string()))
 }
 
-fn value(text: &str, name: &str) -> Option<f64> {
+pub(crate) fn value(text: &str, name: &str) -> Option<f64> {
     text.lines()
         .find(|l| l.split_whitespace().next() == Some(name))
         .and_then(|l| l.split_whitespace().nth(1))

@@ -1,14 +1,14 @@
 //! `cargo xtask bench …`: measurements, never tests. Each prints a table and writes
 //! target/bench/NAME.json.
 
-mod agent;
-mod chain;
+pub(crate) mod agent;
+pub(crate) mod chain;
 mod deploy;
 mod firewall;
 mod lb;
 mod pps_chart;
 mod validate;
-mod vpn;
+pub(crate) mod vpn;
 
 use std::path::PathBuf;
 

@@ -92,7 +92,7 @@ impl Drop for Lab {
 }
 
 /// `netfn` without starting the host agent (the bench measures the data path alone).
-pub(in crate::bench) fn netfn_command(netfn: &Path) -> Command {
+pub(crate) fn netfn_command(netfn: &Path) -> Command {
     let mut c = Command::new(netfn);
     c.env("NETFN_AGENT_AUTOSTART", "0");
     c
@@ -150,7 +150,7 @@ pub(in crate::bench) fn veth_between(
     Ok(())
 }
 
-pub(in crate::bench) fn ip(args: &[&str]) -> Result<String> {
+pub(crate) fn ip(args: &[&str]) -> Result<String> {
     let out = Command::new("ip").args(args).output().context("run ip")?;
     if !out.status.success() {
         bail!(
@@ -185,7 +185,7 @@ pub(in crate::bench) fn link_mac(ns: &str, dev: &str) -> Result<[u8; 6]> {
 // ---------------------------------------------------------------------------------------------
 
 /// Enters namespace `ns` on the calling thread (only call on threads made for it).
-pub(in crate::bench) fn enter(ns: &str) -> Result<()> {
+pub(crate) fn enter(ns: &str) -> Result<()> {
     let path = format!("/run/netns/{ns}");
     let file = File::open(&path).with_context(|| format!("open {path}"))?;
     // SAFETY: setns with a valid namespace fd.
@@ -196,10 +196,7 @@ pub(in crate::bench) fn enter(ns: &str) -> Result<()> {
 }
 
 /// Runs `f` on a new thread inside `ns`.
-pub(in crate::bench) fn in_netns<T: Send>(
-    ns: &str,
-    f: impl FnOnce() -> Result<T> + Send,
-) -> Result<T> {
+pub(crate) fn in_netns<T: Send>(ns: &str, f: impl FnOnce() -> Result<T> + Send) -> Result<T> {
     thread::scope(|s| {
         s.spawn(|| {
             enter(ns)?;

@@ -48,10 +48,10 @@ mod traffic;
 use chart::*;
 pub(in crate::bench) use chart::{nice_ceiling, trim_number};
 pub(in crate::bench) use iperf::*;
-pub(in crate::bench) use lab::*;
+pub(crate) use lab::*;
 pub(in crate::bench) use report::print_goals;
 use report::*;
-pub(in crate::bench) use traffic::*;
+pub(crate) use traffic::*;
 
 /// UDP payload of the pps test: 14 + 20 + 8 + 18 = 60-byte frames.
 pub(in crate::bench) const PPS_PAYLOAD: usize = 18;

@@ -3,7 +3,7 @@
 
 use super::*;
 
-pub(in crate::bench) fn udp_in(ns: &str, addr: SocketAddrV4) -> Result<UdpSocket> {
+pub(crate) fn udp_in(ns: &str, addr: SocketAddrV4) -> Result<UdpSocket> {
     in_netns(ns, || {
         UdpSocket::bind(addr).with_context(|| format!("bind {addr} in {ns}"))
     })
@@ -107,7 +107,7 @@ pub(in crate::bench) fn measure_pps_into(
     })
 }
 
-pub(in crate::bench) fn set_rcvbuf(sock: &UdpSocket, bytes: libc::c_int) {
+pub(crate) fn set_rcvbuf(sock: &UdpSocket, bytes: libc::c_int) {
     // SAFETY: valid fd and option value. SO_RCVBUFFORCE (root) ignores rmem_max.
     unsafe {
         libc::setsockopt(

@@ -32,9 +32,16 @@ pub(super) struct VpnLab {
 }
 
 /// A wireguard-go process (`wireguard-go -f NAME` in a namespace), killed on drop.
-struct GoPeer {
+pub(crate) struct GoPeer {
     child: Child,
     name: String,
+}
+
+impl GoPeer {
+    /// The process id of wireguard-go.
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
 }
 
 impl Drop for GoPeer {
@@ -46,15 +53,15 @@ impl Drop for GoPeer {
 }
 
 /// One wireguard-go peer to configure with `wg set`.
-struct GoConf<'a> {
-    ns: &'a str,
-    name: String,
-    key: &'a Path,
-    listen_port: Option<u16>,
-    peer_public: &'a str,
-    endpoint: Option<String>,
-    allowed: &'a str,
-    address: &'a str,
+pub(crate) struct GoConf<'a> {
+    pub(crate) ns: &'a str,
+    pub(crate) name: String,
+    pub(crate) key: &'a Path,
+    pub(crate) listen_port: Option<u16>,
+    pub(crate) peer_public: &'a str,
+    pub(crate) endpoint: Option<String>,
+    pub(crate) allowed: &'a str,
+    pub(crate) address: &'a str,
 }
 
 impl VpnLab {
@@ -255,42 +262,7 @@ impl VpnLab {
 
     /// `netfn wg genkey` into DIR/NAME.key (mode 600); (path, public key).
     fn keypair(&self, name: &str) -> Result<(PathBuf, String)> {
-        let out = netfn_command(&self.netfn)
-            .args(["wg", "genkey"])
-            .output()
-            .context("run netfn wg genkey")?;
-        if !out.status.success() {
-            bail!("netfn wg genkey: {}", String::from_utf8_lossy(&out.stderr));
-        }
-        let path = self.dir.join(format!("{name}.key"));
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&path)
-            .with_context(|| format!("create {}", path.display()))?;
-        file.write_all(&out.stdout)?;
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
-        let mut child = netfn_command(&self.netfn)
-            .args(["wg", "pubkey"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .context("run netfn wg pubkey")?;
-        child
-            .stdin
-            .take()
-            .context("netfn wg pubkey: no stdin")?
-            .write_all(&out.stdout)?;
-        let public = child.wait_with_output()?;
-        if !public.status.success() {
-            bail!("netfn wg pubkey failed");
-        }
-        Ok((
-            path,
-            String::from_utf8_lossy(&public.stdout).trim().to_string(),
-        ))
+        keypair(&self.netfn, &self.dir, name)
     }
 
     fn up(&mut self, chain: &str, text: &str) -> Result<()> {
@@ -303,48 +275,9 @@ impl VpnLab {
 
     /// Starts and configures wireguard-go; its pid.
     fn go_peer(&mut self, conf: &GoConf) -> Result<i32> {
-        let child = Command::new("ip")
-            .args(["netns", "exec", conf.ns, "wireguard-go", "-f", &conf.name])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("run wireguard-go")?;
-        // `ip netns exec` execs the command: the child is wireguard-go itself.
-        let pid = i32::try_from(child.id()).context("pid")?;
-        self.peers.push(GoPeer {
-            child,
-            name: conf.name.clone(),
-        });
-        let socket = format!("/var/run/wireguard/{}.sock", conf.name);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !Path::new(&socket).exists() {
-            if Instant::now() > deadline {
-                bail!("wireguard-go {} made no UAPI socket in 10 s", conf.name);
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let key = conf.key.to_string_lossy();
-        let mut wg = vec!["netns", "exec", conf.ns, "wg", "set", &conf.name];
-        let port = conf.listen_port.map(|p| p.to_string());
-        if let Some(port) = &port {
-            wg.extend(["listen-port", port]);
-        }
-        wg.extend(["private-key", &key, "peer", conf.peer_public]);
-        if let Some(endpoint) = &conf.endpoint {
-            wg.extend(["endpoint", endpoint]);
-        }
-        wg.extend(["allowed-ips", conf.allowed]);
-        ip(&wg)?;
-        ip(&[
-            "-n",
-            conf.ns,
-            "addr",
-            "add",
-            conf.address,
-            "dev",
-            &conf.name,
-        ])?;
-        ip(&["-n", conf.ns, "link", "set", &conf.name, "up"])?;
+        let peer = start_go_peer(conf)?;
+        let pid = i32::try_from(peer.pid()).context("pid")?;
+        self.peers.push(peer);
         Ok(pid)
     }
 
@@ -392,7 +325,7 @@ impl Drop for VpnLab {
 }
 
 /// A `[[chain.function]]` table: a WireGuard endpoint named `vpn` facing `side`.
-fn endpoint_function(side: &str, key: &Path, address: &str) -> String {
+pub(crate) fn endpoint_function(side: &str, key: &Path, address: &str) -> String {
     format!(
         "[[chain.function]]\nname = \"vpn\"\nkind = \"wireguard\"\nside = \"{side}\"\n\
          private_key_file = \"{}\"\nlisten_port = {PORT}\naddress = [\"{address}\"]\n",
@@ -436,4 +369,90 @@ fn nft_in(ns: &str, rules: &str) -> Result<()> {
         bail!("nft in {ns}: {}", String::from_utf8_lossy(&out.stderr));
     }
     Ok(())
+}
+
+/// `netfn wg genkey` into DIR/NAME.key (mode 600); (path, public key).
+pub(crate) fn keypair(netfn: &Path, dir: &Path, name: &str) -> Result<(PathBuf, String)> {
+    let out = netfn_command(netfn)
+        .args(["wg", "genkey"])
+        .output()
+        .context("run netfn wg genkey")?;
+    if !out.status.success() {
+        bail!("netfn wg genkey: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let path = dir.join(format!("{name}.key"));
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("create {}", path.display()))?;
+    file.write_all(&out.stdout)?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    let mut child = netfn_command(netfn)
+        .args(["wg", "pubkey"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("run netfn wg pubkey")?;
+    child
+        .stdin
+        .take()
+        .context("netfn wg pubkey: no stdin")?
+        .write_all(&out.stdout)?;
+    let public = child.wait_with_output()?;
+    if !public.status.success() {
+        bail!("netfn wg pubkey failed");
+    }
+    Ok((
+        path,
+        String::from_utf8_lossy(&public.stdout).trim().to_string(),
+    ))
+}
+
+/// Starts and configures wireguard-go (killed when the returned peer is dropped).
+pub(crate) fn start_go_peer(conf: &GoConf) -> Result<GoPeer> {
+    let child = Command::new("ip")
+        .args(["netns", "exec", conf.ns, "wireguard-go", "-f", &conf.name])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("run wireguard-go")?;
+    // `ip netns exec` execs the command: the child is wireguard-go itself.
+    let peer = GoPeer {
+        child,
+        name: conf.name.clone(),
+    };
+    let socket = format!("/var/run/wireguard/{}.sock", conf.name);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !Path::new(&socket).exists() {
+        if Instant::now() > deadline {
+            bail!("wireguard-go {} made no UAPI socket in 10 s", conf.name);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let key = conf.key.to_string_lossy();
+    let mut wg = vec!["netns", "exec", conf.ns, "wg", "set", &conf.name];
+    let port = conf.listen_port.map(|p| p.to_string());
+    if let Some(port) = &port {
+        wg.extend(["listen-port", port]);
+    }
+    wg.extend(["private-key", &key, "peer", conf.peer_public]);
+    if let Some(endpoint) = &conf.endpoint {
+        wg.extend(["endpoint", endpoint]);
+    }
+    wg.extend(["allowed-ips", conf.allowed]);
+    ip(&wg)?;
+    ip(&[
+        "-n",
+        conf.ns,
+        "addr",
+        "add",
+        conf.address,
+        "dev",
+        &conf.name,
+    ])?;
+    ip(&["-n", conf.ns, "link", "set", &conf.name, "up"])?;
+    Ok(peer)
 }

@@ -42,7 +42,7 @@ use crate::util;
 
 mod chart;
 mod flood;
-mod lab;
+pub(crate) mod lab;
 mod measure;
 mod report;
 
