@@ -83,6 +83,7 @@ enum Command {
     #[command(after_help = "Examples:
   sudo netfn down minimal
   sudo netfn down examples/minimal.toml
+  sudo netfn down big.toml --wait     # return once the kernel has freed the namespaces
   sudo netfn down --all")]
     Down {
         /// A chain name or a chain file.
@@ -90,6 +91,13 @@ enum Command {
         /// Every chain netfn knows about.
         #[arg(long, conflicts_with = "target")]
         all: bool,
+        /// Then wait until the kernel has freed the removed namespaces (it does so in the
+        /// background; an `up` started before that waits behind it).
+        #[arg(long)]
+        wait: bool,
+        /// No progress line (there is none when stderr is not a terminal either).
+        #[arg(long, short)]
+        quiet: bool,
     },
     /// Show chains, their functions, namespaces, interfaces and counters.
     #[command(after_help = "Examples:
@@ -222,7 +230,12 @@ fn main() -> ExitCode {
             chain,
             dry_run,
         } => commands::apply(&file, chain.as_deref(), dry_run),
-        Command::Down { target, all } => commands::down(target.as_deref(), all),
+        Command::Down {
+            target,
+            all,
+            wait,
+            quiet,
+        } => commands::down(target.as_deref(), all, wait, quiet),
         Command::Status { chain, json } => commands::status(chain.as_deref(), json),
         Command::Exec {
             chain,

@@ -329,3 +329,87 @@ fn ip_links(netns: &str) -> Vec<String> {
         .map(|n| n.split('@').next().unwrap_or(n).to_string())
         .collect()
 }
+
+/// The kernel's count of `struct net` objects (what `netfn down --wait` watches), if exposed.
+fn kernel_netns_count() -> Option<u64> {
+    std::fs::read_to_string("/sys/kernel/slab/net_namespace/objects")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+#[test]
+fn down_wait_returns_once_the_kernel_has_freed_the_namespaces() {
+    if kernel_netns_count().is_none() {
+        netfn_tests::skipped(
+            "down --wait",
+            "this kernel has no /sys/kernel/slab/net_namespace/objects",
+        );
+        return;
+    }
+    let chain = unique_chain("dw");
+    let dir = TempDir::new(&chain);
+    let file = dir.write("chain.toml", &forward_chain(&chain, 10, "tc"));
+    let _guard = ChainGuard::up(&chain, &file);
+    let counted_up = kernel_netns_count().expect("count");
+    let out = netfn(&["down", &chain, "--wait"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "down --wait failed:\n{stdout}\n{stderr}"
+    );
+    assert_eq!(leftovers(&chain), Vec::<String>::new());
+    // 12 namespaces (10 functions, ingress, egress) removed, and the kernel's count of them
+    // had fallen by 12 when netfn returned.
+    assert!(
+        stdout.contains(&format!("chain {chain}: down, 12 namespace(s) removed")),
+        "{stdout}"
+    );
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with("kernel: freed 12 namespace(s) in "))
+        .unwrap_or_else(|| panic!("no freed line:\n{stdout}"));
+    let counts = line
+        .split("net_namespace objects ")
+        .nth(1)
+        .and_then(|r| r.strip_suffix(')'))
+        .unwrap_or_else(|| panic!("no counts in {line}"));
+    let (before, after) = counts
+        .split_once(" -> ")
+        .map(|(b, a)| {
+            (
+                b.parse::<u64>().expect("before"),
+                a.parse::<u64>().expect("after"),
+            )
+        })
+        .unwrap_or_else(|| panic!("counts {counts}"));
+    assert!(
+        before >= 12 && after <= before - 12,
+        "netfn returned before the count fell by 12: {line}"
+    );
+    assert!(
+        counted_up >= 12,
+        "the kernel counted {counted_up} namespaces with the chain up"
+    );
+    // Not a terminal: no progress line.
+    assert!(!stderr.contains("kernel freed"), "progress line: {stderr}");
+}
+
+#[test]
+fn down_of_many_namespaces_says_the_kernel_frees_them_in_the_background() {
+    let chain = unique_chain("dn");
+    let dir = TempDir::new(&chain);
+    // 98 functions and the two endpoints: 100 namespaces.
+    let file = dir.write("chain.toml", &forward_chain(&chain, 98, "kernel"));
+    let _guard = ChainGuard::up(&chain, &file);
+    let stdout = netfn_ok(&["down", &chain]);
+    assert_eq!(leftovers(&chain), Vec::<String>::new());
+    assert!(
+        stdout.contains("kernel: frees the 100 namespace(s) in the background")
+            && stdout.contains("netfn down --wait"),
+        "{stdout}"
+    );
+}

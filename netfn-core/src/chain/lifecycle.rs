@@ -38,6 +38,19 @@ pub enum LifecycleError {
         cause: Box<ObjectError>,
         rollback: Vec<String>,
     },
+    #[error(
+        "cannot tell when the kernel frees namespaces: this kernel exposes no count of them (neither /sys/kernel/slab/net_namespace/objects nor a net_namespace line in /proc/slabinfo); `down` itself succeeded"
+    )]
+    NoFreeSignal,
+    #[error(
+        "the kernel freed {freed} of {total} namespace(s) within {} s; something may still hold the others (a process inside one: `ip netns pids NAME` before `down`, or an open /proc/PID/ns/net), or other namespaces were created on this host meanwhile (the count is host-wide)",
+        .waited.as_secs()
+    )]
+    NotFreed {
+        freed: usize,
+        total: usize,
+        waited: Duration,
+    },
     #[error("taking down chain `{chain}` left {} problem(s):\n  {}\nthe record is kept: fix the cause and run `netfn down {chain}` again", .errors.len(), .errors.join("\n  "))]
     Down { chain: String, errors: Vec<String> },
 }
@@ -102,6 +115,92 @@ pub enum DownOutcome {
         elapsed: Duration,
     },
     NotUp,
+}
+
+/// How far the kernel is with freeing the namespaces a `down` removed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FreeProgress {
+    /// Namespaces freed so far (at most `total`).
+    pub freed: usize,
+    pub total: usize,
+    /// The kernel's count of namespaces it holds (host-wide), before `down` and now.
+    pub before: u64,
+    pub now: u64,
+    pub elapsed: Duration,
+}
+
+/// The kernel's count of namespaces, taken before `down` removes any; [`FreeWatch::wait`]
+/// waits for it to fall by the number removed. Network namespaces are freed asynchronously by
+/// the kernel's `cleanup_net` work after their last reference goes, and a namespace created
+/// meanwhile waits behind that work (rtnl): `down --wait` lets the next `up` start clean.
+#[derive(Debug, Clone, Copy)]
+pub struct FreeWatch {
+    before: u64,
+}
+
+impl FreeWatch {
+    /// Reads the kernel's count now (see [`netns::allocated`]).
+    pub fn start() -> Result<FreeWatch, LifecycleError> {
+        Self::start_with(netns::allocated)
+    }
+
+    /// [`FreeWatch::start`] with another count (tests).
+    pub fn start_with(count: impl Fn() -> Option<u64>) -> Result<FreeWatch, LifecycleError> {
+        let before = count().ok_or(LifecycleError::NoFreeSignal)?;
+        Ok(FreeWatch { before })
+    }
+
+    /// Waits until the kernel holds `removed` fewer namespaces than before `down`, at most
+    /// `limit`; calls `progress` at every change and at the end.
+    pub fn wait(
+        &self,
+        removed: usize,
+        limit: Duration,
+        progress: &dyn Fn(&FreeProgress),
+    ) -> Result<FreeProgress, LifecycleError> {
+        self.wait_with(netns::allocated, removed, limit, progress)
+    }
+
+    /// [`FreeWatch::wait`] with another count (tests).
+    pub fn wait_with(
+        &self,
+        count: impl Fn() -> Option<u64>,
+        removed: usize,
+        limit: Duration,
+        progress: &dyn Fn(&FreeProgress),
+    ) -> Result<FreeProgress, LifecycleError> {
+        const POLL: Duration = Duration::from_millis(10);
+        let started = Instant::now();
+        let mut last = None;
+        loop {
+            let now = count().ok_or(LifecycleError::NoFreeSignal)?;
+            let freed = usize::try_from(self.before.saturating_sub(now))
+                .unwrap_or(usize::MAX)
+                .min(removed);
+            let p = FreeProgress {
+                freed,
+                total: removed,
+                before: self.before,
+                now,
+                elapsed: started.elapsed(),
+            };
+            if last != Some(freed) || freed == removed {
+                progress(&p);
+                last = Some(freed);
+            }
+            if freed == removed {
+                return Ok(p);
+            }
+            if p.elapsed >= limit {
+                return Err(LifecycleError::NotFreed {
+                    freed,
+                    total: removed,
+                    waited: p.elapsed,
+                });
+            }
+            std::thread::sleep(POLL);
+        }
+    }
 }
 
 /// Progress lines for people ("waiting for the lock", "finishing an interrupted up").
@@ -372,5 +471,63 @@ fn teardown(mut record: ChainState, rt: &tokio::runtime::Runtime) -> Result<(), 
             chain: record.chain().to_string(),
             errors,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::RefCell;
+
+    use super::*;
+
+    fn counts(seq: &[u64]) -> impl Fn() -> Option<u64> + '_ {
+        let i = RefCell::new(0);
+        move || {
+            let mut i = i.borrow_mut();
+            let v = seq.get(*i).or(seq.last()).copied();
+            *i += 1;
+            v
+        }
+    }
+
+    #[test]
+    fn waits_until_the_count_falls_by_what_was_removed() {
+        let seen = RefCell::new(Vec::new());
+        let watch = FreeWatch::start_with(|| Some(140)).unwrap();
+        let done = watch
+            .wait_with(
+                counts(&[140, 140, 130, 121, 118, 118]),
+                20,
+                Duration::from_secs(60),
+                &|p| seen.borrow_mut().push(p.freed),
+            )
+            .unwrap();
+        assert_eq!((done.freed, done.total, done.now), (20, 20, 118));
+        // One call per change, the last one complete.
+        assert_eq!(*seen.borrow(), [0, 10, 19, 20]);
+    }
+
+    #[test]
+    fn gives_up_at_the_limit_and_says_how_far_it_got() {
+        let watch = FreeWatch::start_with(|| Some(50)).unwrap();
+        let err = watch
+            .wait_with(counts(&[45]), 10, Duration::ZERO, &|_| {})
+            .unwrap_err();
+        assert!(matches!(
+            err,
+            LifecycleError::NotFreed {
+                freed: 5,
+                total: 10,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn without_a_count_it_says_so() {
+        assert!(matches!(
+            FreeWatch::start_with(|| None),
+            Err(LifecycleError::NoFreeSignal)
+        ));
     }
 }
