@@ -88,7 +88,7 @@ fn write_file(dir: &Path, mode: &str, shape: &str, n: usize) -> Result<(String, 
     let m = &mode[..1];
     let (chains, per_chain) = match shape {
         "one" => (vec![format!("bd{m}{n}")], n),
-        "many" if n >= 10 && n % 10 == 0 => {
+        "many" if n >= 10 && n.is_multiple_of(10) => {
             ((1..=n / 10).map(|i| format!("bd{m}{n}x{i}")).collect(), 10)
         }
         "many" => bail!("--shapes many needs --functions in multiples of 10, not {n}"),
