@@ -338,9 +338,14 @@ fn wait_freed(
         eprintln!();
     }
     let done = result?;
+    let of = if done.freed < done.total {
+        format!(" of {}", done.total)
+    } else {
+        String::new()
+    };
     println!(
-        "kernel: freed {} namespace(s) in {} ms after down (net_namespace objects {} -> {})",
-        done.total,
+        "kernel: freed {}{of} namespace(s) in {} ms after down (net_namespace objects {} -> {})",
+        done.freed,
         done.elapsed.as_millis(),
         done.before,
         done.now

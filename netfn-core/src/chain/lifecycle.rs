@@ -170,10 +170,15 @@ impl FreeWatch {
         progress: &dyn Fn(&FreeProgress),
     ) -> Result<FreeProgress, LifecycleError> {
         const POLL: Duration = Duration::from_millis(10);
+        const SETTLE: Duration = Duration::from_secs(3);
         let started = Instant::now();
         let mut last = None;
+        let (mut last_count, mut changed) = (None, started);
         loop {
             let now = count().ok_or(LifecycleError::NoFreeSignal)?;
+            if last_count != Some(now) {
+                (last_count, changed) = (Some(now), Instant::now());
+            }
             let freed = usize::try_from(self.before.saturating_sub(now))
                 .unwrap_or(usize::MAX)
                 .min(removed);
@@ -188,7 +193,11 @@ impl FreeWatch {
                 progress(&p);
                 last = Some(freed);
             }
-            if freed == removed {
+            // The count is host-wide: namespaces others create meanwhile keep it up. Once most
+            // of ours are freed and it has stopped moving for SETTLE, the kernel is done.
+            if freed == removed
+                || (freed * 10 >= removed * 9 && changed.elapsed() >= SETTLE && p.elapsed >= SETTLE)
+            {
                 return Ok(p);
             }
             if p.elapsed >= limit {
