@@ -4,6 +4,7 @@ mod agent;
 mod commands;
 mod generate;
 mod output;
+mod progress;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -64,6 +65,9 @@ enum Command {
         /// Only this chain of the file.
         #[arg(long, value_parser = chain_name)]
         chain: Option<String>,
+        /// No progress line (there is none when stderr is not a terminal either).
+        #[arg(long, short)]
+        quiet: bool,
     },
     /// Change running chains to match the file: add, remove or reorder functions in place.
     #[command(after_help = "Examples:
@@ -78,6 +82,9 @@ enum Command {
         /// Print what would change, change nothing.
         #[arg(long)]
         dry_run: bool,
+        /// No progress line (there is none when stderr is not a terminal either).
+        #[arg(long, short)]
+        quiet: bool,
     },
     /// Remove a chain (by name, or every chain of a file) and everything netfn created for it.
     #[command(after_help = "Examples:
@@ -92,7 +99,7 @@ enum Command {
         #[arg(long, conflicts_with = "target")]
         all: bool,
         /// Then wait until the kernel has freed the removed namespaces (it does so in the
-        /// background; an `up` started before that waits behind it).
+        /// background, and an `up` started meanwhile waits behind it), each one checked.
         #[arg(long)]
         wait: bool,
         /// No progress line (there is none when stderr is not a terminal either).
@@ -224,12 +231,13 @@ fn main() -> ExitCode {
     });
     let result = match cli.command {
         Command::Validate { file } => commands::validate(&file),
-        Command::Up { file, chain } => commands::up(&file, chain.as_deref()),
+        Command::Up { file, chain, quiet } => commands::up(&file, chain.as_deref(), quiet),
         Command::Apply {
             file,
             chain,
             dry_run,
-        } => commands::apply(&file, chain.as_deref(), dry_run),
+            quiet,
+        } => commands::apply(&file, chain.as_deref(), dry_run, quiet),
         Command::Down {
             target,
             all,

@@ -38,19 +38,6 @@ pub enum LifecycleError {
         cause: Box<ObjectError>,
         rollback: Vec<String>,
     },
-    #[error(
-        "cannot tell when the kernel frees namespaces: this kernel exposes no count of them (neither /sys/kernel/slab/net_namespace/objects nor a net_namespace line in /proc/slabinfo); `down` itself succeeded"
-    )]
-    NoFreeSignal,
-    #[error(
-        "the kernel freed {freed} of {total} namespace(s) within {} s; something may still hold the others (a process inside one: `ip netns pids NAME` before `down`, or an open /proc/PID/ns/net), or other namespaces were created on this host meanwhile (the count is host-wide)",
-        .waited.as_secs()
-    )]
-    NotFreed {
-        freed: usize,
-        total: usize,
-        waited: Duration,
-    },
     #[error("taking down chain `{chain}` left {} problem(s):\n  {}\nthe record is kept: fix the cause and run `netfn down {chain}` again", .errors.len(), .errors.join("\n  "))]
     Down { chain: String, errors: Vec<String> },
 }
@@ -117,104 +104,31 @@ pub enum DownOutcome {
     NotUp,
 }
 
-/// How far the kernel is with freeing the namespaces a `down` removed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct FreeProgress {
-    /// Namespaces freed so far (at most `total`).
-    pub freed: usize,
-    pub total: usize,
-    /// The kernel's count of namespaces it holds (host-wide), before `down` and now.
-    pub before: u64,
-    pub now: u64,
-    pub elapsed: Duration,
+/// The namespaces netfn made for `chain` (from its record; none when it is not up): what a
+/// `down` of it removes, for [`crate::kernel::freed::FreeWatch`].
+pub fn namespaces_of(chain: &str) -> Vec<String> {
+    let Ok(Some(record)) = state::load(chain) else {
+        return Vec::new();
+    };
+    let mut names: Vec<String> = record
+        .plan
+        .created_namespaces()
+        .map(str::to_string)
+        .collect();
+    if let Some(previous) = &record.previous {
+        names.extend(previous.created_namespaces().map(str::to_string));
+        names.sort();
+        names.dedup();
+    }
+    names
 }
 
-/// The kernel's count of namespaces, taken before `down` removes any; [`FreeWatch::wait`]
-/// waits for it to fall by the number removed. Network namespaces are freed asynchronously by
-/// the kernel's `cleanup_net` work after their last reference goes, and a namespace created
-/// meanwhile waits behind that work (rtnl): `down --wait` lets the next `up` start clean.
-#[derive(Debug, Clone, Copy)]
-pub struct FreeWatch {
-    before: u64,
-}
-
-impl FreeWatch {
-    /// Reads the kernel's count now (see [`netns::allocated`]).
-    pub fn start() -> Result<FreeWatch, LifecycleError> {
-        Self::start_with(netns::allocated)
-    }
-
-    /// [`FreeWatch::start`] with another count (tests).
-    pub fn start_with(count: impl Fn() -> Option<u64>) -> Result<FreeWatch, LifecycleError> {
-        let before = count().ok_or(LifecycleError::NoFreeSignal)?;
-        Ok(FreeWatch { before })
-    }
-
-    /// Waits until the kernel holds `removed` fewer namespaces than before `down`, at most
-    /// `limit`; calls `progress` at every change and at the end.
-    pub fn wait(
-        &self,
-        removed: usize,
-        limit: Duration,
-        progress: &dyn Fn(&FreeProgress),
-    ) -> Result<FreeProgress, LifecycleError> {
-        self.wait_with(netns::allocated, removed, limit, progress)
-    }
-
-    /// [`FreeWatch::wait`] with another count (tests).
-    pub fn wait_with(
-        &self,
-        count: impl Fn() -> Option<u64>,
-        removed: usize,
-        limit: Duration,
-        progress: &dyn Fn(&FreeProgress),
-    ) -> Result<FreeProgress, LifecycleError> {
-        const POLL: Duration = Duration::from_millis(10);
-        const SETTLE: Duration = Duration::from_secs(3);
-        let started = Instant::now();
-        let mut last = None;
-        let (mut last_count, mut changed) = (None, started);
-        loop {
-            let now = count().ok_or(LifecycleError::NoFreeSignal)?;
-            if last_count != Some(now) {
-                (last_count, changed) = (Some(now), Instant::now());
-            }
-            let freed = usize::try_from(self.before.saturating_sub(now))
-                .unwrap_or(usize::MAX)
-                .min(removed);
-            let p = FreeProgress {
-                freed,
-                total: removed,
-                before: self.before,
-                now,
-                elapsed: started.elapsed(),
-            };
-            if last != Some(freed) || freed == removed {
-                progress(&p);
-                last = Some(freed);
-            }
-            // The count is host-wide: namespaces others create meanwhile keep it up. Once most
-            // of ours are freed and it has stopped moving for SETTLE, the kernel is done.
-            if freed == removed
-                || (freed * 10 >= removed * 9 && changed.elapsed() >= SETTLE && p.elapsed >= SETTLE)
-            {
-                return Ok(p);
-            }
-            if p.elapsed >= limit {
-                return Err(LifecycleError::NotFreed {
-                    freed,
-                    total: removed,
-                    waited: p.elapsed,
-                });
-            }
-            std::thread::sleep(POLL);
-        }
-    }
-}
-
-/// Progress lines for people ("waiting for the lock", "finishing an interrupted up").
+/// Progress for people: lines ("waiting for the lock", "finishing an interrupted up") and
+/// counts a live progress line can show.
 pub trait Progress {
     fn note(&self, line: &str);
+    /// One namespace was made (`up`, `apply`); called from the namespace worker threads.
+    fn namespace_made(&self) {}
 }
 
 impl<F: Fn(&str)> Progress for F {
@@ -237,7 +151,7 @@ pub fn up(
     spec: &ChainSpec,
     rt: &tokio::runtime::Runtime,
     options: &UpOptions,
-    progress: &dyn Progress,
+    progress: &(dyn Progress + Sync),
 ) -> Result<UpOutcome, LifecycleError> {
     let started = Instant::now();
     let plan = plan::plan_chain(spec);
@@ -257,7 +171,7 @@ fn up_locked(
     plan: ChainPlan,
     rt: &tokio::runtime::Runtime,
     options: &UpOptions,
-    progress: &dyn Progress,
+    progress: &(dyn Progress + Sync),
     started: Instant,
 ) -> Result<UpOutcome, LifecycleError> {
     let chain = plan.chain.clone();
@@ -288,7 +202,7 @@ fn up_locked(
     let mut record = ChainState::new(source, plan);
     state::save(&mut record)?;
 
-    match build(&record.plan, spec, rt, options) {
+    match build(&record.plan, spec, rt, options, &|| progress.namespace_made()) {
         Ok(()) => {
             record.phase = Phase::Up;
             record.interface_counters = record.plan.fastpath == FastPath::Kernel;
@@ -394,8 +308,9 @@ fn build(
     spec: &ChainSpec,
     rt: &tokio::runtime::Runtime,
     options: &UpOptions,
+    made: &(dyn Fn() + Sync),
 ) -> Result<(), (ObjectError, Vec<String>)> {
-    let (opened, created) = objects::create_namespaces(plan, rt.handle(), options.workers);
+    let (opened, created) = objects::create_namespaces(plan, rt.handle(), options.workers, made);
     let foreign = opened.foreign.clone();
     let with_foreign = |e| (e, foreign.clone());
     created.map_err(with_foreign)?;
@@ -480,63 +395,5 @@ fn teardown(mut record: ChainState, rt: &tokio::runtime::Runtime) -> Result<(), 
             chain: record.chain().to_string(),
             errors,
         })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use std::cell::RefCell;
-
-    use super::*;
-
-    fn counts(seq: &[u64]) -> impl Fn() -> Option<u64> + '_ {
-        let i = RefCell::new(0);
-        move || {
-            let mut i = i.borrow_mut();
-            let v = seq.get(*i).or(seq.last()).copied();
-            *i += 1;
-            v
-        }
-    }
-
-    #[test]
-    fn waits_until_the_count_falls_by_what_was_removed() {
-        let seen = RefCell::new(Vec::new());
-        let watch = FreeWatch::start_with(|| Some(140)).unwrap();
-        let done = watch
-            .wait_with(
-                counts(&[140, 140, 130, 121, 118, 118]),
-                20,
-                Duration::from_secs(60),
-                &|p| seen.borrow_mut().push(p.freed),
-            )
-            .unwrap();
-        assert_eq!((done.freed, done.total, done.now), (20, 20, 118));
-        // One call per change, the last one complete.
-        assert_eq!(*seen.borrow(), [0, 10, 19, 20]);
-    }
-
-    #[test]
-    fn gives_up_at_the_limit_and_says_how_far_it_got() {
-        let watch = FreeWatch::start_with(|| Some(50)).unwrap();
-        let err = watch
-            .wait_with(counts(&[45]), 10, Duration::ZERO, &|_| {})
-            .unwrap_err();
-        assert!(matches!(
-            err,
-            LifecycleError::NotFreed {
-                freed: 5,
-                total: 10,
-                ..
-            }
-        ));
-    }
-
-    #[test]
-    fn without_a_count_it_says_so() {
-        assert!(matches!(
-            FreeWatch::start_with(|| None),
-            Err(LifecycleError::NoFreeSignal)
-        ));
     }
 }

@@ -196,28 +196,3 @@ pub fn list_with_prefix(prefix: &str) -> Vec<String> {
     v.sort();
     v
 }
-
-/// The slab allocator's count of `struct net` objects in use: SLUB's sysfs file, then
-/// /proc/slabinfo's `active_objs`. A network namespace's `struct net` returns to this cache at
-/// the very end of the kernel's `cleanup_net` work (after every pernet exit and an RCU barrier),
-/// so the count falls exactly when the kernel has really freed a namespace, and it counts the
-/// dying namespaces no /proc/PID/ns or /run/netns listing can see. It is host-wide.
-const NET_SLAB_OBJECTS: &str = "/sys/kernel/slab/net_namespace/objects";
-const SLABINFO: &str = "/proc/slabinfo";
-
-/// Network namespaces the kernel holds (alive or still being freed), host-wide: see
-/// [`NET_SLAB_OBJECTS`]. None when this kernel exposes neither slab count.
-pub fn allocated() -> Option<u64> {
-    // "40 N0=40": the total first, then per NUMA node.
-    let sysfs = fs::read_to_string(NET_SLAB_OBJECTS)
-        .ok()
-        .and_then(|s| s.split_whitespace().next()?.parse().ok());
-    sysfs.or_else(|| {
-        fs::read_to_string(SLABINFO).ok().and_then(|s| {
-            s.lines().find_map(|l| {
-                let mut f = l.split_whitespace();
-                (f.next() == Some("net_namespace")).then(|| f.next()?.parse().ok())?
-            })
-        })
-    })
-}
