@@ -275,10 +275,13 @@ pub fn apply(file: &Path, only: Option<&str>, dry_run: bool, quiet: bool) -> Res
 /// and `ip netns add` waited 8 s behind 2,000 of them).
 const FREE_NOTE_FROM: usize = 100;
 
-/// How long `down --wait` waits for the kernel at most.
-const FREE_WAIT_LIMIT: std::time::Duration = std::time::Duration::from_secs(300);
-
-pub fn down(target: Option<&str>, all: bool, wait: bool, quiet: bool) -> Result<ExitCode> {
+/// `wait`: how long to wait for the kernel to free the namespaces (`--wait`), at most.
+pub fn down(
+    target: Option<&str>,
+    all: bool,
+    wait: Option<std::time::Duration>,
+    quiet: bool,
+) -> Result<ExitCode> {
     require_root("down")?;
     let chains: Vec<String> = match target {
         _ if all => state::list()?,
@@ -299,7 +302,7 @@ pub fn down(target: Option<&str>, all: bool, wait: bool, quiet: bool) -> Result<
     let rt = runtime()?;
     let namespaces: Vec<Vec<String>> = chains.iter().map(|c| lifecycle::namespaces_of(c)).collect();
     // Tag the namespaces before any goes: what --wait watches.
-    let mut watch = if wait {
+    let mut watch = if wait.is_some() {
         let all: Vec<String> = namespaces.iter().flatten().cloned().collect();
         Some(freed::FreeWatch::start(&all, rt.handle()).context(
             "netfn down --wait (nothing was taken down; `netfn down` without --wait does not watch)",
@@ -352,7 +355,7 @@ pub fn down(target: Option<&str>, all: bool, wait: bool, quiet: bool) -> Result<
         }
         match watch {
             Some(watch) if watch.total() > 0 => {
-                if let Err(e) = wait_freed(watch, &live) {
+                if let Err(e) = wait_freed(watch, wait.unwrap_or_default(), &live) {
                     failed += 1;
                     live.eprintln(&format!("netfn: error: {e}"));
                 }
@@ -373,14 +376,18 @@ pub fn down(target: Option<&str>, all: bool, wait: bool, quiet: bool) -> Result<
 }
 
 /// Waits for the kernel to free what `watch` tagged, counting on the live line.
-fn wait_freed(watch: freed::FreeWatch, live: &Live) -> Result<(), freed::FreedError> {
+fn wait_freed(
+    watch: freed::FreeWatch,
+    limit: std::time::Duration,
+    live: &Live,
+) -> Result<(), freed::FreedError> {
     let line = |p: &freed::FreeProgress| {
         live.set_extra(format!(
             "kernel cleanup begun for {}/{} namespace(s)",
             p.started, p.total
         ))
     };
-    let done = watch.wait(FREE_WAIT_LIMIT, &line)?;
+    let done = watch.wait(limit, &line)?;
     live.println(&format!(
         "kernel: freed {} namespace(s) in {} ms after down",
         done.total,

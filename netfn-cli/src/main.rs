@@ -102,6 +102,9 @@ enum Command {
         /// background, and an `up` started meanwhile waits behind it), each one checked.
         #[arg(long)]
         wait: bool,
+        /// With --wait: give up after this many seconds (the kernel goes on freeing).
+        #[arg(long, value_name = "SECONDS", default_value_t = 300, requires = "wait")]
+        wait_limit: u64,
         /// No progress line (there is none when stderr is not a terminal either).
         #[arg(long, short)]
         quiet: bool,
@@ -242,8 +245,14 @@ fn main() -> ExitCode {
             target,
             all,
             wait,
+            wait_limit,
             quiet,
-        } => commands::down(target.as_deref(), all, wait, quiet),
+        } => commands::down(
+            target.as_deref(),
+            all,
+            wait.then(|| std::time::Duration::from_secs(wait_limit)),
+            quiet,
+        ),
         Command::Status { chain, json } => commands::status(chain.as_deref(), json),
         Command::Exec {
             chain,
