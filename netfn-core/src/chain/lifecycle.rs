@@ -202,7 +202,9 @@ fn up_locked(
     let mut record = ChainState::new(source, plan);
     state::save(&mut record)?;
 
-    match build(&record.plan, spec, rt, options, &|| progress.namespace_made()) {
+    match build(&record.plan, spec, rt, options, &|| {
+        progress.namespace_made()
+    }) {
         Ok(()) => {
             record.phase = Phase::Up;
             record.interface_counters = record.plan.fastpath == FastPath::Kernel;

@@ -4,6 +4,7 @@
 mod agent;
 mod chain;
 mod deploy;
+mod deploy_pps;
 mod firewall;
 mod lb;
 mod pps_chart;
