@@ -17,6 +17,8 @@ const GOAL_RATIO: f64 = 0.97;
 /// Functions per chain, and chains up with the probe in the crowded case.
 const PER_CHAIN: usize = 10;
 const OTHERS: usize = 99;
+/// Pause after the other chains come up, before the window.
+const SETTLE: std::time::Duration = std::time::Duration::from_secs(2);
 
 #[derive(Serialize)]
 pub struct Record {
@@ -122,6 +124,8 @@ fn one_mode(
         );
         alone.push(chain::measure_pps(&topology, seconds)?.delivered);
         timed_netfn(netfn, &["up", &crowd_file, "--quiet"])?;
+        // New namespaces have kernel timers of their own for a moment (neighbour, IPv6).
+        std::thread::sleep(SETTLE);
         let measured = chain::measure_pps(&topology, seconds);
         super::deploy::down_and_wait(netfn, &crowd_file)?;
         crowded.push(measured?.delivered);
