@@ -48,6 +48,9 @@ pub struct Options {
     /// Seconds per pps window of the 1-vs-100-chains comparison (0: skip it).
     #[arg(long, default_value_t = 3.0)]
     pps_seconds: f64,
+    /// Seconds between the 99 chains coming up and the pps window.
+    #[arg(long, default_value_t = 10.0)]
+    pps_settle: f64,
     /// Fast paths of the 1-vs-100-chains pps comparison.
     #[arg(long, value_delimiter = ',', default_values_t = ["tc".to_string()])]
     pps_fastpath: Vec<String>,
@@ -348,7 +351,13 @@ pub fn run(opts: &Options) -> Result<()> {
         .collect();
     print_table(&records);
     let pps = if opts.pps_seconds > 0.0 {
-        super::deploy_pps::run(&netfn, &opts.pps_fastpath, opts.pps_seconds, opts.repeats)?
+        super::deploy_pps::run(
+            &netfn,
+            &opts.pps_fastpath,
+            opts.pps_seconds,
+            opts.pps_settle,
+            opts.repeats,
+        )?
     } else {
         Vec::new()
     };

@@ -17,8 +17,6 @@ const GOAL_RATIO: f64 = 0.97;
 /// Functions per chain, and chains up with the probe in the crowded case.
 const PER_CHAIN: usize = 10;
 const OTHERS: usize = 99;
-/// Pause after the other chains come up, before the window.
-const SETTLE: std::time::Duration = std::time::Duration::from_secs(2);
 
 #[derive(Serialize)]
 pub struct Record {
@@ -45,17 +43,20 @@ impl Drop for Chains<'_> {
     }
 }
 
+/// `settle`: the pause after the other chains come up, before the window (new namespaces have
+/// kernel timers of their own for a moment: neighbours, IPv6).
 pub fn run(
     netfn: &Path,
     fastpaths: &[String],
     seconds: f64,
+    settle: f64,
     repeats: usize,
 ) -> Result<Vec<Record>> {
     let dir = std::env::temp_dir().join(format!("netfn-bench-deploy-pps-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let mut records = Vec::new();
     for fastpath in fastpaths {
-        records.push(one_mode(netfn, &dir, fastpath, seconds, repeats)?);
+        records.push(one_mode(netfn, &dir, fastpath, seconds, settle, repeats)?);
     }
     let _ = std::fs::remove_dir_all(&dir);
     println!(
@@ -84,6 +85,7 @@ fn one_mode(
     dir: &Path,
     fastpath: &str,
     seconds: f64,
+    settle: f64,
     repeats: usize,
 ) -> Result<Record> {
     let probe = format!("bdp{}", &fastpath[..1]);
@@ -124,8 +126,7 @@ fn one_mode(
         );
         alone.push(chain::measure_pps(&topology, seconds)?.delivered);
         timed_netfn(netfn, &["up", &crowd_file, "--quiet"])?;
-        // New namespaces have kernel timers of their own for a moment (neighbour, IPv6).
-        std::thread::sleep(SETTLE);
+        std::thread::sleep(std::time::Duration::from_secs_f64(settle));
         let measured = chain::measure_pps(&topology, seconds);
         super::deploy::down_and_wait(netfn, &crowd_file)?;
         crowded.push(measured?.delivered);
