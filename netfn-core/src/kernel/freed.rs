@@ -14,6 +14,11 @@
 //! run. When the canary's id goes, every run that held ours has finished: ours are freed.
 //! A namespace whose id stays is not being freed at all: something still holds it (a process
 //! inside, an open file of it, a socket).
+//!
+//! An id, once seen gone, counts as gone for good: the kernel may give the same number to
+//! another namespace later (the lowest free one), and that must not look like ours coming
+//! back. (Between two looks, 20 ms apart, it could still happen unseen; the kernel's
+//! RTM_DELNSID notifications would close that gap.)
 
 use std::collections::BTreeMap;
 use std::os::fd::OwnedFd;
@@ -60,9 +65,12 @@ pub struct FreeProgress {
 pub struct FreeWatch {
     nl: Netlink,
     rt: tokio::runtime::Handle,
-    /// Our namespaces by their id in netfn's namespace.
+    /// Our namespaces by their id in netfn's namespace, while their id is in the table.
     ours: BTreeMap<i32, String>,
+    /// How many were tagged (and not forgotten).
+    total: usize,
     canary_id: i32,
+    canary_gone: bool,
     /// The only reference to the canary until ours are all in cleanup.
     canary: Option<OwnedFd>,
 }
@@ -84,34 +92,40 @@ impl FreeWatch {
         Ok(FreeWatch {
             nl,
             rt: rt.clone(),
+            total: ours.len(),
             ours,
             canary_id,
+            canary_gone: false,
             canary: Some(canary),
         })
     }
 
     /// Stops watching these (a `down` that failed kept them).
     pub fn forget(&mut self, names: &[String]) {
+        let before = self.ours.len();
         self.ours.retain(|_, name| !names.contains(name));
+        self.total -= before - self.ours.len();
     }
 
     /// How many namespaces are watched.
     pub fn total(&self) -> usize {
-        self.ours.len()
+        self.total
     }
 
     /// Looks at the kernel's id table once; lets the canary go once all ours are in cleanup.
     pub fn poll(&mut self, started: Instant) -> Result<FreeProgress, FreedError> {
         let ids = self.rt.block_on(self.nl.nsids())?;
-        let pending = self.ours.keys().filter(|id| ids.contains(id)).count();
-        if pending == 0 && self.canary.is_some() {
+        self.ours.retain(|id, _| ids.contains(id));
+        if self.ours.is_empty() && self.canary.is_some() {
             // Closing the last reference queues the canary for the next cleanup run.
             self.canary = None;
+        } else if self.canary.is_none() && !ids.contains(&self.canary_id) {
+            self.canary_gone = true;
         }
         Ok(FreeProgress {
-            started: self.ours.len() - pending,
-            total: self.ours.len(),
-            freed: self.canary.is_none() && !ids.contains(&self.canary_id),
+            started: self.total - self.ours.len(),
+            total: self.total,
+            freed: self.canary_gone,
             elapsed: started.elapsed(),
         })
     }
@@ -155,12 +169,7 @@ impl FreeWatch {
 
     /// The names of ours whose cleanup has not begun.
     fn held(&self) -> Vec<String> {
-        let ids = self.rt.block_on(self.nl.nsids()).unwrap_or_default();
-        self.ours
-            .iter()
-            .filter(|(id, _)| ids.contains(id))
-            .map(|(_, name)| name.clone())
-            .collect()
+        self.ours.values().cloned().collect()
     }
 }
 

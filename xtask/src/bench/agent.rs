@@ -188,6 +188,27 @@ fn scrape(addr: &str) -> Result<(f64, String)> {
     Ok((ms, body.to_string()))
 }
 
+/// `n` timed scrapes: their times (ms) and the last body.
+fn timed_scrapes(addr: &str, n: usize) -> Result<(Vec<f64>, String)> {
+    let mut samples = Vec::with_capacity(n);
+    let mut body = String::new();
+    for _ in 0..n {
+        let (ms, b) = scrape(addr)?;
+        samples.push(ms);
+        body = b;
+    }
+    Ok((samples, body))
+}
+
+/// The functions a /metrics body has a forward packet counter for.
+fn functions_in(body: &str) -> usize {
+    body.lines()
+        .filter(|l| {
+            l.starts_with("netfn_function_packets_total{") && l.contains("direction=\"forward\"")
+        })
+        .count()
+}
+
 fn value(text: &str, name: &str) -> Option<f64> {
     text.lines()
         .find(|l| l.split_whitespace().next() == Some(name))
@@ -225,20 +246,9 @@ fn measure_scrape(
     for _ in 0..3 {
         scrape(&agent.http)?;
     }
-    let mut samples = Vec::with_capacity(scrapes);
-    let mut body = String::new();
-    for _ in 0..scrapes {
-        let (ms, b) = scrape(&agent.http)?;
-        samples.push(ms);
-        body = b;
-    }
+    let (samples, body) = timed_scrapes(&agent.http, scrapes)?;
     let series = body.lines().filter(|l| !l.starts_with('#')).count();
-    let functions_seen = body
-        .lines()
-        .filter(|l| {
-            l.starts_with("netfn_function_packets_total{") && l.contains("direction=\"forward\"")
-        })
-        .count();
+    let functions_seen = functions_in(&body);
     if functions_seen != functions {
         bail!("/metrics shows {functions_seen} functions, expected {functions}");
     }
@@ -360,19 +370,8 @@ fn measure_at_scale(
     let (c1, t1) = (cpu_seconds(agent.child.id())?, Instant::now());
     let secs = (t1 - t0).as_secs_f64();
     let cpu = (c1 - c0) / secs * 100.0;
-    let mut samples = Vec::with_capacity(scrapes);
-    let mut body = String::new();
-    for _ in 0..scrapes {
-        let (ms, b) = scrape(&agent.http)?;
-        samples.push(ms);
-        body = b;
-    }
-    let seen = body
-        .lines()
-        .filter(|l| {
-            l.starts_with("netfn_function_packets_total{") && l.contains("direction=\"forward\"")
-        })
-        .count();
+    let (samples, body) = timed_scrapes(&agent.http, scrapes)?;
+    let seen = functions_in(&body);
     if seen != chains * per_chain {
         bail!(
             "/metrics shows {seen} functions, expected {}",
