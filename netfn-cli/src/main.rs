@@ -4,6 +4,7 @@ mod agent;
 mod commands;
 mod generate;
 mod output;
+mod progress;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -64,6 +65,9 @@ enum Command {
         /// Only this chain of the file.
         #[arg(long, value_parser = chain_name)]
         chain: Option<String>,
+        /// No progress line (there is none when stderr is not a terminal either).
+        #[arg(long, short)]
+        quiet: bool,
     },
     /// Change running chains to match the file: add, remove or reorder functions in place.
     #[command(after_help = "Examples:
@@ -78,13 +82,17 @@ enum Command {
         /// Print what would change, change nothing.
         #[arg(long)]
         dry_run: bool,
+        /// No progress line (there is none when stderr is not a terminal either).
+        #[arg(long, short)]
+        quiet: bool,
     },
     /// Remove a chain (by name, or every chain of a file) and everything netfn created for it.
     #[command(after_help = "Examples:
   sudo netfn down minimal
   sudo netfn down examples/minimal.toml
+  sudo netfn down big.toml --wait     # return once the kernel has freed the namespaces
   sudo netfn down --all
-  sudo netfn down --force minimal   # its record is damaged")]
+  sudo netfn down --force minimal     # its record is damaged")]
     Down {
         /// A chain name or a chain file.
         target: Option<String>,
@@ -95,6 +103,16 @@ enum Command {
         /// namespaces nf-CHAIN-*, pins /sys/fs/bpf/netfn/CHAIN, processes and files.
         #[arg(long, conflicts_with = "all", requires = "target")]
         force: bool,
+        /// Then wait until the kernel has freed the removed namespaces (it does so in the
+        /// background, and an `up` started meanwhile waits behind it), each one checked.
+        #[arg(long)]
+        wait: bool,
+        /// With --wait: give up after this many seconds (the kernel goes on freeing).
+        #[arg(long, value_name = "SECONDS", default_value_t = 300, requires = "wait")]
+        wait_limit: u64,
+        /// No progress line (there is none when stderr is not a terminal either).
+        #[arg(long, short)]
+        quiet: bool,
     },
     /// Show chains, their functions, namespaces, interfaces and counters.
     #[command(after_help = "Examples:
@@ -224,13 +242,27 @@ fn main() -> ExitCode {
     });
     let result = match cli.command {
         Command::Validate { file } => commands::validate(&file),
-        Command::Up { file, chain } => commands::up(&file, chain.as_deref()),
+        Command::Up { file, chain, quiet } => commands::up(&file, chain.as_deref(), quiet),
         Command::Apply {
             file,
             chain,
             dry_run,
-        } => commands::apply(&file, chain.as_deref(), dry_run),
-        Command::Down { target, all, force } => commands::down(target.as_deref(), all, force),
+            quiet,
+        } => commands::apply(&file, chain.as_deref(), dry_run, quiet),
+        Command::Down {
+            target,
+            all,
+            force,
+            wait,
+            wait_limit,
+            quiet,
+        } => commands::down(
+            target.as_deref(),
+            all,
+            force,
+            wait.then(|| std::time::Duration::from_secs(wait_limit)),
+            quiet,
+        ),
         Command::Status { chain, json } => commands::status(chain.as_deref(), json),
         Command::Exec {
             chain,

@@ -1,6 +1,7 @@
 //! A chain's whole life with real kernel objects: up, traffic both ways, status, exec, down,
 //! and nothing left behind. Runs as root.
 
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
@@ -328,4 +329,127 @@ fn ip_links(netns: &str) -> Vec<String> {
         .filter_map(|l| l.split(": ").nth(1))
         .map(|n| n.split('@').next().unwrap_or(n).to_string())
         .collect()
+}
+
+#[test]
+fn down_wait_returns_once_the_kernel_has_freed_the_namespaces() {
+    let chain = unique_chain("dw");
+    let dir = TempDir::new(&chain);
+    let file = dir.write("chain.toml", &forward_chain(&chain, 10, "tc"));
+    let _guard = ChainGuard::up(&chain, &file);
+    let out = netfn(&["down", &chain, "--wait"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "down --wait failed:\n{stdout}\n{stderr}"
+    );
+    assert_eq!(leftovers(&chain), Vec::<String>::new());
+    // 12 namespaces (10 functions, ingress, egress) removed, and all 12 freed.
+    assert!(
+        stdout.contains(&format!("chain {chain}: down, 12 namespace(s) removed"))
+            && stdout.contains("kernel: freed 12 namespace(s) in "),
+        "{stdout}"
+    );
+    // Not a terminal: no progress line.
+    assert!(
+        !stderr.contains("netfn down:") && !stderr.contains('\r'),
+        "progress line: {stderr:?}"
+    );
+}
+
+#[test]
+fn down_wait_names_the_namespace_something_still_holds() {
+    let chain = unique_chain("dh");
+    let dir = TempDir::new(&chain);
+    let file = dir.write("chain.toml", &forward_chain(&chain, 3, "kernel"));
+    let guard = ChainGuard::up(&chain, &file);
+    // An open file of one function's namespace keeps it alive after down.
+    let held = format!("nf-{chain}-fn2");
+    let file_of_ns = std::fs::File::open(format!("/run/netns/{held}"))
+        .unwrap_or_else(|e| panic!("open /run/netns/{held}: {e}"));
+    let out = netfn(&["down", &chain, "--wait", "--wait-limit", "2"]);
+    drop(file_of_ns);
+    drop(guard);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "down --wait succeeded: {stderr}");
+    assert!(
+        stderr.contains("began to free 4 of 5 namespace(s)")
+            && stderr.contains(&format!("still held by something: {held} ")),
+        "{stderr}"
+    );
+    assert_eq!(leftovers(&chain), Vec::<String>::new());
+}
+
+/// Runs `netfn ARGS…` on a pseudo-terminal (util-linux `script`); returns all it wrote there.
+fn netfn_on_a_terminal(args: &[&str]) -> String {
+    let line = std::iter::once(netfn_tests::netfn_bin().display().to_string())
+        .chain(args.iter().map(|a| a.to_string()))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let out = netfn_tests::command(Path::new("script"))
+        .args(["-qec", &line, "/dev/null"])
+        .output()
+        .expect("run script (util-linux)");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{line} on a pty failed:\n{text}");
+    text
+}
+
+#[test]
+fn up_and_down_draw_a_progress_line_on_a_terminal_only() {
+    let chain = unique_chain("pl");
+    let dir = TempDir::new(&chain);
+    let file = dir.write("chain.toml", &forward_chain(&chain, 4, "kernel"));
+    let file = file.to_string_lossy().into_owned();
+    // Not a terminal: the result line alone.
+    let out = netfn(&["up", &file]);
+    let _guard = ChainGuard {
+        chain: chain.clone(),
+        file: file.clone().into(),
+    };
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        !stderr.contains("netfn up:") && !stderr.contains('\r'),
+        "{stderr:?}"
+    );
+    netfn_ok(&["down", &chain]);
+    // A terminal: the line is drawn (and cleared before the result line).
+    let text = netfn_on_a_terminal(&["up", &file]);
+    assert!(
+        text.contains("\r\x1b[Knetfn up: 0/1 chain(s), 0/4 function(s)")
+            && text.contains(&format!("chain {chain}: up, 4 function(s)")),
+        "{text:?}"
+    );
+    let text = netfn_on_a_terminal(&["down", &chain, "--wait"]);
+    assert!(
+        text.contains("\r\x1b[Knetfn down: ") && text.contains("kernel: freed 6 namespace(s)"),
+        "{text:?}"
+    );
+    // --quiet: not drawn, on a terminal too.
+    let text = netfn_on_a_terminal(&["up", &file, "--quiet"]);
+    assert!(
+        !text.contains("netfn up:") && text.contains(&format!("chain {chain}: up")),
+        "{text:?}"
+    );
+    let text = netfn_on_a_terminal(&["down", &chain, "-q"]);
+    assert!(!text.contains("netfn down:"), "{text:?}");
+    assert_eq!(leftovers(&chain), Vec::<String>::new());
+}
+
+#[test]
+fn down_of_many_namespaces_says_the_kernel_frees_them_in_the_background() {
+    let chain = unique_chain("dn");
+    let dir = TempDir::new(&chain);
+    // 98 functions and the two endpoints: 100 namespaces.
+    let file = dir.write("chain.toml", &forward_chain(&chain, 98, "kernel"));
+    let _guard = ChainGuard::up(&chain, &file);
+    let stdout = netfn_ok(&["down", &chain]);
+    assert_eq!(leftovers(&chain), Vec::<String>::new());
+    assert!(
+        stdout.contains("kernel: frees the 100 namespace(s) in the background")
+            && stdout.contains("netfn down --wait"),
+        "{stdout}"
+    );
 }

@@ -258,9 +258,14 @@ fn open(
     rt: &tokio::runtime::Runtime,
     options: &UpOptions,
 ) -> (Opened, Result<(), ObjectError>) {
-    objects::open_hops(plan, rt.handle(), options.workers, create, &|h, _| {
-        hops.contains(&h)
-    })
+    objects::open_hops(
+        plan,
+        rt.handle(),
+        options.workers,
+        create,
+        &|h, _| hops.contains(&h),
+        &|| {},
+    )
 }
 
 /// What an apply changes in terms of links and hops.

@@ -104,9 +104,31 @@ pub enum DownOutcome {
     NotUp,
 }
 
-/// Progress lines for people ("waiting for the lock", "finishing an interrupted up").
+/// The namespaces netfn made for `chain` (from its record; none when it is not up): what a
+/// `down` of it removes, for [`crate::kernel::freed::FreeWatch`].
+pub fn namespaces_of(chain: &str) -> Vec<String> {
+    let Ok(Some(record)) = state::load(chain) else {
+        return Vec::new();
+    };
+    let mut names: Vec<String> = record
+        .plan
+        .created_namespaces()
+        .map(str::to_string)
+        .collect();
+    if let Some(previous) = &record.previous {
+        names.extend(previous.created_namespaces().map(str::to_string));
+        names.sort();
+        names.dedup();
+    }
+    names
+}
+
+/// Progress for people: lines ("waiting for the lock", "finishing an interrupted up") and
+/// counts a live progress line can show.
 pub trait Progress {
     fn note(&self, line: &str);
+    /// One namespace was made (`up`, `apply`); called from the namespace worker threads.
+    fn namespace_made(&self) {}
 }
 
 impl<F: Fn(&str)> Progress for F {
@@ -129,7 +151,7 @@ pub fn up(
     spec: &ChainSpec,
     rt: &tokio::runtime::Runtime,
     options: &UpOptions,
-    progress: &dyn Progress,
+    progress: &(dyn Progress + Sync),
 ) -> Result<UpOutcome, LifecycleError> {
     let started = Instant::now();
     let plan = plan::plan_chain(spec);
@@ -149,7 +171,7 @@ fn up_locked(
     plan: ChainPlan,
     rt: &tokio::runtime::Runtime,
     options: &UpOptions,
-    progress: &dyn Progress,
+    progress: &(dyn Progress + Sync),
     started: Instant,
 ) -> Result<UpOutcome, LifecycleError> {
     let chain = plan.chain.clone();
@@ -180,7 +202,10 @@ fn up_locked(
     let mut record = ChainState::new(source, plan);
     state::save_at(&mut record, "up-record")?;
 
-    let built = build(&record.plan, spec, rt, options).and_then(|()| {
+    let built = build(&record.plan, spec, rt, options, &|| {
+        progress.namespace_made()
+    })
+    .and_then(|()| {
         record.phase = Phase::Up;
         record.interface_counters = record.plan.fastpath == FastPath::Kernel;
         state::save_at(&mut record, "up-record-up")
@@ -297,8 +322,9 @@ fn build(
     spec: &ChainSpec,
     rt: &tokio::runtime::Runtime,
     options: &UpOptions,
+    made: &(dyn Fn() + Sync),
 ) -> Result<(), (ObjectError, Vec<String>)> {
-    let (opened, created) = objects::create_namespaces(plan, rt.handle(), options.workers);
+    let (opened, created) = objects::create_namespaces(plan, rt.handle(), options.workers, made);
     let foreign = opened.foreign.clone();
     let with_foreign = |e| (e, foreign.clone());
     created.map_err(with_foreign)?;

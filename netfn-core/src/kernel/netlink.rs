@@ -306,6 +306,92 @@ impl Netlink {
         Ok(msgs.iter().map(link_info).collect())
     }
 
+    /// The id this socket's namespace knows another namespace by (its "nsid"), given an open
+    /// file of that namespace; one is assigned first when it has none. A namespace's id goes
+    /// from the table when the kernel starts to free it (see [`Netlink::nsids`]).
+    pub async fn nsid_of(&self, netns: &impl AsRawFd) -> Result<i32, NetlinkError> {
+        use rtnetlink::packet_core::{NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REQUEST};
+        use rtnetlink::packet_route::nsid::NsidAttribute;
+        let fd = u32::try_from(netns.as_raw_fd()).unwrap_or_default();
+        if let Some(id) = self.get_nsid(fd).await? {
+            return Ok(id);
+        }
+        let mut msg = rtnetlink::packet_route::nsid::NsidMessage::default();
+        msg.attributes = vec![NsidAttribute::Fd(fd), NsidAttribute::Id(-1)];
+        self.nsid_request(
+            rtnetlink::packet_route::RouteNetlinkMessage::NewNsId(msg),
+            NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL,
+            "assign a namespace id",
+        )
+        .await?;
+        self.get_nsid(fd).await?.ok_or_else(|| NetlinkError {
+            what: "assign a namespace id".into(),
+            message: "the kernel accepted it but reports none".into(),
+            errno: None,
+        })
+    }
+
+    async fn get_nsid(&self, fd: u32) -> Result<Option<i32>, NetlinkError> {
+        use rtnetlink::packet_core::NLM_F_REQUEST;
+        use rtnetlink::packet_route::nsid::NsidAttribute;
+        let mut msg = rtnetlink::packet_route::nsid::NsidMessage::default();
+        msg.attributes = vec![NsidAttribute::Fd(fd)];
+        let ids = self
+            .nsid_request(
+                rtnetlink::packet_route::RouteNetlinkMessage::GetNsId(msg),
+                NLM_F_REQUEST,
+                "look up a namespace id",
+            )
+            .await?;
+        // -1: none assigned.
+        Ok(ids.into_iter().find(|&id| id >= 0))
+    }
+
+    /// The namespace ids this socket's namespace holds (`ip netns list-id`).
+    pub async fn nsids(&self) -> Result<Vec<i32>, NetlinkError> {
+        use rtnetlink::packet_core::{NLM_F_DUMP, NLM_F_REQUEST};
+        self.nsid_request(
+            rtnetlink::packet_route::RouteNetlinkMessage::GetNsId(Default::default()),
+            NLM_F_REQUEST | NLM_F_DUMP,
+            "list namespace ids",
+        )
+        .await
+    }
+
+    /// Sends one nsid request; returns the ids in the answers.
+    async fn nsid_request(
+        &self,
+        msg: rtnetlink::packet_route::RouteNetlinkMessage,
+        flags: u16,
+        what: &str,
+    ) -> Result<Vec<i32>, NetlinkError> {
+        use rtnetlink::packet_core::{NetlinkMessage, NetlinkPayload};
+        use rtnetlink::packet_route::RouteNetlinkMessage;
+        use rtnetlink::packet_route::nsid::NsidAttribute;
+        let mut req = NetlinkMessage::from(msg);
+        req.header.flags = flags;
+        let mut handle = self.handle.clone();
+        let mut answers = handle
+            .request(req)
+            .map_err(|e| NetlinkError::new(what, e))?;
+        let mut ids = Vec::new();
+        while let Some(answer) = futures::StreamExt::next(&mut answers).await {
+            match answer.payload {
+                NetlinkPayload::Error(e) if e.code.is_some() => {
+                    return Err(NetlinkError::new(what, rtnetlink::Error::NetlinkError(e)));
+                }
+                NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewNsId(m)) => {
+                    ids.extend(m.attributes.iter().find_map(|a| match a {
+                        NsidAttribute::Id(id) => Some(*id),
+                        _ => None,
+                    }))
+                }
+                _ => {}
+            }
+        }
+        Ok(ids)
+    }
+
     /// Every IPv4 address of the namespace, by interface index.
     pub async fn addresses(&self) -> Result<Vec<(u32, Ipv4Net)>, NetlinkError> {
         let msgs: Vec<_> = self

@@ -90,13 +90,15 @@ fn sysctls_for(hop: &HopPlan) -> Vec<(&'static str, &'static str)> {
 }
 
 /// Creates the namespaces netfn owns and opens the existing endpoint namespaces. On error, what
-/// was created is still returned in `opened` so the caller can roll it back.
+/// was created is still returned in `opened` so the caller can roll it back. `made` is called
+/// (on a worker thread) as each one is ready, for a progress count.
 pub fn create_namespaces(
     plan: &ChainPlan,
     rt: &tokio::runtime::Handle,
     workers: usize,
+    made: &(dyn Fn() + Sync),
 ) -> (Opened, Result<(), ObjectError>) {
-    open_hops(plan, rt, workers, true, &|_, _| true)
+    open_hops(plan, rt, workers, true, &|_, _| true, made)
 }
 
 /// Like [`create_namespaces`], for the hops that `only(index, hop)` selects; with `create` false,
@@ -107,6 +109,7 @@ pub fn open_hops(
     workers: usize,
     create: bool,
     only: &(dyn Fn(usize, &HopPlan) -> bool + Sync),
+    made: &(dyn Fn() + Sync),
 ) -> (Opened, Result<(), ObjectError>) {
     let opened = Mutex::new(Opened::default());
     let first_error: Mutex<Option<ObjectError>> = Mutex::new(None);
@@ -136,6 +139,7 @@ pub fn open_hops(
                             if let Ok(mut o) = opened.lock() {
                                 o.hops.insert(h, ns);
                             }
+                            made();
                         }
                         Err(e) => {
                             if let ObjectError::Netns(NetnsError::Exists { name }) = &e

@@ -58,6 +58,24 @@ enum Record {
         samples_ms: Vec<f64>,
         remove_samples_ms: Vec<f64>,
     },
+    /// 100 chains of 10 under one agent at the default probe interval: the probers' CPU and
+    /// the scrape time.
+    AgentAtScale {
+        chains: usize,
+        functions: usize,
+        probe_interval_ms: u64,
+        /// The agent's CPU time (utime + stime) over a window with no scrapes, as a percentage
+        /// of one core: its probers and rescans.
+        agent_cpu_percent_of_one_core: f64,
+        cpu_window_s: f64,
+        cpu_goal_percent: f64,
+        scrape_median_ms: f64,
+        scrape_p99_ms: f64,
+        series: usize,
+        scrape_goal_ms: f64,
+        goal_met: bool,
+        scrape_samples_ms: Vec<f64>,
+    },
     /// A configuration that could not be measured, and why (never a made-up number).
     NotMeasured { what: String, reason: String },
 }
@@ -85,12 +103,13 @@ pub(crate) struct Agent {
 }
 
 impl Agent {
-    fn start(netfn: &Path, dir: &Path, chain: &str) -> Result<Agent> {
+    fn start(netfn: &Path, dir: &Path, chains: &[String]) -> Result<Agent> {
+        let chains: Vec<&str> = chains.iter().map(String::as_str).collect();
         Self::start_for(
             netfn,
             &dir.join("agent.sock"),
             &dir.join("agent.log"),
-            &[chain],
+            &chains,
             &[],
         )
     }
@@ -221,6 +240,27 @@ pub(crate) fn scrape(addr: &str) -> Result<(f64, String)> {
     Ok((ms, body.to_string()))
 }
 
+/// `n` timed scrapes: their times (ms) and the last body.
+fn timed_scrapes(addr: &str, n: usize) -> Result<(Vec<f64>, String)> {
+    let mut samples = Vec::with_capacity(n);
+    let mut body = String::new();
+    for _ in 0..n {
+        let (ms, b) = scrape(addr)?;
+        samples.push(ms);
+        body = b;
+    }
+    Ok((samples, body))
+}
+
+/// The functions a /metrics body has a forward packet counter for.
+fn functions_in(body: &str) -> usize {
+    body.lines()
+        .filter(|l| {
+            l.starts_with("netfn_function_packets_total{") && l.contains("direction=\"forward\"")
+        })
+        .count()
+}
+
 pub(crate) fn value(text: &str, name: &str) -> Option<f64> {
     text.lines()
         .find(|l| l.split_whitespace().next() == Some(name))
@@ -252,26 +292,15 @@ fn measure_scrape(
         netfn: netfn_bin,
         name: name.clone(),
     };
-    let agent = Agent::start(netfn_bin, dir, &name)?;
+    let agent = Agent::start(netfn_bin, dir, std::slice::from_ref(&name))?;
     // Let the prober run once and the first scrapes warm the record cache.
     std::thread::sleep(Duration::from_millis(1500));
     for _ in 0..3 {
         scrape(&agent.http)?;
     }
-    let mut samples = Vec::with_capacity(scrapes);
-    let mut body = String::new();
-    for _ in 0..scrapes {
-        let (ms, b) = scrape(&agent.http)?;
-        samples.push(ms);
-        body = b;
-    }
+    let (samples, body) = timed_scrapes(&agent.http, scrapes)?;
     let series = body.lines().filter(|l| !l.starts_with('#')).count();
-    let functions_seen = body
-        .lines()
-        .filter(|l| {
-            l.starts_with("netfn_function_packets_total{") && l.contains("direction=\"forward\"")
-        })
-        .count();
+    let functions_seen = functions_in(&body);
     if functions_seen != functions {
         bail!("/metrics shows {functions_seen} functions, expected {functions}");
     }
@@ -336,6 +365,104 @@ fn measure_apply(netfn_bin: &Path, dir: &Path, functions: usize, fastpath: &str)
     })
 }
 
+/// The agent's CPU time so far (utime + stime, seconds), from /proc/PID/stat.
+fn cpu_seconds(pid: u32) -> Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command (which may hold spaces) start after the last ')'.
+    let rest = stat
+        .rsplit_once(')')
+        .map(|(_, r)| r)
+        .context("bad /proc/PID/stat")?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of stat(5); `rest` starts at field 3.
+    let ticks = |i: usize| -> Result<f64> {
+        fields
+            .get(i - 3)
+            .and_then(|v| v.parse::<f64>().ok())
+            .context("bad /proc/PID/stat")
+    };
+    // SAFETY: sysconf has no memory effects.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    Ok((ticks(14)? + ticks(15)?) / hz)
+}
+
+/// Issue 14's goal for the probers: under 5% of one core at the default interval.
+const CPU_GOAL_PERCENT: f64 = 5.0;
+/// The default probe interval (`netfn agent --probe-interval`).
+const DEFAULT_PROBE_INTERVAL_MS: u64 = 1000;
+
+fn measure_at_scale(
+    netfn_bin: &Path,
+    dir: &Path,
+    chains: usize,
+    per_chain: usize,
+    window: Duration,
+    scrapes: usize,
+) -> Result<Record> {
+    let names: Vec<String> = (1..=chains).map(|i| format!("bas{i}")).collect();
+    let functions: Vec<String> = (1..=per_chain).map(|i| format!("f{i}")).collect();
+    let text: Vec<String> = names
+        .iter()
+        .map(|c| forward_chain_file(c, 92, "tc", &functions))
+        .collect();
+    let file = dir.join("scale.toml");
+    std::fs::write(&file, text.join("\n"))?;
+    let file = file.to_string_lossy().into_owned();
+    let _chains = Chains {
+        netfn: netfn_bin,
+        file: file.clone(),
+    };
+    timed_netfn(netfn_bin, &["up", &file, "--quiet"])?;
+    let agent = Agent::start(netfn_bin, dir, &names)?;
+    // The probers start, and the first scrape fills the record cache.
+    std::thread::sleep(Duration::from_secs(3));
+    scrape(&agent.http)?;
+    let (c0, t0) = (cpu_seconds(agent.child.id())?, Instant::now());
+    std::thread::sleep(window);
+    let (c1, t1) = (cpu_seconds(agent.child.id())?, Instant::now());
+    let secs = (t1 - t0).as_secs_f64();
+    let cpu = (c1 - c0) / secs * 100.0;
+    let (samples, body) = timed_scrapes(&agent.http, scrapes)?;
+    let seen = functions_in(&body);
+    if seen != chains * per_chain {
+        bail!(
+            "/metrics shows {seen} functions, expected {}",
+            chains * per_chain
+        );
+    }
+    let mut sorted = samples.clone();
+    let median_ms = median(&mut sorted);
+    let p99 = percentile(&sorted, 99.0);
+    Ok(Record::AgentAtScale {
+        chains,
+        functions: chains * per_chain,
+        probe_interval_ms: DEFAULT_PROBE_INTERVAL_MS,
+        agent_cpu_percent_of_one_core: cpu,
+        cpu_window_s: secs,
+        cpu_goal_percent: CPU_GOAL_PERCENT,
+        scrape_median_ms: median_ms,
+        scrape_p99_ms: p99,
+        series: body.lines().filter(|l| !l.starts_with('#')).count(),
+        scrape_goal_ms: SCRAPE_GOAL_MS,
+        goal_met: p99 < SCRAPE_GOAL_MS && cpu < CPU_GOAL_PERCENT,
+        scrape_samples_ms: samples,
+    })
+}
+
+/// Takes every chain of a file down when dropped.
+struct Chains<'a> {
+    netfn: &'a Path,
+    file: String,
+}
+
+impl Drop for Chains<'_> {
+    fn drop(&mut self) {
+        if let Err(e) = timed_netfn(self.netfn, &["down", &self.file, "--quiet"]) {
+            eprintln!("cleanup: {e:#}");
+        }
+    }
+}
+
 /// `cargo xtask bench agent` options.
 #[derive(Args, Debug)]
 pub struct AgentBench {
@@ -348,6 +475,15 @@ pub struct AgentBench {
     /// Functions in the chain that `apply` inserts one into.
     #[arg(long, default_value_t = 100)]
     apply_functions: usize,
+    /// Chains of 10 tc functions under one agent for the at-scale measure (0: skip it).
+    #[arg(long, default_value_t = 100)]
+    scale_chains: usize,
+    /// Seconds of the agent's CPU window at scale.
+    #[arg(long, default_value_t = 10)]
+    cpu_window: u64,
+    /// Only the at-scale measure.
+    #[arg(long)]
+    scale_only: bool,
 }
 
 pub fn run(opts: &AgentBench) -> Result<()> {
@@ -357,7 +493,21 @@ pub fn run(opts: &AgentBench) -> Result<()> {
     let dir = std::env::temp_dir().join(format!("netfn-bench-agent-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let result = (|| -> Result<Vec<Record>> {
-        let mut records = vec![measure_scrape(&netfn_bin, &dir, functions, scrapes)?];
+        let mut records = Vec::new();
+        if opts.scale_chains > 0 {
+            records.push(measure_at_scale(
+                &netfn_bin,
+                &dir,
+                opts.scale_chains,
+                10,
+                Duration::from_secs(opts.cpu_window),
+                scrapes,
+            )?);
+        }
+        if opts.scale_only {
+            return Ok(records);
+        }
+        records.push(measure_scrape(&netfn_bin, &dir, functions, scrapes)?);
         for fastpath in ["kernel", "tc", "xdp"] {
             records.push(
                 match measure_apply(&netfn_bin, &dir, apply_functions, fastpath) {
@@ -421,6 +571,32 @@ fn print_table(records: &[Record]) {
                 format!("apply ({fastpath})"),
                 "-",
                 if *goal_met { "" } else { ", GOAL MISSED" }
+            ),
+            Record::AgentAtScale {
+                chains,
+                functions,
+                probe_interval_ms,
+                agent_cpu_percent_of_one_core,
+                cpu_goal_percent,
+                scrape_median_ms,
+                scrape_p99_ms,
+                series,
+                scrape_goal_ms,
+                ..
+            } => println!(
+                "{:<14}  {functions:>9}  {scrape_median_ms:>10.2}  {scrape_p99_ms:>10.2}  {:>10}  {scrape_goal_ms:>9.0}  \
+                 {chains} tc chains under one agent, {series} series; agent CPU with probes every \
+                 {probe_interval_ms} ms: {agent_cpu_percent_of_one_core:.2}% of one core (goal < \
+                 {cpu_goal_percent}%){}",
+                "at scale",
+                "-",
+                if *agent_cpu_percent_of_one_core < *cpu_goal_percent
+                    && *scrape_p99_ms < *scrape_goal_ms
+                {
+                    ""
+                } else {
+                    ", GOAL MISSED"
+                }
             ),
             Record::NotMeasured { what, reason } => {
                 println!("{what}: not measured: {reason}")

@@ -4,6 +4,7 @@
 pub(crate) mod agent;
 pub(crate) mod chain;
 mod deploy;
+mod deploy_pps;
 mod firewall;
 mod lb;
 mod pps_chart;
@@ -22,12 +23,9 @@ use crate::util;
 pub enum Bench {
     /// Scrape time of the agent's /metrics (1,000 functions) and `apply` insert time.
     Agent(agent::AgentBench),
-    /// Time `netfn up` and `netfn down` of chains of N forward functions.
-    Deploy {
-        /// Chain lengths to measure.
-        #[arg(long = "functions", value_delimiter = ',', default_values_t = vec![10, 100, 1000])]
-        functions: Vec<usize>,
-    },
+    /// Time `netfn up` and `netfn down` of N forward functions per mode, as one chain and as
+    /// N/10 chains of 10, and how long the kernel takes to free the namespaces after down.
+    Deploy(deploy::Options),
     /// UDP pps, TCP throughput and latency: a bare veth pair vs chains of forward functions in
     /// kernel, tc and xdp modes, interleaved repetitions (target/bench/chain.json, chain.png).
     Chain {
@@ -135,7 +133,7 @@ pub fn run(which: Bench) -> Result<()> {
             rules,
         }),
         Bench::Agent(opts) => agent::run(&opts),
-        Bench::Deploy { functions } => deploy::run(&functions),
+        Bench::Deploy(opts) => deploy::run(&opts),
         Bench::Chain {
             repetitions,
             seconds,
@@ -179,6 +177,11 @@ pub fn timed_netfn(netfn: &std::path::Path, args: &[&str]) -> Result<f64> {
 
 /// [`timed_netfn`], also returning what netfn wrote to stderr (its log, as `--log` asks).
 pub fn timed_netfn_log(netfn: &std::path::Path, args: &[&str]) -> Result<(f64, String)> {
+    timed_netfn_output(netfn, args).map(|(ms, _, log)| (ms, log))
+}
+
+/// [`timed_netfn`], also returning what netfn wrote to stdout and to stderr.
+pub fn timed_netfn_output(netfn: &std::path::Path, args: &[&str]) -> Result<(f64, String, String)> {
     let start = std::time::Instant::now();
     let out = std::process::Command::new(netfn)
         .args(args)
@@ -192,7 +195,11 @@ pub fn timed_netfn_log(netfn: &std::path::Path, args: &[&str]) -> Result<(f64, S
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    Ok((ms, String::from_utf8_lossy(&out.stderr).into_owned()))
+    Ok((
+        ms,
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    ))
 }
 
 /// The median of the samples (sorts them).

@@ -45,6 +45,7 @@ mod lab;
 mod report;
 mod traffic;
 
+pub(in crate::bench) use Topology as ChainTopology;
 use chart::*;
 pub(in crate::bench) use chart::{nice_ceiling, trim_number};
 pub(in crate::bench) use iperf::*;
@@ -62,8 +63,8 @@ pub(in crate::bench) const PPS_PORT: u16 = 9000;
 pub(in crate::bench) const PING_PORT: u16 = 9100;
 const IPERF_PORT: u16 = 5301;
 /// Addresses of the chains' endpoints (inside their own namespaces only).
-const SRC_ADDR: Ipv4Addr = Ipv4Addr::new(10, 82, 1, 2);
-const DST_ADDR: Ipv4Addr = Ipv4Addr::new(10, 82, 2, 2);
+pub(in crate::bench) const SRC_ADDR: Ipv4Addr = Ipv4Addr::new(10, 82, 1, 2);
+pub(in crate::bench) const DST_ADDR: Ipv4Addr = Ipv4Addr::new(10, 82, 2, 2);
 /// The bare pair.
 const BARE_A: &str = "nfbench-a";
 const BARE_B: &str = "nfbench-b";
