@@ -23,6 +23,9 @@ use netfn_core::plan::HopRole;
 use super::config::WgSettings;
 use super::keys;
 
+/// The UDP socket's receive and send buffer sizes asked for.
+const SOCKET_BUFFER: usize = 4 << 20;
+
 /// The interface name of function `function` of `chain`: unique on the host (the UAPI socket's
 /// directory is shared by every namespace), at most 15 bytes.
 pub fn interface_name(chain: &str, function: &str) -> String {
@@ -104,6 +107,10 @@ pub fn run(chain: &str, function: &str) -> Result<(), String> {
         })?;
         let device = DeviceBuilder::new()
             .with_default_udp()
+            // Room for bursts while the endpoint waits for a CPU (wireguard-go asks for 7 MiB;
+            // the kernel caps this at net.core.rmem_max / wmem_max).
+            .udp_recv_buffer_size(SOCKET_BUFFER)
+            .udp_send_buffer_size(SOCKET_BUFFER)
             .with_ip_pair(tun_tx, tun_rx)
             .with_uapi(uapi)
             .with_private_key(StaticSecret::from(private))
