@@ -5,7 +5,8 @@
 //!
 //! It reads the function's recorded settings (key file paths, never keys) and its key files,
 //! enters the function's namespace on the main thread before any other thread exists (so every
-//! thread, socket and device it makes is there), attaches to the TUN and builds the device with
+//! thread, socket and device it makes is there), attaches to the TUN with offloads
+//! ([`super::tun_io`]: GSO reads split into packets, coalesced writes) and builds the device with
 //! the cross-platform UAPI socket `/var/run/wireguard/<interface>.sock` (so `wg show` works
 //! against it), drops every capability ([`netfn_core::privilege`]), says it is ready, and runs until
 //! SIGTERM.
@@ -21,6 +22,9 @@ use netfn_core::plan::HopRole;
 
 use super::config::WgSettings;
 use super::keys;
+
+/// The UDP socket's receive and send buffer sizes asked for.
+const SOCKET_BUFFER: usize = 4 << 20;
 
 /// The interface name of function `function` of `chain`: unique on the host (the UAPI socket's
 /// directory is shared by every namespace), at most 15 bytes.
@@ -98,10 +102,16 @@ pub fn run(chain: &str, function: &str) -> Result<(), String> {
     runtime.block_on(async {
         let uapi = UapiServer::default_unix_socket(&name, None, None)
             .map_err(|e| format!("serve the UAPI socket of {name}: {e}"))?;
+        let (tun_tx, tun_rx, offloads) = super::tun_io::open(&name).map_err(|e| {
+            format!("attach to the TUN device {name} with offloads: {e} (is the chain up?)")
+        })?;
         let device = DeviceBuilder::new()
             .with_default_udp()
-            .create_tun(&name)
-            .map_err(|e| format!("create the TUN device {name}: {e}"))?
+            // Room for bursts while the endpoint waits for a CPU (wireguard-go asks for 7 MiB;
+            // the kernel caps this at net.core.rmem_max / wmem_max).
+            .udp_recv_buffer_size(SOCKET_BUFFER)
+            .udp_send_buffer_size(SOCKET_BUFFER)
+            .with_ip_pair(tun_tx, tun_rx)
             .with_uapi(uapi)
             .with_private_key(StaticSecret::from(private))
             .with_listen_port(settings.listen_port)
@@ -119,10 +129,13 @@ pub fn run(chain: &str, function: &str) -> Result<(), String> {
                 tracing::warn!("endpoint {name}: a handshake with a known peer failed: {e}");
             }
         }
+        // For `netfn status`: which offloads this run of the endpoint has on its TUN.
+        std::fs::write(offloads_file(chain, function), offloads.to_string())
+            .map_err(|e| format!("record the TUN's offloads: {e}"))?;
         std::fs::write(processes::ready_file(chain, function), b"")
             .map_err(|e| format!("say it is ready: {e}"))?;
         tracing::info!(
-            "endpoint {name} up: {} peer(s), listening on port {}",
+            "endpoint {name} up: {} peer(s), listening on port {}, TUN offloads: {offloads}",
             settings.peers.len(),
             settings.listen_port
         );
@@ -141,6 +154,11 @@ pub fn run(chain: &str, function: &str) -> Result<(), String> {
         let _ = std::fs::remove_file(format!("/var/run/wireguard/{name}.sock"));
         Ok(())
     })
+}
+
+/// The file that says which offloads the running endpoint has on its TUN (see [`super::tun_io`]).
+pub fn offloads_file(chain: &str, function: &str) -> std::path::PathBuf {
+    processes::state_file(chain, function, "offloads")
 }
 
 /// The file of peers' last endpoints (`PUBLIC_KEY ADDRESS:PORT` lines).

@@ -250,7 +250,11 @@ impl FunctionKind for WireGuard {
         let name = device.name().to_string();
         let process = match (&device, processes::running(ctx.chain, ctx.function)) {
             (Device::Kernel { .. }, _) => "kernel (wireguard module)".to_string(),
-            (_, Some(pid)) => format!("userspace (GotaTun), pid {pid}"),
+            (_, Some(pid)) => format!(
+                "userspace (GotaTun), pid {pid}, TUN offloads: {}",
+                std::fs::read_to_string(endpoint::offloads_file(ctx.chain, ctx.function))
+                    .unwrap_or_else(|_| "unknown".into())
+            ),
             (_, None) => "userspace (GotaTun), NOT running".into(),
         };
         let mut rows = vec![

@@ -28,7 +28,9 @@ pub fn ip(netns: Option<&str>, args: &[&str]) -> Result<(), String> {
 }
 
 /// A persistent TUN device `name` (no packet information, as the userspace endpoint opens it)
-/// in namespace `netns`.
+/// in namespace `netns`. The endpoint attaches with a virtio-net header and sets the offloads
+/// itself (both are per attach: the kernel takes the flags of whoever attaches), so a device
+/// made before offloads existed serves as well.
 pub fn add_tun(netns: &str, name: &str) -> Result<(), String> {
     ip(Some(netns), &["tuntap", "add", "mode", "tun", "name", name])
 }

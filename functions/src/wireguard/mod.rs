@@ -2,7 +2,9 @@
 //! file's, keys in files ([`keys`]); it is a stack kind: its packets cross the function's own IP
 //! stack, where its tunnel device runs: the kernel's ([`kernel`], over [`genl`]) where the kernel
 //! has the module, else the userspace data plane ([`endpoint`], a process of its own per
-//! function, told changes over [`uapi`], without capabilities once set up: [`netfn_core::privilege`]). [`device`] is the running one, whichever it is;
+//! function, told changes over [`uapi`], without capabilities once set up:
+//! [`netfn_core::privilege`], on its TUN with offloads: [`tun_io`], [`tun_offload`]). [`device`]
+//! is the running one, whichever it is;
 //! [`peers`] says what it must be told, [`link`] gives it addresses and routes, [`handshakes`] counts its handshakes; [`kind`] is what
 //! core registers.
 
@@ -16,6 +18,8 @@ pub mod keys;
 pub mod kind;
 pub mod link;
 pub mod peers;
+pub mod tun_io;
+pub mod tun_offload;
 pub mod uapi;
 
 pub use kind::WireGuard;
