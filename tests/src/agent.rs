@@ -28,18 +28,20 @@ impl Agent {
             chain,
             extra,
             &[],
+            &netfn_bin(),
         )
     }
 
-    /// [`Agent::start`] with the socket and log at the given paths, the agent started through
-    /// `wrapper` (a command that ends by exec'ing its arguments, e.g. `setpriv …`: the agent
-    /// keeps the wrapper's pid).
+    /// [`Agent::start`] with the socket and log at the given paths, the agent (the binary `bin`)
+    /// started through `wrapper` (a command that ends by exec'ing its arguments, e.g.
+    /// `setpriv …`: the agent keeps the wrapper's pid).
     pub fn start_wrapped(
         socket: PathBuf,
         log: PathBuf,
         chain: &str,
         extra: &[&str],
         wrapper: &[String],
+        bin: &Path,
     ) -> Agent {
         let log_file = std::fs::OpenOptions::new()
             .create(true)
@@ -49,10 +51,10 @@ impl Agent {
         let mut command = match wrapper.split_first() {
             Some((program, args)) => {
                 let mut c = Command::new(program);
-                c.args(args).arg(netfn_bin());
+                c.args(args).arg(bin);
                 c
             }
-            None => Command::new(netfn_bin()),
+            None => Command::new(bin),
         };
         let child = command
             .args(["agent", "--listen", "127.0.0.1:0", "--chain", chain])

@@ -291,6 +291,10 @@ fn the_agent_works_confined_as_its_unit_says() {
     std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).expect("chmod");
     let vpn_file = keys.0.join("vpn.toml");
     std::fs::write(&vpn_file, vpn_chain(&vpn, &key)).expect("write the chain file");
+    // The binary where the unit's would be visible: a checkout under /tmp or /home (a CI clone,
+    // say) is hidden by PrivateTmp and ProtectHome. The agent restarts the endpoint with it too.
+    let bin = keys.0.join("netfn");
+    std::fs::copy(netfn_tests::netfn_bin(), &bin).expect("copy the netfn binary");
     // The socket in the agent's writable /run/netfn (the test's /tmp is not the agent's).
     let socket = PathBuf::from(format!("/run/netfn/test-{chain}.sock"));
     let _files = RemoveOnDrop(vec![socket.clone(), socket.with_extension("lock")]);
@@ -303,6 +307,7 @@ fn the_agent_works_confined_as_its_unit_says() {
             &chain,
             &["--chain", &vpn],
             &confined_wrapper(),
+            &bin,
         );
         let pid = agent.pid().expect("running");
         // Confined: the file system read-only but its own paths, the unit's capabilities only.
