@@ -39,6 +39,15 @@ fn chain_file(name: &str, mode: &str, services: &str) -> String {
     )
 }
 
+/// [`chain_file`] with a forward function `mid` between `front` and `lb1`.
+fn chain_file_with_mid(name: &str, mode: &str, services: &str) -> String {
+    chain_file(name, mode, services).replace(
+        "[[chain.function]]\nname = \"lb1\"",
+        "[[chain.function]]\nname = \"mid\"\nkind = \"forward\"\n\n\
+         [[chain.function]]\nname = \"lb1\"",
+    )
+}
+
 /// A service table: `vip:port/proto` to backends `(server index, weight)` on [`SERVER_PORT`].
 fn service(port: u16, proto: &str, backends: &[(usize, u32)]) -> String {
     let list: Vec<String> = backends
@@ -475,6 +484,60 @@ fn apply_adds_and_drains(mode: &str, tag: &str) {
         counts(&drained_spread).get(&SERVERS[1]),
         None,
         "{mode}: a drained backend got new flows"
+    );
+}
+
+#[test]
+fn tc_inserting_a_function_before_the_balancer_keeps_its_connections() {
+    insert_before_balancer("tc", "bi");
+}
+
+#[test]
+fn xdp_inserting_a_function_before_the_balancer_keeps_its_connections() {
+    insert_before_balancer("xdp", "bj");
+}
+
+#[test]
+fn kernel_inserting_a_function_before_the_balancer_keeps_its_connections() {
+    insert_before_balancer("kernel", "bk");
+}
+
+/// A live apply that puts a new function in front of the load balancer: the new function
+/// (and the ones before it, whose links change) must route the VIP toward the balancer, or
+/// every connection to the VIP stalls (kernel mode lost that route once).
+fn insert_before_balancer(mode: &str, tag: &str) {
+    let _turn = shared();
+    let chain = unique_chain(tag);
+    let dir = TempDir::new(&chain);
+    let services = service(80, "tcp", &[(0, 1), (1, 1)]);
+    let before = dir.write("v1.toml", &chain_file(&chain, mode, &services));
+    let after = dir.write("v2.toml", &chain_file_with_mid(&chain, mode, &services));
+    let _guard = ChainGuard::up(&chain, &before);
+    let _servers = Servers::start(&format!("nf-{chain}-egress"));
+    let ingress = format!("nf-{chain}-ingress");
+    let mut open: Vec<(TcpStream, Ipv4Addr)> = in_netns(&ingress, || {
+        (51_000..51_010)
+            .map(|sport| {
+                let mut s = connect_from(sport, 80);
+                let server = ask(&mut s);
+                (s, server)
+            })
+            .collect()
+    });
+    let applied = netfn_ok(&["apply", &after.to_string_lossy()]);
+    assert!(applied.contains("add function mid"), "{applied}");
+    for (s, server) in &mut open {
+        assert_eq!(
+            ask(s),
+            *server,
+            "{mode}: an open connection broke when mid came in"
+        );
+    }
+    let fresh = spread(&ingress, 80, 43_000..43_020);
+    assert_eq!(
+        fresh.len(),
+        20,
+        "{mode}: new connections after the insert: {fresh:?}"
     );
 }
 

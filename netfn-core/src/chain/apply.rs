@@ -21,7 +21,7 @@ use crate::kernel::objects::{self, ObjectError, Opened};
 use crate::plan::diff::Change;
 use crate::plan::names;
 use crate::plan::replan::{self, ReplanError};
-use crate::plan::{ChainPlan, HopPlan, LinkEnd, LinkPlan};
+use crate::plan::{ChainPlan, Direction, HopPlan, LinkEnd, LinkPlan};
 use crate::spec::{ChainSpec, FastPath};
 
 #[derive(Debug, thiserror::Error)]
@@ -568,10 +568,11 @@ fn switch_routes(
 ) -> Result<(), ObjectError> {
     let order: Vec<usize> = delta.fresh.union(&delta.touched).copied().collect();
     let backwards: Vec<usize> = order.iter().rev().copied().collect();
-    let (ingress_net, egress_net) = new.endpoint_subnets();
+    // Every route of a hop goes one way: toward egress (the egress subnet, and extra
+    // destinations such as a load balancer's VIP beyond it) or toward ingress.
     rt.block_on(async {
-        objects::replace_routes(new, &backwards, opened, Some(egress_net)).await?;
-        objects::replace_routes(new, &order, opened, Some(ingress_net)).await
+        objects::replace_routes(new, &backwards, opened, Some(Direction::Forward)).await?;
+        objects::replace_routes(new, &order, opened, Some(Direction::Reverse)).await
     })
 }
 

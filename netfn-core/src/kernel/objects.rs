@@ -267,7 +267,7 @@ pub async fn replace_routes(
     plan: &ChainPlan,
     hops: &[usize],
     opened: &Opened,
-    only: Option<ipnet::Ipv4Net>,
+    only: Option<crate::plan::Direction>,
 ) -> Result<(), ObjectError> {
     for &h in hops {
         let hop = &plan.hops[h];
@@ -281,7 +281,7 @@ pub async fn replace_routes(
         for route in hop
             .routes
             .iter()
-            .filter(|r| only.is_none_or(|d| r.destination == d))
+            .filter(|r| only.is_none_or(|d| plan.route_direction(h, r) == d))
         {
             ns.netlink
                 .replace_route(route.destination, route.gateway, None)
@@ -357,11 +357,11 @@ pub async fn steer(
     plan: &ChainPlan,
     h: usize,
     nl: &Netlink,
-    only: Option<ipnet::Ipv4Net>,
+    only: Option<crate::plan::Direction>,
 ) -> Result<(), NetlinkError> {
     for (end, route) in crate::plan::steering_routes(plan, h)
         .into_iter()
-        .filter(|(_, r)| only.is_none_or(|d| r.destination == d))
+        .filter(|(_, r)| only.is_none_or(|d| plan.route_direction(h, r) == d))
     {
         nl.replace_route(route.destination, route.gateway, Some(end.ifindex))
             .await?;

@@ -192,6 +192,15 @@ impl ChainPlan {
     }
 
     /// The ingress and the egress endpoint's subnets.
+    /// The way `route` of hop `hop` sends packets: [`Direction::Forward`] toward egress (its
+    /// gateway is the next hop's end of the hop's out link), else [`Direction::Reverse`].
+    pub fn route_direction(&self, hop: usize, route: &RoutePlan) -> Direction {
+        match self.links.get(hop) {
+            Some(l) if route.gateway == l.inn.address.addr() => Direction::Forward,
+            _ => Direction::Reverse,
+        }
+    }
+
     pub fn endpoint_subnets(&self) -> (Ipv4Net, Ipv4Net) {
         let ingress = self.links.first().map(|l| l.out.address.trunc());
         let egress = self.links.last().map(|l| l.inn.address.trunc());
