@@ -71,6 +71,11 @@ const HOST_TOOLS: &[&str] = &[
     "nft",
     "promtool",
     "prometheus",
+    // util-linux: `script` gives the progress-line test its terminal; `unshare` and `setpriv`
+    // confine the agent as its systemd unit does (busybox has neither as the tests need them).
+    "script",
+    "unshare",
+    "setpriv",
 ];
 
 #[derive(Args)]
@@ -89,7 +94,7 @@ pub struct VmTestArgs {
     pub accel: AccelChoice,
 
     /// Seconds one kernel's boot and suite may take before the VM is killed.
-    #[arg(long, value_name = "SECONDS", default_value_t = 600)]
+    #[arg(long, value_name = "SECONDS", default_value_t = 1500)]
     pub timeout: u64,
 
     /// The package whose test executables run in the VM.
