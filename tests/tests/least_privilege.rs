@@ -228,8 +228,9 @@ fn confined_wrapper() -> Vec<String> {
     }
     script.push_str(
         "mount -t tmpfs -o mode=1777 tmpfs /tmp\n\
-         mount -t tmpfs -o ro,mode=000 tmpfs /home\n\
-         mount -t tmpfs -o ro,mode=000 tmpfs /root\n\
+         for d in /home /root; do\n\
+           if [ -d $d ]; then mount -t tmpfs -o ro,mode=000 tmpfs $d; fi\n\
+         done\n\
          exec \"$@\"\n",
     );
     let mut wrapper: Vec<String> = [
