@@ -281,8 +281,11 @@ fn vpn_chain(chain: &str, key: &Path) -> String {
 
 #[test]
 fn the_agent_works_confined_as_its_unit_says() {
-    // util-linux's setpriv sets a bounding set; busybox's (the test VM's) cannot.
-    let help = Command::new("setpriv").arg("--help").output();
+    // util-linux's setpriv sets a bounding set; busybox's (the test VM's) cannot. Asked through
+    // `sh`, as the wrapper runs it: busybox's shell prefers its own applet.
+    let help = Command::new("sh")
+        .args(["-c", "setpriv --help 2>&1"])
+        .output();
     let text = help
         .map(|o| {
             String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr)
