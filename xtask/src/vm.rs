@@ -95,7 +95,7 @@ pub struct VmTestArgs {
     pub accel: AccelChoice,
 
     /// Seconds one kernel's boot and suite may take before the VM is killed.
-    #[arg(long, value_name = "SECONDS", default_value_t = 1500)]
+    #[arg(long, value_name = "SECONDS", default_value_t = 2400)]
     pub timeout: u64,
 
     /// The package whose test executables run in the VM.
