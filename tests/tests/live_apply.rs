@@ -8,6 +8,7 @@ use std::time::Duration;
 use netfn_core::spec::FastPath;
 use netfn_tests::loss::SenderRing;
 use netfn_tests::traffic::{StreamRun, sequenced_streams_both_ways_during, udp_echo};
+use netfn_tests::whole::link_pins;
 use netfn_tests::{
     ChainGuard, ForeignNetns, TempDir, alone, forward_chain_of, interface_stats,
     kill_netfn_mid_way, leftovers, netfn, netfn_ok, shared, skipped, unique_chain,
@@ -70,23 +71,6 @@ fn steering_table_routes(chain: &str, function: &str) -> Vec<String> {
         .lines()
         .filter(|l| l.contains(" table ") && !l.contains(" table local"))
         .map(str::to_string)
-        .collect()
-}
-
-/// The interfaces with a pinned TCX or XDP link in the chain's bpffs directory.
-fn link_pins(chain: &str) -> BTreeSet<u32> {
-    let dir = netfn_core::plan::names::chain_bpf_dir(chain);
-    let Ok(entries) = std::fs::read_dir(&dir) else {
-        return BTreeSet::new();
-    };
-    entries
-        .filter_map(|e| {
-            let name = e.ok()?.file_name().to_string_lossy().into_owned();
-            let index = name
-                .strip_prefix(netfn_core::ebpf::TCX_LINK_PIN_PREFIX)
-                .or_else(|| name.strip_prefix(netfn_core::ebpf::XDP_LINK_PIN_PREFIX))?;
-            index.parse().ok()
-        })
         .collect()
 }
 
