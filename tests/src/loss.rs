@@ -32,10 +32,25 @@ pub fn tx_dropped(ns: &str, dev: &str) -> u64 {
 
 /// Drops the chain's fast path counted, by reason, over every hop (`netfn status --json`).
 pub fn fastpath_drops(chain: &str) -> BTreeMap<String, u64> {
+    drops_at(chain, |_| true)
+}
+
+/// Drops counted at function `function` of the chain, by reason (both its interfaces).
+pub fn function_drops(chain: &str, function: &str) -> BTreeMap<String, u64> {
+    drops_at(chain, |hop| hop["name"] == function)
+}
+
+/// Drops by reason summed over the interfaces of the hops `keep` selects.
+fn drops_at(chain: &str, keep: impl Fn(&serde_json::Value) -> bool) -> BTreeMap<String, u64> {
     let status: serde_json::Value =
         serde_json::from_str(&netfn_ok(&["status", chain, "--json"])).expect("status json");
     let mut out = BTreeMap::new();
-    for hop in status[0]["hops"].as_array().into_iter().flatten() {
+    for hop in status[0]["hops"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|h| keep(h))
+    {
         for i in hop["interfaces"].as_array().into_iter().flatten() {
             for (reason, n) in i["fastpath"]["drops"].as_object().into_iter().flatten() {
                 *out.entry(reason.clone()).or_default() += n.as_u64().unwrap_or(0);

@@ -14,6 +14,7 @@ use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
 use netfn_tests::frames::{self, ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6, ICMP, Link, TCP, UDP};
+use netfn_tests::loss::function_drops;
 use netfn_tests::test_run::{self, Hook};
 use netfn_tests::traffic::udp_echo;
 use netfn_tests::{ChainGuard, TempDir, in_netns, netfn_ok, shared, unique_chain};
@@ -344,24 +345,6 @@ fn hops(chain: &str, ingress: Ipv4Addr, egress: Ipv4Addr) -> Vec<Hop> {
     out
 }
 
-/// Drops counted at `function`, by reason (both its interfaces).
-fn drops(chain: &str, function: &str) -> BTreeMap<String, u64> {
-    let status: serde_json::Value =
-        serde_json::from_str(&netfn_ok(&["status", chain, "--json"])).expect("status json");
-    let mut out = BTreeMap::new();
-    for h in status[0]["hops"].as_array().into_iter().flatten() {
-        if h["name"] != function {
-            continue;
-        }
-        for i in h["interfaces"].as_array().into_iter().flatten() {
-            for (reason, n) in i["fastpath"]["drops"].as_object().into_iter().flatten() {
-                *out.entry(reason.clone()).or_default() += n.as_u64().unwrap_or(0);
-            }
-        }
-    }
-    out
-}
-
 fn chain_file(name: &str, fastpath: &str) -> String {
     format!(
         "[[chain]]\nname = \"{name}\"\nfastpath = \"{fastpath}\"\n\n\
@@ -397,7 +380,7 @@ fn corpus_at_every_hop(fastpath: &str, hook: Hook) {
     for hop in hops(&chain, netfn_tests::INGRESS_ADDR, netfn_tests::EGRESS_ADDR) {
         // Drops are read once per interface (a status call is slow in the test VM): what the
         // frames dropped here must have added, reason by reason, is what the table says.
-        let before = drops(&chain, &hop.function);
+        let before = function_drops(&chain, &hop.function);
         let mut should_count: BTreeMap<String, u64> = BTreeMap::new();
         for case in corpus() {
             let frame = (case.build)(&hop.link);
@@ -442,7 +425,7 @@ fn corpus_at_every_hop(fastpath: &str, hook: Hook) {
                 failures.push(format!("{where_}: left with a broken {problem}"));
             }
         }
-        let after = drops(&chain, &hop.function);
+        let after = function_drops(&chain, &hop.function);
         let counted: BTreeMap<String, u64> = after
             .iter()
             .map(|(r, n)| (r.clone(), n - before.get(r).copied().unwrap_or(0)))
@@ -469,7 +452,7 @@ fn corpus_at_every_hop(fastpath: &str, hook: Hook) {
     // each frame it must drop is counted there, and the chain still carries good traffic.
     let first = &hops(&chain, netfn_tests::INGRESS_ADDR, netfn_tests::EGRESS_ADDR)[0];
     let ingress_ns = format!("nf-{chain}-ingress");
-    let before: u64 = drops(&chain, &first.function).values().sum();
+    let before: u64 = function_drops(&chain, &first.function).values().sum();
     let mut must_drop = 0;
     for case in corpus() {
         if matches!(expected(case.name, &first.kind), Drop(_)) {
@@ -482,7 +465,10 @@ fn corpus_at_every_hop(fastpath: &str, hook: Hook) {
     }
     let mut dropped = 0;
     for _ in 0..50 {
-        dropped = drops(&chain, &first.function).values().sum::<u64>() - before;
+        dropped = function_drops(&chain, &first.function)
+            .values()
+            .sum::<u64>()
+            - before;
         if dropped >= must_drop {
             break;
         }
