@@ -110,6 +110,9 @@ pub fn up(file: &Path, only: Option<&str>, quiet: bool) -> Result<ExitCode> {
         );
     }
     let rt = runtime()?;
+    // Every chain loads the eBPF object: reuse aya's loaders (and their parse of the kernel's
+    // BTF) across them.
+    let _reuse = netfn_core::ebpf::ReuseLoaders::begin();
     let source = std::fs::canonicalize(file).unwrap_or_else(|_| file.to_path_buf());
     let options = UpOptions {
         tc_interfaces: lifecycle::tc_interfaces(chains.iter().copied()),
@@ -209,6 +212,7 @@ pub fn apply(file: &Path, only: Option<&str>, dry_run: bool, quiet: bool) -> Res
     let spec = load(file)?;
     require_root("apply")?;
     let rt = runtime()?;
+    let _reuse = netfn_core::ebpf::ReuseLoaders::begin();
     let registry = netfn_functions::registry();
     let source = std::fs::canonicalize(file).unwrap_or_else(|_| file.to_path_buf());
     let chains: Vec<_> = spec

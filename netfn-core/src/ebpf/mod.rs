@@ -23,6 +23,7 @@
 //!   namespace's work runs on a dedicated thread that `setns()`es into it (see `workers`).
 
 mod forwarder;
+mod loader;
 mod logs;
 mod object;
 mod stages;
@@ -33,10 +34,10 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use aya::Ebpf;
 use aya::maps::{Map, MapData, MapError, PerCpuHashMap};
 use aya::programs::tc::{self, NlOptions, SchedClassifierLink, TcAttachOptions, TcError, TcHandle};
 use aya::programs::{Program, ProgramError, SchedClassifier, TcAttachType};
-use aya::{Ebpf, EbpfLoader};
 use nix::mount::{MsFlags, mount};
 
 pub use forwarder::table::{FwdTable, fwd_entry};
@@ -48,6 +49,8 @@ pub use forwarder::{
     attach_fastpath_with, extend_fastpath, fastpath_logs, forget_interfaces,
     read_function_counters, switch_fastpath, sync_sources,
 };
+use loader::LoadSettings;
+pub use loader::ReuseLoaders;
 pub use logs::EbpfLogs;
 pub use netfn_common::IfCounters;
 pub use netfn_common::{DROP_REASON_NAMES, FnCounters};
@@ -335,13 +338,9 @@ pub fn attach_counters(
     let started = Instant::now();
     ensure_chain_dir(bpf_dir)?;
 
-    let bytes = object::object_bytes()?;
-    let counters_pin = bpf_dir.join(IF_COUNTERS_PIN);
-    let mut ebpf = EbpfLoader::new()
-        .map_pin_path(netfn_common::IF_COUNTERS_MAP, counters_pin.as_path())
-        .load(&bytes)
-        .map_err(|e| EbpfError::Load(Box::new(e)))?;
-    drop(bytes);
+    let mut settings = LoadSettings::default();
+    settings.pin(netfn_common::IF_COUNTERS_MAP, bpf_dir.join(IF_COUNTERS_PIN));
+    let mut ebpf = loader::load(&settings)?;
 
     // Pin the program: workers open their own handle on it, and later processes can attach it
     // to new interfaces or read its logs. A pin left by an earlier attach is replaced.

@@ -11,7 +11,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use aya::EbpfLoader;
+use crate::ebpf::loader::{self, LoadSettings};
 use aya::maps::ProgramArray;
 use aya::programs::{SchedClassifier, Xdp};
 
@@ -63,31 +63,19 @@ pub fn load_stage(
         source,
     };
 
-    let bytes = super::object::object_bytes()?;
-    let mut loader = EbpfLoader::new();
-    loader.override_global(aya_log::LEVEL, &0u8, false);
-    let shared = chain_pins(plan, bpf_dir);
-    for (name, path, len) in &shared {
-        loader.map_pin_path(name, path.as_path());
-        loader.map_max_entries(name, *len);
+    let mut settings = LoadSettings::default();
+    settings.global(aya_log::LEVEL, &0);
+    for (name, path, len) in chain_pins(plan, bpf_dir) {
+        settings.pin(name, path).max_entries(name, len);
     }
     let content = stage.prepare(context).map_err(stage_err)?;
-    let sizes = content.map_sizes();
-    for (name, len) in &sizes {
-        loader.map_max_entries(name, (*len).max(1));
+    for (name, len) in content.map_sizes() {
+        settings.max_entries(name, len.max(1));
     }
-    let kept: Vec<(&'static str, PathBuf)> = stage
-        .kept_maps()
-        .iter()
-        .map(|name| (*name, dir.join(name)))
-        .collect();
-    for (name, path) in &kept {
-        loader.map_pin_path(name, path.as_path());
+    for name in stage.kept_maps() {
+        settings.pin(name, dir.join(name));
     }
-    let mut ebpf = loader
-        .load(&bytes)
-        .map_err(|e| EbpfError::Load(Box::new(e)))?;
-    drop(bytes);
+    let mut ebpf = loader::load(&settings)?;
     let loaded_object = started.elapsed();
 
     content

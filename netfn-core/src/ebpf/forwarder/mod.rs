@@ -28,8 +28,8 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::{Duration, Instant};
 
+use crate::ebpf::loader::{self, LoadSettings};
 use aya::Ebpf;
-use aya::EbpfLoader;
 use aya::maps::{MapData, PerCpuArray};
 use aya::programs::{SchedClassifier, Xdp};
 use netfn_common::{
@@ -89,14 +89,14 @@ pub enum EbpfLogLevel {
 
 impl EbpfLogLevel {
     /// The value of aya-log-ebpf's `AYA_LOG_LEVEL` global (aya_log_common::Level; 0 = off).
-    fn aya_value(self) -> u8 {
+    fn aya_value(self) -> &'static u8 {
         match self {
-            EbpfLogLevel::Off => 0,
-            EbpfLogLevel::Error => 1,
-            EbpfLogLevel::Warn => 2,
-            EbpfLogLevel::Info => 3,
-            EbpfLogLevel::Debug => 4,
-            EbpfLogLevel::Trace => 5,
+            EbpfLogLevel::Off => &0,
+            EbpfLogLevel::Error => &1,
+            EbpfLogLevel::Warn => &2,
+            EbpfLogLevel::Info => &3,
+            EbpfLogLevel::Debug => &4,
+            EbpfLogLevel::Trace => &5,
         }
     }
 }
@@ -271,18 +271,12 @@ pub fn attach_fastpath_with(
         drop_unfit_pin(path, *len)?;
     }
 
-    let bytes = super::object::object_bytes()?;
-    let level = options.log_level.aya_value();
-    let mut loader = EbpfLoader::new();
-    loader.override_global(aya_log::LEVEL, &level, false);
+    let mut settings = LoadSettings::default();
+    settings.global(aya_log::LEVEL, options.log_level.aya_value());
     for (name, path, len) in &pins {
-        loader.map_pin_path(name, path.as_path());
-        loader.map_max_entries(name, *len);
+        settings.pin(name, path.clone()).max_entries(name, *len);
     }
-    let mut ebpf = loader
-        .load(&bytes)
-        .map_err(|e| EbpfError::Load(Box::new(e)))?;
-    drop(bytes);
+    let mut ebpf = loader::load(&settings)?;
 
     let mut table = FwdTable::open(&bpf_dir.join(FWD_TABLE_PIN))?;
     for e in &entries {
@@ -528,8 +522,8 @@ mod tests {
     fn log_levels_parse_and_map_to_aya_values() {
         assert_eq!("DEBUG".parse::<EbpfLogLevel>(), Ok(EbpfLogLevel::Debug));
         assert!("loud".parse::<EbpfLogLevel>().is_err());
-        assert_eq!(EbpfLogLevel::default().aya_value(), 3);
-        assert_eq!(EbpfLogLevel::Off.aya_value(), 0);
+        assert_eq!(EbpfLogLevel::default().aya_value(), &3);
+        assert_eq!(EbpfLogLevel::Off.aya_value(), &0);
         assert_eq!(EbpfLogLevel::Trace.to_string(), "trace");
     }
 
