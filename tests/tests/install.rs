@@ -1,9 +1,10 @@
 //! Installing netfn as an operator would: `cargo xtask install` into a scratch prefix and
 //! `cargo xtask uninstall`, and `cargo xtask deb` installed with dpkg into a scratch root.
 //!
-//! Both build the real release binary (cargo reuses it when fresh) and run the real installed
-//! artifacts. They need cargo and the workspace, so they skip (saying so) inside the VM suite
-//! (`cargo xtask vm-test`), where neither exists.
+//! Both install and package the suite's own build (`--profile dev`: `cargo xtask test` built
+//! it; building release as well would cost minutes, and the steps are the same) and run the
+//! real installed artifacts. They need cargo and the workspace, so they skip (saying so) inside
+//! the VM suite (`cargo xtask vm-test`), where neither exists.
 
 use std::collections::BTreeSet;
 use std::os::unix::fs::PermissionsExt;
@@ -180,7 +181,10 @@ fn install_into_a_prefix_then_uninstall_leaves_nothing() {
     let prefix_arg = prefix.to_string_lossy().into_owned();
 
     let started = Instant::now();
-    let log = xtask(&cargo, &["install", "--prefix", &prefix_arg]);
+    let log = xtask(
+        &cargo,
+        &["install", "--profile", "dev", "--prefix", &prefix_arg],
+    );
     eprintln!(
         "install (build included) took {:.1} s",
         started.elapsed().as_secs_f64()
@@ -260,7 +264,10 @@ fn install_into_a_prefix_then_uninstall_leaves_nothing() {
 
     // Installing again changes nothing but the files' contents.
     let files_before = tree(&prefix);
-    let log = xtask(&cargo, &["install", "--prefix", &prefix_arg]);
+    let log = xtask(
+        &cargo,
+        &["install", "--profile", "dev", "--prefix", &prefix_arg],
+    );
     assert!(log.contains("(0 new, "), "{log}");
     assert_eq!(tree(&prefix), files_before);
 
@@ -289,7 +296,14 @@ fn uninstall_never_removes_what_install_did_not_create() {
 
     let out = Command::new(&cargo)
         .current_dir(workspace())
-        .args(["xtask", "install", "--prefix", &prefix_arg])
+        .args([
+            "xtask",
+            "install",
+            "--profile",
+            "dev",
+            "--prefix",
+            &prefix_arg,
+        ])
         .output()
         .expect("run cargo xtask install");
     let err = String::from_utf8_lossy(&out.stderr);
@@ -306,7 +320,10 @@ fn uninstall_never_removes_what_install_did_not_create() {
     assert!(!prefix.join("share/netfn/install-manifest").exists());
 
     std::fs::remove_file(prefix.join("bin/netfn")).expect("remove theirs");
-    xtask(&cargo, &["install", "--prefix", &prefix_arg]);
+    xtask(
+        &cargo,
+        &["install", "--profile", "dev", "--prefix", &prefix_arg],
+    );
     xtask(&cargo, &["uninstall", "--prefix", &prefix_arg]);
     // What existed before the install is there, and nothing else.
     let left = tree(&prefix);
@@ -324,7 +341,16 @@ fn debian_package_passes_lintian_and_installs_into_a_scratch_root() {
     let scratch = TempDir::new("deb");
     let out_dir = scratch.0.join("out");
     let started = Instant::now();
-    xtask(&cargo, &["deb", "--out", &out_dir.to_string_lossy()]);
+    xtask(
+        &cargo,
+        &[
+            "deb",
+            "--profile",
+            "dev",
+            "--out",
+            &out_dir.to_string_lossy(),
+        ],
+    );
     eprintln!(
         "deb (build included) took {:.1} s",
         started.elapsed().as_secs_f64()

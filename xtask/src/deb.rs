@@ -30,6 +30,7 @@ use std::process::Command;
 use anyhow::{Context, Result, bail};
 use clap::Args;
 
+use crate::flow::Profile;
 use crate::package::{self, UNIT_NAME, UNIT_TEMPLATE};
 use crate::util;
 
@@ -102,6 +103,9 @@ pub struct DebArgs {
     /// Where to write the .deb [default: target/debian/].
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
+    /// The build to package (`dev`: the tests' unoptimized build).
+    #[arg(long, value_enum, default_value_t = Profile::Release)]
+    pub profile: Profile,
 }
 
 /// Facts about the commit the package is built from.
@@ -315,7 +319,7 @@ fn shlib_depends(work: &Path, binary: &Path) -> Result<String> {
 pub fn build(args: DebArgs) -> Result<()> {
     let started = std::time::Instant::now();
     let root = util::workspace_root();
-    let built = package::build()?;
+    let built = package::build(args.profile)?;
     let (semver, commit) = commit_of(&built.version)?;
     let version = debian_version(&semver, &commit);
     let arch = output(Command::new("dpkg").arg("--print-architecture"))?

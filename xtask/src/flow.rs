@@ -1,6 +1,7 @@
 //! The two commands of the README: `cargo xtask demo` and `cargo xtask test`. Both set up
 //! everything first, so they work on a fresh machine.
 
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
@@ -9,17 +10,41 @@ use anyhow::{Context, Result, bail};
 use crate::demo_vpn::VpnDemo;
 use crate::{ebpf, setup, util};
 
-/// Builds the eBPF object, then the `netfn` binary that embeds it.
-pub fn ensure_built(release: bool) -> Result<()> {
+/// The cargo profile of the `netfn` an xtask builds to install, package or soak.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Profile {
+    /// Optimized: what operators run.
+    #[default]
+    Release,
+    /// Unoptimized, as `cargo build` makes it. The test suite's choice: it already has this
+    /// build, and a release build as well would cost CI about four minutes and prove nothing
+    /// more about installing, packaging or surviving chaos.
+    Dev,
+}
+
+impl Profile {
+    /// The directory under target/ cargo puts this profile's binaries in.
+    pub fn dir(self) -> &'static str {
+        match self {
+            Profile::Release => "release",
+            Profile::Dev => "debug",
+        }
+    }
+}
+
+/// Builds the eBPF object, then the `netfn` binary that embeds it; returns its path.
+pub fn ensure_built(profile: Profile) -> Result<PathBuf> {
     ebpf::build(true)?;
+    let root = util::workspace_root();
     let mut cargo = Command::new("cargo");
-    cargo
-        .current_dir(util::workspace_root())
-        .args(["build", "-p", "netfn-cli"]);
-    if release {
+    cargo.current_dir(&root).args(["build", "-p", "netfn-cli"]);
+    if profile == Profile::Release {
         cargo.arg("--release");
     }
-    util::run(&mut cargo)
+    util::run(&mut cargo)?;
+    let target =
+        std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
+    Ok(target.join(profile.dir()).join("netfn"))
 }
 
 pub(crate) fn require_root(what: &str) -> Result<()> {
@@ -36,11 +61,9 @@ pub(crate) fn require_root(what: &str) -> Result<()> {
 pub fn test(args: &[String]) -> Result<()> {
     require_root("cargo xtask test")?;
     setup::run()?;
-    ensure_built(false)?;
-    // tests/install.rs installs and packages the release binary (through `cargo xtask install`
-    // and `cargo xtask deb`, which reuse it when fresh): build it here, where its progress
-    // shows, rather than silently inside a test.
-    ensure_built(true)?;
+    // The tests run this build; tests/install.rs installs and packages it too
+    // (`cargo xtask install --profile dev`, `cargo xtask deb --profile dev`).
+    ensure_built(Profile::Dev)?;
     let mut cargo = Command::new("cargo");
     cargo
         .current_dir(util::workspace_root())
@@ -60,9 +83,8 @@ const DEMO_FILE: &str = "examples/demo.toml";
 pub fn demo() -> Result<()> {
     require_root("cargo xtask demo")?;
     setup::run()?;
-    ensure_built(true)?;
+    let netfn = ensure_built(Profile::Release)?;
     let root = util::workspace_root();
-    let netfn = root.join("target/release/netfn");
     let base = std::fs::read_to_string(root.join(DEMO_FILE)).context("read examples/demo.toml")?;
     let vpn = VpnDemo::prepare(&netfn, &base)?;
     let file = vpn.file.clone();

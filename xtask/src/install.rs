@@ -30,6 +30,7 @@ use std::process::Command;
 use anyhow::{Context, Result, bail};
 use clap::Args;
 
+use crate::flow::Profile;
 use crate::package::{self, Built, UNIT_NAME, UNIT_TEMPLATE};
 use crate::util;
 
@@ -59,6 +60,9 @@ pub struct InstallArgs {
     /// Overwrite files that exist but that no install manifest lists (they become netfn's).
     #[arg(long)]
     pub force: bool,
+    /// The build to install (`dev`: the tests' unoptimized build).
+    #[arg(long, value_enum, default_value_t = Profile::Release)]
+    pub profile: Profile,
 }
 
 #[derive(Args)]
@@ -304,7 +308,7 @@ fn systemd_running() -> bool {
 pub fn install(args: InstallArgs) -> Result<()> {
     let started = std::time::Instant::now();
     let prefix = absolute_prefix(&args.prefix)?;
-    let built = package::build()?;
+    let built = package::build(args.profile)?;
     let build_time = started.elapsed();
     let copy_started = std::time::Instant::now();
     println!(

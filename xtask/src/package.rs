@@ -8,7 +8,8 @@ use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 
-use crate::{flow, util};
+use crate::flow::{self, Profile};
+use crate::util;
 
 /// The agent's unit, as shipped in examples/ (ExecStart and Documentation are rewritten).
 pub const UNIT_TEMPLATE: &str = "examples/netfn-agent.service";
@@ -55,18 +56,14 @@ pub struct Built {
     _scratch: Scratch,
 }
 
-/// Builds the eBPF object and the release `netfn` (cargo reuses what is fresh), then has that
+/// Builds the eBPF object and `netfn` in `profile` (cargo reuses what is fresh), then has that
 /// binary write its completions and man pages.
-pub fn build() -> Result<Built> {
-    flow::ensure_built(true)?;
-    let root = util::workspace_root();
-    let target =
-        std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
-    let netfn = target.join("release").join("netfn");
+pub fn build(profile: Profile) -> Result<Built> {
+    let netfn = flow::ensure_built(profile)?;
     if !netfn.is_file() {
         bail!(
-            "cargo built netfn-cli but {} is missing; run `cargo build --release -p netfn-cli` \
-             and look at its output",
+            "cargo built netfn-cli but {} is missing; run `cargo build -p netfn-cli` (with \
+             --release for the release profile) and look at its output",
             netfn.display()
         );
     }

@@ -150,8 +150,7 @@ pub fn run(which: Bench) -> Result<()> {
 
 /// Builds the release `netfn` (with the eBPF object embedded) and returns its path.
 pub fn netfn_release() -> Result<PathBuf> {
-    crate::flow::ensure_built(true)?;
-    Ok(util::workspace_root().join("target/release/netfn"))
+    crate::flow::ensure_built(crate::flow::Profile::Release)
 }
 
 /// A chain file `name`: endpoints 10.NET.1.2/24 and 10.NET.2.2/24 (inside the chain's own

@@ -30,6 +30,7 @@ use clap::Args;
 
 use crate::bench::agent::{Agent, scrape};
 use crate::bench::vpn::lab::GoPeer;
+use crate::flow::Profile;
 use crate::util;
 use chaos::{Change, Event, Rng};
 use lab::Chain;
@@ -49,6 +50,9 @@ pub struct SoakArgs {
     /// the TUN queue overflowing while the endpoint waits for a CPU, is an open goal of its own).
     #[arg(long)]
     without_vpn: bool,
+    /// The build of netfn to soak (CI: `dev`, the build its tests already made).
+    #[arg(long, value_enum, default_value_t = Profile::Release)]
+    profile: Profile,
 }
 
 /// UDP ports: the stream toward egress (sent from +1), toward ingress (+2, +3), bursts.
@@ -98,7 +102,7 @@ impl Drop for Soak {
 
 pub fn run(args: SoakArgs) -> Result<()> {
     crate::flow::require_root("cargo xtask soak")?;
-    let netfn = crate::bench::netfn_release()?;
+    let netfn = crate::flow::ensure_built(args.profile)?;
     // The budget counts from here: building netfn is not part of the soak.
     let started = Instant::now();
     let budget = Duration::from_secs_f64(args.minutes.max(0.5) * 60.0);

@@ -29,6 +29,8 @@ pub struct Artifacts {
 
 /// A compiler-artifact message, reduced to what we use.
 struct Built {
+    /// The package the target belongs to (from cargo's package id).
+    package: String,
     kinds: Vec<String>,
     name: String,
     test: bool,
@@ -58,6 +60,11 @@ fn cargo_json(root: &Path, args: &[&str]) -> Result<Vec<Built>> {
             continue;
         }
         built.push(Built {
+            package: msg["package_id"]
+                .as_str()
+                .map(package_name)
+                .unwrap_or_default()
+                .to_string(),
             kinds: msg["target"]["kind"]
                 .as_array()
                 .map(|kinds| {
@@ -83,13 +90,32 @@ fn cargo_json(root: &Path, args: &[&str]) -> Result<Vec<Built>> {
     Ok(built)
 }
 
+/// The package name in a cargo package id: `path+file:///w/tests#netfn-tests@0.1.0` (the
+/// name differs from the directory's), `path+file:///w/xtask#0.1.0` (it does not), or the
+/// older `netfn-tests 0.1.0 (path+file:///w/tests)`.
+fn package_name(id: &str) -> &str {
+    if let Some((url, fragment)) = id.split_once('#') {
+        return match fragment.split_once('@') {
+            Some((name, _)) => name,
+            None => url.rsplit('/').next().unwrap_or(url),
+        };
+    }
+    id.split(' ').next().unwrap_or(id)
+}
+
 /// Builds the test executables of `package` and the netfn binary.
+///
+/// The whole workspace's tests are built, as `cargo xtask test` builds them, and those of
+/// `package` kept: built alone, the package would unify its dependencies' features differently
+/// and cargo would compile them again (most of a minute in CI, for nothing).
 pub fn build(root: &Path, package: &str) -> Result<Artifacts> {
-    println!("vm-test: building the test executables of {package} (cargo test --no-run)");
-    let built = cargo_json(root, &["test", "-p", package, "--no-run"])?;
+    println!(
+        "vm-test: building the test executables of {package} (cargo test --workspace --no-run)"
+    );
+    let built = cargo_json(root, &["test", "--workspace", "--no-run"])?;
     let mut package_dir = None;
     let mut tests = Vec::new();
-    for b in built.into_iter().filter(|b| b.test) {
+    for b in built.into_iter().filter(|b| b.test && b.package == package) {
         let Some(path) = b.executable else { continue };
         package_dir = b
             .manifest
@@ -144,4 +170,22 @@ pub fn strip_debug(src: &Path, stage: &Path) -> Result<PathBuf> {
         );
     }
     Ok(dst)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn package_names_come_from_every_form_of_package_id() {
+        assert_eq!(
+            package_name("path+file:///w/tests#netfn-tests@0.1.0"),
+            "netfn-tests"
+        );
+        assert_eq!(package_name("path+file:///w/xtask#0.1.0"), "xtask");
+        assert_eq!(
+            package_name("netfn-tests 0.1.0 (path+file:///w/tests)"),
+            "netfn-tests"
+        );
+    }
 }
