@@ -71,6 +71,17 @@ const V1: [&str; 2] = ["a", "b"];
 const V2: [&str; 2] = ["x", "b"];
 
 fn failure_at_every_step(mode: &str, tag: &str) {
+    // How the tc forwarder attaches differs by kernel (netlink clsact before 6.6, TCX links
+    // from 6.6): its steps and rollbacks are worth a second kernel. Kernel and xdp mode take
+    // the same paths on every kernel, and each takes minutes under the VM's TCG.
+    if mode != "tc" && std::env::var_os("NETFN_IN_VM").is_some() {
+        netfn_tests::skipped(
+            &format!("{mode} failure at every step in the VM"),
+            "kernel and xdp mode take the same steps on every kernel; the host runs them, \
+             the VM runs tc mode, whose attach differs by kernel",
+        );
+        return;
+    }
     let _turn = shared();
     let points = failpoints();
     let chain = unique_chain(tag);

@@ -123,6 +123,12 @@ pub struct VmTestArgs {
     #[arg(long)]
     pub list_kernels: bool,
 
+    /// Tests of one binary the guest runs at once (libtest's --test-threads). 1 by default:
+    /// with 2, agent, firewall and live_apply failed under TCG on a busy host (the guest's
+    /// CPUs are slow enough that a sibling test starves timing-sensitive ones).
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub test_threads: usize,
+
     /// Arguments for every test binary (a name filter, for instance), after `--`.
     #[arg(last = true, value_name = "TEST_ARGS")]
     pub test_args: Vec<String>,
@@ -243,6 +249,10 @@ pub fn run(args: VmTestArgs) -> Result<()> {
     )?;
     println!("vm-test: accelerator: {} ({why})", accel.name());
 
+    let mut test_args = args.test_args.clone();
+    if !test_args.iter().any(|a| a.starts_with("--test-threads")) {
+        test_args.insert(0, format!("--test-threads={}", args.test_threads.max(1)));
+    }
     let mut runs = Vec::new();
     for kernel in kernels {
         let plan = kernel::plan_modules(&kernel, &wanted)?;
@@ -253,7 +263,7 @@ pub fn run(args: VmTestArgs) -> Result<()> {
             netfn: Some(netfn.clone()),
             tests: &tests,
             inject_failure: args.inject_failure,
-            test_args: &args.test_args,
+            test_args: &test_args,
             workdir: built.package_dir.clone(),
             trees: trees.clone(),
             host_tools: host_tools.clone(),

@@ -32,6 +32,10 @@ pub enum NetnsError {
         name: String,
         source: io::Error,
     },
+    #[error(
+        "cannot create namespace {name}: the host's limit of network namespaces is reached (sysctl user.max_net_namespaces = {limit}); take chains down (netfn down CHAIN) or raise the limit (sysctl -w user.max_net_namespaces=N)"
+    )]
+    Limit { name: String, limit: String },
     #[error("cannot prepare {dir}: {source}")]
     RunDir { dir: PathBuf, source: io::Error },
     #[error("a thread working in namespace {0} panicked")]
@@ -97,6 +101,9 @@ pub fn open(name: &str) -> Result<OwnedFd, NetnsError> {
         })
 }
 
+/// The limit of network namespaces per user (namespace); `unshare` fails with ENOSPC there.
+const MAX_NET_NAMESPACES: &str = "/proc/sys/user/max_net_namespaces";
+
 /// Moves the CALLING THREAD into a new network namespace and publishes it as /run/netns/NAME.
 /// Returns a handle on the namespace. The thread stays in the new namespace: call this only
 /// from a thread that netfn owns for namespace work.
@@ -115,7 +122,15 @@ pub fn create_here(name: &str, sysctls: &[(&str, &str)]) -> Result<OwnedFd, Netn
             _ => sys("create", name, e),
         })?;
     let publish = || -> Result<OwnedFd, NetnsError> {
-        unshare(CloneFlags::CLONE_NEWNET).map_err(|e| sys("unshare", name, e))?;
+        unshare(CloneFlags::CLONE_NEWNET).map_err(|e| match e {
+            // The user namespace's ucount of network namespaces is at its limit.
+            nix::errno::Errno::ENOSPC => NetnsError::Limit {
+                name: name.to_string(),
+                limit: fs::read_to_string(MAX_NET_NAMESPACES)
+                    .map_or_else(|_| "?".to_string(), |l| l.trim().to_string()),
+            },
+            e => sys("unshare", name, e),
+        })?;
         mount(
             Some("/proc/thread-self/ns/net"),
             &path,

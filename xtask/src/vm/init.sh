@@ -72,7 +72,7 @@ for test in /tests/*; do
     name=${test##*/}
     count=$((count + 1))
     echo "NETFN-VM-TEST-BEGIN: $name"
-    "$test" --test-threads=1 "$@" < /dev/null
+    "$test" "$@" < /dev/null
     rc=$?
     echo "NETFN-VM-TEST-END: $name rc=$rc"
     [ "$rc" -eq 0 ] || failed="$failed $name"
