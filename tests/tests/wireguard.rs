@@ -9,6 +9,7 @@
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -722,6 +723,52 @@ fn a_killed_endpoint_comes_back_with_the_agent() {
                 && l.contains("function=\"vpn\"")
                 && l.contains("task=\"endpoint\"")),
         "{metrics}"
+    );
+    // A chain in the middle of a change (a CLI holds its lock) is the CLI's: an endpoint that
+    // dies then is not started again until the lock is free (a `down` stops it on purpose).
+    let lock = std::fs::File::open(format!("/run/netfn/chains/{chain}.lock")).expect("lock file");
+    // SAFETY: flock(2) on a file this test opened.
+    assert_eq!(unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) }, 0);
+    let pid: i32 = std::fs::read_to_string(&pid_file)
+        .expect("pid")
+        .trim()
+        .parse()
+        .expect("pid");
+    // SAFETY: SIGKILL of the endpoint this test's chain started.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    std::thread::sleep(Duration::from_millis(2500));
+    let restarted = std::fs::read_to_string(&pid_file)
+        .ok()
+        .and_then(|t| t.trim().parse::<i32>().ok())
+        .is_some_and(|p| p != pid);
+    assert!(
+        !restarted,
+        "the agent started the endpoint while a CLI held the chain's lock:\n{}",
+        agent.log_text()
+    );
+    drop(lock);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !std::fs::read_to_string(&pid_file)
+        .ok()
+        .and_then(|t| t.trim().parse::<i32>().ok())
+        .is_some_and(|p| p != pid)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the endpoint was not started again once the lock was free:\n{}",
+            agent.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // `down` while the agent still watches the endpoint: nothing is started again for a
+    // chain gone (a process started then failed at once and left its log).
+    netfn_ok(&["down", &chain]);
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(
+        leftovers(&chain),
+        Vec::<String>::new(),
+        "after down, with the agent running:\n{}",
+        agent.log_text()
     );
 }
 

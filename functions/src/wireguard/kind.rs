@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use netfn_core::chain::processes;
+use netfn_core::chain::state::{self, ChainLock};
 use netfn_core::function::{
     ChainAddresses, ExtraSource, FunctionConfig, FunctionContext, FunctionKind,
     FunctionMetricsContext, KindMetricsError, KindTask, MetricFamily, RecordedSettings,
@@ -282,7 +283,8 @@ impl FunctionKind for WireGuard {
         rows
     }
 
-    /// Keeps the endpoint process running: started again (within a second) when it died.
+    /// Keeps the endpoint process running: started again (within a second) when it died
+    /// ([`keep_running`]).
     fn tasks(&self, ctx: &TaskContext) -> Vec<KindTask> {
         let (chain, function) = (ctx.chain.clone(), ctx.function.clone());
         vec![KindTask {
@@ -291,26 +293,41 @@ impl FunctionKind for WireGuard {
                 let (chain, function) = (chain.clone(), function.clone());
                 Box::pin(async move {
                     loop {
-                        // The kernel's interface has no process to keep running.
-                        if !Device::of(&chain, &function).is_kernel()
-                            && processes::running(&chain, &function).is_none()
-                        {
-                            tracing::warn!(
-                                function = %function,
-                                "the WireGuard endpoint is not running; starting it again"
-                            );
-                            let (c, f) = (chain.clone(), function.clone());
-                            tokio::task::spawn_blocking(move || {
-                                processes::start(&c, &f, &endpoint::args(&c, &f))
-                            })
+                        let (c, f) = (chain.clone(), function.clone());
+                        tokio::task::spawn_blocking(move || keep_running(&c, &f))
                             .await
-                            .map_err(|e| e.to_string())?
-                            .map_err(|e| e.to_string())?;
-                        }
+                            .map_err(|e| e.to_string())??;
                         tokio::time::sleep(Duration::from_secs(1)).await;
                     }
                 })
             }),
         }]
     }
+}
+
+/// Starts the endpoint process of `function` again if it died, unless the chain is in the
+/// middle of a change or gone: a CLI holding the chain's lock (`down` stops the process on
+/// purpose, `apply` may remove the function) is left to finish, and a chain or function no
+/// longer recorded gets no process (it would fail at once and leave its log behind).
+fn keep_running(chain: &str, function: &str) -> Result<(), String> {
+    // The kernel's interface has no process to keep running.
+    if Device::of(chain, function).is_kernel() || processes::running(chain, function).is_some() {
+        return Ok(());
+    }
+    let Some(_lock) = ChainLock::try_existing(chain).map_err(|e| e.to_string())? else {
+        return Ok(());
+    };
+    let recorded = state::load(chain)
+        .map_err(|e| e.to_string())?
+        .is_some_and(|s| s.plan.hops.iter().any(|h| h.name == function));
+    if !recorded || processes::running(chain, function).is_some() {
+        return Ok(());
+    }
+    tracing::warn!(
+        function = %function,
+        "the WireGuard endpoint is not running; starting it again"
+    );
+    processes::start(chain, function, &endpoint::args(chain, function))
+        .map(|_| ())
+        .map_err(|e| e.to_string())
 }

@@ -275,6 +275,33 @@ impl ChainLock {
         }
     }
 
+    /// Takes the chain's lock without waiting and without creating its lock file: `None` when
+    /// another process holds it (a CLI changing the chain) or the chain is gone (`down` removed
+    /// the file; creating it again would leave it behind). For the agent, which must never act
+    /// on a chain in the middle of a change.
+    pub fn try_existing(chain: &str) -> Result<Option<Self>, StateError> {
+        check_chain_name(chain)?;
+        let path = lock_path(chain);
+        let file = match OpenOptions::new().write(true).open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io_err("open", &path)(e)),
+        };
+        let lock = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            Ok(l) => l,
+            Err((_, Errno::EWOULDBLOCK)) => return Ok(None),
+            Err((_, e)) => return Err(io_err("lock", &path)(e.into())),
+        };
+        // Removed (end of `down`) between our open and our lock: the chain is gone.
+        let ours = lock.metadata().map_err(io_err("stat", &path))?;
+        match fs::metadata(&path) {
+            Ok(now) if now.ino() == ours.ino() && now.dev() == ours.dev() => {
+                Ok(Some(ChainLock { path, _lock: lock }))
+            }
+            _ => Ok(None),
+        }
+    }
+
     /// Removes the lock file while still holding the lock (the chain is gone).
     pub fn remove_file(&self) {
         let _ = fs::remove_file(&self.path);
