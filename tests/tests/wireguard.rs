@@ -736,23 +736,21 @@ fn a_killed_endpoint_comes_back_with_the_agent() {
         .expect("pid");
     // SAFETY: SIGKILL of the endpoint this test's chain started.
     unsafe { libc::kill(pid, libc::SIGKILL) };
+    let restarted = || {
+        std::fs::read_to_string(&pid_file)
+            .ok()
+            .and_then(|t| t.trim().parse::<i32>().ok())
+            .is_some_and(|p| p != pid)
+    };
     std::thread::sleep(Duration::from_millis(2500));
-    let restarted = std::fs::read_to_string(&pid_file)
-        .ok()
-        .and_then(|t| t.trim().parse::<i32>().ok())
-        .is_some_and(|p| p != pid);
     assert!(
-        !restarted,
+        !restarted(),
         "the agent started the endpoint while a CLI held the chain's lock:\n{}",
         agent.log_text()
     );
     drop(lock);
     let deadline = Instant::now() + Duration::from_secs(10);
-    while !std::fs::read_to_string(&pid_file)
-        .ok()
-        .and_then(|t| t.trim().parse::<i32>().ok())
-        .is_some_and(|p| p != pid)
-    {
+    while !restarted() {
         assert!(
             Instant::now() < deadline,
             "the endpoint was not started again once the lock was free:\n{}",
