@@ -20,10 +20,13 @@ use crate::{ebpf, setup, util};
 /// The fuzz project, relative to the workspace root.
 const FUZZ_DIR: &str = "fuzz";
 
-/// No sanitizer: the targets run safe Rust (the parsers, serde, toml), where AddressSanitizer
-/// has nothing to find, and it slows both the build (most of CI's fuzzing time) and every
-/// execution. A panic is the failure these targets look for.
-const SANITIZER: [&str; 2] = ["--sanitizer", "none"];
+/// How the targets are built (the same for `build` and `run`, or `run` builds again):
+/// - no sanitizer: the targets run safe Rust (the parsers, serde, toml), where AddressSanitizer
+///   has nothing to find, and it slows both the build and every execution; a panic is the
+///   failure these targets look for;
+/// - 16 codegen units instead of cargo-fuzz's 1, so that rustc splits each crate's
+///   optimization over the cores: the build is most of CI's fuzzing time.
+const BUILD_FLAGS: [&str; 4] = ["--sanitizer", "none", "--codegen-units", "16"];
 
 /// Seconds one input may take before libFuzzer calls it a hang (and fails the run).
 const INPUT_TIMEOUT_S: u64 = 20;
@@ -79,7 +82,7 @@ pub fn run(args: FuzzArgs) -> Result<()> {
     };
 
     println!("== building the fuzz targets (cargo +nightly fuzz build)");
-    util::run(cargo_fuzz(&root).arg("build").args(SANITIZER)).context(
+    util::run(cargo_fuzz(&root).arg("build").args(BUILD_FLAGS)).context(
         "building the fuzz targets failed (is the nightly toolchain installed? `cargo xtask \
          setup` checks)",
     )?;
@@ -216,7 +219,7 @@ fn fuzz_one(root: &Path, target: &str, seconds: u64, tmp: &Path) -> Result<Outco
     // libFuzzer adds new inputs to its first corpus directory only: the scratch one.
     let mut cmd = cargo_fuzz(root);
     cmd.args(["run", target])
-        .args(SANITIZER)
+        .args(BUILD_FLAGS)
         .arg(&found)
         .arg(&seeds)
         .arg("--")
