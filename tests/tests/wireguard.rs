@@ -932,6 +932,11 @@ fn the_endpoint_uses_tun_offloads_and_tcp_stays_byte_exact() {
             link.contains("vnet_hdr on"),
             "the TUN has no vnet header: {link}"
         );
+        // Room for the packets that arrive while the endpoint waits for a CPU (link::TUN_QUEUE).
+        assert!(
+            link.contains("qlen 4096"),
+            "the TUN's queue is not 4,096 packets: {link}"
+        );
         // USO too where the kernel has it (6.2 on).
         let row = endpoint_row(&chain);
         assert!(
