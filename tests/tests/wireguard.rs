@@ -943,7 +943,8 @@ fn killing_the_agent_loses_nothing_through_the_tunnel() {
 /// skbs, forwarded into the TUN as they are), and a TCP transfer of 8 MB each way through the
 /// tunnel is byte-exact, with no checksum error counted by the client's, the server's or the
 /// endpoint's TCP (a segment the endpoint split or coalesced with a wrong checksum would be
-/// dropped and counted there).
+/// dropped and counted there). Its UDP socket sends with GSO: during the download, far fewer
+/// sends than the datagrams wireguard-go reads.
 #[test]
 fn the_endpoint_uses_tun_offloads_and_tcp_stays_byte_exact() {
     let _turn = shared();
@@ -976,6 +977,11 @@ fn the_endpoint_uses_tun_offloads_and_tcp_stays_byte_exact() {
             link.contains("vnet_hdr on"),
             "the TUN has no vnet header: {link}"
         );
+        // Room for the packets that arrive while the endpoint waits for a CPU (link::TUN_QUEUE).
+        assert!(
+            link.contains("qlen 4096"),
+            "the TUN's queue is not 4,096 packets: {link}"
+        );
         // USO too where the kernel has it (6.2 on).
         let row = endpoint_row(&chain);
         assert!(
@@ -998,9 +1004,13 @@ fn the_endpoint_uses_tun_offloads_and_tcp_stays_byte_exact() {
         bulk_both_ways(&ingress, &egress, &upload, &[])
             .unwrap_or_else(|e| panic!("upload: {e}\n{}", interface_stats(&chain)));
         let (written1, read1) = tun_counters(&vpn_ns, &ours);
+        let sends0 = snmp_counter(&vpn_ns, "Udp:", "OutDatagrams");
+        let peer_reads0 = snmp_counter(&ingress, "Udp:", "InDatagrams");
         bulk_both_ways(&ingress, &egress, &[], &download)
             .unwrap_or_else(|e| panic!("download: {e}\n{}", interface_stats(&chain)));
         let (_, read2) = tun_counters(&vpn_ns, &ours);
+        let sends = snmp_counter(&vpn_ns, "Udp:", "OutDatagrams") - sends0;
+        let peer_reads = snmp_counter(&ingress, "Udp:", "InDatagrams") - peer_reads0;
         assert_eq!(csum_errors(), errors_before, "TCP checksum errors");
         let (writes, written) = (written1.0 - written0.0, written1.1 - written0.1);
         let (reads, read) = (read2.0 - read1.0, read2.1 - read1.1);
@@ -1011,9 +1021,17 @@ fn the_endpoint_uses_tun_offloads_and_tcp_stays_byte_exact() {
             read / reads > 1420,
             "the endpoint read {read} bytes in {reads} reads: no GSO super-packets"
         );
+        // UDP GSO: the endpoint's sends (one per skb: a GSO message counts once) carried the
+        // download's datagrams, which wireguard-go (no GRO: the kernel splits them for it)
+        // reads one by one, several per send.
+        assert!(
+            peer_reads > 2 * sends,
+            "the endpoint sent {sends} UDP messages for the {peer_reads} datagrams wireguard-go \
+             read: no GSO"
+        );
         eprintln!(
             "TUN of {ours}: download {reads} reads, {} B average; upload {writes} writes, {} B \
-             average",
+             average; UDP: {sends} sends for {peer_reads} datagrams",
             read / reads,
             written / writes
         );
@@ -1023,20 +1041,25 @@ fn the_endpoint_uses_tun_offloads_and_tcp_stays_byte_exact() {
 
 /// `TcpExt`-less `Tcp: InCsumErrors` of namespace `ns` (/proc/net/snmp).
 fn tcp_checksum_errors(ns: &str) -> u64 {
+    snmp_counter(ns, "Tcp:", "InCsumErrors")
+}
+
+/// Counter `name` of the `prefix` lines (`Tcp:`, `Udp:`) of namespace `ns`'s /proc/net/snmp.
+fn snmp_counter(ns: &str, prefix: &str, name: &str) -> u64 {
     let out = Command::new("ip")
         .args(["netns", "exec", ns, "cat", "/proc/net/snmp"])
         .output()
         .expect("read /proc/net/snmp");
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let mut tcp = text.lines().filter(|l| l.starts_with("Tcp:"));
-    let (Some(names), Some(values)) = (tcp.next(), tcp.next()) else {
-        panic!("no Tcp lines in /proc/net/snmp of {ns}: {text}");
+    let mut lines = text.lines().filter(|l| l.starts_with(prefix));
+    let (Some(names), Some(values)) = (lines.next(), lines.next()) else {
+        panic!("no {prefix} lines in /proc/net/snmp of {ns}: {text}");
     };
     names
         .split_whitespace()
         .zip(values.split_whitespace())
-        .find_map(|(n, v)| (n == "InCsumErrors").then(|| v.parse().ok()).flatten())
-        .unwrap_or_else(|| panic!("no InCsumErrors in {ns}: {text}"))
+        .find_map(|(n, v)| (n == name).then(|| v.parse().ok()).flatten())
+        .unwrap_or_else(|| panic!("no {prefix} {name} in {ns}: {text}"))
 }
 
 /// The TUN's counters, ((written by the endpoint: packets, bytes), (read by it: ...)): the

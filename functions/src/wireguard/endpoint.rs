@@ -6,8 +6,9 @@
 //! It reads the function's recorded settings (key file paths, never keys) and its key files,
 //! enters the function's namespace on the main thread before any other thread exists (so every
 //! thread, socket and device it makes is there), attaches to the TUN with offloads
-//! ([`super::tun_io`]: GSO reads split into packets, coalesced writes) and builds the device with
-//! the cross-platform UAPI socket `/var/run/wireguard/<interface>.sock` (so `wg show` works
+//! ([`super::tun_io`]: GSO reads split into packets, coalesced writes) and builds the device on a
+//! UDP socket with batched I/O ([`super::udp_io`]: GSO sends, GRO receives) and with the
+//! cross-platform UAPI socket `/var/run/wireguard/<interface>.sock` (so `wg show` works
 //! against it), drops every capability ([`netfn_core::privilege`]), says it is ready, and runs until
 //! SIGTERM.
 
@@ -22,8 +23,11 @@ use netfn_core::plan::HopRole;
 
 use super::config::WgSettings;
 use super::keys;
+use super::udp_io::UdpFactory;
 
-/// The UDP socket's receive and send buffer sizes asked for.
+/// The UDP socket's receive and send buffer sizes asked for: room for bursts while the endpoint
+/// waits for a CPU (wireguard-go asks for 7 MiB; the kernel caps this at net.core.rmem_max /
+/// wmem_max).
 const SOCKET_BUFFER: usize = 4 << 20;
 
 /// The interface name of function `function` of `chain`: unique on the host (the UAPI socket's
@@ -106,11 +110,11 @@ pub fn run(chain: &str, function: &str) -> Result<(), String> {
             format!("attach to the TUN device {name} with offloads: {e} (is the chain up?)")
         })?;
         let device = DeviceBuilder::new()
-            .with_default_udp()
-            // Room for bursts while the endpoint waits for a CPU (wireguard-go asks for 7 MiB;
-            // the kernel caps this at net.core.rmem_max / wmem_max).
-            .udp_recv_buffer_size(SOCKET_BUFFER)
-            .udp_send_buffer_size(SOCKET_BUFFER)
+            // Batched UDP: GSO sends, GRO receives (see super::udp_io).
+            .with_udp(UdpFactory {
+                buffer: SOCKET_BUFFER,
+                gso: true,
+            })
             .with_ip_pair(tun_tx, tun_rx)
             .with_uapi(uapi)
             .with_private_key(StaticSecret::from(private))

@@ -3,10 +3,10 @@
 //! stack, where its tunnel device runs: the kernel's ([`kernel`], over [`genl`]) where the kernel
 //! has the module, else the userspace data plane ([`endpoint`], a process of its own per
 //! function, told changes over [`uapi`], without capabilities once set up:
-//! [`netfn_core::privilege`], on its TUN with offloads: [`tun_io`], [`tun_offload`]). [`device`]
-//! is the running one, whichever it is;
-//! [`peers`] says what it must be told, [`link`] gives it addresses and routes, [`handshakes`] counts its handshakes; [`kind`] is what
-//! core registers.
+//! [`netfn_core::privilege`]; on its TUN with offloads: [`tun_io`], [`tun_offload`]; on a UDP
+//! socket with GSO sends and GRO receives: [`udp_io`], [`udp_gso`]). [`device`] is the running
+//! one, whichever it is; [`peers`] says what it must be told, [`link`] gives it addresses and
+//! routes, [`handshakes`] counts its handshakes; [`kind`] is what core registers.
 
 pub mod config;
 pub mod device;
@@ -21,5 +21,7 @@ pub mod peers;
 pub mod tun_io;
 pub mod tun_offload;
 pub mod uapi;
+pub mod udp_gso;
+pub mod udp_io;
 
 pub use kind::WireGuard;
