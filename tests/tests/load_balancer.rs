@@ -13,6 +13,7 @@ use std::thread;
 use std::time::Duration;
 
 use netfn_tests::agent::Agent;
+use netfn_tests::loss::function_drops;
 use netfn_tests::{ChainGuard, TempDir, in_netns, netfn_ok, shared, status_details, unique_chain};
 
 const VIP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 10);
@@ -311,6 +312,18 @@ fn assert_shares(what: &str, answers: &BTreeMap<u16, Ipv4Addr>, shares: &[(usize
     );
 }
 
+/// Runs the calling thread on `cpu` only (the CPU that also runs the veth's receive path for
+/// what it sends).
+fn pin_to(cpu: usize) {
+    // SAFETY: a zeroed `cpu_set_t` is an empty set; `CPU_SET` stays within it (cpu < 8 here),
+    // and `sched_setaffinity` reads it for the calling thread.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    }
+}
+
 /// `netfn status --json` rows of function lb1.
 fn lb_status(chain: &str) -> Vec<(String, String)> {
     status_details(chain, "lb1")
@@ -485,6 +498,22 @@ fn apply_adds_and_drains(mode: &str, tag: &str) {
         None,
         "{mode}: a drained backend got new flows"
     );
+
+    // Removed from the service: its open connections still go on (their answers still find
+    // their flows and leave from the VIP).
+    let removed = dir.write(
+        "v4.toml",
+        &chain_file(&chain, mode, &service(80, "tcp", &[(0, 1), (2, 1), (3, 1)])),
+    );
+    let applied = netfn_ok(&["apply", &removed.to_string_lossy()]);
+    assert!(applied.contains("in place"), "{applied}");
+    for (s, server) in &mut open {
+        assert_eq!(
+            ask(s),
+            *server,
+            "{mode}: an open connection broke when a backend was removed"
+        );
+    }
 }
 
 #[test]
@@ -831,5 +860,157 @@ fn icmp_errors(mode: &str, tag: &str) {
     assert!(
         refused,
         "{mode}: the client never heard the backend's port unreachable about its VIP"
+    );
+}
+
+#[test]
+fn tc_answers_of_evicted_flows_are_dropped_and_counted() {
+    evicted_flow_answers("tc", "b8");
+}
+
+#[test]
+fn xdp_answers_of_evicted_flows_are_dropped_and_counted() {
+    evicted_flow_answers("xdp", "b9");
+}
+
+/// A connection table of 16 flows: a UDP flow answered once, then pushed out of the table by
+/// 1,000 new flows per CPU of two datagrams each to another service (whose backend never answers; a
+/// flow seen twice is an active one to the kernel's LRU, as busy flows are: flows of one packet
+/// only churn through its inactive list and never push an answered flow out). Its backend sends
+/// again, unasked: that answer has no flow to go back from the VIP, and must neither reach the
+/// client with the backend's address nor vanish uncounted; it is dropped as
+/// `lb-reply-untracked` (status and metrics). The client's next datagram is balanced again, and
+/// the flow goes on.
+fn evicted_flow_answers(mode: &str, tag: &str) {
+    let _turn = shared();
+    let chain = unique_chain(tag);
+    let dir = TempDir::new(&chain);
+    let services = format!(
+        "\n[[chain.function.service]]\nvip = \"{VIP}\"\nproto = \"udp\"\nport = 55\n\
+         backends = [{{ address = \"{}\", port = 9100 }}]\n\
+         \n[[chain.function.service]]\nvip = \"{VIP}\"\nproto = \"udp\"\nport = 56\n\
+         backends = [{{ address = \"{}\", port = 9101 }}]\n",
+        SERVERS[0], SERVERS[1]
+    );
+    let text = chain_file(&chain, mode, &services).replace(
+        "conntrack = { tcp_closing = 1, udp = 2 }",
+        "conntrack = { size = 16, udp = 60 }",
+    );
+    let file = dir.write("lb.toml", &text);
+    let _guard = ChainGuard::up(&chain, &file);
+    let egress = format!("nf-{chain}-egress");
+    let _servers = Servers::start(&egress);
+    let ingress = format!("nf-{chain}-ingress");
+    let agent = Agent::start(&dir.0, &chain, &["--no-probe"]);
+    let backend = in_netns(&egress, || {
+        UdpSocket::bind(SocketAddrV4::new(SERVERS[0], 9100)).expect("bind backend")
+    });
+    backend
+        .set_read_timeout(Some(Duration::from_secs(3)))
+        .expect("timeout");
+    // Takes the datagrams of the 1,000 flows and never answers (no port unreachable either).
+    let _silent = in_netns(&egress, || {
+        UdpSocket::bind(SocketAddrV4::new(SERVERS[1], 9101)).expect("bind silent backend")
+    });
+    // Unconnected: it would show a datagram from the backend's own address too.
+    let client = in_netns(&ingress, || {
+        UdpSocket::bind(SocketAddrV4::new(CLIENT, 46_000)).expect("bind client")
+    });
+    client
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .expect("timeout");
+    let mut buf = [0u8; 64];
+    let mut exchange = |word: &[u8]| {
+        client
+            .send_to(word, SocketAddrV4::new(VIP, 55))
+            .expect("send");
+        let (n, from) = backend
+            .recv_from(&mut buf)
+            .unwrap_or_else(|e| panic!("{mode}: the backend got nothing: {e}"));
+        assert_eq!(&buf[..n], word);
+        backend.send_to(word, from).expect("answer");
+        from
+    };
+    let from = exchange(b"one");
+    let mut answer = [0u8; 64];
+    let (n, source) = client.recv_from(&mut answer).expect("first answer");
+    assert_eq!(
+        (&answer[..n], source),
+        (&b"one"[..], SocketAddrV4::new(VIP, 55).into()),
+        "{mode}: the first answer"
+    );
+
+    // From every CPU: the LRU keeps a list of fresh entries per CPU, and only a CPU that runs
+    // out of free ones moves its list (the answered flow may be on any) to where eviction works.
+    let cpus = thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(8);
+    thread::scope(|scope| {
+        for cpu in 0..cpus {
+            let ingress = &ingress;
+            scope.spawn(move || {
+                in_netns(ingress, || {
+                    pin_to(cpu);
+                    let first = 47_000 + 1_000 * cpu as u16;
+                    for port in first..first + 1_000 {
+                        let s = UdpSocket::bind(SocketAddrV4::new(CLIENT, port)).expect("bind");
+                        for _ in 0..2 {
+                            s.send_to(b"x", SocketAddrV4::new(VIP, 56)).expect("send");
+                        }
+                    }
+                })
+            });
+        }
+    });
+    let untracked = |text: &str| -> u64 {
+        text.lines()
+            .filter(|l| {
+                l.starts_with("netfn_function_drops_total{")
+                    && l.contains(&format!("chain=\"{chain}\""))
+                    && l.contains("function=\"lb1\"")
+                    && l.contains("reason=\"lb-reply-untracked\"")
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum()
+    };
+    let status_before = function_drops(&chain, "lb1")
+        .get("lb-reply-untracked")
+        .copied()
+        .unwrap_or(0);
+    let metrics_before = untracked(&agent.metrics());
+
+    // The backend speaks again, unasked: its flow is gone from the table.
+    backend.send_to(b"unasked", from).expect("send unasked");
+    if let Ok((n, source)) = client.recv_from(&mut answer) {
+        panic!(
+            "{mode}: the client got {:?} from {source} for a flow the table no longer holds",
+            String::from_utf8_lossy(&answer[..n])
+        );
+    }
+    let status_after = function_drops(&chain, "lb1")
+        .get("lb-reply-untracked")
+        .copied()
+        .unwrap_or(0);
+    assert_eq!(
+        status_after,
+        status_before + 1,
+        "{mode}: the answer without a flow is counted as lb-reply-untracked in status \
+         ({status_before} before)"
+    );
+    assert_eq!(
+        untracked(&agent.metrics()),
+        metrics_before + 1,
+        "{mode}: and in the metrics"
+    );
+
+    // The client speaks again: balanced anew (one backend), the flow goes on.
+    exchange(b"two");
+    let (n, source) = client
+        .recv_from(&mut answer)
+        .expect("answer after eviction");
+    assert_eq!(
+        (&answer[..n], source),
+        (&b"two"[..], SocketAddrV4::new(VIP, 55).into()),
+        "{mode}: the answer after the client spoke again"
     );
 }

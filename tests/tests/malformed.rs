@@ -345,6 +345,9 @@ fn hops(chain: &str, ingress: Ipv4Addr, egress: Ipv4Addr) -> Vec<Hop> {
     out
 }
 
+/// The load balancer's backend is the egress endpoint on port 7003, not 7001 where the good
+/// traffic's echo server answers: a load balancer drops (as `lb-reply-untracked`) what a
+/// backend's service port sends without a balanced flow.
 fn chain_file(name: &str, fastpath: &str) -> String {
     format!(
         "[[chain]]\nname = \"{name}\"\nfastpath = \"{fastpath}\"\n\n\
@@ -354,7 +357,7 @@ fn chain_file(name: &str, fastpath: &str) -> String {
          [[chain.function]]\nname = \"fw\"\nkind = \"firewall\"\ndefault = \"accept\"\n\n\
          [[chain.function]]\nname = \"lb\"\nkind = \"load-balancer\"\n\n\
          [[chain.function.service]]\nvip = \"{VIP}\"\nproto = \"udp\"\nport = {VIP_PORT}\n\
-         backends = [{{ address = \"10.81.2.2\", port = 7001 }}]\n"
+         backends = [{{ address = \"10.81.2.2\", port = 7003 }}]\n"
     )
 }
 

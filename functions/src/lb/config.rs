@@ -21,10 +21,11 @@
 //! health = { check = "http", path = "/healthz", interval = 2, timeout = 1, rise = 2, fall = 3 }
 //! ```
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::ops::Range;
 
+use netfn_common::lb::REVERSE_SERVICES;
 use netfn_core::function::{ChainAddresses, SettingError, Settings};
 use serde::{Deserialize, Serialize};
 use toml::Spanned;
@@ -303,6 +304,7 @@ pub fn parse(settings: Settings<'_>) -> Result<LbSettings, Vec<SettingError>> {
             spans.push(at);
         }
     }
+    shared_backends(&mut sink, &services, &spans);
     if sink.0.is_empty() {
         Ok(LbSettings {
             services,
@@ -312,6 +314,37 @@ pub fn parse(settings: Settings<'_>) -> Result<LbSettings, Vec<SettingError>> {
         })
     } else {
         Err(sink.0)
+    }
+}
+
+/// A backend's answers find their flow by trying each service the backend serves (the stage's
+/// reverse map holds at most [`REVERSE_SERVICES`] per backend `address:port:proto`): more
+/// services on one backend are refused at the first backend beyond that.
+fn shared_backends(sink: &mut Sink, services: &[ServiceConf], spans: &[ServiceSpans]) {
+    let mut serving: HashMap<(IpAddr, u16, L4), Vec<String>> = HashMap::new();
+    for (service, at) in services.iter().zip(spans) {
+        for (b, span) in service.backends.iter().zip(&at.backends) {
+            let of = serving
+                .entry((b.address, b.port, service.proto))
+                .or_default();
+            of.push(service.label());
+            if of.len() == REVERSE_SERVICES + 1 {
+                sink.error(
+                    span.clone(),
+                    format!(
+                        "backend {}/{} serves {} services ({}); one backend serves at most \
+                         {REVERSE_SERVICES}",
+                        b.id(),
+                        service.proto.name(),
+                        of.len(),
+                        of.join(", ")
+                    ),
+                    "give the extra services another backend port (answers are matched to \
+                     their service by the backend's address and port)"
+                        .to_string(),
+                );
+            }
+        }
     }
 }
 

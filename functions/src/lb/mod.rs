@@ -1,7 +1,8 @@
 //! `kind = "load-balancer"`: an L4 load balancer. Its settings ([`config`]) name services (a
 //! VIP, protocol and port) and their weighted backends; [`maglev`] builds each service's lookup
 //! table; [`stage`] loads tables and backends into the fast path's stage at the function's hop
-//! (the eBPF program tracks flows and rewrites addresses), [`nft`] writes the same services as
+//! (the eBPF program tracks flows and rewrites addresses), with [`reverse`] the services each
+//! backend answers for, [`nft`] writes the same services as
 //! nftables DNAT for kernel mode, [`observe`] reads the counters back, and [`kind`] is what core
 //! registers.
 
@@ -11,6 +12,7 @@ pub mod kind;
 pub mod maglev;
 pub mod nft;
 mod observe;
+mod reverse;
 pub mod stage;
 
 pub use kind::LoadBalancer;

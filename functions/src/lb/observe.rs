@@ -4,8 +4,8 @@
 
 use aya::maps::{Array, HashMap, MapData};
 use netfn_common::lb::{
-    BACKEND_DOWN, Backend, BackendCounters, CT_TO_BACKEND, LB_BACKEND_COUNTERS_MAP,
-    LB_BACKENDS_MAP, LB_CT_MAP, LB_STATS_MAP, LbCtEntry, LbCtKey, LbStats,
+    BACKEND_DOWN, Backend, BackendCounters, LB_BACKEND_COUNTERS_MAP, LB_BACKENDS_MAP, LB_CT_MAP,
+    LB_STATS_MAP, LbCtEntry, LbCtKey, LbStats,
 };
 use netfn_core::function::{FunctionMetricsContext, KindMetricsError, MetricFamily};
 
@@ -76,17 +76,14 @@ fn backends(ctx: &FunctionMetricsContext<'_>, s: &LbSettings) -> Vec<BackendView
     out
 }
 
-/// Tracked flows per backend number (the client's direction of each), unless the table is
-/// larger than [`COUNT_LIMIT`].
+/// Tracked flows per backend number (one entry each), unless the table is larger than
+/// [`COUNT_LIMIT`].
 fn active_flows(path: &std::path::Path) -> Result<Vec<u64>, KindMetricsError> {
     let table: HashMap<MapData, LbCtKey, LbCtEntry> = HashMap::try_from(map(path)?)?;
     let mut per: Vec<u64> = Vec::new();
-    for (seen, (key, entry)) in table.iter().filter_map(Result::ok).enumerate() {
-        if seen as u64 > 2 * u64::from(COUNT_LIMIT) {
+    for (seen, (_, entry)) in table.iter().filter_map(Result::ok).enumerate() {
+        if seen as u64 > u64::from(COUNT_LIMIT) {
             return Err("connection table too large to count".into());
-        }
-        if key.dir != CT_TO_BACKEND {
-            continue;
         }
         let n = entry.backend as usize;
         if per.len() <= n {

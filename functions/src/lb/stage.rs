@@ -5,7 +5,8 @@
 //! service owns two halves of the table map. A new instance gets Maglev tables built over the
 //! live instance's ones (read from its pins), so a settings change moves only the flows it must
 //! even for flows the connection table no longer holds, and backends keep the health state the
-//! live instance has for them. The connection table and the statistics carry over.
+//! live instance has for them. The connection table and the statistics carry over; the
+//! backends' way back ([`super::reverse`]) is built anew, keeping what left.
 
 use std::collections::HashMap as Map;
 use std::net::IpAddr;
@@ -13,9 +14,9 @@ use std::path::Path;
 
 use aya::maps::{Array, HashMap, MapData};
 use netfn_common::lb::{
-    BACKEND_DOWN, Backend, FAMILY_V4, FAMILY_V6, LB_BACKEND_COUNTERS_MAP, LB_BACKENDS_MAP,
-    LB_CONF_MAP, LB_CT_MAP, LB_SERVICES_MAP, LB_STATS_MAP, LB_TABLE_MAP, LB_TC_PROGRAM,
-    LB_XDP_PROGRAM, LbConf, NO_BACKEND, Service, ServiceKey,
+    BACKEND_DOWN, Backend, BackendKey, FAMILY_V4, FAMILY_V6, LB_BACKEND_COUNTERS_MAP,
+    LB_BACKENDS_MAP, LB_CONF_MAP, LB_CT_MAP, LB_REVERSE_MAP, LB_SERVICES_MAP, LB_STATS_MAP,
+    LB_TABLE_MAP, LB_TC_PROGRAM, LB_XDP_PROGRAM, LbConf, NO_BACKEND, Reverse, Service, ServiceKey,
 };
 use netfn_core::function::{
     FunctionContext, Stage, StageContent, StageError, StageMaps, StagePrograms,
@@ -24,6 +25,7 @@ use netfn_core::function::{
 use super::config::{LbSettings, ServiceConf};
 use super::kind::LbConfig;
 use super::maglev::{self, Entry, Previous};
+use super::reverse;
 use crate::maps::{MappedU32, fill_array, map_err};
 
 const SECOND: u64 = 1_000_000_000;
@@ -48,6 +50,7 @@ impl Stage for LbConfig {
             LB_TABLE_MAP,
             LB_BACKENDS_MAP,
             LB_BACKEND_COUNTERS_MAP,
+            LB_REVERSE_MAP,
         ]
     }
 
@@ -179,18 +182,19 @@ impl StageContent for Content<'_> {
             (LB_BACKENDS_MAP, backends),
             (LB_BACKEND_COUNTERS_MAP, backends),
             (LB_CONF_MAP, 1),
-            // Two entries per flow: the client's direction and the backend's.
-            (LB_CT_MAP, s.conntrack.size.saturating_mul(2)),
+            // One entry per flow (answers find it through the reverse map).
+            (LB_CT_MAP, s.conntrack.size),
             (LB_STATS_MAP, 1),
+            (LB_REVERSE_MAP, reverse_capacity(s)),
         ]
     }
 
     fn fill(&self, maps: &mut StageMaps<'_>) -> Result<(), StageError> {
         let s = self.settings;
-        let live = if maps.fresh {
-            Live::default()
+        let (live, live_reverse) = if maps.fresh {
+            (Live::default(), Vec::new())
         } else {
-            Live::read(&maps.dir)
+            (Live::read(&maps.dir), read_reverse(&maps.dir))
         };
         let mut numbered: Vec<Backend> = Vec::new();
         let mut tables: Vec<(ServiceKey, Vec<u32>)> = Vec::new();
@@ -224,6 +228,17 @@ impl StageContent for Content<'_> {
             tables.push((key, global));
         }
         fill_array(maps, LB_BACKENDS_MAP, &numbered)?;
+        {
+            let capacity = reverse_capacity(s) as usize;
+            let map = maps.map_mut(LB_REVERSE_MAP)?;
+            let mut way_back: HashMap<&mut MapData, BackendKey, Reverse> =
+                HashMap::try_from(map).map_err(map_err(LB_REVERSE_MAP))?;
+            for (key, value) in reverse::entries(s, &live_reverse, capacity) {
+                way_back
+                    .insert(key, value, 0)
+                    .map_err(map_err(LB_REVERSE_MAP))?;
+            }
+        }
         let conf = LbConf {
             tcp_ns: u64::from(s.conntrack.tcp) * SECOND,
             tcp_closing_ns: u64::from(s.conntrack.tcp_closing) * SECOND,
@@ -258,6 +273,23 @@ impl StageContent for Content<'_> {
         }
         Ok(())
     }
+}
+
+/// Entries of the reverse map: the configured backends and room for ones that left.
+fn reverse_capacity(s: &LbSettings) -> u32 {
+    u32::try_from(reverse::configured(s))
+        .unwrap_or(u32::MAX)
+        .saturating_add(reverse::CARRY_ROOM)
+}
+
+/// The live instance's reverse map under `dir` (nothing if it has none).
+fn read_reverse(dir: &Path) -> Vec<(BackendKey, Reverse)> {
+    MapData::from_pin(dir.join(LB_REVERSE_MAP))
+        .ok()
+        .and_then(|d| aya::maps::Map::from_map_data(d).ok())
+        .and_then(|m| HashMap::<_, BackendKey, Reverse>::try_from(m).ok())
+        .map(|m| m.iter().filter_map(Result::ok).collect())
+        .unwrap_or_default()
 }
 
 /// The Maglev table of `service` (indexes into its backends), built over the live one when the

@@ -7,9 +7,14 @@
 //!   hash-map update, which replaces the value whole: a packet sees the old table or the new).
 //! - Backends ([`Backend`], an array indexed by backend number) and the table entries (backend
 //!   numbers, [`NO_BACKEND`] where a service has none up).
-//! - The connection table ([`LbCtKey`] → [`LbCtEntry`], LRU): each balanced flow has two entries,
-//!   the client's direction (where to send it) and the backend's (which VIP to answer from), so a
-//!   flow stays on its backend whatever the table does, until it ends.
+//! - The connection table ([`LbCtKey`] → [`LbCtEntry`], LRU): one entry per balanced flow, keyed
+//!   by the client's side of it (client, VIP, ports, protocol), so a flow stays on its backend
+//!   whatever the table does, until it ends. A new flow costs one insert.
+//! - The backends' way back ([`BackendKey`] → [`Reverse`], a hash map written by userspace with
+//!   the services): which services (VIP and port) a backend's `addr:port:proto` serves. A
+//!   backend's answer (backend → client) finds its flow by trying each of them as the key's VIP
+//!   side; an answer of a backend whose flow is in no entry (evicted, expired) is dropped and
+//!   counted (`lb-reply-untracked`), never passed on with the backend's address.
 //!
 //! Addresses are `[u32; 4]` in packet byte order, an IPv4 address in word 0 and the rest zero,
 //! so the maps hold IPv6 VIPs and backends without a change of layout; ports are in packet byte
@@ -25,6 +30,8 @@ pub const LB_BACKEND_COUNTERS_MAP: &str = "NF_LB_BACKEND_COUNTERS";
 /// Kept across settings changes: the connection table and the function's statistics.
 pub const LB_CT_MAP: &str = "NF_LB_CT";
 pub const LB_STATS_MAP: &str = "NF_LB_STATS";
+/// Per backend `addr:port:proto`: the services it answers for ([`BackendKey`] → [`Reverse`]).
+pub const LB_REVERSE_MAP: &str = "NF_LB_REVERSE";
 
 /// The stage programs.
 pub const LB_TC_PROGRAM: &str = "nf_lb_tc";
@@ -32,7 +39,12 @@ pub const LB_XDP_PROGRAM: &str = "nf_lb_xdp";
 
 /// The load balancer's drop reasons, counted at `KIND_DROP_BASE + i` of the function's counters.
 pub const LB_DROP_NO_BACKEND: usize = 0;
-pub const LB_DROP_REASON_NAMES: [&str; 1] = ["lb-no-backend"];
+/// A backend's answer (or an ICMP error about a packet sent to a backend) of no tracked flow:
+/// its flow's entry was evicted or expired. Passing it on would show the client the backend's
+/// address (the client would reset, the backend too); dropped, the client's next packet is
+/// balanced again (to the same backend while the table is unchanged) and the flow goes on.
+pub const LB_DROP_REPLY_UNTRACKED: usize = 1;
+pub const LB_DROP_REASON_NAMES: [&str; 2] = ["lb-no-backend", "lb-reply-untracked"];
 const _: () = assert!(LB_DROP_REASON_NAMES.len() <= super::DROP_SLOTS - super::KIND_DROP_BASE);
 
 /// A table entry of a service without a backend to take new flows.
@@ -92,29 +104,61 @@ pub struct LbConf {
     pub udp_ns: u64,
 }
 
-/// [`LbCtKey::dir`]: the client's direction (toward the VIP), and the backend's answer.
-pub const CT_TO_BACKEND: u8 = 0;
-pub const CT_TO_CLIENT: u8 = 1;
-
-/// A flow's key in one direction: the packet's own addresses and ports as it arrives. 40 bytes.
+/// A flow's key: the client's side of it (the packet toward the VIP, as it arrives). A backend's
+/// answer makes the same key from its destination (the client) and a service of [`Reverse`].
+/// 40 bytes.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct LbCtKey {
-    pub src: [u32; 4],
-    pub dst: [u32; 4],
-    pub sport: u16,
-    pub dport: u16,
+    pub client: [u32; 4],
+    pub vip: [u32; 4],
+    pub cport: u16,
+    pub vport: u16,
     pub proto: u8,
-    pub dir: u8,
+    pub family: u8,
     pub _pad: u16,
+}
+
+/// A backend as its answers show it: `addr:port` over `proto`. 20 bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct BackendKey {
+    pub addr: [u32; 4],
+    /// Packet byte order.
+    pub port: u16,
+    pub proto: u8,
+    pub family: u8,
+}
+
+/// A service's address as a backend's answer must show it: `vip:port`. 20 bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct VipPort {
+    pub vip: [u32; 4],
+    /// Packet byte order.
+    pub port: u16,
+    pub _pad: u16,
+}
+
+/// Most services one backend `addr:port:proto` may serve in one load balancer (validation
+/// refuses more): an answer tries each, so the bound keeps the stage's loop short.
+pub const REVERSE_SERVICES: usize = 4;
+
+/// The services a backend serves (`count` of them, the configured ones first, then ones it
+/// served before a settings change, whose flows may still run). 84 bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Reverse {
+    pub services: [VipPort; REVERSE_SERVICES],
+    pub count: u32,
 }
 
 /// [`LbCtEntry::state`]: TCP after a FIN or RST (a short timeout follows).
 pub const LB_CT_OPEN: u8 = 0;
 pub const LB_CT_CLOSING: u8 = 1;
 
-/// A tracked flow in one direction: the address and port to write (the backend's going in, the
-/// VIP's going back), and the backend number it was balanced to. 32 bytes.
+/// A tracked flow: the backend's address and port (written going in; an answer must come from
+/// them), and the backend number it was balanced to. 32 bytes.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct LbCtEntry {
@@ -183,6 +227,9 @@ mod pod {
     unsafe impl aya::Pod for LbConf {}
     unsafe impl aya::Pod for LbCtKey {}
     unsafe impl aya::Pod for LbCtEntry {}
+    unsafe impl aya::Pod for BackendKey {}
+    unsafe impl aya::Pod for VipPort {}
+    unsafe impl aya::Pod for Reverse {}
     unsafe impl aya::Pod for BackendCounters {}
     unsafe impl aya::Pod for LbStats {}
 }
@@ -199,6 +246,9 @@ mod tests {
         assert_eq!(core::mem::size_of::<LbConf>(), 24);
         assert_eq!(core::mem::size_of::<LbCtKey>(), 40);
         assert_eq!(core::mem::size_of::<LbCtEntry>(), 32);
+        assert_eq!(core::mem::size_of::<BackendKey>(), 20);
+        assert_eq!(core::mem::size_of::<VipPort>(), 20);
+        assert_eq!(core::mem::size_of::<Reverse>(), 84);
         assert_eq!(core::mem::size_of::<BackendCounters>(), 24);
         assert_eq!(core::mem::size_of::<LbStats>(), 40);
     }

@@ -5,11 +5,16 @@
 //! direction) goes to the backend its flow was balanced to; a packet to a service
 //! ([`NF_LB_SERVICES`]) of no tracked flow is balanced: `flow_hash` of its 5-tuple picks an
 //! entry of the service's live Maglev table ([`NF_LB_TABLE`]), whose backend
-//! ([`NF_LB_BACKENDS`]) it goes to, and the flow is tracked both ways. Its destination address
-//! and port become the backend's (DNAT). Anything else passes unchanged.
+//! ([`NF_LB_BACKENDS`]) it goes to, and the flow is tracked: one entry, keyed by the client's
+//! side. Its destination address and port become the backend's (DNAT). Anything else passes
+//! unchanged.
 //!
-//! Toward ingress (from backends): a packet of a tracked flow (the backend's direction) gets
-//! its source address and port back to the VIP's; anything else passes unchanged.
+//! Toward ingress (from backends): a packet from a backend's `addr:port:proto`
+//! ([`NF_LB_REVERSE`]: the services it serves) is the answer of the flow whose entry has its
+//! destination as the client and one of those services as the VIP side; it gets its source back
+//! to that VIP and port. An answer of no tracked flow (its entry evicted or expired) is dropped
+//! as `lb-reply-untracked`, never passed on with the backend's address (see
+//! `LB_DROP_REPLY_UNTRACKED`). Anything else passes unchanged.
 //!
 //! A tracked flow whose backend the health checks declared down is balanced again (the table
 //! no longer has that backend): a TCP client then gets a reset from the new backend at once,
@@ -23,8 +28,11 @@
 use core::ptr;
 
 use aya_ebpf::{
-    bindings::{BPF_F_MARK_MANGLED_0, BPF_F_MMAPABLE, BPF_F_PSEUDO_HDR, TC_ACT_SHOT, xdp_action},
-    helpers::generated::bpf_ktime_get_ns,
+    bindings::{
+        BPF_F_MARK_MANGLED_0, BPF_F_MMAPABLE, BPF_F_NO_PREALLOC, BPF_F_PSEUDO_HDR, TC_ACT_SHOT,
+        xdp_action,
+    },
+    helpers::generated::{bpf_ktime_get_ns, bpf_xdp_load_bytes, bpf_xdp_store_bytes},
     macros::{classifier, map, xdp},
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
     programs::{TcContext, XdpContext},
@@ -33,9 +41,9 @@ use netfn_common::{
     DIR_FORWARD, FwdEntry, KIND_DROP_BASE,
     firewall::{PROTO_ICMP, PROTO_TCP, PROTO_UDP},
     lb::{
-        BACKEND_DOWN, Backend, BackendCounters, CT_TO_BACKEND, CT_TO_CLIENT, FAMILY_V4,
-        LB_CT_CLOSING, LB_CT_OPEN, LB_DROP_NO_BACKEND, LbConf, LbCtEntry, LbCtKey, LbStats,
-        NO_BACKEND, Service, ServiceKey, flow_hash,
+        BACKEND_DOWN, Backend, BackendCounters, BackendKey, FAMILY_V4, LB_CT_CLOSING, LB_CT_OPEN,
+        LB_DROP_NO_BACKEND, LB_DROP_REPLY_UNTRACKED, LbConf, LbCtEntry, LbCtKey, LbStats,
+        NO_BACKEND, REVERSE_SERVICES, Reverse, Service, ServiceKey, flow_hash,
     },
 };
 
@@ -60,6 +68,11 @@ static NF_LB_BACKEND_COUNTERS: PerCpuArray<BackendCounters> = PerCpuArray::with_
 static NF_LB_CT: LruHashMap<LbCtKey, LbCtEntry> = LruHashMap::with_max_entries(1, 0);
 #[map]
 static NF_LB_STATS: PerCpuArray<LbStats> = PerCpuArray::with_max_entries(1, 0);
+/// Written by userspace only (no preallocation: sized with room for backends a settings change
+/// removed, whose flows may still run).
+#[map]
+static NF_LB_REVERSE: HashMap<BackendKey, Reverse> =
+    HashMap::with_max_entries(1, BPF_F_NO_PREALLOC);
 
 /// Most bytes the stage reads: Ethernet, an IPv4 header with options, and a TCP header's first
 /// 20 bytes or an ICMP error's header, quoted IPv4 header and ports.
@@ -192,7 +205,17 @@ pub fn nf_lb_xdp(ctx: XdpContext) -> u32 {
             addr,
             port,
         } => nat_xdp(data, data_end, &p, to_backend, addr, port),
-        Fate::IcmpBack { vip, port } => icmp_back(data, data_end, &p, vip, port),
+        Fate::IcmpBack { vip, port } => {
+            if icmp_back_xdp(&ctx, &p, vip, port).is_err() {
+                count_drop(slot, netfn_common::DROP_MALFORMED);
+                return xdp_action::XDP_DROP;
+            }
+        }
+    }
+    // The helpers may have written the frame: bounds again before the forwarder's rewrite.
+    let (data, data_end) = (ctx.data(), ctx.data_end());
+    if data + ETH_HLEN + IP_HLEN > data_end {
+        return xdp_action::XDP_DROP;
     }
     rewrite(data, data + ETH_HLEN, p.ttl, e);
     send_xdp(slot, e.redirect_ifindex, len)
@@ -299,12 +322,12 @@ fn decide(p: &Packet, e: &FwdEntry, len: u64) -> Fate {
         return reply(p, conf, now);
     }
     let key = LbCtKey {
-        src: v4(p.src),
-        dst: v4(p.dst),
-        sport: p.sport,
-        dport: p.dport,
+        client: v4(p.src),
+        vip: v4(p.dst),
+        cport: p.sport,
+        vport: p.dport,
         proto: p.proto,
-        dir: CT_TO_BACKEND,
+        family: FAMILY_V4,
         _pad: 0,
     };
     let mut rebalance = false;
@@ -312,21 +335,24 @@ fn decide(p: &Packet, e: &FwdEntry, len: u64) -> Fate {
         // SAFETY: a pointer into the map's value, valid for this program run; concurrent
         // writers only store whole fields the next packet reads again.
         let ct = unsafe { &mut *ct };
-        if now.wrapping_sub(ct.last_seen_ns) > timeout(conf, p.proto, ct.state) {
-            let _ = NF_LB_CT.remove(key);
-        } else if backend_down(ct) {
-            rebalance = true;
-        } else {
-            touch(ct, p, now);
-            count_backend(ct.backend, len, false);
-            if let Some(s) = stats() {
-                s.ct_hits += 1;
+        // An expired flow is balanced anew below; its entry is overwritten by the insert. Both
+        // directions stamp the one entry, from any CPU: a stamp later than this CPU's `now` is
+        // fresh (saturating, never a wrapped huge idle time).
+        if now.saturating_sub(ct.last_seen_ns) <= timeout(conf, p.proto, ct.state) {
+            if backend_down(ct) {
+                rebalance = true;
+            } else {
+                touch(ct, p, now);
+                count_backend(ct.backend, len, false);
+                if let Some(s) = stats() {
+                    s.ct_hits += 1;
+                }
+                return Fate::Nat {
+                    to_backend: true,
+                    addr: ct.addr[0],
+                    port: ct.port,
+                };
             }
-            return Fate::Nat {
-                to_backend: true,
-                addr: ct.addr[0],
-                port: ct.port,
-            };
         }
     }
     let service_key = ServiceKey {
@@ -372,25 +398,8 @@ fn decide(p: &Packet, e: &FwdEntry, len: u64) -> Fate {
         backend: number,
         last_seen_ns: now,
     };
-    let back_key = LbCtKey {
-        src: v4(addr),
-        dst: v4(p.src),
-        sport: port,
-        dport: p.sport,
-        proto: p.proto,
-        dir: CT_TO_CLIENT,
-        _pad: 0,
-    };
-    let back = LbCtEntry {
-        addr: v4(p.dst),
-        port: p.dport,
-        state: LB_CT_OPEN,
-        _pad: 0,
-        backend: number,
-        last_seen_ns: now,
-    };
-    let tracked =
-        NF_LB_CT.insert(key, entry, 0).is_ok() && NF_LB_CT.insert(back_key, back, 0).is_ok();
+    // One insert per new flow: the answers find it through NF_LB_REVERSE.
+    let tracked = NF_LB_CT.insert(key, entry, 0).is_ok();
     if let Some(s) = stats() {
         s.balanced += 1;
         if rebalance {
@@ -409,61 +418,110 @@ fn decide(p: &Packet, e: &FwdEntry, len: u64) -> Fate {
 }
 
 /// An ICMP error from the egress side quoting a packet the load balancer sent to a backend
-/// (client → backend): the client must see it about the packet it sent (client → VIP).
+/// (client → backend): the client must see it about the packet it sent (client → VIP). One
+/// about a packet to a backend of no tracked flow is dropped, as an answer would be.
 #[inline(always)]
 fn icmp_error(q: &Quoted, e: &FwdEntry) -> Fate {
     if e.counter_slot & 1 == DIR_FORWARD {
         return Fate::Pass;
     }
-    // The flow's backend direction, as the backend answers it.
-    let key = LbCtKey {
-        src: v4(q.dst),
-        dst: v4(q.src),
-        sport: q.dport,
-        dport: q.sport,
-        proto: q.proto,
-        dir: CT_TO_CLIENT,
-        _pad: 0,
-    };
-    match unsafe { NF_LB_CT.get(key) } {
-        Some(ct) => Fate::IcmpBack {
-            vip: ct.addr[0],
-            port: ct.port,
+    match answered(q.dst, q.dport, q.src, q.sport, q.proto) {
+        Answer::NotABackend => Fate::Pass,
+        Answer::Untracked => Fate::Drop {
+            reason: LB_DROP_REPLY_UNTRACKED,
         },
-        None => Fate::Pass,
+        Answer::Flow { vip, port, .. } => Fate::IcmpBack { vip, port },
     }
 }
 
 /// A packet from the egress side: a backend's answer gets the VIP back as its source.
 #[inline(always)]
 fn reply(p: &Packet, conf: &LbConf, now: u64) -> Fate {
-    let key = LbCtKey {
-        src: v4(p.src),
-        dst: v4(p.dst),
-        sport: p.sport,
-        dport: p.dport,
-        proto: p.proto,
-        dir: CT_TO_CLIENT,
-        _pad: 0,
+    match answered(p.src, p.sport, p.dst, p.dport, p.proto) {
+        Answer::NotABackend => Fate::Pass,
+        Answer::Untracked => Fate::Drop {
+            reason: LB_DROP_REPLY_UNTRACKED,
+        },
+        Answer::Flow { vip, port, ct } => {
+            // SAFETY: as in `decide`.
+            let ct = unsafe { &mut *ct };
+            if now.saturating_sub(ct.last_seen_ns) > timeout(conf, p.proto, ct.state) {
+                // The flow ended: its next client packet is balanced anew.
+                return Fate::Drop {
+                    reason: LB_DROP_REPLY_UNTRACKED,
+                };
+            }
+            touch(ct, p, now);
+            if let Some(s) = stats() {
+                s.replies += 1;
+            }
+            Fate::Nat {
+                to_backend: false,
+                addr: vip,
+                port,
+            }
+        }
+    }
+}
+
+/// Whose answer a packet from `backend:bport` to `client:cport` over `proto` is.
+enum Answer {
+    /// The source is no backend of a service here.
+    NotABackend,
+    /// A backend's, but no tracked flow of its services has this client and this backend.
+    Untracked,
+    /// The flow of service `vip:port` (its entry).
+    Flow {
+        vip: u32,
+        port: u16,
+        ct: *mut LbCtEntry,
+    },
+}
+
+/// Finds the flow a backend's packet answers: the services the backend serves
+/// ([`NF_LB_REVERSE`]) each make a flow key with the client; the flow must be on this backend.
+#[inline(always)]
+fn answered(backend: u32, bport: u16, client: u32, cport: u16, proto: u8) -> Answer {
+    let bkey = BackendKey {
+        addr: v4(backend),
+        port: bport,
+        proto,
+        family: FAMILY_V4,
     };
-    let Some(ct) = NF_LB_CT.get_ptr_mut(key) else {
-        return Fate::Pass;
+    // SAFETY: the value is only read, and userspace replaces it whole.
+    let Some(rev) = (unsafe { NF_LB_REVERSE.get(bkey) }) else {
+        return Answer::NotABackend;
     };
-    // SAFETY: as in `decide`.
-    let ct = unsafe { &mut *ct };
-    if now.wrapping_sub(ct.last_seen_ns) > timeout(conf, p.proto, ct.state) {
-        let _ = NF_LB_CT.remove(key);
-        return Fate::Pass;
+    let count = rev.count as usize;
+    for i in 0..REVERSE_SERVICES {
+        if i >= count {
+            break;
+        }
+        let service = &rev.services[i];
+        let key = LbCtKey {
+            client: v4(client),
+            vip: service.vip,
+            cport,
+            vport: service.port,
+            proto,
+            family: FAMILY_V4,
+            _pad: 0,
+        };
+        if let Some(ct) = NF_LB_CT.get_ptr_mut(key) {
+            // SAFETY: as in `decide`; only read here.
+            let entry = unsafe { &*ct };
+            // The client's flow to this service went to another backend (balanced again after
+            // this one's entry was lost): not this backend's flow.
+            if entry.addr[0] == backend && entry.port == bport {
+                return Answer::Flow {
+                    vip: service.vip[0],
+                    port: service.port,
+                    ct,
+                };
+            }
+        }
     }
-    touch(ct, p, now);
-    if let Some(s) = stats() {
-        s.replies += 1;
-    }
-    Fate::Nat {
-        to_backend: false,
-        addr: ct.addr[0],
-        port: ct.port,
-    }
+    Answer::Untracked
 }
 
 /// The backend a tracked flow went to is down: the flow is balanced again.
@@ -480,7 +538,7 @@ fn backend_down(ct: &LbCtEntry) -> bool {
 /// cache line), and a TCP FIN or RST starts its short closing timeout.
 #[inline(always)]
 fn touch(ct: &mut LbCtEntry, p: &Packet, now: u64) {
-    if now.wrapping_sub(ct.last_seen_ns) > 100_000_000 {
+    if now.saturating_sub(ct.last_seen_ns) > 100_000_000 {
         ct.last_seen_ns = now;
     }
     if p.proto == PROTO_TCP && p.tcp_flags & (TCP_FIN | TCP_RST) != 0 && ct.state != LB_CT_CLOSING {
@@ -642,33 +700,73 @@ fn icmp_back_checksums(
     (new_inner, new_icmp, new_outer)
 }
 
-/// XDP: rewrites an ICMP error (frame `data..data_end`, parsed into `p`) about a balanced flow:
-/// the quoted packet's destination becomes `vip:port`, the checksums follow, and an outer
-/// source that is the backend itself becomes the VIP.
+/// XDP: rewrites an ICMP error (parsed into `p`) about a balanced flow: the quoted packet's
+/// destination becomes `vip:port`, the checksums follow, and an outer source that is the backend
+/// itself becomes the VIP. Through `bpf_xdp_load_bytes` / `bpf_xdp_store_bytes`, as TC does
+/// through its helpers: the quoted header sits at an offset the verifier could only bound
+/// through one exact pointer, which the compiler is free not to keep (a rare path; the helpers
+/// check every access themselves).
 #[inline(always)]
-fn icmp_back(data: usize, data_end: usize, p: &Packet, vip: u32, port: u16) {
-    let Some(q) = p.quoted else { return };
-    let ip = data + ETH_HLEN;
-    // Offsets are bounded for the verifier: an IPv4 header is at most 60 bytes.
-    let icmp = data + (p.l4 & 0x7f);
-    let inner = data + (q.at & 0x7f);
-    if ip + IP_HLEN > data_end || icmp + ICMP_HLEN > data_end || inner + IP_HLEN + 4 > data_end {
-        return;
+fn icmp_back_xdp(ctx: &XdpContext, p: &Packet, vip: u32, port: u16) -> Result<(), i64> {
+    let Some(q) = p.quoted else { return Ok(()) };
+    let (icmp, inner) = (p.l4 & 0x7f, q.at & 0x7f);
+    let outer = if p.src == q.dst {
+        Some((p.src, xdp_load::<u16>(ctx, ETH_HLEN + 10)?))
+    } else {
+        None
+    };
+    let (new_inner, new_icmp, new_outer) = icmp_back_checksums(
+        &q,
+        vip,
+        port,
+        xdp_load(ctx, inner + 10)?,
+        xdp_load(ctx, icmp + 2)?,
+        outer,
+    );
+    xdp_store(ctx, inner + 16, vip)?;
+    xdp_store(ctx, inner + IP_HLEN + 2, port)?;
+    xdp_store(ctx, inner + 10, new_inner)?;
+    xdp_store(ctx, icmp + 2, new_icmp)?;
+    if outer.is_some() {
+        xdp_store(ctx, ETH_HLEN + 12, vip)?;
+        xdp_store(ctx, ETH_HLEN + 10, new_outer)?;
     }
-    let outer = (p.src == q.dst).then(|| (p.src, read::<u16>(ip + 10)));
-    let (new_inner, new_icmp, new_outer) =
-        icmp_back_checksums(&q, vip, port, read(inner + 10), read(icmp + 2), outer);
-    // SAFETY: every write is inside the bounds checked above.
-    unsafe {
-        ptr::write((inner + 16) as *mut u32, vip);
-        ptr::write((inner + IP_HLEN + 2) as *mut u16, port);
-        ptr::write((inner + 10) as *mut u16, new_inner);
-        ptr::write((icmp + 2) as *mut u16, new_icmp);
-        if outer.is_some() {
-            ptr::write((ip + 12) as *mut u32, vip);
-            ptr::write((ip + 10) as *mut u16, new_outer);
-        }
+    Ok(())
+}
+
+/// Reads a `T` at `offset` of the XDP frame.
+#[inline(always)]
+fn xdp_load<T: Copy>(ctx: &XdpContext, offset: usize) -> Result<T, i64> {
+    let mut value = core::mem::MaybeUninit::<T>::uninit();
+    // SAFETY: the helper writes `size_of::<T>()` bytes into `value` or fails.
+    let r = unsafe {
+        bpf_xdp_load_bytes(
+            ctx.ctx,
+            offset as u32,
+            value.as_mut_ptr().cast(),
+            core::mem::size_of::<T>() as u32,
+        )
+    };
+    if r < 0 {
+        return Err(r);
     }
+    // SAFETY: filled by the helper above.
+    Ok(unsafe { value.assume_init() })
+}
+
+/// Writes `value` at `offset` of the XDP frame.
+#[inline(always)]
+fn xdp_store<T: Copy>(ctx: &XdpContext, offset: usize, mut value: T) -> Result<(), i64> {
+    // SAFETY: the helper reads `size_of::<T>()` bytes of `value` and checks the frame's bounds.
+    let r = unsafe {
+        bpf_xdp_store_bytes(
+            ctx.ctx,
+            offset as u32,
+            (&mut value as *mut T).cast(),
+            core::mem::size_of::<T>() as u32,
+        )
+    };
+    if r < 0 { Err(r) } else { Ok(()) }
 }
 
 /// TC: the same rewrite through the skb load and store helpers (the ICMP error carries a full

@@ -1,0 +1,260 @@
+//! The backends' way back: for each backend `addr:port:proto`, the services (VIP and port) it
+//! answers for, as the stage's reverse map holds them (`NF_LB_REVERSE`). A backend's answer
+//! finds its flow's one connection-table entry by trying these as the flow key's VIP side.
+//!
+//! A settings change builds the map anew from the services, and carries over what the live
+//! instance had for backends (and services) that left: their tracked flows go on until they end
+//! (as the connection table promises), so their answers must still find them. At most
+//! [`CARRY_ROOM`] backends that left are carried (beyond that, their flows' answers are dropped
+//! and counted as `lb-reply-untracked`); within one backend, the configured services come first
+//! and ones it left fill the rest of its [`REVERSE_SERVICES`] slots.
+
+use std::collections::BTreeMap;
+
+use netfn_common::lb::{BackendKey, REVERSE_SERVICES, Reverse, VipPort};
+
+use super::config::LbSettings;
+use super::stage::address;
+
+/// Backends that left the settings whose way back a change keeps.
+pub const CARRY_ROOM: u32 = 4096;
+
+/// The map's entries for `settings`, over what the live instance holds (`live`), at most
+/// `capacity` of them (the configured backends always fit: the map is sized for them).
+pub fn entries(
+    settings: &LbSettings,
+    live: &[(BackendKey, Reverse)],
+    capacity: usize,
+) -> Vec<(BackendKey, Reverse)> {
+    let mut map: BTreeMap<Key, Vec<VipPort>> = BTreeMap::new();
+    for service in &settings.services {
+        let (vip, _) = address(service.vip);
+        let to = VipPort {
+            vip,
+            port: service.port.to_be(),
+            _pad: 0,
+        };
+        for b in &service.backends {
+            let (addr, family) = address(b.address);
+            let key = BackendKey {
+                addr,
+                port: b.port.to_be(),
+                proto: service.proto.number(),
+                family,
+            };
+            let services = map.entry(Key(key)).or_default();
+            if !services.contains(&to) {
+                services.push(to);
+            }
+        }
+    }
+    let configured = map.len();
+    for (key, reverse) in live {
+        if !map.contains_key(&Key(*key)) && map.len() >= capacity.max(configured) {
+            continue;
+        }
+        let services = map.entry(Key(*key)).or_default();
+        let count = (reverse.count as usize).min(REVERSE_SERVICES);
+        for s in &reverse.services[..count] {
+            if services.len() < REVERSE_SERVICES && !services.contains(s) {
+                services.push(*s);
+            }
+        }
+    }
+    map.into_iter()
+        .map(|(Key(key), services)| {
+            let mut r = Reverse::default();
+            for (slot, s) in r.services.iter_mut().zip(&services) {
+                *slot = *s;
+            }
+            r.count = services.len().min(REVERSE_SERVICES) as u32;
+            (key, r)
+        })
+        .collect()
+}
+
+/// Distinct backends `addr:port:proto` of `settings` (the map's size is this plus
+/// [`CARRY_ROOM`]).
+pub fn configured(settings: &LbSettings) -> usize {
+    let mut keys: Vec<Key> = Vec::new();
+    for service in &settings.services {
+        for b in &service.backends {
+            let (addr, family) = address(b.address);
+            let key = Key(BackendKey {
+                addr,
+                port: b.port.to_be(),
+                proto: service.proto.number(),
+                family,
+            });
+            if !keys.contains(&key) {
+                keys.push(key);
+            }
+        }
+    }
+    keys.len()
+}
+
+/// [`BackendKey`] ordered (for a deterministic map).
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Key(BackendKey);
+
+impl Ord for Key {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        let k = |k: &BackendKey| (k.family, k.addr, k.port, k.proto);
+        k(&self.0).cmp(&k(&other.0))
+    }
+}
+
+impl PartialOrd for Key {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{IpAddr, Ipv4Addr};
+
+    use super::*;
+    use crate::lb::config::{BackendConf, L4, LbConntrack, ServiceConf};
+
+    fn service(vip: [u8; 4], port: u16, proto: L4, backends: &[([u8; 4], u16)]) -> ServiceConf {
+        ServiceConf {
+            vip: IpAddr::V4(Ipv4Addr::from(vip)),
+            proto,
+            port,
+            backends: backends
+                .iter()
+                .map(|&(a, p)| BackendConf {
+                    address: IpAddr::V4(Ipv4Addr::from(a)),
+                    port: p,
+                    weight: 1,
+                })
+                .collect(),
+            health: None,
+        }
+    }
+
+    fn settings(services: Vec<ServiceConf>) -> LbSettings {
+        LbSettings {
+            services,
+            table_size: 7,
+            conntrack: LbConntrack::default(),
+            spans: Vec::new(),
+        }
+    }
+
+    fn key(a: [u8; 4], port: u16, proto: L4) -> BackendKey {
+        BackendKey {
+            addr: [u32::from_ne_bytes(a), 0, 0, 0],
+            port: port.to_be(),
+            proto: proto.number(),
+            family: 4,
+        }
+    }
+
+    fn to(vip: [u8; 4], port: u16) -> VipPort {
+        VipPort {
+            vip: [u32::from_ne_bytes(vip), 0, 0, 0],
+            port: port.to_be(),
+            _pad: 0,
+        }
+    }
+
+    fn services_of(entries: &[(BackendKey, Reverse)], k: BackendKey) -> Vec<VipPort> {
+        let (_, r) = entries
+            .iter()
+            .find(|(e, _)| *e == k)
+            .unwrap_or_else(|| panic!("no entry for {k:?}"));
+        r.services[..r.count as usize].to_vec()
+    }
+
+    #[test]
+    fn each_backend_answers_for_every_service_it_serves() {
+        let s = settings(vec![
+            service([192, 0, 2, 10], 80, L4::Tcp, &[([10, 2, 0, 1], 8080)]),
+            service(
+                [192, 0, 2, 10],
+                81,
+                L4::Tcp,
+                &[([10, 2, 0, 1], 8080), ([10, 2, 0, 2], 8080)],
+            ),
+            // The same address and port over UDP is another backend.
+            service([192, 0, 2, 11], 53, L4::Udp, &[([10, 2, 0, 1], 8080)]),
+        ]);
+        let e = entries(&s, &[], 100);
+        assert_eq!(e.len(), 3);
+        assert_eq!(configured(&s), 3);
+        assert_eq!(
+            services_of(&e, key([10, 2, 0, 1], 8080, L4::Tcp)),
+            vec![to([192, 0, 2, 10], 80), to([192, 0, 2, 10], 81)]
+        );
+        assert_eq!(
+            services_of(&e, key([10, 2, 0, 2], 8080, L4::Tcp)),
+            vec![to([192, 0, 2, 10], 81)]
+        );
+        assert_eq!(
+            services_of(&e, key([10, 2, 0, 1], 8080, L4::Udp)),
+            vec![to([192, 0, 2, 11], 53)]
+        );
+    }
+
+    #[test]
+    fn a_change_keeps_the_way_back_of_backends_and_services_that_left() {
+        let before = settings(vec![service(
+            [192, 0, 2, 10],
+            80,
+            L4::Tcp,
+            &[([10, 2, 0, 1], 8080), ([10, 2, 0, 2], 8080)],
+        )]);
+        let live = entries(&before, &[], 100);
+        // Backend 2 leaves; backend 1 moves to another service.
+        let after = settings(vec![service(
+            [192, 0, 2, 20],
+            80,
+            L4::Tcp,
+            &[([10, 2, 0, 1], 8080)],
+        )]);
+        let e = entries(&after, &live, 100);
+        assert_eq!(
+            services_of(&e, key([10, 2, 0, 1], 8080, L4::Tcp)),
+            vec![to([192, 0, 2, 20], 80), to([192, 0, 2, 10], 80)],
+            "the configured service first, the one it left after"
+        );
+        assert_eq!(
+            services_of(&e, key([10, 2, 0, 2], 8080, L4::Tcp)),
+            vec![to([192, 0, 2, 10], 80)]
+        );
+        // Applying the same settings again changes nothing.
+        assert_eq!(entries(&after, &e, 100), e);
+    }
+
+    #[test]
+    fn carried_backends_stop_at_the_capacity_and_services_at_the_slots() {
+        let live: Vec<(BackendKey, Reverse)> = (0..10u8)
+            .map(|i| {
+                let mut r = Reverse {
+                    count: REVERSE_SERVICES as u32,
+                    ..Reverse::default()
+                };
+                for (j, s) in r.services.iter_mut().enumerate() {
+                    *s = to([192, 0, 2, 100 + j as u8], 80);
+                }
+                (key([10, 2, 1, i], 8080, L4::Tcp), r)
+            })
+            .collect();
+        let s = settings(vec![service(
+            [192, 0, 2, 10],
+            80,
+            L4::Tcp,
+            &[([10, 2, 1, 0], 8080), ([10, 2, 0, 9], 8080)],
+        )]);
+        let e = entries(&s, &live, 5);
+        assert_eq!(e.len(), 5, "capacity 5: the 2 configured and 3 carried");
+        let first = services_of(&e, key([10, 2, 1, 0], 8080, L4::Tcp));
+        assert_eq!(first.len(), REVERSE_SERVICES);
+        assert_eq!(first[0], to([192, 0, 2, 10], 80), "configured first");
+        // A capacity below the configured count still keeps every configured backend.
+        assert_eq!(entries(&s, &live, 0).len(), 2);
+    }
+}
