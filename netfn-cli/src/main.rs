@@ -281,7 +281,7 @@ fn main() -> ExitCode {
         Command::Agent(args) => agent::run(args),
         Command::Wg { command } => commands::wg(matches!(command, WgCommand::Genkey)),
         Command::WireguardEndpoint { chain, function } => {
-            netfn_functions::wireguard::endpoint::run(&chain, &function)
+            netfn_functions::wireguard::dataplane::run(&chain, &function)
                 .map(|()| ExitCode::SUCCESS)
                 .map_err(|e| anyhow::anyhow!("WireGuard endpoint {chain}/{function}: {e}"))
         }

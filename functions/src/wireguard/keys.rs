@@ -7,7 +7,7 @@ use std::path::Path;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
-use gotatun::x25519::{PublicKey, StaticSecret};
+use x25519_dalek::{PublicKey, StaticSecret};
 
 /// A 32-byte key from its base64 text (44 characters, as `wg` writes it).
 pub fn decode(text: &str) -> Result<[u8; 32], String> {

@@ -1,14 +1,17 @@
 //! `kind = "wireguard"`: a WireGuard VPN endpoint. Its settings ([`config`]) are a wg-quick
 //! file's, keys in files ([`keys`]); it is a stack kind: its packets cross the function's own IP
 //! stack, where its tunnel device runs: the kernel's ([`kernel`], over [`genl`]) where the kernel
-//! has the module, else the userspace data plane ([`endpoint`], a process of its own per
-//! function, told changes over [`uapi`], without capabilities once set up:
-//! [`netfn_core::privilege`]; on its TUN with offloads: [`tun_io`], [`tun_offload`]; on a UDP
-//! socket with GSO sends and GRO receives: [`udp_io`], [`udp_gso`]). [`device`] is the running
-//! one, whichever it is; [`peers`] says what it must be told, [`link`] gives it addresses and
-//! routes, [`handshakes`] counts its handshakes; [`kind`] is what core registers.
+//! has the module, else the userspace data plane (a process of its own per function:
+//! [`endpoint`]; what it runs: `dataplane`, feature `userspace-wireguard`; told changes over
+//! [`uapi`], without capabilities once set up: [`netfn_core::privilege`]; on its TUN with
+//! offloads: `tun_io`, `tun_offload`; on a UDP socket with GSO sends and GRO receives: `udp_io`,
+//! [`udp_gso`]). [`device`] is the running one, whichever it is; [`peers`] says what it must be
+//! told, [`link`] gives it addresses and routes, [`handshakes`] counts its handshakes; [`kind`]
+//! is what core registers.
 
 pub mod config;
+#[cfg(feature = "userspace-wireguard")]
+pub mod dataplane;
 pub mod device;
 pub mod endpoint;
 pub mod genl;
@@ -18,10 +21,13 @@ pub mod keys;
 pub mod kind;
 pub mod link;
 pub mod peers;
+#[cfg(feature = "userspace-wireguard")]
 pub mod tun_io;
+#[cfg(feature = "userspace-wireguard")]
 pub mod tun_offload;
 pub mod uapi;
 pub mod udp_gso;
+#[cfg(feature = "userspace-wireguard")]
 pub mod udp_io;
 
 pub use kind::WireGuard;

@@ -1,0 +1,176 @@
+//! The userspace data plane: what runs in the endpoint process of a WireGuard function (its
+//! contract: [`super::endpoint`]): GotaTun (a maintained fork of boringtun) on the persistent
+//! TUN device `up` made in the function's namespace (with its addresses, MTU and the peers'
+//! routes, see `super::kind`).
+//!
+//! It reads the function's recorded settings (key file paths, never keys) and its key files,
+//! enters the function's namespace on the main thread before any other thread exists (so every
+//! thread, socket and device it makes is there), attaches to the TUN with offloads
+//! ([`super::tun_io`]: GSO reads split into packets, coalesced writes) and builds the device on a
+//! UDP socket with batched I/O ([`super::udp_io`]: GSO sends, GRO receives) and with the
+//! cross-platform UAPI socket `/var/run/wireguard/<interface>.sock` (so `wg show` works
+//! against it), drops every capability ([`netfn_core::privilege`]), says it is ready, and runs until
+//! SIGTERM.
+
+use std::net::IpAddr;
+
+use gotatun::device::uapi::UapiServer;
+use gotatun::device::{DeviceBuilder, Peer};
+use gotatun::x25519::{PublicKey, StaticSecret};
+use netfn_core::chain::{processes, state};
+use netfn_core::kernel::netns;
+use netfn_core::plan::HopRole;
+
+use super::config::WgSettings;
+use super::endpoint::{interface_name, offloads_file};
+use super::keys;
+use super::udp_io::UdpFactory;
+
+/// The UDP socket's receive and send buffer sizes asked for: room for bursts while the endpoint
+/// waits for a CPU (wireguard-go asks for 7 MiB; the kernel caps this at net.core.rmem_max /
+/// wmem_max).
+const SOCKET_BUFFER: usize = 4 << 20;
+
+/// Runs the endpoint until SIGTERM or SIGINT.
+pub fn run(chain: &str, function: &str) -> Result<(), String> {
+    let record = state::load(chain)
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| format!("chain `{chain}` has no record: is it up?"))?;
+    let (_, hop) = record
+        .plan
+        .hop(function)
+        .ok_or_else(|| format!("chain `{chain}` has no function `{function}`"))?;
+    let HopRole::Function { settings, .. } = &hop.role else {
+        return Err(format!("`{function}` is not a function"));
+    };
+    let settings: WgSettings = settings
+        .parse()
+        .map_err(|e| format!("the recorded settings of `{function}`: {e}"))?;
+    let private = keys::read_file(&settings.private_key_file)?;
+    // Where peers were heard from before a restart: the new instance can reach them at once.
+    let known = remembered_endpoints(chain, function);
+    let mut peers = Vec::new();
+    let mut reachable = Vec::new();
+    for p in &settings.peers {
+        let key = keys::decode(&p.public_key).map_err(|why| format!("a peer's key {why}"))?;
+        let mut peer =
+            Peer::new(PublicKey::from(key)).with_allowed_ips(p.allowed_ips.iter().filter_map(
+                |n| ipnetwork::IpNetwork::new(IpAddr::V4(n.network()), n.prefix_len()).ok(),
+            ));
+        if let Some(e) = p.endpoint.or_else(|| known.get(&p.public_key).copied()) {
+            peer = peer.with_endpoint(e);
+            reachable.push(PublicKey::from(key));
+        }
+        peer.keepalive = p.persistent_keepalive;
+        if let Some(f) = &p.preshared_key_file {
+            peer.preshared_key = Some(keys::read_file(f)?);
+        }
+        peers.push(peer);
+    }
+    netns::enter(&hop.netns.name).map_err(|e| e.to_string())?;
+    let name = interface_name(chain, function);
+    // The runtime's threads never need a capability (see netfn_core::privilege); the main thread
+    // keeps its own until setup is done.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .on_thread_start(|| {
+            if let Err(e) = netfn_core::privilege::drop_all() {
+                tracing::warn!("endpoint thread: {e}");
+            }
+        })
+        .build()
+        .map_err(|e| format!("start the runtime: {e}"))?;
+    runtime.block_on(async {
+        let uapi = UapiServer::default_unix_socket(&name, None, None)
+            .map_err(|e| format!("serve the UAPI socket of {name}: {e}"))?;
+        let (tun_tx, tun_rx, offloads) = super::tun_io::open(&name).map_err(|e| {
+            format!("attach to the TUN device {name} with offloads: {e} (is the chain up?)")
+        })?;
+        let device = DeviceBuilder::new()
+            // Batched UDP: GSO sends, GRO receives (see super::udp_io).
+            .with_udp(UdpFactory {
+                buffer: SOCKET_BUFFER,
+                gso: true,
+            })
+            .with_ip_pair(tun_tx, tun_rx)
+            .with_uapi(uapi)
+            .with_private_key(StaticSecret::from(private))
+            .with_listen_port(settings.listen_port)
+            .with_peers(peers)
+            .build()
+            .await
+            .map_err(|e| format!("start the WireGuard device {name}: {e}"))?;
+        // `up` gave the (persistent) TUN its addresses, MTU and routes; nothing left to set.
+        netfn_core::privilege::drop_all().map_err(|e| format!("endpoint {name}: {e}"))?;
+        // A restarted endpoint has no sessions; the peers' data would be dropped until their
+        // timers made them handshake again (15 s and more). Handshake with every peer it can
+        // reach now instead.
+        for key in &reachable {
+            if let Err(e) = device.force_handshake(key).await {
+                tracing::warn!("endpoint {name}: a handshake with a known peer failed: {e}");
+            }
+        }
+        // For `netfn status`: which offloads this run of the endpoint has on its TUN.
+        std::fs::write(offloads_file(chain, function), offloads.to_string())
+            .map_err(|e| format!("record the TUN's offloads: {e}"))?;
+        std::fs::write(processes::ready_file(chain, function), b"")
+            .map_err(|e| format!("say it is ready: {e}"))?;
+        tracing::info!(
+            "endpoint {name} up: {} peer(s), listening on port {}, TUN offloads: {offloads}",
+            settings.peers.len(),
+            settings.listen_port
+        );
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .map_err(|e| e.to_string())?;
+        let mut remember = tokio::time::interval(std::time::Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                _ = term.recv() => break,
+                _ = tokio::signal::ctrl_c() => break,
+                _ = remember.tick() => remember_endpoints(chain, function, &name),
+            }
+        }
+        device.stop().await;
+        // The socket would outlive the endpoint otherwise (`wg show` would list a dead one).
+        let _ = std::fs::remove_file(format!("/var/run/wireguard/{name}.sock"));
+        Ok(())
+    })
+}
+
+/// The file of peers' last endpoints (`PUBLIC_KEY ADDRESS:PORT` lines).
+fn endpoints_file(chain: &str, function: &str) -> std::path::PathBuf {
+    processes::state_file(chain, function, "endpoints")
+}
+
+fn remembered_endpoints(
+    chain: &str,
+    function: &str,
+) -> std::collections::HashMap<String, std::net::SocketAddr> {
+    std::fs::read_to_string(endpoints_file(chain, function))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let (key, addr) = l.split_once(' ')?;
+            Some((key.to_string(), addr.parse().ok()?))
+        })
+        .collect()
+}
+
+/// Saves where the peers are now (learned from their handshakes), for a restarted endpoint.
+fn remember_endpoints(chain: &str, function: &str, name: &str) {
+    let name = name.to_string();
+    let Ok(peers) = std::thread::scope(|s| s.spawn(|| super::uapi::peers(&name)).join()) else {
+        return;
+    };
+    let Ok(peers) = peers else { return };
+    let text: String = peers
+        .iter()
+        .filter_map(|p| Some(format!("{} {}\n", p.public_key, p.endpoint?)))
+        .collect();
+    let path = endpoints_file(chain, function);
+    let tmp = path.with_extension("endpoints.tmp");
+    if std::fs::write(&tmp, text).is_ok() {
+        let _ = std::fs::rename(&tmp, &path);
+    }
+}
