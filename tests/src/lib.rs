@@ -19,6 +19,7 @@ pub mod loss;
 pub mod test_run;
 pub mod traffic;
 pub mod whole;
+pub mod wireguard;
 
 /// The `netfn` binary under test: $NETFN_BIN, or the workspace's debug build.
 pub fn netfn_bin() -> PathBuf {

@@ -1,10 +1,11 @@
-//! Malformed and odd frames at every hop of tc and xdp chains holding every kind with a
-//! per-packet stage (forward, firewall, load balancer): each frame is run through the hop's
-//! pinned forwarder with `BPF_PROG_TEST_RUN` (exact verdict, the frame as it would leave, the
-//! stage reached by the forwarder's tail call), in both directions. Every frame gets the verdict
-//! the table below defines for its function's kind; every drop is counted under a reason at
-//! that function; nothing leaves with a broken checksum. Then the same corpus is injected for
-//! real from the ingress endpoint, and the chain still carries good traffic.
+//! Malformed and odd frames at every hop of tc and xdp chains holding every kind (forward,
+//! firewall, load balancer, and a WireGuard endpoint, whose packets cross its own IP stack):
+//! each frame is run through the hop's pinned forwarder with `BPF_PROG_TEST_RUN` (exact verdict,
+//! the frame as it would leave, the stage reached by the forwarder's tail call), in both
+//! directions. Every frame gets the verdict the table below defines for its function's kind;
+//! every drop is counted under a reason at that function; nothing leaves with a broken checksum.
+//! Then the same corpus is injected for real from the ingress endpoint, and the chain (through
+//! the WireGuard endpoint's stack too) still carries good traffic.
 //!
 //! Frames shorter than an Ethernet header are not in the corpus: neither a veth nor
 //! BPF_PROG_TEST_RUN carries one (packet sockets refuse to send them).
@@ -17,6 +18,7 @@ use netfn_tests::frames::{self, ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6, ICMP, Link, T
 use netfn_tests::loss::function_drops;
 use netfn_tests::test_run::{self, Hook};
 use netfn_tests::traffic::udp_echo;
+use netfn_tests::wireguard::keypair;
 use netfn_tests::{ChainGuard, TempDir, in_netns, netfn_ok, shared, unique_chain};
 
 const VIP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 77);
@@ -347,8 +349,10 @@ fn hops(chain: &str, ingress: Ipv4Addr, egress: Ipv4Addr) -> Vec<Hop> {
 
 /// The load balancer's backend is the egress endpoint on port 7003, not 7001 where the good
 /// traffic's echo server answers: a load balancer drops (as `lb-reply-untracked`) what a
-/// backend's service port sends without a balanced flow.
-fn chain_file(name: &str, fastpath: &str) -> String {
+/// backend's service port sends without a balanced flow. The WireGuard endpoint is last, its
+/// tunnel facing the egress side (a site-to-site tunnel); its peer never shows up, the clear
+/// traffic crosses its stack all the same.
+fn chain_file(name: &str, fastpath: &str, peer_public: &str) -> String {
     format!(
         "[[chain]]\nname = \"{name}\"\nfastpath = \"{fastpath}\"\n\n\
          [chain.ingress]\naddress = \"10.81.1.2/24\"\n\n\
@@ -357,7 +361,10 @@ fn chain_file(name: &str, fastpath: &str) -> String {
          [[chain.function]]\nname = \"fw\"\nkind = \"firewall\"\ndefault = \"accept\"\n\n\
          [[chain.function]]\nname = \"lb\"\nkind = \"load-balancer\"\n\n\
          [[chain.function.service]]\nvip = \"{VIP}\"\nproto = \"udp\"\nport = {VIP_PORT}\n\
-         backends = [{{ address = \"10.81.2.2\", port = 7003 }}]\n"
+         backends = [{{ address = \"10.81.2.2\", port = 7003 }}]\n\n\
+         [[chain.function]]\nname = \"vpn\"\nkind = \"wireguard\"\nside = \"egress\"\n\
+         private_key_file = \"vpn.key\"\nlisten_port = 51820\naddress = [\"10.98.0.1/24\"]\n\n\
+         [[chain.function.peer]]\npublic_key = \"{peer_public}\"\nallowed_ips = [\"10.98.0.2/32\"]\n"
     )
 }
 
@@ -365,7 +372,9 @@ fn corpus_at_every_hop(fastpath: &str, hook: Hook) {
     let _shared = shared();
     let chain = unique_chain(&format!("mf{}", &fastpath[..1]));
     let dir = TempDir::new(&chain);
-    let file = dir.write("chain.toml", &chain_file(&chain, fastpath));
+    keypair(&dir, "vpn.key");
+    let (_, peer_public) = keypair(&dir, "peer.key");
+    let file = dir.write("chain.toml", &chain_file(&chain, fastpath, &peer_public));
     let _guard = ChainGuard::up(&chain, &file);
     let program = PathBuf::from(format!(
         "/sys/fs/bpf/netfn/{chain}/{}",
@@ -380,7 +389,14 @@ fn corpus_at_every_hop(fastpath: &str, hook: Hook) {
     let mut failures = Vec::new();
     let mut refused = Vec::new();
     let mut checked = 0;
-    for hop in hops(&chain, netfn_tests::INGRESS_ADDR, netfn_tests::EGRESS_ADDR) {
+    let hops = hops(&chain, netfn_tests::INGRESS_ADDR, netfn_tests::EGRESS_ADDR);
+    let kinds: std::collections::BTreeSet<&str> = hops.iter().map(|h| h.kind.as_str()).collect();
+    assert_eq!(
+        kinds.len(),
+        4,
+        "every kind has a hop (forward, firewall, load-balancer, wireguard): {kinds:?}"
+    );
+    for hop in &hops {
         // Drops are read once per interface (a status call is slow in the test VM): what the
         // frames dropped here must have added, reason by reason, is what the table says.
         let before = function_drops(&chain, &hop.function);
@@ -448,12 +464,13 @@ fn corpus_at_every_hop(fastpath: &str, hook: Hook) {
         failures.join("\n")
     );
     println!(
-        "{fastpath}: {checked} frames test-run at 6 hops, all as defined; refused by the test run: {refused:?}"
+        "{fastpath}: {checked} frames test-run at {} hops, all as defined; refused by the test run: {refused:?}",
+        hops.len()
     );
 
     // The same corpus for real, from the ingress endpoint into the first function (f1):
     // each frame it must drop is counted there, and the chain still carries good traffic.
-    let first = &hops(&chain, netfn_tests::INGRESS_ADDR, netfn_tests::EGRESS_ADDR)[0];
+    let first = &hops[0];
     let ingress_ns = format!("nf-{chain}-ingress");
     let before: u64 = function_drops(&chain, &first.function).values().sum();
     let mut must_drop = 0;
@@ -496,6 +513,20 @@ fn trace(what: &str) {
 
 /// The verdict each function kind must give each frame of the corpus.
 fn expected(case: &str, kind: &str) -> Verdict {
+    if kind == "wireguard" {
+        // A stack kind: the forwarder checks the IPv4 header as the kernel's ip_rcv would and
+        // hands the rest to the function's stack, which routes (TTL included) as a router does.
+        return match case {
+            "ipv4-truncated"
+            | "ihl-below-5"
+            | "ihl-beyond-frame"
+            | "total-length-beyond-frame"
+            | "total-length-below-header"
+            | "ip-checksum-bad"
+            | "ip-version-6" => Drop("malformed"),
+            _ => Stack,
+        };
+    }
     match case {
         "udp" | "udp-empty-payload" | "udp-to-vip" | "tcp-syn" | "icmp-echo" | "ip-options"
         | "fragment-first" | "fragment-later" => Forward,

@@ -16,6 +16,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use netfn_tests::agent::Agent;
+use netfn_tests::wireguard::keypair;
 use netfn_tests::{
     ChainGuard, TempDir, in_netns, interface_stats, leftovers, netfn, netfn_ok, shared, skipped,
     status_details, unique_chain,
@@ -24,33 +25,6 @@ use netfn_tests::{
 const PEER_ADDR: Ipv4Addr = Ipv4Addr::new(10, 99, 0, 2);
 const SERVER: Ipv4Addr = Ipv4Addr::new(10, 85, 2, 2);
 const ENDPOINT: Ipv4Addr = Ipv4Addr::new(10, 85, 1, 1);
-
-/// `netfn wg genkey` into `dir/name` (mode 600); returns (private, public) base64.
-fn keypair(dir: &TempDir, name: &str) -> (String, String) {
-    let out = netfn(&["wg", "genkey"]);
-    assert!(out.status.success(), "netfn wg genkey");
-    let private = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    let path = dir.0.join(name);
-    std::fs::write(&path, format!("{private}\n")).expect("write key");
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
-    let mut pubkey = Command::new(netfn_tests::netfn_bin())
-        .args(["wg", "pubkey"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("netfn wg pubkey");
-    pubkey
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(private.as_bytes())
-        .expect("write");
-    let out = pubkey.wait_with_output().expect("pubkey");
-    (
-        private,
-        String::from_utf8_lossy(&out.stdout).trim().to_string(),
-    )
-}
 
 /// The chain: vpn (wireguard, side ingress, on `backend`) -> fw (firewall: TCP 7000 and UDP
 /// 7001 from the tunnel's peers) -> egress.
