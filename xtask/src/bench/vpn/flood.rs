@@ -1,8 +1,9 @@
 //! Our own UDP pps, as iperf3's one `write` per datagram limits its sender to a few hundred
 //! thousand packets per second even on a bare veth: 18-byte datagrams (60-byte frames before
 //! encapsulation) from a connected UDP socket in the client's namespace, 256 per `sendmmsg`,
-//! counted at a UDP socket in the server's namespace (`recvmmsg`). Nothing is pinned: the
-//! tunnel's processes share the two CPUs with the generator and the sink.
+//! counted at a UDP socket in the server's namespace (`recvmmsg`); or the other way round
+//! (`reverse`). Nothing is pinned: the tunnel's processes share the two CPUs with the generator
+//! and the sink.
 
 use std::net::{SocketAddrV4, UdpSocket};
 use std::os::fd::AsRawFd;
@@ -20,15 +21,24 @@ use crate::bench::chain::{PPS_PAYLOAD, in_netns, recv_loop, sendmmsg_loop, set_r
 const PORT: u16 = 9311;
 
 /// Datagrams received per second over a window of `seconds` (after 0.3 s of warm-up), with the
-/// CPU that window cost.
-pub(super) fn run(t: &Tunnel, seconds: f64) -> Result<Run> {
-    let dst = SocketAddrV4::new(t.server_addr, PORT);
-    let sink = udp_in(&t.server_ns, dst)?;
+/// CPU that window cost; from the server to the client when `reverse`.
+pub(super) fn run(t: &Tunnel, seconds: f64, reverse: bool) -> Result<Run> {
+    let ((from_ns, from), (to_ns, to)) = {
+        let client = (&t.client_ns, t.client_addr);
+        let server = (&t.server_ns, t.server_addr);
+        if reverse {
+            (server, client)
+        } else {
+            (client, server)
+        }
+    };
+    let dst = SocketAddrV4::new(to, PORT);
+    let sink = udp_in(to_ns, dst)?;
     set_rcvbuf(&sink, 64 << 20);
     sink.set_read_timeout(Some(Duration::from_millis(50)))?;
-    let source = in_netns(&t.client_ns, || {
-        let s = UdpSocket::bind(SocketAddrV4::new(t.client_addr, 0))
-            .with_context(|| format!("bind {} in {}", t.client_addr, t.client_ns))?;
+    let source = in_netns(from_ns, || {
+        let s = UdpSocket::bind(SocketAddrV4::new(from, 0))
+            .with_context(|| format!("bind {from} in {from_ns}"))?;
         s.connect(dst)
             .with_context(|| format!("connect to {dst}"))?;
         Ok(s)

@@ -20,25 +20,35 @@ pub(super) enum Test {
     /// One stream from the server to the client (`-R`): the other direction through the tunnel.
     Tcp1Reverse,
     Tcp4,
-    /// Our own generator ([`super::flood`]).
+    /// Our own generator ([`super::flood`]), client to server.
     Udp,
+    /// The same from the server to the client: the other direction through the tunnel (for
+    /// netfn-wggo, netfn encrypts and wireguard-go decrypts).
+    UdpReverse,
     /// iperf3's UDP, a cross-check.
     IperfUdp,
 }
 
 impl Test {
-    pub(super) const ALL: [Test; 5] = [
+    pub(super) const ALL: [Test; 6] = [
         Test::Tcp1,
         Test::Tcp1Reverse,
         Test::Tcp4,
         Test::Udp,
+        Test::UdpReverse,
         Test::IperfUdp,
     ];
     /// The tests with a goal and a panel in the chart.
-    pub(super) const MAIN: [Test; 4] = [Test::Tcp1, Test::Tcp1Reverse, Test::Tcp4, Test::Udp];
+    pub(super) const MAIN: [Test; 5] = [
+        Test::Tcp1,
+        Test::Tcp1Reverse,
+        Test::Tcp4,
+        Test::Udp,
+        Test::UdpReverse,
+    ];
 
     pub(super) fn is_udp(self) -> bool {
-        matches!(self, Test::Udp | Test::IperfUdp)
+        matches!(self, Test::Udp | Test::UdpReverse | Test::IperfUdp)
     }
 
     /// A table column's name.
@@ -48,6 +58,7 @@ impl Test {
             Test::Tcp1Reverse => "TCP1 -R",
             Test::Tcp4 => "TCP4",
             Test::Udp => "UDP",
+            Test::UdpReverse => "UDP -R",
             Test::IperfUdp => "iperf UDP",
         }
     }
@@ -58,6 +69,7 @@ impl Test {
             Test::Tcp1Reverse => "TCP 1 stream -R",
             Test::Tcp4 => "TCP 4 streams",
             Test::Udp => "UDP 60 B pps",
+            Test::UdpReverse => "UDP 60 B pps -R",
             Test::IperfUdp => "iperf3 UDP pps",
         }
     }
@@ -65,7 +77,7 @@ impl Test {
     /// iperf3's arguments besides `-J -c DST -p PORT -B SRC -t SECONDS`.
     pub(super) fn iperf_args(self) -> &'static [&'static str] {
         match self {
-            Test::Tcp1 | Test::Udp => &[],
+            Test::Tcp1 | Test::Udp | Test::UdpReverse => &[],
             Test::Tcp1Reverse => &["-R"],
             Test::Tcp4 => &["-P", "4"],
             Test::IperfUdp => &IPERF_UDP_ARGS,
@@ -101,7 +113,7 @@ impl Run {
 
     pub(super) fn summary(&self, test: Test) -> String {
         match test {
-            Test::Udp | Test::IperfUdp => format!(
+            Test::Udp | Test::UdpReverse | Test::IperfUdp => format!(
                 "{:>9.0} pps  cpu {:>5.2} us/pkt",
                 self.rate,
                 self.cpu_per_unit(test)
@@ -202,8 +214,10 @@ fn process_jiffies(pid: i32) -> Result<u64> {
 
 /// One iperf3 run of `test` for `seconds`, with the CPU it cost.
 pub(super) fn run(t: &Tunnel, test: Test, seconds: f64) -> Result<Run> {
-    if test == Test::Udp {
-        return super::flood::run(t, seconds);
+    match test {
+        Test::Udp => return super::flood::run(t, seconds, false),
+        Test::UdpReverse => return super::flood::run(t, seconds, true),
+        _ => {}
     }
     let before = cpu_now(t)?;
     let json = iperf_on(&path(t), test.iperf_args(), seconds)?;

@@ -17,8 +17,9 @@
 //! Figures, per tunnel and repetition, each from its own iperf3 run (`iperf3 -J -c … -t
 //! SECONDS`, a fresh `iperf3 -s -1`, default flags otherwise):
 //! - **TCP, 1 stream** and **TCP, 4 streams** (`-P 4`): throughput at the receiver;
-//! - **UDP pps**: `-u -b 0 -l 18` (60-byte frames before encapsulation), datagrams received per
-//!   second (sent minus lost);
+//! - **UDP pps**: 60-byte frames before encapsulation from our own generator ([`flood`]), client
+//!   to server and server to client (`-R`), datagrams received per second; and iperf3's
+//!   `-u -b 0 -l 18` as a cross-check;
 //! - **CPU**: over each run, the utime + stime of the tunnel's userspace processes (both
 //!   wireguard-go processes, netfn's endpoint processes; /proc/PID/stat) plus the softirq time
 //!   of every CPU (/proc/stat), divided by the Gbit the receiver got (TCP) or the datagrams it got

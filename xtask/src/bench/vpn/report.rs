@@ -7,13 +7,16 @@ use super::measure::{Run, Test};
 use super::{Figure, Goal, Options, Samples, Tunnel};
 
 /// How every figure is produced (also written into vpn.json).
-pub(super) const METHOD: [&str; 6] = [
+pub(super) const METHOD: [&str; 7] = [
     "each figure is the median of one iperf3 run per repetition; tunnels measured interleaved, \
      the order rotated each repetition",
     "TCP: iperf3 -J -c SERVER -B CLIENT -t SECONDS (and -P 4), a fresh iperf3 -s -1 per run; \
      throughput = end.sum_received.bits_per_second",
-    "UDP: iperf3 -u -b 0 -l 18 (60-byte frames before encapsulation); pps = (packets - \
-     lost_packets) / seconds of end.sum",
+    "UDP 60 B: 18-byte datagrams (60-byte frames before encapsulation) from a connected socket, \
+     256 per sendmmsg, counted at a UDP socket (recvmmsg) over the window after 0.3 s; client to \
+     server, and server to client (-R: for netfn-wggo, netfn encrypts and wireguard-go decrypts)",
+    "iperf3 UDP (a cross-check): iperf3 -u -b 0 -l 18; pps = (packets - lost_packets) / \
+     seconds of end.sum",
     "CPU (tunnel + softirq): utime + stime of the tunnel's userspace processes (wireguard-go, \
      netfn endpoints; /proc/PID/stat) plus softirq jiffies of all CPUs (/proc/stat) over the run, \
      per Gbit received (TCP) or µs per datagram received (UDP); tick-based accounting may count \
