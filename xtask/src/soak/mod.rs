@@ -46,8 +46,8 @@ pub struct SoakArgs {
     /// Datagrams per second of each UDP stream.
     #[arg(long, default_value_t = 1000)]
     rate: u64,
-    /// No WireGuard endpoint in front of the tc chain (CI: its known loss under CPU starvation,
-    /// the TUN queue overflowing while the endpoint waits for a CPU, is an open goal of its own).
+    /// No WireGuard endpoint in front of the tc chain (to tell a loss through the userspace
+    /// endpoint, which needs a CPU in time like any process, from one in netfn's fast path).
     #[arg(long)]
     without_vpn: bool,
     /// The build of netfn to soak (CI: `dev`, the build its tests already made).
