@@ -209,8 +209,12 @@ pub fn vpn_keys(netfn: &Path, dir: &Path, chain: &str) -> Result<Vpn> {
     })
 }
 
-/// wireguard-go in the chain's ingress namespace, the endpoint's peer: the egress subnet and
-/// the VIP are reached through the tunnel.
+/// wireguard-go in the chain's ingress namespace, the endpoint's peer: from the peer's tunnel
+/// address (the soak's client) the egress subnet and the VIP are reached through the tunnel. Only
+/// from there: the agent's chain probe leaves from the ingress endpoint's own address and crosses
+/// the endpoint's function in the clear, as an operator's would; routed into the tunnel, with a
+/// source outside the peer's allowed IPs, the endpoint would drop it and the prober would call
+/// the chain down.
 pub fn start_peer(chain: &Chain) -> Result<GoPeer> {
     let vpn = chain.vpn.as_ref().context("the chain has no VPN")?;
     let name = format!("wgp{}", chain.name);
@@ -228,8 +232,13 @@ pub fn start_peer(chain: &Chain) -> Result<GoPeer> {
         allowed: &allowed,
         address: &address,
     })?;
+    let table = WG_PORT.to_string();
+    let from = chain.peer_addr().to_string();
+    ip(&["-n", &ns, "rule", "add", "from", &from, "lookup", &table])?;
     for dst in [format!("10.{net}.2.0/24"), format!("{VIP}/32")] {
-        ip(&["-n", &ns, "route", "replace", &dst, "dev", &name])?;
+        ip(&[
+            "-n", &ns, "route", "replace", &dst, "dev", &name, "table", &table,
+        ])?;
     }
     Ok(peer)
 }

@@ -205,6 +205,26 @@ impl Report {
         for e in &self.errors {
             println!("  {e}");
         }
+        // The chain prober's view: a chain the chaos never took down should never look down.
+        // The prober logs a failure when a chain turns down (not each failed probe after it).
+        let probe_failures: Vec<String> = self
+            .chains
+            .iter()
+            .map(|c| {
+                let tag = format!("chain={} task=prober", c.name);
+                let n = self
+                    .agent_log_errors
+                    .iter()
+                    .filter(|l| l.starts_with("watched:") && l.contains(&tag))
+                    .filter(|l| l.contains("probe failed"))
+                    .count();
+                format!("{} {n}", c.name)
+            })
+            .collect();
+        println!(
+            "times the watched agent's prober saw a chain turn down: {}",
+            probe_failures.join(", ")
+        );
         println!(
             "agent log ERROR/WARN lines: {}",
             self.agent_log_errors.len()
