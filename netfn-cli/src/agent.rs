@@ -95,7 +95,6 @@ pub fn run(args: AgentArgs) -> Result<ExitCode> {
         rescan_interval: args.rescan_interval,
         ..defaults
     };
-    limit_malloc_arenas();
     // The runtime's threads keep only what the agent needs from the start (they bind nothing);
     // the main thread drops the rest once the agent's sockets are bound (agent::run).
     let keep = config.capabilities;
@@ -116,19 +115,6 @@ pub fn run(args: AgentArgs) -> Result<ExitCode> {
     rt.block_on(agent::run(config, kinds))
         .context("netfn agent")?;
     Ok(ExitCode::SUCCESS)
-}
-
-/// The agent runs for months and starts short-lived threads all the time (tokio's blocking pool,
-/// the threads that enter a function's namespace): glibc gives threads arenas of their own, up
-/// to eight per CPU, and each keeps what was freed in it, so the resident size creeps up with the
-/// threads that came and went. Two arenas are plenty for what the agent allocates. Called before
-/// any other thread exists.
-fn limit_malloc_arenas() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt sets a parameter of the allocator; no other thread exists yet.
-    unsafe {
-        libc::mallopt(libc::M_ARENA_MAX, 2);
-    }
 }
 
 #[cfg(test)]
