@@ -444,6 +444,15 @@ fn down_finishes_after_apply_was_killed_mid_way(mode: &str, tag: &str) {
             Some(Duration::from_millis(delay_ms)),
         ) {
             mid_way += 1;
+            // Another apply is refused, saying what happened and what to do.
+            let again = netfn(&["apply", &v2.to_string_lossy()]);
+            let stderr = String::from_utf8_lossy(&again.stderr);
+            assert!(
+                !again.status.success()
+                    && stderr.contains("did not finish")
+                    && stderr.contains("netfn up"),
+                "{mode}: apply after killing one at {delay_ms} ms: {stderr}"
+            );
         }
         let out = netfn(&["down", &chain]);
         assert!(

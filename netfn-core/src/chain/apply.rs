@@ -33,6 +33,10 @@ pub enum ApplyError {
     #[error("chain `{0}` is not up; bring it up with `netfn up`")]
     NotUp(String),
     #[error(
+        "chain `{chain}` was left half {} by a netfn command that did not finish (killed, or its machine stopped); run `netfn up` with the chain's file to finish bringing it up, then apply again, or `netfn down {chain}` to remove it", if *.tearing_down { "taken down" } else { "changed" }
+    )]
+    Interrupted { chain: String, tearing_down: bool },
+    #[error(
         "chain `{chain}`: an earlier apply left old links or namespaces it could not remove, and they still cannot be:\n  {}\nfix the cause and run `netfn apply` again; `netfn down {chain}` removes them with the chain", .errors.join("\n  ")
     )]
     Leftovers { chain: String, errors: Vec<String> },
@@ -82,7 +86,12 @@ pub fn apply(
     })?;
     let mut record = match state::load(&chain)? {
         Some(r) if r.phase == Phase::Up => r,
-        Some(_) => return Err(ApplyError::NotUp(chain)),
+        Some(r) => {
+            return Err(ApplyError::Interrupted {
+                chain,
+                tearing_down: r.phase == Phase::TearingDown,
+            });
+        }
         None => {
             // No chain: no lock file left behind either.
             lock.remove_file();
