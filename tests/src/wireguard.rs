@@ -1,4 +1,5 @@
-//! WireGuard keys for tests, made by the binary under test (`netfn wg genkey | netfn wg pubkey`).
+//! WireGuard for tests: keys made by the binary under test (`netfn wg genkey | netfn wg
+//! pubkey`), and the userspace endpoint's process (its pid file, SIGKILL).
 
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
@@ -31,4 +32,21 @@ pub fn keypair(dir: &TempDir, name: &str) -> (String, String) {
         private,
         String::from_utf8_lossy(&out.stdout).trim().to_string(),
     )
+}
+
+/// The pid of the userspace endpoint of `function` in `chain`, from the pid file `up` (or the
+/// agent) wrote; `None` while there is none.
+pub fn endpoint_pid(chain: &str, function: &str) -> Option<i32> {
+    std::fs::read_to_string(format!("/run/netfn/chains/{chain}.{function}.pid"))
+        .ok()
+        .and_then(|t| t.trim().parse().ok())
+}
+
+/// SIGKILLs the running userspace endpoint of `function` in `chain`; returns the pid it had.
+pub fn kill_endpoint(chain: &str, function: &str) -> i32 {
+    let pid = endpoint_pid(chain, function)
+        .unwrap_or_else(|| panic!("no pid of {chain}'s endpoint {function}"));
+    // SAFETY: SIGKILL of the endpoint the calling test's chain started.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    pid
 }

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use netfn_tests::agent::Agent;
 use netfn_tests::traffic::udp_echo;
+use netfn_tests::wireguard::{endpoint_pid, kill_endpoint};
 use netfn_tests::{ChainGuard, TempDir, forward_chain, leftovers, netfn_ok, skipped, unique_chain};
 
 /// The agent's unit, as installed.
@@ -354,20 +355,10 @@ fn the_agent_works_confined_as_its_unit_says() {
 
         // A killed userspace endpoint is restarted by the confined agent: its TUN, its UAPI
         // socket (/run/wireguard), its files (/run/netfn/chains) and its key are reachable.
-        let pid_file = format!("/run/netfn/chains/{vpn}.vpn.pid");
-        let old: i32 = std::fs::read_to_string(&pid_file)
-            .expect("the endpoint's pid")
-            .trim()
-            .parse()
-            .expect("a pid");
-        // SAFETY: SIGKILL of the endpoint this test's chain started.
-        unsafe { libc::kill(old, libc::SIGKILL) };
+        let old = kill_endpoint(&vpn, "vpn");
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            let new = std::fs::read_to_string(&pid_file)
-                .ok()
-                .and_then(|t| t.trim().parse::<i32>().ok());
-            if let Some(new) = new.filter(|&p| p != old)
+            if let Some(new) = endpoint_pid(&vpn, "vpn").filter(|&p| p != old)
                 && Path::new(&format!("/run/netfn/chains/{vpn}.vpn.ready")).exists()
                 && Path::new(&format!("/proc/{new}")).exists()
             {

@@ -16,7 +16,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use netfn_tests::agent::Agent;
-use netfn_tests::wireguard::keypair;
+use netfn_tests::wireguard::{endpoint_pid, keypair, kill_endpoint};
 use netfn_tests::{
     ChainGuard, TempDir, in_netns, interface_stats, leftovers, netfn, netfn_ok, shared, skipped,
     status_details, unique_chain,
@@ -615,14 +615,8 @@ fn a_killed_endpoint_comes_back_with_the_agent() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    let pid_file = format!("/run/netfn/chains/{chain}.vpn.pid");
-    let pid: i32 = std::fs::read_to_string(&pid_file)
-        .expect("pid")
-        .trim()
-        .parse()
-        .expect("pid");
-    // SAFETY: SIGKILL of the endpoint this test's chain started.
-    unsafe { libc::kill(pid, libc::SIGKILL) };
+    let pid = kill_endpoint(&chain, "vpn");
+    let restarted = || endpoint_pid(&chain, "vpn").is_some_and(|p| p != pid);
     // Its TUN device is the chain's (persistent, made by `up`), not the process's: it stays,
     // with its routes, for the restarted endpoint to attach to.
     let ours = endpoint_interface(&chain);
@@ -643,10 +637,7 @@ fn a_killed_endpoint_comes_back_with_the_agent() {
     // The agent starts it again; the peer's next handshake goes through, without manual steps.
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        if let Ok(text) = std::fs::read_to_string(&pid_file)
-            && text.trim().parse::<i32>().is_ok_and(|p| p != pid)
-            && talk(&ingress, &egress, 1000).is_ok()
-        {
+        if restarted() && talk(&ingress, &egress, 1000).is_ok() {
             break;
         }
         assert!(
@@ -703,19 +694,8 @@ fn a_killed_endpoint_comes_back_with_the_agent() {
     let lock = std::fs::File::open(format!("/run/netfn/chains/{chain}.lock")).expect("lock file");
     // SAFETY: flock(2) on a file this test opened.
     assert_eq!(unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) }, 0);
-    let pid: i32 = std::fs::read_to_string(&pid_file)
-        .expect("pid")
-        .trim()
-        .parse()
-        .expect("pid");
-    // SAFETY: SIGKILL of the endpoint this test's chain started.
-    unsafe { libc::kill(pid, libc::SIGKILL) };
-    let restarted = || {
-        std::fs::read_to_string(&pid_file)
-            .ok()
-            .and_then(|t| t.trim().parse::<i32>().ok())
-            .is_some_and(|p| p != pid)
-    };
+    let pid = kill_endpoint(&chain, "vpn");
+    let restarted = || endpoint_pid(&chain, "vpn").is_some_and(|p| p != pid);
     std::thread::sleep(Duration::from_millis(2500));
     assert!(
         !restarted(),
