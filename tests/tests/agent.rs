@@ -750,6 +750,15 @@ fn ensure_agent_running_starts_one_agent_and_then_finds_it() {
         pid as i32,
         "the agent is not a session leader"
     );
+    // It runs itself again (same pid) without glibc's per-thread caches, whose filling made
+    // its resident size creep (netfn-cli/src/agent.rs, `tune_allocator`).
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).expect("read the agent's environ");
+    assert!(
+        environ
+            .split(|b| *b == 0)
+            .any(|v| v == b"GLIBC_TUNABLES=glibc.malloc.tcache_count=0"),
+        "the agent runs with glibc's thread caches"
+    );
 
     // SIGTERM: it stops and removes its socket.
     let p = nix::unistd::Pid::from_raw(pid as i32);
