@@ -188,11 +188,15 @@ pub fn netfn(netfn: &Path, args: &[&str]) -> Result<String> {
         .output()
         .with_context(|| format!("run {}", netfn.display()))?;
     if !out.status.success() {
-        bail!(
-            "netfn {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
+        let command = format!("netfn {}", args.join(" "));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let said = stderr.trim();
+        let said = said.strip_prefix("netfn: error: ").unwrap_or(said);
+        // The CLI's errors usually name the command already; say it once.
+        if said.starts_with(&command) {
+            bail!("{said}");
+        }
+        bail!("{command}: {said}");
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }

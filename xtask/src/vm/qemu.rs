@@ -246,7 +246,10 @@ pub fn choose(
             vmlinuz,
             initrd: probe_initrd,
             accel: Accel::Kvm,
-            timeout: Duration::from_secs(30),
+            // A working KVM boots busybox in a second or two; where /dev/kvm opens but KVM
+            // does not run guests (nested PVM here), the probe prints nothing and waits out
+            // the timeout, on every run.
+            timeout: Duration::from_secs(12),
             log: &log,
             quiet: true,
         },
