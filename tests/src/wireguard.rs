@@ -37,9 +37,7 @@ pub fn keypair(dir: &TempDir, name: &str) -> (String, String) {
 /// The pid of the userspace endpoint of `function` in `chain`, from the pid file `up` (or the
 /// agent) wrote; `None` while there is none.
 pub fn endpoint_pid(chain: &str, function: &str) -> Option<i32> {
-    std::fs::read_to_string(format!("/run/netfn/chains/{chain}.{function}.pid"))
-        .ok()
-        .and_then(|t| t.trim().parse().ok())
+    netfn_core::chain::processes::recorded_pid(chain, function)
 }
 
 /// SIGKILLs the running userspace endpoint of `function` in `chain`; returns the pid it had.

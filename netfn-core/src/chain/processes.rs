@@ -55,14 +55,19 @@ pub fn state_file(chain: &str, function: &str, ext: &str) -> PathBuf {
     file(chain, function, ext)
 }
 
-/// The pid of function `function`'s process, if one is recorded and alive (and still that
-/// process: a recycled pid whose command line does not name the chain and function is not).
-pub fn running(chain: &str, function: &str) -> Option<i32> {
-    let pid: i32 = std::fs::read_to_string(file(chain, function, "pid"))
+/// The pid recorded for function `function`'s process, alive or not.
+pub fn recorded_pid(chain: &str, function: &str) -> Option<i32> {
+    std::fs::read_to_string(file(chain, function, "pid"))
         .ok()?
         .trim()
         .parse()
-        .ok()?;
+        .ok()
+}
+
+/// The pid of function `function`'s process, if one is recorded and alive (and still that
+/// process: a recycled pid whose command line does not name the chain and function is not).
+pub fn running(chain: &str, function: &str) -> Option<i32> {
+    let pid = recorded_pid(chain, function)?;
     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
     let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
     let ours = args.contains(&chain.as_bytes()) && args.contains(&function.as_bytes());
