@@ -46,6 +46,18 @@ pub(in crate::bench) fn measure_pps_into(
     seconds: f64,
     frames: Vec<Vec<u8>>,
 ) -> Result<Pps> {
+    measure_pps_after(t, sink, Duration::from_millis(300), seconds, frames)
+}
+
+/// [`measure_pps_into`] whose window starts after the generator has sent for `settle` (queues
+/// filled, CPUs settled; or a connection table filled by the first frames).
+pub(in crate::bench) fn measure_pps_after(
+    t: &Topology,
+    sink: SocketAddrV4,
+    settle: Duration,
+    seconds: f64,
+    frames: Vec<Vec<u8>>,
+) -> Result<Pps> {
     let sink = udp_in(&t.dst_ns, sink)?;
     set_rcvbuf(&sink, 64 << 20);
     sink.set_read_timeout(Some(Duration::from_millis(50)))?;
@@ -71,7 +83,7 @@ pub(in crate::bench) fn measure_pps_into(
     };
 
     // Let queues fill and the CPUs settle, then measure a window.
-    thread::sleep(Duration::from_millis(300));
+    thread::sleep(settle);
     let (r0, s0, (b0, _), t0) = (
         received.load(Ordering::Relaxed),
         sent.load(Ordering::Relaxed),

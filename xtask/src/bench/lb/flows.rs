@@ -4,12 +4,15 @@
 //! - Few flows: [`FEW_FLOWS`] source ports of the ingress endpoint, as a handful of long-lived
 //!   clients look. A load balancer's connection table (netfn's, or Linux's for nftables) holds
 //!   them: after the first packets, each packet is a lookup.
-//! - All-new flows: [`NEW_FLOW_CLIENTS`] client addresses × [`NEW_FLOW_PORTS`] source ports
-//!   (960,000 flows), each sent once per cycle. The load balancer's connection table holds 65,536
-//!   flows (least recently used go first), Linux's holds nf_conntrack_max (262,144 on a 24 GB
-//!   machine; a full table evicts unanswered flows early): a flow is long gone when its turn
-//!   comes again, so every packet is balanced and tracked as a new flow. The bench counts how
-//!   true that is for the nftables baseline (see `nft_counts`).
+//! - All-new flows, as a flood of new flows finds a load balancer: its connection table full of
+//!   recent flows, every packet a flow it has not seen. Each repetition has its own
+//!   [`NEW_FLOW_CLIENTS`] client addresses × [`NEW_FLOW_PORTS`] source ports (960,000 flows; no
+//!   flow of an earlier run comes again, where Linux's table would still hold it: an unanswered
+//!   UDP flow stays 30 s). The generator sends them in order, and the measured window starts
+//!   after [`FILL_SECONDS`]: by then more than [`FILL_FLOWS`] flows went by, which fills netfn's
+//!   table (65,536 by default) and Linux's (nf_conntrack_max, 262,144 on a 24 GB machine) alike,
+//!   so both evict as they insert. The bench counts how true "every packet a new flow" is for
+//!   every load balancer (see `NewFlowCounter`).
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 
@@ -18,9 +21,16 @@ use super::super::chain::{PPS_PORT, Topology, udp_frame_between};
 pub(super) const FEW_FLOWS: u16 = 8;
 pub(super) const NEW_FLOW_CLIENTS: u8 = 16;
 pub(super) const NEW_FLOW_PORTS: u16 = 60_000;
-/// The first client of the all-new flows shape (10.83.1.100 and up: the ingress subnet, which
+/// Distinct client groups (repetitions past this many reuse them, minutes later).
+const CLIENT_GROUPS: u8 = 9;
+/// The first client of the all-new flows shape (10.83.1.100 to .243: the ingress subnet, which
 /// the forwarder and kernel mode's reverse-path check accept as sources; no host has them).
 const FIRST_CLIENT: Ipv4Addr = Ipv4Addr::new(10, 83, 1, 100);
+/// Flows that fill either load balancer's connection table before a window is measured.
+pub(super) const FILL_FLOWS: u32 = 270_000;
+/// Seconds the generator sends before the window: [`FILL_FLOWS`] flows at the slowest rate of
+/// any contender here (about 90,000 pps), with room.
+pub(super) const FILL_SECONDS: f64 = 3.5;
 /// Where a frame's UDP source port is (after the Ethernet and IPv4 headers).
 const SPORT_AT: usize = 14 + 20;
 
@@ -37,13 +47,14 @@ pub(super) fn few_flows(t: &Topology, dst: Ipv4Addr) -> Vec<Vec<u8>> {
         .collect()
 }
 
-/// All-new flows to `dst`, in an order where neighbouring frames differ in client and port.
-/// One frame per client is built; the others copy it with another source port (UDP checksum
-/// 0: nothing else changes), which keeps this quick in a debug build.
-pub(super) fn new_flows(t: &Topology, dst: Ipv4Addr) -> Vec<Vec<u8>> {
+/// All-new flows to `dst` for repetition `rep`, in an order where neighbouring frames differ in
+/// client and port. One frame per client is built; the others copy it with another source port
+/// (UDP checksum 0: nothing else changes), which keeps this quick in a debug build.
+pub(super) fn new_flows(t: &Topology, dst: Ipv4Addr, rep: usize) -> Vec<Vec<u8>> {
+    let group = (rep % usize::from(CLIENT_GROUPS)) as u32 * u32::from(NEW_FLOW_CLIENTS);
     let bases: Vec<Vec<u8>> = (0..NEW_FLOW_CLIENTS)
         .map(|c| {
-            let client = Ipv4Addr::from(u32::from(FIRST_CLIENT) + u32::from(c));
+            let client = Ipv4Addr::from(u32::from(FIRST_CLIENT) + group + u32::from(c));
             udp_frame_between(
                 t,
                 SocketAddrV4::new(client, 0),
@@ -86,16 +97,33 @@ mod tests {
     fn copied_frames_equal_built_ones() {
         let t = topology();
         let vip = Ipv4Addr::new(192, 0, 2, 10);
-        let frames = new_flows(&t, vip);
+        let frames = new_flows(&t, vip, 2);
         assert_eq!(
             frames.len(),
             usize::from(NEW_FLOW_CLIENTS) * usize::from(NEW_FLOW_PORTS)
         );
         let built = udp_frame_between(
             &t,
-            SocketAddrV4::new(Ipv4Addr::new(10, 83, 1, 101), 2003),
+            SocketAddrV4::new(Ipv4Addr::new(10, 83, 1, 133), 2003),
             SocketAddrV4::new(vip, PPS_PORT),
         );
         assert_eq!(frames[3 * usize::from(NEW_FLOW_CLIENTS) + 1], built);
+    }
+
+    #[test]
+    fn repetitions_never_repeat_a_flow_and_stay_in_the_ingress_subnet() {
+        let t = topology();
+        let vip = Ipv4Addr::new(192, 0, 2, 10);
+        let sources = |rep| {
+            new_flows(&t, vip, rep)
+                .into_iter()
+                .map(|f| f[26..36].to_vec())
+                .collect::<std::collections::HashSet<_>>()
+        };
+        let (first, second) = (sources(0), sources(1));
+        assert!(first.is_disjoint(&second));
+        let last = new_flows(&t, vip, usize::from(CLIENT_GROUPS) - 1);
+        assert!(last.iter().all(|f| f[26..29] == [10, 83, 1] && f[29] > 2));
+        assert!(FILL_FLOWS > 262_144 && FILL_FLOWS < 960_000 - 300_000);
     }
 }

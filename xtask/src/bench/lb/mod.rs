@@ -36,12 +36,14 @@ mod service;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use serde::Serialize;
 
-use super::chain::{PPS_PORT, Topology, ip, link_mac, measure_pps_into, netfn_command, warm_up};
+use super::chain::{
+    PPS_PORT, Topology, ip, link_mac, measure_pps_after, measure_pps_into, netfn_command, warm_up,
+};
 use super::{down_chains, median, netfn_release, timed_netfn, timed_netfn_log};
 use crate::util;
 use service::VIP;
@@ -150,17 +152,30 @@ pub fn run(options: &Options) -> Result<()> {
             let t = &c.topology;
             let few = measure_pps_into(t, SINK, options.seconds, flows::few_flows(t, c.target))
                 .with_context(|| format!("{}: few flows", t.name))?;
-            let counted = c.mode == "kernel" && c.backends > 0;
-            let before = if counted { Some(nft_counts(t)?) } else { None };
-            let new = measure_pps_into(t, SINK, options.seconds, flows::new_flows(t, c.target))
-                .with_context(|| format!("{}: all-new flows", t.name))?;
+            let counter = NewFlowCounter::of(c, &lab.netfn);
+            let before = counter.as_ref().map(|n| n.read(t)).transpose()?;
+            let new = measure_pps_after(
+                t,
+                SINK,
+                Duration::from_secs_f64(flows::FILL_SECONDS),
+                options.seconds,
+                flows::new_flows(t, c.target, rep),
+            )
+            .with_context(|| format!("{}: all-new flows", t.name))?;
             let mut note = String::new();
-            if let Some((flows0, packets0)) = before {
-                let (flows1, packets1) = nft_counts(t)?;
+            if new.delivered * flows::FILL_SECONDS < f64::from(flows::FILL_FLOWS) {
+                note += "   (too slow to fill the connection tables before the window)";
+            }
+            if let (Some(counter), Some((flows0, packets0))) = (&counter, before) {
+                let (flows1, packets1) = counter.read(t)?;
                 let per_packet =
                     flows1.saturating_sub(flows0) as f64 / packets1.saturating_sub(packets0) as f64;
                 samples[i].new_per_packet.push(per_packet);
-                note = format!("   ({per_packet:.2} new flows per packet)");
+                note = format!("   ({per_packet:.2} new flows per packet");
+                if matches!(counter, NewFlowCounter::Nft) {
+                    note += &format!(", {} conntrack entries", conntrack_count(t)?);
+                }
+                note += ")";
             }
             eprintln!(
                 "  rep {}/{} {:<18} few flows {:>9.0} pps   all-new flows {:>9.0} pps{note}",
@@ -389,6 +404,94 @@ fn remove_dir_if_present(dir: &Path) -> Result<()> {
 /// In a kernel-mode load balancer: the new flows its nftables DNAT rule saw (the rule's
 /// counter; a NAT rule meets only the first packet of a flow Linux does not track yet), and the
 /// packets that arrived at the function.
+/// Where a load balancer's new flows are counted: the nftables baseline's DNAT rule, or netfn's
+/// own count of flows balanced (`netfn status`).
+enum NewFlowCounter<'a> {
+    Nft,
+    Netfn(&'a Path),
+}
+
+impl<'a> NewFlowCounter<'a> {
+    fn of(c: &Contender, netfn: &'a Path) -> Option<Self> {
+        match (c.backends, c.mode) {
+            (0, _) => None,
+            (_, "kernel") => Some(Self::Nft),
+            _ => Some(Self::Netfn(netfn)),
+        }
+    }
+
+    /// New flows so far, and packets the function received.
+    fn read(&self, t: &Topology) -> Result<(u64, u64)> {
+        match self {
+            Self::Nft => nft_counts(t),
+            Self::Netfn(netfn) => netfn_counts(netfn, t),
+        }
+    }
+}
+
+/// Entries in the connection table of the function's namespace (the nftables baseline's).
+fn conntrack_count(t: &Topology) -> Result<u64> {
+    let ns = format!("nf-{}-f1", t.chain.as_deref().unwrap_or_default());
+    let out = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &ns,
+            "cat",
+            "/proc/sys/net/netfilter/nf_conntrack_count",
+        ])
+        .output()
+        .context("run cat in the function's namespace")?;
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .with_context(|| format!("nf_conntrack_count in {ns}: {:?}", out.stderr))
+}
+
+/// netfn's load balancer: flows it balanced ("N balanced" in its status row `flows`) and
+/// packets its fast path forwarded toward the backends.
+fn netfn_counts(netfn: &Path, t: &Topology) -> Result<(u64, u64)> {
+    let chain = t.chain.as_deref().unwrap_or_default();
+    let out = netfn_command(netfn)
+        .args(["status", chain, "--json"])
+        .output()
+        .context("run netfn status")?;
+    if !out.status.success() {
+        bail!(
+            "netfn status {chain}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    let status: serde_json::Value =
+        serde_json::from_slice(&out.stdout).context("netfn status's JSON output")?;
+    let hop = status
+        .as_array()
+        .and_then(|chains| chains.first())
+        .unwrap_or(&status)["hops"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|h| h["name"] == "f1")
+        .with_context(|| format!("netfn status {chain}: no function f1"))?;
+    let balanced = hop["details"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|row| row[0] == "flows")
+        .and_then(|row| row[1].as_str())
+        .and_then(|v| v.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .with_context(|| format!("netfn status {chain}: no `flows` row of f1"))?;
+    let packets = hop["interfaces"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|i| i["name"] == "nf-in")
+        .and_then(|i| i["fastpath"]["forwarded_packets"].as_u64())
+        .with_context(|| format!("netfn status {chain}: no fast-path count of f1's nf-in"))?;
+    Ok((balanced, packets))
+}
+
 fn nft_counts(t: &Topology) -> Result<(u64, u64)> {
     let chain = t.chain.as_deref().unwrap_or_default();
     let ns = format!("nf-{chain}-f1");
