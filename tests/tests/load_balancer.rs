@@ -376,13 +376,13 @@ fn spreads_connections_by_weight(mode: &str, tag: &str) {
     );
     if mode != "kernel" {
         // The per-backend counters saw the connections each server answered: exactly, unless
-        // the connection table failed to take a flow (then each of its packets is balanced
-        // anew, to the same backend, and counted as a flow again; the status says how many).
+        // the connection table evicted a live flow (then its next packet is balanced anew, to
+        // the same backend, and counted as a flow again; the status says how many).
         let rows = lb_status(&chain);
         let untracked: u64 = rows
             .iter()
             .find(|(k, _)| k == "flows")
-            .and_then(|(_, v)| v.split(", ").find_map(|p| p.strip_suffix(" untracked")))
+            .and_then(|(_, v)| v.split(", ").find_map(|p| p.strip_suffix(" evicted")))
             .and_then(|n| n.parse().ok())
             .unwrap_or_else(|| panic!("no flows row: {rows:?}"));
         for (i, n) in counts(&equal) {

@@ -1,11 +1,11 @@
 //! What a load balancer shows in `netfn status` and exports as metrics, read from its pinned
 //! maps at scrape time: per backend (packets, bytes, new flows, health, active flows) and for
-//! the function (flows balanced, rebalanced, untracked; packets answered from a VIP).
+//! the function (flows balanced, rebalanced, evicted; packets answered from a VIP).
 
-use aya::maps::{Array, HashMap, MapData};
+use aya::maps::{Array, MapData};
 use netfn_common::lb::{
-    BACKEND_DOWN, Backend, BackendCounters, LB_BACKEND_COUNTERS_MAP, LB_BACKENDS_MAP, LB_CT_MAP,
-    LB_STATS_MAP, LbCtEntry, LbCtKey, LbStats,
+    BACKEND_DOWN, Backend, BackendCounters, LB_BACKEND_COUNTERS_MAP, LB_BACKENDS_MAP, LB_FLOWS_MAP,
+    LB_STATS_MAP, LbFlowSet, LbStats,
 };
 use netfn_core::function::{FunctionMetricsContext, KindMetricsError, MetricFamily};
 
@@ -55,7 +55,7 @@ fn backends(ctx: &FunctionMetricsContext<'_>, s: &LbSettings) -> Vec<BackendView
         .unwrap_or_default();
     let active = dir
         .as_ref()
-        .and_then(|d| active_flows(&d.join(LB_CT_MAP)).ok());
+        .and_then(|d| active_flows(&d.join(LB_FLOWS_MAP)).ok());
     let mut out = Vec::new();
     let mut number = 0usize;
     for service in &s.services {
@@ -76,20 +76,25 @@ fn backends(ctx: &FunctionMetricsContext<'_>, s: &LbSettings) -> Vec<BackendView
     out
 }
 
-/// Tracked flows per backend number (one entry each), unless the table is larger than
-/// [`COUNT_LIMIT`].
+/// Tracked flows per backend number (whole slots; ones past their timeout count until a new
+/// flow takes their slot), unless the table is larger than [`COUNT_LIMIT`].
 fn active_flows(path: &std::path::Path) -> Result<Vec<u64>, KindMetricsError> {
-    let table: HashMap<MapData, LbCtKey, LbCtEntry> = HashMap::try_from(map(path)?)?;
+    let table: Array<MapData, LbFlowSet> = Array::try_from(map(path)?)?;
+    if table.len() > COUNT_LIMIT / netfn_common::lb::LB_FLOW_WAYS as u32 {
+        return Err("connection table too large to count".into());
+    }
     let mut per: Vec<u64> = Vec::new();
-    for (seen, (_, entry)) in table.iter().filter_map(Result::ok).enumerate() {
-        if seen as u64 > u64::from(COUNT_LIMIT) {
-            return Err("connection table too large to count".into());
+    for set in table.iter().filter_map(Result::ok) {
+        for flow in set.flows.iter() {
+            if flow.proto == 0 || flow.check != flow.identity_check() {
+                continue;
+            }
+            let n = flow.backend as usize;
+            if per.len() <= n {
+                per.resize(n + 1, 0);
+            }
+            per[n] += 1;
         }
-        let n = entry.backend as usize;
-        if per.len() <= n {
-            per.resize(n + 1, 0);
-        }
-        per[n] += 1;
     }
     Ok(per)
 }
@@ -99,7 +104,7 @@ fn stats(ctx: &FunctionMetricsContext<'_>) -> Option<LbStats> {
     read_per_cpu::<LbStats>(&dir.join(LB_STATS_MAP), |t, v| {
         t.balanced += v.balanced;
         t.ct_hits += v.ct_hits;
-        t.ct_insert_failed += v.ct_insert_failed;
+        t.evicted += v.evicted;
         t.rebalanced += v.rebalanced;
         t.replies += v.replies;
     })
@@ -178,9 +183,10 @@ pub fn metrics(ctx: &FunctionMetricsContext<'_>) -> Result<Vec<MetricFamily>, Ki
                 st.replies,
             ),
             (
-                "netfn_load_balancer_conntrack_insert_failures_total",
-                "Flows the connection table could not take (balanced, untracked).",
-                st.ct_insert_failed,
+                "netfn_load_balancer_conntrack_evictions_total",
+                "Flows pushed out of the connection table by new ones before they ended (the \
+                 next packet of each was balanced again).",
+                st.evicted,
             ),
         ]));
     }
@@ -212,8 +218,8 @@ pub fn status(ctx: &FunctionMetricsContext<'_>) -> Vec<(String, String)> {
         rows.push((
             "flows".into(),
             format!(
-                "{} balanced, {} rebalanced, {} untracked, {} replies",
-                st.balanced, st.rebalanced, st.ct_insert_failed, st.replies
+                "{} balanced, {} rebalanced, {} evicted, {} replies",
+                st.balanced, st.rebalanced, st.evicted, st.replies
             ),
         ));
     }

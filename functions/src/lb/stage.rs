@@ -15,8 +15,9 @@ use std::path::Path;
 use aya::maps::{Array, HashMap, MapData};
 use netfn_common::lb::{
     BACKEND_DOWN, Backend, BackendKey, FAMILY_V4, FAMILY_V6, LB_BACKEND_COUNTERS_MAP,
-    LB_BACKENDS_MAP, LB_CONF_MAP, LB_CT_MAP, LB_REVERSE_MAP, LB_SERVICES_MAP, LB_STATS_MAP,
+    LB_BACKENDS_MAP, LB_CONF_MAP, LB_FLOWS_MAP, LB_REVERSE_MAP, LB_SERVICES_MAP, LB_STATS_MAP,
     LB_TABLE_MAP, LB_TC_PROGRAM, LB_XDP_PROGRAM, LbConf, NO_BACKEND, Reverse, Service, ServiceKey,
+    flow_sets,
 };
 use netfn_core::function::{
     FunctionContext, Stage, StageContent, StageError, StageMaps, StagePrograms,
@@ -39,7 +40,7 @@ impl Stage for LbConfig {
     }
 
     fn kept_maps(&self) -> &'static [&'static str] {
-        &[LB_CT_MAP, LB_STATS_MAP]
+        &[LB_FLOWS_MAP, LB_STATS_MAP]
     }
 
     /// Pinned so that readers (metrics, the health checks, the next instance) find the live
@@ -182,8 +183,8 @@ impl StageContent for Content<'_> {
             (LB_BACKENDS_MAP, backends),
             (LB_BACKEND_COUNTERS_MAP, backends),
             (LB_CONF_MAP, 1),
-            // One entry per flow (answers find it through the reverse map).
-            (LB_CT_MAP, s.conntrack.size),
+            // One slot per flow, in sets (answers find it through the reverse map).
+            (LB_FLOWS_MAP, flow_sets(s.conntrack.size)),
             (LB_STATS_MAP, 1),
             (LB_REVERSE_MAP, reverse_capacity(s)),
         ]
@@ -243,6 +244,8 @@ impl StageContent for Content<'_> {
             tcp_ns: u64::from(s.conntrack.tcp) * SECOND,
             tcp_closing_ns: u64::from(s.conntrack.tcp_closing) * SECOND,
             udp_ns: u64::from(s.conntrack.udp) * SECOND,
+            flow_sets: flow_sets(s.conntrack.size),
+            _pad: 0,
         };
         fill_array(maps, LB_CONF_MAP, &[conf])?;
         let size = s.table_size;

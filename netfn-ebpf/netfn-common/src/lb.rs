@@ -7,9 +7,16 @@
 //!   hash-map update, which replaces the value whole: a packet sees the old table or the new).
 //! - Backends ([`Backend`], an array indexed by backend number) and the table entries (backend
 //!   numbers, [`NO_BACKEND`] where a service has none up).
-//! - The connection table ([`LbCtKey`] → [`LbCtEntry`], LRU): one entry per balanced flow, keyed
-//!   by the client's side of it (client, VIP, ports, protocol), so a flow stays on its backend
-//!   whatever the table does, until it ends. A new flow costs one insert.
+//! - The connection table ([`LbFlowSet`], an array of sets of [`LB_FLOW_WAYS`] flows): one
+//!   [`LbFlow`] per balanced flow, in the set its client-side 5-tuple hashes to ([`flow_hash`],
+//!   the hash that balances it), so a flow stays on its backend whatever the lookup table does,
+//!   until it ends. A full set gives the way of its least recently seen flow to a new one (LRU
+//!   within the set), as Maglev's own connection tracking does with a fixed-size table. A new
+//!   flow costs one set read and one slot write: no lock, no list, no allocation (the kernel's
+//!   LRU hash map spent most of a new flow's time taking a free node and evicting). Two CPUs
+//!   writing one slot at once leave a slot that fails its [`LbFlow::check`]: it counts as
+//!   absent, the next packet balances the flow again (to the same backend while the lookup
+//!   table is unchanged) and overwrites it.
 //! - The backends' way back ([`BackendKey`] → [`Reverse`], a hash map written by userspace with
 //!   the services): which services (VIP and port) a backend's `addr:port:proto` serves. A
 //!   backend's answer (backend → client) finds its flow by trying each of them as the key's VIP
@@ -28,7 +35,7 @@ pub const LB_CONF_MAP: &str = "NF_LB_CONF";
 /// Per backend number: packets, bytes and new flows sent to it (this instance's).
 pub const LB_BACKEND_COUNTERS_MAP: &str = "NF_LB_BACKEND_COUNTERS";
 /// Kept across settings changes: the connection table and the function's statistics.
-pub const LB_CT_MAP: &str = "NF_LB_CT";
+pub const LB_FLOWS_MAP: &str = "NF_LB_FLOWS";
 pub const LB_STATS_MAP: &str = "NF_LB_STATS";
 /// Per backend `addr:port:proto`: the services it answers for ([`BackendKey`] → [`Reverse`]).
 pub const LB_REVERSE_MAP: &str = "NF_LB_REVERSE";
@@ -94,7 +101,7 @@ pub struct Backend {
     pub flags: u32,
 }
 
-/// The stage's settings (one element). 24 bytes.
+/// The stage's settings (one element). 32 bytes.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct LbConf {
@@ -102,21 +109,9 @@ pub struct LbConf {
     pub tcp_ns: u64,
     pub tcp_closing_ns: u64,
     pub udp_ns: u64,
-}
-
-/// A flow's key: the client's side of it (the packet toward the VIP, as it arrives). A backend's
-/// answer makes the same key from its destination (the client) and a service of [`Reverse`].
-/// 40 bytes.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub struct LbCtKey {
-    pub client: [u32; 4],
-    pub vip: [u32; 4],
-    pub cport: u16,
-    pub vport: u16,
-    pub proto: u8,
-    pub family: u8,
-    pub _pad: u16,
+    /// Sets of the connection table ([`LB_FLOWS_MAP`]'s entries).
+    pub flow_sets: u32,
+    pub _pad: u32,
 }
 
 /// A backend as its answers show it: `addr:port` over `proto`. 20 bytes.
@@ -153,22 +148,68 @@ pub struct Reverse {
     pub count: u32,
 }
 
-/// [`LbCtEntry::state`]: TCP after a FIN or RST (a short timeout follows).
+/// [`LbFlow::state`]: TCP after a FIN or RST (a short timeout follows).
 pub const LB_CT_OPEN: u8 = 0;
 pub const LB_CT_CLOSING: u8 = 1;
 
-/// A tracked flow: the backend's address and port (written going in; an answer must come from
-/// them), and the backend number it was balanced to. 32 bytes.
+/// Flows per set of the connection table.
+pub const LB_FLOW_WAYS: usize = 4;
+
+/// Sets of a connection table that holds `flows` flows.
+pub const fn flow_sets(flows: u32) -> u32 {
+    flows.div_ceil(LB_FLOW_WAYS as u32)
+}
+
+/// A tracked flow: its client's side (the packet toward the VIP, as it arrives; a backend's
+/// answer makes the same key from its destination and a service of [`Reverse`]), the backend's
+/// address and port (written going in; an answer must come from them), and the backend number
+/// it was balanced to. `proto` 0: a free slot. 80 bytes.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub struct LbCtEntry {
-    pub addr: [u32; 4],
-    pub port: u16,
+pub struct LbFlow {
+    pub client: [u32; 4],
+    pub vip: [u32; 4],
+    pub cport: u16,
+    pub vport: u16,
+    pub proto: u8,
+    pub family: u8,
     pub state: u8,
     pub _pad: u8,
+    pub addr: [u32; 4],
+    pub port: u16,
+    pub _pad2: u16,
     /// The backend number (index of [`LB_BACKENDS_MAP`]) when the flow was balanced.
     pub backend: u32,
+    /// [`LbFlow::identity_check`] of the fields above but `state`, written last.
+    pub check: u32,
+    pub _pad3: u32,
     pub last_seen_ns: u64,
+}
+
+impl LbFlow {
+    /// A mix of what the flow is (key and backend): a slot written by two CPUs at once, or
+    /// read while written, fails it.
+    #[inline(always)]
+    pub fn identity_check(&self) -> u32 {
+        let mut h: u32 = 0x2f69_3a41 ^ u32::from(self.proto) ^ (u32::from(self.family) << 8);
+        for k in [
+            self.client[0] ^ self.client[1] ^ self.client[2] ^ self.client[3],
+            self.vip[0] ^ self.vip[1] ^ self.vip[2] ^ self.vip[3],
+            (u32::from(self.cport) << 16) | u32::from(self.vport),
+            self.addr[0] ^ self.addr[1] ^ self.addr[2] ^ self.addr[3],
+            (u32::from(self.port) << 16) ^ self.backend,
+        ] {
+            h = mix(h, k);
+        }
+        finish(h)
+    }
+}
+
+/// One set of the connection table. 320 bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct LbFlowSet {
+    pub flows: [LbFlow; LB_FLOW_WAYS],
 }
 
 /// Per backend number (one CPU's share). 24 bytes.
@@ -188,9 +229,9 @@ pub struct LbStats {
     pub balanced: u64,
     /// Packets of tracked flows.
     pub ct_hits: u64,
-    /// Flows the table could not take (balanced anyway; the next packet is balanced again,
-    /// to the same backend while the table is unchanged).
-    pub ct_insert_failed: u64,
+    /// Flows pushed out of their set by a new one before they ended (a table too small for
+    /// the flows, or a flood of new ones); the next packet of such a flow is balanced again.
+    pub evicted: u64,
     /// Tracked flows whose backend was down: balanced again.
     pub rebalanced: u64,
     /// Packets answered from a VIP (the backend's side, translated back).
@@ -203,12 +244,27 @@ pub struct LbStats {
 pub fn flow_hash(src: u32, dst: u32, sport: u16, dport: u16, proto: u8) -> u32 {
     let mut h: u32 = 0x9747_b28c ^ u32::from(proto);
     for k in [src, dst, (u32::from(sport) << 16) | u32::from(dport)] {
-        let mut k = k.wrapping_mul(0xcc9e_2d51);
-        k = k.rotate_left(15).wrapping_mul(0x1b87_3593);
-        h ^= k;
-        h = h.rotate_left(13).wrapping_mul(5).wrapping_add(0xe654_6b64);
+        h = mix(h, k);
     }
-    h ^= 12;
+    finish(h ^ 12)
+}
+
+/// One murmur3 round of `k` into `h`.
+#[inline(always)]
+fn mix(h: u32, k: u32) -> u32 {
+    let k = k
+        .wrapping_mul(0xcc9e_2d51)
+        .rotate_left(15)
+        .wrapping_mul(0x1b87_3593);
+    (h ^ k)
+        .rotate_left(13)
+        .wrapping_mul(5)
+        .wrapping_add(0xe654_6b64)
+}
+
+/// murmur3's finalizer.
+#[inline(always)]
+fn finish(mut h: u32) -> u32 {
     h ^= h >> 16;
     h = h.wrapping_mul(0x85eb_ca6b);
     h ^= h >> 13;
@@ -225,8 +281,8 @@ mod pod {
     unsafe impl aya::Pod for Service {}
     unsafe impl aya::Pod for Backend {}
     unsafe impl aya::Pod for LbConf {}
-    unsafe impl aya::Pod for LbCtKey {}
-    unsafe impl aya::Pod for LbCtEntry {}
+    unsafe impl aya::Pod for LbFlow {}
+    unsafe impl aya::Pod for LbFlowSet {}
     unsafe impl aya::Pod for BackendKey {}
     unsafe impl aya::Pod for VipPort {}
     unsafe impl aya::Pod for Reverse {}
@@ -243,9 +299,9 @@ mod tests {
         assert_eq!(core::mem::size_of::<ServiceKey>(), 24);
         assert_eq!(core::mem::size_of::<Service>(), 16);
         assert_eq!(core::mem::size_of::<Backend>(), 24);
-        assert_eq!(core::mem::size_of::<LbConf>(), 24);
-        assert_eq!(core::mem::size_of::<LbCtKey>(), 40);
-        assert_eq!(core::mem::size_of::<LbCtEntry>(), 32);
+        assert_eq!(core::mem::size_of::<LbConf>(), 32);
+        assert_eq!(core::mem::size_of::<LbFlow>(), 80);
+        assert_eq!(core::mem::size_of::<LbFlowSet>(), 320);
         assert_eq!(core::mem::size_of::<BackendKey>(), 20);
         assert_eq!(core::mem::size_of::<VipPort>(), 20);
         assert_eq!(core::mem::size_of::<Reverse>(), 84);
@@ -264,5 +320,55 @@ mod tests {
             buckets.iter().all(|&b| (900..1100).contains(&b)),
             "{buckets:?}"
         );
+    }
+
+    #[test]
+    fn a_flow_check_covers_what_the_flow_is_and_not_what_changes_as_it_runs() {
+        let flow = LbFlow {
+            client: [0x0201_0a0a, 0, 0, 0],
+            vip: [0x0a02_00c0, 0, 0, 0],
+            cport: 4000u16.to_be(),
+            vport: 80u16.to_be(),
+            proto: 6,
+            family: FAMILY_V4,
+            addr: [0x0300_0a0a, 0, 0, 0],
+            port: 8080u16.to_be(),
+            backend: 2,
+            ..LbFlow::default()
+        };
+        let check = flow.identity_check();
+        let running = LbFlow {
+            state: LB_CT_CLOSING,
+            last_seen_ns: 12345,
+            ..flow
+        };
+        assert_eq!(running.identity_check(), check);
+        let torn: [LbFlow; 7] = [
+            LbFlow {
+                client: [0x0301_0a0a, 0, 0, 0],
+                ..flow
+            },
+            LbFlow {
+                vip: [0x0b02_00c0, 0, 0, 0],
+                ..flow
+            },
+            LbFlow {
+                cport: 4001u16.to_be(),
+                ..flow
+            },
+            LbFlow {
+                vport: 81u16.to_be(),
+                ..flow
+            },
+            LbFlow { proto: 17, ..flow },
+            LbFlow {
+                addr: [0x0400_0a0a, 0, 0, 0],
+                ..flow
+            },
+            LbFlow { backend: 3, ..flow },
+        ];
+        for t in torn {
+            assert_ne!(t.identity_check(), check, "{t:?}");
+        }
     }
 }

@@ -1,16 +1,16 @@
 //! The load balancer kind's stage: an L4 load balancer at its function's hop, entered from the
 //! forwarder by a tail call (`nf_lb_tc`, `nf_lb_xdp`) with a packet the forwarder would forward.
 //!
-//! Toward egress (from clients): a packet of a tracked flow ([`NF_LB_CT`], the client's
-//! direction) goes to the backend its flow was balanced to; a packet to a service
-//! ([`NF_LB_SERVICES`]) of no tracked flow is balanced: `flow_hash` of its 5-tuple picks an
-//! entry of the service's live Maglev table ([`NF_LB_TABLE`]), whose backend
-//! ([`NF_LB_BACKENDS`]) it goes to, and the flow is tracked: one entry, keyed by the client's
-//! side. Its destination address and port become the backend's (DNAT). Anything else passes
-//! unchanged.
+//! Toward egress (from clients): `flow_hash` of the packet's 5-tuple names its set of the
+//! connection table ([`NF_LB_FLOWS`]); a packet of a tracked flow there goes to the backend its
+//! flow was balanced to; a packet to a service ([`NF_LB_SERVICES`]) of no tracked flow is
+//! balanced: the same hash picks an entry of the service's live Maglev table ([`NF_LB_TABLE`]),
+//! whose backend ([`NF_LB_BACKENDS`]) it goes to, and the flow is tracked: one slot of its set
+//! (a free or expired one, else the least recently seen flow's). Its destination address and
+//! port become the backend's (DNAT). Anything else passes unchanged.
 //!
 //! Toward ingress (from backends): a packet from a backend's `addr:port:proto`
-//! ([`NF_LB_REVERSE`]: the services it serves) is the answer of the flow whose entry has its
+//! ([`NF_LB_REVERSE`]: the services it serves) is the answer of the flow tracked with its
 //! destination as the client and one of those services as the VIP side; it gets its source back
 //! to that VIP and port. An answer of no tracked flow (its entry evicted or expired) is dropped
 //! as `lb-reply-untracked`, never passed on with the backend's address (see
@@ -34,7 +34,7 @@ use aya_ebpf::{
     },
     helpers::generated::{bpf_ktime_get_ns, bpf_xdp_load_bytes, bpf_xdp_store_bytes},
     macros::{classifier, map, xdp},
-    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+    maps::{Array, HashMap, PerCpuArray},
     programs::{TcContext, XdpContext},
 };
 use netfn_common::{
@@ -42,8 +42,8 @@ use netfn_common::{
     firewall::{PROTO_ICMP, PROTO_TCP, PROTO_UDP},
     lb::{
         BACKEND_DOWN, Backend, BackendCounters, BackendKey, FAMILY_V4, LB_CT_CLOSING, LB_CT_OPEN,
-        LB_DROP_NO_BACKEND, LB_DROP_REPLY_UNTRACKED, LbConf, LbCtEntry, LbCtKey, LbStats,
-        NO_BACKEND, REVERSE_SERVICES, Reverse, Service, ServiceKey, flow_hash,
+        LB_DROP_NO_BACKEND, LB_DROP_REPLY_UNTRACKED, LB_FLOW_WAYS, LbConf, LbFlow, LbFlowSet,
+        LbStats, NO_BACKEND, REVERSE_SERVICES, Reverse, Service, ServiceKey, flow_hash,
     },
 };
 
@@ -65,9 +65,12 @@ static NF_LB_CONF: Array<LbConf> = Array::with_max_entries(1, 0);
 #[map]
 static NF_LB_BACKEND_COUNTERS: PerCpuArray<BackendCounters> = PerCpuArray::with_max_entries(1, 0);
 #[map]
-static NF_LB_CT: LruHashMap<LbCtKey, LbCtEntry> = LruHashMap::with_max_entries(1, 0);
+static NF_LB_FLOWS: Array<LbFlowSet> = Array::with_max_entries(1, 0);
 #[map]
 static NF_LB_STATS: PerCpuArray<LbStats> = PerCpuArray::with_max_entries(1, 0);
+/// One word per CPU: see `opaque`.
+#[map]
+static NF_LB_SCRATCH: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
 /// Written by userspace only (no preallocation: sized with room for backends a settings change
 /// removed, whose flows may still run).
 #[map]
@@ -307,50 +310,49 @@ fn v4(a: u32) -> [u32; 4] {
 
 #[inline(always)]
 fn decide(p: &Packet, e: &FwdEntry, len: u64) -> Fate {
-    if let Some(q) = p.quoted {
-        return icmp_error(&q, e);
-    }
-    if p.proto == 0 {
+    if p.proto == 0 && p.quoted.is_none() {
         return Fate::Pass;
     }
-    // SAFETY: a BPF helper without arguments.
-    let now = unsafe { bpf_ktime_get_ns() };
     let Some(conf) = NF_LB_CONF.get(0) else {
         return Fate::Pass;
     };
+    if let Some(q) = p.quoted {
+        return icmp_error(&q, e, conf);
+    }
+    // SAFETY: a BPF helper without arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
     if e.counter_slot & 1 != DIR_FORWARD {
         return reply(p, conf, now);
     }
-    let key = LbCtKey {
-        client: v4(p.src),
-        vip: v4(p.dst),
+    let hash = flow_hash(p.src, p.dst, p.sport, p.dport, p.proto);
+    let Some(set) = flow_set(conf, hash) else {
+        return Fate::Pass;
+    };
+    let key = FlowKey {
+        client: p.src,
+        vip: p.dst,
         cport: p.sport,
         vport: p.dport,
         proto: p.proto,
-        family: FAMILY_V4,
-        _pad: 0,
     };
     let mut rebalance = false;
-    if let Some(ct) = NF_LB_CT.get_ptr_mut(key) {
-        // SAFETY: a pointer into the map's value, valid for this program run; concurrent
-        // writers only store whole fields the next packet reads again.
-        let ct = unsafe { &mut *ct };
-        // An expired flow is balanced anew below; its entry is overwritten by the insert. Both
-        // directions stamp the one entry, from any CPU: a stamp later than this CPU's `now` is
-        // fresh (saturating, never a wrapped huge idle time).
-        if now.saturating_sub(ct.last_seen_ns) <= timeout(conf, p.proto, ct.state) {
-            if backend_down(ct) {
+    if let Some(flow) = lookup(set, &key) {
+        // An expired flow is balanced anew below, into its own slot. Both directions stamp the
+        // one slot, from any CPU: a stamp later than this CPU's `now` is fresh (saturating,
+        // never a wrapped huge idle time).
+        if !ended(flow, conf, now) {
+            if backend_down(flow) {
                 rebalance = true;
             } else {
-                touch(ct, p, now);
-                count_backend(ct.backend, len, false);
+                touch(flow, p, now);
+                count_backend(flow.backend, len, false);
                 if let Some(s) = stats() {
                     s.ct_hits += 1;
                 }
                 return Fate::Nat {
                     to_backend: true,
-                    addr: ct.addr[0],
-                    port: ct.port,
+                    addr: flow.addr[0],
+                    port: flow.port,
                 };
             }
         }
@@ -370,7 +372,6 @@ fn decide(p: &Packet, e: &FwdEntry, len: u64) -> Fate {
             reason: LB_DROP_NO_BACKEND,
         };
     }
-    let hash = flow_hash(p.src, p.dst, p.sport, p.dport, p.proto);
     let half = if service.active & 1 == 0 {
         service.table[0]
     } else {
@@ -390,23 +391,14 @@ fn decide(p: &Packet, e: &FwdEntry, len: u64) -> Fate {
         };
     };
     let (addr, port) = (backend.addr[0], backend.port);
-    let entry = LbCtEntry {
-        addr: v4(addr),
-        port,
-        state: LB_CT_OPEN,
-        _pad: 0,
-        backend: number,
-        last_seen_ns: now,
-    };
-    // One insert per new flow: the answers find it through NF_LB_REVERSE.
-    let tracked = NF_LB_CT.insert(key, entry, 0).is_ok();
+    let evicted = track(set, &key, addr, port, number, conf, now);
     if let Some(s) = stats() {
         s.balanced += 1;
         if rebalance {
             s.rebalanced += 1;
         }
-        if !tracked {
-            s.ct_insert_failed += 1;
+        if evicted {
+            s.evicted += 1;
         }
     }
     count_backend(number, len, true);
@@ -417,15 +409,143 @@ fn decide(p: &Packet, e: &FwdEntry, len: u64) -> Fate {
     }
 }
 
+/// A flow's client side (addresses and ports in packet byte order).
+struct FlowKey {
+    client: u32,
+    vip: u32,
+    cport: u16,
+    vport: u16,
+    proto: u8,
+}
+
+/// The set of the connection table a flow of hash `hash` lives in.
+#[inline(always)]
+fn flow_set(conf: &LbConf, hash: u32) -> Option<&'static mut LbFlowSet> {
+    if conf.flow_sets == 0 {
+        return None;
+    }
+    // SAFETY: a pointer into the map's value, valid for this program run; other CPUs may write
+    // the same slots at once, which `find` detects by each slot's check.
+    NF_LB_FLOWS
+        .get_ptr_mut(hash % conf.flow_sets)
+        .map(|p| unsafe { &mut *p })
+}
+
+/// Whether slot `f` is the flow `key`'s (whole or torn).
+#[inline(always)]
+fn holds(f: &LbFlow, key: &FlowKey) -> bool {
+    // One comparison, not six branches: the verifier walks each branch of every way.
+    let ports = (u32::from(f.cport) << 16 | u32::from(f.vport))
+        ^ (u32::from(key.cport) << 16 | u32::from(key.vport));
+    let kind = (u32::from(f.proto) | u32::from(f.family) << 8)
+        ^ (u32::from(key.proto) | u32::from(FAMILY_V4) << 8);
+    (f.client[0] ^ key.client) | (f.vip[0] ^ key.vip) | ports | kind == 0
+}
+
+/// The flow `key` in `set`, if a slot holds it whole (its check right).
+#[inline(always)]
+fn lookup<'a>(set: &'a mut LbFlowSet, key: &FlowKey) -> Option<&'a mut LbFlow> {
+    let way = set.flows.iter().position(|f| holds(f, key))?;
+    let f = &mut set.flows[opaque(way) & (LB_FLOW_WAYS - 1)];
+    (f.check == f.identity_check()).then_some(f)
+}
+
+/// `way` as the verifier cannot tell apart: a way known exactly on each path would make it
+/// walk everything after a lookup once per way (and per service, for answers), which took its
+/// time to verify the stage from ~10 ms to ~90 ms. Passed through this CPU's scratch word, the
+/// way is a bounded unknown, and the paths join.
+#[inline(always)]
+fn opaque(way: usize) -> usize {
+    match NF_LB_SCRATCH.get_ptr_mut(0) {
+        // SAFETY: this CPU's element, used only here, within one program run.
+        Some(p) => unsafe {
+            ptr::write_volatile(p, way as u32);
+            ptr::read_volatile(p) as usize
+        },
+        None => 0,
+    }
+}
+
+/// The way a new flow `key` takes in `set`: the key's own slot if one holds it (expired, or
+/// torn), else a free one, else the one whose flow was seen longest ago (expired ones first).
+#[inline(always)]
+fn way_for(set: &LbFlowSet, key: &FlowKey, conf: &LbConf, now: u64) -> usize {
+    let mut way = 0;
+    let mut oldest = 0u64;
+    for (i, f) in set.flows.iter().enumerate() {
+        if holds(f, key) {
+            return i;
+        }
+        let idle = if f.proto == 0 {
+            u64::MAX
+        } else if ended(f, conf, now) {
+            u64::MAX - 1
+        } else {
+            now.saturating_sub(f.last_seen_ns)
+        };
+        if i == 0 || idle > oldest {
+            oldest = idle;
+            way = i;
+        }
+    }
+    way
+}
+
+/// Whether flow `f` has been idle past its timeout at `now`.
+#[inline(always)]
+fn ended(f: &LbFlow, conf: &LbConf, now: u64) -> bool {
+    now.saturating_sub(f.last_seen_ns) > timeout(conf, f.proto, f.state)
+}
+
+/// Tracks the new flow `key`, balanced to backend `number` at `addr:port`, in its set; true if
+/// that evicted a flow of another key that had not ended.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn track(
+    set: &mut LbFlowSet,
+    key: &FlowKey,
+    addr: u32,
+    port: u16,
+    number: u32,
+    conf: &LbConf,
+    now: u64,
+) -> bool {
+    let way = opaque(way_for(set, key, conf, now)) & (LB_FLOW_WAYS - 1);
+    let f = &mut set.flows[way];
+    let evicted = f.proto != 0 && !holds(f, key) && !ended(f, conf, now);
+    let mut flow = LbFlow {
+        client: v4(key.client),
+        vip: v4(key.vip),
+        cport: key.cport,
+        vport: key.vport,
+        proto: key.proto,
+        family: FAMILY_V4,
+        state: LB_CT_OPEN,
+        _pad: 0,
+        addr: v4(addr),
+        port,
+        _pad2: 0,
+        backend: number,
+        check: 0,
+        _pad3: 0,
+        last_seen_ns: now,
+    };
+    flow.check = flow.identity_check();
+    // SAFETY: `f` points into the map's value. Another CPU may write or read the slot at the
+    // same time: whatever mix of two flows that leaves fails the check (see `lookup`).
+    unsafe { ptr::write_volatile(f, flow) };
+    evicted
+}
+
 /// An ICMP error from the egress side quoting a packet the load balancer sent to a backend
 /// (client → backend): the client must see it about the packet it sent (client → VIP). One
 /// about a packet to a backend of no tracked flow is dropped, as an answer would be.
 #[inline(always)]
-fn icmp_error(q: &Quoted, e: &FwdEntry) -> Fate {
+fn icmp_error(q: &Quoted, e: &FwdEntry, conf: &LbConf) -> Fate {
     if e.counter_slot & 1 == DIR_FORWARD {
         return Fate::Pass;
     }
-    match answered(q.dst, q.dport, q.src, q.sport, q.proto) {
+    match answered(conf, q.dst, q.dport, q.src, q.sport, q.proto) {
         Answer::NotABackend => Fate::Pass,
         Answer::Untracked => Fate::Drop {
             reason: LB_DROP_REPLY_UNTRACKED,
@@ -437,21 +557,19 @@ fn icmp_error(q: &Quoted, e: &FwdEntry) -> Fate {
 /// A packet from the egress side: a backend's answer gets the VIP back as its source.
 #[inline(always)]
 fn reply(p: &Packet, conf: &LbConf, now: u64) -> Fate {
-    match answered(p.src, p.sport, p.dst, p.dport, p.proto) {
+    match answered(conf, p.src, p.sport, p.dst, p.dport, p.proto) {
         Answer::NotABackend => Fate::Pass,
         Answer::Untracked => Fate::Drop {
             reason: LB_DROP_REPLY_UNTRACKED,
         },
-        Answer::Flow { vip, port, ct } => {
-            // SAFETY: as in `decide`.
-            let ct = unsafe { &mut *ct };
-            if now.saturating_sub(ct.last_seen_ns) > timeout(conf, p.proto, ct.state) {
+        Answer::Flow { vip, port, flow } => {
+            if ended(flow, conf, now) {
                 // The flow ended: its next client packet is balanced anew.
                 return Fate::Drop {
                     reason: LB_DROP_REPLY_UNTRACKED,
                 };
             }
-            touch(ct, p, now);
+            touch(flow, p, now);
             if let Some(s) = stats() {
                 s.replies += 1;
             }
@@ -470,18 +588,18 @@ enum Answer {
     NotABackend,
     /// A backend's, but no tracked flow of its services has this client and this backend.
     Untracked,
-    /// The flow of service `vip:port` (its entry).
+    /// The flow of service `vip:port` (its slot).
     Flow {
         vip: u32,
         port: u16,
-        ct: *mut LbCtEntry,
+        flow: &'static mut LbFlow,
     },
 }
 
 /// Finds the flow a backend's packet answers: the services the backend serves
 /// ([`NF_LB_REVERSE`]) each make a flow key with the client; the flow must be on this backend.
 #[inline(always)]
-fn answered(backend: u32, bport: u16, client: u32, cport: u16, proto: u8) -> Answer {
+fn answered(conf: &LbConf, backend: u32, bport: u16, client: u32, cport: u16, proto: u8) -> Answer {
     let bkey = BackendKey {
         addr: v4(backend),
         port: bport,
@@ -498,27 +616,25 @@ fn answered(backend: u32, bport: u16, client: u32, cport: u16, proto: u8) -> Ans
             break;
         }
         let service = &rev.services[i];
-        let key = LbCtKey {
-            client: v4(client),
-            vip: service.vip,
+        let key = FlowKey {
+            client,
+            vip: service.vip[0],
             cport,
             vport: service.port,
             proto,
-            family: FAMILY_V4,
-            _pad: 0,
         };
-        if let Some(ct) = NF_LB_CT.get_ptr_mut(key) {
-            // SAFETY: as in `decide`; only read here.
-            let entry = unsafe { &*ct };
-            // The client's flow to this service went to another backend (balanced again after
-            // this one's entry was lost): not this backend's flow.
-            if entry.addr[0] == backend && entry.port == bport {
-                return Answer::Flow {
-                    vip: service.vip[0],
-                    port: service.port,
-                    ct,
-                };
-            }
+        let hash = flow_hash(key.client, key.vip, key.cport, key.vport, proto);
+        let Some(flow) = flow_set(conf, hash).and_then(|set| lookup(set, &key)) else {
+            continue;
+        };
+        // The client's flow to this service went to another backend (balanced again after
+        // this one's slot was lost): not this backend's flow.
+        if flow.addr[0] == backend && flow.port == bport {
+            return Answer::Flow {
+                vip: service.vip[0],
+                port: service.port,
+                flow,
+            };
         }
     }
     Answer::Untracked
@@ -526,10 +642,10 @@ fn answered(backend: u32, bport: u16, client: u32, cport: u16, proto: u8) -> Ans
 
 /// The backend a tracked flow went to is down: the flow is balanced again.
 #[inline(always)]
-fn backend_down(ct: &LbCtEntry) -> bool {
-    match NF_LB_BACKENDS.get(ct.backend) {
+fn backend_down(flow: &LbFlow) -> bool {
+    match NF_LB_BACKENDS.get(flow.backend) {
         // Only if that number is still the flow's backend (a settings change renumbers).
-        Some(b) => b.flags & BACKEND_DOWN != 0 && b.addr[0] == ct.addr[0] && b.port == ct.port,
+        Some(b) => b.flags & BACKEND_DOWN != 0 && b.addr[0] == flow.addr[0] && b.port == flow.port,
         None => false,
     }
 }
@@ -537,13 +653,16 @@ fn backend_down(ct: &LbCtEntry) -> bool {
 /// A packet of a tracked flow: it is alive (refreshed at most every 100 ms, to spare the
 /// cache line), and a TCP FIN or RST starts its short closing timeout.
 #[inline(always)]
-fn touch(ct: &mut LbCtEntry, p: &Packet, now: u64) {
-    if now.saturating_sub(ct.last_seen_ns) > 100_000_000 {
-        ct.last_seen_ns = now;
+fn touch(flow: &mut LbFlow, p: &Packet, now: u64) {
+    if now.saturating_sub(flow.last_seen_ns) > 100_000_000 {
+        flow.last_seen_ns = now;
     }
-    if p.proto == PROTO_TCP && p.tcp_flags & (TCP_FIN | TCP_RST) != 0 && ct.state != LB_CT_CLOSING {
-        ct.state = LB_CT_CLOSING;
-        ct.last_seen_ns = now;
+    if p.proto == PROTO_TCP
+        && p.tcp_flags & (TCP_FIN | TCP_RST) != 0
+        && flow.state != LB_CT_CLOSING
+    {
+        flow.state = LB_CT_CLOSING;
+        flow.last_seen_ns = now;
     }
 }
 
