@@ -13,9 +13,9 @@
 //! `local` route), so the sink (the chain bench's `recvmmsg` counter, its UDP socket bound to
 //! 0.0.0.0 there) counts every datagram that reached a backend, whichever. The generator is the
 //! chain bench's (AF_PACKET, 60-byte UDP frames); the two traffic shapes are in [`flows`]: few
-//! flows (8), and all-new flows (960,000 flows in turn: every packet a new flow for every
-//! contender; for the nftables baseline the bench counts the new flows its DNAT rule saw per
-//! packet, since Linux's table evicts less predictably than the load balancer's LRU table).
+//! flows (8), and all-new flows (flows of its own in each repetition, measured once both
+//! connection tables are full: every packet a new flow for every contender, which the bench
+//! counts: the new flows the baseline's DNAT rule saw, and netfn's flows balanced, per packet).
 //! A `forward` function gets the same frames, addressed to the egress endpoint.
 //!
 //! Also measured: time to bring each chain up (`netfn up`), and the swap: `netfn apply` of the
