@@ -68,9 +68,6 @@ static NF_LB_BACKEND_COUNTERS: PerCpuArray<BackendCounters> = PerCpuArray::with_
 static NF_LB_FLOWS: Array<LbFlowSet> = Array::with_max_entries(1, 0);
 #[map]
 static NF_LB_STATS: PerCpuArray<LbStats> = PerCpuArray::with_max_entries(1, 0);
-/// One word per CPU: see `opaque`.
-#[map]
-static NF_LB_SCRATCH: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
 /// Written by userspace only (no preallocation: sized with room for backends a settings change
 /// removed, whose flows may still run).
 #[map]
@@ -325,7 +322,7 @@ fn decide(p: &Packet, e: &FwdEntry, len: u64) -> Fate {
         return reply(p, conf, now);
     }
     let hash = flow_hash(p.src, p.dst, p.sport, p.dport, p.proto);
-    let Some(set) = flow_set(conf, hash) else {
+    let Some((index, set)) = flow_set(conf, hash) else {
         return Fate::Pass;
     };
     let key = FlowKey {
@@ -336,7 +333,7 @@ fn decide(p: &Packet, e: &FwdEntry, len: u64) -> Fate {
         proto: p.proto,
     };
     let mut rebalance = false;
-    if let Some(flow) = lookup(set, &key) {
+    if let Some(flow) = lookup(index, set, &key) {
         // An expired flow is balanced anew below, into its own slot. Both directions stamp the
         // one slot, from any CPU: a stamp later than this CPU's `now` is fresh (saturating,
         // never a wrapped huge idle time).
@@ -391,7 +388,7 @@ fn decide(p: &Packet, e: &FwdEntry, len: u64) -> Fate {
         };
     };
     let (addr, port) = (backend.addr[0], backend.port);
-    let evicted = track(set, &key, addr, port, number, conf, now);
+    let evicted = track(index, set, &key, addr, port, number, conf, now);
     if let Some(s) = stats() {
         s.balanced += 1;
         if rebalance {
@@ -418,17 +415,80 @@ struct FlowKey {
     proto: u8,
 }
 
-/// The set of the connection table a flow of hash `hash` lives in.
+/// The set of the connection table a flow of hash `hash` lives in: its index and its slots.
 #[inline(always)]
-fn flow_set(conf: &LbConf, hash: u32) -> Option<&'static mut LbFlowSet> {
+fn flow_set(conf: &LbConf, hash: u32) -> Option<(u32, &'static mut LbFlowSet)> {
     if conf.flow_sets == 0 {
         return None;
     }
+    let index = hash % conf.flow_sets;
     // SAFETY: a pointer into the map's value, valid for this program run; other CPUs may write
-    // the same slots at once, which `find` detects by each slot's check.
-    NF_LB_FLOWS
-        .get_ptr_mut(hash % conf.flow_sets)
-        .map(|p| unsafe { &mut *p })
+    // the same slots at once, which `nf_lb_flow_way` detects by each slot's check.
+    let set = NF_LB_FLOWS.get_ptr_mut(index).map(|p| unsafe { &mut *p })?;
+    Some((index, set))
+}
+
+/// A flow key's ports as one word (for the global functions' scalar arguments).
+#[inline(always)]
+fn ports(key: &FlowKey) -> u32 {
+    u32::from(key.cport) << 16 | u32::from(key.vport)
+}
+
+/// The key of the global functions' scalar arguments.
+#[inline(always)]
+fn key_of(client: u32, vip: u32, ports: u32, proto: u32) -> FlowKey {
+    FlowKey {
+        client,
+        vip,
+        cport: (ports >> 16) as u16,
+        vport: ports as u16,
+        proto: proto as u8,
+    }
+}
+
+/// The way of set `set` whose slot holds the flow (`client`, `vip`, `ports` as `cport << 16 |
+/// vport`, `proto`) whole (its check right), or -1.
+///
+/// A global function, like [`nf_lb_new_flow_way`]: the verifier checks it once, on its own, and
+/// its callers get the way as a bounded unknown. Inlined, each way was a path of its own through
+/// everything after a lookup (and each service, for answers), which more than doubled the time
+/// the stage took to verify.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn nf_lb_flow_way(set: u32, client: u32, vip: u32, ports: u32, proto: u32) -> i64 {
+    let Some(s) = NF_LB_FLOWS.get(set) else {
+        return -1;
+    };
+    let key = key_of(client, vip, ports, proto);
+    match s.flows.iter().position(|f| holds(f, &key)) {
+        Some(way) => {
+            let f = &s.flows[way & (LB_FLOW_WAYS - 1)];
+            if f.check == f.identity_check() {
+                way as i64
+            } else {
+                -1
+            }
+        }
+        None => -1,
+    }
+}
+
+/// The way of set `set` a new flow (arguments as for [`nf_lb_flow_way`]) takes: see `way_for`.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn nf_lb_new_flow_way(
+    set: u32,
+    client: u32,
+    vip: u32,
+    ports: u32,
+    proto: u32,
+) -> i64 {
+    let (Some(s), Some(conf)) = (NF_LB_FLOWS.get(set), NF_LB_CONF.get(0)) else {
+        return 0;
+    };
+    // SAFETY: a BPF helper without arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    way_for(s, &key_of(client, vip, ports, proto), conf, now) as i64
 }
 
 /// Whether slot `f` is the flow `key`'s (whole or torn).
@@ -442,27 +502,26 @@ fn holds(f: &LbFlow, key: &FlowKey) -> bool {
     (f.client[0] ^ key.client) | (f.vip[0] ^ key.vip) | ports | kind == 0
 }
 
-/// The flow `key` in `set`, if a slot holds it whole (its check right).
+/// The flow `key` in set `index` (`set`), if a slot holds it whole.
 #[inline(always)]
-fn lookup<'a>(set: &'a mut LbFlowSet, key: &FlowKey) -> Option<&'a mut LbFlow> {
-    let way = set.flows.iter().position(|f| holds(f, key))?;
-    let f = &mut set.flows[opaque(way) & (LB_FLOW_WAYS - 1)];
-    (f.check == f.identity_check()).then_some(f)
+fn lookup<'a>(index: u32, set: &'a mut LbFlowSet, key: &FlowKey) -> Option<&'a mut LbFlow> {
+    let way = nf_lb_flow_way(index, key.client, key.vip, ports(key), u32::from(key.proto));
+    if way < 0 {
+        return None;
+    }
+    Some(&mut set.flows[bounded_way(way)])
 }
 
-/// `way` as the verifier cannot tell apart: a way known exactly on each path would make it
-/// walk everything after a lookup once per way (and per service, for answers), which took its
-/// time to verify the stage from ~10 ms to ~90 ms. Passed through this CPU's scratch word, the
-/// way is a bounded unknown, and the paths join.
+/// A way a global function returned, bounded for the verifier, which knows nothing of it. The
+/// compiler does (it sees the function), and would drop a plain mask as a no-op: the value
+/// goes through the stack first.
 #[inline(always)]
-fn opaque(way: usize) -> usize {
-    match NF_LB_SCRATCH.get_ptr_mut(0) {
-        // SAFETY: this CPU's element, used only here, within one program run.
-        Some(p) => unsafe {
-            ptr::write_volatile(p, way as u32);
-            ptr::read_volatile(p) as usize
-        },
-        None => 0,
+fn bounded_way(way: i64) -> usize {
+    let mut slot = 0i64;
+    // SAFETY: a local, written then read.
+    unsafe {
+        ptr::write_volatile(&mut slot, way);
+        ptr::read_volatile(&slot) as usize & (LB_FLOW_WAYS - 1)
     }
 }
 
@@ -502,6 +561,7 @@ fn ended(f: &LbFlow, conf: &LbConf, now: u64) -> bool {
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 fn track(
+    index: u32,
     set: &mut LbFlowSet,
     key: &FlowKey,
     addr: u32,
@@ -510,7 +570,13 @@ fn track(
     conf: &LbConf,
     now: u64,
 ) -> bool {
-    let way = opaque(way_for(set, key, conf, now)) & (LB_FLOW_WAYS - 1);
+    let way = bounded_way(nf_lb_new_flow_way(
+        index,
+        key.client,
+        key.vip,
+        ports(key),
+        u32::from(key.proto),
+    ));
     let f = &mut set.flows[way];
     let evicted = f.proto != 0 && !holds(f, key) && !ended(f, conf, now);
     let mut flow = LbFlow {
@@ -624,7 +690,8 @@ fn answered(conf: &LbConf, backend: u32, bport: u16, client: u32, cport: u16, pr
             proto,
         };
         let hash = flow_hash(key.client, key.vip, key.cport, key.vport, proto);
-        let Some(flow) = flow_set(conf, hash).and_then(|set| lookup(set, &key)) else {
+        let Some(flow) = flow_set(conf, hash).and_then(|(index, set)| lookup(index, set, &key))
+        else {
             continue;
         };
         // The client's flow to this service went to another backend (balanced again after
