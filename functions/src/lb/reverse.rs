@@ -9,7 +9,7 @@
 //! and counted as `lb-reply-untracked`); within one backend, the configured services come first
 //! and ones it left fill the rest of its [`REVERSE_SERVICES`] slots.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use netfn_common::lb::{BackendKey, REVERSE_SERVICES, Reverse, VipPort};
 
@@ -76,19 +76,16 @@ pub fn entries(
 /// Distinct backends `addr:port:proto` of `settings` (the map's size is this plus
 /// [`CARRY_ROOM`]).
 pub fn configured(settings: &LbSettings) -> usize {
-    let mut keys: Vec<Key> = Vec::new();
+    let mut keys: BTreeSet<Key> = BTreeSet::new();
     for service in &settings.services {
         for b in &service.backends {
             let (addr, family) = address(b.address);
-            let key = Key(BackendKey {
+            keys.insert(Key(BackendKey {
                 addr,
                 port: b.port.to_be(),
                 proto: service.proto.number(),
                 family,
-            });
-            if !keys.contains(&key) {
-                keys.push(key);
-            }
+            }));
         }
     }
     keys.len()
