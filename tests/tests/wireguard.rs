@@ -977,9 +977,11 @@ fn the_endpoint_uses_tun_offloads_and_tcp_stays_byte_exact() {
         );
         // UDP GSO: the endpoint's sends (one per skb: a GSO message counts once) carried the
         // download's datagrams, which wireguard-go (no GRO: the kernel splits them for it)
-        // reads one by one, several per send.
+        // reads one by one, several per send. Without GSO it is at most one per send; with it
+        // 2.8-5.5 on a quiet host, and 1.9 once in CI beside other tests (the TUN reads, and so
+        // the batches, are smaller under load): the bar is 1.5.
         assert!(
-            peer_reads > 2 * sends,
+            2 * peer_reads > 3 * sends,
             "the endpoint sent {sends} UDP messages for the {peer_reads} datagrams wireguard-go \
              read: no GSO"
         );
