@@ -86,7 +86,7 @@ fn active_flows(path: &std::path::Path) -> Result<Vec<u64>, KindMetricsError> {
     let mut per: Vec<u64> = Vec::new();
     for set in table.iter().filter_map(Result::ok) {
         for flow in set.flows.iter() {
-            if flow.proto == 0 || flow.check != flow.identity_check() {
+            if !flow.is_whole() {
                 continue;
             }
             let n = flow.backend as usize;

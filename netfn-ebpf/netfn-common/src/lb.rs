@@ -187,6 +187,12 @@ pub struct LbFlow {
 }
 
 impl LbFlow {
+    /// A slot that holds a flow, as written (not free, not a mix of two writes).
+    #[inline(always)]
+    pub fn is_whole(&self) -> bool {
+        self.proto != 0 && self.check == self.identity_check()
+    }
+
     /// A mix of what the flow is (key and backend): a slot written by two CPUs at once, or
     /// read while written, fails it.
     #[inline(always)]

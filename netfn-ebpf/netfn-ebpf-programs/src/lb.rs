@@ -461,15 +461,8 @@ pub extern "C" fn nf_lb_flow_way(set: u32, client: u32, vip: u32, ports: u32, pr
     };
     let key = key_of(client, vip, ports, proto);
     match s.flows.iter().position(|f| holds(f, &key)) {
-        Some(way) => {
-            let f = &s.flows[way & (LB_FLOW_WAYS - 1)];
-            if f.check == f.identity_check() {
-                way as i64
-            } else {
-                -1
-            }
-        }
-        None => -1,
+        Some(way) if s.flows[way & (LB_FLOW_WAYS - 1)].is_whole() => way as i64,
+        _ => -1,
     }
 }
 

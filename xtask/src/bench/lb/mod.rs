@@ -44,7 +44,7 @@ use serde::Serialize;
 use super::chain::{
     PPS_PORT, Topology, ip, link_mac, measure_pps_after, measure_pps_into, netfn_command, warm_up,
 };
-use super::{down_chains, median, netfn_release, timed_netfn, timed_netfn_log};
+use super::{down_chains, median, netfn_release, timed_netfn, timed_netfn_log, timed_netfn_output};
 use crate::util;
 use service::VIP;
 
@@ -401,9 +401,6 @@ fn remove_dir_if_present(dir: &Path) -> Result<()> {
     }
 }
 
-/// In a kernel-mode load balancer: the new flows its nftables DNAT rule saw (the rule's
-/// counter; a NAT rule meets only the first packet of a flow Linux does not track yet), and the
-/// packets that arrived at the function.
 /// Where a load balancer's new flows are counted: the nftables baseline's DNAT rule, or netfn's
 /// own count of flows balanced (`netfn status`).
 enum NewFlowCounter<'a> {
@@ -429,41 +426,34 @@ impl<'a> NewFlowCounter<'a> {
     }
 }
 
+/// The namespace of the bench chain's function `f1`.
+fn function_ns(t: &Topology) -> String {
+    format!("nf-{}-f1", t.chain.as_deref().unwrap_or_default())
+}
+
 /// Entries in the connection table of the function's namespace (the nftables baseline's).
 fn conntrack_count(t: &Topology) -> Result<u64> {
-    let ns = format!("nf-{}-f1", t.chain.as_deref().unwrap_or_default());
-    let out = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &ns,
-            "cat",
-            "/proc/sys/net/netfilter/nf_conntrack_count",
-        ])
-        .output()
-        .context("run cat in the function's namespace")?;
-    String::from_utf8_lossy(&out.stdout)
+    let ns = function_ns(t);
+    let count = ip(&[
+        "netns",
+        "exec",
+        &ns,
+        "cat",
+        "/proc/sys/net/netfilter/nf_conntrack_count",
+    ])?;
+    count
         .trim()
         .parse()
-        .with_context(|| format!("nf_conntrack_count in {ns}: {:?}", out.stderr))
+        .with_context(|| format!("nf_conntrack_count in {ns}: {count:?}"))
 }
 
 /// netfn's load balancer: flows it balanced ("N balanced" in its status row `flows`) and
 /// packets its fast path forwarded toward the backends.
 fn netfn_counts(netfn: &Path, t: &Topology) -> Result<(u64, u64)> {
     let chain = t.chain.as_deref().unwrap_or_default();
-    let out = netfn_command(netfn)
-        .args(["status", chain, "--json"])
-        .output()
-        .context("run netfn status")?;
-    if !out.status.success() {
-        bail!(
-            "netfn status {chain}: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
+    let (_, out, _) = timed_netfn_output(netfn, &["status", chain, "--json"])?;
     let status: serde_json::Value =
-        serde_json::from_slice(&out.stdout).context("netfn status's JSON output")?;
+        serde_json::from_str(&out).context("netfn status's JSON output")?;
     let hop = status
         .as_array()
         .and_then(|chains| chains.first())
@@ -492,9 +482,11 @@ fn netfn_counts(netfn: &Path, t: &Topology) -> Result<(u64, u64)> {
     Ok((balanced, packets))
 }
 
+/// In a kernel-mode load balancer: the new flows its nftables DNAT rule saw (the rule's
+/// counter; a NAT rule meets only the first packet of a flow Linux does not track yet), and the
+/// packets that arrived at the function.
 fn nft_counts(t: &Topology) -> Result<(u64, u64)> {
-    let chain = t.chain.as_deref().unwrap_or_default();
-    let ns = format!("nf-{chain}-f1");
+    let ns = function_ns(t);
     let out = Command::new("ip")
         .args([
             "netns", "exec", &ns, "nft", "-j", "list", "table", "ip", NFT_TABLE,
