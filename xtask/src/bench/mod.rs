@@ -66,6 +66,10 @@ pub enum Bench {
         /// Backend counts to measure (1 to 4,096).
         #[arg(long = "backends", value_delimiter = ',', default_values_t = vec![2, 16, 256, 4096])]
         backends: Vec<usize>,
+        /// Fast paths to measure (tc, xdp, kernel; kernel is the nftables baseline), e.g. for a
+        /// quicker look at one of them.
+        #[arg(long = "modes", value_delimiter = ',', default_values_t = lb::MODES.map(String::from).to_vec())]
+        modes: Vec<String>,
     },
     /// `netfn validate` of chain files of N chains and firewall rules files of N rules, valid
     /// and with every entry in conflict: wall and CPU time (target/bench/validate.json).
@@ -118,10 +122,12 @@ pub fn run(which: Bench) -> Result<()> {
             repetitions,
             seconds,
             backends,
+            modes,
         } => lb::run(&lb::Options {
             repetitions,
             seconds,
             backends,
+            modes,
         }),
         Bench::Validate {
             repetitions,

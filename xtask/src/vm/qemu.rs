@@ -169,7 +169,9 @@ pub fn boot(b: &Boot<'_>, on_line: &mut dyn FnMut(&str)) -> Result<Outcome> {
         };
         match rx.recv_timeout(wait) {
             Ok(Event::Console(line)) => {
-                writeln!(log, "{line}").context("cannot write the log")?;
+                // Seconds since QEMU started: how long each test took, read from the log.
+                let at = start.elapsed().as_secs_f64();
+                writeln!(log, "[{at:7.1}] {line}").context("cannot write the log")?;
                 if out.boot_time.is_none() && line.contains(INIT_STARTED) {
                     out.boot_time = Some(start.elapsed());
                 }

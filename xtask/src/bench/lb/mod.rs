@@ -50,7 +50,8 @@ use service::VIP;
 
 const SRC_ADDR: Ipv4Addr = Ipv4Addr::new(10, 83, 1, 2);
 const DST_ADDR: Ipv4Addr = Ipv4Addr::new(10, 84, 0, 2);
-const MODES: [&str; 3] = ["tc", "xdp", "kernel"];
+/// The fast paths a load balancer runs on (kernel: its nftables form, the baseline).
+pub const MODES: [&str; 3] = ["tc", "xdp", "kernel"];
 /// The sink's socket: every address of the egress namespace (the endpoint's, the backends').
 const SINK: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, PPS_PORT);
 /// netfn's log during the timed swap: the stage load's lines and warnings, nothing else.
@@ -66,6 +67,8 @@ pub struct Options {
     pub repetitions: usize,
     pub seconds: f64,
     pub backends: Vec<usize>,
+    /// Which of [`MODES`] to measure.
+    pub modes: Vec<String>,
 }
 
 /// One contender at one backend count.
@@ -123,6 +126,16 @@ pub fn run(options: &Options) -> Result<()> {
             service::MAX_BACKENDS
         );
     }
+    let modes: Vec<&'static str> = MODES
+        .into_iter()
+        .filter(|m| options.modes.iter().any(|o| o == m))
+        .collect();
+    if let Some(unknown) = options.modes.iter().find(|o| !MODES.contains(&o.as_str())) {
+        bail!("--modes: unknown fast path {unknown:?}; choose from tc, xdp and kernel");
+    }
+    if modes.is_empty() {
+        bail!("--modes: name at least one of tc, xdp and kernel");
+    }
     if !util::have("nft") {
         bail!("nft not found: run `cargo xtask setup` (it installs nftables)");
     }
@@ -136,7 +149,7 @@ pub fn run(options: &Options) -> Result<()> {
         chains: Vec::new(),
         next: 0,
     };
-    let contenders = lab.build(&options.backends)?;
+    let contenders = lab.build(&options.backends, &modes)?;
     println!(
         "set up {} contenders in {:.1} s; {} repetition(s) of {:.1} s windows, two traffic shapes",
         contenders.len(),
@@ -203,13 +216,13 @@ struct Lab {
 }
 
 impl Lab {
-    fn build(&mut self, backends: &[usize]) -> Result<Vec<Contender>> {
+    fn build(&mut self, backends: &[usize], modes: &[&'static str]) -> Result<Vec<Contender>> {
         let mut out = Vec::new();
-        for mode in MODES {
+        for &mode in modes {
             out.push(self.forward(mode)?);
         }
         for &n in backends {
-            for mode in MODES {
+            for &mode in modes {
                 out.push(self.load_balancer(mode, n)?);
             }
         }
