@@ -12,6 +12,7 @@ mod qemu;
 mod tools;
 
 use std::path::{Path, PathBuf};
+use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -129,14 +130,23 @@ pub struct VmTestArgs {
     #[arg(long, value_name = "N", default_value_t = 1)]
     pub test_threads: usize,
 
+    /// VMs per kernel, run side by side, each running every Nth test of each binary (the
+    /// guest's `netfn.shard=K/N`): under TCG a guest waits on its slow CPUs more than it keeps
+    /// the host busy, so 2 on a 2-core host finish the suite sooner than 1. Logs:
+    /// target/vm/<release>-shard<K>of<N>.log.
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=8))]
+    pub shards: u64,
+
     /// Arguments for every test binary (a name filter, for instance), after `--`.
     #[arg(last = true, value_name = "TEST_ARGS")]
     pub test_args: Vec<String>,
 }
 
-/// The verdict for one kernel.
+/// The verdict for one kernel (one shard of its suite).
 struct KernelRun {
     kernel: Kernel,
+    /// "K/N" of a sharded run, else empty.
+    shard: String,
     accel: Accel,
     outcome: Outcome,
     log: PathBuf,
@@ -147,6 +157,15 @@ struct KernelRun {
 impl KernelRun {
     fn passed(&self) -> bool {
         self.outcome.result.as_deref() == Some("PASS")
+    }
+
+    /// " (shard K/N)" of a sharded run, else empty.
+    fn shard_label(&self) -> String {
+        if self.shard.is_empty() {
+            String::new()
+        } else {
+            format!(" (shard {})", self.shard)
+        }
     }
 
     fn verdict(&self) -> String {
@@ -284,45 +303,100 @@ pub fn run(args: VmTestArgs) -> Result<()> {
             names(&host_tools),
             started.elapsed().as_secs_f64()
         );
-        let log = vm_dir.join(format!("{}.log", kernel.release));
+        let shards = usize::try_from(args.shards).unwrap_or(1);
+        let shard_names: Vec<String> = (1..=shards)
+            .map(|k| {
+                if shards == 1 {
+                    String::new()
+                } else {
+                    format!("{k}/{shards}")
+                }
+            })
+            .collect();
+        let logs: Vec<PathBuf> = (1..=shards)
+            .map(|k| {
+                vm_dir.join(if shards == 1 {
+                    format!("{}.log", kernel.release)
+                } else {
+                    format!("{}-shard{k}of{shards}.log", kernel.release)
+                })
+            })
+            .collect();
         println!(
-            "vm-test: booting {} with {} (timeout {} s, console log {})",
+            "vm-test: booting {} with {}{} (timeout {} s, console log{} {})",
             kernel.release,
             accel.name(),
-            args.timeout,
-            log.display()
-        );
-        let mut progress = Progress::new(args.verbose);
-        let outcome = qemu::boot(
-            &qemu::Boot {
-                vmlinuz: &kernel.vmlinuz(),
-                initrd: &initrd,
-                accel,
-                timeout: Duration::from_secs(args.timeout),
-                log: &log,
-                quiet: false,
+            if shards == 1 {
+                String::new()
+            } else {
+                format!(
+                    ", {shards} VMs side by side, VM K running tests K, K+{shards}, … of each binary"
+                )
             },
-            &mut |line| progress.line(line),
-        )?;
-        let run = KernelRun {
-            kernel,
-            accel,
-            outcome,
-            log,
-            initramfs_bytes,
-            tests: tests.len() + usize::from(args.inject_failure),
-        };
-        if !run.passed() {
-            print_failure(&run);
+            args.timeout,
+            if shards == 1 { "" } else { "s" },
+            names(&logs),
+        );
+        let vmlinuz = kernel.vmlinuz();
+        let outcomes: Vec<Result<Outcome>> = thread::scope(|scope| {
+            let handles: Vec<_> = shard_names
+                .iter()
+                .zip(&logs)
+                .map(|(shard, log)| {
+                    let (vmlinuz, initrd, verbose) = (&vmlinuz, &initrd, args.verbose);
+                    let timeout = Duration::from_secs(args.timeout);
+                    scope.spawn(move || {
+                        let cmdline = if shard.is_empty() {
+                            String::new()
+                        } else {
+                            format!("netfn.shard={shard}")
+                        };
+                        let mut progress = Progress::new(verbose, shard);
+                        qemu::boot(
+                            &qemu::Boot {
+                                vmlinuz,
+                                initrd,
+                                accel,
+                                timeout,
+                                log,
+                                quiet: false,
+                                cmdline: &cmdline,
+                            },
+                            &mut |line| progress.line(line),
+                        )
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join()
+                        .unwrap_or_else(|_| Err(anyhow::anyhow!("the thread of a VM panicked")))
+                })
+                .collect()
+        });
+        for ((outcome, log), shard) in outcomes.into_iter().zip(logs).zip(shard_names) {
+            let run = KernelRun {
+                kernel: kernel.clone(),
+                shard,
+                accel,
+                outcome: outcome?,
+                log,
+                initramfs_bytes,
+                tests: tests.len() + usize::from(args.inject_failure),
+            };
+            if !run.passed() {
+                print_failure(&run);
+            }
+            runs.push(run);
         }
-        runs.push(run);
     }
 
     print_summary(&runs);
-    let failed: Vec<&str> = runs
+    let failed: Vec<String> = runs
         .iter()
         .filter(|r| !r.passed())
-        .map(|r| r.kernel.release.as_str())
+        .map(|r| format!("{}{}", r.kernel.release, r.shard_label()))
         .collect();
     if !failed.is_empty() {
         bail!("vm-test failed on {}", failed.join(", "));
@@ -370,20 +444,28 @@ fn report_modules(kernel: &Kernel, plan: &ModulePlan) {
 /// progress lines and one line per test binary.
 struct Progress {
     verbose: bool,
+    /// "[K/N] " before each line of a sharded run's VM, else empty.
+    tag: String,
     test_started: Option<Instant>,
 }
 
 impl Progress {
-    fn new(verbose: bool) -> Self {
+    fn new(verbose: bool, shard: &str) -> Self {
         Progress {
             verbose,
+            tag: if shard.is_empty() {
+                String::new()
+            } else {
+                format!("[{shard}] ")
+            },
             test_started: None,
         }
     }
 
     fn line(&mut self, line: &str) {
+        let tag = &self.tag;
         if self.verbose {
-            println!("  | {line}");
+            println!("  {tag}| {line}");
         }
         if line.starts_with(TEST_BEGIN) {
             self.test_started = Some(Instant::now());
@@ -395,10 +477,10 @@ impl Progress {
                     .map_or(0.0, |t| t.elapsed().as_secs_f64());
                 let (name, rc) = rest.rsplit_once(" rc=").unwrap_or((rest, "?"));
                 let verdict = if rc == "0" { "ok  " } else { "FAIL" };
-                println!("  {verdict} {name} ({secs:.1} s, exit {rc})");
+                println!("  {tag}{verdict} {name} ({secs:.1} s, exit {rc})");
             }
         } else if !self.verbose && line.starts_with("NETFN-VM") {
-            println!("  guest: {line}");
+            println!("  {tag}guest: {line}");
         }
     }
 }
@@ -424,8 +506,9 @@ fn section<'a>(lines: &'a [String], name: &str) -> &'a [String] {
 fn print_failure(run: &KernelRun) {
     let lines = &run.outcome.lines;
     println!(
-        "\n==== {} FAILED: {} ====",
+        "\n==== {}{} FAILED: {} ====",
         run.kernel.release,
+        run.shard_label(),
         run.verdict()
     );
     match run
@@ -476,7 +559,7 @@ fn print_summary(runs: &[KernelRun]) {
         let o = &run.outcome;
         println!(
             "  {:<24} {:<5} {:>7} {:>8} {:>8} {:>8.0}M  {}",
-            run.kernel.release,
+            format!("{} {}", run.kernel.release, run.shard).trim_end(),
             run.accel.name(),
             run.tests,
             o.boot_time
@@ -487,7 +570,12 @@ fn print_summary(runs: &[KernelRun]) {
         );
     }
     for run in runs {
-        println!("  log {}: {}", run.kernel.release, run.log.display());
+        println!(
+            "  log {}{}: {}",
+            run.kernel.release,
+            run.shard_label(),
+            run.log.display()
+        );
     }
 }
 

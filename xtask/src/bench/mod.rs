@@ -8,6 +8,7 @@ mod deploy_pps;
 mod firewall;
 mod lb;
 mod pps_chart;
+mod prog_cost;
 mod validate;
 pub(crate) mod vpn;
 

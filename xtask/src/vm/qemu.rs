@@ -65,6 +65,8 @@ pub struct Boot<'a> {
     pub log: &'a Path,
     /// Do not echo QEMU's stderr (it is in the log either way).
     pub quiet: bool,
+    /// Appended to the kernel command line (`netfn.shard=K/N`), if not empty.
+    pub cmdline: &'a str,
 }
 
 /// How a boot ended.
@@ -122,7 +124,8 @@ pub fn boot(b: &Boot<'_>, on_line: &mut dyn FnMut(&str)) -> Result<Outcome> {
         .arg(b.vmlinuz)
         .arg("-initrd")
         .arg(b.initrd)
-        .args(["-append", CMDLINE])
+        .arg("-append")
+        .arg(format!("{CMDLINE} {}", b.cmdline).trim_end())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
@@ -254,6 +257,7 @@ pub fn choose(
             timeout: Duration::from_secs(12),
             log: &log,
             quiet: true,
+            cmdline: "",
         },
         &mut |_| {},
     )?;

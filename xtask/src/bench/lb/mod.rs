@@ -44,7 +44,9 @@ use serde::Serialize;
 use super::chain::{
     PPS_PORT, Topology, ip, link_mac, measure_pps_after, measure_pps_into, netfn_command, warm_up,
 };
-use super::{down_chains, median, netfn_release, timed_netfn, timed_netfn_log, timed_netfn_output};
+use super::{
+    down_chains, median, netfn_release, prog_cost, timed_netfn, timed_netfn_log, timed_netfn_output,
+};
 use crate::util;
 use service::VIP;
 
@@ -60,6 +62,9 @@ const SWAP_LOG: &str = "warn,netfn_core::chain::kinds=debug,netfn_core::ebpf::st
 const NFT_TABLE: &str = "netfn_lb";
 /// Seconds of the check that traffic to the VIP reaches the backends.
 const PROBE_SECONDS: f64 = 0.2;
+/// Seconds of all-new flows a tc or xdp contender's eBPF cost is measured over (after its pps
+/// windows, with the kernel's program statistics on).
+const COST_SECONDS: f64 = 1.0;
 
 /// Options of `cargo xtask bench lb`.
 #[derive(Debug, Clone)]
@@ -106,6 +111,9 @@ struct Samples {
     /// The nftables baseline: new flows its DNAT rule saw per packet that reached the function,
     /// over the all-new-flows run (1.0: every packet a new flow).
     new_per_packet: Vec<f64>,
+    /// tc and xdp: nanoseconds of eBPF per packet (the chain's forwarder and the function's
+    /// stage) with all-new flows, as the kernel's program statistics count them.
+    new_flow_ns: Vec<f64>,
 }
 
 pub fn run(options: &Options) -> Result<()> {
@@ -190,6 +198,10 @@ pub fn run(options: &Options) -> Result<()> {
                 }
                 note += ")";
             }
+            if let Some(ns) = all_new_cost(c, rep)? {
+                note += &format!("   eBPF {ns:.0} ns/packet");
+                samples[i].new_flow_ns.push(ns);
+            }
             eprintln!(
                 "  rep {}/{} {:<18} few flows {:>9.0} pps   all-new flows {:>9.0} pps{note}",
                 rep + 1,
@@ -204,6 +216,27 @@ pub fn run(options: &Options) -> Result<()> {
     }
     lab.teardown()?;
     report::report(options, &contenders, &samples, started)
+}
+
+/// Nanoseconds per packet of a tc or xdp contender's eBPF (its chain's forwarder, the stage
+/// inside it) over [`COST_SECONDS`] of all-new flows; none for a kernel-mode contender.
+fn all_new_cost(c: &Contender, rep: usize) -> Result<Option<f64>> {
+    let t = &c.topology;
+    let Some(chain) = t.chain.as_deref().filter(|_| c.mode != "kernel") else {
+        return Ok(None);
+    };
+    let pinned = prog_cost::forwarder(chain, c.mode);
+    let _on = prog_cost::StatsOn::enable()?;
+    let before = prog_cost::read(&pinned)?;
+    measure_pps_after(
+        t,
+        SINK,
+        Duration::ZERO,
+        COST_SECONDS,
+        flows::new_flows(t, c.target, rep),
+    )
+    .with_context(|| format!("{}: the eBPF cost window", t.name))?;
+    Ok(prog_cost::read(&pinned)?.ns_per_run_since(before))
 }
 
 /// What the bench created; removed by `teardown` (or on drop, if the bench fails).

@@ -34,6 +34,12 @@ struct Record {
     /// (1.0: every packet was a new flow), counted by the nftables baseline's DNAT rule or by
     /// netfn's count of flows balanced.
     new_flows_per_packet: Option<f64>,
+    /// tc and xdp: median nanoseconds of eBPF per packet with all-new flows (the forwarder and
+    /// the stage, by the kernel's program statistics), and its ratio to the same contender with
+    /// the fewest backends.
+    new_flows_ebpf_ns: Option<f64>,
+    new_flows_ebpf_ns_samples: Vec<f64>,
+    new_flows_ebpf_vs_fewest: Option<f64>,
     up_ms: f64,
     swap: Option<Swap>,
 }
@@ -77,6 +83,14 @@ pub(super) fn report(
             .find(|(c, _)| c.kind == kind && c.backends == backends)
             .map(|(_, s)| (med(&s.few_flows), med(&s.new_flows)))
     };
+    let ebpf_ns = |s: &Samples| (!s.new_flow_ns.is_empty()).then(|| med(&s.new_flow_ns));
+    let ebpf_ns_of = |kind: &str, backends: usize| {
+        contenders
+            .iter()
+            .zip(samples)
+            .find(|(c, _)| c.kind == kind && c.backends == backends)
+            .and_then(|(_, s)| ebpf_ns(s))
+    };
     let records: Vec<Record> = contenders
         .iter()
         .zip(samples)
@@ -108,6 +122,11 @@ pub(super) fn report(
                         .copied()
                         .fold(f64::INFINITY, f64::min)
                 }),
+                new_flows_ebpf_ns: ebpf_ns(s),
+                new_flows_ebpf_ns_samples: s.new_flow_ns.clone(),
+                new_flows_ebpf_vs_fewest: (c.backends > 0)
+                    .then(|| Some(ebpf_ns(s)? / ebpf_ns_of(&c.kind, fewest)?))
+                    .flatten(),
                 up_ms: c.up_ms,
                 swap: c.swap,
             }
@@ -200,6 +219,24 @@ fn print_table(records: &[Record], fewest: usize) {
             ms(r.swap.map(|s| s.apply_ms)),
             ms(r.swap.and_then(|s| s.stage_ms)),
             ms(r.swap.and_then(|s| s.fill_ms)),
+        );
+    }
+    for r in records.iter().filter(|r| r.new_flows_ebpf_ns.is_some()) {
+        println!(
+            "{} {}: eBPF {:.0} ns per packet with all-new flows (forwarder and stage, the \
+             kernel's program statistics){}",
+            r.contender,
+            if r.backends == 0 {
+                "-".to_string()
+            } else {
+                r.backends.to_string()
+            },
+            r.new_flows_ebpf_ns.unwrap_or(f64::NAN),
+            r.new_flows_ebpf_vs_fewest
+                .filter(|_| r.backends != fewest)
+                .map_or(String::new(), |v| format!(
+                    ", {v:.2}x that of {fewest} backends"
+                ))
         );
     }
     for r in records.iter().filter(|r| r.new_flows_per_packet.is_some()) {
