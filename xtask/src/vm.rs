@@ -303,79 +303,8 @@ pub fn run(args: VmTestArgs) -> Result<()> {
             names(&host_tools),
             started.elapsed().as_secs_f64()
         );
-        let shards = usize::try_from(args.shards).unwrap_or(1);
-        let shard_names: Vec<String> = (1..=shards)
-            .map(|k| {
-                if shards == 1 {
-                    String::new()
-                } else {
-                    format!("{k}/{shards}")
-                }
-            })
-            .collect();
-        let logs: Vec<PathBuf> = (1..=shards)
-            .map(|k| {
-                vm_dir.join(if shards == 1 {
-                    format!("{}.log", kernel.release)
-                } else {
-                    format!("{}-shard{k}of{shards}.log", kernel.release)
-                })
-            })
-            .collect();
-        println!(
-            "vm-test: booting {} with {}{} (timeout {} s, console log{} {})",
-            kernel.release,
-            accel.name(),
-            if shards == 1 {
-                String::new()
-            } else {
-                format!(
-                    ", {shards} VMs side by side, VM K running tests K, K+{shards}, … of each binary"
-                )
-            },
-            args.timeout,
-            if shards == 1 { "" } else { "s" },
-            names(&logs),
-        );
-        let vmlinuz = kernel.vmlinuz();
-        let outcomes: Vec<Result<Outcome>> = thread::scope(|scope| {
-            let handles: Vec<_> = shard_names
-                .iter()
-                .zip(&logs)
-                .map(|(shard, log)| {
-                    let (vmlinuz, initrd, verbose) = (&vmlinuz, &initrd, args.verbose);
-                    let timeout = Duration::from_secs(args.timeout);
-                    scope.spawn(move || {
-                        let cmdline = if shard.is_empty() {
-                            String::new()
-                        } else {
-                            format!("netfn.shard={shard}")
-                        };
-                        let mut progress = Progress::new(verbose, shard);
-                        qemu::boot(
-                            &qemu::Boot {
-                                vmlinuz,
-                                initrd,
-                                accel,
-                                timeout,
-                                log,
-                                quiet: false,
-                                cmdline: &cmdline,
-                            },
-                            &mut |line| progress.line(line),
-                        )
-                    })
-                })
-                .collect();
-            handles
-                .into_iter()
-                .map(|h| {
-                    h.join()
-                        .unwrap_or_else(|_| Err(anyhow::anyhow!("the thread of a VM panicked")))
-                })
-                .collect()
-        });
-        for ((outcome, log), shard) in outcomes.into_iter().zip(logs).zip(shard_names) {
+        let booted = boot_shards(&kernel, &initrd, accel, &args, &vm_dir);
+        for (shard, log, outcome) in booted {
             let run = KernelRun {
                 kernel: kernel.clone(),
                 shard,
@@ -402,6 +331,95 @@ pub fn run(args: VmTestArgs) -> Result<()> {
         bail!("vm-test failed on {}", failed.join(", "));
     }
     Ok(())
+}
+
+/// Boots `--shards` VMs of `kernel` side by side (one without `netfn.shard` if 1) and waits for
+/// them all: each shard's name ("K/N", or empty), console log and outcome.
+fn boot_shards(
+    kernel: &Kernel,
+    initrd: &Path,
+    accel: Accel,
+    args: &VmTestArgs,
+    vm_dir: &Path,
+) -> Vec<(String, PathBuf, Result<Outcome>)> {
+    let shards = usize::try_from(args.shards).unwrap_or(1);
+    let shard_names: Vec<String> = (1..=shards)
+        .map(|k| {
+            if shards == 1 {
+                String::new()
+            } else {
+                format!("{k}/{shards}")
+            }
+        })
+        .collect();
+    let logs: Vec<PathBuf> = (1..=shards)
+        .map(|k| {
+            vm_dir.join(if shards == 1 {
+                format!("{}.log", kernel.release)
+            } else {
+                format!("{}-shard{k}of{shards}.log", kernel.release)
+            })
+        })
+        .collect();
+    println!(
+        "vm-test: booting {} with {}{} (timeout {} s, console log{} {})",
+        kernel.release,
+        accel.name(),
+        if shards == 1 {
+            String::new()
+        } else {
+            format!(
+                ", {shards} VMs side by side, VM K running tests K, K+{shards}, … of each binary"
+            )
+        },
+        args.timeout,
+        if shards == 1 { "" } else { "s" },
+        names(&logs),
+    );
+    let vmlinuz = kernel.vmlinuz();
+    let outcomes: Vec<Result<Outcome>> = thread::scope(|scope| {
+        let handles: Vec<_> = shard_names
+            .iter()
+            .zip(&logs)
+            .map(|(shard, log)| {
+                let (vmlinuz, initrd, verbose) = (&vmlinuz, &initrd, args.verbose);
+                let timeout = Duration::from_secs(args.timeout);
+                scope.spawn(move || {
+                    let cmdline = if shard.is_empty() {
+                        String::new()
+                    } else {
+                        format!("netfn.shard={shard}")
+                    };
+                    let mut progress = Progress::new(verbose, shard);
+                    qemu::boot(
+                        &qemu::Boot {
+                            vmlinuz,
+                            initrd,
+                            accel,
+                            timeout,
+                            log,
+                            quiet: false,
+                            cmdline: &cmdline,
+                        },
+                        &mut |line| progress.line(line),
+                    )
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(anyhow::anyhow!("the thread of a VM panicked")))
+            })
+            .collect()
+    });
+    shard_names
+        .into_iter()
+        .zip(logs)
+        .zip(outcomes)
+        .map(|((shard, log), outcome)| (shard, log, outcome))
+        .collect()
 }
 
 fn names(paths: &[PathBuf]) -> String {
