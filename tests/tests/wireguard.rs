@@ -16,6 +16,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use netfn_tests::agent::Agent;
+use netfn_tests::loss::SenderRing;
 use netfn_tests::wireguard::{endpoint_pid, keypair, kill_endpoint};
 use netfn_tests::{
     ChainGuard, TempDir, in_netns, interface_stats, leftovers, netfn, netfn_ok, shared, skipped,
@@ -841,6 +842,9 @@ fn killing_the_agent_loses_nothing_through_the_tunnel() {
         UdpSocket::bind(SocketAddrV4::new(PEER_ADDR, 0))
     })
     .expect("bind");
+    // Inside the test VM, what its starved CPUs drop before the chain (the peer's TUN, a CPU's
+    // input backlog) is told apart from a loss (see netfn_tests::loss).
+    let starved = SenderRing::before(&chain, &ingress, &format!("wgp{chain}"));
     let received = std::sync::atomic::AtomicU32::new(0);
     let (seen, at_kill) = std::thread::scope(|s| {
         let receiver = s.spawn(|| {
@@ -883,7 +887,7 @@ fn killing_the_agent_loses_nothing_through_the_tunnel() {
     );
     let lost: Vec<u32> = (0..COUNT).filter(|s| !seen.contains(s)).collect();
     assert!(
-        lost.is_empty(),
+        lost.is_empty() || starved.explains("tun", lost.len(), "agent killed mid-stream"),
         "{} lost: {:?}…",
         lost.len(),
         &lost[..lost.len().min(10)]
