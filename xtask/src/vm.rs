@@ -130,8 +130,8 @@ pub struct VmTestArgs {
     #[arg(long, value_name = "N", default_value_t = 1)]
     pub test_threads: usize,
 
-    /// VMs per kernel, run side by side, each running every Nth test of each binary (the
-    /// guest's `netfn.shard=K/N`): under TCG a guest waits on its slow CPUs more than it keeps
+    /// VMs per kernel, run side by side, each running every Nth test of the suite (the
+    /// guest's `netfn.shard=K/N`; tests numbered across the binaries): under TCG a guest waits on its slow CPUs more than it keeps
     /// the host busy, so 2 on a 2-core host finish the suite sooner than 1. Logs:
     /// target/vm/<release>-shard<K>of<N>.log.
     #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=8))]
@@ -368,9 +368,7 @@ fn boot_shards(
         if shards == 1 {
             String::new()
         } else {
-            format!(
-                ", {shards} VMs side by side, VM K running tests K, K+{shards}, … of each binary"
-            )
+            format!(", {shards} VMs side by side, VM K running tests K, K+{shards}, … of the suite")
         },
         args.timeout,
         if shards == 1 { "" } else { "s" },

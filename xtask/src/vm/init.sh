@@ -66,10 +66,13 @@ cd "${workdir:-/}" || cd /
 export CARGO_MANIFEST_DIR="$PWD"
 
 # `netfn.shard=K/N` on the kernel command line (`vm-test --shards N`): this VM runs every N-th
-# test of each binary (the K-th of each N, in libtest's sorted order, after the filters in the
-# arguments), N VMs the whole suite side by side. Without it, every test.
+# test of the suite (the K-th of each N, numbering the tests of every binary in turn, each in
+# libtest's sorted order after the filters in the arguments; numbered across binaries, not from
+# 1 in each, so that no shard takes the odd one of every binary), N VMs the whole suite side by
+# side. Without it, every test.
 shard=$(tr ' ' '\n' < /proc/cmdline | sed -n 's/^netfn\.shard=//p')
-[ -n "$shard" ] && say "shard $shard: tests ${shard%/*}, ${shard%/*}+${shard#*/}, ... of each binary"
+[ -n "$shard" ] && say "shard $shard: tests ${shard%/*}, ${shard%/*}+${shard#*/}, ... of the suite"
+numbered=0
 
 failed=""
 count=0
@@ -79,9 +82,10 @@ for test in /tests/*; do
     if [ -n "$shard" ] && [ "$name" != zz_injected_failure ]; then
         # The names of this shard's tests; `--exact` runs those (and libtest's own filters,
         # made exact, then match nothing more).
-        mine=$("$test" --list --format terse "$@" < /dev/null 2>/dev/null |
-            sed -n 's/: test$//p' |
-            awk -v k="${shard%/*}" -v n="${shard#*/}" '(NR - 1) % n == k - 1')
+        all=$("$test" --list --format terse "$@" < /dev/null 2>/dev/null | sed -n 's/: test$//p')
+        mine=$(echo "$all" | awk -v k="${shard%/*}" -v n="${shard#*/}" -v o="$numbered" \
+            'NF && (NR - 1 + o) % n == k - 1')
+        numbered=$((numbered + $(echo "$all" | grep -c .)))
         [ -n "$mine" ] || continue
         count=$((count + 1))
         echo "NETFN-VM-TEST-BEGIN: $name"
