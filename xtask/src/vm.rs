@@ -131,9 +131,9 @@ pub struct VmTestArgs {
     pub test_threads: usize,
 
     /// VMs per kernel, run side by side, each running every Nth test of the suite (the
-    /// guest's `netfn.shard=K/N`; tests numbered across the binaries): under TCG a guest waits on its slow CPUs more than it keeps
-    /// the host busy, so 2 on a 2-core host finish the suite sooner than 1. Logs:
-    /// target/vm/<release>-shard<K>of<N>.log.
+    /// guest's `netfn.shard=K/N`; tests numbered across the binaries): under TCG a guest waits
+    /// on its slow CPUs more than it keeps the host busy, so 2 on a 2-core host finish the
+    /// suite sooner than 1. Logs: target/vm/<release>-shard<K>of<N>.log.
     #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=8))]
     pub shards: u64,
 
@@ -343,24 +343,21 @@ fn boot_shards(
     vm_dir: &Path,
 ) -> Vec<(String, PathBuf, Result<Outcome>)> {
     let shards = usize::try_from(args.shards).unwrap_or(1);
-    let shard_names: Vec<String> = (1..=shards)
+    // Each VM's shard name and console log.
+    let vms: Vec<(String, PathBuf)> = (1..=shards)
         .map(|k| {
             if shards == 1 {
-                String::new()
+                (
+                    String::new(),
+                    vm_dir.join(format!("{}.log", kernel.release)),
+                )
             } else {
-                format!("{k}/{shards}")
+                let log = format!("{}-shard{k}of{shards}.log", kernel.release);
+                (format!("{k}/{shards}"), vm_dir.join(log))
             }
         })
         .collect();
-    let logs: Vec<PathBuf> = (1..=shards)
-        .map(|k| {
-            vm_dir.join(if shards == 1 {
-                format!("{}.log", kernel.release)
-            } else {
-                format!("{}-shard{k}of{shards}.log", kernel.release)
-            })
-        })
-        .collect();
+    let logs: Vec<PathBuf> = vms.iter().map(|(_, log)| log.clone()).collect();
     println!(
         "vm-test: booting {} with {}{} (timeout {} s, console log{} {})",
         kernel.release,
@@ -376,9 +373,8 @@ fn boot_shards(
     );
     let vmlinuz = kernel.vmlinuz();
     let outcomes: Vec<Result<Outcome>> = thread::scope(|scope| {
-        let handles: Vec<_> = shard_names
+        let handles: Vec<_> = vms
             .iter()
-            .zip(&logs)
             .map(|(shard, log)| {
                 let (vmlinuz, initrd, verbose) = (&vmlinuz, &initrd, args.verbose);
                 let timeout = Duration::from_secs(args.timeout);
@@ -412,9 +408,7 @@ fn boot_shards(
             })
             .collect()
     });
-    shard_names
-        .into_iter()
-        .zip(logs)
+    vms.into_iter()
         .zip(outcomes)
         .map(|((shard, log), outcome)| (shard, log, outcome))
         .collect()

@@ -79,6 +79,7 @@ count=0
 for test in /tests/*; do
     [ -x "$test" ] || continue
     name=${test##*/}
+    exact=""
     if [ -n "$shard" ] && [ "$name" != zz_injected_failure ]; then
         # The names of this shard's tests; `--exact` runs those (and libtest's own filters,
         # made exact, then match nothing more).
@@ -87,17 +88,13 @@ for test in /tests/*; do
             'NF && (NR - 1 + o) % n == k - 1')
         numbered=$((numbered + $(echo "$all" | grep -c .)))
         [ -n "$mine" ] || continue
-        count=$((count + 1))
-        echo "NETFN-VM-TEST-BEGIN: $name"
-        # shellcheck disable=SC2086 # one argument per test name (names have no spaces)
-        "$test" "$@" --exact $mine < /dev/null
-        rc=$?
-    else
-        count=$((count + 1))
-        echo "NETFN-VM-TEST-BEGIN: $name"
-        "$test" "$@" < /dev/null
-        rc=$?
+        exact="--exact $mine"
     fi
+    count=$((count + 1))
+    echo "NETFN-VM-TEST-BEGIN: $name"
+    # shellcheck disable=SC2086 # one argument per test name (names have no spaces)
+    "$test" "$@" $exact < /dev/null
+    rc=$?
     echo "NETFN-VM-TEST-END: $name rc=$rc"
     [ "$rc" -eq 0 ] || failed="$failed $name"
 done

@@ -173,10 +173,11 @@ pub fn boot(b: &Boot<'_>, on_line: &mut dyn FnMut(&str)) -> Result<Outcome> {
         match rx.recv_timeout(wait) {
             Ok(Event::Console(line)) => {
                 // Seconds since QEMU started: how long each test took, read from the log.
-                let at = start.elapsed().as_secs_f64();
-                writeln!(log, "[{at:7.1}] {line}").context("cannot write the log")?;
+                let at = start.elapsed();
+                writeln!(log, "[{:7.1}] {line}", at.as_secs_f64())
+                    .context("cannot write the log")?;
                 if out.boot_time.is_none() && line.contains(INIT_STARTED) {
-                    out.boot_time = Some(start.elapsed());
+                    out.boot_time = Some(at);
                 }
                 if let Some(result) = line.trim_start().strip_prefix(RESULT) {
                     out.result = Some(result.trim().to_string());

@@ -76,21 +76,17 @@ pub(super) fn report(
 ) -> Result<()> {
     let fewest = options.backends.iter().copied().min().unwrap_or(0);
     let most = options.backends.iter().copied().max().unwrap_or(0);
-    let median_of = |kind: &str, backends: usize| {
+    let samples_of = |kind: &str, backends: usize| {
         contenders
             .iter()
             .zip(samples)
             .find(|(c, _)| c.kind == kind && c.backends == backends)
-            .map(|(_, s)| (med(&s.few_flows), med(&s.new_flows)))
+            .map(|(_, s)| s)
+    };
+    let median_of = |kind: &str, backends: usize| {
+        samples_of(kind, backends).map(|s| (med(&s.few_flows), med(&s.new_flows)))
     };
     let ebpf_ns = |s: &Samples| (!s.new_flow_ns.is_empty()).then(|| med(&s.new_flow_ns));
-    let ebpf_ns_of = |kind: &str, backends: usize| {
-        contenders
-            .iter()
-            .zip(samples)
-            .find(|(c, _)| c.kind == kind && c.backends == backends)
-            .and_then(|(_, s)| ebpf_ns(s))
-    };
     let records: Vec<Record> = contenders
         .iter()
         .zip(samples)
@@ -125,7 +121,7 @@ pub(super) fn report(
                 new_flows_ebpf_ns: ebpf_ns(s),
                 new_flows_ebpf_ns_samples: s.new_flow_ns.clone(),
                 new_flows_ebpf_vs_fewest: (c.backends > 0)
-                    .then(|| Some(ebpf_ns(s)? / ebpf_ns_of(&c.kind, fewest)?))
+                    .then(|| Some(ebpf_ns(s)? / ebpf_ns(samples_of(&c.kind, fewest)?)?))
                     .flatten(),
                 up_ms: c.up_ms,
                 swap: c.swap,
@@ -203,11 +199,7 @@ fn print_table(records: &[Record], fewest: usize) {
         println!(
             "{:<15} {:>8} {:>12.0} {:>7.2}x {:>8} {:>13.0} {:>7.2}x {:>8} {:>8} {:>7.0} {:>9} {:>9} {:>8}",
             r.contender,
-            if r.backends == 0 {
-                "-".to_string()
-            } else {
-                r.backends.to_string()
-            },
+            backends_label(r),
             r.few_flows_pps,
             r.few_flows_vs_forward,
             ratio(r.few_flows_vs_fewest),
@@ -226,11 +218,7 @@ fn print_table(records: &[Record], fewest: usize) {
             "{} {}: eBPF {:.0} ns per packet with all-new flows (forwarder and stage, the \
              kernel's program statistics){}",
             r.contender,
-            if r.backends == 0 {
-                "-".to_string()
-            } else {
-                r.backends.to_string()
-            },
+            backends_label(r),
             r.new_flows_ebpf_ns.unwrap_or(f64::NAN),
             r.new_flows_ebpf_vs_fewest
                 .filter(|_| r.backends != fewest)
@@ -251,6 +239,15 @@ fn print_table(records: &[Record], fewest: usize) {
             r.backends,
             r.new_flows_per_packet.unwrap_or(f64::NAN)
         );
+    }
+}
+
+/// The backend count of a record, "-" for a forward function.
+fn backends_label(r: &Record) -> String {
+    if r.backends == 0 {
+        "-".to_string()
+    } else {
+        r.backends.to_string()
     }
 }
 
