@@ -148,10 +148,11 @@ pub(super) fn report(
     let report = Report {
         bench: "lb",
         command: format!(
-            "cargo xtask bench lb --repetitions {} --seconds {} --backends {}",
+            "cargo xtask bench lb --repetitions {} --seconds {} --backends {} --modes {}",
             options.repetitions,
             options.seconds,
-            comma_list(&options.backends)
+            comma_list(&options.backends),
+            options.modes.join(",")
         ),
         kernel: kernel_release(),
         frame_bytes: crate::bench::chain::FRAME_BYTES,
