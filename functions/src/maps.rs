@@ -60,30 +60,33 @@ pub fn fill_array<V: aya::Pod>(
 /// `BPF_F_MMAPABLE`: an array map whose values userspace can map into memory.
 pub const BPF_F_MMAPABLE: u32 = 1 << 10;
 
-/// An array map of `u32` created with [`BPF_F_MMAPABLE`], mapped into memory: a table of 65,537
-/// entries is read or written in microseconds instead of one syscall per entry. The program
-/// keeps reading the map as usual while userspace writes entries it does not read (a table's
-/// idle half). The kernel lays array elements out 8 bytes apart (`round_up(value_size, 8)`), a
-/// `u32` value in the low half of each (little-endian, as on every machine netfn runs on).
-pub struct MappedU32 {
-    ptr: std::ptr::NonNull<u64>,
+/// An array map created with [`BPF_F_MMAPABLE`], mapped into memory: its elements are read or
+/// written in microseconds instead of one syscall each. The kernel lays them out
+/// `round_up(value_size, 8)` bytes apart.
+struct Mapping {
+    ptr: std::ptr::NonNull<u8>,
     entries: usize,
+    stride: usize,
     bytes: usize,
     writable: bool,
 }
 
-impl MappedU32 {
-    /// Maps `data` (an array of `u32`, `BPF_F_MMAPABLE`), for writing too when `writable`.
-    pub fn new(data: &MapData, writable: bool) -> Result<Self, String> {
+impl Mapping {
+    /// Maps `data`, which must be a memory-mappable array of `value_size`-byte values, for
+    /// writing too when `writable`.
+    fn new(data: &MapData, value_size: usize, writable: bool) -> Result<Self, String> {
         use std::os::fd::{AsFd, AsRawFd};
         let info = data.info().map_err(|e| format!("map info: {e}"))?;
-        if info.map_flags() & BPF_F_MMAPABLE == 0 || info.value_size() != 4 {
-            return Err("the map is not a memory-mappable array of u32 (rebuild netfn)".into());
+        if info.map_flags() & BPF_F_MMAPABLE == 0 || info.value_size() as usize != value_size {
+            return Err(format!(
+                "the map is not a memory-mappable array of {value_size}-byte values (rebuild netfn)"
+            ));
         }
         let entries = info.max_entries() as usize;
+        let stride = value_size.next_multiple_of(8);
         // SAFETY: sysconf has no memory effects.
         let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
-        let bytes = (entries * 8).div_ceil(page).max(1) * page;
+        let bytes = (entries * stride).div_ceil(page).max(1) * page;
         let prot = libc::PROT_READ | if writable { libc::PROT_WRITE } else { 0 };
         // SAFETY: a shared mapping of the map's fd, of the length the kernel gives an mmapable
         // array of this size; unmapped on drop, and only reached through the methods below.
@@ -99,22 +102,61 @@ impl MappedU32 {
         };
         if ptr == libc::MAP_FAILED {
             return Err(format!(
-                "map the table into memory: {}",
+                "map the array into memory: {}",
                 std::io::Error::last_os_error()
             ));
         }
-        let ptr = std::ptr::NonNull::new(ptr.cast::<u64>()).ok_or("mmap returned null")?;
-        Ok(MappedU32 {
+        let ptr = std::ptr::NonNull::new(ptr.cast::<u8>()).ok_or("mmap returned null")?;
+        Ok(Mapping {
             ptr,
             entries,
+            stride,
             bytes,
             writable,
         })
     }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `new`, unmapped once.
+        unsafe {
+            libc::munmap(self.ptr.as_ptr().cast(), self.bytes);
+        }
+    }
+}
+
+/// Every element of the memory-mappable array `data` (values of type `T`), copied out of one
+/// mapping: what a scrape reads of counters the program keeps writing (each element as it is
+/// at that moment, as a syscall per element would see it).
+pub fn read_mapped<T: aya::Pod>(data: &MapData) -> Result<Vec<T>, String> {
+    let m = Mapping::new(data, std::mem::size_of::<T>(), false)?;
+    Ok((0..m.entries)
+        .map(|i| {
+            // SAFETY: element `i` lies inside the mapping (`entries * stride <= bytes`), `T` is
+            // plain old data, and the read is volatile because the program writes the element
+            // concurrently.
+            unsafe { std::ptr::read_volatile(m.ptr.as_ptr().add(i * m.stride).cast::<T>()) }
+        })
+        .collect())
+}
+
+/// An array map of `u32` created with [`BPF_F_MMAPABLE`], mapped into memory: a table of 65,537
+/// entries is read or written without a syscall per entry. The program keeps reading the map
+/// as usual while userspace writes entries it does not read (a table's idle half). Each `u32`
+/// is in the low half of its 8-byte element (little-endian, as on every machine netfn runs on).
+pub struct MappedU32(Mapping);
+
+impl MappedU32 {
+    /// Maps `data` (an array of `u32`, `BPF_F_MMAPABLE`), for writing too when `writable`.
+    pub fn new(data: &MapData, writable: bool) -> Result<Self, String> {
+        Mapping::new(data, 4, writable).map(MappedU32)
+    }
 
     fn elements(&self) -> &[u64] {
-        // SAFETY: the mapping holds `entries` 8-byte elements for as long as `self` lives.
-        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.entries) }
+        // SAFETY: the mapping holds `entries` 8-byte elements, page-aligned, for as long as
+        // `self` lives.
+        unsafe { std::slice::from_raw_parts(self.0.ptr.as_ptr().cast::<u64>(), self.0.entries) }
     }
 
     /// The values at `start..start + len`, if the map has them.
@@ -125,11 +167,13 @@ impl MappedU32 {
 
     /// Writes `values` from `start` on; an error if the map is read-only or too small.
     pub fn write(&mut self, start: usize, values: &[u32]) -> Result<(), String> {
-        if !self.writable {
+        if !self.0.writable {
             return Err("the table is mapped read-only".into());
         }
         // SAFETY: as in `elements`; the mapping is writable and `&mut self` is unique here.
-        let all = unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.entries) };
+        let all = unsafe {
+            std::slice::from_raw_parts_mut(self.0.ptr.as_ptr().cast::<u64>(), self.0.entries)
+        };
         let slots = start
             .checked_add(values.len())
             .and_then(|end| all.get_mut(start..end))
@@ -138,14 +182,5 @@ impl MappedU32 {
             *slot = u64::from(v);
         }
         Ok(())
-    }
-}
-
-impl Drop for MappedU32 {
-    fn drop(&mut self) {
-        // SAFETY: the mapping made in `new`, unmapped once.
-        unsafe {
-            libc::munmap(self.ptr.as_ptr().cast(), self.bytes);
-        }
     }
 }

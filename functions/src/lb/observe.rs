@@ -10,7 +10,8 @@ use netfn_common::lb::{
 use netfn_core::function::{FunctionMetricsContext, KindMetricsError, MetricFamily};
 
 use super::config::LbSettings;
-use crate::maps::{map, read_per_cpu, stage_dir};
+use super::stage::counter_cpus;
+use crate::maps::{map, read_mapped, read_per_cpu, stage_dir};
 
 /// Largest connection table whose flows a scrape counts per backend.
 const COUNT_LIMIT: u32 = 1 << 20;
@@ -34,14 +35,7 @@ fn backends(ctx: &FunctionMetricsContext<'_>, s: &LbSettings) -> Vec<BackendView
     let dir = stage_dir(ctx);
     let counters: Vec<BackendCounters> = dir
         .as_ref()
-        .and_then(|d| {
-            read_per_cpu::<BackendCounters>(&d.join(LB_BACKEND_COUNTERS_MAP), |t, v| {
-                t.packets += v.packets;
-                t.bytes += v.bytes;
-                t.new_flows += v.new_flows;
-            })
-            .ok()
-        })
+        .and_then(|d| backend_counters(&d.join(LB_BACKEND_COUNTERS_MAP)).ok())
         .unwrap_or_default();
     let flags: Vec<u32> = dir
         .as_ref()
@@ -74,6 +68,22 @@ fn backends(ctx: &FunctionMetricsContext<'_>, s: &LbSettings) -> Vec<BackendView
         }
     }
     out
+}
+
+/// Per backend number, what every CPU's slice counted.
+fn backend_counters(path: &std::path::Path) -> Result<Vec<BackendCounters>, KindMetricsError> {
+    let data = MapData::from_pin(path)?;
+    let all: Vec<BackendCounters> = read_mapped(&data)?;
+    let backends = all.len() / counter_cpus()? as usize;
+    let mut out = vec![BackendCounters::default(); backends];
+    for slice in all.chunks_exact(backends.max(1)) {
+        for (total, v) in out.iter_mut().zip(slice) {
+            total.packets += v.packets;
+            total.bytes += v.bytes;
+            total.new_flows += v.new_flows;
+        }
+    }
+    Ok(out)
 }
 
 /// Tracked flows per backend number (whole slots; ones past their timeout count until a new

@@ -66,6 +66,14 @@ struct Content<'a> {
     settings: &'a LbSettings,
 }
 
+/// The CPUs [`LB_BACKEND_COUNTERS_MAP`] has a slice for: the possible CPUs, as the kernel's
+/// per-CPU maps count them.
+pub fn counter_cpus() -> Result<u32, String> {
+    aya::util::nr_cpus()
+        .map(|n| u32::try_from(n).unwrap_or(u32::MAX).max(1))
+        .map_err(|(path, e)| format!("cannot count the possible CPUs ({path}): {e}"))
+}
+
 /// Map keys and values of a service and a backend, as the stage reads them.
 pub fn service_key(s: &ServiceConf) -> ServiceKey {
     let (vip, family) = address(s.vip);
@@ -181,7 +189,11 @@ impl StageContent for Content<'_> {
                     .saturating_mul(s.table_size),
             ),
             (LB_BACKENDS_MAP, backends),
-            (LB_BACKEND_COUNTERS_MAP, backends),
+            (
+                LB_BACKEND_COUNTERS_MAP,
+                // `fill` fails if the CPUs cannot be counted.
+                backends.saturating_mul(counter_cpus().unwrap_or(1)),
+            ),
             (LB_CONF_MAP, 1),
             // One slot per flow, in sets (answers find it through the reverse map).
             (LB_FLOWS_MAP, flow_sets(s.conntrack.size)),
@@ -245,8 +257,9 @@ impl StageContent for Content<'_> {
             tcp_closing_ns: u64::from(s.conntrack.tcp_closing) * SECOND,
             udp_ns: u64::from(s.conntrack.udp) * SECOND,
             flow_sets: flow_sets(s.conntrack.size),
-            _pad: 0,
+            backends: u32::try_from(numbered.len()).unwrap_or(u32::MAX),
         };
+        counter_cpus().map_err(StageError::Other)?;
         fill_array(maps, LB_CONF_MAP, &[conf])?;
         let size = s.table_size;
         {

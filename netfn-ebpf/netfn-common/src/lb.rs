@@ -32,7 +32,9 @@ pub const LB_SERVICES_MAP: &str = "NF_LB_SERVICES";
 pub const LB_TABLE_MAP: &str = "NF_LB_TABLE";
 pub const LB_BACKENDS_MAP: &str = "NF_LB_BACKENDS";
 pub const LB_CONF_MAP: &str = "NF_LB_CONF";
-/// Per backend number: packets, bytes and new flows sent to it (this instance's).
+/// Per CPU and backend number: packets, bytes and new flows sent to it (this instance's). A
+/// plain array cut in one slice per possible CPU, [`LbConf::backends`] long: CPU `c` counts
+/// backend `n` at `c * backends + n` (see [`counter_index`]).
 pub const LB_BACKEND_COUNTERS_MAP: &str = "NF_LB_BACKEND_COUNTERS";
 /// Kept across settings changes: the connection table and the function's statistics.
 pub const LB_FLOWS_MAP: &str = "NF_LB_FLOWS";
@@ -111,7 +113,8 @@ pub struct LbConf {
     pub udp_ns: u64,
     /// Sets of the connection table ([`LB_FLOWS_MAP`]'s entries).
     pub flow_sets: u32,
-    pub _pad: u32,
+    /// Backend numbers: the length of one CPU's slice of [`LB_BACKEND_COUNTERS_MAP`].
+    pub backends: u32,
 }
 
 /// A backend as its answers show it: `addr:port` over `proto`. 20 bytes.
@@ -218,7 +221,7 @@ pub struct LbFlowSet {
     pub flows: [LbFlow; LB_FLOW_WAYS],
 }
 
-/// Per backend number (one CPU's share). 24 bytes.
+/// Per backend number (one CPU's share, in that CPU's slice). 24 bytes.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct BackendCounters {
@@ -242,6 +245,18 @@ pub struct LbStats {
     pub rebalanced: u64,
     /// Packets answered from a VIP (the backend's side, translated back).
     pub replies: u64,
+}
+
+/// Where CPU `cpu` counts backend `number` in [`LB_BACKEND_COUNTERS_MAP`]: its own slice, so
+/// the counters of one backend on two CPUs never share a cache line (past a slice's edge), and
+/// the stage reaches them with one array read, where a per-CPU array reads a pointer first. None
+/// for a number past the instance's backends (a flow balanced by an earlier instance).
+#[inline(always)]
+pub fn counter_index(cpu: u32, backends: u32, number: u32) -> Option<u32> {
+    if number >= backends {
+        return None;
+    }
+    cpu.checked_mul(backends)?.checked_add(number)
 }
 
 /// The flow hash the stage balances by, over the client's 5-tuple (addresses and ports as in
@@ -313,6 +328,24 @@ mod tests {
         assert_eq!(core::mem::size_of::<Reverse>(), 84);
         assert_eq!(core::mem::size_of::<BackendCounters>(), 24);
         assert_eq!(core::mem::size_of::<LbStats>(), 40);
+    }
+
+    #[test]
+    fn every_cpu_counts_every_backend_in_its_own_slice() {
+        let (cpus, backends) = (3u32, 5u32);
+        let mut seen = std::collections::HashSet::new();
+        for cpu in 0..cpus {
+            for number in 0..backends {
+                let i = counter_index(cpu, backends, number).expect("in range");
+                assert_eq!(i / backends, cpu, "backend {number} of CPU {cpu} at {i}");
+                assert!(seen.insert(i), "two counters at {i}");
+            }
+        }
+        assert_eq!(seen.len() as u32, cpus * backends);
+        // A flow an earlier instance balanced to a number this one lacks counts nowhere,
+        // rather than in another CPU's slice.
+        assert_eq!(counter_index(0, backends, backends), None);
+        assert_eq!(counter_index(u32::MAX, backends, 1), None);
     }
 
     #[test]

@@ -32,7 +32,9 @@ use aya_ebpf::{
         BPF_F_MARK_MANGLED_0, BPF_F_MMAPABLE, BPF_F_NO_PREALLOC, BPF_F_PSEUDO_HDR, TC_ACT_SHOT,
         xdp_action,
     },
-    helpers::generated::{bpf_ktime_get_ns, bpf_xdp_load_bytes, bpf_xdp_store_bytes},
+    helpers::generated::{
+        bpf_get_smp_processor_id, bpf_ktime_get_ns, bpf_xdp_load_bytes, bpf_xdp_store_bytes,
+    },
     macros::{classifier, map, xdp},
     maps::{Array, HashMap, PerCpuArray},
     programs::{TcContext, XdpContext},
@@ -43,7 +45,8 @@ use netfn_common::{
     lb::{
         BACKEND_DOWN, Backend, BackendCounters, BackendKey, FAMILY_V4, LB_CT_CLOSING, LB_CT_OPEN,
         LB_DROP_NO_BACKEND, LB_DROP_REPLY_UNTRACKED, LB_FLOW_WAYS, LbConf, LbFlow, LbFlowSet,
-        LbStats, NO_BACKEND, REVERSE_SERVICES, Reverse, Service, ServiceKey, flow_hash,
+        LbStats, NO_BACKEND, REVERSE_SERVICES, Reverse, Service, ServiceKey, counter_index,
+        flow_hash,
     },
 };
 
@@ -62,8 +65,11 @@ static NF_LB_TABLE: Array<u32> = Array::with_max_entries(1, BPF_F_MMAPABLE);
 static NF_LB_BACKENDS: Array<Backend> = Array::with_max_entries(1, 0);
 #[map]
 static NF_LB_CONF: Array<LbConf> = Array::with_max_entries(1, 0);
+/// One slice per CPU (`counter_index`); memory-mappable, so a scrape reads thousands of
+/// backends' counters without a syscall each.
 #[map]
-static NF_LB_BACKEND_COUNTERS: PerCpuArray<BackendCounters> = PerCpuArray::with_max_entries(1, 0);
+static NF_LB_BACKEND_COUNTERS: Array<BackendCounters> =
+    Array::with_max_entries(1, BPF_F_MMAPABLE);
 #[map]
 static NF_LB_FLOWS: Array<LbFlowSet> = Array::with_max_entries(1, 0);
 #[map]
@@ -342,7 +348,7 @@ fn decide(p: &Packet, e: &FwdEntry, len: u64) -> Fate {
                 rebalance = true;
             } else {
                 touch(flow, p, now);
-                count_backend(flow.backend, len, false);
+                count_backend(conf, flow.backend, len, false);
                 if let Some(s) = stats() {
                     s.ct_hits += 1;
                 }
@@ -398,7 +404,7 @@ fn decide(p: &Packet, e: &FwdEntry, len: u64) -> Fate {
             s.evicted += 1;
         }
     }
-    count_backend(number, len, true);
+    count_backend(conf, number, len, true);
     Fate::Nat {
         to_backend: true,
         addr,
@@ -738,9 +744,15 @@ fn timeout(conf: &LbConf, proto: u8, state: u8) -> u64 {
 }
 
 #[inline(always)]
-fn count_backend(number: u32, len: u64, new_flow: bool) {
-    if let Some(c) = NF_LB_BACKEND_COUNTERS.get_ptr_mut(number) {
-        // SAFETY: as in `stats`.
+fn count_backend(conf: &LbConf, number: u32, len: u64, new_flow: bool) {
+    // SAFETY: a BPF helper without arguments.
+    let cpu = unsafe { bpf_get_smp_processor_id() };
+    let Some(index) = counter_index(cpu, conf.backends, number) else {
+        return;
+    };
+    if let Some(c) = NF_LB_BACKEND_COUNTERS.get_ptr_mut(index) {
+        // SAFETY: this CPU's slice: only this CPU writes it, and the program runs to its end
+        // without migrating (as a per-CPU array's element).
         let c = unsafe { &mut *c };
         c.packets += 1;
         c.bytes += len;
