@@ -1,5 +1,6 @@
 //! The two traffic shapes, as frames for the chain bench's generator (60-byte UDP, to the VIP or,
-//! for a `forward` function, to the egress endpoint).
+//! for a `forward` function, to the egress endpoint or spread over the backends' addresses:
+//! frame `k` of a shape goes to target `k mod targets`).
 //!
 //! - Few flows: [`FEW_FLOWS`] source ports of the ingress endpoint, as a handful of long-lived
 //!   clients look. A load balancer's connection table (netfn's, or Linux's for nftables) holds
@@ -39,10 +40,11 @@ pub(super) const FILL_SECONDS: f64 = 3.5;
 /// Where a frame's UDP source port is (after the Ethernet and IPv4 headers).
 const SPORT_AT: usize = 14 + 20;
 
-/// Few flows from the ingress endpoint to `dst`.
-pub(super) fn few_flows(t: &Topology, dst: Ipv4Addr) -> Vec<Vec<u8>> {
+/// Few flows from the ingress endpoint to `targets`.
+pub(super) fn few_flows(t: &Topology, targets: &[Ipv4Addr]) -> Vec<Vec<u8>> {
     (0..FEW_FLOWS)
-        .map(|i| {
+        .zip(targets.iter().cycle())
+        .map(|(i, &dst)| {
             udp_frame_between(
                 t,
                 SocketAddrV4::new(t.src_addr, 40_000 + i),
@@ -52,25 +54,35 @@ pub(super) fn few_flows(t: &Topology, dst: Ipv4Addr) -> Vec<Vec<u8>> {
         .collect()
 }
 
-/// All-new flows to `dst` for repetition `rep`, in an order where neighbouring frames differ in
-/// client and port. One frame per client is built; the others copy it with another source port
-/// (UDP checksum 0: nothing else changes), which keeps this quick in a debug build.
-pub(super) fn new_flows(t: &Topology, dst: Ipv4Addr, rep: usize) -> Vec<Vec<u8>> {
+/// All-new flows to `targets` for repetition `rep`, in an order where neighbouring frames differ
+/// in client and port. One frame per client and target is built; the others copy one with
+/// another source port (UDP checksum 0: nothing else changes), which keeps this quick in a
+/// debug build.
+pub(super) fn new_flows(t: &Topology, targets: &[Ipv4Addr], rep: usize) -> Vec<Vec<u8>> {
     let group = (rep % usize::from(CLIENT_GROUPS)) as u32 * u32::from(NEW_FLOW_CLIENTS);
-    let bases: Vec<Vec<u8>> = (0..NEW_FLOW_CLIENTS)
+    // bases[client][target]
+    let bases: Vec<Vec<Vec<u8>>> = (0..NEW_FLOW_CLIENTS)
         .map(|c| {
             let client = Ipv4Addr::from(u32::from(FIRST_CLIENT) + group + u32::from(c));
-            udp_frame_between(
-                t,
-                SocketAddrV4::new(client, 0),
-                SocketAddrV4::new(dst, PPS_PORT),
-            )
+            targets
+                .iter()
+                .map(|&dst| {
+                    udp_frame_between(
+                        t,
+                        SocketAddrV4::new(client, 0),
+                        SocketAddrV4::new(dst, PPS_PORT),
+                    )
+                })
+                .collect()
         })
         .collect();
+    if targets.is_empty() {
+        return Vec::new();
+    }
     let mut frames = Vec::with_capacity(bases.len() * usize::from(NEW_FLOW_PORTS));
     for port in 0..NEW_FLOW_PORTS {
-        for base in &bases {
-            let mut f = base.clone();
+        for per_target in &bases {
+            let mut f = per_target[frames.len() % targets.len()].clone();
             f[SPORT_AT..SPORT_AT + 2].copy_from_slice(&(2000 + port).to_be_bytes());
             frames.push(f);
         }
@@ -102,7 +114,7 @@ mod tests {
     fn copied_frames_equal_built_ones() {
         let t = topology();
         let vip = Ipv4Addr::new(192, 0, 2, 10);
-        let frames = new_flows(&t, vip, 2);
+        let frames = new_flows(&t, &[vip], 2);
         assert_eq!(
             frames.len(),
             usize::from(NEW_FLOW_CLIENTS) * usize::from(NEW_FLOW_PORTS)
@@ -120,14 +132,26 @@ mod tests {
         let t = topology();
         let vip = Ipv4Addr::new(192, 0, 2, 10);
         let sources = |rep| {
-            new_flows(&t, vip, rep)
+            new_flows(&t, &[vip], rep)
                 .into_iter()
                 .map(|f| f[26..36].to_vec())
                 .collect::<std::collections::HashSet<_>>()
         };
         let (first, second) = (sources(0), sources(1));
         assert!(first.is_disjoint(&second));
-        let last = new_flows(&t, vip, usize::from(CLIENT_GROUPS) - 1);
+        let last = new_flows(&t, &[vip], usize::from(CLIENT_GROUPS) - 1);
         assert!(last.iter().all(|f| f[26..29] == [10, 83, 1] && f[29] > 2));
+    }
+
+    #[test]
+    fn spread_flows_take_every_target_in_turn() {
+        let t = topology();
+        let targets: Vec<Ipv4Addr> = (0..5).map(|i| Ipv4Addr::new(10, 84, 16, i)).collect();
+        let frames = new_flows(&t, &targets, 0);
+        for (k, f) in frames.iter().enumerate().take(100) {
+            assert_eq!(f[30..34], targets[k % 5].octets(), "frame {k}");
+        }
+        let few = few_flows(&t, &targets);
+        assert_eq!(few[6][30..34], targets[1].octets());
     }
 }

@@ -85,8 +85,9 @@ struct Contender {
     /// 0 for a forward function.
     backends: usize,
     topology: Topology,
-    /// Where its traffic goes: the VIP, or (a forward function) the egress endpoint.
-    target: Ipv4Addr,
+    /// Where its traffic goes: the VIP; or, a forward function, the egress endpoint or (the
+    /// spread reference) every backend address in turn.
+    targets: Vec<Ipv4Addr>,
     /// Milliseconds of `netfn up`.
     up_ms: f64,
     swap: Option<Swap>,
@@ -171,7 +172,7 @@ pub fn run(options: &Options) -> Result<()> {
             let i = (k + rep) % contenders.len();
             let c = &contenders[i];
             let t = &c.topology;
-            let few = measure_pps_into(t, SINK, options.seconds, flows::few_flows(t, c.target))
+            let few = measure_pps_into(t, SINK, options.seconds, flows::few_flows(t, &c.targets))
                 .with_context(|| format!("{}: few flows", t.name))?;
             let counter = NewFlowCounter::of(c, &lab.netfn);
             let before = counter.as_ref().map(|n| n.read(t)).transpose()?;
@@ -180,7 +181,7 @@ pub fn run(options: &Options) -> Result<()> {
                 SINK,
                 Duration::from_secs_f64(flows::FILL_SECONDS),
                 options.seconds,
-                flows::new_flows(t, c.target, rep),
+                flows::new_flows(t, &c.targets, rep),
             )
             .with_context(|| format!("{}: all-new flows", t.name))?;
             let mut note = String::new();
@@ -233,7 +234,7 @@ fn all_new_cost(c: &Contender, rep: usize) -> Result<Option<f64>> {
         SINK,
         Duration::ZERO,
         COST_SECONDS,
-        flows::new_flows(t, c.target, rep),
+        flows::new_flows(t, &c.targets, rep),
     )
     .with_context(|| format!("{}: the eBPF cost window", t.name))?;
     Ok(prog_cost::read(&pinned)?.ns_per_run_since(before))
@@ -253,6 +254,15 @@ impl Lab {
         let mut out = Vec::new();
         for &mode in modes {
             out.push(self.forward(mode)?);
+        }
+        // The spread reference: its sink pays for as many destinations as the most backends.
+        let (fewest, most) = (backends.iter().min(), backends.iter().max());
+        if let (Some(&fewest), Some(&most)) = (fewest, most)
+            && most > fewest
+        {
+            for &mode in modes.iter().filter(|&&m| m != "kernel") {
+                out.push(self.forward_spread(mode, most)?);
+            }
         }
         for &n in backends {
             for &mode in modes {
@@ -328,7 +338,28 @@ impl Lab {
             mode,
             backends: 0,
             topology,
-            target: DST_ADDR,
+            targets: vec![DST_ADDR],
+            up_ms,
+            swap: None,
+        })
+    }
+
+    /// A `forward` function whose traffic goes to the first `n` backend addresses in turn: the
+    /// egress namespace's sink pays for many destinations as it does behind a load balancer
+    /// (a wildcard-bound UDP socket is first looked up by destination address and port: a
+    /// table slot per address), so the load balancer's many-backend rates compare against it.
+    /// tc and xdp only (in kernel mode the function would need a neighbour per address).
+    fn forward_spread(&mut self, mode: &'static str, n: usize) -> Result<Contender> {
+        let kind = format!("forward-{mode}-spread");
+        let (topology, up_ms) = self.up(kind.clone(), mode, "kind = \"forward\"\n")?;
+        warm_up(&topology)
+            .with_context(|| format!("{}: no traffic gets through", topology.name))?;
+        Ok(Contender {
+            kind,
+            mode,
+            backends: 0,
+            topology,
+            targets: (0..n).map(service::backend).collect(),
             up_ms,
             swap: None,
         })
@@ -349,7 +380,7 @@ impl Lab {
             &topology,
             SINK,
             PROBE_SECONDS,
-            flows::few_flows(&topology, VIP),
+            flows::few_flows(&topology, &[VIP]),
         )?;
         if probe.delivered <= 0.0 {
             bail!(
@@ -363,7 +394,7 @@ impl Lab {
             mode,
             backends: n,
             topology,
-            target: VIP,
+            targets: vec![VIP],
             up_ms,
             swap: Some(swap),
         })

@@ -16,6 +16,9 @@ struct Record {
     mode: &'static str,
     /// 0 for a forward function.
     backends: usize,
+    /// Distinct destinations of its traffic past the function: the backends, or a forward
+    /// function's targets (many for `forward-<mode>-spread`, the reference of many backends).
+    addresses: usize,
     few_flows_pps: f64,
     few_flows_samples: Vec<f64>,
     /// Few-flows pps relative to a `forward` function in the same mode.
@@ -103,6 +106,11 @@ pub(super) fn report(
                 contender: c.kind.clone(),
                 mode: c.mode,
                 backends: c.backends,
+                addresses: if c.backends > 0 {
+                    c.backends
+                } else {
+                    c.targets.len()
+                },
                 few_flows_pps: few,
                 few_flows_samples: s.few_flows.clone(),
                 few_flows_vs_forward: forward.map_or(f64::NAN, |(f, _)| few / f),
@@ -228,6 +236,16 @@ fn print_table(records: &[Record], fewest: usize) {
                 ))
         );
     }
+    for r in records
+        .iter()
+        .filter(|r| r.backends == 0 && r.addresses > 1)
+    {
+        println!(
+            "{}: a forward function whose traffic goes to {} backend addresses in turn (what many \
+             destinations cost the sink's namespace, a socket lookup slot per address)",
+            r.contender, r.addresses
+        );
+    }
     for r in records.iter().filter(|r| r.new_flows_per_packet.is_some()) {
         let counter = if r.contender == "lb-kernel" {
             "its DNAT rule's counter"
@@ -243,12 +261,13 @@ fn print_table(records: &[Record], fewest: usize) {
     }
 }
 
-/// The backend count of a record, "-" for a forward function.
+/// The backend count of a record; for a forward function "-", or its count of destination
+/// addresses and "a" (the spread reference).
 fn backends_label(r: &Record) -> String {
-    if r.backends == 0 {
-        "-".to_string()
-    } else {
-        r.backends.to_string()
+    match (r.backends, r.addresses) {
+        (0, 0 | 1) => "-".to_string(),
+        (0, a) => format!("{a}a"),
+        (n, _) => n.to_string(),
     }
 }
 
@@ -299,6 +318,27 @@ fn goals(records: &[Record], fewest: usize, most: usize) -> Vec<Goal> {
                     );
                 }
             }
+        }
+    }
+    // The same, against the forward function whose traffic reaches as many addresses (relative
+    // to one address): what many backends cost the load balancer, without the sink's share.
+    for who in ["lb-tc", "lb-xdp"] {
+        let mode = who.trim_start_matches("lb-");
+        let spread = records
+            .iter()
+            .find(|r| r.contender == format!("forward-{mode}-spread") && r.addresses == most);
+        if most > fewest
+            && let (Some(r), Some(spread)) = (find(records, who, most), spread)
+            && let Some(v) = r.new_flows_vs_fewest
+        {
+            goal(
+                format!(
+                    "{who} all-new flows: {most} vs {fewest} backends, over forward to {most} addr."
+                ),
+                v / spread.new_flows_vs_forward,
+                0.95,
+                true,
+            );
         }
     }
     if let Some((v, n)) = worst("lb-tc", |r| Some(r.few_flows_vs_forward)) {
