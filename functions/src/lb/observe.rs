@@ -70,20 +70,28 @@ fn backends(ctx: &FunctionMetricsContext<'_>, s: &LbSettings) -> Vec<BackendView
     out
 }
 
-/// Per backend number, what every CPU's slice counted.
+/// Per backend number, what every CPU's slice counted (a stage an older netfn loaded keeps
+/// them in a per-CPU array: read as such).
 fn backend_counters(path: &std::path::Path) -> Result<Vec<BackendCounters>, KindMetricsError> {
     let data = MapData::from_pin(path)?;
+    if data.info()?.map_type()? == aya::maps::MapType::PerCpuArray {
+        return read_per_cpu::<BackendCounters>(path, add);
+    }
     let all: Vec<BackendCounters> = read_mapped(&data)?;
-    let backends = all.len() / counter_cpus()? as usize;
-    let mut out = vec![BackendCounters::default(); backends];
-    for slice in all.chunks_exact(backends.max(1)) {
+    let stride = all.len() / counter_cpus()? as usize;
+    let mut out = vec![BackendCounters::default(); stride];
+    for slice in all.chunks_exact(stride.max(1)) {
         for (total, v) in out.iter_mut().zip(slice) {
-            total.packets += v.packets;
-            total.bytes += v.bytes;
-            total.new_flows += v.new_flows;
+            add(total, v);
         }
     }
     Ok(out)
+}
+
+fn add(total: &mut BackendCounters, v: &BackendCounters) {
+    total.packets += v.packets;
+    total.bytes += v.bytes;
+    total.new_flows += v.new_flows;
 }
 
 /// Tracked flows per backend number (whole slots; ones past their timeout count until a new

@@ -17,7 +17,7 @@ use netfn_common::lb::{
     BACKEND_DOWN, Backend, BackendKey, FAMILY_V4, FAMILY_V6, LB_BACKEND_COUNTERS_MAP,
     LB_BACKENDS_MAP, LB_CONF_MAP, LB_FLOWS_MAP, LB_REVERSE_MAP, LB_SERVICES_MAP, LB_STATS_MAP,
     LB_TABLE_MAP, LB_TC_PROGRAM, LB_XDP_PROGRAM, LbConf, NO_BACKEND, Reverse, Service, ServiceKey,
-    flow_sets,
+    counter_stride, flow_sets,
 };
 use netfn_core::function::{
     FunctionContext, Stage, StageContent, StageError, StageMaps, StagePrograms,
@@ -66,12 +66,25 @@ struct Content<'a> {
     settings: &'a LbSettings,
 }
 
-/// The CPUs [`LB_BACKEND_COUNTERS_MAP`] has a slice for: the possible CPUs, as the kernel's
-/// per-CPU maps count them.
+/// The CPU slices [`LB_BACKEND_COUNTERS_MAP`] has: one per possible CPU id (the highest in
+/// /sys/devices/system/cpu/possible, plus one: a sparse mask leaves slices unused, never a CPU
+/// without one).
 pub fn counter_cpus() -> Result<u32, String> {
-    aya::util::nr_cpus()
-        .map(|n| u32::try_from(n).unwrap_or(u32::MAX).max(1))
-        .map_err(|(path, e)| format!("cannot count the possible CPUs ({path}): {e}"))
+    const POSSIBLE: &str = "/sys/devices/system/cpu/possible";
+    let text = std::fs::read_to_string(POSSIBLE).map_err(|e| format!("read {POSSIBLE}: {e}"))?;
+    highest_cpu(&text)
+        .map(|id| id.saturating_add(1))
+        .ok_or_else(|| format!("{POSSIBLE}: cannot parse the CPU list {:?}", text.trim()))
+}
+
+/// The highest CPU id of a kernel CPU list ("0-3", "0,2-5").
+fn highest_cpu(list: &str) -> Option<u32> {
+    let mut highest = None;
+    for range in list.trim().split(',') {
+        let last = range.rsplit('-').next()?.trim().parse::<u32>().ok()?;
+        highest = highest.max(Some(last));
+    }
+    highest
 }
 
 /// Map keys and values of a service and a backend, as the stage reads them.
@@ -192,7 +205,7 @@ impl StageContent for Content<'_> {
             (
                 LB_BACKEND_COUNTERS_MAP,
                 // `fill` fails if the CPUs cannot be counted.
-                backends.saturating_mul(counter_cpus().unwrap_or(1)),
+                counter_stride(backends).saturating_mul(counter_cpus().unwrap_or(1)),
             ),
             (LB_CONF_MAP, 1),
             // One slot per flow, in sets (answers find it through the reverse map).
@@ -416,4 +429,19 @@ pub fn apply_health(dir: &Path, s: &LbSettings, down: &[String]) -> Result<(), S
 /// The backends the live instance under `dir` has marked down, by identity.
 pub fn down_backends(dir: &Path) -> Vec<String> {
     Live::read(dir).down
+}
+
+#[cfg(test)]
+mod tests {
+    use super::highest_cpu;
+
+    #[test]
+    fn the_highest_possible_cpu_of_a_kernel_cpu_list() {
+        assert_eq!(highest_cpu("0-1\n"), Some(1));
+        assert_eq!(highest_cpu("0"), Some(0));
+        assert_eq!(highest_cpu("0,2-5,7"), Some(7));
+        assert_eq!(highest_cpu("0-3,8-11"), Some(11));
+        assert_eq!(highest_cpu(""), None);
+        assert_eq!(highest_cpu("0-x"), None);
+    }
 }

@@ -33,8 +33,8 @@ pub const LB_TABLE_MAP: &str = "NF_LB_TABLE";
 pub const LB_BACKENDS_MAP: &str = "NF_LB_BACKENDS";
 pub const LB_CONF_MAP: &str = "NF_LB_CONF";
 /// Per CPU and backend number: packets, bytes and new flows sent to it (this instance's). A
-/// plain array cut in one slice per possible CPU, [`LbConf::backends`] long: CPU `c` counts
-/// backend `n` at `c * backends + n` (see [`counter_index`]).
+/// plain array cut in one slice per possible CPU id, [`counter_stride`] long: CPU `c` counts
+/// backend `n` at `c * stride + n` (see [`counter_index`]).
 pub const LB_BACKEND_COUNTERS_MAP: &str = "NF_LB_BACKEND_COUNTERS";
 /// Kept across settings changes: the connection table and the function's statistics.
 pub const LB_FLOWS_MAP: &str = "NF_LB_FLOWS";
@@ -113,7 +113,7 @@ pub struct LbConf {
     pub udp_ns: u64,
     /// Sets of the connection table ([`LB_FLOWS_MAP`]'s entries).
     pub flow_sets: u32,
-    /// Backend numbers: the length of one CPU's slice of [`LB_BACKEND_COUNTERS_MAP`].
+    /// Backend numbers (their counters: [`counter_index`]).
     pub backends: u32,
 }
 
@@ -247,16 +247,24 @@ pub struct LbStats {
     pub replies: u64,
 }
 
-/// Where CPU `cpu` counts backend `number` in [`LB_BACKEND_COUNTERS_MAP`]: its own slice, so
-/// the counters of one backend on two CPUs never share a cache line (past a slice's edge), and
-/// the stage reaches them with one array read, where a per-CPU array reads a pointer first. None
-/// for a number past the instance's backends (a flow balanced by an earlier instance).
+/// Elements of one CPU's slice of [`LB_BACKEND_COUNTERS_MAP`]: the backends, rounded up to
+/// whole cache lines (8 elements of 24 bytes are three 64-byte lines), so two CPUs never write
+/// one line (the map is memory-mappable: its values start page-aligned).
+#[inline(always)]
+pub const fn counter_stride(backends: u32) -> u32 {
+    backends.div_ceil(8).saturating_mul(8)
+}
+
+/// Where CPU `cpu` counts backend `number` in [`LB_BACKEND_COUNTERS_MAP`]: in its own slice,
+/// reached with one array read (a per-CPU array reads a pointer first). None for a number past
+/// the instance's `backends` (a flow balanced by an earlier instance).
 #[inline(always)]
 pub fn counter_index(cpu: u32, backends: u32, number: u32) -> Option<u32> {
     if number >= backends {
         return None;
     }
-    cpu.checked_mul(backends)?.checked_add(number)
+    cpu.checked_mul(counter_stride(backends))?
+        .checked_add(number)
 }
 
 /// The flow hash the stage balances by, over the client's 5-tuple (addresses and ports as in
@@ -331,21 +339,29 @@ mod tests {
     }
 
     #[test]
-    fn every_cpu_counts_every_backend_in_its_own_slice() {
-        let (cpus, backends) = (3u32, 5u32);
-        let mut seen = std::collections::HashSet::new();
-        for cpu in 0..cpus {
-            for number in 0..backends {
-                let i = counter_index(cpu, backends, number).expect("in range");
-                assert_eq!(i / backends, cpu, "backend {number} of CPU {cpu} at {i}");
-                assert!(seen.insert(i), "two counters at {i}");
+    fn every_cpu_counts_every_backend_in_its_own_cache_lines() {
+        for backends in [1u32, 2, 5, 8, 4096] {
+            let stride = counter_stride(backends);
+            assert!(stride >= backends);
+            assert_eq!(
+                stride as usize * core::mem::size_of::<BackendCounters>() % 64,
+                0,
+                "{backends} backends: a slice ends inside a cache line"
+            );
+            let cpus = 3u32;
+            let mut seen = std::collections::HashSet::new();
+            for cpu in 0..cpus {
+                for number in 0..backends {
+                    let i = counter_index(cpu, backends, number).expect("in range");
+                    assert_eq!(i / stride, cpu, "backend {number} of CPU {cpu} at {i}");
+                    assert!(seen.insert(i), "two counters at {i}");
+                }
             }
+            // A flow an earlier instance balanced to a number this one lacks counts nowhere,
+            // rather than in another CPU's slice.
+            assert_eq!(counter_index(0, backends, backends), None);
+            assert_eq!(counter_index(u32::MAX, backends, 0), None);
         }
-        assert_eq!(seen.len() as u32, cpus * backends);
-        // A flow an earlier instance balanced to a number this one lacks counts nowhere,
-        // rather than in another CPU's slice.
-        assert_eq!(counter_index(0, backends, backends), None);
-        assert_eq!(counter_index(u32::MAX, backends, 1), None);
     }
 
     #[test]

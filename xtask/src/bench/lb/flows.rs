@@ -60,29 +60,26 @@ pub(super) fn few_flows(t: &Topology, targets: &[Ipv4Addr]) -> Vec<Vec<u8>> {
 /// debug build.
 pub(super) fn new_flows(t: &Topology, targets: &[Ipv4Addr], rep: usize) -> Vec<Vec<u8>> {
     let group = (rep % usize::from(CLIENT_GROUPS)) as u32 * u32::from(NEW_FLOW_CLIENTS);
-    // bases[client][target]
-    let bases: Vec<Vec<Vec<u8>>> = (0..NEW_FLOW_CLIENTS)
-        .map(|c| {
-            let client = Ipv4Addr::from(u32::from(FIRST_CLIENT) + group + u32::from(c));
-            targets
-                .iter()
-                .map(|&dst| {
-                    udp_frame_between(
-                        t,
-                        SocketAddrV4::new(client, 0),
-                        SocketAddrV4::new(dst, PPS_PORT),
-                    )
-                })
-                .collect()
-        })
-        .collect();
     if targets.is_empty() {
         return Vec::new();
     }
-    let mut frames = Vec::with_capacity(bases.len() * usize::from(NEW_FLOW_PORTS));
+    let clients = usize::from(NEW_FLOW_CLIENTS);
+    // One frame per client and target, built when first used (frame `k` of client `c` goes
+    // to target `k mod targets`: not every pair comes up).
+    let mut bases: Vec<Option<Vec<u8>>> = vec![None; clients * targets.len()];
+    let mut frames = Vec::with_capacity(clients * usize::from(NEW_FLOW_PORTS));
     for port in 0..NEW_FLOW_PORTS {
-        for per_target in &bases {
-            let mut f = per_target[frames.len() % targets.len()].clone();
+        for c in 0..NEW_FLOW_CLIENTS {
+            let target = frames.len() % targets.len();
+            let base = bases[target * clients + usize::from(c)].get_or_insert_with(|| {
+                let client = Ipv4Addr::from(u32::from(FIRST_CLIENT) + group + u32::from(c));
+                udp_frame_between(
+                    t,
+                    SocketAddrV4::new(client, 0),
+                    SocketAddrV4::new(targets[target], PPS_PORT),
+                )
+            });
+            let mut f = base.clone();
             f[SPORT_AT..SPORT_AT + 2].copy_from_slice(&(2000 + port).to_be_bytes());
             frames.push(f);
         }

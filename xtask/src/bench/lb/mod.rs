@@ -3,6 +3,9 @@
 //! Contenders, each a chain of one function between two endpoint namespaces the bench makes
 //! (ingress 10.83.1.2/24, egress 10.84.0.2/16):
 //! - `forward-tc`, `forward-xdp`, `forward-kernel`: a `forward` function (the cost of a hop);
+//! - `forward-tc-spread`, `forward-xdp-spread` (when more than one backend count is measured):
+//!   a `forward` function whose traffic goes to the most backends' addresses in turn, the
+//!   reference for what many destinations cost the sink's namespace, whatever sent them;
 //! - `lb-tc`, `lb-xdp`: a netfn load balancer (its eBPF stage) of one UDP service on the VIP
 //!   192.0.2.10 with 2, 16, 256 and 4,096 backends (by default), a 65,537-entry Maglev table;
 //! - `lb-kernel`: the same load balancer in a kernel-mode chain. Its kernel form *is* nftables

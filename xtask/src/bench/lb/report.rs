@@ -327,7 +327,9 @@ fn goals(records: &[Record], fewest: usize, most: usize) -> Vec<Goal> {
         let spread = records
             .iter()
             .find(|r| r.contender == format!("forward-{mode}-spread") && r.addresses == most);
+        // Against one address: fair for a fewest of 1 or 2 backends (both cache-resident).
         if most > fewest
+            && fewest <= 2
             && let (Some(r), Some(spread)) = (find(records, who, most), spread)
             && let Some(v) = r.new_flows_vs_fewest
         {
