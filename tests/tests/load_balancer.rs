@@ -702,23 +702,53 @@ fn health_checks(mode: &str, tag: &str) {
     for (s, server) in open.iter_mut().filter(|(_, a)| *a != SERVERS[1]) {
         assert_eq!(ask(s), *server, "{mode}: an open connection broke");
     }
-    if mode != "kernel" {
-        let row = lb_status(&chain)
-            .into_iter()
-            .find(|(k, _)| k.ends_with(&format!("→ {}:{SERVER_PORT}", SERVERS[1])))
-            .expect("status row of backend 1");
-        assert!(row.1.contains(", down:"), "{mode}: {row:?}");
-        // The agent exports it too.
-        let metrics = agent.metrics();
-        let up = metrics
-            .lines()
-            .find(|l| {
-                l.starts_with("netfn_load_balancer_backend_up{")
-                    && l.contains(&format!("backend=\"{}:{SERVER_PORT}\"", SERVERS[1]))
-            })
-            .unwrap_or_else(|| panic!("{mode}: no backend_up for backend 1:\n{metrics}"));
-        assert!(up.ends_with(" 0"), "{mode}: {up}");
-    }
+    // Status and metrics say so, in every mode.
+    let rows = lb_status(&chain);
+    let row = rows
+        .iter()
+        .find(|(k, _)| k.ends_with(&format!("→ {}:{SERVER_PORT}", SERVERS[1])))
+        .unwrap_or_else(|| panic!("{mode}: no status row of backend 1: {rows:?}"));
+    assert!(row.1.contains(", down:"), "{mode}: {row:?}");
+    let service_row = rows
+        .iter()
+        .find(|(k, _)| k == &format!("{VIP}:80/tcp"))
+        .unwrap_or_else(|| panic!("{mode}: no status row of the service: {rows:?}"));
+    assert!(
+        service_row.1.starts_with("2 of 3 backends up: "),
+        "{mode}: {service_row:?}"
+    );
+    let metrics = agent.metrics();
+    let up = metrics
+        .lines()
+        .find(|l| {
+            l.starts_with("netfn_load_balancer_backend_up{")
+                && l.contains(&format!("backend=\"{}:{SERVER_PORT}\"", SERVERS[1]))
+        })
+        .unwrap_or_else(|| panic!("{mode}: no backend_up for backend 1:\n{metrics}"));
+    assert!(up.ends_with(" 0"), "{mode}: {up}");
+    let service_up = metrics
+        .lines()
+        .find(|l| l.starts_with("netfn_load_balancer_service_backends_up{"))
+        .unwrap_or_else(|| panic!("{mode}: no service_backends_up:\n{metrics}"));
+    assert!(service_up.ends_with(" 2"), "{mode}: {service_up}");
+
+    // A live change of another backend's weight keeps the verdict: the reloaded tables (or
+    // ruleset) leave the down backend out, with no check needed to take it out again.
+    let heavier = checked.replace(
+        &format!("\"{}\", port = {SERVER_PORT}, weight = 1", SERVERS[2]),
+        &format!("\"{}\", port = {SERVER_PORT}, weight = 2", SERVERS[2]),
+    );
+    assert_ne!(heavier, checked, "the service table changed its shape");
+    let reweighted = dir.write("lb-reweighted.toml", &chain_file(&chain, mode, &heavier));
+    let applied = netfn_ok(&["apply", &reweighted.to_string_lossy()]);
+    assert!(applied.contains("in place"), "{mode}: {applied}");
+    // Refused connections count (the stopped backend refuses): the message says what broke.
+    let after = counts(&crate::answers(&ingress, 80, next..next + 300, true));
+    next += 300;
+    assert!(
+        !after.contains_key(&SERVERS[1]) && !after.contains_key(&REFUSED),
+        "{mode}: an apply brought a backend that is down back in: {after:?}"
+    );
 
     // It comes back: the checks bring it in again.
     servers.start_tcp(1);

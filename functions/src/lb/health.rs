@@ -6,7 +6,8 @@
 //!
 //! A change goes to the data path at once: tc/xdp, the backend's flag in the live instance's
 //! maps and tables rebuilt without it (only its flows move; see [`super::stage::apply_health`]);
-//! kernel mode, the nftables ruleset without it, reloaded in one transaction. So a failed
+//! kernel mode, the nftables ruleset without it and with it in its set of down backends,
+//! reloaded in one transaction. So a failed
 //! backend stops getting new flows within `fall × interval` plus one interval.
 //!
 //! The task starts from what the data path holds (a backend marked down stays down until it
@@ -70,7 +71,8 @@ impl State {
 async fn run(ctx: TaskContext, settings: Arc<LbSettings>) -> Result<(), String> {
     // Backends marked down stay down until they rise (a restarted agent resumes).
     let down: BTreeSet<String> = match (&ctx.fastpath, &ctx.stage_dir) {
-        (FastPath::Kernel, _) | (_, None) => BTreeSet::new(),
+        (FastPath::Kernel, _) => super::nft::down_backends(&ctx.netns)?,
+        (_, None) => BTreeSet::new(),
         (_, Some(dir)) => super::stage::down_backends(dir).into_iter().collect(),
     };
     let shared = Arc::new(Mutex::new(down));
@@ -140,15 +142,8 @@ async fn run(ctx: TaskContext, settings: Arc<LbSettings>) -> Result<(), String> 
 fn apply(ctx: &TaskContext, settings: &LbSettings, down: &[String]) -> Result<(), String> {
     match (&ctx.fastpath, &ctx.stage_dir) {
         (FastPath::Kernel, _) => {
-            let mut without = settings.clone();
-            for s in &mut without.services {
-                for b in &mut s.backends {
-                    if down.contains(&b.id()) {
-                        b.weight = 0;
-                    }
-                }
-            }
-            netfn_core::kernel::nft::load(&ctx.netns, &super::nft::ruleset(&without))
+            let down: BTreeSet<String> = down.iter().cloned().collect();
+            netfn_core::kernel::nft::load(&ctx.netns, &super::nft::ruleset(settings, &down))
                 .map_err(|e| format!("reload the ruleset without the down backends: {e}"))
         }
         (_, Some(dir)) => super::stage::apply_health(dir, settings, down),

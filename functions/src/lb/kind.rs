@@ -14,7 +14,7 @@ use netfn_core::function::{
     FunctionMetricsContext, KernelForm, KindMetricsError, KindTask, MetricFamily, RecordedSettings,
     SettingError, Settings, Stage, TaskContext,
 };
-use netfn_core::plan::Direction;
+use netfn_core::plan::{Direction, names};
 
 use super::config::{self, LbSettings};
 
@@ -39,9 +39,19 @@ impl FunctionConfig for LbConfig {
         Some(self)
     }
 
-    fn kernel_form(&self, _ctx: &FunctionContext) -> Option<KernelForm> {
+    /// The ruleset keeps the backends the health checks took out of the live one (a reload by
+    /// `apply` must not bring them back before they rise).
+    fn kernel_form(&self, ctx: &FunctionContext) -> Option<KernelForm> {
+        let netns = names::netns_name(&ctx.chain, &ctx.function);
+        let down = super::nft::down_backends(&netns).unwrap_or_else(|e| {
+            tracing::warn!(
+                "function {}: {e}; reloading with every backend in until the checks fail",
+                ctx.function
+            );
+            Default::default()
+        });
         Some(KernelForm {
-            nftables: super::nft::ruleset(&self.settings),
+            nftables: super::nft::ruleset(&self.settings, &down),
             sysctls: Vec::new(),
         })
     }

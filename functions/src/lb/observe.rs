@@ -1,6 +1,9 @@
-//! What a load balancer shows in `netfn status` and exports as metrics, read from its pinned
-//! maps at scrape time: per backend (packets, bytes, new flows, health, active flows) and for
-//! the function (flows balanced, rebalanced, evicted; packets answered from a VIP).
+//! What a load balancer shows in `netfn status` and exports as metrics, read at scrape time.
+//! Fast path, from its pinned maps: per backend (packets, bytes, new flows, health, active
+//! flows), per service (the sums of its backends) and for the function (flows balanced,
+//! rebalanced, evicted; packets answered from a VIP). Kernel mode, from its nftables table:
+//! per backend its health (the set of backends taken out), per service the flows its rule
+//! balanced (Linux conntrack carries the rest of a flow's packets unseen by the rules).
 
 use aya::maps::{Array, MapData};
 use netfn_common::lb::{
@@ -8,6 +11,7 @@ use netfn_common::lb::{
     LB_STATS_MAP, LbFlowSet, LbStats,
 };
 use netfn_core::function::{FunctionMetricsContext, KindMetricsError, MetricFamily};
+use netfn_core::spec::FastPath;
 
 use super::config::LbSettings;
 use super::stage::counter_cpus;
@@ -22,7 +26,8 @@ struct BackendView {
     id: String,
     weight: u32,
     up: bool,
-    counters: BackendCounters,
+    /// What the fast path counted (none in kernel mode).
+    counters: Option<BackendCounters>,
     active: Option<u64>,
 }
 
@@ -30,8 +35,26 @@ fn settings(ctx: &FunctionMetricsContext<'_>) -> Option<LbSettings> {
     ctx.settings.parse().ok()
 }
 
-/// Every backend of the recorded settings, with what the live instance counted (fast path).
+/// Every backend of the recorded settings, with what the live instance counted (fast path) or
+/// the live ruleset holds (kernel mode).
 fn backends(ctx: &FunctionMetricsContext<'_>, s: &LbSettings) -> Vec<BackendView> {
+    if ctx.fastpath == FastPath::Kernel {
+        let down = super::nft::down_backends(ctx.netns).unwrap_or_default();
+        return s
+            .services
+            .iter()
+            .flat_map(|service| {
+                service.backends.iter().map(|b| BackendView {
+                    service: service.label(),
+                    id: b.id(),
+                    weight: b.weight,
+                    up: !down.contains(&b.id()),
+                    counters: None,
+                    active: None,
+                })
+            })
+            .collect();
+    }
     let dir = stage_dir(ctx);
     let counters: Vec<BackendCounters> = dir
         .as_ref()
@@ -59,7 +82,7 @@ fn backends(ctx: &FunctionMetricsContext<'_>, s: &LbSettings) -> Vec<BackendView
                 id: b.id(),
                 weight: b.weight,
                 up: flags.get(number).is_none_or(|f| f & BACKEND_DOWN == 0),
-                counters: counters.get(number).copied().unwrap_or_default(),
+                counters: Some(counters.get(number).copied().unwrap_or_default()),
                 active: active
                     .as_ref()
                     .map(|a| a.get(number).copied().unwrap_or_default()),
@@ -68,6 +91,54 @@ fn backends(ctx: &FunctionMetricsContext<'_>, s: &LbSettings) -> Vec<BackendView
         }
     }
     out
+}
+
+/// One service as a scrape sees it.
+struct ServiceView {
+    label: String,
+    /// Its backends up, of all.
+    up: usize,
+    backends: usize,
+    /// Packets and bytes to its backends (fast path only) and the flows it balanced.
+    packets: Option<u64>,
+    bytes: Option<u64>,
+    flows: u64,
+}
+
+/// Per service, in the settings' order: the sums of its backends' counters (fast path), or
+/// its rule's counter (kernel mode).
+fn services(
+    ctx: &FunctionMetricsContext<'_>,
+    s: &LbSettings,
+    backends: &[BackendView],
+) -> Vec<ServiceView> {
+    let kernel_flows = (ctx.fastpath == FastPath::Kernel)
+        .then(|| super::nft::service_flows(ctx.netns, s).unwrap_or_default());
+    let mut rest = backends;
+    s.services
+        .iter()
+        .enumerate()
+        .map(|(i, service)| {
+            let (mine, after) = rest.split_at(service.backends.len().min(rest.len()));
+            rest = after;
+            let sum = |f: fn(&BackendCounters) -> u64| {
+                mine.iter()
+                    .map(|b| b.counters.as_ref().map(f))
+                    .sum::<Option<u64>>()
+            };
+            ServiceView {
+                label: service.label(),
+                up: mine.iter().filter(|b| b.up).count(),
+                backends: mine.len(),
+                packets: sum(|c| c.packets),
+                bytes: sum(|c| c.bytes),
+                flows: match &kernel_flows {
+                    Some(flows) => flows.get(i).copied().unwrap_or_default(),
+                    None => sum(|c| c.new_flows).unwrap_or_default(),
+                },
+            }
+        })
+        .collect()
 }
 
 /// Per backend number, what every CPU's slice counted (a stage an older netfn loaded keeps
@@ -159,16 +230,45 @@ pub fn metrics(ctx: &FunctionMetricsContext<'_>) -> Result<Vec<MetricFamily>, Ki
         "netfn_load_balancer_backend_active_flows",
         "Tracked flows on the backend (not exported for tables above 1,048,576 flows).",
     );
-    for b in backends(ctx, &s) {
+    let backends = backends(ctx, &s);
+    for b in &backends {
         let labels = [("service", b.service.as_str()), ("backend", b.id.as_str())];
         up.sample_u64(&labels, u64::from(b.up));
         weight.sample_u64(&labels, u64::from(b.weight));
-        packets.sample_u64(&labels, b.counters.packets);
-        bytes.sample_u64(&labels, b.counters.bytes);
-        flows.sample_u64(&labels, b.counters.new_flows);
+        if let Some(c) = &b.counters {
+            packets.sample_u64(&labels, c.packets);
+            bytes.sample_u64(&labels, c.bytes);
+            flows.sample_u64(&labels, c.new_flows);
+        }
         if let Some(a) = b.active {
             active.sample_u64(&labels, a);
         }
+    }
+    let mut service_up = ctx.gauge(
+        "netfn_load_balancer_service_backends_up",
+        "The service's backends that take new flows' share (health checks pass).",
+    );
+    let mut service_packets = ctx.counter(
+        "netfn_load_balancer_service_packets_total",
+        "Packets sent to the service's backends (fast path).",
+    );
+    let mut service_bytes = ctx.counter(
+        "netfn_load_balancer_service_bytes_total",
+        "Bytes sent to the service's backends (fast path).",
+    );
+    let mut service_flows = ctx.counter(
+        "netfn_load_balancer_service_new_flows_total",
+        "Flows balanced to the service's backends (kernel mode: also those dropped for want of \
+         a backend).",
+    );
+    for v in services(ctx, &s, &backends) {
+        let labels = [("service", v.label.as_str())];
+        service_up.sample_u64(&labels, v.up as u64);
+        if let (Some(p), Some(b)) = (v.packets, v.bytes) {
+            service_packets.sample_u64(&labels, p);
+            service_bytes.sample_u64(&labels, b);
+        }
+        service_flows.sample_u64(&labels, v.flows);
     }
     let mut out = vec![
         up.build(),
@@ -177,6 +277,10 @@ pub fn metrics(ctx: &FunctionMetricsContext<'_>) -> Result<Vec<MetricFamily>, Ki
         bytes.build(),
         flows.build(),
         active.build(),
+        service_up.build(),
+        service_packets.build(),
+        service_bytes.build(),
+        service_flows.build(),
     ];
     if let Some(st) = stats(ctx) {
         out.extend(ctx.counters(&[
@@ -216,20 +320,36 @@ pub fn status(ctx: &FunctionMetricsContext<'_>) -> Vec<(String, String)> {
         return Vec::new();
     };
     let mut rows = Vec::new();
-    for b in backends(ctx, &s) {
-        let active = b
-            .active
-            .map(|a| format!(", {a} active"))
-            .unwrap_or_default();
+    let backends = backends(ctx, &s);
+    for v in services(ctx, &s, &backends) {
+        let traffic = match (v.packets, v.bytes) {
+            (Some(p), Some(b)) => format!(", {p} packets, {b} bytes"),
+            _ => String::new(),
+        };
+        rows.push((
+            v.label,
+            format!(
+                "{} of {} backends up: {} flows{traffic}",
+                v.up, v.backends, v.flows
+            ),
+        ));
+    }
+    for b in &backends {
+        let state = if b.up { "up" } else { "down" };
+        let counted = match &b.counters {
+            Some(c) => format!(
+                "{} flows, {} packets{}",
+                c.new_flows,
+                c.packets,
+                b.active
+                    .map(|a| format!(", {a} active"))
+                    .unwrap_or_default()
+            ),
+            None => "kernel mode counts per service".to_string(),
+        };
         rows.push((
             format!("{} → {}", b.service, b.id),
-            format!(
-                "weight {}, {}: {} flows, {} packets{active}",
-                b.weight,
-                if b.up { "up" } else { "down" },
-                b.counters.new_flows,
-                b.counters.packets
-            ),
+            format!("weight {}, {state}: {counted}", b.weight),
         ));
     }
     if let Some(st) = stats(ctx) {

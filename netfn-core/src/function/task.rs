@@ -32,8 +32,8 @@ pub type TaskRun = Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
 /// A task a kind runs for one function.
 #[derive(Clone)]
 pub struct KindTask {
-    /// Unique among the function's tasks (`health 192.0.2.10:80/tcp`); the agent labels it with
-    /// the chain and the function.
+    /// Unique among the function's tasks (a load balancer's: `health`); the agent labels it
+    /// with the chain and the function.
     pub name: String,
     /// Starts one run.
     pub start: Arc<dyn Fn() -> TaskRun + Send + Sync>,

@@ -1,5 +1,5 @@
 //! Loading an nftables ruleset (and its sysctls) inside a namespace, and reading its named
-//! counters: a kind's kernel-mode form ([`crate::function::FunctionConfig::kernel_form`]), or
+//! counters and sets: a kind's kernel-mode form ([`crate::function::FunctionConfig::kernel_form`]), or
 //! what a kind counts with nftables in its namespace. `nft -f -` reads the ruleset from stdin
 //! and applies it as one transaction, so a reload replaces the old rules atomically for every
 //! packet. The `nft` binary (Debian: nftables) is an explicit dependency of kernel-mode chains
@@ -87,6 +87,37 @@ pub fn counters(
             ))
         })
         .collect())
+}
+
+/// The elements of set `set` of table `family table` inside namespace `netns`, as nft prints
+/// them in JSON (a concatenation is `{"concat": [...]}`); `None` when the table or the set does
+/// not exist (yet).
+pub fn set_elements(
+    netns: &str,
+    family: &str,
+    table: &str,
+    set: &str,
+) -> Result<Option<Vec<serde_json::Value>>, NftError> {
+    let out = match nft_in(netns, &["-j", "list", "set", family, table, set], None) {
+        Ok(out) => out,
+        Err(NftError::Refused { message, .. }) if message.contains("No such file or directory") => {
+            return Ok(None);
+        }
+        Err(e) => return Err(e),
+    };
+    let json: serde_json::Value = serde_json::from_slice(&out).map_err(|e| NftError::Refused {
+        netns: netns.to_string(),
+        message: format!("nft printed JSON netfn cannot read: {e}"),
+    })?;
+    Ok(Some(
+        json["nftables"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|item| item.get("set"))
+            .flat_map(|s| s["elem"].as_array().cloned().unwrap_or_default())
+            .collect(),
+    ))
 }
 
 /// Runs `nft ARGS…` inside namespace `netns` with `input` on its stdin; returns its stdout.
