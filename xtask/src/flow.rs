@@ -395,6 +395,7 @@ fn demo_traffic(netfn: &std::path::Path, vpn: &VpnDemo) -> Result<()> {
             || l.starts_with("netfn_firewall_rule_connections_total")
             || l.starts_with("netfn_load_balancer_backend_new_flows_total")
             || l.starts_with("netfn_load_balancer_backend_up")
+            || l.starts_with("netfn_load_balancer_service_new_flows_total")
             || l.starts_with("netfn_wireguard_peer_")
             || l.starts_with("netfn_function_drops_total") && !l.ends_with(" 0")
     }) {

@@ -248,6 +248,56 @@ mod tests {
         }
     }
 
+    /// An HTTP server on loopback that answers a `GET /healthz` with `status_line` (anything
+    /// else with 404), once per connection; its address.
+    async fn http_server(status_line: &'static str) -> SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind a loopback listener");
+        let addr = listener.local_addr().expect("its address");
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let mut request = [0u8; 512];
+                let n = stream.read(&mut request).await.unwrap_or(0);
+                let line = if request[..n].starts_with(b"GET /healthz HTTP/1.") {
+                    status_line
+                } else {
+                    "HTTP/1.1 404 Not Found"
+                };
+                let answer = format!("{line}\r\nContent-Length: 0\r\n\r\n");
+                let _ = stream.write_all(answer.as_bytes()).await;
+            }
+        });
+        addr
+    }
+
+    async fn http_probe(addr: SocketAddr) -> bool {
+        let socket = tokio::net::TcpSocket::new_v4().expect("a TCP socket");
+        probe_one(
+            socket,
+            addr,
+            &Probe::Http {
+                path: "/healthz".into(),
+            },
+        )
+        .await
+    }
+
+    #[tokio::test]
+    async fn an_http_check_passes_on_2xx_only() {
+        assert!(http_probe(http_server("HTTP/1.1 200 OK").await).await);
+        assert!(http_probe(http_server("HTTP/1.0 204 No Content").await).await);
+        assert!(!http_probe(http_server("HTTP/1.1 503 Service Unavailable").await).await);
+        assert!(!http_probe(http_server("HTTP/1.1 302 Found").await).await);
+        assert!(!http_probe(http_server("SSH-2.0-OpenSSH_9.2").await).await);
+        // Nothing listens: refused.
+        let closed = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+            l.local_addr().expect("address")
+        };
+        assert!(!http_probe(closed).await);
+    }
+
     #[test]
     fn fall_failures_take_a_backend_down_and_rise_successes_bring_it_back() {
         let c = check(2, 3);

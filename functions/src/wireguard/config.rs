@@ -352,3 +352,59 @@ impl WgSettings {
         out
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(allowed: &[&str]) -> WgSettings {
+        WgSettings {
+            side: Side::Ingress,
+            private_key_file: "/k".into(),
+            listen_port: 51820,
+            address: vec![],
+            mtu: 1420,
+            backend: Backend::Auto,
+            peers: vec![PeerConf {
+                public_key: "hSDwCYkwp1R0i33ctD73Wg2/Og0mOBr066SpjqqbTmo=".into(),
+                preshared_key_file: None,
+                allowed_ips: allowed.iter().map(|a| a.parse().unwrap()).collect(),
+                endpoint: None,
+                persistent_keepalive: None,
+            }],
+            spans: vec![0..1],
+        }
+    }
+
+    fn clashes(allowed: &[&str]) -> Vec<String> {
+        let chain = ChainAddresses {
+            ingress_subnet: "10.1.0.0/24".parse().unwrap(),
+            egress_subnet: "10.2.0.0/24".parse().unwrap(),
+            endpoints: &[],
+            gateways: &[],
+        };
+        settings(allowed)
+            .check_in_chain(&chain)
+            .into_iter()
+            .map(|e| e.message)
+            .collect()
+    }
+
+    #[test]
+    fn allowed_ips_inside_or_around_a_chain_subnet_are_refused() {
+        assert!(clashes(&["10.99.0.2/32", "10.3.0.0/16"]).is_empty());
+        assert_eq!(
+            clashes(&["10.1.0.7/32"]),
+            ["allowed IP 10.1.0.7/32 overlaps the chain's subnet 10.1.0.0/24"]
+        );
+        // A prefix that covers a subnet clashes too (here both).
+        assert_eq!(clashes(&["10.0.0.0/8"]).len(), 2);
+        assert_eq!(
+            clashes(&["0.0.0.0/0"]),
+            [
+                "allowed IP 0.0.0.0/0 overlaps the chain's subnet 10.1.0.0/24",
+                "allowed IP 0.0.0.0/0 overlaps the chain's subnet 10.2.0.0/24"
+            ]
+        );
+    }
+}
