@@ -372,7 +372,7 @@ mod tests {
                 endpoint: None,
                 persistent_keepalive: None,
             }],
-            spans: vec![0..1],
+            spans: std::iter::once(0..1).collect(),
         }
     }
 
