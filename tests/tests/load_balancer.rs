@@ -213,12 +213,17 @@ fn try_connect_from(sport: u16, port: u16) -> nix::Result<TcpStream> {
 
 /// Which server answers on `stream`.
 fn ask(stream: &mut TcpStream) -> Ipv4Addr {
-    stream.write_all(b"who\n").expect("send");
+    try_ask(stream).expect("answer")
+}
+
+/// [`ask`], or why the connection failed.
+fn try_ask(stream: &mut TcpStream) -> std::io::Result<Ipv4Addr> {
+    stream.write_all(b"who\n")?;
     let mut buf = [0u8; 64];
-    let n = stream.read(&mut buf).expect("answer");
+    let n = stream.read(&mut buf)?;
     String::from_utf8_lossy(&buf[..n])
         .parse()
-        .expect("a server's address")
+        .map_err(|_| std::io::Error::other(format!("not an address: {:?}", &buf[..n])))
 }
 
 /// One short connection per source port in `sports` to `VIP:port`: which server answered each.
@@ -701,6 +706,39 @@ fn health_checks(mode: &str, tag: &str) {
     // Connections to the other backends never noticed.
     for (s, server) in open.iter_mut().filter(|(_, a)| *a != SERVERS[1]) {
         assert_eq!(ask(s), *server, "{mode}: an open connection broke");
+    }
+    // Open connections to the backend that is down (its server still serves them): tc/xdp
+    // balance such a flow again, and its new backend resets it at once (the client learns now
+    // instead of retransmitting into a dead server); Linux conntrack keeps it on its backend.
+    let on_down = open.iter().filter(|(_, a)| *a == SERVERS[1]).count();
+    assert!(on_down > 0, "{mode}: no open connection on backend 1");
+    for (s, _) in open.iter_mut().filter(|(_, a)| *a == SERVERS[1]) {
+        let answer = try_ask(s);
+        if mode == "kernel" {
+            assert_eq!(
+                answer.ok(),
+                Some(SERVERS[1]),
+                "{mode}: conntrack kept the flow"
+            );
+        } else {
+            assert!(
+                matches!(&answer, Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset),
+                "{mode}: a flow of a down backend should be reset by its new one: {answer:?}"
+            );
+        }
+    }
+    if mode != "kernel" {
+        let rows = lb_status(&chain);
+        let rebalanced: u64 = rows
+            .iter()
+            .find(|(k, _)| k == "flows")
+            .and_then(|(_, v)| v.split(", ").find_map(|p| p.strip_suffix(" rebalanced")))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("{mode}: no flows row: {rows:?}"));
+        assert!(
+            rebalanced >= on_down as u64,
+            "{mode}: {rebalanced} rebalanced flows, {on_down} open on the down backend"
+        );
     }
     // Status and metrics say so, in every mode.
     let rows = lb_status(&chain);
