@@ -562,20 +562,33 @@ fn check_port(sink: &mut Sink, what: &str, value: &Spanned<i64>) -> Option<u16> 
 }
 
 impl LbSettings {
-    /// Problems only the chain shows: a VIP equal to a chain address, a backend inside the
-    /// ingress subnet (its answers would never come back through the load balancer).
+    /// Problems only the chain shows: a VIP equal to a chain address or inside its transit pool,
+    /// a backend inside the ingress subnet (its answers would never come back through the load
+    /// balancer), on a gateway address or inside the transit pool.
     pub fn check_in_chain(&self, chain: &ChainAddresses<'_>) -> Vec<SettingError> {
         let mut sink = Sink::default();
         for (service, spans) in self.services.iter().zip(&self.spans) {
-            if let IpAddr::V4(vip) = service.vip
-                && (chain.endpoints.contains(&vip) || chain.gateways.contains(&vip))
-            {
-                sink.error(
-                    spans.vip.clone(),
-                    format!("VIP {vip} is an address of the chain itself"),
-                    "pick a VIP no endpoint or gateway of the chain uses, e.g. from 192.0.2.0/24"
-                        .to_string(),
-                );
+            if let IpAddr::V4(vip) = service.vip {
+                if chain.endpoints.contains(&vip) || chain.gateways.contains(&vip) {
+                    sink.error(
+                        spans.vip.clone(),
+                        format!("VIP {vip} is an address of the chain itself"),
+                        "pick a VIP no endpoint or gateway of the chain uses, e.g. from \
+                         192.0.2.0/24"
+                            .to_string(),
+                    );
+                } else if chain.transit.contains(&vip) {
+                    sink.error(
+                        spans.vip.clone(),
+                        format!(
+                            "VIP {vip} is inside the chain's transit pool {}",
+                            chain.transit
+                        ),
+                        "the links between functions take their addresses from it: pick a VIP \
+                         outside it, e.g. from 192.0.2.0/24 (or move the pool with `transit`)"
+                            .to_string(),
+                    );
+                }
             }
             for (b, span) in service.backends.iter().zip(&spans.backends) {
                 let IpAddr::V4(a) = b.address else { continue };
@@ -595,6 +608,17 @@ impl LbSettings {
                         span.clone(),
                         format!("backend {a} is a gateway address of the chain itself"),
                         "point backends at servers beyond the egress endpoint".to_string(),
+                    );
+                } else if chain.transit.contains(&a) {
+                    sink.error(
+                        span.clone(),
+                        format!(
+                            "backend {a} is inside the chain's transit pool {}",
+                            chain.transit
+                        ),
+                        "point backends at servers beyond the egress endpoint (or move the \
+                         pool with `transit`)"
+                            .to_string(),
                     );
                 }
             }

@@ -328,17 +328,21 @@ fn prefix(sink: &mut Sink, what: &str, value: &Spanned<String>) -> Option<Ipv4Ne
 }
 
 impl WgSettings {
-    /// Allowed IPs that clash with the chain's own subnets (their packets would be taken for
-    /// the chain's).
+    /// Allowed IPs that clash with the chain's own subnets or its transit pool (their packets
+    /// would be taken for the chain's).
     pub fn check_in_chain(&self, chain: &ChainAddresses<'_>) -> Vec<SettingError> {
         let mut out = Vec::new();
         for (peer, span) in self.peers.iter().zip(&self.spans) {
             for net in &peer.allowed_ips {
-                for subnet in [chain.ingress_subnet, chain.egress_subnet] {
+                for (what, subnet) in [
+                    ("subnet", chain.ingress_subnet),
+                    ("subnet", chain.egress_subnet),
+                    ("transit pool", chain.transit),
+                ] {
                     if subnet.contains(&net.network()) || net.contains(&subnet.network()) {
                         out.push(SettingError::new(
                             span.clone(),
-                            format!("allowed IP {net} overlaps the chain's subnet {subnet}"),
+                            format!("allowed IP {net} overlaps the chain's {what} {subnet}"),
                             Some(
                                 "the tunnel's addresses must be their own: pick allowed_ips \
                                  outside the endpoints' subnets"
@@ -382,6 +386,7 @@ mod tests {
             egress_subnet: "10.2.0.0/24".parse().unwrap(),
             endpoints: &[],
             gateways: &[],
+            transit: "100.64.0.0/16".parse().unwrap(),
         };
         settings(allowed)
             .check_in_chain(&chain)
@@ -397,13 +402,18 @@ mod tests {
             clashes(&["10.1.0.7/32"]),
             ["allowed IP 10.1.0.7/32 overlaps the chain's subnet 10.1.0.0/24"]
         );
+        assert_eq!(
+            clashes(&["100.64.3.0/24"]),
+            ["allowed IP 100.64.3.0/24 overlaps the chain's transit pool 100.64.0.0/16"]
+        );
         // A prefix that covers a subnet clashes too (here both).
         assert_eq!(clashes(&["10.0.0.0/8"]).len(), 2);
         assert_eq!(
             clashes(&["0.0.0.0/0"]),
             [
                 "allowed IP 0.0.0.0/0 overlaps the chain's subnet 10.1.0.0/24",
-                "allowed IP 0.0.0.0/0 overlaps the chain's subnet 10.2.0.0/24"
+                "allowed IP 0.0.0.0/0 overlaps the chain's subnet 10.2.0.0/24",
+                "allowed IP 0.0.0.0/0 overlaps the chain's transit pool 100.64.0.0/16"
             ]
         );
     }

@@ -178,6 +178,8 @@ pub struct ChainAddresses<'a> {
     pub endpoints: &'a [std::net::Ipv4Addr],
     /// The addresses the chain's functions answer on at the endpoints (their gateways).
     pub gateways: &'a [std::net::Ipv4Addr],
+    /// The pool the links between functions take their /31s from.
+    pub transit: ipnet::Ipv4Net,
 }
 
 /// A kind's kernel-mode form, installed in its function's namespace.

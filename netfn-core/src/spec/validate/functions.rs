@@ -89,13 +89,15 @@ impl<'a> Checker<'a, '_> {
         })
     }
 
-    /// Each function's own checks against the rest of its chain (its endpoints' addresses).
+    /// Each function's own checks against the rest of its chain (its endpoints' addresses and
+    /// its transit pool).
     pub(super) fn functions_in_chain(
         &mut self,
         chain_label: &str,
         functions: &[FunctionSpec],
         ingress: &EndpointSpec,
         egress: &EndpointSpec,
+        transit: ipnet::Ipv4Net,
     ) {
         let endpoints = [ingress.address.addr(), egress.address.addr()];
         let gateways = [ingress.gateway, egress.gateway];
@@ -104,6 +106,7 @@ impl<'a> Checker<'a, '_> {
             egress_subnet: egress.address.trunc(),
             endpoints: &endpoints,
             gateways: &gateways,
+            transit,
         };
         for f in functions {
             let label = format!("{chain_label}, function `{}`", f.name);

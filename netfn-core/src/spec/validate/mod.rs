@@ -133,7 +133,7 @@ impl<'a> Checker<'a, '_> {
 
         let spec = match (name, fastpath, transit, functions, endpoints.as_slice()) {
             (Some(name), Some(fastpath), Some(transit), Some(functions), [i, e]) => {
-                self.functions_in_chain(&label, &functions, &i.spec, &e.spec);
+                self.functions_in_chain(&label, &functions, &i.spec, &e.spec, transit);
                 Some(ChainSpec {
                     name,
                     fastpath,
