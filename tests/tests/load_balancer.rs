@@ -801,7 +801,7 @@ fn health_checks(mode: &str, tag: &str) {
         .find(|l| {
             l.starts_with("netfn_task_restarts_total")
                 && l.contains("function=\"lb1\"")
-                && l.contains("task=\"health\"")
+                && l.contains(&format!("task=\"health {VIP}:80/tcp\""))
         })
         .unwrap_or_else(|| panic!("{mode}: no restart counter of the health task:\n{metrics}"));
     assert!(restarts.ends_with(" 0"), "{mode}: {restarts}");

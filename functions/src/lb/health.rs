@@ -1,16 +1,17 @@
-//! Health checks: the load balancer's control task in the host agent (one per function). Every
-//! service with a `health` table has its backends checked at its interval, from inside the load
-//! balancer's own namespace (so a check takes the path the traffic takes): a TCP connect, or an
-//! HTTP GET expecting a 2xx answer, each within the timeout. `fall` failures in a row take a
-//! backend down, `rise` successes bring it back (HAProxy's and IPVS's rules).
+//! Health checks: the load balancer's control tasks in the host agent, one per service with a
+//! `health` table, named after the service. Each checks its service's backends at its interval,
+//! from inside the load balancer's own namespace (so a check takes the path the traffic takes):
+//! a TCP connect, or an HTTP GET expecting a 2xx answer, each within the timeout. `fall`
+//! failures in a row take a backend down, `rise` successes bring it back (HAProxy's and IPVS's
+//! rules).
 //!
 //! A change goes to the data path at once: tc/xdp, the backend's flag in the live instance's
 //! maps and tables rebuilt without it (only its flows move; see [`super::stage::apply_health`]);
 //! kernel mode, the nftables ruleset without it and with it in its set of down backends,
-//! reloaded in one transaction. So a failed
-//! backend stops getting new flows within `fall × interval` plus one interval.
+//! reloaded in one transaction. So a failed backend stops getting new flows within `fall ×
+//! interval` plus one interval.
 //!
-//! The task starts from what the data path holds (a backend marked down stays down until it
+//! A task starts from what the data path holds (a backend marked down stays down until it
 //! rises), so an agent that restarts resumes where the last one left off; while no agent runs,
 //! the last verdicts stay in force.
 
@@ -23,23 +24,32 @@ use netfn_core::function::{KindTask, TaskContext, TaskRun};
 use netfn_core::kernel::netns;
 use netfn_core::spec::FastPath;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::Mutex;
 
 use super::config::{HealthCheck, LbSettings, Probe};
 
-/// The task of a function whose services have health checks (none otherwise).
+/// One task per service with a `health` table, named `health VIP:PORT/PROTO` (the agent labels
+/// it with the chain and the function, so two load balancers never collide): a service whose
+/// checks fail to run restarts alone.
 pub fn tasks(ctx: &TaskContext) -> Vec<KindTask> {
     let Ok(settings) = ctx.settings.parse::<LbSettings>() else {
         return Vec::new();
     };
-    if settings.services.iter().all(|s| s.health.is_none()) {
-        return Vec::new();
-    }
-    let (ctx, settings) = (ctx.clone(), Arc::new(settings));
-    vec![KindTask {
-        name: "health".into(),
-        start: Arc::new(move || -> TaskRun { Box::pin(run(ctx.clone(), settings.clone())) }),
-    }]
+    let settings = Arc::new(settings);
+    settings
+        .services
+        .iter()
+        .enumerate()
+        .filter(|(_, service)| service.health.is_some())
+        .map(|(i, service)| {
+            let (ctx, settings) = (ctx.clone(), settings.clone());
+            KindTask {
+                name: format!("health {}", service.label()),
+                start: Arc::new(move || -> TaskRun {
+                    Box::pin(run(ctx.clone(), settings.clone(), i))
+                }),
+            }
+        })
+        .collect()
 }
 
 /// One backend's checks so far.
@@ -68,85 +78,90 @@ impl State {
     }
 }
 
-async fn run(ctx: TaskContext, settings: Arc<LbSettings>) -> Result<(), String> {
-    // Backends marked down stay down until they rise (a restarted agent resumes).
-    let down: BTreeSet<String> = match (&ctx.fastpath, &ctx.stage_dir) {
-        (FastPath::Kernel, _) => super::nft::down_backends(&ctx.netns)?,
-        (_, None) => BTreeSet::new(),
-        (_, Some(dir)) => super::stage::down_backends(dir).into_iter().collect(),
+/// The backends the data path holds as down (what the last verdicts left, whoever made them).
+fn down_in_data_path(ctx: &TaskContext) -> Result<BTreeSet<String>, String> {
+    match (&ctx.fastpath, &ctx.stage_dir) {
+        (FastPath::Kernel, _) => super::nft::down_backends(&ctx.netns),
+        (_, None) => Ok(BTreeSet::new()),
+        (_, Some(dir)) => Ok(super::stage::down_backends(dir).into_iter().collect()),
+    }
+}
+
+/// Serializes the services' read-modify-write of the data path's verdicts (every task of the
+/// agent runs in one process; a write is rare and quick).
+static VERDICTS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Checks the backends of service `i` at its interval until the task is stopped.
+async fn run(ctx: TaskContext, settings: Arc<LbSettings>, i: usize) -> Result<(), String> {
+    let service = settings
+        .services
+        .get(i)
+        .ok_or_else(|| format!("the settings have no service {i}"))?;
+    let Some(check) = service.health.clone() else {
+        return Ok(());
     };
-    let shared = Arc::new(Mutex::new(down));
-    let mut loops = tokio::task::JoinSet::new();
-    for (i, service) in settings.services.iter().enumerate() {
-        let Some(check) = service.health.clone() else {
-            continue;
-        };
-        let (ctx, settings, shared) = (ctx.clone(), settings.clone(), shared.clone());
-        loops.spawn(async move {
-            let service = &settings.services[i];
-            let targets: Vec<(String, SocketAddr)> = service
-                .backends
-                .iter()
-                .map(|b| (b.id(), SocketAddr::new(b.address, b.port)))
-                .collect();
-            let mut states: Vec<State> = {
-                let down = shared.lock().await;
-                targets
-                    .iter()
-                    .map(|(id, _)| State {
-                        up: !down.contains(id),
-                        streak: 0,
-                    })
-                    .collect()
-            };
-            let mut ticker = tokio::time::interval(Duration::from_millis(check.interval_ms.into()));
-            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                ticker.tick().await;
-                let results = check_all(&ctx.netns, &targets, &check).await?;
-                let mut changed = false;
-                for ((state, ok), (id, _)) in states.iter_mut().zip(results).zip(&targets) {
-                    if state.observe(ok, &check) {
-                        changed = true;
-                        tracing::info!(
-                            function = %ctx.function,
-                            "backend {id} of {} is {}",
-                            service.label(),
-                            if state.up { "up again" } else { "down" }
-                        );
-                    }
-                }
-                if changed {
-                    let mut down = shared.lock().await;
-                    for (state, (id, _)) in states.iter().zip(&targets) {
-                        if state.up {
-                            down.remove(id);
-                        } else {
-                            down.insert(id.clone());
-                        }
-                    }
-                    let down: Vec<String> = down.iter().cloned().collect();
-                    apply(&ctx, &settings, &down)?;
+    let targets: Vec<(String, SocketAddr)> = service
+        .backends
+        .iter()
+        .map(|b| (b.id(), SocketAddr::new(b.address, b.port)))
+        .collect();
+    // Backends marked down stay down until they rise (a restarted agent resumes).
+    let down = down_in_data_path(&ctx)?;
+    let mut states: Vec<State> = targets
+        .iter()
+        .map(|(id, _)| State {
+            up: !down.contains(id),
+            streak: 0,
+        })
+        .collect();
+    let mut ticker = tokio::time::interval(Duration::from_millis(check.interval_ms.into()));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        let results = check_all(&ctx.netns, &targets, &check).await?;
+        let mut changed = false;
+        for ((state, ok), (id, _)) in states.iter_mut().zip(results).zip(&targets) {
+            if state.observe(ok, &check) {
+                changed = true;
+                tracing::info!(
+                    function = %ctx.function,
+                    "backend {id} of {} is {}",
+                    service.label(),
+                    if state.up { "up again" } else { "down" }
+                );
+            }
+        }
+        if changed {
+            // This service's verdicts over what the data path holds (the other services'). A
+            // backend (address:port) that two checked services share is one backend: the
+            // last verdict stands.
+            let _turn = VERDICTS
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            let mut down = down_in_data_path(&ctx)?;
+            for (state, (id, _)) in states.iter().zip(&targets) {
+                if state.up {
+                    down.remove(id);
+                } else {
+                    down.insert(id.clone());
                 }
             }
-        });
-    }
-    match loops.join_next().await {
-        Some(Ok(result)) => result,
-        Some(Err(e)) => Err(format!("a health check loop stopped: {e}")),
-        None => Ok(()),
+            apply(&ctx, &settings, &down)?;
+        }
     }
 }
 
 /// Puts the verdicts into the data path.
-fn apply(ctx: &TaskContext, settings: &LbSettings, down: &[String]) -> Result<(), String> {
+fn apply(ctx: &TaskContext, settings: &LbSettings, down: &BTreeSet<String>) -> Result<(), String> {
     match (&ctx.fastpath, &ctx.stage_dir) {
         (FastPath::Kernel, _) => {
-            let down: BTreeSet<String> = down.iter().cloned().collect();
-            netfn_core::kernel::nft::load(&ctx.netns, &super::nft::ruleset(settings, &down))
+            netfn_core::kernel::nft::load(&ctx.netns, &super::nft::ruleset(settings, down))
                 .map_err(|e| format!("reload the ruleset without the down backends: {e}"))
         }
-        (_, Some(dir)) => super::stage::apply_health(dir, settings, down),
+        (_, Some(dir)) => {
+            let down: Vec<String> = down.iter().cloned().collect();
+            super::stage::apply_health(dir, settings, &down)
+        }
         (_, None) => Err("the function has no stage directory".into()),
     }
 }
