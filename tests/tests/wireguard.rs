@@ -146,6 +146,22 @@ impl GoPeer {
         peer
     }
 
+    /// Gives the peer's side of the tunnel to `endpoint_public` the preshared key in `file`.
+    fn set_preshared_key(&self, endpoint_public: &str, file: &Path) {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.ns, "wg", "set", &self.name, "peer"])
+            .arg(endpoint_public)
+            .arg("preshared-key")
+            .arg(file)
+            .output()
+            .expect("run wg");
+        assert!(
+            out.status.success(),
+            "wg set preshared-key: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     /// `wg show NAME dump` in the peer's view: (latest handshake, rx bytes, tx bytes).
     fn show(&self, ns: &str) -> (u64, u64, u64) {
         wg_dump(ns, &self.name)
@@ -780,26 +796,45 @@ fn peers_change_in_place(tag: &str, backend: &str) {
     let (_, vpn_public) = keypair(&dir, "vpn.key");
     let (_, peer_public) = keypair(&dir, "peer.key");
     let (_, other_public) = keypair(&dir, "other.key");
-    let v1 = dir.write("v1.toml", &chain_file(&chain, "tc", backend, &peer_public));
-    let v2 = dir.write(
-        "v2.toml",
-        &(chain_file(&chain, "tc", backend, &peer_public).replace(
-            "\n[[chain.function]]\nname = \"fw\"",
-            &format!(
-                "\n[[chain.function.peer]]\npublic_key = \"{other_public}\"\n\
-                 allowed_ips = [\"10.99.0.3/32\"]\n\n[[chain.function]]\nname = \"fw\""
-            ),
-        )),
+    // The untouched peer has a preshared key: it is compared, not sent again, on apply.
+    let psk = preshared_key(&dir, "peer.psk");
+    let with_psk = |text: String| {
+        text.replace(
+            &format!("public_key = \"{peer_public}\"\n"),
+            &format!("public_key = \"{peer_public}\"\npreshared_key_file = \"peer.psk\"\n"),
+        )
+    };
+    let v1_text = with_psk(chain_file(&chain, "tc", backend, &peer_public));
+    let v2_text = v1_text.replace(
+        "\n[[chain.function]]\nname = \"fw\"",
+        &format!(
+            "\n[[chain.function.peer]]\npublic_key = \"{other_public}\"\n\
+             allowed_ips = [\"10.99.0.3/32\"]\n\n[[chain.function]]\nname = \"fw\""
+        ),
     );
+    assert!(v2_text.contains("peer.psk") && v2_text.contains(&other_public));
+    let v1 = dir.write("v1.toml", &v1_text);
+    let v2 = dir.write("v2.toml", &v2_text);
+    // The first peer changed: another allowed net, and no preshared key (the device must
+    // forget it). It keeps its session: modified in place, not re-created.
+    let v3_text = v2_text
+        .replace("preshared_key_file = \"peer.psk\"\n", "")
+        .replace(
+            &format!("allowed_ips = [\"{PEER_ADDR}/32\"]"),
+            &format!("allowed_ips = [\"{PEER_ADDR}/32\", \"10.99.7.0/24\"]"),
+        );
+    assert!(v3_text.contains("10.99.7.0/24") && !v3_text.contains("peer.psk"));
+    let v3 = dir.write("v3.toml", &v3_text);
     let _guard = ChainGuard::up(&chain, &v1);
     let (ingress, egress) = (format!("nf-{chain}-ingress"), format!("nf-{chain}-egress"));
-    let _peer = GoPeer::start(
+    let peer = GoPeer::start(
         &ingress,
         &format!("wgp{chain}"),
         &dir.0.join("peer.key"),
         &vpn_public,
     );
-    talk(&ingress, &egress, 1000).expect("before the change");
+    peer.set_preshared_key(&vpn_public, &psk);
+    talk(&ingress, &egress, 1000).expect("before the change (with a preshared key)");
     let ours = endpoint_interface(&chain);
     let vpn_ns = format!("nf-{chain}-vpn");
     let pid_file = format!("/run/netfn/chains/{chain}.vpn.pid");
@@ -838,6 +873,46 @@ fn peers_change_in_place(tag: &str, backend: &str) {
         .output()
         .expect("run ip");
     assert!(String::from_utf8_lossy(&route.stdout).contains(&ours));
+
+    // The changed peer: its new net is routed to the tunnel, its preshared key is gone, and
+    // its traffic goes on at once in the session it had.
+    assert!(preshared_keys(&vpn_ns, &ours).contains(&(peer_public.clone(), true)));
+    netfn_ok(&["apply", &v3.to_string_lossy()]);
+    assert!(
+        preshared_keys(&vpn_ns, &ours).contains(&(peer_public.clone(), false)),
+        "the device kept a preshared key the file no longer names"
+    );
+    let route = Command::new("ip")
+        .args(["-n", &vpn_ns, "route", "get", "10.99.7.9"])
+        .output()
+        .expect("run ip");
+    assert!(String::from_utf8_lossy(&route.stdout).contains(&ours));
+    talk(&ingress, &egress, 1000).expect("after the peer changed");
+    let (changed, _, _) = wg_dump_of(&vpn_ns, &ours, Some(&peer_public));
+    assert_eq!(changed, before, "the changed peer lost its session");
+}
+
+/// `wg genpsk` into `dir/name` (mode 600).
+fn preshared_key(dir: &TempDir, name: &str) -> std::path::PathBuf {
+    let out = Command::new("wg").arg("genpsk").output().expect("run wg");
+    assert!(out.status.success(), "wg genpsk");
+    let path = dir.write(name, &String::from_utf8_lossy(&out.stdout));
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    path
+}
+
+/// `wg show NAME preshared-keys` in `ns`: per peer, whether it has one (the keys are not kept).
+fn preshared_keys(ns: &str, name: &str) -> Vec<(String, bool)> {
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns, "wg", "show", name, "preshared-keys"])
+        .output()
+        .expect("run wg");
+    assert!(out.status.success(), "wg show {name} preshared-keys");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_once('\t'))
+        .map(|(peer, psk)| (peer.to_string(), psk != "(none)"))
+        .collect()
 }
 
 /// The endpoint is no child of the agent: SIGKILL of the agent in the middle of a stream through

@@ -9,7 +9,7 @@
 //! ([`super::tun_io`]: GSO reads split into packets, coalesced writes) and builds the device on a
 //! UDP socket with batched I/O ([`super::udp_io`]: GSO sends, GRO receives) and with the
 //! cross-platform UAPI socket `/var/run/wireguard/<interface>.sock` (so `wg show` works
-//! against it), drops every capability ([`netfn_core::privilege`]), says it is ready, and runs until
+//! against it) and netfn's own control socket (peer changes in place: [`super::control`]), drops every capability ([`netfn_core::privilege`]), says it is ready, and runs until
 //! SIGTERM.
 
 use std::net::IpAddr;
@@ -23,8 +23,8 @@ use netfn_core::plan::HopRole;
 
 use super::config::WgSettings;
 use super::endpoint::{interface_name, offloads_file};
-use super::keys;
 use super::udp_io::UdpFactory;
+use super::{control, keys, uapi};
 
 /// The UDP socket's receive and send buffer sizes asked for: room for bursts while the endpoint
 /// waits for a CPU (wireguard-go asks for 7 MiB; the kernel caps this at net.core.rmem_max /
@@ -84,6 +84,11 @@ pub fn run(chain: &str, function: &str) -> Result<(), String> {
     runtime.block_on(async {
         let uapi = UapiServer::default_unix_socket(&name, None, None)
             .map_err(|e| format!("serve the UAPI socket of {name}: {e}"))?;
+        // `netfn apply`'s peer changes, made in place (see super::control). Without it the
+        // tunnel still runs; `apply` then speaks the UAPI (changed peers handshake again).
+        let control = control::bind(&control::socket_path(chain, function))
+            .inspect_err(|e| tracing::warn!("endpoint {name}: no control socket: {e}"))
+            .ok();
         let (tun_tx, tun_rx, offloads) = super::tun_io::open(&name).map_err(|e| {
             format!("attach to the TUN device {name} with offloads: {e} (is the chain up?)")
         })?;
@@ -129,11 +134,22 @@ pub fn run(chain: &str, function: &str) -> Result<(), String> {
                 _ = term.recv() => break,
                 _ = tokio::signal::ctrl_c() => break,
                 _ = remember.tick() => remember_endpoints(chain, function, &name),
+                served = async {
+                    match &control {
+                        Some(listener) => control::serve_one(listener, &device).await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    if let Err(e) = served {
+                        tracing::warn!("endpoint {name}: a control request failed: {e}");
+                    }
+                }
             }
         }
         device.stop().await;
-        // The socket would outlive the endpoint otherwise (`wg show` would list a dead one).
-        let _ = std::fs::remove_file(format!("/var/run/wireguard/{name}.sock"));
+        // The sockets would outlive the endpoint otherwise (`wg show` would list a dead one).
+        let _ = std::fs::remove_file(uapi::socket_path(&name));
+        let _ = std::fs::remove_file(control::socket_path(chain, function));
         Ok(())
     })
 }
@@ -160,7 +176,7 @@ fn remembered_endpoints(
 /// Saves where the peers are now (learned from their handshakes), for a restarted endpoint.
 fn remember_endpoints(chain: &str, function: &str, name: &str) {
     let name = name.to_string();
-    let Ok(peers) = std::thread::scope(|s| s.spawn(|| super::uapi::peers(&name)).join()) else {
+    let Ok(peers) = std::thread::scope(|s| s.spawn(|| uapi::peers(&name)).join()) else {
         return;
     };
     let Ok(peers) = peers else { return };

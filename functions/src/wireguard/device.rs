@@ -1,21 +1,29 @@
 //! A WireGuard function's running device, whichever backend runs it: a kernel interface in the
 //! function's namespace (configured over generic netlink, [`super::kernel`]) or the userspace
-//! endpoint's TUN (configured over its UAPI socket, [`super::uapi`]). Which one runs is decided
-//! once, when the function starts, and kept in a file beside its other run-time files (so
-//! `status`, metrics and `apply` ask the device that runs, not the one `auto` would pick now).
+//! endpoint's TUN (read over its UAPI socket, [`super::uapi`], changed over its control socket,
+//! [`super::control`]). Which one runs is decided once, when the function starts, and kept in a
+//! file beside its other run-time files (so `status`, metrics and `apply` ask the device that
+//! runs, not the one `auto` would pick now).
 
 use netfn_core::chain::processes;
 use netfn_core::plan::names;
 
 use super::peers::PeerChange;
 use super::uapi::PeerState;
-use super::{endpoint, kernel, uapi};
+use super::{control, endpoint, kernel, uapi};
 
 /// The function's device.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Device {
-    Kernel { netns: String, name: String },
-    Userspace { name: String },
+    Kernel {
+        netns: String,
+        name: String,
+    },
+    Userspace {
+        name: String,
+        /// The endpoint's control socket ([`control`]).
+        control: std::path::PathBuf,
+    },
 }
 
 /// The file that says a function runs the kernel backend (absent: userspace).
@@ -40,7 +48,10 @@ impl Device {
                 name,
             }
         } else {
-            Device::Userspace { name }
+            Device::Userspace {
+                name,
+                control: control::socket_path(chain, function),
+            }
         }
     }
 
@@ -51,7 +62,7 @@ impl Device {
     /// The interface's name (the same in both backends).
     pub fn name(&self) -> &str {
         match self {
-            Device::Kernel { name, .. } | Device::Userspace { name } => name,
+            Device::Kernel { name, .. } | Device::Userspace { name, .. } => name,
         }
     }
 
@@ -59,7 +70,7 @@ impl Device {
     pub fn peers(&self) -> Result<Vec<PeerState>, String> {
         match self {
             Device::Kernel { netns, name } => kernel::peers(netns, name),
-            Device::Userspace { name } => uapi::peers(name),
+            Device::Userspace { name, .. } => uapi::peers(name),
         }
     }
 
@@ -71,9 +82,15 @@ impl Device {
     ) -> Result<(), String> {
         match self {
             Device::Kernel { netns, name } => kernel::apply(netns, name, changes, private_key),
-            Device::Userspace { name } => {
+            Device::Userspace { name, control } => {
                 debug_assert!(private_key.is_none(), "the endpoint sets its own key");
-                uapi::apply(name, changes)
+                // In place over netfn's control socket; an endpoint an older netfn started has
+                // only the UAPI's (which re-creates changed peers: they handshake again).
+                if control.exists() {
+                    uapi::apply_at(control, changes)
+                } else {
+                    uapi::apply(name, changes)
+                }
             }
         }
     }

@@ -101,15 +101,16 @@ fn peer_attributes(change: &PeerChange) -> WireguardPeer {
             if let Some(e) = p.endpoint {
                 attrs.push(WireguardPeerAttribute::Endpoint(e));
             }
-            if let Some(psk) = p.preshared_key {
-                attrs.push(WireguardPeerAttribute::PresharedKey(psk));
-            }
+            // Always said: zeros remove a key the file no longer names.
+            attrs.push(WireguardPeerAttribute::PresharedKey(keys::preshared_bytes(
+                p.preshared_key.as_ref(),
+            )));
             WireguardPeer(attrs)
         }
     }
 }
 
-/// The interface's peers (never its keys but the public ones).
+/// The interface's peers (their preshared keys only to compare; never shown).
 pub fn peers(netns: &str, name: &str) -> Result<Vec<PeerState>, String> {
     let name_owned = name.to_string();
     let parts = in_netns(netns, move |genl| genl.get(&name_owned))
@@ -129,6 +130,9 @@ pub fn peers(netns: &str, name: &str) -> Result<Vec<PeerState>, String> {
                         WireguardPeerAttribute::PersistentKeepalive(s) => state.keepalive = s,
                         WireguardPeerAttribute::LastHandshake(t) => {
                             state.last_handshake_unix = u64::try_from(t.seconds).unwrap_or(0);
+                        }
+                        WireguardPeerAttribute::PresharedKey(k) => {
+                            state.preshared_key = keys::PresharedKey::new(k);
                         }
                         WireguardPeerAttribute::RxBytes(n) => state.rx_bytes = n,
                         WireguardPeerAttribute::TxBytes(n) => state.tx_bytes = n,

@@ -44,6 +44,34 @@ pub fn public_of(private: &str) -> Result<String, String> {
     Ok(encode(PublicKey::from(&secret).as_bytes()))
 }
 
+/// A peer's preshared key: compared and handed to the device, never shown (its `Debug` says
+/// only that there is one). All zeros is WireGuard's "none", so it never holds that.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct PresharedKey([u8; 32]);
+
+impl PresharedKey {
+    /// `None` for all zeros (how the UAPI and netlink say "no preshared key").
+    pub fn new(bytes: [u8; 32]) -> Option<Self> {
+        (bytes != [0; 32]).then_some(Self(bytes))
+    }
+
+    pub fn bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for PresharedKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PresharedKey(..)")
+    }
+}
+
+/// The bytes a device is told for an optional preshared key: all zeros for none (which
+/// removes one the device had).
+pub fn preshared_bytes(key: Option<&PresharedKey>) -> [u8; 32] {
+    key.map_or([0; 32], |k| k.0)
+}
+
 /// Reads a key file: refused when group or others may read it (as `wg` warns), when it is not
 /// a key, or when it cannot be read. The error names the file, never what it holds.
 pub fn read_file(path: &Path) -> Result<[u8; 32], String> {

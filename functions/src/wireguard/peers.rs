@@ -11,6 +11,7 @@ use netfn_core::plan::names;
 
 use super::config::{PeerConf, WgSettings};
 use super::device::Device;
+use super::keys::PresharedKey;
 use super::uapi::PeerState;
 use super::{endpoint, keys, link};
 
@@ -29,7 +30,8 @@ pub struct PeerSet {
     pub endpoint: Option<SocketAddr>,
     /// Seconds; 0 is off.
     pub keepalive: u16,
-    pub preshared_key: Option<[u8; 32]>,
+    /// `None` removes one the device had.
+    pub preshared_key: Option<PresharedKey>,
 }
 
 /// Every peer of `settings` (a new device).
@@ -53,15 +55,20 @@ pub fn diff(running: &[PeerState], settings: &WgSettings) -> Result<Vec<PeerChan
         }
     }
     for p in &settings.peers {
-        let nets: BTreeSet<String> = p.allowed_ips.iter().map(|n| n.to_string()).collect();
+        let wanted = set(p)?;
+        let PeerChange::Set(w) = &wanted else {
+            continue;
+        };
         let now = running.iter().find(|r| r.public_key == p.public_key);
         let unchanged = now.is_some_and(|r| {
+            let nets: BTreeSet<String> = w.allowed_ips.iter().map(|n| n.to_string()).collect();
             r.allowed_ips.iter().cloned().collect::<BTreeSet<_>>() == nets
-                && r.keepalive == p.persistent_keepalive.unwrap_or(0)
-                && (p.endpoint.is_none() || r.endpoint == p.endpoint)
-        }) && p.preshared_key_file.is_none();
+                && r.keepalive == w.keepalive
+                && (w.endpoint.is_none() || r.endpoint == w.endpoint)
+                && r.preshared_key == w.preshared_key
+        });
         if !unchanged {
-            out.push(set(p)?);
+            out.push(wanted);
         }
     }
     Ok(out)
@@ -77,7 +84,8 @@ fn set(p: &PeerConf) -> Result<PeerChange, String> {
             .preshared_key_file
             .as_deref()
             .map(keys::read_file)
-            .transpose()?,
+            .transpose()?
+            .and_then(PresharedKey::new),
     }))
 }
 
@@ -167,12 +175,41 @@ mod tests {
             [(true, 2), (true, 3)],
             "a untouched, b changed, c new"
         );
-        let gone = diff(&running, &settings(vec![b])).unwrap();
+        let gone = diff(&running, &settings(vec![b.clone()])).unwrap();
         assert_eq!(gone, [PeerChange::Remove([1; 32])]);
         assert!(
             diff(&running, &settings(vec![a, peer(2, &["10.0.0.2/32"])]))
                 .unwrap()
                 .is_empty()
         );
+    }
+
+    #[test]
+    fn a_preshared_key_is_compared_not_sent_again() {
+        let dir = std::env::temp_dir().join(format!("netfn-psk-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("p.psk");
+        std::fs::write(&file, keys::encode(&[5; 32])).unwrap();
+        std::fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .unwrap();
+        let mut a = peer(1, &["10.0.0.1/32"]);
+        a.preshared_key_file = Some(file.clone());
+        let mut running = state(&a);
+        running.preshared_key = PresharedKey::new([5; 32]);
+        assert!(
+            diff(&[running.clone()], &settings(vec![a.clone()]))
+                .unwrap()
+                .is_empty()
+        );
+        // Another key, or none in the file any more: said again, with zeros for none.
+        running.preshared_key = PresharedKey::new([6; 32]);
+        assert_eq!(
+            diff(&[running.clone()], &settings(vec![a])).unwrap().len(),
+            1
+        );
+        running.preshared_key = PresharedKey::new([5; 32]);
+        let changes = diff(&[running], &settings(vec![peer(1, &["10.0.0.1/32"])])).unwrap();
+        assert!(matches!(&changes[..], [PeerChange::Set(s)] if s.preshared_key.is_none()));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

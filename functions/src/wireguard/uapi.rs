@@ -1,15 +1,16 @@
 //! The userspace endpoint's UAPI socket (the cross-platform protocol `wg` speaks): reading its
 //! peers (`get=1`: per peer the last handshake and the bytes each way, for status) and telling
 //! it peer changes (`set=1`). Peers are
-//! named by the first characters of their public key (a public key is no secret); private and
-//! preshared keys are never read out.
+//! named by the first characters of their public key (a public key is no secret); private keys
+//! are never read out, preshared ones only to compare with the configured ones (never shown).
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::keys;
-use super::peers::PeerChange;
+use super::peers::{PeerChange, PeerSet};
 
 /// How long a session lives after its handshake (WireGuard's REJECT_AFTER_TIME): a peer whose
 /// last handshake is older can send nothing until it handshakes again.
@@ -27,6 +28,8 @@ pub struct PeerState {
     pub endpoint: Option<std::net::SocketAddr>,
     pub allowed_ips: Vec<String>,
     pub keepalive: u16,
+    /// Compared with the configured one on `netfn apply`; never shown.
+    pub preshared_key: Option<keys::PresharedKey>,
 }
 
 impl PeerState {
@@ -37,22 +40,29 @@ impl PeerState {
     }
 }
 
-fn connect(name: &str) -> Result<UnixStream, String> {
-    let path = format!("/var/run/wireguard/{name}.sock");
-    let s = UnixStream::connect(&path).map_err(|e| format!("connect {path}: {e}"))?;
+/// The UAPI socket of interface `name`.
+pub fn socket_path(name: &str) -> PathBuf {
+    PathBuf::from(format!("/var/run/wireguard/{name}.sock"))
+}
+
+fn connect(path: &Path) -> Result<UnixStream, String> {
+    let s = UnixStream::connect(path).map_err(|e| format!("connect {}: {e}", path.display()))?;
     s.set_read_timeout(Some(Duration::from_secs(2)))
         .map_err(|e| e.to_string())?;
     Ok(s)
 }
 
-/// Sends a `set=1` request (its lines, without `set=1` and the blank line) to the endpoint
-/// behind interface `name`; `Err` with the errno it answered otherwise.
-fn set(name: &str, lines: &str) -> Result<(), String> {
-    let mut s = connect(name)?;
+/// Sends a `set=1` request (its lines, without `set=1` and the blank line) to the socket at
+/// `path`; `Err` with the errno it answered (or the reason, from netfn's own endpoint) otherwise.
+fn set(path: &Path, lines: &str) -> Result<(), String> {
+    let mut s = connect(path)?;
     s.write_all(format!("set=1\n{lines}\n").as_bytes())
         .map_err(|e| e.to_string())?;
     for line in BufReader::new(s).lines() {
         let line = line.map_err(|e| e.to_string())?;
+        if let Some(why) = line.strip_prefix("error=") {
+            return Err(format!("the endpoint refused the change: {why}"));
+        }
         if let Some(errno) = line.strip_prefix("errno=") {
             return if errno == "0" {
                 Ok(())
@@ -64,8 +74,20 @@ fn set(name: &str, lines: &str) -> Result<(), String> {
     Err("the endpoint did not answer".into())
 }
 
-/// Tells the endpoint behind interface `name` about `changes` (one `set=1` request).
+/// Tells the endpoint behind interface `name` about `changes` (one `set=1` request on its UAPI
+/// socket).
 pub fn apply(name: &str, changes: &[PeerChange]) -> Result<(), String> {
+    apply_at(&socket_path(name), changes)
+}
+
+/// Tells the endpoint serving the socket at `path` (the UAPI's, or netfn's own control socket:
+/// [`super::control`]) about `changes`.
+pub fn apply_at(path: &Path, changes: &[PeerChange]) -> Result<(), String> {
+    set(path, &set_request(changes))
+}
+
+/// The lines of a `set=1` request that makes `changes`.
+pub fn set_request(changes: &[PeerChange]) -> String {
     let mut request = String::new();
     for change in changes {
         match change {
@@ -84,13 +106,66 @@ pub fn apply(name: &str, changes: &[PeerChange]) -> Result<(), String> {
                     request.push_str(&format!("endpoint={e}\n"));
                 }
                 request.push_str(&format!("persistent_keepalive_interval={}\n", p.keepalive));
-                if let Some(psk) = &p.preshared_key {
-                    request.push_str(&format!("preshared_key={}\n", hex(psk)));
-                }
+                // Always said: zeros remove a key the file no longer names.
+                request.push_str(&format!(
+                    "preshared_key={}\n",
+                    hex(&keys::preshared_bytes(p.preshared_key.as_ref()))
+                ));
             }
         }
     }
-    set(name, &request)
+    request
+}
+
+/// The changes a `set=1` request made by [`set_request`] says (its lines after `set=1`); other
+/// keys are refused: netfn's control socket takes peer changes only.
+pub fn parse_set(lines: &str) -> Result<Vec<PeerChange>, String> {
+    let mut out: Vec<PeerChange> = Vec::new();
+    for line in lines.lines().filter(|l| !l.is_empty()) {
+        let (k, v) = line
+            .split_once('=')
+            .ok_or_else(|| format!("`{line}` is not KEY=VALUE"))?;
+        let bad = |what: &str| format!("{k}: {what}");
+        if k == "public_key" {
+            let key = hex_bytes(v).ok_or_else(|| bad("not a key in hex"))?;
+            out.push(PeerChange::Set(PeerSet {
+                public_key: key,
+                allowed_ips: Vec::new(),
+                endpoint: None,
+                keepalive: 0,
+                preshared_key: None,
+            }));
+            continue;
+        }
+        let Some(last) = out.last_mut() else {
+            return Err(format!("{k} before any public_key"));
+        };
+        match (k, last) {
+            ("remove", last) if v == "true" => {
+                let key = match last {
+                    PeerChange::Set(p) => p.public_key,
+                    PeerChange::Remove(key) => *key,
+                };
+                *last = PeerChange::Remove(key);
+            }
+            ("replace_allowed_ips", PeerChange::Set(_)) if v == "true" => {}
+            ("allowed_ip", PeerChange::Set(p)) => p
+                .allowed_ips
+                .push(v.parse().map_err(|_| bad("not an IPv4 network"))?),
+            ("endpoint", PeerChange::Set(p)) => {
+                p.endpoint = Some(v.parse().map_err(|_| bad("not ADDRESS:PORT"))?);
+            }
+            ("persistent_keepalive_interval", PeerChange::Set(p)) => {
+                p.keepalive = v.parse().map_err(|_| bad("not seconds"))?;
+            }
+            ("preshared_key", PeerChange::Set(p)) => {
+                p.preshared_key =
+                    keys::PresharedKey::new(hex_bytes(v).ok_or_else(|| bad("not a key in hex"))?);
+            }
+            _ => return Err(format!("`{k}` is not a peer change netfn makes")),
+        }
+    }
+    Ok(out)
 }
 
 /// A base64 key as the UAPI's hex.
@@ -100,7 +175,7 @@ pub fn hex(key: &[u8; 32]) -> String {
 
 /// Asks the endpoint behind interface `name` for its peers.
 pub fn peers(name: &str) -> Result<Vec<PeerState>, String> {
-    let mut s = connect(name)?;
+    let mut s = connect(&socket_path(name))?;
     s.write_all(b"get=1\n\n").map_err(|e| e.to_string())?;
     let mut out: Vec<PeerState> = Vec::new();
     for line in BufReader::new(s).lines() {
@@ -124,6 +199,11 @@ pub fn peers(name: &str) -> Result<Vec<PeerState>, String> {
             "allowed_ip" => {
                 if let Some(p) = out.last_mut() {
                     p.allowed_ips.push(v.to_string());
+                }
+            }
+            "preshared_key" => {
+                if let Some(p) = out.last_mut() {
+                    p.preshared_key = hex_bytes(v).and_then(keys::PresharedKey::new);
                 }
             }
             "persistent_keepalive_interval" => {
@@ -154,9 +234,65 @@ pub fn peers(name: &str) -> Result<Vec<PeerState>, String> {
 
 /// A key in the UAPI's hex, as base64.
 fn hex_key(hex: &str) -> Option<String> {
+    Some(keys::encode(&hex_bytes(hex)?))
+}
+
+/// A key in the UAPI's hex.
+fn hex_bytes(hex: &str) -> Option<[u8; 32]> {
     let bytes: Vec<u8> = (0..hex.len())
         .step_by(2)
         .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
         .collect::<Option<_>>()?;
-    Some(keys::encode(&<[u8; 32]>::try_from(bytes.as_slice()).ok()?))
+    <[u8; 32]>::try_from(bytes.as_slice()).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_set_request_reads_back_as_its_changes() {
+        let changes = vec![
+            PeerChange::Remove([9; 32]),
+            PeerChange::Set(PeerSet {
+                public_key: [1; 32],
+                allowed_ips: vec![
+                    "10.0.0.1/32".parse().unwrap(),
+                    "10.1.0.0/16".parse().unwrap(),
+                ],
+                endpoint: Some("192.0.2.1:51820".parse().unwrap()),
+                keepalive: 25,
+                preshared_key: keys::PresharedKey::new([7; 32]),
+            }),
+            PeerChange::Set(PeerSet {
+                public_key: [2; 32],
+                allowed_ips: vec![],
+                endpoint: None,
+                keepalive: 0,
+                preshared_key: None,
+            }),
+        ];
+        let request = set_request(&changes);
+        assert!(request.contains(&format!("preshared_key={}\n", "0".repeat(64))));
+        assert_eq!(parse_set(&request).unwrap(), changes);
+    }
+
+    #[test]
+    fn a_request_beyond_peer_changes_is_refused() {
+        for bad in [
+            "private_key=00\n",
+            &format!("public_key={}\nlisten_port=1\n", hex(&[1; 32])),
+            "public_key=zz\n",
+            &format!("public_key={}\nallowed_ip=fe80::/64\n", hex(&[1; 32])),
+        ] {
+            assert!(parse_set(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_preshared_key_never_shows_in_debug() {
+        let key = keys::PresharedKey::new([0xab; 32]).unwrap();
+        assert!(!format!("{key:?}").contains("ab"));
+        assert_eq!(keys::PresharedKey::new([0; 32]), None);
+    }
 }
