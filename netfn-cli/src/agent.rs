@@ -50,7 +50,7 @@ pub struct AgentArgs {
     rescan_interval: Duration,
 }
 
-/// Parses `250ms`, `1s`, `1.5s`, `2m`, or a plain number of seconds.
+/// Parses `250ms`, `1s`, `1.5s`, `2m`, `1h`, or a plain number of seconds.
 fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let (number, scale) = if let Some(n) = s.strip_suffix("ms") {
@@ -59,13 +59,15 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
         (n, 1.0)
     } else if let Some(n) = s.strip_suffix('m') {
         (n, 60.0)
+    } else if let Some(n) = s.strip_suffix('h') {
+        (n, 3600.0)
     } else {
         (s, 1.0)
     };
     let value: f64 = number
         .trim()
         .parse()
-        .map_err(|_| format!("`{s}` is not a duration; write e.g. 500ms, 1s or 2m"))?;
+        .map_err(|_| format!("`{s}` is not a duration; write e.g. 500ms, 1s, 2m or 1h"))?;
     let secs = value * scale;
     if !(0.001..=86_400.0).contains(&secs) {
         return Err(format!("`{s}` is out of range (1ms to 24h)"));
@@ -226,6 +228,7 @@ mod tests {
         assert_eq!(parse_duration("1s"), Ok(Duration::from_secs(1)));
         assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
         assert_eq!(parse_duration("3"), Ok(Duration::from_secs(3)));
         assert!(parse_duration("0s").is_err());
         assert!(parse_duration("soon").is_err());

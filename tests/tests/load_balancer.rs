@@ -672,7 +672,10 @@ fn health_checks(mode: &str, tag: &str) {
     let _guard = ChainGuard::up(&chain, &file);
     let mut servers = Servers::start(&format!("nf-{chain}-egress"));
     let ingress = format!("nf-{chain}-ingress");
-    let agent = Agent::start(&dir.0, &chain, &["--no-probe"]);
+    // The agent reads the chain's record at its start only (the CLI's changes notify another
+    // socket): after the apply below, the health task that began with the first settings is
+    // the one that brings the backend back, and it must write the settings the apply left.
+    let agent = Agent::start(&dir.0, &chain, &["--no-probe", "--rescan-interval", "1h"]);
     let mut next = 30_000u16;
     assert!(
         until_spread(&ingress, &mut next, |c| c.len() == 3),
@@ -770,13 +773,12 @@ fn health_checks(mode: &str, tag: &str) {
         .unwrap_or_else(|| panic!("{mode}: no service_backends_up:\n{metrics}"));
     assert!(service_up.ends_with(" 2"), "{mode}: {service_up}");
 
-    // A live change of another backend's weight keeps the verdict: the reloaded tables (or
-    // ruleset) leave the down backend out, with no check needed to take it out again.
-    let heavier = checked.replace(
-        &format!("\"{}\", port = {SERVER_PORT}, weight = 1", SERVERS[2]),
-        &format!("\"{}\", port = {SERVER_PORT}, weight = 2", SERVERS[2]),
-    );
-    assert_ne!(heavier, checked, "the service table changed its shape");
+    // A live change (another backend's weight, a fourth backend) keeps the verdict: the
+    // reloaded tables (or ruleset) leave the down backend out, with no check needed to take it
+    // out again.
+    let heavier = service(80, "tcp", &[(0, 1), (1, 1), (2, 2), (3, 1)])
+        + "health = { check = \"tcp\", interval = 0.5, timeout = 0.3, rise = 2, fall = 2 }\n";
+    assert!(heavier.contains(&SERVERS[3].to_string()) && heavier.contains("weight = 2"));
     let reweighted = dir.write("lb-reweighted.toml", &chain_file(&chain, mode, &heavier));
     let applied = netfn_ok(&["apply", &reweighted.to_string_lossy()]);
     assert!(applied.contains("in place"), "{mode}: {applied}");
@@ -788,12 +790,18 @@ fn health_checks(mode: &str, tag: &str) {
         "{mode}: an apply brought a backend that is down back in: {after:?}"
     );
 
-    // It comes back: the checks bring it in again.
+    // It comes back: the checks bring it in again, and the fourth backend stays in (the
+    // verdict is written with the settings the chain has now, not those the task began with).
     servers.start_tcp(1);
     assert!(
         until_spread(&ingress, &mut next, |c| c.contains_key(&SERVERS[1])),
         "{mode}: the backend never came back:\n{}",
         agent.log_text()
+    );
+    let back = counts(&spread(&ingress, 80, next..next + 300));
+    assert!(
+        back.len() == 4 && !back.contains_key(&REFUSED),
+        "{mode}: after the backend came back, new flows reached {back:?}, not the four backends"
     );
     let metrics = agent.metrics();
     let restarts = metrics

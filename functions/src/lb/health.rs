@@ -11,6 +11,10 @@
 //! reloaded in one transaction. So a failed backend stops getting new flows within `fall ×
 //! interval` plus one interval.
 //!
+//! A verdict is written with the function's settings as the chain's record has them at that
+//! moment, under the chain's lock (never between an `apply`'s steps, never with the settings
+//! the task began with: an `apply` since then would be undone).
+//!
 //! A task starts from what the data path holds (a backend marked down stays down until it
 //! rises), so an agent that restarts resumes where the last one left off; while no agent runs,
 //! the last verdicts stay in force.
@@ -20,8 +24,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use netfn_core::chain::state::{self, ChainLock};
 use netfn_core::function::{KindTask, TaskContext, TaskRun};
 use netfn_core::kernel::netns;
+use netfn_core::plan::HopRole;
 use netfn_core::spec::FastPath;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -116,13 +122,14 @@ async fn run(ctx: TaskContext, settings: Arc<LbSettings>, i: usize) -> Result<()
         .collect();
     let mut ticker = tokio::time::interval(Duration::from_millis(check.interval_ms.into()));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Verdicts not yet in the data path (the chain was busy with a change).
+    let mut unwritten = false;
     loop {
         ticker.tick().await;
         let results = check_all(&ctx.netns, &targets, &check).await?;
-        let mut changed = false;
         for ((state, ok), (id, _)) in states.iter_mut().zip(results).zip(&targets) {
             if state.observe(ok, &check) {
-                changed = true;
+                unwritten = true;
                 tracing::info!(
                     function = %ctx.function,
                     "backend {id} of {} is {}",
@@ -131,24 +138,59 @@ async fn run(ctx: TaskContext, settings: Arc<LbSettings>, i: usize) -> Result<()
                 );
             }
         }
-        if changed {
-            // This service's verdicts over what the data path holds (the other services'). A
-            // backend (address:port) that two checked services share is one backend: the
-            // last verdict stands.
-            let _turn = VERDICTS
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
-            let mut down = down_in_data_path(&ctx)?;
-            for (state, (id, _)) in states.iter().zip(&targets) {
-                if state.up {
-                    down.remove(id);
-                } else {
-                    down.insert(id.clone());
-                }
-            }
-            apply(&ctx, &settings, &down)?;
+        if unwritten {
+            let verdicts: Vec<(&str, bool)> = targets
+                .iter()
+                .zip(&states)
+                .map(|((id, _), state)| (id.as_str(), state.up))
+                .collect();
+            unwritten = !write_verdicts(&ctx, &verdicts)?;
         }
     }
+}
+
+/// Puts this service's verdicts (backend, up) into the data path, over what it holds (the other
+/// services'), with the function's settings as the chain's record has them now: a `netfn apply`
+/// may have changed them since this task started (the agent then starts it again), and a
+/// table rebuilt from the old ones would undo the apply. Done under the chain's lock, which
+/// `up`, `apply` and `down` hold while they change the chain; false (nothing written: try at
+/// the next check) while one of them holds it. A backend (address:port) that two checked
+/// services share is one backend: the last verdict stands.
+fn write_verdicts(ctx: &TaskContext, verdicts: &[(&str, bool)]) -> Result<bool, String> {
+    let _turn = VERDICTS
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let Some(_chain) = ChainLock::try_existing(&ctx.chain).map_err(|e| e.to_string())? else {
+        return Ok(false);
+    };
+    let settings = recorded_settings(ctx)?;
+    let mut down = down_in_data_path(ctx)?;
+    for (id, up) in verdicts {
+        if *up {
+            down.remove(*id);
+        } else {
+            down.insert((*id).to_string());
+        }
+    }
+    apply(ctx, &settings, &down)?;
+    Ok(true)
+}
+
+/// The function's settings in the chain's record (read under the chain's lock).
+fn recorded_settings(ctx: &TaskContext) -> Result<LbSettings, String> {
+    let record = state::load(&ctx.chain)
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| format!("chain `{}` has no record", ctx.chain))?;
+    let (_, hop) = record
+        .plan
+        .hop(&ctx.function)
+        .ok_or_else(|| format!("the chain has no function `{}` any more", ctx.function))?;
+    let HopRole::Function { settings, .. } = &hop.role else {
+        return Err(format!("`{}` is not a function", ctx.function));
+    };
+    settings
+        .parse()
+        .map_err(|e| format!("the recorded settings of `{}`: {e}", ctx.function))
 }
 
 /// Puts the verdicts into the data path.
