@@ -1090,3 +1090,150 @@ fn evicted_flow_answers(mode: &str, tag: &str) {
         "{mode}: the answer after the client spoke again"
     );
 }
+
+#[test]
+fn tc_backends_routed_beyond_the_egress_endpoint() {
+    routed_backends("tc", "br");
+}
+
+#[test]
+fn xdp_backends_routed_beyond_the_egress_endpoint() {
+    routed_backends("xdp", "bs");
+}
+
+#[test]
+fn kernel_backends_routed_beyond_the_egress_endpoint() {
+    routed_backends("kernel", "bq");
+}
+
+/// The routed backend of [`routed_backends`]: in a namespace behind the egress endpoint.
+const FAR: Ipv4Addr = Ipv4Addr::new(10, 200, 0, 5);
+
+/// A backend outside the egress subnet, routed from the egress endpoint (which forwards to a
+/// namespace of the test's own behind it), beside one in the subnet, with a function after the
+/// load balancer: connections reach both, the far one's answers cross that function and the
+/// load balancer (both accept its address as a source), and the health checks (from the load
+/// balancer's namespace, two hops from the egress endpoint) reach both.
+fn routed_backends(mode: &str, tag: &str) {
+    let _turn = shared();
+    let chain = unique_chain(tag);
+    let dir = TempDir::new(&chain);
+    let services = format!(
+        "\n[[chain.function.service]]\nvip = \"{VIP}\"\nproto = \"tcp\"\nport = 80\n\
+         backends = [{{ address = \"{}\", port = {SERVER_PORT} }}, \
+         {{ address = \"{FAR}\", port = {SERVER_PORT} }}]\n\
+         health = {{ check = \"tcp\", interval = 0.3, timeout = 0.2, rise = 1, fall = 2 }}\n\
+         \n[[chain.function]]\nname = \"back\"\nkind = \"forward\"\n",
+        SERVERS[0]
+    );
+    let file = dir.write("lb.toml", &chain_file(&chain, mode, &services));
+    let _guard = ChainGuard::up(&chain, &file);
+    let egress = format!("nf-{chain}-egress");
+    let _servers = Servers::start(&egress);
+    // The far namespace: FAR on its loopback, a /30 to the egress endpoint, routes back to the
+    // chain's subnets and its transit pool (the health checks leave from the load balancer's
+    // own address) only: nothing leaves the machine.
+    let far = netfn_tests::ForeignNetns::add(&format!("{chain}-far"));
+    let ip = |args: &[&str]| {
+        let out = std::process::Command::new("ip")
+            .args(args)
+            .output()
+            .expect("run ip");
+        assert!(
+            out.status.success(),
+            "ip {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    ip(&[
+        "-n", &far.0, "link", "add", "far0", "type", "veth", "peer", "name", "far1", "netns",
+        &egress,
+    ]);
+    ip(&["-n", &far.0, "addr", "add", "10.200.9.2/30", "dev", "far0"]);
+    ip(&[
+        "-n",
+        &far.0,
+        "addr",
+        "add",
+        &format!("{FAR}/32"),
+        "dev",
+        "lo",
+    ]);
+    ip(&["-n", &far.0, "link", "set", "lo", "up"]);
+    ip(&["-n", &far.0, "link", "set", "far0", "up"]);
+    for net in ["10.84.1.0/24", "10.84.2.0/24", "100.64.0.0/16"] {
+        ip(&["-n", &far.0, "route", "add", net, "via", "10.200.9.1"]);
+    }
+    ip(&["-n", &egress, "addr", "add", "10.200.9.1/30", "dev", "far1"]);
+    ip(&["-n", &egress, "link", "set", "far1", "up"]);
+    ip(&[
+        "-n",
+        &egress,
+        "route",
+        "add",
+        &format!("{FAR}/32"),
+        "via",
+        "10.200.9.2",
+    ]);
+    let forwarding = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &egress,
+            "sysctl",
+            "-qw",
+            "net.ipv4.ip_forward=1",
+        ])
+        .status()
+        .expect("run sysctl");
+    assert!(forwarding.success(), "forwarding on in {egress}");
+    let listener = in_netns(&far.0, || {
+        TcpListener::bind(SocketAddrV4::new(FAR, SERVER_PORT)).expect("listen")
+    });
+    listener.set_nonblocking(true).expect("nonblocking");
+    let stop = Arc::new(AtomicBool::new(false));
+    let far_server = {
+        let (s, all) = (Arc::new(AtomicBool::new(false)), stop.clone());
+        thread::spawn(move || serve_tcp(listener, FAR, &s, &all))
+    };
+    let agent = Agent::start(&dir.0, &chain, &["--no-probe"]);
+
+    let ingress = format!("nf-{chain}-ingress");
+    let answers = counts(&answers(&ingress, 80, 44_000..44_200, true));
+    assert!(
+        !answers.contains_key(&REFUSED),
+        "{mode}: refused connections: {answers:?}"
+    );
+    for server in [SERVERS[0], FAR] {
+        let n = answers.get(&server).copied().unwrap_or(0);
+        assert!(n > 40, "{mode}: {server} answered {n} of 200: {answers:?}");
+    }
+    // The health checks reach it too (from the load balancer's namespace, by its route): up
+    // after more than fall x interval while it serves, down once it stops (so they ran).
+    let service_row = || {
+        lb_status(&chain)
+            .into_iter()
+            .find(|(k, _)| k == &format!("{VIP}:80/tcp"))
+            .map(|(_, v)| v)
+            .unwrap_or_default()
+    };
+    thread::sleep(Duration::from_millis(1500));
+    let row = service_row();
+    assert!(
+        row.starts_with("2 of 2 backends up"),
+        "{mode}: while both serve: {row:?}\n{}",
+        agent.log_text()
+    );
+    stop.store(true, Ordering::Relaxed);
+    let _ = far_server.join();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !service_row().starts_with("1 of 2 backends up") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{mode}: the far backend stopped, the service says {:?}:\n{}",
+            service_row(),
+            agent.log_text()
+        );
+        thread::sleep(Duration::from_millis(200));
+    }
+}

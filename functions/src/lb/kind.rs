@@ -77,25 +77,28 @@ impl FunctionConfig for LbConfig {
         self.settings.check_in_chain(chain)
     }
 
-    /// Answers leave from the VIPs, toward the clients on the ingress side.
+    /// Answers leave from the VIPs, toward the clients on the ingress side; backends routed
+    /// beyond the egress endpoint (outside its subnet; the plan drops the others) answer from
+    /// their own addresses toward it.
     fn extra_sources(&self) -> Vec<ExtraSource> {
-        let mut vips: Vec<Ipv4Net> = self
-            .settings
-            .services
+        let v4 = |a: IpAddr| match a {
+            IpAddr::V4(v4) => Some(Ipv4Net::from(v4)),
+            IpAddr::V6(_) => None,
+        };
+        let services = &self.settings.services;
+        let vips = services
             .iter()
-            .filter_map(|s| match s.vip {
-                IpAddr::V4(v4) => Some(Ipv4Net::from(v4)),
-                IpAddr::V6(_) => None,
-            })
-            .collect();
-        vips.sort();
-        vips.dedup();
-        vips.into_iter()
-            .map(|net| ExtraSource {
-                direction: Direction::Reverse,
-                net,
-            })
-            .collect()
+            .filter_map(|s| v4(s.vip))
+            .map(|net| ExtraSource::sent(Direction::Reverse, net));
+        let backends = services
+            .iter()
+            .flat_map(|s| &s.backends)
+            .filter_map(|b| v4(b.address))
+            .map(|net| ExtraSource::beyond(Direction::Reverse, net));
+        let mut out: Vec<ExtraSource> = vips.chain(backends).collect();
+        out.sort();
+        out.dedup();
+        out
     }
 }
 

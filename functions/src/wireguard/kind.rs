@@ -145,7 +145,7 @@ impl FunctionConfig for WgConfig {
             .peers
             .iter()
             .flat_map(|p| p.allowed_ips.iter())
-            .map(|&net| ExtraSource { direction, net })
+            .map(|&net| ExtraSource::sent(direction, net))
             .collect()
     }
 }

@@ -117,10 +117,6 @@ pub trait FunctionConfig: fmt::Debug + Send + Sync + Any {
         ))
     }
 
-    /// Sources this function puts on packets besides the chain's subnets, and which way those
-    /// packets go (a load balancer's VIPs toward ingress, a VPN's decapsulated clients toward
-    /// egress): the forwarder's anti-spoofing check of the functions they cross next lets them
-    /// through.
     /// Kernel objects of the kind's own in the function's namespace that netfn configures
     /// itself (a kernel WireGuard device): called by `up` and by an apply that adds the function
     /// with `fresh`, by an apply that changes its settings in place without, before its process
@@ -164,6 +160,12 @@ pub trait FunctionConfig: fmt::Debug + Send + Sync + Any {
         Vec::new()
     }
 
+    /// Sources besides the chain's subnets on packets going one way ([`ExtraSource`]): those
+    /// this function puts on its packets (a load balancer's VIPs toward ingress, a VPN's
+    /// decapsulated clients toward egress), which the functions they cross next accept; and
+    /// those of hosts beyond an endpoint that send to this function (a load balancer's
+    /// backends routed beyond the egress endpoint), which every function from that endpoint up
+    /// to this one accepts and routes toward it. The default has none.
     fn extra_sources(&self) -> Vec<ExtraSource> {
         Vec::new()
     }

@@ -18,14 +18,72 @@ pub enum Direction {
     Reverse,
 }
 
-/// Sources a function puts on the packets it sends one way (a load balancer's VIP toward
-/// ingress, a VPN's decapsulated clients toward egress): the functions those packets cross
-/// next accept them besides the subnet they face.
+/// Sources besides the chain's subnets on packets going one way, declared by a function: the
+/// hops those packets cross accept them. Either the function puts them on its packets (a load
+/// balancer's VIP toward ingress, a VPN's decapsulated clients toward egress: the functions
+/// crossed next accept them), or hosts beyond the endpoint the packets come from send them to
+/// the function (a load balancer's backends routed beyond the egress endpoint: every function
+/// from that endpoint up to the declaring one, itself included, accepts them).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct ExtraSource {
     /// The way the packets go: `Forward`, toward egress; `Reverse`, toward ingress.
     pub direction: Direction,
     pub net: Ipv4Net,
+    #[serde(default, skip_serializing_if = "SourceOrigin::is_function")]
+    pub origin: SourceOrigin,
+}
+
+/// Who puts an [`ExtraSource`] on the packets.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum SourceOrigin {
+    /// The declaring function.
+    #[default]
+    Function,
+    /// Hosts beyond the endpoint the packets come from (egress for `Reverse`, ingress for
+    /// `Forward`), sending to the declaring function.
+    Beyond,
+}
+
+impl SourceOrigin {
+    fn is_function(&self) -> bool {
+        *self == SourceOrigin::Function
+    }
+}
+
+impl ExtraSource {
+    /// A source the function puts on its packets going `direction`.
+    pub fn sent(direction: Direction, net: Ipv4Net) -> Self {
+        ExtraSource {
+            direction,
+            net,
+            origin: SourceOrigin::Function,
+        }
+    }
+
+    /// A source of hosts beyond the endpoint packets going `direction` come from.
+    pub fn beyond(direction: Direction, net: Ipv4Net) -> Self {
+        ExtraSource {
+            direction,
+            net,
+            origin: SourceOrigin::Beyond,
+        }
+    }
+
+    /// Whether function hop `declared_at` declaring this source makes hop `hop` of a chain of
+    /// `n` functions accept it on packets going its way.
+    pub fn accepted_at(&self, declared_at: usize, hop: usize) -> bool {
+        match (self.origin, self.direction) {
+            // Crossed next on the way.
+            (SourceOrigin::Function, Direction::Forward) => hop > declared_at,
+            (SourceOrigin::Function, Direction::Reverse) => hop < declared_at,
+            // Crossed from the far endpoint up to the declaring function.
+            (SourceOrigin::Beyond, Direction::Forward) => hop <= declared_at,
+            (SourceOrigin::Beyond, Direction::Reverse) => hop >= declared_at,
+        }
+    }
 }
 
 impl Direction {
@@ -98,21 +156,18 @@ pub fn interface_slot(ifindex: u32) -> Option<u32> {
 }
 
 /// The extra sources accepted at hop `hop` for packets going `direction`: those the functions
-/// before it on that way declared (hops below `hop` going forward, above it going back).
+/// before it on that way put on their packets, and those of hosts beyond the far endpoint that
+/// functions at or after it on that way declared ([`ExtraSource::accepted_at`]).
 fn extra_sources(plan: &ChainPlan, hop: usize, direction: Direction) -> Vec<Ipv4Net> {
     let n = plan.function_count();
-    let before = match direction {
-        Direction::Forward => 1..hop,
-        Direction::Reverse => hop + 1..n + 1,
-    };
     let mut out: Vec<Ipv4Net> = plan
         .hops
-        .get(before)
-        .into_iter()
-        .flatten()
-        .flat_map(|h| &h.sources)
-        .filter(|s| s.direction == direction)
-        .map(|s| s.net)
+        .iter()
+        .enumerate()
+        .filter(|(k, _)| (1..=n).contains(k))
+        .flat_map(|(k, h)| h.sources.iter().map(move |s| (k, s)))
+        .filter(|(k, s)| s.direction == direction && s.accepted_at(*k, hop))
+        .map(|(_, s)| s.net)
         .collect();
     out.sort();
     out.dedup();
@@ -205,15 +260,11 @@ mod tests {
         let mut plan = plan_chain(&spec(3, None));
         let vip: Ipv4Net = "192.0.2.10/32".parse().unwrap();
         let clients: Ipv4Net = "198.51.100.0/24".parse().unwrap();
+        let backends: Ipv4Net = "203.0.113.0/28".parse().unwrap();
         plan.hops[2].sources = vec![
-            ExtraSource {
-                direction: Direction::Reverse,
-                net: vip,
-            },
-            ExtraSource {
-                direction: Direction::Forward,
-                net: clients,
-            },
+            ExtraSource::sent(Direction::Reverse, vip),
+            ExtraSource::sent(Direction::Forward, clients),
+            ExtraSource::beyond(Direction::Reverse, backends),
         ];
         let extra = |hop: usize, direction: Direction| {
             forwarder_entries(&plan)
@@ -224,13 +275,15 @@ mod tests {
         };
         // The VIP goes back toward ingress: fn1 sees it; fn3 (behind the declaring fn2) not.
         assert_eq!(extra(1, Direction::Reverse), [vip]);
-        assert_eq!(extra(3, Direction::Reverse), []);
         // The clients go on toward egress: fn3 sees them; fn1 not.
         assert_eq!(extra(3, Direction::Forward), [clients]);
         assert_eq!(extra(1, Direction::Forward), []);
-        // The declaring function's own checks are unchanged.
+        // The backends beyond egress answer toward the declaring fn2: fn3 and fn2 accept them;
+        // fn1 (whose packets come from fn2, with the VIP) does not.
+        assert_eq!(extra(3, Direction::Reverse), [backends]);
+        assert_eq!(extra(2, Direction::Reverse), [backends]);
+        // The declaring function's own checks are otherwise unchanged.
         assert_eq!(extra(2, Direction::Forward), []);
-        assert_eq!(extra(2, Direction::Reverse), []);
     }
 
     #[test]

@@ -29,8 +29,8 @@ use crate::function::RecordedSettings;
 use crate::spec::{ChainSpec, EndpointSpec, FastPath};
 
 pub use forwarder::{
-    Direction, ExtraSource, ForwarderEntry, counter_slot, forwarder_counter_len, forwarder_entries,
-    forwarder_table_len, interface_slot,
+    Direction, ExtraSource, ForwarderEntry, SourceOrigin, counter_slot, forwarder_counter_len,
+    forwarder_entries, forwarder_table_len, interface_slot,
 };
 pub use steering::steering_routes;
 
@@ -274,7 +274,11 @@ pub fn plan_chain(spec: &ChainSpec) -> ChainPlan {
             retired_out: Vec::new(),
             slot: Some(slot),
             stage: spec.fastpath != FastPath::Kernel && f.config.stage().is_some(),
-            sources: f.config.extra_sources(),
+            sources: declared_sources(
+                f.config.extra_sources(),
+                spec.ingress.address.trunc(),
+                spec.egress.address.trunc(),
+            ),
         });
     }
     hops.push(endpoint_hop(spec, "egress", &spec.egress));
@@ -300,7 +304,9 @@ pub fn plan_chain(spec: &ChainSpec) -> ChainPlan {
 /// subnet next to a hop is directly connected), and so are the extra sources functions declare
 /// ([`ExtraSource`]): a load balancer's VIP, which answers toward ingress, is reached toward
 /// egress from every hop before it; a VPN's clients, sending toward egress, are reached toward
-/// ingress from every hop after it.
+/// ingress from every hop after it; a load balancer's backends routed beyond the egress
+/// endpoint are reached toward egress from it and every function after it (the egress
+/// endpoint's own route to them is the operator's: that is what "routed from it" means).
 pub(crate) fn function_routes(
     hops: &mut [HopPlan],
     links: &[LinkPlan],
@@ -341,9 +347,11 @@ pub(crate) fn function_routes(
             });
         }
         for (k, s) in &declared {
-            let gateway = match s.direction {
-                Direction::Reverse if h < *k => on,
-                Direction::Forward if h > *k => back,
+            let gateway = match (s.origin, s.direction) {
+                (SourceOrigin::Function, Direction::Reverse) if h < *k => on,
+                (SourceOrigin::Function, Direction::Forward) if h > *k => back,
+                (SourceOrigin::Beyond, Direction::Reverse) if h >= *k && !endpoint => on,
+                (SourceOrigin::Beyond, Direction::Forward) if h <= *k && !endpoint => back,
                 _ => None,
             };
             if let Some(gateway) = gateway
@@ -355,6 +363,22 @@ pub(crate) fn function_routes(
                 });
             }
         }
+        // The egress endpoint reaches the functions' own addresses (their links toward egress)
+        // through the last function: a load balancer's health checks leave from its address
+        // and their answers come back to it, wherever it stands in the chain. Only in a
+        // namespace netfn made: chains that share an operator's namespace would each route the
+        // same transit addresses (every chain may use the default pool).
+        if h == n + 1
+            && hop.netns.created
+            && let Some(last) = links.get(n)
+        {
+            for link in links.iter().take(n).skip(1) {
+                routes.push(RoutePlan {
+                    destination: Ipv4Net::from(link.out.address.addr()),
+                    gateway: last.out.address.addr(),
+                });
+            }
+        }
         if endpoint {
             // An endpoint keeps the route to the far endpoint's subnet it was planned with.
             hop.routes.truncate(1);
@@ -363,6 +387,23 @@ pub(crate) fn function_routes(
             hop.routes = routes;
         }
     }
+}
+
+/// A function's extra sources as the plan keeps them: a host beyond an endpoint inside that
+/// endpoint's own subnet is no extra source (its subnet is accepted and directly connected).
+fn declared_sources(
+    mut sources: Vec<ExtraSource>,
+    ingress_net: Ipv4Net,
+    egress_net: Ipv4Net,
+) -> Vec<ExtraSource> {
+    sources.retain(|s| {
+        let far = match s.direction {
+            Direction::Forward => ingress_net,
+            Direction::Reverse => egress_net,
+        };
+        s.origin != SourceOrigin::Beyond || !far.contains(&s.net)
+    });
+    sources
 }
 
 fn endpoint_hop(spec: &ChainSpec, name: &str, ep: &EndpointSpec) -> HopPlan {
@@ -477,10 +518,10 @@ mod tests {
         spec.functions[1] = crate::spec::FunctionSpec {
             name: "fn2".into(),
             kind: "lb".into(),
-            config: std::sync::Arc::new(test_specs::WithSources(vec![ExtraSource {
-                direction: Direction::Reverse,
-                net: "192.0.2.10/32".parse().unwrap(),
-            }])),
+            config: std::sync::Arc::new(test_specs::WithSources(vec![ExtraSource::sent(
+                Direction::Reverse,
+                "192.0.2.10/32".parse().unwrap(),
+            )])),
         };
         let plan = plan_chain(&spec);
         let vip = |h: usize| {
@@ -504,6 +545,60 @@ mod tests {
                 .collect();
             assert_eq!(others.len(), a.routes.len(), "hop {h}");
         }
+    }
+
+    #[test]
+    fn backends_beyond_egress_are_routed_toward_it_from_their_function_on() {
+        let mut spec = spec(3, None);
+        let egress_net = spec.egress.address.trunc();
+        let inside = Ipv4Net::new(egress_net.hosts().nth(5).unwrap(), 32).unwrap();
+        spec.functions[1] = crate::spec::FunctionSpec {
+            name: "fn2".into(),
+            kind: "lb".into(),
+            config: std::sync::Arc::new(test_specs::WithSources(vec![
+                ExtraSource::beyond(Direction::Reverse, "203.0.113.5/32".parse().unwrap()),
+                ExtraSource::beyond(Direction::Reverse, inside),
+            ])),
+        };
+        let plan = plan_chain(&spec);
+        // A backend in the egress subnet is no extra source.
+        assert_eq!(plan.hops[2].sources.len(), 1, "{:?}", plan.hops[2].sources);
+        let via = |h: usize| {
+            plan.hops[h]
+                .routes
+                .iter()
+                .find(|r| r.destination.to_string() == "203.0.113.5/32")
+                .map(|r| r.gateway)
+        };
+        // fn2 (the load balancer) and fn3 route it toward egress; fn1, which only ever sees the
+        // VIP, and the endpoints do not.
+        assert_eq!(via(2), Some(plan.links[2].inn.address.addr()));
+        assert_eq!(via(3), Some(plan.links[3].inn.address.addr()));
+        assert_eq!((via(0), via(1), via(4)), (None, None, None));
+    }
+
+    #[test]
+    fn the_egress_endpoint_reaches_every_function_through_the_last() {
+        let plan = plan_chain(&spec(3, None));
+        let last = plan.links[3].out.address.addr();
+        let routed: Vec<(String, Ipv4Addr)> = plan.hops[4]
+            .routes
+            .iter()
+            .skip(1)
+            .map(|r| (r.destination.to_string(), r.gateway))
+            .collect();
+        // fn1's and fn2's links toward egress; fn3's is in the egress subnet.
+        assert_eq!(
+            routed,
+            [
+                (format!("{}/32", plan.links[1].out.address.addr()), last),
+                (format!("{}/32", plan.links[2].out.address.addr()), last),
+            ]
+        );
+        // Not in a namespace an operator brings (chains sharing it would collide).
+        let mut shared = spec(3, None);
+        shared.egress.namespace = Some("theirs".into());
+        assert_eq!(plan_chain(&shared).hops[4].routes.len(), 1);
     }
 
     #[test]
