@@ -1130,64 +1130,8 @@ fn routed_backends(mode: &str, tag: &str) {
     let _guard = ChainGuard::up(&chain, &file);
     let egress = format!("nf-{chain}-egress");
     let _servers = Servers::start(&egress);
-    // The far namespace: FAR on its loopback, a /30 to the egress endpoint, routes back to the
-    // chain's subnets and its transit pool (the health checks leave from the load balancer's
-    // own address) only: nothing leaves the machine.
-    let far = netfn_tests::ForeignNetns::add(&format!("{chain}-far"));
-    let ip = |args: &[&str]| {
-        let out = std::process::Command::new("ip")
-            .args(args)
-            .output()
-            .expect("run ip");
-        assert!(
-            out.status.success(),
-            "ip {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
-    ip(&[
-        "-n", &far.0, "link", "add", "far0", "type", "veth", "peer", "name", "far1", "netns",
-        &egress,
-    ]);
-    ip(&["-n", &far.0, "addr", "add", "10.200.9.2/30", "dev", "far0"]);
-    ip(&[
-        "-n",
-        &far.0,
-        "addr",
-        "add",
-        &format!("{FAR}/32"),
-        "dev",
-        "lo",
-    ]);
-    ip(&["-n", &far.0, "link", "set", "lo", "up"]);
-    ip(&["-n", &far.0, "link", "set", "far0", "up"]);
-    for net in ["10.84.1.0/24", "10.84.2.0/24", "100.64.0.0/16"] {
-        ip(&["-n", &far.0, "route", "add", net, "via", "10.200.9.1"]);
-    }
-    ip(&["-n", &egress, "addr", "add", "10.200.9.1/30", "dev", "far1"]);
-    ip(&["-n", &egress, "link", "set", "far1", "up"]);
-    ip(&[
-        "-n",
-        &egress,
-        "route",
-        "add",
-        &format!("{FAR}/32"),
-        "via",
-        "10.200.9.2",
-    ]);
-    let forwarding = std::process::Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &egress,
-            "sysctl",
-            "-qw",
-            "net.ipv4.ip_forward=1",
-        ])
-        .status()
-        .expect("run sysctl");
-    assert!(forwarding.success(), "forwarding on in {egress}");
-    let listener = in_netns(&far.0, || {
+    let far = FarSide::new(&chain, &egress, 1500);
+    let listener = in_netns(&far.ns.0, || {
         TcpListener::bind(SocketAddrV4::new(FAR, SERVER_PORT)).expect("listen")
     });
     listener.set_nonblocking(true).expect("nonblocking");
@@ -1236,4 +1180,147 @@ fn routed_backends(mode: &str, tag: &str) {
         );
         thread::sleep(Duration::from_millis(200));
     }
+}
+
+/// A namespace of the test's own behind the egress endpoint (which forwards to it): [`FAR`] on
+/// its loopback, a /30 to the egress endpoint whose egress end has MTU `mtu` (the far end keeps
+/// 1500: its backend advertises a full-sized MSS, so a smaller `mtu` makes the egress endpoint
+/// a router that must say "fragmentation needed"), routes back to the
+/// chain's subnets and its transit pool (health checks leave from the load balancer's own
+/// address) only: nothing leaves the machine. Removed on drop (its veth goes with it).
+struct FarSide {
+    ns: netfn_tests::ForeignNetns,
+}
+
+impl FarSide {
+    fn new(chain: &str, egress: &str, mtu: u32) -> Self {
+        let far = FarSide {
+            ns: netfn_tests::ForeignNetns::add(&format!("{chain}-far")),
+        };
+        let ns = far.ns.0.as_str();
+        let mtu = mtu.to_string();
+        let ip = |args: &[&str]| {
+            let out = std::process::Command::new("ip")
+                .args(args)
+                .output()
+                .expect("run ip");
+            assert!(
+                out.status.success(),
+                "ip {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        ip(&[
+            "-n", ns, "link", "add", "far0", "type", "veth", "peer", "name", "far1", "mtu", &mtu,
+            "netns", egress,
+        ]);
+        ip(&["-n", ns, "addr", "add", "10.200.9.2/30", "dev", "far0"]);
+        ip(&["-n", ns, "addr", "add", &format!("{FAR}/32"), "dev", "lo"]);
+        ip(&["-n", ns, "link", "set", "lo", "up"]);
+        ip(&["-n", ns, "link", "set", "far0", "up"]);
+        for net in ["10.84.1.0/24", "10.84.2.0/24", "100.64.0.0/16"] {
+            ip(&["-n", ns, "route", "add", net, "via", "10.200.9.1"]);
+        }
+        ip(&["-n", egress, "addr", "add", "10.200.9.1/30", "dev", "far1"]);
+        ip(&["-n", egress, "link", "set", "far1", "up"]);
+        ip(&[
+            "-n",
+            egress,
+            "route",
+            "add",
+            &format!("{FAR}/32"),
+            "via",
+            "10.200.9.2",
+        ]);
+        let forwarding = std::process::Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                egress,
+                "sysctl",
+                "-qw",
+                "net.ipv4.ip_forward=1",
+            ])
+            .status()
+            .expect("run sysctl");
+        assert!(forwarding.success(), "forwarding on in {egress}");
+        far
+    }
+}
+
+#[test]
+fn tc_path_mtu_discovery_through_the_load_balancer() {
+    path_mtu("tc", "bm");
+}
+
+#[test]
+fn xdp_path_mtu_discovery_through_the_load_balancer() {
+    path_mtu("xdp", "bn");
+}
+
+#[test]
+fn kernel_path_mtu_discovery_through_the_load_balancer() {
+    path_mtu("kernel", "bo");
+}
+
+/// A router between the chain and the backend with a smaller MTU (the egress endpoint, 1280
+/// toward [`FAR`]): its ICMP "fragmentation needed" about the client's full-sized segments
+/// reaches the client about the VIP (the load balancer translates the quoted header), so the
+/// client learns the path MTU and a 256 KB upload completes; without it the segments vanish
+/// (a black hole) and the upload stalls.
+fn path_mtu(mode: &str, tag: &str) {
+    const SIZE: usize = 256 * 1024;
+    let _turn = shared();
+    let chain = unique_chain(tag);
+    let dir = TempDir::new(&chain);
+    let services = format!(
+        "\n[[chain.function.service]]\nvip = \"{VIP}\"\nproto = \"tcp\"\nport = 80\n\
+         backends = [{{ address = \"{FAR}\", port = {SERVER_PORT} }}]\n"
+    );
+    let file = dir.write("lb.toml", &chain_file(&chain, mode, &services));
+    let _guard = ChainGuard::up(&chain, &file);
+    let egress = format!("nf-{chain}-egress");
+    let far = FarSide::new(&chain, &egress, 1280);
+    // The backend: reads to the end, answers with the byte count.
+    let listener = in_netns(&far.ns.0, || {
+        TcpListener::bind(SocketAddrV4::new(FAR, SERVER_PORT)).expect("listen")
+    });
+    let server = thread::spawn(move || {
+        let (mut conn, _) = listener.accept().expect("accept");
+        conn.set_read_timeout(Some(Duration::from_secs(10))).ok();
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut total = 0usize;
+        while let Ok(n) = conn.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            total += n;
+        }
+        let _ = conn.write_all(total.to_string().as_bytes());
+    });
+    let ingress = format!("nf-{chain}-ingress");
+    let answer = in_netns(&ingress, || {
+        let mut s = connect_from(45_000, 80);
+        s.write_all(&vec![7u8; SIZE])
+            .map_err(|e| format!("send: {e}"))?;
+        s.shutdown(std::net::Shutdown::Write)
+            .map_err(|e| format!("shutdown: {e}"))?;
+        let mut answer = String::new();
+        s.read_to_string(&mut answer)
+            .map_err(|e| format!("read the answer: {e}"))?;
+        Ok::<_, String>(answer)
+    });
+    let _ = server.join();
+    assert_eq!(
+        answer.as_deref(),
+        Ok(SIZE.to_string().as_str()),
+        "{mode}: the upload through a 1280-byte hop"
+    );
+    // The client's stack learned the path MTU toward the VIP (from the translated ICMP).
+    let route = std::process::Command::new("ip")
+        .args(["-n", &ingress, "route", "get", &VIP.to_string()])
+        .output()
+        .expect("run ip");
+    let route = String::from_utf8_lossy(&route.stdout).into_owned();
+    assert!(route.contains("mtu 1280"), "{mode}: {route}");
 }
