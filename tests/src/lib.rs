@@ -243,6 +243,41 @@ pub fn tcp_connect_from(netns: &str, addr: SocketAddrV4) -> TcpStream {
     })
 }
 
+/// A TCP connection from `from` (port 0: any; SO_REUSEADDR, so a port a closed connection used
+/// can connect again) to `to`, made in the calling thread's namespace, giving up after
+/// `timeout` (which is also the stream's read timeout).
+pub fn tcp_connect_bound(
+    from: SocketAddrV4,
+    to: SocketAddrV4,
+    timeout: Duration,
+) -> nix::Result<TcpStream> {
+    use nix::sys::socket::{
+        AddressFamily, SockFlag, SockType, SockaddrIn, bind, connect, setsockopt, socket, sockopt,
+    };
+    use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd};
+    let fd = socket(
+        AddressFamily::Inet,
+        SockType::Stream,
+        SockFlag::empty(),
+        None,
+    )?;
+    setsockopt(&fd, sockopt::ReuseAddr, &true)?;
+    // On Linux the send timeout bounds a blocking connect.
+    let t = nix::sys::time::TimeVal::new(
+        i64::try_from(timeout.as_secs()).unwrap_or(i64::MAX),
+        i64::from(timeout.subsec_micros()),
+    );
+    setsockopt(&fd, sockopt::SendTimeout, &t)?;
+    bind(fd.as_raw_fd(), &SockaddrIn::from(from))?;
+    connect(fd.as_raw_fd(), &SockaddrIn::from(to))?;
+    // SAFETY: `fd` is a connected TCP socket that the stream now owns.
+    let stream = unsafe { TcpStream::from_raw_fd(fd.into_raw_fd()) };
+    stream
+        .set_read_timeout(Some(timeout))
+        .map_err(|_| nix::errno::Errno::EINVAL)?;
+    Ok(stream)
+}
+
 /// Asks the kernel to report the TTL of received datagrams (IP_RECVTTL).
 pub fn enable_recv_ttl(sock: &UdpSocket) {
     let on: libc::c_int = 1;

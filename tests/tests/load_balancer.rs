@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
@@ -181,34 +181,11 @@ fn connect_from(sport: u16, port: u16) -> TcpStream {
 
 /// [`connect_from`], or why the connection failed.
 fn try_connect_from(sport: u16, port: u16) -> nix::Result<TcpStream> {
-    use nix::sys::socket::{
-        AddressFamily, SockFlag, SockType, SockaddrIn, bind, connect, setsockopt, socket, sockopt,
-    };
-    let fd: OwnedFd = socket(
-        AddressFamily::Inet,
-        SockType::Stream,
-        SockFlag::empty(),
-        None,
+    netfn_tests::tcp_connect_bound(
+        SocketAddrV4::new(CLIENT, sport),
+        SocketAddrV4::new(VIP, port),
+        Duration::from_secs(5),
     )
-    .expect("socket");
-    setsockopt(&fd, sockopt::ReuseAddr, &true).expect("SO_REUSEADDR");
-    let timeout = nix::sys::time::TimeVal::new(5, 0);
-    setsockopt(&fd, sockopt::SendTimeout, &timeout).expect("SO_SNDTIMEO");
-    bind(
-        fd.as_raw_fd(),
-        &SockaddrIn::from(SocketAddrV4::new(CLIENT, sport)),
-    )
-    .unwrap_or_else(|e| panic!("bind port {sport}: {e}"));
-    connect(
-        fd.as_raw_fd(),
-        &SockaddrIn::from(SocketAddrV4::new(VIP, port)),
-    )?;
-    // SAFETY: `fd` is a connected TCP socket that the stream now owns.
-    let stream = unsafe { TcpStream::from_raw_fd(std::os::fd::IntoRawFd::into_raw_fd(fd)) };
-    stream
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .expect("read timeout");
-    Ok(stream)
 }
 
 /// Which server answers on `stream`.
