@@ -1,12 +1,12 @@
 //! The WireGuard endpoint with a real peer: Debian's wireguard-go (or, where the kernel has
 //! WireGuard, a kernel interface), configured with `wg`, in the ingress namespace. TCP and UDP
-//! from the peer's tunnel address reach a server in the egress namespace through netfn's
-//! endpoint and a firewall, in tc, xdp and kernel mode; `wg show` on both sides reports the
-//! handshake and the bytes. netfn's endpoint runs the userspace data plane, or the kernel's
-//! module where the kernel has one (the VM suite; elsewhere `backend = "kernel"` is refused with
-//! the reason). A wrong key passes nothing; the private key appears nowhere netfn writes; a
-//! SIGKILLed userspace endpoint comes back with the agent; peers change in place on both.
-
+//! from the peer's tunnel address, and from a client in a site behind the peer, reach a server
+//! in the egress namespace through netfn's endpoint and a firewall, in tc, xdp and kernel mode;
+//! `wg show` on both sides reports the handshake and the bytes. netfn's endpoint runs the
+//! userspace data plane, or the kernel's module where the kernel has one (the VM suite;
+//! elsewhere `backend = "kernel"` is refused with the reason). A wrong key passes nothing; the
+//! private key appears nowhere netfn writes; a SIGKILLed userspace endpoint comes back with the
+//! agent; peers change in place on both (with a preshared key), and keep their sessions.
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
 use std::os::fd::AsRawFd;
