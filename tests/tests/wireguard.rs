@@ -7,6 +7,7 @@
 //! elsewhere `backend = "kernel"` is refused with the reason). A wrong key passes nothing; the
 //! private key appears nowhere netfn writes; a SIGKILLed userspace endpoint comes back with the
 //! agent; peers change in place on both (with a preshared key), and keep their sessions.
+
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
 use std::os::fd::AsRawFd;
