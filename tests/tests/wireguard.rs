@@ -920,7 +920,7 @@ fn peers_change_in_place(tag: &str, backend: &str) {
         "\n[[chain.function]]\nname = \"fw\"",
         &format!(
             "\n[[chain.function.peer]]\npublic_key = \"{other_public}\"\n\
-             allowed_ips = [\"10.99.0.3/32\"]\n\n[[chain.function]]\nname = \"fw\""
+             allowed_ips = [\"10.99.0.3/32\", \"10.97.3.0/24\"]\n\n[[chain.function]]\nname = \"fw\""
         ),
     );
     assert!(v2_text.contains("peer.psk") && v2_text.contains(&other_public));
@@ -978,9 +978,10 @@ fn peers_change_in_place(tag: &str, backend: &str) {
         pid, pid_after,
         "the endpoint was restarted, not changed in place"
     );
-    // The new peer's address is routed to the tunnel in the endpoint's namespace.
+    // The new peer's net (beyond the tunnel's own subnet) is routed to the tunnel in the
+    // endpoint's namespace.
     let route = Command::new("ip")
-        .args(["-n", &vpn_ns, "route", "get", "10.99.0.3"])
+        .args(["-n", &vpn_ns, "route", "get", "10.97.3.9"])
         .output()
         .expect("run ip");
     assert!(String::from_utf8_lossy(&route.stdout).contains(&ours));
@@ -1001,6 +1002,38 @@ fn peers_change_in_place(tag: &str, backend: &str) {
     talk(&ingress, &egress, 1000).expect("after the peer changed");
     let (changed, _, _) = wg_dump_of(&vpn_ns, &ours, Some(&peer_public));
     assert_eq!(changed, before, "the changed peer lost its session");
+
+    // The other peer removed: gone from the device with its route; the first keeps talking.
+    let v4 = dir.write(
+        "v4.toml",
+        &v1_text
+            .replace("preshared_key_file = \"peer.psk\"\n", "")
+            .replace(
+                &format!("allowed_ips = [\"{PEER_ADDR}/32\", \"{SITE}\"]"),
+                &format!("allowed_ips = [\"{PEER_ADDR}/32\", \"{SITE}\", \"10.99.7.0/24\"]"),
+            ),
+    );
+    netfn_ok(&["apply", &v4.to_string_lossy()]);
+    let listed = Command::new("ip")
+        .args(["netns", "exec", &vpn_ns, "wg", "show", &ours, "peers"])
+        .output()
+        .expect("run wg");
+    let listed = String::from_utf8_lossy(&listed.stdout).into_owned();
+    assert!(
+        !listed.contains(&other_public) && listed.contains(&peer_public),
+        "after the other peer's removal: {listed}"
+    );
+    let route = Command::new("ip")
+        .args(["-n", &vpn_ns, "route", "get", "10.97.3.9"])
+        .output()
+        .expect("run ip");
+    assert!(
+        !String::from_utf8_lossy(&route.stdout).contains(&ours),
+        "the removed peer's address is still routed to the tunnel"
+    );
+    talk(&ingress, &egress, 1000).expect("after the other peer's removal");
+    let (kept, _, _) = wg_dump_of(&vpn_ns, &ours, Some(&peer_public));
+    assert_eq!(kept, before, "the remaining peer lost its session");
 }
 
 /// `wg genpsk` into `dir/name` (mode 600).
