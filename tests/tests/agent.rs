@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use netfn_core::agent::{self, AgentStart, AutostartOptions};
 use netfn_core::ebpf;
 use netfn_core::plan::names;
-use netfn_tests::agent::{Agent, http_get};
+use netfn_tests::agent::{Agent, http_get, sample};
 use netfn_tests::traffic::{sequenced_stream_during, udp_echo};
 use netfn_tests::{
     ChainGuard, EGRESS_ADDR, INGRESS_ADDR, TempDir, forward_chain, leftovers, netfn_bin, netfn_ok,
@@ -29,23 +29,6 @@ use netfn_tests::{
 // ---------------------------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------------------------
-
-/// The value of the sample `name{…}` that has every label of `labels`.
-fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter(|l| {
-            l.strip_prefix(name)
-                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
-        })
-        .find(|l| {
-            labels
-                .iter()
-                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
-        })
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-}
 
 /// Per-function packets in one direction.
 fn packets(text: &str, chain: &str, function: &str, direction: &str) -> f64 {

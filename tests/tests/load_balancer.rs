@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::Duration;
 
-use netfn_tests::agent::Agent;
+use netfn_tests::agent::{Agent, sample};
 use netfn_tests::loss::function_drops;
 use netfn_tests::{ChainGuard, TempDir, in_netns, netfn_ok, shared, status_details, unique_chain};
 
@@ -336,6 +336,7 @@ fn spreads_connections_by_weight(mode: &str, tag: &str) {
     let _guard = ChainGuard::up(&chain, &file);
     let _servers = Servers::start(&format!("nf-{chain}-egress"));
     let ingress = format!("nf-{chain}-ingress");
+    let agent = Agent::start(&dir.0, &chain, &["--no-probe"]);
 
     let bar = if mode == "kernel" {
         Bar::Chance
@@ -385,6 +386,67 @@ fn spreads_connections_by_weight(mode: &str, tag: &str) {
                 "{mode}: {i} answered {n}: {row:?}, {untracked} flows untracked"
             );
         }
+    }
+    // /metrics says the same. Per service, the new flows: each connection once (kernel mode
+    // counts a flow's first packet in its NAT rule; conntrack carries the rest). Per backend
+    // (tc/xdp): the flows each server answered, and at least the SYN, the ACK, the question
+    // and the reset of each, in bytes at least their IP and TCP headers.
+    let metrics = agent.metrics();
+    let untracked = if mode == "kernel" {
+        0
+    } else {
+        sample(
+            &metrics,
+            "netfn_load_balancer_conntrack_evictions_total",
+            &[],
+        )
+        .unwrap_or_else(|| panic!("{mode}: no evictions counter:\n{metrics}")) as u64
+    };
+    for port in [80, 81] {
+        let service = format!("{VIP}:{port}/tcp");
+        let flows = sample(
+            &metrics,
+            "netfn_load_balancer_service_new_flows_total",
+            &[("service", &service)],
+        )
+        .unwrap_or_else(|| panic!("{mode}: no new flows of {service}:\n{metrics}"))
+            as u64;
+        assert!(
+            (1000..=1000 + untracked).contains(&flows),
+            "{mode}: {service}: {flows} new flows for 1000 connections ({untracked} evicted)"
+        );
+    }
+    if mode != "kernel" {
+        for (server, answered) in counts(&equal) {
+            let labels = [
+                ("service", format!("{VIP}:80/tcp")),
+                ("backend", format!("{server}:{SERVER_PORT}")),
+            ];
+            let labels: Vec<(&str, &str)> = labels.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            let value = |name: &str| {
+                sample(&metrics, name, &labels)
+                    .unwrap_or_else(|| panic!("{mode}: no {name} of {server}:\n{metrics}"))
+                    as u64
+            };
+            let answered = answered as u64;
+            let flows = value("netfn_load_balancer_backend_new_flows_total");
+            let packets = value("netfn_load_balancer_backend_packets_total");
+            let bytes = value("netfn_load_balancer_backend_bytes_total");
+            assert!(
+                (answered..=answered + untracked).contains(&flows),
+                "{mode}: {server} answered {answered}, its metric says {flows} new flows"
+            );
+            assert!(
+                packets >= 4 * answered && bytes >= 40 * packets,
+                "{mode}: {server}: {packets} packets, {bytes} bytes for {answered} connections"
+            );
+        }
+        let replies = sample(&metrics, "netfn_load_balancer_reply_packets_total", &[])
+            .unwrap_or_default() as u64;
+        assert!(
+            replies >= 2 * 2000,
+            "{mode}: {replies} answers sent back from the VIPs for 2000 connections"
+        );
     }
 }
 
