@@ -1363,3 +1363,73 @@ fn path_mtu(mode: &str, tag: &str) {
     let route = String::from_utf8_lossy(&route.stdout).into_owned();
     assert!(route.contains("mtu 1280"), "{mode}: {route}");
 }
+
+#[test]
+fn tc_health_check_settings_change_by_apply() {
+    health_settings_change("tc", "bc");
+}
+
+#[test]
+fn kernel_health_check_settings_change_by_apply() {
+    health_settings_change("kernel", "bd");
+}
+
+/// The health checks follow an apply that changes them: the test's servers speak no HTTP, so a
+/// switch from TCP connects to HTTP GETs takes every backend out; the switch back brings them
+/// in again. Connections keep going to the backends while the checks pass, and to none while
+/// all fail.
+fn health_settings_change(mode: &str, tag: &str) {
+    let _turn = shared();
+    let chain = unique_chain(tag);
+    let dir = TempDir::new(&chain);
+    let tcp = service(80, "tcp", &[(0, 1), (1, 1)])
+        + "health = { check = \"tcp\", interval = 0.3, timeout = 0.2, rise = 1, fall = 1 }\n";
+    let http = tcp.replace("check = \"tcp\"", "check = \"http\", path = \"/healthz\"");
+    assert_ne!(tcp, http);
+    let v1 = dir.write("tcp.toml", &chain_file(&chain, mode, &tcp));
+    let v2 = dir.write("http.toml", &chain_file(&chain, mode, &http));
+    let _guard = ChainGuard::up(&chain, &v1);
+    let _servers = Servers::start(&format!("nf-{chain}-egress"));
+    let ingress = format!("nf-{chain}-ingress");
+    let agent = Agent::start(
+        &dir.0,
+        &chain,
+        &["--no-probe", "--rescan-interval", "200ms"],
+    );
+    let service_row = || {
+        lb_status(&chain)
+            .into_iter()
+            .find(|(k, _)| k == &format!("{VIP}:80/tcp"))
+            .map(|(_, v)| v)
+            .unwrap_or_default()
+    };
+    let until = |wanted: &str| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !service_row().starts_with(wanted) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{mode}: waiting for {wanted:?}, the service says {:?}:\n{}",
+                service_row(),
+                agent.log_text()
+            );
+            thread::sleep(Duration::from_millis(100));
+        }
+    };
+    // TCP checks pass (more than fall x interval after the start).
+    thread::sleep(Duration::from_millis(1000));
+    until("2 of 2 backends up");
+    assert_eq!(counts(&spread(&ingress, 80, 46_000..46_060)).len(), 2);
+
+    let applied = netfn_ok(&["apply", &v2.to_string_lossy()]);
+    assert!(applied.contains("in place"), "{mode}: {applied}");
+    until("0 of 2 backends up");
+    let none = in_netns(&ingress, || try_connect_from(46_100, 80).map(|_| ()));
+    assert!(
+        none.is_err(),
+        "{mode}: a connection went through with every backend down"
+    );
+
+    netfn_ok(&["apply", &v1.to_string_lossy()]);
+    until("2 of 2 backends up");
+    assert_eq!(counts(&spread(&ingress, 80, 46_200..46_260)).len(), 2);
+}
