@@ -207,9 +207,28 @@ fn live_apply(netfn: &std::path::Path, chain_file: &std::path::Path) -> Result<(
 /// The demo's web servers behind the load balancer `front` (examples/demo.toml).
 const WEB_SERVERS: [&str; 3] = ["10.20.2.11", "10.20.2.12", "10.20.2.13"];
 
+/// The demo's web servers (python3 processes in the egress namespace) and their web roots:
+/// stopped and removed on drop, so the rest of the demo (the final status and metrics) still
+/// has the two that stay up.
+struct WebServers {
+    children: Vec<std::process::Child>,
+    dir: PathBuf,
+}
+
+impl Drop for WebServers {
+    fn drop(&mut self) {
+        for s in &mut self.children {
+            let _ = s.kill();
+            let _ = s.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 /// The load balancer `front`: three web servers in the egress namespace, nine requests to the
-/// VIP spread over them, then one server stops and the health checks take it out.
-fn load_balancer(netfn: &std::path::Path, vpn: &VpnDemo) -> Result<()> {
+/// VIP spread over them, then one server stops and the health checks take it out. The two
+/// others serve until the returned servers are dropped.
+fn load_balancer(netfn: &std::path::Path, vpn: &VpnDemo) -> Result<WebServers> {
     println!(
         "\n\x1b[1m== the load balancer `front`: requests to 192.0.2.80:80 spread over three web servers\x1b[0m"
     );
@@ -218,9 +237,12 @@ fn load_balancer(netfn: &std::path::Path, vpn: &VpnDemo) -> Result<()> {
         c.args(["exec", DEMO_CHAIN, hop, "--"]).args(cmd);
         c
     };
-    let dir = std::env::temp_dir().join(format!("netfn-demo-web-{}", std::process::id()));
-    let mut servers = Vec::new();
-    let result = (|| -> Result<()> {
+    let mut web = WebServers {
+        children: Vec::new(),
+        dir: std::env::temp_dir().join(format!("netfn-demo-web-{}", std::process::id())),
+    };
+    let (dir, servers) = (web.dir.clone(), &mut web.children);
+    (|| -> Result<()> {
         for (i, addr) in WEB_SERVERS.iter().enumerate() {
             let root = dir.join(addr);
             std::fs::create_dir_all(&root).context("make a web root")?;
@@ -254,8 +276,18 @@ fn load_balancer(netfn: &std::path::Path, vpn: &VpnDemo) -> Result<()> {
                 .context("start a web server (python3) in the egress namespace")?,
             );
         }
-        // The servers listen, and the health checks (every 0.5 s) have seen them.
-        std::thread::sleep(Duration::from_millis(1500));
+        // The servers listen, and the health checks (every 0.5 s, two in a row) have seen
+        // them: wait for it (a request before would find no backend up).
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !front_status(netfn)?
+            .iter()
+            .any(|l| l.contains("3 of 3 backends up"))
+        {
+            if std::time::Instant::now() > deadline {
+                bail!("the health checks never found the three web servers up");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
         let requests = |n: usize| -> Result<()> {
             let script = format!(
                 "for i in $(seq {n}); do exec 3<>/dev/tcp/192.0.2.80/80; \
@@ -273,28 +305,29 @@ fn load_balancer(netfn: &std::path::Path, vpn: &VpnDemo) -> Result<()> {
         }
         std::thread::sleep(Duration::from_millis(2000));
         requests(6)?;
-        let mut status = Command::new(netfn);
-        status
-            .args(["status", DEMO_CHAIN])
-            .env("NETFN_AGENT_SOCKET", "/run/netfn/demo-agent.sock");
-        let out = status.output().context("run netfn status")?;
-        for line in String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter(|l| l.contains("192.0.2.80:80/tcp"))
-        {
+        for line in front_status(netfn)? {
             println!("{line}");
         }
         println!(
             "\n\x1b[1m== a WireGuard client in front: its requests cross the tunnel, the firewall and the load balancer\x1b[0m"
         );
         vpn.client(netfn, &requests)
-    })();
-    for mut s in servers {
-        let _ = s.kill();
-        let _ = s.wait();
-    }
-    let _ = std::fs::remove_dir_all(&dir);
-    result
+    })()?;
+    Ok(web)
+}
+
+/// The lines of `netfn status` about the demo's service 192.0.2.80:80/tcp.
+fn front_status(netfn: &std::path::Path) -> Result<Vec<String>> {
+    let out = Command::new(netfn)
+        .args(["status", DEMO_CHAIN])
+        .env("NETFN_AGENT_SOCKET", "/run/netfn/demo-agent.sock")
+        .output()
+        .context("run netfn status")?;
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains("192.0.2.80:80/tcp"))
+        .map(str::to_string)
+        .collect())
 }
 
 /// Where the demo's agent serves /metrics (loopback only).
@@ -372,7 +405,8 @@ fn demo_traffic(netfn: &std::path::Path, vpn: &VpnDemo) -> Result<()> {
     let dropped = try_connect(8080, "1")?;
     println!("(exit {:?}: no answer at all, dropped)", dropped.code());
 
-    load_balancer(netfn, vpn)?;
+    // Two web servers serve on: the final status shows them up, the stopped one down.
+    let _web = load_balancer(netfn, vpn)?;
 
     live_apply(netfn, &vpn.file)?;
 
