@@ -16,7 +16,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use netfn_tests::agent::Agent;
+use netfn_tests::agent::{Agent, sample};
 use netfn_tests::loss::SenderRing;
 use netfn_tests::wireguard::{endpoint_pid, keypair, kill_endpoint};
 use netfn_tests::{
@@ -579,6 +579,13 @@ fn through_the_tunnel(mode: &str, tag: &str, backend: &str, peer_kind: PeerKind)
             received >= 1 && answered >= 1,
             "{mode}/{backend}: handshakes: {received} received, {answered} answered"
         );
+        // Per peer, at the endpoint it was learned at: the handshakes, all answered.
+        let row = vpn_detail(&chain, &format!("peer {}…", &peer_public[..8]));
+        assert!(
+            row.contains(" handshake initiations, 0 unanswered")
+                && !row.contains(": 0 handshake initiations"),
+            "{mode}/{backend}: the peer's row: {row}"
+        );
         // A client behind the peer (the peer is its site's gateway): both ways through the
         // tunnel, from an address among the peer's allowed IPs that is not its own.
         let site = Site::behind(&chain, &ingress);
@@ -647,10 +654,15 @@ fn a_wrong_peer_key_passes_nothing() {
     let dir = TempDir::new(&chain);
     let (_, vpn_public) = keypair(&dir, "vpn.key");
     let (_, stranger_public) = keypair(&dir, "stranger.key");
-    // The endpoint knows `stranger`, the peer uses another key.
+    // The endpoint knows `stranger` at the peer's address and port, the peer uses another key:
+    // the handshakes fail both ways, and the ones at that endpoint count for `stranger`.
+    let stranger_at = "10.85.1.2:40999";
     let file = dir.write(
         "wg.toml",
-        &chain_file(&chain, "tc", "auto", &stranger_public),
+        &chain_file(&chain, "tc", "auto", &stranger_public).replace(
+            &format!("public_key = \"{stranger_public}\"\n"),
+            &format!("public_key = \"{stranger_public}\"\nendpoint = \"{stranger_at}\"\n"),
+        ),
     );
     let _ = keypair(&dir, "peer.key");
     let _guard = ChainGuard::up(&chain, &file);
@@ -661,6 +673,12 @@ fn a_wrong_peer_key_passes_nothing() {
         &dir.0.join("peer.key"),
         &vpn_public,
     );
+    let port = Command::new("ip")
+        .args(["netns", "exec", &ingress, "wg", "set", &peer.name])
+        .args(["listen-port", "40999"])
+        .status()
+        .expect("run wg");
+    assert!(port.success());
     assert!(
         talk(&ingress, &egress, 1000).is_err(),
         "traffic crossed with a wrong key"
@@ -688,6 +706,36 @@ fn a_wrong_peer_key_passes_nothing() {
     assert!(value("netfn_wireguard_handshake_initiations_received_total") >= received);
     assert_eq!(value("netfn_wireguard_handshake_responses_sent_total"), 0);
     assert_eq!(value("netfn_wireguard_peer_session_fresh"), 0);
+    // Per peer: `stranger`'s endpoint saw initiations both ways, none answered.
+    let row = vpn_detail(&chain, &format!("peer {}…", &stranger_public[..8]));
+    let counts: Vec<u64> = row
+        .split_once(&format!("at {stranger_at}: "))
+        .map(|(_, rest)| {
+            rest.split(|c: char| !c.is_ascii_digit())
+                .filter_map(|w| w.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(
+        matches!(counts[..], [n, unanswered] if n >= 2 && unanswered == n),
+        "the stranger's row: {row}\n{}",
+        counters_and_peers(&chain)
+    );
+    let label = [("peer", &stranger_public[..8])];
+    let attempts = sample(
+        &metrics,
+        "netfn_wireguard_peer_handshake_initiations_total",
+        &label,
+    );
+    let failures = sample(
+        &metrics,
+        "netfn_wireguard_peer_handshake_failures_total",
+        &label,
+    );
+    assert!(
+        matches!((attempts, failures), (Some(a), Some(f)) if f >= 2.0 && f == a),
+        "per peer: {attempts:?} initiations, {failures:?} failures\n{metrics}"
+    );
 }
 
 /// What `vpn`'s namespace counted and its device says, for a failure's message.

@@ -31,6 +31,9 @@ use super::{control, keys, uapi};
 /// wmem_max).
 const SOCKET_BUFFER: usize = 4 << 20;
 
+/// How long a starting endpoint waits for the handshakes with the peers it knows an endpoint of.
+const HANDSHAKE_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Runs the endpoint until SIGTERM or SIGINT.
 pub fn run(chain: &str, function: &str) -> Result<(), String> {
     let record = state::load(chain)
@@ -110,12 +113,25 @@ pub fn run(chain: &str, function: &str) -> Result<(), String> {
         netfn_core::privilege::drop_all().map_err(|e| format!("endpoint {name}: {e}"))?;
         // A restarted endpoint has no sessions; the peers' data would be dropped until their
         // timers made them handshake again (15 s and more). Handshake with every peer it can
-        // reach now instead.
-        for key in &reachable {
-            if let Err(e) = device.force_handshake(key).await {
-                tracing::warn!("endpoint {name}: a handshake with a known peer failed: {e}");
+        // reach now instead, all at once, waiting at most HANDSHAKE_WAIT: GotaTun's wait never
+        // times out, and a peer that is away (its configured endpoint silent) must not keep
+        // the endpoint from getting ready; GotaTun's timers send its initiation again.
+        let (device_ref, name_ref) = (&device, name.as_str());
+        let handshakes = reachable.iter().map(|key| async move {
+            let (device, name) = (device_ref, name_ref);
+            match tokio::time::timeout(HANDSHAKE_WAIT, device.force_handshake(key)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::warn!("endpoint {name}: a handshake with a known peer failed: {e}");
+                }
+                Err(_) => tracing::info!(
+                    "endpoint {name}: a known peer did not answer within {} ms; its timers \
+                     try again",
+                    HANDSHAKE_WAIT.as_millis()
+                ),
             }
-        }
+        });
+        futures::future::join_all(handshakes).await;
         // For `netfn status`: which offloads this run of the endpoint has on its TUN.
         std::fs::write(offloads_file(chain, function), offloads.to_string())
             .map_err(|e| format!("record the TUN's offloads: {e}"))?;

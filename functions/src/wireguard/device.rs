@@ -5,9 +5,13 @@
 //! file beside its other run-time files (so `status`, metrics and `apply` ask the device that
 //! runs, not the one `auto` would pick now).
 
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+
 use netfn_core::chain::processes;
 use netfn_core::plan::names;
 
+use super::handshakes::Handshakes;
 use super::peers::PeerChange;
 use super::uapi::PeerState;
 use super::{control, endpoint, kernel, uapi};
@@ -96,8 +100,12 @@ impl Device {
     }
 }
 
-/// `netfn status` rows, one per peer, from what a device answered.
-pub fn peer_rows(peers: Result<Vec<PeerState>, String>) -> Vec<(String, String)> {
+/// `netfn status` rows, one per peer, from what a device answered, with the handshakes counted
+/// at each peer's endpoint ([`super::handshakes::read_by_endpoint`]).
+pub fn peer_rows(
+    peers: Result<Vec<PeerState>, String>,
+    by_endpoint: &BTreeMap<SocketAddr, Handshakes>,
+) -> Vec<(String, String)> {
     match peers {
         Err(e) => vec![("peers".into(), format!("unknown ({e})"))],
         Ok(peers) => peers
@@ -119,10 +127,21 @@ pub fn peer_rows(peers: Result<Vec<PeerState>, String>) -> Vec<(String, String)>
                         }
                     )
                 };
+                let at_endpoint = p
+                    .endpoint
+                    .map(|e| {
+                        let h = by_endpoint.get(&e).copied().unwrap_or_default();
+                        format!(
+                            "; at {e}: {} handshake initiations, {} unanswered",
+                            h.initiations(),
+                            h.unanswered()
+                        )
+                    })
+                    .unwrap_or_default();
                 (
                     format!("peer {}…", p.public_key.get(..8).unwrap_or("?")),
                     format!(
-                        "{handshake}, {} B received, {} B sent",
+                        "{handshake}, {} B received, {} B sent{at_endpoint}",
                         p.rx_bytes, p.tx_bytes
                     ),
                 )

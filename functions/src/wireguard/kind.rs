@@ -218,6 +218,27 @@ impl FunctionKind for WireGuard {
         }
         out.extend([handshake.build(), rx.build(), tx.build(), fresh.build()]);
         let netns = names::netns_name(ctx.chain, ctx.function);
+        // Per peer, the handshakes at its endpoint (a peer without one has none to count).
+        if let Ok(by_endpoint) = handshakes::read_by_endpoint(&netns) {
+            let mut attempts = ctx.counter(
+                "netfn_wireguard_peer_handshake_initiations_total",
+                "Handshake initiations either way with the peer's current endpoint (a roam to \
+                 another endpoint starts the count again, as a restart would).",
+            );
+            let mut failures = ctx.counter(
+                "netfn_wireguard_peer_handshake_failures_total",
+                "Handshake initiations either way with the peer's current endpoint that got no \
+                 response (a wrong key on either side, or a peer that is away).",
+            );
+            for p in &peers {
+                let Some(e) = p.endpoint else { continue };
+                let h = by_endpoint.get(&e).copied().unwrap_or_default();
+                let label = [("peer", p.public_key.get(..8).unwrap_or("?"))];
+                attempts.sample_u64(&label, h.initiations());
+                failures.sample_u64(&label, h.unanswered());
+            }
+            out.extend([attempts.build(), failures.build()]);
+        }
         if let Ok(h) = handshakes::read(&netns) {
             out.extend(ctx.counters(&[
                 (
@@ -279,7 +300,9 @@ impl FunctionKind for WireGuard {
                 Err(why) => format!("unknown ({why})"),
             },
         ));
-        rows.extend(device::peer_rows(device.peers()));
+        let by_endpoint = handshakes::read_by_endpoint(&names::netns_name(ctx.chain, ctx.function))
+            .unwrap_or_default();
+        rows.extend(device::peer_rows(device.peers(), &by_endpoint));
         rows
     }
 
