@@ -1149,10 +1149,10 @@ fn kernel_backends_routed_beyond_the_egress_endpoint() {
 const FAR: Ipv4Addr = Ipv4Addr::new(10, 200, 0, 5);
 
 /// A backend outside the egress subnet, routed from the egress endpoint (which forwards to a
-/// namespace of the test's own behind it), beside one in the subnet, with a function after the
-/// load balancer: connections reach both, the far one's answers cross that function and the
-/// load balancer (both accept its address as a source), and the health checks (from the load
-/// balancer's namespace, two hops from the egress endpoint) reach both.
+/// namespace of the test's own behind it), beside one in the subnet, with two functions after
+/// the load balancer: connections reach both, the far one's answers cross those functions and
+/// the load balancer (all accept its address as a source), and the health checks (from the load
+/// balancer's transit address, three hops from the egress endpoint) reach both.
 fn routed_backends(mode: &str, tag: &str) {
     let _turn = shared();
     let chain = unique_chain(tag);
@@ -1162,7 +1162,8 @@ fn routed_backends(mode: &str, tag: &str) {
          backends = [{{ address = \"{}\", port = {SERVER_PORT} }}, \
          {{ address = \"{FAR}\", port = {SERVER_PORT} }}]\n\
          health = {{ check = \"tcp\", interval = 0.3, timeout = 0.2, rise = 1, fall = 2 }}\n\
-         \n[[chain.function]]\nname = \"back\"\nkind = \"forward\"\n",
+         \n[[chain.function]]\nname = \"back\"\nkind = \"forward\"\n\
+         \n[[chain.function]]\nname = \"back2\"\nkind = \"forward\"\n",
         SERVERS[0]
     );
     let file = dir.write("lb.toml", &chain_file(&chain, mode, &services));

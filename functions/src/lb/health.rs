@@ -172,6 +172,15 @@ fn write_verdicts(ctx: &TaskContext, verdicts: &[(&str, bool)]) -> Result<bool, 
             down.insert((*id).to_string());
         }
     }
+    // Only backends the function has now (a task that began before an apply may judge one the
+    // apply removed: kept down, it would come back down if an apply added it again).
+    let present: BTreeSet<String> = settings
+        .services
+        .iter()
+        .flat_map(|s| &s.backends)
+        .map(|b| b.id())
+        .collect();
+    down.retain(|id| present.contains(id));
     apply(ctx, &settings, &down)?;
     Ok(true)
 }

@@ -16,7 +16,7 @@ pub fn socket_path(chain: &str, function: &str) -> PathBuf {
 }
 
 #[cfg(feature = "userspace-wireguard")]
-pub use serve::{bind, serve_one};
+pub use serve::{bind, serve};
 
 #[cfg(feature = "userspace-wireguard")]
 mod serve {
@@ -29,7 +29,7 @@ mod serve {
     use gotatun::x25519::PublicKey;
     use ipnetwork::IpNetwork;
     use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-    use tokio::net::UnixListener;
+    use tokio::net::{UnixListener, UnixStream};
 
     use super::super::peers::{PeerChange, PeerSet};
     use super::super::uapi;
@@ -37,22 +37,27 @@ mod serve {
     /// How long a client may take to send its request.
     const READ_TIMEOUT: Duration = Duration::from_secs(2);
 
-    /// Listens at `path` (a stale socket of an earlier run is replaced), for root only.
+    /// Listens at `path` (a stale socket of an earlier run is replaced), for root only (made
+    /// under umask 077, so it is never open to others, not even between bind and chmod).
     pub fn bind(path: &Path) -> Result<UnixListener, String> {
+        use nix::sys::stat::{Mode, umask};
         let _ = std::fs::remove_file(path);
-        let listener =
-            UnixListener::bind(path).map_err(|e| format!("listen at {}: {e}", path.display()))?;
+        let before = umask(Mode::from_bits_truncate(0o077));
+        let listener = UnixListener::bind(path);
+        umask(before);
+        let listener = listener.map_err(|e| format!("listen at {}: {e}", path.display()))?;
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
             .map_err(|e| format!("chmod 600 {}: {e}", path.display()))?;
         Ok(listener)
     }
 
-    /// Answers one client of `listener`: reads its request, changes `device`'s peers in place.
-    pub async fn serve_one<T: DeviceTransports>(
-        listener: &UnixListener,
+    /// Answers one client that `listener` accepted: reads its request (within 2 s), changes
+    /// `device`'s peers in place, says how it went. Await it to the end (not as a branch of a
+    /// `select!` that another branch may win: a change cut off half-way would be half made).
+    pub async fn serve<T: DeviceTransports>(
+        stream: UnixStream,
         device: &Device<T>,
     ) -> Result<(), String> {
-        let (stream, _) = listener.accept().await.map_err(|e| e.to_string())?;
         let (read, mut write) = stream.into_split();
         let answer = match tokio::time::timeout(READ_TIMEOUT, request(read)).await {
             Ok(Ok(changes)) => match apply(device, changes).await {

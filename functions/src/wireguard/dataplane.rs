@@ -150,12 +150,18 @@ pub fn run(chain: &str, function: &str) -> Result<(), String> {
                 _ = term.recv() => break,
                 _ = tokio::signal::ctrl_c() => break,
                 _ = remember.tick() => remember_endpoints(chain, function, &name),
-                served = async {
+                // Only the accept races the other branches; the request is then served to the
+                // end in the branch's body.
+                accepted = async {
                     match &control {
-                        Some(listener) => control::serve_one(listener, &device).await,
+                        Some(listener) => listener.accept().await,
                         None => std::future::pending().await,
                     }
                 } => {
+                    let served = match accepted {
+                        Ok((stream, _)) => control::serve(stream, &device).await,
+                        Err(e) => Err(format!("accept: {e}")),
+                    };
                     if let Err(e) = served {
                         tracing::warn!("endpoint {name}: a control request failed: {e}");
                     }

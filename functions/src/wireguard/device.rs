@@ -89,11 +89,11 @@ impl Device {
             Device::Userspace { name, control } => {
                 debug_assert!(private_key.is_none(), "the endpoint sets its own key");
                 // In place over netfn's control socket; an endpoint an older netfn started has
-                // only the UAPI's (which re-creates changed peers: they handshake again).
-                if control.exists() {
-                    uapi::apply_at(control, changes)
-                } else {
-                    uapi::apply(name, changes)
+                // only the UAPI's (which re-creates changed peers: they handshake again), and so
+                // has one whose control socket is gone or answers no more (a file left behind).
+                match uapi::apply_at(control, changes) {
+                    Err(e) if e.starts_with(uapi::CONNECT_FAILED) => uapi::apply(name, changes),
+                    done => done,
                 }
             }
         }
@@ -104,7 +104,7 @@ impl Device {
 /// at each peer's endpoint ([`super::handshakes::read_by_endpoint`]).
 pub fn peer_rows(
     peers: Result<Vec<PeerState>, String>,
-    by_endpoint: &BTreeMap<SocketAddr, Handshakes>,
+    by_endpoint: Option<&BTreeMap<SocketAddr, Handshakes>>,
 ) -> Vec<(String, String)> {
     match peers {
         Err(e) => vec![("peers".into(), format!("unknown ({e})"))],
@@ -127,9 +127,12 @@ pub fn peer_rows(
                         }
                     )
                 };
+                // Counted for IPv4 endpoints, by a netfn that has the sets.
                 let at_endpoint = p
                     .endpoint
-                    .map(|e| {
+                    .filter(|e| e.is_ipv4())
+                    .zip(by_endpoint)
+                    .map(|(e, by_endpoint)| {
                         let h = by_endpoint.get(&e).copied().unwrap_or_default();
                         format!(
                             "; at {e}: {} handshake initiations, {} unanswered",

@@ -5,8 +5,9 @@
 //! an initiation sent and never answered one seen from the other.
 //!
 //! Per function, and per remote endpoint (IPv4 address and port: dynamic sets with a counter
-//! per element, at most [`ENDPOINTS_MAX`]), which tells the peer whose endpoint it is: the one
-//! configured, or learned from its handshakes. Which peer sent an initiation cannot be told
+//! per element, at most [`ENDPOINTS_MAX`], each gone after [`ENDPOINT_IDLE_S`] without a
+//! message), which tells the peer whose endpoint it is: the one configured, or learned from its
+//! handshakes. Which peer sent an initiation cannot be told
 //! otherwise (the sender's identity is encrypted), so one from an endpoint no peer has counts
 //! for the function only.
 
@@ -28,6 +29,9 @@ const COUNTERS: [&str; 4] = [
 /// How many remote endpoints each per-endpoint set holds (beyond, the function's counters still
 /// count).
 pub const ENDPOINTS_MAX: u32 = 4096;
+/// An endpoint with no handshake message for this long leaves its set (anyone can send an
+/// initiation from any address: the sets must not fill up for good), and its counts with it.
+pub const ENDPOINT_IDLE_S: u32 = 3600;
 
 /// The per-endpoint set of counter `c`.
 fn endpoint_set(c: &str) -> String {
@@ -66,8 +70,8 @@ pub fn ruleset(port: u16) -> String {
             .iter()
             .map(|c| {
                 format!(
-                    "\tset {} {{ type ipv4_addr . inet_service; flags dynamic; counter; \
-                     size {ENDPOINTS_MAX}; }}\n",
+                    "\tset {} {{ type ipv4_addr . inet_service; flags dynamic,timeout; \
+                     timeout {ENDPOINT_IDLE_S}s; counter; size {ENDPOINTS_MAX}; }}\n",
                     endpoint_set(c)
                 )
             })
@@ -126,15 +130,15 @@ pub fn read(netns: &str) -> Result<Handshakes, String> {
         .map_err(|e| e.to_string())
 }
 
-/// The counts in namespace `netns` per remote endpoint (empty from a ruleset of an older netfn,
-/// which had no sets).
-pub fn read_by_endpoint(netns: &str) -> Result<BTreeMap<SocketAddr, Handshakes>, String> {
+/// The counts in namespace `netns` per remote endpoint; `None` from a ruleset of an older
+/// netfn, which had no sets.
+pub fn read_by_endpoint(netns: &str) -> Result<Option<BTreeMap<SocketAddr, Handshakes>>, String> {
     let mut out: BTreeMap<SocketAddr, Handshakes> = BTreeMap::new();
     for (i, c) in COUNTERS.iter().enumerate() {
         let Some(elements) =
             nft::set_elements(netns, "inet", TABLE, &endpoint_set(c)).map_err(|e| e.to_string())?
         else {
-            continue;
+            return Ok(None);
         };
         for (endpoint, packets) in elements.iter().filter_map(endpoint_count) {
             let h = out.entry(endpoint).or_default();
@@ -146,7 +150,7 @@ pub fn read_by_endpoint(netns: &str) -> Result<BTreeMap<SocketAddr, Handshakes>,
             } += packets;
         }
     }
-    Ok(out)
+    Ok(Some(out))
 }
 
 /// One element of a per-endpoint set as `nft -j` prints it: `{"elem": {"val": {"concat":

@@ -219,19 +219,22 @@ impl FunctionKind for WireGuard {
         out.extend([handshake.build(), rx.build(), tx.build(), fresh.build()]);
         let netns = names::netns_name(ctx.chain, ctx.function);
         // Per peer, the handshakes at its endpoint (a peer without one has none to count).
-        if let Ok(by_endpoint) = handshakes::read_by_endpoint(&netns) {
+        if let Ok(Some(by_endpoint)) = handshakes::read_by_endpoint(&netns) {
             let mut attempts = ctx.counter(
                 "netfn_wireguard_peer_handshake_initiations_total",
                 "Handshake initiations either way with the peer's current endpoint (a roam to \
-                 another endpoint starts the count again, as a restart would).",
+                 another endpoint counts that endpoint's, as a restart would; an endpoint idle \
+                 for an hour starts again).",
             );
-            let mut failures = ctx.counter(
-                "netfn_wireguard_peer_handshake_failures_total",
-                "Handshake initiations either way with the peer's current endpoint that got no \
-                 response (a wrong key on either side, or a peer that is away).",
+            let mut failures = ctx.gauge(
+                "netfn_wireguard_peer_handshakes_unanswered",
+                "Of those initiations, the ones without a response (a wrong key on either side, \
+                 a peer that is away; one just sent counts until its answer comes).",
             );
             for p in &peers {
-                let Some(e) = p.endpoint else { continue };
+                let Some(e) = p.endpoint.filter(|e| e.is_ipv4()) else {
+                    continue;
+                };
                 let h = by_endpoint.get(&e).copied().unwrap_or_default();
                 let label = [("peer", p.public_key.get(..8).unwrap_or("?"))];
                 attempts.sample_u64(&label, h.initiations());
@@ -301,8 +304,9 @@ impl FunctionKind for WireGuard {
             },
         ));
         let by_endpoint = handshakes::read_by_endpoint(&names::netns_name(ctx.chain, ctx.function))
-            .unwrap_or_default();
-        rows.extend(device::peer_rows(device.peers(), &by_endpoint));
+            .ok()
+            .flatten();
+        rows.extend(device::peer_rows(device.peers(), by_endpoint.as_ref()));
         rows
     }
 

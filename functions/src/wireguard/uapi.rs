@@ -45,8 +45,12 @@ pub fn socket_path(name: &str) -> PathBuf {
     PathBuf::from(format!("/var/run/wireguard/{name}.sock"))
 }
 
+/// How an error of a socket nobody answers at (absent, or refusing) starts.
+pub const CONNECT_FAILED: &str = "connect ";
+
 fn connect(path: &Path) -> Result<UnixStream, String> {
-    let s = UnixStream::connect(path).map_err(|e| format!("connect {}: {e}", path.display()))?;
+    let s = UnixStream::connect(path)
+        .map_err(|e| format!("{CONNECT_FAILED}{}: {e}", path.display()))?;
     s.set_read_timeout(Some(Duration::from_secs(2)))
         .map_err(|e| e.to_string())?;
     Ok(s)

@@ -157,7 +157,11 @@ pub fn interface_slot(ifindex: u32) -> Option<u32> {
 
 /// The extra sources accepted at hop `hop` for packets going `direction`: those the functions
 /// before it on that way put on their packets, and those of hosts beyond the far endpoint that
-/// functions at or after it on that way declared ([`ExtraSource::accepted_at`]).
+/// functions at or after it on that way declared ([`ExtraSource::accepted_at`]); and, going
+/// forward from the third function on, the functions' transit addresses: a function's own
+/// traffic toward egress (a load balancer's health checks) leaves from its transit address,
+/// which only its neighbour knows as a peer. No client can put one there: the first function
+/// accepts the ingress subnet only.
 fn extra_sources(plan: &ChainPlan, hop: usize, direction: Direction) -> Vec<Ipv4Net> {
     let n = plan.function_count();
     let mut out: Vec<Ipv4Net> = plan
@@ -169,9 +173,34 @@ fn extra_sources(plan: &ChainPlan, hop: usize, direction: Direction) -> Vec<Ipv4
         .filter(|(k, s)| s.direction == direction && s.accepted_at(*k, hop))
         .map(|(_, s)| s.net)
         .collect();
+    if direction == Direction::Forward
+        && hop >= 3
+        && let Some(span) = transit_span(plan)
+    {
+        out.push(span);
+    }
     out.sort();
     out.dedup();
     out
+}
+
+/// The smallest prefix that holds every transit link's addresses (the links between functions;
+/// inside the chain's transit pool), or `None` for a chain of fewer than two functions.
+pub fn transit_span(plan: &ChainPlan) -> Option<Ipv4Net> {
+    let n = plan.function_count();
+    let addrs: Vec<u32> = plan
+        .links
+        .iter()
+        .take(n)
+        .skip(1)
+        .flat_map(|l| [l.out.address.addr(), l.inn.address.addr()])
+        .map(u32::from)
+        .collect();
+    let (lo, hi) = (*addrs.iter().min()?, *addrs.iter().max()?);
+    let len = (lo ^ hi).leading_zeros().min(32) as u8;
+    Ipv4Net::new(Ipv4Addr::from(lo), len)
+        .ok()
+        .map(|n| n.trunc())
 }
 
 /// The forwarder table of a chain: two entries per function (arriving on `nf-in`: forward;
@@ -275,8 +304,11 @@ mod tests {
         };
         // The VIP goes back toward ingress: fn1 sees it; fn3 (behind the declaring fn2) not.
         assert_eq!(extra(1, Direction::Reverse), [vip]);
-        // The clients go on toward egress: fn3 sees them; fn1 not.
-        assert_eq!(extra(3, Direction::Forward), [clients]);
+        // The clients go on toward egress: fn3 sees them; fn1 not. fn3 also takes what fn1
+        // sends from its own transit address (the links' span: 100.64.0.0/31 and /31 .2).
+        let span = transit_span(&plan).unwrap();
+        assert_eq!(span.to_string(), "100.64.0.0/30");
+        assert_eq!(extra(3, Direction::Forward), [span, clients]);
         assert_eq!(extra(1, Direction::Forward), []);
         // The backends beyond egress answer toward the declaring fn2: fn3 and fn2 accept them;
         // fn1 (whose packets come from fn2, with the VIP) does not.
@@ -284,6 +316,23 @@ mod tests {
         assert_eq!(extra(2, Direction::Reverse), [backends]);
         // The declaring function's own checks are otherwise unchanged.
         assert_eq!(extra(2, Direction::Forward), []);
+    }
+
+    #[test]
+    fn the_transit_span_holds_every_link_between_functions() {
+        assert_eq!(transit_span(&plan_chain(&spec(1, None))), None);
+        for n in [2usize, 3, 5, 17] {
+            let plan = plan_chain(&spec(n, None));
+            let span = transit_span(&plan).unwrap();
+            for l in &plan.links[1..n] {
+                assert!(
+                    span.contains(&l.out.address.addr()) && span.contains(&l.inn.address.addr())
+                );
+            }
+            for l in [&plan.links[0], &plan.links[n]] {
+                assert!(!span.contains(&l.out.address.addr()), "{n}: {span}");
+            }
+        }
     }
 
     #[test]

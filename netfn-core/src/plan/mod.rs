@@ -290,6 +290,7 @@ pub fn plan_chain(spec: &ChainSpec) -> ChainPlan {
         &links,
         spec.ingress.address.trunc(),
         spec.egress.address.trunc(),
+        spec.transit,
     );
     ChainPlan {
         chain: spec.name.clone(),
@@ -312,6 +313,7 @@ pub(crate) fn function_routes(
     links: &[LinkPlan],
     ingress_net: Ipv4Net,
     egress_net: Ipv4Net,
+    transit: Ipv4Net,
 ) {
     let n = hops.len().saturating_sub(2);
     let declared: Vec<(usize, ExtraSource)> = hops
@@ -346,7 +348,23 @@ pub(crate) fn function_routes(
                 gateway,
             });
         }
+        // A function's own traffic toward egress (a load balancer's health checks) leaves
+        // from its transit address: the answers come back through every function after it,
+        // which routes the transit pool toward ingress (their neighbours' /31s are connected).
+        if let Some(gateway) = back
+            && h > 1
+            && !endpoint
+            && n > 1
+        {
+            routes.push(RoutePlan {
+                destination: transit,
+                gateway,
+            });
+        }
         for (k, s) in &declared {
+            if covered_further(&declared, *k, s) {
+                continue;
+            }
             let gateway = match (s.origin, s.direction) {
                 (SourceOrigin::Function, Direction::Reverse) if h < *k => on,
                 (SourceOrigin::Function, Direction::Forward) if h > *k => back,
@@ -363,21 +381,19 @@ pub(crate) fn function_routes(
                 });
             }
         }
-        // The egress endpoint reaches the functions' own addresses (their links toward egress)
-        // through the last function: a load balancer's health checks leave from its address
-        // and their answers come back to it, wherever it stands in the chain. Only in a
-        // namespace netfn made: chains that share an operator's namespace would each route the
-        // same transit addresses (every chain may use the default pool).
+        // The egress endpoint reaches the functions' transit addresses through the last
+        // function (and the functions pass them on, above), wherever a function stands in the
+        // chain. Only in a namespace netfn made: chains that share an operator's namespace
+        // would each route their transit pool (every chain may use the default one).
         if h == n + 1
+            && n > 1
             && hop.netns.created
             && let Some(last) = links.get(n)
         {
-            for link in links.iter().take(n).skip(1) {
-                routes.push(RoutePlan {
-                    destination: Ipv4Net::from(link.out.address.addr()),
-                    gateway: last.out.address.addr(),
-                });
-            }
+            routes.push(RoutePlan {
+                destination: transit,
+                gateway: last.out.address.addr(),
+            });
         }
         if endpoint {
             // An endpoint keeps the route to the far endpoint's subnet it was planned with.
@@ -387,6 +403,25 @@ pub(crate) fn function_routes(
             hop.routes = routes;
         }
     }
+}
+
+/// Whether a source from beyond an endpoint that function `k` declares lies behind a function
+/// further on its way toward that endpoint, which puts it on its own packets (a WireGuard
+/// endpoint whose allowed IPs hold a load balancer's backend): that function's own routes
+/// reach it (through its tunnel), and a route of the load balancer's toward the endpoint
+/// would take the traffic past it.
+fn covered_further(declared: &[(usize, ExtraSource)], k: usize, s: &ExtraSource) -> bool {
+    s.origin == SourceOrigin::Beyond
+        && declared.iter().any(|(k2, s2)| {
+            let further = match s.direction {
+                Direction::Reverse => *k2 > k,
+                Direction::Forward => *k2 < k,
+            };
+            further
+                && s2.origin == SourceOrigin::Function
+                && s2.direction == s.direction
+                && s2.net.contains(&s.net)
+        })
 }
 
 /// A function's extra sources as the plan keeps them: a host beyond an endpoint inside that
@@ -578,27 +613,76 @@ mod tests {
     }
 
     #[test]
-    fn the_egress_endpoint_reaches_every_function_through_the_last() {
+    fn the_functions_transit_addresses_are_reached_from_egress() {
         let plan = plan_chain(&spec(3, None));
-        let last = plan.links[3].out.address.addr();
-        let routed: Vec<(String, Ipv4Addr)> = plan.hops[4]
-            .routes
-            .iter()
-            .skip(1)
-            .map(|r| (r.destination.to_string(), r.gateway))
-            .collect();
-        // fn1's and fn2's links toward egress; fn3's is in the egress subnet.
-        assert_eq!(
-            routed,
-            [
-                (format!("{}/32", plan.links[1].out.address.addr()), last),
-                (format!("{}/32", plan.links[2].out.address.addr()), last),
-            ]
-        );
+        let transit = spec(3, None).transit;
+        let via = |h: usize| {
+            plan.hops[h]
+                .routes
+                .iter()
+                .find(|r| r.destination == transit)
+                .map(|r| r.gateway)
+        };
+        // The egress endpoint through the last function, each function after the first
+        // through the one before it; the first function and the ingress endpoint not.
+        assert_eq!(via(4), Some(plan.links[3].out.address.addr()));
+        assert_eq!(via(3), Some(plan.links[2].out.address.addr()));
+        assert_eq!(via(2), Some(plan.links[1].out.address.addr()));
+        assert_eq!((via(1), via(0)), (None, None));
         // Not in a namespace an operator brings (chains sharing it would collide).
         let mut shared = spec(3, None);
         shared.egress.namespace = Some("theirs".into());
         assert_eq!(plan_chain(&shared).hops[4].routes.len(), 1);
+        // One function: no transit link at all.
+        assert!(
+            plan_chain(&spec(1, None))
+                .hops
+                .iter()
+                .all(|h| h.routes.iter().all(|r| r.destination != transit))
+        );
+    }
+
+    #[test]
+    fn a_backend_behind_a_tunnel_further_on_is_left_to_the_tunnel() {
+        let mut spec = spec(3, None);
+        let backend: Ipv4Net = "10.50.0.5/32".parse().unwrap();
+        let site: Ipv4Net = "10.50.0.0/24".parse().unwrap();
+        spec.functions[0] = crate::spec::FunctionSpec {
+            name: "fn1".into(),
+            kind: "lb".into(),
+            config: std::sync::Arc::new(test_specs::WithSources(vec![ExtraSource::beyond(
+                Direction::Reverse,
+                backend,
+            )])),
+        };
+        spec.functions[2] = crate::spec::FunctionSpec {
+            name: "fn3".into(),
+            kind: "vpn".into(),
+            config: std::sync::Arc::new(test_specs::WithSources(vec![ExtraSource::sent(
+                Direction::Reverse,
+                site,
+            )])),
+        };
+        let plan = plan_chain(&spec);
+        // No hop routes the backend itself: fn1 and fn2 route the site toward fn3, whose
+        // tunnel reaches it.
+        for (h, hop) in plan.hops.iter().enumerate() {
+            assert!(
+                hop.routes.iter().all(|r| r.destination != backend),
+                "hop {h}: {:?}",
+                hop.routes
+            );
+        }
+        let toward = |h: usize| {
+            plan.hops[h]
+                .routes
+                .iter()
+                .find(|r| r.destination == site)
+                .map(|r| r.gateway)
+        };
+        assert_eq!(toward(1), Some(plan.links[1].inn.address.addr()));
+        assert_eq!(toward(2), Some(plan.links[2].inn.address.addr()));
+        assert_eq!(toward(3), None);
     }
 
     #[test]

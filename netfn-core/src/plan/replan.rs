@@ -142,6 +142,7 @@ pub fn replan(old: &ChainPlan, spec: &ChainSpec) -> Result<Replan, ReplanError> 
         &links,
         spec.ingress.address.trunc(),
         spec.egress.address.trunc(),
+        spec.transit,
     );
     Ok(Replan {
         plan: ChainPlan {
