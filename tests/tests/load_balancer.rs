@@ -1416,15 +1416,22 @@ fn health_settings_change(mode: &str, tag: &str) {
             thread::sleep(Duration::from_millis(100));
         }
     };
-    // TCP checks pass (more than fall x interval after the start).
-    thread::sleep(Duration::from_millis(1000));
+    // TCP checks pass (two intervals after the start: fall is 1).
+    thread::sleep(Duration::from_millis(600));
     until("2 of 2 backends up");
     assert_eq!(counts(&spread(&ingress, 80, 46_000..46_060)).len(), 2);
 
     let applied = netfn_ok(&["apply", &v2.to_string_lossy()]);
     assert!(applied.contains("in place"), "{mode}: {applied}");
     until("0 of 2 backends up");
-    let none = in_netns(&ingress, || try_connect_from(46_100, 80).map(|_| ()));
+    let none = in_netns(&ingress, || {
+        netfn_tests::tcp_connect_bound(
+            SocketAddrV4::new(CLIENT, 46_100),
+            SocketAddrV4::new(VIP, 80),
+            Duration::from_secs(1),
+        )
+        .map(|_| ())
+    });
     assert!(
         none.is_err(),
         "{mode}: a connection went through with every backend down"
