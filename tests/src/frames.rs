@@ -204,7 +204,7 @@ pub fn inject(ifname: &str, frame: &[u8]) -> std::io::Result<()> {
         return Err(std::io::Error::last_os_error());
     }
     // SAFETY: socket(2) with constant arguments.
-    let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0) };
+    let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
     if fd < 0 {
         return Err(std::io::Error::last_os_error());
     }

@@ -258,7 +258,10 @@ pub fn tcp_connect_bound(
     let fd = socket(
         AddressFamily::Inet,
         SockType::Stream,
-        SockFlag::empty(),
+        // Close-on-exec: a child that another test thread spawns meanwhile (netfn, ip, an
+        // agent) would otherwise keep the connection open past our close, so it never resets
+        // and the same ports cannot connect again (EADDRNOTAVAIL: the 4-tuple is ESTABLISHED).
+        SockFlag::SOCK_CLOEXEC,
         None,
     )?;
     setsockopt(&fd, sockopt::ReuseAddr, &true)?;
@@ -276,6 +279,36 @@ pub fn tcp_connect_bound(
         .set_read_timeout(Some(timeout))
         .map_err(|_| nix::errno::Errno::EINVAL)?;
     Ok(stream)
+}
+
+/// The next connection on `listener` (which must be non-blocking), returned blocking; `None`
+/// once `stopped()` is true. It sleeps in poll(2) and looks at `stopped` every 50 ms: a server
+/// thread that spun on accept with a 1 ms sleep woke the (emulated, in the VM suite) CPUs a
+/// thousand times a second for the whole test.
+pub fn accept_until(listener: &TcpListener, stopped: impl Fn() -> bool) -> Option<TcpStream> {
+    while !stopped() {
+        let mut fds = [libc::pollfd {
+            fd: listener.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        }];
+        // SAFETY: one valid pollfd, for a descriptor `listener` keeps open during the call.
+        let ready = unsafe { libc::poll(fds.as_mut_ptr(), 1, 50) };
+        if ready <= 0 {
+            // A timeout, or EINTR: look at `stopped` again.
+            continue;
+        }
+        match listener.accept() {
+            Ok((conn, _)) => {
+                if conn.set_nonblocking(false).is_ok() {
+                    return Some(conn);
+                }
+            }
+            // The connection was reset before it was accepted, or another thread took it.
+            Err(_) => std::thread::sleep(Duration::from_millis(10)),
+        }
+    }
+    None
 }
 
 /// Asks the kernel to report the TTL of received datagrams (IP_RECVTTL).

@@ -340,7 +340,7 @@ fn inject(netns: &str, ifindex: u32, frame: &[u8]) {
         unsafe {
             let fd = libc::socket(
                 libc::AF_PACKET,
-                libc::SOCK_RAW,
+                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
                 i32::from((libc::ETH_P_ALL as u16).to_be()),
             );
             assert!(

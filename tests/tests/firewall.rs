@@ -284,21 +284,15 @@ impl Servers {
 
 /// Accepts connections and echoes what they send until they close.
 fn serve_tcp(l: &TcpListener, stop: &AtomicBool) {
-    while !stop.load(Ordering::Relaxed) {
-        match l.accept() {
-            Ok((mut c, _)) => {
-                thread::spawn(move || {
-                    let _ = c.set_nonblocking(false);
-                    let mut buf = [0u8; 65536];
-                    while let Ok(n) = c.read(&mut buf) {
-                        if n == 0 || c.write_all(&buf[..n]).is_err() {
-                            break;
-                        }
-                    }
-                });
+    while let Some(mut c) = netfn_tests::accept_until(l, || stop.load(Ordering::Relaxed)) {
+        thread::spawn(move || {
+            let mut buf = [0u8; 65536];
+            while let Ok(n) = c.read(&mut buf) {
+                if n == 0 || c.write_all(&buf[..n]).is_err() {
+                    break;
+                }
             }
-            Err(_) => thread::sleep(Duration::from_millis(10)),
-        }
+        });
     }
 }
 

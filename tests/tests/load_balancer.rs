@@ -143,23 +143,18 @@ impl Drop for Servers {
 }
 
 fn serve_tcp(listener: TcpListener, me: Ipv4Addr, stop: &AtomicBool, all: &AtomicBool) {
-    while !stop.load(Ordering::Relaxed) && !all.load(Ordering::Relaxed) {
-        match listener.accept() {
-            Ok((mut conn, _)) => {
-                thread::spawn(move || {
-                    let _ = conn.set_nonblocking(false);
-                    let _ = conn.set_read_timeout(Some(Duration::from_secs(30)));
-                    let mut buf = [0u8; 64];
-                    // Every line read gets the server's address back, until the client closes.
-                    while let Ok(n) = conn.read(&mut buf) {
-                        if n == 0 || conn.write_all(me.to_string().as_bytes()).is_err() {
-                            break;
-                        }
-                    }
-                });
+    let stopped = || stop.load(Ordering::Relaxed) || all.load(Ordering::Relaxed);
+    while let Some(mut conn) = netfn_tests::accept_until(&listener, stopped) {
+        thread::spawn(move || {
+            let _ = conn.set_read_timeout(Some(Duration::from_secs(30)));
+            let mut buf = [0u8; 64];
+            // Every line read gets the server's address back, until the client closes.
+            while let Ok(n) = conn.read(&mut buf) {
+                if n == 0 || conn.write_all(me.to_string().as_bytes()).is_err() {
+                    break;
+                }
             }
-            Err(_) => thread::sleep(Duration::from_millis(1)),
-        }
+        });
     }
 }
 

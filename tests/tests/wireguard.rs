@@ -1358,19 +1358,8 @@ fn bulk_both_ways(
         let server = s.spawn(|| -> Result<(), String> {
             // Not forever: the client may never come.
             listener.set_nonblocking(true).map_err(|e| e.to_string())?;
-            let mut c = loop {
-                match listener.accept() {
-                    Ok((c, _)) => break c,
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                        if Instant::now() > deadline {
-                            return Err("no connection through the tunnel".into());
-                        }
-                        std::thread::sleep(Duration::from_millis(20));
-                    }
-                    Err(e) => return Err(e.to_string()),
-                }
-            };
-            c.set_nonblocking(false).map_err(|e| e.to_string())?;
+            let mut c = netfn_tests::accept_until(&listener, || Instant::now() > deadline)
+                .ok_or("no connection through the tunnel")?;
             let got = read_to_end_by(&mut c, deadline).map_err(|e| format!("the server: {e}"))?;
             if got != upload {
                 return Err(format!(
