@@ -49,6 +49,10 @@ pub struct FuzzArgs {
     /// Run only this target (see fuzz/Cargo.toml; default: every target).
     #[arg(long, value_name = "NAME")]
     pub target: Option<String>,
+
+    /// Build the targets and stop (CI builds them at idle priority while the tests run).
+    #[arg(long)]
+    pub build_only: bool,
 }
 
 /// What one target's run showed.
@@ -86,6 +90,10 @@ pub fn run(args: FuzzArgs) -> Result<()> {
         "building the fuzz targets failed (is the nightly toolchain installed? `cargo xtask \
          setup` checks)",
     )?;
+    if args.build_only {
+        println!("== built {}", targets.join(", "));
+        return Ok(());
+    }
 
     // One target per core at a time (libFuzzer runs one process per target): on CI's 2 cores
     // the five targets take three rounds instead of five.

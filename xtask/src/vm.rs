@@ -130,6 +130,14 @@ pub struct VmTestArgs {
     #[arg(long, value_name = "N", default_value_t = 1)]
     pub test_threads: usize,
 
+    /// CPUs of each VM. Default: 2 with KVM, 1 under TCG. A TCG guest with 2 CPUs runs two
+    /// vCPU threads that compete for the host's cores with the other VMs' (and a guest spins on a
+    /// lock whose holder's thread is not running): the whole suite in two VMs took 468 s with 1
+    /// CPU each and 650-800 s with 2 on this 2-core machine (2026-12-03). The host suite covers
+    /// SMP (2 CPUs, the host kernel).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub cpus: Option<u32>,
+
     /// VMs per kernel, run side by side, each running every Nth test of the suite (the
     /// guest's `netfn.shard=K/N`; tests numbered across the binaries): under TCG a guest waits
     /// on its slow CPUs more than it keeps the host busy, so 2 on a 2-core host finish the
@@ -266,7 +274,15 @@ pub fn run(args: VmTestArgs) -> Result<()> {
         &probe,
         vm_dir.join("kvm-probe.log"),
     )?;
-    println!("vm-test: accelerator: {} ({why})", accel.name());
+    let cpus = args.cpus.unwrap_or(match accel {
+        Accel::Kvm => 2,
+        Accel::Tcg => 1,
+    });
+    println!(
+        "vm-test: accelerator: {} ({why}); {cpus} CPU{} per VM",
+        accel.name(),
+        if cpus == 1 { "" } else { "s" }
+    );
 
     let mut test_args = args.test_args.clone();
     if !test_args.iter().any(|a| a.starts_with("--test-threads")) {
@@ -303,7 +319,7 @@ pub fn run(args: VmTestArgs) -> Result<()> {
             names(&host_tools),
             started.elapsed().as_secs_f64()
         );
-        let booted = boot_shards(&kernel, &initrd, accel, &args, &vm_dir);
+        let booted = boot_shards(&kernel, &initrd, (accel, cpus), &args, &vm_dir);
         for (shard, log, outcome) in booted {
             let run = KernelRun {
                 kernel: kernel.clone(),
@@ -338,7 +354,7 @@ pub fn run(args: VmTestArgs) -> Result<()> {
 fn boot_shards(
     kernel: &Kernel,
     initrd: &Path,
-    accel: Accel,
+    (accel, cpus): (Accel, u32),
     args: &VmTestArgs,
     vm_dir: &Path,
 ) -> Vec<(String, PathBuf, Result<Outcome>)> {
@@ -394,6 +410,7 @@ fn boot_shards(
                             log,
                             quiet: false,
                             cmdline: &cmdline,
+                            cpus,
                         },
                         &mut |line| progress.line(line),
                     )

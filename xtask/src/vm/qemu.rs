@@ -17,9 +17,8 @@ pub const RESULT: &str = "NETFN-VM-RESULT: ";
 const INIT_STARTED: &str = "NETFN-VM: init started";
 /// How long QEMU may take to exit after the result line (poweroff -f is immediate).
 const EXIT_GRACE: Duration = Duration::from_secs(20);
-/// Guest memory and CPUs.
+/// Guest memory.
 const MEMORY_MB: &str = "1024";
-const CPUS: &str = "2";
 /// ttyS0 is the console; panic=-1 with -no-reboot turns a panic into a QEMU exit;
 /// random.trust_cpu seeds the RNG from RDRAND (emulated by `-cpu max`), so getrandom() does
 /// not wait for entropy.
@@ -67,6 +66,8 @@ pub struct Boot<'a> {
     pub quiet: bool,
     /// Appended to the kernel command line (`netfn.shard=K/N`), if not empty.
     pub cmdline: &'a str,
+    /// The guest's CPUs.
+    pub cpus: u32,
 }
 
 /// How a boot ended.
@@ -118,7 +119,8 @@ fn pump(pipe: impl Read + Send + 'static, tx: Sender<Event>, wrap: fn(String) ->
 pub fn boot(b: &Boot<'_>, on_line: &mut dyn FnMut(&str)) -> Result<Outcome> {
     let mut cmd = Command::new("qemu-system-x86_64");
     cmd.args(["-nodefaults", "-no-reboot", "-display", "none"])
-        .args(["-serial", "stdio", "-m", MEMORY_MB, "-smp", CPUS])
+        .args(["-serial", "stdio", "-m", MEMORY_MB])
+        .args(["-smp", &b.cpus.to_string()])
         .args(b.accel.args())
         .arg("-kernel")
         .arg(b.vmlinuz)
@@ -259,6 +261,7 @@ pub fn choose(
             log: &log,
             quiet: true,
             cmdline: "",
+            cpus: 1,
         },
         &mut |_| {},
     )?;
