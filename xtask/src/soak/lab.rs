@@ -337,6 +337,19 @@ pub fn rss_and_fds(pid: u32) -> Result<(u64, u64)> {
     Ok((rss, fds))
 }
 
+/// [`rss_and_fds`] at rest: the least of 5 samples over a second. A descriptor count depends on
+/// the instant (a health check's connection in flight, a prober reopening its sockets after a
+/// chain came back): a leak raises the least value, a transient does not.
+pub fn settled_rss_and_fds(pid: u32) -> Result<(u64, u64)> {
+    let mut least = rss_and_fds(pid)?;
+    for _ in 0..4 {
+        std::thread::sleep(std::time::Duration::from_millis(250));
+        let (rss, fds) = rss_and_fds(pid)?;
+        least = (least.0.min(rss), least.1.min(fds));
+    }
+    Ok(least)
+}
+
 /// Drops counted in `chain`'s namespaces, only those above zero: every interface's receive and
 /// transmit drops (`ip -s link`), each namespace's UDP receive-buffer and input errors
 /// (/proc/net/snmp), and the fast path's drops by reason (`netfn status --json`).

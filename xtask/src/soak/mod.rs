@@ -217,7 +217,7 @@ pub fn run(args: SoakArgs) -> Result<()> {
         scrape(&watched_http)?;
         std::thread::sleep(Duration::from_millis(500));
     }
-    let before_chaos = lab::rss_and_fds(watched_pid)?;
+    let before_chaos = lab::settled_rss_and_fds(watched_pid)?;
     println!(
         "watched agent (pid {watched_pid}): {} KiB resident, {} open descriptors",
         before_chaos.0, before_chaos.1
@@ -313,7 +313,7 @@ pub fn run(args: SoakArgs) -> Result<()> {
             ));
         }
     }
-    let at_end = lab::rss_and_fds(watched_pid);
+    let at_end = lab::settled_rss_and_fds(watched_pid);
     let at_start = at_start.unwrap_or(before_chaos);
     println!(
         "watched agent: {} KiB before the chaos, {} KiB after its first {:.0} s, {} KiB at the end",
@@ -368,7 +368,10 @@ pub fn run(args: SoakArgs) -> Result<()> {
         watched_agent: report::AgentUse {
             pid: watched_pid,
             rss_kib_start: at_start.0,
-            fds_start: at_start.1,
+            // Descriptors against the state before the chaos, every chain up as at the end
+            // (the allocator's one-time growth that delays the RSS baseline does not apply;
+            // a sample mid-chaos caught a chain down: 23 against 26 before and after).
+            fds_start: before_chaos.1,
             rss_kib_end: at_end.as_ref().map(|a| a.0).unwrap_or(0),
             fds_end: at_end.as_ref().map(|a| a.1).unwrap_or(0),
             scrapes,
