@@ -167,18 +167,27 @@ impl Drop for ChainGuard {
     }
 }
 
+/// The names of `chain`'s namespaces under /run/netns (`nf-CHAIN-*`), sorted.
+pub fn chain_namespaces(chain: &str) -> Vec<String> {
+    let prefix = format!("nf-{chain}-");
+    let Ok(entries) = std::fs::read_dir("/run/netns") else {
+        return Vec::new();
+    };
+    let mut names: Vec<String> = entries
+        .filter_map(|e| Some(e.ok()?.file_name().to_string_lossy().into_owned()))
+        .filter(|n| n.starts_with(&prefix))
+        .collect();
+    names.sort();
+    names
+}
+
 /// Everything netfn could have left for `chain`: namespaces, state files, pinned eBPF objects.
 pub fn leftovers(chain: &str) -> Vec<String> {
-    let mut left = Vec::new();
     let prefix = format!("nf-{chain}-");
-    if let Ok(dir) = std::fs::read_dir("/run/netns") {
-        for e in dir.flatten() {
-            let name = e.file_name().to_string_lossy().into_owned();
-            if name.starts_with(&prefix) {
-                left.push(format!("/run/netns/{name}"));
-            }
-        }
-    }
+    let mut left: Vec<String> = chain_namespaces(chain)
+        .into_iter()
+        .map(|name| format!("/run/netns/{name}"))
+        .collect();
     // The record, its lock, and the files of the kinds' processes (`CHAIN.FUNCTION.pid`…).
     if let Ok(dir) = std::fs::read_dir("/run/netfn/chains") {
         for e in dir.flatten() {
@@ -388,16 +397,7 @@ pub fn kill_netfn_mid_way(args: &[&str], chain: &str, delay: Option<Duration>) -
 
 /// `ip -s -s link` of every namespace of the chain, for a failure message (drops, XDP drops).
 pub fn interface_stats(chain: &str) -> String {
-    let prefix = format!("nf-{chain}-");
-    let Ok(entries) = std::fs::read_dir("/run/netns") else {
-        return String::new();
-    };
-    let mut names: Vec<String> = entries
-        .filter_map(|e| Some(e.ok()?.file_name().to_string_lossy().into_owned()))
-        .filter(|n| n.starts_with(&prefix))
-        .collect();
-    names.sort();
-    names
+    chain_namespaces(chain)
         .iter()
         .map(|ns| {
             let out = std::process::Command::new("ip")

@@ -20,50 +20,45 @@ use crate::netfn_ok;
 /// Frames interface `dev` in namespace `ns` dropped on transmit (a veth whose peer's XDP ring is
 /// full drops there).
 pub fn tx_dropped(ns: &str, dev: &str) -> u64 {
+    tx_drops_in(ns, &["show", "dev", dev]).into_values().sum()
+}
+
+/// Transmit drops of the interfaces `ip -n NS -j -s link SHOW` lists, by name (none if `ip`
+/// fails).
+fn tx_drops_in(ns: &str, show: &[&str]) -> BTreeMap<String, u64> {
     let Ok(out) = Command::new("ip")
-        .args(["-n", ns, "-j", "-s", "link", "show", "dev", dev])
+        .args(["-n", ns, "-j", "-s", "link"])
+        .args(show)
         .output()
     else {
-        return 0;
+        return BTreeMap::new();
     };
     let json: serde_json::Value =
         serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
-    json[0]["stats64"]["tx"]["dropped"].as_u64().unwrap_or(0)
+    json.as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|link| {
+            Some((
+                link["ifname"].as_str()?.to_string(),
+                link["stats64"]["tx"]["dropped"].as_u64()?,
+            ))
+        })
+        .collect()
 }
 
 /// Frames every interface of the chain's own namespaces (`nf-CHAIN-*`) dropped on transmit, by
 /// (namespace, interface): in xdp mode a function's program redirects to its out interface,
 /// whose veth drops there when the next function's XDP ring is full.
 fn chain_tx_dropped(chain: &str) -> BTreeMap<(String, String), u64> {
-    let prefix = format!("nf-{chain}-");
-    let mut out = BTreeMap::new();
-    for entry in std::fs::read_dir("/run/netns")
+    crate::chain_namespaces(chain)
         .into_iter()
-        .flatten()
-        .flatten()
-    {
-        let ns = entry.file_name().to_string_lossy().into_owned();
-        if !ns.starts_with(&prefix) {
-            continue;
-        }
-        let Ok(o) = Command::new("ip")
-            .args(["-n", &ns, "-j", "-s", "link"])
-            .output()
-        else {
-            continue;
-        };
-        let json: serde_json::Value =
-            serde_json::from_slice(&o.stdout).unwrap_or(serde_json::Value::Null);
-        for link in json.as_array().into_iter().flatten() {
-            if let (Some(dev), Some(dropped)) = (
-                link["ifname"].as_str(),
-                link["stats64"]["tx"]["dropped"].as_u64(),
-            ) {
-                out.insert((ns.clone(), dev.to_string()), dropped);
-            }
-        }
-    }
-    out
+        .flat_map(|ns| {
+            tx_drops_in(&ns, &[])
+                .into_iter()
+                .map(move |(dev, dropped)| ((ns.clone(), dev), dropped))
+        })
+        .collect()
 }
 
 /// Drops the chain's fast path counted, by reason, over every hop (`netfn status --json`).
