@@ -337,17 +337,18 @@ pub fn rss_and_fds(pid: u32) -> Result<(u64, u64)> {
     Ok((rss, fds))
 }
 
-/// [`rss_and_fds`] at rest: the least of 5 samples over a second. A descriptor count depends on
-/// the instant (a health check's connection in flight, a prober reopening its sockets after a
-/// chain came back): a leak raises the least value, a transient does not.
+/// [`rss_and_fds`] with the descriptors at rest: the RSS of the first sample, the least
+/// descriptor count of 5 samples over a second. A descriptor count depends on the instant (a
+/// health check's connection in flight, a prober reopening its sockets after a chain came back):
+/// a leak raises the least value, a transient does not. The RSS is one sample, as before (a
+/// least over samples would only lower the end value the growth goal compares).
 pub fn settled_rss_and_fds(pid: u32) -> Result<(u64, u64)> {
-    let mut least = rss_and_fds(pid)?;
+    let (rss, mut fds) = rss_and_fds(pid)?;
     for _ in 0..4 {
         std::thread::sleep(std::time::Duration::from_millis(250));
-        let (rss, fds) = rss_and_fds(pid)?;
-        least = (least.0.min(rss), least.1.min(fds));
+        fds = fds.min(rss_and_fds(pid)?.1);
     }
-    Ok(least)
+    Ok((rss, fds))
 }
 
 /// Drops counted in `chain`'s namespaces, only those above zero: every interface's receive and
