@@ -15,7 +15,7 @@
 use std::net::IpAddr;
 
 use gotatun::device::uapi::UapiServer;
-use gotatun::device::{DeviceBuilder, Peer};
+use gotatun::device::{Device, DeviceBuilder, DeviceTransports, Peer};
 use gotatun::x25519::{PublicKey, StaticSecret};
 use netfn_core::chain::{processes, state};
 use netfn_core::kernel::netns;
@@ -145,11 +145,14 @@ pub fn run(chain: &str, function: &str) -> Result<(), String> {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
             .map_err(|e| e.to_string())?;
         let mut remember = tokio::time::interval(std::time::Duration::from_secs(1));
+        let mut remembered = String::new();
         loop {
             tokio::select! {
                 _ = term.recv() => break,
                 _ = tokio::signal::ctrl_c() => break,
-                _ = remember.tick() => remember_endpoints(chain, function, &name),
+                _ = remember.tick() => {
+                    remember_endpoints(&device, chain, function, &mut remembered).await;
+                }
                 // Only the accept races the other branches; the request is then served to the
                 // end in the branch's body.
                 accepted = async {
@@ -195,20 +198,36 @@ fn remembered_endpoints(
         .collect()
 }
 
-/// Saves where the peers are now (learned from their handshakes), for a restarted endpoint.
-fn remember_endpoints(chain: &str, function: &str, name: &str) {
-    let name = name.to_string();
-    let Ok(peers) = std::thread::scope(|s| s.spawn(|| uapi::peers(&name)).join()) else {
-        return;
-    };
-    let Ok(peers) = peers else { return };
-    let text: String = peers
+/// Saves where the peers are now (learned from their handshakes), for a restarted endpoint,
+/// when that changed since `remembered` (what was saved last). Read from the device itself
+/// under its read lock and written on a blocking thread: nothing here waits on the endpoint's
+/// own sockets or holds up its runtime.
+async fn remember_endpoints<T: DeviceTransports>(
+    device: &Device<T>,
+    chain: &str,
+    function: &str,
+    remembered: &mut String,
+) {
+    let text: String = device
+        .peers()
+        .await
         .iter()
-        .filter_map(|p| Some(format!("{} {}\n", p.public_key, p.endpoint?)))
+        .filter_map(|p| {
+            let key = keys::encode(p.peer.public_key.as_bytes());
+            Some(format!("{key} {}\n", p.peer.endpoint?))
+        })
         .collect();
+    if text == *remembered {
+        return;
+    }
     let path = endpoints_file(chain, function);
-    let tmp = path.with_extension("endpoints.tmp");
-    if std::fs::write(&tmp, text).is_ok() {
-        let _ = std::fs::rename(&tmp, &path);
+    let saved = text.clone();
+    let written = tokio::task::spawn_blocking(move || {
+        let tmp = path.with_extension("endpoints.tmp");
+        std::fs::write(&tmp, saved).and_then(|()| std::fs::rename(&tmp, &path))
+    })
+    .await;
+    if matches!(written, Ok(Ok(()))) {
+        *remembered = text;
     }
 }
