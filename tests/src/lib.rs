@@ -167,6 +167,13 @@ impl Drop for ChainGuard {
     }
 }
 
+/// Whether the tests run inside the test VM (`cargo xtask vm-test` sets `NETFN_IN_VM` there):
+/// emulated CPUs, where a few tests scale their load down or tolerate what only starvation
+/// explains, and say so.
+pub fn in_test_vm() -> bool {
+    std::env::var_os("NETFN_IN_VM").is_some()
+}
+
 /// The names of `chain`'s namespaces under /run/netns (`nf-CHAIN-*`), sorted.
 pub fn chain_namespaces(chain: &str) -> Vec<String> {
     let prefix = format!("nf-{chain}-");

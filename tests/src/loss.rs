@@ -102,6 +102,41 @@ pub fn backlog_dropped() -> u64 {
         .sum()
 }
 
+/// Counter `name` of the `prefix` lines (`Tcp:`, `Udp:`) of namespace `ns`'s /proc/net/snmp,
+/// read by a process in it (/proc/net is the reader's namespace).
+pub fn snmp_counter(ns: &str, prefix: &str, name: &str) -> u64 {
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns, "cat", "/proc/net/snmp"])
+        .output()
+        .expect("read /proc/net/snmp");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let mut lines = text.lines().filter(|l| l.starts_with(prefix));
+    let (Some(names), Some(values)) = (lines.next(), lines.next()) else {
+        panic!("no {prefix} lines in /proc/net/snmp of {ns}: {text}");
+    };
+    names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .find_map(|(n, v)| (n == name).then(|| v.parse().ok()).flatten())
+        .unwrap_or_else(|| panic!("no {prefix} {name} in {ns}: {text}"))
+}
+
+/// Datagrams the UDP sockets of namespace `ns` dropped because their receive buffer was full.
+pub fn udp_rcvbuf_errors(ns: &str) -> u64 {
+    snmp_counter(ns, "Udp:", "RcvbufErrors")
+}
+
+/// [`udp_rcvbuf_errors`] of every namespace of the chain.
+fn chain_rcvbuf_errors(chain: &str) -> BTreeMap<String, u64> {
+    crate::chain_namespaces(chain)
+        .into_iter()
+        .map(|ns| {
+            let n = udp_rcvbuf_errors(&ns);
+            (ns, n)
+        })
+        .collect()
+}
+
 /// A sender's veth and the chain, counted before a stream; [`SenderRing::explains`] tells after
 /// it whether a loss is the VM's ring overflow (see the module comment).
 pub struct SenderRing {
@@ -113,6 +148,7 @@ pub struct SenderRing {
     hops_tx_drops: BTreeMap<(String, String), u64>,
     backlog_drops: u64,
     chain_drops: u64,
+    rcvbuf_errors: BTreeMap<String, u64>,
 }
 
 impl SenderRing {
@@ -126,6 +162,7 @@ impl SenderRing {
             hops_tx_drops: chain_tx_dropped(chain),
             backlog_drops: backlog_dropped(),
             chain_drops: fastpath_drops(chain).values().sum(),
+            rcvbuf_errors: chain_rcvbuf_errors(chain),
         }
     }
 
@@ -136,7 +173,7 @@ impl SenderRing {
     /// chain since [`Self::before`]. Says so on stderr when it excuses a loss, so that a
     /// tolerated loss is never silent; never excuses one outside the VM.
     pub fn explains(&self, mode: &str, lost: usize, what: &str) -> bool {
-        if lost == 0 || std::env::var_os("NETFN_IN_VM").is_none() {
+        if lost == 0 || !crate::in_test_vm() {
             return false;
         }
         // A TUN's transmit drops are packets its userspace reader (a wireguard-go peer)
@@ -162,6 +199,22 @@ impl SenderRing {
         let backlog = backlog_dropped().saturating_sub(self.backlog_drops);
         let chain: u64 = fastpath_drops(&self.chain).values().sum();
         let chain = chain.saturating_sub(self.chain_drops);
+        let sockets: Vec<String> = chain_rcvbuf_errors(&self.chain)
+            .into_iter()
+            .filter_map(|(ns, now)| {
+                let n = now.saturating_sub(self.rcvbuf_errors.get(&ns).copied().unwrap_or(0));
+                (n > 0).then(|| format!("{n} in {ns}"))
+            })
+            .collect();
+        let _ = writeln!(
+            std::io::stderr(),
+            "{what}: UDP receive buffer overflows: {}",
+            if sockets.is_empty() {
+                "none".to_string()
+            } else {
+                sockets.join(", ")
+            }
+        );
         let explained = chain == 0 && lost as u64 <= ring + between + backlog;
         // Past libtest's capture: a tolerated loss shows in a passing run too.
         let _ = writeln!(

@@ -48,3 +48,35 @@ pub fn kill_endpoint(chain: &str, function: &str) -> i32 {
     unsafe { libc::kill(pid, libc::SIGKILL) };
     pid
 }
+
+/// What a failed tunnel test shows of the tunnel: the handshakes and transfer that both sides
+/// report (`wg show`; never the keys), netfn's status of the chain, and the endpoint's log
+/// (`function`'s process log under /run/netfn/chains).
+pub fn tunnel_report(chain: &str, function: &str, peer_ns: &str, peer: &str) -> String {
+    let show = |out: std::io::Result<std::process::Output>| match out {
+        Ok(out) => format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+        Err(e) => format!("({e})\n"),
+    };
+    let mut report = String::new();
+    for what in ["latest-handshakes", "transfer", "endpoints"] {
+        report += &format!(
+            "peer {peer} {what}: {}",
+            show(
+                std::process::Command::new("ip")
+                    .args(["netns", "exec", peer_ns, "wg", "show", peer, what])
+                    .output()
+            )
+        );
+    }
+    report += &show(command(&netfn_bin()).args(["status", chain]).output());
+    let log = format!("/run/netfn/chains/{chain}.{function}.log");
+    report += &format!(
+        "{log}:\n{}",
+        std::fs::read_to_string(&log).unwrap_or_else(|e| format!("({e})"))
+    );
+    report
+}

@@ -79,7 +79,7 @@ fn have_prometheus_tool(bin: &str, test: &str) -> bool {
         return true;
     }
     assert!(
-        std::env::var_os("NETFN_IN_VM").is_some(),
+        netfn_tests::in_test_vm(),
         "{bin} is missing: run `cargo xtask setup` (it installs Debian's prometheus package)"
     );
     skipped(

@@ -87,7 +87,7 @@ fn failure_at_every_step(mode: &str, tag: &str) {
     // How the tc forwarder attaches differs by kernel (netlink clsact before 6.6, TCX links
     // from 6.6): its steps and rollbacks are worth a second kernel. Kernel and xdp mode take
     // the same paths on every kernel, and each takes minutes under the VM's TCG.
-    if mode != "tc" && std::env::var_os("NETFN_IN_VM").is_some() {
+    if mode != "tc" && netfn_tests::in_test_vm() {
         netfn_tests::skipped(
             &format!("{mode} failure at every step in the VM"),
             "kernel and xdp mode take the same steps on every kernel; the host runs them, \
@@ -97,7 +97,7 @@ fn failure_at_every_step(mode: &str, tag: &str) {
     }
     let _turn = shared();
     let mut points = failpoints();
-    if std::env::var_os("NETFN_IN_VM").is_some() {
+    if netfn_tests::in_test_vm() {
         // The steps that attach, switch or remove eBPF programs; the others (records,
         // namespaces, veths, addresses, routes, processes) do the same on every kernel, and
         // each step costs about 10 s under the VM's TCG.

@@ -23,7 +23,7 @@ fn workspace() -> PathBuf {
 
 /// None (and the reason printed) where these tests cannot run: in the VM, or without cargo.
 fn cargo() -> Option<PathBuf> {
-    if std::env::var_os("NETFN_IN_VM").is_some() {
+    if netfn_tests::in_test_vm() {
         netfn_tests::skipped(
             "install and packaging tests",
             "they need cargo and the workspace, which the VM (cargo xtask vm-test) does not \

@@ -30,13 +30,9 @@ impl Drop for Sysctl {
     }
 }
 
-fn in_vm() -> bool {
-    std::env::var_os("NETFN_IN_VM").is_some()
-}
-
 #[test]
 fn too_many_namespaces_fail_the_chain_clearly_and_leave_nothing() {
-    if !in_vm() {
+    if !netfn_tests::in_test_vm() {
         skipped(
             "the namespace-limit test",
             "it lowers the host-wide sysctl user.max_net_namespaces; it runs in the VM suite \

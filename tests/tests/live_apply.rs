@@ -477,7 +477,7 @@ fn down_finishes_after_apply_was_killed_mid_way(mode: &str, tag: &str) {
 /// while an apply loads programs and moves links: its backlog and XDP rings overflowed before
 /// any netfn program saw the frames (a stream now spans the whole apply, about 1.5 s there).
 fn stream_rate() -> u64 {
-    if std::env::var_os("NETFN_IN_VM").is_some() {
+    if netfn_tests::in_test_vm() {
         5_000
     } else {
         20_000
