@@ -1269,6 +1269,13 @@ fn the_endpoint_uses_tun_offloads_and_tcp_stays_byte_exact() {
             row.contains("TUN offloads: vnet_hdr, csum, tso4, tso6"),
             "status: {row}"
         );
+        // Socket buffers of 4 MiB each whatever net.core.rmem_max / wmem_max allow (208 KiB by
+        // default, as in the test VM): the kernel reports twice what was set.
+        let buffers = row
+            .split_once("UDP socket buffers: ")
+            .and_then(|(_, b)| b.split_once(" KiB in, "))
+            .and_then(|(r, s)| Some((r.parse::<u64>().ok()?, s.split(' ').next()?.parse().ok()?)));
+        assert_eq!(buffers, Some((8192, 8192)), "status: {row}");
         let csum_errors = || {
             [&ingress, &egress, &vpn_ns]
                 .map(|ns| tcp_checksum_errors(ns))

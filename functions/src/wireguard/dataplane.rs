@@ -22,13 +22,13 @@ use netfn_core::kernel::netns;
 use netfn_core::plan::HopRole;
 
 use super::config::WgSettings;
-use super::endpoint::{interface_name, offloads_file};
-use super::udp_io::UdpFactory;
+use super::endpoint::{interface_name, io_file};
+use super::udp_io::{SocketBuffers, UdpFactory};
 use super::{control, keys, uapi};
 
 /// The UDP socket's receive and send buffer sizes asked for: room for bursts while the endpoint
-/// waits for a CPU (wireguard-go asks for 7 MiB; the kernel caps this at net.core.rmem_max /
-/// wmem_max).
+/// waits for a CPU (wireguard-go asks for 7 MiB). Forced past net.core.rmem_max / wmem_max at
+/// start (see super::udp_io).
 const SOCKET_BUFFER: usize = 4 << 20;
 
 /// How long a starting endpoint waits for the handshakes with the peers it knows an endpoint of.
@@ -95,11 +95,13 @@ pub fn run(chain: &str, function: &str) -> Result<(), String> {
         let (tun_tx, tun_rx, offloads) = super::tun_io::open(&name).map_err(|e| {
             format!("attach to the TUN device {name} with offloads: {e} (is the chain up?)")
         })?;
+        let buffers = std::sync::Arc::new(SocketBuffers::default());
         let device = DeviceBuilder::new()
             // Batched UDP: GSO sends, GRO receives (see super::udp_io).
             .with_udp(UdpFactory {
                 buffer: SOCKET_BUFFER,
                 gso: true,
+                got: buffers.clone(),
             })
             .with_ip_pair(tun_tx, tun_rx)
             .with_uapi(uapi)
@@ -132,13 +134,15 @@ pub fn run(chain: &str, function: &str) -> Result<(), String> {
             }
         });
         futures::future::join_all(handshakes).await;
-        // For `netfn status`: which offloads this run of the endpoint has on its TUN.
-        std::fs::write(offloads_file(chain, function), offloads.to_string())
-            .map_err(|e| format!("record the TUN's offloads: {e}"))?;
+        // For `netfn status`: the offloads this run of the endpoint has on its TUN, and the
+        // buffers its socket got.
+        let io = format!("TUN offloads: {offloads}; UDP socket buffers: {buffers}");
+        std::fs::write(io_file(chain, function), &io)
+            .map_err(|e| format!("record the endpoint's I/O: {e}"))?;
         std::fs::write(processes::ready_file(chain, function), b"")
             .map_err(|e| format!("say it is ready: {e}"))?;
         tracing::info!(
-            "endpoint {name} up: {} peer(s), listening on port {}, TUN offloads: {offloads}",
+            "endpoint {name} up: {} peer(s), listening on port {}, {io}",
             settings.peers.len(),
             settings.listen_port
         );

@@ -29,8 +29,8 @@ pub fn args(chain: &str, function: &str) -> Vec<String> {
     .to_vec()
 }
 
-/// The file that says which offloads the running endpoint has on its TUN (`netfn status` shows
-/// them).
-pub fn offloads_file(chain: &str, function: &str) -> std::path::PathBuf {
-    processes::state_file(chain, function, "offloads")
+/// The file that says how the running endpoint does its I/O: the offloads it has on its TUN and
+/// the buffers its UDP socket got (`netfn status` shows it).
+pub fn io_file(chain: &str, function: &str) -> std::path::PathBuf {
+    processes::state_file(chain, function, "io")
 }

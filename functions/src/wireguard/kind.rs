@@ -276,9 +276,9 @@ impl FunctionKind for WireGuard {
         let process = match (&device, processes::running(ctx.chain, ctx.function)) {
             (Device::Kernel { .. }, _) => "kernel (wireguard module)".to_string(),
             (_, Some(pid)) => format!(
-                "userspace (GotaTun), pid {pid}, TUN offloads: {}",
-                std::fs::read_to_string(endpoint::offloads_file(ctx.chain, ctx.function))
-                    .unwrap_or_else(|_| "unknown".into())
+                "userspace (GotaTun), pid {pid}, {}",
+                std::fs::read_to_string(endpoint::io_file(ctx.chain, ctx.function))
+                    .unwrap_or_else(|_| "TUN offloads and socket buffers unknown".into())
             ),
             (_, None) => "userspace (GotaTun), NOT running".into(),
         };

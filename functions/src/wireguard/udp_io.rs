@@ -19,7 +19,7 @@ use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use gotatun::packet::Packet;
 use gotatun::udp::socket::{SockOpt, UdpSocket};
@@ -39,10 +39,32 @@ const UDP_SEGMENT: libc::c_int = 103;
 /// starts and whenever its port changes.
 #[derive(Debug, Clone)]
 pub struct UdpFactory {
-    /// `SO_RCVBUF` and `SO_SNDBUF` asked for (the kernel caps them at rmem_max / wmem_max).
+    /// The socket buffer sizes asked for: forced past rmem_max / wmem_max where the process may
+    /// ([`force_buffers`]), capped by them otherwise.
     pub buffer: usize,
     /// Use UDP GSO where the kernel has it.
     pub gso: bool,
+    /// The buffers the socket bound last got, for `netfn status`.
+    pub got: Arc<SocketBuffers>,
+}
+
+/// A socket's receive and send buffer sizes in bytes, as the kernel reports them
+/// (`SO_RCVBUF`/`SO_SNDBUF`: twice what was set, its bookkeeping included; what `ss -m` shows).
+#[derive(Debug, Default)]
+pub struct SocketBuffers {
+    pub receive: AtomicUsize,
+    pub send: AtomicUsize,
+}
+
+impl std::fmt::Display for SocketBuffers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} KiB in, {} KiB out",
+            self.receive.load(Ordering::Relaxed) / 1024,
+            self.send.load(Ordering::Relaxed) / 1024
+        )
+    }
 }
 
 impl UdpTransportFactory for UdpFactory {
@@ -79,6 +101,17 @@ impl UdpTransportFactory for UdpFactory {
             }
             Err(e) => return Err(e),
         };
+        force_buffers(&udp, self.buffer);
+        {
+            use nix::sys::socket::{getsockopt, sockopt};
+            let socket = udp.socket();
+            let (receive, send) = (
+                getsockopt(socket, sockopt::RcvBuf).unwrap_or(0),
+                getsockopt(socket, sockopt::SndBuf).unwrap_or(0),
+            );
+            self.got.receive.store(receive, Ordering::Relaxed);
+            self.got.send.store(send, Ordering::Relaxed);
+        }
         if let Err(e) = udp.enable_udp_gro() {
             tracing::warn!("UDP GRO is unavailable ({e}): each datagram is received alone");
         }
@@ -87,6 +120,25 @@ impl UdpTransportFactory for UdpFactory {
             tracing::warn!("UDP GSO is unavailable: each datagram is sent alone");
         }
         Ok((GsoSend::new(udp.clone(), gso), udp))
+    }
+}
+
+/// Raises the socket's buffers to `size` past net.core.rmem_max / wmem_max where the process
+/// may, as wireguard-go does: `SO_RCVBUFFORCE` and `SO_SNDBUFFORCE` need CAP_NET_ADMIN, which
+/// the endpoint has when it binds at start. With the kernel's default caps (208 KiB) the receive
+/// buffer holds a few hundred small datagrams, and a burst that arrives while the endpoint waits
+/// for a CPU overflows it. Without the capability (a rebind after start) the buffers stay as
+/// `SO_RCVBUF` / `SO_SNDBUF` left them, capped.
+fn force_buffers(udp: &UdpSocket, size: usize) {
+    use nix::sys::socket::{setsockopt, sockopt};
+    let socket = udp.socket();
+    let forced = setsockopt(socket, sockopt::RcvBufForce, &size)
+        .and_then(|()| setsockopt(socket, sockopt::SndBufForce, &size));
+    if let Err(e) = forced {
+        tracing::debug!(
+            "socket buffers of {size} bytes not forced past the kernel's caps ({e}): \
+             net.core.rmem_max and wmem_max apply"
+        );
     }
 }
 
@@ -332,6 +384,7 @@ mod tests {
         let mut factory = UdpFactory {
             buffer: 1 << 20,
             gso,
+            got: Default::default(),
         };
         let params = UdpTransportFactoryParams {
             addr: None,
@@ -482,6 +535,7 @@ mod tests {
         let mut factory = UdpFactory {
             buffer: 1 << 20,
             gso: true,
+            got: Default::default(),
         };
         let params = UdpTransportFactoryParams {
             addr: Some(Ipv4Addr::LOCALHOST.into()),
