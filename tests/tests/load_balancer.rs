@@ -17,6 +17,8 @@ use netfn_tests::loss::function_drops;
 use netfn_tests::{ChainGuard, TempDir, in_netns, netfn_ok, shared, status_details, unique_chain};
 
 const VIP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 10);
+/// A second service's VIP, for the tests that need two.
+const VIP2: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 20);
 const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 84, 1, 2);
 /// The backends' addresses, added to the egress endpoint's interface.
 const SERVERS: [Ipv4Addr; 4] = [
@@ -446,6 +448,61 @@ fn spreads_connections_by_weight(mode: &str, tag: &str) {
 }
 
 #[test]
+fn tc_an_apply_that_drops_a_service_removes_its_routes() {
+    dropped_service_routes("tc", "by");
+}
+
+#[test]
+fn kernel_an_apply_that_drops_a_service_removes_its_routes() {
+    dropped_service_routes("kernel", "bz");
+}
+
+/// The hops before a load balancer route its VIPs to it; an apply that drops a service takes its
+/// VIP's route out of them (and keeps the other's), and one that brings it back routes it again.
+fn dropped_service_routes(mode: &str, tag: &str) {
+    let _turn = shared();
+    let chain = unique_chain(tag);
+    let dir = TempDir::new(&chain);
+    let one = service(80, "tcp", &[(0, 1)]);
+    let two = format!(
+        "{one}{}",
+        service(80, "tcp", &[(1, 1)]).replace(&VIP.to_string(), &VIP2.to_string())
+    );
+    let both = dir.write("both.toml", &chain_file(&chain, mode, &two));
+    let first = dir.write("first.toml", &chain_file(&chain, mode, &one));
+    let _guard = ChainGuard::up(&chain, &both);
+    // Which of the two VIPs each hop before the load balancer has a route to.
+    let routed = || -> Vec<(String, Vec<Ipv4Addr>)> {
+        ["ingress", "front"]
+            .iter()
+            .map(|hop| {
+                let out = std::process::Command::new("ip")
+                    .args(["-n", &format!("nf-{chain}-{hop}"), "route", "show"])
+                    .output()
+                    .expect("run ip");
+                let table = String::from_utf8_lossy(&out.stdout).into_owned();
+                let vips = [VIP, VIP2]
+                    .into_iter()
+                    .filter(|v| table.lines().any(|l| l.starts_with(&format!("{v} "))))
+                    .collect();
+                (hop.to_string(), vips)
+            })
+            .collect()
+    };
+    let all = |vips: &[Ipv4Addr]| -> Vec<(String, Vec<Ipv4Addr>)> {
+        ["ingress", "front"]
+            .map(|hop| (hop.to_string(), vips.to_vec()))
+            .to_vec()
+    };
+    assert_eq!(routed(), all(&[VIP, VIP2]), "{mode}: after up");
+    let applied = netfn_ok(&["apply", &first.to_string_lossy()]);
+    assert!(applied.contains("in place"), "{mode}: {applied}");
+    assert_eq!(routed(), all(&[VIP]), "{mode}: after dropping {VIP2}");
+    netfn_ok(&["apply", &both.to_string_lossy()]);
+    assert_eq!(routed(), all(&[VIP, VIP2]), "{mode}: after adding it back");
+}
+
+#[test]
 fn tc_apply_adds_and_drains_backends_keeping_connections() {
     apply_adds_and_drains("tc", "ba");
 }
@@ -871,7 +928,7 @@ fn firewall_and_two_load_balancers(mode: &str, tag: &str) {
     let _turn = shared();
     let chain = unique_chain(tag);
     let dir = TempDir::new(&chain);
-    let vip2 = Ipv4Addr::new(192, 0, 2, 20);
+    let vip2 = VIP2;
     let text = format!(
         "[[chain]]\nname = \"{chain}\"\nfastpath = \"{mode}\"\n\n[chain.ingress]\naddress = \
          \"10.84.1.2/24\"\n\n[chain.egress]\naddress = \"10.84.2.2/24\"\n\n\

@@ -585,8 +585,9 @@ fn switch_routes(
     })
 }
 
-/// Deletes the old links and the namespaces of removed functions, and (tc/xdp) forgets their
-/// forwarder rows and link pins. Returns what could not be removed.
+/// Deletes the old links, the routes only the old plan had, and the namespaces of removed
+/// functions, and (tc/xdp) forgets their forwarder rows and link pins. Returns what could not
+/// be removed.
 fn remove_old(
     old: &ChainPlan,
     new: &ChainPlan,
@@ -595,6 +596,9 @@ fn remove_old(
     rt: &tokio::runtime::Runtime,
 ) -> Vec<String> {
     let mut errors = delete_links(&delta.gone, old, new, opened, rt);
+    // Routes only the old plan had (a removed VIP's, a removed routed backend's).
+    let touched: Vec<usize> = delta.touched.iter().copied().collect();
+    errors.extend(rt.block_on(objects::delete_stale_routes(old, new, &touched, opened)));
     let new_names = names_of(new);
     for hop in old
         .hops

@@ -293,6 +293,38 @@ pub async fn replace_routes(
     Ok(())
 }
 
+/// Deletes from the main table the routes that `old` gave the hops `hops` (indices in `new`) and
+/// `new` does not give them (a removed VIP's, a removed routed backend's): [`replace_routes`]
+/// only adds and replaces. One already gone is fine. Keeps going, returns every error.
+pub async fn delete_stale_routes(
+    old: &ChainPlan,
+    new: &ChainPlan,
+    hops: &[usize],
+    opened: &Opened,
+) -> Vec<String> {
+    let mut errors = Vec::new();
+    for &h in hops {
+        let hop = &new.hops[h];
+        let (Some((_, before)), Some(ns)) = (old.hop(&hop.name), opened.hops.get(&h)) else {
+            continue;
+        };
+        let stale = before
+            .routes
+            .iter()
+            .filter(|r| !hop.routes.iter().any(|n| n.destination == r.destination));
+        for route in stale {
+            if let Err(e) = ns
+                .netlink
+                .delete_route_in(route.destination, u32::from(libc::RT_TABLE_MAIN))
+                .await
+            {
+                errors.push(format!("{}: {e}", hop.name));
+            }
+        }
+    }
+    errors
+}
+
 /// Deletes interfaces by name in opened hops; keeps going, returns every error.
 pub async fn delete_interfaces(
     plan: &ChainPlan,
