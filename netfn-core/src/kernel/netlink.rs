@@ -14,7 +14,7 @@ use rtnetlink::packet_route::link::{InfoData, InfoKind, InfoVeth, LinkAttribute,
 use rtnetlink::packet_route::rule::RuleAction;
 use rtnetlink::{LinkMessageBuilder, LinkUnspec, RouteMessageBuilder};
 
-use crate::plan::LinkEnd;
+use crate::plan::{LinkEnd, RoutePlan};
 
 /// Priority of the rules that route a function's packets by the interface they arrived on
 /// (before the main table's rule at 32766).
@@ -210,19 +210,26 @@ impl Netlink {
         )
     }
 
-    /// Deletes the route to `destination` in table `table`; false if there was none.
+    /// Deletes the route `route` (its destination through its gateway) in table `table`; false
+    /// if there was none. A route to the same destination through another gateway is not
+    /// this one, and stays.
     pub async fn delete_route_in(
         &self,
-        destination: Ipv4Net,
+        route: &RoutePlan,
         table: u32,
     ) -> Result<bool, NetlinkError> {
+        let RoutePlan {
+            destination,
+            gateway,
+        } = route;
         let msg = RouteMessageBuilder::<Ipv4Addr>::new()
             .destination_prefix(destination.network(), destination.prefix_len())
+            .gateway(*gateway)
             .table_id(table)
             .build();
         NetlinkError::unless(
             self.handle.route().del(msg).execute().await,
-            || format!("delete route {destination} table {table}"),
+            || format!("delete route {destination} via {gateway} table {table}"),
             &[libc::ESRCH, libc::ENOENT],
         )
     }

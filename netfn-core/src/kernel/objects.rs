@@ -315,7 +315,7 @@ pub async fn delete_stale_routes(
         for route in stale {
             if let Err(e) = ns
                 .netlink
-                .delete_route_in(route.destination, u32::from(libc::RT_TABLE_MAIN))
+                .delete_route_in(route, u32::from(libc::RT_TABLE_MAIN))
                 .await
             {
                 errors.push(format!("{}: {e}", hop.name));
@@ -423,10 +423,7 @@ pub async fn unsteer(
             continue;
         };
         let rule = ns.netlink.delete_iif_rule(&end.ifname, end.ifindex).await;
-        let table = ns
-            .netlink
-            .delete_route_in(route.destination, end.ifindex)
-            .await;
+        let table = ns.netlink.delete_route_in(&route, end.ifindex).await;
         for e in [rule.err(), table.err()].into_iter().flatten() {
             errors.push(format!("{}: {e}", plan.hops[end.hop].name));
         }

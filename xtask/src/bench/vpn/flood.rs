@@ -3,19 +3,21 @@
 //! encapsulation) from a connected UDP socket in the client's namespace, 256 per `sendmmsg`,
 //! counted at a UDP socket in the server's namespace (`recvmmsg`); or the other way round
 //! (`reverse`). Nothing is pinned: the tunnel's processes share the two CPUs with the generator
-//! and the sink.
+//! and the sink, whose threads' CPU time is counted too (the share of the machine the tunnel
+//! does not get).
 
 use std::net::{SocketAddrV4, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 
 use super::Tunnel;
-use super::measure::{Run, cpu_now};
+use super::measure::{Run, cpu_now, jiffies_to_s, task_jiffies};
 use crate::bench::chain::{PPS_PAYLOAD, in_netns, recv_loop, sendmmsg_loop, set_rcvbuf, udp_in};
 
 const PORT: u16 = 9311;
@@ -45,32 +47,45 @@ pub(super) fn run(t: &Tunnel, seconds: f64, reverse: bool) -> Result<Run> {
     })?;
     let stop = Arc::new(AtomicBool::new(false));
     let (received, sent) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    // Each thread says its id first, so the window can count the CPU it takes.
+    let (tids_tx, tids) = mpsc::channel();
     let sink_thread = {
-        let (stop, received) = (stop.clone(), received.clone());
-        thread::spawn(move || recv_loop(&sink, &stop, &received))
+        let (stop, received, tids_tx) = (stop.clone(), received.clone(), tids_tx.clone());
+        thread::spawn(move || {
+            let _ = tids_tx.send(gettid());
+            recv_loop(&sink, &stop, &received)
+        })
     };
     let source_thread = {
         let (stop, sent) = (stop.clone(), sent.clone());
         thread::spawn(move || {
+            let _ = tids_tx.send(gettid());
             sendmmsg_loop(source.as_raw_fd(), &[vec![0x5a; PPS_PAYLOAD]], &stop, &sent)
         })
     };
     let window = (|| -> Result<Run> {
+        let stats = (0..2)
+            .map(|_| {
+                let tid = tids
+                    .recv_timeout(Duration::from_secs(5))
+                    .context("the UDP generator or sink did not start")?;
+                Ok(format!("/proc/self/task/{tid}/stat"))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let generator = || -> Result<u64> { stats.iter().map(|s| task_jiffies(s)).sum() };
         thread::sleep(Duration::from_millis(300));
-        let (r0, c0, t0) = (
+        let (r0, c0, g0, t0) = (
             received.load(Ordering::Relaxed),
             cpu_now(t)?,
+            generator()?,
             Instant::now(),
         );
         thread::sleep(Duration::from_secs_f64(seconds));
-        let (r1, c1) = (received.load(Ordering::Relaxed), cpu_now(t)?);
+        let (r1, c1, g1) = (received.load(Ordering::Relaxed), cpu_now(t)?, generator()?);
         let packets = (r1 - r0) as f64;
-        Ok(Run::between(
-            packets / t0.elapsed().as_secs_f64(),
-            packets,
-            c0,
-            c1,
-        ))
+        let mut run = Run::between(packets / t0.elapsed().as_secs_f64(), packets, &c0, &c1);
+        run.generator_cpu_s = Some(jiffies_to_s(g0, g1));
+        Ok(run)
     })();
     stop.store(true, Ordering::Relaxed);
     let joined = (source_thread.join(), sink_thread.join());
@@ -78,4 +93,10 @@ pub(super) fn run(t: &Tunnel, seconds: f64, reverse: bool) -> Result<Run> {
         anyhow::bail!("the UDP generator or sink panicked");
     }
     window
+}
+
+/// The calling thread's id.
+fn gettid() -> libc::pid_t {
+    // SAFETY: gettid has no preconditions.
+    unsafe { libc::gettid() }
 }

@@ -144,8 +144,8 @@ impl VpnLab {
             server_ns: b,
             server_addr: Ipv4Addr::new(10, 88, 2, 2),
             pids: vec![
-                ("wireguard-go".into(), pid_a),
-                ("wireguard-go".into(), pid_b),
+                ("wireguard-go (client side)".into(), pid_a),
+                ("wireguard-go (server side)".into(), pid_b),
             ],
         })
     }
@@ -197,8 +197,8 @@ impl VpnLab {
             server_ns: format!("nf-{chain}-egress"),
             server_addr: Ipv4Addr::new(10, 88, 4, 2),
             pids: vec![
-                ("wireguard-go".into(), pid),
-                ("netfn endpoint".into(), endpoint_pid(&chain)?),
+                ("wireguard-go (client side)".into(), pid),
+                ("netfn endpoint (server side)".into(), endpoint_pid(&chain)?),
             ],
         })
     }
@@ -254,8 +254,8 @@ impl VpnLab {
             server_ns: s,
             server_addr: Ipv4Addr::new(10, 88, 10, 2),
             pids: vec![
-                ("netfn endpoint".into(), endpoint_pid(&a)?),
-                ("netfn endpoint".into(), endpoint_pid(&b)?),
+                ("netfn endpoint (client side)".into(), endpoint_pid(&a)?),
+                ("netfn endpoint (server side)".into(), endpoint_pid(&b)?),
             ],
         })
     }

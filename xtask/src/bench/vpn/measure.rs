@@ -86,7 +86,7 @@ impl Test {
 }
 
 /// What one run carried and cost.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub(super) struct Run {
     /// TCP: Gbit/s at the receiver; UDP: datagrams received per second.
     pub(super) rate: f64,
@@ -94,6 +94,10 @@ pub(super) struct Run {
     pub(super) carried: f64,
     /// CPU seconds of the tunnel's processes (utime + stime) over the run.
     pub(super) process_cpu_s: f64,
+    /// The same per process, in the order of the tunnel's `pids`.
+    pub(super) each_process_cpu_s: Vec<f64>,
+    /// CPU seconds of our UDP generator's and sink's threads (UDP floods only).
+    pub(super) generator_cpu_s: Option<f64>,
     /// Softirq CPU seconds of all CPUs over the run.
     pub(super) softirq_cpu_s: f64,
     /// Busy CPU seconds of the whole machine over the run.
@@ -104,6 +108,18 @@ impl Run {
     /// Tunnel processes + softirq per Gbit (TCP) or per packet, in µs (UDP).
     pub(super) fn cpu_per_unit(&self, test: Test) -> f64 {
         per_unit(self.process_cpu_s + self.softirq_cpu_s, self.carried, test)
+    }
+
+    /// Process `i`'s CPU time alone per Gbit (TCP) or per packet, in µs (UDP).
+    pub(super) fn process_per_unit(&self, i: usize, test: Test) -> f64 {
+        let cpu = self.each_process_cpu_s.get(i).copied().unwrap_or(f64::NAN);
+        per_unit(cpu, self.carried, test)
+    }
+
+    /// The generator's and sink's CPU time per packet, in µs (UDP floods).
+    pub(super) fn generator_per_unit(&self, test: Test) -> Option<f64> {
+        self.generator_cpu_s
+            .map(|cpu| per_unit(cpu, self.carried, test))
     }
 
     /// The whole machine's busy time per Gbit (TCP) or per packet, in µs (UDP).
@@ -159,10 +175,10 @@ pub(super) fn warm_up(t: &Tunnel) -> Result<()> {
 }
 
 /// CPU jiffies at one moment.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(super) struct Cpu {
-    /// utime + stime of the tunnel's processes.
-    processes: u64,
+    /// utime + stime of each of the tunnel's processes.
+    processes: Vec<u64>,
     /// softirq of all CPUs.
     softirq: u64,
     /// busy time of all CPUs.
@@ -170,9 +186,10 @@ pub(super) struct Cpu {
 }
 
 pub(super) fn cpu_now(t: &Tunnel) -> Result<Cpu> {
-    let mut processes = 0;
+    let mut processes = Vec::with_capacity(t.pids.len());
     for (what, pid) in &t.pids {
-        processes += process_jiffies(*pid).with_context(|| format!("{what} (pid {pid})"))?;
+        let stat = format!("/proc/{pid}/stat");
+        processes.push(task_jiffies(&stat).with_context(|| format!("{what} (pid {pid})"))?);
     }
     Ok(Cpu {
         processes,
@@ -183,22 +200,34 @@ pub(super) fn cpu_now(t: &Tunnel) -> Result<Cpu> {
 
 impl Run {
     /// A run that carried `carried` at `rate`, with the CPU spent between two moments.
-    pub(super) fn between(rate: f64, carried: f64, before: Cpu, after: Cpu) -> Run {
-        let secs = |a: u64, b: u64| b.saturating_sub(a) as f64 / clock_ticks();
+    pub(super) fn between(rate: f64, carried: f64, before: &Cpu, after: &Cpu) -> Run {
+        let each_process_cpu_s: Vec<f64> = before
+            .processes
+            .iter()
+            .zip(&after.processes)
+            .map(|(&a, &b)| jiffies_to_s(a, b))
+            .collect();
         Run {
             rate,
             carried,
-            process_cpu_s: secs(before.processes, after.processes),
-            softirq_cpu_s: secs(before.softirq, after.softirq),
-            machine_cpu_s: secs(before.machine, after.machine),
+            process_cpu_s: each_process_cpu_s.iter().sum(),
+            each_process_cpu_s,
+            generator_cpu_s: None,
+            softirq_cpu_s: jiffies_to_s(before.softirq, after.softirq),
+            machine_cpu_s: jiffies_to_s(before.machine, after.machine),
         }
     }
 }
 
-/// utime + stime of a process (all its threads), in jiffies.
-fn process_jiffies(pid: i32) -> Result<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .context("read its /proc stat: did it die?")?;
+/// Seconds between two jiffy counts.
+pub(super) fn jiffies_to_s(before: u64, after: u64) -> f64 {
+    after.saturating_sub(before) as f64 / clock_ticks()
+}
+
+/// utime + stime in jiffies from a stat file of proc(5): `/proc/PID/stat` (a process, all its
+/// threads) or `/proc/self/task/TID/stat` (one thread).
+pub(super) fn task_jiffies(stat: &str) -> Result<u64> {
+    let stat = std::fs::read_to_string(stat).context("read its /proc stat: did it die?")?;
     // Fields after the command name (which may hold spaces): state is field 3, utime 14.
     let rest = stat.rsplit_once(')').context("odd /proc stat")?.1;
     let fields: Vec<&str> = rest.split_whitespace().collect();
@@ -235,7 +264,7 @@ pub(super) fn run(t: &Tunnel, test: Test, seconds: f64) -> Result<Run> {
             (tcp_gbit_per_s(&json)?, bytes * 8.0 / 1e9)
         }
     };
-    Ok(Run::between(rate, carried, before, after))
+    Ok(Run::between(rate, carried, &before, &after))
 }
 
 #[cfg(test)]
@@ -248,18 +277,30 @@ mod tests {
             rate: 1.0,
             carried: 5.0,
             process_cpu_s: 4.0,
+            each_process_cpu_s: vec![3.0, 1.0],
+            generator_cpu_s: Some(2.5),
             softirq_cpu_s: 1.0,
             machine_cpu_s: 10.0,
         };
         assert_eq!(run.cpu_per_unit(Test::Tcp1), 1.0);
+        assert_eq!(run.process_per_unit(0, Test::Tcp1), 0.6);
+        assert_eq!(run.process_per_unit(1, Test::Udp), 0.2e6);
+        assert!(run.process_per_unit(2, Test::Udp).is_nan());
+        assert_eq!(run.generator_per_unit(Test::Udp), Some(0.5e6));
         assert_eq!(run.machine_per_unit(Test::Tcp4), 2.0);
         assert_eq!(run.cpu_per_unit(Test::Udp), 1e6);
         assert!(Run::default().cpu_per_unit(Test::Tcp1).is_nan());
     }
 
     #[test]
-    fn our_own_process_has_cpu_time() {
-        let pid = i32::try_from(std::process::id()).unwrap_or(1);
-        assert!(process_jiffies(pid).is_ok());
+    fn our_own_process_and_thread_have_cpu_time() {
+        assert!(task_jiffies(&format!("/proc/{}/stat", std::process::id())).is_ok());
+        assert!(
+            task_jiffies(&format!("/proc/self/task/{}/stat", unsafe {
+                libc::gettid()
+            }))
+            .is_ok()
+        );
+        assert!(task_jiffies("/proc/self/task/0/stat").is_err());
     }
 }

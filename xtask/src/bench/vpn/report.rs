@@ -7,7 +7,7 @@ use super::measure::{Run, Test};
 use super::{Figure, Goal, Options, Samples, Tunnel};
 
 /// How every figure is produced (also written into vpn.json).
-pub(super) const METHOD: [&str; 7] = [
+pub(super) const METHOD: [&str; 8] = [
     "each figure is the median of one iperf3 run per repetition; tunnels measured interleaved, \
      the order rotated each repetition",
     "TCP: iperf3 -J -c SERVER -B CLIENT -t SECONDS (and -P 4), a fresh iperf3 -s -1 per run; \
@@ -21,6 +21,9 @@ pub(super) const METHOD: [&str; 7] = [
      netfn endpoints; /proc/PID/stat) plus softirq jiffies of all CPUs (/proc/stat) over the run, \
      per Gbit received (TCP) or µs per datagram received (UDP); tick-based accounting may count \
      a softirq tick in both a process's stime and softirq",
+    "CPU per process: the same utime + stime of each tunnel process alone (which end the cost \
+     is at), and for the UDP floods our generator's and sink's threads \
+     (/proc/self/task/TID/stat)",
     "CPU (machine): busy jiffies of all CPUs (user nice system irq softirq steal) over the run, \
      iperf3 and everything else included, per Gbit received",
     "no pinning, no tuning: default MTUs (tunnels 1420), default iperf3 buffers",
@@ -37,6 +40,13 @@ pub(super) struct TestFigures {
     tunnel_cpu: Figure,
     /// Whole machine busy time: s/Gbit (TCP) or µs/packet (UDP).
     machine_cpu: Figure,
+    /// Each of the tunnel's processes alone (in the order of the record's `processes`), same
+    /// unit: which end a tunnel's cost is at.
+    process_cpu: Vec<Figure>,
+    /// Our UDP generator's and sink's threads (floods only), µs/packet: the share of the machine
+    /// that is neither tunnel nor softirq.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    generator_cpu: Option<Figure>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -104,6 +114,20 @@ pub(super) fn records(tunnels: &[Tunnel], samples: &[Samples]) -> Vec<Record> {
                             cpu_unit,
                             &of(s, test, |r| r.machine_per_unit(test)),
                         ),
+                        process_cpu: (0..t.pids.len())
+                            .map(|i| {
+                                Figure::new(cpu_unit, &of(s, test, |r| r.process_per_unit(i, test)))
+                            })
+                            .collect(),
+                        generator_cpu: {
+                            let g: Vec<f64> = s
+                                .runs
+                                .iter()
+                                .filter(|(t, _)| *t == test)
+                                .filter_map(|(_, r)| r.generator_per_unit(test))
+                                .collect();
+                            (!g.is_empty()).then(|| Figure::new(cpu_unit, &g))
+                        },
                     }
                 })
                 .collect(),
@@ -152,6 +176,20 @@ pub(super) fn print_tables(records: &[Record], options: &Options) {
             ));
         }
         println!("{line}");
+    }
+    println!("\nCPU per process, µs/packet (UDP floods; gen: our generator and sink)");
+    for r in records.iter().filter(|r| !r.processes.is_empty()) {
+        for test in [Test::Udp, Test::UdpReverse] {
+            let Some(f) = r.figures(test) else { continue };
+            let mut line = format!("{:<12} {:<7}", r.config, test.short());
+            for (what, cpu) in r.processes.iter().zip(&f.process_cpu) {
+                line.push_str(&format!("  {what} {:.2}", cpu.median));
+            }
+            if let Some(g) = &f.generator_cpu {
+                line.push_str(&format!("  gen {:.2}", g.median));
+            }
+            println!("{line}");
+        }
     }
     println!(
         "(medians of {} runs of {} s each; ×pair: over the wireguard-go pair; tun: tunnel \
