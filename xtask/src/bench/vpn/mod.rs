@@ -23,7 +23,9 @@
 //! - **CPU**: over each run, the utime + stime of the tunnel's userspace processes (both
 //!   wireguard-go processes, netfn's endpoint processes; /proc/PID/stat) plus the softirq time
 //!   of every CPU (/proc/stat), divided by the Gbit the receiver got (TCP) or the datagrams it got
-//!   (UDP); and, for comparison, the busy time of the whole machine (iperf3 included) per Gbit.
+//!   (UDP); each of those processes alone (which end a tunnel's cost is at) and, for the UDP
+//!   floods, the generator's and sink's threads; and, for comparison, the busy time of the whole
+//!   machine (iperf3 included) per Gbit.
 //!
 //! Output: two tables, target/bench/vpn.json (every sample), vpn.svg and, with rsvg-convert,
 //! vpn.png. Traffic stays between namespaces the bench created; everything is removed at the end,
