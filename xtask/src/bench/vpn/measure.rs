@@ -98,6 +98,9 @@ pub(super) struct Run {
     pub(super) each_process_cpu_s: Vec<f64>,
     /// CPU seconds of our UDP generator's and sink's threads (UDP floods only).
     pub(super) generator_cpu_s: Option<f64>,
+    /// TCP segments the sender retransmitted (iperf3's `end.sum_sent.retransmits`): loss in
+    /// the tunnel, which a TCP rate depends on as much as on CPU.
+    pub(super) retransmits: Option<u64>,
     /// Softirq CPU seconds of all CPUs over the run.
     pub(super) softirq_cpu_s: f64,
     /// Busy CPU seconds of the whole machine over the run.
@@ -135,9 +138,11 @@ impl Run {
                 self.cpu_per_unit(test)
             ),
             _ => format!(
-                "{:>9.3} Gbit/s  cpu {:>5.2} s/Gbit",
+                "{:>9.3} Gbit/s  cpu {:>5.2} s/Gbit  retransmits {}",
                 self.rate,
-                self.cpu_per_unit(test)
+                self.cpu_per_unit(test),
+                self.retransmits
+                    .map_or_else(|| "?".to_string(), |n| n.to_string())
             ),
         }
     }
@@ -213,6 +218,7 @@ impl Run {
             process_cpu_s: each_process_cpu_s.iter().sum(),
             each_process_cpu_s,
             generator_cpu_s: None,
+            retransmits: None,
             softirq_cpu_s: jiffies_to_s(before.softirq, after.softirq),
             machine_cpu_s: jiffies_to_s(before.machine, after.machine),
         }
@@ -264,7 +270,11 @@ pub(super) fn run(t: &Tunnel, test: Test, seconds: f64) -> Result<Run> {
             (tcp_gbit_per_s(&json)?, bytes * 8.0 / 1e9)
         }
     };
-    Ok(Run::between(rate, carried, &before, &after))
+    let mut run = Run::between(rate, carried, &before, &after);
+    if !test.is_udp() {
+        run.retransmits = json["end"]["sum_sent"]["retransmits"].as_u64();
+    }
+    Ok(run)
 }
 
 #[cfg(test)]
@@ -279,6 +289,7 @@ mod tests {
             process_cpu_s: 4.0,
             each_process_cpu_s: vec![3.0, 1.0],
             generator_cpu_s: Some(2.5),
+            retransmits: None,
             softirq_cpu_s: 1.0,
             machine_cpu_s: 10.0,
         };

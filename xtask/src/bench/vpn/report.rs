@@ -7,7 +7,7 @@ use super::measure::{Run, Test};
 use super::{Figure, Goal, Options, Samples, Tunnel};
 
 /// How every figure is produced (also written into vpn.json).
-pub(super) const METHOD: [&str; 8] = [
+pub(super) const METHOD: [&str; 9] = [
     "each figure is the median of one iperf3 run per repetition; tunnels measured interleaved, \
      the order rotated each repetition",
     "TCP: iperf3 -J -c SERVER -B CLIENT -t SECONDS (and -P 4), a fresh iperf3 -s -1 per run; \
@@ -21,6 +21,7 @@ pub(super) const METHOD: [&str; 8] = [
      netfn endpoints; /proc/PID/stat) plus softirq jiffies of all CPUs (/proc/stat) over the run, \
      per Gbit received (TCP) or µs per datagram received (UDP); tick-based accounting may count \
      a softirq tick in both a process's stime and softirq",
+    "TCP retransmits: iperf3's end.sum_sent.retransmits per run (loss in the tunnel)",
     "CPU per process: the same utime + stime of each tunnel process alone (which end the cost \
      is at), and for the UDP floods our generator's and sink's threads \
      (/proc/self/task/TID/stat)",
@@ -47,6 +48,9 @@ pub(super) struct TestFigures {
     /// that is neither tunnel nor softirq.
     #[serde(skip_serializing_if = "Option::is_none")]
     generator_cpu: Option<Figure>,
+    /// TCP: segments the sender retransmitted per run.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    retransmits: Option<Figure>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -76,6 +80,22 @@ fn of(s: &Samples, test: Test, f: impl Fn(&Run) -> f64) -> Vec<f64> {
         .filter(|(t, _)| *t == test)
         .map(|(_, r)| f(r))
         .collect()
+}
+
+/// The runs' values of `test` that `f` has, as a figure; none if no run has one.
+fn some_of(
+    s: &Samples,
+    test: Test,
+    unit: &'static str,
+    f: impl Fn(&Run) -> Option<f64>,
+) -> Option<Figure> {
+    let values: Vec<f64> = s
+        .runs
+        .iter()
+        .filter(|(t, _)| *t == test)
+        .filter_map(|(_, r)| f(r))
+        .collect();
+    (!values.is_empty()).then(|| Figure::new(unit, &values))
 }
 
 pub(super) fn records(tunnels: &[Tunnel], samples: &[Samples]) -> Vec<Record> {
@@ -119,15 +139,10 @@ pub(super) fn records(tunnels: &[Tunnel], samples: &[Samples]) -> Vec<Record> {
                                 Figure::new(cpu_unit, &of(s, test, |r| r.process_per_unit(i, test)))
                             })
                             .collect(),
-                        generator_cpu: {
-                            let g: Vec<f64> = s
-                                .runs
-                                .iter()
-                                .filter(|(t, _)| *t == test)
-                                .filter_map(|(_, r)| r.generator_per_unit(test))
-                                .collect();
-                            (!g.is_empty()).then(|| Figure::new(cpu_unit, &g))
-                        },
+                        generator_cpu: some_of(s, test, cpu_unit, |r| r.generator_per_unit(test)),
+                        retransmits: some_of(s, test, "segments", |r| {
+                            r.retransmits.map(|n| n as f64)
+                        }),
                     }
                 })
                 .collect(),
