@@ -228,17 +228,24 @@ fn chain_name(arg: &str) -> Result<String, String> {
         .map_err(|e| e.to_string())
 }
 
+/// The log filter of a userspace WireGuard endpoint when `--log` is left at the CLI's default:
+/// its start (with its I/O), handshake waits and peer changes, in
+/// /run/netfn/chains/CHAIN.FUNCTION.log; not GotaTun's line per UAPI connection, which every
+/// `wg show`, status and scrape would add.
+const ENDPOINT_LOG: &str = "info,gotatun::device::uapi=warn";
+
 fn main() -> ExitCode {
     let matches = Cli::command().subcommand(generate::command()).get_matches();
     if let Some((generate::NAME, args)) = matches.subcommand() {
         return report(generate::run(args, Cli::command()));
     }
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
-    let agent_log = matches!(cli.command, Command::Agent(_)) && cli.log == DEFAULT_LOG;
-    output::init_logging(if agent_log {
-        agent::AGENT_LOG
-    } else {
-        &cli.log
+    // The long-running processes log their lifecycle (info) unless `--log` says otherwise.
+    let default_log = cli.log == DEFAULT_LOG;
+    output::init_logging(match cli.command {
+        Command::Agent(_) if default_log => agent::AGENT_LOG,
+        Command::WireguardEndpoint { .. } if default_log => ENDPOINT_LOG,
+        _ => &cli.log,
     });
     let result = match cli.command {
         Command::Validate { file } => commands::validate(&file),

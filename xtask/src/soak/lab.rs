@@ -271,6 +271,12 @@ pub fn process_pid(chain: &str, function: &str) -> Option<i32> {
         .ok()
 }
 
+/// Copies the log of `chain`'s function `function` (its supervised process's output, which
+/// `down` removes with the chain's records) to `to`; false if there was none to copy.
+pub fn keep_process_log(chain: &str, function: &str, to: &std::path::Path) -> bool {
+    std::fs::copy(format!("/run/netfn/chains/{chain}.{function}.log"), to).is_ok()
+}
+
 /// Everything with the soak's `prefix` left on the host: namespaces, links of the root
 /// namespace, records and other files of the state directory, bpffs pins, mounts, wireguard-go
 /// sockets, and (with `processes`) processes whose command line names it.

@@ -339,6 +339,18 @@ pub fn run(args: SoakArgs) -> Result<()> {
         .collect();
     drop(chaos_agent.take());
     let agent_log_errors = agent_log_errors(&out_dir, &prefix);
+    // The VPN endpoints' own logs go with their chains: kept for the report's reader (a loss
+    // through a tunnel is explained, or not, by what the endpoint said).
+    for c in chains.iter().filter(|c| c.vpn.is_some()) {
+        let to = out_dir.join(format!("{}-vpn.log", c.name));
+        if lab::keep_process_log(&c.name, "vpn", &to) {
+            println!(
+                "kept the VPN endpoint's log of {}: {}",
+                c.name,
+                to.display()
+            );
+        }
+    }
     soak.chains = chains.iter().chain([&fourth]).cloned().collect();
     errors.extend(soak.teardown());
     let leftovers = lab::leftovers(&prefix, true);
