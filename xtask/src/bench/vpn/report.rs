@@ -192,9 +192,9 @@ pub(super) fn print_tables(records: &[Record], options: &Options) {
         }
         println!("{line}");
     }
-    println!("\nCPU per process, µs/packet (UDP floods; gen: our generator and sink)");
+    println!("\nCPU per process: s/Gbit (TCP), µs/packet (UDP; gen: our generator and sink)");
     for r in records.iter().filter(|r| !r.processes.is_empty()) {
-        for test in [Test::Udp, Test::UdpReverse] {
+        for test in Test::MAIN {
             let Some(f) = r.figures(test) else { continue };
             let mut line = format!("{:<12} {:<7}", r.config, test.short());
             for (what, cpu) in r.processes.iter().zip(&f.process_cpu) {
