@@ -174,6 +174,20 @@ pub fn in_test_vm() -> bool {
     std::env::var_os("NETFN_IN_VM").is_some()
 }
 
+/// The output of `ip -n nf-CHAIN-HOP -4 ARGS…` (HOP a function, `ingress` or `egress`).
+pub fn ip_in(chain: &str, hop: &str, args: &[&str]) -> String {
+    let out = std::process::Command::new("ip")
+        .args(["-n", &format!("nf-{chain}-{hop}"), "-4"])
+        .args(args)
+        .output()
+        .expect("run ip");
+    assert!(
+        out.status.success(),
+        "ip {args:?} in nf-{chain}-{hop} failed"
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// The names of `chain`'s namespaces under /run/netns (`nf-CHAIN-*`), sorted.
 pub fn chain_namespaces(chain: &str) -> Vec<String> {
     let prefix = format!("nf-{chain}-");

@@ -10,7 +10,7 @@ use netfn_tests::loss::SenderRing;
 use netfn_tests::traffic::{StreamRun, sequenced_streams_both_ways_during, udp_echo};
 use netfn_tests::whole::link_pins;
 use netfn_tests::{
-    ChainGuard, ForeignNetns, TempDir, alone, forward_chain_of, interface_stats,
+    ChainGuard, ForeignNetns, TempDir, alone, forward_chain_of, interface_stats, ip_in,
     kill_netfn_mid_way, leftovers, netfn, netfn_ok, shared, skipped, unique_chain,
 };
 
@@ -42,17 +42,6 @@ fn forward_total(chain: &str, function: &str) -> u64 {
         .filter_map(|i| counters.get(&i))
         .map(|c| c.packets)
         .sum()
-}
-
-/// The output of `ip -n nf-CHAIN-FUNCTION -4 ARGS…`.
-fn ip_in(chain: &str, function: &str, args: &[&str]) -> String {
-    let out = std::process::Command::new("ip")
-        .args(["-n", &format!("nf-{chain}-{function}"), "-4"])
-        .args(args)
-        .output()
-        .expect("run ip");
-    assert!(out.status.success(), "ip {args:?} failed");
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// How many steering rules (`iif … lookup …` at netfn's priority) function `function`'s namespace

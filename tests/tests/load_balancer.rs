@@ -14,7 +14,9 @@ use std::time::Duration;
 
 use netfn_tests::agent::{Agent, sample};
 use netfn_tests::loss::function_drops;
-use netfn_tests::{ChainGuard, TempDir, in_netns, netfn_ok, shared, status_details, unique_chain};
+use netfn_tests::{
+    ChainGuard, TempDir, in_netns, ip_in, netfn_ok, shared, status_details, unique_chain,
+};
 
 const VIP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 10);
 /// A second service's VIP, for the tests that need two.
@@ -481,11 +483,7 @@ fn dropped_service_routes(mode: &str, tag: &str) {
         ["ingress", "front"]
             .iter()
             .map(|hop| {
-                let out = std::process::Command::new("ip")
-                    .args(["-n", &format!("nf-{chain}-{hop}"), "route", "show"])
-                    .output()
-                    .expect("run ip");
-                let table = String::from_utf8_lossy(&out.stdout).into_owned();
+                let table = ip_in(&chain, hop, &["route", "show"]);
                 let vips = [VIP, VIP2]
                     .into_iter()
                     .filter(|v| table.lines().any(|l| l.starts_with(&format!("{v} "))))
@@ -933,16 +931,15 @@ fn firewall_and_two_load_balancers(mode: &str, tag: &str) {
     let _turn = shared();
     let chain = unique_chain(tag);
     let dir = TempDir::new(&chain);
-    let vip2 = VIP2;
     let text = format!(
         "[[chain]]\nname = \"{chain}\"\nfastpath = \"{mode}\"\n\n[chain.ingress]\naddress = \
          \"10.84.1.2/24\"\n\n[chain.egress]\naddress = \"10.84.2.2/24\"\n\n\
          [[chain.function]]\nname = \"fw\"\nkind = \"firewall\"\ndefault = \"drop\"\n\n\
          [[chain.function.rule]]\nproto = \"tcp\"\ndst = \"{VIP}\"\ndport = 80\naction = \"accept\"\n\n\
-         [[chain.function.rule]]\nproto = \"tcp\"\ndst = \"{vip2}\"\ndport = 81\naction = \"accept\"\n\n\
+         [[chain.function.rule]]\nproto = \"tcp\"\ndst = \"{VIP2}\"\ndport = 81\naction = \"accept\"\n\n\
          [[chain.function]]\nname = \"lb1\"\nkind = \"load-balancer\"\n{}\n\
          [[chain.function]]\nname = \"lb2\"\nkind = \"load-balancer\"\n\n\
-         [[chain.function.service]]\nvip = \"{vip2}\"\nproto = \"tcp\"\nport = 81\n\
+         [[chain.function.service]]\nvip = \"{VIP2}\"\nproto = \"tcp\"\nport = 81\n\
          backends = [{{ address = \"{}\", port = {SERVER_PORT} }}]\n",
         service(80, "tcp", &[(0, 1), (1, 1)]),
         SERVERS[2]
@@ -962,10 +959,10 @@ fn firewall_and_two_load_balancers(mode: &str, tag: &str) {
         (44_100..44_110)
             .map(|sport| {
                 let mut s = TcpStream::connect_timeout(
-                    &SocketAddrV4::new(vip2, 81).into(),
+                    &SocketAddrV4::new(VIP2, 81).into(),
                     Duration::from_secs(5),
                 )
-                .unwrap_or_else(|e| panic!("{mode}: connect to {vip2}:81 ({sport}): {e}"));
+                .unwrap_or_else(|e| panic!("{mode}: connect to {VIP2}:81 ({sport}): {e}"));
                 s.set_read_timeout(Some(Duration::from_secs(5)))
                     .expect("timeout");
                 ask(&mut s)
