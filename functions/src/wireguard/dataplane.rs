@@ -78,7 +78,7 @@ pub fn run(chain: &str, function: &str) -> Result<(), String> {
     // second worker mostly woke up to take over a stage a packet later (a futex wake and a
     // context switch per hand-over). `cargo xtask bench vpn`'s CPU per process, 60-byte UDP
     // from netfn's endpoint to wireguard-go: 7.9 µs of the endpoint's CPU per packet with two
-    // workers, 5.1 with one; netfn to netfn 147 -> 194 kpps; TCP alike.
+    // workers, 5.1-6.0 with one (four runs); netfn to netfn 147 -> 172-194 kpps; TCP alike.
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
