@@ -262,9 +262,14 @@ pub fn wait_carrying(chain: &Chain, port: u16, limit: Duration) -> Result<()> {
     }
 }
 
+/// A file netfn keeps for function `function`'s process of `chain` (`pid`, `log`, ...).
+fn process_file(chain: &str, function: &str, ext: &str) -> String {
+    format!("/run/netfn/chains/{chain}.{function}.{ext}")
+}
+
 /// The pid the chain's record names for function `function`'s process, if any.
 pub fn process_pid(chain: &str, function: &str) -> Option<i32> {
-    std::fs::read_to_string(format!("/run/netfn/chains/{chain}.{function}.pid"))
+    std::fs::read_to_string(process_file(chain, function, "pid"))
         .ok()?
         .trim()
         .parse()
@@ -274,7 +279,7 @@ pub fn process_pid(chain: &str, function: &str) -> Option<i32> {
 /// Copies the log of `chain`'s function `function` (its supervised process's output, which
 /// `down` removes with the chain's records) to `to`; false if there was none to copy.
 pub fn keep_process_log(chain: &str, function: &str, to: &std::path::Path) -> bool {
-    std::fs::copy(format!("/run/netfn/chains/{chain}.{function}.log"), to).is_ok()
+    std::fs::copy(process_file(chain, function, "log"), to).is_ok()
 }
 
 /// Everything with the soak's `prefix` left on the host: namespaces, links of the root

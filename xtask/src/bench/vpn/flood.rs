@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 
 use super::Tunnel;
-use super::measure::{Run, cpu_now, jiffies_to_s, task_jiffies};
+use super::measure::{Run, cpu_now, jiffies_to_s, own_thread_stat, task_jiffies};
 use crate::bench::chain::{PPS_PAYLOAD, in_netns, recv_loop, sendmmsg_loop, set_rcvbuf, udp_in};
 
 const PORT: u16 = 9311;
@@ -47,31 +47,30 @@ pub(super) fn run(t: &Tunnel, seconds: f64, reverse: bool) -> Result<Run> {
     })?;
     let stop = Arc::new(AtomicBool::new(false));
     let (received, sent) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
-    // Each thread says its id first, so the window can count the CPU it takes.
-    let (tids_tx, tids) = mpsc::channel();
+    // Each thread says where its stat file is first, so the window can count the CPU it takes.
+    let (stats_tx, stats_rx) = mpsc::channel();
     let sink_thread = {
-        let (stop, received, tids_tx) = (stop.clone(), received.clone(), tids_tx.clone());
+        let (stop, received, stats_tx) = (stop.clone(), received.clone(), stats_tx.clone());
         thread::spawn(move || {
-            let _ = tids_tx.send(gettid());
+            let _ = stats_tx.send(own_thread_stat());
             recv_loop(&sink, &stop, &received)
         })
     };
     let source_thread = {
         let (stop, sent) = (stop.clone(), sent.clone());
         thread::spawn(move || {
-            let _ = tids_tx.send(gettid());
+            let _ = stats_tx.send(own_thread_stat());
             sendmmsg_loop(source.as_raw_fd(), &[vec![0x5a; PPS_PAYLOAD]], &stop, &sent)
         })
     };
     let window = (|| -> Result<Run> {
         let stats = (0..2)
             .map(|_| {
-                let tid = tids
+                stats_rx
                     .recv_timeout(Duration::from_secs(5))
-                    .context("the UDP generator or sink did not start")?;
-                Ok(format!("/proc/self/task/{tid}/stat"))
+                    .context("the UDP generator or sink did not start")
             })
-            .collect::<Result<Vec<_>>>()?;
+            .collect::<Result<Vec<String>>>()?;
         let generator = || -> Result<u64> { stats.iter().map(|s| task_jiffies(s)).sum() };
         thread::sleep(Duration::from_millis(300));
         let (r0, c0, g0, t0) = (
@@ -93,10 +92,4 @@ pub(super) fn run(t: &Tunnel, seconds: f64, reverse: bool) -> Result<Run> {
         anyhow::bail!("the UDP generator or sink panicked");
     }
     window
-}
-
-/// The calling thread's id.
-fn gettid() -> libc::pid_t {
-    // SAFETY: gettid has no preconditions.
-    unsafe { libc::gettid() }
 }

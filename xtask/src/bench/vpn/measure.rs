@@ -230,6 +230,13 @@ pub(super) fn jiffies_to_s(before: u64, after: u64) -> f64 {
     after.saturating_sub(before) as f64 / clock_ticks()
 }
 
+/// The calling thread's stat file, for [`task_jiffies`].
+pub(super) fn own_thread_stat() -> String {
+    // SAFETY: gettid has no preconditions.
+    let tid = unsafe { libc::gettid() };
+    format!("/proc/self/task/{tid}/stat")
+}
+
 /// utime + stime in jiffies from a stat file of proc(5): `/proc/PID/stat` (a process, all its
 /// threads) or `/proc/self/task/TID/stat` (one thread).
 pub(super) fn task_jiffies(stat: &str) -> Result<u64> {
@@ -306,12 +313,7 @@ mod tests {
     #[test]
     fn our_own_process_and_thread_have_cpu_time() {
         assert!(task_jiffies(&format!("/proc/{}/stat", std::process::id())).is_ok());
-        assert!(
-            task_jiffies(&format!("/proc/self/task/{}/stat", unsafe {
-                libc::gettid()
-            }))
-            .is_ok()
-        );
+        assert!(task_jiffies(&own_thread_stat()).is_ok());
         assert!(task_jiffies("/proc/self/task/0/stat").is_err());
     }
 }
