@@ -581,14 +581,7 @@ fn nft_counts(t: &Topology) -> Result<(u64, u64)> {
     }
     let ruleset: serde_json::Value =
         serde_json::from_slice(&out.stdout).context("nft's JSON output")?;
-    let flows = ruleset["nftables"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|o| o["rule"]["expr"].as_array())
-        .flatten()
-        .filter_map(|e| e["counter"]["packets"].as_u64())
-        .sum();
+    let flows = counted_packets(&ruleset);
     let link: serde_json::Value = serde_json::from_str(&ip(&[
         "-n", &ns, "-s", "-j", "link", "show", "dev", "nf-in",
     ])?)?;
@@ -596,6 +589,20 @@ fn nft_counts(t: &Topology) -> Result<(u64, u64)> {
         .as_u64()
         .with_context(|| format!("no packet count of nf-in in {ns}"))?;
     Ok((flows, packets))
+}
+
+/// The packets counted in an `nft -j list table` listing: by its named counters (the kind's
+/// rules count into one per service) and by any counter written inline in a rule.
+fn counted_packets(listing: &serde_json::Value) -> u64 {
+    let objects = listing["nftables"].as_array().into_iter().flatten();
+    let named = objects
+        .clone()
+        .filter_map(|o| o["counter"]["packets"].as_u64());
+    let inline = objects
+        .filter_map(|o| o["rule"]["expr"].as_array())
+        .flatten()
+        .filter_map(|e| e["counter"]["packets"].as_u64());
+    named.chain(inline).sum()
 }
 
 /// The duration netfn's log gives right after `marker` (`12.34ms`, `1.20s`, `850.00µs`), in
@@ -630,6 +637,28 @@ fn med(samples: &[f64]) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn new_flows_are_read_from_named_and_inline_counters() {
+        // As nft 1.0.6 lists the kind's table: a named counter per service, referenced by name
+        // from the DNAT rule (which then carries no packet count of its own).
+        let named: serde_json::Value = serde_json::from_str(
+            r#"{"nftables": [{"metainfo": {"version": "1.0.6"}},
+            {"table": {"family": "ip", "name": "netfn_lb", "handle": 1}},
+            {"counter": {"family": "ip", "name": "svc0", "table": "netfn_lb", "handle": 2,
+                         "packets": 4242, "bytes": 254520}},
+            {"rule": {"family": "ip", "table": "netfn_lb", "chain": "pre", "handle": 3,
+                      "expr": [{"counter": "svc0"}, {"dnat": {"addr": "10.0.0.1"}}]}}]}"#,
+        )
+        .expect("JSON");
+        assert_eq!(counted_packets(&named), 4242);
+        let inline: serde_json::Value = serde_json::from_str(
+            r#"{"nftables": [{"rule": {"expr": [{"counter": {"packets": 7, "bytes": 420}},
+            {"dnat": {"addr": "10.0.0.1"}}]}}]}"#,
+        )
+        .expect("JSON");
+        assert_eq!(counted_packets(&inline), 7);
+    }
 
     #[test]
     fn durations_are_read_from_the_log() {
