@@ -562,9 +562,9 @@ fn netfn_counts(netfn: &Path, t: &Topology) -> Result<(u64, u64)> {
     Ok((balanced, packets))
 }
 
-/// In a kernel-mode load balancer: the new flows its nftables DNAT rule saw (the rule's
-/// counter; a NAT rule meets only the first packet of a flow Linux does not track yet), and the
-/// packets that arrived at the function.
+/// In a kernel-mode load balancer: the new flows its nftables DNAT rule saw (the service's
+/// named counter; a NAT rule meets only the first packet of a flow Linux does not track yet),
+/// and the packets that arrived at the function.
 fn nft_counts(t: &Topology) -> Result<(u64, u64)> {
     let ns = function_ns(t);
     let out = Command::new("ip")
@@ -591,18 +591,15 @@ fn nft_counts(t: &Topology) -> Result<(u64, u64)> {
     Ok((flows, packets))
 }
 
-/// The packets counted in an `nft -j list table` listing: by its named counters (the kind's
-/// rules count into one per service) and by any counter written inline in a rule.
+/// The packets counted by the named counters of an `nft -j list table` listing (the kind's
+/// rules count into one per service, and carry no count of their own).
 fn counted_packets(listing: &serde_json::Value) -> u64 {
-    let objects = listing["nftables"].as_array().into_iter().flatten();
-    let named = objects
-        .clone()
-        .filter_map(|o| o["counter"]["packets"].as_u64());
-    let inline = objects
-        .filter_map(|o| o["rule"]["expr"].as_array())
+    listing["nftables"]
+        .as_array()
+        .into_iter()
         .flatten()
-        .filter_map(|e| e["counter"]["packets"].as_u64());
-    named.chain(inline).sum()
+        .filter_map(|o| o["counter"]["packets"].as_u64())
+        .sum()
 }
 
 /// The duration netfn's log gives right after `marker` (`12.34ms`, `1.20s`, `850.00µs`), in
@@ -639,7 +636,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn new_flows_are_read_from_named_and_inline_counters() {
+    fn new_flows_are_read_from_the_named_counters() {
         // As nft 1.0.6 lists the kind's table: a named counter per service, referenced by name
         // from the DNAT rule (which then carries no packet count of its own).
         let named: serde_json::Value = serde_json::from_str(
@@ -652,12 +649,6 @@ mod tests {
         )
         .expect("JSON");
         assert_eq!(counted_packets(&named), 4242);
-        let inline: serde_json::Value = serde_json::from_str(
-            r#"{"nftables": [{"rule": {"expr": [{"counter": {"packets": 7, "bytes": 420}},
-            {"dnat": {"addr": "10.0.0.1"}}]}}]}"#,
-        )
-        .expect("JSON");
-        assert_eq!(counted_packets(&inline), 7);
     }
 
     #[test]
