@@ -29,6 +29,8 @@ pub const PACKAGES: &[&str] = &[
     "prometheus",
     // The firewall's kernel-mode form (nft loads its rules) and its benchmark's peer.
     "nftables",
+    // `bench lb` empties the nftables baseline's connection table after its windows.
+    "conntrack",
     // The WireGuard kind's peers in tests and the demo (`wg`, and wireguard-go's userspace
     // endpoint), and `wg show` against netfn's endpoints.
     "wireguard-tools",

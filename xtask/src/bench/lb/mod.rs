@@ -151,6 +151,9 @@ pub fn run(options: &Options) -> Result<()> {
     if !util::have("nft") {
         bail!("nft not found: run `cargo xtask setup` (it installs nftables)");
     }
+    if modes.contains(&"kernel") && !util::have("conntrack") {
+        bail!("conntrack not found: run `cargo xtask setup` (it installs conntrack)");
+    }
     let started = Instant::now();
     let netfn = netfn_release()?;
     let dir = util::workspace_root().join("target/bench/lb");
@@ -205,6 +208,9 @@ pub fn run(options: &Options) -> Result<()> {
             if let Some(ns) = all_new_cost(c, rep)? {
                 note += &format!("   eBPF {ns:.0} ns/packet");
                 samples[i].new_flow_ns.push(ns);
+            }
+            if c.mode == "kernel" {
+                flush_conntrack(t)?;
             }
             eprintln!(
                 "  rep {}/{} {:<18} few flows {:>9.0} pps   all-new flows {:>9.0} pps{note}",
@@ -525,6 +531,16 @@ fn conntrack_count(t: &Topology) -> Result<u64> {
         .trim()
         .parse()
         .with_context(|| format!("nf_conntrack_count in {ns}: {count:?}"))
+}
+
+/// Empties the connection table of a kernel-mode contender's function namespace, once its
+/// windows are over. Its all-new flows leave Linux's conntrack full (262,144 unreplied UDP flows,
+/// 30 s each), and conntrack's hash table and its garbage collector are the machine's, not the
+/// namespace's: left alone, they tax whichever contenders come next (the collector's work and
+/// the caches it sweeps). The baseline's own windows are unchanged: it fills its table anew
+/// before every window.
+fn flush_conntrack(t: &Topology) -> Result<()> {
+    ip(&["netns", "exec", &function_ns(t), "conntrack", "--flush"]).map(drop)
 }
 
 /// netfn's load balancer: flows it balanced ("N balanced" in its status row `flows`) and
