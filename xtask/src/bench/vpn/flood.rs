@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 
 use super::Tunnel;
-use super::measure::{Run, cpu_now, jiffies_to_s, own_thread_stat, task_jiffies};
+use super::measure::{Run, counters_now, jiffies_to_s, own_thread_stat, task_jiffies};
 use crate::bench::chain::{PPS_PAYLOAD, in_netns, recv_loop, sendmmsg_loop, set_rcvbuf, udp_in};
 
 const PORT: u16 = 9311;
@@ -75,12 +75,16 @@ pub(super) fn run(t: &Tunnel, seconds: f64, reverse: bool) -> Result<Run> {
         thread::sleep(Duration::from_millis(300));
         let (r0, c0, g0, t0) = (
             received.load(Ordering::Relaxed),
-            cpu_now(t)?,
+            counters_now(t)?,
             generator()?,
             Instant::now(),
         );
         thread::sleep(Duration::from_secs_f64(seconds));
-        let (r1, c1, g1) = (received.load(Ordering::Relaxed), cpu_now(t)?, generator()?);
+        let (r1, c1, g1) = (
+            received.load(Ordering::Relaxed),
+            counters_now(t)?,
+            generator()?,
+        );
         let packets = (r1 - r0) as f64;
         let mut run = Run::between(packets / t0.elapsed().as_secs_f64(), packets, &c0, &c1);
         run.generator_cpu_s = Some(jiffies_to_s(g0, g1));

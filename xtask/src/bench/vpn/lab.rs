@@ -18,7 +18,8 @@ use anyhow::{Context, Result, bail};
 use super::Tunnel;
 use crate::bench::chain::{add_netns, ip, netfn_command, veth_between};
 
-const PORT: u16 = 51820;
+/// Every tunnel endpoint's UDP port (each in its own namespace).
+pub(super) const PORT: u16 = 51820;
 
 /// What the bench created.
 pub(super) struct VpnLab {
@@ -106,6 +107,7 @@ impl VpnLab {
             server_ns: b,
             server_addr: dst,
             pids: Vec::new(),
+            sockets: Vec::new(),
         })
     }
 
@@ -139,6 +141,7 @@ impl VpnLab {
         Ok(Tunnel {
             name: "wggo-pair",
             about: "wireguard-go to wireguard-go over one veth pair".into(),
+            sockets: vec![a.clone(), b.clone()],
             client_ns: a,
             client_addr: Ipv4Addr::new(10, 88, 2, 1),
             server_ns: b,
@@ -171,7 +174,8 @@ impl VpnLab {
             ns: &ingress,
             name: format!("nfbv{}w", self.tag),
             key: &go_key,
-            listen_port: None,
+            // A port of its own namespace's (the function's is in another): for its drops.
+            listen_port: Some(PORT),
             peer_public: &vpn_public,
             endpoint: Some(format!("10.88.3.1:{PORT}")),
             allowed: "10.88.4.0/24",
@@ -192,6 +196,7 @@ impl VpnLab {
                 "wireguard-go to netfn's endpoint (chain {chain}, fastpath {fastpath}), \
                  client behind wireguard-go"
             ),
+            sockets: vec![ingress.clone(), function_netns(&chain)],
             client_ns: ingress,
             client_addr: Ipv4Addr::new(10, 88, 5, 2),
             server_ns: format!("nf-{chain}-egress"),
@@ -249,6 +254,7 @@ impl VpnLab {
                 "netfn's endpoint to netfn's endpoint (chains {a} and {b}, fastpath {fastpath}), \
                  through a namespace that routes and NATs the tunnel"
             ),
+            sockets: vec![function_netns(&a), function_netns(&b)],
             client_ns: c,
             client_addr: Ipv4Addr::new(10, 88, 6, 2),
             server_ns: s,
@@ -331,6 +337,11 @@ pub(crate) fn endpoint_function(side: &str, key: &Path, address: &str) -> String
          private_key_file = \"{}\"\nlisten_port = {PORT}\naddress = [\"{address}\"]\n",
         key.display()
     )
+}
+
+/// The namespace of function `vpn` in `chain` (netfn names a function's `nf-CHAIN-FUNCTION`).
+fn function_netns(chain: &str) -> String {
+    format!("nf-{chain}-vpn")
 }
 
 /// The pid of function `vpn`'s endpoint process in `chain` (netfn's record).

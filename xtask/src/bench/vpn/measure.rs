@@ -96,6 +96,9 @@ pub(super) struct Run {
     pub(super) process_cpu_s: f64,
     /// The same per process, in the order of the tunnel's `pids`.
     pub(super) each_process_cpu_s: Vec<f64>,
+    /// Datagrams each of the tunnel's UDP sockets dropped over the run, its receive buffer full
+    /// (in the order of the tunnel's `sockets`).
+    pub(super) each_socket_drops: Vec<u64>,
     /// CPU seconds of our UDP generator's and sink's threads (UDP floods only).
     pub(super) generator_cpu_s: Option<f64>,
     /// TCP segments the sender retransmitted (iperf3's `end.sum_sent.retransmits`): loss in
@@ -131,7 +134,7 @@ impl Run {
     }
 
     pub(super) fn summary(&self, test: Test) -> String {
-        match test {
+        let mut line = match test {
             Test::Udp | Test::UdpReverse | Test::IperfUdp => format!(
                 "{:>9.0} pps  cpu {:>5.2} us/pkt",
                 self.rate,
@@ -144,7 +147,12 @@ impl Run {
                 self.retransmits
                     .map_or_else(|| "?".to_string(), |n| n.to_string())
             ),
+        };
+        if !self.each_socket_drops.is_empty() {
+            let drops: Vec<String> = self.each_socket_drops.iter().map(u64::to_string).collect();
+            line.push_str(&format!("  socket drops {}", drops.join(" / ")));
         }
+        line
     }
 }
 
@@ -179,25 +187,33 @@ pub(super) fn warm_up(t: &Tunnel) -> Result<()> {
     Ok(())
 }
 
-/// CPU jiffies at one moment.
+/// CPU jiffies and socket drops at one moment.
 #[derive(Debug, Clone)]
-pub(super) struct Cpu {
+pub(super) struct Counters {
     /// utime + stime of each of the tunnel's processes.
     processes: Vec<u64>,
+    /// Drops of each of the tunnel's UDP sockets (in the order of its `sockets`).
+    socket_drops: Vec<u64>,
     /// softirq of all CPUs.
     softirq: u64,
     /// busy time of all CPUs.
     machine: u64,
 }
 
-pub(super) fn cpu_now(t: &Tunnel) -> Result<Cpu> {
+pub(super) fn counters_now(t: &Tunnel) -> Result<Counters> {
     let mut processes = Vec::with_capacity(t.pids.len());
     for (what, pid) in &t.pids {
         let stat = format!("/proc/{pid}/stat");
         processes.push(task_jiffies(&stat).with_context(|| format!("{what} (pid {pid})"))?);
     }
-    Ok(Cpu {
+    let socket_drops = t
+        .sockets
+        .iter()
+        .map(|ns| super::drops::now(ns, super::lab::PORT))
+        .collect::<Result<Vec<u64>>>()?;
+    Ok(Counters {
         processes,
+        socket_drops,
         softirq: cpu_stat_fields().get(SOFTIRQ).copied().unwrap_or(0),
         machine: cpu_jiffies().0,
     })
@@ -205,7 +221,7 @@ pub(super) fn cpu_now(t: &Tunnel) -> Result<Cpu> {
 
 impl Run {
     /// A run that carried `carried` at `rate`, with the CPU spent between two moments.
-    pub(super) fn between(rate: f64, carried: f64, before: &Cpu, after: &Cpu) -> Run {
+    pub(super) fn between(rate: f64, carried: f64, before: &Counters, after: &Counters) -> Run {
         let each_process_cpu_s: Vec<f64> = before
             .processes
             .iter()
@@ -217,6 +233,12 @@ impl Run {
             carried,
             process_cpu_s: each_process_cpu_s.iter().sum(),
             each_process_cpu_s,
+            each_socket_drops: before
+                .socket_drops
+                .iter()
+                .zip(&after.socket_drops)
+                .map(|(&a, &b)| b.saturating_sub(a))
+                .collect(),
             generator_cpu_s: None,
             retransmits: None,
             softirq_cpu_s: jiffies_to_s(before.softirq, after.softirq),
@@ -261,9 +283,9 @@ pub(super) fn run(t: &Tunnel, test: Test, seconds: f64) -> Result<Run> {
         Test::UdpReverse => return super::flood::run(t, seconds, true),
         _ => {}
     }
-    let before = cpu_now(t)?;
+    let before = counters_now(t)?;
     let json = iperf_on(&path(t), test.iperf_args(), seconds)?;
-    let after = cpu_now(t)?;
+    let after = counters_now(t)?;
     let (rate, carried) = match test {
         Test::IperfUdp => {
             let pps = udp_received_pps(&json, seconds)?;
@@ -295,6 +317,7 @@ mod tests {
             carried: 5.0,
             process_cpu_s: 4.0,
             each_process_cpu_s: vec![3.0, 1.0],
+            each_socket_drops: vec![0, 0],
             generator_cpu_s: Some(2.5),
             retransmits: None,
             softirq_cpu_s: 1.0,

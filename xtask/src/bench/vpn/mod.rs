@@ -44,6 +44,7 @@ use super::{netfn_release, write_json};
 use crate::util;
 
 mod chart;
+mod drops;
 mod flood;
 pub(crate) mod lab;
 mod measure;
@@ -73,6 +74,9 @@ struct Tunnel {
     server_addr: Ipv4Addr,
     /// The tunnel's userspace processes (wireguard-go, netfn endpoints): their CPU is counted.
     pids: Vec<(String, i32)>,
+    /// The namespace of each process's UDP socket (bound to [`lab::PORT`]), in the order of
+    /// `pids`: the datagrams they drop are counted.
+    sockets: Vec<String>,
 }
 
 /// Samples of one tunnel: one run per test and repetition.

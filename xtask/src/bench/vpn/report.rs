@@ -7,7 +7,7 @@ use super::measure::{Run, Test};
 use super::{Figure, Goal, Options, Samples, Tunnel};
 
 /// How every figure is produced (also written into vpn.json).
-pub(super) const METHOD: [&str; 9] = [
+pub(super) const METHOD: [&str; 10] = [
     "each figure is the median of one iperf3 run per repetition; tunnels measured interleaved, \
      the order rotated each repetition",
     "TCP: iperf3 -J -c SERVER -B CLIENT -t SECONDS (and -P 4), a fresh iperf3 -s -1 per run; \
@@ -22,6 +22,9 @@ pub(super) const METHOD: [&str; 9] = [
      per Gbit received (TCP) or µs per datagram received (UDP); tick-based accounting may count \
      a softirq tick in both a process's stime and softirq",
     "TCP retransmits: iperf3's end.sum_sent.retransmits per run (loss in the tunnel)",
+    "socket drops: per run, the drops column of /proc/net/udp and udp6 (datagrams refused with \
+     the receive buffer full) for each tunnel endpoint's socket, bound to port 51820 in its \
+     namespace",
     "CPU per process: the same utime + stime of each tunnel process alone (which end the cost \
      is at), and for the UDP floods our generator's and sink's threads \
      (/proc/self/task/TID/stat)",
@@ -51,6 +54,9 @@ pub(super) struct TestFigures {
     /// TCP: segments the sender retransmitted per run.
     #[serde(skip_serializing_if = "Option::is_none")]
     retransmits: Option<Figure>,
+    /// Datagrams each process's UDP socket dropped per run (receive buffer full), in the order
+    /// of the record's `processes`.
+    socket_drops: Vec<Figure>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -143,6 +149,16 @@ pub(super) fn records(tunnels: &[Tunnel], samples: &[Samples]) -> Vec<Record> {
                         retransmits: some_of(s, test, "segments", |r| {
                             r.retransmits.map(|n| n as f64)
                         }),
+                        socket_drops: (0..t.sockets.len())
+                            .map(|i| {
+                                Figure::new(
+                                    "datagrams",
+                                    &of(s, test, |r| {
+                                        r.each_socket_drops.get(i).map_or(f64::NAN, |&n| n as f64)
+                                    }),
+                                )
+                            })
+                            .collect(),
                     }
                 })
                 .collect(),
@@ -192,13 +208,19 @@ pub(super) fn print_tables(records: &[Record], options: &Options) {
         }
         println!("{line}");
     }
-    println!("\nCPU per process: s/Gbit (TCP), µs/packet (UDP; gen: our generator and sink)");
+    println!(
+        "\nCPU per process: s/Gbit (TCP), µs/packet (UDP; gen: our generator and sink); drops: \
+         datagrams its UDP socket dropped per run, the receive buffer full"
+    );
     for r in records.iter().filter(|r| !r.processes.is_empty()) {
         for test in Test::MAIN {
             let Some(f) = r.figures(test) else { continue };
             let mut line = format!("{:<12} {:<7}", r.config, test.short());
-            for (what, cpu) in r.processes.iter().zip(&f.process_cpu) {
+            for (i, (what, cpu)) in r.processes.iter().zip(&f.process_cpu).enumerate() {
                 line.push_str(&format!("  {what} {:.2}", cpu.median));
+                if let Some(drops) = f.socket_drops.get(i) {
+                    line.push_str(&format!(" (drops {:.0})", drops.median));
+                }
             }
             if let Some(g) = &f.generator_cpu {
                 line.push_str(&format!("  gen {:.2}", g.median));
