@@ -26,6 +26,9 @@
 //!   (UDP); each of those processes alone (which end a tunnel's cost is at) and, for the UDP
 //!   floods, the generator's and sink's threads; and, for comparison, the busy time of the whole
 //!   machine (iperf3 included) per Gbit.
+//! - **Socket drops**: over each run, the datagrams each endpoint's UDP socket dropped with its
+//!   receive buffer full ([`drops`]): a TCP rate is set by that loss as much as by CPU (Debian's
+//!   wireguard-go keeps the kernel's default buffer, and drops in every test it receives in).
 //!
 //! Output: two tables, target/bench/vpn.json (every sample), vpn.svg and, with rsvg-convert,
 //! vpn.png. Traffic stays between namespaces the bench created; everything is removed at the end,
