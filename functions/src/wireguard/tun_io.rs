@@ -3,9 +3,10 @@
 //! the kernel has it, Linux 6.2 on), as wireguard-go does. The kernel then hands over GSO
 //! super-packets of up to 64 KiB in one read: [`TunRecv`] splits them into MTU-sized packets
 //! and gives GotaTun a batch per call. Decrypted packets go to [`TunSend`], which queues them to
-//! a writer task: it takes every packet that is ready (one alone is written at once, no
-//! waiting), coalesces the segments of each TCP flow (and UDP flow, with USO) into super-packets
-//! and writes those, so a batch of 40 segments is a couple of writes instead of 40.
+//! a writer task: it takes every packet that is ready (after letting GotaTun's decrypting tasks
+//! run once, so that it gets their whole batch; one alone is written then, no waiting),
+//! coalesces the segments of each TCP flow (and UDP flow, with USO) into super-packets and
+//! writes those, so a batch of 40 segments is a couple of writes instead of 40.
 //! Packet-level work is in [`super::tun_offload`].
 
 use std::io;
@@ -91,6 +92,18 @@ async fn write_loop(dev: Arc<AsyncDevice>, mut rx: mpsc::Receiver<Packet<Ip>>) {
     loop {
         if rx.recv_many(&mut queued, BATCH).await == 0 {
             return;
+        }
+        // GotaTun hands decrypted packets over one at a time, through tasks of its own that
+        // share this worker, so the first of a batch wakes this task while the rest are still
+        // being decrypted. Let them run once, then take what they queued: a TCP batch is then
+        // written in about half the writes (netfn to netfn, TCP 1 stream: 28 KB per write
+        // instead of 17). One lone packet still goes at once after the yield.
+        if queued.len() < BATCH {
+            tokio::task::yield_now().await;
+            while queued.len() < BATCH {
+                let Ok(packet) = rx.try_recv() else { break };
+                queued.push(packet);
+            }
         }
         let n = queued.len();
         if bufs.len() < n {
