@@ -30,8 +30,8 @@
 //! Repetitions are interleaved (every contender once per repetition, the order rotated);
 //! medians are reported. After a kernel-mode contender's windows its conntrack is emptied
 //! (`flush_conntrack`): Linux's connection table is shared by the whole machine, and what one
-//! contender leaves there must not tax the next. Output: a table, target/bench/lb.json, lb.svg and, with rsvg-convert,
-//! lb.png. All traffic stays between namespaces the bench created; the chains and the bench's
+//! contender leaves there must not tax the next. Output: a table, target/bench/lb.json, lb.svg
+//! and, with rsvg-convert, lb.png. All traffic stays between namespaces the bench created; the chains and the bench's
 //! files go at the end, also when the bench fails.
 
 mod flows;

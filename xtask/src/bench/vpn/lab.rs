@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
-use super::Tunnel;
+use super::{Endpoint, Tunnel};
 use crate::bench::chain::{add_netns, ip, netfn_command, veth_between};
 
 /// Every tunnel endpoint's UDP port (each in its own namespace).
@@ -106,8 +106,7 @@ impl VpnLab {
             client_addr: src,
             server_ns: b,
             server_addr: dst,
-            pids: Vec::new(),
-            sockets: Vec::new(),
+            endpoints: Vec::new(),
         })
     }
 
@@ -141,15 +140,14 @@ impl VpnLab {
         Ok(Tunnel {
             name: "wggo-pair",
             about: "wireguard-go to wireguard-go over one veth pair".into(),
-            sockets: vec![a.clone(), b.clone()],
+            endpoints: vec![
+                Endpoint::new("wireguard-go (client side)", pid_a, &a),
+                Endpoint::new("wireguard-go (server side)", pid_b, &b),
+            ],
             client_ns: a,
             client_addr: Ipv4Addr::new(10, 88, 2, 1),
             server_ns: b,
             server_addr: Ipv4Addr::new(10, 88, 2, 2),
-            pids: vec![
-                ("wireguard-go (client side)".into(), pid_a),
-                ("wireguard-go (server side)".into(), pid_b),
-            ],
         })
     }
 
@@ -196,15 +194,18 @@ impl VpnLab {
                 "wireguard-go to netfn's endpoint (chain {chain}, fastpath {fastpath}), \
                  client behind wireguard-go"
             ),
-            sockets: vec![ingress.clone(), function_netns(&chain)],
+            endpoints: vec![
+                Endpoint::new("wireguard-go (client side)", pid, &ingress),
+                Endpoint::new(
+                    "netfn endpoint (server side)",
+                    endpoint_pid(&chain)?,
+                    &function_netns(&chain),
+                ),
+            ],
             client_ns: ingress,
             client_addr: Ipv4Addr::new(10, 88, 5, 2),
             server_ns: format!("nf-{chain}-egress"),
             server_addr: Ipv4Addr::new(10, 88, 4, 2),
-            pids: vec![
-                ("wireguard-go (client side)".into(), pid),
-                ("netfn endpoint (server side)".into(), endpoint_pid(&chain)?),
-            ],
         })
     }
 
@@ -254,15 +255,22 @@ impl VpnLab {
                 "netfn's endpoint to netfn's endpoint (chains {a} and {b}, fastpath {fastpath}), \
                  through a namespace that routes and NATs the tunnel"
             ),
-            sockets: vec![function_netns(&a), function_netns(&b)],
+            endpoints: vec![
+                Endpoint::new(
+                    "netfn endpoint (client side)",
+                    endpoint_pid(&a)?,
+                    &function_netns(&a),
+                ),
+                Endpoint::new(
+                    "netfn endpoint (server side)",
+                    endpoint_pid(&b)?,
+                    &function_netns(&b),
+                ),
+            ],
             client_ns: c,
             client_addr: Ipv4Addr::new(10, 88, 6, 2),
             server_ns: s,
             server_addr: Ipv4Addr::new(10, 88, 10, 2),
-            pids: vec![
-                ("netfn endpoint (client side)".into(), endpoint_pid(&a)?),
-                ("netfn endpoint (server side)".into(), endpoint_pid(&b)?),
-            ],
         })
     }
 

@@ -94,10 +94,10 @@ pub(super) struct Run {
     pub(super) carried: f64,
     /// CPU seconds of the tunnel's processes (utime + stime) over the run.
     pub(super) process_cpu_s: f64,
-    /// The same per process, in the order of the tunnel's `pids`.
+    /// The same per process, in the order of the tunnel's `endpoints`.
     pub(super) each_process_cpu_s: Vec<f64>,
-    /// Datagrams each of the tunnel's UDP sockets dropped over the run, its receive buffer full
-    /// (in the order of the tunnel's `sockets`).
+    /// Datagrams each endpoint's UDP socket dropped over the run, its receive buffer full (in
+    /// the order of the tunnel's `endpoints`).
     pub(super) each_socket_drops: Vec<u64>,
     /// CPU seconds of our UDP generator's and sink's threads (UDP floods only).
     pub(super) generator_cpu_s: Option<f64>,
@@ -192,7 +192,7 @@ pub(super) fn warm_up(t: &Tunnel) -> Result<()> {
 pub(super) struct Counters {
     /// utime + stime of each of the tunnel's processes.
     processes: Vec<u64>,
-    /// Drops of each of the tunnel's UDP sockets (in the order of its `sockets`).
+    /// Drops of each of the tunnel's endpoints' UDP sockets.
     socket_drops: Vec<u64>,
     /// softirq of all CPUs.
     softirq: u64,
@@ -201,16 +201,14 @@ pub(super) struct Counters {
 }
 
 pub(super) fn counters_now(t: &Tunnel) -> Result<Counters> {
-    let mut processes = Vec::with_capacity(t.pids.len());
-    for (what, pid) in &t.pids {
+    let mut processes = Vec::with_capacity(t.endpoints.len());
+    let mut socket_drops = Vec::with_capacity(t.endpoints.len());
+    for e in &t.endpoints {
+        let (what, pid) = (&e.what, e.pid);
         let stat = format!("/proc/{pid}/stat");
         processes.push(task_jiffies(&stat).with_context(|| format!("{what} (pid {pid})"))?);
+        socket_drops.push(super::drops::now(&e.netns, super::lab::PORT)?);
     }
-    let socket_drops = t
-        .sockets
-        .iter()
-        .map(|ns| super::drops::now(ns, super::lab::PORT))
-        .collect::<Result<Vec<u64>>>()?;
     Ok(Counters {
         processes,
         socket_drops,

@@ -75,11 +75,28 @@ struct Tunnel {
     client_addr: Ipv4Addr,
     server_ns: String,
     server_addr: Ipv4Addr,
-    /// The tunnel's userspace processes (wireguard-go, netfn endpoints): their CPU is counted.
-    pids: Vec<(String, i32)>,
-    /// The namespace of each process's UDP socket (bound to [`lab::PORT`]), in the order of
-    /// `pids`: the datagrams they drop are counted.
-    sockets: Vec<String>,
+    /// The tunnel's userspace processes (wireguard-go, netfn endpoints): their CPU and their
+    /// sockets' drops are counted.
+    endpoints: Vec<Endpoint>,
+}
+
+/// One process that carries a tunnel.
+struct Endpoint {
+    /// What it is, e.g. "wireguard-go (client side)".
+    what: String,
+    pid: i32,
+    /// The namespace of its UDP socket (bound to [`lab::PORT`]).
+    netns: String,
+}
+
+impl Endpoint {
+    fn new(what: &str, pid: i32, netns: &str) -> Endpoint {
+        Endpoint {
+            what: what.to_string(),
+            pid,
+            netns: netns.to_string(),
+        }
+    }
 }
 
 /// Samples of one tunnel: one run per test and repetition.

@@ -121,7 +121,7 @@ pub(super) fn records(tunnels: &[Tunnel], samples: &[Samples]) -> Vec<Record> {
         .map(|(t, s)| Record {
             config: t.name,
             about: t.about.clone(),
-            processes: t.pids.iter().map(|(what, _)| what.clone()).collect(),
+            processes: t.endpoints.iter().map(|e| e.what.clone()).collect(),
             tests: Test::ALL
                 .iter()
                 .map(|&test| {
@@ -140,7 +140,7 @@ pub(super) fn records(tunnels: &[Tunnel], samples: &[Samples]) -> Vec<Record> {
                             cpu_unit,
                             &of(s, test, |r| r.machine_per_unit(test)),
                         ),
-                        process_cpu: (0..t.pids.len())
+                        process_cpu: (0..t.endpoints.len())
                             .map(|i| {
                                 Figure::new(cpu_unit, &of(s, test, |r| r.process_per_unit(i, test)))
                             })
@@ -149,7 +149,7 @@ pub(super) fn records(tunnels: &[Tunnel], samples: &[Samples]) -> Vec<Record> {
                         retransmits: some_of(s, test, "segments", |r| {
                             r.retransmits.map(|n| n as f64)
                         }),
-                        socket_drops: (0..t.sockets.len())
+                        socket_drops: (0..t.endpoints.len())
                             .map(|i| {
                                 Figure::new(
                                     "datagrams",
