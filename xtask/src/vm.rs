@@ -141,7 +141,7 @@ pub struct VmTestArgs {
     /// VMs per kernel, run side by side, each running every Nth test of the suite (the
     /// guest's `netfn.shard=K/N`; tests numbered across the binaries): under TCG a guest waits
     /// on its slow CPUs more than it keeps the host busy, so 2 on a 2-core host finish the
-    /// suite sooner than 1. Logs: target/vm/<release>-shard<K>of<N>.log.
+    /// suite sooner than 1. Logs: `target/vm/<release>-shard<K>of<N>.log`.
     #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=8))]
     pub shards: u64,
 

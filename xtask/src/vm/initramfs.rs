@@ -225,7 +225,7 @@ fn add_busybox(w: &mut Archive, busybox: &Path) -> Result<()> {
     Ok(())
 }
 
-/// The modules, uncompressed, under /lib/modules/<release>/, their modules.dep, and
+/// The modules, uncompressed, under `/lib/modules/<release>/`, their modules.dep, and
 /// /etc/netfn/modules: the order init loads them in.
 fn add_modules(w: &mut Archive, kernel: &Kernel, plan: &ModulePlan) -> Result<()> {
     let base = format!("lib/modules/{}", kernel.release);
