@@ -27,3 +27,18 @@ pub fn have(prog: &str) -> bool {
     std::env::var_os("PATH")
         .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(prog).is_file()))
 }
+
+/// The namespace netfn gives `hop` (`ingress`, `egress` or a function's name) of chain `chain`:
+/// netfn-core's `plan::names::netns_name`, spelled again here: xtask does not depend on
+/// netfn-core (it builds the eBPF object that netfn-core embeds).
+pub fn netfn_netns(chain: &str, hop: &str) -> String {
+    format!("{NETFN_NETNS}{chain}-{hop}")
+}
+
+/// What every namespace of chain `chain` starts with (for finding its leftovers).
+pub fn netfn_netns_prefix(chain: &str) -> String {
+    format!("{NETFN_NETNS}{chain}-")
+}
+
+/// What the names of netfn's namespaces start with.
+pub const NETFN_NETNS: &str = "nf-";

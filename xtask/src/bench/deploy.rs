@@ -24,6 +24,7 @@ use serde::Serialize;
 use super::{
     forward_chain_file, median, netfn_release, timed_netfn, timed_netfn_output, write_json,
 };
+use crate::util::netfn_netns_prefix;
 
 /// Issue 14's goals: 1,000 functions up in at most 5 s in tc and xdp mode, either shape, and
 /// kernel mode no slower than before (2.15 s).
@@ -121,7 +122,7 @@ impl Setup {
 
 /// Namespaces, state files and pins left for `chain`.
 pub(super) fn leftovers(chain: &str) -> usize {
-    let prefix = format!("nf-{chain}-");
+    let prefix = netfn_netns_prefix(chain);
     let netns = std::fs::read_dir("/run/netns")
         .map(|d| {
             d.flatten()

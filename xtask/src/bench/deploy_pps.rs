@@ -11,6 +11,7 @@ use serde::Serialize;
 
 use super::chain::{self, ChainTopology};
 use super::{median, timed_netfn};
+use crate::util::netfn_netns;
 
 /// Issue 14's goal: the crowd costs the probe chain at most 3% of its packet rate.
 const GOAL_RATIO: f64 = 0.97;
@@ -99,7 +100,7 @@ fn one_mode(
     };
     guard.names.extend(crowd.iter().cloned());
     timed_netfn(netfn, &["up", &probe_file.to_string_lossy(), "--quiet"])?;
-    let src_ns = format!("nf-{probe}-ingress");
+    let src_ns = netfn_netns(&probe, "ingress");
     let topology = ChainTopology {
         name: format!("{fastpath}-{PER_CHAIN}"),
         mode: match fastpath {
@@ -109,10 +110,10 @@ fn one_mode(
         },
         functions: PER_CHAIN,
         src_mac: chain::link_mac(&src_ns, "nf-out")?,
-        next_mac: chain::link_mac(&format!("nf-{probe}-f1"), "nf-in")?,
+        next_mac: chain::link_mac(&netfn_netns(&probe, "f1"), "nf-in")?,
         chain: Some(probe.clone()),
         src_ns,
-        dst_ns: format!("nf-{probe}-egress"),
+        dst_ns: netfn_netns(&probe, "egress"),
         src_if: "nf-out".into(),
         src_addr: chain::SRC_ADDR,
         dst_addr: chain::DST_ADDR,

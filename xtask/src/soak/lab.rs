@@ -16,6 +16,7 @@ use anyhow::{Context, Result, bail};
 use super::traffic;
 use crate::bench::chain::{ip, netfn_command};
 use crate::bench::vpn::lab::{GoConf, GoPeer, endpoint_function, keypair, start_go_peer};
+use crate::util::{NETFN_NETNS, netfn_netns, netfn_netns_prefix};
 
 /// The load balancer's virtual address (TCP port [`VIP_PORT`]); its one backend is the egress
 /// endpoint's address, port [`BACKEND_PORT`].
@@ -64,11 +65,11 @@ impl Chain {
     }
 
     pub fn ingress_ns(&self) -> String {
-        format!("nf-{}-ingress", self.name)
+        netfn_netns(&self.name, "ingress")
     }
 
     pub fn egress_ns(&self) -> String {
-        format!("nf-{}-egress", self.name)
+        netfn_netns(&self.name, "egress")
     }
 
     pub fn ingress_addr(&self) -> Ipv4Addr {
@@ -287,7 +288,7 @@ pub fn keep_process_log(chain: &str, function: &str, to: &std::path::Path) -> bo
 /// sockets, and (with `processes`) processes whose command line names it.
 pub fn leftovers(prefix: &str, processes: bool) -> Vec<String> {
     let mut left = Vec::new();
-    let ns_prefix = format!("nf-{prefix}");
+    let ns_prefix = format!("{NETFN_NETNS}{prefix}");
     let mut list = |dir: &str, starts: &str| {
         if let Ok(entries) = std::fs::read_dir(dir) {
             for e in entries.flatten() {
@@ -367,7 +368,7 @@ pub fn settled_rss_and_fds(pid: u32) -> Result<(u64, u64)> {
 /// (/proc/net/snmp), and the fast path's drops by reason (`netfn status --json`).
 pub fn chain_drops(netfn: &Path, chain: &str) -> BTreeMap<String, u64> {
     let mut drops = BTreeMap::new();
-    let prefix = format!("nf-{chain}-");
+    let prefix = netfn_netns_prefix(chain);
     let namespaces: Vec<String> = std::fs::read_dir("/run/netns")
         .into_iter()
         .flatten()

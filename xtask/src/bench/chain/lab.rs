@@ -2,6 +2,7 @@
 //! one; and the namespace, CPU and clock helpers the measurements use.
 
 use super::*;
+use crate::util::netfn_netns;
 
 /// What the bench created, removed by `teardown` (or on drop, if the bench fails).
 pub(in crate::bench) struct Lab {
@@ -26,16 +27,16 @@ impl Lab {
                 let _ = netfn_command(&self.netfn).args(["down", &chain]).output();
                 super::super::timed_netfn(&self.netfn, &["up", &file.to_string_lossy()])?;
                 self.chains.push(chain.clone());
-                let src_ns = format!("nf-{chain}-ingress");
+                let src_ns = netfn_netns(&chain, "ingress");
                 topologies.push(Topology {
                     name: format!("{mode}-{n}"),
                     mode,
                     functions: n,
                     src_mac: link_mac(&src_ns, "nf-out")?,
-                    next_mac: link_mac(&format!("nf-{chain}-f1"), "nf-in")?,
+                    next_mac: link_mac(&netfn_netns(&chain, "f1"), "nf-in")?,
                     chain: Some(chain.clone()),
                     src_ns,
-                    dst_ns: format!("nf-{chain}-egress"),
+                    dst_ns: netfn_netns(&chain, "egress"),
                     src_if: "nf-out".into(),
                     src_addr: SRC_ADDR,
                     dst_addr: DST_ADDR,

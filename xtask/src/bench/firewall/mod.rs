@@ -36,6 +36,7 @@ use super::chain::{
 };
 use super::{median, netfn_release, timed_netfn};
 use crate::util;
+use crate::util::netfn_netns;
 use rulesets::Case;
 
 const SRC_ADDR: Ipv4Addr = Ipv4Addr::new(10, 83, 1, 2);
@@ -180,14 +181,14 @@ impl Lab {
         let file_arg = file.to_string_lossy().into_owned();
         let up_ms = timed_netfn(&self.netfn, &["up", &file_arg])?;
         self.chains.push(chain.clone());
-        let src_ns = format!("nf-{chain}-ingress");
+        let src_ns = netfn_netns(&chain, "ingress");
         let topology = Topology {
             name: label,
             mode: "fw",
             functions: 1,
             src_mac: link_mac(&src_ns, "nf-out")?,
-            next_mac: link_mac(&format!("nf-{chain}-f1"), "nf-in")?,
-            dst_ns: format!("nf-{chain}-egress"),
+            next_mac: link_mac(&netfn_netns(&chain, "f1"), "nf-in")?,
+            dst_ns: netfn_netns(&chain, "egress"),
             chain: Some(chain),
             src_ns,
             src_if: "nf-out".into(),
@@ -278,7 +279,7 @@ impl Lab {
         std::fs::write(&path, ruleset)?;
         let started = Instant::now();
         let out = Command::new("ip")
-            .args(["netns", "exec", &format!("nf-{chain}-f1"), "nft", "-f"])
+            .args(["netns", "exec", &netfn_netns(&chain, "f1"), "nft", "-f"])
             .arg(&path)
             .output()
             .context("run nft")?;

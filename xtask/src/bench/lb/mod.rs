@@ -53,6 +53,7 @@ use super::{
     down_chains, median, netfn_release, prog_cost, timed_netfn, timed_netfn_log, timed_netfn_output,
 };
 use crate::util;
+use crate::util::netfn_netns;
 use service::VIP;
 
 const SRC_ADDR: Ipv4Addr = Ipv4Addr::new(10, 83, 1, 2);
@@ -309,8 +310,8 @@ impl Lab {
         let file_arg = file.to_string_lossy().into_owned();
         let up_ms = timed_netfn(&self.netfn, &["up", &file_arg])?;
         self.chains.push(chain.clone());
-        let src_ns = format!("nf-{chain}-ingress");
-        let dst_ns = format!("nf-{chain}-egress");
+        let src_ns = netfn_netns(&chain, "ingress");
+        let dst_ns = netfn_netns(&chain, "egress");
         // Every backend address is local in the egress namespace, so the sink's socket (bound
         // to 0.0.0.0) receives what any backend would.
         ip(&[
@@ -328,7 +329,7 @@ impl Lab {
             mode: "lb",
             functions: 1,
             src_mac: link_mac(&src_ns, "nf-out")?,
-            next_mac: link_mac(&format!("nf-{chain}-f1"), "nf-in")?,
+            next_mac: link_mac(&netfn_netns(&chain, "f1"), "nf-in")?,
             dst_ns,
             chain: Some(chain),
             src_ns,
@@ -421,7 +422,7 @@ impl Lab {
             .with_context(|| format!("write {}", batch.display()))?;
         ip(&[
             "-n",
-            &format!("nf-{chain}-f1"),
+            &netfn_netns(chain, "f1"),
             "-batch",
             &batch.to_string_lossy(),
         ])?;
@@ -516,7 +517,7 @@ impl<'a> NewFlowCounter<'a> {
 
 /// The namespace of the bench chain's function `f1`.
 fn function_ns(t: &Topology) -> String {
-    format!("nf-{}-f1", t.chain.as_deref().unwrap_or_default())
+    netfn_netns(t.chain.as_deref().unwrap_or_default(), "f1")
 }
 
 /// Entries in the connection table of the function's namespace (the nftables baseline's).

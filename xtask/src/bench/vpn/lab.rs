@@ -17,6 +17,7 @@ use anyhow::{Context, Result, bail};
 
 use super::{Endpoint, Tunnel};
 use crate::bench::chain::{add_netns, ip, netfn_command, veth_between};
+use crate::util::netfn_netns;
 
 /// Every tunnel endpoint's UDP port (each in its own namespace).
 pub(super) const PORT: u16 = 51820;
@@ -167,7 +168,7 @@ impl VpnLab {
             endpoint_function("ingress", &vpn_key, "10.88.5.1/24"),
         );
         self.up(&chain, &file)?;
-        let ingress = format!("nf-{chain}-ingress");
+        let ingress = netfn_netns(&chain, "ingress");
         let pid = self.go_peer(&GoConf {
             ns: &ingress,
             name: format!("nfbv{}w", self.tag),
@@ -204,7 +205,7 @@ impl VpnLab {
             ],
             client_ns: ingress,
             client_addr: Ipv4Addr::new(10, 88, 5, 2),
-            server_ns: format!("nf-{chain}-egress"),
+            server_ns: netfn_netns(&chain, "egress"),
             server_addr: Ipv4Addr::new(10, 88, 4, 2),
         })
     }
@@ -349,7 +350,7 @@ pub(crate) fn endpoint_function(side: &str, key: &Path, address: &str) -> String
 
 /// The namespace of function `vpn` in `chain` (netfn names a function's `nf-CHAIN-FUNCTION`).
 fn function_netns(chain: &str) -> String {
-    format!("nf-{chain}-vpn")
+    netfn_netns(chain, "vpn")
 }
 
 /// The pid of function `vpn`'s endpoint process in `chain` (netfn's record).
