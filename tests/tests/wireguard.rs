@@ -20,8 +20,8 @@ use netfn_tests::agent::{Agent, sample};
 use netfn_tests::loss::{SenderRing, snmp_counter};
 use netfn_tests::wireguard::{endpoint_pid, keypair, kill_endpoint, tunnel_report};
 use netfn_tests::{
-    ChainGuard, TempDir, in_netns, in_test_vm, interface_stats, leftovers, netfn, netfn_ok, shared,
-    skipped, status_details, unique_chain,
+    ChainGuard, TempDir, in_netns, in_test_vm, interface_stats, ip_in, leftovers, netfn, netfn_ok,
+    shared, skipped, status_details, unique_chain,
 };
 
 const PEER_ADDR: Ipv4Addr = Ipv4Addr::new(10, 99, 0, 2);
@@ -1072,6 +1072,123 @@ fn peers_change_in_place(tag: &str, backend: &str) {
     talk(&ingress, &egress, 1000).expect("after the other peer's removal");
     let (kept, _, _) = wg_dump_of(&vpn_ns, &ours, Some(&peer_public));
     assert_eq!(kept, before, "the remaining peer lost its session");
+}
+
+/// An endpoint that started with no peer at all (an operator adds them later) carries traffic
+/// once `apply` gives it its first, in place.
+#[test]
+fn a_first_peer_added_in_place_carries_traffic() {
+    let _turn = shared();
+    let chain = unique_chain("wgfirst");
+    let dir = TempDir::new(&chain);
+    let (_, vpn_public) = keypair(&dir, "vpn.key");
+    let (_, peer_public) = keypair(&dir, "peer.key");
+    let with_peer = chain_file(&chain, "tc", "userspace", &peer_public);
+    let peer_table = format!(
+        "[[chain.function.peer]]\npublic_key = \"{peer_public}\"\nallowed_ips = \
+         [\"{PEER_ADDR}/32\", \"{SITE}\"]\n\n"
+    );
+    let without = with_peer.replace(&peer_table, "");
+    assert_ne!(
+        without, with_peer,
+        "the chain file names no peer table to remove"
+    );
+    let v0 = dir.write("v0.toml", &without);
+    let v1 = dir.write("v1.toml", &with_peer);
+    let _guard = ChainGuard::up(&chain, &v0);
+    let (ingress, egress) = (format!("nf-{chain}-ingress"), format!("nf-{chain}-egress"));
+    let _peer = GoPeer::start(
+        &ingress,
+        &format!("wgp{chain}"),
+        &dir.0.join("peer.key"),
+        &vpn_public,
+    );
+    let pid = endpoint_pid(&chain, "vpn");
+    assert!(pid.is_some(), "no userspace endpoint runs");
+    let out = netfn_ok(&["apply", &v1.to_string_lossy()]);
+    assert!(out.contains("in place"), "{out}");
+    assert_eq!(
+        endpoint_pid(&chain, "vpn"),
+        pid,
+        "the endpoint was restarted"
+    );
+    talk(&ingress, &egress, 1000).expect("through the tunnel to its first peer");
+}
+
+/// The userspace endpoint carries packets of the largest MTU it accepts
+/// (`USERSPACE_MAX_MTU`, 4,096 bytes), both ways: a ping of that size, not to be fragmented,
+/// from the peer to the endpoint's own tunnel address and back.
+#[test]
+fn the_userspace_endpoint_carries_its_largest_mtu() {
+    let _turn = shared();
+    let chain = unique_chain("wgmtu");
+    let dir = TempDir::new(&chain);
+    let (_, vpn_public) = keypair(&dir, "vpn.key");
+    let (_, peer_public) = keypair(&dir, "peer.key");
+    // functions/src/wireguard/config.rs: USERSPACE_MAX_MTU.
+    let mtu: u16 = 4096;
+    let text = chain_file(&chain, "tc", "userspace", &peer_public).replace(
+        "listen_port = 51820\n",
+        &format!("listen_port = 51820\nmtu = {mtu}\n"),
+    );
+    assert!(text.contains(&format!("mtu = {mtu}")));
+    let file = dir.write("chain.toml", &text);
+    let _guard = ChainGuard::up(&chain, &file);
+    let ingress = format!("nf-{chain}-ingress");
+    let name = format!("wgp{chain}");
+    let _peer = GoPeer::start(&ingress, &name, &dir.0.join("peer.key"), &vpn_public);
+    ip_in(
+        &chain,
+        "ingress",
+        &["link", "set", "dev", &name, "mtu", &mtu.to_string()],
+    );
+    // The tunnel address is the peer's to send to, through the tunnel.
+    let out = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &ingress,
+            "wg",
+            "set",
+            &name,
+            "peer",
+            &vpn_public,
+        ])
+        .args(["allowed-ips", &format!("{SERVER}/32,10.99.0.1/32")])
+        .output()
+        .expect("run wg");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    ip_in(
+        &chain,
+        "ingress",
+        &["route", "replace", "10.99.0.1/32", "dev", &name],
+    );
+    let payload = (mtu - 28).to_string(); // IPv4 and ICMP headers
+    let ping = Command::new("ip")
+        .args([
+            "netns", "exec", &ingress, "ping", "-n", "-c", "3", "-i", "0.2", "-W", "2",
+        ])
+        .args([
+            "-M",
+            "do",
+            "-s",
+            &payload,
+            "-I",
+            &PEER_ADDR.to_string(),
+            "10.99.0.1",
+        ])
+        .output()
+        .expect("run ping");
+    let said = String::from_utf8_lossy(&ping.stdout);
+    assert!(
+        ping.status.success() && said.contains(&format!("{} bytes from 10.99.0.1", mtu - 20)),
+        "{mtu}-byte pings through the tunnel: {said}{}",
+        String::from_utf8_lossy(&ping.stderr)
+    );
 }
 
 /// `wg genpsk` into `dir/name` (mode 600).

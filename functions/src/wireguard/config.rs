@@ -51,6 +51,11 @@ pub enum Backend {
     Userspace,
 }
 
+/// The largest MTU the userspace data plane carries: GotaTun's packet buffers are 4,096 bytes,
+/// and a larger packet is dropped on its way (4,096-byte pings cross a tunnel with a larger MTU
+/// both ways, 4,100-byte ones do not; `tests/tests/wireguard.rs` checks the first).
+pub const USERSPACE_MAX_MTU: u16 = 4096;
+
 /// A checked WireGuard endpoint.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct WgSettings {
@@ -191,11 +196,27 @@ pub fn parse(settings: Settings<'_>) -> Result<WgSettings, Vec<SettingError>> {
             Backend::Auto
         }
     };
+    if let Some(m) = &raw.mtu
+        && backend == Backend::Userspace
+        && mtu > USERSPACE_MAX_MTU
+    {
+        sink.error(
+            m.span(),
+            format!(
+                "mtu {mtu} is more than the userspace data plane carries ({USERSPACE_MAX_MTU})"
+            ),
+            format!(
+                "use at most {USERSPACE_MAX_MTU}, or backend = \"kernel\" where the kernel has \
+                 WireGuard"
+            ),
+        );
+    }
     let mut peers = Vec::new();
     let mut spans = Vec::new();
     let mut keys_seen = HashSet::new();
-    let mut claimed: Vec<(Ipv4Net, Range<usize>)> = Vec::new();
-    for p in raw.peer {
+    // Every peer's allowed IPs so far, with the peer's index.
+    let mut claimed: Vec<(Ipv4Net, usize)> = Vec::new();
+    for (index, p) in raw.peer.into_iter().enumerate() {
         let p = p.into_inner();
         if let Err(why) = keys::decode(p.public_key.get_ref()) {
             sink.error(
@@ -219,10 +240,19 @@ pub fn parse(settings: Settings<'_>) -> Result<WgSettings, Vec<SettingError>> {
             let Some(net) = prefix(&mut sink, "allowed_ips", a) else {
                 continue;
             };
-            if let Some((other, _)) = claimed
-                .iter()
-                .find(|(o, _)| o.contains(&net.network()) || net.contains(&o.network()))
-            {
+            if net != net.trunc() {
+                // `ip route` refuses such a prefix; `wg` would quietly drop the host bits.
+                sink.error(
+                    a.span(),
+                    format!("allowed IP {net} has host bits set"),
+                    format!("write the network: \"{}\"", net.trunc()),
+                );
+                continue;
+            }
+            // A peer's own prefixes may nest (the wider one covers the other, as in `wg`).
+            if let Some((other, _)) = claimed.iter().find(|(o, peer)| {
+                *peer != index && (o.contains(&net.network()) || net.contains(&o.network()))
+            }) {
                 sink.error(
                     a.span(),
                     format!("allowed IP {net} overlaps {other}, another peer's"),
@@ -230,7 +260,7 @@ pub fn parse(settings: Settings<'_>) -> Result<WgSettings, Vec<SettingError>> {
                         .to_string(),
                 );
             }
-            claimed.push((net, a.span()));
+            claimed.push((net, index));
             allowed_ips.push(net);
         }
         if allowed_ips.is_empty() && p.allowed_ips.get_ref().is_empty() {

@@ -16,7 +16,7 @@ pub fn socket_path(chain: &str, function: &str) -> PathBuf {
 }
 
 #[cfg(feature = "userspace-wireguard")]
-pub use serve::{bind, serve};
+pub use serve::{bind, owner_only, serve};
 
 #[cfg(feature = "userspace-wireguard")]
 mod serve {
@@ -37,18 +37,28 @@ mod serve {
     /// How long a client may take to send its request.
     const READ_TIMEOUT: Duration = Duration::from_secs(2);
 
-    /// Listens at `path` (a stale socket of an earlier run is replaced), for root only (made
-    /// under umask 077, so it is never open to others, not even between bind and chmod).
+    /// Listens at `path` (a stale socket of an earlier run is replaced), for root only.
     pub fn bind(path: &Path) -> Result<UnixListener, String> {
-        use nix::sys::stat::{Mode, umask};
         let _ = std::fs::remove_file(path);
+        owner_only(path, || UnixListener::bind(path))
+            .map_err(|e| format!("listen at {}: {e}", path.display()))
+    }
+
+    /// Runs `make`, which makes the socket at `path`, under umask 077 (so the socket is never
+    /// open to others, not even before the chmod), then makes it mode 600. The process's umask
+    /// is its own again after. Called while setup runs alone (no other thread makes files).
+    pub fn owner_only<T, E: std::fmt::Display>(
+        path: &Path,
+        make: impl FnOnce() -> Result<T, E>,
+    ) -> Result<T, String> {
+        use nix::sys::stat::{Mode, umask};
         let before = umask(Mode::from_bits_truncate(0o077));
-        let listener = UnixListener::bind(path);
+        let made = make();
         umask(before);
-        let listener = listener.map_err(|e| format!("listen at {}: {e}", path.display()))?;
+        let made = made.map_err(|e| e.to_string())?;
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
             .map_err(|e| format!("chmod 600 {}: {e}", path.display()))?;
-        Ok(listener)
+        Ok(made)
     }
 
     /// Answers one client that `listener` accepted: reads its request (within 2 s), changes
@@ -100,6 +110,15 @@ mod serve {
     ) -> Result<(), String> {
         device
             .write(async |d| {
+                // GotaTun opens its socket and starts its tasks only for a device built with
+                // peers, or when a write changes the key, the port or clears the peers: a
+                // device that started with none would take its first peers and carry nothing.
+                // Clearing no peers is that signal (the device sets its connection up after
+                // this write).
+                let first = changes.iter().any(|c| matches!(c, PeerChange::Set(_)));
+                if first && d.peers().await.is_empty() {
+                    d.clear_peers();
+                }
                 for change in changes {
                     match change {
                         PeerChange::Remove(key) => {

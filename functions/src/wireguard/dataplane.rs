@@ -90,8 +90,12 @@ pub fn run(chain: &str, function: &str) -> Result<(), String> {
         .build()
         .map_err(|e| format!("start the runtime: {e}"))?;
     runtime.block_on(async {
-        let uapi = UapiServer::default_unix_socket(&name, None, None)
-            .map_err(|e| format!("serve the UAPI socket of {name}: {e}"))?;
+        // Its `get=1` answer names the private key (as every WireGuard UAPI's does), and
+        // GotaTun binds it with whatever umask the endpoint was started under: root's only.
+        let uapi = control::owner_only(&uapi::socket_path(&name), || {
+            UapiServer::default_unix_socket(&name, None, None)
+        })
+        .map_err(|e| format!("serve the UAPI socket of {name}: {e}"))?;
         // `netfn apply`'s peer changes, made in place (see super::control). Without it the
         // tunnel still runs; `apply` then speaks the UAPI (changed peers handshake again).
         let control = control::bind(&control::socket_path(chain, function))

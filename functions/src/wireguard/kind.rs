@@ -17,7 +17,7 @@ use netfn_core::function::{
 };
 use netfn_core::plan::{Direction, names};
 
-use super::config::{self, Backend, Side, WgSettings};
+use super::config::{self, Backend, Side, USERSPACE_MAX_MTU, WgSettings};
 use super::device::{self, Device};
 use super::kernel::{self, CreateError};
 use super::{endpoint, handshakes, link};
@@ -64,6 +64,17 @@ impl FunctionConfig for WgConfig {
             Backend::Auto | Backend::Kernel => {
                 match kernel::create(&netns, &name, &self.settings) {
                     Ok(()) => true,
+                    Err(CreateError::NoModule(why))
+                        if self.settings.backend == Backend::Auto
+                            && self.settings.mtu > USERSPACE_MAX_MTU =>
+                    {
+                        return Err(format!(
+                            "this kernel has no WireGuard ({why}), and the userspace endpoint \
+                             carries an mtu of at most {USERSPACE_MAX_MTU}, not {}: lower mtu, \
+                             or load the module (`modprobe wireguard`)",
+                            self.settings.mtu
+                        ));
+                    }
                     Err(CreateError::NoModule(why)) if self.settings.backend == Backend::Auto => {
                         tracing::info!(
                             "function {function}: this kernel has no WireGuard ({why}); running \
