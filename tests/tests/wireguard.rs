@@ -1105,6 +1105,15 @@ fn a_first_peer_added_in_place_carries_traffic() {
     );
     let pid = endpoint_pid(&chain, "vpn");
     assert!(pid.is_some(), "no userspace endpoint runs");
+    // Its UAPI socket answers with the private key: mode 600 whatever umask `up` ran under
+    // (connecting takes write permission: under umask 002 or 000 the group or everyone could;
+    // under this test's 022 it was 755 before the fix).
+    let uapi = format!("/var/run/wireguard/{}.sock", endpoint_interface(&chain));
+    let mode = std::fs::metadata(&uapi)
+        .expect("the UAPI socket")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600, "{uapi}: mode {mode:o}");
     let out = netfn_ok(&["apply", &v1.to_string_lossy()]);
     assert!(out.contains("in place"), "{out}");
     assert_eq!(
