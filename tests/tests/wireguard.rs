@@ -919,6 +919,73 @@ fn a_killed_endpoint_comes_back_with_the_agent() {
     );
 }
 
+/// A peer with a configured endpoint roams (its port changes); the endpoint, SIGKILLed, comes
+/// back with the agent and reaches the peer where it went, not where the file says it was: the
+/// tunnel is back within seconds (the peer's own timers would take 15 s and more).
+#[test]
+fn a_restarted_endpoint_finds_a_peer_that_roamed() {
+    let _turn = shared();
+    let chain = unique_chain("wroam");
+    let dir = TempDir::new(&chain);
+    let (_, vpn_public) = keypair(&dir, "vpn.key");
+    let (_, peer_public) = keypair(&dir, "peer.key");
+    let allowed = format!("allowed_ips = [\"{PEER_ADDR}/32\", \"{SITE}\"]\n");
+    let text = chain_file(&chain, "tc", "userspace", &peer_public).replace(
+        &allowed,
+        &format!("{allowed}endpoint = \"10.85.1.2:40201\"\n"),
+    );
+    assert!(text.contains("40201"));
+    let file = dir.write("wg.toml", &text);
+    let _guard = ChainGuard::up(&chain, &file);
+    let agent = Agent::start(&dir.0, &chain, &["--no-probe"]);
+    let (ingress, egress) = (format!("nf-{chain}-ingress"), format!("nf-{chain}-egress"));
+    let peer = GoPeer::start(
+        &ingress,
+        &format!("wgp{chain}"),
+        &dir.0.join("peer.key"),
+        &vpn_public,
+    );
+    let listen = |port: &str| {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &ingress, "wg", "set", &peer.name])
+            .args(["listen-port", port])
+            .output()
+            .expect("run wg");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    listen("40201");
+    talk(&ingress, &egress, 1000).expect("at the configured endpoint");
+    listen("40202");
+    talk(&ingress, &egress, 1000).expect("after roaming");
+    let endpoints = format!("/run/netfn/chains/{chain}.vpn.endpoints");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !std::fs::read_to_string(&endpoints).is_ok_and(|t| t.contains(":40202")) {
+        assert!(
+            Instant::now() < deadline,
+            "the endpoint never saved where its peer went"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let pid = kill_endpoint(&chain, "vpn");
+    let deadline = Instant::now() + Duration::from_secs(6);
+    loop {
+        let restarted = endpoint_pid(&chain, "vpn").is_some_and(|p| p != pid);
+        if restarted && talk(&ingress, &egress, 1000).is_ok() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the tunnel was not back within 6 s of the kill:\n{}",
+            agent.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 #[test]
 fn peers_change_in_place_and_the_others_keep_their_session() {
     peers_change_in_place("wp", "userspace");

@@ -60,7 +60,10 @@ pub fn run(chain: &str, function: &str) -> Result<(), String> {
             Peer::new(PublicKey::from(key)).with_allowed_ips(p.allowed_ips.iter().filter_map(
                 |n| ipnetwork::IpNetwork::new(IpAddr::V4(n.network()), n.prefix_len()).ok(),
             ));
-        if let Some(e) = p.endpoint.or_else(|| known.get(&p.public_key).copied()) {
+        // Where the peer was last heard from wins over where the file says it is: a peer that
+        // roamed is no longer at its configured address (the file of where peers are is written
+        // within a second of a change, and removed by `down`).
+        if let Some(e) = known.get(&p.public_key).copied().or(p.endpoint) {
             peer = peer.with_endpoint(e);
             reachable.push(PublicKey::from(key));
         }
