@@ -1267,6 +1267,74 @@ fn the_userspace_endpoint_carries_its_largest_mtu() {
     );
 }
 
+/// Keys rotated in their files (same paths) are changes `apply` sees: a new preshared key goes
+/// to the device in place (the peer keeps talking once it has the same); a new private key (the
+/// endpoint's identity) is refused as a change for down and up, as a new key file is.
+#[test]
+fn keys_rotated_in_their_files_are_applied() {
+    let _turn = shared();
+    let chain = unique_chain("wgrot");
+    let dir = TempDir::new(&chain);
+    let (_, vpn_public) = keypair(&dir, "vpn.key");
+    let (_, peer_public) = keypair(&dir, "peer.key");
+    let psk = preshared_key(&dir, "peer.psk");
+    let text = chain_file(&chain, "tc", "userspace", &peer_public).replace(
+        &format!("public_key = \"{peer_public}\"\n"),
+        &format!("public_key = \"{peer_public}\"\npreshared_key_file = \"peer.psk\"\n"),
+    );
+    let file = dir.write("wg.toml", &text);
+    let _guard = ChainGuard::up(&chain, &file);
+    let (ingress, egress) = (format!("nf-{chain}-ingress"), format!("nf-{chain}-egress"));
+    let peer = GoPeer::start(
+        &ingress,
+        &format!("wgp{chain}"),
+        &dir.0.join("peer.key"),
+        &vpn_public,
+    );
+    peer.set_preshared_key(&vpn_public, &psk);
+    talk(&ingress, &egress, 1000).expect("before the rotation");
+    let (ours, vpn_ns) = (endpoint_interface(&chain), format!("nf-{chain}-vpn"));
+    let shown = |what: &str| {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &vpn_ns, "wg", "show", &ours, what])
+            .output()
+            .expect("run wg");
+        assert!(out.status.success(), "wg show {what}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+
+    let psk = preshared_key(&dir, "peer.psk");
+    let new_psk = std::fs::read_to_string(&psk).expect("read the psk");
+    assert!(!shown("preshared-keys").contains(new_psk.trim()));
+    let out = netfn_ok(&["apply", &file.to_string_lossy()]);
+    assert!(out.contains("in place"), "a new preshared key: {out}");
+    assert!(
+        shown("preshared-keys").contains(new_psk.trim()),
+        "the device kept the old preshared key"
+    );
+    peer.set_preshared_key(&vpn_public, &psk);
+    talk(&ingress, &egress, 1000).expect("with the new preshared key on both sides");
+
+    // A new private key is a new identity: `apply` says it takes down and up (it used to see
+    // nothing to do, and the endpoint went on with the old key).
+    let (_, new_public) = keypair(&dir, "vpn.key");
+    assert_ne!(new_public, vpn_public);
+    let out = netfn(&["apply", &file.to_string_lossy()]);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && said.contains("change with down and up"),
+        "apply of a new private key: {said}"
+    );
+    netfn_ok(&["down", &chain]);
+    netfn_ok(&["up", &file.to_string_lossy()]);
+    let ours = endpoint_interface(&chain);
+    let out = Command::new("ip")
+        .args(["netns", "exec", &vpn_ns, "wg", "show", &ours, "public-key"])
+        .output()
+        .expect("run wg");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), new_public);
+}
+
 /// `wg genpsk` into `dir/name` (mode 600).
 fn preshared_key(dir: &TempDir, name: &str) -> std::path::PathBuf {
     let out = Command::new("wg").arg("genpsk").output().expect("run wg");

@@ -62,6 +62,9 @@ pub struct WgSettings {
     pub side: Side,
     /// Absolute path of the private key file.
     pub private_key_file: PathBuf,
+    /// [`keys::fingerprint`] of the private key: a new key in the same file is a change.
+    #[serde(default)]
+    pub private_key_fingerprint: String,
     pub listen_port: u16,
     pub address: Vec<Ipv4Net>,
     pub mtu: u16,
@@ -78,6 +81,9 @@ pub struct PeerConf {
     pub public_key: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub preshared_key_file: Option<PathBuf>,
+    /// [`keys::fingerprint`] of the preshared key: a new key in the same file is a change.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preshared_key_fingerprint: Option<String>,
     pub allowed_ips: Vec<Ipv4Net>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub endpoint: Option<SocketAddr>,
@@ -141,7 +147,7 @@ pub fn parse(settings: Settings<'_>) -> Result<WgSettings, Vec<SettingError>> {
             Side::Ingress
         }
     };
-    let private_key_file = key_file(&mut sink, &base, &raw.private_key_file);
+    let private_key = key_file(&mut sink, &base, &raw.private_key_file);
     let listen_port = match &raw.listen_port {
         None => 51820,
         Some(p) => match u16::try_from(*p.get_ref()) {
@@ -235,6 +241,7 @@ pub fn parse(settings: Settings<'_>) -> Result<WgSettings, Vec<SettingError>> {
             .preshared_key_file
             .as_ref()
             .and_then(|f| key_file(&mut sink, &base, f));
+        let (preshared_key_file, preshared_key_fingerprint) = preshared_key_file.unzip();
         let mut allowed_ips = Vec::new();
         for a in p.allowed_ips.get_ref() {
             let Some(net) = prefix(&mut sink, "allowed_ips", a) else {
@@ -299,6 +306,7 @@ pub fn parse(settings: Settings<'_>) -> Result<WgSettings, Vec<SettingError>> {
         peers.push(PeerConf {
             public_key: p.public_key.into_inner().trim().to_string(),
             preshared_key_file,
+            preshared_key_fingerprint,
             allowed_ips,
             endpoint,
             persistent_keepalive,
@@ -309,7 +317,11 @@ pub fn parse(settings: Settings<'_>) -> Result<WgSettings, Vec<SettingError>> {
     }
     Ok(WgSettings {
         side,
-        private_key_file: private_key_file.unwrap_or_default(),
+        private_key_fingerprint: private_key
+            .as_ref()
+            .map(|k| k.1.clone())
+            .unwrap_or_default(),
+        private_key_file: private_key.map(|k| k.0).unwrap_or_default(),
         listen_port,
         address,
         mtu,
@@ -319,11 +331,12 @@ pub fn parse(settings: Settings<'_>) -> Result<WgSettings, Vec<SettingError>> {
     })
 }
 
-/// A key file: resolved against the chain file's directory, readable by its owner only, a key.
-fn key_file(sink: &mut Sink, base: &Path, value: &Spanned<String>) -> Option<PathBuf> {
+/// A key file: resolved against the chain file's directory, readable by its owner only, a key;
+/// its path and the key's fingerprint.
+fn key_file(sink: &mut Sink, base: &Path, value: &Spanned<String>) -> Option<(PathBuf, String)> {
     let path = base.join(value.get_ref());
     match keys::read_file(&path) {
-        Ok(_) => Some(path),
+        Ok(key) => Some((path, keys::fingerprint(&key))),
         Err(why) => {
             sink.error(
                 value.span(),
@@ -395,6 +408,7 @@ mod tests {
         WgSettings {
             side: Side::Ingress,
             private_key_file: "/k".into(),
+            private_key_fingerprint: String::new(),
             listen_port: 51820,
             address: vec![],
             mtu: 1420,
@@ -402,6 +416,7 @@ mod tests {
             peers: vec![PeerConf {
                 public_key: "hSDwCYkwp1R0i33ctD73Wg2/Og0mOBr066SpjqqbTmo=".into(),
                 preshared_key_file: None,
+                preshared_key_fingerprint: None,
                 allowed_ips: allowed.iter().map(|a| a.parse().unwrap()).collect(),
                 endpoint: None,
                 persistent_keepalive: None,

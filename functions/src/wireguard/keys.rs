@@ -44,6 +44,17 @@ pub fn public_of(private: &str) -> Result<String, String> {
     Ok(encode(PublicKey::from(&secret).as_bytes()))
 }
 
+/// A short one-way fingerprint of a key (16 hex digits of BLAKE2s over a label and the key):
+/// what a chain's record keeps to see that a key file's content changed, never the key itself.
+pub fn fingerprint(key: &[u8; 32]) -> String {
+    use blake2::{Blake2s256, Digest};
+    let digest = Blake2s256::new()
+        .chain_update(b"netfn key fingerprint\0")
+        .chain_update(key)
+        .finalize();
+    digest[..8].iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// A peer's preshared key: compared and handed to the device, never shown (its `Debug` says
 /// only that there is one). All zeros is WireGuard's "none", so it never holds that.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -127,5 +138,15 @@ mod tests {
         let err = read_file(&path).unwrap_err();
         assert!(!err.contains("garbage"), "{err}");
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_fingerprint_tells_keys_apart_and_shows_none() {
+        let (a, b) = ([7u8; 32], [8u8; 32]);
+        assert_eq!(fingerprint(&a), fingerprint(&a));
+        assert_ne!(fingerprint(&a), fingerprint(&b));
+        assert_eq!(fingerprint(&a).len(), 16);
+        let hex: String = a.iter().map(|x| format!("{x:02x}")).collect();
+        assert!(!hex.contains(&fingerprint(&a)) && !fingerprint(&a).contains(&encode(&a)));
     }
 }

@@ -119,6 +119,9 @@ impl FunctionConfig for WgConfig {
         let (a, b) = (&old.settings, &self.settings);
         let same = a.side == b.side
             && a.private_key_file == b.private_key_file
+            // A record from before fingerprints has none: not taken for a new key.
+            && (a.private_key_fingerprint.is_empty()
+                || a.private_key_fingerprint == b.private_key_fingerprint)
             && a.listen_port == b.listen_port
             && a.address == b.address
             && a.mtu == b.mtu

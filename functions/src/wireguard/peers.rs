@@ -126,6 +126,7 @@ mod tests {
         PeerConf {
             public_key: keys::encode(&[key; 32]),
             preshared_key_file: None,
+            preshared_key_fingerprint: None,
             allowed_ips: nets.iter().map(|n| n.parse().unwrap()).collect(),
             endpoint: None,
             persistent_keepalive: None,
@@ -144,6 +145,7 @@ mod tests {
         WgSettings {
             side: super::super::config::Side::Ingress,
             private_key_file: "/k".into(),
+            private_key_fingerprint: String::new(),
             listen_port: 51820,
             address: vec![],
             mtu: 1420,
