@@ -1335,6 +1335,38 @@ fn keys_rotated_in_their_files_are_applied() {
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), new_public);
 }
 
+/// An endpoint whose device stopped for good (here: its TUN deleted under it) ends, rather
+/// than run on carrying nothing, so that the agent starts it again.
+#[test]
+fn an_endpoint_whose_tun_is_gone_ends() {
+    let _turn = shared();
+    let chain = unique_chain("wgtun");
+    let dir = TempDir::new(&chain);
+    let (_, _) = keypair(&dir, "vpn.key");
+    let (_, peer_public) = keypair(&dir, "peer.key");
+    let file = dir.write(
+        "wg.toml",
+        &chain_file(&chain, "tc", "userspace", &peer_public),
+    );
+    let _guard = ChainGuard::up(&chain, &file);
+    let pid = endpoint_pid(&chain, "vpn").expect("the endpoint's pid");
+    let ours = endpoint_interface(&chain);
+    ip_in(&chain, "vpn", &["link", "del", "dev", &ours]);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Path::new(&format!("/proc/{pid}")).exists() {
+        assert!(
+            Instant::now() < deadline,
+            "the endpoint runs on without its TUN device:\n{}",
+            std::fs::read_to_string(format!("/run/netfn/chains/{chain}.vpn.log"))
+                .unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let log =
+        std::fs::read_to_string(format!("/run/netfn/chains/{chain}.vpn.log")).unwrap_or_default();
+    assert!(log.contains("the WireGuard device stopped"), "{log}");
+}
+
 /// `wg genpsk` into `dir/name` (mode 600).
 fn preshared_key(dir: &TempDir, name: &str) -> std::path::PathBuf {
     let out = Command::new("wg").arg("genpsk").output().expect("run wg");

@@ -108,7 +108,7 @@ pub fn run(chain: &str, function: &str) -> Result<(), String> {
             format!("attach to the TUN device {name} with offloads: {e} (is the chain up?)")
         })?;
         let buffers = std::sync::Arc::new(SocketBuffers::default());
-        let device = DeviceBuilder::new()
+        let mut device = DeviceBuilder::new()
             // Batched UDP: GSO sends, GRO receives (see super::udp_io).
             .with_udp(UdpFactory {
                 buffer: SOCKET_BUFFER,
@@ -162,23 +162,40 @@ pub fn run(chain: &str, function: &str) -> Result<(), String> {
             .map_err(|e| e.to_string())?;
         let mut remember = tokio::time::interval(std::time::Duration::from_secs(1));
         let mut remembered = String::new();
-        loop {
-            tokio::select! {
-                _ = term.recv() => break,
-                _ = tokio::signal::ctrl_c() => break,
-                _ = remember.tick() => {
-                    remember_endpoints(&device, chain, function, &mut remembered).await;
-                }
+        let ended = loop {
+            // The branches only say what happened; it is handled after the select, once no
+            // branch borrows the device (waiting for its end takes it mutably).
+            let event = tokio::select! {
+                _ = term.recv() => Event::Stop,
+                _ = tokio::signal::ctrl_c() => Event::Stop,
+                () = device.wait() => Event::Failed,
+                _ = remember.tick() => Event::Remember,
                 // Only the accept races the other branches; the request is then served to the
-                // end in the branch's body.
+                // end below.
                 accepted = async {
                     match &control {
                         Some(listener) => listener.accept().await,
                         None => std::future::pending().await,
                     }
-                } => {
+                } => Event::Control(accepted.map(|(stream, _)| stream)),
+            };
+            match event {
+                Event::Stop => break Ok(()),
+                // GotaTun stopped moving packets for good (its TUN or socket failed): end, so
+                // that whoever watches the endpoint (the agent) starts it again, rather than
+                // run on carrying nothing.
+                Event::Failed => {
+                    break Err(format!(
+                        "endpoint {name}: the WireGuard device stopped (its TUN device or UDP \
+                         socket failed; the log above says which)"
+                    ));
+                }
+                Event::Remember => {
+                    remember_endpoints(&device, chain, function, &mut remembered).await;
+                }
+                Event::Control(accepted) => {
                     let served = match accepted {
-                        Ok((stream, _)) => control::serve(stream, &device).await,
+                        Ok(stream) => control::serve(stream, &device).await,
                         Err(e) => Err(format!("accept: {e}")),
                     };
                     if let Err(e) = served {
@@ -186,13 +203,21 @@ pub fn run(chain: &str, function: &str) -> Result<(), String> {
                     }
                 }
             }
-        }
+        };
         device.stop().await;
         // The sockets would outlive the endpoint otherwise (`wg show` would list a dead one).
         let _ = std::fs::remove_file(uapi::socket_path(&name));
         let _ = std::fs::remove_file(control::socket_path(chain, function));
-        Ok(())
+        ended
     })
+}
+
+/// What ended a wait of the endpoint's main loop.
+enum Event {
+    Stop,
+    Failed,
+    Remember,
+    Control(std::io::Result<tokio::net::UnixStream>),
 }
 
 /// The file of peers' last endpoints (`PUBLIC_KEY ADDRESS:PORT` lines).
