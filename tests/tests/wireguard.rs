@@ -1367,6 +1367,58 @@ fn an_endpoint_whose_tun_is_gone_ends() {
     assert!(log.contains("the WireGuard device stopped"), "{log}");
 }
 
+/// SIGTERM while the endpoint starts (`down` then) ends it cleanly: its UAPI socket does not
+/// outlive it. The window: a peer with an endpoint that never answers holds the start in its
+/// handshake wait (a second) after the socket is made, before the endpoint says it is ready.
+#[test]
+fn an_endpoint_stopped_while_it_starts_leaves_no_socket() {
+    let _turn = shared();
+    let chain = unique_chain("wgterm");
+    let dir = TempDir::new(&chain);
+    let (_, _) = keypair(&dir, "vpn.key");
+    let (_, peer_public) = keypair(&dir, "peer.key");
+    let allowed = format!("allowed_ips = [\"{PEER_ADDR}/32\", \"{SITE}\"]\n");
+    let text = chain_file(&chain, "tc", "userspace", &peer_public).replace(
+        &allowed,
+        &format!("{allowed}endpoint = \"10.85.1.2:40999\"\n"),
+    );
+    let file = dir.write("wg.toml", &text);
+    let _guard = ChainGuard::up(&chain, &file);
+    let pid = kill_endpoint(&chain, "vpn");
+    while Path::new(&format!("/proc/{pid}")).exists() {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let uapi = format!("/var/run/wireguard/{}.sock", endpoint_interface(&chain));
+    let ready = format!("/run/netfn/chains/{chain}.vpn.ready");
+    let _ = std::fs::remove_file(&ready);
+    // SIGKILL left the killed endpoint's socket behind (nothing can remove it then).
+    let _ = std::fs::remove_file(&uapi);
+    let mut endpoint = netfn_tests::command(&netfn_tests::netfn_bin())
+        .args(["wireguard-endpoint", "--chain", &chain, "--function", "vpn"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start the endpoint");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !Path::new(&uapi).exists() {
+        assert!(
+            Instant::now() < deadline,
+            "the endpoint made no UAPI socket"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(
+        !Path::new(&ready).exists(),
+        "the endpoint was ready at once"
+    );
+    let id = i32::try_from(endpoint.id()).expect("pid");
+    // SAFETY: kill(2) on the child this test started.
+    assert_eq!(unsafe { libc::kill(id, libc::SIGTERM) }, 0);
+    let status = endpoint.wait().expect("wait for the endpoint");
+    assert!(status.success(), "the endpoint ended with {status}");
+    assert!(!Path::new(&uapi).exists(), "{uapi} outlived the endpoint");
+}
+
 /// `wg genpsk` into `dir/name` (mode 600).
 fn preshared_key(dir: &TempDir, name: &str) -> std::path::PathBuf {
     let out = Command::new("wg").arg("genpsk").output().expect("run wg");

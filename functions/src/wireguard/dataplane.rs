@@ -93,6 +93,14 @@ pub fn run(chain: &str, function: &str) -> Result<(), String> {
         .build()
         .map_err(|e| format!("start the runtime: {e}"))?;
     runtime.block_on(async {
+        // A SIGTERM from here on (`down` while the endpoint starts) ends it cleanly at the main
+        // loop, not with the default action, which would leave its sockets behind.
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .map_err(|e| e.to_string())?;
+        let _sockets = Sockets {
+            uapi: uapi::socket_path(&name),
+            control: control::socket_path(chain, function),
+        };
         // Its `get=1` answer names the private key (as every WireGuard UAPI's does), and
         // GotaTun binds it with whatever umask the endpoint was started under: root's only.
         let uapi = control::owner_only(&uapi::socket_path(&name), || {
@@ -158,8 +166,6 @@ pub fn run(chain: &str, function: &str) -> Result<(), String> {
             settings.peers.len(),
             settings.listen_port
         );
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .map_err(|e| e.to_string())?;
         let mut remember = tokio::time::interval(std::time::Duration::from_secs(1));
         let mut remembered = String::new();
         let ended = loop {
@@ -205,11 +211,22 @@ pub fn run(chain: &str, function: &str) -> Result<(), String> {
             }
         };
         device.stop().await;
-        // The sockets would outlive the endpoint otherwise (`wg show` would list a dead one).
-        let _ = std::fs::remove_file(uapi::socket_path(&name));
-        let _ = std::fs::remove_file(control::socket_path(chain, function));
         ended
     })
+}
+
+/// The endpoint's socket files, removed when it ends, however it ends short of SIGKILL (they
+/// would outlive it otherwise: `wg show` would list a dead interface).
+struct Sockets {
+    uapi: std::path::PathBuf,
+    control: std::path::PathBuf,
+}
+
+impl Drop for Sockets {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.uapi);
+        let _ = std::fs::remove_file(&self.control);
+    }
 }
 
 /// What ended a wait of the endpoint's main loop.
