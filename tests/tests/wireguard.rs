@@ -1365,6 +1365,31 @@ fn an_endpoint_whose_tun_is_gone_ends() {
     let log =
         std::fs::read_to_string(format!("/run/netfn/chains/{chain}.vpn.log")).unwrap_or_default();
     assert!(log.contains("the WireGuard device stopped"), "{log}");
+    // Started again (as the agent would), it refuses to run without the chain's TUN rather than
+    // make a bare one of that name.
+    let mut again = netfn_tests::command(&netfn_tests::netfn_bin())
+        .args(["wireguard-endpoint", "--chain", &chain, "--function", "vpn"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the endpoint");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while again.try_wait().expect("wait").is_none() {
+        if Instant::now() > deadline {
+            let _ = again.kill();
+            let _ = again.wait();
+            panic!("the endpoint runs without the chain's TUN device");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = again.wait_with_output().expect("its output");
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && said.contains(&format!("there is no device {ours}")),
+        "{said}"
+    );
+    let links = ip_in(&chain, "vpn", &["link", "show"]);
+    assert!(!links.contains(&ours), "a TUN was made again: {links}");
 }
 
 /// SIGTERM while the endpoint starts (`down` then) ends it cleanly: its UAPI socket does not
@@ -1417,6 +1442,37 @@ fn an_endpoint_stopped_while_it_starts_leaves_no_socket() {
     let status = endpoint.wait().expect("wait for the endpoint");
     assert!(status.success(), "the endpoint ended with {status}");
     assert!(!Path::new(&uapi).exists(), "{uapi} outlived the endpoint");
+}
+
+/// `down` removes the endpoint's UAPI socket also when the endpoint could not (it did not
+/// answer SIGTERM, here because it is stopped, and `down` SIGKILLed it): `wg show` lists no
+/// dead interface after.
+#[test]
+fn down_removes_the_socket_of_an_endpoint_it_had_to_kill() {
+    let _turn = shared();
+    let chain = unique_chain("wgstop");
+    let dir = TempDir::new(&chain);
+    let (_, _) = keypair(&dir, "vpn.key");
+    let (_, peer_public) = keypair(&dir, "peer.key");
+    let file = dir.write(
+        "wg.toml",
+        &chain_file(&chain, "tc", "userspace", &peer_public),
+    );
+    let guard = ChainGuard::up(&chain, &file);
+    let uapi = format!("/var/run/wireguard/{}.sock", endpoint_interface(&chain));
+    assert!(Path::new(&uapi).exists(), "no UAPI socket at {uapi}");
+    let pid = endpoint_pid(&chain, "vpn").expect("the endpoint's pid");
+    // SAFETY: kill(2) on the endpoint this test's chain started.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
+    netfn_ok(&["down", &chain]);
+    drop(guard);
+    assert!(
+        !Path::new(&format!("/proc/{pid}")).exists()
+            || std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .is_ok_and(|s| s.contains(") Z")),
+        "the endpoint outlived down"
+    );
+    assert!(!Path::new(&uapi).exists(), "{uapi} outlived down");
 }
 
 /// `wg genpsk` into `dir/name` (mode 600).

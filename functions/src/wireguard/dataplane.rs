@@ -107,6 +107,13 @@ pub fn run(chain: &str, function: &str) -> Result<(), String> {
             UapiServer::default_unix_socket(&name, None, None)
         })
         .map_err(|e| format!("serve the UAPI socket of {name}: {e}"))?;
+        // `down` removes it even when it had to SIGKILL the endpoint.
+        let socket = uapi::socket_path(&name);
+        std::fs::write(
+            processes::owned_files(chain, function),
+            format!("{}\n", socket.display()),
+        )
+        .map_err(|e| format!("record the UAPI socket as the endpoint's: {e}"))?;
         // `netfn apply`'s peer changes, made in place (see super::control). Without it the
         // tunnel still runs; `apply` then speaks the UAPI (changed peers handshake again).
         let control = control::bind(&control::socket_path(chain, function))

@@ -45,6 +45,14 @@ impl std::fmt::Display for Offloads {
 /// writer task on the current tokio runtime. Needs CAP_NET_ADMIN (attaching to a persistent
 /// device); nothing after this does.
 pub fn open(name: &str) -> io::Result<(TunSend, TunRecv, Offloads)> {
+    // tun-rs would make a device of that name where there is none: a bare one, without the
+    // addresses and routes `up` gave the chain's, that would carry nothing.
+    if nix::net::if_::if_nametoindex(name).is_err() {
+        return Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("there is no device {name} in the function's namespace"),
+        ));
+    }
     let dev = tun_rs::DeviceBuilder::new()
         .name(name)
         .offload(true)

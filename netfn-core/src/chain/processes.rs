@@ -8,7 +8,7 @@
 //! `….log` beside it. It says it is ready by creating `….ready` (see [`ready_file`]); `start`
 //! waits for that, or for its exit, which it reports with the log's last lines.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -53,6 +53,13 @@ pub fn ready_file(chain: &str, function: &str) -> PathBuf {
 /// removed with the process's other files when it is stopped.
 pub fn state_file(chain: &str, function: &str, ext: &str) -> PathBuf {
     file(chain, function, ext)
+}
+
+/// The file where a function's process lists, one absolute path a line, files of its own
+/// outside the state directory (a socket where other tools look for it): [`stop`] removes
+/// them too, also when the process could not (it was SIGKILLed).
+pub fn owned_files(chain: &str, function: &str) -> PathBuf {
+    file(chain, function, "owns")
 }
 
 /// The pid recorded for function `function`'s process, alive or not.
@@ -160,6 +167,11 @@ pub fn stop(chain: &str, function: &str) {
             // SAFETY: as above.
             unsafe { libc::kill(pid, libc::SIGKILL) };
         }
+    }
+    // What it listed as its own outside the state directory.
+    let owned = std::fs::read_to_string(owned_files(chain, function)).unwrap_or_default();
+    for path in owned.lines().map(Path::new).filter(|p| p.is_absolute()) {
+        let _ = std::fs::remove_file(path);
     }
     // Its pid, ready file and log, and whatever state it kept beside them.
     let prefix = format!("{chain}.{function}.");
