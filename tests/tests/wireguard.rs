@@ -1466,12 +1466,16 @@ fn down_removes_the_socket_of_an_endpoint_it_had_to_kill() {
     assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
     netfn_ok(&["down", &chain]);
     drop(guard);
-    assert!(
-        !Path::new(&format!("/proc/{pid}")).exists()
-            || std::fs::read_to_string(format!("/proc/{pid}/stat"))
-                .is_ok_and(|s| s.contains(") Z")),
-        "the endpoint outlived down"
-    );
+    // SIGKILL is sent when `down` returns; the process is gone (or a zombie) soon after.
+    let gone = || {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map_or(true, |s| s.contains(") Z") || s.contains(") X"))
+    };
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while !gone() {
+        assert!(Instant::now() < deadline, "the endpoint outlived down");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     assert!(!Path::new(&uapi).exists(), "{uapi} outlived down");
 }
 

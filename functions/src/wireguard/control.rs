@@ -110,15 +110,6 @@ mod serve {
     ) -> Result<(), String> {
         device
             .write(async |d| {
-                // GotaTun opens its socket and starts its tasks only for a device built with
-                // peers, or when a write changes the key, the port or clears the peers: a
-                // device that started with none would take its first peers and carry nothing.
-                // Clearing no peers is that signal (the device sets its connection up after
-                // this write).
-                let first = changes.iter().any(|c| matches!(c, PeerChange::Set(_)));
-                if first && d.peers().await.is_empty() {
-                    d.clear_peers();
-                }
                 for change in changes {
                     match change {
                         PeerChange::Remove(key) => {

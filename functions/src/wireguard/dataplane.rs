@@ -161,6 +161,18 @@ pub fn run(chain: &str, function: &str) -> Result<(), String> {
             }
         });
         futures::future::join_all(handshakes).await;
+        // GotaTun opens its socket and starts its tasks only for a device built with peers, or
+        // when a write changes the key or the port or clears the peers; adding a peer is none of
+        // those. A device that starts with none would take its first peers (from `apply` or
+        // `wg set`) and carry nothing: clearing its no peers sets its connection up now.
+        if settings.peers.is_empty() {
+            device
+                .write(async |d| {
+                    d.clear_peers();
+                })
+                .await
+                .map_err(|e| format!("start the WireGuard device {name} with no peer: {e}"))?;
+        }
         // For `netfn status`: the offloads this run of the endpoint has on its TUN, and the
         // buffers its socket got.
         let io = format!("TUN offloads: {offloads}; UDP socket buffers: {buffers}");
