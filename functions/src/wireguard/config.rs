@@ -147,7 +147,8 @@ pub fn parse(settings: Settings<'_>) -> Result<WgSettings, Vec<SettingError>> {
             Side::Ingress
         }
     };
-    let private_key = key_file(&mut sink, &base, &raw.private_key_file);
+    let (private_key_file, private_key_fingerprint) =
+        key_file(&mut sink, &base, &raw.private_key_file).unzip();
     let listen_port = match &raw.listen_port {
         None => 51820,
         Some(p) => match u16::try_from(*p.get_ref()) {
@@ -317,11 +318,8 @@ pub fn parse(settings: Settings<'_>) -> Result<WgSettings, Vec<SettingError>> {
     }
     Ok(WgSettings {
         side,
-        private_key_fingerprint: private_key
-            .as_ref()
-            .map(|k| k.1.clone())
-            .unwrap_or_default(),
-        private_key_file: private_key.map(|k| k.0).unwrap_or_default(),
+        private_key_file: private_key_file.unwrap_or_default(),
+        private_key_fingerprint: private_key_fingerprint.unwrap_or_default(),
         listen_port,
         address,
         mtu,

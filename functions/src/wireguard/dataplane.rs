@@ -97,26 +97,25 @@ pub fn run(chain: &str, function: &str) -> Result<(), String> {
         // loop, not with the default action, which would leave its sockets behind.
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
             .map_err(|e| e.to_string())?;
-        let _sockets = Sockets {
+        let sockets = Sockets {
             uapi: uapi::socket_path(&name),
             control: control::socket_path(chain, function),
         };
         // Its `get=1` answer names the private key (as every WireGuard UAPI's does), and
         // GotaTun binds it with whatever umask the endpoint was started under: root's only.
-        let uapi = control::owner_only(&uapi::socket_path(&name), || {
+        let uapi = control::owner_only(&sockets.uapi, || {
             UapiServer::default_unix_socket(&name, None, None)
         })
         .map_err(|e| format!("serve the UAPI socket of {name}: {e}"))?;
         // `down` removes it even when it had to SIGKILL the endpoint.
-        let socket = uapi::socket_path(&name);
         std::fs::write(
             processes::owned_files(chain, function),
-            format!("{}\n", socket.display()),
+            format!("{}\n", sockets.uapi.display()),
         )
         .map_err(|e| format!("record the UAPI socket as the endpoint's: {e}"))?;
         // `netfn apply`'s peer changes, made in place (see super::control). Without it the
         // tunnel still runs; `apply` then speaks the UAPI (changed peers handshake again).
-        let control = control::bind(&control::socket_path(chain, function))
+        let control = control::bind(&sockets.control)
             .inspect_err(|e| tracing::warn!("endpoint {name}: no control socket: {e}"))
             .ok();
         let (tun_tx, tun_rx, offloads) = super::tun_io::open(&name).map_err(|e| {

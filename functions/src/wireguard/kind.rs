@@ -64,18 +64,15 @@ impl FunctionConfig for WgConfig {
             Backend::Auto | Backend::Kernel => {
                 match kernel::create(&netns, &name, &self.settings) {
                     Ok(()) => true,
-                    Err(CreateError::NoModule(why))
-                        if self.settings.backend == Backend::Auto
-                            && self.settings.mtu > USERSPACE_MAX_MTU =>
-                    {
-                        return Err(format!(
-                            "this kernel has no WireGuard ({why}), and the userspace endpoint \
-                             carries an mtu of at most {USERSPACE_MAX_MTU}, not {}: lower mtu, \
-                             or load the module (`modprobe wireguard`)",
-                            self.settings.mtu
-                        ));
-                    }
                     Err(CreateError::NoModule(why)) if self.settings.backend == Backend::Auto => {
+                        if self.settings.mtu > USERSPACE_MAX_MTU {
+                            return Err(format!(
+                                "this kernel has no WireGuard ({why}), and the userspace \
+                                 endpoint carries an mtu of at most {USERSPACE_MAX_MTU}, not {}: \
+                                 lower mtu, or load the module (`modprobe wireguard`)",
+                                self.settings.mtu
+                            ));
+                        }
                         tracing::info!(
                             "function {function}: this kernel has no WireGuard ({why}); running \
                              the userspace endpoint"
