@@ -49,6 +49,42 @@ fn chain_file(chain: &str, mode: &str, backend: &str, peer_public: &str) -> Stri
     )
 }
 
+/// [`chain_file`]'s text with the peer's `endpoint` set to `endpoint`.
+fn with_peer_endpoint(text: &str, endpoint: &str) -> String {
+    let allowed = format!("allowed_ips = [\"{PEER_ADDR}/32\", \"{SITE}\"]\n");
+    assert!(text.contains(&allowed), "no peer table to give an endpoint");
+    text.replace(&allowed, &format!("{allowed}endpoint = \"{endpoint}\"\n"))
+}
+
+/// `text` with the peer `peer_public` given the preshared key file `peer.psk`.
+fn with_preshared_key_file(text: &str, peer_public: &str) -> String {
+    text.replace(
+        &format!("public_key = \"{peer_public}\"\n"),
+        &format!("public_key = \"{peer_public}\"\npreshared_key_file = \"peer.psk\"\n"),
+    )
+}
+
+/// The UAPI socket of `chain`'s userspace endpoint.
+fn uapi_socket(chain: &str) -> String {
+    format!("/var/run/wireguard/{}.sock", endpoint_interface(chain))
+}
+
+/// Whether process `pid` ended (gone, or a zombie) within `within`.
+fn ended_within(pid: i32, within: Duration) -> bool {
+    let deadline = Instant::now() + within;
+    loop {
+        let ended = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map_or(true, |s| s.contains(") Z") || s.contains(") X"));
+        if ended {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// What runs the remote peer's tunnel.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum PeerKind {
@@ -929,10 +965,9 @@ fn a_restarted_endpoint_finds_a_peer_that_roamed() {
     let dir = TempDir::new(&chain);
     let (_, vpn_public) = keypair(&dir, "vpn.key");
     let (_, peer_public) = keypair(&dir, "peer.key");
-    let allowed = format!("allowed_ips = [\"{PEER_ADDR}/32\", \"{SITE}\"]\n");
-    let text = chain_file(&chain, "tc", "userspace", &peer_public).replace(
-        &allowed,
-        &format!("{allowed}endpoint = \"10.85.1.2:40201\"\n"),
+    let text = with_peer_endpoint(
+        &chain_file(&chain, "tc", "userspace", &peer_public),
+        "10.85.1.2:40201",
     );
     assert!(text.contains("40201"));
     let file = dir.write("wg.toml", &text);
@@ -1012,13 +1047,10 @@ fn peers_change_in_place(tag: &str, backend: &str) {
     let (_, other_public) = keypair(&dir, "other.key");
     // The untouched peer has a preshared key: it is compared, not sent again, on apply.
     let psk = preshared_key(&dir, "peer.psk");
-    let with_psk = |text: String| {
-        text.replace(
-            &format!("public_key = \"{peer_public}\"\n"),
-            &format!("public_key = \"{peer_public}\"\npreshared_key_file = \"peer.psk\"\n"),
-        )
-    };
-    let v1_text = with_psk(chain_file(&chain, "tc", backend, &peer_public));
+    let v1_text = with_preshared_key_file(
+        &chain_file(&chain, "tc", backend, &peer_public),
+        &peer_public,
+    );
     let v2_text = v1_text.replace(
         "\n[[chain.function]]\nname = \"fw\"",
         &format!(
@@ -1175,7 +1207,7 @@ fn a_first_peer_added_in_place_carries_traffic() {
     // Its UAPI socket answers with the private key: mode 600 whatever umask `up` ran under
     // (connecting takes write permission: under umask 002 or 000 the group or everyone could;
     // under this test's 022 it was 755 before the fix).
-    let uapi = format!("/var/run/wireguard/{}.sock", endpoint_interface(&chain));
+    let uapi = uapi_socket(&chain);
     let mode = std::fs::metadata(&uapi)
         .expect("the UAPI socket")
         .permissions()
@@ -1278,9 +1310,9 @@ fn keys_rotated_in_their_files_are_applied() {
     let (_, vpn_public) = keypair(&dir, "vpn.key");
     let (_, peer_public) = keypair(&dir, "peer.key");
     let psk = preshared_key(&dir, "peer.psk");
-    let text = chain_file(&chain, "tc", "userspace", &peer_public).replace(
-        &format!("public_key = \"{peer_public}\"\n"),
-        &format!("public_key = \"{peer_public}\"\npreshared_key_file = \"peer.psk\"\n"),
+    let text = with_preshared_key_file(
+        &chain_file(&chain, "tc", "userspace", &peer_public),
+        &peer_public,
     );
     let file = dir.write("wg.toml", &text);
     let _guard = ChainGuard::up(&chain, &file);
@@ -1327,12 +1359,9 @@ fn keys_rotated_in_their_files_are_applied() {
     );
     netfn_ok(&["down", &chain]);
     netfn_ok(&["up", &file.to_string_lossy()]);
-    let ours = endpoint_interface(&chain);
-    let out = Command::new("ip")
-        .args(["netns", "exec", &vpn_ns, "wg", "show", &ours, "public-key"])
-        .output()
-        .expect("run wg");
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), new_public);
+    // The same interface name (it is derived from the chain and the function), a new key.
+    assert_eq!(endpoint_interface(&chain), ours);
+    assert_eq!(shown("public-key").trim(), new_public);
 }
 
 /// An endpoint whose device stopped for good (here: its TUN deleted under it) ends, rather
@@ -1352,16 +1381,11 @@ fn an_endpoint_whose_tun_is_gone_ends() {
     let pid = endpoint_pid(&chain, "vpn").expect("the endpoint's pid");
     let ours = endpoint_interface(&chain);
     ip_in(&chain, "vpn", &["link", "del", "dev", &ours]);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while Path::new(&format!("/proc/{pid}")).exists() {
-        assert!(
-            Instant::now() < deadline,
-            "the endpoint runs on without its TUN device:\n{}",
-            std::fs::read_to_string(format!("/run/netfn/chains/{chain}.vpn.log"))
-                .unwrap_or_default()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    assert!(
+        ended_within(pid, Duration::from_secs(5)),
+        "the endpoint runs on without its TUN device:\n{}",
+        std::fs::read_to_string(format!("/run/netfn/chains/{chain}.vpn.log")).unwrap_or_default()
+    );
     let log =
         std::fs::read_to_string(format!("/run/netfn/chains/{chain}.vpn.log")).unwrap_or_default();
     assert!(log.contains("the WireGuard device stopped"), "{log}");
@@ -1402,18 +1426,18 @@ fn an_endpoint_stopped_while_it_starts_leaves_no_socket() {
     let dir = TempDir::new(&chain);
     let (_, _) = keypair(&dir, "vpn.key");
     let (_, peer_public) = keypair(&dir, "peer.key");
-    let allowed = format!("allowed_ips = [\"{PEER_ADDR}/32\", \"{SITE}\"]\n");
-    let text = chain_file(&chain, "tc", "userspace", &peer_public).replace(
-        &allowed,
-        &format!("{allowed}endpoint = \"10.85.1.2:40999\"\n"),
+    let text = with_peer_endpoint(
+        &chain_file(&chain, "tc", "userspace", &peer_public),
+        "10.85.1.2:40999",
     );
     let file = dir.write("wg.toml", &text);
     let _guard = ChainGuard::up(&chain, &file);
     let pid = kill_endpoint(&chain, "vpn");
-    while Path::new(&format!("/proc/{pid}")).exists() {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let uapi = format!("/var/run/wireguard/{}.sock", endpoint_interface(&chain));
+    assert!(
+        ended_within(pid, Duration::from_secs(5)),
+        "SIGKILL did not end the endpoint"
+    );
+    let uapi = uapi_socket(&chain);
     let ready = format!("/run/netfn/chains/{chain}.vpn.ready");
     let _ = std::fs::remove_file(&ready);
     // SIGKILL left the killed endpoint's socket behind (nothing can remove it then).
@@ -1459,7 +1483,7 @@ fn down_removes_the_socket_of_an_endpoint_it_had_to_kill() {
         &chain_file(&chain, "tc", "userspace", &peer_public),
     );
     let guard = ChainGuard::up(&chain, &file);
-    let uapi = format!("/var/run/wireguard/{}.sock", endpoint_interface(&chain));
+    let uapi = uapi_socket(&chain);
     assert!(Path::new(&uapi).exists(), "no UAPI socket at {uapi}");
     let pid = endpoint_pid(&chain, "vpn").expect("the endpoint's pid");
     // SAFETY: kill(2) on the endpoint this test's chain started.
@@ -1467,15 +1491,10 @@ fn down_removes_the_socket_of_an_endpoint_it_had_to_kill() {
     netfn_ok(&["down", &chain]);
     drop(guard);
     // SIGKILL is sent when `down` returns; the process is gone (or a zombie) soon after.
-    let gone = || {
-        std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .map_or(true, |s| s.contains(") Z") || s.contains(") X"))
-    };
-    let deadline = Instant::now() + Duration::from_secs(2);
-    while !gone() {
-        assert!(Instant::now() < deadline, "the endpoint outlived down");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    assert!(
+        ended_within(pid, Duration::from_secs(2)),
+        "the endpoint outlived down"
+    );
     assert!(!Path::new(&uapi).exists(), "{uapi} outlived down");
 }
 
