@@ -1,12 +1,12 @@
 //! The firewall's eBPF stage as the seam sees it: which programs, which maps and how big, and
-//! how a new instance is filled from the compiled rules. The connection table and statistics
-//! are kept across settings changes; everything else is the new rule set's own, so a change
+//! how a new instance is filled from the compiled rules. The connection table, the statistics
+//! and the table of fragmented datagrams in flight are kept across settings changes; everything else is the new rule set's own, so a change
 //! goes live in one step when core switches the instance in.
 
 use netfn_common::firewall::{
     ACTION_ACCEPT, ACTION_DROP, ACTION_REJECT, FW_ACTIONS_MAP, FW_CONF_MAP, FW_CT_MAP,
-    FW_ENTRIES_MAP, FW_NODES_MAP, FW_RATE_MAP, FW_RULE_COUNTERS_MAP, FW_STATS_MAP, FW_TC_PROGRAM,
-    FW_XDP_PROGRAM, FwConf, LeafEntry, Node, RuleAction,
+    FW_ENTRIES_MAP, FW_FRAGS_MAP, FW_FRAGS_SIZE, FW_NODES_MAP, FW_RATE_MAP, FW_RULE_COUNTERS_MAP,
+    FW_STATS_MAP, FW_TC_PROGRAM, FW_XDP_PROGRAM, FwConf, LeafEntry, Node, RuleAction,
 };
 use std::sync::Arc;
 
@@ -31,7 +31,7 @@ impl Stage for FirewallConfig {
     }
 
     fn kept_maps(&self) -> &'static [&'static str] {
-        &[FW_CT_MAP, FW_STATS_MAP]
+        &[FW_CT_MAP, FW_STATS_MAP, FW_FRAGS_MAP]
     }
 
     fn instance_maps(&self) -> &'static [&'static str] {
@@ -73,6 +73,7 @@ impl StageContent for Content {
             (FW_CONF_MAP, 1),
             (FW_CT_MAP, self.conntrack.size.max(1)),
             (FW_STATS_MAP, 1),
+            (FW_FRAGS_MAP, FW_FRAGS_SIZE),
         ]
     }
 

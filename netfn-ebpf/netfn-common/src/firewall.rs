@@ -28,6 +28,14 @@ pub const FW_RULE_COUNTERS_MAP: &str = "NF_FW_RULE_COUNTERS";
 /// Kept across settings changes: the connection table and the function's statistics.
 pub const FW_CT_MAP: &str = "NF_FW_CT";
 pub const FW_STATS_MAP: &str = "NF_FW_STATS";
+/// Kept too: the IPv4 datagrams whose first fragment passed ([`FragKey`] → [`FragSeen`]), so
+/// that their later fragments (which carry no ports) follow it.
+pub const FW_FRAGS_MAP: &str = "NF_FW_FRAGS";
+/// Datagrams in fragments the table follows at once (LRU: the oldest go first).
+pub const FW_FRAGS_SIZE: u32 = 4096;
+/// How long after its first fragment a datagram's later fragments still pass: Linux's
+/// reassembly timeout (`net.ipv4.ipfrag_time`, 30 s by default).
+pub const FRAG_TIMEOUT_NS: u64 = 30_000_000_000;
 
 /// The stage programs.
 pub const FW_TC_PROGRAM: &str = "nf_fw_tc";
@@ -38,7 +46,16 @@ pub const FW_DROP_RULE: usize = 0;
 pub const FW_DROP_RATE_LIMIT: usize = 1;
 pub const FW_DROP_NOT_SYN: usize = 2;
 pub const FW_DROP_REJECTED: usize = 3;
-pub const FW_DROP_REASON_NAMES: [&str; 4] = ["fw-rule", "fw-rate-limit", "fw-not-syn", "fw-reject"];
+/// A later fragment of an IPv4 datagram whose first fragment did not pass (dropped, not seen,
+/// or seen more than [`FRAG_TIMEOUT_NS`] ago).
+pub const FW_DROP_FRAGMENT: usize = 4;
+pub const FW_DROP_REASON_NAMES: [&str; 5] = [
+    "fw-rule",
+    "fw-rate-limit",
+    "fw-not-syn",
+    "fw-reject",
+    "fw-fragment",
+];
 const _: () = assert!(FW_DROP_REASON_NAMES.len() <= super::DROP_SLOTS - super::KIND_DROP_BASE);
 
 /// Node fields: which part of the [`Key`] a decision node compares.
@@ -319,6 +336,27 @@ pub struct CtKey {
     pub _pad: [u8; 3],
 }
 
+/// An IPv4 datagram in fragments, as all its fragments name it: addresses (packet byte order),
+/// IP identification (packet byte order) and protocol.
+///
+/// Layout: `src, dst: u32` (0, 4), `id: u16` (8), `proto: u8` (10), `_pad: u8`; 12 bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FragKey {
+    pub src: u32,
+    pub dst: u32,
+    pub id: u16,
+    pub proto: u8,
+    pub _pad: u8,
+}
+
+/// When a datagram's first fragment passed.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FragSeen {
+    pub at_ns: u64,
+}
+
 /// [`CtEntry::state`] values.
 pub const CT_NEW: u8 = 0;
 /// A reply was seen (TCP: the connection is established; UDP: a stream).
@@ -388,6 +426,8 @@ mod pod {
     unsafe impl aya::Pod for RuleAction {}
     unsafe impl aya::Pod for FwConf {}
     unsafe impl aya::Pod for CtKey {}
+    unsafe impl aya::Pod for FragKey {}
+    unsafe impl aya::Pod for FragSeen {}
     unsafe impl aya::Pod for CtEntry {}
     unsafe impl aya::Pod for RuleCounters {}
     unsafe impl aya::Pod for RateBucket {}
@@ -405,6 +445,8 @@ mod tests {
         assert_eq!(core::mem::size_of::<RuleAction>(), 16);
         assert_eq!(core::mem::size_of::<FwConf>(), 72);
         assert_eq!(core::mem::size_of::<CtKey>(), 40);
+        assert_eq!(core::mem::size_of::<FragKey>(), 12);
+        assert_eq!(core::mem::size_of::<FragSeen>(), 8);
         assert_eq!(core::mem::size_of::<CtEntry>(), 16);
         assert_eq!(core::mem::size_of::<RuleCounters>(), 16);
         assert_eq!(core::mem::size_of::<RateBucket>(), 16);

@@ -15,6 +15,12 @@
 //!    address the client called, an ICMP port-unreachable from the firewall's own address for
 //!    anything else, sent back out of the interface the packet came in on.
 //!
+//! IPv4 fragments: a datagram's first fragment carries the ports and is judged as above; when it
+//! passes, the datagram is entered into [`NF_FW_FRAGS`], and its later fragments (no ports of
+//! their own) pass after it, within the kernel's reassembly timeout. A later fragment of a
+//! datagram whose first fragment did not pass is dropped (`fw-fragment`), as nftables drops
+//! the whole datagram after the kernel's reassembly: the verdict is the datagram's, taken once.
+//!
 //! Every map here is this function's own instance, sized for its settings by userspace; the
 //! connection table and the statistics outlive a settings change (pinned per function), the
 //! compiled rules are new with each change, which the stage array switches in one step.
@@ -33,10 +39,10 @@ use netfn_common::{
     FwdEntry, KIND_DROP_BASE,
     firewall::{
         ACTION_ACCEPT, ACTION_RATE_LIMITED, ACTION_REJECT, CT_CLOSING, CT_ESTABLISHED,
-        CT_FROM_EGRESS, CT_NEW, CT_OPENED_BY_A, CtEntry, CtKey, FW_DROP_NOT_SYN,
-        FW_DROP_RATE_LIMIT, FW_DROP_REJECTED, FW_DROP_RULE, FwConf, FwStats, Key, LeafEntry,
-        NO_RULE, Node, PROTO_ICMP, PROTO_TCP, PROTO_UDP, RateBucket, RuleAction, RuleCounters,
-        walk,
+        CT_FROM_EGRESS, CT_NEW, CT_OPENED_BY_A, CtEntry, CtKey, FRAG_TIMEOUT_NS, FW_DROP_FRAGMENT,
+        FW_DROP_NOT_SYN, FW_DROP_RATE_LIMIT, FW_DROP_REJECTED, FW_DROP_RULE, FW_FRAGS_SIZE,
+        FragKey, FragSeen, FwConf, FwStats, Key, LeafEntry, NO_RULE, Node, PROTO_ICMP, PROTO_TCP,
+        PROTO_UDP, RateBucket, RuleAction, RuleCounters, walk,
     },
 };
 
@@ -62,6 +68,8 @@ static NF_FW_RULE_COUNTERS: PerCpuArray<RuleCounters> = PerCpuArray::with_max_en
 static NF_FW_CT: LruHashMap<CtKey, CtEntry> = LruHashMap::with_max_entries(1, 0);
 #[map]
 static NF_FW_STATS: PerCpuArray<FwStats> = PerCpuArray::with_max_entries(1, 0);
+#[map]
+static NF_FW_FRAGS: LruHashMap<FragKey, FragSeen> = LruHashMap::with_max_entries(FW_FRAGS_SIZE, 0);
 
 const TCP_HLEN: usize = 20;
 /// Most bytes the stage reads: Ethernet, an IPv4 header with options, and an ICMP error's
@@ -131,6 +139,32 @@ struct Packet {
     payload: u32,
     /// ICMP errors: the quoted connection (as the quoted packet went), else zero.
     inner: Option<Inner>,
+    /// Where it stands in its datagram: [`WHOLE`], [`FIRST`] or [`LATER`] (plain numbers: an
+    /// enum with data here made LLVM read registers the verifier saw unset).
+    frag: u8,
+    /// The IP identification (packet byte order): with the addresses and the protocol, it names
+    /// the datagram ([`Packet::datagram`]).
+    ip_id: u16,
+}
+
+/// [`Packet::frag`]: not fragmented.
+const WHOLE: u8 = 0;
+/// The first fragment (offset 0, more to come): it carries the transport header.
+const FIRST: u8 = 1;
+/// A later fragment: no transport header, so no ports.
+const LATER: u8 = 2;
+
+impl Packet {
+    #[inline(always)]
+    fn datagram(&self) -> FragKey {
+        FragKey {
+            src: self.src,
+            dst: self.dst,
+            id: self.ip_id,
+            proto: self.proto,
+            _pad: 0,
+        }
+    }
 }
 
 #[derive(Clone, Copy)]
@@ -161,8 +195,9 @@ pub fn nf_fw_tc(ctx: TcContext) -> i32 {
         count_drop(slot, netfn_common::DROP_MALFORMED);
         return TC_ACT_SHOT;
     };
-    match decide(&p, e, u64::from(ctx.len())) {
+    match judge(&p, e, u64::from(ctx.len())) {
         Fate::Pass { ttl } => {
+            passed(&p);
             rewrite(data, data + ETH_HLEN, ttl, e);
             send_tc(&ctx, slot, e.redirect_ifindex)
         }
@@ -220,8 +255,9 @@ pub fn nf_fw_xdp(ctx: XdpContext) -> u32 {
         count_drop(slot, netfn_common::DROP_MALFORMED);
         return xdp_action::XDP_DROP;
     };
-    match decide(&p, e, len) {
+    match judge(&p, e, len) {
         Fate::Pass { ttl } => {
+            passed(&p);
             rewrite(data, data + ETH_HLEN, ttl, e);
             send_xdp(slot, e.redirect_ifindex, len)
         }
@@ -278,7 +314,8 @@ fn parse(data: usize, data_end: usize) -> Option<Packet> {
         return None;
     }
     let tot_len = u16::from_be(read::<u16>(ip + 2)) as u32;
-    let frag = u16::from_be(read::<u16>(ip + 6)) & 0x1fff;
+    let flags = u16::from_be(read::<u16>(ip + 6));
+    let (offset, more) = (flags & 0x1fff, flags & 0x2000 != 0);
     let mut p = Packet {
         src: read(ip + 12),
         dst: read(ip + 16),
@@ -292,9 +329,15 @@ fn parse(data: usize, data_end: usize) -> Option<Packet> {
         seq: 0,
         payload: 0,
         inner: None,
+        frag: match (offset, more) {
+            (0, false) => WHOLE,
+            (0, true) => FIRST,
+            _ => LATER,
+        },
+        ip_id: read(ip + 4),
     };
-    if frag != 0 {
-        // A later fragment carries no ports: it is matched with ports 0.
+    if offset != 0 {
+        // No transport header: the datagram's first fragment decides (see `judge`).
         return Some(p);
     }
     let l4 = ip + ihl;
@@ -389,6 +432,45 @@ fn timeout(conf: &FwConf, proto: u8, state: u8) -> u64 {
         (PROTO_UDP, CT_NEW) => conf.udp_ns,
         (PROTO_UDP, _) => conf.udp_stream_ns,
         _ => conf.icmp_ns,
+    }
+}
+
+/// The firewall's decision for one packet arriving on the interface of entry `e`, fragments
+/// included: a datagram's first fragment is decided as a whole packet (it carries the ports;
+/// [`passed`] enters the datagram when it passes), and its later fragments follow that decision.
+#[inline(always)]
+fn judge(p: &Packet, e: &FwdEntry, len: u64) -> Fate {
+    match p.frag {
+        LATER => {
+            // SAFETY: a BPF helper without arguments.
+            let now = unsafe { bpf_ktime_get_ns() };
+            // SAFETY: a copy of an LRU value read now; a concurrent update only moves `at_ns`.
+            let seen = unsafe { NF_FW_FRAGS.get(&p.datagram()) }.copied();
+            match seen {
+                Some(s) if now.saturating_sub(s.at_ns) <= FRAG_TIMEOUT_NS => {
+                    Fate::Pass { ttl: p.ttl }
+                }
+                _ => Fate::Drop {
+                    reason: FW_DROP_FRAGMENT,
+                },
+            }
+        }
+        _ => decide(p, e, len),
+    }
+}
+
+/// Called for each packet that passes: a first fragment enters its datagram, whose later
+/// fragments then follow it (see [`judge`]). Here rather than in `judge`, on the branch that
+/// forwards: a second match on the verdict there made the XDP program unverifiable (LLVM read
+/// an unset register of the verdict).
+#[inline(always)]
+fn passed(p: &Packet) {
+    if p.frag == FIRST {
+        // SAFETY: a BPF helper without arguments.
+        let at_ns = unsafe { bpf_ktime_get_ns() };
+        // A full table evicts the oldest datagram; should this insert fail, the datagram's
+        // later fragments are dropped and counted (`fw-fragment`).
+        let _ = NF_FW_FRAGS.insert(&p.datagram(), &FragSeen { at_ns }, 0);
     }
 }
 
