@@ -162,11 +162,19 @@ fn serve_tcp(listener: TcpListener, me: Ipv4Addr, stop: &AtomicBool, all: &Atomi
     }
 }
 
+/// Answers every datagram with the server's address; a datagram longer than 64 bytes gets an
+/// answer as long as itself: the address, a newline, then the datagram's own bytes.
 fn serve_udp(sock: UdpSocket, me: Ipv4Addr, stop: &AtomicBool) {
-    let mut buf = [0u8; 64];
+    let mut buf = vec![0u8; 65536];
     while !stop.load(Ordering::Relaxed) {
-        if let Ok((_, from)) = sock.recv_from(&mut buf) {
-            let _ = sock.send_to(me.to_string().as_bytes(), from);
+        if let Ok((n, from)) = sock.recv_from(&mut buf) {
+            let mut answer = format!("{me}\n").into_bytes();
+            if n <= 64 {
+                answer.pop();
+            } else {
+                answer.extend_from_slice(&buf[answer.len()..n]);
+            }
+            let _ = sock.send_to(&answer, from);
         }
     }
 }
@@ -684,18 +692,37 @@ fn kernel_udp_service_answers_from_the_vip() {
     udp_service("kernel", "bw");
 }
 
+/// A chain whose load balancer serves UDP `VIP:53` with backends 0 and 1, their servers up.
+struct UdpService {
+    ingress: String,
+    _servers: Servers,
+    _guard: ChainGuard,
+    _dir: TempDir,
+}
+
+impl UdpService {
+    fn up(mode: &str, tag: &str) -> Self {
+        let chain = unique_chain(tag);
+        let dir = TempDir::new(&chain);
+        let file = dir.write(
+            "lb.toml",
+            &chain_file(&chain, mode, &service(53, "udp", &[(0, 1), (1, 1)])),
+        );
+        let guard = ChainGuard::up(&chain, &file);
+        UdpService {
+            ingress: format!("nf-{chain}-ingress"),
+            _servers: Servers::start(&format!("nf-{chain}-egress")),
+            _guard: guard,
+            _dir: dir,
+        }
+    }
+}
+
 fn udp_service(mode: &str, tag: &str) {
     let _turn = shared();
-    let chain = unique_chain(tag);
-    let dir = TempDir::new(&chain);
-    let file = dir.write(
-        "lb.toml",
-        &chain_file(&chain, mode, &service(53, "udp", &[(0, 1), (1, 1)])),
-    );
-    let _guard = ChainGuard::up(&chain, &file);
-    let _servers = Servers::start(&format!("nf-{chain}-egress"));
-    let ingress = format!("nf-{chain}-ingress");
-    let answers: Vec<Ipv4Addr> = in_netns(&ingress, || {
+    let lab = UdpService::up(mode, tag);
+    let ingress = &lab.ingress;
+    let answers: Vec<Ipv4Addr> = in_netns(ingress, || {
         (43_000..43_100)
             .map(|sport| {
                 let s = UdpSocket::bind(SocketAddrV4::new(CLIENT, sport)).expect("bind");
@@ -719,6 +746,64 @@ fn udp_service(mode: &str, tag: &str) {
     for server in [SERVERS[0], SERVERS[1]] {
         let n = answers.iter().filter(|a| **a == server).count();
         assert!(n > 20, "{mode}: {server} answered {n} of 100 flows");
+    }
+}
+
+/// A datagram larger than the path's MTU crosses in fragments, and only the first carries the
+/// ports: every fragment of a 3,000-byte datagram to the VIP reaches the backend its first was
+/// balanced to, and the backend's 3,000-byte answer comes back whole from the VIP, in every mode
+/// (kernel mode: conntrack reassembles before NAT).
+#[test]
+fn tc_fragmented_datagrams_reach_a_backend_and_come_back() {
+    fragmented_datagrams("tc", "bf");
+}
+
+#[test]
+fn xdp_fragmented_datagrams_reach_a_backend_and_come_back() {
+    fragmented_datagrams("xdp", "bg");
+}
+
+#[test]
+fn kernel_fragmented_datagrams_reach_a_backend_and_come_back() {
+    fragmented_datagrams("kernel", "bh");
+}
+
+fn fragmented_datagrams(mode: &str, tag: &str) {
+    let _turn = shared();
+    let lab = UdpService::up(mode, tag);
+    let ingress = &lab.ingress;
+    let sent: Vec<u8> = (0..3000u32).map(|i| (i % 251) as u8).collect();
+    let answers: Vec<Ipv4Addr> = in_netns(ingress, || {
+        (44_000..44_020)
+            .map(|sport| {
+                let s = UdpSocket::bind(SocketAddrV4::new(CLIENT, sport)).expect("bind");
+                // Connected: only datagrams from the VIP reach this socket.
+                s.connect(SocketAddrV4::new(VIP, 53)).expect("connect");
+                s.set_read_timeout(Some(Duration::from_secs(2)))
+                    .expect("timeout");
+                s.send(&sent).expect("send");
+                let mut buf = vec![0u8; 65536];
+                let n = s.recv(&mut buf).unwrap_or_else(|e| {
+                    panic!("{mode}: no answer to a 3,000-byte datagram from port {sport}: {e}")
+                });
+                let answer = &buf[..n];
+                let line = answer.iter().position(|&b| b == b'\n').unwrap_or(n);
+                assert!(
+                    n == sent.len() && answer[line + 1..] == sent[line + 1..],
+                    "{mode}: port {sport}: a {n}-byte answer, not the 3,000 bytes sent"
+                );
+                String::from_utf8_lossy(&answer[..line])
+                    .parse()
+                    .unwrap_or_else(|e| panic!("{mode}: port {sport}: {e}"))
+            })
+            .collect()
+    });
+    for server in [SERVERS[0], SERVERS[1]] {
+        let n = answers.iter().filter(|a| **a == server).count();
+        assert!(
+            n > 0,
+            "{mode}: {server} answered none of 20 flows: {answers:?}"
+        );
     }
 }
 

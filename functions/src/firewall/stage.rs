@@ -5,8 +5,8 @@
 
 use netfn_common::firewall::{
     ACTION_ACCEPT, ACTION_DROP, ACTION_REJECT, FW_ACTIONS_MAP, FW_CONF_MAP, FW_CT_MAP,
-    FW_ENTRIES_MAP, FW_FRAGS_MAP, FW_FRAGS_SIZE, FW_NODES_MAP, FW_RATE_MAP, FW_RULE_COUNTERS_MAP,
-    FW_STATS_MAP, FW_TC_PROGRAM, FW_XDP_PROGRAM, FwConf, LeafEntry, Node, RuleAction,
+    FW_ENTRIES_MAP, FW_FRAGS_MAP, FW_NODES_MAP, FW_RATE_MAP, FW_RULE_COUNTERS_MAP, FW_STATS_MAP,
+    FW_TC_PROGRAM, FW_XDP_PROGRAM, FwConf, LeafEntry, Node, RuleAction,
 };
 use std::sync::Arc;
 
@@ -73,7 +73,7 @@ impl StageContent for Content {
             (FW_CONF_MAP, 1),
             (FW_CT_MAP, self.conntrack.size.max(1)),
             (FW_STATS_MAP, 1),
-            (FW_FRAGS_MAP, FW_FRAGS_SIZE),
+            (FW_FRAGS_MAP, netfn_common::FRAGS_SIZE),
         ]
     }
 

@@ -5,7 +5,8 @@
 //! service owns two halves of the table map. A new instance gets Maglev tables built over the
 //! live instance's ones (read from its pins), so a settings change moves only the flows it must
 //! even for flows the connection table no longer holds, and backends keep the health state the
-//! live instance has for them. The connection table and the statistics carry over; the
+//! live instance has for them. The connection table, the statistics and the table of
+//! fragmented datagrams in flight carry over; the
 //! backends' way back ([`super::reverse`]) is built anew, keeping what left.
 
 use std::collections::HashMap as Map;
@@ -15,9 +16,9 @@ use std::path::Path;
 use aya::maps::{Array, HashMap, MapData};
 use netfn_common::lb::{
     BACKEND_DOWN, Backend, BackendKey, FAMILY_V4, FAMILY_V6, LB_BACKEND_COUNTERS_MAP,
-    LB_BACKENDS_MAP, LB_CONF_MAP, LB_FLOWS_MAP, LB_REVERSE_MAP, LB_SERVICES_MAP, LB_STATS_MAP,
-    LB_TABLE_MAP, LB_TC_PROGRAM, LB_XDP_PROGRAM, LbConf, NO_BACKEND, Reverse, Service, ServiceKey,
-    counter_stride, flow_sets,
+    LB_BACKENDS_MAP, LB_CONF_MAP, LB_FLOWS_MAP, LB_FRAGS_MAP, LB_REVERSE_MAP, LB_SERVICES_MAP,
+    LB_STATS_MAP, LB_TABLE_MAP, LB_TC_PROGRAM, LB_XDP_PROGRAM, LbConf, NO_BACKEND, Reverse,
+    Service, ServiceKey, counter_stride, flow_sets,
 };
 use netfn_core::function::{
     FunctionContext, Stage, StageContent, StageError, StageMaps, StagePrograms,
@@ -40,7 +41,7 @@ impl Stage for LbConfig {
     }
 
     fn kept_maps(&self) -> &'static [&'static str] {
-        &[LB_FLOWS_MAP, LB_STATS_MAP]
+        &[LB_FLOWS_MAP, LB_STATS_MAP, LB_FRAGS_MAP]
     }
 
     /// Pinned so that readers (metrics, the health checks, the next instance) find the live
@@ -212,6 +213,7 @@ impl StageContent for Content<'_> {
             (LB_FLOWS_MAP, flow_sets(s.conntrack.size)),
             (LB_STATS_MAP, 1),
             (LB_REVERSE_MAP, reverse_capacity(s)),
+            (LB_FRAGS_MAP, netfn_common::FRAGS_SIZE),
         ]
     }
 

@@ -28,14 +28,9 @@ pub const FW_RULE_COUNTERS_MAP: &str = "NF_FW_RULE_COUNTERS";
 /// Kept across settings changes: the connection table and the function's statistics.
 pub const FW_CT_MAP: &str = "NF_FW_CT";
 pub const FW_STATS_MAP: &str = "NF_FW_STATS";
-/// Kept too: the IPv4 datagrams whose first fragment passed ([`FragKey`] → [`FragSeen`]), so
-/// that their later fragments (which carry no ports) follow it.
+/// Kept too: the IPv4 datagrams whose first fragment passed ([`crate::FragKey`] →
+/// [`FragSeen`]), so that their later fragments (which carry no ports) follow it.
 pub const FW_FRAGS_MAP: &str = "NF_FW_FRAGS";
-/// Datagrams in fragments the table follows at once (LRU: the oldest go first).
-pub const FW_FRAGS_SIZE: u32 = 4096;
-/// How long after its first fragment a datagram's later fragments still pass: Linux's
-/// reassembly timeout (`net.ipv4.ipfrag_time`, 30 s by default).
-pub const FRAG_TIMEOUT_NS: u64 = 30_000_000_000;
 
 /// The stage programs.
 pub const FW_TC_PROGRAM: &str = "nf_fw_tc";
@@ -47,7 +42,7 @@ pub const FW_DROP_RATE_LIMIT: usize = 1;
 pub const FW_DROP_NOT_SYN: usize = 2;
 pub const FW_DROP_REJECTED: usize = 3;
 /// A later fragment of an IPv4 datagram whose first fragment did not pass (dropped, not seen,
-/// or seen more than [`FRAG_TIMEOUT_NS`] ago).
+/// or seen more than [`crate::FRAG_TIMEOUT_NS`] ago).
 pub const FW_DROP_FRAGMENT: usize = 4;
 pub const FW_DROP_REASON_NAMES: [&str; 5] = [
     "fw-rule",
@@ -336,20 +331,6 @@ pub struct CtKey {
     pub _pad: [u8; 3],
 }
 
-/// An IPv4 datagram in fragments, as all its fragments name it: addresses (packet byte order),
-/// IP identification (packet byte order) and protocol.
-///
-/// Layout: `src, dst: u32` (0, 4), `id: u16` (8), `proto: u8` (10), `_pad: u8`; 12 bytes.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub struct FragKey {
-    pub src: u32,
-    pub dst: u32,
-    pub id: u16,
-    pub proto: u8,
-    pub _pad: u8,
-}
-
 /// When a datagram's first fragment passed.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -426,7 +407,6 @@ mod pod {
     unsafe impl aya::Pod for RuleAction {}
     unsafe impl aya::Pod for FwConf {}
     unsafe impl aya::Pod for CtKey {}
-    unsafe impl aya::Pod for FragKey {}
     unsafe impl aya::Pod for FragSeen {}
     unsafe impl aya::Pod for CtEntry {}
     unsafe impl aya::Pod for RuleCounters {}
@@ -445,7 +425,6 @@ mod tests {
         assert_eq!(core::mem::size_of::<RuleAction>(), 16);
         assert_eq!(core::mem::size_of::<FwConf>(), 72);
         assert_eq!(core::mem::size_of::<CtKey>(), 40);
-        assert_eq!(core::mem::size_of::<FragKey>(), 12);
         assert_eq!(core::mem::size_of::<FragSeen>(), 8);
         assert_eq!(core::mem::size_of::<CtEntry>(), 16);
         assert_eq!(core::mem::size_of::<RuleCounters>(), 16);

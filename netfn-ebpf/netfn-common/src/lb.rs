@@ -41,6 +41,10 @@ pub const LB_FLOWS_MAP: &str = "NF_LB_FLOWS";
 pub const LB_STATS_MAP: &str = "NF_LB_STATS";
 /// Per backend `addr:port:proto`: the services it answers for ([`BackendKey`] → [`Reverse`]).
 pub const LB_REVERSE_MAP: &str = "NF_LB_REVERSE";
+/// Kept: the IPv4 datagrams in fragments whose first fragment went through
+/// ([`crate::FragKey`] → [`LbFrag`]): their later fragments (no ports of their own) get the
+/// address rewrite the first got.
+pub const LB_FRAGS_MAP: &str = "NF_LB_FRAGS";
 
 /// The stage programs.
 pub const LB_TC_PROGRAM: &str = "nf_lb_tc";
@@ -53,8 +57,32 @@ pub const LB_DROP_NO_BACKEND: usize = 0;
 /// address (the client would reset, the backend too); dropped, the client's next packet is
 /// balanced again (to the same backend while the table is unchanged) and the flow goes on.
 pub const LB_DROP_REPLY_UNTRACKED: usize = 1;
-pub const LB_DROP_REASON_NAMES: [&str; 2] = ["lb-no-backend", "lb-reply-untracked"];
+/// A later fragment of a datagram whose first fragment did not go through (dropped, not seen,
+/// or seen more than [`crate::FRAG_TIMEOUT_NS`] ago): the address it needs is not known.
+pub const LB_DROP_FRAGMENT: usize = 2;
+pub const LB_DROP_REASON_NAMES: [&str; 3] = ["lb-no-backend", "lb-reply-untracked", "lb-fragment"];
 const _: () = assert!(LB_DROP_REASON_NAMES.len() <= super::DROP_SLOTS - super::KIND_DROP_BASE);
+
+/// [`LbFrag::rewrite`]: what a datagram's later fragments get.
+pub const FRAG_PASS: u8 = 0;
+/// The destination becomes [`LbFrag::addr`] (a backend).
+pub const FRAG_TO_BACKEND: u8 = 1;
+/// The source becomes [`LbFrag::addr`] (the VIP).
+pub const FRAG_TO_CLIENT: u8 = 2;
+
+/// A datagram in fragments whose first fragment went through: when, and the address rewrite its
+/// later fragments get (their ports, in the first fragment, were rewritten there).
+///
+/// Layout: `at_ns: u64` (0), `addr: u32` (8, packet byte order), `rewrite: u8` (12), `_pad`;
+/// 16 bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LbFrag {
+    pub at_ns: u64,
+    pub addr: u32,
+    pub rewrite: u8,
+    pub _pad: [u8; 3],
+}
 
 /// A table entry of a service without a backend to take new flows.
 pub const NO_BACKEND: u32 = u32::MAX;
@@ -317,6 +345,7 @@ mod pod {
     unsafe impl aya::Pod for Reverse {}
     unsafe impl aya::Pod for BackendCounters {}
     unsafe impl aya::Pod for LbStats {}
+    unsafe impl aya::Pod for LbFrag {}
 }
 
 #[cfg(test)]
@@ -336,6 +365,7 @@ mod tests {
         assert_eq!(core::mem::size_of::<Reverse>(), 84);
         assert_eq!(core::mem::size_of::<BackendCounters>(), 24);
         assert_eq!(core::mem::size_of::<LbStats>(), 40);
+        assert_eq!(core::mem::size_of::<LbFrag>(), 16);
     }
 
     #[test]

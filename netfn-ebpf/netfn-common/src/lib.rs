@@ -192,6 +192,31 @@ pub const fn mac_words(mac: [u8; 6]) -> [u16; 3] {
     ]
 }
 
+/// An IPv4 datagram in fragments, as all its fragments name it: addresses (packet byte order),
+/// IP identification (packet byte order) and protocol. A kind's stage that needs the ports
+/// (firewall, load balancer) judges a datagram by its first fragment and keys what later
+/// fragments must follow by this.
+///
+/// Layout: `src, dst: u32` (0, 4), `id: u16` (8), `proto: u8` (10), `_pad: u8`; 12 bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FragKey {
+    pub src: u32,
+    pub dst: u32,
+    pub id: u16,
+    pub proto: u8,
+    pub _pad: u8,
+}
+
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for FragKey {}
+
+/// Datagrams in fragments a stage follows at once (its table is LRU: the oldest go first).
+pub const FRAGS_SIZE: u32 = 4096;
+/// How long after its first fragment a datagram's later fragments still follow it: Linux's
+/// reassembly timeout (`net.ipv4.ipfrag_time`, 30 s by default).
+pub const FRAG_TIMEOUT_NS: u64 = 30_000_000_000;
+
 /// Drop reasons, the indexes of [`FnCounters::drops`]: the forwarder's own below
 /// [`KIND_DROP_BASE`], a kind's stage from there on.
 pub const DROP_SPOOFED_MAC: usize = 0;
@@ -274,7 +299,7 @@ unsafe impl aya::Pod for FnCounters {}
 #[cfg(test)]
 mod tests {
     use super::{
-        DROP_REASON_NAMES, DROP_SLOTS, FnCounters, FwdEntry, FwdRow, IfCounters, mac_words,
+        DROP_REASON_NAMES, DROP_SLOTS, FnCounters, FragKey, FwdEntry, FwdRow, IfCounters, mac_words,
     };
 
     #[test]
@@ -291,6 +316,7 @@ mod tests {
         assert_eq!(core::mem::size_of::<FwdRow>(), 4 + 2 * 56);
         assert_eq!(core::mem::align_of::<FwdRow>(), 4);
         assert_eq!(core::mem::size_of::<FnCounters>(), 8 * (3 + DROP_SLOTS));
+        assert_eq!(core::mem::size_of::<FragKey>(), 12);
         assert!(DROP_REASON_NAMES.len() <= super::KIND_DROP_BASE);
     }
 

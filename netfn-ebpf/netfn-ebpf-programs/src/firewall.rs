@@ -36,20 +36,19 @@ use aya_ebpf::{
     programs::{TcContext, XdpContext},
 };
 use netfn_common::{
-    FwdEntry, KIND_DROP_BASE,
+    FRAG_TIMEOUT_NS, FRAGS_SIZE, FragKey, FwdEntry, KIND_DROP_BASE,
     firewall::{
         ACTION_ACCEPT, ACTION_RATE_LIMITED, ACTION_REJECT, CT_CLOSING, CT_ESTABLISHED,
-        CT_FROM_EGRESS, CT_NEW, CT_OPENED_BY_A, CtEntry, CtKey, FRAG_TIMEOUT_NS, FW_DROP_FRAGMENT,
-        FW_DROP_NOT_SYN, FW_DROP_RATE_LIMIT, FW_DROP_REJECTED, FW_DROP_RULE, FW_FRAGS_SIZE,
-        FragKey, FragSeen, FwConf, FwStats, Key, LeafEntry, NO_RULE, Node, PROTO_ICMP, PROTO_TCP,
+        CT_FROM_EGRESS, CT_NEW, CT_OPENED_BY_A, CtEntry, CtKey, FW_DROP_FRAGMENT,
+        FW_DROP_NOT_SYN, FW_DROP_RATE_LIMIT, FW_DROP_REJECTED, FW_DROP_RULE, FragSeen, FwConf, FwStats, Key, LeafEntry, NO_RULE, Node, PROTO_ICMP, PROTO_TCP,
         PROTO_UDP, RateBucket, RuleAction, RuleCounters, walk,
     },
 };
 
 use crate::forwarder::{self, count_drop, read, rewrite, send_tc, send_xdp};
 use crate::headers::{
-    ETH_HLEN, ICMP_DEST_UNREACH, ICMP_HLEN, ICMP_PARAMETER_PROBLEM, ICMP_TIME_EXCEEDED, IP_HLEN,
-    TCP_FIN, TCP_RST, fold, words,
+    ETH_HLEN, FIRST, ICMP_DEST_UNREACH, ICMP_HLEN, ICMP_PARAMETER_PROBLEM, ICMP_TIME_EXCEEDED,
+    IP_HLEN, LATER, TCP_FIN, TCP_RST, datagram, fold, fragment, words,
 };
 
 #[map]
@@ -69,7 +68,7 @@ static NF_FW_CT: LruHashMap<CtKey, CtEntry> = LruHashMap::with_max_entries(1, 0)
 #[map]
 static NF_FW_STATS: PerCpuArray<FwStats> = PerCpuArray::with_max_entries(1, 0);
 #[map]
-static NF_FW_FRAGS: LruHashMap<FragKey, FragSeen> = LruHashMap::with_max_entries(FW_FRAGS_SIZE, 0);
+static NF_FW_FRAGS: LruHashMap<FragKey, FragSeen> = LruHashMap::with_max_entries(FRAGS_SIZE, 0);
 
 const TCP_HLEN: usize = 20;
 /// Most bytes the stage reads: Ethernet, an IPv4 header with options, and an ICMP error's
@@ -147,25 +146,6 @@ struct Packet {
     ip_id: u16,
 }
 
-/// [`Packet::frag`]: not fragmented.
-const WHOLE: u8 = 0;
-/// The first fragment (offset 0, more to come): it carries the transport header.
-const FIRST: u8 = 1;
-/// A later fragment: no transport header, so no ports.
-const LATER: u8 = 2;
-
-impl Packet {
-    #[inline(always)]
-    fn datagram(&self) -> FragKey {
-        FragKey {
-            src: self.src,
-            dst: self.dst,
-            id: self.ip_id,
-            proto: self.proto,
-            _pad: 0,
-        }
-    }
-}
 
 #[derive(Clone, Copy)]
 struct Inner {
@@ -314,8 +294,6 @@ fn parse(data: usize, data_end: usize) -> Option<Packet> {
         return None;
     }
     let tot_len = u16::from_be(read::<u16>(ip + 2)) as u32;
-    let flags = u16::from_be(read::<u16>(ip + 6));
-    let (offset, more) = (flags & 0x1fff, flags & 0x2000 != 0);
     let mut p = Packet {
         src: read(ip + 12),
         dst: read(ip + 16),
@@ -329,14 +307,10 @@ fn parse(data: usize, data_end: usize) -> Option<Packet> {
         seq: 0,
         payload: 0,
         inner: None,
-        frag: match (offset, more) {
-            (0, false) => WHOLE,
-            (0, true) => FIRST,
-            _ => LATER,
-        },
+        frag: fragment(u16::from_be(read(ip + 6))),
         ip_id: read(ip + 4),
     };
-    if offset != 0 {
+    if p.frag == LATER {
         // No transport header: the datagram's first fragment decides (see `judge`).
         return Some(p);
     }
@@ -445,7 +419,7 @@ fn judge(p: &Packet, e: &FwdEntry, len: u64) -> Fate {
             // SAFETY: a BPF helper without arguments.
             let now = unsafe { bpf_ktime_get_ns() };
             // SAFETY: a copy of an LRU value read now; a concurrent update only moves `at_ns`.
-            let seen = unsafe { NF_FW_FRAGS.get(&p.datagram()) }.copied();
+            let seen = unsafe { NF_FW_FRAGS.get(&datagram(p.src, p.dst, p.ip_id, p.proto)) }.copied();
             match seen {
                 Some(s) if now.saturating_sub(s.at_ns) <= FRAG_TIMEOUT_NS => {
                     Fate::Pass { ttl: p.ttl }
@@ -470,7 +444,7 @@ fn passed(p: &Packet) {
         let at_ns = unsafe { bpf_ktime_get_ns() };
         // A full table evicts the oldest datagram; should this insert fail, the datagram's
         // later fragments are dropped and counted (`fw-fragment`).
-        let _ = NF_FW_FRAGS.insert(&p.datagram(), &FragSeen { at_ns }, 0);
+        let _ = NF_FW_FRAGS.insert(&datagram(p.src, p.dst, p.ip_id, p.proto), &FragSeen { at_ns }, 0);
     }
 }
 

@@ -26,3 +26,33 @@ pub(crate) fn fold(mut sum: u32) -> u16 {
 pub(crate) fn words(v: u32) -> u32 {
     (v & 0xffff) + (v >> 16)
 }
+
+/// Where a packet stands in its IPv4 datagram (plain numbers: the verifier's view of an enum
+/// with data in the stages' packet records proved fragile): not fragmented.
+pub(crate) const WHOLE: u8 = 0;
+/// The first fragment (offset 0, more to come): it carries the transport header.
+pub(crate) const FIRST: u8 = 1;
+/// A later fragment: no transport header, so no ports.
+pub(crate) const LATER: u8 = 2;
+
+/// [`WHOLE`], [`FIRST`] or [`LATER`], from an IPv4 header's flags and fragment offset (host order).
+#[inline(always)]
+pub(crate) fn fragment(flags: u16) -> u8 {
+    match (flags & 0x1fff, flags & 0x2000 != 0) {
+        (0, false) => WHOLE,
+        (0, true) => FIRST,
+        _ => LATER,
+    }
+}
+
+/// The name all fragments of a datagram share (addresses and id in packet byte order).
+#[inline(always)]
+pub(crate) fn datagram(src: u32, dst: u32, id: u16, proto: u8) -> netfn_common::FragKey {
+    netfn_common::FragKey {
+        src,
+        dst,
+        id,
+        proto,
+        _pad: 0,
+    }
+}

@@ -20,6 +20,12 @@
 //! no longer has that backend): a TCP client then gets a reset from the new backend at once,
 //! instead of waiting out retransmissions toward a dead server; a UDP flow simply moves.
 //!
+//! IPv4 fragments: only a datagram's first fragment carries the ports, so it is the one balanced
+//! (or answered, or passed) as above; the address rewrite it got is entered in [`NF_LB_FRAGS`]
+//! under the datagram's name, and its later fragments get the same (their IP header only: the
+//! transport checksum, in the first fragment, was updated there for the whole datagram). A later
+//! fragment whose first did not go through is dropped (`lb-fragment`): its address is not known.
+//!
 //! Checksums: TC rewrites through `bpf_l3_csum_replace` / `bpf_l4_csum_replace`, which also keep
 //! a `CHECKSUM_PARTIAL` skb right (its L4 field then holds only the pseudo-header sum); XDP frames
 //! carry full checksums (netfn turns tx checksum offload off in xdp chains), updated here
@@ -36,15 +42,16 @@ use aya_ebpf::{
         bpf_get_smp_processor_id, bpf_ktime_get_ns, bpf_xdp_load_bytes, bpf_xdp_store_bytes,
     },
     macros::{classifier, map, xdp},
-    maps::{Array, HashMap, PerCpuArray},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray},
     programs::{TcContext, XdpContext},
 };
 use netfn_common::{
-    DIR_FORWARD, FwdEntry, KIND_DROP_BASE,
+    DIR_FORWARD, FRAG_TIMEOUT_NS, FRAGS_SIZE, FragKey, FwdEntry, KIND_DROP_BASE,
     firewall::{PROTO_ICMP, PROTO_TCP, PROTO_UDP},
     lb::{
-        BACKEND_DOWN, Backend, BackendCounters, BackendKey, FAMILY_V4, LB_CT_CLOSING, LB_CT_OPEN,
-        LB_DROP_NO_BACKEND, LB_DROP_REPLY_UNTRACKED, LB_FLOW_WAYS, LbConf, LbFlow, LbFlowSet,
+        BACKEND_DOWN, Backend, BackendCounters, BackendKey, FAMILY_V4, FRAG_PASS, FRAG_TO_BACKEND,
+        FRAG_TO_CLIENT, LB_CT_CLOSING, LB_CT_OPEN, LB_DROP_FRAGMENT, LB_DROP_NO_BACKEND,
+        LB_DROP_REPLY_UNTRACKED, LB_FLOW_WAYS, LbConf, LbFlow, LbFlowSet, LbFrag,
         LbStats, NO_BACKEND, REVERSE_SERVICES, Reverse, Service, ServiceKey, counter_index,
         flow_hash,
     },
@@ -52,8 +59,8 @@ use netfn_common::{
 
 use crate::forwarder::{self, count_drop, read, rewrite, send_tc, send_xdp};
 use crate::headers::{
-    ETH_HLEN, ICMP_DEST_UNREACH, ICMP_HLEN, ICMP_PARAMETER_PROBLEM, ICMP_TIME_EXCEEDED, IP_HLEN,
-    TCP_FIN, TCP_RST, fold, words,
+    ETH_HLEN, FIRST, ICMP_DEST_UNREACH, ICMP_HLEN, ICMP_PARAMETER_PROBLEM, ICMP_TIME_EXCEEDED,
+    IP_HLEN, LATER, TCP_FIN, TCP_RST, WHOLE, datagram, fold, fragment, words,
 };
 
 #[map]
@@ -79,6 +86,8 @@ static NF_LB_STATS: PerCpuArray<LbStats> = PerCpuArray::with_max_entries(1, 0);
 #[map]
 static NF_LB_REVERSE: HashMap<BackendKey, Reverse> =
     HashMap::with_max_entries(1, BPF_F_NO_PREALLOC);
+#[map]
+static NF_LB_FRAGS: LruHashMap<FragKey, LbFrag> = LruHashMap::with_max_entries(FRAGS_SIZE, 0);
 
 /// Most bytes the stage reads: Ethernet, an IPv4 header with options, and a TCP header's first
 /// 20 bytes or an ICMP error's header, quoted IPv4 header and ports.
@@ -98,7 +107,14 @@ struct Packet {
     l4: usize,
     /// An ICMP error: the packet it quotes (`proto` is then 0).
     quoted: Option<Quoted>,
+    /// Where it stands in its datagram: [`WHOLE`], [`FIRST`] or [`LATER`] (plain numbers, as
+    /// the firewall's: the verifier's view of an enum with data is fragile).
+    frag: u8,
+    /// The IP identification (packet byte order), naming the datagram with the addresses and
+    /// the protocol ([`Packet::datagram`]).
+    ip_id: u16,
 }
+
 
 /// The TCP or UDP packet an ICMP error quotes (addresses and ports in packet byte order).
 #[derive(Clone, Copy)]
@@ -133,6 +149,12 @@ enum Fate {
         vip: u32,
         port: u16,
     },
+    /// A later fragment of a datagram whose first fragment was rewritten: the destination
+    /// (toward a backend) or the source (back to a client) becomes `addr`, ports untouched.
+    Readdress {
+        to_backend: bool,
+        addr: u32,
+    },
 }
 
 /// TC stage (`fastpath = "tc"`).
@@ -153,8 +175,13 @@ pub fn nf_lb_tc(ctx: TcContext) -> i32 {
         count_drop(slot, netfn_common::DROP_MALFORMED);
         return TC_ACT_SHOT;
     };
-    match decide(&p, e, u64::from(ctx.len())) {
-        Fate::Pass => {}
+    let fate = if p.frag == LATER {
+        later(&p)
+    } else {
+        decide(&p, e, u64::from(ctx.len()))
+    };
+    match fate {
+        Fate::Pass => first_fragment(&p, FRAG_PASS, 0),
         Fate::Drop { reason } => {
             count_drop(slot, KIND_DROP_BASE + reason);
             return TC_ACT_SHOT;
@@ -164,6 +191,7 @@ pub fn nf_lb_tc(ctx: TcContext) -> i32 {
             addr,
             port,
         } => {
+            first_fragment(&p, rewrite_of(to_backend), addr);
             if nat_tc(&ctx, &p, to_backend, addr, port).is_err() {
                 count_drop(slot, netfn_common::DROP_MALFORMED);
                 return TC_ACT_SHOT;
@@ -171,6 +199,12 @@ pub fn nf_lb_tc(ctx: TcContext) -> i32 {
         }
         Fate::IcmpBack { vip, port } => {
             if icmp_back_tc(&ctx, &p, vip, port).is_err() {
+                count_drop(slot, netfn_common::DROP_MALFORMED);
+                return TC_ACT_SHOT;
+            }
+        }
+        Fate::Readdress { to_backend, addr } => {
+            if readdress_tc(&ctx, &p, to_backend, addr).is_err() {
                 count_drop(slot, netfn_common::DROP_MALFORMED);
                 return TC_ACT_SHOT;
             }
@@ -200,8 +234,13 @@ pub fn nf_lb_xdp(ctx: XdpContext) -> u32 {
         count_drop(slot, netfn_common::DROP_MALFORMED);
         return xdp_action::XDP_DROP;
     };
-    match decide(&p, e, len) {
-        Fate::Pass => {}
+    let fate = if p.frag == LATER {
+        later(&p)
+    } else {
+        decide(&p, e, len)
+    };
+    match fate {
+        Fate::Pass => first_fragment(&p, FRAG_PASS, 0),
         Fate::Drop { reason } => {
             count_drop(slot, KIND_DROP_BASE + reason);
             return xdp_action::XDP_DROP;
@@ -210,7 +249,11 @@ pub fn nf_lb_xdp(ctx: XdpContext) -> u32 {
             to_backend,
             addr,
             port,
-        } => nat_xdp(data, data_end, &p, to_backend, addr, port),
+        } => {
+            first_fragment(&p, rewrite_of(to_backend), addr);
+            nat_xdp(data, data_end, &p, to_backend, addr, port);
+        }
+        Fate::Readdress { to_backend, addr } => readdress_xdp(data, data_end, &p, to_backend, addr),
         Fate::IcmpBack { vip, port } => {
             if icmp_back_xdp(&ctx, &p, vip, port).is_err() {
                 count_drop(slot, netfn_common::DROP_MALFORMED);
@@ -249,15 +292,22 @@ fn parse(data: usize, data_end: usize) -> Option<Packet> {
         tcp_flags: 0,
         l4: ETH_HLEN + ihl,
         quoted: None,
+        frag: WHOLE,
+        ip_id: read(ip + 4),
     };
     let proto: u8 = read(ip + 9);
-    if proto == PROTO_ICMP {
-        p.quoted = quoted(ETH_HLEN + ihl, data, data_end);
+    let frag = fragment(u16::from_be(read(ip + 6)));
+    if proto != PROTO_TCP && proto != PROTO_UDP {
+        // A later fragment of an ICMP datagram has no ICMP header to read.
+        if proto == PROTO_ICMP && frag != LATER {
+            p.quoted = quoted(ETH_HLEN + ihl, data, data_end);
+        }
         return Some(p);
     }
-    // More fragments, or a later one: no ports to balance by (passed unchanged).
-    let frag = u16::from_be(read::<u16>(ip + 6)) & 0x3fff;
-    if frag != 0 || (proto != PROTO_TCP && proto != PROTO_UDP) {
+    p.proto = proto;
+    p.frag = frag;
+    if frag == LATER {
+        // No ports: it follows its first fragment (see `later`).
         return Some(p);
     }
     let l4 = ip + ihl;
@@ -270,8 +320,64 @@ fn parse(data: usize, data_end: usize) -> Option<Packet> {
     if proto == PROTO_TCP {
         p.tcp_flags = read(l4 + 13);
     }
-    p.proto = proto;
     Some(p)
+}
+
+/// What a datagram's later fragments get when its first was rewritten toward a backend or back
+/// to a client.
+#[inline(always)]
+fn rewrite_of(to_backend: bool) -> u8 {
+    if to_backend {
+        FRAG_TO_BACKEND
+    } else {
+        FRAG_TO_CLIENT
+    }
+}
+
+/// Called with each packet that goes on (`rewrite` and `addr` as for [`LbFrag`]): a first
+/// fragment enters its datagram, whose later fragments then get the same ([`later`]).
+#[inline(always)]
+fn first_fragment(p: &Packet, rewrite: u8, addr: u32) {
+    if p.frag != FIRST {
+        return;
+    }
+    // SAFETY: a BPF helper without arguments.
+    let at_ns = unsafe { bpf_ktime_get_ns() };
+    let entry = LbFrag {
+        at_ns,
+        addr,
+        rewrite,
+        _pad: [0; 3],
+    };
+    // A full table evicts the oldest datagram; should this insert fail, the later fragments
+    // are dropped and counted (`lb-fragment`).
+    let _ = NF_LB_FRAGS.insert(&datagram(p.src, p.dst, p.ip_id, p.proto), &entry, 0);
+}
+
+/// A later fragment: what its datagram's first fragment got, within the kernel's reassembly
+/// timeout; else it is dropped (`lb-fragment`).
+#[inline(always)]
+fn later(p: &Packet) -> Fate {
+    // SAFETY: a BPF helper without arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    // SAFETY: a copy of an LRU value read now; userspace never writes this map.
+    let entry = unsafe { NF_LB_FRAGS.get(&datagram(p.src, p.dst, p.ip_id, p.proto)) }.copied();
+    match entry {
+        Some(f) if now.saturating_sub(f.at_ns) <= FRAG_TIMEOUT_NS => match f.rewrite {
+            FRAG_TO_BACKEND => Fate::Readdress {
+                to_backend: true,
+                addr: f.addr,
+            },
+            FRAG_TO_CLIENT => Fate::Readdress {
+                to_backend: false,
+                addr: f.addr,
+            },
+            _ => Fate::Pass,
+        },
+        _ => Fate::Drop {
+            reason: LB_DROP_FRAGMENT,
+        },
+    }
 }
 
 /// The TCP or UDP packet quoted by the ICMP error at offset `l4` of the frame `data..data_end`.
@@ -858,6 +964,43 @@ fn nat_xdp_l4<const CHECK: usize>(
         if !udp_without_checksum {
             ptr::write((l4 + CHECK) as *mut u16, new_l4_check);
         }
+    }
+}
+
+/// The destination (`to_backend`) or the source of the IPv4 header, and where it is in the frame.
+#[inline(always)]
+fn readdressed(p: &Packet, to_backend: bool) -> (usize, u32) {
+    if to_backend {
+        (ETH_HLEN + 16, p.dst)
+    } else {
+        (ETH_HLEN + 12, p.src)
+    }
+}
+
+/// TC: a later fragment's address rewrite (IP header and its checksum only).
+#[inline(always)]
+fn readdress_tc(ctx: &TcContext, p: &Packet, to_backend: bool, addr: u32) -> Result<(), i64> {
+    let (at, old) = readdressed(p, to_backend);
+    ctx.l3_csum_replace(ETH_HLEN + 10, u64::from(old), u64::from(addr), 4)?;
+    ctx.store(at, &addr, 0)?;
+    Ok(())
+}
+
+/// XDP: the same by hand (RFC 1624).
+#[inline(always)]
+fn readdress_xdp(data: usize, data_end: usize, p: &Packet, to_backend: bool, addr: u32) {
+    let ip = data + ETH_HLEN;
+    if ip + IP_HLEN > data_end {
+        return;
+    }
+    let (at, old) = readdressed(p, to_backend);
+    let check: u16 = read(ip + 10);
+    let not_old = u32::from(!(old as u16)) + u32::from(!((old >> 16) as u16));
+    let new_check = fold(u32::from(!check) + not_old + words(addr));
+    // SAFETY: both writes are inside the IPv4 header's first 20 bytes, checked above.
+    unsafe {
+        ptr::write((data + at) as *mut u32, addr);
+        ptr::write((ip + 10) as *mut u16, new_check);
     }
 }
 
