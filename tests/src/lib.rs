@@ -341,25 +341,35 @@ pub fn accept_until(listener: &TcpListener, stopped: impl Fn() -> bool) -> Optio
     None
 }
 
+/// setsockopt(2) of `value` (a plain C value: an int, a `linger`…) on socket `fd`.
+pub fn set_socket_option<T>(
+    fd: std::os::fd::RawFd,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: &T,
+) -> std::io::Result<()> {
+    // SAFETY: a pointer to `value` and its size; the kernel reads that many bytes.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            level,
+            name,
+            (value as *const T).cast(),
+            std::mem::size_of::<T>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
 /// Asks the kernel to report the TTL of received datagrams (IP_RECVTTL).
 pub fn enable_recv_ttl(sock: &UdpSocket) {
     let on: libc::c_int = 1;
-    // SAFETY: valid socket fd, pointer to a c_int of the right size.
-    let rc = unsafe {
-        libc::setsockopt(
-            sock.as_raw_fd(),
-            libc::IPPROTO_IP,
-            libc::IP_RECVTTL,
-            (&on as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    assert_eq!(
-        rc,
-        0,
-        "setsockopt IP_RECVTTL: {}",
-        std::io::Error::last_os_error()
-    );
+    set_socket_option(sock.as_raw_fd(), libc::IPPROTO_IP, libc::IP_RECVTTL, &on)
+        .unwrap_or_else(|e| panic!("setsockopt IP_RECVTTL: {e}"));
 }
 
 /// A namespace made by the test itself (with `ip netns add`, as an operator would), removed on

@@ -121,17 +121,13 @@ pub fn tcp_echo(ingress_ns: &str, egress_ns: &str, bytes: usize) {
 
 /// Forces a socket's receive buffer (SO_RCVBUFFORCE, root), so a stream is not lost in it.
 pub fn set_rcvbuf(sock: &UdpSocket, bytes: libc::c_int) {
-    // SAFETY: valid fd and a c_int of the right size.
-    let rc = unsafe {
-        libc::setsockopt(
-            sock.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVBUFFORCE,
-            (&bytes as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    assert_eq!(rc, 0, "SO_RCVBUFFORCE: {}", std::io::Error::last_os_error());
+    crate::set_socket_option(
+        sock.as_raw_fd(),
+        libc::SOL_SOCKET,
+        libc::SO_RCVBUFFORCE,
+        &bytes,
+    )
+    .unwrap_or_else(|e| panic!("SO_RCVBUFFORCE: {e}"));
 }
 
 /// What a sequenced stream saw across a change.

@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
-use std::os::fd::FromRawFd;
+use std::os::fd::{AsRawFd, FromRawFd};
 use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -836,6 +836,137 @@ fn swap_under_traffic_kernel() {
 }
 
 /// Bad rules are reported with their place and a hint; a shadowed rule is a warning.
+/// Closes `s` with a reset (SO_LINGER 0): no TIME_WAIT, so its ports can open again at once.
+fn reset(s: TcpStream) {
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    netfn_tests::set_socket_option(s.as_raw_fd(), libc::SOL_SOCKET, libc::SO_LINGER, &linger)
+        .unwrap_or_else(|e| panic!("SO_LINGER: {e}"));
+}
+
+/// The ports of a TCP connection that closed, opened again at once (a client that wrapped its
+/// port range, or aborted with a reset): a new connection, which the rules decide and which
+/// lives by the established timeout, not the old one's closing timeout. Before, the new SYN
+/// only refreshed the closing entry: after `tcp_closing` (1 s here) of quiet its data was
+/// dropped as not a SYN. In every mode (kernel: conntrack does this itself).
+fn reused_ports_in(mode: &str) {
+    let _turn = shared();
+    let settings = r#"default = "drop"
+conntrack = { tcp_closing = 1 }
+
+[[chain.function.rule]]
+proto = "tcp"
+dport = 80
+action = "accept"
+"#;
+    let lab = Lab::up("ru", mode, settings, &[80], &[]);
+    let (ns, src, dst) = ends(&lab.chain, From::Ingress);
+    let to = SocketAddrV4::new(dst, 80);
+    let sport = 40_321;
+    let (seen, first) = tcp_connect(&ns, src, sport, to);
+    assert_eq!(seen, Seen::Passed, "{mode}: the first connection");
+    reset(first.expect("a stream"));
+    thread::sleep(Duration::from_millis(200));
+    let (seen, again) = tcp_connect(&ns, src, sport, to);
+    assert_eq!(seen, Seen::Passed, "{mode}: the same ports again");
+    let mut again = again.expect("a stream");
+    again
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .expect("timeout");
+    // Quiet for longer than the closing timeout, then data both ways.
+    thread::sleep(Duration::from_millis(2500));
+    again.write_all(b"still here").expect("send");
+    let mut buf = [0u8; 10];
+    again.read_exact(&mut buf).unwrap_or_else(|e| {
+        panic!("{mode}: the reopened connection died after the closing timeout: {e}")
+    });
+    assert_eq!(&buf, b"still here");
+}
+
+#[test]
+fn reused_ports_tc() {
+    reused_ports_in("tc");
+}
+
+#[test]
+fn reused_ports_xdp() {
+    reused_ports_in("xdp");
+}
+
+#[test]
+fn reused_ports_kernel() {
+    reused_ports_in("kernel");
+}
+
+/// A segment with SYN and FIN together opens nothing (Linux's conntrack holds it invalid): the
+/// fast path drops it as not a SYN (`fw-not-syn`), before the rules: no rule counts it, and no
+/// connection is made of it. Before, it passed the SYN check and the rules accepted it.
+fn syn_with_fin_in(mode: &str) {
+    let _turn = shared();
+    let lab = Lab::up("sf", mode, RULES, &[80], &[]);
+    let chain = lab.chain.clone();
+    let (ns, src, dst) = ends(&chain, From::Ingress);
+    let rules_before = rule_counts(&chain);
+    let link = netfn_tests::frames::Link {
+        src_mac: [0; 6],
+        dst_mac: [0; 6],
+        src,
+        dst,
+    };
+    let segment = netfn_tests::frames::tcp(&link, 40_400, 80, 0x03, 5); // SYN | FIN
+    in_netns(&ns, || {
+        // SAFETY: a raw IPv4 socket this closure owns and closes; the kernel writes the IPv4
+        // header, the TCP header is `segment` (checksum over these addresses).
+        unsafe {
+            let fd = libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_TCP);
+            assert!(fd >= 0, "raw socket: {}", std::io::Error::last_os_error());
+            let to = libc::sockaddr_in {
+                sin_family: libc::AF_INET as libc::sa_family_t,
+                sin_port: 0,
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from_ne_bytes(dst.octets()),
+                },
+                sin_zero: [0; 8],
+            };
+            let sent = libc::sendto(
+                fd,
+                segment.as_ptr().cast(),
+                segment.len(),
+                0,
+                (&to as *const libc::sockaddr_in).cast(),
+                std::mem::size_of::<libc::sockaddr_in>() as u32,
+            );
+            let err = std::io::Error::last_os_error();
+            libc::close(fd);
+            assert_eq!(sent, segment.len() as isize, "send: {err}");
+        }
+    });
+    thread::sleep(Duration::from_millis(300));
+    let drops = fastpath_drops(&chain);
+    assert_eq!(
+        drops.get("fw-not-syn").copied(),
+        Some(1),
+        "{mode}: {drops:?}"
+    );
+    assert_eq!(
+        rule_counts(&chain),
+        rules_before,
+        "{mode}: a rule counted it"
+    );
+}
+
+#[test]
+fn syn_with_fin_tc() {
+    syn_with_fin_in("tc");
+}
+
+#[test]
+fn syn_with_fin_xdp() {
+    syn_with_fin_in("xdp");
+}
+
 /// A datagram larger than the path's MTU leaves its sender in fragments, and only the first
 /// carries the ports. The firewall judges the datagram by its first fragment, in every mode, as
 /// nftables does once the kernel has reassembled it: a 3,000-byte UDP datagram to an accepted

@@ -59,7 +59,7 @@ pub fn ruleset(rules: &RuleSet, ctx: &FunctionContext) -> String {
     );
     let _ = writeln!(
         out,
-        "    meta l4proto tcp tcp flags & (syn|ack|rst) != syn counter drop comment \"fw-not-syn\""
+        "    meta l4proto tcp tcp flags & (fin|syn|rst|ack) != syn counter drop comment \"fw-not-syn\""
     );
     for (i, rule) in rules.rules.iter().enumerate() {
         let m = matcher(rule, ctx);

@@ -461,12 +461,21 @@ fn decide(p: &Packet, e: &FwdEntry, len: u64) -> Fate {
     let from_egress = e.counter_slot & 1 == netfn_common::DIR_REVERSE;
     let (key, src_is_a) = ct_key(p.src, p.sport, p.dst, p.dport, p.proto);
 
+    // What opens a TCP connection: SYN alone (with FIN, RST or ACK it opens nothing; Linux's
+    // conntrack holds SYN with FIN invalid).
+    let bare_syn = p.tcp_flags & (TCP_SYN | TCP_ACK | TCP_RST | TCP_FIN) == TCP_SYN;
     if let Some(ct) = NF_FW_CT.get_ptr_mut(key) {
         // SAFETY: the value of an LRU entry found just now; concurrent writers store whole
         // fields, and a torn view of `state` or `last_seen_ns` only shifts a timeout.
         let ct = unsafe { &mut *ct };
         // Another CPU may have stamped the entry after this packet read the clock: age 0.
-        if now.saturating_sub(ct.last_seen_ns) <= timeout(conf, p.proto, ct.state) {
+        let live = now.saturating_sub(ct.last_seen_ns) <= timeout(conf, p.proto, ct.state);
+        // The ports of a TCP connection that closed, opened again (a client that wrapped its
+        // port range, or one that aborted with RST): the old connection is over, as conntrack
+        // ends one in TIME_WAIT or CLOSE on a new SYN, and the rules decide the new one (it
+        // must not live on in the old one's closing state and timeout).
+        let reopened = p.proto == PROTO_TCP && ct.state == CT_CLOSING && bare_syn;
+        if live && !reopened {
             let from_opener = src_is_a == (ct.flags & CT_OPENED_BY_A != 0);
             if p.tcp_flags & (TCP_FIN | TCP_RST) != 0 {
                 ct.state = CT_CLOSING;
@@ -480,6 +489,8 @@ fn decide(p: &Packet, e: &FwdEntry, len: u64) -> Fate {
             return Fate::Pass { ttl: p.ttl };
         }
         let _ = NF_FW_CT.remove(key);
+        // A reopened connection's old entry counts as expired: its life ended (so that
+        // evicted = created - expired - live stays true).
         if let Some(s) = stats() {
             s.ct_expired += 1;
         }
@@ -492,7 +503,7 @@ fn decide(p: &Packet, e: &FwdEntry, len: u64) -> Fate {
             return Fate::Pass { ttl: p.ttl };
         }
     }
-    if p.proto == PROTO_TCP && p.tcp_flags & (TCP_SYN | TCP_ACK | TCP_RST) != TCP_SYN {
+    if p.proto == PROTO_TCP && !bare_syn {
         return Fate::Drop {
             reason: FW_DROP_NOT_SYN,
         };
