@@ -836,6 +836,51 @@ fn swap_under_traffic_kernel() {
 }
 
 /// Bad rules are reported with their place and a hint; a shadowed rule is a warning.
+/// Connections past their idle timeout are not live, though their entries wait in the table
+/// until a packet of theirs comes (the stage removes them then): status counts them expired,
+/// and not evicted. Before, every entry in the table counted as live, and a table full of
+/// ended connections showed as full of live ones (fast path; kernel mode counts in nftables).
+#[test]
+fn expired_connections_are_not_live() {
+    let _turn = shared();
+    let settings = r#"default = "drop"
+conntrack = { udp = 1, udp_stream = 1 }
+
+[[chain.function.rule]]
+proto = "udp"
+dport = 53
+action = "accept"
+"#;
+    let lab = Lab::up("ex", "tc", settings, &[], &[53]);
+    let chain = lab.chain.clone();
+    let connections = || {
+        let status = netfn_ok(&["status", &chain]);
+        status
+            .lines()
+            .find(|l| l.contains(" live, "))
+            .map(str::to_string)
+            .unwrap_or_else(|| panic!("no connections row: {status}"))
+    };
+    for _ in 0..3 {
+        let (ns, src, dst) = ends(&chain, From::Ingress);
+        assert_eq!(
+            udp_probe(&ns, src, SocketAddrV4::new(dst, 53)),
+            Seen::Passed
+        );
+    }
+    let row = connections();
+    assert!(
+        row.contains("connections 3 live, 3 created, 0 expired"),
+        "{row}"
+    );
+    thread::sleep(Duration::from_millis(2200));
+    let row = connections();
+    assert!(
+        row.contains("connections 0 live, 3 created, 3 expired, 0 evicted"),
+        "after the timeout: {row}"
+    );
+}
+
 /// Closes `s` with a reset (SO_LINGER 0): no TIME_WAIT, so its ports can open again at once.
 fn reset(s: TcpStream) {
     let linger = libc::linger {

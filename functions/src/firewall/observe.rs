@@ -11,24 +11,62 @@ use netfn_core::function::{
     FunctionMetricsContext, KindMetricsError, MetricFamily, RecordedSettings,
 };
 
+use std::time::Duration;
+
+use super::config::Conntrack;
 use super::kind::PROBE_RULE;
+use super::stage::timeouts;
 use crate::maps::{read_per_cpu, stage_dir};
 
-/// Connections in the table right now, counted by walking its keys (a scrape-time cost of
-/// about a microsecond per connection; tables above [`COUNT_LIMIT`] are not walked).
-fn live_connections(dir: &std::path::Path) -> Result<Option<u64>, KindMetricsError> {
+/// The connection table right now, walked at scrape time (a cost of a few microseconds per
+/// entry; tables above [`COUNT_LIMIT`] are not walked).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Table {
+    /// Connections within their idle timeout.
+    live: u64,
+    /// Entries past it: the stage removes such an entry when its connection's next packet
+    /// comes, and counts it expired then; until then it only waits in the table.
+    stale: u64,
+}
+
+fn table(dir: &std::path::Path, conntrack: &Conntrack) -> Result<Option<Table>, KindMetricsError> {
     let data = MapData::from_pin(dir.join(FW_CT_MAP))?;
     let map = aya::maps::Map::from_map_data(data)?;
     let table: HashMap<MapData, CtKey, CtEntry> = HashMap::try_from(map)?;
-    let mut n = 0u64;
-    for key in table.keys() {
-        key?;
-        n += 1;
-        if n > COUNT_LIMIT {
+    let now = monotonic_ns()?;
+    let timeouts = timeouts(conntrack);
+    let mut t = Table::default();
+    for entry in table.iter() {
+        let (key, ct) = entry?;
+        let idle = now.saturating_sub(ct.last_seen_ns);
+        if idle <= timeouts.idle_timeout_ns(key.proto, ct.state) {
+            t.live += 1;
+        } else {
+            t.stale += 1;
+        }
+        if t.live + t.stale > COUNT_LIMIT {
             return Ok(None);
         }
     }
-    Ok(Some(n))
+    Ok(Some(t))
+}
+
+/// Now on the stage's clock (`bpf_ktime_get_ns` is CLOCK_MONOTONIC), in ns.
+fn monotonic_ns() -> Result<u64, KindMetricsError> {
+    let mut t = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime(2) writes the timespec it is given.
+    if unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut t) } != 0 {
+        return Err(format!(
+            "read the monotonic clock: {}",
+            std::io::Error::last_os_error()
+        )
+        .into());
+    }
+    let ns = Duration::new(t.tv_sec as u64, t.tv_nsec as u32).as_nanos();
+    Ok(u64::try_from(ns).unwrap_or(u64::MAX))
 }
 
 /// Largest table whose connections a scrape counts.
@@ -52,6 +90,9 @@ fn stats(dir: &std::path::Path) -> Result<FwStats, KindMetricsError> {
 struct RecordedRules {
     rules: Vec<RuleName>,
     default: String,
+    /// The connection table's timeouts (not part of the rules; filled in by [`Self::of`]).
+    #[serde(skip)]
+    conntrack: Conntrack,
 }
 
 #[derive(Debug, serde::Deserialize)]
@@ -63,13 +104,18 @@ struct RuleName {
 #[derive(serde::Deserialize)]
 struct Recorded {
     rules: RecordedRules,
+    #[serde(default)]
+    conntrack: Conntrack,
 }
 
 impl RecordedRules {
     fn of(settings: &RecordedSettings) -> Self {
         settings
             .parse::<Recorded>()
-            .map(|r| r.rules)
+            .map(|r| RecordedRules {
+                conntrack: r.conntrack,
+                ..r.rules
+            })
             .unwrap_or_default()
     }
 
@@ -88,34 +134,46 @@ fn rule_counters(
         t.packets += v.packets;
         t.bytes += v.bytes;
     })?;
+    Ok(by_label(&all, names))
+}
+
+/// The counters of the rules (by index, as `names`), then of the default verdict, then of the
+/// chain probe, summed by label.
+fn by_label(all: &[RuleCounters], names: &[Option<&str>]) -> Vec<(String, RuleCounters)> {
+    // Labels in the order they first come, each summed once: a hash index, not a search of
+    // the labels so far (100,000 named rules made that quadratic on every scrape).
     let mut out: Vec<(String, RuleCounters)> = Vec::new();
-    let mut add = |label: String, c: &RuleCounters| match out.iter_mut().find(|(l, _)| *l == label)
-    {
-        Some((_, t)) => {
-            t.packets += c.packets;
-            t.bytes += c.bytes;
-        }
-        None => out.push((label, *c)),
-    };
+    let mut index: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
     // The rules, then the default verdict, then the chain probe.
     for (i, c) in all.iter().enumerate() {
-        let label = match (names.get(i), i - names.len().min(i)) {
-            (Some(Some(name)), _) => name.to_string(),
-            (Some(None), _) => "(unnamed)".into(),
-            (None, 0) => "(default)".into(),
-            (None, _) => PROBE_RULE.into(),
+        let label: &str = match (names.get(i), i - names.len().min(i)) {
+            (Some(Some(name)), _) => name,
+            (Some(None), _) => "(unnamed)",
+            (None, 0) => "(default)",
+            (None, _) => PROBE_RULE,
         };
-        add(label, c);
+        match index.get(label) {
+            Some(&at) => {
+                let t = &mut out[at].1;
+                t.packets += c.packets;
+                t.bytes += c.bytes;
+            }
+            None => {
+                index.insert(label, out.len());
+                out.push((label.to_string(), *c));
+            }
+        }
     }
-    Ok(out)
+    out
 }
 
 /// Entries the kernel evicted from the full LRU table: every entry created was removed by
-/// expiry, evicted, or is still there.
-fn evicted(s: &FwStats, live: u64) -> u64 {
+/// expiry, evicted, or is still there (live or stale).
+fn evicted(s: &FwStats, t: Table) -> u64 {
     s.ct_created
         .saturating_sub(s.ct_expired)
-        .saturating_sub(live)
+        .saturating_sub(t.live)
+        .saturating_sub(t.stale)
 }
 
 pub fn metrics(ctx: &FunctionMetricsContext<'_>) -> Result<Vec<MetricFamily>, KindMetricsError> {
@@ -142,18 +200,20 @@ pub fn metrics(ctx: &FunctionMetricsContext<'_>) -> Result<Vec<MetricFamily>, Ki
     out.push(conns.build());
     out.push(bytes.build());
     let s = stats(&dir)?;
-    if let Some(live) = live_connections(&dir)? {
+    if let Some(t) = table(&dir, &recorded.conntrack)? {
         let mut g = ctx.gauge(
             "netfn_firewall_connections",
-            "Connections in the table (not exported above 1,048,576).",
+            "Connections in the table within their idle timeout (not exported above 1,048,576 \
+             entries).",
         );
-        g.sample_u64(&[], live);
+        g.sample_u64(&[], t.live);
         out.push(g.build());
         let mut e = ctx.counter(
             "netfn_firewall_connections_evicted_total",
-            "Connections the full table evicted (least recently used): created - expired - live.",
+            "Connections the full table evicted (least recently used): created - expired - \
+             entries in the table.",
         );
-        e.sample_u64(&[], evicted(&s, live));
+        e.sample_u64(&[], evicted(&s, t));
         out.push(e.build());
     }
     out.extend(ctx.counters(&[
@@ -169,7 +229,8 @@ pub fn metrics(ctx: &FunctionMetricsContext<'_>) -> Result<Vec<MetricFamily>, Ki
         ),
         (
             "netfn_firewall_connections_expired_total",
-            "Connections removed after their timeout.",
+            "Connections removed after their timeout (status's expired adds the ended ones \
+             whose entries still wait in the table).",
             s.ct_expired,
         ),
         (
@@ -200,15 +261,16 @@ pub fn status(ctx: &FunctionMetricsContext<'_>) -> Vec<(String, String)> {
     if let Some(dir) = stage_dir(ctx)
         && let Ok(s) = stats(&dir)
     {
-        let live = live_connections(&dir).ok().flatten();
+        let table = table(&dir, &recorded.conntrack).ok().flatten();
         rows.push((
             "connections".into(),
-            match live {
-                Some(live) => format!(
-                    "{live} live, {} created, {} expired, {} evicted, {} packets tracked, {} classified",
+            match table {
+                Some(t) => format!(
+                    "{} live, {} created, {} expired, {} evicted, {} packets tracked, {} classified",
+                    t.live,
                     s.ct_created,
-                    s.ct_expired,
-                    evicted(&s, live),
+                    s.ct_expired + t.stale,
+                    evicted(&s, t),
                     s.ct_hits,
                     s.classified
                 ),
@@ -230,4 +292,37 @@ pub fn status(ctx: &FunctionMetricsContext<'_>) -> Vec<(String, String)> {
         }
     }
     rows
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn counters(n: u64) -> RuleCounters {
+        RuleCounters {
+            packets: n,
+            bytes: 100 * n,
+        }
+    }
+
+    #[test]
+    fn rules_are_summed_by_label_in_first_seen_order() {
+        let names = [Some("web"), None, Some("dns"), None, Some("web")];
+        let all: Vec<RuleCounters> = (1..=7).map(counters).collect();
+        let got = by_label(&all, &names);
+        let want = [
+            ("web", 1 + 5),
+            ("(unnamed)", 2 + 4),
+            ("dns", 3),
+            ("(default)", 6),
+            (PROBE_RULE, 7),
+        ];
+        assert_eq!(got.len(), want.len(), "{got:?}");
+        for ((label, c), (want_label, n)) in got.iter().zip(want) {
+            assert_eq!(
+                (label.as_str(), c.packets, c.bytes),
+                (want_label, n, 100 * n)
+            );
+        }
+    }
 }

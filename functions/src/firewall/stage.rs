@@ -90,16 +90,25 @@ impl StageContent for Content {
             probe_dst: u32::from_ne_bytes(self.probe.dst.octets()),
             probe_port: u32::from(self.probe.port),
             _pad: 0,
-            tcp_syn_ns: u64::from(t.tcp_syn) * SECOND,
-            tcp_established_ns: u64::from(t.tcp_established) * SECOND,
-            tcp_closing_ns: u64::from(t.tcp_closing) * SECOND,
-            udp_ns: u64::from(t.udp) * SECOND,
-            udp_stream_ns: u64::from(t.udp_stream) * SECOND,
-            icmp_ns: u64::from(t.icmp) * SECOND,
+            ..timeouts(t)
         };
         // Rate buckets start empty and fill at once (their last refill is "long ago"); counters
         // and statistics start at zero; the kept connection table keeps what it holds.
         fill_array::<FwConf>(maps, FW_CONF_MAP, &[conf])
+    }
+}
+
+/// The stage's settings with `t`'s timeouts (in ns) and nothing else set: what a reader of the
+/// connection table needs to tell a live connection from an expired one.
+pub(super) fn timeouts(t: &Conntrack) -> FwConf {
+    FwConf {
+        tcp_syn_ns: u64::from(t.tcp_syn) * SECOND,
+        tcp_established_ns: u64::from(t.tcp_established) * SECOND,
+        tcp_closing_ns: u64::from(t.tcp_closing) * SECOND,
+        udp_ns: u64::from(t.udp) * SECOND,
+        udp_stream_ns: u64::from(t.udp_stream) * SECOND,
+        icmp_ns: u64::from(t.icmp) * SECOND,
+        ..FwConf::default()
     }
 }
 

@@ -314,6 +314,22 @@ pub struct FwConf {
     pub icmp_ns: u64,
 }
 
+impl FwConf {
+    /// How long a connection of `proto` in `state` may stay idle (the stage drops it after;
+    /// userspace counts it as expired, not live).
+    #[inline(always)]
+    pub fn idle_timeout_ns(&self, proto: u8, state: u8) -> u64 {
+        match (proto, state) {
+            (PROTO_TCP, CT_NEW) => self.tcp_syn_ns,
+            (PROTO_TCP, CT_ESTABLISHED) => self.tcp_established_ns,
+            (PROTO_TCP, _) => self.tcp_closing_ns,
+            (PROTO_UDP, CT_NEW) => self.udp_ns,
+            (PROTO_UDP, _) => self.udp_stream_ns,
+            _ => self.icmp_ns,
+        }
+    }
+}
+
 /// A connection, in a direction-independent form: the lower (address, port) endpoint first, so
 /// a packet and its reply find the same entry with one lookup. For ICMP echo the "ports" are the
 /// echo identifier on both sides.

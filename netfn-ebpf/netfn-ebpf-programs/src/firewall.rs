@@ -396,18 +396,6 @@ fn stats() -> Option<&'static mut FwStats> {
     NF_FW_STATS.get_ptr_mut(0).map(|p| unsafe { &mut *p })
 }
 
-/// How long a connection in `state` may stay idle.
-#[inline(always)]
-fn timeout(conf: &FwConf, proto: u8, state: u8) -> u64 {
-    match (proto, state) {
-        (PROTO_TCP, CT_NEW) => conf.tcp_syn_ns,
-        (PROTO_TCP, CT_ESTABLISHED) => conf.tcp_established_ns,
-        (PROTO_TCP, _) => conf.tcp_closing_ns,
-        (PROTO_UDP, CT_NEW) => conf.udp_ns,
-        (PROTO_UDP, _) => conf.udp_stream_ns,
-        _ => conf.icmp_ns,
-    }
-}
 
 /// The firewall's decision for one packet arriving on the interface of entry `e`, fragments
 /// included: a datagram's first fragment is decided as a whole packet (it carries the ports;
@@ -469,7 +457,7 @@ fn decide(p: &Packet, e: &FwdEntry, len: u64) -> Fate {
         // fields, and a torn view of `state` or `last_seen_ns` only shifts a timeout.
         let ct = unsafe { &mut *ct };
         // Another CPU may have stamped the entry after this packet read the clock: age 0.
-        let live = now.saturating_sub(ct.last_seen_ns) <= timeout(conf, p.proto, ct.state);
+        let live = now.saturating_sub(ct.last_seen_ns) <= conf.idle_timeout_ns(p.proto, ct.state);
         // The ports of a TCP connection that closed, opened again (a client that wrapped its
         // port range, or one that aborted with RST): the old connection is over, as conntrack
         // ends one in TIME_WAIT or CLOSE on a new SYN, and the rules decide the new one (it
