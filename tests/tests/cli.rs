@@ -19,13 +19,13 @@ fn graph_draws_every_hop_and_link_in_dot_and_mermaid() {
     let dot = netfn_ok(&["graph", &example("minimal.toml"), "--format", "dot"]);
     assert!(dot.starts_with("digraph netfn {"), "{dot}");
     for node in [
-        "minimal_ingress",
-        "minimal_fw1",
-        "minimal_fw2",
-        "minimal_egress",
+        "minimal/ingress",
+        "minimal/fw1",
+        "minimal/fw2",
+        "minimal/egress",
     ] {
         assert!(
-            dot.contains(&format!("{node} [label=")),
+            dot.contains(&format!("\"{node}\" [label=")),
             "no node {node} in:\n{dot}"
         );
     }
