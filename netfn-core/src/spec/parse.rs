@@ -589,6 +589,6 @@ address = "fd00::1/64"
             }
             checked += 1;
         }
-        assert!((8..=12).contains(&checked), "{checked} fixtures");
+        assert!((8..=16).contains(&checked), "{checked} fixtures");
     }
 }

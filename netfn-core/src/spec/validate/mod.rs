@@ -58,6 +58,16 @@ struct Endpoint {
 struct ChainFacts {
     label: String,
     endpoints: Vec<Endpoint>,
+    /// The namespaces netfn would create for the chain (when its name is valid).
+    namespaces: Vec<OwnNamespace>,
+}
+
+/// A namespace netfn creates for one hop of a chain: its name, the hop as messages name it
+/// ("chain `a`, function `b-c`"), and where the file gives the name's last part.
+struct OwnNamespace {
+    name: String,
+    hop: String,
+    span: Range<usize>,
 }
 
 /// The TTL Linux gives the packets it sends (`net.ipv4.ip_default_ttl`).
@@ -75,6 +85,7 @@ impl<'a> Checker<'a, '_> {
             facts.push(chain_facts);
         }
         self.shared_namespaces(&facts);
+        self.namespace_collisions(&facts);
         specs
     }
 
@@ -106,7 +117,16 @@ impl<'a> Checker<'a, '_> {
 
     fn chain(&mut self, raw: RawChain<'_>) -> (Option<ChainSpec>, ChainFacts) {
         let label = raw.label;
+        let name_span = raw.name.as_ref().map(|n| n.span());
         let name = raw.name.and_then(|n| self.chain_name(n));
+        let namespaces = name
+            .as_deref()
+            .zip(name_span)
+            .map(|(name, span)| {
+                let endpoints = [&raw.ingress, &raw.egress];
+                own_namespaces(name, &label, span, endpoints, &raw.functions)
+            })
+            .unwrap_or_default();
         let fastpath = self.fastpath(&label, raw.fastpath.as_ref());
         let transit = self.transit(&label, raw.transit.as_ref());
         let ingress = raw.ingress.and_then(|e| self.endpoint(&label, e));
@@ -145,7 +165,14 @@ impl<'a> Checker<'a, '_> {
             }
             _ => None,
         };
-        (spec, ChainFacts { label, endpoints })
+        (
+            spec,
+            ChainFacts {
+                label,
+                endpoints,
+                namespaces,
+            },
+        )
     }
 
     /// Every function decrements the TTL as a router does: a packet a host sends with TTL 64
@@ -285,6 +312,47 @@ impl<'a> Checker<'a, '_> {
         }
     }
 
+    /// Namespaces are named `nf-<chain>-<hop>`, and `-` may be part of both names: chain `a`
+    /// with function `b-c` and chain `a-b` with function `c` both need `nf-a-b-c`. Said at both
+    /// places (the second `up` would fail, and nothing in either chain alone is wrong).
+    fn namespace_collisions(&mut self, chains: &[ChainFacts]) {
+        let mut first: HashMap<&str, (usize, &OwnNamespace)> = HashMap::new();
+        for (c, chain) in chains.iter().enumerate() {
+            for ns in &chain.namespaces {
+                match first.get(ns.name.as_str()) {
+                    // Within a chain, hop names are unique (a duplicate is its own error), and
+                    // a chain name used twice is an error of its own too.
+                    Some(&(o, _)) if o == c || chains[o].label == chain.label => {}
+                    Some(&(_, other)) => {
+                        self.namespace_collision(ns, other);
+                        self.namespace_collision(other, ns);
+                    }
+                    None => {
+                        first.insert(&ns.name, (c, ns));
+                    }
+                }
+            }
+        }
+    }
+
+    fn namespace_collision(&mut self, at: &OwnNamespace, other: &OwnNamespace) {
+        let line = self.line_of(&other.span);
+        self.rep.error(
+            at.span.clone(),
+            format!(
+                "{}: its namespace `{}` is also the namespace of {} (line {line}); the second \
+                 chain to come up would find it taken",
+                at.hop, at.name, other.hop
+            ),
+            Some(
+                "netfn names a namespace `nf-<chain>-<function>` (`nf-<chain>-ingress`, \
+                 `-egress` for endpoints it creates), and `-` may be part of both names: rename \
+                 one of the two chains or functions"
+                    .into(),
+            ),
+        );
+    }
+
     fn namespace_clash(&mut self, label: &str, e: &Endpoint, other_label: &str, other: &Endpoint) {
         let namespace = e.spec.namespace.as_deref().unwrap_or_default();
         let line = self.line_of(&other.address_span);
@@ -304,6 +372,37 @@ impl<'a> Checker<'a, '_> {
             )),
         );
     }
+}
+
+/// The namespaces netfn would create for chain `name` (as [`crate::plan::plan_chain`] names
+/// them): one per function whose name is valid, one per endpoint without `namespace`. An
+/// endpoint's is located at the chain's name (`name_span`), a function's at its name.
+fn own_namespaces(
+    name: &str,
+    label: &str,
+    name_span: Range<usize>,
+    endpoints: [&Option<RawEndpoint>; 2],
+    functions: &[RawFunction<'_>],
+) -> Vec<OwnNamespace> {
+    let endpoints = endpoints
+        .into_iter()
+        .flatten()
+        .filter(|e| e.namespace.is_none())
+        .map(|e| OwnNamespace {
+            name: names::netns_name(name, e.role),
+            hop: format!("{label}, {} endpoint", e.role),
+            span: name_span.clone(),
+        });
+    let functions = functions
+        .iter()
+        .filter_map(|f| f.name.as_ref())
+        .filter(|f| names::check_function_name(f.get_ref()).is_ok())
+        .map(|f| OwnNamespace {
+            name: names::netns_name(name, f.get_ref()),
+            hop: format!("{label}, function `{}`", f.get_ref()),
+            span: f.span(),
+        });
+    endpoints.chain(functions).collect()
 }
 
 /// The first endpoint of an earlier chain in the same existing namespace with an overlapping

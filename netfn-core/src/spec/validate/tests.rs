@@ -93,6 +93,76 @@ fn the_same_function_name_in_two_chains_is_fine() {
 }
 
 #[test]
+fn chain_and_function_names_that_make_one_namespace_are_refused_at_both() {
+    // `file` puts the chain's name on line 2 (its value at column 8) and its functions on
+    // line 5 (the first name's value at column 22).
+    let chain = |name: &str, function: &str, ingress: &str| {
+        file(ingress, "address = \"10.2.0.2/24\"")
+            .replace("\"edge\"", &format!("\"{name}\""))
+            .replace("\"fw1\"", &format!("\"{function}\""))
+    };
+    let created = "address = \"10.1.0.2/24\"";
+    // nf-a-b-c: chain `a`'s function `b-c`, chain `a-b`'s function `c`.
+    let text = format!(
+        "{}{}",
+        chain("a", "b-c", created),
+        chain("a-b", "c", created)
+    );
+    let found = problems(&text);
+    assert_eq!(
+        found
+            .iter()
+            .map(|(l, c, m, _)| (*l, *c, m.as_str()))
+            .collect::<Vec<_>>(),
+        [
+            (
+                5,
+                22,
+                "chain `a`, function `b-c`: its namespace `nf-a-b-c` is also the namespace of \
+                 chain `a-b`, function `c` (line 10); the second chain to come up would find it \
+                 taken"
+            ),
+            (
+                10,
+                22,
+                "chain `a-b`, function `c`: its namespace `nf-a-b-c` is also the namespace of \
+                 chain `a`, function `b-c` (line 5); the second chain to come up would find it \
+                 taken"
+            ),
+        ],
+        "{found:#?}"
+    );
+    assert!(
+        found[0]
+            .3
+            .contains("rename one of the two chains or functions")
+    );
+    // An endpoint netfn creates, nf-a-b-ingress: said at the chain's name.
+    let text = format!(
+        "{}{}",
+        chain("a", "b-ingress", created),
+        chain("a-b", "c", created)
+    );
+    let at: Vec<(usize, usize)> = problems(&text).iter().map(|p| (p.0, p.1)).collect();
+    assert_eq!(at, [(5, 22), (7, 8)], "{text}");
+    // The operator's own namespace for that endpoint: nothing is created, nothing collides.
+    let existing = "address = \"10.1.0.2/24\", namespace = \"client\"";
+    let text = format!(
+        "{}{}",
+        chain("a", "b-ingress", created),
+        chain("a-b", "c", existing)
+    );
+    assert_eq!(problems(&text), []);
+    // `_` and `-` are different characters in a namespace name.
+    let text = format!(
+        "{}{}",
+        chain("a_b", "c", created),
+        chain("a-b", "c", created)
+    );
+    assert_eq!(problems(&text), []);
+}
+
+#[test]
 fn unknown_kinds_list_the_registered_ones() {
     let text = endpoints("10.1.0.2/24", "10.2.0.2/24").replace("\"forward\"", "\"countr\"");
     let (line, col, message, hint) = only(&text);
