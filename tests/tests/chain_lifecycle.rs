@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use netfn_tests::traffic::{tcp_echo, udp_echo};
 use netfn_tests::{
-    ChainGuard, ForeignNetns, TempDir, forward_chain, kill_netfn_mid_way, leftovers, netfn,
-    netfn_ok, unique_chain,
+    ChainGuard, ForeignNetns, TempDir, forward_chain, forward_chain_of, kill_netfn_mid_way,
+    leftovers, netfn, netfn_ok, unique_chain,
 };
 
 #[test]
@@ -177,6 +177,47 @@ fn failed_up_rolls_back_and_never_touches_foreign_namespaces() {
         .filter(|l| !l.contains(&squatter))
         .collect();
     assert_eq!(left, Vec::<String>::new());
+}
+
+/// Chain `X` with function `a-fn1` and chain `X-a` with function `fn1` both need namespace
+/// nf-X-a-fn1 (in two files, validate cannot see it): the second `up` names the chain that has
+/// it, its function and its file, leaves nothing, and the first chain runs on.
+#[test]
+fn up_names_the_chain_whose_namespace_it_would_need() {
+    let chain = unique_chain("ow");
+    let other = format!("{chain}-a");
+    let shared = format!("nf-{chain}-a-fn1");
+    let dir = TempDir::new(&chain);
+    let first = dir.write(
+        "first.toml",
+        &forward_chain_of(&chain, "kernel", &["a-fn1"]),
+    );
+    let second = dir.write("second.toml", &forward_chain_of(&other, "kernel", &["fn1"]));
+    {
+        let _guard = ChainGuard::up(&chain, &first);
+        let out = netfn(&["up", &second.to_string_lossy()]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{stderr}");
+        let first = std::fs::canonicalize(&first).expect("canonical path");
+        assert!(
+            stderr.contains(&format!(
+                "namespace {shared}, which its function `fn1` needs, is chain `{chain}`'s \
+                 (function `a-fn1`, up from {})",
+                first.display()
+            )) && stderr.contains(&format!("rename chain `{other}` or its function `fn1`")),
+            "{stderr}"
+        );
+        assert!(!stderr.contains("netfn did not create it"), "{stderr}");
+        let left: Vec<String> = leftovers(&other)
+            .into_iter()
+            .filter(|l| !l.contains(&shared))
+            .collect();
+        assert_eq!(left, Vec::<String>::new());
+        let status: serde_json::Value =
+            serde_json::from_str(&netfn_ok(&["status", &chain, "--json"])).expect("status json");
+        assert_eq!(status[0]["healthy"], true, "{status:#}");
+    }
+    assert_eq!(leftovers(&chain), Vec::<String>::new());
 }
 
 #[test]

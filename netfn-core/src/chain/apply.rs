@@ -10,13 +10,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::chain::kinds;
-use crate::chain::lifecycle::{LifecycleError, Progress, UpOptions};
+use crate::chain::lifecycle::{self, LifecycleError, Progress, UpOptions};
 use crate::chain::state::{self, ChainLock, Phase};
 use crate::ebpf;
 use crate::failpoint;
 use crate::function::{FunctionConfig, Registry};
 use crate::kernel::netlink::Netlink;
-use crate::kernel::netns::{self, NetnsError};
+use crate::kernel::netns;
 use crate::kernel::objects::{self, ObjectError, Opened};
 use crate::plan::diff::Change;
 use crate::plan::names;
@@ -119,11 +119,7 @@ pub fn apply(
         .new_namespaces(&next.plan)
         .find(|h| netns::exists(&h.netns.name))
     {
-        return Err(ApplyError::Lifecycle(LifecycleError::Netns(
-            NetnsError::Exists {
-                name: hop.netns.name.clone(),
-            },
-        )));
+        return Err(lifecycle::namespace_taken(source, &next.plan, hop).into());
     }
     // What `down` needs of the old plan is its objects, not the functions' settings (which can
     // be large: a firewall's rules): the record keeps it without them.

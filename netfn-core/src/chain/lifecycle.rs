@@ -1,13 +1,13 @@
 //! `up` and `down` of one chain: lock, record, apply, and roll back or finish from the record.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::chain::state::{self, ChainLock, ChainState, Phase, StateError};
 use crate::kernel::netlink::Netlink;
 use crate::kernel::netns::{self, NetnsError};
 use crate::kernel::objects::{self, ObjectError};
-use crate::plan::{self, ChainPlan, names};
+use crate::plan::{self, ChainPlan, HopPlan, HopRole, names};
 use crate::spec::{ChainSpec, FastPath};
 
 #[derive(Debug, thiserror::Error)]
@@ -20,6 +20,9 @@ pub enum LifecycleError {
         "chain `{chain}` is up with a different definition; change it in place with `netfn apply FILE`, or take it down first (netfn down {chain})"
     )]
     Changed { chain: String },
+    /// A namespace the chain needs is another recorded chain's.
+    #[error("{0}")]
+    NamespaceOfChain(Box<TakenNamespace>),
     #[error(
         "chain `{chain}` is recorded as up but namespace {netns} is gone; run `netfn down {chain}` and `netfn up` again"
     )]
@@ -40,6 +43,44 @@ pub enum LifecycleError {
     },
     #[error("taking down chain `{chain}` left {} problem(s):\n  {}\nthe record is kept: fix the cause and run `netfn down {chain}` again", .errors.len(), .errors.join("\n  "))]
     Down { chain: String, errors: Vec<String> },
+}
+
+/// A namespace that a chain needs and another recorded chain has: `nf-a-b-c` is chain `a`'s
+/// function `b-c` and chain `a-b`'s function `c`.
+#[derive(Debug)]
+pub struct TakenNamespace {
+    pub chain: String,
+    pub name: String,
+    /// The hop of `chain` that needs it ("function `c`").
+    pub hop: String,
+    /// The chain's file.
+    pub file: PathBuf,
+    pub owner: String,
+    pub owner_hop: String,
+    pub owner_source: PathBuf,
+}
+
+impl std::fmt::Display for TakenNamespace {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let TakenNamespace {
+            chain,
+            name,
+            hop,
+            file,
+            owner,
+            owner_hop,
+            owner_source,
+        } = self;
+        write!(
+            f,
+            "chain `{chain}`: namespace {name}, which its {hop} needs, is chain `{owner}`'s \
+             ({owner_hop}, up from {}): netfn names namespaces nf-<chain>-<function>, and `-` \
+             may be part of both names; rename chain `{chain}` or its {hop} in {}, and leave \
+             chain `{owner}` as it is",
+            owner_source.display(),
+            file.display()
+        )
+    }
 }
 
 fn rollback_note(errors: &[String]) -> String {
@@ -196,7 +237,7 @@ fn up_locked(
         }
     }
 
-    preflight(&plan)?;
+    preflight(source, &plan)?;
     check_kernel(&plan)?;
     netns::ensure_run_dir()?;
     let mut record = ChainState::new(source, plan);
@@ -303,18 +344,66 @@ fn check_kernel(plan: &ChainPlan) -> Result<(), LifecycleError> {
     }
 }
 
-/// Refuses to start if a namespace netfn would create already exists (it is not ours), or an
-/// existing endpoint namespace is missing.
-fn preflight(plan: &ChainPlan) -> Result<(), NetnsError> {
+/// Refuses to start if a namespace netfn would create already exists (another chain's, or not
+/// netfn's at all), or an existing endpoint namespace is missing. `source`: the chain's file.
+fn preflight(source: &Path, plan: &ChainPlan) -> Result<(), LifecycleError> {
     for hop in &plan.hops {
         let name = hop.netns.name.clone();
         match (hop.netns.created, netns::exists(&name)) {
-            (true, true) => return Err(NetnsError::Exists { name }),
-            (false, false) => return Err(NetnsError::Missing { name }),
+            (true, true) => return Err(namespace_taken(source, plan, hop)),
+            (false, false) => return Err(NetnsError::Missing { name }.into()),
             _ => {}
         }
     }
     Ok(())
+}
+
+/// Why namespace `hop.netns.name`, which `hop` of `plan` (from file `source`) would create,
+/// cannot be: it is another recorded chain's (said with that chain, its hop and its file), or
+/// netfn did not create it.
+pub(crate) fn namespace_taken(source: &Path, plan: &ChainPlan, hop: &HopPlan) -> LifecycleError {
+    let name = &hop.netns.name;
+    match owner_of(name, &plan.chain) {
+        Some((owner, owner_hop)) => LifecycleError::NamespaceOfChain(Box::new(TakenNamespace {
+            chain: plan.chain.clone(),
+            name: name.clone(),
+            hop: hop_words(hop),
+            file: source.to_path_buf(),
+            owner: owner.chain().to_string(),
+            owner_hop,
+            owner_source: owner.source,
+        })),
+        None => NetnsError::Exists { name: name.clone() }.into(),
+    }
+}
+
+/// The recorded chain other than `chain` that created namespace `name` (by its plan, or the
+/// plan an interrupted apply left as `previous`), and which of its hops it is for.
+fn owner_of(name: &str, chain: &str) -> Option<(ChainState, String)> {
+    state::list()
+        .ok()?
+        .into_iter()
+        // Only a chain whose namespaces start `nf-<it>-` can have made it.
+        .filter(|c| c != chain && name.starts_with(&names::netns_name(c, "")))
+        .find_map(|c| {
+            let record = state::load(&c).ok()??;
+            let hop = std::iter::once(&record.plan)
+                .chain(record.previous.as_ref())
+                .flat_map(|p| &p.hops)
+                .find(|h| h.netns.created && h.netns.name == name)
+                .filter(|h| !record.foreign.contains(&h.netns.name))
+                .map(hop_words)?;
+            Some((record, hop))
+        })
+}
+
+/// A hop as messages name it: "function `fw1`", "ingress endpoint".
+fn hop_words(hop: &HopPlan) -> String {
+    match hop.role {
+        HopRole::Function { .. } => format!("function `{}`", hop.name),
+        HopRole::Ingress => "ingress endpoint".to_string(),
+        HopRole::Egress => "egress endpoint".to_string(),
+    }
 }
 
 fn build(
