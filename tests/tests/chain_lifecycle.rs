@@ -220,6 +220,42 @@ fn up_names_the_chain_whose_namespace_it_would_need() {
     assert_eq!(leftovers(&chain), Vec::<String>::new());
 }
 
+/// A chain up from one file, and another file with a chain of the same name: the second `up`
+/// names both files and does not offer `apply` (that would turn one chain into the other).
+#[test]
+fn up_of_a_chain_that_is_up_from_another_file_names_both_files() {
+    let chain = unique_chain("sf");
+    let dir = TempDir::new(&chain);
+    let first = dir.write("first.toml", &forward_chain(&chain, 1, "kernel"));
+    let second = dir.write("second.toml", &forward_chain(&chain, 2, "kernel"));
+    {
+        let _guard = ChainGuard::up(&chain, &first);
+        let out = netfn(&["up", &second.to_string_lossy()]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{stderr}");
+        let canonical = |p: &Path| std::fs::canonicalize(p).expect("canonical path");
+        assert!(
+            stderr.contains(&format!(
+                "chain `{chain}` is up from {}; this is {}: rename the chain in {}",
+                canonical(&first).display(),
+                canonical(&second).display(),
+                canonical(&second).display()
+            )),
+            "{stderr}"
+        );
+        assert!(!stderr.contains("netfn apply"), "{stderr}");
+        // Its own file, changed: that is what apply is for.
+        dir.write("first.toml", &forward_chain(&chain, 2, "kernel"));
+        let out = netfn(&["up", &first.to_string_lossy()]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && stderr.contains("change it in place with `netfn apply"),
+            "{stderr}"
+        );
+    }
+    assert_eq!(leftovers(&chain), Vec::<String>::new());
+}
+
 #[test]
 fn concurrent_ups_of_one_chain_do_not_interleave() {
     let chain = unique_chain("cc");

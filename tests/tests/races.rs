@@ -85,7 +85,8 @@ fn racing_commands_on_one_chain_are_serialized_and_leave_it_whole() {
             // A command that lost the race is refused with a reason and what to do, never
             // half done.
             let refused_clearly = stderr.contains("is not up; bring it up with `netfn up`")
-                || stderr.contains("is up with a different definition; change it in place");
+                || stderr.contains("is up with a different definition; change it in place")
+                || stderr.contains(&format!("chain `{chain}` is up from "));
             assert!(
                 *ok || refused_clearly,
                 "{what}: netfn {args:?} failed:\nstdout:\n{stdout}\nstderr:\n{stderr}"

@@ -20,6 +20,16 @@ pub enum LifecycleError {
         "chain `{chain}` is up with a different definition; change it in place with `netfn apply FILE`, or take it down first (netfn down {chain})"
     )]
     Changed { chain: String },
+    /// The chain is up from another file: most likely another chain that has the same name.
+    #[error(
+        "chain `{chain}` is up from {}; this is {}: rename the chain in {}, or, if this file is to replace that one, take the running chain down first (netfn down {chain})",
+        .running.display(), .this.display(), .this.display()
+    )]
+    UpFromElsewhere {
+        chain: String,
+        running: PathBuf,
+        this: PathBuf,
+    },
     /// A namespace the chain needs is another recorded chain's.
     #[error("{0}")]
     NamespaceOfChain(Box<TakenNamespace>),
@@ -226,6 +236,13 @@ fn up_locked(
                     });
                 }
                 return Ok(UpOutcome::Unchanged);
+            }
+            Phase::Up if old.source != source => {
+                return Err(LifecycleError::UpFromElsewhere {
+                    chain,
+                    running: old.source,
+                    this: source.to_path_buf(),
+                });
             }
             Phase::Up => return Err(LifecycleError::Changed { chain }),
             Phase::Applying | Phase::TearingDown => {
