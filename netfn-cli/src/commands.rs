@@ -10,12 +10,15 @@ use netfn_core::chain::lifecycle::{self, DownOutcome, UpOptions, UpOutcome};
 use netfn_core::chain::{graph, state, status};
 use netfn_core::kernel::{freed, netns};
 use netfn_core::plan::{self, names};
+use netfn_core::spec::diag::Diagnostics;
 use netfn_core::spec::{self, ChainFile, LoadError};
 use netfn_core::{agent, ebpf};
 
 use crate::output;
 use crate::progress::Live;
 
+/// Loads a chain file. Its diagnostics go to stderr as they are (`FILE:LINE:COL: …`, the
+/// form editors and grep read), and the error is one summary line.
 fn load(file: &Path) -> Result<ChainFile> {
     let registry = netfn_functions::registry();
     let loaded = spec::load(file, &registry);
@@ -25,14 +28,27 @@ fn load(file: &Path) -> Result<ChainFile> {
         output::to_stderr(&f.warnings);
     }
     loaded.map_err(|e| match e {
-        LoadError::Invalid(d) => anyhow::anyhow!(
-            "{d}\n{} problem(s) in {}; fix them and run `netfn validate {}`",
-            d.len(),
-            file.display(),
-            file.display()
-        ),
+        LoadError::Invalid(d) => {
+            output::to_stderr(&d);
+            anyhow::anyhow!(
+                "{}; fix them and run `netfn validate {}`",
+                problems(file, &d),
+                file.display()
+            )
+        }
         other => anyhow::Error::new(other),
     })
+}
+
+/// `FILE: N error(s)` and, if there are any, `, M warning(s)`.
+fn problems(file: &Path, d: &Diagnostics) -> String {
+    let errors = d.errors();
+    let warnings = d.len() - errors;
+    let mut line = format!("{}: {errors} error(s)", file.display());
+    if warnings > 0 {
+        line.push_str(&format!(", {warnings} warning(s)"));
+    }
+    line
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
@@ -78,11 +94,7 @@ pub fn validate(file: &Path) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Err(LoadError::Invalid(d)) => {
-            output::to_stderr(format_args!(
-                "{d}\n{}: {} problem(s)",
-                file.display(),
-                d.len()
-            ));
+            output::to_stderr(format_args!("{d}\n{}", problems(file, &d)));
             Ok(ExitCode::FAILURE)
         }
         Err(e) => Err(e.into()),

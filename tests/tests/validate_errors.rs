@@ -91,3 +91,69 @@ fn every_example_validates() {
     }
     assert!(checked >= 4);
 }
+
+/// A file with one error (line 8) and one warning (a shadowed firewall rule, line 20).
+const ONE_ERROR_ONE_WARNING: &str = r#"[[chain]]
+name = "diag"
+
+[chain.ingress]
+address = "10.1.0.2/24"
+
+[chain.egress]
+address = "10.2.0.0/24"
+
+[[chain.function]]
+name = "fw1"
+kind = "firewall"
+
+[[chain.function.rule]]
+proto = "tcp"
+action = "accept"
+
+[[chain.function.rule]]
+name = "late"
+proto = "tcp"
+dport = 22
+action = "drop"
+"#;
+
+/// Every verb that reads a chain file prints its diagnostics as `validate` does, each line
+/// starting `FILE:LINE:COL: ` (what editors and grep read; the first once got `netfn: error: `
+/// in front), then one summary line that counts errors and warnings apart.
+#[test]
+fn diagnostics_keep_their_form_under_every_verb_and_the_count_is_of_errors() {
+    let dir = netfn_tests::TempDir::new("diagform");
+    let file = dir.write("bad.toml", ONE_ERROR_ONE_WARNING);
+    let path = file.to_string_lossy();
+    for args in [
+        &["validate", &path][..],
+        &["graph", &path],
+        &["up", &path],
+        &["apply", &path, "--dry-run"],
+        &["down", &path],
+    ] {
+        let out = netfn(args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} accepted the file");
+        let lines: Vec<&str> = stderr.lines().collect();
+        let error = format!("{path}:8:11: error: chain `diag`: egress address");
+        let warning = format!("{path}:18:1: warning: ");
+        assert!(
+            lines.iter().any(|l| l.starts_with(&error))
+                && lines.iter().any(|l| l.starts_with(&warning)),
+            "{args:?}: no `{error}` and `{warning}` lines in:\n{stderr}"
+        );
+        let last = lines.last().copied().unwrap_or_default();
+        assert!(
+            last.contains(&format!("{path}: 1 error(s), 1 warning(s)")),
+            "{args:?}: the last line should count 1 error and 1 warning:\n{stderr}"
+        );
+        // Only the summary line may say anything but a diagnostic or its hint.
+        for line in &lines[..lines.len() - 1] {
+            assert!(
+                line.starts_with(&*path) || line.starts_with("  hint: "),
+                "{args:?}: `{line}` in:\n{stderr}"
+            );
+        }
+    }
+}
