@@ -11,7 +11,7 @@ use netfn_core::chain::{graph, state, status};
 use netfn_core::kernel::{freed, netns};
 use netfn_core::plan::{self, names};
 use netfn_core::spec::diag::Diagnostics;
-use netfn_core::spec::{self, ChainFile, LoadError};
+use netfn_core::spec::{self, ChainFile, ChainSpec, LoadError};
 use netfn_core::{agent, ebpf};
 
 use crate::output;
@@ -49,6 +49,32 @@ fn problems(file: &Path, d: &Diagnostics) -> String {
         line.push_str(&format!(", {warnings} warning(s)"));
     }
     line
+}
+
+/// The chains of `spec` (from `file`) that `--chain only` names: all of them without it.
+fn selected<'a>(
+    spec: &'a ChainFile,
+    file: &Path,
+    only: Option<&str>,
+) -> Result<Vec<&'a ChainSpec>> {
+    let chains: Vec<_> = spec
+        .chains
+        .iter()
+        .filter(|c| only.is_none_or(|o| o == c.name))
+        .collect();
+    if chains.is_empty() {
+        bail!(
+            "{} has no chain named `{}`; it has: {}",
+            file.display(),
+            only.unwrap_or_default(),
+            spec.chains
+                .iter()
+                .map(|c| c.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    Ok(chains)
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
@@ -103,24 +129,8 @@ pub fn validate(file: &Path) -> Result<ExitCode> {
 
 pub fn up(file: &Path, only: Option<&str>, quiet: bool) -> Result<ExitCode> {
     let spec = load(file)?;
+    let chains = selected(&spec, file, only)?;
     require_root("up")?;
-    let chains: Vec<_> = spec
-        .chains
-        .iter()
-        .filter(|c| only.is_none_or(|o| o == c.name))
-        .collect();
-    if chains.is_empty() {
-        bail!(
-            "{} has no chain named `{}`; it has: {}",
-            file.display(),
-            only.unwrap_or_default(),
-            spec.chains
-                .iter()
-                .map(|c| c.name.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
-    }
     let rt = runtime()?;
     // Every chain loads the eBPF object: reuse aya's loaders (and their parse of the kernel's
     // BTF) across them.
@@ -222,25 +232,26 @@ fn notify_agent() {
 
 pub fn apply(file: &Path, only: Option<&str>, dry_run: bool, quiet: bool) -> Result<ExitCode> {
     let spec = load(file)?;
+    let chains = selected(&spec, file, only)?;
     require_root("apply")?;
     let rt = runtime()?;
     let _reuse = netfn_core::ebpf::ReuseLoaders::begin();
     let registry = netfn_functions::registry();
     let source = std::fs::canonicalize(file).unwrap_or_else(|_| file.to_path_buf());
-    let chains: Vec<_> = spec
-        .chains
-        .iter()
-        .filter(|c| only.is_none_or(|o| o == c.name))
-        .collect();
     let live = Live::new(
         "apply",
         chains.len(),
         chains.iter().map(|c| c.functions.len()).sum(),
         quiet || dry_run,
     );
-    live.run(|| -> Result<()> {
+    // Chains are applied one after another; the first that fails ends the run (a running
+    // chain's change went wrong: look before changing more), and the summary says which were
+    // done and which were not attempted.
+    let mut done = Vec::new();
+    let mut failed = None;
+    live.run(|| {
         for chain in &chains {
-            let outcome = netfn_core::chain::apply::apply(
+            let outcome = match netfn_core::chain::apply::apply(
                 &source,
                 chain,
                 &registry,
@@ -248,8 +259,15 @@ pub fn apply(file: &Path, only: Option<&str>, dry_run: bool, quiet: bool) -> Res
                 &UpOptions::default(),
                 dry_run,
                 &live,
-            )
-            .with_context(|| format!("netfn apply {}", file.display()))?;
+            ) {
+                Ok(outcome) => outcome,
+                Err(e) => {
+                    live.eprintln(&format!("netfn: chain {}: {e:#}", chain.name));
+                    failed = Some(chain.name.as_str());
+                    break;
+                }
+            };
+            done.push(chain.name.as_str());
             live.chain_done(chain.functions.len());
             let (head, changes) = match outcome {
                 ApplyOutcome::Unchanged => {
@@ -283,9 +301,30 @@ pub fn apply(file: &Path, only: Option<&str>, dry_run: bool, quiet: bool) -> Res
             }
             live.println(&text);
         }
-        Ok(())
-    })?;
-    Ok(ExitCode::SUCCESS)
+    });
+    let Some(failed) = failed else {
+        return Ok(ExitCode::SUCCESS);
+    };
+    let list = |names: &[&str]| {
+        if names.is_empty() {
+            "none".to_string()
+        } else {
+            names.join(", ")
+        }
+    };
+    let not_attempted: Vec<&str> = chains[done.len() + 1..]
+        .iter()
+        .map(|c| c.name.as_str())
+        .collect();
+    bail!(
+        "netfn apply {file}: chain {failed} failed (why is above); {} before it: {}; not \
+         attempted: {}; fix the cause and run `netfn apply {file}` again (the chains done are \
+         then unchanged)",
+        if dry_run { "checked" } else { "applied" },
+        list(&done),
+        list(&not_attempted),
+        file = file.display(),
+    )
 }
 
 /// From this many removed namespaces on, `down` says that the kernel frees them in the

@@ -157,3 +157,18 @@ fn unreadable_chain_files_get_one_clear_line() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("chain files are at most"), "{stderr}");
 }
+
+/// `--chain NAME` that the file does not have: `up` and `apply` say which chains it has
+/// (`apply` once printed nothing and succeeded).
+#[test]
+fn a_chain_the_file_does_not_have_is_refused_with_the_ones_it_has() {
+    for verb in ["up", "apply"] {
+        let out = netfn(&[verb, &example("minimal.toml"), "--chain", "nosuch"]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "netfn {verb} succeeded: {stderr}");
+        assert!(
+            stderr.contains("has no chain named `nosuch`; it has: minimal"),
+            "netfn {verb}: {stderr}"
+        );
+    }
+}

@@ -284,6 +284,57 @@ fn apply_refuses_what_it_cannot_do_live_and_leaves_the_chain_running() {
     assert_eq!(leftovers(&chain), Vec::<String>::new());
 }
 
+/// A file of three chains whose second cannot change live: the first is applied, the apply
+/// stops at the second, and the summary says so and names the third as not attempted (it
+/// once stopped silently), which runs on unchanged.
+#[test]
+fn apply_of_several_chains_says_what_was_applied_what_failed_and_what_was_not() {
+    let _turn = shared();
+    let chains = ["la", "lb", "lc"].map(unique_chain);
+    let dir = TempDir::new(&chains[0]);
+    let file = |functions: [&[&str]; 3]| {
+        chains
+            .iter()
+            .zip(functions)
+            .map(|(c, f)| forward_chain_of(c, "kernel", f))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let v1 = dir.write("v1.toml", &file([&["a", "b"], &["a", "b"], &["a", "b"]]));
+    // A function inserted in the middle (live), in front (refused), in the middle.
+    let v2 = dir.write(
+        "v2.toml",
+        &file([&["a", "x", "b"], &["z", "a", "b"], &["a", "x", "b"]]),
+    );
+    {
+        let _guards = chains.clone().map(|chain| ChainGuard {
+            chain,
+            file: v1.clone(),
+        });
+        netfn_ok(&["up", &v1.to_string_lossy()]);
+        let out = netfn(&["apply", &v2.to_string_lossy()]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{stderr}");
+        let [a, b, c] = &chains;
+        assert!(
+            stderr.contains("first or last function")
+                && stderr.contains(&format!(
+                    "chain {b} failed (why is above); applied before it: {a}; not attempted: {c}"
+                )),
+            "{stderr}"
+        );
+        let functions = |chain: &str| record(chain).plan.function_count();
+        assert_eq!(
+            [a, b, c].map(|chain| functions(chain)),
+            [3, 2, 2],
+            "{stderr}"
+        );
+    }
+    for chain in &chains {
+        assert_eq!(leftovers(chain), Vec::<String>::new(), "{chain}");
+    }
+}
+
 #[test]
 fn tc_failed_apply_leaves_the_old_chain_running() {
     failed_apply_leaves_the_old_chain_running("tc", "lf");
