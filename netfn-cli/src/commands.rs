@@ -85,9 +85,10 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
         .context("cannot start the async runtime")
 }
 
-fn require_root(verb: &str) -> Result<()> {
+/// Refuses to go on without root: `netfn {verb}` `why` (what it does that needs root).
+fn require_root(verb: &str, why: &str) -> Result<()> {
     if !nix::unistd::geteuid().is_root() {
-        bail!("`netfn {verb}` creates kernel objects and needs root; run it with sudo");
+        bail!("`netfn {verb}` {why}, and needs root; run it with sudo");
     }
     Ok(())
 }
@@ -130,7 +131,7 @@ pub fn validate(file: &Path) -> Result<ExitCode> {
 pub fn up(file: &Path, only: Option<&str>, quiet: bool) -> Result<ExitCode> {
     let spec = load(file)?;
     let chains = selected(&spec, file, only)?;
-    require_root("up")?;
+    require_root("up", "creates namespaces, veths and eBPF programs")?;
     let rt = runtime()?;
     // Every chain loads the eBPF object: reuse aya's loaders (and their parse of the kernel's
     // BTF) across them.
@@ -233,7 +234,17 @@ fn notify_agent() {
 pub fn apply(file: &Path, only: Option<&str>, dry_run: bool, quiet: bool) -> Result<ExitCode> {
     let spec = load(file)?;
     let chains = selected(&spec, file, only)?;
-    require_root("apply")?;
+    if dry_run {
+        require_root(
+            "apply --dry-run",
+            "reads each chain's record under its lock in /run/netfn/chains",
+        )?;
+    } else {
+        require_root(
+            "apply",
+            "changes the namespaces, veths and eBPF programs of running chains",
+        )?;
+    }
     let rt = runtime()?;
     let _reuse = netfn_core::ebpf::ReuseLoaders::begin();
     let registry = netfn_functions::registry();
@@ -342,7 +353,7 @@ pub fn down(
     wait: Option<std::time::Duration>,
     quiet: bool,
 ) -> Result<ExitCode> {
-    require_root("down")?;
+    require_root("down", "removes namespaces, veths and pinned eBPF objects")?;
     let chains: Vec<String> = match target {
         _ if all => state::list()?,
         Some(t) if Path::new(t).is_file() => load(Path::new(t))?
@@ -543,7 +554,10 @@ pub fn exec(chain: &str, function: &str, command: &[String]) -> Result<ExitCode>
 }
 
 pub fn logs(chain: &str, follow: bool) -> Result<ExitCode> {
-    require_root("logs")?;
+    require_root(
+        "logs",
+        "reads the chain's pinned eBPF log buffer under /sys/fs/bpf",
+    )?;
     let Some(record) = state::load(chain)? else {
         bail!("chain `{chain}` is not up; `netfn status` lists the chains that are");
     };

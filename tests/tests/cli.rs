@@ -172,3 +172,61 @@ fn a_chain_the_file_does_not_have_is_refused_with_the_ones_it_has() {
         );
     }
 }
+
+/// Run as nobody, the verbs that need root say so, each with what it does that needs it (each
+/// said "creates kernel objects").
+#[test]
+fn verbs_that_need_root_say_why_to_a_user_without_it() {
+    let bin = netfn_tests::netfn_bin();
+    let as_nobody = |args: &[&str]| {
+        Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(&bin)
+            .args(args)
+            .env("NETFN_AGENT_AUTOSTART", "0")
+            .output()
+            .expect("run setpriv")
+    };
+    if !as_nobody(&["--version"]).status.success() {
+        netfn_tests::skipped(
+            "root-only verbs run as nobody",
+            &format!("nobody cannot run {} here", bin.display()),
+        );
+        return;
+    }
+    let dir = netfn_tests::TempDir::new("nobody");
+    std::fs::set_permissions(&dir.0, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod");
+    let file = dir.write(
+        "chain.toml",
+        &netfn_tests::forward_chain("nobody", 1, "kernel"),
+    );
+    let file = file.to_string_lossy();
+    for (args, why) in [
+        (
+            &["logs", "minimal"][..],
+            "`netfn logs` reads the chain's pinned eBPF log buffer",
+        ),
+        (&["down", "minimal"], "`netfn down` removes namespaces"),
+        (&["up", &file], "`netfn up` creates namespaces"),
+        (&["apply", &file], "`netfn apply` changes the namespaces"),
+        (
+            &["apply", &file, "--dry-run"],
+            "`netfn apply --dry-run` reads each chain's record",
+        ),
+    ] {
+        let out = as_nobody(args);
+        let (stdout, stderr) = (
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+        );
+        assert!(
+            !out.status.success(),
+            "{args:?} succeeded:\n{stdout}\n{stderr}"
+        );
+        assert!(
+            stderr.contains(why) && stderr.contains("needs root; run it with sudo"),
+            "{args:?}: {stderr}"
+        );
+    }
+}
