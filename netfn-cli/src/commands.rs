@@ -487,6 +487,13 @@ fn wait_freed(
 }
 
 pub fn status(chain: Option<&str>, json: bool) -> Result<ExitCode> {
+    // Without root, the namespaces cannot be entered nor the pinned maps opened (nor the
+    // agent's socket reached): every chain would look broken, healthy or not.
+    require_root(
+        "status",
+        "enters the chains' namespaces and reads their pinned eBPF maps to tell whether they \
+         are healthy",
+    )?;
     let (records, damaged) = status::records(chain)?;
     for e in &damaged {
         eprintln!("netfn: error: {e}");

@@ -174,7 +174,8 @@ fn a_chain_the_file_does_not_have_is_refused_with_the_ones_it_has() {
 }
 
 /// Run as nobody, the verbs that need root say so, each with what it does that needs it (each
-/// said "creates kernel objects").
+/// said "creates kernel objects"); and `status` reports no chain as broken for want of a look
+/// (it did: every chain `no-netns`, "NOT healthy", and success).
 #[test]
 fn verbs_that_need_root_say_why_to_a_user_without_it() {
     let bin = netfn_tests::netfn_bin();
@@ -204,7 +205,12 @@ fn verbs_that_need_root_say_why_to_a_user_without_it() {
     let file = file.to_string_lossy();
     for (args, why) in [
         (
-            &["logs", "minimal"][..],
+            &["status"][..],
+            "`netfn status` enters the chains' namespaces and reads their pinned eBPF maps",
+        ),
+        (&["status", "minimal", "--json"], "`netfn status` enters"),
+        (
+            &["logs", "minimal"],
             "`netfn logs` reads the chain's pinned eBPF log buffer",
         ),
         (&["down", "minimal"], "`netfn down` removes namespaces"),
@@ -227,6 +233,10 @@ fn verbs_that_need_root_say_why_to_a_user_without_it() {
         assert!(
             stderr.contains(why) && stderr.contains("needs root; run it with sudo"),
             "{args:?}: {stderr}"
+        );
+        assert!(
+            !stdout.contains("NOT healthy") && !stdout.contains("no-netns"),
+            "{args:?}: {stdout}"
         );
     }
 }
