@@ -494,10 +494,27 @@ fn rule_name(sink: &mut Sink, name: &Spanned<String>) -> Option<String> {
     }
 }
 
-fn prefixes(sink: &mut Sink, field: &str, value: Spanned<OneOrMany<String>>) -> Vec<IpNet> {
+/// The items of a list key (or its one value), with its span; an empty list is refused: it
+/// would read as "any" (no condition), which nftables refuses as an empty set.
+fn items<T>(sink: &mut Sink, field: &str, value: Spanned<OneOrMany<T>>) -> (Range<usize>, Vec<T>) {
     let span = value.span();
+    let items = value.into_inner().into_vec();
+    if items.is_empty() {
+        sink.error(
+            span.clone(),
+            format!("`{field}` is an empty list"),
+            Some(format!(
+                "omit `{field}` to match any, or list what it must match"
+            )),
+        );
+    }
+    (span, items)
+}
+
+fn prefixes(sink: &mut Sink, field: &str, value: Spanned<OneOrMany<String>>) -> Vec<IpNet> {
+    let (span, texts) = items(sink, field, value);
     let mut out = Vec::new();
-    for text in value.into_inner().into_vec() {
+    for text in texts {
         let parsed = text
             .parse::<IpNet>()
             .or_else(|_| text.parse::<IpAddr>().map(IpNet::from));
@@ -524,9 +541,9 @@ fn prefixes(sink: &mut Sink, field: &str, value: Spanned<OneOrMany<String>>) -> 
 }
 
 fn ports(sink: &mut Sink, field: &str, value: Spanned<OneOrMany<PortItem>>) -> Vec<PortRange> {
-    let span = value.span();
+    let (span, list) = items(sink, field, value);
     let mut out = Vec::new();
-    for item in value.into_inner().into_vec() {
+    for item in list {
         match port_range(&item) {
             Ok(r) => out.push(r),
             Err(why) => sink.error(
@@ -635,5 +652,26 @@ mod tests {
             message.contains("cannot read rules file /dev/zero: it holds more than"),
             "{message}"
         );
+    }
+
+    #[test]
+    fn an_empty_list_is_refused_at_its_key() {
+        // It would mean "any": a rule meant to allow a few sources would allow them all.
+        let found = problems(
+            "[[chain.function.rule]]\nproto = \"tcp\"\nsrc = []\ndst = []\nsport = []\n\
+             dport = []\naction = \"accept\"\n",
+        );
+        let expected = [
+            (12, 7, "src"),
+            (13, 7, "dst"),
+            (14, 9, "sport"),
+            (15, 9, "dport"),
+        ]
+        .map(|(line, col, key)| (line, col, format!("`{key}` is an empty list")));
+        assert_eq!(found.len(), expected.len(), "{found:?}");
+        for (want, got) in expected.iter().zip(&found) {
+            assert_eq!((want.0, want.1), (got.0, got.1), "{found:?}");
+            assert!(got.2.ends_with(&want.2), "{found:?}");
+        }
     }
 }
