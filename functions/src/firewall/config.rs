@@ -32,6 +32,7 @@ use serde::{Deserialize, Serialize};
 use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
+use super::kind::PROBE_RULE;
 use super::rules::{Action, PortRange, Proto, RateLimit, Rule, RuleSet, Side};
 
 /// The connection table's size and timeouts (seconds), as configured.
@@ -482,7 +483,18 @@ fn rule_name(sink: &mut Sink, name: &Spanned<String>) -> Option<String> {
         && n.len() <= 40
         && n.chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
-    if ok {
+    if n == PROBE_RULE {
+        sink.error(
+            name.span(),
+            format!("rule name `{n}` is netfn's own"),
+            Some(
+                "netfn puts a rule of that name first to let the chain probe through (its \
+                 counters are the probe's): choose another name"
+                    .into(),
+            ),
+        );
+        None
+    } else if ok {
         Some(n.clone())
     } else {
         sink.error(
@@ -650,6 +662,20 @@ mod tests {
         assert_eq!((*line, *col), (10, 14), "{found:?}");
         assert!(
             message.contains("cannot read rules file /dev/zero: it holds more than"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn the_chain_probes_rule_name_is_refused() {
+        // Its counters would merge with the probe's.
+        let found =
+            problems("[[chain.function.rule]]\nname = \"netfn-probe\"\naction = \"drop\"\n");
+        assert_eq!(found.len(), 1, "{found:?}");
+        let (line, col, message) = &found[0];
+        assert_eq!((*line, *col), (11, 8), "{found:?}");
+        assert!(
+            message.ends_with("rule name `netfn-probe` is netfn's own"),
             "{message}"
         );
     }
