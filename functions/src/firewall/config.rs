@@ -67,6 +67,11 @@ impl Default for Conntrack {
 /// Largest connection table a function may ask for.
 pub const MAX_CONNTRACK: u32 = 16 << 20;
 
+/// Longest conntrack timeout, in seconds: kernel mode writes the timeouts to the
+/// `nf_conntrack_*_timeout` sysctls, which take at most `INT_MAX` jiffies
+/// (`proc_dointvec_jiffies`: `INT_MAX / HZ` seconds); this holds for HZ up to 1000.
+pub const MAX_TIMEOUT: u32 = (i32::MAX / 1000) as u32;
+
 /// A checked firewall configuration: the rules in order (inline, then the rules file's) and the
 /// connection-table settings.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -345,6 +350,15 @@ fn check_conntrack(sink: &mut Sink, span: Range<usize>, c: &Conntrack) {
                 span.clone(),
                 format!("conntrack {name} timeout is 0"),
                 Some("timeouts are in seconds and at least 1".into()),
+            );
+        } else if value > MAX_TIMEOUT {
+            sink.error(
+                span.clone(),
+                format!("conntrack {name} timeout {value} s is too long"),
+                Some(format!(
+                    "use at most {MAX_TIMEOUT} s (24.8 days): the kernel's conntrack timeouts \
+                     hold at most 2^31-1 jiffies"
+                )),
             );
         }
     }
@@ -678,6 +692,23 @@ mod tests {
             message.ends_with("rule name `netfn-probe` is netfn's own"),
             "{message}"
         );
+    }
+
+    #[test]
+    fn conntrack_timeouts_beyond_the_kernels_are_refused() {
+        // nf_conntrack_*_timeout takes at most INT_MAX jiffies: 2,147,483 s at HZ 1000.
+        assert!(problems("conntrack = { tcp_established = 2147483, udp = 1 }\n").is_empty());
+        let found = problems("conntrack = { tcp_established = 4000000000, icmp = 2147484 }\n");
+        let messages: Vec<&str> = found.iter().map(|(_, _, m)| m.as_str()).collect();
+        assert_eq!(found.len(), 2, "{found:?}");
+        assert!(
+            found.iter().all(|(line, col, _)| (*line, *col) == (10, 13)),
+            "{found:?}"
+        );
+        assert!(
+            messages[0].ends_with("conntrack tcp_established timeout 4000000000 s is too long")
+        );
+        assert!(messages[1].ends_with("conntrack icmp timeout 2147484 s is too long"));
     }
 
     #[test]
