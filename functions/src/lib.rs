@@ -1,6 +1,7 @@
 //! The function kinds netfn knows. Each kind lives in its own module; `registry()` is the one
 //! place that lists them.
 
+mod address;
 pub mod firewall;
 mod forward;
 pub mod lb;

@@ -527,7 +527,17 @@ fn health(sink: &mut Sink, raw: Spanned<RawHealth>, proto: Option<L4>) -> Option
 
 fn address(sink: &mut Sink, what: &str, value: &Spanned<String>) -> Option<IpAddr> {
     match value.get_ref().parse::<IpAddr>() {
-        Ok(IpAddr::V4(a)) => Some(IpAddr::V4(a)),
+        Ok(IpAddr::V4(a)) => match crate::address::unusable(a) {
+            None => Some(IpAddr::V4(a)),
+            Some(why) => {
+                sink.error(
+                    value.span(),
+                    format!("{what} {a} is {why}"),
+                    "use an address one host can have (unicast), e.g. \"192.0.2.10\"".to_string(),
+                );
+                None
+            }
+        },
         Ok(IpAddr::V6(_)) => {
             sink.error(
                 value.span(),
@@ -564,7 +574,8 @@ fn check_port(sink: &mut Sink, what: &str, value: &Spanned<i64>) -> Option<u16> 
 impl LbSettings {
     /// Problems only the chain shows: a VIP equal to a chain address or inside its transit pool,
     /// a backend inside the ingress subnet (its answers would never come back through the load
-    /// balancer), on a gateway address or inside the transit pool.
+    /// balancer), on a gateway address, inside the transit pool, or on the egress subnet's
+    /// network or broadcast address.
     pub fn check_in_chain(&self, chain: &ChainAddresses<'_>) -> Vec<SettingError> {
         let mut sink = Sink::default();
         for (service, spans) in self.services.iter().zip(&self.spans) {
@@ -592,7 +603,21 @@ impl LbSettings {
             }
             for (b, span) in service.backends.iter().zip(&spans.backends) {
                 let IpAddr::V4(a) = b.address else { continue };
-                if chain.ingress_subnet.contains(&a) {
+                let egress = chain.egress_subnet;
+                // A /31 has no network or broadcast address (RFC 3021).
+                let edge = [
+                    (egress.network(), "network"),
+                    (egress.broadcast(), "broadcast"),
+                ]
+                .into_iter()
+                .find(|(edge, _)| egress.prefix_len() <= 30 && *edge == a);
+                if let Some((_, which)) = edge {
+                    sink.error(
+                        span.clone(),
+                        format!("backend {a} is the {which} address of the egress subnet {egress}"),
+                        "no host has it: use the address of a server in the subnet".to_string(),
+                    );
+                } else if chain.ingress_subnet.contains(&a) {
                     sink.error(
                         span.clone(),
                         format!(
