@@ -27,9 +27,11 @@ use std::ops::Range;
 
 use netfn_common::lb::REVERSE_SERVICES;
 use netfn_core::function::{ChainAddresses, SettingError, Settings};
+use netfn_core::spec::FunctionSpec;
 use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
+use super::kind::LbConfig;
 use super::maglev;
 
 /// Largest weight a backend may have.
@@ -578,6 +580,7 @@ impl LbSettings {
     /// network or broadcast address.
     pub fn check_in_chain(&self, chain: &ChainAddresses<'_>) -> Vec<SettingError> {
         let mut sink = Sink::default();
+        self.served_earlier(&mut sink, chain.earlier);
         for (service, spans) in self.services.iter().zip(&self.spans) {
             if let IpAddr::V4(vip) = service.vip {
                 if chain.endpoints.contains(&vip) || chain.gateways.contains(&vip) {
@@ -649,5 +652,37 @@ impl LbSettings {
             }
         }
         sink.0
+    }
+
+    /// Services an earlier load balancer of the chain serves: it takes (and rewrites) every
+    /// flow to them, so this one would never get one.
+    fn served_earlier(&self, sink: &mut Sink, earlier: &[FunctionSpec]) {
+        for (service, spans) in self.services.iter().zip(&self.spans) {
+            let key = (service.vip, service.port, service.proto);
+            let first = earlier.iter().find(|f| {
+                f.config.downcast_ref::<LbConfig>().is_some_and(|lb| {
+                    lb.settings
+                        .services
+                        .iter()
+                        .any(|s| (s.vip, s.port, s.proto) == key)
+                })
+            });
+            if let Some(first) = first {
+                sink.error(
+                    spans.vip.clone(),
+                    format!(
+                        "service {} is already served by function `{}`, earlier in the chain: \
+                         this one would never get a flow",
+                        service.label(),
+                        first.name
+                    ),
+                    format!(
+                        "`{}` balances every flow to it first: remove the service here, or give \
+                         it another VIP or port",
+                        first.name
+                    ),
+                );
+            }
+        }
     }
 }

@@ -425,6 +425,7 @@ mod tests {
 
     fn clashes(allowed: &[&str]) -> Vec<String> {
         let chain = ChainAddresses {
+            earlier: &[],
             ingress_subnet: "10.1.0.0/24".parse().unwrap(),
             egress_subnet: "10.2.0.0/24".parse().unwrap(),
             endpoints: &[],

@@ -154,7 +154,8 @@ pub trait FunctionConfig: fmt::Debug + Send + Sync + Any {
     }
 
     /// Problems of the settings that only the rest of the chain shows (a load balancer's VIP
-    /// equal to a chain address), reported by `netfn validate` at the spans the kind kept.
+    /// equal to a chain address, or served by an earlier load balancer), reported by `netfn
+    /// validate` at the spans the kind kept.
     fn check_in_chain(&self, chain: &ChainAddresses<'_>) -> Vec<SettingError> {
         let _ = chain;
         Vec::new()
@@ -171,9 +172,13 @@ pub trait FunctionConfig: fmt::Debug + Send + Sync + Any {
     }
 }
 
-/// The addresses of a chain, for [`FunctionConfig::check_in_chain`].
+/// The addresses of a chain, and the functions before the one checked, for
+/// [`FunctionConfig::check_in_chain`].
 #[derive(Debug, Clone, Copy)]
 pub struct ChainAddresses<'a> {
+    /// The chain's functions before this one, in order from ingress (a load balancer's service
+    /// that an earlier one serves never gets a flow).
+    pub earlier: &'a [crate::spec::FunctionSpec],
     pub ingress_subnet: ipnet::Ipv4Net,
     pub egress_subnet: ipnet::Ipv4Net,
     /// The endpoints' own addresses.

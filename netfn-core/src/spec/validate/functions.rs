@@ -89,8 +89,8 @@ impl<'a> Checker<'a, '_> {
         })
     }
 
-    /// Each function's own checks against the rest of its chain (its endpoints' addresses and
-    /// its transit pool).
+    /// Each function's own checks against the rest of its chain (its endpoints' addresses, its
+    /// transit pool and the functions before it).
     pub(super) fn functions_in_chain(
         &mut self,
         chain_label: &str,
@@ -101,14 +101,15 @@ impl<'a> Checker<'a, '_> {
     ) {
         let endpoints = [ingress.address.addr(), egress.address.addr()];
         let gateways = [ingress.gateway, egress.gateway];
-        let chain = ChainAddresses {
-            ingress_subnet: ingress.address.trunc(),
-            egress_subnet: egress.address.trunc(),
-            endpoints: &endpoints,
-            gateways: &gateways,
-            transit,
-        };
-        for f in functions {
+        for (i, f) in functions.iter().enumerate() {
+            let chain = ChainAddresses {
+                earlier: &functions[..i],
+                ingress_subnet: ingress.address.trunc(),
+                egress_subnet: egress.address.trunc(),
+                endpoints: &endpoints,
+                gateways: &gateways,
+                transit,
+            };
             let label = format!("{chain_label}, function `{}`", f.name);
             for e in f.config.check_in_chain(&chain) {
                 self.setting_diagnostic(Severity::Error, &label, e);
