@@ -25,20 +25,24 @@ use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::ops::Range;
 
-use netfn_common::lb::REVERSE_SERVICES;
+use netfn_common::lb::{LB_FLOWS_MAP, LB_TABLE_MAP, REVERSE_SERVICES};
 use netfn_core::function::{ChainAddresses, SettingError, Settings};
 use netfn_core::spec::FunctionSpec;
 use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
 use super::kind::LbConfig;
-use super::maglev;
+use super::{maglev, stage};
 
 /// Largest weight a backend may have.
 pub const MAX_WEIGHT: u32 = 10_000;
 /// Largest connection table, and largest Maglev table, a function may ask for.
 pub const MAX_CONNTRACK: u32 = 16 << 20;
 pub const MAX_TABLE_SIZE: u32 = 1 << 24;
+/// Most bytes a load balancer's maps may take ([`stage::map_bytes`]), well below what a host
+/// has. It also keeps the Maglev tables' indexes (u32) in range: 2 GiB of 4-byte entries.
+pub const MAX_MAP_BYTES: u64 = 2 << 30;
+const _: () = assert!(MAX_MAP_BYTES / 4 <= u32::MAX as u64);
 
 /// A checked load balancer configuration.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -261,7 +265,7 @@ pub fn parse(settings: Settings<'_>) -> Result<LbSettings, Vec<SettingError>> {
     };
     if raw.service.is_empty() {
         sink.error(
-            table_span,
+            table_span.clone(),
             "a load balancer needs at least one service".into(),
             "add a `[[chain.function.service]]` table with vip, proto, port and backends"
                 .to_string(),
@@ -307,16 +311,57 @@ pub fn parse(settings: Settings<'_>) -> Result<LbSettings, Vec<SettingError>> {
         }
     }
     shared_backends(&mut sink, &services, &spans);
+    let settings = LbSettings {
+        services,
+        table_size,
+        conntrack,
+        spans,
+    };
+    let size_span = raw.table_size.as_ref().map(Spanned::span);
+    memory_bound(&mut sink, &settings, size_span.unwrap_or(table_span));
     if sink.0.is_empty() {
-        Ok(LbSettings {
-            services,
-            table_size,
-            conntrack,
-            spans,
-        })
+        Ok(settings)
     } else {
         Err(sink.0)
     }
+}
+
+/// Refuses (at `span`) settings whose maps would take more than [`MAX_MAP_BYTES`].
+fn memory_bound(sink: &mut Sink, s: &LbSettings, span: Range<usize>) {
+    let bytes = stage::map_bytes(s, stage::counter_cpus().unwrap_or(1));
+    let total = bytes
+        .iter()
+        .fold(0u64, |sum, (_, b)| sum.saturating_add(*b));
+    if total <= MAX_MAP_BYTES {
+        return;
+    }
+    let of = |map: &str| {
+        bytes
+            .iter()
+            .find(|(name, _)| *name == map)
+            .map_or(0, |(_, b)| *b)
+    };
+    sink.error(
+        span,
+        format!(
+            "the load balancer's maps would take about {} (at most {}): {} of Maglev tables \
+             ({} services × 2 × table_size {}), {} of connection table (conntrack.size {})",
+            gib(total),
+            gib(MAX_MAP_BYTES),
+            gib(of(LB_TABLE_MAP)),
+            s.services.len(),
+            s.table_size,
+            gib(of(LB_FLOWS_MAP)),
+            s.conntrack.size
+        ),
+        "lower table_size (a prime 100 times a service's backends spreads them within 1%; \
+         65537 is the default), conntrack.size or the number of services"
+            .to_string(),
+    );
+}
+
+fn gib(bytes: u64) -> String {
+    format!("{:.2} GiB", bytes as f64 / f64::from(1u32 << 30))
 }
 
 /// A backend's answers find their flow by trying each service the backend serves (the stage's

@@ -15,10 +15,11 @@ use std::path::Path;
 
 use aya::maps::{Array, HashMap, MapData};
 use netfn_common::lb::{
-    BACKEND_DOWN, Backend, BackendKey, FAMILY_V4, FAMILY_V6, LB_BACKEND_COUNTERS_MAP,
-    LB_BACKENDS_MAP, LB_CONF_MAP, LB_FLOWS_MAP, LB_FRAGS_MAP, LB_REVERSE_MAP, LB_SERVICES_MAP,
-    LB_STATS_MAP, LB_TABLE_MAP, LB_TC_PROGRAM, LB_XDP_PROGRAM, LbConf, NO_BACKEND, Reverse,
-    Service, ServiceKey, counter_stride, flow_sets,
+    BACKEND_DOWN, Backend, BackendCounters, BackendKey, FAMILY_V4, FAMILY_V6,
+    LB_BACKEND_COUNTERS_MAP, LB_BACKENDS_MAP, LB_CONF_MAP, LB_FLOWS_MAP, LB_FRAGS_MAP,
+    LB_REVERSE_MAP, LB_SERVICES_MAP, LB_STATS_MAP, LB_TABLE_MAP, LB_TC_PROGRAM, LB_XDP_PROGRAM,
+    LbConf, LbFlowSet, LbFrag, LbStats, NO_BACKEND, Reverse, Service, ServiceKey, counter_stride,
+    flow_sets,
 };
 use netfn_core::function::{
     FunctionContext, Stage, StageContent, StageError, StageMaps, StagePrograms,
@@ -189,32 +190,76 @@ impl Live {
     }
 }
 
+/// Each map the stage makes for `s`, with `cpus` CPU slices of the per-CPU ones: its name, its
+/// entries (not capped: validation bounds them through [`map_bytes`]) and the bytes of each
+/// (key and value; the kernel's own overhead aside).
+fn maps(s: &LbSettings, cpus: u32) -> [(&'static str, u64, u64); 9] {
+    let size = |bytes: usize| bytes as u64;
+    let services = s.services.len() as u64;
+    let backends: usize = s.services.iter().map(|s| s.backends.len()).sum();
+    let stride = counter_stride(u32::try_from(backends).unwrap_or(u32::MAX).max(1));
+    let cpus = u64::from(cpus);
+    [
+        (
+            LB_SERVICES_MAP,
+            services,
+            size(size_of::<ServiceKey>() + size_of::<Service>()),
+        ),
+        (
+            LB_TABLE_MAP,
+            services * 2 * u64::from(s.table_size),
+            size(size_of::<u32>()),
+        ),
+        (LB_BACKENDS_MAP, backends as u64, size(size_of::<Backend>())),
+        (
+            LB_BACKEND_COUNTERS_MAP,
+            u64::from(stride) * cpus,
+            size(size_of::<BackendCounters>()),
+        ),
+        (LB_CONF_MAP, 1, size(size_of::<LbConf>())),
+        // One slot per flow, in sets (answers find it through the reverse map).
+        (
+            LB_FLOWS_MAP,
+            u64::from(flow_sets(s.conntrack.size)),
+            size(size_of::<LbFlowSet>()),
+        ),
+        (LB_STATS_MAP, 1, size(size_of::<LbStats>()) * cpus),
+        (
+            LB_REVERSE_MAP,
+            u64::from(reverse_capacity(s)),
+            size(size_of::<BackendKey>() + size_of::<Reverse>()),
+        ),
+        (
+            LB_FRAGS_MAP,
+            u64::from(netfn_common::FRAGS_SIZE),
+            size(size_of::<netfn_common::FragKey>() + size_of::<LbFrag>()),
+        ),
+    ]
+}
+
+/// The bytes of each map the stage would make for `s` on a host with `cpus` possible CPUs
+/// ([`counter_cpus`]).
+pub fn map_bytes(s: &LbSettings, cpus: u32) -> Vec<(&'static str, u64)> {
+    maps(s, cpus)
+        .into_iter()
+        .map(|(name, entries, each)| (name, entries.saturating_mul(each)))
+        .collect()
+}
+
+/// Where service `i`'s two table halves of `size` entries start in [`LB_TABLE_MAP`]; `None`
+/// past u32 (validation refuses such settings: see `MAX_MAP_BYTES`).
+fn halves(i: u32, size: u32) -> Option<[u32; 2]> {
+    let base = i.checked_mul(2)?.checked_mul(size)?;
+    Some([base, base.checked_add(size)?])
+}
+
 impl StageContent for Content<'_> {
     fn map_sizes(&self) -> Vec<(&'static str, u32)> {
-        let s = self.settings;
-        let len = |n: usize| u32::try_from(n).unwrap_or(u32::MAX).max(1);
-        let backends = len(s.services.iter().map(|s| s.backends.len()).sum());
-        vec![
-            (LB_SERVICES_MAP, len(s.services.len())),
-            (
-                LB_TABLE_MAP,
-                len(s.services.len())
-                    .saturating_mul(2)
-                    .saturating_mul(s.table_size),
-            ),
-            (LB_BACKENDS_MAP, backends),
-            (
-                LB_BACKEND_COUNTERS_MAP,
-                // `fill` fails if the CPUs cannot be counted.
-                counter_stride(backends).saturating_mul(counter_cpus().unwrap_or(1)),
-            ),
-            (LB_CONF_MAP, 1),
-            // One slot per flow, in sets (answers find it through the reverse map).
-            (LB_FLOWS_MAP, flow_sets(s.conntrack.size)),
-            (LB_STATS_MAP, 1),
-            (LB_REVERSE_MAP, reverse_capacity(s)),
-            (LB_FRAGS_MAP, netfn_common::FRAGS_SIZE),
-        ]
+        // `fill` fails if the CPUs cannot be counted.
+        maps(self.settings, counter_cpus().unwrap_or(1))
+            .into_iter()
+            .map(|(name, entries, _)| (name, u32::try_from(entries).unwrap_or(u32::MAX).max(1)))
+            .collect()
     }
 
     fn fill(&self, maps: &mut StageMaps<'_>) -> Result<(), StageError> {
@@ -277,24 +322,34 @@ impl StageContent for Content<'_> {
         counter_cpus().map_err(StageError::Other)?;
         fill_array(maps, LB_CONF_MAP, &[conf])?;
         let size = s.table_size;
+        let placed: Vec<[u32; 2]> = (0u32..)
+            .zip(&tables)
+            .map(|(i, _)| halves(i, size))
+            .collect::<Option<_>>()
+            .ok_or_else(|| {
+                StageError::Other(format!(
+                    "{} services with two tables of {size} entries pass the table map's u32 \
+                     index",
+                    tables.len()
+                ))
+            })?;
         {
             let aya::maps::Map::Array(data) = maps.map_mut(LB_TABLE_MAP)? else {
                 return Err(StageError::Other(format!("{LB_TABLE_MAP} is not an array")));
             };
             let mut mapped = MappedU32::new(data, true).map_err(StageError::Other)?;
-            for (i, (_, table)) in tables.iter().enumerate() {
+            for ((_, table), [base, _]) in tables.iter().zip(&placed) {
                 mapped
-                    .write(i * 2 * size as usize, table)
+                    .write(*base as usize, table)
                     .map_err(StageError::Other)?;
             }
         }
         let map = maps.map_mut(LB_SERVICES_MAP)?;
         let mut services: HashMap<&mut MapData, ServiceKey, Service> =
             HashMap::try_from(map).map_err(map_err(LB_SERVICES_MAP))?;
-        for (i, (key, _)) in (0u32..).zip(&tables) {
-            let base = i * 2 * size;
+        for ((key, _), table) in tables.iter().zip(placed) {
             let service = Service {
-                table: [base, base + size],
+                table,
                 active: 0,
                 size,
             };
@@ -435,7 +490,52 @@ pub fn down_backends(dir: &Path) -> Vec<String> {
 
 #[cfg(test)]
 mod tests {
-    use super::highest_cpu;
+    use super::{LB_FLOWS_MAP, LB_TABLE_MAP, halves, highest_cpu, map_bytes};
+    use crate::lb::config::{BackendConf, L4, LbConntrack, LbSettings, ServiceConf};
+
+    #[test]
+    fn table_halves_are_placed_within_u32_or_not_at_all() {
+        assert_eq!(halves(0, 65_537), Some([0, 65_537]));
+        assert_eq!(halves(3, 7), Some([42, 49]));
+        // 130 services of the largest table_size: 128 × 2 × size still fits, its second half
+        // does not (`i * 2 * size` wrapped around here).
+        assert_eq!(
+            halves(127, 16_777_213),
+            Some([4_261_412_102, 4_278_189_315])
+        );
+        assert_eq!(halves(128, 16_777_213), None);
+        assert_eq!(halves(129, 16_777_213), None);
+    }
+
+    #[test]
+    fn map_bytes_count_tables_and_flows_without_wrapping() {
+        let service = |port| ServiceConf {
+            vip: "192.0.2.10".parse().unwrap(),
+            proto: L4::Tcp,
+            port,
+            backends: vec![BackendConf {
+                address: "10.2.0.10".parse().unwrap(),
+                port,
+                weight: 1,
+            }],
+            health: None,
+        };
+        let settings = LbSettings {
+            services: (1..=130).map(service).collect(),
+            table_size: 16_777_213,
+            conntrack: LbConntrack {
+                size: 16 << 20,
+                ..LbConntrack::default()
+            },
+            spans: Vec::new(),
+        };
+        let bytes = map_bytes(&settings, 2);
+        let of = |map| bytes.iter().find(|(name, _)| *name == map).unwrap().1;
+        assert_eq!(of(LB_TABLE_MAP), 130 * 2 * 16_777_213 * 4);
+        assert_eq!(of(LB_FLOWS_MAP), (16 << 20) / 4 * 320);
+        let total: u64 = bytes.iter().map(|(_, b)| b).sum();
+        assert!(total > 17_000_000_000, "{total}");
+    }
 
     #[test]
     fn the_highest_possible_cpu_of_a_kernel_cpu_list() {
