@@ -6,6 +6,8 @@ pub mod firewall;
 mod forward;
 pub mod lb;
 mod maps;
+#[cfg(test)]
+mod test_support;
 pub mod wireguard;
 
 use netfn_core::function::Registry;

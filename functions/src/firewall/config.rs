@@ -238,7 +238,7 @@ pub fn parse(settings: Settings<'_>) -> Result<(FirewallSettings, Vec<Origin>), 
             Err(e) => chain.error(
                 path.span(),
                 format!("cannot read rules file {}: {e}", resolved.display()),
-                Some("rules_file is relative to the chain file's directory".into()),
+                Some(unreadable_hint(e.kind()).into()),
             ),
             Ok(text) => {
                 let (more, errors) = rules_file(&resolved, &text);
@@ -263,6 +263,19 @@ pub fn parse(settings: Settings<'_>) -> Result<(FirewallSettings, Vec<Origin>), 
         ))
     } else {
         Err(errors)
+    }
+}
+
+/// What to do about a rules file that cannot be read, by why: only a missing one may be a
+/// wrong path.
+fn unreadable_hint(kind: std::io::ErrorKind) -> &'static str {
+    match kind {
+        std::io::ErrorKind::NotFound => "rules_file is relative to the chain file's directory",
+        std::io::ErrorKind::PermissionDenied => {
+            "this user may not read it: run validate as a user who may (sudo netfn validate …), \
+             or let this one read it"
+        }
+        _ => "rules_file names a TOML file of `[[rule]]` tables",
     }
 }
 
@@ -652,18 +665,10 @@ mod tests {
     /// The problems `netfn validate` reports for a chain whose one function is a firewall with
     /// `body`: (line, column, message).
     fn problems(body: &str) -> Vec<(usize, usize, String)> {
-        let text = format!(
-            "[[chain]]\nname = \"c\"\n[chain.ingress]\naddress = \"10.1.0.2/24\"\n\
-             [chain.egress]\naddress = \"10.2.0.2/24\"\n[[chain.function]]\nname = \"fw\"\n\
-             kind = \"firewall\"\n{body}"
-        );
-        match netfn_core::spec::parse(Path::new("c.toml"), &text, &crate::registry()) {
-            Ok(_) => Vec::new(),
-            Err(found) => found
-                .iter()
-                .map(|d| (d.position.line, d.position.col, d.message.clone()))
-                .collect(),
-        }
+        crate::test_support::diagnostics(Path::new("c.toml"), "firewall", body)
+            .into_iter()
+            .map(|d| (d.position.line, d.position.col, d.message))
+            .collect()
     }
 
     #[test]
@@ -709,6 +714,21 @@ mod tests {
             messages[0].ends_with("conntrack tcp_established timeout 4000000000 s is too long")
         );
         assert!(messages[1].ends_with("conntrack icmp timeout 2147484 s is too long"));
+    }
+
+    #[test]
+    fn a_rules_files_hint_follows_what_is_wrong_with_it() {
+        let hint = |file: &str| {
+            let body = format!("rules_file = \"{file}\"\n");
+            let found = crate::test_support::diagnostics(Path::new("c.toml"), "firewall", &body);
+            assert_eq!(found.len(), 1, "{found:?}");
+            found[0].hint.clone().unwrap_or_default()
+        };
+        assert!(hint("no-such-rules.toml").contains("relative to the chain file's directory"));
+        // The file is there: where relative paths start is not the problem.
+        assert!(hint("/").starts_with("rules_file names a TOML file"));
+        let denied = super::unreadable_hint(std::io::ErrorKind::PermissionDenied);
+        assert!(denied.contains("sudo netfn validate"), "{denied}");
     }
 
     #[test]

@@ -335,12 +335,8 @@ fn key_file(sink: &mut Sink, base: &Path, value: &Spanned<String>) -> Option<(Pa
     let path = base.join(value.get_ref());
     match keys::read_file(&path) {
         Ok(key) => Some((path, keys::fingerprint(&key))),
-        Err(why) => {
-            sink.error(
-                value.span(),
-                why,
-                "make one with `netfn wg genkey > FILE` (umask 077), or `wg genkey`".to_string(),
-            );
+        Err(e) => {
+            sink.error(value.span(), e.to_string(), e.hint().to_string());
             None
         }
     }
@@ -400,7 +396,36 @@ impl WgSettings {
 
 #[cfg(test)]
 mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
     use super::*;
+
+    #[test]
+    fn a_key_files_hint_follows_what_is_wrong_with_it() {
+        // A new key is the fix for a missing file only: one this user may not read, or a
+        // shared one, holds a key that the hint must not make anyone overwrite.
+        let dir = std::env::temp_dir().join(format!("netfn-wg-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let write = |name: &str, text: &str, mode: u32| {
+            std::fs::write(dir.join(name), text).unwrap();
+            std::fs::set_permissions(dir.join(name), std::fs::Permissions::from_mode(mode))
+                .unwrap();
+        };
+        write("garbage.key", "garbage", 0o600);
+        write("shared.key", &keys::generate().unwrap(), 0o644);
+        let hint = |file: &str| {
+            let body = format!(
+                "side = \"ingress\"\nprivate_key_file = \"{file}\"\naddress = [\"10.99.0.1/24\"]\n"
+            );
+            let found = crate::test_support::diagnostics(&dir.join("c.toml"), "wireguard", &body);
+            assert_eq!(found.len(), 1, "{found:?}");
+            found[0].hint.clone().unwrap_or_default()
+        };
+        assert!(hint("missing.key").starts_with("make one with `netfn wg genkey"));
+        assert!(hint("garbage.key").starts_with("a key file holds one base64 32-byte key"));
+        assert!(hint("shared.key").starts_with("keys must be readable by their owner only"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     fn settings(allowed: &[&str]) -> WgSettings {
         WgSettings {

@@ -45,7 +45,7 @@ pub fn create(netns: &str, name: &str, s: &WgSettings) -> Result<(), CreateError
             },
         );
     }
-    let private = keys::read_file(&s.private_key_file).map_err(CreateError::Other)?;
+    let private = keys::read_file(&s.private_key_file).map_err(|e| CreateError::Other(e.into()))?;
     let all = peers::all(s).map_err(CreateError::Other)?;
     apply(netns, name, &all, Some((private, s.listen_port))).map_err(CreateError::Other)?;
     link::configure(Some(netns), name, s).map_err(CreateError::Other)

@@ -2,8 +2,10 @@
 //! that nobody but their owner may read. A key is never logged, shown, recorded or put in an
 //! error message: errors name the file, never its content.
 
+use std::fmt;
+use std::io;
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
@@ -83,25 +85,77 @@ pub fn preshared_bytes(key: Option<&PresharedKey>) -> [u8; 32] {
     key.map_or([0; 32], |k| k.0)
 }
 
+/// Why a key file was refused. It names the file, never what the file holds.
+#[derive(Debug)]
+pub enum KeyFileError {
+    /// It cannot be read: missing, not readable by this user, a directory, without end…
+    Unreadable(PathBuf, io::Error),
+    /// Group or others may read it (`mode` is its permission bits).
+    Shared(PathBuf, u32),
+    /// It does not hold a key (`why` completes a sentence about the file).
+    NotAKey(PathBuf, String),
+}
+
+impl fmt::Display for KeyFileError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            KeyFileError::Unreadable(path, e) => write!(f, "cannot read {}: {e}", path.display()),
+            KeyFileError::Shared(path, mode) => write!(
+                f,
+                "{} can be read by group or others (mode {mode:o}); run `chmod 600 {}`",
+                path.display(),
+                path.display()
+            ),
+            KeyFileError::NotAKey(path, why) => write!(
+                f,
+                "{} {why}: it does not hold a WireGuard key",
+                path.display()
+            ),
+        }
+    }
+}
+
+impl From<KeyFileError> for String {
+    fn from(e: KeyFileError) -> String {
+        e.to_string()
+    }
+}
+
+impl KeyFileError {
+    /// What to do, by what went wrong: only a key file that is not there wants a new key (a
+    /// key this user may not read is most likely a good one, readable by its owner only).
+    pub fn hint(&self) -> &'static str {
+        match self {
+            KeyFileError::Unreadable(_, e) if e.kind() == io::ErrorKind::NotFound => {
+                "make one with `netfn wg genkey > FILE` (umask 077), or `wg genkey`"
+            }
+            KeyFileError::Unreadable(_, e) if e.kind() == io::ErrorKind::PermissionDenied => {
+                "the key is readable by its owner only (as it must be): run validate as that \
+                 user (sudo netfn validate …)"
+            }
+            KeyFileError::Shared(..) => {
+                "keys must be readable by their owner only (make new ones with umask 077)"
+            }
+            KeyFileError::Unreadable(..) | KeyFileError::NotAKey(..) => {
+                "a key file holds one base64 32-byte key (44 characters), as `netfn wg genkey` \
+                 or `wg genkey` writes it"
+            }
+        }
+    }
+}
+
 /// Reads a key file: refused when group or others may read it (as `wg` warns), when it is not
-/// a key, or when it cannot be read. The error names the file, never what it holds.
-pub fn read_file(path: &Path) -> Result<[u8; 32], String> {
-    let meta =
-        std::fs::metadata(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+/// a key, or when it cannot be read.
+pub fn read_file(path: &Path) -> Result<[u8; 32], KeyFileError> {
+    let unreadable = |e| KeyFileError::Unreadable(path.to_path_buf(), e);
+    let meta = std::fs::metadata(path).map_err(unreadable)?;
     let mode = meta.permissions().mode();
     if mode & 0o077 != 0 {
-        return Err(format!(
-            "{} can be read by group or others (mode {:o}); run `chmod 600 {}`",
-            path.display(),
-            mode & 0o777,
-            path.display()
-        ));
+        return Err(KeyFileError::Shared(path.to_path_buf(), mode & 0o777));
     }
     // Bounded: a file without end (/dev/zero) is refused, not read until memory ends.
-    let text = netfn_core::spec::read_text(path)
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    decode(&text)
-        .map_err(|why| format!("{} {why}: it does not hold a WireGuard key", path.display()))
+    let text = netfn_core::spec::read_text(path).map_err(unreadable)?;
+    decode(&text).map_err(|why| KeyFileError::NotAKey(path.to_path_buf(), why))
 }
 
 #[cfg(test)]
@@ -130,14 +184,35 @@ mod tests {
         let key = generate().unwrap();
         std::fs::write(&path, &key).unwrap();
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
-        let err = read_file(&path).unwrap_err();
+        let err = read_file(&path).unwrap_err().to_string();
         assert!(err.contains("chmod 600") && !err.contains(&key), "{err}");
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
         assert_eq!(encode(&read_file(&path).unwrap()), key);
         std::fs::write(&path, "garbage").unwrap();
-        let err = read_file(&path).unwrap_err();
+        let err = read_file(&path).unwrap_err().to_string();
         assert!(!err.contains("garbage"), "{err}");
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn only_a_missing_key_file_is_answered_with_a_new_key() {
+        let path = || PathBuf::from("/etc/netfn/vpn.key");
+        let unreadable = |kind| KeyFileError::Unreadable(path(), io::Error::from(kind));
+        assert!(
+            unreadable(io::ErrorKind::NotFound)
+                .hint()
+                .contains("genkey > FILE")
+        );
+        // A root-owned key of mode 600, read by another user: a good key.
+        let denied = unreadable(io::ErrorKind::PermissionDenied).hint();
+        assert!(denied.contains("sudo netfn validate") && !denied.contains("genkey"));
+        for other in [
+            unreadable(io::ErrorKind::IsADirectory),
+            KeyFileError::Shared(path(), 0o644),
+            KeyFileError::NotAKey(path(), "is not base64".into()),
+        ] {
+            assert!(!other.hint().contains("genkey > FILE"), "{other}");
+        }
     }
 
     #[test]

@@ -1,0 +1,20 @@
+//! Helpers for the kinds' unit tests.
+
+use std::path::Path;
+
+use netfn_core::spec::diag::Diagnostic;
+
+/// What `netfn validate` reports for the chain file `path` (relative paths in it start from
+/// its directory) whose one function, `fn1`, is of `kind` with `body`: its ingress is
+/// 10.1.0.2/24, its egress 10.2.0.2/24, and the function's table starts at line 10.
+pub fn diagnostics(path: &Path, kind: &str, body: &str) -> Vec<Diagnostic> {
+    let text = format!(
+        "[[chain]]\nname = \"c\"\n[chain.ingress]\naddress = \"10.1.0.2/24\"\n\
+         [chain.egress]\naddress = \"10.2.0.2/24\"\n[[chain.function]]\nname = \"fn1\"\n\
+         kind = \"{kind}\"\n{body}"
+    );
+    match netfn_core::spec::parse(path, &text, &crate::registry()) {
+        Ok(_) => Vec::new(),
+        Err(found) => found.iter().cloned().collect(),
+    }
+}
