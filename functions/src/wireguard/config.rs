@@ -70,9 +70,18 @@ pub struct WgSettings {
     pub mtu: u16,
     pub backend: Backend,
     pub peers: Vec<PeerConf>,
-    /// Where the peers' allowed IPs were written (not recorded).
+    /// Where the addresses were written (not recorded: only `validate` reports at them).
     #[serde(skip)]
-    pub spans: Vec<Range<usize>>,
+    pub spans: WgSpans,
+}
+
+/// Where a WireGuard endpoint's addresses were written in the chain file.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct WgSpans {
+    /// Each tunnel address.
+    pub address: Vec<Range<usize>>,
+    /// Each allowed IP of each peer.
+    pub allowed_ips: Vec<Vec<Range<usize>>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -164,9 +173,11 @@ pub fn parse(settings: Settings<'_>) -> Result<WgSettings, Vec<SettingError>> {
         },
     };
     let mut address = Vec::new();
+    let mut spans = WgSpans::default();
     for a in raw.address.get_ref() {
         if let Some(net) = prefix(&mut sink, "address", a) {
             address.push(net);
+            spans.address.push(a.span());
         }
     }
     if raw.address.get_ref().is_empty() {
@@ -219,7 +230,6 @@ pub fn parse(settings: Settings<'_>) -> Result<WgSettings, Vec<SettingError>> {
         );
     }
     let mut peers = Vec::new();
-    let mut spans = Vec::new();
     let mut keys_seen = HashSet::new();
     // Every peer's allowed IPs so far, with the peer's index.
     let mut claimed: Vec<(Ipv4Net, usize)> = Vec::new();
@@ -244,6 +254,7 @@ pub fn parse(settings: Settings<'_>) -> Result<WgSettings, Vec<SettingError>> {
             .and_then(|f| key_file(&mut sink, &base, f));
         let (preshared_key_file, preshared_key_fingerprint) = preshared_key_file.unzip();
         let mut allowed_ips = Vec::new();
+        let mut allowed_spans = Vec::new();
         for a in p.allowed_ips.get_ref() {
             let Some(net) = prefix(&mut sink, "allowed_ips", a) else {
                 continue;
@@ -270,6 +281,7 @@ pub fn parse(settings: Settings<'_>) -> Result<WgSettings, Vec<SettingError>> {
             }
             claimed.push((net, index));
             allowed_ips.push(net);
+            allowed_spans.push(a.span());
         }
         if allowed_ips.is_empty() && p.allowed_ips.get_ref().is_empty() {
             sink.error(
@@ -303,7 +315,7 @@ pub fn parse(settings: Settings<'_>) -> Result<WgSettings, Vec<SettingError>> {
                 .ok()
                 .filter(|&k| k > 0)
         });
-        spans.push(p.allowed_ips.span());
+        spans.allowed_ips.push(allowed_spans);
         peers.push(PeerConf {
             public_key: p.public_key.into_inner().trim().to_string(),
             preshared_key_file,
@@ -365,29 +377,37 @@ fn prefix(sink: &mut Sink, what: &str, value: &Spanned<String>) -> Option<Ipv4Ne
 }
 
 impl WgSettings {
-    /// Allowed IPs that clash with the chain's own subnets or its transit pool (their packets
-    /// would be taken for the chain's).
+    /// Tunnel addresses and allowed IPs that clash with the chain's own subnets or its transit
+    /// pool (their packets would be taken for the chain's), each at its entry.
     pub fn check_in_chain(&self, chain: &ChainAddresses<'_>) -> Vec<SettingError> {
         let mut out = Vec::new();
-        for (peer, span) in self.peers.iter().zip(&self.spans) {
-            for net in &peer.allowed_ips {
-                for (what, subnet) in [
-                    ("subnet", chain.ingress_subnet),
-                    ("subnet", chain.egress_subnet),
-                    ("transit pool", chain.transit),
-                ] {
-                    if subnet.contains(&net.network()) || net.contains(&subnet.network()) {
-                        out.push(SettingError::new(
-                            span.clone(),
-                            format!("allowed IP {net} overlaps the chain's {what} {subnet}"),
-                            Some(
-                                "the tunnel's addresses must be their own: pick allowed_ips \
-                                 outside the endpoints' subnets"
-                                    .into(),
-                            ),
-                        ));
-                    }
-                }
+        let mut check = |what: &str, net: &Ipv4Net, span: &Range<usize>, hint: &str| {
+            for (own, subnet) in chain.overlapping(&net.trunc()) {
+                out.push(SettingError::new(
+                    span.clone(),
+                    format!("{what} {net} overlaps the chain's {own} {subnet}"),
+                    Some(hint.into()),
+                ));
+            }
+        };
+        for (net, span) in self.address.iter().zip(&self.spans.address) {
+            check(
+                "tunnel address",
+                net,
+                span,
+                "the tunnel's addresses must be their own: pick a tunnel subnet outside the \
+                 endpoints' subnets and the transit pool, e.g. \"10.99.0.1/24\"",
+            );
+        }
+        for (peer, spans) in self.peers.iter().zip(&self.spans.allowed_ips) {
+            for (net, span) in peer.allowed_ips.iter().zip(spans) {
+                check(
+                    "allowed IP",
+                    net,
+                    span,
+                    "the tunnel's addresses must be their own: pick allowed_ips outside the \
+                     endpoints' subnets",
+                );
             }
         }
         out
@@ -399,6 +419,43 @@ mod tests {
     use std::os::unix::fs::PermissionsExt;
 
     use super::*;
+
+    #[test]
+    fn tunnel_addresses_and_allowed_ips_in_the_chains_subnets_are_refused_each_at_its_entry() {
+        let dir = std::env::temp_dir().join(format!("netfn-wg-chain-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("k"), keys::generate().unwrap()).unwrap();
+        std::fs::set_permissions(dir.join("k"), std::fs::Permissions::from_mode(0o600)).unwrap();
+        // Line 10 on: the function's settings.
+        let body = "side = \"ingress\"\nprivate_key_file = \"k\"\n\
+                    address = [\"10.99.0.1/24\", \"10.1.0.1/24\"]\n\
+                    [[chain.function.peer]]\n\
+                    public_key = \"hSDwCYkwp1R0i33ctD73Wg2/Og0mOBr066SpjqqbTmo=\"\n\
+                    allowed_ips = [\"10.99.0.2/32\", \"100.64.0.0/24\"]\n";
+        let found: Vec<(usize, usize, String)> =
+            crate::test_support::diagnostics(&dir.join("c.toml"), "wireguard", body)
+                .into_iter()
+                .map(|d| (d.position.line, d.position.col, d.message))
+                .collect();
+        std::fs::remove_dir_all(&dir).unwrap();
+        let expected = [
+            (
+                12,
+                28,
+                "tunnel address 10.1.0.1/24 overlaps the chain's ingress subnet 10.1.0.0/24",
+            ),
+            (
+                15,
+                32,
+                "allowed IP 100.64.0.0/24 overlaps the chain's transit pool 100.64.0.0/16",
+            ),
+        ];
+        assert_eq!(found.len(), expected.len(), "{found:?}");
+        for ((line, col, message), got) in expected.iter().zip(&found) {
+            assert_eq!((*line, *col), (got.0, got.1), "{found:?}");
+            assert!(got.2.ends_with(message), "{found:?}");
+        }
+    }
 
     #[test]
     fn a_key_files_hint_follows_what_is_wrong_with_it() {
@@ -444,7 +501,10 @@ mod tests {
                 endpoint: None,
                 persistent_keepalive: None,
             }],
-            spans: std::iter::once(0..1).collect(),
+            spans: WgSpans {
+                address: Vec::new(),
+                allowed_ips: vec![vec![0..1; allowed.len()]],
+            },
         }
     }
 
@@ -469,7 +529,7 @@ mod tests {
         assert!(clashes(&["10.99.0.2/32", "10.3.0.0/16"]).is_empty());
         assert_eq!(
             clashes(&["10.1.0.7/32"]),
-            ["allowed IP 10.1.0.7/32 overlaps the chain's subnet 10.1.0.0/24"]
+            ["allowed IP 10.1.0.7/32 overlaps the chain's ingress subnet 10.1.0.0/24"]
         );
         assert_eq!(
             clashes(&["100.64.3.0/24"]),
@@ -480,8 +540,8 @@ mod tests {
         assert_eq!(
             clashes(&["0.0.0.0/0"]),
             [
-                "allowed IP 0.0.0.0/0 overlaps the chain's subnet 10.1.0.0/24",
-                "allowed IP 0.0.0.0/0 overlaps the chain's subnet 10.2.0.0/24",
+                "allowed IP 0.0.0.0/0 overlaps the chain's ingress subnet 10.1.0.0/24",
+                "allowed IP 0.0.0.0/0 overlaps the chain's egress subnet 10.2.0.0/24",
                 "allowed IP 0.0.0.0/0 overlaps the chain's transit pool 100.64.0.0/16"
             ]
         );

@@ -151,7 +151,7 @@ mod tests {
             mtu: 1420,
             backend: super::super::config::Backend::Auto,
             peers,
-            spans: vec![],
+            spans: Default::default(),
         }
     }
 

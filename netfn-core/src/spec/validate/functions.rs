@@ -7,6 +7,22 @@ use super::*;
 use crate::function::{ChainAddresses, SettingError};
 use crate::spec::diag::Severity;
 
+impl ChainAddresses<'_> {
+    /// The chain's own prefixes that `net` overlaps (inside them or around them), each with
+    /// what it is: the ingress and egress subnets and the transit pool. A function's addresses
+    /// of its own (a VPN's tunnel, its peers' allowed IPs) must stay clear of them.
+    pub fn overlapping(&self, net: &ipnet::Ipv4Net) -> Vec<(&'static str, ipnet::Ipv4Net)> {
+        [
+            ("ingress subnet", self.ingress_subnet),
+            ("egress subnet", self.egress_subnet),
+            ("transit pool", self.transit),
+        ]
+        .into_iter()
+        .filter(|(_, own)| overlap(own, net))
+        .collect()
+    }
+}
+
 impl<'a> Checker<'a, '_> {
     pub(super) fn functions(
         &mut self,
