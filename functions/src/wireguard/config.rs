@@ -291,18 +291,7 @@ pub fn parse(settings: Settings<'_>) -> Result<WgSettings, Vec<SettingError>> {
                     .to_string(),
             );
         }
-        let endpoint = p.endpoint.as_ref().and_then(|e| {
-            e.get_ref()
-                .parse::<SocketAddr>()
-                .map_err(|_| {
-                    sink.error(
-                        e.span(),
-                        format!("endpoint `{}` is not ADDRESS:PORT", e.get_ref()),
-                        "e.g. \"192.0.2.7:51820\"".to_string(),
-                    )
-                })
-                .ok()
-        });
+        let endpoint = p.endpoint.as_ref().and_then(|e| endpoint(&mut sink, e));
         let persistent_keepalive = p.persistent_keepalive.as_ref().and_then(|k| {
             u16::try_from(*k.get_ref())
                 .map_err(|_| {
@@ -352,6 +341,46 @@ fn key_file(sink: &mut Sink, base: &Path, value: &Spanned<String>) -> Option<(Pa
             None
         }
     }
+}
+
+/// A peer's endpoint: an IPv4 address a host can have, and a port (host names are not
+/// resolved: the device takes addresses).
+fn endpoint(sink: &mut Sink, value: &Spanned<String>) -> Option<SocketAddr> {
+    let text = value.get_ref();
+    let example = "e.g. \"192.0.2.7:51820\"";
+    let host = text
+        .rsplit_once(':')
+        .map_or(text.as_str(), |(host, _)| host);
+    let (message, hint) = match text.parse::<SocketAddr>() {
+        Ok(SocketAddr::V4(a)) => match crate::address::unusable(*a.ip()) {
+            None => return Some(SocketAddr::V4(a)),
+            Some(why) => (
+                format!("endpoint {a} is {why}"),
+                format!("write the address the peer is reached at, {example}"),
+            ),
+        },
+        Ok(SocketAddr::V6(_)) => (
+            format!("endpoint `{text}` is IPv6: not yet"),
+            format!("chains are IPv4 today: write the peer's IPv4 address, {example}"),
+        ),
+        Err(_)
+            if host.chars().any(|c| c.is_ascii_alphabetic())
+                && host
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.') =>
+        {
+            (
+                format!("endpoint `{text}` is a host name: netfn does not resolve names"),
+                format!("write the peer's IPv4 address and port, {example}"),
+            )
+        }
+        Err(_) => (
+            format!("endpoint `{text}` is not ADDRESS:PORT"),
+            example.to_string(),
+        ),
+    };
+    sink.error(value.span(), message, hint);
+    None
 }
 
 fn prefix(sink: &mut Sink, what: &str, value: &Spanned<String>) -> Option<Ipv4Net> {
