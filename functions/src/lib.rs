@@ -2,6 +2,7 @@
 //! place that lists them.
 
 mod address;
+mod conntrack;
 pub mod firewall;
 mod forward;
 pub mod lb;

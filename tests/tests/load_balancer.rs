@@ -749,6 +749,40 @@ fn udp_service(mode: &str, tag: &str) {
     }
 }
 
+/// Kernel mode keeps the flows in Linux conntrack: the function's timeouts
+/// (`conntrack = { tcp_closing = 1, udp = 2 }` here, TCP established at its default 3,600 s)
+/// are its namespace's conntrack sysctls, as the fast path's are its flow table's. Before, they
+/// were ignored there (Linux's 5-day established timeout and 30 s UDP applied).
+#[test]
+fn kernel_conntrack_timeouts_are_the_functions() {
+    let _turn = shared();
+    let chain = unique_chain("bk");
+    let dir = TempDir::new(&chain);
+    let file = dir.write(
+        "lb.toml",
+        &chain_file(&chain, "kernel", &service(53, "udp", &[(0, 1), (1, 1)])),
+    );
+    let _guard = ChainGuard::up(&chain, &file);
+    let ns = format!("nf-{chain}-lb1");
+    let sysctl = |name: &str| {
+        let out = std::process::Command::new("ip")
+            .args(["netns", "exec", &ns, "cat"])
+            .arg(format!("/proc/sys/net/netfilter/nf_conntrack_{name}"))
+            .output()
+            .expect("run cat");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    for (name, want) in [
+        ("tcp_timeout_established", "3600"),
+        ("tcp_timeout_close", "1"),
+        ("tcp_timeout_fin_wait", "1"),
+        ("udp_timeout", "2"),
+        ("udp_timeout_stream", "2"),
+    ] {
+        assert_eq!(sysctl(name), want, "nf_conntrack_{name} in {ns}");
+    }
+}
+
 /// A datagram larger than the path's MTU crosses in fragments, and only the first carries the
 /// ports: every fragment of a 3,000-byte datagram to the VIP reaches the backend its first was
 /// balanced to, and the backend's 3,000-byte answer comes back whole from the VIP, in every mode

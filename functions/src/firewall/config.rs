@@ -67,10 +67,7 @@ impl Default for Conntrack {
 /// Largest connection table a function may ask for.
 pub const MAX_CONNTRACK: u32 = 16 << 20;
 
-/// Longest conntrack timeout, in seconds: kernel mode writes the timeouts to the
-/// `nf_conntrack_*_timeout` sysctls, which take at most `INT_MAX` jiffies
-/// (`proc_dointvec_jiffies`: `INT_MAX / HZ` seconds); this holds for HZ up to 1000.
-pub const MAX_TIMEOUT: u32 = (i32::MAX / 1000) as u32;
+pub use crate::conntrack::MAX_TIMEOUT;
 
 /// A checked firewall configuration: the rules in order (inline, then the rules file's) and the
 /// connection-table settings.

@@ -13,28 +13,24 @@ use netfn_core::function::FunctionContext;
 
 use super::config::Conntrack;
 use super::rules::{Action, PortRange, Proto, Rule, RuleSet, Side};
+use crate::conntrack::{CLOSING_STATES, timeout_sysctl};
 
 /// The nftables table a firewall function owns in its namespace.
 pub const TABLE: &str = "netfn_fw";
 
 /// The conntrack timeouts of the function's namespace (per-namespace sysctls).
 pub fn sysctls(t: &Conntrack) -> Vec<(String, String)> {
-    let c = t.tcp_closing.to_string();
     [
-        ("tcp_timeout_syn_sent", t.tcp_syn.to_string()),
-        ("tcp_timeout_syn_recv", t.tcp_syn.to_string()),
-        ("tcp_timeout_established", t.tcp_established.to_string()),
-        ("tcp_timeout_fin_wait", c.clone()),
-        ("tcp_timeout_close_wait", c.clone()),
-        ("tcp_timeout_last_ack", c.clone()),
-        ("tcp_timeout_time_wait", c.clone()),
-        ("tcp_timeout_close", c),
-        ("udp_timeout", t.udp.to_string()),
-        ("udp_timeout_stream", t.udp_stream.to_string()),
-        ("icmp_timeout", t.icmp.to_string()),
+        ("tcp_timeout_syn_sent", t.tcp_syn),
+        ("tcp_timeout_syn_recv", t.tcp_syn),
+        ("tcp_timeout_established", t.tcp_established),
+        ("udp_timeout", t.udp),
+        ("udp_timeout_stream", t.udp_stream),
+        ("icmp_timeout", t.icmp),
     ]
     .into_iter()
-    .map(|(k, v)| (format!("net/netfilter/nf_conntrack_{k}"), v))
+    .chain(CLOSING_STATES.map(|k| (k, t.tcp_closing)))
+    .map(|(k, v)| timeout_sysctl(k, v))
     .collect()
 }
 

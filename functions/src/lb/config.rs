@@ -33,6 +33,7 @@ use toml::Spanned;
 
 use super::kind::LbConfig;
 use super::{maglev, stage};
+use crate::conntrack::MAX_TIMEOUT;
 
 /// Largest weight a backend may have.
 pub const MAX_WEIGHT: u32 = 10_000;
@@ -257,6 +258,16 @@ pub fn parse(settings: Settings<'_>) -> Result<LbSettings, Vec<SettingError>> {
                         span.clone(),
                         format!("conntrack {name} timeout is 0"),
                         "timeouts are in seconds and at least 1".to_string(),
+                    );
+                } else if v > MAX_TIMEOUT {
+                    // Kernel mode writes them to the nf_conntrack_* sysctls (see super::nft).
+                    sink.error(
+                        span.clone(),
+                        format!("conntrack {name} timeout {v} s is too long"),
+                        format!(
+                            "use at most {MAX_TIMEOUT} s (24.8 days): the kernel's conntrack \
+                             timeouts hold at most 2^31-1 jiffies"
+                        ),
                     );
                 }
             }
@@ -729,5 +740,30 @@ impl LbSettings {
                 );
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    #[test]
+    fn conntrack_timeouts_beyond_the_kernels_are_refused() {
+        // Kernel mode writes them to nf_conntrack_*_timeout: at most INT_MAX jiffies, 2,147,483 s
+        // at HZ 1000.
+        let service = "[[chain.function.service]]\nvip = \"192.0.2.10\"\nproto = \"udp\"\n\
+                       port = 53\nbackends = [{ address = \"10.2.0.10\" }]\n";
+        let found = |conntrack: &str| -> Vec<String> {
+            let body = format!("conntrack = {conntrack}\n{service}");
+            crate::test_support::diagnostics(Path::new("c.toml"), "load-balancer", &body)
+                .into_iter()
+                .map(|d| d.message)
+                .collect()
+        };
+        assert_eq!(found("{ tcp = 2147483, udp = 1 }"), Vec::<String>::new());
+        let messages = found("{ tcp = 4000000000, tcp_closing = 2147484 }");
+        assert_eq!(messages.len(), 2, "{messages:?}");
+        assert!(messages[0].ends_with("conntrack tcp timeout 4000000000 s is too long"));
+        assert!(messages[1].ends_with("conntrack tcp_closing timeout 2147484 s is too long"));
     }
 }

@@ -52,7 +52,7 @@ impl FunctionConfig for LbConfig {
         });
         Some(KernelForm {
             nftables: super::nft::ruleset(&self.settings, &down),
-            sysctls: Vec::new(),
+            sysctls: super::nft::sysctls(&self.settings.conntrack),
         })
     }
 

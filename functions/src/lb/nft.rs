@@ -18,8 +18,9 @@ use std::net::IpAddr;
 
 use netfn_core::kernel::nft;
 
-use super::config::LbSettings;
+use super::config::{LbConntrack, LbSettings};
 use super::maglev::{self, Entry};
+use crate::conntrack::{CLOSING_STATES, timeout_sysctl};
 
 /// The nftables table a load balancer function owns in its namespace.
 pub const TABLE: &str = "netfn_lb";
@@ -39,6 +40,21 @@ const SEED: u32 = 0x6e66_6c62;
 /// The named counter of service `i`'s flows: balanced, or dropped with no backend to take them.
 pub fn flows_counter(i: usize) -> String {
     format!("flows_{i}")
+}
+
+/// The conntrack timeouts of the function's namespace (per-namespace sysctls): the fast path's
+/// flow timeouts, for Linux conntrack, which keeps the flows in kernel mode (established TCP,
+/// TCP after a FIN or RST, UDP both ways). TCP's handshake states keep Linux's timeouts.
+pub fn sysctls(t: &LbConntrack) -> Vec<(String, String)> {
+    [
+        ("tcp_timeout_established", t.tcp),
+        ("udp_timeout", t.udp),
+        ("udp_timeout_stream", t.udp),
+    ]
+    .into_iter()
+    .chain(CLOSING_STATES.map(|k| (k, t.tcp_closing)))
+    .map(|(k, v)| timeout_sysctl(k, v))
+    .collect()
 }
 
 /// The ruleset of a load balancer function (nft syntax, one transaction), without the backends

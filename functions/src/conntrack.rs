@@ -1,0 +1,26 @@
+//! What the kinds that track connections (firewall, load balancer) share about the kernel's
+//! connection tracking: in kernel mode their timeouts become the `nf_conntrack_*` sysctls of
+//! the function's namespace (per-namespace in Linux), which bound what validation accepts.
+
+/// Longest conntrack timeout, in seconds: the `nf_conntrack_*_timeout` sysctls take at most
+/// `INT_MAX` jiffies (`proc_dointvec_jiffies`: `INT_MAX / HZ` seconds); this holds for HZ up to
+/// 1000.
+pub const MAX_TIMEOUT: u32 = (i32::MAX / 1000) as u32;
+
+/// The TCP states after a FIN or an RST: the kinds' `tcp_closing` timeout is each of these.
+pub const CLOSING_STATES: [&str; 5] = [
+    "tcp_timeout_fin_wait",
+    "tcp_timeout_close_wait",
+    "tcp_timeout_last_ack",
+    "tcp_timeout_time_wait",
+    "tcp_timeout_close",
+];
+
+/// The sysctl (path under /proc/sys) and value of conntrack timeout `name` (as
+/// `tcp_timeout_established`) at `seconds`.
+pub fn timeout_sysctl(name: &str, seconds: u32) -> (String, String) {
+    (
+        format!("net/netfilter/nf_conntrack_{name}"),
+        seconds.to_string(),
+    )
+}
