@@ -881,6 +881,133 @@ action = "accept"
     );
 }
 
+/// A raw IPv4 socket of protocol `proto` in namespace `ns`: the kernel writes the IPv4 header of
+/// what it sends, and it reads every packet of `proto` to the namespace (IPv4 header first),
+/// waiting at most [`WAIT`].
+fn raw_socket(ns: &str, proto: libc::c_int) -> std::os::fd::OwnedFd {
+    in_netns(ns, || {
+        // SAFETY: socket(2) with constant arguments; the descriptor is owned at once.
+        let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, proto) };
+        assert!(fd >= 0, "raw socket: {}", std::io::Error::last_os_error());
+        // SAFETY: a descriptor just opened, owned from here on.
+        let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+        let wait = libc::timeval {
+            tv_sec: 0,
+            tv_usec: WAIT.as_micros() as libc::suseconds_t,
+        };
+        netfn_tests::set_socket_option(fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_RCVTIMEO, &wait)
+            .unwrap_or_else(|e| panic!("SO_RCVTIMEO: {e}"));
+        fd
+    })
+}
+
+/// Sends ICMP message `icmp` (its checksum is filled in here) from raw socket `fd` to `to`.
+fn send_icmp(fd: &std::os::fd::OwnedFd, to: Ipv4Addr, mut icmp: Vec<u8>) {
+    icmp[2..4].copy_from_slice(&[0, 0]);
+    let c = !netfn_tests::frames::sum16(&icmp, 0);
+    icmp[2..4].copy_from_slice(&c.to_be_bytes());
+    send_raw(fd, to, &icmp);
+}
+
+/// Sends `payload` (what follows the IPv4 header) from raw socket `fd` to `to`.
+fn send_raw(fd: &std::os::fd::OwnedFd, to: Ipv4Addr, payload: &[u8]) {
+    let sa = libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: 0,
+        sin_addr: libc::in_addr {
+            s_addr: u32::from_ne_bytes(to.octets()),
+        },
+        sin_zero: [0; 8],
+    };
+    // SAFETY: a buffer and an address of the stated sizes.
+    let sent = unsafe {
+        libc::sendto(
+            fd.as_raw_fd(),
+            payload.as_ptr().cast(),
+            payload.len(),
+            0,
+            (&sa as *const libc::sockaddr_in).cast(),
+            std::mem::size_of::<libc::sockaddr_in>() as u32,
+        )
+    };
+    assert_eq!(
+        sent,
+        payload.len() as isize,
+        "{}",
+        std::io::Error::last_os_error()
+    );
+}
+
+/// An ICMP error about a ping (time exceeded, as `traceroute -I` and `mtr` draw them; host
+/// unreachable) belongs to the ping's connection, as conntrack relates it: it reaches the
+/// pinging client through a default-drop firewall, in every mode. The quoted echo is known by
+/// its identifier, as the ping itself is (before, the stage read the quoted echo's type and
+/// checksum as its ports, matched no connection, and the rules dropped the error).
+fn icmp_errors_about_pings_in(mode: &str) {
+    let _turn = shared();
+    let settings = r#"default = "drop"
+
+[[chain.function.rule]]
+icmp_type = "echo-request"
+action = "accept"
+"#;
+    let lab = Lab::up("ie", mode, settings, &[], &[]);
+    let (ns, client, server) = ends(&lab.chain, From::Ingress);
+    let (egress_ns, ..) = ends(&lab.chain, From::Egress);
+    let (pinger, router) = (
+        raw_socket(&ns, libc::IPPROTO_ICMP),
+        raw_socket(&egress_ns, libc::IPPROTO_ICMP),
+    );
+    let id: u16 = 0x4e46;
+    let mut echo = vec![8, 0, 0, 0];
+    echo.extend_from_slice(&id.to_be_bytes());
+    echo.extend_from_slice(&[0, 1]);
+    echo.extend_from_slice(b"netfn");
+    send_icmp(&pinger, server, echo.clone());
+    // The error a router on the way would send: its IPv4 header and the echo's first 8 bytes.
+    let link = netfn_tests::frames::Link {
+        src_mac: [0; 6],
+        dst_mac: [0; 6],
+        src: client,
+        dst: server,
+    };
+    let mut quoted = netfn_tests::frames::ipv4(&link, netfn_tests::frames::ICMP, 5, echo.len(), 0);
+    quoted[8] = 1; // TTL 1: it expired at the router
+    netfn_tests::frames::set_ipv4_checksum(&mut quoted);
+    quoted.extend_from_slice(&echo[..8]);
+    let mut error = vec![11, 0, 0, 0, 0, 0, 0, 0];
+    error.extend_from_slice(&quoted);
+    send_icmp(&router, client, error);
+    // The client sees the echo's reply, then the error (or nothing within the wait).
+    let mut buf = [0u8; 256];
+    let arrived = std::iter::from_fn(|| {
+        // SAFETY: recv(2) into a buffer of its stated size.
+        let n = unsafe { libc::recv(pinger.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+        (n > 20).then(|| buf[usize::from(buf[0] & 0x0f) * 4])
+    })
+    .take(4)
+    .any(|icmp_type| icmp_type == 11);
+    assert!(
+        arrived,
+        "{mode}: the time-exceeded error about the ping did not reach the client"
+    );
+}
+
+#[test]
+fn icmp_errors_about_pings_tc() {
+    icmp_errors_about_pings_in("tc");
+}
+
+#[test]
+fn icmp_errors_about_pings_xdp() {
+    icmp_errors_about_pings_in("xdp");
+}
+
+#[test]
+fn icmp_errors_about_pings_kernel() {
+    icmp_errors_about_pings_in("kernel");
+}
+
 /// Closes `s` with a reset (SO_LINGER 0): no TIME_WAIT, so its ports can open again at once.
 fn reset(s: TcpStream) {
     let linger = libc::linger {
@@ -961,33 +1088,8 @@ fn syn_with_fin_in(mode: &str) {
         dst,
     };
     let segment = netfn_tests::frames::tcp(&link, 40_400, 80, 0x03, 5); // SYN | FIN
-    in_netns(&ns, || {
-        // SAFETY: a raw IPv4 socket this closure owns and closes; the kernel writes the IPv4
-        // header, the TCP header is `segment` (checksum over these addresses).
-        unsafe {
-            let fd = libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_TCP);
-            assert!(fd >= 0, "raw socket: {}", std::io::Error::last_os_error());
-            let to = libc::sockaddr_in {
-                sin_family: libc::AF_INET as libc::sa_family_t,
-                sin_port: 0,
-                sin_addr: libc::in_addr {
-                    s_addr: u32::from_ne_bytes(dst.octets()),
-                },
-                sin_zero: [0; 8],
-            };
-            let sent = libc::sendto(
-                fd,
-                segment.as_ptr().cast(),
-                segment.len(),
-                0,
-                (&to as *const libc::sockaddr_in).cast(),
-                std::mem::size_of::<libc::sockaddr_in>() as u32,
-            );
-            let err = std::io::Error::last_os_error();
-            libc::close(fd);
-            assert_eq!(sent, segment.len() as isize, "send: {err}");
-        }
-    });
+    // The kernel writes the IPv4 header; the TCP header's checksum is over these addresses.
+    send_raw(&raw_socket(&ns, libc::IPPROTO_TCP), dst, &segment);
     thread::sleep(Duration::from_millis(300));
     let drops = fastpath_drops(&chain);
     assert_eq!(

@@ -72,8 +72,8 @@ static NF_FW_FRAGS: LruHashMap<FragKey, FragSeen> = LruHashMap::with_max_entries
 
 const TCP_HLEN: usize = 20;
 /// Most bytes the stage reads: Ethernet, an IPv4 header with options, and an ICMP error's
-/// quoted IPv4 header plus ports.
-const READ_LEN: u32 = (ETH_HLEN + 60 + ICMP_HLEN + IP_HLEN + 4) as u32;
+/// quoted IPv4 header plus its first 8 bytes (ports, or a quoted echo's identifier).
+const READ_LEN: u32 = (ETH_HLEN + 60 + ICMP_HLEN + IP_HLEN + 8) as u32;
 
 const TCP_SYN: u8 = 0x02;
 const TCP_ACK: u8 = 0x10;
@@ -348,13 +348,28 @@ fn parse(data: usize, data_end: usize) -> Option<Packet> {
                 }
                 ICMP_DEST_UNREACH | ICMP_TIME_EXCEEDED | ICMP_PARAMETER_PROBLEM => {
                     let q = l4 + ICMP_HLEN;
-                    if q + IP_HLEN + 4 <= data_end && read::<u8>(q) == 0x45 {
+                    if q + IP_HLEN + 8 <= data_end && read::<u8>(q) == 0x45 {
+                        let proto: u8 = read(q + 9);
+                        let quoted_type: u8 = read(q + IP_HLEN);
+                        // A quoted echo is keyed by its identifier, both ways (as above); anything
+                        // else by its first four bytes, the ports.
+                        let (sport, dport) = if proto == PROTO_ICMP
+                            && (quoted_type == ICMP_ECHO || quoted_type == ICMP_ECHO_REPLY)
+                        {
+                            let id = u16::from_be(read(q + IP_HLEN + 4));
+                            (id, id)
+                        } else {
+                            (
+                                u16::from_be(read(q + IP_HLEN)),
+                                u16::from_be(read(q + IP_HLEN + 2)),
+                            )
+                        };
                         p.inner = Some(Inner {
                             src: read(q + 12),
                             dst: read(q + 16),
-                            proto: read(q + 9),
-                            sport: u16::from_be(read(q + IP_HLEN)),
-                            dport: u16::from_be(read(q + IP_HLEN + 2)),
+                            proto,
+                            sport,
+                            dport,
                         });
                     }
                 }
