@@ -84,9 +84,12 @@ impl Limits {
 pub enum CompileError {
     #[error("{count} rules are more than the classifier can number")]
     TooManyRules { count: usize },
+    /// `rule` and `rules` are indexes in the rule set; messages number rules from 1, as
+    /// validate's other messages (and an operator reading the file) do.
     #[error(
-        "rule {rule} {name:?}: its lists combine into {boxes} cases (source × destination × \
-         ports), more than {max}; split it into several rules"
+        "rule {} {name:?}: its lists combine into {boxes} cases (source × destination × \
+         ports), more than {max}; split it into several rules",
+        .rule + 1
     )]
     RuleTooWide {
         rule: u32,
@@ -97,8 +100,9 @@ pub enum CompileError {
     #[error("the rules combine into more than {max} cases")]
     TooManyBoxes { max: usize },
     #[error(
-        "rules {rules:?} overlap in a way the classifier cannot separate within \
-         {max_node_steps} decisions and {max_leaf} final checks"
+        "rules {:?} overlap in a way the classifier cannot separate within \
+         {max_node_steps} decisions and {max_leaf} final checks",
+        .rules.iter().map(|r| r + 1).collect::<Vec<_>>()
     )]
     TooDeep {
         max_node_steps: usize,

@@ -464,14 +464,18 @@ fn too_wide_rules_and_loose_limits_are_refused() {
         .collect();
     wide.dst = wide.src.clone();
     let s = set(vec![wide]);
+    let err = compile(&s).err();
     assert!(matches!(
-        compile(&s),
-        Err(CompileError::RuleTooWide {
+        err,
+        Some(CompileError::RuleTooWide {
             rule: 0,
             boxes: 180_000,
             ..
         })
     ));
+    // Numbered from 1 for the operator, as validate's other messages.
+    let said = err.map(|e| e.to_string()).unwrap_or_default();
+    assert!(said.starts_with("rule 1 "), "{said}");
     let loose = Limits {
         max_leaf: MAX_LEAF_ENTRIES + 1,
         ..Limits::EBPF
