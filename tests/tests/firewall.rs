@@ -1008,6 +1008,65 @@ fn icmp_errors_about_pings_kernel() {
     icmp_errors_about_pings_in("kernel");
 }
 
+/// A reject never answers an ICMP error with an ICMP error (RFC 1122 3.2.2; the kernel's
+/// icmp_send never does): an unrelated destination-unreachable that the default verdict
+/// rejects is dropped, while a UDP datagram it rejects is still answered at once. Before, the
+/// fast path answered the error with a port-unreachable (fast path; kernel mode rejects with
+/// the kernel's own reject, which has this rule).
+fn reject_never_answers_an_icmp_error_in(mode: &str) {
+    let _turn = shared();
+    let settings = r#"default = "reject"
+
+[[chain.function.rule]]
+proto = "tcp"
+dport = 80
+action = "accept"
+"#;
+    let lab = Lab::up("rj", mode, settings, &[80], &[]);
+    let (ns, client, server) = ends(&lab.chain, From::Ingress);
+    assert_eq!(
+        udp_probe(&ns, client, SocketAddrV4::new(server, 9)),
+        Seen::Refused,
+        "{mode}: a rejected datagram is answered"
+    );
+    let sender = raw_socket(&ns, libc::IPPROTO_ICMP);
+    // Host unreachable about a UDP datagram the server never sent: no connection has it.
+    let link = netfn_tests::frames::Link {
+        src_mac: [0; 6],
+        dst_mac: [0; 6],
+        src: server,
+        dst: client,
+    };
+    let mut error = vec![3, 1, 0, 0, 0, 0, 0, 0];
+    error.extend(netfn_tests::frames::ipv4(
+        &link,
+        netfn_tests::frames::UDP,
+        5,
+        8,
+        0,
+    ));
+    error.extend(netfn_tests::frames::udp(&link, 4_321, 5_678, &[]));
+    send_icmp(&sender, server, error);
+    let mut buf = [0u8; 256];
+    // SAFETY: recv(2) into a buffer of its stated size (the socket waits at most WAIT).
+    let n = unsafe { libc::recv(sender.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+    assert!(
+        n < 0,
+        "{mode}: the ICMP error was answered with ICMP type {}",
+        buf[usize::from(buf[0] & 0x0f) * 4]
+    );
+}
+
+#[test]
+fn reject_never_answers_an_icmp_error_tc() {
+    reject_never_answers_an_icmp_error_in("tc");
+}
+
+#[test]
+fn reject_never_answers_an_icmp_error_xdp() {
+    reject_never_answers_an_icmp_error_in("xdp");
+}
+
 /// Closes `s` with a reset (SO_LINGER 0): no TIME_WAIT, so its ports can open again at once.
 fn reset(s: TcpStream) {
     let linger = libc::linger {

@@ -81,6 +81,8 @@ const TCP_ACK: u8 = 0x10;
 const ICMP_ECHO_REPLY: u8 = 0;
 const ICMP_PORT_UNREACH: u8 = 3;
 const ICMP_ECHO: u8 = 8;
+const ICMP_SOURCE_QUENCH: u8 = 4;
+const ICMP_REDIRECT: u8 = 5;
 
 /// Frame lengths of the answers a reject sends.
 const RST_LEN: u32 = (ETH_HLEN + IP_HLEN + TCP_HLEN) as u32;
@@ -575,7 +577,9 @@ fn decide(p: &Packet, e: &FwdEntry, len: u64) -> Fate {
             track(&key, src_is_a, from_egress, rule, now);
             Fate::Pass { ttl: p.ttl }
         }
-        ACTION_REJECT if !p.options => {
+        // Never an ICMP error about an ICMP error (RFC 1122 3.2.2, as the kernel's icmp_send),
+        // nor to a broadcast or multicast destination: those are dropped instead.
+        ACTION_REJECT if !p.options && answerable(p) => {
             if p.proto == PROTO_TCP {
                 Fate::RejectTcp(Rst {
                     src: p.dst,
@@ -600,6 +604,20 @@ fn decide(p: &Packet, e: &FwdEntry, len: u64) -> Fate {
             reason: FW_DROP_RULE,
         },
     }
+}
+
+/// Whether a rejected packet may be answered: not an ICMP error (any type but echo, echo
+/// reply and the other queries), not to the limited broadcast or a multicast address.
+#[inline(always)]
+fn answerable(p: &Packet) -> bool {
+    let icmp_error = p.proto == PROTO_ICMP
+        && matches!(
+            p.icmp_type,
+            ICMP_DEST_UNREACH | ICMP_SOURCE_QUENCH | ICMP_REDIRECT | ICMP_TIME_EXCEEDED
+                | ICMP_PARAMETER_PROBLEM
+        );
+    let dst = u32::from_be(p.dst);
+    !icmp_error && dst != u32::MAX && dst >> 28 != 0xe
 }
 
 /// The classifier, as a global BPF function: the verifier checks it once, on its own, instead of
