@@ -51,6 +51,48 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     out
 }
 
+/// What the host agent knows of the chain: its probe's verdict (the cause of "NOT healthy" when
+/// every interface is up) and the tasks it had to restart.
+fn agent_lines(s: &ChainStatus) -> String {
+    let Some(a) = &s.agent else {
+        return "agent: none runs, so no probe verdict (`netfn agent` probes chains)\n".into();
+    };
+    let probe = match &a.probe {
+        None => "probe: off, or not run yet".to_string(),
+        Some(p) if p.success => format!(
+            "probe: ok{} ({} sent, {} failed)",
+            p.rtt_seconds
+                .map(|r| format!(", round trip {:.2} ms", r * 1e3))
+                .unwrap_or_default(),
+            p.sent,
+            p.failed
+        ),
+        Some(p) => format!(
+            "probe: FAILING, {} in a row ({} sent, {} failed){}",
+            p.consecutive_failures,
+            p.sent,
+            p.failed,
+            p.error
+                .as_deref()
+                .map(|e| format!(": {e}"))
+                .unwrap_or_default()
+        ),
+    };
+    let mut out = format!("agent: {probe}\n");
+    for t in a.tasks.iter().filter(|t| t.restarts > 0) {
+        out.push_str(&format!(
+            "agent: task {} restarted {} time(s){}\n",
+            t.task,
+            t.restarts,
+            t.last_error
+                .as_deref()
+                .map(|e| format!(", last because: {e}"))
+                .unwrap_or_default()
+        ));
+    }
+    out
+}
+
 pub fn chain_table(s: &ChainStatus) -> String {
     let mut rows = Vec::new();
     for hop in &s.hops {
@@ -124,6 +166,7 @@ pub fn chain_table(s: &ChainStatus) -> String {
             }
         }
     }
+    details.push_str(&agent_lines(s));
     format!(
         "chain {} ({}, {}{}) from {}\n{}{details}",
         s.chain,

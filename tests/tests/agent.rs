@@ -542,6 +542,20 @@ fn the_prober_sees_a_broken_chain_as_down() {
             .expect("the chain is adopted");
         assert!(report.up && report.probe.as_ref().is_some_and(|p| p.success));
         assert!(report.tasks.iter().any(|t| t.task == "prober"));
+        // What `netfn status` prints of it.
+        let status = || {
+            let out = netfn_tests::command(&netfn_tests::netfn_bin())
+                .args(["status", &chain])
+                .env("NETFN_AGENT_SOCKET", &agent.socket)
+                .output()
+                .expect("run netfn status");
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        };
+        let shown = status();
+        assert!(
+            shown.contains("agent: probe: ok, round trip ") && shown.contains(", healthy)"),
+            "{shown}"
+        );
 
         // Break the chain in the middle.
         netfn_ok(&[
@@ -567,6 +581,12 @@ fn the_prober_sees_a_broken_chain_as_down() {
             .expect("an agent runs");
         let report = reports.iter().find(|r| r.chain == chain).expect("adopted");
         assert!(!report.up, "{report:?}");
+        // Status says why the chain is not healthy.
+        let shown = status();
+        assert!(
+            shown.contains("NOT healthy") && shown.contains("agent: probe: FAILING, "),
+            "{shown}"
+        );
         assert!(
             report
                 .probe
