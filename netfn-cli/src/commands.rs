@@ -356,11 +356,7 @@ pub fn down(
     require_root("down", "removes namespaces, veths and pinned eBPF objects")?;
     let chains: Vec<String> = match target {
         _ if all => state::list()?,
-        Some(t) if Path::new(t).is_file() => load(Path::new(t))?
-            .chains
-            .into_iter()
-            .map(|c| c.name)
-            .collect(),
+        Some(t) if Path::new(t).is_file() => chains_of_file(Path::new(t))?,
         Some(t) => {
             state::check_chain_name(t)
                 .map_err(|e| anyhow::anyhow!("there is no chain file `{t}`, and {e}"))?;
@@ -463,6 +459,50 @@ pub fn down(
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// The chains `netfn down FILE` takes down: the ones the file names, read as plain TOML with no
+/// kind checks (a file half edited, or whose key or rules files are gone, still says which
+/// chains it holds; `down` works from the records), and the ones recorded as up from this file
+/// that it no longer names.
+fn chains_of_file(file: &Path) -> Result<Vec<String>> {
+    let text = spec::read_text(file).with_context(|| format!("read {}", file.display()))?;
+    let mut chains: Vec<String> = match text.parse::<toml::Table>() {
+        Ok(table) => table
+            .get("chain")
+            .and_then(|c| c.as_array())
+            .into_iter()
+            .flatten()
+            .filter_map(|c| c.get("name")?.as_str())
+            .filter(|name| state::check_chain_name(name).is_ok())
+            .map(str::to_string)
+            .collect(),
+        Err(e) => {
+            eprintln!(
+                "netfn: warning: {} is not TOML ({}); taking down the chains recorded as up from \
+                 it",
+                file.display(),
+                e.message()
+            );
+            Vec::new()
+        }
+    };
+    let this = file.canonicalize().ok();
+    for name in state::list()? {
+        let from_here = state::load(&name)
+            .ok()
+            .flatten()
+            .is_some_and(|r| r.source.canonicalize().ok() == this);
+        if from_here && !chains.contains(&name) {
+            eprintln!(
+                "netfn: chain `{name}` is up from {} but the file no longer names it: taking it \
+                 down too",
+                file.display()
+            );
+            chains.push(name);
+        }
+    }
+    Ok(chains)
 }
 
 /// Waits for the kernel to free what `watch` tagged, counting on the live line.

@@ -222,6 +222,47 @@ fn up_names_the_chain_whose_namespace_it_would_need() {
 
 /// A chain up from one file, and another file with a chain of the same name: the second `up`
 /// names both files and does not offer `apply` (that would turn one chain into the other).
+/// `down FILE` works from the records, as `down CHAIN` does: a file that no longer validates (a
+/// half-made edit; a key or rules file gone) still takes down the chains it names, and a chain
+/// recorded as up from the file that the file no longer names goes down too. Before, the file
+/// had to validate whole, and a chain dropped from it was left running.
+#[test]
+fn down_file_takes_down_its_chains_even_when_it_no_longer_validates() {
+    let (kept, dropped) = (unique_chain("dk"), unique_chain("dd"));
+    let dir = TempDir::new(&kept);
+    let text = forward_chain(&kept, 1, "kernel") + "\n" + &forward_chain(&dropped, 1, "kernel");
+    let file = dir.write("two.toml", &text);
+    {
+        let _kept = ChainGuard::up(&kept, &file);
+        let _dropped = ChainGuard {
+            chain: dropped.clone(),
+            file: file.clone(),
+        };
+        // The edit: `dropped` is gone from the file, and `kept` has a function of no kind.
+        dir.write(
+            "two.toml",
+            &(forward_chain(&kept, 1, "kernel")
+                + "\n[[chain.function]]\nname = \"half\"\nkind = \"not-yet\"\n"),
+        );
+        assert!(
+            !netfn(&["validate", &file.to_string_lossy()])
+                .status
+                .success(),
+            "the edited file still validates"
+        );
+        let out = netfn(&["down", &file.to_string_lossy()]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{stderr}");
+        assert!(
+            stderr.contains(&format!("chain `{dropped}` is up from "))
+                && stderr.contains("no longer names it"),
+            "{stderr}"
+        );
+        assert_eq!(leftovers(&kept), Vec::<String>::new(), "{stderr}");
+        assert_eq!(leftovers(&dropped), Vec::<String>::new(), "{stderr}");
+    }
+}
+
 #[test]
 fn up_of_a_chain_that_is_up_from_another_file_names_both_files() {
     let chain = unique_chain("sf");
