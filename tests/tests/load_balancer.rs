@@ -215,6 +215,20 @@ fn try_ask(stream: &mut TcpStream) -> std::io::Result<Ipv4Addr> {
         .map_err(|_| std::io::Error::other(format!("not an address: {:?}", &buf[..n])))
 }
 
+/// Long-lived connections to `VIP:80` from each source port in `sports` (made in namespace
+/// `ingress`), each with the server that answered it.
+fn open_connections(ingress: &str, sports: std::ops::Range<u16>) -> Vec<(TcpStream, Ipv4Addr)> {
+    in_netns(ingress, || {
+        sports
+            .map(|sport| {
+                let mut s = connect_from(sport, 80);
+                let server = ask(&mut s);
+                (s, server)
+            })
+            .collect()
+    })
+}
+
 /// One short connection per source port in `sports` to `VIP:port`: which server answered each.
 /// Each ends with a reset (no TIME_WAIT anywhere), so the same ports can connect again.
 fn spread(ingress_ns: &str, port: u16, sports: std::ops::Range<u16>) -> BTreeMap<u16, Ipv4Addr> {
@@ -557,15 +571,7 @@ fn apply_adds_and_drains(mode: &str, tag: &str) {
     let ingress = format!("nf-{chain}-ingress");
 
     // Long-lived connections, some on every backend.
-    let mut open: Vec<(TcpStream, Ipv4Addr)> = in_netns(&ingress, || {
-        (50_000..50_030)
-            .map(|sport| {
-                let mut s = connect_from(sport, 80);
-                let server = ask(&mut s);
-                (s, server)
-            })
-            .collect()
-    });
+    let mut open = open_connections(&ingress, 50_000..50_030);
     let before = spread(&ingress, 80, 40_000..41_000);
 
     let applied = netfn_ok(&["apply", &four.to_string_lossy()]);
@@ -651,15 +657,7 @@ fn insert_before_balancer(mode: &str, tag: &str) {
     let _guard = ChainGuard::up(&chain, &before);
     let _servers = Servers::start(&format!("nf-{chain}-egress"));
     let ingress = format!("nf-{chain}-ingress");
-    let mut open: Vec<(TcpStream, Ipv4Addr)> = in_netns(&ingress, || {
-        (51_000..51_010)
-            .map(|sport| {
-                let mut s = connect_from(sport, 80);
-                let server = ask(&mut s);
-                (s, server)
-            })
-            .collect()
-    });
+    let mut open = open_connections(&ingress, 51_000..51_010);
     let applied = netfn_ok(&["apply", &after.to_string_lossy()]);
     assert!(applied.contains("add function mid"), "{applied}");
     for (s, server) in &mut open {
@@ -856,6 +854,38 @@ fn kernel_health_checks_take_a_failed_backend_out_and_back() {
     health_checks("kernel", "bj");
 }
 
+/// TCP health checks that take a stopped backend out within about a second.
+const QUICK_CHECKS: &str =
+    "health = { check = \"tcp\", interval = 0.5, timeout = 0.3, rise = 2, fall = 2 }\n";
+
+/// Writes `name` in `dir`: chain `chain` whose service on port 80 has `backends` (as
+/// [`service`]) and [`QUICK_CHECKS`].
+fn checked_file(
+    dir: &TempDir,
+    name: &str,
+    chain: &str,
+    mode: &str,
+    backends: &[(usize, u32)],
+) -> std::path::PathBuf {
+    let services = service(80, "tcp", backends) + QUICK_CHECKS;
+    dir.write(name, &chain_file(chain, mode, &services))
+}
+
+/// A host agent that runs the health checks of `chain` (up, its servers started), returned
+/// once backends 0, 1 and 2 all answer, with the next fresh source port. It reads the chain's
+/// record at its start only (the CLI's changes notify another socket): after an apply, the
+/// health task that began with the first settings goes on, and must write its verdicts with
+/// the settings the apply left.
+fn start_checks(dir: &TempDir, chain: &str, mode: &str, ingress: &str) -> (Agent, u16) {
+    let agent = Agent::start(&dir.0, chain, &["--no-probe", "--rescan-interval", "1h"]);
+    let mut next = 30_000u16;
+    assert!(
+        until_spread(ingress, &mut next, |c| c.len() == 3),
+        "{mode}: the three backends never all answered"
+    );
+    (agent, next)
+}
+
 /// Connections from fresh source ports (starting at `next`) until `wanted` holds for the set of
 /// servers that answered 30 of them, or 10 s pass; returns whether it held.
 fn until_spread(
@@ -875,34 +905,75 @@ fn until_spread(
     false
 }
 
+/// The open connections on server `down`, which the health checks declared down (its server
+/// still serves them): tc/xdp balance such a flow again, and its new backend resets it at once
+/// (the client learns now instead of retransmitting into a dead server), counted as
+/// rebalanced; Linux conntrack keeps it on its backend.
+fn assert_flows_of_down_backend_move(
+    mode: &str,
+    chain: &str,
+    open: &mut [(TcpStream, Ipv4Addr)],
+    down: usize,
+) {
+    let on_down = open.iter().filter(|(_, a)| *a == SERVERS[down]).count();
+    assert!(on_down > 0, "{mode}: no open connection on backend {down}");
+    for (s, _) in open.iter_mut().filter(|(_, a)| *a == SERVERS[down]) {
+        let answer = try_ask(s);
+        if mode == "kernel" {
+            assert_eq!(
+                answer.ok(),
+                Some(SERVERS[down]),
+                "{mode}: conntrack kept the flow"
+            );
+        } else {
+            assert!(
+                matches!(&answer, Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset),
+                "{mode}: a flow of a down backend should be reset by its new one: {answer:?}"
+            );
+        }
+    }
+    if mode != "kernel" {
+        let rows = lb_status(chain);
+        let (_, flows) = rows
+            .iter()
+            .find(|(k, _)| k == "flows")
+            .unwrap_or_else(|| panic!("{mode}: no flows row: {rows:?}"));
+        let rebalanced = row_count(flows, "rebalanced");
+        assert!(
+            rebalanced >= on_down as u64,
+            "{mode}: {rebalanced} rebalanced flows, {on_down} open on the down backend"
+        );
+    }
+}
+
+/// The `netfn status` row of server `i` as a backend of the service (`weight 1, up: 5 flows,
+/// 20 packets, 3 active`).
+fn backend_row(rows: &[(String, String)], i: usize) -> String {
+    rows.iter()
+        .find(|(k, _)| k.ends_with(&format!("→ {}:{SERVER_PORT}", SERVERS[i])))
+        .map(|(_, v)| v.clone())
+        .unwrap_or_else(|| panic!("no status row of backend {i}: {rows:?}"))
+}
+
+/// The count a status row gives as `N what` (`20 packets`, `3 active`, `2 rebalanced`).
+fn row_count(row: &str, what: &str) -> u64 {
+    row.split([',', ':'])
+        .find_map(|part| part.trim().strip_suffix(what)?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no `N {what}` in {row:?}"))
+}
+
 fn health_checks(mode: &str, tag: &str) {
     let _turn = shared();
     let chain = unique_chain(tag);
     let dir = TempDir::new(&chain);
-    let checked = service(80, "tcp", &[(0, 1), (1, 1), (2, 1)])
-        + "health = { check = \"tcp\", interval = 0.5, timeout = 0.3, rise = 2, fall = 2 }\n";
-    let file = dir.write("lb.toml", &chain_file(&chain, mode, &checked));
+    let file = checked_file(&dir, "lb.toml", &chain, mode, &[(0, 1), (1, 1), (2, 1)]);
     let _guard = ChainGuard::up(&chain, &file);
     let mut servers = Servers::start(&format!("nf-{chain}-egress"));
     let ingress = format!("nf-{chain}-ingress");
-    // The agent reads the chain's record at its start only (the CLI's changes notify another
-    // socket): after the apply below, the health task that began with the first settings is
-    // the one that brings the backend back, and it must write the settings the apply left.
-    let agent = Agent::start(&dir.0, &chain, &["--no-probe", "--rescan-interval", "1h"]);
-    let mut next = 30_000u16;
-    assert!(
-        until_spread(&ingress, &mut next, |c| c.len() == 3),
-        "{mode}: the three backends never all answered"
-    );
-    let mut open: Vec<(TcpStream, Ipv4Addr)> = in_netns(&ingress, || {
-        (50_000..50_012)
-            .map(|sport| {
-                let mut s = connect_from(sport, 80);
-                let server = ask(&mut s);
-                (s, server)
-            })
-            .collect()
-    });
+    // After the apply below, the health task that began with the first settings is the one
+    // that brings the backend back.
+    let (agent, mut next) = start_checks(&dir, &chain, mode, &ingress);
+    let mut open = open_connections(&ingress, 50_000..50_012);
 
     // Backend 1 stops accepting: the checks take it out, new flows avoid it.
     servers.stop_tcp(1);
@@ -923,46 +994,12 @@ fn health_checks(mode: &str, tag: &str) {
     for (s, server) in open.iter_mut().filter(|(_, a)| *a != SERVERS[1]) {
         assert_eq!(ask(s), *server, "{mode}: an open connection broke");
     }
-    // Open connections to the backend that is down (its server still serves them): tc/xdp
-    // balance such a flow again, and its new backend resets it at once (the client learns now
-    // instead of retransmitting into a dead server); Linux conntrack keeps it on its backend.
-    let on_down = open.iter().filter(|(_, a)| *a == SERVERS[1]).count();
-    assert!(on_down > 0, "{mode}: no open connection on backend 1");
-    for (s, _) in open.iter_mut().filter(|(_, a)| *a == SERVERS[1]) {
-        let answer = try_ask(s);
-        if mode == "kernel" {
-            assert_eq!(
-                answer.ok(),
-                Some(SERVERS[1]),
-                "{mode}: conntrack kept the flow"
-            );
-        } else {
-            assert!(
-                matches!(&answer, Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset),
-                "{mode}: a flow of a down backend should be reset by its new one: {answer:?}"
-            );
-        }
-    }
-    if mode != "kernel" {
-        let rows = lb_status(&chain);
-        let rebalanced: u64 = rows
-            .iter()
-            .find(|(k, _)| k == "flows")
-            .and_then(|(_, v)| v.split(", ").find_map(|p| p.strip_suffix(" rebalanced")))
-            .and_then(|n| n.parse().ok())
-            .unwrap_or_else(|| panic!("{mode}: no flows row: {rows:?}"));
-        assert!(
-            rebalanced >= on_down as u64,
-            "{mode}: {rebalanced} rebalanced flows, {on_down} open on the down backend"
-        );
-    }
+    // Open connections to the backend that is down (its server still serves them).
+    assert_flows_of_down_backend_move(mode, &chain, &mut open, 1);
     // Status and metrics say so, in every mode.
     let rows = lb_status(&chain);
-    let row = rows
-        .iter()
-        .find(|(k, _)| k.ends_with(&format!("→ {}:{SERVER_PORT}", SERVERS[1])))
-        .unwrap_or_else(|| panic!("{mode}: no status row of backend 1: {rows:?}"));
-    assert!(row.1.contains(", down:"), "{mode}: {row:?}");
+    let row = backend_row(&rows, 1);
+    assert!(row.contains(", down:"), "{mode}: {row:?}");
     let service_row = rows
         .iter()
         .find(|(k, _)| k == &format!("{VIP}:80/tcp"))
@@ -989,10 +1026,8 @@ fn health_checks(mode: &str, tag: &str) {
     // A live change (another backend's weight, a fourth backend) keeps the verdict: the
     // reloaded tables (or ruleset) leave the down backend out, with no check needed to take it
     // out again.
-    let heavier = service(80, "tcp", &[(0, 1), (1, 1), (2, 2), (3, 1)])
-        + "health = { check = \"tcp\", interval = 0.5, timeout = 0.3, rise = 2, fall = 2 }\n";
-    assert!(heavier.contains(&SERVERS[3].to_string()) && heavier.contains("weight = 2"));
-    let reweighted = dir.write("lb-reweighted.toml", &chain_file(&chain, mode, &heavier));
+    let heavier = [(0, 1), (1, 1), (2, 2), (3, 1)];
+    let reweighted = checked_file(&dir, "lb-reweighted.toml", &chain, mode, &heavier);
     let applied = netfn_ok(&["apply", &reweighted.to_string_lossy()]);
     assert!(applied.contains("in place"), "{mode}: {applied}");
     // Refused connections count (the stopped backend refuses): the message says what broke.
