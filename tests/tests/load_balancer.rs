@@ -1064,6 +1064,98 @@ fn health_checks(mode: &str, tag: &str) {
 }
 
 #[test]
+fn tc_flows_from_before_an_apply_that_renumbers_keep_their_backend() {
+    renumbered_flows("tc", "be");
+}
+
+#[test]
+fn xdp_flows_from_before_an_apply_that_renumbers_keep_their_backend() {
+    renumbered_flows("xdp", "bl");
+}
+
+#[test]
+fn kernel_flows_from_before_an_apply_that_renumbers_keep_their_backend() {
+    renumbered_flows("kernel", "bp");
+}
+
+/// An apply that removes the first backend gives the others new numbers (a backend's number is
+/// its place in the list). Flows opened before it are still their own backend's: counted under
+/// it (packets, active flows), and balanced again when the health checks take it down; flows of
+/// the backend that left go on.
+fn renumbered_flows(mode: &str, tag: &str) {
+    let _turn = shared();
+    let chain = unique_chain(tag);
+    let dir = TempDir::new(&chain);
+    let three = checked_file(&dir, "v1.toml", &chain, mode, &[(0, 1), (1, 1), (2, 1)]);
+    let two = checked_file(&dir, "v2.toml", &chain, mode, &[(1, 1), (2, 1)]);
+    let _guard = ChainGuard::up(&chain, &three);
+    let mut servers = Servers::start(&format!("nf-{chain}-egress"));
+    let ingress = format!("nf-{chain}-ingress");
+    let (agent, mut next) = start_checks(&dir, &chain, mode, &ingress);
+    let mut open = open_connections(&ingress, 50_000..50_030);
+    let on = |open: &[(TcpStream, Ipv4Addr)], i: usize| {
+        open.iter().filter(|(_, a)| *a == SERVERS[i]).count() as u64
+    };
+    let (on_1, on_2) = (on(&open, 1), on(&open, 2));
+    assert!(
+        on(&open, 0) > 0 && on_1 > 0 && on_2 > 0,
+        "{mode}: not every backend has an open connection"
+    );
+
+    let applied = netfn_ok(&["apply", &two.to_string_lossy()]);
+    assert!(applied.contains("in place"), "{mode}: {applied}");
+    for (s, server) in &mut open {
+        assert_eq!(ask(s), *server, "{mode}: an open connection moved or broke");
+    }
+    if mode != "kernel" {
+        // The probes' flows have ended (tcp_closing = 1 s): the open connections are the
+        // active flows, each under its own backend.
+        thread::sleep(Duration::from_millis(1500));
+        let rows = lb_status(&chain);
+        let active = |i| row_count(&backend_row(&rows, i), "active");
+        assert_eq!(
+            (active(1), active(2)),
+            (on_1, on_2),
+            "{mode}: active flows of {} and {}: {rows:?}",
+            SERVERS[1],
+            SERVERS[2]
+        );
+        // Traffic on the connections to server 1 is counted under it, not under the backend
+        // that has its old number now.
+        let packets =
+            |rows: &[(String, String)]| [1, 2].map(|i| row_count(&backend_row(rows, i), "packets"));
+        let before = packets(&rows);
+        for (s, server) in open.iter_mut().filter(|(_, a)| *a == SERVERS[1]) {
+            assert_eq!(ask(s), *server, "{mode}: an open connection moved or broke");
+        }
+        let after = packets(&lb_status(&chain));
+        assert!(
+            after[0] >= before[0] + on_1 && after[1] == before[1],
+            "{mode}: packets to {} and {} went from {before:?} to {after:?} over {on_1} \
+             requests to the first",
+            SERVERS[1],
+            SERVERS[2]
+        );
+    }
+
+    // Server 1 stops accepting: the checks take it out, and the flows it had from before the
+    // apply are balanced again (tc/xdp), as a flow of a down backend is.
+    servers.stop_tcp(1);
+    assert!(
+        until_spread(&ingress, &mut next, |c| c.len() == 1
+            && c.contains_key(&SERVERS[2])),
+        "{mode}: new flows still reach the stopped backend:\n{}",
+        agent.log_text()
+    );
+    assert_flows_of_down_backend_move(mode, &chain, &mut open, 1);
+    // The others go on: server 2's, and those of server 0, which left the settings (no
+    // health verdict of another backend reaches its flows).
+    for (s, server) in open.iter_mut().filter(|(_, a)| *a != SERVERS[1]) {
+        assert_eq!(ask(s), *server, "{mode}: an open connection broke");
+    }
+}
+
+#[test]
 fn tc_firewall_and_two_load_balancers_share_a_chain() {
     firewall_and_two_load_balancers("tc", "b2");
 }

@@ -5,16 +5,18 @@
 //! per backend its health (the set of backends taken out), per service the flows its rule
 //! balanced (Linux conntrack carries the rest of a flow's packets unseen by the rules).
 
+use std::collections::HashMap;
+
 use aya::maps::{Array, MapData};
 use netfn_common::lb::{
-    BACKEND_DOWN, Backend, BackendCounters, LB_BACKEND_COUNTERS_MAP, LB_BACKENDS_MAP, LB_FLOWS_MAP,
-    LB_STATS_MAP, LbFlowSet, LbStats,
+    BACKEND_DOWN, Backend, BackendCounters, BackendKey, LB_BACKEND_COUNTERS_MAP, LB_BACKENDS_MAP,
+    LB_FLOWS_MAP, LB_STATS_MAP, LbConf, LbFlowSet, LbStats, VipPort,
 };
 use netfn_core::function::{FunctionMetricsContext, KindMetricsError, MetricFamily};
 use netfn_core::spec::FastPath;
 
 use super::config::LbSettings;
-use super::stage::counter_cpus;
+use super::stage::{backend_key, counter_cpus, timeouts, vip_port};
 use crate::maps::{map, read_mapped, read_per_cpu, stage_dir};
 
 /// Largest connection table whose flows a scrape counts per backend.
@@ -72,7 +74,7 @@ fn backends(ctx: &FunctionMetricsContext<'_>, s: &LbSettings) -> Vec<BackendView
         .unwrap_or_default();
     let active = dir
         .as_ref()
-        .and_then(|d| active_flows(&d.join(LB_FLOWS_MAP)).ok());
+        .and_then(|d| active_flows(&d.join(LB_FLOWS_MAP), &timeouts(s)).ok());
     let mut out = Vec::new();
     let mut number = 0usize;
     for service in &s.services {
@@ -83,9 +85,11 @@ fn backends(ctx: &FunctionMetricsContext<'_>, s: &LbSettings) -> Vec<BackendView
                 weight: b.weight,
                 up: flags.get(number).is_none_or(|f| f & BACKEND_DOWN == 0),
                 counters: Some(counters.get(number).copied().unwrap_or_default()),
-                active: active
-                    .as_ref()
-                    .map(|a| a.get(number).copied().unwrap_or_default()),
+                active: active.as_ref().map(|a| {
+                    a.get(&(backend_key(service, b), vip_port(service)))
+                        .copied()
+                        .unwrap_or_default()
+                }),
             });
             number += 1;
         }
@@ -165,27 +169,53 @@ fn add(total: &mut BackendCounters, v: &BackendCounters) {
     total.new_flows += v.new_flows;
 }
 
-/// Tracked flows per backend number (whole slots; ones past their timeout count until a new
-/// flow takes their slot), unless the table is larger than [`COUNT_LIMIT`].
-fn active_flows(path: &std::path::Path) -> Result<Vec<u64>, KindMetricsError> {
+/// Tracked flows per backend and service (by identity: a flow's backend number may be of an
+/// earlier numbering), unless the table is larger than [`COUNT_LIMIT`]. Whole slots only, and
+/// not ones idle past their timeout in `conf` ([`timeouts`]; the stage's clock is
+/// `CLOCK_MONOTONIC`): a slot holds its ended flow until a new flow takes its place.
+fn active_flows(
+    path: &std::path::Path,
+    conf: &LbConf,
+) -> Result<HashMap<(BackendKey, VipPort), u64>, KindMetricsError> {
     let table: Array<MapData, LbFlowSet> = Array::try_from(map(path)?)?;
     if table.len() > COUNT_LIMIT / netfn_common::lb::LB_FLOW_WAYS as u32 {
         return Err("connection table too large to count".into());
     }
-    let mut per: Vec<u64> = Vec::new();
+    let now = monotonic_ns()?;
+    let mut per = HashMap::new();
     for set in table.iter().filter_map(Result::ok) {
         for flow in set.flows.iter() {
-            if !flow.is_whole() {
+            if !flow.is_whole() || flow.ended(conf, now) {
                 continue;
             }
-            let n = flow.backend as usize;
-            if per.len() <= n {
-                per.resize(n + 1, 0);
-            }
-            per[n] += 1;
+            let backend = BackendKey {
+                addr: flow.addr,
+                port: flow.port,
+                proto: flow.proto,
+                family: flow.family,
+            };
+            let service = VipPort {
+                vip: flow.vip,
+                port: flow.vport,
+                _pad: 0,
+            };
+            *per.entry((backend, service)).or_default() += 1;
         }
     }
     Ok(per)
+}
+
+/// `CLOCK_MONOTONIC` in nanoseconds, the clock of `bpf_ktime_get_ns`.
+fn monotonic_ns() -> Result<u64, KindMetricsError> {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `clock_gettime` writes one `timespec` through the pointer it is given.
+    if unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) } != 0 {
+        return Err(std::io::Error::last_os_error().into());
+    }
+    Ok(ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64)
 }
 
 fn stats(ctx: &FunctionMetricsContext<'_>) -> Option<LbStats> {
@@ -228,7 +258,8 @@ pub fn metrics(ctx: &FunctionMetricsContext<'_>) -> Result<Vec<MetricFamily>, Ki
     );
     let mut active = ctx.gauge(
         "netfn_load_balancer_backend_active_flows",
-        "Tracked flows on the backend (not exported for tables above 1,048,576 flows).",
+        "Tracked flows on the backend, not idle past their timeout (not exported for tables \
+         above 1,048,576 flows).",
     );
     let backends = backends(ctx, &s);
     for b in &backends {

@@ -1,20 +1,23 @@
 //! The backends' way back: for each backend `addr:port:proto`, the services (VIP and port) it
-//! answers for, as the stage's reverse map holds them (`NF_LB_REVERSE`). A backend's answer
-//! finds its flow's one connection-table entry by trying these as the flow key's VIP side.
+//! answers for, and its backend number in each, as the stage's reverse map holds them
+//! (`NF_LB_REVERSE`). A backend's answer finds its flow's one connection-table entry by trying
+//! these as the flow key's VIP side; a flow tracked under another numbering finds its backend's
+//! number now by its backend and service.
 //!
 //! A settings change builds the map anew from the services, and carries over what the live
 //! instance had for backends (and services) that left: their tracked flows go on until they end
 //! (as the connection table promises), so their answers must still find them. At most
 //! [`CARRY_ROOM`] backends that left are carried (beyond that, their flows' answers are dropped
 //! and counted as `lb-reply-untracked`); within one backend, the configured services come first
-//! and ones it left fill the rest of its [`REVERSE_SERVICES`] slots.
+//! and ones it left fill the rest of its [`REVERSE_SERVICES`] slots, with no number
+//! ([`NO_BACKEND`]: their flows are counted under no backend and checked by no health check).
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use netfn_common::lb::{BackendKey, REVERSE_SERVICES, Reverse, VipPort};
+use netfn_common::lb::{BackendKey, NO_BACKEND, REVERSE_SERVICES, Reverse, VipPort};
 
 use super::config::LbSettings;
-use super::stage::address;
+use super::stage::{backend_key, numbered, vip_port};
 
 /// Backends that left the settings whose way back a change keeps.
 pub const CARRY_ROOM: u32 = 4096;
@@ -26,26 +29,14 @@ pub fn entries(
     live: &[(BackendKey, Reverse)],
     capacity: usize,
 ) -> Vec<(BackendKey, Reverse)> {
-    let mut map: BTreeMap<Key, Vec<VipPort>> = BTreeMap::new();
-    for service in &settings.services {
-        let (vip, _) = address(service.vip);
-        let to = VipPort {
-            vip,
-            port: service.port.to_be(),
-            _pad: 0,
-        };
-        for b in &service.backends {
-            let (addr, family) = address(b.address);
-            let key = BackendKey {
-                addr,
-                port: b.port.to_be(),
-                proto: service.proto.number(),
-                family,
-            };
-            let services = map.entry(Key(key)).or_default();
-            if !services.contains(&to) {
-                services.push(to);
-            }
+    // Per backend, its services and its number in each.
+    let mut map: BTreeMap<Key, Vec<(VipPort, u32)>> = BTreeMap::new();
+    for (number, service, b) in numbered(settings) {
+        let to = vip_port(service);
+        let services = map.entry(Key(backend_key(service, b))).or_default();
+        // Validation refuses a backend listed twice in one service.
+        if !services.iter().any(|(s, _)| *s == to) {
+            services.push((to, number));
         }
     }
     let configured = map.len();
@@ -56,16 +47,22 @@ pub fn entries(
         let services = map.entry(Key(*key)).or_default();
         let count = (reverse.count as usize).min(REVERSE_SERVICES);
         for s in &reverse.services[..count] {
-            if services.len() < REVERSE_SERVICES && !services.contains(s) {
-                services.push(*s);
+            if services.len() < REVERSE_SERVICES && !services.iter().any(|(t, _)| t == s) {
+                services.push((*s, NO_BACKEND));
             }
         }
     }
     map.into_iter()
         .map(|(Key(key), services)| {
             let mut r = Reverse::default();
-            for (slot, s) in r.services.iter_mut().zip(&services) {
+            for ((slot, number), (s, n)) in r
+                .services
+                .iter_mut()
+                .zip(r.numbers.iter_mut())
+                .zip(&services)
+            {
                 *slot = *s;
+                *number = *n;
             }
             r.count = services.len().min(REVERSE_SERVICES) as u32;
             (key, r)
@@ -76,18 +73,9 @@ pub fn entries(
 /// Distinct backends `addr:port:proto` of `settings` (the map's size is this plus
 /// [`CARRY_ROOM`]).
 pub fn configured(settings: &LbSettings) -> usize {
-    let mut keys: BTreeSet<Key> = BTreeSet::new();
-    for service in &settings.services {
-        for b in &service.backends {
-            let (addr, family) = address(b.address);
-            keys.insert(Key(BackendKey {
-                addr,
-                port: b.port.to_be(),
-                proto: service.proto.number(),
-                family,
-            }));
-        }
-    }
+    let keys: BTreeSet<Key> = numbered(settings)
+        .map(|(_, service, b)| Key(backend_key(service, b)))
+        .collect();
     keys.len()
 }
 
@@ -109,13 +97,19 @@ impl PartialOrd for Key {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use std::net::{IpAddr, Ipv4Addr};
 
     use super::*;
     use crate::lb::config::{BackendConf, L4, LbConntrack, ServiceConf};
 
-    fn service(vip: [u8; 4], port: u16, proto: L4, backends: &[([u8; 4], u16)]) -> ServiceConf {
+    /// A service of `backends` (`address`, `port`), each of weight 1.
+    pub(in crate::lb) fn service(
+        vip: [u8; 4],
+        port: u16,
+        proto: L4,
+        backends: &[([u8; 4], u16)],
+    ) -> ServiceConf {
         ServiceConf {
             vip: IpAddr::V4(Ipv4Addr::from(vip)),
             proto,
@@ -132,7 +126,7 @@ mod tests {
         }
     }
 
-    fn settings(services: Vec<ServiceConf>) -> LbSettings {
+    pub(in crate::lb) fn settings(services: Vec<ServiceConf>) -> LbSettings {
         LbSettings {
             services,
             table_size: 7,
@@ -158,16 +152,22 @@ mod tests {
         }
     }
 
-    fn services_of(entries: &[(BackendKey, Reverse)], k: BackendKey) -> Vec<VipPort> {
+    /// The services of backend `k` in `entries`, each with the backend's number in it.
+    fn services_of(entries: &[(BackendKey, Reverse)], k: BackendKey) -> Vec<(VipPort, u32)> {
         let (_, r) = entries
             .iter()
             .find(|(e, _)| *e == k)
             .unwrap_or_else(|| panic!("no entry for {k:?}"));
-        r.services[..r.count as usize].to_vec()
+        let n = r.count as usize;
+        r.services[..n]
+            .iter()
+            .copied()
+            .zip(r.numbers[..n].iter().copied())
+            .collect()
     }
 
     #[test]
-    fn each_backend_answers_for_every_service_it_serves() {
+    fn each_backend_answers_for_every_service_it_serves_with_its_number_in_each() {
         let s = settings(vec![
             service([192, 0, 2, 10], 80, L4::Tcp, &[([10, 2, 0, 1], 8080)]),
             service(
@@ -182,17 +182,18 @@ mod tests {
         let e = entries(&s, &[], 100);
         assert_eq!(e.len(), 3);
         assert_eq!(configured(&s), 3);
+        // Numbers run across the services: 80's backend is 0, 81's are 1 and 2, 53's is 3.
         assert_eq!(
             services_of(&e, key([10, 2, 0, 1], 8080, L4::Tcp)),
-            vec![to([192, 0, 2, 10], 80), to([192, 0, 2, 10], 81)]
+            vec![(to([192, 0, 2, 10], 80), 0), (to([192, 0, 2, 10], 81), 1)]
         );
         assert_eq!(
             services_of(&e, key([10, 2, 0, 2], 8080, L4::Tcp)),
-            vec![to([192, 0, 2, 10], 81)]
+            vec![(to([192, 0, 2, 10], 81), 2)]
         );
         assert_eq!(
             services_of(&e, key([10, 2, 0, 1], 8080, L4::Udp)),
-            vec![to([192, 0, 2, 11], 53)]
+            vec![(to([192, 0, 2, 11], 53), 3)]
         );
     }
 
@@ -215,12 +216,15 @@ mod tests {
         let e = entries(&after, &live, 100);
         assert_eq!(
             services_of(&e, key([10, 2, 0, 1], 8080, L4::Tcp)),
-            vec![to([192, 0, 2, 20], 80), to([192, 0, 2, 10], 80)],
-            "the configured service first, the one it left after"
+            vec![
+                (to([192, 0, 2, 20], 80), 0),
+                (to([192, 0, 2, 10], 80), NO_BACKEND)
+            ],
+            "the configured service first, the one it left after, with no number"
         );
         assert_eq!(
             services_of(&e, key([10, 2, 0, 2], 8080, L4::Tcp)),
-            vec![to([192, 0, 2, 10], 80)]
+            vec![(to([192, 0, 2, 10], 80), NO_BACKEND)]
         );
         // Applying the same settings again changes nothing.
         assert_eq!(entries(&after, &e, 100), e);
@@ -250,8 +254,52 @@ mod tests {
         assert_eq!(e.len(), 5, "capacity 5: the 2 configured and 3 carried");
         let first = services_of(&e, key([10, 2, 1, 0], 8080, L4::Tcp));
         assert_eq!(first.len(), REVERSE_SERVICES);
-        assert_eq!(first[0], to([192, 0, 2, 10], 80), "configured first");
+        assert_eq!(first[0], (to([192, 0, 2, 10], 80), 0), "configured first");
+        assert!(
+            first[1..].iter().all(|&(_, n)| n == NO_BACKEND),
+            "{first:?}"
+        );
         // A capacity below the configured count still keeps every configured backend.
         assert_eq!(entries(&s, &live, 0).len(), 2);
+    }
+
+    #[test]
+    fn removing_a_backend_gives_the_ones_after_it_their_new_numbers() {
+        let (a, b, c) = ([10, 2, 0, 10], [10, 2, 0, 11], [10, 2, 0, 12]);
+        let web = |backends: &[([u8; 4], u16)]| service([192, 0, 2, 10], 80, L4::Tcp, backends);
+        let dns = |backends: &[([u8; 4], u16)]| service([192, 0, 2, 10], 53, L4::Udp, backends);
+        let before = settings(vec![
+            web(&[(a, 8080), (b, 8080), (c, 8080)]),
+            dns(&[(a, 53), (c, 53)]),
+        ]);
+        let live = entries(&before, &[], 100);
+        assert_eq!(
+            services_of(&live, key(b, 8080, L4::Tcp)),
+            vec![(to([192, 0, 2, 10], 80), 1)]
+        );
+        assert_eq!(
+            services_of(&live, key(c, 53, L4::Udp)),
+            vec![(to([192, 0, 2, 10], 53), 4)]
+        );
+        // The first backend leaves the first service: every number after it moves down one,
+        // the second service's too; the backend that left keeps its way back, unnumbered.
+        let after = settings(vec![web(&[(b, 8080), (c, 8080)]), dns(&[(a, 53), (c, 53)])]);
+        let e = entries(&after, &live, 100);
+        let web_vip = to([192, 0, 2, 10], 80);
+        assert_eq!(services_of(&e, key(b, 8080, L4::Tcp)), vec![(web_vip, 0)]);
+        assert_eq!(services_of(&e, key(c, 8080, L4::Tcp)), vec![(web_vip, 1)]);
+        assert_eq!(
+            services_of(&e, key(a, 8080, L4::Tcp)),
+            vec![(web_vip, NO_BACKEND)]
+        );
+        let dns_vip = to([192, 0, 2, 10], 53);
+        assert_eq!(services_of(&e, key(a, 53, L4::Udp)), vec![(dns_vip, 2)]);
+        assert_eq!(services_of(&e, key(c, 53, L4::Udp)), vec![(dns_vip, 3)]);
+        // The numbers are the stage's: the backend list the same settings number.
+        let listed: Vec<(u32, String)> = numbered(&after)
+            .map(|(n, s, b)| (n, format!("{} {}", s.label(), b.id())))
+            .collect();
+        assert_eq!(listed[1], (1, "192.0.2.10:80/tcp 10.2.0.12:8080".into()));
+        assert_eq!(listed[3], (3, "192.0.2.10:53/udp 10.2.0.12:53".into()));
     }
 }

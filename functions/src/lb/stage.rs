@@ -1,13 +1,15 @@
 //! The load balancer's eBPF stage as the seam sees it: which programs, which maps and how big,
 //! and how a new instance is filled.
 //!
-//! Backends are numbered across the function (service 0's first, then service 1's…); each
-//! service owns two halves of the table map. A new instance gets Maglev tables built over the
-//! live instance's ones (read from its pins), so a settings change moves only the flows it must
-//! even for flows the connection table no longer holds, and backends keep the health state the
-//! live instance has for them. The connection table, the statistics and the table of
-//! fragmented datagrams in flight carry over; the
-//! backends' way back ([`super::reverse`]) is built anew, keeping what left.
+//! Backends are numbered across the function (service 0's first, then service 1's…;
+//! [`numbered`]), and the numbering is named by a hash of the list ([`LbConf::numbering`]): the
+//! stage renumbers a flow tracked under another one by its backend's identity, through the
+//! numbers the reverse map holds. Each service owns two halves of the table map. A new instance
+//! gets Maglev tables built over the live instance's ones (read from its pins), so a settings
+//! change moves only the flows it must even for flows the connection table no longer holds, and
+//! backends keep the health state the live instance has for them. The connection table, the
+//! statistics and the table of fragmented datagrams in flight carry over; the backends' way
+//! back ([`super::reverse`]) is built anew, keeping what left.
 
 use std::collections::HashMap as Map;
 use std::net::IpAddr;
@@ -18,14 +20,14 @@ use netfn_common::lb::{
     BACKEND_DOWN, Backend, BackendCounters, BackendKey, FAMILY_V4, FAMILY_V6,
     LB_BACKEND_COUNTERS_MAP, LB_BACKENDS_MAP, LB_CONF_MAP, LB_FLOWS_MAP, LB_FRAGS_MAP,
     LB_REVERSE_MAP, LB_SERVICES_MAP, LB_STATS_MAP, LB_TABLE_MAP, LB_TC_PROGRAM, LB_XDP_PROGRAM,
-    LbConf, LbFlowSet, LbFrag, LbStats, NO_BACKEND, Reverse, Service, ServiceKey, counter_stride,
-    flow_sets,
+    LbConf, LbFlowSet, LbFrag, LbStats, NO_BACKEND, Reverse, Service, ServiceKey, VipPort,
+    counter_stride, flow_sets,
 };
 use netfn_core::function::{
     FunctionContext, Stage, StageContent, StageError, StageMaps, StagePrograms,
 };
 
-use super::config::{LbSettings, ServiceConf};
+use super::config::{BackendConf, LbSettings, ServiceConf};
 use super::kind::LbConfig;
 use super::maglev::{self, Entry, Previous};
 use super::reverse;
@@ -98,6 +100,61 @@ pub fn service_key(s: &ServiceConf) -> ServiceKey {
         proto: s.proto.number(),
         family,
         _pad: 0,
+    }
+}
+
+/// `vip:port` of a service, as a backend's answer must show it (the reverse map's services).
+pub fn vip_port(s: &ServiceConf) -> VipPort {
+    VipPort {
+        vip: address(s.vip).0,
+        port: s.port.to_be(),
+        _pad: 0,
+    }
+}
+
+/// The identity of backend `b` of service `s`, as its answers show it (the reverse map's key).
+pub fn backend_key(s: &ServiceConf, b: &BackendConf) -> BackendKey {
+    let (addr, family) = address(b.address);
+    BackendKey {
+        addr,
+        port: b.port.to_be(),
+        proto: s.proto.number(),
+        family,
+    }
+}
+
+/// Every backend of every service with its backend number: its place in the function's list,
+/// service 0's backends first.
+pub fn numbered(s: &LbSettings) -> impl Iterator<Item = (u32, &ServiceConf, &BackendConf)> {
+    s.services
+        .iter()
+        .flat_map(|service| service.backends.iter().map(move |b| (service, b)))
+        .zip(0u32..)
+        .map(|((service, b), number)| (number, service, b))
+}
+
+/// The name of the numbering of `s` ([`LbConf::numbering`]): a hash of which backend of which
+/// service each number is, never 0 (the numbering of flows tracked by a stage that kept none).
+/// Settings that number alike (a weight or a health check changed) name it alike, so their
+/// flows keep their numbers without a look-up.
+pub fn numbering(s: &LbSettings) -> u32 {
+    use blake2::{Blake2s256, Digest};
+    let mut hash = Blake2s256::new().chain_update(b"netfn lb numbering\0");
+    for (number, service, b) in numbered(s) {
+        hash.update(format!("{number} {} {}\n", service.label(), b.id()));
+    }
+    let digest = hash.finalize();
+    u32::from_le_bytes([digest[0], digest[1], digest[2], digest[3]]).max(1)
+}
+
+/// The idle timeouts of tracked flows in `s`, as the stage's settings hold them (the rest
+/// zero; [`LbFlow::ended`](netfn_common::lb::LbFlow::ended) reads these).
+pub fn timeouts(s: &LbSettings) -> LbConf {
+    LbConf {
+        tcp_ns: u64::from(s.conntrack.tcp) * SECOND,
+        tcp_closing_ns: u64::from(s.conntrack.tcp_closing) * SECOND,
+        udp_ns: u64::from(s.conntrack.udp) * SECOND,
+        ..LbConf::default()
     }
 }
 
@@ -313,11 +370,10 @@ impl StageContent for Content<'_> {
             }
         }
         let conf = LbConf {
-            tcp_ns: u64::from(s.conntrack.tcp) * SECOND,
-            tcp_closing_ns: u64::from(s.conntrack.tcp_closing) * SECOND,
-            udp_ns: u64::from(s.conntrack.udp) * SECOND,
             flow_sets: flow_sets(s.conntrack.size),
             backends: u32::try_from(numbered.len()).unwrap_or(u32::MAX),
+            numbering: numbering(s),
+            ..timeouts(s)
         };
         counter_cpus().map_err(StageError::Other)?;
         fill_array(maps, LB_CONF_MAP, &[conf])?;
@@ -490,8 +546,9 @@ pub fn down_backends(dir: &Path) -> Vec<String> {
 
 #[cfg(test)]
 mod tests {
-    use super::{LB_FLOWS_MAP, LB_TABLE_MAP, halves, highest_cpu, map_bytes};
+    use super::{LB_FLOWS_MAP, LB_TABLE_MAP, halves, highest_cpu, map_bytes, numbering};
     use crate::lb::config::{BackendConf, L4, LbConntrack, LbSettings, ServiceConf};
+    use crate::lb::reverse::tests::{service, settings};
 
     #[test]
     fn table_halves_are_placed_within_u32_or_not_at_all() {
@@ -535,6 +592,37 @@ mod tests {
         assert_eq!(of(LB_FLOWS_MAP), (16 << 20) / 4 * 320);
         let total: u64 = bytes.iter().map(|(_, b)| b).sum();
         assert!(total > 17_000_000_000, "{total}");
+    }
+
+    #[test]
+    fn a_numbering_changes_with_the_backends_places_and_only_with_them() {
+        let (a, b, c) = ([10, 2, 0, 10], [10, 2, 0, 11], [10, 2, 0, 12]);
+        let web = |backends: &[([u8; 4], u16)]| service([192, 0, 2, 10], 80, L4::Tcp, backends);
+        let three = settings(vec![web(&[(a, 80), (b, 80), (c, 80)])]);
+        let n = numbering(&three);
+        assert_ne!(
+            n, 0,
+            "0 is the numbering of flows a stage tracked without one"
+        );
+        // Weights and health checks number alike.
+        let mut reweighted = three.clone();
+        reweighted.services[0].backends[1].weight = 5;
+        assert_eq!(numbering(&reweighted), n);
+        // A backend removed, two swapped, another port, another service: other numbers.
+        let others = [
+            settings(vec![web(&[(b, 80), (c, 80)])]),
+            settings(vec![web(&[(b, 80), (a, 80), (c, 80)])]),
+            settings(vec![web(&[(a, 80), (b, 81), (c, 80)])]),
+            settings(vec![service(
+                [192, 0, 2, 10],
+                81,
+                L4::Tcp,
+                &[(a, 80), (b, 80), (c, 80)],
+            )]),
+        ];
+        for other in &others {
+            assert_ne!(numbering(other), n, "{:?}", other.services);
+        }
     }
 
     #[test]

@@ -6,7 +6,10 @@
 //!   table is written into the idle half and goes live when the service's `active` flips (one
 //!   hash-map update, which replaces the value whole: a packet sees the old table or the new).
 //! - Backends ([`Backend`], an array indexed by backend number) and the table entries (backend
-//!   numbers, [`NO_BACKEND`] where a service has none up).
+//!   numbers, [`NO_BACKEND`] where a service has none up). A number is a backend's place in the
+//!   function's list (service 0's backends first, then service 1's…), so a settings change that
+//!   removes, inserts or reorders backends renumbers the ones after; [`LbConf::numbering`] names
+//!   the list an instance numbers by.
 //! - The connection table ([`LbFlowSet`], an array of sets of [`LB_FLOW_WAYS`] flows): one
 //!   [`LbFlow`] per balanced flow, in the set its client-side 5-tuple hashes to ([`flow_hash`],
 //!   the hash that balances it), so a flow stays on its backend whatever the lookup table does,
@@ -16,16 +19,21 @@
 //!   LRU hash map spent most of a new flow's time taking a free node and evicting). Two CPUs
 //!   writing one slot at once leave a slot that fails its [`LbFlow::check`]: it counts as
 //!   absent, the next packet balances the flow again (to the same backend while the lookup
-//!   table is unchanged) and overwrites it.
+//!   table is unchanged) and overwrites it. A flow keeps its backend's number with the numbering
+//!   it is of ([`LbFlow::numbering`]); a flow of another numbering (one tracked before a settings
+//!   change) gets its backend's number now from [`Reverse`] (by the backend's identity and the
+//!   flow's service) before the number is used.
 //! - The backends' way back ([`BackendKey`] → [`Reverse`], a hash map written by userspace with
-//!   the services): which services (VIP and port) a backend's `addr:port:proto` serves. A
-//!   backend's answer (backend → client) finds its flow by trying each of them as the key's VIP
-//!   side; an answer of a backend whose flow is in no entry (evicted, expired) is dropped and
-//!   counted (`lb-reply-untracked`), never passed on with the backend's address.
+//!   the services): which services (VIP and port) a backend's `addr:port:proto` serves, and its
+//!   number in each. A backend's answer (backend → client) finds its flow by trying each of them
+//!   as the key's VIP side; an answer of a backend whose flow is in no entry (evicted, expired)
+//!   is dropped and counted (`lb-reply-untracked`), never passed on with the backend's address.
 //!
 //! Addresses are `[u32; 4]` in packet byte order, an IPv4 address in word 0 and the rest zero,
 //! so the maps hold IPv6 VIPs and backends without a change of layout; ports are in packet byte
 //! order too, so the stage compares and writes them as read.
+
+use super::firewall::PROTO_UDP;
 
 /// Map names.
 pub const LB_SERVICES_MAP: &str = "NF_LB_SERVICES";
@@ -131,7 +139,7 @@ pub struct Backend {
     pub flags: u32,
 }
 
-/// The stage's settings (one element). 32 bytes.
+/// The stage's settings (one element). 40 bytes.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct LbConf {
@@ -143,6 +151,24 @@ pub struct LbConf {
     pub flow_sets: u32,
     /// Backend numbers (their counters: [`counter_index`]).
     pub backends: u32,
+    /// Names the list the backend numbers are places in (a hash of it, never 0): a flow whose
+    /// [`LbFlow::numbering`] differs was numbered by another list.
+    pub numbering: u32,
+    pub _pad: u32,
+}
+
+impl LbConf {
+    /// The idle timeout of a flow over `proto` in `state`.
+    #[inline(always)]
+    pub fn timeout(&self, proto: u8, state: u8) -> u64 {
+        if proto == PROTO_UDP {
+            self.udp_ns
+        } else if state == LB_CT_CLOSING {
+            self.tcp_closing_ns
+        } else {
+            self.tcp_ns
+        }
+    }
 }
 
 /// A backend as its answers show it: `addr:port` over `proto`. 20 bytes.
@@ -171,12 +197,14 @@ pub struct VipPort {
 pub const REVERSE_SERVICES: usize = 4;
 
 /// The services a backend serves (`count` of them, the configured ones first, then ones it
-/// served before a settings change, whose flows may still run). 84 bytes.
+/// served before a settings change, whose flows may still run), and its backend number in each
+/// ([`NO_BACKEND`] in one it left). 100 bytes.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct Reverse {
     pub services: [VipPort; REVERSE_SERVICES],
     pub count: u32,
+    pub numbers: [u32; REVERSE_SERVICES],
 }
 
 /// [`LbFlow::state`]: TCP after a FIN or RST (a short timeout follows).
@@ -193,8 +221,8 @@ pub const fn flow_sets(flows: u32) -> u32 {
 
 /// A tracked flow: its client's side (the packet toward the VIP, as it arrives; a backend's
 /// answer makes the same key from its destination and a service of [`Reverse`]), the backend's
-/// address and port (written going in; an answer must come from them), and the backend number
-/// it was balanced to. `proto` 0: a free slot. 80 bytes.
+/// address and port (written going in; an answer must come from them), and its backend's number
+/// in numbering `numbering`. `proto` 0: a free slot. 80 bytes.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct LbFlow {
@@ -209,11 +237,14 @@ pub struct LbFlow {
     pub addr: [u32; 4],
     pub port: u16,
     pub _pad2: u16,
-    /// The backend number (index of [`LB_BACKENDS_MAP`]) when the flow was balanced.
+    /// The backend's number (index of [`LB_BACKENDS_MAP`]) in numbering `numbering`
+    /// ([`NO_BACKEND`]: none, the backend left the settings).
     pub backend: u32,
     /// [`LbFlow::identity_check`] of the fields above but `state`, written last.
     pub check: u32,
-    pub _pad3: u32,
+    /// The [`LbConf::numbering`] `backend` is a number of (0: a flow of a stage that kept
+    /// none).
+    pub numbering: u32,
     pub last_seen_ns: u64,
 }
 
@@ -239,6 +270,14 @@ impl LbFlow {
             h = mix(h, k);
         }
         finish(h)
+    }
+
+    /// Whether the flow has been idle past its timeout at `now` (`bpf_ktime_get_ns`,
+    /// `CLOCK_MONOTONIC`). Both directions stamp one slot, from any CPU: a stamp later than
+    /// `now` is fresh (saturating, never a wrapped huge idle time).
+    #[inline(always)]
+    pub fn ended(&self, conf: &LbConf, now: u64) -> bool {
+        now.saturating_sub(self.last_seen_ns) > conf.timeout(self.proto, self.state)
     }
 }
 
@@ -285,7 +324,7 @@ pub const fn counter_stride(backends: u32) -> u32 {
 
 /// Where CPU `cpu` counts backend `number` in [`LB_BACKEND_COUNTERS_MAP`]: in its own slice,
 /// reached with one array read (a per-CPU array reads a pointer first). None for a number past
-/// the instance's `backends` (a flow balanced by an earlier instance).
+/// the instance's `backends` ([`NO_BACKEND`]: a flow of a backend the settings left).
 #[inline(always)]
 pub fn counter_index(cpu: u32, backends: u32, number: u32) -> Option<u32> {
     if number >= backends {
@@ -357,12 +396,12 @@ mod tests {
         assert_eq!(core::mem::size_of::<ServiceKey>(), 24);
         assert_eq!(core::mem::size_of::<Service>(), 16);
         assert_eq!(core::mem::size_of::<Backend>(), 24);
-        assert_eq!(core::mem::size_of::<LbConf>(), 32);
+        assert_eq!(core::mem::size_of::<LbConf>(), 40);
         assert_eq!(core::mem::size_of::<LbFlow>(), 80);
         assert_eq!(core::mem::size_of::<LbFlowSet>(), 320);
         assert_eq!(core::mem::size_of::<BackendKey>(), 20);
         assert_eq!(core::mem::size_of::<VipPort>(), 20);
-        assert_eq!(core::mem::size_of::<Reverse>(), 84);
+        assert_eq!(core::mem::size_of::<Reverse>(), 100);
         assert_eq!(core::mem::size_of::<BackendCounters>(), 24);
         assert_eq!(core::mem::size_of::<LbStats>(), 40);
         assert_eq!(core::mem::size_of::<LbFrag>(), 16);
@@ -387,7 +426,7 @@ mod tests {
                     assert!(seen.insert(i), "two counters at {i}");
                 }
             }
-            // A flow an earlier instance balanced to a number this one lacks counts nowhere,
+            // A number this instance lacks (a flow of a backend that left) counts nowhere,
             // rather than in another CPU's slice.
             assert_eq!(counter_index(0, backends, backends), None);
             assert_eq!(counter_index(u32::MAX, backends, 0), None);
@@ -424,6 +463,7 @@ mod tests {
         let check = flow.identity_check();
         let running = LbFlow {
             state: LB_CT_CLOSING,
+            numbering: 7,
             last_seen_ns: 12345,
             ..flow
         };
@@ -454,6 +494,32 @@ mod tests {
         ];
         for t in torn {
             assert_ne!(t.identity_check(), check, "{t:?}");
+        }
+    }
+
+    #[test]
+    fn a_flow_ends_after_its_protocol_and_state_timeout() {
+        let conf = LbConf {
+            tcp_ns: 100,
+            tcp_closing_ns: 10,
+            udp_ns: 50,
+            ..LbConf::default()
+        };
+        let flow = |proto, state| LbFlow {
+            proto,
+            state,
+            last_seen_ns: 1000,
+            ..LbFlow::default()
+        };
+        for (f, timeout) in [
+            (flow(6, LB_CT_OPEN), 100),
+            (flow(6, LB_CT_CLOSING), 10),
+            (flow(17, LB_CT_OPEN), 50),
+        ] {
+            assert!(!f.ended(&conf, 1000 + timeout), "{f:?}");
+            assert!(f.ended(&conf, 1001 + timeout), "{f:?}");
+            // Stamped later than `now` (another CPU): fresh.
+            assert!(!f.ended(&conf, 0), "{f:?}");
         }
     }
 }

@@ -18,7 +18,10 @@
 //!
 //! A tracked flow whose backend the health checks declared down is balanced again (the table
 //! no longer has that backend): a TCP client then gets a reset from the new backend at once,
-//! instead of waiting out retransmissions toward a dead server; a UDP flow simply moves.
+//! instead of waiting out retransmissions toward a dead server; a UDP flow simply moves. A flow
+//! keeps its backend's number, which a settings change may have given another backend: a flow
+//! tracked under another numbering first gets its backend's number now ([`nf_lb_renumber`]),
+//! so the health verdict and the counters it meets are its own backend's.
 //!
 //! IPv4 fragments: only a datagram's first fragment carries the ports, so it is the one balanced
 //! (or answered, or passed) as above; the address rewrite it got is entered in [`NF_LB_FRAGS`]
@@ -445,16 +448,19 @@ fn decide(p: &Packet, e: &FwdEntry, len: u64) -> Fate {
         proto: p.proto,
     };
     let mut rebalance = false;
-    if let Some(flow) = lookup(index, set, &key) {
-        // An expired flow is balanced anew below, into its own slot. Both directions stamp the
-        // one slot, from any CPU: a stamp later than this CPU's `now` is fresh (saturating,
-        // never a wrapped huge idle time).
-        if !ended(flow, conf, now) {
-            if backend_down(flow) {
+    if let Some((way, flow)) = lookup(index, set, &key) {
+        // An expired flow is balanced anew below, into its own slot.
+        if !flow.ended(conf, now) {
+            let number = if flow.numbering == conf.numbering {
+                flow.backend
+            } else {
+                nf_lb_renumber(index, way)
+            };
+            if backend_down(number) {
                 rebalance = true;
             } else {
                 touch(flow, p, now);
-                count_backend(conf, flow.backend, len, false);
+                count_backend(conf, number, len, false);
                 if let Some(s) = stats() {
                     s.ct_hits += 1;
                 }
@@ -607,14 +613,82 @@ fn holds(f: &LbFlow, key: &FlowKey) -> bool {
     (f.client[0] ^ key.client) | (f.vip[0] ^ key.vip) | ports | kind == 0
 }
 
-/// The flow `key` in set `index` (`set`), if a slot holds it whole.
+/// The flow `key` in set `index` (`set`), if a slot holds it whole: its way and its slot.
 #[inline(always)]
-fn lookup<'a>(index: u32, set: &'a mut LbFlowSet, key: &FlowKey) -> Option<&'a mut LbFlow> {
+fn lookup<'a>(
+    index: u32,
+    set: &'a mut LbFlowSet,
+    key: &FlowKey,
+) -> Option<(u32, &'a mut LbFlow)> {
     let way = nf_lb_flow_way(index, key.client, key.vip, ports(key), u32::from(key.proto));
     if way < 0 {
         return None;
     }
-    Some(&mut set.flows[bounded_way(way)])
+    let way = bounded_way(way);
+    Some((way as u32, &mut set.flows[way]))
+}
+
+/// The number of the backend of the flow in way `way` of set `set` in the live numbering
+/// ([`LbConf::numbering`]), written into the flow with that numbering: its backend's number for
+/// its service in [`NF_LB_REVERSE`] (by the backend's identity), [`NO_BACKEND`] if the backend
+/// left that service (or the slot was not whole when read).
+///
+/// A global function, as [`nf_lb_flow_way`]: checked once by the verifier, called once per flow
+/// after a settings change that renumbered (the stage then trusts the flow's number).
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn nf_lb_renumber(set: u32, way: u32) -> u32 {
+    let (Some(s), Some(conf)) = (NF_LB_FLOWS.get_ptr_mut(set), NF_LB_CONF.get(0)) else {
+        return NO_BACKEND;
+    };
+    // SAFETY: a pointer into the map's value, valid for this program run; the way is masked
+    // into the set. Read in place, not copied: the caller's stack and this function's share
+    // the verifier's 512 bytes. Another CPU may write the slot meanwhile (see below).
+    let f = unsafe { &mut (*s).flows[way as usize & (LB_FLOW_WAYS - 1)] };
+    if !f.is_whole() {
+        return NO_BACKEND;
+    }
+    let number = number_now(f);
+    if number != f.backend {
+        // The check covers the number: a reader between the two writes finds no flow (its
+        // packet is balanced again, or dropped if an answer), as during any slot's write. The
+        // check written is of the fields as read here: should another CPU write a new flow
+        // into the slot meanwhile, a mix of the two fails it.
+        // SAFETY: `f` is valid for writes; see above for readers.
+        unsafe {
+            ptr::write_volatile(&mut f.backend, number);
+            ptr::write_volatile(&mut f.check, f.identity_check());
+        }
+    }
+    // SAFETY: as above. A reader that still sees the old numbering renumbers again.
+    unsafe { ptr::write_volatile(&mut f.numbering, conf.numbering) };
+    number
+}
+
+/// The number of `flow`'s backend for the flow's service, as [`NF_LB_REVERSE`] holds it.
+#[inline(always)]
+fn number_now(flow: &LbFlow) -> u32 {
+    let bkey = BackendKey {
+        addr: flow.addr,
+        port: flow.port,
+        proto: flow.proto,
+        family: flow.family,
+    };
+    // SAFETY: the value is only read, and userspace replaces it whole.
+    let Some(rev) = (unsafe { NF_LB_REVERSE.get(bkey) }) else {
+        return NO_BACKEND;
+    };
+    let count = rev.count as usize;
+    for i in 0..REVERSE_SERVICES {
+        if i >= count {
+            break;
+        }
+        let service = &rev.services[i];
+        if service.vip[0] == flow.vip[0] && service.port == flow.vport {
+            return rev.numbers[i];
+        }
+    }
+    NO_BACKEND
 }
 
 /// A way a global function returned, bounded for the verifier, which knows nothing of it. The
@@ -642,7 +716,7 @@ fn way_for(set: &LbFlowSet, key: &FlowKey, conf: &LbConf, now: u64) -> usize {
         }
         let idle = if f.proto == 0 {
             u64::MAX
-        } else if ended(f, conf, now) {
+        } else if f.ended(conf, now) {
             u64::MAX - 1
         } else {
             now.saturating_sub(f.last_seen_ns)
@@ -653,12 +727,6 @@ fn way_for(set: &LbFlowSet, key: &FlowKey, conf: &LbConf, now: u64) -> usize {
         }
     }
     way
-}
-
-/// Whether flow `f` has been idle past its timeout at `now`.
-#[inline(always)]
-fn ended(f: &LbFlow, conf: &LbConf, now: u64) -> bool {
-    now.saturating_sub(f.last_seen_ns) > timeout(conf, f.proto, f.state)
 }
 
 /// Tracks the new flow `key`, balanced to backend `number` at `addr:port`, in its set; true if
@@ -683,7 +751,7 @@ fn track(
         u32::from(key.proto),
     ));
     let f = &mut set.flows[way];
-    let evicted = f.proto != 0 && !holds(f, key) && !ended(f, conf, now);
+    let evicted = f.proto != 0 && !holds(f, key) && !f.ended(conf, now);
     let mut flow = LbFlow {
         client: v4(key.client),
         vip: v4(key.vip),
@@ -698,7 +766,7 @@ fn track(
         _pad2: 0,
         backend: number,
         check: 0,
-        _pad3: 0,
+        numbering: conf.numbering,
         last_seen_ns: now,
     };
     flow.check = flow.identity_check();
@@ -734,7 +802,7 @@ fn reply(p: &Packet, conf: &LbConf, now: u64) -> Fate {
             reason: LB_DROP_REPLY_UNTRACKED,
         },
         Answer::Flow { vip, port, flow } => {
-            if ended(flow, conf, now) {
+            if flow.ended(conf, now) {
                 // The flow ended: its next client packet is balanced anew.
                 return Fate::Drop {
                     reason: LB_DROP_REPLY_UNTRACKED,
@@ -795,7 +863,8 @@ fn answered(conf: &LbConf, backend: u32, bport: u16, client: u32, cport: u16, pr
             proto,
         };
         let hash = flow_hash(key.client, key.vip, key.cport, key.vport, proto);
-        let Some(flow) = flow_set(conf, hash).and_then(|(index, set)| lookup(index, set, &key))
+        let Some((_, flow)) =
+            flow_set(conf, hash).and_then(|(index, set)| lookup(index, set, &key))
         else {
             continue;
         };
@@ -812,14 +881,14 @@ fn answered(conf: &LbConf, backend: u32, bport: u16, client: u32, cport: u16, pr
     Answer::Untracked
 }
 
-/// The backend a tracked flow went to is down: the flow is balanced again.
+/// Backend `number` (a tracked flow's, in the live numbering) is down: the flow is balanced
+/// again. A backend that left the settings ([`NO_BACKEND`]) has no health checks: its flows go
+/// on until they end.
 #[inline(always)]
-fn backend_down(flow: &LbFlow) -> bool {
-    match NF_LB_BACKENDS.get(flow.backend) {
-        // Only if that number is still the flow's backend (a settings change renumbers).
-        Some(b) => b.flags & BACKEND_DOWN != 0 && b.addr[0] == flow.addr[0] && b.port == flow.port,
-        None => false,
-    }
+fn backend_down(number: u32) -> bool {
+    NF_LB_BACKENDS
+        .get(number)
+        .is_some_and(|b| b.flags & BACKEND_DOWN != 0)
 }
 
 /// A packet of a tracked flow: it is alive (refreshed at most every 100 ms, to spare the
@@ -835,17 +904,6 @@ fn touch(flow: &mut LbFlow, p: &Packet, now: u64) {
     {
         flow.state = LB_CT_CLOSING;
         flow.last_seen_ns = now;
-    }
-}
-
-#[inline(always)]
-fn timeout(conf: &LbConf, proto: u8, state: u8) -> u64 {
-    if proto == PROTO_UDP {
-        conf.udp_ns
-    } else if state == LB_CT_CLOSING {
-        conf.tcp_closing_ns
-    } else {
-        conf.tcp_ns
     }
 }
 
