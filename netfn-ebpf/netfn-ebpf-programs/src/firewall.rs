@@ -39,9 +39,10 @@ use netfn_common::{
     FRAG_TIMEOUT_NS, FRAGS_SIZE, FragKey, FwdEntry, KIND_DROP_BASE,
     firewall::{
         ACTION_ACCEPT, ACTION_RATE_LIMITED, ACTION_REJECT, CT_CLOSING, CT_ESTABLISHED,
-        CT_FROM_EGRESS, CT_NEW, CT_OPENED_BY_A, CtEntry, CtKey, FW_DROP_FRAGMENT,
-        FW_DROP_NOT_SYN, FW_DROP_RATE_LIMIT, FW_DROP_REJECTED, FW_DROP_RULE, FragSeen, FwConf, FwStats, Key, LeafEntry, NO_RULE, Node, PROTO_ICMP, PROTO_TCP,
-        PROTO_UDP, RateBucket, RuleAction, RuleCounters, walk,
+        CT_FROM_EGRESS, CT_NEW, CT_OPENED_BY_A, CtEntry, CtKey, FW_DROP_FRAGMENT, FW_DROP_NOT_SYN,
+        FW_DROP_RATE_LIMIT, FW_DROP_REJECTED, FW_DROP_RULE, FragSeen, FwConf, FwStats, Key,
+        LeafEntry, NO_RULE, Node, PROTO_ICMP, PROTO_TCP, PROTO_UDP, RateBucket, RuleAction,
+        RuleCounters, walk,
     },
 };
 
@@ -147,7 +148,6 @@ struct Packet {
     /// the datagram ([`Packet::datagram`]).
     ip_id: u16,
 }
-
 
 #[derive(Clone, Copy)]
 struct Inner {
@@ -413,7 +413,6 @@ fn stats() -> Option<&'static mut FwStats> {
     NF_FW_STATS.get_ptr_mut(0).map(|p| unsafe { &mut *p })
 }
 
-
 /// The firewall's decision for one packet arriving on the interface of entry `e`, fragments
 /// included: a datagram's first fragment is decided as a whole packet (it carries the ports;
 /// [`passed`] enters the datagram when it passes), and its later fragments follow that decision.
@@ -424,7 +423,8 @@ fn judge(p: &Packet, e: &FwdEntry, len: u64) -> Fate {
             // SAFETY: a BPF helper without arguments.
             let now = unsafe { bpf_ktime_get_ns() };
             // SAFETY: a copy of an LRU value read now; a concurrent update only moves `at_ns`.
-            let seen = unsafe { NF_FW_FRAGS.get(&datagram(p.src, p.dst, p.ip_id, p.proto)) }.copied();
+            let datagram = datagram(p.src, p.dst, p.ip_id, p.proto);
+            let seen = unsafe { NF_FW_FRAGS.get(datagram) }.copied();
             match seen {
                 Some(s) if now.saturating_sub(s.at_ns) <= FRAG_TIMEOUT_NS => {
                     Fate::Pass { ttl: p.ttl }
@@ -449,7 +449,8 @@ fn passed(p: &Packet) {
         let at_ns = unsafe { bpf_ktime_get_ns() };
         // A full table evicts the oldest datagram; should this insert fail, the datagram's
         // later fragments are dropped and counted (`fw-fragment`).
-        let _ = NF_FW_FRAGS.insert(&datagram(p.src, p.dst, p.ip_id, p.proto), &FragSeen { at_ns }, 0);
+        let datagram = datagram(p.src, p.dst, p.ip_id, p.proto);
+        let _ = NF_FW_FRAGS.insert(datagram, FragSeen { at_ns }, 0);
     }
 }
 
@@ -613,7 +614,10 @@ fn answerable(p: &Packet) -> bool {
     let icmp_error = p.proto == PROTO_ICMP
         && matches!(
             p.icmp_type,
-            ICMP_DEST_UNREACH | ICMP_SOURCE_QUENCH | ICMP_REDIRECT | ICMP_TIME_EXCEEDED
+            ICMP_DEST_UNREACH
+                | ICMP_SOURCE_QUENCH
+                | ICMP_REDIRECT
+                | ICMP_TIME_EXCEEDED
                 | ICMP_PARAMETER_PROBLEM
         );
     let dst = u32::from_be(p.dst);

@@ -54,9 +54,8 @@ use netfn_common::{
     lb::{
         BACKEND_DOWN, Backend, BackendCounters, BackendKey, FAMILY_V4, FRAG_PASS, FRAG_TO_BACKEND,
         FRAG_TO_CLIENT, LB_CT_CLOSING, LB_CT_OPEN, LB_DROP_FRAGMENT, LB_DROP_NO_BACKEND,
-        LB_DROP_REPLY_UNTRACKED, LB_FLOW_WAYS, LbConf, LbFlow, LbFlowSet, LbFrag,
-        LbStats, NO_BACKEND, REVERSE_SERVICES, Reverse, Service, ServiceKey, counter_index,
-        flow_hash,
+        LB_DROP_REPLY_UNTRACKED, LB_FLOW_WAYS, LbConf, LbFlow, LbFlowSet, LbFrag, LbStats,
+        NO_BACKEND, REVERSE_SERVICES, Reverse, Service, ServiceKey, counter_index, flow_hash,
     },
 };
 
@@ -78,8 +77,7 @@ static NF_LB_CONF: Array<LbConf> = Array::with_max_entries(1, 0);
 /// One slice per CPU (`counter_index`); memory-mappable, so a scrape reads thousands of
 /// backends' counters without a syscall each.
 #[map]
-static NF_LB_BACKEND_COUNTERS: Array<BackendCounters> =
-    Array::with_max_entries(1, BPF_F_MMAPABLE);
+static NF_LB_BACKEND_COUNTERS: Array<BackendCounters> = Array::with_max_entries(1, BPF_F_MMAPABLE);
 #[map]
 static NF_LB_FLOWS: Array<LbFlowSet> = Array::with_max_entries(1, 0);
 #[map]
@@ -117,7 +115,6 @@ struct Packet {
     /// the protocol ([`Packet::datagram`]).
     ip_id: u16,
 }
-
 
 /// The TCP or UDP packet an ICMP error quotes (addresses and ports in packet byte order).
 #[derive(Clone, Copy)]
@@ -354,7 +351,7 @@ fn first_fragment(p: &Packet, rewrite: u8, addr: u32) {
     };
     // A full table evicts the oldest datagram; should this insert fail, the later fragments
     // are dropped and counted (`lb-fragment`).
-    let _ = NF_LB_FRAGS.insert(&datagram(p.src, p.dst, p.ip_id, p.proto), &entry, 0);
+    let _ = NF_LB_FRAGS.insert(datagram(p.src, p.dst, p.ip_id, p.proto), entry, 0);
 }
 
 /// A later fragment: what its datagram's first fragment got, within the kernel's reassembly
@@ -364,7 +361,7 @@ fn later(p: &Packet) -> Fate {
     // SAFETY: a BPF helper without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
     // SAFETY: a copy of an LRU value read now; userspace never writes this map.
-    let entry = unsafe { NF_LB_FRAGS.get(&datagram(p.src, p.dst, p.ip_id, p.proto)) }.copied();
+    let entry = unsafe { NF_LB_FRAGS.get(datagram(p.src, p.dst, p.ip_id, p.proto)) }.copied();
     match entry {
         Some(f) if now.saturating_sub(f.at_ns) <= FRAG_TIMEOUT_NS => match f.rewrite {
             FRAG_TO_BACKEND => Fate::Readdress {
@@ -615,11 +612,7 @@ fn holds(f: &LbFlow, key: &FlowKey) -> bool {
 
 /// The flow `key` in set `index` (`set`), if a slot holds it whole: its way and its slot.
 #[inline(always)]
-fn lookup<'a>(
-    index: u32,
-    set: &'a mut LbFlowSet,
-    key: &FlowKey,
-) -> Option<(u32, &'a mut LbFlow)> {
+fn lookup<'a>(index: u32, set: &'a mut LbFlowSet, key: &FlowKey) -> Option<(u32, &'a mut LbFlow)> {
     let way = nf_lb_flow_way(index, key.client, key.vip, ports(key), u32::from(key.proto));
     if way < 0 {
         return None;
@@ -898,9 +891,7 @@ fn touch(flow: &mut LbFlow, p: &Packet, now: u64) {
     if now.saturating_sub(flow.last_seen_ns) > 100_000_000 {
         flow.last_seen_ns = now;
     }
-    if p.proto == PROTO_TCP
-        && p.tcp_flags & (TCP_FIN | TCP_RST) != 0
-        && flow.state != LB_CT_CLOSING
+    if p.proto == PROTO_TCP && p.tcp_flags & (TCP_FIN | TCP_RST) != 0 && flow.state != LB_CT_CLOSING
     {
         flow.state = LB_CT_CLOSING;
         flow.last_seen_ns = now;
