@@ -747,6 +747,66 @@ fn udp_service(mode: &str, tag: &str) {
     }
 }
 
+/// The ports of a TCP flow that closed, opened again at once (a client that wrapped its port
+/// range, or aborted with a reset) make a new connection, balanced by the live table: here its
+/// backend was drained (weight 0) in between, so the new connection goes to the other one, as
+/// Linux conntrack's new entry goes through the DNAT rule again. Before, the new SYN found the
+/// closing flow and went on to the drained backend.
+#[test]
+fn tc_a_reused_client_port_is_balanced_anew() {
+    reused_client_port("tc", "br");
+}
+
+#[test]
+fn xdp_a_reused_client_port_is_balanced_anew() {
+    reused_client_port("xdp", "bs");
+}
+
+#[test]
+fn kernel_a_reused_client_port_is_balanced_anew() {
+    reused_client_port("kernel", "bt");
+}
+
+fn reused_client_port(mode: &str, tag: &str) {
+    let _turn = shared();
+    let chain = unique_chain(tag);
+    let dir = TempDir::new(&chain);
+    // A closing flow lives 30 s here: long enough that only a new connection, not its end,
+    // can send the reused ports elsewhere.
+    let text = |weights: &[(usize, u32)]| {
+        chain_file(&chain, mode, &service(80, "tcp", weights))
+            .replace("tcp_closing = 1,", "tcp_closing = 30,")
+    };
+    let both = dir.write("lb.toml", &text(&[(0, 1), (1, 1)]));
+    assert!(std::fs::read_to_string(&both).is_ok_and(|t| t.contains("tcp_closing = 30")));
+    let _guard = ChainGuard::up(&chain, &both);
+    let _servers = Servers::start(&format!("nf-{chain}-egress"));
+    let ingress = format!("nf-{chain}-ingress");
+    let sport = 45_678;
+    let first = in_netns(&ingress, || {
+        let mut s = connect_from(sport, 80);
+        let backend = ask(&mut s);
+        // A reset: no TIME_WAIT on the client, so the ports open again at once.
+        let linger = libc::linger {
+            l_onoff: 1,
+            l_linger: 0,
+        };
+        netfn_tests::set_socket_option(s.as_raw_fd(), libc::SOL_SOCKET, libc::SO_LINGER, &linger)
+            .unwrap_or_else(|e| panic!("SO_LINGER: {e}"));
+        backend
+    });
+    let drained = SERVERS.iter().position(|a| *a == first).expect("a backend");
+    let other = 1 - drained;
+    let weights = [(drained, 0), (other, 1)];
+    let file = dir.write("drained.toml", &text(&weights));
+    netfn_ok(&["apply", &file.to_string_lossy()]);
+    let again = in_netns(&ingress, || ask(&mut connect_from(sport, 80)));
+    assert_eq!(
+        again, SERVERS[other],
+        "{mode}: the reused ports went to the drained backend {first}"
+    );
+}
+
 /// Kernel mode keeps the flows in Linux conntrack: the function's timeouts
 /// (`conntrack = { tcp_closing = 1, udp = 2 }` here, TCP established at its default 3,600 s)
 /// are its namespace's conntrack sysctls, as the fast path's are its flow table's. Before, they

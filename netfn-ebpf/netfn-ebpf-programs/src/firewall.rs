@@ -49,7 +49,7 @@ use netfn_common::{
 use crate::forwarder::{self, count_drop, read, rewrite, send_tc, send_xdp};
 use crate::headers::{
     ETH_HLEN, FIRST, ICMP_DEST_UNREACH, ICMP_HLEN, ICMP_PARAMETER_PROBLEM, ICMP_TIME_EXCEEDED,
-    IP_HLEN, LATER, TCP_FIN, TCP_RST, datagram, fold, fragment, words,
+    IP_HLEN, LATER, TCP_ACK, TCP_FIN, TCP_RST, bare_syn, datagram, fold, fragment, words,
 };
 
 #[map]
@@ -75,9 +75,6 @@ const TCP_HLEN: usize = 20;
 /// Most bytes the stage reads: Ethernet, an IPv4 header with options, and an ICMP error's
 /// quoted IPv4 header plus its first 8 bytes (ports, or a quoted echo's identifier).
 const READ_LEN: u32 = (ETH_HLEN + 60 + ICMP_HLEN + IP_HLEN + 8) as u32;
-
-const TCP_SYN: u8 = 0x02;
-const TCP_ACK: u8 = 0x10;
 
 const ICMP_ECHO_REPLY: u8 = 0;
 const ICMP_PORT_UNREACH: u8 = 3;
@@ -467,9 +464,7 @@ fn decide(p: &Packet, e: &FwdEntry, len: u64) -> Fate {
     let from_egress = e.counter_slot & 1 == netfn_common::DIR_REVERSE;
     let (key, src_is_a) = ct_key(p.src, p.sport, p.dst, p.dport, p.proto);
 
-    // What opens a TCP connection: SYN alone (with FIN, RST or ACK it opens nothing; Linux's
-    // conntrack holds SYN with FIN invalid).
-    let bare_syn = p.tcp_flags & (TCP_SYN | TCP_ACK | TCP_RST | TCP_FIN) == TCP_SYN;
+    let bare_syn = bare_syn(p.tcp_flags);
     if let Some(ct) = NF_FW_CT.get_ptr_mut(key) {
         // SAFETY: the value of an LRU entry found just now; concurrent writers store whole
         // fields, and a torn view of `state` or `last_seen_ns` only shifts a timeout.

@@ -62,7 +62,7 @@ use netfn_common::{
 use crate::forwarder::{self, count_drop, read, rewrite, send_tc, send_xdp};
 use crate::headers::{
     ETH_HLEN, FIRST, ICMP_DEST_UNREACH, ICMP_HLEN, ICMP_PARAMETER_PROBLEM, ICMP_TIME_EXCEEDED,
-    IP_HLEN, LATER, TCP_FIN, TCP_RST, WHOLE, datagram, fold, fragment, words,
+    IP_HLEN, LATER, TCP_FIN, TCP_RST, WHOLE, bare_syn, datagram, fold, fragment, words,
 };
 
 #[map]
@@ -445,9 +445,15 @@ fn decide(p: &Packet, e: &FwdEntry, len: u64) -> Fate {
         proto: p.proto,
     };
     let mut rebalance = false;
+    // A bare SYN on the ports of a TCP flow that closed (FIN or RST seen) opens a new connection
+    // (a client that wrapped its port range, or aborted with RST): it is balanced anew by the
+    // live table, as Linux conntrack starts a new entry (and the DNAT rule decides) on a SYN in
+    // TIME_WAIT or CLOSE; it must not go on to the old one's backend, draining or not.
+    let reopening = p.proto == PROTO_TCP && bare_syn(p.tcp_flags);
     if let Some((way, flow)) = lookup(index, set, &key) {
-        // An expired flow is balanced anew below, into its own slot.
-        if !flow.ended(conf, now) {
+        // An expired flow, or a closed one opened again, is balanced anew below, into its own
+        // slot.
+        if !flow.ended(conf, now) && !(reopening && flow.state == LB_CT_CLOSING) {
             let number = if flow.numbering == conf.numbering {
                 flow.backend
             } else {
