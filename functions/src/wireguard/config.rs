@@ -352,6 +352,10 @@ fn endpoint(sink: &mut Sink, value: &Spanned<String>) -> Option<SocketAddr> {
         .rsplit_once(':')
         .map_or(text.as_str(), |(host, _)| host);
     let (message, hint) = match text.parse::<SocketAddr>() {
+        Ok(SocketAddr::V4(a)) if a.port() == 0 => (
+            format!("endpoint {a} has port 0, which no peer listens on"),
+            format!("write the port the peer listens on (wg's usual is 51820), {example}"),
+        ),
         Ok(SocketAddr::V4(a)) => match crate::address::unusable(*a.ip()) {
             None => return Some(SocketAddr::V4(a)),
             Some(why) => (
