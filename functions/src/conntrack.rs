@@ -7,6 +7,27 @@
 /// 1000.
 pub const MAX_TIMEOUT: u32 = (i32::MAX / 1000) as u32;
 
+/// What is wrong with conntrack timeout `name` set to `seconds`, if anything: the message and
+/// its hint (validation of either kind's `conntrack` table).
+pub fn timeout_problem(name: &str, seconds: u32) -> Option<(String, String)> {
+    if seconds == 0 {
+        Some((
+            format!("conntrack {name} timeout is 0"),
+            "timeouts are in seconds and at least 1".to_string(),
+        ))
+    } else if seconds > MAX_TIMEOUT {
+        Some((
+            format!("conntrack {name} timeout {seconds} s is too long"),
+            format!(
+                "use at most {MAX_TIMEOUT} s (24.8 days): the kernel's conntrack timeouts hold \
+                 at most 2^31-1 jiffies"
+            ),
+        ))
+    } else {
+        None
+    }
+}
+
 /// The TCP states after a FIN or an RST: the kinds' `tcp_closing` timeout is each of these.
 pub const CLOSING_STATES: [&str; 5] = [
     "tcp_timeout_fin_wait",

@@ -16,6 +16,25 @@ pub fn stage_dir(ctx: &FunctionMetricsContext<'_>) -> Option<PathBuf> {
         .map(|slot| netfn_core::ebpf::stage_dir(ctx.bpf_dir, slot))
 }
 
+/// Now on the stages' clock (`bpf_ktime_get_ns` is CLOCK_MONOTONIC), in ns: what a reader of a
+/// connection table compares its entries' last-seen times with.
+pub fn monotonic_ns() -> Result<u64, KindMetricsError> {
+    let mut t = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime(2) writes the timespec it is given.
+    if unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut t) } != 0 {
+        return Err(format!(
+            "read the monotonic clock: {}",
+            std::io::Error::last_os_error()
+        )
+        .into());
+    }
+    let ns = std::time::Duration::new(t.tv_sec as u64, t.tv_nsec as u32).as_nanos();
+    Ok(u64::try_from(ns).unwrap_or(u64::MAX))
+}
+
 /// The map pinned at `path`.
 pub fn map(path: &Path) -> Result<Map, KindMetricsError> {
     Ok(Map::from_map_data(MapData::from_pin(path)?)?)

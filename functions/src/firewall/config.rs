@@ -67,8 +67,6 @@ impl Default for Conntrack {
 /// Largest connection table a function may ask for.
 pub const MAX_CONNTRACK: u32 = 16 << 20;
 
-pub use crate::conntrack::MAX_TIMEOUT;
-
 /// A checked firewall configuration: the rules in order (inline, then the rules file's) and the
 /// connection-table settings.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -355,21 +353,8 @@ fn check_conntrack(sink: &mut Sink, span: Range<usize>, c: &Conntrack) {
         ("icmp", c.icmp),
     ];
     for (name, value) in timeouts {
-        if value == 0 {
-            sink.error(
-                span.clone(),
-                format!("conntrack {name} timeout is 0"),
-                Some("timeouts are in seconds and at least 1".into()),
-            );
-        } else if value > MAX_TIMEOUT {
-            sink.error(
-                span.clone(),
-                format!("conntrack {name} timeout {value} s is too long"),
-                Some(format!(
-                    "use at most {MAX_TIMEOUT} s (24.8 days): the kernel's conntrack timeouts \
-                     hold at most 2^31-1 jiffies"
-                )),
-            );
+        if let Some((message, hint)) = crate::conntrack::timeout_problem(name, value) {
+            sink.error(span.clone(), message, Some(hint));
         }
     }
 }

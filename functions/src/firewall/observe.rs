@@ -11,12 +11,10 @@ use netfn_core::function::{
     FunctionMetricsContext, KindMetricsError, MetricFamily, RecordedSettings,
 };
 
-use std::time::Duration;
-
 use super::config::Conntrack;
 use super::kind::PROBE_RULE;
 use super::stage::timeouts;
-use crate::maps::{read_per_cpu, stage_dir};
+use crate::maps::{monotonic_ns, read_per_cpu, stage_dir};
 
 /// The connection table right now, walked at scrape time (a cost of a few microseconds per
 /// entry; tables above [`COUNT_LIMIT`] are not walked).
@@ -49,24 +47,6 @@ fn table(dir: &std::path::Path, conntrack: &Conntrack) -> Result<Option<Table>, 
         }
     }
     Ok(Some(t))
-}
-
-/// Now on the stage's clock (`bpf_ktime_get_ns` is CLOCK_MONOTONIC), in ns.
-fn monotonic_ns() -> Result<u64, KindMetricsError> {
-    let mut t = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime(2) writes the timespec it is given.
-    if unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut t) } != 0 {
-        return Err(format!(
-            "read the monotonic clock: {}",
-            std::io::Error::last_os_error()
-        )
-        .into());
-    }
-    let ns = Duration::new(t.tv_sec as u64, t.tv_nsec as u32).as_nanos();
-    Ok(u64::try_from(ns).unwrap_or(u64::MAX))
 }
 
 /// Largest table whose connections a scrape counts.

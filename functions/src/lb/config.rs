@@ -33,7 +33,6 @@ use toml::Spanned;
 
 use super::kind::LbConfig;
 use super::{maglev, stage};
-use crate::conntrack::MAX_TIMEOUT;
 
 /// Largest weight a backend may have.
 pub const MAX_WEIGHT: u32 = 10_000;
@@ -253,22 +252,9 @@ pub fn parse(settings: Settings<'_>) -> Result<LbSettings, Vec<SettingError>> {
                 ("tcp_closing", c.tcp_closing),
                 ("udp", c.udp),
             ] {
-                if v == 0 {
-                    sink.error(
-                        span.clone(),
-                        format!("conntrack {name} timeout is 0"),
-                        "timeouts are in seconds and at least 1".to_string(),
-                    );
-                } else if v > MAX_TIMEOUT {
-                    // Kernel mode writes them to the nf_conntrack_* sysctls (see super::nft).
-                    sink.error(
-                        span.clone(),
-                        format!("conntrack {name} timeout {v} s is too long"),
-                        format!(
-                            "use at most {MAX_TIMEOUT} s (24.8 days): the kernel's conntrack \
-                             timeouts hold at most 2^31-1 jiffies"
-                        ),
-                    );
+                // Kernel mode writes them to the nf_conntrack_* sysctls (see super::nft).
+                if let Some((message, hint)) = crate::conntrack::timeout_problem(name, v) {
+                    sink.error(span.clone(), message, hint);
                 }
             }
             c

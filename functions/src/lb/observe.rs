@@ -17,7 +17,7 @@ use netfn_core::spec::FastPath;
 
 use super::config::LbSettings;
 use super::stage::{backend_key, counter_cpus, timeouts, vip_port};
-use crate::maps::{map, read_mapped, read_per_cpu, stage_dir};
+use crate::maps::{map, monotonic_ns, read_mapped, read_per_cpu, stage_dir};
 
 /// Largest connection table whose flows a scrape counts per backend.
 const COUNT_LIMIT: u32 = 1 << 20;
@@ -203,19 +203,6 @@ fn active_flows(
         }
     }
     Ok(per)
-}
-
-/// `CLOCK_MONOTONIC` in nanoseconds, the clock of `bpf_ktime_get_ns`.
-fn monotonic_ns() -> Result<u64, KindMetricsError> {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `clock_gettime` writes one `timespec` through the pointer it is given.
-    if unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) } != 0 {
-        return Err(std::io::Error::last_os_error().into());
-    }
-    Ok(ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64)
 }
 
 fn stats(ctx: &FunctionMetricsContext<'_>) -> Option<LbStats> {
