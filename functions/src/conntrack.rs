@@ -28,10 +28,13 @@ pub fn timeout_problem(name: &str, seconds: u32) -> Option<(String, String)> {
     }
 }
 
-/// The TCP states after a FIN or an RST: the kinds' `tcp_closing` timeout is each of these.
-pub const CLOSING_STATES: [&str; 5] = [
-    "tcp_timeout_fin_wait",
-    "tcp_timeout_close_wait",
+/// The TCP states after a FIN from one side only (the other may go on sending): the kinds'
+/// `tcp_half_closed` timeout is each of these.
+pub const HALF_CLOSED_STATES: [&str; 2] = ["tcp_timeout_fin_wait", "tcp_timeout_close_wait"];
+
+/// The TCP states after a FIN from each side, or an RST: the kinds' `tcp_closing` timeout is
+/// each of these.
+pub const CLOSING_STATES: [&str; 3] = [
     "tcp_timeout_last_ack",
     "tcp_timeout_time_wait",
     "tcp_timeout_close",

@@ -347,3 +347,39 @@ impl SequencedStream {
         run
     }
 }
+
+/// A request, then an answer after `delay` of quiet on a half-closed connection: a client in
+/// `client_ns` connects to `to`, sends a request and shuts down its writing (its FIN), as a
+/// client that has said all it has to say does; the server (listening on `listen` in
+/// `server_ns`) reads the request to its end, waits `delay`, answers and closes. Returns what
+/// the client read before the server's close or a 3 s silence.
+pub fn late_answer(
+    client_ns: &str,
+    to: SocketAddrV4,
+    server_ns: &str,
+    listen: SocketAddrV4,
+    delay: Duration,
+) -> Vec<u8> {
+    let listener = tcp_listener_in(server_ns, listen);
+    let server = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().expect("accept");
+        let mut request = Vec::new();
+        s.read_to_end(&mut request).expect("read the request");
+        std::thread::sleep(delay);
+        // The answer may be lost on the way: that is what the caller looks at.
+        let _ = s.write_all(b"late answer");
+    });
+    let mut client = tcp_connect_from(client_ns, to);
+    client.write_all(b"request").expect("send the request");
+    client
+        .shutdown(std::net::Shutdown::Write)
+        .expect("shutdown");
+    client
+        .set_read_timeout(Some(delay + Duration::from_secs(3)))
+        .expect("set timeout");
+    let mut answer = Vec::new();
+    // A timeout leaves `answer` with what arrived.
+    let _ = client.read_to_end(&mut answer);
+    server.join().expect("server thread");
+    answer
+}

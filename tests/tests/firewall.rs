@@ -17,7 +17,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use netfn_tests::loss::{SenderRing, fastpath_drops};
-use netfn_tests::traffic::sequenced_stream_during;
+use netfn_tests::traffic::{late_answer, sequenced_stream_during};
 use netfn_tests::{
     ChainGuard, EGRESS_ADDR, INGRESS_ADDR, TempDir, alone, in_netns, interface_stats, leftovers,
     netfn, netfn_ok, shared, unique_chain,
@@ -1129,6 +1129,67 @@ fn reused_ports_xdp() {
 #[test]
 fn reused_ports_kernel() {
     reused_ports_in("kernel");
+}
+
+/// A connection half-closed by the side that opened it (a client that sent its whole request
+/// and shut down its writing, as `nc -N` or `curl -T` do) lives while the other side takes its
+/// time: an answer after 2.5 s of quiet, longer than `tcp_closing` (1 s here), still arrives.
+/// Before, the client's FIN started the closing timeout and the late answer was dropped (as not
+/// a SYN; kernel mode's FIN_WAIT and CLOSE_WAIT had the closing timeout too). And
+/// `tcp_half_closed` (4 s here) still ends such a connection: an answer after 6 s is dropped.
+fn half_closed_in(mode: &str) {
+    let _turn = shared();
+    let settings = r#"default = "drop"
+conntrack = { tcp_closing = 1, tcp_half_closed = 4 }
+
+[[chain.function.rule]]
+proto = "tcp"
+dport = [80, 81]
+action = "accept"
+"#;
+    let lab = Lab::up("hc", mode, settings, &[], &[]);
+    let (client_ns, _, dst) = ends(&lab.chain, From::Ingress);
+    let (server_ns, _, _) = ends(&lab.chain, From::Egress);
+    let exchange = |port: u16, delay_ms: u64| {
+        let to = SocketAddrV4::new(dst, port);
+        let (c, s) = (client_ns.clone(), server_ns.clone());
+        thread::spawn(move || late_answer(&c, to, &s, to, Duration::from_millis(delay_ms)))
+    };
+    let (soon, too_late) = (exchange(80, 2_500), exchange(81, 6_000));
+    let soon = soon.join().expect("the first exchange");
+    assert_eq!(
+        String::from_utf8_lossy(&soon),
+        "late answer",
+        "{mode}: the half-closed connection died after the closing timeout"
+    );
+    let too_late = too_late.join().expect("the second exchange");
+    assert!(
+        too_late.is_empty(),
+        "{mode}: an answer after the half-closed timeout passed: {too_late:?}"
+    );
+    let drops = fastpath_drops(&lab.chain);
+    if mode != "kernel" {
+        assert!(
+            drops.get("fw-not-syn").copied().unwrap_or(0) > 0,
+            "{mode}: the answer after the half-closed timeout was not dropped as not a SYN: \
+             {drops:?}"
+        );
+    }
+}
+
+#[test]
+fn half_closed_tc() {
+    half_closed_in("tc");
+}
+
+#[test]
+fn half_closed_xdp() {
+    half_closed_in("xdp");
+}
+
+#[test]
+fn half_closed_kernel() {
+    half_closed_in("kernel");
 }
 
 /// A segment with SYN and FIN together opens nothing (Linux's conntrack holds it invalid): the

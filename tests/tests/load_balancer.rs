@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use netfn_tests::agent::{Agent, sample};
 use netfn_tests::loss::function_drops;
+use netfn_tests::traffic::late_answer;
 use netfn_tests::{
     ChainGuard, TempDir, in_netns, ip_in, netfn_ok, shared, status_details, unique_chain,
 };
@@ -807,10 +808,83 @@ fn reused_client_port(mode: &str, tag: &str) {
     );
 }
 
+/// A flow half-closed by its client (a client that sent its whole request and shut down its
+/// writing) lives while the backend takes its time: an answer after 2.5 s of quiet, longer than
+/// `tcp_closing` (1 s here), still reaches the client. Before, the client's FIN started the
+/// closing timeout and the late answer was dropped (`lb-reply-untracked`; kernel mode's
+/// FIN_WAIT and CLOSE_WAIT had the closing timeout too, and the answer left un-NATed). And
+/// `tcp_half_closed` (4 s here) still ends such a flow: an answer after 6 s is dropped.
+#[test]
+fn tc_a_half_closed_flow_lives_on() {
+    half_closed("tc", "bh");
+}
+
+#[test]
+fn xdp_a_half_closed_flow_lives_on() {
+    half_closed("xdp", "bi");
+}
+
+#[test]
+fn kernel_a_half_closed_flow_lives_on() {
+    half_closed("kernel", "bj");
+}
+
+fn half_closed(mode: &str, tag: &str) {
+    let _turn = shared();
+    let chain = unique_chain(tag);
+    let dir = TempDir::new(&chain);
+    let backend = SERVERS[0];
+    let services: String = [(80, 9001), (81, 9002)]
+        .map(|(port, bport)| {
+            format!(
+                "\n[[chain.function.service]]\nvip = \"{VIP}\"\nproto = \"tcp\"\nport = {port}\n\
+                 backends = [{{ address = \"{backend}\", port = {bport} }}]\n"
+            )
+        })
+        .concat();
+    let text = chain_file(&chain, mode, &services)
+        .replace("tcp_closing = 1,", "tcp_closing = 1, tcp_half_closed = 4,");
+    assert!(text.contains("tcp_half_closed = 4"));
+    let file = dir.write("lb.toml", &text);
+    let _guard = ChainGuard::up(&chain, &file);
+    let egress = format!("nf-{chain}-egress");
+    let _servers = Servers::start(&egress);
+    let ingress = format!("nf-{chain}-ingress");
+    let exchange = |port: u16, bport: u16, delay_ms: u64| {
+        let (c, s) = (ingress.clone(), egress.clone());
+        let (to, listen) = (
+            SocketAddrV4::new(VIP, port),
+            SocketAddrV4::new(backend, bport),
+        );
+        thread::spawn(move || late_answer(&c, to, &s, listen, Duration::from_millis(delay_ms)))
+    };
+    let (soon, too_late) = (exchange(80, 9001, 2_500), exchange(81, 9002, 6_000));
+    let soon = soon.join().expect("the first exchange");
+    assert_eq!(
+        String::from_utf8_lossy(&soon),
+        "late answer",
+        "{mode}: the half-closed flow died after the closing timeout"
+    );
+    let too_late = too_late.join().expect("the second exchange");
+    assert!(
+        too_late.is_empty(),
+        "{mode}: an answer after the half-closed timeout passed: {too_late:?}"
+    );
+    if mode != "kernel" {
+        let drops = function_drops(&chain, "lb1");
+        assert!(
+            drops.get("lb-reply-untracked").copied().unwrap_or(0) > 0,
+            "{mode}: the answer after the half-closed timeout was not dropped as untracked: \
+             {drops:?}"
+        );
+    }
+}
+
 /// Kernel mode keeps the flows in Linux conntrack: the function's timeouts
-/// (`conntrack = { tcp_closing = 1, udp = 2 }` here, TCP established at its default 3,600 s)
-/// are its namespace's conntrack sysctls, as the fast path's are its flow table's. Before, they
-/// were ignored there (Linux's 5-day established timeout and 30 s UDP applied).
+/// (`conntrack = { tcp_closing = 1, udp = 2 }` here, TCP established and half-closed at their
+/// defaults, 3,600 s and 120 s) are its namespace's conntrack sysctls, as the fast path's are its
+/// flow table's. Before, they were ignored there (Linux's 5-day established timeout and 30 s UDP
+/// applied).
 #[test]
 fn kernel_conntrack_timeouts_are_the_functions() {
     let _turn = shared();
@@ -833,7 +907,10 @@ fn kernel_conntrack_timeouts_are_the_functions() {
     for (name, want) in [
         ("tcp_timeout_established", "3600"),
         ("tcp_timeout_close", "1"),
-        ("tcp_timeout_fin_wait", "1"),
+        ("tcp_timeout_time_wait", "1"),
+        // The half-closed states: `tcp_half_closed`, 120 s unless set.
+        ("tcp_timeout_fin_wait", "120"),
+        ("tcp_timeout_close_wait", "120"),
         ("udp_timeout", "2"),
         ("udp_timeout_stream", "2"),
     ] {

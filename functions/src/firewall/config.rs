@@ -43,6 +43,7 @@ pub struct Conntrack {
     pub size: u32,
     pub tcp_syn: u32,
     pub tcp_established: u32,
+    pub tcp_half_closed: u32,
     pub tcp_closing: u32,
     pub udp: u32,
     pub udp_stream: u32,
@@ -56,6 +57,7 @@ impl Default for Conntrack {
             size: 65_536,
             tcp_syn: 120,
             tcp_established: 86_400,
+            tcp_half_closed: 120,
             tcp_closing: 10,
             udp: 30,
             udp_stream: 120,
@@ -347,6 +349,7 @@ fn check_conntrack(sink: &mut Sink, span: Range<usize>, c: &Conntrack) {
     let timeouts = [
         ("tcp_syn", c.tcp_syn),
         ("tcp_established", c.tcp_established),
+        ("tcp_half_closed", c.tcp_half_closed),
         ("tcp_closing", c.tcp_closing),
         ("udp", c.udp),
         ("udp_stream", c.udp_stream),

@@ -13,7 +13,7 @@ use netfn_core::function::FunctionContext;
 
 use super::config::Conntrack;
 use super::rules::{Action, PortRange, Proto, Rule, RuleSet, Side};
-use crate::conntrack::{CLOSING_STATES, timeout_sysctl};
+use crate::conntrack::{CLOSING_STATES, HALF_CLOSED_STATES, timeout_sysctl};
 
 /// The nftables table a firewall function owns in its namespace.
 pub const TABLE: &str = "netfn_fw";
@@ -29,6 +29,7 @@ pub fn sysctls(t: &Conntrack) -> Vec<(String, String)> {
         ("icmp_timeout", t.icmp),
     ]
     .into_iter()
+    .chain(HALF_CLOSED_STATES.map(|k| (k, t.tcp_half_closed)))
     .chain(CLOSING_STATES.map(|k| (k, t.tcp_closing)))
     .map(|(k, v)| timeout_sysctl(k, v))
     .collect()

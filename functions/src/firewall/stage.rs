@@ -104,6 +104,7 @@ pub(super) fn timeouts(t: &Conntrack) -> FwConf {
     FwConf {
         tcp_syn_ns: u64::from(t.tcp_syn) * SECOND,
         tcp_established_ns: u64::from(t.tcp_established) * SECOND,
+        tcp_half_closed_ns: u64::from(t.tcp_half_closed) * SECOND,
         tcp_closing_ns: u64::from(t.tcp_closing) * SECOND,
         udp_ns: u64::from(t.udp) * SECOND,
         udp_stream_ns: u64::from(t.udp_stream) * SECOND,

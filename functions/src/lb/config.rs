@@ -8,7 +8,7 @@
 //! name = "lb1"
 //! kind = "load-balancer"
 //! table_size = 65537                 # optional: Maglev table entries per service (a prime)
-//! conntrack = { size = 65536, tcp = 3600, tcp_closing = 10, udp = 60 }
+//! conntrack = { size = 65536, tcp = 3600, tcp_half_closed = 120, tcp_closing = 10, udp = 60 }
 //!
 //! [[chain.function.service]]
 //! vip = "192.0.2.10"                 # clients send here; need not be in any chain subnet
@@ -144,6 +144,7 @@ pub enum Probe {
 pub struct LbConntrack {
     pub size: u32,
     pub tcp: u32,
+    pub tcp_half_closed: u32,
     pub tcp_closing: u32,
     pub udp: u32,
 }
@@ -153,6 +154,7 @@ impl Default for LbConntrack {
         LbConntrack {
             size: 65_536,
             tcp: 3_600,
+            tcp_half_closed: 120,
             tcp_closing: 10,
             udp: 60,
         }
@@ -249,6 +251,7 @@ pub fn parse(settings: Settings<'_>) -> Result<LbSettings, Vec<SettingError>> {
             }
             for (name, v) in [
                 ("tcp", c.tcp),
+                ("tcp_half_closed", c.tcp_half_closed),
                 ("tcp_closing", c.tcp_closing),
                 ("udp", c.udp),
             ] {

@@ -20,7 +20,7 @@ use netfn_core::kernel::nft;
 
 use super::config::{LbConntrack, LbSettings};
 use super::maglev::{self, Entry};
-use crate::conntrack::{CLOSING_STATES, timeout_sysctl};
+use crate::conntrack::{CLOSING_STATES, HALF_CLOSED_STATES, timeout_sysctl};
 
 /// The nftables table a load balancer function owns in its namespace.
 pub const TABLE: &str = "netfn_lb";
@@ -44,7 +44,7 @@ pub fn flows_counter(i: usize) -> String {
 
 /// The conntrack timeouts of the function's namespace (per-namespace sysctls): the fast path's
 /// flow timeouts, for Linux conntrack, which keeps the flows in kernel mode (established TCP,
-/// TCP after a FIN or RST, UDP both ways). TCP's handshake states keep Linux's timeouts.
+/// TCP after a FIN from one side, TCP after a FIN from each or an RST, UDP both ways). TCP's handshake states keep Linux's timeouts.
 pub fn sysctls(t: &LbConntrack) -> Vec<(String, String)> {
     [
         ("tcp_timeout_established", t.tcp),
@@ -52,6 +52,7 @@ pub fn sysctls(t: &LbConntrack) -> Vec<(String, String)> {
         ("udp_timeout_stream", t.udp),
     ]
     .into_iter()
+    .chain(HALF_CLOSED_STATES.map(|k| (k, t.tcp_half_closed)))
     .chain(CLOSING_STATES.map(|k| (k, t.tcp_closing)))
     .map(|(k, v)| timeout_sysctl(k, v))
     .collect()

@@ -152,6 +152,7 @@ pub fn numbering(s: &LbSettings) -> u32 {
 pub fn timeouts(s: &LbSettings) -> LbConf {
     LbConf {
         tcp_ns: u64::from(s.conntrack.tcp) * SECOND,
+        tcp_half_closed_ns: u64::from(s.conntrack.tcp_half_closed) * SECOND,
         tcp_closing_ns: u64::from(s.conntrack.tcp_closing) * SECOND,
         udp_ns: u64::from(s.conntrack.udp) * SECOND,
         ..LbConf::default()

@@ -11,6 +11,8 @@
 //! Addresses in classifier records are host-order 128-bit numbers split in two `u64` words
 //! (`[high, low]`; an IPv4 address is `[0, addr]`), so the structures hold IPv6 without change.
 
+use crate::teardown::Teardown;
+
 /// IP protocol numbers the firewall names (rules and the stage).
 pub const PROTO_ICMP: u8 = 1;
 pub const PROTO_TCP: u8 = 6;
@@ -285,7 +287,7 @@ pub fn walk(
 
 /// The stage's settings for one function (array map of one element).
 ///
-/// Timeouts in nanoseconds (`bpf_ktime_get_ns` time). Layout: 6 × u32 then 6 × u64; 72 bytes.
+/// Timeouts in nanoseconds (`bpf_ktime_get_ns` time). Layout: 6 × u32 then 7 × u64; 80 bytes.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct FwConf {
@@ -305,7 +307,9 @@ pub struct FwConf {
     /// A TCP connection that saw a SYN and nothing back yet.
     pub tcp_syn_ns: u64,
     pub tcp_established_ns: u64,
-    /// After a FIN or an RST.
+    /// After a FIN from one side only.
+    pub tcp_half_closed_ns: u64,
+    /// After a FIN from each side, or an RST.
     pub tcp_closing_ns: u64,
     /// UDP before a reply, and after one.
     pub udp_ns: u64,
@@ -322,6 +326,7 @@ impl FwConf {
         match (proto, state) {
             (PROTO_TCP, CT_NEW) => self.tcp_syn_ns,
             (PROTO_TCP, CT_ESTABLISHED) => self.tcp_established_ns,
+            (PROTO_TCP, s) if FW_TEARDOWN.half_closed(s) => self.tcp_half_closed_ns,
             (PROTO_TCP, _) => self.tcp_closing_ns,
             (PROTO_UDP, CT_NEW) => self.udp_ns,
             (PROTO_UDP, _) => self.udp_stream_ns,
@@ -358,8 +363,19 @@ pub struct FragSeen {
 pub const CT_NEW: u8 = 0;
 /// A reply was seen (TCP: the connection is established; UDP: a stream).
 pub const CT_ESTABLISHED: u8 = 1;
-/// TCP: a FIN or an RST was seen.
+/// TCP: a FIN from each side, or an RST, was seen.
 pub const CT_CLOSING: u8 = 2;
+/// TCP: a FIN from the side that opened the connection, none from the other yet.
+pub const CT_FIN_BY_OPENER: u8 = 3;
+/// TCP: a FIN from the side that answered, none from the opener yet.
+pub const CT_FIN_BY_ANSWERER: u8 = 4;
+
+/// The teardown states of [`CtEntry::state`].
+pub const FW_TEARDOWN: Teardown = Teardown {
+    closing: CT_CLOSING,
+    fin_by_opener: CT_FIN_BY_OPENER,
+    fin_by_answerer: CT_FIN_BY_ANSWERER,
+};
 
 /// [`CtEntry::flags`]: the connection was opened by the `a` endpoint of its key.
 pub const CT_OPENED_BY_A: u8 = 1;
@@ -439,7 +455,7 @@ mod tests {
         assert_eq!(core::mem::size_of::<Node>(), 32);
         assert_eq!(core::mem::size_of::<LeafEntry>(), 48);
         assert_eq!(core::mem::size_of::<RuleAction>(), 16);
-        assert_eq!(core::mem::size_of::<FwConf>(), 72);
+        assert_eq!(core::mem::size_of::<FwConf>(), 80);
         assert_eq!(core::mem::size_of::<CtKey>(), 40);
         assert_eq!(core::mem::size_of::<FragSeen>(), 8);
         assert_eq!(core::mem::size_of::<CtEntry>(), 16);
@@ -449,6 +465,30 @@ mod tests {
         assert!(
             FW_DROP_REASON_NAMES.len() <= super::super::DROP_SLOTS - super::super::KIND_DROP_BASE
         );
+    }
+
+    #[test]
+    fn tcp_timeouts_follow_the_teardown() {
+        let conf = FwConf {
+            tcp_syn_ns: 1,
+            tcp_established_ns: 2,
+            tcp_half_closed_ns: 3,
+            tcp_closing_ns: 4,
+            ..FwConf::default()
+        };
+        for (state, timeout) in [
+            (CT_NEW, 1),
+            (CT_ESTABLISHED, 2),
+            (CT_FIN_BY_OPENER, 3),
+            (CT_FIN_BY_ANSWERER, 3),
+            (CT_CLOSING, 4),
+        ] {
+            assert_eq!(
+                conf.idle_timeout_ns(PROTO_TCP, state),
+                timeout,
+                "state {state}"
+            );
+        }
     }
 
     #[test]

@@ -34,6 +34,7 @@
 //! order too, so the stage compares and writes them as read.
 
 use super::firewall::PROTO_UDP;
+use crate::teardown::Teardown;
 
 /// Map names.
 pub const LB_SERVICES_MAP: &str = "NF_LB_SERVICES";
@@ -139,12 +140,14 @@ pub struct Backend {
     pub flags: u32,
 }
 
-/// The stage's settings (one element). 40 bytes.
+/// The stage's settings (one element). 48 bytes.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct LbConf {
-    /// Idle timeouts of tracked flows: TCP established, TCP after a FIN or RST, UDP.
+    /// Idle timeouts of tracked flows: TCP open, TCP after a FIN from one side only, TCP after
+    /// a FIN from each side or an RST, UDP.
     pub tcp_ns: u64,
+    pub tcp_half_closed_ns: u64,
     pub tcp_closing_ns: u64,
     pub udp_ns: u64,
     /// Sets of the connection table ([`LB_FLOWS_MAP`]'s entries).
@@ -165,6 +168,8 @@ impl LbConf {
             self.udp_ns
         } else if state == LB_CT_CLOSING {
             self.tcp_closing_ns
+        } else if LB_TEARDOWN.half_closed(state) {
+            self.tcp_half_closed_ns
         } else {
             self.tcp_ns
         }
@@ -207,9 +212,21 @@ pub struct Reverse {
     pub numbers: [u32; REVERSE_SERVICES],
 }
 
-/// [`LbFlow::state`]: TCP after a FIN or RST (a short timeout follows).
+/// [`LbFlow::state`] values: open (and every UDP flow).
 pub const LB_CT_OPEN: u8 = 0;
+/// TCP after a FIN from each side, or an RST (a short timeout follows).
 pub const LB_CT_CLOSING: u8 = 1;
+/// TCP after a FIN from the client, none from the backend yet.
+pub const LB_CT_FIN_BY_CLIENT: u8 = 2;
+/// TCP after a FIN from the backend, none from the client yet.
+pub const LB_CT_FIN_BY_BACKEND: u8 = 3;
+
+/// The teardown states of [`LbFlow::state`] (the client opens every flow).
+pub const LB_TEARDOWN: Teardown = Teardown {
+    closing: LB_CT_CLOSING,
+    fin_by_opener: LB_CT_FIN_BY_CLIENT,
+    fin_by_answerer: LB_CT_FIN_BY_BACKEND,
+};
 
 /// Flows per set of the connection table.
 pub const LB_FLOW_WAYS: usize = 4;
@@ -396,7 +413,7 @@ mod tests {
         assert_eq!(core::mem::size_of::<ServiceKey>(), 24);
         assert_eq!(core::mem::size_of::<Service>(), 16);
         assert_eq!(core::mem::size_of::<Backend>(), 24);
-        assert_eq!(core::mem::size_of::<LbConf>(), 40);
+        assert_eq!(core::mem::size_of::<LbConf>(), 48);
         assert_eq!(core::mem::size_of::<LbFlow>(), 80);
         assert_eq!(core::mem::size_of::<LbFlowSet>(), 320);
         assert_eq!(core::mem::size_of::<BackendKey>(), 20);
@@ -501,6 +518,7 @@ mod tests {
     fn a_flow_ends_after_its_protocol_and_state_timeout() {
         let conf = LbConf {
             tcp_ns: 100,
+            tcp_half_closed_ns: 30,
             tcp_closing_ns: 10,
             udp_ns: 50,
             ..LbConf::default()
@@ -514,6 +532,8 @@ mod tests {
         for (f, timeout) in [
             (flow(6, LB_CT_OPEN), 100),
             (flow(6, LB_CT_CLOSING), 10),
+            (flow(6, LB_CT_FIN_BY_CLIENT), 30),
+            (flow(6, LB_CT_FIN_BY_BACKEND), 30),
             (flow(17, LB_CT_OPEN), 50),
         ] {
             assert!(!f.ended(&conf, 1000 + timeout), "{f:?}");

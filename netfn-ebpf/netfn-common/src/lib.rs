@@ -7,6 +7,7 @@
 
 pub mod firewall;
 pub mod lb;
+pub mod teardown;
 
 /// Name of the per-CPU hash map (`ifindex: u32` → [`IfCounters`]) filled by `nf_count`.
 pub const IF_COUNTERS_MAP: &str = "NF_IF_COUNTERS";

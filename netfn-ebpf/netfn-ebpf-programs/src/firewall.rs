@@ -40,8 +40,8 @@ use netfn_common::{
     firewall::{
         ACTION_ACCEPT, ACTION_RATE_LIMITED, ACTION_REJECT, CT_CLOSING, CT_ESTABLISHED,
         CT_FROM_EGRESS, CT_NEW, CT_OPENED_BY_A, CtEntry, CtKey, FW_DROP_FRAGMENT, FW_DROP_NOT_SYN,
-        FW_DROP_RATE_LIMIT, FW_DROP_REJECTED, FW_DROP_RULE, FragSeen, FwConf, FwStats, Key,
-        LeafEntry, NO_RULE, Node, PROTO_ICMP, PROTO_TCP, PROTO_UDP, RateBucket, RuleAction,
+        FW_DROP_RATE_LIMIT, FW_DROP_REJECTED, FW_DROP_RULE, FW_TEARDOWN, FragSeen, FwConf, FwStats,
+        Key, LeafEntry, NO_RULE, Node, PROTO_ICMP, PROTO_TCP, PROTO_UDP, RateBucket, RuleAction,
         RuleCounters, walk,
     },
 };
@@ -479,7 +479,7 @@ fn decide(p: &Packet, e: &FwdEntry, len: u64) -> Fate {
         if live && !reopened {
             let from_opener = src_is_a == (ct.flags & CT_OPENED_BY_A != 0);
             if p.tcp_flags & (TCP_FIN | TCP_RST) != 0 {
-                ct.state = CT_CLOSING;
+                ct.state = FW_TEARDOWN.after(ct.state, p.tcp_flags, from_opener);
             } else if ct.state == CT_NEW && !from_opener {
                 ct.state = CT_ESTABLISHED;
             }

@@ -5,9 +5,8 @@ pub(crate) const ETH_HLEN: usize = 14;
 pub(crate) const IP_HLEN: usize = 20;
 pub(crate) const ICMP_HLEN: usize = 8;
 
-pub(crate) const TCP_FIN: u8 = 0x01;
+pub(crate) use netfn_common::teardown::{TCP_FIN, TCP_RST};
 pub(crate) const TCP_SYN: u8 = 0x02;
-pub(crate) const TCP_RST: u8 = 0x04;
 pub(crate) const TCP_ACK: u8 = 0x10;
 
 /// Whether TCP `flags` open a connection: SYN alone (with FIN, RST or ACK it opens nothing;

@@ -54,8 +54,9 @@ use netfn_common::{
     lb::{
         BACKEND_DOWN, Backend, BackendCounters, BackendKey, FAMILY_V4, FRAG_PASS, FRAG_TO_BACKEND,
         FRAG_TO_CLIENT, LB_CT_CLOSING, LB_CT_OPEN, LB_DROP_FRAGMENT, LB_DROP_NO_BACKEND,
-        LB_DROP_REPLY_UNTRACKED, LB_FLOW_WAYS, LbConf, LbFlow, LbFlowSet, LbFrag, LbStats,
-        NO_BACKEND, REVERSE_SERVICES, Reverse, Service, ServiceKey, counter_index, flow_hash,
+        LB_DROP_REPLY_UNTRACKED, LB_FLOW_WAYS, LB_TEARDOWN, LbConf, LbFlow, LbFlowSet, LbFrag,
+        LbStats, NO_BACKEND, REVERSE_SERVICES, Reverse, Service, ServiceKey, counter_index,
+        flow_hash,
     },
 };
 
@@ -462,7 +463,7 @@ fn decide(p: &Packet, e: &FwdEntry, len: u64) -> Fate {
             if backend_down(number) {
                 rebalance = true;
             } else {
-                touch(flow, p, now);
+                touch(flow, p, now, true);
                 count_backend(conf, number, len, false);
                 if let Some(s) = stats() {
                     s.ct_hits += 1;
@@ -807,7 +808,7 @@ fn reply(p: &Packet, conf: &LbConf, now: u64) -> Fate {
                     reason: LB_DROP_REPLY_UNTRACKED,
                 };
             }
-            touch(flow, p, now);
+            touch(flow, p, now, false);
             if let Some(s) = stats() {
                 s.replies += 1;
             }
@@ -890,17 +891,21 @@ fn backend_down(number: u32) -> bool {
         .is_some_and(|b| b.flags & BACKEND_DOWN != 0)
 }
 
-/// A packet of a tracked flow: it is alive (refreshed at most every 100 ms, to spare the
-/// cache line), and a TCP FIN or RST starts its short closing timeout.
+/// A packet of a tracked flow, from its client or its backend: it is alive (refreshed at most
+/// every 100 ms, to spare the cache line), and a TCP FIN or RST moves it along its teardown (a
+/// FIN from one side half-closes it, one from each side or an RST starts its short closing
+/// timeout).
 #[inline(always)]
-fn touch(flow: &mut LbFlow, p: &Packet, now: u64) {
+fn touch(flow: &mut LbFlow, p: &Packet, now: u64, from_client: bool) {
     if now.saturating_sub(flow.last_seen_ns) > 100_000_000 {
         flow.last_seen_ns = now;
     }
-    if p.proto == PROTO_TCP && p.tcp_flags & (TCP_FIN | TCP_RST) != 0 && flow.state != LB_CT_CLOSING
-    {
-        flow.state = LB_CT_CLOSING;
-        flow.last_seen_ns = now;
+    if p.proto == PROTO_TCP && p.tcp_flags & (TCP_FIN | TCP_RST) != 0 {
+        let state = LB_TEARDOWN.after(flow.state, p.tcp_flags, from_client);
+        if state != flow.state {
+            flow.state = state;
+            flow.last_seen_ns = now;
+        }
     }
 }
 

@@ -1,0 +1,97 @@
+//! TCP's teardown as a tracked connection follows it, shared by the firewall's connection table
+//! and the load balancer's flows.
+//!
+//! A FIN closes one direction only: the other side may go on sending for as long as it likes
+//! (a client that sent its whole request and shut down its write side, waiting for a slow
+//! answer). So one FIN makes a connection *half-closed*, with a timeout of its own (Linux
+//! conntrack's FIN_WAIT and CLOSE_WAIT), and only a FIN from each side, or an RST from either,
+//! makes it *closing*, with the short timeout after which its ports may open again.
+
+/// TCP header flags the teardown reads.
+pub const TCP_FIN: u8 = 0x01;
+pub const TCP_RST: u8 = 0x04;
+
+/// The state values a kind gives the teardown's three states (each kind numbers its states
+/// itself; these must differ from each other and from its open states).
+#[derive(Clone, Copy, Debug)]
+pub struct Teardown {
+    /// Both sides sent a FIN, or one an RST.
+    pub closing: u8,
+    /// Only the side that opened the connection sent a FIN.
+    pub fin_by_opener: u8,
+    /// Only the side that answered sent a FIN.
+    pub fin_by_answerer: u8,
+}
+
+impl Teardown {
+    /// The state after a segment with header flags `flags`, sent by the connection's opener or
+    /// not, of a connection in `state` (other states are left as they are).
+    #[inline(always)]
+    pub fn after(&self, state: u8, flags: u8, from_opener: bool) -> u8 {
+        let (own, other) = if from_opener {
+            (self.fin_by_opener, self.fin_by_answerer)
+        } else {
+            (self.fin_by_answerer, self.fin_by_opener)
+        };
+        if state == self.closing || flags & TCP_RST != 0 {
+            self.closing
+        } else if flags & TCP_FIN == 0 {
+            state
+        } else if state == other {
+            self.closing
+        } else {
+            own
+        }
+    }
+
+    /// One side sent a FIN and the other none yet.
+    #[inline(always)]
+    pub fn half_closed(&self, state: u8) -> bool {
+        state == self.fin_by_opener || state == self.fin_by_answerer
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{TCP_FIN, TCP_RST, Teardown};
+
+    const T: Teardown = Teardown {
+        closing: 2,
+        fin_by_opener: 3,
+        fin_by_answerer: 4,
+    };
+    const OPEN: u8 = 1;
+    const ACK: u8 = 0x10;
+
+    #[test]
+    fn a_fin_from_each_side_closes() {
+        let s = T.after(OPEN, TCP_FIN | ACK, true);
+        assert_eq!(s, T.fin_by_opener);
+        assert!(T.half_closed(s));
+        // The other side's ACK and data leave it half-closed; its own FIN again too.
+        assert_eq!(T.after(s, ACK, false), s);
+        assert_eq!(T.after(s, TCP_FIN | ACK, true), s);
+        assert_eq!(T.after(s, TCP_FIN | ACK, false), T.closing);
+        // From the answerer first, likewise.
+        let s = T.after(OPEN, TCP_FIN, false);
+        assert_eq!(s, T.fin_by_answerer);
+        assert_eq!(T.after(s, TCP_FIN, true), T.closing);
+    }
+
+    #[test]
+    fn an_rst_closes_at_once_and_closing_stays() {
+        assert_eq!(T.after(OPEN, TCP_RST, false), T.closing);
+        assert_eq!(T.after(T.fin_by_answerer, TCP_RST | ACK, true), T.closing);
+        assert_eq!(T.after(T.closing, ACK, true), T.closing);
+        assert!(!T.half_closed(T.closing));
+        assert!(!T.half_closed(OPEN));
+    }
+
+    #[test]
+    fn segments_without_fin_or_rst_change_nothing() {
+        for state in [0, OPEN] {
+            assert_eq!(T.after(state, ACK, true), state);
+            assert_eq!(T.after(state, 0x02 | ACK, false), state);
+        }
+    }
+}
