@@ -231,6 +231,24 @@ fn notify_agent() {
     }
 }
 
+/// What `apply` says when a chain was up from another file: most often an edited copy of it,
+/// but it may be another file's chain that has the same name, which the apply has just changed.
+fn moved_note(chain: &str, running: &Path, this: &Path, dry_run: bool) -> String {
+    let (running, this) = (running.display(), this.display());
+    if dry_run {
+        format!(
+            "netfn: note: chain {chain} is up from {running}; applying {this} makes it the \
+             chain's file (if {this} means another chain, rename that one)"
+        )
+    } else {
+        format!(
+            "netfn: note: chain {chain} was up from {running}; {this} is its file now (if {this} \
+             meant another chain, rename that one there, and `netfn apply {running}` restores \
+             this one)"
+        )
+    }
+}
+
 pub fn apply(file: &Path, only: Option<&str>, dry_run: bool, quiet: bool) -> Result<ExitCode> {
     let spec = load(file)?;
     let chains = selected(&spec, file, only)?;
@@ -280,20 +298,25 @@ pub fn apply(file: &Path, only: Option<&str>, dry_run: bool, quiet: bool) -> Res
             };
             done.push(chain.name.as_str());
             live.chain_done(chain.functions.len());
-            let (head, changes) = match outcome {
+            let (head, changes, moved) = match outcome {
                 ApplyOutcome::Unchanged => {
                     live.println(&format!("chain {}: unchanged; nothing to do", chain.name));
                     continue;
                 }
-                ApplyOutcome::Planned(changes) => (
+                ApplyOutcome::Planned { changes, moved } => (
                     format!(
                         "chain {}: would apply {} change(s):",
                         chain.name,
                         changes.len()
                     ),
                     changes,
+                    moved,
                 ),
-                ApplyOutcome::Applied { changes, elapsed } => {
+                ApplyOutcome::Applied {
+                    changes,
+                    elapsed,
+                    moved,
+                } => {
                     notify_agent();
                     (
                         format!(
@@ -303,6 +326,7 @@ pub fn apply(file: &Path, only: Option<&str>, dry_run: bool, quiet: bool) -> Res
                             elapsed.as_millis()
                         ),
                         changes,
+                        moved,
                     )
                 }
             };
@@ -311,6 +335,9 @@ pub fn apply(file: &Path, only: Option<&str>, dry_run: bool, quiet: bool) -> Res
                 text.push_str(&format!("\n  {c}"));
             }
             live.println(&text);
+            if let Some(running) = moved {
+                live.eprintln(&moved_note(&chain.name, &running, &source, dry_run));
+            }
         }
     });
     let Some(failed) = failed else {

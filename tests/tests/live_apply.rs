@@ -284,6 +284,65 @@ fn apply_refuses_what_it_cannot_do_live_and_leaves_the_chain_running() {
     assert_eq!(leftovers(&chain), Vec::<String>::new());
 }
 
+/// A chain up from one file and applied from another (an edited copy, or another file's chain
+/// that has the same name) is changed, and the apply says which file the chain was up from and
+/// that the new one is its file now; the record follows. Before, it said nothing. The dry run
+/// says so too; applying from the chain's own file does not.
+#[test]
+fn apply_from_another_file_says_the_chain_was_up_from_elsewhere() {
+    let _turn = shared();
+    let chain = unique_chain("lm");
+    let dir = TempDir::new(&chain);
+    let v1 = dir.write("v1.toml", &forward_chain_of(&chain, "kernel", &["a", "b"]));
+    let v2 = dir.write(
+        "v2.toml",
+        &forward_chain_of(&chain, "kernel", &["a", "m", "b"]),
+    );
+    let _guard = ChainGuard::up(&chain, &v1);
+    let v1 = v1.canonicalize().expect("v1's path");
+    let note = |args: &[&str]| {
+        let out = netfn(args);
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8_lossy(&out.stderr)
+            .lines()
+            .filter(|l| l.contains("note: chain"))
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+    };
+    let v2 = v2.to_string_lossy().to_string();
+    let dry = note(&["apply", "--dry-run", &v2]);
+    assert!(
+        dry.len() == 1 && dry[0].contains(&format!("is up from {}", v1.display())),
+        "{dry:?}"
+    );
+    assert_eq!(record(&chain).source, v1, "the dry run moved the record");
+    let applied = note(&["apply", &v2]);
+    assert!(
+        applied.len() == 1
+            && applied[0].contains(&format!("was up from {}", v1.display()))
+            && applied[0].contains("is its file now"),
+        "{applied:?}"
+    );
+    assert_ne!(
+        record(&chain).source,
+        v1,
+        "the record still names the old file"
+    );
+    // The chain's own file, edited again: nothing to say.
+    let edited = dir.write(
+        "v2.toml",
+        &forward_chain_of(&chain, "kernel", &["a", "m", "n", "b"]),
+    );
+    assert_eq!(
+        note(&["apply", &edited.to_string_lossy()]),
+        Vec::<String>::new()
+    );
+    assert!(
+        !ip_in(&chain, "n", &["link", "show", "lo"]).is_empty(),
+        "function n was not added"
+    );
+}
+
 /// A file of three chains whose second cannot change live: the first is applied, the apply
 /// stops at the second, and the summary says so and names the third as not attempted (it
 /// once stopped silently), which runs on unchanged.

@@ -6,6 +6,7 @@
 //! through the rest of the chain never stop.
 
 use std::collections::BTreeSet;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -59,10 +60,17 @@ impl From<state::StateError> for ApplyError {
 pub enum ApplyOutcome {
     Unchanged,
     /// `--dry-run`: what would change.
-    Planned(Vec<Change>),
+    Planned {
+        changes: Vec<Change>,
+        moved: Option<PathBuf>,
+    },
     Applied {
         changes: Vec<Change>,
         elapsed: Duration,
+        /// The file the chain was up from, when it was another: this one is its source now
+        /// (a chain of another file that has the same name would be changed this way too, so
+        /// the operator is told).
+        moved: Option<PathBuf>,
     },
 }
 
@@ -107,10 +115,14 @@ pub fn apply(
         return Ok(ApplyOutcome::Unchanged);
     }
     tracing::debug!(chain = %chain, "apply: replanned by {:.1?}", started.elapsed());
+    let moved = (record.source != source).then(|| record.source.clone());
     let settings = settings_changes(&record.plan, spec, &next.changes, kinds)?;
     tracing::debug!(chain = %chain, "apply: planned by {:.1?}", started.elapsed());
     if dry_run {
-        return Ok(ApplyOutcome::Planned(next.changes));
+        return Ok(ApplyOutcome::Planned {
+            changes: next.changes,
+            moved,
+        });
     }
     let old = record.plan.clone();
     let delta = Delta::between(&old, &next.plan);
@@ -163,6 +175,7 @@ pub fn apply(
             Ok(ApplyOutcome::Applied {
                 changes: next.changes,
                 elapsed: started.elapsed(),
+                moved,
             })
         }
         Err(cause) => {
