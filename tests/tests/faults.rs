@@ -293,3 +293,35 @@ fn damaged_record_is_reported_and_down_force_removes_the_chain() {
         assert!(netfn_ok(&["down", "--force", &chain]).contains("nothing to do"));
     }
 }
+
+/// `down --force A-b` spares a namespace that another chain's record lists: chain `A`'s function
+/// `b-c` lives in `nf-A-b-c`, which `nf-A-b-*` also matches. Before, `down --force` of the chain
+/// `A-b` removed it, and chain `A` lost a function.
+#[test]
+fn down_force_spares_the_namespace_of_another_chain_that_matches_its_prefix() {
+    let _turn = shared();
+    let chain = unique_chain("df");
+    let short = format!("{chain}-b");
+    let _down = (Down(&chain), ForceDown(&short));
+    let dir = TempDir::new(&chain);
+    let file = dir.write("a.toml", &chain_file(&chain, "kernel", &["b-c"]));
+    let short_file = dir.write("ab.toml", &chain_file(&short, "kernel", &["x"]));
+    netfn_ok(&["up", &file.to_string_lossy()]);
+    netfn_ok(&["up", &short_file.to_string_lossy()]);
+    let kept = format!("nf-{chain}-b-c");
+    assert!(namespaces(&chain).contains(&kept));
+    let out = netfn_ok(&["down", "--force", &short]);
+    assert!(out.contains(&format!("namespace nf-{short}-x")), "{out}");
+    assert!(
+        Path::new(&format!("/run/netns/{kept}")).exists(),
+        "down --force {short} removed chain {chain}'s {kept}:\n{out}"
+    );
+    assert_chain_is(
+        &chain,
+        &["fw", "b-c"],
+        "after down --force of the other chain",
+    );
+    netfn_ok(&["down", &chain]);
+    assert_nothing_left(&chain, "the chain");
+    assert_nothing_left(&short, "the other chain");
+}

@@ -1,5 +1,6 @@
 //! `up` and `down` of one chain: lock, record, apply, and roll back or finish from the record.
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -508,7 +509,8 @@ pub struct ForcedDown {
 
 /// Takes one chain down without its record (for a record that is damaged or lost): removes what
 /// netfn names after the chain, namespaces `nf-CHAIN-*` (not those of another known chain whose
-/// name extends this one, `nf-CHAIN-x-*`), the pins under `/sys/fs/bpf/netfn/CHAIN`, the
+/// name extends this one, `nf-CHAIN-x-*`, nor those another chain's record lists: chain `a`'s
+/// function `b-c` has `nf-a-b-c`, which `down --force a-b` would take otherwise), the pins under `/sys/fs/bpf/netfn/CHAIN`, the
 /// processes and files `CHAIN.*` under `/run/netfn/chains`. The interface netfn added to an
 /// operator's endpoint namespace goes with its veth peer, in a function's namespace.
 pub fn force_down(chain: &str, progress: &dyn Progress) -> Result<ForcedDown, LifecycleError> {
@@ -529,18 +531,39 @@ pub fn force_down(chain: &str, progress: &dyn Progress) -> Result<ForcedDown, Li
         super::processes::stop(chain, function);
         done.removed.push(format!("process of function {function}"));
     }
-    let others: Vec<String> = state::list()
+    let recorded: Vec<String> = state::list()
         .unwrap_or_default()
         .into_iter()
-        .filter(|o| o != chain && o.starts_with(&format!("{chain}-")))
-        .map(|o| names::netns_name(&o, ""))
+        .filter(|o| o != chain)
+        .collect();
+    // By name (also when their records cannot be read), and by what their records list.
+    let others: Vec<String> = recorded
+        .iter()
+        .filter(|o| o.starts_with(&format!("{chain}-")))
+        .map(|o| names::netns_name(o, ""))
+        .collect();
+    let theirs: BTreeSet<String> = recorded
+        .iter()
+        .filter_map(|o| state::load(o).ok().flatten())
+        .flat_map(|r| {
+            let plans = std::iter::once(r.plan).chain(r.previous);
+            plans
+                .flat_map(|p| {
+                    p.created_namespaces()
+                        .map(str::to_string)
+                        .collect::<Vec<_>>()
+                })
+                .collect::<Vec<_>>()
+        })
         .collect();
     let ours = names::netns_name(chain, "");
     let mut namespaces: Vec<String> = std::fs::read_dir(names::NETNS_RUN_DIR)
         .into_iter()
         .flatten()
         .filter_map(|e| e.ok()?.file_name().into_string().ok())
-        .filter(|n| n.starts_with(&ours) && !others.iter().any(|o| n.starts_with(o)))
+        .filter(|n| {
+            n.starts_with(&ours) && !others.iter().any(|o| n.starts_with(o)) && !theirs.contains(n)
+        })
         .collect();
     namespaces.sort();
     for name in namespaces {
