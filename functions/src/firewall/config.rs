@@ -26,7 +26,8 @@ use std::ops::Range;
 use std::path::Path;
 
 use ipnet::IpNet;
-use netfn_core::function::{Located, SettingError, Settings};
+use netfn_core::function::fields::{self, Value};
+use netfn_core::function::{Fields, Located, Problems, SettingError, Settings, Want};
 use netfn_core::spec::diag::LineIndex;
 use serde::{Deserialize, Serialize};
 use toml::Spanned;
@@ -67,7 +68,7 @@ impl Default for Conntrack {
 }
 
 /// Largest connection table a function may ask for.
-pub const MAX_CONNTRACK: u32 = 16 << 20;
+pub const MAX_CONNTRACK: u32 = crate::conntrack::MAX_SIZE;
 
 /// A checked firewall configuration: the rules in order (inline, then the rules file's) and the
 /// connection-table settings.
@@ -99,92 +100,63 @@ impl Origin {
     }
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawFirewall {
-    default: Option<Spanned<String>>,
-    rules_file: Option<Spanned<String>>,
-    conntrack: Option<Spanned<Conntrack>>,
-    #[serde(default)]
-    rule: Vec<Spanned<RawRule>>,
-}
+/// What each key takes, for the reports of a value of the wrong type.
+const DEFAULT: Want = Want {
+    what: "accept, drop or reject",
+    example: "\"drop\"",
+};
+const RULES_FILE: Want = Want {
+    what: "a path to a TOML file of [[rule]] tables",
+    example: "\"fw1-rules.toml\"",
+};
+const RULES: Want = Want {
+    what: "a list of rule tables",
+    example: "[{ proto = \"tcp\", dport = 22, action = \"accept\" }]",
+};
+const NAME: Want = Want {
+    what: "a name of letters, digits, '-' and '_'",
+    example: "\"web\"",
+};
+const FROM: Want = Want {
+    what: "ingress or egress",
+    example: "\"ingress\"",
+};
+const PROTO: Want = Want {
+    what: "tcp, udp, icmp or any",
+    example: "\"tcp\"",
+};
+const PREFIXES: Want = Want {
+    what: "a prefix or a list of prefixes",
+    example: "[\"10.0.0.0/8\", \"192.0.2.1\"]",
+};
+const PORTS: Want = Want {
+    what: "a port, a range \"lo-hi\" or a list of them",
+    example: "[80, 443, \"8000-8080\"]",
+};
+const ICMP_TYPE: Want = Want {
+    what: "an ICMP type: 0-255 or a name like echo-request",
+    example: "\"echo-request\"",
+};
+const ACTION: Want = Want {
+    what: "accept, drop or reject",
+    example: "\"accept\"",
+};
+const RATE: Want = Want {
+    what: "a table of pps and burst",
+    example: "{ pps = 100, burst = 20 }",
+};
+const PPS: Want = Want {
+    what: "a whole number",
+    example: "100",
+};
+const BURST: Want = Want {
+    what: "a whole number",
+    example: "20",
+};
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawRulesFile {
-    #[serde(default)]
-    rule: Vec<Spanned<RawRule>>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawRule {
-    name: Option<Spanned<String>>,
-    from: Option<Spanned<String>>,
-    proto: Option<Spanned<String>>,
-    src: Option<Spanned<OneOrMany<String>>>,
-    dst: Option<Spanned<OneOrMany<String>>>,
-    sport: Option<Spanned<OneOrMany<PortItem>>>,
-    dport: Option<Spanned<OneOrMany<PortItem>>>,
-    icmp_type: Option<Spanned<PortItem>>,
-    action: Option<Spanned<String>>,
-    rate: Option<Spanned<RawRate>>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawRate {
-    pps: i64,
-    burst: Option<i64>,
-}
-
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum OneOrMany<T> {
-    One(T),
-    Many(Vec<T>),
-}
-
-impl<T> OneOrMany<T> {
-    fn into_vec(self) -> Vec<T> {
-        match self {
-            OneOrMany::One(v) => vec![v],
-            OneOrMany::Many(v) => v,
-        }
-    }
-}
-
-#[derive(Deserialize)]
-#[serde(untagged)]
 enum PortItem {
     Number(i64),
     Text(String),
-}
-
-/// Where the problems of one file go: the chain file (by span) or a rules file (by position).
-struct Sink<'a> {
-    /// `None`: the chain file; else the rules file's path and line index.
-    file: Option<(&'a Path, &'a LineIndex<'a>)>,
-    errors: Vec<SettingError>,
-}
-
-impl Sink<'_> {
-    fn error(&mut self, span: Range<usize>, message: String, hint: Option<String>) {
-        let elsewhere = self.file.map(|(path, lines)| {
-            let at = lines.position(span.start);
-            Located {
-                file: path.to_path_buf(),
-                line: at.line,
-                col: at.col,
-            }
-        });
-        self.errors.push(SettingError {
-            span,
-            message,
-            hint,
-            elsewhere,
-        });
-    }
 }
 
 /// Checks a firewall's settings; `Err` holds every problem found. With the settings come the
@@ -192,53 +164,51 @@ impl Sink<'_> {
 pub fn parse(settings: Settings<'_>) -> Result<(FirewallSettings, Vec<Origin>), Vec<SettingError>> {
     let base_dir = settings.base_dir().to_path_buf();
     let table_span = settings.span();
-    let raw: RawFirewall = settings.deserialize().map_err(|mut e| {
-        e.hint = Some(
-            "a firewall takes `default`, `rules_file`, `conntrack` and `[[chain.function.rule]]` \
-             tables (see docs/chain-format.md)"
-                .into(),
-        );
-        vec![e]
-    })?;
-    let mut chain = Sink {
-        file: None,
-        errors: Vec::new(),
-    };
-    let default = match &raw.default {
-        None => Action::Drop,
-        Some(d) => action(&mut chain, d).unwrap_or(Action::Drop),
-    };
-    let conntrack = match raw.conntrack {
-        None => Conntrack::default(),
-        Some(c) => {
-            let span = c.span();
-            let c = c.into_inner();
-            check_conntrack(&mut chain, span, &c);
-            c
-        }
-    };
+    let mut t = settings.fields();
+    let mut out = Problems::default();
+    let default = t
+        .string("default", DEFAULT, &mut out)
+        .and_then(|d| action(&mut out, &d))
+        .unwrap_or(Action::Drop);
+    let rules_file = t.string("rules_file", RULES_FILE, &mut out);
+    let mut conntrack = Conntrack::default();
+    if let Some(table) = t.table("conntrack", crate::conntrack::TABLE, &mut out) {
+        let c = &mut conntrack;
+        let timeouts = &mut [
+            ("tcp_syn", &mut c.tcp_syn),
+            ("tcp_established", &mut c.tcp_established),
+            ("tcp_half_closed", &mut c.tcp_half_closed),
+            ("tcp_closing", &mut c.tcp_closing),
+            ("udp", &mut c.udp),
+            ("udp_stream", &mut c.udp_stream),
+            ("icmp", &mut c.icmp),
+        ];
+        crate::conntrack::read(table, &mut c.size, timeouts, &mut out);
+    }
+    let inline = t.tables("rule", "[[chain.function.rule]]", RULES, &mut out);
+    t.finish(&mut out);
     let mut rules = Vec::new();
     let mut origins = Vec::new();
-    for r in raw.rule {
+    for r in inline.map(Spanned::into_inner).unwrap_or_default() {
         let span = r.span();
-        if let Some(rule) = rule(&mut chain, r.into_inner(), span.clone()) {
+        if let Some(rule) = rule(&mut out, r) {
             rules.push(rule);
             origins.push(Origin::Chain(span));
         }
     }
 
     let mut file_errors = Vec::new();
-    if let Some(path) = &raw.rules_file {
+    if let Some(path) = &rules_file {
         let resolved = base_dir.join(path.get_ref());
         // At most the chain file's own limit: `/dev/zero` must not be read until memory ends.
         match netfn_core::spec::read_text(&resolved) {
-            Err(e) => chain.error(
+            Err(e) => out.error(
                 path.span(),
                 format!("cannot read rules file {}: {e}", resolved.display()),
-                Some(unreadable_hint(e.kind()).into()),
+                Some(unreadable_hint(e.kind()).to_string()),
             ),
             Ok(text) => {
-                let (more, errors) = rules_file(&resolved, &text);
+                let (more, errors) = rules_file_rules(&resolved, &text);
                 file_errors = errors;
                 for (rule, at) in more {
                     rules.push(rule);
@@ -247,20 +217,15 @@ pub fn parse(settings: Settings<'_>) -> Result<(FirewallSettings, Vec<Origin>), 
             }
         }
     }
-    duplicate_names(&mut chain, &rules, table_span);
-    let mut errors = chain.errors;
-    errors.extend(file_errors);
-    if errors.is_empty() {
-        Ok((
-            FirewallSettings {
-                rules: RuleSet { rules, default },
-                conntrack,
-            },
-            origins,
-        ))
-    } else {
-        Err(errors)
-    }
+    duplicate_names(&mut out, &rules, table_span);
+    out.0.extend(file_errors);
+    out.result((
+        FirewallSettings {
+            rules: RuleSet { rules, default },
+            conntrack,
+        },
+        origins,
+    ))
 }
 
 /// What to do about a rules file that cannot be read, by why: only a missing one may be a
@@ -276,59 +241,55 @@ fn unreadable_hint(kind: std::io::ErrorKind) -> &'static str {
     }
 }
 
-/// The rules of a rules file (with where each starts), and its problems.
-fn rules_file(path: &Path, text: &str) -> (Vec<(Rule, Located)>, Vec<SettingError>) {
+/// The rules of a rules file (with where each starts), and its problems, located in it.
+fn rules_file_rules(path: &Path, text: &str) -> (Vec<(Rule, Located)>, Vec<SettingError>) {
     let lines = LineIndex::new(text);
-    let mut sink = Sink {
-        file: Some((path, &lines)),
-        errors: Vec::new(),
-    };
-    let table = match DeTable::parse(text) {
-        Ok(t) => t,
-        Err(e) => {
-            let span = e.span().unwrap_or(0..0);
-            sink.error(span, e.message().trim().to_string(), None);
-            return (Vec::new(), sink.errors);
-        }
-    };
-    let span = table.span();
-    let value = Spanned::new(span.clone(), DeValue::Table(table.into_inner()));
-    let raw = match RawRulesFile::deserialize(
-        serde::de::IntoDeserializer::<toml::de::Error>::into_deserializer(value),
-    ) {
-        Ok(raw) => raw,
-        Err(e) => {
-            sink.error(
-                e.span().unwrap_or(span),
-                e.message().trim().to_string(),
-                Some("a rules file holds `[[rule]]` tables".into()),
-            );
-            return (Vec::new(), sink.errors);
-        }
-    };
-    let mut rules = Vec::new();
-    for r in raw.rule {
-        let span = r.span();
-        let at = lines.position(span.start);
-        let at = Located {
+    let at = |offset: usize| {
+        let at = lines.position(offset);
+        Located {
             file: path.to_path_buf(),
             line: at.line,
             col: at.col,
-        };
-        if let Some(rule) = rule(&mut sink, r.into_inner(), span) {
-            rules.push((rule, at));
+        }
+    };
+    let mut out = Problems::default();
+    let mut rules = Vec::new();
+    match DeTable::parse(text) {
+        Err(e) => out.error(
+            e.span().unwrap_or(0..0),
+            format!("invalid TOML: {}", e.message().trim()),
+            None,
+        ),
+        Ok(table) => {
+            let mut t = Fields::new(table, "the rules file");
+            let found = t.tables("rule", "[[rule]]", RULES, &mut out);
+            t.finish(&mut out);
+            for r in found.map(Spanned::into_inner).unwrap_or_default() {
+                let start = r.span().start;
+                if let Some(rule) = rule(&mut out, r) {
+                    rules.push((rule, at(start)));
+                }
+            }
         }
     }
-    (rules, sink.errors)
+    let errors = out
+        .0
+        .into_iter()
+        .map(|e| SettingError {
+            elsewhere: Some(at(e.span.start)),
+            ..e
+        })
+        .collect();
+    (rules, errors)
 }
 
-fn action(sink: &mut Sink, value: &Spanned<String>) -> Option<Action> {
+fn action(out: &mut Problems, value: &Spanned<String>) -> Option<Action> {
     match value.get_ref().as_str() {
         "accept" => Some(Action::Accept),
         "drop" => Some(Action::Drop),
         "reject" => Some(Action::Reject),
         other => {
-            sink.error(
+            out.error(
                 value.span(),
                 format!("unknown action `{other}`"),
                 Some("use accept, drop or reject".into()),
@@ -338,41 +299,18 @@ fn action(sink: &mut Sink, value: &Spanned<String>) -> Option<Action> {
     }
 }
 
-fn check_conntrack(sink: &mut Sink, span: Range<usize>, c: &Conntrack) {
-    if c.size == 0 || c.size > MAX_CONNTRACK {
-        sink.error(
-            span.clone(),
-            format!("conntrack size {} is out of range", c.size),
-            Some(format!("use 1 to {MAX_CONNTRACK} connections")),
-        );
-    }
-    let timeouts = [
-        ("tcp_syn", c.tcp_syn),
-        ("tcp_established", c.tcp_established),
-        ("tcp_half_closed", c.tcp_half_closed),
-        ("tcp_closing", c.tcp_closing),
-        ("udp", c.udp),
-        ("udp_stream", c.udp_stream),
-        ("icmp", c.icmp),
-    ];
-    for (name, value) in timeouts {
-        if let Some((message, hint)) = crate::conntrack::timeout_problem(name, value) {
-            sink.error(span.clone(), message, Some(hint));
-        }
-    }
-}
-
 /// Checks one rule; `None` (with its problems reported) if it is not valid.
-fn rule(sink: &mut Sink, raw: RawRule, span: Range<usize>) -> Option<Rule> {
-    let before = sink.errors.len();
-    let name = raw.name.as_ref().and_then(|n| rule_name(sink, n));
-    let from = match &raw.from {
+fn rule(out: &mut Problems, mut t: Fields<'_>) -> Option<Rule> {
+    let span = t.span();
+    let before = out.len();
+    let name = t.string("name", NAME, out).and_then(|n| rule_name(out, &n));
+    let from = match t.string("from", FROM, out) {
         None => Side::Ingress,
         Some(f) => match f.get_ref().as_str() {
             "ingress" => Side::Ingress,
             "egress" => Side::Egress,
             other => {
-                sink.error(
+                out.error(
                     f.span(),
                     format!("unknown side `{other}`"),
                     Some("`from` is the side that opens the connection: ingress or egress".into()),
@@ -381,7 +319,7 @@ fn rule(sink: &mut Sink, raw: RawRule, span: Range<usize>) -> Option<Rule> {
             }
         },
     };
-    let mut proto = match &raw.proto {
+    let mut proto = match t.string("proto", PROTO, out) {
         None => Proto::Any,
         Some(p) => match p.get_ref().as_str() {
             "any" => Proto::Any,
@@ -389,7 +327,7 @@ fn rule(sink: &mut Sink, raw: RawRule, span: Range<usize>) -> Option<Rule> {
             "udp" => Proto::Udp,
             "icmp" => Proto::Icmp,
             other => {
-                sink.error(
+                out.error(
                     p.span(),
                     format!("unknown protocol `{other}`"),
                     Some("use tcp, udp, icmp or any".into()),
@@ -398,18 +336,18 @@ fn rule(sink: &mut Sink, raw: RawRule, span: Range<usize>) -> Option<Rule> {
             }
         },
     };
-    let src = raw
-        .src
-        .map(|s| prefixes(sink, "src", s))
+    let src = t
+        .one_or_many("src", PREFIXES, out)
+        .map(|s| prefixes(out, "src", s))
         .unwrap_or_default();
-    let dst = raw
-        .dst
-        .map(|s| prefixes(sink, "dst", s))
+    let dst = t
+        .one_or_many("dst", PREFIXES, out)
+        .map(|s| prefixes(out, "dst", s))
         .unwrap_or_default();
-    let mut ports_need_proto = |field: &str, value: &Option<Spanned<OneOrMany<PortItem>>>| {
-        let v = value.as_ref()?;
+    let mut ports_of = |out: &mut Problems, field: &'static str| {
+        let v = t.one_or_many(field, PORTS, out)?;
         if !matches!(proto, Proto::Tcp | Proto::Udp) {
-            sink.error(
+            out.error(
                 v.span(),
                 format!("`{field}` needs proto = \"tcp\" or \"udp\""),
                 Some(
@@ -419,60 +357,39 @@ fn rule(sink: &mut Sink, raw: RawRule, span: Range<usize>) -> Option<Rule> {
             );
             return None;
         }
-        Some(())
+        Some(ports(out, field, v))
     };
-    let sport_ok = ports_need_proto("sport", &raw.sport);
-    let dport_ok = ports_need_proto("dport", &raw.dport);
-    let sport = match (raw.sport, sport_ok) {
-        (Some(v), Some(())) => ports(sink, "sport", v),
-        _ => Vec::new(),
-    };
-    let dport = match (raw.dport, dport_ok) {
-        (Some(v), Some(())) => ports(sink, "dport", v),
-        _ => Vec::new(),
-    };
-    let icmp_type = raw.icmp_type.as_ref().and_then(|t| {
+    let sport = ports_of(out, "sport").unwrap_or_default();
+    let dport = ports_of(out, "dport").unwrap_or_default();
+    let icmp_type = t.get("icmp_type").and_then(|v| {
         match proto {
             Proto::Icmp => {}
             Proto::Any => proto = Proto::Icmp,
             _ => {
-                sink.error(
-                    t.span(),
-                    "`icmp_type` needs proto = \"icmp\"".into(),
+                out.error(
+                    v.span(),
+                    "`icmp_type` needs proto = \"icmp\"",
                     Some("remove `proto` or set it to \"icmp\"".into()),
                 );
                 return None;
             }
         }
-        icmp_type(sink, t)
+        icmp_type(out, v)
     });
-    let action = match &raw.action {
-        Some(a) => action(sink, a),
+    let action = match t.get("action") {
+        Some(a) => fields::string(a, "action", ACTION, out).and_then(|a| action(out, &a)),
         None => {
-            sink.error(
+            out.error(
                 span.clone(),
-                "a rule needs an `action`".into(),
+                "a rule needs an `action`",
                 Some("add `action = \"accept\"`, \"drop\" or \"reject\"".into()),
             );
             None
         }
     };
-    let rate = raw.rate.as_ref().and_then(|r| {
-        let v = r.get_ref();
-        let burst = v.burst.unwrap_or(v.pps);
-        match (u32::try_from(v.pps), u32::try_from(burst)) {
-            (Ok(pps), Ok(burst)) if pps > 0 && burst > 0 => Some(RateLimit { pps, burst }),
-            _ => {
-                sink.error(
-                    r.span(),
-                    format!("rate limit {} pps, burst {burst} is out of range", v.pps),
-                    Some("use `rate = { pps = 100, burst = 20 }`: both at least 1".into()),
-                );
-                None
-            }
-        }
-    });
-    if sink.errors.len() > before {
+    let rate = t.table("rate", RATE, out).and_then(|r| rate(out, r));
+    t.finish(out);
+    if out.len() > before {
         return None;
     }
     Some(Rule {
@@ -489,14 +406,35 @@ fn rule(sink: &mut Sink, raw: RawRule, span: Range<usize>) -> Option<Rule> {
     })
 }
 
-fn rule_name(sink: &mut Sink, name: &Spanned<String>) -> Option<String> {
+fn rate(out: &mut Problems, mut t: Fields<'_>) -> Option<RateLimit> {
+    let span = t.span();
+    t.required(&[("pps", PPS)], out);
+    let pps = t.integer("pps", PPS, out);
+    let burst = t.integer("burst", BURST, out);
+    t.finish(out);
+    let pps = *pps?.get_ref();
+    let burst = burst.map_or(pps, |b| *b.get_ref());
+    match (u32::try_from(pps), u32::try_from(burst)) {
+        (Ok(pps), Ok(burst)) if pps > 0 && burst > 0 => Some(RateLimit { pps, burst }),
+        _ => {
+            out.error(
+                span,
+                format!("rate limit {pps} pps, burst {burst} is out of range"),
+                Some("use `rate = { pps = 100, burst = 20 }`: both at least 1".into()),
+            );
+            None
+        }
+    }
+}
+
+fn rule_name(out: &mut Problems, name: &Spanned<String>) -> Option<String> {
     let n = name.get_ref();
     let ok = !n.is_empty()
         && n.len() <= 40
         && n.chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
     if n == PROBE_RULE {
-        sink.error(
+        out.error(
             name.span(),
             format!("rule name `{n}` is netfn's own"),
             Some(
@@ -509,7 +447,7 @@ fn rule_name(sink: &mut Sink, name: &Spanned<String>) -> Option<String> {
     } else if ok {
         Some(n.clone())
     } else {
-        sink.error(
+        out.error(
             name.span(),
             format!("rule name `{n}` is not usable as a label"),
             Some("use 1 to 40 letters, digits, '-' or '_' (it names the rule's counters)".into()),
@@ -518,66 +456,82 @@ fn rule_name(sink: &mut Sink, name: &Spanned<String>) -> Option<String> {
     }
 }
 
-/// The items of a list key (or its one value), with its span; an empty list is refused: it
-/// would read as "any" (no condition), which nftables refuses as an empty set.
-fn items<T>(sink: &mut Sink, field: &str, value: Spanned<OneOrMany<T>>) -> (Range<usize>, Vec<T>) {
-    let span = value.span();
-    let items = value.into_inner().into_vec();
-    if items.is_empty() {
-        sink.error(
-            span.clone(),
+/// The items of a list key (or its one value); an empty list is refused: it would read as
+/// "any" (no condition), which nftables refuses as an empty set.
+fn items<'i>(out: &mut Problems, field: &str, value: Spanned<Vec<Value<'i>>>) -> Vec<Value<'i>> {
+    if value.get_ref().is_empty() {
+        out.error(
+            value.span(),
             format!("`{field}` is an empty list"),
             Some(format!(
                 "omit `{field}` to match any, or list what it must match"
             )),
         );
     }
-    (span, items)
+    value.into_inner()
 }
 
-fn prefixes(sink: &mut Sink, field: &str, value: Spanned<OneOrMany<String>>) -> Vec<IpNet> {
-    let (span, texts) = items(sink, field, value);
-    let mut out = Vec::new();
-    for text in texts {
+fn prefixes(out: &mut Problems, field: &str, value: Spanned<Vec<Value<'_>>>) -> Vec<IpNet> {
+    let mut nets = Vec::new();
+    for item in items(out, field, value) {
+        let Some(text) = fields::string(item, field, PREFIXES, out) else {
+            continue;
+        };
+        let span = text.span();
+        let text = text.into_inner();
         let parsed = text
             .parse::<IpNet>()
             .or_else(|_| text.parse::<IpAddr>().map(IpNet::from));
         match parsed {
-            Ok(IpNet::V6(_)) => sink.error(
-                span.clone(),
+            Ok(IpNet::V6(_)) => out.error(
+                span,
                 format!("`{field}` {text} is IPv6: chains are IPv4 for now"),
                 Some("IPv6 rules come with dual-stack chains; use IPv4 prefixes".into()),
             ),
-            Ok(net) if net.addr() != net.network() => sink.error(
-                span.clone(),
+            Ok(net) if net.addr() != net.network() => out.error(
+                span,
                 format!("`{field}` {text} has host bits set"),
                 Some(format!("did you mean {}?", net.trunc())),
             ),
-            Ok(net) => out.push(net),
-            Err(_) => sink.error(
-                span.clone(),
+            Ok(net) => nets.push(net),
+            Err(_) => out.error(
+                span,
                 format!("`{field}` {text:?} is not an IPv4 address or prefix"),
                 Some("e.g. \"10.1.0.0/24\" or \"10.1.0.7\"".into()),
             ),
         }
     }
-    out
+    nets
 }
 
-fn ports(sink: &mut Sink, field: &str, value: Spanned<OneOrMany<PortItem>>) -> Vec<PortRange> {
-    let (span, list) = items(sink, field, value);
-    let mut out = Vec::new();
-    for item in list {
+/// A port item as written: a number or a text ("8080", "8000-8080"); else reported.
+fn port_item(out: &mut Problems, field: &str, want: Want, value: Value<'_>) -> Option<PortItem> {
+    match value.get_ref() {
+        DeValue::String(s) => Some(PortItem::Text(s.to_string())),
+        DeValue::Integer(_) => {
+            fields::integer(value, field, want, out).map(|n| PortItem::Number(n.into_inner()))
+        }
+        _ => out.wrong(&value, field, want),
+    }
+}
+
+fn ports(out: &mut Problems, field: &str, value: Spanned<Vec<Value<'_>>>) -> Vec<PortRange> {
+    let mut ranges = Vec::new();
+    for item in items(out, field, value) {
+        let span = item.span();
+        let Some(item) = port_item(out, field, PORTS, item) else {
+            continue;
+        };
         match port_range(&item) {
-            Ok(r) => out.push(r),
-            Err(why) => sink.error(
-                span.clone(),
+            Ok(r) => ranges.push(r),
+            Err(why) => out.error(
+                span,
                 format!("`{field}`: {why}"),
                 Some("a port is 0-65535; a range is \"lo-hi\" with lo <= hi".into()),
             ),
         }
     }
-    out
+    ranges
 }
 
 fn port_range(item: &PortItem) -> Result<PortRange, String> {
@@ -606,9 +560,10 @@ fn port_range(item: &PortItem) -> Result<PortRange, String> {
     }
 }
 
-fn icmp_type(sink: &mut Sink, value: &Spanned<PortItem>) -> Option<u8> {
-    let parsed = match value.get_ref() {
-        PortItem::Number(n) => u8::try_from(*n).ok(),
+fn icmp_type(out: &mut Problems, value: Value<'_>) -> Option<u8> {
+    let span = value.span();
+    let parsed = match port_item(out, "icmp_type", ICMP_TYPE, value)? {
+        PortItem::Number(n) => u8::try_from(n).ok(),
         PortItem::Text(t) => match t.as_str() {
             "echo-reply" => Some(0),
             "destination-unreachable" => Some(3),
@@ -618,9 +573,9 @@ fn icmp_type(sink: &mut Sink, value: &Spanned<PortItem>) -> Option<u8> {
         },
     };
     if parsed.is_none() {
-        sink.error(
-            value.span(),
-            "`icmp_type` is not an ICMP type".into(),
+        out.error(
+            span,
+            "`icmp_type` is not an ICMP type",
             Some(
                 "use 0-255 or echo-request, echo-reply, destination-unreachable, time-exceeded"
                     .into(),
@@ -630,11 +585,11 @@ fn icmp_type(sink: &mut Sink, value: &Spanned<PortItem>) -> Option<u8> {
     parsed
 }
 
-fn duplicate_names(sink: &mut Sink, rules: &[Rule], span: Range<usize>) {
+fn duplicate_names(out: &mut Problems, rules: &[Rule], span: Range<usize>) {
     let mut seen = std::collections::BTreeSet::new();
     for name in rules.iter().filter_map(|r| r.name.as_deref()) {
         if !seen.insert(name) {
-            sink.error(
+            out.error(
                 span.clone(),
                 format!("two rules are named `{name}`"),
                 Some("rule names name counters: make them unique".into()),
@@ -691,10 +646,9 @@ mod tests {
         let found = problems("conntrack = { tcp_established = 4000000000, icmp = 2147484 }\n");
         let messages: Vec<&str> = found.iter().map(|(_, _, m)| m.as_str()).collect();
         assert_eq!(found.len(), 2, "{found:?}");
-        assert!(
-            found.iter().all(|(line, col, _)| (*line, *col) == (10, 13)),
-            "{found:?}"
-        );
+        // Each at its own value, not at the `conntrack` table.
+        let at: Vec<(usize, usize)> = found.iter().map(|(l, c, _)| (*l, *c)).collect();
+        assert_eq!(at, [(10, 33), (10, 52)], "{found:?}");
         assert!(
             messages[0].ends_with("conntrack tcp_established timeout 4000000000 s is too long")
         );
@@ -735,5 +689,59 @@ mod tests {
             assert_eq!((want.0, want.1), (got.0, got.1), "{found:?}");
             assert!(got.2.ends_with(&want.2), "{found:?}");
         }
+    }
+
+    #[test]
+    fn a_rules_files_problems_and_compile_errors_stand_at_their_place_in_it() {
+        // Type errors used to be one serde error for the whole file; a rule the classifier
+        // refuses was reported at the function's header in the chain file.
+        let dir = std::env::temp_dir().join(format!("netfn-fw-rules-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let ports = |from: u32| {
+            let list: Vec<String> = (0..200).map(|i| (from + 2 * i).to_string()).collect();
+            list.join(", ")
+        };
+        let rules = dir.join("rules.toml");
+        let text = format!(
+            "[[rule]]\nproto = \"tcp\"\ndport = \"http\"\nactoin = \"drop\"\n\n\
+             [[rule]]\nproto = \"tcp\"\nsport = [{}]\ndport = [{}]\naction = \"drop\"\n",
+            ports(1),
+            ports(1001)
+        );
+        std::fs::write(&rules, &text).expect("rules file");
+        let chain = dir.join("c.toml");
+        let found = |body: &str| {
+            crate::test_support::diagnostics(&chain, "firewall", body)
+                .into_iter()
+                .map(|d| (d.file.clone(), d.position.line, d.position.col, d.message))
+                .collect::<Vec<_>>()
+        };
+        let typed = found("rules_file = \"rules.toml\"\n");
+        let at: Vec<(usize, usize)> = typed.iter().map(|d| (d.1, d.2)).collect();
+        // `dport` "http" is not a port; `actoin` is unknown (and the rule has no action).
+        assert_eq!(at, [(1, 1), (3, 9), (4, 1)], "{typed:?}");
+        assert!(typed.iter().all(|d| d.0 == rules), "{typed:?}");
+        assert!(
+            typed[2].3.ends_with("unknown key `actoin` in [[rule]]"),
+            "{typed:?}"
+        );
+
+        std::fs::write(
+            &rules,
+            text.replacen("dport = \"http\"\nactoin", "action", 1),
+        )
+        .expect("rules file");
+        let wide = found("rules_file = \"rules.toml\"\n");
+        assert_eq!(wide.len(), 1, "{wide:?}");
+        assert_eq!(
+            (&wide[0].0, wide[0].1, wide[0].2),
+            (&rules, 5, 1),
+            "{wide:?}"
+        );
+        assert!(
+            wide[0].3.contains("rule 2 \"\": its lists combine"),
+            "{wide:?}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

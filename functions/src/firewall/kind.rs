@@ -133,11 +133,13 @@ impl FunctionKind for Firewall {
         let warnings = settings.warnings();
         let (parsed, origins) = config::parse(settings)?;
         let compiled = classifier::compile(&parsed.rules).map_err(|why| {
-            vec![SettingError::new(
-                span,
-                format!("the rules cannot be compiled for the fast path: {why}"),
-                Some("split or simplify the rules it names".into()),
-            )]
+            let message = format!("the rules cannot be compiled for the fast path: {why}");
+            let hint = Some("split or simplify the rules it names".into());
+            // At the rule it names (in the chain file or the rules file), else at the function.
+            vec![match why.rule().and_then(|r| origins.get(r as usize)) {
+                Some(origin) => origin.diagnostic(message, hint),
+                None => SettingError::new(span, message, hint),
+            }]
         })?;
         let unreachable = compiled.unreachable_rules();
         let config = FirewallConfig::new(parsed, Some(compiled));

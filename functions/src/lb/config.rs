@@ -26,7 +26,7 @@ use std::net::IpAddr;
 use std::ops::Range;
 
 use netfn_common::lb::{LB_FLOWS_MAP, LB_TABLE_MAP, REVERSE_SERVICES};
-use netfn_core::function::{ChainAddresses, SettingError, Settings};
+use netfn_core::function::{ChainAddresses, Fields, Problems, SettingError, Settings, Want};
 use netfn_core::spec::FunctionSpec;
 use serde::{Deserialize, Serialize};
 use toml::Spanned;
@@ -37,7 +37,7 @@ use super::{maglev, stage};
 /// Largest weight a backend may have.
 pub const MAX_WEIGHT: u32 = 10_000;
 /// Largest connection table, and largest Maglev table, a function may ask for.
-pub const MAX_CONNTRACK: u32 = 16 << 20;
+pub const MAX_CONNTRACK: u32 = crate::conntrack::MAX_SIZE;
 pub const MAX_TABLE_SIZE: u32 = 1 << 24;
 /// Most bytes a load balancer's maps may take ([`stage::map_bytes`]), well below what a host
 /// has. It also keeps the Maglev tables' indexes (u32) in range: 2 GiB of 4-byte entries.
@@ -161,132 +161,133 @@ impl Default for LbConntrack {
     }
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawLb {
-    table_size: Option<Spanned<u32>>,
-    conntrack: Option<Spanned<LbConntrack>>,
-    #[serde(default)]
-    service: Vec<Spanned<RawService>>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawService {
-    vip: Spanned<String>,
-    proto: Spanned<String>,
-    port: Spanned<i64>,
-    backends: Spanned<Vec<Spanned<RawBackend>>>,
-    health: Option<Spanned<RawHealth>>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawBackend {
-    address: Spanned<String>,
-    port: Option<Spanned<i64>>,
-    weight: Option<Spanned<i64>>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawHealth {
-    check: Spanned<String>,
-    path: Option<Spanned<String>>,
-    interval: Option<Spanned<f64>>,
-    timeout: Option<Spanned<f64>>,
-    rise: Option<Spanned<i64>>,
-    fall: Option<Spanned<i64>>,
-}
-
-/// Collects problems.
-#[derive(Default)]
-struct Sink(Vec<SettingError>);
-
-impl Sink {
-    fn error(&mut self, span: Range<usize>, message: String, hint: impl Into<Option<String>>) {
-        self.0.push(SettingError::new(span, message, hint.into()));
-    }
-}
+/// What each key takes, for the reports of a value of the wrong type.
+const TABLE_SIZE: Want = Want {
+    what: "a prime number up to 16777216",
+    example: "65537",
+};
+const SERVICES: Want = Want {
+    what: "a list of service tables",
+    example: "[{ vip = \"192.0.2.10\", proto = \"tcp\", port = 80, backends = [{ address = \"10.2.0.10\" }] }]",
+};
+const VIP: Want = Want {
+    what: "an IPv4 address",
+    example: "\"192.0.2.10\"",
+};
+const L4_PROTO: Want = Want {
+    what: "tcp or udp",
+    example: "\"tcp\"",
+};
+const PORT: Want = Want {
+    what: "a port from 1 to 65535",
+    example: "80",
+};
+const BACKENDS: Want = Want {
+    what: "a list of backends",
+    example: "[{ address = \"10.2.0.10\", port = 8080 }]",
+};
+const ADDRESS: Want = Want {
+    what: "an IPv4 address",
+    example: "\"10.2.0.10\"",
+};
+const BACKEND_PORT: Want = Want {
+    what: "a port from 1 to 65535",
+    example: "8080",
+};
+const WEIGHT: Want = Want {
+    what: "a whole number from 0 to 10000",
+    example: "2",
+};
+const HEALTH: Want = Want {
+    what: "a table of the health check's settings",
+    example: "{ check = \"http\", path = \"/healthz\", interval = 2, timeout = 1 }",
+};
+const CHECK: Want = Want {
+    what: "tcp or http",
+    example: "\"http\"",
+};
+const PATH: Want = Want {
+    what: "a URL path",
+    example: "\"/healthz\"",
+};
+const INTERVAL: Want = Want {
+    what: "a number of seconds",
+    example: "2",
+};
+const TIMEOUT: Want = Want {
+    what: "a number of seconds",
+    example: "1",
+};
+const COUNT: Want = Want {
+    what: "a whole number from 1 to 100",
+    example: "3",
+};
 
 /// Checks a load balancer's settings; `Err` holds every problem found.
 pub fn parse(settings: Settings<'_>) -> Result<LbSettings, Vec<SettingError>> {
     let table_span = settings.span();
     let warnings = settings.warnings();
-    let raw: RawLb = settings.deserialize().map_err(|mut e| {
-        e.hint = Some(
-            "a load balancer takes `table_size`, `conntrack` and `[[chain.function.service]]` \
-             tables (see docs/chain-format.md)"
-                .into(),
-        );
-        vec![e]
-    })?;
-    let mut sink = Sink::default();
-    let table_size = match &raw.table_size {
+    let mut t = settings.fields();
+    let mut out = Problems::default();
+    let size = t.integer("table_size", TABLE_SIZE, &mut out);
+    let table_size = match &size {
         None => maglev::DEFAULT_SIZE,
-        Some(t) => {
-            let n = *t.get_ref();
-            if !maglev::is_prime(n) || n > MAX_TABLE_SIZE {
-                sink.error(
-                    t.span(),
-                    format!("table_size {n} is not a prime up to {MAX_TABLE_SIZE}"),
+        Some(v) => match u32::try_from(*v.get_ref()) {
+            Ok(n) if maglev::is_prime(n) && n <= MAX_TABLE_SIZE => n,
+            _ => {
+                out.error(
+                    v.span(),
+                    format!(
+                        "table_size {} is not a prime up to {MAX_TABLE_SIZE}",
+                        v.get_ref()
+                    ),
                     "Maglev needs a prime table size; e.g. 65537 (default), 131071 or 1048573"
                         .to_string(),
                 );
+                maglev::DEFAULT_SIZE
             }
-            n
-        }
+        },
     };
-    let conntrack = match raw.conntrack {
-        None => LbConntrack::default(),
-        Some(c) => {
-            let span = c.span();
-            let c = c.into_inner();
-            if c.size == 0 || c.size > MAX_CONNTRACK {
-                sink.error(
-                    span.clone(),
-                    format!("conntrack size {} is out of range", c.size),
-                    format!("use 1 to {MAX_CONNTRACK} flows"),
-                );
-            }
-            for (name, v) in [
-                ("tcp", c.tcp),
-                ("tcp_half_closed", c.tcp_half_closed),
-                ("tcp_closing", c.tcp_closing),
-                ("udp", c.udp),
-            ] {
-                // Kernel mode writes them to the nf_conntrack_* sysctls (see super::nft).
-                if let Some((message, hint)) = crate::conntrack::timeout_problem(name, v) {
-                    sink.error(span.clone(), message, hint);
-                }
-            }
-            c
-        }
-    };
-    if raw.service.is_empty() {
-        sink.error(
+    let mut conntrack = LbConntrack::default();
+    if let Some(table) = t.table("conntrack", crate::conntrack::TABLE, &mut out) {
+        let c = &mut conntrack;
+        // Kernel mode writes the timeouts to the nf_conntrack_* sysctls (see super::nft).
+        let timeouts = &mut [
+            ("tcp", &mut c.tcp),
+            ("tcp_half_closed", &mut c.tcp_half_closed),
+            ("tcp_closing", &mut c.tcp_closing),
+            ("udp", &mut c.udp),
+        ];
+        crate::conntrack::read(table, &mut c.size, timeouts, &mut out);
+    }
+    let before = out.len();
+    let raw_services = t.tables("service", "[[chain.function.service]]", SERVICES, &mut out);
+    let raw_services = raw_services.map(Spanned::into_inner).unwrap_or_default();
+    if raw_services.is_empty() && out.len() == before {
+        out.error(
             table_span.clone(),
-            "a load balancer needs at least one service".into(),
+            "a load balancer needs at least one service",
             "add a `[[chain.function.service]]` table with vip, proto, port and backends"
                 .to_string(),
         );
     }
+    t.finish(&mut out);
     let mut services = Vec::new();
     let mut spans = Vec::new();
     let mut seen: HashSet<(IpAddr, u16, L4)> = HashSet::new();
-    for s in raw.service {
+    for s in raw_services {
         let span = s.span();
-        if let Some((service, at)) = service(&mut sink, s.into_inner()) {
+        if let Some((service, at)) = service(&mut out, s) {
             let key = (service.vip, service.port, service.proto);
             if !seen.insert(key) {
-                sink.error(
+                out.error(
                     at.vip.clone(),
                     format!("service {} is defined twice", service.label()),
                     "each VIP, port and protocol is one service; merge their backends".to_string(),
                 );
             }
             if table_size < service.backends.len() as u32 {
-                sink.error(
+                out.error(
                     span,
                     format!(
                         "service {} has {} backends, more than table_size {table_size}",
@@ -296,7 +297,7 @@ pub fn parse(settings: Settings<'_>) -> Result<LbSettings, Vec<SettingError>> {
                     "make table_size a prime at least 100 times the backend count".to_string(),
                 );
             }
-            if service.backends.iter().all(|b| b.weight == 0) {
+            if !service.backends.is_empty() && service.backends.iter().all(|b| b.weight == 0) {
                 warnings.warn(SettingError::new(
                     at.vip.clone(),
                     format!(
@@ -310,24 +311,19 @@ pub fn parse(settings: Settings<'_>) -> Result<LbSettings, Vec<SettingError>> {
             spans.push(at);
         }
     }
-    shared_backends(&mut sink, &services, &spans);
+    shared_backends(&mut out, &services, &spans);
     let settings = LbSettings {
         services,
         table_size,
         conntrack,
         spans,
     };
-    let size_span = raw.table_size.as_ref().map(Spanned::span);
-    memory_bound(&mut sink, &settings, size_span.unwrap_or(table_span));
-    if sink.0.is_empty() {
-        Ok(settings)
-    } else {
-        Err(sink.0)
-    }
+    memory_bound(&mut out, &settings, size.map_or(table_span, |s| s.span()));
+    out.result(settings)
 }
 
 /// Refuses (at `span`) settings whose maps would take more than [`MAX_MAP_BYTES`].
-fn memory_bound(sink: &mut Sink, s: &LbSettings, span: Range<usize>) {
+fn memory_bound(out: &mut Problems, s: &LbSettings, span: Range<usize>) {
     let bytes = stage::map_bytes(s, stage::counter_cpus().unwrap_or(1));
     let total = bytes
         .iter()
@@ -341,7 +337,7 @@ fn memory_bound(sink: &mut Sink, s: &LbSettings, span: Range<usize>) {
             .find(|(name, _)| *name == map)
             .map_or(0, |(_, b)| *b)
     };
-    sink.error(
+    out.error(
         span,
         format!(
             "the load balancer's maps would take about {} (at most {}): {} of Maglev tables \
@@ -367,7 +363,7 @@ fn gib(bytes: u64) -> String {
 /// A backend's answers find their flow by trying each service the backend serves (the stage's
 /// reverse map holds at most [`REVERSE_SERVICES`] per backend `address:port:proto`): more
 /// services on one backend are refused at the first backend beyond that.
-fn shared_backends(sink: &mut Sink, services: &[ServiceConf], spans: &[ServiceSpans]) {
+fn shared_backends(out: &mut Problems, services: &[ServiceConf], spans: &[ServiceSpans]) {
     let mut serving: HashMap<(IpAddr, u16, L4), Vec<String>> = HashMap::new();
     for (service, at) in services.iter().zip(spans) {
         for (b, span) in service.backends.iter().zip(&at.backends) {
@@ -376,7 +372,7 @@ fn shared_backends(sink: &mut Sink, services: &[ServiceConf], spans: &[ServiceSp
                 .or_default();
             of.push(service.label());
             if of.len() == REVERSE_SERVICES + 1 {
-                sink.error(
+                out.error(
                     span.clone(),
                     format!(
                         "backend {}/{} serves {} services ({}); one backend serves at most \
@@ -395,44 +391,66 @@ fn shared_backends(sink: &mut Sink, services: &[ServiceConf], spans: &[ServiceSp
     }
 }
 
-fn service(sink: &mut Sink, raw: RawService) -> Option<(ServiceConf, ServiceSpans)> {
-    let vip = address(sink, "vip", &raw.vip);
-    let proto = match raw.proto.get_ref().as_str() {
-        "tcp" => Some(L4::Tcp),
-        "udp" => Some(L4::Udp),
-        other => {
-            sink.error(
-                raw.proto.span(),
-                format!("unknown protocol `{other}`"),
-                "a service balances tcp or udp".to_string(),
-            );
-            None
-        }
-    };
-    let port = check_port(sink, "port", &raw.port);
+fn service(out: &mut Problems, mut t: Fields<'_>) -> Option<(ServiceConf, ServiceSpans)> {
+    t.required(
+        &[
+            ("vip", VIP),
+            ("proto", L4_PROTO),
+            ("port", PORT),
+            ("backends", BACKENDS),
+        ],
+        out,
+    );
+    let vip_text = t.string("vip", VIP, out);
+    let vip = vip_text.as_ref().and_then(|v| address(out, "vip", v));
+    let proto = t
+        .string("proto", L4_PROTO, out)
+        .and_then(|p| match p.get_ref().as_str() {
+            "tcp" => Some(L4::Tcp),
+            "udp" => Some(L4::Udp),
+            other => {
+                out.error(
+                    p.span(),
+                    format!("unknown protocol `{other}`"),
+                    "a service balances tcp or udp".to_string(),
+                );
+                None
+            }
+        });
+    let port = t
+        .integer("port", PORT, out)
+        .and_then(|p| check_port(out, "port", &p));
+    let raw_backends = t.tables("backends", "a backend", BACKENDS, out);
+    let health = t.table("health", HEALTH, out);
+    t.finish(out);
     let mut backends = Vec::new();
     let mut backend_spans = Vec::new();
     let mut seen: HashSet<(IpAddr, u16)> = HashSet::new();
-    if raw.backends.get_ref().is_empty() {
-        sink.error(
-            raw.backends.span(),
-            "a service needs at least one backend".into(),
+    if let Some(b) = &raw_backends
+        && b.get_ref().is_empty()
+    {
+        out.error(
+            b.span(),
+            "a service needs at least one backend",
             "e.g. backends = [{ address = \"10.2.0.10\", port = 8080 }]".to_string(),
         );
     }
-    for b in raw.backends.into_inner() {
-        let b = b.into_inner();
-        let address = address(sink, "backend address", &b.address);
-        let bport = match &b.port {
-            Some(p) => check_port(sink, "backend port", p),
+    for mut b in raw_backends.map(Spanned::into_inner).unwrap_or_default() {
+        b.required(&[("address", ADDRESS)], out);
+        let text = b.string("address", ADDRESS, out);
+        let address = text
+            .as_ref()
+            .and_then(|a| address(out, "backend address", a));
+        let bport = match b.integer("port", BACKEND_PORT, out) {
+            Some(p) => check_port(out, "backend port", &p),
             None => port,
         };
-        let weight = match &b.weight {
+        let weight = match b.integer("weight", WEIGHT, out) {
             None => Some(1),
             Some(w) => match u32::try_from(*w.get_ref()) {
                 Ok(w) if w <= MAX_WEIGHT => Some(w),
                 _ => {
-                    sink.error(
+                    out.error(
                         w.span(),
                         format!("weight {} is out of range", w.get_ref()),
                         format!("use 0 (drain: no new flows) to {MAX_WEIGHT}"),
@@ -441,10 +459,13 @@ fn service(sink: &mut Sink, raw: RawService) -> Option<(ServiceConf, ServiceSpan
                 }
             },
         };
-        if let (Some(address), Some(port), Some(weight)) = (address, bport, weight) {
+        b.finish(out);
+        if let (Some(text), Some(address), Some(port), Some(weight)) =
+            (text, address, bport, weight)
+        {
             if !seen.insert((address, port)) {
-                sink.error(
-                    b.address.span(),
+                out.error(
+                    text.span(),
                     format!("backend {address}:{port} is listed twice"),
                     "list each backend once; use its weight to give it more flows".to_string(),
                 );
@@ -454,10 +475,10 @@ fn service(sink: &mut Sink, raw: RawService) -> Option<(ServiceConf, ServiceSpan
                 port,
                 weight,
             });
-            backend_spans.push(b.address.span());
+            backend_spans.push(text.span());
         }
     }
-    let health = raw.health.and_then(|h| health(sink, h, proto));
+    let health = health.and_then(|h| health_check(out, h, proto));
     // A service whose own fields are fine goes on to the checks across services, even when one
     // of its backends was not (every problem is reported in one run).
     Some((
@@ -469,24 +490,33 @@ fn service(sink: &mut Sink, raw: RawService) -> Option<(ServiceConf, ServiceSpan
             health,
         },
         ServiceSpans {
-            vip: raw.vip.span(),
+            vip: vip_text?.span(),
             backends: backend_spans,
         },
     ))
 }
 
-fn health(sink: &mut Sink, raw: Spanned<RawHealth>, proto: Option<L4>) -> Option<HealthCheck> {
-    let span = raw.span();
-    let h = raw.into_inner();
-    let check = match (h.check.get_ref().as_str(), &h.path) {
+fn health_check(out: &mut Problems, mut h: Fields<'_>, proto: Option<L4>) -> Option<HealthCheck> {
+    let span = h.span();
+    h.required(&[("check", CHECK)], out);
+    let kind = h.string("check", CHECK, out);
+    let path = h.string("path", PATH, out);
+    let interval = h.number("interval", INTERVAL, out);
+    let timeout = h.number("timeout", TIMEOUT, out);
+    let rise = h.integer("rise", COUNT, out);
+    let fall = h.integer("fall", COUNT, out);
+    h.finish(out);
+    let kind = kind?;
+    let at_path = path.as_ref().map(Spanned::span);
+    let check = match (kind.get_ref().as_str(), &path) {
         ("tcp", None) => Probe::Tcp,
         ("http", path) => {
             let path = path
                 .as_ref()
                 .map_or("/".to_string(), |p| p.get_ref().clone());
             if !path.starts_with('/') {
-                sink.error(
-                    h.path.as_ref().map_or(span.clone(), Spanned::span),
+                out.error(
+                    at_path.unwrap_or_else(|| span.clone()),
                     format!("health check path `{path}` does not start with /"),
                     "e.g. path = \"/healthz\"".to_string(),
                 );
@@ -494,16 +524,16 @@ fn health(sink: &mut Sink, raw: Spanned<RawHealth>, proto: Option<L4>) -> Option
             Probe::Http { path }
         }
         ("tcp", Some(p)) => {
-            sink.error(
+            out.error(
                 p.span(),
-                "a tcp health check takes no path".into(),
+                "a tcp health check takes no path",
                 "use check = \"http\" to GET a path".to_string(),
             );
             Probe::Tcp
         }
         (other, _) => {
-            sink.error(
-                h.check.span(),
+            out.error(
+                kind.span(),
                 format!("unknown health check `{other}`"),
                 "use check = \"tcp\" (connect) or \"http\" (GET a path, expect 2xx)".to_string(),
             );
@@ -511,19 +541,19 @@ fn health(sink: &mut Sink, raw: Spanned<RawHealth>, proto: Option<L4>) -> Option
         }
     };
     if proto == Some(L4::Udp) {
-        sink.error(
-            h.check.span(),
-            "health checks connect over TCP; this service is udp".into(),
+        out.error(
+            kind.span(),
+            "health checks connect over TCP; this service is udp",
             "remove `health`, or check a TCP port of the backends from a tcp service".to_string(),
         );
     }
-    let seconds = |sink: &mut Sink, name: &str, v: &Option<Spanned<f64>>, default: f64| {
+    let seconds = |out: &mut Problems, name: &str, v: &Option<Spanned<f64>>, default: f64| {
         let Some(v) = v else {
             return Some((default * 1000.0) as u32);
         };
         let s = *v.get_ref();
         if !(0.05..=3600.0).contains(&s) {
-            sink.error(
+            out.error(
                 v.span(),
                 format!("health check {name} {s} s is out of range"),
                 "use 0.05 to 3600 seconds".to_string(),
@@ -532,13 +562,13 @@ fn health(sink: &mut Sink, raw: Spanned<RawHealth>, proto: Option<L4>) -> Option
         }
         Some((s * 1000.0).round() as u32)
     };
-    let interval = seconds(sink, "interval", &h.interval, 2.0);
-    let timeout = seconds(sink, "timeout", &h.timeout, 1.0);
-    if let (Some(i), Some(t)) = (interval, timeout)
+    let interval_ms = seconds(out, "interval", &interval, 2.0);
+    let timeout_ms = seconds(out, "timeout", &timeout, 1.0);
+    if let (Some(i), Some(t)) = (interval_ms, timeout_ms)
         && t >= i
     {
-        sink.error(
-            h.timeout.as_ref().map_or(span.clone(), Spanned::span),
+        out.error(
+            timeout.as_ref().map_or(span.clone(), Spanned::span),
             format!(
                 "health check timeout {} s is not shorter than its interval {} s",
                 f64::from(t) / 1000.0,
@@ -547,12 +577,12 @@ fn health(sink: &mut Sink, raw: Spanned<RawHealth>, proto: Option<L4>) -> Option
             "a check must end before the next one starts: make the timeout shorter".to_string(),
         );
     }
-    let count = |sink: &mut Sink, name: &str, v: &Option<Spanned<i64>>, default: u32| match v {
+    let count = |out: &mut Problems, name: &str, v: &Option<Spanned<i64>>, default: u32| match v {
         None => Some(default),
         Some(v) => match u32::try_from(*v.get_ref()) {
             Ok(n) if (1..=100).contains(&n) => Some(n),
             _ => {
-                sink.error(
+                out.error(
                     v.span(),
                     format!("health check {name} {} is out of range", v.get_ref()),
                     "use 1 to 100 checks in a row".to_string(),
@@ -561,23 +591,23 @@ fn health(sink: &mut Sink, raw: Spanned<RawHealth>, proto: Option<L4>) -> Option
             }
         },
     };
-    let rise = count(sink, "rise", &h.rise, 2);
-    let fall = count(sink, "fall", &h.fall, 3);
+    let rise = count(out, "rise", &rise, 2);
+    let fall = count(out, "fall", &fall, 3);
     Some(HealthCheck {
         check,
-        interval_ms: interval?,
-        timeout_ms: timeout?,
+        interval_ms: interval_ms?,
+        timeout_ms: timeout_ms?,
         rise: rise?,
         fall: fall?,
     })
 }
 
-fn address(sink: &mut Sink, what: &str, value: &Spanned<String>) -> Option<IpAddr> {
+fn address(out: &mut Problems, what: &str, value: &Spanned<String>) -> Option<IpAddr> {
     match value.get_ref().parse::<IpAddr>() {
         Ok(IpAddr::V4(a)) => match crate::address::unusable(a) {
             None => Some(IpAddr::V4(a)),
             Some(why) => {
-                sink.error(
+                out.error(
                     value.span(),
                     format!("{what} {a} is {why}"),
                     "use an address one host can have (unicast), e.g. \"192.0.2.10\"".to_string(),
@@ -586,7 +616,7 @@ fn address(sink: &mut Sink, what: &str, value: &Spanned<String>) -> Option<IpAdd
             }
         },
         Ok(IpAddr::V6(_)) => {
-            sink.error(
+            out.error(
                 value.span(),
                 format!("{what} {} is IPv6: not yet", value.get_ref()),
                 "chains are IPv4 today; use an IPv4 address".to_string(),
@@ -594,7 +624,7 @@ fn address(sink: &mut Sink, what: &str, value: &Spanned<String>) -> Option<IpAdd
             None
         }
         Err(_) => {
-            sink.error(
+            out.error(
                 value.span(),
                 format!("{what} `{}` is not an IP address", value.get_ref()),
                 "e.g. \"192.0.2.10\"".to_string(),
@@ -604,11 +634,11 @@ fn address(sink: &mut Sink, what: &str, value: &Spanned<String>) -> Option<IpAdd
     }
 }
 
-fn check_port(sink: &mut Sink, what: &str, value: &Spanned<i64>) -> Option<u16> {
+fn check_port(out: &mut Problems, what: &str, value: &Spanned<i64>) -> Option<u16> {
     match u16::try_from(*value.get_ref()) {
         Ok(p) if p > 0 => Some(p),
         _ => {
-            sink.error(
+            out.error(
                 value.span(),
                 format!("{what} {} is out of range", value.get_ref()),
                 "use a port from 1 to 65535".to_string(),
@@ -624,12 +654,12 @@ impl LbSettings {
     /// balancer), on a gateway address, inside the transit pool, or on the egress subnet's
     /// network or broadcast address.
     pub fn check_in_chain(&self, chain: &ChainAddresses<'_>) -> Vec<SettingError> {
-        let mut sink = Sink::default();
-        self.served_earlier(&mut sink, chain.earlier);
+        let mut out = Problems::default();
+        self.served_earlier(&mut out, chain.earlier);
         for (service, spans) in self.services.iter().zip(&self.spans) {
             if let IpAddr::V4(vip) = service.vip {
                 if chain.endpoints.contains(&vip) || chain.gateways.contains(&vip) {
-                    sink.error(
+                    out.error(
                         spans.vip.clone(),
                         format!("VIP {vip} is an address of the chain itself"),
                         "pick a VIP no endpoint or gateway of the chain uses, e.g. from \
@@ -637,7 +667,7 @@ impl LbSettings {
                             .to_string(),
                     );
                 } else if chain.transit.contains(&vip) {
-                    sink.error(
+                    out.error(
                         spans.vip.clone(),
                         format!(
                             "VIP {vip} is inside the chain's transit pool {}",
@@ -660,13 +690,13 @@ impl LbSettings {
                 .into_iter()
                 .find(|(edge, _)| egress.prefix_len() <= 30 && *edge == a);
                 if let Some((_, which)) = edge {
-                    sink.error(
+                    out.error(
                         span.clone(),
                         format!("backend {a} is the {which} address of the egress subnet {egress}"),
                         "no host has it: use the address of a server in the subnet".to_string(),
                     );
                 } else if chain.ingress_subnet.contains(&a) {
-                    sink.error(
+                    out.error(
                         span.clone(),
                         format!(
                             "backend {a} is inside the ingress subnet {}",
@@ -677,13 +707,13 @@ impl LbSettings {
                             .to_string(),
                     );
                 } else if chain.gateways.contains(&a) {
-                    sink.error(
+                    out.error(
                         span.clone(),
                         format!("backend {a} is a gateway address of the chain itself"),
                         "point backends at servers beyond the egress endpoint".to_string(),
                     );
                 } else if chain.transit.contains(&a) {
-                    sink.error(
+                    out.error(
                         span.clone(),
                         format!(
                             "backend {a} is inside the chain's transit pool {}",
@@ -696,12 +726,12 @@ impl LbSettings {
                 }
             }
         }
-        sink.0
+        out.0
     }
 
     /// Services an earlier load balancer of the chain serves: it takes (and rewrites) every
     /// flow to them, so this one would never get one.
-    fn served_earlier(&self, sink: &mut Sink, earlier: &[FunctionSpec]) {
+    fn served_earlier(&self, out: &mut Problems, earlier: &[FunctionSpec]) {
         for (service, spans) in self.services.iter().zip(&self.spans) {
             let key = (service.vip, service.port, service.proto);
             let first = earlier.iter().find(|f| {
@@ -713,7 +743,7 @@ impl LbSettings {
                 })
             });
             if let Some(first) = first {
-                sink.error(
+                out.error(
                     spans.vip.clone(),
                     format!(
                         "service {} is already served by function `{}`, earlier in the chain: \
@@ -754,5 +784,32 @@ mod tests {
         assert_eq!(messages.len(), 2, "{messages:?}");
         assert!(messages[0].ends_with("conntrack tcp timeout 4000000000 s is too long"));
         assert!(messages[1].ends_with("conntrack tcp_closing timeout 2147484 s is too long"));
+    }
+
+    #[test]
+    fn every_wrong_conntrack_key_is_reported_at_itself() {
+        // Serde stopped at the -1 (in its words, "expected u32"): the 0 timeout went unseen.
+        let body = "conntrack = { size = -1, tcp = 0, udp = \"60\", tcp_close = 5 }\n\
+                    [[chain.function.service]]\nvip = \"192.0.2.10\"\nproto = \"udp\"\n\
+                    port = 53\nbackends = [{ address = \"10.2.0.10\" }]\n";
+        let found: Vec<(usize, usize, String)> =
+            crate::test_support::diagnostics(Path::new("c.toml"), "load-balancer", body)
+                .into_iter()
+                .map(|d| (d.position.line, d.position.col, d.message))
+                .collect();
+        let expected = [
+            (
+                22,
+                "`size` must be a whole number from 1 to 16777216, found -1",
+            ),
+            (32, "conntrack tcp timeout is 0"),
+            (41, "`udp` must be a whole number of seconds, found \"60\""),
+            (47, "unknown key `tcp_close` in `conntrack`"),
+        ];
+        assert_eq!(found.len(), expected.len(), "{found:?}");
+        for ((col, message), got) in expected.iter().zip(&found) {
+            assert_eq!((10, *col), (got.0, got.1), "{found:?}");
+            assert!(got.2.ends_with(message), "{found:?}");
+        }
     }
 }

@@ -27,7 +27,7 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use ipnet::{IpNet, Ipv4Net};
-use netfn_core::function::{ChainAddresses, SettingError, Settings};
+use netfn_core::function::{ChainAddresses, Problems, SettingError, Settings, Want};
 use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
@@ -100,70 +100,95 @@ pub struct PeerConf {
     pub persistent_keepalive: Option<u16>,
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawWg {
-    side: Spanned<String>,
-    private_key_file: Spanned<String>,
-    listen_port: Option<Spanned<i64>>,
-    address: Spanned<Vec<Spanned<String>>>,
-    mtu: Option<Spanned<i64>>,
-    backend: Option<Spanned<String>>,
-    #[serde(default)]
-    peer: Vec<Spanned<RawPeer>>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawPeer {
-    public_key: Spanned<String>,
-    preshared_key_file: Option<Spanned<String>>,
-    allowed_ips: Spanned<Vec<Spanned<String>>>,
-    endpoint: Option<Spanned<String>>,
-    persistent_keepalive: Option<Spanned<i64>>,
-}
-
-#[derive(Default)]
-struct Sink(Vec<SettingError>);
-
-impl Sink {
-    fn error(&mut self, span: Range<usize>, message: String, hint: impl Into<Option<String>>) {
-        self.0.push(SettingError::new(span, message, hint.into()));
-    }
-}
+/// What each key takes, for the reports of a value of the wrong type.
+const SIDE: Want = Want {
+    what: "ingress or egress",
+    example: "\"ingress\"",
+};
+const PRIVATE_KEY_FILE: Want = Want {
+    what: "a path to the private key's file",
+    example: "\"vpn.key\"",
+};
+const LISTEN_PORT: Want = Want {
+    what: "a port from 1 to 65535",
+    example: "51820",
+};
+const ADDRESSES: Want = Want {
+    what: "a list of IPv4 prefixes",
+    example: "[\"10.99.0.1/24\"]",
+};
+const MTU: Want = Want {
+    what: "a whole number from 1280 to 9000",
+    example: "1420",
+};
+const BACKEND: Want = Want {
+    what: "auto, kernel or userspace",
+    example: "\"auto\"",
+};
+const PEERS: Want = Want {
+    what: "a list of peer tables",
+    example: "[{ public_key = \"hSDwCYkwp1R0i33ctD73Wg2/Og0mOBr066SpjqqbTmo=\", allowed_ips = [\"10.99.0.2/32\"] }]",
+};
+const PUBLIC_KEY: Want = Want {
+    what: "a base64 public key",
+    example: "\"hSDwCYkwp1R0i33ctD73Wg2/Og0mOBr066SpjqqbTmo=\"",
+};
+const PRESHARED_KEY_FILE: Want = Want {
+    what: "a path to the preshared key's file",
+    example: "\"peer1.psk\"",
+};
+const ALLOWED_IPS: Want = Want {
+    what: "a list of IPv4 prefixes",
+    example: "[\"10.99.0.2/32\"]",
+};
+const ENDPOINT: Want = Want {
+    what: "an IPv4 address and port",
+    example: "\"192.0.2.7:51820\"",
+};
+const KEEPALIVE: Want = Want {
+    what: "a whole number of seconds from 0 to 65535",
+    example: "25",
+};
 
 /// Checks a WireGuard endpoint's settings; `Err` holds every problem found.
 pub fn parse(settings: Settings<'_>) -> Result<WgSettings, Vec<SettingError>> {
     let base = settings.base_dir().to_path_buf();
-    let raw: RawWg = settings.deserialize().map_err(|mut e| {
-        e.hint = Some(
-            "a wireguard function takes side, private_key_file, listen_port, address, mtu, \
-             backend and [[chain.function.peer]] tables (see docs/chain-format.md)"
-                .into(),
-        );
-        vec![e]
-    })?;
-    let mut sink = Sink::default();
-    let side = match raw.side.get_ref().as_str() {
-        "ingress" => Side::Ingress,
-        "egress" => Side::Egress,
-        other => {
-            sink.error(
-                raw.side.span(),
-                format!("unknown side `{other}`"),
-                "`side` is the side of the chain the tunnel faces: ingress or egress".to_string(),
-            );
-            Side::Ingress
-        }
+    let mut t = settings.fields();
+    let mut out = Problems::default();
+    t.required(
+        &[
+            ("side", SIDE),
+            ("private_key_file", PRIVATE_KEY_FILE),
+            ("address", ADDRESSES),
+        ],
+        &mut out,
+    );
+    let side = match t.string("side", SIDE, &mut out) {
+        None => Side::Ingress,
+        Some(s) => match s.get_ref().as_str() {
+            "ingress" => Side::Ingress,
+            "egress" => Side::Egress,
+            other => {
+                out.error(
+                    s.span(),
+                    format!("unknown side `{other}`"),
+                    "`side` is the side of the chain the tunnel faces: ingress or egress"
+                        .to_string(),
+                );
+                Side::Ingress
+            }
+        },
     };
-    let (private_key_file, private_key_fingerprint) =
-        key_file(&mut sink, &base, &raw.private_key_file).unzip();
-    let listen_port = match &raw.listen_port {
+    let (private_key_file, private_key_fingerprint) = t
+        .string("private_key_file", PRIVATE_KEY_FILE, &mut out)
+        .and_then(|f| key_file(&mut out, &base, &f))
+        .unzip();
+    let listen_port = match t.integer("listen_port", LISTEN_PORT, &mut out) {
         None => 51820,
         Some(p) => match u16::try_from(*p.get_ref()) {
             Ok(p) if p > 0 => p,
             _ => {
-                sink.error(
+                out.error(
                     p.span(),
                     format!("listen_port {} is out of range", p.get_ref()),
                     "use a port from 1 to 65535 (WireGuard's is 51820)".to_string(),
@@ -174,25 +199,28 @@ pub fn parse(settings: Settings<'_>) -> Result<WgSettings, Vec<SettingError>> {
     };
     let mut address = Vec::new();
     let mut spans = WgSpans::default();
-    for a in raw.address.get_ref() {
-        if let Some(net) = prefix(&mut sink, "address", a) {
-            address.push(net);
-            spans.address.push(a.span());
+    if let Some(list) = t.strings("address", ADDRESSES, &mut out) {
+        for a in list.get_ref() {
+            if let Some(net) = prefix(&mut out, "address", a) {
+                address.push(net);
+                spans.address.push(a.span());
+            }
+        }
+        if list.get_ref().is_empty() {
+            out.error(
+                list.span(),
+                "the endpoint needs a tunnel address",
+                "e.g. address = [\"10.99.0.1/24\"]".to_string(),
+            );
         }
     }
-    if raw.address.get_ref().is_empty() {
-        sink.error(
-            raw.address.span(),
-            "the endpoint needs a tunnel address".into(),
-            "e.g. address = [\"10.99.0.1/24\"]".to_string(),
-        );
-    }
-    let mtu = match &raw.mtu {
+    let mtu_value = t.integer("mtu", MTU, &mut out);
+    let mtu = match &mtu_value {
         None => 1420,
         Some(m) => match u16::try_from(*m.get_ref()) {
             Ok(m) if (1280..=9000).contains(&m) => m,
             _ => {
-                sink.error(
+                out.error(
                     m.span(),
                     format!("mtu {} is out of range", m.get_ref()),
                     "use 1280 to 9000 (1420 fits a 1500-byte path)".to_string(),
@@ -201,12 +229,13 @@ pub fn parse(settings: Settings<'_>) -> Result<WgSettings, Vec<SettingError>> {
             }
         },
     };
-    let backend = match raw.backend.as_ref().map(|b| (b, b.get_ref().as_str())) {
+    let backend_value = t.string("backend", BACKEND, &mut out);
+    let backend = match backend_value.as_ref().map(|b| (b, b.get_ref().as_str())) {
         None | Some((_, "auto")) => Backend::Auto,
         Some((_, "userspace")) => Backend::Userspace,
         Some((_, "kernel")) => Backend::Kernel,
         Some((b, other)) => {
-            sink.error(
+            out.error(
                 b.span(),
                 format!("unknown backend `{other}`"),
                 "use auto, kernel or userspace".to_string(),
@@ -214,11 +243,11 @@ pub fn parse(settings: Settings<'_>) -> Result<WgSettings, Vec<SettingError>> {
             Backend::Auto
         }
     };
-    if let Some(m) = &raw.mtu
+    if let Some(m) = &mtu_value
         && backend == Backend::Userspace
         && mtu > USERSPACE_MAX_MTU
     {
-        sink.error(
+        out.error(
             m.span(),
             format!(
                 "mtu {mtu} is more than the userspace data plane carries ({USERSPACE_MAX_MTU})"
@@ -229,39 +258,51 @@ pub fn parse(settings: Settings<'_>) -> Result<WgSettings, Vec<SettingError>> {
             ),
         );
     }
+    let raw_peers = t.tables("peer", "[[chain.function.peer]]", PEERS, &mut out);
+    t.finish(&mut out);
     let mut peers = Vec::new();
     let mut keys_seen = HashSet::new();
     // Every peer's allowed IPs so far, with the peer's index.
     let mut claimed: Vec<(Ipv4Net, usize)> = Vec::new();
-    for (index, p) in raw.peer.into_iter().enumerate() {
-        let p = p.into_inner();
-        if let Err(why) = keys::decode(p.public_key.get_ref()) {
-            sink.error(
-                p.public_key.span(),
-                format!("public_key {why}"),
-                "a public key is 44 characters of base64, as `wg pubkey` prints it".to_string(),
-            );
-        } else if !keys_seen.insert(p.public_key.get_ref().trim().to_string()) {
-            sink.error(
-                p.public_key.span(),
-                "this public key is already a peer".into(),
-                "list each peer once; give it several allowed_ips".to_string(),
-            );
+    let raw_peers = raw_peers.map(Spanned::into_inner).unwrap_or_default();
+    for (index, mut p) in raw_peers.into_iter().enumerate() {
+        p.required(
+            &[("public_key", PUBLIC_KEY), ("allowed_ips", ALLOWED_IPS)],
+            &mut out,
+        );
+        let public_key = p.string("public_key", PUBLIC_KEY, &mut out);
+        let preshared_key_file = p.string("preshared_key_file", PRESHARED_KEY_FILE, &mut out);
+        let allowed = p.strings("allowed_ips", ALLOWED_IPS, &mut out);
+        let endpoint = p.string("endpoint", ENDPOINT, &mut out);
+        let keepalive = p.integer("persistent_keepalive", KEEPALIVE, &mut out);
+        p.finish(&mut out);
+        if let Some(key) = &public_key {
+            if let Err(why) = keys::decode(key.get_ref()) {
+                out.error(
+                    key.span(),
+                    format!("public_key {why}"),
+                    "a public key is 44 characters of base64, as `wg pubkey` prints it".to_string(),
+                );
+            } else if !keys_seen.insert(key.get_ref().trim().to_string()) {
+                out.error(
+                    key.span(),
+                    "this public key is already a peer",
+                    "list each peer once; give it several allowed_ips".to_string(),
+                );
+            }
         }
-        let preshared_key_file = p
-            .preshared_key_file
-            .as_ref()
-            .and_then(|f| key_file(&mut sink, &base, f));
-        let (preshared_key_file, preshared_key_fingerprint) = preshared_key_file.unzip();
+        let (preshared_key_file, preshared_key_fingerprint) = preshared_key_file
+            .and_then(|f| key_file(&mut out, &base, &f))
+            .unzip();
         let mut allowed_ips = Vec::new();
         let mut allowed_spans = Vec::new();
-        for a in p.allowed_ips.get_ref() {
-            let Some(net) = prefix(&mut sink, "allowed_ips", a) else {
+        for a in allowed.as_ref().map(Spanned::get_ref).into_iter().flatten() {
+            let Some(net) = prefix(&mut out, "allowed_ips", a) else {
                 continue;
             };
             if net != net.trunc() {
                 // `ip route` refuses such a prefix; `wg` would quietly drop the host bits.
-                sink.error(
+                out.error(
                     a.span(),
                     format!("allowed IP {net} has host bits set"),
                     format!("write the network: \"{}\"", net.trunc()),
@@ -272,7 +313,7 @@ pub fn parse(settings: Settings<'_>) -> Result<WgSettings, Vec<SettingError>> {
             if let Some((other, _)) = claimed.iter().find(|(o, peer)| {
                 *peer != index && (o.contains(&net.network()) || net.contains(&o.network()))
             }) {
-                sink.error(
+                out.error(
                     a.span(),
                     format!("allowed IP {net} overlaps {other}, another peer's"),
                     "a packet must have one peer to go to: make the peers' allowed_ips disjoint"
@@ -283,19 +324,21 @@ pub fn parse(settings: Settings<'_>) -> Result<WgSettings, Vec<SettingError>> {
             allowed_ips.push(net);
             allowed_spans.push(a.span());
         }
-        if allowed_ips.is_empty() && p.allowed_ips.get_ref().is_empty() {
-            sink.error(
-                p.allowed_ips.span(),
-                "a peer needs allowed_ips".into(),
+        if let Some(list) = &allowed
+            && list.get_ref().is_empty()
+        {
+            out.error(
+                list.span(),
+                "a peer needs allowed_ips",
                 "the addresses the peer sends from and is sent to, e.g. [\"10.99.0.2/32\"]"
                     .to_string(),
             );
         }
-        let endpoint = p.endpoint.as_ref().and_then(|e| endpoint(&mut sink, e));
-        let persistent_keepalive = p.persistent_keepalive.as_ref().and_then(|k| {
+        let endpoint = endpoint.as_ref().and_then(|e| peer_endpoint(&mut out, e));
+        let persistent_keepalive = keepalive.as_ref().and_then(|k| {
             u16::try_from(*k.get_ref())
                 .map_err(|_| {
-                    sink.error(
+                    out.error(
                         k.span(),
                         format!("persistent_keepalive {} is out of range", k.get_ref()),
                         "seconds from 0 (off) to 65535; 25 keeps most NATs open".to_string(),
@@ -306,7 +349,7 @@ pub fn parse(settings: Settings<'_>) -> Result<WgSettings, Vec<SettingError>> {
         });
         spans.allowed_ips.push(allowed_spans);
         peers.push(PeerConf {
-            public_key: p.public_key.into_inner().trim().to_string(),
+            public_key: public_key.map_or_else(String::new, |k| k.into_inner().trim().to_string()),
             preshared_key_file,
             preshared_key_fingerprint,
             allowed_ips,
@@ -314,10 +357,7 @@ pub fn parse(settings: Settings<'_>) -> Result<WgSettings, Vec<SettingError>> {
             persistent_keepalive,
         });
     }
-    if !sink.0.is_empty() {
-        return Err(sink.0);
-    }
-    Ok(WgSettings {
+    out.result(WgSettings {
         side,
         private_key_file: private_key_file.unwrap_or_default(),
         private_key_fingerprint: private_key_fingerprint.unwrap_or_default(),
@@ -332,12 +372,12 @@ pub fn parse(settings: Settings<'_>) -> Result<WgSettings, Vec<SettingError>> {
 
 /// A key file: resolved against the chain file's directory, readable by its owner only, a key;
 /// its path and the key's fingerprint.
-fn key_file(sink: &mut Sink, base: &Path, value: &Spanned<String>) -> Option<(PathBuf, String)> {
+fn key_file(out: &mut Problems, base: &Path, value: &Spanned<String>) -> Option<(PathBuf, String)> {
     let path = base.join(value.get_ref());
     match keys::read_file(&path) {
         Ok(key) => Some((path, keys::fingerprint(&key))),
         Err(e) => {
-            sink.error(value.span(), e.to_string(), e.hint().to_string());
+            out.error(value.span(), e.to_string(), e.hint().to_string());
             None
         }
     }
@@ -345,7 +385,7 @@ fn key_file(sink: &mut Sink, base: &Path, value: &Spanned<String>) -> Option<(Pa
 
 /// A peer's endpoint: an IPv4 address a host can have, and a port (host names are not
 /// resolved: the device takes addresses).
-fn endpoint(sink: &mut Sink, value: &Spanned<String>) -> Option<SocketAddr> {
+fn peer_endpoint(out: &mut Problems, value: &Spanned<String>) -> Option<SocketAddr> {
     let text = value.get_ref();
     let example = "e.g. \"192.0.2.7:51820\"";
     let host = text
@@ -383,15 +423,15 @@ fn endpoint(sink: &mut Sink, value: &Spanned<String>) -> Option<SocketAddr> {
             example.to_string(),
         ),
     };
-    sink.error(value.span(), message, hint);
+    out.error(value.span(), message, hint);
     None
 }
 
-fn prefix(sink: &mut Sink, what: &str, value: &Spanned<String>) -> Option<Ipv4Net> {
+fn prefix(out: &mut Problems, what: &str, value: &Spanned<String>) -> Option<Ipv4Net> {
     match value.get_ref().parse::<IpNet>() {
         Ok(IpNet::V4(n)) => Some(n),
         Ok(IpNet::V6(_)) => {
-            sink.error(
+            out.error(
                 value.span(),
                 format!("{what} {} is IPv6: not yet", value.get_ref()),
                 "chains are IPv4 today".to_string(),
@@ -399,7 +439,7 @@ fn prefix(sink: &mut Sink, what: &str, value: &Spanned<String>) -> Option<Ipv4Ne
             None
         }
         Err(_) => {
-            sink.error(
+            out.error(
                 value.span(),
                 format!("{what} `{}` is not a prefix", value.get_ref()),
                 "e.g. \"10.99.0.2/32\"".to_string(),
@@ -453,24 +493,39 @@ mod tests {
 
     use super::*;
 
-    #[test]
-    fn tunnel_addresses_and_allowed_ips_in_the_chains_subnets_are_refused_each_at_its_entry() {
-        let dir = std::env::temp_dir().join(format!("netfn-wg-chain-{}", std::process::id()));
+    /// The problems of a wireguard function with `body`, in a chain file whose directory has
+    /// a private key `k` (mode 600): (line, column, message).
+    fn with_key_file(tag: &str, body: &str) -> Vec<(usize, usize, String)> {
+        let dir = std::env::temp_dir().join(format!("netfn-wg-{tag}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("k"), keys::generate().unwrap()).unwrap();
         std::fs::set_permissions(dir.join("k"), std::fs::Permissions::from_mode(0o600)).unwrap();
+        let found = crate::test_support::diagnostics(&dir.join("c.toml"), "wireguard", body)
+            .into_iter()
+            .map(|d| (d.position.line, d.position.col, d.message))
+            .collect();
+        std::fs::remove_dir_all(&dir).unwrap();
+        found
+    }
+
+    /// `found` is `expected`: the same positions, each message ending as expected.
+    fn assert_problems(found: &[(usize, usize, String)], expected: &[(usize, usize, &str)]) {
+        assert_eq!(found.len(), expected.len(), "{found:?}");
+        for ((line, col, message), got) in expected.iter().zip(found) {
+            assert_eq!((*line, *col), (got.0, got.1), "{found:?}");
+            assert!(got.2.ends_with(message), "{found:?}");
+        }
+    }
+
+    #[test]
+    fn tunnel_addresses_and_allowed_ips_in_the_chains_subnets_are_refused_each_at_its_entry() {
         // Line 10 on: the function's settings.
         let body = "side = \"ingress\"\nprivate_key_file = \"k\"\n\
                     address = [\"10.99.0.1/24\", \"10.1.0.1/24\"]\n\
                     [[chain.function.peer]]\n\
                     public_key = \"hSDwCYkwp1R0i33ctD73Wg2/Og0mOBr066SpjqqbTmo=\"\n\
                     allowed_ips = [\"10.99.0.2/32\", \"100.64.0.0/24\"]\n";
-        let found: Vec<(usize, usize, String)> =
-            crate::test_support::diagnostics(&dir.join("c.toml"), "wireguard", body)
-                .into_iter()
-                .map(|d| (d.position.line, d.position.col, d.message))
-                .collect();
-        std::fs::remove_dir_all(&dir).unwrap();
+        let found = with_key_file("chain", body);
         let expected = [
             (
                 12,
@@ -483,11 +538,7 @@ mod tests {
                 "allowed IP 100.64.0.0/24 overlaps the chain's transit pool 100.64.0.0/16",
             ),
         ];
-        assert_eq!(found.len(), expected.len(), "{found:?}");
-        for ((line, col, message), got) in expected.iter().zip(&found) {
-            assert_eq!((*line, *col), (got.0, got.1), "{found:?}");
-            assert!(got.2.ends_with(message), "{found:?}");
-        }
+        assert_problems(&found, &expected);
     }
 
     #[test]
@@ -578,5 +629,24 @@ mod tests {
                 "allowed IP 0.0.0.0/0 overlaps the chain's transit pool 100.64.0.0/16"
             ]
         );
+    }
+
+    #[test]
+    fn a_peers_wrong_items_and_missing_keys_are_each_reported_at_their_place() {
+        // Serde reported the first of these alone, in its words ("expected a string").
+        // Line 10 on: the function's settings.
+        let body = "side = \"ingress\"\nprivate_key_file = \"k\"\naddress = [\"10.99.0.1/24\"]\n\
+                    [[chain.function.peer]]\nallowed_ips = [\"10.99.0.2/32\", 32]\n\
+                    persistent_keepalive = 25\n";
+        let found = with_key_file("walk", body);
+        let expected = [
+            (13, 1, "[[chain.function.peer]] has no `public_key`"),
+            (
+                14,
+                32,
+                "`allowed_ips` must be a list of IPv4 prefixes, found 32",
+            ),
+        ];
+        assert_problems(&found, &expected);
     }
 }

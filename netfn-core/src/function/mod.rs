@@ -21,6 +21,7 @@
 //! module, and one registration line.
 
 mod context;
+pub mod fields;
 mod recorded;
 mod settings;
 mod stage;
@@ -35,6 +36,7 @@ pub use crate::plan::ExtraSource;
 
 pub use crate::metrics::kind::{FunctionMetricsContext, KindMetricsError};
 pub use context::{FunctionContext, ProbePath};
+pub use fields::{Fields, Problems, Want};
 pub use prometheus::proto::MetricFamily;
 pub use recorded::RecordedSettings;
 pub use settings::{Located, SettingError, Settings};

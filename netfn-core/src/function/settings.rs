@@ -1,16 +1,18 @@
 //! A function's settings as the chain file wrote them, handed to its kind's `parse`: the table
 //! with spans into the file, the directory the file's relative paths start from, and a sink for
-//! warnings. Problems come back as [`SettingError`]s, located in the chain file by span or, for
-//! a file the settings name (a firewall's rules file), by that file's line and column.
+//! warnings. The kind walks the table with [`Fields`]; problems come back as [`SettingError`]s,
+//! located in the chain file by span or, for a file the settings name (a firewall's rules
+//! file), by that file's line and column.
 
 use std::cell::RefCell;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
-use serde::de::{DeserializeOwned, IntoDeserializer};
 use toml::Spanned;
 use toml::de::DeTable;
+
+use super::Fields;
 
 /// A place in a file other than the chain file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -84,20 +86,10 @@ impl<'i> Settings<'i> {
         Warnings(self.warnings.clone())
     }
 
-    /// Deserializes the settings into a kind's own type (which should `deny_unknown_fields` and
-    /// may use `toml::Spanned` fields to point at values in its own checks).
-    pub fn deserialize<T: DeserializeOwned>(self) -> Result<T, SettingError> {
-        let span = self.table.span();
-        let value = Spanned::new(
-            span.clone(),
-            toml::de::DeValue::Table(self.table.into_inner()),
-        );
-        T::deserialize(value.into_deserializer()).map_err(|e| SettingError {
-            span: e.span().unwrap_or(span),
-            message: e.message().trim().to_string(),
-            hint: None,
-            elsewhere: None,
-        })
+    /// The settings, to walk key by key ([`Fields`]): its unknown keys are "in
+    /// [[chain.function]]", where `name` and `kind` (core's) are known keys too.
+    pub fn fields(self) -> Fields<'i> {
+        Fields::new(self.table, "[[chain.function]]").knowing(&["name", "kind"])
     }
 }
 

@@ -3,7 +3,7 @@
 pub mod diag;
 mod model;
 mod parse;
-mod raw;
+pub(crate) mod raw;
 mod validate;
 
 pub use model::{ChainFile, ChainSpec, EndpointSpec, FastPath, FunctionSpec};

@@ -339,7 +339,7 @@ address = "fd00::1/64"
             (
                 30,
                 1,
-                "chain `edge`, function #4: unknown field `extra`, there are no fields",
+                "chain `edge`, function #4: unknown key `extra` in [[chain.function]]",
             ),
             (32, 1, "chain `edge` has no functions"),
             (

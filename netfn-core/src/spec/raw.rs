@@ -382,21 +382,30 @@ fn report_unknown_keys(
     for (key, _) in table {
         let span = key.span();
         let key: DeString<'_> = key.into_inner();
-        let mut hint = String::new();
-        if let Some(near) = did_you_mean(&key, allowed.iter().copied()) {
-            hint.push_str(&format!("did you mean `{near}`? "));
-        }
-        hint.push_str(&format!("allowed keys: {}", allowed.join(", ")));
         rep.error(
             span,
             format!("{prefix}unknown key `{key}` {place}"),
-            Some(hint),
+            Some(unknown_key_hint(&key, allowed)),
         );
     }
 }
 
+/// The hint for an unknown key: the allowed key it is closest to, if any, and all of them.
+pub(crate) fn unknown_key_hint(key: &str, allowed: &[&str]) -> String {
+    let mut hint = String::new();
+    if let Some(near) = did_you_mean(key, allowed.iter().copied()) {
+        hint.push_str(&format!("did you mean `{near}`? "));
+    }
+    if allowed.is_empty() {
+        hint.push_str("no keys are allowed here");
+    } else {
+        hint.push_str(&format!("allowed keys: {}", allowed.join(", ")));
+    }
+    hint
+}
+
 /// "a string", "an integer", … for messages.
-pub(super) fn a_type(value: &DeValue<'_>) -> &'static str {
+pub(crate) fn a_type(value: &DeValue<'_>) -> &'static str {
     match value {
         DeValue::String(_) => "a string",
         DeValue::Integer(_) => "an integer",

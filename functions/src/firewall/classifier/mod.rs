@@ -124,6 +124,18 @@ pub enum CompileError {
     Internal(&'static str),
 }
 
+impl CompileError {
+    /// The rule (an index in the rule set) the error names first, if it names one: where
+    /// validate reports it.
+    pub fn rule(&self) -> Option<u32> {
+        match self {
+            CompileError::RuleTooWide { rule, .. } => Some(*rule),
+            CompileError::TooDeep { rules, .. } => rules.first().copied(),
+            _ => None,
+        }
+    }
+}
+
 /// A compiled rule set: the arrays the eBPF program's maps will hold.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Compiled {

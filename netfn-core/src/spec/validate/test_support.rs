@@ -4,10 +4,10 @@
 use std::sync::Arc;
 
 use serde::Deserialize;
-use toml::Spanned;
 
 use crate::function::{
-    FunctionConfig, FunctionKind, RecordedSettings, Registry, SettingError, Settings,
+    FunctionConfig, FunctionKind, Problems, RecordedSettings, Registry, SettingError, Settings,
+    Want,
 };
 
 /// `kind = "forward"`: no settings.
@@ -34,11 +34,9 @@ impl FunctionKind for Forward {
         "forwards every packet (test kind)"
     }
     fn parse(&self, settings: Settings<'_>) -> Result<Arc<dyn FunctionConfig>, Vec<SettingError>> {
-        let config: ForwardConfig = settings.deserialize().map_err(|mut e| {
-            e.hint = Some("a forward function takes no settings".into());
-            vec![e]
-        })?;
-        Ok(Arc::new(config))
+        let mut out = Problems::default();
+        settings.fields().finish(&mut out);
+        out.result(Arc::new(ForwardConfig {}) as Arc<dyn FunctionConfig>)
     }
     fn load(&self, _: &RecordedSettings) -> Result<Arc<dyn FunctionConfig>, String> {
         Ok(Arc::new(ForwardConfig {}))
@@ -47,12 +45,6 @@ impl FunctionKind for Forward {
 
 /// `kind = "counter"`: a required integer `limit` > 0.
 pub struct Counter;
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct CounterSettings {
-    limit: Spanned<i64>,
-}
 
 #[derive(Debug)]
 pub struct CounterConfig {
@@ -76,18 +68,26 @@ impl FunctionKind for Counter {
         "counts packets up to a limit (test kind)"
     }
     fn parse(&self, settings: Settings<'_>) -> Result<Arc<dyn FunctionConfig>, Vec<SettingError>> {
-        let raw: CounterSettings = settings.deserialize().map_err(|e| vec![e])?;
-        match u64::try_from(*raw.limit.get_ref()) {
-            Ok(limit) if limit > 0 => Ok(Arc::new(CounterConfig { limit })),
-            _ => Err(vec![SettingError {
-                span: raw.limit.span(),
-                message: format!(
-                    "`limit` must be greater than 0, not {}",
-                    raw.limit.get_ref()
-                ),
-                hint: Some("e.g. `limit = 1000`".into()),
-                elsewhere: None,
-            }]),
+        const LIMIT: Want = Want {
+            what: "a whole number above 0",
+            example: "1000",
+        };
+        let mut t = settings.fields();
+        let mut out = Problems::default();
+        t.required(&[("limit", LIMIT)], &mut out);
+        let limit = t.integer("limit", LIMIT, &mut out);
+        t.finish(&mut out);
+        let limit = limit.and_then(|l| match u64::try_from(*l.get_ref()) {
+            Ok(limit) if limit > 0 => Some(limit),
+            _ => {
+                let message = format!("`limit` must be greater than 0, not {}", l.get_ref());
+                out.error(l.span(), message, "e.g. `limit = 1000`".to_string());
+                None
+            }
+        });
+        match limit {
+            Some(limit) if out.is_empty() => Ok(Arc::new(CounterConfig { limit })),
+            _ => Err(out.0),
         }
     }
     fn load(&self, recorded: &RecordedSettings) -> Result<Arc<dyn FunctionConfig>, String> {

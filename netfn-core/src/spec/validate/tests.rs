@@ -202,13 +202,12 @@ fn kind_errors_are_collected_with_their_spans() {
             (
                 9,
                 1,
-                "chain `edge`, function `c2`: missing field `limit`".to_string()
+                "chain `edge`, function `c2`: [[chain.function]] has no `limit`".to_string()
             ),
             (
                 15,
                 1,
-                "chain `edge`, function `f`: unknown field `limit`, there are no fields"
-                    .to_string()
+                "chain `edge`, function `f`: unknown key `limit` in [[chain.function]]".to_string()
             ),
         ]
     );
