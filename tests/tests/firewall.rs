@@ -1008,11 +1008,81 @@ fn icmp_errors_about_pings_kernel() {
     icmp_errors_about_pings_in("kernel");
 }
 
+/// An ICMP error about no connection the firewall passed is invalid and dropped before the
+/// rules (`fw-invalid`), as conntrack and nftables' `ct state invalid drop` treat it, even where
+/// the rules accept everything: a forged host-unreachable sent to the client about a UDP flow
+/// that never was does not reach it, while the pings the rules accept do. Before, the fast path
+/// ran the rules on such an error and let it through (kernel mode dropped it).
+fn unrelated_icmp_errors_are_invalid_in(mode: &str) {
+    let _turn = shared();
+    let lab = Lab::up("iv", mode, "default = \"accept\"\n", &[], &[]);
+    let (ns, client, server) = ends(&lab.chain, From::Ingress);
+    let (egress_ns, ..) = ends(&lab.chain, From::Egress);
+    let (pinger, forger) = (
+        raw_socket(&ns, libc::IPPROTO_ICMP),
+        raw_socket(&egress_ns, libc::IPPROTO_ICMP),
+    );
+    let mut echo = vec![8, 0, 0, 0, 0x4e, 0x47, 0, 1];
+    echo.extend_from_slice(b"netfn");
+    send_icmp(&pinger, server, echo);
+    let link = netfn_tests::frames::Link {
+        src_mac: [0; 6],
+        dst_mac: [0; 6],
+        src: client,
+        dst: server,
+    };
+    let mut error = vec![3, 1, 0, 0, 0, 0, 0, 0];
+    error.extend(netfn_tests::frames::ipv4(
+        &link,
+        netfn_tests::frames::UDP,
+        5,
+        8,
+        0,
+    ));
+    error.extend(netfn_tests::frames::udp(&link, 4_321, 5_678, &[]));
+    send_icmp(&forger, client, error);
+    let mut buf = [0u8; 256];
+    let arrived: Vec<u8> = std::iter::from_fn(|| {
+        // SAFETY: recv(2) into a buffer of its stated size (the socket waits at most WAIT).
+        let n = unsafe { libc::recv(pinger.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+        (n > 20).then(|| buf[usize::from(buf[0] & 0x0f) * 4])
+    })
+    .take(4)
+    .collect();
+    assert!(
+        arrived.contains(&0),
+        "{mode}: the echo reply did not arrive: {arrived:?}"
+    );
+    assert!(
+        !arrived.contains(&3),
+        "{mode}: the unrelated host-unreachable reached the client"
+    );
+    if mode != "kernel" {
+        let drops = fastpath_drops(&lab.chain);
+        assert_eq!(drops.get("fw-invalid"), Some(&1), "{mode}: {drops:?}");
+    }
+}
+
+#[test]
+fn unrelated_icmp_errors_are_invalid_tc() {
+    unrelated_icmp_errors_are_invalid_in("tc");
+}
+
+#[test]
+fn unrelated_icmp_errors_are_invalid_xdp() {
+    unrelated_icmp_errors_are_invalid_in("xdp");
+}
+
+#[test]
+fn unrelated_icmp_errors_are_invalid_kernel() {
+    unrelated_icmp_errors_are_invalid_in("kernel");
+}
+
 /// A reject never answers an ICMP error with an ICMP error (RFC 1122 3.2.2; the kernel's
-/// icmp_send never does): an unrelated destination-unreachable that the default verdict
-/// rejects is dropped, while a UDP datagram it rejects is still answered at once. Before, the
-/// fast path answered the error with a port-unreachable (fast path; kernel mode rejects with
-/// the kernel's own reject, which has this rule).
+/// icmp_send never does): an unrelated destination-unreachable that the default verdict would
+/// reject is dropped (as invalid, before the rules), while a UDP datagram it rejects is still
+/// answered at once. Before, the fast path answered the error with a port-unreachable (kernel
+/// mode rejects with the kernel's own reject, which has this rule).
 fn reject_never_answers_an_icmp_error_in(mode: &str) {
     let _turn = shared();
     let settings = r#"default = "reject"

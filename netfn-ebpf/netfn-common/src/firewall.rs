@@ -46,12 +46,16 @@ pub const FW_DROP_REJECTED: usize = 3;
 /// A later fragment of an IPv4 datagram whose first fragment did not pass (dropped, not seen,
 /// or seen more than [`crate::FRAG_TIMEOUT_NS`] ago).
 pub const FW_DROP_FRAGMENT: usize = 4;
-pub const FW_DROP_REASON_NAMES: [&str; 5] = [
+/// An ICMP error about no connection the firewall passed (conntrack holds it invalid; kernel
+/// mode's `ct state invalid drop` counts it under the same name).
+pub const FW_DROP_INVALID: usize = 5;
+pub const FW_DROP_REASON_NAMES: [&str; 6] = [
     "fw-rule",
     "fw-rate-limit",
     "fw-not-syn",
     "fw-reject",
     "fw-fragment",
+    "fw-invalid",
 ];
 const _: () = assert!(FW_DROP_REASON_NAMES.len() <= super::DROP_SLOTS - super::KIND_DROP_BASE);
 

@@ -39,10 +39,10 @@ use netfn_common::{
     FRAG_TIMEOUT_NS, FRAGS_SIZE, FragKey, FwdEntry, KIND_DROP_BASE,
     firewall::{
         ACTION_ACCEPT, ACTION_RATE_LIMITED, ACTION_REJECT, CT_CLOSING, CT_ESTABLISHED,
-        CT_FROM_EGRESS, CT_NEW, CT_OPENED_BY_A, CtEntry, CtKey, FW_DROP_FRAGMENT, FW_DROP_NOT_SYN,
-        FW_DROP_RATE_LIMIT, FW_DROP_REJECTED, FW_DROP_RULE, FW_TEARDOWN, FragSeen, FwConf, FwStats,
-        Key, LeafEntry, NO_RULE, Node, PROTO_ICMP, PROTO_TCP, PROTO_UDP, RateBucket, RuleAction,
-        RuleCounters, walk,
+        CT_FROM_EGRESS, CT_NEW, CT_OPENED_BY_A, CtEntry, CtKey, FW_DROP_FRAGMENT, FW_DROP_INVALID,
+        FW_DROP_NOT_SYN, FW_DROP_RATE_LIMIT, FW_DROP_REJECTED, FW_DROP_RULE, FW_TEARDOWN, FragSeen,
+        FwConf, FwStats, Key, LeafEntry, NO_RULE, Node, PROTO_ICMP, PROTO_TCP, PROTO_UDP,
+        RateBucket, RuleAction, RuleCounters, walk,
     },
 };
 
@@ -504,6 +504,14 @@ fn decide(p: &Packet, e: &FwdEntry, len: u64) -> Fate {
             return Fate::Pass { ttl: p.ttl };
         }
     }
+    // Any other ICMP error is about nothing this firewall passed: conntrack holds it invalid and
+    // nftables' `ct state invalid drop` drops it before the rules, as the stage does (a rule that
+    // lets ICMP in must not let forged unreachables or redirects reach an endpoint).
+    if icmp_error(p) {
+        return Fate::Drop {
+            reason: FW_DROP_INVALID,
+        };
+    }
     if p.proto == PROTO_TCP && !bare_syn {
         return Fate::Drop {
             reason: FW_DROP_NOT_SYN,
@@ -602,11 +610,10 @@ fn decide(p: &Packet, e: &FwdEntry, len: u64) -> Fate {
     }
 }
 
-/// Whether a rejected packet may be answered: not an ICMP error (any type but echo, echo
-/// reply and the other queries), not to the limited broadcast or a multicast address.
+/// An ICMP error (any type but echo, echo reply and the other queries).
 #[inline(always)]
-fn answerable(p: &Packet) -> bool {
-    let icmp_error = p.proto == PROTO_ICMP
+fn icmp_error(p: &Packet) -> bool {
+    p.proto == PROTO_ICMP
         && matches!(
             p.icmp_type,
             ICMP_DEST_UNREACH
@@ -614,9 +621,16 @@ fn answerable(p: &Packet) -> bool {
                 | ICMP_REDIRECT
                 | ICMP_TIME_EXCEEDED
                 | ICMP_PARAMETER_PROBLEM
-        );
+        )
+}
+
+/// Whether a rejected packet may be answered: not to the limited broadcast or a multicast
+/// address. (Never an ICMP error either, RFC 1122 3.2.2: those never reach the rules, see
+/// [`decide`].)
+#[inline(always)]
+fn answerable(p: &Packet) -> bool {
     let dst = u32::from_be(p.dst);
-    !icmp_error && dst != u32::MAX && dst >> 28 != 0xe
+    dst != u32::MAX && dst >> 28 != 0xe
 }
 
 /// The classifier, as a global BPF function: the verifier checks it once, on its own, instead of
