@@ -16,6 +16,7 @@ use nix::sched::{CloneFlags, setns};
 pub mod agent;
 pub mod frames;
 pub mod loss;
+pub mod raw;
 pub mod test_run;
 pub mod traffic;
 pub mod whole;

@@ -17,6 +17,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use netfn_tests::loss::{SenderRing, fastpath_drops};
+use netfn_tests::raw::{raw_socket, send_icmp, send_raw};
 use netfn_tests::traffic::{late_answer, sequenced_stream_during};
 use netfn_tests::{
     ChainGuard, EGRESS_ADDR, INGRESS_ADDR, TempDir, alone, in_netns, interface_stats, leftovers,
@@ -881,63 +882,6 @@ action = "accept"
     );
 }
 
-/// A raw IPv4 socket of protocol `proto` in namespace `ns`: the kernel writes the IPv4 header of
-/// what it sends, and it reads every packet of `proto` to the namespace (IPv4 header first),
-/// waiting at most [`WAIT`].
-fn raw_socket(ns: &str, proto: libc::c_int) -> std::os::fd::OwnedFd {
-    in_netns(ns, || {
-        // SAFETY: socket(2) with constant arguments; the descriptor is owned at once.
-        let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, proto) };
-        assert!(fd >= 0, "raw socket: {}", std::io::Error::last_os_error());
-        // SAFETY: a descriptor just opened, owned from here on.
-        let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
-        let wait = libc::timeval {
-            tv_sec: 0,
-            tv_usec: WAIT.as_micros() as libc::suseconds_t,
-        };
-        netfn_tests::set_socket_option(fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_RCVTIMEO, &wait)
-            .unwrap_or_else(|e| panic!("SO_RCVTIMEO: {e}"));
-        fd
-    })
-}
-
-/// Sends ICMP message `icmp` (its checksum is filled in here) from raw socket `fd` to `to`.
-fn send_icmp(fd: &std::os::fd::OwnedFd, to: Ipv4Addr, mut icmp: Vec<u8>) {
-    icmp[2..4].copy_from_slice(&[0, 0]);
-    let c = !netfn_tests::frames::sum16(&icmp, 0);
-    icmp[2..4].copy_from_slice(&c.to_be_bytes());
-    send_raw(fd, to, &icmp);
-}
-
-/// Sends `payload` (what follows the IPv4 header) from raw socket `fd` to `to`.
-fn send_raw(fd: &std::os::fd::OwnedFd, to: Ipv4Addr, payload: &[u8]) {
-    let sa = libc::sockaddr_in {
-        sin_family: libc::AF_INET as libc::sa_family_t,
-        sin_port: 0,
-        sin_addr: libc::in_addr {
-            s_addr: u32::from_ne_bytes(to.octets()),
-        },
-        sin_zero: [0; 8],
-    };
-    // SAFETY: a buffer and an address of the stated sizes.
-    let sent = unsafe {
-        libc::sendto(
-            fd.as_raw_fd(),
-            payload.as_ptr().cast(),
-            payload.len(),
-            0,
-            (&sa as *const libc::sockaddr_in).cast(),
-            std::mem::size_of::<libc::sockaddr_in>() as u32,
-        )
-    };
-    assert_eq!(
-        sent,
-        payload.len() as isize,
-        "{}",
-        std::io::Error::last_os_error()
-    );
-}
-
 /// An ICMP error about a ping (time exceeded, as `traceroute -I` and `mtr` draw them; host
 /// unreachable) belongs to the ping's connection, as conntrack relates it: it reaches the
 /// pinging client through a default-drop firewall, in every mode. The quoted echo is known by
@@ -955,8 +899,8 @@ action = "accept"
     let (ns, client, server) = ends(&lab.chain, From::Ingress);
     let (egress_ns, ..) = ends(&lab.chain, From::Egress);
     let (pinger, router) = (
-        raw_socket(&ns, libc::IPPROTO_ICMP),
-        raw_socket(&egress_ns, libc::IPPROTO_ICMP),
+        raw_socket(&ns, libc::IPPROTO_ICMP, WAIT),
+        raw_socket(&egress_ns, libc::IPPROTO_ICMP, WAIT),
     );
     let id: u16 = 0x4e46;
     let mut echo = vec![8, 0, 0, 0];
@@ -1099,7 +1043,7 @@ action = "accept"
         Seen::Refused,
         "{mode}: a rejected datagram is answered"
     );
-    let sender = raw_socket(&ns, libc::IPPROTO_ICMP);
+    let sender = raw_socket(&ns, libc::IPPROTO_ICMP, WAIT);
     // Host unreachable about a UDP datagram the server never sent: no connection has it.
     let link = netfn_tests::frames::Link {
         src_mac: [0; 6],
@@ -1279,7 +1223,7 @@ fn syn_with_fin_in(mode: &str) {
     };
     let segment = netfn_tests::frames::tcp(&link, 40_400, 80, 0x03, 5); // SYN | FIN
     // The kernel writes the IPv4 header; the TCP header's checksum is over these addresses.
-    send_raw(&raw_socket(&ns, libc::IPPROTO_TCP), dst, &segment);
+    send_raw(&raw_socket(&ns, libc::IPPROTO_TCP, WAIT), dst, &segment);
     thread::sleep(Duration::from_millis(300));
     let drops = fastpath_drops(&chain);
     assert_eq!(

@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use netfn_tests::agent::{Agent, sample};
 use netfn_tests::loss::function_drops;
+use netfn_tests::raw::{raw_socket, recv_packet, send_icmp};
 use netfn_tests::traffic::late_answer;
 use netfn_tests::{
     ChainGuard, TempDir, in_netns, ip_in, netfn_ok, shared, status_details, unique_chain,
@@ -1413,6 +1414,191 @@ fn icmp_errors(mode: &str, tag: &str) {
         refused,
         "{mode}: the client never heard the backend's port unreachable about its VIP"
     );
+}
+
+#[test]
+fn tc_icmp_errors_from_the_client_side_reach_the_backend() {
+    icmp_errors_from_the_client("tc", "ci");
+}
+
+#[test]
+fn xdp_icmp_errors_from_the_client_side_reach_the_backend() {
+    icmp_errors_from_the_client("xdp", "cj");
+}
+
+#[test]
+fn kernel_icmp_errors_from_the_client_side_reach_the_backend() {
+    icmp_errors_from_the_client("kernel", "ck");
+}
+
+/// The client port of the flow [`icmp_errors_from_the_client`] sets up, and one of no flow.
+const ICMP_CPORT: u16 = 45_100;
+const UNTRACKED_CPORT: u16 = 45_101;
+
+/// A UDP flow through the VIP, answered by its backend; then a router on the client's side
+/// whose next hop has a smaller MTU (a raw socket in the client's namespace stands for it) says
+/// "fragmentation needed, next-hop MTU 1200" about the answer (VIP:54 → client), to the VIP. The
+/// backend must get it about the packet it sent (backend:8080 → client, to the backend's own
+/// address): the backend's namespace receives it so translated, every checksum it can check
+/// right (outer IPv4, ICMP, quoted IPv4), and its stack acts on it: its route to the client
+/// learns MTU 1200 (path MTU discovery from a backend toward its clients; before, tc and xdp
+/// passed the error on untranslated, toward the VIP: a black hole). An error about a flow the
+/// load balancer does not track reaches no backend, and the fast path counts it as
+/// `lb-icmp-untracked` (kernel mode: conntrack holds it invalid, and the DNAT never applies).
+fn icmp_errors_from_the_client(mode: &str, tag: &str) {
+    let _turn = shared();
+    let chain = unique_chain(tag);
+    let dir = TempDir::new(&chain);
+    let file = dir.write(
+        "lb.toml",
+        &chain_file(&chain, mode, &service(54, "udp", &[(0, 1)])),
+    );
+    let _guard = ChainGuard::up(&chain, &file);
+    let egress = format!("nf-{chain}-egress");
+    let _servers = Servers::start(&egress);
+    let ingress = format!("nf-{chain}-ingress");
+    let backend = raw_socket(&egress, libc::IPPROTO_ICMP, Duration::from_millis(500));
+    let client = in_netns(&ingress, || {
+        let s = UdpSocket::bind(SocketAddrV4::new(CLIENT, ICMP_CPORT)).expect("bind");
+        s.connect(SocketAddrV4::new(VIP, 54)).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(2)))
+            .expect("timeout");
+        s
+    });
+    client.send(b"who").expect("send");
+    let mut buf = [0u8; 64];
+    let n = client
+        .recv(&mut buf)
+        .unwrap_or_else(|e| panic!("{mode}: no answer from the VIP: {e}"));
+    let answer = String::from_utf8_lossy(&buf[..n]).into_owned();
+    assert_eq!(answer, SERVERS[0].to_string(), "{mode}: the answer");
+    let drops_before = untracked_icmp(&chain);
+
+    let router = raw_socket(&ingress, libc::IPPROTO_ICMP, Duration::from_millis(100));
+    for cport in [UNTRACKED_CPORT, ICMP_CPORT] {
+        send_icmp(&router, VIP, frag_needed(cport, answer.as_bytes()));
+    }
+    let errors: Vec<Vec<u8>> = std::iter::from_fn(|| recv_packet(&backend))
+        .filter(|p| p.len() >= 20 && p[9] == netfn_tests::frames::ICMP)
+        .take(4)
+        .collect();
+    assert_eq!(
+        errors.len(),
+        1,
+        "{mode}: the backend's namespace should receive the error about the flow, and only it: \
+         {errors:02x?}"
+    );
+    assert_translated(mode, &errors[0], answer.as_bytes());
+    // The backend's stack took it: its route toward the client has the path's MTU now.
+    let learned = (0..20).any(|_| {
+        let route = ip_route_get(&egress, CLIENT);
+        route.contains("mtu 1200") || {
+            thread::sleep(Duration::from_millis(50));
+            false
+        }
+    });
+    assert!(
+        learned,
+        "{mode}: the backend did not learn the path MTU toward the client: {}",
+        ip_route_get(&egress, CLIENT)
+    );
+    if mode != "kernel" {
+        assert_eq!(
+            untracked_icmp(&chain),
+            drops_before + 1,
+            "{mode}: the error about no flow is counted as lb-icmp-untracked"
+        );
+    }
+}
+
+/// What a router on the client's path sends the VIP when the backend's answer `payload`
+/// (VIP:54 → client:`cport`) meets a next hop of MTU 1200: ICMP "fragmentation needed" quoting
+/// the answer's IPv4 header and all of its UDP datagram (its checksum is ICMP's, filled in as
+/// it is sent).
+fn frag_needed(cport: u16, payload: &[u8]) -> Vec<u8> {
+    let link = netfn_tests::frames::Link {
+        src_mac: [0; 6],
+        dst_mac: [0; 6],
+        src: VIP,
+        dst: CLIENT,
+    };
+    let datagram = netfn_tests::frames::udp(&link, 54, cport, payload);
+    let mut error = vec![3, 4, 0, 0, 0, 0];
+    error.extend_from_slice(&1200u16.to_be_bytes());
+    error.extend(netfn_tests::frames::ipv4(
+        &link,
+        netfn_tests::frames::UDP,
+        5,
+        datagram.len(),
+        0,
+    ));
+    error.extend(datagram);
+    error
+}
+
+/// `packet` (IPv4 header first, as the backend's namespace received it) is the frag-needed of
+/// [`frag_needed`] about the flow, translated for the backend: from the client to the backend,
+/// about the answer as the backend sent it (backend:8080 → client), `payload` and the MTU as
+/// they were, and the checksums right (the outer IPv4 header's was checked by the kernel that
+/// delivered it, and is checked again here).
+fn assert_translated(mode: &str, packet: &[u8], payload: &[u8]) {
+    use netfn_tests::frames::sum16;
+    let addr = |b: &[u8]| Ipv4Addr::new(b[0], b[1], b[2], b[3]);
+    let port = |b: &[u8]| u16::from_be_bytes([b[0], b[1]]);
+    let hlen = usize::from(packet[0] & 0x0f) * 4;
+    let icmp = &packet[hlen..];
+    assert!(icmp.len() >= 8 + 20 + 8, "{mode}: short: {packet:02x?}");
+    let quoted = &icmp[8..];
+    let l4 = &quoted[20..];
+    assert_eq!(
+        (addr(&packet[12..]), addr(&packet[16..])),
+        (CLIENT, SERVERS[0]),
+        "{mode}: the outer source and destination"
+    );
+    assert_eq!(
+        (icmp[0], icmp[1], port(&icmp[6..])),
+        (3, 4, 1200),
+        "{mode}: type, code and next-hop MTU"
+    );
+    assert_eq!(
+        (
+            addr(&quoted[12..]),
+            port(l4),
+            addr(&quoted[16..]),
+            port(&l4[2..])
+        ),
+        (SERVERS[0], SERVER_PORT, CLIENT, ICMP_CPORT),
+        "{mode}: the quoted answer's source and destination"
+    );
+    assert_eq!(&l4[8..], payload, "{mode}: the quoted payload");
+    assert_eq!(
+        sum16(&packet[..hlen], 0),
+        0xffff,
+        "{mode}: outer IPv4 checksum"
+    );
+    assert_eq!(sum16(icmp, 0), 0xffff, "{mode}: ICMP checksum");
+    assert_eq!(
+        sum16(&quoted[..20], 0),
+        0xffff,
+        "{mode}: quoted IPv4 checksum"
+    );
+}
+
+/// `ip route get ADDR` in namespace `ns`.
+fn ip_route_get(ns: &str, addr: Ipv4Addr) -> String {
+    let out = std::process::Command::new("ip")
+        .args(["-n", ns, "route", "get", &addr.to_string()])
+        .output()
+        .expect("run ip");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Function lb1's `lb-icmp-untracked` drops, from `netfn status`.
+fn untracked_icmp(chain: &str) -> u64 {
+    function_drops(chain, "lb1")
+        .get("lb-icmp-untracked")
+        .copied()
+        .unwrap_or(0)
 }
 
 #[test]

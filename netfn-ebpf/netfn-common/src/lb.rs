@@ -69,7 +69,17 @@ pub const LB_DROP_REPLY_UNTRACKED: usize = 1;
 /// A later fragment of a datagram whose first fragment did not go through (dropped, not seen,
 /// or seen more than [`crate::FRAG_TIMEOUT_NS`] ago): the address it needs is not known.
 pub const LB_DROP_FRAGMENT: usize = 2;
-pub const LB_DROP_REASON_NAMES: [&str; 3] = ["lb-no-backend", "lb-reply-untracked", "lb-fragment"];
+/// An ICMP error from the client's side about a VIP's service (quoting a packet from
+/// `VIP:port` to a client) of no tracked flow (evicted, expired, never seen, or forged), or not
+/// addressed to that VIP: it has no backend to go to. Linux's conntrack finds no entry for it
+/// (or holds it invalid), so kernel mode's DNAT never sends it to a backend either.
+pub const LB_DROP_ICMP_UNTRACKED: usize = 3;
+pub const LB_DROP_REASON_NAMES: [&str; 4] = [
+    "lb-no-backend",
+    "lb-reply-untracked",
+    "lb-fragment",
+    "lb-icmp-untracked",
+];
 const _: () = assert!(LB_DROP_REASON_NAMES.len() <= super::DROP_SLOTS - super::KIND_DROP_BASE);
 
 /// [`LbFrag::rewrite`]: what a datagram's later fragments get.

@@ -23,6 +23,13 @@
 //! tracked under another numbering first gets its backend's number now ([`nf_lb_renumber`]),
 //! so the health verdict and the counters it meets are its own backend's.
 //!
+//! ICMP errors (destination unreachable, fragmentation needed included, time exceeded,
+//! parameter problem) about a balanced flow are translated both ways, as Linux's NAT does for
+//! the errors conntrack relates to a flow ([`icmp`]): one from the backend's side reaches the
+//! client about the packet it sent to the VIP, one from the client's side reaches the flow's
+//! backend about the packet the backend sent. One about a flow the stage does not track is
+//! dropped and counted, as conntrack holds it invalid and no backend ever sees it.
+//!
 //! IPv4 fragments: only a datagram's first fragment carries the ports, so it is the one balanced
 //! (or answered, or passed) as above; the address rewrite it got is entered in [`NF_LB_FRAGS`]
 //! under the datagram's name, and its later fragments get the same (their IP header only: the
@@ -41,9 +48,7 @@ use aya_ebpf::{
         BPF_F_MARK_MANGLED_0, BPF_F_MMAPABLE, BPF_F_NO_PREALLOC, BPF_F_PSEUDO_HDR, TC_ACT_SHOT,
         xdp_action,
     },
-    helpers::generated::{
-        bpf_get_smp_processor_id, bpf_ktime_get_ns, bpf_xdp_load_bytes, bpf_xdp_store_bytes,
-    },
+    helpers::generated::{bpf_get_smp_processor_id, bpf_ktime_get_ns},
     macros::{classifier, map, xdp},
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
     programs::{TcContext, XdpContext},
@@ -62,9 +67,12 @@ use netfn_common::{
 
 use crate::forwarder::{self, count_drop, read, rewrite, send_tc, send_xdp};
 use crate::headers::{
-    ETH_HLEN, FIRST, ICMP_DEST_UNREACH, ICMP_HLEN, ICMP_PARAMETER_PROBLEM, ICMP_TIME_EXCEEDED,
-    IP_HLEN, LATER, TCP_FIN, TCP_RST, WHOLE, bare_syn, datagram, fold, fragment, words,
+    ETH_HLEN, FIRST, ICMP_HLEN, IP_HLEN, LATER, TCP_FIN, TCP_RST, WHOLE, bare_syn, datagram, fold,
+    fragment, words,
 };
+
+mod icmp;
+use icmp::Quoted;
 
 #[map]
 static NF_LB_SERVICES: HashMap<ServiceKey, Service> = HashMap::with_max_entries(1, 0);
@@ -117,18 +125,6 @@ struct Packet {
     ip_id: u16,
 }
 
-/// The TCP or UDP packet an ICMP error quotes (addresses and ports in packet byte order).
-#[derive(Clone, Copy)]
-struct Quoted {
-    /// Offset of the quoted IPv4 header (20 bytes, no options) from the start of the frame.
-    at: usize,
-    src: u32,
-    dst: u32,
-    sport: u16,
-    dport: u16,
-    proto: u8,
-}
-
 /// What happens to the packet.
 enum Fate {
     /// Forward unchanged.
@@ -143,11 +139,13 @@ enum Fate {
     Drop {
         reason: usize,
     },
-    /// An ICMP error about a balanced flow, from the backend's side: the packet it quotes
-    /// becomes the one the client sent (to `vip:port`), and a source that is the backend itself
-    /// becomes the VIP.
-    IcmpBack {
-        vip: u32,
+    /// An ICMP error about a balanced flow, translated as [`Fate::Nat`] translates its
+    /// packets (see [`icmp`]): from the backend's side (`to_backend` false) the packet it quotes
+    /// gets its destination back to the VIP's `addr:port`; from the client's side, its source
+    /// becomes the backend's `addr:port`. The outer address on the same side follows.
+    Icmp {
+        to_backend: bool,
+        addr: u32,
         port: u16,
     },
     /// A later fragment of a datagram whose first fragment was rewritten: the destination
@@ -198,8 +196,12 @@ pub fn nf_lb_tc(ctx: TcContext) -> i32 {
                 return TC_ACT_SHOT;
             }
         }
-        Fate::IcmpBack { vip, port } => {
-            if icmp_back_tc(&ctx, &p, vip, port).is_err() {
+        Fate::Icmp {
+            to_backend,
+            addr,
+            port,
+        } => {
+            if icmp::translate(&ctx, &p, to_backend, addr, port).is_err() {
                 count_drop(slot, netfn_common::DROP_MALFORMED);
                 return TC_ACT_SHOT;
             }
@@ -255,8 +257,12 @@ pub fn nf_lb_xdp(ctx: XdpContext) -> u32 {
             nat_xdp(data, data_end, &p, to_backend, addr, port);
         }
         Fate::Readdress { to_backend, addr } => readdress_xdp(data, data_end, &p, to_backend, addr),
-        Fate::IcmpBack { vip, port } => {
-            if icmp_back_xdp(&ctx, &p, vip, port).is_err() {
+        Fate::Icmp {
+            to_backend,
+            addr,
+            port,
+        } => {
+            if icmp::translate(&ctx, &p, to_backend, addr, port).is_err() {
                 count_drop(slot, netfn_common::DROP_MALFORMED);
                 return xdp_action::XDP_DROP;
             }
@@ -301,7 +307,7 @@ fn parse(data: usize, data_end: usize) -> Option<Packet> {
     if proto != PROTO_TCP && proto != PROTO_UDP {
         // A later fragment of an ICMP datagram has no ICMP header to read.
         if proto == PROTO_ICMP && frag != LATER {
-            p.quoted = quoted(ETH_HLEN + ihl, data, data_end);
+            p.quoted = icmp::quoted(ETH_HLEN + ihl, data, data_end);
         }
         return Some(p);
     }
@@ -381,32 +387,6 @@ fn later(p: &Packet) -> Fate {
     }
 }
 
-/// The TCP or UDP packet quoted by the ICMP error at offset `l4` of the frame `data..data_end`.
-#[inline(always)]
-fn quoted(l4: usize, data: usize, data_end: usize) -> Option<Quoted> {
-    let icmp = data + l4;
-    if icmp + ICMP_HLEN + IP_HLEN + 4 > data_end {
-        return None;
-    }
-    let kind: u8 = read(icmp);
-    if kind != ICMP_DEST_UNREACH && kind != ICMP_TIME_EXCEEDED && kind != ICMP_PARAMETER_PROBLEM {
-        return None;
-    }
-    let q = icmp + ICMP_HLEN;
-    let proto: u8 = read(q + 9);
-    if read::<u8>(q) != 0x45 || (proto != PROTO_TCP && proto != PROTO_UDP) {
-        return None;
-    }
-    Some(Quoted {
-        at: l4 + ICMP_HLEN,
-        src: read(q + 12),
-        dst: read(q + 16),
-        sport: read(q + IP_HLEN),
-        dport: read(q + IP_HLEN + 2),
-        proto,
-    })
-}
-
 #[inline(always)]
 fn stats() -> Option<&'static mut LbStats> {
     // SAFETY: a per-CPU element, written only by this CPU, which runs the program to completion.
@@ -427,7 +407,7 @@ fn decide(p: &Packet, e: &FwdEntry, len: u64) -> Fate {
         return Fate::Pass;
     };
     if let Some(q) = p.quoted {
-        return icmp_error(&q, e, conf);
+        return icmp::error(p, &q, e, conf);
     }
     // SAFETY: a BPF helper without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
@@ -476,14 +456,7 @@ fn decide(p: &Packet, e: &FwdEntry, len: u64) -> Fate {
             }
         }
     }
-    let service_key = ServiceKey {
-        vip: v4(p.dst),
-        port: p.dport,
-        proto: p.proto,
-        family: FAMILY_V4,
-        _pad: 0,
-    };
-    let Some(service) = (unsafe { NF_LB_SERVICES.get(service_key) }) else {
+    let Some(service) = service(p.dst, p.dport, p.proto) else {
         return Fate::Pass;
     };
     if service.size == 0 {
@@ -526,6 +499,20 @@ fn decide(p: &Packet, e: &FwdEntry, len: u64) -> Fate {
         addr,
         port,
     }
+}
+
+/// The service `vip:port` over `proto` (packet byte order), if there is one.
+#[inline(always)]
+fn service(vip: u32, port: u16, proto: u8) -> Option<&'static Service> {
+    let key = ServiceKey {
+        vip: v4(vip),
+        port,
+        proto,
+        family: FAMILY_V4,
+        _pad: 0,
+    };
+    // SAFETY: the value is only read, and userspace replaces it whole.
+    unsafe { NF_LB_SERVICES.get(key) }
 }
 
 /// A flow's client side (addresses and ports in packet byte order).
@@ -774,23 +761,6 @@ fn track(
     // same time: whatever mix of two flows that leaves fails the check (see `lookup`).
     unsafe { ptr::write_volatile(f, flow) };
     evicted
-}
-
-/// An ICMP error from the egress side quoting a packet the load balancer sent to a backend
-/// (client → backend): the client must see it about the packet it sent (client → VIP). One
-/// about a packet to a backend of no tracked flow is dropped, as an answer would be.
-#[inline(always)]
-fn icmp_error(q: &Quoted, e: &FwdEntry, conf: &LbConf) -> Fate {
-    if e.counter_slot & 1 == DIR_FORWARD {
-        return Fate::Pass;
-    }
-    match answered(conf, q.dst, q.dport, q.src, q.sport, q.proto) {
-        Answer::NotABackend => Fate::Pass,
-        Answer::Untracked => Fate::Drop {
-            reason: LB_DROP_REPLY_UNTRACKED,
-        },
-        Answer::Flow { vip, port, .. } => Fate::IcmpBack { vip, port },
-    }
 }
 
 /// A packet from the egress side: a backend's answer gets the VIP back as its source.
@@ -1062,133 +1032,4 @@ fn readdress_xdp(data: usize, data_end: usize, p: &Packet, to_backend: bool, add
         ptr::write((data + at) as *mut u32, addr);
         ptr::write((ip + 10) as *mut u16, new_check);
     }
-}
-
-/// The checksums of an ICMP error about a balanced flow once its quoted packet's destination is
-/// `vip:port` (and, when `outer` is given, the outer source the VIP too): the quoted packet's
-/// IP checksum, the ICMP checksum, the outer IP checksum (RFC 1624 updates).
-#[inline(always)]
-fn icmp_back_checksums(
-    q: &Quoted,
-    vip: u32,
-    port: u16,
-    inner_check: u16,
-    icmp_check: u16,
-    outer: Option<(u32, u16)>,
-) -> (u16, u16, u16) {
-    let not_words = |a: u32| u32::from(!(a as u16)) + u32::from(!((a >> 16) as u16));
-    let new_inner = fold(u32::from(!inner_check) + not_words(q.dst) + words(vip));
-    let new_icmp = fold(
-        u32::from(!icmp_check)
-            + not_words(q.dst)
-            + words(vip)
-            + u32::from(!q.dport)
-            + u32::from(port)
-            + u32::from(!inner_check)
-            + u32::from(new_inner),
-    );
-    let new_outer = match outer {
-        Some((src, check)) => fold(u32::from(!check) + not_words(src) + words(vip)),
-        None => 0,
-    };
-    (new_inner, new_icmp, new_outer)
-}
-
-/// XDP: rewrites an ICMP error (parsed into `p`) about a balanced flow: the quoted packet's
-/// destination becomes `vip:port`, the checksums follow, and an outer source that is the backend
-/// itself becomes the VIP. Through `bpf_xdp_load_bytes` / `bpf_xdp_store_bytes`, as TC does
-/// through its helpers: the quoted header sits at an offset the verifier could only bound
-/// through one exact pointer, which the compiler is free not to keep (a rare path; the helpers
-/// check every access themselves).
-#[inline(always)]
-fn icmp_back_xdp(ctx: &XdpContext, p: &Packet, vip: u32, port: u16) -> Result<(), i64> {
-    let Some(q) = p.quoted else { return Ok(()) };
-    let (icmp, inner) = (p.l4 & 0x7f, q.at & 0x7f);
-    let outer = if p.src == q.dst {
-        Some((p.src, xdp_load::<u16>(ctx, ETH_HLEN + 10)?))
-    } else {
-        None
-    };
-    let (new_inner, new_icmp, new_outer) = icmp_back_checksums(
-        &q,
-        vip,
-        port,
-        xdp_load(ctx, inner + 10)?,
-        xdp_load(ctx, icmp + 2)?,
-        outer,
-    );
-    xdp_store(ctx, inner + 16, vip)?;
-    xdp_store(ctx, inner + IP_HLEN + 2, port)?;
-    xdp_store(ctx, inner + 10, new_inner)?;
-    xdp_store(ctx, icmp + 2, new_icmp)?;
-    if outer.is_some() {
-        xdp_store(ctx, ETH_HLEN + 12, vip)?;
-        xdp_store(ctx, ETH_HLEN + 10, new_outer)?;
-    }
-    Ok(())
-}
-
-/// Reads a `T` at `offset` of the XDP frame.
-#[inline(always)]
-fn xdp_load<T: Copy>(ctx: &XdpContext, offset: usize) -> Result<T, i64> {
-    let mut value = core::mem::MaybeUninit::<T>::uninit();
-    // SAFETY: the helper writes `size_of::<T>()` bytes into `value` or fails.
-    let r = unsafe {
-        bpf_xdp_load_bytes(
-            ctx.ctx,
-            offset as u32,
-            value.as_mut_ptr().cast(),
-            core::mem::size_of::<T>() as u32,
-        )
-    };
-    if r < 0 {
-        return Err(r);
-    }
-    // SAFETY: filled by the helper above.
-    Ok(unsafe { value.assume_init() })
-}
-
-/// Writes `value` at `offset` of the XDP frame.
-#[inline(always)]
-fn xdp_store<T: Copy>(ctx: &XdpContext, offset: usize, mut value: T) -> Result<(), i64> {
-    // SAFETY: the helper reads `size_of::<T>()` bytes of `value` and checks the frame's bounds.
-    let r = unsafe {
-        bpf_xdp_store_bytes(
-            ctx.ctx,
-            offset as u32,
-            (&mut value as *mut T).cast(),
-            core::mem::size_of::<T>() as u32,
-        )
-    };
-    if r < 0 { Err(r) } else { Ok(()) }
-}
-
-/// TC: the same rewrite through the skb load and store helpers (the ICMP error carries a full
-/// checksum, so plain stores with computed checksums are right).
-#[inline(always)]
-fn icmp_back_tc(ctx: &TcContext, p: &Packet, vip: u32, port: u16) -> Result<(), i64> {
-    let Some(q) = p.quoted else { return Ok(()) };
-    let (icmp, inner) = (p.l4 & 0x7f, q.at & 0x7f);
-    let outer = if p.src == q.dst {
-        Some((p.src, ctx.load::<u16>(ETH_HLEN + 10)?))
-    } else {
-        None
-    };
-    let (new_inner, new_icmp, new_outer) = icmp_back_checksums(
-        &q,
-        vip,
-        port,
-        ctx.load(inner + 10)?,
-        ctx.load(icmp + 2)?,
-        outer,
-    );
-    ctx.store(inner + 16, &vip, 0)?;
-    ctx.store(inner + IP_HLEN + 2, &port, 0)?;
-    ctx.store(inner + 10, &new_inner, 0)?;
-    ctx.store(icmp + 2, &new_icmp, 0)?;
-    if outer.is_some() {
-        ctx.store(ETH_HLEN + 12, &vip, 0)?;
-        ctx.store(ETH_HLEN + 10, &new_outer, 0)?;
-    }
-    Ok(())
 }
