@@ -963,8 +963,8 @@ fn unrelated_icmp_errors_are_invalid_in(mode: &str) {
     let (ns, client, server) = ends(&lab.chain, From::Ingress);
     let (egress_ns, ..) = ends(&lab.chain, From::Egress);
     let (pinger, forger) = (
-        raw_socket(&ns, libc::IPPROTO_ICMP),
-        raw_socket(&egress_ns, libc::IPPROTO_ICMP),
+        raw_socket(&ns, libc::IPPROTO_ICMP, WAIT),
+        raw_socket(&egress_ns, libc::IPPROTO_ICMP, WAIT),
     );
     let mut echo = vec![8, 0, 0, 0, 0x4e, 0x47, 0, 1];
     echo.extend_from_slice(b"netfn");
