@@ -136,7 +136,7 @@ pub fn up(file: &Path, only: Option<&str>, quiet: bool) -> Result<ExitCode> {
     // Every chain loads the eBPF object: reuse aya's loaders (and their parse of the kernel's
     // BTF) across them.
     let _reuse = netfn_core::ebpf::ReuseLoaders::begin();
-    let source = std::fs::canonicalize(file).unwrap_or_else(|_| file.to_path_buf());
+    let source = std::path::absolute(file).unwrap_or_else(|_| file.to_path_buf());
     let options = UpOptions {
         tc_interfaces: lifecycle::tc_interfaces(chains.iter().copied()),
         ..UpOptions::default()
@@ -266,7 +266,7 @@ pub fn apply(file: &Path, only: Option<&str>, dry_run: bool, quiet: bool) -> Res
     let rt = runtime()?;
     let _reuse = netfn_core::ebpf::ReuseLoaders::begin();
     let registry = netfn_functions::registry();
-    let source = std::fs::canonicalize(file).unwrap_or_else(|_| file.to_path_buf());
+    let source = std::path::absolute(file).unwrap_or_else(|_| file.to_path_buf());
     let live = Live::new(
         "apply",
         chains.len(),

@@ -343,6 +343,32 @@ fn apply_from_another_file_says_the_chain_was_up_from_elsewhere() {
     );
 }
 
+/// A deploy that points a symlink at each new version and applies the symlink: the chain's
+/// file is the symlink, so no apply says the chain was up from elsewhere (the record keeps the
+/// path as given; it used to keep the symlink's target, so each new version was "another
+/// file").
+#[test]
+fn apply_through_a_symlink_to_each_new_version_is_the_same_file() {
+    let _turn = shared();
+    let chain = unique_chain("ls");
+    let dir = TempDir::new(&chain);
+    let v1 = dir.write("v1.toml", &forward_chain_of(&chain, "kernel", &["a", "b"]));
+    let v2 = dir.write(
+        "v2.toml",
+        &forward_chain_of(&chain, "kernel", &["a", "m", "b"]),
+    );
+    let live = v1.with_file_name("live.toml");
+    std::os::unix::fs::symlink(&v1, &live).expect("symlink");
+    let _guard = ChainGuard::up(&chain, &live);
+    std::fs::remove_file(&live).expect("unlink");
+    std::os::unix::fs::symlink(&v2, &live).expect("symlink");
+    let out = netfn(&["apply", &live.to_string_lossy()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(!stderr.contains("note: chain"), "{stderr}");
+    assert_eq!(record(&chain).source, live, "the record names the symlink");
+}
+
 /// A file of three chains whose second cannot change live: the first is applied, the apply
 /// stops at the second, and the summary says so and names the third as not attempted (it
 /// once stopped silently), which runs on unchanged.

@@ -115,7 +115,7 @@ pub fn apply(
         return Ok(ApplyOutcome::Unchanged);
     }
     tracing::debug!(chain = %chain, "apply: replanned by {:.1?}", started.elapsed());
-    let moved = (record.source != source).then(|| record.source.clone());
+    let moved = (!state::same_source(&record.source, source)).then(|| record.source.clone());
     let settings = settings_changes(&record.plan, spec, &next.changes, kinds)?;
     tracing::debug!(chain = %chain, "apply: planned by {:.1?}", started.elapsed());
     if dry_run {

@@ -238,7 +238,7 @@ fn up_locked(
                 }
                 return Ok(UpOutcome::Unchanged);
             }
-            Phase::Up if old.source != source => {
+            Phase::Up if !state::same_source(&old.source, source) => {
                 return Err(LifecycleError::UpFromElsewhere {
                     chain,
                     running: old.source,

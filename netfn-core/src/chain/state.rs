@@ -95,7 +95,8 @@ pub enum Phase {
 pub struct ChainState {
     pub version: u32,
     pub phase: Phase,
-    /// The chain file it came from (for people; teardown never reads it).
+    /// The chain file it came from, as its command named it (absolute; for people and the
+    /// checks of [`same_source`]; teardown never reads it).
     pub source: PathBuf,
     /// Unix time of the last change.
     pub updated_unix: u64,
@@ -306,4 +307,14 @@ impl ChainLock {
     pub fn remove_file(&self) {
         let _ = fs::remove_file(&self.path);
     }
+}
+
+/// Whether chain files `a` and `b` are the same file: the same path (a symlink a deploy
+/// points at each new version, say), or paths to one file.
+pub fn same_source(a: &Path, b: &Path) -> bool {
+    a == b
+        || matches!(
+            (std::fs::canonicalize(a), std::fs::canonicalize(b)),
+            (Ok(x), Ok(y)) if x == y
+        )
 }
