@@ -985,14 +985,10 @@ fn unrelated_icmp_errors_are_invalid_in(mode: &str) {
     ));
     error.extend(netfn_tests::frames::udp(&link, 4_321, 5_678, &[]));
     send_icmp(&forger, client, error);
-    let mut buf = [0u8; 256];
-    let arrived: Vec<u8> = std::iter::from_fn(|| {
-        // SAFETY: recv(2) into a buffer of its stated size (the socket waits at most WAIT).
-        let n = unsafe { libc::recv(pinger.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-        (n > 20).then(|| buf[usize::from(buf[0] & 0x0f) * 4])
-    })
-    .take(4)
-    .collect();
+    let arrived: Vec<u8> = std::iter::from_fn(|| netfn_tests::raw::recv_packet(&pinger))
+        .take(4)
+        .filter_map(|p| p.get(usize::from(p.first()? & 0x0f) * 4).copied())
+        .collect();
     assert!(
         arrived.contains(&0),
         "{mode}: the echo reply did not arrive: {arrived:?}"
@@ -1402,5 +1398,26 @@ action = "drop"
     assert!(
         stderr.contains("shadow.toml:5:1: warning") && stderr.contains("`late` can never match"),
         "the shadowed rule is a warning at its place:\n{stderr}"
+    );
+
+    // A rule on an ICMP error type never matches (connection tracking decides errors): a
+    // warning at the rule.
+    dir.write(
+        "errors.toml",
+        "[[rule]]\nproto = \"icmp\"\nicmp_type = \"echo-request\"\naction = \"accept\"\n\n\
+         [[rule]]\nproto = \"icmp\"\nicmp_type = \"destination-unreachable\"\naction = \"accept\"\n",
+    );
+    let errors = dir.write(
+        "errors-chain.toml",
+        &firewall_chain("fwval", "tc", "rules_file = \"errors.toml\"\n"),
+    );
+    let out = netfn(&["validate", &errors.to_string_lossy()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("errors.toml:6:1: warning")
+            && stderr.contains("ICMP type 3 never matches")
+            && !stderr.contains("errors.toml:1:1"),
+        "the rule on ICMP errors is a warning at its place, the echo rule none:\n{stderr}"
     );
 }

@@ -577,7 +577,8 @@ fn icmp_type(out: &mut Problems, value: Value<'_>) -> Option<u8> {
             span,
             "`icmp_type` is not an ICMP type",
             Some(
-                "use 0-255 or echo-request, echo-reply, destination-unreachable, time-exceeded"
+                "use 0-255, echo-request or echo-reply (ICMP errors such as \
+                 destination-unreachable never reach the rules: connection tracking decides them)"
                     .into(),
             ),
         );

@@ -119,6 +119,10 @@ impl FunctionConfig for FirewallConfig {
     }
 }
 
+/// ICMP types that are errors (destination unreachable, source quench, redirect, time exceeded,
+/// parameter problem): connection tracking decides them, never the rules.
+const ICMP_ERRORS: [u8; 5] = [3, 4, 5, 11, 12];
+
 impl FunctionKind for Firewall {
     fn name(&self) -> &'static str {
         "firewall"
@@ -159,6 +163,18 @@ impl FunctionKind for Firewall {
                 ),
                 Some("move it before the rules that shadow it, or remove it".into()),
             ));
+        }
+        for (rule, origin) in config.settings.rules.rules.iter().zip(&origins) {
+            if let Some(t) = rule.icmp_type.filter(|t| ICMP_ERRORS.contains(t)) {
+                warnings.warn(origin.diagnostic(
+                    format!(
+                        "a rule on ICMP type {t} never matches: ICMP errors never reach the rules \
+                         (one about a connection passes with it, any other is dropped as \
+                         fw-invalid, as conntrack holds it invalid)"
+                    ),
+                    Some("remove the rule; errors about accepted connections pass already".into()),
+                ));
+            }
         }
         Ok(Arc::new(config))
     }

@@ -233,6 +233,7 @@ pub const LB_CT_FIN_BY_BACKEND: u8 = 3;
 
 /// The teardown states of [`LbFlow::state`] (the client opens every flow).
 pub const LB_TEARDOWN: Teardown = Teardown {
+    open: LB_CT_OPEN,
     closing: LB_CT_CLOSING,
     fin_by_opener: LB_CT_FIN_BY_CLIENT,
     fin_by_answerer: LB_CT_FIN_BY_BACKEND,

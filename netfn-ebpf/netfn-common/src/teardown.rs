@@ -6,15 +6,31 @@
 //! answer). So one FIN makes a connection *half-closed*, with a timeout of its own (Linux
 //! conntrack's FIN_WAIT and CLOSE_WAIT), and only a FIN from each side, or an RST from either,
 //! makes it *closing*, with the short timeout after which its ports may open again.
+//!
+//! A bare SYN on a half-closed connection's ports (its client, whose side was done, connects
+//! again from the same port while the other side never closed) starts it over: it is open
+//! again, with its rule or backend kept. Linux's conntrack ignores such a SYN and resyncs the
+//! entry on the answer, which comes to the same: the new connection lives by the open timeout.
 
 /// TCP header flags the teardown reads.
 pub const TCP_FIN: u8 = 0x01;
+pub const TCP_SYN: u8 = 0x02;
 pub const TCP_RST: u8 = 0x04;
+pub const TCP_ACK: u8 = 0x10;
+
+/// Whether TCP `flags` open a connection: SYN alone (with FIN, RST or ACK it opens nothing;
+/// Linux's conntrack holds SYN with FIN invalid).
+#[inline(always)]
+pub fn bare_syn(flags: u8) -> bool {
+    flags & (TCP_SYN | TCP_ACK | TCP_RST | TCP_FIN) == TCP_SYN
+}
 
 /// The state values a kind gives the teardown's three states (each kind numbers its states
 /// itself; these must differ from each other and from its open states).
 #[derive(Clone, Copy, Debug)]
 pub struct Teardown {
+    /// Open: where a bare SYN from the opener takes a half-closed connection back to.
+    pub open: u8,
     /// Both sides sent a FIN, or one an RST.
     pub closing: u8,
     /// Only the side that opened the connection sent a FIN.
@@ -25,7 +41,7 @@ pub struct Teardown {
 
 impl Teardown {
     /// The state after a segment with header flags `flags`, sent by the connection's opener or
-    /// not, of a connection in `state` (other states are left as they are).
+    /// not, of an open connection or one in teardown in `state`.
     #[inline(always)]
     pub fn after(&self, state: u8, flags: u8, from_opener: bool) -> u8 {
         let (own, other) = if from_opener {
@@ -35,6 +51,8 @@ impl Teardown {
         };
         if state == self.closing || flags & TCP_RST != 0 {
             self.closing
+        } else if from_opener && bare_syn(flags) && self.half_closed(state) {
+            self.open
         } else if flags & TCP_FIN == 0 {
             state
         } else if state == other {
@@ -53,9 +71,10 @@ impl Teardown {
 
 #[cfg(test)]
 mod tests {
-    use super::{TCP_FIN, TCP_RST, Teardown};
+    use super::{TCP_FIN, TCP_RST, TCP_SYN, Teardown};
 
     const T: Teardown = Teardown {
+        open: OPEN,
         closing: 2,
         fin_by_opener: 3,
         fin_by_answerer: 4,
@@ -88,10 +107,24 @@ mod tests {
     }
 
     #[test]
+    fn a_syn_from_the_opener_opens_a_half_closed_connection_again() {
+        assert_eq!(T.after(T.fin_by_opener, TCP_SYN, true), OPEN);
+        assert_eq!(T.after(T.fin_by_answerer, TCP_SYN, true), OPEN);
+        // Not from the other side, not with other flags, not once closing.
+        assert_eq!(T.after(T.fin_by_opener, TCP_SYN, false), T.fin_by_opener);
+        assert_eq!(
+            T.after(T.fin_by_opener, TCP_SYN | ACK, true),
+            T.fin_by_opener
+        );
+        assert_eq!(T.after(T.closing, TCP_SYN, true), T.closing);
+    }
+
+    #[test]
     fn segments_without_fin_or_rst_change_nothing() {
         for state in [0, OPEN] {
             assert_eq!(T.after(state, ACK, true), state);
-            assert_eq!(T.after(state, 0x02 | ACK, false), state);
+            assert_eq!(T.after(state, TCP_SYN | ACK, false), state);
+            assert_eq!(T.after(state, TCP_SYN, true), state);
         }
     }
 }

@@ -3,10 +3,12 @@
 //!
 //! 1. The connection table ([`NF_FW_CT`], LRU, keyed direction-independently) is looked up
 //!    first: a packet of a live connection passes without rule evaluation, and moves the
-//!    connection's state on (TCP: a reply establishes it, FIN or RST closes it; UDP: a reply
-//!    makes it a stream). An entry past its state's timeout counts as absent and is removed.
-//! 2. A packet of no connection: a TCP packet that is not a bare SYN is dropped (`fw-not-syn`);
-//!    an ICMP error about a tracked connection passes (related); anything else is classified by
+//!    connection's state on (TCP: a reply establishes it, a FIN half-closes it, a FIN from each
+//!    side or an RST closes it, see `netfn_common::teardown`; UDP: a reply makes it a stream).
+//!    An entry past its state's timeout counts as absent and is removed.
+//! 2. A packet of no connection: an ICMP error about a tracked connection passes (related), any
+//!    other ICMP error is dropped (`fw-invalid`), a TCP packet that is not a bare SYN is dropped
+//!    (`fw-not-syn`); anything else is classified by
 //!    the compiled rules (`netfn_common::firewall::walk` over [`NF_FW_NODES`] and
 //!    [`NF_FW_ENTRIES`], at most 64 map lookups whatever the rule count), or the default verdict.
 //! 3. The verdict: accept (after the rule's rate limit, if any) enters the connection into the
@@ -49,7 +51,7 @@ use netfn_common::{
 use crate::forwarder::{self, count_drop, read, rewrite, send_tc, send_xdp};
 use crate::headers::{
     ETH_HLEN, FIRST, ICMP_DEST_UNREACH, ICMP_HLEN, ICMP_PARAMETER_PROBLEM, ICMP_TIME_EXCEEDED,
-    IP_HLEN, LATER, TCP_ACK, TCP_FIN, TCP_RST, bare_syn, datagram, fold, fragment, words,
+    IP_HLEN, LATER, TCP_ACK, TCP_RST, bare_syn, datagram, fold, fragment, words,
 };
 
 #[map]
@@ -88,27 +90,76 @@ const RST_LEN: u32 = (ETH_HLEN + IP_HLEN + TCP_HLEN) as u32;
 const UNREACH_LEN: u32 = (ETH_HLEN + IP_HLEN + ICMP_HLEN + IP_HLEN + 8) as u32;
 const UNREACH_GROW: i32 = (IP_HLEN + ICMP_HLEN) as i32;
 
-/// The stage's decision.
-enum Fate {
-    /// Forward it (the caller rewrites and sends it).
-    Pass {
-        ttl: u8,
-    },
-    Drop {
-        reason: usize,
-    },
-    /// Answer with a TCP RST.
-    RejectTcp(Rst),
-    /// Answer with an ICMP port-unreachable.
-    RejectIcmp {
-        src: u32,
-        dst: u32,
-    },
+/// The stage's decision: a plain record whose every field is always set. (It was an enum
+/// with data; on the paths of one variant the others' fields were unset, LLVM copied them
+/// anyway, and the verifier refused the program: `R3 !read_ok`.)
+#[derive(Clone, Copy)]
+struct Fate {
+    /// [`PASS`] (forward it: the caller rewrites and sends it), [`DROP`], [`REJECT_TCP`]
+    /// (answer with a TCP RST) or [`REJECT_ICMP`] (answer with an ICMP port-unreachable).
+    what: u8,
+    /// PASS: the TTL it leaves with.
+    ttl: u8,
+    /// DROP: the reason.
+    reason: usize,
+    /// REJECT_TCP: the RST; REJECT_ICMP: its source and destination (`src`, `dst`).
+    rst: Rst,
+}
+
+const PASS: u8 = 0;
+const DROP: u8 = 1;
+const REJECT_TCP: u8 = 2;
+const REJECT_ICMP: u8 = 3;
+
+impl Fate {
+    #[inline(always)]
+    fn pass(ttl: u8) -> Fate {
+        Fate {
+            what: PASS,
+            ttl,
+            reason: 0,
+            rst: Rst::default(),
+        }
+    }
+
+    #[inline(always)]
+    fn drop(reason: usize) -> Fate {
+        Fate {
+            what: DROP,
+            ttl: 0,
+            reason,
+            rst: Rst::default(),
+        }
+    }
+
+    #[inline(always)]
+    fn reject_tcp(rst: Rst) -> Fate {
+        Fate {
+            what: REJECT_TCP,
+            ttl: 0,
+            reason: 0,
+            rst,
+        }
+    }
+
+    #[inline(always)]
+    fn reject_icmp(src: u32, dst: u32) -> Fate {
+        Fate {
+            what: REJECT_ICMP,
+            ttl: 0,
+            reason: 0,
+            rst: Rst {
+                src,
+                dst,
+                ..Rst::default()
+            },
+        }
+    }
 }
 
 /// What a TCP RST answer needs of the SYN it answers (addresses in packet byte order, ports
 /// and sequence numbers as in the packet).
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Default)]
 struct Rst {
     src: u32,
     dst: u32,
@@ -136,8 +187,11 @@ struct Packet {
     /// TCP: sequence number (host order) and payload length.
     seq: u32,
     payload: u32,
-    /// ICMP errors: the quoted connection (as the quoted packet went), else zero.
-    inner: Option<Inner>,
+    /// ICMP errors: the quoted connection (as the quoted packet went) when `quoted`, else zero.
+    /// (Not an `Option`: its fields were unset on the paths without one, and LLVM read them
+    /// there, which the verifier refuses, `R3 !read_ok`.)
+    inner: Inner,
+    quoted: bool,
     /// Where it stands in its datagram: [`WHOLE`], [`FIRST`] or [`LATER`] (plain numbers: an
     /// enum with data here made LLVM read registers the verifier saw unset).
     frag: u8,
@@ -146,7 +200,7 @@ struct Packet {
     ip_id: u16,
 }
 
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Default)]
 struct Inner {
     src: u32,
     dst: u32,
@@ -174,17 +228,18 @@ pub fn nf_fw_tc(ctx: TcContext) -> i32 {
         count_drop(slot, netfn_common::DROP_MALFORMED);
         return TC_ACT_SHOT;
     };
-    match judge(&p, e, u64::from(ctx.len())) {
-        Fate::Pass { ttl } => {
+    let fate = judge(&p, e, u64::from(ctx.len()));
+    match fate.what {
+        PASS => {
             passed(&p);
-            rewrite(data, data + ETH_HLEN, ttl, e);
+            rewrite(data, data + ETH_HLEN, fate.ttl, e);
             send_tc(&ctx, slot, e.redirect_ifindex)
         }
-        Fate::Drop { reason } => {
-            count_drop(slot, KIND_DROP_BASE + reason);
+        DROP => {
+            count_drop(slot, KIND_DROP_BASE + fate.reason);
             TC_ACT_SHOT
         }
-        Fate::RejectTcp(rst) => {
+        REJECT_TCP => {
             count_drop(slot, KIND_DROP_BASE + FW_DROP_REJECTED);
             // SAFETY: BPF helpers on our own skb; data pointers are read again afterwards.
             if unsafe { bpf_skb_change_tail(ctx.skb.skb, RST_LEN, 0) } != 0 {
@@ -194,11 +249,11 @@ pub fn nf_fw_tc(ctx: TcContext) -> i32 {
             if data + RST_LEN as usize > data_end {
                 return TC_ACT_SHOT;
             }
-            write_rst(data, e, &rst);
+            write_rst(data, e, &fate.rst);
             // SAFETY: a BPF helper; out of the interface the packet came in on.
             unsafe { bpf_redirect(ifindex, 0) as i32 }
         }
-        Fate::RejectIcmp { src, dst } => {
+        _ => {
             count_drop(slot, KIND_DROP_BASE + FW_DROP_REJECTED);
             // SAFETY: BPF helpers on our own skb; data pointers are read again afterwards.
             unsafe {
@@ -212,7 +267,7 @@ pub fn nf_fw_tc(ctx: TcContext) -> i32 {
             if data + UNREACH_LEN as usize > data_end {
                 return TC_ACT_SHOT;
             }
-            write_unreach(data, e, src, dst);
+            write_unreach(data, e, fate.rst.src, fate.rst.dst);
             // SAFETY: a BPF helper; out of the interface the packet came in on.
             unsafe { bpf_redirect(ifindex, 0) as i32 }
         }
@@ -234,17 +289,18 @@ pub fn nf_fw_xdp(ctx: XdpContext) -> u32 {
         count_drop(slot, netfn_common::DROP_MALFORMED);
         return xdp_action::XDP_DROP;
     };
-    match judge(&p, e, len) {
-        Fate::Pass { ttl } => {
+    let fate = judge(&p, e, len);
+    match fate.what {
+        PASS => {
             passed(&p);
-            rewrite(data, data + ETH_HLEN, ttl, e);
+            rewrite(data, data + ETH_HLEN, fate.ttl, e);
             send_xdp(slot, e.redirect_ifindex, len)
         }
-        Fate::Drop { reason } => {
-            count_drop(slot, KIND_DROP_BASE + reason);
+        DROP => {
+            count_drop(slot, KIND_DROP_BASE + fate.reason);
             xdp_action::XDP_DROP
         }
-        Fate::RejectTcp(rst) => {
+        REJECT_TCP => {
             count_drop(slot, KIND_DROP_BASE + FW_DROP_REJECTED);
             let shrink = RST_LEN as i32 - len as i32;
             // SAFETY: a BPF helper on our own frame; data pointers are read again afterwards.
@@ -255,10 +311,10 @@ pub fn nf_fw_xdp(ctx: XdpContext) -> u32 {
             if data + RST_LEN as usize > data_end {
                 return xdp_action::XDP_DROP;
             }
-            write_rst(data, e, &rst);
+            write_rst(data, e, &fate.rst);
             xdp_action::XDP_TX
         }
-        Fate::RejectIcmp { src, dst } => {
+        _ => {
             count_drop(slot, KIND_DROP_BASE + FW_DROP_REJECTED);
             // SAFETY: BPF helpers on our own frame; data pointers are read again afterwards.
             unsafe {
@@ -274,7 +330,7 @@ pub fn nf_fw_xdp(ctx: XdpContext) -> u32 {
             if data + UNREACH_LEN as usize > data_end {
                 return xdp_action::XDP_DROP;
             }
-            write_unreach(data, e, src, dst);
+            write_unreach(data, e, fate.rst.src, fate.rst.dst);
             xdp_action::XDP_TX
         }
     }
@@ -305,7 +361,8 @@ fn parse(data: usize, data_end: usize) -> Option<Packet> {
         options: ihl != IP_HLEN,
         seq: 0,
         payload: 0,
-        inner: None,
+        inner: Inner::default(),
+        quoted: false,
         frag: fragment(u16::from_be(read(ip + 6))),
         ip_id: read(ip + 4),
     };
@@ -345,7 +402,11 @@ fn parse(data: usize, data_end: usize) -> Option<Packet> {
                     p.sport = id;
                     p.dport = id;
                 }
-                ICMP_DEST_UNREACH | ICMP_TIME_EXCEEDED | ICMP_PARAMETER_PROBLEM => {
+                ICMP_DEST_UNREACH
+                | ICMP_SOURCE_QUENCH
+                | ICMP_REDIRECT
+                | ICMP_TIME_EXCEEDED
+                | ICMP_PARAMETER_PROBLEM => {
                     let q = l4 + ICMP_HLEN;
                     if q + IP_HLEN + 8 <= data_end && read::<u8>(q) == 0x45 {
                         let proto: u8 = read(q + 9);
@@ -363,13 +424,14 @@ fn parse(data: usize, data_end: usize) -> Option<Packet> {
                                 u16::from_be(read(q + IP_HLEN + 2)),
                             )
                         };
-                        p.inner = Some(Inner {
+                        p.quoted = true;
+                        p.inner = Inner {
                             src: read(q + 12),
                             dst: read(q + 16),
                             proto,
                             sport,
                             dport,
-                        });
+                        };
                     }
                 }
                 _ => {}
@@ -423,12 +485,8 @@ fn judge(p: &Packet, e: &FwdEntry, len: u64) -> Fate {
             let datagram = datagram(p.src, p.dst, p.ip_id, p.proto);
             let seen = unsafe { NF_FW_FRAGS.get(datagram) }.copied();
             match seen {
-                Some(s) if now.saturating_sub(s.at_ns) <= FRAG_TIMEOUT_NS => {
-                    Fate::Pass { ttl: p.ttl }
-                }
-                _ => Fate::Drop {
-                    reason: FW_DROP_FRAGMENT,
-                },
+                Some(s) if now.saturating_sub(s.at_ns) <= FRAG_TIMEOUT_NS => Fate::pass(p.ttl),
+                _ => Fate::drop(FW_DROP_FRAGMENT),
             }
         }
         _ => decide(p, e, len),
@@ -455,9 +513,7 @@ fn passed(p: &Packet) {
 #[inline(always)]
 fn decide(p: &Packet, e: &FwdEntry, len: u64) -> Fate {
     let Some(conf) = NF_FW_CONF.get(0) else {
-        return Fate::Drop {
-            reason: FW_DROP_RULE,
-        };
+        return Fate::drop(FW_DROP_RULE);
     };
     // SAFETY: a BPF helper without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
@@ -478,8 +534,13 @@ fn decide(p: &Packet, e: &FwdEntry, len: u64) -> Fate {
         let reopened = p.proto == PROTO_TCP && ct.state == CT_CLOSING && bare_syn;
         if live && !reopened {
             let from_opener = src_is_a == (ct.flags & CT_OPENED_BY_A != 0);
-            if p.tcp_flags & (TCP_FIN | TCP_RST) != 0 {
+            if p.proto == PROTO_TCP && ct.state != CT_NEW {
+                // A FIN, an RST, or a SYN that opens a half-closed connection again.
                 ct.state = FW_TEARDOWN.after(ct.state, p.tcp_flags, from_opener);
+            } else if p.tcp_flags & TCP_RST != 0 {
+                // Refused before any answer (a FIN before one changes nothing: conntrack holds
+                // it invalid).
+                ct.state = CT_CLOSING;
             } else if ct.state == CT_NEW && !from_opener {
                 ct.state = CT_ESTABLISHED;
             }
@@ -487,7 +548,7 @@ fn decide(p: &Packet, e: &FwdEntry, len: u64) -> Fate {
             if let Some(s) = stats() {
                 s.ct_hits += 1;
             }
-            return Fate::Pass { ttl: p.ttl };
+            return Fate::pass(p.ttl);
         }
         let _ = NF_FW_CT.remove(key);
         // A reopened connection's old entry counts as expired: its life ended (so that
@@ -497,25 +558,28 @@ fn decide(p: &Packet, e: &FwdEntry, len: u64) -> Fate {
         }
     }
 
-    // ICMP errors about a tracked connection pass (the quoted packet went the other way).
-    if let Some(q) = p.inner {
+    // ICMP errors about a live tracked connection pass, sent to the host whose packet they
+    // quote (as conntrack relates them: `nf_conntrack_inet_error`).
+    let q = p.inner;
+    if p.quoted && p.dst == q.src {
         let (inner, _) = ct_key(q.src, q.sport, q.dst, q.dport, q.proto);
-        if NF_FW_CT.get_ptr(inner).is_some() {
-            return Fate::Pass { ttl: p.ttl };
+        if let Some(ct) = NF_FW_CT.get_ptr(inner) {
+            // SAFETY: the value of an LRU entry found just now (see above: a torn view only
+            // shifts a timeout).
+            let (seen, state) = unsafe { ((*ct).last_seen_ns, (*ct).state) };
+            if now.saturating_sub(seen) <= conf.idle_timeout_ns(q.proto, state) {
+                return Fate::pass(p.ttl);
+            }
         }
     }
     // Any other ICMP error is about nothing this firewall passed: conntrack holds it invalid and
     // nftables' `ct state invalid drop` drops it before the rules, as the stage does (a rule that
     // lets ICMP in must not let forged unreachables or redirects reach an endpoint).
     if icmp_error(p) {
-        return Fate::Drop {
-            reason: FW_DROP_INVALID,
-        };
+        return Fate::drop(FW_DROP_INVALID);
     }
     if p.proto == PROTO_TCP && !bare_syn {
-        return Fate::Drop {
-            reason: FW_DROP_NOT_SYN,
-        };
+        return Fate::drop(FW_DROP_NOT_SYN);
     }
 
     // The agent's chain probe passes before the rules (counted at `rules + 1`).
@@ -528,7 +592,7 @@ fn decide(p: &Packet, e: &FwdEntry, len: u64) -> Fate {
     {
         count_rule(conf.rules.wrapping_add(1), len);
         track(&key, src_is_a, from_egress, NO_RULE, now);
-        return Fate::Pass { ttl: p.ttl };
+        return Fate::pass(p.ttl);
     }
 
     let classify = Key {
@@ -565,9 +629,7 @@ fn decide(p: &Packet, e: &FwdEntry, len: u64) -> Fate {
         match NF_FW_ACTIONS.get(rule) {
             Some(a) => {
                 if a.flags & ACTION_RATE_LIMITED != 0 && !take_token(rule, a, now) {
-                    return Fate::Drop {
-                        reason: FW_DROP_RATE_LIMIT,
-                    };
+                    return Fate::drop(FW_DROP_RATE_LIMIT);
                 }
                 (rule, a.action)
             }
@@ -579,13 +641,13 @@ fn decide(p: &Packet, e: &FwdEntry, len: u64) -> Fate {
     match action {
         ACTION_ACCEPT => {
             track(&key, src_is_a, from_egress, rule, now);
-            Fate::Pass { ttl: p.ttl }
+            Fate::pass(p.ttl)
         }
         // Never an ICMP error about an ICMP error (RFC 1122 3.2.2, as the kernel's icmp_send),
         // nor to a broadcast or multicast destination: those are dropped instead.
         ACTION_REJECT if !p.options && answerable(p) => {
             if p.proto == PROTO_TCP {
-                Fate::RejectTcp(Rst {
+                Fate::reject_tcp(Rst {
                     src: p.dst,
                     dst: p.src,
                     sport: p.dport,
@@ -598,15 +660,10 @@ fn decide(p: &Packet, e: &FwdEntry, len: u64) -> Fate {
                 } else {
                     e.local_addrs[0]
                 };
-                Fate::RejectIcmp {
-                    src: own,
-                    dst: p.src,
-                }
+                Fate::reject_icmp(own, p.src)
             }
         }
-        _ => Fate::Drop {
-            reason: FW_DROP_RULE,
-        },
+        _ => Fate::drop(FW_DROP_RULE),
     }
 }
 

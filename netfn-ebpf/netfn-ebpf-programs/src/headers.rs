@@ -5,16 +5,7 @@ pub(crate) const ETH_HLEN: usize = 14;
 pub(crate) const IP_HLEN: usize = 20;
 pub(crate) const ICMP_HLEN: usize = 8;
 
-pub(crate) use netfn_common::teardown::{TCP_FIN, TCP_RST};
-pub(crate) const TCP_SYN: u8 = 0x02;
-pub(crate) const TCP_ACK: u8 = 0x10;
-
-/// Whether TCP `flags` open a connection: SYN alone (with FIN, RST or ACK it opens nothing;
-/// Linux's conntrack holds SYN with FIN invalid).
-#[inline(always)]
-pub(crate) fn bare_syn(flags: u8) -> bool {
-    flags & (TCP_SYN | TCP_ACK | TCP_RST | TCP_FIN) == TCP_SYN
-}
+pub(crate) use netfn_common::teardown::{TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, bare_syn};
 
 /// ICMP errors, which quote the packet they are about.
 pub(crate) const ICMP_DEST_UNREACH: u8 = 3;

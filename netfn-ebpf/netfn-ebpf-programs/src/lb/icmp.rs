@@ -24,10 +24,10 @@
 //! Checksums: the quoted IPv4 header's, the ICMP checksum (it covers the quoted bytes) and the
 //! outer IPv4 header's are updated incrementally (RFC 1624), in tc and xdp alike, by plain stores
 //! (an ICMP error carries a full checksum, never `CHECKSUM_PARTIAL`). The quoted TCP or UDP
-//! checksum is left as it is: it covers the whole original segment, which a quote (often cut
-//! short) does not carry, and no receiver checks it (Linux's `tcp_v4_err` and `__udp4_lib_err`
-//! match the socket by addresses and ports, and TCP the sequence number, which is not touched).
-//! Since the ICMP checksum covers those unchanged bytes as they are, it stays right.
+//! checksum is left as it is, which Linux's NAT would update where the quote holds it (kernel
+//! mode does): no receiver checks it (Linux's `tcp_v4_err` and `__udp4_lib_err` match the
+//! socket by addresses and ports, and TCP the sequence number, which is not touched). Since the
+//! ICMP checksum covers those unchanged bytes as they are, it stays right.
 
 use aya_ebpf::{
     helpers::generated::{bpf_ktime_get_ns, bpf_xdp_load_bytes, bpf_xdp_store_bytes},
@@ -99,9 +99,15 @@ pub(super) fn error(p: &Packet, q: &Quoted, e: &FwdEntry, conf: &LbConf) -> Fate
 /// packet to a backend of no tracked flow is dropped, as an answer would be.
 #[inline(always)]
 fn from_backend(q: &Quoted, conf: &LbConf) -> Fate {
+    // SAFETY: a BPF helper without arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
     match answered(conf, q.dst, q.dport, q.src, q.sport, q.proto) {
         Answer::NotABackend => Fate::Pass,
         Answer::Untracked => Fate::Drop {
+            reason: LB_DROP_REPLY_UNTRACKED,
+        },
+        // A flow idle past its timeout is no flow, as for its answers (see `reply`).
+        Answer::Flow { flow, .. } if flow.ended(conf, now) => Fate::Drop {
             reason: LB_DROP_REPLY_UNTRACKED,
         },
         Answer::Flow { vip, port, .. } => Fate::Icmp {

@@ -67,8 +67,8 @@ use netfn_common::{
 
 use crate::forwarder::{self, count_drop, read, rewrite, send_tc, send_xdp};
 use crate::headers::{
-    ETH_HLEN, FIRST, ICMP_HLEN, IP_HLEN, LATER, TCP_FIN, TCP_RST, WHOLE, bare_syn, datagram, fold,
-    fragment, words,
+    ETH_HLEN, FIRST, ICMP_HLEN, IP_HLEN, LATER, TCP_FIN, TCP_RST, TCP_SYN, WHOLE, bare_syn,
+    datagram, fold, fragment, words,
 };
 
 mod icmp;
@@ -426,10 +426,12 @@ fn decide(p: &Packet, e: &FwdEntry, len: u64) -> Fate {
         proto: p.proto,
     };
     let mut rebalance = false;
-    // A bare SYN on the ports of a TCP flow that closed (FIN or RST seen) opens a new connection
-    // (a client that wrapped its port range, or aborted with RST): it is balanced anew by the
-    // live table, as Linux conntrack starts a new entry (and the DNAT rule decides) on a SYN in
-    // TIME_WAIT or CLOSE; it must not go on to the old one's backend, draining or not.
+    // A bare SYN on the ports of a TCP flow that closed (a FIN from each side or an RST seen)
+    // opens a new connection (a client that wrapped its port range, or aborted with RST; on a
+    // half-closed flow it opens the flow again, on its backend: see `touch`): it is balanced
+    // anew by the live table, as Linux conntrack starts a new entry (and the DNAT rule decides)
+    // on a SYN in TIME_WAIT or CLOSE; it must not go on to the old one's backend, draining or
+    // not.
     let reopening = p.proto == PROTO_TCP && bare_syn(p.tcp_flags);
     if let Some((way, flow)) = lookup(index, set, &key) {
         // An expired flow, or a closed one opened again, is balanced anew below, into its own
@@ -870,7 +872,8 @@ fn touch(flow: &mut LbFlow, p: &Packet, now: u64, from_client: bool) {
     if now.saturating_sub(flow.last_seen_ns) > 100_000_000 {
         flow.last_seen_ns = now;
     }
-    if p.proto == PROTO_TCP && p.tcp_flags & (TCP_FIN | TCP_RST) != 0 {
+    // A FIN, an RST, or (from the client) a bare SYN that opens a half-closed flow again.
+    if p.proto == PROTO_TCP && p.tcp_flags & (TCP_FIN | TCP_RST | TCP_SYN) != 0 {
         let state = LB_TEARDOWN.after(flow.state, p.tcp_flags, from_client);
         if state != flow.state {
             flow.state = state;
