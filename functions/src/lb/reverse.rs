@@ -22,6 +22,19 @@ use super::stage::{backend_key, numbered, vip_port};
 /// Backends that left the settings whose way back a change keeps.
 pub const CARRY_ROOM: u32 = 4096;
 
+/// [`CARRY_ROOM`], or in debug builds `NETFN_LB_CARRY_ROOM` if set (so that a test reaches it
+/// without thousands of backends; release builds read no such variable).
+pub fn carry_room() -> u32 {
+    #[cfg(debug_assertions)]
+    if let Some(room) = std::env::var("NETFN_LB_CARRY_ROOM")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        return room;
+    }
+    CARRY_ROOM
+}
+
 /// The map's entries for `settings`, over what the live instance holds (`live`), at most
 /// `capacity` of them (the configured backends always fit: the map is sized for them).
 pub fn entries(

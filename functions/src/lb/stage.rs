@@ -422,7 +422,7 @@ impl StageContent for Content<'_> {
 fn reverse_capacity(s: &LbSettings) -> u32 {
     u32::try_from(reverse::configured(s))
         .unwrap_or(u32::MAX)
-        .saturating_add(reverse::CARRY_ROOM)
+        .saturating_add(reverse::carry_room())
 }
 
 /// The live instance's reverse map under `dir` (nothing if it has none).
