@@ -2120,7 +2120,10 @@ fn removed_backends_leave_room(mode: &str, tag: &str) {
     let idle = write("idle.toml", &[0], &[1], true);
     let without_idle = write("without-idle.toml", &[0], &[1], false);
     let without_0 = write("without-0.toml", &[1], &[1], false);
+    // A change that removes no backend (a second one for :81).
     let with_2 = write("with-2.toml", &[1], &[1, 2], false);
+    // The same backends, numbered otherwise.
+    let with_2_first = write("with-2-first.toml", &[1], &[2, 1], false);
     let _guard = ChainGuard::up(&chain, &idle);
     let _servers = Servers::start(&format!("nf-{chain}-egress"));
     let ingress = format!("nf-{chain}-ingress");
@@ -2149,7 +2152,7 @@ fn removed_backends_leave_room(mode: &str, tag: &str) {
             String::from_utf8_lossy(&out.stderr)
         );
     };
-    for (i, file) in [&without_0, &with_2, &without_0, &with_2]
+    for (i, file) in [&without_0, &with_2, &with_2_first, &with_2]
         .into_iter()
         .enumerate()
     {
@@ -2180,12 +2183,12 @@ fn removed_backends_leave_room(mode: &str, tag: &str) {
     // The connection ends (tcp_closing = 1 s): the next apply carries nothing.
     drop(open);
     thread::sleep(Duration::from_millis(2500));
-    apply_in_room_of_one(&without_0);
+    apply_in_room_of_one(&with_2_first);
     let reverse = reverse_keys(&chain);
     assert_eq!(
         reverse,
-        vec![SERVERS[1]],
-        "{mode}: after the connection ended, only the configured backend"
+        vec![SERVERS[1], SERVERS[2]],
+        "{mode}: after the connection ended, only the configured backends"
     );
 }
 
