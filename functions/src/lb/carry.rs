@@ -5,8 +5,10 @@
 //! Why the connection table and not a clock: a flow's timeouts are idle timeouts, so a flow of
 //! a removed backend may run for days; a removal time older than the longest timeout says
 //! nothing about it. The table says exactly which flows may still be answered. Reading it costs
-//! one map read per set (a 1 Mi-flow table: 262,144), so it is read only when the live
-//! instance carries such ways back, and only their keys are looked for.
+//! one map read per set (a 1 Mi-flow table: 262,144; 0.44 s in a debug build on the 2-core
+//! dev VM, apply 0.53 s against 0.08 s without), so it is read only when the live instance
+//! carries such ways back (an apply after one that removed a backend, and each apply while a
+//! removed backend's flows run), and stops once every carried key is found.
 //!
 //! Why no race: a backend that has left every table of the live instance gets no new flow (only
 //! a table lookup balances one), so the flows found here can only end, never appear. A backend
