@@ -2060,3 +2060,174 @@ fn health_settings_change(mode: &str, tag: &str) {
     until("2 of 2 backends up");
     assert_eq!(counts(&spread(&ingress, 80, 46_200..46_260)).len(), 2);
 }
+
+#[test]
+fn tc_removed_backends_without_flows_leave_room_for_ones_with_flows() {
+    removed_backends_leave_room("tc", "ca");
+}
+
+#[test]
+fn xdp_removed_backends_without_flows_leave_room_for_ones_with_flows() {
+    removed_backends_leave_room("xdp", "cb");
+}
+
+#[test]
+fn kernel_removed_backends_without_flows_leave_room_for_ones_with_flows() {
+    removed_backends_leave_room("kernel", "cd");
+}
+
+/// Backends of the second service that [`removed_backends_leave_room`] removes first: none of
+/// them ever gets a flow (no server listens on their ports).
+const IDLE_BACKENDS: u16 = 300;
+
+/// The reverse map carries the way back of removed backends whose flows may still run, in a
+/// room of its own (4,096 backends; `NETFN_LB_CARRY_ROOM` lowers it in debug builds). Many
+/// backends without flows are removed, then one with an open connection, with a room of one:
+/// the connection keeps its answers through that apply and the ones after (each carries it
+/// again while it runs), and once it has ended, the next apply carries nothing. Before, removed
+/// backends were carried until the room was full, whether flows needed them or not: the
+/// connection's backend competed with the 300 idle ones for the one place and lost (its answers
+/// dropped as `lb-reply-untracked`). Kernel mode (conntrack) is unaffected.
+fn removed_backends_leave_room(mode: &str, tag: &str) {
+    let _turn = shared();
+    let chain = unique_chain(tag);
+    let dir = TempDir::new(&chain);
+    let write = |name: &str, web: &[usize], other: &[usize], idle: bool| {
+        let list =
+            |servers: &[usize], idle: bool| {
+                let mut b: Vec<String> = servers
+                    .iter()
+                    .map(|i| format!("{{ address = \"{}\", port = {SERVER_PORT} }}", SERVERS[*i]))
+                    .collect();
+                if idle {
+                    b.extend((0..IDLE_BACKENDS).map(|p| {
+                        format!("{{ address = \"{}\", port = {} }}", SERVERS[3], 20_000 + p)
+                    }));
+                }
+                b.join(", ")
+            };
+        let services = format!(
+            "\n[[chain.function.service]]\nvip = \"{VIP}\"\nproto = \"tcp\"\nport = 80\n\
+             backends = [{}]\n\n[[chain.function.service]]\nvip = \"{VIP}\"\nproto = \"tcp\"\n\
+             port = 81\nbackends = [{}]\n",
+            list(web, false),
+            list(other, idle)
+        );
+        let path = dir.0.join(name);
+        std::fs::write(&path, chain_file(&chain, mode, &services)).expect("write chain file");
+        path
+    };
+    let idle = write("idle.toml", &[0], &[1], true);
+    let without_idle = write("without-idle.toml", &[0], &[1], false);
+    let without_0 = write("without-0.toml", &[1], &[1], false);
+    // A change that removes no backend (a second one for :81).
+    let with_2 = write("with-2.toml", &[1], &[1, 2], false);
+    // The same backends, numbered otherwise.
+    let with_2_first = write("with-2-first.toml", &[1], &[2, 1], false);
+    let _guard = ChainGuard::up(&chain, &idle);
+    let _servers = Servers::start(&format!("nf-{chain}-egress"));
+    let ingress = format!("nf-{chain}-ingress");
+    let mut open = in_netns(&ingress, || connect_from(40_000, 80));
+    open.set_read_timeout(Some(Duration::from_secs(2)))
+        .expect("timeout");
+    assert_eq!(
+        ask(&mut open),
+        SERVERS[0],
+        "{mode}: the only backend of :80"
+    );
+
+    // The idle backends leave, with the default room: all carried.
+    netfn_ok(&["apply", &without_idle.to_string_lossy()]);
+    // Server 0 leaves with a room of one, then the chain changes again and again.
+    let apply_in_room_of_one = |file: &std::path::Path| {
+        let out = netfn_tests::command(&netfn_tests::netfn_bin())
+            .env("NETFN_LB_CARRY_ROOM", "1")
+            .args(["apply", &file.to_string_lossy()])
+            .output()
+            .expect("run netfn");
+        assert!(
+            out.status.success(),
+            "{mode}: apply {}: {}",
+            file.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    for (i, file) in [&without_0, &with_2, &with_2_first, &with_2]
+        .into_iter()
+        .enumerate()
+    {
+        apply_in_room_of_one(file);
+        let answer = try_ask(&mut open);
+        assert!(
+            matches!(answer, Ok(a) if a == SERVERS[0]),
+            "{mode}: after apply {} the connection to the removed backend got {answer:?} \
+             (fast path drops: {:?})",
+            i + 1,
+            netfn_tests::loss::fastpath_drops(&chain)
+        );
+    }
+    if mode == "kernel" {
+        return;
+    }
+    let carried = |what: &str| {
+        let reverse = reverse_keys(&chain);
+        assert!(
+            reverse.contains(&SERVERS[0]),
+            "{mode}: {what}: server 0 not carried: {reverse:?}"
+        );
+        reverse
+    };
+    // Carried: server 0 and the configured 1 and 2; the idle ones went with no flow.
+    let reverse = carried("while its connection runs");
+    assert_eq!(reverse.len(), 3, "{mode}: {reverse:?}");
+    // The connection ends (tcp_closing = 1 s): the next apply carries nothing.
+    drop(open);
+    thread::sleep(Duration::from_millis(2500));
+    apply_in_room_of_one(&with_2_first);
+    let reverse = reverse_keys(&chain);
+    assert_eq!(
+        reverse,
+        vec![SERVERS[1], SERVERS[2]],
+        "{mode}: after the connection ended, only the configured backends"
+    );
+}
+
+/// The backend addresses in the load balancer's live reverse map (one per entry, from
+/// `bpftool`'s dump of the pinned map).
+fn reverse_keys(chain: &str) -> Vec<Ipv4Addr> {
+    let base = std::path::PathBuf::from(format!("/sys/fs/bpf/netfn/{chain}"));
+    let pin = std::fs::read_dir(&base)
+        .expect("chain pins")
+        .filter_map(Result::ok)
+        .map(|e| e.path().join("NF_LB_REVERSE"))
+        .find(|p| p.exists())
+        .expect("the load balancer's reverse map");
+    let out = std::process::Command::new("bpftool")
+        .args(["-j", "map", "dump", "pinned"])
+        .arg(&pin)
+        .output()
+        .expect("run bpftool");
+    assert!(out.status.success(), "bpftool: {out:?}");
+    let dump: serde_json::Value = serde_json::from_slice(&out.stdout).expect("bpftool json");
+    let mut keys: Vec<Ipv4Addr> = dump
+        .as_array()
+        .expect("entries")
+        .iter()
+        .map(|e| {
+            // The key's first 4 bytes (hex strings) are the IPv4 address.
+            let bytes: Vec<u8> = e["key"]
+                .as_array()
+                .expect("key bytes")
+                .iter()
+                .take(4)
+                .map(|b| {
+                    u8::from_str_radix(b.as_str().expect("hex").trim_start_matches("0x"), 16)
+                        .expect("byte")
+                })
+                .collect();
+            Ipv4Addr::new(bytes[0], bytes[1], bytes[2], bytes[3])
+        })
+        .collect();
+    keys.sort();
+    keys
+}

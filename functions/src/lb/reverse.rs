@@ -6,27 +6,48 @@
 //!
 //! A settings change builds the map anew from the services, and carries over what the live
 //! instance had for backends (and services) that left: their tracked flows go on until they end
-//! (as the connection table promises), so their answers must still find them. At most
-//! [`CARRY_ROOM`] backends that left are carried (beyond that, their flows' answers are dropped
-//! and counted as `lb-reply-untracked`); within one backend, the configured services come first
-//! and ones it left fill the rest of its [`REVERSE_SERVICES`] slots, with no number
-//! ([`NO_BACKEND`]: their flows are counted under no backend and checked by no health check).
+//! (as the connection table promises), so their answers must still find them. A backend (or
+//! service) this change removes is always carried, once; one that had left before is carried
+//! again only while the connection table holds a flow of it ([`super::carry`]), so the carried
+//! ways back are those of flows still running, not every backend ever removed. At most
+//! [`CARRY_ROOM`] backends that left are carried, the ones this change removes first (beyond
+//! that, their flows' answers are dropped and counted as `lb-reply-untracked`); within one
+//! backend, the configured services come first and ones it left fill the rest of its
+//! [`REVERSE_SERVICES`] slots, with no number ([`NO_BACKEND`]: their flows are counted under
+//! no backend and checked by no health check).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use netfn_common::lb::{BackendKey, NO_BACKEND, REVERSE_SERVICES, Reverse, VipPort};
 
+use super::carry::Carried;
 use super::config::LbSettings;
 use super::stage::{backend_key, numbered, vip_port};
 
 /// Backends that left the settings whose way back a change keeps.
 pub const CARRY_ROOM: u32 = 4096;
 
+/// [`CARRY_ROOM`], or in debug builds `NETFN_LB_CARRY_ROOM` if set (so that a test reaches it
+/// without thousands of backends; release builds read no such variable).
+pub fn carry_room() -> u32 {
+    #[cfg(debug_assertions)]
+    if let Some(room) = std::env::var("NETFN_LB_CARRY_ROOM")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        return room;
+    }
+    CARRY_ROOM
+}
+
 /// The map's entries for `settings`, over what the live instance holds (`live`), at most
 /// `capacity` of them (the configured backends always fit: the map is sized for them).
+/// `still_needed`: of the services `live` carries with no number already (left at an earlier
+/// change), those a flow may still need ([`super::carry::still_needed`]; `None`: all of them).
 pub fn entries(
     settings: &LbSettings,
     live: &[(BackendKey, Reverse)],
+    still_needed: Option<&HashSet<Carried>>,
     capacity: usize,
 ) -> Vec<(BackendKey, Reverse)> {
     // Per backend, its services and its number in each.
@@ -39,16 +60,36 @@ pub fn entries(
             services.push((to, number));
         }
     }
-    let configured = map.len();
-    for (key, reverse) in live {
-        if !map.contains_key(&Key(*key)) && map.len() >= capacity.max(configured) {
-            continue;
-        }
-        let services = map.entry(Key(*key)).or_default();
-        let count = (reverse.count as usize).min(REVERSE_SERVICES);
-        for s in &reverse.services[..count] {
-            if services.len() < REVERSE_SERVICES && !services.iter().any(|(t, _)| t == s) {
-                services.push((*s, NO_BACKEND));
+    let room = capacity.max(map.len());
+    // In a deterministic order (the kernel's hash order is random per map).
+    let mut live: Vec<&(BackendKey, Reverse)> = live.iter().collect();
+    live.sort_by_key(|(key, _)| Key(*key));
+    // First what this change removes (numbered in the live instance: its flows surely run),
+    // then what left before and still has a flow.
+    for left_now in [true, false] {
+        for (key, reverse) in &live {
+            let count = (reverse.count as usize).min(REVERSE_SERVICES);
+            let mut kept = reverse.services[..count]
+                .iter()
+                .zip(&reverse.numbers[..count])
+                .filter(|(s, number)| {
+                    if left_now {
+                        **number != NO_BACKEND
+                    } else {
+                        **number == NO_BACKEND
+                            && still_needed.is_none_or(|needed| needed.contains(&(*key, **s)))
+                    }
+                })
+                .map(|(s, _)| *s)
+                .peekable();
+            if kept.peek().is_none() || (!map.contains_key(&Key(*key)) && map.len() >= room) {
+                continue;
+            }
+            let services = map.entry(Key(*key)).or_default();
+            for s in kept {
+                if services.len() < REVERSE_SERVICES && !services.iter().any(|(t, _)| *t == s) {
+                    services.push((s, NO_BACKEND));
+                }
             }
         }
     }
@@ -179,7 +220,7 @@ pub(super) mod tests {
             // The same address and port over UDP is another backend.
             service([192, 0, 2, 11], 53, L4::Udp, &[([10, 2, 0, 1], 8080)]),
         ]);
-        let e = entries(&s, &[], 100);
+        let e = entries(&s, &[], None, 100);
         assert_eq!(e.len(), 3);
         assert_eq!(configured(&s), 3);
         // Numbers run across the services: 80's backend is 0, 81's are 1 and 2, 53's is 3.
@@ -205,7 +246,7 @@ pub(super) mod tests {
             L4::Tcp,
             &[([10, 2, 0, 1], 8080), ([10, 2, 0, 2], 8080)],
         )]);
-        let live = entries(&before, &[], 100);
+        let live = entries(&before, &[], None, 100);
         // Backend 2 leaves; backend 1 moves to another service.
         let after = settings(vec![service(
             [192, 0, 2, 20],
@@ -213,7 +254,7 @@ pub(super) mod tests {
             L4::Tcp,
             &[([10, 2, 0, 1], 8080)],
         )]);
-        let e = entries(&after, &live, 100);
+        let e = entries(&after, &live, None, 100);
         assert_eq!(
             services_of(&e, key([10, 2, 0, 1], 8080, L4::Tcp)),
             vec![
@@ -227,7 +268,68 @@ pub(super) mod tests {
             vec![(to([192, 0, 2, 10], 80), NO_BACKEND)]
         );
         // Applying the same settings again changes nothing.
-        assert_eq!(entries(&after, &e, 100), e);
+        assert_eq!(entries(&after, &e, None, 100), e);
+    }
+
+    #[test]
+    fn a_backend_that_left_before_is_carried_again_only_while_a_flow_needs_it() {
+        let (a, b, c, d) = ([10, 2, 0, 1], [10, 2, 0, 2], [10, 2, 0, 3], [10, 2, 0, 4]);
+        let web = to([192, 0, 2, 10], 80);
+        let dns = to([192, 0, 2, 10], 53);
+        let web_of = |backends: &[([u8; 4], u16)]| service([192, 0, 2, 10], 80, L4::Tcp, backends);
+        // Backends b and c left at an earlier change (carried, unnumbered); d serves dns and
+        // left web before; a is configured.
+        let v1 = settings(vec![
+            web_of(&[(a, 80), (b, 80), (c, 80), (d, 80)]),
+            service([192, 0, 2, 10], 53, L4::Tcp, &[(d, 80)]),
+        ]);
+        let v2 = settings(vec![
+            web_of(&[(a, 80)]),
+            service([192, 0, 2, 10], 53, L4::Tcp, &[(d, 80)]),
+        ]);
+        let live = entries(&v2, &entries(&v1, &[], None, 100), None, 100);
+        assert_eq!(
+            services_of(&live, key(d, 80, L4::Tcp)),
+            vec![(dns, 1), (web, NO_BACKEND)]
+        );
+        let carried = super::super::carry::carried(&live);
+        assert_eq!(carried.len(), 3, "b, c and d's web: {carried:?}");
+        // Only c has a flow left (of web); and a leaves now (a change that removes it).
+        let needed = HashSet::from([(key(c, 80, L4::Tcp), web)]);
+        let v3 = settings(vec![service([192, 0, 2, 10], 53, L4::Tcp, &[(d, 80)])]);
+        let e = entries(&v3, &live, Some(&needed), 100);
+        let keys: Vec<BackendKey> = e.iter().map(|(k, _)| *k).collect();
+        assert_eq!(
+            keys,
+            vec![
+                key(a, 80, L4::Tcp),
+                key(c, 80, L4::Tcp),
+                key(d, 80, L4::Tcp)
+            ],
+            "a (removed now) and c (a flow) carried, b (no flow) gone"
+        );
+        assert_eq!(
+            services_of(&e, key(a, 80, L4::Tcp)),
+            vec![(web, NO_BACKEND)]
+        );
+        assert_eq!(
+            services_of(&e, key(c, 80, L4::Tcp)),
+            vec![(web, NO_BACKEND)]
+        );
+        assert_eq!(
+            services_of(&e, key(d, 80, L4::Tcp)),
+            vec![(dns, 0)],
+            "d's web, without a flow, goes; its configured service stays"
+        );
+        // Unknown (the table could not be read): everything is carried, as before.
+        assert_eq!(entries(&v3, &live, None, 100).len(), 4);
+        // No room for all: the backend this change removes first, then ones with flows.
+        let tight = entries(&v3, &live, None, 2);
+        let keys: Vec<BackendKey> = tight.iter().map(|(k, _)| *k).collect();
+        assert_eq!(keys, vec![key(a, 80, L4::Tcp), key(d, 80, L4::Tcp)]);
+        // Once a's flows are gone too, the next change carries only what still runs.
+        let after = entries(&v3, &e, Some(&HashSet::new()), 100);
+        assert_eq!(after.len(), 1, "{after:?}");
     }
 
     #[test]
@@ -250,7 +352,7 @@ pub(super) mod tests {
             L4::Tcp,
             &[([10, 2, 1, 0], 8080), ([10, 2, 0, 9], 8080)],
         )]);
-        let e = entries(&s, &live, 5);
+        let e = entries(&s, &live, None, 5);
         assert_eq!(e.len(), 5, "capacity 5: the 2 configured and 3 carried");
         let first = services_of(&e, key([10, 2, 1, 0], 8080, L4::Tcp));
         assert_eq!(first.len(), REVERSE_SERVICES);
@@ -260,7 +362,7 @@ pub(super) mod tests {
             "{first:?}"
         );
         // A capacity below the configured count still keeps every configured backend.
-        assert_eq!(entries(&s, &live, 0).len(), 2);
+        assert_eq!(entries(&s, &live, None, 0).len(), 2);
     }
 
     #[test]
@@ -272,7 +374,7 @@ pub(super) mod tests {
             web(&[(a, 8080), (b, 8080), (c, 8080)]),
             dns(&[(a, 53), (c, 53)]),
         ]);
-        let live = entries(&before, &[], 100);
+        let live = entries(&before, &[], None, 100);
         assert_eq!(
             services_of(&live, key(b, 8080, L4::Tcp)),
             vec![(to([192, 0, 2, 10], 80), 1)]
@@ -284,7 +386,7 @@ pub(super) mod tests {
         // The first backend leaves the first service: every number after it moves down one,
         // the second service's too; the backend that left keeps its way back, unnumbered.
         let after = settings(vec![web(&[(b, 8080), (c, 8080)]), dns(&[(a, 53), (c, 53)])]);
-        let e = entries(&after, &live, 100);
+        let e = entries(&after, &live, None, 100);
         let web_vip = to([192, 0, 2, 10], 80);
         assert_eq!(services_of(&e, key(b, 8080, L4::Tcp)), vec![(web_vip, 0)]);
         assert_eq!(services_of(&e, key(c, 8080, L4::Tcp)), vec![(web_vip, 1)]);

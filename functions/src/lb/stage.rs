@@ -30,7 +30,7 @@ use netfn_core::function::{
 use super::config::{BackendConf, LbSettings, ServiceConf};
 use super::kind::LbConfig;
 use super::maglev::{self, Entry, Previous};
-use super::reverse;
+use super::{carry, reverse};
 use crate::maps::{MappedU32, fill_array, map_err};
 
 const SECOND: u64 = 1_000_000_000;
@@ -48,9 +48,11 @@ impl Stage for LbConfig {
     }
 
     /// Pinned so that readers (metrics, the health checks, the next instance) find the live
-    /// instance's tables and counters.
+    /// instance's tables and counters, and its timeouts (which flows of removed backends the
+    /// next instance must still answer: [`super::carry`]).
     fn instance_maps(&self) -> &'static [&'static str] {
         &[
+            LB_CONF_MAP,
             LB_SERVICES_MAP,
             LB_TABLE_MAP,
             LB_BACKENDS_MAP,
@@ -361,10 +363,25 @@ impl StageContent for Content<'_> {
         fill_array(maps, LB_BACKENDS_MAP, &numbered)?;
         {
             let capacity = reverse_capacity(s) as usize;
+            // Ways back that left at an earlier change go with their last flow.
+            let carried = carry::carried(&live_reverse);
+            let started = std::time::Instant::now();
+            let still_needed = carry::still_needed(&maps.dir, &carried, &timeouts(s));
+            if !carried.is_empty() {
+                tracing::debug!(
+                    "load balancer: {} of {} carried ways back still have a flow ({} checked \
+                     in {:.2?})",
+                    still_needed.as_ref().map_or(carried.len(), |n| n.len()),
+                    carried.len(),
+                    LB_FLOWS_MAP,
+                    started.elapsed()
+                );
+            }
             let map = maps.map_mut(LB_REVERSE_MAP)?;
             let mut way_back: HashMap<&mut MapData, BackendKey, Reverse> =
                 HashMap::try_from(map).map_err(map_err(LB_REVERSE_MAP))?;
-            for (key, value) in reverse::entries(s, &live_reverse, capacity) {
+            let entries = reverse::entries(s, &live_reverse, still_needed.as_ref(), capacity);
+            for (key, value) in entries {
                 way_back
                     .insert(key, value, 0)
                     .map_err(map_err(LB_REVERSE_MAP))?;
@@ -422,7 +439,7 @@ impl StageContent for Content<'_> {
 fn reverse_capacity(s: &LbSettings) -> u32 {
     u32::try_from(reverse::configured(s))
         .unwrap_or(u32::MAX)
-        .saturating_add(reverse::CARRY_ROOM)
+        .saturating_add(reverse::carry_room())
 }
 
 /// The live instance's reverse map under `dir` (nothing if it has none).
