@@ -1,7 +1,8 @@
 //! One function per verb. Core does the work; this layer adds context and prints.
 
+use std::os::unix::fs::MetadataExt;
 use std::os::unix::process::CommandExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
@@ -136,7 +137,7 @@ pub fn up(file: &Path, only: Option<&str>, quiet: bool) -> Result<ExitCode> {
     // Every chain loads the eBPF object: reuse aya's loaders (and their parse of the kernel's
     // BTF) across them.
     let _reuse = netfn_core::ebpf::ReuseLoaders::begin();
-    let source = std::path::absolute(file).unwrap_or_else(|_| file.to_path_buf());
+    let source = as_named(file);
     let options = UpOptions {
         tc_interfaces: lifecycle::tc_interfaces(chains.iter().copied()),
         ..UpOptions::default()
@@ -231,6 +232,24 @@ fn notify_agent() {
     }
 }
 
+/// The chain file's path as the operator named it, made absolute as `pwd -L` would: a relative
+/// path under a symlinked directory keeps the symlink (`cd /srv/app/current && netfn apply
+/// chain.toml` is /srv/app/current/chain.toml, whichever release `current` points at), so that
+/// the chain's record names the same file at the next deploy.
+fn as_named(file: &Path) -> PathBuf {
+    if file.is_absolute() {
+        return file.to_path_buf();
+    }
+    let same_dir = |a: &Path, b: &Path| match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(x), Ok(y)) => (x.dev(), x.ino()) == (y.dev(), y.ino()),
+        _ => false,
+    };
+    match std::env::var_os("PWD").map(PathBuf::from) {
+        Some(pwd) if pwd.is_absolute() && same_dir(&pwd, Path::new(".")) => pwd.join(file),
+        _ => std::path::absolute(file).unwrap_or_else(|_| file.to_path_buf()),
+    }
+}
+
 /// What `apply` says when a chain was up from another file: most often an edited copy of it,
 /// but it may be another file's chain that has the same name, which the apply has just changed.
 fn moved_note(chain: &str, running: &Path, this: &Path, dry_run: bool) -> String {
@@ -266,7 +285,7 @@ pub fn apply(file: &Path, only: Option<&str>, dry_run: bool, quiet: bool) -> Res
     let rt = runtime()?;
     let _reuse = netfn_core::ebpf::ReuseLoaders::begin();
     let registry = netfn_functions::registry();
-    let source = std::path::absolute(file).unwrap_or_else(|_| file.to_path_buf());
+    let source = as_named(file);
     let live = Live::new(
         "apply",
         chains.len(),

@@ -299,7 +299,7 @@ fn apply_from_another_file_says_the_chain_was_up_from_elsewhere() {
         &forward_chain_of(&chain, "kernel", &["a", "m", "b"]),
     );
     let _guard = ChainGuard::up(&chain, &v1);
-    let v1 = v1.canonicalize().expect("v1's path");
+    let v1 = std::path::absolute(&v1).expect("v1's path");
     let note = |args: &[&str]| {
         let out = netfn(args);
         assert!(out.status.success(), "{out:?}");
@@ -367,6 +367,41 @@ fn apply_through_a_symlink_to_each_new_version_is_the_same_file() {
     assert!(out.status.success(), "{stderr}");
     assert!(!stderr.contains("note: chain"), "{stderr}");
     assert_eq!(record(&chain).source, live, "the record names the symlink");
+
+    // The same with a symlinked directory and a relative path (`cd current && netfn apply
+    // chain.toml`): the path is made absolute the way `pwd -L` does, through the symlink.
+    let base = v1.with_file_name("");
+    for (release, functions) in [("r1", &["a", "b"][..]), ("r2", &["a", "m", "n", "b"][..])] {
+        std::fs::create_dir_all(base.join(release)).expect("release dir");
+        std::fs::write(
+            base.join(release).join("chain.toml"),
+            forward_chain_of(&chain, "kernel", functions),
+        )
+        .expect("write the release's chain file");
+    }
+    let current = base.join("current");
+    let in_current = |args: &[&str]| {
+        netfn_tests::command(&netfn_tests::netfn_bin())
+            .args(args)
+            .current_dir(&current)
+            .env("PWD", &current)
+            .output()
+            .expect("run netfn")
+    };
+    std::os::unix::fs::symlink(base.join("r1"), &current).expect("symlink");
+    let out = in_current(&["apply", "chain.toml"]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(record(&chain).source, current.join("chain.toml"));
+    std::fs::remove_file(&current).expect("unlink");
+    std::os::unix::fs::symlink(base.join("r2"), &current).expect("symlink");
+    let out = in_current(&["apply", "chain.toml"]);
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stderr}");
+    assert!(stdout.contains("applied"), "{stdout}");
+    assert!(!stderr.contains("note: chain"), "{stderr}");
 }
 
 /// A file of three chains whose second cannot change live: the first is applied, the apply
