@@ -955,8 +955,11 @@ fn icmp_errors_about_pings_kernel() {
 /// An ICMP error about no connection the firewall passed is invalid and dropped before the
 /// rules (`fw-invalid`), as conntrack and nftables' `ct state invalid drop` treat it, even where
 /// the rules accept everything: a forged host-unreachable sent to the client about a UDP flow
-/// that never was does not reach it, while the pings the rules accept do. Before, the fast path
-/// ran the rules on such an error and let it through (kernel mode dropped it).
+/// that never was does not reach it, even after an accepted timestamp request from the same
+/// host (its portless key was once the error's own), nor does an error about a tracked ping
+/// sent to the host that did not send the quoted packet; the pings the rules accept pass.
+/// Before, the fast path ran the rules on such an error and let it through (kernel mode
+/// dropped it).
 fn unrelated_icmp_errors_are_invalid_in(mode: &str) {
     let _turn = shared();
     let lab = Lab::up("iv", mode, "default = \"accept\"\n", &[], &[]);
@@ -968,7 +971,10 @@ fn unrelated_icmp_errors_are_invalid_in(mode: &str) {
     );
     let mut echo = vec![8, 0, 0, 0, 0x4e, 0x47, 0, 1];
     echo.extend_from_slice(b"netfn");
-    send_icmp(&pinger, server, echo);
+    send_icmp(&pinger, server, echo.clone());
+    // A timestamp request from the forger, which the rules accept: a portless ICMP connection
+    // between the two hosts, whose key an error's own would match.
+    send_icmp(&forger, client, vec![13, 0, 0, 0, 0, 0, 0, 0]);
     let link = netfn_tests::frames::Link {
         src_mac: [0; 6],
         dst_mac: [0; 6],
@@ -985,8 +991,21 @@ fn unrelated_icmp_errors_are_invalid_in(mode: &str) {
     ));
     error.extend(netfn_tests::frames::udp(&link, 4_321, 5_678, &[]));
     send_icmp(&forger, client, error);
+    // A time-exceeded about the ping's reply (server to client), sent to the client: it quotes
+    // a tracked connection, but not a packet the client sent (conntrack: invalid).
+    let reply_link = netfn_tests::frames::Link {
+        src: server,
+        dst: client,
+        ..link
+    };
+    let mut quoted =
+        netfn_tests::frames::ipv4(&reply_link, netfn_tests::frames::ICMP, 5, echo.len(), 0);
+    quoted.extend_from_slice(&[0, 0, 0, 0, 0x4e, 0x47, 0, 1]);
+    let mut misdirected = vec![11, 0, 0, 0, 0, 0, 0, 0];
+    misdirected.extend_from_slice(&quoted);
+    send_icmp(&forger, client, misdirected);
     let arrived: Vec<u8> = std::iter::from_fn(|| netfn_tests::raw::recv_packet(&pinger))
-        .take(4)
+        .take(6)
         .filter_map(|p| p.get(usize::from(p.first()? & 0x0f) * 4).copied())
         .collect();
     assert!(
@@ -994,12 +1013,20 @@ fn unrelated_icmp_errors_are_invalid_in(mode: &str) {
         "{mode}: the echo reply did not arrive: {arrived:?}"
     );
     assert!(
+        arrived.contains(&13),
+        "{mode}: the timestamp request did not arrive: {arrived:?}"
+    );
+    assert!(
         !arrived.contains(&3),
         "{mode}: the unrelated host-unreachable reached the client"
     );
+    assert!(
+        !arrived.contains(&11),
+        "{mode}: the error about the reply, sent to the reply's receiver, reached it"
+    );
     if mode != "kernel" {
         let drops = fastpath_drops(&lab.chain);
-        assert_eq!(drops.get("fw-invalid"), Some(&1), "{mode}: {drops:?}");
+        assert_eq!(drops.get("fw-invalid"), Some(&2), "{mode}: {drops:?}");
     }
 }
 

@@ -240,11 +240,12 @@ pub struct Walk {
 /// [`MAX_LEAF_ENTRIES`]), stopping at the first match or at the first entry of a rule no better
 /// than the best match so far (entries are in rule order). The lowest rule index wins. `node`
 /// and `entry` are one array-map lookup each (`None`: out of range, which ends that tree's walk
-/// with no match; it cannot happen with a structure the compiler built).
+/// with no match; it cannot happen with a structure the compiler built). They lend the records
+/// rather than copy them: in the stage, copies took stack the verifier's 512 bytes cannot spare.
 #[inline(always)]
-pub fn walk(
-    node: impl Fn(u32) -> Option<Node>,
-    entry: impl Fn(u32) -> Option<LeafEntry>,
+pub fn walk<'a>(
+    node: impl Fn(u32) -> Option<&'a Node>,
+    entry: impl Fn(u32) -> Option<&'a LeafEntry>,
     key: &Key,
 ) -> Walk {
     let mut steps = 0;

@@ -51,7 +51,7 @@ use netfn_common::{
 use crate::forwarder::{self, count_drop, read, rewrite, send_tc, send_xdp};
 use crate::headers::{
     ETH_HLEN, FIRST, ICMP_DEST_UNREACH, ICMP_HLEN, ICMP_PARAMETER_PROBLEM, ICMP_TIME_EXCEEDED,
-    IP_HLEN, LATER, TCP_ACK, TCP_RST, bare_syn, datagram, fold, fragment, words,
+    IP_HLEN, LATER, TCP_ACK, TCP_RST, TCP_SYN, bare_syn, datagram, fold, fragment, words,
 };
 
 #[map]
@@ -192,6 +192,8 @@ struct Packet {
     /// there, which the verifier refuses, `R3 !read_ok`.)
     inner: Inner,
     quoted: bool,
+    /// An ICMP error (any type but echo, echo reply and the other queries).
+    error: bool,
     /// Where it stands in its datagram: [`WHOLE`], [`FIRST`] or [`LATER`] (plain numbers: an
     /// enum with data here made LLVM read registers the verifier saw unset).
     frag: u8,
@@ -363,6 +365,7 @@ fn parse(data: usize, data_end: usize) -> Option<Packet> {
         payload: 0,
         inner: Inner::default(),
         quoted: false,
+        error: false,
         frag: fragment(u16::from_be(read(ip + 6))),
         ip_id: read(ip + 4),
     };
@@ -407,6 +410,7 @@ fn parse(data: usize, data_end: usize) -> Option<Packet> {
                 | ICMP_REDIRECT
                 | ICMP_TIME_EXCEEDED
                 | ICMP_PARAMETER_PROBLEM => {
+                    p.error = true;
                     let q = l4 + ICMP_HLEN;
                     if q + IP_HLEN + 8 <= data_end && read::<u8>(q) == 0x45 {
                         let proto: u8 = read(q + 9);
@@ -518,7 +522,11 @@ fn decide(p: &Packet, e: &FwdEntry, len: u64) -> Fate {
     // SAFETY: a BPF helper without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
     let from_egress = e.counter_slot & 1 == netfn_common::DIR_REVERSE;
-    let (key, src_is_a) = ct_key(p.src, p.sport, p.dst, p.dport, p.proto);
+    // An ICMP error is never a packet of a connection of its own (its key, ports 0, would be
+    // that of other portless ICMP between the two hosts, and pass it): its key names no
+    // protocol, so that only the related check below lets one through.
+    let proto = if p.error { 0 } else { p.proto };
+    let (key, src_is_a) = ct_key(p.src, p.sport, p.dst, p.dport, proto);
 
     let bare_syn = bare_syn(p.tcp_flags);
     if let Some(ct) = NF_FW_CT.get_ptr_mut(key) {
@@ -541,7 +549,13 @@ fn decide(p: &Packet, e: &FwdEntry, len: u64) -> Fate {
                 // Refused before any answer (a FIN before one changes nothing: conntrack holds
                 // it invalid).
                 ct.state = CT_CLOSING;
-            } else if ct.state == CT_NEW && !from_opener {
+            } else if ct.state == CT_NEW
+                && !from_opener
+                && (p.proto != PROTO_TCP || p.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN | TCP_ACK)
+            {
+                // The answer: for TCP its SYN-ACK (a bare ACK, such as the challenge ACK of a
+                // server still in CLOSE_WAIT to a SYN that reopened a half-closed connection,
+                // establishes nothing, as in conntrack).
                 ct.state = CT_ESTABLISHED;
             }
             ct.last_seen_ns = now;
@@ -575,7 +589,7 @@ fn decide(p: &Packet, e: &FwdEntry, len: u64) -> Fate {
     // Any other ICMP error is about nothing this firewall passed: conntrack holds it invalid and
     // nftables' `ct state invalid drop` drops it before the rules, as the stage does (a rule that
     // lets ICMP in must not let forged unreachables or redirects reach an endpoint).
-    if icmp_error(p) {
+    if p.error {
         return Fate::drop(FW_DROP_INVALID);
     }
     if p.proto == PROTO_TCP && !bare_syn {
@@ -667,20 +681,6 @@ fn decide(p: &Packet, e: &FwdEntry, len: u64) -> Fate {
     }
 }
 
-/// An ICMP error (any type but echo, echo reply and the other queries).
-#[inline(always)]
-fn icmp_error(p: &Packet) -> bool {
-    p.proto == PROTO_ICMP
-        && matches!(
-            p.icmp_type,
-            ICMP_DEST_UNREACH
-                | ICMP_SOURCE_QUENCH
-                | ICMP_REDIRECT
-                | ICMP_TIME_EXCEEDED
-                | ICMP_PARAMETER_PROBLEM
-        )
-}
-
 /// Whether a rejected packet may be answered: not to the limited broadcast or a multicast
 /// address. (Never an ICMP error either, RFC 1122 3.2.2: those never reach the rules, see
 /// [`decide`].)
@@ -713,12 +713,7 @@ pub extern "C" fn nf_fw_classify(
         sport: (small >> 32) as u16,
         dport: (small >> 48) as u16,
     };
-    walk(
-        |i| NF_FW_NODES.get(i).copied(),
-        |i| NF_FW_ENTRIES.get(i).copied(),
-        &key,
-    )
-    .rule
+    walk(|i| NF_FW_NODES.get(i), |i| NF_FW_ENTRIES.get(i), &key).rule
 }
 
 /// Counts a new connection's first packet at `counter` of the rule counters.

@@ -18,11 +18,8 @@ pub struct Walk {
 
 /// [`netfn_common::firewall::walk`] over slices (one slice read stands for one map lookup).
 pub fn walk(nodes: &[Node], entries: &[LeafEntry], key: &Key) -> Walk {
-    let w = netfn_common::firewall::walk(
-        |i| nodes.get(i as usize).copied(),
-        |i| entries.get(i as usize).copied(),
-        key,
-    );
+    let w =
+        netfn_common::firewall::walk(|i| nodes.get(i as usize), |i| entries.get(i as usize), key);
     Walk {
         rule: (w.rule != NO_RULE).then_some(w.rule),
         steps: w.steps,

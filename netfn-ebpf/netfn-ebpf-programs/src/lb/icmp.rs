@@ -90,7 +90,7 @@ pub(super) fn error(p: &Packet, q: &Quoted, e: &FwdEntry, conf: &LbConf) -> Fate
     if e.counter_slot & 1 == DIR_FORWARD {
         from_client(p, q, conf)
     } else {
-        from_backend(q, conf)
+        from_backend(p, q, conf)
     }
 }
 
@@ -98,7 +98,7 @@ pub(super) fn error(p: &Packet, q: &Quoted, e: &FwdEntry, conf: &LbConf) -> Fate
 /// backend): the client must see it about the packet it sent (client → VIP). One about a
 /// packet to a backend of no tracked flow is dropped, as an answer would be.
 #[inline(always)]
-fn from_backend(q: &Quoted, conf: &LbConf) -> Fate {
+fn from_backend(p: &Packet, q: &Quoted, conf: &LbConf) -> Fate {
     // SAFETY: a BPF helper without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
     match answered(conf, q.dst, q.dport, q.src, q.sport, q.proto) {
@@ -109,6 +109,10 @@ fn from_backend(q: &Quoted, conf: &LbConf) -> Fate {
         // A flow idle past its timeout is no flow, as for its answers (see `reply`).
         Answer::Flow { flow, .. } if flow.ended(conf, now) => Fate::Drop {
             reason: LB_DROP_REPLY_UNTRACKED,
+        },
+        // Sent elsewhere than to the client whose packet it quotes: conntrack holds it invalid.
+        Answer::Flow { .. } if p.dst != q.src => Fate::Drop {
+            reason: LB_DROP_ICMP_UNTRACKED,
         },
         Answer::Flow { vip, port, .. } => Fate::Icmp {
             to_backend: false,
