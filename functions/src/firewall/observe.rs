@@ -36,8 +36,7 @@ fn table(dir: &std::path::Path, conntrack: &Conntrack) -> Result<Option<Table>, 
     let mut t = Table::default();
     for entry in table.iter() {
         let (key, ct) = entry?;
-        let idle = now.saturating_sub(ct.last_seen_ns);
-        if idle <= timeouts.idle_timeout_ns(key.proto, ct.state) {
+        if timeouts.live(key.proto, &ct, now) {
             t.live += 1;
         } else {
             t.stale += 1;

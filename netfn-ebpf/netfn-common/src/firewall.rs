@@ -338,6 +338,13 @@ impl FwConf {
             _ => self.icmp_ns,
         }
     }
+
+    /// Whether the connection over `proto` whose entry is `ct` is live at `now`: idle no longer
+    /// than its state's timeout (an entry another CPU stamped after `now` is fresh).
+    #[inline(always)]
+    pub fn live(&self, proto: u8, ct: &CtEntry, now: u64) -> bool {
+        now.saturating_sub(ct.last_seen_ns) <= self.idle_timeout_ns(proto, ct.state)
+    }
 }
 
 /// A connection, in a direction-independent form: the lower (address, port) endpoint first, so

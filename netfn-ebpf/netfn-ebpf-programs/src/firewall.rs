@@ -534,7 +534,7 @@ fn decide(p: &Packet, e: &FwdEntry, len: u64) -> Fate {
         // fields, and a torn view of `state` or `last_seen_ns` only shifts a timeout.
         let ct = unsafe { &mut *ct };
         // Another CPU may have stamped the entry after this packet read the clock: age 0.
-        let live = now.saturating_sub(ct.last_seen_ns) <= conf.idle_timeout_ns(p.proto, ct.state);
+        let live = conf.live(p.proto, ct, now);
         // The ports of a TCP connection that closed, opened again (a client that wrapped its
         // port range, or one that aborted with RST): the old connection is over, as conntrack
         // ends one in TIME_WAIT or CLOSE on a new SYN, and the rules decide the new one (it
@@ -577,13 +577,12 @@ fn decide(p: &Packet, e: &FwdEntry, len: u64) -> Fate {
     let q = p.inner;
     if p.quoted && p.dst == q.src {
         let (inner, _) = ct_key(q.src, q.sport, q.dst, q.dport, q.proto);
-        if let Some(ct) = NF_FW_CT.get_ptr(inner) {
-            // SAFETY: the value of an LRU entry found just now (see above: a torn view only
-            // shifts a timeout).
-            let (seen, state) = unsafe { ((*ct).last_seen_ns, (*ct).state) };
-            if now.saturating_sub(seen) <= conf.idle_timeout_ns(q.proto, state) {
-                return Fate::pass(p.ttl);
-            }
+        // SAFETY: the value of an LRU entry found just now (see above: a torn view only shifts
+        // a timeout).
+        if let Some(ct) = NF_FW_CT.get_ptr(inner)
+            && conf.live(q.proto, unsafe { &*ct }, now)
+        {
+            return Fate::pass(p.ttl);
         }
     }
     // Any other ICMP error is about nothing this firewall passed: conntrack holds it invalid and
