@@ -2,10 +2,14 @@
 //!
 //! If `<workspace>/netfn-ebpf/target/bpfel-unknown-none/release/netfn-ebpf-programs` exists, this
 //! sets `--cfg netfn_ebpf_embedded` and `NETFN_EBPF_OBJECT_EMBED=<path>`, and
+//! `NETFN_EBPF_OBJECT_BUILD=<its build id>` (see src/ebpf/build_id.rs), and
 //! `netfn_core::ebpf` embeds it with `include_bytes!`. Otherwise the runtime looks at the
 //! `NETFN_EBPF_OBJECT` environment variable and, failing that, says how to build the object.
 
 use std::path::{Path, PathBuf};
+
+#[path = "src/ebpf/build_id.rs"]
+mod build_id;
 
 fn main() {
     println!("cargo::rustc-check-cfg=cfg(netfn_ebpf_embedded)");
@@ -26,6 +30,13 @@ fn main() {
             "cargo::rustc-env=NETFN_EBPF_OBJECT_EMBED={}",
             object.display()
         );
+        match std::fs::read(&object) {
+            Ok(bytes) => println!(
+                "cargo::rustc-env=NETFN_EBPF_OBJECT_BUILD={}",
+                build_id::build_id(&bytes)
+            ),
+            Err(e) => panic!("cannot read the eBPF object {}: {e}", object.display()),
+        }
     } else {
         // Watch the nearest existing ancestor, so that building the object later reruns this
         // script (watching a missing file would rerun it on every build).

@@ -168,10 +168,21 @@ pub fn up(file: &Path, only: Option<&str>, quiet: bool) -> Result<ExitCode> {
                                     elapsed.as_millis()
                                 ))
                             }
-                            Ok(UpOutcome::Unchanged) => live.println(&format!(
-                                "chain {}: already up and unchanged; nothing to do",
-                                chain.name
-                            )),
+                            Ok(UpOutcome::Unchanged { other_build }) => {
+                                live.println(&format!(
+                                    "chain {}: already up and unchanged; nothing to do",
+                                    chain.name
+                                ));
+                                if other_build {
+                                    live.eprintln(&format!(
+                                        "netfn: note: chain {} runs another netfn build's eBPF \
+                                         programs; `netfn apply {}` loads this one's in their \
+                                         place, keeping the chain's state",
+                                        chain.name,
+                                        source.display()
+                                    ));
+                                }
+                            }
                             Err(e) => {
                                 live.eprintln(&format!("netfn: chain {}: {e:#}", chain.name));
                                 if let Ok(mut f) = failed.lock() {
@@ -317,39 +328,49 @@ pub fn apply(file: &Path, only: Option<&str>, dry_run: bool, quiet: bool) -> Res
             };
             done.push(chain.name.as_str());
             live.chain_done(chain.functions.len());
-            let (head, changes, moved) = match outcome {
+            let (head, changes, reload, moved) = match outcome {
                 ApplyOutcome::Unchanged => {
                     live.println(&format!("chain {}: unchanged; nothing to do", chain.name));
                     continue;
                 }
-                ApplyOutcome::Planned { changes, moved } => (
+                ApplyOutcome::Planned {
+                    changes,
+                    moved,
+                    reload,
+                } => (
                     format!(
-                        "chain {}: would apply {} change(s):",
+                        "chain {}: would {}:",
                         chain.name,
-                        changes.len()
+                        what_apply_does(changes.len(), reload.is_some(), false)
                     ),
                     changes,
+                    reload,
                     moved,
                 ),
                 ApplyOutcome::Applied {
                     changes,
+                    reloaded,
                     elapsed,
                     moved,
                 } => {
                     notify_agent();
                     (
                         format!(
-                            "chain {}: applied {} change(s) in {} ms:",
+                            "chain {}: {} in {} ms:",
                             chain.name,
-                            changes.len(),
+                            what_apply_does(changes.len(), reloaded.is_some(), true),
                             elapsed.as_millis()
                         ),
                         changes,
+                        reloaded,
                         moved,
                     )
                 }
             };
             let mut text = head;
+            if let Some(r) = reload {
+                text.push_str(&format!("\n  {r}"));
+            }
             for c in changes {
                 text.push_str(&format!("\n  {c}"));
             }
@@ -382,6 +403,21 @@ pub fn apply(file: &Path, only: Option<&str>, dry_run: bool, quiet: bool) -> Res
         list(&not_attempted),
         file = file.display(),
     )
+}
+
+/// What an apply does (`done`) or would do to a chain: `changes` changes, and whether it loads
+/// this netfn's programs in place of another build's.
+fn what_apply_does(changes: usize, reload: bool, done: bool) -> String {
+    let (apply, load) = if done {
+        ("applied", "loaded")
+    } else {
+        ("apply", "load")
+    };
+    match (changes, reload) {
+        (0, true) => format!("{load} this netfn's programs (no change to apply)"),
+        (n, true) => format!("{apply} {n} change(s) and {load} this netfn's programs"),
+        (n, false) => format!("{apply} {n} change(s)"),
+    }
 }
 
 /// From this many removed namespaces on, `down` says that the kernel frees them in the

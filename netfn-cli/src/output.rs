@@ -166,6 +166,16 @@ pub fn chain_table(s: &ChainStatus) -> String {
             }
         }
     }
+    if !s.programs_current {
+        details.push_str(&format!(
+            "programs: another netfn build's ({}): `netfn apply {}` loads this netfn's in their \
+             place, keeping the chain's state\n",
+            s.programs
+                .as_deref()
+                .map_or("not recorded".to_string(), |b| format!("build {b}")),
+            s.source
+        ));
+    }
     details.push_str(&agent_lines(s));
     format!(
         "chain {} ({}, {}{}) from {}\n{}{details}",

@@ -47,6 +47,41 @@ pub enum ApplyError {
         cause: Box<ObjectError>,
         rollback: Vec<String>,
     },
+    #[error(
+        "chain `{chain}`: loading this netfn's eBPF programs in place of the running ones (another \
+         netfn build's) failed: {cause}\nnothing of the chain file was applied; the chain runs on \
+         (the programs that were replaced before the failure run this netfn's, the rest the \
+         old ones: all use the same maps), and its record still names the old build, so the next \
+         `netfn apply` tries again"
+    )]
+    Reload {
+        chain: String,
+        cause: Box<ObjectError>,
+    },
+}
+
+/// This netfn's eBPF programs (see [`ebpf::object_build`]) in place of a running chain's, which
+/// another build loaded: an upgraded netfn's fixes reach running chains at their next `apply`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reload {
+    /// The running programs' build; None when the netfn that loaded them did not record it.
+    pub from: Option<String>,
+    pub to: String,
+}
+
+impl std::fmt::Display for Reload {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "⟳ load this netfn's eBPF programs (build {}) in place of the running ones (",
+            self.to
+        )?;
+        match &self.from {
+            Some(from) => write!(f, "build {from}")?,
+            None => write!(f, "loaded by a netfn that did not record its build")?,
+        }
+        write!(f, "), keeping their state")
+    }
 }
 
 impl From<state::StateError> for ApplyError {
@@ -63,9 +98,12 @@ pub enum ApplyOutcome {
     Planned {
         changes: Vec<Change>,
         moved: Option<PathBuf>,
+        reload: Option<Reload>,
     },
     Applied {
         changes: Vec<Change>,
+        /// Made before the changes.
+        reloaded: Option<Reload>,
         elapsed: Duration,
         /// The file the chain was up from, when it was another: this one is its source now
         /// (a chain of another file that has the same name would be changed this way too, so
@@ -111,7 +149,15 @@ pub fn apply(
         finish_removal(&mut record, rt, options)?;
     }
     let next = replan::replan(&record.plan, spec)?;
-    if next.changes.is_empty() {
+    let build = ebpf::object_build().map_err(|e| ApplyError::Reload {
+        chain: chain.clone(),
+        cause: Box::new(e.into()),
+    })?;
+    let reload = (record.programs.as_deref() != Some(build.as_str())).then(|| Reload {
+        from: record.programs.clone(),
+        to: build,
+    });
+    if next.changes.is_empty() && reload.is_none() {
         return Ok(ApplyOutcome::Unchanged);
     }
     tracing::debug!(chain = %chain, "apply: replanned by {:.1?}", started.elapsed());
@@ -122,6 +168,7 @@ pub fn apply(
         return Ok(ApplyOutcome::Planned {
             changes: next.changes,
             moved,
+            reload,
         });
     }
     let old = record.plan.clone();
@@ -132,6 +179,24 @@ pub fn apply(
         .find(|h| netns::exists(&h.netns.name))
     {
         return Err(lifecycle::namespace_taken(source, &next.plan, hop).into());
+    }
+    // The running chain gets this netfn's programs first, so that what the changes add (links,
+    // stages) never mixes with another build's.
+    if let Some(r) = &reload {
+        kinds::reload(&record.plan, kinds).map_err(|cause| ApplyError::Reload {
+            chain: chain.clone(),
+            cause: Box::new(cause),
+        })?;
+        record.programs = Some(r.to.clone());
+        state::save(&mut record)?;
+        if next.changes.is_empty() {
+            return Ok(ApplyOutcome::Applied {
+                changes: next.changes,
+                reloaded: reload,
+                elapsed: started.elapsed(),
+                moved: None,
+            });
+        }
     }
     // What `down` needs of the old plan is its objects, not the functions' settings (which can
     // be large: a firewall's rules): the record keeps it without them.
@@ -174,6 +239,7 @@ pub fn apply(
             }
             Ok(ApplyOutcome::Applied {
                 changes: next.changes,
+                reloaded: reload,
                 elapsed: started.elapsed(),
                 moved,
             })

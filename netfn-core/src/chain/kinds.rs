@@ -6,7 +6,7 @@
 //! seam answers.
 
 use crate::ebpf;
-use crate::function::{FunctionConfig, FunctionContext, ProbePath, RecordedSettings};
+use crate::function::{FunctionConfig, FunctionContext, ProbePath, RecordedSettings, Registry};
 use crate::kernel::nft;
 use crate::kernel::objects::ObjectError;
 use crate::plan::names::{self, DEFAULT_PROBE_PORT};
@@ -112,6 +112,56 @@ pub(crate) fn start_one(
                 "state kept"
             }
         );
+    }
+    Ok(())
+}
+
+/// Loads this netfn's eBPF programs in place of the ones running `plan` (brought up by another
+/// netfn build, see [`crate::ebpf::object_build`]): in tc/xdp mode the forwarder and every
+/// function's stage, in kernel mode the interface counter. Each keeps its maps, so connections,
+/// flows and counters carry over, and each interface or stage slot switches in one step. The
+/// functions' settings are the recorded ones. Every map that carries over is checked first: one
+/// of another layout refuses the reload before anything changes.
+pub(crate) fn reload(plan: &ChainPlan, kinds: &Registry) -> Result<(), ObjectError> {
+    let bpf_dir = names::chain_bpf_dir(&plan.chain);
+    let declared = ebpf::Declared::of_object()?;
+    if plan.fastpath == FastPath::Kernel {
+        let pin = bpf_dir.join(ebpf::IF_COUNTERS_PIN);
+        declared.check(netfn_common::IF_COUNTERS_MAP, &pin)?;
+        return crate::kernel::objects::attach_counters(plan, &|_| true);
+    }
+    let mut stages = Vec::new();
+    for (h, hop) in plan.hops.iter().enumerate() {
+        let HopRole::Function { kind, settings } = &hop.role else {
+            continue;
+        };
+        let config = kinds
+            .load(kind, settings)
+            .map_err(|why| ObjectError::Configure {
+                function: hop.name.clone(),
+                why,
+            })?;
+        if let (Some(ctx), Some(slot)) = (context(plan, h), plan.function_slot(h)) {
+            stages.push((ctx, slot, config));
+        }
+    }
+    ebpf::check_chain_pins(plan, &bpf_dir, &declared)?;
+    for (_, slot, config) in &stages {
+        if let Some(stage) = config.stage() {
+            let dir = ebpf::stage_dir(&bpf_dir, *slot);
+            for name in stage.kept_maps() {
+                declared.check(name, &dir.join(name))?;
+            }
+        }
+    }
+    let log_level = crate::ebpf::FastpathOptions::from_env()
+        .map(|o| o.log_level)
+        .unwrap_or_default();
+    ebpf::reload_fastpath(plan, &bpf_dir, log_level)?;
+    for (ctx, slot, config) in &stages {
+        if let Some(stage) = config.stage() {
+            ebpf::load_stage(plan, &bpf_dir, ctx, *slot, stage, false)?;
+        }
     }
     Ok(())
 }

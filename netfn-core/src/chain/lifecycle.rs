@@ -142,8 +142,15 @@ pub fn tc_interfaces<'a>(chains: impl IntoIterator<Item = &'a ChainSpec>) -> usi
 /// What `up` did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum UpOutcome {
-    Created { functions: usize, elapsed: Duration },
-    Unchanged,
+    Created {
+        functions: usize,
+        elapsed: Duration,
+    },
+    /// Up already, from the same file. `other_build`: its eBPF programs are not this netfn's
+    /// (`apply` loads them, see [`crate::chain::apply::Reload`]).
+    Unchanged {
+        other_build: bool,
+    },
 }
 
 /// What `down` did.
@@ -236,7 +243,9 @@ fn up_locked(
                         netns: missing.to_string(),
                     });
                 }
-                return Ok(UpOutcome::Unchanged);
+                return Ok(UpOutcome::Unchanged {
+                    other_build: old.programs != crate::ebpf::object_build().ok(),
+                });
             }
             Phase::Up if !state::same_source(&old.source, source) => {
                 return Err(LifecycleError::UpFromElsewhere {
@@ -267,6 +276,8 @@ fn up_locked(
     .and_then(|()| {
         record.phase = Phase::Up;
         record.interface_counters = record.plan.fastpath == FastPath::Kernel;
+        // The build whose programs were loaded (the load would have failed without one).
+        record.programs = crate::ebpf::object_build().ok();
         state::save_at(&mut record, "up-record-up")
             .map_err(|e| (ObjectError::Record(Box::new(e)), Vec::new()))
     });

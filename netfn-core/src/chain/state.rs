@@ -108,6 +108,11 @@ pub struct ChainState {
     /// instead and leave this false. (Kept as `counters` in the record file.)
     #[serde(default, rename = "counters")]
     pub interface_counters: bool,
+    /// The build of the eBPF object whose programs run the chain (its forwarder and stages, or
+    /// kernel mode's counter): [`crate::ebpf::object_build`] of the netfn that loaded them. None
+    /// in a record from a netfn before it was kept: unknown, so taken for another build.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub programs: Option<String>,
     pub plan: ChainPlan,
     /// During `apply`: the plan that ran before (its objects; the functions' settings left
     /// out); `down` removes what either plan created.
@@ -124,6 +129,7 @@ impl ChainState {
             updated_unix: 0,
             foreign: Vec::new(),
             interface_counters: false,
+            programs: None,
             plan,
             previous: None,
         }

@@ -20,6 +20,12 @@ pub struct ChainStatus {
     /// True when every hop's namespace and interfaces exist and are up.
     pub healthy: bool,
     pub hops: Vec<HopStatus>,
+    /// The build of the eBPF programs that run the chain (see [`crate::ebpf::object_build`]),
+    /// when its record names one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub programs: Option<String>,
+    /// Whether those are this netfn's programs (false after an upgrade, until `netfn apply`).
+    pub programs_current: bool,
     /// What the host agent knows (prober, runtime tasks), when an agent runs.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub agent: Option<crate::agent::ChainReport>,
@@ -150,6 +156,9 @@ pub fn chain_status(
         source: record.source.display().to_string(),
         healthy,
         hops,
+        programs: record.programs.clone(),
+        programs_current: record.programs.is_some()
+            && record.programs == crate::ebpf::object_build().ok(),
         agent: None,
     }
 }

@@ -22,7 +22,9 @@
 //! - Interface names are resolved in the namespace of the thread that attaches, so each
 //!   namespace's work runs on a dedicated thread that `setns()`es into it (see `workers`).
 
+mod build_id;
 mod forwarder;
+mod layout;
 mod loader;
 mod logs;
 mod object;
@@ -46,15 +48,16 @@ pub use forwarder::{
     EbpfLogLevel, FN_COUNTERS_PIN, FWD_DEVMAP_PIN, FWD_SOURCES_PIN, FWD_TABLE_PIN, FWD_TC_HANDLE,
     FWD_TC_PRIORITY, FWD_UNKNOWN_PIN, FastpathAttach, FastpathCounters, FastpathOptions,
     FunctionCounters, Prune, TCX_LINK_PIN_PREFIX, TcAttach, XDP_LINK_PIN_PREFIX, attach_fastpath,
-    attach_fastpath_with, extend_fastpath, fastpath_logs, forget_interfaces,
-    read_function_counters, switch_fastpath, sync_sources,
+    attach_fastpath_with, check_chain_pins, extend_fastpath, fastpath_logs, forget_interfaces,
+    read_function_counters, reload_fastpath, switch_fastpath, sync_sources,
 };
+pub use layout::{Declared, Layout};
 use loader::LoadSettings;
 pub use loader::ReuseLoaders;
 pub use logs::EbpfLogs;
 pub use netfn_common::IfCounters;
 pub use netfn_common::{DROP_REASON_NAMES, FnCounters};
-pub use object::{OBJECT_ENV, ObjectSource, object_source};
+pub use object::{OBJECT_ENV, ObjectSource, object_build, object_source};
 pub use stages::{StageLoad, forget_stage, load_stage, stage_dir};
 pub use workers::{NETNS_THREADS, enter_netns};
 
@@ -88,6 +91,21 @@ pub enum EbpfError {
     ReadObject { path: PathBuf, source: io::Error },
     #[error("cannot load the eBPF object: {0}")]
     Load(#[source] Box<aya::EbpfError>),
+    #[error("cannot read the maps the eBPF object declares: {0}")]
+    ParseObject(String),
+    #[error(
+        "{}: the map `{name}` pinned there has {pinned}, and this netfn's programs need \
+         {declared}: it was made by another netfn build, and what it holds cannot carry over to \
+         these programs. Take the chain down and up again (its state starts afresh), or keep \
+         managing it with the netfn that brought it up",
+        path.display()
+    )]
+    Layout {
+        path: PathBuf,
+        name: &'static str,
+        pinned: layout::Layout,
+        declared: layout::Layout,
+    },
     #[error("the eBPF object has no {kind} `{name}`: rebuild it with `cargo xtask build-ebpf`")]
     MissingInObject {
         kind: &'static str,

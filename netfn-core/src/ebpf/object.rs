@@ -53,3 +53,24 @@ fn embedded() -> Option<&'static [u8]> {
 fn embedded() -> Option<&'static [u8]> {
     None
 }
+
+/// Which build of the eBPF object netfn loads (see [`object_source`]): its build id
+/// ([`super::build_id`]; the embedded object's was computed when it was embedded). A chain's
+/// record keeps the build its programs came from, so `netfn apply` knows when an upgraded netfn
+/// has other programs than the running ones, and loads its own.
+pub fn object_build() -> Result<String, EbpfError> {
+    match object_source()? {
+        ObjectSource::Env(_) => Ok(super::build_id::build_id(&object_bytes()?)),
+        ObjectSource::Embedded => embedded_build().ok_or(EbpfError::ObjectNotBuilt),
+    }
+}
+
+#[cfg(netfn_ebpf_embedded)]
+fn embedded_build() -> Option<String> {
+    Some(env!("NETFN_EBPF_OBJECT_BUILD").to_string())
+}
+
+#[cfg(not(netfn_ebpf_embedded))]
+fn embedded_build() -> Option<String> {
+    None
+}

@@ -42,6 +42,7 @@ pub(super) mod table;
 pub(super) mod tc;
 pub(super) mod xdp;
 
+use super::layout::Declared;
 use super::{
     AttachedInterface, EbpfError, EbpfLogs, TcSlot, attach_pinned, ensure_chain_dir, load_and_pin,
     remove_file_if_present,
@@ -395,17 +396,47 @@ pub fn extend_fastpath(
     for &ifindex in added {
         remove_link_pins(bpf_dir, ifindex)?;
     }
-    // How the running chain's TC forwarder is attached: TCX if a kept interface has a pinned
-    // TCX link, netlink otherwise.
-    let tc_attach = if kept
-        .iter()
-        .any(|e| link_pin(bpf_dir, TCX_LINK_PIN_PREFIX, e.ifindex).exists())
-    {
+    let tc_attach = running_tc_attach(bpf_dir, kept.iter().map(|e| e.ifindex));
+    attach_programs(plan, bpf_dir, tc_attach, &|i| added.contains(&i))
+}
+
+/// How the running chain's TC forwarder is attached: TCX if one of the interfaces `ifindexes`
+/// has a pinned TCX link, netlink otherwise.
+fn running_tc_attach(bpf_dir: &Path, mut ifindexes: impl Iterator<Item = u32>) -> TcAttach {
+    if ifindexes.any(|i| link_pin(bpf_dir, TCX_LINK_PIN_PREFIX, i).exists()) {
         TcAttach::Tcx
     } else {
         TcAttach::Netlink
+    }
+}
+
+/// Checks that the forwarder maps pinned for the running chain `plan` (which its stages share)
+/// have the layouts this netfn's programs declare (see [`Declared`]).
+pub fn check_chain_pins(
+    plan: &ChainPlan,
+    bpf_dir: &Path,
+    declared: &Declared,
+) -> Result<(), EbpfError> {
+    chain_pins(plan, bpf_dir)
+        .iter()
+        .try_for_each(|(name, path, _)| declared.check(name, path))
+}
+
+/// Loads this netfn's forwarder in place of the running chain's (another build's), attached the
+/// way the running one is (TCX or netlink) at the same places: each interface gets the new
+/// program in one replace, and the pinned maps (table, counters, stages) carry over. Check them
+/// first ([`check_chain_pins`]).
+pub fn reload_fastpath(
+    plan: &ChainPlan,
+    bpf_dir: &Path,
+    log_level: EbpfLogLevel,
+) -> Result<FastpathAttach, EbpfError> {
+    let entries = plan::forwarder_entries(plan);
+    let options = FastpathOptions {
+        log_level,
+        tc_attach: running_tc_attach(bpf_dir, entries.iter().map(|e| e.ifindex)),
     };
-    attach_programs(plan, bpf_dir, tc_attach, &|i| added.contains(&i))
+    attach_fastpath_with(plan, bpf_dir, &options)
 }
 
 /// A live apply, step 2: makes every entry of `plan` live, in an order that never loops a packet
