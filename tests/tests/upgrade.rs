@@ -15,6 +15,7 @@ use aya::maps::{MapData, MapInfo};
 use aya::programs::ProgramInfo;
 use netfn_core::chain::state;
 use netfn_core::plan::names::chain_bpf_dir;
+use netfn_tests::loss::SenderRing;
 use netfn_tests::traffic::sequenced_stream_during;
 use netfn_tests::{
     ChainGuard, EGRESS_ADDR, TempDir, alone, netfn, netfn_ok, tcp_connect_from, tcp_listener_in,
@@ -151,6 +152,8 @@ fn apply_after_an_upgrade_in(mode: &str) {
             && status.contains(&format!("`netfn apply {file_arg}`")),
         "{mode}: status says the chain runs another build's programs:\n{status}"
     );
+    let ingress = format!("nf-{chain}-ingress");
+    let sender = SenderRing::before(&chain, &ingress, "nf-out");
     let mut applied = String::new();
     let stream = sequenced_stream_during(&chain, 6_000, 3_000, 7000, || {
         applied = netfn_ok(&["apply", &file_arg]);
@@ -184,8 +187,11 @@ fn apply_after_an_upgrade_in(mode: &str) {
         panic!("{mode}: the connection made before the reload broke: {e}\n{status}")
     });
     let lost = stream.lost();
+    // Inside the test VM only: frames the sender's veth ring dropped while the verifier had the
+    // one emulated CPU, before any netfn program saw them (see netfn_tests::loss).
+    let explained_in_vm = sender.explains(mode, lost.len(), &format!("{mode} reload"));
     assert!(
-        lost.is_empty(),
+        lost.is_empty() || explained_in_vm,
         "{mode}: {} of {} datagrams lost across the reload (first {:?})\n{status}",
         lost.len(),
         stream.sent,
