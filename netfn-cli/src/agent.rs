@@ -82,6 +82,10 @@ pub fn run(args: AgentArgs) -> Result<ExitCode> {
              run it with sudo or as the systemd unit"
         );
     }
+    crate::require_capabilities(
+        "netfn agent",
+        "reads pinned eBPF maps and enters chain namespaces",
+    )?;
     without_thread_caches();
     let defaults = AgentConfig::default();
     let config = AgentConfig {

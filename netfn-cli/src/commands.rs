@@ -1,5 +1,6 @@
 //! One function per verb. Core does the work; this layer adds context and prints.
 
+use std::io::Write as _;
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -94,6 +95,14 @@ fn require_root(verb: &str, why: &str) -> Result<()> {
     Ok(())
 }
 
+/// [`require_root`], and the capabilities that entering namespaces, netlink and eBPF objects take
+/// ([`privilege::ADMIN_CAPABILITIES`]): root without them would fail deep inside (or, reading,
+/// see every namespace as missing).
+fn require_admin(verb: &str, why: &str) -> Result<()> {
+    require_root(verb, why)?;
+    crate::require_capabilities(&format!("netfn {verb}"), why)
+}
+
 pub fn validate(file: &Path) -> Result<ExitCode> {
     let registry = netfn_functions::registry();
     match spec::load(file, &registry) {
@@ -132,7 +141,7 @@ pub fn validate(file: &Path) -> Result<ExitCode> {
 pub fn up(file: &Path, only: Option<&str>, quiet: bool) -> Result<ExitCode> {
     let spec = load(file)?;
     let chains = selected(&spec, file, only)?;
-    require_root("up", "creates namespaces, veths and eBPF programs")?;
+    require_admin("up", "creates namespaces, veths and eBPF programs")?;
     let rt = runtime()?;
     // Every chain loads the eBPF object: reuse aya's loaders (and their parse of the kernel's
     // BTF) across them.
@@ -228,7 +237,12 @@ fn start_or_notify_agent() {
     };
     match agent::ensure_agent_running(&agent::AutostartOptions::new(exe)) {
         Ok(agent::AgentStart::Started { pid, log }) => {
-            println!("started the netfn agent (pid {pid}, log {})", log.display())
+            // The chains are up: a stdout that is gone must not turn that into a failure.
+            let _ = writeln!(
+                std::io::stdout(),
+                "started the netfn agent (pid {pid}, log {})",
+                log.display()
+            );
         }
         Ok(agent::AgentStart::Running { .. }) => notify_agent(),
         Ok(agent::AgentStart::Disabled) => {}
@@ -288,7 +302,7 @@ pub fn apply(file: &Path, only: Option<&str>, dry_run: bool, quiet: bool) -> Res
             "reads each chain's record under its lock in /run/netfn/chains",
         )?;
     } else {
-        require_root(
+        require_admin(
             "apply",
             "changes the namespaces, veths and eBPF programs of running chains",
         )?;
@@ -435,7 +449,7 @@ pub fn down(
     wait: Option<std::time::Duration>,
     quiet: bool,
 ) -> Result<ExitCode> {
-    require_root("down", "removes namespaces, veths and pinned eBPF objects")?;
+    require_admin("down", "removes namespaces, veths and pinned eBPF objects")?;
     let chains: Vec<String> = match target {
         _ if all => state::list()?,
         Some(t) if Path::new(t).is_file() => chains_of_file(Path::new(t))?,
@@ -611,7 +625,7 @@ fn wait_freed(
 pub fn status(chain: Option<&str>, json: bool) -> Result<ExitCode> {
     // Without root, the namespaces cannot be entered nor the pinned maps opened (nor the
     // agent's socket reached): every chain would look broken, healthy or not.
-    require_root(
+    require_admin(
         "status",
         "enters the chains' namespaces and reads their pinned eBPF maps to tell whether they \
          are healthy",
@@ -683,7 +697,7 @@ pub fn exec(chain: &str, function: &str, command: &[String]) -> Result<ExitCode>
 }
 
 pub fn logs(chain: &str, follow: bool) -> Result<ExitCode> {
-    require_root(
+    require_admin(
         "logs",
         "reads the chain's pinned eBPF log buffer under /sys/fs/bpf",
     )?;

@@ -222,6 +222,24 @@ enum GraphFormat {
 }
 
 /// A chain name argument, checked before it is ever part of a path under /run/netfn.
+/// Refuses to go on when the process, root or not, lacks the capabilities that entering
+/// namespaces, netlink and eBPF objects take: `what` (`netfn up`) `why` (what it does).
+fn require_capabilities(what: &str, why: &str) -> anyhow::Result<()> {
+    use netfn_core::privilege;
+    let missing = privilege::missing(privilege::ADMIN_CAPABILITIES).map_err(anyhow::Error::msg)?;
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let names: Vec<String> = missing.into_iter().map(privilege::name).collect();
+    anyhow::bail!(
+        "`{what}` {why}, and needs {}, which this process does not have although it runs as \
+         root (a container started without them, a systemd unit's CapabilityBoundingSet, or \
+         setpriv/capsh dropped them); run it with them (e.g. `docker run --cap-add SYS_ADMIN \
+         --cap-add NET_ADMIN`, or add them to the unit's capability sets)",
+        names.join(" and ")
+    )
+}
+
 fn chain_name(arg: &str) -> Result<String, String> {
     netfn_core::chain::state::check_chain_name(arg)
         .map(|()| arg.to_string())
@@ -247,6 +265,15 @@ fn main() -> ExitCode {
         Command::WireguardEndpoint { .. } if default_log => ENDPOINT_LOG,
         _ => &cli.log,
     });
+    if prints_only(&cli.command) {
+        // A reader that stops early (`netfn status | head -3`) ends a verb that only prints,
+        // as it ends any Unix tool: by SIGPIPE, quietly. Rust ignores SIGPIPE, so the next
+        // println! would panic with a backtrace. Verbs that change chains keep ignoring it (they
+        // must finish: see progress::Live::println), and so do the long-running processes,
+        // whose sockets a peer may close.
+        // SAFETY: signal(2) with a valid signal number and SIG_DFL, before any thread exists.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     let result = match cli.command {
         Command::Validate { file } => commands::validate(&file),
         Command::Up { file, chain, quiet } => commands::up(&file, chain.as_deref(), quiet),
@@ -296,6 +323,26 @@ fn main() -> ExitCode {
         Command::Failpoints => commands::failpoints(),
     };
     report(result)
+}
+
+/// Whether `command` only reads and prints (no chain changes, no long-running process).
+fn prints_only(command: &Command) -> bool {
+    match command {
+        Command::Validate { .. }
+        | Command::Status { .. }
+        | Command::Graph { .. }
+        | Command::Logs { .. }
+        | Command::Kinds
+        | Command::Wg { .. }
+        | Command::Features { .. }
+        | Command::Failpoints => true,
+        Command::Up { .. }
+        | Command::Apply { .. }
+        | Command::Down { .. }
+        | Command::Exec { .. }
+        | Command::Agent(_)
+        | Command::WireguardEndpoint { .. } => false,
+    }
 }
 
 fn report(result: anyhow::Result<ExitCode>) -> ExitCode {

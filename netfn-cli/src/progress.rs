@@ -160,18 +160,21 @@ impl Live {
         }
     }
 
-    /// Prints a result line on stdout, below the live line.
+    /// Prints a result line on stdout, below the live line. A stdout that is gone (`netfn up
+    /// FILE | head -1` after head ended) loses the line but never stops the verb half-way: a
+    /// chain half up, half changed, half down is worse than a report unread.
     pub fn println(&self, line: &str) {
         let _out = self.out.lock();
         self.clear_locked();
-        println!("{line}");
+        let _ = writeln!(std::io::stdout().lock(), "{line}");
     }
 
-    /// Prints a message on stderr, below the live line.
+    /// Prints a message on stderr, below the live line (as [`Self::println`], a stderr that is
+    /// gone loses it).
     pub fn eprintln(&self, line: &str) {
         let _out = self.out.lock();
         self.clear_locked();
-        eprintln!("{line}");
+        let _ = writeln!(std::io::stderr().lock(), "{line}");
     }
 }
 

@@ -29,17 +29,36 @@ pub const CAP_NET_ADMIN: u32 = 12;
 pub const CAP_SYS_ADMIN: u32 = 21;
 pub const CAP_SETPCAP: u32 = 8;
 
-/// Drops every capability of the calling thread (bounding set, ambient set, then the effective,
-/// permitted and inheritable sets) and forbids gaining any back (`no_new_privs`, so not even an
-/// executed set-uid program could).
-pub fn drop_all() -> Result<(), String> {
-    keep_only(&[])
+/// What the commands that change or read chains need (`setns`, netlink, bpffs and eBPF objects),
+/// and the host agent keeps.
+pub const ADMIN_CAPABILITIES: &[u32] = &[CAP_SYS_ADMIN, CAP_NET_ADMIN];
+
+/// The name of capability `cap` as linux/capability.h spells it (those netfn uses).
+pub fn name(cap: u32) -> String {
+    match cap {
+        CAP_NET_ADMIN => "CAP_NET_ADMIN".into(),
+        CAP_SYS_ADMIN => "CAP_SYS_ADMIN".into(),
+        CAP_SETPCAP => "CAP_SETPCAP".into(),
+        other => format!("capability {other}"),
+    }
 }
 
-/// Keeps only the capabilities `keep` (those of them the thread has) in the calling thread's
-/// bounding, effective and permitted sets, clears the ambient and inheritable sets, and sets
-/// `no_new_privs`: a program it executes gets at most what it kept.
-pub fn keep_only(keep: &[u32]) -> Result<(), String> {
+/// The capabilities of `wanted` that the calling thread does not have in its effective set
+/// (root in a container without them, or under a unit's `CapabilityBoundingSet`, has not).
+pub fn missing(wanted: &[u32]) -> Result<Vec<u32>, String> {
+    let now = current()?;
+    Ok(wanted
+        .iter()
+        .copied()
+        .filter(|&cap| {
+            let (word, bit) = ((cap / 32) as usize, 1u32 << (cap % 32));
+            now.get(word).is_none_or(|d| d.effective & bit == 0)
+        })
+        .collect())
+}
+
+/// The calling thread's capability sets.
+fn current() -> Result<[CapData; 2], String> {
     let header = CapHeader {
         version: CAPABILITY_VERSION_3,
         pid: 0,
@@ -52,6 +71,21 @@ pub fn keep_only(keep: &[u32]) -> Result<(), String> {
             std::io::Error::last_os_error()
         ));
     }
+    Ok(now)
+}
+
+/// Drops every capability of the calling thread (bounding set, ambient set, then the effective,
+/// permitted and inheritable sets) and forbids gaining any back (`no_new_privs`, so not even an
+/// executed set-uid program could).
+pub fn drop_all() -> Result<(), String> {
+    keep_only(&[])
+}
+
+/// Keeps only the capabilities `keep` (those of them the thread has) in the calling thread's
+/// bounding, effective and permitted sets, clears the ambient and inheritable sets, and sets
+/// `no_new_privs`: a program it executes gets at most what it kept.
+pub fn keep_only(keep: &[u32]) -> Result<(), String> {
+    let now = current()?;
     // SAFETY: prctl(2) with integer arguments only.
     if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
         return Err(format!(
@@ -85,6 +119,10 @@ pub fn keep_only(keep: &[u32]) -> Result<(), String> {
             data[word].effective |= bit;
         }
     }
+    let header = CapHeader {
+        version: CAPABILITY_VERSION_3,
+        pid: 0,
+    };
     // SAFETY: capset(2) with a version-3 header and the two data words it reads.
     if unsafe { libc::syscall(libc::SYS_capset, &header, data.as_ptr()) } != 0 {
         return Err(format!(

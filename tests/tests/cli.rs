@@ -240,3 +240,142 @@ fn verbs_that_need_root_say_why_to_a_user_without_it() {
         );
     }
 }
+
+/// Whether this system's `setpriv` can set a bounding set (util-linux's can; busybox's, the test
+/// VM's, cannot). Asked through `sh`, as busybox's shell prefers its own applet.
+fn setpriv_has_bounding_set() -> bool {
+    Command::new("sh")
+        .args(["-c", "setpriv --help 2>&1"])
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("--bounding-set"))
+}
+
+/// Root without CAP_SYS_ADMIN and CAP_NET_ADMIN (a container without them, a unit's
+/// CapabilityBoundingSet): the verbs say which capabilities they miss. `status` used to show
+/// every namespace as `no-netns` and every chain NOT healthy (its setns failed), and `up` failed
+/// deep inside.
+#[test]
+fn verbs_that_need_capabilities_say_which_to_root_without_them() {
+    if !setpriv_has_bounding_set() {
+        netfn_tests::skipped(
+            "root-only verbs run without capabilities",
+            "this system's setpriv has no --bounding-set (busybox); it runs on the host suite",
+        );
+        return;
+    }
+    let bin = netfn_tests::netfn_bin();
+    let chain = unique_chain("caps");
+    let dir = netfn_tests::TempDir::new(&chain);
+    let file = dir.write("chain.toml", &netfn_tests::forward_chain(&chain, 1, "tc"));
+    let _up = netfn_tests::ChainGuard::up(&chain, &file);
+    let without = |dropped: &str, args: &[&str]| {
+        Command::new("setpriv")
+            .args(["--inh-caps=-all", &format!("--bounding-set={dropped}")])
+            .arg(&bin)
+            .args(args)
+            .env("NETFN_AGENT_AUTOSTART", "0")
+            .output()
+            .expect("run setpriv")
+    };
+    let file = file.to_string_lossy();
+    for (dropped, args, missing) in [
+        (
+            "-sys_admin",
+            &["status", &chain][..],
+            "needs CAP_SYS_ADMIN,",
+        ),
+        ("-sys_admin", &["status", "--json"], "needs CAP_SYS_ADMIN,"),
+        ("-net_admin", &["down", &chain], "needs CAP_NET_ADMIN,"),
+        (
+            "-sys_admin,-net_admin",
+            &["apply", &file],
+            "needs CAP_SYS_ADMIN and CAP_NET_ADMIN,",
+        ),
+        ("-sys_admin", &["logs", &chain], "needs CAP_SYS_ADMIN,"),
+    ] {
+        let out = without(dropped, args);
+        let (stdout, stderr) = (
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+        );
+        assert!(
+            !out.status.success(),
+            "{args:?} without {dropped} succeeded:\n{stdout}\n{stderr}"
+        );
+        assert!(
+            stderr.contains(missing) && stderr.contains("although it runs as root"),
+            "{args:?} without {dropped}: {stderr}"
+        );
+        assert!(
+            !stdout.contains("NOT healthy") && !stdout.contains("no-netns"),
+            "{args:?}: {stdout}"
+        );
+    }
+    // Refused before it touched anything: the chain is still up and healthy.
+    let status = netfn_ok(&["status", &chain]);
+    assert!(status.contains("up, healthy"), "{status}");
+}
+
+/// A reader that stops early never makes netfn panic: a verb that only prints ends quietly
+/// (SIGPIPE, as any Unix tool), and `up` and `down` finish their work (they used to panic at
+/// their first line of output, `up` after its chains were up, with a backtrace and exit 101).
+#[test]
+fn a_closed_stdout_ends_printing_quietly_and_never_stops_up_or_down() {
+    use std::process::Stdio;
+    let chain = unique_chain("pipe");
+    let dir = netfn_tests::TempDir::new(&chain);
+    let file = dir.write("chain.toml", &netfn_tests::forward_chain(&chain, 1, "tc"));
+    let file = file.to_string_lossy().into_owned();
+    // The read end is closed before netfn writes anything: its first write meets EPIPE.
+    let run = |args: &[&str]| {
+        let mut child = netfn_tests::command(&netfn_tests::netfn_bin())
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run netfn");
+        drop(child.stdout.take());
+        child.wait_with_output().expect("wait for netfn")
+    };
+    let up = run(&["up", &file]);
+    let _down = netfn_tests::ChainGuard {
+        chain: chain.clone(),
+        file: file.clone().into(),
+    };
+    let stderr = String::from_utf8_lossy(&up.stderr);
+    assert!(up.status.success(), "up: {:?}\n{stderr}", up.status);
+    assert!(!stderr.contains("panicked"), "up: {stderr}");
+    let status = netfn_ok(&["status", &chain]);
+    assert!(status.contains("up, healthy"), "{status}");
+
+    for args in [&["status", &chain][..], &["status", "--json"], &["kinds"]] {
+        let out = run(args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !stderr.contains("panicked"),
+            "{args:?}: {:?}\n{stderr}",
+            out.status
+        );
+        assert!(
+            out.status.success()
+                || std::os::unix::process::ExitStatusExt::signal(&out.status)
+                    == Some(libc::SIGPIPE),
+            "{args:?}: {:?}\n{stderr}",
+            out.status
+        );
+    }
+
+    let down = run(&["down", &chain]);
+    let stderr = String::from_utf8_lossy(&down.stderr);
+    assert!(
+        down.status.success() && !stderr.contains("panicked"),
+        "down: {:?}\n{stderr}",
+        down.status
+    );
+    assert!(
+        netfn_core::chain::state::load(&chain)
+            .expect("read records")
+            .is_none(),
+        "down finished: the chain has no record"
+    );
+}
