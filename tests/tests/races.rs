@@ -172,3 +172,54 @@ fn twenty_chains_up_changed_and_down_in_parallel_leave_nothing() {
         assert_nothing_left(c, &format!("{c} after the parallel down"));
     }
 }
+
+/// Two chains whose namespaces share a name (chain `X` with function `b-c`, chain `X-b` with
+/// function `c`: both `nf-X-b-c`) brought up at the same time: one comes up whole, the other
+/// fails naming the chain that has the namespace, as it would one at a time. The loser used to
+/// say the namespace was not netfn's and to remove it (`ip netns del`), which would have broken
+/// the winner, whenever both had passed the check before either made it.
+#[test]
+fn racing_ups_of_chains_that_share_a_namespace_name_say_whose_it_is() {
+    let _shared = shared();
+    let first = unique_chain("rn");
+    let second = format!("{first}-b");
+    let dir = TempDir::new(&first);
+    let a = dir.write(
+        "a.toml",
+        &netfn_tests::forward_chain_of(&first, "tc", &["b-c"]),
+    );
+    let b = dir.write(
+        "b.toml",
+        &netfn_tests::forward_chain_of(&second, "tc", &["c"]),
+    );
+    let shared_ns = format!("nf-{first}-b-c");
+    for round in 0..5 {
+        let results = all_at_once(&[
+            vec!["up".into(), a.to_string_lossy().into_owned()],
+            vec!["up".into(), b.to_string_lossy().into_owned()],
+        ]);
+        let up: Vec<bool> = results.iter().map(|(ok, ..)| *ok).collect();
+        assert_eq!(
+            up.iter().filter(|ok| **ok).count(),
+            1,
+            "round {round}: one chain comes up: {results:?}"
+        );
+        let (winner, loser) = if up[0] {
+            (&first, &second)
+        } else {
+            (&second, &first)
+        };
+        let (_, _, stderr) = &results[usize::from(up[0])];
+        assert!(
+            stderr.contains(&format!("namespace {shared_ns}, which"))
+                && stderr.contains(&format!("is chain `{winner}`'s"))
+                && !stderr.contains("ip netns del"),
+            "round {round}: chain {loser} says whose the namespace is:\n{stderr}"
+        );
+        let status = netfn_ok(&["status", winner]);
+        assert!(status.contains("up, healthy"), "round {round}: {status}");
+        netfn_ok(&["down", winner]);
+        assert_nothing_left(&first, &format!("round {round}"));
+        assert_nothing_left(&second, &format!("round {round}"));
+    }
+}

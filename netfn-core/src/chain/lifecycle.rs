@@ -296,6 +296,17 @@ fn up_locked(
                 record.phase = Phase::TearingDown;
                 state::save(&mut record)?;
             }
+            // Another chain's `up` that needs the same namespace (`a` with function `b-c`, `a-b`
+            // with `c`) and ran at the same time passed the preflight too and made it first:
+            // say whose it is, as the preflight would have, never "remove it".
+            if let (true, ObjectError::Netns(NetnsError::Exists { name })) =
+                (rollback.is_empty(), &cause)
+                && let Some(hop) = record.plan.hops.iter().find(|h| &h.netns.name == name)
+                && let taken @ LifecycleError::NamespaceOfChain(_) =
+                    namespace_taken(source, &record.plan, hop)
+            {
+                return Err(taken);
+            }
             Err(LifecycleError::Up {
                 chain,
                 cause: Box::new(cause),
