@@ -380,8 +380,18 @@ impl StageContent for Content<'_> {
             let map = maps.map_mut(LB_REVERSE_MAP)?;
             let mut way_back: HashMap<&mut MapData, BackendKey, Reverse> =
                 HashMap::try_from(map).map_err(map_err(LB_REVERSE_MAP))?;
-            let entries = reverse::entries(s, &live_reverse, still_needed.as_ref(), capacity);
-            for (key, value) in entries {
+            let ways = reverse::entries(s, &live_reverse, still_needed.as_ref(), capacity);
+            if ways.left_out > 0 {
+                tracing::warn!(
+                    "load balancer: {} backend(s) that left the settings find no room for their \
+                     way back (room for {} backends that left): answers of their \
+                     flows still running will pass with the backend's address (clients reset \
+                     them; no drop is counted)",
+                    ways.left_out,
+                    reverse::carry_room()
+                );
+            }
+            for (key, value) in ways.entries {
                 way_back
                     .insert(key, value, 0)
                     .map_err(map_err(LB_REVERSE_MAP))?;
