@@ -2268,6 +2268,93 @@ fn beyond_the_carry_room(mode: &str, tag: &str) {
     );
 }
 
+#[test]
+fn tc_backend_and_service_counters_carry_over_an_apply() {
+    counters_carry_over_an_apply("tc", "co");
+}
+
+#[test]
+fn xdp_backend_and_service_counters_carry_over_an_apply() {
+    counters_carry_over_an_apply("xdp", "cp");
+}
+
+/// The per-backend and per-service counters of the backends and services that persist go on
+/// counting across an `apply` that changes the settings in place, as Prometheus counters must
+/// across a reload: here a service is added first (every backend of :80 gets another number)
+/// and a backend of :80 is removed (the service still counts what it took). Before, they
+/// started again from zero with the new stage instance.
+fn counters_carry_over_an_apply(mode: &str, tag: &str) {
+    let _turn = shared();
+    let chain = unique_chain(tag);
+    let dir = TempDir::new(&chain);
+    let before = dir.write(
+        "before.toml",
+        &chain_file(&chain, mode, &service(80, "tcp", &[(0, 1), (1, 1)])),
+    );
+    let after = dir.write(
+        "after.toml",
+        &chain_file(
+            &chain,
+            mode,
+            &(service(81, "tcp", &[(2, 1)]) + &service(80, "tcp", &[(0, 1)])),
+        ),
+    );
+    let _guard = ChainGuard::up(&chain, &before);
+    let _servers = Servers::start(&format!("nf-{chain}-egress"));
+    let ingress = format!("nf-{chain}-ingress");
+    // Per backend of :80 and for the service: new flows, and packets.
+    let seen = || {
+        let rows = lb_status(&chain);
+        let number = |row: &str, what: &str| -> u64 {
+            let (_, v) = rows
+                .iter()
+                .find(|(k, _)| k == row)
+                .unwrap_or_else(|| panic!("{mode}: no row {row}: {rows:?}"));
+            v.split(": ")
+                .nth(1)
+                .and_then(|r| r.split(", ").find_map(|p| p.strip_suffix(what)))
+                .and_then(|n| n.parse().ok())
+                .unwrap_or_else(|| panic!("{mode}: no{what} in {row}: {v}"))
+        };
+        let service = format!("{VIP}:80/tcp");
+        let backend = format!("{service} → {}:{SERVER_PORT}", SERVERS[0]);
+        (
+            number(&backend, " flows"),
+            number(&backend, " packets"),
+            number(&service, " flows"),
+            number(&service, " packets"),
+        )
+    };
+    let first = counts(&spread(&ingress, 80, 46_300..46_340));
+    let to_0 = first.get(&SERVERS[0]).copied().unwrap_or(0) as u64;
+    let (flows_0, packets_0, flows, packets) = seen();
+    assert_eq!((flows_0, flows), (to_0, 40), "{mode}: before the apply");
+    netfn_ok(&["apply", &after.to_string_lossy()]);
+    // (A closing connection's last packets may still come: packets only grow.)
+    let (flows_0_now, packets_0_now, flows_now, packets_now) = seen();
+    assert!(
+        (flows_0_now, flows_now) == (flows_0, flows)
+            && packets_0_now >= packets_0
+            && packets_now >= packets,
+        "{mode}: right after the apply, what was counted before it: {:?} then {:?}",
+        (flows_0, packets_0, flows, packets),
+        (flows_0_now, packets_0_now, flows_now, packets_now)
+    );
+    let second = counts(&spread(&ingress, 80, 46_340..46_350));
+    assert_eq!(second.get(&SERVERS[0]), Some(&10), "{mode}: {second:?}");
+    let (flows_0_after, packets_0_after, flows_after, packets_after) = seen();
+    assert_eq!(
+        (flows_0_after, flows_after),
+        (flows_0 + 10, flows + 10),
+        "{mode}: the counts before the apply and after, summed"
+    );
+    assert!(
+        packets_0_after >= packets_0 + 30 && packets_after >= packets + 30,
+        "{mode}: packets {packets_0} then {packets_0_after} (backend), {packets} then \
+         {packets_after} (service)"
+    );
+}
+
 /// The backend addresses in the load balancer's live reverse map (one per entry, from
 /// `bpftool`'s dump of the pinned map).
 fn reverse_keys(chain: &str) -> Vec<Ipv4Addr> {
