@@ -1271,6 +1271,76 @@ fn syn_with_fin_xdp() {
     syn_with_fin_in("xdp");
 }
 
+#[test]
+fn rule_counters_carry_over_an_apply_tc() {
+    rule_counters_carry_over_an_apply("tc");
+}
+
+#[test]
+fn rule_counters_carry_over_an_apply_xdp() {
+    rule_counters_carry_over_an_apply("xdp");
+}
+
+/// The per-rule counters of the rules that persist (by name; the unnamed ones together, the
+/// default verdict) go on counting across an `apply` that changes the rule set in place (here:
+/// a rule inserted first, so every rule after it has another index), as Prometheus counters
+/// must across a reload. Before, they started again from zero with the new stage instance.
+fn rule_counters_carry_over_an_apply(mode: &str) {
+    let _turn = shared();
+    let rules = |extra: &str| {
+        format!(
+            "default = \"drop\"\n{extra}\n[[chain.function.rule]]\nname = \"web\"\nproto = \"tcp\"\n\
+             dport = 80\naction = \"accept\"\n\n[[chain.function.rule]]\nproto = \"tcp\"\n\
+             dport = 81\naction = \"accept\"\n"
+        )
+    };
+    let lab = Lab::up("rk", mode, &rules(""), &[80, 81], &[]);
+    let chain = lab.chain.clone();
+    let (ns, src, dst) = ends(&chain, From::Ingress);
+    let traffic = |web: usize, other: usize| {
+        for (port, n) in [(80, web), (81, other)] {
+            for _ in 0..n {
+                let (seen, _) = tcp_connect(&ns, src, 0, SocketAddrV4::new(dst, port));
+                assert_eq!(seen, Seen::Passed, "{mode}: tcp {port}");
+            }
+        }
+        // One datagram to a port no rule accepts: the default verdict.
+        assert_eq!(
+            udp_probe(&ns, src, SocketAddrV4::new(dst, 5005)),
+            Seen::Silence,
+            "{mode}: udp 5005"
+        );
+    };
+    // The rules this test sends to (a host agent's chain probe may come too).
+    let counted = || {
+        let mut c = rule_counts(&chain);
+        c.remove("netfn-probe");
+        c
+    };
+    traffic(3, 2);
+    let expect = |web: u64, unnamed: u64, default: u64| {
+        BTreeMap::from([
+            ("web".to_string(), web),
+            ("(unnamed)".to_string(), unnamed),
+            ("(default)".to_string(), default),
+        ])
+    };
+    assert_eq!(counted(), expect(3, 2, 1), "{mode}: before");
+    let mail = "\n[[chain.function.rule]]\nname = \"mail\"\nproto = \"tcp\"\ndport = 25\n\
+                action = \"accept\"\n";
+    let v2 = lab
+        .dir
+        .write("v2.toml", &firewall_chain(&chain, mode, &rules(mail)));
+    netfn_ok(&["apply", &v2.to_string_lossy()]);
+    assert_eq!(counted(), expect(3, 2, 1), "{mode}: right after the apply");
+    traffic(2, 1);
+    assert_eq!(
+        counted(),
+        expect(5, 3, 2),
+        "{mode}: the counts before the apply and after, summed"
+    );
+}
+
 /// A datagram larger than the path's MTU leaves its sender in fragments, and only the first
 /// carries the ports. The firewall judges the datagram by its first fragment, in every mode, as
 /// nftables does once the kernel has reassembled it: a 3,000-byte UDP datagram to an accepted

@@ -66,7 +66,7 @@ fn stats(dir: &std::path::Path) -> Result<FwStats, KindMetricsError> {
 /// and the default verdict. The rules' other fields are skipped, not decoded (a scrape of a
 /// 100,000-rule firewall stays cheap).
 #[derive(Debug, Default, serde::Deserialize)]
-struct RecordedRules {
+pub(super) struct RecordedRules {
     rules: Vec<RuleName>,
     default: String,
     /// The connection table's timeouts (not part of the rules; filled in by [`Self::of`]).
@@ -88,7 +88,7 @@ struct Recorded {
 }
 
 impl RecordedRules {
-    fn of(settings: &RecordedSettings) -> Self {
+    pub(super) fn of(settings: &RecordedSettings) -> Self {
         settings
             .parse::<Recorded>()
             .map(|r| RecordedRules {
@@ -98,14 +98,14 @@ impl RecordedRules {
             .unwrap_or_default()
     }
 
-    fn names(&self) -> Vec<Option<&str>> {
+    pub(super) fn names(&self) -> Vec<Option<&str>> {
         self.rules.iter().map(|r| r.name.as_deref()).collect()
     }
 }
 
 /// Per-rule counters labelled by rule: named rules by name, unnamed ones summed as
 /// `(unnamed)`, the default verdict as `(default)`, the chain probe as `netfn-probe`.
-fn rule_counters(
+pub(super) fn rule_counters(
     dir: &std::path::Path,
     names: &[Option<&str>],
 ) -> Result<Vec<(String, RuleCounters)>, KindMetricsError> {
@@ -113,7 +113,34 @@ fn rule_counters(
         t.packets += v.packets;
         t.bytes += v.bytes;
     })?;
-    Ok(by_label(&all, names))
+    Ok(by_label(&with_carried(all, names.len()), names))
+}
+
+/// The counters of an instance of `rules` rules (`all`, by index: the rules, the default
+/// verdict, the chain probe), each with what it carried over from the instances before
+/// (the map's second half, which the stage never writes: see `stage::carry_counters`). A map
+/// without that half (a stage an earlier netfn loaded) is its counters alone.
+fn with_carried(mut all: Vec<RuleCounters>, rules: usize) -> Vec<RuleCounters> {
+    let counted = rules + 2;
+    if all.len() == 2 * counted {
+        let carried = all.split_off(counted);
+        for (c, more) in all.iter_mut().zip(carried) {
+            c.packets += more.packets;
+            c.bytes += more.bytes;
+        }
+    }
+    all
+}
+
+/// The label of counter `i` of a rule set named `names`: the rules', then the default
+/// verdict's, then the chain probe's.
+pub(super) fn label<'a>(i: usize, names: &[Option<&'a str>]) -> &'a str {
+    match (names.get(i), i - names.len().min(i)) {
+        (Some(Some(name)), _) => name,
+        (Some(None), _) => "(unnamed)",
+        (None, 0) => "(default)",
+        (None, _) => PROBE_RULE,
+    }
 }
 
 /// The counters of the rules (by index, as `names`), then of the default verdict, then of the
@@ -125,12 +152,7 @@ fn by_label(all: &[RuleCounters], names: &[Option<&str>]) -> Vec<(String, RuleCo
     let mut index: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
     // The rules, then the default verdict, then the chain probe.
     for (i, c) in all.iter().enumerate() {
-        let label: &str = match (names.get(i), i - names.len().min(i)) {
-            (Some(Some(name)), _) => name,
-            (Some(None), _) => "(unnamed)",
-            (None, 0) => "(default)",
-            (None, _) => PROBE_RULE,
-        };
+        let label = label(i, names);
         match index.get(label) {
             Some(&at) => {
                 let t = &mut out[at].1;
@@ -303,5 +325,18 @@ mod tests {
                 (want_label, n, 100 * n)
             );
         }
+    }
+
+    #[test]
+    fn the_carried_half_adds_to_the_counters() {
+        // 2 rules, the default verdict, the probe; then what each carried.
+        let all: Vec<RuleCounters> = (1..=8).map(counters).collect();
+        let got = with_carried(all.clone(), 2);
+        assert_eq!(
+            got.iter().map(|c| c.packets).collect::<Vec<_>>(),
+            [1 + 5, 2 + 6, 3 + 7, 4 + 8]
+        );
+        // Without that half (a stage an earlier netfn loaded): unchanged.
+        assert_eq!(with_carried(all[..4].to_vec(), 2), all[..4]);
     }
 }

@@ -8,16 +8,22 @@ use netfn_common::firewall::{
     FW_ENTRIES_MAP, FW_FRAGS_MAP, FW_NODES_MAP, FW_RATE_MAP, FW_RULE_COUNTERS_MAP, FW_STATS_MAP,
     FW_TC_PROGRAM, FW_XDP_PROGRAM, FwConf, LeafEntry, Node, RuleAction,
 };
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
+use aya::maps::{MapData, PerCpuArray, PerCpuValues};
+use netfn_common::firewall::RuleCounters;
+
 use netfn_core::function::{
-    FunctionContext, ProbePath, Stage, StageContent, StageError, StageMaps, StagePrograms,
+    FunctionContext, ProbePath, RecordedSettings, Stage, StageContent, StageError, StageMaps,
+    StagePrograms,
 };
 
 use super::classifier::Compiled;
 use super::config::Conntrack;
 use super::kind::FirewallConfig;
-use super::rules::Action;
+use super::observe::{RecordedRules, label, rule_counters};
+use super::rules::{Action, Rule};
 use crate::maps::fill_array;
 
 const SECOND: u64 = 1_000_000_000;
@@ -46,19 +52,67 @@ impl Stage for FirewallConfig {
             default: self.settings.rules.default,
             conntrack: self.settings.conntrack,
             probe: ctx.probe,
+            names: &self.settings.rules.rules,
+            previous: ctx.previous.clone(),
         }))
     }
 }
 
 /// One instance's maps.
-struct Content {
+struct Content<'a> {
     compiled: Arc<Compiled>,
     default: Action,
     conntrack: Conntrack,
     probe: ProbePath,
+    /// The rules (their names label their counters).
+    names: &'a [Rule],
+    /// The settings of the instance this one replaces (a change in place), whose rules'
+    /// counters it carries over.
+    previous: Option<RecordedSettings>,
 }
 
-impl StageContent for Content {
+impl Content<'_> {
+    /// Writes what the replaced instance (its counters still pinned under `maps.dir`) counted
+    /// under each label (a rule's name; the unnamed rules', the default verdict's, the chain
+    /// probe's) into the carried half of this one's counters ([`FW_RULE_COUNTERS_MAP`]'s second
+    /// half, which the stage never writes), at the first counter of the same label: a rule that
+    /// persists keeps counting from where it was.
+    fn carry_counters(&self, maps: &mut StageMaps<'_>) -> Result<(), String> {
+        let Some(previous) = self.previous.as_ref().filter(|_| !maps.fresh) else {
+            return Ok(());
+        };
+        let old = RecordedRules::of(previous);
+        let before: HashMap<String, RuleCounters> = rule_counters(&maps.dir, &old.names())
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .collect();
+        let names: Vec<Option<&str>> = self.names.iter().map(|r| r.name.as_deref()).collect();
+        let counted = names.len() + 2;
+        let cpus = aya::util::nr_cpus().map_err(|(what, e)| format!("{what}: {e}"))?;
+        let map = maps
+            .map_mut(FW_RULE_COUNTERS_MAP)
+            .map_err(|e| e.to_string())?;
+        let mut array: PerCpuArray<&mut MapData, RuleCounters> =
+            PerCpuArray::try_from(map).map_err(|e| format!("{FW_RULE_COUNTERS_MAP}: {e}"))?;
+        let mut done = HashSet::new();
+        for i in 0..counted {
+            let label = label(i, &names);
+            let Some(c) = before.get(label).filter(|_| done.insert(label)) else {
+                continue;
+            };
+            let mut values = vec![RuleCounters::default(); cpus];
+            values[0] = *c;
+            let values = PerCpuValues::try_from(values).map_err(|e| e.to_string())?;
+            let index = u32::try_from(counted + i).map_err(|e| e.to_string())?;
+            array
+                .set(index, values, 0)
+                .map_err(|e| format!("{FW_RULE_COUNTERS_MAP}: {e}"))?;
+        }
+        Ok(())
+    }
+}
+
+impl StageContent for Content<'_> {
     fn map_sizes(&self) -> Vec<(&'static str, u32)> {
         let c = &self.compiled;
         let len = |n: usize| u32::try_from(n).unwrap_or(u32::MAX).max(1);
@@ -68,8 +122,12 @@ impl StageContent for Content {
             (FW_ENTRIES_MAP, len(c.entries.len())),
             (FW_ACTIONS_MAP, rules),
             (FW_RATE_MAP, rules),
-            // Two more: the default verdict's, the chain probe's.
-            (FW_RULE_COUNTERS_MAP, rules.saturating_add(2)),
+            // Two more: the default verdict's, the chain probe's; then as many for what they
+            // carried over from the instances before.
+            (
+                FW_RULE_COUNTERS_MAP,
+                rules.saturating_add(2).saturating_mul(2),
+            ),
             (FW_CONF_MAP, 1),
             (FW_CT_MAP, self.conntrack.size.max(1)),
             (FW_STATS_MAP, 1),
@@ -95,6 +153,15 @@ impl StageContent for Content {
         // Rate buckets start empty and fill at once (their last refill is "long ago"); counters
         // and statistics start at zero; the kept connection table keeps what it holds.
         fill_array::<FwConf>(maps, FW_CONF_MAP, &[conf])
+    }
+
+    /// The rules' counters carry over; failing that (a warning), the change stands and they
+    /// start again from zero, as before.
+    fn live(&self, maps: &mut StageMaps<'_>) -> Result<(), StageError> {
+        if let Err(e) = self.carry_counters(maps) {
+            tracing::warn!("firewall: the per-rule counters start again from zero: {e}");
+        }
+        Ok(())
     }
 }
 

@@ -9,6 +9,7 @@
 
 mod carry;
 pub mod config;
+mod counters;
 mod health;
 pub mod kind;
 pub mod maglev;

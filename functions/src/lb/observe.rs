@@ -9,15 +9,16 @@ use std::collections::HashMap;
 
 use aya::maps::{Array, MapData};
 use netfn_common::lb::{
-    BACKEND_DOWN, Backend, BackendCounters, BackendKey, LB_BACKEND_COUNTERS_MAP, LB_BACKENDS_MAP,
-    LB_FLOWS_MAP, LB_STATS_MAP, LbConf, LbFlowSet, LbStats, VipPort,
+    BACKEND_DOWN, Backend, BackendCounters, BackendKey, LB_BACKENDS_MAP, LB_FLOWS_MAP,
+    LB_STATS_MAP, LbConf, LbFlowSet, LbStats, VipPort,
 };
 use netfn_core::function::{FunctionMetricsContext, KindMetricsError, MetricFamily};
 use netfn_core::spec::FastPath;
 
 use super::config::LbSettings;
-use super::stage::{backend_key, counter_cpus, timeouts, vip_port};
-use crate::maps::{map, monotonic_ns, read_mapped, read_per_cpu, stage_dir};
+use super::counters;
+use super::stage::{backend_key, timeouts, vip_port};
+use crate::maps::{map, monotonic_ns, read_per_cpu, stage_dir};
 
 /// Largest connection table whose flows a scrape counts per backend.
 const COUNT_LIMIT: u32 = 1 << 20;
@@ -38,11 +39,15 @@ fn settings(ctx: &FunctionMetricsContext<'_>) -> Option<LbSettings> {
 }
 
 /// Every backend of the recorded settings, with what the live instance counted (fast path) or
-/// the live ruleset holds (kernel mode).
-fn backends(ctx: &FunctionMetricsContext<'_>, s: &LbSettings) -> Vec<BackendView> {
+/// the live ruleset holds (kernel mode); and per service, what its backends that left counted
+/// ([`counters`]).
+fn backends(
+    ctx: &FunctionMetricsContext<'_>,
+    s: &LbSettings,
+) -> (Vec<BackendView>, Vec<BackendCounters>) {
     if ctx.fastpath == FastPath::Kernel {
         let down = super::nft::down_backends(ctx.netns).unwrap_or_default();
-        return s
+        let views = s
             .services
             .iter()
             .flat_map(|service| {
@@ -56,12 +61,14 @@ fn backends(ctx: &FunctionMetricsContext<'_>, s: &LbSettings) -> Vec<BackendView
                 })
             })
             .collect();
+        return (views, Vec::new());
     }
     let dir = stage_dir(ctx);
-    let counters: Vec<BackendCounters> = dir
+    let totals = dir
         .as_ref()
-        .and_then(|d| backend_counters(&d.join(LB_BACKEND_COUNTERS_MAP)).ok())
+        .and_then(|d| counters::read(d).ok())
         .unwrap_or_default();
+    let counters = totals.backends;
     let flags: Vec<u32> = dir
         .as_ref()
         .and_then(|d| map(&d.join(LB_BACKENDS_MAP)).ok())
@@ -94,7 +101,7 @@ fn backends(ctx: &FunctionMetricsContext<'_>, s: &LbSettings) -> Vec<BackendView
             number += 1;
         }
     }
-    out
+    (out, totals.services)
 }
 
 /// One service as a scrape sees it.
@@ -109,16 +116,17 @@ struct ServiceView {
     flows: u64,
 }
 
-/// Per service, in the settings' order: the sums of its backends' counters (fast path), or
-/// its rule's counter (kernel mode).
+/// Per service, in the settings' order: the sums of its backends' counters and its own
+/// (`own`: what its backends that left counted) on the fast path, or its rule's counter
+/// (kernel mode).
 fn services(
     ctx: &FunctionMetricsContext<'_>,
     s: &LbSettings,
-    backends: &[BackendView],
+    (backends, own): &(Vec<BackendView>, Vec<BackendCounters>),
 ) -> Vec<ServiceView> {
     let kernel_flows = (ctx.fastpath == FastPath::Kernel)
         .then(|| super::nft::service_flows(ctx.netns, s).unwrap_or_default());
-    let mut rest = backends;
+    let mut rest = backends.as_slice();
     s.services
         .iter()
         .enumerate()
@@ -129,6 +137,7 @@ fn services(
                 mine.iter()
                     .map(|b| b.counters.as_ref().map(f))
                     .sum::<Option<u64>>()
+                    .map(|n| n + own.get(i).map_or(0, f))
             };
             ServiceView {
                 label: service.label(),
@@ -143,30 +152,6 @@ fn services(
             }
         })
         .collect()
-}
-
-/// Per backend number, what every CPU's slice counted (a stage an older netfn loaded keeps
-/// them in a per-CPU array: read as such).
-fn backend_counters(path: &std::path::Path) -> Result<Vec<BackendCounters>, KindMetricsError> {
-    let data = MapData::from_pin(path)?;
-    if data.info()?.map_type()? == aya::maps::MapType::PerCpuArray {
-        return read_per_cpu::<BackendCounters>(path, add);
-    }
-    let all: Vec<BackendCounters> = read_mapped(&data)?;
-    let stride = all.len() / counter_cpus()? as usize;
-    let mut out = vec![BackendCounters::default(); stride];
-    for slice in all.chunks_exact(stride.max(1)) {
-        for (total, v) in out.iter_mut().zip(slice) {
-            add(total, v);
-        }
-    }
-    Ok(out)
-}
-
-fn add(total: &mut BackendCounters, v: &BackendCounters) {
-    total.packets += v.packets;
-    total.bytes += v.bytes;
-    total.new_flows += v.new_flows;
 }
 
 /// Tracked flows per backend and service (by identity: a flow's backend number may be of an
@@ -249,7 +234,7 @@ pub fn metrics(ctx: &FunctionMetricsContext<'_>) -> Result<Vec<MetricFamily>, Ki
          above 1,048,576 flows).",
     );
     let backends = backends(ctx, &s);
-    for b in &backends {
+    for b in &backends.0 {
         let labels = [("service", b.service.as_str()), ("backend", b.id.as_str())];
         up.sample_u64(&labels, u64::from(b.up));
         weight.sample_u64(&labels, u64::from(b.weight));
@@ -352,7 +337,7 @@ pub fn status(ctx: &FunctionMetricsContext<'_>) -> Vec<(String, String)> {
             ),
         ));
     }
-    for b in &backends {
+    for b in &backends.0 {
         let state = if b.up { "up" } else { "down" };
         let counted = match &b.counters {
             Some(c) => format!(

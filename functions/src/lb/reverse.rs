@@ -10,8 +10,11 @@
 //! service) this change removes is always carried, once; one that had left before is carried
 //! again only while the connection table holds a flow of it ([`super::carry`]), so the carried
 //! ways back are those of flows still running, not every backend ever removed. At most
-//! [`CARRY_ROOM`] backends that left are carried, the ones this change removes first (beyond
-//! that, their flows' answers are dropped and counted as `lb-reply-untracked`); within one
+//! [`CARRY_ROOM`] backends that left are carried, the ones this change removes first. Beyond
+//! that, a backend that left has no entry, so the stage cannot tell its answers from any other
+//! packet of the backend's side: they pass with the backend's address, uncounted (the client
+//! resets them; no netfn counter shows them), and the apply warns with their number
+//! ([`WaysBack::left_out`]). Within one
 //! backend, the configured services come first and ones it left fill the rest of its
 //! [`REVERSE_SERVICES`] slots, with no number ([`NO_BACKEND`]: their flows are counted under
 //! no backend and checked by no health check).
@@ -40,6 +43,15 @@ pub fn carry_room() -> u32 {
     CARRY_ROOM
 }
 
+/// What [`entries`] gives.
+pub struct WaysBack {
+    /// The map's entries.
+    pub entries: Vec<(BackendKey, Reverse)>,
+    /// Backends that left, whose way back would have been carried but found no room: the
+    /// answers of their flows still running will pass untranslated.
+    pub left_out: usize,
+}
+
 /// The map's entries for `settings`, over what the live instance holds (`live`), at most
 /// `capacity` of them (the configured backends always fit: the map is sized for them).
 /// `still_needed`: of the services `live` carries with no number already (left at an earlier
@@ -49,7 +61,7 @@ pub fn entries(
     live: &[(BackendKey, Reverse)],
     still_needed: Option<&HashSet<Carried>>,
     capacity: usize,
-) -> Vec<(BackendKey, Reverse)> {
+) -> WaysBack {
     // Per backend, its services and its number in each.
     let mut map: BTreeMap<Key, Vec<(VipPort, u32)>> = BTreeMap::new();
     for (number, service, b) in numbered(settings) {
@@ -64,6 +76,7 @@ pub fn entries(
     // In a deterministic order (the kernel's hash order is random per map).
     let mut live: Vec<&(BackendKey, Reverse)> = live.iter().collect();
     live.sort_by_key(|(key, _)| Key(*key));
+    let mut left_out = BTreeSet::new();
     // First what this change removes (numbered in the live instance: its flows surely run),
     // then what left before and still has a flow.
     for left_now in [true, false] {
@@ -82,7 +95,11 @@ pub fn entries(
                 })
                 .map(|(s, _)| *s)
                 .peekable();
-            if kept.peek().is_none() || (!map.contains_key(&Key(*key)) && map.len() >= room) {
+            if kept.peek().is_none() {
+                continue;
+            }
+            if !map.contains_key(&Key(*key)) && map.len() >= room {
+                left_out.insert(Key(*key));
                 continue;
             }
             let services = map.entry(Key(*key)).or_default();
@@ -93,7 +110,8 @@ pub fn entries(
             }
         }
     }
-    map.into_iter()
+    let entries = map
+        .into_iter()
         .map(|(Key(key), services)| {
             let mut r = Reverse::default();
             for ((slot, number), (s, n)) in r
@@ -108,7 +126,11 @@ pub fn entries(
             r.count = services.len().min(REVERSE_SERVICES) as u32;
             (key, r)
         })
-        .collect()
+        .collect();
+    WaysBack {
+        entries,
+        left_out: left_out.len(),
+    }
 }
 
 /// Distinct backends `addr:port:proto` of `settings` (the map's size is this plus
@@ -193,6 +215,16 @@ pub(super) mod tests {
         }
     }
 
+    /// [`entries`]' map entries.
+    fn ways(
+        s: &LbSettings,
+        live: &[(BackendKey, Reverse)],
+        needed: Option<&HashSet<Carried>>,
+        capacity: usize,
+    ) -> Vec<(BackendKey, Reverse)> {
+        entries(s, live, needed, capacity).entries
+    }
+
     /// The services of backend `k` in `entries`, each with the backend's number in it.
     fn services_of(entries: &[(BackendKey, Reverse)], k: BackendKey) -> Vec<(VipPort, u32)> {
         let (_, r) = entries
@@ -220,7 +252,7 @@ pub(super) mod tests {
             // The same address and port over UDP is another backend.
             service([192, 0, 2, 11], 53, L4::Udp, &[([10, 2, 0, 1], 8080)]),
         ]);
-        let e = entries(&s, &[], None, 100);
+        let e = ways(&s, &[], None, 100);
         assert_eq!(e.len(), 3);
         assert_eq!(configured(&s), 3);
         // Numbers run across the services: 80's backend is 0, 81's are 1 and 2, 53's is 3.
@@ -246,7 +278,7 @@ pub(super) mod tests {
             L4::Tcp,
             &[([10, 2, 0, 1], 8080), ([10, 2, 0, 2], 8080)],
         )]);
-        let live = entries(&before, &[], None, 100);
+        let live = ways(&before, &[], None, 100);
         // Backend 2 leaves; backend 1 moves to another service.
         let after = settings(vec![service(
             [192, 0, 2, 20],
@@ -254,7 +286,7 @@ pub(super) mod tests {
             L4::Tcp,
             &[([10, 2, 0, 1], 8080)],
         )]);
-        let e = entries(&after, &live, None, 100);
+        let e = ways(&after, &live, None, 100);
         assert_eq!(
             services_of(&e, key([10, 2, 0, 1], 8080, L4::Tcp)),
             vec![
@@ -268,7 +300,7 @@ pub(super) mod tests {
             vec![(to([192, 0, 2, 10], 80), NO_BACKEND)]
         );
         // Applying the same settings again changes nothing.
-        assert_eq!(entries(&after, &e, None, 100), e);
+        assert_eq!(ways(&after, &e, None, 100), e);
     }
 
     #[test]
@@ -287,7 +319,7 @@ pub(super) mod tests {
             web_of(&[(a, 80)]),
             service([192, 0, 2, 10], 53, L4::Tcp, &[(d, 80)]),
         ]);
-        let live = entries(&v2, &entries(&v1, &[], None, 100), None, 100);
+        let live = ways(&v2, &ways(&v1, &[], None, 100), None, 100);
         assert_eq!(
             services_of(&live, key(d, 80, L4::Tcp)),
             vec![(dns, 1), (web, NO_BACKEND)]
@@ -297,7 +329,7 @@ pub(super) mod tests {
         // Only c has a flow left (of web); and a leaves now (a change that removes it).
         let needed = HashSet::from([(key(c, 80, L4::Tcp), web)]);
         let v3 = settings(vec![service([192, 0, 2, 10], 53, L4::Tcp, &[(d, 80)])]);
-        let e = entries(&v3, &live, Some(&needed), 100);
+        let e = ways(&v3, &live, Some(&needed), 100);
         let keys: Vec<BackendKey> = e.iter().map(|(k, _)| *k).collect();
         assert_eq!(
             keys,
@@ -322,13 +354,19 @@ pub(super) mod tests {
             "d's web, without a flow, goes; its configured service stays"
         );
         // Unknown (the table could not be read): everything is carried, as before.
-        assert_eq!(entries(&v3, &live, None, 100).len(), 4);
+        assert_eq!(ways(&v3, &live, None, 100).len(), 4);
         // No room for all: the backend this change removes first, then ones with flows.
-        let tight = entries(&v3, &live, None, 2);
+        let tight = ways(&v3, &live, None, 2);
         let keys: Vec<BackendKey> = tight.iter().map(|(k, _)| *k).collect();
         assert_eq!(keys, vec![key(a, 80, L4::Tcp), key(d, 80, L4::Tcp)]);
+        assert_eq!(
+            entries(&v3, &live, None, 2).left_out,
+            2,
+            "b and c found no room (told at the apply)"
+        );
+        assert_eq!(entries(&v3, &live, None, 100).left_out, 0);
         // Once a's flows are gone too, the next change carries only what still runs.
-        let after = entries(&v3, &e, Some(&HashSet::new()), 100);
+        let after = ways(&v3, &e, Some(&HashSet::new()), 100);
         assert_eq!(after.len(), 1, "{after:?}");
     }
 
@@ -352,8 +390,13 @@ pub(super) mod tests {
             L4::Tcp,
             &[([10, 2, 1, 0], 8080), ([10, 2, 0, 9], 8080)],
         )]);
-        let e = entries(&s, &live, None, 5);
+        let e = ways(&s, &live, None, 5);
         assert_eq!(e.len(), 5, "capacity 5: the 2 configured and 3 carried");
+        assert_eq!(
+            entries(&s, &live, None, 5).left_out,
+            6,
+            "10.2.1.4 to 10.2.1.9"
+        );
         let first = services_of(&e, key([10, 2, 1, 0], 8080, L4::Tcp));
         assert_eq!(first.len(), REVERSE_SERVICES);
         assert_eq!(first[0], (to([192, 0, 2, 10], 80), 0), "configured first");
@@ -362,7 +405,7 @@ pub(super) mod tests {
             "{first:?}"
         );
         // A capacity below the configured count still keeps every configured backend.
-        assert_eq!(entries(&s, &live, None, 0).len(), 2);
+        assert_eq!(ways(&s, &live, None, 0).len(), 2);
     }
 
     #[test]
@@ -374,7 +417,7 @@ pub(super) mod tests {
             web(&[(a, 8080), (b, 8080), (c, 8080)]),
             dns(&[(a, 53), (c, 53)]),
         ]);
-        let live = entries(&before, &[], None, 100);
+        let live = ways(&before, &[], None, 100);
         assert_eq!(
             services_of(&live, key(b, 8080, L4::Tcp)),
             vec![(to([192, 0, 2, 10], 80), 1)]
@@ -386,7 +429,7 @@ pub(super) mod tests {
         // The first backend leaves the first service: every number after it moves down one,
         // the second service's too; the backend that left keeps its way back, unnumbered.
         let after = settings(vec![web(&[(b, 8080), (c, 8080)]), dns(&[(a, 53), (c, 53)])]);
-        let e = entries(&after, &live, None, 100);
+        let e = ways(&after, &live, None, 100);
         let web_vip = to([192, 0, 2, 10], 80);
         assert_eq!(services_of(&e, key(b, 8080, L4::Tcp)), vec![(web_vip, 0)]);
         assert_eq!(services_of(&e, key(c, 8080, L4::Tcp)), vec![(web_vip, 1)]);

@@ -21,7 +21,7 @@ use netfn_common::lb::{
     LB_BACKEND_COUNTERS_MAP, LB_BACKENDS_MAP, LB_CONF_MAP, LB_FLOWS_MAP, LB_FRAGS_MAP,
     LB_REVERSE_MAP, LB_SERVICES_MAP, LB_STATS_MAP, LB_TABLE_MAP, LB_TC_PROGRAM, LB_XDP_PROGRAM,
     LbConf, LbFlowSet, LbFrag, LbStats, NO_BACKEND, Reverse, Service, ServiceKey, VipPort,
-    counter_stride, flow_sets,
+    flow_sets,
 };
 use netfn_core::function::{
     FunctionContext, Stage, StageContent, StageError, StageMaps, StagePrograms,
@@ -30,7 +30,7 @@ use netfn_core::function::{
 use super::config::{BackendConf, LbSettings, ServiceConf};
 use super::kind::LbConfig;
 use super::maglev::{self, Entry, Previous};
-use super::{carry, reverse};
+use super::{carry, counters, reverse};
 use crate::maps::{MappedU32, fill_array, map_err};
 
 const SECOND: u64 = 1_000_000_000;
@@ -61,15 +61,19 @@ impl Stage for LbConfig {
         ]
     }
 
-    fn prepare(&self, _ctx: &FunctionContext) -> Result<Box<dyn StageContent + '_>, StageError> {
+    fn prepare(&self, ctx: &FunctionContext) -> Result<Box<dyn StageContent + '_>, StageError> {
         Ok(Box::new(Content {
             settings: &self.settings,
+            previous: ctx.previous.as_ref().and_then(|p| p.parse().ok()),
         }))
     }
 }
 
 struct Content<'a> {
     settings: &'a LbSettings,
+    /// The settings of the instance this one replaces (a change in place), whose counters it
+    /// carries over ([`counters`]).
+    previous: Option<LbSettings>,
 }
 
 /// The CPU slices [`LB_BACKEND_COUNTERS_MAP`] has: one per possible CPU id (the highest in
@@ -257,7 +261,7 @@ fn maps(s: &LbSettings, cpus: u32) -> [(&'static str, u64, u64); 9] {
     let size = |bytes: usize| bytes as u64;
     let services = s.services.len() as u64;
     let backends: usize = s.services.iter().map(|s| s.backends.len()).sum();
-    let stride = counter_stride(u32::try_from(backends).unwrap_or(u32::MAX).max(1));
+    let counters = counters::Layout::new(backends, cpus).len(s.services.len());
     let cpus = u64::from(cpus);
     [
         (
@@ -273,7 +277,7 @@ fn maps(s: &LbSettings, cpus: u32) -> [(&'static str, u64, u64); 9] {
         (LB_BACKENDS_MAP, backends as u64, size(size_of::<Backend>())),
         (
             LB_BACKEND_COUNTERS_MAP,
-            u64::from(stride) * cpus,
+            counters,
             size(size_of::<BackendCounters>()),
         ),
         (LB_CONF_MAP, 1, size(size_of::<LbConf>())),
@@ -311,6 +315,34 @@ pub fn map_bytes(s: &LbSettings, cpus: u32) -> Vec<(&'static str, u64)> {
 fn halves(i: u32, size: u32) -> Option<[u32; 2]> {
     let base = i.checked_mul(2)?.checked_mul(size)?;
     Some([base, base.checked_add(size)?])
+}
+
+impl Content<'_> {
+    /// Writes what the replaced instance (its maps still pinned under `maps.dir`) counted for
+    /// the backends and services that persist into this one's carried entries.
+    fn carry_counters(&self, maps: &mut StageMaps<'_>) -> Result<(), String> {
+        let Some(old) = self.previous.as_ref().filter(|_| !maps.fresh) else {
+            return Ok(());
+        };
+        let before = counters::read(&maps.dir)?;
+        let new = self.settings;
+        let layout = counters::Layout::new(numbered(new).count(), counter_cpus()?);
+        let Some(entries) = counters::carry(old, &before, new, layout) else {
+            return Err("the live instance's counters do not match its settings".into());
+        };
+        let map = maps
+            .map_mut(LB_BACKEND_COUNTERS_MAP)
+            .map_err(|e| e.to_string())?;
+        let mut array: Array<&mut MapData, BackendCounters> =
+            Array::try_from(map).map_err(|e| format!("{LB_BACKEND_COUNTERS_MAP}: {e}"))?;
+        for (index, value) in entries {
+            let index = u32::try_from(index).map_err(|e| e.to_string())?;
+            array
+                .set(index, value, 0)
+                .map_err(|e| format!("{LB_BACKEND_COUNTERS_MAP}: {e}"))?;
+        }
+        Ok(())
+    }
 }
 
 impl StageContent for Content<'_> {
@@ -380,8 +412,18 @@ impl StageContent for Content<'_> {
             let map = maps.map_mut(LB_REVERSE_MAP)?;
             let mut way_back: HashMap<&mut MapData, BackendKey, Reverse> =
                 HashMap::try_from(map).map_err(map_err(LB_REVERSE_MAP))?;
-            let entries = reverse::entries(s, &live_reverse, still_needed.as_ref(), capacity);
-            for (key, value) in entries {
+            let ways = reverse::entries(s, &live_reverse, still_needed.as_ref(), capacity);
+            if ways.left_out > 0 {
+                tracing::warn!(
+                    "load balancer: {} backend(s) that left the settings find no room for their \
+                     way back (room for {} backends that left): answers of their \
+                     flows still running will pass with the backend's address (clients reset \
+                     them; no drop is counted)",
+                    ways.left_out,
+                    reverse::carry_room()
+                );
+            }
+            for (key, value) in ways.entries {
                 way_back
                     .insert(key, value, 0)
                     .map_err(map_err(LB_REVERSE_MAP))?;
@@ -430,6 +472,17 @@ impl StageContent for Content<'_> {
             services
                 .insert(key, service, 0)
                 .map_err(map_err(LB_SERVICES_MAP))?;
+        }
+        Ok(())
+    }
+
+    /// The per-backend and per-service counters carry over; failing that (a warning), the
+    /// change stands and they start again from zero, as before.
+    fn live(&self, maps: &mut StageMaps<'_>) -> Result<(), StageError> {
+        if let Err(e) = self.carry_counters(maps) {
+            tracing::warn!(
+                "load balancer: the per-backend and per-service counters start again from zero: {e}"
+            );
         }
         Ok(())
     }

@@ -29,7 +29,8 @@ pub(crate) fn start(
 
 /// Starts (or, with `fresh` false, changes in place) what the kind of function `name` adds.
 /// A kernel form also matches the function's interfaces in the plans of `also` (an apply's old
-/// plan, while packets still arrive on the old links).
+/// plan, while packets still arrive on the old links); a change in place also learns the
+/// function's settings there ([`FunctionContext::previous`]).
 pub(crate) fn start_one(
     plan: &ChainPlan,
     also: &[&ChainPlan],
@@ -44,6 +45,12 @@ pub(crate) fn start_one(
         return Ok(());
     };
     for other in also {
+        if !fresh
+            && let Some((_, old)) = other.hop(name)
+            && let HopRole::Function { settings, .. } = &old.role
+        {
+            ctx.previous = Some(settings.clone());
+        }
         if let Some(o) = other.hop(name).and_then(|(oh, _)| context(other, oh)) {
             for (mine, theirs) in [
                 (&mut ctx.ingress_ifs, o.ingress_ifs),
@@ -185,6 +192,7 @@ fn context(plan: &ChainPlan, h: usize) -> Option<FunctionContext> {
             dst: last.inn.address.addr(),
             port: DEFAULT_PROBE_PORT,
         },
+        previous: None,
     })
 }
 

@@ -5,8 +5,9 @@
 //!
 //! [`load_stage`] makes an instance live by writing its program into the chain's stage array at
 //! the function's slot: one map update, so every packet meets either the old instance or the new
-//! one, never a mix. A settings change is another `load_stage` (kept maps carry over); removing a
-//! function is [`forget_stage`]. Nothing here decides which functions have stages: the plan says.
+//! one, never a mix. A settings change is another `load_stage` (kept maps carry over, and the
+//! kind's `StageContent::live` carries its instance counters over before readers find the new
+//! instance); removing a function is [`forget_stage`]. Nothing here decides which functions have stages: the plan says.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -122,7 +123,13 @@ pub fn load_stage(
             source,
         })?;
 
-    // Readers (metrics) find the live instance's maps by pin: replace them, then switch.
+    let stages_pin = bpf_dir.join(STAGES_PIN);
+    let mut stages: ProgramArray<_> =
+        ProgramArray::try_from(pinned_map(&stages_pin)?).map_err(map_error(&stages_pin))?;
+    stages.set(slot, &fd, 0).map_err(map_error(&stages_pin))?;
+    // Live. What the replaced instance counted carries over while readers still read it (its
+    // counters stand still now), then readers (metrics) find the live instance's maps by pin.
+    let carried = content.live(&mut StageMaps::new(&mut ebpf, slot, fresh, dir.clone()));
     for name in stage.instance_maps() {
         let path = dir.join(name);
         remove_file_if_present(&path)?;
@@ -132,10 +139,7 @@ pub fn load_stage(
         map.pin(&path)
             .map_err(|source| EbpfError::Pin { path, source })?;
     }
-    let stages_pin = bpf_dir.join(STAGES_PIN);
-    let mut stages: ProgramArray<_> =
-        ProgramArray::try_from(pinned_map(&stages_pin)?).map_err(map_error(&stages_pin))?;
-    stages.set(slot, &fd, 0).map_err(map_error(&stages_pin))?;
+    carried.map_err(stage_err)?;
     Ok(StageLoad {
         fresh,
         elapsed: started.elapsed(),

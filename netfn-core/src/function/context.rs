@@ -30,4 +30,8 @@ pub struct FunctionContext {
     pub ingress_subnet: Ipv4Net,
     pub egress_subnet: Ipv4Net,
     pub probe: ProbePath,
+    /// The function's recorded settings before this change, when an apply changes it in place
+    /// (a new stage instance carries the live one's counters over by them: a backend, a rule
+    /// keeps its count); `None` when the function starts.
+    pub previous: Option<super::RecordedSettings>,
 }

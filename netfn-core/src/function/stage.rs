@@ -46,6 +46,14 @@ pub trait StageContent {
     fn map_sizes(&self) -> Vec<(&'static str, u32)>;
     /// Fills a new instance's maps before it goes live.
     fn fill(&self, maps: &mut StageMaps<'_>) -> Result<(), StageError>;
+    /// Right after the instance went live, before readers find its [`Stage::instance_maps`]
+    /// (their pins still name the instance it replaced, which counts no more packets): the
+    /// moment to carry over what that one counted, so that a reader never sees a counter go
+    /// back. Nothing by default.
+    fn live(&self, maps: &mut StageMaps<'_>) -> Result<(), StageError> {
+        let _ = maps;
+        Ok(())
+    }
 }
 
 /// The maps of one stage instance being prepared.

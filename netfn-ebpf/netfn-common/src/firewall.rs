@@ -25,7 +25,9 @@ pub const FW_ENTRIES_MAP: &str = "NF_FW_ENTRIES";
 pub const FW_ACTIONS_MAP: &str = "NF_FW_ACTIONS";
 pub const FW_CONF_MAP: &str = "NF_FW_CONF";
 pub const FW_RATE_MAP: &str = "NF_FW_RATE";
-/// Per rule (and one more for the default verdict): packets and bytes of new connections.
+/// Per rule (and one more for the default verdict, one for the chain probe): packets and bytes
+/// of new connections; then as many entries the stage never writes, what each carried over from
+/// earlier instances (userspace writes them, readers add them in).
 pub const FW_RULE_COUNTERS_MAP: &str = "NF_FW_RULE_COUNTERS";
 /// Kept across settings changes: the connection table and the function's statistics.
 pub const FW_CT_MAP: &str = "NF_FW_CT";

@@ -43,7 +43,8 @@ pub const LB_BACKENDS_MAP: &str = "NF_LB_BACKENDS";
 pub const LB_CONF_MAP: &str = "NF_LB_CONF";
 /// Per CPU and backend number: packets, bytes and new flows sent to it (this instance's). A
 /// plain array cut in one slice per possible CPU id, [`counter_stride`] long: CPU `c` counts
-/// backend `n` at `c * stride + n` (see [`counter_index`]).
+/// backend `n` at `c * stride + n` (see [`counter_index`]). After the CPUs' slices, entries the
+/// stage never writes: what earlier instances counted (userspace writes and reads them).
 pub const LB_BACKEND_COUNTERS_MAP: &str = "NF_LB_BACKEND_COUNTERS";
 /// Kept across settings changes: the connection table and the function's statistics.
 pub const LB_FLOWS_MAP: &str = "NF_LB_FLOWS";
