@@ -118,6 +118,20 @@ fn connect(chain: &str) -> TcpStream {
     )
 }
 
+/// How many connections rule `rule` of `fw1` accepted (`by rule` in status: "web 2, stream 1").
+fn rule_count(chain: &str, rule: &str) -> u64 {
+    netfn_tests::status_details(chain, "fw1")
+        .into_iter()
+        .filter(|(label, _)| label == "by rule")
+        .flat_map(|(_, value)| {
+            value
+                .split(", ")
+                .filter_map(|r| r.strip_prefix(&format!("{rule} "))?.parse().ok())
+                .collect::<Vec<u64>>()
+        })
+        .sum()
+}
+
 fn apply_after_an_upgrade_in(mode: &str) {
     let _turn = alone();
     let chain = unique_chain(&format!("ug{}", &mode[..1]));
@@ -200,6 +214,15 @@ fn apply_after_an_upgrade_in(mode: &str) {
     assert_eq!(recorded_programs(&chain).as_deref(), Some(ours.as_str()));
     assert!(!status.contains("programs: another"), "{status}");
     echo(&mut connect(&chain), b"new").expect("a new connection works after the reload");
+    if mode != "kernel" {
+        assert_eq!(
+            rule_count(&chain, "web"),
+            2,
+            "{mode}: the rule's count goes on across the reload (the connection before it, and \
+             the new one)\n{}",
+            netfn_ok(&["status", &chain])
+        );
+    }
 
     // A record naming another build is an upgrade too; then nothing is left to load.
     record_programs_of(&chain, Some("0123456789abcdef"));

@@ -148,7 +148,9 @@ pub(crate) fn reload(plan: &ChainPlan, kinds: &Registry) -> Result<(), ObjectErr
                 function: hop.name.clone(),
                 why,
             })?;
-        if let (Some(ctx), Some(slot)) = (context(plan, h), plan.function_slot(h)) {
+        if let (Some(mut ctx), Some(slot)) = (context(plan, h), plan.function_slot(h)) {
+            // The same settings: the new instance carries the live one's counters over.
+            ctx.previous = Some(settings.clone());
             stages.push((ctx, slot, config));
         }
     }
