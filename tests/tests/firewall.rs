@@ -422,6 +422,11 @@ fn tcp_connect(ns: &str, src: Ipv4Addr, sport: u16, to: SocketAddrV4) -> (Seen, 
 /// One UDP datagram to an echo server, classified.
 fn udp_probe(ns: &str, src: Ipv4Addr, to: SocketAddrV4) -> Seen {
     let s = in_netns(ns, || UdpSocket::bind(SocketAddrV4::new(src, 0))).expect("bind udp");
+    udp_probe_from(&s, to)
+}
+
+/// One UDP datagram from socket `s` to an echo server, classified.
+fn udp_probe_from(s: &UdpSocket, to: SocketAddrV4) -> Seen {
     s.connect(to).expect("connect udp");
     s.set_read_timeout(Some(WAIT)).expect("timeout");
     s.send(b"probe").expect("send");
@@ -1043,6 +1048,67 @@ fn unrelated_icmp_errors_are_invalid_xdp() {
 #[test]
 fn unrelated_icmp_errors_are_invalid_kernel() {
     unrelated_icmp_errors_are_invalid_in("kernel");
+}
+
+/// An ICMP error quoting an IPv4 header with options relates to its connection as any other: a
+/// UDP datagram sent with IP options (four NOPs) to a closed port the rules accept is answered
+/// by the server's kernel with a port-unreachable quoting that header, options and all, and the
+/// client's socket sees it (connection refused) in every mode. Before, the fast path read only
+/// quoted headers of 20 bytes (first byte 0x45), took this one for no connection's, and
+/// dropped it as invalid (`fw-invalid`), while kernel mode's conntrack related it.
+fn icmp_errors_quoting_ip_options_in(mode: &str) {
+    let _turn = shared();
+    let settings = r#"default = "drop"
+
+[[chain.function.rule]]
+proto = "udp"
+dport = 9
+action = "accept"
+"#;
+    let lab = Lab::up("io", mode, settings, &[], &[]);
+    let (ns, client, server) = ends(&lab.chain, From::Ingress);
+    let watcher = raw_socket(&ns, libc::IPPROTO_ICMP, WAIT);
+    let s = in_netns(&ns, || UdpSocket::bind(SocketAddrV4::new(client, 0))).expect("bind udp");
+    let nops: [u8; 4] = [1; 4];
+    netfn_tests::set_socket_option(s.as_raw_fd(), libc::IPPROTO_IP, libc::IP_OPTIONS, &nops)
+        .expect("IP_OPTIONS");
+    let seen = udp_probe_from(&s, SocketAddrV4::new(server, 9));
+    // The first byte of the quoted header of each port-unreachable that reached the client.
+    let quoted: Vec<u8> = std::iter::from_fn(|| netfn_tests::raw::recv_packet(&watcher))
+        .take(4)
+        .filter_map(|p| {
+            let icmp = usize::from(p.first()? & 0x0f) * 4;
+            (p.get(icmp..icmp + 2)? == [3, 3]).then(|| p.get(icmp + 8).copied())?
+        })
+        .collect();
+    let drops = fastpath_drops(&lab.chain);
+    assert_eq!(
+        seen,
+        Seen::Refused,
+        "{mode}: the port-unreachable quoting IP options did not reach the client's socket \
+         (quoted headers that arrived: {quoted:x?}; drops: {drops:?})"
+    );
+    assert_eq!(
+        quoted,
+        [0x46],
+        "{mode}: the error that arrived did not quote a header with options"
+    );
+    assert_eq!(drops.get("fw-invalid"), None, "{mode}: {drops:?}");
+}
+
+#[test]
+fn icmp_errors_quoting_ip_options_tc() {
+    icmp_errors_quoting_ip_options_in("tc");
+}
+
+#[test]
+fn icmp_errors_quoting_ip_options_xdp() {
+    icmp_errors_quoting_ip_options_in("xdp");
+}
+
+#[test]
+fn icmp_errors_quoting_ip_options_kernel() {
+    icmp_errors_quoting_ip_options_in("kernel");
 }
 
 /// A reject never answers an ICMP error with an ICMP error (RFC 1122 3.2.2; the kernel's

@@ -12,39 +12,17 @@
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
-use std::path::PathBuf;
 
+use Verdict::{Drop, Forward, Stack};
 use netfn_tests::frames::{self, ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6, ICMP, Link, TCP, UDP};
 use netfn_tests::loss::function_drops;
-use netfn_tests::test_run::{self, Hook};
+use netfn_tests::test_run::{self, Hook, Verdict, hops, verdict};
 use netfn_tests::traffic::udp_echo;
 use netfn_tests::wireguard::keypair;
-use netfn_tests::{ChainGuard, TempDir, in_netns, netfn_ok, shared, unique_chain};
+use netfn_tests::{ChainGuard, TempDir, in_netns, shared, unique_chain};
 
 const VIP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 77);
 const VIP_PORT: u16 = 7000;
-
-/// What a hop does with a frame.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-enum Verdict {
-    /// Forwarded to the next hop (TC redirect to the peer, XDP redirect through the devmap).
-    Forward,
-    /// Handed to the function's own stack (ARP, non-IPv4, broadcast, multicast, to itself).
-    Stack,
-    /// Dropped, counted under the reason.
-    Drop(&'static str),
-}
-
-use Verdict::{Drop, Forward, Stack};
-
-fn verdict(hook: Hook, retval: u32) -> Option<Verdict> {
-    match (hook, retval) {
-        (Hook::Tc, 7) | (Hook::Xdp, 4) => Some(Forward),
-        (Hook::Tc, 0) | (Hook::Xdp, 2) => Some(Stack),
-        (Hook::Tc, 2) | (Hook::Xdp, 1) => Some(Drop("")),
-        _ => None,
-    }
-}
 
 /// A frame of the corpus: its name and how to build it on a link.
 struct Case {
@@ -276,77 +254,6 @@ fn corpus() -> Vec<Case> {
     ]
 }
 
-/// One interface of a function, the frames that arrive on it, and where the program is.
-struct Hop {
-    function: String,
-    kind: String,
-    netns: String,
-    interface: String,
-    ifindex: u32,
-    link: Link,
-}
-
-fn mac(text: &str) -> [u8; 6] {
-    let mut m = [0u8; 6];
-    for (b, part) in m.iter_mut().zip(text.split(':')) {
-        *b = u8::from_str_radix(part, 16).expect("mac");
-    }
-    m
-}
-
-/// Every function interface of `chain`, with the link its frames arrive on: from the ingress
-/// side on `nf-in` (client to server), from the egress side on `nf-out` (server to client).
-fn hops(chain: &str, ingress: Ipv4Addr, egress: Ipv4Addr) -> Vec<Hop> {
-    let status: serde_json::Value =
-        serde_json::from_str(&netfn_ok(&["status", chain, "--json"])).expect("status json");
-    let all = status[0]["hops"].as_array().expect("hops").clone();
-    let iface = |h: &serde_json::Value, name: &str| -> Option<(u32, [u8; 6])> {
-        h["interfaces"]
-            .as_array()?
-            .iter()
-            .find(|i| i["name"] == name)
-            .map(|i| {
-                (
-                    i["ifindex"].as_u64().expect("ifindex") as u32,
-                    mac(i["mac"].as_str().expect("mac")),
-                )
-            })
-    };
-    let mut out = Vec::new();
-    for (n, h) in all.iter().enumerate() {
-        let kind = h["kind"].as_str().unwrap_or_default();
-        if kind == "ingress" || kind == "egress" {
-            continue;
-        }
-        let prev = &all[n - 1];
-        let next = &all[n + 1];
-        let prev_out = iface(prev, "nf-out").expect("previous hop's nf-out");
-        let next_in = iface(next, "nf-in")
-            .or_else(|| iface(next, "nf-out"))
-            .expect("next");
-        for (interface, peer_mac, src, dst) in [
-            ("nf-in", prev_out.1, ingress, egress),
-            ("nf-out", next_in.1, egress, ingress),
-        ] {
-            let (ifindex, own) = iface(h, interface).expect("function interface");
-            out.push(Hop {
-                function: h["name"].as_str().expect("name").to_string(),
-                kind: kind.to_string(),
-                netns: h["netns"].as_str().expect("netns").to_string(),
-                interface: interface.to_string(),
-                ifindex,
-                link: Link {
-                    src_mac: peer_mac,
-                    dst_mac: own,
-                    src,
-                    dst,
-                },
-            });
-        }
-    }
-    out
-}
-
 /// The load balancer's backend is the egress endpoint on port 7003, not 7001 where the good
 /// traffic's echo server answers: a load balancer drops (as `lb-reply-untracked`) what a
 /// backend's service port sends without a balanced flow. The WireGuard endpoint is last, its
@@ -376,16 +283,7 @@ fn corpus_at_every_hop(fastpath: &str, hook: Hook) {
     let (_, peer_public) = keypair(&dir, "peer.key");
     let file = dir.write("chain.toml", &chain_file(&chain, fastpath, &peer_public));
     let _guard = ChainGuard::up(&chain, &file);
-    let program = PathBuf::from(format!(
-        "/sys/fs/bpf/netfn/{chain}/{}",
-        if hook == Hook::Tc {
-            "nf_fwd_tc"
-        } else {
-            "nf_fwd_xdp"
-        }
-    ));
-    let program = test_run::pinned_program(&program)
-        .unwrap_or_else(|e| panic!("open {}: {e}", program.display()));
+    let program = test_run::forwarder(&chain, hook);
     let mut failures = Vec::new();
     let mut refused = Vec::new();
     let mut checked = 0;

@@ -86,6 +86,24 @@ pub enum Origin {
 }
 
 impl Origin {
+    /// This place as a message standing at `from` names it: "line 17" in the same file, else
+    /// with the file ("line 17 of the chain file", "line 3 of /etc/fw1-rules.toml").
+    fn seen_from(&self, from: &Origin, chain_lines: &LineIndex<'_>) -> String {
+        match (self, from) {
+            (Origin::Chain(span), Origin::Chain(_)) => {
+                format!("line {}", chain_lines.position(span.start).line)
+            }
+            (Origin::Chain(span), Origin::File(_)) => format!(
+                "line {} of the chain file",
+                chain_lines.position(span.start).line
+            ),
+            (Origin::File(at), Origin::File(other)) if at.file == other.file => {
+                format!("line {}", at.line)
+            }
+            (Origin::File(at), _) => format!("line {} of {}", at.line, at.file.display()),
+        }
+    }
+
     /// A diagnostic about the rule written here.
     pub fn diagnostic(&self, message: String, hint: Option<String>) -> SettingError {
         match self {
@@ -163,7 +181,7 @@ enum PortItem {
 /// origins of the rules, in the same order.
 pub fn parse(settings: Settings<'_>) -> Result<(FirewallSettings, Vec<Origin>), Vec<SettingError>> {
     let base_dir = settings.base_dir().to_path_buf();
-    let table_span = settings.span();
+    let lines = settings.lines();
     let mut t = settings.fields();
     let mut out = Problems::default();
     let default = t
@@ -189,10 +207,13 @@ pub fn parse(settings: Settings<'_>) -> Result<(FirewallSettings, Vec<Origin>), 
     t.finish(&mut out);
     let mut rules = Vec::new();
     let mut origins = Vec::new();
+    // Where each rule's name is written (the rule itself when it has none).
+    let mut names = Vec::new();
     for r in inline.map(Spanned::into_inner).unwrap_or_default() {
         let span = r.span();
-        if let Some(rule) = rule(&mut out, r) {
+        if let Some((rule, name)) = rule(&mut out, r) {
             rules.push(rule);
+            names.push(Origin::Chain(name.unwrap_or_else(|| span.clone())));
             origins.push(Origin::Chain(span));
         }
     }
@@ -210,14 +231,15 @@ pub fn parse(settings: Settings<'_>) -> Result<(FirewallSettings, Vec<Origin>), 
             Ok(text) => {
                 let (more, errors) = rules_file_rules(&resolved, &text);
                 file_errors = errors;
-                for (rule, at) in more {
+                for (rule, at, name) in more {
                     rules.push(rule);
                     origins.push(Origin::File(at));
+                    names.push(Origin::File(name));
                 }
             }
         }
     }
-    duplicate_names(&mut out, &rules, table_span);
+    duplicate_names(&mut out, &rules, &names, &lines);
     out.0.extend(file_errors);
     out.result((
         FirewallSettings {
@@ -241,8 +263,9 @@ fn unreadable_hint(kind: std::io::ErrorKind) -> &'static str {
     }
 }
 
-/// The rules of a rules file (with where each starts), and its problems, located in it.
-fn rules_file_rules(path: &Path, text: &str) -> (Vec<(Rule, Located)>, Vec<SettingError>) {
+/// The rules of a rules file (with where each starts, and where its name is written), and its
+/// problems, located in it.
+fn rules_file_rules(path: &Path, text: &str) -> (Vec<(Rule, Located, Located)>, Vec<SettingError>) {
     let lines = LineIndex::new(text);
     let at = |offset: usize| {
         let at = lines.position(offset);
@@ -266,8 +289,9 @@ fn rules_file_rules(path: &Path, text: &str) -> (Vec<(Rule, Located)>, Vec<Setti
             t.finish(&mut out);
             for r in found.map(Spanned::into_inner).unwrap_or_default() {
                 let start = r.span().start;
-                if let Some(rule) = rule(&mut out, r) {
-                    rules.push((rule, at(start)));
+                if let Some((rule, name)) = rule(&mut out, r) {
+                    let name = name.map_or(start, |n| n.start);
+                    rules.push((rule, at(start), at(name)));
                 }
             }
         }
@@ -299,11 +323,14 @@ fn action(out: &mut Problems, value: &Spanned<String>) -> Option<Action> {
     }
 }
 
-/// Checks one rule; `None` (with its problems reported) if it is not valid.
-fn rule(out: &mut Problems, mut t: Fields<'_>) -> Option<Rule> {
+/// Checks one rule; `None` (with its problems reported) if it is not valid. With the rule, the
+/// span of its name's value, if it has one.
+fn rule(out: &mut Problems, mut t: Fields<'_>) -> Option<(Rule, Option<Range<usize>>)> {
     let span = t.span();
     let before = out.len();
-    let name = t.string("name", NAME, out).and_then(|n| rule_name(out, &n));
+    let written = t.string("name", NAME, out);
+    let name_span = written.as_ref().map(Spanned::span);
+    let name = written.and_then(|n| rule_name(out, &n));
     let from = match t.string("from", FROM, out) {
         None => Side::Ingress,
         Some(f) => match f.get_ref().as_str() {
@@ -392,7 +419,7 @@ fn rule(out: &mut Problems, mut t: Fields<'_>) -> Option<Rule> {
     if out.len() > before {
         return None;
     }
-    Some(Rule {
+    let rule = Rule {
         name,
         src,
         dst,
@@ -403,7 +430,8 @@ fn rule(out: &mut Problems, mut t: Fields<'_>) -> Option<Rule> {
         from,
         action: action?,
         rate,
-    })
+    };
+    Some((rule, name_span))
 }
 
 fn rate(out: &mut Problems, mut t: Fields<'_>) -> Option<RateLimit> {
@@ -586,15 +614,25 @@ fn icmp_type(out: &mut Problems, value: Value<'_>) -> Option<u8> {
     parsed
 }
 
-fn duplicate_names(out: &mut Problems, rules: &[Rule], span: Range<usize>) {
-    let mut seen = std::collections::BTreeSet::new();
-    for name in rules.iter().filter_map(|r| r.name.as_deref()) {
-        if !seen.insert(name) {
-            out.error(
-                span.clone(),
-                format!("two rules are named `{name}`"),
-                Some("rule names name counters: make them unique".into()),
-            );
+/// Reports each rule named as an earlier one was, at its name, saying where the earlier one
+/// is. `names` holds where each rule's name is written.
+fn duplicate_names(out: &mut Problems, rules: &[Rule], names: &[Origin], lines: &LineIndex<'_>) {
+    let mut first: std::collections::HashMap<&str, &Origin> = std::collections::HashMap::new();
+    for (rule, at) in rules.iter().zip(names) {
+        let Some(name) = rule.name.as_deref() else {
+            continue;
+        };
+        match first.get(name) {
+            Some(earlier) => out.0.push(at.diagnostic(
+                format!(
+                    "rule name `{name}` is already used by the rule at {}",
+                    earlier.seen_from(at, lines)
+                ),
+                Some("rule names name the rules' counters: rename one of them".into()),
+            )),
+            None => {
+                first.insert(name, at);
+            }
         }
     }
 }
@@ -690,6 +728,44 @@ mod tests {
             assert_eq!((want.0, want.1), (got.0, got.1), "{found:?}");
             assert!(got.2.ends_with(&want.2), "{found:?}");
         }
+    }
+
+    #[test]
+    fn a_second_rule_of_a_name_is_refused_at_its_name_saying_where_the_first_is() {
+        // Both were reported at the function's header, without saying where either rule was.
+        let dir = std::env::temp_dir().join(format!("netfn-fw-names-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let rules = dir.join("rules.toml");
+        std::fs::write(
+            &rules,
+            "[[rule]]\nname = \"ssh\"\naction = \"accept\"\n\n\
+             [[rule]]\nname = \"web\"\naction = \"accept\"\n\n\
+             [[rule]]\naction = \"drop\"\nname = \"ssh\"\n",
+        )
+        .expect("rules file");
+        let chain = dir.join("c.toml");
+        let body = "rules_file = \"rules.toml\"\n\n[[chain.function.rule]]\nname = \"web\"\n\
+                    action = \"accept\"\n";
+        let found: Vec<_> = crate::test_support::diagnostics(&chain, "firewall", body)
+            .into_iter()
+            .map(|d| (d.file, d.position.line, d.position.col, d.message))
+            .collect();
+        let _ = std::fs::remove_dir_all(&dir);
+        assert_eq!(found.len(), 2, "{found:?}");
+        assert_eq!((&found[0].0, found[0].1, found[0].2), (&rules, 6, 8));
+        assert!(
+            found[0].3.ends_with(
+                "rule name `web` is already used by the rule at line 13 of the chain file"
+            ),
+            "{found:?}"
+        );
+        assert_eq!((&found[1].0, found[1].1, found[1].2), (&rules, 11, 8));
+        assert!(
+            found[1]
+                .3
+                .ends_with("rule name `ssh` is already used by the rule at line 2"),
+            "{found:?}"
+        );
     }
 
     #[test]

@@ -13,6 +13,7 @@ use toml::Spanned;
 use toml::de::DeTable;
 
 use super::Fields;
+use crate::spec::diag::LineIndex;
 
 /// A place in a file other than the chain file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,20 +50,23 @@ pub struct Settings<'i> {
     table: Spanned<DeTable<'i>>,
     base_dir: PathBuf,
     warnings: Rc<RefCell<Vec<SettingError>>>,
+    lines: Rc<LineIndex<'i>>,
 }
 
 impl<'i> Settings<'i> {
     /// `base_dir` is where the chain file's relative paths start (its directory); warnings the
-    /// kind reports land in `warnings`.
+    /// kind reports land in `warnings`; `lines` are the chain file's positions.
     pub fn new(
         table: Spanned<DeTable<'i>>,
         base_dir: &Path,
         warnings: Rc<RefCell<Vec<SettingError>>>,
+        lines: Rc<LineIndex<'i>>,
     ) -> Self {
         Settings {
             table,
             base_dir: base_dir.to_path_buf(),
             warnings,
+            lines,
         }
     }
 
@@ -73,6 +77,12 @@ impl<'i> Settings<'i> {
 
     pub fn is_empty(&self) -> bool {
         self.table.get_ref().is_empty()
+    }
+
+    /// The positions of the chain file: the line and column of a span, for a message that names
+    /// another place of it than the one it stands at ("already used by the rule at line 17").
+    pub fn lines(&self) -> Rc<LineIndex<'i>> {
+        self.lines.clone()
     }
 
     /// The directory relative paths in the settings start from.

@@ -3,6 +3,7 @@
 use std::fmt;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 
 /// A position in a source file, 1-based, columns counted in characters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -145,8 +146,9 @@ impl fmt::Display for Diagnostics {
 pub struct Reporter<'a> {
     file: &'a Path,
     /// The text's line starts, found once: a file with many problems must not be rescanned
-    /// for each (that took minutes for a few MiB of them).
-    lines: LineIndex<'a>,
+    /// for each (that took minutes for a few MiB of them). Shared with the kinds' settings
+    /// ([`Reporter::lines`]).
+    lines: Rc<LineIndex<'a>>,
     found: Vec<Diagnostic>,
 }
 
@@ -154,7 +156,7 @@ impl<'a> Reporter<'a> {
     pub fn new(file: &'a Path, text: &'a str) -> Self {
         Reporter {
             file,
-            lines: LineIndex::new(text),
+            lines: Rc::new(LineIndex::new(text)),
             found: Vec::new(),
         }
     }
@@ -162,6 +164,11 @@ impl<'a> Reporter<'a> {
     /// The position of byte offset `offset` of the text.
     pub fn position(&self, offset: usize) -> Position {
         self.lines.position(offset)
+    }
+
+    /// The positions of the text, for a message that names another place in it.
+    pub fn lines(&self) -> Rc<LineIndex<'a>> {
+        self.lines.clone()
     }
 
     /// Records a problem at `span` (a byte range of the source text).

@@ -51,7 +51,8 @@ use netfn_common::{
 use crate::forwarder::{self, count_drop, read, rewrite, send_tc, send_xdp};
 use crate::headers::{
     ETH_HLEN, FIRST, ICMP_DEST_UNREACH, ICMP_HLEN, ICMP_PARAMETER_PROBLEM, ICMP_TIME_EXCEEDED,
-    IP_HLEN, LATER, TCP_ACK, TCP_RST, TCP_SYN, bare_syn, datagram, fold, fragment, words,
+    IP_HLEN, IP_MAX_HLEN, LATER, TCP_ACK, TCP_RST, TCP_SYN, bare_syn, datagram, fold, fragment,
+    ipv4_header_len, words,
 };
 
 #[map]
@@ -75,8 +76,9 @@ static NF_FW_FRAGS: LruHashMap<FragKey, FragSeen> = LruHashMap::with_max_entries
 
 const TCP_HLEN: usize = 20;
 /// Most bytes the stage reads: Ethernet, an IPv4 header with options, and an ICMP error's
-/// quoted IPv4 header plus its first 8 bytes (ports, or a quoted echo's identifier).
-const READ_LEN: u32 = (ETH_HLEN + 60 + ICMP_HLEN + IP_HLEN + 8) as u32;
+/// quoted IPv4 header, options too, plus its first 8 bytes (ports, or a quoted echo's
+/// identifier).
+const READ_LEN: u32 = (ETH_HLEN + IP_MAX_HLEN + ICMP_HLEN + IP_MAX_HLEN + 8) as u32;
 
 const ICMP_ECHO_REPLY: u8 = 0;
 const ICMP_PORT_UNREACH: u8 = 3;
@@ -412,21 +414,26 @@ fn parse(data: usize, data_end: usize) -> Option<Packet> {
                 | ICMP_PARAMETER_PROBLEM => {
                     p.error = true;
                     let q = l4 + ICMP_HLEN;
-                    if q + IP_HLEN + 8 <= data_end && read::<u8>(q) == 0x45 {
+                    // The quoted header may carry options (IHL 5 to 15), as the packet it quotes
+                    // did: the quoted ports follow them (conntrack reads them there too).
+                    let quoted_ihl = if q + IP_HLEN + 8 <= data_end {
+                        ipv4_header_len(read(q))
+                    } else {
+                        0
+                    };
+                    let ql4 = q + quoted_ihl;
+                    if quoted_ihl != 0 && ql4 + 8 <= data_end {
                         let proto: u8 = read(q + 9);
-                        let quoted_type: u8 = read(q + IP_HLEN);
+                        let quoted_type: u8 = read(ql4);
                         // A quoted echo is keyed by its identifier, both ways (as above); anything
                         // else by its first four bytes, the ports.
                         let (sport, dport) = if proto == PROTO_ICMP
                             && (quoted_type == ICMP_ECHO || quoted_type == ICMP_ECHO_REPLY)
                         {
-                            let id = u16::from_be(read(q + IP_HLEN + 4));
+                            let id = u16::from_be(read(ql4 + 4));
                             (id, id)
                         } else {
-                            (
-                                u16::from_be(read(q + IP_HLEN)),
-                                u16::from_be(read(q + IP_HLEN + 2)),
-                            )
+                            (u16::from_be(read(ql4)), u16::from_be(read(ql4 + 2)))
                         };
                         p.quoted = true;
                         p.inner = Inner {

@@ -3,6 +3,8 @@
 
 pub(crate) const ETH_HLEN: usize = 14;
 pub(crate) const IP_HLEN: usize = 20;
+/// An IPv4 header with the most options (IHL 15).
+pub(crate) const IP_MAX_HLEN: usize = 60;
 pub(crate) const ICMP_HLEN: usize = 8;
 
 pub(crate) use netfn_common::teardown::{TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, bare_syn};
@@ -11,6 +13,17 @@ pub(crate) use netfn_common::teardown::{TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, bare
 pub(crate) const ICMP_DEST_UNREACH: u8 = 3;
 pub(crate) const ICMP_TIME_EXCEEDED: u8 = 11;
 pub(crate) const ICMP_PARAMETER_PROBLEM: u8 = 12;
+
+/// The length of an IPv4 header from its first byte (version and IHL): 20 to 60 bytes, or 0
+/// when it is no IPv4 header (another version, or an IHL under 5).
+#[inline(always)]
+pub(crate) fn ipv4_header_len(version_ihl: u8) -> usize {
+    let ihl = usize::from(version_ihl & 0x0f) * 4;
+    if version_ihl >> 4 != 4 || ihl < IP_HLEN {
+        return 0;
+    }
+    ihl
+}
 
 /// Folds a one's-complement sum to 16 bits and complements it.
 #[inline(always)]

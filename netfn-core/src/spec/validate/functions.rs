@@ -81,7 +81,12 @@ impl<'a> Checker<'a, '_> {
         let config = match kind {
             Some(kind) => {
                 let warnings = Rc::new(RefCell::new(Vec::new()));
-                let settings = Settings::new(raw.settings, self.base_dir, warnings.clone());
+                let settings = Settings::new(
+                    raw.settings,
+                    self.base_dir,
+                    warnings.clone(),
+                    self.rep.lines(),
+                );
                 let parsed = kind.parse(settings);
                 for w in warnings.take() {
                     self.setting_diagnostic(Severity::Warning, &label, w);
