@@ -39,7 +39,7 @@ use netfn_common::{
     lb::{LB_DROP_ICMP_UNTRACKED, LB_DROP_REPLY_UNTRACKED, LbConf, flow_hash},
 };
 
-use super::{Answer, Fate, FlowKey, Packet, answered, flow_set, lookup, service};
+use super::{Fate, FlowKey, Packet, answered, flow_set, lookup, service};
 use crate::forwarder::read;
 use crate::headers::{
     ETH_HLEN, ICMP_DEST_UNREACH, ICMP_HLEN, ICMP_PARAMETER_PROBLEM, ICMP_TIME_EXCEEDED, IP_HLEN,
@@ -47,7 +47,7 @@ use crate::headers::{
 };
 
 /// The TCP or UDP packet an ICMP error quotes (addresses and ports in packet byte order).
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Default)]
 pub(super) struct Quoted {
     /// Offset of the quoted IPv4 header (20 bytes, no options) from the start of the frame.
     pub(super) at: usize,
@@ -58,35 +58,39 @@ pub(super) struct Quoted {
     pub(super) proto: u8,
 }
 
-/// The TCP or UDP packet quoted by the ICMP error at offset `l4` of the frame `data..data_end`.
+/// Marks `p`, an ICMP packet of the frame `data..data_end` (its L4 header at `p.l4`), as
+/// [`Packet::quoted`] with its [`Packet::quote`] if it is an error that quotes a TCP or UDP
+/// packet; else leaves it as it is.
 #[inline(always)]
-pub(super) fn quoted(l4: usize, data: usize, data_end: usize) -> Option<Quoted> {
-    let icmp = data + l4;
+pub(super) fn quote(p: &mut Packet, data: usize, data_end: usize) {
+    let icmp = data + p.l4;
     if icmp + ICMP_HLEN + IP_HLEN + 4 > data_end {
-        return None;
+        return;
     }
     let kind: u8 = read(icmp);
     if kind != ICMP_DEST_UNREACH && kind != ICMP_TIME_EXCEEDED && kind != ICMP_PARAMETER_PROBLEM {
-        return None;
+        return;
     }
     let q = icmp + ICMP_HLEN;
     let proto: u8 = read(q + 9);
     if read::<u8>(q) != 0x45 || (proto != PROTO_TCP && proto != PROTO_UDP) {
-        return None;
+        return;
     }
-    Some(Quoted {
-        at: l4 + ICMP_HLEN,
+    p.quoted = true;
+    p.quote = Quoted {
+        at: p.l4 + ICMP_HLEN,
         src: read(q + 12),
         dst: read(q + 16),
         sport: read(q + IP_HLEN),
         dport: read(q + IP_HLEN + 2),
         proto,
-    })
+    };
 }
 
-/// The fate of the ICMP error `p`, quoting `q`, at the hop of forwarder entry `e`.
+/// The fate of the ICMP error `p` ([`Packet::quoted`]) at the hop of forwarder entry `e`.
 #[inline(always)]
-pub(super) fn error(p: &Packet, q: &Quoted, e: &FwdEntry, conf: &LbConf) -> Fate {
+pub(super) fn error(p: &Packet, e: &FwdEntry, conf: &LbConf) -> Fate {
+    let q = &p.quote;
     if e.counter_slot & 1 == DIR_FORWARD {
         from_client(p, q, conf)
     } else {
@@ -101,24 +105,15 @@ pub(super) fn error(p: &Packet, q: &Quoted, e: &FwdEntry, conf: &LbConf) -> Fate
 fn from_backend(p: &Packet, q: &Quoted, conf: &LbConf) -> Fate {
     // SAFETY: a BPF helper without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
-    match answered(conf, q.dst, q.dport, q.src, q.sport, q.proto) {
-        Answer::NotABackend => Fate::Pass,
-        Answer::Untracked => Fate::Drop {
-            reason: LB_DROP_REPLY_UNTRACKED,
-        },
+    let a = answered(conf, q.dst, q.dport, q.src, q.sport, q.proto);
+    match a.flow {
+        None if a.backend => Fate::drop(LB_DROP_REPLY_UNTRACKED),
+        None => Fate::pass(),
         // A flow idle past its timeout is no flow, as for its answers (see `reply`).
-        Answer::Flow { flow, .. } if flow.ended(conf, now) => Fate::Drop {
-            reason: LB_DROP_REPLY_UNTRACKED,
-        },
+        Some(flow) if flow.ended(conf, now) => Fate::drop(LB_DROP_REPLY_UNTRACKED),
         // Sent elsewhere than to the client whose packet it quotes: conntrack holds it invalid.
-        Answer::Flow { .. } if p.dst != q.src => Fate::Drop {
-            reason: LB_DROP_ICMP_UNTRACKED,
-        },
-        Answer::Flow { vip, port, .. } => Fate::Icmp {
-            to_backend: false,
-            addr: vip,
-            port,
-        },
+        Some(_) if p.dst != q.src => Fate::drop(LB_DROP_ICMP_UNTRACKED),
+        Some(_) => Fate::icmp(false, a.vip, a.port),
     }
 }
 
@@ -144,18 +139,12 @@ fn from_client(p: &Packet, q: &Quoted, conf: &LbConf) -> Fate {
             flow_set(conf, hash).and_then(|(index, set)| lookup(index, set, &key))
         && !flow.ended(conf, now)
     {
-        return Fate::Icmp {
-            to_backend: true,
-            addr: flow.addr[0],
-            port: flow.port,
-        };
+        return Fate::icmp(true, flow.addr[0], flow.port);
     }
     if service(q.src, q.sport, q.proto).is_some() {
-        Fate::Drop {
-            reason: LB_DROP_ICMP_UNTRACKED,
-        }
+        Fate::drop(LB_DROP_ICMP_UNTRACKED)
     } else {
-        Fate::Pass
+        Fate::pass()
     }
 }
 
@@ -287,8 +276,8 @@ impl Bytes for XdpContext {
     }
 }
 
-/// Rewrites the ICMP error `p` (parsed from `ctx`'s packet) as [`Fate::Icmp`] says, with its
-/// checksums.
+/// Rewrites the ICMP error `p` (parsed from `ctx`'s packet) as a [`super::ICMP`] fate says,
+/// with its checksums.
 #[inline(always)]
 pub(super) fn translate<C: Bytes>(
     ctx: &C,
@@ -297,8 +286,11 @@ pub(super) fn translate<C: Bytes>(
     addr: u32,
     port: u16,
 ) -> Result<(), i64> {
-    let Some(q) = p.quoted else { return Ok(()) };
-    let s = sides(p, &q, to_backend);
+    if !p.quoted {
+        return Ok(());
+    }
+    let q = &p.quote;
+    let s = sides(p, q, to_backend);
     let (icmp, inner) = (p.l4 & 0x7f, q.at & 0x7f);
     let outer = if s.old_outer == s.old_addr {
         Some(ctx.load_at::<u16>(ETH_HLEN + 10)?)

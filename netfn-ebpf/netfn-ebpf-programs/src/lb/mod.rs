@@ -115,8 +115,12 @@ struct Packet {
     tcp_flags: u8,
     /// Offset of the L4 header from the start of the frame.
     l4: usize,
-    /// An ICMP error: the packet it quotes (`proto` is then 0).
-    quoted: Option<Quoted>,
+    /// An ICMP error about a TCP or UDP packet (`proto` is then 0): `quote` is the packet it
+    /// quotes; else `quote` is zero. (Not an `Option<Quoted>`: as the firewall's `Packet.inner`
+    /// was, an `Option` of a record leaves its fields unset where it is `None`, LLVM may copy
+    /// them there all the same, and the verifier refuses the read, `R?? !read_ok`.)
+    quoted: bool,
+    quote: Quoted,
     /// Where it stands in its datagram: [`WHOLE`], [`FIRST`] or [`LATER`] (plain numbers, as
     /// the firewall's: the verifier's view of an enum with data is fragile).
     frag: u8,
@@ -125,35 +129,87 @@ struct Packet {
     ip_id: u16,
 }
 
-/// What happens to the packet.
-enum Fate {
-    /// Forward unchanged.
-    Pass,
-    /// Forward with the destination (toward a backend) or the source (back to a client)
-    /// rewritten to `addr:port`.
-    Nat {
-        to_backend: bool,
-        addr: u32,
-        port: u16,
-    },
-    Drop {
-        reason: usize,
-    },
-    /// An ICMP error about a balanced flow, translated as [`Fate::Nat`] translates its
-    /// packets (see [`icmp`]): from the backend's side (`to_backend` false) the packet it quotes
-    /// gets its destination back to the VIP's `addr:port`; from the client's side, its source
-    /// becomes the backend's `addr:port`. The outer address on the same side follows.
-    Icmp {
-        to_backend: bool,
-        addr: u32,
-        port: u16,
-    },
-    /// A later fragment of a datagram whose first fragment was rewritten: the destination
-    /// (toward a backend) or the source (back to a client) becomes `addr`, ports untouched.
-    Readdress {
-        to_backend: bool,
-        addr: u32,
-    },
+/// What happens to the packet: a plain record whose every field is always set, as the
+/// firewall's. (An enum with data leaves the other variants' fields unset on each variant's
+/// paths; LLVM may copy them anyway, and the verifier refuses the program, `R?? !read_ok`,
+/// as it did the firewall's.)
+#[derive(Clone, Copy)]
+struct Fate {
+    /// [`PASS`], [`DROP`], [`NAT`], [`ICMP`] or [`READDRESS`].
+    what: u8,
+    /// NAT, ICMP, READDRESS: toward a backend (the destination side is rewritten) or back to a
+    /// client (the source side).
+    to_backend: bool,
+    /// DROP: the kind's drop reason.
+    reason: usize,
+    /// NAT, ICMP, READDRESS: the address (and, but for READDRESS, the port) written.
+    addr: u32,
+    port: u16,
+}
+
+/// Forward unchanged.
+const PASS: u8 = 0;
+/// Drop, counted under [`Fate::reason`].
+const DROP: u8 = 1;
+/// Forward with the destination (toward a backend) or the source (back to a client) rewritten
+/// to `addr:port`.
+const NAT: u8 = 2;
+/// An ICMP error about a balanced flow, translated as [`NAT`] translates its packets (see
+/// [`icmp`]): from the backend's side (`to_backend` false) the packet it quotes gets its
+/// destination back to the VIP's `addr:port`; from the client's side, its source becomes the
+/// backend's `addr:port`. The outer address on the same side follows.
+const ICMP: u8 = 3;
+/// A later fragment of a datagram whose first fragment was rewritten: the destination (toward
+/// a backend) or the source (back to a client) becomes `addr`, ports untouched.
+const READDRESS: u8 = 4;
+
+impl Fate {
+    #[inline(always)]
+    fn pass() -> Fate {
+        Fate {
+            what: PASS,
+            to_backend: false,
+            reason: 0,
+            addr: 0,
+            port: 0,
+        }
+    }
+
+    #[inline(always)]
+    fn drop(reason: usize) -> Fate {
+        Fate {
+            what: DROP,
+            reason,
+            ..Fate::pass()
+        }
+    }
+
+    #[inline(always)]
+    fn nat(to_backend: bool, addr: u32, port: u16) -> Fate {
+        Fate {
+            what: NAT,
+            to_backend,
+            reason: 0,
+            addr,
+            port,
+        }
+    }
+
+    #[inline(always)]
+    fn icmp(to_backend: bool, addr: u32, port: u16) -> Fate {
+        Fate {
+            what: ICMP,
+            ..Fate::nat(to_backend, addr, port)
+        }
+    }
+
+    #[inline(always)]
+    fn readdress(to_backend: bool, addr: u32) -> Fate {
+        Fate {
+            what: READDRESS,
+            ..Fate::nat(to_backend, addr, 0)
+        }
+    }
 }
 
 /// TC stage (`fastpath = "tc"`).
@@ -179,35 +235,27 @@ pub fn nf_lb_tc(ctx: TcContext) -> i32 {
     } else {
         decide(&p, e, u64::from(ctx.len()))
     };
-    match fate {
-        Fate::Pass => first_fragment(&p, FRAG_PASS, 0),
-        Fate::Drop { reason } => {
-            count_drop(slot, KIND_DROP_BASE + reason);
+    match fate.what {
+        PASS => first_fragment(&p, FRAG_PASS, 0),
+        DROP => {
+            count_drop(slot, KIND_DROP_BASE + fate.reason);
             return TC_ACT_SHOT;
         }
-        Fate::Nat {
-            to_backend,
-            addr,
-            port,
-        } => {
-            first_fragment(&p, rewrite_of(to_backend), addr);
-            if nat_tc(&ctx, &p, to_backend, addr, port).is_err() {
+        NAT => {
+            first_fragment(&p, rewrite_of(fate.to_backend), fate.addr);
+            if nat_tc(&ctx, &p, fate.to_backend, fate.addr, fate.port).is_err() {
                 count_drop(slot, netfn_common::DROP_MALFORMED);
                 return TC_ACT_SHOT;
             }
         }
-        Fate::Icmp {
-            to_backend,
-            addr,
-            port,
-        } => {
-            if icmp::translate(&ctx, &p, to_backend, addr, port).is_err() {
+        ICMP => {
+            if icmp::translate(&ctx, &p, fate.to_backend, fate.addr, fate.port).is_err() {
                 count_drop(slot, netfn_common::DROP_MALFORMED);
                 return TC_ACT_SHOT;
             }
         }
-        Fate::Readdress { to_backend, addr } => {
-            if readdress_tc(&ctx, &p, to_backend, addr).is_err() {
+        _ => {
+            if readdress_tc(&ctx, &p, fate.to_backend, fate.addr).is_err() {
                 count_drop(slot, netfn_common::DROP_MALFORMED);
                 return TC_ACT_SHOT;
             }
@@ -242,31 +290,23 @@ pub fn nf_lb_xdp(ctx: XdpContext) -> u32 {
     } else {
         decide(&p, e, len)
     };
-    match fate {
-        Fate::Pass => first_fragment(&p, FRAG_PASS, 0),
-        Fate::Drop { reason } => {
-            count_drop(slot, KIND_DROP_BASE + reason);
+    match fate.what {
+        PASS => first_fragment(&p, FRAG_PASS, 0),
+        DROP => {
+            count_drop(slot, KIND_DROP_BASE + fate.reason);
             return xdp_action::XDP_DROP;
         }
-        Fate::Nat {
-            to_backend,
-            addr,
-            port,
-        } => {
-            first_fragment(&p, rewrite_of(to_backend), addr);
-            nat_xdp(data, data_end, &p, to_backend, addr, port);
+        NAT => {
+            first_fragment(&p, rewrite_of(fate.to_backend), fate.addr);
+            nat_xdp(data, data_end, &p, fate.to_backend, fate.addr, fate.port);
         }
-        Fate::Readdress { to_backend, addr } => readdress_xdp(data, data_end, &p, to_backend, addr),
-        Fate::Icmp {
-            to_backend,
-            addr,
-            port,
-        } => {
-            if icmp::translate(&ctx, &p, to_backend, addr, port).is_err() {
+        ICMP => {
+            if icmp::translate(&ctx, &p, fate.to_backend, fate.addr, fate.port).is_err() {
                 count_drop(slot, netfn_common::DROP_MALFORMED);
                 return xdp_action::XDP_DROP;
             }
         }
+        _ => readdress_xdp(data, data_end, &p, fate.to_backend, fate.addr),
     }
     // The helpers may have written the frame: bounds again before the forwarder's rewrite.
     let (data, data_end) = (ctx.data(), ctx.data_end());
@@ -298,7 +338,8 @@ fn parse(data: usize, data_end: usize) -> Option<Packet> {
         ttl: read(ip + 8),
         tcp_flags: 0,
         l4: ETH_HLEN + ihl,
-        quoted: None,
+        quoted: false,
+        quote: Quoted::default(),
         frag: WHOLE,
         ip_id: read(ip + 4),
     };
@@ -307,7 +348,7 @@ fn parse(data: usize, data_end: usize) -> Option<Packet> {
     if proto != PROTO_TCP && proto != PROTO_UDP {
         // A later fragment of an ICMP datagram has no ICMP header to read.
         if proto == PROTO_ICMP && frag != LATER {
-            p.quoted = icmp::quoted(ETH_HLEN + ihl, data, data_end);
+            icmp::quote(&mut p, data, data_end);
         }
         return Some(p);
     }
@@ -371,19 +412,11 @@ fn later(p: &Packet) -> Fate {
     let entry = unsafe { NF_LB_FRAGS.get(datagram(p.src, p.dst, p.ip_id, p.proto)) }.copied();
     match entry {
         Some(f) if now.saturating_sub(f.at_ns) <= FRAG_TIMEOUT_NS => match f.rewrite {
-            FRAG_TO_BACKEND => Fate::Readdress {
-                to_backend: true,
-                addr: f.addr,
-            },
-            FRAG_TO_CLIENT => Fate::Readdress {
-                to_backend: false,
-                addr: f.addr,
-            },
-            _ => Fate::Pass,
+            FRAG_TO_BACKEND => Fate::readdress(true, f.addr),
+            FRAG_TO_CLIENT => Fate::readdress(false, f.addr),
+            _ => Fate::pass(),
         },
-        _ => Fate::Drop {
-            reason: LB_DROP_FRAGMENT,
-        },
+        _ => Fate::drop(LB_DROP_FRAGMENT),
     }
 }
 
@@ -400,14 +433,14 @@ fn v4(a: u32) -> [u32; 4] {
 
 #[inline(always)]
 fn decide(p: &Packet, e: &FwdEntry, len: u64) -> Fate {
-    if p.proto == 0 && p.quoted.is_none() {
-        return Fate::Pass;
+    if p.proto == 0 && !p.quoted {
+        return Fate::pass();
     }
     let Some(conf) = NF_LB_CONF.get(0) else {
-        return Fate::Pass;
+        return Fate::pass();
     };
-    if let Some(q) = p.quoted {
-        return icmp::error(p, &q, e, conf);
+    if p.quoted {
+        return icmp::error(p, e, conf);
     }
     // SAFETY: a BPF helper without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
@@ -416,7 +449,7 @@ fn decide(p: &Packet, e: &FwdEntry, len: u64) -> Fate {
     }
     let hash = flow_hash(p.src, p.dst, p.sport, p.dport, p.proto);
     let Some((index, set)) = flow_set(conf, hash) else {
-        return Fate::Pass;
+        return Fate::pass();
     };
     let key = FlowKey {
         client: p.src,
@@ -450,21 +483,15 @@ fn decide(p: &Packet, e: &FwdEntry, len: u64) -> Fate {
                 if let Some(s) = stats() {
                     s.ct_hits += 1;
                 }
-                return Fate::Nat {
-                    to_backend: true,
-                    addr: flow.addr[0],
-                    port: flow.port,
-                };
+                return Fate::nat(true, flow.addr[0], flow.port);
             }
         }
     }
     let Some(service) = service(p.dst, p.dport, p.proto) else {
-        return Fate::Pass;
+        return Fate::pass();
     };
     if service.size == 0 {
-        return Fate::Drop {
-            reason: LB_DROP_NO_BACKEND,
-        };
+        return Fate::drop(LB_DROP_NO_BACKEND);
     }
     let half = if service.active & 1 == 0 {
         service.table[0]
@@ -473,16 +500,10 @@ fn decide(p: &Packet, e: &FwdEntry, len: u64) -> Fate {
     };
     let number = match NF_LB_TABLE.get(half.wrapping_add(hash % service.size)) {
         Some(&n) if n != NO_BACKEND => n,
-        _ => {
-            return Fate::Drop {
-                reason: LB_DROP_NO_BACKEND,
-            };
-        }
+        _ => return Fate::drop(LB_DROP_NO_BACKEND),
     };
     let Some(backend) = NF_LB_BACKENDS.get(number) else {
-        return Fate::Drop {
-            reason: LB_DROP_NO_BACKEND,
-        };
+        return Fate::drop(LB_DROP_NO_BACKEND);
     };
     let (addr, port) = (backend.addr[0], backend.port);
     let evicted = track(index, set, &key, addr, port, number, conf, now);
@@ -496,11 +517,7 @@ fn decide(p: &Packet, e: &FwdEntry, len: u64) -> Fate {
         }
     }
     count_backend(conf, number, len, true);
-    Fate::Nat {
-        to_backend: true,
-        addr,
-        port,
-    }
+    Fate::nat(true, addr, port)
 }
 
 /// The service `vip:port` over `proto` (packet byte order), if there is one.
@@ -768,49 +785,49 @@ fn track(
 /// A packet from the egress side: a backend's answer gets the VIP back as its source.
 #[inline(always)]
 fn reply(p: &Packet, conf: &LbConf, now: u64) -> Fate {
-    match answered(conf, p.src, p.sport, p.dst, p.dport, p.proto) {
-        Answer::NotABackend => Fate::Pass,
-        Answer::Untracked => Fate::Drop {
-            reason: LB_DROP_REPLY_UNTRACKED,
-        },
-        Answer::Flow { vip, port, flow } => {
-            if flow.ended(conf, now) {
-                // The flow ended: its next client packet is balanced anew.
-                return Fate::Drop {
-                    reason: LB_DROP_REPLY_UNTRACKED,
-                };
-            }
-            touch(flow, p, now, false);
-            if let Some(s) = stats() {
-                s.replies += 1;
-            }
-            Fate::Nat {
-                to_backend: false,
-                addr: vip,
-                port,
-            }
-        }
+    let a = answered(conf, p.src, p.sport, p.dst, p.dport, p.proto);
+    let Some(flow) = a.flow else {
+        return if a.backend {
+            Fate::drop(LB_DROP_REPLY_UNTRACKED)
+        } else {
+            Fate::pass()
+        };
+    };
+    if flow.ended(conf, now) {
+        // The flow ended: its next client packet is balanced anew.
+        return Fate::drop(LB_DROP_REPLY_UNTRACKED);
     }
+    touch(flow, p, now, false);
+    if let Some(s) = stats() {
+        s.replies += 1;
+    }
+    Fate::nat(false, a.vip, a.port)
 }
 
-/// Whose answer a packet from `backend:bport` to `client:cport` over `proto` is.
-enum Answer {
-    /// The source is no backend of a service here.
-    NotABackend,
-    /// A backend's, but no tracked flow of its services has this client and this backend.
-    Untracked,
-    /// The flow of service `vip:port` (its slot).
-    Flow {
-        vip: u32,
-        port: u16,
-        flow: &'static mut LbFlow,
-    },
+/// Whose answer a packet from `backend:bport` to `client:cport` over `proto` is: not a
+/// backend's (`backend` false: its source is no backend of a service here); a backend's of no
+/// tracked flow of its services with this client and this backend (`flow` none); or the flow
+/// of service `vip:port` (`flow`, its slot).
+///
+/// A plain record whose every field is always set (`vip` and `port` zero without a flow), not
+/// an enum with data: see [`Fate`]. `flow` is one pointer, null for none, never unset.
+struct Answer {
+    backend: bool,
+    vip: u32,
+    port: u16,
+    flow: Option<&'static mut LbFlow>,
 }
 
 /// Finds the flow a backend's packet answers: the services the backend serves
 /// ([`NF_LB_REVERSE`]) each make a flow key with the client; the flow must be on this backend.
 #[inline(always)]
 fn answered(conf: &LbConf, backend: u32, bport: u16, client: u32, cport: u16, proto: u8) -> Answer {
+    let mut answer = Answer {
+        backend: false,
+        vip: 0,
+        port: 0,
+        flow: None,
+    };
     let bkey = BackendKey {
         addr: v4(backend),
         port: bport,
@@ -819,8 +836,9 @@ fn answered(conf: &LbConf, backend: u32, bport: u16, client: u32, cport: u16, pr
     };
     // SAFETY: the value is only read, and userspace replaces it whole.
     let Some(rev) = (unsafe { NF_LB_REVERSE.get(bkey) }) else {
-        return Answer::NotABackend;
+        return answer;
     };
+    answer.backend = true;
     let count = rev.count as usize;
     for i in 0..REVERSE_SERVICES {
         if i >= count {
@@ -843,14 +861,13 @@ fn answered(conf: &LbConf, backend: u32, bport: u16, client: u32, cport: u16, pr
         // The client's flow to this service went to another backend (balanced again after
         // this one's slot was lost): not this backend's flow.
         if flow.addr[0] == backend && flow.port == bport {
-            return Answer::Flow {
-                vip: service.vip[0],
-                port: service.port,
-                flow,
-            };
+            answer.vip = service.vip[0];
+            answer.port = service.port;
+            answer.flow = Some(flow);
+            return answer;
         }
     }
-    Answer::Untracked
+    answer
 }
 
 /// Backend `number` (a tracked flow's, in the live numbering) is down: the flow is balanced
