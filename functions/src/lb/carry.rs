@@ -89,19 +89,7 @@ pub fn may_need(flow: &LbFlow, conf: &LbConf, now: u64) -> bool {
 
 /// The backend and service of a slot.
 fn of(flow: &LbFlow) -> Carried {
-    (
-        BackendKey {
-            addr: flow.addr,
-            port: flow.port,
-            proto: flow.proto,
-            family: flow.family,
-        },
-        VipPort {
-            vip: flow.vip,
-            port: flow.vport,
-            _pad: 0,
-        },
-    )
+    (flow.backend_key(), flow.service())
 }
 
 /// Each timeout the longer of `a`'s and `b`'s.

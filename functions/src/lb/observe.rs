@@ -173,18 +173,7 @@ fn active_flows(
             if !flow.is_whole() || flow.ended(conf, now) {
                 continue;
             }
-            let backend = BackendKey {
-                addr: flow.addr,
-                port: flow.port,
-                proto: flow.proto,
-                family: flow.family,
-            };
-            let service = VipPort {
-                vip: flow.vip,
-                port: flow.vport,
-                _pad: 0,
-            };
-            *per.entry((backend, service)).or_default() += 1;
+            *per.entry((flow.backend_key(), flow.service())).or_default() += 1;
         }
     }
     Ok(per)

@@ -301,6 +301,28 @@ impl LbFlow {
         finish(h)
     }
 
+    /// The flow's backend as its answers show it (its key in [`LB_REVERSE_MAP`]).
+    #[inline(always)]
+    pub fn backend_key(&self) -> BackendKey {
+        BackendKey {
+            addr: self.addr,
+            port: self.port,
+            proto: self.proto,
+            family: self.family,
+        }
+    }
+
+    /// The flow's service as its backend's answers must show it (one of the backend's services
+    /// in [`LB_REVERSE_MAP`]).
+    #[inline(always)]
+    pub fn service(&self) -> VipPort {
+        VipPort {
+            vip: self.vip,
+            port: self.vport,
+            _pad: 0,
+        }
+    }
+
     /// Whether the flow has been idle past its timeout at `now` (`bpf_ktime_get_ns`,
     /// `CLOCK_MONOTONIC`). Both directions stamp one slot, from any CPU: a stamp later than
     /// `now` is fresh (saturating, never a wrapped huge idle time).

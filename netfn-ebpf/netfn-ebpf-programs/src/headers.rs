@@ -39,6 +39,21 @@ pub(crate) fn words(v: u32) -> u32 {
     (v & 0xffff) + (v >> 16)
 }
 
+/// The incremental update of RFC 1624 (eqn. 3), `HC' = ~(~HC + ~m + m')`: checksum `check` (as
+/// the packet holds it) once the packet-order u32 `old` it covers (two 16-bit words) is `new`.
+/// Several changes to one checksum are applied one after the other; the result is the same as
+/// one update over all of them.
+#[inline(always)]
+pub(crate) fn replace32(check: u16, old: u32, new: u32) -> u16 {
+    fold(u32::from(!check) + words(!old) + words(new))
+}
+
+/// [`replace32`] for one 16-bit word (a port, or a checksum the region covers).
+#[inline(always)]
+pub(crate) fn replace16(check: u16, old: u16, new: u16) -> u16 {
+    fold(u32::from(!check) + u32::from(!old) + u32::from(new))
+}
+
 /// Where a packet stands in its IPv4 datagram (plain numbers: the verifier's view of an enum
 /// with data in the stages' packet records proved fragile): not fragmented.
 pub(crate) const WHOLE: u8 = 0;

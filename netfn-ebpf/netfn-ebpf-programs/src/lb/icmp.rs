@@ -43,7 +43,7 @@ use super::{Fate, FlowKey, Packet, answered, flow_set, lookup, service};
 use crate::forwarder::read;
 use crate::headers::{
     ETH_HLEN, ICMP_DEST_UNREACH, ICMP_HLEN, ICMP_PARAMETER_PROBLEM, ICMP_TIME_EXCEEDED, IP_HLEN,
-    fold, words,
+    replace16, replace32,
 };
 
 /// The TCP or UDP packet an ICMP error quotes (addresses and ports in packet byte order).
@@ -198,19 +198,13 @@ fn checksums(
     icmp_check: u16,
     outer: Option<u16>,
 ) -> (u16, u16, u16) {
-    let not_words = |a: u32| u32::from(!(a as u16)) + u32::from(!((a >> 16) as u16));
-    let new_inner = fold(u32::from(!inner_check) + not_words(s.old_addr) + words(addr));
-    let new_icmp = fold(
-        u32::from(!icmp_check)
-            + not_words(s.old_addr)
-            + words(addr)
-            + u32::from(!s.old_port)
-            + u32::from(port)
-            + u32::from(!inner_check)
-            + u32::from(new_inner),
-    );
+    let new_inner = replace32(inner_check, s.old_addr, addr);
+    // The ICMP checksum covers the quoted address, port and IPv4 checksum.
+    let mut new_icmp = replace32(icmp_check, s.old_addr, addr);
+    new_icmp = replace16(new_icmp, s.old_port, port);
+    new_icmp = replace16(new_icmp, inner_check, new_inner);
     let new_outer = match outer {
-        Some(check) => fold(u32::from(!check) + not_words(s.old_outer) + words(addr)),
+        Some(check) => replace32(check, s.old_outer, addr),
         None => 0,
     };
     (new_inner, new_icmp, new_outer)

@@ -68,7 +68,7 @@ use netfn_common::{
 use crate::forwarder::{self, count_drop, read, rewrite, send_tc, send_xdp};
 use crate::headers::{
     ETH_HLEN, FIRST, ICMP_HLEN, IP_HLEN, LATER, TCP_FIN, TCP_RST, TCP_SYN, WHOLE, bare_syn,
-    datagram, fold, fragment, words,
+    datagram, fragment, replace16, replace32,
 };
 
 mod icmp;
@@ -674,14 +674,8 @@ pub extern "C" fn nf_lb_renumber(set: u32, way: u32) -> u32 {
 /// The number of `flow`'s backend for the flow's service, as [`NF_LB_REVERSE`] holds it.
 #[inline(always)]
 fn number_now(flow: &LbFlow) -> u32 {
-    let bkey = BackendKey {
-        addr: flow.addr,
-        port: flow.port,
-        proto: flow.proto,
-        family: flow.family,
-    };
     // SAFETY: the value is only read, and userspace replaces it whole.
-    let Some(rev) = (unsafe { NF_LB_REVERSE.get(bkey) }) else {
+    let Some(rev) = (unsafe { NF_LB_REVERSE.get(flow.backend_key()) }) else {
         return NO_BACKEND;
     };
     let count = rev.count as usize;
@@ -986,16 +980,9 @@ fn nat_xdp_l4<const CHECK: usize>(
     };
     let ip_check: u16 = read(ip + 10);
     let l4_check: u16 = read(l4 + CHECK);
-    // RFC 1624: HC' = ~(~HC + ~m + m') over the changed 16-bit words.
-    let delta = |sum: u32| {
-        sum + u32::from(!(old_addr as u16))
-            + u32::from(!((old_addr >> 16) as u16))
-            + (addr & 0xffff)
-            + (addr >> 16)
-    };
-    let new_ip_check = fold(delta(u32::from(!ip_check)));
-    let mut new_l4_check =
-        fold(delta(u32::from(!l4_check)) + u32::from(!old_port) + u32::from(port));
+    let new_ip_check = replace32(ip_check, old_addr, addr);
+    // The L4 checksum covers the address (in its pseudo-header) and the port.
+    let mut new_l4_check = replace16(replace32(l4_check, old_addr, addr), old_port, port);
     let udp_without_checksum = p.proto == PROTO_UDP && l4_check == 0;
     if p.proto == PROTO_UDP && new_l4_check == 0 {
         new_l4_check = 0xffff;
@@ -1044,9 +1031,7 @@ fn readdress_xdp(data: usize, data_end: usize, p: &Packet, to_backend: bool, add
         return;
     }
     let (at, old) = readdressed(p, to_backend);
-    let check: u16 = read(ip + 10);
-    let not_old = u32::from(!(old as u16)) + u32::from(!((old >> 16) as u16));
-    let new_check = fold(u32::from(!check) + not_old + words(addr));
+    let new_check = replace32(read(ip + 10), old, addr);
     // SAFETY: both writes are inside the IPv4 header's first 20 bytes, checked above.
     unsafe {
         ptr::write((data + at) as *mut u32, addr);
