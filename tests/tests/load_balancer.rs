@@ -13,8 +13,10 @@ use std::thread;
 use std::time::Duration;
 
 use netfn_tests::agent::{Agent, sample};
+use netfn_tests::frames::{self, Link};
 use netfn_tests::loss::function_drops;
 use netfn_tests::raw::{raw_socket, recv_packet, send_icmp};
+use netfn_tests::test_run::{self, Hook, Verdict};
 use netfn_tests::traffic::late_answer;
 use netfn_tests::{
     ChainGuard, TempDir, in_netns, ip_in, netfn_ok, shared, status_details, unique_chain,
@@ -881,9 +883,147 @@ fn half_closed(mode: &str, tag: &str) {
     }
 }
 
+/// A TCP flow opened by a bare SYN is established by the backend's SYN-ACK only; until then it
+/// lives by `tcp_syn` (2 s here), not by `tcp` (3,600 s), as the firewall's new connections do
+/// and conntrack's SYN_SENT. That holds for a new flow and for a half-closed flow a stray SYN
+/// from its client opens again on its backend (before, that SYN made the flow open at once:
+/// a stray SYN, answered by nothing or by a server's challenge ACK, kept the flow for an hour).
+///
+/// A real TCP stack will not send such a SYN on demand, so the frames are crafted and run
+/// through the load balancer's hop with `BPF_PROG_TEST_RUN`, as the malformed-frame tests run
+/// theirs (the live maps: the flows and counters are the function's). Three flows to one
+/// backend: `new` (a SYN, never answered); `stray` (SYN, SYN-ACK, ACK, the client's FIN, then a
+/// stray SYN the backend answers with a bare ACK only); `reopened` (the same, its SYN answered
+/// by a SYN-ACK). After 3.5 s of quiet the backend's packets of the first two are dropped as
+/// untracked (`lb-reply-untracked`) and status counts one active flow, the third's, whose
+/// packet is translated.
+#[test]
+fn tc_a_flow_opened_by_a_syn_is_established_by_the_backends_syn_ack() {
+    syn_flows("tc", Hook::Tc, "sy");
+}
+
+#[test]
+fn xdp_a_flow_opened_by_a_syn_is_established_by_the_backends_syn_ack() {
+    syn_flows("xdp", Hook::Xdp, "sz");
+}
+
+fn syn_flows(mode: &str, hook: Hook, tag: &str) {
+    const SYN: u8 = 0x02;
+    const SYN_ACK: u8 = 0x12;
+    const ACK: u8 = 0x10;
+    const FIN_ACK: u8 = 0x11;
+    let _turn = shared();
+    let chain = unique_chain(tag);
+    let dir = TempDir::new(&chain);
+    let text = chain_file(&chain, mode, &service(80, "tcp", &[(0, 1)]))
+        .replace("tcp_closing = 1,", "tcp_syn = 2, tcp_closing = 1,");
+    assert!(text.contains("tcp_syn = 2"));
+    let file = dir.write("lb.toml", &text);
+    let _guard = ChainGuard::up(&chain, &file);
+    let program = test_run::forwarder(&chain, hook);
+    let hops = test_run::hops(&chain, CLIENT, SERVERS[0]);
+    let hop = |interface: &str| {
+        hops.iter()
+            .find(|h| h.function == "lb1" && h.interface == interface)
+            .unwrap_or_else(|| panic!("lb1 has no {interface}"))
+    };
+    let (client_side, backend_side) = (hop("nf-in"), hop("nf-out"));
+    let backend = SERVERS[0];
+    // One segment of flow `cport` through the hop: from the client (to the VIP) or from the
+    // backend (to the client). What the hop did, and the frame's new address (the destination
+    // toward the backend, the source back to the client).
+    let segment = |cport: u16, from_client: bool, flags: u8| -> (Verdict, Ipv4Addr) {
+        let (h, link, sport, dport) = if from_client {
+            let link = Link {
+                src: CLIENT,
+                dst: VIP,
+                ..client_side.link
+            };
+            (client_side, link, cport, 80)
+        } else {
+            let link = Link {
+                src: backend,
+                dst: CLIENT,
+                ..backend_side.link
+            };
+            (backend_side, link, SERVER_PORT, cport)
+        };
+        let frame = frames::ipv4_frame(
+            &link,
+            frames::TCP,
+            &frames::tcp(&link, sport, dport, flags, 5),
+        );
+        let (retval, out) = in_netns(&h.netns, || {
+            test_run::run_once(&program, hook, h.ifindex, &frame)
+        })
+        .unwrap_or_else(|e| panic!("{mode}: test run: {e}"));
+        let verdict = test_run::verdict(hook, retval)
+            .unwrap_or_else(|| panic!("{mode}: return value {retval}"));
+        let at = if from_client { 30 } else { 26 };
+        let addr = Ipv4Addr::new(out[at], out[at + 1], out[at + 2], out[at + 3]);
+        (verdict, addr)
+    };
+    let to_backend = (Verdict::Forward, backend);
+    let to_client = (Verdict::Forward, VIP);
+    let (new, stray, reopened) = (40_001, 40_002, 40_003);
+    assert_eq!(segment(new, true, SYN), to_backend, "{mode}: new: SYN");
+    for cport in [stray, reopened] {
+        let what = format!("{mode}: client port {cport}");
+        assert_eq!(segment(cport, true, SYN), to_backend, "{what}: SYN");
+        assert_eq!(segment(cport, false, SYN_ACK), to_client, "{what}: SYN-ACK");
+        assert_eq!(segment(cport, true, ACK), to_backend, "{what}: ACK");
+        // Half-closed by the client; its stray SYN opens it again, on its backend.
+        assert_eq!(segment(cport, true, FIN_ACK), to_backend, "{what}: FIN");
+        assert_eq!(
+            segment(cport, true, SYN),
+            to_backend,
+            "{what}: the stray SYN"
+        );
+    }
+    // A server still in CLOSE_WAIT answers with a challenge ACK: translated while the flow
+    // lives, establishing nothing.
+    assert_eq!(
+        segment(stray, false, ACK),
+        to_client,
+        "{mode}: challenge ACK"
+    );
+    assert_eq!(
+        segment(reopened, false, SYN_ACK),
+        to_client,
+        "{mode}: SYN-ACK"
+    );
+    let untracked = || {
+        function_drops(&chain, "lb1")
+            .get("lb-reply-untracked")
+            .copied()
+            .unwrap_or(0)
+    };
+    let untracked_before = untracked();
+    thread::sleep(Duration::from_millis(3_500));
+    let active = row_count(&backend_row(&lb_status(&chain), 0), "active");
+    for (cport, what) in [(new, "a SYN never answered"), (stray, "a stray SYN")] {
+        assert_eq!(
+            segment(cport, false, ACK).0,
+            Verdict::Drop(""),
+            "{mode}: the flow of {what} lived past tcp_syn"
+        );
+    }
+    assert_eq!(
+        segment(reopened, false, ACK),
+        to_client,
+        "{mode}: the flow its backend's SYN-ACK established ended"
+    );
+    assert_eq!(
+        untracked() - untracked_before,
+        2,
+        "{mode}: the two answers dropped were not counted as lb-reply-untracked"
+    );
+    assert_eq!(active, 1, "{mode}: active flows after tcp_syn");
+}
+
 /// Kernel mode keeps the flows in Linux conntrack: the function's timeouts
-/// (`conntrack = { tcp_closing = 1, udp = 2 }` here, TCP established and half-closed at their
-/// defaults, 3,600 s and 120 s) are its namespace's conntrack sysctls, as the fast path's are its
+/// (`conntrack = { tcp_closing = 1, udp = 2 }` here, TCP's handshake, established and
+/// half-closed at their defaults, 120 s, 3,600 s and 120 s) are its namespace's conntrack sysctls, as the fast path's are its
 /// flow table's. Before, they were ignored there (Linux's 5-day established timeout and 30 s UDP
 /// applied).
 #[test]
@@ -906,6 +1046,9 @@ fn kernel_conntrack_timeouts_are_the_functions() {
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     };
     for (name, want) in [
+        // The handshake: `tcp_syn`, 120 s unless set.
+        ("tcp_timeout_syn_sent", "120"),
+        ("tcp_timeout_syn_recv", "120"),
         ("tcp_timeout_established", "3600"),
         ("tcp_timeout_close", "1"),
         ("tcp_timeout_time_wait", "1"),

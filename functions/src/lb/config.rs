@@ -8,7 +8,7 @@
 //! name = "lb1"
 //! kind = "load-balancer"
 //! table_size = 65537                 # optional: Maglev table entries per service (a prime)
-//! conntrack = { size = 65536, tcp = 3600, tcp_half_closed = 120, tcp_closing = 10, udp = 60 }
+//! conntrack = { size = 65536, tcp_syn = 120, tcp = 3600, tcp_half_closed = 120, tcp_closing = 10, udp = 60 }
 //!
 //! [[chain.function.service]]
 //! vip = "192.0.2.10"                 # clients send here; need not be in any chain subnet
@@ -143,6 +143,8 @@ pub enum Probe {
 #[serde(deny_unknown_fields, default)]
 pub struct LbConntrack {
     pub size: u32,
+    /// A TCP flow opened by a SYN until the backend's SYN-ACK (conntrack's SYN_SENT).
+    pub tcp_syn: u32,
     pub tcp: u32,
     pub tcp_half_closed: u32,
     pub tcp_closing: u32,
@@ -153,6 +155,7 @@ impl Default for LbConntrack {
     fn default() -> Self {
         LbConntrack {
             size: 65_536,
+            tcp_syn: 120,
             tcp: 3_600,
             tcp_half_closed: 120,
             tcp_closing: 10,
@@ -253,6 +256,7 @@ pub fn parse(settings: Settings<'_>) -> Result<LbSettings, Vec<SettingError>> {
         let c = &mut conntrack;
         // Kernel mode writes the timeouts to the nf_conntrack_* sysctls (see super::nft).
         let timeouts = &mut [
+            ("tcp_syn", &mut c.tcp_syn),
             ("tcp", &mut c.tcp),
             ("tcp_half_closed", &mut c.tcp_half_closed),
             ("tcp_closing", &mut c.tcp_closing),
@@ -784,6 +788,10 @@ mod tests {
         assert_eq!(messages.len(), 2, "{messages:?}");
         assert!(messages[0].ends_with("conntrack tcp timeout 4000000000 s is too long"));
         assert!(messages[1].ends_with("conntrack tcp_closing timeout 2147484 s is too long"));
+        // `tcp_syn` is checked as the others (kernel mode writes SYN_SENT and SYN_RECV).
+        let messages = found("{ tcp_syn = 0 }");
+        assert_eq!(messages.len(), 1, "{messages:?}");
+        assert!(messages[0].ends_with("conntrack tcp_syn timeout is 0"));
     }
 
     #[test]

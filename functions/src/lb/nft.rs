@@ -43,10 +43,13 @@ pub fn flows_counter(i: usize) -> String {
 }
 
 /// The conntrack timeouts of the function's namespace (per-namespace sysctls): the fast path's
-/// flow timeouts, for Linux conntrack, which keeps the flows in kernel mode (established TCP,
-/// TCP after a FIN from one side, TCP after a FIN from each or an RST, UDP both ways). TCP's handshake states keep Linux's timeouts.
+/// flow timeouts, for Linux conntrack, which keeps the flows in kernel mode (TCP's handshake,
+/// established TCP, TCP after a FIN from one side, TCP after a FIN from each or an RST, UDP both
+/// ways), as the firewall's.
 pub fn sysctls(t: &LbConntrack) -> Vec<(String, String)> {
     [
+        ("tcp_timeout_syn_sent", t.tcp_syn),
+        ("tcp_timeout_syn_recv", t.tcp_syn),
         ("tcp_timeout_established", t.tcp),
         ("udp_timeout", t.udp),
         ("udp_timeout_stream", t.udp),

@@ -386,7 +386,8 @@ pub const CT_FIN_BY_ANSWERER: u8 = 4;
 
 /// The teardown states of [`CtEntry::state`].
 pub const FW_TEARDOWN: Teardown = Teardown {
-    open: CT_NEW,
+    new: CT_NEW,
+    established: CT_ESTABLISHED,
     closing: CT_CLOSING,
     fin_by_opener: CT_FIN_BY_OPENER,
     fin_by_answerer: CT_FIN_BY_ANSWERER,

@@ -151,12 +151,14 @@ pub struct Backend {
     pub flags: u32,
 }
 
-/// The stage's settings (one element). 48 bytes.
+/// The stage's settings (one element). 56 bytes.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct LbConf {
-    /// Idle timeouts of tracked flows: TCP open, TCP after a FIN from one side only, TCP after
-    /// a FIN from each side or an RST, UDP.
+    /// Idle timeouts of tracked flows: TCP opened by a SYN and not yet answered by the
+    /// backend's SYN-ACK, TCP open, TCP after a FIN from one side only, TCP after a FIN from
+    /// each side or an RST, UDP.
+    pub tcp_syn_ns: u64,
     pub tcp_ns: u64,
     pub tcp_half_closed_ns: u64,
     pub tcp_closing_ns: u64,
@@ -177,6 +179,8 @@ impl LbConf {
     pub fn timeout(&self, proto: u8, state: u8) -> u64 {
         if proto == PROTO_UDP {
             self.udp_ns
+        } else if state == LB_CT_SYN {
+            self.tcp_syn_ns
         } else if state == LB_CT_CLOSING {
             self.tcp_closing_ns
         } else if LB_TEARDOWN.half_closed(state) {
@@ -223,7 +227,8 @@ pub struct Reverse {
     pub numbers: [u32; REVERSE_SERVICES],
 }
 
-/// [`LbFlow::state`] values: open (and every UDP flow).
+/// [`LbFlow::state`] values: open (TCP established by the backend's SYN-ACK, or tracked from
+/// a packet other than a bare SYN: a flow balanced again mid-connection), and every UDP flow.
 pub const LB_CT_OPEN: u8 = 0;
 /// TCP after a FIN from each side, or an RST (a short timeout follows).
 pub const LB_CT_CLOSING: u8 = 1;
@@ -231,10 +236,15 @@ pub const LB_CT_CLOSING: u8 = 1;
 pub const LB_CT_FIN_BY_CLIENT: u8 = 2;
 /// TCP after a FIN from the backend, none from the client yet.
 pub const LB_CT_FIN_BY_BACKEND: u8 = 3;
+/// TCP opened by a bare SYN from the client (a new flow, or a half-closed one the client's SYN
+/// opened again), no SYN-ACK from the backend yet: conntrack's SYN_SENT, with its timeout
+/// ([`LbConf::tcp_syn_ns`]), so that a stray SYN cannot keep a flow for the open timeout.
+pub const LB_CT_SYN: u8 = 4;
 
-/// The teardown states of [`LbFlow::state`] (the client opens every flow).
+/// The handshake and teardown states of [`LbFlow::state`] (the client opens every flow).
 pub const LB_TEARDOWN: Teardown = Teardown {
-    open: LB_CT_OPEN,
+    new: LB_CT_SYN,
+    established: LB_CT_OPEN,
     closing: LB_CT_CLOSING,
     fin_by_opener: LB_CT_FIN_BY_CLIENT,
     fin_by_answerer: LB_CT_FIN_BY_BACKEND,
@@ -447,7 +457,7 @@ mod tests {
         assert_eq!(core::mem::size_of::<ServiceKey>(), 24);
         assert_eq!(core::mem::size_of::<Service>(), 16);
         assert_eq!(core::mem::size_of::<Backend>(), 24);
-        assert_eq!(core::mem::size_of::<LbConf>(), 48);
+        assert_eq!(core::mem::size_of::<LbConf>(), 56);
         assert_eq!(core::mem::size_of::<LbFlow>(), 80);
         assert_eq!(core::mem::size_of::<LbFlowSet>(), 320);
         assert_eq!(core::mem::size_of::<BackendKey>(), 20);
@@ -551,6 +561,7 @@ mod tests {
     #[test]
     fn a_flow_ends_after_its_protocol_and_state_timeout() {
         let conf = LbConf {
+            tcp_syn_ns: 20,
             tcp_ns: 100,
             tcp_half_closed_ns: 30,
             tcp_closing_ns: 10,
@@ -564,6 +575,7 @@ mod tests {
             ..LbFlow::default()
         };
         for (f, timeout) in [
+            (flow(6, LB_CT_SYN), 20),
             (flow(6, LB_CT_OPEN), 100),
             (flow(6, LB_CT_CLOSING), 10),
             (flow(6, LB_CT_FIN_BY_CLIENT), 30),

@@ -51,7 +51,7 @@ use netfn_common::{
 use crate::forwarder::{self, count_drop, read, rewrite, send_tc, send_xdp};
 use crate::headers::{
     ETH_HLEN, FIRST, ICMP_DEST_UNREACH, ICMP_HLEN, ICMP_PARAMETER_PROBLEM, ICMP_TIME_EXCEEDED,
-    IP_HLEN, IP_MAX_HLEN, LATER, TCP_ACK, TCP_RST, TCP_SYN, bare_syn, datagram, fold, fragment,
+    IP_HLEN, IP_MAX_HLEN, LATER, TCP_ACK, TCP_RST, bare_syn, datagram, fold, fragment,
     ipv4_header_len, words,
 };
 
@@ -549,20 +549,15 @@ fn decide(p: &Packet, e: &FwdEntry, len: u64) -> Fate {
         let reopened = p.proto == PROTO_TCP && ct.state == CT_CLOSING && bare_syn;
         if live && !reopened {
             let from_opener = src_is_a == (ct.flags & CT_OPENED_BY_A != 0);
-            if p.proto == PROTO_TCP && ct.state != CT_NEW {
-                // A FIN, an RST, or a SYN that opens a half-closed connection again.
+            if p.proto == PROTO_TCP {
+                // The answer's SYN-ACK establishes a new connection (a bare ACK, such as the
+                // challenge ACK of a server still in CLOSE_WAIT to a SYN that reopened a
+                // half-closed connection, establishes nothing, as in conntrack; an RST before
+                // the answer refuses it, a FIN changes nothing); a FIN, an RST, or a SYN that
+                // opens a half-closed connection again move it along its teardown.
                 ct.state = FW_TEARDOWN.after(ct.state, p.tcp_flags, from_opener);
-            } else if p.tcp_flags & TCP_RST != 0 {
-                // Refused before any answer (a FIN before one changes nothing: conntrack holds
-                // it invalid).
-                ct.state = CT_CLOSING;
-            } else if ct.state == CT_NEW
-                && !from_opener
-                && (p.proto != PROTO_TCP || p.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN | TCP_ACK)
-            {
-                // The answer: for TCP its SYN-ACK (a bare ACK, such as the challenge ACK of a
-                // server still in CLOSE_WAIT to a SYN that reopened a half-closed connection,
-                // establishes nothing, as in conntrack).
+            } else if ct.state == CT_NEW && !from_opener {
+                // The answer.
                 ct.state = CT_ESTABLISHED;
             }
             ct.last_seen_ns = now;

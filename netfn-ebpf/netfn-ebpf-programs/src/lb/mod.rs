@@ -58,7 +58,7 @@ use netfn_common::{
     firewall::{PROTO_ICMP, PROTO_TCP, PROTO_UDP},
     lb::{
         BACKEND_DOWN, Backend, BackendCounters, BackendKey, FAMILY_V4, FRAG_PASS, FRAG_TO_BACKEND,
-        FRAG_TO_CLIENT, LB_CT_CLOSING, LB_CT_OPEN, LB_DROP_FRAGMENT, LB_DROP_NO_BACKEND,
+        FRAG_TO_CLIENT, LB_CT_CLOSING, LB_CT_OPEN, LB_CT_SYN, LB_DROP_FRAGMENT, LB_DROP_NO_BACKEND,
         LB_DROP_REPLY_UNTRACKED, LB_FLOW_WAYS, LB_TEARDOWN, LbConf, LbFlow, LbFlowSet, LbFrag,
         LbStats, NO_BACKEND, REVERSE_SERVICES, Reverse, Service, ServiceKey, counter_index,
         flow_hash,
@@ -459,17 +459,17 @@ fn decide(p: &Packet, e: &FwdEntry, len: u64) -> Fate {
         proto: p.proto,
     };
     let mut rebalance = false;
-    // A bare SYN on the ports of a TCP flow that closed (a FIN from each side or an RST seen)
-    // opens a new connection (a client that wrapped its port range, or aborted with RST; on a
-    // half-closed flow it opens the flow again, on its backend: see `touch`): it is balanced
-    // anew by the live table, as Linux conntrack starts a new entry (and the DNAT rule decides)
-    // on a SYN in TIME_WAIT or CLOSE; it must not go on to the old one's backend, draining or
-    // not.
-    let reopening = p.proto == PROTO_TCP && bare_syn(p.tcp_flags);
+    // A bare SYN opens a connection. On the ports of a TCP flow that closed (a FIN from each
+    // side or an RST seen) it opens a new one (a client that wrapped its port range, or aborted
+    // with RST; on a half-closed flow it opens the flow again, on its backend: see `touch`): it
+    // is balanced anew by the live table, as Linux conntrack starts a new entry (and the DNAT
+    // rule decides) on a SYN in TIME_WAIT or CLOSE; it must not go on to the old one's
+    // backend, draining or not.
+    let syn = p.proto == PROTO_TCP && bare_syn(p.tcp_flags);
     if let Some((way, flow)) = lookup(index, set, &key) {
         // An expired flow, or a closed one opened again, is balanced anew below, into its own
         // slot.
-        if !flow.ended(conf, now) && !(reopening && flow.state == LB_CT_CLOSING) {
+        if !flow.ended(conf, now) && !(syn && flow.state == LB_CT_CLOSING) {
             let number = if flow.numbering == conf.numbering {
                 flow.backend
             } else {
@@ -506,7 +506,10 @@ fn decide(p: &Packet, e: &FwdEntry, len: u64) -> Fate {
         return Fate::drop(LB_DROP_NO_BACKEND);
     };
     let (addr, port) = (backend.addr[0], backend.port);
-    let evicted = track(index, set, &key, addr, port, number, conf, now);
+    // Opened by a SYN, the flow waits for the backend's SYN-ACK (`touch`) on the short
+    // timeout; tracked from any other packet (balanced again mid-connection), it is open.
+    let state = if syn { LB_CT_SYN } else { LB_CT_OPEN };
+    let evicted = track(index, set, &key, addr, port, number, state, conf, now);
     if let Some(s) = stats() {
         s.balanced += 1;
         if rebalance {
@@ -729,8 +732,8 @@ fn way_for(set: &LbFlowSet, key: &FlowKey, conf: &LbConf, now: u64) -> usize {
     way
 }
 
-/// Tracks the new flow `key`, balanced to backend `number` at `addr:port`, in its set; true if
-/// that evicted a flow of another key that had not ended.
+/// Tracks the new flow `key` in `state`, balanced to backend `number` at `addr:port`, in its
+/// set; true if that evicted a flow of another key that had not ended.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 fn track(
@@ -740,6 +743,7 @@ fn track(
     addr: u32,
     port: u16,
     number: u32,
+    state: u8,
     conf: &LbConf,
     now: u64,
 ) -> bool {
@@ -759,7 +763,7 @@ fn track(
         vport: key.vport,
         proto: key.proto,
         family: FAMILY_V4,
-        state: LB_CT_OPEN,
+        state,
         _pad: 0,
         addr: v4(addr),
         port,
@@ -875,15 +879,17 @@ fn backend_down(number: u32) -> bool {
 }
 
 /// A packet of a tracked flow, from its client or its backend: it is alive (refreshed at most
-/// every 100 ms, to spare the cache line), and a TCP FIN or RST moves it along its teardown (a
-/// FIN from one side half-closes it, one from each side or an RST starts its short closing
-/// timeout).
+/// every 100 ms, to spare the cache line), and TCP's flags move it along its handshake and
+/// teardown (`netfn_common::teardown`): the backend's SYN-ACK establishes a flow a SYN opened
+/// (nothing else does: a challenge ACK, data or a FIN leave it on `tcp_syn`); a FIN from one
+/// side half-closes it, one from each side or an RST starts its short closing timeout.
 #[inline(always)]
 fn touch(flow: &mut LbFlow, p: &Packet, now: u64, from_client: bool) {
     if now.saturating_sub(flow.last_seen_ns) > 100_000_000 {
         flow.last_seen_ns = now;
     }
-    // A FIN, an RST, or (from the client) a bare SYN that opens a half-closed flow again.
+    // The backend's SYN-ACK, a FIN, an RST, or (from the client) a bare SYN that opens a
+    // half-closed flow again.
     if p.proto == PROTO_TCP && p.tcp_flags & (TCP_FIN | TCP_RST | TCP_SYN) != 0 {
         let state = LB_TEARDOWN.after(flow.state, p.tcp_flags, from_client);
         if state != flow.state {
