@@ -95,7 +95,7 @@ fn of(flow: &LbFlow) -> Carried {
 /// Each timeout the longer of `a`'s and `b`'s.
 pub fn longest(a: &LbConf, b: &LbConf) -> LbConf {
     LbConf {
-        tcp_syn_ns: a.tcp_syn_ns.max(b.tcp_syn_ns),
+        tcp_syn_s: a.tcp_syn_s.max(b.tcp_syn_s),
         tcp_ns: a.tcp_ns.max(b.tcp_ns),
         tcp_half_closed_ns: a.tcp_half_closed_ns.max(b.tcp_half_closed_ns),
         tcp_closing_ns: a.tcp_closing_ns.max(b.tcp_closing_ns),
@@ -111,7 +111,6 @@ mod tests {
 
     fn conf(tcp: u64, closing: u64, udp: u64) -> LbConf {
         LbConf {
-            tcp_syn_ns: tcp,
             tcp_ns: tcp,
             tcp_half_closed_ns: tcp,
             tcp_closing_ns: closing,

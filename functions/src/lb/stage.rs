@@ -157,11 +157,11 @@ pub fn numbering(s: &LbSettings) -> u32 {
 /// zero; [`LbFlow::ended`](netfn_common::lb::LbFlow::ended) reads these).
 pub fn timeouts(s: &LbSettings) -> LbConf {
     LbConf {
-        tcp_syn_ns: u64::from(s.conntrack.tcp_syn) * SECOND,
         tcp_ns: u64::from(s.conntrack.tcp) * SECOND,
         tcp_half_closed_ns: u64::from(s.conntrack.tcp_half_closed) * SECOND,
         tcp_closing_ns: u64::from(s.conntrack.tcp_closing) * SECOND,
         udp_ns: u64::from(s.conntrack.udp) * SECOND,
+        tcp_syn_s: s.conntrack.tcp_syn,
         ..LbConf::default()
     }
 }

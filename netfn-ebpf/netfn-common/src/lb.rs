@@ -151,14 +151,12 @@ pub struct Backend {
     pub flags: u32,
 }
 
-/// The stage's settings (one element). 56 bytes.
+/// The stage's settings (one element). 48 bytes.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct LbConf {
-    /// Idle timeouts of tracked flows: TCP opened by a SYN and not yet answered by the
-    /// backend's SYN-ACK, TCP open, TCP after a FIN from one side only, TCP after a FIN from
-    /// each side or an RST, UDP.
-    pub tcp_syn_ns: u64,
+    /// Idle timeouts of tracked flows: TCP open, TCP after a FIN from one side only, TCP after
+    /// a FIN from each side or an RST, UDP (and [`LbConf::tcp_syn_s`]).
     pub tcp_ns: u64,
     pub tcp_half_closed_ns: u64,
     pub tcp_closing_ns: u64,
@@ -170,7 +168,11 @@ pub struct LbConf {
     /// Names the list the backend numbers are places in (a hash of it, never 0): a flow whose
     /// [`LbFlow::numbering`] differs was numbered by another list.
     pub numbering: u32,
-    pub _pad: u32,
+    /// Idle timeout of a TCP flow opened by a SYN and not yet answered by the backend's
+    /// SYN-ACK, in seconds, not nanoseconds: it took the place of padding, so that the map
+    /// keeps its layout (a newer netfn reads the live instance's, loaded by an older one, to
+    /// carry its counters and ways back over an apply; the padding reads as 0 there).
+    pub tcp_syn_s: u32,
 }
 
 impl LbConf {
@@ -180,7 +182,7 @@ impl LbConf {
         if proto == PROTO_UDP {
             self.udp_ns
         } else if state == LB_CT_SYN {
-            self.tcp_syn_ns
+            u64::from(self.tcp_syn_s) * 1_000_000_000
         } else if state == LB_CT_CLOSING {
             self.tcp_closing_ns
         } else if LB_TEARDOWN.half_closed(state) {
@@ -238,7 +240,7 @@ pub const LB_CT_FIN_BY_CLIENT: u8 = 2;
 pub const LB_CT_FIN_BY_BACKEND: u8 = 3;
 /// TCP opened by a bare SYN from the client (a new flow, or a half-closed one the client's SYN
 /// opened again), no SYN-ACK from the backend yet: conntrack's SYN_SENT, with its timeout
-/// ([`LbConf::tcp_syn_ns`]), so that a stray SYN cannot keep a flow for the open timeout.
+/// ([`LbConf::tcp_syn_s`]), so that a stray SYN cannot keep a flow for the open timeout.
 pub const LB_CT_SYN: u8 = 4;
 
 /// The handshake and teardown states of [`LbFlow::state`] (the client opens every flow).
@@ -457,7 +459,7 @@ mod tests {
         assert_eq!(core::mem::size_of::<ServiceKey>(), 24);
         assert_eq!(core::mem::size_of::<Service>(), 16);
         assert_eq!(core::mem::size_of::<Backend>(), 24);
-        assert_eq!(core::mem::size_of::<LbConf>(), 56);
+        assert_eq!(core::mem::size_of::<LbConf>(), 48);
         assert_eq!(core::mem::size_of::<LbFlow>(), 80);
         assert_eq!(core::mem::size_of::<LbFlowSet>(), 320);
         assert_eq!(core::mem::size_of::<BackendKey>(), 20);
@@ -561,7 +563,7 @@ mod tests {
     #[test]
     fn a_flow_ends_after_its_protocol_and_state_timeout() {
         let conf = LbConf {
-            tcp_syn_ns: 20,
+            tcp_syn_s: 2,
             tcp_ns: 100,
             tcp_half_closed_ns: 30,
             tcp_closing_ns: 10,
@@ -575,7 +577,7 @@ mod tests {
             ..LbFlow::default()
         };
         for (f, timeout) in [
-            (flow(6, LB_CT_SYN), 20),
+            (flow(6, LB_CT_SYN), 2_000_000_000),
             (flow(6, LB_CT_OPEN), 100),
             (flow(6, LB_CT_CLOSING), 10),
             (flow(6, LB_CT_FIN_BY_CLIENT), 30),
