@@ -255,6 +255,46 @@ fn kernel_apply_after_an_upgrade_loads_its_counter_program() {
     apply_after_an_upgrade_in("kernel");
 }
 
+/// A running agent adopts the chain again once an apply has loaded new programs: its log tasks
+/// read the programs' buffers, and the replaced programs write to theirs no more. (The plan is
+/// the same: the agent used to keep the chain as it was.)
+#[test]
+fn the_agent_adopts_a_chain_again_when_its_programs_are_reloaded() {
+    let _turn = alone();
+    let chain = unique_chain("uga");
+    let dir = TempDir::new(&chain);
+    let file = dir.write("chain.toml", &chain_file(&chain, "tc"));
+    let file_arg = file.to_string_lossy().into_owned();
+    let _guard = ChainGuard::up(&chain, &file);
+    // The chain as an older netfn left it, when the agent adopts it.
+    record_programs_of(&chain, Some("0123456789abcdef"));
+    let agent = netfn_tests::agent::Agent::start(&dir.0, &chain, &["--no-probe"]);
+    let again = "letting go of the chain: its record changed; adopting it again";
+    let waited = |what: &str| {
+        let started = std::time::Instant::now();
+        while started.elapsed() < std::time::Duration::from_secs(10) {
+            if agent.log_text().contains(what) {
+                return true;
+            }
+            thread::sleep(std::time::Duration::from_millis(100));
+        }
+        false
+    };
+    assert!(
+        waited(&format!(
+            "adopting the chain (it runs in the kernel; nothing is created) chain=\"{chain}\""
+        )),
+        "the agent adopts the chain:\n{}",
+        agent.log_text()
+    );
+    netfn_ok(&["apply", &file_arg]);
+    assert!(
+        waited(again),
+        "the agent adopts the reloaded chain again:\n{}",
+        agent.log_text()
+    );
+}
+
 /// An older netfn's connection table had other entries: this netfn's programs cannot read it.
 #[test]
 fn an_upgrade_that_changed_a_kept_table_is_refused_and_the_chain_runs_on() {

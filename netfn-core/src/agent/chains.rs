@@ -103,7 +103,9 @@ async fn rescan(
         .collect();
     adopted.retain(|chain, a| {
         let keep = match desired.get(chain.as_str()) {
-            Some(r) => r.plan == a.record.plan,
+            // Another plan, or the same plan on new programs (an apply after an upgrade: the
+            // log tasks read the replaced programs' buffers, which nothing writes to now).
+            Some(r) => r.plan == a.record.plan && r.programs == a.record.programs,
             None => {
                 // A chain whose record is unreadable right now stays adopted.
                 broken.contains(chain)
