@@ -1407,6 +1407,46 @@ fn rule_counters_carry_over_an_apply(mode: &str) {
     );
 }
 
+/// A firewall without rules counts only its default verdict (and the probe); that count goes on
+/// across an apply too. Its counter map was sized for one rule, so the readers never found the
+/// carried half and the carry put the default verdict's total under the probe's label.
+#[test]
+fn the_default_verdicts_count_of_a_firewall_without_rules_carries_over_an_apply() {
+    let _turn = shared();
+    let mode = "tc";
+    let settings = |udp: u32| format!("default = \"drop\"\nconntrack = {{ udp = {udp} }}\n");
+    let lab = Lab::up("rz", mode, &settings(30), &[], &[]);
+    let chain = lab.chain.clone();
+    let (ns, src, dst) = ends(&chain, From::Ingress);
+    let default = || rule_counts(&chain).get("(default)").copied().unwrap_or(0);
+    let drop_one = || {
+        assert_eq!(
+            udp_probe(&ns, src, SocketAddrV4::new(dst, 5005)),
+            Seen::Silence,
+            "udp 5005"
+        );
+    };
+    drop_one();
+    assert_eq!(default(), 1, "before");
+    let v2 = lab
+        .dir
+        .write("v2.toml", &firewall_chain(&chain, mode, &settings(40)));
+    let applied = netfn_ok(&["apply", &v2.to_string_lossy()]);
+    assert!(applied.contains("in place"), "{applied}");
+    assert_eq!(
+        default(),
+        1,
+        "right after the apply: {:?}",
+        rule_counts(&chain)
+    );
+    drop_one();
+    assert_eq!(
+        default(),
+        2,
+        "the counts before the apply and after, summed"
+    );
+}
+
 /// A datagram larger than the path's MTU leaves its sender in fragments, and only the first
 /// carries the ports. The firewall judges the datagram by its first fragment, in every mode, as
 /// nftables does once the kernel has reassembled it: a 3,000-byte UDP datagram to an accepted

@@ -123,10 +123,11 @@ impl StageContent for Content<'_> {
             (FW_ACTIONS_MAP, rules),
             (FW_RATE_MAP, rules),
             // Two more: the default verdict's, the chain probe's; then as many for what they
-            // carried over from the instances before.
+            // carried over from the instances before. From the rules' own count (not `rules`,
+            // which is 1 for none): the readers and the carry find the halves by it.
             (
                 FW_RULE_COUNTERS_MAP,
-                rules.saturating_add(2).saturating_mul(2),
+                len(c.actions.len().saturating_add(2).saturating_mul(2)),
             ),
             (FW_CONF_MAP, 1),
             (FW_CT_MAP, self.conntrack.size.max(1)),
