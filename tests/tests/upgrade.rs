@@ -327,16 +327,21 @@ fn an_upgrade_that_changed_a_kept_table_is_refused_and_the_chain_runs_on() {
     let program = main_program(&chain, "tc");
     let running = program_id(&program);
 
-    let out = netfn(&["apply", &file_arg]);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{stderr}");
-    assert!(
-        stderr.contains(&pin.display().to_string())
-            && stderr.contains("`NF_FW_CT`")
-            && stderr.contains(&format!("{}-byte values", info.value_size() + 8))
-            && stderr.contains("down and up again"),
-        "the error names the table, both layouts and what to do:\n{stderr}"
-    );
+    for args in [
+        &["apply", "--dry-run", &file_arg][..],
+        &["apply", &file_arg],
+    ] {
+        let out = netfn(args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains(&pin.display().to_string())
+                && stderr.contains("`NF_FW_CT`")
+                && stderr.contains(&format!("{}-byte values", info.value_size() + 8))
+                && stderr.contains("down and up again"),
+            "{args:?}: the error names the table, both layouts and what to do:\n{stderr}"
+        );
+    }
     assert_eq!(
         program_id(&program),
         running,
@@ -348,5 +353,51 @@ fn an_upgrade_that_changed_a_kept_table_is_refused_and_the_chain_runs_on() {
         "the record still names the running build"
     );
     // The old programs still hold the old table: the connection goes on.
+    echo(&mut before, b"after").expect("the chain runs on");
+}
+
+/// A map the chain's programs share (the forwarder's, which the stages use too) that an older
+/// netfn sized otherwise: the attach would replace it and leave the running stages on the old
+/// one (an empty stage array for the new forwarder), so the reload is refused.
+#[test]
+fn an_upgrade_that_resized_a_shared_map_is_refused_and_the_chain_runs_on() {
+    let _turn = alone();
+    let chain = unique_chain("ugs");
+    let dir = TempDir::new(&chain);
+    let file = dir.write("chain.toml", &chain_file(&chain, "tc"));
+    let file_arg = file.to_string_lossy().into_owned();
+    let _guard = ChainGuard::up(&chain, &file);
+    echo_server(&chain);
+    let mut before = connect(&chain);
+    echo(&mut before, b"before").expect("the connection works");
+
+    let pin = chain_bpf_dir(&chain).join("fwd_unknown");
+    let info = MapInfo::from_pin(&pin).expect("the forwarder's map is pinned");
+    let older = aya_obj::Map::new_from_params(
+        info.map_type().expect("a known map type") as u32,
+        info.key_size(),
+        info.value_size(),
+        info.max_entries() + 1,
+        info.map_flags(),
+    );
+    std::fs::remove_file(&pin).expect("unpin the map");
+    MapData::create(older, "older_unknown", None)
+        .expect("create a map of the older size")
+        .pin(&pin)
+        .expect("pin it in the map's place");
+    record_programs_of(&chain, Some("0123456789abcdef"));
+    let program = main_program(&chain, "tc");
+    let running = program_id(&program);
+
+    let out = netfn(&["apply", &file_arg]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("`NF_FWD_UNKNOWN`")
+            && stderr.contains(&format!("has {} entries", info.max_entries() + 1))
+            && stderr.contains("down and up again"),
+        "the error names the map, both sizes and what to do:\n{stderr}"
+    );
+    assert_eq!(program_id(&program), running, "nothing was loaded");
     echo(&mut before, b"after").expect("the chain runs on");
 }

@@ -1,7 +1,7 @@
 //! The CLI's side of the control socket: blocking, with short timeouts, and `Ok(None)` when no
 //! agent runs (no socket file, or a stale one nobody listens on).
 
-use std::io::{self, BufRead, BufReader, Write};
+use std::io::{self, BufRead, BufReader};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -51,7 +51,21 @@ pub fn request(
         detail: e.to_string(),
     })?;
     line.push('\n');
-    (&stream).write_all(line.as_bytes()).map_err(io_err)?;
+    // MSG_NOSIGNAL: an agent that has closed the connection is an error here, never a SIGPIPE
+    // (the CLI's printing verbs run with SIGPIPE at its default, see netfn-cli's main).
+    let mut rest = line.as_bytes();
+    while !rest.is_empty() {
+        use nix::sys::socket::{MsgFlags, send};
+        match send(
+            std::os::fd::AsRawFd::as_raw_fd(&stream),
+            rest,
+            MsgFlags::MSG_NOSIGNAL,
+        ) {
+            Ok(n) => rest = &rest[n..],
+            Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => return Err(io_err(io::Error::from(e))),
+        }
+    }
     let mut reply = String::new();
     BufReader::new(&stream)
         .read_line(&mut reply)

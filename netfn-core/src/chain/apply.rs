@@ -48,16 +48,17 @@ pub enum ApplyError {
         rollback: Vec<String>,
     },
     #[error(
-        "chain `{chain}`: loading this netfn's eBPF programs in place of the running ones (another \
-         netfn build's) failed: {cause}\nnothing of the chain file was applied; the chain runs on \
-         (the programs that were replaced before the failure run this netfn's, the rest the \
-         old ones: all use the same maps), and its record still names the old build, so the next \
-         `netfn apply` tries again"
+        "chain `{chain}`: this netfn's eBPF programs cannot take the place of the running ones \
+         (another netfn build's): {cause}\nnothing of the chain file was applied, and the chain \
+         runs on. Programs replaced before a failure, if any, run this netfn's build and the \
+         rest the old one's, on the same maps; the record still names the old build"
     )]
     Reload {
         chain: String,
         cause: Box<ObjectError>,
     },
+    #[error("cannot tell which build of the eBPF programs this netfn has: {0}")]
+    Build(#[source] ebpf::EbpfError),
 }
 
 /// This netfn's eBPF programs (see [`ebpf::object_build`]) in place of a running chain's, which
@@ -149,10 +150,7 @@ pub fn apply(
         finish_removal(&mut record, rt, options)?;
     }
     let next = replan::replan(&record.plan, spec)?;
-    let build = ebpf::object_build().map_err(|e| ApplyError::Reload {
-        chain: chain.clone(),
-        cause: Box::new(e.into()),
-    })?;
+    let build = ebpf::object_build().map_err(ApplyError::Build)?;
     let reload = (record.programs.as_deref() != Some(build.as_str())).then(|| Reload {
         from: record.programs.clone(),
         to: build,
@@ -165,6 +163,13 @@ pub fn apply(
     let settings = settings_changes(&record.plan, spec, &next.changes, kinds)?;
     tracing::debug!(chain = %chain, "apply: planned by {:.1?}", started.elapsed());
     if dry_run {
+        // What the reload would refuse, the dry run refuses too (it only reads).
+        if reload.is_some() {
+            kinds::check_reload(&record.plan, kinds).map_err(|cause| ApplyError::Reload {
+                chain: chain.clone(),
+                cause: Box::new(cause),
+            })?;
+        }
         return Ok(ApplyOutcome::Planned {
             changes: next.changes,
             moved,

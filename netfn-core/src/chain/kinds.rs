@@ -130,12 +130,38 @@ pub(crate) fn start_one(
 /// functions' settings are the recorded ones. Every map that carries over is checked first: one
 /// of another layout refuses the reload before anything changes.
 pub(crate) fn reload(plan: &ChainPlan, kinds: &Registry) -> Result<(), ObjectError> {
+    let stages = check_reload(plan, kinds)?;
+    if plan.fastpath == FastPath::Kernel {
+        return crate::kernel::objects::attach_counters(plan, &|_| true);
+    }
+    let bpf_dir = names::chain_bpf_dir(&plan.chain);
+    let log_level = crate::ebpf::FastpathOptions::from_env()
+        .map(|o| o.log_level)
+        .unwrap_or_default();
+    ebpf::reload_fastpath(plan, &bpf_dir, log_level)?;
+    for (ctx, slot, config) in &stages {
+        if let Some(stage) = config.stage() {
+            ebpf::load_stage(plan, &bpf_dir, ctx, *slot, stage, false)?;
+        }
+    }
+    Ok(())
+}
+
+/// A function's stage as a reload loads it again: its context, slot and config.
+type Reloaded = (FunctionContext, u32, std::sync::Arc<dyn FunctionConfig>);
+
+/// What [`reload`] checks before it loads anything (and `apply --dry-run` with it): the maps
+/// that carry over have this netfn's layouts and the plan's sizes. Returns the stages to load.
+pub(crate) fn check_reload(
+    plan: &ChainPlan,
+    kinds: &Registry,
+) -> Result<Vec<Reloaded>, ObjectError> {
     let bpf_dir = names::chain_bpf_dir(&plan.chain);
     let declared = ebpf::Declared::of_object()?;
     if plan.fastpath == FastPath::Kernel {
         let pin = bpf_dir.join(ebpf::IF_COUNTERS_PIN);
         declared.check(netfn_common::IF_COUNTERS_MAP, &pin)?;
-        return crate::kernel::objects::attach_counters(plan, &|_| true);
+        return Ok(Vec::new());
     }
     let mut stages = Vec::new();
     for (h, hop) in plan.hops.iter().enumerate() {
@@ -163,16 +189,7 @@ pub(crate) fn reload(plan: &ChainPlan, kinds: &Registry) -> Result<(), ObjectErr
             }
         }
     }
-    let log_level = crate::ebpf::FastpathOptions::from_env()
-        .map(|o| o.log_level)
-        .unwrap_or_default();
-    ebpf::reload_fastpath(plan, &bpf_dir, log_level)?;
-    for (ctx, slot, config) in &stages {
-        if let Some(stage) = config.stage() {
-            ebpf::load_stage(plan, &bpf_dir, ctx, *slot, stage, false)?;
-        }
-    }
-    Ok(())
+    Ok(stages)
 }
 
 /// The function at hop `h` as its kind's running parts see it.

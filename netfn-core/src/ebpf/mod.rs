@@ -106,6 +106,19 @@ pub enum EbpfError {
         pinned: layout::Layout,
         declared: layout::Layout,
     },
+    #[error(
+        "{}: the map `{name}` pinned there has {pinned} entries, and this netfn sizes it {planned} \
+         for the chain: it was made by another netfn build, and the programs that share it \
+         cannot be replaced one by one. Take the chain down and up again (its state starts \
+         afresh), or keep managing it with the netfn that brought it up",
+        path.display()
+    )]
+    PinnedSize {
+        path: PathBuf,
+        name: &'static str,
+        pinned: u32,
+        planned: u32,
+    },
     #[error("the eBPF object has no {kind} `{name}`: rebuild it with `cargo xtask build-ebpf`")]
     MissingInObject {
         kind: &'static str,

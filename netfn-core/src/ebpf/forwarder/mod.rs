@@ -417,9 +417,23 @@ pub fn check_chain_pins(
     bpf_dir: &Path,
     declared: &Declared,
 ) -> Result<(), EbpfError> {
-    chain_pins(plan, bpf_dir)
-        .iter()
-        .try_for_each(|(name, path, _)| declared.check(name, path))
+    for (name, path, len) in chain_pins(plan, bpf_dir) {
+        declared.check(name, &path)?;
+        // The chain's plan sizes these maps; one of another size would be replaced by the
+        // attach (`drop_unfit_pin`), and the running stages would lose the map they share (an
+        // empty stage array: every packet a no-stage drop until each stage is loaded again).
+        if let Ok(info) = aya::maps::MapInfo::from_pin(&path)
+            && info.max_entries() != len
+        {
+            return Err(EbpfError::PinnedSize {
+                path,
+                name,
+                pinned: info.max_entries(),
+                planned: len,
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Loads this netfn's forwarder in place of the running chain's (another build's), attached the
