@@ -193,6 +193,11 @@ fn racing_ups_of_chains_that_share_a_namespace_name_say_whose_it_is() {
         &netfn_tests::forward_chain_of(&second, "tc", &["c"]),
     );
     let shared_ns = format!("nf-{first}-b-c");
+    // Whichever is up when an assertion fails is taken down all the same.
+    let _guards = [&first, &second].map(|c| netfn_tests::ChainGuard {
+        chain: c.clone(),
+        file: dir.0.clone(),
+    });
     for round in 0..5 {
         let results = all_at_once(&[
             vec!["up".into(), a.to_string_lossy().into_owned()],
