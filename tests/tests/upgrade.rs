@@ -295,6 +295,26 @@ fn the_agent_adopts_a_chain_again_when_its_programs_are_reloaded() {
     );
 }
 
+/// Puts a map as an older build might have made it in the place of the one pinned at `pin`: the
+/// same type, key and flags, with values `grow_value` bytes and `grow_entries` entries more.
+/// Returns the replaced map's info.
+fn pin_an_older_map(pin: &Path, grow_value: u32, grow_entries: u32) -> MapInfo {
+    let info = MapInfo::from_pin(pin).unwrap_or_else(|e| panic!("{}: {e}", pin.display()));
+    let older = aya_obj::Map::new_from_params(
+        info.map_type().expect("a known map type") as u32,
+        info.key_size(),
+        info.value_size() + grow_value,
+        info.max_entries() + grow_entries,
+        info.map_flags(),
+    );
+    std::fs::remove_file(pin).expect("unpin the map");
+    MapData::create(older, "older", None)
+        .expect("create a map of the older shape")
+        .pin(pin)
+        .expect("pin it in the map's place");
+    info
+}
+
 /// An older netfn's connection table had other entries: this netfn's programs cannot read it.
 #[test]
 fn an_upgrade_that_changed_a_kept_table_is_refused_and_the_chain_runs_on() {
@@ -310,19 +330,7 @@ fn an_upgrade_that_changed_a_kept_table_is_refused_and_the_chain_runs_on() {
 
     // The table as an older build made it: the same kind of map, 8 bytes more a value.
     let pin = firewall_map(&chain, "NF_FW_CT");
-    let info = MapInfo::from_pin(&pin).expect("the connection table is pinned");
-    let older = aya_obj::Map::new_from_params(
-        info.map_type().expect("a known map type") as u32,
-        info.key_size(),
-        info.value_size() + 8,
-        info.max_entries(),
-        info.map_flags(),
-    );
-    std::fs::remove_file(&pin).expect("unpin the table");
-    MapData::create(older, "older_ct", None)
-        .expect("create a map of the older layout")
-        .pin(&pin)
-        .expect("pin it in the table's place");
+    let info = pin_an_older_map(&pin, 8, 0);
     record_programs_of(&chain, Some("0123456789abcdef"));
     let program = main_program(&chain, "tc");
     let running = program_id(&program);
@@ -372,19 +380,7 @@ fn an_upgrade_that_resized_a_shared_map_is_refused_and_the_chain_runs_on() {
     echo(&mut before, b"before").expect("the connection works");
 
     let pin = chain_bpf_dir(&chain).join("fwd_unknown");
-    let info = MapInfo::from_pin(&pin).expect("the forwarder's map is pinned");
-    let older = aya_obj::Map::new_from_params(
-        info.map_type().expect("a known map type") as u32,
-        info.key_size(),
-        info.value_size(),
-        info.max_entries() + 1,
-        info.map_flags(),
-    );
-    std::fs::remove_file(&pin).expect("unpin the map");
-    MapData::create(older, "older_unknown", None)
-        .expect("create a map of the older size")
-        .pin(&pin)
-        .expect("pin it in the map's place");
+    let info = pin_an_older_map(&pin, 0, 1);
     record_programs_of(&chain, Some("0123456789abcdef"));
     let program = main_program(&chain, "tc");
     let running = program_id(&program);
