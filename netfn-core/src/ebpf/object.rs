@@ -59,10 +59,17 @@ fn embedded() -> Option<&'static [u8]> {
 /// record keeps the build its programs came from, so `netfn apply` knows when an upgraded netfn
 /// has other programs than the running ones, and loads its own.
 pub fn object_build() -> Result<String, EbpfError> {
-    match object_source()? {
-        ObjectSource::Env(_) => Ok(super::build_id::build_id(&object_bytes()?)),
-        ObjectSource::Embedded => embedded_build().ok_or(EbpfError::ObjectNotBuilt),
+    // The object is the same for the whole process: an object named by NETFN_EBPF_OBJECT is read
+    // and hashed once, not once per chain that `status` or `apply` looks at.
+    static BUILD: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    if let Some(build) = BUILD.get() {
+        return Ok(build.clone());
     }
+    let build = match object_source()? {
+        ObjectSource::Env(_) => super::build_id::build_id(&object_bytes()?),
+        ObjectSource::Embedded => embedded_build().ok_or(EbpfError::ObjectNotBuilt)?,
+    };
+    Ok(BUILD.get_or_init(|| build).clone())
 }
 
 #[cfg(netfn_ebpf_embedded)]
