@@ -696,6 +696,7 @@ fn kernel_udp_service_answers_from_the_vip() {
 
 /// A chain whose load balancer serves UDP `VIP:53` with backends 0 and 1, their servers up.
 struct UdpService {
+    chain: String,
     ingress: String,
     _servers: Servers,
     _guard: ChainGuard,
@@ -704,16 +705,20 @@ struct UdpService {
 
 impl UdpService {
     fn up(mode: &str, tag: &str) -> Self {
+        Self::with(mode, tag, &service(53, "udp", &[(0, 1), (1, 1)]))
+    }
+
+    /// A chain whose load balancer serves `services` (TOML of its service tables), every
+    /// backend's servers up.
+    fn with(mode: &str, tag: &str, services: &str) -> Self {
         let chain = unique_chain(tag);
         let dir = TempDir::new(&chain);
-        let file = dir.write(
-            "lb.toml",
-            &chain_file(&chain, mode, &service(53, "udp", &[(0, 1), (1, 1)])),
-        );
+        let file = dir.write("lb.toml", &chain_file(&chain, mode, services));
         let guard = ChainGuard::up(&chain, &file);
         UdpService {
             ingress: format!("nf-{chain}-ingress"),
             _servers: Servers::start(&format!("nf-{chain}-egress")),
+            chain,
             _guard: guard,
             _dir: dir,
         }
@@ -1531,19 +1536,129 @@ fn kernel_icmp_errors_reach_the_client_about_the_vip() {
 /// the quoted packet back into the one it sent (client → VIP).
 fn icmp_errors(mode: &str, tag: &str) {
     let _turn = shared();
-    let chain = unique_chain(tag);
-    let dir = TempDir::new(&chain);
-    let services = format!(
+    let lab = UdpService::with(mode, tag, &closed_service());
+    assert!(
+        refused(&lab.ingress, false),
+        "{mode}: the client never heard the backend's port unreachable about its VIP"
+    );
+}
+
+#[test]
+fn tc_icmp_errors_quoting_ip_options_reach_the_client_about_the_vip() {
+    icmp_errors_quoting_ip_options("tc", "cq");
+}
+
+#[test]
+fn xdp_icmp_errors_quoting_ip_options_reach_the_client_about_the_vip() {
+    icmp_errors_quoting_ip_options("xdp", "cr");
+}
+
+#[test]
+fn kernel_icmp_errors_quoting_ip_options_reach_the_client_about_the_vip() {
+    icmp_errors_quoting_ip_options("kernel", "cs");
+}
+
+/// [`icmp_errors`] for a client that sends with IP options (four NOPs, `IP_OPTIONS`): the
+/// backend's port unreachable quotes the header with its options (IHL 6, first byte 0x46), and
+/// the client's socket hears "connection refused" only if the load balancer translated it
+/// back to the VIP all the same, as kernel mode's conntrack does. The error the client's
+/// namespace received quotes the client's packet as sent (client → VIP:54, options and all),
+/// with its quoted IPv4 checksum and its ICMP checksum right. Before, tc and xdp read only
+/// quoted headers of 20 bytes (first byte 0x45) and passed this one on untranslated: the
+/// client's socket never heard it (with "fragmentation needed", a path MTU black hole).
+fn icmp_errors_quoting_ip_options(mode: &str, tag: &str) {
+    let _turn = shared();
+    let lab = UdpService::with(mode, tag, &closed_service());
+    let watcher = raw_socket(&lab.ingress, libc::IPPROTO_ICMP, Duration::from_millis(500));
+    let refused = refused(&lab.ingress, true);
+    // The port unreachables that reached the client's namespace (IPv4 header first).
+    let errors: Vec<Vec<u8>> = std::iter::from_fn(|| recv_packet(&watcher))
+        .take(8)
+        .filter(|p| {
+            let icmp = usize::from(p[0] & 0x0f) * 4;
+            p.get(icmp..icmp + 2) == Some(&[3, 3])
+        })
+        .collect();
+    let drops = function_drops(&lab.chain, "lb1");
+    assert!(
+        refused,
+        "{mode}: the client never heard the backend's port unreachable quoting IP options \
+         (errors that arrived: {errors:02x?}; drops: {drops:?})"
+    );
+    assert!(!errors.is_empty(), "{mode}: no port unreachable arrived");
+    for error in &errors {
+        assert_quotes_the_vip(mode, error);
+    }
+}
+
+/// `packet` (IPv4 header first, as the client's namespace received it) is a port unreachable
+/// from the VIP (the backend's own address translated too) about the client's datagram to
+/// VIP:54 as the client sent it, with IP options (a quoted header of 24 bytes), and its
+/// checksums are right: outer IPv4, ICMP, quoted IPv4.
+fn assert_quotes_the_vip(mode: &str, packet: &[u8]) {
+    use netfn_tests::frames::sum16;
+    let hlen = usize::from(packet[0] & 0x0f) * 4;
+    assert_eq!(
+        (
+            Ipv4Addr::new(packet[12], packet[13], packet[14], packet[15]),
+            Ipv4Addr::new(packet[16], packet[17], packet[18], packet[19]),
+        ),
+        (VIP, CLIENT),
+        "{mode}: the outer source and destination: {packet:02x?}"
+    );
+    assert_eq!(
+        sum16(&packet[..hlen], 0),
+        0xffff,
+        "{mode}: outer IPv4 checksum"
+    );
+    let icmp = &packet[hlen..];
+    assert!(icmp.len() >= 8 + 24 + 8, "{mode}: short: {packet:02x?}");
+    let quoted = &icmp[8..];
+    assert_eq!(quoted[0], 0x46, "{mode}: the quoted header: {packet:02x?}");
+    let qhlen = 24;
+    let l4 = &quoted[qhlen..];
+    assert_eq!(
+        (
+            Ipv4Addr::new(quoted[12], quoted[13], quoted[14], quoted[15]),
+            Ipv4Addr::new(quoted[16], quoted[17], quoted[18], quoted[19]),
+            u16::from_be_bytes([l4[2], l4[3]])
+        ),
+        (CLIENT, VIP, 54),
+        "{mode}: the quoted source, destination and destination port: {packet:02x?}"
+    );
+    assert_eq!(sum16(icmp, 0), 0xffff, "{mode}: ICMP checksum");
+    assert_eq!(
+        sum16(&quoted[..qhlen], 0),
+        0xffff,
+        "{mode}: quoted IPv4 checksum"
+    );
+}
+
+/// A UDP service `VIP:54` whose backend (0, on port 9999) has nothing listening: every
+/// datagram to the VIP is answered by the backend's port unreachable.
+fn closed_service() -> String {
+    format!(
         "\n[[chain.function.service]]\nvip = \"{VIP}\"\nproto = \"udp\"\nport = 54\n\
          backends = [{{ address = \"{}\", port = 9999 }}]\n",
         SERVERS[0]
-    );
-    let file = dir.write("lb.toml", &chain_file(&chain, mode, &services));
-    let _guard = ChainGuard::up(&chain, &file);
-    let _servers = Servers::start(&format!("nf-{chain}-egress"));
-    let ingress = format!("nf-{chain}-ingress");
-    let refused = in_netns(&ingress, || {
+    )
+}
+
+/// Whether a client socket in namespace `ingress` connected to VIP:54, sending with IP options
+/// (four NOPs) if `with_options`, hears "connection refused" within three tries.
+fn refused(ingress: &str, with_options: bool) -> bool {
+    in_netns(ingress, || {
         let s = UdpSocket::bind(SocketAddrV4::new(CLIENT, 45_000)).expect("bind");
+        if with_options {
+            let nops: [u8; 4] = [1; 4];
+            netfn_tests::set_socket_option(
+                s.as_raw_fd(),
+                libc::IPPROTO_IP,
+                libc::IP_OPTIONS,
+                &nops,
+            )
+            .expect("IP_OPTIONS");
+        }
         s.connect(SocketAddrV4::new(VIP, 54)).expect("connect");
         s.set_read_timeout(Some(Duration::from_secs(2)))
             .expect("timeout");
@@ -1552,26 +1667,41 @@ fn icmp_errors(mode: &str, tag: &str) {
             let _ = s.send(b"anyone?");
             matches!(s.recv(&mut buf), Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused)
         })
-    });
-    assert!(
-        refused,
-        "{mode}: the client never heard the backend's port unreachable about its VIP"
-    );
+    })
 }
 
 #[test]
 fn tc_icmp_errors_from_the_client_side_reach_the_backend() {
-    icmp_errors_from_the_client("tc", "ci");
+    icmp_errors_from_the_client("tc", "ci", 5);
 }
 
 #[test]
 fn xdp_icmp_errors_from_the_client_side_reach_the_backend() {
-    icmp_errors_from_the_client("xdp", "cj");
+    icmp_errors_from_the_client("xdp", "cj", 5);
 }
 
 #[test]
 fn kernel_icmp_errors_from_the_client_side_reach_the_backend() {
-    icmp_errors_from_the_client("kernel", "ck");
+    icmp_errors_from_the_client("kernel", "ck", 5);
+}
+
+/// [`icmp_errors_from_the_client`] about an answer that carried the most IP options (40 bytes
+/// of NOPs: the quoted header is 60 bytes, IHL 15): it reaches the backend translated, its
+/// checksums right, as in kernel mode. Before, tc and xdp read only quoted headers of 20 bytes
+/// (first byte 0x45) and passed this one on untranslated, toward the VIP: no backend got it.
+#[test]
+fn tc_icmp_errors_from_the_client_side_quoting_ip_options_reach_the_backend() {
+    icmp_errors_from_the_client("tc", "ct", 15);
+}
+
+#[test]
+fn xdp_icmp_errors_from_the_client_side_quoting_ip_options_reach_the_backend() {
+    icmp_errors_from_the_client("xdp", "cu", 15);
+}
+
+#[test]
+fn kernel_icmp_errors_from_the_client_side_quoting_ip_options_reach_the_backend() {
+    icmp_errors_from_the_client("kernel", "cv", 15);
 }
 
 /// The client port of the flow [`icmp_errors_from_the_client`] sets up, and one of no flow.
@@ -1580,7 +1710,8 @@ const UNTRACKED_CPORT: u16 = 45_101;
 
 /// A UDP flow through the VIP, answered by its backend; then a router on the client's side
 /// whose next hop has a smaller MTU (a raw socket in the client's namespace stands for it) says
-/// "fragmentation needed, next-hop MTU 1200" about the answer (VIP:54 → client), to the VIP. The
+/// "fragmentation needed, next-hop MTU 1200" about the answer (VIP:54 → client, its IPv4 header
+/// quoted as `quoted_ihl` words: options are NOPs), to the VIP. The
 /// backend must get it about the packet it sent (backend:8080 → client, to the backend's own
 /// address): the backend's namespace receives it so translated, every checksum it can check
 /// right (outer IPv4, ICMP, quoted IPv4), and its stack acts on it: its route to the client
@@ -1588,7 +1719,7 @@ const UNTRACKED_CPORT: u16 = 45_101;
 /// passed the error on untranslated, toward the VIP: a black hole). An error about a flow the
 /// load balancer does not track reaches no backend, and the fast path counts it as
 /// `lb-icmp-untracked` (kernel mode: conntrack holds it invalid, and the DNAT never applies).
-fn icmp_errors_from_the_client(mode: &str, tag: &str) {
+fn icmp_errors_from_the_client(mode: &str, tag: &str, quoted_ihl: u8) {
     let _turn = shared();
     let chain = unique_chain(tag);
     let dir = TempDir::new(&chain);
@@ -1619,7 +1750,11 @@ fn icmp_errors_from_the_client(mode: &str, tag: &str) {
 
     let router = raw_socket(&ingress, libc::IPPROTO_ICMP, Duration::from_millis(100));
     for cport in [UNTRACKED_CPORT, ICMP_CPORT] {
-        send_icmp(&router, VIP, frag_needed(cport, answer.as_bytes()));
+        send_icmp(
+            &router,
+            VIP,
+            frag_needed(cport, answer.as_bytes(), quoted_ihl),
+        );
     }
     let errors: Vec<Vec<u8>> = std::iter::from_fn(|| recv_packet(&backend))
         .filter(|p| p.len() >= 20 && p[9] == netfn_tests::frames::ICMP)
@@ -1631,7 +1766,7 @@ fn icmp_errors_from_the_client(mode: &str, tag: &str) {
         "{mode}: the backend's namespace should receive the error about the flow, and only it: \
          {errors:02x?}"
     );
-    assert_translated(mode, &errors[0], answer.as_bytes());
+    assert_translated(mode, &errors[0], answer.as_bytes(), quoted_ihl);
     // The backend's stack took it: its route toward the client has the path's MTU now.
     let learned = (0..20).any(|_| {
         let route = ip_route_get(&egress, CLIENT);
@@ -1656,9 +1791,9 @@ fn icmp_errors_from_the_client(mode: &str, tag: &str) {
 
 /// What a router on the client's path sends the VIP when the backend's answer `payload`
 /// (VIP:54 → client:`cport`) meets a next hop of MTU 1200: ICMP "fragmentation needed" quoting
-/// the answer's IPv4 header and all of its UDP datagram (its checksum is ICMP's, filled in as
-/// it is sent).
-fn frag_needed(cport: u16, payload: &[u8]) -> Vec<u8> {
+/// the answer's IPv4 header (of `ihl` words, options NOPs) and all of its UDP datagram (its
+/// checksum is ICMP's, filled in as it is sent).
+fn frag_needed(cport: u16, payload: &[u8], ihl: u8) -> Vec<u8> {
     let link = netfn_tests::frames::Link {
         src_mac: [0; 6],
         dst_mac: [0; 6],
@@ -1671,7 +1806,7 @@ fn frag_needed(cport: u16, payload: &[u8]) -> Vec<u8> {
     error.extend(netfn_tests::frames::ipv4(
         &link,
         netfn_tests::frames::UDP,
-        5,
+        ihl,
         datagram.len(),
         0,
     ));
@@ -1681,18 +1816,25 @@ fn frag_needed(cport: u16, payload: &[u8]) -> Vec<u8> {
 
 /// `packet` (IPv4 header first, as the backend's namespace received it) is the frag-needed of
 /// [`frag_needed`] about the flow, translated for the backend: from the client to the backend,
-/// about the answer as the backend sent it (backend:8080 → client), `payload` and the MTU as
-/// they were, and the checksums right (the outer IPv4 header's was checked by the kernel that
-/// delivered it, and is checked again here).
-fn assert_translated(mode: &str, packet: &[u8], payload: &[u8]) {
+/// about the answer as the backend sent it (backend:8080 → client), `payload`, the MTU and the
+/// quoted header's length (`quoted_ihl` words, options and all) as they were, and the checksums
+/// right (the outer IPv4 header's was checked by the kernel that delivered it, and is checked
+/// again here).
+fn assert_translated(mode: &str, packet: &[u8], payload: &[u8], quoted_ihl: u8) {
     use netfn_tests::frames::sum16;
     let addr = |b: &[u8]| Ipv4Addr::new(b[0], b[1], b[2], b[3]);
     let port = |b: &[u8]| u16::from_be_bytes([b[0], b[1]]);
     let hlen = usize::from(packet[0] & 0x0f) * 4;
     let icmp = &packet[hlen..];
-    assert!(icmp.len() >= 8 + 20 + 8, "{mode}: short: {packet:02x?}");
+    let qhlen = usize::from(quoted_ihl) * 4;
+    assert!(icmp.len() >= 8 + qhlen + 8, "{mode}: short: {packet:02x?}");
     let quoted = &icmp[8..];
-    let l4 = &quoted[20..];
+    assert_eq!(
+        quoted[0],
+        0x40 | quoted_ihl,
+        "{mode}: the quoted header's length"
+    );
+    let l4 = &quoted[qhlen..];
     assert_eq!(
         (addr(&packet[12..]), addr(&packet[16..])),
         (CLIENT, SERVERS[0]),
@@ -1721,7 +1863,7 @@ fn assert_translated(mode: &str, packet: &[u8], payload: &[u8]) {
     );
     assert_eq!(sum16(icmp, 0), 0xffff, "{mode}: ICMP checksum");
     assert_eq!(
-        sum16(&quoted[..20], 0),
+        sum16(&quoted[..qhlen], 0),
         0xffff,
         "{mode}: quoted IPv4 checksum"
     );

@@ -14,6 +14,9 @@
 //!   it about the packet it sent (backend:bport → client), its outer destination the backend.
 //!   Without it, path MTU discovery from a backend toward a client is a black hole.
 //!
+//! The quoted IPv4 header may carry options (IHL 5 to 15), as the packet it quotes did: its
+//! length comes from its IHL and the quoted ports follow the options, as conntrack reads them.
+//!
 //! One about a flow the stage does not track (a backend's address and port of no tracked flow,
 //! or a VIP's service of none: evicted, expired, never seen, or forged), or from the client's
 //! side addressed elsewhere than the quoted VIP, is dropped and counted: conntrack finds no
@@ -23,11 +26,13 @@
 //!
 //! Checksums: the quoted IPv4 header's, the ICMP checksum (it covers the quoted bytes) and the
 //! outer IPv4 header's are updated incrementally (RFC 1624), in tc and xdp alike, by plain stores
-//! (an ICMP error carries a full checksum, never `CHECKSUM_PARTIAL`). The quoted TCP or UDP
-//! checksum is left as it is, which Linux's NAT would update where the quote holds it (kernel
-//! mode does): no receiver checks it (Linux's `tcp_v4_err` and `__udp4_lib_err` match the
-//! socket by addresses and ports, and TCP the sequence number, which is not touched). Since the
-//! ICMP checksum covers those unchanged bytes as they are, it stays right.
+//! (an ICMP error carries a full checksum, never `CHECKSUM_PARTIAL`). Quoted options are whole
+//! 32-bit words, so the quoted port stays on a 16-bit word of the ICMP message, as the updates
+//! need. The quoted TCP or UDP checksum is left as it is, which Linux's NAT would update where
+//! the quote holds it (kernel mode does): no receiver checks it (Linux's `tcp_v4_err` and
+//! `__udp4_lib_err` match the socket by addresses and ports, and TCP the sequence number, which
+//! is not touched). Since the ICMP checksum covers those unchanged bytes as they are, it stays
+//! right.
 
 use aya_ebpf::{
     helpers::generated::{bpf_ktime_get_ns, bpf_xdp_load_bytes, bpf_xdp_store_bytes},
@@ -43,19 +48,22 @@ use super::{Fate, FlowKey, Packet, answered, flow_set, lookup, service};
 use crate::forwarder::read;
 use crate::headers::{
     ETH_HLEN, ICMP_DEST_UNREACH, ICMP_HLEN, ICMP_PARAMETER_PROBLEM, ICMP_TIME_EXCEEDED, IP_HLEN,
-    replace16, replace32,
+    ipv4_header_len, replace16, replace32,
 };
 
 /// The TCP or UDP packet an ICMP error quotes (addresses and ports in packet byte order).
 #[derive(Clone, Copy, Default)]
 pub(super) struct Quoted {
-    /// Offset of the quoted IPv4 header (20 bytes, no options) from the start of the frame.
+    /// Offset of the quoted IPv4 header from the start of the frame.
     pub(super) at: usize,
     pub(super) src: u32,
     pub(super) dst: u32,
     pub(super) sport: u16,
     pub(super) dport: u16,
     pub(super) proto: u8,
+    /// The quoted IPv4 header's length, options included (20 to 60 bytes): the quoted ports
+    /// follow it.
+    pub(super) hlen: u8,
 }
 
 /// Marks `p`, an ICMP packet of the frame `data..data_end` (its L4 header at `p.l4`), as
@@ -73,7 +81,10 @@ pub(super) fn quote(p: &mut Packet, data: usize, data_end: usize) {
     }
     let q = icmp + ICMP_HLEN;
     let proto: u8 = read(q + 9);
-    if read::<u8>(q) != 0x45 || (proto != PROTO_TCP && proto != PROTO_UDP) {
+    // The quoted header may carry options (see the module's notes): the ports follow them.
+    let hlen = ipv4_header_len(read(q));
+    let ql4 = q + hlen;
+    if hlen == 0 || ql4 + 4 > data_end || (proto != PROTO_TCP && proto != PROTO_UDP) {
         return;
     }
     p.quoted = true;
@@ -81,9 +92,10 @@ pub(super) fn quote(p: &mut Packet, data: usize, data_end: usize) {
         at: p.l4 + ICMP_HLEN,
         src: read(q + 12),
         dst: read(q + 16),
-        sport: read(q + IP_HLEN),
-        dport: read(q + IP_HLEN + 2),
+        sport: read(ql4),
+        dport: read(ql4 + 2),
         proto,
+        hlen: hlen as u8,
     };
 }
 
@@ -300,7 +312,7 @@ pub(super) fn translate<C: Bytes>(
         outer,
     );
     ctx.store_at(inner + s.quoted_addr_at, addr)?;
-    ctx.store_at(inner + IP_HLEN + s.quoted_port_at, port)?;
+    ctx.store_at(inner + usize::from(q.hlen) + s.quoted_port_at, port)?;
     ctx.store_at(inner + 10, new_inner)?;
     ctx.store_at(icmp + 2, new_icmp)?;
     if outer.is_some() {

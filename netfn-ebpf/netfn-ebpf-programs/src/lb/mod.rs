@@ -67,8 +67,8 @@ use netfn_common::{
 
 use crate::forwarder::{self, count_drop, read, rewrite, send_tc, send_xdp};
 use crate::headers::{
-    ETH_HLEN, FIRST, ICMP_HLEN, IP_HLEN, LATER, TCP_FIN, TCP_RST, TCP_SYN, WHOLE, bare_syn,
-    datagram, fragment, replace16, replace32,
+    ETH_HLEN, FIRST, ICMP_HLEN, IP_HLEN, IP_MAX_HLEN, LATER, TCP_FIN, TCP_RST, TCP_SYN, WHOLE,
+    bare_syn, datagram, fragment, replace16, replace32,
 };
 
 mod icmp;
@@ -100,8 +100,8 @@ static NF_LB_REVERSE: HashMap<BackendKey, Reverse> =
 static NF_LB_FRAGS: LruHashMap<FragKey, LbFrag> = LruHashMap::with_max_entries(FRAGS_SIZE, 0);
 
 /// Most bytes the stage reads: Ethernet, an IPv4 header with options, and a TCP header's first
-/// 20 bytes or an ICMP error's header, quoted IPv4 header and ports.
-const READ_LEN: u32 = (ETH_HLEN + 60 + ICMP_HLEN + IP_HLEN + 4) as u32;
+/// 20 bytes or an ICMP error's header, quoted IPv4 header (options too) and ports.
+const READ_LEN: u32 = (ETH_HLEN + IP_MAX_HLEN + ICMP_HLEN + IP_MAX_HLEN + 4) as u32;
 
 /// The headers the stage reads (addresses and ports in packet byte order).
 #[derive(Clone, Copy)]
