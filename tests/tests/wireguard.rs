@@ -1072,6 +1072,15 @@ fn apply_after_an_upgrade_restarts_the_endpoint_on_the_new_binary() {
         )),
         "status says the endpoint runs another binary:\n{status}"
     );
+    let up_again = netfn(&["up", &file_arg]);
+    let noted = String::from_utf8_lossy(&up_again.stderr);
+    assert!(
+        up_again.status.success()
+            && noted.contains(&format!(
+                "runs another netfn binary; `netfn apply {file_arg}` starts it again"
+            )),
+        "up of the unchanged chain notes it: {noted}"
+    );
     let dry = netfn_ok(&["apply", "--dry-run", &file_arg]);
     assert!(
         dry.contains("would restart 1 function process(es) on this netfn binary")
