@@ -177,7 +177,10 @@ pub fn up(file: &Path, only: Option<&str>, quiet: bool) -> Result<ExitCode> {
                                     elapsed.as_millis()
                                 ))
                             }
-                            Ok(UpOutcome::Unchanged { other_build }) => {
+                            Ok(UpOutcome::Unchanged {
+                                other_build,
+                                other_binary,
+                            }) => {
                                 live.println(&format!(
                                     "chain {}: already up and unchanged; nothing to do",
                                     chain.name
@@ -187,6 +190,15 @@ pub fn up(file: &Path, only: Option<&str>, quiet: bool) -> Result<ExitCode> {
                                         "netfn: note: chain {} runs another netfn build's eBPF \
                                          programs; `netfn apply {}` loads this one's in their \
                                          place, keeping the chain's state",
+                                        chain.name,
+                                        source.display()
+                                    ));
+                                }
+                                if other_binary {
+                                    live.eprintln(&format!(
+                                        "netfn: note: a function's process in chain {} runs \
+                                         another netfn binary; `netfn apply {}` starts it again \
+                                         on this one",
                                         chain.name,
                                         source.display()
                                     ));
@@ -342,7 +354,7 @@ pub fn apply(file: &Path, only: Option<&str>, dry_run: bool, quiet: bool) -> Res
             };
             done.push(chain.name.as_str());
             live.chain_done(chain.functions.len());
-            let (head, changes, reload, moved) = match outcome {
+            let (head, changes, reload, restarts, moved) = match outcome {
                 ApplyOutcome::Unchanged => {
                     live.println(&format!("chain {}: unchanged; nothing to do", chain.name));
                     continue;
@@ -351,19 +363,22 @@ pub fn apply(file: &Path, only: Option<&str>, dry_run: bool, quiet: bool) -> Res
                     changes,
                     moved,
                     reload,
+                    restarts,
                 } => (
                     format!(
                         "chain {}: would {}:",
                         chain.name,
-                        what_apply_does(changes.len(), reload.is_some(), false)
+                        what_apply_does(changes.len(), reload.is_some(), restarts.len(), false)
                     ),
                     changes,
                     reload,
+                    restarts,
                     moved,
                 ),
                 ApplyOutcome::Applied {
                     changes,
                     reloaded,
+                    restarted,
                     elapsed,
                     moved,
                 } => {
@@ -372,17 +387,26 @@ pub fn apply(file: &Path, only: Option<&str>, dry_run: bool, quiet: bool) -> Res
                         format!(
                             "chain {}: {} in {} ms:",
                             chain.name,
-                            what_apply_does(changes.len(), reloaded.is_some(), true),
+                            what_apply_does(
+                                changes.len(),
+                                reloaded.is_some(),
+                                restarted.len(),
+                                true
+                            ),
                             elapsed.as_millis()
                         ),
                         changes,
                         reloaded,
+                        restarted,
                         moved,
                     )
                 }
             };
             let mut text = head;
             if let Some(r) = reload {
+                text.push_str(&format!("\n  {r}"));
+            }
+            for r in restarts {
                 text.push_str(&format!("\n  {r}"));
             }
             for c in changes {
@@ -419,18 +443,34 @@ pub fn apply(file: &Path, only: Option<&str>, dry_run: bool, quiet: bool) -> Res
     )
 }
 
-/// What an apply does (`done`) or would do to a chain: `changes` changes, and whether it loads
-/// this netfn's programs in place of another build's.
-fn what_apply_does(changes: usize, reload: bool, done: bool) -> String {
-    let (apply, load) = if done {
-        ("applied", "loaded")
+/// What an apply does (`done`) or would do to a chain: `changes` changes, whether it loads
+/// this netfn's programs in place of another build's, and how many of the functions' processes
+/// it starts again on this netfn binary.
+fn what_apply_does(changes: usize, reload: bool, restarts: usize, done: bool) -> String {
+    let (apply, load, restart) = if done {
+        ("applied", "loaded", "restarted")
     } else {
-        ("apply", "load")
+        ("apply", "load", "restart")
     };
-    match (changes, reload) {
-        (0, true) => format!("{load} this netfn's programs (no change to apply)"),
-        (n, true) => format!("{apply} {n} change(s) and {load} this netfn's programs"),
-        (n, false) => format!("{apply} {n} change(s)"),
+    // Only the upgrade's part: the file changed nothing.
+    let upgrade_only = changes == 0 && (reload || restarts > 0);
+    let mut parts = Vec::new();
+    if !upgrade_only {
+        parts.push(format!("{apply} {changes} change(s)"));
+    }
+    if reload {
+        parts.push(format!("{load} this netfn's programs"));
+    }
+    if restarts > 0 {
+        parts.push(format!(
+            "{restart} {restarts} function process(es) on this netfn binary"
+        ));
+    }
+    let text = parts.join(" and ");
+    if upgrade_only {
+        format!("{text} (no change to apply)")
+    } else {
+        text
     }
 }
 

@@ -176,6 +176,13 @@ pub fn chain_table(s: &ChainStatus) -> String {
             s.source
         ));
     }
+    for p in &s.other_binaries {
+        details.push_str(&format!(
+            "{}: its process (pid {}) runs another netfn binary, {}: `netfn apply {}` starts it \
+             again on this one\n",
+            p.function, p.pid, p.binary, s.source
+        ));
+    }
     details.push_str(&agent_lines(s));
     format!(
         "chain {} ({}, {}{}) from {}\n{}{details}",

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeSet;
 use std::io::{IoSliceMut, Read, Write};
-use std::net::{SocketAddrV4, UdpSocket};
+use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
@@ -177,6 +177,24 @@ pub fn sequenced_stream_during(
     stream.finish()
 }
 
+/// [`sequenced_stream_during`] from `from` to `to` (namespace and address each; the sender
+/// binds `port + 1`): through a tunnel, say.
+pub fn sequenced_stream_between(
+    from: (&str, Ipv4Addr),
+    to: (&str, Ipv4Addr),
+    count: u32,
+    per_second: u64,
+    port: u16,
+    during: impl FnOnce(),
+) -> StreamRun {
+    let what = format!("the stream from {} to {} (port {port})", from.1, to.1);
+    let mut stream = SequencedStream::between(what, from, to, per_second, port);
+    stream.wait_until_flowing();
+    during();
+    stream.change_ended(count);
+    stream.finish()
+}
+
 /// [`sequenced_stream_during`] in both directions at once (ports `port` and `port + 2`):
 /// returns the stream to the egress endpoint, then the one to the ingress endpoint.
 pub fn sequenced_streams_both_ways_during(
@@ -229,15 +247,26 @@ impl SequencedStream {
             (format!("nf-{chain}-ingress"), INGRESS_ADDR),
             (format!("nf-{chain}-egress"), EGRESS_ADDR),
         );
-        let ((from_ns, from_addr), (to_ns, to_addr)) = match toward {
+        let (from, to) = match toward {
             Toward::Egress => (ingress, egress),
             Toward::Ingress => (egress, ingress),
         };
-        let rx = udp_socket_in(&to_ns, SocketAddrV4::new(to_addr, port));
+        let what = format!("the stream toward {toward:?} of chain {chain} (port {port})");
+        Self::between(what, (&from.0, from.1), (&to.0, to.1), per_second, port)
+    }
+
+    fn between(
+        what: String,
+        (from_ns, from_addr): (&str, Ipv4Addr),
+        (to_ns, to_addr): (&str, Ipv4Addr),
+        per_second: u64,
+        port: u16,
+    ) -> Self {
+        let rx = udp_socket_in(to_ns, SocketAddrV4::new(to_addr, port));
         set_rcvbuf(&rx, 16 << 20);
         rx.set_read_timeout(Some(Duration::from_millis(1500)))
             .expect("timeout");
-        let tx = udp_socket_in(&from_ns, SocketAddrV4::new(from_addr, port + 1));
+        let tx = udp_socket_in(from_ns, SocketAddrV4::new(from_addr, port + 1));
         let sent = Arc::new(AtomicU32::new(0));
         let received = Arc::new(AtomicUsize::new(0));
         let stop_at = Arc::new(AtomicU32::new(u32::MAX));
@@ -282,7 +311,7 @@ impl SequencedStream {
             })
         };
         SequencedStream {
-            what: format!("the stream toward {toward:?} of chain {chain} (port {port})"),
+            what,
             per_second,
             started: Instant::now(),
             sent,

@@ -6,7 +6,8 @@
 //! userspace data plane, or the kernel's module where the kernel has one (the VM suite;
 //! elsewhere `backend = "kernel"` is refused with the reason). A wrong key passes nothing; the
 //! private key appears nowhere netfn writes; a SIGKILLed userspace endpoint comes back with the
-//! agent; peers change in place on both (with a preshared key), and keep their sessions.
+//! agent; peers change in place on both (with a preshared key), and keep their sessions; after
+//! an upgrade of netfn, `apply` restarts the endpoint on the new binary.
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
@@ -18,10 +19,11 @@ use std::time::{Duration, Instant};
 
 use netfn_tests::agent::{Agent, sample};
 use netfn_tests::loss::{SenderRing, snmp_counter};
+use netfn_tests::traffic::sequenced_stream_between;
 use netfn_tests::wireguard::{endpoint_pid, keypair, kill_endpoint, tunnel_report};
 use netfn_tests::{
-    ChainGuard, TempDir, in_netns, in_test_vm, interface_stats, ip_in, leftovers, netfn, netfn_ok,
-    shared, skipped, status_details, unique_chain,
+    ChainGuard, TempDir, command, in_netns, in_test_vm, interface_stats, ip_in, leftovers, netfn,
+    netfn_bin, netfn_ok, shared, skipped, status_details, unique_chain,
 };
 
 const PEER_ADDR: Ipv4Addr = Ipv4Addr::new(10, 99, 0, 2);
@@ -155,6 +157,17 @@ impl Lab {
     /// [`talk`] from the peer to the server.
     fn talk(&self, bytes: usize) -> Result<(), String> {
         talk(&self.ingress, &self.egress, bytes)
+    }
+
+    /// Waits (5 s at most) until the endpoint's file of where its peers are (saved every second,
+    /// for a restarted endpoint) holds `text`; `what` names it in the failure.
+    fn wait_until_saved(&self, text: &str, what: &str) {
+        let endpoints = format!("/run/netfn/chains/{}.vpn.endpoints", self.chain);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !std::fs::read_to_string(&endpoints).is_ok_and(|t| t.contains(text)) {
+            assert!(Instant::now() < deadline, "the endpoint never saved {what}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     /// The endpoint's log (empty if it has none).
@@ -869,15 +882,7 @@ fn a_killed_endpoint_comes_back_with_the_agent() {
     lab.talk(1000).expect("before the kill");
     // The endpoint keeps where its peers are (it saves that every second), so that a restarted
     // one can reach them at once: wait until it has.
-    let endpoints = format!("/run/netfn/chains/{chain}.vpn.endpoints");
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !std::fs::read_to_string(&endpoints).is_ok_and(|t| t.contains(&lab.peer_public)) {
-        assert!(
-            Instant::now() < deadline,
-            "the endpoint never saved its peer's endpoint"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    lab.wait_until_saved(&lab.peer_public, "its peer's endpoint");
     let pid = kill_endpoint(chain, "vpn");
     let restarted = || endpoint_pid(chain, "vpn").is_some_and(|p| p != pid);
     // Its TUN device is the chain's (persistent, made by `up`), not the process's: it stays,
@@ -997,15 +1002,7 @@ fn a_restarted_endpoint_finds_a_peer_that_roamed() {
     lab.talk(1000).expect("at the configured endpoint");
     peer.listen_on(40202);
     lab.talk(1000).expect("after roaming");
-    let endpoints = format!("/run/netfn/chains/{chain}.vpn.endpoints");
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !std::fs::read_to_string(&endpoints).is_ok_and(|t| t.contains(":40202")) {
-        assert!(
-            Instant::now() < deadline,
-            "the endpoint never saved where its peer went"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    lab.wait_until_saved(":40202", "where its peer went");
     let pid = kill_endpoint(chain, "vpn");
     let deadline = Instant::now() + Duration::from_secs(6);
     loop {
@@ -1020,6 +1017,186 @@ fn a_restarted_endpoint_finds_a_peer_that_roamed() {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
+}
+
+/// An upgrade of netfn reaches the userspace endpoint: the chain comes up with a copy of the
+/// binary under test (the "old" netfn, removed then, as an upgrade replaces the file), so its
+/// endpoint runs the copy; `status` says so, `apply --dry-run` lists the restart, and `apply`
+/// with the binary under test starts the endpoint again on it, with an agent watching (which
+/// leaves the restart alone). A TCP connection through the tunnel made before goes on; a UDP
+/// stream through the tunnel across the restart is measured (what it loses is printed); the
+/// next apply is unchanged.
+#[test]
+fn apply_after_an_upgrade_restarts_the_endpoint_on_the_new_binary() {
+    let _turn = shared();
+    let lab = Lab::new("wug");
+    let chain = &lab.chain;
+    let old_bin = lab.dir.0.join("netfn-old");
+    std::fs::copy(netfn_bin(), &old_bin).expect("copy the netfn binary");
+    let file = lab.write("wg.toml", &lab.chain_file("tc", "userspace"));
+    let file_arg = file.to_string_lossy().into_owned();
+    let _guard = ChainGuard {
+        chain: chain.clone(),
+        file: file.clone(),
+    };
+    let up = command(&old_bin)
+        .args(["up", &file_arg])
+        .output()
+        .expect("run the old netfn");
+    assert!(
+        up.status.success(),
+        "up with the old netfn: {}",
+        String::from_utf8_lossy(&up.stderr)
+    );
+    let exe_of = |pid: i32| std::fs::read_link(format!("/proc/{pid}/exe")).expect("exe");
+    let old_pid = endpoint_pid(chain, "vpn").expect("the endpoint's pid");
+    assert_eq!(
+        exe_of(old_pid),
+        old_bin,
+        "the endpoint runs the netfn that brought it up"
+    );
+    // The upgrade: the old binary's file goes (the endpoint keeps running it).
+    std::fs::remove_file(&old_bin).expect("remove the old netfn");
+    let agent = Agent::start(&lab.dir.0, chain, &["--no-probe"]);
+    let _peer = lab.peer();
+    lab.talk(1000).expect("the tunnel is up");
+    // Where the peer is, for the new endpoint to handshake with at once (saved every second).
+    lab.wait_until_saved(&lab.peer_public, "its peer's endpoint");
+
+    let status = netfn_ok(&["status", chain]);
+    assert!(
+        status.contains(&format!(
+            "vpn: its process (pid {old_pid}) runs another netfn binary, {} (deleted): `netfn \
+             apply {file_arg}` starts it again on this one",
+            old_bin.display()
+        )),
+        "status says the endpoint runs another binary:\n{status}"
+    );
+    let up_again = netfn(&["up", &file_arg]);
+    let noted = String::from_utf8_lossy(&up_again.stderr);
+    assert!(
+        up_again.status.success()
+            && noted.contains(&format!(
+                "runs another netfn binary; `netfn apply {file_arg}` starts it again"
+            )),
+        "up of the unchanged chain notes it: {noted}"
+    );
+    let dry = netfn_ok(&["apply", "--dry-run", &file_arg]);
+    assert!(
+        dry.contains("would restart 1 function process(es) on this netfn binary")
+            && dry.contains(&format!("restart function vpn's process (pid {old_pid})")),
+        "{dry}"
+    );
+    assert_eq!(
+        endpoint_pid(chain, "vpn"),
+        Some(old_pid),
+        "the dry run restarted it"
+    );
+
+    // A connection through the tunnel made before the restart.
+    let listener = in_netns(&lab.egress, || {
+        TcpListener::bind(SocketAddrV4::new(SERVER, 7000))
+    })
+    .expect("listen");
+    let server = std::thread::spawn(move || {
+        let (mut c, _) = listener.accept()?;
+        let mut buf = [0u8; 1024];
+        loop {
+            let n = c.read(&mut buf)?;
+            if n == 0 {
+                return Ok::<(), std::io::Error>(());
+            }
+            c.write_all(&buf[..n])?;
+        }
+    });
+    let mut before = in_netns(&lab.ingress, || {
+        netfn_tests::tcp_connect_bound(
+            SocketAddrV4::new(PEER_ADDR, 0),
+            SocketAddrV4::new(SERVER, 7000),
+            Duration::from_secs(10),
+        )
+    })
+    .expect("connect through the tunnel");
+    let echo = |s: &mut TcpStream, what: &[u8]| -> Result<(), String> {
+        s.write_all(what).map_err(|e| format!("write: {e}"))?;
+        let mut back = vec![0u8; what.len()];
+        s.read_exact(&mut back).map_err(|e| format!("read: {e}"))?;
+        (back == what)
+            .then_some(())
+            .ok_or_else(|| format!("echoed {back:?}"))
+    };
+    echo(&mut before, b"before").expect("the connection works before the restart");
+
+    let mut applied = String::new();
+    let mut took = Duration::ZERO;
+    let stream = sequenced_stream_between(
+        (&lab.ingress, PEER_ADDR),
+        (&lab.egress, SERVER),
+        4_000,
+        1_000,
+        7001,
+        || {
+            let started = Instant::now();
+            applied = netfn_ok(&["apply", &file_arg]);
+            took = started.elapsed();
+        },
+    );
+    let new_pid = endpoint_pid(chain, "vpn").expect("the endpoint's pid after the apply");
+    let report = || {
+        format!(
+            "{applied}\n{}agent log:\n{}",
+            tunnel_report(chain, "vpn", &lab.ingress, &format!("wgp{chain}")),
+            agent.log_text()
+        )
+    };
+    assert!(
+        applied.contains("restarted 1 function process(es) on this netfn binary")
+            && applied.contains(&format!("restart function vpn's process (pid {old_pid})")),
+        "{}",
+        report()
+    );
+    assert_ne!(
+        new_pid,
+        old_pid,
+        "the endpoint was not started again\n{}",
+        report()
+    );
+    assert_eq!(
+        exe_of(new_pid),
+        std::fs::canonicalize(netfn_bin()).expect("the binary under test"),
+        "the new endpoint runs the netfn that applied"
+    );
+    echo(&mut before, b"after").unwrap_or_else(|e| {
+        panic!(
+            "the connection made before the restart broke: {e}\n{}",
+            report()
+        )
+    });
+    let lost = stream.lost();
+    eprintln!(
+        "endpoint restart: apply took {took:?}; {} of {} datagrams (1 per ms) lost across it",
+        lost.len(),
+        stream.sent
+    );
+    drop(before);
+    let _ = server.join();
+
+    // The agent left the restart to apply (it holds the chain's lock), and keeps the new one.
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(endpoint_pid(chain, "vpn"), Some(new_pid), "{}", report());
+    assert!(
+        !agent.log_text().contains("starting it again"),
+        "the agent started the endpoint during the restart:\n{}",
+        report()
+    );
+    let status = netfn_ok(&["status", chain]);
+    assert!(!status.contains("another netfn binary"), "{status}");
+    assert_eq!(
+        netfn_ok(&["apply", &file_arg]).trim(),
+        format!("chain {chain}: unchanged; nothing to do")
+    );
+    assert_eq!(endpoint_pid(chain, "vpn"), Some(new_pid));
+    lab.talk(1000).expect("the tunnel after the restart");
 }
 
 #[test]

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use crate::chain::kinds;
 use crate::chain::lifecycle::{self, LifecycleError, Progress, UpOptions};
+use crate::chain::processes::Restart;
 use crate::chain::state::{self, ChainLock, Phase};
 use crate::ebpf;
 use crate::failpoint;
@@ -59,6 +60,16 @@ pub enum ApplyError {
     },
     #[error("cannot tell which build of the eBPF programs this netfn has: {0}")]
     Build(#[source] ebpf::EbpfError),
+    #[error(
+        "chain `{chain}`: a function's process that ran another netfn binary could not be started \
+         again on this one: {cause}\nnothing of the chain file was applied; fix the cause and run \
+         `netfn apply` again (a running agent starts the process again meanwhile, on its own \
+         netfn binary)"
+    )]
+    Restart {
+        chain: String,
+        cause: Box<ObjectError>,
+    },
 }
 
 /// This netfn's eBPF programs (see [`ebpf::object_build`]) in place of a running chain's, which
@@ -100,11 +111,15 @@ pub enum ApplyOutcome {
         changes: Vec<Change>,
         moved: Option<PathBuf>,
         reload: Option<Reload>,
+        restarts: Vec<Restart>,
     },
     Applied {
         changes: Vec<Change>,
         /// Made before the changes.
         reloaded: Option<Reload>,
+        /// The functions' processes that ran another netfn binary, started again on this one
+        /// (after the reload, before the changes).
+        restarted: Vec<Restart>,
         elapsed: Duration,
         /// The file the chain was up from, when it was another: this one is its source now
         /// (a chain of another file that has the same name would be changed this way too, so
@@ -155,7 +170,16 @@ pub fn apply(
         from: record.programs.clone(),
         to: build,
     });
-    if next.changes.is_empty() && reload.is_none() {
+    // Processes of functions the change keeps: the others are stopped by it.
+    let kept = names_of(&next.plan);
+    let restarts =
+        kinds::other_binaries(&record.plan, kinds, &|n| kept.contains(n)).map_err(|cause| {
+            ApplyError::Restart {
+                chain: chain.clone(),
+                cause: Box::new(cause),
+            }
+        })?;
+    if next.changes.is_empty() && reload.is_none() && restarts.is_empty() {
         return Ok(ApplyOutcome::Unchanged);
     }
     tracing::debug!(chain = %chain, "apply: replanned by {:.1?}", started.elapsed());
@@ -174,6 +198,7 @@ pub fn apply(
             changes: next.changes,
             moved,
             reload,
+            restarts,
         });
     }
     let old = record.plan.clone();
@@ -194,14 +219,21 @@ pub fn apply(
         })?;
         record.programs = Some(r.to.clone());
         state::save(&mut record)?;
-        if next.changes.is_empty() {
-            return Ok(ApplyOutcome::Applied {
-                changes: next.changes,
-                reloaded: reload,
-                elapsed: started.elapsed(),
-                moved: None,
-            });
-        }
+    }
+    // The processes too, so that the upgrade reaches the whole chain. The chain's lock, held,
+    // keeps the agent from starting the old binary's while one is down.
+    kinds::restart(&record.plan, &restarts).map_err(|cause| ApplyError::Restart {
+        chain: chain.clone(),
+        cause: Box::new(cause),
+    })?;
+    if next.changes.is_empty() {
+        return Ok(ApplyOutcome::Applied {
+            changes: next.changes,
+            reloaded: reload,
+            restarted: restarts,
+            elapsed: started.elapsed(),
+            moved: None,
+        });
     }
     // What `down` needs of the old plan is its objects, not the functions' settings (which can
     // be large: a firewall's rules): the record keeps it without them.
@@ -245,6 +277,7 @@ pub fn apply(
             Ok(ApplyOutcome::Applied {
                 changes: next.changes,
                 reloaded: reload,
+                restarted: restarts,
                 elapsed: started.elapsed(),
                 moved,
             })

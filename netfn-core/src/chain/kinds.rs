@@ -5,6 +5,7 @@
 //! for the functions it adds or changes; core learns nothing about the kinds here but what the
 //! seam answers.
 
+use super::processes::Restart;
 use crate::ebpf;
 use crate::function::{FunctionConfig, FunctionContext, ProbePath, RecordedSettings, Registry};
 use crate::kernel::nft;
@@ -168,12 +169,7 @@ pub(crate) fn check_reload(
         let HopRole::Function { kind, settings } = &hop.role else {
             continue;
         };
-        let config = kinds
-            .load(kind, settings)
-            .map_err(|why| ObjectError::Configure {
-                function: hop.name.clone(),
-                why,
-            })?;
+        let config = load(kinds, &hop.name, kind, settings)?;
         if let (Some(mut ctx), Some(slot)) = (context(plan, h), plan.function_slot(h)) {
             // The same settings: the new instance carries the live one's counters over.
             ctx.previous = Some(settings.clone());
@@ -190,6 +186,21 @@ pub(crate) fn check_reload(
         }
     }
     Ok(stages)
+}
+
+/// The config of function `name` (of kind `kind`) from its recorded settings.
+fn load(
+    kinds: &Registry,
+    name: &str,
+    kind: &str,
+    settings: &RecordedSettings,
+) -> Result<std::sync::Arc<dyn FunctionConfig>, ObjectError> {
+    kinds
+        .load(kind, settings)
+        .map_err(|why| ObjectError::Configure {
+            function: name.to_string(),
+            why,
+        })
 }
 
 /// The function at hop `h` as its kind's running parts see it.
@@ -213,6 +224,50 @@ fn context(plan: &ChainPlan, h: usize) -> Option<FunctionContext> {
         },
         previous: None,
     })
+}
+
+/// The processes of `plan`'s functions that `only` selects (by name) that run another netfn
+/// binary than this one.
+pub(crate) fn other_binaries(
+    plan: &ChainPlan,
+    kinds: &Registry,
+    only: &dyn Fn(&str) -> bool,
+) -> Result<Vec<Restart>, ObjectError> {
+    let mut out = Vec::new();
+    for (h, hop) in plan.hops.iter().enumerate() {
+        let HopRole::Function { kind, settings } = &hop.role else {
+            continue;
+        };
+        // The pid file first: most functions have no process, and loading their settings
+        // (a firewall's rules) is what costs.
+        let Some(running) = only(&hop.name)
+            .then(|| super::processes::other_binary(&plan.chain, &hop.name))
+            .flatten()
+        else {
+            continue;
+        };
+        let config = load(kinds, &hop.name, kind, settings)?;
+        if let Some(args) = context(plan, h).and_then(|ctx| config.process(&ctx)) {
+            out.push(Restart { running, args });
+        }
+    }
+    Ok(out)
+}
+
+/// Starts the processes of `restarts` again, on this netfn binary, one after the other (each
+/// waits until the new one is ready). The caller holds the chain's lock.
+pub(crate) fn restart(plan: &ChainPlan, restarts: &[Restart]) -> Result<(), ObjectError> {
+    for r in restarts {
+        let pid = super::processes::restart(&plan.chain, &r.running.function, &r.args)
+            .map_err(|e| ObjectError::Process(Box::new(e)))?;
+        tracing::debug!(
+            "chain {}: function {}'s process restarted on this netfn binary: pid {} -> {pid}",
+            plan.chain,
+            r.running.function,
+            r.running.pid
+        );
+    }
+    Ok(())
 }
 
 /// Stops the stage of the function `name` of `plan` (tc/xdp) and removes what it kept; its

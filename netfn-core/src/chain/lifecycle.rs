@@ -150,6 +150,9 @@ pub enum UpOutcome {
     /// (`apply` loads them, see [`crate::chain::apply::Reload`]).
     Unchanged {
         other_build: bool,
+        /// A function's process runs another netfn binary (`apply` starts it again on this
+        /// one, see [`crate::chain::processes::Restart`]).
+        other_binary: bool,
     },
 }
 
@@ -245,6 +248,11 @@ fn up_locked(
                 }
                 return Ok(UpOutcome::Unchanged {
                     other_build: old.programs != crate::ebpf::object_build().ok(),
+                    other_binary: old
+                        .plan
+                        .hops
+                        .iter()
+                        .any(|h| super::processes::other_binary(&chain, &h.name).is_some()),
                 });
             }
             Phase::Up if !state::same_source(&old.source, source) => {

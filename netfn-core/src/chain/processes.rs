@@ -7,7 +7,11 @@
 //! Its pid is recorded in `/run/netfn/chains/<chain>.<function>.pid`, its output appended to
 //! `….log` beside it. It says it is ready by creating `….ready` (see [`ready_file`]); `start`
 //! waits for that, or for its exit, which it reports with the log's last lines.
+//!
+//! A process runs the netfn binary that started it until it ends: after an upgrade of netfn, the
+//! old one ([`other_binary`] tells; `apply` [`restart`]s it on the new one).
 
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -38,6 +42,11 @@ pub enum ProcessError {
         secs = READY_TIMEOUT.as_secs()
     )]
     NotReady { function: String, log: String },
+    #[error(
+        "function {function}'s process (pid {pid}) did not end on SIGTERM nor SIGKILL, so it could \
+         not be started again; look at that process (`cat /proc/{pid}/status`)"
+    )]
+    NotEnded { function: String, pid: i32 },
 }
 
 fn file(chain: &str, function: &str, ext: &str) -> PathBuf {
@@ -84,6 +93,60 @@ pub fn running(chain: &str, function: &str) -> Option<i32> {
         .rsplit_once(')')
         .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'));
     (ours && !zombie).then_some(pid)
+}
+
+/// A function's process that runs another netfn binary than the one asking: an upgrade
+/// replaced the binary's file since the process started (the kernel then names it
+/// `PATH (deleted)`), or a netfn at another path started it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct OtherBinary {
+    pub function: String,
+    pub pid: i32,
+    /// The binary it runs, as the kernel names it (`/proc/PID/exe`).
+    pub binary: String,
+}
+
+/// A function's process that runs another netfn binary, as `apply` starts it again on this one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Restart {
+    pub running: OtherBinary,
+    /// The arguments its kind gives for it (`FunctionConfig::process`).
+    pub(crate) args: Vec<String>,
+}
+
+impl std::fmt::Display for Restart {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let r = &self.running;
+        write!(
+            f,
+            "⟳ restart function {}'s process (pid {}) on this netfn binary: it runs {}",
+            r.function, r.pid, r.binary
+        )
+    }
+}
+
+/// The file (device and inode) that process `pid` (`self`: this one) runs: the one it was
+/// started from, also when that was removed or replaced since.
+fn binary_of(pid: &str) -> Option<(u64, u64)> {
+    let m = std::fs::metadata(format!("/proc/{pid}/exe")).ok()?;
+    Some((m.dev(), m.ino()))
+}
+
+/// Function `function`'s process, if one runs and its binary is not the one this process runs.
+/// `None` also when either cannot be read (/proc/PID/exe takes root): unknown is not another.
+pub fn other_binary(chain: &str, function: &str) -> Option<OtherBinary> {
+    let pid = running(chain, function)?;
+    let theirs = binary_of(&pid.to_string())?;
+    if theirs == binary_of("self")? {
+        return None;
+    }
+    let binary = std::fs::read_link(format!("/proc/{pid}/exe"))
+        .map_or_else(|_| "unknown".into(), |p| p.display().to_string());
+    Some(OtherBinary {
+        function: function.to_string(),
+        pid,
+        binary,
+    })
 }
 
 /// Starts function `function`'s process (`netfn ARGS…`) unless one runs, and waits until it is
@@ -153,26 +216,31 @@ pub fn start(chain: &str, function: &str, args: &[String]) -> Result<i32, Proces
     })
 }
 
+/// Starts function `function`'s process again on this netfn binary (`netfn ARGS…`): ends the
+/// running one as [`stop`] does, but keeps what it keeps across restarts (its state files: where
+/// a VPN's peers were; its log goes on), and waits until the new one is ready. Returns its pid.
+/// The caller holds the chain's lock: the agent, which starts a process that died, leaves a
+/// locked chain alone, so it does not start the old binary's meanwhile.
+pub fn restart(chain: &str, function: &str, args: &[String]) -> Result<i32, ProcessError> {
+    end(chain, function);
+    if let Some(pid) = running(chain, function) {
+        return Err(ProcessError::NotEnded {
+            function: function.to_string(),
+            pid,
+        });
+    }
+    remove_owned(chain, function);
+    for ext in ["pid", "ready"] {
+        let _ = std::fs::remove_file(file(chain, function, ext));
+    }
+    start(chain, function, args)
+}
+
 /// Stops function `function`'s process (SIGTERM, then SIGKILL after a second) and removes its
 /// files (the log too: `down` leaves nothing). Nothing to do when none runs.
 pub fn stop(chain: &str, function: &str) {
-    if let Some(pid) = running(chain, function) {
-        // SAFETY: kill(2) on a pid netfn recorded for this function.
-        unsafe { libc::kill(pid, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(1);
-        while Instant::now() < deadline && running(chain, function).is_some() {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        if running(chain, function).is_some() {
-            // SAFETY: as above.
-            unsafe { libc::kill(pid, libc::SIGKILL) };
-        }
-    }
-    // What it listed as its own outside the state directory.
-    let owned = std::fs::read_to_string(owned_files(chain, function)).unwrap_or_default();
-    for path in owned.lines().map(Path::new).filter(|p| p.is_absolute()) {
-        let _ = std::fs::remove_file(path);
-    }
+    end(chain, function);
+    remove_owned(chain, function);
     // Its pid, ready file and log, and whatever state it kept beside them.
     let prefix = format!("{chain}.{function}.");
     if let Ok(dir) = std::fs::read_dir(names::chain_state_dir()) {
@@ -181,5 +249,36 @@ pub fn stop(chain: &str, function: &str) {
                 let _ = std::fs::remove_file(entry.path());
             }
         }
+    }
+}
+
+/// Ends function `function`'s process if one runs: SIGTERM, then SIGKILL after a second; waits
+/// (a moment) until it is gone, so that what it held (its sockets) is free.
+fn end(chain: &str, function: &str) {
+    let Some(pid) = running(chain, function) else {
+        return;
+    };
+    let ended_within = |wait: Duration| {
+        let deadline = Instant::now() + wait;
+        while Instant::now() < deadline && running(chain, function).is_some() {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        running(chain, function).is_none()
+    };
+    // SAFETY: kill(2) on a pid netfn recorded for this function.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    if !ended_within(Duration::from_secs(1)) {
+        // SAFETY: as above.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+        ended_within(Duration::from_secs(1));
+    }
+}
+
+/// Removes what function `function`'s process listed as its own outside the state directory
+/// (a process that had to be SIGKILLed could not).
+fn remove_owned(chain: &str, function: &str) {
+    let owned = std::fs::read_to_string(owned_files(chain, function)).unwrap_or_default();
+    for path in owned.lines().map(Path::new).filter(|p| p.is_absolute()) {
+        let _ = std::fs::remove_file(path);
     }
 }

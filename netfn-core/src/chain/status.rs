@@ -26,6 +26,10 @@ pub struct ChainStatus {
     pub programs: Option<String>,
     /// Whether those are this netfn's programs (false after an upgrade, until `netfn apply`).
     pub programs_current: bool,
+    /// The functions' processes (a userspace VPN endpoint) that run another netfn binary than
+    /// this one (after an upgrade, until `netfn apply` starts them again on it).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub other_binaries: Vec<crate::chain::processes::OtherBinary>,
     /// What the host agent knows (prober, runtime tasks), when an agent runs.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub agent: Option<crate::agent::ChainReport>,
@@ -159,6 +163,12 @@ pub fn chain_status(
         programs: record.programs.clone(),
         programs_current: record.programs.is_some()
             && record.programs == crate::ebpf::object_build().ok(),
+        other_binaries: plan
+            .hops
+            .iter()
+            .filter(|h| matches!(h.role, HopRole::Function { .. }))
+            .filter_map(|h| crate::chain::processes::other_binary(&plan.chain, &h.name))
+            .collect(),
         agent: None,
     }
 }
