@@ -48,6 +48,31 @@ pub fn netfn(args: &[&str]) -> Output {
     })
 }
 
+/// `netfn ARGS…` with failpoint `point` armed (`netfn_core::failpoint`, read by the debug build
+/// under test); returns (success, stderr).
+pub fn netfn_at(point: &str, args: &[&str]) -> (bool, String) {
+    let out = command(&netfn_bin())
+        .env(netfn_core::failpoint::ENV, point)
+        .args(args)
+        .output()
+        .expect("run netfn");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `netfn apply FILE` failing at failpoint `point`, and restoring the chain as it was.
+pub fn apply_fails_at(point: &str, file: &Path) {
+    let (ok, stderr) = netfn_at(point, &["apply", &file.to_string_lossy()]);
+    assert!(
+        !ok && stderr.contains(&format!("failure injected at failpoint `{point}`"))
+            && stderr.contains("the old chain was restored")
+            && !stderr.contains("except"),
+        "apply with a failure at {point}: succeeded, or not restored:\n{stderr}"
+    );
+}
+
 /// Runs `netfn ARGS…`, panicking with its output unless it succeeds; returns stdout.
 pub fn netfn_ok(args: &[&str]) -> String {
     let out = netfn(args);

@@ -10,20 +10,7 @@
 use std::path::Path;
 
 use netfn_tests::whole::{Down, assert_chain_is, assert_nothing_left, chain_file, namespaces};
-use netfn_tests::{TempDir, command, leftovers, netfn_bin, netfn_ok, shared, unique_chain};
-
-/// `netfn ARGS…` with failpoint `point` armed; returns (success, stderr).
-fn netfn_at(point: &str, args: &[&str]) -> (bool, String) {
-    let out = command(&netfn_bin())
-        .env(netfn_core::failpoint::ENV, point)
-        .args(args)
-        .output()
-        .expect("run netfn");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
+use netfn_tests::{TempDir, leftovers, netfn_at, netfn_ok, shared, unique_chain};
 
 /// The failpoints the binary under test lists, with their verbs.
 fn failpoints() -> Vec<(String, String)> {

@@ -20,8 +20,8 @@ use netfn_tests::loss::{SenderRing, fastpath_drops};
 use netfn_tests::raw::{raw_socket, send_icmp, send_raw};
 use netfn_tests::traffic::{late_answer, sequenced_stream_during};
 use netfn_tests::{
-    ChainGuard, EGRESS_ADDR, INGRESS_ADDR, TempDir, alone, in_netns, interface_stats, leftovers,
-    netfn, netfn_ok, shared, unique_chain,
+    ChainGuard, EGRESS_ADDR, INGRESS_ADDR, TempDir, alone, apply_fails_at, in_netns,
+    interface_stats, leftovers, netfn, netfn_ok, shared, unique_chain,
 };
 
 /// A chain file with one firewall `fw1` (its settings are `settings`, TOML lines inside the
@@ -1339,19 +1339,35 @@ fn syn_with_fin_xdp() {
 
 #[test]
 fn rule_counters_carry_over_an_apply_tc() {
-    rule_counters_carry_over_an_apply("tc");
+    rule_counters_carry_over_an_apply("tc", &[]);
 }
 
 #[test]
 fn rule_counters_carry_over_an_apply_xdp() {
-    rule_counters_carry_over_an_apply("xdp");
+    rule_counters_carry_over_an_apply("xdp", &[]);
+}
+
+/// The failed applies of [`rule_counters_carry_over_an_apply`]: one that failed before the new
+/// stage instance went live, one after (the restored instance replaces the failed one).
+const FAILED_APPLIES: [&str; 2] = ["apply-create", "apply-switch"];
+
+#[test]
+fn rule_counters_stay_when_an_apply_fails_tc() {
+    rule_counters_carry_over_an_apply("tc", &FAILED_APPLIES);
+}
+
+#[test]
+fn rule_counters_stay_when_an_apply_fails_xdp() {
+    rule_counters_carry_over_an_apply("xdp", &FAILED_APPLIES);
 }
 
 /// The per-rule counters of the rules that persist (by name; the unnamed ones together, the
 /// default verdict) go on counting across an `apply` that changes the rule set in place (here:
 /// a rule inserted first, so every rule after it has another index), as Prometheus counters
 /// must across a reload. Before, they started again from zero with the new stage instance.
-fn rule_counters_carry_over_an_apply(mode: &str) {
+/// The same apply failing first at each of `failing` (failpoints) leaves them where they were:
+/// before, the old settings' restored instance started them from zero.
+fn rule_counters_carry_over_an_apply(mode: &str, failing: &[&str]) {
     let _turn = shared();
     let rules = |extra: &str| {
         format!(
@@ -1384,25 +1400,41 @@ fn rule_counters_carry_over_an_apply(mode: &str) {
         c
     };
     traffic(3, 2);
-    let expect = |web: u64, unnamed: u64, default: u64| {
+    let expect = |(web, unnamed, default): (u64, u64, u64)| {
         BTreeMap::from([
             ("web".to_string(), web),
             ("(unnamed)".to_string(), unnamed),
             ("(default)".to_string(), default),
         ])
     };
-    assert_eq!(counted(), expect(3, 2, 1), "{mode}: before");
+    let mut sent = (3, 2, 1);
+    assert_eq!(counted(), expect(sent), "{mode}: before");
     let mail = "\n[[chain.function.rule]]\nname = \"mail\"\nproto = \"tcp\"\ndport = 25\n\
                 action = \"accept\"\n";
     let v2 = lab
         .dir
         .write("v2.toml", &firewall_chain(&chain, mode, &rules(mail)));
+    for point in failing {
+        apply_fails_at(point, &v2);
+        assert_eq!(
+            counted(),
+            expect(sent),
+            "{mode}: right after an apply that failed at {point}"
+        );
+        traffic(1, 1);
+        sent = (sent.0 + 1, sent.1 + 1, sent.2 + 1);
+        assert_eq!(
+            counted(),
+            expect(sent),
+            "{mode}: counting on after an apply that failed at {point}"
+        );
+    }
     netfn_ok(&["apply", &v2.to_string_lossy()]);
-    assert_eq!(counted(), expect(3, 2, 1), "{mode}: right after the apply");
+    assert_eq!(counted(), expect(sent), "{mode}: right after the apply");
     traffic(2, 1);
     assert_eq!(
         counted(),
-        expect(5, 3, 2),
+        expect((sent.0 + 2, sent.1 + 1, sent.2 + 1)),
         "{mode}: the counts before the apply and after, summed"
     );
 }

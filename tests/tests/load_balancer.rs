@@ -19,7 +19,8 @@ use netfn_tests::raw::{raw_socket, recv_packet, send_icmp};
 use netfn_tests::test_run::{self, Hook, Verdict};
 use netfn_tests::traffic::late_answer;
 use netfn_tests::{
-    ChainGuard, TempDir, in_netns, ip_in, netfn_ok, shared, status_details, unique_chain,
+    ChainGuard, TempDir, apply_fails_at, in_netns, ip_in, netfn_ok, shared, status_details,
+    unique_chain,
 };
 
 const VIP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 10);
@@ -2555,20 +2556,36 @@ fn beyond_the_carry_room(mode: &str, tag: &str) {
 
 #[test]
 fn tc_backend_and_service_counters_carry_over_an_apply() {
-    counters_carry_over_an_apply("tc", "co");
+    counters_carry_over_an_apply("tc", "co", &[]);
 }
 
 #[test]
 fn xdp_backend_and_service_counters_carry_over_an_apply() {
-    counters_carry_over_an_apply("xdp", "cp");
+    counters_carry_over_an_apply("xdp", "cp", &[]);
+}
+
+/// The failed applies of [`counters_carry_over_an_apply`]: one that failed before the new stage
+/// instance went live, one after (the restored instance replaces the failed one).
+const FAILED_APPLIES: [&str; 2] = ["apply-create", "apply-switch"];
+
+#[test]
+fn tc_backend_and_service_counters_stay_when_an_apply_fails() {
+    counters_carry_over_an_apply("tc", "cf", &FAILED_APPLIES);
+}
+
+#[test]
+fn xdp_backend_and_service_counters_stay_when_an_apply_fails() {
+    counters_carry_over_an_apply("xdp", "cg", &FAILED_APPLIES);
 }
 
 /// The per-backend and per-service counters of the backends and services that persist go on
 /// counting across an `apply` that changes the settings in place, as Prometheus counters must
 /// across a reload: here a service is added first (every backend of :80 gets another number)
 /// and a backend of :80 is removed (the service still counts what it took). Before, they
-/// started again from zero with the new stage instance.
-fn counters_carry_over_an_apply(mode: &str, tag: &str) {
+/// started again from zero with the new stage instance. The same apply failing first at each of
+/// `failing` (failpoints) leaves them where they were: before, the old settings' restored
+/// instance started them from zero.
+fn counters_carry_over_an_apply(mode: &str, tag: &str, failing: &[&str]) {
     let _turn = shared();
     let chain = unique_chain(tag);
     let dir = TempDir::new(&chain);
@@ -2612,8 +2629,30 @@ fn counters_carry_over_an_apply(mode: &str, tag: &str) {
     };
     let first = counts(&spread(&ingress, 80, 46_300..46_340));
     let to_0 = first.get(&SERVERS[0]).copied().unwrap_or(0) as u64;
-    let (flows_0, packets_0, flows, packets) = seen();
+    let (mut flows_0, mut packets_0, mut flows, mut packets) = seen();
     assert_eq!((flows_0, flows), (to_0, 40), "{mode}: before the apply");
+    for (round, point) in (0u16..).zip(failing) {
+        apply_fails_at(point, &after);
+        let (flows_0_now, packets_0_now, flows_now, packets_now) = seen();
+        assert!(
+            (flows_0_now, flows_now) == (flows_0, flows)
+                && packets_0_now >= packets_0
+                && packets_now >= packets,
+            "{mode}: right after an apply that failed at {point}, what was counted before it: \
+             {:?} then {:?}",
+            (flows_0, packets_0, flows, packets),
+            (flows_0_now, packets_0_now, flows_now, packets_now)
+        );
+        let first = 46_400 + 10 * round;
+        let sent = counts(&spread(&ingress, 80, first..first + 10));
+        let to_0 = sent.get(&SERVERS[0]).copied().unwrap_or(0) as u64;
+        (flows_0, packets_0, flows, packets) = seen();
+        assert_eq!(
+            (flows_0, flows),
+            (flows_0_now + to_0, flows_now + 10),
+            "{mode}: counting on after an apply that failed at {point}"
+        );
+    }
     netfn_ok(&["apply", &after.to_string_lossy()]);
     // (A closing connection's last packets may still come: packets only grow.)
     let (flows_0_now, packets_0_now, flows_now, packets_now) = seen();

@@ -243,6 +243,7 @@ pub fn apply(
     state::save_at(&mut record, "apply-record")?;
 
     let mut foreign = Vec::new();
+    let mut changed = Vec::new();
     let change = Transition {
         old: &old,
         new: &next.plan,
@@ -253,7 +254,7 @@ pub fn apply(
     // The record turns `up` with the new plan once the path is switched (the commit point: a
     // failure before it, also to write it, restores the old chain); it keeps the old plan until
     // the old path is removed, so that `down` always covers both.
-    let switched = switch(&change, rt, options, &mut foreign).and_then(|opened| {
+    let switched = switch(&change, rt, options, &mut foreign, &mut changed).and_then(|opened| {
         record.phase = Phase::Up;
         record.source = source.to_path_buf();
         state::save_at(&mut record, "apply-record-up")
@@ -284,7 +285,7 @@ pub fn apply(
         }
         Err(cause) => {
             // A namespace that appeared since the check above is someone else's: never removed.
-            let rollback = undo(&change, rt, options, &foreign);
+            let rollback = undo(&change, rt, options, &foreign, &changed);
             record.foreign.extend(foreign);
             if rollback.is_empty() {
                 record.plan = old;
@@ -481,12 +482,14 @@ fn settings_changes(
     Ok(out)
 }
 
-/// old → new: make what is new and switch the path onto it. Returns the hops it opened.
+/// old → new: make what is new and switch the path onto it. Returns the hops it opened. The
+/// functions whose new settings it made live go to `changed`.
 fn switch(
     change: &Transition,
     rt: &tokio::runtime::Runtime,
     options: &UpOptions,
     foreign: &mut Vec<String>,
+    changed: &mut Vec<String>,
 ) -> Result<Opened, ObjectError> {
     let (old, new, delta) = (change.old, change.new, change.delta);
     let mut steps = Steps::new(&new.chain);
@@ -512,7 +515,7 @@ fn switch(
     }
     failpoint::hit("apply-prepare")?;
     steps.done("the new path prepared");
-    start_kinds(change)?;
+    start_kinds(change, changed)?;
     failpoint::hit("apply-kinds")?;
     steps.done("functions' stages and rules");
     switch_routes(new, delta, &opened, rt)?;
@@ -564,9 +567,10 @@ fn remove_old_path(
 
 /// What the kinds add, before the switch: new functions start (their stages in place before the
 /// forwarder hands them a packet), functions whose settings change get the new ones (one switch
-/// of their stage, or one nftables transaction), and in kernel mode the rules of the kept
-/// functions the change touches match their old and new interfaces alike.
-fn start_kinds(change: &Transition) -> Result<(), ObjectError> {
+/// of their stage, or one nftables transaction; each that did goes to `changed`), and in kernel
+/// mode the rules of the kept functions the change touches match their old and new interfaces
+/// alike.
+fn start_kinds(change: &Transition, changed: &mut Vec<String>) -> Result<(), ObjectError> {
     let (old, new, delta) = (change.old, change.new, change.delta);
     let fresh: BTreeSet<&str> = delta
         .fresh
@@ -576,13 +580,16 @@ fn start_kinds(change: &Transition) -> Result<(), ObjectError> {
         .collect();
     kinds::start(new, change.spec, &|n| fresh.contains(n), true)?;
     for f in &change.spec.functions {
-        let changed = change.settings.iter().any(|s| s.name == f.name);
+        let settings = change.settings.iter().any(|s| s.name == f.name);
         let touched = new
             .hop(&f.name)
             .is_some_and(|(h, _)| delta.touched.contains(&h));
         let rules_name_interfaces = new.fastpath == FastPath::Kernel && touched;
-        if changed || rules_name_interfaces {
-            kinds::start_one(new, &[old], &f.name, f.config.as_ref(), false)?;
+        if settings || rules_name_interfaces {
+            kinds::start_one(new, &[old], &f.name, f.config.as_ref(), false, Some(old))?;
+            if settings {
+                changed.push(f.name.clone());
+            }
         }
     }
     Ok(())
@@ -598,7 +605,9 @@ fn settle_kinds(change: &Transition) -> Vec<String> {
             let touched = new
                 .hop(&f.name)
                 .is_some_and(|(h, _)| delta.touched.contains(&h));
-            if touched && let Err(e) = kinds::start_one(new, &[], &f.name, f.config.as_ref(), false)
+            if touched
+                && let Err(e) =
+                    kinds::start_one(new, &[], &f.name, f.config.as_ref(), false, Some(new))
             {
                 errors.push(e.to_string());
             }
@@ -818,18 +827,25 @@ fn ifindexes(links: &[&LinkPlan]) -> BTreeSet<u32> {
 }
 
 /// Best-effort return from a half-applied `new` to `old`: old routes back, new links and new
-/// namespaces removed. Returns what could not be undone.
+/// namespaces removed. `changed`: the functions whose new settings went live. Returns what could
+/// not be undone.
 fn undo(
     change: &Transition,
     rt: &tokio::runtime::Runtime,
     options: &UpOptions,
     foreign: &[String],
+    changed: &[String],
 ) -> Vec<String> {
     let (old, new, delta) = (change.old, change.new, change.delta);
     let mut errors = Vec::new();
-    // Settings back first (in kernel mode with the old interfaces only, as before).
+    // Settings back first (in kernel mode with the old interfaces only, as before). The restored
+    // stage instance carries over the counters of the instance readers find: the failed
+    // change's where it went live (it counted on from the old totals it carried: the old
+    // instance's totals would miss what it counted since, and its maps are gone), else the old
+    // one's, still live.
     for s in change.settings {
-        if let Err(e) = kinds::start_one(old, &[], &s.name, s.old.as_ref(), false) {
+        let live = if changed.contains(&s.name) { new } else { old };
+        if let Err(e) = kinds::start_one(old, &[], &s.name, s.old.as_ref(), false, Some(live)) {
             errors.push(e.to_string());
         }
     }

@@ -23,21 +23,23 @@ pub(crate) fn start(
     fresh: bool,
 ) -> Result<(), ObjectError> {
     for f in spec.functions.iter().filter(|f| only(&f.name)) {
-        start_one(plan, &[], &f.name, f.config.as_ref(), fresh)?;
+        start_one(plan, &[], &f.name, f.config.as_ref(), fresh, None)?;
     }
     Ok(())
 }
 
 /// Starts (or, with `fresh` false, changes in place) what the kind of function `name` adds.
 /// A kernel form also matches the function's interfaces in the plans of `also` (an apply's old
-/// plan, while packets still arrive on the old links); a change in place also learns the
-/// function's settings there ([`FunctionContext::previous`]).
+/// plan, while packets still arrive on the old links). A change in place names the plan whose
+/// settings the function's live stage instance runs by, `live` (the new instance carries its
+/// counters over by them, [`FunctionContext::previous`]).
 pub(crate) fn start_one(
     plan: &ChainPlan,
     also: &[&ChainPlan],
     name: &str,
     config: &dyn FunctionConfig,
     fresh: bool,
+    live: Option<&ChainPlan>,
 ) -> Result<(), ObjectError> {
     let Some((h, hop)) = plan.hop(name) else {
         return Ok(());
@@ -45,13 +47,10 @@ pub(crate) fn start_one(
     let Some(mut ctx) = context(plan, h) else {
         return Ok(());
     };
+    if !fresh {
+        ctx.previous = live.and_then(|p| recorded(p, name)).map(|(_, s)| s.clone());
+    }
     for other in also {
-        if !fresh
-            && let Some((_, old)) = other.hop(name)
-            && let HopRole::Function { settings, .. } = &old.role
-        {
-            ctx.previous = Some(settings.clone());
-        }
         if let Some(o) = other.hop(name).and_then(|(oh, _)| context(other, oh)) {
             for (mine, theirs) in [
                 (&mut ctx.ingress_ifs, o.ingress_ifs),

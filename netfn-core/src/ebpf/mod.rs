@@ -225,6 +225,17 @@ pub enum EbpfError {
         #[source]
         source: crate::function::StageError,
     },
+    /// The one failure of [`load_stage`] after its instance went live (renaming a staged pin,
+    /// which only something else changing the directory meanwhile makes fail).
+    #[error(
+        "function `{function}`: its new stage instance is live, but readers (status, metrics, \
+         the next apply) still find the replaced instance's maps at:\n  {}\ncheck what else \
+         writes under /sys/fs/bpf/netfn, then apply again", .failed.join("\n  ")
+    )]
+    Repin {
+        function: String,
+        failed: Vec<String>,
+    },
     #[error("cannot start a namespace worker thread: {0}")]
     SpawnWorker(#[source] io::Error),
     #[error("a namespace worker thread panicked")]

@@ -7,7 +7,12 @@
 //! the function's slot: one map update, so every packet meets either the old instance or the new
 //! one, never a mix. A settings change is another `load_stage` (kept maps carry over, and the
 //! kind's `StageContent::live` carries its instance counters over before readers find the new
-//! instance); removing a function is [`forget_stage`]. Nothing here decides which functions have stages: the plan says.
+//! instance); removing a function is [`forget_stage`]. Nothing here decides which functions
+//! have stages: the plan says.
+//!
+//! Readers find the live instance's maps by pin, and what can fail is done before the switch:
+//! an error from [`load_stage`] means the instance it loaded did not go live (readers and
+//! packets stay with the replaced one), except [`EbpfError::Repin`].
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -123,27 +128,100 @@ pub fn load_stage(
             source,
         })?;
 
+    // Readers (status, metrics, the next instance) find the live instance's maps by pin. The new
+    // instance's are pinned beside them first: a pin is a new file in bpffs, the one step here
+    // that can fail for want of memory, and it fails before the switch (the replaced instance
+    // then stays live and read, nothing changed).
+    let staged = stage_pins(&ebpf, &dir, stage.instance_maps())?;
     let stages_pin = bpf_dir.join(STAGES_PIN);
-    let mut stages: ProgramArray<_> =
-        ProgramArray::try_from(pinned_map(&stages_pin)?).map_err(map_error(&stages_pin))?;
-    stages.set(slot, &fd, 0).map_err(map_error(&stages_pin))?;
-    // Live. What the replaced instance counted carries over while readers still read it (its
-    // counters stand still now), then readers (metrics) find the live instance's maps by pin.
-    let carried = content.live(&mut StageMaps::new(&mut ebpf, slot, fresh, dir.clone()));
-    for name in stage.instance_maps() {
-        let path = dir.join(name);
-        remove_file_if_present(&path)?;
-        let map = ebpf
-            .map(name)
-            .ok_or(EbpfError::MissingInObject { kind: "map", name })?;
-        map.pin(&path)
-            .map_err(|source| EbpfError::Pin { path, source })?;
+    let switched = pinned_map(&stages_pin).and_then(|map| {
+        let mut stages: ProgramArray<_> =
+            ProgramArray::try_from(map).map_err(map_error(&stages_pin))?;
+        stages.set(slot, &fd, 0).map_err(map_error(&stages_pin))
+    });
+    if let Err(e) = switched {
+        unstage(&staged);
+        return Err(e);
     }
-    carried.map_err(stage_err)?;
+    // Live. What the replaced instance counted carries over while readers still read it (its
+    // counters stand still now); a carry that fails is the kind's loss of counts, not a reason
+    // to undo the change (it stands, the counters start from zero).
+    if let Err(e) = content.live(&mut StageMaps::new(&mut ebpf, slot, fresh, dir.clone())) {
+        tracing::warn!(
+            "function {function}: the replaced stage instance's counters did not carry over \
+             ({e}); the new instance's start from zero"
+        );
+    }
+    // Then readers find the new instance's maps: each staged pin renamed over the replaced
+    // one's, which swaps the name in one step and allocates nothing.
+    move_pins(function, &staged)?;
     Ok(StageLoad {
         fresh,
         elapsed: started.elapsed(),
     })
+}
+
+/// The new instance's pins beside the live one's (see [`STAGED`]): (staged, final) paths.
+type Staged = Vec<(PathBuf, PathBuf)>;
+
+/// What a staged pin's name adds to the name readers know (bpffs refuses dots in names).
+const STAGED: &str = "-next";
+
+/// Pins the instance maps `names` of `ebpf` under `dir` beside the live instance's, each as its
+/// name with [`STAGED`] (what a load that never finished left there goes first). On failure
+/// removes the ones it pinned.
+fn stage_pins(ebpf: &aya::Ebpf, dir: &Path, names: &[&'static str]) -> Result<Staged, EbpfError> {
+    let mut staged = Vec::new();
+    for &name in names {
+        let path = dir.join(name);
+        let next = dir.join(format!("{name}{STAGED}"));
+        let pinned = remove_file_if_present(&next).and_then(|()| {
+            ebpf.map(name)
+                .ok_or(EbpfError::MissingInObject { kind: "map", name })?
+                .pin(&next)
+                .map_err(|source| EbpfError::Pin {
+                    path: next.clone(),
+                    source,
+                })
+        });
+        if let Err(e) = pinned {
+            unstage(&staged);
+            return Err(e);
+        }
+        staged.push((next, path));
+    }
+    Ok(staged)
+}
+
+/// Removes staged pins of an instance that did not go live.
+fn unstage(staged: &Staged) {
+    for (next, _) in staged {
+        if let Err(e) = remove_file_if_present(next) {
+            tracing::warn!("{e}");
+        }
+    }
+}
+
+/// Renames each staged pin over its final name. Tries every one: a failure (only something else
+/// changing the directory meanwhile makes one) leaves readers on the replaced instance's map of
+/// that name, which the error says.
+fn move_pins(function: &str, staged: &Staged) -> Result<(), EbpfError> {
+    let failed: Vec<String> = staged
+        .iter()
+        .filter_map(|(next, path)| {
+            std::fs::rename(next, path)
+                .err()
+                .map(|e| format!("{}: {e}", path.display()))
+        })
+        .collect();
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        Err(EbpfError::Repin {
+            function: function.to_string(),
+            failed,
+        })
+    }
 }
 
 /// Takes the stage of the function at `slot` out of the chain (its packets are dropped as

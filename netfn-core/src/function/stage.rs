@@ -49,7 +49,8 @@ pub trait StageContent {
     /// Right after the instance went live, before readers find its [`Stage::instance_maps`]
     /// (their pins still name the instance it replaced, which counts no more packets): the
     /// moment to carry over what that one counted, so that a reader never sees a counter go
-    /// back. Nothing by default.
+    /// back. Nothing by default. An error is a warning: the instance stays live, its counters
+    /// start from zero.
     fn live(&self, maps: &mut StageMaps<'_>) -> Result<(), StageError> {
         let _ = maps;
         Ok(())
