@@ -354,7 +354,7 @@ fn report(result: anyhow::Result<ExitCode>) -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            output::to_stderr(format_args!("netfn: error: {e:#}"));
+            output::to_stderr(format_args!("netfn: error: {}", output::error_text(&e)));
             ExitCode::FAILURE
         }
     }

@@ -24,6 +24,26 @@ pub fn to_stderr(text: impl std::fmt::Display) {
     let _ = std::io::stderr().lock().write_all(text.as_bytes());
 }
 
+/// An error and its causes, `: `-separated as anyhow's `{:#}` prints them, but a cause whose
+/// text the message already holds is left out: many of netfn's errors name their cause in their
+/// own text (`…: {source}`) and also give it as their source, and `{:#}` then printed it twice
+/// ("cannot enter …: Operation not permitted (os error 1): Operation not permitted (os error
+/// 1)").
+pub fn error_text(e: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in e.chain() {
+        let part = cause.to_string();
+        if text.contains(&part) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&part);
+    }
+    text
+}
+
 /// A plain left-aligned table.
 pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
@@ -236,4 +256,50 @@ pub fn chain_table(s: &ChainStatus) -> String {
             &rows
         )
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::error_text;
+
+    /// An error that names its cause in its own text and gives it as its source too, as many
+    /// of netfn's do.
+    #[derive(Debug)]
+    struct Enter(std::io::Error);
+
+    impl std::fmt::Display for Enter {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "cannot enter namespace nf-x: {}", self.0)
+        }
+    }
+
+    impl std::error::Error for Enter {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.0)
+        }
+    }
+
+    #[test]
+    fn a_cause_the_message_already_names_is_printed_once() {
+        let cause = std::io::Error::from_raw_os_error(libc::EPERM);
+        let said = cause.to_string();
+        let e = anyhow::Error::new(Enter(cause)).context("status of chain `c`");
+        assert_eq!(
+            format!("{e:#}").matches(&said).count(),
+            2,
+            "anyhow repeats it"
+        );
+        let text = error_text(&e);
+        assert_eq!(text.matches(&said).count(), 1, "{text}");
+        assert_eq!(
+            text,
+            format!("status of chain `c`: cannot enter namespace nf-x: {said}")
+        );
+    }
+
+    #[test]
+    fn causes_the_message_does_not_name_are_all_printed() {
+        let e = anyhow::anyhow!("read /etc/x").context("load the chain file");
+        assert_eq!(error_text(&e), "load the chain file: read /etc/x");
+    }
 }
