@@ -68,7 +68,11 @@ fn thread_capabilities(pid: u32) -> Vec<(String, u64, u64, u64, String)> {
         .expect("the agent's threads")
         .flatten()
     {
-        let status = std::fs::read_to_string(task.path().join("status")).unwrap_or_default();
+        // A thread that ended since the listing has no status to read: it holds nothing.
+        // (Read as empty, it showed as holding every capability: u64::MAX below.)
+        let Ok(status) = std::fs::read_to_string(task.path().join("status")) else {
+            continue;
+        };
         let field = |name: &str| {
             status
                 .lines()
