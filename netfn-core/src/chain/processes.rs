@@ -106,22 +106,32 @@ pub struct OtherBinary {
     pub binary: String,
 }
 
-/// A function's process that runs another netfn binary, as `apply` starts it again on this one.
+/// A function's process as `apply` (and an unchanged `up`) starts it on this netfn binary: one
+/// that runs another netfn binary (started again), or one that does not run (it died, or an
+/// earlier restart failed: started).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Restart {
-    pub running: OtherBinary,
+    pub function: String,
+    /// The process that runs another netfn binary; None: none runs.
+    pub running: Option<OtherBinary>,
     /// The arguments its kind gives for it (`FunctionConfig::process`).
     pub(crate) args: Vec<String>,
 }
 
 impl std::fmt::Display for Restart {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let r = &self.running;
-        write!(
-            f,
-            "⟳ restart function {}'s process (pid {}) on this netfn binary: it runs {}",
-            r.function, r.pid, r.binary
-        )
+        match &self.running {
+            Some(r) => write!(
+                f,
+                "⟳ restart function {}'s process (pid {}) on this netfn binary: it runs {}",
+                r.function, r.pid, r.binary
+            ),
+            None => write!(
+                f,
+                "⟳ start function {}'s process, which is not running",
+                self.function
+            ),
+        }
     }
 }
 
