@@ -8,7 +8,7 @@
 //! private key appears nowhere netfn writes; a SIGKILLed userspace endpoint comes back with the
 //! agent; peers change in place on both (with a preshared key), and keep their sessions; after
 //! an upgrade of netfn, `apply` restarts the endpoint on the new binary (and, after a restart
-//! that failed, starts it).
+//! that failed, starts it), and an agent still on the old binary restarts a killed endpoint.
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
@@ -1343,6 +1343,60 @@ fn apply_again_starts_an_endpoint_a_failed_restart_left_stopped() {
     );
     assert!(running().is_some(), "{up}");
     lab.talk(1000).expect("the tunnel after the up");
+}
+
+/// An agent still running the old netfn after an upgrade (its binary's file replaced) starts a
+/// killed endpoint again: on its own binary (through /proc/self/exe, as the old path names
+/// nothing now), which `apply` then moves to the new one.
+#[test]
+fn an_agent_on_a_replaced_binary_starts_a_killed_endpoint_again() {
+    let _turn = shared();
+    let lab = Lab::new("wud");
+    let chain = &lab.chain;
+    let guard = lab.up(&lab.chain_file("tc", "userspace"));
+    let file_arg = guard.file.to_string_lossy().into_owned();
+    let old_bin = lab.old_netfn();
+    let agent = Agent::start_wrapped(
+        lab.dir.0.join("agent.sock"),
+        lab.dir.0.join("agent.log"),
+        chain,
+        &["--no-probe"],
+        &[],
+        &old_bin,
+    );
+    std::fs::remove_file(&old_bin).expect("remove the old netfn");
+    let _peer = lab.peer();
+    lab.talk(1000).expect("before the kill");
+    // Where the peer is, for the restarted endpoint to handshake with at once.
+    lab.wait_until_saved(&lab.peer_public, "its peer's endpoint");
+    let pid = kill_endpoint(chain, "vpn");
+    let running = || netfn_core::chain::processes::running(chain, "vpn");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let new_pid = loop {
+        if let Some(p) = running().filter(|&p| p != pid)
+            && lab.talk(1000).is_ok()
+        {
+            break p;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the agent did not start the endpoint again:\n{}\nendpoint log:\n{}",
+            agent.log_text(),
+            lab.endpoint_log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(
+        exe_of(new_pid).display().to_string(),
+        format!("{} (deleted)", old_bin.display()),
+        "the agent starts its own binary"
+    );
+    let applied = netfn_ok(&["apply", &file_arg]);
+    assert!(
+        applied.contains(&format!("restart function vpn's process (pid {new_pid})")),
+        "{applied}"
+    );
+    lab.talk(1000).expect("after the apply");
 }
 
 #[test]

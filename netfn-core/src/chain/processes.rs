@@ -182,8 +182,21 @@ pub fn start(chain: &str, function: &str, args: &[String]) -> Result<i32, Proces
         .append(true)
         .open(&log_path)
         .map_err(io("open the process log"))?;
-    let exe = std::env::current_exe().map_err(io("find the netfn binary"))?;
-    let mut command = Command::new(exe);
+    // The file this process runs, through /proc: current_exe() names a binary an upgrade
+    // replaced "PATH (deleted)", which cannot be started, while /proc/self/exe still can (an
+    // agent from before the upgrade starts its own binary's process; `apply` moves it on). The
+    // name it is shown by stays the binary's path.
+    let shown = std::env::current_exe().map_or_else(
+        |_| "netfn".to_string(),
+        |p| {
+            let p = p.display().to_string();
+            p.strip_suffix(" (deleted)")
+                .map(str::to_string)
+                .unwrap_or(p)
+        },
+    );
+    let mut command = Command::new("/proc/self/exe");
+    std::os::unix::process::CommandExt::arg0(&mut command, shown);
     command
         .args(args)
         .stdin(Stdio::null())
