@@ -85,6 +85,7 @@ pub fn run(args: AgentArgs) -> Result<ExitCode> {
     crate::require_capabilities(
         "netfn agent",
         "reads pinned eBPF maps and enters chain namespaces",
+        netfn_core::privilege::ADMIN_CAPABILITIES,
     )?;
     without_thread_caches();
     let defaults = AgentConfig::default();

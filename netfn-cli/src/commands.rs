@@ -15,7 +15,7 @@ use netfn_core::kernel::{freed, netns};
 use netfn_core::plan::{self, names};
 use netfn_core::spec::diag::Diagnostics;
 use netfn_core::spec::{self, ChainFile, ChainSpec, LoadError};
-use netfn_core::{agent, ebpf};
+use netfn_core::{agent, ebpf, privilege};
 
 use crate::output;
 use crate::progress::Live;
@@ -101,7 +101,7 @@ fn require_root(verb: &str, why: &str) -> Result<()> {
 /// see every namespace as missing).
 fn require_admin(verb: &str, why: &str) -> Result<()> {
     require_root(verb, why)?;
-    crate::require_capabilities(&format!("netfn {verb}"), why)
+    crate::require_capabilities(&format!("netfn {verb}"), why, privilege::ADMIN_CAPABILITIES)
 }
 
 pub fn validate(file: &Path) -> Result<ExitCode> {
@@ -732,6 +732,11 @@ pub fn status(chain: Option<&str>, json: bool) -> Result<ExitCode> {
 }
 
 pub fn exec(chain: &str, function: &str, command: &[String]) -> Result<ExitCode> {
+    // Without root the record cannot be read, without CAP_SYS_ADMIN setns fails with a bare
+    // EPERM. CAP_NET_ADMIN is the command's business (`ping` or `ss` need none).
+    let why = "enters the function's network namespace (setns) to run the command there";
+    require_root("exec", why)?;
+    crate::require_capabilities("netfn exec", why, &[privilege::CAP_SYS_ADMIN])?;
     let record = state::load(chain)?.with_context(|| {
         format!("chain `{chain}` is not up; `netfn status` lists the chains that are")
     })?;

@@ -221,25 +221,30 @@ enum GraphFormat {
     Mermaid,
 }
 
-/// A chain name argument, checked before it is ever part of a path under /run/netfn.
-/// Refuses to go on when the process, root or not, lacks the capabilities that entering
-/// namespaces, netlink and eBPF objects take: `what` (`netfn up`) `why` (what it does).
-fn require_capabilities(what: &str, why: &str) -> anyhow::Result<()> {
+/// Refuses to go on when the process, root or not, lacks any of `caps` (those that entering
+/// namespaces, netlink and eBPF objects take): `what` (`netfn up`) `why` (what it does).
+fn require_capabilities(what: &str, why: &str, caps: &[u32]) -> anyhow::Result<()> {
     use netfn_core::privilege;
-    let missing = privilege::missing(privilege::ADMIN_CAPABILITIES).map_err(anyhow::Error::msg)?;
+    let missing = privilege::missing(caps).map_err(anyhow::Error::msg)?;
     if missing.is_empty() {
         return Ok(());
     }
     let names: Vec<String> = missing.into_iter().map(privilege::name).collect();
+    let cap_add: Vec<String> = names
+        .iter()
+        .map(|n| format!("--cap-add {}", n.trim_start_matches("CAP_")))
+        .collect();
     anyhow::bail!(
         "`{what}` {why}, and needs {}, which this process does not have although it runs as \
          root (a container started without them, a systemd unit's CapabilityBoundingSet, or \
-         setpriv/capsh dropped them); run it with them (e.g. `docker run --cap-add SYS_ADMIN \
-         --cap-add NET_ADMIN`, or add them to the unit's capability sets)",
-        names.join(" and ")
+         setpriv/capsh dropped them); run it with them (e.g. `docker run {}`, or add them to \
+         the unit's capability sets)",
+        names.join(" and "),
+        cap_add.join(" ")
     )
 }
 
+/// A chain name argument, checked before it is ever part of a path under /run/netfn.
 fn chain_name(arg: &str) -> Result<String, String> {
     netfn_core::chain::state::check_chain_name(arg)
         .map(|()| arg.to_string())

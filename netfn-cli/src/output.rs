@@ -1,5 +1,6 @@
 //! Logging and tables.
 
+use netfn_core::chain::state::Phase;
 use netfn_core::chain::status::ChainStatus;
 
 pub fn init_logging(level: &str) {
@@ -93,6 +94,28 @@ fn agent_lines(s: &ChainStatus) -> String {
     out
 }
 
+/// What is wrong with the chain's namespaces, and what to do: one that is gone calls for the
+/// chain to be made again, one that is there but could not be looked into says why.
+fn netns_lines(s: &ChainStatus) -> String {
+    let mut out = String::new();
+    for hop in &s.hops {
+        if let Some(why) = &hop.netns_error {
+            out.push_str(&format!(
+                "{}: namespace {} is there, but netfn could not look inside: {why}; if it \
+                 cannot be mended, `netfn down {}`, then `netfn up {}`, makes the chain again\n",
+                hop.name, hop.netns, s.chain, s.source
+            ));
+        } else if !hop.netns_present && s.phase == Phase::Up {
+            out.push_str(&format!(
+                "{}: namespace {} is gone (removed outside netfn, e.g. `ip netns del`), and its \
+                 interfaces with it: `netfn down {}`, then `netfn up {}`, makes the chain again\n",
+                hop.name, hop.netns, s.chain, s.source
+            ));
+        }
+    }
+    out
+}
+
 pub fn chain_table(s: &ChainStatus) -> String {
     let mut rows = Vec::new();
     for hop in &s.hops {
@@ -110,6 +133,7 @@ pub fn chain_table(s: &ChainStatus) -> String {
         for i in &hop.interfaces {
             let state = match (hop.netns_present, i.present, i.up && i.carrier) {
                 (false, _, _) => "no-netns",
+                _ if hop.netns_error.is_some() => "netns-unreadable",
                 (_, false, _) => "missing",
                 (_, _, true) => "up",
                 _ => "down",
@@ -166,6 +190,7 @@ pub fn chain_table(s: &ChainStatus) -> String {
             }
         }
     }
+    details.push_str(&netns_lines(s));
     if !s.programs_current {
         details.push_str(&format!(
             "programs: another netfn build's ({}): `netfn apply {}` loads this netfn's in their \

@@ -573,3 +573,115 @@ fn down_of_many_namespaces_says_the_kernel_frees_them_in_the_background() {
         "{stdout}"
     );
 }
+
+/// Unmounts the bind mount that holds namespace `name` (as `umount /run/netns/NAME` would: the
+/// name is a plain file then), holding the namespace itself open; mounts it back when dropped,
+/// also when the test fails, so that `down` finds the chain as it made it.
+struct Unmounted {
+    path: std::path::PathBuf,
+    ns: std::fs::File,
+}
+
+impl Unmounted {
+    fn new(name: &str) -> Self {
+        let path = Path::new("/run/netns").join(name);
+        let ns = std::fs::File::open(&path).expect("open the namespace");
+        nix::mount::umount2(&path, nix::mount::MntFlags::MNT_DETACH).expect("unmount it");
+        Unmounted { path, ns }
+    }
+}
+
+impl Drop for Unmounted {
+    fn drop(&mut self) {
+        use std::os::fd::AsRawFd;
+        let held = format!("/proc/self/fd/{}", self.ns.as_raw_fd());
+        if let Err(e) = nix::mount::mount(
+            Some(held.as_str()),
+            &self.path,
+            None::<&str>,
+            nix::mount::MsFlags::MS_BIND,
+            None::<&str>,
+        ) {
+            eprintln!("cannot mount {} back: {e}", self.path.display());
+        }
+    }
+}
+
+/// A namespace that is there but cannot be entered (its bind mount unmounted: the name is a
+/// plain file) is not reported as gone: status says that it is there, why netfn could not look
+/// inside, and what to do. A namespace that is gone says that. (Both were `no-netns`, with
+/// nothing more.)
+#[test]
+fn status_tells_a_namespace_it_cannot_enter_from_one_that_is_gone() {
+    let chain = unique_chain("nsun");
+    let dir = TempDir::new(&chain);
+    let file = dir.write("chain.toml", &forward_chain(&chain, 2, "tc"));
+    let _up = ChainGuard::up(&chain, &file);
+    let (fn1, fn2) = (format!("nf-{chain}-fn1"), format!("nf-{chain}-fn2"));
+    let redo = format!(
+        "`netfn down {chain}`, then `netfn up {}`, makes the chain again",
+        file.display()
+    );
+    let hop = |status: &serde_json::Value, name: &str| {
+        status[0]["hops"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|h| h["name"] == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("no hop {name}: {status}"))
+    };
+
+    let unmounted = Unmounted::new(&fn1);
+    let status = netfn_ok(&["status", &chain]);
+    let rows: Vec<&str> = status.lines().filter(|l| l.starts_with("fn1 ")).collect();
+    assert!(
+        rows.len() == 2 && rows.iter().all(|r| r.contains("netns-unreadable")),
+        "{status}"
+    );
+    assert!(
+        !status.contains("no-netns")
+            && status.contains(&format!(
+                "fn1: namespace {fn1} is there, but netfn could not look inside: \
+                 /run/netns/{fn1} is no network namespace"
+            ))
+            && status.contains(&redo)
+            && status.contains("NOT healthy"),
+        "{status}"
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&netfn_ok(&["status", &chain, "--json"])).expect("status json");
+    let h = hop(&json, "fn1");
+    assert!(
+        h["netns_present"] == true
+            && h["netns_error"]
+                .as_str()
+                .is_some_and(|e| e.contains("is no network namespace")),
+        "{h}"
+    );
+    drop(unmounted);
+    let status = netfn_ok(&["status", &chain]);
+    assert!(status.contains("up, healthy"), "mounted back: {status}");
+
+    // Gone: `ip netns del` (the namespace and its interfaces with it).
+    let del = Command::new("ip")
+        .args(["netns", "del", &fn2])
+        .status()
+        .expect("run ip");
+    assert!(del.success());
+    let status = netfn_ok(&["status", &chain]);
+    assert!(
+        status.contains("no-netns")
+            && !status.contains("netns-unreadable")
+            && status.contains(&format!("fn2: namespace {fn2} is gone"))
+            && status.contains(&redo),
+        "{status}"
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&netfn_ok(&["status", &chain, "--json"])).expect("status json");
+    let h = hop(&json, "fn2");
+    assert!(
+        h["netns_present"] == false && h.get("netns_error").is_none(),
+        "{h}"
+    );
+}

@@ -220,6 +220,10 @@ fn verbs_that_need_root_say_why_to_a_user_without_it() {
             &["apply", &file, "--dry-run"],
             "`netfn apply --dry-run` reads each chain's record",
         ),
+        (
+            &["exec", "minimal", "fn1", "--", "true"],
+            "`netfn exec` enters the function's network namespace",
+        ),
     ] {
         let out = as_nobody(args);
         let (stdout, stderr) = (
@@ -253,7 +257,8 @@ fn setpriv_has_bounding_set() -> bool {
 /// Root without CAP_SYS_ADMIN and CAP_NET_ADMIN (a container without them, a unit's
 /// CapabilityBoundingSet): the verbs say which capabilities they miss. `status` used to show
 /// every namespace as `no-netns` and every chain NOT healthy (its setns failed), and `up` failed
-/// deep inside.
+/// deep inside; `exec` failed with setns's bare EPERM. `exec` needs CAP_SYS_ADMIN only (the
+/// command it runs needs what it needs).
 #[test]
 fn verbs_that_need_capabilities_say_which_to_root_without_them() {
     if !setpriv_has_bounding_set() {
@@ -292,6 +297,12 @@ fn verbs_that_need_capabilities_say_which_to_root_without_them() {
             "needs CAP_SYS_ADMIN and CAP_NET_ADMIN,",
         ),
         ("-sys_admin", &["logs", &chain], "needs CAP_SYS_ADMIN,"),
+        ("-net_admin", &["up", &file], "needs CAP_NET_ADMIN,"),
+        (
+            "-sys_admin,-net_admin",
+            &["exec", &chain, "fn1", "--", "echo", "ran"],
+            "needs CAP_SYS_ADMIN,",
+        ),
     ] {
         let out = without(dropped, args);
         let (stdout, stderr) = (
@@ -307,10 +318,18 @@ fn verbs_that_need_capabilities_say_which_to_root_without_them() {
             "{args:?} without {dropped}: {stderr}"
         );
         assert!(
-            !stdout.contains("NOT healthy") && !stdout.contains("no-netns"),
+            !stdout.contains("NOT healthy")
+                && !stdout.contains("no-netns")
+                && !stdout.contains("ran"),
             "{args:?}: {stdout}"
         );
     }
+    // `exec` enters the namespace with CAP_SYS_ADMIN alone.
+    let exec = without("-net_admin", &["exec", &chain, "fn1", "--", "echo", "ran"]);
+    assert!(
+        exec.status.success() && String::from_utf8_lossy(&exec.stdout).trim() == "ran",
+        "exec without CAP_NET_ADMIN: {exec:?}"
+    );
     // Refused before it touched anything: the chain is still up and healthy.
     let status = netfn_ok(&["status", &chain]);
     assert!(status.contains("up, healthy"), "{status}");

@@ -23,6 +23,10 @@ use netfn_tests::{
     unique_chain,
 };
 
+/// Crafted ICMP errors through the load balancer's hop (`BPF_PROG_TEST_RUN`).
+#[path = "load_balancer/icmp_quotes.rs"]
+mod icmp_quotes;
+
 const VIP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 10);
 /// A second service's VIP, for the tests that need two.
 const VIP2: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 20);

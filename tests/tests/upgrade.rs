@@ -296,28 +296,39 @@ fn the_agent_adopts_a_chain_again_when_its_programs_are_reloaded() {
 }
 
 /// Puts a map as an older build might have made it in the place of the one pinned at `pin`: the
-/// same type, key and flags, with values `grow_value` bytes and `grow_entries` entries more.
-/// Returns the replaced map's info.
-fn pin_an_older_map(pin: &Path, grow_value: u32, grow_entries: u32) -> MapInfo {
+/// same type and key, with values `grow_value` bytes and `grow_entries` entries more and the
+/// flags `flip_flags` flipped. Returns the replaced map's info.
+fn pin_an_older_map(pin: &Path, grow_value: u32, grow_entries: u32, flip_flags: u32) -> MapInfo {
     let info = MapInfo::from_pin(pin).unwrap_or_else(|e| panic!("{}: {e}", pin.display()));
+    pin_a_map_like(pin, &info, grow_value, grow_entries, flip_flags);
+    info
+}
+
+/// Pins at `pin` (in the place of what is there) a new, empty map like `info`, changed as
+/// [`pin_an_older_map`] says.
+fn pin_a_map_like(pin: &Path, info: &MapInfo, grow_value: u32, grow_entries: u32, flip: u32) {
     let older = aya_obj::Map::new_from_params(
         info.map_type().expect("a known map type") as u32,
         info.key_size(),
         info.value_size() + grow_value,
         info.max_entries() + grow_entries,
-        info.map_flags(),
+        info.map_flags() ^ flip,
     );
     std::fs::remove_file(pin).expect("unpin the map");
     MapData::create(older, "older", None)
         .expect("create a map of the older shape")
         .pin(pin)
         .expect("pin it in the map's place");
-    info
 }
 
-/// An older netfn's connection table had other entries: this netfn's programs cannot read it.
+/// Kept maps as an older netfn made them, each in turn: a connection table with other entries
+/// (this netfn's programs cannot read it), one with other flags (an LRU that evicts per CPU),
+/// an array with another number of entries (the programs find entries by index). The reload is
+/// refused, dry or not, nothing is loaded, and the chain runs on. Then a kept hash table with
+/// more room, which is no reason: the reload keeps it. (The flags and the number of entries were
+/// not compared: those reloads went through.)
 #[test]
-fn an_upgrade_that_changed_a_kept_table_is_refused_and_the_chain_runs_on() {
+fn an_upgrade_that_changed_a_kept_map_is_refused_and_the_chain_runs_on() {
     let _turn = alone();
     let chain = unique_chain("ugl");
     let dir = TempDir::new(&chain);
@@ -327,41 +338,63 @@ fn an_upgrade_that_changed_a_kept_table_is_refused_and_the_chain_runs_on() {
     echo_server(&chain);
     let mut before = connect(&chain);
     echo(&mut before, b"before").expect("the connection works");
-
-    // The table as an older build made it: the same kind of map, 8 bytes more a value.
-    let pin = firewall_map(&chain, "NF_FW_CT");
-    let info = pin_an_older_map(&pin, 8, 0);
     record_programs_of(&chain, Some("0123456789abcdef"));
     let program = main_program(&chain, "tc");
     let running = program_id(&program);
 
-    for args in [
-        &["apply", "--dry-run", &file_arg][..],
-        &["apply", &file_arg],
+    let ct_value = MapInfo::from_pin(firewall_map(&chain, "NF_FW_CT"))
+        .expect("the connection table")
+        .value_size();
+    let grown = format!("{}-byte values", ct_value + 8);
+    let no_common_lru = aya_obj::generated::BPF_F_NO_COMMON_LRU;
+    for (map, grow_value, grow_entries, flip, said) in [
+        ("NF_FW_CT", 8, 0, 0, grown.as_str()),
+        ("NF_FW_CT", 0, 0, no_common_lru, "flags BPF_F_NO_COMMON_LRU"),
+        ("NF_FW_STATS", 0, 1, 0, "has 2 entries"),
     ] {
-        let out = netfn(args);
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success(), "{args:?}: {stderr}");
-        assert!(
-            stderr.contains(&pin.display().to_string())
-                && stderr.contains("`NF_FW_CT`")
-                && stderr.contains(&format!("{}-byte values", info.value_size() + 8))
-                && stderr.contains("down and up again"),
-            "{args:?}: the error names the table, both layouts and what to do:\n{stderr}"
+        let pin = firewall_map(&chain, map);
+        let info = pin_an_older_map(&pin, grow_value, grow_entries, flip);
+        for args in [
+            &["apply", "--dry-run", &file_arg][..],
+            &["apply", &file_arg],
+        ] {
+            let out = netfn(args);
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(!out.status.success(), "{map}: {args:?}: {stderr}");
+            assert!(
+                stderr.contains(&pin.display().to_string())
+                    && stderr.contains(&format!("`{map}`"))
+                    && stderr.contains(said)
+                    && stderr.contains("down and up again"),
+                "{map}: {args:?}: the error names the map, what differs and what to do:\n{stderr}"
+            );
+        }
+        assert_eq!(
+            program_id(&program),
+            running,
+            "{map}: nothing was loaded: the check comes first"
         );
+        assert_eq!(
+            recorded_programs(&chain).as_deref(),
+            Some("0123456789abcdef"),
+            "{map}: the record still names the running build"
+        );
+        // A map of this netfn's shape again (an empty one: the running programs hold theirs).
+        pin_a_map_like(&pin, &info, 0, 0, 0);
     }
-    assert_eq!(
-        program_id(&program),
-        running,
-        "nothing was loaded: the check comes first"
-    );
-    assert_eq!(
-        recorded_programs(&chain).as_deref(),
-        Some("0123456789abcdef"),
-        "the record still names the running build"
-    );
     // The old programs still hold the old table: the connection goes on.
     echo(&mut before, b"after").expect("the chain runs on");
+
+    let pin = firewall_map(&chain, "NF_FW_CT");
+    pin_an_older_map(&pin, 0, 64, 0);
+    let roomier = map_id(&pin);
+    let applied = netfn_ok(&["apply", &file_arg]);
+    assert!(
+        applied.contains("loaded this netfn's programs"),
+        "{applied}"
+    );
+    assert_ne!(program_id(&program), running, "the reload went through");
+    assert_eq!(map_id(&pin), roomier, "the new instance kept the table");
 }
 
 /// A map the chain's programs share (the forwarder's, which the stages use too) that an older
@@ -380,7 +413,7 @@ fn an_upgrade_that_resized_a_shared_map_is_refused_and_the_chain_runs_on() {
     echo(&mut before, b"before").expect("the connection works");
 
     let pin = chain_bpf_dir(&chain).join("fwd_unknown");
-    let info = pin_an_older_map(&pin, 0, 1);
+    let info = pin_an_older_map(&pin, 0, 1, 0);
     record_programs_of(&chain, Some("0123456789abcdef"));
     let program = main_program(&chain, "tc");
     let running = program_id(&program);

@@ -159,7 +159,9 @@ pub(crate) fn reload(plan: &ChainPlan, kinds: &Registry) -> Result<(), ObjectErr
 type Reloaded = (FunctionContext, u32, std::sync::Arc<dyn FunctionConfig>);
 
 /// What [`reload`] checks before it loads anything (and `apply --dry-run` with it): the maps
-/// that carry over have this netfn's layouts and the plan's sizes. Returns the stages to load.
+/// that carry over have this netfn's layouts (flags too) and the plan's sizes, and a stage's kept
+/// maps whose entries are found by index the number the new instance gives them. Returns the
+/// stages to load.
 pub(crate) fn check_reload(
     plan: &ChainPlan,
     kinds: &Registry,
@@ -184,11 +186,20 @@ pub(crate) fn check_reload(
         }
     }
     ebpf::check_chain_pins(plan, &bpf_dir, &declared)?;
-    for (_, slot, config) in &stages {
+    for (ctx, slot, config) in &stages {
         if let Some(stage) = config.stage() {
             let dir = ebpf::stage_dir(&bpf_dir, *slot);
+            // The sizes the new instance gives its maps (load_stage's), the kept ones among them.
+            let sizes = stage
+                .prepare(ctx)
+                .map_err(|source| ebpf::EbpfError::Stage {
+                    function: ctx.function.clone(),
+                    source,
+                })?
+                .map_sizes();
             for name in stage.kept_maps() {
-                declared.check(name, &dir.join(name))?;
+                let entries = sizes.iter().find(|(n, _)| n == name).map(|(_, len)| *len);
+                declared.check_kept(name, &dir.join(name), entries.map(|len| len.max(1)))?;
             }
         }
     }

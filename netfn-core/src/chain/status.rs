@@ -52,7 +52,12 @@ pub struct HopStatus {
     pub name: String,
     pub kind: String,
     pub netns: String,
+    /// Whether the namespace is there (its name under /run/netns).
     pub netns_present: bool,
+    /// Why its interfaces could not be read although it is there: it could not be entered (the
+    /// name no longer holds a namespace, or setns failed), or netlink failed in it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub netns_error: Option<String>,
     pub interfaces: Vec<InterfaceStatus>,
     /// What the function's kind reports (rules, connections…), as label and value.
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -151,7 +156,9 @@ pub fn chain_status(
         .collect();
     let healthy = record.phase == Phase::Up
         && hops.iter().all(|h| {
-            h.netns_present && h.interfaces.iter().all(|i| i.present && i.up && i.carrier)
+            h.netns_present
+                && h.netns_error.is_none()
+                && h.interfaces.iter().all(|i| i.present && i.up && i.carrier)
         });
     ChainStatus {
         chain: plan.chain.clone(),
@@ -194,16 +201,11 @@ fn hop_status(
         }
     };
     let kind_reasons = kinds.get(&kind).map_or(&[][..], |k| k.drop_reasons());
-    let live = netns::open(&hop.netns.name).ok().and_then(|fd| {
-        netns::run_in(&fd, &hop.netns.name, || {
-            let nl = Netlink::here(rt).ok()?;
-            rt.block_on(async { Some((nl.links().await.ok()?, nl.addresses().await.ok()?)) })
-        })
-        .ok()
-        .flatten()
-    });
-    let netns_present = live.is_some();
-    let (links, addrs) = live.unwrap_or_default();
+    let (netns_present, netns_error, (links, addrs)) = match read_netns(&hop.netns.name, rt) {
+        Ok(Some(live)) => (true, None, live),
+        Ok(None) => (false, None, Default::default()),
+        Err(why) => (true, Some(why), Default::default()),
+    };
     let interfaces = plan
         .interfaces_of(h)
         .map(|end| {
@@ -233,8 +235,34 @@ fn hop_status(
         kind,
         netns: hop.netns.name.clone(),
         netns_present,
+        netns_error,
         interfaces,
         details,
+    }
+}
+
+/// The links and addresses netlink reports in a namespace.
+type Live = (Vec<LinkInfo>, Vec<(u32, Ipv4Net)>);
+
+/// Reads what namespace `name` holds: `Ok(None)` when it is not there, `Err(why)` when it is
+/// there but could not be entered or read (a missing namespace and an unreadable one call for
+/// different repairs).
+fn read_netns(name: &str, rt: &tokio::runtime::Handle) -> Result<Option<Live>, String> {
+    let fd = match netns::open(name) {
+        Ok(fd) => fd,
+        Err(netns::NetnsError::Missing { .. }) => return Ok(None),
+        Err(e) => return Err(e.to_string()),
+    };
+    let read = netns::run_in(&fd, name, || {
+        let nl = Netlink::here(rt).map_err(|e| e.to_string())?;
+        rt.block_on(async {
+            let links = nl.links().await.map_err(|e| e.to_string())?;
+            Ok((links, nl.addresses().await.map_err(|e| e.to_string())?))
+        })
+    });
+    match read {
+        Ok(live) => live.map(Some),
+        Err(e) => Err(e.to_string()),
     }
 }
 

@@ -119,6 +119,19 @@ pub enum EbpfError {
         pinned: u32,
         planned: u32,
     },
+    #[error(
+        "{}: the map `{name}` pinned there has {pinned} entries, and this netfn's programs look \
+         its entries up by index among {wanted}: it was made by another netfn build, and what \
+         it holds would be looked for in other places. Take the chain down and up again (its \
+         state starts afresh), or keep managing it with the netfn that brought it up",
+        path.display()
+    )]
+    KeptSize {
+        path: PathBuf,
+        name: &'static str,
+        pinned: u32,
+        wanted: u32,
+    },
     #[error("the eBPF object has no {kind} `{name}`: rebuild it with `cargo xtask build-ebpf`")]
     MissingInObject {
         kind: &'static str,

@@ -36,10 +36,28 @@ pub enum NetnsError {
         "cannot create namespace {name}: the host's limit of network namespaces is reached (sysctl user.max_net_namespaces = {limit}); take chains down (netfn down CHAIN) or raise the limit (sysctl -w user.max_net_namespaces=N)"
     )]
     Limit { name: String, limit: String },
+    #[error(
+        "{} is no network namespace: the bind mount that held namespace {name} is gone \
+         (unmounted), and the namespace with its interfaces unless something else holds it; it \
+         must be made again",
+        path.display()
+    )]
+    NotANamespace { name: String, path: PathBuf },
     #[error("cannot prepare {dir}: {source}")]
     RunDir { dir: PathBuf, source: io::Error },
     #[error("a thread working in namespace {0} panicked")]
     Panicked(String),
+}
+
+/// Why `setns` into the namespace named `name` failed: EINVAL, the file there is no namespace.
+fn enter_error(name: &str, e: Errno) -> NetnsError {
+    match e {
+        Errno::EINVAL => NetnsError::NotANamespace {
+            name: name.to_string(),
+            path: names::netns_path(name),
+        },
+        e => sys("enter", name, e),
+    }
 }
 
 fn sys(what: &'static str, name: &str, source: impl Into<io::Error>) -> NetnsError {
@@ -184,7 +202,7 @@ where
 {
     std::thread::scope(|s| {
         s.spawn(|| {
-            setns(ns, CloneFlags::CLONE_NEWNET).map_err(|e| sys("enter", label, e))?;
+            setns(ns, CloneFlags::CLONE_NEWNET).map_err(|e| enter_error(label, e))?;
             Ok(f())
         })
         .join()
@@ -195,7 +213,7 @@ where
 /// Enters namespace `name` on the calling thread (for `netfn exec`, right before exec).
 pub fn enter(name: &str) -> Result<(), NetnsError> {
     let fd = open(name)?;
-    setns(&fd, CloneFlags::CLONE_NEWNET).map_err(|e| sys("enter", name, e))
+    setns(&fd, CloneFlags::CLONE_NEWNET).map_err(|e| enter_error(name, e))
 }
 
 /// The names in /run/netns that start with `prefix` (for leak checks and `status`).

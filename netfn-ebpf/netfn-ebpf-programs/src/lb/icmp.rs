@@ -16,6 +16,9 @@
 //!
 //! The quoted IPv4 header may carry options (IHL 5 to 15), as the packet it quotes did: its
 //! length comes from its IHL and the quoted ports follow the options, as conntrack reads them.
+//! A quote conntrack finds no tuple in (`nf_ct_get_tuplepr`) is no flow's error and passes as it
+//! is: one of a later fragment (no ports in it), or whose header or ports the packet does not
+//! hold; so does one that is no IPv4 header (version not 4, IHL under 5).
 //!
 //! One about a flow the stage does not track (a backend's address and port of no tracked flow,
 //! or a VIP's service of none: evicted, expired, never seen, or forged), or from the client's
@@ -48,7 +51,7 @@ use super::{Fate, FlowKey, Packet, answered, flow_set, lookup, service};
 use crate::forwarder::read;
 use crate::headers::{
     ETH_HLEN, ICMP_DEST_UNREACH, ICMP_HLEN, ICMP_PARAMETER_PROBLEM, ICMP_TIME_EXCEEDED, IP_HLEN,
-    ipv4_header_len, replace16, replace32,
+    LATER, fragment, ipv4_header_len, replace16, replace32,
 };
 
 /// The TCP or UDP packet an ICMP error quotes (addresses and ports in packet byte order).
@@ -80,6 +83,11 @@ pub(super) fn quote(p: &mut Packet, data: usize, data_end: usize) {
         return;
     }
     let q = icmp + ICMP_HLEN;
+    // A quoted later fragment has no ports where they would be, only payload: conntrack finds
+    // no tuple in it and lets the error pass (`ipv4_get_l4proto`), as this does.
+    if fragment(u16::from_be(read(q + 6))) == LATER {
+        return;
+    }
     let proto: u8 = read(q + 9);
     // The quoted header may carry options (see the module's notes): the ports follow them.
     let hlen = ipv4_header_len(read(q));
