@@ -9,6 +9,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result, bail};
 use netfn_core::chain::apply::ApplyOutcome;
 use netfn_core::chain::lifecycle::{self, DownOutcome, UpOptions, UpOutcome};
+use netfn_core::chain::processes::Restart;
 use netfn_core::chain::{graph, state, status};
 use netfn_core::kernel::{freed, netns};
 use netfn_core::plan::{self, names};
@@ -178,12 +179,21 @@ pub fn up(file: &Path, only: Option<&str>, quiet: bool) -> Result<ExitCode> {
                                 ))
                             }
                             Ok(UpOutcome::Unchanged {
+                                started,
                                 other_build,
                                 other_binary,
                             }) => {
                                 live.println(&format!(
-                                    "chain {}: already up and unchanged; nothing to do",
-                                    chain.name
+                                    "chain {}: already up and unchanged; {}",
+                                    chain.name,
+                                    if started.is_empty() {
+                                        "nothing to do".to_string()
+                                    } else {
+                                        format!(
+                                            "started the process(es) of {}, which did not run",
+                                            started.join(", ")
+                                        )
+                                    }
                                 ));
                                 if other_build {
                                     live.eprintln(&format!(
@@ -368,7 +378,7 @@ pub fn apply(file: &Path, only: Option<&str>, dry_run: bool, quiet: bool) -> Res
                     format!(
                         "chain {}: would {}:",
                         chain.name,
-                        what_apply_does(changes.len(), reload.is_some(), restarts.len(), false)
+                        what_apply_does(changes.len(), reload.is_some(), &restarts, false)
                     ),
                     changes,
                     reload,
@@ -387,12 +397,7 @@ pub fn apply(file: &Path, only: Option<&str>, dry_run: bool, quiet: bool) -> Res
                         format!(
                             "chain {}: {} in {} ms:",
                             chain.name,
-                            what_apply_does(
-                                changes.len(),
-                                reloaded.is_some(),
-                                restarted.len(),
-                                true
-                            ),
+                            what_apply_does(changes.len(), reloaded.is_some(), &restarted, true),
                             elapsed.as_millis()
                         ),
                         changes,
@@ -444,16 +449,18 @@ pub fn apply(file: &Path, only: Option<&str>, dry_run: bool, quiet: bool) -> Res
 }
 
 /// What an apply does (`done`) or would do to a chain: `changes` changes, whether it loads
-/// this netfn's programs in place of another build's, and how many of the functions' processes
-/// it starts again on this netfn binary.
-fn what_apply_does(changes: usize, reload: bool, restarts: usize, done: bool) -> String {
-    let (apply, load, restart) = if done {
-        ("applied", "loaded", "restarted")
+/// this netfn's programs in place of another build's, and the functions' processes it starts
+/// (again) on this netfn binary.
+fn what_apply_does(changes: usize, reload: bool, processes: &[Restart], done: bool) -> String {
+    let (apply, load, restart, start) = if done {
+        ("applied", "loaded", "restarted", "started")
     } else {
-        ("apply", "load", "restart")
+        ("apply", "load", "restart", "start")
     };
-    // Only the upgrade's part: the file changed nothing.
-    let upgrade_only = changes == 0 && (reload || restarts > 0);
+    let restarts = processes.iter().filter(|r| r.running.is_some()).count();
+    let starts = processes.len() - restarts;
+    // Only the upgrade's part (or processes that did not run): the file changed nothing.
+    let upgrade_only = changes == 0 && (reload || !processes.is_empty());
     let mut parts = Vec::new();
     if !upgrade_only {
         parts.push(format!("{apply} {changes} change(s)"));
@@ -464,6 +471,11 @@ fn what_apply_does(changes: usize, reload: bool, restarts: usize, done: bool) ->
     if restarts > 0 {
         parts.push(format!(
             "{restart} {restarts} function process(es) on this netfn binary"
+        ));
+    }
+    if starts > 0 {
+        parts.push(format!(
+            "{start} {starts} function process(es) that did not run"
         ));
     }
     let text = parts.join(" and ");

@@ -237,8 +237,10 @@ struct SequencedStream {
     arrived_before: usize,
     /// Sent when the change had ended.
     first_after: u32,
-    sender: std::thread::JoinHandle<()>,
-    receiver: std::thread::JoinHandle<BTreeSet<u32>>,
+    /// Taken by [`Self::finish`]; a stream dropped unfinished (the test failed during the
+    /// change) stops and joins them ([`Drop`]).
+    sender: Option<std::thread::JoinHandle<()>>,
+    receiver: Option<std::thread::JoinHandle<BTreeSet<u32>>>,
 }
 
 impl SequencedStream {
@@ -319,8 +321,8 @@ impl SequencedStream {
             stop_at,
             arrived_before: 0,
             first_after: u32::MAX,
-            sender,
-            receiver,
+            sender: Some(sender),
+            receiver: Some(receiver),
         }
     }
 
@@ -352,10 +354,18 @@ impl SequencedStream {
     }
 
     /// Waits for the end of the stream and checks that it spanned the change.
-    fn finish(self) -> StreamRun {
+    fn finish(mut self) -> StreamRun {
         let first_after = self.first_after;
-        self.sender.join().expect("sender");
-        let seen = self.receiver.join().expect("receiver");
+        let sender = self
+            .sender
+            .take()
+            .expect("the sender is joined by finish only");
+        let receiver = self
+            .receiver
+            .take()
+            .expect("the receiver is joined by finish only");
+        sender.join().expect("sender");
+        let seen = receiver.join().expect("receiver");
         let run = StreamRun {
             seen,
             sent: self.sent.load(Ordering::SeqCst),
@@ -374,6 +384,21 @@ impl SequencedStream {
             run.sent
         );
         run
+    }
+}
+
+/// A stream dropped before [`SequencedStream::finish`] (the test failed during the change):
+/// its sender stops at once rather than send until the test binary ends, and both threads are
+/// joined (the receiver ends after its read timeout).
+impl Drop for SequencedStream {
+    fn drop(&mut self) {
+        self.stop_at.store(0, Ordering::SeqCst);
+        if let Some(sender) = self.sender.take() {
+            let _ = sender.join();
+        }
+        if let Some(receiver) = self.receiver.take() {
+            let _ = receiver.join();
+        }
     }
 }
 

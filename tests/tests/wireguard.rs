@@ -7,7 +7,8 @@
 //! elsewhere `backend = "kernel"` is refused with the reason). A wrong key passes nothing; the
 //! private key appears nowhere netfn writes; a SIGKILLed userspace endpoint comes back with the
 //! agent; peers change in place on both (with a preshared key), and keep their sessions; after
-//! an upgrade of netfn, `apply` restarts the endpoint on the new binary.
+//! an upgrade of netfn, `apply` restarts the endpoint on the new binary (and, after a restart
+//! that failed, starts it), and an agent still on the old binary restarts a killed endpoint.
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
@@ -168,6 +169,47 @@ impl Lab {
             assert!(Instant::now() < deadline, "the endpoint never saved {what}");
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    /// The chain (`text`: tc, a userspace endpoint) brought up by a copy of the netfn under test, the
+    /// "old" netfn, which is then removed as an upgrade replaces the file: the endpoint runs on
+    /// it, as `PATH (deleted)`. Returns the copy's path (canonical, as the kernel names a
+    /// process's binary: TMPDIR may be a symlink), the chain file's and the chain's guard.
+    fn up_with_an_old_netfn(&self, text: &str) -> (std::path::PathBuf, String, ChainGuard) {
+        let old_bin = self.old_netfn();
+        let file = self.write("wg.toml", text);
+        let file_arg = file.to_string_lossy().into_owned();
+        let guard = ChainGuard {
+            chain: self.chain.clone(),
+            file,
+        };
+        let up = command(&old_bin)
+            .args(["up", &file_arg])
+            .output()
+            .expect("run the old netfn");
+        assert!(
+            up.status.success(),
+            "up with the old netfn: {}",
+            String::from_utf8_lossy(&up.stderr)
+        );
+        let pid = endpoint_pid(&self.chain, "vpn").expect("the endpoint's pid");
+        assert_eq!(
+            exe_of(pid),
+            old_bin,
+            "the endpoint runs the netfn that brought it up"
+        );
+        // The upgrade: the old binary's file goes (the endpoint keeps running it).
+        std::fs::remove_file(&old_bin).expect("remove the old netfn");
+        (old_bin, file_arg, guard)
+    }
+
+    /// A copy of the netfn under test in the lab's directory (canonical path).
+    fn old_netfn(&self) -> std::path::PathBuf {
+        let old_bin = std::fs::canonicalize(&self.dir.0)
+            .expect("the lab's directory")
+            .join("netfn-old");
+        std::fs::copy(netfn_bin(), &old_bin).expect("copy the netfn binary");
+        old_bin
     }
 
     /// The endpoint's log (empty if it has none).
@@ -419,6 +461,11 @@ fn kernel_has_wireguard() -> bool {
             .args(["-n", "-q", "wireguard"])
             .status()
             .is_ok_and(|s| s.success())
+}
+
+/// The binary process `pid` runs, as the kernel names it (`PATH (deleted)` once removed).
+fn exe_of(pid: i32) -> std::path::PathBuf {
+    std::fs::read_link(format!("/proc/{pid}/exe")).expect("exe")
 }
 
 /// The `endpoint` row of function `vpn` in `netfn status --json`.
@@ -1031,32 +1078,8 @@ fn apply_after_an_upgrade_restarts_the_endpoint_on_the_new_binary() {
     let _turn = shared();
     let lab = Lab::new("wug");
     let chain = &lab.chain;
-    let old_bin = lab.dir.0.join("netfn-old");
-    std::fs::copy(netfn_bin(), &old_bin).expect("copy the netfn binary");
-    let file = lab.write("wg.toml", &lab.chain_file("tc", "userspace"));
-    let file_arg = file.to_string_lossy().into_owned();
-    let _guard = ChainGuard {
-        chain: chain.clone(),
-        file: file.clone(),
-    };
-    let up = command(&old_bin)
-        .args(["up", &file_arg])
-        .output()
-        .expect("run the old netfn");
-    assert!(
-        up.status.success(),
-        "up with the old netfn: {}",
-        String::from_utf8_lossy(&up.stderr)
-    );
-    let exe_of = |pid: i32| std::fs::read_link(format!("/proc/{pid}/exe")).expect("exe");
+    let (old_bin, file_arg, _guard) = lab.up_with_an_old_netfn(&lab.chain_file("tc", "userspace"));
     let old_pid = endpoint_pid(chain, "vpn").expect("the endpoint's pid");
-    assert_eq!(
-        exe_of(old_pid),
-        old_bin,
-        "the endpoint runs the netfn that brought it up"
-    );
-    // The upgrade: the old binary's file goes (the endpoint keeps running it).
-    std::fs::remove_file(&old_bin).expect("remove the old netfn");
     let agent = Agent::start(&lab.dir.0, chain, &["--no-probe"]);
     let _peer = lab.peer();
     lab.talk(1000).expect("the tunnel is up");
@@ -1197,6 +1220,183 @@ fn apply_after_an_upgrade_restarts_the_endpoint_on_the_new_binary() {
     );
     assert_eq!(endpoint_pid(chain, "vpn"), Some(new_pid));
     lab.talk(1000).expect("the tunnel after the restart");
+}
+
+/// A function the apply changes is started on the new binary by the change itself, with its
+/// new settings, not first restarted with the old ones: here a peer's preshared key file moved
+/// (the old settings name a file that is gone, so an endpoint started with them would exit).
+#[test]
+fn apply_after_an_upgrade_starts_a_changed_endpoint_with_its_new_settings() {
+    let _turn = shared();
+    let lab = Lab::new("wuc");
+    let chain = &lab.chain;
+    let psk = preshared_key(&lab.dir, "peer.psk");
+    let text = with_preshared_key_file(&lab.chain_file("tc", "userspace"), &lab.peer_public);
+    let (_, file_arg, _guard) = lab.up_with_an_old_netfn(&text);
+    let old_pid = endpoint_pid(chain, "vpn").expect("the endpoint's pid");
+    let peer = lab.peer();
+    peer.set_preshared_key(&lab.vpn_public, &psk);
+    lab.talk(1000).expect("before the change");
+    lab.wait_until_saved(&lab.peer_public, "its peer's endpoint");
+
+    std::fs::rename(lab.dir.0.join("peer.psk"), lab.dir.0.join("moved.psk")).expect("move");
+    lab.write("wg.toml", &text.replace("\"peer.psk\"", "\"moved.psk\""));
+    let applied = netfn(&["apply", &file_arg]);
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&applied.stdout),
+        String::from_utf8_lossy(&applied.stderr),
+    );
+    assert!(
+        applied.status.success() && stdout.contains("applied 1 change(s)"),
+        "{stdout}{stderr}\nendpoint log:\n{}",
+        lab.endpoint_log()
+    );
+    assert!(
+        !stdout.contains("restart function vpn"),
+        "the changed function was restarted before the change: {stdout}"
+    );
+    let running = netfn_core::chain::processes::running(chain, "vpn");
+    let new_pid = running.unwrap_or_else(|| panic!("no endpoint after the apply:\n{stdout}"));
+    assert_ne!(new_pid, old_pid, "the endpoint runs on the old binary");
+    assert_eq!(
+        exe_of(new_pid),
+        std::fs::canonicalize(netfn_bin()).expect("the binary under test"),
+        "the endpoint runs the netfn that applied"
+    );
+    lab.talk(1000)
+        .expect("after the change (the moved preshared key)");
+}
+
+/// A restart on the new binary that fails part-way (the old endpoint ended, the new one cannot
+/// be started: here its log's path is taken, as a full or broken /run would refuse it) leaves no
+/// endpoint running; the error's advice works: once the cause is gone, the next `apply` starts
+/// it (on the new binary), and so does an unchanged `up` after the endpoint died.
+#[test]
+fn apply_again_starts_an_endpoint_a_failed_restart_left_stopped() {
+    let _turn = shared();
+    let lab = Lab::new("wuf");
+    let chain = &lab.chain;
+    let (_, file_arg, _guard) = lab.up_with_an_old_netfn(&lab.chain_file("tc", "userspace"));
+    let old_pid = endpoint_pid(chain, "vpn").expect("the endpoint's pid");
+    let _peer = lab.peer();
+    lab.talk(1000).expect("the tunnel is up");
+
+    // The endpoint's log goes on across a restart; a directory in its place makes the start of
+    // the new endpoint fail. Removed however the test ends (before `down`).
+    let log = std::path::PathBuf::from(format!("/run/netfn/chains/{chain}.vpn.log"));
+    struct Taken(std::path::PathBuf);
+    impl Drop for Taken {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir(&self.0);
+        }
+    }
+    std::fs::remove_file(&log).expect("remove the endpoint's log");
+    std::fs::create_dir(&log).expect("a directory in the log's place");
+    let taken = Taken(log);
+    let failed = netfn(&["apply", &file_arg]);
+    let stderr = String::from_utf8_lossy(&failed.stderr);
+    assert!(
+        !failed.status.success() && stderr.contains("run `netfn apply` again"),
+        "{stderr}"
+    );
+    let running = || netfn_core::chain::processes::running(chain, "vpn");
+    assert_eq!(running(), None, "an endpoint runs after the failed restart");
+    assert!(
+        ended_within(old_pid, Duration::from_secs(2)),
+        "the old endpoint runs on"
+    );
+
+    // The cause gone, the advice works.
+    drop(taken);
+    let applied = netfn_ok(&["apply", &file_arg]);
+    assert!(
+        applied.contains("started 1 function process(es) that did not run (no change to apply)")
+            && applied.contains("start function vpn's process, which is not running"),
+        "{applied}"
+    );
+    let pid = running().unwrap_or_else(|| panic!("no endpoint after the apply:\n{applied}"));
+    assert_eq!(
+        exe_of(pid),
+        std::fs::canonicalize(netfn_bin()).expect("the binary under test"),
+        "the endpoint runs the netfn that applied"
+    );
+    lab.talk(1000).expect("the tunnel after the apply");
+    assert_eq!(
+        netfn_ok(&["apply", &file_arg]).trim(),
+        format!("chain {chain}: unchanged; nothing to do")
+    );
+
+    // An endpoint that died (no agent runs) starts with an unchanged `up` too.
+    kill_endpoint(chain, "vpn");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while running().is_some() {
+        assert!(Instant::now() < deadline, "the killed endpoint runs on");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let up = netfn_ok(&["up", &file_arg]);
+    assert!(
+        up.contains(&format!(
+            "chain {chain}: already up and unchanged; started the process(es) of vpn, which did \
+             not run"
+        )),
+        "{up}"
+    );
+    assert!(running().is_some(), "{up}");
+    lab.talk(1000).expect("the tunnel after the up");
+}
+
+/// An agent still running the old netfn after an upgrade (its binary's file replaced) starts a
+/// killed endpoint again: on its own binary (through /proc/self/exe, as the old path names
+/// nothing now), which `apply` then moves to the new one.
+#[test]
+fn an_agent_on_a_replaced_binary_starts_a_killed_endpoint_again() {
+    let _turn = shared();
+    let lab = Lab::new("wud");
+    let chain = &lab.chain;
+    let guard = lab.up(&lab.chain_file("tc", "userspace"));
+    let file_arg = guard.file.to_string_lossy().into_owned();
+    let old_bin = lab.old_netfn();
+    let agent = Agent::start_wrapped(
+        lab.dir.0.join("agent.sock"),
+        lab.dir.0.join("agent.log"),
+        chain,
+        &["--no-probe"],
+        &[],
+        &old_bin,
+    );
+    std::fs::remove_file(&old_bin).expect("remove the old netfn");
+    let _peer = lab.peer();
+    lab.talk(1000).expect("before the kill");
+    // Where the peer is, for the restarted endpoint to handshake with at once.
+    lab.wait_until_saved(&lab.peer_public, "its peer's endpoint");
+    let pid = kill_endpoint(chain, "vpn");
+    let running = || netfn_core::chain::processes::running(chain, "vpn");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let new_pid = loop {
+        if let Some(p) = running().filter(|&p| p != pid)
+            && lab.talk(1000).is_ok()
+        {
+            break p;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the agent did not start the endpoint again:\n{}\nendpoint log:\n{}",
+            agent.log_text(),
+            lab.endpoint_log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(
+        exe_of(new_pid).display().to_string(),
+        format!("{} (deleted)", old_bin.display()),
+        "the agent starts its own binary"
+    );
+    let applied = netfn_ok(&["apply", &file_arg]);
+    assert!(
+        applied.contains(&format!("restart function vpn's process (pid {new_pid})")),
+        "{applied}"
+    );
+    lab.talk(1000).expect("after the apply");
 }
 
 #[test]

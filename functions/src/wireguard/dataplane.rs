@@ -204,7 +204,13 @@ pub fn run(chain: &str, function: &str) -> Result<(), String> {
                 } => Event::Control(accepted.map(|(stream, _)| stream)),
             };
             match event {
-                Event::Stop => break Ok(()),
+                Event::Stop => {
+                    // Where peers were heard from since the last save (a peer that roamed in
+                    // the last second): a restarted endpoint (`apply` after an upgrade) finds
+                    // them there.
+                    remember_endpoints(&device, chain, function, &mut remembered).await;
+                    break Ok(());
+                }
                 // GotaTun stopped moving packets for good (its TUN or socket failed): end, so
                 // that whoever watches the endpoint (the agent) starts it again, rather than
                 // run on carrying nothing.

@@ -61,10 +61,10 @@ pub enum ApplyError {
     #[error("cannot tell which build of the eBPF programs this netfn has: {0}")]
     Build(#[source] ebpf::EbpfError),
     #[error(
-        "chain `{chain}`: a function's process that ran another netfn binary could not be started \
-         again on this one: {cause}\nnothing of the chain file was applied; fix the cause and run \
-         `netfn apply` again (a running agent starts the process again meanwhile, on its own \
-         netfn binary)"
+        "chain `{chain}`: a function's process that ran another netfn binary, or did not run, \
+         could not be started on this one: {cause}\nnothing of the chain file was applied, and \
+         that process may not run now; fix the cause and run `netfn apply` again, which starts \
+         it (a running agent tries too, on the agent's netfn binary)"
     )]
     Restart {
         chain: String,
@@ -117,8 +117,8 @@ pub enum ApplyOutcome {
         changes: Vec<Change>,
         /// Made before the changes.
         reloaded: Option<Reload>,
-        /// The functions' processes that ran another netfn binary, started again on this one
-        /// (after the reload, before the changes).
+        /// The functions' processes that ran another netfn binary or did not run, started on
+        /// this one (after the reload, before the changes).
         restarted: Vec<Restart>,
         elapsed: Duration,
         /// The file the chain was up from, when it was another: this one is its source now
@@ -170,15 +170,22 @@ pub fn apply(
         from: record.programs.clone(),
         to: build,
     });
-    // Processes of functions the change keeps: the others are stopped by it.
+    // Processes of functions the change keeps and leaves as they are, that run another netfn
+    // binary or do not run (a restart failed): started on this one. The change stops the
+    // functions it removes, and starts those whose settings it changes again (with the new
+    // settings, on this binary: see kinds::start_one).
     let kept = names_of(&next.plan);
-    let restarts =
-        kinds::other_binaries(&record.plan, kinds, &|n| kept.contains(n)).map_err(|cause| {
-            ApplyError::Restart {
-                chain: chain.clone(),
-                cause: Box::new(cause),
-            }
-        })?;
+    let changed: BTreeSet<&str> = next
+        .changes
+        .iter()
+        .filter_map(|c| match c {
+            Change::Settings { name, .. } => Some(name.as_str()),
+            _ => None,
+        })
+        .collect();
+    let restarts = kinds::processes_to_start(&record.plan, spec, &|n| {
+        kept.contains(n) && !changed.contains(n)
+    });
     if next.changes.is_empty() && reload.is_none() && restarts.is_empty() {
         return Ok(ApplyOutcome::Unchanged);
     }

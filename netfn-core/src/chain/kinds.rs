@@ -72,26 +72,34 @@ pub(crate) fn start_one(
         })?;
     if let Some(args) = config.process(&ctx) {
         let running = super::processes::running(&plan.chain, name).is_some();
-        // A changed function's running process takes the new settings in place if its kind
-        // can; else it starts again with them.
-        let updated = !fresh
-            && running
-            && match config.update_process(&ctx) {
-                Some(Ok(())) => true,
-                Some(Err(why)) => {
-                    tracing::warn!(
-                        "function {name}: its process could not take the change in place ({why}); starting it again"
-                    );
-                    false
-                }
-                None => false,
-            };
-        if !updated {
-            if !fresh {
-                super::processes::stop(&plan.chain, name);
-            }
-            super::processes::start(&plan.chain, name, &args)
+        if !fresh && running && super::processes::other_binary(&plan.chain, name).is_some() {
+            // It runs another netfn binary (after an upgrade): it starts again on this one with
+            // the new settings, keeping what it keeps across restarts (taken in place, they
+            // would leave it on the old binary).
+            super::processes::restart(&plan.chain, name, &args)
                 .map_err(|e| ObjectError::Process(Box::new(e)))?;
+        } else {
+            // A changed function's running process takes the new settings in place if its
+            // kind can; else it starts again with them.
+            let updated = !fresh
+                && running
+                && match config.update_process(&ctx) {
+                    Some(Ok(())) => true,
+                    Some(Err(why)) => {
+                        tracing::warn!(
+                            "function {name}: its process could not take the change in place ({why}); starting it again"
+                        );
+                        false
+                    }
+                    None => false,
+                };
+            if !updated {
+                if !fresh {
+                    super::processes::stop(&plan.chain, name);
+                }
+                super::processes::start(&plan.chain, name, &args)
+                    .map_err(|e| ObjectError::Process(Box::new(e)))?;
+            }
         }
     }
     if plan.fastpath == FastPath::Kernel {
@@ -236,45 +244,57 @@ fn context(plan: &ChainPlan, h: usize) -> Option<FunctionContext> {
     })
 }
 
-/// The processes of `plan`'s functions that `only` selects (by name) that run another netfn
-/// binary than this one.
-pub(crate) fn other_binaries(
+/// The processes of `spec`'s functions that `only` selects (by name), as `plan` runs them, that
+/// do not run or run another netfn binary than this one: what `apply` (for the functions it does
+/// not change) and an unchanged `up` start on this one. The file's settings are the running
+/// ones for such a function, so nothing is loaded from the record.
+pub(crate) fn processes_to_start(
     plan: &ChainPlan,
-    kinds: &Registry,
+    spec: &ChainSpec,
     only: &dyn Fn(&str) -> bool,
-) -> Result<Vec<Restart>, ObjectError> {
+) -> Vec<Restart> {
     let mut out = Vec::new();
-    for (h, hop) in plan.hops.iter().enumerate() {
-        let HopRole::Function { kind, settings } = &hop.role else {
-            continue;
-        };
-        // The pid file first: most functions have no process, and loading their settings
-        // (a firewall's rules) is what costs.
-        let Some(running) = only(&hop.name)
-            .then(|| super::processes::other_binary(&plan.chain, &hop.name))
-            .flatten()
+    for f in spec.functions.iter().filter(|f| only(&f.name)) {
+        let Some(args) = plan
+            .hop(&f.name)
+            .and_then(|(h, _)| context(plan, h))
+            .and_then(|ctx| f.config.process(&ctx))
         else {
             continue;
         };
-        let config = load(kinds, &hop.name, kind, settings)?;
-        if let Some(args) = context(plan, h).and_then(|ctx| config.process(&ctx)) {
-            out.push(Restart { running, args });
-        }
+        let running = match super::processes::running(&plan.chain, &f.name) {
+            None => None,
+            Some(_) => match super::processes::other_binary(&plan.chain, &f.name) {
+                Some(other) => Some(other),
+                None => continue,
+            },
+        };
+        out.push(Restart {
+            function: f.name.clone(),
+            running,
+            args,
+        });
     }
-    Ok(out)
+    out
 }
 
-/// Starts the processes of `restarts` again, on this netfn binary, one after the other (each
-/// waits until the new one is ready). The caller holds the chain's lock.
+/// Starts the processes of `restarts` on this netfn binary (again, for one that runs another),
+/// one after the other (each waits until the new one is ready). The caller holds the chain's
+/// lock.
 pub(crate) fn restart(plan: &ChainPlan, restarts: &[Restart]) -> Result<(), ObjectError> {
     for r in restarts {
-        let pid = super::processes::restart(&plan.chain, &r.running.function, &r.args)
-            .map_err(|e| ObjectError::Process(Box::new(e)))?;
+        let started = match &r.running {
+            Some(_) => super::processes::restart(&plan.chain, &r.function, &r.args),
+            None => super::processes::start(&plan.chain, &r.function, &r.args),
+        };
+        let pid = started.map_err(|e| ObjectError::Process(Box::new(e)))?;
         tracing::debug!(
-            "chain {}: function {}'s process restarted on this netfn binary: pid {} -> {pid}",
+            "chain {}: function {}'s process started on this netfn binary: pid {pid} (was {})",
             plan.chain,
-            r.running.function,
-            r.running.pid
+            r.function,
+            r.running
+                .as_ref()
+                .map_or("not running".to_string(), |o| format!("pid {}", o.pid))
         );
     }
     Ok(())

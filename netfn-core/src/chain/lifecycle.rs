@@ -52,6 +52,15 @@ pub enum LifecycleError {
         cause: Box<ObjectError>,
         rollback: Vec<String>,
     },
+    #[error(
+        "chain `{chain}` is up, but a function's process that was not running could not be \
+         started: {cause}\nfix the cause and run `netfn up` (or `netfn apply`) with the chain's \
+         file again"
+    )]
+    Process {
+        chain: String,
+        cause: Box<ObjectError>,
+    },
     #[error("taking down chain `{chain}` left {} problem(s):\n  {}\nthe record is kept: fix the cause and run `netfn down {chain}` again", .errors.len(), .errors.join("\n  "))]
     Down { chain: String, errors: Vec<String> },
 }
@@ -149,6 +158,8 @@ pub enum UpOutcome {
     /// Up already, from the same file. `other_build`: its eBPF programs are not this netfn's
     /// (`apply` loads them, see [`crate::chain::apply::Reload`]).
     Unchanged {
+        /// The functions whose processes did not run, started now.
+        started: Vec<String>,
         other_build: bool,
         /// A function's process runs another netfn binary (`apply` starts it again on this
         /// one, see [`crate::chain::processes::Restart`]).
@@ -246,7 +257,20 @@ fn up_locked(
                         netns: missing.to_string(),
                     });
                 }
+                // A function's process that died (and an agent did not start again, or none
+                // runs) starts here; one on another netfn binary is `apply`'s to restart.
+                let missing: Vec<_> = super::kinds::processes_to_start(&old.plan, spec, &|_| true)
+                    .into_iter()
+                    .filter(|r| r.running.is_none())
+                    .collect();
+                super::kinds::restart(&old.plan, &missing).map_err(|cause| {
+                    LifecycleError::Process {
+                        chain: chain.clone(),
+                        cause: Box::new(cause),
+                    }
+                })?;
                 return Ok(UpOutcome::Unchanged {
+                    started: missing.into_iter().map(|r| r.function).collect(),
                     other_build: old.programs != crate::ebpf::object_build().ok(),
                     other_binary: old
                         .plan

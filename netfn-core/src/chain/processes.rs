@@ -106,22 +106,32 @@ pub struct OtherBinary {
     pub binary: String,
 }
 
-/// A function's process that runs another netfn binary, as `apply` starts it again on this one.
+/// A function's process as `apply` (and an unchanged `up`) starts it on this netfn binary: one
+/// that runs another netfn binary (started again), or one that does not run (it died, or an
+/// earlier restart failed: started).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Restart {
-    pub running: OtherBinary,
+    pub function: String,
+    /// The process that runs another netfn binary; None: none runs.
+    pub running: Option<OtherBinary>,
     /// The arguments its kind gives for it (`FunctionConfig::process`).
     pub(crate) args: Vec<String>,
 }
 
 impl std::fmt::Display for Restart {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let r = &self.running;
-        write!(
-            f,
-            "⟳ restart function {}'s process (pid {}) on this netfn binary: it runs {}",
-            r.function, r.pid, r.binary
-        )
+        match &self.running {
+            Some(r) => write!(
+                f,
+                "⟳ restart function {}'s process (pid {}) on this netfn binary: it runs {}",
+                r.function, r.pid, r.binary
+            ),
+            None => write!(
+                f,
+                "⟳ start function {}'s process, which is not running",
+                self.function
+            ),
+        }
     }
 }
 
@@ -172,8 +182,21 @@ pub fn start(chain: &str, function: &str, args: &[String]) -> Result<i32, Proces
         .append(true)
         .open(&log_path)
         .map_err(io("open the process log"))?;
-    let exe = std::env::current_exe().map_err(io("find the netfn binary"))?;
-    let mut command = Command::new(exe);
+    // The file this process runs, through /proc: current_exe() names a binary an upgrade
+    // replaced "PATH (deleted)", which cannot be started, while /proc/self/exe still can (an
+    // agent from before the upgrade starts its own binary's process; `apply` moves it on). The
+    // name it is shown by stays the binary's path.
+    let shown = std::env::current_exe().map_or_else(
+        |_| "netfn".to_string(),
+        |p| {
+            let p = p.display().to_string();
+            p.strip_suffix(" (deleted)")
+                .map(str::to_string)
+                .unwrap_or(p)
+        },
+    );
+    let mut command = Command::new("/proc/self/exe");
+    std::os::unix::process::CommandExt::arg0(&mut command, shown);
     command
         .args(args)
         .stdin(Stdio::null())
