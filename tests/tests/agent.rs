@@ -722,6 +722,9 @@ fn ensure_agent_running_starts_one_agent_and_then_finds_it() {
     let mut opts = AutostartOptions::new(netfn_bin());
     opts.socket = dir.0.join("agent.sock");
     opts.log = dir.0.join("agent.log");
+    // This test starts an agent whatever the shell's NETFN_AGENT_AUTOSTART says (helpers and
+    // people running tests by hand export NETFN_AGENT_AUTOSTART=0, and it failed then).
+    opts.enabled = true;
     // A chain that does not exist: this agent must not touch anyone's chains.
     opts.args = ["--listen", "127.0.0.1:0", "--chain", "no-such-chain"]
         .map(String::from)

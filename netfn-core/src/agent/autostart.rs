@@ -38,6 +38,9 @@ pub struct AutostartOptions {
     pub args: Vec<String>,
     /// How long to wait for the new agent to answer on its socket.
     pub wait: Duration,
+    /// Whether to check and start at all: false when `NETFN_AGENT_AUTOSTART=0` (read by
+    /// [`AutostartOptions::new`]; a caller that means to start one sets it).
+    pub enabled: bool,
 }
 
 impl AutostartOptions {
@@ -50,6 +53,7 @@ impl AutostartOptions {
             log: default_log_path(),
             args: Vec::new(),
             wait: Duration::from_secs(5),
+            enabled: !std::env::var(AUTOSTART_ENV).is_ok_and(|v| v.trim() == "0"),
         }
     }
 }
@@ -80,10 +84,11 @@ pub enum AutostartError {
     },
 }
 
-/// Starts `netfn agent` unless one answers on the socket already (or `NETFN_AGENT_AUTOSTART=0`).
+/// Starts `netfn agent` unless one answers on the socket already (or `opts.enabled` is false:
+/// `NETFN_AGENT_AUTOSTART=0`).
 /// Returns once the agent answers.
 pub fn ensure_agent_running(opts: &AutostartOptions) -> Result<AgentStart, AutostartError> {
-    if std::env::var(AUTOSTART_ENV).is_ok_and(|v| v.trim() == "0") {
+    if !opts.enabled {
         return Ok(AgentStart::Disabled);
     }
     if let Some(pong) = client::ping(&opts.socket)? {
