@@ -5,7 +5,7 @@ use std::io::{IoSliceMut, Read, Write};
 use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use nix::sys::socket::{ControlMessageOwned, MsgFlags, SockaddrIn, recvmsg};
@@ -161,8 +161,9 @@ impl StreamRun {
 /// it starts once datagrams have arrived (and not before 300 ms), and the stream goes on after
 /// it ends, to `count` datagrams in all and at least 300 ms more. So the stream spans the change
 /// however slow the machine, and "nothing lost" is never vacuous: the run asserts that datagrams
-/// arrived both before the change began and, sent after it ended, after it. The receiver stops
-/// after 1.5 s of silence.
+/// arrived both before the change began and, sent after it ended, after it (the stream waits
+/// up to 20 s for one: see `change_ended`). The receiver stops after 1.5 s of silence once the
+/// sender has stopped.
 pub fn sequenced_stream_during(
     chain: &str,
     count: u32,
@@ -231,6 +232,8 @@ struct SequencedStream {
     sent: Arc<AtomicU32>,
     /// Datagrams received so far.
     received: Arc<AtomicUsize>,
+    /// One past the highest sequence number received (0: none yet).
+    newest: Arc<AtomicU32>,
     /// How many to send in all: `u32::MAX` until [`Self::finish`] decides.
     stop_at: Arc<AtomicU32>,
     /// Received when the change began.
@@ -271,16 +274,31 @@ impl SequencedStream {
         let tx = udp_socket_in(from_ns, SocketAddrV4::new(from_addr, port + 1));
         let sent = Arc::new(AtomicU32::new(0));
         let received = Arc::new(AtomicUsize::new(0));
+        let newest = Arc::new(AtomicU32::new(0));
         let stop_at = Arc::new(AtomicU32::new(u32::MAX));
+        let sending = Arc::new(AtomicBool::new(true));
         let receiver = {
-            let received = Arc::clone(&received);
+            let (received, newest, sending) = (
+                Arc::clone(&received),
+                Arc::clone(&newest),
+                Arc::clone(&sending),
+            );
             std::thread::spawn(move || {
                 let mut seen = BTreeSet::new();
                 let mut buf = [0u8; 64];
-                while let Ok(n) = rx.recv(&mut buf) {
-                    if n >= 4 {
-                        seen.insert(u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]));
-                        received.fetch_add(1, Ordering::SeqCst);
+                loop {
+                    match rx.recv(&mut buf) {
+                        Ok(n) if n >= 4 => {
+                            let seq = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]);
+                            seen.insert(seq);
+                            received.fetch_add(1, Ordering::SeqCst);
+                            newest.fetch_max(seq.saturating_add(1), Ordering::SeqCst);
+                        }
+                        Ok(_) => {}
+                        // Silence while the sender still sends: the change holds the stream up
+                        // (an endpoint that restarts and handshakes again, on a slow VM).
+                        Err(_) if sending.load(Ordering::SeqCst) => {}
+                        Err(_) => break,
                     }
                 }
                 seen
@@ -288,7 +306,16 @@ impl SequencedStream {
         };
         let sender = {
             let (sent, stop_at) = (Arc::clone(&sent), Arc::clone(&stop_at));
+            let sending = Arc::clone(&sending);
+            // Tells the receiver that nothing more comes, however the sender ends.
+            struct Done(Arc<AtomicBool>);
+            impl Drop for Done {
+                fn drop(&mut self) {
+                    self.0.store(false, Ordering::SeqCst);
+                }
+            }
             std::thread::spawn(move || {
+                let _done = Done(sending);
                 let to = SocketAddrV4::new(to_addr, port);
                 let start = Instant::now();
                 let mut seq = 0u32;
@@ -318,6 +345,7 @@ impl SequencedStream {
             started: Instant::now(),
             sent,
             received,
+            newest,
             stop_at,
             arrived_before: 0,
             first_after: u32::MAX,
@@ -344,12 +372,19 @@ impl SequencedStream {
         self.arrived_before = self.received.load(Ordering::SeqCst);
     }
 
-    /// Called once the change has ended: the stream goes on to `count` datagrams in all and
-    /// for at least 300 ms more.
+    /// Called once the change has ended: the stream goes on until a datagram sent after the
+    /// change has arrived (at most 20 s: a change may hold the stream up after it returns, as an
+    /// endpoint that restarted does until its handshake, slowly on the VM suite's emulated
+    /// CPUs), then to `count` datagrams in all and for at least 300 ms more.
     fn change_ended(&mut self, count: u32) {
         self.first_after = self.sent.load(Ordering::SeqCst);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while self.newest.load(Ordering::SeqCst) <= self.first_after && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let resumed = self.sent.load(Ordering::SeqCst);
         let tail = u32::try_from((self.per_second * 3 / 10).max(1)).unwrap_or(u32::MAX);
-        let stop_at = count.max(self.first_after.saturating_add(tail));
+        let stop_at = count.max(resumed.saturating_add(tail));
         self.stop_at.store(stop_at, Ordering::SeqCst);
     }
 
