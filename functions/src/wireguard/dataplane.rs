@@ -122,6 +122,58 @@ pub fn run(chain: &str, function: &str) -> Result<(), String> {
             format!("attach to the TUN device {name} with offloads: {e} (is the chain up?)")
         })?;
         let buffers = std::sync::Arc::new(SocketBuffers::default());
+        if std::env::var_os("NETFN_WG_BATCHED").is_some() {
+            let mut specs = Vec::new();
+            for p in &settings.peers {
+                let key =
+                    keys::decode(&p.public_key).map_err(|why| format!("a peer's key {why}"))?;
+                let preshared = match &p.preshared_key_file {
+                    Some(f) => Some(keys::read_file(f)?),
+                    None => None,
+                };
+                specs.push(super::batched::PeerSpec {
+                    key: PublicKey::from(key),
+                    preshared,
+                    keepalive: p.persistent_keepalive,
+                    endpoint: known.get(&p.public_key).copied().or(p.endpoint),
+                    allowed: p.allowed_ips.clone(),
+                });
+            }
+            let dev = super::batched::Batched::start(
+                UdpFactory {
+                    buffer: SOCKET_BUFFER,
+                    gso: true,
+                    got: buffers.clone(),
+                },
+                tun_tx,
+                tun_rx,
+                StaticSecret::from(private),
+                settings.listen_port,
+                specs,
+            )
+            .await
+            .map_err(|e| format!("start the probe device {name}: {e}"))?;
+            netfn_core::privilege::drop_all().map_err(|e| format!("endpoint {name}: {e}"))?;
+            dev.handshake_all().await;
+            let started = std::time::Instant::now();
+            while !dev.all_up() && started.elapsed() < HANDSHAKE_WAIT {
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+            let io = format!(
+                "PROBE batched device; TUN offloads: {offloads}; UDP socket buffers: {buffers}"
+            );
+            std::fs::write(io_file(chain, function), &io)
+                .map_err(|e| format!("record the endpoint's I/O: {e}"))?;
+            std::fs::write(processes::ready_file(chain, function), b"")
+                .map_err(|e| format!("say it is ready: {e}"))?;
+            tracing::info!("endpoint {name} up (probe batched device), {io}");
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+            drop(dev);
+            return Ok(());
+        }
         let mut device = DeviceBuilder::new()
             // Batched UDP: GSO sends, GRO receives (see super::udp_io).
             .with_udp(UdpFactory {

@@ -9,6 +9,8 @@
 //! told, [`link`] gives it addresses and routes, [`handshakes`] counts its handshakes; [`kind`]
 //! is what core registers.
 
+#[cfg(feature = "userspace-wireguard")]
+pub mod batched;
 pub mod config;
 pub mod control;
 #[cfg(feature = "userspace-wireguard")]
