@@ -3,27 +3,37 @@
 //! socket, the crypto and the TUN, a device lock and a peer lock per packet). Two tasks, each a
 //! whole direction: a received batch is decrypted and written to the TUN coalesced, a read batch
 //! is encrypted and sent with GSO, each peer locked once per run of its packets. Handshakes,
-//! cookies, timers and roaming as GotaTun's device does them; no UAPI, no control socket, no
-//! peer changes. Selected with NETFN_WG_BATCHED=1.
+//! cookies, timers and roaming as GotaTun's device does them. Its peers ([`table`]) change at run
+//! time over the UAPI socket and netfn's control socket ([`requests`]). Selected with
+//! NETFN_WG_BATCHED=1.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::time::Duration;
 
 use futures::FutureExt as _;
+use gotatun::noise::TunnResult;
 use gotatun::noise::handshake::parse_handshake_anon;
 use gotatun::noise::index_table::IndexTable;
 use gotatun::noise::rate_limiter::RateLimiter;
-use gotatun::noise::{Tunn, TunnResult};
 use gotatun::packet::{Packet, PacketBufPool, WgKind};
 use gotatun::tun::{IpRecv, IpSend, MtuWatcher};
 use gotatun::udp::{UdpRecv, UdpSend, UdpTransportFactory, UdpTransportFactoryParams};
 use gotatun::x25519::{PublicKey, StaticSecret};
-use ipnet::Ipv4Net;
+use tokio::task::JoinHandle;
 
+use super::peers::PeerChange;
 use super::tun_io::{TunRecv, TunSend};
 use super::udp_io::{GsoSend, UdpFactory};
+
+mod requests;
+pub mod run;
+mod table;
+
+pub use requests::serve;
+pub use table::PeerSpec;
+use table::{Keys, Peer, PeerSlot, Table};
 
 /// Handshakes per second before cookies (GotaTun's device default).
 const HANDSHAKE_RATE_LIMIT: u64 = 100;
@@ -31,72 +41,68 @@ const HANDSHAKE_RATE_LIMIT: u64 = 100;
 /// Datagrams taken from the socket before they are decrypted, at most.
 const DRAIN: usize = 512;
 
-pub struct PeerSpec {
-    pub key: PublicKey,
-    pub preshared: Option<[u8; 32]>,
-    pub keepalive: Option<u16>,
-    pub endpoint: Option<SocketAddr>,
-    pub allowed: Vec<Ipv4Net>,
-}
-
-struct PeerSlot {
-    tunn: Tunn,
-    endpoint: Option<SocketAddr>,
-}
-
 struct Shared {
-    private: StaticSecret,
+    keys: Keys,
     public: PublicKey,
-    peers: Vec<Mutex<PeerSlot>>,
-    by_key: HashMap<[u8; 32], usize>,
-    by_idx: Mutex<HashMap<u32, usize>>,
-    /// (network, peer), longest prefix first.
-    routes: Vec<(Ipv4Net, usize)>,
-    rate_limiter: Arc<RateLimiter>,
-    index_table: IndexTable,
-}
-
-fn lock(m: &Mutex<PeerSlot>) -> MutexGuard<'_, PeerSlot> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    port: u16,
+    table: RwLock<Arc<Table>>,
+    /// A session index (ours, in a peer's packets) -> the peer's key.
+    by_idx: Mutex<HashMap<u32, [u8; 32]>>,
 }
 
 impl Shared {
-    fn peer_for(&self, addr: IpAddr) -> Option<usize> {
-        let IpAddr::V4(v4) = addr else { return None };
-        self.routes
-            .iter()
-            .find(|(net, _)| net.contains(&v4))
-            .map(|(_, p)| *p)
+    /// The peers now: taken once per batch.
+    fn table(&self) -> Arc<Table> {
+        self.table
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
-    fn register(&self, packet: &WgKind, peer: usize) {
+    fn register(&self, packet: &WgKind, peer: &Peer) {
         let idx = match packet {
             WgKind::HandshakeInit(p) => p.sender_idx.get(),
             WgKind::HandshakeResp(p) => p.sender_idx.get(),
             _ => return,
         };
         if let Ok(mut m) = self.by_idx.lock() {
-            m.insert(idx, peer);
+            m.insert(idx, peer.key);
         }
     }
 
-    fn by_index(&self, idx: u32) -> Option<usize> {
-        self.by_idx.lock().ok()?.get(&idx).copied()
+    fn by_index<'t>(&self, table: &'t Table, idx: u32) -> Option<&'t Peer> {
+        let key = *self.by_idx.lock().ok()?.get(&idx)?;
+        table.by_key(&key)
     }
 }
 
-/// The running probe device: its tasks end when dropped.
+/// The peer locked for a run of packets of its own: locked again only when the next packet is
+/// another peer's.
+fn hold<'t, 'h>(
+    held: &'h mut Option<(&'t Peer, MutexGuard<'t, PeerSlot>)>,
+    peer: &'t Peer,
+) -> &'h mut PeerSlot {
+    if held.as_ref().is_none_or(|(p, _)| !std::ptr::eq(*p, peer)) {
+        held.take();
+    }
+    &mut held.get_or_insert_with(|| (peer, peer.lock())).1
+}
+
+/// The running device: its tasks end when dropped.
 pub struct Batched {
-    tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// Socket -> TUN and TUN -> socket: the device is dead when either ends.
+    data: Vec<JoinHandle<()>>,
+    timers: JoinHandle<()>,
     shared: Arc<Shared>,
     udp: GsoSend,
 }
 
 impl Drop for Batched {
     fn drop(&mut self) {
-        for t in &self.tasks {
+        for t in &self.data {
             t.abort();
         }
+        self.timers.abort();
     }
 }
 
@@ -110,52 +116,39 @@ impl Batched {
         specs: Vec<PeerSpec>,
     ) -> std::io::Result<Self> {
         let public = PublicKey::from(&private);
-        let rate_limiter = Arc::new(RateLimiter::new(&public, HANDSHAKE_RATE_LIMIT));
-        let index_table = IndexTable::from_os_rng();
-        let mut peers = Vec::new();
-        let mut by_key = HashMap::new();
-        let mut routes = Vec::new();
-        for (i, s) in specs.into_iter().enumerate() {
-            let tunn = Tunn::new(
-                private.clone(),
-                s.key,
-                s.preshared,
-                s.keepalive,
-                index_table.clone(),
-                rate_limiter.clone(),
-            );
-            by_key.insert(*s.key.as_bytes(), i);
-            routes.extend(s.allowed.iter().map(|n| (*n, i)));
-            peers.push(Mutex::new(PeerSlot {
-                tunn,
-                endpoint: s.endpoint,
-            }));
-        }
-        routes.sort_by_key(|(n, _)| std::cmp::Reverse(n.prefix_len()));
-        let shared = Arc::new(Shared {
+        let keys = Keys {
+            rate_limiter: Arc::new(RateLimiter::new(&public, HANDSHAKE_RATE_LIMIT)),
             private,
-            public,
-            peers,
-            by_key,
-            by_idx: Mutex::new(HashMap::new()),
-            routes,
-            rate_limiter,
-            index_table,
-        });
+            index_table: IndexTable::from_os_rng(),
+        };
+        let table = Table::new(&keys, specs);
         let params = UdpTransportFactoryParams {
             addr: None,
             port,
             fwmark: None,
         };
         let (udp_tx, udp_rx) = factory.bind(&params).await?;
+        // The port bound (the one asked for, or the kernel's pick for 0).
+        let port = UdpSend::local_addr(&udp_tx)
+            .ok()
+            .flatten()
+            .map_or(port, |a| a.port());
+        let shared = Arc::new(Shared {
+            keys,
+            public,
+            port,
+            table: RwLock::new(Arc::new(table)),
+            by_idx: Mutex::new(HashMap::new()),
+        });
         let mtu = tun_rx.mtu();
-        let tasks = vec![
+        let data = vec![
             tokio::spawn(incoming(shared.clone(), udp_rx, udp_tx.clone(), tun_tx)),
             tokio::spawn(outgoing(shared.clone(), tun_rx, udp_tx.clone(), mtu)),
-            tokio::spawn(timers(shared.clone(), udp_tx.clone())),
         ];
+        let timers = tokio::spawn(timers(shared.clone(), udp_tx.clone()));
         Ok(Batched {
-            tasks,
+            data,
+            timers,
             shared,
             udp: udp_tx,
         })
@@ -164,12 +157,12 @@ impl Batched {
     /// Starts a handshake with every peer whose endpoint is known.
     pub async fn handshake_all(&self) {
         let mut out = Vec::new();
-        for (i, p) in self.shared.peers.iter().enumerate() {
-            let mut p = lock(p);
-            let Some(to) = p.endpoint else { continue };
-            if let Some(init) = p.tunn.format_handshake_initiation(false) {
+        for p in &self.shared.table().peers {
+            let mut slot = p.lock();
+            let Some(to) = slot.endpoint else { continue };
+            if let Some(init) = slot.tunn.format_handshake_initiation(false) {
                 let kind: WgKind = init.into();
-                self.shared.register(&kind, i);
+                self.shared.register(&kind, p);
                 out.push((Packet::from(kind), to));
             }
         }
@@ -180,10 +173,42 @@ impl Batched {
 
     /// Whether every peer with a known endpoint has a session.
     pub fn all_up(&self) -> bool {
-        self.shared.peers.iter().all(|p| {
-            let p = lock(p);
-            p.endpoint.is_none() || p.tunn.time_since_last_handshake().is_some()
+        self.shared.table().peers.iter().all(|p| {
+            let slot = p.lock();
+            slot.endpoint.is_none() || slot.tunn.time_since_last_handshake().is_some()
         })
+    }
+
+    /// Ends when a data task ends: its TUN device or its UDP socket failed (logged).
+    pub async fn wait(&mut self) {
+        if self.data.is_empty() {
+            return std::future::pending().await;
+        }
+        let (ended, ..) = futures::future::select_all(self.data.iter_mut()).await;
+        if let Err(e) = ended {
+            tracing::error!("a data task of the device ended: {e}");
+        }
+    }
+
+    /// Where each peer is (`(public key, endpoint)`), for those whose endpoint is known.
+    pub fn endpoints(&self) -> Vec<([u8; 32], SocketAddr)> {
+        self.shared
+            .table()
+            .peers
+            .iter()
+            .filter_map(|p| Some((p.key, p.lock().endpoint?)))
+            .collect()
+    }
+
+    /// Makes `changes` (see [`Table::changed`]); one change at a time (the caller serves one
+    /// request at a time).
+    pub fn change(&self, changes: Vec<PeerChange>) {
+        let new = Arc::new(self.shared.table().changed(&self.shared.keys, changes));
+        *self
+            .shared
+            .table
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = new;
     }
 }
 
@@ -222,10 +247,11 @@ async fn incoming(
             }
         }
         {
+            let table = shared.table();
             // The peer locked for the run of packets it sent.
-            let mut held: Option<(usize, MutexGuard<'_, PeerSlot>)> = None;
+            let mut held = None;
             for (datagram, from) in received.drain(..) {
-                let kind = match shared.rate_limiter.verify_packet(from, datagram) {
+                let kind = match shared.keys.rate_limiter.verify_packet(from, datagram) {
                     Ok(kind) => kind,
                     Err(TunnResult::WriteToNetwork(cookie)) => {
                         replies.push((cookie.into(), from));
@@ -235,22 +261,16 @@ async fn incoming(
                 };
                 let peer = match &kind {
                     WgKind::HandshakeInit(p) => {
-                        parse_handshake_anon(&shared.private, &shared.public, p)
+                        parse_handshake_anon(&shared.keys.private, &shared.public, p)
                             .ok()
-                            .and_then(|h| shared.by_key.get(&h.peer_static_public).copied())
+                            .and_then(|h| table.by_key(&h.peer_static_public))
                     }
-                    WgKind::HandshakeResp(p) => shared.by_index(p.receiver_idx.get()),
-                    WgKind::CookieReply(p) => shared.by_index(p.receiver_idx.get()),
-                    WgKind::Data(p) => shared.by_index(p.header.receiver_idx.get()),
+                    WgKind::HandshakeResp(p) => shared.by_index(&table, p.receiver_idx.get()),
+                    WgKind::CookieReply(p) => shared.by_index(&table, p.receiver_idx.get()),
+                    WgKind::Data(p) => shared.by_index(&table, p.header.receiver_idx.get()),
                 };
                 let Some(peer) = peer else { continue };
-                if held.as_ref().is_none_or(|(i, _)| *i != peer) {
-                    held.take();
-                    held = Some((peer, lock(&shared.peers[peer])));
-                }
-                let Some((_, slot)) = held.as_mut() else {
-                    continue;
-                };
+                let slot = hold(&mut held, peer);
                 match slot.tunn.handle_incoming_packet(kind) {
                     TunnResult::Done | TunnResult::Err(_) => {}
                     TunnResult::WriteToNetwork(packet) => {
@@ -275,7 +295,9 @@ async fn incoming(
                             |v4| (v4.header.source().into(), v4.into()),
                             |v6| (v6.header.source().into(), v6.into()),
                         );
-                        let allowed = shared.peer_for(source).is_some_and(|owner| owner == peer);
+                        let allowed = table
+                            .peer_for(source)
+                            .is_some_and(|owner| std::ptr::eq(owner, peer));
                         if allowed {
                             to_tun.push(ip);
                         }
@@ -308,18 +330,13 @@ async fn outgoing(shared: Arc<Shared>, mut tun_rx: TunRecv, udp_tx: GsoSend, mut
             }
         };
         {
-            let mut held: Option<(usize, MutexGuard<'_, PeerSlot>)> = None;
+            let table = shared.table();
+            let mut held = None;
             for packet in packets {
-                let Some(peer) = packet.destination().and_then(|d| shared.peer_for(d)) else {
+                let Some(peer) = packet.destination().and_then(|d| table.peer_for(d)) else {
                     continue;
                 };
-                if held.as_ref().is_none_or(|(i, _)| *i != peer) {
-                    held.take();
-                    held = Some((peer, lock(&shared.peers[peer])));
-                }
-                let Some((_, slot)) = held.as_mut() else {
-                    continue;
-                };
+                let slot = hold(&mut held, peer);
                 let Some(to) = slot.endpoint else { continue };
                 let Some(wire) = slot
                     .tunn
@@ -344,15 +361,15 @@ async fn timers(shared: Arc<Shared>, udp_tx: GsoSend) {
     loop {
         tick.tick().await;
         if let Ok(mut m) = shared.by_idx.lock() {
-            m.retain(|idx, _| shared.index_table.in_use(*idx));
+            m.retain(|idx, _| shared.keys.index_table.in_use(*idx));
         }
-        shared.rate_limiter.try_reset_count();
+        shared.keys.rate_limiter.try_reset_count();
         let mut out = Vec::new();
-        for (i, p) in shared.peers.iter().enumerate() {
-            let mut p = lock(p);
-            let Some(to) = p.endpoint else { continue };
-            if let Ok(Some(packet)) = p.tunn.update_timers() {
-                shared.register(&packet, i);
+        for p in &shared.table().peers {
+            let mut slot = p.lock();
+            let Some(to) = slot.endpoint else { continue };
+            if let Ok(Some(packet)) = slot.tunn.update_timers() {
+                shared.register(&packet, p);
                 out.push((Packet::from(packet), to));
             }
         }

@@ -25,6 +25,8 @@ pub mod kind;
 pub mod link;
 pub mod peers;
 #[cfg(feature = "userspace-wireguard")]
+pub mod remembered;
+#[cfg(feature = "userspace-wireguard")]
 pub mod tun_io;
 #[cfg(feature = "userspace-wireguard")]
 pub mod tun_offload;
