@@ -30,6 +30,12 @@ pub enum RequestError {
     Unknown(String),
     #[error("{0}")]
     Set(String),
+    #[error(
+        "a peer change must give the whole peer (replace_allowed_ips=true, \
+         persistent_keepalive_interval, preshared_key), as `netfn apply` does: a partial one \
+         (`wg set`) would clear what it does not name"
+    )]
+    Partial,
 }
 
 enum Request {
@@ -46,6 +52,7 @@ pub async fn serve(stream: UnixStream, device: &Batched) -> Result<(), std::io::
         .unwrap_or(Err(RequestError::Timeout));
     let answer = match request {
         Ok(Request::Get) => get(device),
+        Ok(Request::Set(body)) if !whole_peers(&body) => refused(&RequestError::Partial),
         Ok(Request::Set(body)) => match uapi::parse_set(&body) {
             Ok(changes) => {
                 device.change(changes);
@@ -61,6 +68,19 @@ pub async fn serve(stream: UnixStream, device: &Batched) -> Result<(), std::io::
 /// netfn's client reads the reason (`error=`), `wg` the errno.
 fn refused(why: &RequestError) -> String {
     format!("error={why}\nerrno={EINVAL}\n\n")
+}
+
+/// Whether every peer a `set=1` body names is removed or given whole (as
+/// [`uapi::set_request`] writes it): [`uapi::parse_set`] takes what a line does not say as
+/// "none", which would clear it from a partial change.
+fn whole_peers(body: &str) -> bool {
+    body.split("public_key=").skip(1).all(|peer| {
+        let has = |line: &str| peer.lines().any(|l| l.starts_with(line));
+        has("remove=true")
+            || (has("replace_allowed_ips=true")
+                && has("persistent_keepalive_interval=")
+                && has("preshared_key="))
+    })
 }
 
 async fn request(read: tokio::net::unix::OwnedReadHalf) -> Result<Request, RequestError> {
@@ -122,4 +142,27 @@ fn get(device: &Batched) -> String {
     }
     out.push_str("errno=0\n\n");
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::super::peers::{PeerChange, PeerSet};
+    use super::*;
+
+    #[test]
+    fn netfns_changes_are_whole_and_a_partial_one_is_not() {
+        let changes = [
+            PeerChange::Remove([9; 32]),
+            PeerChange::Set(PeerSet {
+                public_key: [1; 32],
+                allowed_ips: vec![],
+                endpoint: None,
+                keepalive: 0,
+                preshared_key: None,
+            }),
+        ];
+        assert!(whole_peers(&uapi::set_request(&changes)));
+        let endpoint_only = format!("public_key={}\nendpoint=192.0.2.1:1\n", uapi::hex(&[1; 32]));
+        assert!(!whole_peers(&endpoint_only));
+    }
 }
