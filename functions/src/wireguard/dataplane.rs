@@ -10,7 +10,8 @@
 //! UDP socket with batched I/O ([`super::udp_io`]: GSO sends, GRO receives) and with the
 //! cross-platform UAPI socket `/var/run/wireguard/<interface>.sock` (so `wg show` works
 //! against it) and netfn's own control socket (peer changes in place: [`super::control`]), drops every capability ([`netfn_core::privilege`]), says it is ready, and runs until
-//! SIGTERM.
+//! SIGTERM. With NETFN_WG_BATCHED=1 it runs the batched device instead ([`super::batched`]:
+//! GotaTun's `noise::Tunn` without its device pipeline), with the same sockets and duties.
 
 use std::net::IpAddr;
 
@@ -24,7 +25,7 @@ use netfn_core::plan::HopRole;
 use super::config::WgSettings;
 use super::endpoint::{interface_name, io_file};
 use super::udp_io::{SocketBuffers, UdpFactory};
-use super::{control, keys, uapi};
+use super::{control, keys, remembered, uapi};
 
 /// The UDP socket's receive and send buffer sizes asked for: room for bursts while the endpoint
 /// waits for a CPU (wireguard-go asks for 7 MiB). Forced past net.core.rmem_max / wmem_max at
@@ -51,7 +52,7 @@ pub fn run(chain: &str, function: &str) -> Result<(), String> {
         .map_err(|e| format!("the recorded settings of `{function}`: {e}"))?;
     let private = keys::read_file(&settings.private_key_file)?;
     // Where peers were heard from before a restart: the new instance can reach them at once.
-    let known = remembered_endpoints(chain, function);
+    let known = remembered::read(chain, function);
     let mut peers = Vec::new();
     let mut reachable = Vec::new();
     for p in &settings.peers {
@@ -101,12 +102,6 @@ pub fn run(chain: &str, function: &str) -> Result<(), String> {
             uapi: uapi::socket_path(&name),
             control: control::socket_path(chain, function),
         };
-        // Its `get=1` answer names the private key (as every WireGuard UAPI's does), and
-        // GotaTun binds it with whatever umask the endpoint was started under: root's only.
-        let uapi = control::owner_only(&sockets.uapi, || {
-            UapiServer::default_unix_socket(&name, None, None)
-        })
-        .map_err(|e| format!("serve the UAPI socket of {name}: {e}"))?;
         // `down` removes it even when it had to SIGKILL the endpoint.
         std::fs::write(
             processes::owned_files(chain, function),
@@ -122,6 +117,55 @@ pub fn run(chain: &str, function: &str) -> Result<(), String> {
             format!("attach to the TUN device {name} with offloads: {e} (is the chain up?)")
         })?;
         let buffers = std::sync::Arc::new(SocketBuffers::default());
+        if std::env::var_os("NETFN_WG_BATCHED").is_some() {
+            let mut peers = Vec::new();
+            for p in &settings.peers {
+                let key =
+                    keys::decode(&p.public_key).map_err(|why| format!("a peer's key {why}"))?;
+                let preshared = match &p.preshared_key_file {
+                    Some(f) => Some(keys::read_file(f)?),
+                    None => None,
+                };
+                peers.push(super::batched::PeerSpec {
+                    key: PublicKey::from(key),
+                    preshared,
+                    keepalive: p.persistent_keepalive,
+                    endpoint: known.get(&p.public_key).copied().or(p.endpoint),
+                    allowed: p.allowed_ips.clone(),
+                });
+            }
+            // Its `get=1` answer names the private key: root's only (control::bind).
+            std::fs::create_dir_all(uapi::SOCKET_DIR)
+                .map_err(|e| format!("make {}: {e}", uapi::SOCKET_DIR))?;
+            let uapi = control::bind(&sockets.uapi)
+                .map_err(|e| format!("serve the UAPI socket of {name}: {e}"))?;
+            return super::batched::run::run(super::batched::run::Setup {
+                chain,
+                function,
+                name: &name,
+                private,
+                port: settings.listen_port,
+                peers,
+                udp: UdpFactory {
+                    buffer: SOCKET_BUFFER,
+                    gso: true,
+                    got: buffers.clone(),
+                },
+                buffers,
+                tun: (tun_tx, tun_rx, offloads),
+                uapi,
+                control,
+                term,
+                handshake_wait: HANDSHAKE_WAIT,
+            })
+            .await;
+        }
+        // Its `get=1` answer names the private key (as every WireGuard UAPI's does), and
+        // GotaTun binds it with whatever umask the endpoint was started under: root's only.
+        let uapi = control::owner_only(&sockets.uapi, || {
+            UapiServer::default_unix_socket(&name, None, None)
+        })
+        .map_err(|e| format!("serve the UAPI socket of {name}: {e}"))?;
         let mut device = DeviceBuilder::new()
             // Batched UDP: GSO sends, GRO receives (see super::udp_io).
             .with_udp(UdpFactory {
@@ -261,55 +305,20 @@ enum Event {
     Control(std::io::Result<tokio::net::UnixStream>),
 }
 
-/// The file of peers' last endpoints (`PUBLIC_KEY ADDRESS:PORT` lines).
-fn endpoints_file(chain: &str, function: &str) -> std::path::PathBuf {
-    processes::state_file(chain, function, "endpoints")
-}
-
-fn remembered_endpoints(
-    chain: &str,
-    function: &str,
-) -> std::collections::HashMap<String, std::net::SocketAddr> {
-    std::fs::read_to_string(endpoints_file(chain, function))
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| {
-            let (key, addr) = l.split_once(' ')?;
-            Some((key.to_string(), addr.parse().ok()?))
-        })
-        .collect()
-}
-
-/// Saves where the peers are now (learned from their handshakes), for a restarted endpoint,
-/// when that changed since `remembered` (what was saved last). Read from the device itself
-/// under its read lock and written on a blocking thread: nothing here waits on the endpoint's
-/// own sockets or holds up its runtime.
+/// Saves where the peers are now (learned from their handshakes), for a restarted endpoint
+/// ([`remembered`]). Read from the device itself under its read lock.
 async fn remember_endpoints<T: DeviceTransports>(
     device: &Device<T>,
     chain: &str,
     function: &str,
-    remembered: &mut String,
+    saved: &mut String,
 ) {
-    let text: String = device
-        .peers()
-        .await
-        .iter()
-        .filter_map(|p| {
-            let key = keys::encode(p.peer.public_key.as_bytes());
-            Some(format!("{key} {}\n", p.peer.endpoint?))
-        })
-        .collect();
-    if text == *remembered {
-        return;
-    }
-    let path = endpoints_file(chain, function);
-    let saved = text.clone();
-    let written = tokio::task::spawn_blocking(move || {
-        let tmp = path.with_extension("endpoints.tmp");
-        std::fs::write(&tmp, saved).and_then(|()| std::fs::rename(&tmp, &path))
-    })
-    .await;
-    if matches!(written, Ok(Ok(()))) {
-        *remembered = text;
-    }
+    let text = remembered::text(
+        device
+            .peers()
+            .await
+            .iter()
+            .filter_map(|p| Some((*p.peer.public_key.as_bytes(), p.peer.endpoint?))),
+    );
+    remembered::save(chain, function, text, saved).await;
 }

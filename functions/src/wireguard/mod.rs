@@ -9,6 +9,8 @@
 //! told, [`link`] gives it addresses and routes, [`handshakes`] counts its handshakes; [`kind`]
 //! is what core registers.
 
+#[cfg(feature = "userspace-wireguard")]
+pub mod batched;
 pub mod config;
 pub mod control;
 #[cfg(feature = "userspace-wireguard")]
@@ -22,6 +24,8 @@ pub mod keys;
 pub mod kind;
 pub mod link;
 pub mod peers;
+#[cfg(feature = "userspace-wireguard")]
+pub mod remembered;
 #[cfg(feature = "userspace-wireguard")]
 pub mod tun_io;
 #[cfg(feature = "userspace-wireguard")]

@@ -40,9 +40,12 @@ impl PeerState {
     }
 }
 
+/// Where the UAPI sockets are (one per interface, as every WireGuard UAPI's).
+pub const SOCKET_DIR: &str = "/var/run/wireguard";
+
 /// The UAPI socket of interface `name`.
 pub fn socket_path(name: &str) -> PathBuf {
-    PathBuf::from(format!("/var/run/wireguard/{name}.sock"))
+    PathBuf::from(format!("{SOCKET_DIR}/{name}.sock"))
 }
 
 /// How an error of a socket nobody answers at (absent, or refusing) starts.

@@ -31,6 +31,8 @@ pub(super) struct VpnLab {
     peers: Vec<GoPeer>,
     chains: Vec<String>,
     namespaces: Vec<String>,
+    /// PROBE: building the probe device's tunnels (their subnets 10 up, names with a `p`).
+    probe: bool,
 }
 
 /// A wireguard-go process (`wireguard-go -f NAME` in a namespace), killed on drop.
@@ -75,6 +77,7 @@ impl VpnLab {
             peers: Vec::new(),
             chains: Vec::new(),
             namespaces: Vec::new(),
+            probe: false,
         }
     }
 
@@ -86,10 +89,35 @@ impl VpnLab {
             self.go_pair()?,
             self.netfn_to_go(fastpath)?,
             self.netfn_to_netfn(fastpath)?,
+            {
+                self.probe = true;
+                self.netfn_to_go(fastpath)?
+            },
+            self.netfn_to_netfn(fastpath)?,
         ])
     }
 
+    /// PROBE: the probe's subnets are 10 up.
+    fn sh(&self, text: &str) -> String {
+        let mut t = text.to_string();
+        if self.probe {
+            for n in (3..=10).rev() {
+                t = t.replace(&format!("10.88.{n}."), &format!("10.88.{}.", n + 10));
+            }
+        }
+        t
+    }
+
+    fn a(&self, n: u8, h: u8) -> Ipv4Addr {
+        Ipv4Addr::new(10, 88, if self.probe { n + 10 } else { n }, h)
+    }
+
+    fn px(&self) -> &'static str {
+        if self.probe { "p" } else { "" }
+    }
+
     fn netns(&mut self, x: &str) -> Result<String> {
+        let x = format!("{x}{}", self.px());
         let ns = format!("nfbv{}{x}", self.tag);
         add_netns(&ns).with_context(|| format!("create namespace {ns}"))?;
         self.namespaces.push(ns.clone());
@@ -155,7 +183,7 @@ impl VpnLab {
     /// The chain of tests/tests/wireguard.rs without its firewall: wireguard-go in the ingress
     /// namespace is the endpoint's peer.
     fn netfn_to_go(&mut self, fastpath: &str) -> Result<Tunnel> {
-        let chain = format!("bv{}w", self.tag);
+        let chain = format!("bv{}w{}", self.tag, self.px());
         let (vpn_key, vpn_public) = self.keypair("w-vpn")?;
         let (go_key, go_public) = self.keypair("w-go")?;
         let file = format!(
@@ -167,30 +195,35 @@ impl VpnLab {
              allowed_ips = [\"10.88.5.2/32\"]\n",
             endpoint_function("ingress", &vpn_key, "10.88.5.1/24"),
         );
+        let file = self.sh(&file);
         self.up(&chain, &file)?;
         let ingress = netfn_netns(&chain, "ingress");
         let pid = self.go_peer(&GoConf {
             ns: &ingress,
-            name: format!("nfbv{}w", self.tag),
+            name: format!("nfbv{}w{}", self.tag, self.px()),
             key: &go_key,
             // A port of its own namespace's (the function's is in another): for its drops.
             listen_port: Some(PORT),
             peer_public: &vpn_public,
-            endpoint: Some(format!("10.88.3.1:{PORT}")),
-            allowed: "10.88.4.0/24",
-            address: "10.88.5.2/32",
+            endpoint: Some(self.sh(&format!("10.88.3.1:{PORT}"))),
+            allowed: &self.sh("10.88.4.0/24"),
+            address: &self.sh("10.88.5.2/32"),
         })?;
         ip(&[
             "-n",
             &ingress,
             "route",
             "replace",
-            "10.88.4.0/24",
+            &self.sh("10.88.4.0/24"),
             "dev",
-            &format!("nfbv{}w", self.tag),
+            &format!("nfbv{}w{}", self.tag, self.px()),
         ])?;
         Ok(Tunnel {
-            name: "netfn-wggo",
+            name: if self.probe {
+                "netfn-wggo-P"
+            } else {
+                "netfn-wggo"
+            },
             about: format!(
                 "wireguard-go to netfn's endpoint (chain {chain}, fastpath {fastpath}), \
                  client behind wireguard-go"
@@ -204,9 +237,9 @@ impl VpnLab {
                 ),
             ],
             client_ns: ingress,
-            client_addr: Ipv4Addr::new(10, 88, 5, 2),
+            client_addr: self.a(5, 2),
             server_ns: netfn_netns(&chain, "egress"),
-            server_addr: Ipv4Addr::new(10, 88, 4, 2),
+            server_addr: self.a(4, 2),
         })
     }
 
@@ -217,7 +250,10 @@ impl VpnLab {
     /// its chain neighbour's address (the forwarder drops other sources as spoofed).
     fn netfn_to_netfn(&mut self, fastpath: &str) -> Result<Tunnel> {
         let (c, t, s) = (self.netns("c")?, self.netns("t")?, self.netns("s")?);
-        let (a, b) = (format!("bv{}a", self.tag), format!("bv{}b", self.tag));
+        let (a, b) = (
+            format!("bv{}a{}", self.tag, self.px()),
+            format!("bv{}b{}", self.tag, self.px()),
+        );
         let (key_a, public_a) = self.keypair("a")?;
         let (key_b, public_b) = self.keypair("b")?;
         let file_a = format!(
@@ -239,6 +275,7 @@ impl VpnLab {
             endpoint_function("ingress", &key_b, "10.88.8.2/24"),
         );
         // B first: A's endpoint handshakes as soon as it starts.
+        let (file_a, file_b) = (self.sh(&file_a), self.sh(&file_b));
         self.up(&b, &file_b)?;
         sysctl_in(&t, "net/ipv4/ip_forward", "1")?;
         let rules = format!(
@@ -248,10 +285,17 @@ impl VpnLab {
              chain post {{ type nat hook postrouting priority srcnat; policy accept; \
              ip daddr 10.88.9.1 udp dport {PORT} masquerade; }}\n}}\n"
         );
+        let rules = self
+            .sh(&rules)
+            .replace("nfbench_vpn", &format!("nfbench_vpn{}", self.px()));
         nft_in(&t, &rules)?;
         self.up(&a, &file_a)?;
         Ok(Tunnel {
-            name: "netfn-netfn",
+            name: if self.probe {
+                "netfn-netfn-P"
+            } else {
+                "netfn-netfn"
+            },
             about: format!(
                 "netfn's endpoint to netfn's endpoint (chains {a} and {b}, fastpath {fastpath}), \
                  through a namespace that routes and NATs the tunnel"
@@ -269,22 +313,28 @@ impl VpnLab {
                 ),
             ],
             client_ns: c,
-            client_addr: Ipv4Addr::new(10, 88, 6, 2),
+            client_addr: self.a(6, 2),
             server_ns: s,
-            server_addr: Ipv4Addr::new(10, 88, 10, 2),
+            server_addr: self.a(10, 2),
         })
     }
 
     /// `netfn wg genkey` into DIR/NAME.key (mode 600); (path, public key).
     fn keypair(&self, name: &str) -> Result<(PathBuf, String)> {
-        keypair(&self.netfn, &self.dir, name)
+        keypair(&self.netfn, &self.dir, &format!("{name}{}", self.px()))
     }
 
     fn up(&mut self, chain: &str, text: &str) -> Result<()> {
         let file = self.dir.join(format!("{chain}.toml"));
         std::fs::write(&file, text).with_context(|| format!("write {}", file.display()))?;
         self.chains.push(chain.to_string());
-        crate::bench::timed_netfn(&self.netfn, &["up", &file.to_string_lossy()])?;
+        // SAFETY: PROBE hack; the bench has no other thread while it builds its lab.
+        if self.probe {
+            unsafe { std::env::set_var("NETFN_WG_BATCHED", "1") };
+        }
+        let up = crate::bench::timed_netfn(&self.netfn, &["up", &file.to_string_lossy()]);
+        unsafe { std::env::remove_var("NETFN_WG_BATCHED") };
+        up?;
         Ok(())
     }
 

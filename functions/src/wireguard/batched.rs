@@ -1,0 +1,380 @@
+//! PROBE (not for merge as it is): a batched WireGuard device on GotaTun's `noise::Tunn`, to
+//! measure what GotaTun's per-packet device pipeline costs (its tasks and channels between the
+//! socket, the crypto and the TUN, a device lock and a peer lock per packet). Two tasks, each a
+//! whole direction: a received batch is decrypted and written to the TUN coalesced, a read batch
+//! is encrypted and sent with GSO, each peer locked once per run of its packets. Handshakes,
+//! cookies, timers and roaming as GotaTun's device does them. Its peers ([`table`]) change at run
+//! time over the UAPI socket and netfn's control socket ([`requests`]). Selected with
+//! NETFN_WG_BATCHED=1.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
+use std::time::Duration;
+
+use futures::FutureExt as _;
+use gotatun::noise::TunnResult;
+use gotatun::noise::handshake::parse_handshake_anon;
+use gotatun::noise::index_table::IndexTable;
+use gotatun::noise::rate_limiter::RateLimiter;
+use gotatun::packet::{Packet, PacketBufPool, WgKind};
+use gotatun::tun::{IpRecv, IpSend, MtuWatcher};
+use gotatun::udp::{UdpRecv, UdpSend, UdpTransportFactory, UdpTransportFactoryParams};
+use gotatun::x25519::{PublicKey, StaticSecret};
+use tokio::task::JoinHandle;
+
+use super::peers::PeerChange;
+use super::tun_io::{TunRecv, TunSend};
+use super::udp_io::{GsoSend, UdpFactory};
+
+mod requests;
+pub mod run;
+mod table;
+
+pub use requests::serve;
+pub use table::PeerSpec;
+use table::{Keys, Peer, PeerSlot, Table};
+
+/// Handshakes per second before cookies (GotaTun's device default).
+const HANDSHAKE_RATE_LIMIT: u64 = 100;
+
+/// Datagrams taken from the socket before they are decrypted, at most.
+const DRAIN: usize = 512;
+
+struct Shared {
+    keys: Keys,
+    public: PublicKey,
+    port: u16,
+    table: RwLock<Arc<Table>>,
+    /// A session index (ours, in a peer's packets) -> the peer's key.
+    by_idx: Mutex<HashMap<u32, [u8; 32]>>,
+}
+
+impl Shared {
+    /// The peers now: taken once per batch.
+    fn table(&self) -> Arc<Table> {
+        self.table
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    fn register(&self, packet: &WgKind, peer: &Peer) {
+        let idx = match packet {
+            WgKind::HandshakeInit(p) => p.sender_idx.get(),
+            WgKind::HandshakeResp(p) => p.sender_idx.get(),
+            _ => return,
+        };
+        if let Ok(mut m) = self.by_idx.lock() {
+            m.insert(idx, peer.key);
+        }
+    }
+
+    fn by_index<'t>(&self, table: &'t Table, idx: u32) -> Option<&'t Peer> {
+        let key = *self.by_idx.lock().ok()?.get(&idx)?;
+        table.by_key(&key)
+    }
+}
+
+/// The peer locked for a run of packets of its own: locked again only when the next packet is
+/// another peer's.
+fn hold<'t, 'h>(
+    held: &'h mut Option<(&'t Peer, MutexGuard<'t, PeerSlot>)>,
+    peer: &'t Peer,
+) -> &'h mut PeerSlot {
+    if held.as_ref().is_none_or(|(p, _)| !std::ptr::eq(*p, peer)) {
+        held.take();
+    }
+    &mut held.get_or_insert_with(|| (peer, peer.lock())).1
+}
+
+/// The running device: its tasks end when dropped.
+pub struct Batched {
+    /// Socket -> TUN and TUN -> socket: the device is dead when either ends.
+    data: Vec<JoinHandle<()>>,
+    timers: JoinHandle<()>,
+    shared: Arc<Shared>,
+    udp: GsoSend,
+}
+
+impl Drop for Batched {
+    fn drop(&mut self) {
+        for t in &self.data {
+            t.abort();
+        }
+        self.timers.abort();
+    }
+}
+
+impl Batched {
+    pub async fn start(
+        mut factory: UdpFactory,
+        tun_tx: TunSend,
+        tun_rx: TunRecv,
+        private: StaticSecret,
+        port: u16,
+        specs: Vec<PeerSpec>,
+    ) -> std::io::Result<Self> {
+        let public = PublicKey::from(&private);
+        let keys = Keys {
+            rate_limiter: Arc::new(RateLimiter::new(&public, HANDSHAKE_RATE_LIMIT)),
+            private,
+            index_table: IndexTable::from_os_rng(),
+        };
+        let table = Table::new(&keys, specs);
+        let params = UdpTransportFactoryParams {
+            addr: None,
+            port,
+            fwmark: None,
+        };
+        let (udp_tx, udp_rx) = factory.bind(&params).await?;
+        // The port bound (the one asked for, or the kernel's pick for 0).
+        let port = UdpSend::local_addr(&udp_tx)
+            .ok()
+            .flatten()
+            .map_or(port, |a| a.port());
+        let shared = Arc::new(Shared {
+            keys,
+            public,
+            port,
+            table: RwLock::new(Arc::new(table)),
+            by_idx: Mutex::new(HashMap::new()),
+        });
+        let mtu = tun_rx.mtu();
+        let data = vec![
+            tokio::spawn(incoming(shared.clone(), udp_rx, udp_tx.clone(), tun_tx)),
+            tokio::spawn(outgoing(shared.clone(), tun_rx, udp_tx.clone(), mtu)),
+        ];
+        let timers = tokio::spawn(timers(shared.clone(), udp_tx.clone()));
+        Ok(Batched {
+            data,
+            timers,
+            shared,
+            udp: udp_tx,
+        })
+    }
+
+    /// Starts a handshake with every peer whose endpoint is known.
+    pub async fn handshake_all(&self) {
+        let mut out = Vec::new();
+        for p in &self.shared.table().peers {
+            let mut slot = p.lock();
+            let Some(to) = slot.endpoint else { continue };
+            if let Some(init) = slot.tunn.format_handshake_initiation(false) {
+                let kind: WgKind = init.into();
+                self.shared.register(&kind, p);
+                out.push((Packet::from(kind), to));
+            }
+        }
+        for (packet, to) in out {
+            let _ = self.udp.send_to(packet, to).await;
+        }
+    }
+
+    /// Whether every peer with a known endpoint has a session.
+    pub fn all_up(&self) -> bool {
+        self.shared.table().peers.iter().all(|p| {
+            let slot = p.lock();
+            slot.endpoint.is_none() || slot.tunn.time_since_last_handshake().is_some()
+        })
+    }
+
+    /// Ends when a data task ends: its TUN device or its UDP socket failed (logged).
+    pub async fn wait(&mut self) {
+        if self.data.is_empty() {
+            return std::future::pending().await;
+        }
+        let (ended, ..) = futures::future::select_all(self.data.iter_mut()).await;
+        if let Err(e) = ended {
+            tracing::error!("a data task of the device ended: {e}");
+        }
+    }
+
+    /// Where each peer is (`(public key, endpoint)`), for those whose endpoint is known.
+    pub fn endpoints(&self) -> Vec<([u8; 32], SocketAddr)> {
+        self.shared
+            .table()
+            .peers
+            .iter()
+            .filter_map(|p| Some((p.key, p.lock().endpoint?)))
+            .collect()
+    }
+
+    /// Makes `changes` (see [`Table::changed`]); one change at a time (the caller serves one
+    /// request at a time).
+    pub fn change(&self, changes: Vec<PeerChange>) {
+        let new = Arc::new(self.shared.table().changed(&self.shared.keys, changes));
+        *self
+            .shared
+            .table
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = new;
+    }
+}
+
+/// Socket -> decrypt -> TUN, a received batch at a time.
+async fn incoming(
+    shared: Arc<Shared>,
+    mut udp_rx: gotatun::udp::socket::UdpSocket,
+    udp_tx: GsoSend,
+    mut tun_tx: TunSend,
+) {
+    let mut pool = PacketBufPool::new(4096);
+    let mut recv_buf = Default::default();
+    let mut received: Vec<(Packet, SocketAddr)> = Vec::with_capacity(128);
+    let mut replies: Vec<(Packet, SocketAddr)> = Vec::new();
+    let mut send_buf = Default::default();
+    let mut mtu = MtuWatcher::new(1420);
+    let mut to_tun = Vec::with_capacity(128);
+    loop {
+        if let Err(e) = udp_rx
+            .recv_many_from(&mut recv_buf, &mut pool, &mut received)
+            .await
+        {
+            tracing::error!("probe: UDP receive: {e}");
+            return;
+        }
+        // Whatever else is already queued, without waiting: one decrypt pass and one TUN hand-over
+        // per burst, not per receive call.
+        while received.len() < DRAIN {
+            let before = received.len();
+            match udp_rx
+                .recv_many_from(&mut recv_buf, &mut pool, &mut received)
+                .now_or_never()
+            {
+                Some(Ok(())) if received.len() > before => {}
+                _ => break,
+            }
+        }
+        {
+            let table = shared.table();
+            // The peer locked for the run of packets it sent.
+            let mut held = None;
+            for (datagram, from) in received.drain(..) {
+                let kind = match shared.keys.rate_limiter.verify_packet(from, datagram) {
+                    Ok(kind) => kind,
+                    Err(TunnResult::WriteToNetwork(cookie)) => {
+                        replies.push((cookie.into(), from));
+                        continue;
+                    }
+                    Err(_) => continue,
+                };
+                let peer = match &kind {
+                    WgKind::HandshakeInit(p) => {
+                        parse_handshake_anon(&shared.keys.private, &shared.public, p)
+                            .ok()
+                            .and_then(|h| table.by_key(&h.peer_static_public))
+                    }
+                    WgKind::HandshakeResp(p) => shared.by_index(&table, p.receiver_idx.get()),
+                    WgKind::CookieReply(p) => shared.by_index(&table, p.receiver_idx.get()),
+                    WgKind::Data(p) => shared.by_index(&table, p.header.receiver_idx.get()),
+                };
+                let Some(peer) = peer else { continue };
+                let slot = hold(&mut held, peer);
+                match slot.tunn.handle_incoming_packet(kind) {
+                    TunnResult::Done | TunnResult::Err(_) => {}
+                    TunnResult::WriteToNetwork(packet) => {
+                        slot.endpoint = Some(from);
+                        shared.register(&packet, peer);
+                        replies.push((packet.into(), from));
+                        for queued in slot.tunn.get_queued_packets(&mut mtu) {
+                            replies.push((queued.into(), from));
+                        }
+                    }
+                    TunnResult::WriteToTunnel(packet) => {
+                        slot.endpoint = Some(from);
+                        if packet.is_empty() {
+                            continue;
+                        }
+                        // Cut to the IP length (the sender padded it to 16 bytes): a padded packet
+                        // is never coalesced on the TUN.
+                        let Ok(ip) = packet.try_into_ipvx() else {
+                            continue;
+                        };
+                        let (source, ip): (IpAddr, Packet<gotatun::packet::Ip>) = ip.either(
+                            |v4| (v4.header.source().into(), v4.into()),
+                            |v6| (v6.header.source().into(), v6.into()),
+                        );
+                        let allowed = table
+                            .peer_for(source)
+                            .is_some_and(|owner| std::ptr::eq(owner, peer));
+                        if allowed {
+                            to_tun.push(ip);
+                        }
+                    }
+                }
+            }
+        }
+        for ip in to_tun.drain(..) {
+            if tun_tx.send(ip).await.is_err() {
+                return;
+            }
+        }
+        if !replies.is_empty() {
+            let _ = udp_tx.send_many_to(&mut send_buf, &mut replies).await;
+        }
+    }
+}
+
+/// TUN -> encrypt -> socket, a read batch at a time.
+async fn outgoing(shared: Arc<Shared>, mut tun_rx: TunRecv, udp_tx: GsoSend, mut mtu: MtuWatcher) {
+    let mut pool = PacketBufPool::new(4096);
+    let mut out: Vec<(Packet, SocketAddr)> = Vec::with_capacity(256);
+    let mut send_buf = Default::default();
+    loop {
+        let packets = match tun_rx.recv(&mut pool).await {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::error!("probe: TUN read: {e}");
+                return;
+            }
+        };
+        {
+            let table = shared.table();
+            let mut held = None;
+            for packet in packets {
+                let Some(peer) = packet.destination().and_then(|d| table.peer_for(d)) else {
+                    continue;
+                };
+                let slot = hold(&mut held, peer);
+                let Some(to) = slot.endpoint else { continue };
+                let Some(wire) = slot
+                    .tunn
+                    .handle_outgoing_packet(packet.into(), Some(&mut mtu))
+                else {
+                    continue;
+                };
+                shared.register(&wire, peer);
+                out.push((wire.into(), to));
+            }
+        }
+        if !out.is_empty() {
+            let _ = udp_tx.send_many_to(&mut send_buf, &mut out).await;
+            out.clear();
+        }
+    }
+}
+
+/// Every peer's timers, four times a second (as GotaTun's device).
+async fn timers(shared: Arc<Shared>, udp_tx: GsoSend) {
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    loop {
+        tick.tick().await;
+        if let Ok(mut m) = shared.by_idx.lock() {
+            m.retain(|idx, _| shared.keys.index_table.in_use(*idx));
+        }
+        shared.keys.rate_limiter.try_reset_count();
+        let mut out = Vec::new();
+        for p in &shared.table().peers {
+            let mut slot = p.lock();
+            let Some(to) = slot.endpoint else { continue };
+            if let Ok(Some(packet)) = slot.tunn.update_timers() {
+                shared.register(&packet, p);
+                out.push((Packet::from(packet), to));
+            }
+        }
+        for (packet, to) in out {
+            let _ = udp_tx.send_to(packet, to).await;
+        }
+    }
+}
