@@ -8,13 +8,32 @@ use netfn_core::spec::diag::Diagnostic;
 /// its directory) whose one function, `fn1`, is of `kind` with `body`: its ingress is
 /// 10.1.0.2/24, its egress 10.2.0.2/24, and the function's table starts at line 10.
 pub fn diagnostics(path: &Path, kind: &str, body: &str) -> Vec<Diagnostic> {
+    match parse(path, kind, body) {
+        Ok(_) => Vec::new(),
+        Err(found) => found.iter().cloned().collect(),
+    }
+}
+
+/// The checked configuration of [`diagnostics`]'s function, when it has no problem.
+pub fn config<T: netfn_core::function::FunctionConfig + Clone>(
+    path: &Path,
+    kind: &str,
+    body: &str,
+) -> Option<T> {
+    let file = parse(path, kind, body).ok()?;
+    let function = file.chains.first()?.functions.first()?;
+    function.config.downcast_ref::<T>().cloned()
+}
+
+fn parse(
+    path: &Path,
+    kind: &str,
+    body: &str,
+) -> Result<netfn_core::spec::ChainFile, netfn_core::spec::diag::Diagnostics> {
     let text = format!(
         "[[chain]]\nname = \"c\"\n[chain.ingress]\naddress = \"10.1.0.2/24\"\n\
          [chain.egress]\naddress = \"10.2.0.2/24\"\n[[chain.function]]\nname = \"fn1\"\n\
          kind = \"{kind}\"\n{body}"
     );
-    match netfn_core::spec::parse(path, &text, &crate::registry()) {
-        Ok(_) => Vec::new(),
-        Err(found) => found.iter().cloned().collect(),
-    }
+    netfn_core::spec::parse(path, &text, &crate::registry())
 }

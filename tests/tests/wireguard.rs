@@ -35,8 +35,13 @@ const SITE: &str = "10.98.0.0/24";
 const SITE_CLIENT: Ipv4Addr = Ipv4Addr::new(10, 98, 0, 2);
 
 /// The chain: vpn (wireguard, side ingress, on `backend`) -> fw (firewall: TCP 7000 and UDP
-/// 7001 from the tunnel's peers) -> egress.
+/// 7001 from the tunnel's peers) -> egress. `backend` "gotatun" is the userspace backend on
+/// GotaTun's own device (`userspace = "gotatun"`); "userspace" is on the default device.
 fn chain_file(chain: &str, mode: &str, backend: &str, peer_public: &str) -> String {
+    let backend = match backend {
+        "gotatun" => "userspace\"\nuserspace = \"gotatun",
+        other => other,
+    };
     format!(
         "[[chain]]\nname = \"{chain}\"\nfastpath = \"{mode}\"\n\n[chain.ingress]\naddress = \
          \"10.85.1.2/24\"\n\n[chain.egress]\naddress = \"{SERVER}/24\"\n\n\
@@ -617,6 +622,12 @@ fn kernel_wireguard_go_peer_reaches_a_server_through_the_tunnel_and_a_firewall()
     through_the_tunnel("kernel", "wk", "userspace", PeerKind::Go);
 }
 
+/// The same on GotaTun's own device (`userspace = "gotatun"`), the fallback of the default one.
+#[test]
+fn gotatun_device_wireguard_go_peer_reaches_a_server_through_the_tunnel_and_a_firewall() {
+    through_the_tunnel("tc", "wgd", "gotatun", PeerKind::Go);
+}
+
 /// netfn's kernel backend with a wireguard-go peer where the kernel has WireGuard (the VM
 /// suite); elsewhere `up` refuses, saying why and what to do.
 #[test]
@@ -691,8 +702,13 @@ fn through_the_tunnel(mode: &str, tag: &str, backend: &str, peer_kind: PeerKind)
                 "{mode}/{backend}: a process runs beside the kernel's interface"
             );
         } else {
+            let device = if backend == "gotatun" {
+                "GotaTun's device"
+            } else {
+                "netfn's batched device"
+            };
             assert!(
-                row.contains("userspace (GotaTun), pid"),
+                row.contains("userspace, pid") && row.contains(device),
                 "{mode}/{backend}: {row}"
             );
             assert_no_capabilities(chain);
@@ -1402,6 +1418,11 @@ fn an_agent_on_a_replaced_binary_starts_a_killed_endpoint_again() {
 #[test]
 fn peers_change_in_place_and_the_others_keep_their_session() {
     peers_change_in_place("wp", "userspace");
+}
+
+#[test]
+fn gotatun_device_peers_change_in_place() {
+    peers_change_in_place("wgdp", "gotatun");
 }
 
 #[test]

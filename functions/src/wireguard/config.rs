@@ -12,6 +12,7 @@
 //! address = ["10.99.0.1/24"]         # the endpoint's tunnel addresses
 //! mtu = 1420
 //! backend = "auto"                   # auto | kernel | userspace
+//! userspace = "batched"              # batched | gotatun: which userspace device, where it runs
 //!
 //! [[chain.function.peer]]
 //! public_key = "hSDwCYkwp1R0i33ctD73Wg2/Og0mOBr066SpjqqbTmo="
@@ -51,6 +52,29 @@ pub enum Backend {
     Userspace,
 }
 
+/// Which device runs the endpoint where the userspace data plane does.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Userspace {
+    /// netfn's own device on GotaTun's WireGuard protocol (`noise::Tunn`): a whole direction
+    /// per task, a received or read batch at a time (`super::batched`).
+    #[default]
+    Batched,
+    /// GotaTun's own device (its pipeline of per-packet tasks and channels); slower, kept as a
+    /// fallback and as the bench's yardstick.
+    Gotatun,
+}
+
+impl Userspace {
+    /// How `netfn status` names it.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Userspace::Batched => "netfn's batched device on GotaTun's protocol",
+            Userspace::Gotatun => "GotaTun's device",
+        }
+    }
+}
+
 /// The largest MTU the userspace data plane carries: GotaTun's packet buffers are 4,096 bytes,
 /// and a larger packet is dropped on its way (4,096-byte pings cross a tunnel with a larger MTU
 /// both ways, 4,100-byte ones do not; `tests/tests/wireguard.rs` checks the first).
@@ -69,6 +93,9 @@ pub struct WgSettings {
     pub address: Vec<Ipv4Net>,
     pub mtu: u16,
     pub backend: Backend,
+    /// A record from before the choice has none: the batched device.
+    #[serde(default)]
+    pub userspace: Userspace,
     pub peers: Vec<PeerConf>,
     /// Where the addresses were written (not recorded: only `validate` reports at them).
     #[serde(skip)]
@@ -124,6 +151,10 @@ const MTU: Want = Want {
 const BACKEND: Want = Want {
     what: "auto, kernel or userspace",
     example: "\"auto\"",
+};
+const USERSPACE: Want = Want {
+    what: "batched or gotatun",
+    example: "\"batched\"",
 };
 const PEERS: Want = Want {
     what: "a list of peer tables",
@@ -242,6 +273,22 @@ pub fn parse(settings: Settings<'_>) -> Result<WgSettings, Vec<SettingError>> {
             );
             Backend::Auto
         }
+    };
+    let userspace = match t.string("userspace", USERSPACE, &mut out) {
+        None => Userspace::Batched,
+        Some(u) => match u.get_ref().as_str() {
+            "batched" => Userspace::Batched,
+            "gotatun" => Userspace::Gotatun,
+            other => {
+                out.error(
+                    u.span(),
+                    format!("unknown userspace device `{other}`"),
+                    "use batched (netfn's, the default) or gotatun (GotaTun's own, slower)"
+                        .to_string(),
+                );
+                Userspace::Batched
+            }
+        },
     };
     if let Some(m) = &mtu_value
         && backend == Backend::Userspace
@@ -365,6 +412,7 @@ pub fn parse(settings: Settings<'_>) -> Result<WgSettings, Vec<SettingError>> {
         address,
         mtu,
         backend,
+        userspace,
         peers,
         spans,
     })
@@ -577,6 +625,7 @@ mod tests {
             address: vec![],
             mtu: 1420,
             backend: Backend::Auto,
+            userspace: Userspace::Batched,
             peers: vec![PeerConf {
                 public_key: "hSDwCYkwp1R0i33ctD73Wg2/Og0mOBr066SpjqqbTmo=".into(),
                 preshared_key_file: None,
@@ -648,5 +697,47 @@ mod tests {
             ),
         ];
         assert_problems(&found, &expected);
+    }
+
+    #[test]
+    fn the_userspace_device_is_batched_unless_gotatun_is_asked_for() {
+        let parse = |extra: &str| {
+            let dir = std::env::temp_dir().join(format!("netfn-wg-dev-{}", std::process::id()));
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(dir.join("k"), keys::generate().unwrap()).unwrap();
+            std::fs::set_permissions(dir.join("k"), std::fs::Permissions::from_mode(0o600))
+                .unwrap();
+            let body = format!(
+                "side = \"ingress\"\nprivate_key_file = \"k\"\naddress = [\"10.99.0.1/24\"]\n{extra}"
+            );
+            let found = crate::test_support::diagnostics(&dir.join("c.toml"), "wireguard", &body);
+            let settings = crate::test_support::config::<super::super::kind::WgConfig>(
+                &dir.join("c.toml"),
+                "wireguard",
+                &body,
+            )
+            .map(|c| c.settings);
+            std::fs::remove_dir_all(&dir).unwrap();
+            (found, settings)
+        };
+        let (found, settings) = parse("");
+        assert!(found.is_empty(), "{found:?}");
+        assert_eq!(settings.map(|s| s.userspace), Some(Userspace::Batched));
+        let (_, settings) = parse("userspace = \"gotatun\"\n");
+        assert_eq!(settings.map(|s| s.userspace), Some(Userspace::Gotatun));
+        let (found, _) = parse("userspace = \"boringtun\"\n");
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(found[0].position.line, 13, "{found:?}");
+        assert!(
+            found[0]
+                .message
+                .ends_with("unknown userspace device `boringtun`"),
+            "{found:?}"
+        );
+        // A record from before the choice names no device: the batched one.
+        let mut recorded = serde_json::to_value(self::settings(&["10.99.0.2/32"])).unwrap();
+        recorded.as_object_mut().unwrap().remove("userspace");
+        let old: WgSettings = serde_json::from_value(recorded).unwrap();
+        assert_eq!(old.userspace, Userspace::Batched);
     }
 }

@@ -24,7 +24,7 @@ use super::{endpoint, handshakes, link};
 
 pub struct WireGuard;
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct WgConfig {
     pub settings: WgSettings,
 }
@@ -108,7 +108,7 @@ impl FunctionConfig for WgConfig {
 
     /// Peers (added, removed, changed) change in place: the running endpoint gets them over its
     /// UAPI socket and the untouched peers keep their sessions. The endpoint's own key, port,
-    /// addresses, MTU, side and backend change with down and up.
+    /// addresses, MTU, side, backend and userspace device change with down and up.
     fn change_in_place(&self, old: &dyn FunctionConfig) -> Result<(), String> {
         let Some(old) = old.downcast_ref::<WgConfig>() else {
             return Err("the function was not a WireGuard endpoint".into());
@@ -122,13 +122,14 @@ impl FunctionConfig for WgConfig {
             && a.listen_port == b.listen_port
             && a.address == b.address
             && a.mtu == b.mtu
-            && a.backend == b.backend;
+            && a.backend == b.backend
+            && a.userspace == b.userspace;
         if same {
             Ok(())
         } else {
             Err(
-                "only its peers change in place; its key, port, addresses, MTU, side and \
-                 backend change with down and up"
+                "only its peers change in place; its key, port, addresses, MTU, side, \
+                 backend and userspace device change with down and up"
                     .into(),
             )
         }
@@ -286,12 +287,14 @@ impl FunctionKind for WireGuard {
         let name = device.name().to_string();
         let process = match (&device, processes::running(ctx.chain, ctx.function)) {
             (Device::Kernel { .. }, _) => "kernel (wireguard module)".to_string(),
+            // What the running endpoint wrote of itself: its device, TUN offloads and buffers.
             (_, Some(pid)) => format!(
-                "userspace (GotaTun), pid {pid}, {}",
-                std::fs::read_to_string(endpoint::io_file(ctx.chain, ctx.function))
-                    .unwrap_or_else(|_| "TUN offloads and socket buffers unknown".into())
+                "userspace, pid {pid}, {}",
+                std::fs::read_to_string(endpoint::io_file(ctx.chain, ctx.function)).unwrap_or_else(
+                    |_| "device, TUN offloads and socket buffers not said yet".into()
+                )
             ),
-            (_, None) => "userspace (GotaTun), NOT running".into(),
+            (_, None) => "userspace, NOT running".into(),
         };
         let mut rows = vec![
             ("endpoint".to_string(), process),

@@ -18,6 +18,8 @@ pub mod dataplane;
 pub mod device;
 pub mod endpoint;
 pub mod genl;
+#[cfg(feature = "userspace-wireguard")]
+pub mod gotatun_device;
 pub mod handshakes;
 pub mod kernel;
 pub mod keys;

@@ -150,6 +150,7 @@ mod tests {
             address: vec![],
             mtu: 1420,
             backend: super::super::config::Backend::Auto,
+            userspace: super::super::config::Userspace::Batched,
             peers,
             spans: Default::default(),
         }

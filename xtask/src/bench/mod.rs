@@ -96,6 +96,10 @@ pub enum Bench {
         /// The chains' fast path: tc, xdp or kernel.
         #[arg(long, default_value = "tc")]
         fastpath: String,
+        /// Also measure netfn's tunnels on GotaTun's own device (`userspace = "gotatun"`),
+        /// side by side with the default batched device.
+        #[arg(long)]
+        also_gotatun: bool,
     },
 }
 
@@ -105,10 +109,12 @@ pub fn run(which: Bench) -> Result<()> {
             repetitions,
             seconds,
             fastpath,
+            also_gotatun,
         } => vpn::run(&vpn::Options {
             repetitions,
             seconds,
             fastpath,
+            also_gotatun,
         }),
         Bench::Firewall {
             repetitions,

@@ -1,41 +1,21 @@
-//! The endpoint's main loop on the batched device (NETFN_WG_BATCHED=1), with the duties it has
-//! on GotaTun's device (see [`super::super::dataplane`]): handshakes with the peers it can reach
-//! before it says it is ready, the UAPI socket and netfn's control socket served, where the peers
-//! are saved every second and at the end, and an end with an error when the device stops moving
-//! packets (so the agent starts it again).
+//! The endpoint's main loop on the batched device (`userspace = "batched"`, the default), with
+//! the duties it has on GotaTun's device too (see [`super::super::gotatun_device`]): handshakes
+//! with the peers it can reach before it says it is ready, the UAPI socket and netfn's control
+//! socket served, where the peers are saved every second and at the end, and an end with an
+//! error when the device stops moving packets (so the agent starts it again).
 
-use std::sync::Arc;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use gotatun::x25519::StaticSecret;
-use netfn_core::chain::processes;
 use tokio::net::{UnixListener, UnixStream};
-use tokio::signal::unix::Signal;
 
-use super::super::endpoint::io_file;
+use super::super::config::Userspace;
+use super::super::control;
+use super::super::dataplane::{Setup, say_ready};
 use super::super::remembered;
-use super::super::tun_io::{Offloads, TunRecv, TunSend};
-use super::super::udp_io::{SocketBuffers, UdpFactory};
-use super::{Batched, PeerSpec, serve};
-
-/// Everything the endpoint set up before the device starts.
-pub struct Setup<'a> {
-    pub chain: &'a str,
-    pub function: &'a str,
-    pub name: &'a str,
-    pub private: [u8; 32],
-    pub port: u16,
-    pub peers: Vec<PeerSpec>,
-    pub udp: UdpFactory,
-    pub buffers: Arc<SocketBuffers>,
-    pub tun: (TunSend, TunRecv, Offloads),
-    pub uapi: UnixListener,
-    pub control: Option<UnixListener>,
-    /// SIGTERM.
-    pub term: Signal,
-    /// How long to wait for the handshakes with the peers it knows an endpoint of.
-    pub handshake_wait: Duration,
-}
+use super::super::uapi;
+use super::{Batched, serve};
 
 /// What ended a wait of the main loop.
 enum Event {
@@ -45,16 +25,25 @@ enum Event {
     Request(std::io::Result<UnixStream>),
 }
 
-/// Runs the device until SIGTERM or SIGINT (`Ok`) or until it fails (`Err`).
-pub async fn run(setup: Setup<'_>) -> Result<(), String> {
+/// Runs the device until SIGTERM or SIGINT (`Ok`) or until it fails (`Err`), serving the UAPI
+/// at `uapi_path`.
+pub async fn run(setup: Setup<'_>, uapi_path: &Path) -> Result<(), String> {
+    let io = setup.io(Userspace::Batched);
     let Setup {
         chain,
         function,
         name,
         mut term,
+        control,
+        handshake_wait,
         ..
     } = setup;
-    let (tun_tx, tun_rx, offloads) = setup.tun;
+    // Its `get=1` answer names the private key: root's only (control::bind).
+    std::fs::create_dir_all(uapi::SOCKET_DIR)
+        .map_err(|e| format!("make {}: {e}", uapi::SOCKET_DIR))?;
+    let uapi =
+        control::bind(uapi_path).map_err(|e| format!("serve the UAPI socket of {name}: {e}"))?;
+    let (tun_tx, tun_rx, _) = setup.tun;
     let mut dev = Batched::start(
         setup.udp,
         tun_tx,
@@ -71,18 +60,10 @@ pub async fn run(setup: Setup<'_>) -> Result<(), String> {
     // the timers send the initiation again).
     dev.handshake_all().await;
     let started = Instant::now();
-    while !dev.all_up() && started.elapsed() < setup.handshake_wait {
+    while !dev.all_up() && started.elapsed() < handshake_wait {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    let io = format!(
-        "batched device; TUN offloads: {offloads}; UDP socket buffers: {}",
-        setup.buffers
-    );
-    std::fs::write(io_file(chain, function), &io)
-        .map_err(|e| format!("record the endpoint's I/O: {e}"))?;
-    std::fs::write(processes::ready_file(chain, function), b"")
-        .map_err(|e| format!("say it is ready: {e}"))?;
-    tracing::info!("endpoint {name} up (batched device), {io}");
+    say_ready(chain, function, &io)?;
     let mut remember = tokio::time::interval(Duration::from_secs(1));
     let mut saved = String::new();
     let ended = loop {
@@ -92,8 +73,8 @@ pub async fn run(setup: Setup<'_>) -> Result<(), String> {
             () = dev.wait() => Event::Failed,
             _ = remember.tick() => Event::Remember,
             // Only the accept races the other branches; the request is then served to the end.
-            accepted = setup.uapi.accept() => Event::Request(accepted.map(|(s, _)| s)),
-            accepted = accept(setup.control.as_ref()) => {
+            accepted = uapi.accept() => Event::Request(accepted.map(|(s, _)| s)),
+            accepted = accept(control.as_ref()) => {
                 Event::Request(accepted.map(|(s, _)| s))
             }
         };

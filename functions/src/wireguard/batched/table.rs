@@ -13,16 +13,8 @@ use gotatun::noise::rate_limiter::RateLimiter;
 use gotatun::x25519::{PublicKey, StaticSecret};
 use ipnet::Ipv4Net;
 
+use super::super::dataplane::PeerSpec;
 use super::super::peers::PeerChange;
-
-/// A peer as the endpoint starts with it.
-pub struct PeerSpec {
-    pub key: PublicKey,
-    pub preshared: Option<[u8; 32]>,
-    pub keepalive: Option<u16>,
-    pub endpoint: Option<SocketAddr>,
-    pub allowed: Vec<Ipv4Net>,
-}
 
 /// One peer: its key, and its session and settings under a lock taken once per run of its
 /// packets.

@@ -11,10 +11,12 @@ use super::measure::Test;
 use super::report::Record;
 use crate::bench::chain::{nice_ceiling, trim_number};
 
-const COLORS: [(&str, &str); 3] = [
+const COLORS: [(&str, &str); 5] = [
     ("wggo-pair", "#888888"),
     ("netfn-wggo", "#1f77b4"),
     ("netfn-netfn", "#d62728"),
+    ("netfn-wggo-gotatun", "#9ecae1"),
+    ("netfn-netfn-gotatun", "#fc9272"),
 ];
 
 pub(super) fn chart(records: &[Record]) -> Result<Vec<PathBuf>> {
@@ -24,12 +26,14 @@ pub(super) fn chart(records: &[Record]) -> Result<Vec<PathBuf>> {
 fn svg(records: &[Record]) -> String {
     const PANEL: f64 = 340.0;
     let width = PANEL * Test::MAIN.len() as f64;
-    const H: f64 = 280.0;
     let (top, bar, gap) = (60.0, 36.0, 14.0);
+    // Room for every tunnel but the bare veth, the axis and the note under it.
+    let bars = records.iter().filter(|r| r.config != "bare").count().max(3);
+    let height = top + bars as f64 * (bar + gap) + 70.0;
     let mut s = String::new();
     let _ = write!(
         s,
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{H}" font-family="sans-serif" font-size="12">"#
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" font-size="12">"#
     );
     let _ = write!(
         s,
@@ -37,8 +41,8 @@ fn svg(records: &[Record]) -> String {
         width / 2.0
     );
     for (p, test) in Test::MAIN.iter().enumerate() {
-        let x0 = 100.0 + p as f64 * PANEL;
-        let pw = PANEL - 150.0;
+        let x0 = 130.0 + p as f64 * PANEL;
+        let pw = PANEL - 180.0;
         let (scale, unit) = if test.is_udp() {
             (1e-3, "kpps")
         } else {

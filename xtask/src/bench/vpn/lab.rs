@@ -31,8 +31,9 @@ pub(super) struct VpnLab {
     peers: Vec<GoPeer>,
     chains: Vec<String>,
     namespaces: Vec<String>,
-    /// PROBE: building the probe device's tunnels (their subnets 10 up, names with a `p`).
-    probe: bool,
+    /// Building the tunnels of GotaTun's own device (`userspace = "gotatun"`, for `--also-gotatun`):
+    /// their subnets are 10 up and their names end in `g`.
+    gotatun: bool,
 }
 
 /// A wireguard-go process (`wireguard-go -f NAME` in a namespace), killed on drop.
@@ -77,30 +78,33 @@ impl VpnLab {
             peers: Vec::new(),
             chains: Vec::new(),
             namespaces: Vec::new(),
-            probe: false,
+            gotatun: false,
         }
     }
 
-    pub(super) fn build(&mut self, fastpath: &str) -> Result<Vec<Tunnel>> {
+    /// The tunnels; with `also_gotatun`, netfn's two again on GotaTun's own device.
+    pub(super) fn build(&mut self, fastpath: &str, also_gotatun: bool) -> Result<Vec<Tunnel>> {
         std::fs::create_dir_all(&self.dir)
             .with_context(|| format!("create {}", self.dir.display()))?;
-        Ok(vec![
+        let mut tunnels = vec![
             self.bare()?,
             self.go_pair()?,
             self.netfn_to_go(fastpath)?,
             self.netfn_to_netfn(fastpath)?,
-            {
-                self.probe = true;
-                self.netfn_to_go(fastpath)?
-            },
-            self.netfn_to_netfn(fastpath)?,
-        ])
+        ];
+        if also_gotatun {
+            self.gotatun = true;
+            tunnels.push(self.netfn_to_go(fastpath)?);
+            tunnels.push(self.netfn_to_netfn(fastpath)?);
+        }
+        Ok(tunnels)
     }
 
-    /// PROBE: the probe's subnets are 10 up.
+    /// `text` with the subnets of netfn's tunnels (10.88.3 to 10.88.10) moved 10 up for GotaTun's
+    /// device's tunnels.
     fn sh(&self, text: &str) -> String {
         let mut t = text.to_string();
-        if self.probe {
+        if self.gotatun {
             for n in (3..=10).rev() {
                 t = t.replace(&format!("10.88.{n}."), &format!("10.88.{}.", n + 10));
             }
@@ -109,11 +113,21 @@ impl VpnLab {
     }
 
     fn a(&self, n: u8, h: u8) -> Ipv4Addr {
-        Ipv4Addr::new(10, 88, if self.probe { n + 10 } else { n }, h)
+        Ipv4Addr::new(10, 88, if self.gotatun { n + 10 } else { n }, h)
     }
 
+    /// The suffix of the names of GotaTun's device's tunnels.
     fn px(&self) -> &'static str {
-        if self.probe { "p" } else { "" }
+        if self.gotatun { "g" } else { "" }
+    }
+
+    /// A chain file's `vpn` function (without its peers), on the device being built.
+    fn endpoint_function(&self, side: &str, key: &Path, address: &str) -> String {
+        let mut f = endpoint_function(side, key, address);
+        if self.gotatun {
+            f.push_str("userspace = \"gotatun\"\n");
+        }
+        f
     }
 
     fn netns(&mut self, x: &str) -> Result<String> {
@@ -193,7 +207,7 @@ impl VpnLab {
              {}\n\
              [[chain.function.peer]]\npublic_key = \"{go_public}\"\n\
              allowed_ips = [\"10.88.5.2/32\"]\n",
-            endpoint_function("ingress", &vpn_key, "10.88.5.1/24"),
+            self.endpoint_function("ingress", &vpn_key, "10.88.5.1/24"),
         );
         let file = self.sh(&file);
         self.up(&chain, &file)?;
@@ -219,8 +233,8 @@ impl VpnLab {
             &format!("nfbv{}w{}", self.tag, self.px()),
         ])?;
         Ok(Tunnel {
-            name: if self.probe {
-                "netfn-wggo-P"
+            name: if self.gotatun {
+                "netfn-wggo-gotatun"
             } else {
                 "netfn-wggo"
             },
@@ -263,7 +277,7 @@ impl VpnLab {
              {}\n\
              [[chain.function.peer]]\npublic_key = \"{public_b}\"\n\
              allowed_ips = [\"10.88.10.0/24\"]\nendpoint = \"10.88.7.2:{PORT}\"\n",
-            endpoint_function("egress", &key_a, "10.88.8.1/24"),
+            self.endpoint_function("egress", &key_a, "10.88.8.1/24"),
         );
         let file_b = format!(
             "[[chain]]\nname = \"{b}\"\nfastpath = \"{fastpath}\"\n\n\
@@ -272,7 +286,7 @@ impl VpnLab {
              {}\n\
              [[chain.function.peer]]\npublic_key = \"{public_a}\"\n\
              allowed_ips = [\"10.88.6.0/24\"]\n",
-            endpoint_function("ingress", &key_b, "10.88.8.2/24"),
+            self.endpoint_function("ingress", &key_b, "10.88.8.2/24"),
         );
         // B first: A's endpoint handshakes as soon as it starts.
         let (file_a, file_b) = (self.sh(&file_a), self.sh(&file_b));
@@ -291,8 +305,8 @@ impl VpnLab {
         nft_in(&t, &rules)?;
         self.up(&a, &file_a)?;
         Ok(Tunnel {
-            name: if self.probe {
-                "netfn-netfn-P"
+            name: if self.gotatun {
+                "netfn-netfn-gotatun"
             } else {
                 "netfn-netfn"
             },
@@ -328,13 +342,7 @@ impl VpnLab {
         let file = self.dir.join(format!("{chain}.toml"));
         std::fs::write(&file, text).with_context(|| format!("write {}", file.display()))?;
         self.chains.push(chain.to_string());
-        // SAFETY: PROBE hack; the bench has no other thread while it builds its lab.
-        if self.probe {
-            unsafe { std::env::set_var("NETFN_WG_BATCHED", "1") };
-        }
-        let up = crate::bench::timed_netfn(&self.netfn, &["up", &file.to_string_lossy()]);
-        unsafe { std::env::remove_var("NETFN_WG_BATCHED") };
-        up?;
+        crate::bench::timed_netfn(&self.netfn, &["up", &file.to_string_lossy()])?;
         Ok(())
     }
 

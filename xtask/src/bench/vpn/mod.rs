@@ -12,7 +12,10 @@
 //! - **netfn-netfn**: two chains, each with one netfn endpoint, their encrypted sides facing one
 //!   namespace of the bench (chain A's egress and chain B's ingress), which routes between them
 //!   and NATs the tunnel's UDP (so each endpoint sees its neighbour's address, as the forwarder's
-//!   anti-spoofing check wants); client in A's ingress, server in B's egress.
+//!   anti-spoofing check wants); client in A's ingress, server in B's egress;
+//! - with `--also-gotatun`, **netfn-wggo-gotatun** and **netfn-netfn-gotatun**: the same two on
+//!   GotaTun's own device (`userspace = "gotatun"`) instead of netfn's batched device (the
+//!   default), in subnets and names of their own. The goals are the default device's.
 //!
 //! Figures, per tunnel and repetition, each from its own iperf3 run (`iperf3 -J -c … -t
 //! SECONDS`, a fresh `iperf3 -s -1`, default flags otherwise):
@@ -64,11 +67,13 @@ pub struct Options {
     pub seconds: f64,
     /// The chains' fast path (tc, xdp or kernel).
     pub fastpath: String,
+    /// netfn's tunnels again on GotaTun's own device (`userspace = "gotatun"`), side by side.
+    pub also_gotatun: bool,
 }
 
 /// One tunnel to measure: where the iperf3 client and server run, and which processes carry it.
 struct Tunnel {
-    /// "bare", "wggo-pair", "netfn-wggo", "netfn-netfn".
+    /// "bare", "wggo-pair", "netfn-wggo", "netfn-netfn" (and the last two "-gotatun").
     name: &'static str,
     about: String,
     client_ns: String,
@@ -170,7 +175,7 @@ pub fn run(options: &Options) -> Result<()> {
     let dir: PathBuf =
         util::workspace_root().join(format!("target/bench/vpn-{}", std::process::id()));
     let mut lab = VpnLab::new(netfn, dir);
-    let tunnels = lab.build(&options.fastpath)?;
+    let tunnels = lab.build(&options.fastpath, options.also_gotatun)?;
     println!(
         "set up {} tunnels in {:.1} s; measuring {} repetition(s) of {:.1} s iperf3 runs",
         tunnels.len(),

@@ -239,12 +239,7 @@ pub(super) fn print_tables(records: &[Record], options: &Options) {
 /// for every test.
 pub(super) fn goals(records: &[Record]) -> Vec<Goal> {
     let mut goals = Vec::new();
-    for (config, target) in [
-        ("netfn-wggo", 1.5),
-        ("netfn-netfn", 3.0),
-        ("netfn-wggo-P", 1.5),
-        ("netfn-netfn-P", 3.0),
-    ] {
+    for (config, target) in [("netfn-wggo", 1.5), ("netfn-netfn", 3.0)] {
         let Some(r) = records.iter().find(|r| r.config == config) else {
             continue;
         };
