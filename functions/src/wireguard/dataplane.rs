@@ -191,22 +191,20 @@ impl Drop for Sockets {
     }
 }
 
-impl Setup<'_> {
-    /// What runs, for `netfn status`: the device, its TUN offloads and socket buffers.
-    pub fn io(&self, device: Userspace) -> String {
-        format!(
-            "{}; TUN offloads: {}; UDP socket buffers: {}",
-            device.describe(),
-            self.tun.2,
-            self.buffers
-        )
-    }
-}
-
-/// Records what runs (`io`, from [`Setup::io`]) and says the endpoint is ready (`up` waits for
-/// it).
-pub fn say_ready(chain: &str, function: &str, io: &str) -> Result<(), String> {
-    std::fs::write(super::endpoint::io_file(chain, function), io)
+/// Records what runs (for `netfn status`: the device, its TUN offloads and the buffers its
+/// socket got, so after the socket is bound) and says the endpoint is ready (`up` waits for it).
+pub fn say_ready(
+    chain: &str,
+    function: &str,
+    device: Userspace,
+    offloads: Offloads,
+    buffers: &SocketBuffers,
+) -> Result<(), String> {
+    let io = format!(
+        "{}; TUN offloads: {offloads}; UDP socket buffers: {buffers}",
+        device.describe()
+    );
+    std::fs::write(super::endpoint::io_file(chain, function), &io)
         .map_err(|e| format!("record the endpoint's I/O: {e}"))?;
     std::fs::write(processes::ready_file(chain, function), b"")
         .map_err(|e| format!("say it is ready: {e}"))?;

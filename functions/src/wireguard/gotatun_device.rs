@@ -18,7 +18,7 @@ use super::{control, remembered, uapi};
 
 /// Runs GotaTun's device until SIGTERM or SIGINT (`Ok`) or until it fails (`Err`).
 pub async fn run(setup: Setup<'_>) -> Result<(), String> {
-    let io = setup.io(Userspace::Gotatun);
+    let (offloads, buffers) = (setup.tun.2, setup.buffers.clone());
     let name = setup.name;
     let reachable: Vec<_> = setup
         .peers
@@ -96,7 +96,7 @@ pub async fn run(setup: Setup<'_>) -> Result<(), String> {
         mut term,
         ..
     } = setup;
-    say_ready(chain, function, &io)?;
+    say_ready(chain, function, Userspace::Gotatun, offloads, &buffers)?;
     let mut remember = tokio::time::interval(std::time::Duration::from_secs(1));
     let mut remembered = String::new();
     let ended = loop {

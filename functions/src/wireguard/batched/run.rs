@@ -28,7 +28,7 @@ enum Event {
 /// Runs the device until SIGTERM or SIGINT (`Ok`) or until it fails (`Err`), serving the UAPI
 /// at `uapi_path`.
 pub async fn run(setup: Setup<'_>, uapi_path: &Path) -> Result<(), String> {
-    let io = setup.io(Userspace::Batched);
+    let (offloads, buffers) = (setup.tun.2, setup.buffers.clone());
     let Setup {
         chain,
         function,
@@ -63,7 +63,7 @@ pub async fn run(setup: Setup<'_>, uapi_path: &Path) -> Result<(), String> {
     while !dev.all_up() && started.elapsed() < handshake_wait {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    say_ready(chain, function, &io)?;
+    say_ready(chain, function, Userspace::Batched, offloads, &buffers)?;
     let mut remember = tokio::time::interval(Duration::from_secs(1));
     let mut saved = String::new();
     let ended = loop {
