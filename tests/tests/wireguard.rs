@@ -1167,6 +1167,7 @@ fn apply_after_an_upgrade_restarts_the_endpoint_on_the_new_binary() {
     echo(&mut before, b"before").expect("the connection works before the restart");
 
     let mut applied = String::new();
+    let mut apply_ok = false;
     let mut took = Duration::ZERO;
     let stream = sequenced_stream_between(
         (&lab.ingress, PEER_ADDR),
@@ -1176,11 +1177,16 @@ fn apply_after_an_upgrade_restarts_the_endpoint_on_the_new_binary() {
         7001,
         || {
             let started = Instant::now();
-            applied = netfn_ok(&["apply", &file_arg]);
+            let out = netfn(&["apply", &file_arg]);
             took = started.elapsed();
+            apply_ok = out.status.success();
+            applied = format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
         },
     );
-    let new_pid = endpoint_pid(chain, "vpn").expect("the endpoint's pid after the apply");
     let report = || {
         format!(
             "{applied}\n{}agent log:\n{}",
@@ -1188,6 +1194,9 @@ fn apply_after_an_upgrade_restarts_the_endpoint_on_the_new_binary() {
             agent.log_text()
         )
     };
+    // The endpoint's log is in the report: why a new endpoint did not get ready.
+    assert!(apply_ok, "apply failed:\n{}", report());
+    let new_pid = endpoint_pid(chain, "vpn").expect("the endpoint's pid after the apply");
     assert!(
         applied.contains("restarted 1 function process(es) on this netfn binary")
             && applied.contains(&format!("restart function vpn's process (pid {old_pid})")),
