@@ -12,7 +12,7 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::FutureExt as _;
@@ -24,6 +24,7 @@ use gotatun::packet::{Packet, PacketBufPool, WgKind};
 use gotatun::tun::{IpRecv, IpSend, MtuWatcher};
 use gotatun::udp::{UdpRecv, UdpSend, UdpTransportFactory, UdpTransportFactoryParams};
 use gotatun::x25519::{PublicKey, StaticSecret};
+use parking_lot::{Mutex, MutexGuard, RwLock};
 use tokio::task::JoinHandle;
 
 use super::dataplane::PeerSpec;
@@ -56,10 +57,7 @@ struct Shared {
 impl Shared {
     /// The peers now: taken once per batch.
     fn table(&self) -> Arc<Table> {
-        self.table
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+        self.table.read().clone()
     }
 
     fn register(&self, packet: &WgKind, peer: &Peer) {
@@ -68,13 +66,11 @@ impl Shared {
             WgKind::HandshakeResp(p) => p.sender_idx.get(),
             _ => return,
         };
-        if let Ok(mut m) = self.by_idx.lock() {
-            m.insert(idx, peer.key);
-        }
+        self.by_idx.lock().insert(idx, peer.key);
     }
 
     fn by_index<'t>(&self, table: &'t Table, idx: u32) -> Option<&'t Peer> {
-        let key = *self.by_idx.lock().ok()?.get(&idx)?;
+        let key = *self.by_idx.lock().get(&idx)?;
         table.by_key(&key)
     }
 }
@@ -207,11 +203,7 @@ impl Batched {
     /// request at a time).
     pub fn change(&self, changes: Vec<PeerChange>) {
         let new = Arc::new(self.shared.table().changed(&self.shared.keys, changes));
-        *self
-            .shared
-            .table
-            .write()
-            .unwrap_or_else(PoisonError::into_inner) = new;
+        *self.shared.table.write() = new;
     }
 }
 
@@ -383,9 +375,10 @@ async fn timers(shared: Arc<Shared>, udp_tx: GsoSend) {
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     loop {
         tick.tick().await;
-        if let Ok(mut m) = shared.by_idx.lock() {
-            m.retain(|idx, _| shared.keys.index_table.in_use(*idx));
-        }
+        shared
+            .by_idx
+            .lock()
+            .retain(|idx, _| shared.keys.index_table.in_use(*idx));
         shared.keys.rate_limiter.try_reset_count();
         let mut out = Vec::new();
         for p in &shared.table().peers {

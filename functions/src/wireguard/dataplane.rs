@@ -62,10 +62,14 @@ pub struct Setup<'a> {
     pub term: Signal,
     /// How long to wait for the handshakes with the peers it knows an endpoint of.
     pub handshake_wait: std::time::Duration,
+    /// When the process started, for the log's timings.
+    pub began: std::time::Instant,
 }
 
 /// Runs the endpoint until SIGTERM or SIGINT.
 pub fn run(chain: &str, function: &str) -> Result<(), String> {
+    let began = std::time::Instant::now();
+    tracing::info!("endpoint {chain}/{function} starting");
     let record = state::load(chain)
         .map_err(|e| e.to_string())?
         .ok_or_else(|| format!("chain `{chain}` has no record: is it up?"))?;
@@ -142,6 +146,7 @@ pub fn run(chain: &str, function: &str) -> Result<(), String> {
             control,
             term,
             handshake_wait: HANDSHAKE_WAIT,
+            began,
         };
         match settings.userspace {
             Userspace::Batched => super::batched::run::run(setup, &sockets.uapi).await,
@@ -199,6 +204,7 @@ pub fn say_ready(
     device: Userspace,
     offloads: Offloads,
     buffers: &SocketBuffers,
+    began: std::time::Instant,
 ) -> Result<(), String> {
     let io = format!(
         "{}; TUN offloads: {offloads}; UDP socket buffers: {buffers}",
@@ -208,6 +214,9 @@ pub fn say_ready(
         .map_err(|e| format!("record the endpoint's I/O: {e}"))?;
     std::fs::write(processes::ready_file(chain, function), b"")
         .map_err(|e| format!("say it is ready: {e}"))?;
-    tracing::info!("endpoint {chain}/{function} up: {io}");
+    tracing::info!(
+        "endpoint {chain}/{function} up {} ms after it started: {io}",
+        began.elapsed().as_millis()
+    );
     Ok(())
 }

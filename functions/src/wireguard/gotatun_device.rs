@@ -92,11 +92,19 @@ pub async fn run(setup: Setup<'_>) -> Result<(), String> {
     let Setup {
         chain,
         function,
+        began,
         control,
         mut term,
         ..
     } = setup;
-    say_ready(chain, function, Userspace::Gotatun, offloads, &buffers)?;
+    say_ready(
+        chain,
+        function,
+        Userspace::Gotatun,
+        offloads,
+        &buffers,
+        began,
+    )?;
     let mut remember = tokio::time::interval(std::time::Duration::from_secs(1));
     let mut remembered = String::new();
     let ended = loop {

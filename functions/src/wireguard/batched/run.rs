@@ -32,6 +32,7 @@ pub async fn run(setup: Setup<'_>, uapi_path: &Path) -> Result<(), String> {
     let Setup {
         chain,
         function,
+        began,
         name,
         mut term,
         control,
@@ -54,16 +55,31 @@ pub async fn run(setup: Setup<'_>, uapi_path: &Path) -> Result<(), String> {
     )
     .await
     .map_err(|e| format!("start the batched WireGuard device {name}: {e}"))?;
+    tracing::info!(
+        "endpoint {name}: device started {} ms after the process",
+        began.elapsed().as_millis()
+    );
     netfn_core::privilege::drop_all().map_err(|e| format!("endpoint {name}: {e}"))?;
     // A restarted endpoint has no sessions: handshake with every peer it can reach now, waiting
     // for a while at most (a peer that is away must not keep the endpoint from getting ready;
     // the timers send the initiation again).
     dev.handshake_all().await;
+    // A blocking sleep: this thread has nothing else to do meanwhile, and tokio's timers are
+    // driven by the worker, which a backlog of datagrams (queued while the endpoint restarted)
+    // can keep busy for long on a slow CPU: on Debian 6.1 under TCG, two VMs on two CPUs, one
+    // 5 ms `tokio::time::sleep` here took 18 s, and `apply` gave up on the endpoint (10 s).
     let started = Instant::now();
     while !dev.all_up() && started.elapsed() < handshake_wait {
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        std::thread::sleep(Duration::from_millis(5));
     }
-    say_ready(chain, function, Userspace::Batched, offloads, &buffers)?;
+    say_ready(
+        chain,
+        function,
+        Userspace::Batched,
+        offloads,
+        &buffers,
+        began,
+    )?;
     let mut remember = tokio::time::interval(Duration::from_secs(1));
     let mut saved = String::new();
     let ended = loop {

@@ -5,7 +5,9 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::Arc;
+
+use parking_lot::{Mutex, MutexGuard};
 
 use gotatun::noise::Tunn;
 use gotatun::noise::index_table::IndexTable;
@@ -31,8 +33,14 @@ pub struct PeerSlot {
 }
 
 impl Peer {
+    /// The peer's slot. parking_lot's lock is eventually fair: a thread that waits for it more
+    /// than about half a millisecond gets it at the next unlock. With std's, the main thread
+    /// (`wg show`, `apply`'s changes, the handshakes at start) lost the race for a busy peer's
+    /// lock to the data task that had just dropped it, again and again: on one CPU under load
+    /// (Debian 6.1 under TCG, two VMs on two CPUs) a restarted endpoint's start handshake waited
+    /// 10 s for it.
     pub fn lock(&self) -> MutexGuard<'_, PeerSlot> {
-        self.slot.lock().unwrap_or_else(PoisonError::into_inner)
+        self.slot.lock()
     }
 }
 
