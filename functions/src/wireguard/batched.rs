@@ -21,7 +21,7 @@ use gotatun::noise::handshake::parse_handshake_anon;
 use gotatun::noise::index_table::IndexTable;
 use gotatun::noise::rate_limiter::RateLimiter;
 use gotatun::packet::{Packet, PacketBufPool, WgKind};
-use gotatun::tun::{IpRecv, IpSend, MtuWatcher};
+use gotatun::tun::{IpRecv, MtuWatcher};
 use gotatun::udp::{UdpRecv, UdpSend, UdpTransportFactory, UdpTransportFactoryParams};
 use gotatun::x25519::{PublicKey, StaticSecret};
 use parking_lot::{Mutex, MutexGuard, RwLock};
@@ -29,7 +29,7 @@ use tokio::task::JoinHandle;
 
 use super::dataplane::PeerSpec;
 use super::peers::PeerChange;
-use super::tun_io::{TunRecv, TunSend};
+use super::tun_io::{TunRecv, TunWriter};
 use super::udp_io::{GsoSend, UdpFactory};
 
 mod requests;
@@ -108,7 +108,7 @@ impl Drop for Batched {
 impl Batched {
     pub async fn start(
         mut factory: UdpFactory,
-        tun_tx: TunSend,
+        tun_tx: TunWriter,
         tun_rx: TunRecv,
         private: StaticSecret,
         port: u16,
@@ -212,7 +212,7 @@ async fn incoming(
     shared: Arc<Shared>,
     mut udp_rx: gotatun::udp::socket::UdpSocket,
     udp_tx: GsoSend,
-    mut tun_tx: TunSend,
+    mut tun_tx: TunWriter,
 ) {
     let mut pool = PacketBufPool::new(4096);
     let mut recv_buf = Default::default();
@@ -312,10 +312,9 @@ async fn incoming(
                 }
             }
         }
-        for ip in to_tun.drain(..) {
-            if tun_tx.send(ip).await.is_err() {
-                return;
-            }
+        // The whole batch at once, coalesced (the device is gone on `Err`: logged).
+        if tun_tx.write(&mut to_tun).await.is_err() {
+            return;
         }
         if !replies.is_empty() {
             let _ = udp_tx.send_many_to(&mut send_buf, &mut replies).await;

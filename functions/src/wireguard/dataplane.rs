@@ -22,7 +22,7 @@ use tokio::signal::unix::{Signal, SignalKind};
 
 use super::config::{Userspace, WgSettings};
 use super::endpoint::interface_name;
-use super::tun_io::{Offloads, TunRecv, TunSend};
+use super::tun_io::{Offloads, TunRecv, TunWriter};
 use super::udp_io::{SocketBuffers, UdpFactory};
 use super::{control, keys, remembered, uapi};
 
@@ -55,7 +55,7 @@ pub struct Setup<'a> {
     pub peers: Vec<PeerSpec>,
     pub udp: UdpFactory,
     pub buffers: std::sync::Arc<SocketBuffers>,
-    pub tun: (TunSend, TunRecv, Offloads),
+    pub tun: (TunWriter, TunRecv, Offloads),
     /// netfn's control socket; without it the tunnel still runs, and `apply` speaks the UAPI.
     pub control: Option<UnixListener>,
     /// SIGTERM.

@@ -44,7 +44,9 @@ pub async fn run(setup: Setup<'_>) -> Result<(), String> {
         UapiServer::default_unix_socket(name, None, None)
     })
     .map_err(|e| format!("serve the UAPI socket of {name}: {e}"))?;
-    let (tun_tx, tun_rx, _) = setup.tun;
+    let (tun_writer, tun_rx, _) = setup.tun;
+    // GotaTun hands decrypted packets over one at a time: a writer task takes them in batches.
+    let tun_tx = tun_writer.queued();
     let mut device = DeviceBuilder::new()
         .with_udp(setup.udp)
         .with_ip_pair(tun_tx, tun_rx)

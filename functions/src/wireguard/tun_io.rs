@@ -2,11 +2,13 @@
 //! made, with `IFF_VNET_HDR` and `TUNSETOFFLOAD` (checksum, TSO for IPv4 and IPv6, and USO where
 //! the kernel has it, Linux 6.2 on), as wireguard-go does. The kernel then hands over GSO
 //! super-packets of up to 64 KiB in one read: [`TunRecv`] splits them into MTU-sized packets
-//! and gives GotaTun a batch per call. Decrypted packets go to [`TunSend`], which queues them to
-//! a writer task: it takes every packet that is ready (after letting GotaTun's decrypting tasks
-//! run once, so that it gets their whole batch; one alone is written then, no waiting),
+//! and gives the device a batch per call. Decrypted packets go to a [`TunWriter`], which
 //! coalesces the segments of each TCP flow (and UDP flow, with USO) into super-packets and
-//! writes those, so a batch of 40 segments is a couple of writes instead of 40.
+//! writes those, so a batch of 40 segments is a couple of writes instead of 40. netfn's batched
+//! device hands it each decrypted batch whole; GotaTun's device, which hands packets over one
+//! at a time, gets a [`TunSend`] ([`TunWriter::queued`]) that queues them to a writer task: it
+//! takes every packet that is ready (after letting GotaTun's decrypting tasks run once, so that
+//! it gets their whole batch; one alone is written then, no waiting).
 //! Packet-level work is in [`super::tun_offload`].
 
 use std::io;
@@ -41,10 +43,9 @@ impl std::fmt::Display for Offloads {
     }
 }
 
-/// Attaches to the TUN device `name` (in the current namespace) with offloads, and starts its
-/// writer task on the current tokio runtime. Needs CAP_NET_ADMIN (attaching to a persistent
-/// device); nothing after this does.
-pub fn open(name: &str) -> io::Result<(TunSend, TunRecv, Offloads)> {
+/// Attaches to the TUN device `name` (in the current namespace) with offloads. Needs
+/// CAP_NET_ADMIN (attaching to a persistent device); nothing after this does.
+pub fn open(name: &str) -> io::Result<(TunWriter, TunRecv, Offloads)> {
     // tun-rs would make a device of that name where there is none: a bare one, without the
     // addresses and routes `up` gave the chain's, that would carry nothing.
     if nix::net::if_::if_nametoindex(name).is_err() {
@@ -64,8 +65,11 @@ pub fn open(name: &str) -> io::Result<(TunSend, TunRecv, Offloads)> {
     };
     let mtu = dev.mtu()?;
     let dev = Arc::new(dev);
-    let (tx, rx) = mpsc::channel(BATCH * 8);
-    tokio::spawn(write_loop(dev.clone(), rx));
+    let writer = TunWriter {
+        dev: dev.clone(),
+        bufs: Vec::with_capacity(BATCH),
+        gro: GROTable::new(),
+    };
     let recv = TunRecv {
         dev,
         raw: vec![0; READ_BUFFER],
@@ -74,7 +78,57 @@ pub fn open(name: &str) -> io::Result<(TunSend, TunRecv, Offloads)> {
         batch: Vec::with_capacity(BATCH * 2),
         mtu: MtuWatcher::new(mtu),
     };
-    Ok((TunSend { tx }, recv, offloads))
+    Ok((writer, recv, offloads))
+}
+
+/// Writes batches of packets to the TUN, coalesced.
+pub struct TunWriter {
+    dev: Arc<AsyncDevice>,
+    bufs: Vec<Vec<u8>>,
+    gro: GROTable,
+}
+
+impl TunWriter {
+    /// Writes `packets` (and empties it), coalesced, a batch of at most [`BATCH`] at a time.
+    /// `Err` only when the device is gone; a write that fails otherwise is logged and its
+    /// packets dropped, as a kernel device drops them.
+    pub async fn write(&mut self, packets: &mut Vec<Packet<Ip>>) -> io::Result<()> {
+        while !packets.is_empty() {
+            let n = packets.len().min(BATCH);
+            if self.bufs.len() < n {
+                self.bufs.resize_with(n, Vec::new);
+            }
+            for (buf, packet) in self.bufs.iter_mut().zip(packets.drain(..n)) {
+                tun_offload::stage(buf, &packet.into_bytes());
+            }
+            let written = self
+                .dev
+                .send_multiple(&mut self.gro, &mut self.bufs[..n], HEADROOM)
+                .await;
+            match written {
+                Ok(_) => {}
+                Err(e)
+                    if matches!(
+                        e.raw_os_error(),
+                        Some(libc::EBADF | libc::EBADFD | libc::ENODEV)
+                    ) =>
+                {
+                    tracing::error!("the TUN device is gone: {e}");
+                    return Err(e);
+                }
+                Err(e) => tracing::debug!("a TUN write failed: {e}"),
+            }
+        }
+        Ok(())
+    }
+
+    /// A sender that queues each packet to a writer task (started on the current tokio
+    /// runtime), for a device that hands packets over one at a time.
+    pub fn queued(self) -> TunSend {
+        let (tx, rx) = mpsc::channel(BATCH * 8);
+        tokio::spawn(write_loop(self, rx));
+        TunSend { tx }
+    }
 }
 
 /// The sending half: queues each packet to the writer task.
@@ -93,10 +147,8 @@ impl IpSend for TunSend {
 }
 
 /// Writes what is queued, coalesced, until the queue closes or the device is gone.
-async fn write_loop(dev: Arc<AsyncDevice>, mut rx: mpsc::Receiver<Packet<Ip>>) {
+async fn write_loop(mut writer: TunWriter, mut rx: mpsc::Receiver<Packet<Ip>>) {
     let mut queued = Vec::with_capacity(BATCH);
-    let mut bufs: Vec<Vec<u8>> = Vec::with_capacity(BATCH);
-    let mut gro = GROTable::new();
     loop {
         if rx.recv_many(&mut queued, BATCH).await == 0 {
             return;
@@ -113,22 +165,8 @@ async fn write_loop(dev: Arc<AsyncDevice>, mut rx: mpsc::Receiver<Packet<Ip>>) {
                 queued.push(packet);
             }
         }
-        let n = queued.len();
-        if bufs.len() < n {
-            bufs.resize_with(n, Vec::new);
-        }
-        for (buf, packet) in bufs.iter_mut().zip(queued.drain(..)) {
-            tun_offload::stage(buf, &packet.into_bytes());
-        }
-        if let Err(e) = dev.send_multiple(&mut gro, &mut bufs[..n], HEADROOM).await {
-            if matches!(
-                e.raw_os_error(),
-                Some(libc::EBADF | libc::EBADFD | libc::ENODEV)
-            ) {
-                tracing::error!("the TUN device is gone: {e}");
-                return;
-            }
-            tracing::debug!("a TUN write failed: {e}");
+        if writer.write(&mut queued).await.is_err() {
+            return;
         }
     }
 }
