@@ -25,7 +25,8 @@ pub(super) fn chart(records: &[Record]) -> Result<Vec<PathBuf>> {
 
 fn svg(records: &[Record]) -> String {
     const PANEL: f64 = 340.0;
-    let width = PANEL * Test::MAIN.len() as f64;
+    // Room on the right for the last panel's longest label.
+    let width = PANEL * Test::MAIN.len() as f64 + 50.0;
     let (top, bar, gap) = (60.0, 36.0, 14.0);
     // Room for every tunnel but the bare veth, the axis and the note under it.
     let bars = records.iter().filter(|r| r.config != "bare").count().max(3);
