@@ -2,9 +2,11 @@
 //! file's, keys in files ([`keys`]); it is a stack kind: its packets cross the function's own IP
 //! stack, where its tunnel device runs: the kernel's ([`kernel`], over [`genl`]) where the kernel
 //! has the module, else the userspace data plane (a process of its own per function:
-//! [`endpoint`]; what it runs: `dataplane`, feature `userspace-wireguard`; told peer changes
-//! over its [`control`] socket (in place), read over [`uapi`], without capabilities once set up: [`netfn_core::privilege`]; on its TUN with
-//! offloads: `tun_io`, `tun_offload`; on a UDP socket with GSO sends and GRO receives: `udp_io`,
+//! [`endpoint`]; what it runs: `dataplane`, feature `userspace-wireguard`, with the device the
+//! setting `userspace` names: netfn's `batched` one by default, or `gotatun_device`; told peer
+//! changes over its [`control`] socket (in place), read over [`uapi`], without capabilities once
+//! set up: [`netfn_core::privilege`]; on its TUN with offloads: `tun_io`, `tun_offload`; on a
+//! UDP socket with GSO sends and GRO receives: `udp_io`,
 //! [`udp_gso`]). [`device`] is the running one, whichever it is; [`peers`] says what it must be
 //! told, [`link`] gives it addresses and routes, [`handshakes`] counts its handshakes; [`kind`]
 //! is what core registers.
