@@ -4,8 +4,8 @@
 //! TUN coalesced; a read batch (a GSO read split) is encrypted and sent with GSO. A peer is
 //! locked once per run of its packets, and a run of packets of one session, or to or from one
 //! address, is looked up once. GotaTun's own device ([`super::gotatun_device`]) runs a task
-//! and a channel per stage with a device lock and a peer lock per packet: on this 2-CPU machine
-//! this device carried 1.5x its TCP with a third less CPU per gigabit (`cargo xtask bench vpn
+//! and a channel per stage with a device lock and a peer lock per packet: on 2-CPU VMs this
+//! device carried 1.36-1.5x its TCP with 28-35 % less CPU per gigabit (`cargo xtask bench vpn
 //! --also-gotatun`). Handshakes, cookies, timers and roaming as GotaTun's device does them. Its
 //! peers ([`table`]) change at run time over the UAPI socket and netfn's control socket
 //! ([`requests`]).
