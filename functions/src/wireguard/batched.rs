@@ -87,6 +87,19 @@ fn hold<'t, 'h>(
     &mut held.get_or_insert_with(|| (peer, peer.lock())).1
 }
 
+/// What `find` gives for `key`, looked up again only when `key` is not the last one's (a run of
+/// packets of one session, or to or from one address, is looked up once).
+fn last_lookup<K: PartialEq + Copy, V: Copy>(
+    last: &mut Option<(K, V)>,
+    key: K,
+    find: impl FnOnce() -> V,
+) -> V {
+    match *last {
+        Some((k, v)) if k == key => v,
+        _ => last.insert((key, find())).1,
+    }
+}
+
 /// The running device: its tasks end when dropped.
 pub struct Batched {
     /// Socket -> TUN and TUN -> socket: the device is dead when either ends.
@@ -268,10 +281,7 @@ async fn incoming(
                     WgKind::CookieReply(p) => shared.by_index(&table, p.receiver_idx.get()),
                     WgKind::Data(p) => {
                         let idx = p.header.receiver_idx.get();
-                        match session {
-                            Some((last, peer)) if last == idx => peer,
-                            _ => session.insert((idx, shared.by_index(&table, idx))).1,
-                        }
+                        last_lookup(&mut session, idx, || shared.by_index(&table, idx))
                     }
                 };
                 let Some(peer) = peer else { continue };
@@ -300,10 +310,7 @@ async fn incoming(
                             |v4| (v4.header.source().into(), v4.into()),
                             |v6| (v6.header.source().into(), v6.into()),
                         );
-                        let owned_by = match owner {
-                            Some((last, p)) if last == source => p,
-                            _ => owner.insert((source, table.peer_for(source))).1,
-                        };
+                        let owned_by = last_lookup(&mut owner, source, || table.peer_for(source));
                         let allowed = owned_by.is_some_and(|o| std::ptr::eq(o, peer));
                         if allowed {
                             to_tun.push(ip);
@@ -345,10 +352,7 @@ async fn outgoing(shared: Arc<Shared>, mut tun_rx: TunRecv, udp_tx: GsoSend, mut
                 let Some(to) = packet.destination() else {
                     continue;
                 };
-                let found = match route {
-                    Some((last, peer)) if last == to => peer,
-                    _ => route.insert((to, table.peer_for(to))).1,
-                };
+                let found = last_lookup(&mut route, to, || table.peer_for(to));
                 let Some(peer) = found else { continue };
                 let slot = hold(&mut held, peer);
                 let Some(to) = slot.endpoint else { continue };

@@ -220,3 +220,29 @@ pub fn say_ready(
     );
     Ok(())
 }
+
+/// What ended a wait of an endpoint's main loop (either device's).
+pub enum Event {
+    Stop,
+    Failed,
+    Remember,
+    /// A client of the UAPI or control socket.
+    Request(std::io::Result<tokio::net::UnixStream>),
+}
+
+/// The next client of `listener`; none ever without one (no control socket).
+pub async fn accept(listener: Option<&UnixListener>) -> std::io::Result<tokio::net::UnixStream> {
+    match listener {
+        Some(l) => l.accept().await.map(|(stream, _)| stream),
+        None => std::future::pending().await,
+    }
+}
+
+/// The error an endpoint ends with when its device stopped moving packets for good (so that
+/// whoever watches it, the agent, starts it again rather than it run on carrying nothing).
+pub fn device_stopped(name: &str) -> String {
+    format!(
+        "endpoint {name}: the WireGuard device stopped (its TUN device or UDP socket failed; the \
+         log above says which)"
+    )
+}

@@ -13,7 +13,7 @@ use gotatun::device::{Device, DeviceBuilder, DeviceTransports, Peer};
 use gotatun::x25519::StaticSecret;
 
 use super::config::Userspace;
-use super::dataplane::{Setup, say_ready};
+use super::dataplane::{Event, Setup, accept, device_stopped, say_ready};
 use super::{control, remembered, uapi};
 
 /// Runs GotaTun's device until SIGTERM or SIGINT (`Ok`) or until it fails (`Err`).
@@ -119,12 +119,7 @@ pub async fn run(setup: Setup<'_>) -> Result<(), String> {
             _ = remember.tick() => Event::Remember,
             // Only the accept races the other branches; the request is then served to the end
             // below.
-            accepted = async {
-                match &control {
-                    Some(listener) => listener.accept().await,
-                    None => std::future::pending().await,
-                }
-            } => Event::Control(accepted.map(|(stream, _)| stream)),
+            accepted = accept(control.as_ref()) => Event::Request(accepted),
         };
         match event {
             Event::Stop => {
@@ -136,16 +131,11 @@ pub async fn run(setup: Setup<'_>) -> Result<(), String> {
             // GotaTun stopped moving packets for good (its TUN or socket failed): end, so that
             // whoever watches the endpoint (the agent) starts it again, rather than run on
             // carrying nothing.
-            Event::Failed => {
-                break Err(format!(
-                    "endpoint {name}: the WireGuard device stopped (its TUN device or UDP socket \
-                     failed; the log above says which)"
-                ));
-            }
+            Event::Failed => break Err(device_stopped(name)),
             Event::Remember => {
                 remember_endpoints(&device, chain, function, &mut remembered).await;
             }
-            Event::Control(accepted) => {
+            Event::Request(accepted) => {
                 let served = match accepted {
                     Ok(stream) => control::serve(stream, &device).await,
                     Err(e) => Err(format!("accept: {e}")),
@@ -158,14 +148,6 @@ pub async fn run(setup: Setup<'_>) -> Result<(), String> {
     };
     device.stop().await;
     ended
-}
-
-/// What ended a wait of the endpoint's main loop.
-enum Event {
-    Stop,
-    Failed,
-    Remember,
-    Control(std::io::Result<tokio::net::UnixStream>),
 }
 
 /// Saves where the peers are now (learned from their handshakes), for a restarted endpoint

@@ -8,22 +8,13 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use gotatun::x25519::StaticSecret;
-use tokio::net::{UnixListener, UnixStream};
 
 use super::super::config::Userspace;
 use super::super::control;
-use super::super::dataplane::{Setup, say_ready};
+use super::super::dataplane::{Event, Setup, accept, device_stopped, say_ready};
 use super::super::remembered;
 use super::super::uapi;
 use super::{Batched, serve};
-
-/// What ended a wait of the main loop.
-enum Event {
-    Stop,
-    Failed,
-    Remember,
-    Request(std::io::Result<UnixStream>),
-}
 
 /// Runs the device until SIGTERM or SIGINT (`Ok`) or until it fails (`Err`), serving the UAPI
 /// at `uapi_path`.
@@ -89,19 +80,12 @@ pub async fn run(setup: Setup<'_>, uapi_path: &Path) -> Result<(), String> {
             () = dev.wait() => Event::Failed,
             _ = remember.tick() => Event::Remember,
             // Only the accept races the other branches; the request is then served to the end.
-            accepted = uapi.accept() => Event::Request(accepted.map(|(s, _)| s)),
-            accepted = accept(control.as_ref()) => {
-                Event::Request(accepted.map(|(s, _)| s))
-            }
+            accepted = accept(Some(&uapi)) => Event::Request(accepted),
+            accepted = accept(control.as_ref()) => Event::Request(accepted),
         };
         match event {
             Event::Stop => break Ok(()),
-            Event::Failed => {
-                break Err(format!(
-                    "endpoint {name}: the WireGuard device stopped (its TUN device or UDP socket \
-                     failed; the log above says which)"
-                ));
-            }
+            Event::Failed => break Err(device_stopped(name)),
             Event::Remember => {
                 let text = remembered::text(dev.endpoints());
                 remembered::save(chain, function, text, &mut saved).await;
@@ -117,14 +101,4 @@ pub async fn run(setup: Setup<'_>, uapi_path: &Path) -> Result<(), String> {
     let text = remembered::text(dev.endpoints());
     remembered::save(chain, function, text, &mut saved).await;
     ended
-}
-
-/// The next client of `listener`; none ever without one.
-async fn accept(
-    listener: Option<&UnixListener>,
-) -> std::io::Result<(UnixStream, tokio::net::unix::SocketAddr)> {
-    match listener {
-        Some(l) => l.accept().await,
-        None => std::future::pending().await,
-    }
 }
