@@ -15,14 +15,13 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::FutureExt as _;
 use gotatun::noise::TunnResult;
 use gotatun::noise::handshake::parse_handshake_anon;
 use gotatun::noise::index_table::IndexTable;
 use gotatun::noise::rate_limiter::RateLimiter;
 use gotatun::packet::{Packet, PacketBufPool, WgKind};
 use gotatun::tun::{IpRecv, MtuWatcher};
-use gotatun::udp::{UdpRecv, UdpSend, UdpTransportFactory, UdpTransportFactoryParams};
+use gotatun::udp::{UdpSend, UdpTransportFactory, UdpTransportFactoryParams};
 use gotatun::x25519::{PublicKey, StaticSecret};
 use parking_lot::{Mutex, MutexGuard, RwLock};
 use tokio::task::JoinHandle;
@@ -31,6 +30,7 @@ use super::dataplane::PeerSpec;
 use super::peers::PeerChange;
 use super::tun_io::{TunRecv, TunWriter};
 use super::udp_io::{GsoSend, UdpFactory};
+use super::udp_recv::GroRecv;
 
 mod requests;
 pub mod run;
@@ -154,7 +154,12 @@ impl Batched {
         });
         let mtu = tun_rx.mtu();
         let data = vec![
-            tokio::spawn(incoming(shared.clone(), udp_rx, udp_tx.clone(), tun_tx)),
+            tokio::spawn(incoming(
+                shared.clone(),
+                GroRecv::new(udp_rx),
+                udp_tx.clone(),
+                tun_tx,
+            )),
             tokio::spawn(outgoing(shared.clone(), tun_rx, udp_tx.clone(), mtu)),
         ];
         let timers = tokio::spawn(timers(shared.clone(), udp_tx.clone()));
@@ -223,34 +228,26 @@ impl Batched {
 /// Socket -> decrypt -> TUN, a received batch at a time.
 async fn incoming(
     shared: Arc<Shared>,
-    mut udp_rx: gotatun::udp::socket::UdpSocket,
+    mut udp_rx: GroRecv,
     udp_tx: GsoSend,
     mut tun_tx: TunWriter,
 ) {
     let mut pool = PacketBufPool::new(4096);
-    let mut recv_buf = Default::default();
     let mut received: Vec<(Packet, SocketAddr)> = Vec::with_capacity(128);
     let mut replies: Vec<(Packet, SocketAddr)> = Vec::new();
     let mut send_buf = Default::default();
     let mut mtu = MtuWatcher::new(1420);
     let mut to_tun = Vec::with_capacity(128);
     loop {
-        if let Err(e) = udp_rx
-            .recv_many_from(&mut recv_buf, &mut pool, &mut received)
-            .await
-        {
+        if let Err(e) = udp_rx.recv(&mut pool, &mut received).await {
             tracing::error!("batched device: UDP receive: {e}");
             return;
         }
         // Whatever else is already queued, without waiting: one decrypt pass and one TUN hand-over
         // per burst, not per receive call.
         while received.len() < DRAIN {
-            let before = received.len();
-            match udp_rx
-                .recv_many_from(&mut recv_buf, &mut pool, &mut received)
-                .now_or_never()
-            {
-                Some(Ok(())) if received.len() > before => {}
+            match udp_rx.try_recv(&mut pool, &mut received) {
+                Ok(got) if got > 0 => {}
                 _ => break,
             }
         }

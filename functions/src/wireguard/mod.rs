@@ -6,7 +6,7 @@
 //! setting `userspace` names: netfn's `batched` one by default, or `gotatun_device`; told peer
 //! changes over its [`control`] socket (in place), read over [`uapi`], without capabilities once
 //! set up: [`netfn_core::privilege`]; on its TUN with offloads: `tun_io`, `tun_offload`; on a
-//! UDP socket with GSO sends and GRO receives: `udp_io`,
+//! UDP socket with GSO sends and GRO receives: `udp_io`, `udp_recv`,
 //! [`udp_gso`]). [`device`] is the running one, whichever it is; [`peers`] says what it must be
 //! told, [`link`] gives it addresses and routes, [`handshakes`] counts its handshakes; [`kind`]
 //! is what core registers.
@@ -38,5 +38,7 @@ pub mod uapi;
 pub mod udp_gso;
 #[cfg(feature = "userspace-wireguard")]
 pub mod udp_io;
+#[cfg(feature = "userspace-wireguard")]
+pub mod udp_recv;
 
 pub use kind::WireGuard;

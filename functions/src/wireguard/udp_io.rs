@@ -9,11 +9,12 @@
 //!   segments it at the last moment (or not at all: a receiver with UDP GRO on takes it whole).
 //!   Where the kernel refuses GSO for good (EIO: the route's device cannot checksum) it is turned
 //!   off for the socket; a message it refuses otherwise goes again as plain datagrams.
-//! - Receives: GotaTun's own socket receive, unchanged: `recvmmsg` of up to 100 messages with
-//!   UDP GRO on, a coalesced message split at its segment size.
+//! - Receives: `recvmmsg` of up to 100 messages with UDP GRO on, a coalesced message split at
+//!   its segment size: GotaTun's own receive on GotaTun's device, [`super::udp_recv::GroRecv`]
+//!   (the same calls, on headers and buffers made once) on netfn's batched device.
 //!
 //! The socket is GotaTun's `UdpSocket` (bound as GotaTun binds it: dual-stack `[::]:port`, with
-//! the buffer sizes asked for); only the batched send is ours.
+//! the buffer sizes asked for); the batched send and the batched device's receive are ours.
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};

@@ -20,6 +20,7 @@ use netfn_common::{FWD_XDP_PROGRAM, XDP_PASS_PROGRAM};
 use super::table::{map_error, pinned_map};
 use super::{FWD_DEVMAP_PIN, XDP_LINK_PIN_PREFIX, link_pin};
 use crate::ebpf::{AttachedInterface, EbpfError, workers};
+use crate::kernel::ethtool;
 use crate::plan::names;
 use crate::plan::{self, ChainPlan};
 
@@ -144,58 +145,7 @@ pub(super) fn attach(
 /// packet. With offload off, the sending stack computes every checksum in full. (TC mode keeps
 /// the skb, and needs none of this.)
 fn disable_tx_checksum(ifname: &str) -> io::Result<()> {
-    /// `struct ethtool_value`.
-    #[repr(C)]
-    struct EthtoolValue {
-        cmd: u32,
-        data: u32,
-    }
-    /// `struct ifreq` with the `ifr_data` member (40 bytes on 64-bit Linux).
-    #[repr(C)]
-    struct IfReq {
-        name: [u8; libc::IFNAMSIZ],
-        data: *mut libc::c_void,
-        _pad: [u8; 16],
-    }
-    const ETHTOOL_STXCSUM: u32 = 0x17;
-
-    let bytes = ifname.as_bytes();
-    if bytes.len() >= libc::IFNAMSIZ || bytes.contains(&0) {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "not a valid interface name",
-        ));
-    }
-    let mut value = EthtoolValue {
-        cmd: ETHTOOL_STXCSUM,
-        data: 0,
-    };
-    let mut req = IfReq {
-        name: [0; libc::IFNAMSIZ],
-        data: (&mut value as *mut EthtoolValue).cast(),
-        _pad: [0; 16],
-    };
-    req.name[..bytes.len()].copy_from_slice(bytes);
-    // SAFETY: socket(2) with constant arguments; the fd is owned below.
-    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: `fd` is a fresh, valid descriptor that nothing else owns.
-    let fd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
-    // SAFETY: SIOCETHTOOL reads `req` (a NUL-terminated name and a pointer to `value`, both alive
-    // for the call) and reads/writes `value`.
-    let rc = unsafe {
-        libc::ioctl(
-            std::os::fd::AsRawFd::as_raw_fd(&fd),
-            libc::SIOCETHTOOL,
-            &mut req as *mut IfReq,
-        )
-    };
-    if rc < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
+    ethtool::set_tx_checksum(ifname, false)
 }
 
 fn open_devmap(path: &Path) -> Result<DevMap<MapData>, EbpfError> {
