@@ -1,7 +1,8 @@
 //! netfn's batched WireGuard device on GotaTun's protocol (`noise::Tunn`), the userspace data
 //! plane's default (`userspace = "batched"`). Two tasks, each a whole direction: a received batch
-//! (GRO, then whatever else the socket holds, up to [`DRAIN`]) is decrypted and written to the
-//! TUN coalesced; a read batch (a GSO read split) is encrypted and sent with GSO. A peer is
+//! (GRO, then whatever else the socket holds, up to [`DRAIN`]; while datagrams come close
+//! together, what queued in a tick: [`moderation`]) is decrypted and written to the TUN
+//! coalesced; a read batch (a GSO read split) is encrypted and sent with GSO. A peer is
 //! locked once per run of its packets, and a run of packets of one session, or to or from one
 //! address, is looked up once. GotaTun's own device ([`super::gotatun_device`]) runs a task
 //! and a channel per stage with a device lock and a peer lock per packet: on 2-CPU VMs this
@@ -13,7 +14,7 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use gotatun::noise::TunnResult;
 use gotatun::noise::handshake::parse_handshake_anon;
@@ -32,10 +33,12 @@ use super::tun_io::{TunRecv, TunWriter};
 use super::udp_io::{GsoSend, UdpFactory};
 use super::udp_recv::GroRecv;
 
+mod moderation;
 mod requests;
 pub mod run;
 mod table;
 
+use moderation::Moderation;
 pub use requests::serve;
 use table::{Keys, Peer, PeerSlot, Table};
 
@@ -238,19 +241,42 @@ async fn incoming(
     let mut send_buf = Default::default();
     let mut mtu = MtuWatcher::new(1420);
     let mut to_tun = Vec::with_capacity(128);
+    let mut moderation = Moderation::new();
+    // The last round left datagrams on the socket (it took DRAIN): the next takes them at once.
+    let mut left_some = false;
     loop {
-        if let Err(e) = udp_rx.recv(&mut pool, &mut received).await {
-            tracing::error!("batched device: UDP receive: {e}");
-            return;
+        if moderation.ticking() {
+            if !left_some {
+                moderation.wait_tick();
+            }
+            match udp_rx.take_queued(&mut pool, &mut received) {
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    moderation.found_nothing();
+                    continue;
+                }
+                Err(e) => {
+                    tracing::error!("batched device: UDP receive: {e}");
+                    return;
+                }
+            }
+        } else {
+            let waiting = Instant::now();
+            if let Err(e) = udp_rx.recv(&mut pool, &mut received).await {
+                tracing::error!("batched device: UDP receive: {e}");
+                return;
+            }
+            moderation.woken_after(waiting.elapsed());
         }
         // Whatever else is already queued, without waiting: one decrypt pass and one TUN hand-over
         // per burst, not per receive call.
         while received.len() < DRAIN {
-            match udp_rx.try_recv(&mut pool, &mut received) {
+            match udp_rx.take_queued(&mut pool, &mut received) {
                 Ok(got) if got > 0 => {}
                 _ => break,
             }
         }
+        left_some = received.len() >= DRAIN;
         {
             let table = shared.table();
             // The peer locked for the run of packets it sent.
@@ -322,6 +348,10 @@ async fn incoming(
         }
         if !replies.is_empty() {
             let _ = udp_tx.send_many_to(&mut send_buf, &mut replies).await;
+        }
+        // The tick's sleep holds the worker: the other direction and the timers run now.
+        if moderation.ticking() {
+            tokio::task::yield_now().await;
         }
     }
 }

@@ -29,22 +29,6 @@ pub struct WgConfig {
     pub settings: WgSettings,
 }
 
-impl WgConfig {
-    /// GRO on the userspace endpoint's side of the chain (where its peers' datagrams arrive;
-    /// both links while an apply replaces one): see [`link::receive_offload`]. A failure costs
-    /// speed, not the tunnel: logged.
-    fn receive_offload(&self, ctx: &FunctionContext) {
-        let ifs = match self.settings.side {
-            Side::Ingress => &ctx.ingress_ifs,
-            Side::Egress => &ctx.egress_ifs,
-        };
-        let netns = names::netns_name(&ctx.chain, &ctx.function);
-        if let Err(why) = link::receive_offload(&netns, ifs) {
-            tracing::warn!("function {}: {why}", ctx.function);
-        }
-    }
-}
-
 impl FunctionConfig for WgConfig {
     fn kind(&self) -> &'static str {
         "wireguard"
@@ -66,10 +50,7 @@ impl FunctionConfig for WgConfig {
         if !fresh {
             return match Device::of(chain, function) {
                 Device::Kernel { .. } => super::peers::update(chain, function, &self.settings),
-                Device::Userspace { .. } => {
-                    self.receive_offload(ctx);
-                    Ok(())
-                }
+                Device::Userspace { .. } => Ok(()),
             };
         }
         let netns = names::netns_name(chain, function);
@@ -116,9 +97,7 @@ impl FunctionConfig for WgConfig {
         // routes: a kernel object of the chain like the others (it goes with the namespace), not
         // of the process, which attaches to it; a restarted endpoint finds it as it was.
         link::add_tun(&netns, &name)?;
-        link::configure(Some(&netns), &name, &self.settings)?;
-        self.receive_offload(ctx);
-        Ok(())
+        link::configure(Some(&netns), &name, &self.settings)
     }
 
     /// The userspace endpoint, unless the kernel's interface runs the function.

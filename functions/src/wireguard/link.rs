@@ -1,6 +1,6 @@
 //! The tunnel interface's place in its namespace, with iproute2: the userspace endpoint's
 //! persistent TUN device, and for both backends the addresses, MTU and the routes to the peers'
-//! allowed IPs; and the userspace endpoint's receive offload on its side of the chain. The same for both backends; `netns` `None` is the namespace
+//! allowed IPs. The same for both backends; `netns` `None` is the namespace
 //! the process is in (the userspace endpoint has entered it), `Some` names it (`up`, `apply`).
 
 use super::config::WgSettings;
@@ -68,23 +68,4 @@ pub fn configure(netns: Option<&str>, name: &str, s: &WgSettings) -> Result<(), 
         }
     }
     Ok(())
-}
-
-/// Generic receive offload on `ifs` (veths of namespace `netns`): the links the userspace
-/// endpoint's peers' datagrams arrive on. A veth with GRO on takes what it receives in NAPI
-/// polls, and GRO merges a burst of one peer's datagrams into one message for the endpoint's
-/// socket (which asked for them with `UDP_GRO`): one socket wake-up and one message per burst,
-/// not per datagram. Veths start with GRO off. (The kernel's WireGuard gains nothing: its socket
-/// takes no merged datagrams.)
-pub fn receive_offload(netns: &str, ifs: &[String]) -> Result<(), String> {
-    use netfn_core::kernel::{ethtool, netns as ns};
-    let fd = ns::open(netns).map_err(|e| e.to_string())?;
-    ns::run_in(&fd, netns, || {
-        ifs.iter().try_for_each(|i| {
-            ethtool::set_gro(i, true).map_err(|e| {
-                format!("turn GRO on for {i} in namespace {netns} (its peers' datagrams are taken one by one): {e}")
-            })
-        })
-    })
-    .map_err(|e| e.to_string())?
 }
