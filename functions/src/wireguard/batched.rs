@@ -247,7 +247,7 @@ async fn incoming(
     loop {
         if moderation.ticking() {
             if !left_some {
-                moderation.wait_tick();
+                moderation.wait_tick(tun_tx.as_fd());
             }
             match udp_rx.take_queued(&mut pool, &mut received) {
                 Ok(_) => {}

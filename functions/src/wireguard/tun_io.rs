@@ -122,6 +122,11 @@ impl TunWriter {
         Ok(())
     }
 
+    /// The TUN device's descriptor (readable: the other direction has packets to send).
+    pub fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        std::os::fd::AsFd::as_fd(&**self.dev)
+    }
+
     /// A sender that queues each packet to a writer task (started on the current tokio
     /// runtime), for a device that hands packets over one at a time.
     pub fn queued(self) -> TunSend {
