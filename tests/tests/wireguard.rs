@@ -711,6 +711,12 @@ fn through_the_tunnel(mode: &str, tag: &str, backend: &str, peer_kind: PeerKind)
                 row.contains("userspace, pid") && row.contains(device),
                 "{mode}/{backend}: {row}"
             );
+            // The batched device's receive moderation is a latency: status says so.
+            assert_eq!(
+                row.contains("receive moderation: 40 µs ticks"),
+                backend != "gotatun",
+                "{mode}/{backend}: {row}"
+            );
             assert_no_capabilities(chain);
         }
         let peer = lab.peer_as(peer_kind);

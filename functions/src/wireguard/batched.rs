@@ -39,6 +39,7 @@ pub mod run;
 mod table;
 
 use moderation::Moderation;
+pub use moderation::TICK;
 pub use requests::serve;
 use table::{Keys, Peer, PeerSlot, Table};
 

@@ -206,8 +206,16 @@ pub fn say_ready(
     buffers: &SocketBuffers,
     began: std::time::Instant,
 ) -> Result<(), String> {
+    // A latency the operator should know of: the batched device's receive moderation.
+    let moderation = match device {
+        Userspace::Batched => format!(
+            "; receive moderation: {} µs ticks while datagrams come closer",
+            super::batched::TICK.as_micros()
+        ),
+        Userspace::Gotatun => String::new(),
+    };
     let io = format!(
-        "{}; TUN offloads: {offloads}; UDP socket buffers: {buffers}",
+        "{}; TUN offloads: {offloads}; UDP socket buffers: {buffers}{moderation}",
         device.describe()
     );
     std::fs::write(super::endpoint::io_file(chain, function), &io)
