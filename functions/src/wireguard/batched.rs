@@ -246,28 +246,28 @@ async fn incoming(
     // The last round left datagrams on the socket (it took DRAIN): the next takes them at once.
     let mut left_some = false;
     loop {
-        if moderation.ticking() {
+        let taken = if moderation.ticking() {
             if !left_some {
                 moderation.wait_tick(tun_tx.as_fd());
             }
-            match udp_rx.take_queued(&mut pool, &mut received) {
-                Ok(_) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    moderation.found_nothing();
-                    continue;
-                }
-                Err(e) => {
-                    tracing::error!("batched device: UDP receive: {e}");
-                    return;
-                }
-            }
+            udp_rx.take_queued(&mut pool, &mut received)
         } else {
             let waiting = Instant::now();
-            if let Err(e) = udp_rx.recv(&mut pool, &mut received).await {
+            let taken = udp_rx.recv(&mut pool, &mut received).await;
+            moderation.woken_after(waiting.elapsed());
+            taken
+        };
+        match taken {
+            Ok(_) => {}
+            // Only a tick's look finds nothing (`recv` waits for datagrams).
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                moderation.found_nothing();
+                continue;
+            }
+            Err(e) => {
                 tracing::error!("batched device: UDP receive: {e}");
                 return;
             }
-            moderation.woken_after(waiting.elapsed());
         }
         // Whatever else is already queued, without waiting: one decrypt pass and one TUN hand-over
         // per burst, not per receive call.

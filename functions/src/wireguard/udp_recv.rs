@@ -6,18 +6,19 @@
 //! With wireguard-go's lone datagrams arriving a few at a time, that was paid per few packets.
 
 use std::io;
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::net::{SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::AsRawFd;
 
 use gotatun::packet::{Packet, PacketBufPool};
 use gotatun::udp::socket::UdpSocket;
+use nix::sys::socket::SockaddrStorage;
 use tokio::io::Interest;
 
 /// `UDP_GRO` (linux/udp.h): the cmsg that gives a coalesced message's segment size.
 const UDP_GRO: libc::c_int = 104;
 
 /// Messages one call takes at most (as GotaTun's receive).
-pub const RECV_MESSAGES: usize = 100;
+const RECV_MESSAGES: usize = 100;
 
 /// Room for one message: a UDP GRO message is at most 64 KiB (the kernel's IPv4 and IPv6
 /// `gro_max_size` for UDP), a datagram at most 65,507 bytes.
@@ -30,15 +31,15 @@ type Control = [u64; 4];
 /// [`super::udp_io::UdpFactory`] with UDP GRO on).
 pub struct GroRecv {
     udp: UdpSocket,
-    raw: Box<Headers>,
+    raw: Headers,
 }
 
 /// The `recvmmsg` arguments: each header points at its slot of `room`, its address and its
-/// control buffer, all boxed slices that never grow or move.
+/// control buffer, all boxed slices that never grow or move (when `Headers` moves, they stay).
 struct Headers {
     room: Box<[u8]>,
     iov: Box<[libc::iovec]>,
-    names: Box<[libc::sockaddr_storage]>,
+    names: Box<[SockaddrStorage]>,
     control: Box<[Control]>,
     headers: Box<[libc::mmsghdr]>,
 }
@@ -48,30 +49,31 @@ struct Headers {
 unsafe impl Send for Headers {}
 
 impl Headers {
-    fn new() -> Box<Headers> {
-        // SAFETY (the three `zeroed`): all-zero is a valid iovec, sockaddr_storage and mmsghdr
-        // (null pointers, zero lengths); the pointers are set below.
-        let mut h = Box::new(Headers {
+    fn new() -> Headers {
+        // SAFETY (the three `zeroed`): all-zero is a valid iovec, socket address storage (a union
+        // of C socket addresses) and mmsghdr (null pointers, zero lengths); the pointers are set
+        // below.
+        let mut h = Headers {
             room: vec![0u8; RECV_MESSAGES * MESSAGE_ROOM].into_boxed_slice(),
             iov: unsafe { zeroed(RECV_MESSAGES) },
             names: unsafe { zeroed(RECV_MESSAGES) },
             control: vec![[0; 4]; RECV_MESSAGES].into_boxed_slice(),
             headers: unsafe { zeroed(RECV_MESSAGES) },
-        });
+        };
         let Headers {
             room,
             iov,
             names,
             control,
             headers,
-        } = &mut *h;
+        } = &mut h;
         for (k, slot) in room.chunks_exact_mut(MESSAGE_ROOM).enumerate() {
             iov[k] = libc::iovec {
                 iov_base: slot.as_mut_ptr().cast(),
                 iov_len: MESSAGE_ROOM,
             };
             let hdr = &mut headers[k].msg_hdr;
-            hdr.msg_name = (&mut names[k] as *mut libc::sockaddr_storage).cast();
+            hdr.msg_name = (&mut names[k] as *mut SockaddrStorage).cast();
             hdr.msg_iov = &mut iov[k];
             hdr.msg_iovlen = 1;
             hdr.msg_control = control[k].as_mut_ptr().cast();
@@ -159,36 +161,15 @@ fn gro_segment(hdr: &libc::msghdr) -> Option<usize> {
 
 /// The sender's address: an IPv4 sender on the dual-stack socket (`::ffff:a.b.c.d`) as IPv4,
 /// as GotaTun's receive gives it (peers' endpoints are compared and shown so).
-fn socket_addr(name: &libc::sockaddr_storage) -> Option<SocketAddr> {
-    match libc::c_int::from(name.ss_family) {
-        libc::AF_INET => {
-            // SAFETY: the family says the storage holds a sockaddr_in, which it is large and
-            // aligned enough for.
-            let a =
-                unsafe { &*(name as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
-            Some(SocketAddr::V4(SocketAddrV4::new(
-                Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr)),
-                u16::from_be(a.sin_port),
-            )))
-        }
-        libc::AF_INET6 => {
-            // SAFETY: as above, a sockaddr_in6.
-            let a =
-                unsafe { &*(name as *const libc::sockaddr_storage).cast::<libc::sockaddr_in6>() };
-            let ip = Ipv6Addr::from(a.sin6_addr.s6_addr);
-            let port = u16::from_be(a.sin6_port);
-            Some(match ip.to_ipv4_mapped() {
-                Some(v4) => SocketAddr::V4(SocketAddrV4::new(v4, port)),
-                None => SocketAddr::V6(SocketAddrV6::new(
-                    ip,
-                    port,
-                    a.sin6_flowinfo,
-                    a.sin6_scope_id,
-                )),
-            })
-        }
-        _ => None,
+fn socket_addr(name: &SockaddrStorage) -> Option<SocketAddr> {
+    if let Some(v4) = name.as_sockaddr_in() {
+        return Some(SocketAddrV4::from(*v4).into());
     }
+    let v6 = SocketAddrV6::from(*name.as_sockaddr_in6()?);
+    Some(match v6.ip().to_ipv4_mapped() {
+        Some(v4) => SocketAddrV4::new(v4, v6.port()).into(),
+        None => v6.into(),
+    })
 }
 
 impl GroRecv {
@@ -235,7 +216,7 @@ mod tests {
     //! Against independent senders: plain `std::net::UdpSocket`s (one datagram a call) and a
     //! UDP GSO send, which the kernel hands to a GRO receiver as one coalesced message.
 
-    use std::net::UdpSocket as StdUdp;
+    use std::net::{Ipv4Addr, Ipv6Addr, UdpSocket as StdUdp};
     use std::time::Duration;
 
     use gotatun::udp::UdpRecv as _;
