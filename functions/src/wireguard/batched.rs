@@ -175,8 +175,9 @@ impl Batched {
         })
     }
 
-    /// Starts a handshake with every peer whose endpoint is known.
-    pub async fn handshake_all(&self) {
+    /// Starts a handshake with every peer whose endpoint is known, sending from the calling
+    /// thread (see [`GsoSend::send_now`]).
+    pub fn handshake_all(&self) {
         let mut out = Vec::new();
         for p in &self.shared.table().peers {
             let mut slot = p.lock();
@@ -188,7 +189,10 @@ impl Batched {
             }
         }
         for (packet, to) in out {
-            let _ = self.udp.send_to(packet, to).await;
+            if let Err(e) = self.udp.send_now(&packet, to) {
+                // The timers send it again.
+                tracing::debug!("a handshake initiation to {to}: {e}");
+            }
         }
     }
 

@@ -180,6 +180,21 @@ impl GsoSend {
     pub fn gso(&self) -> bool {
         self.gso.load(Ordering::Relaxed)
     }
+
+    /// Sends one datagram now, from any thread, without the runtime: `send_to` first waits for
+    /// the socket's readiness, which only the runtime's worker learns (from its I/O driver), and
+    /// a worker kept busy by a backlog of datagrams may take seconds to learn it on a slow CPU.
+    /// A full socket buffer fails with `WouldBlock` (the datagram is dropped, as UDP may).
+    pub fn send_now(&self, datagram: &[u8], destination: SocketAddr) -> io::Result<()> {
+        nix::sys::socket::sendto(
+            self.udp.socket().as_raw_fd(),
+            datagram,
+            &SockaddrStorage::from(destination),
+            nix::sys::socket::MsgFlags::MSG_DONTWAIT,
+        )
+        .map(drop)
+        .map_err(io::Error::from)
+    }
 }
 
 /// What [`GsoSend::send_many_to`] reuses from call to call.
@@ -496,6 +511,28 @@ mod tests {
             expect_per_destination(&batch, (&a, a_addr), (&b, b_addr));
             assert_eq!(tx.gso(), gso, "nothing turned GSO off");
         }
+    }
+
+    /// `send_now` sends from a thread outside the runtime, while the runtime's thread is held
+    /// (its driver never runs meanwhile), to IPv4 and IPv6 destinations of the dual-stack socket.
+    #[tokio::test]
+    async fn send_now_needs_no_runtime() {
+        let tx = sender(true).await;
+        let (v4, v4_addr) = receiver();
+        let v6 = StdUdp::bind("[::1]:0").expect("bind an IPv6 receiver");
+        v6.set_read_timeout(Some(Duration::from_secs(2)))
+            .expect("timeout");
+        let v6_addr = v6.local_addr().expect("addr");
+        let sent = std::thread::spawn(move || {
+            [(0, v4_addr), (1, v6_addr)].map(|(i, to)| tx.send_now(&datagram(i, 148), to))
+        })
+        .join()
+        .expect("the sending thread");
+        for r in sent {
+            r.expect("send_now");
+        }
+        assert_eq!(receive(&v4, 1), vec![datagram(0, 148)]);
+        assert_eq!(receive(&v6, 1), vec![datagram(1, 148)]);
     }
 
     /// A receiver with UDP GRO on gets a GSO message whole, with its segment size: the proof

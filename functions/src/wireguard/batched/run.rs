@@ -54,7 +54,7 @@ pub async fn run(setup: Setup<'_>, uapi_path: &Path) -> Result<(), String> {
     // A restarted endpoint has no sessions: handshake with every peer it can reach now, waiting
     // for a while at most (a peer that is away must not keep the endpoint from getting ready;
     // the timers send the initiation again).
-    dev.handshake_all().await;
+    dev.handshake_all();
     // A blocking sleep: this thread has nothing else to do meanwhile, and tokio's timers are
     // driven by the worker, which a backlog of datagrams (queued while the endpoint restarted)
     // can keep busy for long on a slow CPU: on Debian 6.1 under TCG, two VMs on two CPUs, one
