@@ -36,18 +36,20 @@ const SITE_CLIENT: Ipv4Addr = Ipv4Addr::new(10, 98, 0, 2);
 
 /// The chain: vpn (wireguard, side ingress, on `backend`) -> fw (firewall: TCP 7000 and UDP
 /// 7001 from the tunnel's peers) -> egress. `backend` "gotatun" is the userspace backend on
-/// GotaTun's own device (`userspace = "gotatun"`); "userspace" is on the default device.
+/// GotaTun's own device (`userspace = "gotatun"`); "userspace" is on the default device, and
+/// "unmoderated" is too, without receive moderation (`receive_moderation_us = 0`).
 fn chain_file(chain: &str, mode: &str, backend: &str, peer_public: &str) -> String {
     let backend = match backend {
-        "gotatun" => "userspace\"\nuserspace = \"gotatun",
-        other => other,
+        "gotatun" => "backend = \"userspace\"\nuserspace = \"gotatun\"".to_string(),
+        "unmoderated" => "backend = \"userspace\"\nreceive_moderation_us = 0".to_string(),
+        other => format!("backend = \"{other}\""),
     };
     format!(
         "[[chain]]\nname = \"{chain}\"\nfastpath = \"{mode}\"\n\n[chain.ingress]\naddress = \
          \"10.85.1.2/24\"\n\n[chain.egress]\naddress = \"{SERVER}/24\"\n\n\
          [[chain.function]]\nname = \"vpn\"\nkind = \"wireguard\"\nside = \"ingress\"\n\
          private_key_file = \"vpn.key\"\nlisten_port = 51820\naddress = [\"10.99.0.1/24\"]\n\
-         backend = \"{backend}\"\n\n\
+         {backend}\n\n\
          [[chain.function.peer]]\npublic_key = \"{peer_public}\"\nallowed_ips = [\"{PEER_ADDR}/32\", \"{SITE}\"]\n\n\
          [[chain.function]]\nname = \"fw\"\nkind = \"firewall\"\ndefault = \"drop\"\n\n\
          [[chain.function.rule]]\nsrc = \"10.99.0.0/24\"\nproto = \"tcp\"\ndport = 7000\naction = \"accept\"\n\n\
@@ -622,6 +624,12 @@ fn kernel_wireguard_go_peer_reaches_a_server_through_the_tunnel_and_a_firewall()
     through_the_tunnel("kernel", "wk", "userspace", PeerKind::Go);
 }
 
+/// The same on the default device without receive moderation (`receive_moderation_us = 0`).
+#[test]
+fn unmoderated_wireguard_go_peer_reaches_a_server_through_the_tunnel_and_a_firewall() {
+    through_the_tunnel("tc", "wmod", "unmoderated", PeerKind::Go);
+}
+
 /// The same on GotaTun's own device (`userspace = "gotatun"`), the fallback of the default one.
 #[test]
 fn gotatun_device_wireguard_go_peer_reaches_a_server_through_the_tunnel_and_a_firewall() {
@@ -712,11 +720,19 @@ fn through_the_tunnel(mode: &str, tag: &str, backend: &str, peer_kind: PeerKind)
                 "{mode}/{backend}: {row}"
             );
             // The batched device's receive moderation is a latency: status says so.
+            let moderation = match backend {
+                "gotatun" => None,
+                "unmoderated" => Some("receive moderation: off"),
+                _ => Some("receive moderation: 40 µs ticks while datagrams come closer"),
+            };
             assert_eq!(
-                row.contains("receive moderation: 40 µs ticks"),
-                backend != "gotatun",
+                row.contains("receive moderation"),
+                moderation.is_some(),
                 "{mode}/{backend}: {row}"
             );
+            if let Some(moderation) = moderation {
+                assert!(row.contains(moderation), "{mode}/{backend}: {row}");
+            }
             assert_no_capabilities(chain);
         }
         let peer = lab.peer_as(peer_kind);

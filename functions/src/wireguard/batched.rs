@@ -39,7 +39,6 @@ pub mod run;
 mod table;
 
 use moderation::Moderation;
-pub use moderation::TICK;
 pub use requests::serve;
 use table::{Keys, Peer, PeerSlot, Table};
 
@@ -123,6 +122,8 @@ impl Drop for Batched {
 }
 
 impl Batched {
+    /// Starts the device's tasks on the runtime; `moderation` is the incoming direction's
+    /// receive tick (zero: woken for every datagram).
     pub async fn start(
         mut factory: UdpFactory,
         tun_tx: TunWriter,
@@ -130,6 +131,7 @@ impl Batched {
         private: StaticSecret,
         port: u16,
         specs: Vec<PeerSpec>,
+        moderation: Duration,
     ) -> std::io::Result<Self> {
         let public = PublicKey::from(&private);
         let keys = Keys {
@@ -163,6 +165,7 @@ impl Batched {
                 GroRecv::new(udp_rx),
                 udp_tx.clone(),
                 tun_tx,
+                moderation,
             )),
             tokio::spawn(outgoing(shared.clone(), tun_rx, udp_tx.clone(), mtu)),
         ];
@@ -239,6 +242,7 @@ async fn incoming(
     mut udp_rx: GroRecv,
     udp_tx: GsoSend,
     mut tun_tx: TunWriter,
+    tick: Duration,
 ) {
     let mut pool = PacketBufPool::new(4096);
     let mut received: Vec<(Packet, SocketAddr)> = Vec::with_capacity(128);
@@ -246,7 +250,7 @@ async fn incoming(
     let mut send_buf = Default::default();
     let mut mtu = MtuWatcher::new(1420);
     let mut to_tun = Vec::with_capacity(128);
-    let mut moderation = Moderation::new();
+    let mut moderation = Moderation::new(tick);
     // The last round left datagrams on the socket (it took DRAIN): the next takes them at once.
     let mut left_some = false;
     loop {

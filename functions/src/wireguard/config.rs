@@ -13,6 +13,7 @@
 //! mtu = 1420
 //! backend = "auto"                   # auto | kernel | userspace
 //! userspace = "batched"              # batched | gotatun: which userspace device, where it runs
+//! receive_moderation_us = 40         # the batched device's receive tick; 0 = off
 //!
 //! [[chain.function.peer]]
 //! public_key = "hSDwCYkwp1R0i33ctD73Wg2/Og0mOBr066SpjqqbTmo="
@@ -80,6 +81,14 @@ impl Userspace {
 /// both ways, 4,100-byte ones do not; `tests/tests/wireguard.rs` checks the first).
 pub const USERSPACE_MAX_MTU: u16 = 4096;
 
+/// The batched device's receive moderation by default, in microseconds (see
+/// `super::batched::moderation`).
+pub const RECEIVE_MODERATION_US: u16 = 40;
+
+/// The longest receive moderation tick allowed, in microseconds: a datagram waits a tick at
+/// most, and a millisecond is already more than a LAN's round trip.
+pub const RECEIVE_MODERATION_MAX_US: u16 = 1000;
+
 /// A checked WireGuard endpoint.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct WgSettings {
@@ -96,10 +105,18 @@ pub struct WgSettings {
     /// A record from before the choice has none: the batched device.
     #[serde(default)]
     pub userspace: Userspace,
+    /// The batched device's receive moderation tick in microseconds, 0 for none. A record from
+    /// before the setting has none: the default.
+    #[serde(default = "default_receive_moderation")]
+    pub receive_moderation_us: u16,
     pub peers: Vec<PeerConf>,
     /// Where the addresses were written (not recorded: only `validate` reports at them).
     #[serde(skip)]
     pub spans: WgSpans,
+}
+
+fn default_receive_moderation() -> u16 {
+    RECEIVE_MODERATION_US
 }
 
 /// Where a WireGuard endpoint's addresses were written in the chain file.
@@ -155,6 +172,10 @@ const BACKEND: Want = Want {
 const USERSPACE: Want = Want {
     what: "batched or gotatun",
     example: "\"batched\"",
+};
+const RECEIVE_MODERATION: Want = Want {
+    what: "a whole number of microseconds from 0 (off) to 1000",
+    example: "40",
 };
 const PEERS: Want = Want {
     what: "a list of peer tables",
@@ -290,6 +311,8 @@ pub fn parse(settings: Settings<'_>) -> Result<WgSettings, Vec<SettingError>> {
             }
         },
     };
+    let moderation_value = t.integer("receive_moderation_us", RECEIVE_MODERATION, &mut out);
+    let receive_moderation_us = receive_moderation(&mut out, moderation_value, backend, userspace);
     if let Some(m) = &mtu_value
         && backend == Backend::Userspace
         && mtu > USERSPACE_MAX_MTU
@@ -413,9 +436,56 @@ pub fn parse(settings: Settings<'_>) -> Result<WgSettings, Vec<SettingError>> {
         mtu,
         backend,
         userspace,
+        receive_moderation_us,
         peers,
         spans,
     })
+}
+
+/// `receive_moderation_us`: in range, and only where the batched device may run (a kernel
+/// interface has the kernel's NAPI; GotaTun's device wakes for every datagram).
+fn receive_moderation(
+    out: &mut Problems,
+    value: Option<Spanned<i64>>,
+    backend: Backend,
+    userspace: Userspace,
+) -> u16 {
+    let Some(value) = value else {
+        return RECEIVE_MODERATION_US;
+    };
+    let elsewhere = match (backend, userspace) {
+        (Backend::Kernel, _) => {
+            Some("backend = \"kernel\" (the kernel's WireGuard has its own NAPI)")
+        }
+        (_, Userspace::Gotatun) => Some("userspace = \"gotatun\" (GotaTun's device has none)"),
+        _ => None,
+    };
+    if let Some(elsewhere) = elsewhere {
+        out.error(
+            value.span(),
+            format!(
+                "receive_moderation_us is a setting of netfn's batched device, not of {elsewhere}"
+            ),
+            "remove it, or use the batched userspace device (backend = \"auto\" or \"userspace\", \
+             userspace = \"batched\")"
+                .to_string(),
+        );
+        return RECEIVE_MODERATION_US;
+    }
+    match u16::try_from(*value.get_ref()) {
+        Ok(us) if us <= RECEIVE_MODERATION_MAX_US => us,
+        _ => {
+            out.error(
+                value.span(),
+                format!("receive_moderation_us {} is out of range", value.get_ref()),
+                format!(
+                    "use 0 (off: woken for every datagram) to {RECEIVE_MODERATION_MAX_US}; the \
+                     default is {RECEIVE_MODERATION_US}"
+                ),
+            );
+            RECEIVE_MODERATION_US
+        }
+    }
 }
 
 /// A key file: resolved against the chain file's directory, readable by its owner only, a key;
@@ -626,6 +696,7 @@ mod tests {
             mtu: 1420,
             backend: Backend::Auto,
             userspace: Userspace::Batched,
+            receive_moderation_us: RECEIVE_MODERATION_US,
             peers: vec![PeerConf {
                 public_key: "hSDwCYkwp1R0i33ctD73Wg2/Og0mOBr066SpjqqbTmo=".into(),
                 preshared_key_file: None,
@@ -723,6 +794,35 @@ mod tests {
         let (found, settings) = parse("");
         assert!(found.is_empty(), "{found:?}");
         assert_eq!(settings.map(|s| s.userspace), Some(Userspace::Batched));
+        // Receive moderation: 40 µs unless set; 0 turns it off; only the batched device has it.
+        let moderation = |extra: &str| {
+            let (found, settings) = parse(extra);
+            (
+                settings.map(|s| s.receive_moderation_us),
+                found.iter().map(|f| f.message.clone()).collect::<Vec<_>>(),
+            )
+        };
+        assert_eq!(moderation(""), (Some(40), vec![]));
+        assert_eq!(moderation("receive_moderation_us = 0\n"), (Some(0), vec![]));
+        assert_eq!(
+            moderation("receive_moderation_us = 1000\nbackend = \"userspace\"\n"),
+            (Some(1000), vec![])
+        );
+        let (_, refused) = moderation("receive_moderation_us = 1001\n");
+        assert!(
+            refused.len() == 1
+                && refused[0].ends_with("receive_moderation_us 1001 is out of range"),
+            "{refused:?}"
+        );
+        for other in ["userspace = \"gotatun\"", "backend = \"kernel\""] {
+            let (_, refused) = moderation(&format!("receive_moderation_us = 20\n{other}\n"));
+            assert!(
+                refused.len() == 1
+                    && refused[0].contains("a setting of netfn's batched device, not of")
+                    && refused[0].contains(other),
+                "{other}: {refused:?}"
+            );
+        }
         let (_, settings) = parse("userspace = \"gotatun\"\n");
         assert_eq!(settings.map(|s| s.userspace), Some(Userspace::Gotatun));
         let (found, _) = parse("userspace = \"boringtun\"\n");
@@ -737,7 +837,12 @@ mod tests {
         // A record from before the choice names no device: the batched one.
         let mut recorded = serde_json::to_value(self::settings(&["10.99.0.2/32"])).unwrap();
         recorded.as_object_mut().unwrap().remove("userspace");
+        recorded
+            .as_object_mut()
+            .unwrap()
+            .remove("receive_moderation_us");
         let old: WgSettings = serde_json::from_value(recorded).unwrap();
         assert_eq!(old.userspace, Userspace::Batched);
+        assert_eq!(old.receive_moderation_us, RECEIVE_MODERATION_US);
     }
 }

@@ -62,6 +62,8 @@ pub struct Setup<'a> {
     pub term: Signal,
     /// How long to wait for the handshakes with the peers it knows an endpoint of.
     pub handshake_wait: std::time::Duration,
+    /// The batched device's receive moderation tick (zero: none).
+    pub moderation: std::time::Duration,
     /// When the process started, for the log's timings.
     pub began: std::time::Instant,
 }
@@ -146,6 +148,7 @@ pub fn run(chain: &str, function: &str) -> Result<(), String> {
             control,
             term,
             handshake_wait: HANDSHAKE_WAIT,
+            moderation: std::time::Duration::from_micros(settings.receive_moderation_us.into()),
             began,
         };
         match settings.userspace {
@@ -196,21 +199,23 @@ impl Drop for Sockets {
     }
 }
 
-/// Records what runs (for `netfn status`: the device, its TUN offloads and the buffers its
-/// socket got, so after the socket is bound) and says the endpoint is ready (`up` waits for it).
+/// Records what runs (for `netfn status`: the device, its TUN offloads, the buffers its
+/// socket got, so after the socket is bound, and the batched device's receive moderation) and
+/// says the endpoint is ready (`up` waits for it).
 pub fn say_ready(
     chain: &str,
     function: &str,
-    device: Userspace,
+    (device, moderation): (Userspace, std::time::Duration),
     offloads: Offloads,
     buffers: &SocketBuffers,
     began: std::time::Instant,
 ) -> Result<(), String> {
     // A latency the operator should know of: the batched device's receive moderation.
     let moderation = match device {
+        Userspace::Batched if moderation.is_zero() => "; receive moderation: off".to_string(),
         Userspace::Batched => format!(
             "; receive moderation: {} µs ticks while datagrams come closer",
-            super::batched::TICK.as_micros()
+            moderation.as_micros()
         ),
         Userspace::Gotatun => String::new(),
     };

@@ -102,7 +102,7 @@ pub async fn run(setup: Setup<'_>) -> Result<(), String> {
     say_ready(
         chain,
         function,
-        Userspace::Gotatun,
+        (Userspace::Gotatun, std::time::Duration::ZERO),
         offloads,
         &buffers,
         began,

@@ -108,7 +108,8 @@ impl FunctionConfig for WgConfig {
 
     /// Peers (added, removed, changed) change in place: the running endpoint gets them over its
     /// UAPI socket and the untouched peers keep their sessions. The endpoint's own key, port,
-    /// addresses, MTU, side, backend and userspace device change with down and up.
+    /// addresses, MTU, side, backend, userspace device and receive moderation change with down
+    /// and up.
     fn change_in_place(&self, old: &dyn FunctionConfig) -> Result<(), String> {
         let Some(old) = old.downcast_ref::<WgConfig>() else {
             return Err("the function was not a WireGuard endpoint".into());
@@ -123,13 +124,14 @@ impl FunctionConfig for WgConfig {
             && a.address == b.address
             && a.mtu == b.mtu
             && a.backend == b.backend
-            && a.userspace == b.userspace;
+            && a.userspace == b.userspace
+            && a.receive_moderation_us == b.receive_moderation_us;
         if same {
             Ok(())
         } else {
             Err(
                 "only its peers change in place; its key, port, addresses, MTU, side, \
-                 backend and userspace device change with down and up"
+                 backend, userspace device and receive_moderation_us change with down and up"
                     .into(),
             )
         }

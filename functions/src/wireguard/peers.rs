@@ -151,6 +151,7 @@ mod tests {
             mtu: 1420,
             backend: super::super::config::Backend::Auto,
             userspace: super::super::config::Userspace::Batched,
+            receive_moderation_us: super::super::config::RECEIVE_MODERATION_US,
             peers,
             spans: Default::default(),
         }

@@ -1,7 +1,7 @@
 //! Receive moderation for the batched device's incoming direction, as a NIC's interrupt
-//! moderation or the kernel's NAPI does it: while datagrams arrive closer together than a
-//! [`TICK`], the device is no longer woken by each of them but takes what queued on its socket
-//! once a tick.
+//! moderation or the kernel's NAPI does it: while datagrams arrive closer together than a tick
+//! (`receive_moderation_us`, 40 µs by default, 0 for none), the device is no longer woken by
+//! each of them but takes what queued on its socket once a tick.
 //!
 //! Why: on a VM a wake-up costs more than a small packet's decryption. A profile of the endpoint
 //! under wireguard-go's 60-byte datagrams (`perf record` during `cargo xtask bench vpn`, ~110 kpps)
@@ -18,37 +18,43 @@
 //! arrives then only queues. A packet to send (the TUN readable) ends the wait at once, and the
 //! device yields after every round, so the other direction is not held up; the timers wait a
 //! tick at most. The cost is latency: while the device ticks, a datagram waits for the next
-//! tick, [`TICK`] at most. A datagram that comes after a pause longer than a tick is taken at
+//! tick, a tick at most. A datagram that comes after a pause longer than a tick is taken at
 //! once, and the first tick that finds the socket empty ends the ticking.
 
 use std::os::fd::{AsRawFd, BorrowedFd};
 use std::time::Duration;
 
-/// The wait between two looks at the socket while datagrams keep coming.
-pub const TICK: Duration = Duration::from_micros(40);
-
 /// How much a sleep may overrun (the thread's timer slack; the kernel's default is 50 µs, more
-/// than the tick).
+/// than the default tick).
 const SLACK_NS: libc::c_ulong = 2_000;
 
 /// Whether the device is being woken by its socket or looks at it once a tick.
 pub struct Moderation {
+    /// The wait between two looks at the socket while datagrams keep coming; zero: never ticks.
+    tick: Duration,
     ticking: bool,
 }
 
 impl Moderation {
-    /// Starts woken by the socket; sets the calling thread's timer slack (call it on the thread
-    /// that will sleep: the runtime's worker).
-    pub fn new() -> Moderation {
+    /// Starts woken by the socket; where it will tick, sets the calling thread's timer slack
+    /// (call it on the thread that will sleep: the runtime's worker).
+    pub fn new(tick: Duration) -> Moderation {
         // SAFETY: prctl(2) with integer arguments; PR_SET_TIMERSLACK acts on the calling thread.
-        let rc = unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, SLACK_NS, 0, 0, 0) };
+        let rc = if tick.is_zero() {
+            0
+        } else {
+            unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, SLACK_NS, 0, 0, 0) }
+        };
         if rc != 0 {
             tracing::debug!(
                 "timer slack left as it was ({}): a tick may last up to 50 µs more",
                 std::io::Error::last_os_error()
             );
         }
-        Moderation { ticking: false }
+        Moderation {
+            tick,
+            ticking: false,
+        }
     }
 
     pub fn ticking(&self) -> bool {
@@ -58,7 +64,7 @@ impl Moderation {
     /// The socket woke the device after `waited` (since it last found the socket empty): tick
     /// from now on if that was less than a tick (the datagrams come that close together).
     pub fn woken_after(&mut self, waited: Duration) {
-        self.ticking = waited < TICK;
+        self.ticking = waited < self.tick;
     }
 
     /// A tick found nothing: be woken by the socket again.
@@ -77,7 +83,7 @@ impl Moderation {
         }];
         let tick = libc::timespec {
             tv_sec: 0,
-            tv_nsec: TICK.as_nanos() as libc::c_long,
+            tv_nsec: self.tick.as_nanos() as libc::c_long,
         };
         // SAFETY: one pollfd, a timespec and no signal mask, all alive for the call. Its result
         // does not matter: readable, timed out or interrupted, the tick is over.
@@ -91,7 +97,7 @@ mod tests {
 
     #[test]
     fn close_datagrams_start_the_ticking_and_an_empty_tick_ends_it() {
-        let mut m = Moderation::new();
+        let mut m = Moderation::new(Duration::from_micros(40));
         assert!(!m.ticking(), "woken by the socket at first");
         m.woken_after(Duration::from_millis(3));
         assert!(!m.ticking(), "a pause longer than a tick: still woken");
@@ -99,5 +105,15 @@ mod tests {
         assert!(m.ticking(), "closer than a tick: ticking");
         m.found_nothing();
         assert!(!m.ticking(), "an empty tick ends it");
+    }
+
+    #[test]
+    fn a_zero_tick_never_ticks() {
+        let mut m = Moderation::new(Duration::ZERO);
+        m.woken_after(Duration::ZERO);
+        assert!(
+            !m.ticking(),
+            "receive_moderation_us = 0: woken for every datagram"
+        );
     }
 }

@@ -28,6 +28,7 @@ pub async fn run(setup: Setup<'_>, uapi_path: &Path) -> Result<(), String> {
         mut term,
         control,
         handshake_wait,
+        moderation,
         ..
     } = setup;
     // Its `get=1` answer names the private key: root's only (control::bind).
@@ -43,6 +44,7 @@ pub async fn run(setup: Setup<'_>, uapi_path: &Path) -> Result<(), String> {
         StaticSecret::from(setup.private),
         setup.port,
         setup.peers,
+        moderation,
     )
     .await
     .map_err(|e| format!("start the batched WireGuard device {name}: {e}"))?;
@@ -66,7 +68,7 @@ pub async fn run(setup: Setup<'_>, uapi_path: &Path) -> Result<(), String> {
     say_ready(
         chain,
         function,
-        Userspace::Batched,
+        (Userspace::Batched, moderation),
         offloads,
         &buffers,
         began,
