@@ -100,6 +100,10 @@ pub enum Bench {
         /// side by side with the default batched device.
         #[arg(long)]
         also_gotatun: bool,
+        /// netfn's batched endpoints' `receive_moderation_us` (0 = off); netfn's default (40)
+        /// unless given.
+        #[arg(long, value_name = "US")]
+        receive_moderation_us: Option<u16>,
     },
 }
 
@@ -110,11 +114,13 @@ pub fn run(which: Bench) -> Result<()> {
             seconds,
             fastpath,
             also_gotatun,
+            receive_moderation_us,
         } => vpn::run(&vpn::Options {
             repetitions,
             seconds,
             fastpath,
             also_gotatun,
+            receive_moderation_us,
         }),
         Bench::Firewall {
             repetitions,

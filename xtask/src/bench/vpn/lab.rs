@@ -34,6 +34,8 @@ pub(super) struct VpnLab {
     /// Building the tunnels of GotaTun's own device (`userspace = "gotatun"`, for `--also-gotatun`):
     /// their subnets are 10 up and their names end in `g`.
     gotatun: bool,
+    /// The batched device's `receive_moderation_us`, when not netfn's default.
+    moderation: Option<u16>,
 }
 
 /// A wireguard-go process (`wireguard-go -f NAME` in a namespace), killed on drop.
@@ -70,7 +72,7 @@ pub(crate) struct GoConf<'a> {
 }
 
 impl VpnLab {
-    pub(super) fn new(netfn: PathBuf, dir: PathBuf) -> Self {
+    pub(super) fn new(netfn: PathBuf, dir: PathBuf, moderation: Option<u16>) -> Self {
         VpnLab {
             netfn,
             dir,
@@ -79,6 +81,7 @@ impl VpnLab {
             chains: Vec::new(),
             namespaces: Vec::new(),
             gotatun: false,
+            moderation,
         }
     }
 
@@ -124,8 +127,10 @@ impl VpnLab {
     /// A chain file's `vpn` function (without its peers), on the device being built.
     fn endpoint_function(&self, side: &str, key: &Path, address: &str) -> String {
         let mut f = endpoint_function(side, key, address);
-        if self.gotatun {
-            f.push_str("userspace = \"gotatun\"\n");
+        match (self.gotatun, self.moderation) {
+            (true, _) => f.push_str("userspace = \"gotatun\"\n"),
+            (false, Some(us)) => f.push_str(&format!("receive_moderation_us = {us}\n")),
+            (false, None) => {}
         }
         f
     }

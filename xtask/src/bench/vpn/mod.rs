@@ -17,6 +17,9 @@
 //!   GotaTun's own device (`userspace = "gotatun"`) instead of netfn's batched device (the
 //!   default), in subnets and names of their own. The goals are the default device's.
 //!
+//! `--receive-moderation-us US` sets netfn's batched endpoints' receive moderation (0: off), to
+//! measure what it costs or saves against netfn's default (the JSON records it).
+//!
 //! Figures, per tunnel and repetition, each from its own iperf3 run (`iperf3 -J -c … -t
 //! SECONDS`, a fresh `iperf3 -s -1`, default flags otherwise):
 //! - **TCP, 1 stream** and **TCP, 4 streams** (`-P 4`): throughput at the receiver;
@@ -69,6 +72,8 @@ pub struct Options {
     pub fastpath: String,
     /// netfn's tunnels again on GotaTun's own device (`userspace = "gotatun"`), side by side.
     pub also_gotatun: bool,
+    /// netfn's batched endpoints' `receive_moderation_us`, when not netfn's default.
+    pub receive_moderation_us: Option<u16>,
 }
 
 /// One tunnel to measure: where the iperf3 client and server run, and which processes carry it.
@@ -146,6 +151,8 @@ struct Report<'a> {
     fastpath: &'a str,
     repetitions: usize,
     seconds: f64,
+    /// netfn's batched endpoints' receive moderation, when set (else netfn's default).
+    receive_moderation_us: Option<u16>,
     method: Vec<&'static str>,
     records: &'a [report::Record],
     goals: Vec<Goal>,
@@ -174,7 +181,7 @@ pub fn run(options: &Options) -> Result<()> {
     let started = Instant::now();
     let dir: PathBuf =
         util::workspace_root().join(format!("target/bench/vpn-{}", std::process::id()));
-    let mut lab = VpnLab::new(netfn, dir);
+    let mut lab = VpnLab::new(netfn, dir, options.receive_moderation_us);
     let tunnels = lab.build(&options.fastpath, options.also_gotatun)?;
     println!(
         "set up {} tunnels in {:.1} s; measuring {} repetition(s) of {:.1} s iperf3 runs",
@@ -218,8 +225,19 @@ pub fn run(options: &Options) -> Result<()> {
     let report = Report {
         bench: "vpn",
         command: format!(
-            "cargo xtask bench vpn --repetitions {} --seconds {} --fastpath {}",
-            options.repetitions, options.seconds, options.fastpath
+            "cargo xtask bench vpn --repetitions {} --seconds {} --fastpath {}{}{}",
+            options.repetitions,
+            options.seconds,
+            options.fastpath,
+            if options.also_gotatun {
+                " --also-gotatun"
+            } else {
+                ""
+            },
+            options
+                .receive_moderation_us
+                .map(|us| format!(" --receive-moderation-us {us}"))
+                .unwrap_or_default()
         ),
         kernel: super::kernel_release(),
         cpus: online_cpus(),
@@ -228,6 +246,7 @@ pub fn run(options: &Options) -> Result<()> {
         fastpath: &options.fastpath,
         repetitions: options.repetitions,
         seconds: options.seconds,
+        receive_moderation_us: options.receive_moderation_us,
         method: report::METHOD.to_vec(),
         records: &records,
         goals,
