@@ -35,6 +35,7 @@ use super::udp_recv::GroRecv;
 
 mod moderation;
 mod requests;
+mod routes;
 pub mod run;
 mod table;
 

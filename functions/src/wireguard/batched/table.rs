@@ -17,6 +17,7 @@ use ipnet::Ipv4Net;
 
 use super::super::dataplane::PeerSpec;
 use super::super::peers::PeerChange;
+use super::routes::Routes;
 
 /// One peer: its key, and its session and settings under a lock taken once per run of its
 /// packets.
@@ -77,8 +78,8 @@ impl Keys {
 pub struct Table {
     pub peers: Vec<Arc<Peer>>,
     by_key: HashMap<[u8; 32], usize>,
-    /// (network, index in `peers`), longest prefix first.
-    routes: Vec<(Ipv4Net, usize)>,
+    /// The peers' allowed IPs to their index in `peers`.
+    routes: Routes,
 }
 
 impl Table {
@@ -88,16 +89,15 @@ impl Table {
 
     fn of(peers: Vec<Arc<Peer>>) -> Self {
         let mut by_key = HashMap::new();
-        let mut routes = Vec::new();
+        let mut nets = Vec::new();
         for (i, p) in peers.iter().enumerate() {
             by_key.insert(p.key, i);
-            routes.extend(p.lock().allowed.iter().map(|n| (*n, i)));
+            nets.extend(p.lock().allowed.iter().map(|n| (*n, i)));
         }
-        routes.sort_by_key(|(n, _)| std::cmp::Reverse(n.prefix_len()));
         Table {
             peers,
             by_key,
-            routes,
+            routes: Routes::new(nets),
         }
     }
 
@@ -108,10 +108,7 @@ impl Table {
     /// The peer whose allowed IPs hold `addr` (the longest prefix that does).
     pub fn peer_for(&self, addr: IpAddr) -> Option<&Peer> {
         let IpAddr::V4(v4) = addr else { return None };
-        self.routes
-            .iter()
-            .find(|(net, _)| net.contains(&v4))
-            .map(|(_, i)| &*self.peers[*i])
+        self.routes.lookup(v4).map(|i| &*self.peers[i])
     }
 
     /// The table with `changes` made: a peer removed, a peer there changed in place (its
