@@ -14,6 +14,7 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use gotatun::noise::TunnResult;
@@ -56,6 +57,9 @@ struct Shared {
     table: RwLock<Arc<Table>>,
     /// A session index (ours, in a peer's packets) -> the peer's key.
     by_idx: Mutex<HashMap<u32, [u8; 32]>>,
+    /// Batches the outgoing direction has sent: while it sends, the incoming one does not wait
+    /// for ticks (see [`Moderation::wait_due`]).
+    sent: AtomicU64,
 }
 
 impl Shared {
@@ -158,6 +162,7 @@ impl Batched {
             port,
             table: RwLock::new(Arc::new(table)),
             by_idx: Mutex::new(HashMap::new()),
+            sent: AtomicU64::new(0),
         });
         let mtu = tun_rx.mtu();
         let data = vec![
@@ -256,7 +261,7 @@ async fn incoming(
     let mut left_some = false;
     loop {
         let taken = if moderation.ticking() {
-            if !left_some {
+            if !left_some && moderation.wait_due(shared.sent.load(Ordering::Relaxed)) {
                 moderation.wait_tick(tun_tx.as_fd());
             }
             udp_rx.take_queued(&mut pool, &mut received)
@@ -292,7 +297,7 @@ async fn incoming(
             // The peer locked for the run of packets it sent.
             let mut held = None;
             // The last session looked up, and the last source checked: a run of one session's
-            // packets takes the index map's lock and scans the allowed IPs once.
+            // packets takes the index map's lock and looks the allowed IPs up once.
             let mut session: Option<(u32, Option<&Peer>)> = None;
             let mut owner: Option<(IpAddr, Option<&Peer>)> = None;
             for (datagram, from) in received.drain(..) {
@@ -382,8 +387,8 @@ async fn outgoing(shared: Arc<Shared>, mut tun_rx: TunRecv, udp_tx: GsoSend, mut
         {
             let table = shared.table();
             let mut held = None;
-            // The last destination looked up: a run of packets to one address scans the
-            // allowed IPs once.
+            // The last destination looked up: a run of packets to one address is looked up
+            // once.
             let mut route: Option<(IpAddr, Option<&Peer>)> = None;
             for packet in packets {
                 let Some(to) = packet.destination() else {
@@ -406,6 +411,7 @@ async fn outgoing(shared: Arc<Shared>, mut tun_rx: TunRecv, udp_tx: GsoSend, mut
         if !out.is_empty() {
             let _ = udp_tx.send_many_to(&mut send_buf, &mut out).await;
             out.clear();
+            shared.sent.fetch_add(1, Ordering::Relaxed);
         }
     }
 }
