@@ -47,6 +47,8 @@ use netfn_common::{
     FWD_TABLE_DEFAULT_ENTRIES, FWD_VALID, FnCounters, FwdEntry, FwdRow, SourceKey,
 };
 
+use crate::headers::{ETH_HLEN, IP_HLEN, IP_MAX_HLEN};
+
 /// The forwarding table, indexed by `ifindex - FWD_IFINDEX_BASE` of the arriving interface; each
 /// row holds two versions of the entry and which one is live (see `FwdRow`).
 #[map]
@@ -87,14 +89,10 @@ fn extra_source(slot: u32, src: u32) -> bool {
     NF_FWD_SOURCES.get(&key).is_some()
 }
 
-const ETH_HLEN: usize = 14;
 const ARP_LEN: usize = 28;
-const IPV4_MIN_LEN: usize = 20;
-/// Longest IPv4 header (IHL 15).
-const IPV4_MAX_LEN: usize = 60;
 /// The headers the forwarder reads: Ethernet + the longer of ARP and an IPv4 header with
 /// options (its checksum covers them).
-const HEADERS_LEN: usize = ETH_HLEN + IPV4_MAX_LEN;
+const HEADERS_LEN: usize = ETH_HLEN + IP_MAX_HLEN;
 
 /// EtherTypes and the fixed ARP prefix, as the bytes appear in the packet (read natively).
 const ETH_P_IP: u16 = u16::from_ne_bytes([0x08, 0x00]);
@@ -171,7 +169,7 @@ pub(crate) fn entry(ifindex: u32) -> Option<&'static FwdEntry> {
 fn ipv4_header_sum(ip: usize, ihl: usize, data_end: usize) -> Option<u64> {
     let mut sum: u64 = 0;
     let mut off = 0;
-    while off < IPV4_MIN_LEN {
+    while off < IP_HLEN {
         sum += u64::from(read::<u32>(ip + off));
         off += 4;
     }
@@ -255,7 +253,7 @@ fn decide(data: usize, data_end: usize, len: usize, ifindex: u32) -> Verdict {
     }
 
     let ip = data + ETH_HLEN;
-    if ip + IPV4_MIN_LEN > data_end {
+    if ip + IP_HLEN > data_end {
         return Verdict::Short { slot };
     }
     let version_ihl: u8 = read(ip);
@@ -321,7 +319,7 @@ fn decide(data: usize, data_end: usize, len: usize, ifindex: u32) -> Verdict {
 }
 
 /// Rewrites a packet the forwarder (or a stage) forwards: TTL - 1 with the matching checksum
-/// update, then the Ethernet addresses. The caller has checked `ip + IPV4_MIN_LEN <= data_end`
+/// update, then the Ethernet addresses. The caller has checked `ip + IP_HLEN <= data_end`
 /// (and so the Ethernet header) and that `ttl` (the packet's TTL) is above 1.
 #[inline(always)]
 pub(crate) fn rewrite(data: usize, ip: usize, ttl: u8, e: &FwdEntry) {
@@ -330,7 +328,7 @@ pub(crate) fn rewrite(data: usize, ip: usize, ttl: u8, e: &FwdEntry) {
     let check: u16 = read(ip + 10);
     let mut sum = u32::from(check) + u32::from(0x0100u16.to_be());
     sum += u32::from(sum >= 0xffff);
-    // SAFETY: `ip + IPV4_MIN_LEN <= data_end` was checked, and the program may write the packet
+    // SAFETY: `ip + IP_HLEN <= data_end` was checked, and the program may write the packet
     // (TC: the kernel unclones it first; XDP: the buffer is ours).
     unsafe {
         ptr::write((ip + 8) as *mut u8, ttl - 1);
