@@ -18,9 +18,10 @@
 //! arrives then only queues. A packet to send (the TUN readable) ends the wait at once, and the
 //! device yields after every round, so the other direction is not held up; the timers wait a
 //! tick at most. While the other direction sends, no tick waits: what arrives then is mostly
-//! the acknowledgements of what it sends ([`Moderation::wait_due`]). The cost is latency: while the device ticks, a datagram waits for the next
-//! tick, a tick at most. A datagram that comes after a pause longer than a tick is taken at
-//! once, and the first tick that finds the socket empty ends the ticking.
+//! the acknowledgements of what it sends ([`Moderation::wait_due`]). The cost is latency: while
+//! the device ticks, a datagram waits for the next tick, a tick at most. A datagram that comes
+//! after a pause longer than a tick is taken at once, and the first tick that finds the socket
+//! empty ends the ticking.
 
 use std::os::fd::{AsRawFd, BorrowedFd};
 use std::time::Duration;
@@ -43,12 +44,9 @@ impl Moderation {
     /// (call it on the thread that will sleep: the runtime's worker).
     pub fn new(tick: Duration) -> Moderation {
         // SAFETY: prctl(2) with integer arguments; PR_SET_TIMERSLACK acts on the calling thread.
-        let rc = if tick.is_zero() {
-            0
-        } else {
-            unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, SLACK_NS, 0, 0, 0) }
-        };
-        if rc != 0 {
+        if !tick.is_zero()
+            && unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, SLACK_NS, 0, 0, 0) } != 0
+        {
             tracing::debug!(
                 "timer slack left as it was ({}): a tick may last up to 50 µs more",
                 std::io::Error::last_os_error()
