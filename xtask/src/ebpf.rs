@@ -33,7 +33,7 @@ pub fn build(release: bool) -> Result<PathBuf> {
     let path = path_with_cargo_bin();
     check_toolchain(&path)?;
 
-    let mut cmd = Command::new("cargo");
+    let mut cmd = util::cargo();
     cmd.current_dir(&crate_dir)
         .env("PATH", &path)
         // What the host cargo that started xtask may have set must not leak into the nightly

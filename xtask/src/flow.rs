@@ -36,7 +36,7 @@ impl Profile {
 pub fn ensure_built(profile: Profile) -> Result<PathBuf> {
     ebpf::build(true)?;
     let root = util::workspace_root();
-    let mut cargo = Command::new("cargo");
+    let mut cargo = util::cargo();
     cargo.current_dir(&root).args(["build", "-p", "netfn-cli"]);
     if profile == Profile::Release {
         cargo.arg("--release");
@@ -64,7 +64,7 @@ pub fn test(args: &[String]) -> Result<()> {
     // The tests run this build; tests/install.rs installs and packages it too
     // (`cargo xtask install --profile dev`, `cargo xtask deb --profile dev`).
     ensure_built(Profile::Dev)?;
-    let mut cargo = Command::new("cargo");
+    let mut cargo = util::cargo();
     cargo
         .current_dir(util::workspace_root())
         .args(["test", "--workspace", "--no-fail-fast"]);

@@ -173,7 +173,7 @@ pub fn run(args: FuzzArgs) -> Result<()> {
 /// `cargo +nightly fuzz` in the workspace root, with nothing of the stable cargo that started
 /// xtask leaking in (cargo-fuzz sets its own RUSTFLAGS and target dir).
 fn cargo_fuzz(root: &Path) -> Command {
-    let mut cmd = Command::new("cargo");
+    let mut cmd = util::cargo();
     cmd.current_dir(root)
         .env("PATH", ebpf::path_with_cargo_bin())
         .env_remove("RUSTUP_TOOLCHAIN")

@@ -239,7 +239,7 @@ fn bpf_linker() -> Result<()> {
     // LLVM_PREFIX as well as LLVM_SYS_221_PREFIX: /usr/bin/llvm-config is LLVM 14 here, and
     // bpf-linker's build script would pick it up otherwise.
     util::run(
-        Command::new("cargo")
+        util::cargo()
             .env("PATH", &path)
             .env("LLVM_SYS_221_PREFIX", LLVM_PREFIX)
             .env("LLVM_PREFIX", LLVM_PREFIX)
@@ -265,7 +265,7 @@ fn bpf_linker() -> Result<()> {
 pub fn cargo_fuzz() -> Result<()> {
     let path = ebpf::path_with_cargo_bin();
     if let Some(bin) = ebpf::find_in(&path, "cargo-fuzz") {
-        let version = Command::new("cargo")
+        let version = util::cargo()
             .env("PATH", &path)
             .args(["fuzz", "--version"])
             .output()
@@ -287,7 +287,7 @@ pub fn cargo_fuzz() -> Result<()> {
         );
     }
     util::run(
-        Command::new("cargo")
+        util::cargo()
             .env("PATH", &path)
             .env_remove("RUSTUP_TOOLCHAIN")
             .env_remove("CARGO_TARGET_DIR")

@@ -160,7 +160,16 @@ mod tests {
         assert_eq!(b.next(Some(d4), Duration::from_secs(11)), b.initial);
     }
 
-    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    /// A backoff of milliseconds: the tests run in real time (tokio's paused clock needs its
+    /// `test-util` feature, and that in the tests only would build tokio and everything on it
+    /// twice).
+    const QUICK: Backoff = Backoff {
+        initial: Duration::from_millis(1),
+        max: Duration::from_millis(4),
+        stable: Duration::from_secs(60),
+    };
+
+    #[tokio::test(flavor = "current_thread")]
     async fn failing_and_panicking_tasks_are_restarted_and_counted() {
         let board = Arc::new(Board::default());
         board.adopt("c", Phase::Up, "kernel");
@@ -172,7 +181,7 @@ mod tests {
             "flaky",
             restarts.clone(),
             Arc::clone(&board),
-            Backoff::default(),
+            QUICK,
             move || {
                 let r = Arc::clone(&r);
                 async move {
@@ -184,11 +193,11 @@ mod tests {
                 }
             },
         );
-        for _ in 0..100 {
+        for _ in 0..500 {
             if sup.is_finished() {
                 break;
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
         assert!(sup.is_finished());
         assert_eq!(runs.load(Ordering::SeqCst), 3);
@@ -204,28 +213,21 @@ mod tests {
         );
     }
 
-    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    #[tokio::test(flavor = "current_thread")]
     async fn dropping_the_handle_stops_the_task() {
         let board = Arc::new(Board::default());
         let restarts = IntCounter::new("t2_restarts_total", "t").unwrap();
         let alive = Arc::new(AtomicU32::new(0));
         let a = Arc::clone(&alive);
-        let sup = supervise(
-            "c",
-            "forever",
-            restarts,
-            board,
-            Backoff::default(),
-            move || {
-                let a = Arc::clone(&a);
-                async move {
-                    loop {
-                        a.fetch_add(1, Ordering::SeqCst);
-                        tokio::time::sleep(Duration::from_millis(10)).await;
-                    }
+        let sup = supervise("c", "forever", restarts, board, QUICK, move || {
+            let a = Arc::clone(&a);
+            async move {
+                loop {
+                    a.fetch_add(1, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(10)).await;
                 }
-            },
-        );
+            }
+        });
         tokio::time::sleep(Duration::from_millis(50)).await;
         drop(sup);
         tokio::time::sleep(Duration::from_millis(10)).await;

@@ -10,6 +10,8 @@ use std::process::{Command, Stdio};
 use anyhow::{Context, Result, bail};
 use serde_json::Value;
 
+use crate::util;
+
 /// One test executable.
 #[derive(Debug, Clone)]
 pub struct TestExe {
@@ -42,7 +44,7 @@ struct Built {
 /// the terminal) and returns the artifacts it reports.
 fn cargo_json(root: &Path, args: &[&str]) -> Result<Vec<Built>> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
-    let mut child = Command::new(&cargo)
+    let mut child = util::without_cargo_run_env(&mut Command::new(&cargo))
         .args(args)
         .arg("--message-format=json-render-diagnostics")
         .current_dir(root)
