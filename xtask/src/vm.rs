@@ -9,6 +9,7 @@ mod cpio;
 mod initramfs;
 mod kernel;
 mod qemu;
+mod shards;
 mod tools;
 
 use std::path::{Path, PathBuf};
@@ -138,10 +139,11 @@ pub struct VmTestArgs {
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=64))]
     pub cpus: Option<u32>,
 
-    /// VMs per kernel, run side by side, each running every Nth test of the suite (the
-    /// guest's `netfn.shard=K/N`; tests numbered across the binaries): under TCG a guest waits
-    /// on its slow CPUs more than it keeps the host busy, so 2 on a 2-core host finish the
-    /// suite sooner than 1. Logs: `target/vm/<release>-shard<K>of<N>.log`.
+    /// VMs per kernel, run side by side, each running its share of the suite (the guest's
+    /// `netfn.shard=K/N`), spread so that each takes about as long by the recorded times of
+    /// the tests (xtask/src/vm/test-seconds.txt): under TCG a guest waits on its slow CPUs more
+    /// than it keeps the host busy, so 2 on a 2-core host finish the suite sooner than 1.
+    /// Logs: `target/vm/<release>-shard<K>of<N>.log`.
     #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=8))]
     pub shards: u64,
 
@@ -288,6 +290,7 @@ pub fn run(args: VmTestArgs) -> Result<()> {
     if !test_args.iter().any(|a| a.starts_with("--test-threads")) {
         test_args.insert(0, format!("--test-threads={}", args.test_threads.max(1)));
     }
+    let shard_files = spread_tests(&built.tests, &test_args, args.shards)?;
     let mut runs = Vec::new();
     for kernel in kernels {
         let plan = kernel::plan_modules(&kernel, &wanted)?;
@@ -303,6 +306,7 @@ pub fn run(args: VmTestArgs) -> Result<()> {
             trees: trees.clone(),
             host_tools: host_tools.clone(),
             modules: Some((&kernel, &plan)),
+            shards: &shard_files,
         };
         let started = Instant::now();
         let initramfs_bytes = initramfs::build(&initrd, &payload)?;
@@ -320,7 +324,23 @@ pub fn run(args: VmTestArgs) -> Result<()> {
             started.elapsed().as_secs_f64()
         );
         let booted = boot_shards(&kernel, &initrd, (accel, cpus), &args, &vm_dir);
+        let measured: Vec<(shards::TestId, f64)> = booted
+            .iter()
+            .flat_map(|(_, _, outcome)| outcome.as_ref().map_or(&[][..], |(_, m)| m))
+            .cloned()
+            .collect();
+        if !measured.is_empty() {
+            let path = vm_dir.join(format!("test-seconds-{}.txt", kernel.release));
+            std::fs::write(&path, shards::record(&measured))
+                .with_context(|| format!("cannot write {}", path.display()))?;
+            println!(
+                "vm-test: the times of {} tests: {} (copy it over xtask/src/vm/test-seconds.txt to spread the shards by them)",
+                measured.len(),
+                path.display()
+            );
+        }
         for (shard, log, outcome) in booted {
+            let outcome = outcome.map(|(outcome, _)| outcome);
             let run = KernelRun {
                 kernel: kernel.clone(),
                 shard,
@@ -349,15 +369,44 @@ pub fn run(args: VmTestArgs) -> Result<()> {
     Ok(())
 }
 
+/// With `shards` > 1, each VM's list of tests (`/etc/netfn/shard-K`), spread by their recorded
+/// times; none for one VM, which runs them all. The host's own test executables list their
+/// tests (after the filters in `test_args`).
+fn spread_tests(
+    built: &[artifacts::TestExe],
+    test_args: &[String],
+    shards: u64,
+) -> Result<Vec<String>> {
+    let n = usize::try_from(shards).unwrap_or(1);
+    if n <= 1 {
+        return Ok(Vec::new());
+    }
+    let mut tests = Vec::new();
+    for exe in built {
+        tests.extend(shards::list(&exe.name, &exe.path, test_args)?);
+    }
+    let spread = shards::spread(&tests, &shards::Seconds::recorded()?, n);
+    for (k, shard) in spread.iter().enumerate() {
+        println!(
+            "vm-test: shard {}/{n}: {} tests, {:.0} s by the recorded times",
+            k + 1,
+            shard.tests.len(),
+            shard.seconds
+        );
+    }
+    Ok(spread.iter().map(shards::Shard::file).collect())
+}
+
 /// Boots `--shards` VMs of `kernel` side by side (one without `netfn.shard` if 1) and waits for
-/// them all: each shard's name ("K/N", or empty), console log and outcome.
+/// them all: each shard's name ("K/N", or empty), console log, and outcome with the times of the
+/// tests it ran.
 fn boot_shards(
     kernel: &Kernel,
     initrd: &Path,
     (accel, cpus): (Accel, u32),
     args: &VmTestArgs,
     vm_dir: &Path,
-) -> Vec<(String, PathBuf, Result<Outcome>)> {
+) -> Vec<(String, PathBuf, Result<Booted>)> {
     let shards = usize::try_from(args.shards).unwrap_or(1);
     // Each VM's shard name and console log.
     let vms: Vec<(String, PathBuf)> = (1..=shards)
@@ -381,14 +430,14 @@ fn boot_shards(
         if shards == 1 {
             String::new()
         } else {
-            format!(", {shards} VMs side by side, VM K running tests K, K+{shards}, … of the suite")
+            format!(", {shards} VMs side by side, each its share of the suite")
         },
         args.timeout,
         if shards == 1 { "" } else { "s" },
         names(&logs),
     );
     let vmlinuz = kernel.vmlinuz();
-    let outcomes: Vec<Result<Outcome>> = thread::scope(|scope| {
+    let outcomes: Vec<Result<Booted>> = thread::scope(|scope| {
         let handles: Vec<_> = vms
             .iter()
             .map(|(shard, log)| {
@@ -401,7 +450,7 @@ fn boot_shards(
                         format!("netfn.shard={shard}")
                     };
                     let mut progress = Progress::new(verbose, shard);
-                    qemu::boot(
+                    let outcome = qemu::boot(
                         &qemu::Boot {
                             vmlinuz,
                             initrd,
@@ -413,7 +462,8 @@ fn boot_shards(
                             cpus,
                         },
                         &mut |line| progress.line(line),
-                    )
+                    )?;
+                    Ok((outcome, progress.clock.measured))
                 })
             })
             .collect();
@@ -467,13 +517,17 @@ fn report_modules(kernel: &Kernel, plan: &ModulePlan) {
     }
 }
 
+/// A VM's outcome and the seconds each of its tests took.
+type Booted = (Outcome, Vec<(shards::TestId, f64)>);
+
 /// Prints the console while the VM runs: everything with --verbose, else the guest's own
-/// progress lines and one line per test binary.
+/// progress lines and one line per test binary. Times the tests.
 struct Progress {
     verbose: bool,
     /// "[K/N] " before each line of a sharded run's VM, else empty.
     tag: String,
     test_started: Option<Instant>,
+    clock: shards::Clock,
 }
 
 impl Progress {
@@ -486,10 +540,12 @@ impl Progress {
                 format!("[{shard}] ")
             },
             test_started: None,
+            clock: shards::Clock::default(),
         }
     }
 
     fn line(&mut self, line: &str) {
+        self.clock.line(line, Instant::now());
         let tag = &self.tag;
         if self.verbose {
             println!("  {tag}| {line}");

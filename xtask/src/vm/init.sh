@@ -65,14 +65,17 @@ workdir=$(cat /etc/netfn/workdir 2>/dev/null)
 cd "${workdir:-/}" || cd /
 export CARGO_MANIFEST_DIR="$PWD"
 
-# `netfn.shard=K/N` on the kernel command line (`vm-test --shards N`): this VM runs every N-th
-# test of the suite (the K-th of each N, numbering the tests of every binary in turn, each in
-# libtest's sorted order after the filters in the arguments; numbered across binaries, not from
-# 1 in each, so that no shard takes the odd one of every binary), N VMs the whole suite side by
-# side. Without it, every test.
+# `netfn.shard=K/N` on the kernel command line (`vm-test --shards N`): this VM runs the tests
+# the host listed for it in /etc/netfn/shard-K (`binary test` per line; the host spread the
+# suite's tests, after the filters in the arguments, over the N VMs by their recorded times),
+# `--exact` by name, skipping a binary with none. Without it, every test.
 shard=$(tr ' ' '\n' < /proc/cmdline | sed -n 's/^netfn\.shard=//p')
-[ -n "$shard" ] && say "shard $shard: tests ${shard%/*}, ${shard%/*}+${shard#*/}, ... of the suite"
-numbered=0
+plan=""
+if [ -n "$shard" ]; then
+    plan=/etc/netfn/shard-${shard%/*}
+    [ -f "$plan" ] || finish "FAIL (no $plan for shard $shard)"
+    say "shard $shard: $(grep -c . "$plan") tests listed by the host"
+fi
 
 failed=""
 count=0
@@ -80,13 +83,10 @@ for test in /tests/*; do
     [ -x "$test" ] || continue
     name=${test##*/}
     exact=""
-    if [ -n "$shard" ] && [ "$name" != zz_injected_failure ]; then
+    if [ -n "$plan" ] && [ "$name" != zz_injected_failure ]; then
         # The names of this shard's tests; `--exact` runs those (and libtest's own filters,
         # made exact, then match nothing more).
-        all=$("$test" --list --format terse "$@" < /dev/null 2>/dev/null | sed -n 's/: test$//p')
-        mine=$(echo "$all" | awk -v k="${shard%/*}" -v n="${shard#*/}" -v o="$numbered" \
-            'NF && (NR - 1 + o) % n == k - 1')
-        numbered=$((numbered + $(echo "$all" | grep -c .)))
+        mine=$(awk -v b="$name" '$1 == b { print $2 }' "$plan")
         [ -n "$mine" ] || continue
         exact="--exact $mine"
     fi

@@ -46,6 +46,9 @@ pub struct Payload<'a> {
     pub host_tools: Vec<PathBuf>,
     /// The kernel whose modules to ship, with the plan of which.
     pub modules: Option<(&'a Kernel, &'a ModulePlan)>,
+    /// Each VM's tests of a sharded run (`etc/netfn/shard-K`, K from 1), `binary test` per
+    /// line; empty for one VM.
+    pub shards: &'a [String],
 }
 
 /// Writes the archive to `out`; returns its size in bytes.
@@ -106,6 +109,13 @@ fn write_all(w: &mut Archive, p: &Payload<'_>) -> Result<()> {
         args.push('\n');
     }
     w.file("etc/netfn/args", 0o644, args.as_bytes())?;
+    for (k, tests) in p.shards.iter().enumerate() {
+        w.file(
+            &format!("etc/netfn/shard-{}", k + 1),
+            0o644,
+            tests.as_bytes(),
+        )?;
+    }
     let workdir = p
         .workdir
         .as_deref()
