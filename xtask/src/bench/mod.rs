@@ -104,6 +104,10 @@ pub enum Bench {
         /// unless given.
         #[arg(long, value_name = "US")]
         receive_moderation_us: Option<u16>,
+        /// Only these tests (comma-separated), e.g. `--tests tcp1-reverse` to look at one
+        /// direction; all by default. The goals are judged on the tests run.
+        #[arg(long, value_enum, value_delimiter = ',', value_name = "TEST,…")]
+        tests: Vec<vpn::Test>,
     },
 }
 
@@ -115,12 +119,14 @@ pub fn run(which: Bench) -> Result<()> {
             fastpath,
             also_gotatun,
             receive_moderation_us,
+            tests,
         } => vpn::run(&vpn::Options {
             repetitions,
             seconds,
             fastpath,
             also_gotatun,
             receive_moderation_us,
+            tests,
         }),
         Bench::Firewall {
             repetitions,

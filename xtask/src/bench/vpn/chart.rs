@@ -25,8 +25,13 @@ pub(super) fn chart(records: &[Record]) -> Result<Vec<PathBuf>> {
 
 fn svg(records: &[Record]) -> String {
     const PANEL: f64 = 340.0;
+    // A panel for each main test that was run.
+    let tests: Vec<Test> = Test::MAIN
+        .into_iter()
+        .filter(|&t| records.iter().any(|r| r.figures(t).is_some()))
+        .collect();
     // Room on the right for the last panel's longest label.
-    let width = PANEL * Test::MAIN.len() as f64 + 50.0;
+    let width = PANEL * tests.len().max(1) as f64 + 50.0;
     let (top, bar, gap) = (60.0, 36.0, 14.0);
     // Room for every tunnel but the bare veth, the axis and the note under it.
     let bars = records.iter().filter(|r| r.config != "bare").count().max(3);
@@ -41,7 +46,7 @@ fn svg(records: &[Record]) -> String {
         r#"<text x="{}" y="22" text-anchor="middle" font-size="15">netfn VPN bench: WireGuard tunnels on this machine (medians; ×: over the wireguard-go pair)</text>"#,
         width / 2.0
     );
-    for (p, test) in Test::MAIN.iter().enumerate() {
+    for (p, test) in tests.iter().enumerate() {
         let x0 = 130.0 + p as f64 * PANEL;
         let pw = PANEL - 180.0;
         let (scale, unit) = if test.is_udp() {

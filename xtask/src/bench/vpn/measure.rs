@@ -13,14 +13,16 @@ const IPERF_PORT: u16 = 5311;
 /// /proc/stat's softirq column.
 const SOFTIRQ: usize = 6;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
-pub(super) enum Test {
+pub enum Test {
+    /// TCP, one stream, client to server.
     Tcp1,
     /// One stream from the server to the client (`-R`): the other direction through the tunnel.
     Tcp1Reverse,
+    /// TCP, four streams.
     Tcp4,
-    /// Our own generator ([`super::flood`]), client to server.
+    /// Our own generator's 60-byte UDP, client to server.
     Udp,
     /// The same from the server to the client: the other direction through the tunnel (for
     /// netfn-wggo, netfn encrypts and wireguard-go decrypts).
@@ -30,7 +32,7 @@ pub(super) enum Test {
 }
 
 impl Test {
-    pub(super) const ALL: [Test; 6] = [
+    pub const ALL: [Test; 6] = [
         Test::Tcp1,
         Test::Tcp1Reverse,
         Test::Tcp4,

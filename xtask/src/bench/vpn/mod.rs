@@ -20,6 +20,9 @@
 //! `--receive-moderation-us US` sets netfn's batched endpoints' receive moderation (0: off), to
 //! measure what it costs or saves against netfn's default (the JSON records it).
 //!
+//! `--tests tcp1-reverse,udp` measures only those tests (every tunnel still comes up): a quicker
+//! look at one direction; the goals are judged on the tests run.
+//!
 //! Figures, per tunnel and repetition, each from its own iperf3 run (`iperf3 -J -c … -t
 //! SECONDS`, a fresh `iperf3 -s -1`, default flags otherwise):
 //! - **TCP, 1 stream** and **TCP, 4 streams** (`-P 4`): throughput at the receiver;
@@ -60,7 +63,8 @@ mod measure;
 mod report;
 
 use lab::VpnLab;
-use measure::{Run, Test};
+use measure::Run;
+pub use measure::Test;
 
 /// Options of `cargo xtask bench vpn`.
 #[derive(Debug, Clone)]
@@ -74,6 +78,18 @@ pub struct Options {
     pub also_gotatun: bool,
     /// netfn's batched endpoints' `receive_moderation_us`, when not netfn's default.
     pub receive_moderation_us: Option<u16>,
+    /// The tests to run, in [`Test::ALL`]'s order; all of them when empty.
+    pub tests: Vec<Test>,
+}
+
+impl Options {
+    /// The tests to run: those asked for, in [`Test::ALL`]'s order; all when none were.
+    fn tests(&self) -> Vec<Test> {
+        Test::ALL
+            .into_iter()
+            .filter(|t| self.tests.is_empty() || self.tests.contains(t))
+            .collect()
+    }
 }
 
 /// One tunnel to measure: where the iperf3 client and server run, and which processes carry it.
@@ -193,13 +209,14 @@ pub fn run(options: &Options) -> Result<()> {
     for t in &tunnels {
         measure::warm_up(t).with_context(|| format!("{}: no traffic gets through", t.name))?;
     }
+    let tests = options.tests();
     let load_before = loadavg();
     let mut samples: Vec<Samples> = tunnels.iter().map(|_| Samples::default()).collect();
     for rep in 0..options.repetitions {
         for k in 0..tunnels.len() {
             let i = (k + rep) % tunnels.len();
             let t = &tunnels[i];
-            for test in Test::ALL {
+            for &test in &tests {
                 check_interrupted()?;
                 let run = measure::run(t, test, options.seconds)
                     .with_context(|| format!("{}: {}", t.name, test.label()))?;
@@ -218,14 +235,14 @@ pub fn run(options: &Options) -> Result<()> {
     let load_after = loadavg();
     lab.teardown()?;
 
-    let records = report::records(&tunnels, &samples);
-    report::print_tables(&records, options);
+    let records = report::records(&tunnels, &samples, &tests);
+    report::print_tables(&records, &tests, options);
     let goals = report::goals(&records);
     print_goals(&goals);
     let report = Report {
         bench: "vpn",
         command: format!(
-            "cargo xtask bench vpn --repetitions {} --seconds {} --fastpath {}{}{}",
+            "cargo xtask bench vpn --repetitions {} --seconds {} --fastpath {}{}{}{}",
             options.repetitions,
             options.seconds,
             options.fastpath,
@@ -237,7 +254,17 @@ pub fn run(options: &Options) -> Result<()> {
             options
                 .receive_moderation_us
                 .map(|us| format!(" --receive-moderation-us {us}"))
-                .unwrap_or_default()
+                .unwrap_or_default(),
+            if options.tests.is_empty() {
+                String::new()
+            } else {
+                let names: Vec<String> = tests
+                    .iter()
+                    .filter_map(clap::ValueEnum::to_possible_value)
+                    .map(|v| v.get_name().to_string())
+                    .collect();
+                format!(" --tests {}", names.join(","))
+            }
         ),
         kernel: super::kernel_release(),
         cpus: online_cpus(),

@@ -104,7 +104,7 @@ fn some_of(
     (!values.is_empty()).then(|| Figure::new(unit, &values))
 }
 
-pub(super) fn records(tunnels: &[Tunnel], samples: &[Samples]) -> Vec<Record> {
+pub(super) fn records(tunnels: &[Tunnel], samples: &[Samples], tests: &[Test]) -> Vec<Record> {
     let pair = tunnels
         .iter()
         .zip(samples)
@@ -122,7 +122,7 @@ pub(super) fn records(tunnels: &[Tunnel], samples: &[Samples]) -> Vec<Record> {
             config: t.name,
             about: t.about.clone(),
             processes: t.endpoints.iter().map(|e| e.what.clone()).collect(),
-            tests: Test::ALL
+            tests: tests
                 .iter()
                 .map(|&test| {
                     let (unit, cpu_unit) = if test.is_udp() {
@@ -166,9 +166,9 @@ pub(super) fn records(tunnels: &[Tunnel], samples: &[Samples]) -> Vec<Record> {
         .collect()
 }
 
-pub(super) fn print_tables(records: &[Record], options: &Options) {
+pub(super) fn print_tables(records: &[Record], tests: &[Test], options: &Options) {
     let mut head = format!("\n{:<12}", "tunnel");
-    for test in Test::ALL {
+    for &test in tests {
         let unit = if test.is_udp() { "kpps" } else { "Gb/s" };
         head.push_str(&format!(
             " {:>14} {:>6}",
@@ -190,7 +190,7 @@ pub(super) fn print_tables(records: &[Record], options: &Options) {
         println!("{line}");
     }
     let mut head = format!("\n{:<12}", "CPU");
-    for test in Test::ALL {
+    for &test in tests {
         let unit = if test.is_udp() { "us/pkt" } else { "s/Gbit" };
         head.push_str(&format!(
             " {:>21}",
