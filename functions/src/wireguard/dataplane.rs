@@ -199,29 +199,55 @@ impl Drop for Sockets {
     }
 }
 
+/// The device an endpoint runs, as `netfn status` tells it.
+#[derive(Debug, Clone, Copy)]
+pub enum Running {
+    /// netfn's batched device, with its receive moderation's tick (zero: off).
+    Batched {
+        moderation: std::time::Duration,
+    },
+    Gotatun,
+}
+
+impl Running {
+    fn userspace(self) -> Userspace {
+        match self {
+            Running::Batched { .. } => Userspace::Batched,
+            Running::Gotatun => Userspace::Gotatun,
+        }
+    }
+
+    /// What the device does that the operator should know of: the batched device's receive
+    /// moderation is a latency.
+    fn moderation(self) -> String {
+        match self {
+            Running::Batched { moderation } if moderation.is_zero() => {
+                "; receive moderation: off".to_string()
+            }
+            Running::Batched { moderation } => format!(
+                "; receive moderation: {} µs ticks while datagrams come closer",
+                moderation.as_micros()
+            ),
+            Running::Gotatun => String::new(),
+        }
+    }
+}
+
 /// Records what runs (for `netfn status`: the device, its TUN offloads, the buffers its
 /// socket got, so after the socket is bound, and the batched device's receive moderation) and
 /// says the endpoint is ready (`up` waits for it).
 pub fn say_ready(
     chain: &str,
     function: &str,
-    (device, moderation): (Userspace, std::time::Duration),
+    device: Running,
     offloads: Offloads,
     buffers: &SocketBuffers,
     began: std::time::Instant,
 ) -> Result<(), String> {
-    // A latency the operator should know of: the batched device's receive moderation.
-    let moderation = match device {
-        Userspace::Batched if moderation.is_zero() => "; receive moderation: off".to_string(),
-        Userspace::Batched => format!(
-            "; receive moderation: {} µs ticks while datagrams come closer",
-            moderation.as_micros()
-        ),
-        Userspace::Gotatun => String::new(),
-    };
     let io = format!(
-        "{}; TUN offloads: {offloads}; UDP socket buffers: {buffers}{moderation}",
-        device.describe()
+        "{}; TUN offloads: {offloads}; UDP socket buffers: {buffers}{}",
+        device.userspace().describe(),
+        device.moderation()
     );
     std::fs::write(super::endpoint::io_file(chain, function), &io)
         .map_err(|e| format!("record the endpoint's I/O: {e}"))?;

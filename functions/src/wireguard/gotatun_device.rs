@@ -12,8 +12,7 @@ use gotatun::device::uapi::UapiServer;
 use gotatun::device::{Device, DeviceBuilder, DeviceTransports, Peer};
 use gotatun::x25519::StaticSecret;
 
-use super::config::Userspace;
-use super::dataplane::{Event, Setup, accept, device_stopped, say_ready};
+use super::dataplane::{Event, Running, Setup, accept, device_stopped, say_ready};
 use super::{control, remembered, uapi};
 
 /// Runs GotaTun's device until SIGTERM or SIGINT (`Ok`) or until it fails (`Err`).
@@ -99,14 +98,7 @@ pub async fn run(setup: Setup<'_>) -> Result<(), String> {
         mut term,
         ..
     } = setup;
-    say_ready(
-        chain,
-        function,
-        (Userspace::Gotatun, std::time::Duration::ZERO),
-        offloads,
-        &buffers,
-        began,
-    )?;
+    say_ready(chain, function, Running::Gotatun, offloads, &buffers, began)?;
     let mut remember = tokio::time::interval(std::time::Duration::from_secs(1));
     let mut remembered = String::new();
     let ended = loop {

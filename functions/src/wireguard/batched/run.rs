@@ -9,9 +9,8 @@ use std::time::{Duration, Instant};
 
 use gotatun::x25519::StaticSecret;
 
-use super::super::config::Userspace;
 use super::super::control;
-use super::super::dataplane::{Event, Setup, accept, device_stopped, say_ready};
+use super::super::dataplane::{Event, Running, Setup, accept, device_stopped, say_ready};
 use super::super::remembered;
 use super::super::uapi;
 use super::{Batched, serve};
@@ -68,7 +67,7 @@ pub async fn run(setup: Setup<'_>, uapi_path: &Path) -> Result<(), String> {
     say_ready(
         chain,
         function,
-        (Userspace::Batched, moderation),
+        Running::Batched { moderation },
         offloads,
         &buffers,
         began,
