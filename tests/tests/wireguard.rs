@@ -551,18 +551,14 @@ fn talk_within(
     let udp = in_netns(egress, || UdpSocket::bind(SocketAddrV4::new(SERVER, 7001)))
         .map_err(|e| e.to_string())?;
     udp.set_read_timeout(Some(Duration::from_secs(5))).ok();
-    let server = std::thread::spawn(move || {
-        let (mut c, _) = listener.accept()?;
-        let mut buf = vec![0u8; 65536];
-        loop {
-            let n = c.read(&mut buf)?;
-            if n == 0 {
-                return Ok::<(), std::io::Error>(());
-            }
-            c.write_all(&buf[..n])?;
-        }
-    });
-    in_netns(client_ns, || -> Result<(), String> {
+    // The server echoes one connection; told to stop, it ends without one, so that a talk that
+    // failed leaves no listener on the port for the next try.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let server = {
+        let stop = std::sync::Arc::clone(&stop);
+        std::thread::spawn(move || echo_one(&listener, &stop))
+    };
+    let talked = in_netns(client_ns, || -> Result<(), String> {
         let mut s = netfn_tests::tcp_connect_bound(
             SocketAddrV4::new(client, 0),
             SocketAddrV4::new(SERVER, 7000),
@@ -579,8 +575,42 @@ fn talk_within(
             return Err("the echo differs".into());
         }
         Ok(())
-    })?;
-    // UDP: a datagram to the server, and its answer back to the peer's side.
+    })
+    .and_then(|()| udp_both_ways(client_ns, client, &udp));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let _ = server.join();
+    talked
+}
+
+/// Accepts one connection on `listener` and echoes it to its end; ends at once, without one,
+/// once `stop` is set.
+fn echo_one(listener: &TcpListener, stop: &std::sync::atomic::AtomicBool) -> std::io::Result<()> {
+    listener.set_nonblocking(true)?;
+    let mut c = loop {
+        match listener.accept() {
+            Ok((c, _)) => break c,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    return Ok(());
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(e) => return Err(e),
+        }
+    };
+    c.set_nonblocking(false)?;
+    let mut buf = vec![0u8; 65536];
+    loop {
+        let n = c.read(&mut buf)?;
+        if n == 0 {
+            return Ok(());
+        }
+        c.write_all(&buf[..n])?;
+    }
+}
+
+/// [`talk`]'s UDP: a datagram from `client` to the server's socket `udp`, and its answer back.
+fn udp_both_ways(client_ns: &str, client: Ipv4Addr, udp: &UdpSocket) -> Result<(), String> {
     let u = in_netns(client_ns, || UdpSocket::bind(SocketAddrV4::new(client, 0)))
         .map_err(|e| e.to_string())?;
     u.set_read_timeout(Some(Duration::from_secs(5))).ok();
@@ -599,7 +629,6 @@ fn talk_within(
     if &buf[..n] != b"pong" || from != SocketAddrV4::new(SERVER, 7001).into() {
         return Err(format!("udp answer from {from}: {:?}", &buf[..n]));
     }
-    let _ = server.join();
     Ok(())
 }
 
