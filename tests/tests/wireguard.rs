@@ -1691,6 +1691,58 @@ fn a_first_peer_added_in_place_carries_traffic() {
         .expect("through the tunnel to its first peer");
 }
 
+/// `receive_moderation_us` changes in place: the running batched device takes the new tick
+/// (the status row is rewritten by the endpoint when its device's tick changed), the same
+/// process goes on, its peer keeps its session and traffic passes.
+#[test]
+fn receive_moderation_changes_in_place() {
+    let _turn = shared();
+    let lab = Lab::new("wgmod");
+    let chain = &lab.chain;
+    let moderated = lab.chain_file("tc", "userspace");
+    let with_tick = |us: u16| {
+        moderated.replace(
+            "backend = \"userspace\"\n",
+            &format!("backend = \"userspace\"\nreceive_moderation_us = {us}\n"),
+        )
+    };
+    let (off, slow) = (with_tick(0), with_tick(250));
+    assert!(off.contains("receive_moderation_us = 0") && slow.contains("= 250"));
+    let (off, slow) = (lab.write("off.toml", &off), lab.write("slow.toml", &slow));
+    let _guard = lab.up(&moderated);
+    let _peer = lab.peer();
+    lab.talk(1000).expect("with the default tick");
+    let ours = endpoint_interface(chain);
+    let vpn_ns = lab.vpn_ns();
+    let (handshake, _, _) = wg_dump(&vpn_ns, &ours);
+    let pid = endpoint_pid(chain, "vpn");
+    assert!(pid.is_some(), "no userspace endpoint runs");
+    assert!(
+        endpoint_row(chain).contains("receive moderation: 40 µs ticks"),
+        "{}",
+        endpoint_row(chain)
+    );
+    for (file, said) in [
+        (&off, "receive moderation: off"),
+        (
+            &slow,
+            "receive moderation: 250 µs ticks while datagrams come closer",
+        ),
+    ] {
+        let out = netfn_ok(&["apply", &file.to_string_lossy()]);
+        assert!(out.contains("in place"), "{said}: {out}");
+        assert_eq!(endpoint_pid(chain, "vpn"), pid, "{said}: restarted");
+        let row = endpoint_row(chain);
+        assert!(row.contains(said), "after the apply for {said}: {row}");
+        lab.talk(1000).expect("after the tick changed");
+        assert_eq!(
+            wg_dump(&vpn_ns, &ours).0,
+            handshake,
+            "{said}: the peer handshook again"
+        );
+    }
+}
+
 /// The userspace endpoint carries packets of the largest MTU it accepts
 /// (`USERSPACE_MAX_MTU`, 4,096 bytes), both ways: a ping of that size, not to be fragmented,
 /// from the peer to the endpoint's own tunnel address and back.

@@ -40,7 +40,7 @@ mod routes;
 pub mod run;
 mod table;
 
-use moderation::Moderation;
+use moderation::{Moderation, Tick};
 pub use requests::serve;
 use table::{Keys, Peer, PeerSlot, Table};
 
@@ -60,6 +60,8 @@ struct Shared {
     /// Batches the outgoing direction has sent: while it sends, the incoming one does not wait
     /// for ticks (see [`Moderation::wait_due`]).
     sent: AtomicU64,
+    /// The incoming direction's receive moderation tick.
+    tick: Tick,
 }
 
 impl Shared {
@@ -163,6 +165,7 @@ impl Batched {
             table: RwLock::new(Arc::new(table)),
             by_idx: Mutex::new(HashMap::new()),
             sent: AtomicU64::new(0),
+            tick: Tick::new(moderation),
         });
         let mtu = tun_rx.mtu();
         let data = vec![
@@ -171,7 +174,6 @@ impl Batched {
                 GroRecv::new(udp_rx),
                 udp_tx.clone(),
                 tun_tx,
-                moderation,
             )),
             tokio::spawn(outgoing(shared.clone(), tun_rx, udp_tx.clone(), mtu)),
         ];
@@ -234,6 +236,12 @@ impl Batched {
             .collect()
     }
 
+    /// Changes the receive moderation tick (zero: off), in place: the incoming direction takes
+    /// it at its next round.
+    pub fn set_moderation(&self, tick: Duration) {
+        self.shared.tick.set(tick);
+    }
+
     /// Makes `changes` (see [`Table::changed`]); one change at a time (the caller serves one
     /// request at a time).
     pub fn change(&self, changes: Vec<PeerChange>) {
@@ -248,7 +256,6 @@ async fn incoming(
     mut udp_rx: GroRecv,
     udp_tx: GsoSend,
     mut tun_tx: TunWriter,
-    tick: Duration,
 ) {
     let mut pool = PacketBufPool::new(4096);
     let mut received: Vec<(Packet, SocketAddr)> = Vec::with_capacity(128);
@@ -256,19 +263,19 @@ async fn incoming(
     let mut send_buf = Default::default();
     let mut mtu = MtuWatcher::new(1420);
     let mut to_tun = Vec::with_capacity(128);
-    let mut moderation = Moderation::new(tick);
+    let mut moderation = Moderation::for_this_thread();
     // The last round left datagrams on the socket (it took DRAIN): the next takes them at once.
     let mut left_some = false;
     loop {
         let taken = if moderation.ticking() {
             if !left_some && moderation.wait_due(shared.sent.load(Ordering::Relaxed)) {
-                moderation.wait_tick(tun_tx.as_fd());
+                moderation.wait_tick(tun_tx.as_fd(), shared.tick.get());
             }
             udp_rx.take_queued(&mut pool, &mut received)
         } else {
             let waiting = Instant::now();
             let taken = udp_rx.recv(&mut pool, &mut received).await;
-            moderation.woken_after(waiting.elapsed());
+            moderation.woken_after(waiting.elapsed(), shared.tick.get());
             taken
         };
         match taken {

@@ -233,9 +233,8 @@ impl Running {
     }
 }
 
-/// Records what runs (for `netfn status`: the device, its TUN offloads, the buffers its
-/// socket got, so after the socket is bound, and the batched device's receive moderation) and
-/// says the endpoint is ready (`up` waits for it).
+/// Records what runs (for `netfn status`: see [`record_io`]) and says the endpoint is ready
+/// (`up` waits for it).
 pub fn say_ready(
     chain: &str,
     function: &str,
@@ -244,13 +243,7 @@ pub fn say_ready(
     buffers: &SocketBuffers,
     began: std::time::Instant,
 ) -> Result<(), String> {
-    let io = format!(
-        "{}; TUN offloads: {offloads}; UDP socket buffers: {buffers}{}",
-        device.userspace().describe(),
-        device.moderation()
-    );
-    std::fs::write(super::endpoint::io_file(chain, function), &io)
-        .map_err(|e| format!("record the endpoint's I/O: {e}"))?;
+    let io = record_io(chain, function, device, offloads, buffers)?;
     std::fs::write(processes::ready_file(chain, function), b"")
         .map_err(|e| format!("say it is ready: {e}"))?;
     tracing::info!(
@@ -258,6 +251,26 @@ pub fn say_ready(
         began.elapsed().as_millis()
     );
     Ok(())
+}
+
+/// Records what runs, for `netfn status`: the device, its TUN offloads, the buffers its socket
+/// got (so after the socket is bound) and the batched device's receive moderation (again when
+/// `apply` changes it). Returns the text.
+pub fn record_io(
+    chain: &str,
+    function: &str,
+    device: Running,
+    offloads: Offloads,
+    buffers: &SocketBuffers,
+) -> Result<String, String> {
+    let io = format!(
+        "{}; TUN offloads: {offloads}; UDP socket buffers: {buffers}{}",
+        device.userspace().describe(),
+        device.moderation()
+    );
+    std::fs::write(super::endpoint::io_file(chain, function), &io)
+        .map_err(|e| format!("record the endpoint's I/O: {e}"))?;
+    Ok(io)
 }
 
 /// What ended a wait of an endpoint's main loop (either device's).

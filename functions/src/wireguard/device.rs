@@ -100,6 +100,19 @@ impl Device {
     }
 }
 
+impl Device {
+    /// Gives the device a receive moderation tick of `us` microseconds, in place: the batched
+    /// device's, over netfn's control socket (there is no other way to say it: `Err` when that
+    /// socket does not answer, and the caller starts the endpoint again with it). The kernel's
+    /// device has none (NAPI moderates its receives): nothing to do.
+    pub fn set_receive_moderation(&self, us: u16) -> Result<(), String> {
+        match self {
+            Device::Kernel { .. } => Ok(()),
+            Device::Userspace { control, .. } => uapi::set_moderation_at(control, us),
+        }
+    }
+}
+
 /// `netfn status` rows, one per peer, from what a device answered, with the handshakes counted
 /// at each peer's endpoint ([`super::handshakes::read_by_endpoint`]).
 pub fn peer_rows(

@@ -49,7 +49,10 @@ impl FunctionConfig for WgConfig {
         let (chain, function) = (ctx.chain.as_str(), ctx.function.as_str());
         if !fresh {
             return match Device::of(chain, function) {
-                Device::Kernel { .. } => super::peers::update(chain, function, &self.settings),
+                // The kernel's device has no receive moderation to say.
+                Device::Kernel { .. } => {
+                    super::peers::update(chain, function, &self.settings, None)
+                }
                 Device::Userspace { .. } => Ok(()),
             };
         }
@@ -106,10 +109,10 @@ impl FunctionConfig for WgConfig {
             .then(|| endpoint::args(&ctx.chain, &ctx.function))
     }
 
-    /// Peers (added, removed, changed) change in place: the running endpoint gets them over its
-    /// UAPI socket and the untouched peers keep their sessions. The endpoint's own key, port,
-    /// addresses, MTU, side, backend, userspace device and receive moderation change with down
-    /// and up.
+    /// Peers (added, removed, changed) and the batched device's receive moderation change in
+    /// place: the running endpoint gets them over its control socket and the untouched peers
+    /// keep their sessions. The endpoint's own key, port, addresses, MTU, side, backend and
+    /// userspace device change with down and up.
     fn change_in_place(&self, old: &dyn FunctionConfig) -> Result<(), String> {
         let Some(old) = old.downcast_ref::<WgConfig>() else {
             return Err("the function was not a WireGuard endpoint".into());
@@ -124,24 +127,31 @@ impl FunctionConfig for WgConfig {
             && a.address == b.address
             && a.mtu == b.mtu
             && a.backend == b.backend
-            && a.userspace == b.userspace
-            && a.receive_moderation_us == b.receive_moderation_us;
+            && a.userspace == b.userspace;
         if same {
             Ok(())
         } else {
             Err(
-                "only its peers change in place; its key, port, addresses, MTU, side, \
-                 backend, userspace device and receive_moderation_us change with down and up"
+                "only its peers and receive_moderation_us change in place; its key, port, \
+                 addresses, MTU, side, backend and userspace device change with down and up"
                     .into(),
             )
         }
     }
 
     fn update_process(&self, ctx: &FunctionContext) -> Option<Result<(), String>> {
+        // The tick the endpoint runs with: the recorded settings' (a record that does not parse
+        // leaves it unknown, and it is said again).
+        let running_moderation = ctx
+            .previous
+            .as_ref()
+            .and_then(|p| p.parse::<WgSettings>().ok())
+            .map(|p| p.receive_moderation_us);
         Some(super::peers::update(
             &ctx.chain,
             &ctx.function,
             &self.settings,
+            running_moderation,
         ))
     }
 

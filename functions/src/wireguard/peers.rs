@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use ipnet::Ipv4Net;
 use netfn_core::plan::names;
 
-use super::config::{PeerConf, WgSettings};
+use super::config::{PeerConf, Userspace, WgSettings};
 use super::device::Device;
 use super::keys::PresharedKey;
 use super::uapi::PeerState;
@@ -89,9 +89,21 @@ fn set(p: &PeerConf) -> Result<PeerChange, String> {
     }))
 }
 
-/// Gives the running device of `function` in `chain` the peers of `settings`, in place.
-pub fn update(chain: &str, function: &str, settings: &WgSettings) -> Result<(), String> {
+/// Gives the running device of `function` in `chain` the peers of `settings`, in place, and its
+/// receive moderation when it is not `running_moderation_us` (the one it was started or last
+/// given with; `None`: not known, said again). GotaTun's device has none.
+pub fn update(
+    chain: &str,
+    function: &str,
+    settings: &WgSettings,
+    running_moderation_us: Option<u16>,
+) -> Result<(), String> {
     let device = Device::of(chain, function);
+    if settings.userspace == Userspace::Batched
+        && running_moderation_us != Some(settings.receive_moderation_us)
+    {
+        device.set_receive_moderation(settings.receive_moderation_us)?;
+    }
     let running = device.peers()?;
     let changes = diff(&running, settings)?;
     if !changes.is_empty() {

@@ -93,6 +93,16 @@ pub fn apply_at(path: &Path, changes: &[PeerChange]) -> Result<(), String> {
     set(path, &set_request(changes))
 }
 
+/// netfn's own `set=1` key, for the batched device's receive moderation tick in microseconds
+/// (not the UAPI's: only netfn's endpoint takes it, before any peer).
+pub const RECEIVE_MODERATION_KEY: &str = "receive_moderation_us";
+
+/// Gives the batched device serving the socket at `path` (netfn's control socket) a receive
+/// moderation tick of `us` microseconds, in place.
+pub fn set_moderation_at(path: &Path, us: u16) -> Result<(), String> {
+    set(path, &format!("{RECEIVE_MODERATION_KEY}={us}\n"))
+}
+
 /// The lines of a `set=1` request that makes `changes`.
 pub fn set_request(changes: &[PeerChange]) -> String {
     let mut request = String::new();

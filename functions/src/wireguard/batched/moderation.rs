@@ -24,36 +24,56 @@
 //! empty ends the ticking.
 
 use std::os::fd::{AsRawFd, BorrowedFd};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 /// How much a sleep may overrun (the thread's timer slack; the kernel's default is 50 µs, more
 /// than the default tick).
 const SLACK_NS: libc::c_ulong = 2_000;
 
+/// The tick, which `netfn apply` changes while the device runs (the device's control socket
+/// takes `receive_moderation_us=`: [`super::requests`]); the incoming direction reads it every
+/// round. Zero: never ticks.
+pub struct Tick(AtomicU32);
+
+impl Tick {
+    pub fn new(tick: Duration) -> Tick {
+        Tick(AtomicU32::new(micros(tick)))
+    }
+
+    pub fn get(&self) -> Duration {
+        Duration::from_micros(self.0.load(Ordering::Relaxed).into())
+    }
+
+    pub fn set(&self, tick: Duration) {
+        self.0.store(micros(tick), Ordering::Relaxed);
+    }
+}
+
+fn micros(tick: Duration) -> u32 {
+    u32::try_from(tick.as_micros()).unwrap_or(u32::MAX)
+}
+
 /// Whether the device is being woken by its socket or looks at it once a tick.
 pub struct Moderation {
-    /// The wait between two looks at the socket while datagrams keep coming; zero: never ticks.
-    tick: Duration,
     ticking: bool,
     /// The other direction's count of sent batches at the last tick.
     other_sent: u64,
 }
 
 impl Moderation {
-    /// Starts woken by the socket; where it will tick, sets the calling thread's timer slack
-    /// (call it on the thread that will sleep: the runtime's worker).
-    pub fn new(tick: Duration) -> Moderation {
+    /// Starts woken by the socket, and sets the calling thread's timer slack (call it on the
+    /// thread that will sleep: the runtime's worker). Set whatever the tick is now: it may
+    /// change while the device runs.
+    pub fn for_this_thread() -> Moderation {
         // SAFETY: prctl(2) with integer arguments; PR_SET_TIMERSLACK acts on the calling thread.
-        if !tick.is_zero()
-            && unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, SLACK_NS, 0, 0, 0) } != 0
-        {
+        if unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, SLACK_NS, 0, 0, 0) } != 0 {
             tracing::debug!(
                 "timer slack left as it was ({}): a tick may last up to 50 µs more",
                 std::io::Error::last_os_error()
             );
         }
         Moderation {
-            tick,
             ticking: false,
             other_sent: 0,
         }
@@ -64,9 +84,9 @@ impl Moderation {
     }
 
     /// The socket woke the device after `waited` (since it last found the socket empty): tick
-    /// from now on if that was less than a tick (the datagrams come that close together).
-    pub fn woken_after(&mut self, waited: Duration) {
-        self.ticking = waited < self.tick;
+    /// from now on if that was less than a `tick` (the datagrams come that close together).
+    pub fn woken_after(&mut self, waited: Duration, tick: Duration) {
+        self.ticking = waited < tick;
     }
 
     /// A tick found nothing: be woken by the socket again.
@@ -87,18 +107,19 @@ impl Moderation {
         quiet
     }
 
-    /// Waits for the next tick, holding the thread, or less if `other_work` (the TUN device,
-    /// whose packets the other direction sends) gets readable meanwhile: that direction is not
-    /// held up for a tick. Datagrams arriving on the socket do not end the wait.
-    pub fn wait_tick(&self, other_work: BorrowedFd<'_>) {
+    /// Waits for a `tick`, holding the thread, or less if `other_work` (the TUN device, whose
+    /// packets the other direction sends) gets readable meanwhile: that direction is not held
+    /// up for a tick. Datagrams arriving on the socket do not end the wait. A zero tick (just
+    /// turned off) does not wait; the ticking ends at the first look that finds the socket empty.
+    pub fn wait_tick(&self, other_work: BorrowedFd<'_>, tick: Duration) {
         let mut fds = [libc::pollfd {
             fd: other_work.as_raw_fd(),
             events: libc::POLLIN,
             revents: 0,
         }];
         let tick = libc::timespec {
-            tv_sec: 0,
-            tv_nsec: self.tick.as_nanos() as libc::c_long,
+            tv_sec: tick.as_secs() as libc::time_t,
+            tv_nsec: tick.subsec_nanos() as libc::c_long,
         };
         // SAFETY: one pollfd, a timespec and no signal mask, all alive for the call. Its result
         // does not matter: readable, timed out or interrupted, the tick is over.
@@ -112,11 +133,12 @@ mod tests {
 
     #[test]
     fn close_datagrams_start_the_ticking_and_an_empty_tick_ends_it() {
-        let mut m = Moderation::new(Duration::from_micros(40));
+        let tick = Duration::from_micros(40);
+        let mut m = Moderation::for_this_thread();
         assert!(!m.ticking(), "woken by the socket at first");
-        m.woken_after(Duration::from_millis(3));
+        m.woken_after(Duration::from_millis(3), tick);
         assert!(!m.ticking(), "a pause longer than a tick: still woken");
-        m.woken_after(Duration::from_micros(5));
+        m.woken_after(Duration::from_micros(5), tick);
         assert!(m.ticking(), "closer than a tick: ticking");
         m.found_nothing();
         assert!(!m.ticking(), "an empty tick ends it");
@@ -124,7 +146,7 @@ mod tests {
 
     #[test]
     fn no_wait_while_the_other_direction_sends() {
-        let mut m = Moderation::new(Duration::from_micros(40));
+        let mut m = Moderation::for_this_thread();
         assert!(m.wait_due(0), "nothing sent: wait");
         assert!(!m.wait_due(3), "the other direction sent since: no wait");
         assert!(!m.wait_due(4), "and again");
@@ -133,11 +155,21 @@ mod tests {
 
     #[test]
     fn a_zero_tick_never_ticks() {
-        let mut m = Moderation::new(Duration::ZERO);
-        m.woken_after(Duration::ZERO);
+        let mut m = Moderation::for_this_thread();
+        m.woken_after(Duration::ZERO, Duration::ZERO);
         assert!(
             !m.ticking(),
             "receive_moderation_us = 0: woken for every datagram"
         );
+    }
+
+    #[test]
+    fn the_tick_changes_in_place() {
+        let tick = Tick::new(Duration::from_micros(40));
+        assert_eq!(tick.get(), Duration::from_micros(40));
+        tick.set(Duration::from_micros(250));
+        assert_eq!(tick.get(), Duration::from_micros(250));
+        tick.set(Duration::ZERO);
+        assert!(tick.get().is_zero());
     }
 }

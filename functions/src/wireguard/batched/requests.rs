@@ -1,7 +1,9 @@
 //! The batched device's UAPI: `get=1` answered as wireguard-go does (so `wg show` and netfn's
 //! status read it: [`super::super::uapi::peers`]) and `set=1` with the peer changes netfn makes
 //! ([`super::super::uapi::set_request`]), on the UAPI socket and on netfn's control socket
-//! alike. A changed peer keeps its session.
+//! alike. A changed peer keeps its session. A `set=1` may start with netfn's own
+//! `receive_moderation_us=` line ([`uapi::RECEIVE_MODERATION_KEY`]): the receive moderation
+//! tick changes in place.
 
 use std::fmt::Write as _;
 use std::time::{Duration, SystemTime};
@@ -9,6 +11,7 @@ use std::time::{Duration, SystemTime};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 
+use super::super::config::RECEIVE_MODERATION_MAX_US;
 use super::super::uapi;
 use super::Batched;
 
@@ -30,6 +33,8 @@ pub enum RequestError {
     Unknown(String),
     #[error("{0}")]
     Set(String),
+    #[error("{key} {0}: {1}", key = uapi::RECEIVE_MODERATION_KEY)]
+    Moderation(String, String),
     #[error(
         "a peer change must give the whole peer (replace_allowed_ips=true, \
          persistent_keepalive_interval, preshared_key), as `netfn apply` does: a partial one \
@@ -43,26 +48,68 @@ enum Request {
     Set(String),
 }
 
-/// Answers one client: reads its request (within 2 s), answers it. Await it to the end (a
-/// change cut off half-way would be half made). `Err` only when the answer could not be sent.
-pub async fn serve(stream: UnixStream, device: &Batched) -> Result<(), std::io::Error> {
+/// Answers one client: reads its request (within 2 s), answers it. A new receive moderation
+/// tick is given to `moderated` before the answer (what the client reads after it, `netfn
+/// status`, is then up to date). Await it to the end (a change cut off half-way would be half
+/// made). `Err` only when the answer could not be sent.
+pub async fn serve(
+    stream: UnixStream,
+    device: &Batched,
+    moderated: impl FnOnce(Duration),
+) -> Result<(), std::io::Error> {
     let (read, mut write) = stream.into_split();
     let request = tokio::time::timeout(READ_TIMEOUT, request(read))
         .await
         .unwrap_or(Err(RequestError::Timeout));
     let answer = match request {
         Ok(Request::Get) => get(device),
-        Ok(Request::Set(body)) if !whole_peers(&body) => refused(&RequestError::Partial),
-        Ok(Request::Set(body)) => match uapi::parse_set(&body) {
-            Ok(changes) => {
-                device.change(changes);
+        Ok(Request::Set(body)) => match set(device, &body) {
+            Ok(tick) => {
+                if let Some(tick) = tick {
+                    moderated(tick);
+                }
                 "errno=0\n\n".to_string()
             }
-            Err(why) => refused(&RequestError::Set(why)),
+            Err(e) => refused(&e),
         },
         Err(e) => refused(&e),
     };
     write.write_all(answer.as_bytes()).await
+}
+
+/// Makes a `set=1` request's changes, all of them or (refused) none; the new tick, if it gave
+/// one.
+fn set(device: &Batched, body: &str) -> Result<Option<Duration>, RequestError> {
+    let (tick, peers) = moderation(body)?;
+    if !whole_peers(peers) {
+        return Err(RequestError::Partial);
+    }
+    let changes = uapi::parse_set(peers).map_err(RequestError::Set)?;
+    if let Some(tick) = tick {
+        device.set_moderation(tick);
+    }
+    if !changes.is_empty() {
+        device.change(changes);
+    }
+    Ok(tick)
+}
+
+/// The tick a body's leading `receive_moderation_us=` line gives (in range, as the chain file
+/// allows), and the body's peer lines after it.
+fn moderation(body: &str) -> Result<(Option<Duration>, &str), RequestError> {
+    let prefix = format!("{}=", uapi::RECEIVE_MODERATION_KEY);
+    let Some(rest) = body.strip_prefix(&prefix) else {
+        return Ok((None, body));
+    };
+    let (value, peers) = rest.split_once('\n').unwrap_or((rest, ""));
+    let refused = |why: &str| RequestError::Moderation(value.to_string(), why.to_string());
+    let us: u16 = value.parse().map_err(|_| refused("not microseconds"))?;
+    if us > RECEIVE_MODERATION_MAX_US {
+        return Err(refused(&format!(
+            "out of range (0 to {RECEIVE_MODERATION_MAX_US})"
+        )));
+    }
+    Ok((Some(Duration::from_micros(us.into())), peers))
 }
 
 /// netfn's client reads the reason (`error=`), `wg` the errno.
@@ -164,5 +211,30 @@ mod tests {
         assert!(whole_peers(&uapi::set_request(&changes)));
         let endpoint_only = format!("public_key={}\nendpoint=192.0.2.1:1\n", uapi::hex(&[1; 32]));
         assert!(!whole_peers(&endpoint_only));
+    }
+
+    #[test]
+    fn a_leading_moderation_line_gives_the_tick_and_leaves_the_peers() {
+        let peers = uapi::set_request(&[PeerChange::Remove([9; 32])]);
+        let body = format!("receive_moderation_us=120\n{peers}");
+        let (tick, rest) = moderation(&body).unwrap();
+        assert_eq!(tick, Some(Duration::from_micros(120)));
+        assert_eq!(rest, peers);
+        assert_eq!(
+            moderation("receive_moderation_us=0\n").unwrap(),
+            (Some(Duration::ZERO), "")
+        );
+        assert_eq!(moderation(&peers).unwrap(), (None, peers.as_str()));
+        for bad in ["receive_moderation_us=1001\n", "receive_moderation_us=-1\n"] {
+            let refused = moderation(bad).unwrap_err().to_string();
+            assert!(
+                refused.starts_with("receive_moderation_us "),
+                "{bad}: {refused}"
+            );
+        }
+        // Only before the peers: after a public_key it is not a peer change netfn makes.
+        let late = format!("{peers}receive_moderation_us=5\n");
+        assert_eq!(moderation(&late).unwrap().0, None);
+        assert!(uapi::parse_set(&late).is_err());
     }
 }

@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 use gotatun::x25519::StaticSecret;
 
 use super::super::control;
-use super::super::dataplane::{Event, Running, Setup, accept, device_stopped, say_ready};
+use super::super::dataplane::{
+    Event, Running, Setup, accept, device_stopped, record_io, say_ready,
+};
 use super::super::remembered;
 use super::super::uapi;
 use super::{Batched, serve};
@@ -92,7 +94,15 @@ pub async fn run(setup: Setup<'_>, uapi_path: &Path) -> Result<(), String> {
                 remembered::save(chain, function, text, &mut saved).await;
             }
             Event::Request(Ok(stream)) => {
-                if let Err(e) = serve(stream, &dev).await {
+                // `apply` changed the receive moderation in place: status says the new tick.
+                let moderated = |moderation| {
+                    let running = Running::Batched { moderation };
+                    match record_io(chain, function, running, offloads, &buffers) {
+                        Ok(io) => tracing::info!("endpoint {name}: now {io}"),
+                        Err(e) => tracing::warn!("endpoint {name}: {e}"),
+                    }
+                };
+                if let Err(e) = serve(stream, &dev, moderated).await {
                     tracing::warn!("endpoint {name}: answer a UAPI request: {e}");
                 }
             }
