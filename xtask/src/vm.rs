@@ -139,6 +139,11 @@ pub struct VmTestArgs {
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=64))]
     pub cpus: Option<u32>,
 
+    /// One more argument of the guest kernel's command line (repeatable), e.g.
+    /// `--kernel-arg mitigations=auto`.
+    #[arg(long = "kernel-arg", value_name = "ARG")]
+    pub kernel_args: Vec<String>,
+
     /// VMs per kernel, run side by side, each running its share of the suite (the guest's
     /// `netfn.shard=K/N`), spread so that each takes about as long by the recorded times of
     /// the tests (xtask/src/vm/test-seconds.txt): under TCG a guest waits on its slow CPUs more
@@ -333,8 +338,16 @@ pub fn run(args: VmTestArgs) -> Result<()> {
             let path = vm_dir.join(format!("test-seconds-{}.txt", kernel.release));
             std::fs::write(&path, shards::record(&measured))
                 .with_context(|| format!("cannot write {}", path.display()))?;
+            // Only a run of the whole suite measured every test the checked-in record needs.
+            let advice = if args.test_args.is_empty() {
+                "the whole suite: copy it over xtask/src/vm/test-seconds.txt to spread the shards \
+                 by them"
+            } else {
+                "the tests the arguments after `--` chose: keep xtask/src/vm/test-seconds.txt \
+                 (refresh it from a run of the whole suite)"
+            };
             println!(
-                "vm-test: the times of {} tests: {} (copy it over xtask/src/vm/test-seconds.txt to spread the shards by them)",
+                "vm-test: the times of {} tests: {} ({advice})",
                 measured.len(),
                 path.display()
             );
@@ -444,11 +457,11 @@ fn boot_shards(
                 let (vmlinuz, initrd, verbose) = (&vmlinuz, &initrd, args.verbose);
                 let timeout = Duration::from_secs(args.timeout);
                 scope.spawn(move || {
-                    let cmdline = if shard.is_empty() {
-                        String::new()
-                    } else {
-                        format!("netfn.shard={shard}")
-                    };
+                    let mut cmdline = args.kernel_args.join(" ");
+                    if !shard.is_empty() {
+                        cmdline.push_str(&format!(" netfn.shard={shard}"));
+                    }
+                    let cmdline = cmdline.trim().to_string();
                     let mut progress = Progress::new(verbose, shard);
                     let outcome = qemu::boot(
                         &qemu::Boot {

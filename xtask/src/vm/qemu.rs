@@ -64,7 +64,7 @@ pub struct Boot<'a> {
     pub log: &'a Path,
     /// Do not echo QEMU's stderr (it is in the log either way).
     pub quiet: bool,
-    /// Appended to the kernel command line (`netfn.shard=K/N`), if not empty.
+    /// Appended to the kernel command line (`--kernel-arg`s, `netfn.shard=K/N`), if not empty.
     pub cmdline: &'a str,
     /// The guest's CPUs.
     pub cpus: u32,
