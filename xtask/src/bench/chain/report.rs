@@ -126,12 +126,13 @@ pub(super) fn goals(records: &[Record]) -> Vec<Goal> {
     goals
 }
 
-/// Prints the goals, one line each, after a blank line.
+/// Prints the goals, one line each, after a blank line. Three decimals: with two, a ratio of
+/// 1.497 printed as "1.50 x, target >= 1.5, NOT met" (bench vpn, 2026-12-05).
 pub(in crate::bench) fn print_goals(goals: &[Goal]) {
     println!();
     for g in goals {
         println!(
-            "goal: {:<52} {:>8.2} {:<10} target {:<10} {}",
+            "goal: {:<52} {:>8.3} {:<10} target {:<10} {}",
             g.what,
             g.value,
             g.unit,

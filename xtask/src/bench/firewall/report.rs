@@ -107,7 +107,7 @@ pub(super) fn report(
     println!();
     for g in &goals {
         println!(
-            "goal: {:<70} {:>9.2}  target {:<8} {}",
+            "goal: {:<70} {:>9.3}  target {:<8} {}",
             g.what,
             g.value,
             g.target,

@@ -142,7 +142,7 @@ pub(super) fn report(
     println!();
     for g in &goals {
         println!(
-            "goal: {:<72} {:>9.2}  target {:<7} {}",
+            "goal: {:<72} {:>9.3}  target {:<7} {}",
             g.what,
             g.value,
             g.target,
