@@ -769,7 +769,7 @@ fn through_the_tunnel(mode: &str, tag: &str, backend: &str, peer_kind: PeerKind)
             let moderation = match backend {
                 "gotatun" => None,
                 "unmoderated" => Some("receive moderation: off"),
-                _ => Some("receive moderation: 40 µs ticks while datagrams come closer"),
+                _ => Some("receive moderation: 100 µs ticks while datagrams come closer"),
             };
             assert_eq!(
                 row.contains("receive moderation"),
@@ -1718,7 +1718,7 @@ fn receive_moderation_changes_in_place() {
     let pid = endpoint_pid(chain, "vpn");
     assert!(pid.is_some(), "no userspace endpoint runs");
     assert!(
-        endpoint_row(chain).contains("receive moderation: 40 µs ticks"),
+        endpoint_row(chain).contains("receive moderation: 100 µs ticks"),
         "{}",
         endpoint_row(chain)
     );

@@ -13,7 +13,7 @@
 //! mtu = 1420
 //! backend = "auto"                   # auto | kernel | userspace
 //! userspace = "batched"              # batched | gotatun: which userspace device, where it runs
-//! receive_moderation_us = 40         # the batched device's receive tick; 0 = off
+//! receive_moderation_us = 100        # the batched device's receive tick; 0 = off
 //!
 //! [[chain.function.peer]]
 //! public_key = "hSDwCYkwp1R0i33ctD73Wg2/Og0mOBr066SpjqqbTmo="
@@ -82,8 +82,8 @@ impl Userspace {
 pub const USERSPACE_MAX_MTU: u16 = 4096;
 
 /// The batched device's receive moderation by default, in microseconds (see
-/// `super::batched::moderation`).
-pub const RECEIVE_MODERATION_US: u16 = 40;
+/// `super::batched::moderation`, which says why 100).
+pub const RECEIVE_MODERATION_US: u16 = 100;
 
 /// The longest receive moderation tick allowed, in microseconds: a datagram waits a tick at
 /// most, and a millisecond is already more than a LAN's round trip.
@@ -794,7 +794,7 @@ mod tests {
         let (found, settings) = parse("");
         assert!(found.is_empty(), "{found:?}");
         assert_eq!(settings.map(|s| s.userspace), Some(Userspace::Batched));
-        // Receive moderation: 40 µs unless set; 0 turns it off; only the batched device has it.
+        // Receive moderation: 100 µs unless set; 0 turns it off; only the batched device has it.
         let moderation = |extra: &str| {
             let (found, settings) = parse(extra);
             (
@@ -802,7 +802,7 @@ mod tests {
                 found.iter().map(|f| f.message.clone()).collect::<Vec<_>>(),
             )
         };
-        assert_eq!(moderation(""), (Some(40), vec![]));
+        assert_eq!(moderation(""), (Some(100), vec![]));
         assert_eq!(moderation("receive_moderation_us = 0\n"), (Some(0), vec![]));
         assert_eq!(
             moderation("receive_moderation_us = 1000\nbackend = \"userspace\"\n"),

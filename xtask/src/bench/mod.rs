@@ -100,7 +100,7 @@ pub enum Bench {
         /// side by side with the default batched device.
         #[arg(long)]
         also_gotatun: bool,
-        /// netfn's batched endpoints' `receive_moderation_us` (0 = off); netfn's default (40)
+        /// netfn's batched endpoints' `receive_moderation_us` (0 = off); netfn's default (100)
         /// unless given.
         #[arg(long, value_name = "US")]
         receive_moderation_us: Option<u16>,

@@ -1,6 +1,6 @@
 //! Receive moderation for the batched device's incoming direction, as a NIC's interrupt
 //! moderation or the kernel's NAPI does it: while datagrams arrive closer together than a tick
-//! (`receive_moderation_us`, 40 µs by default, 0 for none), the device is no longer woken by
+//! (`receive_moderation_us`, 100 µs by default, 0 for none), the device is no longer woken by
 //! each of them but takes what queued on its socket once a tick.
 //!
 //! Why: on a VM a wake-up costs more than a small packet's decryption. A profile of the endpoint
@@ -13,13 +13,25 @@
 //! endpoint's CPU a datagram instead of 3.4, 12.8-13.6 µs of the whole machine's instead of
 //! 15.6 (wireguard-go and the receiver are woken less too), 143-149 kpps instead of 124.
 //!
+//! Why 100 µs: that was with a 40 µs tick. A sender on a busy machine pauses whenever it is off
+//! its CPU, and a 40 µs tick often found the socket empty then and went back to a wake-up per
+//! datagram. Alternated `bench vpn --tests udp,tcp1 --receive-moderation-us` runs on one 2-CPU
+//! VM (2026-12-05, three repetitions each): 60-byte UDP from wireguard-go 140-157 kpps at 40 µs,
+//! 177-192 kpps at 100 (1.58x and 1.58x the wireguard-go pair, against 2.03x and 1.99x); the
+//! endpoint's CPU per datagram 2.7-2.9 µs against 1.9, the whole machine's 9.2-10.4 against
+//! 7.4-8.0. TCP did not change (1.99-2.21x against 2.02-2.03x; while netfn sends the
+//! acknowledgements no tick waits). Whole runs at 100 µs and 200 µs met the same goals but -R,
+//! which no tick touches (1.516x and 1.497x); 200 gained no more (UDP 2.09x against 2.12x) and
+//! doubles the wait.
+//!
 //! How: the wait for the next tick holds the runtime's worker (the endpoint runs one) in a
 //! `ppoll` of the TUN device alone, so that the socket does not wake it: a datagram that
 //! arrives then only queues. A packet to send (the TUN readable) ends the wait at once, and the
 //! device yields after every round, so the other direction is not held up; the timers wait a
 //! tick at most. While the other direction sends, no tick waits: what arrives then is mostly
 //! the acknowledgements of what it sends ([`Moderation::wait_due`]). The cost is latency: while
-//! the device ticks, a datagram waits for the next tick, a tick at most. A datagram that comes
+//! the device ticks, a datagram waits for the next tick, a tick at most (100 µs by default;
+//! `receive_moderation_us = 0` for none, changed in place by `netfn apply`). A datagram that comes
 //! after a pause longer than a tick is taken at once, and the first tick that finds the socket
 //! empty ends the ticking.
 
