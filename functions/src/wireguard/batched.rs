@@ -236,6 +236,11 @@ impl Batched {
             .collect()
     }
 
+    /// The receive moderation tick the incoming direction runs with.
+    pub fn moderation(&self) -> Duration {
+        self.shared.tick.get()
+    }
+
     /// Changes the receive moderation tick (zero: off), in place: the incoming direction takes
     /// it at its next round.
     pub fn set_moderation(&self, tick: Duration) {

@@ -175,7 +175,7 @@ const USERSPACE: Want = Want {
 };
 const RECEIVE_MODERATION: Want = Want {
     what: "a whole number of microseconds from 0 (off) to 1000",
-    example: "40",
+    example: "100",
 };
 const PEERS: Want = Want {
     what: "a list of peer tables",

@@ -268,8 +268,12 @@ pub fn record_io(
         device.userspace().describe(),
         device.moderation()
     );
-    std::fs::write(super::endpoint::io_file(chain, function), &io)
-        .map_err(|e| format!("record the endpoint's I/O: {e}"))?;
+    // Whole or not at all for a `netfn status` reading it meanwhile.
+    let path = super::endpoint::io_file(chain, function);
+    let tmp = path.with_extension("io.tmp");
+    std::fs::write(&tmp, &io)
+        .and_then(|()| std::fs::rename(&tmp, &path))
+        .map_err(|e| format!("record the endpoint's I/O in {}: {e}", path.display()))?;
     Ok(io)
 }
 

@@ -78,37 +78,23 @@ impl Device {
         }
     }
 
-    /// Tells the device `changes` (and, with `private_key`, its key and port: a new device).
-    pub fn apply(
-        &self,
-        changes: &[PeerChange],
-        private_key: Option<([u8; 32], u16)>,
-    ) -> Result<(), String> {
+    /// Tells the running device `changes`, and the batched device its receive moderation tick
+    /// `tick_us` (the kernel's device has none: NAPI moderates its receives).
+    pub fn apply(&self, changes: &[PeerChange], tick_us: Option<u16>) -> Result<(), String> {
         match self {
-            Device::Kernel { netns, name } => kernel::apply(netns, name, changes, private_key),
+            Device::Kernel { netns, name } => kernel::apply(netns, name, changes, None),
             Device::Userspace { name, control } => {
-                debug_assert!(private_key.is_none(), "the endpoint sets its own key");
                 // In place over netfn's control socket; an endpoint an older netfn started has
                 // only the UAPI's (which re-creates changed peers: they handshake again), and so
                 // has one whose control socket is gone or answers no more (a file left behind).
-                match uapi::apply_at(control, changes) {
-                    Err(e) if e.starts_with(uapi::CONNECT_FAILED) => uapi::apply(name, changes),
+                // The batched device serves both with one handler, the tick included.
+                match uapi::apply_at(control, changes, tick_us) {
+                    Err(e) if e.starts_with(uapi::CONNECT_FAILED) => {
+                        uapi::apply(name, changes, tick_us)
+                    }
                     done => done,
                 }
             }
-        }
-    }
-}
-
-impl Device {
-    /// Gives the device a receive moderation tick of `us` microseconds, in place: the batched
-    /// device's, over netfn's control socket (there is no other way to say it: `Err` when that
-    /// socket does not answer, and the caller starts the endpoint again with it). The kernel's
-    /// device has none (NAPI moderates its receives): nothing to do.
-    pub fn set_receive_moderation(&self, us: u16) -> Result<(), String> {
-        match self {
-            Device::Kernel { .. } => Ok(()),
-            Device::Userspace { control, .. } => uapi::set_moderation_at(control, us),
         }
     }
 }

@@ -49,10 +49,7 @@ impl FunctionConfig for WgConfig {
         let (chain, function) = (ctx.chain.as_str(), ctx.function.as_str());
         if !fresh {
             return match Device::of(chain, function) {
-                // The kernel's device has no receive moderation to say.
-                Device::Kernel { .. } => {
-                    super::peers::update(chain, function, &self.settings, None)
-                }
+                Device::Kernel { .. } => super::peers::update(chain, function, &self.settings),
                 Device::Userspace { .. } => Ok(()),
             };
         }
@@ -140,18 +137,10 @@ impl FunctionConfig for WgConfig {
     }
 
     fn update_process(&self, ctx: &FunctionContext) -> Option<Result<(), String>> {
-        // The tick the endpoint runs with: the recorded settings' (a record that does not parse
-        // leaves it unknown, and it is said again).
-        let running_moderation = ctx
-            .previous
-            .as_ref()
-            .and_then(|p| p.parse::<WgSettings>().ok())
-            .map(|p| p.receive_moderation_us);
         Some(super::peers::update(
             &ctx.chain,
             &ctx.function,
             &self.settings,
-            running_moderation,
         ))
     }
 

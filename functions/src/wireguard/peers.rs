@@ -89,25 +89,18 @@ fn set(p: &PeerConf) -> Result<PeerChange, String> {
     }))
 }
 
-/// Gives the running device of `function` in `chain` the peers of `settings`, in place, and its
-/// receive moderation when it is not `running_moderation_us` (the one it was started or last
-/// given with; `None`: not known, said again). GotaTun's device has none.
-pub fn update(
-    chain: &str,
-    function: &str,
-    settings: &WgSettings,
-    running_moderation_us: Option<u16>,
-) -> Result<(), String> {
+/// Gives the running device of `function` in `chain` the peers of `settings`, in place, and the
+/// batched device its receive moderation tick. The tick is said every time (a change of
+/// nothing else costs the device nothing): the device then has the tick of the settings `apply`
+/// records, whatever an earlier apply, failed or undone, left it with. GotaTun's device has
+/// none.
+pub fn update(chain: &str, function: &str, settings: &WgSettings) -> Result<(), String> {
     let device = Device::of(chain, function);
-    if settings.userspace == Userspace::Batched
-        && running_moderation_us != Some(settings.receive_moderation_us)
-    {
-        device.set_receive_moderation(settings.receive_moderation_us)?;
-    }
     let running = device.peers()?;
     let changes = diff(&running, settings)?;
-    if !changes.is_empty() {
-        device.apply(&changes, None)?;
+    let tick = (settings.userspace == Userspace::Batched).then_some(settings.receive_moderation_us);
+    if !changes.is_empty() || tick.is_some() {
+        device.apply(&changes, tick)?;
     }
     // Routes: the new peers' nets to the tunnel, the gone ones' away.
     let netns = names::netns_name(chain, function);

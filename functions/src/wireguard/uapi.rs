@@ -81,27 +81,25 @@ fn set(path: &Path, lines: &str) -> Result<(), String> {
     Err("the endpoint did not answer".into())
 }
 
-/// Tells the endpoint behind interface `name` about `changes` (one `set=1` request on its UAPI
-/// socket).
-pub fn apply(name: &str, changes: &[PeerChange]) -> Result<(), String> {
-    apply_at(&socket_path(name), changes)
+/// Tells the endpoint behind interface `name` about `changes` and `tick_us` (one `set=1`
+/// request on its UAPI socket; see [`apply_at`]).
+pub fn apply(name: &str, changes: &[PeerChange], tick_us: Option<u16>) -> Result<(), String> {
+    apply_at(&socket_path(name), changes, tick_us)
 }
 
 /// Tells the endpoint serving the socket at `path` (the UAPI's, or netfn's own control socket:
-/// [`super::control`]) about `changes`.
-pub fn apply_at(path: &Path, changes: &[PeerChange]) -> Result<(), String> {
-    set(path, &set_request(changes))
+/// [`super::control`]) about `changes` and, netfn's batched device only (others refuse it),
+/// its receive moderation tick `tick_us`: one request, made whole or refused whole.
+pub fn apply_at(path: &Path, changes: &[PeerChange], tick_us: Option<u16>) -> Result<(), String> {
+    let tick = tick_us
+        .map(|us| format!("{RECEIVE_MODERATION_KEY}={us}\n"))
+        .unwrap_or_default();
+    set(path, &format!("{tick}{}", set_request(changes)))
 }
 
 /// netfn's own `set=1` key, for the batched device's receive moderation tick in microseconds
-/// (not the UAPI's: only netfn's endpoint takes it, before any peer).
+/// (not the UAPI's: only netfn's batched device takes it, before any peer).
 pub const RECEIVE_MODERATION_KEY: &str = "receive_moderation_us";
-
-/// Gives the batched device serving the socket at `path` (netfn's control socket) a receive
-/// moderation tick of `us` microseconds, in place.
-pub fn set_moderation_at(path: &Path, us: u16) -> Result<(), String> {
-    set(path, &format!("{RECEIVE_MODERATION_KEY}={us}\n"))
-}
 
 /// The lines of a `set=1` request that makes `changes`.
 pub fn set_request(changes: &[PeerChange]) -> String {

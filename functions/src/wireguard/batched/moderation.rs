@@ -19,8 +19,8 @@
 //! VM (2026-12-05, three repetitions each): 60-byte UDP from wireguard-go 140-157 kpps at 40 µs,
 //! 177-192 kpps at 100 (1.58x and 1.58x the wireguard-go pair, against 2.03x and 1.99x); the
 //! endpoint's CPU per datagram 2.7-2.9 µs against 1.9, the whole machine's 9.2-10.4 against
-//! 7.4-8.0. TCP did not change (1.99-2.21x against 2.02-2.03x; while netfn sends the
-//! acknowledgements no tick waits). Whole runs at 100 µs and 200 µs met the same goals but -R,
+//! 7.4-8.0. TCP 1 stream did not change (2.02-2.03x at 40 µs, 1.99-2.21x at 100; while netfn
+//! sends the acknowledgements no tick waits). Whole runs at 100 µs and 200 µs met the same goals but -R,
 //! which no tick touches (1.516x and 1.497x); 200 gained no more (UDP 2.09x against 2.12x) and
 //! doubles the wait.
 //!
@@ -39,8 +39,8 @@ use std::os::fd::{AsRawFd, BorrowedFd};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-/// How much a sleep may overrun (the thread's timer slack; the kernel's default is 50 µs, more
-/// than the default tick).
+/// How much a sleep may overrun (the thread's timer slack; the kernel's default, 50 µs, is half
+/// the default tick).
 const SLACK_NS: libc::c_ulong = 2_000;
 
 /// The tick, which `netfn apply` changes while the device runs (the device's control socket

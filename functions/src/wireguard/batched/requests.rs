@@ -48,10 +48,10 @@ enum Request {
     Set(String),
 }
 
-/// Answers one client: reads its request (within 2 s), answers it. A new receive moderation
-/// tick is given to `moderated` before the answer (what the client reads after it, `netfn
-/// status`, is then up to date). Await it to the end (a change cut off half-way would be half
-/// made). `Err` only when the answer could not be sent.
+/// Answers one client: reads its request (within 2 s), answers it. The device's receive
+/// moderation tick, when the request set it, is given to `moderated` before the answer (what
+/// the client reads after it, `netfn status`, is then up to date). Await it to the end (a
+/// change cut off half-way would be half made). `Err` only when the answer could not be sent.
 pub async fn serve(
     stream: UnixStream,
     device: &Batched,
@@ -77,8 +77,8 @@ pub async fn serve(
     write.write_all(answer.as_bytes()).await
 }
 
-/// Makes a `set=1` request's changes, all of them or (refused) none; the new tick, if it gave
-/// one.
+/// Makes a `set=1` request's changes, all of them or (refused) none; the device's tick after
+/// it, if the request gave one.
 fn set(device: &Batched, body: &str) -> Result<Option<Duration>, RequestError> {
     let (tick, peers) = moderation(body)?;
     if !whole_peers(peers) {
@@ -91,7 +91,7 @@ fn set(device: &Batched, body: &str) -> Result<Option<Duration>, RequestError> {
     if !changes.is_empty() {
         device.change(changes);
     }
-    Ok(tick)
+    Ok(tick.map(|_| device.moderation()))
 }
 
 /// The tick a body's leading `receive_moderation_us=` line gives (in range, as the chain file

@@ -74,6 +74,8 @@ pub async fn run(setup: Setup<'_>, uapi_path: &Path) -> Result<(), String> {
         &buffers,
         began,
     )?;
+    // The tick the status line says.
+    let mut shown = moderation;
     let mut remember = tokio::time::interval(Duration::from_secs(1));
     let mut saved = String::new();
     let ended = loop {
@@ -94,11 +96,18 @@ pub async fn run(setup: Setup<'_>, uapi_path: &Path) -> Result<(), String> {
                 remembered::save(chain, function, text, &mut saved).await;
             }
             Event::Request(Ok(stream)) => {
-                // `apply` changed the receive moderation in place: status says the new tick.
-                let moderated = |moderation| {
-                    let running = Running::Batched { moderation };
+                // `apply` says the receive moderation tick each time: when the device's changed,
+                // status says the new one.
+                let moderated = |tick| {
+                    if tick == shown {
+                        return;
+                    }
+                    let running = Running::Batched { moderation: tick };
                     match record_io(chain, function, running, offloads, &buffers) {
-                        Ok(io) => tracing::info!("endpoint {name}: now {io}"),
+                        Ok(io) => {
+                            shown = tick;
+                            tracing::info!("endpoint {name}: now {io}");
+                        }
                         Err(e) => tracing::warn!("endpoint {name}: {e}"),
                     }
                 };
