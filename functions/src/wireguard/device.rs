@@ -82,6 +82,7 @@ impl Device {
     /// `tick_us` (the kernel's device has none: NAPI moderates its receives).
     pub fn apply(&self, changes: &[PeerChange], tick_us: Option<u16>) -> Result<(), String> {
         match self {
+            Device::Kernel { .. } if changes.is_empty() => Ok(()),
             Device::Kernel { netns, name } => kernel::apply(netns, name, changes, None),
             Device::Userspace { name, control } => {
                 // In place over netfn's control socket; an endpoint an older netfn started has
