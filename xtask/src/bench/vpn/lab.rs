@@ -392,6 +392,18 @@ impl VpnLab {
         }
         crate::bench::cleanup_result(&errors)
     }
+
+    /// What the first of netfn's batched endpoints says of its receive moderation in its status
+    /// line ("100 µs ticks while datagrams come closer", "off"): the tick the run had, whether
+    /// `--receive-moderation-us` gave it or netfn's default did. `None` before `build` and on
+    /// GotaTun's device.
+    pub(super) fn receive_moderation(&self) -> Option<String> {
+        self.chains.iter().find_map(|chain| {
+            let io = std::fs::read_to_string(format!("/run/netfn/chains/{chain}.vpn.io")).ok()?;
+            let (_, said) = io.split_once("receive moderation: ")?;
+            Some(said.trim().to_string())
+        })
+    }
 }
 
 impl Drop for VpnLab {

@@ -169,6 +169,9 @@ struct Report<'a> {
     seconds: f64,
     /// netfn's batched endpoints' receive moderation, when set (else netfn's default).
     receive_moderation_us: Option<u16>,
+    /// The receive moderation the endpoints ran with, as their status says it (the default's
+    /// value too: 40 µs before 2026-12-05's 43623f4, 100 since).
+    receive_moderation: Option<String>,
     method: Vec<&'static str>,
     records: &'a [report::Record],
     goals: Vec<Goal>,
@@ -199,10 +202,13 @@ pub fn run(options: &Options) -> Result<()> {
         util::workspace_root().join(format!("target/bench/vpn-{}", std::process::id()));
     let mut lab = VpnLab::new(netfn, dir, options.receive_moderation_us);
     let tunnels = lab.build(&options.fastpath, options.also_gotatun)?;
+    let receive_moderation = lab.receive_moderation();
     println!(
-        "set up {} tunnels in {:.1} s; measuring {} repetition(s) of {:.1} s iperf3 runs",
+        "set up {} tunnels in {:.1} s (netfn's receive moderation: {}); measuring {} \
+         repetition(s) of {:.1} s iperf3 runs",
         tunnels.len(),
         started.elapsed().as_secs_f64(),
+        receive_moderation.as_deref().unwrap_or("unknown"),
         options.repetitions,
         options.seconds
     );
@@ -274,6 +280,7 @@ pub fn run(options: &Options) -> Result<()> {
         repetitions: options.repetitions,
         seconds: options.seconds,
         receive_moderation_us: options.receive_moderation_us,
+        receive_moderation,
         method: report::METHOD.to_vec(),
         records: &records,
         goals,
