@@ -236,14 +236,42 @@ pub fn median(samples: &mut [f64]) -> f64 {
     }
 }
 
-/// Writes target/bench/NAME.json.
+/// Writes target/bench/NAME.json. A report that is an object gets the code it measured first,
+/// as `"commit"` (see [`source_commit`]): a number is then traced to its code without a note.
 pub fn write_json<T: Serialize>(name: &str, records: &T) -> Result<PathBuf> {
     let dir = util::workspace_root().join("target/bench");
     std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
     let path = dir.join(format!("{name}.json"));
-    std::fs::write(&path, serde_json::to_vec_pretty(records)?)
-        .with_context(|| format!("write {}", path.display()))?;
+    let json = if serde_json::to_value(records)?.is_object() {
+        serde_json::to_vec_pretty(&WithCommit {
+            commit: source_commit(),
+            report: records,
+        })?
+    } else {
+        serde_json::to_vec_pretty(records)?
+    };
+    std::fs::write(&path, json).with_context(|| format!("write {}", path.display()))?;
     Ok(path)
+}
+
+/// A report with the commit of the code it measured before its own fields.
+#[derive(Serialize)]
+struct WithCommit<'a, T: Serialize> {
+    commit: Option<String>,
+    #[serde(flatten)]
+    report: &'a T,
+}
+
+/// The workspace's commit, `-dirty` when its tracked files have changes (`git describe --always
+/// --dirty`); `None` outside a git checkout.
+fn source_commit() -> Option<String> {
+    let out = std::process::Command::new("git")
+        .args(["describe", "--always", "--dirty", "--abbrev=12"])
+        .current_dir(util::workspace_root())
+        .output()
+        .ok()?;
+    let commit = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    (out.status.success() && !commit.is_empty()).then_some(commit)
 }
 
 /// Writes `svg` as target/bench/NAME.svg and, where rsvg-convert is installed, NAME.png;
@@ -326,5 +354,31 @@ pub fn print_written(json: &std::path::Path, chart: Result<Vec<PathBuf>>) {
             }
         }
         Err(e) => eprintln!("chart: {e:#}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_object_report_gets_the_commit_first_and_keeps_its_fields_in_order() {
+        #[derive(Serialize)]
+        struct Report {
+            bench: &'static str,
+            repetitions: u32,
+        }
+        let report = Report {
+            bench: "vpn",
+            repetitions: 3,
+        };
+        let with = WithCommit {
+            commit: Some("58a72de0c1b2".into()),
+            report: &report,
+        };
+        assert_eq!(
+            serde_json::to_string(&with).unwrap(),
+            r#"{"commit":"58a72de0c1b2","bench":"vpn","repetitions":3}"#
+        );
     }
 }
