@@ -57,7 +57,6 @@ pub struct Goal {
     pub detail: String,
 }
 
-/// Within 10 % of the start (growth or shrinkage).
 /// Whether a count measured at the start and the end (both read: nonzero) grew by 10 % at most.
 /// Less at the end is no leak: the soak SIGKILLs agents and replaces chains, and the watched
 /// agent held 23 descriptors at the end of a run that began with 26 (2026-12-05), which a

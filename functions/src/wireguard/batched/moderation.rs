@@ -20,9 +20,9 @@
 //! 177-192 kpps at 100 (1.58x and 1.58x the wireguard-go pair, against 2.03x and 1.99x); the
 //! endpoint's CPU per datagram 2.7-2.9 µs against 1.9, the whole machine's 9.2-10.4 against
 //! 7.4-8.0. TCP 1 stream did not change (2.02-2.03x at 40 µs, 1.99-2.21x at 100; while netfn
-//! sends the acknowledgements no tick waits). Whole runs at 100 µs and 200 µs met the same goals but -R,
-//! which no tick touches (1.516x and 1.497x); 200 gained no more (UDP 2.09x against 2.12x) and
-//! doubles the wait.
+//! sends the acknowledgements no tick waits). Whole runs at 100 µs and 200 µs met the same
+//! goals but -R, which no tick touches (1.516x and 1.497x); 200 gained no more (UDP 2.09x
+//! against 2.12x) and doubles the wait.
 //!
 //! How: the wait for the next tick holds the runtime's worker (the endpoint runs one) in a
 //! `ppoll` of the TUN device alone, so that the socket does not wake it: a datagram that
@@ -31,9 +31,9 @@
 //! tick at most. While the other direction sends, no tick waits: what arrives then is mostly
 //! the acknowledgements of what it sends ([`Moderation::wait_due`]). The cost is latency: while
 //! the device ticks, a datagram waits for the next tick, a tick at most (100 µs by default;
-//! `receive_moderation_us = 0` for none, changed in place by `netfn apply`). A datagram that comes
-//! after a pause longer than a tick is taken at once, and the first tick that finds the socket
-//! empty ends the ticking.
+//! `receive_moderation_us = 0` for none, changed in place by `netfn apply`). A datagram that
+//! comes after a pause longer than a tick is taken at once, and the first tick that finds the
+//! socket empty ends the ticking.
 
 use std::os::fd::{AsRawFd, BorrowedFd};
 use std::sync::atomic::{AtomicU32, Ordering};
