@@ -247,8 +247,10 @@ pub fn up(file: &Path, only: Option<&str>, quiet: bool) -> Result<ExitCode> {
 /// (namespaces, links, program attaches), so a few overlap well even on two cores.
 const UP_CONCURRENCY: usize = 4;
 
-/// Every chain has runtime tasks (at least its prober): make sure the host agent runs, and tell
-/// a running one to pick up the change now. Problems are warnings: the chain itself is up.
+/// Every chain has runtime tasks (at least its prober): make sure the host agent runs, on this
+/// netfn binary (one that runs another, which an upgrade replaced, is started again on this one,
+/// unless systemd runs it), and tell a running one to pick up the change now. Problems are
+/// warnings: the chain itself is up.
 fn start_or_notify_agent() {
     let exe = match std::env::current_exe() {
         Ok(exe) => exe,
@@ -266,8 +268,29 @@ fn start_or_notify_agent() {
                 log.display()
             );
         }
-        Ok(agent::AgentStart::Running { .. }) => notify_agent(),
-        Ok(agent::AgentStart::Disabled) => {}
+        Ok(agent::AgentStart::Replaced {
+            old_pid,
+            old_binary,
+            pid,
+            log,
+        }) => {
+            let _ = writeln!(
+                std::io::stdout(),
+                "restarted the netfn agent on this netfn binary: pid {old_pid} ran {old_binary}; \
+                 now pid {pid}, log {}",
+                log.display()
+            );
+        }
+        Ok(agent::AgentStart::OtherBinary { pid, binary }) => {
+            eprintln!(
+                "netfn: warning: the netfn agent (pid {pid}) runs {binary}, not this netfn, and \
+                 systemd runs it: restart its unit (systemctl restart netfn-agent) so that it \
+                 runs this one"
+            );
+            notify_agent();
+        }
+        // NETFN_AGENT_AUTOSTART=0 starts none, but one that runs may pick up the change now.
+        Ok(agent::AgentStart::Running { .. } | agent::AgentStart::Disabled) => notify_agent(),
         Err(e) => eprintln!("netfn: warning: the chain is up, but the agent did not start: {e}"),
     }
 }
@@ -391,21 +414,18 @@ pub fn apply(file: &Path, only: Option<&str>, dry_run: bool, quiet: bool) -> Res
                     restarted,
                     elapsed,
                     moved,
-                } => {
-                    notify_agent();
-                    (
-                        format!(
-                            "chain {}: {} in {} ms:",
-                            chain.name,
-                            what_apply_does(changes.len(), reloaded.is_some(), &restarted, true),
-                            elapsed.as_millis()
-                        ),
-                        changes,
-                        reloaded,
-                        restarted,
-                        moved,
-                    )
-                }
+                } => (
+                    format!(
+                        "chain {}: {} in {} ms:",
+                        chain.name,
+                        what_apply_does(changes.len(), reloaded.is_some(), &restarted, true),
+                        elapsed.as_millis()
+                    ),
+                    changes,
+                    reloaded,
+                    restarted,
+                    moved,
+                ),
             };
             let mut text = head;
             if let Some(r) = reload {
@@ -423,6 +443,11 @@ pub fn apply(file: &Path, only: Option<&str>, dry_run: bool, quiet: bool) -> Res
             }
         }
     });
+    // The chains' runtime tasks are the agent's: one must run, on this netfn binary (an apply
+    // after an upgrade moves it on), and learn the change now.
+    if !dry_run && !done.is_empty() {
+        start_or_notify_agent();
+    }
     let Some(failed) = failed else {
         return Ok(ExitCode::SUCCESS);
     };

@@ -716,30 +716,38 @@ fn sigkill_and_restart_scenario(tag: &str, mode: &str) {
 // ensure_agent_running (what `netfn up` calls)
 // ---------------------------------------------------------------------------------------------
 
-#[test]
-fn ensure_agent_running_starts_one_agent_and_then_finds_it() {
-    let dir = TempDir::new(&unique_chain("as"));
-    let mut opts = AutostartOptions::new(netfn_bin());
+/// Options that start an agent of `exe` on a socket in `dir`, serving no chain.
+fn autostart_in(dir: &TempDir, exe: &std::path::Path) -> AutostartOptions {
+    let mut opts = AutostartOptions::new(exe);
     opts.socket = dir.0.join("agent.sock");
     opts.log = dir.0.join("agent.log");
-    // This test starts an agent whatever the shell's NETFN_AGENT_AUTOSTART says (helpers and
+    // These tests start an agent whatever the shell's NETFN_AGENT_AUTOSTART says (helpers and
     // people running tests by hand export NETFN_AGENT_AUTOSTART=0, and it failed then).
     opts.enabled = true;
     // A chain that does not exist: this agent must not touch anyone's chains.
     opts.args = ["--listen", "127.0.0.1:0", "--chain", "no-such-chain"]
         .map(String::from)
         .to_vec();
+    opts
+}
 
-    struct KillPid(Option<u32>);
-    impl Drop for KillPid {
-        fn drop(&mut self) {
-            if let Some(pid) = self.0 {
-                let pid = nix::unistd::Pid::from_raw(pid as i32);
-                let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
-                let _ = nix::sys::wait::waitpid(pid, None);
-            }
+/// SIGKILLs and reaps an agent these tests started (their child), unless it is taken out.
+struct KillPid(Option<u32>);
+
+impl Drop for KillPid {
+    fn drop(&mut self) {
+        if let Some(pid) = self.0 {
+            let pid = nix::unistd::Pid::from_raw(pid as i32);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+            let _ = nix::sys::wait::waitpid(pid, None);
         }
     }
+}
+
+#[test]
+fn ensure_agent_running_starts_one_agent_and_then_finds_it() {
+    let dir = TempDir::new(&unique_chain("as"));
+    let opts = autostart_in(&dir, &netfn_bin());
     let started = agent::ensure_agent_running(&opts).expect("start the agent");
     let AgentStart::Started { pid, .. } = started else {
         panic!("expected a new agent, got {started:?}");
@@ -773,4 +781,86 @@ fn ensure_agent_running_starts_one_agent_and_then_finds_it() {
     guard.0 = None;
     assert!(!opts.socket.exists(), "the socket outlived the agent");
     assert_eq!(agent::ping(&opts.socket).expect("ping"), None);
+}
+
+/// An upgrade replaces the file an agent was started from: the next `up` or `apply` stops that
+/// agent and starts it again on the new file, with the arguments it ran with.
+#[test]
+fn ensure_agent_running_moves_an_agent_onto_its_replaced_binary() {
+    let dir = TempDir::new(&unique_chain("au"));
+    // The installed netfn: a copy of the one under test, which the "upgrade" below replaces.
+    let exe = dir.0.join("netfn");
+    std::fs::copy(netfn_bin(), &exe).expect("copy the netfn binary");
+    let opts = autostart_in(&dir, &exe);
+    let started = agent::ensure_agent_running(&opts).expect("start the agent");
+    let AgentStart::Started { pid: old, .. } = started else {
+        panic!("expected a new agent, got {started:?}");
+    };
+    let _old_guard = KillPid(Some(old));
+
+    // The upgrade, as a package manager makes it: another file renamed over the old one (here
+    // the one under test itself, linked where it can be: the VMs' /tmp is in their memory).
+    let next = dir.0.join("netfn.new");
+    std::fs::hard_link(netfn_bin(), &next)
+        .or_else(|_| std::fs::copy(netfn_bin(), &next).map(drop))
+        .expect("link or copy the netfn binary");
+    std::fs::rename(&next, &exe).expect("replace the binary");
+
+    let moved = agent::ensure_agent_running(&opts).expect("move the agent");
+    let AgentStart::Replaced {
+        old_pid,
+        old_binary,
+        pid,
+        ..
+    } = moved
+    else {
+        panic!("expected the agent replaced, got {moved:?}");
+    };
+    let _guard = KillPid(Some(pid));
+    assert_eq!(old_pid, old);
+    assert_ne!(pid, old, "the agent was not started again");
+    assert_eq!(old_binary, format!("{} (deleted)", exe.display()));
+    // The old agent has exited (a zombie until the guard reaps it: it is this test's child).
+    let state = std::fs::read_to_string(format!("/proc/{old}/stat")).unwrap_or_default();
+    assert!(
+        state.is_empty()
+            || state
+                .rsplit_once(')')
+                .is_some_and(|(_, r)| r.trim_start().starts_with('Z')),
+        "the old agent still runs: {state}"
+    );
+    // The one that answers now runs the new file, with the old one's arguments.
+    let pong = agent::ping(&opts.socket)
+        .expect("ping")
+        .expect("an agent answers");
+    assert_eq!(pong.pid, pid);
+    let file = |p: &std::path::Path| {
+        let m = std::fs::metadata(p).expect("stat");
+        (m.dev(), m.ino())
+    };
+    assert_eq!(
+        file(std::path::Path::new(&format!("/proc/{pid}/exe"))),
+        file(&exe),
+        "the new agent does not run the new binary"
+    );
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).expect("read its command line");
+    let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
+    for arg in [
+        "agent",
+        "--socket",
+        "--chain",
+        "no-such-chain",
+        "127.0.0.1:0",
+    ] {
+        assert!(
+            args.contains(&arg.as_bytes()),
+            "the new agent lost argument {arg}: {:?}",
+            String::from_utf8_lossy(&cmdline)
+        );
+    }
+    // On the binary it runs now: found, left alone.
+    assert_eq!(
+        agent::ensure_agent_running(&opts).expect("find the agent"),
+        AgentStart::Running { pid }
+    );
 }

@@ -91,12 +91,16 @@ pub fn running(chain: &str, function: &str) -> Option<i32> {
     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
     let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
     let ours = args.contains(&chain.as_bytes()) && args.contains(&function.as_bytes());
-    // A zombie (exited, not yet reaped) is not running.
-    let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let zombie = state
-        .rsplit_once(')')
-        .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'));
-    (ours && !zombie).then_some(pid)
+    (ours && !exited(pid)).then_some(pid)
+}
+
+/// Whether process `pid` is gone or a zombie (exited, not yet reaped): not running either way.
+pub(crate) fn exited(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |state| {
+        state
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'))
+    })
 }
 
 /// A function's process that runs another netfn binary than the one asking: an upgrade
@@ -146,6 +150,23 @@ fn binary_of(pid: &str) -> Option<(u64, u64)> {
     Some((m.dev(), m.ino()))
 }
 
+/// The binary process `pid` runs, as the kernel names it (`PATH (deleted)` once an upgrade
+/// replaced it): for messages.
+fn binary_name(pid: i32) -> String {
+    std::fs::read_link(format!("/proc/{pid}/exe"))
+        .map_or_else(|_| "unknown".into(), |p| p.display().to_string())
+}
+
+/// If process `pid` runs another binary than the file at `exe` is now (an upgrade replaced
+/// that file since the process started from it, or the process runs a netfn at another path):
+/// the binary it runs, as the kernel names it. `None` also when either cannot be read
+/// (/proc/PID/exe takes root): unknown is not another.
+pub(crate) fn runs_other_binary(pid: i32, exe: &Path) -> Option<String> {
+    let theirs = binary_of(&pid.to_string())?;
+    let m = std::fs::metadata(exe).ok()?;
+    (theirs != (m.dev(), m.ino())).then(|| binary_name(pid))
+}
+
 /// Function `function`'s process, if one runs and its binary is not the one this process runs.
 /// `None` also when either cannot be read (/proc/PID/exe takes root): unknown is not another.
 pub fn other_binary(chain: &str, function: &str) -> Option<OtherBinary> {
@@ -154,12 +175,10 @@ pub fn other_binary(chain: &str, function: &str) -> Option<OtherBinary> {
     if theirs == binary_of("self")? {
         return None;
     }
-    let binary = std::fs::read_link(format!("/proc/{pid}/exe"))
-        .map_or_else(|_| "unknown".into(), |p| p.display().to_string());
     Some(OtherBinary {
         function: function.to_string(),
         pid,
-        binary,
+        binary: binary_name(pid),
     })
 }
 
