@@ -84,9 +84,10 @@ pub enum Bench {
         #[arg(long = "rules", value_delimiter = ',', default_values_t = vec![10000, 100000])]
         rules: Vec<usize>,
     },
-    /// iperf3 TCP (1 and 4 streams) and 60-byte UDP pps through netfn's WireGuard endpoint to a
-    /// wireguard-go peer and to another netfn endpoint, against a wireguard-go pair and a bare
-    /// veth, with CPU per Gbit (target/bench/vpn.json, vpn.png).
+    /// iperf3 TCP (1 and 4 streams), 60-byte UDP pps and UDP round trips (idle and loaded)
+    /// through netfn's WireGuard endpoint to a wireguard-go peer and to another netfn endpoint,
+    /// against a wireguard-go pair and a bare veth, with CPU per Gbit (target/bench/vpn.json,
+    /// vpn.png).
     Vpn {
         #[arg(long, default_value_t = 3)]
         repetitions: usize,

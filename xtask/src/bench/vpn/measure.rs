@@ -1,9 +1,11 @@
-//! One iperf3 run through a tunnel, with the CPU time it cost.
+//! One run through a tunnel (iperf3's, or the bench's own UDP flood or round trips), with the
+//! CPU time it cost.
 
 use anyhow::{Context, Result};
 use serde::Serialize;
 
 use super::Tunnel;
+use super::latency::RoundTrips;
 use crate::bench::chain::{
     IPERF_UDP_ARGS, IperfPath, clock_ticks, cpu_jiffies, cpu_stat_fields, iperf_on, tcp_gbit_per_s,
     udp_received_pps,
@@ -29,16 +31,23 @@ pub enum Test {
     UdpReverse,
     /// iperf3's UDP, a cross-check.
     IperfUdp,
+    /// Round trips of a small UDP datagram, one a millisecond, nothing else in the tunnel.
+    Latency,
+    /// The same beside a steady 60-byte UDP load, client to server, at
+    /// [`super::latency::LOAD_PPS`].
+    LatencyLoaded,
 }
 
 impl Test {
-    pub const ALL: [Test; 6] = [
+    pub const ALL: [Test; 8] = [
         Test::Tcp1,
         Test::Tcp1Reverse,
         Test::Tcp4,
         Test::Udp,
         Test::UdpReverse,
         Test::IperfUdp,
+        Test::Latency,
+        Test::LatencyLoaded,
     ];
     /// The tests with a goal and a panel in the chart.
     pub(super) const MAIN: [Test; 5] = [
@@ -49,8 +58,14 @@ impl Test {
         Test::UdpReverse,
     ];
 
+    /// A rate in datagrams a second (and CPU per datagram).
     pub(super) fn is_udp(self) -> bool {
         matches!(self, Test::Udp | Test::UdpReverse | Test::IperfUdp)
+    }
+
+    /// Round trips in µs (and CPU per datagram): lower is better.
+    pub(super) fn is_latency(self) -> bool {
+        matches!(self, Test::Latency | Test::LatencyLoaded)
     }
 
     /// A table column's name.
@@ -62,6 +77,8 @@ impl Test {
             Test::Udp => "UDP",
             Test::UdpReverse => "UDP -R",
             Test::IperfUdp => "iperf UDP",
+            Test::Latency => "RTT",
+            Test::LatencyLoaded => "RTT loaded",
         }
     }
 
@@ -73,13 +90,16 @@ impl Test {
             Test::Udp => "UDP 60 B pps",
             Test::UdpReverse => "UDP 60 B pps -R",
             Test::IperfUdp => "iperf3 UDP pps",
+            Test::Latency => "UDP round trip",
+            Test::LatencyLoaded => "UDP round trip loaded",
         }
     }
 
-    /// iperf3's arguments besides `-J -c DST -p PORT -B SRC -t SECONDS`.
+    /// iperf3's arguments besides `-J -c DST -p PORT -B SRC -t SECONDS` (none for the tests
+    /// of our own generator and round trips).
     pub(super) fn iperf_args(self) -> &'static [&'static str] {
         match self {
-            Test::Tcp1 | Test::Udp | Test::UdpReverse => &[],
+            Test::Tcp1 | Test::Udp | Test::UdpReverse | Test::Latency | Test::LatencyLoaded => &[],
             Test::Tcp1Reverse => &["-R"],
             Test::Tcp4 => &["-P", "4"],
             Test::IperfUdp => &IPERF_UDP_ARGS,
@@ -90,9 +110,11 @@ impl Test {
 /// What one run carried and cost.
 #[derive(Debug, Clone, Default)]
 pub(super) struct Run {
-    /// TCP: Gbit/s at the receiver; UDP: datagrams received per second.
+    /// TCP: Gbit/s at the receiver; UDP: datagrams received per second; round trips: the
+    /// median in µs.
     pub(super) rate: f64,
-    /// TCP: Gbit received; UDP: datagrams received.
+    /// TCP: Gbit received; UDP and round trips: datagrams received (for round trips both ways,
+    /// and the load's).
     pub(super) carried: f64,
     /// CPU seconds of the tunnel's processes (utime + stime) over the run.
     pub(super) process_cpu_s: f64,
@@ -106,6 +128,8 @@ pub(super) struct Run {
     /// TCP segments the sender retransmitted (iperf3's `end.sum_sent.retransmits`): loss in
     /// the tunnel, which a TCP rate depends on as much as on CPU.
     pub(super) retransmits: Option<u64>,
+    /// Round trips only: their percentiles and losses, and the load's rate.
+    pub(super) round_trips: Option<RoundTrips>,
     /// Softirq CPU seconds of all CPUs over the run.
     pub(super) softirq_cpu_s: f64,
     /// Busy CPU seconds of the whole machine over the run.
@@ -113,12 +137,12 @@ pub(super) struct Run {
 }
 
 impl Run {
-    /// Tunnel processes + softirq per Gbit (TCP) or per packet, in µs (UDP).
+    /// Tunnel processes + softirq per Gbit (TCP) or per datagram, in µs (UDP, round trips).
     pub(super) fn cpu_per_unit(&self, test: Test) -> f64 {
         per_unit(self.process_cpu_s + self.softirq_cpu_s, self.carried, test)
     }
 
-    /// Process `i`'s CPU time alone per Gbit (TCP) or per packet, in µs (UDP).
+    /// Process `i`'s CPU time alone per Gbit (TCP) or per datagram, in µs (UDP, round trips).
     pub(super) fn process_per_unit(&self, i: usize, test: Test) -> f64 {
         let cpu = self.each_process_cpu_s.get(i).copied().unwrap_or(f64::NAN);
         per_unit(cpu, self.carried, test)
@@ -130,12 +154,24 @@ impl Run {
             .map(|cpu| per_unit(cpu, self.carried, test))
     }
 
-    /// The whole machine's busy time per Gbit (TCP) or per packet, in µs (UDP).
+    /// The whole machine's busy time per Gbit (TCP) or per datagram, in µs (UDP, round trips).
     pub(super) fn machine_per_unit(&self, test: Test) -> f64 {
         per_unit(self.machine_cpu_s, self.carried, test)
     }
 
     pub(super) fn summary(&self, test: Test) -> String {
+        if let Some(trips) = &self.round_trips {
+            return format!(
+                "p50 {:>6.0} us  p99 {:>6.0} us  lost {}{}",
+                trips.p50_us,
+                trips.p99_us,
+                trips.lost,
+                trips
+                    .load_pps
+                    .map(|pps| format!("  load {:.1} kpps", pps / 1e3))
+                    .unwrap_or_default()
+            );
+        }
         let mut line = match test {
             Test::Udp | Test::UdpReverse | Test::IperfUdp => format!(
                 "{:>9.0} pps  cpu {:>5.2} us/pkt",
@@ -162,7 +198,7 @@ fn per_unit(cpu_s: f64, carried: f64, test: Test) -> f64 {
     if carried <= 0.0 {
         return f64::NAN;
     }
-    if test.is_udp() {
+    if test.is_udp() || test.is_latency() {
         cpu_s * 1e6 / carried
     } else {
         cpu_s / carried
@@ -242,6 +278,7 @@ impl Run {
                 .collect(),
             generator_cpu_s: None,
             retransmits: None,
+            round_trips: None,
             softirq_cpu_s: jiffies_to_s(before.softirq, after.softirq),
             machine_cpu_s: jiffies_to_s(before.machine, after.machine),
         }
@@ -277,11 +314,13 @@ pub(super) fn task_jiffies(stat: &str) -> Result<u64> {
     Ok(field(14)? + field(15)?)
 }
 
-/// One iperf3 run of `test` for `seconds`, with the CPU it cost.
+/// One run of `test` for `seconds`, with the CPU it cost.
 pub(super) fn run(t: &Tunnel, test: Test, seconds: f64) -> Result<Run> {
     match test {
         Test::Udp => return super::flood::run(t, seconds, false),
         Test::UdpReverse => return super::flood::run(t, seconds, true),
+        Test::Latency => return super::latency::run(t, seconds, false),
+        Test::LatencyLoaded => return super::latency::run(t, seconds, true),
         _ => {}
     }
     let before = counters_now(t)?;
@@ -321,6 +360,7 @@ mod tests {
             each_socket_drops: vec![0, 0],
             generator_cpu_s: Some(2.5),
             retransmits: None,
+            round_trips: None,
             softirq_cpu_s: 1.0,
             machine_cpu_s: 10.0,
         };

@@ -23,12 +23,16 @@
 //! `--tests tcp1-reverse,udp` measures only those tests (every tunnel still comes up): a quicker
 //! look at one direction; the goals are judged on the tests run.
 //!
-//! Figures, per tunnel and repetition, each from its own iperf3 run (`iperf3 -J -c … -t
-//! SECONDS`, a fresh `iperf3 -s -1`, default flags otherwise):
+//! Figures, per tunnel and repetition, each from its own run: iperf3's (`iperf3 -J -c … -t
+//! SECONDS`, a fresh `iperf3 -s -1`, default flags otherwise) or the bench's own traffic:
 //! - **TCP, 1 stream** and **TCP, 4 streams** (`-P 4`): throughput at the receiver;
 //! - **UDP pps**: 60-byte frames before encapsulation from our own generator ([`flood`]), client
 //!   to server and server to client (`-R`), datagrams received per second; and iperf3's
 //!   `-u -b 0 -l 18` as a cross-check;
+//! - **Round trips** ([`latency`]): an 18-byte UDP request a millisecond from the client to an
+//!   echo in the server's namespace, p50 and p99 in µs; idle, and beside a steady 20 kpps of
+//!   60-byte UDP client to server (closer together than netfn's receive moderation tick, so the
+//!   tick's cost in latency shows);
 //! - **CPU**: over each run, the utime + stime of the tunnel's userspace processes (both
 //!   wireguard-go processes, netfn's endpoint processes; /proc/PID/stat) plus the softirq time
 //!   of every CPU (/proc/stat), divided by the Gbit the receiver got (TCP) or the datagrams it got
@@ -39,7 +43,7 @@
 //!   receive buffer full ([`drops`]): a TCP rate is set by that loss as much as by CPU (Debian's
 //!   wireguard-go keeps the kernel's default buffer, and drops in every test it receives in).
 //!
-//! Output: two tables, target/bench/vpn.json (every sample), vpn.svg and, with rsvg-convert,
+//! Output: the tables, target/bench/vpn.json (every sample), vpn.svg and, with rsvg-convert,
 //! vpn.png. Traffic stays between namespaces the bench created; everything is removed at the end,
 //! also on failure and on ctrl-c.
 
@@ -59,6 +63,7 @@ mod chart;
 mod drops;
 mod flood;
 pub(crate) mod lab;
+mod latency;
 mod measure;
 mod report;
 
@@ -70,7 +75,7 @@ pub use measure::Test;
 #[derive(Debug, Clone)]
 pub struct Options {
     pub repetitions: usize,
-    /// Seconds of each iperf3 run.
+    /// Seconds of each run.
     pub seconds: f64,
     /// The chains' fast path (tc, xdp or kernel).
     pub fastpath: String,
@@ -205,7 +210,7 @@ pub fn run(options: &Options) -> Result<()> {
     let receive_moderation = lab.receive_moderation();
     println!(
         "set up {} tunnels in {:.1} s (netfn's receive moderation: {}); measuring {} \
-         repetition(s) of {:.1} s iperf3 runs",
+         repetition(s) of {:.1} s runs",
         tunnels.len(),
         started.elapsed().as_secs_f64(),
         receive_moderation.as_deref().unwrap_or("unknown"),
@@ -227,7 +232,7 @@ pub fn run(options: &Options) -> Result<()> {
                 let run = measure::run(t, test, options.seconds)
                     .with_context(|| format!("{}: {}", t.name, test.label()))?;
                 eprintln!(
-                    "  rep {}/{} {:<12} {:<14} {}",
+                    "  rep {}/{} {:<12} {:<21} {}",
                     rep + 1,
                     options.repetitions,
                     t.name,

@@ -7,9 +7,9 @@ use super::measure::{Run, Test};
 use super::{Figure, Goal, Options, Samples, Tunnel};
 
 /// How every figure is produced (also written into vpn.json).
-pub(super) const METHOD: [&str; 10] = [
-    "each figure is the median of one iperf3 run per repetition; tunnels measured interleaved, \
-     the order rotated each repetition",
+pub(super) const METHOD: [&str; 11] = [
+    "each figure is the median of one run per repetition (iperf3, or our own generator and \
+     round trips); tunnels measured interleaved, the order rotated each repetition",
     "TCP: iperf3 -J -c SERVER -B CLIENT -t SECONDS (and -P 4), a fresh iperf3 -s -1 per run; \
      throughput = end.sum_received.bits_per_second",
     "UDP 60 B: 18-byte datagrams (60-byte frames before encapsulation) from a connected socket, \
@@ -30,19 +30,26 @@ pub(super) const METHOD: [&str; 10] = [
      (/proc/self/task/TID/stat)",
     "CPU (machine): busy jiffies of all CPUs (user nice system irq softirq steal) over the run, \
      iperf3 and everything else included, per Gbit received",
+    "round trips: 18-byte UDP requests, each with its sequence number, from the client to an \
+     echo in the server's namespace, one a millisecond (at once after a slower one), both sides \
+     blocking in recv (no busy polling); p50 and p99 of a run in µs, a reply after 500 ms lost; \
+     loaded: beside 20,000 18-byte datagrams a second from the client to a sink in the server's \
+     namespace (paced, what is due sent at each wake-up, at most 4 at once); the load's received \
+     rate is recorded (load_pps); CPU per datagram counts both ways of each round trip and the \
+     load (the bench's own client, echo and load threads not counted)",
     "no pinning, no tuning: default MTUs (tunnels 1420), default iperf3 buffers",
 ];
 
 #[derive(Debug, Clone, Serialize)]
 pub(super) struct TestFigures {
     test: Test,
-    /// Gbit/s (TCP) or packets/s (UDP).
+    /// Gbit/s (TCP), packets/s (UDP) or the round trip's p50 in µs.
     rate: Figure,
-    /// The median rate over the wireguard-go pair's.
+    /// The median rate over the wireguard-go pair's (round trips: above 1 is slower).
     pub(super) vs_wggo_pair: f64,
-    /// Tunnel processes + softirq: s/Gbit (TCP) or µs/packet (UDP).
+    /// Tunnel processes + softirq: s/Gbit (TCP), µs/packet (UDP) or µs/datagram (round trips).
     tunnel_cpu: Figure,
-    /// Whole machine busy time: s/Gbit (TCP) or µs/packet (UDP).
+    /// Whole machine busy time: s/Gbit (TCP), µs/packet (UDP) or µs/datagram (round trips).
     machine_cpu: Figure,
     /// Each of the tunnel's processes alone (in the order of the record's `processes`), same
     /// unit: which end a tunnel's cost is at.
@@ -57,6 +64,15 @@ pub(super) struct TestFigures {
     /// Datagrams each process's UDP socket dropped per run (receive buffer full), in the order
     /// of the record's `processes`.
     socket_drops: Vec<Figure>,
+    /// Round trips: their p99 per run, µs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    p99_us: Option<Figure>,
+    /// Round trips: the requests lost per run.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    lost: Option<Figure>,
+    /// Loaded round trips: the load's datagrams received a second.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    load_pps: Option<Figure>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -125,7 +141,9 @@ pub(super) fn records(tunnels: &[Tunnel], samples: &[Samples], tests: &[Test]) -
             tests: tests
                 .iter()
                 .map(|&test| {
-                    let (unit, cpu_unit) = if test.is_udp() {
+                    let (unit, cpu_unit) = if test.is_latency() {
+                        ("us", "us/datagram")
+                    } else if test.is_udp() {
                         ("packets/s", "us/packet")
                     } else {
                         ("Gbit/s", "s/Gbit")
@@ -159,6 +177,13 @@ pub(super) fn records(tunnels: &[Tunnel], samples: &[Samples], tests: &[Test]) -
                                 )
                             })
                             .collect(),
+                        p99_us: some_of(s, test, "us", |r| r.round_trips.map(|t| t.p99_us)),
+                        lost: some_of(s, test, "requests", |r| {
+                            r.round_trips.map(|t| t.lost as f64)
+                        }),
+                        load_pps: some_of(s, test, "packets/s", |r| {
+                            r.round_trips.and_then(|t| t.load_pps)
+                        }),
                     }
                 })
                 .collect(),
@@ -167,6 +192,23 @@ pub(super) fn records(tunnels: &[Tunnel], samples: &[Samples], tests: &[Test]) -
 }
 
 pub(super) fn print_tables(records: &[Record], tests: &[Test], options: &Options) {
+    let (rates, latencies): (Vec<Test>, Vec<Test>) =
+        tests.iter().partition(|test| !test.is_latency());
+    print_rates(records, &rates);
+    print_latencies(records, &latencies);
+    print_processes(records);
+    println!(
+        "(medians of {} runs of {} s each; ×pair: over the wireguard-go pair; tun: tunnel \
+         processes + softirq; mach: whole machine busy)",
+        options.repetitions, options.seconds
+    );
+}
+
+/// The rates (TCP and UDP) and their CPU.
+fn print_rates(records: &[Record], tests: &[Test]) {
+    if tests.is_empty() {
+        return;
+    }
     let mut head = format!("\n{:<12}", "tunnel");
     for &test in tests {
         let unit = if test.is_udp() { "kpps" } else { "Gb/s" };
@@ -179,7 +221,7 @@ pub(super) fn print_tables(records: &[Record], tests: &[Test], options: &Options
     println!("{head}");
     for r in records {
         let mut line = format!("{:<12}", r.config);
-        for f in &r.tests {
+        for f in r.tests.iter().filter(|f| tests.contains(&f.test)) {
             let value = if f.test.is_udp() {
                 f.median() / 1e3
             } else {
@@ -200,13 +242,64 @@ pub(super) fn print_tables(records: &[Record], tests: &[Test], options: &Options
     println!("{head}");
     for r in records {
         let mut line = format!("{:<12}", r.config);
-        for f in &r.tests {
+        for f in r.tests.iter().filter(|f| tests.contains(&f.test)) {
             line.push_str(&format!(
                 " {:>21}",
                 format!("{:.2} / {:.2}", f.tunnel_cpu.median, f.machine_cpu.median)
             ));
         }
         println!("{line}");
+    }
+}
+
+/// The round trips: p50 and p99 in µs, the requests lost, the load's rate.
+fn print_latencies(records: &[Record], tests: &[Test]) {
+    if tests.is_empty() {
+        return;
+    }
+    let mut head = format!("\n{:<12}", "round trip");
+    for &test in tests {
+        head.push_str(&format!(
+            " {:>24} {:>6} {:>5}",
+            format!("{} p50/p99 µs", test.short()),
+            "×pair",
+            "lost"
+        ));
+    }
+    if tests.contains(&Test::LatencyLoaded) {
+        head.push_str(&format!(" {:>10}", "load kpps"));
+    }
+    println!("{head}");
+    let median = |f: &Option<Figure>| f.as_ref().map_or(f64::NAN, |f| f.median);
+    for r in records {
+        let mut line = format!("{:<12}", r.config);
+        for f in r.tests.iter().filter(|f| tests.contains(&f.test)) {
+            line.push_str(&format!(
+                " {:>24} {:>6.2} {:>5.0}",
+                format!("{:.0} / {:.0}", f.median(), median(&f.p99_us)),
+                f.vs_wggo_pair,
+                median(&f.lost)
+            ));
+        }
+        if let Some(f) = r.figures(Test::LatencyLoaded) {
+            line.push_str(&format!(" {:>10.1}", median(&f.load_pps) / 1e3));
+        }
+        println!("{line}");
+    }
+    println!(
+        "(round trips one a millisecond; loaded: beside {:.0} kpps of 60-byte UDP, client to \
+         server; ×pair: p50 over the wireguard-go pair's, above 1 is slower)",
+        super::latency::LOAD_PPS / 1e3
+    );
+}
+
+/// Each tunnel process's CPU and socket drops, for the main tests.
+fn print_processes(records: &[Record]) {
+    if !records
+        .iter()
+        .any(|r| Test::MAIN.iter().any(|&t| r.figures(t).is_some()))
+    {
+        return;
     }
     println!(
         "\nCPU per process: s/Gbit (TCP), µs/packet (UDP; gen: our generator and sink); drops: \
@@ -228,11 +321,6 @@ pub(super) fn print_tables(records: &[Record], tests: &[Test], options: &Options
             println!("{line}");
         }
     }
-    println!(
-        "(medians of {} runs of {} s each; ×pair: over the wireguard-go pair; tun: tunnel \
-         processes + softirq; mach: whole machine busy)",
-        options.repetitions, options.seconds
-    );
 }
 
 /// The issue's goals: netfn to wireguard-go >= 1.5x the wireguard-go pair, netfn to netfn >= 3x;
