@@ -272,15 +272,19 @@ async fn incoming(
     // The last round left datagrams on the socket (it took DRAIN): the next takes them at once.
     let mut left_some = false;
     loop {
+        // How this round came to its datagrams: a tick's wait, or woken by the socket after
+        // waiting this long (neither: a look without waiting).
+        let (mut ticked, mut woken_after) = (false, None);
         let taken = if moderation.ticking() {
             if !left_some && moderation.wait_due(shared.sent.load(Ordering::Relaxed)) {
                 moderation.wait_tick(tun_tx.as_fd(), shared.tick.get());
+                ticked = true;
             }
             udp_rx.take_queued(&mut pool, &mut received)
         } else {
             let waiting = Instant::now();
             let taken = udp_rx.recv(&mut pool, &mut received).await;
-            moderation.woken_after(waiting.elapsed(), shared.tick.get());
+            woken_after = Some(waiting.elapsed());
             taken
         };
         match taken {
@@ -304,6 +308,11 @@ async fn incoming(
             }
         }
         left_some = received.len() >= DRAIN;
+        match woken_after {
+            Some(waited) => moderation.woken(waited, received.len(), shared.tick.get()),
+            None if ticked => moderation.ticked(received.len()),
+            None => {}
+        }
         {
             let table = shared.table();
             // The peer locked for the run of packets it sent.
