@@ -769,7 +769,9 @@ fn through_the_tunnel(mode: &str, tag: &str, backend: &str, peer_kind: PeerKind)
             let moderation = match backend {
                 "gotatun" => None,
                 "unmoderated" => Some("receive moderation: off"),
-                _ => Some("receive moderation: 100 µs ticks while datagrams come closer"),
+                _ => Some(
+                    "receive moderation: 100 µs ticks while datagrams come 4 or more to a tick",
+                ),
             };
             assert_eq!(
                 row.contains("receive moderation"),
@@ -1727,12 +1729,12 @@ fn receive_moderation_changes_in_place() {
         (&off, "receive moderation: off"),
         (
             &slow,
-            "receive moderation: 250 µs ticks while datagrams come closer",
+            "receive moderation: 250 µs ticks while datagrams come 4 or more to a tick",
         ),
         // The line gone: back to the default.
         (
             &default,
-            "receive moderation: 100 µs ticks while datagrams come closer",
+            "receive moderation: 100 µs ticks while datagrams come 4 or more to a tick",
         ),
     ] {
         let out = netfn_ok(&["apply", &file.to_string_lossy()]);

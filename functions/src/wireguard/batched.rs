@@ -34,7 +34,7 @@ use super::tun_io::{TunRecv, TunWriter};
 use super::udp_io::{GsoSend, UdpFactory};
 use super::udp_recv::GroRecv;
 
-mod moderation;
+pub(super) mod moderation;
 mod requests;
 mod routes;
 pub mod run;

@@ -225,8 +225,9 @@ impl Running {
                 "; receive moderation: off".to_string()
             }
             Running::Batched { moderation } => format!(
-                "; receive moderation: {} µs ticks while datagrams come closer",
-                moderation.as_micros()
+                "; receive moderation: {} µs ticks while datagrams come {} or more to a tick",
+                moderation.as_micros(),
+                super::batched::moderation::MIN_BATCH
             ),
             Running::Gotatun => String::new(),
         }

@@ -19,7 +19,11 @@ const COLORS: [(&str, &str); 5] = [
     ("netfn-netfn-gotatun", "#fc9272"),
 ];
 
+/// The chart, if a test with a panel ran (`--tests latency` alone draws none).
 pub(super) fn chart(records: &[Record]) -> Result<Vec<PathBuf>> {
+    if !super::report::any_main_test(records) {
+        return Ok(Vec::new());
+    }
     crate::bench::write_chart("vpn", &svg(records))
 }
 

@@ -394,7 +394,7 @@ impl VpnLab {
     }
 
     /// What the first of netfn's batched endpoints says of its receive moderation in its status
-    /// line ("100 µs ticks while datagrams come closer", "off"): the tick the run had, whether
+    /// line ("100 µs ticks while datagrams come 4 or more to a tick", "off"): the tick the run had, whether
     /// `--receive-moderation-us` gave it or netfn's default did. `None` before `build` and on
     /// GotaTun's device.
     pub(super) fn receive_moderation(&self) -> Option<String> {

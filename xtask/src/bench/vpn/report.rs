@@ -293,12 +293,16 @@ fn print_latencies(records: &[Record], tests: &[Test]) {
     );
 }
 
-/// Each tunnel process's CPU and socket drops, for the main tests.
-fn print_processes(records: &[Record]) {
-    if !records
+/// Whether a main test (one with a goal and a chart panel) ran.
+pub(super) fn any_main_test(records: &[Record]) -> bool {
+    records
         .iter()
         .any(|r| Test::MAIN.iter().any(|&t| r.figures(t).is_some()))
-    {
+}
+
+/// Each tunnel process's CPU and socket drops, for the main tests.
+fn print_processes(records: &[Record]) {
+    if !any_main_test(records) {
         return;
     }
     println!(
