@@ -281,11 +281,26 @@ fn start_or_notify_agent() {
                 log.display()
             );
         }
-        Ok(agent::AgentStart::OtherBinary { pid, binary }) => {
+        Ok(agent::AgentStart::OtherBinary {
+            pid,
+            binary,
+            systemd,
+            unit,
+        }) => {
+            let how = if systemd {
+                format!(
+                    "systemd runs it: restart its unit (systemctl restart {}) so that it runs \
+                     this one",
+                    unit.as_deref().unwrap_or("netfn-agent")
+                )
+            } else {
+                format!(
+                    "its arguments cannot be read, so it was left running: stop it (kill {pid}) \
+                     and run this command again to start one on this netfn"
+                )
+            };
             eprintln!(
-                "netfn: warning: the netfn agent (pid {pid}) runs {binary}, not this netfn, and \
-                 systemd runs it: restart its unit (systemctl restart netfn-agent) so that it \
-                 runs this one"
+                "netfn: warning: the netfn agent (pid {pid}) runs {binary}, not this netfn; {how}"
             );
             notify_agent();
         }

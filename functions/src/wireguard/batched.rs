@@ -1,7 +1,7 @@
 //! netfn's batched WireGuard device on GotaTun's protocol (`noise::Tunn`), the userspace data
 //! plane's default (`userspace = "batched"`). Two tasks, each a whole direction: a received batch
-//! (GRO, then whatever else the socket holds, up to [`DRAIN`]; while datagrams come close
-//! together, what queued in a tick: [`moderation`]) is decrypted and written to the TUN
+//! (GRO, then whatever else the socket holds, up to [`DRAIN`]; while datagrams come a
+//! batch to a tick, what queued in a tick: [`moderation`]) is decrypted and written to the TUN
 //! coalesced; a read batch (a GSO read split) is encrypted and sent with GSO. A peer is
 //! locked once per run of its packets, and a run of packets of one session, or to or from one
 //! address, is looked up once. GotaTun's own device ([`super::gotatun_device`]) runs a task
@@ -272,13 +272,12 @@ async fn incoming(
     // The last round left datagrams on the socket (it took DRAIN): the next takes them at once.
     let mut left_some = false;
     loop {
-        // How this round came to its datagrams: a tick's wait, or woken by the socket after
-        // waiting this long (neither: a look without waiting).
+        // How this round came to its datagrams: a whole tick's wait, or woken by the socket
+        // after waiting this long (neither: a look without waiting, or a tick cut short).
         let (mut ticked, mut woken_after) = (false, None);
         let taken = if moderation.ticking() {
             if !left_some && moderation.wait_due(shared.sent.load(Ordering::Relaxed)) {
-                moderation.wait_tick(tun_tx.as_fd(), shared.tick.get());
-                ticked = true;
+                ticked = moderation.wait_tick(tun_tx.as_fd(), shared.tick.get());
             }
             udp_rx.take_queued(&mut pool, &mut received)
         } else {
@@ -310,7 +309,7 @@ async fn incoming(
         left_some = received.len() >= DRAIN;
         match woken_after {
             Some(waited) => moderation.woken(waited, received.len(), shared.tick.get()),
-            None if ticked => moderation.ticked(received.len()),
+            None if ticked => moderation.ticked(received.len(), shared.tick.get()),
             None => {}
         }
         {

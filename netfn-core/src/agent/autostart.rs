@@ -16,8 +16,8 @@ use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use super::client::{self, ClientError};
+use super::upgrade::{self, Found, MoveLock};
 use super::{default_log_path, default_socket};
-use crate::chain::processes;
 
 /// Set to `0` to keep `netfn up` from starting an agent (tests, hosts that run the unit).
 pub const AUTOSTART_ENV: &str = "NETFN_AGENT_AUTOSTART";
@@ -37,9 +37,16 @@ pub enum AgentStart {
         pid: u32,
         log: PathBuf,
     },
-    /// The agent runs another netfn binary, but systemd runs it: left to its unit, which the
-    /// caller should tell the operator to restart.
-    OtherBinary { pid: u32, binary: String },
+    /// The agent runs another netfn binary but was left running, for the caller to tell the
+    /// operator: systemd runs it (`unit`: its name where known), whose unit should restart it;
+    /// or (`systemd` false) its arguments could not be read, so it could not be started again
+    /// as it was.
+    OtherBinary {
+        pid: u32,
+        binary: String,
+        systemd: bool,
+        unit: Option<String>,
+    },
     /// `NETFN_AGENT_AUTOSTART=0`: nothing checked, nothing started.
     Disabled,
 }
@@ -90,15 +97,30 @@ pub enum AutostartError {
         tail: String,
     },
     #[error(
-        "the netfn agent (pid {pid}) runs {binary}, not {}, and did not stop on SIGTERM nor \
-         SIGKILL; stop it (kill {pid}) and run this command again",
+        "the netfn agent (pid {pid}) runs {binary}, not {}, and did not end on SIGTERM nor \
+         SIGKILL (stuck in the kernel? see /proc/{pid}/stack); once it is gone, run this command \
+         again",
         exe.display()
     )]
     Stop {
-        pid: u32,
+        pid: i32,
         binary: String,
         exe: PathBuf,
     },
+    #[error(
+        "stopped the netfn agent (pid {pid}), which ran {binary}, but it did not start again on \
+         {}: {source}; start it by hand: {} {}",
+        exe.display(), exe.display(), args.join(" ")
+    )]
+    Restart {
+        pid: i32,
+        binary: String,
+        exe: PathBuf,
+        args: Vec<String>,
+        source: Box<AutostartError>,
+    },
+    #[error("cannot take {}: {source}", path.display())]
+    Lock { path: PathBuf, source: io::Error },
     #[error(
         "the netfn agent (pid {pid}) did not answer on {} within {} ms; see {}",
         socket.display(), wait.as_millis(), log.display()
@@ -113,91 +135,86 @@ pub enum AutostartError {
 
 /// Starts `netfn agent` unless one answers on the socket already (or `opts.enabled` is false:
 /// `NETFN_AGENT_AUTOSTART=0`); one that runs another netfn binary than `opts.exe` is started
-/// again on it (unless systemd runs it). Returns once the agent answers.
+/// again on it, with the arguments it ran with (unless systemd runs it). Returns once the agent
+/// answers.
 pub fn ensure_agent_running(opts: &AutostartOptions) -> Result<AgentStart, AutostartError> {
     if !opts.enabled {
         return Ok(AgentStart::Disabled);
     }
-    let Some(pong) = client::ping(&opts.socket)? else {
+    let Some((pong, pid_here)) = client::ping_peer(&opts.socket)? else {
         return start(opts, None);
     };
-    let pid = pong.pid;
-    let Some(binary) = i32::try_from(pid)
-        .ok()
-        .and_then(|p| processes::runs_other_binary(p, &opts.exe))
-    else {
-        return Ok(AgentStart::Running { pid });
+    // The pid as this process sees it (the agent's own may be another pid namespace's).
+    let Some(pid_here) = pid_here else {
+        return Ok(AgentStart::Running { pid: pong.pid });
     };
-    if under_systemd(pid) {
-        return Ok(AgentStart::OtherBinary { pid, binary });
+    if matches!(upgrade::look(pid_here, &opts.exe), Found::Current) {
+        return Ok(AgentStart::Running { pid: pong.pid });
     }
-    let args = arguments(pid);
-    if !stopped(pid) {
+    // One caller moves it; another `up` or `apply` meanwhile waits here, then finds it moved.
+    let _moving = MoveLock::take(&opts.socket).map_err(|source| AutostartError::Lock {
+        path: opts.socket.clone(),
+        source,
+    })?;
+    let Some((pong, Some(pid_here))) = client::ping_peer(&opts.socket)? else {
+        return start(opts, None);
+    };
+    let stale = match upgrade::look(pid_here, &opts.exe) {
+        Found::Current => return Ok(AgentStart::Running { pid: pong.pid }),
+        Found::Systemd { binary, unit } => {
+            return Ok(AgentStart::OtherBinary {
+                pid: pong.pid,
+                binary,
+                systemd: true,
+                unit,
+            });
+        }
+        Found::Unknown { binary } => {
+            return Ok(AgentStart::OtherBinary {
+                pid: pong.pid,
+                binary,
+                systemd: false,
+                unit: None,
+            });
+        }
+        Found::Stale(stale) => stale,
+    };
+    if !stale.stop() {
         return Err(AutostartError::Stop {
-            pid,
-            binary,
+            pid: stale.pid(),
+            binary: stale.binary,
             exe: opts.exe.clone(),
         });
     }
-    Ok(match start(opts, args)? {
-        AgentStart::Started { pid: new, log } => AgentStart::Replaced {
-            old_pid: pid,
-            old_binary: binary,
-            pid: new,
+    match start(opts, Some(stale.args.clone())) {
+        Ok(AgentStart::Started { pid, log }) => Ok(AgentStart::Replaced {
+            old_pid: pong.pid,
+            old_binary: stale.binary,
+            pid,
             log,
-        },
-        // Another `up` started one at the same moment.
-        other => other,
-    })
-}
-
-/// Whether systemd runs process `pid` (a service's processes have its INVOCATION_ID).
-fn under_systemd(pid: u32) -> bool {
-    fs::read(format!("/proc/{pid}/environ")).is_ok_and(|env| {
-        env.split(|&b| b == 0)
-            .any(|v| v.starts_with(b"INVOCATION_ID="))
-    })
-}
-
-/// The arguments agent `pid` runs with, after the program's name (`agent --socket …`); `None`
-/// when they cannot be read or are not an agent's.
-fn arguments(pid: u32) -> Option<Vec<String>> {
-    let cmdline = fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-    let args: Vec<String> = cmdline
-        .split(|&b| b == 0)
-        .skip(1)
-        .filter(|a| !a.is_empty())
-        .map(|a| String::from_utf8_lossy(a).into_owned())
-        .collect();
-    (args.first().map(String::as_str) == Some("agent")).then_some(args)
-}
-
-/// Stops agent `pid`: SIGTERM, then SIGKILL after 2 s (the chains do not need it to forward).
-/// Returns once it is gone (true), or false if it is still there 2 s after SIGKILL.
-fn stopped(pid: u32) -> bool {
-    let Ok(pid) = i32::try_from(pid) else {
-        return false;
-    };
-    let gone_within = |wait: Duration| {
-        let deadline = Instant::now() + wait;
-        while !processes::exited(pid) && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        processes::exited(pid)
-    };
-    for signal in [libc::SIGTERM, libc::SIGKILL] {
-        // SAFETY: kill(2) on the pid the agent answered its ping with.
-        unsafe { libc::kill(pid, signal) };
-        if gone_within(Duration::from_secs(2)) {
-            return true;
-        }
+        }),
+        // Another agent came up at the same moment (not through `up`: they take the lock).
+        Ok(other) => Ok(other),
+        Err(source) => Err(AutostartError::Restart {
+            pid: stale.pid(),
+            binary: stale.binary,
+            exe: opts.exe.clone(),
+            args: stale
+                .args
+                .iter()
+                .map(|a| a.to_string_lossy().into_owned())
+                .collect(),
+            source: Box::new(source),
+        }),
     }
-    false
 }
 
 /// Starts `netfn agent` with `args` (after the program's name; `None`: `agent --socket SOCKET`
 /// and `opts.args`), its output appended to `opts.log`, and waits until it answers.
-fn start(opts: &AutostartOptions, args: Option<Vec<String>>) -> Result<AgentStart, AutostartError> {
+fn start(
+    opts: &AutostartOptions,
+    args: Option<Vec<std::ffi::OsString>>,
+) -> Result<AgentStart, AutostartError> {
     let log_err = |source| AutostartError::Log {
         path: opts.log.clone(),
         source,
@@ -220,7 +237,10 @@ fn start(opts: &AutostartOptions, args: Option<Vec<String>>) -> Result<AgentStar
             .arg(&opts.socket)
             .args(&opts.args),
     };
-    cmd.current_dir("/") // a daemon pins no directory
+    // A daemon pins no directory. Started from a systemd service (a CI runner's, say), it
+    // would inherit the service's INVOCATION_ID and pass for one systemd runs.
+    cmd.env_remove("INVOCATION_ID")
+        .current_dir("/")
         .stdin(Stdio::null())
         .stdout(log)
         .stderr(log2);

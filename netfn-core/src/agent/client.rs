@@ -28,6 +28,16 @@ pub fn request(
     request: &Request,
     timeout: Duration,
 ) -> Result<Option<Reply>, ClientError> {
+    Ok(request_peer(socket, request, timeout)?.map(|(reply, _)| reply))
+}
+
+/// [`request`], with the pid of the process that answered as this process's pid namespace
+/// numbers it (the connection's SO_PEERCRED; `None` if it cannot be read).
+fn request_peer(
+    socket: &Path,
+    request: &Request,
+    timeout: Duration,
+) -> Result<Option<(Reply, Option<i32>)>, ClientError> {
     let io_err = |source| ClientError::Io {
         socket: socket.to_path_buf(),
         source,
@@ -80,7 +90,10 @@ pub fn request(
             message,
         });
     }
-    Ok(Some(reply))
+    let peer = nix::sys::socket::getsockopt(&stream, nix::sys::socket::sockopt::PeerCredentials)
+        .ok()
+        .map(|c| c.pid());
+    Ok(Some((reply, peer)))
 }
 
 fn unexpected(socket: &Path, reply: &Reply) -> ClientError {
@@ -96,6 +109,16 @@ pub fn ping(socket: &Path) -> Result<Option<Pong>, ClientError> {
         None => Ok(None),
         Some(Reply::Pong(p)) => Ok(Some(p)),
         Some(other) => Err(unexpected(socket, &other)),
+    }
+}
+
+/// [`ping`], with the agent's pid as this process's pid namespace numbers it (`Pong::pid` is
+/// the agent's own view, another namespace's in a container); `None` if it cannot be read.
+pub fn ping_peer(socket: &Path) -> Result<Option<(Pong, Option<i32>)>, ClientError> {
+    match request_peer(socket, &Request::Ping, TIMEOUT)? {
+        None => Ok(None),
+        Some((Reply::Pong(p), pid)) => Ok(Some((p, pid))),
+        Some((other, _)) => Err(unexpected(socket, &other)),
     }
 }
 

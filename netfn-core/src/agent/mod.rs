@@ -19,6 +19,7 @@ pub mod http;
 pub mod prober;
 pub mod protocol;
 pub mod supervisor;
+mod upgrade;
 
 use std::collections::BTreeSet;
 use std::io;

@@ -1,7 +1,7 @@
 //! Receive moderation for the batched device's incoming direction, as a NIC's interrupt
-//! moderation or the kernel's NAPI does it: while datagrams arrive closer together than a tick
-//! (`receive_moderation_us`, 100 µs by default, 0 for none), the device is no longer woken by
-//! each of them but takes what queued on its socket once a tick.
+//! moderation or the kernel's NAPI does it: while datagrams arrive [`MIN_BATCH`] or more to a
+//! tick (`receive_moderation_us`, 100 µs by default, 0 for none), the device is no longer woken
+//! by each of them but takes what queued on its socket once a tick.
 //!
 //! Why: on a VM a wake-up costs more than a small packet's decryption. A profile of the endpoint
 //! under wireguard-go's 60-byte datagrams (`perf record` during `cargo xtask bench vpn`, ~110 kpps)
@@ -111,18 +111,22 @@ impl Moderation {
         self.ticking
     }
 
-    /// The socket woke the device after `waited` (since it last found the socket empty), and
-    /// it took `taken` datagrams: tick from now on if a tick would gather [`MIN_BATCH`] (they
-    /// came that many to a tick, or that many queued while the device was being woken).
+    /// The socket woke the device `waited` after it began to wait (at the end of the last
+    /// round), and it took `taken` datagrams: tick from now on if a tick would gather
+    /// [`MIN_BATCH`]: the datagram came within a quarter tick, or that many queued while the
+    /// device was being woken. A device that keeps up is woken for each datagram, so the wait
+    /// for one is what tells the rate; one that arrived while the last round was busy (no wait)
+    /// may start a tick at a lower rate, which that tick then ends.
     pub fn woken(&mut self, waited: Duration, taken: usize, tick: Duration) {
         let batch_gap = tick / MIN_BATCH as u32;
         self.ticking = !tick.is_zero() && (taken >= MIN_BATCH || waited < batch_gap);
     }
 
-    /// A tick's wait gathered `gathered` datagrams: fewer than [`MIN_BATCH`], and the wait cost
-    /// them latency for little; be woken by the socket again.
-    pub fn ticked(&mut self, gathered: usize) {
-        if gathered < MIN_BATCH {
+    /// A whole tick's wait gathered `gathered` datagrams: fewer than [`MIN_BATCH`], and the wait
+    /// cost them latency for little; be woken by the socket again (also once the tick was
+    /// turned off in place).
+    pub fn ticked(&mut self, gathered: usize, tick: Duration) {
+        if gathered < MIN_BATCH || tick.is_zero() {
             self.ticking = false;
         }
     }
@@ -148,8 +152,9 @@ impl Moderation {
     /// Waits for a `tick`, holding the thread, or less if `other_work` (the TUN device, whose
     /// packets the other direction sends) gets readable meanwhile: that direction is not held
     /// up for a tick. Datagrams arriving on the socket do not end the wait. A zero tick (just
-    /// turned off) does not wait; the ticking ends at the first look that finds the socket empty.
-    pub fn wait_tick(&self, other_work: BorrowedFd<'_>, tick: Duration) {
+    /// turned off) does not wait. Whether the whole tick passed (a shorter wait says nothing of
+    /// how many datagrams a tick gathers).
+    pub fn wait_tick(&self, other_work: BorrowedFd<'_>, tick: Duration) -> bool {
         let mut fds = [libc::pollfd {
             fd: other_work.as_raw_fd(),
             events: libc::POLLIN,
@@ -159,9 +164,9 @@ impl Moderation {
             tv_sec: tick.as_secs() as libc::time_t,
             tv_nsec: tick.subsec_nanos() as libc::c_long,
         };
-        // SAFETY: one pollfd, a timespec and no signal mask, all alive for the call. Its result
-        // does not matter: readable, timed out or interrupted, the tick is over.
-        unsafe { libc::ppoll(fds.as_mut_ptr(), 1, &tick, std::ptr::null()) };
+        // SAFETY: one pollfd, a timespec and no signal mask, all alive for the call. Readable,
+        // timed out or interrupted, the tick is over; only a time-out (0) was a whole one.
+        unsafe { libc::ppoll(fds.as_mut_ptr(), 1, &tick, std::ptr::null()) == 0 }
     }
 }
 
@@ -177,7 +182,7 @@ mod tests {
         m.woken(Duration::from_millis(3), 1, tick);
         assert!(!m.ticking(), "a pause longer than a tick: still woken");
         m.woken(Duration::from_micros(5), 1, tick);
-        assert!(m.ticking(), "many to a tick: ticking");
+        assert!(m.ticking(), "within a quarter tick: ticking");
         m.found_nothing();
         assert!(!m.ticking(), "an empty look ends it");
     }
@@ -186,17 +191,17 @@ mod tests {
     fn a_tick_must_gather_a_batch() {
         let tick = Duration::from_micros(100);
         let mut m = Moderation::for_this_thread();
-        m.woken(Duration::from_micros(50), 1, tick);
+        m.woken(Duration::from_micros(50), 2, tick);
         assert!(!m.ticking(), "two to a tick: not worth a wait");
         m.woken(Duration::from_micros(50), MIN_BATCH, tick);
-        assert!(
-            m.ticking(),
-            "a batch queued while the device was woken: ticking"
-        );
-        m.ticked(MIN_BATCH);
+        assert!(m.ticking(), "a batch queued while the device was woken");
+        m.ticked(MIN_BATCH, tick);
         assert!(m.ticking(), "a tick that gathered a batch: ticking on");
-        m.ticked(MIN_BATCH - 1);
+        m.ticked(MIN_BATCH - 1, tick);
         assert!(!m.ticking(), "a tick that gathered less ends it");
+        m.woken(Duration::ZERO, MIN_BATCH, tick);
+        m.ticked(MIN_BATCH, Duration::ZERO);
+        assert!(!m.ticking(), "the tick turned off in place ends it");
     }
 
     #[test]
