@@ -109,6 +109,11 @@ pub enum Bench {
         /// direction; all by default. The goals are judged on the tests run.
         #[arg(long, value_enum, value_delimiter = ',', value_name = "TEST,…")]
         tests: Vec<vpn::Test>,
+        /// The steady load beside the loaded round trips (`latency-loaded`), datagrams a
+        /// second: how a tunnel's latency changes with its load.
+        #[arg(long, value_name = "PPS", default_value_t = vpn::latency::LOAD_PPS,
+              value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+        latency_load_pps: u32,
     },
 }
 
@@ -121,6 +126,7 @@ pub fn run(which: Bench) -> Result<()> {
             also_gotatun,
             receive_moderation_us,
             tests,
+            latency_load_pps,
         } => vpn::run(&vpn::Options {
             repetitions,
             seconds,
@@ -128,6 +134,7 @@ pub fn run(which: Bench) -> Result<()> {
             also_gotatun,
             receive_moderation_us,
             tests,
+            latency_load_pps,
         }),
         Bench::Firewall {
             repetitions,

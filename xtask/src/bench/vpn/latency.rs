@@ -5,9 +5,9 @@
 //! two CPUs, so the client and the echo block in `recv` as any application does, and each round
 //! trip pays the wake-ups a real one would.
 //!
-//! The load ([`LOAD_PPS`] 60-byte datagrams a second, client to server, counted by a sink) is
-//! well under what every tunnel carries, so nothing queues for want of capacity; its datagrams
-//! come 50 µs apart, closer together than netfn's receive moderation tick (100 µs by default; a
+//! The load ([`LOAD_PPS`] 60-byte datagrams a second by default, `--latency-load-pps` to change
+//! it; client to server, counted by a sink) is well under what every tunnel carries, so nothing
+//! queues for want of capacity; its datagrams come 50 µs apart, closer together than netfn's receive moderation tick (100 µs by default; a
 //! tick under 50 µs would rarely engage), so the tick's wait shows in the round trips that cross
 //! it: the request, which the receiving netfn endpoint takes (netfn-wggo's, netfn-netfn's
 //! server side). Idle, a request comes after a pause of a millisecond, longer than a tick.
@@ -26,8 +26,8 @@ use crate::bench::chain::{PPS_PAYLOAD, in_netns, recv_loop, set_rcvbuf, udp_in};
 
 const ECHO_PORT: u16 = 9312;
 const LOAD_PORT: u16 = 9313;
-/// The steady load beside the loaded round trips: a datagram every 50 µs.
-pub(super) const LOAD_PPS: f64 = 20_000.0;
+/// The steady load beside the loaded round trips by default: a datagram every 50 µs.
+pub const LOAD_PPS: u32 = 20_000;
 /// One round trip a millisecond (or at once after one that took longer).
 const PING_EVERY: Duration = Duration::from_millis(1);
 /// The most datagrams the load sends at one wake-up (200 µs of them).
@@ -46,11 +46,15 @@ pub(super) struct RoundTrips {
     pub(super) load_pps: Option<f64>,
 }
 
-/// Round trips for `seconds` (after 0.3 s with the load on), beside [`LOAD_PPS`] when `loaded`.
-pub(super) fn run(t: &Tunnel, seconds: f64, loaded: bool) -> Result<Run> {
+/// Round trips for `seconds` (after 0.3 s with the load on), beside `load` datagrams a second
+/// (none: idle).
+pub(super) fn run(t: &Tunnel, seconds: f64, load: Option<f64>) -> Result<Run> {
     let stop = Arc::new(AtomicBool::new(false));
     let echo = echo(t, stop.clone())?;
-    let load = match loaded.then(|| Load::start(t, stop.clone())).transpose() {
+    let load = match load
+        .map(|pps| Load::start(t, stop.clone(), pps))
+        .transpose()
+    {
         Ok(load) => load,
         Err(e) => {
             stop.store(true, Ordering::Relaxed);
@@ -82,13 +86,14 @@ pub(super) fn run(t: &Tunnel, seconds: f64, loaded: bool) -> Result<Run> {
         }
         rtts.sort_by(f64::total_cmp);
         let load_pps = l0.zip(l1).map(|(a, b)| (b - a) as f64 / elapsed);
-        if let Some(pps) = load_pps.filter(|&pps| pps < 0.9 * LOAD_PPS) {
+        let asked = load.as_ref().map_or(0.0, |l| l.pps);
+        if let Some(pps) = load_pps.filter(|&pps| pps < 0.9 * asked) {
             eprintln!(
                 "  warning: {}: the load got {:.1} kpps through, short of {:.0}: the round \
                  trips were not measured under the load asked for",
                 t.name,
                 pps / 1e3,
-                LOAD_PPS / 1e3
+                asked / 1e3
             );
         }
         let trips = RoundTrips {
@@ -185,14 +190,15 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
-/// [`LOAD_PPS`] datagrams a second from the client to a sink in the server's namespace.
+/// `pps` datagrams a second from the client to a sink in the server's namespace.
 struct Load {
+    pps: f64,
     received: Arc<AtomicU64>,
     threads: [JoinHandle<()>; 2],
 }
 
 impl Load {
-    fn start(t: &Tunnel, stop: Arc<AtomicBool>) -> Result<Load> {
+    fn start(t: &Tunnel, stop: Arc<AtomicBool>, pps: f64) -> Result<Load> {
         let to = SocketAddrV4::new(t.server_addr, LOAD_PORT);
         let sink = udp_in(&t.server_ns, to)?;
         set_rcvbuf(&sink, 8 << 20);
@@ -208,8 +214,9 @@ impl Load {
             let (stop, received) = (stop.clone(), received.clone());
             thread::spawn(move || recv_loop(&sink, &stop, &received))
         };
-        let source_thread = thread::spawn(move || paced(&source, &stop));
+        let source_thread = thread::spawn(move || paced(&source, &stop, pps));
         Ok(Load {
+            pps,
             received,
             threads: [sink_thread, source_thread],
         })
@@ -228,20 +235,20 @@ impl Load {
     }
 }
 
-/// Sends at [`LOAD_PPS`] until `stop`: every wake-up sends what is due by then, so the rate
+/// Sends `pps` datagrams a second until `stop`: every wake-up sends what is due by then, so the rate
 /// holds on average while the thread is woken a little late; after a longer stall the backlog
 /// is dropped beyond [`MAX_BURST`], so that no burst queues in front of a request.
-fn paced(source: &UdpSocket, stop: &AtomicBool) {
+fn paced(source: &UdpSocket, stop: &AtomicBool, pps: f64) {
     // A sleep of tens of µs: the thread's timer slack (50 µs by default) down to 1 µs.
     let slack_ns: libc::c_ulong = 1_000;
     // SAFETY: prctl(2) with integer arguments; it acts on the calling thread.
     unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, slack_ns, 0, 0, 0) };
     let datagram = [0x5au8; PPS_PAYLOAD];
-    let gap = Duration::from_secs_f64(1.0 / LOAD_PPS);
+    let gap = Duration::from_secs_f64(1.0 / pps);
     let start = Instant::now();
     let mut sent = 0u64;
     while !stop.load(Ordering::Relaxed) {
-        let due = (start.elapsed().as_secs_f64() * LOAD_PPS) as u64;
+        let due = (start.elapsed().as_secs_f64() * pps) as u64;
         sent = sent.max(due.saturating_sub(MAX_BURST));
         while sent < due {
             // An error (ENOBUFS; ECONNREFUSED from an ICMP error before the sink was up) only

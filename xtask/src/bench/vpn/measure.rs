@@ -33,8 +33,8 @@ pub enum Test {
     IperfUdp,
     /// Round trips of a small UDP datagram, one a millisecond, nothing else in the tunnel.
     Latency,
-    /// The same beside a steady 60-byte UDP load, client to server, at
-    /// [`super::latency::LOAD_PPS`].
+    /// The same beside a steady 60-byte UDP load, client to server (20,000 datagrams a second
+    /// unless `--latency-load-pps` says).
     LatencyLoaded,
 }
 
@@ -314,13 +314,14 @@ pub(super) fn task_jiffies(stat: &str) -> Result<u64> {
     Ok(field(14)? + field(15)?)
 }
 
-/// One run of `test` for `seconds`, with the CPU it cost.
-pub(super) fn run(t: &Tunnel, test: Test, seconds: f64) -> Result<Run> {
+/// One run of `test` for `seconds` (the loaded round trips beside `load_pps` datagrams a
+/// second), with the CPU it cost.
+pub(super) fn run(t: &Tunnel, test: Test, seconds: f64, load_pps: f64) -> Result<Run> {
     match test {
         Test::Udp => return super::flood::run(t, seconds, false),
         Test::UdpReverse => return super::flood::run(t, seconds, true),
-        Test::Latency => return super::latency::run(t, seconds, false),
-        Test::LatencyLoaded => return super::latency::run(t, seconds, true),
+        Test::Latency => return super::latency::run(t, seconds, None),
+        Test::LatencyLoaded => return super::latency::run(t, seconds, Some(load_pps)),
         _ => {}
     }
     let before = counters_now(t)?;

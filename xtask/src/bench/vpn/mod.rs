@@ -30,9 +30,10 @@
 //!   to server and server to client (`-R`), datagrams received per second; and iperf3's
 //!   `-u -b 0 -l 18` as a cross-check;
 //! - **Round trips** ([`latency`]): an 18-byte UDP request a millisecond from the client to an
-//!   echo in the server's namespace, p50 and p99 in µs; idle, and beside a steady 20 kpps of
-//!   60-byte UDP client to server (closer together than netfn's receive moderation tick, so the
-//!   tick's cost in latency shows);
+//!   echo in the server's namespace, p50 and p99 in µs; idle, and beside a steady load of
+//!   60-byte UDP client to server (20 kpps unless `--latency-load-pps` says: two to a 100 µs
+//!   tick, where receive moderation would cost latency for little; a sweep of rates shows how
+//!   each tunnel's latency grows with its load);
 //! - **CPU**: over each run, the utime + stime of the tunnel's userspace processes (both
 //!   wireguard-go processes, netfn's endpoint processes; /proc/PID/stat) plus the softirq time
 //!   of every CPU (/proc/stat), divided by the Gbit the receiver got (TCP) or the datagrams it got
@@ -63,7 +64,7 @@ mod chart;
 mod drops;
 mod flood;
 pub(crate) mod lab;
-mod latency;
+pub mod latency;
 mod measure;
 mod report;
 
@@ -85,6 +86,8 @@ pub struct Options {
     pub receive_moderation_us: Option<u16>,
     /// The tests to run, in [`Test::ALL`]'s order; all of them when empty.
     pub tests: Vec<Test>,
+    /// The load beside the loaded round trips, datagrams a second.
+    pub latency_load_pps: u32,
 }
 
 impl Options {
@@ -174,6 +177,8 @@ struct Report<'a> {
     seconds: f64,
     /// netfn's batched endpoints' receive moderation, when set (else netfn's default).
     receive_moderation_us: Option<u16>,
+    /// The load beside the loaded round trips, datagrams a second.
+    latency_load_pps: u32,
     /// The receive moderation the endpoints ran with, as their status says it (the default's
     /// value too: 40 µs before 2026-12-05's 43623f4, 100 since).
     receive_moderation: Option<String>,
@@ -229,7 +234,7 @@ pub fn run(options: &Options) -> Result<()> {
             let t = &tunnels[i];
             for &test in &tests {
                 check_interrupted()?;
-                let run = measure::run(t, test, options.seconds)
+                let run = measure::run(t, test, options.seconds, options.latency_load_pps.into())
                     .with_context(|| format!("{}: {}", t.name, test.label()))?;
                 eprintln!(
                     "  rep {}/{} {:<12} {:<21} {}",
@@ -253,7 +258,7 @@ pub fn run(options: &Options) -> Result<()> {
     let report = Report {
         bench: "vpn",
         command: format!(
-            "cargo xtask bench vpn --repetitions {} --seconds {} --fastpath {}{}{}{}",
+            "cargo xtask bench vpn --repetitions {} --seconds {} --fastpath {}{}{}{}{}",
             options.repetitions,
             options.seconds,
             options.fastpath,
@@ -266,6 +271,11 @@ pub fn run(options: &Options) -> Result<()> {
                 .receive_moderation_us
                 .map(|us| format!(" --receive-moderation-us {us}"))
                 .unwrap_or_default(),
+            if options.latency_load_pps == latency::LOAD_PPS {
+                String::new()
+            } else {
+                format!(" --latency-load-pps {}", options.latency_load_pps)
+            },
             if options.tests.is_empty() {
                 String::new()
             } else {
@@ -285,6 +295,7 @@ pub fn run(options: &Options) -> Result<()> {
         repetitions: options.repetitions,
         seconds: options.seconds,
         receive_moderation_us: options.receive_moderation_us,
+        latency_load_pps: options.latency_load_pps,
         receive_moderation,
         method: report::METHOD.to_vec(),
         records: &records,

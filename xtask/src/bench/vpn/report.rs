@@ -33,7 +33,8 @@ pub(super) const METHOD: [&str; 11] = [
     "round trips: 18-byte UDP requests, each with its sequence number, from the client to an \
      echo in the server's namespace, one a millisecond (at once after a slower one), both sides \
      blocking in recv (no busy polling); p50 and p99 of a run in µs, a reply after 500 ms lost; \
-     loaded: beside 20,000 18-byte datagrams a second from the client to a sink in the server's \
+     loaded: beside latency_load_pps (20,000 by default) 18-byte datagrams a second from the \
+     client to a sink in the server's \
      namespace (paced, what is due sent at each wake-up, at most 4 at once); the load's received \
      rate is recorded (load_pps); CPU per datagram counts both ways of each round trip and the \
      load (the bench's own client, echo and load threads not counted)",
@@ -195,7 +196,7 @@ pub(super) fn print_tables(records: &[Record], tests: &[Test], options: &Options
     let (rates, latencies): (Vec<Test>, Vec<Test>) =
         tests.iter().partition(|test| !test.is_latency());
     print_rates(records, &rates);
-    print_latencies(records, &latencies);
+    print_latencies(records, &latencies, options.latency_load_pps);
     print_processes(records);
     println!(
         "(medians of {} runs of {} s each; ×pair: over the wireguard-go pair; tun: tunnel \
@@ -253,7 +254,7 @@ fn print_rates(records: &[Record], tests: &[Test]) {
 }
 
 /// The round trips: p50 and p99 in µs, the requests lost, the load's rate.
-fn print_latencies(records: &[Record], tests: &[Test]) {
+fn print_latencies(records: &[Record], tests: &[Test], load_pps: u32) {
     if tests.is_empty() {
         return;
     }
@@ -289,7 +290,7 @@ fn print_latencies(records: &[Record], tests: &[Test]) {
     println!(
         "(round trips one a millisecond; loaded: beside {:.0} kpps of 60-byte UDP, client to \
          server; ×pair: p50 over the wireguard-go pair's, above 1 is slower)",
-        super::latency::LOAD_PPS / 1e3
+        f64::from(load_pps) / 1e3
     );
 }
 
