@@ -119,7 +119,11 @@ pub enum AutostartError {
         args: Vec<String>,
         source: Box<AutostartError>,
     },
-    #[error("cannot take {}: {source}", path.display())]
+    #[error(
+        "cannot take {} (held while an agent that runs another netfn binary is moved onto this \
+         one): {source}",
+        path.display()
+    )]
     Lock { path: PathBuf, source: io::Error },
     #[error(
         "the netfn agent (pid {pid}) did not answer on {} within {} ms; see {}",
@@ -153,7 +157,7 @@ pub fn ensure_agent_running(opts: &AutostartOptions) -> Result<AgentStart, Autos
     }
     // One caller moves it; another `up` or `apply` meanwhile waits here, then finds it moved.
     let _moving = MoveLock::take(&opts.socket).map_err(|source| AutostartError::Lock {
-        path: opts.socket.clone(),
+        path: upgrade::move_lock_path(&opts.socket),
         source,
     })?;
     let Some((pong, Some(pid_here))) = client::ping_peer(&opts.socket)? else {

@@ -172,7 +172,7 @@ impl MoveLock {
     }
 }
 
-fn move_lock_path(socket: &Path) -> PathBuf {
+pub(super) fn move_lock_path(socket: &Path) -> PathBuf {
     socket.with_extension("move.lock")
 }
 
