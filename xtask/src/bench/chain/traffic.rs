@@ -9,6 +9,15 @@ pub(crate) fn udp_in(ns: &str, addr: SocketAddrV4) -> Result<UdpSocket> {
     })
 }
 
+/// A UDP socket in namespace `ns`, bound to `from` (any port) and connected to `to` (the socket
+/// keeps its namespace, so it connects from here).
+pub(crate) fn udp_connected(ns: &str, from: Ipv4Addr, to: SocketAddrV4) -> Result<UdpSocket> {
+    let s = udp_in(ns, SocketAddrV4::new(from, 0))?;
+    s.connect(to)
+        .with_context(|| format!("connect {from} in {ns} to {to}"))?;
+    Ok(s)
+}
+
 /// A few echoes both ways, so every neighbour is resolved before anything is measured.
 pub(in crate::bench) fn warm_up(t: &Topology) -> Result<()> {
     let (p50, _) = ping_pong(t, 50, Duration::from_secs(5))?;

@@ -6,7 +6,7 @@
 //! and the sink, whose threads' CPU time is counted too (the share of the machine the tunnel
 //! does not get).
 
-use std::net::{SocketAddrV4, UdpSocket};
+use std::net::SocketAddrV4;
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -18,7 +18,9 @@ use anyhow::{Context, Result};
 
 use super::Tunnel;
 use super::measure::{Run, counters_now, jiffies_to_s, own_thread_stat, task_jiffies};
-use crate::bench::chain::{PPS_PAYLOAD, in_netns, recv_loop, sendmmsg_loop, set_rcvbuf, udp_in};
+use crate::bench::chain::{
+    PPS_PAYLOAD, recv_loop, sendmmsg_loop, set_rcvbuf, udp_connected, udp_in,
+};
 
 const PORT: u16 = 9311;
 
@@ -38,13 +40,7 @@ pub(super) fn run(t: &Tunnel, seconds: f64, reverse: bool) -> Result<Run> {
     let sink = udp_in(to_ns, dst)?;
     set_rcvbuf(&sink, 64 << 20);
     sink.set_read_timeout(Some(Duration::from_millis(50)))?;
-    let source = in_netns(from_ns, || {
-        let s = UdpSocket::bind(SocketAddrV4::new(from, 0))
-            .with_context(|| format!("bind {from} in {from_ns}"))?;
-        s.connect(dst)
-            .with_context(|| format!("connect to {dst}"))?;
-        Ok(s)
-    })?;
+    let source = udp_connected(from_ns, from, dst)?;
     let stop = Arc::new(AtomicBool::new(false));
     let (received, sent) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
     // Each thread says where its stat file is first, so the window can count the CPU it takes.

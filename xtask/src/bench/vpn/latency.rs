@@ -22,7 +22,7 @@ use anyhow::{Context, Result, bail};
 
 use super::Tunnel;
 use super::measure::{Run, counters_now};
-use crate::bench::chain::{PPS_PAYLOAD, in_netns, recv_loop, set_rcvbuf, udp_in};
+use crate::bench::chain::{PPS_PAYLOAD, recv_loop, set_rcvbuf, udp_connected, udp_in};
 
 const ECHO_PORT: u16 = 9312;
 const LOAD_PORT: u16 = 9313;
@@ -63,12 +63,11 @@ pub(super) fn run(t: &Tunnel, seconds: f64, load: Option<f64>) -> Result<Run> {
         }
     };
     let window = (|| -> Result<Run> {
-        let client = in_netns(&t.client_ns, || {
-            let s = UdpSocket::bind(SocketAddrV4::new(t.client_addr, 0))
-                .with_context(|| format!("bind {} in {}", t.client_addr, t.client_ns))?;
-            s.connect(SocketAddrV4::new(t.server_addr, ECHO_PORT))?;
-            Ok(s)
-        })?;
+        let client = udp_connected(
+            &t.client_ns,
+            t.client_addr,
+            SocketAddrV4::new(t.server_addr, ECHO_PORT),
+        )?;
         thread::sleep(Duration::from_millis(300));
         let (c0, l0, t0) = (
             counters_now(t)?,
@@ -203,12 +202,7 @@ impl Load {
         let sink = udp_in(&t.server_ns, to)?;
         set_rcvbuf(&sink, 8 << 20);
         sink.set_read_timeout(Some(Duration::from_millis(50)))?;
-        let source = in_netns(&t.client_ns, || {
-            let s = UdpSocket::bind(SocketAddrV4::new(t.client_addr, 0))
-                .with_context(|| format!("bind {} in {}", t.client_addr, t.client_ns))?;
-            s.connect(to).with_context(|| format!("connect to {to}"))?;
-            Ok(s)
-        })?;
+        let source = udp_connected(&t.client_ns, t.client_addr, to)?;
         let received = Arc::new(AtomicU64::new(0));
         let sink_thread = {
             let (stop, received) = (stop.clone(), received.clone());
