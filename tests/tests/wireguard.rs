@@ -1693,6 +1693,226 @@ fn a_first_peer_added_in_place_carries_traffic() {
         .expect("through the tunnel to its first peer");
 }
 
+/// A command line that runs its arguments where the host's resolver reads the file `hosts` of
+/// `dir` (written with `hosts`) as /etc/hosts and /etc/nsswitch.conf says `hosts: files`: a
+/// mount namespace of its own (`unshare`) with those two files bound over the real ones,
+/// privately, so nothing outside sees them and no name is asked of DNS (no query leaves the
+/// machine). The rest of its mounts stay as they are, so the namespaces `up` makes under
+/// /run/netns are everyone's. It execs its arguments (same pid); the hosts file may be
+/// rewritten later, and those processes read the new text.
+fn with_hosts(dir: &TempDir, hosts: &str) -> Vec<String> {
+    let hosts = dir.write("hosts", hosts);
+    let nsswitch = dir.write("nsswitch.conf", "hosts: files\n");
+    let script = "set -e\n\
+        for f in /etc/hosts /etc/nsswitch.conf; do\n\
+          mount --make-private \"$(findmnt -n -o TARGET --target \"$f\")\"\n\
+        done\n\
+        mount --bind \"$1\" /etc/hosts\n\
+        mount --bind \"$2\" /etc/nsswitch.conf\n\
+        shift 2\n\
+        exec \"$@\"";
+    [
+        "unshare",
+        "--mount",
+        "--propagation",
+        "unchanged",
+        "--",
+        "sh",
+        "-c",
+        script,
+        "sh",
+    ]
+    .into_iter()
+    .map(String::from)
+    .chain([hosts, nsswitch].map(|p| p.to_string_lossy().into_owned()))
+    .collect()
+}
+
+/// `netfn ARGS…` (the binary under test) run [`with_hosts`].
+fn netfn_with_hosts(dir: &TempDir, hosts: &str, args: &[&str]) -> std::process::Output {
+    let wrapper = with_hosts(dir, hosts);
+    command(Path::new(&wrapper[0]))
+        .args(&wrapper[1..])
+        .arg(netfn_bin())
+        .args(args)
+        .output()
+        .expect("run unshare (util-linux)")
+}
+
+/// A lab's chain (tc, userspace endpoint) whose peer's endpoint is the name `name`, port 40301,
+/// with a keepalive a second (so netfn's endpoint handshakes on its own: the peer knows no
+/// endpoint of netfn's to start one), brought up where `name` stands for 10.85.1.9, an address
+/// in the ingress subnet where nobody is. Returns the file, its text and the chain's guard.
+fn up_with_a_named_peer(lab: &Lab, name: &str) -> (String, String, ChainGuard) {
+    let text = with_peer_endpoint(&lab.chain_file("tc", "userspace"), &format!("{name}:40301"))
+        .replace(
+            &format!("endpoint = \"{name}:40301\"\n"),
+            &format!("endpoint = \"{name}:40301\"\npersistent_keepalive = 1\n"),
+        );
+    assert!(text.contains("persistent_keepalive = 1"), "{text}");
+    let file = lab.write("wg.toml", &text);
+    let file_arg = file.to_string_lossy().into_owned();
+    let guard = ChainGuard {
+        chain: lab.chain.clone(),
+        file,
+    };
+    let up = netfn_with_hosts(&lab.dir, &format!("10.85.1.9 {name}\n"), &["up", &file_arg]);
+    assert!(
+        up.status.success(),
+        "up: {}",
+        String::from_utf8_lossy(&up.stderr)
+    );
+    assert_eq!(device_endpoint(lab), "10.85.1.9:40301");
+    (file_arg, text, guard)
+}
+
+/// Waits (20 s at most: initiations are tried every 5 s) until the peer has a handshake, which
+/// netfn's endpoint made, then talks through the tunnel.
+fn handshake_made_by_netfn(lab: &Lab, peer: &GoPeer, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while peer.show(&lab.ingress).0 == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "no handshake from netfn's endpoint {what}:\n{}",
+            lab.endpoint_log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    lab.talk(1000)
+        .expect("through the tunnel to the named peer");
+}
+
+/// The endpoint of the peer of `chain`'s device, as `wg show IFACE endpoints` says.
+fn device_endpoint(lab: &Lab) -> String {
+    let out = Command::new("ip")
+        .args(["netns", "exec", &lab.vpn_ns(), "wg", "show"])
+        .args([endpoint_interface(&lab.chain).as_str(), "endpoints"])
+        .output()
+        .expect("run wg");
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .nth(1)
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// A peer's endpoint written as a host name: looked up by the host's resolver when netfn reads
+/// the file (here a hosts file of the test's own, see [`with_hosts`]); the device is sent
+/// there. The name first stands for an address where nobody is, so no handshake can complete;
+/// then for the peer's, and `apply` of the same file looks it up again and moves the peer's
+/// endpoint in place: netfn's endpoint handshakes with the peer there, and traffic passes;
+/// status names the endpoint. A name the resolver does not know is refused by `validate` at its
+/// entry.
+#[test]
+fn a_peer_endpoint_written_as_a_name_is_looked_up_and_again_by_apply() {
+    let _turn = shared();
+    let lab = Lab::new("wgname");
+    let chain = &lab.chain;
+    let name = format!("peer-{chain}.test");
+    // `up` in a mount namespace of its own makes its namespaces under /run/netns, which must
+    // already be a shared mount to reach everyone: `ip netns add` makes it one if it is not.
+    let _netns_mount = netfn_tests::ForeignNetns::add(&format!("{chain}-mnt"));
+    let (file_arg, text, _guard) = up_with_a_named_peer(&lab, &name);
+    let peer = lab.peer();
+    peer.listen_on(40301);
+    let record = std::fs::read_to_string(format!("/run/netfn/chains/{chain}.json"))
+        .expect("the chain's record");
+    assert!(
+        record.contains(&format!("\"endpoint_host\":\"{name}\"")),
+        "the record keeps the name: {record}"
+    );
+    let pid = endpoint_pid(chain, "vpn");
+    let applied = netfn_with_hosts(
+        &lab.dir,
+        &format!("10.85.1.2 {name}\n"),
+        &["apply", &file_arg],
+    );
+    let out = String::from_utf8_lossy(&applied.stdout);
+    assert!(
+        applied.status.success() && out.contains("in place"),
+        "apply: {out}{}",
+        String::from_utf8_lossy(&applied.stderr)
+    );
+    assert_eq!(
+        endpoint_pid(chain, "vpn"),
+        pid,
+        "the endpoint was restarted"
+    );
+    assert_eq!(device_endpoint(&lab), "10.85.1.2:40301");
+    handshake_made_by_netfn(&lab, &peer, "at the address apply found");
+    let rows = status_details(chain, "vpn");
+    assert!(
+        rows.iter()
+            .any(|(k, v)| k.starts_with("peer ")
+                && v.contains(&format!("at 10.85.1.2:40301 ({name}):"))),
+        "status names the endpoint: {rows:?}"
+    );
+    // A name the resolver does not know.
+    let unknown = format!("nobody-{chain}.test");
+    let bad = lab.write(
+        "bad.toml",
+        &text.replace(&format!("\"{name}:"), &format!("\"{unknown}:")),
+    );
+    let line = 1 + text
+        .lines()
+        .position(|l| l.starts_with("endpoint = "))
+        .expect("the endpoint's line");
+    let out = netfn_with_hosts(&lab.dir, "", &["validate", &bad.to_string_lossy()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && stderr.contains(&format!(
+                "{}:{line}:12: error: chain `{chain}`, function `vpn`: endpoint \
+                 `{unknown}:40301`: the name does not resolve",
+                bad.display()
+            )),
+        "{stderr}"
+    );
+}
+
+/// The agent follows a named peer that has no session to where its name now points, as
+/// `reresolve-dns.sh` would from cron: the agent runs [`with_hosts`], the name first stands for
+/// an address where nobody is, then the hosts file says the peer's, and within a round of the
+/// agent's task (15 s) the device is moved there, netfn's endpoint handshakes, traffic passes.
+#[test]
+fn the_agent_moves_a_named_peer_without_a_session_to_its_new_address() {
+    let _turn = shared();
+    let lab = Lab::new("wgmove");
+    let chain = &lab.chain;
+    let name = format!("peer-{chain}.test");
+    let _netns_mount = netfn_tests::ForeignNetns::add(&format!("{chain}-mnt"));
+    let (_, _, _guard) = up_with_a_named_peer(&lab, &name);
+    let peer = lab.peer();
+    peer.listen_on(40301);
+    let agent = Agent::start_wrapped(
+        lab.dir.0.join("agent.sock"),
+        lab.dir.0.join("agent.log"),
+        chain,
+        &["--no-probe"],
+        &with_hosts(&lab.dir, &format!("10.85.1.9 {name}\n")),
+        &netfn_bin(),
+    );
+    // The same file, which the agent's resolver reads, now says the peer's address.
+    lab.write("hosts", &format!("10.85.1.2 {name}\n"));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while device_endpoint(&lab) != "10.85.1.2:40301" {
+        assert!(
+            Instant::now() < deadline,
+            "the agent did not move the peer to its name's new address:\n{}",
+            agent.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    handshake_made_by_netfn(&lab, &peer, "at the address the agent found");
+    assert!(
+        agent.log_text().contains(&format!(
+            "peer endpoint {name} now resolves to 10.85.1.2:40301"
+        )),
+        "{}",
+        agent.log_text()
+    );
+}
+
 /// `receive_moderation_us` changes in place: the running batched device takes the new tick
 /// (the status row is rewritten by the endpoint from its device's tick), the same process goes
 /// on, no new handshake is made and traffic passes; without the setting, the default again.

@@ -19,17 +19,20 @@
 //! public_key = "hSDwCYkwp1R0i33ctD73Wg2/Og0mOBr066SpjqqbTmo="
 //! preshared_key_file = "peer1.psk"   # optional
 //! allowed_ips = ["10.99.0.2/32"]
-//! endpoint = "10.1.0.2:51820"        # optional: the peer's address, else learned from it
+//! endpoint = "10.1.0.2:51820"        # optional: the peer's address or NAME:PORT (looked up
+//!                                    # when netfn reads the file), else learned from it
 //! persistent_keepalive = 25          # optional, seconds
 //! ```
 
 use std::collections::HashSet;
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use ipnet::{IpNet, Ipv4Net};
-use netfn_core::function::{ChainAddresses, Problems, SettingError, Settings, Want};
+use netfn_core::function::{
+    ChainAddresses, HostNames, Problems, SettingError, Settings, Want, is_host_name,
+};
 use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
@@ -140,6 +143,10 @@ pub struct PeerConf {
     pub allowed_ips: Vec<Ipv4Net>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub endpoint: Option<SocketAddr>,
+    /// The host name `endpoint` was written as, if it was (`endpoint` is the address it had
+    /// when the file was read).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint_host: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub persistent_keepalive: Option<u16>,
 }
@@ -194,7 +201,7 @@ const ALLOWED_IPS: Want = Want {
     example: "[\"10.99.0.2/32\"]",
 };
 const ENDPOINT: Want = Want {
-    what: "an IPv4 address and port",
+    what: "an IPv4 address or a host name, and a port",
     example: "\"192.0.2.7:51820\"",
 };
 const KEEPALIVE: Want = Want {
@@ -205,6 +212,7 @@ const KEEPALIVE: Want = Want {
 /// Checks a WireGuard endpoint's settings; `Err` holds every problem found.
 pub fn parse(settings: Settings<'_>) -> Result<WgSettings, Vec<SettingError>> {
     let base = settings.base_dir().to_path_buf();
+    let host_names = settings.host_names();
     let mut t = settings.fields();
     let mut out = Problems::default();
     t.required(
@@ -404,7 +412,10 @@ pub fn parse(settings: Settings<'_>) -> Result<WgSettings, Vec<SettingError>> {
                     .to_string(),
             );
         }
-        let endpoint = endpoint.as_ref().and_then(|e| peer_endpoint(&mut out, e));
+        let (endpoint, endpoint_host) = endpoint
+            .as_ref()
+            .and_then(|e| peer_endpoint(&mut out, e, &host_names))
+            .unzip();
         let persistent_keepalive = keepalive.as_ref().and_then(|k| {
             u16::try_from(*k.get_ref())
                 .map_err(|_| {
@@ -424,6 +435,7 @@ pub fn parse(settings: Settings<'_>) -> Result<WgSettings, Vec<SettingError>> {
             preshared_key_fingerprint,
             allowed_ips,
             endpoint,
+            endpoint_host: endpoint_host.flatten(),
             persistent_keepalive,
         });
     }
@@ -501,21 +513,27 @@ fn key_file(out: &mut Problems, base: &Path, value: &Spanned<String>) -> Option<
     }
 }
 
-/// A peer's endpoint: an IPv4 address a host can have, and a port (host names are not
-/// resolved: the device takes addresses).
-fn peer_endpoint(out: &mut Problems, value: &Spanned<String>) -> Option<SocketAddr> {
+/// A peer's endpoint: an IPv4 address a host can have and a port, or a host name and a port.
+/// A name is looked up by `names` (the host's resolver where netfn reads the file) and its
+/// first IPv4 address a host can have is the endpoint, as `wg` takes the first it finds.
+/// `Some((address, name))`.
+fn peer_endpoint(
+    out: &mut Problems,
+    value: &Spanned<String>,
+    names: &HostNames,
+) -> Option<(SocketAddr, Option<String>)> {
     let text = value.get_ref();
-    let example = "e.g. \"192.0.2.7:51820\"";
-    let host = text
-        .rsplit_once(':')
-        .map_or(text.as_str(), |(host, _)| host);
-    let (message, hint) = match text.parse::<SocketAddr>() {
-        Ok(SocketAddr::V4(a)) if a.port() == 0 => (
-            format!("endpoint {a} has port 0, which no peer listens on"),
+    let example = "e.g. \"192.0.2.7:51820\" or \"vpn.example.com:51820\"";
+    let port_zero = |shown: &dyn std::fmt::Display| {
+        (
+            format!("endpoint {shown} has port 0, which no peer listens on"),
             format!("write the port the peer listens on (wg's usual is 51820), {example}"),
-        ),
+        )
+    };
+    let (message, hint) = match text.parse::<SocketAddr>() {
+        Ok(SocketAddr::V4(a)) if a.port() == 0 => port_zero(&a),
         Ok(SocketAddr::V4(a)) => match crate::address::unusable(*a.ip()) {
-            None => return Some(SocketAddr::V4(a)),
+            None => return Some((SocketAddr::V4(a), None)),
             Some(why) => (
                 format!("endpoint {a} is {why}"),
                 format!("write the address the peer is reached at, {example}"),
@@ -523,26 +541,89 @@ fn peer_endpoint(out: &mut Problems, value: &Spanned<String>) -> Option<SocketAd
         },
         Ok(SocketAddr::V6(_)) => (
             format!("endpoint `{text}` is IPv6: not yet"),
-            format!("chains are IPv4 today: write the peer's IPv4 address, {example}"),
+            "chains are IPv4 today: write the peer's IPv4 address or a name with an IPv4 \
+             (A) record"
+                .to_string(),
         ),
-        Err(_)
-            if host.chars().any(|c| c.is_ascii_alphabetic())
-                && host
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.') =>
-        {
-            (
-                format!("endpoint `{text}` is a host name: netfn does not resolve names"),
-                format!("write the peer's IPv4 address and port, {example}"),
-            )
-        }
-        Err(_) => (
-            format!("endpoint `{text}` is not ADDRESS:PORT"),
-            example.to_string(),
-        ),
+        Err(_) => match text.rsplit_once(':') {
+            Some((host, port)) if is_host_name(host) => match port.parse::<u16>() {
+                Ok(0) => port_zero(&format!("`{text}`")),
+                Ok(port) => match named_endpoint(host, port, names) {
+                    Ok(found) => return Some((found, Some(host.to_string()))),
+                    Err(why) => why,
+                },
+                Err(_) => (
+                    format!("endpoint `{text}` has no port a peer can listen on"),
+                    format!("a port is 1 to 65535, {example}"),
+                ),
+            },
+            _ => (
+                format!("endpoint `{text}` is not ADDRESS:PORT or NAME:PORT"),
+                example.to_string(),
+            ),
+        },
     };
     out.error(value.span(), message, hint);
     None
+}
+
+/// The endpoint a host name stands for (the first IPv4 address among `names`' answers that a
+/// host can have), or the message and hint that say why none.
+pub fn named_endpoint(
+    host: &str,
+    port: u16,
+    names: &HostNames,
+) -> Result<SocketAddr, (String, String)> {
+    let named = format!("endpoint `{host}:{port}`");
+    let literal = "or write the peer's IPv4 address, e.g. \"192.0.2.7:51820\"";
+    let found = match names.lookup(host) {
+        None => {
+            return Err((
+                format!("{named} is a host name, and names are not looked up here"),
+                format!(
+                    "netfn looks names up when it reads the chain file (validate, up, apply); \
+                     {literal}"
+                ),
+            ));
+        }
+        Some(Err(why)) => {
+            return Err((
+                format!("{named}: the name does not resolve ({why})"),
+                format!(
+                    "check the name and this host's resolver (/etc/hosts, /etc/resolv.conf), \
+                     {literal}"
+                ),
+            ));
+        }
+        Some(Ok(found)) => found,
+    };
+    let v4: Vec<Ipv4Addr> = found
+        .iter()
+        .filter_map(|a| match a {
+            IpAddr::V4(a) => Some(*a),
+            IpAddr::V6(_) => None,
+        })
+        .collect();
+    if let Some(usable) = v4.iter().find(|a| crate::address::unusable(**a).is_none()) {
+        return Ok(SocketAddr::from((*usable, port)));
+    }
+    Err(match (v4.first(), found.first()) {
+        (Some(first), _) => (
+            format!(
+                "{named}: {host} resolves to {first}, {}",
+                crate::address::unusable(*first).unwrap_or("not an address a peer can have")
+            ),
+            format!("give the name the address the peer is reached at, {literal}"),
+        ),
+        (None, Some(v6)) => (
+            format!("{named}: {host} resolves to IPv6 addresses only ({v6}): not yet"),
+            format!("chains are IPv4 today: give the name an IPv4 (A) record, {literal}"),
+        ),
+        (None, None) => (
+            format!("{named}: {host} resolves to no address"),
+            format!("check the name and this host's resolver, {literal}"),
+        ),
+    })
 }
 
 fn prefix(out: &mut Problems, what: &str, value: &Spanned<String>) -> Option<Ipv4Net> {
@@ -703,6 +784,7 @@ mod tests {
                 preshared_key_fingerprint: None,
                 allowed_ips: allowed.iter().map(|a| a.parse().unwrap()).collect(),
                 endpoint: None,
+                endpoint_host: None,
                 persistent_keepalive: None,
             }],
             spans: WgSpans {
@@ -768,6 +850,122 @@ mod tests {
             ),
         ];
         assert_problems(&found, &expected);
+    }
+
+    #[test]
+    fn a_named_endpoint_is_the_first_usable_ipv4_address_the_name_resolves_to() {
+        let names = HostNames::from_fn(|host| match host {
+            "peer.test" | "peer.test." => {
+                Ok(vec!["fd00::7".parse().unwrap(), [10, 9, 0, 7].into()])
+            }
+            "two.test" => Ok(vec![[127, 0, 1, 1].into(), [10, 9, 0, 8].into()]),
+            "loop.test" => Ok(vec![[127, 0, 1, 1].into()]),
+            "six.test" => Ok(vec!["fd00::8".parse().unwrap()]),
+            "none.test" => Ok(vec![]),
+            _ => Err("Name or service not known".into()),
+        });
+        let dir = std::env::temp_dir().join(format!("netfn-wg-named-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("k"), keys::generate().unwrap()).unwrap();
+        std::fs::set_permissions(dir.join("k"), std::fs::Permissions::from_mode(0o600)).unwrap();
+        let body = |endpoint: &str| {
+            format!(
+                "side = \"ingress\"\nprivate_key_file = \"k\"\naddress = [\"10.99.0.1/24\"]\n\
+                 [[chain.function.peer]]\n\
+                 public_key = \"hSDwCYkwp1R0i33ctD73Wg2/Og0mOBr066SpjqqbTmo=\"\n\
+                 allowed_ips = [\"10.99.0.2/32\"]\nendpoint = \"{endpoint}\"\n"
+            )
+        };
+        let peer = |endpoint: &str, names: &HostNames| {
+            crate::test_support::config_with::<super::super::kind::WgConfig>(
+                &dir.join("c.toml"),
+                "wireguard",
+                &body(endpoint),
+                names,
+            )
+            .map(|c| {
+                let p = &c.settings.peers[0];
+                (p.endpoint.map(|e| e.to_string()), p.endpoint_host.clone())
+            })
+        };
+        let problem = |endpoint: &str, names: &HostNames| {
+            let found = crate::test_support::diagnostics_with(
+                &dir.join("c.toml"),
+                "wireguard",
+                &body(endpoint),
+                names,
+            );
+            assert_eq!(found.len(), 1, "{endpoint}: {found:?}");
+            // The endpoint's value, on the peer's fourth line (the function's table is at 10).
+            assert_eq!((found[0].position.line, found[0].position.col), (16, 12));
+            (
+                found[0].message.clone(),
+                found[0].hint.clone().unwrap_or_default(),
+            )
+        };
+        let named = |addr: &str, host: &str| Some((Some(addr.to_string()), Some(host.to_string())));
+        assert_eq!(
+            peer("peer.test:51820", &names),
+            named("10.9.0.7:51820", "peer.test")
+        );
+        assert_eq!(
+            peer("peer.test.:7", &names),
+            named("10.9.0.7:7", "peer.test.")
+        );
+        assert_eq!(
+            peer("two.test:51820", &names),
+            named("10.9.0.8:51820", "two.test")
+        );
+        // An address is taken as it is, with no name.
+        assert_eq!(
+            peer("10.9.0.9:51820", &names),
+            Some((Some("10.9.0.9:51820".into()), None))
+        );
+        let (message, hint) = problem("loop.test:51820", &names);
+        assert!(
+            message.ends_with("loop.test resolves to 127.0.1.1, a loopback address (127.0.0.0/8)"),
+            "{message}"
+        );
+        assert!(hint.contains("write the peer's IPv4 address"), "{hint}");
+        let (message, hint) = problem("six.test:51820", &names);
+        assert!(
+            message.ends_with("resolves to IPv6 addresses only (fd00::8): not yet"),
+            "{message}"
+        );
+        assert!(hint.starts_with("chains are IPv4 today"), "{hint}");
+        let (message, _) = problem("none.test:51820", &names);
+        assert!(
+            message.ends_with("none.test resolves to no address"),
+            "{message}"
+        );
+        let (message, hint) = problem("gone.test:51820", &names);
+        assert!(
+            message.ends_with(
+                "`gone.test:51820`: the name does not resolve (Name or service not known)"
+            ),
+            "{message}"
+        );
+        assert!(hint.contains("/etc/resolv.conf"), "{hint}");
+        let (message, _) = problem("peer.test:0", &names);
+        assert!(message.ends_with("endpoint `peer.test:0` has port 0, which no peer listens on"));
+        let (message, _) = problem("peer.test:65536", &names);
+        assert!(message.ends_with("`peer.test:65536` has no port a peer can listen on"));
+        let (message, _) = problem("peer_test:51820", &names);
+        assert!(
+            message.ends_with("is not ADDRESS:PORT or NAME:PORT"),
+            "{message}"
+        );
+        // Parsing text alone looks nothing up, and says where names are looked up.
+        let (message, hint) = problem("peer.test:51820", &HostNames::unresolved());
+        assert!(
+            message.ends_with("names are not looked up here"),
+            "{message}"
+        );
+        assert!(
+            hint.starts_with("netfn looks names up when it reads the chain file"),
+            "{hint}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

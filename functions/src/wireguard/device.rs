@@ -101,10 +101,13 @@ impl Device {
 }
 
 /// `netfn status` rows, one per peer, from what a device answered, with the handshakes counted
-/// at each peer's endpoint ([`super::handshakes::read_by_endpoint`]).
+/// at each peer's endpoint ([`super::handshakes::read_by_endpoint`]) and the host name an
+/// endpoint was written as, while the peer is at the address the name had (`named`: by public
+/// key, the address and the name).
 pub fn peer_rows(
     peers: Result<Vec<PeerState>, String>,
     by_endpoint: Option<&BTreeMap<SocketAddr, Handshakes>>,
+    named: &BTreeMap<&str, (SocketAddr, &str)>,
 ) -> Vec<(String, String)> {
     match peers {
         Err(e) => vec![("peers".into(), format!("unknown ({e})"))],
@@ -134,8 +137,12 @@ pub fn peer_rows(
                     .zip(by_endpoint)
                     .map(|(e, by_endpoint)| {
                         let h = by_endpoint.get(&e).copied().unwrap_or_default();
+                        let name = match named.get(p.public_key.as_str()) {
+                            Some((at, host)) if *at == e => format!(" ({host})"),
+                            _ => String::new(),
+                        };
                         format!(
-                            "; at {e}: {} handshake initiations, {} unanswered",
+                            "; at {e}{name}: {} handshake initiations, {} unanswered",
                             h.initiations(),
                             h.unanswered()
                         )

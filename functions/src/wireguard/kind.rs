@@ -20,7 +20,7 @@ use netfn_core::plan::{Direction, names};
 use super::config::{self, Backend, Side, USERSPACE_MAX_MTU, WgSettings};
 use super::device::{self, Device};
 use super::kernel::{self, CreateError};
-use super::{endpoint, handshakes, link};
+use super::{endpoint, handshakes, link, reresolve};
 
 pub struct WireGuard;
 
@@ -321,15 +321,36 @@ impl FunctionKind for WireGuard {
         let by_endpoint = handshakes::read_by_endpoint(&names::netns_name(ctx.chain, ctx.function))
             .ok()
             .flatten();
-        rows.extend(device::peer_rows(device.peers(), by_endpoint.as_ref()));
+        let settings: Option<WgSettings> = ctx.settings.parse().ok();
+        let named = settings
+            .iter()
+            .flat_map(|s| &s.peers)
+            .filter_map(|p| {
+                Some((
+                    p.public_key.as_str(),
+                    (p.endpoint?, p.endpoint_host.as_deref()?),
+                ))
+            })
+            .collect();
+        rows.extend(device::peer_rows(
+            device.peers(),
+            by_endpoint.as_ref(),
+            &named,
+        ));
         rows
     }
 
     /// Keeps the endpoint process running: started again (within a second) when it died
-    /// ([`keep_running`]).
+    /// ([`keep_running`]); and where peers' endpoints were written as host names, looks them
+    /// up again while those peers have no session ([`reresolve`]).
     fn tasks(&self, ctx: &TaskContext) -> Vec<KindTask> {
         let (chain, function) = (ctx.chain.clone(), ctx.function.clone());
-        vec![KindTask {
+        let reresolve = ctx
+            .settings
+            .parse::<WgSettings>()
+            .ok()
+            .and_then(|settings| reresolve::task(ctx, &settings));
+        let keep = KindTask {
             name: "endpoint".into(),
             start: Arc::new(move || -> TaskRun {
                 let (chain, function) = (chain.clone(), function.clone());
@@ -343,7 +364,8 @@ impl FunctionKind for WireGuard {
                     }
                 })
             }),
-        }]
+        };
+        std::iter::once(keep).chain(reresolve).collect()
     }
 }
 

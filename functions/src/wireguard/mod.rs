@@ -8,8 +8,8 @@
 //! set up: [`netfn_core::privilege`]; on its TUN with offloads: `tun_io`, `tun_offload`; on a
 //! UDP socket with GSO sends and GRO receives: `udp_io`, `udp_recv`,
 //! [`udp_gso`]). [`device`] is the running one, whichever it is; [`peers`] says what it must be
-//! told, [`link`] gives it addresses and routes, [`handshakes`] counts its handshakes; [`kind`]
-//! is what core registers.
+//! told, [`link`] gives it addresses and routes, [`handshakes`] counts its handshakes,
+//! [`reresolve`] follows peers' host names for the agent; [`kind`] is what core registers.
 
 #[cfg(feature = "userspace-wireguard")]
 pub mod batched;
@@ -30,6 +30,7 @@ pub mod link;
 pub mod peers;
 #[cfg(feature = "userspace-wireguard")]
 pub mod remembered;
+pub mod reresolve;
 #[cfg(feature = "userspace-wireguard")]
 pub mod tun_io;
 #[cfg(feature = "userspace-wireguard")]

@@ -74,7 +74,8 @@ pub fn diff(running: &[PeerState], settings: &WgSettings) -> Result<Vec<PeerChan
     Ok(out)
 }
 
-fn set(p: &PeerConf) -> Result<PeerChange, String> {
+/// What a device must be told to have peer `p` as the settings say.
+pub fn set(p: &PeerConf) -> Result<PeerChange, String> {
     Ok(PeerChange::Set(PeerSet {
         public_key: keys::decode(&p.public_key).map_err(|why| format!("a peer's key {why}"))?,
         allowed_ips: p.allowed_ips.clone(),
@@ -134,6 +135,7 @@ mod tests {
             preshared_key_fingerprint: None,
             allowed_ips: nets.iter().map(|n| n.parse().unwrap()).collect(),
             endpoint: None,
+            endpoint_host: None,
             persistent_keepalive: None,
         }
     }

@@ -22,6 +22,7 @@
 
 mod context;
 pub mod fields;
+mod host_names;
 mod recorded;
 mod settings;
 mod stage;
@@ -37,6 +38,7 @@ pub use crate::plan::ExtraSource;
 pub use crate::metrics::kind::{FunctionMetricsContext, KindMetricsError};
 pub use context::{FunctionContext, ProbePath};
 pub use fields::{Fields, Problems, Want};
+pub use host_names::{HostNames, is_host_name};
 pub use prometheus::proto::MetricFamily;
 pub use recorded::RecordedSettings;
 pub use settings::{Located, SettingError, Settings};

@@ -12,7 +12,7 @@ use std::rc::Rc;
 use toml::Spanned;
 use toml::de::DeTable;
 
-use super::Fields;
+use super::{Fields, HostNames};
 use crate::spec::diag::LineIndex;
 
 /// A place in a file other than the chain file.
@@ -51,22 +51,26 @@ pub struct Settings<'i> {
     base_dir: PathBuf,
     warnings: Rc<RefCell<Vec<SettingError>>>,
     lines: Rc<LineIndex<'i>>,
+    host_names: HostNames,
 }
 
 impl<'i> Settings<'i> {
     /// `base_dir` is where the chain file's relative paths start (its directory); warnings the
-    /// kind reports land in `warnings`; `lines` are the chain file's positions.
+    /// kind reports land in `warnings`; `lines` are the chain file's positions; `host_names`
+    /// turns the names the settings write into addresses, or does not.
     pub fn new(
         table: Spanned<DeTable<'i>>,
         base_dir: &Path,
         warnings: Rc<RefCell<Vec<SettingError>>>,
         lines: Rc<LineIndex<'i>>,
+        host_names: HostNames,
     ) -> Self {
         Settings {
             table,
             base_dir: base_dir.to_path_buf(),
             warnings,
             lines,
+            host_names,
         }
     }
 
@@ -83,6 +87,11 @@ impl<'i> Settings<'i> {
     /// another place of it than the one it stands at ("already used by the rule at line 17").
     pub fn lines(&self) -> Rc<LineIndex<'i>> {
         self.lines.clone()
+    }
+
+    /// How the host names the settings write become addresses ([`HostNames`]).
+    pub fn host_names(&self) -> HostNames {
+        self.host_names.clone()
     }
 
     /// The directory relative paths in the settings start from.

@@ -12,7 +12,7 @@ use toml::de::DeTable;
 use super::model::ChainFile;
 use super::raw;
 use super::validate::Checker;
-use crate::function::Registry;
+use crate::function::{HostNames, Registry};
 use crate::spec::diag::{Diagnostics, Reporter};
 
 /// Why a chain file could not be loaded.
@@ -56,7 +56,8 @@ pub fn read_text(path: &Path) -> io::Result<String> {
     })
 }
 
-/// Reads and validates a chain file.
+/// Reads and validates a chain file, looking up the host names its settings write with the
+/// host's resolver (a WireGuard peer's endpoint): what `validate`, `up` and `apply` read.
 pub fn load(path: &Path, registry: &Registry) -> Result<ChainFile, LoadError> {
     let read = |cause: String| LoadError::Read {
         path: path.to_path_buf(),
@@ -73,11 +74,22 @@ pub fn load(path: &Path, registry: &Registry) -> Result<ChainFile, LoadError> {
         });
     }
     let text = read_text(path).map_err(|e| read(e.to_string()))?;
-    parse(path, &text, registry).map_err(LoadError::Invalid)
+    parse_with(path, &text, registry, &HostNames::system()).map_err(LoadError::Invalid)
 }
 
-/// Validates chain-file text; `path` is only used in messages.
+/// Validates chain-file text; `path` is only used in messages. Host names are not looked up
+/// (a setting that writes one is refused, saying so): no query leaves the machine.
 pub fn parse(path: &Path, text: &str, registry: &Registry) -> Result<ChainFile, Diagnostics> {
+    parse_with(path, text, registry, &HostNames::unresolved())
+}
+
+/// [`parse`], with the settings' host names looked up by `host_names`.
+pub fn parse_with(
+    path: &Path,
+    text: &str,
+    registry: &Registry,
+    host_names: &HostNames,
+) -> Result<ChainFile, Diagnostics> {
     let mut rep = Reporter::new(path, text);
     let (root, syntax_errors) = DeTable::parse_recoverable(text);
     if !syntax_errors.is_empty() {
@@ -91,6 +103,7 @@ pub fn parse(path: &Path, text: &str, registry: &Registry) -> Result<ChainFile, 
     let chains = Checker {
         registry,
         base_dir,
+        host_names,
         rep: &mut rep,
     }
     .file(raw);

@@ -86,6 +86,7 @@ impl<'a> Checker<'a, '_> {
                     self.base_dir,
                     warnings.clone(),
                     self.rep.lines(),
+                    self.host_names.clone(),
                 );
                 let parsed = kind.parse(settings);
                 for w in warnings.take() {

@@ -10,7 +10,7 @@ use ipnet::Ipv4Net;
 
 use super::model::{ChainSpec, EndpointSpec, FastPath, FunctionSpec};
 use super::raw::{RawChain, RawEndpoint, RawFile, RawFunction, Str, did_you_mean};
-use crate::function::{FunctionKind, Registry, Settings};
+use crate::function::{FunctionKind, HostNames, Registry, Settings};
 use crate::plan::names::{self, CHAIN_NAME_MAX, IFNAME_MAX, NameError};
 use crate::spec::diag::{Position, Reporter};
 
@@ -43,6 +43,8 @@ pub(super) struct Checker<'a, 'r> {
     pub registry: &'a Registry,
     /// Where the file's relative paths start (its directory).
     pub base_dir: &'a std::path::Path,
+    /// How the functions' settings look host names up, if they do.
+    pub host_names: &'a HostNames,
     pub rep: &'r mut Reporter<'a>,
 }
 
