@@ -14,7 +14,9 @@ fuzz_target!(|data: &[u8]| {
         Ok(text) => netfn_fuzz::check_chain_text(path, text, None),
         Err(_) => {
             // `spec::load` reads the file with read_to_string, so bytes that are not UTF-8 end
-            // there, as a read error naming the file; check that on a real file.
+            // there, as a read error naming the file; check that on a real file. (Only such
+            // bytes may reach `load`: it looks host names up, which a fuzzer must never do;
+            // text goes to `check_chain_text`, which parses without lookups.)
             let file = netfn_fuzz::scratch_dir().join("fuzz.toml");
             std::fs::write(&file, data).unwrap_or_else(|e| panic!("cannot write {file:?}: {e}"));
             let loaded = spec::load(&file, netfn_fuzz::registry());

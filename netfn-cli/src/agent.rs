@@ -122,8 +122,11 @@ pub fn run(args: AgentArgs) -> Result<ExitCode> {
         .context("cannot start the async runtime")?;
     let kinds = Arc::new(netfn_functions::registry());
     rt.spawn(trim_freed_memory(Duration::from_secs(10)));
-    rt.block_on(agent::run(config, kinds))
-        .context("netfn agent")?;
+    let ran = rt.block_on(agent::run(config, kinds));
+    // A task's blocking work still running (a name lookup a resolver is slow to answer) is
+    // not waited for past a second: systemd gives a stopping agent 5 s.
+    rt.shutdown_timeout(Duration::from_secs(1));
+    ran.context("netfn agent")?;
     Ok(ExitCode::SUCCESS)
 }
 

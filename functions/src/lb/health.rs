@@ -24,10 +24,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use netfn_core::chain::state::{self, ChainLock};
+use netfn_core::chain::function_record;
+use netfn_core::chain::state::ChainLock;
 use netfn_core::function::{KindTask, TaskContext, TaskRun};
 use netfn_core::kernel::netns;
-use netfn_core::plan::HopRole;
 use netfn_core::spec::FastPath;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -187,19 +187,9 @@ fn write_verdicts(ctx: &TaskContext, verdicts: &[(&str, bool)]) -> Result<bool, 
 
 /// The function's settings in the chain's record (read under the chain's lock).
 fn recorded_settings(ctx: &TaskContext) -> Result<LbSettings, String> {
-    let record = state::load(&ctx.chain)
-        .map_err(|e| e.to_string())?
-        .ok_or_else(|| format!("chain `{}` has no record", ctx.chain))?;
-    let (_, hop) = record
-        .plan
-        .hop(&ctx.function)
-        .ok_or_else(|| format!("the chain has no function `{}` any more", ctx.function))?;
-    let HopRole::Function { settings, .. } = &hop.role else {
-        return Err(format!("`{}` is not a function", ctx.function));
-    };
-    settings
-        .parse()
-        .map_err(|e| format!("the recorded settings of `{}`: {e}", ctx.function))
+    function_record::load(&ctx.chain, &ctx.function)
+        .map(|(_, settings)| settings)
+        .map_err(|e| e.to_string())
 }
 
 /// Puts the verdicts into the data path.

@@ -25,7 +25,7 @@
 //! ```
 
 use std::collections::HashSet;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
@@ -36,7 +36,7 @@ use netfn_core::function::{
 use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
-use super::keys;
+use super::{keys, named_endpoint};
 
 /// Which side of the chain the tunnel faces.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -514,8 +514,8 @@ fn key_file(out: &mut Problems, base: &Path, value: &Spanned<String>) -> Option<
 }
 
 /// A peer's endpoint: an IPv4 address a host can have and a port, or a host name and a port.
-/// A name is looked up by `names` (the host's resolver where netfn reads the file) and its
-/// first IPv4 address a host can have is the endpoint, as `wg` takes the first it finds.
+/// A name is looked up by `names` (the host's resolver where netfn reads the file), and the
+/// lowest of the addresses it stands for is the endpoint ([`named_endpoint::resolve`]).
 /// `Some((address, name))`.
 fn peer_endpoint(
     out: &mut Problems,
@@ -546,17 +546,23 @@ fn peer_endpoint(
                 .to_string(),
         ),
         Err(_) => match text.rsplit_once(':') {
-            Some((host, port)) if is_host_name(host) => match port.parse::<u16>() {
-                Ok(0) => port_zero(&format!("`{text}`")),
-                Ok(port) => match named_endpoint(host, port, names) {
-                    Ok(found) => return Some((found, Some(host.to_string()))),
-                    Err(why) => why,
-                },
-                Err(_) => (
-                    format!("endpoint `{text}` has no port a peer can listen on"),
-                    format!("a port is 1 to 65535, {example}"),
-                ),
-            },
+            Some((host, port)) if is_host_name(host) => {
+                match port
+                    .parse::<u16>()
+                    .ok()
+                    .filter(|_| port.bytes().all(|b| b.is_ascii_digit()))
+                {
+                    Some(0) => port_zero(&format!("`{text}`")),
+                    Some(port) => match named_endpoint::resolve(host, port, names) {
+                        Ok(found) => return Some((found[0], Some(host.to_string()))),
+                        Err(e) => (format!("endpoint `{text}`: {e}"), e.hint()),
+                    },
+                    None => (
+                        format!("endpoint `{text}` has no port a peer can listen on"),
+                        format!("a port is 1 to 65535, {example}"),
+                    ),
+                }
+            }
             _ => (
                 format!("endpoint `{text}` is not ADDRESS:PORT or NAME:PORT"),
                 example.to_string(),
@@ -565,65 +571,6 @@ fn peer_endpoint(
     };
     out.error(value.span(), message, hint);
     None
-}
-
-/// The endpoint a host name stands for (the first IPv4 address among `names`' answers that a
-/// host can have), or the message and hint that say why none.
-pub fn named_endpoint(
-    host: &str,
-    port: u16,
-    names: &HostNames,
-) -> Result<SocketAddr, (String, String)> {
-    let named = format!("endpoint `{host}:{port}`");
-    let literal = "or write the peer's IPv4 address, e.g. \"192.0.2.7:51820\"";
-    let found = match names.lookup(host) {
-        None => {
-            return Err((
-                format!("{named} is a host name, and names are not looked up here"),
-                format!(
-                    "netfn looks names up when it reads the chain file (validate, up, apply); \
-                     {literal}"
-                ),
-            ));
-        }
-        Some(Err(why)) => {
-            return Err((
-                format!("{named}: the name does not resolve ({why})"),
-                format!(
-                    "check the name and this host's resolver (/etc/hosts, /etc/resolv.conf), \
-                     {literal}"
-                ),
-            ));
-        }
-        Some(Ok(found)) => found,
-    };
-    let v4: Vec<Ipv4Addr> = found
-        .iter()
-        .filter_map(|a| match a {
-            IpAddr::V4(a) => Some(*a),
-            IpAddr::V6(_) => None,
-        })
-        .collect();
-    if let Some(usable) = v4.iter().find(|a| crate::address::unusable(**a).is_none()) {
-        return Ok(SocketAddr::from((*usable, port)));
-    }
-    Err(match (v4.first(), found.first()) {
-        (Some(first), _) => (
-            format!(
-                "{named}: {host} resolves to {first}, {}",
-                crate::address::unusable(*first).unwrap_or("not an address a peer can have")
-            ),
-            format!("give the name the address the peer is reached at, {literal}"),
-        ),
-        (None, Some(v6)) => (
-            format!("{named}: {host} resolves to IPv6 addresses only ({v6}): not yet"),
-            format!("chains are IPv4 today: give the name an IPv4 (A) record, {literal}"),
-        ),
-        (None, None) => (
-            format!("{named}: {host} resolves to no address"),
-            format!("check the name and this host's resolver, {literal}"),
-        ),
-    })
 }
 
 fn prefix(out: &mut Problems, what: &str, value: &Spanned<String>) -> Option<Ipv4Net> {
@@ -853,7 +800,7 @@ mod tests {
     }
 
     #[test]
-    fn a_named_endpoint_is_the_first_usable_ipv4_address_the_name_resolves_to() {
+    fn a_named_endpoint_is_the_lowest_usable_ipv4_address_the_name_resolves_to() {
         let names = HostNames::from_fn(|host| match host {
             "peer.test" | "peer.test." => {
                 Ok(vec!["fd00::7".parse().unwrap(), [10, 9, 0, 7].into()])

@@ -14,9 +14,8 @@
 //! works against it), drops every capability ([`netfn_core::privilege`]), handshakes with the
 //! peers it can reach, says it is ready, saves where the peers are, and runs until SIGTERM.
 
-use netfn_core::chain::{processes, state};
+use netfn_core::chain::{function_record, processes};
 use netfn_core::kernel::netns;
-use netfn_core::plan::HopRole;
 use tokio::net::UnixListener;
 use tokio::signal::unix::{Signal, SignalKind};
 
@@ -72,19 +71,8 @@ pub struct Setup<'a> {
 pub fn run(chain: &str, function: &str) -> Result<(), String> {
     let began = std::time::Instant::now();
     tracing::info!("endpoint {chain}/{function} starting");
-    let record = state::load(chain)
-        .map_err(|e| e.to_string())?
-        .ok_or_else(|| format!("chain `{chain}` has no record: is it up?"))?;
-    let (_, hop) = record
-        .plan
-        .hop(function)
-        .ok_or_else(|| format!("chain `{chain}` has no function `{function}`"))?;
-    let HopRole::Function { settings, .. } = &hop.role else {
-        return Err(format!("`{function}` is not a function"));
-    };
-    let settings: WgSettings = settings
-        .parse()
-        .map_err(|e| format!("the recorded settings of `{function}`: {e}"))?;
+    let (hop, settings): (_, WgSettings) =
+        function_record::load(chain, function).map_err(|e| e.to_string())?;
     let private = keys::read_file(&settings.private_key_file)?;
     let peers = peer_specs(&settings, &remembered::read(chain, function))?;
     netns::enter(&hop.netns.name).map_err(|e| e.to_string())?;

@@ -101,13 +101,12 @@ impl Device {
 }
 
 /// `netfn status` rows, one per peer, from what a device answered, with the handshakes counted
-/// at each peer's endpoint ([`super::handshakes::read_by_endpoint`]) and the host name an
-/// endpoint was written as, while the peer is at the address the name had (`named`: by public
-/// key, the address and the name).
+/// at each peer's endpoint ([`super::handshakes::read_by_endpoint`]) and the `NAME:PORT` its
+/// endpoint was written as in the chain file, if it was (`named`, by public key).
 pub fn peer_rows(
     peers: Result<Vec<PeerState>, String>,
     by_endpoint: Option<&BTreeMap<SocketAddr, Handshakes>>,
-    named: &BTreeMap<&str, (SocketAddr, &str)>,
+    named: &BTreeMap<&str, String>,
 ) -> Vec<(String, String)> {
     match peers {
         Err(e) => vec![("peers".into(), format!("unknown ({e})"))],
@@ -137,21 +136,21 @@ pub fn peer_rows(
                     .zip(by_endpoint)
                     .map(|(e, by_endpoint)| {
                         let h = by_endpoint.get(&e).copied().unwrap_or_default();
-                        let name = match named.get(p.public_key.as_str()) {
-                            Some((at, host)) if *at == e => format!(" ({host})"),
-                            _ => String::new(),
-                        };
                         format!(
-                            "; at {e}{name}: {} handshake initiations, {} unanswered",
+                            "; at {e}: {} handshake initiations, {} unanswered",
                             h.initiations(),
                             h.unanswered()
                         )
                     })
                     .unwrap_or_default();
+                let named = named
+                    .get(p.public_key.as_str())
+                    .map(|name| format!("; endpoint written as {name}"))
+                    .unwrap_or_default();
                 (
                     format!("peer {}…", p.public_key.get(..8).unwrap_or("?")),
                     format!(
-                        "{handshake}, {} B received, {} B sent{at_endpoint}",
+                        "{handshake}, {} B received, {} B sent{at_endpoint}{named}",
                         p.rx_bytes, p.tx_bytes
                     ),
                 )

@@ -326,9 +326,10 @@ impl FunctionKind for WireGuard {
             .iter()
             .flat_map(|s| &s.peers)
             .filter_map(|p| {
+                let host = p.endpoint_host.as_deref()?;
                 Some((
                     p.public_key.as_str(),
-                    (p.endpoint?, p.endpoint_host.as_deref()?),
+                    format!("{host}:{}", p.endpoint?.port()),
                 ))
             })
             .collect();

@@ -9,7 +9,8 @@
 //! UDP socket with GSO sends and GRO receives: `udp_io`, `udp_recv`,
 //! [`udp_gso`]). [`device`] is the running one, whichever it is; [`peers`] says what it must be
 //! told, [`link`] gives it addresses and routes, [`handshakes`] counts its handshakes,
-//! [`reresolve`] follows peers' host names for the agent; [`kind`] is what core registers.
+//! [`reresolve`] follows peers' host names ([`named_endpoint`]) for the agent; [`kind`] is what
+//! core registers.
 
 #[cfg(feature = "userspace-wireguard")]
 pub mod batched;
@@ -27,6 +28,7 @@ pub mod kernel;
 pub mod keys;
 pub mod kind;
 pub mod link;
+pub mod named_endpoint;
 pub mod peers;
 #[cfg(feature = "userspace-wireguard")]
 pub mod remembered;

@@ -1,28 +1,35 @@
 //! The agent's task `reresolve` for an endpoint whose peers' endpoints are host names: what
 //! WireGuard's `reresolve-dns.sh` does from cron, built in. Every [`EVERY`], a named peer
 //! without a session (no handshake in the last 180 s, or none yet) has its name looked up
-//! again; when the name now stands for another address than the one the device sends to, the
-//! device is moved there, in place (its other settings as recorded). A peer with a session is
-//! left alone: it is where its handshakes say (it may have roamed), and a name looked up then
-//! would only pull it back. The record keeps the address the name had when the chain file was
-//! read; the next `netfn apply` looks the name up itself.
+//! again; when the device sends to none of the addresses the name now stands for, it is moved
+//! to the lowest of them, in place. The move says only the endpoint anew: the peer's allowed
+//! IPs, keepalive and preshared key are given back as the device has them, so no key file is
+//! read. A peer with a session is left alone: it is where its handshakes say (it may have
+//! roamed), and a name looked up then would only pull it back. The record keeps the address
+//! the name had when the chain file was read; the next `netfn apply` looks the name up itself.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use netfn_core::chain::state::{self, ChainLock};
+use netfn_core::chain::function_record;
+use netfn_core::chain::state::ChainLock;
 use netfn_core::function::{HostNames, KindTask, TaskContext, TaskRun};
-use netfn_core::plan::HopRole;
 
-use super::config::{self, PeerConf, WgSettings};
+use super::config::{PeerConf, WgSettings};
 use super::device::Device;
-use super::peers;
+use super::keys;
+use super::named_endpoint::{self, NameError};
+use super::peers::{PeerChange, PeerSet};
 use super::uapi::PeerState;
 
 /// How often named peers without a session are looked up again.
 pub const EVERY: Duration = Duration::from_secs(15);
+
+/// What was last logged of each named peer (by public key), so that a failure is logged once
+/// when it starts or changes, not every round.
+type Said = BTreeMap<String, String>;
 
 /// The task, if any peer's endpoint was written as a name.
 pub fn task(ctx: &TaskContext, settings: &WgSettings) -> Option<KindTask> {
@@ -35,10 +42,11 @@ pub fn task(ctx: &TaskContext, settings: &WgSettings) -> Option<KindTask> {
         start: Arc::new(move || -> TaskRun {
             let (chain, function) = (chain.clone(), function.clone());
             Box::pin(async move {
-                // What was last said of each name, so a failing one is logged when it changes.
-                let mut said = BTreeMap::new();
+                let mut said = Said::new();
                 loop {
                     let (c, f) = (chain.clone(), function.clone());
+                    // Asked once a round (no waiting out a resolver's temporary failure: the
+                    // next round asks again), so that a stopping agent waits for one lookup.
                     said = tokio::task::spawn_blocking(move || {
                         let mut said = said;
                         round(&c, &f, &HostNames::system(), &mut said);
@@ -53,14 +61,13 @@ pub fn task(ctx: &TaskContext, settings: &WgSettings) -> Option<KindTask> {
     })
 }
 
-/// One look at the named peers of `function`; `said` holds what was last logged per name.
-fn round(chain: &str, function: &str, names: &HostNames, said: &mut BTreeMap<String, String>) {
-    let device = Device::of(chain, function);
-    // An endpoint being restarted answers nothing for a moment: the next round looks again.
-    let Ok(running) = device.peers() else {
+/// One look at the named peers of `function`.
+fn round(chain: &str, function: &str, names: &HostNames, said: &mut Said) {
+    let Ok((_, settings)) = function_record::load::<WgSettings>(chain, function) else {
         return;
     };
-    let Some(settings) = recorded(chain, function) else {
+    // An endpoint being restarted answers nothing for a moment: the next round looks again.
+    let Ok(running) = Device::of(chain, function).peers() else {
         return;
     };
     let now = std::time::SystemTime::now()
@@ -73,51 +80,66 @@ fn round(chain: &str, function: &str, names: &HostNames, said: &mut BTreeMap<Str
         };
         match moved(state, host, port, names, now) {
             Ok(None) => {
-                said.remove(host);
+                said.remove(&peer.public_key);
             }
-            Ok(Some(to)) => moves.push((peer, host, state.endpoint, to)),
-            Err(why) => {
-                if said.get(host) != Some(&why) {
-                    tracing::warn!("function {function}: peer endpoint {why}");
-                    said.insert(host.to_string(), why);
-                }
-            }
+            Ok(Some(to)) => moves.push((peer, host, to)),
+            Err(e) => say(
+                said,
+                peer,
+                format!("function {function}: peer endpoint `{host}:{port}`: {e}"),
+            ),
         }
     }
     if moves.is_empty() {
         return;
     }
     // A CLI changing the chain holds its lock: its settings win, and the next round looks
-    // again. Under the lock, the peers are the record's as of now.
+    // again. Under the lock, the record, the device and its peers are as of now.
     let Ok(Some(_lock)) = ChainLock::try_existing(chain) else {
         return;
     };
-    let Some(now_recorded) = recorded(chain, function) else {
+    let Ok((_, now_recorded)) = function_record::load::<WgSettings>(chain, function) else {
         return;
     };
-    for (peer, host, from, to) in moves {
+    let device = Device::of(chain, function);
+    let Ok(running) = device.peers() else {
+        return;
+    };
+    for (peer, host, to) in moves {
+        let Some(state) = running.iter().find(|r| r.public_key == peer.public_key) else {
+            continue;
+        };
         if !now_recorded.peers.contains(peer) {
             continue;
         }
-        let moved = PeerConf {
-            endpoint: Some(to),
-            ..peer.clone()
-        };
-        let applied = peers::set(&moved).and_then(|change| device.apply(&[change], None));
-        let from = from.map_or_else(|| "none".to_string(), |a| a.to_string());
-        match applied {
+        let from = state
+            .endpoint
+            .map_or_else(|| "none".into(), |a| a.to_string());
+        match endpoint_only(state, to).and_then(|change| device.apply(&[change], None)) {
             Ok(()) => {
                 tracing::info!(
                     "function {function}: peer endpoint {host} now resolves to {to}: moved \
                      there from {from}"
                 );
-                said.remove(host);
+                said.remove(&peer.public_key);
             }
-            Err(why) => tracing::warn!(
-                "function {function}: peer endpoint {host} now resolves to {to}, but the device \
-                 was not moved there: {why}"
+            Err(why) => say(
+                said,
+                peer,
+                format!(
+                    "function {function}: peer endpoint {host} now resolves to {to}, but the \
+                     device was not moved there: {why}"
+                ),
             ),
         }
+    }
+}
+
+/// Logs `message` for `peer` unless it was the last thing said of it.
+fn say(said: &mut Said, peer: &PeerConf, message: String) {
+    if said.get(&peer.public_key) != Some(&message) {
+        tracing::warn!("{message}");
+        said.insert(peer.public_key.clone(), message);
     }
 }
 
@@ -129,35 +151,44 @@ fn named(settings: &WgSettings) -> impl Iterator<Item = (&PeerConf, &str, u16)> 
     })
 }
 
-/// Where a peer without a session at Unix time `now` must be sent now, if not where the device
-/// sends: `Ok(None)` when it has a session or the name still stands for its endpoint; `Err`
-/// when the name does not resolve to an address it can have.
+/// Where a peer without a session at Unix time `now` must be sent, if the device sends it to
+/// none of the addresses its name now stands for: `Ok(None)` when it has a session or is at one
+/// of them.
 fn moved(
     state: &PeerState,
     host: &str,
     port: u16,
     names: &HostNames,
     now: u64,
-) -> Result<Option<SocketAddr>, String> {
+) -> Result<Option<SocketAddr>, NameError> {
     if state.session_fresh(now) {
         return Ok(None);
     }
-    let to = config::named_endpoint(host, port, names).map_err(|(message, _)| {
-        message
-            .strip_prefix("endpoint ")
-            .unwrap_or(&message)
-            .to_string()
-    })?;
-    Ok((state.endpoint != Some(to)).then_some(to))
+    let found = named_endpoint::resolve(host, port, names)?;
+    if state.endpoint.is_some_and(|at| found.contains(&at)) {
+        return Ok(None);
+    }
+    Ok(found.first().copied())
 }
 
-/// The recorded settings of `function` in `chain`, if it is a recorded WireGuard function.
-fn recorded(chain: &str, function: &str) -> Option<WgSettings> {
-    let record = state::load(chain).ok()??;
-    record.plan.hops.iter().find_map(|hop| match &hop.role {
-        HopRole::Function { settings, .. } if hop.name == function => settings.parse().ok(),
-        _ => None,
-    })
+/// The peer of `state`, as the device has it, at endpoint `to`.
+fn endpoint_only(state: &PeerState, to: SocketAddr) -> Result<PeerChange, String> {
+    let allowed_ips = state
+        .allowed_ips
+        .iter()
+        .map(|net| {
+            net.parse()
+                .map_err(|_| format!("the device's allowed IP `{net}` is not an IPv4 prefix"))
+        })
+        .collect::<Result<_, _>>()?;
+    Ok(PeerChange::Set(PeerSet {
+        public_key: keys::decode(&state.public_key)
+            .map_err(|why| format!("the device's peer key {why}"))?,
+        allowed_ips,
+        endpoint: Some(to),
+        keepalive: state.keepalive,
+        preshared_key: state.preshared_key,
+    }))
 }
 
 #[cfg(test)]
@@ -175,35 +206,107 @@ mod tests {
     }
 
     #[test]
-    fn only_a_peer_without_a_session_is_moved_to_where_its_name_now_points() {
+    fn only_a_peer_without_a_session_and_away_from_its_names_addresses_is_moved() {
         let names = HostNames::from_fn(|host| match host {
             "site.test" => Ok(vec![IpAddr::from([10, 9, 0, 2])]),
+            // Two addresses, in the order of the moment (a DNS server may turn them).
+            "turns.test" => Ok(vec![
+                IpAddr::from([10, 9, 0, 4]),
+                IpAddr::from([10, 9, 0, 3]),
+            ]),
             "loop.test" => Ok(vec![IpAddr::from([127, 0, 0, 1])]),
             _ => Err("Name or service not known".into()),
         });
         let now = 1_000_000;
-        let to: SocketAddr = "10.9.0.2:51820".parse().unwrap();
+        let at = |a: &str| -> SocketAddr { a.parse().unwrap() };
         // No handshake yet, or a stale one: moved, unless already there.
         for ago in [None, Some(181), Some(3600)] {
             let peer = state("10.9.0.1:51820", ago, now);
-            assert_eq!(moved(&peer, "site.test", 51820, &names, now), Ok(Some(to)));
+            assert_eq!(
+                moved(&peer, "site.test", 51820, &names, now),
+                Ok(Some(at("10.9.0.2:51820")))
+            );
             let there = state("10.9.0.2:51820", ago, now);
             assert_eq!(moved(&there, "site.test", 51820, &names, now), Ok(None));
         }
+        // At any of a name's addresses, it stays; elsewhere, it goes to the lowest.
+        let higher = state("10.9.0.4:51820", None, now);
+        assert_eq!(moved(&higher, "turns.test", 51820, &names, now), Ok(None));
+        let away = state("10.9.0.9:51820", None, now);
+        assert_eq!(
+            moved(&away, "turns.test", 51820, &names, now),
+            Ok(Some(at("10.9.0.3:51820")))
+        );
+        // The same address at another port is not where the name says.
+        let other_port = state("10.9.0.2:4000", None, now);
+        assert_eq!(
+            moved(&other_port, "site.test", 51820, &names, now),
+            Ok(Some(at("10.9.0.2:51820")))
+        );
         // A session (the peer may have roamed): left alone, and the name is not looked up.
         let roamed = state("192.0.2.9:4000", Some(30), now);
         assert_eq!(moved(&roamed, "gone.test", 51820, &names, now), Ok(None));
-        // What the name does not give is said, without the key word of the chain file.
         let stale = state("10.9.0.1:51820", None, now);
-        let why = moved(&stale, "gone.test", 51820, &names, now).unwrap_err();
-        assert!(
-            why.starts_with("`gone.test:51820`: the name does not resolve"),
-            "{why}"
+        assert!(matches!(
+            moved(&stale, "gone.test", 51820, &names, now),
+            Err(NameError::Unresolved(_))
+        ));
+        assert!(matches!(
+            moved(&stale, "loop.test", 51820, &names, now),
+            Err(NameError::Unusable { .. })
+        ));
+    }
+
+    #[test]
+    fn a_move_gives_back_what_the_device_has_but_the_endpoint() {
+        let key = keys::encode(&[7; 32]);
+        let psk = keys::PresharedKey::new([9; 32]);
+        let state = PeerState {
+            public_key: key,
+            endpoint: "10.9.0.1:51820".parse().ok(),
+            allowed_ips: vec!["10.99.0.2/32".into(), "10.98.0.0/24".into()],
+            keepalive: 25,
+            preshared_key: psk,
+            ..PeerState::default()
+        };
+        let to: SocketAddr = "10.9.0.2:51820".parse().unwrap();
+        let PeerChange::Set(set) = endpoint_only(&state, to).unwrap() else {
+            panic!("not a Set");
+        };
+        assert_eq!(set.public_key, [7; 32]);
+        assert_eq!(set.endpoint, Some(to));
+        assert_eq!(set.keepalive, 25);
+        assert_eq!(set.preshared_key, psk);
+        assert_eq!(
+            set.allowed_ips,
+            vec![
+                "10.99.0.2/32".parse().unwrap(),
+                "10.98.0.0/24".parse().unwrap()
+            ]
         );
-        let why = moved(&stale, "loop.test", 51820, &names, now).unwrap_err();
-        assert!(
-            why.contains("loop.test resolves to 127.0.0.1, a loopback address"),
-            "{why}"
-        );
+        let odd = PeerState {
+            allowed_ips: vec!["fd00::/64".into()],
+            ..state
+        };
+        assert!(endpoint_only(&odd, to).is_err());
+    }
+
+    #[test]
+    fn a_failure_is_said_once_until_it_changes() {
+        let peer = PeerConf {
+            public_key: keys::encode(&[7; 32]),
+            preshared_key_file: None,
+            preshared_key_fingerprint: None,
+            allowed_ips: vec![],
+            endpoint: None,
+            endpoint_host: None,
+            persistent_keepalive: None,
+        };
+        let mut said = Said::new();
+        say(&mut said, &peer, "a".into());
+        assert_eq!(said.get(&peer.public_key), Some(&"a".to_string()));
+        say(&mut said, &peer, "a".into());
+        say(&mut said, &peer, "b".into());
+        assert_eq!(said.get(&peer.public_key), Some(&"b".to_string()));
     }
 }

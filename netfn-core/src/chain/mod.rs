@@ -6,6 +6,7 @@
 //! [`crate::kernel`] and [`crate::ebpf`], plans from [`crate::plan`].
 
 pub mod apply;
+pub mod function_record;
 pub mod graph;
 pub(crate) mod kinds;
 pub mod lifecycle;

@@ -1,12 +1,13 @@
 //! How host names written in a function's settings (a WireGuard peer's `endpoint`) become
 //! addresses. netfn's commands read chain files with the host's resolver, as `wg` does when it
-//! is given a name: `spec::load` (`validate`, `up`, `apply`) looks names up once, when the file
-//! is read, and the record keeps the address found beside the name. Parsing text alone
+//! is given a name: `spec::load` (`validate`, `up`, `apply`, `graph`) looks names up once, when
+//! the file is read, and the record keeps the address found beside the name. Parsing text alone
 //! (`spec::parse`: unit tests, the fuzzers) looks nothing up, so it never sends a query.
 
 use std::fmt;
 use std::net::{IpAddr, ToSocketAddrs};
 use std::rc::Rc;
+use std::time::Duration;
 
 type Lookup = dyn Fn(&str) -> Result<Vec<IpAddr>, String>;
 
@@ -14,14 +15,37 @@ type Lookup = dyn Fn(&str) -> Result<Vec<IpAddr>, String>;
 #[derive(Clone)]
 pub struct HostNames(Option<Rc<Lookup>>);
 
+/// How long [`HostNames::system_patient`] keeps trying a name whose lookup failed for now
+/// (the resolver's "temporary failure": no DNS server answered yet, at boot say), as `wg`
+/// tries again before it gives up.
+pub const PATIENCE: Duration = Duration::from_secs(8);
+
 impl HostNames {
-    /// The host's resolver (`getaddrinfo`: /etc/hosts, then DNS, as /etc/nsswitch.conf says).
+    /// The host's resolver (`getaddrinfo`: /etc/hosts, then DNS, as /etc/nsswitch.conf says),
+    /// asked once per name.
     pub fn system() -> Self {
+        HostNames(Some(Rc::new(|host: &str| lookup(host))))
+    }
+
+    /// [`HostNames::system`], trying a name again for up to [`PATIENCE`] while its lookup fails
+    /// for now (waits of 0.5, 1, 2 and 4 s); a name that does not exist fails at once.
+    pub fn system_patient() -> Self {
         HostNames(Some(Rc::new(|host: &str| {
-            (host, 0)
-                .to_socket_addrs()
-                .map(|found| found.map(|a| a.ip()).collect())
-                .map_err(|e| e.to_string())
+            let mut wait = Duration::from_millis(500);
+            let mut waited = Duration::ZERO;
+            loop {
+                match lookup(host) {
+                    Err(why) if is_temporary(&why) && waited + wait <= PATIENCE => {
+                        std::thread::sleep(wait);
+                        waited += wait;
+                        wait *= 2;
+                    }
+                    Err(why) if is_temporary(&why) && !waited.is_zero() => {
+                        return Err(format!("{why}, for {} s", waited.as_secs()));
+                    }
+                    done => return done,
+                }
+            }
         })))
     }
 
@@ -42,6 +66,26 @@ impl HostNames {
     }
 }
 
+/// One `getaddrinfo` of `host`: its addresses, or the resolver's reason.
+fn lookup(host: &str) -> Result<Vec<IpAddr>, String> {
+    (host, 0)
+        .to_socket_addrs()
+        .map(|found| found.map(|a| a.ip()).collect())
+        .map_err(|e| {
+            // std says what failed before getaddrinfo's reason; the caller says that.
+            let e = e.to_string();
+            e.strip_prefix("failed to lookup address information: ")
+                .map_or_else(|| e.clone(), str::to_string)
+        })
+}
+
+/// Whether the resolver's reason is its "try again later" (`EAI_AGAIN`). std gives only the
+/// text, `gai_strerror`'s, which is glibc's English one: a Rust program never calls
+/// `setlocale`, so it runs in the C locale.
+fn is_temporary(why: &str) -> bool {
+    why.contains("Temporary failure in name resolution")
+}
+
 impl fmt::Debug for HostNames {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self.0 {
@@ -51,13 +95,17 @@ impl fmt::Debug for HostNames {
     }
 }
 
-/// Whether `text` has the form of a host name (RFC 1123 labels of letters, digits and inner
-/// hyphens, a final dot allowed) with a letter in it, so that no address reads as one.
+/// Whether `text` has the form of a host name: RFC 1123 labels of letters, digits and inner
+/// hyphens (a final dot allowed), the last one starting with a letter as top-level domains do,
+/// so that no address, nor one mistyped (`10.0.0.1O`), reads as a name.
 pub fn is_host_name(text: &str) -> bool {
     let name = text.strip_suffix('.').unwrap_or(text);
     !name.is_empty()
         && name.len() <= 253
-        && name.chars().any(|c| c.is_ascii_alphabetic())
+        && name
+            .rsplit('.')
+            .next()
+            .is_some_and(|last| last.starts_with(|c: char| c.is_ascii_alphabetic()))
         && name.split('.').all(|label| {
             !label.is_empty()
                 && label.len() <= 63
@@ -79,6 +127,7 @@ mod tests {
             "localhost",
             "a-1.b2",
             "1a.example",
+            "10.0.0.1.example",
             &["a"; 127].join("."),
         ] {
             assert!(is_host_name(name), "{name}");
@@ -88,6 +137,9 @@ mod tests {
             ".",
             "10.0.0.1",
             "10.0.0.1.",
+            "10.0.0.1O",
+            "0xa000001",
+            "vpn.example.2com",
             "-a.example",
             "a-.example",
             "a..example",
@@ -99,6 +151,13 @@ mod tests {
         ] {
             assert!(!is_host_name(not), "{not}");
         }
+    }
+
+    #[test]
+    fn only_the_resolvers_try_again_later_is_temporary() {
+        assert!(is_temporary("Temporary failure in name resolution"));
+        assert!(!is_temporary("Name or service not known"));
+        assert!(!is_temporary("No address associated with hostname"));
     }
 
     #[test]

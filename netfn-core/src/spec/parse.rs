@@ -74,7 +74,7 @@ pub fn load(path: &Path, registry: &Registry) -> Result<ChainFile, LoadError> {
         });
     }
     let text = read_text(path).map_err(|e| read(e.to_string()))?;
-    parse_with(path, &text, registry, &HostNames::system()).map_err(LoadError::Invalid)
+    parse_with(path, &text, registry, &HostNames::system_patient()).map_err(LoadError::Invalid)
 }
 
 /// Validates chain-file text; `path` is only used in messages. Host names are not looked up
