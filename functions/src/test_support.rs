@@ -20,6 +20,13 @@ pub fn diagnostics_with(path: &Path, kind: &str, body: &str, names: &HostNames) 
     }
 }
 
+/// The warnings of [`diagnostics_with`]'s file, when it has no error.
+pub fn warnings_with(path: &Path, kind: &str, body: &str, names: &HostNames) -> Vec<Diagnostic> {
+    parse(path, kind, body, names)
+        .map(|file| file.warnings.iter().cloned().collect())
+        .unwrap_or_default()
+}
+
 /// The checked configuration of [`diagnostics`]'s function, when it has no problem.
 pub fn config<T: netfn_core::function::FunctionConfig + Clone>(
     path: &Path,

@@ -1693,36 +1693,67 @@ fn a_first_peer_added_in_place_carries_traffic() {
         .expect("through the tunnel to its first peer");
 }
 
+/// What DNS is to the resolver under [`with_hosts`].
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Dns {
+    /// Not asked: /etc/hosts only.
+    Off,
+    /// Down: asked after /etc/hosts, at a loopback address where nothing listens (127.77.0.53),
+    /// so every lookup of a name the hosts file lacks is the resolver's "temporary failure".
+    Down,
+}
+
 /// A command line that runs its arguments where the host's resolver reads the file `hosts` of
-/// `dir` (written with `hosts`) as /etc/hosts and /etc/nsswitch.conf says `hosts: files`: a
-/// mount namespace of its own (`unshare`) with those files bound over the real ones (and an
-/// empty directory over /run/nscd, where a caching daemon would answer instead), after the
-/// mounts they are on were made private in it, so nothing outside sees them and no name is
-/// asked of DNS (no query leaves the machine). The rest of its mounts stay as they are, so the
-/// namespaces `up` makes under /run/netns are everyone's. It execs its arguments (same pid);
-/// the hosts file may be rewritten later, and those processes read the new text.
-fn with_hosts(dir: &TempDir, hosts: &str) -> Vec<String> {
+/// `dir` (written with `hosts`) as /etc/hosts, and DNS is `dns`: a mount namespace of its own
+/// (`unshare`) with an nsswitch.conf (`hosts: files`, or `files dns`), a resolv.conf naming the
+/// loopback address of [`Dns::Down`], and an empty directory over /run/nscd (where a caching
+/// daemon would answer instead) bound over the real ones, after the mounts they are on were
+/// made private in it: nothing outside sees them, and no query leaves the machine. The rest of
+/// its mounts stay as they are, so the namespaces `up` makes under /run/netns are everyone's.
+/// It execs its arguments (same pid); the hosts file may be rewritten later, and those
+/// processes read the new text. See [`names_can_stay_off_dns`] first.
+fn with_hosts(dir: &TempDir, hosts: &str, dns: Dns) -> Vec<String> {
     let hosts = dir.write("hosts", hosts);
-    let nsswitch = dir.write("nsswitch.conf", "hosts: files\n");
+    let order = match dns {
+        Dns::Off => "files",
+        Dns::Down => "files dns",
+    };
+    let nsswitch = dir.write("nsswitch.conf", &format!("hosts: {order}\n"));
+    let resolv = dir.write(
+        "resolv.conf",
+        "nameserver 127.77.0.53\noptions timeout:1 attempts:1\n",
+    );
     let empty = dir.0.join("empty");
     std::fs::create_dir_all(&empty).expect("an empty directory");
-    let nscd = Path::new("/run/nscd").exists();
-    let mut private: Vec<String> = ["/etc/hosts", "/etc/nsswitch.conf"]
+    let mut binds = vec![(hosts, "/etc/hosts"), (nsswitch, "/etc/nsswitch.conf")];
+    if dns == Dns::Down {
+        binds.push((resolv, "/etc/resolv.conf"));
+    }
+    if Path::new("/run/nscd").exists() {
+        binds.push((empty, "/run/nscd"));
+    }
+    // Bound where a symlink (a resolv.conf of systemd-resolved's) leads.
+    let binds: Vec<(String, String)> = binds
         .into_iter()
-        .chain(nscd.then_some("/run/nscd"))
-        .map(mount_point_of)
+        .map(|(from, to)| {
+            let to = std::fs::canonicalize(to).unwrap_or_else(|e| panic!("{to}: {e}"));
+            (
+                from.to_string_lossy().into_owned(),
+                to.to_string_lossy().into_owned(),
+            )
+        })
         .collect();
+    let mut private: Vec<String> = binds.iter().map(|(_, to)| mount_point_of(to)).collect();
     private.sort();
     private.dedup();
-    let script = "set -e\n\
-        hosts=$1 nsswitch=$2 empty=$3\n\
-        shift 3\n\
-        while [ \"$1\" != -- ]; do mount --make-private \"$1\"; shift; done\n\
-        shift\n\
-        mount --bind \"$hosts\" /etc/hosts\n\
-        mount --bind \"$nsswitch\" /etc/nsswitch.conf\n\
-        if [ -e /run/nscd ]; then mount --bind \"$empty\" /run/nscd; fi\n\
-        exec \"$@\"";
+    let mut script = String::from("set -e\n");
+    for m in &private {
+        script += &format!("mount --make-private '{m}'\n");
+    }
+    for (from, to) in &binds {
+        script += &format!("mount --bind '{from}' '{to}'\n");
+    }
+    script += "exec \"$@\"";
     [
         "unshare",
         "--mount",
@@ -1731,36 +1762,55 @@ fn with_hosts(dir: &TempDir, hosts: &str) -> Vec<String> {
         "--",
         "sh",
         "-c",
-        script,
+        &script,
         "sh",
     ]
     .into_iter()
     .map(String::from)
-    .chain([hosts, nsswitch, empty].map(|p| p.to_string_lossy().into_owned()))
-    .chain(private)
-    .chain(["--".to_string()])
     .collect()
 }
 
-/// Whether [`with_hosts`] can keep names from DNS here: it binds over /etc/nsswitch.conf, and
-/// without that file glibc asks DNS first. The test VM's guest has none; it is the guest's own,
-/// thrown away with it, so one saying `hosts: files` is written there. Elsewhere a missing one
-/// skips the test, saying so.
-fn names_can_stay_off_dns(test: &str) -> bool {
-    let nsswitch = Path::new("/etc/nsswitch.conf");
-    if nsswitch.exists() {
-        return true;
+/// Whether [`with_hosts`] can keep names from leaving the machine here, with DNS `dns`. It binds
+/// over /etc/nsswitch.conf (without which glibc asks DNS first) and, for [`Dns::Down`], over
+/// /etc/resolv.conf. The test VM's guest has neither: its own, thrown away with it, so they
+/// are written there. With DNS down, nothing may listen on UDP port 53 of every address (it
+/// would get the query at 127.77.0.53, and might forward it). Elsewhere what is missing skips
+/// the test, saying so.
+fn names_can_stay_off_dns(test: &str, dns: Dns) -> bool {
+    let mut need = vec![("/etc/nsswitch.conf", "hosts: files\n")];
+    if dns == Dns::Down {
+        need.push(("/etc/resolv.conf", "nameserver 127.0.0.1\n"));
     }
-    if in_test_vm() {
-        std::fs::write(nsswitch, "hosts: files\n").expect("write the guest's nsswitch.conf");
-        return true;
+    for (file, text) in need {
+        if Path::new(file).exists() {
+            continue;
+        }
+        if in_test_vm() {
+            std::fs::write(file, text).unwrap_or_else(|e| panic!("write the guest's {file}: {e}"));
+            continue;
+        }
+        skipped(
+            test,
+            &format!("this host has no {file} to bind one of the test's over"),
+        );
+        return false;
     }
-    skipped(
-        test,
-        "this host has no /etc/nsswitch.conf to bind a `hosts: files` one over (glibc would ask \
-         DNS before /etc/hosts)",
-    );
-    false
+    // /proc/net/udp: local address and port (hex) in the second column; 0035 is port 53.
+    let udp = std::fs::read_to_string("/proc/net/udp").unwrap_or_default();
+    if dns == Dns::Down
+        && udp.lines().skip(1).any(|l| {
+            l.split_whitespace()
+                .nth(1)
+                .is_some_and(|local| local == "00000000:0035" || local == "35004D7F:0035")
+        })
+    {
+        skipped(
+            test,
+            "something listens on UDP port 53 here: DNS cannot be down for it",
+        );
+        return false;
+    }
+    true
 }
 
 /// The mount point `path` is on (the longest one of /proc/self/mountinfo above it, or itself).
@@ -1776,8 +1826,8 @@ fn mount_point_of(path: &str) -> String {
 }
 
 /// `netfn ARGS…` (the binary under test) run [`with_hosts`].
-fn netfn_with_hosts(dir: &TempDir, hosts: &str, args: &[&str]) -> std::process::Output {
-    let wrapper = with_hosts(dir, hosts);
+fn netfn_with_hosts(dir: &TempDir, hosts: &str, dns: Dns, args: &[&str]) -> std::process::Output {
+    let wrapper = with_hosts(dir, hosts, dns);
     command(Path::new(&wrapper[0]))
         .args(&wrapper[1..])
         .arg(netfn_bin())
@@ -1789,8 +1839,10 @@ fn netfn_with_hosts(dir: &TempDir, hosts: &str, args: &[&str]) -> std::process::
 /// A lab's chain (tc, userspace endpoint) whose peer's endpoint is the name `name`, port 40301,
 /// with a keepalive a second (so netfn's endpoint handshakes on its own: the peer knows no
 /// endpoint of netfn's to start one), brought up where `name` stands for 10.85.1.9, an address
-/// in the ingress subnet where nobody is. Returns the file, its text and the chain's guard.
-fn up_with_a_named_peer(lab: &Lab, name: &str) -> (String, String, ChainGuard) {
+/// in the ingress subnet where nobody is (`Dns::Off`), or where DNS is down and the hosts file
+/// lacks the name (`Dns::Down`: `up` warns, and the peer has no endpoint). Returns the file,
+/// its text, what `up` wrote to stderr and the chain's guard.
+fn up_with_a_named_peer(lab: &Lab, name: &str, dns: Dns) -> (String, String, String, ChainGuard) {
     let text = with_peer_endpoint(&lab.chain_file("tc", "userspace"), &format!("{name}:40301"))
         .replace(
             &format!("endpoint = \"{name}:40301\"\n"),
@@ -1807,14 +1859,19 @@ fn up_with_a_named_peer(lab: &Lab, name: &str) -> (String, String, ChainGuard) {
         chain: lab.chain.clone(),
         file,
     };
-    let up = netfn_with_hosts(&lab.dir, &format!("10.85.1.9 {name}\n"), &["up", &file_arg]);
-    assert!(
-        up.status.success(),
-        "up: {}",
-        String::from_utf8_lossy(&up.stderr)
-    );
-    assert_eq!(device_endpoint(lab), "10.85.1.9:40301");
-    (file_arg, text, guard)
+    let hosts = match dns {
+        Dns::Off => format!("10.85.1.9 {name}\n"),
+        Dns::Down => String::new(),
+    };
+    let up = netfn_with_hosts(&lab.dir, &hosts, dns, &["up", &file_arg]);
+    let stderr = String::from_utf8_lossy(&up.stderr).into_owned();
+    assert!(up.status.success(), "up: {stderr}");
+    let expected = match dns {
+        Dns::Off => "10.85.1.9:40301",
+        Dns::Down => "(none)",
+    };
+    assert_eq!(device_endpoint(lab), expected, "up: {stderr}");
+    (file_arg, text, stderr, guard)
 }
 
 /// Waits (20 s at most: initiations are tried every 5 s) until the peer has a handshake, which
@@ -1857,26 +1914,31 @@ fn device_endpoint(lab: &Lab) -> String {
 #[test]
 fn a_peer_endpoint_written_as_a_name_is_looked_up_and_again_by_apply() {
     let _turn = shared();
-    if !names_can_stay_off_dns("a_peer_endpoint_written_as_a_name_is_looked_up_and_again_by_apply")
-    {
+    if !names_can_stay_off_dns(
+        "a_peer_endpoint_written_as_a_name_is_looked_up_and_again_by_apply",
+        Dns::Off,
+    ) {
         return;
     }
     let lab = Lab::new("wgname");
     let chain = &lab.chain;
     let name = format!("peer-{chain}.test");
-    let (file_arg, text, _guard) = up_with_a_named_peer(&lab, &name);
+    let (file_arg, text, _, _guard) = up_with_a_named_peer(&lab, &name, Dns::Off);
     let peer = lab.peer();
     peer.listen_on(40301);
     let record = std::fs::read_to_string(format!("/run/netfn/chains/{chain}.json"))
         .expect("the chain's record");
     assert!(
-        record.contains(&format!("\"endpoint_host\":\"{name}\"")),
+        record.contains(&format!(
+            "\"endpoint_name\":{{\"host\":\"{name}\",\"port\":40301}}"
+        )),
         "the record keeps the name: {record}"
     );
     let pid = endpoint_pid(chain, "vpn");
     let applied = netfn_with_hosts(
         &lab.dir,
         &format!("10.85.1.2 {name}\n"),
+        Dns::Off,
         &["apply", &file_arg],
     );
     let out = String::from_utf8_lossy(&applied.stdout);
@@ -1909,7 +1971,12 @@ fn a_peer_endpoint_written_as_a_name_is_looked_up_and_again_by_apply() {
         .lines()
         .position(|l| l.starts_with("endpoint = "))
         .expect("the endpoint's line");
-    let out = netfn_with_hosts(&lab.dir, "", &["validate", &bad.to_string_lossy()]);
+    let out = netfn_with_hosts(
+        &lab.dir,
+        "",
+        Dns::Off,
+        &["validate", &bad.to_string_lossy()],
+    );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         !out.status.success()
@@ -1922,21 +1989,35 @@ fn a_peer_endpoint_written_as_a_name_is_looked_up_and_again_by_apply() {
     );
 }
 
-/// The agent follows a named peer that has no session to where its name now points, as
-/// `reresolve-dns.sh` would from cron: the agent runs [`with_hosts`], the name first stands for
-/// an address where nobody is, then the hosts file says the peer's, and within a round of the
-/// agent's task (15 s) the device is moved there, netfn's endpoint handshakes, traffic passes.
+/// The chain comes up while DNS is down ([`Dns::Down`]): `up` warns at the endpoint's entry
+/// that the name could not be looked up, and the peer starts without an endpoint. The agent
+/// then does what `reresolve-dns.sh` would from cron: it runs [`with_hosts`] too, says once that
+/// the name cannot be looked up, and when the hosts file gives the name the peer's address,
+/// within a round of its task (15 s) it moves the peer there; netfn's endpoint handshakes and
+/// traffic passes.
 #[test]
-fn the_agent_moves_a_named_peer_without_a_session_to_its_new_address() {
+fn a_named_peer_the_resolver_could_not_answer_for_is_found_by_the_agent() {
     let _turn = shared();
-    if !names_can_stay_off_dns("the_agent_moves_a_named_peer_without_a_session_to_its_new_address")
-    {
+    let test = "a_named_peer_the_resolver_could_not_answer_for_is_found_by_the_agent";
+    if !names_can_stay_off_dns(test, Dns::Down) {
         return;
     }
     let lab = Lab::new("wgmove");
     let chain = &lab.chain;
     let name = format!("peer-{chain}.test");
-    let (_, _, _guard) = up_with_a_named_peer(&lab, &name);
+    let (_, text, stderr, _guard) = up_with_a_named_peer(&lab, &name, Dns::Down);
+    let line = 1 + text
+        .lines()
+        .position(|l| l.starts_with("endpoint = "))
+        .expect("the endpoint's line");
+    assert!(
+        stderr.contains(&format!(
+            "wg.toml:{line}:12: warning: chain `{chain}`, function `vpn`: endpoint \
+             `{name}:40301`: the name could not be looked up now (Temporary failure in name \
+             resolution, for "
+        )),
+        "up: {stderr}"
+    );
     let peer = lab.peer();
     peer.listen_on(40301);
     let agent = Agent::start_wrapped(
@@ -1944,28 +2025,39 @@ fn the_agent_moves_a_named_peer_without_a_session_to_its_new_address() {
         lab.dir.0.join("agent.log"),
         chain,
         &["--no-probe"],
-        &with_hosts(&lab.dir, &format!("10.85.1.9 {name}\n")),
+        &with_hosts(&lab.dir, "", Dns::Down),
         &netfn_bin(),
     );
-    // The same file, which the agent's resolver reads, now says the peer's address.
+    let unavailable = format!("peer endpoint `{name}:40301`: the name could not be looked up now");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !agent.log_text().contains(&unavailable) {
+        assert!(
+            Instant::now() < deadline,
+            "the agent did not say the name could not be looked up:\n{}",
+            agent.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // The same file, which the agent's resolver reads, now has the name.
     lab.write("hosts", &format!("10.85.1.2 {name}\n"));
     let deadline = Instant::now() + Duration::from_secs(30);
     while device_endpoint(&lab) != "10.85.1.2:40301" {
         assert!(
             Instant::now() < deadline,
-            "the agent did not move the peer to its name's new address:\n{}",
+            "the agent did not move the peer to its name's address:\n{}",
             agent.log_text()
         );
         std::thread::sleep(Duration::from_millis(200));
     }
     handshake_made_by_netfn(&lab, &peer, "at the address the agent found");
+    let log = agent.log_text();
     assert!(
-        agent.log_text().contains(&format!(
-            "peer endpoint {name} now resolves to 10.85.1.2:40301"
+        log.contains(&format!(
+            "peer endpoint {name} now resolves to 10.85.1.2:40301: moved there from none"
         )),
-        "{}",
-        agent.log_text()
+        "{log}"
     );
+    assert_eq!(log.matches(&unavailable).count(), 1, "said once: {log}");
 }
 
 /// `receive_moderation_us` changes in place: the running batched device takes the new tick

@@ -31,12 +31,13 @@ use std::path::{Path, PathBuf};
 
 use ipnet::{IpNet, Ipv4Net};
 use netfn_core::function::{
-    ChainAddresses, HostNames, Problems, SettingError, Settings, Want, is_host_name,
+    ChainAddresses, HostNames, Problems, SettingError, Settings, Want, Warnings, is_host_name,
 };
 use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
-use super::{keys, named_endpoint};
+use super::keys;
+use super::named_endpoint::{self, NameError, NamedEndpoint};
 
 /// Which side of the chain the tunnel faces.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -143,10 +144,10 @@ pub struct PeerConf {
     pub allowed_ips: Vec<Ipv4Net>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub endpoint: Option<SocketAddr>,
-    /// The host name `endpoint` was written as, if it was (`endpoint` is the address it had
-    /// when the file was read).
+    /// The `NAME:PORT` the endpoint was written as, if it was: `endpoint` is the address the
+    /// name had when the file was read, or none if the resolver could not answer then.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub endpoint_host: Option<String>,
+    pub endpoint_name: Option<NamedEndpoint>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub persistent_keepalive: Option<u16>,
 }
@@ -213,6 +214,7 @@ const KEEPALIVE: Want = Want {
 pub fn parse(settings: Settings<'_>) -> Result<WgSettings, Vec<SettingError>> {
     let base = settings.base_dir().to_path_buf();
     let host_names = settings.host_names();
+    let warnings = settings.warnings();
     let mut t = settings.fields();
     let mut out = Problems::default();
     t.required(
@@ -412,9 +414,9 @@ pub fn parse(settings: Settings<'_>) -> Result<WgSettings, Vec<SettingError>> {
                     .to_string(),
             );
         }
-        let (endpoint, endpoint_host) = endpoint
+        let (endpoint, endpoint_name) = endpoint
             .as_ref()
-            .and_then(|e| peer_endpoint(&mut out, e, &host_names))
+            .and_then(|e| peer_endpoint(&mut out, &warnings, e, &host_names))
             .unzip();
         let persistent_keepalive = keepalive.as_ref().and_then(|k| {
             u16::try_from(*k.get_ref())
@@ -434,8 +436,8 @@ pub fn parse(settings: Settings<'_>) -> Result<WgSettings, Vec<SettingError>> {
             preshared_key_file,
             preshared_key_fingerprint,
             allowed_ips,
-            endpoint,
-            endpoint_host: endpoint_host.flatten(),
+            endpoint: endpoint.flatten(),
+            endpoint_name: endpoint_name.flatten(),
             persistent_keepalive,
         });
     }
@@ -515,13 +517,15 @@ fn key_file(out: &mut Problems, base: &Path, value: &Spanned<String>) -> Option<
 
 /// A peer's endpoint: an IPv4 address a host can have and a port, or a host name and a port.
 /// A name is looked up by `names` (the host's resolver where netfn reads the file), and the
-/// lowest of the addresses it stands for is the endpoint ([`named_endpoint::resolve`]).
-/// `Some((address, name))`.
+/// lowest of the addresses it stands for is the endpoint ([`named_endpoint::lowest`]); if the
+/// resolver cannot answer now, a warning says so and the peer has no endpoint until the agent
+/// or the next `apply` finds one. `Some((address, name))`.
 fn peer_endpoint(
     out: &mut Problems,
+    warnings: &Warnings,
     value: &Spanned<String>,
     names: &HostNames,
-) -> Option<(SocketAddr, Option<String>)> {
+) -> Option<(Option<SocketAddr>, Option<NamedEndpoint>)> {
     let text = value.get_ref();
     let example = "e.g. \"192.0.2.7:51820\" or \"vpn.example.com:51820\"";
     let port_zero = |shown: &dyn std::fmt::Display| {
@@ -533,7 +537,7 @@ fn peer_endpoint(
     let (message, hint) = match text.parse::<SocketAddr>() {
         Ok(SocketAddr::V4(a)) if a.port() == 0 => port_zero(&a),
         Ok(SocketAddr::V4(a)) => match crate::address::unusable(*a.ip()) {
-            None => return Some((SocketAddr::V4(a), None)),
+            None => return Some((Some(SocketAddr::V4(a)), None)),
             Some(why) => (
                 format!("endpoint {a} is {why}"),
                 format!("write the address the peer is reached at, {example}"),
@@ -553,10 +557,24 @@ fn peer_endpoint(
                     .filter(|_| port.bytes().all(|b| b.is_ascii_digit()))
                 {
                     Some(0) => port_zero(&format!("`{text}`")),
-                    Some(port) => match named_endpoint::resolve(host, port, names) {
-                        Ok(found) => return Some((found[0], Some(host.to_string()))),
-                        Err(e) => (format!("endpoint `{text}`: {e}"), e.hint()),
-                    },
+                    Some(port) => {
+                        let name = NamedEndpoint {
+                            host: host.to_string(),
+                            port,
+                        };
+                        match named_endpoint::lowest(host, port, names) {
+                            Ok(at) => return Some((Some(at), Some(name))),
+                            Err(e @ NameError::Unavailable(_)) => {
+                                warnings.warn(SettingError::new(
+                                    value.span(),
+                                    format!("endpoint `{text}`: {e}"),
+                                    Some(e.hint()),
+                                ));
+                                return Some((None, Some(name)));
+                            }
+                            Err(e) => (format!("endpoint `{text}`: {e}"), e.hint()),
+                        }
+                    }
                     None => (
                         format!("endpoint `{text}` has no port a peer can listen on"),
                         format!("a port is 1 to 65535, {example}"),
@@ -731,7 +749,7 @@ mod tests {
                 preshared_key_fingerprint: None,
                 allowed_ips: allowed.iter().map(|a| a.parse().unwrap()).collect(),
                 endpoint: None,
-                endpoint_host: None,
+                endpoint_name: None,
                 persistent_keepalive: None,
             }],
             spans: WgSpans {
@@ -809,6 +827,7 @@ mod tests {
             "loop.test" => Ok(vec![[127, 0, 1, 1].into()]),
             "six.test" => Ok(vec!["fd00::8".parse().unwrap()]),
             "none.test" => Ok(vec![]),
+            "down.test" => Err("Temporary failure in name resolution".into()),
             _ => Err("Name or service not known".into()),
         });
         let dir = std::env::temp_dir().join(format!("netfn-wg-named-{}", std::process::id()));
@@ -832,7 +851,10 @@ mod tests {
             )
             .map(|c| {
                 let p = &c.settings.peers[0];
-                (p.endpoint.map(|e| e.to_string()), p.endpoint_host.clone())
+                (
+                    p.endpoint.map(|e| e.to_string()),
+                    p.endpoint_name.as_ref().map(|n| n.to_string()),
+                )
             })
         };
         let problem = |endpoint: &str, names: &HostNames| {
@@ -853,15 +875,42 @@ mod tests {
         let named = |addr: &str, host: &str| Some((Some(addr.to_string()), Some(host.to_string())));
         assert_eq!(
             peer("peer.test:51820", &names),
-            named("10.9.0.7:51820", "peer.test")
+            named("10.9.0.7:51820", "peer.test:51820")
         );
         assert_eq!(
             peer("peer.test.:7", &names),
-            named("10.9.0.7:7", "peer.test.")
+            named("10.9.0.7:7", "peer.test.:7")
         );
         assert_eq!(
             peer("two.test:51820", &names),
-            named("10.9.0.8:51820", "two.test")
+            named("10.9.0.8:51820", "two.test:51820")
+        );
+        // A resolver that cannot answer now: a warning, and the peer starts without an
+        // endpoint (the agent and the next apply look the name up again).
+        assert_eq!(
+            peer("down.test:51820", &names),
+            Some((None, Some("down.test:51820".into())))
+        );
+        let warned = crate::test_support::warnings_with(
+            &dir.join("c.toml"),
+            "wireguard",
+            &body("down.test:51820"),
+            &names,
+        );
+        assert_eq!(warned.len(), 1, "{warned:?}");
+        assert!(
+            warned[0].message.ends_with(
+                "endpoint `down.test:51820`: the name could not be looked up now (Temporary \
+                 failure in name resolution)"
+            ),
+            "{warned:?}"
+        );
+        assert!(
+            warned[0]
+                .hint
+                .as_deref()
+                .is_some_and(|h| h.starts_with("the peer starts without an endpoint")),
+            "{warned:?}"
         );
         // An address is taken as it is, with no name.
         assert_eq!(

@@ -325,13 +325,7 @@ impl FunctionKind for WireGuard {
         let named = settings
             .iter()
             .flat_map(|s| &s.peers)
-            .filter_map(|p| {
-                let host = p.endpoint_host.as_deref()?;
-                Some((
-                    p.public_key.as_str(),
-                    format!("{host}:{}", p.endpoint?.port()),
-                ))
-            })
+            .filter_map(|p| Some((p.public_key.as_str(), p.endpoint_name.as_ref()?.to_string())))
             .collect();
         rows.extend(device::peer_rows(
             device.peers(),

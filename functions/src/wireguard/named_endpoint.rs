@@ -1,10 +1,25 @@
 //! A peer's endpoint written as `NAME:PORT`: the addresses the name stands for, as the chain
 //! file's checks ([`super::config`]) and the agent's task ([`super::reresolve`]) take them.
 
+use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 
-use netfn_core::function::HostNames;
+use netfn_core::function::{HostNames, is_temporary};
+use serde::{Deserialize, Serialize};
 use thiserror::Error;
+
+/// A peer's endpoint as written, `NAME:PORT`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NamedEndpoint {
+    pub host: String,
+    pub port: u16,
+}
+
+impl fmt::Display for NamedEndpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.host, self.port)
+    }
+}
 
 /// Why a name gives no endpoint.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -13,6 +28,9 @@ pub enum NameError {
     NotLookedUp,
     #[error("the name does not resolve ({0})")]
     Unresolved(String),
+    /// The resolver could not answer now (no DNS server did): the name may well exist.
+    #[error("the name could not be looked up now ({0})")]
+    Unavailable(String),
     #[error("{host} resolves to {first}, {why}")]
     Unusable {
         host: String,
@@ -38,6 +56,11 @@ impl NameError {
                 "check the name and this host's resolver (/etc/hosts, /etc/resolv.conf), \
                  {literal}"
             ),
+            NameError::Unavailable(_) => "the peer starts without an endpoint (it can still \
+                 reach netfn); the host agent looks the name up again every 15 s until the peer \
+                 has a session, and so does the next `netfn apply`. Check this host's DNS \
+                 (/etc/resolv.conf)"
+                .to_string(),
             NameError::Unusable { .. } => {
                 format!("give the name the address the peer is reached at, {literal}")
             }
@@ -51,15 +74,29 @@ impl NameError {
     }
 }
 
+/// The peer's endpoint `host` stands for at `port`: the lowest of [`resolve`]'s, a stable
+/// choice when a name has several addresses, which a DNS server may hand out in turns (`wg`
+/// takes the first answer, whichever that is).
+pub fn lowest(host: &str, port: u16, names: &HostNames) -> Result<SocketAddr, NameError> {
+    resolve(host, port, names)?
+        .first()
+        .copied()
+        .ok_or_else(|| NameError::NoAddress { host: host.into() })
+}
+
 /// The endpoints `host` stands for at `port`: the IPv4 addresses among the answers of `names`
-/// that a host can have, lowest first, never empty. The lowest is the peer's endpoint: a
-/// stable choice when a name has several addresses, which a DNS server may hand out in turns
-/// (`wg` takes the first answer, whichever that is).
+/// that a host can have, lowest first, never empty.
 pub fn resolve(host: &str, port: u16, names: &HostNames) -> Result<Vec<SocketAddr>, NameError> {
     let found = names
         .lookup(host)
         .ok_or(NameError::NotLookedUp)?
-        .map_err(NameError::Unresolved)?;
+        .map_err(|why| {
+            if is_temporary(&why) {
+                NameError::Unavailable(why)
+            } else {
+                NameError::Unresolved(why)
+            }
+        })?;
     let v4: Vec<Ipv4Addr> = found
         .iter()
         .filter_map(|a| match a {
@@ -109,6 +146,7 @@ mod tests {
             "loop.test" => Ok(vec!["fd00::1".parse().unwrap(), [127, 0, 1, 1].into()]),
             "six.test" => Ok(vec!["fd00::8".parse().unwrap()]),
             "none.test" => Ok(vec![]),
+            "down.test" => Err("Temporary failure in name resolution".into()),
             _ => Err("Name or service not known".into()),
         });
         let at = |a: &str| -> SocketAddr { a.parse().unwrap() };
@@ -116,6 +154,7 @@ mod tests {
             resolve("turns.test", 7, &names),
             Ok(vec![at("10.9.0.7:7"), at("10.9.0.8:7")])
         );
+        assert_eq!(lowest("turns.test", 7, &names), Ok(at("10.9.0.7:7")));
         assert_eq!(
             resolve("loop.test", 7, &names).map_err(|e| e.to_string()),
             Err("loop.test resolves to 127.0.1.1, a loopback address (127.0.0.0/8)".into())
@@ -133,6 +172,12 @@ mod tests {
         assert_eq!(
             resolve("gone.test", 7, &names),
             Err(NameError::Unresolved("Name or service not known".into()))
+        );
+        assert_eq!(
+            resolve("down.test", 7, &names),
+            Err(NameError::Unavailable(
+                "Temporary failure in name resolution".into()
+            ))
         );
         assert_eq!(
             resolve("turns.test", 7, &HostNames::unresolved()),

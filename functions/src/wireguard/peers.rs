@@ -135,7 +135,7 @@ mod tests {
             preshared_key_fingerprint: None,
             allowed_ips: nets.iter().map(|n| n.parse().unwrap()).collect(),
             endpoint: None,
-            endpoint_host: None,
+            endpoint_name: None,
             persistent_keepalive: None,
         }
     }

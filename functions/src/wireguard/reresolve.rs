@@ -33,7 +33,7 @@ type Said = BTreeMap<String, String>;
 
 /// The task, if any peer's endpoint was written as a name.
 pub fn task(ctx: &TaskContext, settings: &WgSettings) -> Option<KindTask> {
-    if !settings.peers.iter().any(|p| p.endpoint_host.is_some()) {
+    if !settings.peers.iter().any(|p| p.endpoint_name.is_some()) {
         return None;
     }
     let (chain, function) = (ctx.chain.clone(), ctx.function.clone());
@@ -146,8 +146,8 @@ fn say(said: &mut Said, peer: &PeerConf, message: String) {
 /// The peers of `settings` whose endpoint was written as a name, with the name and the port.
 fn named(settings: &WgSettings) -> impl Iterator<Item = (&PeerConf, &str, u16)> {
     settings.peers.iter().filter_map(|p| {
-        let host = p.endpoint_host.as_deref()?;
-        Some((p, host, p.endpoint?.port()))
+        let name = p.endpoint_name.as_ref()?;
+        Some((p, name.host.as_str(), name.port))
     })
 }
 
@@ -229,6 +229,12 @@ mod tests {
             let there = state("10.9.0.2:51820", ago, now);
             assert_eq!(moved(&there, "site.test", 51820, &names, now), Ok(None));
         }
+        // None yet (the resolver could not answer when the file was read): moved.
+        let nowhere = state("", None, now);
+        assert_eq!(
+            moved(&nowhere, "site.test", 51820, &names, now),
+            Ok(Some(at("10.9.0.2:51820")))
+        );
         // At any of a name's addresses, it stays; elsewhere, it goes to the lowest.
         let higher = state("10.9.0.4:51820", None, now);
         assert_eq!(moved(&higher, "turns.test", 51820, &names, now), Ok(None));
@@ -299,7 +305,7 @@ mod tests {
             preshared_key_fingerprint: None,
             allowed_ips: vec![],
             endpoint: None,
-            endpoint_host: None,
+            endpoint_name: None,
             persistent_keepalive: None,
         };
         let mut said = Said::new();

@@ -7,7 +7,7 @@
 use std::fmt;
 use std::net::{IpAddr, ToSocketAddrs};
 use std::rc::Rc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 type Lookup = dyn Fn(&str) -> Result<Vec<IpAddr>, String>;
 
@@ -27,21 +27,21 @@ impl HostNames {
         HostNames(Some(Rc::new(|host: &str| lookup(host))))
     }
 
-    /// [`HostNames::system`], trying a name again for up to [`PATIENCE`] while its lookup fails
-    /// for now (waits of 0.5, 1, 2 and 4 s); a name that does not exist fails at once.
+    /// [`HostNames::system`], trying a name again while its lookup fails for now, for as long
+    /// as [`PATIENCE`] allows (waits of 0.5, 1, 2 and 4 s); a name that does not exist fails at
+    /// once. The last reason says for how long it was tried.
     pub fn system_patient() -> Self {
         HostNames(Some(Rc::new(|host: &str| {
+            let began = Instant::now();
             let mut wait = Duration::from_millis(500);
-            let mut waited = Duration::ZERO;
             loop {
                 match lookup(host) {
-                    Err(why) if is_temporary(&why) && waited + wait <= PATIENCE => {
+                    Err(why) if is_temporary(&why) && began.elapsed() + wait <= PATIENCE => {
                         std::thread::sleep(wait);
-                        waited += wait;
                         wait *= 2;
                     }
-                    Err(why) if is_temporary(&why) && !waited.is_zero() => {
-                        return Err(format!("{why}, for {} s", waited.as_secs()));
+                    Err(why) if is_temporary(&why) && began.elapsed() >= Duration::from_secs(1) => {
+                        return Err(format!("{why}, for {} s", began.elapsed().as_secs()));
                     }
                     done => return done,
                 }
@@ -79,10 +79,10 @@ fn lookup(host: &str) -> Result<Vec<IpAddr>, String> {
         })
 }
 
-/// Whether the resolver's reason is its "try again later" (`EAI_AGAIN`). std gives only the
-/// text, `gai_strerror`'s, which is glibc's English one: a Rust program never calls
-/// `setlocale`, so it runs in the C locale.
-fn is_temporary(why: &str) -> bool {
+/// Whether the resolver's reason is its "try again later" (`EAI_AGAIN`: no DNS server
+/// answered). std gives only the text, `gai_strerror`'s, which is glibc's English one: a Rust
+/// program never calls `setlocale`, so it runs in the C locale.
+pub fn is_temporary(why: &str) -> bool {
     why.contains("Temporary failure in name resolution")
 }
 

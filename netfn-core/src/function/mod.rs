@@ -38,10 +38,10 @@ pub use crate::plan::ExtraSource;
 pub use crate::metrics::kind::{FunctionMetricsContext, KindMetricsError};
 pub use context::{FunctionContext, ProbePath};
 pub use fields::{Fields, Problems, Want};
-pub use host_names::{HostNames, is_host_name};
+pub use host_names::{HostNames, is_host_name, is_temporary};
 pub use prometheus::proto::MetricFamily;
 pub use recorded::RecordedSettings;
-pub use settings::{Located, SettingError, Settings};
+pub use settings::{Located, SettingError, Settings, Warnings};
 pub use stage::{Stage, StageContent, StageError, StageMaps, StagePrograms};
 pub use task::{KindTask, TaskContext, TaskRun};
 
