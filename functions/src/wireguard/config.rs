@@ -119,6 +119,20 @@ pub struct WgSettings {
     pub spans: WgSpans,
 }
 
+impl WgSettings {
+    /// These settings as the chain file wrote them: a peer's endpoint written as a name has
+    /// no address (what a name was looked up as is no part of what was written).
+    pub fn as_written(&self) -> WgSettings {
+        let mut written = self.clone();
+        for p in &mut written.peers {
+            if p.endpoint_name.is_some() {
+                p.endpoint = None;
+            }
+        }
+        written
+    }
+}
+
 fn default_receive_moderation() -> u16 {
     RECEIVE_MODERATION_US
 }
@@ -581,6 +595,10 @@ fn peer_endpoint(
                     ),
                 }
             }
+            _ if is_host_name(text) => (
+                format!("endpoint `{text}` has no port"),
+                format!("write NAME:PORT, e.g. \"{text}:51820\" (wg's usual port)"),
+            ),
             _ => (
                 format!("endpoint `{text}` is not ADDRESS:PORT or NAME:PORT"),
                 example.to_string(),
@@ -654,6 +672,8 @@ impl WgSettings {
 #[cfg(test)]
 mod tests {
     use std::os::unix::fs::PermissionsExt;
+
+    use netfn_core::function::RecordedSettings;
 
     use super::*;
 
@@ -909,7 +929,7 @@ mod tests {
             warned[0]
                 .hint
                 .as_deref()
-                .is_some_and(|h| h.starts_with("the peer starts without an endpoint")),
+                .is_some_and(|h| h.starts_with("a new peer starts without an endpoint")),
             "{warned:?}"
         );
         // An address is taken as it is, with no name.
@@ -962,6 +982,22 @@ mod tests {
             "{hint}"
         );
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn as_written_a_named_endpoint_has_no_address_and_a_literal_one_keeps_it() {
+        let with = |endpoint: &str, named: bool| {
+            let mut s = settings(&["10.99.0.2/32"]);
+            s.peers[0].endpoint = endpoint.parse().ok();
+            s.peers[0].endpoint_name = named.then(|| NamedEndpoint {
+                host: "site.test".into(),
+                port: 51820,
+            });
+            RecordedSettings::of(&s.as_written())
+        };
+        assert_eq!(with("10.9.0.1:51820", true), with("10.9.0.2:51820", true));
+        assert_eq!(with("10.9.0.1:51820", true), with("", true));
+        assert_ne!(with("10.9.0.1:51820", false), with("10.9.0.2:51820", false));
     }
 
     #[test]

@@ -145,7 +145,10 @@ pub fn peer_rows(
                     .unwrap_or_default();
                 let named = named
                     .get(p.public_key.as_str())
-                    .map(|name| format!("; endpoint written as {name}"))
+                    .map(|name| match p.endpoint {
+                        Some(_) => format!("; endpoint written as {name}"),
+                        None => format!("; endpoint written as {name}, not found yet"),
+                    })
                     .unwrap_or_default();
                 (
                     format!("peer {}…", p.public_key.get(..8).unwrap_or("?")),

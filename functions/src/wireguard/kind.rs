@@ -42,6 +42,14 @@ impl FunctionConfig for WgConfig {
         true
     }
 
+    /// The same but for the addresses names were looked up as ([`WgSettings::as_written`]).
+    fn same_as_recorded(&self, old: &RecordedSettings) -> bool {
+        old.parse::<WgSettings>().is_ok_and(|old| {
+            RecordedSettings::of(&old.as_written())
+                == RecordedSettings::of(&self.settings.as_written())
+        })
+    }
+
     /// The kernel backend's interface: made and configured here (`auto` falls back to the
     /// userspace endpoint when this kernel has no WireGuard); a running one's peers change in
     /// place. The userspace endpoint configures itself ([`Self::process`]).

@@ -56,10 +56,10 @@ impl NameError {
                 "check the name and this host's resolver (/etc/hosts, /etc/resolv.conf), \
                  {literal}"
             ),
-            NameError::Unavailable(_) => "the peer starts without an endpoint (it can still \
-                 reach netfn); the host agent looks the name up again every 15 s until the peer \
-                 has a session, and so does the next `netfn apply`. Check this host's DNS \
-                 (/etc/resolv.conf)"
+            NameError::Unavailable(_) => "a new peer starts without an endpoint (it can still \
+                 reach netfn), a running one keeps its own; the host agent, where one runs, \
+                 looks the name up again every 15 s until the peer has a session, and so does \
+                 the next `netfn apply`. Check this host's DNS (/etc/resolv.conf)"
                 .to_string(),
             NameError::Unusable { .. } => {
                 format!("give the name the address the peer is reached at, {literal}")

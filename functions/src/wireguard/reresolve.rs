@@ -20,7 +20,7 @@ use netfn_core::function::{HostNames, KindTask, TaskContext, TaskRun};
 use super::config::{PeerConf, WgSettings};
 use super::device::Device;
 use super::keys;
-use super::named_endpoint::{self, NameError};
+use super::named_endpoint::{self, NameError, NamedEndpoint};
 use super::peers::{PeerChange, PeerSet};
 use super::uapi::PeerState;
 
@@ -70,31 +70,45 @@ fn round(chain: &str, function: &str, names: &HostNames, said: &mut Said) {
     let Ok(running) = Device::of(chain, function).peers() else {
         return;
     };
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
     let mut moves = Vec::new();
-    for (peer, host, port) in named(&settings) {
+    for (peer, name) in named(&settings) {
         let Some(state) = running.iter().find(|r| r.public_key == peer.public_key) else {
             continue;
         };
-        match moved(state, host, port, names, now) {
-            Ok(None) => {
+        let who = format!("function {function}: peer {}…", short(&peer.public_key));
+        match look(state, name, names, unix_now()) {
+            Ok(Look::Session) => {
                 said.remove(&peer.public_key);
             }
-            Ok(Some(to)) => moves.push((peer, host, to)),
-            Err(e) => say(
-                said,
-                peer,
-                format!("function {function}: peer endpoint `{host}:{port}`: {e}"),
-            ),
+            Ok(Look::There) => {
+                if said.remove(&peer.public_key).is_some() {
+                    tracing::info!("{who}: endpoint {name} resolves again, to where it is");
+                }
+            }
+            Ok(Look::Away(found)) => moves.push((peer, name, found)),
+            Err(e) => {
+                let stays = state.endpoint.map_or_else(
+                    || "without an endpoint".to_string(),
+                    |at| format!("at {at}"),
+                );
+                say(
+                    said,
+                    peer,
+                    format!(
+                        "{who}: endpoint `{name}`: {e}; it stays {stays}, and the name is \
+                         looked up again every {} s",
+                        EVERY.as_secs()
+                    ),
+                );
+            }
         }
     }
     if moves.is_empty() {
         return;
     }
     // A CLI changing the chain holds its lock: its settings win, and the next round looks
-    // again. Under the lock, the record, the device and its peers are as of now.
+    // again. Under the lock, the record, the device and its peers are as of now, and a peer
+    // that got a session or reached one of its name's addresses meanwhile stays.
     let Ok(Some(_lock)) = ChainLock::try_existing(chain) else {
         return;
     };
@@ -105,21 +119,28 @@ fn round(chain: &str, function: &str, names: &HostNames, said: &mut Said) {
     let Ok(running) = device.peers() else {
         return;
     };
-    for (peer, host, to) in moves {
+    let now = unix_now();
+    for (peer, name, found) in moves {
         let Some(state) = running.iter().find(|r| r.public_key == peer.public_key) else {
             continue;
         };
-        if !now_recorded.peers.contains(peer) {
+        let Some(&to) = found.first() else {
+            continue;
+        };
+        if !now_recorded.peers.contains(peer)
+            || state.session_fresh(now)
+            || state.endpoint.is_some_and(|at| found.contains(&at))
+        {
             continue;
         }
+        let who = format!("function {function}: peer {}…", short(&peer.public_key));
         let from = state
             .endpoint
             .map_or_else(|| "none".into(), |a| a.to_string());
         match endpoint_only(state, to).and_then(|change| device.apply(&[change], None)) {
             Ok(()) => {
                 tracing::info!(
-                    "function {function}: peer endpoint {host} now resolves to {to}: moved \
-                     there from {from}"
+                    "{who}: endpoint {name} now resolves to {to}: moved there from {from}"
                 );
                 said.remove(&peer.public_key);
             }
@@ -127,8 +148,8 @@ fn round(chain: &str, function: &str, names: &HostNames, said: &mut Said) {
                 said,
                 peer,
                 format!(
-                    "function {function}: peer endpoint {host} now resolves to {to}, but the \
-                     device was not moved there: {why}"
+                    "{who}: endpoint {name} now resolves to {to}, but the device was not moved \
+                     there: {why}"
                 ),
             ),
         }
@@ -143,32 +164,51 @@ fn say(said: &mut Said, peer: &PeerConf, message: String) {
     }
 }
 
-/// The peers of `settings` whose endpoint was written as a name, with the name and the port.
-fn named(settings: &WgSettings) -> impl Iterator<Item = (&PeerConf, &str, u16)> {
-    settings.peers.iter().filter_map(|p| {
-        let name = p.endpoint_name.as_ref()?;
-        Some((p, name.host.as_str(), name.port))
-    })
+/// The first characters of a public key, as status and metrics label a peer.
+fn short(key: &str) -> &str {
+    key.get(..8).unwrap_or(key)
 }
 
-/// Where a peer without a session at Unix time `now` must be sent, if the device sends it to
-/// none of the addresses its name now stands for: `Ok(None)` when it has a session or is at one
-/// of them.
-fn moved(
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// The peers of `settings` whose endpoint was written as a name, with the name.
+fn named(settings: &WgSettings) -> impl Iterator<Item = (&PeerConf, &NamedEndpoint)> {
+    settings
+        .peers
+        .iter()
+        .filter_map(|p| Some((p, p.endpoint_name.as_ref()?)))
+}
+
+/// What a look at a named peer found.
+#[derive(Debug, PartialEq, Eq)]
+enum Look {
+    /// It has a session (no lookup made): where its handshakes put it.
+    Session,
+    /// At one of the addresses its name stands for.
+    There,
+    /// Elsewhere (or nowhere): the name's addresses, lowest first, to move it to the first.
+    Away(Vec<SocketAddr>),
+}
+
+/// Looks at a peer in `state` at Unix time `now`, whose endpoint was written as `name`.
+fn look(
     state: &PeerState,
-    host: &str,
-    port: u16,
+    name: &NamedEndpoint,
     names: &HostNames,
     now: u64,
-) -> Result<Option<SocketAddr>, NameError> {
+) -> Result<Look, NameError> {
     if state.session_fresh(now) {
-        return Ok(None);
+        return Ok(Look::Session);
     }
-    let found = named_endpoint::resolve(host, port, names)?;
+    let found = named_endpoint::resolve(&name.host, name.port, names)?;
     if state.endpoint.is_some_and(|at| found.contains(&at)) {
-        return Ok(None);
+        return Ok(Look::There);
     }
-    Ok(found.first().copied())
+    Ok(Look::Away(found))
 }
 
 /// The peer of `state`, as the device has it, at endpoint `to`.
@@ -219,46 +259,51 @@ mod tests {
         });
         let now = 1_000_000;
         let at = |a: &str| -> SocketAddr { a.parse().unwrap() };
+        let name = |host: &str| NamedEndpoint {
+            host: host.into(),
+            port: 51820,
+        };
+        let site = || Ok(Look::Away(vec![at("10.9.0.2:51820")]));
         // No handshake yet, or a stale one: moved, unless already there.
         for ago in [None, Some(181), Some(3600)] {
             let peer = state("10.9.0.1:51820", ago, now);
-            assert_eq!(
-                moved(&peer, "site.test", 51820, &names, now),
-                Ok(Some(at("10.9.0.2:51820")))
-            );
+            assert_eq!(look(&peer, &name("site.test"), &names, now), site());
             let there = state("10.9.0.2:51820", ago, now);
-            assert_eq!(moved(&there, "site.test", 51820, &names, now), Ok(None));
+            assert_eq!(
+                look(&there, &name("site.test"), &names, now),
+                Ok(Look::There)
+            );
         }
         // None yet (the resolver could not answer when the file was read): moved.
         let nowhere = state("", None, now);
-        assert_eq!(
-            moved(&nowhere, "site.test", 51820, &names, now),
-            Ok(Some(at("10.9.0.2:51820")))
-        );
+        assert_eq!(look(&nowhere, &name("site.test"), &names, now), site());
         // At any of a name's addresses, it stays; elsewhere, it goes to the lowest.
         let higher = state("10.9.0.4:51820", None, now);
-        assert_eq!(moved(&higher, "turns.test", 51820, &names, now), Ok(None));
+        assert_eq!(
+            look(&higher, &name("turns.test"), &names, now),
+            Ok(Look::There)
+        );
         let away = state("10.9.0.9:51820", None, now);
         assert_eq!(
-            moved(&away, "turns.test", 51820, &names, now),
-            Ok(Some(at("10.9.0.3:51820")))
+            look(&away, &name("turns.test"), &names, now),
+            Ok(Look::Away(vec![at("10.9.0.3:51820"), at("10.9.0.4:51820")]))
         );
         // The same address at another port is not where the name says.
         let other_port = state("10.9.0.2:4000", None, now);
-        assert_eq!(
-            moved(&other_port, "site.test", 51820, &names, now),
-            Ok(Some(at("10.9.0.2:51820")))
-        );
+        assert_eq!(look(&other_port, &name("site.test"), &names, now), site());
         // A session (the peer may have roamed): left alone, and the name is not looked up.
         let roamed = state("192.0.2.9:4000", Some(30), now);
-        assert_eq!(moved(&roamed, "gone.test", 51820, &names, now), Ok(None));
+        assert_eq!(
+            look(&roamed, &name("gone.test"), &names, now),
+            Ok(Look::Session)
+        );
         let stale = state("10.9.0.1:51820", None, now);
         assert!(matches!(
-            moved(&stale, "gone.test", 51820, &names, now),
+            look(&stale, &name("gone.test"), &names, now),
             Err(NameError::Unresolved(_))
         ));
         assert!(matches!(
-            moved(&stale, "loop.test", 51820, &names, now),
+            look(&stale, &name("loop.test"), &names, now),
             Err(NameError::Unusable { .. })
         ));
     }

@@ -238,6 +238,25 @@ pub fn up(
     result
 }
 
+/// Whether `plan` (of `spec`) is the chain `old` runs, as its file writes it: no change but
+/// functions' settings that their kinds call the same as recorded
+/// ([`FunctionConfig::same_as_recorded`](crate::function::FunctionConfig::same_as_recorded)).
+fn same_definition(old: &ChainPlan, plan: &ChainPlan, spec: &ChainSpec) -> bool {
+    crate::plan::diff::diff(old, plan).iter().all(|change| {
+        let crate::plan::diff::Change::Settings { name, .. } = change else {
+            return false;
+        };
+        let recorded = old.hop(name).and_then(|(_, hop)| match &hop.role {
+            HopRole::Function { settings, .. } => Some(settings),
+            _ => None,
+        });
+        let config = spec.functions.iter().find(|f| &f.name == name);
+        recorded
+            .zip(config)
+            .is_some_and(|(recorded, f)| f.config.same_as_recorded(recorded))
+    })
+}
+
 fn up_locked(
     source: &Path,
     spec: &ChainSpec,
@@ -250,7 +269,7 @@ fn up_locked(
     let chain = plan.chain.clone();
     if let Some(old) = state::load(&chain)? {
         match old.phase {
-            Phase::Up if crate::plan::diff::diff(&old.plan, &plan).is_empty() => {
+            Phase::Up if same_definition(&old.plan, &plan, spec) => {
                 if let Some(missing) = plan.created_namespaces().find(|n| !netns::exists(n)) {
                     return Err(LifecycleError::Drift {
                         chain,

@@ -4,6 +4,8 @@
 //! the file is read, and the record keeps the address found beside the name. Parsing text alone
 //! (`spec::parse`: unit tests, the fuzzers) looks nothing up, so it never sends a query.
 
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
 use std::fmt;
 use std::net::{IpAddr, ToSocketAddrs};
 use std::rc::Rc;
@@ -29,23 +31,40 @@ impl HostNames {
 
     /// [`HostNames::system`], trying a name again while its lookup fails for now, for as long
     /// as [`PATIENCE`] allows (waits of 0.5, 1, 2 and 4 s); a name that does not exist fails at
-    /// once. The last reason says for how long it was tried.
+    /// once. The patience is spent once: after one name waited it out, the others fail for now
+    /// at once (a file with ten names does not wait ten times). Each name is asked once, so
+    /// every peer that writes it gets the same answer.
     pub fn system_patient() -> Self {
-        HostNames(Some(Rc::new(|host: &str| {
+        let answers: RefCell<HashMap<String, Result<Vec<IpAddr>, String>>> = RefCell::default();
+        let spent = Cell::new(false);
+        HostNames(Some(Rc::new(move |host: &str| {
+            if let Some(known) = answers.borrow().get(host) {
+                return known.clone();
+            }
             let began = Instant::now();
             let mut wait = Duration::from_millis(500);
-            loop {
+            let found = loop {
                 match lookup(host) {
-                    Err(why) if is_temporary(&why) && began.elapsed() + wait <= PATIENCE => {
+                    Err(why)
+                        if is_temporary(&why)
+                            && !spent.get()
+                            && began.elapsed() + wait <= PATIENCE =>
+                    {
                         std::thread::sleep(wait);
                         wait *= 2;
                     }
-                    Err(why) if is_temporary(&why) && began.elapsed() >= Duration::from_secs(1) => {
-                        return Err(format!("{why}, for {} s", began.elapsed().as_secs()));
+                    Err(why) if is_temporary(&why) && !spent.get() => {
+                        spent.set(true);
+                        break Err(format!(
+                            "{why}; tried for {:.1} s",
+                            began.elapsed().as_secs_f64()
+                        ));
                     }
-                    done => return done,
+                    done => break done,
                 }
-            }
+            };
+            answers.borrow_mut().insert(host.to_string(), found.clone());
+            found
         })))
     }
 

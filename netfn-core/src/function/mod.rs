@@ -110,6 +110,15 @@ pub trait FunctionConfig: fmt::Debug + Send + Sync + Any {
         None
     }
 
+    /// Whether these settings are the ones recorded as `old`, as the chain file writes them:
+    /// `netfn up` of a chain already up leaves it alone when they are. A kind whose settings
+    /// hold what was looked up when the file was read (a WireGuard peer's endpoint written as
+    /// a name) compares what was written, so that a second `up` of the same file does not
+    /// call it changed because a name's address moved. The default: the records are equal.
+    fn same_as_recorded(&self, old: &RecordedSettings) -> bool {
+        self.record() == *old
+    }
+
     /// Whether a running function with the settings `old` can take these settings in place
     /// (`netfn apply`): `Ok` when it can, keeping its state (connections) and counters, or the
     /// reason it cannot. The default refuses: the kind has no live settings change.
