@@ -16,7 +16,7 @@ fuzz_target!(|data: &[u8]| {
             // `spec::load` reads the file with read_to_string, so bytes that are not UTF-8 end
             // there, as a read error naming the file; check that on a real file. (Only such
             // bytes may reach `load`: it looks host names up, which a fuzzer must never do;
-            // text goes to `check_chain_text`, which parses without lookups.)
+            // text goes to `check_chain_text`, whose names a table answers.)
             let file = netfn_fuzz::scratch_dir().join("fuzz.toml");
             std::fs::write(&file, data).unwrap_or_else(|e| panic!("cannot write {file:?}: {e}"));
             let loaded = spec::load(&file, netfn_fuzz::registry());

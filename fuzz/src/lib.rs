@@ -7,10 +7,11 @@
 //! `load_balancer_settings`, `wireguard_settings`), or a firewall's rules file
 //! (`firewall_rules_file`).
 
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use netfn_core::function::Registry;
+use netfn_core::function::{HostNames, Registry};
 use netfn_core::spec::{self, diag::Diagnostics};
 
 /// The kinds of this build, made once per process (the targets run thousands of inputs a
@@ -43,13 +44,29 @@ pub fn scratch_dir() -> &'static Path {
     })
 }
 
+/// Host names as the fuzzers see them: answered from the name alone, never by a resolver (a
+/// fuzzer must not send a query). By the name's length: an address (most), a temporary failure
+/// (the warning path), a name that does not exist, only IPv6, or loopback.
+pub fn host_names() -> HostNames {
+    HostNames::from_fn(|host| match host.len() % 8 {
+        0 => Err("Temporary failure in name resolution".into()),
+        1 => Err("Name or service not known".into()),
+        2 => Ok(vec![IpAddr::from([0xfd00, 0, 0, 0, 0, 0, 0, 1])]),
+        3 => Ok(vec![IpAddr::from([127, 0, 1, 1])]),
+        n => Ok(vec![
+            IpAddr::from([192, 0, 2, n as u8]),
+            IpAddr::from([198, 51, 100, n as u8]),
+        ]),
+    })
+}
+
 /// Parses `text` as the chain file `path` and checks the answer:
 /// - `Err`: at least one error, and every diagnostic located (line and column from 1 and, in the
 ///   chain file or in `other` (a file it names, with its text), inside that text);
 /// - `Ok`: its warnings located the same way, and every function's settings survive the chain's
 ///   record (`up` records them, the agent and `down` load them back).
 pub fn check_chain_text(path: &Path, text: &str, other: Option<(&Path, &str)>) {
-    match spec::parse(path, text, registry()) {
+    match spec::parse_with(path, text, registry(), &host_names()) {
         Ok(file) => {
             check_located(&file.warnings, path, text, other);
             for chain in &file.chains {
