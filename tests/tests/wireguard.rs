@@ -1858,6 +1858,17 @@ fn netfn_with_hosts(dir: &TempDir, hosts: &str, dns: Dns, args: &[&str]) -> std:
         .expect("run unshare (util-linux)")
 }
 
+/// [`netfn_with_hosts`] without DNS, which must succeed and say `said` on stdout.
+fn netfn_with_hosts_says(dir: &TempDir, hosts: &str, args: &[&str], said: &str) {
+    let out = netfn_with_hosts(dir, hosts, Dns::Off, args);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains(said),
+        "netfn {args:?}: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// A lab's chain (tc, userspace endpoint) whose peer's endpoint is the name `name`, port 40301,
 /// with a keepalive a second (so netfn's endpoint handshakes on its own: the peer knows no
 /// endpoint of netfn's to start one), brought up where `name` stands for 10.85.1.9, an address
@@ -1957,18 +1968,8 @@ fn a_peer_endpoint_written_as_a_name_is_looked_up_and_again_by_apply() {
         "the record keeps the name: {record}"
     );
     let pid = endpoint_pid(chain, "vpn");
-    let applied = netfn_with_hosts(
-        &lab.dir,
-        &format!("10.85.1.2 {name}\n"),
-        Dns::Off,
-        &["apply", &file_arg],
-    );
-    let out = String::from_utf8_lossy(&applied.stdout);
-    assert!(
-        applied.status.success() && out.contains("in place"),
-        "apply: {out}{}",
-        String::from_utf8_lossy(&applied.stderr)
-    );
+    let hosts = format!("10.85.1.2 {name}\n");
+    netfn_with_hosts_says(&lab.dir, &hosts, &["apply", &file_arg], "in place");
     assert_eq!(
         endpoint_pid(chain, "vpn"),
         pid,
@@ -1978,17 +1979,12 @@ fn a_peer_endpoint_written_as_a_name_is_looked_up_and_again_by_apply() {
     handshake_made_by_netfn(&lab, &peer, "at the address apply found");
     // `up` of the same file again, the name now elsewhere: what was written is the same, so the
     // chain is unchanged (a boot script's second `up` must not fail), and the peer stays.
-    let again = netfn_with_hosts(
+    let hosts = format!("10.85.1.9 {name}\n");
+    netfn_with_hosts_says(
         &lab.dir,
-        &format!("10.85.1.9 {name}\n"),
-        Dns::Off,
+        &hosts,
         &["up", &file_arg],
-    );
-    let out = String::from_utf8_lossy(&again.stdout);
-    assert!(
-        again.status.success() && out.contains("already up and unchanged"),
-        "up again: {out}{}",
-        String::from_utf8_lossy(&again.stderr)
+        "already up and unchanged",
     );
     assert_eq!(device_endpoint(&lab), "10.85.1.2:40301");
     let rows = status_details(chain, "vpn");

@@ -113,9 +113,7 @@ pub fn peer_rows(
         Ok(peers) => peers
             .into_iter()
             .map(|p| {
-                let now = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_secs());
+                let now = super::uapi::unix_now();
                 let handshake = if p.last_handshake_unix == 0 {
                     "no handshake yet".to_string()
                 } else {
@@ -151,7 +149,7 @@ pub fn peer_rows(
                     })
                     .unwrap_or_default();
                 (
-                    format!("peer {}…", p.public_key.get(..8).unwrap_or("?")),
+                    format!("peer {}…", p.label()),
                     format!(
                         "{handshake}, {} B received, {} B sent{at_endpoint}{named}",
                         p.rx_bytes, p.tx_bytes

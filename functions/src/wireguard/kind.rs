@@ -227,11 +227,9 @@ impl FunctionKind for WireGuard {
              else 0: the tunnel's own health, beside the chain probe that crosses the function \
              in the clear.",
         );
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
+        let now = super::uapi::unix_now();
         for p in &peers {
-            let label = [("peer", p.public_key.get(..8).unwrap_or("?"))];
+            let label = [("peer", p.label())];
             handshake.sample_u64(&label, p.last_handshake_unix);
             rx.sample_u64(&label, p.rx_bytes);
             tx.sample_u64(&label, p.tx_bytes);
@@ -257,7 +255,7 @@ impl FunctionKind for WireGuard {
                     continue;
                 };
                 let h = by_endpoint.get(&e).copied().unwrap_or_default();
-                let label = [("peer", p.public_key.get(..8).unwrap_or("?"))];
+                let label = [("peer", p.label())];
                 attempts.sample_u64(&label, h.initiations());
                 failures.sample_u64(&label, h.unanswered());
             }

@@ -22,7 +22,7 @@ use super::device::Device;
 use super::keys;
 use super::named_endpoint::{self, NameError, NamedEndpoint};
 use super::peers::{PeerChange, PeerSet};
-use super::uapi::PeerState;
+use super::uapi::{PeerState, unix_now};
 
 /// How often named peers without a session are looked up again.
 pub const EVERY: Duration = Duration::from_secs(15);
@@ -70,12 +70,13 @@ fn round(chain: &str, function: &str, names: &HostNames, said: &mut Said) {
     let Ok(running) = Device::of(chain, function).peers() else {
         return;
     };
+    let who_of = |state: &PeerState| format!("function {function}: peer {}…", state.label());
     let mut moves = Vec::new();
     for (peer, name) in named(&settings) {
         let Some(state) = running.iter().find(|r| r.public_key == peer.public_key) else {
             continue;
         };
-        let who = format!("function {function}: peer {}…", short(&peer.public_key));
+        let who = who_of(state);
         match look(state, name, names, unix_now()) {
             Ok(Look::Session) => {
                 said.remove(&peer.public_key);
@@ -133,7 +134,7 @@ fn round(chain: &str, function: &str, names: &HostNames, said: &mut Said) {
         {
             continue;
         }
-        let who = format!("function {function}: peer {}…", short(&peer.public_key));
+        let who = who_of(state);
         let from = state
             .endpoint
             .map_or_else(|| "none".into(), |a| a.to_string());
@@ -162,17 +163,6 @@ fn say(said: &mut Said, peer: &PeerConf, message: String) {
         tracing::warn!("{message}");
         said.insert(peer.public_key.clone(), message);
     }
-}
-
-/// The first characters of a public key, as status and metrics label a peer.
-fn short(key: &str) -> &str {
-    key.get(..8).unwrap_or(key)
-}
-
-fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 /// The peers of `settings` whose endpoint was written as a name, with the name.

@@ -38,6 +38,19 @@ impl PeerState {
         self.last_handshake_unix != 0
             && now.saturating_sub(self.last_handshake_unix) < SESSION_LIFETIME_S
     }
+
+    /// The first 8 characters of its public key: how status, metrics and logs name a peer
+    /// (bounded labels; a public key is no secret).
+    pub fn label(&self) -> &str {
+        self.public_key.get(..8).unwrap_or("?")
+    }
+}
+
+/// The Unix time now, in seconds, as handshake times are.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 /// Where the UAPI sockets are (one per interface, as every WireGuard UAPI's).
