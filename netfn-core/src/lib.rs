@@ -16,6 +16,7 @@
 //! - [`failpoint`]: the named steps of `up`, `apply` and `down` a test can make fail (debug
 //!   builds and the `failpoints` feature only).
 //! - [`privilege`]: dropping capabilities (the agent, the kinds' processes).
+//! - [`unix_time`]: the wall clock as records, status and metrics give it.
 
 pub mod agent;
 pub mod chain;
@@ -27,3 +28,4 @@ pub mod metrics;
 pub mod plan;
 pub mod privilege;
 pub mod spec;
+pub mod unix_time;

@@ -113,7 +113,7 @@ pub fn peer_rows(
         Ok(peers) => peers
             .into_iter()
             .map(|p| {
-                let now = super::uapi::unix_now();
+                let now = netfn_core::unix_time::now();
                 let handshake = if p.last_handshake_unix == 0 {
                     "no handshake yet".to_string()
                 } else {

@@ -227,7 +227,7 @@ impl FunctionKind for WireGuard {
              else 0: the tunnel's own health, beside the chain probe that crosses the function \
              in the clear.",
         );
-        let now = super::uapi::unix_now();
+        let now = netfn_core::unix_time::now();
         for p in &peers {
             let label = [("peer", p.label())];
             handshake.sample_u64(&label, p.last_handshake_unix);

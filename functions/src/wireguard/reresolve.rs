@@ -16,13 +16,14 @@ use std::time::Duration;
 use netfn_core::chain::function_record;
 use netfn_core::chain::state::ChainLock;
 use netfn_core::function::{HostNames, KindTask, TaskContext, TaskRun};
+use netfn_core::unix_time;
 
 use super::config::{PeerConf, WgSettings};
 use super::device::Device;
 use super::keys;
 use super::named_endpoint::{self, NameError, NamedEndpoint};
 use super::peers::{PeerChange, PeerSet};
-use super::uapi::{PeerState, unix_now};
+use super::uapi::PeerState;
 
 /// How often named peers without a session are looked up again.
 pub const EVERY: Duration = Duration::from_secs(15);
@@ -77,7 +78,7 @@ fn round(chain: &str, function: &str, names: &HostNames, said: &mut Said) {
             continue;
         };
         let who = who_of(state);
-        match look(state, name, names, unix_now()) {
+        match look(state, name, names, unix_time::now()) {
             Ok(Look::Session) => {
                 said.remove(&peer.public_key);
             }
@@ -120,7 +121,7 @@ fn round(chain: &str, function: &str, names: &HostNames, said: &mut Said) {
     let Ok(running) = device.peers() else {
         return;
     };
-    let now = unix_now();
+    let now = unix_time::now();
     for (peer, name, found) in moves {
         let Some(state) = running.iter().find(|r| r.public_key == peer.public_key) else {
             continue;

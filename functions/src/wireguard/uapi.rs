@@ -46,13 +46,6 @@ impl PeerState {
     }
 }
 
-/// The Unix time now, in seconds, as handshake times are.
-pub fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
 /// Where the UAPI sockets are (one per interface, as every WireGuard UAPI's).
 pub const SOCKET_DIR: &str = "/var/run/wireguard";
 

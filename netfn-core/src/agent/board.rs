@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::{Mutex, MutexGuard};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use super::protocol::{ChainReport, ProbeReport, TaskReport};
 use crate::chain::state::Phase;
@@ -97,9 +97,7 @@ impl Board {
             error: None,
         });
         p.sent += 1;
-        p.last_probe_unix = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
+        p.last_probe_unix = crate::unix_time::now();
         match outcome {
             ProbeOutcome::Success(rtt) => {
                 p.success = true;

@@ -148,12 +148,6 @@ fn lock_path(chain: &str) -> PathBuf {
     names::chain_state_dir().join(format!("{chain}.lock"))
 }
 
-fn now_unix() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
 /// Reads a chain's record; `None` if the chain is not known.
 pub fn load(chain: &str) -> Result<Option<ChainState>, StateError> {
     check_chain_name(chain)?;
@@ -185,7 +179,7 @@ pub fn load(chain: &str) -> Result<Option<ChainState>, StateError> {
 
 /// Writes a chain's record atomically (temporary file + rename).
 pub fn save(state: &mut ChainState) -> Result<(), StateError> {
-    state.updated_unix = now_unix();
+    state.updated_unix = crate::unix_time::now();
     let dir = names::chain_state_dir();
     fs::create_dir_all(&dir).map_err(io_err("create", &dir))?;
     let path = state_path(state.chain());
