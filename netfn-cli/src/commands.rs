@@ -11,6 +11,7 @@ use netfn_core::chain::apply::ApplyOutcome;
 use netfn_core::chain::lifecycle::{self, DownOutcome, UpOptions, UpOutcome};
 use netfn_core::chain::processes::Restart;
 use netfn_core::chain::{graph, state, status};
+use netfn_core::function::HostNames;
 use netfn_core::kernel::{freed, netns};
 use netfn_core::plan::{self, names};
 use netfn_core::spec::diag::Diagnostics;
@@ -23,8 +24,13 @@ use crate::progress::Live;
 /// Loads a chain file. Its diagnostics go to stderr as they are (`FILE:LINE:COL: …`, the
 /// form editors and grep read), and the error is one summary line.
 fn load(file: &Path) -> Result<ChainFile> {
+    load_with(file, &HostNames::system_patient())
+}
+
+/// [`load`], with host names looked up by `names`.
+fn load_with(file: &Path, names: &HostNames) -> Result<ChainFile> {
     let registry = netfn_functions::registry();
-    let loaded = spec::load(file, &registry);
+    let loaded = spec::load_with(file, &registry, names);
     if let Ok(f) = &loaded
         && !f.warnings.is_empty()
     {
@@ -104,9 +110,14 @@ fn require_admin(verb: &str, why: &str) -> Result<()> {
     crate::require_capabilities(&format!("netfn {verb}"), why, privilege::ADMIN_CAPABILITIES)
 }
 
-pub fn validate(file: &Path) -> Result<ExitCode> {
+pub fn validate(file: &Path, no_lookup: bool) -> Result<ExitCode> {
     let registry = netfn_functions::registry();
-    match spec::load(file, &registry) {
+    let host_names = if no_lookup {
+        HostNames::form_only()
+    } else {
+        HostNames::system_patient()
+    };
+    match spec::load_with(file, &registry, &host_names) {
         Ok(f) => {
             if !f.warnings.is_empty() {
                 output::to_stderr(&f.warnings);
@@ -129,6 +140,13 @@ pub fn validate(file: &Path) -> Result<ExitCode> {
                 f.chains.len(),
                 chains.join(", ")
             );
+            if host_names.skipped() > 0 {
+                println!(
+                    "{} endpoint name(s) checked for their form only (--no-lookup): `netfn up` \
+                     looks them up",
+                    host_names.skipped()
+                );
+            }
             Ok(ExitCode::SUCCESS)
         }
         Err(LoadError::Invalid(d)) => {
@@ -827,7 +845,8 @@ pub fn logs(chain: &str, follow: bool) -> Result<ExitCode> {
 }
 
 pub fn graph(file: &Path, format: graph::Format) -> Result<ExitCode> {
-    let spec = load(file)?;
+    // The drawing has no endpoint addresses: names are checked for their form only.
+    let spec = load_with(file, &HostNames::form_only())?;
     let plans: Vec<_> = spec.chains.iter().map(plan::plan_chain).collect();
     print!("{}", graph::render(&plans, format));
     Ok(ExitCode::SUCCESS)

@@ -50,10 +50,15 @@ enum Command {
     /// Check a chain file and report every problem in it.
     #[command(after_help = "Examples:
   netfn validate examples/minimal.toml
-  for f in examples/*.toml; do netfn validate \"$f\"; done")]
+  for f in examples/*.toml; do netfn validate \"$f\"; done
+  netfn validate --no-lookup site.toml     # in a pipeline without DNS")]
     Validate {
         /// The chain file (TOML).
         file: PathBuf,
+        /// Check host names (a WireGuard peer's endpoint) for their form only, without asking
+        /// the resolver: what they stand for (unknown, loopback, IPv6 only) is left to `up`.
+        #[arg(long)]
+        no_lookup: bool,
     },
     /// Create the chains of a file (namespaces, veths, addresses, routes, eBPF).
     #[command(after_help = "Examples:
@@ -280,7 +285,7 @@ fn main() -> ExitCode {
         unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     }
     let result = match cli.command {
-        Command::Validate { file } => commands::validate(&file),
+        Command::Validate { file, no_lookup } => commands::validate(&file, no_lookup),
         Command::Up { file, chain, quiet } => commands::up(&file, chain.as_deref(), quiet),
         Command::Apply {
             file,

@@ -2022,6 +2022,66 @@ fn a_peer_endpoint_written_as_a_name_is_looked_up_and_again_by_apply() {
     );
 }
 
+/// `netfn validate --no-lookup` takes a well-formed name for its form alone: where the
+/// resolver (a hosts file without the name, no DNS: see [`with_hosts`]) makes plain `validate`
+/// refuse the name, `--no-lookup` passes the file and says how many names it did not look up;
+/// a name's form is still checked. `graph` never looks names up.
+#[test]
+fn validate_no_lookup_checks_a_names_form_only() {
+    let test = "validate_no_lookup_checks_a_names_form_only";
+    if !names_can_stay_off_dns(test, Dns::Off) {
+        return;
+    }
+    let lab = Lab::new("wgform");
+    let name = format!("nobody-{}.test", lab.chain);
+    let text = with_peer_endpoint(&lab.chain_file("tc", "userspace"), &format!("{name}:40301"));
+    let file = lab.write("wg.toml", &text);
+    let file = file.to_string_lossy();
+    let line = 1 + text
+        .lines()
+        .position(|l| l.starts_with("endpoint = "))
+        .expect("the endpoint's line");
+    let out = netfn_with_hosts(&lab.dir, "", Dns::Off, &["validate", &file]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && stderr.contains(&format!(
+                "{file}:{line}:12: error: chain `{}`, function `vpn`: endpoint `{name}:40301`: \
+                 the name does not resolve",
+                lab.chain
+            )),
+        "validate: {stderr}"
+    );
+    netfn_with_hosts_says(
+        &lab.dir,
+        "",
+        &["validate", "--no-lookup", &file],
+        "1 endpoint name(s) checked for their form only (--no-lookup)",
+    );
+    netfn_with_hosts_says(&lab.dir, "", &["graph", &file], "vpn");
+    // Its form is still checked.
+    let bad = lab.write(
+        "bad.toml",
+        &text.replace(&format!("{name}:40301"), "peer_x.test:1"),
+    );
+    let out = netfn_with_hosts(
+        &lab.dir,
+        "",
+        Dns::Off,
+        &["validate", "--no-lookup", &bad.to_string_lossy()],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && stderr.contains(&format!(
+                "bad.toml:{line}:12: error: chain `{}`, function `vpn`: endpoint \
+                 `peer_x.test:1` is not ADDRESS:PORT or NAME:PORT",
+                lab.chain
+            )),
+        "validate --no-lookup: {stderr}"
+    );
+}
+
 /// The chain comes up while DNS is down ([`Dns::Down`]): `up` warns at the endpoint's entry
 /// that the name could not be looked up, and the peer starts without an endpoint. The agent
 /// then does what `reresolve-dns.sh` would from cron: it runs [`with_hosts`] too, says once that

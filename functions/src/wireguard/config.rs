@@ -578,6 +578,8 @@ fn peer_endpoint(
                         };
                         match named_endpoint::lowest(host, port, names) {
                             Ok(at) => return Some((Some(at), Some(name))),
+                            // Taken for its form alone (`validate --no-lookup`).
+                            Err(NameError::Skipped) => return Some((None, Some(name))),
                             Err(e @ NameError::Unavailable(_)) => {
                                 warnings.warn(SettingError::new(
                                     value.span(),
@@ -971,6 +973,22 @@ mod tests {
             message.ends_with("is not ADDRESS:PORT or NAME:PORT"),
             "{message}"
         );
+        // `validate --no-lookup`: a name is taken for its form alone, with no address and no
+        // warning, whatever a resolver would say of it; its form is still checked.
+        let form_only = HostNames::form_only();
+        for name in ["gone.test:51820", "loop.test:7", "down.test:51820"] {
+            assert_eq!(peer(name, &form_only), Some((None, Some(name.into()))));
+        }
+        assert_eq!(form_only.skipped(), 3);
+        let quiet = crate::test_support::warnings_with(
+            &dir.join("c.toml"),
+            "wireguard",
+            &body("down.test:51820"),
+            &form_only,
+        );
+        assert!(quiet.is_empty(), "{quiet:?}");
+        let (message, _) = problem("peer.test:0", &form_only);
+        assert!(message.ends_with("has port 0, which no peer listens on"));
         // Parsing text alone looks nothing up, and says where names are looked up.
         let (message, hint) = problem("peer.test:51820", &HostNames::unresolved());
         assert!(

@@ -4,7 +4,7 @@
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 
-use netfn_core::function::{HostNames, is_temporary};
+use netfn_core::function::{HostNames, NameAnswer, is_temporary};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
@@ -26,6 +26,9 @@ impl fmt::Display for NamedEndpoint {
 pub enum NameError {
     #[error("names are not looked up here")]
     NotLookedUp,
+    /// Taken for its form alone, on purpose (`netfn validate --no-lookup`): no address yet.
+    #[error("the name was not looked up (--no-lookup)")]
+    Skipped,
     #[error("the name does not resolve ({0})")]
     Unresolved(String),
     /// The resolver could not answer now (no DNS server did): the name may well exist.
@@ -52,6 +55,9 @@ impl NameError {
                 "netfn looks names up when it reads the chain file (validate, up, apply); \
                  {literal}"
             ),
+            NameError::Skipped => {
+                "`netfn validate` without --no-lookup looks the name up".to_string()
+            }
             NameError::Unresolved(_) => format!(
                 "check the name and this host's resolver (/etc/hosts, /etc/resolv.conf), \
                  {literal}"
@@ -87,16 +93,13 @@ pub fn lowest(host: &str, port: u16, names: &HostNames) -> Result<SocketAddr, Na
 /// The endpoints `host` stands for at `port`: the IPv4 addresses among the answers of `names`
 /// that a host can have, lowest first, never empty.
 pub fn resolve(host: &str, port: u16, names: &HostNames) -> Result<Vec<SocketAddr>, NameError> {
-    let found = names
-        .lookup(host)
-        .ok_or(NameError::NotLookedUp)?
-        .map_err(|why| {
-            if is_temporary(&why) {
-                NameError::Unavailable(why)
-            } else {
-                NameError::Unresolved(why)
-            }
-        })?;
+    let found = match names.lookup(host) {
+        NameAnswer::Found(found) => found,
+        NameAnswer::Failed(why) if is_temporary(&why) => return Err(NameError::Unavailable(why)),
+        NameAnswer::Failed(why) => return Err(NameError::Unresolved(why)),
+        NameAnswer::Skipped => return Err(NameError::Skipped),
+        NameAnswer::Refused => return Err(NameError::NotLookedUp),
+    };
     let v4: Vec<Ipv4Addr> = found
         .iter()
         .filter_map(|a| match a {
@@ -182,6 +185,10 @@ mod tests {
         assert_eq!(
             resolve("turns.test", 7, &HostNames::unresolved()),
             Err(NameError::NotLookedUp)
+        );
+        assert_eq!(
+            resolve("turns.test", 7, &HostNames::form_only()),
+            Err(NameError::Skipped)
         );
     }
 }

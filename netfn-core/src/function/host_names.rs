@@ -1,8 +1,10 @@
 //! How host names written in a function's settings (a WireGuard peer's `endpoint`) become
 //! addresses. netfn's commands read chain files with the host's resolver, as `wg` does when it
-//! is given a name: `spec::load` (`validate`, `up`, `apply`, `graph`) looks names up once, when
+//! is given a name: `spec::load` (`validate`, `up`, `apply`) looks names up once, when
 //! the file is read, and the record keeps the address found beside the name. Parsing text alone
-//! (`spec::parse`: unit tests, the fuzzers) looks nothing up, so it never sends a query.
+//! (`spec::parse`: unit tests, the fuzzers) looks nothing up, so it never sends a query; nor do
+//! `netfn validate --no-lookup` and `netfn graph`, which check a name's form only
+//! ([`HostNames::form_only`]).
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -15,7 +17,30 @@ type Lookup = dyn Fn(&str) -> Result<Vec<IpAddr>, String>;
 
 /// Where a name's addresses come from, if anywhere.
 #[derive(Clone)]
-pub struct HostNames(Option<Rc<Lookup>>);
+pub struct HostNames(Source);
+
+#[derive(Clone)]
+enum Source {
+    /// Names are refused: text parsed alone, where nobody asked for them to be looked up.
+    Refused,
+    /// Names are taken for their form alone, and counted.
+    FormOnly(Rc<Cell<usize>>),
+    /// Names are looked up.
+    Resolver(Rc<Lookup>),
+}
+
+/// What [`HostNames::lookup`] found for a name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NameAnswer {
+    /// The name's addresses, in the resolver's order.
+    Found(Vec<IpAddr>),
+    /// The resolver's reason it found none.
+    Failed(String),
+    /// Not looked up, on purpose ([`HostNames::form_only`]): the name stands for no address yet.
+    Skipped,
+    /// Not looked up, and names are not taken here ([`HostNames::unresolved`]).
+    Refused,
+}
 
 /// How long [`HostNames::system_patient`] keeps trying a name whose lookup failed for now
 /// (the resolver's "temporary failure": no DNS server answered yet, at boot say), as `wg`
@@ -26,7 +51,7 @@ impl HostNames {
     /// The host's resolver (`getaddrinfo`: /etc/hosts, then DNS, as /etc/nsswitch.conf says),
     /// asked once per name.
     pub fn system() -> Self {
-        HostNames(Some(Rc::new(|host: &str| lookup(host))))
+        HostNames(Source::Resolver(Rc::new(|host: &str| lookup(host))))
     }
 
     /// [`HostNames::system`], trying a name again while its lookup fails for now, for as long
@@ -37,7 +62,7 @@ impl HostNames {
     pub fn system_patient() -> Self {
         let answers: RefCell<HashMap<String, Result<Vec<IpAddr>, String>>> = RefCell::default();
         let spent = Cell::new(false);
-        HostNames(Some(Rc::new(move |host: &str| {
+        HostNames(Source::Resolver(Rc::new(move |host: &str| {
             if let Some(known) = answers.borrow().get(host) {
                 return known.clone();
             }
@@ -70,18 +95,43 @@ impl HostNames {
 
     /// No lookups: a name is reported as one that was not looked up.
     pub fn unresolved() -> Self {
-        HostNames(None)
+        HostNames(Source::Refused)
+    }
+
+    /// No lookups, and a well-formed name is taken as it is, for an address nobody knows yet
+    /// (`netfn validate --no-lookup`, say, in a pipeline with no DNS); [`HostNames::skipped`]
+    /// counts them.
+    pub fn form_only() -> Self {
+        HostNames(Source::FormOnly(Rc::default()))
     }
 
     /// Names answered by `lookup` (a table in a unit test).
     pub fn from_fn(lookup: impl Fn(&str) -> Result<Vec<IpAddr>, String> + 'static) -> Self {
-        HostNames(Some(Rc::new(lookup)))
+        HostNames(Source::Resolver(Rc::new(lookup)))
     }
 
-    /// The addresses of `host` in the resolver's order, the resolver's error, or `None` when
-    /// names are not looked up here.
-    pub fn lookup(&self, host: &str) -> Option<Result<Vec<IpAddr>, String>> {
-        self.0.as_ref().map(|lookup| lookup(host))
+    /// What the resolver says of `host`, or why it was not asked.
+    pub fn lookup(&self, host: &str) -> NameAnswer {
+        match &self.0 {
+            Source::Refused => NameAnswer::Refused,
+            Source::FormOnly(skipped) => {
+                skipped.set(skipped.get() + 1);
+                NameAnswer::Skipped
+            }
+            Source::Resolver(lookup) => match lookup(host) {
+                Ok(found) => NameAnswer::Found(found),
+                Err(why) => NameAnswer::Failed(why),
+            },
+        }
+    }
+
+    /// How many names [`HostNames::form_only`] took without looking them up (a name written
+    /// twice counts twice); 0 for the others.
+    pub fn skipped(&self) -> usize {
+        match &self.0 {
+            Source::FormOnly(skipped) => skipped.get(),
+            Source::Refused | Source::Resolver(_) => 0,
+        }
     }
 }
 
@@ -108,8 +158,9 @@ pub fn is_temporary(why: &str) -> bool {
 impl fmt::Debug for HostNames {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self.0 {
-            Some(_) => "HostNames(looked up)",
-            None => "HostNames(not looked up)",
+            Source::Resolver(_) => "HostNames(looked up)",
+            Source::FormOnly(_) => "HostNames(form only)",
+            Source::Refused => "HostNames(not looked up)",
         })
     }
 }
@@ -181,15 +232,25 @@ mod tests {
 
     #[test]
     fn unresolved_names_are_not_looked_up() {
-        assert!(HostNames::unresolved().lookup("localhost").is_none());
+        let refused = HostNames::unresolved();
+        assert_eq!(refused.lookup("localhost"), NameAnswer::Refused);
+        assert_eq!(refused.skipped(), 0);
+        let form_only = HostNames::form_only();
+        assert_eq!(form_only.lookup("localhost"), NameAnswer::Skipped);
+        assert_eq!(form_only.lookup("peer.test"), NameAnswer::Skipped);
+        assert_eq!(form_only.skipped(), 2);
+        // A clone counts into the same total (the checker hands clones to the kinds).
+        assert_eq!(form_only.clone().lookup("peer.test"), NameAnswer::Skipped);
+        assert_eq!(form_only.skipped(), 3);
         let table = HostNames::from_fn(|h| match h {
             "peer.test" => Ok(vec![IpAddr::from([10, 1, 0, 2])]),
             _ => Err("Name or service not known".into()),
         });
         assert_eq!(
             table.lookup("peer.test"),
-            Some(Ok(vec![IpAddr::from([10, 1, 0, 2])]))
+            NameAnswer::Found(vec![IpAddr::from([10, 1, 0, 2])])
         );
-        assert!(matches!(table.lookup("other.test"), Some(Err(_))));
+        assert!(matches!(table.lookup("other.test"), NameAnswer::Failed(_)));
+        assert_eq!(table.skipped(), 0);
     }
 }

@@ -38,7 +38,7 @@ pub use crate::plan::ExtraSource;
 pub use crate::metrics::kind::{FunctionMetricsContext, KindMetricsError};
 pub use context::{FunctionContext, ProbePath};
 pub use fields::{Fields, Problems, Want};
-pub use host_names::{HostNames, is_host_name, is_temporary};
+pub use host_names::{HostNames, NameAnswer, is_host_name, is_temporary};
 pub use prometheus::proto::MetricFamily;
 pub use recorded::RecordedSettings;
 pub use settings::{Located, SettingError, Settings, Warnings};

@@ -7,4 +7,4 @@ pub(crate) mod raw;
 mod validate;
 
 pub use model::{ChainFile, ChainSpec, EndpointSpec, FastPath, FunctionSpec};
-pub use parse::{LoadError, MAX_FILE_BYTES, load, parse, parse_with, read_text};
+pub use parse::{LoadError, MAX_FILE_BYTES, load, load_with, parse, parse_with, read_text};

@@ -59,6 +59,16 @@ pub fn read_text(path: &Path) -> io::Result<String> {
 /// Reads and validates a chain file, looking up the host names its settings write with the
 /// host's resolver (a WireGuard peer's endpoint): what `validate`, `up` and `apply` read.
 pub fn load(path: &Path, registry: &Registry) -> Result<ChainFile, LoadError> {
+    load_with(path, registry, &HostNames::system_patient())
+}
+
+/// [`load`], with the settings' host names looked up by `host_names` (or, with
+/// [`HostNames::form_only`], checked for their form only: `validate --no-lookup`, `graph`).
+pub fn load_with(
+    path: &Path,
+    registry: &Registry,
+    host_names: &HostNames,
+) -> Result<ChainFile, LoadError> {
     let read = |cause: String| LoadError::Read {
         path: path.to_path_buf(),
         cause,
@@ -74,7 +84,7 @@ pub fn load(path: &Path, registry: &Registry) -> Result<ChainFile, LoadError> {
         });
     }
     let text = read_text(path).map_err(|e| read(e.to_string()))?;
-    parse_with(path, &text, registry, &HostNames::system_patient()).map_err(LoadError::Invalid)
+    parse_with(path, &text, registry, host_names).map_err(LoadError::Invalid)
 }
 
 /// Validates chain-file text; `path` is only used in messages. Host names are not looked up
