@@ -876,6 +876,35 @@ fn through_the_tunnel(mode: &str, tag: &str, backend: &str, peer_kind: PeerKind)
     assert_eq!(leftovers(chain), Vec::<String>::new());
 }
 
+/// A handshake is dated when it happens, however long the endpoint waited for it: netfn's side
+/// of `wg show` gives the time the peer's side gives, and status calls it new. (A tunnel's
+/// clock moves only when its timers run, and the batched device once ran them only for peers
+/// with an endpoint, as GotaTun's device does: a peer that had none, as here, got its first
+/// session dated at the endpoint's start, and lost it when the endpoint was 9 minutes old.)
+#[test]
+fn a_first_handshake_is_dated_when_it_happens_however_long_the_endpoint_waited() {
+    let _turn = shared();
+    let lab = Lab::new("wgdate");
+    let _guard = lab.up(&lab.chain_file("tc", "userspace"));
+    // Long enough that a session dated at the endpoint's start reads as seconds old.
+    std::thread::sleep(Duration::from_secs(5));
+    let peer = lab.peer();
+    lab.talk(1000).expect("through the tunnel");
+    let (handshake, ..) = wg_dump(&lab.vpn_ns(), &endpoint_interface(&lab.chain));
+    let (peer_handshake, ..) = peer.show(&lab.ingress);
+    assert!(
+        peer_handshake > 0 && handshake.abs_diff(peer_handshake) <= 1,
+        "netfn's endpoint dates the handshake {handshake}, the peer {peer_handshake}"
+    );
+    let row = vpn_detail(&lab.chain, &format!("peer {}…", &lab.peer_public[..8]));
+    let ago: u64 = row
+        .strip_prefix("handshake ")
+        .and_then(|r| r.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("the peer's status row: {row}"));
+    assert!(ago < 4, "the peer's status row: {row}");
+}
+
 #[test]
 fn a_wrong_peer_key_passes_nothing() {
     let _turn = shared();

@@ -436,7 +436,13 @@ async fn outgoing(shared: Arc<Shared>, mut tun_rx: TunRecv, udp_tx: GsoSend, mut
     }
 }
 
-/// Every peer's timers, four times a second (as GotaTun's device).
+/// Every peer's timers, four times a second (as GotaTun's device), a peer without an endpoint
+/// too: a tunnel's clock moves only when its timers run, and a handshake is dated by it. GotaTun's
+/// device skips such a peer (a road-warrior client, until its first initiation), so the
+/// session its first handshake makes is dated when the endpoint started: `wg show` and status
+/// call it as old as the endpoint, and after 9 minutes (REJECT_AFTER_TIME × 3) the next run of
+/// its timers expires it at once. What the timers of a peer without an endpoint want to send
+/// (a handshake retried) has nowhere to go.
 async fn timers(shared: Arc<Shared>, udp_tx: GsoSend) {
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     loop {
@@ -449,8 +455,9 @@ async fn timers(shared: Arc<Shared>, udp_tx: GsoSend) {
         let mut out = Vec::new();
         for p in &shared.table().peers {
             let mut slot = p.lock();
-            let Some(to) = slot.endpoint else { continue };
-            if let Ok(Some(packet)) = slot.tunn.update_timers() {
+            if let Ok(Some(packet)) = slot.tunn.update_timers()
+                && let Some(to) = slot.endpoint
+            {
                 shared.register(&packet, p);
                 out.push((Packet::from(packet), to));
             }
