@@ -17,10 +17,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use gotatun::noise::TunnResult;
 use gotatun::noise::handshake::parse_handshake_anon;
 use gotatun::noise::index_table::IndexTable;
 use gotatun::noise::rate_limiter::RateLimiter;
+use gotatun::noise::{Tunn, TunnResult};
 use gotatun::packet::{Packet, PacketBufPool, WgKind};
 use gotatun::tun::{IpRecv, MtuWatcher};
 use gotatun::udp::{UdpSend, UdpTransportFactory, UdpTransportFactoryParams};
@@ -344,6 +344,9 @@ async fn incoming(
                 };
                 let Some(peer) = peer else { continue };
                 let slot = hold(&mut held, peer);
+                if slot.endpoint.is_none() {
+                    clock_moved(&mut slot.tunn);
+                }
                 match slot.tunn.handle_incoming_packet(kind) {
                     TunnResult::Done | TunnResult::Err(_) => {}
                     TunnResult::WriteToNetwork(packet) => {
@@ -436,13 +439,22 @@ async fn outgoing(shared: Arc<Shared>, mut tun_rx: TunRecv, udp_tx: GsoSend, mut
     }
 }
 
-/// Every peer's timers, four times a second (as GotaTun's device), a peer without an endpoint
-/// too: a tunnel's clock moves only when its timers run, and a handshake is dated by it. GotaTun's
-/// device skips such a peer (a road-warrior client, until its first initiation), so the
-/// session its first handshake makes is dated when the endpoint started: `wg show` and status
-/// call it as old as the endpoint, and after 9 minutes (REJECT_AFTER_TIME × 3) the next run of
-/// its timers expires it at once. What the timers of a peer without an endpoint want to send
-/// (a handshake retried) has nowhere to go.
+/// Moves the clock of the tunnel of a peer without an endpoint (its timers stopped, see
+/// [`timers`]) to now, before a packet from it is handled: the session its first handshake makes
+/// (a road-warrior client's) is dated by that clock. Left where the endpoint started, the
+/// session read as old as the endpoint in `wg show` and status, and once that was over 3
+/// minutes (REJECT_AFTER_TIME) the first run of its timers dropped it at once: the client was
+/// cut off until it handshook again. What the timers want to send now (a keepalive's handshake)
+/// has nowhere to go; the packet that follows starts the session.
+fn clock_moved(tunn: &mut Tunn) {
+    let _ = tunn.update_timers();
+}
+
+/// The timers of every peer with an endpoint, four times a second (as GotaTun's device). A peer
+/// without one has nowhere to send what its timers want (a keepalive would start handshakes
+/// that go nowhere, and give up after 90 s): they stay stopped, and its tunnel's clock, which
+/// moves only when they run, is moved when a packet comes from it ([`clock_moved`]) or it is
+/// given an endpoint ([`table`]'s reset).
 async fn timers(shared: Arc<Shared>, udp_tx: GsoSend) {
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     loop {
@@ -455,9 +467,8 @@ async fn timers(shared: Arc<Shared>, udp_tx: GsoSend) {
         let mut out = Vec::new();
         for p in &shared.table().peers {
             let mut slot = p.lock();
-            if let Ok(Some(packet)) = slot.tunn.update_timers()
-                && let Some(to) = slot.endpoint
-            {
+            let Some(to) = slot.endpoint else { continue };
+            if let Ok(Some(packet)) = slot.tunn.update_timers() {
                 shared.register(&packet, p);
                 out.push((Packet::from(packet), to));
             }

@@ -132,6 +132,16 @@ impl Table {
                         Some(p) => {
                             let mut slot = p.lock();
                             slot.allowed = set.allowed_ips;
+                            // A peer given its first endpoint had its timers stopped (see
+                            // `timers`): its tunnel starts afresh, its clock now, so that its
+                            // keepalive (if any) starts a handshake there at once rather than
+                            // a stale clock expiring the tunnel (REJECT_AFTER_TIME × 3).
+                            if slot.endpoint.is_none()
+                                && set.endpoint.is_some()
+                                && slot.tunn.time_since_last_handshake().is_none()
+                            {
+                                slot.tunn.reset();
+                            }
                             if set.endpoint.is_some() {
                                 slot.endpoint = set.endpoint;
                             }
