@@ -143,7 +143,7 @@ pub fn validate(file: &Path, no_lookup: bool) -> Result<ExitCode> {
             if host_names.skipped() > 0 {
                 println!(
                     "{} endpoint name(s) checked for their form only (--no-lookup): `netfn up` \
-                     looks them up",
+                     and `apply` look them up",
                     host_names.skipped()
                 );
             }

@@ -2059,16 +2059,13 @@ fn a_peer_endpoint_written_as_a_name_is_looked_up_and_again_by_apply() {
     );
 }
 
-/// `netfn validate --no-lookup` takes a well-formed name for its form alone: where the
-/// resolver (a hosts file without the name, no DNS: see [`with_hosts`]) makes plain `validate`
-/// refuse the name, `--no-lookup` passes the file and says how many names it did not look up;
-/// a name's form is still checked. `graph` never looks names up.
+/// `netfn validate --no-lookup` takes a well-formed name for its form alone and says how many
+/// names it did not look up; a name's form is still checked; `graph` never looks names up
+/// (neither asks a resolver, so they run with the host's). Where the resolver can be kept off
+/// DNS ([`with_hosts`]: a hosts file without the name), plain `validate` refuses the same file.
 #[test]
 fn validate_no_lookup_checks_a_names_form_only() {
     let test = "validate_no_lookup_checks_a_names_form_only";
-    if !names_can_stay_off_dns(test, Dns::Off) {
-        return;
-    }
     let lab = Lab::new("wgform");
     let name = format!("nobody-{}.test", lab.chain);
     let text = with_peer_endpoint(&lab.chain_file("tc", "userspace"), &format!("{name}:40301"));
@@ -2078,6 +2075,39 @@ fn validate_no_lookup_checks_a_names_form_only() {
         .lines()
         .position(|l| l.starts_with("endpoint = "))
         .expect("the endpoint's line");
+    let says = |args: &[&str], said: &str| {
+        let out = netfn(args);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && stdout.contains(said),
+            "netfn {args:?}: {stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    says(
+        &["validate", "--no-lookup", &file],
+        "1 endpoint name(s) checked for their form only (--no-lookup)",
+    );
+    says(&["graph", &file], "vpn");
+    // Its form is still checked.
+    let bad = lab.write(
+        "bad.toml",
+        &text.replace(&format!("{name}:40301"), "peer_x.test:1"),
+    );
+    let out = netfn(&["validate", "--no-lookup", &bad.to_string_lossy()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && stderr.contains(&format!(
+                "bad.toml:{line}:12: error: chain `{}`, function `vpn`: endpoint \
+                 `peer_x.test:1` is not ADDRESS:PORT or NAME:PORT",
+                lab.chain
+            )),
+        "validate --no-lookup: {stderr}"
+    );
+    if !names_can_stay_off_dns(test, Dns::Off) {
+        return;
+    }
     let out = netfn_with_hosts(&lab.dir, "", Dns::Off, &["validate", &file]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -2088,34 +2118,6 @@ fn validate_no_lookup_checks_a_names_form_only() {
                 lab.chain
             )),
         "validate: {stderr}"
-    );
-    netfn_with_hosts_says(
-        &lab.dir,
-        "",
-        &["validate", "--no-lookup", &file],
-        "1 endpoint name(s) checked for their form only (--no-lookup)",
-    );
-    netfn_with_hosts_says(&lab.dir, "", &["graph", &file], "vpn");
-    // Its form is still checked.
-    let bad = lab.write(
-        "bad.toml",
-        &text.replace(&format!("{name}:40301"), "peer_x.test:1"),
-    );
-    let out = netfn_with_hosts(
-        &lab.dir,
-        "",
-        Dns::Off,
-        &["validate", "--no-lookup", &bad.to_string_lossy()],
-    );
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !out.status.success()
-            && stderr.contains(&format!(
-                "bad.toml:{line}:12: error: chain `{}`, function `vpn`: endpoint \
-                 `peer_x.test:1` is not ADDRESS:PORT or NAME:PORT",
-                lab.chain
-            )),
-        "validate --no-lookup: {stderr}"
     );
 }
 
