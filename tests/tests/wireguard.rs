@@ -880,7 +880,7 @@ fn through_the_tunnel(mode: &str, tag: &str, backend: &str, peer_kind: PeerKind)
 /// of `wg show` dates it between the peer's start and the end of its talk, and status calls it
 /// no older than that. (A tunnel's clock moves only when its timers run, and they run only for
 /// peers with an endpoint; a peer that has none, as here, once got its first session dated at
-/// the endpoint's start, and lost it at once when the endpoint was over 3 minutes old.)
+/// the endpoint's start, dropped at once when the endpoint was over 3 minutes old.)
 #[test]
 fn a_first_handshake_is_dated_when_it_happens_however_long_the_endpoint_waited() {
     let _turn = shared();

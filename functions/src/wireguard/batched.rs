@@ -442,10 +442,11 @@ async fn outgoing(shared: Arc<Shared>, mut tun_rx: TunRecv, udp_tx: GsoSend, mut
 /// Moves the clock of the tunnel of a peer without an endpoint (its timers stopped, see
 /// [`timers`]) to now, before a packet from it is handled: the session its first handshake makes
 /// (a road-warrior client's) is dated by that clock. Left where the endpoint started, the
-/// session read as old as the endpoint in `wg show` and status, and once that was over 3
-/// minutes (REJECT_AFTER_TIME) the first run of its timers dropped it at once: the client was
-/// cut off until it handshook again. What the timers want to send now (a keepalive's handshake)
-/// has nowhere to go; the packet that follows starts the session.
+/// session read as old as the endpoint in `wg show` and status; once that was over 3 minutes
+/// (REJECT_AFTER_TIME) the first run of its timers dropped it (the endpoint handshook again
+/// when it next sent), and over 9 (× 3) expired the tunnel outright: the client was cut off
+/// until it handshook again. What the timers want to send now (a keepalive's handshake) has
+/// nowhere to go; the packet that follows starts the session.
 fn clock_moved(tunn: &mut Tunn) {
     let _ = tunn.update_timers();
 }
