@@ -12,7 +12,7 @@ use std::fs::{self, OpenOptions};
 use std::io;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitStatus, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use super::client::{self, ClientError};
@@ -252,7 +252,7 @@ fn start(
     unsafe {
         cmd.pre_exec(|| nix::unistd::setsid().map(|_| ()).map_err(io::Error::from));
     }
-    let mut child = cmd.spawn().map_err(|source| AutostartError::Spawn {
+    let mut child = spawn_when_not_busy(&mut cmd).map_err(|source| AutostartError::Spawn {
         exe: opts.exe.clone(),
         source,
     })?;
@@ -299,4 +299,50 @@ fn tail(path: &Path, n: usize) -> String {
     let text = fs::read_to_string(path).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// Starts `cmd`, trying again for up to a second while its file is busy (`ETXTBSY`). A binary
+/// just written (an upgrade's, or a copy) is busy while any process still holds it open for
+/// writing, and that includes a child that another thread of this process forked meanwhile and
+/// has not yet exec'd (it inherited the writer's descriptor for that moment).
+fn spawn_when_not_busy(cmd: &mut Command) -> io::Result<Child> {
+    let deadline = Instant::now() + Duration::from_secs(1);
+    loop {
+        match cmd.spawn() {
+            Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            other => return other,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write as _;
+    use std::os::unix::fs::PermissionsExt as _;
+
+    use super::*;
+
+    /// A program still open for writing cannot be started; once the writer lets go (here after
+    /// 200 ms, in another thread), the retry starts it.
+    #[test]
+    fn a_program_busy_for_a_moment_is_started_when_it_is_not() {
+        let dir = std::env::temp_dir().join(format!("netfn-busy-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let program = dir.join("prog");
+        let mut writer = fs::File::create(&program).unwrap();
+        writer.write_all(b"#!/bin/sh\nexit 7\n").unwrap();
+        fs::set_permissions(&program, fs::Permissions::from_mode(0o755)).unwrap();
+        let busy = Command::new(&program).spawn().map(|_| ()).unwrap_err();
+        assert_eq!(busy.raw_os_error(), Some(libc::ETXTBSY), "{busy}");
+        let let_go = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(200));
+            drop(writer);
+        });
+        let mut child = spawn_when_not_busy(&mut Command::new(&program)).unwrap();
+        assert_eq!(child.wait().unwrap().code(), Some(7));
+        let_go.join().unwrap();
+        fs::remove_dir_all(&dir).unwrap();
+    }
 }
