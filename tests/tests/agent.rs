@@ -790,7 +790,7 @@ fn ensure_agent_running_moves_an_agent_onto_its_replaced_binary() {
     let dir = TempDir::new(&unique_chain("au"));
     // The installed netfn: a copy of the one under test, which the "upgrade" below replaces.
     let exe = dir.0.join("netfn");
-    std::fs::copy(netfn_bin(), &exe).expect("copy the netfn binary");
+    netfn_tests::copy_of_netfn(&exe);
     let opts = autostart_in(&dir, &exe);
     let started = agent::ensure_agent_running(&opts).expect("start the agent");
     let AgentStart::Started { pid: old, .. } = started else {

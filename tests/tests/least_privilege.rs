@@ -317,7 +317,7 @@ fn the_agent_works_confined_as_its_unit_says() {
     // The binary where the unit's would be visible: a checkout under /tmp or /home (a CI clone,
     // say) is hidden by PrivateTmp and ProtectHome. The agent restarts the endpoint with it too.
     let bin = keys.0.join("netfn");
-    std::fs::copy(netfn_tests::netfn_bin(), &bin).expect("copy the netfn binary");
+    netfn_tests::copy_of_netfn(&bin);
     // The socket in the agent's writable /run/netfn (the test's /tmp is not the agent's).
     let socket = PathBuf::from(format!("/run/netfn/test-{chain}.sock"));
     let _files = RemoveOnDrop(vec![socket.clone(), socket.with_extension("lock")]);

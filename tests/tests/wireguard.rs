@@ -215,7 +215,7 @@ impl Lab {
         let old_bin = std::fs::canonicalize(&self.dir.0)
             .expect("the lab's directory")
             .join("netfn-old");
-        std::fs::copy(netfn_bin(), &old_bin).expect("copy the netfn binary");
+        netfn_tests::copy_of_netfn(&old_bin);
         old_bin
     }
 
