@@ -32,23 +32,16 @@ pub fn netfn_bin() -> PathBuf {
 /// A copy of the `netfn` binary under test at `to`, once it can be started. A file just written
 /// cannot be exec'd (`ETXTBSY`) while any process holds it open for writing, and a child that
 /// another test's thread forked during the copy holds the copy's descriptor until its own exec:
-/// this waits (a second at most) until `to --version` runs, after which nothing holds it.
+/// this runs `to --version` as the agent's autostart starts a binary (trying again for a second
+/// while it is busy), after which nothing holds it.
 pub fn copy_of_netfn(to: &Path) {
     std::fs::copy(netfn_bin(), to)
         .unwrap_or_else(|e| panic!("copy the netfn binary to {}: {e}", to.display()));
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
-    loop {
-        match Command::new(to).arg("--version").output() {
-            Err(e)
-                if e.raw_os_error() == Some(libc::ETXTBSY)
-                    && std::time::Instant::now() < deadline =>
-            {
-                std::thread::sleep(std::time::Duration::from_millis(20));
-            }
-            Err(e) => panic!("run the copy {}: {e}", to.display()),
-            Ok(_) => return,
-        }
-    }
+    let mut version = Command::new(to);
+    version.arg("--version").stdout(std::process::Stdio::null());
+    netfn_core::agent::autostart::spawn_when_not_busy(&mut version)
+        .and_then(|mut child| child.wait())
+        .unwrap_or_else(|e| panic!("run the copy {}: {e}", to.display()));
 }
 
 /// A command for the `netfn` binary under test. `up` would start the host agent, which would

@@ -304,8 +304,9 @@ fn tail(path: &Path, n: usize) -> String {
 /// Starts `cmd`, trying again for up to a second while its file is busy (`ETXTBSY`). A binary
 /// just written (an upgrade's, or a copy) is busy while any process still holds it open for
 /// writing, and that includes a child that another thread of this process forked meanwhile and
-/// has not yet exec'd (it inherited the writer's descriptor for that moment).
-fn spawn_when_not_busy(cmd: &mut Command) -> io::Result<Child> {
+/// has not yet exec'd (it inherited the writer's descriptor for that moment). The tests start
+/// their copies of netfn through it too.
+pub fn spawn_when_not_busy(cmd: &mut Command) -> io::Result<Child> {
     let deadline = Instant::now() + Duration::from_secs(1);
     loop {
         match cmd.spawn() {

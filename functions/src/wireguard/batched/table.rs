@@ -136,14 +136,13 @@ impl Table {
                             // `timers`): its tunnel starts afresh, its clock now, so that its
                             // keepalive (if any) starts a handshake there at once rather than
                             // a stale clock expiring the tunnel (REJECT_AFTER_TIME × 3).
-                            if slot.endpoint.is_none()
-                                && set.endpoint.is_some()
-                                && slot.tunn.time_since_last_handshake().is_none()
-                            {
-                                slot.tunn.reset();
-                            }
-                            if set.endpoint.is_some() {
-                                slot.endpoint = set.endpoint;
+                            if let Some(to) = set.endpoint {
+                                if slot.endpoint.is_none()
+                                    && slot.tunn.time_since_last_handshake().is_none()
+                                {
+                                    slot.tunn.reset();
+                                }
+                                slot.endpoint = Some(to);
                             }
                             if slot.tunn.persistent_keepalive() != keepalive {
                                 slot.tunn.set_persistent_keepalive(keepalive);
